@@ -1,0 +1,299 @@
+"""The JetStream bus: streams declared at start, traced publishes, ordered durable consumers.
+
+Publishing: the payload is a protobuf message; `Nats-Msg-Id` carries the message id so
+JetStream drops a duplicate within the stream's window, and `traceparent` carries the W3C
+trace context so one trace crosses every hop.
+
+Consuming: one durable pull consumer per (service, partition), named `<service>-<partition>`.
+Each partition is processed by one task, one message at a time, and acked only after the
+handler returned, i.e. after its durable write. What the handler raises decides the rest:
+
+- `Unavailable` (a dependency is down) is retried in place with backoff, keeping the message
+  in progress. A nak would let later messages of the same partition overtake it; holding the
+  partition keeps per-key order, which is the point of partitioning.
+- any other `DomainError`, or a payload that does not parse, is poison: it is copied to the
+  DEAD_LETTERS stream with the reason in a header, then terminated.
+- any other exception (a bug) is nak'ed with a growing delay and redelivered; after
+  `max_deliver` deliveries it is dead-lettered like poison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from google.protobuf.message import DecodeError, Message
+from nats.aio.msg import Msg
+from nats.js import api
+from opentelemetry import propagate, trace
+
+from mosaic.platform import topics
+from mosaic.platform.errors import DomainError, Unavailable
+from mosaic.platform.topics import Topic
+
+log = logging.getLogger("mosaic.bus")
+tracer = trace.get_tracer("mosaic.bus")
+
+_NATS_DOWN = (
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    asyncio.TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where a consumed message came from."""
+
+    subject: str
+    partition: int
+    stream_sequence: int
+    num_delivered: int
+    message_id: str
+
+
+Handler = Callable[[Any, Delivery], Awaitable[None]]
+
+
+def backoff(attempt: int, base: float = 0.2, cap: float = 30.0) -> float:
+    """Exponential backoff: 0.2 s, 0.4 s, 0.8 s ... at most `cap`."""
+    return min(cap, base * 2 ** max(0, attempt - 1))
+
+
+class Bus:
+    """A service's connection to JetStream."""
+
+    def __init__(self, nc: nats.NATS, service: str, partitions: int) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self.service = service
+        self.partitions = partitions
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ack_wait = 30.0
+        self.max_deliver = 10
+        self.batch = 64
+
+    @classmethod
+    async def connect(cls, url: str, service: str, partitions: int) -> Bus:
+        """Connect, reconnecting forever once connected; fails fast if never reachable."""
+        nc = await nats.connect(
+            url,
+            name=service,
+            connect_timeout=5,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=_log_error,
+            disconnected_cb=_log_event("disconnected from nats"),
+            reconnected_cb=_log_event("reconnected to nats"),
+        )
+        return cls(nc, service, partitions)
+
+    async def ensure_streams(self, wanted: Iterable[Topic] = topics.ALL) -> None:
+        """Create or update the streams; safe to run from every replica at every start."""
+        configs = [
+            api.StreamConfig(
+                name=topic.stream,
+                subjects=[topic.wildcard],
+                storage=api.StorageType.FILE,
+                retention=api.RetentionPolicy.LIMITS,
+                max_age=topic.max_age,
+                duplicate_window=topic.duplicate_window,
+            )
+            for topic in wanted
+        ]
+        configs.append(
+            api.StreamConfig(
+                name=topics.DEAD_LETTER_STREAM,
+                subjects=[topics.DEAD_LETTER_SUBJECTS],
+                storage=api.StorageType.FILE,
+                max_age=30 * topics.DAY,
+            )
+        )
+        for config in configs:
+            try:
+                await self._js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                await self._js.update_stream(config)  # exists with another configuration
+
+    async def publish(self, topic: Topic, key: str, message: Message, message_id: str) -> bool:
+        """Store `message` on the key's partition; True when JetStream saw it as a duplicate.
+
+        Raises `Unavailable` when NATS does not confirm the write, so the caller never
+        reports success for an event that is not stored.
+        """
+        partition = topics.partition_of(key, self.partitions)
+        subject = topic.subject(partition)
+        with tracer.start_as_current_span(
+            f"{topic.name} publish",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": subject,
+                "messaging.message.id": message_id,
+                "mosaic.partition": partition,
+            },
+        ):
+            headers = {"Nats-Msg-Id": message_id}
+            propagate.inject(headers)
+            try:
+                ack = await self._js.publish(subject, message.SerializeToString(), headers=headers, timeout=5)
+            except _NATS_DOWN as error:
+                raise Unavailable("nats", f"publish to {subject} not confirmed: {type(error).__name__}") from error
+            return bool(ack.duplicate)
+
+    def consume(self, topic: Topic, handler: Handler, partitions: Iterable[int]) -> None:
+        """Start one ordered consumer task per owned partition of `topic`."""
+        for partition in partitions:
+            task = asyncio.create_task(self._consume(topic, partition, handler))
+            self._tasks.append(task)
+
+    async def stop_consuming(self) -> None:
+        """Finish the message in hand on each partition, give back the rest, and stop."""
+        self._stopping.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def close(self) -> None:
+        """Stop consuming, then drain: pending publishes and acks are flushed before closing."""
+        await self.stop_consuming()
+        if not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except (nats.errors.ConnectionClosedError, nats.errors.FlushTimeoutError):
+                pass
+
+    async def _consume(self, topic: Topic, partition: int, handler: Handler) -> None:
+        durable = f"{self.service}-{partition}"
+        config = api.ConsumerConfig(
+            durable_name=durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=-1,  # dead-lettering is decided here, where the reason is known
+            max_ack_pending=self.batch * 2,
+        )
+        sub = None
+        while not self._stopping.is_set():
+            try:
+                if sub is None:
+                    sub = await self._js.pull_subscribe(
+                        topic.subject(partition), durable=durable, stream=topic.stream, config=config
+                    )
+                messages = await sub.fetch(self.batch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except (*_NATS_DOWN, nats.js.errors.APIError) as error:
+                log.warning("fetch from %s failed: %r", topic.subject(partition), error)
+                await self._sleep(1.0)
+                continue
+            for index, msg in enumerate(messages):
+                if self._stopping.is_set():
+                    for rest in messages[index:]:
+                        await rest.nak()  # given back now, not after ack_wait
+                    break
+                await self._process(topic, partition, msg, handler)
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+
+    async def _process(self, topic: Topic, partition: int, msg: Msg, handler: Handler) -> None:
+        meta = msg.metadata
+        headers = msg.headers or {}
+        delivery = Delivery(
+            subject=msg.subject,
+            partition=partition,
+            stream_sequence=meta.sequence.stream,
+            num_delivered=meta.num_delivered,
+            message_id=headers.get("Nats-Msg-Id", ""),
+        )
+        with tracer.start_as_current_span(
+            f"{topic.name} process",
+            context=propagate.extract(headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": msg.subject,
+                "messaging.consumer.group.name": self.service,
+                "messaging.message.id": delivery.message_id,
+                "mosaic.partition": partition,
+            },
+        ) as span:
+            try:
+                payload = topic.message.FromString(msg.data)
+            except DecodeError as error:
+                await self._dead_letter(msg, f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}")
+                return
+            attempt = 0
+            while True:
+                try:
+                    await handler(payload, delivery)
+                except Unavailable as error:
+                    attempt += 1
+                    if self._stopping.is_set():
+                        await msg.nak()
+                        return
+                    log.warning("retrying %s (attempt %d): %s", msg.subject, attempt, error)
+                    await msg.in_progress()
+                    await self._sleep(backoff(attempt))
+                    continue
+                except DomainError as error:
+                    span.record_exception(error)
+                    await self._dead_letter(msg, str(error))
+                    return
+                except Exception as error:  # a bug: redeliver with a delay, then give up
+                    span.record_exception(error)
+                    log.exception("handler failed on %s (delivery %d)", msg.subject, meta.num_delivered)
+                    if meta.num_delivered >= self.max_deliver:
+                        await self._dead_letter(msg, f"failed {meta.num_delivered} times: {error!r}")
+                    else:
+                        await msg.nak(delay=backoff(meta.num_delivered))
+                    return
+                await msg.ack()
+                return
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        log.error("dead-lettering %s: %s", msg.subject, reason)
+        headers = {
+            "Mosaic-Reason": reason[:1000],
+            "Mosaic-Subject": msg.subject,
+            "Mosaic-Stream-Sequence": str(msg.metadata.sequence.stream),
+        }
+        if msg.headers and "Nats-Msg-Id" in msg.headers:
+            headers["Nats-Msg-Id"] = f"{self.service}:{msg.headers['Nats-Msg-Id']}"
+        try:
+            await self._js.publish(f"deadletter.{self.service}.{msg.subject}", msg.data, headers=headers, timeout=5)
+        except _NATS_DOWN:
+            await msg.nak(delay=5.0)  # not recorded, so not terminated: try again later
+            return
+        await msg.term()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def _log_error(error: Exception) -> None:
+    log.warning("nats: %r", error)
+
+
+def _log_event(text: str) -> Callable[[], Awaitable[None]]:
+    async def callback() -> None:
+        log.warning(text)
+
+    return callback

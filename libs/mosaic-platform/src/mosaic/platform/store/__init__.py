@@ -1,0 +1,34 @@
+"""Store backends: Cassandra for production, SQLite embedded for one machine.
+
+Each service defines its own repository interface and implements it on both backends with the
+helpers here: connection, versioned schema migrations applied at start, and async execution.
+One contract suite per service runs against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema version of a service: statements applied once, in order."""
+
+    version: int
+    statements: tuple[str, ...]
+
+
+async def open_backend(settings, service: str, cassandra: Sequence[Migration], sqlite: Sequence[Migration]):
+    """Open the configured backend (`MOSAIC_STORE`) with the service's migrations applied."""
+    if settings.store == "cassandra":
+        from mosaic.platform.store.cassandra import CassandraStore
+
+        store = CassandraStore(settings.cassandra, service)
+        await store.open(cassandra)
+        return store
+    from mosaic.platform.store.sqlite import SqliteStore
+
+    store = SqliteStore(settings.data_dir / f"{service}.db")
+    await store.open(sqlite)
+    return store

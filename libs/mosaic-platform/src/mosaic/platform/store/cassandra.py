@@ -1,0 +1,134 @@
+"""The Cassandra backend: one session per process, prepared statements, migrations, asyncio.
+
+The driver runs its own I/O thread; `execute` bridges its futures into asyncio. Errors that
+mean "try again later" (no host, timeouts, not enough replicas) become `Unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from cassandra import ConsistencyLevel, OperationTimedOut, RequestExecutionException
+from cassandra.connection import ConnectionException
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import PreparedStatement
+
+from mosaic.platform.config import CassandraSettings
+from mosaic.platform.errors import Unavailable
+from mosaic.platform.store import Migration
+
+log = logging.getLogger("mosaic.store.cassandra")
+
+# Timeouts and unavailable replicas are retryable; an invalid query is a bug and propagates.
+_RETRYABLE = (NoHostAvailable, OperationTimedOut, RequestExecutionException, ConnectionException)
+
+
+class CassandraStore:
+    """A session on the deployment's keyspace, with the service's schema migrated."""
+
+    def __init__(self, settings: CassandraSettings, service: str) -> None:
+        self.settings = settings
+        self.service = service
+        self._cluster: Cluster | None = None
+        self._session: Session | None = None
+        self._prepared: dict[str, PreparedStatement] = {}
+
+    async def open(self, migrations: Sequence[Migration]) -> None:
+        """Connect and apply the migrations not yet applied (blocking work runs in a thread)."""
+        await asyncio.to_thread(self._open, migrations)
+
+    def _open(self, migrations: Sequence[Migration]) -> None:
+        s = self.settings
+        profile = ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=s.local_dc)),
+            consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+            serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+            request_timeout=10,
+        )
+        self._cluster = Cluster(
+            list(s.hosts), port=s.port, protocol_version=5,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        )
+        try:
+            session = self._cluster.connect()
+        except NoHostAvailable as error:
+            raise Unavailable("cassandra", f"no host of {s.hosts} on port {s.port} answered") from error
+        session.execute(
+            f"CREATE KEYSPACE IF NOT EXISTS {s.keyspace} WITH replication = "
+            f"{{'class': 'NetworkTopologyStrategy', '{s.local_dc}': {s.replication_factor}}}"
+        )
+        session.set_keyspace(s.keyspace)
+        session.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " service text, version int, applied_at timestamp, PRIMARY KEY (service, version))"
+        )
+        applied = {
+            row.version
+            for row in session.execute(
+                "SELECT version FROM schema_migrations WHERE service = %s", (self.service,)
+            )
+        }
+        for migration in sorted(migrations, key=lambda m: m.version):
+            if migration.version in applied:
+                continue
+            for statement in migration.statements:
+                session.execute(statement)  # DDL is written IF NOT EXISTS: replicas may race
+            session.execute(
+                "INSERT INTO schema_migrations (service, version, applied_at)"
+                " VALUES (%s, %s, toTimestamp(now()))",
+                (self.service, migration.version),
+            )
+            log.info("applied migration", extra={"fields": {"service": self.service, "version": migration.version}})
+        self._session = session
+
+    def prepare(self, cql: str) -> PreparedStatement:
+        """The prepared statement for `cql`, prepared once per process."""
+        statement = self._prepared.get(cql)
+        if statement is None:
+            assert self._session is not None, "store not open"
+            statement = self._prepared[cql] = self._session.prepare(cql)
+        return statement
+
+    async def execute(self, cql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run one prepared statement; returns its rows (first page only, so bound the query)."""
+        assert self._session is not None, "store not open"
+        statement = self.prepare(cql)
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[list[Any]] = loop.create_future()
+
+        def done(rows: Any) -> None:
+            loop.call_soon_threadsafe(_settle, result, list(rows or ()), None)
+
+        def failed(error: BaseException) -> None:
+            loop.call_soon_threadsafe(_settle, result, None, error)
+
+        self._session.execute_async(statement, params).add_callbacks(done, failed)
+        try:
+            return await result
+        except _RETRYABLE as error:
+            raise Unavailable("cassandra", f"{type(error).__name__}: {error}") from error
+
+    async def execute_lwt(self, cql: str, params: Sequence[Any] = ()) -> tuple[bool, Any]:
+        """Run a lightweight transaction; returns whether it applied and the row it saw."""
+        rows = await self.execute(cql, params)
+        row = rows[0]
+        return bool(row[0]), row
+
+    async def close(self) -> None:
+        if self._cluster is not None:
+            await asyncio.to_thread(self._cluster.shutdown)
+            self._cluster = None
+            self._session = None
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

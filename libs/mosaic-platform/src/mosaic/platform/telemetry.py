@@ -1,0 +1,103 @@
+"""OpenTelemetry tracing from the standard OTEL_* variables, and structured logs.
+
+Traces: `OTEL_TRACES_EXPORTER` (`otlp`, the default, `console` or `none`), the exporter's own
+`OTEL_EXPORTER_OTLP_*` variables, `OTEL_SERVICE_NAME` (defaults to the service name) and
+`OTEL_BSP_*` for batching. Logs: one JSON object a line on stderr, carrying the trace and span
+ids of the current span, so a log line can be found from a trace and back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+from mosaic.platform.config import ConfigError
+
+# Domain span attributes live under the `mosaic.` prefix; each one is registered here with its
+# type and meaning, so dashboards and code agree on one name.
+ATTRIBUTES = {
+    "mosaic.profile.id": "str: the profile an operation is about",
+    "mosaic.profile.version": "int: the profile version a change produced",
+    "mosaic.event.message_id": "str: the customer event's message id",
+    "mosaic.event.type": "str: the customer event's type (track, identify...)",
+    "mosaic.segment.id": "str: the segment evaluated or entered",
+    "mosaic.destination.id": "str: the destination delivered to",
+    "mosaic.consent.purpose": "str: the consent purpose checked",
+    "mosaic.partition": "int: the bus partition a message travelled on",
+}
+
+_configured = False
+
+
+def setup(service: str, log_level: str = "INFO", environ: Mapping[str, str] | None = None) -> None:
+    """Configure tracing and logging once per process."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    environ = os.environ if environ is None else environ
+    _setup_logging(log_level)
+    if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return
+    resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", service)})
+    provider = TracerProvider(resource=resource)
+    exporter_name = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip()
+    if exporter_name == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    elif exporter_name == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    elif exporter_name != "none":
+        raise ConfigError("OTEL_TRACES_EXPORTER", f"must be otlp, console or none, got {exporter_name!r}")
+    trace.set_tracer_provider(provider)
+
+
+def shutdown() -> None:
+    """Flush spans still in the batch processor."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, with the current trace and span ids."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # The driver and client libraries are chatty at INFO.
+    for noisy in ("cassandra", "nats", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,80 @@
+"""pytest fixtures for Mosaic: real servers only. Load with `pytest_plugins = ["mosaic.testing.plugin"]`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mosaic.platform.config import CassandraSettings, PlatformSettings
+from mosaic.testing import cassandra_node
+from mosaic.testing.nats_server import NatsServer
+from mosaic.testing.receivers import OtlpReceiver, WebhookReceiver
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream for one test."""
+    server = NatsServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def cassandra_port() -> int:
+    """The local Cassandra node, started if it is not running. Never skipped."""
+    return cassandra_node.ensure_node()
+
+
+@pytest.fixture(scope="module")
+def cassandra_keyspace(cassandra_port: int) -> Iterator[CassandraSettings]:
+    """A keyspace of its own for one test module, dropped afterwards."""
+    settings = cassandra_node.new_keyspace_settings(cassandra_port)
+    yield settings
+    cassandra_node.drop_keyspace(settings)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, nats_server: NatsServer) -> Callable[..., PlatformSettings]:
+    """Builds a service's PlatformSettings for this test's nats-server and data folder."""
+
+    def make(service: str, **environ: str) -> PlatformSettings:
+        env = {"MOSAIC_NATS_URL": nats_server.url, "MOSAIC_DATA_DIR": str(tmp_path / "data"), **environ}
+        return PlatformSettings.from_env(service, env)
+
+    return make
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+async def eventually(check: Callable[[], Awaitable[object] | object], timeout: float = 20.0, interval: float = 0.05):
+    """Poll `check` until it returns a truthy value or raises no AssertionError; then return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return value
+            failure: BaseException | None = AssertionError(f"still {value!r}")
+        except AssertionError as error:
+            failure = error
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {failure}") from failure
+        await asyncio.sleep(interval)
