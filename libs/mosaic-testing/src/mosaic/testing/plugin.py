@@ -12,7 +12,7 @@ import pytest
 from mosaic.platform.config import CassandraSettings, PlatformSettings
 from mosaic.testing import cassandra_node
 from mosaic.testing.nats_server import NatsServer
-from mosaic.testing.receivers import OtlpReceiver, WebhookReceiver
+from mosaic.cli.receivers import OtlpReceiver, WebhookReceiver
 
 
 @pytest.fixture

@@ -1,0 +1,88 @@
+"""The whole mesh on one machine: the six services as separate processes.
+
+Each service logs one JSON line `"message": "serving"` with its gRPC port once it serves; the
+mesh waits for it, so port 0 (any free port) works as well as fixed ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Consent first: delivery needs its address.
+SERVICES = ("consent", "ingestion", "identity", "profile", "segmentation", "delivery")
+DEFAULT_PORTS = {"ingestion": 50051, "identity": 50052, "profile": 50053,
+                 "segmentation": 50054, "consent": 50055, "delivery": 50056}
+
+
+class MeshError(RuntimeError):
+    pass
+
+
+class Mesh:
+    def __init__(self, env: dict[str, str], log_dir: Path, fixed_ports: bool = False) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.fixed_ports = fixed_ports
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports: dict[str, int] = {}
+
+    def address(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    def start(self, timeout: float = 90.0) -> Mesh:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in SERVICES:
+            self.start_service(name, timeout)
+        return self
+
+    def start_service(self, name: str, timeout: float = 90.0) -> None:
+        env = {**os.environ, **self.env, "OTEL_SERVICE_NAME": name,
+               "MOSAIC_GRPC_PORT": str(DEFAULT_PORTS[name] if self.fixed_ports else 0)}
+        if name == "delivery":
+            env.setdefault("MOSAIC_CONSENT_ADDRESS", self.address("consent"))
+        log_path = self.log_dir / f"{name}.log"
+        log = log_path.open("ab")
+        offset = log_path.stat().st_size
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", f"{name}_service"], env=env, stdout=log, stderr=log, start_new_session=True
+        )
+        self.ports[name] = self._wait_serving(name, log_path, offset, timeout)
+
+    def _wait_serving(self, name: str, log_path: Path, offset: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with log_path.open("rb") as log:
+                log.seek(offset)
+                for line in log:
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    if entry.get("message") == "serving":
+                        return int(entry["grpc_port"])
+            if self.processes[name].poll() is not None:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise MeshError(f"{name} exited with {self.processes[name].returncode}:\n{tail}")
+            time.sleep(0.05)
+        raise MeshError(f"{name} did not serve within {timeout}s; see {log_path}")
+
+    def stop_service(self, name: str, timeout: float = 30.0) -> int:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return process.returncode if process else 0
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def stop(self) -> None:
+        for name in reversed(SERVICES):
+            self.stop_service(name)

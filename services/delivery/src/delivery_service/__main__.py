@@ -1,0 +1,12 @@
+from mosaic.platform import server
+from delivery_service.app import build
+from delivery_service.config import Settings
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    server.run(settings.platform, lambda runtime: build(runtime, settings))
+
+
+if __name__ == "__main__":
+    main()

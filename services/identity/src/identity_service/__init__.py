@@ -1,0 +1,1 @@
+"""Mosaic's identity service: who is who."""

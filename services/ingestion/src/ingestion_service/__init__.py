@@ -1,0 +1,1 @@
+"""Mosaic's ingestion service: the front door for customer events."""

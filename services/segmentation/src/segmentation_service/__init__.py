@@ -1,0 +1,1 @@
+"""Mosaic's segmentation service: who is in which segment, kept up to date in real time."""

@@ -1,0 +1,189 @@
+"""End to end: the six services as processes on real nats-server and Cassandra.
+
+One identify event walks the whole mesh: ingestion → identity → profile (snapshot in
+Cassandra) → segmentation (entry) → delivery (consent over gRPC, webhook POST). The walk is
+one trace, received over real OTLP by this test.
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from cassandra.cluster import Cluster
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from mosaic.cli.mesh import SERVICES, Mesh
+from mosaic.consent.v1 import consent_pb2, consent_service_pb2, consent_service_pb2_grpc
+from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2, delivery_service_pb2_grpc
+from mosaic.events.v1 import event_pb2
+from mosaic.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
+from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc
+from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
+from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2, segmentation_service_pb2_grpc
+from mosaic.testing.plugin import eventually
+
+
+@pytest.fixture
+def mesh(tmp_path, nats_server, cassandra_keyspace, otlp_receiver):
+    env = {
+        "MOSAIC_NATS_URL": nats_server.url,
+        "MOSAIC_STORE": "cassandra",
+        "MOSAIC_CASSANDRA_PORT": str(cassandra_keyspace.port),
+        "MOSAIC_CASSANDRA_KEYSPACE": cassandra_keyspace.keyspace,
+        "MOSAIC_PARTITIONS": "4",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    mesh = Mesh(env, tmp_path / "logs").start()
+    yield mesh
+    mesh.stop()
+
+
+class Clients:
+    def __init__(self, mesh: Mesh) -> None:
+        self.channels = {name: grpc.aio.insecure_channel(mesh.address(name)) for name in SERVICES}
+        self.ingestion = ingestion_service_pb2_grpc.IngestionServiceStub(self.channels["ingestion"])
+        self.identity = identity_service_pb2_grpc.IdentityServiceStub(self.channels["identity"])
+        self.profile = profile_service_pb2_grpc.ProfileServiceStub(self.channels["profile"])
+        self.segmentation = segmentation_service_pb2_grpc.SegmentationServiceStub(self.channels["segmentation"])
+        self.consent = consent_service_pb2_grpc.ConsentServiceStub(self.channels["consent"])
+        self.delivery = delivery_service_pb2_grpc.DeliveryServiceStub(self.channels["delivery"])
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
+
+
+def identify(user_id: str, **traits) -> event_pb2.Event:
+    event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, user_id=user_id)
+    event.traits.update(traits)
+    return event
+
+
+async def profile_of(clients: Clients, user_id: str) -> str:
+    identifier = identity_pb2.Identifier(type="user_id", value=user_id)
+    try:
+        answer = await clients.identity.Lookup(identity_service_pb2.LookupRequest(identifier=identifier))
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        return ""
+    return answer.profile_id
+
+
+async def test_every_service_answers_health_and_reflection(mesh):
+    for name in SERVICES:
+        async with grpc.aio.insecure_channel(mesh.address(name)) as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+            assert health.status == health_pb2.HealthCheckResponse.SERVING, name
+            stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            names = [s.name async for answer in stream for s in answer.list_services_response.service]
+            assert f"mosaic.{name}.v1.{name.capitalize()}Service" in names
+            assert "grpc.health.v1.Health" in names
+
+
+async def test_one_identify_event_walks_the_whole_mesh_as_one_trace(mesh, webhook_receiver, otlp_receiver, cassandra_keyspace):
+    clients = Clients(mesh)
+    await clients.segmentation.CreateSegment(segmentation_service_pb2.CreateSegmentRequest(segment=segment_pb2.Segment(
+        segment_id="enterprise", name="Enterprise customers",
+        condition=segment_pb2.Condition(trait=segment_pb2.TraitCondition(
+            trait="plan", operator=segment_pb2.OPERATOR_EQUALS, value=struct_pb2.Value(string_value="enterprise"))),
+    )))
+    await clients.delivery.CreateDestination(delivery_service_pb2.CreateDestinationRequest(destination=delivery_pb2.Destination(
+        destination_id="crm-hook", name="CRM", webhook_url=webhook_receiver.url("/crm"),
+        segment_id="enterprise", purpose="marketing",
+    )))
+
+    # First event: the person becomes known; not yet in the segment.
+    first = await clients.ingestion.Ingest(ingestion_service_pb2.IngestRequest(
+        source_id="web", events=[identify("u-1", email="Ada@Example.com", plan="free")]))
+    assert first.results[0].status == ingestion_service_pb2.EVENT_STATUS_ACCEPTED
+    profile_id = await eventually(lambda: profile_of(clients, "u-1"))
+    await clients.consent.SetConsent(consent_service_pb2.SetConsentRequest(
+        decision=consent_pb2.ConsentDecision(profile_id=profile_id, purpose="marketing", granted=True)))
+
+    # Second event: the upgrade puts the person into the segment, which triggers the webhook.
+    second = await clients.ingestion.Ingest(ingestion_service_pb2.IngestRequest(
+        source_id="web", events=[identify("u-1", plan="enterprise")]))
+    request = await eventually(lambda: webhook_receiver.requests and webhook_receiver.requests[0])
+    assert request.path == "/crm"
+    assert request.body["profile_id"] == profile_id
+    assert request.body["segment_id"] == "enterprise"
+    assert request.headers["Idempotency-Key"] == request.body["delivery_id"]
+
+    answer = await clients.profile.GetProfile(profile_service_pb2.GetProfileRequest(profile_id=profile_id))
+    traits = {name: trait.value for name, trait in answer.profile.traits.items()}
+    assert traits["plan"].string_value == "enterprise"
+    assert traits["email"].string_value == "Ada@Example.com"
+    assert answer.profile.version == 2 and answer.profile.event_count == 2
+    member = await clients.segmentation.IsMember(
+        segmentation_service_pb2.IsMemberRequest(segment_id="enterprise", profile_id=profile_id))
+    assert member.member and member.profile_version == 2
+
+    # The snapshots are in Cassandra, not only in a cache.
+    cluster = Cluster(["127.0.0.1"], port=cassandra_keyspace.port, protocol_version=5)
+    try:
+        rows = cluster.connect(cassandra_keyspace.keyspace).execute(
+            "SELECT version FROM profile_snapshots WHERE profile_id = %s AND bucket = 0", (profile_id,))
+        assert sorted(row.version for row in rows) == [1, 2]
+    finally:
+        cluster.shutdown()
+
+    # One trace: from ingestion's Ingest span to the webhook POST, through every hop.
+    trace_id = request.headers["traceparent"].split("-")[1]
+    expected = {
+        ("ingestion", "/mosaic.ingestion.v1.IngestionService/Ingest"),
+        ("ingestion", "events.raw publish"),
+        ("identity", "events.raw process"),
+        ("identity", "events.resolved publish"),
+        ("profile", "events.resolved process"),
+        ("profile", "profile.updated publish"),
+        ("segmentation", "profile.updated process"),
+        ("segmentation", "segment.membership publish"),
+        ("delivery", "segment.membership process"),
+        ("delivery", "/mosaic.consent.v1.ConsentService/CheckConsent"),
+        ("consent", "/mosaic.consent.v1.ConsentService/CheckConsent"),
+        ("delivery", "POST"),
+    }
+
+    def walk_spans():
+        spans = [s for s in otlp_receiver.snapshot() if s.trace_id == trace_id]
+        assert expected <= {(s.service, s.name) for s in spans}, sorted({(s.service, s.name) for s in spans})
+        return spans
+
+    spans = await eventually(walk_spans)
+    ids = {s.span_id for s in spans}
+    roots = [s for s in spans if s.parent_span_id not in ids]
+    assert [(r.service, r.name) for r in roots] == [("ingestion", "/mosaic.ingestion.v1.IngestionService/Ingest")]
+    assert second.results[0].message_id
+    await clients.close()
+
+
+async def test_without_consent_nothing_is_sent_and_the_delivery_says_why(mesh, webhook_receiver):
+    clients = Clients(mesh)
+    await clients.segmentation.CreateSegment(segmentation_service_pb2.CreateSegmentRequest(segment=segment_pb2.Segment(
+        segment_id="big-spenders", name="Big spenders",
+        condition=segment_pb2.Condition(trait=segment_pb2.TraitCondition(
+            trait="ltv", operator=segment_pb2.OPERATOR_GREATER_THAN, value=struct_pb2.Value(number_value=1000))),
+    )))
+    await clients.delivery.CreateDestination(delivery_service_pb2.CreateDestinationRequest(destination=delivery_pb2.Destination(
+        destination_id="ads", name="Ads", webhook_url=webhook_receiver.url("/ads"),
+        segment_id="big-spenders", purpose="advertising",
+    )))
+    await clients.ingestion.Ingest(ingestion_service_pb2.IngestRequest(
+        source_id="pos", events=[identify("u-2", ltv=5000)]))
+    profile_id = await eventually(lambda: profile_of(clients, "u-2"))
+
+    async def deliveries():
+        answer = await clients.delivery.ListDeliveries(delivery_service_pb2.ListDeliveriesRequest(profile_id=profile_id))
+        return list(answer.deliveries)
+
+    [record] = await eventually(deliveries)
+    assert record.status == delivery_pb2.DELIVERY_STATUS_SUPPRESSED
+    assert "advertising" in record.detail
+    assert webhook_receiver.requests == []
+    await clients.close()
