@@ -20,7 +20,6 @@ DATA="$HOME_DIR/data"
 LOGS="$HOME_DIR/logs"
 TMP="$HOME_DIR/tmp"
 PIDFILE="$HOME_DIR/cassandra.pid"
-OFFSETFILE="$HOME_DIR/start.offset"   # size of system.log when the current run began
 PORTFILE="$HOME_DIR/cassandra.port"   # CQL port of the current run, for status/wait/stop
 
 RUN_PORT="$(cat "$PORTFILE" 2>/dev/null || echo 9042)"
@@ -77,13 +76,6 @@ alive() {
 
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
-log_ready() {   # the current run has logged that CQL is up
-  local f="$LOGS/system.log" off; off="$(cat "$OFFSETFILE" 2>/dev/null || echo 0)"
-  [ -f "$f" ] || return 1
-  [ "$(stat -c %s "$f")" -ge "$off" ] || off=0   # log was rolled over
-  tail -c +"$((off + 1))" "$f" | grep -q "Starting listening for CQL clients"
-}
-
 cmd_status() {
   if alive && port_open "$PORT"; then echo "running pid=$(read_pid) port=$PORT"; return 0; fi
   if alive; then echo "starting pid=$(read_pid) port=$PORT (CQL not answering yet)"; else echo "not running"; fi
@@ -95,7 +87,8 @@ cmd_wait() {
   while (( SECONDS - t0 < TIMEOUT )); do
     alive || { tail -30 "$LOGS/stdout.log" >&2 2>/dev/null || true; rm -f "$PIDFILE"
                die "node is not running (logs: $LOGS)"; }
-    if log_ready && port_open "$PORT"; then return 0; fi
+    # the CQL port opens only once the node logs "Starting listening for CQL clients"
+    if port_open "$PORT"; then return 0; fi
     sleep 0.5
   done
   die "not ready after $TIMEOUT s (logs: $LOGS)"
@@ -122,7 +115,6 @@ cmd_start() {
   local agent=("$LIB"/jamm-*.jar)   # optional java agent for exact memtable sizing
   [ -f "${agent[0]}" ] && opts+=("-javaagent:${agent[0]}")
 
-  stat -c %s "$LOGS/system.log" >"$OFFSETFILE" 2>/dev/null || echo 0 >"$OFFSETFILE"
   [ -f "$LOGS/stdout.log" ] && mv -f "$LOGS/stdout.log" "$LOGS/stdout.log.1"   # one run per file
   # Cassandra always calls mlockall(); as root that pins every mapped page (~1.5 GB RSS).
   # A test node need not pin memory: drop CAP_IPC_LOCK and cap RLIMIT_MEMLOCK so the call

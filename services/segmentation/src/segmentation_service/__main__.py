@@ -4,8 +4,7 @@ from segmentation_service.config import Settings
 
 
 def main() -> None:
-    settings = Settings.from_env()
-    server.run(settings.platform, lambda runtime: build(runtime, settings))
+    server.main(Settings.from_env, build)
 
 
 if __name__ == "__main__":

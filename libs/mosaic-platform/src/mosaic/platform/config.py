@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -145,3 +146,15 @@ class PlatformSettings:
         return tuple(
             p for p in range(self.partitions) if p % self.replica_count == self.replica_index
         )
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The settings of a service with nothing of its own; subclasses name the service."""
+
+    SERVICE: ClassVar[str] = ""
+    platform: PlatformSettings
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+        return cls(PlatformSettings.from_env(cls.SERVICE, environ))

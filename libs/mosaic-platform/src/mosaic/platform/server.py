@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,7 +29,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from mosaic.platform import telemetry
 from mosaic.platform.bus import Bus
-from mosaic.platform.config import PlatformSettings
+from mosaic.platform.config import ConfigError, PlatformSettings
 from mosaic.platform.errors import ErrorInterceptor
 
 log = logging.getLogger("mosaic.server")
@@ -94,6 +96,16 @@ class Service:
         await self._cleanup.aclose()  # last in, first out: the service's own, then the bus
         self.runtime = None
         log.info("stopped", extra={"fields": {"service": self.settings.service}})
+
+
+def main(load: Callable[[], Any], build: Callable[[Runtime, Any], Awaitable[None]]) -> None:
+    """A service's entry point: load its settings (exit 2 naming the bad variable), then run."""
+    try:
+        settings = load()
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run(settings.platform, lambda runtime: build(runtime, settings))
 
 
 def run(settings: PlatformSettings, build: Build) -> None:

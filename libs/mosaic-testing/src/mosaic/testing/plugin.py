@@ -78,3 +78,13 @@ async def eventually(check: Callable[[], Awaitable[object] | object], timeout: f
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s: {failure}") from failure
         await asyncio.sleep(interval)
+
+
+@pytest.fixture(params=["embedded", "cassandra"])
+def store_settings(request, tmp_path: Path) -> PlatformSettings:
+    """PlatformSettings for each store backend in turn: the contract suites run on both."""
+    environ = {"MOSAIC_STORE": request.param, "MOSAIC_DATA_DIR": str(tmp_path / "data")}
+    if request.param == "cassandra":
+        keyspace: CassandraSettings = request.getfixturevalue("cassandra_keyspace")
+        environ |= {"MOSAIC_CASSANDRA_PORT": str(keyspace.port), "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace}
+    return PlatformSettings.from_env("test", environ)
