@@ -43,6 +43,7 @@ tracer = trace.get_tracer("mosaic.bus")
 _NATS_DOWN = (
     nats.errors.TimeoutError,
     nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
     nats.errors.NoRespondersError,
     nats.errors.OutboundBufferLimitError,
     nats.errors.StaleConnectionError,
@@ -72,8 +73,9 @@ def backoff(attempt: int, base: float = 0.2, cap: float = 30.0) -> float:
 class Bus:
     """A service's connection to JetStream."""
 
-    def __init__(self, nc: nats.NATS, service: str, partitions: int) -> None:
+    def __init__(self, nc: nats.NATS, service: str, partitions: int, stream_replicas: int = 1) -> None:
         self._nc = nc
+        self.stream_replicas = stream_replicas
         self._js = nc.jetstream()
         self.service = service
         self.partitions = partitions
@@ -84,7 +86,7 @@ class Bus:
         self.batch = 64
 
     @classmethod
-    async def connect(cls, url: str, service: str, partitions: int) -> Bus:
+    async def connect(cls, url: str, service: str, partitions: int, stream_replicas: int = 1) -> Bus:
         """Connect, reconnecting forever once connected; fails fast if never reachable."""
         nc = await nats.connect(
             url,
@@ -96,7 +98,7 @@ class Bus:
             disconnected_cb=_log_event("disconnected from nats"),
             reconnected_cb=_log_event("reconnected to nats"),
         )
-        return cls(nc, service, partitions)
+        return cls(nc, service, partitions, stream_replicas)
 
     async def ensure_streams(self, wanted: Iterable[Topic] = topics.ALL) -> None:
         """Create or update the streams; safe to run from every replica at every start."""
@@ -108,6 +110,7 @@ class Bus:
                 retention=api.RetentionPolicy.LIMITS,
                 max_age=topic.max_age,
                 duplicate_window=topic.duplicate_window,
+                num_replicas=self.stream_replicas,
             )
             for topic in wanted
         ]
@@ -117,6 +120,7 @@ class Bus:
                 subjects=[topics.DEAD_LETTER_SUBJECTS],
                 storage=api.StorageType.FILE,
                 max_age=30 * topics.DAY,
+                num_replicas=self.stream_replicas,
             )
         )
         for config in configs:
@@ -171,8 +175,8 @@ class Bus:
         if not self._nc.is_closed:
             try:
                 await self._nc.drain()
-            except (nats.errors.ConnectionClosedError, nats.errors.FlushTimeoutError):
-                pass
+            except (*_NATS_DOWN, nats.errors.FlushTimeoutError):
+                await self._nc.close()  # nothing left to flush to: close without draining
 
     async def _consume(self, topic: Topic, partition: int, handler: Handler) -> None:
         durable = f"{self.service}-{partition}"

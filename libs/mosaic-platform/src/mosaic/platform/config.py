@@ -85,6 +85,8 @@ class CassandraSettings:
     keyspace: str
     replication_factor: int
     local_dc: str
+    username: str = ""
+    password: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class PlatformSettings:
     grpc_port: int
     grace_seconds: float
     nats_url: str
+    stream_replicas: int
     partitions: int
     replica_index: int
     replica_count: int
@@ -134,7 +137,10 @@ class PlatformSettings:
                 keyspace=keyspace,
                 replication_factor=env.int("MOSAIC_CASSANDRA_REPLICATION", 1, minimum=1),
                 local_dc=env.str("MOSAIC_CASSANDRA_DC", "datacenter1"),
+                username=env.str("MOSAIC_CASSANDRA_USERNAME", ""),
+                password=env.str("MOSAIC_CASSANDRA_PASSWORD", ""),
             ),
+            stream_replicas=env.int("MOSAIC_NATS_STREAM_REPLICAS", 1, minimum=1, maximum=5),
             log_level=env.choice(
                 "MOSAIC_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
             ),

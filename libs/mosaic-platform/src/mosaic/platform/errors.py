@@ -117,6 +117,8 @@ def to_status(error: DomainError) -> grpc.Status:
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+    if isinstance(error, grpc.aio.AbortError):
+        raise error  # the handler aborted with its own status (the health servicer does)
     if isinstance(error, DomainError):
         status = to_status(error)
     else:

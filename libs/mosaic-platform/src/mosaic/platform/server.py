@@ -66,7 +66,7 @@ class Service:
 
     async def start(self) -> None:
         settings = self.settings
-        bus = await Bus.connect(settings.nats_url, settings.service, settings.partitions)
+        bus = await Bus.connect(settings.nats_url, settings.service, settings.partitions, settings.stream_replicas)
         self._cleanup.push_async_callback(bus.close)
         await bus.ensure_streams()
         server = grpc.aio.server(interceptors=[aio_server_interceptor(), ErrorInterceptor()])

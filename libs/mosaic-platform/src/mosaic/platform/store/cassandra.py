@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cassandra import ConsistencyLevel, OperationTimedOut, RequestExecutionException
+from cassandra.auth import PlainTextAuthProvider
 from cassandra.connection import ConnectionException
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
@@ -49,8 +50,9 @@ class CassandraStore:
             serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
             request_timeout=10,
         )
+        auth = PlainTextAuthProvider(s.username, s.password) if s.username else None
         self._cluster = Cluster(
-            list(s.hosts), port=s.port, protocol_version=5,
+            list(s.hosts), port=s.port, protocol_version=5, auth_provider=auth,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         )
         try:
