@@ -6,6 +6,7 @@ A servicer raises; it never sets a code itself. Bus consumers read the same erro
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -169,7 +170,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_stream(request, context):
                 try:
-                    async for response in inner_us(request, context):
+                    responses = inner_us(request, context)
+                    if inspect.isawaitable(responses):
+                        await responses  # a handler that writes with context.write (health's Watch)
+                        return
+                    async for response in responses:
                         yield response
                 except Exception as error:  # noqa: BLE001
                     await _abort(context, error, method)
