@@ -76,7 +76,7 @@ class ReceivedRequest:
 class WebhookReceiver:
     """An HTTP endpoint that answers 200 to every POST and keeps what it got."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, port: int = 0) -> None:
         self.requests: list[ReceivedRequest] = []
         self.status = status
         receiver = self
@@ -92,7 +92,7 @@ class WebhookReceiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

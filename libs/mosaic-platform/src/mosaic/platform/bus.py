@@ -195,8 +195,8 @@ class Bus:
                         topic.subject(partition), durable=durable, stream=topic.stream, config=config
                     )
                 messages = await sub.fetch(self.batch, timeout=1.0)
-            except nats.errors.TimeoutError:
-                continue
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue  # nothing to fetch (nats-py raises either kind)
             except (*_NATS_DOWN, nats.js.errors.APIError) as error:
                 log.warning("fetch from %s failed: %r", topic.subject(partition), error)
                 await self._sleep(1.0)

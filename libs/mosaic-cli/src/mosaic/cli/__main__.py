@@ -1,0 +1,113 @@
+"""The `mosaic` command line: `mosaic run` brings up the mesh locally; `mosaic profile` reads one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from mosaic.cli.mesh import SERVICES, Mesh, MeshError
+from mosaic.cli.receivers import WebhookReceiver
+
+DEMO_WEBHOOK_PORT = 50080
+SERVICE_NAMES = {name: f"mosaic.{name}.v1.{name.capitalize()}Service" for name in SERVICES}
+
+
+def _mesh_env(store: str) -> dict[str, str]:
+    env = {
+        "MOSAIC_NATS_URL": os.environ.get("MOSAIC_NATS_URL", "nats://127.0.0.1:4222"),
+        "MOSAIC_STORE": store,
+        "MOSAIC_DATA_DIR": os.environ.get("MOSAIC_DATA_DIR", ".local/data"),
+    }
+    if "OTEL_EXPORTER_OTLP_ENDPOINT" not in os.environ:
+        env["OTEL_TRACES_EXPORTER"] = os.environ.get("OTEL_TRACES_EXPORTER", "none")  # no collector locally
+    return env
+
+
+def run(args: argparse.Namespace) -> int:
+    mesh = Mesh(_mesh_env(args.store), Path(".local/logs"), fixed_ports=True)
+    try:
+        mesh.start()
+    except MeshError as error:
+        mesh.stop()
+        print(f"the mesh did not start: {error}", file=sys.stderr)
+        return 1
+    # A fixed port: the demo destination stored by an earlier run must still reach it.
+    receiver = WebhookReceiver(port=DEMO_WEBHOOK_PORT).start() if args.demo else None
+    try:
+        print(f"\nMosaic is running (store: {args.store}; logs in .local/logs/):\n")
+        for name in SERVICES:
+            print(f"  {name:<13} {mesh.address(name):<16} {SERVICE_NAMES[name]}")
+        print("\nTry:\n"
+              f"  grpcurl -plaintext {mesh.address('ingestion')} list\n"
+              f"  grpcurl -plaintext -d '{{\"identifier\": {{\"type\": \"user_id\", \"value\": \"ada\"}}}}' "
+              f"{mesh.address('identity')} mosaic.identity.v1.IdentityService/Lookup\n"
+              f"  uv run mosaic profile --user-id ada\n")
+        if receiver is not None:
+            from mosaic.cli.demo import run_demo
+
+            results = asyncio.run(run_demo(mesh, receiver.url("/demo")))
+            print("Demo: five people signed up, then upgraded to the enterprise plan:")
+            for user, profile_id, status in results:
+                print(f"  {user:<8} profile {profile_id}  webhook {status}")
+            print(f"  the webhook receiver got {len(receiver.requests)} POSTs this run\n")
+        if args.exit_after_demo:
+            return 0
+        print("Ctrl-C stops the mesh.")
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return 0
+    finally:
+        if receiver is not None:
+            receiver.stop()
+        mesh.stop()
+
+
+async def _profile(args: argparse.Namespace) -> int:
+    from mosaic.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
+    from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
+
+    profile_id = args.profile_id
+    try:
+        if args.user_id:
+            async with grpc.aio.insecure_channel(args.identity) as channel:
+                answer = await identity_service_pb2_grpc.IdentityServiceStub(channel).Lookup(
+                    identity_service_pb2.LookupRequest(identifier=identity_pb2.Identifier(type="user_id", value=args.user_id)))
+                profile_id = answer.profile_id
+        async with grpc.aio.insecure_channel(args.address) as channel:
+            answer = await profile_service_pb2_grpc.ProfileServiceStub(channel).GetProfile(
+                profile_service_pb2.GetProfileRequest(profile_id=profile_id))
+    except grpc.aio.AioRpcError as error:
+        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    print(json.dumps(json_format.MessageToDict(answer.profile), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mosaic", description="Mosaic, the customer data platform.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="run the six services locally (nats-server must be running)")
+    run_parser.add_argument("--store", choices=("embedded", "cassandra"), default=os.environ.get("STORE", "embedded"))
+    run_parser.add_argument("--demo", action="store_true", help="load the demo data set")
+    run_parser.add_argument("--exit-after-demo", action="store_true", help="stop once the demo data has flowed")
+    profile_parser = commands.add_parser("profile", help="print one profile")
+    who = profile_parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--profile-id")
+    who.add_argument("--user-id")
+    profile_parser.add_argument("--address", default="127.0.0.1:50053", help="the profile service")
+    profile_parser.add_argument("--identity", default="127.0.0.1:50052", help="the identity service")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    return asyncio.run(_profile(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
