@@ -26,6 +26,7 @@ $(BUF): tools/package.json tools/package-lock.json
 
 $(STUBS)/.generated: .venv/.synced $(PROTO_FILES)
 	rm -rf $(STUBS)/{events,ingestion,identity,profile,segmentation,consent,delivery}
+	mkdir -p $(STUBS)
 	uv run --frozen python -m grpc_tools.protoc -I protos \
 	  --python_out=$(STUBS)/.. --pyi_out=$(STUBS)/.. --grpc_python_out=$(STUBS)/.. $(PROTO_FILES)
 	@touch $@
