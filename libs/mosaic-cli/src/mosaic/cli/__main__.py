@@ -32,6 +32,9 @@ def _mesh_env(store: str) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Ctrl-C and SIGTERM are taken by sigwait below, never as exceptions: a second Ctrl-C
+    # (make and uv forward it too) must not cut the mesh's own stop short.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     mesh = Mesh(_mesh_env(args.store), Path(".local/logs"), fixed_ports=True)
     try:
         mesh.start()
