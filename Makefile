@@ -50,7 +50,7 @@ test: setup lint ## run the whole test suite against real nats-server and Cassan
 
 bench: setup ## run the benchmarks (they print figures; never pass/fail)
 	deploy/local/cassandra.sh start
-	uv run --frozen python -m bench
+	uv run --frozen python -m bench $(BENCH)
 
 stop: ## stop the local nats-server and Cassandra
 	deploy/local/nats.sh stop

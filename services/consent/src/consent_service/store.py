@@ -12,7 +12,7 @@ from typing import Protocol
 from google.protobuf import timestamp_pb2
 
 from mosaic.consent.v1 import consent_pb2
-from mosaic.platform.store import Migration, open_backend
+from mosaic.platform.store import Migration, Repository, open_backend
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store.sqlite import SqliteStore
 
@@ -50,9 +50,8 @@ class ConsentStore(Protocol):
     async def close(self) -> None: ...
 
 
-class CassandraConsentStore:
-    def __init__(self, db: CassandraStore) -> None:
-        self.db = db
+class CassandraConsentStore(Repository):
+    db: CassandraStore
 
     async def record(self, decision):
         when = datetime.fromtimestamp(_micros(decision.decided_at) / 1e6, tz=timezone.utc)
@@ -83,13 +82,10 @@ class CassandraConsentStore:
         )
         return sorted((self._decision(r) for r in rows), key=lambda d: (_micros(d.decided_at), d.purpose))
 
-    async def close(self):
-        await self.db.close()
 
 
-class SqliteConsentStore:
-    def __init__(self, db: SqliteStore) -> None:
-        self.db = db
+class SqliteConsentStore(Repository):
+    db: SqliteStore
 
     async def record(self, decision):
         await self.db.execute(
@@ -116,8 +112,6 @@ class SqliteConsentStore:
         )
         return [self._decision(r) for r in rows]
 
-    async def close(self):
-        await self.db.close()
 
 
 async def open_store(settings) -> ConsentStore:

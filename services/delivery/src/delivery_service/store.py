@@ -10,7 +10,7 @@ from typing import Protocol
 
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform.errors import AlreadyExists
-from mosaic.platform.store import Migration, open_backend
+from mosaic.platform.store import Migration, Repository, open_backend
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store.sqlite import SqliteStore
 
@@ -38,9 +38,8 @@ class DeliveryStore(Protocol):
     async def close(self) -> None: ...
 
 
-class CassandraDeliveryStore:
-    def __init__(self, db: CassandraStore) -> None:
-        self.db = db
+class CassandraDeliveryStore(Repository):
+    db: CassandraStore
 
     async def create_destination(self, destination):
         applied, _ = await self.db.execute_lwt(
@@ -70,13 +69,10 @@ class CassandraDeliveryStore:
         rows = await self.db.execute("SELECT record FROM delivery_log WHERE profile_id = ? LIMIT 1000", (profile_id,))
         return [delivery_pb2.Delivery.FromString(r.record) for r in rows]
 
-    async def close(self):
-        await self.db.close()
 
 
-class SqliteDeliveryStore:
-    def __init__(self, db: SqliteStore) -> None:
-        self.db = db
+class SqliteDeliveryStore(Repository):
+    db: SqliteStore
 
     async def create_destination(self, destination):
         def work(db) -> bool:
@@ -107,8 +103,6 @@ class SqliteDeliveryStore:
         rows = await self.db.execute("SELECT record FROM delivery_log WHERE profile_id = ? ORDER BY delivery_id", (profile_id,))
         return [delivery_pb2.Delivery.FromString(r[0]) for r in rows]
 
-    async def close(self):
-        await self.db.close()
 
 
 async def open_store(settings) -> DeliveryStore:

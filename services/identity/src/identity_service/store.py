@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mosaic.platform.store import Migration, open_backend
+from mosaic.platform.store import Migration, Repository, open_backend
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store.sqlite import SqliteStore
 
@@ -38,9 +38,8 @@ class IdentityStore(Protocol):
     async def close(self) -> None: ...
 
 
-class CassandraIdentityStore:
-    def __init__(self, db: CassandraStore) -> None:
-        self.db = db
+class CassandraIdentityStore(Repository):
+    db: CassandraStore
 
     async def owner(self, id_type: str, id_value: str) -> str | None:
         rows = await self.db.execute(
@@ -57,13 +56,10 @@ class CassandraIdentityStore:
         )
         return profile_id if applied else row.profile_id
 
-    async def close(self) -> None:
-        await self.db.close()
 
 
-class SqliteIdentityStore:
-    def __init__(self, db: SqliteStore) -> None:
-        self.db = db
+class SqliteIdentityStore(Repository):
+    db: SqliteStore
 
     async def owner(self, id_type: str, id_value: str) -> str | None:
         rows = await self.db.execute(
@@ -83,8 +79,6 @@ class SqliteIdentityStore:
 
         return await self.db.transaction(work)
 
-    async def close(self) -> None:
-        await self.db.close()
 
 
 async def open_store(settings) -> IdentityStore:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mosaic.platform.store import Migration, open_backend
+from mosaic.platform.store import Migration, Repository, open_backend
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store.sqlite import SqliteStore
 from mosaic.profile.v1 import profile_pb2
@@ -57,9 +57,8 @@ class ProfileStore(Protocol):
     async def close(self) -> None: ...
 
 
-class CassandraProfileStore:
-    def __init__(self, db: CassandraStore) -> None:
-        self.db = db
+class CassandraProfileStore(Repository):
+    db: CassandraStore
 
     async def latest(self, profile_id):
         rows = await self.db.execute("SELECT state FROM profile_latest WHERE profile_id = ?", (profile_id,))
@@ -105,13 +104,10 @@ class CassandraProfileStore:
             bucket -= 1
         return found
 
-    async def close(self):
-        await self.db.close()
 
 
-class SqliteProfileStore:
-    def __init__(self, db: SqliteStore) -> None:
-        self.db = db
+class SqliteProfileStore(Repository):
+    db: SqliteStore
 
     async def latest(self, profile_id):
         rows = await self.db.execute("SELECT state FROM profile_latest WHERE profile_id = ?", (profile_id,))
@@ -149,8 +145,6 @@ class SqliteProfileStore:
         )
         return [profile_pb2.Snapshot.FromString(row[0]) for row in rows]
 
-    async def close(self):
-        await self.db.close()
 
 
 async def open_store(settings) -> ProfileStore:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from mosaic.platform.errors import AlreadyExists
-from mosaic.platform.store import Migration, open_backend
+from mosaic.platform.store import Migration, Repository, open_backend
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store.sqlite import SqliteStore
 from mosaic.segmentation.v1 import segment_pb2
@@ -41,9 +41,8 @@ class SegmentStore(Protocol):
     async def close(self) -> None: ...
 
 
-class CassandraSegmentStore:
-    def __init__(self, db: CassandraStore) -> None:
-        self.db = db
+class CassandraSegmentStore(Repository):
+    db: CassandraStore
 
     async def create(self, segment):
         applied, _ = await self.db.execute_lwt(
@@ -70,13 +69,10 @@ class CassandraSegmentStore:
             (segment_id, profile_id, member, version),
         )
 
-    async def close(self):
-        await self.db.close()
 
 
-class SqliteSegmentStore:
-    def __init__(self, db: SqliteStore) -> None:
-        self.db = db
+class SqliteSegmentStore(Repository):
+    db: SqliteStore
 
     async def create(self, segment):
         def work(db) -> bool:
@@ -104,8 +100,6 @@ class SqliteSegmentStore:
             (segment_id, profile_id, int(member), version),
         )
 
-    async def close(self):
-        await self.db.close()
 
 
 async def open_store(settings) -> SegmentStore:

@@ -19,6 +19,16 @@ class Migration:
     statements: tuple[str, ...]
 
 
+class Repository:
+    """Base of a service's repository on one backend: holds the backend and closes it."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
 async def open_backend(settings, service: str, cassandra: Sequence[Migration], sqlite: Sequence[Migration]):
     """Open the configured backend (`MOSAIC_STORE`) with the service's migrations applied."""
     if settings.store == "cassandra":

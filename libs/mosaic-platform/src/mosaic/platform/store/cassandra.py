@@ -16,7 +16,7 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.connection import ConnectionException
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import PreparedStatement
+from cassandra.query import PreparedStatement, SimpleStatement
 
 from mosaic.platform.config import CassandraSettings
 from mosaic.platform.errors import Unavailable
@@ -63,36 +63,35 @@ class CassandraStore:
             f"CREATE KEYSPACE IF NOT EXISTS {s.keyspace} WITH replication = "
             f"{{'class': 'NetworkTopologyStrategy', '{s.local_dc}': {s.replication_factor}}}"
         )
-        session.set_keyspace(s.keyspace)
-        session.execute(
+        # No `USE keyspace` on the session (Cassandra 5 warns that it makes prepared statements
+        # ambiguous): every statement carries the keyspace, as protocol v5 allows.
+        self._session = session
+
+        def run(cql: str, params: Sequence[Any] = ()) -> Any:
+            return session.execute(SimpleStatement(cql, keyspace=s.keyspace), params)
+
+        run(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " service text, version int, applied_at timestamp, PRIMARY KEY (service, version))"
         )
-        applied = {
-            row.version
-            for row in session.execute(
-                "SELECT version FROM schema_migrations WHERE service = %s", (self.service,)
-            )
-        }
+        applied = {row.version for row in run("SELECT version FROM schema_migrations WHERE service = %s", (self.service,))}
         for migration in sorted(migrations, key=lambda m: m.version):
             if migration.version in applied:
                 continue
             for statement in migration.statements:
-                session.execute(statement)  # DDL is written IF NOT EXISTS: replicas may race
-            session.execute(
-                "INSERT INTO schema_migrations (service, version, applied_at)"
-                " VALUES (%s, %s, toTimestamp(now()))",
+                run(statement)  # DDL is written IF NOT EXISTS: replicas may race
+            run(
+                "INSERT INTO schema_migrations (service, version, applied_at) VALUES (%s, %s, toTimestamp(now()))",
                 (self.service, migration.version),
             )
             log.info("applied migration", extra={"fields": {"service": self.service, "version": migration.version}})
-        self._session = session
 
     def prepare(self, cql: str) -> PreparedStatement:
         """The prepared statement for `cql`, prepared once per process."""
         statement = self._prepared.get(cql)
         if statement is None:
             assert self._session is not None, "store not open"
-            statement = self._prepared[cql] = self._session.prepare(cql)
+            statement = self._prepared[cql] = self._session.prepare(cql, keyspace=self.settings.keyspace)
         return statement
 
     async def execute(self, cql: str, params: Sequence[Any] = ()) -> list[Any]:

@@ -1,0 +1,1 @@
+"""Mosaic's benchmarks: each module prints figures; none of them passes or fails."""
