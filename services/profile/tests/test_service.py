@@ -16,7 +16,7 @@ from profile_service.config import Settings
 
 @pytest.fixture
 async def service(make_settings):
-    settings = Settings(make_settings("profile", MOSAIC_GRACE_SECONDS="1"))
+    settings = Settings(make_settings("profile", MOSAIC_GRACE_SECONDS="1"), (), 90, 90, 20, 1000)
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()
     yield service
@@ -57,3 +57,97 @@ async def test_health_is_serving_then_not_serving_during_a_graceful_stop(service
         stopping = asyncio.create_task(service.stop())
         assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
         await stopping
+
+
+from mosaic.archive.v1 import event_archive_service_pb2 as archive_pb, event_archive_service_pb2_grpc
+from mosaic.events.v1 import event_pb2, resolved_pb2
+from mosaic.identity.v1 import identity_pb2
+from mosaic.platform import topics
+from mosaic.profile.v1 import profile_pb2
+from mosaic.testing.plugin import eventually
+
+
+async def send(service, message_id: str, event_type=event_pb2.EVENT_TYPE_IDENTIFY, name="", **fields):
+    event = event_pb2.Event(type=event_type, event=name, user_id="ada", message_id=message_id)
+    event.timestamp.GetCurrentTime()
+    if event_type == event_pb2.EVENT_TYPE_IDENTIFY:
+        event.traits.update(fields)
+    else:
+        event.properties.update(fields)
+    resolved = resolved_pb2.ResolvedEvent(profile_id="p-ada", event=event,
+                                          identifiers=[identity_pb2.Identifier(type="user_id", value="ada")])
+    await service.runtime.bus.publish(topics.EVENTS_RESOLVED, "p-ada", resolved, message_id)
+
+
+async def test_history_upserts_computed_traits_and_the_archive_over_grpc(service):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
+        archive = event_archive_service_pb2_grpc.EventArchiveServiceStub(channel)
+        await send(service, "m1", plan="free")
+        await send(service, "m2", event_pb2.EVENT_TYPE_TRACK, "Order Completed", revenue=30, category="games")
+
+        async def version(v):
+            answer = await stub.GetProfile(pb.GetProfileRequest(identifier=identity_pb2.Identifier(type="user_id", value="ada")))
+            return answer.profile.version >= v and answer.profile
+
+        profile = await eventually(lambda: version(2))
+        assert profile.computed_traits["orders"].number_value == 1
+        assert profile.computed_traits["lifetime_value"].number_value == 30
+        between = profile.last_seen
+
+        upserted = await stub.UpsertTraits(pb.UpsertTraitsRequest(profile_id="p-ada", source_id="crm", request_id="r1",
+                                                                    traits={"plan": "enterprise"}))
+        assert upserted.profile.traits["plan"].value.string_value == "enterprise"
+        again = await stub.UpsertTraits(pb.UpsertTraitsRequest(profile_id="p-ada", source_id="crm", request_id="r1",
+                                                                 traits={"plan": "enterprise"}))
+        assert again.profile.version == upserted.profile.version == 3, "the same request id is applied once"
+
+        snapshots = await stub.ListSnapshots(pb.ListSnapshotsRequest(profile_id="p-ada", page_size=2))
+        assert [s.version for s in snapshots.snapshots] == [3, 2] and snapshots.next_page_token == "2"
+        rest = await stub.ListSnapshots(pb.ListSnapshotsRequest(profile_id="p-ada", page_token=snapshots.next_page_token))
+        assert [s.version for s in rest.snapshots] == [1]
+
+        diff = await stub.DiffSnapshots(pb.DiffSnapshotsRequest(profile_id="p-ada", from_version=1, to_version=3))
+        plan = next(c for c in diff.changes if c.path == "traits.plan")
+        assert (plan.old_value.string_value, plan.new_value.string_value) == ("free", "enterprise")
+
+        first = (await stub.ListSnapshots(pb.ListSnapshotsRequest(profile_id="p-ada"))).snapshots[-1]
+        at = await stub.GetProfileAt(pb.GetProfileAtRequest(profile_id="p-ada", at=first.recorded_at))
+        assert at.profile.version == 1 and at.profile.traits["plan"].value.string_value == "free"
+
+        created = await stub.CreateComputedTrait(pb.CreateComputedTraitRequest(definition=profile_pb2.ComputedTraitDefinition(
+            name="games_spend", aggregation=profile_pb2.AGGREGATION_SUM, event="Order Completed", property="revenue",
+            filters=[profile_pb2.PropertyFilter(property="category", equals={"string_value": "games"})])))
+        assert created.definition.HasField("created_at")
+
+        async def backfilled():
+            answer = await stub.GetProfile(pb.GetProfileRequest(profile_id="p-ada"))
+            return answer.profile.computed_traits.get("games_spend")
+
+        assert (await eventually(backfilled)).number_value == 30, "backfilled from the archive"
+
+        events = await archive.ListEvents(archive_pb.ListEventsRequest(profile_id="p-ada", event="Order Completed"))
+        assert [e.message_id for e in events.events] == ["m2"]
+        every = await archive.ListEvents(archive_pb.ListEventsRequest(profile_id="p-ada", page_size=2))
+        assert len(every.events) == 2 and every.next_page_token
+        assert between.seconds > 0
+
+        batch = await stub.BatchGetProfiles(pb.BatchGetProfilesRequest(profile_ids=["p-ada", "nobody"]))
+        assert [p.profile_id for p in batch.profiles] == ["p-ada"]
+        scanned = [r.profile.profile_id async for r in stub.ScanProfiles(pb.ScanProfilesRequest())]
+        assert scanned == ["p-ada"]
+
+
+async def test_upsert_for_an_unknown_profile_is_not_found_and_bad_input_names_the_field(service):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.UpsertTraits(pb.UpsertTraitsRequest(profile_id="nobody", source_id="crm", request_id="r",
+                                                           traits={"a": 1}))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.UpsertTraits(pb.UpsertTraitsRequest(profile_id="p", source_id="crm", traits={"a": 1}))
+        assert caught.value.details() == "request_id: is required"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.DiffSnapshots(pb.DiffSnapshotsRequest(profile_id="p", from_version=3, to_version=2))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

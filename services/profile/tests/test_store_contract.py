@@ -3,9 +3,14 @@
 import uuid
 
 import pytest
+from google.protobuf import timestamp_pb2
 
+from mosaic.events.v1 import event_pb2
+from mosaic.platform.errors import AlreadyExists
 from mosaic.profile.v1 import profile_pb2
-from profile_service.store import open_store
+from profile_service.store import Latest, StoredSnapshot, open_store
+
+T0 = 1_790_000_000
 
 
 @pytest.fixture
@@ -15,36 +20,77 @@ async def store(store_settings):
     await store.close()
 
 
-def snapshot(profile_id: str, version: int) -> profile_pb2.Snapshot:
-    profile = profile_pb2.Profile(profile_id=profile_id, version=version, event_count=version)
-    return profile_pb2.Snapshot(profile_id=profile_id, version=version, cause_message_id=f"m{version}", profile=profile)
+def stored(pid: str, version: int, at: int = T0) -> tuple[StoredSnapshot, Latest]:
+    profile = profile_pb2.Profile(profile_id=pid, version=version, event_count=version)
+    snapshot = profile_pb2.Snapshot(profile_id=pid, version=version, cause_message_id=f"m{version}", profile=profile,
+                                    recorded_at=timestamp_pb2.Timestamp(seconds=at + version))
+    return StoredSnapshot(snapshot, full=version % 2 == 1), Latest(profile, '{"x": {}}')
 
 
 async def test_a_saved_snapshot_is_the_latest_and_marks_its_event(store):
     pid = str(uuid.uuid4())
     assert await store.latest(pid) is None
-    await store.save(snapshot(pid, 1))
-    await store.save(snapshot(pid, 2))
-    assert (await store.latest(pid)).version == 2
+    for version in (1, 2):
+        await store.save(*stored(pid, version))
+    latest = await store.latest(pid)
+    assert latest.profile.version == 2 and latest.aggregates == '{"x": {}}'
     assert await store.applied_version(pid, "m1") == 1
     assert await store.applied_version(pid, "m3") is None
-    assert (await store.snapshot(pid, 1)).profile.event_count == 1
-
-
-async def test_saving_the_same_snapshot_again_changes_nothing(store):
-    pid = str(uuid.uuid4())
-    await store.save(snapshot(pid, 1))
-    await store.save(snapshot(pid, 1))
-    assert [s.version for s in await store.list_snapshots(pid, 10, 10)] == [1]
+    [one, two] = await store.snapshots(pid, 1, 2)
+    assert (one.full, two.full) == (True, False) and two.snapshot.profile.event_count == 2
 
 
 async def test_snapshots_page_newest_first_across_partition_buckets(store):
     pid = str(uuid.uuid4())
     for version in range(995, 1006):  # crosses the bucket boundary at 1000
-        await store.save(snapshot(pid, version))
-    first = await store.list_snapshots(pid, 1006, 4)
-    assert [s.version for s in first] == [1005, 1004, 1003, 1002]
-    second = await store.list_snapshots(pid, 1002, 4)
-    assert [s.version for s in second] == [1001, 1000, 999, 998]
-    rest = await store.list_snapshots(pid, 998, 10)
-    assert [s.version for s in rest] == [997, 996, 995]
+        await store.save(*stored(pid, version))
+    assert [s.version for s in await store.list_snapshots(pid, 1006, 4)] == [1005, 1004, 1003, 1002]
+    assert [s.version for s in await store.list_snapshots(pid, 1002, 4)] == [1001, 1000, 999, 998]
+    assert [s.snapshot.version for s in await store.snapshots(pid, 998, 1001)] == [998, 999, 1000, 1001]
+
+
+async def test_the_version_at_a_time_is_the_last_recorded_before_it(store):
+    pid = str(uuid.uuid4())
+    for version in (1, 2, 3):
+        await store.save(*stored(pid, version))
+    assert await store.version_at(pid, (T0 + 0) * 1_000_000) == 0
+    assert await store.version_at(pid, (T0 + 2) * 1_000_000) == 2
+    assert await store.version_at(pid, (T0 + 2) * 1_000_000 + 999_999) == 2
+    assert await store.version_at(pid, (T0 + 90 * 86400) * 1_000_000) == 3  # months later
+
+
+async def test_identifiers_find_their_profile(store):
+    value = str(uuid.uuid4())
+    assert await store.profile_of("email", value) is None
+    await store.index_identifier("email", value, "p-1")
+    assert await store.profile_of("email", value) == "p-1"
+
+
+async def test_the_archive_pages_a_profiles_events_newest_first(store):
+    pid = str(uuid.uuid4())
+    for i in range(5):
+        e = event_pb2.Event(message_id=f"m{i}", event="Clicked", timestamp=timestamp_pb2.Timestamp(seconds=T0 + i * 43200))
+        await store.archive(pid, e, "Clicked", 3600)
+    events = await store.events(pid, T0 * 1_000_000, (T0 + 10 * 86400) * 1_000_000, 3)
+    assert [e.message_id for e in events] == ["m4", "m3", "m2"]
+    older = await store.events(pid, T0 * 1_000_000, events[-1].timestamp.ToMicroseconds(), 3)
+    assert [e.message_id for e in older] == ["m1", "m0"]
+
+
+async def test_scan_yields_every_profile_once(store):
+    pids = {str(uuid.uuid4()) for _ in range(3)}
+    for pid in pids:
+        await store.save(*stored(pid, 1))
+    seen = [p.profile_id async for p in store.scan()]
+    assert pids <= set(seen) and len(seen) == len(set(seen))
+
+
+async def test_a_computed_trait_name_is_taken_once_and_can_be_deleted(store):
+    name = f"t_{uuid.uuid4().hex[:8]}"
+    definition = profile_pb2.ComputedTraitDefinition(name=name, aggregation=profile_pb2.AGGREGATION_COUNT, event="x")
+    await store.create_definition(definition)
+    with pytest.raises(AlreadyExists):
+        await store.create_definition(definition)
+    assert name in {d.name for d in await store.definitions()}
+    assert await store.delete_definition(name) is True
+    assert await store.delete_definition(name) is False

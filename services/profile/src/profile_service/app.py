@@ -1,99 +1,202 @@
-"""The profile service: GetProfile and ListSnapshots; events.resolved in, profile.updated out."""
+"""The profile service: profiles, history and the event archive over gRPC;
+events.resolved in, profile.updated out."""
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
+import asyncio
+import time
+from datetime import datetime, timezone
 
-from mosaic.events.v1 import profile_updated_pb2, resolved_pb2
-from mosaic.platform import topics
-from mosaic.platform.bus import Bus, Delivery
-from mosaic.platform.errors import InvalidArgument, NotFound
-from mosaic.platform.server import Runtime
-from mosaic.profile.v1 import profile_pb2, profile_service_pb2, profile_service_pb2_grpc
 from opentelemetry import trace
+
+from mosaic.archive.v1 import event_archive_service_pb2, event_archive_service_pb2_grpc
+from mosaic.events.v1 import event_pb2, resolved_pb2
+from mosaic.platform import topics
+from mosaic.platform.bus import Delivery
+from mosaic.platform.errors import InvalidArgument, NotFound, Unavailable
+from mosaic.platform.server import Runtime
+from mosaic.profile.v1 import profile_service_pb2 as pb, profile_service_pb2_grpc
+from profile_service import computed, history
+from profile_service.cache import ProfileCache
 from profile_service.config import Settings
-from profile_service.fold import fold
-from profile_service.store import ProfileStore, open_store
+from profile_service.fold import event_name
+from profile_service.profiles import Profiles
+from profile_service.store import open_store
+
+
+def _page_size(value: int, default: int, most: int) -> int:
+    if value < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(value or default, most)
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    return value
 
 
 class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
-    def __init__(self, store: ProfileStore) -> None:
-        self.store = store
+    def __init__(self, profiles: Profiles) -> None:
+        self.profiles = profiles
+        self.store = profiles.store
+
+    async def _latest(self, profile_id: str):
+        latest = await self.profiles.latest(profile_id)
+        if latest is None:
+            raise NotFound("profile", profile_id)
+        return latest.profile
 
     async def GetProfile(self, request, context):
-        if not request.profile_id:
-            raise InvalidArgument("profile_id", "is required")
-        profile = await self.store.latest(request.profile_id)
-        if profile is None:
-            raise NotFound("profile", request.profile_id)
-        return profile_service_pb2.GetProfileResponse(profile=profile)
+        if request.profile_id and request.HasField("identifier"):
+            raise InvalidArgument("identifier", "give either profile_id or identifier, not both")
+        profile_id = request.profile_id
+        if not profile_id:
+            if not request.identifier.type or not request.identifier.value:
+                raise InvalidArgument("profile_id", "profile_id or identifier (type and value) is required")
+            profile_id = await self.store.profile_of(request.identifier.type, request.identifier.value)
+            if profile_id is None:
+                raise NotFound("identifier", f"{request.identifier.type}:{request.identifier.value}")
+        return pb.GetProfileResponse(profile=await self._latest(profile_id))
+
+    async def BatchGetProfiles(self, request, context):
+        if len(request.profile_ids) > 1000:
+            raise InvalidArgument("profile_ids", f"must name at most 1000 profiles, names {len(request.profile_ids)}")
+        found = await asyncio.gather(*(self.profiles.latest(pid) for pid in request.profile_ids))
+        return pb.BatchGetProfilesResponse(profiles=[latest.profile for latest in found if latest is not None])
+
+    async def GetProfileAt(self, request, context):
+        _required(request.profile_id, "profile_id")
+        if not request.HasField("at"):
+            raise InvalidArgument("at", "is required")
+        return pb.GetProfileAtResponse(profile=await self.profiles.at_time(request.profile_id, request.at))
 
     async def ListSnapshots(self, request, context):
-        if not request.profile_id:
-            raise InvalidArgument("profile_id", "is required")
-        if request.page_size < 0:
-            raise InvalidArgument("page_size", "must not be negative")
-        size = min(request.page_size or 50, 500)
+        _required(request.profile_id, "profile_id")
+        size = _page_size(request.page_size, 50, 500)
         if request.page_token:
             try:
                 below = int(request.page_token)
             except ValueError:
                 raise InvalidArgument("page_token", "is not a token this service issued") from None
         else:
-            latest = await self.store.latest(request.profile_id)
-            if latest is None:
-                raise NotFound("profile", request.profile_id)
-            below = latest.version + 1
+            below = (await self._latest(request.profile_id)).version + 1
         snapshots = await self.store.list_snapshots(request.profile_id, below, size)
+        for snapshot in snapshots:
+            snapshot.ClearField("profile")  # the stored full state or delta is not part of a listing
         last = snapshots[-1].version if snapshots else 1
         token = str(last) if len(snapshots) == size and last > 1 else ""
-        return profile_service_pb2.ListSnapshotsResponse(snapshots=snapshots, next_page_token=token)
+        return pb.ListSnapshotsResponse(snapshots=snapshots, next_page_token=token)
+
+    async def DiffSnapshots(self, request, context):
+        _required(request.profile_id, "profile_id")
+        if not 1 <= request.from_version <= request.to_version:
+            raise InvalidArgument("from_version", "must be at least 1 and at most to_version")
+        old = await self.profiles.at_version(request.profile_id, request.from_version)
+        new = await self.profiles.at_version(request.profile_id, request.to_version)
+        return pb.DiffSnapshotsResponse(changes=history.diff(old, new))
+
+    async def ScanProfiles(self, request, context):
+        async for profile in self.store.scan():
+            yield pb.ScanProfilesResponse(profile=profile)
+
+    async def UpsertTraits(self, request, context):
+        _required(request.profile_id, "profile_id")
+        _required(request.source_id, "source_id")
+        _required(request.request_id, "request_id")
+        if not request.traits.fields:
+            raise InvalidArgument("traits", "must set at least one trait")
+        await self._latest(request.profile_id)
+        # Travels as an event through the profile's partition, so its one writer applies it in
+        # order with the events; the request id makes a retried call a no-op.
+        message_id = f"upsert:{request.source_id}:{request.request_id}"
+        event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, message_id=message_id,
+                                traits=request.traits, source_id=request.source_id)
+        event.timestamp.GetCurrentTime()
+        event.received_at.CopyFrom(event.timestamp)
+        resolved = resolved_pb2.ResolvedEvent(profile_id=request.profile_id, event=event)
+        await self.profiles.bus.publish(topics.EVENTS_RESOLVED, request.profile_id, resolved, message_id)
+        deadline = time.monotonic() + 10
+        while await self.store.applied_version(request.profile_id, message_id) is None:
+            if time.monotonic() > deadline:
+                raise Unavailable("profile", "the write is queued but not applied yet; retry with the same request_id")
+            await asyncio.sleep(0.01)
+        return pb.UpsertTraitsResponse(profile=(await self.store.latest(request.profile_id)).profile)
+
+    async def CreateComputedTrait(self, request, context):
+        definition = request.definition
+        computed.validate(definition)
+        definition.created_at.GetCurrentTime()
+        await self.store.create_definition(definition)
+        self.profiles.definitions.invalidate()
+        await self.profiles.definitions.all()  # sees the new definition and starts its backfill
+        return pb.CreateComputedTraitResponse(definition=definition)
+
+    async def ListComputedTraits(self, request, context):
+        return pb.ListComputedTraitsResponse(definitions=await self.profiles.definitions.all())
+
+    async def DeleteComputedTrait(self, request, context):
+        if not await self.store.delete_definition(_required(request.name, "name")):
+            raise NotFound("computed trait", request.name)
+        self.profiles.definitions.invalidate()
+        return pb.DeleteComputedTraitResponse()
+
+
+class ArchiveServicer(event_archive_service_pb2_grpc.EventArchiveServiceServicer):
+    def __init__(self, profiles: Profiles) -> None:
+        self.store = profiles.store
+        self.retention = profiles.settings.archive_days * 86400
+
+    async def ListEvents(self, request, context):
+        _required(request.profile_id, "profile_id")
+        size = _page_size(request.page_size, 100, 1000)
+        now = datetime.now(timezone.utc).timestamp()
+        since = request.since.ToMicroseconds() if request.HasField("since") else int((now - self.retention) * 1e6)
+        until = request.until.ToMicroseconds() if request.HasField("until") else int((now + 86400) * 1e6)
+        if request.page_token:
+            try:
+                until = min(until, int(request.page_token))
+            except ValueError:
+                raise InvalidArgument("page_token", "is not a token this service issued") from None
+        found = []
+        # Filtering by name happens after the read, so read pages until this one is full.
+        while len(found) < size and until > since:
+            batch = await self.store.events(request.profile_id, since, until, size)
+            if not batch:
+                until = since
+                break
+            found.extend(e for e in batch if not request.event or event_name(e) == request.event)
+            until = batch[-1].timestamp.ToMicroseconds()
+            if len(batch) < size:
+                until = since
+        token = str(until) if until > since else ""
+        return event_archive_service_pb2.ListEventsResponse(events=found[:size], next_page_token=token)
 
 
 class ResolvedEventHandler:
     """events.resolved → fold → snapshot → profile.updated, idempotent by message id."""
 
-    def __init__(self, store: ProfileStore, bus: Bus) -> None:
-        self.store = store
-        self.bus = bus
+    def __init__(self, profiles: Profiles) -> None:
+        self.profiles = profiles
 
     async def __call__(self, resolved: resolved_pb2.ResolvedEvent, delivery: Delivery) -> None:
-        profile_id, event = resolved.profile_id, resolved.event
-        if not profile_id:
+        if not resolved.profile_id:
             raise InvalidArgument("profile_id", "is required")
-        applied = await self.store.applied_version(profile_id, event.message_id)
-        if applied is not None:
-            snapshot = await self.store.snapshot(profile_id, applied)
-            latest = await self.store.latest(profile_id)
-            if latest is None or latest.version < applied:
-                await self.store.save(snapshot)  # a crash came between marker and latest
-        else:
-            profile = await self.store.latest(profile_id) or profile_pb2.Profile(profile_id=profile_id)
-            changes = fold(profile, event)
-            now = timestamp_pb2.Timestamp()
-            now.GetCurrentTime()
-            snapshot = profile_pb2.Snapshot(
-                profile_id=profile_id, version=profile.version, recorded_at=now,
-                changes=changes, cause_message_id=event.message_id, profile=profile,
-            )
-            await self.store.save(snapshot)
+        snapshot = await self.profiles.apply(resolved)
         trace.get_current_span().set_attributes(
-            {"mosaic.profile.id": profile_id, "mosaic.profile.version": snapshot.version}
+            {"mosaic.profile.id": resolved.profile_id, "mosaic.profile.version": snapshot.version}
         )
-        # Published again on redelivery too: a crash may have come before the first publish,
-        # and the message id makes JetStream drop the copy.
-        update = profile_updated_pb2.ProfileUpdated(
-            profile_id=profile_id, version=snapshot.version, changes=snapshot.changes,
-            cause_message_id=event.message_id, updated_at=snapshot.recorded_at,
-        )
-        for name, trait in snapshot.profile.traits.items():
-            update.traits.fields[name].CopyFrom(trait.value)
-        await self.bus.publish(topics.PROFILE_UPDATED, profile_id, update, f"{profile_id}:{snapshot.version}")
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
     store = await open_store(settings.platform)
     runtime.cleanup.push_async_callback(store.close)
-    profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(store), runtime.server)
-    runtime.add_service(profile_service_pb2.DESCRIPTOR.services_by_name["ProfileService"].full_name)
-    runtime.bus.consume(topics.EVENTS_RESOLVED, ResolvedEventHandler(store, runtime.bus), settings.platform.owned_partitions)
+    cache = ProfileCache(settings.cache_size, settings.platform.partitions, settings.platform.owned_partitions)
+    profiles = Profiles(store, cache, runtime.bus, settings)
+    runtime.cleanup.push_async_callback(profiles.close)
+    await profiles.definitions.all()
+    profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(profiles), runtime.server)
+    event_archive_service_pb2_grpc.add_EventArchiveServiceServicer_to_server(ArchiveServicer(profiles), runtime.server)
+    runtime.add_service(pb.DESCRIPTOR.services_by_name["ProfileService"].full_name)
+    runtime.add_service(event_archive_service_pb2.DESCRIPTOR.services_by_name["EventArchiveService"].full_name)
+    runtime.bus.consume(topics.EVENTS_RESOLVED, ResolvedEventHandler(profiles), settings.platform.owned_partitions)

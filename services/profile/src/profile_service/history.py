@@ -1,0 +1,110 @@
+"""Profile history as changes, and the delta scheme that stores it. Pure logic.
+
+`diff(old, new)` lists what differs between two profiles as FieldChanges; it makes the
+snapshot of every change and answers DiffSnapshots. Snapshots store the whole profile every
+`full_every` versions and, in between, only the entries that changed (`delta`); `replay`
+rebuilds any version from the nearest full state below it plus the deltas after it.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import struct_pb2
+
+from mosaic.profile.v1 import profile_pb2
+
+MAPS = ("traits", "identities", "groups", "computed_traits", "daily_counters")
+SCALARS = ("event_count", "first_seen", "last_seen")
+
+
+def _value(field: str, entry) -> struct_pb2.Value:
+    """The value a change shows for one map entry or scalar."""
+    if field in ("traits",):
+        return entry.value
+    if field == "computed_traits":
+        return entry
+    if field == "identities":
+        return struct_pb2.Value(string_value=entry.value)
+    if field == "groups":
+        return struct_pb2.Value(struct_value=entry.traits)
+    if field == "daily_counters":
+        return struct_pb2.Value(number_value=entry.count)
+    if field == "event_count":
+        return struct_pb2.Value(number_value=entry)
+    return struct_pb2.Value(string_value=entry.ToJsonString())  # timestamps
+
+
+def diff(old: profile_pb2.Profile, new: profile_pb2.Profile) -> list[profile_pb2.FieldChange]:
+    changes = []
+    for field in MAPS:
+        before, after = getattr(old, field), getattr(new, field)
+        for key in sorted(set(before) | set(after)):
+            if key in before and key in after and before[key] == after[key]:
+                continue
+            change = profile_pb2.FieldChange(path=f"{field}.{key}")
+            if key in before:
+                change.old_value.CopyFrom(_value(field, before[key]))
+            if key in after:
+                change.new_value.CopyFrom(_value(field, after[key]))
+            changes.append(change)
+    for field in SCALARS:
+        has_old = field == "event_count" or old.HasField(field)
+        has_new = field == "event_count" or new.HasField(field)
+        if (has_old, getattr(old, field)) == (has_new, getattr(new, field)):
+            continue
+        change = profile_pb2.FieldChange(path=field)
+        if has_old and (field != "event_count" or old.event_count):
+            change.old_value.CopyFrom(_value(field, getattr(old, field)))
+        if has_new:
+            change.new_value.CopyFrom(_value(field, getattr(new, field)))
+        changes.append(change)
+    return changes
+
+
+def delta(new: profile_pb2.Profile, changes: list[profile_pb2.FieldChange]) -> profile_pb2.Profile:
+    """The part of `new` that `changes` touched: what a delta snapshot stores."""
+    part = profile_pb2.Profile(profile_id=new.profile_id, version=new.version)
+    for change in changes:
+        field, _, key = change.path.partition(".")
+        if field in MAPS:
+            source = getattr(new, field)
+            if key in source:
+                getattr(part, field)[key].CopyFrom(source[key])
+        elif field == "event_count":
+            part.event_count = new.event_count
+        elif new.HasField(field):
+            getattr(part, field).CopyFrom(getattr(new, field))
+    return part
+
+
+def apply(profile: profile_pb2.Profile, snapshot: profile_pb2.Snapshot) -> None:
+    """Move `profile` forward by one delta snapshot, in place."""
+    part = snapshot.profile
+    for change in snapshot.changes:
+        field, _, key = change.path.partition(".")
+        if field in MAPS:
+            target = getattr(profile, field)
+            if change.HasField("new_value"):
+                target[key].CopyFrom(getattr(part, field)[key])
+            else:
+                del target[key]
+        elif field == "event_count":
+            profile.event_count = part.event_count
+        elif change.HasField("new_value"):
+            getattr(profile, field).CopyFrom(getattr(part, field))
+        else:
+            profile.ClearField(field)
+    profile.version = snapshot.version
+
+
+def replay(snapshots: list[profile_pb2.Snapshot], full: list[bool]) -> profile_pb2.Profile:
+    """The profile as of the last snapshot; the first must be a full one."""
+    if not snapshots or not full[0]:
+        raise ValueError("replay needs a full snapshot first")
+    profile = profile_pb2.Profile()
+    profile.CopyFrom(snapshots[0].profile)
+    for snapshot, is_full in zip(snapshots[1:], full[1:]):
+        if is_full:
+            profile.CopyFrom(snapshot.profile)
+        else:
+            apply(profile, snapshot)
+    return profile

@@ -1,0 +1,211 @@
+"""The profile domain: apply events in order, rebuild any version, backfill computed traits.
+
+Every write to a profile happens under its partition's lock in the replica that owns the
+partition: the bus consumer of that partition, UpsertTraits (which travels through the same
+partition as an event) and computed-trait backfills. One writer per profile is what makes
+the write-through cache and the unconditional Cassandra writes safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import datetime, timezone
+
+from google.protobuf import timestamp_pb2
+
+from mosaic.events.v1 import profile_updated_pb2, resolved_pb2
+from mosaic.platform import topics
+from mosaic.platform.bus import Bus
+from mosaic.platform.errors import NotFound
+from mosaic.profile.v1 import profile_pb2
+from profile_service import computed, history
+from profile_service.cache import ProfileCache
+from profile_service.config import Settings
+from profile_service.fold import FoldRules, event_name, fold
+from profile_service.store import Latest, ProfileStore, StoredSnapshot
+
+log = logging.getLogger("mosaic.profile")
+
+
+class DefinitionCatalog:
+    """Computed-trait definitions (built-ins first), reloaded after a while; reports new ones."""
+
+    def __init__(self, store: ProfileStore, on_new, max_age: float = 5.0) -> None:
+        self.store = store
+        self.on_new = on_new
+        self.max_age = max_age
+        self._definitions: list = []
+        self._known: set[str] | None = None
+        self._loaded_at = -1e9
+        self._lock = asyncio.Lock()
+
+    async def all(self):
+        async with self._lock:
+            if time.monotonic() - self._loaded_at > self.max_age:
+                stored = await self.store.definitions()
+                names = {d.name for d in stored}
+                if self._known is not None:
+                    for definition in stored:
+                        if definition.name not in self._known:
+                            self.on_new(definition)
+                self._known = names
+                self._definitions = [*computed.BUILT_IN, *stored]
+                self._loaded_at = time.monotonic()
+            return self._definitions
+
+    def invalidate(self) -> None:
+        self._loaded_at = -1e9
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    return now
+
+
+class Profiles:
+    def __init__(self, store: ProfileStore, cache: ProfileCache, bus: Bus, settings: Settings) -> None:
+        self.store = store
+        self.cache = cache
+        self.bus = bus
+        self.settings = settings
+        self.rules = FoldRules(settings.source_priority, settings.counter_days)
+        self.definitions = DefinitionCatalog(store, self._schedule_backfill)
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._backfills: set[asyncio.Task] = set()
+
+    def lock(self, profile_id: str) -> asyncio.Lock:
+        partition = topics.partition_of(profile_id, self.bus.partitions)
+        return self._locks.setdefault(partition, asyncio.Lock())
+
+    async def latest(self, profile_id: str) -> Latest | None:
+        latest = self.cache.get(profile_id) if self.cache.cacheable(profile_id) else None
+        if latest is None:
+            latest = await self.store.latest(profile_id)
+            if latest is not None:
+                self.cache.put(latest)
+        return latest
+
+    async def apply(self, resolved: resolved_pb2.ResolvedEvent) -> profile_pb2.Snapshot:
+        """Fold one event into its profile, once; publish what changed."""
+        profile_id, event = resolved.profile_id, resolved.event
+        async with self.lock(profile_id):
+            applied = await self.store.applied_version(profile_id, event.message_id)
+            if applied is not None:
+                snapshot, profile = await self._repair(profile_id, applied)
+            else:
+                snapshot, profile = await self._fold(resolved)
+        await self._publish(snapshot, profile)
+        return snapshot
+
+    async def _fold(self, resolved):
+        profile_id, event = resolved.profile_id, resolved.event
+        latest = await self.latest(profile_id) or Latest(profile_pb2.Profile(profile_id=profile_id))
+        old, profile = latest.profile, profile_pb2.Profile()
+        profile.CopyFrom(old)  # the cached copy stays as it is until the write succeeds
+        states = json.loads(latest.aggregates)
+        now = datetime.now(timezone.utc)
+        fold(profile, resolved, self.rules, now)
+        definitions = await self.definitions.all()
+        for definition in definitions:
+            computed.update(definition, states.setdefault(definition.name, {}), event)
+        computed.refresh(profile, definitions, states, now)
+        await self.store.archive(profile_id, event, event_name(event), self.settings.archive_days * 86400)
+        for key, identity in profile.identities.items():
+            if key not in old.identities:
+                await self.store.index_identifier(identity.type, identity.value, profile_id)
+        return await self._save(old, profile, states, event.message_id), profile
+
+    async def _save(self, old, profile, states, cause: str) -> profile_pb2.Snapshot:
+        profile.version = old.version + 1
+        changes = history.diff(old, profile)
+        full = profile.version == 1 or profile.version % self.settings.full_every == 0
+        snapshot = profile_pb2.Snapshot(
+            profile_id=profile.profile_id, version=profile.version, recorded_at=_now(), changes=changes,
+            cause_message_id=cause, profile=profile if full else history.delta(profile, changes),
+        )
+        latest = Latest(profile, json.dumps(states))
+        await self.store.save(StoredSnapshot(snapshot, full), latest)
+        self.cache.put(latest)
+        return snapshot
+
+    async def _repair(self, profile_id: str, version: int):
+        """A redelivered event: finish what a crash may have left undone, change nothing else."""
+        latest = await self.latest(profile_id)
+        profile = await self.at_version(profile_id, version)
+        [stored] = await self.store.snapshots(profile_id, version, version)
+        if latest is None or latest.profile.version < version:
+            repaired = Latest(profile, latest.aggregates if latest else "{}")
+            await self.store.save(stored, repaired)
+            self.cache.put(repaired)
+        return stored.snapshot, profile
+
+    async def _publish(self, snapshot: profile_pb2.Snapshot, profile: profile_pb2.Profile) -> None:
+        # Published again on redelivery too (a crash may have come before the first publish);
+        # the message id makes JetStream drop the copy.
+        update = profile_updated_pb2.ProfileUpdated(
+            profile_id=snapshot.profile_id, version=snapshot.version, changes=snapshot.changes,
+            cause_message_id=snapshot.cause_message_id, updated_at=snapshot.recorded_at,
+        )
+        for name, trait in profile.traits.items():
+            update.traits.fields[name].CopyFrom(trait.value)
+        for name, value in profile.computed_traits.items():
+            update.traits.fields[name].CopyFrom(value)
+        await self.bus.publish(topics.PROFILE_UPDATED, snapshot.profile_id, update, f"{snapshot.profile_id}:{snapshot.version}")
+
+    async def at_version(self, profile_id: str, version: int) -> profile_pb2.Profile:
+        """Rebuild a version from the nearest full snapshot at or below it and the deltas after."""
+        low = version
+        while True:
+            low = max(1, low - self.settings.full_every + 1)
+            stored = await self.store.snapshots(profile_id, low, version)
+            fulls = [i for i, s in enumerate(stored) if s.full]
+            if fulls:
+                start = fulls[-1]
+                return history.replay([s.snapshot for s in stored[start:]], [s.full for s in stored[start:]])
+            if low == 1:
+                raise NotFound("profile version", f"{profile_id}@{version}")
+            low -= 1
+
+    async def at_time(self, profile_id: str, at: timestamp_pb2.Timestamp) -> profile_pb2.Profile:
+        version = await self.store.version_at(profile_id, at.ToMicroseconds())
+        if version == 0:
+            raise NotFound("profile at time", f"{profile_id}@{at.ToJsonString()}")
+        return await self.at_version(profile_id, version)
+
+    def _schedule_backfill(self, definition) -> None:
+        task = asyncio.create_task(self._backfill(definition))
+        self._backfills.add(task)
+        task.add_done_callback(self._backfills.discard)
+
+    async def _backfill(self, definition) -> None:
+        """Recompute a new definition for every profile this replica owns, from the archive."""
+        count = 0
+        async for scanned in self.store.scan():
+            if not self.cache.owned or topics.partition_of(scanned.profile_id, self.bus.partitions) not in self.cache.owned:
+                continue
+            async with self.lock(scanned.profile_id):
+                latest = await self.latest(scanned.profile_id)
+                now = datetime.now(timezone.utc)
+                since = int((now.timestamp() - self.settings.archive_days * 86400) * 1e6)
+                events = await self.store.events(scanned.profile_id, since, int(now.timestamp() * 1e6) + 86400_000_000, 1_000_000)
+                states = json.loads(latest.aggregates)
+                states[definition.name] = {}
+                for event in reversed(events):
+                    computed.update(definition, states[definition.name], event)
+                profile = profile_pb2.Profile()
+                profile.CopyFrom(latest.profile)
+                computed.refresh(profile, await self.definitions.all(), states, now)
+                if profile.computed_traits != latest.profile.computed_traits:
+                    snapshot = await self._save(latest.profile, profile, states, f"backfill:{definition.name}")
+                    await self._publish(snapshot, profile)
+                    count += 1
+        log.info("backfilled computed trait", extra={"fields": {"name": definition.name, "profiles": count}})
+
+    async def close(self) -> None:
+        for task in list(self._backfills):
+            task.cancel()
+        await asyncio.gather(*self._backfills, return_exceptions=True)
