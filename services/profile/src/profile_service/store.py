@@ -15,6 +15,7 @@ archive is partitioned by (profile_id, day) and expires with a TTL.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import AsyncIterator, Protocol
@@ -142,25 +143,31 @@ class CassandraProfileStore(Repository):
     async def save(self, stored, latest):
         s, p = stored.snapshot, latest.profile
         recorded_us = s.recorded_at.ToMicroseconds()
-        await self.db.execute(
-            "INSERT INTO profile_snapshots (profile_id, bucket, version, snapshot, is_full) VALUES (?, ?, ?, ?, ?)",
-            (p.profile_id, s.version // BUCKET, s.version, s.SerializeToString(), stored.full),
-        )
-        await self.db.execute(
-            "INSERT INTO profile_snapshot_times (profile_id, month, recorded_at, version) VALUES (?, ?, ?, ?)",
-            (p.profile_id, month_of(recorded_us), _dt(recorded_us), s.version),
+        # The snapshot and its time-index row are independent: write them together.
+        await asyncio.gather(
+            self.db.execute(
+                "INSERT INTO profile_snapshots (profile_id, bucket, version, snapshot, is_full) VALUES (?, ?, ?, ?, ?)",
+                (p.profile_id, s.version // BUCKET, s.version, s.SerializeToString(), stored.full),
+            ),
+            self.db.execute(
+                "INSERT INTO profile_snapshot_times (profile_id, month, recorded_at, version) VALUES (?, ?, ?, ?)",
+                (p.profile_id, month_of(recorded_us), _dt(recorded_us), s.version),
+            ),
         )
         await self.db.execute(
             "INSERT INTO profile_applied_events (profile_id, message_id, version) VALUES (?, ?, ?)",
             (p.profile_id, s.cause_message_id, s.version),
         )
-        first_month = month_of(recorded_us) if s.version == 1 else None
-        await self.db.execute(
-            "INSERT INTO profile_latest (profile_id, version, state, aggregates) VALUES (?, ?, ?, ?)",
-            (p.profile_id, p.version, p.SerializeToString(), latest.aggregates),
-        )
-        if first_month:
-            await self.db.execute("UPDATE profile_latest SET first_month = ? WHERE profile_id = ?", (first_month, p.profile_id))
+        if s.version == 1:  # where the time index starts, for GetProfileAt
+            await self.db.execute(
+                "INSERT INTO profile_latest (profile_id, version, state, aggregates, first_month) VALUES (?, ?, ?, ?, ?)",
+                (p.profile_id, p.version, p.SerializeToString(), latest.aggregates, month_of(recorded_us)),
+            )
+        else:
+            await self.db.execute(
+                "INSERT INTO profile_latest (profile_id, version, state, aggregates) VALUES (?, ?, ?, ?)",
+                (p.profile_id, p.version, p.SerializeToString(), latest.aggregates),
+            )
 
     async def snapshots(self, profile_id, from_version, to_version):
         found: list[StoredSnapshot] = []
