@@ -189,3 +189,20 @@ def test_partitions_are_stable_and_spread():
     assert partition_of("user-1", 8) == partition_of("user-1", 8)
     spread = {partition_of(str(uuid.uuid4()), 8) for _ in range(200)}
     assert spread == set(range(8))
+
+
+async def test_a_handler_slower_than_ack_wait_keeps_its_message(nats_server):
+    bus = await connect(nats_server, partitions=1)
+    bus.ack_wait = 1.0
+    await bus.publish(TOPIC, "u1", event("slow"), "slow")
+    deliveries = []
+
+    async def slow(message, delivery):
+        deliveries.append(delivery.num_delivered)
+        await asyncio.sleep(2.5)
+
+    bus.consume(TOPIC, slow, [0])
+    await eventually(lambda: deliveries)
+    await asyncio.sleep(4)
+    assert deliveries == [1], "progress heartbeats kept JetStream from redelivering it"
+    await bus.close()

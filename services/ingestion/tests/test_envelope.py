@@ -18,6 +18,8 @@ NOW = timestamp_pb2.Timestamp(seconds=1_000_000)
     (event_pb2.Event(type=T.EVENT_TYPE_ALIAS, user_id="u"), "previous_id", "is required for alias"),
     (event_pb2.Event(type=T.EVENT_TYPE_GROUP, anonymous_id="a"), "group_id", "is required for group"),
     (event_pb2.Event(type=T.EVENT_TYPE_TRACK, user_id="u", event="x" * 33000), "event", "must be at most 32768 bytes"),
+    (event_pb2.Event(type=T.EVENT_TYPE_IDENTIFY, user_id="u", message_id="a\r\nb"), "message_id", "must be at most 512 printable"),
+    (event_pb2.Event(type=T.EVENT_TYPE_IDENTIFY, user_id="u", message_id="m" * 513), "message_id", "must be at most 512 printable"),
 ])
 def test_an_invalid_event_names_the_field_and_rule(event, field, rule):
     with pytest.raises(InvalidArgument) as caught:
@@ -31,6 +33,11 @@ def test_a_message_id_is_generated_when_absent_and_kept_when_present():
     kept = envelope.prepare(event_pb2.Event(type=T.EVENT_TYPE_IDENTIFY, user_id="u", message_id="m-1"), "web", NOW)
     assert len(generated.message_id) == 36 and kept.message_id == "m-1"
     assert generated.source_id == "web" and generated.received_at == NOW and generated.timestamp == NOW
+
+
+def test_the_dedupe_id_is_the_source_and_the_message_id():
+    event = envelope.prepare(event_pb2.Event(type=T.EVENT_TYPE_IDENTIFY, user_id="u", message_id="m-1"), "web", NOW)
+    assert envelope.dedupe_id(event) == "web:m-1"
 
 
 def test_the_event_time_is_corrected_by_the_client_clock_skew():

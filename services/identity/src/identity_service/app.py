@@ -1,72 +1,150 @@
-"""The identity service: Lookup and Resolve over gRPC; events.raw in, events.resolved out."""
+"""The identity service: the graph over gRPC; events.raw in; events.resolved, identity.merged
+and identity.split out."""
 
 from __future__ import annotations
+
+import asyncio
 
 from opentelemetry import trace
 
 from mosaic.events.v1 import event_pb2, resolved_pb2
-from mosaic.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
+from mosaic.identity.v1 import identity_pb2, identity_service_pb2 as pb, identity_service_pb2_grpc
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
-from mosaic.platform.errors import InvalidArgument, NotFound
+from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound
 from mosaic.platform.server import Runtime
-from identity_service import identifiers
+from identity_service import admin, dryrun, explain, identifiers
 from identity_service.config import Settings
+from identity_service.events import EventResolver
+from identity_service.outbox import Outbox
 from identity_service.resolver import Resolver
-from identity_service.store import open_store
+from identity_service.rules import Rules, RulesCache, with_defaults
+from identity_service.store import IdentityStore, open_store
 
 
 class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, resolver: Resolver) -> None:
+    def __init__(self, resolver: Resolver, rules: RulesCache, outbox: Outbox, phone_region: str) -> None:
         self.resolver = resolver
+        self.rules = rules
+        self.outbox = outbox
+        self.phone_region = phone_region
 
     async def Lookup(self, request, context):
-        identifier = _checked(request.identifier, "identifier")
-        profile_id = await self.resolver.lookup(identifier)
+        identifier = self._checked(request.identifier, "identifier")
+        profile_id = await self.resolver.lookup(identifiers.key(identifier))
         if profile_id is None:
             raise NotFound("identifier", f"{identifier.type}:{identifier.value}")
-        return identity_service_pb2.LookupResponse(profile_id=profile_id)
+        return pb.LookupResponse(profile_id=profile_id)
 
     async def Resolve(self, request, context):
-        matches = []
-        for index, raw in enumerate(request.identifiers):
-            identifier = _checked(raw, f"identifiers[{index}]")
-            profile_id = await self.resolver.lookup(identifier)
-            if profile_id:
-                matches.append(identity_service_pb2.IdentifierMatch(identifier=identifier, profile_id=profile_id))
-        return identity_service_pb2.ResolveResponse(matches=matches)
+        checked = [self._checked(raw, f"identifiers[{i}]") for i, raw in enumerate(request.identifiers)]
+        found = await asyncio.gather(*(self.resolver.lookup(identifiers.key(i)) for i in checked))
+        return pb.ResolveResponse(matches=[
+            pb.IdentifierMatch(identifier=identifier, profile_id=profile_id)
+            for identifier, profile_id in zip(checked, found) if profile_id
+        ])
 
+    async def GetIdentities(self, request, context):
+        root = await explain.survivor_of(self.resolver, request.profile_id)
+        return pb.GetIdentitiesResponse(profile_id=root, identities=await explain.identities(self.resolver, root))
 
-def _checked(identifier: identity_pb2.Identifier, field: str) -> identity_pb2.Identifier:
-    if not identifier.type:
-        raise InvalidArgument(f"{field}.type", "is required")
-    value = identifiers.normalise(identifier.type, identifier.value)
-    if not value:
-        raise InvalidArgument(f"{field}.value", "is required")
-    return identity_pb2.Identifier(type=identifier.type, value=value)
+    async def GetMergeHistory(self, request, context):
+        await explain.survivor_of(self.resolver, request.profile_id)
+        return pb.GetMergeHistoryResponse(merges=await explain.history(self.resolver, request.profile_id))
+
+    async def ExplainProfile(self, request, context):
+        root = await explain.survivor_of(self.resolver, request.profile_id)
+        return await explain.explain(self.resolver, root)
+
+    async def SplitProfile(self, request, context):
+        split = await admin.split(self.resolver, request.merge_id, request.reason)
+        await self.outbox.drain()
+        return pb.SplitProfileResponse(
+            split_id=split.split_id, survivor_profile_id=split.survivor_profile_id,
+            restored_profile_ids=split.restored_profile_ids, moved_identifiers=split.moved_identifiers,
+        )
+
+    async def MergeProfiles(self, request, context):
+        survivor, records = await admin.merge_profiles(
+            self.resolver, list(request.profile_ids), await self.rules.get(), request.reason, request.request_id
+        )
+        await self.outbox.drain()
+        return pb.MergeProfilesResponse(survivor_profile_id=survivor, merges=records)
+
+    async def DryRunRules(self, request, context):
+        if request.max_links < 0:
+            raise InvalidArgument("max_links", "must not be negative")
+        return await dryrun.dry_run(self.resolver, Rules.from_proto(request.rules), request.max_links)
+
+    async def GetRules(self, request, context):
+        stored = await self.resolver.store.load_rules() or identity_pb2.IdentityRules()
+        return pb.GetRulesResponse(rules=with_defaults(stored))
+
+    async def UpdateRules(self, request, context):
+        Rules.from_proto(request.rules)  # names the field of a bad rule before anything is stored
+        stored = await self.resolver.store.load_rules()
+        version = stored.version if stored else 0
+        if request.rules.version != version:
+            raise FailedPrecondition("rules", f"version {request.rules.version} is not the version in force ({version})")
+        new = identity_pb2.IdentityRules()
+        new.CopyFrom(request.rules)
+        new.version = version + 1
+        if not await self.resolver.store.save_rules(new, version):
+            raise FailedPrecondition("rules", "were changed meanwhile; read them again")
+        self.rules.invalidate()
+        return pb.UpdateRulesResponse(rules=with_defaults(new))
+
+    def _checked(self, identifier: identity_pb2.Identifier, field: str) -> identity_pb2.Identifier:
+        if not identifier.type:
+            raise InvalidArgument(f"{field}.type", "is required")
+        value = identifiers.normalise(identifier.type, identifier.value, self.phone_region)
+        if not value:
+            raise InvalidArgument(f"{field}.value", f"is not a valid {identifier.type}")
+        return identity_pb2.Identifier(type=identifier.type, value=value)
 
 
 class RawEventHandler:
-    """events.raw → resolve → events.resolved, keyed by profile id."""
+    """events.raw → resolve → events.resolved (keyed by profile id), then merges published."""
 
-    def __init__(self, resolver: Resolver, bus: Bus) -> None:
-        self.resolver = resolver
+    def __init__(self, events: EventResolver, bus: Bus, outbox: Outbox) -> None:
+        self.events = events
         self.bus = bus
+        self.outbox = outbox
 
     async def __call__(self, event: event_pb2.Event, delivery: Delivery) -> None:
-        found = identifiers.extract(event)
-        if not found:
-            raise InvalidArgument("event", "has no identifier (user_id, anonymous_id, email or device id)")
-        profile_id = await self.resolver.resolve(found)
-        trace.get_current_span().set_attribute("mosaic.profile.id", profile_id)
-        resolved = resolved_pb2.ResolvedEvent(profile_id=profile_id, event=event, identifiers=found)
-        await self.bus.publish(topics.EVENTS_RESOLVED, profile_id, resolved, event.message_id)
+        resolved = await self.events.resolve(event)
+        trace.get_current_span().set_attribute("mosaic.profile.id", resolved.profile_id)
+        if resolved.resolution.merges:
+            # identity.merged goes out before the event that caused it, so the profile service
+            # folds the merged profiles first; a crash here leaves it in the outbox.
+            await self.outbox.drain()
+        message = resolved_pb2.ResolvedEvent(
+            profile_id=resolved.profile_id, event=event, identifiers=resolved.identifiers
+        )
+        await self.bus.publish(topics.EVENTS_RESOLVED, resolved.profile_id, message, event.message_id)
+
+
+def components(store: IdentityStore, settings: Settings) -> tuple[Resolver, RulesCache, EventResolver]:
+    """The service's parts on one store; tests and the benchmark build them the same way."""
+    resolver = Resolver(store, lease_seconds=settings.lease_seconds)
+    rules = RulesCache(store.load_rules, settings.rules_max_age)
+    return resolver, rules, EventResolver(resolver, rules, settings.phone_region)
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
     store = await open_store(settings.platform)
     runtime.cleanup.push_async_callback(store.close)
-    resolver = Resolver(store)
-    identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(resolver), runtime.server)
-    runtime.add_service(identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name)
-    runtime.bus.consume(topics.EVENTS_RAW, RawEventHandler(resolver, runtime.bus), settings.platform.owned_partitions)
+    resolver, rules, events = components(store, settings)
+    outbox = Outbox(store, runtime.bus, abandon_after=max(60.0, 4 * settings.lease_seconds))
+    stopping = asyncio.Event()
+    drainer = asyncio.create_task(outbox.run(stopping))
+
+    async def stop_drainer() -> None:
+        stopping.set()
+        await drainer
+
+    runtime.cleanup.push_async_callback(stop_drainer)
+    servicer = IdentityServicer(resolver, rules, outbox, settings.phone_region)
+    identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, runtime.server)
+    runtime.add_service(pb.DESCRIPTOR.services_by_name["IdentityService"].full_name)
+    runtime.bus.consume(topics.EVENTS_RAW, RawEventHandler(events, runtime.bus, outbox), settings.platform.owned_partitions)

@@ -1,5 +1,34 @@
-from mosaic.platform.config import ServiceSettings
+"""The identity service's settings: the platform's, plus its own from MOSAIC_IDENTITY_*."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mosaic.platform.config import ConfigError, Env, PlatformSettings, ServiceSettings
 
 
+@dataclass(frozen=True)
 class Settings(ServiceSettings):
     SERVICE = "identity"
+    rules_max_age: float = 5.0
+    lease_seconds: float = 15.0
+    phone_region: str = "US"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        env = Env(environ)
+        region = env.str("MOSAIC_IDENTITY_PHONE_REGION", "US").upper()
+        if len(region) != 2 or not region.isalpha():
+            raise ConfigError("MOSAIC_IDENTITY_PHONE_REGION", f"must be a two-letter region code, got {region!r}")
+        return cls(
+            PlatformSettings.from_env(cls.SERVICE, environ),
+            # How stale the rules may be on a replica after UpdateRules.
+            rules_max_age=env.float("MOSAIC_IDENTITY_RULES_MAX_AGE", 5.0),
+            # How long a crashed replica's lock on a profile blocks others. Longer than the store's
+            # 10 s request timeout, so a live holder's slowest request still ends inside its lease.
+            lease_seconds=env.float("MOSAIC_IDENTITY_LOCK_LEASE", 15.0, minimum=0.5),
+            phone_region=region,
+        )

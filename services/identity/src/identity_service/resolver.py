@@ -1,34 +1,273 @@
-"""Resolution: which profile an event's identifiers belong to, claiming the new ones.
+"""Resolution: the profile of an event's identifiers, linking and merging within the rules.
 
-No match makes a new profile; a match joins it. When identifiers point at several profiles,
-the event joins the profile of its highest-priority identifier and the others stay where they
-are (merging profiles comes with the identity-rules work). Resolution is idempotent: replaying
-an event finds the claims it made and resolves the same way.
+Concurrency. events.raw is partitioned by the event's first id, so two events sharing an
+e-mail may be resolved at once by two partitions or two replicas. The graph stays what one
+replica processing the same events one at a time would build, by three rules:
+
+1. Claims are write-once (LWT `IF NOT EXISTS`): an identifier has one home profile for ever,
+   and a racing claim reads the winner's.
+2. Every change of a component (new links, merges, splits) is decided by the holder of the
+   lock of every root profile involved. The lock is an LWT on the root's row (`IF
+   lease_until < now AND merged_into = ''`), taken in profile-id order, never waited on while
+   holding another (all are released and retried with jitter), so there is no deadlock; a
+   crashed holder's lease runs out. Under the locks the component's state is read again and
+   `graph.decide` runs on it: the decision is serialised per component, and writes on the
+   root rows are conditioned on holding the lock (`IF holder = ?`).
+3. A resolution that changes nothing (every identifier known, one root) takes no lock: it is a
+   read that linearises before or after any concurrent change.
+
+The one race left is a claim of a brand-new identifier by two components at once; the LWT
+picks one, and the loser (which claims before it merges anything) re-reads and decides again,
+now seeing the winner's component, as if it had come second. Records derived from a merge (children, audit, outbox) are
+written before the merge's LWT with ids a replay computes again, and readers trust them only
+when the profile row agrees, so a crash at any point leaves nothing a redelivery cannot finish.
+
+What this guarantees: every change is decided under the locks of all the components it
+touches, so a concurrent run is equivalent to a serial run in the order the locks admitted the
+changes. Where the rules make the outcome depend on order (two user ids reaching for one
+shared device: the first keeps it), a serial run depends on order too, and the concurrent run
+ends with one of the serial outcomes, never a mix (never both user ids on one profile). Where
+they do not, which is the common case, the graph (which identifiers are together, which are
+left out) is the same whatever the interleaving or arrival order; the multi-process test
+checks exactly that against a serial run. New profiles are named after the event that created
+them (uuid5 of its id), so a replay after a crash names them again the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import os
+import random
+import time
 import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
+from google.protobuf import timestamp_pb2
+
+from mosaic.events.v1 import identity_changed_pb2
 from mosaic.identity.v1 import identity_pb2
-from identity_service.store import IdentityStore
+from mosaic.platform import topics
+from mosaic.platform.errors import FailedPrecondition, InvalidArgument, Unavailable
+from identity_service import graph
+from identity_service.graph import Component, Plan
+from identity_service.rules import Rules
+from identity_service.store import Claim, IdentityStore, Key, Member, OutboxEntry
+
+NAMESPACE = uuid.UUID("5b0c7a52-3c1e-4d1e-9a57-6d6f73616963")
+MAX_ATTEMPTS = 50
+MAX_CHAIN = 256
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def profile_id_for(event_id: str) -> str:
+    """A new profile is named after the event that created it, so a replay names it the same."""
+    return str(uuid.uuid5(NAMESPACE, f"profile:{event_id}"))
+
+
+def merge_id_for(cause: str, merged: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"merge:{cause}:{merged}"))
+
+
+@dataclass
+class Resolution:
+    profile_id: str
+    plan: Plan | None = None  # None: nothing changed (the fast path)
+    merges: list[identity_pb2.MergeRecord] = field(default_factory=list)
+
+
+class Retry(Exception):
+    """The state moved under us (a lock is held, a root was merged, a claim was lost)."""
 
 
 class Resolver:
-    def __init__(self, store: IdentityStore) -> None:
+    def __init__(self, store: IdentityStore, lease_seconds: float = 15.0, claim_cache: int = 200_000) -> None:
         self.store = store
+        self.lease_ms = int(lease_seconds * 1000)
+        self._token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._attempts = itertools.count()
+        # Claims never change once written, so a cache of them is never stale.
+        self._claims: OrderedDict[Key, Claim] = OrderedDict()
+        self._claim_cache = claim_cache
+        self.retries = 0  # decisions redone because the state moved under them (contention)
 
-    async def resolve(self, identifiers: list[identity_pb2.Identifier]) -> str:
-        """The profile id for an event's identifiers (highest priority first); claims the unclaimed."""
-        owners = [await self.store.owner(i.type, i.value) for i in identifiers]
-        profile_id = next((owner for owner in owners if owner), None) or str(uuid.uuid4())
-        for identifier, owner in zip(identifiers, owners):
-            if owner is None:
-                winner = await self.store.claim(identifier.type, identifier.value, profile_id)
-                if winner != profile_id and not any(owners):
-                    # Another replica created this person a moment ago: join theirs.
-                    profile_id = winner
-        return profile_id
+    # -- reads ------------------------------------------------------------------------------
 
-    async def lookup(self, identifier: identity_pb2.Identifier) -> str | None:
-        return await self.store.owner(identifier.type, identifier.value)
+    async def claims(self, keys: list[Key]) -> dict[Key, Claim]:
+        found = {k: self._claims[k] for k in keys if k in self._claims}
+        missing = [k for k in keys if k not in found]
+        if missing:
+            fetched = await self.store.claims(missing)
+            for k, claim in fetched.items():
+                self._remember(k, claim)
+            found.update(fetched)
+        return found
+
+    def _remember(self, key: Key, claim: Claim) -> None:
+        self._claims[key] = claim
+        if len(self._claims) > self._claim_cache:
+            self._claims.popitem(last=False)
+
+    async def root(self, profile_id: str) -> str:
+        """The survivor a profile id answers for: itself unless merged away."""
+        for _ in range(MAX_CHAIN):
+            rows = await self.store.profiles([profile_id])
+            row = rows.get(profile_id)
+            if row is None or not row.merged_into:
+                return profile_id
+            profile_id = row.merged_into
+        raise FailedPrecondition(f"profile {profile_id}", f"merge chain is longer than {MAX_CHAIN}")
+
+    async def roots(self, homes: set[str]) -> dict[str, str]:
+        found = await asyncio.gather(*(self.root(h) for h in homes))
+        return dict(zip(homes, found))
+
+    async def lookup(self, key: Key) -> str | None:
+        claim = (await self.claims([key])).get(key)
+        return await self.root(claim.profile_id) if claim else None
+
+    async def component(self, root: str) -> Component:
+        """A root and every profile merged into it, with the rules' counts; trusts a child
+        entry only when the child's row says it is merged into that parent."""
+        rows = await self.store.profiles([root])
+        created = rows[root].created_at if root in rows else 0
+        component = Component(root, created, profiles={root})
+        if root in rows:
+            component.never_merge |= rows[root].never_merge
+        frontier = [root]
+        while frontier:
+            parent = frontier.pop()
+            children = await self.store.children(parent)
+            for child, row in (await self.store.profiles(children)).items():
+                if row.merged_into == parent and child not in component.profiles:
+                    component.profiles.add(child)
+                    component.never_merge |= row.never_merge
+                    frontier.append(child)
+        members = await self.store.members(sorted(component.profiles))
+        for found in members.values():
+            component.counts.update(m.id_type for m in found)
+        return component
+
+    # -- resolution -------------------------------------------------------------------------
+
+    async def resolve(
+        self, identifiers: list[identity_pb2.Identifier], rules: Rules, *, event_id: str, at: int,
+        source: str = "", rule: str = "",
+    ) -> Resolution:
+        """The profile of `identifiers` (priority order), changing the graph if the rules say so."""
+        keys = [(i.type, i.value) for i in identifiers]
+        for attempt in range(MAX_ATTEMPTS):
+            claims = await self.claims(keys)
+            roots = await self.roots({c.profile_id for c in claims.values()})
+            key_roots = {k: roots[c.profile_id] for k, c in claims.items()}
+            if len(claims) == len(keys) and len(set(key_roots.values())) == 1:
+                return Resolution(next(iter(key_roots.values())))
+            try:
+                return await self._change(identifiers, key_roots, rules, event_id, at, source, rule)
+            except Retry:
+                self.retries += 1
+                await asyncio.sleep(random.uniform(0.002, 0.01) * min(attempt + 1, 10))
+        raise Unavailable("identity graph", f"profiles of event {event_id} stayed contended")
+
+    async def _change(self, identifiers, key_roots, rules, event_id, at, source, rule) -> Resolution:
+        holder = f"{self._token}-{next(self._attempts)}"
+        locked = await self.lock_all(sorted(set(key_roots.values())), holder)
+        try:
+            components = {r: await self.component(r) for r in locked}
+            plan = graph.decide(identifiers, key_roots, components, rules)
+            if plan.survivor is None:
+                if not plan.link:  # decide never does this: the first profile found always joins
+                    raise InvalidArgument("event", "no identifier could be linked")
+                plan.survivor = profile_id_for(event_id)
+                if not await self.store.create_locked(plan.survivor, at, event_id, holder, now_ms() + self.lease_ms):
+                    await self.lock_all([plan.survivor], holder)  # a replay after a crash: it exists
+                locked.append(plan.survivor)
+            survivor = plan.survivor
+            # Claims first: they are the one step an outsider can make fail, and failing now
+            # leaves no merge behind that a serial run would not have made.
+            await self._link(survivor, plan.link, event_id, at, source)
+            merges = []
+            for loser, identifier in plan.merged:
+                merges.append(await self.merge(
+                    loser, survivor, holder, components[loser], cause=event_id,
+                    rule=rule or f"shared {identifier.type}", identifier=identifier,
+                ))
+                locked.remove(loser)
+            return Resolution(survivor, plan, merges)
+        finally:
+            for profile_id in locked:
+                await self.store.unlock(profile_id, holder)
+
+    async def _link(self, survivor: str, identifiers, event_id: str, at: int, source: str) -> None:
+        """Claim new identifiers for the locked survivor.
+
+        The member rows go first: a crash before the claim leaves a member that only
+        over-counts (the safe side of a limit) until the redelivered event claims it.
+        """
+        keys = [(i.type, i.value) for i in identifiers]
+        await self.store.add_members(survivor, [Member(t, v, at, event_id, source) for t, v in keys])
+        won = await asyncio.gather(*(self.store.claim(k, Claim(survivor, event_id, at, source)) for k in keys))
+        lost = []
+        for key, claim in zip(keys, won):
+            self._remember(key, claim)
+            if claim.profile_id != survivor:
+                lost.append(key)
+        if lost:
+            for key in lost:
+                await self.store.remove_member(survivor, key)
+            raise Retry()  # another component linked it first: decide again, seeing it
+
+    async def lock_all(self, roots: list[str], holder: str) -> list[str]:
+        """Lock every root, in order; on any refusal release them all and raise Retry."""
+        taken: list[str] = []
+        try:
+            for root in roots:
+                now = now_ms()
+                ok, merged_into = await self.store.lock(root, holder, now, now + self.lease_ms)
+                if not ok and merged_into is None:
+                    # A home profile with no row (claimed before profiles had rows): adopt it.
+                    ok = await self.store.create_locked(root, 0, "", holder, now + self.lease_ms)
+                if not ok:
+                    raise Retry()
+                taken.append(root)
+        except BaseException:
+            for root in taken:
+                await self.store.unlock(root, holder)
+            raise
+        return taken
+
+    async def merge(
+        self, loser: str, survivor: str, holder: str, moved: Component, *, cause: str, rule: str,
+        identifier: identity_pb2.Identifier | None = None,
+    ) -> identity_pb2.MergeRecord:
+        """Fold the locked root `loser` into `survivor`; derived records first, the LWT last."""
+        merge_id = merge_id_for(cause, loser)
+        merged_at = timestamp_pb2.Timestamp()
+        merged_at.FromMilliseconds(now_ms())
+        record = identity_pb2.MergeRecord(
+            merge_id=merge_id, survivor_profile_id=survivor, merged_profile_id=loser,
+            cause_event_id=cause, rule=rule, merged_at=merged_at,
+        )
+        if identifier is not None:
+            record.identifier.CopyFrom(identifier)
+        members = await self.store.members(sorted(moved.profiles))
+        event = identity_changed_pb2.IdentityMerged(
+            merge_id=merge_id, survivor_profile_id=survivor, merged_profile_ids=[loser],
+            moved_identifiers=[identity_pb2.Identifier(type=m.id_type, value=m.id_value)
+                               for found in members.values() for m in found],
+            cause_event_id=cause, rule=rule, merged_at=merged_at,
+        )
+        if identifier is not None:
+            event.identifier.CopyFrom(identifier)
+        await self.store.add_child(survivor, loser)
+        await self.store.save_merge(record)
+        await self.store.outbox_put(OutboxEntry(
+            f"{merge_id}/{holder}", topics.IDENTITY_MERGED.name, survivor, event.SerializeToString()
+        ))
+        if not await self.store.merge_into(loser, survivor, merge_id, holder):
+            raise Retry()  # our lease ran out and someone else holds it now
+        return record

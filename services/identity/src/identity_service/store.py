@@ -1,88 +1,147 @@
-"""The identity graph's claims: each identifier belongs to at most one profile.
+"""The identity graph's storage: one Protocol, on Cassandra and on SQLite.
 
-A claim is written once and never overwritten, with a Cassandra lightweight transaction
-(INSERT ... IF NOT EXISTS) or a SQLite transaction, so two replicas racing for the same
-identifier agree on one owner: the loser reads the winner's claim and follows it.
+Tables, and who may write them (never LWT and plain writes on the same rows):
+
+- claims: identifier → its home profile. Written once, by LWT (`IF NOT EXISTS`); never
+  changed, so it is also safe to cache for ever.
+- profiles: one row per profile: first sighting, `merged_into` (empty for a root), the lock
+  (holder, lease) and the profiles it must never be merged with again. Every write is an LWT
+  conditioned on the lock holder or on `merged_into`: this row is the single writer of its
+  component's decisions.
+- members (home profile → its identifiers), children (survivor → merged profiles), merges,
+  unlinked, last-seen, links (the history the dry run replays), outbox: plain writes, each
+  idempotent (keyed by ids that a replay computes again).
+- rules: one row, written by LWT on its version (compare-and-set).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from mosaic.platform.store import Migration, Repository, open_backend
+from mosaic.identity.v1 import identity_pb2
+from mosaic.platform.store import open_backend
 from mosaic.platform.store.cassandra import CassandraStore
-from mosaic.platform.store.sqlite import SqliteStore
 
-CASSANDRA = [
-    Migration(1, (
-        "CREATE TABLE IF NOT EXISTS identity_claims ("
-        " id_type text, id_value text, profile_id text, claimed_at timestamp,"
-        " PRIMARY KEY ((id_type, id_value)))",
-    )),
-]
-SQLITE = [
-    Migration(1, (
-        "CREATE TABLE identity_claims (id_type TEXT, id_value TEXT, profile_id TEXT NOT NULL,"
-        " claimed_at TEXT NOT NULL, PRIMARY KEY (id_type, id_value))",
-    )),
-]
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The home profile of an identifier and how it got there."""
+
+    profile_id: str
+    event_id: str
+    claimed_at: int  # ms
+    source: str
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    profile_id: str
+    created_at: int  # ms: the event time of its first event
+    created_by: str
+    merged_into: str  # "" while it is a root
+    merge_id: str
+    holder: str  # "" when unlocked
+    lease_until: int  # ms
+    never_merge: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One identifier linked to its home profile."""
+
+    id_type: str
+    id_value: str
+    first_seen: int  # ms
+    event_id: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Link:
+    """One event's usable identifiers, as recorded for the dry run."""
+
+    at: int
+    event_id: str
+    identifiers: tuple[Key, ...]
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    message_id: str
+    topic: str
+    key: str
+    payload: bytes
 
 
 class IdentityStore(Protocol):
-    async def owner(self, id_type: str, id_value: str) -> str | None:
-        """The profile that owns the identifier, if any."""
+    # claims
+    async def claims(self, keys: Sequence[Key]) -> dict[Key, Claim]: ...
+    async def claim(self, key: Key, claim: Claim) -> Claim:
+        """Claim the identifier unless claimed; returns the claim that holds."""
 
-    async def claim(self, id_type: str, id_value: str, profile_id: str) -> str:
-        """Claim the identifier for `profile_id` unless already owned; returns the owner."""
+    # profiles (every write conditional)
+    async def profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileRow]: ...
+    async def create_locked(self, profile_id: str, created_at: int, event_id: str, holder: str, lease_until: int) -> bool: ...
+    async def lock(self, profile_id: str, holder: str, now: int, lease_until: int) -> tuple[bool, str | None]:
+        """Take the lock of a root whose lease ran out.
+
+        Returns (True, "") when taken; else (False, merged_into), merged_into being "" when
+        another holder has it and None when the profile has no row.
+        """
+    async def unlock(self, profile_id: str, holder: str) -> None: ...
+    async def merge_into(self, profile_id: str, survivor: str, merge_id: str, holder: str) -> bool:
+        """Fold a root locked by `holder` into `survivor`, releasing its lock."""
+    async def unmerge(self, profile_id: str, survivor: str, never_merge: str) -> bool:
+        """Make a profile merged into `survivor` a root again, never to merge with it again."""
+
+    # plain, idempotent records
+    async def members(self, profile_ids: Sequence[str]) -> dict[str, list[Member]]: ...
+    async def add_members(self, profile_id: str, members: Sequence[Member]) -> None: ...
+    async def remove_member(self, profile_id: str, key: Key) -> None: ...
+    async def children(self, profile_id: str) -> list[str]: ...
+    async def add_child(self, profile_id: str, child: str) -> None: ...
+    async def remove_child(self, profile_id: str, child: str) -> None: ...
+    async def save_merge(self, record: identity_pb2.MergeRecord) -> None: ...
+    async def merge(self, merge_id: str) -> identity_pb2.MergeRecord | None: ...
+    async def merges_of(self, profile_id: str) -> list[identity_pb2.MergeRecord]: ...
+    async def save_unlinked(self, records: Sequence[identity_pb2.Unlinked]) -> None: ...
+    async def unlinked_of(self, profile_id: str, limit: int = 200) -> list[identity_pb2.Unlinked]: ...
+    async def touch(self, keys: Sequence[Key], at: int, event_id: str) -> None:
+        """Record a sighting; the latest event time wins whatever the arrival order."""
+    async def last_seen(self, keys: Sequence[Key]) -> dict[Key, int]: ...
+    async def record_link(self, link: Link) -> None: ...
+    async def record_event(self, keys: Sequence[Key], at: int, event_id: str, link: Link | None) -> None:
+        """`touch` and `record_link` of one event in one round trip."""
+    async def links(self, limit: int) -> list[Link]:
+        """Recorded links in event-time order, at most `limit`."""
+    async def outbox_put(self, entry: OutboxEntry) -> None: ...
+    async def outbox_pending(self, limit: int = 100) -> list[OutboxEntry]: ...
+    async def outbox_done(self, message_id: str) -> None: ...
+
+    # rules
+    async def load_rules(self) -> identity_pb2.IdentityRules | None: ...
+    async def save_rules(self, rules: identity_pb2.IdentityRules, expected_version: int) -> bool:
+        """Store `rules` (whose version is expected_version + 1) if the stored version is expected."""
 
     async def close(self) -> None: ...
 
 
-class CassandraIdentityStore(Repository):
-    db: CassandraStore
-
-    async def owner(self, id_type: str, id_value: str) -> str | None:
-        rows = await self.db.execute(
-            "SELECT profile_id FROM identity_claims WHERE id_type = ? AND id_value = ?",
-            (id_type, id_value),
-        )
-        return rows[0].profile_id if rows else None
-
-    async def claim(self, id_type: str, id_value: str, profile_id: str) -> str:
-        applied, row = await self.db.execute_lwt(
-            "INSERT INTO identity_claims (id_type, id_value, profile_id, claimed_at)"
-            " VALUES (?, ?, ?, toTimestamp(now())) IF NOT EXISTS",
-            (id_type, id_value, profile_id),
-        )
-        return profile_id if applied else row.profile_id
+def encode_keys(keys: Sequence[Key]) -> str:
+    return "\n".join(f"{t}\t{v}" for t, v in keys)
 
 
-
-class SqliteIdentityStore(Repository):
-    db: SqliteStore
-
-    async def owner(self, id_type: str, id_value: str) -> str | None:
-        rows = await self.db.execute(
-            "SELECT profile_id FROM identity_claims WHERE id_type = ? AND id_value = ?", (id_type, id_value)
-        )
-        return rows[0][0] if rows else None
-
-    async def claim(self, id_type: str, id_value: str, profile_id: str) -> str:
-        def work(db) -> str:
-            db.execute(
-                "INSERT OR IGNORE INTO identity_claims VALUES (?, ?, ?, datetime('now'))",
-                (id_type, id_value, profile_id),
-            )
-            return db.execute(
-                "SELECT profile_id FROM identity_claims WHERE id_type = ? AND id_value = ?", (id_type, id_value)
-            ).fetchone()[0]
-
-        return await self.db.transaction(work)
-
+def decode_keys(text: str) -> tuple[Key, ...]:
+    return tuple(tuple(line.split("\t", 1)) for line in text.split("\n") if line)  # type: ignore[misc]
 
 
 async def open_store(settings) -> IdentityStore:
-    backend = await open_backend(settings, "identity", CASSANDRA, SQLITE)
+    from identity_service import store_cassandra, store_sqlite
+
+    backend = await open_backend(settings, "identity", store_cassandra.MIGRATIONS, store_sqlite.MIGRATIONS)
     if isinstance(backend, CassandraStore):
-        return CassandraIdentityStore(backend)
-    return SqliteIdentityStore(backend)
+        return store_cassandra.CassandraIdentityStore(backend)
+    return store_sqlite.SqliteIdentityStore(backend)

@@ -1,58 +1,150 @@
-"""The ingestion service: Ingest over gRPC; events.raw out. Ack means stored in JetStream."""
+"""The ingestion service: Ingest and IngestStream over gRPC, the Segment-compatible HTTP API,
+sources and quarantine; events.raw out, suppression.changed in. Ack means stored in JetStream."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
 
 from mosaic.events.v1 import event_pb2
-from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc
 from mosaic.platform import topics
-from mosaic.platform.bus import Bus
 from mosaic.platform.errors import InvalidArgument
 from mosaic.platform.server import Runtime
 from ingestion_service import envelope
+from ingestion_service.admin import AdminRpcs
 from ingestion_service.config import Settings
+from ingestion_service.http_api import HttpApi
+from ingestion_service.intake import Intake, Tally
+from ingestion_service.ratelimit import RateLimited, RateLimiter
+from ingestion_service.sources import ActiveSource, SourceDirectory
+from ingestion_service.store import open_store
+from ingestion_service.suppression import SuppressionList
 
-S = ingestion_service_pb2.EventStatus
+log = logging.getLogger("ingestion")
+S = pb  # EVENT_STATUS_* as module-level ints, cheaper than the enum wrapper's lookups
+# Batches of one stream being stored at once: the next is read and checked while the last
+# waits for JetStream, which keeps the connection busy without unbounded memory.
+STREAM_WINDOW = 4
 
 
-class IngestionServicer(ingestion_service_pb2_grpc.IngestionServiceServicer):
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
+class IngestionServicer(AdminRpcs, ingestion_service_pb2_grpc.IngestionServiceServicer):
+    def __init__(self, intake: Intake, sources: SourceDirectory) -> None:
+        self.intake = intake
+        self.sources = sources
 
     async def Ingest(self, request, context):
-        if not request.source_id:
-            raise InvalidArgument("source_id", "is required")
-        if len(request.events) > envelope.MAX_BATCH:
-            raise InvalidArgument("events", f"must hold at most {envelope.MAX_BATCH} events, holds {len(request.events)}")
+        active = await self.intake.source(request.source_id)
+        _check_batch(request.events)
+        self.intake.admit(active, len(request.events))
+        return pb.IngestResponse(results=await self._batch(active, request.events, 0))
+
+    async def IngestStream(self, request_iterator, context):
+        tally, problems = Tally(), []
+        active: ActiveSource | None = None
+        in_flight: deque[asyncio.Task[list[pb.EventResult]]] = deque()
+        index = 0
+
+        def collect(results: list[pb.EventResult]) -> None:
+            tally.add(results)
+            problems.extend(r for r in results if r.status in (S.EVENT_STATUS_REJECTED, S.EVENT_STATUS_QUARANTINED))
+
+        try:
+            async for request in request_iterator:
+                if active is None:
+                    active = await self.intake.source(request.source_id)
+                elif request.source_id and request.source_id != active.source_id:
+                    raise InvalidArgument("source_id", "must be the same on every message of a stream")
+                _check_batch(request.events)
+                await self._admit_waiting(active, len(request.events))
+                in_flight.append(asyncio.create_task(self._batch(active, request.events, index)))
+                index += len(request.events)
+                while len(in_flight) >= STREAM_WINDOW or (in_flight and in_flight[0].done()):
+                    collect(await in_flight.popleft())
+            while in_flight:
+                collect(await in_flight.popleft())
+        finally:
+            for task in in_flight:
+                task.cancel()
+        return pb.IngestStreamResponse(
+            accepted=tally[S.EVENT_STATUS_ACCEPTED], duplicate=tally[S.EVENT_STATUS_DUPLICATE],
+            rejected=tally[S.EVENT_STATUS_REJECTED], quarantined=tally[S.EVENT_STATUS_QUARANTINED],
+            suppressed=tally[S.EVENT_STATUS_SUPPRESSED], problems=problems,
+        )
+
+    async def _admit_waiting(self, active: ActiveSource, events: int) -> None:
+        # A stream has flow control: over its rate it is slowed down, not failed.
+        while True:
+            try:
+                return self.intake.admit(active, events)
+            except RateLimited as limited:
+                await asyncio.sleep(limited.retry_after)
+
+    async def _batch(self, active: ActiveSource, events, offset: int) -> list[pb.EventResult]:
         received_at = timestamp_pb2.Timestamp()
         received_at.GetCurrentTime()
-        results: list[ingestion_service_pb2.EventResult] = []
-        accepted: list[tuple[int, event_pb2.Event]] = []
-        for index, event in enumerate(request.events):
+        results: list[pb.EventResult] = []
+        valid: list[tuple[int, event_pb2.Event]] = []
+        for position, event in enumerate(events):
             try:
-                envelope.prepare(event, request.source_id, received_at)
+                envelope.prepare(event, active.source_id, received_at)
             except InvalidArgument as error:
-                results.append(ingestion_service_pb2.EventResult(
-                    message_id=event.message_id, status=S.EVENT_STATUS_REJECTED,
-                    field=f"events[{index}].{error.field}", reason=error.rule,
+                results.append(pb.EventResult(
+                    message_id=event.message_id, status=S.EVENT_STATUS_REJECTED, index=offset + position,
+                    field=f"events[{position}].{error.field}", reason=error.rule,
                 ))
                 continue
-            results.append(ingestion_service_pb2.EventResult(message_id=event.message_id))
-            accepted.append((index, event))
-        # Published concurrently; if any publish is not confirmed the whole call fails with
-        # UNAVAILABLE and the client retries the batch, which the message ids make safe.
-        duplicates = await asyncio.gather(*(
-            self.bus.publish(topics.EVENTS_RAW, envelope.partition_key(event), event, event.message_id)
-            for _, event in accepted
-        ))
-        for (index, _), duplicate in zip(accepted, duplicates):
-            results[index].status = S.EVENT_STATUS_DUPLICATE if duplicate else S.EVENT_STATUS_ACCEPTED
-        return ingestion_service_pb2.IngestResponse(results=results)
+            results.append(pb.EventResult())
+            valid.append((position, event))
+        for (position, _), result in zip(valid, await self.intake.ingest(active, [e for _, e in valid])):
+            result.index = offset + position
+            results[position] = result
+        return results
 
 
-async def build(runtime: Runtime, settings: Settings) -> None:
-    ingestion_service_pb2_grpc.add_IngestionServiceServicer_to_server(IngestionServicer(runtime.bus), runtime.server)
-    runtime.add_service(ingestion_service_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_name)
+def _check_batch(events) -> None:
+    if len(events) > envelope.MAX_BATCH:
+        raise InvalidArgument("events", f"must hold at most {envelope.MAX_BATCH} events, holds {len(events)}")
+
+
+@dataclass
+class Ingestion:
+    """The running parts of the service, for tests and benchmarks that drive it in-process."""
+
+    intake: Intake
+    sources: SourceDirectory
+    suppression: SuppressionList
+    http_port: int
+
+
+async def build(runtime: Runtime, settings: Settings) -> Ingestion:
+    store = await open_store(settings.platform)
+    runtime.cleanup.push_async_callback(store.close)
+    salt = settings.suppression_salt or await store.setting("suppression_salt", secrets.token_hex(32))
+    suppression = SuppressionList(store, salt)
+    await suppression.load()
+    refresher = asyncio.create_task(suppression.refresh_forever(settings.suppression_refresh_seconds))
+    runtime.cleanup.push_async_callback(_cancel, refresher)
+    sources = SourceDirectory(store, settings)
+    limiter = RateLimiter(share=1 / settings.platform.replica_count)
+    intake = Intake(runtime.bus, store, sources, suppression, limiter, settings)
+    ingestion_service_pb2_grpc.add_IngestionServiceServicer_to_server(IngestionServicer(intake, sources), runtime.server)
+    runtime.add_service(pb.DESCRIPTOR.services_by_name["IngestionService"].full_name)
+    http = HttpApi(intake, sources)
+    port = await http.start(settings.http_port)
+    runtime.cleanup.push_async_callback(http.stop)  # stops first: calls in flight still publish
+    log.info("http serving", extra={"fields": {"service": settings.platform.service, "http_port": port}})
+    runtime.bus.consume(topics.SUPPRESSION_CHANGED, suppression, settings.platform.owned_partitions)
+    return Ingestion(intake, sources, suppression, port)
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,5 +1,47 @@
-from mosaic.platform.config import ServiceSettings
+"""The ingestion service's settings: the platform's, plus the HTTP port and the source defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mosaic.platform.config import Env, PlatformSettings
 
 
-class Settings(ServiceSettings):
-    SERVICE = "ingestion"
+@dataclass(frozen=True)
+class Settings:
+    platform: PlatformSettings
+    http_port: int
+    # Rotated write keys stay valid this long unless the rotation says otherwise.
+    key_grace_seconds: float
+    # How long a source read from the store is trusted; other replicas see a change within it.
+    source_cache_seconds: float
+    # Events per second and burst of a source with no rate limit of its own; 0: no limit.
+    default_rate: float
+    default_burst: int
+    # Whether gRPC callers may send for a source id that was never created (no plan, no key).
+    open_sources: bool
+    # The salt of the suppression list's hashes; empty: one is made and kept in the store.
+    suppression_salt: str
+    # How often the suppression list is read again from the store (changes other replicas saw).
+    suppression_refresh_seconds: float
+    quarantine_days: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, platform: PlatformSettings | None = None) -> Settings:
+        """Read the settings; tests pass their own mapping and, if they have one, the platform's."""
+        environ = os.environ if environ is None else environ
+        env = Env(environ)
+        return cls(
+            platform=platform or PlatformSettings.from_env("ingestion", environ),
+            http_port=env.int("MOSAIC_HTTP_PORT", 8080, maximum=65535),
+            key_grace_seconds=env.float("MOSAIC_INGEST_KEY_GRACE_SECONDS", 24 * 3600.0),
+            source_cache_seconds=env.float("MOSAIC_INGEST_SOURCE_CACHE_SECONDS", 5.0),
+            default_rate=env.float("MOSAIC_INGEST_RATE_LIMIT", 0.0),
+            default_burst=env.int("MOSAIC_INGEST_RATE_BURST", 0),
+            open_sources=env.choice("MOSAIC_INGEST_OPEN_SOURCES", "true", ("true", "false")) == "true",
+            suppression_salt=env.str("MOSAIC_SUPPRESSION_SALT", ""),
+            suppression_refresh_seconds=env.float("MOSAIC_SUPPRESSION_REFRESH_SECONDS", 30.0, minimum=0.1),
+            quarantine_days=env.int("MOSAIC_INGEST_QUARANTINE_DAYS", 30, minimum=1, maximum=3650),
+        )

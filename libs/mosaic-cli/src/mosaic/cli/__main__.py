@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+from mosaic.cli import ingest_commands
 from mosaic.cli.mesh import SERVICES, Mesh, MeshError
 from mosaic.cli.receivers import WebhookReceiver
 
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nMosaic is running (store: {args.store}; logs in .local/logs/):\n")
         for name in SERVICES:
             print(f"  {name:<13} {mesh.address(name):<16} {SERVICE_NAMES[name]}")
+        print(f"  {'ingestion':<13} http://127.0.0.1:{mesh.http_ports['ingestion']:<5}  Segment-compatible HTTP API (/v1/track, /v1/batch...)")
         print("\nTry:\n"
               f"  grpcurl -plaintext {mesh.address('ingestion')} list\n"
               f"  grpcurl -plaintext -d '{{\"identifier\": {{\"type\": \"user_id\", \"value\": \"ada\"}}}}' "
@@ -106,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--user-id")
     profile_parser.add_argument("--address", default="127.0.0.1:50053", help="the profile service")
     profile_parser.add_argument("--identity", default="127.0.0.1:50052", help="the identity service")
+    ingest_commands.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args)
+    if args.command in ingest_commands.COMMANDS:
+        return ingest_commands.run(args)
     return asyncio.run(_profile(args))
 
 

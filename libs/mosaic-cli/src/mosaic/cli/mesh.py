@@ -16,6 +16,7 @@ from pathlib import Path
 
 # Consent first: delivery needs its address.
 SERVICES = ("consent", "ingestion", "identity", "profile", "segmentation", "delivery")
+HTTP_PORT = 8080  # ingestion's Segment-compatible HTTP API
 DEFAULT_PORTS = {"ingestion": 50051, "identity": 50052, "profile": 50053,
                  "segmentation": 50054, "consent": 50055, "delivery": 50056}
 
@@ -31,21 +32,23 @@ class Mesh:
         self.fixed_ports = fixed_ports
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
+        self.http_ports: dict[str, int] = {}  # services that also serve HTTP (ingestion)
 
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
 
     def start(self, timeout: float = 90.0) -> Mesh:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in SERVICES:
             self.start_service(name, timeout)
         return self
 
     def start_service(self, name: str, timeout: float = 90.0) -> None:
         env = {**os.environ, **self.env, "OTEL_SERVICE_NAME": name,
-               "MOSAIC_GRPC_PORT": str(DEFAULT_PORTS[name] if self.fixed_ports else 0)}
+               "MOSAIC_GRPC_PORT": str(DEFAULT_PORTS[name] if self.fixed_ports else 0),
+               "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0)}
         if name == "delivery":
             env.setdefault("MOSAIC_CONSENT_ADDRESS", self.address("consent"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")
         offset = log_path.stat().st_size
@@ -64,6 +67,8 @@ class Mesh:
                         entry = json.loads(line)
                     except ValueError:
                         continue
+                    if entry.get("message") == "http serving":
+                        self.http_ports[name] = int(entry["http_port"])
                     if entry.get("message") == "serving":
                         return int(entry["grpc_port"])
             if self.processes[name].poll() is not None:

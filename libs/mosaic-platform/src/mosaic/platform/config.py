@@ -105,6 +105,10 @@ class PlatformSettings:
     data_dir: Path
     cassandra: CassandraSettings
     log_level: str
+    # How long JetStream drops a second event with the same Nats-Msg-Id on events.raw (the
+    # ingestion dedupe window). Every service declares the streams at start, so it is a
+    # deployment-wide setting: one service with another value would reset the stream's.
+    events_dedup_window: float = 24 * 3600.0
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> PlatformSettings:
@@ -143,6 +147,10 @@ class PlatformSettings:
             stream_replicas=env.int("MOSAIC_NATS_STREAM_REPLICAS", 1, minimum=1, maximum=5),
             log_level=env.choice(
                 "MOSAIC_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
+            ),
+            # At most events.raw's max_age (7 days): JetStream refuses a longer window.
+            events_dedup_window=float(
+                env.int("MOSAIC_EVENTS_DEDUP_WINDOW_SECONDS", 24 * 3600, minimum=1, maximum=7 * 24 * 3600)
             ),
         )
 

@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from mosaic.platform import telemetry
+from mosaic.platform import telemetry, topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.config import ConfigError, PlatformSettings
 from mosaic.platform.errors import ErrorInterceptor
@@ -68,7 +68,7 @@ class Service:
         settings = self.settings
         bus = await Bus.connect(settings.nats_url, settings.service, settings.partitions, settings.stream_replicas)
         self._cleanup.push_async_callback(bus.close)
-        await bus.ensure_streams()
+        await bus.ensure_streams(topics.with_events_dedup_window(settings.events_dedup_window))
         server = grpc.aio.server(interceptors=[aio_server_interceptor(), ErrorInterceptor()])
         runtime = Runtime(settings, bus, server, self._cleanup)
         await self._build(runtime)

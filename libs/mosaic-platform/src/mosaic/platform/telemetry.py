@@ -33,6 +33,8 @@ ATTRIBUTES = {
     "mosaic.destination.id": "str: the destination delivered to",
     "mosaic.consent.purpose": "str: the consent purpose checked",
     "mosaic.partition": "int: the bus partition a message travelled on",
+    "mosaic.source.id": "str: the ingestion source events came from",
+    "mosaic.ingest.batch_size": "int: how many events one ingestion call carried",
 }
 
 _configured = False
@@ -101,3 +103,9 @@ def _setup_logging(level: str) -> None:
     # The driver and client libraries are chatty at INFO.
     for noisy in ("cassandra", "nats", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Cassandra 5 warns about any prepared statement that names its keyspace outside the query
+    # text, including protocol v5's per-statement keyspace, which is exactly what the store does
+    # to stay unambiguous; the warning would repeat for every statement prepared.
+    logging.getLogger("cassandra.protocol").addFilter(
+        lambda record: "USE <keyspace>" not in record.getMessage()
+    )

@@ -8,7 +8,7 @@ land on one subject, in order, and each replica consumes a fixed share of the pa
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from google.protobuf.message import Message
 
@@ -19,6 +19,7 @@ from mosaic.events.v1 import (
     profile_updated_pb2,
     resolved_pb2,
     segment_membership_pb2,
+    suppression_changed_pb2,
 )
 
 DAY = 24 * 3600.0
@@ -61,3 +62,23 @@ ALL = (EVENTS_RAW, EVENTS_RESOLVED, PROFILE_UPDATED, SEGMENT_MEMBERSHIP, CONSENT
 # Poison messages are kept here, by consuming service, with the reason in a header.
 DEAD_LETTER_STREAM = "DEAD_LETTERS"
 DEAD_LETTER_SUBJECTS = "deadletter.>"
+
+# Identity changes, partitioned by the survivor profile id (appended: the tuple above is
+# declared by every service at start, so these streams exist before anyone publishes).
+from mosaic.events.v1 import identity_changed_pb2  # noqa: E402
+
+IDENTITY_MERGED = Topic("identity.merged", "IDENTITY_MERGED", identity_changed_pb2.IdentityMerged)
+IDENTITY_SPLIT = Topic("identity.split", "IDENTITY_SPLIT", identity_changed_pb2.IdentitySplit)
+ALL = (*ALL, IDENTITY_MERGED, IDENTITY_SPLIT)
+
+# People who asked to be erased, for ingestion's suppression list (keyed by profile id). The
+# payload names identifiers in clear, so the stream keeps it no longer than consumers need.
+SUPPRESSION_CHANGED = Topic(
+    "suppression.changed", "SUPPRESSION_CHANGED", suppression_changed_pb2.SuppressionChanged, max_age=7 * DAY
+)
+ALL = (*ALL, SUPPRESSION_CHANGED)
+
+
+def with_events_dedup_window(window: float) -> tuple[Topic, ...]:
+    """Every topic, with events.raw's duplicate window set to `window` seconds."""
+    return tuple(replace(t, duplicate_window=window) if t is EVENTS_RAW else t for t in ALL)

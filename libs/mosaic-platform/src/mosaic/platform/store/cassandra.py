@@ -16,7 +16,7 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.connection import ConnectionException
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import PreparedStatement, SimpleStatement
+from cassandra.query import BatchStatement, BatchType, PreparedStatement, SimpleStatement
 
 from mosaic.platform.config import CassandraSettings
 from mosaic.platform.errors import Unavailable
@@ -96,8 +96,18 @@ class CassandraStore:
 
     async def execute(self, cql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run one prepared statement; returns its rows (first page only, so bound the query)."""
+        return await self._run(self.prepare(cql).bind(params))
+
+    async def execute_atomic(self, statements: Sequence[tuple[str, Sequence[Any]]], single_partition: bool = False) -> None:
+        """Run writes as one batch: all of them happen, or none. Writes to one partition need
+        no batch log (`single_partition`); writes to several go through it (logged)."""
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED if single_partition else BatchType.LOGGED)
+        for cql, params in statements:
+            batch.add(self.prepare(cql), params)
+        await self._run(batch)
+
+    async def _run(self, statement: Any) -> list[Any]:
         assert self._session is not None, "store not open"
-        statement = self.prepare(cql)
         loop = asyncio.get_running_loop()
         result: asyncio.Future[list[Any]] = loop.create_future()
 
@@ -107,7 +117,7 @@ class CassandraStore:
         def failed(error: BaseException) -> None:
             loop.call_soon_threadsafe(_settle, result, None, error)
 
-        self._session.execute_async(statement, params).add_callbacks(done, failed)
+        self._session.execute_async(statement).add_callbacks(done, failed)
         try:
             return await result
         except _RETRYABLE as error:

@@ -1,0 +1,342 @@
+"""`mosaic import`, `mosaic sources` and `mosaic quarantine`: the ingestion service's commands.
+
+`mosaic import FILE --source ID` loads an NDJSON or CSV file of Segment messages through
+IngestionService.Ingest, a few batches in flight at once. It is safe to interrupt: after each
+acknowledged stretch of rows it writes `FILE.import-state.json`, and a second run with the
+same file and source starts there. Rows without a messageId get one derived from the file's
+SHA-256 and the row number, so the rows sent again after an interruption are duplicates
+that ingestion drops, never new events. Rows that were rejected (or quarantined) are written
+with the reason to `FILE.rejected.ndjson`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import json
+import re
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import grpc
+from google.protobuf import duration_pb2, json_format
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from mosaic.events.v1 import event_pb2
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, source_pb2
+
+COMMANDS = ("import", "sources", "quarantine")
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+TOP_LEVEL = ("messageId", "type", "userId", "anonymousId", "event", "name", "properties", "traits", "context",
+             "integrations", "timestamp", "sentAt", "previousId", "groupId")
+IDS = ("userId", "anonymousId", "previousId", "groupId")
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
+NAMESPACE = uuid.UUID("7b6f1b4e-5f0a-4e4b-9a51-6d6f73616963")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    load = commands.add_parser("import", help="load an NDJSON or CSV file of events into a source")
+    load.add_argument("file", type=Path)
+    load.add_argument("--source", required=True, help="the source id the events come from")
+    load.add_argument("--format", choices=("ndjson", "csv"), help="default: from the file name")
+    load.add_argument("--map", action="append", default=[], metavar="COLUMN=PATH",
+                      help="CSV: where a column goes, e.g. mail=traits.email (repeatable)")
+    load.add_argument("--type", default="track", help="the type of rows that name none (default: track)")
+    load.add_argument("--batch", type=int, default=500, help="events per call (at most 2,500)")
+    load.add_argument("--address", default=DEFAULT_ADDRESS, help="the ingestion service")
+    sources = commands.add_parser("sources", help="create, list, show, update sources; rotate write keys")
+    sources.add_argument("action", choices=("create", "list", "show", "update", "rotate-key"))
+    sources.add_argument("source_id", nargs="?")
+    sources.add_argument("--name")
+    sources.add_argument("--plan", type=Path, help="tracking plan, JSON (TrackingPlan); '-' for none")
+    sources.add_argument("--transforms", type=Path, help="transforms, a JSON array of Transform")
+    sources.add_argument("--rate", type=float, help="events per second (0: no limit)")
+    sources.add_argument("--burst", type=int, default=0)
+    sources.add_argument("--disable", action="store_true")
+    sources.add_argument("--enable", action="store_true")
+    sources.add_argument("--grace", type=float, help="rotate-key: seconds the old keys stay valid")
+    sources.add_argument("--address", default=DEFAULT_ADDRESS)
+    quarantine = commands.add_parser("quarantine", help="list, show, replay or discard quarantined events")
+    quarantine.add_argument("action", choices=("list", "show", "replay", "discard"))
+    quarantine.add_argument("message_ids", nargs="*")
+    quarantine.add_argument("--source", required=True)
+    quarantine.add_argument("--all", action="store_true", help="replay or discard every quarantined event")
+    quarantine.add_argument("--event", type=Path, help="replay: a fixed copy of the event, JSON")
+    quarantine.add_argument("--address", default=DEFAULT_ADDRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    work = {"import": import_file, "sources": manage_sources, "quarantine": manage_quarantine}[args.command]
+    try:
+        return asyncio.run(work(args))
+    except grpc.aio.AioRpcError as error:
+        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; the same command resumes where it stopped", file=sys.stderr)
+        return 130
+
+
+def _print(message) -> None:
+    print(json.dumps(json_format.MessageToDict(message), indent=2))
+
+
+async def manage_sources(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.address) as channel:
+        stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
+        if args.action == "list":
+            _print(await stub.ListSources(pb.ListSourcesRequest()))
+            return 0
+        if not args.source_id:
+            raise SystemExit(f"mosaic sources {args.action}: a source id is required")
+        if args.action == "show":
+            _print((await stub.GetSource(pb.GetSourceRequest(source_id=args.source_id))).source)
+        elif args.action == "rotate-key":
+            grace = None if args.grace is None else duration_pb2.Duration(seconds=int(args.grace),
+                                                                          nanos=int(args.grace % 1 * 1e9))
+            _print(await stub.RotateWriteKey(pb.RotateWriteKeyRequest(source_id=args.source_id, grace_period=grace)))
+        else:
+            source, paths = _definition(args)
+            if args.action == "create":
+                _print((await stub.CreateSource(pb.CreateSourceRequest(source=source))).source)
+            else:
+                _print((await stub.UpdateSource(pb.UpdateSourceRequest(source=source, update_mask={"paths": paths}))).source)
+    return 0
+
+
+def _definition(args: argparse.Namespace) -> tuple[source_pb2.Source, list[str]]:
+    """The source the flags describe, and the fields they name (the update mask)."""
+    source, paths = source_pb2.Source(source_id=args.source_id), []
+    if args.name is not None:
+        source.name, paths = args.name, [*paths, "name"]
+    if args.disable or args.enable:
+        source.disabled, paths = args.disable, [*paths, "disabled"]
+    if args.plan is not None:
+        if str(args.plan) != "-":
+            json_format.Parse(args.plan.read_text(), source.tracking_plan)
+        paths.append("tracking_plan")
+    if args.transforms is not None:
+        for item in json.loads(args.transforms.read_text()):
+            json_format.ParseDict(item, source.transforms.add())
+        paths.append("transforms")
+    if args.rate is not None:
+        source.rate_limit.CopyFrom(source_pb2.RateLimit(events_per_second=args.rate, burst=args.burst))
+        paths.append("rate_limit")
+    return source, paths
+
+
+async def manage_quarantine(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.address) as channel:
+        stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
+        ids = list(args.message_ids)
+        if args.action == "list" or args.all:
+            token, kept = "", []
+            while True:
+                page = await stub.ListQuarantinedEvents(pb.ListQuarantinedEventsRequest(
+                    source_id=args.source, page_size=500, page_token=token))
+                kept.extend(page.events)
+                token = page.next_page_token
+                if not token:
+                    break
+            if args.action == "list":
+                for item in kept:
+                    print(json.dumps({"messageId": item.event.message_id, "field": item.field, "reason": item.reason,
+                                      "quarantinedAt": item.quarantined_at.ToJsonString()}))
+                return 0
+            ids = [item.event.message_id for item in kept]
+        for message_id in ids:
+            if args.action == "show":
+                _print((await stub.GetQuarantinedEvent(pb.GetQuarantinedEventRequest(
+                    source_id=args.source, message_id=message_id))).event)
+            elif args.action == "discard":
+                await stub.DiscardQuarantinedEvent(pb.DiscardQuarantinedEventRequest(
+                    source_id=args.source, message_id=message_id))
+                print(json.dumps({"messageId": message_id, "status": "DISCARDED"}))
+            else:
+                fixed = json_format.Parse(args.event.read_text(), event_pb2.Event()) if args.event else None
+                answer = await stub.ReplayQuarantinedEvent(pb.ReplayQuarantinedEventRequest(
+                    source_id=args.source, message_id=message_id, event=fixed))
+                print(json.dumps(json_format.MessageToDict(answer.result)))
+    return 0
+
+
+# -- import
+
+
+def _rows(path: Path, kind: str, mapping: dict[str, str], default_type: str) -> Iterator[tuple[int, int, Any]]:
+    """(row number from 1, bytes read so far, message or an error string) for every row."""
+    with path.open("rb") as handle:
+        if kind == "ndjson":
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    message = json.loads(line)
+                except ValueError as error:
+                    message = f"line is not JSON: {error}"
+                yield number, handle.tell(), message
+            return
+        reader = csv.DictReader((line.decode("utf-8", errors="replace") for line in handle))
+        for number, row in enumerate(reader, 2):  # row 1 is the header
+            yield number, handle.tell(), _from_csv(row, mapping, default_type)
+
+
+def _from_csv(row: dict[str, str], mapping: dict[str, str], default_type: str) -> dict[str, Any]:
+    kind = row.get(next((c for c, p in mapping.items() if p == "type"), "type")) or default_type
+    nested = "traits" if kind in ("identify", "group") else "properties"
+    message: dict[str, Any] = {}
+    for column, value in row.items():
+        if column is None or value in (None, ""):
+            continue
+        path = mapping.get(column) or (column if column in TOP_LEVEL else f"{nested}.{column}")
+        target, *rest = path.split(".")
+        holder = message
+        for part in [target, *rest][:-1]:
+            holder = holder.setdefault(part, {})
+        holder[path.split(".")[-1]] = value
+    return message
+
+
+def _event(message: Any, default_type: str, source: str, digest: str, number: int) -> event_pb2.Event:
+    """A Segment message as an Event; raises ValueError naming the field that is wrong."""
+    if not isinstance(message, dict):
+        raise ValueError(message if isinstance(message, str) else "row is not a JSON object")
+    data = {key: message[key] for key in TOP_LEVEL if message.get(key) not in (None, "")}
+    for key in IDS:
+        if isinstance(data.get(key), int) and not isinstance(data[key], bool):
+            data[key] = str(data[key])
+    data["type"] = f"EVENT_TYPE_{str(data.get('type', default_type)).upper()}"
+    data.setdefault("messageId", str(uuid.uuid5(NAMESPACE, f"{source}:{digest}:{number}")))
+    try:
+        return json_format.ParseDict(data, event_pb2.Event())
+    except json_format.ParseError as error:
+        raise ValueError(str(error)) from None
+
+
+class Progress:
+    """One line on stderr: percent of the file, rows, events per second and time left."""
+
+    def __init__(self, total: int, stream=sys.stderr) -> None:
+        self.total, self.stream, self.start, self.shown = max(total, 1), stream, time.monotonic(), 0.0
+
+    def show(self, done_bytes: int, rows: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.shown < 0.2:
+            return
+        self.shown = now
+        fraction = min(done_bytes / self.total, 1.0)
+        rate = rows / max(now - self.start, 1e-6)
+        eta = (now - self.start) * (1 - fraction) / fraction if fraction else 0.0
+        bar = "#" * int(fraction * 30)
+        self.stream.write(f"\r[{bar:<30}] {fraction:6.1%} {rows:>10,} rows {rate:>9,.0f} ev/s ETA {eta:5.0f}s")
+        if final:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+async def import_file(args: argparse.Namespace, progress_stream=sys.stderr) -> int:
+    path: Path = args.file
+    kind = args.format or ("csv" if path.suffix.lower() == ".csv" else "ndjson")
+    mapping = dict(item.split("=", 1) for item in args.map)
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    state_path = path.with_name(path.name + ".import-state.json")
+    report_path = path.with_name(path.name + ".rejected.ndjson")
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    resume_after = state.get("rows_done", 0) if state.get("digest") == digest and state.get("source") == args.source else 0
+    counts: Counter[str] = Counter()
+    progress = Progress(path.stat().st_size, progress_stream)
+    pending: dict[int, asyncio.Task] = {}
+    done_upto = resume_after  # every row up to this number is acknowledged
+
+    def save(rows_done: int) -> None:
+        state_path.write_text(json.dumps({"digest": digest, "source": args.source, "rows_done": rows_done}))
+
+    _keep_report_upto(report_path, resume_after)  # rows after it are sent, and reported, again
+    with report_path.open("a") as report:
+        channel = grpc.aio.insecure_channel(args.address)
+        stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
+
+        async def send(rows: list[tuple[int, event_pb2.Event]]) -> None:
+            results = await _ingest(stub, args.source, [event for _, event in rows])
+            for (number, _), result in zip(rows, results):
+                status = pb.EventStatus.Name(result.status).removeprefix("EVENT_STATUS_").lower()
+                counts[status] += 1
+                if result.status in (pb.EVENT_STATUS_REJECTED, pb.EVENT_STATUS_QUARANTINED):
+                    field = re.sub(r"^events\[\d+\]\.", "", result.field)  # the row is the position
+                    report.write(json.dumps({"row": number, "status": status, "field": field,
+                                             "reason": result.reason}) + "\n")
+
+        async def settle(limit: int) -> None:
+            nonlocal done_upto
+            while len(pending) > limit:
+                first = min(pending)
+                await pending.pop(first)
+                done_upto = max(done_upto, first)
+                save(done_upto)
+
+        batch: list[tuple[int, event_pb2.Event]] = []
+        rows_seen = 0
+        try:
+            for number, read, message in _rows(path, kind, mapping, args.type):
+                rows_seen += 1
+                if number <= resume_after:
+                    continue
+                try:
+                    batch.append((number, _event(message, args.type, args.source, digest, number)))
+                except ValueError as error:
+                    counts["rejected"] += 1
+                    report.write(json.dumps({"row": number, "status": "rejected", "field": "", "reason": str(error)}) + "\n")
+                if len(batch) >= args.batch:
+                    pending[batch[-1][0]] = asyncio.create_task(send(batch))
+                    batch = []
+                    await settle(3)
+                progress.show(read, sum(counts.values()))
+            if batch:
+                pending[batch[-1][0]] = asyncio.create_task(send(batch))
+            await settle(0)
+            save(number if rows_seen else 0)
+        finally:
+            for task in pending.values():
+                task.cancel()
+            await channel.close()
+    progress.show(path.stat().st_size, sum(counts.values()), final=True)
+    summary = {name: counts[name] for name in ("accepted", "duplicate", "rejected", "quarantined", "suppressed")}
+    print(json.dumps({**summary, "resumed_after_row": resume_after, "report": str(report_path)}))
+    return 0
+
+
+def _keep_report_upto(report_path: Path, row: int) -> None:
+    kept = []
+    if row and report_path.exists():
+        kept = [line for line in report_path.read_text().splitlines() if json.loads(line)["row"] <= row]
+    report_path.write_text("".join(line + "\n" for line in kept))
+
+
+async def _ingest(stub, source: str, events: list[event_pb2.Event]) -> list[pb.EventResult]:
+    """One batch, retried while the service says to come back later (with its hint)."""
+    attempt = 0
+    while True:
+        try:
+            return list((await stub.Ingest(pb.IngestRequest(source_id=source, events=events), timeout=30)).results)
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in RETRYABLE or attempt >= 20:
+                raise
+            attempt += 1
+            await asyncio.sleep(_retry_delay(error, attempt))
+
+
+def _retry_delay(error: grpc.aio.AioRpcError, attempt: int) -> float:
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToTimedelta().total_seconds()
+    return min(10.0, 0.2 * 2 ** attempt)

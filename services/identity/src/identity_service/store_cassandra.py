@@ -1,0 +1,286 @@
+"""The identity store on Cassandra: prepared statements; LWT on claims, profiles and rules only."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from mosaic.identity.v1 import identity_pb2
+from mosaic.platform.store import Migration, Repository
+from mosaic.platform.store.cassandra import CassandraStore
+from identity_service.store import Claim, Key, Link, Member, OutboxEntry, ProfileRow, decode_keys, encode_keys
+
+# Links are partitioned by the hour of their event: 10 M events a day stay near 40 MB a partition.
+HOUR_MS = 3_600_000
+
+MIGRATIONS = [
+    Migration(1, (
+        "CREATE TABLE IF NOT EXISTS identity_claims ("
+        " id_type text, id_value text, profile_id text, claimed_at timestamp,"
+        " PRIMARY KEY ((id_type, id_value)))",
+    )),
+    Migration(2, (
+        "ALTER TABLE identity_claims ADD IF NOT EXISTS (event_id text, source text)",
+        "CREATE TABLE IF NOT EXISTS identity_profiles ("
+        " profile_id text PRIMARY KEY, created_at bigint, created_by text, merged_into text,"
+        " merge_id text, holder text, lease_until bigint, never_merge set<text>)",
+        "CREATE TABLE IF NOT EXISTS identity_members ("
+        " profile_id text, id_type text, id_value text, first_seen bigint, event_id text, source text,"
+        " PRIMARY KEY ((profile_id), id_type, id_value))",
+        "CREATE TABLE IF NOT EXISTS identity_children ("
+        " profile_id text, child text, PRIMARY KEY ((profile_id), child))",
+        "CREATE TABLE IF NOT EXISTS identity_merges (merge_id text PRIMARY KEY, record blob)",
+        "CREATE TABLE IF NOT EXISTS identity_profile_merges ("
+        " profile_id text, merge_id text, PRIMARY KEY ((profile_id), merge_id))",
+        # One row per (profile, identifier): a conflict that recurs on every event of a shared
+        # device keeps its latest event, not one row per event.
+        "CREATE TABLE IF NOT EXISTS identity_unlinked ("
+        " profile_id text, id_type text, id_value text, record blob, PRIMARY KEY ((profile_id), id_type, id_value))",
+        "CREATE TABLE IF NOT EXISTS identity_seen ("
+        " id_type text, id_value text, last_seen bigint, last_event text, PRIMARY KEY ((id_type, id_value)))",
+        "CREATE TABLE IF NOT EXISTS identity_links ("
+        " hour bigint, at bigint, event_id text, identifiers text, PRIMARY KEY ((hour), at, event_id))",
+        "CREATE TABLE IF NOT EXISTS identity_link_hours (shard int, hour bigint, PRIMARY KEY ((shard), hour))",
+        "CREATE TABLE IF NOT EXISTS identity_outbox ("
+        " shard int, message_id text, topic text, key text, payload blob, PRIMARY KEY ((shard), message_id))"
+        # Entries are deleted once published: keep the tombstones of this one partition short-lived
+        # (a resurrected entry is only republished under its merge id, which consumers dedupe).
+        " WITH gc_grace_seconds = 3600",
+        "CREATE TABLE IF NOT EXISTS identity_rules (name text PRIMARY KEY, version bigint, rules blob)",
+    )),
+]
+
+_PROFILE = "SELECT profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge FROM identity_profiles"
+
+
+class CassandraIdentityStore(Repository):
+    db: CassandraStore
+
+    def __init__(self, db: CassandraStore) -> None:
+        super().__init__(db)
+        self._hours: set[int] = set()  # link hours this process has recorded already
+
+    async def claims(self, keys: Sequence[Key]) -> dict[Key, Claim]:
+        rows = await asyncio.gather(*(self.db.execute(
+            "SELECT profile_id, event_id, claimed_at, source FROM identity_claims WHERE id_type = ? AND id_value = ?", key,
+        ) for key in keys))
+        return {key: _claim(found[0]) for key, found in zip(keys, rows) if found}
+
+    async def claim(self, key: Key, claim: Claim) -> Claim:
+        applied, row = await self.db.execute_lwt(
+            "INSERT INTO identity_claims (id_type, id_value, profile_id, event_id, claimed_at, source)"
+            " VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+            (*key, claim.profile_id, claim.event_id, _datetime(claim.claimed_at), claim.source),
+        )
+        return claim if applied else _claim(row)
+
+    async def profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileRow]:
+        rows = await asyncio.gather(*(self.db.execute(f"{_PROFILE} WHERE profile_id = ?", (p,)) for p in profile_ids))
+        return {found[0].profile_id: _profile(found[0]) for found in rows if found}
+
+    async def create_locked(self, profile_id, created_at, event_id, holder, lease_until) -> bool:
+        applied, _ = await self.db.execute_lwt(
+            "INSERT INTO identity_profiles (profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until)"
+            " VALUES (?, ?, ?, '', '', ?, ?) IF NOT EXISTS",
+            (profile_id, created_at, event_id, holder, lease_until),
+        )
+        return applied
+
+    async def lock(self, profile_id, holder, now, lease_until):
+        applied, row = await self.db.execute_lwt(
+            "UPDATE identity_profiles SET holder = ?, lease_until = ? WHERE profile_id = ?"
+            " IF lease_until < ? AND merged_into = ''",
+            (holder, lease_until, profile_id, now),
+        )
+        if applied:
+            return True, ""
+        # A failed condition returns the columns it read; none at all when the row is missing.
+        return False, getattr(row, "merged_into", None)
+
+    async def unlock(self, profile_id, holder) -> None:
+        await self.db.execute_lwt(
+            "UPDATE identity_profiles SET holder = '', lease_until = 0 WHERE profile_id = ? IF holder = ?",
+            (profile_id, holder),
+        )
+
+    async def merge_into(self, profile_id, survivor, merge_id, holder) -> bool:
+        applied, _ = await self.db.execute_lwt(
+            "UPDATE identity_profiles SET merged_into = ?, merge_id = ?, holder = '', lease_until = 0"
+            " WHERE profile_id = ? IF holder = ?",
+            (survivor, merge_id, profile_id, holder),
+        )
+        return applied
+
+    async def unmerge(self, profile_id, survivor, never_merge) -> bool:
+        applied, _ = await self.db.execute_lwt(
+            "UPDATE identity_profiles SET merged_into = '', merge_id = '', never_merge = never_merge + ?"
+            " WHERE profile_id = ? IF merged_into = ?",
+            ({never_merge}, profile_id, survivor),
+        )
+        return applied
+
+    async def members(self, profile_ids):
+        rows = await asyncio.gather(*(self.db.execute(
+            "SELECT id_type, id_value, first_seen, event_id, source FROM identity_members WHERE profile_id = ?", (p,),
+        ) for p in profile_ids))
+        return {p: [Member(*row) for row in found] for p, found in zip(profile_ids, rows)}
+
+    async def add_members(self, profile_id, members) -> None:
+        await asyncio.gather(*(self.db.execute(
+            "INSERT INTO identity_members (profile_id, id_type, id_value, first_seen, event_id, source)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (profile_id, m.id_type, m.id_value, m.first_seen, m.event_id, m.source),
+        ) for m in members))
+
+    async def remove_member(self, profile_id, key) -> None:
+        await self.db.execute(
+            "DELETE FROM identity_members WHERE profile_id = ? AND id_type = ? AND id_value = ?", (profile_id, *key)
+        )
+
+    async def children(self, profile_id):
+        rows = await self.db.execute("SELECT child FROM identity_children WHERE profile_id = ?", (profile_id,))
+        return [row.child for row in rows]
+
+    async def add_child(self, profile_id, child) -> None:
+        await self.db.execute("INSERT INTO identity_children (profile_id, child) VALUES (?, ?)", (profile_id, child))
+
+    async def remove_child(self, profile_id, child) -> None:
+        await self.db.execute("DELETE FROM identity_children WHERE profile_id = ? AND child = ?", (profile_id, child))
+
+    async def save_merge(self, record) -> None:
+        await self.db.execute(
+            "INSERT INTO identity_merges (merge_id, record) VALUES (?, ?)", (record.merge_id, record.SerializeToString())
+        )
+        for profile_id in (record.survivor_profile_id, record.merged_profile_id):
+            await self.db.execute(
+                "INSERT INTO identity_profile_merges (profile_id, merge_id) VALUES (?, ?)", (profile_id, record.merge_id)
+            )
+
+    async def merge(self, merge_id):
+        rows = await self.db.execute("SELECT record FROM identity_merges WHERE merge_id = ?", (merge_id,))
+        return identity_pb2.MergeRecord.FromString(rows[0].record) if rows else None
+
+    async def merges_of(self, profile_id):
+        rows = await self.db.execute("SELECT merge_id FROM identity_profile_merges WHERE profile_id = ?", (profile_id,))
+        found = await asyncio.gather(*(self.merge(row.merge_id) for row in rows))
+        return sorted((r for r in found if r), key=lambda r: (r.merged_at.ToMilliseconds(), r.merge_id))
+
+    async def save_unlinked(self, records) -> None:
+        await asyncio.gather(*(self.db.execute(
+            "INSERT INTO identity_unlinked (profile_id, id_type, id_value, record) VALUES (?, ?, ?, ?)",
+            (r.profile_id, r.identifier.type, r.identifier.value, r.SerializeToString()),
+        ) for r in records))
+
+    async def unlinked_of(self, profile_id, limit=200):
+        rows = await self.db.execute(
+            "SELECT record FROM identity_unlinked WHERE profile_id = ? LIMIT ?", (profile_id, limit)
+        )
+        return [identity_pb2.Unlinked.FromString(row.record) for row in rows]
+
+    async def touch(self, keys, at, event_id) -> None:
+        # The write time is the event time, so the latest event wins in any arrival order.
+        await asyncio.gather(*(self.db.execute(
+            "UPDATE identity_seen USING TIMESTAMP ? SET last_seen = ?, last_event = ? WHERE id_type = ? AND id_value = ?",
+            (at * 1000, at, event_id, *key),
+        ) for key in keys))
+
+    async def last_seen(self, keys):
+        rows = await asyncio.gather(*(self.db.execute(
+            "SELECT last_seen FROM identity_seen WHERE id_type = ? AND id_value = ?", key
+        ) for key in keys))
+        return {key: found[0].last_seen for key, found in zip(keys, rows) if found}
+
+    async def record_link(self, link) -> None:
+        await self.record_event([], link.at, link.event_id, link)
+
+    async def record_event(self, keys, at, event_id, link) -> None:
+        # One unlogged batch, prepared once per shape: the rows are in different partitions,
+        # so it buys no atomicity, only one round trip instead of one per row.
+        statements, params = [], []
+        for key in keys:
+            statements.append("UPDATE identity_seen USING TIMESTAMP ? SET last_seen = ?, last_event = ?"
+                              " WHERE id_type = ? AND id_value = ?;")
+            params.extend((at * 1000, at, event_id, *key))
+        if link is not None:
+            hour = link.at // HOUR_MS
+            statements.append("INSERT INTO identity_links (hour, at, event_id, identifiers) VALUES (?, ?, ?, ?);")
+            params.extend((hour, link.at, link.event_id, encode_keys(link.identifiers)))
+            if hour not in self._hours:
+                statements.append("INSERT INTO identity_link_hours (shard, hour) VALUES (0, ?);")
+                params.append(hour)
+        if statements:
+            await self.db.execute("BEGIN UNLOGGED BATCH " + " ".join(statements) + " APPLY BATCH", params)
+            if link is not None:
+                self._hours.add(link.at // HOUR_MS)
+
+    async def links(self, limit):
+        hours = await self.db.execute("SELECT hour FROM identity_link_hours WHERE shard = 0")
+        found: list[Link] = []
+        for hour in sorted(row.hour for row in hours):
+            after = (-1, "")
+            while len(found) < limit:
+                page = min(1000, limit - len(found))
+                rows = await self.db.execute(
+                    "SELECT at, event_id, identifiers FROM identity_links WHERE hour = ? AND (at, event_id) > (?, ?) LIMIT ?",
+                    (hour, *after, page),
+                )
+                found.extend(Link(r.at, r.event_id, decode_keys(r.identifiers)) for r in rows)
+                if len(rows) < page:
+                    break
+                after = (rows[-1].at, rows[-1].event_id)
+        return found[:limit]
+
+    async def outbox_put(self, entry) -> None:
+        await self.db.execute(
+            "INSERT INTO identity_outbox (shard, message_id, topic, key, payload) VALUES (0, ?, ?, ?, ?)",
+            (entry.message_id, entry.topic, entry.key, entry.payload),
+        )
+
+    async def outbox_pending(self, limit=100):
+        rows = await self.db.execute(
+            "SELECT message_id, topic, key, payload FROM identity_outbox WHERE shard = 0 LIMIT ?", (limit,)
+        )
+        return [OutboxEntry(r.message_id, r.topic, r.key, r.payload) for r in rows]
+
+    async def outbox_done(self, message_id) -> None:
+        await self.db.execute("DELETE FROM identity_outbox WHERE shard = 0 AND message_id = ?", (message_id,))
+
+    async def load_rules(self):
+        rows = await self.db.execute("SELECT rules FROM identity_rules WHERE name = 'current'")
+        return identity_pb2.IdentityRules.FromString(rows[0].rules) if rows else None
+
+    async def save_rules(self, rules, expected_version) -> bool:
+        if expected_version == 0:
+            applied, _ = await self.db.execute_lwt(
+                "INSERT INTO identity_rules (name, version, rules) VALUES ('current', ?, ?) IF NOT EXISTS",
+                (rules.version, rules.SerializeToString()),
+            )
+        else:
+            applied, _ = await self.db.execute_lwt(
+                "UPDATE identity_rules SET version = ?, rules = ? WHERE name = 'current' IF version = ?",
+                (rules.version, rules.SerializeToString(), expected_version),
+            )
+        return applied
+
+
+def _datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+def _ms(value: datetime | None) -> int:
+    if value is None:
+        return 0
+    return calendar.timegm(value.utctimetuple()) * 1000 + value.microsecond // 1000
+
+
+def _claim(row) -> Claim:
+    return Claim(row.profile_id, row.event_id or "", _ms(row.claimed_at), row.source or "")
+
+
+def _profile(row) -> ProfileRow:
+    return ProfileRow(
+        row.profile_id, row.created_at or 0, row.created_by or "", row.merged_into or "", row.merge_id or "",
+        row.holder or "", row.lease_until or 0, frozenset(row.never_merge or ()),
+    )

@@ -1,0 +1,124 @@
+"""Ingestion's repository on Cassandra (see store.py for what is kept and why)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from mosaic.ingestion.v1 import quarantine_pb2, source_pb2
+from mosaic.platform.store import Repository
+from mosaic.platform.store.cassandra import CassandraStore
+
+# The suppression list is read whole at start: spread over this many partitions.
+SUPPRESSION_BUCKETS = 64
+
+
+def _bucket(hash_: str) -> int:
+    return int(hashlib.blake2b(hash_.encode(), digest_size=2).hexdigest(), 16) % SUPPRESSION_BUCKETS
+
+
+def _key(row) -> source_pb2.WriteKey:
+    key = source_pb2.WriteKey(key_id=row.key_id)
+    key.created_at.FromMilliseconds(row.created_at_ms)
+    if row.expires_at_ms:
+        key.expires_at.FromMilliseconds(row.expires_at_ms)
+    return key
+
+
+class CassandraIngestionStore(Repository):
+    db: CassandraStore
+
+    async def create_source(self, source):
+        applied, _ = await self.db.execute_lwt(
+            "INSERT INTO sources (source_id, body) VALUES (?, ?) IF NOT EXISTS",
+            (source.source_id, source.SerializeToString()),
+        )
+        return applied
+
+    async def get_source(self, source_id):
+        rows = await self.db.execute("SELECT body FROM sources WHERE source_id = ?", (source_id,))
+        return source_pb2.Source.FromString(rows[0].body) if rows else None
+
+    async def list_sources(self):
+        rows = await self.db.execute("SELECT body FROM sources LIMIT 10000")
+        return sorted((source_pb2.Source.FromString(r.body) for r in rows), key=lambda s: s.source_id)
+
+    async def save_source(self, source):
+        await self.db.execute(
+            "INSERT INTO sources (source_id, body) VALUES (?, ?)", (source.source_id, source.SerializeToString())
+        )
+
+    async def add_write_key(self, source_id, key_hash, key):
+        expires = key.expires_at.ToMilliseconds() if key.HasField("expires_at") else 0
+        values = (key_hash, source_id, key.key_id, key.created_at.ToMilliseconds(), expires)
+        # Listed first, usable second: a key is never usable without being listed for rotation.
+        await self.db.execute(
+            "INSERT INTO write_keys_by_source (key_hash, source_id, key_id, created_at_ms, expires_at_ms)"
+            " VALUES (?, ?, ?, ?, ?)", values,
+        )
+        await self.db.execute(
+            "INSERT INTO write_keys (key_hash, source_id, key_id, created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?)",
+            values,
+        )
+
+    async def set_key_expiry(self, source_id, key_hash, expires_at_ms):
+        await self.db.execute(
+            "UPDATE write_keys SET expires_at_ms = ? WHERE key_hash = ?", (expires_at_ms, key_hash)
+        )
+        await self.db.execute(
+            "UPDATE write_keys_by_source SET expires_at_ms = ? WHERE source_id = ? AND key_hash = ?",
+            (expires_at_ms, source_id, key_hash),
+        )
+
+    async def write_keys(self, source_id):
+        rows = await self.db.execute(
+            "SELECT key_hash, key_id, created_at_ms, expires_at_ms FROM write_keys_by_source WHERE source_id = ? LIMIT 1000",
+            (source_id,),
+        )
+        return sorted(((r.key_hash, _key(r)) for r in rows), key=lambda pair: pair[1].created_at.ToMilliseconds())
+
+    async def key_owner(self, key_hash):
+        rows = await self.db.execute("SELECT source_id, expires_at_ms FROM write_keys WHERE key_hash = ?", (key_hash,))
+        return (rows[0].source_id, rows[0].expires_at_ms or 0) if rows else None
+
+    async def put_quarantined(self, kept, retention_days):
+        await self.db.execute(
+            "INSERT INTO quarantine (source_id, message_id, body) VALUES (?, ?, ?) USING TTL ?",
+            (kept.source_id, kept.event.message_id, kept.SerializeToString(), retention_days * 86400),
+        )
+
+    async def get_quarantined(self, source_id, message_id):
+        rows = await self.db.execute(
+            "SELECT body FROM quarantine WHERE source_id = ? AND message_id = ?", (source_id, message_id)
+        )
+        return quarantine_pb2.QuarantinedEvent.FromString(rows[0].body) if rows else None
+
+    async def list_quarantined(self, source_id, after, limit):
+        rows = await self.db.execute(
+            "SELECT body FROM quarantine WHERE source_id = ? AND message_id > ? LIMIT ?", (source_id, after, limit)
+        )
+        return [quarantine_pb2.QuarantinedEvent.FromString(r.body) for r in rows]
+
+    async def delete_quarantined(self, source_id, message_id):
+        await self.db.execute("DELETE FROM quarantine WHERE source_id = ? AND message_id = ?", (source_id, message_id))
+
+    async def add_suppressed(self, hashes):
+        for hash_ in hashes:
+            await self.db.execute("INSERT INTO suppressed (bucket, hash) VALUES (?, ?)", (_bucket(hash_), hash_))
+
+    async def remove_suppressed(self, hashes):
+        for hash_ in hashes:
+            await self.db.execute("DELETE FROM suppressed WHERE bucket = ? AND hash = ?", (_bucket(hash_), hash_))
+
+    async def suppressed(self):
+        hashes: set[str] = set()
+        for bucket in range(SUPPRESSION_BUCKETS):
+            # One page per bucket (the driver's 5,000 rows): 320,000 hashes in all for now.
+            rows = await self.db.execute("SELECT hash FROM suppressed WHERE bucket = ?", (bucket,))
+            hashes.update(r.hash for r in rows)
+        return hashes
+
+    async def setting(self, name, proposed):
+        applied, row = await self.db.execute_lwt(
+            "INSERT INTO ingestion_settings (name, value) VALUES (?, ?) IF NOT EXISTS", (name, proposed)
+        )
+        return proposed if applied else row.value

@@ -1,0 +1,114 @@
+"""Ingestion's repository on SQLite (see store.py for what is kept and why)."""
+
+from __future__ import annotations
+
+import time
+
+from mosaic.ingestion.v1 import quarantine_pb2, source_pb2
+from mosaic.platform.store import Repository
+from mosaic.platform.store.sqlite import SqliteStore
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _key(row) -> source_pb2.WriteKey:
+    key = source_pb2.WriteKey(key_id=row[1])
+    key.created_at.FromMilliseconds(row[2])
+    if row[3]:
+        key.expires_at.FromMilliseconds(row[3])
+    return key
+
+
+class SqliteIngestionStore(Repository):
+    db: SqliteStore
+
+    async def create_source(self, source):
+        def insert(db) -> bool:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO sources VALUES (?, ?)", (source.source_id, source.SerializeToString())
+            )
+            return cursor.rowcount == 1
+
+        return await self.db.transaction(insert)
+
+    async def get_source(self, source_id):
+        rows = await self.db.execute("SELECT body FROM sources WHERE source_id = ?", (source_id,))
+        return source_pb2.Source.FromString(rows[0][0]) if rows else None
+
+    async def list_sources(self):
+        rows = await self.db.execute("SELECT body FROM sources ORDER BY source_id")
+        return [source_pb2.Source.FromString(r[0]) for r in rows]
+
+    async def save_source(self, source):
+        await self.db.execute(
+            "INSERT OR REPLACE INTO sources VALUES (?, ?)", (source.source_id, source.SerializeToString())
+        )
+
+    async def add_write_key(self, source_id, key_hash, key):
+        expires = key.expires_at.ToMilliseconds() if key.HasField("expires_at") else 0
+        await self.db.execute(
+            "INSERT OR REPLACE INTO write_keys VALUES (?, ?, ?, ?, ?)",
+            (key_hash, source_id, key.key_id, key.created_at.ToMilliseconds(), expires),
+        )
+
+    async def set_key_expiry(self, source_id, key_hash, expires_at_ms):
+        await self.db.execute(
+            "UPDATE write_keys SET expires_at_ms = ? WHERE key_hash = ? AND source_id = ?",
+            (expires_at_ms, key_hash, source_id),
+        )
+
+    async def write_keys(self, source_id):
+        rows = await self.db.execute(
+            "SELECT key_hash, key_id, created_at_ms, expires_at_ms FROM write_keys WHERE source_id = ?"
+            " ORDER BY created_at_ms, key_hash",
+            (source_id,),
+        )
+        return [(r[0], _key(r)) for r in rows]
+
+    async def key_owner(self, key_hash):
+        rows = await self.db.execute("SELECT source_id, expires_at_ms FROM write_keys WHERE key_hash = ?", (key_hash,))
+        return (rows[0][0], rows[0][1] or 0) if rows else None
+
+    async def put_quarantined(self, kept, retention_days):
+        now = _now_ms()
+        await self.db.execute(
+            "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)",
+            (kept.source_id, kept.event.message_id, kept.SerializeToString(), now + retention_days * 86_400_000),
+        )
+
+    async def get_quarantined(self, source_id, message_id):
+        rows = await self.db.execute(
+            "SELECT body FROM quarantine WHERE source_id = ? AND message_id = ? AND expires_at_ms > ?",
+            (source_id, message_id, _now_ms()),
+        )
+        return quarantine_pb2.QuarantinedEvent.FromString(rows[0][0]) if rows else None
+
+    async def list_quarantined(self, source_id, after, limit):
+        now = _now_ms()
+        await self.db.execute("DELETE FROM quarantine WHERE source_id = ? AND expires_at_ms <= ?", (source_id, now))
+        rows = await self.db.execute(
+            "SELECT body FROM quarantine WHERE source_id = ? AND message_id > ? ORDER BY message_id LIMIT ?",
+            (source_id, after, limit),
+        )
+        return [quarantine_pb2.QuarantinedEvent.FromString(r[0]) for r in rows]
+
+    async def delete_quarantined(self, source_id, message_id):
+        await self.db.execute("DELETE FROM quarantine WHERE source_id = ? AND message_id = ?", (source_id, message_id))
+
+    async def add_suppressed(self, hashes):
+        await self.db.transaction(lambda db: db.executemany("INSERT OR IGNORE INTO suppressed VALUES (?)", [(h,) for h in hashes]))
+
+    async def remove_suppressed(self, hashes):
+        await self.db.transaction(lambda db: db.executemany("DELETE FROM suppressed WHERE hash = ?", [(h,) for h in hashes]))
+
+    async def suppressed(self):
+        return {r[0] for r in await self.db.execute("SELECT hash FROM suppressed")}
+
+    async def setting(self, name, proposed):
+        def get_or_put(db) -> str:
+            db.execute("INSERT OR IGNORE INTO ingestion_settings VALUES (?, ?)", (name, proposed))
+            return db.execute("SELECT value FROM ingestion_settings WHERE name = ?", (name,)).fetchone()[0]
+
+        return await self.db.transaction(get_or_put)

@@ -1,0 +1,102 @@
+"""The `mosaic` commands of ingestion, against the service in-process: import (NDJSON, CSV,
+resume without duplicates, the report of rejected rows), sources and quarantine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+from collections import Counter
+
+from mosaic.cli import ingest_commands
+from mosaic.cli.__main__ import main
+from mosaic.testing.plugin import eventually
+
+
+def import_args(path, address: str, **extra) -> argparse.Namespace:
+    values = {"file": path, "source": "files", "format": None, "map": [], "type": "track", "batch": 100,
+              "address": address, **extra}
+    return argparse.Namespace(command="import", **values)
+
+
+def write_ndjson(path, rows: int, bad_every: int = 0) -> None:
+    with path.open("w") as handle:
+        for i in range(rows):
+            if bad_every and i % bad_every == 0:
+                handle.write('{"userId": "u", "type": "track"}\n' if (i // bad_every) % 2 else "{not json\n")
+            else:
+                handle.write(json.dumps({"userId": f"u{i % 50}", "event": "Row", "properties": {"i": i}}) + "\n")
+
+
+async def test_an_ndjson_file_is_imported_with_a_report_of_the_rejected_rows(ingestion, stored, tmp_path):
+    path = tmp_path / "events.ndjson"
+    write_ndjson(path, 1000, bad_every=100)
+    progress = io.StringIO()
+    assert await ingest_commands.import_file(import_args(path, ingestion.grpc_address), progress) == 0
+    events = await stored()
+    assert len(events) == 990 and len({m for m, _ in events}) == 990
+    lines = (tmp_path / "events.ndjson.rejected.ndjson").read_text().splitlines()
+    report = sorted((json.loads(line) for line in lines), key=lambda r: r["row"])  # written as batches end
+    assert [r["row"] for r in report] == [i + 1 for i in range(0, 1000, 100)]
+    assert report[0]["reason"].startswith("line is not JSON")
+    assert report[1] == {"row": 101, "status": "rejected", "field": "event", "reason": "is required for track"}
+    assert "100.0%" in progress.getvalue() and "ev/s" in progress.getvalue() and "ETA" in progress.getvalue()
+
+
+async def test_a_csv_file_is_imported_through_a_column_mapping(ingestion, stored, tmp_path):
+    path = tmp_path / "crm.csv"
+    path.write_text("user,mail,plan,since\nada,ada@example.com,pro,2024-01-02T00:00:00Z\ngrace,,team,\n")
+    args = import_args(path, ingestion.grpc_address, type="identify",
+                       map=["user=userId", "mail=traits.email", "since=timestamp"])
+    assert await ingest_commands.import_file(args, io.StringIO()) == 0
+    by_user = {event.user_id: event for _, event in await stored()}
+    assert by_user["ada"].traits["email"] == "ada@example.com" and by_user["ada"].traits["plan"] == "pro"
+    assert by_user["ada"].timestamp.ToJsonString() == "2024-01-02T00:00:00Z"
+    assert "email" not in by_user["grace"].traits and by_user["grace"].traits["plan"] == "team"
+
+
+async def test_an_interrupted_import_resumes_without_duplicates(ingestion, stored, tmp_path):
+    path = tmp_path / "big.ndjson"
+    write_ndjson(path, 6000)
+    first = asyncio.create_task(ingest_commands.import_file(import_args(path, ingestion.grpc_address), io.StringIO()))
+    js = ingestion.service.runtime.bus._js
+    await eventually(lambda: _count_at_least(js, 1500), timeout=30)
+    first.cancel()  # as Ctrl-C or a crash would stop it
+    await asyncio.gather(first, return_exceptions=True)
+    state = json.loads((tmp_path / "big.ndjson.import-state.json").read_text())
+    assert 0 < state["rows_done"] < 6000
+    assert await ingest_commands.import_file(import_args(path, ingestion.grpc_address), io.StringIO()) == 0
+    counts = Counter(int(event.properties["i"]) for _, event in await stored())
+    assert sorted(counts) == list(range(6000)) and set(counts.values()) == {1}
+
+
+async def _count_at_least(js, n: int) -> bool:
+    return (await js.stream_info("EVENTS_RAW")).state.messages >= n
+
+
+async def test_sources_and_quarantine_are_managed_from_the_command_line(ingestion, tmp_path, capsys):
+    address = ["--address", ingestion.grpc_address]
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"events": {"Bought": {"type": "object", "required": ["price"]}},
+                                "invalid": "PLAN_ACTION_QUARANTINE"}))
+    run = lambda *argv: asyncio.to_thread(main, [*argv, *address])
+    assert await run("sources", "create", "shop", "--name", "Shop", "--plan", str(plan)) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["name"] == "Shop" and created["writeKeys"][0]["secret"].startswith("wk_")
+    assert await run("sources", "rotate-key", "shop", "--grace", "60") == 0
+    assert len(json.loads(capsys.readouterr().out)["source"]["writeKeys"]) == 2
+    events = tmp_path / "bad.ndjson"
+    events.write_text(json.dumps({"messageId": "q1", "userId": "ada", "event": "Bought"}) + "\n")
+    assert await run("import", str(events), "--source", "shop") == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["quarantined"] == 1
+    assert await run("quarantine", "list", "--source", "shop") == 0
+    assert json.loads(capsys.readouterr().out)["reason"] == "'price' is a required property"
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(json.dumps({"type": "EVENT_TYPE_TRACK", "userId": "ada", "event": "Bought", "properties": {"price": 3}}))
+    assert await run("quarantine", "replay", "q1", "--source", "shop", "--event", str(fixed)) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "EVENT_STATUS_ACCEPTED"
+    assert await run("sources", "update", "shop", "--disable") == 0
+    assert json.loads(capsys.readouterr().out)["disabled"] is True
+    assert await run("quarantine", "show", "q1", "--source", "shop") == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
