@@ -47,16 +47,18 @@ async def test_versions_between_full_states_are_rebuilt_from_deltas(profiles):
         assert profile.version == version and profile.traits["step"].value.number_value == version - 1
 
 
-async def test_a_crash_between_marker_and_latest_is_repaired_by_redelivery(profiles):
+async def test_a_snapshot_orphaned_by_a_crash_is_overwritten_and_its_event_applied_later(profiles):
     await profiles.apply(resolved("m1", plan="free"))
-    snapshot = await profiles.apply(resolved("m2", plan="pro"))
-    # Simulate the crash: version 2's snapshot and marker written, the latest still version 1.
-    first = (await profiles.store.snapshots("p-1", 1, 1))[0]
-    await profiles.store.db.execute("UPDATE profile_latest SET version = 1, state = ? WHERE profile_id = ?",
-                                    (first.snapshot.profile.SerializeToString(), "p-1"))
-    profiles.cache._entries.clear()
-    assert (await profiles.store.latest("p-1")).profile.version == 1
-    await profiles.apply(resolved("m2", plan="pro"))
+    # The crash: m2's snapshot of version 2 written, the atomic rest (marker, latest) not.
+    orphan = (await profiles.store.snapshots("p-1", 1, 1))[0]
+    orphan.snapshot.version = 2
+    orphan.snapshot.cause_message_id = "m2"
+    await profiles.store.db.execute("INSERT OR REPLACE INTO profile_snapshots (profile_id, version, snapshot, is_full)"
+                                    " VALUES (?, ?, ?, 1)", ("p-1", 2, orphan.snapshot.SerializeToString()))
+    await profiles.apply(resolved("m3", city="Paris"))  # overtakes m2 after the crash
+    await profiles.apply(resolved("m2", plan="pro"))    # redelivered
     latest = (await profiles.store.latest("p-1")).profile
-    assert latest.version == 2 and latest.traits["plan"].value.string_value == "pro" and latest.event_count == 2
-    assert snapshot.version == 2
+    assert latest.event_count == 3 and latest.version == 3
+    assert latest.traits["plan"].value.string_value == "pro" and latest.traits["city"].value.string_value == "Paris"
+    causes = [s.snapshot.cause_message_id for s in await profiles.store.snapshots("p-1", 1, 3)]
+    assert causes == ["m1", "m3", "m2"]

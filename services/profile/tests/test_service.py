@@ -87,7 +87,11 @@ async def test_history_upserts_computed_traits_and_the_archive_over_grpc(service
         await send(service, "m2", event_pb2.EVENT_TYPE_TRACK, "Order Completed", revenue=30, category="games")
 
         async def version(v):
-            answer = await stub.GetProfile(pb.GetProfileRequest(identifier=identity_pb2.Identifier(type="user_id", value="ada")))
+            try:
+                answer = await stub.GetProfile(pb.GetProfileRequest(identifier=identity_pb2.Identifier(type="user_id", value="ada")))
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.NOT_FOUND  # not applied yet
+                return False
             return answer.profile.version >= v and answer.profile
 
         profile = await eventually(lambda: version(2))

@@ -94,3 +94,16 @@ async def test_a_computed_trait_name_is_taken_once_and_can_be_deleted(store):
     assert name in {d.name for d in await store.definitions()}
     assert await store.delete_definition(name) is True
     assert await store.delete_definition(name) is False
+
+
+async def test_a_merged_away_profile_points_at_its_survivor_until_split(store):
+    known, unknown = str(uuid.uuid4()), str(uuid.uuid4())
+    await store.save(*stored(known, 1))
+    for pid in (known, unknown):
+        await store.set_merged_into(pid, "survivor")
+        assert (await store.latest(pid)).merged_into == "survivor"
+    await store.save(*stored(known, 2))
+    assert (await store.latest(known)).merged_into == "survivor", "a later save keeps the pointer"
+    assert (await store.latest(unknown)).profile.version == 0
+    await store.set_merged_into(known, "")
+    assert (await store.latest(known)).merged_into == ""

@@ -19,7 +19,8 @@ from mosaic.profile.v1 import profile_service_pb2 as pb, profile_service_pb2_grp
 from profile_service import computed, history
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
-from profile_service.fold import event_name
+from profile_service.fold import event_key, event_name
+from profile_service.merges import MergeHandler
 from profile_service.profiles import Profiles
 from profile_service.store import open_store
 
@@ -43,7 +44,11 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
 
     async def _latest(self, profile_id: str):
         latest = await self.profiles.latest(profile_id)
-        if latest is None:
+        for _ in range(8):  # a merged-away profile answers with its survivor
+            if latest is None or not latest.merged_into:
+                break
+            latest = await self.profiles.latest(latest.merged_into)
+        if latest is None or latest.profile.version == 0:
             raise NotFound("profile", profile_id)
         return latest.profile
 
@@ -115,9 +120,9 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         event.timestamp.GetCurrentTime()
         event.received_at.CopyFrom(event.timestamp)
         resolved = resolved_pb2.ResolvedEvent(profile_id=request.profile_id, event=event)
-        await self.profiles.bus.publish(topics.EVENTS_RESOLVED, request.profile_id, resolved, message_id)
+        await self.profiles.bus.publish(topics.EVENTS_RESOLVED, request.profile_id, resolved, event_key(event))
         deadline = time.monotonic() + 10
-        while await self.store.applied_version(request.profile_id, message_id) is None:
+        while await self.store.applied_version(request.profile_id, event_key(event)) is None:
             if time.monotonic() > deadline:
                 raise Unavailable("profile", "the write is queued but not applied yet; retry with the same request_id")
             await asyncio.sleep(0.01)
@@ -183,9 +188,10 @@ class ResolvedEventHandler:
         if not resolved.profile_id:
             raise InvalidArgument("profile_id", "is required")
         snapshot = await self.profiles.apply(resolved)
-        trace.get_current_span().set_attributes(
-            {"mosaic.profile.id": resolved.profile_id, "mosaic.profile.version": snapshot.version}
-        )
+        if snapshot is not None:
+            trace.get_current_span().set_attributes(
+                {"mosaic.profile.id": resolved.profile_id, "mosaic.profile.version": snapshot.version}
+            )
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
@@ -199,4 +205,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     event_archive_service_pb2_grpc.add_EventArchiveServiceServicer_to_server(ArchiveServicer(profiles), runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["ProfileService"].full_name)
     runtime.add_service(event_archive_service_pb2.DESCRIPTOR.services_by_name["EventArchiveService"].full_name)
-    runtime.bus.consume(topics.EVENTS_RESOLVED, ResolvedEventHandler(profiles), settings.platform.owned_partitions)
+    owned = settings.platform.owned_partitions
+    runtime.bus.consume(topics.EVENTS_RESOLVED, ResolvedEventHandler(profiles), owned)
+    merges = MergeHandler(profiles)
+    runtime.bus.consume(topics.IDENTITY_MERGED, merges.merged, owned)
+    runtime.bus.consume(topics.IDENTITY_SPLIT, merges.split, owned)

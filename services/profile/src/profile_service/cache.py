@@ -33,6 +33,9 @@ class ProfileCache:
         self._entries.move_to_end(profile_id)
         return latest
 
+    def discard(self, profile_id: str) -> None:
+        self._entries.pop(profile_id, None)
+
     def put(self, latest: Latest) -> None:
         profile_id = latest.profile.profile_id
         if not self.cacheable(profile_id):

@@ -39,6 +39,11 @@ def event_name(event: event_pb2.Event) -> str:
     return event.event if event.type == T.EVENT_TYPE_TRACK else TYPE_NAMES.get(event.type, "")
 
 
+def event_key(event: event_pb2.Event) -> str:
+    """What makes an event unique: its message id within its source (as at ingestion)."""
+    return f"{event.source_id}:{event.message_id}" if event.source_id else event.message_id
+
+
 def event_time(event: event_pb2.Event) -> timestamp_pb2.Timestamp:
     return event.timestamp if event.HasField("timestamp") else event.received_at
 

@@ -1,8 +1,8 @@
 """The profile domain: apply events in order, rebuild any version, backfill computed traits.
 
-Every write to a profile happens under its partition's lock in the replica that owns the
-partition: the bus consumer of that partition, UpsertTraits (which travels through the same
-partition as an event) and computed-trait backfills. One writer per profile is what makes
+Every write to a profile happens under that profile's lock in the replica that owns its
+partition: the bus consumers (events, merges, splits), UpsertTraits (which travels through the
+same partition as an event) and computed-trait backfills. One writer per profile is what makes
 the write-through cache and the unconditional Cassandra writes safe.
 """
 
@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from datetime import datetime, timezone
 
 from google.protobuf import timestamp_pb2
@@ -24,8 +25,8 @@ from mosaic.profile.v1 import profile_pb2
 from profile_service import computed, history
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
-from profile_service.fold import FoldRules, event_name, fold
-from profile_service.store import Latest, ProfileStore, StoredSnapshot
+from profile_service.fold import FoldRules, event_key, event_name, fold
+from profile_service.store import MARKER_TTL, Latest, ProfileStore, StoredSnapshot
 
 log = logging.getLogger("mosaic.profile")
 
@@ -74,12 +75,15 @@ class Profiles:
         self.settings = settings
         self.rules = FoldRules(settings.source_priority, settings.counter_days)
         self.definitions = DefinitionCatalog(store, self._schedule_backfill)
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._backfills: set[asyncio.Task] = set()
 
     def lock(self, profile_id: str) -> asyncio.Lock:
-        partition = topics.partition_of(profile_id, self.bus.partitions)
-        return self._locks.setdefault(partition, asyncio.Lock())
+        """The lock of one profile; it lives while someone holds or waits for it."""
+        lock = self._locks.get(profile_id)
+        if lock is None:
+            lock = self._locks[profile_id] = asyncio.Lock()
+        return lock
 
     async def latest(self, profile_id: str) -> Latest | None:
         latest = self.cache.get(profile_id) if self.cache.cacheable(profile_id) else None
@@ -89,21 +93,31 @@ class Profiles:
                 self.cache.put(latest)
         return latest
 
-    async def apply(self, resolved: resolved_pb2.ResolvedEvent) -> profile_pb2.Snapshot:
-        """Fold one event into its profile, once; publish what changed."""
+    async def apply(self, resolved: resolved_pb2.ResolvedEvent) -> profile_pb2.Snapshot | None:
+        """Fold one event into its profile, once; publish what changed. An event of a profile
+        merged into another is forwarded to the survivor instead (None)."""
         profile_id, event = resolved.profile_id, resolved.event
         async with self.lock(profile_id):
-            applied = await self.store.applied_version(profile_id, event.message_id)
+            # Latest from the store, not the cache: the survivor's replica may have merged it away.
+            applied, latest = await asyncio.gather(
+                self.store.applied_version(profile_id, event_key(event)), self.store.latest(profile_id)
+            )
             if applied is not None:
                 snapshot, profile = await self._repair(profile_id, applied)
             else:
-                snapshot, profile = await self._fold(resolved)
+                if latest is not None and latest.merged_into:
+                    forwarded = resolved_pb2.ResolvedEvent()
+                    forwarded.CopyFrom(resolved)
+                    forwarded.profile_id = latest.merged_into
+                    await self.bus.publish(topics.EVENTS_RESOLVED, latest.merged_into, forwarded, event_key(event))
+                    return None
+                snapshot, profile = await self._fold(resolved, latest)
         await self._publish(snapshot, profile)
         return snapshot
 
-    async def _fold(self, resolved):
+    async def _fold(self, resolved, latest: Latest | None):
         profile_id, event = resolved.profile_id, resolved.event
-        latest = await self.latest(profile_id) or Latest(profile_pb2.Profile(profile_id=profile_id))
+        latest = latest or Latest(profile_pb2.Profile(profile_id=profile_id))
         old, profile = latest.profile, profile_pb2.Profile()
         profile.CopyFrom(old)  # the cached copy stays as it is until the write succeeds
         states = json.loads(latest.aggregates)
@@ -113,13 +127,17 @@ class Profiles:
         for definition in definitions:
             computed.update(definition, states.setdefault(definition.name, {}), event)
         computed.refresh(profile, definitions, states, now)
-        await self.store.archive(profile_id, event, event_name(event), self.settings.archive_days * 86400)
-        for key, identity in profile.identities.items():
-            if key not in old.identities:
-                await self.store.index_identifier(identity.type, identity.value, profile_id)
-        return await self._save(old, profile, states, event.message_id), profile
+        # Archived (and new identifiers indexed) before the change is marked applied: a
+        # backfill or a split reads the archive for every applied event.
+        await asyncio.gather(
+            self.store.archive(profile_id, event, event_name(event), self.settings.archive_days * 86400),
+            *(self.store.index_identifier(identity.type, identity.value, profile_id)
+              for key, identity in profile.identities.items() if key not in old.identities),
+        )
+        # Event markers expire once no redelivery can come; merge and split markers stay.
+        return await self._save(old, profile, states, event_key(event), MARKER_TTL), profile
 
-    async def _save(self, old, profile, states, cause: str) -> profile_pb2.Snapshot:
+    async def _save(self, old, profile, states, cause: str, marker_ttl: int | None = None) -> profile_pb2.Snapshot:
         profile.version = old.version + 1
         changes = history.diff(old, profile)
         full = profile.version == 1 or profile.version % self.settings.full_every == 0
@@ -128,20 +146,15 @@ class Profiles:
             cause_message_id=cause, profile=profile if full else history.delta(profile, changes),
         )
         latest = Latest(profile, json.dumps(states))
-        await self.store.save(StoredSnapshot(snapshot, full), latest)
+        await self.store.save(StoredSnapshot(snapshot, full), latest, marker_ttl)
         self.cache.put(latest)
         return snapshot
 
     async def _repair(self, profile_id: str, version: int):
-        """A redelivered event: finish what a crash may have left undone, change nothing else."""
-        latest = await self.latest(profile_id)
-        profile = await self.at_version(profile_id, version)
+        """A redelivered event: its change is stored (the marker is written with the state);
+        give back what to publish again, in case the crash came before the publish."""
         [stored] = await self.store.snapshots(profile_id, version, version)
-        if latest is None or latest.profile.version < version:
-            repaired = Latest(profile, latest.aggregates if latest else "{}")
-            await self.store.save(stored, repaired)
-            self.cache.put(repaired)
-        return stored.snapshot, profile
+        return stored.snapshot, await self.at_version(profile_id, version)
 
     async def _publish(self, snapshot: profile_pb2.Snapshot, profile: profile_pb2.Profile) -> None:
         # Published again on redelivery too (a crash may have come before the first publish);

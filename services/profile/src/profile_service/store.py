@@ -1,12 +1,11 @@
 """Profiles, their history, the event archive and computed-trait definitions.
 
-Per change, written in this order so that a crash at any point is repaired by redelivery:
-
-1. the snapshot, keyed by version (rewriting it is harmless), and its time-index row;
-2. the applied-event marker (profile, message id) → version: a redelivered or duplicated
-   event becomes a no-op;
-3. the latest profile with its computed-trait partials. A marker ahead of the latest profile
-   means a crash came between 2 and 3; the service then saves that snapshot again.
+Per change: first the snapshot, keyed by version (rewriting a version is harmless), and its
+time-index row; then, at once (a single-partition batch in Cassandra, a transaction in SQLite),
+the applied-event marker (profile, message id) → version that makes a redelivered or
+duplicated event a no-op, and the latest profile with its computed-trait partials. A crash
+before that leaves an orphan snapshot that the next change of the profile overwrites; a marker
+never exists without the state it marks, whatever order events are redelivered in.
 
 Snapshots are partitioned by (profile_id, version // 1000) and the time index by
 (profile_id, month), so no partition grows without bound however long a customer lives. The
@@ -29,19 +28,21 @@ from mosaic.profile.v1 import profile_pb2
 
 BUCKET = 1000
 
+# An applied-event marker must outlive any redelivery: the streams keep events 7 days.
+MARKER_TTL = 14 * 86400
+
 CASSANDRA = [
     Migration(1, (
-        "CREATE TABLE IF NOT EXISTS profile_latest (profile_id text PRIMARY KEY, version bigint, state blob)",
+        # One partition per profile: the latest state in static columns, and the applied-event
+        # markers as rows, so a change's marker and state are written by one single-partition
+        # batch, atomic and isolated without the batch log.
+        "CREATE TABLE IF NOT EXISTS profile_heads ("
+        " profile_id text, message_id text, version bigint,"
+        " state blob static, aggregates text static, first_month text static, merged_into text static,"
+        " PRIMARY KEY (profile_id, message_id))",
         "CREATE TABLE IF NOT EXISTS profile_snapshots ("
-        " profile_id text, bucket bigint, version bigint, snapshot blob,"
+        " profile_id text, bucket bigint, version bigint, snapshot blob, is_full boolean,"
         " PRIMARY KEY ((profile_id, bucket), version)) WITH CLUSTERING ORDER BY (version DESC)",
-        "CREATE TABLE IF NOT EXISTS profile_applied_events ("
-        " profile_id text, message_id text, version bigint, PRIMARY KEY ((profile_id, message_id)))",
-    )),
-    Migration(2, (
-        "ALTER TABLE profile_latest ADD IF NOT EXISTS aggregates text",
-        "ALTER TABLE profile_latest ADD IF NOT EXISTS first_month text",
-        "ALTER TABLE profile_snapshots ADD IF NOT EXISTS is_full boolean",
         "CREATE TABLE IF NOT EXISTS profile_snapshot_times ("
         " profile_id text, month text, recorded_at timestamp, version bigint,"
         " PRIMARY KEY ((profile_id, month), recorded_at, version))"
@@ -57,17 +58,13 @@ CASSANDRA = [
 ]
 SQLITE = [
     Migration(1, (
-        "CREATE TABLE profile_latest (profile_id TEXT PRIMARY KEY, version INTEGER, state BLOB)",
-        "CREATE TABLE profile_snapshots (profile_id TEXT, version INTEGER, snapshot BLOB, PRIMARY KEY (profile_id, version))",
+        "CREATE TABLE profile_latest (profile_id TEXT PRIMARY KEY, version INTEGER, state BLOB, aggregates TEXT,"
+        " merged_into TEXT)",
+        "CREATE TABLE profile_snapshots (profile_id TEXT, version INTEGER, snapshot BLOB, is_full INTEGER,"
+        " recorded_us INTEGER, PRIMARY KEY (profile_id, version))",
+        "CREATE INDEX profile_snapshots_time ON profile_snapshots (profile_id, recorded_us)",
         "CREATE TABLE profile_applied_events (profile_id TEXT, message_id TEXT, version INTEGER,"
         " PRIMARY KEY (profile_id, message_id))",
-    )),
-    Migration(2, (
-        "ALTER TABLE profile_latest ADD COLUMN aggregates TEXT",
-        "ALTER TABLE profile_latest ADD COLUMN first_month TEXT",
-        "ALTER TABLE profile_snapshots ADD COLUMN is_full INTEGER",
-        "ALTER TABLE profile_snapshots ADD COLUMN recorded_us INTEGER",
-        "CREATE INDEX profile_snapshots_time ON profile_snapshots (profile_id, recorded_us)",
         "CREATE TABLE profile_identifiers (id_type TEXT, id_value TEXT, profile_id TEXT, PRIMARY KEY (id_type, id_value))",
         "CREATE TABLE profile_events (profile_id TEXT, event_time_us INTEGER, message_id TEXT, name TEXT, event BLOB,"
         " expires_us INTEGER, PRIMARY KEY (profile_id, event_time_us, message_id))",
@@ -82,6 +79,7 @@ class Latest:
 
     profile: profile_pb2.Profile
     aggregates: str = "{}"
+    merged_into: str = ""  # set once identity merged this profile into another
 
 
 @dataclass
@@ -104,9 +102,12 @@ def _us(value: datetime) -> int:
 
 class ProfileStore(Protocol):
     async def latest(self, profile_id: str) -> Latest | None: ...
+    async def set_merged_into(self, profile_id: str, survivor: str) -> None:
+        """Point a merged-away profile at its survivor ("" undoes it, for a split)."""
     async def applied_version(self, profile_id: str, message_id: str) -> int | None: ...
-    async def save(self, stored: StoredSnapshot, latest: Latest) -> None:
-        """Append the snapshot, mark its event applied, make `latest` the latest."""
+    async def save(self, stored: StoredSnapshot, latest: Latest, marker_ttl: int | None = None) -> None:
+        """Append the snapshot, mark its cause applied (for `marker_ttl` seconds, or for good),
+        make `latest` the latest."""
     async def snapshots(self, profile_id: str, from_version: int, to_version: int) -> list[StoredSnapshot]:
         """Snapshots with from_version <= version <= to_version, oldest first."""
     async def list_snapshots(self, profile_id: str, below_version: int, limit: int) -> list[profile_pb2.Snapshot]:
@@ -129,21 +130,31 @@ class CassandraProfileStore(Repository):
     db: CassandraStore
 
     async def latest(self, profile_id):
-        rows = await self.db.execute("SELECT state, aggregates FROM profile_latest WHERE profile_id = ?", (profile_id,))
-        if not rows:
+        rows = await self.db.execute(
+            "SELECT state, aggregates, merged_into FROM profile_heads WHERE profile_id = ? LIMIT 1", (profile_id,)
+        )
+        if not rows or (rows[0].state is None and not rows[0].merged_into):
             return None
-        return Latest(profile_pb2.Profile.FromString(rows[0].state), rows[0].aggregates or "{}")
+        row = rows[0]
+        # A head with no state: merged away before any of its events arrived.
+        profile = profile_pb2.Profile.FromString(row.state) if row.state else profile_pb2.Profile(profile_id=profile_id)
+        return Latest(profile, row.aggregates or "{}", row.merged_into or "")
+
+    async def set_merged_into(self, profile_id, survivor):
+        await self.db.execute("UPDATE profile_heads SET merged_into = ? WHERE profile_id = ?", (survivor, profile_id))
 
     async def applied_version(self, profile_id, message_id):
         rows = await self.db.execute(
-            "SELECT version FROM profile_applied_events WHERE profile_id = ? AND message_id = ?", (profile_id, message_id)
+            "SELECT version FROM profile_heads WHERE profile_id = ? AND message_id = ?", (profile_id, message_id)
         )
-        return rows[0].version if rows else None
+        return rows[0].version if rows and rows[0].version is not None else None
 
-    async def save(self, stored, latest):
+    async def save(self, stored, latest, marker_ttl=None):
         s, p = stored.snapshot, latest.profile
         recorded_us = s.recorded_at.ToMicroseconds()
-        # The snapshot and its time-index row are independent: write them together.
+        # First the snapshot and its time-index row: rewriting a version is harmless. Then the
+        # marker and the state in one single-partition batch: a marker never exists without
+        # the state it marks, whatever order a crash and redelivery bring events back in.
         await asyncio.gather(
             self.db.execute(
                 "INSERT INTO profile_snapshots (profile_id, bucket, version, snapshot, is_full) VALUES (?, ?, ?, ?, ?)",
@@ -154,20 +165,15 @@ class CassandraProfileStore(Repository):
                 (p.profile_id, month_of(recorded_us), _dt(recorded_us), s.version),
             ),
         )
-        await self.db.execute(
-            "INSERT INTO profile_applied_events (profile_id, message_id, version) VALUES (?, ?, ?)",
-            (p.profile_id, s.cause_message_id, s.version),
-        )
+        marker = ("INSERT INTO profile_heads (profile_id, message_id, version) VALUES (?, ?, ?) USING TTL ?",
+                  (p.profile_id, s.cause_message_id, s.version, marker_ttl or 0))
         if s.version == 1:  # where the time index starts, for GetProfileAt
-            await self.db.execute(
-                "INSERT INTO profile_latest (profile_id, version, state, aggregates, first_month) VALUES (?, ?, ?, ?, ?)",
-                (p.profile_id, p.version, p.SerializeToString(), latest.aggregates, month_of(recorded_us)),
-            )
+            state = ("UPDATE profile_heads SET state = ?, aggregates = ?, first_month = ? WHERE profile_id = ?",
+                     (p.SerializeToString(), latest.aggregates, month_of(recorded_us), p.profile_id))
         else:
-            await self.db.execute(
-                "INSERT INTO profile_latest (profile_id, version, state, aggregates) VALUES (?, ?, ?, ?)",
-                (p.profile_id, p.version, p.SerializeToString(), latest.aggregates),
-            )
+            state = ("UPDATE profile_heads SET state = ?, aggregates = ? WHERE profile_id = ?",
+                     (p.SerializeToString(), latest.aggregates, p.profile_id))
+        await self.db.execute_atomic([marker, state], single_partition=True)
 
     async def snapshots(self, profile_id, from_version, to_version):
         found: list[StoredSnapshot] = []
@@ -193,7 +199,7 @@ class CassandraProfileStore(Repository):
         return found
 
     async def version_at(self, profile_id, at_us):
-        rows = await self.db.execute("SELECT first_month FROM profile_latest WHERE profile_id = ?", (profile_id,))
+        rows = await self.db.execute("SELECT first_month FROM profile_heads WHERE profile_id = ? LIMIT 1", (profile_id,))
         if not rows or not rows[0].first_month:
             return 0
         first, month = rows[0].first_month, month_of(at_us)
@@ -243,10 +249,12 @@ class CassandraProfileStore(Repository):
         token = -(2**63)
         while True:
             rows = await self.db.execute(
-                "SELECT token(profile_id) AS t, state FROM profile_latest WHERE token(profile_id) > ? LIMIT 500", (token,)
+                "SELECT token(profile_id) AS t, state FROM profile_heads WHERE token(profile_id) > ?"
+                " PER PARTITION LIMIT 1 LIMIT 500", (token,)
             )
             for row in rows:
-                yield profile_pb2.Profile.FromString(row.state)
+                if row.state:
+                    yield profile_pb2.Profile.FromString(row.state)
             if len(rows) < 500:
                 return
             token = rows[-1].t
@@ -269,11 +277,24 @@ class CassandraProfileStore(Repository):
 
 
 class SqliteProfileStore(Repository):
+    """The same contract on SQLite; markers need no expiry here (one transaction per change)."""
+
     db: SqliteStore
 
     async def latest(self, profile_id):
-        rows = await self.db.execute("SELECT state, aggregates FROM profile_latest WHERE profile_id = ?", (profile_id,))
-        return Latest(profile_pb2.Profile.FromString(rows[0][0]), rows[0][1] or "{}") if rows else None
+        rows = await self.db.execute(
+            "SELECT state, aggregates, merged_into FROM profile_latest WHERE profile_id = ?", (profile_id,)
+        )
+        if not rows:
+            return None
+        state, aggregates, merged_into = rows[0]
+        profile = profile_pb2.Profile.FromString(state) if state else profile_pb2.Profile(profile_id=profile_id)
+        return Latest(profile, aggregates or "{}", merged_into or "")
+
+    async def set_merged_into(self, profile_id, survivor):
+        await self.db.execute(
+            "INSERT INTO profile_latest (profile_id, version, merged_into) VALUES (?, 0, ?)"
+            " ON CONFLICT (profile_id) DO UPDATE SET merged_into = excluded.merged_into", (profile_id, survivor))
 
     async def applied_version(self, profile_id, message_id):
         rows = await self.db.execute(
@@ -281,7 +302,7 @@ class SqliteProfileStore(Repository):
         )
         return rows[0][0] if rows else None
 
-    async def save(self, stored, latest):
+    async def save(self, stored, latest, marker_ttl=None):
         s, p = stored.snapshot, latest.profile
         recorded_us = s.recorded_at.ToMicroseconds()
 
@@ -290,8 +311,10 @@ class SqliteProfileStore(Repository):
                        " VALUES (?, ?, ?, ?, ?)", (p.profile_id, s.version, s.SerializeToString(), int(stored.full), recorded_us))
             db.execute("INSERT OR REPLACE INTO profile_applied_events VALUES (?, ?, ?)",
                        (p.profile_id, s.cause_message_id, s.version))
-            db.execute("INSERT OR REPLACE INTO profile_latest (profile_id, version, state, aggregates, first_month)"
-                       " VALUES (?, ?, ?, ?, ?)", (p.profile_id, p.version, p.SerializeToString(), latest.aggregates, None))
+            # An upsert, not a replace: merged_into is another writer's column.
+            db.execute("INSERT INTO profile_latest (profile_id, version, state, aggregates) VALUES (?, ?, ?, ?)"
+                       " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, state = excluded.state,"
+                       " aggregates = excluded.aggregates", (p.profile_id, p.version, p.SerializeToString(), latest.aggregates))
 
         await self.db.transaction(work)
 
@@ -348,7 +371,8 @@ class SqliteProfileStore(Repository):
                 "SELECT profile_id, state FROM profile_latest WHERE profile_id > ? ORDER BY profile_id LIMIT 500", (after,)
             )
             for row in rows:
-                yield profile_pb2.Profile.FromString(row[1])
+                if row[1]:
+                    yield profile_pb2.Profile.FromString(row[1])
             if len(rows) < 500:
                 return
             after = rows[-1][0]

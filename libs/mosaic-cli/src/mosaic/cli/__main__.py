@@ -58,11 +58,15 @@ def run(args: argparse.Namespace) -> int:
         if receiver is not None:
             from mosaic.cli.demo import run_demo
 
-            results = asyncio.run(run_demo(mesh, receiver.url("/demo")))
+            results, write_key = asyncio.run(run_demo(mesh, receiver.url("/demo")))
             print("Demo: five people signed up, then upgraded to the enterprise plan:")
             for user, profile_id, status in results:
                 print(f"  {user:<8} profile {profile_id}  webhook {status}")
             print(f"  the webhook receiver got {len(receiver.requests)} POSTs this run\n")
+            print("Send an event as an SDK would (the demo source's write key, rotated each run):\n"
+                  f"  curl -u {write_key}: -H 'Content-Type: application/json' -d '{{\"userId\": \"ada\", "
+                  f"\"event\": \"Order Completed\", \"properties\": {{\"revenue\": 42}}}}' "
+                  f"http://127.0.0.1:{mesh.http_ports['ingestion']}/v1/track\n")
         if args.exit_after_demo:
             return 0
         print("Ctrl-C stops the mesh.")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import urllib.request
 
 import grpc
 from google.protobuf import struct_pb2
@@ -12,7 +15,7 @@ from mosaic.consent.v1 import consent_pb2, consent_service_pb2, consent_service_
 from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2, delivery_service_pb2_grpc
 from mosaic.events.v1 import event_pb2
 from mosaic.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
-from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc
+from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc, source_pb2
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2, segmentation_service_pb2_grpc
 
 PEOPLE = [
@@ -54,8 +57,31 @@ async def _until(check, timeout: float = 30.0):
     raise TimeoutError("the demo data did not flow through the mesh in time")
 
 
-async def run_demo(mesh: Mesh, webhook_url: str) -> list[tuple[str, str, str]]:
-    """Seed the mesh; returns (user, profile id, delivery status) per person."""
+async def _demo_write_key(ingestion) -> str:
+    """A write key of the `demo` source: issued when it is created, rotated on later runs."""
+    try:
+        created = await ingestion.CreateSource(ingestion_service_pb2.CreateSourceRequest(
+            source=source_pb2.Source(source_id="demo", name="Demo data")))
+        return created.source.write_keys[0].secret
+    except grpc.aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+    rotated = await ingestion.RotateWriteKey(ingestion_service_pb2.RotateWriteKeyRequest(source_id="demo"))
+    return rotated.write_key.secret
+
+
+def _post(url: str, body: dict, write_key: str) -> None:
+    token = base64.b64encode(f"{write_key}:".encode()).decode()
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Basic {token}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        if answer.status != 200:
+            raise RuntimeError(f"{url} answered {answer.status}")
+
+
+async def run_demo(mesh: Mesh, webhook_url: str) -> tuple[list[tuple[str, str, str]], str]:
+    """Seed the mesh; returns (user, profile id, delivery status) per person, and the demo
+    source's write key."""
     channels = {name: grpc.aio.insecure_channel(mesh.address(name)) for name in mesh.ports}
     ingestion = ingestion_service_pb2_grpc.IngestionServiceStub(channels["ingestion"])
     identity = identity_service_pb2_grpc.IdentityServiceStub(channels["identity"])
@@ -74,8 +100,11 @@ async def run_demo(mesh: Mesh, webhook_url: str) -> list[tuple[str, str, str]]:
             destination=delivery_pb2.Destination(
                 destination_id="demo-webhook", name="Demo webhook", webhook_url=webhook_url,
                 segment_id="enterprise", purpose="marketing"))))
-        signups = [_identify(user, email=email, plan="free") for user, email, _ in PEOPLE]
-        await ingestion.Ingest(ingestion_service_pb2.IngestRequest(source_id="demo", events=signups))
+        write_key = await _demo_write_key(ingestion)
+        # The sign-ups come the way an SDK sends them: Segment's HTTP batch API.
+        batch = {"batch": [{"type": "identify", "userId": user, "traits": {"email": email, "plan": "free"}}
+                           for user, email, _ in PEOPLE]}
+        await asyncio.to_thread(_post, f"http://127.0.0.1:{mesh.http_ports['ingestion']}/v1/batch", batch, write_key)
         profiles = {}
         for user, _, consents in PEOPLE:
             identifier = identity_pb2.Identifier(type="user_id", value=user)
@@ -98,7 +127,7 @@ async def run_demo(mesh: Mesh, webhook_url: str) -> list[tuple[str, str, str]]:
 
             record = await _until(new_delivery)
             results.append((user, profile_id, delivery_pb2.DeliveryStatus.Name(record.status)))
-        return results
+        return results, write_key
     finally:
         for channel in channels.values():
             await channel.close()

@@ -21,6 +21,12 @@ DEFAULT_PORTS = {"ingestion": 50051, "identity": 50052, "profile": 50053,
                  "segmentation": 50054, "consent": 50055, "delivery": 50056}
 
 
+def _unblock_signals() -> None:
+    """A child inherits the signal mask: `mosaic run` blocks SIGINT and SIGTERM to sigwait for
+    them, and a service must still receive the SIGTERM that stops it gracefully."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 class MeshError(RuntimeError):
     pass
 
@@ -53,7 +59,8 @@ class Mesh:
         log = log_path.open("ab")
         offset = log_path.stat().st_size
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", f"{name}_service"], env=env, stdout=log, stderr=log, start_new_session=True
+            [sys.executable, "-m", f"{name}_service"], env=env, stdout=log, stderr=log, start_new_session=True,
+            preexec_fn=_unblock_signals,
         )
         self.ports[name] = self._wait_serving(name, log_path, offset, timeout)
 

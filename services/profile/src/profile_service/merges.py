@@ -1,0 +1,191 @@
+"""Merges and splits decided by identity, applied to profiles.
+
+On `identity.merged` the merged profiles are folded into the survivor: traits by the same
+rule as events (later event time wins, then source priority), identities and groups united,
+counters and computed-trait partials added, first and last seen widened, archived events
+copied. The merged profiles keep their own state and history and point at the survivor, so
+reads of them answer with the survivor and events still on their way are forwarded to it.
+
+On `identity.split` the merge is undone: the survivor is rebuilt from its version before the
+merge plus the events archived since that are not the restored profiles'; each restored
+profile from its own state plus the events since that carry its identifiers. Both histories
+record the split. Pure combination logic is at the top; the handlers below it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+from mosaic.events.v1 import event_pb2, identity_changed_pb2, resolved_pb2
+from mosaic.platform.bus import Delivery
+from mosaic.platform.errors import FailedPrecondition
+from mosaic.profile.v1 import profile_pb2
+from profile_service import computed
+from profile_service.fold import FoldRules, event_key, event_name, fold
+from profile_service.profiles import Profiles
+from profile_service.store import Latest
+
+log = logging.getLogger("mosaic.profile.merges")
+
+
+def _later(a, b) -> bool:
+    return (a.seconds, a.nanos) > (b.seconds, b.nanos)
+
+
+def combine(into: profile_pb2.Profile, other: profile_pb2.Profile, rules: FoldRules) -> None:
+    """Fold `other` into `into` in place."""
+    for name, trait in other.traits.items():
+        mine = into.traits.get(name)
+        if (mine is None or _later(trait.set_at, mine.set_at)
+                or (trait.set_at == mine.set_at and rules.rank(trait.source_id) < rules.rank(mine.source_id))):
+            into.traits[name].CopyFrom(trait)
+    for key, identity in other.identities.items():
+        mine = into.identities.get(key)
+        if mine is None:
+            into.identities[key].CopyFrom(identity)
+            continue
+        if _later(mine.first_seen, identity.first_seen):
+            mine.first_seen.CopyFrom(identity.first_seen)
+            mine.source_id = identity.source_id
+        if _later(identity.last_seen, mine.last_seen):
+            mine.last_seen.CopyFrom(identity.last_seen)
+    for group_id, group in other.groups.items():
+        mine = into.groups.get(group_id)
+        if mine is None or _later(mine.joined_at, group.joined_at):
+            into.groups[group_id].CopyFrom(group)
+    for key, counter in other.daily_counters.items():
+        mine = into.daily_counters[key]
+        mine.day, mine.event = counter.day, counter.event
+        mine.count += counter.count
+        mine.revenue += counter.revenue
+    into.event_count += other.event_count
+    if other.HasField("first_seen") and (not into.HasField("first_seen") or _later(into.first_seen, other.first_seen)):
+        into.first_seen.CopyFrom(other.first_seen)
+    if other.HasField("last_seen") and (not into.HasField("last_seen") or _later(other.last_seen, into.last_seen)):
+        into.last_seen.CopyFrom(other.last_seen)
+
+
+def combine_states(into: dict, other: dict) -> None:
+    """Add the computed-trait partials of `other` to `into`: exact for every aggregation."""
+    for name, buckets in other.items():
+        target = into.setdefault(name, {})
+        for bucket, part in buckets.items():
+            mine = target.get(bucket)
+            if mine is None:
+                target[bucket] = part
+                continue
+            mine["n"] += part["n"]
+            if "sum" in part:
+                mine["sum"] = mine.get("sum", 0) + part["sum"]
+                mine["min"] = min(mine.get("min", part["min"]), part["min"])
+                mine["max"] = max(mine.get("max", part["max"]), part["max"])
+            if "first" in part and ("first" not in mine or part["first"][0] < mine["first"][0]):
+                mine["first"] = part["first"]
+            if "last" in part and ("last" not in mine or part["last"][0] >= mine["last"][0]):
+                mine["last"] = part["last"]
+            for token, count in part.get("values", {}).items():
+                values = mine.setdefault("values", {})
+                values[token] = values.get(token, 0) + count
+
+
+def carries(event: event_pb2.Event, identities) -> bool:
+    """Whether an archived event carries one of a profile's identities."""
+    email = event.traits.fields.get("email")
+    found = {f"user_id:{event.user_id}", f"anonymous_id:{event.anonymous_id}",
+             f"email:{email.string_value.strip().lower()}" if email is not None else ""}
+    return any(key in identities for key in found)
+
+
+class MergeHandler:
+    """identity.merged and identity.split, applied under the survivor's partition lock."""
+
+    def __init__(self, profiles: Profiles) -> None:
+        self.profiles = profiles
+        self.store = profiles.store
+
+    async def merged(self, merge: identity_changed_pb2.IdentityMerged, delivery: Delivery) -> None:
+        survivor = merge.survivor_profile_id
+        async with self.profiles.lock(survivor):
+            applied = await self.store.applied_version(survivor, merge.merge_id)
+            if applied is not None:
+                snapshot, profile = await self.profiles._repair(survivor, applied)
+                await self.profiles._publish(snapshot, profile)
+                return
+            latest = await self.store.latest(survivor) or Latest(profile_pb2.Profile(profile_id=survivor))
+            profile = profile_pb2.Profile()
+            profile.CopyFrom(latest.profile)
+            states = json.loads(latest.aggregates)
+            now = datetime.now(timezone.utc)
+            for merged_id in merge.merged_profile_ids:
+                # First the pointer, so events of the merged profile from now on go to the survivor.
+                await self.store.set_merged_into(merged_id, survivor)
+                self.profiles.cache.discard(merged_id)
+                other = await self.store.latest(merged_id)
+                if other is None:
+                    continue
+                combine(profile, other.profile, self.profiles.rules)
+                combine_states(states, json.loads(other.aggregates))
+                for event in await self._archived(merged_id, now):
+                    await self.store.archive(survivor, event, event_name(event), self.profiles.settings.archive_days * 86400)
+                for identity in other.profile.identities.values():
+                    await self.store.index_identifier(identity.type, identity.value, survivor)
+            computed.refresh(profile, await self.profiles.definitions.all(), states, now)
+            snapshot = await self.profiles._save(latest.profile, profile, states, merge.merge_id)
+        await self.profiles._publish(snapshot, profile)
+        log.info("merged profiles", extra={"fields": {"survivor": survivor, "merged": list(merge.merged_profile_ids)}})
+
+    async def split(self, split: identity_changed_pb2.IdentitySplit, delivery: Delivery) -> None:
+        survivor = split.survivor_profile_id
+        async with self.profiles.lock(survivor):
+            if await self.store.applied_version(survivor, split.split_id) is not None:
+                return  # applied; the restored profiles were saved before the survivor
+            merged_at = await self.store.applied_version(survivor, split.merge_id)
+            if merged_at is None:
+                raise FailedPrecondition("merge_id", f"merge {split.merge_id!r} was never applied to {survivor}")
+            now = datetime.now(timezone.utc)
+            current = (await self.store.latest(survivor)).profile
+            # The events that arrived after the merge are the causes of the survivor's later
+            # snapshots (event times say nothing of arrival: a late event is old but new here).
+            causes = {s.snapshot.cause_message_id for s in await self.store.snapshots(survivor, merged_at + 1, current.version)}
+            archived = list(reversed(await self._archived(survivor, now)))
+            later = [e for e in archived if event_key(e) in causes]
+            restored = [await self.store.latest(pid) or Latest(profile_pb2.Profile(profile_id=pid))
+                        for pid in split.restored_profile_ids]
+            theirs = {key for own in restored for key in own.profile.identities}
+            for own in restored:
+                mine = [e for e in later if carries(e, own.profile.identities)]
+                history = list(reversed(await self._archived(own.profile.profile_id, now))) + mine
+                await self._rebuild(own.profile, own.profile, history, mine, split.split_id, now)
+                await self.store.set_merged_into(own.profile.profile_id, "")
+            if merged_at > 1:
+                before = await self.profiles.at_version(survivor, merged_at - 1)
+            else:
+                before = profile_pb2.Profile(profile_id=survivor)
+            kept = [e for e in archived if not carries(e, theirs)]
+            rest = [e for e in later if not carries(e, theirs)]
+            await self._rebuild(current, before, kept, rest, split.split_id, now)
+
+    async def _rebuild(self, current, base, counted, events, cause: str, now) -> None:
+        """Save `base` plus `events` as the next version after `current`, and publish it.
+
+        The computed-trait partials are not kept in history, so they are recounted from
+        `counted`: every archived event the rebuilt profile owns, oldest first."""
+        profile = profile_pb2.Profile()
+        profile.CopyFrom(base)
+        profile.version = current.version
+        definitions = await self.profiles.definitions.all()
+        states: dict = {}
+        for event in counted:
+            for definition in definitions:
+                computed.update(definition, states.setdefault(definition.name, {}), event)
+        for event in events:
+            fold(profile, resolved_pb2.ResolvedEvent(profile_id=profile.profile_id, event=event), self.profiles.rules, now)
+        computed.refresh(profile, definitions, states, now)
+        snapshot = await self.profiles._save(current, profile, states, cause)
+        await self.profiles._publish(snapshot, profile)
+
+    async def _archived(self, profile_id: str, now: datetime) -> list[event_pb2.Event]:
+        since = int((now.timestamp() - self.profiles.settings.archive_days * 86400) * 1e6)
+        return await self.store.events(profile_id, since, int(now.timestamp() * 1e6) + 86400_000_000, 1_000_000)
