@@ -27,9 +27,12 @@ RUN --mount=type=cache,target=/root/.cache/uv \
       --grpc_python_out=libs/mosaic-proto/src $(find protos -name '*.proto')
 
 # Non-editable: the workspace members are installed as wheels, so the runtime needs no sources.
-# Bytecode is compiled now because the runtime's root filesystem is read-only.
+# Bytecode is compiled now because the runtime's root filesystem is read-only. The test
+# fixtures, and pytest with them, stay out of the production image.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --all-packages --no-editable
+    uv sync --frozen --no-dev --all-packages --no-editable \
+      --no-install-package mosaic-testing --no-install-package pytest --no-install-package pluggy \
+      --no-install-package iniconfig
 
 
 FROM ${PYTHON_IMAGE}
