@@ -86,7 +86,8 @@ class ProfileUpdatedHandler:
         self.bus = bus
 
     async def __call__(self, update: profile_updated_pb2.ProfileUpdated, delivery: Delivery) -> None:
-        changed = {c.path.removeprefix("traits.") for c in update.changes if c.path.startswith("traits.")}
+        # Segments read traits and computed traits by name (profile.updated carries both).
+        changed = {c.path.split(".", 1)[1] for c in update.changes if c.path.startswith(("traits.", "computed_traits."))}
         for segment in await self.catalog.all():
             if not changed & conditions.traits_read(segment.condition):
                 continue
