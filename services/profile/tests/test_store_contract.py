@@ -5,7 +5,8 @@ import uuid
 import pytest
 from google.protobuf import timestamp_pb2
 
-from mosaic.events.v1 import event_pb2
+from mosaic.events.v1 import event_pb2, resolved_pb2
+from mosaic.identity.v1 import identity_pb2
 from mosaic.platform.errors import AlreadyExists
 from mosaic.profile.v1 import profile_pb2
 from profile_service.store import Latest, StoredSnapshot, open_store
@@ -70,11 +71,13 @@ async def test_the_archive_pages_a_profiles_events_newest_first(store):
     pid = str(uuid.uuid4())
     for i in range(5):
         e = event_pb2.Event(message_id=f"m{i}", event="Clicked", timestamp=timestamp_pb2.Timestamp(seconds=T0 + i * 43200))
-        await store.archive(pid, e, "Clicked", 3600)
+        await store.archive(pid, resolved_pb2.ResolvedEvent(profile_id=pid, event=e, identifiers=[
+            identity_pb2.Identifier(type="user_id", value="u")]), "Clicked", 3600)
     events = await store.events(pid, T0 * 1_000_000, (T0 + 10 * 86400) * 1_000_000, 3)
-    assert [e.message_id for e in events] == ["m4", "m3", "m2"]
-    older = await store.events(pid, T0 * 1_000_000, events[-1].timestamp.ToMicroseconds(), 3)
-    assert [e.message_id for e in older] == ["m1", "m0"]
+    assert [r.event.message_id for r in events] == ["m4", "m3", "m2"]
+    assert events[0].identifiers[0].value == "u", "kept with the identifiers it was resolved by"
+    older = await store.events(pid, T0 * 1_000_000, events[-1].event.timestamp.ToMicroseconds(), 3)
+    assert [r.event.message_id for r in older] == ["m1", "m0"]
 
 
 async def test_scan_yields_every_profile_once(store):

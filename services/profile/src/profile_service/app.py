@@ -170,8 +170,8 @@ class ArchiveServicer(event_archive_service_pb2_grpc.EventArchiveServiceServicer
             if not batch:
                 until = since
                 break
-            found.extend(e for e in batch if not request.event or event_name(e) == request.event)
-            until = batch[-1].timestamp.ToMicroseconds()
+            found.extend(r.event for r in batch if not request.event or event_name(r.event) == request.event)
+            until = batch[-1].event.timestamp.ToMicroseconds()
             if len(batch) < size:
                 until = since
         token = str(until) if until > since else ""

@@ -18,7 +18,7 @@ import json
 import logging
 from datetime import datetime, timezone
 
-from mosaic.events.v1 import event_pb2, identity_changed_pb2, resolved_pb2
+from mosaic.events.v1 import identity_changed_pb2, resolved_pb2
 from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import FailedPrecondition
 from mosaic.profile.v1 import profile_pb2
@@ -90,12 +90,9 @@ def combine_states(into: dict, other: dict) -> None:
                 values[token] = values.get(token, 0) + count
 
 
-def carries(event: event_pb2.Event, identities) -> bool:
-    """Whether an archived event carries one of a profile's identities."""
-    email = event.traits.fields.get("email")
-    found = {f"user_id:{event.user_id}", f"anonymous_id:{event.anonymous_id}",
-             f"email:{email.string_value.strip().lower()}" if email is not None else ""}
-    return any(key in identities for key in found)
+def carries(archived: resolved_pb2.ResolvedEvent, identities) -> bool:
+    """Whether an archived event was resolved by one of a profile's identities."""
+    return any(f"{i.type}:{i.value}" in identities for i in archived.identifiers)
 
 
 class MergeHandler:
@@ -127,8 +124,9 @@ class MergeHandler:
                     continue
                 combine(profile, other.profile, self.profiles.rules)
                 combine_states(states, json.loads(other.aggregates))
-                for event in await self._archived(merged_id, now):
-                    await self.store.archive(survivor, event, event_name(event), self.profiles.settings.archive_days * 86400)
+                for archived in await self._archived(merged_id, now):
+                    await self.store.archive(survivor, archived, event_name(archived.event),
+                                             self.profiles.settings.archive_days * 86400)
                 for identity in other.profile.identities.values():
                     await self.store.index_identifier(identity.type, identity.value, survivor)
             computed.refresh(profile, await self.profiles.definitions.all(), states, now)
@@ -150,7 +148,7 @@ class MergeHandler:
             # snapshots (event times say nothing of arrival: a late event is old but new here).
             causes = {s.snapshot.cause_message_id for s in await self.store.snapshots(survivor, merged_at + 1, current.version)}
             archived = list(reversed(await self._archived(survivor, now)))
-            later = [e for e in archived if event_key(e) in causes]
+            later = [e for e in archived if event_key(e.event) in causes]
             restored = [await self.store.latest(pid) or Latest(profile_pb2.Profile(profile_id=pid))
                         for pid in split.restored_profile_ids]
             theirs = {key for own in restored for key in own.profile.identities}
@@ -177,15 +175,15 @@ class MergeHandler:
         profile.version = current.version
         definitions = await self.profiles.definitions.all()
         states: dict = {}
-        for event in counted:
+        for archived in counted:
             for definition in definitions:
-                computed.update(definition, states.setdefault(definition.name, {}), event)
-        for event in events:
-            fold(profile, resolved_pb2.ResolvedEvent(profile_id=profile.profile_id, event=event), self.profiles.rules, now)
+                computed.update(definition, states.setdefault(definition.name, {}), archived.event)
+        for archived in events:
+            fold(profile, archived, self.profiles.rules, now)
         computed.refresh(profile, definitions, states, now)
         snapshot = await self.profiles._save(current, profile, states, cause)
         await self.profiles._publish(snapshot, profile)
 
-    async def _archived(self, profile_id: str, now: datetime) -> list[event_pb2.Event]:
+    async def _archived(self, profile_id: str, now: datetime) -> list[resolved_pb2.ResolvedEvent]:
         since = int((now.timestamp() - self.profiles.settings.archive_days * 86400) * 1e6)
         return await self.store.events(profile_id, since, int(now.timestamp() * 1e6) + 86400_000_000, 1_000_000)

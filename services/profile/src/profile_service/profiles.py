@@ -130,7 +130,7 @@ class Profiles:
         # Archived (and new identifiers indexed) before the change is marked applied: a
         # backfill or a split reads the archive for every applied event.
         await asyncio.gather(
-            self.store.archive(profile_id, event, event_name(event), self.settings.archive_days * 86400),
+            self.store.archive(profile_id, resolved, event_name(event), self.settings.archive_days * 86400),
             *(self.store.index_identifier(identity.type, identity.value, profile_id)
               for key, identity in profile.identities.items() if key not in old.identities),
         )
@@ -207,8 +207,8 @@ class Profiles:
                 events = await self.store.events(scanned.profile_id, since, int(now.timestamp() * 1e6) + 86400_000_000, 1_000_000)
                 states = json.loads(latest.aggregates)
                 states[definition.name] = {}
-                for event in reversed(events):
-                    computed.update(definition, states[definition.name], event)
+                for archived in reversed(events):
+                    computed.update(definition, states[definition.name], archived.event)
                 profile = profile_pb2.Profile()
                 profile.CopyFrom(latest.profile)
                 computed.refresh(profile, await self.definitions.all(), states, now)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import AsyncIterator, Protocol
 
-from mosaic.events.v1 import event_pb2
+from mosaic.events.v1 import resolved_pb2
 from mosaic.platform.errors import AlreadyExists
 from mosaic.platform.store import Migration, Repository, open_backend
 from mosaic.platform.store.cassandra import CassandraStore
@@ -116,8 +116,9 @@ class ProfileStore(Protocol):
         """The last version recorded at or before `at_us`; 0 when none."""
     async def index_identifier(self, id_type: str, id_value: str, profile_id: str) -> None: ...
     async def profile_of(self, id_type: str, id_value: str) -> str | None: ...
-    async def archive(self, profile_id: str, event: event_pb2.Event, name: str, ttl_seconds: int) -> None: ...
-    async def events(self, profile_id: str, since_us: int, until_us: int, limit: int) -> list[event_pb2.Event]:
+    async def archive(self, profile_id: str, resolved: resolved_pb2.ResolvedEvent, name: str, ttl_seconds: int) -> None:
+        """Keep an event with the identifiers it was resolved by (a split needs them)."""
+    async def events(self, profile_id: str, since_us: int, until_us: int, limit: int) -> list[resolved_pb2.ResolvedEvent]:
         """Archived events with since_us <= time < until_us, newest first."""
     async def scan(self) -> AsyncIterator[profile_pb2.Profile]: ...
     async def create_definition(self, definition: profile_pb2.ComputedTraitDefinition) -> None: ...
@@ -225,23 +226,24 @@ class CassandraProfileStore(Repository):
         )
         return rows[0].profile_id if rows else None
 
-    async def archive(self, profile_id, event, name, ttl_seconds):
+    async def archive(self, profile_id, resolved, name, ttl_seconds):
+        event = resolved.event
         at = event.timestamp.ToMicroseconds()
         await self.db.execute(
             "INSERT INTO profile_events (profile_id, day, event_time, message_id, name, event) VALUES (?, ?, ?, ?, ?, ?)"
             " USING TTL ?",
-            (profile_id, _dt(at).strftime("%Y-%m-%d"), _dt(at), event.message_id, name, event.SerializeToString(), ttl_seconds),
+            (profile_id, _dt(at).strftime("%Y-%m-%d"), _dt(at), event.message_id, name, resolved.SerializeToString(), ttl_seconds),
         )
 
     async def events(self, profile_id, since_us, until_us, limit):
-        found: list[event_pb2.Event] = []
+        found: list[resolved_pb2.ResolvedEvent] = []
         day, first = _dt(until_us - 1).date(), _dt(since_us).date()
         while day >= first and len(found) < limit:
             rows = await self.db.execute(
                 "SELECT event FROM profile_events WHERE profile_id = ? AND day = ? AND event_time >= ? AND event_time < ? LIMIT ?",
                 (profile_id, day.strftime("%Y-%m-%d"), _dt(since_us), _dt(until_us), limit - len(found)),
             )
-            found.extend(event_pb2.Event.FromString(r.event) for r in rows)
+            found.extend(resolved_pb2.ResolvedEvent.FromString(r.event) for r in rows)
             day = day.fromordinal(day.toordinal() - 1)
         return found
 
@@ -347,12 +349,13 @@ class SqliteProfileStore(Repository):
         )
         return rows[0][0] if rows else None
 
-    async def archive(self, profile_id, event, name, ttl_seconds):
+    async def archive(self, profile_id, resolved, name, ttl_seconds):
+        event = resolved.event
         at = event.timestamp.ToMicroseconds()
         expires = int(datetime.now(timezone.utc).timestamp() * 1e6) + ttl_seconds * 1_000_000
         await self.db.execute(
             "INSERT OR REPLACE INTO profile_events VALUES (?, ?, ?, ?, ?, ?)",
-            (profile_id, at, event.message_id, name, event.SerializeToString(), expires),
+            (profile_id, at, event.message_id, name, resolved.SerializeToString(), expires),
         )
 
     async def events(self, profile_id, since_us, until_us, limit):
@@ -362,7 +365,7 @@ class SqliteProfileStore(Repository):
             " AND expires_us > ? ORDER BY event_time_us DESC, message_id DESC LIMIT ?",
             (profile_id, since_us, until_us, now, limit),
         )
-        return [event_pb2.Event.FromString(r[0]) for r in rows]
+        return [resolved_pb2.ResolvedEvent.FromString(r[0]) for r in rows]
 
     async def scan(self):
         after = ""
