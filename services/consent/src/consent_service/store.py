@@ -12,7 +12,7 @@ from typing import Protocol
 from google.protobuf import timestamp_pb2
 
 from mosaic.consent.v1 import consent_pb2
-from mosaic.platform.store import Migration, Repository, open_backend
+from mosaic.platform.store import Migration, Repository, open_repository
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store.sqlite import SqliteStore
 
@@ -115,7 +115,6 @@ class SqliteConsentStore(Repository):
 
 
 async def open_store(settings) -> ConsentStore:
-    backend = await open_backend(settings, "consent", CASSANDRA, SQLITE)
-    if isinstance(backend, CassandraStore):
-        return CassandraConsentStore(backend)
-    return SqliteConsentStore(backend)
+    return await open_repository(
+        settings, "consent", cassandra=(CASSANDRA, CassandraConsentStore), sqlite=(SQLITE, SqliteConsentStore)
+    )

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform.errors import AlreadyExists
-from mosaic.platform.store import Migration, Repository, open_backend
+from mosaic.platform.store import Migration, Repository, open_repository
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store.sqlite import SqliteStore
 
@@ -106,7 +106,6 @@ class SqliteDeliveryStore(Repository):
 
 
 async def open_store(settings) -> DeliveryStore:
-    backend = await open_backend(settings, "delivery", CASSANDRA, SQLITE)
-    if isinstance(backend, CassandraStore):
-        return CassandraDeliveryStore(backend)
-    return SqliteDeliveryStore(backend)
+    return await open_repository(
+        settings, "delivery", cassandra=(CASSANDRA, CassandraDeliveryStore), sqlite=(SQLITE, SqliteDeliveryStore)
+    )

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mosaic.identity.v1 import identity_pb2
-from mosaic.platform.store import open_backend
-from mosaic.platform.store.cassandra import CassandraStore
+from mosaic.platform.store import open_repository
 
 Key = tuple[str, str]
 
@@ -141,7 +140,8 @@ def decode_keys(text: str) -> tuple[Key, ...]:
 async def open_store(settings) -> IdentityStore:
     from identity_service import store_cassandra, store_sqlite
 
-    backend = await open_backend(settings, "identity", store_cassandra.MIGRATIONS, store_sqlite.MIGRATIONS)
-    if isinstance(backend, CassandraStore):
-        return store_cassandra.CassandraIdentityStore(backend)
-    return store_sqlite.SqliteIdentityStore(backend)
+    return await open_repository(
+        settings, "identity",
+        cassandra=(store_cassandra.MIGRATIONS, store_cassandra.CassandraIdentityStore),
+        sqlite=(store_sqlite.MIGRATIONS, store_sqlite.SqliteIdentityStore),
+    )

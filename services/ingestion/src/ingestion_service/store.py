@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from mosaic.ingestion.v1 import quarantine_pb2, source_pb2
-from mosaic.platform.store import Migration, open_backend
-from mosaic.platform.store.cassandra import CassandraStore
+from mosaic.platform.store import Migration, open_repository
 from ingestion_service.store_cassandra import CassandraIngestionStore
 from ingestion_service.store_sqlite import SqliteIngestionStore
 
@@ -71,7 +70,6 @@ class IngestionStore(Protocol):
 
 
 async def open_store(settings) -> IngestionStore:
-    backend = await open_backend(settings, "ingestion", CASSANDRA, SQLITE)
-    if isinstance(backend, CassandraStore):
-        return CassandraIngestionStore(backend)
-    return SqliteIngestionStore(backend)
+    return await open_repository(
+        settings, "ingestion", cassandra=(CASSANDRA, CassandraIngestionStore), sqlite=(SQLITE, SqliteIngestionStore)
+    )

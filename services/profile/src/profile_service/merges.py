@@ -107,7 +107,7 @@ class MergeHandler:
         async with self.profiles.lock(survivor):
             applied = await self.store.applied_version(survivor, merge.merge_id)
             if applied is not None:
-                snapshot, profile = await self.profiles._repair(survivor, applied)
+                snapshot, profile = await self.profiles._replayed(survivor, applied)
                 await self.profiles._publish(snapshot, profile)
                 return
             latest = await self.store.latest(survivor) or Latest(profile_pb2.Profile(profile_id=survivor))
@@ -154,7 +154,10 @@ class MergeHandler:
             theirs = {key for own in restored for key in own.profile.identities}
             for own in restored:
                 mine = [e for e in later if carries(e, own.profile.identities)]
-                history = list(reversed(await self._archived(own.profile.profile_id, now))) + mine
+                for event in mine:  # its events from now on, for later recounts and splits
+                    await self.store.archive(own.profile.profile_id, event, event_name(event.event),
+                                             self.profiles.settings.archive_days * 86400)
+                history = list(reversed(await self._archived(own.profile.profile_id, now)))  # mine included
                 await self._rebuild(own.profile, own.profile, history, mine, split.split_id, now)
                 await self.store.set_merged_into(own.profile.profile_id, "")
             if merged_at > 1:

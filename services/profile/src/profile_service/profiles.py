@@ -103,7 +103,7 @@ class Profiles:
                 self.store.applied_version(profile_id, event_key(event)), self.store.latest(profile_id)
             )
             if applied is not None:
-                snapshot, profile = await self._repair(profile_id, applied)
+                snapshot, profile = await self._replayed(profile_id, applied)
             else:
                 if latest is not None and latest.merged_into:
                     forwarded = resolved_pb2.ResolvedEvent()
@@ -150,7 +150,7 @@ class Profiles:
         self.cache.put(latest)
         return snapshot
 
-    async def _repair(self, profile_id: str, version: int):
+    async def _replayed(self, profile_id: str, version: int):
         """A redelivered event: its change is stored (the marker is written with the state);
         give back what to publish again, in case the crash came before the publish."""
         [stored] = await self.store.snapshots(profile_id, version, version)

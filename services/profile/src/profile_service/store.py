@@ -21,7 +21,7 @@ from typing import AsyncIterator, Protocol
 
 from mosaic.events.v1 import resolved_pb2
 from mosaic.platform.errors import AlreadyExists
-from mosaic.platform.store import Migration, Repository, open_backend
+from mosaic.platform.store import Migration, Repository, open_repository
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store.sqlite import SqliteStore
 from mosaic.profile.v1 import profile_pb2
@@ -401,7 +401,6 @@ class SqliteProfileStore(Repository):
 
 
 async def open_store(settings) -> ProfileStore:
-    backend = await open_backend(settings, "profile", CASSANDRA, SQLITE)
-    if isinstance(backend, CassandraStore):
-        return CassandraProfileStore(backend)
-    return SqliteProfileStore(backend)
+    return await open_repository(
+        settings, "profile", cassandra=(CASSANDRA, CassandraProfileStore), sqlite=(SQLITE, SqliteProfileStore)
+    )

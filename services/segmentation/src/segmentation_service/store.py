@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from mosaic.platform.errors import AlreadyExists
-from mosaic.platform.store import Migration, Repository, open_backend
+from mosaic.platform.store import Migration, Repository, open_repository
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store.sqlite import SqliteStore
 from mosaic.segmentation.v1 import segment_pb2
@@ -103,7 +103,6 @@ class SqliteSegmentStore(Repository):
 
 
 async def open_store(settings) -> SegmentStore:
-    backend = await open_backend(settings, "segmentation", CASSANDRA, SQLITE)
-    if isinstance(backend, CassandraStore):
-        return CassandraSegmentStore(backend)
-    return SqliteSegmentStore(backend)
+    return await open_repository(
+        settings, "segmentation", cassandra=(CASSANDRA, CassandraSegmentStore), sqlite=(SQLITE, SqliteSegmentStore)
+    )

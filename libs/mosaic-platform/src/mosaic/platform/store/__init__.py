@@ -29,16 +29,19 @@ class Repository:
         await self.db.close()
 
 
-async def open_backend(settings, service: str, cassandra: Sequence[Migration], sqlite: Sequence[Migration]):
-    """Open the configured backend (`MOSAIC_STORE`) with the service's migrations applied."""
+async def open_repository(settings, service: str, cassandra: tuple[Sequence[Migration], type],
+                          sqlite: tuple[Sequence[Migration], type]):
+    """Open the configured backend (`MOSAIC_STORE`) with the service's migrations applied, and
+    return the service's repository on it: `cassandra` and `sqlite` are (migrations, class)."""
     if settings.store == "cassandra":
         from mosaic.platform.store.cassandra import CassandraStore
 
-        store = CassandraStore(settings.cassandra, service)
-        await store.open(cassandra)
-        return store
-    from mosaic.platform.store.sqlite import SqliteStore
+        migrations, repository = cassandra
+        db = CassandraStore(settings.cassandra, service)
+    else:
+        from mosaic.platform.store.sqlite import SqliteStore
 
-    store = SqliteStore(settings.data_dir / f"{service}.db")
-    await store.open(sqlite)
-    return store
+        migrations, repository = sqlite
+        db = SqliteStore(settings.data_dir / f"{service}.db")
+    await db.open(migrations)
+    return repository(db)
