@@ -206,3 +206,16 @@ async def test_a_handler_slower_than_ack_wait_keeps_its_message(nats_server):
     await asyncio.sleep(4)
     assert deliveries == [1], "progress heartbeats kept JetStream from redelivering it"
     await bus.close()
+
+
+async def test_every_listening_replica_hears_every_publish_and_a_bad_one_is_skipped(nats_server):
+    publisher, replicas = await connect(nats_server), [await connect(nats_server, f"r{i}") for i in range(2)]
+    heard: list[list[str]] = [[], []]
+    for replica, log in zip(replicas, heard):
+        await replica.listen(TOPIC, lambda message, log=log: log.append(message.message_id))
+    await publisher._nc.publish(TOPIC.subject(0), b"\xff not a protobuf")
+    for n in range(3):
+        await publisher.publish(TOPIC, f"key-{n}", event(f"m{n}"), f"m{n}")  # on different partitions
+    await eventually(lambda: heard == [["m0", "m1", "m2"]] * 2)
+    for bus in (publisher, *replicas):
+        await bus.close()

@@ -90,9 +90,10 @@ async def test_members_children_and_merge_records_round_trip(store):
 
 async def test_the_latest_sighting_wins_whatever_the_arrival_order(store):
     key = ("device_id", unique())
-    await store.touch([key], 2_000, "later")
-    await store.touch([key], 1_000, "earlier")
-    assert await store.last_seen([key]) == {key: 2_000}
+    other = ("email", f"{unique()}@example.com")
+    await store.touch_many({key: (2_000, "later"), other: (500, "e")})
+    await store.touch_many({key: (1_000, "earlier")})
+    assert await store.last_seen([key, other]) == {key: 2_000, other: 500}
 
 
 async def test_links_come_back_in_event_time_order(store):

@@ -114,6 +114,7 @@ async def split(resolver: Resolver, merge_id: str, reason: str) -> identity_chan
             if not await resolver.store.unmerge(merged, survivor, never_merge=survivor):
                 continue  # the merge changed under us; look again
             await resolver.store.remove_child(survivor, merged)
+            resolver.root_cache.forget([survivor, merged])
             return event
         finally:
             await resolver.store.unlock(root, holder)

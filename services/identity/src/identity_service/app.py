@@ -17,15 +17,19 @@ from identity_service import admin, dryrun, explain, identifiers
 from identity_service.config import Settings
 from identity_service.events import EventResolver
 from identity_service.outbox import Outbox
-from identity_service.resolver import Resolver
+from identity_service.resolver import Resolver, RootCache
 from identity_service.rules import Rules, RulesCache, with_defaults
+from identity_service.sightings import Sightings
 from identity_service.store import IdentityStore, open_store
 
 
 class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, resolver: Resolver, rules: RulesCache, outbox: Outbox, phone_region: str) -> None:
+    def __init__(
+        self, resolver: Resolver, rules: RulesCache, sightings: Sightings, outbox: Outbox, phone_region: str
+    ) -> None:
         self.resolver = resolver
         self.rules = rules
+        self.sightings = sightings
         self.outbox = outbox
         self.phone_region = phone_region
 
@@ -46,6 +50,7 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
 
     async def GetIdentities(self, request, context):
         root = await explain.survivor_of(self.resolver, request.profile_id)
+        await self.sightings.flush()  # this replica's latest sightings (others' within a flush interval)
         return pb.GetIdentitiesResponse(profile_id=root, identities=await explain.identities(self.resolver, root))
 
     async def GetMergeHistory(self, request, context):
@@ -74,6 +79,7 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     async def DryRunRules(self, request, context):
         if request.max_links < 0:
             raise InvalidArgument("max_links", "must not be negative")
+        await self.sightings.flush()  # the links this replica still holds
         return await dryrun.dry_run(self.resolver, Rules.from_proto(request.rules), request.max_links)
 
     async def GetRules(self, request, context):
@@ -126,9 +132,10 @@ class RawEventHandler:
 
 def components(store: IdentityStore, settings: Settings) -> tuple[Resolver, RulesCache, EventResolver]:
     """The service's parts on one store; tests and the benchmark build them the same way."""
-    resolver = Resolver(store, lease_seconds=settings.lease_seconds)
+    resolver = Resolver(store, lease_seconds=settings.lease_seconds, root_cache=RootCache(max_age=settings.root_cache_seconds))
     rules = RulesCache(store.load_rules, settings.rules_max_age)
-    return resolver, rules, EventResolver(resolver, rules, settings.phone_region)
+    sightings = Sightings(store, settings.sightings_flush_seconds)
+    return resolver, rules, EventResolver(resolver, rules, sightings, settings.phone_region)
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
@@ -137,14 +144,20 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     resolver, rules, events = components(store, settings)
     outbox = Outbox(store, runtime.bus, abandon_after=max(60.0, 4 * settings.lease_seconds))
     stopping = asyncio.Event()
-    drainer = asyncio.create_task(outbox.run(stopping))
+    # Started after the consumers stop (cleanup runs then), both write a last time.
+    background = [asyncio.create_task(outbox.run(stopping)), asyncio.create_task(events.sightings.run(stopping))]
 
-    async def stop_drainer() -> None:
+    async def stop_background() -> None:
         stopping.set()
-        await drainer
+        await asyncio.gather(*background)
 
-    runtime.cleanup.push_async_callback(stop_drainer)
-    servicer = IdentityServicer(resolver, rules, outbox, settings.phone_region)
+    runtime.cleanup.push_async_callback(stop_background)
+    # Merges and splits made by other replicas move roots this replica may have cached.
+    await runtime.bus.listen(topics.IDENTITY_MERGED, lambda m: resolver.root_cache.forget(m.merged_profile_ids))
+    await runtime.bus.listen(
+        topics.IDENTITY_SPLIT, lambda m: resolver.root_cache.forget([m.survivor_profile_id, *m.restored_profile_ids])
+    )
+    servicer = IdentityServicer(resolver, rules, events.sightings, outbox, settings.phone_region)
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["IdentityService"].full_name)
     runtime.bus.consume(topics.EVENTS_RAW, RawEventHandler(events, runtime.bus, outbox), settings.platform.owned_partitions)

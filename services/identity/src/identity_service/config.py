@@ -15,6 +15,8 @@ class Settings(ServiceSettings):
     rules_max_age: float = 5.0
     lease_seconds: float = 15.0
     phone_region: str = "US"
+    root_cache_seconds: float = 30.0
+    sightings_flush_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -31,4 +33,9 @@ class Settings(ServiceSettings):
             # 10 s request timeout, so a live holder's slowest request still ends inside its lease.
             lease_seconds=env.float("MOSAIC_IDENTITY_LOCK_LEASE", 15.0, minimum=0.5),
             phone_region=region,
+            # The longest a root cached for the event path is trusted when a notice of another
+            # replica's merge or split was missed (NATS reconnecting); notices normally drop it at once.
+            root_cache_seconds=env.float("MOSAIC_IDENTITY_ROOT_CACHE_SECONDS", 30.0),
+            # How often identifiers' last sightings are written (a crash loses at most this much).
+            sightings_flush_seconds=env.float("MOSAIC_IDENTITY_SIGHTINGS_FLUSH_SECONDS", 1.0, minimum=0.05),
         )

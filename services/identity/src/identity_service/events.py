@@ -1,9 +1,9 @@
 """One event through identity: its identifiers, its profile, and what is recorded about it.
 
 Besides the graph change itself (resolver), each event leaves: the identifiers it could not
-link and why (for ExplainProfile), the last sighting of each identifier (written with the
-event time as write time, so arrival order does not matter), and its link (the identifiers
-it carried, for the rule dry-run). All are keyed by the event id, so a replay rewrites them.
+link and why (for ExplainProfile), the last sighting of each identifier and its link (the
+identifiers it carried, for the rule dry-run; see sightings). All are keyed by the event id
+or the identifier, so a replay rewrites them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from mosaic.platform.errors import InvalidArgument
 from identity_service import identifiers as ids
 from identity_service.resolver import Resolution, Resolver, now_ms
 from identity_service.rules import Rules, RulesCache
+from identity_service.sightings import Sightings
 from identity_service.store import Link
 
 
@@ -27,9 +28,10 @@ class Resolved:
 
 
 class EventResolver:
-    def __init__(self, resolver: Resolver, rules: RulesCache, phone_region: str = "US") -> None:
+    def __init__(self, resolver: Resolver, rules: RulesCache, sightings: Sightings, phone_region: str = "US") -> None:
         self.resolver = resolver
         self.rules = rules
+        self.sightings = sightings
         self.phone_region = phone_region
 
     async def resolve(self, event: event_pb2.Event) -> Resolved:
@@ -76,11 +78,10 @@ class EventResolver:
         if unlinked:
             await store.save_unlinked(unlinked)
         # A lone identifier already known links nothing under any rules: not worth a record.
-        link = None
-        if len(usable) > 1 or (plan is not None and plan.changes_graph):
-            link = Link(at, event.message_id, tuple(ids.key(i) for i in usable))
-        seen = [ids.key(i) for i in usable if ids.key(i) not in left_out]
-        await store.record_event(seen, at, event.message_id, link)
+        changed = plan is not None and plan.changes_graph
+        if len(usable) > 1 or changed:
+            await self.sightings.link(Link(at, event.message_id, tuple(ids.key(i) for i in usable)), changed)
+        self.sightings.seen([ids.key(i) for i in usable if ids.key(i) not in left_out], at, event.message_id)
 
 
 def _event_time(event: event_pb2.Event) -> int:

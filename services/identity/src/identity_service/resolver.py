@@ -14,7 +14,11 @@ replica processing the same events one at a time would build, by three rules:
    `graph.decide` runs on it: the decision is serialised per component, and writes on the
    root rows are conditioned on holding the lock (`IF holder = ?`).
 3. A resolution that changes nothing (every identifier known, one root) takes no lock: it is a
-   read that linearises before or after any concurrent change.
+   read that linearises before or after any concurrent change. Its reads come from caches:
+   claims never change, and a home's root (see RootCache) is forgotten when a merge or split
+   touches it; a stale root only names a profile merged away a moment ago, which the profile
+   service forwards to its survivor. A change never trusts the cache: under the locks it
+   reads the roots again and starts over if they moved.
 
 The one race left is a claim of a brand-new identifier by two components at once; the LWT
 picks one, and the loser (which claims before it merges anything) re-reads and decides again,
@@ -84,8 +88,60 @@ class Retry(Exception):
     """The state moved under us (a lock is held, a root was merged, a claim was lost)."""
 
 
+class RootCache:
+    """The root each home profile answered for lately, for the event path's reads.
+
+    Bounded (least recently used out) and aged (`max_age` seconds): an entry is dropped when a
+    merge or split of this replica touches its root, when another replica's identity.merged
+    or identity.split reaches this one (`forget`), and at the latest when it ages out, which
+    bounds the staleness a missed notice can cause.
+    """
+
+    def __init__(self, size: int = 200_000, max_age: float = 30.0) -> None:
+        self.size = size
+        self.max_age = max_age
+        self._roots: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._homes: dict[str, set[str]] = {}  # root → homes cached as answering to it
+
+    def get(self, home: str) -> str | None:
+        found = self._roots.get(home)
+        if found is None:
+            return None
+        if time.monotonic() - found[1] > self.max_age:
+            self._drop(home)
+            return None
+        self._roots.move_to_end(home)
+        return found[0]
+
+    def put(self, home: str, root: str) -> None:
+        self._drop(home)
+        self._roots[home] = (root, time.monotonic())
+        self._homes.setdefault(root, set()).add(home)
+        if len(self._roots) > self.size:
+            self._drop(next(iter(self._roots)))
+
+    def forget(self, profile_ids) -> None:
+        """Drop every entry of these profiles, as homes and as roots."""
+        for profile_id in profile_ids:
+            self._drop(profile_id)
+            for home in self._homes.pop(profile_id, set()):
+                self._drop(home)
+
+    def _drop(self, home: str) -> None:
+        found = self._roots.pop(home, None)
+        if found is not None:
+            homes = self._homes.get(found[0])
+            if homes is not None:
+                homes.discard(home)
+                if not homes:
+                    del self._homes[found[0]]
+
+
 class Resolver:
-    def __init__(self, store: IdentityStore, lease_seconds: float = 15.0, claim_cache: int = 200_000) -> None:
+    def __init__(
+        self, store: IdentityStore, lease_seconds: float = 15.0, claim_cache: int = 200_000,
+        root_cache: RootCache | None = None,
+    ) -> None:
         self.store = store
         self.lease_ms = int(lease_seconds * 1000)
         self._token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -93,6 +149,7 @@ class Resolver:
         # Claims never change once written, so a cache of them is never stale.
         self._claims: OrderedDict[Key, Claim] = OrderedDict()
         self._claim_cache = claim_cache
+        self.root_cache = root_cache or RootCache()
         self.retries = 0  # decisions redone because the state moved under them (contention)
 
     # -- reads ------------------------------------------------------------------------------
@@ -124,7 +181,16 @@ class Resolver:
 
     async def roots(self, homes: set[str]) -> dict[str, str]:
         found = await asyncio.gather(*(self.root(h) for h in homes))
+        for home, root in zip(homes, found):
+            self.root_cache.put(home, root)
         return dict(zip(homes, found))
+
+    async def cached_roots(self, homes: set[str]) -> dict[str, str]:
+        """`roots` for the event path: from the cache where it has them (see RootCache)."""
+        found = {home: root for home in homes if (root := self.root_cache.get(home)) is not None}
+        if len(found) < len(homes):
+            found.update(await self.roots(homes - found.keys()))
+        return found
 
     async def lookup(self, key: Key) -> str | None:
         claim = (await self.claims([key])).get(key)
@@ -162,21 +228,29 @@ class Resolver:
         keys = [(i.type, i.value) for i in identifiers]
         for attempt in range(MAX_ATTEMPTS):
             claims = await self.claims(keys)
-            roots = await self.roots({c.profile_id for c in claims.values()})
+            homes = {c.profile_id for c in claims.values()}
+            roots = await (self.cached_roots(homes) if attempt == 0 else self.roots(homes))
             key_roots = {k: roots[c.profile_id] for k, c in claims.items()}
             if len(claims) == len(keys) and len(set(key_roots.values())) == 1:
                 return Resolution(next(iter(key_roots.values())))
             try:
-                return await self._change(identifiers, key_roots, rules, event_id, at, source, rule)
+                return await self._change(identifiers, roots, key_roots, rules, event_id, at, source, rule)
             except Retry:
+                self.root_cache.forget(homes)
                 self.retries += 1
                 await asyncio.sleep(random.uniform(0.002, 0.01) * min(attempt + 1, 10))
         raise Unavailable("identity graph", f"profiles of event {event_id} stayed contended")
 
-    async def _change(self, identifiers, key_roots, rules, event_id, at, source, rule) -> Resolution:
+    async def _change(self, identifiers, roots, key_roots, rules, event_id, at, source, rule) -> Resolution:
         holder = f"{self._token}-{next(self._attempts)}"
         locked = await self.lock_all(sorted(set(key_roots.values())), holder)
         try:
+            # The roots were read before the locks (perhaps from the cache): a merge or split may
+            # have moved a home since. A locked root is a root (the lock requires it); a home
+            # merged into one is read again, and under the locks it can no longer move.
+            moved = {home: root for home, root in roots.items() if home != root}
+            if moved and await self.roots(set(moved)) != moved:
+                raise Retry()
             components = {r: await self.component(r) for r in locked}
             plan = graph.decide(identifiers, key_roots, components, rules)
             if plan.survivor is None:
@@ -270,4 +344,5 @@ class Resolver:
         ))
         if not await self.store.merge_into(loser, survivor, merge_id, holder):
             raise Retry()  # our lease ran out and someone else holds it now
+        self.root_cache.forget([loser])
         return record

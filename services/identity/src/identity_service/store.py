@@ -16,7 +16,7 @@ Tables, and who may write them (never LWT and plain writes on the same rows):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -109,12 +109,11 @@ class IdentityStore(Protocol):
     async def merges_of(self, profile_id: str) -> list[identity_pb2.MergeRecord]: ...
     async def save_unlinked(self, records: Sequence[identity_pb2.Unlinked]) -> None: ...
     async def unlinked_of(self, profile_id: str, limit: int = 200) -> list[identity_pb2.Unlinked]: ...
-    async def touch(self, keys: Sequence[Key], at: int, event_id: str) -> None:
-        """Record a sighting; the latest event time wins whatever the arrival order."""
+    async def touch_many(self, sightings: Mapping[Key, tuple[int, str]]) -> None:
+        """Record sightings (identifier → event time, event id); the latest event time wins
+        whatever the arrival order."""
     async def last_seen(self, keys: Sequence[Key]) -> dict[Key, int]: ...
     async def record_link(self, link: Link) -> None: ...
-    async def record_event(self, keys: Sequence[Key], at: int, event_id: str, link: Link | None) -> None:
-        """`touch` and `record_link` of one event in one round trip."""
     async def links(self, limit: int) -> list[Link]:
         """Recorded links in event-time order, at most `limit`."""
     async def outbox_put(self, entry: OutboxEntry) -> None: ...

@@ -63,10 +63,22 @@ class CassandraIdentityStore(Repository):
         self._hours: set[int] = set()  # link hours this process has recorded already
 
     async def claims(self, keys: Sequence[Key]) -> dict[Key, Claim]:
-        rows = await asyncio.gather(*(self.db.execute(
-            "SELECT profile_id, event_id, claimed_at, source FROM identity_claims WHERE id_type = ? AND id_value = ?", key,
-        ) for key in keys))
-        return {key: _claim(found[0]) for key, found in zip(keys, rows) if found}
+        # One request for an event's few identifiers: the node reads every (type, value) pair
+        # of the two IN lists, a handful of partitions, cheaper than a driver round trip each
+        # (the Python driver, not the node, is what limits a replica).
+        wanted = set(keys)
+        types, values = sorted({t for t, _ in wanted}), sorted({v for _, v in wanted})
+        if len(types) * len(values) > 64:
+            groups = [(t, sorted(v for kt, v in wanted if kt == t)) for t in types]
+        else:
+            groups = [(types, values)]
+        found: dict[Key, Claim] = {}
+        for rows in await asyncio.gather(*(self.db.execute(
+            "SELECT id_type, id_value, profile_id, event_id, claimed_at, source FROM identity_claims"
+            " WHERE id_type IN ? AND id_value IN ?", ([t] if isinstance(t, str) else t, v),
+        ) for t, v in groups)):
+            found.update({(r.id_type, r.id_value): _claim(r) for r in rows if (r.id_type, r.id_value) in wanted})
+        return found
 
     async def claim(self, key: Key, claim: Claim) -> Claim:
         applied, row = await self.db.execute_lwt(
@@ -179,12 +191,17 @@ class CassandraIdentityStore(Repository):
         )
         return [identity_pb2.Unlinked.FromString(row.record) for row in rows]
 
-    async def touch(self, keys, at, event_id) -> None:
+    async def touch_many(self, sightings) -> None:
         # The write time is the event time, so the latest event wins in any arrival order.
-        await asyncio.gather(*(self.db.execute(
-            "UPDATE identity_seen USING TIMESTAMP ? SET last_seen = ?, last_event = ? WHERE id_type = ? AND id_value = ?",
-            (at * 1000, at, event_id, *key),
-        ) for key in keys))
+        # Ten rows (partitions) a request, four requests at a time (binding them holds the
+        # event loop: more at once would delay the events being resolved meanwhile).
+        rows = [(at * 1000, at, event_id, *key) for key, (at, event_id) in sightings.items()]
+        batches = [rows[start:start + 10] for start in range(0, len(rows), 10)]
+        for start in range(0, len(batches), 4):
+            await asyncio.gather(*(self.db.execute_together([(
+                "UPDATE identity_seen USING TIMESTAMP ? SET last_seen = ?, last_event = ? WHERE id_type = ? AND id_value = ?",
+                row,
+            ) for row in batch]) for batch in batches[start:start + 4]))
 
     async def last_seen(self, keys):
         rows = await asyncio.gather(*(self.db.execute(
@@ -193,27 +210,14 @@ class CassandraIdentityStore(Repository):
         return {key: found[0].last_seen for key, found in zip(keys, rows) if found}
 
     async def record_link(self, link) -> None:
-        await self.record_event([], link.at, link.event_id, link)
-
-    async def record_event(self, keys, at, event_id, link) -> None:
-        # One unlogged batch, prepared once per shape: the rows are in different partitions,
-        # so it buys no atomicity, only one round trip instead of one per row.
-        statements, params = [], []
-        for key in keys:
-            statements.append("UPDATE identity_seen USING TIMESTAMP ? SET last_seen = ?, last_event = ?"
-                              " WHERE id_type = ? AND id_value = ?;")
-            params.extend((at * 1000, at, event_id, *key))
-        if link is not None:
-            hour = link.at // HOUR_MS
-            statements.append("INSERT INTO identity_links (hour, at, event_id, identifiers) VALUES (?, ?, ?, ?);")
-            params.extend((hour, link.at, link.event_id, encode_keys(link.identifiers)))
-            if hour not in self._hours:
-                statements.append("INSERT INTO identity_link_hours (shard, hour) VALUES (0, ?);")
-                params.append(hour)
-        if statements:
-            await self.db.execute("BEGIN UNLOGGED BATCH " + " ".join(statements) + " APPLY BATCH", params)
-            if link is not None:
-                self._hours.add(link.at // HOUR_MS)
+        hour = link.at // HOUR_MS
+        await self.db.execute(
+            "INSERT INTO identity_links (hour, at, event_id, identifiers) VALUES (?, ?, ?, ?)",
+            (hour, link.at, link.event_id, encode_keys(link.identifiers)),
+        )
+        if hour not in self._hours:
+            await self.db.execute("INSERT INTO identity_link_hours (shard, hour) VALUES (0, ?)", (hour,))
+            self._hours.add(hour)
 
     async def links(self, limit):
         hours = await self.db.execute("SELECT hour FROM identity_link_hours WHERE shard = 0")

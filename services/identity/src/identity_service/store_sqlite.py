@@ -197,12 +197,12 @@ class SqliteIdentityStore(Repository):
         )
         return [identity_pb2.Unlinked.FromString(row[0]) for row in rows]
 
-    async def touch(self, keys, at, event_id) -> None:
+    async def touch_many(self, sightings) -> None:
         def work(db):
             db.executemany(
                 "INSERT INTO identity_seen VALUES (?, ?, ?, ?) ON CONFLICT (id_type, id_value) DO UPDATE SET"
                 " last_seen = excluded.last_seen, last_event = excluded.last_event WHERE excluded.last_seen > last_seen",
-                [(*key, at, event_id) for key in keys],
+                [(*key, at, event_id) for key, (at, event_id) in sightings.items()],
             )
 
         await self.db.transaction(work)
@@ -219,12 +219,6 @@ class SqliteIdentityStore(Repository):
         await self.db.execute(
             "INSERT OR IGNORE INTO identity_links VALUES (?, ?, ?)", (link.at, link.event_id, encode_keys(link.identifiers))
         )
-
-    async def record_event(self, keys, at, event_id, link) -> None:
-        if keys:
-            await self.touch(keys, at, event_id)
-        if link is not None:
-            await self.record_link(link)
 
     async def links(self, limit):
         rows = await self.db.execute("SELECT at, event_id, identifiers FROM identity_links ORDER BY at, event_id LIMIT ?", (limit,))

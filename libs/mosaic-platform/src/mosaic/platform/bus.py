@@ -258,6 +258,22 @@ class Bus:
             finally:
                 self._acks.forget(tokens)
 
+    async def listen(self, topic: Topic, handler: Callable[[Any], None]) -> None:
+        """Call `handler` with every message published on `topic` from now on, on every replica.
+
+        A plain NATS subscription: at most once, nothing acknowledged, nothing replayed. It is
+        for caches that must hear of changes other replicas made; what it misses while the
+        connection is down, a cache has to age out.
+        """
+
+        async def on_message(msg: Msg) -> None:
+            try:
+                handler(topic.message.FromString(msg.data))
+            except Exception:  # noqa: BLE001 - a notice that cannot be used is only logged
+                log.exception("notice on %s not applied", msg.subject)
+
+        await self._nc.subscribe(topic.wildcard, cb=on_message)
+
     def consume(self, topic: Topic, handler: Handler, partitions: Iterable[int]) -> None:
         """Start one ordered consumer task per owned partition of `topic`."""
         for partition in partitions:

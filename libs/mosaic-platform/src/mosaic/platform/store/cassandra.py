@@ -106,6 +106,15 @@ class CassandraStore:
             batch.add(self.prepare(cql), params)
         await self._run(batch)
 
+    async def execute_together(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run independent writes in one request (an unlogged batch): no atomicity, only one
+        round trip instead of one each, which is what a Python client pays for most. Keep it to
+        a few partitions (the node warns above ten)."""
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for cql, params in statements:
+            batch.add(self.prepare(cql), params)
+        await self._run(batch)
+
     async def _run(self, statement: Any) -> list[Any]:
         assert self._session is not None, "store not open"
         loop = asyncio.get_running_loop()

@@ -1,0 +1,86 @@
+"""What each event leaves besides the graph: the last sighting of its identifiers and its link.
+
+Sightings (when each identifier was last seen, for GetIdentities) are written behind: every
+event refreshes them, so written one event at a time they would cost a request per event
+even for a person the graph already knows well. They are kept in memory, the latest per
+identifier, and written every `flush_seconds` and at stop; a person seen a hundred times a
+second costs one write a second. A crash loses at most one interval of refreshes (the
+identifier's next event repairs it); `last_seen` is a "seen at least until" figure.
+
+Links (the identifiers an event carried together, replayed by the rule dry-run) are recorded
+once per set of identifiers per process: the graph of a replay only grows, so a set it has
+applied once changes nothing when it comes again. The link of an event that changed the
+graph is written before the event is acknowledged; the link of one that changed nothing is
+only further evidence for what the graph holds already, and is written behind with the
+sightings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+
+from identity_service.store import IdentityStore, Key, Link
+
+log = logging.getLogger("identity.sightings")
+
+
+class Sightings:
+    def __init__(self, store: IdentityStore, flush_seconds: float = 1.0, known_links: int = 200_000) -> None:
+        self.store = store
+        self.flush_seconds = flush_seconds
+        self._seen: dict[Key, tuple[int, str]] = {}
+        self._links: list[Link] = []
+        self._known: OrderedDict[frozenset[Key], None] = OrderedDict()
+        self._known_links = known_links
+
+    def seen(self, keys: list[Key], at: int, event_id: str) -> None:
+        for key in keys:
+            last = self._seen.get(key)
+            if last is None or at > last[0]:
+                self._seen[key] = (at, event_id)
+
+    async def link(self, link: Link, changed_graph: bool) -> None:
+        """Record `link` unless this process recorded the same set of identifiers already."""
+        identifiers = frozenset(link.identifiers)
+        if identifiers in self._known:
+            self._known.move_to_end(identifiers)
+            return
+        if changed_graph:
+            await self.store.record_link(link)
+        else:
+            self._links.append(link)
+        self._known[identifiers] = None
+        if len(self._known) > self._known_links:
+            self._known.popitem(last=False)
+
+    async def flush(self) -> None:
+        seen, self._seen = self._seen, {}
+        links, self._links = self._links, []
+        try:
+            if seen:
+                await self.store.touch_many(seen)
+            for start in range(0, len(links), 128):
+                await asyncio.gather(*(self.store.record_link(link) for link in links[start:start + 128]))
+        except BaseException:
+            for key, (at, event_id) in seen.items():  # kept for the next round
+                self.seen([key], at, event_id)
+            self._links.extend(links)
+            raise
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Flush on an interval until `stopping`, then once more."""
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=self.flush_seconds)
+            except asyncio.TimeoutError:
+                pass
+            await self._flush_logged()
+        await self._flush_logged()
+
+    async def _flush_logged(self) -> None:
+        try:
+            await self.flush()
+        except Exception:  # noqa: BLE001 - logged; the sightings stay for the next round
+            log.exception("writing sightings failed")

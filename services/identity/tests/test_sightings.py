@@ -1,0 +1,77 @@
+"""Sightings written behind and links written once per set of identifiers, on both stores."""
+
+import asyncio
+import uuid
+
+import pytest
+
+from identity_service.sightings import Sightings
+from identity_service.store import Link, open_store
+
+
+@pytest.fixture
+async def store(store_settings):
+    store = await open_store(store_settings)
+    yield store
+    await store.close()
+
+
+def unique() -> str:
+    return uuid.uuid4().hex
+
+
+async def test_sightings_reach_the_store_on_flush_the_latest_per_identifier(store):
+    sightings = Sightings(store)
+    device, email = ("device_id", unique()), ("email", f"{unique()}@example.com")
+    sightings.seen([device, email], 2_000, "e-2")
+    sightings.seen([device], 3_000, "e-3")
+    sightings.seen([device], 1_000, "e-1")  # a late event: not the latest
+    assert await store.last_seen([device, email]) == {}  # nothing written before the flush
+    await sightings.flush()
+    assert await store.last_seen([device, email]) == {device: 3_000, email: 2_000}
+
+
+async def test_a_failed_flush_keeps_the_sightings_for_the_next(store):
+    class Failing:
+        async def touch_many(self, sightings):
+            raise ConnectionError("store down")
+
+    sightings = Sightings(Failing())
+    key = ("user_id", unique())
+    link = Link(5_000, f"e-{unique()}", (key, ("anonymous_id", unique())))
+    sightings.seen([key], 5_000, "e-5")
+    await sightings.link(link, changed_graph=False)
+    with pytest.raises(ConnectionError):
+        await sightings.flush()
+    sightings.store = store
+    await sightings.flush()
+    assert await store.last_seen([key]) == {key: 5_000}
+    assert link in await store.links(100_000)
+
+
+async def test_a_set_of_identifiers_is_linked_once_per_process(store):
+    marker = unique()
+    pair = (("anonymous_id", f"a-{marker}"), ("user_id", f"u-{marker}"))
+    sightings = Sightings(store)
+
+    async def mine():
+        return [link.event_id for link in await store.links(100_000) if link.event_id.startswith(marker)]
+
+    await sightings.link(Link(1_000, f"{marker}-1", pair), changed_graph=True)
+    assert await mine() == [f"{marker}-1"]  # a graph change: written at once
+    await sightings.link(Link(2_000, f"{marker}-2", tuple(reversed(pair))), changed_graph=True)  # the same set
+    await sightings.link(Link(3_000, f"{marker}-3", (*pair, ("email", f"{marker}@example.com"))), changed_graph=False)
+    assert await mine() == [f"{marker}-1"]  # no change: written behind
+    await sightings.flush()
+    assert await mine() == [f"{marker}-1", f"{marker}-3"]
+
+
+async def test_the_service_stops_with_its_sightings_written(store):
+    sightings = Sightings(store, flush_seconds=60)
+    stopping = asyncio.Event()
+    running = asyncio.create_task(sightings.run(stopping))
+    key = ("device_id", unique())
+    sightings.seen([key], 7_000, "e-7")
+    stopping.set()
+    await running
+    assert await store.last_seen([key]) == {key: 7_000}
