@@ -6,14 +6,7 @@ import uuid
 import pytest
 
 from identity_service.sightings import Sightings
-from identity_service.store import Link, open_store
-
-
-@pytest.fixture
-async def store(store_settings):
-    store = await open_store(store_settings)
-    yield store
-    await store.close()
+from identity_service.store import Link
 
 
 def unique() -> str:

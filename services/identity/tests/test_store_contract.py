@@ -3,17 +3,8 @@
 import asyncio
 import uuid
 
-import pytest
-
 from mosaic.identity.v1 import identity_pb2
-from identity_service.store import Claim, Link, Member, OutboxEntry, open_store
-
-
-@pytest.fixture
-async def store(store_settings):
-    store = await open_store(store_settings)
-    yield store
-    await store.close()
+from identity_service.store import Claim, Link, Member, OutboxEntry
 
 
 def unique() -> str:
