@@ -83,6 +83,15 @@ async def test_a_merge_is_published_explained_and_undone_by_a_split(stub, bus):
     assert {i.identifier.value: i.home_profile_id for i in identities.identities} == {
         "a1": first, "a2": second, "x@example.com": second}
     assert all(i.source == "web" and i.last_seen.seconds for i in identities.identities)
+    later = event("m4", anonymous_id="a1")
+    later.timestamp.FromSeconds(later.timestamp.seconds + 3600)
+    await send(bus, later)
+
+    async def a1_seen_later():
+        found = await stub.GetIdentities(pb.GetIdentitiesRequest(profile_id=first))
+        return {i.identifier.value: i.last_seen.seconds for i in found.identities}["a1"] == later.timestamp.seconds
+
+    await eventually(a1_seen_later)  # written behind, flushed for the answer
     explained = await stub.ExplainProfile(pb.ExplainProfileRequest(profile_id=first))
     why = {e.identity.identifier.value: e for e in explained.identifiers}
     assert why["a1"].path == [] and why["a2"].path[0].merge_id == merged[0].merge_id

@@ -16,12 +16,13 @@ def unique() -> str:
 async def test_sightings_reach_the_store_on_flush_the_latest_per_identifier(store):
     sightings = Sightings(store)
     device, email = ("device_id", unique()), ("email", f"{unique()}@example.com")
-    sightings.seen([device, email], 2_000, "e-2")
-    sightings.seen([device], 3_000, "e-3")
-    sightings.seen([device], 1_000, "e-1")  # a late event: not the latest
-    assert await store.last_seen([device, email]) == {}  # nothing written before the flush
+    home = f"p-{unique()}"
+    sightings.seen({device: home, email: home}, 2_000)
+    sightings.seen({device: home}, 3_000)
+    sightings.seen({device: home}, 1_000)  # a late event: not the latest
+    assert await store.last_seen([home]) == {}  # nothing written before the flush
     await sightings.flush()
-    assert await store.last_seen([device, email]) == {device: 3_000, email: 2_000}
+    assert await store.last_seen([home]) == {device: 3_000, email: 2_000}
 
 
 async def test_a_failed_flush_keeps_the_sightings_for_the_next(store):
@@ -32,13 +33,14 @@ async def test_a_failed_flush_keeps_the_sightings_for_the_next(store):
     sightings = Sightings(Failing())
     key = ("user_id", unique())
     link = Link(5_000, f"e-{unique()}", (key, ("anonymous_id", unique())))
-    sightings.seen([key], 5_000, "e-5")
+    home = f"p-{unique()}"
+    sightings.seen({key: home}, 5_000)
     await sightings.link(link, changed_graph=False)
     with pytest.raises(ConnectionError):
         await sightings.flush()
     sightings.store = store
     await sightings.flush()
-    assert await store.last_seen([key]) == {key: 5_000}
+    assert await store.last_seen([home]) == {key: 5_000}
     assert link in await store.links(100_000)
 
 
@@ -64,7 +66,8 @@ async def test_the_service_stops_with_its_sightings_written(store):
     stopping = asyncio.Event()
     running = asyncio.create_task(sightings.run(stopping))
     key = ("device_id", unique())
-    sightings.seen([key], 7_000, "e-7")
+    home = f"p-{unique()}"
+    sightings.seen({key: home}, 7_000)
     stopping.set()
     await running
-    assert await store.last_seen([key]) == {key: 7_000}
+    assert await store.last_seen([home]) == {key: 7_000}

@@ -82,9 +82,10 @@ async def test_members_children_and_merge_records_round_trip(store):
 async def test_the_latest_sighting_wins_whatever_the_arrival_order(store):
     key = ("device_id", unique())
     other = ("email", f"{unique()}@example.com")
-    await store.touch_many({key: (2_000, "later"), other: (500, "e")})
-    await store.touch_many({key: (1_000, "earlier")})
-    assert await store.last_seen([key, other]) == {key: 2_000, other: 500}
+    home, elsewhere = f"p-{unique()}", f"p-{unique()}"
+    await store.touch_many({key: (home, 2_000), other: (home, 500), ("user_id", unique()): (elsewhere, 9)})
+    await store.touch_many({key: (home, 1_000)})
+    assert await store.last_seen([home]) == {key: 2_000, other: 500}
 
 
 async def test_links_come_back_in_event_time_order(store):

@@ -81,7 +81,8 @@ class EventResolver:
         changed = plan is not None and plan.changes_graph
         if len(usable) > 1 or changed:
             await self.sightings.link(Link(at, event.message_id, tuple(ids.key(i) for i in usable)), changed)
-        self.sightings.seen([ids.key(i) for i in usable if ids.key(i) not in left_out], at, event.message_id)
+        homes = {key: self.resolver.home_of(key) for key in map(ids.key, usable) if key not in left_out}
+        self.sightings.seen({key: home for key, home in homes.items() if home}, at)
 
 
 def _event_time(event: event_pb2.Event) -> int:

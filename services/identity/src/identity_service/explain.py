@@ -21,8 +21,7 @@ async def survivor_of(resolver: Resolver, profile_id: str) -> str:
 async def identities(resolver: Resolver, root: str) -> list[identity_pb2.Identity]:
     component = await resolver.component(root)
     members = await resolver.store.members(sorted(component.profiles))
-    keys = [(m.id_type, m.id_value) for found in members.values() for m in found]
-    seen = await resolver.store.last_seen(keys)
+    seen = await resolver.store.last_seen(sorted(members))
     found_identities = []
     for home, found in sorted(members.items()):
         for m in sorted(found, key=lambda m: (m.id_type, m.id_value)):

@@ -164,6 +164,11 @@ class Resolver:
             found.update(fetched)
         return found
 
+    def home_of(self, key: Key) -> str | None:
+        """The home profile of an identifier this replica has resolved lately (None: not cached)."""
+        claim = self._claims.get(key)
+        return claim.profile_id if claim else None
+
     def _remember(self, key: Key, claim: Claim) -> None:
         self._claims[key] = claim
         if len(self._claims) > self._claim_cache:

@@ -30,16 +30,17 @@ class Sightings:
     def __init__(self, store: IdentityStore, flush_seconds: float = 1.0, known_links: int = 200_000) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
-        self._seen: dict[Key, tuple[int, str]] = {}
+        self._seen: dict[Key, tuple[str, int]] = {}  # identifier → (home profile, event time)
         self._links: list[Link] = []
         self._known: OrderedDict[frozenset[Key], None] = OrderedDict()
         self._known_links = known_links
 
-    def seen(self, keys: list[Key], at: int, event_id: str) -> None:
-        for key in keys:
+    def seen(self, homes: dict[Key, str], at: int) -> None:
+        """Identifiers (with their home profiles) seen in an event of time `at`."""
+        for key, home in homes.items():
             last = self._seen.get(key)
-            if last is None or at > last[0]:
-                self._seen[key] = (at, event_id)
+            if last is None or at > last[1]:
+                self._seen[key] = (home, at)
 
     async def link(self, link: Link, changed_graph: bool) -> None:
         """Record `link` unless this process recorded the same set of identifiers already."""
@@ -64,8 +65,8 @@ class Sightings:
             for start in range(0, len(links), 128):
                 await asyncio.gather(*(self.store.record_link(link) for link in links[start:start + 128]))
         except BaseException:
-            for key, (at, event_id) in seen.items():  # kept for the next round
-                self.seen([key], at, event_id)
+            for key, (home, at) in seen.items():  # kept for the next round
+                self.seen({key: home}, at)
             self._links.extend(links)
             raise
 

@@ -50,6 +50,12 @@ MIGRATIONS = [
         " WITH gc_grace_seconds = 3600",
         "CREATE TABLE IF NOT EXISTS identity_rules (name text PRIMARY KEY, version bigint, rules blob)",
     )),
+    # Sightings by home profile: a person's identifiers are one map, written by one statement,
+    # each entry keeping its own write time (the event time), so the latest event wins.
+    Migration(3, (
+        "CREATE TABLE IF NOT EXISTS identity_sightings (profile_id text PRIMARY KEY, last_seen map<text, bigint>)",
+        "DROP TABLE IF EXISTS identity_seen",
+    )),
 ]
 
 _PROFILE = "SELECT profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge FROM identity_profiles"
@@ -192,22 +198,23 @@ class CassandraIdentityStore(Repository):
         return [identity_pb2.Unlinked.FromString(row.record) for row in rows]
 
     async def touch_many(self, sightings) -> None:
-        # The write time is the event time, so the latest event wins in any arrival order.
-        # Ten rows (partitions) a request, four requests at a time (binding them holds the
-        # event loop: more at once would delay the events being resolved meanwhile).
-        rows = [(at * 1000, at, event_id, *key) for key, (at, event_id) in sightings.items()]
+        # One statement per home and event time, ten a request, four requests at a time
+        # (binding them holds the event loop: more at once would delay the events meanwhile).
+        by_home: dict[tuple[str, int], dict[str, int]] = {}
+        for key, (home, at) in sightings.items():
+            by_home.setdefault((home, at), {})[encode_keys([key])] = at
+        rows = [(at * 1000, seen, home) for (home, at), seen in by_home.items()]
         batches = [rows[start:start + 10] for start in range(0, len(rows), 10)]
         for start in range(0, len(batches), 4):
             await asyncio.gather(*(self.db.execute_together([(
-                "UPDATE identity_seen USING TIMESTAMP ? SET last_seen = ?, last_event = ? WHERE id_type = ? AND id_value = ?",
-                row,
+                "UPDATE identity_sightings USING TIMESTAMP ? SET last_seen = last_seen + ? WHERE profile_id = ?", row,
             ) for row in batch]) for batch in batches[start:start + 4]))
 
-    async def last_seen(self, keys):
+    async def last_seen(self, homes):
         rows = await asyncio.gather(*(self.db.execute(
-            "SELECT last_seen FROM identity_seen WHERE id_type = ? AND id_value = ?", key
-        ) for key in keys))
-        return {key: found[0].last_seen for key, found in zip(keys, rows) if found}
+            "SELECT last_seen FROM identity_sightings WHERE profile_id = ?", (home,)
+        ) for home in homes))
+        return {decode_keys(key)[0]: at for found in rows if found for key, at in (found[0].last_seen or {}).items()}
 
     async def record_link(self, link) -> None:
         hour = link.at // HOUR_MS

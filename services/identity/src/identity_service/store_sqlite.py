@@ -39,6 +39,11 @@ MIGRATIONS = [
         "CREATE TABLE identity_outbox (message_id TEXT PRIMARY KEY, topic TEXT, key TEXT, payload BLOB)",
         "CREATE TABLE identity_rules (name TEXT PRIMARY KEY, version INTEGER, rules BLOB)",
     )),
+    Migration(3, (
+        "CREATE TABLE identity_sightings (profile_id TEXT, id_type TEXT, id_value TEXT, last_seen INTEGER,"
+        " PRIMARY KEY (profile_id, id_type, id_value))",
+        "DROP TABLE identity_seen",
+    )),
 ]
 
 _PROFILE = "SELECT profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge FROM identity_profiles"
@@ -200,19 +205,20 @@ class SqliteIdentityStore(Repository):
     async def touch_many(self, sightings) -> None:
         def work(db):
             db.executemany(
-                "INSERT INTO identity_seen VALUES (?, ?, ?, ?) ON CONFLICT (id_type, id_value) DO UPDATE SET"
-                " last_seen = excluded.last_seen, last_event = excluded.last_event WHERE excluded.last_seen > last_seen",
-                [(*key, at, event_id) for key, (at, event_id) in sightings.items()],
+                "INSERT INTO identity_sightings VALUES (?, ?, ?, ?) ON CONFLICT (profile_id, id_type, id_value)"
+                " DO UPDATE SET last_seen = excluded.last_seen WHERE excluded.last_seen > last_seen",
+                [(home, *key, at) for key, (home, at) in sightings.items()],
             )
 
         await self.db.transaction(work)
 
-    async def last_seen(self, keys):
+    async def last_seen(self, homes):
         found = {}
-        for key in keys:
-            rows = await self.db.execute("SELECT last_seen FROM identity_seen WHERE id_type = ? AND id_value = ?", key)
-            if rows:
-                found[key] = rows[0][0]
+        for home in homes:
+            rows = await self.db.execute(
+                "SELECT id_type, id_value, last_seen FROM identity_sightings WHERE profile_id = ?", (home,)
+            )
+            found.update({(id_type, id_value): at for id_type, id_value, at in rows})
         return found
 
     async def record_link(self, link) -> None:
