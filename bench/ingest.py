@@ -1,11 +1,15 @@
 """Ingestion throughput and latency: events per second accepted *and durable* through the HTTP
 batch endpoint and through IngestStream (batches of 100 events of about 500 bytes), against the
 raw JetStream async publish rate from Python as the ceiling; then the p50/p99 acknowledgement
-time of a 100-event batch at half of the peak rate.
+time of a 100-event batch at half of the peak rate, once JetStream has settled at that rate,
+beside that of 100 raw JetStream publishes at the same rate into the same stream (the floor:
+what JetStream itself takes).
 
 One nats-server and one ingestion process (as in production: `python -m ingestion_service`)
 are started here; the load comes from this process. On a 2-core machine the three share the
-cores, so the figures are a floor for a deployment with the client elsewhere.
+cores, so the figures are a floor for a deployment with the client elsewhere. The ingestion
+process's CPU time per event is printed too: unlike the rates, it hardly moves when something
+else runs on the machine.
 Run: `uv run --frozen python -m bench ingest` (BENCH_SECONDS sets each phase's length).
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import os
 import statistics
@@ -30,9 +35,11 @@ from nats.js import api
 
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, source_pb2
+from mosaic.platform import topics
 from mosaic.testing.nats_server import NatsServer
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
+SETTLE = 3 * SECONDS
 BATCH = 100
 CONNECTIONS = 8
 PROPERTIES = {"plan": "enterprise", "seats": 25, "page": "/pricing/enterprise", "referrer": "https://example.com/blog",
@@ -75,6 +82,11 @@ class Ingestion:
                     self.grpc_port = int(entry["grpc_port"])
             time.sleep(0.05)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used (user + system), from /proc: Linux only."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(30)
@@ -96,6 +108,29 @@ async def raw_publish_rate(nats_url: str, payload: bytes) -> float:
     await js.delete_stream("BENCH_RAW")
     await nc.close()
     return rate
+
+
+async def raw_batch_latencies(nats_url: str, rate: float, seconds: float) -> list[float]:
+    """Batches of 100 JetStream publishes into events.raw at `rate` events/s, no ingestion in
+    between; returns each batch's acknowledgement time."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    latencies: list[float] = []
+
+    async def batch(number: int) -> None:
+        sent = time.monotonic()
+        futures = [await js.publish_async(topics.EVENTS_RAW.subject(i % 8), b"x" * 560,
+                                          headers={"Nats-Msg-Id": f"raw-{number}-{i}"}) for i in range(BATCH)]
+        await asyncio.gather(*futures)
+        latencies.append(time.monotonic() - sent)
+
+    started, batches = time.monotonic(), []
+    while time.monotonic() - started < seconds:
+        batches.append(asyncio.create_task(batch(len(batches))))
+        await asyncio.sleep(max(0.0, started + len(batches) * BATCH / rate - time.monotonic()))
+    await asyncio.gather(*batches)
+    await nc.close()
+    return latencies
 
 
 async def stream_count(nats_url: str) -> int:
@@ -180,6 +215,10 @@ async def stream_load(address: str, seconds: float, streams: int = 4) -> int:
     return acked
 
 
+def per_event(service: Ingestion, cpu_before: float, events: int) -> str:
+    return f"ingestion CPU {(service.cpu_seconds() - cpu_before) / events * 1e6:.1f} µs/event"
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000)[int(q * 1000) - 1] if len(values) > 1 else values[0]
 
@@ -196,10 +235,13 @@ async def main() -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
             stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
             created = await stub.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id="bench-http")))
+            await stub.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id="bench-grpc")))
         key = created.source.write_keys[0].secret
         http_url = f"http://127.0.0.1:{service.http_port}"
         await http_load(http_url, key, 1.0)  # warm up
-        before = await stream_count(nats_server.url)
+        # The client is the instrument: a full collection of its own heap must not stall it.
+        gc.freeze()
+        before, cpu = await stream_count(nats_server.url), service.cpu_seconds()
         started = time.monotonic()
         acked, latencies = await http_load(http_url, key, SECONDS)
         http_rate = acked / (time.monotonic() - started)
@@ -207,19 +249,27 @@ async def main() -> None:
         print(f"HTTP /v1/batch, {CONNECTIONS} connections:        {http_rate:>9,.0f} events/s  "
               f"({http_rate / raw:.0%} of raw; {durable:,} of {acked:,} acked events in the stream)")
         print(f"  flat out: batch ack p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
-              f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms")
-        before = await stream_count(nats_server.url)
+              f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms; {per_event(service, cpu, acked)}")
+        before, cpu = await stream_count(nats_server.url), service.cpu_seconds()
         started = time.monotonic()
         acked = await stream_load(f"127.0.0.1:{service.grpc_port}", SECONDS)
         stream_rate = acked / (time.monotonic() - started)
         durable = await stream_count(nats_server.url) - before
         print(f"gRPC IngestStream, 4 streams:              {stream_rate:>9,.0f} events/s  "
               f"({stream_rate / raw:.0%} of raw; {durable:,} of {acked:,} acked events in the stream)")
+        print(f"  {per_event(service, cpu, acked)}")
         half = http_rate / 2
+        # The flat-out phases leave JetStream slow to answer for 20-30 s (its p99 several times
+        # higher, with or without ingestion): latency is measured once it has settled at this rate.
+        await http_load(http_url, key, SETTLE, rate=half)
+        cpu = service.cpu_seconds()
         acked, latencies = await http_load(http_url, key, SECONDS, rate=half)
-        print(f"HTTP at half the peak ({half:,.0f} events/s offered): batch ack p50 "
+        print(f"HTTP at half the peak ({half:,.0f} events/s offered, after {SETTLE:.0f} s at it): batch ack p50 "
               f"{percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms "
-              f"over {len(latencies):,} batches")
+              f"over {len(latencies):,} batches; {per_event(service, cpu, acked)}")
+        latencies = await raw_batch_latencies(nats_server.url, half, SECONDS)
+        print(f"  raw JetStream, same rate and stream (the floor): batch ack p50 "
+              f"{percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms")
     finally:
         service.stop()
         nats_server.close()

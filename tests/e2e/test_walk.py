@@ -33,6 +33,7 @@ def mesh(tmp_path, nats_server, cassandra_keyspace, otlp_receiver):
         "MOSAIC_CASSANDRA_PORT": str(cassandra_keyspace.port),
         "MOSAIC_CASSANDRA_KEYSPACE": cassandra_keyspace.keyspace,
         "MOSAIC_PARTITIONS": "4",
+        "MOSAIC_INGEST_OPEN_SOURCES": "true",  # the walk sends for `web` and `pos`, never created
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",

@@ -39,7 +39,8 @@ async def start_ingestion(make_settings) -> Callable[..., Awaitable[Running]]:
     started: list[Service] = []
 
     async def start(**environ: str) -> Running:
-        environ = {"MOSAIC_HTTP_PORT": "0", "MOSAIC_PARTITIONS": "4", **environ}
+        # Most tests send for source ids they never created (`web`): open sources, explicitly.
+        environ = {"MOSAIC_HTTP_PORT": "0", "MOSAIC_PARTITIONS": "4", "MOSAIC_INGEST_OPEN_SOURCES": "true", **environ}
         settings = Settings.from_env(environ, make_settings("ingestion", **environ))
         parts: list[Ingestion] = []
 

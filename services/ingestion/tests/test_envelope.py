@@ -47,3 +47,24 @@ def test_the_event_time_is_corrected_by_the_client_clock_skew():
                             sent_at=timestamp_pb2.Timestamp(seconds=999_940))
     envelope.prepare(event, "web", NOW)
     assert event.timestamp.seconds == 999_990
+    assert event.original_timestamp.seconds == 999_930  # the client's own, as Segment's originalTimestamp
+
+
+def test_without_sent_at_the_client_time_is_both_timestamp_and_original_timestamp():
+    event = event_pb2.Event(type=T.EVENT_TYPE_IDENTIFY, user_id="u", timestamp=timestamp_pb2.Timestamp(seconds=999_930))
+    envelope.prepare(event, "web", NOW)
+    assert event.timestamp.seconds == event.original_timestamp.seconds == 999_930
+
+
+def test_without_a_client_time_there_is_no_original_timestamp_whatever_the_caller_set():
+    event = event_pb2.Event(type=T.EVENT_TYPE_IDENTIFY, user_id="u", original_timestamp=timestamp_pb2.Timestamp(seconds=5))
+    envelope.prepare(event, "web", NOW)
+    assert event.timestamp == NOW and not event.HasField("original_timestamp")
+
+
+def test_an_invalid_event_gets_no_original_timestamp():
+    event = event_pb2.Event(type=T.EVENT_TYPE_TRACK, user_id="u", timestamp=timestamp_pb2.Timestamp(seconds=999_930),
+                            sent_at=timestamp_pb2.Timestamp(seconds=999_940))
+    with pytest.raises(InvalidArgument):
+        envelope.prepare(event, "web", NOW)  # no event name
+    assert not event.HasField("original_timestamp") and event.timestamp.seconds == 999_930

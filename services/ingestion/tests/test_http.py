@@ -64,6 +64,7 @@ async def test_a_track_call_is_stored_with_the_segment_envelope(stored, web):
     assert event.source_id == "web" and event.properties["seats"] == 3 and event.context["ip"] == "1.2.3.4"
     assert event.integrations["All"] is False and event.HasField("received_at")
     assert event.timestamp.ToJsonString() == "2024-05-01T10:00:00Z"  # no sentAt: no correction
+    assert event.original_timestamp == event.timestamp
 
 
 @pytest.mark.parametrize(("path", "message"), [
@@ -97,8 +98,19 @@ async def test_batch_and_import_take_the_write_key_from_the_body_and_the_batch_c
     first, second = events[0][1], events[1][1]
     # The event happened 60 s before it was sent; the skew moves it to about now - 60 s.
     assert abs(first.timestamp.seconds - (now - 60)) < 5
+    assert first.original_timestamp.ToJsonString() == happened  # the client's own time is kept
+    assert not second.HasField("original_timestamp")  # it sent no time
     assert first.context["library"]["name"] == "test"
     assert second.context["ip"] == "5.6.7.8" and second.context["library"]["name"] == "test"
+
+
+async def test_an_sdk_that_sends_original_timestamp_gets_it_kept_and_the_time_corrected(stored, web):
+    message = track(originalTimestamp="2024-05-01T10:00:00Z", sentAt="2024-05-01T10:00:30Z")
+    assert (await web.post("/v1/track", message))[:2] == (200, {"success": True})
+    [(_, event)] = await stored()
+    assert event.original_timestamp.ToJsonString() == "2024-05-01T10:00:00Z"
+    # Sent 30 s after it happened: the event time is 30 s before it was received.
+    assert event.received_at.seconds - event.timestamp.seconds == 30
 
 
 async def test_the_same_message_id_is_accepted_once_per_source(create_source, stored, web):

@@ -78,6 +78,19 @@ async def test_a_replay_with_fixed_data_stores_the_fix_and_a_failing_one_stays_k
     assert msg_id == "shop:q1" and event.properties["price"] == 0
 
 
+async def test_a_replayed_fix_keeps_the_kept_event_times(stub, shop, stored):
+    late = bought("q1", price="free")
+    late.timestamp.FromSeconds(1_700_000_000)
+    late.sent_at.FromSeconds(1_700_000_060)  # sent a minute after it happened, by the client's clock
+    await stub.Ingest(pb.IngestRequest(source_id="shop", events=[late]))
+    kept = (await stub.GetQuarantinedEvent(pb.GetQuarantinedEventRequest(source_id="shop", message_id="q1"))).event
+    await stub.ReplayQuarantinedEvent(pb.ReplayQuarantinedEventRequest(
+        source_id="shop", message_id="q1", event=bought("", price=1)))
+    [(_, event)] = await stored()
+    assert event.original_timestamp.seconds == 1_700_000_000
+    assert event.timestamp == kept.event.timestamp and event.timestamp.seconds > 1_700_000_000
+
+
 async def test_a_discarded_event_is_gone(stub, shop):
     await stub.Ingest(pb.IngestRequest(source_id="shop", events=[bought("q1")]))
     await stub.DiscardQuarantinedEvent(pb.DiscardQuarantinedEventRequest(source_id="shop", message_id="q1"))

@@ -51,5 +51,19 @@ def test_each_replica_enforces_its_share():
         limiter.admit("web", 1, rate=10, burst=10)
 
 
+def test_many_ids_keep_only_the_buckets_that_are_not_full_and_those_still_hold_back():
+    clock = Clock()
+    limiter = RateLimiter(clock=clock, prune_above=3)
+    limiter.admit("busy", 10, rate=1, burst=2)  # 8 tokens of debt
+    limiter.admit("idle-1", 1, rate=1, burst=2)
+    limiter.admit("idle-2", 1, rate=1, burst=2)
+    clock.now = 5.0  # the idle buckets are full again; the busy one is still in debt
+    limiter.admit("new", 1, rate=1, burst=2)
+    assert len(limiter) == 2  # busy and new
+    with pytest.raises(RateLimited) as caught:
+        limiter.admit("busy", 1, rate=1, burst=2)
+    assert caught.value.retry_after == pytest.approx(4.0)  # 3 still owed at 5 s, then one token
+
+
 def test_retry_after_is_whole_seconds_and_never_zero():
     assert [retry_after_header(s) for s in (0.001, 1.0, 1.2, 6)] == ["1", "1", "2", "6"]

@@ -56,8 +56,8 @@ async def test_quarantined_events_are_kept_listed_in_pages_and_deleted(store):
             source_id=source_id, field="properties.price", reason="'x' is not of type 'number'",
             event=event_pb2.Event(message_id=message_id, type=event_pb2.EVENT_TYPE_TRACK, user_id="u", event="Bought"),
         )
-        await store.put_quarantined(kept, retention_days=1)
-    await store.put_quarantined(kept, retention_days=1)  # kept again: still one
+        await store.put_quarantined(kept, retention_days=1, people=[])
+    await store.put_quarantined(kept, retention_days=1, people=[])  # kept again: still one
     first = await store.list_quarantined(source_id, "", 2)
     assert [k.event.message_id for k in first] == ["m1", "m2"]
     rest = await store.list_quarantined(source_id, "m2", 2)
@@ -66,6 +66,19 @@ async def test_quarantined_events_are_kept_listed_in_pages_and_deleted(store):
     await store.delete_quarantined(source_id, "m2")
     assert await store.get_quarantined(source_id, "m2") is None
     assert len(await store.list_quarantined(source_id, "", 10)) == 2
+
+
+async def test_quarantined_events_are_found_by_the_people_they_name_until_unlinked(store):
+    source_id, ada, grace = new_id(), uuid.uuid4().hex, uuid.uuid4().hex
+    for message_id, people in (("m1", [ada, grace]), ("m2", [ada]), ("m3", [grace])):
+        kept = quarantine_pb2.QuarantinedEvent(source_id=source_id, event=event_pb2.Event(message_id=message_id))
+        await store.put_quarantined(kept, retention_days=1, people=people)
+    assert sorted(await store.quarantined_naming(ada)) == [(source_id, "m1"), (source_id, "m2")]
+    await store.unlink_quarantined(ada, source_id, "m1")
+    assert await store.quarantined_naming(ada) == [(source_id, "m2")]
+    assert sorted(await store.quarantined_naming(grace)) == [(source_id, "m1"), (source_id, "m3")]
+    assert await store.get_quarantined(source_id, "m1") is not None  # unlinking keeps the event
+    assert await store.quarantined_naming(uuid.uuid4().hex) == []
 
 
 async def test_the_suppression_list_holds_hashes_added_and_removed(store):

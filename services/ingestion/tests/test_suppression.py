@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
+
+import grpc
 import pytest
 
 from mosaic.events.v1 import event_pb2, suppression_changed_pb2 as sc
-from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, quarantine_pb2, source_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus
 from mosaic.testing.plugin import eventually
+from ingestion_service.store import open_store
 from ingestion_service.suppression import SuppressionList
 
 
@@ -84,3 +88,102 @@ async def test_an_unknown_identifier_type_is_a_poison_message(ingestion):
     with pytest.raises(Exception) as caught:
         await ingestion.parts.suppression(change, None)
     assert "identifiers[0].type" in str(caught.value)
+
+
+# -- erasure clears the quarantine
+
+UNPLANNED_ARE_KEPT = source_pb2.TrackingPlan(unplanned=source_pb2.PLAN_ACTION_QUARANTINE)
+
+
+@pytest.fixture(params=["embedded", "cassandra"])
+async def on_each_store(request, start_ingestion):
+    """The service on each store; names are unique, as a Cassandra keyspace outlives one test."""
+    environ = {}
+    if request.param == "cassandra":
+        keyspace = request.getfixturevalue("cassandra_keyspace")
+        environ = {"MOSAIC_STORE": "cassandra", "MOSAIC_CASSANDRA_PORT": str(keyspace.port),
+                   "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace}
+    running = await start_ingestion(**environ)
+    async with grpc.aio.insecure_channel(running.grpc_address) as channel:
+        yield running, ingestion_service_pb2_grpc.IngestionServiceStub(channel), uuid.uuid4().hex[:8]
+
+
+def unplanned(message_id: str, user_id: str = "", anonymous_id: str = "", **properties) -> event_pb2.Event:
+    event = event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, message_id=message_id, user_id=user_id,
+                            anonymous_id=anonymous_id, event="Unplanned")
+    event.properties.update(properties)
+    return event
+
+
+async def kept_ids(stub, source_id: str) -> list[str]:
+    answer = await stub.ListQuarantinedEvents(pb.ListQuarantinedEventsRequest(source_id=source_id))
+    return [kept.event.message_id for kept in answer.events]
+
+
+async def test_an_erasure_deletes_the_quarantined_events_that_name_the_person(on_each_store, nats_server):
+    running, stub, unique = on_each_store
+    ada, grace, shop = f"ada-{unique}", f"grace-{unique}", f"shop-{unique}"
+    await stub.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id=shop, tracking_plan=UNPLANNED_ARE_KEPT)))
+    answer = await stub.Ingest(pb.IngestRequest(source_id=shop, events=[
+        unplanned("by-user-id", user_id=ada),
+        unplanned("by-email", anonymous_id=f"device-{unique}", email=f" {ada.upper()}@Example.com"),
+        unplanned("other-person", user_id=grace, friend=ada),  # names ada, but not as an identifier
+    ]))
+    assert {r.status for r in answer.results} == {pb.EVENT_STATUS_QUARANTINED}
+    suppression = running.parts.suppression
+    people = [suppression.hash("user_id", ada), suppression.hash("email", f"{ada}@example.com")]
+    for person in people:
+        assert await running.parts.intake.store.quarantined_naming(person)
+
+    await publish(nats_server.url, sc.SuppressionChanged(profile_id=f"p-{ada}", request_id="erase", identifiers=[
+        sc.SuppressedIdentifier(type="user_id", value=ada),
+        sc.SuppressedIdentifier(type="email", value=f"{ada}@example.com"),
+    ]), f"erase-{unique}")
+    await eventually(lambda: _equal(kept_ids(stub, shop), ["other-person"]))
+    for person in people:  # the index of the erased person is gone too
+        assert await running.parts.intake.store.quarantined_naming(person) == []
+
+
+async def test_an_event_fixed_to_name_someone_else_is_not_erased_with_the_person(on_each_store):
+    running, stub, unique = on_each_store
+    ada, bob, shop = f"ada-{unique}", f"bob-{unique}", f"shop-{unique}"
+    await stub.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id=shop, tracking_plan=UNPLANNED_ARE_KEPT)))
+    await stub.Ingest(pb.IngestRequest(source_id=shop, events=[unplanned("mixed-up", user_id=ada)]))
+    fixed = await stub.ReplayQuarantinedEvent(pb.ReplayQuarantinedEventRequest(
+        source_id=shop, message_id="mixed-up", event=unplanned("", user_id=bob)))
+    assert fixed.result.status == pb.EVENT_STATUS_QUARANTINED  # kept again, now naming bob
+    await running.parts.suppression(sc.SuppressionChanged(identifiers=[sc.SuppressedIdentifier(type="user_id", value=ada)]), None)
+    assert await kept_ids(stub, shop) == ["mixed-up"]
+
+
+async def test_a_lifted_suppression_erases_nothing(on_each_store, nats_server):
+    running, stub, unique = on_each_store
+    ada, shop = f"ada-{unique}", f"shop-{unique}"
+    await stub.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id=shop, tracking_plan=UNPLANNED_ARE_KEPT)))
+    await stub.Ingest(pb.IngestRequest(source_id=shop, events=[unplanned("kept", user_id=ada)]))
+    lift = sc.SuppressionChanged(lifted=True, identifiers=[sc.SuppressedIdentifier(type="user_id", value=ada)])
+    await running.parts.suppression(lift, None)
+    assert await kept_ids(stub, shop) == ["kept"]
+
+
+async def test_a_replica_erases_what_it_kept_before_it_learned_of_the_erasure(store_settings):
+    # Two replicas on one store: the first consumed the erasure; the second, not knowing yet,
+    # quarantined an event of the person. Its next refresh of the list erases it.
+    store = await open_store(store_settings)
+    try:
+        salt, ada, source_id = "salt", f"ada-{uuid.uuid4().hex[:8]}", f"s-{uuid.uuid4().hex[:8]}"
+        first, second = SuppressionList(store, salt), SuppressionList(store, salt)
+        await second.load()
+        await first(sc.SuppressionChanged(identifiers=[sc.SuppressedIdentifier(type="user_id", value=ada)]), None)
+        late = quarantine_pb2.QuarantinedEvent(source_id=source_id, event=unplanned("late", user_id=ada))
+        await store.put_quarantined(late, 1, second.people(late.event))
+        await second.refresh()
+        assert await store.get_quarantined(source_id, "late") is None
+    finally:
+        await store.close()
+
+
+async def _equal(actual, expected) -> bool:
+    found = await actual
+    assert found == expected
+    return True

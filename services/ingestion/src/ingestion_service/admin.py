@@ -85,8 +85,10 @@ def _fixed(fixed: event_pb2.Event, kept: event_pb2.Event) -> event_pb2.Event:
     event.message_id = kept.message_id
     event.source_id = kept.source_id
     event.received_at.CopyFrom(kept.received_at)
-    if not event.HasField("timestamp"):
+    if not event.HasField("timestamp"):  # the kept event's times, as ingestion set them
         event.timestamp.CopyFrom(kept.timestamp)
+        if kept.HasField("original_timestamp"):
+            event.original_timestamp.CopyFrom(kept.original_timestamp)
     try:
         envelope.validate(event)
     except InvalidArgument as error:

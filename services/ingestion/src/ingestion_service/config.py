@@ -20,7 +20,8 @@ class Settings:
     # Events per second and burst of a source with no rate limit of its own; 0: no limit.
     default_rate: float
     default_burst: int
-    # Whether gRPC callers may send for a source id that was never created (no plan, no key).
+    # Whether gRPC callers may send for a source id that was never created (no plan, no key,
+    # the default rate limit). Off unless asked for: local meshes, demos and tests.
     open_sources: bool
     # The salt of the suppression list's hashes; empty: one is made and kept in the store.
     suppression_salt: str
@@ -40,7 +41,7 @@ class Settings:
             source_cache_seconds=env.float("MOSAIC_INGEST_SOURCE_CACHE_SECONDS", 5.0),
             default_rate=env.float("MOSAIC_INGEST_RATE_LIMIT", 0.0),
             default_burst=env.int("MOSAIC_INGEST_RATE_BURST", 0),
-            open_sources=env.choice("MOSAIC_INGEST_OPEN_SOURCES", "true", ("true", "false")) == "true",
+            open_sources=env.choice("MOSAIC_INGEST_OPEN_SOURCES", "false", ("true", "false")) == "true",
             suppression_salt=env.str("MOSAIC_SUPPRESSION_SALT", ""),
             suppression_refresh_seconds=env.float("MOSAIC_SUPPRESSION_REFRESH_SECONDS", 30.0, minimum=0.1),
             quarantine_days=env.int("MOSAIC_INGEST_QUARANTINE_DAYS", 30, minimum=1, maximum=3650),

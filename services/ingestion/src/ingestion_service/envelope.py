@@ -13,7 +13,7 @@ from google.protobuf import timestamp_pb2
 from mosaic.events.v1 import event_pb2
 from mosaic.platform.errors import InvalidArgument
 
-T = event_pb2.EventType
+T = event_pb2  # EVENT_TYPE_* as module-level ints: the enum wrapper's lookup costs 0.6 µs each
 MAX_BATCH = 2500
 MAX_EVENT_BYTES = 32 * 1024
 MAX_MESSAGE_ID = 512
@@ -26,15 +26,19 @@ REQUIRED = {
 
 
 def prepare(event: event_pb2.Event, source_id: str, received_at: timestamp_pb2.Timestamp) -> event_pb2.Event:
-    """Validate and complete one event in place (message id, received_at, corrected timestamp)."""
+    """Validate and complete one event in place (message id, received_at, corrected timestamp
+    and the client's own as original_timestamp)."""
     validate(event)
     if not event.message_id:
         event.message_id = str(uuid.uuid4())
     event.source_id = source_id
     event.received_at.CopyFrom(received_at)
     if not event.HasField("timestamp"):
+        event.ClearField("original_timestamp")  # ingestion's to set, never the caller's
         event.timestamp.CopyFrom(received_at)
-    elif event.HasField("sent_at"):
+        return event
+    event.original_timestamp.CopyFrom(event.timestamp)
+    if event.HasField("sent_at"):
         # The client's clock may be off: shift the event time by (received_at - sent_at).
         skew = received_at.ToNanoseconds() - event.sent_at.ToNanoseconds()
         event.timestamp.FromNanoseconds(event.timestamp.ToNanoseconds() + skew)

@@ -120,7 +120,11 @@ class Intake:
 
     async def _quarantine(self, keep: list[quarantine_pb2.QuarantinedEvent]) -> None:
         for kept in keep:
-            await self.store.put_quarantined(kept, self.settings.quarantine_days)
+            people = self.suppression.people(kept.event)
+            await self.store.put_quarantined(kept, self.settings.quarantine_days, people)
+            # An erasure that came in while this was stored may have looked before it was there.
+            if suppressed := self.suppression.suppressed(people):
+                await self.suppression.erase_quarantined(suppressed)
 
 
 def _now() -> timestamp_pb2.Timestamp:

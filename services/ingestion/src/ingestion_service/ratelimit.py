@@ -44,12 +44,21 @@ class _Bucket:
 
 
 class RateLimiter:
-    """One token bucket per source, created on first use, re-sized when the source's limit changes."""
+    """One token bucket per source, created on first use, re-sized when the source's limit changes.
 
-    def __init__(self, share: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    Open sources let callers name any id, each with a bucket of its own: once there are
+    `prune_above` buckets, those that have filled up again (the same as new ones) are dropped.
+    """
+
+    def __init__(self, share: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 prune_above: int = 10_000) -> None:
         self.share = share
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
+        self._prune_above = self._min_prune = prune_above
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def admit(self, source_id: str, events: int, rate: float, burst: int) -> None:
         """Take `events` tokens, or raise RateLimited with the time until one is back."""
@@ -61,12 +70,20 @@ class RateLimiter:
         now = self._clock()
         bucket = self._buckets.get(source_id)
         if bucket is None or bucket.rate != rate or bucket.burst != capacity:
+            if len(self._buckets) >= self._prune_above:
+                self._drop_full(now)
             bucket = self._buckets[source_id] = _Bucket(rate, capacity, capacity, now)
         bucket.tokens = min(bucket.burst, bucket.tokens + (now - bucket.at) * rate)
         bucket.at = now
         if bucket.tokens < 1.0:
             raise RateLimited(source_id, max(0.001, (1.0 - bucket.tokens) / rate))
         bucket.tokens -= events
+
+    def _drop_full(self, now: float) -> None:
+        self._buckets = {source_id: bucket for source_id, bucket in self._buckets.items()
+                         if bucket.tokens + (now - bucket.at) * bucket.rate < bucket.burst}
+        # Pruned again only once the map has doubled: amortised O(1) per new bucket.
+        self._prune_above = max(self._min_prune, 2 * len(self._buckets))
 
 
 def retry_after_header(seconds: float) -> str:

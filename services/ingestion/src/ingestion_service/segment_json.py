@@ -20,7 +20,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from mosaic.events.v1 import event_pb2
 from mosaic.platform.errors import InvalidArgument
 
-T = event_pb2.EventType
+T = event_pb2  # EVENT_TYPE_* as module-level ints: the enum wrapper's lookup costs 0.6 µs each
 TYPES = {
     "track": T.EVENT_TYPE_TRACK,
     "identify": T.EVENT_TYPE_IDENTIFY,
@@ -41,6 +41,7 @@ STRINGS = {
     "groupId": "group_id",
 }
 IDS = frozenset({"userId", "anonymousId", "previousId", "groupId"})
+LIMITED = IDS | {"messageId"}  # the strings that become NATS headers and store keys
 OBJECTS = {"properties": "properties", "traits": "traits", "context": "context", "integrations": "integrations"}
 # Struct values nest three protobuf levels per JSON level, and the consumers' parser stops at
 # 100: deeper JSON would be stored but could never be read again.
@@ -92,10 +93,12 @@ def to_event(message: Any, type_name: str | None = None, defaults: dict[str, Any
             value = str(value)  # Segment accepts numeric ids and stores them as strings
         if not isinstance(value, str):
             raise InvalidArgument(key, f"must be a string, got {_show(value)}")
-        if key in IDS or key == "messageId":
-            if len(value) > MAX_ID_LENGTH:
-                raise InvalidArgument(key, f"must be at most {MAX_ID_LENGTH} characters")
-        _set(event, field, key, value)
+        if len(value) > MAX_ID_LENGTH and key in LIMITED:
+            raise InvalidArgument(key, f"must be at most {MAX_ID_LENGTH} characters")
+        try:
+            setattr(event, field, value)
+        except UnicodeEncodeError:
+            raise InvalidArgument(key, "must be valid Unicode (a lone surrogate escape is not)") from None
     for key, field in OBJECTS.items():
         value = message.get(key)
         default = defaults.get(key) if defaults else None
@@ -116,13 +119,6 @@ def to_event(message: Any, type_name: str | None = None, defaults: dict[str, Any
         _timestamp(event.sent_at, defaults, "sentAt")
     _keep_extras(event, message)
     return event
-
-
-def _set(event: event_pb2.Event, field: str, key: str, value: str) -> None:
-    try:
-        setattr(event, field, value)
-    except UnicodeEncodeError:
-        raise InvalidArgument(key, "must be valid Unicode (a lone surrogate escape is not)") from None
 
 
 class _TooDeep(Exception):

@@ -3,11 +3,15 @@
 Sources are stored whole as protobuf (without their keys); write keys by the SHA-256 of the
 secret, never the secret; quarantined events with a retention (a TTL on Cassandra, an expiry
 column on SQLite); the suppression list as salted hashes, bucketed on Cassandra so no
-partition grows without bound. Times are milliseconds since the epoch on both backends.
+partition grows without bound. Quarantined events are also indexed by the salted hashes of
+the people they name (the suppression list's hashes), with the same retention, so an erasure
+finds them without reading the whole quarantine. Times are milliseconds since the epoch on
+both backends.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 from mosaic.ingestion.v1 import quarantine_pb2, source_pb2
@@ -27,6 +31,10 @@ CASSANDRA = [
         "CREATE TABLE IF NOT EXISTS suppressed (bucket int, hash text, PRIMARY KEY ((bucket), hash))",
         "CREATE TABLE IF NOT EXISTS ingestion_settings (name text PRIMARY KEY, value text)",
     )),
+    Migration(2, (
+        "CREATE TABLE IF NOT EXISTS quarantine_by_person (person_hash text, source_id text, message_id text,"
+        " PRIMARY KEY ((person_hash), source_id, message_id))",
+    )),
 ]
 SQLITE = [
     Migration(1, (
@@ -38,6 +46,10 @@ SQLITE = [
         " PRIMARY KEY (source_id, message_id))",
         "CREATE TABLE suppressed (hash TEXT PRIMARY KEY)",
         "CREATE TABLE ingestion_settings (name TEXT PRIMARY KEY, value TEXT)",
+    )),
+    Migration(2, (
+        "CREATE TABLE quarantine_by_person (person_hash TEXT, source_id TEXT, message_id TEXT, expires_at_ms INTEGER,"
+        " PRIMARY KEY (person_hash, source_id, message_id))",
     )),
 ]
 
@@ -55,11 +67,18 @@ class IngestionStore(Protocol):
         """The source's keys as (hash, key without secret), oldest first."""
     async def key_owner(self, key_hash: str) -> tuple[str, int] | None:
         """The source of a key and when it expires (0: never), or None for an unknown key."""
-    async def put_quarantined(self, kept: quarantine_pb2.QuarantinedEvent, retention_days: int) -> None: ...
+    async def put_quarantined(self, kept: quarantine_pb2.QuarantinedEvent, retention_days: int,
+                              people: Collection[str]) -> None:
+        """Keep an event, findable by `people`: the salted hashes of the identifiers it names."""
     async def get_quarantined(self, source_id: str, message_id: str) -> quarantine_pb2.QuarantinedEvent | None: ...
     async def list_quarantined(self, source_id: str, after: str, limit: int) -> list[quarantine_pb2.QuarantinedEvent]:
         """Up to `limit` quarantined events of the source with a message id after `after`, in order."""
     async def delete_quarantined(self, source_id: str, message_id: str) -> None: ...
+    async def quarantined_naming(self, person: str) -> list[tuple[str, str]]:
+        """(source id, message id) of the events kept under a person's hash; an event may since
+        be gone, or (replayed with a fix) no longer name them."""
+    async def unlink_quarantined(self, person: str, source_id: str, message_id: str) -> None:
+        """Drop one entry of the person index."""
     async def add_suppressed(self, hashes: list[str]) -> None: ...
     async def remove_suppressed(self, hashes: list[str]) -> None: ...
     async def suppressed(self) -> set[str]:

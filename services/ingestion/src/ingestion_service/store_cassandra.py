@@ -80,10 +80,17 @@ class CassandraIngestionStore(Repository):
         rows = await self.db.execute("SELECT source_id, expires_at_ms FROM write_keys WHERE key_hash = ?", (key_hash,))
         return (rows[0].source_id, rows[0].expires_at_ms or 0) if rows else None
 
-    async def put_quarantined(self, kept, retention_days):
+    async def put_quarantined(self, kept, retention_days, people):
+        source_id, message_id, ttl = kept.source_id, kept.event.message_id, retention_days * 86400
+        # Indexed first, kept second: an erasure can always find a kept event.
+        for person in people:
+            await self.db.execute(
+                "INSERT INTO quarantine_by_person (person_hash, source_id, message_id) VALUES (?, ?, ?) USING TTL ?",
+                (person, source_id, message_id, ttl),
+            )
         await self.db.execute(
             "INSERT INTO quarantine (source_id, message_id, body) VALUES (?, ?, ?) USING TTL ?",
-            (kept.source_id, kept.event.message_id, kept.SerializeToString(), retention_days * 86400),
+            (source_id, message_id, kept.SerializeToString(), ttl),
         )
 
     async def get_quarantined(self, source_id, message_id):
@@ -100,6 +107,18 @@ class CassandraIngestionStore(Repository):
 
     async def delete_quarantined(self, source_id, message_id):
         await self.db.execute("DELETE FROM quarantine WHERE source_id = ? AND message_id = ?", (source_id, message_id))
+
+    async def quarantined_naming(self, person):
+        rows = await self.db.execute(
+            "SELECT source_id, message_id FROM quarantine_by_person WHERE person_hash = ? LIMIT 5000", (person,)
+        )
+        return [(r.source_id, r.message_id) for r in rows]
+
+    async def unlink_quarantined(self, person, source_id, message_id):
+        await self.db.execute(
+            "DELETE FROM quarantine_by_person WHERE person_hash = ? AND source_id = ? AND message_id = ?",
+            (person, source_id, message_id),
+        )
 
     async def add_suppressed(self, hashes):
         for hash_ in hashes:

@@ -71,12 +71,17 @@ class SqliteIngestionStore(Repository):
         rows = await self.db.execute("SELECT source_id, expires_at_ms FROM write_keys WHERE key_hash = ?", (key_hash,))
         return (rows[0][0], rows[0][1] or 0) if rows else None
 
-    async def put_quarantined(self, kept, retention_days):
-        now = _now_ms()
-        await self.db.execute(
-            "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)",
-            (kept.source_id, kept.event.message_id, kept.SerializeToString(), now + retention_days * 86_400_000),
-        )
+    async def put_quarantined(self, kept, retention_days, people):
+        expires = _now_ms() + retention_days * 86_400_000
+        source_id, message_id = kept.source_id, kept.event.message_id
+
+        def insert(db) -> None:
+            db.execute("INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)",
+                       (source_id, message_id, kept.SerializeToString(), expires))
+            db.executemany("INSERT OR REPLACE INTO quarantine_by_person VALUES (?, ?, ?, ?)",
+                           [(person, source_id, message_id, expires) for person in people])
+
+        await self.db.transaction(insert)
 
     async def get_quarantined(self, source_id, message_id):
         rows = await self.db.execute(
@@ -96,6 +101,19 @@ class SqliteIngestionStore(Repository):
 
     async def delete_quarantined(self, source_id, message_id):
         await self.db.execute("DELETE FROM quarantine WHERE source_id = ? AND message_id = ?", (source_id, message_id))
+
+    async def quarantined_naming(self, person):
+        rows = await self.db.execute(
+            "SELECT source_id, message_id FROM quarantine_by_person WHERE person_hash = ? AND expires_at_ms > ?",
+            (person, _now_ms()),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def unlink_quarantined(self, person, source_id, message_id):
+        await self.db.execute(
+            "DELETE FROM quarantine_by_person WHERE person_hash = ? AND source_id = ? AND message_id = ?",
+            (person, source_id, message_id),
+        )
 
     async def add_suppressed(self, hashes):
         await self.db.transaction(lambda db: db.executemany("INSERT OR IGNORE INTO suppressed VALUES (?)", [(h,) for h in hashes]))

@@ -5,6 +5,10 @@ an HMAC-SHA-256 of each identifier, under a salt of this deployment, is kept: th
 tell whether an event names a suppressed person, but not who is on it. Every replica keeps
 the whole list in memory, applies the changes it consumes at once, and reads the store again
 every MOSAIC_SUPPRESSION_REFRESH_SECONDS for the changes other replicas consumed.
+
+An erasure also deletes the quarantined events that name the person, found through the
+quarantine's index of the same hashes. Another replica may quarantine such an event until it
+learns of the erasure, so each replica erases again for the hashes its refresh brings.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from opentelemetry import trace
 
@@ -65,6 +69,7 @@ class SuppressionList:
         self.store = store
         self._salt = salt.encode()
         self._hashes: set[str] = set()
+        self._unerased: set[str] = set()  # new to this replica, their quarantine not yet erased
         self.dropped = 0
 
     def hash(self, kind: str, value: str) -> str | None:
@@ -75,6 +80,14 @@ class SuppressionList:
 
     def __len__(self) -> int:
         return len(self._hashes)
+
+    def people(self, event: event_pb2.Event) -> list[str]:
+        """The hashes of every identifier the event names: how the quarantine indexes it."""
+        return list({digest for kind, value in identifiers(event) if (digest := self.hash(kind, value))})
+
+    def suppressed(self, people: Collection[str]) -> list[str]:
+        """Those of `people` (hashes) on the list."""
+        return [person for person in people if person in self._hashes]
 
     def matches(self, event: event_pb2.Event) -> bool:
         """Whether the event names a suppressed person; counts it when it does."""
@@ -90,13 +103,36 @@ class SuppressionList:
     async def load(self) -> None:
         self._hashes = await self.store.suppressed()
 
+    async def refresh(self) -> None:
+        """Read the list again, and erase the quarantine for the hashes new to this replica."""
+        stored = await self.store.suppressed()
+        self._unerased |= stored - self._hashes
+        self._hashes = stored
+        await self.erase_quarantined(list(self._unerased))
+        self._unerased.clear()
+
     async def refresh_forever(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.load()
+                await self.refresh()
             except Unavailable as error:
                 log.warning("suppression list not refreshed: %s", error)
+
+    async def erase_quarantined(self, people: Collection[str]) -> int:
+        """Delete the quarantined events that name any of `people` (suppressed hashes), and
+        their index entries; returns how many events were deleted."""
+        erased = 0
+        for person in people:
+            # Every entry read is unlinked, so this ends, whatever the backend's page size.
+            while links := await self.store.quarantined_naming(person):
+                for source_id, message_id in links:
+                    kept = await self.store.get_quarantined(source_id, message_id)
+                    if kept is not None and self.suppressed(self.people(kept.event)):
+                        await self.store.delete_quarantined(source_id, message_id)
+                        erased += 1
+                    await self.store.unlink_quarantined(person, source_id, message_id)
+        return erased
 
     async def __call__(self, change: suppression_changed_pb2.SuppressionChanged, delivery: Delivery) -> None:
         """The bus handler of `suppression.changed`: stored first, then in effect here."""
@@ -107,11 +143,14 @@ class SuppressionList:
             digest = self.hash(identifier.type, identifier.value)
             if digest is not None:
                 hashes.append(digest)
+        erased = 0
         if change.lifted:
             await self.store.remove_suppressed(hashes)
             self._hashes.difference_update(hashes)
         else:
             await self.store.add_suppressed(hashes)
-            self._hashes.update(hashes)
+            self._hashes.update(hashes)  # first: an event quarantined from now on checks the list
+            erased = await self.erase_quarantined(hashes)
         log.info("suppression list changed", extra={"fields": {
-            "request_id": change.request_id, "identifiers": len(hashes), "lifted": change.lifted}})
+            "request_id": change.request_id, "identifiers": len(hashes), "lifted": change.lifted,
+            "quarantined_erased": erased}})

@@ -26,6 +26,8 @@ def _mesh_env(store: str) -> dict[str, str]:
         "MOSAIC_NATS_URL": os.environ.get("MOSAIC_NATS_URL", "nats://127.0.0.1:4222"),
         "MOSAIC_STORE": store,
         "MOSAIC_DATA_DIR": os.environ.get("MOSAIC_DATA_DIR", ".local/data"),
+        # A local mesh takes events for any source id, as the README's first calls (`web`) do.
+        "MOSAIC_INGEST_OPEN_SOURCES": os.environ.get("MOSAIC_INGEST_OPEN_SOURCES", "true"),
     }
     if "OTEL_EXPORTER_OTLP_ENDPOINT" not in os.environ:
         env["OTEL_TRACES_EXPORTER"] = os.environ.get("OTEL_TRACES_EXPORTER", "none")  # no collector locally

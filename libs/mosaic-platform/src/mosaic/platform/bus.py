@@ -77,42 +77,59 @@ class Delivery:
 Handler = Callable[[Any, Delivery], Awaitable[None]]
 
 
+class _Batch:
+    """The answers to one batch of publishes, in publish order, and the future of all of them."""
+
+    def __init__(self, count: int) -> None:
+        self.answers: list[bytes | None] = [None] * count
+        self.missing = count
+        self.future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+
+    def answer(self, index: int, data: bytes) -> None:
+        if self.answers[index] is None:
+            self.missing -= 1
+        self.answers[index] = data
+        if not self.missing:
+            self.future.set_result(self.answers)
+
+
 class _Acks:
     """JetStream's answers to publishes that name a reply subject of ours: one subscription
-    (`<inbox>.*`) for all of them, a future per publish. It does by hand what the client's
-    `publish_async` does, without a random token, a semaphore, and a JSON parse of every ack."""
+    (`<inbox>.*.*`) for all of them, one future per batch, each publish replied to at
+    `<inbox>.<batch>.<index>`. It does by hand what the client's `publish_async` does, without a
+    random token, a semaphore, a future per message and a JSON parse of every ack."""
 
     def __init__(self, nc: nats.NATS) -> None:
         self._nc = nc
         self._prefix = ""
         self._next = 0
-        self._pending: dict[str, asyncio.Future[bytes]] = {}
+        self._pending: dict[str, _Batch] = {}
         self._subscribed = False
 
-    async def expect(self) -> tuple[str, str, asyncio.Future[bytes]]:
-        """A new (token, reply subject, future of the answer)."""
+    async def expect(self, count: int) -> tuple[str, str, asyncio.Future[list[bytes]]]:
+        """A new batch of `count` publishes: (token, reply subject prefix to which publish i
+        appends `format(i, "x")`, future of the answers in order)."""
         if not self._subscribed:
             self._prefix = self._nc.new_inbox() + "."
-            await self._nc.subscribe(self._prefix + "*", cb=self._answer)
+            await self._nc.subscribe(self._prefix + "*.*", cb=self._answer)
             self._subscribed = True
         self._next += 1
         token = format(self._next, "x")
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[token] = future
-        return token, self._prefix + token, future
+        batch = self._pending[token] = _Batch(count)
+        return token, f"{self._prefix}{token}.", batch.future
 
-    def forget(self, tokens: Iterable[str]) -> None:
-        for token in tokens:
-            self._pending.pop(token, None)
+    def forget(self, token: str) -> None:
+        self._pending.pop(token, None)
 
     async def _answer(self, msg: Msg) -> None:
-        future = self._pending.pop(msg.subject[len(self._prefix):], None)
-        if future is None or future.done():
+        token, _, index = msg.subject[len(self._prefix):].partition(".")
+        batch = self._pending.get(token)
+        if batch is None or batch.future.done():
             return
         if msg.headers and msg.headers.get("Status") == "503":
-            future.set_exception(nats.js.errors.NoStreamResponseError())  # no stream (yet) behind the subject
+            batch.future.set_exception(nats.js.errors.NoStreamResponseError())  # no stream (yet) behind the subject
         else:
-            future.set_result(msg.data)
+            batch.answer(int(index, 16), msg.data)
 
 
 def _duplicate(answer: bytes) -> bool:
@@ -239,24 +256,24 @@ class Bus:
                 "messaging.batch.message_count": len(messages),
             },
         ):
+            if not messages:
+                return []
             context_headers: dict[str, str] = {}
             propagate.inject(context_headers)
-            tokens: list[str] = []
+            token = ""
             try:
-                waiting = []
-                for key, payload, message_id in messages:
+                token, reply, answers = await self._acks.expect(len(messages))
+                for index, (key, payload, message_id) in enumerate(messages):
+                    if index and not index % 256:
+                        await asyncio.sleep(0)  # a big batch lets the flusher write and other calls run
                     subject = topic.subject(topics.partition_of(key, self.partitions))
-                    token, reply, ack = await self._acks.expect()
-                    tokens.append(token)
-                    waiting.append(ack)
                     headers = {"Nats-Msg-Id": message_id, KEY_HEADER: key, **context_headers}
-                    await self._nc.publish(subject, payload, reply=reply, headers=headers)
-                answers = await asyncio.wait_for(asyncio.gather(*waiting), timeout)
-                return [_duplicate(answer) for answer in answers]
+                    await self._nc.publish(subject, payload, reply=f"{reply}{index:x}", headers=headers)
+                return [_duplicate(answer) for answer in await asyncio.wait_for(answers, timeout)]
             except (*_NATS_DOWN, *_JETSTREAM_DOWN) as error:
                 raise Unavailable("nats", f"publish to {topic.name} not confirmed: {type(error).__name__}") from error
             finally:
-                self._acks.forget(tokens)
+                self._acks.forget(token)
 
     async def listen(self, topic: Topic, handler: Callable[[Any], None]) -> None:
         """Call `handler` with every message published on `topic` from now on, on every replica.
@@ -273,6 +290,7 @@ class Bus:
                 log.exception("notice on %s not applied", msg.subject)
 
         await self._nc.subscribe(topic.wildcard, cb=on_message)
+        await self._nc.flush()  # the server knows the subscription when this returns
 
     def consume(self, topic: Topic, handler: Handler, partitions: Iterable[int]) -> None:
         """Start one ordered consumer task per owned partition of `topic`."""
