@@ -81,8 +81,8 @@ class EventResolver:
         changed = plan is not None and plan.changes_graph
         if len(usable) > 1 or changed:
             await self.sightings.link(Link(at, event.message_id, tuple(ids.key(i) for i in usable)), changed)
-        homes = {key: self.resolver.home_of(key) for key in map(ids.key, usable) if key not in left_out}
-        self.sightings.seen({key: home for key, home in homes.items() if home}, at)
+        self.sightings.seen({key: home for key in map(ids.key, usable)
+                             if key not in left_out and (home := self.resolver.home_of(key))}, at)
 
 
 def _event_time(event: event_pb2.Event) -> int:

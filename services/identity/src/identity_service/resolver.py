@@ -45,7 +45,6 @@ import os
 import random
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
@@ -53,6 +52,7 @@ from google.protobuf import timestamp_pb2
 from mosaic.events.v1 import identity_changed_pb2
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform import topics
+from mosaic.platform.lru import Lru
 from mosaic.platform.errors import FailedPrecondition, InvalidArgument, Unavailable
 from identity_service import graph
 from identity_service.graph import Component, Plan
@@ -98,9 +98,8 @@ class RootCache:
     """
 
     def __init__(self, size: int = 200_000, max_age: float = 30.0) -> None:
-        self.size = size
         self.max_age = max_age
-        self._roots: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._roots: Lru[str, tuple[str, float]] = Lru(size)  # home → (root, when cached)
         self._homes: dict[str, set[str]] = {}  # root → homes cached as answering to it
 
     def get(self, home: str) -> str | None:
@@ -110,15 +109,14 @@ class RootCache:
         if time.monotonic() - found[1] > self.max_age:
             self._drop(home)
             return None
-        self._roots.move_to_end(home)
         return found[0]
 
     def put(self, home: str, root: str) -> None:
         self._drop(home)
-        self._roots[home] = (root, time.monotonic())
         self._homes.setdefault(root, set()).add(home)
-        if len(self._roots) > self.size:
-            self._drop(next(iter(self._roots)))
+        evicted = self._roots.put(home, (root, time.monotonic()))
+        if evicted is not None:
+            self._unindex(evicted[0], evicted[1][0])
 
     def forget(self, profile_ids) -> None:
         """Drop every entry of these profiles, as homes and as roots."""
@@ -128,13 +126,16 @@ class RootCache:
                 self._drop(home)
 
     def _drop(self, home: str) -> None:
-        found = self._roots.pop(home, None)
+        found = self._roots.pop(home)
         if found is not None:
-            homes = self._homes.get(found[0])
-            if homes is not None:
-                homes.discard(home)
-                if not homes:
-                    del self._homes[found[0]]
+            self._unindex(home, found[0])
+
+    def _unindex(self, home: str, root: str) -> None:
+        homes = self._homes.get(root)
+        if homes is not None:
+            homes.discard(home)
+            if not homes:
+                del self._homes[root]
 
 
 class Resolver:
@@ -147,20 +148,19 @@ class Resolver:
         self._token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._attempts = itertools.count()
         # Claims never change once written, so a cache of them is never stale.
-        self._claims: OrderedDict[Key, Claim] = OrderedDict()
-        self._claim_cache = claim_cache
+        self._claims: Lru[Key, Claim] = Lru(claim_cache)
         self.root_cache = root_cache or RootCache()
         self.retries = 0  # decisions redone because the state moved under them (contention)
 
     # -- reads ------------------------------------------------------------------------------
 
     async def claims(self, keys: list[Key]) -> dict[Key, Claim]:
-        found = {k: self._claims[k] for k in keys if k in self._claims}
+        found = {k: claim for k in keys if (claim := self._claims.get(k)) is not None}
         missing = [k for k in keys if k not in found]
         if missing:
             fetched = await self.store.claims(missing)
             for k, claim in fetched.items():
-                self._remember(k, claim)
+                self._claims.put(k, claim)
             found.update(fetched)
         return found
 
@@ -168,11 +168,6 @@ class Resolver:
         """The home profile of an identifier this replica has resolved lately (None: not cached)."""
         claim = self._claims.get(key)
         return claim.profile_id if claim else None
-
-    def _remember(self, key: Key, claim: Claim) -> None:
-        self._claims[key] = claim
-        if len(self._claims) > self._claim_cache:
-            self._claims.popitem(last=False)
 
     async def root(self, profile_id: str) -> str:
         """The survivor a profile id answers for: itself unless merged away."""
@@ -292,7 +287,7 @@ class Resolver:
         won = await asyncio.gather(*(self.store.claim(k, Claim(survivor, event_id, at, source)) for k in keys))
         lost = []
         for key, claim in zip(keys, won):
-            self._remember(key, claim)
+            self._claims.put(key, claim)
             if claim.profile_id != survivor:
                 lost.append(key)
         if lost:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 
+from mosaic.platform.lru import Lru
 from identity_service.store import IdentityStore, Key, Link
 
 log = logging.getLogger("identity.sightings")
@@ -32,8 +32,7 @@ class Sightings:
         self.flush_seconds = flush_seconds
         self._seen: dict[Key, tuple[str, int]] = {}  # identifier → (home profile, event time)
         self._links: list[Link] = []
-        self._known: OrderedDict[frozenset[Key], None] = OrderedDict()
-        self._known_links = known_links
+        self._known: Lru[frozenset[Key], bool] = Lru(known_links)  # sets of identifiers linked already
 
     def seen(self, homes: dict[Key, str], at: int) -> None:
         """Identifiers (with their home profiles) seen in an event of time `at`."""
@@ -45,16 +44,13 @@ class Sightings:
     async def link(self, link: Link, changed_graph: bool) -> None:
         """Record `link` unless this process recorded the same set of identifiers already."""
         identifiers = frozenset(link.identifiers)
-        if identifiers in self._known:
-            self._known.move_to_end(identifiers)
+        if self._known.get(identifiers):
             return
         if changed_graph:
             await self.store.record_link(link)
         else:
             self._links.append(link)
-        self._known[identifiers] = None
-        if len(self._known) > self._known_links:
-            self._known.popitem(last=False)
+        self._known.put(identifiers, True)
 
     async def flush(self) -> None:
         seen, self._seen = self._seen, {}

@@ -75,14 +75,14 @@ class CassandraIdentityStore(Repository):
         wanted = set(keys)
         types, values = sorted({t for t, _ in wanted}), sorted({v for _, v in wanted})
         if len(types) * len(values) > 64:
-            groups = [(t, sorted(v for kt, v in wanted if kt == t)) for t in types]
+            groups = [([t], sorted(v for kt, v in wanted if kt == t)) for t in types]
         else:
             groups = [(types, values)]
         found: dict[Key, Claim] = {}
         for rows in await asyncio.gather(*(self.db.execute(
             "SELECT id_type, id_value, profile_id, event_id, claimed_at, source FROM identity_claims"
-            " WHERE id_type IN ? AND id_value IN ?", ([t] if isinstance(t, str) else t, v),
-        ) for t, v in groups)):
+            " WHERE id_type IN ? AND id_value IN ?", group,
+        ) for group in groups)):
             found.update({(r.id_type, r.id_value): _claim(r) for r in rows if (r.id_type, r.id_value) in wanted})
         return found
 

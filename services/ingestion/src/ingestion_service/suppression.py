@@ -36,7 +36,7 @@ _CONTACTS = (("traits", "email"), ("traits", "phone"), ("properties", "email"), 
 def normalise(kind: str, value: str) -> str | None:
     """The form an identifier is hashed in, so that `Ada@Example.com ` and `ada@example.com` match."""
     if kind == "email":
-        return value.strip().lower() or None
+        return transforms.normalise_email(value) or None
     if kind == "phone":
         try:
             return transforms.normalise_phone(value)

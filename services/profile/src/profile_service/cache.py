@@ -6,8 +6,7 @@ copy can never be stale; other profiles are read from the store.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
+from mosaic.platform.lru import Lru
 from mosaic.platform.topics import partition_of
 from profile_service.store import Latest
 
@@ -17,7 +16,7 @@ class ProfileCache:
         self.size = size
         self.partitions = partitions
         self.owned = frozenset(owned)
-        self._entries: OrderedDict[str, Latest] = OrderedDict()
+        self._entries: Lru[str, Latest] = Lru(size)
         self.hits = 0
         self.misses = 0
 
@@ -30,17 +29,13 @@ class ProfileCache:
             self.misses += 1
             return None
         self.hits += 1
-        self._entries.move_to_end(profile_id)
         return latest
 
     def discard(self, profile_id: str) -> None:
-        self._entries.pop(profile_id, None)
+        self._entries.pop(profile_id)
 
     def put(self, latest: Latest) -> None:
         profile_id = latest.profile.profile_id
         if not self.cacheable(profile_id):
             return
-        self._entries[profile_id] = latest
-        self._entries.move_to_end(profile_id)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self._entries.put(profile_id, latest)

@@ -213,26 +213,8 @@ class Bus:
         Raises `Unavailable` when NATS does not confirm the write, so the caller never
         reports success for an event that is not stored.
         """
-        partition = topics.partition_of(key, self.partitions)
-        subject = topic.subject(partition)
-        with tracer.start_as_current_span(
-            f"{topic.name} publish",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "publish",
-                "messaging.destination.name": subject,
-                "messaging.message.id": message_id,
-                "mosaic.partition": partition,
-            },
-        ):
-            headers = {"Nats-Msg-Id": message_id, KEY_HEADER: key}
-            propagate.inject(headers)
-            try:
-                ack = await self._js.publish(subject, message.SerializeToString(), headers=headers, timeout=5)
-            except (*_NATS_DOWN, *_JETSTREAM_DOWN) as error:
-                raise Unavailable("nats", f"publish to {subject} not confirmed: {type(error).__name__}") from error
-            return bool(ack.duplicate)
+        (duplicate,) = await self.publish_many(topic, [(key, message.SerializeToString(), message_id)])
+        return duplicate
 
     async def publish_many(
         self, topic: Topic, messages: Sequence[tuple[str, bytes, str]], timeout: float = 5.0
@@ -246,16 +228,18 @@ class Bus:
         `Unavailable` unless JetStream confirmed every message: some may be stored anyway, and
         the caller's retry is safe because the message ids make JetStream drop the copies.
         """
-        with tracer.start_as_current_span(
-            f"{topic.name} publish",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "publish",
-                "messaging.destination.name": topic.wildcard,
-                "messaging.batch.message_count": len(messages),
-            },
-        ):
+        attributes: dict[str, str | int] = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "publish",
+            "messaging.destination.name": topic.wildcard,
+            "messaging.batch.message_count": len(messages),
+        }
+        if len(messages) == 1:
+            key, _, message_id = messages[0]
+            partition = topics.partition_of(key, self.partitions)
+            attributes.update({"messaging.destination.name": topic.subject(partition),
+                               "messaging.message.id": message_id, "mosaic.partition": partition})
+        with tracer.start_as_current_span(f"{topic.name} publish", kind=trace.SpanKind.PRODUCER, attributes=attributes):
             if not messages:
                 return []
             context_headers: dict[str, str] = {}
