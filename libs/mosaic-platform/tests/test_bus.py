@@ -214,8 +214,14 @@ async def test_every_listening_replica_hears_every_publish_and_a_bad_one_is_skip
     for replica, log in zip(replicas, heard):
         await replica.listen(TOPIC, lambda message, log=log: log.append(message.message_id))
     await publisher._nc.publish(TOPIC.subject(0), b"\xff not a protobuf")
-    for n in range(3):
-        await publisher.publish(TOPIC, f"key-{n}", event(f"m{n}"), f"m{n}")  # on different partitions
-    await eventually(lambda: heard == [["m0", "m1", "m2"]] * 2)
+    sent = [f"notice-{uuid.uuid4().hex}" for _ in range(3)]
+    for n, message_id in enumerate(sent):
+        await publisher.publish(TOPIC, f"key-{n}", event(message_id), message_id)  # on different partitions
+
+    def all_heard():
+        assert [sorted(log) for log in heard] == [sorted(sent)] * 2
+        return True
+
+    await eventually(all_heard)
     for bus in (publisher, *replicas):
         await bus.close()
