@@ -48,8 +48,7 @@ test: setup lint ## run the whole test suite against real nats-server and Cassan
 	deploy/local/cassandra.sh start
 	uv run --frozen pytest $(PYTEST_ARGS)
 
-bench: setup ## run the benchmarks (they print figures; never pass/fail)
-	deploy/local/cassandra.sh start
+bench: setup ## run the benchmarks (they print figures; never pass/fail); those on Cassandra start the node
 	uv run --frozen python -m bench $(BENCH)
 
 stop: ## stop the local nats-server and Cassandra

@@ -7,7 +7,11 @@ what JetStream itself takes).
 
 One nats-server and one ingestion process (as in production: `python -m ingestion_service`)
 are started here; the load comes from this process. On a 2-core machine the three share the
-cores, so the figures are a floor for a deployment with the client elsewhere. The ingestion
+cores, so the figures are a floor for a deployment with the client elsewhere. The nats-server
+gets one core (GOMAXPROCS=1), as a pod with a 1-CPU limit would: uncapped, each cycle of Go's
+collector (every few seconds once the 24 h duplicate window holds a million ids) took both
+cores for ~100 ms with its idle mark workers and stalled the two Python processes, which
+alone moved the p99 below between 10 and 70 ms from run to run. The ingestion
 process's CPU time per event is printed too: unlike the rates, it hardly moves when something
 else runs on the machine.
 Run: `uv run --frozen python -m bench ingest` (BENCH_SECONDS sets each phase's length).
@@ -224,7 +228,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def main() -> None:
-    nats_server = NatsServer().start()
+    nats_server = NatsServer(cores=1).start()
     data_dir = Path(tempfile.mkdtemp(prefix="mosaic-bench-"))
     service = Ingestion(nats_server.url, data_dir)
     try:

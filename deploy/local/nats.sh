@@ -20,7 +20,9 @@ start() {
   if running; then echo "nats-server running pid=$(cat "$pidfile") port=$port"; return; fi
   install
   mkdir -p "$dir"
-  nohup setsid nats-server -js -a 127.0.0.1 -p "$port" -sd "$dir/store" -m "${NATS_MONITOR_PORT:-8222}" \
+  # One core for the server, as a pod with a 1-CPU limit: uncapped, Go's collector takes every
+  # core for ~100 ms a cycle and stalls the services beside it (see bench/ingest.py).
+  GOMAXPROCS=${NATS_CORES:-1} nohup setsid nats-server -js -a 127.0.0.1 -p "$port" -sd "$dir/store" -m "${NATS_MONITOR_PORT:-8222}" \
     -l "$dir/nats.log" -P "$pidfile" >/dev/null 2>&1 &
   for _ in $(seq 100); do
     if answers; then echo "nats-server ready pid=$(cat "$pidfile") port=$port"; return; fi

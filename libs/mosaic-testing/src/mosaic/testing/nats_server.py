@@ -13,10 +13,16 @@ from pathlib import Path
 
 
 class NatsServer:
-    """Starts `nats-server -js` on loopback; restartable on the same port and store."""
+    """Starts `nats-server -js` on loopback; restartable on the same port and store.
 
-    def __init__(self, binary: str | None = None) -> None:
+    `cores` caps the Go scheduler (GOMAXPROCS), as a container's CPU limit would: otherwise
+    the Go collector's idle workers take every core of the machine for ~100 ms each cycle,
+    stalling whatever else runs beside the server.
+    """
+
+    def __init__(self, binary: str | None = None, cores: int | None = None) -> None:
         self.binary = binary or shutil.which("nats-server") or "/usr/sbin/nats-server"
+        self.env = {**os.environ, "GOMAXPROCS": str(cores)} if cores else None
         self.dir = Path(tempfile.mkdtemp(prefix="mosaic-nats-"))
         self.port = -1  # nats-server picks a free one on first start; kept across restarts
         self.process: subprocess.Popen[bytes] | None = None
@@ -33,7 +39,7 @@ class NatsServer:
             [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port),
              "-sd", str(self.dir / "store"), "--ports_file_dir", str(ports_dir),
              "-l", str(self.dir / "nats.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env,
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
