@@ -11,6 +11,8 @@ from google.protobuf import duration_pb2
 
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, source_pb2
+from ingestion_service.config import Settings
+from ingestion_service.sources import CACHE_SIZE, SourceDirectory
 
 
 async def send(url: str, key: str, **message) -> int:
@@ -69,3 +71,31 @@ async def test_a_new_tracking_plan_applies_to_the_next_event_without_a_restart(i
         event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, user_id="ada", event="Clicked")]))
     assert answer.results[0].status == pb.EVENT_STATUS_REJECTED
     assert (answer.results[0].field, answer.results[0].reason) == ("event", "'Clicked' is not in the tracking plan")
+
+
+class _UnknownEverything:
+    """A store that knows no key and no source, counting its reads (the cache is pure logic)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def key_owner(self, digest: str) -> None:
+        self.reads += 1
+
+    async def get_source(self, source_id: str) -> None:
+        self.reads += 1
+
+
+async def test_unknown_write_keys_and_source_ids_are_cached_within_a_bound():
+    # Anyone can send made-up keys: remembering each one for ever would be a memory leak.
+    store = _UnknownEverything()
+    directory = SourceDirectory(store, Settings.from_env({}))
+    for n in range(CACHE_SIZE + 500):
+        assert await directory.by_write_key(f"wk_made-up-{n}") is None
+        assert await directory.by_id(f"made-up-{n}") is None
+    assert len(directory._by_key) == CACHE_SIZE and len(directory._by_id) == CACHE_SIZE
+    reads = store.reads
+    assert await directory.by_write_key(f"wk_made-up-{CACHE_SIZE + 499}") is None  # recent: cached
+    assert store.reads == reads
+    assert await directory.by_write_key("wk_made-up-0") is None  # evicted: read again
+    assert store.reads == reads + 1

@@ -6,7 +6,8 @@ Rotation issues a new key and gives the keys in use an expiry at the end of a gr
 
 Every replica reads sources through a short-lived cache (MOSAIC_INGEST_SOURCE_CACHE_SECONDS):
 a change made on this replica is seen at once, on the others within the cache's lifetime,
-and no change needs a restart.
+and no change needs a restart. The cache is bounded: it also remembers the write keys and
+source ids that turned out unknown, which anyone can send.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from mosaic.ingestion.v1 import source_pb2
 from mosaic.platform.errors import AlreadyExists, InvalidArgument, NotFound
+from mosaic.platform.lru import Lru
 from ingestion_service import transforms
 from ingestion_service.config import Settings
 from ingestion_service.governance import Governor, check_plan
@@ -30,6 +32,7 @@ from ingestion_service.store import IngestionStore
 SOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 UPDATABLE = ("name", "disabled", "tracking_plan", "transforms", "rate_limit")
 KEY_PREFIX = "wk_"
+CACHE_SIZE = 10_000  # sources, and write keys, a replica remembers
 
 
 def check_source_id(source_id: str, field: str = "source_id") -> None:
@@ -81,8 +84,8 @@ class SourceDirectory:
         self.store = store
         self.settings = settings
         self._clock = clock
-        self._by_id: dict[str, tuple[float, ActiveSource | None]] = {}
-        self._by_key: dict[str, tuple[float, tuple[str, int] | None]] = {}
+        self._by_id: Lru[str, tuple[float, ActiveSource | None]] = Lru(CACHE_SIZE)
+        self._by_key: Lru[str, tuple[float, tuple[str, int] | None]] = Lru(CACHE_SIZE)
         self._governors: dict[tuple[str, bytes], Governor] = {}
 
     # -- the hot path
@@ -94,7 +97,7 @@ class SourceDirectory:
             return cached[1]
         source = await self.store.get_source(source_id)
         active = self._activate(source) if source is not None else None
-        self._by_id[source_id] = (self._clock() + self.settings.source_cache_seconds, active)
+        self._by_id.put(source_id, (self._clock() + self.settings.source_cache_seconds, active))
         return active
 
     def open_source(self, source_id: str) -> ActiveSource:
@@ -109,7 +112,7 @@ class SourceDirectory:
             owner = cached[1]
         else:
             owner = await self.store.key_owner(digest)
-            self._by_key[digest] = (self._clock() + self.settings.source_cache_seconds, owner)
+            self._by_key.put(digest, (self._clock() + self.settings.source_cache_seconds, owner))
         if owner is None:
             return None
         source_id, expires_at_ms = owner
@@ -119,7 +122,7 @@ class SourceDirectory:
 
     def forget(self, source_id: str) -> None:
         """Drop what the cache holds about a source, after this replica changed it."""
-        self._by_id.pop(source_id, None)
+        self._by_id.pop(source_id)
         self._by_key.clear()
 
     def _activate(self, source: source_pb2.Source) -> ActiveSource:
