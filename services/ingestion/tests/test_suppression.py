@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import grpc
+import nats
 import pytest
 
 from mosaic.events.v1 import event_pb2, suppression_changed_pb2 as sc
@@ -54,6 +55,31 @@ async def test_events_of_an_erased_person_are_dropped_and_counted(ingestion, stu
     for path in (tmp_path / "data").glob("ingestion.db*"):
         content = path.read_bytes()
         assert b"ada@example.com" not in content.lower() and b"7946" not in content
+
+
+async def test_an_applied_change_is_erased_from_the_stream(ingestion, nats_server):
+    # The change names the person in clear: once the list has its hashes it is overwritten on
+    # disk, not kept for the stream's 7 days.
+    await publish(nats_server.url, erasure(), "erase-1")
+    await eventually(lambda: len(ingestion.parts.suppression) == 3)
+
+    async def stream_is_empty() -> bool:
+        nc = await nats.connect(nats_server.url)
+        try:
+            info = await nc.jetstream().stream_info(topics.SUPPRESSION_CHANGED.stream)
+            return info.state.messages == 0 and info.state.last_seq == 1
+        finally:
+            await nc.close()
+
+    await eventually(stream_is_empty)
+    files = [path for path in (nats_server.dir / "store").rglob("*") if path.is_file()]
+    assert files and not any(b"Ada@Example.com" in path.read_bytes() for path in files)
+    # Redelivered after the erase (a crash before the ack): the store has it, nothing breaks.
+    bus = await Bus.connect(nats_server.url, "ingestion-test", 4)
+    try:
+        await bus.erase(topics.SUPPRESSION_CHANGED, 1)
+    finally:
+        await bus.close()
 
 
 async def test_a_lifted_suppression_lets_events_through_again(ingestion, stub, nats_server):

@@ -140,7 +140,14 @@ async def build(runtime: Runtime, settings: Settings) -> Ingestion:
     port = await http.start(settings.http_port)
     runtime.cleanup.push_async_callback(http.stop)  # stops first: calls in flight still publish
     log.info("http serving", extra={"fields": {"service": settings.platform.service, "http_port": port}})
-    runtime.bus.consume(topics.SUPPRESSION_CHANGED, suppression, settings.platform.owned_partitions)
+
+    async def apply_suppression(change, delivery) -> None:
+        # The message names the person in clear; once the list holds the hashes (durably), it
+        # is erased from the stream instead of waiting out the stream's 7 days.
+        await suppression(change, delivery)
+        await runtime.bus.erase(topics.SUPPRESSION_CHANGED, delivery.stream_sequence)
+
+    runtime.bus.consume(topics.SUPPRESSION_CHANGED, apply_suppression, settings.platform.owned_partitions)
     return Ingestion(intake, sources, suppression, port)
 
 

@@ -4,7 +4,8 @@ The list arrives on `suppression.changed` (from the consent service's erasure re
 an HMAC-SHA-256 of each identifier, under a salt of this deployment, is kept: the list can
 tell whether an event names a suppressed person, but not who is on it. Every replica keeps
 the whole list in memory, applies the changes it consumes at once, and reads the store again
-every MOSAIC_SUPPRESSION_REFRESH_SECONDS for the changes other replicas consumed.
+every MOSAIC_SUPPRESSION_REFRESH_SECONDS for the changes other replicas consumed. A change,
+which names the person in clear, is erased from the stream once its hashes are stored.
 
 An erasure also deletes the quarantined events that name the person, found through the
 quarantine's index of the same hashes. Another replica may quarantine such an event until it

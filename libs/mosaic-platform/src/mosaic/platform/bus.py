@@ -59,6 +59,8 @@ _JETSTREAM_DOWN = (
     nats.js.errors.TooManyStalledMsgsError,
 )
 
+_NO_MESSAGE = 10057  # JetStream's error code for a sequence that holds no message
+
 # The key a message was partitioned by; consumers keep order per key, not per partition.
 KEY_HEADER = "Mosaic-Key"
 
@@ -258,6 +260,17 @@ class Bus:
                 raise Unavailable("nats", f"publish to {topic.name} not confirmed: {type(error).__name__}") from error
             finally:
                 self._acks.forget(token)
+
+    async def erase(self, topic: Topic, sequence: int) -> None:
+        """Delete a consumed message from its stream, its bytes overwritten on disk (JetStream's
+        secure delete): for messages that must not outlive their use. One already gone is fine."""
+        try:
+            await self._js.delete_msg(topic.stream, sequence)
+        except (*_NATS_DOWN, *_JETSTREAM_DOWN) as error:
+            raise Unavailable("nats", f"erase from {topic.stream} not confirmed: {type(error).__name__}") from error
+        except nats.js.errors.APIError as error:
+            if error.err_code != _NO_MESSAGE:
+                raise
 
     async def listen(self, topic: Topic, handler: Callable[[Any], None]) -> None:
         """Call `handler` with every message published on `topic` from now on, on every replica.
