@@ -213,13 +213,13 @@ class SqliteIdentityStore(Repository):
         await self.db.transaction(work)
 
     async def last_seen(self, homes):
-        found = {}
-        for home in homes:
-            rows = await self.db.execute(
-                "SELECT id_type, id_value, last_seen FROM identity_sightings WHERE profile_id = ?", (home,)
-            )
-            found.update({(id_type, id_value): at for id_type, id_value, at in rows})
-        return found
+        if not homes:
+            return {}
+        rows = await self.db.execute(
+            "SELECT id_type, id_value, last_seen FROM identity_sightings"
+            f" WHERE profile_id IN ({', '.join('?' * len(homes))})", tuple(homes),
+        )
+        return {(id_type, id_value): at for id_type, id_value, at in rows}
 
     async def record_link(self, link) -> None:
         await self.db.execute(

@@ -82,12 +82,12 @@ class CassandraIngestionStore(Repository):
 
     async def put_quarantined(self, kept, retention_days, people):
         source_id, message_id, ttl = kept.source_id, kept.event.message_id, retention_days * 86400
-        # Indexed first, kept second: an erasure can always find a kept event.
-        for person in people:
-            await self.db.execute(
+        # Indexed first (one request), kept second: an erasure can always find a kept event.
+        if people:
+            await self.db.execute_together([(
                 "INSERT INTO quarantine_by_person (person_hash, source_id, message_id) VALUES (?, ?, ?) USING TTL ?",
                 (person, source_id, message_id, ttl),
-            )
+            ) for person in people])
         await self.db.execute(
             "INSERT INTO quarantine (source_id, message_id, body) VALUES (?, ?, ?) USING TTL ?",
             (source_id, message_id, kept.SerializeToString(), ttl),

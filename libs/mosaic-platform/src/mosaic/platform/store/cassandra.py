@@ -101,16 +101,16 @@ class CassandraStore:
     async def execute_atomic(self, statements: Sequence[tuple[str, Sequence[Any]]], single_partition: bool = False) -> None:
         """Run writes as one batch: all of them happen, or none. Writes to one partition need
         no batch log (`single_partition`); writes to several go through it (logged)."""
-        batch = BatchStatement(batch_type=BatchType.UNLOGGED if single_partition else BatchType.LOGGED)
-        for cql, params in statements:
-            batch.add(self.prepare(cql), params)
-        await self._run(batch)
+        await self._batch(statements, BatchType.UNLOGGED if single_partition else BatchType.LOGGED)
 
     async def execute_together(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """Run independent writes in one request (an unlogged batch): no atomicity, only one
         round trip instead of one each, which is what a Python client pays for most. Keep it to
         a few partitions (the node warns above ten)."""
-        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        await self._batch(statements, BatchType.UNLOGGED)
+
+    async def _batch(self, statements: Sequence[tuple[str, Sequence[Any]]], batch_type: BatchType) -> None:
+        batch = BatchStatement(batch_type=batch_type)
         for cql, params in statements:
             batch.add(self.prepare(cql), params)
         await self._run(batch)
