@@ -9,29 +9,38 @@ export UV_PYTHON ?= python3.11
 PROTO_FILES := $(shell find protos -name '*.proto')
 STUBS := libs/mosaic-proto/src/mosaic
 BUF := tools/node_modules/.bin/buf
+# uv from PATH, or a private copy that deploy/local/prereqs.sh installs (never into a system Python)
+UV := $(or $(shell command -v uv),$(CURDIR)/.local/uv/bin/uv)
+PREREQS := deploy/local/prereqs.sh
 
 .PHONY: help setup protos lint run demo test bench stop
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-.venv/.synced: pyproject.toml uv.lock libs/*/pyproject.toml services/*/pyproject.toml
-	@command -v uv >/dev/null || python3 -m pip install --quiet 'uv==0.13.*'
-	uv sync --all-packages --frozen
+$(UV):
+	$(PREREQS) uv >/dev/null
+
+.venv/.synced: $(UV) pyproject.toml uv.lock libs/*/pyproject.toml services/*/pyproject.toml
+	$(UV) sync --all-packages --frozen
 	@touch $@
 
 $(BUF): tools/package.json tools/package-lock.json
+	$(PREREQS) node
 	cd tools && npm install --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Every generated package is removed first (all of them, from the tree itself, never a list by
+# hand), so a deleted or renamed proto leaves no stale module behind.
 $(STUBS)/.generated: .venv/.synced $(PROTO_FILES)
-	rm -rf $(STUBS)/{events,ingestion,identity,profile,segmentation,consent,delivery}
+	find $(STUBS) -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 	mkdir -p $(STUBS)
-	uv run --frozen python -m grpc_tools.protoc -I protos \
+	$(UV) run --frozen python -m grpc_tools.protoc -I protos \
 	  --python_out=$(STUBS)/.. --pyi_out=$(STUBS)/.. --grpc_python_out=$(STUBS)/.. $(PROTO_FILES)
 	@touch $@
 
 setup: .venv/.synced $(STUBS)/.generated $(BUF) ## install packages and tools, generate stubs
+	$(PREREQS) nats
 
 protos: $(STUBS)/.generated ## generate the Python stubs from protos/
 
@@ -41,15 +50,16 @@ lint: $(BUF) ## buf lint, and buf breaking against main (or the previous commit 
 
 run: setup ## run the whole mesh locally with a demo data set (STORE=cassandra for Cassandra)
 	deploy/local/nats.sh start
-	@if [ "$${STORE:-embedded}" = cassandra ]; then deploy/local/cassandra.sh start; fi
-	uv run --frozen mosaic run --demo
+	@if [ "$${STORE:-embedded}" = cassandra ]; then $(PREREQS) java && deploy/local/cassandra.sh start; fi
+	$(UV) run --frozen mosaic run --demo
 
 test: setup lint ## run the whole test suite against real nats-server and Cassandra
+	$(PREREQS) java
 	deploy/local/cassandra.sh start
-	uv run --frozen pytest $(PYTEST_ARGS)
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 bench: setup ## run the benchmarks (they print figures; never pass/fail); those on Cassandra start the node
-	uv run --frozen python -m bench $(BENCH)
+	$(UV) run --frozen python -m bench $(BENCH)
 
 stop: ## stop the local nats-server and Cassandra
 	deploy/local/nats.sh stop

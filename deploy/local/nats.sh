@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The local nats-server with JetStream on loopback: start | stop | status.
+# The local nats-server with JetStream on loopback: install | start | stop | status.
 # Installs the Debian package when absent; keeps its store under .local/nats (git-ignored).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -7,14 +7,15 @@ dir="$root/.local/nats"
 port=${NATS_PORT:-4222}
 pidfile="$dir/nats.pid"
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# The pid in the pid file is our nats-server (a pid the kernel reused for another program is not).
+running() {
+  local pid; pid=$(cat "$pidfile" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
+    && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "nats-server.*-sd $dir/store"
+}
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
-install() {
-  command -v nats-server >/dev/null && return
-  echo "installing nats-server (Debian package)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
-}
+install() { "$root/deploy/local/prereqs.sh" nats; }
 
 start() {
   if running; then echo "nats-server running pid=$(cat "$pidfile") port=$port"; return; fi
@@ -32,11 +33,20 @@ start() {
   exit 1
 }
 
+# TERM (JetStream flushes its store), then KILL after NATS_STOP_SECONDS; the pid file goes only
+# once the process is gone, so a server still running is never left without one.
 stop() {
-  running || { echo "nats-server not running"; return; }
-  pid=$(cat "$pidfile")
-  kill -TERM "$pid"
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if ! running; then rm -f "$pidfile"; echo "nats-server not running"; return; fi
+  local pid; pid=$(cat "$pidfile")
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + ${NATS_STOP_SECONDS:-10}))
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "nats-server pid=$pid still running after ${NATS_STOP_SECONDS:-10} s; sending KILL" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  if kill -0 "$pid" 2>/dev/null; then echo "nats-server pid=$pid would not stop" >&2; exit 1; fi
   rm -f "$pidfile"
   echo "nats-server stopped"
 }
@@ -46,6 +56,6 @@ status() {
 }
 
 case "${1:-}" in
-  start) start ;; stop) stop ;; status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  install) install ;; start) start ;; stop) stop ;; status) status ;;
+  *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
 esac

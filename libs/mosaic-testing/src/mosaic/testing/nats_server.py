@@ -12,6 +12,24 @@ import time
 from pathlib import Path
 
 
+INSTALL_HINT = "deploy/local/nats.sh install (or: apt-get install nats-server)"
+
+
+class NatsServerMissing(RuntimeError):
+    """nats-server is not on the PATH."""
+
+    def __init__(self) -> None:
+        super().__init__(f"nats-server is not on the PATH; install it with: {INSTALL_HINT}")
+
+
+def find_binary() -> str:
+    """The nats-server on the PATH (the Debian package puts it in /usr/bin)."""
+    binary = shutil.which("nats-server")
+    if binary is None:
+        raise NatsServerMissing()
+    return binary
+
+
 class NatsServer:
     """Starts `nats-server -js` on loopback; restartable on the same port and store.
 
@@ -21,7 +39,7 @@ class NatsServer:
     """
 
     def __init__(self, binary: str | None = None, cores: int | None = None) -> None:
-        self.binary = binary or shutil.which("nats-server") or "/usr/sbin/nats-server"
+        self.binary = binary or find_binary()
         self.env = {**os.environ, "GOMAXPROCS": str(cores)} if cores else None
         self.dir = Path(tempfile.mkdtemp(prefix="mosaic-nats-"))
         self.port = -1  # nats-server picks a free one on first start; kept across restarts

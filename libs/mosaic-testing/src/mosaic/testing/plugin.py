@@ -11,14 +11,19 @@ import pytest
 
 from mosaic.platform.config import CassandraSettings, PlatformSettings
 from mosaic.testing import cassandra_node
-from mosaic.testing.nats_server import NatsServer
+from mosaic.testing.nats_server import NatsServer, NatsServerMissing
 from mosaic.cli.receivers import OtlpReceiver, WebhookReceiver
 
 
 @pytest.fixture
 def nats_server() -> Iterator[NatsServer]:
-    """A fresh nats-server with JetStream for one test."""
-    server = NatsServer().start()
+    """A fresh nats-server with JetStream for one test. Without nats-server on the PATH the run
+    stops at the first test that needs it, with one message naming the install command, instead
+    of an error per test."""
+    try:
+        server = NatsServer().start()
+    except NatsServerMissing as missing:
+        pytest.exit(str(missing), returncode=pytest.ExitCode.USAGE_ERROR)
     yield server
     server.close()
 
