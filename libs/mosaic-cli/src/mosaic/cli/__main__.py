@@ -34,6 +34,29 @@ def _mesh_env(store: str) -> dict[str, str]:
     return env
 
 
+def _show_demo(mesh: Mesh, receiver: WebhookReceiver) -> bool:
+    """Load the demo and print what it did; False when it gave up waiting for the mesh."""
+    from mosaic.cli.backlog import DemoStalled
+    from mosaic.cli.demo import run_demo
+
+    try:
+        results, write_key = asyncio.run(run_demo(mesh, receiver.url("/demo")))
+    except DemoStalled as stalled:
+        # The mesh is fine, only busy or stuck: leave it running for the user to look at.
+        print(f"\nThe demo gave up waiting for {stalled}.\n"
+              "The mesh keeps running; its logs are in .local/logs/.", file=sys.stderr)
+        return False
+    print("Demo: five people signed up, then upgraded to the enterprise plan:")
+    for user, profile_id, status in results:
+        print(f"  {user:<8} profile {profile_id}  webhook {status}")
+    print(f"  the webhook receiver got {len(receiver.requests)} POSTs this run\n")
+    print("Send an event as an SDK would (the demo source's write key, rotated each run):\n"
+          f"  curl -u {write_key}: -H 'Content-Type: application/json' -d '{{\"userId\": \"ada\", "
+          f"\"event\": \"Order Completed\", \"properties\": {{\"revenue\": 42}}}}' "
+          f"http://127.0.0.1:{mesh.http_ports['ingestion']}/v1/track\n")
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     # Ctrl-C and SIGTERM are taken by sigwait below, never as exceptions: a second Ctrl-C
     # (make and uv forward it too) must not cut the mesh's own stop short.
@@ -57,18 +80,8 @@ def run(args: argparse.Namespace) -> int:
               f"  grpcurl -plaintext -d '{{\"identifier\": {{\"type\": \"user_id\", \"value\": \"ada\"}}}}' "
               f"{mesh.address('identity')} mosaic.identity.v1.IdentityService/Lookup\n"
               f"  uv run mosaic profile --user-id ada\n")
-        if receiver is not None:
-            from mosaic.cli.demo import run_demo
-
-            results, write_key = asyncio.run(run_demo(mesh, receiver.url("/demo")))
-            print("Demo: five people signed up, then upgraded to the enterprise plan:")
-            for user, profile_id, status in results:
-                print(f"  {user:<8} profile {profile_id}  webhook {status}")
-            print(f"  the webhook receiver got {len(receiver.requests)} POSTs this run\n")
-            print("Send an event as an SDK would (the demo source's write key, rotated each run):\n"
-                  f"  curl -u {write_key}: -H 'Content-Type: application/json' -d '{{\"userId\": \"ada\", "
-                  f"\"event\": \"Order Completed\", \"properties\": {{\"revenue\": 42}}}}' "
-                  f"http://127.0.0.1:{mesh.http_ports['ingestion']}/v1/track\n")
+        if receiver is not None and not _show_demo(mesh, receiver) and args.exit_after_demo:
+            return 1
         if args.exit_after_demo:
             return 0
         print("Ctrl-C stops the mesh.")

@@ -10,6 +10,7 @@ import urllib.request
 import grpc
 from google.protobuf import struct_pb2
 
+from mosaic.cli.backlog import Waiter
 from mosaic.cli.mesh import Mesh
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2, consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2, delivery_service_pb2_grpc
@@ -43,20 +44,6 @@ async def _ignore_exists(call) -> None:
             raise
 
 
-async def _until(check, timeout: float = 30.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        try:
-            value = await check()
-            if value:
-                return value
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-        await asyncio.sleep(0.1)
-    raise TimeoutError("the demo data did not flow through the mesh in time")
-
-
 async def _demo_write_key(ingestion) -> str:
     """A write key of the `demo` source: issued when it is created, rotated on later runs."""
     try:
@@ -81,7 +68,8 @@ def _post(url: str, body: dict, write_key: str) -> None:
 
 async def run_demo(mesh: Mesh, webhook_url: str) -> tuple[list[tuple[str, str, str]], str]:
     """Seed the mesh; returns (user, profile id, delivery status) per person, and the demo
-    source's write key."""
+    source's write key. Raises DemoStalled when the mesh stops making progress towards it."""
+    waiter = Waiter(mesh.env["MOSAIC_NATS_URL"])
     channels = {name: grpc.aio.insecure_channel(mesh.address(name)) for name in mesh.ports}
     ingestion = ingestion_service_pb2_grpc.IngestionServiceStub(channels["ingestion"])
     identity = identity_service_pb2_grpc.IdentityServiceStub(channels["identity"])
@@ -108,7 +96,8 @@ async def run_demo(mesh: Mesh, webhook_url: str) -> tuple[list[tuple[str, str, s
         profiles = {}
         for user, _, consents in PEOPLE:
             identifier = identity_pb2.Identifier(type="user_id", value=user)
-            answer = await _until(lambda: identity.Lookup(identity_service_pb2.LookupRequest(identifier=identifier)))
+            answer = await waiter.until(f"identity to resolve {user}",
+                                        lambda: identity.Lookup(identity_service_pb2.LookupRequest(identifier=identifier)))
             profiles[user] = answer.profile_id
             await consent.SetConsent(consent_service_pb2.SetConsentRequest(decision=consent_pb2.ConsentDecision(
                 profile_id=answer.profile_id, purpose="marketing", granted=consents, source="demo")))
@@ -125,7 +114,7 @@ async def run_demo(mesh: Mesh, webhook_url: str) -> tuple[list[tuple[str, str, s
                 records = await deliveries(pid)
                 return len(records) > known and max(records, key=lambda r: r.updated_at.ToNanoseconds())
 
-            record = await _until(new_delivery)
+            record = await waiter.until(f"the webhook delivery for {user}", new_delivery)
             results.append((user, profile_id, delivery_pb2.DeliveryStatus.Name(record.status)))
         return results, write_key
     finally:
