@@ -8,11 +8,12 @@ port=${NATS_PORT:-4222}
 pidfile="$dir/nats.pid"
 
 # The pid in the pid file is our nats-server (a pid the kernel reused for another program is not).
-running() {
-  local pid; pid=$(cat "$pidfile" 2>/dev/null) || return 1
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
-    && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "nats-server.*-sd $dir/store"
+# (A zombie has an empty command line, so one that nobody reaped counts as gone.)
+ours() {
+  [ -n "$1" ] && kill -0 "$1" 2>/dev/null \
+    && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "nats-server.*-sd $dir/store"
 }
+running() { ours "$(cat "$pidfile" 2>/dev/null)"; }
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
 install() { "$root/deploy/local/prereqs.sh" nats; }
@@ -20,6 +21,7 @@ install() { "$root/deploy/local/prereqs.sh" nats; }
 start() {
   if running; then echo "nats-server running pid=$(cat "$pidfile") port=$port"; return; fi
   install
+  if answers; then echo "port $port is taken by another process (set NATS_PORT)" >&2; exit 1; fi
   mkdir -p "$dir"
   # One core for the server, as a pod with a 1-CPU limit: uncapped, Go's collector takes every
   # core for ~100 ms a cycle and stalls the services beside it (see bench/ingest.py).
@@ -40,13 +42,13 @@ stop() {
   local pid; pid=$(cat "$pidfile")
   kill -TERM "$pid" 2>/dev/null || true
   local deadline=$((SECONDS + ${NATS_STOP_SECONDS:-10}))
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
+  while ours "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+  if ours "$pid"; then
     echo "nats-server pid=$pid still running after ${NATS_STOP_SECONDS:-10} s; sending KILL" >&2
     kill -KILL "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 50); do ours "$pid" || break; sleep 0.1; done
   fi
-  if kill -0 "$pid" 2>/dev/null; then echo "nats-server pid=$pid would not stop" >&2; exit 1; fi
+  if ours "$pid"; then echo "nats-server pid=$pid would not stop" >&2; exit 1; fi
   rm -f "$pidfile"
   echo "nats-server stopped"
 }
