@@ -13,7 +13,7 @@ BUF := tools/node_modules/.bin/buf
 UV := $(or $(shell command -v uv),$(CURDIR)/.local/uv/bin/uv)
 PREREQS := deploy/local/prereqs.sh
 
-.PHONY: help setup protos lint run demo test bench stop
+.PHONY: help setup protos lint run demo test test-fast bench stop
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ test: setup lint ## run the whole test suite against real nats-server and Cassan
 	$(PREREQS) java
 	deploy/local/cassandra.sh start
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+test-fast: setup ## the pure-logic and embedded-store tests, without Cassandra (under a minute)
+	MOSAIC_TEST_WITHOUT_CASSANDRA=1 $(UV) run --frozen pytest -m "not cassandra" -n 4 $(PYTEST_ARGS)
 
 bench: setup ## run the benchmarks (they print figures; never pass/fail); those on Cassandra start the node
 	$(UV) run --frozen python -m bench $(BENCH)
