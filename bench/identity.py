@@ -175,7 +175,7 @@ async def main() -> None:
     for store_name in STORES:
         if store_name == "cassandra":
             keyspace = cassandra_node.new_keyspace_settings(cassandra_node.ensure_node(), prefix="bench")
-            environ = {"MOSAIC_STORE": "cassandra", "MOSAIC_CASSANDRA_PORT": str(keyspace.port),
+            environ = {"MOSAIC_AUTH": "off", "MOSAIC_STORE": "cassandra", "MOSAIC_CASSANDRA_PORT": str(keyspace.port),
                        "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace}
             try:
                 await measure(store_name, PlatformSettings.from_env("identity", environ))
@@ -183,4 +183,4 @@ async def main() -> None:
                 cassandra_node.drop_keyspace(keyspace)
         else:
             with tempfile.TemporaryDirectory() as folder:
-                await measure(store_name, PlatformSettings.from_env("identity", {"MOSAIC_DATA_DIR": folder}))
+                await measure(store_name, PlatformSettings.from_env("identity", {"MOSAIC_AUTH": "off", "MOSAIC_DATA_DIR": folder}))

@@ -69,7 +69,7 @@ class Ingestion:
     """`python -m ingestion_service` as its own process, with its ports read from its log."""
 
     def __init__(self, nats_url: str, data_dir: Path) -> None:
-        env = {**os.environ, "MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": str(data_dir), "MOSAIC_GRPC_PORT": "0",
+        env = {**os.environ, "MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": str(data_dir), "MOSAIC_GRPC_PORT": "0", "MOSAIC_AUTH": "off",
                "MOSAIC_HTTP_PORT": "0", "MOSAIC_LOG_LEVEL": "INFO", "OTEL_TRACES_EXPORTER": "none"}
         self.log = data_dir / "ingestion.log"
         self.process = subprocess.Popen([sys.executable, "-m", "ingestion_service"], env=env,

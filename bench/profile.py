@@ -121,7 +121,7 @@ async def get_profile_latency(service: Service) -> tuple[float, float]:
 async def main() -> None:
     nats = NatsServer().start()
     keyspace = cassandra_node.new_keyspace_settings(cassandra_node.ensure_node(), prefix="bench")
-    env = {"MOSAIC_NATS_URL": nats.url, "MOSAIC_STORE": "cassandra", "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace,
+    env = {"MOSAIC_NATS_URL": nats.url, "MOSAIC_AUTH": "off", "MOSAIC_STORE": "cassandra", "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace,
            "MOSAIC_CASSANDRA_PORT": str(keyspace.port), "OTEL_SDK_DISABLED": "true"}
     settings = Settings.from_env(env)
     service = Service(settings.platform, lambda runtime: build(runtime, settings))

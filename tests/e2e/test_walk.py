@@ -7,6 +7,11 @@ one trace, received over real OTLP by this test.
 
 from __future__ import annotations
 
+import base64
+import json
+import urllib.error
+import urllib.request
+
 import grpc
 import pytest
 from cassandra.cluster import Cluster
@@ -14,19 +19,33 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from mosaic.cli import apis, pki as local_pki
 from mosaic.cli.mesh import SERVICES, Mesh
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2, consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2, delivery_service_pb2_grpc
 from mosaic.events.v1 import event_pb2
 from mosaic.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
-from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc
+from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc, source_pb2
 from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
+from mosaic.platform import clients as platform_clients
+from mosaic.platform.config import SecuritySettings
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2, segmentation_service_pb2_grpc
 from mosaic.testing.plugin import eventually
 
 
+@pytest.fixture(scope="module")
+def credentials(tmp_path_factory) -> local_pki.Pki:
+    """The mesh runs as `mosaic run` runs it: TLS, and tokens checked against the local JWKS."""
+    return local_pki.ensure(tmp_path_factory.mktemp("pki"), admin_scopes=apis.scopes())
+
+
+def channel_to(mesh: Mesh, name: str, credentials: local_pki.Pki, token: str = "admin") -> grpc.aio.Channel:
+    security = SecuritySettings(ca=str(credentials.ca), token_file=str(credentials.token(token)) if token else "")
+    return platform_clients.channel(mesh.address(name), security)
+
+
 @pytest.fixture
-def mesh(tmp_path, nats_server, cassandra_keyspace, otlp_receiver):
+def mesh(tmp_path, nats_server, cassandra_keyspace, otlp_receiver, credentials):
     env = {
         "MOSAIC_NATS_URL": nats_server.url,
         "MOSAIC_STORE": "cassandra",
@@ -38,14 +57,14 @@ def mesh(tmp_path, nats_server, cassandra_keyspace, otlp_receiver):
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
-    mesh = Mesh(env, tmp_path / "logs").start()
+    mesh = Mesh(env, tmp_path / "logs", service_env=credentials.service_env).start()
     yield mesh
     mesh.stop()
 
 
 class Clients:
-    def __init__(self, mesh: Mesh) -> None:
-        self.channels = {name: grpc.aio.insecure_channel(mesh.address(name)) for name in SERVICES}
+    def __init__(self, mesh: Mesh, credentials: local_pki.Pki) -> None:
+        self.channels = {name: channel_to(mesh, name, credentials) for name in SERVICES}
         self.ingestion = ingestion_service_pb2_grpc.IngestionServiceStub(self.channels["ingestion"])
         self.identity = identity_service_pb2_grpc.IdentityServiceStub(self.channels["identity"])
         self.profile = profile_service_pb2_grpc.ProfileServiceStub(self.channels["profile"])
@@ -74,9 +93,9 @@ async def profile_of(clients: Clients, user_id: str) -> str:
     return answer.profile_id
 
 
-async def test_every_service_answers_health_and_reflection(mesh):
+async def test_every_service_answers_health_and_reflection(mesh, credentials):
     for name in SERVICES:
-        async with grpc.aio.insecure_channel(mesh.address(name)) as channel:
+        async with channel_to(mesh, name, credentials, token="") as channel:  # probes need no token
             health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
             assert health.status == health_pb2.HealthCheckResponse.SERVING, name
             stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
@@ -87,8 +106,8 @@ async def test_every_service_answers_health_and_reflection(mesh):
             assert "grpc.health.v1.Health" in names
 
 
-async def test_one_identify_event_walks_the_whole_mesh_as_one_trace(mesh, webhook_receiver, otlp_receiver, cassandra_keyspace):
-    clients = Clients(mesh)
+async def test_one_identify_event_walks_the_whole_mesh_as_one_trace(mesh, credentials, webhook_receiver, otlp_receiver, cassandra_keyspace):
+    clients = Clients(mesh, credentials)
     await clients.segmentation.CreateSegment(segmentation_service_pb2.CreateSegmentRequest(segment=segment_pb2.Segment(
         segment_id="enterprise", name="Enterprise customers",
         condition=segment_pb2.Condition(trait=segment_pb2.TraitCondition(
@@ -164,8 +183,8 @@ async def test_one_identify_event_walks_the_whole_mesh_as_one_trace(mesh, webhoo
     await clients.close()
 
 
-async def test_without_consent_nothing_is_sent_and_the_delivery_says_why(mesh, webhook_receiver):
-    clients = Clients(mesh)
+async def test_without_consent_nothing_is_sent_and_the_delivery_says_why(mesh, credentials, webhook_receiver):
+    clients = Clients(mesh, credentials)
     await clients.segmentation.CreateSegment(segmentation_service_pb2.CreateSegmentRequest(segment=segment_pb2.Segment(
         segment_id="big-spenders", name="Big spenders",
         condition=segment_pb2.Condition(trait=segment_pb2.TraitCondition(
@@ -188,3 +207,54 @@ async def test_without_consent_nothing_is_sent_and_the_delivery_says_why(mesh, w
     assert "advertising" in record.detail
     assert webhook_receiver.requests == []
     await clients.close()
+
+
+async def test_the_mesh_refuses_callers_without_credentials_or_scopes(mesh, credentials):
+    request = profile_service_pb2.GetProfileRequest(profile_id="anyone")
+    async with channel_to(mesh, "profile", credentials, token="") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await profile_service_pb2_grpc.ProfileServiceStub(channel).GetProfile(request)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    async with channel_to(mesh, "identity", credentials, token="reader") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await identity_service_pb2_grpc.IdentityServiceStub(channel).UpdateRules(identity_service_pb2.UpdateRulesRequest())
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert caught.value.details() == "local-reader lacks the scope identity:admin"
+
+
+async def test_secrets_never_reach_logs_spans_or_answers(mesh, credentials, otlp_receiver, tmp_path):
+    """A source's write key, the callers' tokens and the services' keys appear nowhere the
+    mesh writes: not in its logs, not in the spans it exports, not in errors it answers."""
+    clients = Clients(mesh, credentials)
+    created = await clients.ingestion.CreateSource(ingestion_service_pb2.CreateSourceRequest(
+        source=source_pb2.Source(source_id="web-shop", name="Web shop")))
+    write_key = created.source.write_keys[0].secret
+    listed = await clients.ingestion.GetSource(ingestion_service_pb2.GetSourceRequest(source_id="web-shop"))
+    assert write_key not in str(listed)
+    token = f"{write_key}:".encode()
+    body = json.dumps({"batch": [{"type": "identify", "userId": "leak-check", "traits": {"plan": "pro"}}]}).encode()
+    for key in (token, b"wrong-key:"):
+        request = urllib.request.Request(f"http://127.0.0.1:{mesh.http_ports['ingestion']}/v1/batch", data=body, headers={
+            "Content-Type": "application/json", "Authorization": "Basic " + base64.b64encode(key).decode()})
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except urllib.error.HTTPError as refused:
+            assert b"wrong-key" not in refused.read()
+    await eventually(lambda: profile_of(clients, "leak-check"))
+    forged = credentials.issue("intruder", ["profiles:read"], expired=True)
+    async with platform_clients.channel(mesh.address("profile"), SecuritySettings(ca=str(credentials.ca))) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await profile_service_pb2_grpc.ProfileServiceStub(channel).GetProfile(
+                profile_service_pb2.GetProfileRequest(profile_id="x"), metadata=(("authorization", f"Bearer {forged}"),))
+    assert forged not in caught.value.details()
+    await clients.close()
+    mesh.stop()  # flush every log and span
+    secrets = {"write key": write_key, "forged token": forged, "admin token": credentials.token("admin").read_text(),
+               "delivery token": credentials.token("delivery").read_text(),
+               "service key": credentials.key("consent").read_text().splitlines()[1]}
+    written = "".join(path.read_text(errors="replace") for path in (tmp_path / "logs").glob("*.log"))
+    spans = "".join(str(export) for export in otlp_receiver.exports)
+    assert "leak-check" in spans or "web-shop" in spans, "the spans of the walk were received"
+    for name, secret in secrets.items():
+        assert secret not in written, f"the {name} is in a log"
+        assert secret not in spans, f"the {name} is in a span"

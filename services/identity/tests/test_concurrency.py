@@ -90,7 +90,7 @@ def without(groups: set[frozenset], key) -> set[frozenset]:
 
 @pytest.fixture
 async def cassandra_settings(cassandra_keyspace):
-    environ = {"MOSAIC_STORE": "cassandra", "MOSAIC_CASSANDRA_PORT": str(cassandra_keyspace.port),
+    environ = {"MOSAIC_AUTH": "off", "MOSAIC_STORE": "cassandra", "MOSAIC_CASSANDRA_PORT": str(cassandra_keyspace.port),
                "MOSAIC_CASSANDRA_KEYSPACE": cassandra_keyspace.keyspace, "MOSAIC_IDENTITY_LOCK_LEASE": "2"}
     return environ
 

@@ -26,7 +26,7 @@ class RecordingBus:
 
 @pytest.fixture
 async def parts(tmp_path):
-    platform = PlatformSettings.from_env("identity", {"MOSAIC_DATA_DIR": str(tmp_path)})
+    platform = PlatformSettings.from_env("identity", {"MOSAIC_AUTH": "off", "MOSAIC_DATA_DIR": str(tmp_path)})
     store = await open_store(platform)
     yield store, *components(store, Settings(platform, lease_seconds=0.5))
     await store.close()

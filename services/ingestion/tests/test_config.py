@@ -5,12 +5,12 @@ import pytest
 from mosaic.platform.config import ConfigError, PlatformSettings
 from ingestion_service.config import Settings
 
-PLATFORM = PlatformSettings.from_env("ingestion", {})
+PLATFORM = PlatformSettings.from_env("ingestion", {"MOSAIC_AUTH": "off", })
 
 
 def test_only_created_sources_may_send_unless_open_sources_are_asked_for():
-    assert Settings.from_env({}, PLATFORM).open_sources is False
-    assert Settings.from_env({"MOSAIC_INGEST_OPEN_SOURCES": "true"}, PLATFORM).open_sources is True
+    assert Settings.from_env({"MOSAIC_AUTH": "off", }, PLATFORM).open_sources is False
+    assert Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_INGEST_OPEN_SOURCES": "true"}, PLATFORM).open_sources is True
 
 
 @pytest.mark.parametrize(("environ", "message"), [

@@ -89,7 +89,7 @@ class _UnknownEverything:
 async def test_unknown_write_keys_and_source_ids_are_cached_within_a_bound():
     # Anyone can send made-up keys: remembering each one for ever would be a memory leak.
     store = _UnknownEverything()
-    directory = SourceDirectory(store, Settings.from_env({}))
+    directory = SourceDirectory(store, Settings.from_env({"MOSAIC_AUTH": "off"}))
     for n in range(CACHE_SIZE + 500):
         assert await directory.by_write_key(f"wk_made-up-{n}") is None
         assert await directory.by_id(f"made-up-{n}") is None

@@ -70,7 +70,7 @@ def same(actual: profile_pb2.Profile, expected: profile_pb2.Profile) -> bool:
 
 
 async def check(nats_url: str, data_dir: str, steps) -> None:
-    platform = PlatformSettings.from_env("profile", {"MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": data_dir})
+    platform = PlatformSettings.from_env("profile", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": data_dir})
     store = await open_store(platform)
     bus = await Bus.connect(nats_url, "profile", platform.partitions)
     await bus.ensure_streams()

@@ -15,7 +15,7 @@ EVENTS, PROFILES = 800, 10
 
 
 async def test_a_killed_profile_service_resumes_without_losing_or_doubling(tmp_path, nats_server, cassandra_keyspace):
-    env = {"MOSAIC_NATS_URL": nats_server.url, "MOSAIC_STORE": "cassandra", "MOSAIC_PARTITIONS": "2",
+    env = {"MOSAIC_NATS_URL": nats_server.url, "MOSAIC_STORE": "cassandra", "MOSAIC_PARTITIONS": "2", "MOSAIC_AUTH": "off",
            "MOSAIC_CASSANDRA_PORT": str(cassandra_keyspace.port), "MOSAIC_CASSANDRA_KEYSPACE": cassandra_keyspace.keyspace,
            "OTEL_SDK_DISABLED": "true"}
     settings = PlatformSettings.from_env("test", env)

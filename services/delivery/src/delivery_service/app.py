@@ -14,7 +14,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from mosaic.consent.v1 import consent_service_pb2, consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2, delivery_service_pb2_grpc
 from mosaic.events.v1 import delivery_outcome_pb2, segment_membership_pb2
-from mosaic.platform import topics
+from mosaic.platform import clients, topics
 from mosaic.platform.bus import Bus, Delivery, backoff
 from mosaic.platform.errors import InvalidArgument, Unavailable
 from mosaic.platform.server import Runtime
@@ -121,7 +121,7 @@ def _finished(record: delivery_pb2.Delivery, status: int, detail: str) -> delive
 async def build(runtime: Runtime, settings: Settings) -> None:
     store = await open_store(settings.platform)
     runtime.cleanup.push_async_callback(store.close)
-    channel = grpc.aio.insecure_channel(settings.consent_address, interceptors=aio_client_interceptors())
+    channel = clients.channel(settings.consent_address, settings.platform.security, interceptors=aio_client_interceptors())
     runtime.cleanup.push_async_callback(channel.close)
     sender = WebhookSender(settings.webhook_timeout)
     runtime.cleanup.push_async_callback(sender.close)

@@ -20,6 +20,7 @@ from profile_service import computed, history
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
 from profile_service.fold import event_key, event_name
+from profile_service.masking import MaskingProfileServicer
 from profile_service.merges import MergeHandler
 from profile_service.profiles import Profiles
 from profile_service.store import open_store
@@ -201,7 +202,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     profiles = Profiles(store, cache, runtime.bus, settings)
     runtime.cleanup.push_async_callback(profiles.close)
     await profiles.definitions.all()
-    profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServicer(profiles), runtime.server)
+    servicer = MaskingProfileServicer(ProfileServicer(profiles), settings.platform.security.pii_traits)
+    profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, runtime.server)
     event_archive_service_pb2_grpc.add_EventArchiveServiceServicer_to_server(ArchiveServicer(profiles), runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["ProfileService"].full_name)
     runtime.add_service(event_archive_service_pb2.DESCRIPTOR.services_by_name["EventArchiveService"].full_name)

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from mosaic.cli import ingest_commands
+from mosaic.cli import apis, connect, ingest_commands, pki
 from mosaic.cli.mesh import SERVICES, Mesh, MeshError
 from mosaic.cli.receivers import WebhookReceiver
 
@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     # Ctrl-C and SIGTERM are taken by sigwait below, never as exceptions: a second Ctrl-C
     # (make and uv forward it too) must not cut the mesh's own stop short.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    mesh = Mesh(_mesh_env(args.store), Path(".local/logs"), fixed_ports=True)
+    credentials = pki.ensure(connect.LOCAL_PKI, admin_scopes=apis.scopes())
+    mesh = Mesh(_mesh_env(args.store), Path(".local/logs"), fixed_ports=True,
+                service_env=credentials.service_env)
     try:
         mesh.start()
     except MeshError as error:
@@ -75,9 +77,11 @@ def run(args: argparse.Namespace) -> int:
         for name in SERVICES:
             print(f"  {name:<13} {mesh.address(name):<16} {SERVICE_NAMES[name]}")
         print(f"  {'ingestion':<13} http://127.0.0.1:{mesh.http_ports['ingestion']:<5}  Segment-compatible HTTP API (/v1/track, /v1/batch...)")
-        print("\nTry:\n"
-              f"  grpcurl -plaintext {mesh.address('ingestion')} list\n"
-              f"  grpcurl -plaintext -d '{{\"identifier\": {{\"type\": \"user_id\", \"value\": \"ada\"}}}}' "
+        # TLS and tokens on, as in production; the local PKI's admin token has every scope.
+        auth = f"-cacert {credentials.ca} -H \"authorization: Bearer $(cat {credentials.token('admin')})\""
+        print("\nTry (credentials in .local/pki/; tokens/reader.token lacks profiles:read_pii):\n"
+              f"  grpcurl {auth} {mesh.address('ingestion')} list\n"
+              f"  grpcurl {auth} -d '{{\"identifier\": {{\"type\": \"user_id\", \"value\": \"ada\"}}}}' "
               f"{mesh.address('identity')} mosaic.identity.v1.IdentityService/Lookup\n"
               f"  uv run mosaic profile --user-id ada\n")
         if receiver is not None and not _show_demo(mesh, receiver) and args.exit_after_demo:
@@ -100,11 +104,11 @@ async def _profile(args: argparse.Namespace) -> int:
     profile_id = args.profile_id
     try:
         if args.user_id:
-            async with grpc.aio.insecure_channel(args.identity) as channel:
+            async with connect.channel(args.identity) as channel:
                 answer = await identity_service_pb2_grpc.IdentityServiceStub(channel).Lookup(
                     identity_service_pb2.LookupRequest(identifier=identity_pb2.Identifier(type="user_id", value=args.user_id)))
                 profile_id = answer.profile_id
-        async with grpc.aio.insecure_channel(args.address) as channel:
+        async with connect.channel(args.address) as channel:
             answer = await profile_service_pb2_grpc.ProfileServiceStub(channel).GetProfile(
                 profile_service_pb2.GetProfileRequest(profile_id=profile_id))
     except grpc.aio.AioRpcError as error:

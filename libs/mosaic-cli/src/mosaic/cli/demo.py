@@ -10,6 +10,7 @@ import urllib.request
 import grpc
 from google.protobuf import struct_pb2
 
+from mosaic.cli import connect
 from mosaic.cli.backlog import Waiter
 from mosaic.cli.mesh import Mesh
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2, consent_service_pb2_grpc
@@ -70,7 +71,7 @@ async def run_demo(mesh: Mesh, webhook_url: str) -> tuple[list[tuple[str, str, s
     """Seed the mesh; returns (user, profile id, delivery status) per person, and the demo
     source's write key. Raises DemoStalled when the mesh stops making progress towards it."""
     waiter = Waiter(mesh.env["MOSAIC_NATS_URL"])
-    channels = {name: grpc.aio.insecure_channel(mesh.address(name)) for name in mesh.ports}
+    channels = {name: connect.channel(mesh.address(name)) for name in mesh.ports}
     ingestion = ingestion_service_pb2_grpc.IngestionServiceStub(channels["ingestion"])
     identity = identity_service_pb2_grpc.IdentityServiceStub(channels["identity"])
     segmentation = segmentation_service_pb2_grpc.SegmentationServiceStub(channels["segmentation"])

@@ -29,6 +29,7 @@ from google.protobuf import duration_pb2, json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from mosaic.cli import connect
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, source_pb2
 
@@ -89,7 +90,7 @@ def _print(message) -> None:
 
 
 async def manage_sources(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with connect.channel(args.address) as channel:
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
         if args.action == "list":
             _print(await stub.ListSources(pb.ListSourcesRequest()))
@@ -133,7 +134,7 @@ def _definition(args: argparse.Namespace) -> tuple[source_pb2.Source, list[str]]
 
 
 async def manage_quarantine(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with connect.channel(args.address) as channel:
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
         ids = list(args.message_ids)
         if args.action == "list" or args.all:
@@ -261,7 +262,7 @@ async def import_file(args: argparse.Namespace, progress_stream=sys.stderr) -> i
 
     _keep_report_upto(report_path, resume_after)  # rows after it are sent, and reported, again
     with report_path.open("a") as report:
-        channel = grpc.aio.insecure_channel(args.address)
+        channel = connect.channel(args.address)
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
 
         async def send(rows: list[tuple[int, event_pb2.Event]]) -> None:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Consent first: delivery needs its address.
@@ -21,19 +22,15 @@ DEFAULT_PORTS = {"ingestion": 50051, "identity": 50052, "profile": 50053,
                  "segmentation": 50054, "consent": 50055, "delivery": 50056}
 
 
-def _unblock_signals() -> None:
-    """A child inherits the signal mask: `mosaic run` blocks SIGINT and SIGTERM to sigwait for
-    them, and a service must still receive the SIGTERM that stops it gracefully."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
 class MeshError(RuntimeError):
     pass
 
 
 class Mesh:
-    def __init__(self, env: dict[str, str], log_dir: Path, fixed_ports: bool = False) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, fixed_ports: bool = False,
+                 service_env: Callable[[str], dict[str, str]] | None = None) -> None:
         self.env = env
+        self.service_env = service_env  # variables of one service (its certificate, its token)
         self.log_dir = log_dir
         self.fixed_ports = fixed_ports
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -49,7 +46,8 @@ class Mesh:
         return self
 
     def start_service(self, name: str, timeout: float = 90.0) -> None:
-        env = {**os.environ, **self.env, "OTEL_SERVICE_NAME": name,
+        own = self.service_env(name) if self.service_env else {}
+        env = {**os.environ, **self.env, **own, "OTEL_SERVICE_NAME": name,
                "MOSAIC_GRPC_PORT": str(DEFAULT_PORTS[name] if self.fixed_ports else 0),
                "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0)}
         if name == "delivery":
@@ -59,8 +57,10 @@ class Mesh:
         log = log_path.open("ab")
         offset = log_path.stat().st_size
         self.processes[name] = subprocess.Popen(
+            # No preexec_fn, so Python spawns with vfork: a fork of this process (which may run
+            # gRPC) would restart gRPC's poller in the child, which can abort on the descriptors
+            # that close before exec. The service unblocks the signals `mosaic run` blocked.
             [sys.executable, "-m", f"{name}_service"], env=env, stdout=log, stderr=log, start_new_session=True,
-            preexec_fn=_unblock_signals,
         )
         self.ports[name] = self._wait_serving(name, log_path, offset, timeout)
 

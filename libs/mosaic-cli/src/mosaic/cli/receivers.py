@@ -29,6 +29,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
 
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
+        self.exports: list[trace_service_pb2.ExportTraceServiceRequest] = []  # whole, attributes and all
         self._lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
@@ -52,6 +53,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                     ))
         with self._lock:
             self.spans.extend(received)
+            self.exports.append(request)
         return trace_service_pb2.ExportTraceServiceResponse()
 
     def snapshot(self) -> list[ReceivedSpan]:

@@ -180,6 +180,11 @@ class Bus:
         )
         return cls(nc, service, partitions, stream_replicas)
 
+    @property
+    def jetstream(self) -> nats.js.JetStreamContext:
+        """The JetStream context, for readers of a stream that are not consumers (the audit log)."""
+        return self._js
+
     async def ensure_streams(self, wanted: Iterable[Topic] = topics.ALL) -> None:
         """Create or update the streams; safe to run from every replica at every start."""
         configs = [

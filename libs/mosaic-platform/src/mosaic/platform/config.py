@@ -69,6 +69,21 @@ class Env:
             raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
         return value
 
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self._environ.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw not in ("true", "false"):
+            raise ConfigError(name, f"must be true or false, got {raw!r}")
+        return raw == "true"
+
+    def file(self, name: str) -> str:
+        """An optional path to a file that must exist (certificates, keys, key sets)."""
+        value = self._environ.get(name, "").strip()
+        if value and not Path(value).is_file():
+            raise ConfigError(name, f"must name a readable file, got {value!r}")
+        return value
+
     def list(self, name: str, default: str) -> tuple[str, ...]:
         items = tuple(item.strip() for item in self.str(name, default).split(","))
         if not all(items):
@@ -87,6 +102,64 @@ class CassandraSettings:
     local_dc: str
     username: str = ""
     password: str = ""
+
+
+# Traits that name or locate a person, masked for callers without `profiles:read_pii`.
+PII_TRAITS = ("email,phone,name,first_name,last_name,firstName,lastName,address,street,"
+              "postal_code,postalCode,birthday,date_of_birth,ip")
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """Who may call this service and how its traffic is protected (see mosaic.platform.auth).
+
+    `auth` is `required` unless a deployment says `off` outright: a service without any way to
+    authenticate callers refuses to start rather than serve personal data to anyone.
+    """
+
+    auth: str = "off"
+    jwks: str = ""  # a JWKS file or https URL: bearer tokens (JWT) signed by these keys
+    issuer: str = ""  # the `iss` tokens must carry, when set
+    audience: str = "mosaic"  # the `aud` tokens must carry
+    tls_cert: str = ""  # this service's certificate (PEM): gRPC over TLS, and its client cert
+    tls_key: str = ""
+    client_ca: str = ""  # the CA of callers' certificates: mutual TLS
+    cert_scopes: str = ""  # JSON file: certificate identity -> scopes
+    ca: str = ""  # the CA this service trusts when it calls another
+    token_file: str = ""  # a bearer token this service presents when it calls another
+    reflection: bool = True
+    audit_retention_days: int = 365
+    audit_salt: str = "mosaic-audit"  # keys the hash of identifiers named in audit records
+    pii_traits: tuple[str, ...] = ()  # traits masked for callers without profiles:read_pii
+
+    @classmethod
+    def from_env(cls, env: Env) -> SecuritySettings:
+        jwks = env.str("MOSAIC_AUTH_JWKS", "")
+        settings = cls(
+            auth=env.choice("MOSAIC_AUTH", "required", ("required", "off")),
+            jwks=jwks if jwks.startswith("https://") else env.file("MOSAIC_AUTH_JWKS"),
+            issuer=env.str("MOSAIC_AUTH_ISSUER", ""),
+            audience=env.str("MOSAIC_AUTH_AUDIENCE", "mosaic"),
+            tls_cert=env.file("MOSAIC_TLS_CERT"),
+            tls_key=env.file("MOSAIC_TLS_KEY"),
+            client_ca=env.file("MOSAIC_TLS_CLIENT_CA"),
+            cert_scopes=env.file("MOSAIC_AUTH_CERT_SCOPES"),
+            ca=env.file("MOSAIC_TLS_CA"),
+            token_file=env.file("MOSAIC_AUTH_TOKEN_FILE"),
+            reflection=env.bool("MOSAIC_GRPC_REFLECTION", True),
+            audit_retention_days=env.int("MOSAIC_AUDIT_RETENTION_DAYS", 365, minimum=1, maximum=3650),
+            audit_salt=env.str("MOSAIC_AUDIT_SALT", "mosaic-audit"),
+            pii_traits=env.list("MOSAIC_PII_TRAITS", PII_TRAITS),
+        )
+        if bool(settings.tls_cert) != bool(settings.tls_key):
+            raise ConfigError("MOSAIC_TLS_KEY" if settings.tls_cert else "MOSAIC_TLS_CERT",
+                              "MOSAIC_TLS_CERT and MOSAIC_TLS_KEY go together")
+        if settings.client_ca and not settings.tls_cert:
+            raise ConfigError("MOSAIC_TLS_CERT", "is required with MOSAIC_TLS_CLIENT_CA (mutual TLS needs TLS)")
+        if settings.auth == "required" and not (settings.jwks or settings.client_ca):
+            raise ConfigError("MOSAIC_AUTH", "is required: set MOSAIC_AUTH_JWKS (bearer tokens) and/or "
+                              "MOSAIC_TLS_CLIENT_CA (mutual TLS), or MOSAIC_AUTH=off for a trial without it")
+        return settings
 
 
 @dataclass(frozen=True)
@@ -109,6 +182,7 @@ class PlatformSettings:
     # ingestion dedupe window). Every service declares the streams at start, so it is a
     # deployment-wide setting: one service with another value would reset the stream's.
     events_dedup_window: float = 24 * 3600.0
+    security: SecuritySettings = SecuritySettings()
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> PlatformSettings:
@@ -152,6 +226,7 @@ class PlatformSettings:
             events_dedup_window=float(
                 env.int("MOSAIC_EVENTS_DEDUP_WINDOW_SECONDS", 24 * 3600, minimum=1, maximum=7 * 24 * 3600)
             ),
+            security=SecuritySettings.from_env(env),
         )
 
     @property

@@ -183,3 +183,25 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 unary_stream, handler.request_deserializer, handler.response_serializer
             )
         return handler
+
+
+class Unauthenticated(DomainError):
+    """The caller presented no valid credentials. The reason never echoes the credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+    def details(self) -> list[Any]:
+        return [error_details_pb2.ErrorInfo(reason="UNAUTHENTICATED", domain="mosaic")]
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but lacks the scope the method declares."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+    def __init__(self, scope: str, reason: str) -> None:
+        super().__init__(reason)
+        self.scope = scope
+
+    def details(self) -> list[Any]:
+        return [error_details_pb2.ErrorInfo(reason="MISSING_SCOPE", domain="mosaic", metadata={"scope": self.scope})]

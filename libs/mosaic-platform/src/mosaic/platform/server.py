@@ -21,6 +21,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,9 +29,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from mosaic.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
 from mosaic.platform import telemetry, topics
+from mosaic.platform.audit import AuditLog, AuditServicer
+from mosaic.platform.auth import AuthInterceptor
 from mosaic.platform.bus import Bus
-from mosaic.platform.config import ConfigError, PlatformSettings
+from mosaic.platform.config import ConfigError, PlatformSettings, SecuritySettings
 from mosaic.platform.errors import ErrorInterceptor
 
 log = logging.getLogger("mosaic.server")
@@ -69,14 +73,22 @@ class Service:
         settings = self.settings
         bus = await Bus.connect(settings.nats_url, settings.service, settings.partitions, settings.stream_replicas)
         self._cleanup.push_async_callback(bus.close)
-        await bus.ensure_streams(topics.with_events_dedup_window(settings.events_dedup_window))
-        server = grpc.aio.server(interceptors=[aio_server_interceptor(), ErrorInterceptor()])
+        security = settings.security
+        await bus.ensure_streams(topics.for_deployment(settings.events_dedup_window, security.audit_retention_days))
+        audit = AuditLog(bus, settings.service, security.audit_salt)
+        # Outermost first: tracing, then errors (so what auth raises is a status with details).
+        server = grpc.aio.server(interceptors=[
+            aio_server_interceptor(), ErrorInterceptor(), AuthInterceptor(security, audit.record)])
         runtime = Runtime(settings, bus, server, self._cleanup)
         await self._build(runtime)
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
+        runtime.add_service(audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names = [*runtime.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(f"[::]:{settings.grpc_port}")
+        if security.reflection:
+            reflection.enable_server_reflection([*runtime.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        if security.auth == "off":
+            log.warning("authentication is off: any caller that reaches the port may call every method")
+        self.port = _add_port(server, f"[::]:{settings.grpc_port}", security)
         await server.start()
         for name in ["", *runtime.service_names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -99,8 +111,22 @@ class Service:
         log.info("stopped", extra={"fields": {"service": self.settings.service}})
 
 
+def _add_port(server: grpc.aio.Server, address: str, security: SecuritySettings) -> int:
+    """TLS when the service has a certificate; mutual TLS when it also has the callers' CA."""
+    if not security.tls_cert:
+        return server.add_insecure_port(address)
+    client_ca = Path(security.client_ca).read_bytes() if security.client_ca else None
+    credentials = grpc.ssl_server_credentials(
+        [(Path(security.tls_key).read_bytes(), Path(security.tls_cert).read_bytes())],
+        root_certificates=client_ca, require_client_auth=client_ca is not None)
+    return server.add_secure_port(address, credentials)
+
+
 def main(load: Callable[[], Any], build: Callable[[Runtime, Any], Awaitable[None]]) -> None:
     """A service's entry point: load its settings (exit 2 naming the bad variable), then run."""
+    # A child inherits its parent's signal mask: `mosaic run` blocks SIGINT and SIGTERM to
+    # sigwait for them, and this process must still receive the SIGTERM that stops it.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         settings = load()
     except ConfigError as error:

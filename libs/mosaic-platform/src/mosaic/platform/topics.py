@@ -79,6 +79,17 @@ SUPPRESSION_CHANGED = Topic(
 ALL = (*ALL, SUPPRESSION_CHANGED)
 
 
-def with_events_dedup_window(window: float) -> tuple[Topic, ...]:
-    """Every topic, with events.raw's duplicate window set to `window` seconds."""
-    return tuple(replace(t, duplicate_window=window) if t is EVENTS_RAW else t for t in ALL)
+# The audit log: who read or changed personal data, by answering service (the key). Kept for
+# the deployment's audit retention (MOSAIC_AUDIT_RETENTION_DAYS), never holding the data itself.
+from mosaic.audit.v1 import audit_service_pb2  # noqa: E402
+
+AUDIT = Topic("audit", "AUDIT", audit_service_pb2.AuditRecord, max_age=365 * DAY)
+ALL = (*ALL, AUDIT)
+
+
+def for_deployment(events_dedup_window: float, audit_retention_days: int) -> tuple[Topic, ...]:
+    """Every topic, with the deployment's events.raw duplicate window and audit retention."""
+    windows = {EVENTS_RAW.name: {"duplicate_window": events_dedup_window},
+               AUDIT.name: {"max_age": audit_retention_days * DAY}}
+    return tuple(replace(t, **windows[t.name]) if t.name in windows else t for t in ALL)
+

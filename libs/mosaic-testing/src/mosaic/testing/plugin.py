@@ -33,6 +33,10 @@ CASSANDRA_FIXTURES = {"cassandra_port", "cassandra_keyspace"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The command line must not pick up the credentials `mosaic run` left in .local/pki: tests
+    # that want TLS or tokens say so.
+    os.environ.setdefault("MOSAIC_TLS_CA", "")
+    os.environ.setdefault("MOSAIC_AUTH_TOKEN_FILE", "")
     config.addinivalue_line("markers", "cassandra: needs the Cassandra node (set on every such test by the plugin)")
 
 
@@ -69,7 +73,10 @@ def make_settings(tmp_path: Path, nats_server: NatsServer) -> Callable[..., Plat
     """Builds a service's PlatformSettings for this test's nats-server and data folder."""
 
     def make(service: str, **environ: str) -> PlatformSettings:
-        env = {"MOSAIC_NATS_URL": nats_server.url, "MOSAIC_DATA_DIR": str(tmp_path / "data"), **environ}
+        # Authentication has tests of its own (mosaic-platform's test_auth.py, the e2e walk);
+        # the other tests call the services as a trial deployment would.
+        env = {"MOSAIC_NATS_URL": nats_server.url, "MOSAIC_DATA_DIR": str(tmp_path / "data"),
+               "MOSAIC_AUTH": "off", **environ}
         return PlatformSettings.from_env(service, env)
 
     return make
@@ -110,7 +117,7 @@ async def eventually(check: Callable[[], Awaitable[object] | object], timeout: f
 @pytest.fixture(params=["embedded", "cassandra"])
 def store_settings(request, tmp_path: Path) -> PlatformSettings:
     """PlatformSettings for each store backend in turn: the contract suites run on both."""
-    environ = {"MOSAIC_STORE": request.param, "MOSAIC_DATA_DIR": str(tmp_path / "data")}
+    environ = {"MOSAIC_STORE": request.param, "MOSAIC_DATA_DIR": str(tmp_path / "data"), "MOSAIC_AUTH": "off"}
     if request.param == "cassandra":
         keyspace: CassandraSettings = request.getfixturevalue("cassandra_keyspace")
         environ |= {"MOSAIC_CASSANDRA_PORT": str(keyspace.port), "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace}
