@@ -37,6 +37,7 @@ from nats.js import api
 from opentelemetry import propagate, trace
 
 from mosaic.platform import topics
+from mosaic.platform.config import TlsSettings
 from mosaic.platform.errors import DomainError, Unavailable
 from mosaic.platform.topics import Topic
 
@@ -166,11 +167,21 @@ class Bus:
         self.batch = 64
 
     @classmethod
-    async def connect(cls, url: str, service: str, partitions: int, stream_replicas: int = 1) -> Bus:
-        """Connect, reconnecting forever once connected; fails fast if never reachable."""
-        nc = await nats.connect(
+    async def connect(cls, url: str, service: str, partitions: int, stream_replicas: int = 1,
+                      tls: TlsSettings | None = None, credentials: str = "", deadline: float = 15.0) -> Bus:
+        """Connect, reconnecting forever once connected; fails fast if never reachable. With
+        `tls`, the server's certificate is verified (and ours presented); `credentials` is a
+        .creds file (user JWT and nkey). A server that never completes the handshake (plaintext
+        against a TLS server does that) is Unavailable after `deadline` seconds."""
+        secure: dict[str, Any] = {}
+        if tls is not None and tls.enabled:
+            secure = {"tls": tls.context(), "tls_hostname": tls.server_name or None}
+        if credentials:
+            secure["user_credentials"] = credentials
+        connecting = nats.connect(
             url,
             name=service,
+            **secure,
             connect_timeout=5,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -178,6 +189,10 @@ class Bus:
             disconnected_cb=_log_event("disconnected from nats"),
             reconnected_cb=_log_event("reconnected to nats"),
         )
+        try:
+            nc = await asyncio.wait_for(connecting, deadline)
+        except asyncio.TimeoutError:
+            raise Unavailable("nats", f"{url} did not complete a connection within {deadline:.0f} s") from None
         return cls(nc, service, partitions, stream_replicas)
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -92,6 +93,41 @@ class Env:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """TLS towards a dependency (NATS, Cassandra): the CA to trust, an optional client
+    certificate, and the name the server's certificate must carry (its address otherwise)."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    server_name: str = ""
+
+    @classmethod
+    def from_env(cls, env: Env, prefix: str) -> TlsSettings:
+        settings = cls(env.file(f"{prefix}_CA"), env.file(f"{prefix}_CERT"), env.file(f"{prefix}_KEY"),
+                       env.str(f"{prefix}_SERVER_NAME", ""))
+        if bool(settings.cert) != bool(settings.key):
+            raise ConfigError(f"{prefix}_KEY" if settings.cert else f"{prefix}_CERT",
+                              f"{prefix}_CERT and {prefix}_KEY go together")
+        if (settings.cert or settings.server_name) and not settings.ca:
+            raise ConfigError(f"{prefix}_CA", "is required for TLS (the CA that signed the server's certificate)")
+        return settings
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca)
+
+    def context(self) -> ssl.SSLContext | None:
+        """A client context that verifies the server (and presents our certificate), or None."""
+        if not self.ca:
+            return None
+        context = ssl.create_default_context(cafile=self.ca)
+        if self.cert:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+@dataclass(frozen=True)
 class CassandraSettings:
     """Where the Cassandra cluster is and which keyspace this deployment uses."""
 
@@ -102,6 +138,7 @@ class CassandraSettings:
     local_dc: str
     username: str = ""
     password: str = ""
+    tls: TlsSettings = TlsSettings()
 
 
 # Traits that name or locate a person, masked for callers without `profiles:read_pii`.
@@ -183,6 +220,8 @@ class PlatformSettings:
     # deployment-wide setting: one service with another value would reset the stream's.
     events_dedup_window: float = 24 * 3600.0
     security: SecuritySettings = SecuritySettings()
+    nats_tls: TlsSettings = TlsSettings()
+    nats_credentials: str = ""  # a NATS .creds file (user JWT and nkey seed)
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> PlatformSettings:
@@ -217,7 +256,10 @@ class PlatformSettings:
                 local_dc=env.str("MOSAIC_CASSANDRA_DC", "datacenter1"),
                 username=env.str("MOSAIC_CASSANDRA_USERNAME", ""),
                 password=env.str("MOSAIC_CASSANDRA_PASSWORD", ""),
+                tls=TlsSettings.from_env(env, "MOSAIC_CASSANDRA_TLS"),
             ),
+            nats_tls=TlsSettings.from_env(env, "MOSAIC_NATS_TLS"),
+            nats_credentials=env.file("MOSAIC_NATS_CREDS"),
             stream_replicas=env.int("MOSAIC_NATS_STREAM_REPLICAS", 1, minimum=1, maximum=5),
             log_level=env.choice(
                 "MOSAIC_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -71,7 +71,8 @@ class Service:
 
     async def start(self) -> None:
         settings = self.settings
-        bus = await Bus.connect(settings.nats_url, settings.service, settings.partitions, settings.stream_replicas)
+        bus = await Bus.connect(settings.nats_url, settings.service, settings.partitions, settings.stream_replicas,
+                                settings.nats_tls, settings.nats_credentials)
         self._cleanup.push_async_callback(bus.close)
         security = settings.security
         await bus.ensure_streams(topics.for_deployment(settings.events_dedup_window, security.audit_retention_days))

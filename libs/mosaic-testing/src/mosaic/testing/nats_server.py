@@ -38,8 +38,9 @@ class NatsServer:
     stalling whatever else runs beside the server.
     """
 
-    def __init__(self, binary: str | None = None, cores: int | None = None) -> None:
+    def __init__(self, binary: str | None = None, cores: int | None = None, args: tuple[str, ...] = ()) -> None:
         self.binary = binary or find_binary()
+        self.args = args  # more flags, e.g. TLS
         self.env = {**os.environ, "GOMAXPROCS": str(cores)} if cores else None
         self.dir = Path(tempfile.mkdtemp(prefix="mosaic-nats-"))
         self.port = -1  # nats-server picks a free one on first start; kept across restarts
@@ -56,7 +57,7 @@ class NatsServer:
         self.process = subprocess.Popen(
             [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port),
              "-sd", str(self.dir / "store"), "--ports_file_dir", str(ports_dir),
-             "-l", str(self.dir / "nats.log")],
+             "-l", str(self.dir / "nats.log"), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env,
         )
         deadline = time.monotonic() + 15

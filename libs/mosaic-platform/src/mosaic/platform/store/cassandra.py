@@ -51,9 +51,14 @@ class CassandraStore:
             request_timeout=10,
         )
         auth = PlainTextAuthProvider(s.username, s.password) if s.username else None
+        tls: dict[str, Any] = {}
+        if s.tls.enabled:  # client encryption: verify the node (and present our certificate)
+            context = s.tls.context()
+            context.check_hostname = bool(s.tls.server_name)
+            tls = {"ssl_context": context, "ssl_options": {"server_hostname": s.tls.server_name} if s.tls.server_name else None}
         self._cluster = Cluster(
             list(s.hosts), port=s.port, protocol_version=5, auth_provider=auth,
-            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile}, **tls,
         )
         try:
             session = self._cluster.connect()
