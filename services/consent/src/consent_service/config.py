@@ -1,5 +1,36 @@
-from mosaic.platform.config import ServiceSettings
+"""The consent service's settings: the platform's, plus its own from MOSAIC_CONSENT_*."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from mosaic.platform.config import Env, PlatformSettings, ServiceSettings
+from consent_service import purposes as purposes_module
+from consent_service.purposes import Purpose
 
 
+@dataclass(frozen=True)
 class Settings(ServiceSettings):
     SERVICE = "consent"
+    purposes: dict[str, Purpose] = field(default_factory=lambda: purposes_module.parse(purposes_module.DEFAULT_PURPOSES))
+    jurisdiction: int = purposes_module.JURISDICTIONS["gdpr"]
+    cache_size: int = 100_000
+    cache_seconds: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        env = Env(environ)
+        return cls(
+            PlatformSettings.from_env(cls.SERVICE, environ),
+            purposes=purposes_module.parse(env.str("MOSAIC_CONSENT_PURPOSES", purposes_module.DEFAULT_PURPOSES)),
+            # The law assumed for a person whose jurisdiction no caller or decision named:
+            # GDPR's opt-in is the safe side.
+            jurisdiction=purposes_module.JURISDICTIONS[
+                env.choice("MOSAIC_CONSENT_JURISDICTION", "gdpr", tuple(purposes_module.JURISDICTIONS))],
+            cache_size=env.int("MOSAIC_CONSENT_CACHE_SIZE", 100_000, minimum=1),
+            # The longest a cached answer is trusted when a consent.changed notice was missed.
+            cache_seconds=env.float("MOSAIC_CONSENT_CACHE_SECONDS", 60.0),
+        )

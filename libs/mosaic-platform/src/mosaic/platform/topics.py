@@ -54,6 +54,8 @@ PROFILE_UPDATED = Topic("profile.updated", "PROFILE_UPDATED", profile_updated_pb
 SEGMENT_MEMBERSHIP = Topic(
     "segment.membership", "SEGMENT_MEMBERSHIP", segment_membership_pb2.SegmentMembershipChanged
 )
+# Produced by consent from its outbox (decisions, and merges/splits that move a person's
+# profiles), keyed by person; heard by every consent replica (Bus.listen) to drop its cache.
 CONSENT_CHANGED = Topic("consent.changed", "CONSENT_CHANGED", consent_changed_pb2.ConsentChanged)
 DELIVERY_OUTCOME = Topic("delivery.outcome", "DELIVERY_OUTCOME", delivery_outcome_pb2.DeliveryOutcome)
 
@@ -63,7 +65,7 @@ ALL = (EVENTS_RAW, EVENTS_RESOLVED, PROFILE_UPDATED, SEGMENT_MEMBERSHIP, CONSENT
 DEAD_LETTER_STREAM = "DEAD_LETTERS"
 DEAD_LETTER_SUBJECTS = "deadletter.>"
 
-# Identity changes, partitioned by the survivor profile id (appended: the tuple above is
+# Identity changes, partitioned by the survivor profile id, consumed by profile and consent (appended: the tuple above is
 # declared by every service at start, so these streams exist before anyone publishes).
 from mosaic.events.v1 import identity_changed_pb2  # noqa: E402
 

@@ -1,0 +1,106 @@
+"""The consent store on SQLite (embedded)."""
+
+from __future__ import annotations
+
+from mosaic.platform.store import Migration, Repository
+from mosaic.platform.store.sqlite import SqliteStore
+from consent_service.store import MergeRecord, OutboxEntry, decision_from, decode_moves, encode_moves, micros
+
+MIGRATIONS = [
+    Migration(1, (
+        "CREATE TABLE consent_ledger (profile_id TEXT, purpose TEXT, decided_at_us INTEGER, granted INTEGER,"
+        " source TEXT, PRIMARY KEY (profile_id, purpose, decided_at_us))",
+    )),
+    Migration(2, (
+        "ALTER TABLE consent_ledger ADD COLUMN entry BLOB",
+        "CREATE TABLE consent_heads (profile_id TEXT PRIMARY KEY, head TEXT NOT NULL)",
+        "CREATE INDEX consent_heads_by_head ON consent_heads (head)",
+        "CREATE TABLE consent_merges (merge_id TEXT PRIMARY KEY, survivor TEXT, moves TEXT, split INTEGER)",
+        "CREATE TABLE consent_outbox (message_id TEXT PRIMARY KEY, topic TEXT, key TEXT, payload BLOB)",
+    )),
+]
+
+_LEDGER = "INSERT OR REPLACE INTO consent_ledger VALUES (?, ?, ?, ?, ?, ?)"
+_OUTBOX = "INSERT OR REPLACE INTO consent_outbox VALUES (?, ?, ?, ?)"
+
+
+def _put_outbox(db, outbox: list[OutboxEntry]) -> None:
+    db.executemany(_OUTBOX, [(e.message_id, e.topic, e.key, e.payload) for e in outbox])
+
+
+def _point(db, profile_id: str, head: str) -> None:
+    if profile_id == head:
+        db.execute("DELETE FROM consent_heads WHERE profile_id = ?", (profile_id,))
+    else:
+        db.execute("INSERT OR REPLACE INTO consent_heads VALUES (?, ?)", (profile_id, head))
+
+
+class SqliteConsentStore(Repository):
+    db: SqliteStore
+
+    async def append(self, decisions, outbox):
+        rows = [(d.profile_id, d.purpose, micros(d.decided_at), int(d.granted), d.source, d.SerializeToString())
+                for d in decisions]
+
+        def write(db):
+            db.executemany(_LEDGER, rows)
+            _put_outbox(db, outbox)
+
+        await self.db.transaction(write)
+
+    async def ledger(self, profile_ids, limit=10_000):
+        if not profile_ids:
+            return []
+        marks = ",".join("?" * len(profile_ids))
+        rows = await self.db.execute(
+            "SELECT profile_id, purpose, decided_at_us, granted, source, entry FROM consent_ledger"
+            f" WHERE profile_id IN ({marks}) ORDER BY decided_at_us, purpose, profile_id LIMIT ?",
+            (*profile_ids, limit),
+        )
+        return [decision_from(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in rows]
+
+    async def head(self, profile_id):
+        rows = await self.db.execute("SELECT head FROM consent_heads WHERE profile_id = ?", (profile_id,))
+        return rows[0][0] if rows else profile_id
+
+    async def members(self, head):
+        rows = await self.db.execute("SELECT profile_id FROM consent_heads WHERE head = ? ORDER BY profile_id", (head,))
+        return [head, *(r[0] for r in rows)]
+
+    async def merge_record(self, merge_id):
+        rows = await self.db.execute("SELECT survivor, moves, split FROM consent_merges WHERE merge_id = ?", (merge_id,))
+        if not rows:
+            return None
+        survivor, moves, split = rows[0]
+        return MergeRecord(merge_id, survivor, decode_moves(moves), bool(split))
+
+    async def apply_merge(self, record, outbox):
+        def write(db):
+            for move in record.moves:
+                _point(db, move.profile_id, record.survivor)
+            db.execute("INSERT OR REPLACE INTO consent_merges VALUES (?, ?, ?, 0)",
+                       (record.merge_id, record.survivor, encode_moves(record.moves)))
+            _put_outbox(db, outbox)
+
+        await self.db.transaction(write)
+
+    async def apply_split(self, record, outbox):
+        def write(db):
+            for move in record.moves:
+                _point(db, move.profile_id, move.previous_head)
+            db.execute("INSERT OR REPLACE INTO consent_merges VALUES (?, ?, ?, 1)",
+                       (record.merge_id, record.survivor, encode_moves(record.moves)))
+            _put_outbox(db, outbox)
+
+        await self.db.transaction(write)
+
+    async def outbox_pending(self, limit=500):
+        rows = await self.db.execute(
+            "SELECT message_id, topic, key, payload FROM consent_outbox ORDER BY rowid LIMIT ?", (limit,))
+        return [OutboxEntry(*r) for r in rows]
+
+    async def outbox_done(self, message_ids):
+        def write(db):
+            db.executemany("DELETE FROM consent_outbox WHERE message_id = ?", [(m,) for m in message_ids])
+
+        await self.db.transaction(write)
