@@ -17,6 +17,8 @@ def test_the_default_purposes_are_opt_in_under_gdpr_and_advertising_is_a_sale():
     ({"MOSAIC_CONSENT_PURPOSES": "ads:sold"}, "unknown flag 'sold'"),
     ({"MOSAIC_CONSENT_PURPOSES": "ads,ads"}, "listed twice"),
     ({"MOSAIC_CONSENT_JURISDICTION": "lgpd"}, "must be one of gdpr, ccpa"),
+    ({"MOSAIC_CONSENT_CATEGORIES": "C0004"}, "must be Category=purpose"),
+    ({"MOSAIC_CONSENT_CATEGORIES": "C0004=telepathy"}, "'telepathy' is not a configured purpose"),
 ])
 def test_a_bad_setting_names_the_variable_and_the_rule(environ, rule):
     with pytest.raises(ConfigError) as caught:

@@ -13,6 +13,7 @@ from mosaic.platform.errors import InvalidArgument
 from mosaic.platform.server import Runtime
 from consent_service.cache import ConsentCache
 from consent_service.config import Settings
+from consent_service.events import ConsentEvents
 from consent_service.ledger import Ledger
 from consent_service.outbox import Relay
 from consent_service.purposes import NAME as PURPOSE_NAME
@@ -131,3 +132,4 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     changes = IdentityChanges(ledger, relay)
     runtime.bus.consume(topics.IDENTITY_MERGED, changes.merged, owned)
     runtime.bus.consume(topics.IDENTITY_SPLIT, changes.split, owned)
+    runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.categories), owned)

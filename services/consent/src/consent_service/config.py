@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from mosaic.platform.config import Env, PlatformSettings, ServiceSettings
 from consent_service import purposes as purposes_module
+from consent_service.events import parse_categories
 from consent_service.purposes import Purpose
 
 
@@ -18,14 +19,16 @@ class Settings(ServiceSettings):
     jurisdiction: int = purposes_module.JURISDICTIONS["gdpr"]
     cache_size: int = 100_000
     cache_seconds: float = 60.0
+    categories: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         env = Env(environ)
+        purposes = purposes_module.parse(env.str("MOSAIC_CONSENT_PURPOSES", purposes_module.DEFAULT_PURPOSES))
         return cls(
             PlatformSettings.from_env(cls.SERVICE, environ),
-            purposes=purposes_module.parse(env.str("MOSAIC_CONSENT_PURPOSES", purposes_module.DEFAULT_PURPOSES)),
+            purposes=purposes,
             # The law assumed for a person whose jurisdiction no caller or decision named:
             # GDPR's opt-in is the safe side.
             jurisdiction=purposes_module.JURISDICTIONS[
@@ -33,4 +36,6 @@ class Settings(ServiceSettings):
             cache_size=env.int("MOSAIC_CONSENT_CACHE_SIZE", 100_000, minimum=1),
             # The longest a cached answer is trusted when a consent.changed notice was missed.
             cache_seconds=env.float("MOSAIC_CONSENT_CACHE_SECONDS", 60.0),
+            # Segment consent categories (OneTrust ids such as C0004, or names) and their purposes.
+            categories=parse_categories(environ.get("MOSAIC_CONSENT_CATEGORIES", ""), purposes),
         )
