@@ -80,3 +80,43 @@ async def test_the_outbox_holds_what_was_written_with_the_change_until_done(stor
     assert pending[0].payload == pending[0].message_id.encode() and pending[0].topic == "consent.changed"
     await store.outbox_done(names[:2])
     assert [e.message_id for e in await store.outbox_pending() if e.message_id.startswith(pid)] == names[2:]
+
+
+async def test_erasing_profiles_leaves_no_row_that_names_them(store):
+    from mosaic.testing.scan import rows_mentioning
+
+    ada, old, other = ids(3)
+    await store.append([decision(ada, "marketing", True, 100), decision(old, "analytics", False, 50),
+                        decision(other, "marketing", True, 100)], [])
+    await store.apply_merge(MergeRecord(str(uuid.uuid4()), ada, (Move(old, old),), split=False), [])
+    assert {table for table, _ in await rows_mentioning(store.db, [ada, old])} >= {
+        "consent_ledger", "consent_heads", "consent_merges"}
+    counts = await store.erase_profiles([ada, old])
+    assert counts == {"consent_ledger": 2, "consent_heads": 1, "consent_merges": 1}
+    assert await rows_mentioning(store.db, [ada, old]) == []
+    assert len(await store.ledger([other])) == 1
+    assert await store.erase_profiles([ada, old]) == {"consent_ledger": 0, "consent_heads": 0, "consent_merges": 0}
+
+
+async def test_a_privacy_request_is_stored_once_with_its_receipts_and_export_parts(store):
+    from mosaic.consent.v1 import privacy_pb2
+
+    (rid,) = ids(1)
+    request = privacy_pb2.PrivacyRequest(request_id=rid, kind=privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT, person_id="p",
+                                         participants=["consent", "profile"], state=privacy_pb2.PRIVACY_REQUEST_STATE_PENDING)
+    assert await store.put_request(request, outbox(f"{rid}-announce")) is True
+    assert await store.put_request(request, []) is False
+    assert f"{rid}-announce" in [e.message_id for e in await store.outbox_pending()]
+    await store.put_receipt(rid, "profile", 1, None, '{"events": [2]}', [])
+    summary = privacy_pb2.PrivacyReceiptSummary(participant="profile", exported={"events": 2})
+    await store.put_receipt(rid, "profile", 0, summary, '{"events": [1]}', [])
+    await store.put_receipt(rid, "profile", 0, summary, '{"events": [1]}', [])  # redelivered
+    stored = await store.request(rid)
+    assert list(stored.receipts) == [summary] and stored.state == privacy_pb2.PRIVACY_REQUEST_STATE_PENDING
+    assert sorted(await store.export_parts(rid)) == [("profile", 0, '{"events": [1]}'), ("profile", 1, '{"events": [2]}')]
+    stored.state = privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED
+    await store.complete_request(stored)
+    again = await store.request(rid)
+    assert again.state == privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED and len(again.receipts) == 1
+    assert rid in [r.request_id for r in await store.requests()]
+    assert await store.request("never") is None

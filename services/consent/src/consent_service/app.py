@@ -1,21 +1,28 @@
-"""The consent service: the ledger over gRPC, merges and splits from identity, the cache and the outbox."""
+"""The consent service: the ledger over gRPC, merges and splits from identity, the cache, the outbox,
+and privacy requests (PrivacyService, the receipts, and consent's own part)."""
 
 from __future__ import annotations
 
 import asyncio
 
+import grpc
 from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2 as pb, consent_service_pb2_grpc
+from mosaic.consent.v1 import privacy_service_pb2, privacy_service_pb2_grpc
+from mosaic.identity.v1 import identity_service_pb2_grpc
 from mosaic.platform import topics
 from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import InvalidArgument
+from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
 from consent_service.cache import ConsentCache
 from consent_service.config import Settings
 from consent_service.events import ConsentEvents
 from consent_service.ledger import Ledger
 from consent_service.outbox import Relay
+from consent_service.privacy import ConsentParticipant, PrivacyServicer, Receipts
 from consent_service.purposes import NAME as PURPOSE_NAME
 from consent_service.store import ConsentStore, open_store
 
@@ -133,3 +140,14 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.bus.consume(topics.IDENTITY_MERGED, changes.merged, owned)
     runtime.bus.consume(topics.IDENTITY_SPLIT, changes.split, owned)
     runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.categories), owned)
+    identity = None
+    if settings.identity_address:
+        channel = grpc.aio.insecure_channel(settings.identity_address, interceptors=aio_client_interceptors())
+        runtime.cleanup.push_async_callback(channel.close)
+        identity = identity_service_pb2_grpc.IdentityServiceStub(channel)
+    privacy = PrivacyServicer(store, relay, runtime.bus, settings.participants, settings.jurisdiction, identity)
+    privacy_service_pb2_grpc.add_PrivacyServiceServicer_to_server(privacy, runtime.server)
+    runtime.add_service(privacy_service_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name)
+    runtime.bus.consume(topics.PRIVACY_RECEIPT, Receipts(store, relay, runtime.bus), owned)
+    own = ConsentParticipant(store, cache, relay)
+    Participant("consent", runtime.bus, own.export, own.erase).start(owned)

@@ -12,6 +12,10 @@ from consent_service.events import parse_categories
 from consent_service.purposes import Purpose
 
 
+# The services with a privacy participant (mosaic.platform.privacy.Participant) today.
+DEFAULT_PARTICIPANTS = ("consent",)
+
+
 @dataclass(frozen=True)
 class Settings(ServiceSettings):
     SERVICE = "consent"
@@ -20,6 +24,8 @@ class Settings(ServiceSettings):
     cache_size: int = 100_000
     cache_seconds: float = 60.0
     categories: dict[str, str] = field(default_factory=dict)
+    identity_address: str = ""
+    participants: tuple[str, ...] = DEFAULT_PARTICIPANTS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -38,4 +44,8 @@ class Settings(ServiceSettings):
             cache_seconds=env.float("MOSAIC_CONSENT_CACHE_SECONDS", 60.0),
             # Segment consent categories (OneTrust ids such as C0004, or names) and their purposes.
             categories=parse_categories(environ.get("MOSAIC_CONSENT_CATEGORIES", ""), purposes),
+            # Where identifiers of privacy requests are resolved; unset: requests name profile ids.
+            identity_address=environ.get("MOSAIC_IDENTITY_ADDRESS", "").strip(),
+            # The services that must answer a privacy request before it completes.
+            participants=env.list("MOSAIC_PRIVACY_PARTICIPANTS", ",".join(DEFAULT_PARTICIPANTS)),
         )

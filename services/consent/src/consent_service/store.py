@@ -19,7 +19,7 @@ from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
-from mosaic.consent.v1 import consent_pb2
+from mosaic.consent.v1 import consent_pb2, privacy_pb2
 from mosaic.platform.store import open_repository
 
 
@@ -94,6 +94,21 @@ class ConsentStore(Protocol):
         """Point every moved profile at the survivor and keep the record, atomically."""
     async def apply_split(self, record: MergeRecord, outbox: list[OutboxEntry]) -> None:
         """Point every moved profile back at its previous head and mark the record split, atomically."""
+    async def put_request(self, request: privacy_pb2.PrivacyRequest, outbox: list[OutboxEntry]) -> bool:
+        """Store a new privacy request (without receipts) and its messages; False if the id exists."""
+    async def request(self, request_id: str) -> privacy_pb2.PrivacyRequest | None:
+        """The request with its receipts."""
+    async def requests(self, limit: int = 10_000) -> list[privacy_pb2.PrivacyRequest]:
+        """Every request, without receipts."""
+    async def complete_request(self, request: privacy_pb2.PrivacyRequest) -> None:
+        """Store the request's state and completion time."""
+    async def put_receipt(self, request_id: str, participant: str, part: int, summary: privacy_pb2.PrivacyReceiptSummary | None,
+                          export_json: str, outbox: list[OutboxEntry]) -> None:
+        """Store one part of a participant's answer (the summary comes with the final part)."""
+    async def export_parts(self, request_id: str) -> list[tuple[str, int, str]]:
+        """(participant, part, JSON) of an export, in order."""
+    async def erase_profiles(self, profile_ids: list[str]) -> dict[str, int]:
+        """Remove every ledger entry, person link and merge record of the profiles; rows removed by table."""
     async def outbox_pending(self, limit: int = 500) -> list[OutboxEntry]: ...
     async def outbox_done(self, message_ids: list[str]) -> None: ...
     async def close(self) -> None: ...

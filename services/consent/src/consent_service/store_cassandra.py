@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.cassandra import CassandraStore
+from mosaic.consent.v1 import privacy_pb2
 from consent_service.store import MergeRecord, OutboxEntry, decision_from, decode_moves, encode_moves, micros
 
 OUTBOX_SHARDS = 8
@@ -28,6 +29,17 @@ MIGRATIONS = [
         "CREATE TABLE IF NOT EXISTS consent_merges (merge_id text PRIMARY KEY, survivor text, moves text, split boolean)",
         "CREATE TABLE IF NOT EXISTS consent_outbox ("
         " shard int, message_id text, topic text, key text, payload blob, PRIMARY KEY ((shard), message_id))",
+    )),
+    Migration(3, (
+        "CREATE TABLE IF NOT EXISTS consent_profile_merges (profile_id text, merge_id text,"
+        " PRIMARY KEY ((profile_id), merge_id))",
+        # Privacy requests are few (a handful a day): one partition lists them all.
+        "CREATE TABLE IF NOT EXISTS privacy_requests (bucket int, request_id text, request blob,"
+        " PRIMARY KEY ((bucket), request_id))",
+        "CREATE TABLE IF NOT EXISTS privacy_receipts (request_id text, participant text, summary blob,"
+        " PRIMARY KEY ((request_id), participant))",
+        "CREATE TABLE IF NOT EXISTS privacy_exports (request_id text, participant text, part int, json text,"
+        " PRIMARY KEY ((request_id), participant, part))",
     )),
 ]
 
@@ -96,8 +108,13 @@ class CassandraConsentStore(Repository):
             statements.append(("INSERT INTO consent_members (head, profile_id) VALUES (?, ?)", (new_head, profile_id)))
         return statements
 
+    @staticmethod
+    def _index(record: MergeRecord) -> list[tuple[str, tuple]]:
+        return [("INSERT INTO consent_profile_merges (profile_id, merge_id) VALUES (?, ?)", (p, record.merge_id))
+                for p in {record.survivor, *(m.profile_id for m in record.moves)}]
+
     async def apply_merge(self, record, outbox):
-        statements = []
+        statements = self._index(record)
         for move in record.moves:
             statements += self._point(move.profile_id, move.previous_head, record.survivor)
         statements.append(("INSERT INTO consent_merges (merge_id, survivor, moves, split) VALUES (?, ?, ?, false)",
@@ -105,12 +122,83 @@ class CassandraConsentStore(Repository):
         await self.db.execute_atomic(statements + _outbox(outbox))
 
     async def apply_split(self, record, outbox):
-        statements = []
+        statements = self._index(record)
         for move in record.moves:
             statements += self._point(move.profile_id, record.survivor, move.previous_head)
         statements.append(("INSERT INTO consent_merges (merge_id, survivor, moves, split) VALUES (?, ?, ?, true)",
                            (record.merge_id, record.survivor, encode_moves(record.moves))))
         await self.db.execute_atomic(statements + _outbox(outbox))
+
+    async def put_request(self, request, outbox):
+        applied, _ = await self.db.execute_lwt(
+            "INSERT INTO privacy_requests (bucket, request_id, request) VALUES (0, ?, ?) IF NOT EXISTS",
+            (request.request_id, request.SerializeToString()))
+        if applied and outbox:
+            # After the LWT (a batch may not mix one with other tables): a crash in between
+            # leaves a request that was never announced, which the relay cannot see; the
+            # caller's retry with the same request_id finds it and re-announces (see privacy.py).
+            await self.db.execute_atomic(_outbox(outbox))
+        return applied
+
+    async def request(self, request_id):
+        rows = await self.db.execute("SELECT request FROM privacy_requests WHERE bucket = 0 AND request_id = ?",
+                                     (request_id,))
+        if not rows:
+            return None
+        request = privacy_pb2.PrivacyRequest.FromString(rows[0].request)
+        receipts = await self.db.execute("SELECT summary FROM privacy_receipts WHERE request_id = ?", (request_id,))
+        request.receipts.extend(privacy_pb2.PrivacyReceiptSummary.FromString(r.summary) for r in receipts)
+        return request
+
+    async def requests(self, limit=10_000):
+        rows = await self.db.execute("SELECT request FROM privacy_requests WHERE bucket = 0 LIMIT ?", (limit,))
+        return [privacy_pb2.PrivacyRequest.FromString(r.request) for r in rows]
+
+    async def complete_request(self, request):
+        stored = privacy_pb2.PrivacyRequest()
+        stored.CopyFrom(request)
+        del stored.receipts[:]
+        await self.db.execute("UPDATE privacy_requests SET request = ? WHERE bucket = 0 AND request_id = ?",
+                              (stored.SerializeToString(), request.request_id))
+
+    async def put_receipt(self, request_id, participant, part, summary, export_json, outbox):
+        statements: list[tuple[str, tuple]] = []
+        if export_json:
+            statements.append(("INSERT INTO privacy_exports (request_id, participant, part, json) VALUES (?, ?, ?, ?)",
+                               (request_id, participant, part, export_json)))
+        if summary is not None:
+            statements.append(("INSERT INTO privacy_receipts (request_id, participant, summary) VALUES (?, ?, ?)",
+                               (request_id, participant, summary.SerializeToString())))
+        if statements or outbox:
+            await self.db.execute_atomic(statements + _outbox(outbox))
+
+    async def export_parts(self, request_id):
+        rows = await self.db.execute("SELECT participant, part, json FROM privacy_exports WHERE request_id = ?",
+                                     (request_id,))
+        return [(r.participant, r.part, r.json) for r in rows]
+
+    async def erase_profiles(self, profile_ids):
+        counts = {"consent_ledger": 0, "consent_heads": 0}
+        statements: list[tuple[str, tuple]] = []
+        merge_ids: set[str] = set()
+        for profile_id in dict.fromkeys(profile_ids):
+            rows = await self.db.execute("SELECT purpose FROM consent_ledger WHERE profile_id = ?", (profile_id,))
+            counts["consent_ledger"] += len(rows)
+            statements.append(("DELETE FROM consent_ledger WHERE profile_id = ?", (profile_id,)))
+            heads = await self.db.execute("SELECT head FROM consent_heads WHERE profile_id = ?", (profile_id,))
+            for row in heads:
+                counts["consent_heads"] += 1
+                statements.append(("DELETE FROM consent_members WHERE head = ? AND profile_id = ?", (row.head, profile_id)))
+            statements.append(("DELETE FROM consent_heads WHERE profile_id = ?", (profile_id,)))
+            statements.append(("DELETE FROM consent_members WHERE head = ?", (profile_id,)))
+            merges = await self.db.execute("SELECT merge_id FROM consent_profile_merges WHERE profile_id = ?", (profile_id,))
+            merge_ids.update(row.merge_id for row in merges)
+            statements.append(("DELETE FROM consent_profile_merges WHERE profile_id = ?", (profile_id,)))
+        statements += [("DELETE FROM consent_merges WHERE merge_id = ?", (m,)) for m in sorted(merge_ids)]
+        counts["consent_merges"] = len(merge_ids)
+        if statements:
+            await self.db.execute_atomic(statements)
+        return counts
 
     async def outbox_pending(self, limit=500):
         entries = []

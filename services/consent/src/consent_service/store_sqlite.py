@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.sqlite import SqliteStore
+from mosaic.consent.v1 import privacy_pb2
 from consent_service.store import MergeRecord, OutboxEntry, decision_from, decode_moves, encode_moves, micros
 
 MIGRATIONS = [
@@ -18,6 +19,13 @@ MIGRATIONS = [
         "CREATE TABLE consent_merges (merge_id TEXT PRIMARY KEY, survivor TEXT, moves TEXT, split INTEGER)",
         "CREATE TABLE consent_outbox (message_id TEXT PRIMARY KEY, topic TEXT, key TEXT, payload BLOB)",
     )),
+    Migration(3, (
+        "CREATE TABLE consent_profile_merges (profile_id TEXT, merge_id TEXT, PRIMARY KEY (profile_id, merge_id))",
+        "CREATE TABLE privacy_requests (request_id TEXT PRIMARY KEY, request BLOB)",
+        "CREATE TABLE privacy_receipts (request_id TEXT, participant TEXT, summary BLOB, PRIMARY KEY (request_id, participant))",
+        "CREATE TABLE privacy_exports (request_id TEXT, participant TEXT, part INTEGER, json TEXT,"
+        " PRIMARY KEY (request_id, participant, part))",
+    )),
 ]
 
 _LEDGER = "INSERT OR REPLACE INTO consent_ledger VALUES (?, ?, ?, ?, ?, ?)"
@@ -26,6 +34,11 @@ _OUTBOX = "INSERT OR REPLACE INTO consent_outbox VALUES (?, ?, ?, ?)"
 
 def _put_outbox(db, outbox: list[OutboxEntry]) -> None:
     db.executemany(_OUTBOX, [(e.message_id, e.topic, e.key, e.payload) for e in outbox])
+
+
+def _index_merge(db, record: MergeRecord) -> None:
+    db.executemany("INSERT OR IGNORE INTO consent_profile_merges VALUES (?, ?)",
+                   [(p, record.merge_id) for p in {record.survivor, *(m.profile_id for m in record.moves)}])
 
 
 def _point(db, profile_id: str, head: str) -> None:
@@ -80,6 +93,7 @@ class SqliteConsentStore(Repository):
                 _point(db, move.profile_id, record.survivor)
             db.execute("INSERT OR REPLACE INTO consent_merges VALUES (?, ?, ?, 0)",
                        (record.merge_id, record.survivor, encode_moves(record.moves)))
+            _index_merge(db, record)
             _put_outbox(db, outbox)
 
         await self.db.transaction(write)
@@ -90,9 +104,78 @@ class SqliteConsentStore(Repository):
                 _point(db, move.profile_id, move.previous_head)
             db.execute("INSERT OR REPLACE INTO consent_merges VALUES (?, ?, ?, 1)",
                        (record.merge_id, record.survivor, encode_moves(record.moves)))
+            _index_merge(db, record)
             _put_outbox(db, outbox)
 
         await self.db.transaction(write)
+
+    async def put_request(self, request, outbox):
+        def write(db):
+            if db.execute("SELECT 1 FROM privacy_requests WHERE request_id = ?", (request.request_id,)).fetchall():
+                return False
+            db.execute("INSERT INTO privacy_requests VALUES (?, ?)", (request.request_id, request.SerializeToString()))
+            _put_outbox(db, outbox)
+            return True
+
+        return await self.db.transaction(write)
+
+    async def request(self, request_id):
+        rows = await self.db.execute("SELECT request FROM privacy_requests WHERE request_id = ?", (request_id,))
+        if not rows:
+            return None
+        request = privacy_pb2.PrivacyRequest.FromString(rows[0][0])
+        receipts = await self.db.execute(
+            "SELECT summary FROM privacy_receipts WHERE request_id = ? ORDER BY participant", (request_id,))
+        request.receipts.extend(privacy_pb2.PrivacyReceiptSummary.FromString(r[0]) for r in receipts)
+        return request
+
+    async def requests(self, limit=10_000):
+        rows = await self.db.execute("SELECT request FROM privacy_requests ORDER BY request_id LIMIT ?", (limit,))
+        return [privacy_pb2.PrivacyRequest.FromString(r[0]) for r in rows]
+
+    async def complete_request(self, request):
+        stored = privacy_pb2.PrivacyRequest()
+        stored.CopyFrom(request)
+        del stored.receipts[:]
+        await self.db.execute("UPDATE privacy_requests SET request = ? WHERE request_id = ?",
+                              (stored.SerializeToString(), request.request_id))
+
+    async def put_receipt(self, request_id, participant, part, summary, export_json, outbox):
+        def write(db):
+            if export_json:
+                db.execute("INSERT OR IGNORE INTO privacy_exports VALUES (?, ?, ?, ?)",
+                           (request_id, participant, part, export_json))
+            if summary is not None:
+                db.execute("INSERT OR IGNORE INTO privacy_receipts VALUES (?, ?, ?)",
+                           (request_id, participant, summary.SerializeToString()))
+            _put_outbox(db, outbox)
+
+        await self.db.transaction(write)
+
+    async def export_parts(self, request_id):
+        rows = await self.db.execute(
+            "SELECT participant, part, json FROM privacy_exports WHERE request_id = ? ORDER BY participant, part",
+            (request_id,))
+        return [tuple(r) for r in rows]
+
+    async def erase_profiles(self, profile_ids):
+        marks = ",".join("?" * len(profile_ids))
+
+        def write(db):
+            counts = {}
+            counts["consent_ledger"] = db.execute(
+                f"DELETE FROM consent_ledger WHERE profile_id IN ({marks})", profile_ids).rowcount
+            counts["consent_heads"] = db.execute(
+                f"DELETE FROM consent_heads WHERE profile_id IN ({marks}) OR head IN ({marks})",
+                (*profile_ids, *profile_ids)).rowcount
+            merges = [r[0] for r in db.execute(
+                f"SELECT DISTINCT merge_id FROM consent_profile_merges WHERE profile_id IN ({marks})", profile_ids)]
+            counts["consent_merges"] = db.executemany(
+                "DELETE FROM consent_merges WHERE merge_id = ?", [(m,) for m in merges]).rowcount
+            db.executemany("DELETE FROM consent_profile_merges WHERE merge_id = ?", [(m,) for m in merges])
+            return counts
+
+        return await self.db.transaction(write) if profile_ids else {}
 
     async def outbox_pending(self, limit=500):
         rows = await self.db.execute(

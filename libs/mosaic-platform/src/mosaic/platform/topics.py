@@ -73,12 +73,24 @@ IDENTITY_MERGED = Topic("identity.merged", "IDENTITY_MERGED", identity_changed_p
 IDENTITY_SPLIT = Topic("identity.split", "IDENTITY_SPLIT", identity_changed_pb2.IdentitySplit)
 ALL = (*ALL, IDENTITY_MERGED, IDENTITY_SPLIT)
 
-# People who asked to be erased, for ingestion's suppression list (keyed by profile id). The
+# People who asked to be erased, for ingestion's suppression list (keyed by profile id),
+# produced by consent's PrivacyService from its outbox when an erasure is requested. The
 # payload names identifiers in clear, so the stream keeps it no longer than consumers need.
 SUPPRESSION_CHANGED = Topic(
     "suppression.changed", "SUPPRESSION_CHANGED", suppression_changed_pb2.SuppressionChanged, max_age=7 * DAY
 )
 ALL = (*ALL, SUPPRESSION_CHANGED)
+
+
+# Privacy requests (a saga run by consent's PrivacyService), keyed by person id: consent
+# publishes each request from its outbox; every service holding personal data consumes it
+# (mosaic.platform.privacy.Participant) and answers with a receipt, which consent consumes and
+# then erases from the stream (a receipt may carry an export or the person's identifiers).
+from mosaic.events.v1 import privacy_request_pb2  # noqa: E402
+
+PRIVACY_REQUESTED = Topic("privacy.requested", "PRIVACY_REQUESTED", privacy_request_pb2.PrivacyRequested)
+PRIVACY_RECEIPT = Topic("privacy.receipt", "PRIVACY_RECEIPT", privacy_request_pb2.PrivacyReceipt)
+ALL = (*ALL, PRIVACY_REQUESTED, PRIVACY_RECEIPT)
 
 
 def with_events_dedup_window(window: float) -> tuple[Topic, ...]:
