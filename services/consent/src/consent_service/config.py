@@ -13,7 +13,7 @@ from consent_service.purposes import Purpose
 
 
 # The services with a privacy participant (mosaic.platform.privacy.Participant) today.
-DEFAULT_PARTICIPANTS = ("consent",)
+DEFAULT_PARTICIPANTS = ("consent", "profile")
 
 
 @dataclass(frozen=True)
