@@ -7,7 +7,9 @@ decision every 20 ms (each a `consent.changed` notice that drops cached answers)
 1. open loop: calls started at a fixed RATE per second for SECONDS, whatever the answers'
    speed, so the latency is a caller's at that load and not the queue of a saturated loop;
 2. closed loop: CONCURRENCY callers back to back, for the most calls per second;
-3. the handler's own time on a cache hit, in-process without gRPC.
+3. the handler's own time on a cache hit, in-process without gRPC;
+4. the time the profile service takes to erase a person with ERASE_EVENTS archived events
+   (over 100 days) and ERASE_SNAPSHOTS snapshots, on each store.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ PEOPLE = int(os.environ.get("BENCH_CONSENT_PEOPLE", "2000"))
 SECONDS = float(os.environ.get("BENCH_CONSENT_SECONDS", "10"))
 CONCURRENCY = int(os.environ.get("BENCH_CONSENT_CONCURRENCY", "16"))
 RATE = float(os.environ.get("BENCH_CONSENT_RATE", "500"))
+ERASE_EVENTS = int(os.environ.get("BENCH_CONSENT_ERASE_EVENTS", "10000"))
+ERASE_SNAPSHOTS = int(os.environ.get("BENCH_CONSENT_ERASE_SNAPSHOTS", "1000"))
 
 
 def free_port() -> int:
@@ -129,6 +133,58 @@ async def handler_time() -> tuple[float, float]:
     return statistics.median(samples), percentile(samples, 0.99)
 
 
+async def erase_time(store_name: str) -> tuple[float, dict[str, int]]:
+    """Seconds to erase one person from the profile store (events and snapshots written first)."""
+    from mosaic.events.v1 import event_pb2, privacy_request_pb2, resolved_pb2
+    from mosaic.identity.v1 import identity_pb2
+    from mosaic.platform.config import PlatformSettings
+    from mosaic.profile.v1 import profile_pb2
+    from mosaic.testing import cassandra_node
+    from profile_service.cache import ProfileCache
+    from profile_service.config import Settings as ProfileSettings
+    from profile_service.privacy import ProfilePrivacy
+    from profile_service.profiles import Profiles
+    from profile_service.store import Latest, StoredSnapshot, open_store
+
+    env = {"MOSAIC_STORE": store_name, "MOSAIC_DATA_DIR": tempfile.mkdtemp(prefix="bench-erase-")}
+    keyspace = None
+    if store_name == "cassandra":
+        keyspace = cassandra_node.new_keyspace_settings(cassandra_node.ensure_node(), prefix="bench")
+        env |= {"MOSAIC_CASSANDRA_PORT": str(keyspace.port), "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace}
+    platform = PlatformSettings.from_env("profile", env)
+    store = await open_store(platform)
+    try:
+        pid, start_s = "p-erased", 1_760_000_000
+        span = 100 * 86400
+        resolved = []
+        for i in range(ERASE_EVENTS):
+            event = event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, event="Page Viewed", user_id="ada", message_id=f"m{i}")
+            event.timestamp.FromSeconds(start_s + i * span // ERASE_EVENTS)
+            event.properties.update({"path": f"/page/{i}"})
+            resolved.append(resolved_pb2.ResolvedEvent(profile_id=pid, event=event,
+                                                       identifiers=[identity_pb2.Identifier(type="user_id", value="ada")]))
+        for chunk in range(0, ERASE_EVENTS, 200):
+            await asyncio.gather(*(store.archive(pid, r, "Page Viewed", 90 * 86400) for r in resolved[chunk:chunk + 200]))
+        profile = profile_pb2.Profile(profile_id=pid)
+        profile.first_seen.FromSeconds(start_s)
+        profile.last_seen.FromSeconds(start_s + span)
+        for version in range(1, ERASE_SNAPSHOTS + 1):
+            profile.version = version
+            snapshot = profile_pb2.Snapshot(profile_id=pid, version=version, cause_message_id=f"m{version}")
+            snapshot.recorded_at.FromSeconds(start_s + version * 60)
+            snapshot.profile.CopyFrom(profile)
+            await store.save(StoredSnapshot(snapshot, version % 20 == 1), Latest(profile), 14 * 86400)
+        settings = ProfileSettings(platform, (), 90, 90, 20, 1000)
+        profiles = Profiles(store, ProfileCache(1000, platform.partitions, platform.owned_partitions), None, settings)
+        began = time.perf_counter()
+        answer = await ProfilePrivacy(profiles).erase(privacy_request_pb2.PrivacyRequested(person_id=pid, profile_ids=[pid]))
+        return time.perf_counter() - began, answer.counts
+    finally:
+        await store.close()
+        if keyspace is not None:
+            cassandra_node.drop_keyspace(keyspace)
+
+
 async def main() -> None:
     nats = NatsServer().start()
     port = free_port()
@@ -168,3 +224,7 @@ async def main() -> None:
         process.terminate()
         process.wait(timeout=20)
         nats.close()
+    for store_name in ("embedded", "cassandra"):
+        seconds, counts = await erase_time(store_name)
+        print(f"ErasePerson, profile's part, {store_name}: {seconds:.2f} s for {ERASE_EVENTS} archived events"
+              f" over 100 days and {ERASE_SNAPSHOTS} snapshots (removed {counts})")
