@@ -1,6 +1,6 @@
 """A person erased across the mesh, with the profile service killed halfway: the request waits
-for it, completes once it is back, and afterwards no table of identity, profile, consent or
-ingestion names the person (on each store), and ingestion drops the person's new events."""
+for it, completes once it is back, and afterwards no table of any service names the person
+(on each store), and ingestion drops the person's new events."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import json
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from mosaic.cli.__main__ import main as mosaic
 from mosaic.cli.mesh import Mesh
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2 as cpb, consent_service_pb2_grpc
 from mosaic.consent.v1 import privacy_pb2, privacy_service_pb2 as pb, privacy_service_pb2_grpc
+from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2, delivery_service_pb2_grpc
 from mosaic.events.v1 import event_pb2
 from mosaic.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
 from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc
@@ -21,10 +23,11 @@ from mosaic.platform.config import PlatformSettings
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store.sqlite import SqliteStore
 from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
+from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2, segmentation_service_pb2_grpc
 from mosaic.testing.plugin import eventually
 from mosaic.testing.scan import rows_mentioning
 
-PARTICIPANTS = ("identity", "profile", "consent", "ingestion")  # the services whose tables are scanned
+SERVICES = ("identity", "profile", "consent", "ingestion", "segmentation", "delivery")  # every store is scanned
 
 
 @pytest.fixture(params=["embedded", "cassandra"])
@@ -81,11 +84,11 @@ async def tables_naming(mesh: Mesh, needles: list[str]) -> list[str]:
         db = CassandraStore(settings.cassandra, "scan")
         await db.open([])
         try:
-            found = [(t, r) for t, r in await rows_mentioning(db, needles) if t.startswith(PARTICIPANTS)]
+            found = [(t, r) for t, r in await rows_mentioning(db, needles) if t.startswith(SERVICES)]
         finally:
             await db.close()
     else:
-        for service in PARTICIPANTS:
+        for service in SERVICES:
             db = SqliteStore(settings.data_dir / f"{service}.db")
             await db.open([])
             try:
@@ -96,13 +99,24 @@ async def tables_naming(mesh: Mesh, needles: list[str]) -> list[str]:
     return sorted({table for table, _ in found} - {"privacy_requests", "schema_migrations"})
 
 
-async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_person(mesh, capsys):
+async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_person(mesh, capsys, webhook_receiver):
+    async with grpc.aio.insecure_channel(mesh.address("segmentation")) as channel:
+        await segmentation_service_pb2_grpc.SegmentationServiceStub(channel).CreateSegment(
+            segmentation_service_pb2.CreateSegmentRequest(segment=segment_pb2.Segment(
+                segment_id="pro", name="Pro", condition=segment_pb2.Condition(trait=segment_pb2.TraitCondition(
+                    trait="plan", operator=segment_pb2.OPERATOR_EQUALS, value=struct_pb2.Value(string_value="pro"))))))
+    async with grpc.aio.insecure_channel(mesh.address("delivery")) as channel:
+        await delivery_service_pb2_grpc.DeliveryServiceStub(channel).CreateDestination(
+            delivery_service_pb2.CreateDestinationRequest(destination=delivery_pb2.Destination(
+                destination_id="crm", name="CRM", webhook_url=webhook_receiver.url("/crm"), segment_id="pro",
+                purpose="marketing")))
     assert await ingest(mesh, identify("e1", "ada@example.com", anonymous_id="a-ada"),
                         identify("e2", "ada@example.com", user_id="ada"),
                         identify("e3", "bob@example.com", user_id="bob")) == [ingestion_service_pb2.EVENT_STATUS_ACCEPTED] * 3
     ada = await eventually(lambda: same_person(mesh))
     await eventually(lambda: profile_version(mesh, ada))
     bob = await eventually(lambda: lookup(mesh, "user_id", "bob"))
+    await eventually(lambda: deliveries_of(mesh, ada))  # a membership and a delivery hold the person too
     async with grpc.aio.insecure_channel(mesh.address("consent")) as channel:
         consent = consent_service_pb2_grpc.ConsentServiceStub(channel)
         await consent.SetConsent(cpb.SetConsentRequest(decision=consent_pb2.ConsentDecision(
@@ -120,7 +134,9 @@ async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_
         async with grpc.aio.insecure_channel(mesh.address("consent")) as privacy_channel:
             privacy = privacy_service_pb2_grpc.PrivacyServiceStub(privacy_channel)
             done = await eventually(lambda: completed(privacy, "erase-ada"), timeout=60)
-        assert {r.participant for r in done.receipts} == {"consent", "identity", "profile"}
+        assert {r.participant for r in done.receipts} == {"consent", "delivery", "identity", "profile", "segmentation"}
+        removed = {r.participant: dict(r.removed) for r in done.receipts}
+        assert removed["segmentation"]["segmentation_memberships"] >= 1 and removed["delivery"]["delivery_log"] >= 1
         assert dict(next(r for r in done.receipts if r.participant == "consent").removed)["consent_ledger"] == 1
         check = await consent.CheckConsent(cpb.CheckConsentRequest(profile_id=ada, purpose="marketing"))
         assert not check.granted
@@ -130,6 +146,13 @@ async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_
     assert await eventually(lambda: suppressed(mesh))  # suppression.changed reached ingestion
     assert await tables_naming(mesh, [*profiles, "ada@example.com", "a-ada"]) == []
     assert await tables_naming(mesh, [bob])  # the scan does find a person who is still there
+
+
+async def deliveries_of(mesh: Mesh, profile_id: str) -> list:
+    async with grpc.aio.insecure_channel(mesh.address("delivery")) as channel:
+        answer = await delivery_service_pb2_grpc.DeliveryServiceStub(channel).ListDeliveries(
+            delivery_service_pb2.ListDeliveriesRequest(profile_id=profile_id))
+    return list(answer.deliveries)
 
 
 async def same_person(mesh: Mesh) -> str:

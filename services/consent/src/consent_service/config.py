@@ -13,7 +13,7 @@ from consent_service.purposes import Purpose
 
 
 # The services with a privacy participant (mosaic.platform.privacy.Participant) today.
-DEFAULT_PARTICIPANTS = ("consent", "identity", "profile")
+DEFAULT_PARTICIPANTS = ("consent", "delivery", "identity", "profile", "segmentation")
 
 
 @dataclass(frozen=True)
