@@ -86,11 +86,11 @@ async def test_erasing_profiles_leaves_no_row_that_names_them(store):
     from mosaic.testing.scan import rows_mentioning
 
     ada, old, other = ids(3)
-    await store.append([decision(ada, "marketing", True, 100), decision(old, "analytics", False, 50),
-                        decision(other, "marketing", True, 100)], [])
+    await store.append([decision(ada, "marketing", True, 100, expires_at=timestamp_pb2.Timestamp(seconds=9_000)),
+                        decision(old, "analytics", False, 50), decision(other, "marketing", True, 100)], [])
     await store.apply_merge(MergeRecord(str(uuid.uuid4()), ada, (Move(old, old),), split=False), [])
     assert {table for table, _ in await rows_mentioning(store.db, [ada, old])} >= {
-        "consent_ledger", "consent_heads", "consent_merges"}
+        "consent_ledger", "consent_heads", "consent_merges", "consent_expiries"}
     counts = await store.erase_profiles([ada, old])
     assert counts == {"consent_ledger": 2, "consent_heads": 1, "consent_merges": 1}
     assert await rows_mentioning(store.db, [ada, old]) == []
@@ -120,3 +120,19 @@ async def test_a_privacy_request_is_stored_once_with_its_receipts_and_export_par
     assert again.state == privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED and len(again.receipts) == 1
     assert rid in [r.request_id for r in await store.requests()]
     assert await store.request("never") is None
+
+
+async def test_an_expiring_grant_is_due_once_its_time_has_come(store):
+    from consent_service.store import Expiry
+
+    (pid,) = ids(1)
+    now = 1_800_000_000
+    await store.append([decision(pid, "marketing", True, now - 100, expires_at=timestamp_pb2.Timestamp(seconds=now - 10)),
+                        decision(pid, "analytics", True, now - 100, expires_at=timestamp_pb2.Timestamp(seconds=now + 10)),
+                        decision(pid, "advertising", False, now - 100)], [])
+    due = [e for e in await store.due_expiries(now * 1_000_000) if e.profile_id == pid]
+    assert due == [Expiry((now - 10) * 1_000_000, pid, "marketing")]
+    await store.expiry_done(due)
+    assert [e for e in await store.due_expiries(now * 1_000_000) if e.profile_id == pid] == []
+    later = [e.purpose for e in await store.due_expiries((now + 20) * 1_000_000) if e.profile_id == pid]
+    assert later == ["analytics"]

@@ -25,6 +25,7 @@ from consent_service.outbox import Relay
 from consent_service.privacy import ConsentParticipant, PrivacyServicer, Receipts
 from consent_service.purposes import NAME as PURPOSE_NAME
 from consent_service.store import ConsentStore, open_store
+from consent_service.sweeper import Sweeper
 
 
 def _profile_id(value: str, name: str = "profile_id") -> str:
@@ -123,7 +124,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.cleanup.push_async_callback(store.close)
     ledger, cache, relay = components(store, runtime, settings)
     stopping = asyncio.Event()
-    background = [asyncio.create_task(relay.run(stopping))]
+    sweeper = Sweeper(store, ledger, cache, relay)
+    background = [asyncio.create_task(relay.run(stopping)), asyncio.create_task(sweeper.run(stopping))]
 
     async def stop_background() -> None:
         stopping.set()

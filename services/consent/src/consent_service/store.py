@@ -8,6 +8,9 @@ decision per purpose over the ledgers of all its profiles, and a split only move
 two small maps back (the ledger is never rewritten). Each merge keeps the moves it made, so
 undoing it restores exactly what it changed.
 
+A grant with an expires_at is indexed by that time in the same write, for the sweeper that
+appends its expiry.
+
 Every write that must be announced stores its `consent.changed` message in the outbox in the
 same atomic write (one SQLite transaction, one logged Cassandra batch); a relay publishes it.
 """
@@ -49,6 +52,20 @@ class MergeRecord:
     survivor: str
     moves: tuple[Move, ...]
     split: bool
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """A grant that lapses: when, whose, which purpose."""
+
+    expires_us: int
+    profile_id: str
+    purpose: str
+
+
+def expiries_of(decisions) -> list[Expiry]:
+    return [Expiry(micros(d.expires_at), d.profile_id, d.purpose) for d in decisions
+            if d.HasField("expires_at") and d.granted]
 
 
 def micros(ts: timestamp_pb2.Timestamp) -> int:
@@ -109,6 +126,9 @@ class ConsentStore(Protocol):
         """(participant, part, JSON) of an export, in order."""
     async def erase_profiles(self, profile_ids: list[str]) -> dict[str, int]:
         """Remove every ledger entry, person link and merge record of the profiles; rows removed by table."""
+    async def due_expiries(self, now_us: int, limit: int = 500) -> list[Expiry]:
+        """Grants whose expires_at is at or before `now_us` and not yet swept (appended with them)."""
+    async def expiry_done(self, expiries: list[Expiry]) -> None: ...
     async def outbox_pending(self, limit: int = 500) -> list[OutboxEntry]: ...
     async def outbox_done(self, message_ids: list[str]) -> None: ...
     async def close(self) -> None: ...

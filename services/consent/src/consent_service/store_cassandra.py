@@ -12,7 +12,9 @@ from datetime import datetime, timezone
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.consent.v1 import privacy_pb2
-from consent_service.store import MergeRecord, OutboxEntry, decision_from, decode_moves, encode_moves, micros
+from consent_service.store import (
+    Expiry, MergeRecord, OutboxEntry, decision_from, decode_moves, encode_moves, expiries_of, micros,
+)
 
 OUTBOX_SHARDS = 8
 
@@ -41,10 +43,18 @@ MIGRATIONS = [
         "CREATE TABLE IF NOT EXISTS privacy_exports (request_id text, participant text, part int, json text,"
         " PRIMARY KEY ((request_id), participant, part))",
     )),
+    # Expiring grants by the day they lapse; the sweeper reads the days up to today.
+    Migration(4, (
+        "CREATE TABLE IF NOT EXISTS consent_expiries (day text, expires_at timestamp, profile_id text, purpose text,"
+        " PRIMARY KEY ((day), expires_at, profile_id, purpose))",
+    )),
 ]
+SWEEP_DAYS = 30  # how far back the sweeper looks for days it has not finished (a long outage)
 
 _LEDGER = ("INSERT INTO consent_ledger (profile_id, purpose, decided_at, granted, source, entry)"
            " VALUES (?, ?, ?, ?, ?, ?)")
+_EXPIRY = "INSERT INTO consent_expiries (day, expires_at, profile_id, purpose) VALUES (?, ?, ?, ?)"
+_EXPIRY_DELETE = "DELETE FROM consent_expiries WHERE day = ? AND expires_at = ? AND profile_id = ? AND purpose = ?"
 _OUTBOX = "INSERT INTO consent_outbox (shard, message_id, topic, key, payload) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -54,6 +64,15 @@ def _shard(message_id: str) -> int:
 
 def _outbox(outbox: list[OutboxEntry]) -> list[tuple[str, tuple]]:
     return [(_OUTBOX, (_shard(e.message_id), e.message_id, e.topic, e.key, e.payload)) for e in outbox]
+
+
+def _day(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def _expiry_rows(expiries: list[Expiry], cql: str) -> list[tuple[str, tuple]]:
+    return [(cql, (_day(e.expires_us), datetime.fromtimestamp(e.expires_us / 1e6, tz=timezone.utc), e.profile_id, e.purpose))
+            for e in expiries]
 
 
 def _micros_of(when: datetime) -> int:
@@ -69,7 +88,8 @@ class CassandraConsentStore(Repository):
                        d.granted, d.source, d.SerializeToString()))
             for d in decisions
         ]
-        await self.db.execute_atomic(statements + _outbox(outbox))
+        expiries = _expiry_rows(expiries_of(decisions), _EXPIRY)
+        await self.db.execute_atomic(statements + expiries + _outbox(outbox))
 
     async def ledger(self, profile_ids, limit=10_000):
         decisions = []
@@ -182,8 +202,13 @@ class CassandraConsentStore(Repository):
         statements: list[tuple[str, tuple]] = []
         merge_ids: set[str] = set()
         for profile_id in dict.fromkeys(profile_ids):
-            rows = await self.db.execute("SELECT purpose FROM consent_ledger WHERE profile_id = ?", (profile_id,))
+            rows = await self.db.execute(
+                "SELECT profile_id, purpose, decided_at, granted, source, entry FROM consent_ledger WHERE profile_id = ?",
+                (profile_id,))
             counts["consent_ledger"] += len(rows)
+            decisions = [decision_from(r.profile_id, r.purpose, _micros_of(r.decided_at), r.granted, r.source, r.entry)
+                         for r in rows]
+            statements += _expiry_rows(expiries_of(decisions), _EXPIRY_DELETE)
             statements.append(("DELETE FROM consent_ledger WHERE profile_id = ?", (profile_id,)))
             heads = await self.db.execute("SELECT head FROM consent_heads WHERE profile_id = ?", (profile_id,))
             for row in heads:
@@ -199,6 +224,21 @@ class CassandraConsentStore(Repository):
         if statements:
             await self.db.execute_atomic(statements)
         return counts
+
+    async def due_expiries(self, now_us, limit=500):
+        found: list[Expiry] = []
+        day_us = 86_400 * 1_000_000
+        for back in range(SWEEP_DAYS, -1, -1):
+            rows = await self.db.execute(
+                "SELECT expires_at, profile_id, purpose FROM consent_expiries WHERE day = ? AND expires_at <= ? LIMIT ?",
+                (_day(now_us - back * day_us), datetime.fromtimestamp(now_us / 1e6, tz=timezone.utc), limit - len(found)))
+            found += [Expiry(_micros_of(r.expires_at), r.profile_id, r.purpose) for r in rows]
+            if len(found) >= limit:
+                break
+        return found
+
+    async def expiry_done(self, expiries):
+        await self.db.execute_together(_expiry_rows(expiries, _EXPIRY_DELETE))
 
     async def outbox_pending(self, limit=500):
         entries = []

@@ -5,7 +5,9 @@ from __future__ import annotations
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.sqlite import SqliteStore
 from mosaic.consent.v1 import privacy_pb2
-from consent_service.store import MergeRecord, OutboxEntry, decision_from, decode_moves, encode_moves, micros
+from consent_service.store import (
+    Expiry, MergeRecord, OutboxEntry, decision_from, decode_moves, encode_moves, expiries_of, micros,
+)
 
 MIGRATIONS = [
     Migration(1, (
@@ -25,6 +27,10 @@ MIGRATIONS = [
         "CREATE TABLE privacy_receipts (request_id TEXT, participant TEXT, summary BLOB, PRIMARY KEY (request_id, participant))",
         "CREATE TABLE privacy_exports (request_id TEXT, participant TEXT, part INTEGER, json TEXT,"
         " PRIMARY KEY (request_id, participant, part))",
+    )),
+    Migration(4, (
+        "CREATE TABLE consent_expiries (expires_us INTEGER, profile_id TEXT, purpose TEXT,"
+        " PRIMARY KEY (expires_us, profile_id, purpose))",
     )),
 ]
 
@@ -55,8 +61,11 @@ class SqliteConsentStore(Repository):
         rows = [(d.profile_id, d.purpose, micros(d.decided_at), int(d.granted), d.source, d.SerializeToString())
                 for d in decisions]
 
+        expiries = [(e.expires_us, e.profile_id, e.purpose) for e in expiries_of(decisions)]
+
         def write(db):
             db.executemany(_LEDGER, rows)
+            db.executemany("INSERT OR IGNORE INTO consent_expiries VALUES (?, ?, ?)", expiries)
             _put_outbox(db, outbox)
 
         await self.db.transaction(write)
@@ -165,6 +174,7 @@ class SqliteConsentStore(Repository):
             counts = {}
             counts["consent_ledger"] = db.execute(
                 f"DELETE FROM consent_ledger WHERE profile_id IN ({marks})", profile_ids).rowcount
+            db.execute(f"DELETE FROM consent_expiries WHERE profile_id IN ({marks})", profile_ids)
             counts["consent_heads"] = db.execute(
                 f"DELETE FROM consent_heads WHERE profile_id IN ({marks}) OR head IN ({marks})",
                 (*profile_ids, *profile_ids)).rowcount
@@ -176,6 +186,19 @@ class SqliteConsentStore(Repository):
             return counts
 
         return await self.db.transaction(write) if profile_ids else {}
+
+    async def due_expiries(self, now_us, limit=500):
+        rows = await self.db.execute(
+            "SELECT expires_us, profile_id, purpose FROM consent_expiries WHERE expires_us <= ? ORDER BY expires_us LIMIT ?",
+            (now_us, limit))
+        return [Expiry(*r) for r in rows]
+
+    async def expiry_done(self, expiries):
+        def write(db):
+            db.executemany("DELETE FROM consent_expiries WHERE expires_us = ? AND profile_id = ? AND purpose = ?",
+                           [(e.expires_us, e.profile_id, e.purpose) for e in expiries])
+
+        await self.db.transaction(write)
 
     async def outbox_pending(self, limit=500):
         rows = await self.db.execute(
