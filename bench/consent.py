@@ -1,14 +1,15 @@
 """Consent benchmark (issue 15): CheckConsent p50 and p99 under load.
 
 The consent service runs as its own process (embedded store, a fresh nats-server); this
-process is the load, over one gRPC channel, about PEOPLE people, while a writer records a
-decision every 20 ms (each a `consent.changed` notice that drops cached answers):
+process is the load, over one gRPC channel, about PEOPLE people, while a writer records
+WRITES decisions a second (each a `consent.changed` notice that drops cached answers):
 
 1. open loop: calls started at a fixed RATE per second for SECONDS, whatever the answers'
    speed, so the latency is a caller's at that load and not the queue of a saturated loop;
 2. closed loop: CONCURRENCY callers back to back, for the most calls per second;
-3. the handler's own time on a cache hit, in-process without gRPC;
-4. the time the profile service takes to erase a person with ERASE_EVENTS archived events
+3. grpc's own Health/Check on the same server at the same rate, as a baseline;
+4. the handler's own time on a cache hit, in-process without gRPC;
+5. the time the profile service takes to erase a person with ERASE_EVENTS archived events
    (over 100 days) and ERASE_SNAPSHOTS snapshots, on each store.
 """
 
@@ -34,6 +35,7 @@ PEOPLE = int(os.environ.get("BENCH_CONSENT_PEOPLE", "2000"))
 SECONDS = float(os.environ.get("BENCH_CONSENT_SECONDS", "10"))
 CONCURRENCY = int(os.environ.get("BENCH_CONSENT_CONCURRENCY", "16"))
 RATE = float(os.environ.get("BENCH_CONSENT_RATE", "500"))
+WRITES = float(os.environ.get("BENCH_CONSENT_WRITES", "50"))  # SetConsent per second during the load
 ERASE_EVENTS = int(os.environ.get("BENCH_CONSENT_ERASE_EVENTS", "10000"))
 ERASE_SNAPSHOTS = int(os.environ.get("BENCH_CONSENT_ERASE_SNAPSHOTS", "1000"))
 
@@ -94,17 +96,40 @@ async def load(stub, open_loop: bool) -> tuple[list[float], int]:
     async def writer() -> None:
         nonlocal writes
         rng = random.Random(7)
-        while time.monotonic() < stop:
+        while WRITES and time.monotonic() < stop:
             await stub.SetConsent(pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(
                 profile_id=f"p{rng.randrange(PEOPLE)}", purpose="marketing", granted=rng.random() < 0.5)))
             writes += 1
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(1 / WRITES)
 
     if open_loop:
         await asyncio.gather(writer(), paced())
     else:
         await asyncio.gather(writer(), *(caller(i) for i in range(CONCURRENCY)))
     return samples, writes
+
+
+async def health_baseline(channel: grpc.aio.Channel) -> tuple[float, float]:
+    """grpc's own Health/Check on the same server at the same RATE: what gRPC and this machine
+    cost with no consent code at all, to read CheckConsent's figures against."""
+    health = health_pb2_grpc.HealthStub(channel)
+    samples: list[float] = []
+
+    async def one() -> None:
+        start = time.perf_counter()
+        await health.Check(health_pb2.HealthCheckRequest(service=""))
+        samples.append((time.perf_counter() - start) * 1000)
+
+    began, calls, n = time.monotonic(), [], 0
+    while (now := time.monotonic()) < began + SECONDS:
+        due = began + n / RATE
+        if due > now:
+            await asyncio.sleep(due - now)
+        calls.append(asyncio.ensure_future(one()))
+        n += 1
+    await asyncio.gather(*calls)
+    samples.sort()
+    return statistics.median(samples), percentile(samples, 0.99)
 
 
 async def handler_time() -> tuple[float, float]:
@@ -208,11 +233,14 @@ async def main() -> None:
             cold.sort()
             paced, paced_writes = await load(stub, open_loop=True)
             closed, writes = await load(stub, open_loop=False)
+            base50, base99 = await health_baseline(channel)
         paced.sort()
         closed.sort()
         print(f"CheckConsent at {RATE:,.0f} calls/s over gRPC ({PEOPLE} people, {SECONDS:.0f} s, {paced_writes} SetConsent"
               f" meanwhile): p50 {statistics.median(paced):.2f} ms, p99 {percentile(paced, 0.99):.2f} ms,"
               f" max {paced[-1]:.2f} ms")
+        print(f"grpc.health.v1 Health/Check on the same server at {RATE:,.0f} calls/s (no consent code): p50 {base50:.2f} ms,"
+              f" p99 {base99:.2f} ms")
         print(f"CheckConsent saturated ({CONCURRENCY} callers back to back, {writes} SetConsent meanwhile):"
               f" {len(closed) / SECONDS:,.0f} calls/s, p50 {statistics.median(closed):.2f} ms,"
               f" p99 {percentile(closed, 0.99):.2f} ms")

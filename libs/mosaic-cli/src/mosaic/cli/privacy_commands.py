@@ -26,6 +26,7 @@ from mosaic.identity.v1 import identity_pb2
 
 COMMANDS = ("privacy",)
 DEFAULT_ADDRESS = "127.0.0.1:50055"
+MAX_EXPORT_BYTES = 512 * 1024 * 1024
 JURISDICTIONS = {"gdpr": consent_pb2.JURISDICTION_GDPR, "ccpa": consent_pb2.JURISDICTION_CCPA}
 
 
@@ -81,7 +82,9 @@ def _summary(request: privacy_pb2.PrivacyRequest) -> dict:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    # An export of a long customer life is more than gRPC's default 4 MB a message.
+    options = [("grpc.max_receive_message_length", MAX_EXPORT_BYTES)]
+    async with grpc.aio.insecure_channel(args.address, options=options) as channel:
         stub = privacy_service_pb2_grpc.PrivacyServiceStub(channel)
         if args.verb == "requests":
             return await _list(stub, args)
