@@ -216,7 +216,7 @@ async def main() -> None:
     data = tempfile.mkdtemp(prefix="bench-consent-")
     env = {**os.environ, "MOSAIC_NATS_URL": nats.url, "MOSAIC_GRPC_PORT": str(port), "MOSAIC_DATA_DIR": data,
            "MOSAIC_STORE": "embedded", "OTEL_TRACES_EXPORTER": "none", "OTEL_SDK_DISABLED": "true",
-           "MOSAIC_LOG_LEVEL": "WARNING"}
+           "MOSAIC_LOG_LEVEL": "WARNING", "MOSAIC_AUTH": "off"}
     process = subprocess.Popen([sys.executable, "-m", "consent_service"], env=env)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -33,7 +33,8 @@ SERVICES = ("identity", "profile", "consent", "ingestion", "segmentation", "deli
 @pytest.fixture(params=["embedded", "cassandra"])
 def mesh(request, tmp_path, nats_server):
     env = {"MOSAIC_NATS_URL": nats_server.url, "MOSAIC_STORE": request.param, "MOSAIC_DATA_DIR": str(tmp_path / "data"),
-           "MOSAIC_PARTITIONS": "4", "MOSAIC_INGEST_OPEN_SOURCES": "true", "OTEL_TRACES_EXPORTER": "none"}
+           "MOSAIC_PARTITIONS": "4", "MOSAIC_INGEST_OPEN_SOURCES": "true", "OTEL_TRACES_EXPORTER": "none",
+           "MOSAIC_AUTH": "off"}  # authentication has its own e2e test (the walk)
     if request.param == "cassandra":
         keyspace = request.getfixturevalue("cassandra_keyspace")
         env |= {"MOSAIC_CASSANDRA_PORT": str(keyspace.port), "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace}

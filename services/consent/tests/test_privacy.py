@@ -31,7 +31,7 @@ PENDING = privacy_pb2.PRIVACY_REQUEST_STATE_PENDING
 async def service(make_settings):
     base = make_settings("consent")
     settings = Settings.from_env({"MOSAIC_NATS_URL": base.nats_url, "MOSAIC_DATA_DIR": str(base.data_dir),
-                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2",
+                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2", "MOSAIC_AUTH": "off",
                                   "MOSAIC_PRIVACY_PARTICIPANTS": "consent,crm"})
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()

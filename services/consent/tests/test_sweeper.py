@@ -58,3 +58,21 @@ async def test_a_request_nobody_answered_is_announced_again(store, sweeper):
     await sweeper.announce_again()
     pending = {e.message_id for e in await store.outbox_pending()}
     assert f"privacy:{rid}" in pending and f"privacy:{rid}-new" not in pending
+
+
+async def test_an_export_document_is_deleted_once_its_retention_is_over(store, sweeper):
+    rid = str(uuid.uuid4())
+    day_us = 86_400 * 1_000_000
+    request = privacy_pb2.PrivacyRequest(request_id=rid, kind=privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT, person_id="p",
+                                         state=privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED,
+                                         completed_at=timestamp(NOW_US - 31 * day_us))
+    fresh = privacy_pb2.PrivacyRequest(request_id=rid + "-new", kind=privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT,
+                                       person_id="p", state=privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED,
+                                       completed_at=timestamp(NOW_US - day_us))
+    for r in (request, fresh):
+        await store.put_request(r, [])
+        await store.put_receipt(r.request_id, "profile", 0, None, '{"events": [1]}', [])
+    assert await sweeper.delete_old_exports() >= 1
+    assert await store.export_parts(rid) == [] and (await store.request(rid)).export_deleted_at.seconds == NOW_US // 10**6
+    assert await store.export_parts(rid + "-new") == [("profile", 0, '{"events": [1]}')]
+    assert await sweeper.delete_old_exports() == 0

@@ -124,7 +124,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.cleanup.push_async_callback(store.close)
     ledger, cache, relay = components(store, runtime, settings)
     stopping = asyncio.Event()
-    sweeper = Sweeper(store, ledger, cache, relay)
+    sweeper = Sweeper(store, ledger, cache, relay, export_days=settings.export_days)
     background = [asyncio.create_task(relay.run(stopping)), asyncio.create_task(sweeper.run(stopping))]
 
     async def stop_background() -> None:

@@ -26,6 +26,7 @@ class Settings(ServiceSettings):
     categories: dict[str, str] = field(default_factory=dict)
     identity_address: str = ""
     participants: tuple[str, ...] = DEFAULT_PARTICIPANTS
+    export_days: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -48,4 +49,6 @@ class Settings(ServiceSettings):
             identity_address=environ.get("MOSAIC_IDENTITY_ADDRESS", "").strip(),
             # The services that must answer a privacy request before it completes.
             participants=env.list("MOSAIC_PRIVACY_PARTICIPANTS", ",".join(DEFAULT_PARTICIPANTS)),
+            # How long a completed export's document is kept for the requester to fetch.
+            export_days=env.float("MOSAIC_PRIVACY_EXPORT_DAYS", 30.0, minimum=0.01),
         )

@@ -140,7 +140,8 @@ class PrivacyServicer(privacy_service_pb2_grpc.PrivacyServiceServicer):
         if found is None:
             raise NotFound("privacy request", request.request_id)
         answer = pb.GetPrivacyRequestResponse(request=found)
-        if found.kind == Kind.PRIVACY_REQUEST_KIND_EXPORT and found.state == State.PRIVACY_REQUEST_STATE_COMPLETED:
+        if (found.kind == Kind.PRIVACY_REQUEST_KIND_EXPORT and found.state == State.PRIVACY_REQUEST_STATE_COMPLETED
+                and not found.HasField("export_deleted_at")):
             answer.export_json = json.dumps(await self.document(found), sort_keys=True)
         return answer
 

@@ -124,6 +124,8 @@ class ConsentStore(Protocol):
         """Store one part of a participant's answer (the summary comes with the final part)."""
     async def export_parts(self, request_id: str) -> list[tuple[str, int, str]]:
         """(participant, part, JSON) of an export, in order."""
+    async def delete_export(self, request_id: str) -> None:
+        """Remove an export's document parts (its retention is over)."""
     async def erase_profiles(self, profile_ids: list[str]) -> dict[str, int]:
         """Remove every ledger entry, person link and merge record of the profiles; rows removed by table."""
     async def due_expiries(self, now_us: int, limit: int = 500) -> list[Expiry]:

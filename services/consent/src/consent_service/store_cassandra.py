@@ -197,6 +197,9 @@ class CassandraConsentStore(Repository):
                                      (request_id,))
         return [(r.participant, r.part, r.json) for r in rows]
 
+    async def delete_export(self, request_id):
+        await self.db.execute("DELETE FROM privacy_exports WHERE request_id = ?", (request_id,))
+
     async def erase_profiles(self, profile_ids):
         counts = {"consent_ledger": 0, "consent_heads": 0}
         statements: list[tuple[str, tuple]] = []

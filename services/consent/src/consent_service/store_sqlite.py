@@ -167,6 +167,9 @@ class SqliteConsentStore(Repository):
             (request_id,))
         return [tuple(r) for r in rows]
 
+    async def delete_export(self, request_id):
+        await self.db.execute("DELETE FROM privacy_exports WHERE request_id = ?", (request_id,))
+
     async def erase_profiles(self, profile_ids):
         marks = ",".join("?" * len(profile_ids))
 

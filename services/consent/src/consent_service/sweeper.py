@@ -5,6 +5,8 @@
   shows it, and announces it on `consent.changed` like any change. Only a grant that is still
   the person's latest word on the purpose expires. Replicas may sweep the same grant: the
   entry's key and change id are derived from it, so it is recorded once.
+- A completed export's document is personal data held only to be handed over: it is deleted
+  `export_days` after completion (the request keeps its receipts and says when).
 - A privacy request that no participant answered for a while is announced again: Cassandra
   stores a new request (a lightweight transaction) and its announcement in two writes, and a
   crash between them would leave it unannounced. Participants and receipts are idempotent.
@@ -36,12 +38,13 @@ def _change_id(expiry: Expiry) -> str:
 
 class Sweeper:
     def __init__(self, store: ConsentStore, ledger: Ledger, cache: ConsentCache, relay: Relay,
-                 announce_after: float = 600.0, clock: Callable[[], int] = now_us) -> None:
+                 announce_after: float = 600.0, export_days: float = 30.0, clock: Callable[[], int] = now_us) -> None:
         self.store = store
         self.ledger = ledger
         self.cache = cache
         self.relay = relay
         self.announce_after_us = int(announce_after * 1e6)
+        self.export_keep_us = int(export_days * 86_400 * 1e6)
         self.clock = clock
 
     async def expire(self) -> int:
@@ -80,9 +83,21 @@ class Sweeper:
             self.relay.kick()
         return len(quiet)
 
+    async def delete_old_exports(self) -> int:
+        """Delete the documents of exports completed more than `export_days` ago; returns how many."""
+        horizon = self.clock() - self.export_keep_us
+        old = [r for r in await self.store.requests()
+               if r.kind == privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT and r.state == privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED
+               and not r.HasField("export_deleted_at") and micros(r.completed_at) <= horizon]
+        for request in old:
+            await self.store.delete_export(request.request_id)
+            request.export_deleted_at.CopyFrom(timestamp(self.clock()))
+            await self.store.complete_request(request)
+        return len(old)
+
     async def run(self, stopping: asyncio.Event, interval: float = 30.0) -> None:
         while not stopping.is_set():
-            for work in (self.expire, self.announce_again):
+            for work in (self.expire, self.announce_again, self.delete_old_exports):
                 try:
                     await work()
                 except Exception:  # noqa: BLE001 - logged; the next round tries again
