@@ -4,7 +4,6 @@ jurisdiction, the GPC signal, consent following merges and splits, the outbox an
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import grpc
 import pytest
@@ -248,5 +247,34 @@ async def test_the_purposes_are_those_configured(make_settings):
             assert (unknown.granted, unknown.reason) == (False, "purpose not configured")
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.SetConsent(grant("x", "marketing"))
+    finally:
+        await service.stop()
+
+
+async def test_what_a_crash_left_in_the_outbox_is_published_after_a_restart(make_settings):
+    from consent_service.ledger import Ledger
+    from consent_service.store import open_store
+
+    service = await start(make_settings)
+    settings = service.settings
+    await service.stop()
+    # A decision written durably by a replica that died before publishing it.
+    store = await open_store(settings)
+    ledger = Ledger(store, Settings.from_env({}).purposes, consent_pb2.JURISDICTION_GDPR)
+    entry = ledger.normalise(consent_pb2.ConsentDecision(profile_id="crashed", purpose="marketing", granted=True))
+    await ledger.record([entry])
+    await store.close()
+    service = await start(make_settings)
+    try:
+        bus = service.runtime.bus
+
+        async def published():
+            return (await bus._js.stream_info(topics.CONSENT_CHANGED.stream)).state.messages == 1
+
+        await eventually(published)
+        message = await bus._js.get_last_msg(topics.CONSENT_CHANGED.stream, topics.CONSENT_CHANGED.wildcard)
+        assert message.headers["Nats-Msg-Id"] == f"consent:{entry.change_id}"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            assert (await check(consent_service_pb2_grpc.ConsentServiceStub(channel), "crashed")).granted
     finally:
         await service.stop()
