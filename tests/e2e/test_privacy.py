@@ -1,4 +1,4 @@
-"""A person erased across the mesh, with the profile service killed halfway: the request waits
+"""A person exported, then erased across the mesh, with the profile service killed halfway: the request waits
 for it, completes once it is back, and afterwards no table of any service names the person
 (on each store), and ingestion drops the person's new events."""
 
@@ -100,7 +100,8 @@ async def tables_naming(mesh: Mesh, needles: list[str]) -> list[str]:
     return sorted({table for table, _ in found} - {"privacy_requests", "schema_migrations"})
 
 
-async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_person(mesh, capsys, webhook_receiver):
+async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_person(mesh, capsys, webhook_receiver,
+                                                                                        tmp_path):
     async with grpc.aio.insecure_channel(mesh.address("segmentation")) as channel:
         await segmentation_service_pb2_grpc.SegmentationServiceStub(channel).CreateSegment(
             segmentation_service_pb2.CreateSegmentRequest(segment=segment_pb2.Segment(
@@ -123,6 +124,19 @@ async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_
         await consent.SetConsent(cpb.SetConsentRequest(decision=consent_pb2.ConsentDecision(
             profile_id=ada, purpose="marketing", granted=True)))
         profiles = sorted(set(await profile_ids(mesh, ada)))
+
+        export = tmp_path / "ada.json"  # first, everything held about the person, by any identifier
+        code = await asyncio.to_thread(mosaic, ["privacy", "export", "--identifier", "anonymous_id:a-ada", "--output",
+                                                str(export), "--address", mesh.address("consent")])
+        assert code == 0
+        document = json.loads(export.read_text())
+        assert {(i["type"], i["value"]) for i in document["identity"]["identifiers"]} >= {
+            ("user_id", "ada"), ("anonymous_id", "a-ada"), ("email", "ada@example.com")}
+        assert document["profile"]["profiles"][0]["traits"]["plan"]["value"] == "pro"
+        assert document["profile"]["events"] and document["profile"]["snapshots"]
+        assert [e["purpose"] for e in document["consent"]["consent_ledger"]] == ["marketing"]
+        assert document["segmentation"]["memberships"][0]["segment_id"] == "pro"
+        assert document["delivery"]["deliveries"][0]["destination_id"] == "crm"
 
         mesh.processes["profile"].kill()  # halfway: profile is down when the request goes out
         mesh.processes["profile"].wait()

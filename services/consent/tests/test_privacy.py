@@ -140,7 +140,8 @@ async def test_an_erasure_removes_consent_suppresses_the_identifiers_and_is_idem
         await crm_bus.close()
     assert (answer.request.deadline.seconds - answer.request.requested_at.seconds) == 45 * 86400
     assert {r.participant: dict(r.removed) for r in answer.request.receipts} == {
-        "consent": {"consent_ledger": 1, "consent_heads": 0, "consent_merges": 0}, "crm": {"crm_notes": 3}}
+        "consent": {"consent_ledger": 1, "consent_heads": 0, "consent_merges": 0, "privacy_exports": 0},
+        "crm": {"crm_notes": 3}}
     assert not answer.export_json
     check = await consent.CheckConsent(cpb.CheckConsentRequest(profile_id="ada", purpose="marketing"))
     assert (check.granted, check.reason) == (False, "opt-in default")
@@ -185,3 +186,15 @@ async def test_bad_requests_name_the_field(stubs):
             await call
         assert caught.value.code() == code
         assert caught.value.details().startswith(field)
+
+
+async def test_an_erasure_deletes_the_documents_of_the_persons_earlier_exports(service, stubs):
+    _, privacy = stubs
+    crm_less = await privacy.ExportPerson(pb.ExportPersonRequest(person=by_profile("eve")))
+    rid = crm_less.request.request_id
+    await eventually(lambda: answered(privacy, rid, ["consent"]))
+    erase = await privacy.ErasePerson(pb.ErasePersonRequest(person=by_profile("eve")))
+    await eventually(lambda: answered(privacy, erase.request.request_id, ["consent"]))
+    receipt = (await status(privacy, erase.request.request_id)).request.receipts[0]
+    assert receipt.removed["privacy_exports"] == 1
+    assert (await status(privacy, rid)).request.HasField("export_deleted_at")

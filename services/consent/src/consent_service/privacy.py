@@ -199,8 +199,9 @@ class Receipts:
             if request.kind == Kind.PRIVACY_REQUEST_KIND_ERASURE:
                 entry = _suppression(request.request_id, request.person_id, receipt.identifiers, receipt.participant)
                 outbox = [entry] if entry is not None else []
-        await self.store.put_receipt(request.request_id, receipt.participant, receipt.part, summary,
-                                     receipt.export_json, outbox)
+        # An export the person's erasure overtook keeps its receipts, not their documents.
+        document = "" if request.HasField("export_deleted_at") else receipt.export_json
+        await self.store.put_receipt(request.request_id, receipt.participant, receipt.part, summary, document, outbox)
         if outbox:
             self.relay.kick()
         if not receipt.final or request.state == State.PRIVACY_REQUEST_STATE_COMPLETED:
@@ -237,6 +238,7 @@ class ConsentParticipant:
     async def erase(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
         profiles = await self._profiles(request)
         counts = await self.store.erase_profiles(profiles)
+        counts["privacy_exports"] = await self._erase_exports(set(profiles))
         # Every replica's cache forgets the person.
         changed = consent_changed_pb2.ConsentChanged(person_id=request.person_id, profile_ids=profiles,
                                                      cause=f"erasure {request.request_id}")
@@ -245,6 +247,18 @@ class ConsentParticipant:
         self.cache.drop(profiles)
         self.relay.kick()
         return Answer(counts)
+
+    async def _erase_exports(self, profiles: set[str]) -> int:
+        """Delete the documents of the person's earlier exports (the requests stay, as proof)."""
+        erased = 0
+        for past in await self.store.requests():
+            if (past.kind == Kind.PRIVACY_REQUEST_KIND_EXPORT and not past.HasField("export_deleted_at")
+                    and profiles.intersection([past.person_id, *past.profile_ids])):
+                await self.store.delete_export(past.request_id)
+                past.export_deleted_at.GetCurrentTime()
+                await self.store.complete_request(past)
+                erased += 1
+        return erased
 
 
 def _position(request: privacy_pb2.PrivacyRequest) -> tuple[int, str]:

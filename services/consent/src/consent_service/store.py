@@ -118,7 +118,7 @@ class ConsentStore(Protocol):
     async def requests(self, limit: int = 10_000) -> list[privacy_pb2.PrivacyRequest]:
         """Every request, without receipts."""
     async def complete_request(self, request: privacy_pb2.PrivacyRequest) -> None:
-        """Store the request's state and completion time."""
+        """Store the request's state, completion time and export deletion (receipts are kept apart)."""
     async def put_receipt(self, request_id: str, participant: str, part: int, summary: privacy_pb2.PrivacyReceiptSummary | None,
                           export_json: str, outbox: list[OutboxEntry]) -> None:
         """Store one part of a participant's answer (the summary comes with the final part)."""
