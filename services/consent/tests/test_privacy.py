@@ -198,3 +198,36 @@ async def test_an_erasure_deletes_the_documents_of_the_persons_earlier_exports(s
     receipt = (await status(privacy, erase.request.request_id)).request.receipts[0]
     assert receipt.removed["privacy_exports"] == 1
     assert (await status(privacy, rid)).request.HasField("export_deleted_at")
+
+
+async def test_a_request_completes_though_consent_itself_was_down_when_a_receipt_came(make_settings, nats_server):
+    base = make_settings("consent")
+    settings = Settings.from_env({"MOSAIC_NATS_URL": base.nats_url, "MOSAIC_DATA_DIR": str(base.data_dir),
+                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2", "MOSAIC_AUTH": "off",
+                                  "MOSAIC_PRIVACY_PARTICIPANTS": "consent,crm"})
+
+    async def start() -> Service:
+        service = Service(settings.platform, lambda runtime: build(runtime, settings))
+        await service.start()
+        return service
+
+    service = await start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        privacy = privacy_service_pb2_grpc.PrivacyServiceStub(channel)
+        await privacy.ErasePerson(pb.ErasePersonRequest(person=by_profile("zed"), request_id="r-down"))
+        await eventually(lambda: answered(privacy, "r-down", ["consent"]))
+    await service.stop()  # the coordinator is down when crm answers
+    crm = Crm()
+    crm_bus = await run_crm(nats_server.url, crm)
+    try:
+        await eventually(lambda: crm.erased == ["r-down"])
+        service = await start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+                privacy = privacy_service_pb2_grpc.PrivacyServiceStub(channel)
+                answer = await eventually(lambda: completed(privacy, "r-down"))
+                assert {r.participant for r in answer.request.receipts} == {"consent", "crm"}
+        finally:
+            await service.stop()
+    finally:
+        await crm_bus.close()
