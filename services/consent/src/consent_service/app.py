@@ -147,7 +147,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         channel = grpc.aio.insecure_channel(settings.identity_address, interceptors=aio_client_interceptors())
         runtime.cleanup.push_async_callback(channel.close)
         identity = identity_service_pb2_grpc.IdentityServiceStub(channel)
-    privacy = PrivacyServicer(store, relay, runtime.bus, settings.participants, settings.jurisdiction, identity)
+    privacy = PrivacyServicer(store, relay, settings.participants, settings.jurisdiction, identity)
     privacy_service_pb2_grpc.add_PrivacyServiceServicer_to_server(privacy, runtime.server)
     runtime.add_service(privacy_service_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name)
     runtime.bus.consume(topics.PRIVACY_RECEIPT, Receipts(store, relay, runtime.bus), owned)

@@ -62,11 +62,10 @@ def _announcement(request: privacy_pb2.PrivacyRequest) -> OutboxEntry:
 
 
 class PrivacyServicer(privacy_service_pb2_grpc.PrivacyServiceServicer):
-    def __init__(self, store: ConsentStore, relay: Relay, bus: Bus, participants: tuple[str, ...],
-                 jurisdiction: int, identity=None) -> None:
+    def __init__(self, store: ConsentStore, relay: Relay, participants: tuple[str, ...], jurisdiction: int,
+                 identity=None) -> None:
         self.store = store
         self.relay = relay
-        self.bus = bus
         self.participants = participants
         self.jurisdiction = jurisdiction
         self.identity = identity  # an IdentityService stub, to resolve identifiers; None: profile ids only
