@@ -118,3 +118,27 @@ async def _get_or_none(channel, metadata):
         if error.code() == grpc.StatusCode.NOT_FOUND:
             return None
         raise
+
+
+async def test_reads_during_a_nats_outage_are_served_and_recorded_once_it_is_back(secured, nats_server):
+    pki, channel = secured
+    reader = _as(pki, "outage-reader", "profiles:read")
+    await eventually(lambda: _get_or_none(channel, reader))  # each try is recorded, found or not
+    audit = audit_service_pb2_grpc.AuditServiceStub(channel)
+    auditor = _as(pki, "auditor", "audit:read")
+    before = len((await audit.ListAuditRecords(audit_service_pb2.ListAuditRecordsRequest(caller="outage-reader"),
+                                               metadata=auditor)).records)
+    nats_server.stop()
+    assert (await _get(channel, reader)).profile.version >= 1  # the store answers; the record waits
+    nats_server.restart()
+
+    async def recorded():
+        try:
+            answer = await audit.ListAuditRecords(audit_service_pb2.ListAuditRecordsRequest(caller="outage-reader"),
+                                                  metadata=auditor)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE  # still reconnecting
+            return False
+        return len(answer.records) == before + 1
+
+    await eventually(recorded, timeout=30)

@@ -1,67 +1,155 @@
-"""The consent service: SetConsent, CheckConsent and ListConsentHistory; publishes consent.changed."""
+"""The consent service: the ledger over gRPC, merges and splits from identity, the cache, the outbox,
+and privacy requests (PrivacyService, the receipts, and consent's own part)."""
 
 from __future__ import annotations
 
-import re
+import asyncio
 
+import grpc
 from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from mosaic.consent.v1 import consent_service_pb2, consent_service_pb2_grpc
-from mosaic.events.v1 import consent_changed_pb2
-from mosaic.platform import topics
-from mosaic.platform.bus import Bus
+from mosaic.consent.v1 import consent_pb2, consent_service_pb2 as pb, consent_service_pb2_grpc
+from mosaic.consent.v1 import privacy_service_pb2, privacy_service_pb2_grpc
+from mosaic.identity.v1 import identity_service_pb2_grpc
+from mosaic.platform import clients, topics
+from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import InvalidArgument
+from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
+from consent_service.cache import ConsentCache
 from consent_service.config import Settings
+from consent_service.events import ConsentEvents
+from consent_service.ledger import Ledger
+from consent_service.outbox import Relay
+from consent_service.privacy import ConsentParticipant, PrivacyServicer, Receipts
+from consent_service.purposes import NAME as PURPOSE_NAME
 from consent_service.store import ConsentStore, open_store
+from consent_service.sweeper import Sweeper
 
-PURPOSE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+def _profile_id(value: str, name: str = "profile_id") -> str:
+    if not value:
+        raise InvalidArgument(name, "is required")
+    if len(value) > 256:
+        raise InvalidArgument(name, "must be at most 256 characters")
+    return value
 
 
-def _check_subject(profile_id: str, purpose: str, prefix: str = "") -> None:
-    if not profile_id:
-        raise InvalidArgument(f"{prefix}profile_id", "is required")
-    if not PURPOSE.match(purpose):
-        raise InvalidArgument(f"{prefix}purpose", "must be 1-64 lower-case letters, digits or _, starting with a letter")
+def _jurisdiction(value: int) -> int:
+    if value not in consent_pb2.Jurisdiction.values():
+        raise InvalidArgument("jurisdiction", "is not a known Jurisdiction")
+    return value
 
 
 class ConsentServicer(consent_service_pb2_grpc.ConsentServiceServicer):
-    def __init__(self, store: ConsentStore, bus: Bus) -> None:
-        self.store = store
-        self.bus = bus
+    def __init__(self, ledger: Ledger, cache: ConsentCache, relay: Relay) -> None:
+        self.ledger = ledger
+        self.cache = cache
+        self.relay = relay
 
     async def SetConsent(self, request, context):
-        decision = request.decision
-        _check_subject(decision.profile_id, decision.purpose, "decision.")
-        if not decision.HasField("decided_at"):
-            decision.decided_at.GetCurrentTime()
-        decision.decided_at.FromMilliseconds(decision.decided_at.ToMilliseconds())  # what the ledger keeps
-        decision.source = decision.source or "api"
-        await self.store.record(decision)
-        # Recorded first, then announced: a failed publish is retried by the caller, and
-        # re-recording the same decision is a no-op.
-        message_id = f"{decision.profile_id}:{decision.purpose}:{decision.decided_at.ToMicroseconds()}"
-        await self.bus.publish(
-            topics.CONSENT_CHANGED, decision.profile_id, consent_changed_pb2.ConsentChanged(decision=decision), message_id
-        )
-        return consent_service_pb2.SetConsentResponse(decision=decision)
+        decisions = []
+        if request.decision.purpose or not request.global_privacy_control:
+            decisions.append(self.ledger.normalise(request.decision))
+        if request.global_privacy_control:
+            profile_id = _profile_id(request.decision.profile_id, "decision.profile_id")
+            decisions += self.ledger.gpc_denials(profile_id, request.decision.source or "gpc", request.decision.actor)
+        await self.record(decisions)
+        answer = pb.SetConsentResponse(recorded=decisions)
+        if request.decision.purpose or not request.global_privacy_control:
+            answer.decision.CopyFrom(decisions[0])
+        return answer
+
+    async def record(self, decisions: list[consent_pb2.ConsentDecision]) -> None:
+        # Stored with its announcement first; published by the relay, which retries.
+        profiles = await self.ledger.record(decisions)
+        self.cache.drop([*profiles, *(d.profile_id for d in decisions)])
+        self.relay.kick()
 
     async def CheckConsent(self, request, context):
-        _check_subject(request.profile_id, request.purpose)
+        profile_id = _profile_id(request.profile_id)
+        if request.purpose not in self.ledger.purposes and PURPOSE_NAME.match(request.purpose):
+            # Nobody can have consented to a purpose this deployment does not have: fail closed
+            # with the reason, rather than an error a caller (delivery) would retry for ever.
+            return pb.CheckConsentResponse(granted=False, reason="purpose not configured")
+        purpose = self.ledger.check_purpose(request.purpose, "purpose")
+        view = await self.cache.get(profile_id)
+        state = self.ledger.state(view, purpose, _jurisdiction(request.jurisdiction), request.global_privacy_control)
         trace.get_current_span().set_attribute("mosaic.consent.purpose", request.purpose)
-        decision = await self.store.latest(request.profile_id, request.purpose)
-        if decision is None:
-            return consent_service_pb2.CheckConsentResponse(granted=False)  # no consent recorded: opt-in
-        return consent_service_pb2.CheckConsentResponse(granted=decision.granted, decision=decision)
+        answer = pb.CheckConsentResponse(granted=state.granted, by_default=state.by_default, reason=state.reason)
+        if state.HasField("decision"):
+            answer.decision.CopyFrom(state.decision)
+        return answer
+
+    async def GetConsentState(self, request, context):
+        view = await self.cache.get(_profile_id(request.profile_id))
+        jurisdiction = _jurisdiction(request.jurisdiction)
+        return pb.GetConsentStateResponse(
+            person_id=view.head,
+            purposes=[self.ledger.state(view, p, jurisdiction) for p in self.ledger.purposes.values()])
 
     async def ListConsentHistory(self, request, context):
-        if not request.profile_id:
-            raise InvalidArgument("profile_id", "is required")
-        return consent_service_pb2.ListConsentHistoryResponse(decisions=await self.store.history(request.profile_id))
+        decisions, token = await self.ledger.history(_profile_id(request.profile_id), request.page_size, request.page_token)
+        return pb.ListConsentHistoryResponse(decisions=decisions, next_page_token=token)
+
+    async def ListPurposes(self, request, context):
+        return pb.ListPurposesResponse(purposes=[p.to_proto() for p in self.ledger.purposes.values()])
+
+
+class IdentityChanges:
+    """The consumer of identity.merged and identity.split: consent follows the person."""
+
+    def __init__(self, ledger: Ledger, relay: Relay) -> None:
+        self.ledger = ledger
+        self.relay = relay
+
+    async def merged(self, merge, delivery: Delivery) -> None:
+        if await self.ledger.merged(merge):
+            self.relay.kick()
+
+    async def split(self, split, delivery: Delivery) -> None:
+        if await self.ledger.split(split):
+            self.relay.kick()
+
+
+def components(store: ConsentStore, runtime: Runtime, settings: Settings) -> tuple[Ledger, ConsentCache, Relay]:
+    ledger = Ledger(store, settings.purposes, settings.jurisdiction)
+    cache = ConsentCache(ledger.view, settings.cache_size, settings.cache_seconds)
+    return ledger, cache, Relay(store, runtime.bus)
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
     store = await open_store(settings.platform)
     runtime.cleanup.push_async_callback(store.close)
-    consent_service_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(store, runtime.bus), runtime.server)
-    runtime.add_service(consent_service_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name)
+    ledger, cache, relay = components(store, runtime, settings)
+    stopping = asyncio.Event()
+    sweeper = Sweeper(store, ledger, cache, relay, export_days=settings.export_days)
+    background = [asyncio.create_task(relay.run(stopping)), asyncio.create_task(sweeper.run(stopping))]
+
+    async def stop_background() -> None:
+        stopping.set()
+        await asyncio.gather(*background)
+
+    runtime.cleanup.push_async_callback(stop_background)
+    # Every replica hears every change, whoever made it, and drops what it cached.
+    await runtime.bus.listen(topics.CONSENT_CHANGED, cache.on_changed)
+    servicer = ConsentServicer(ledger, cache, relay)
+    consent_service_pb2_grpc.add_ConsentServiceServicer_to_server(servicer, runtime.server)
+    runtime.add_service(pb.DESCRIPTOR.services_by_name["ConsentService"].full_name)
+    owned = settings.platform.owned_partitions
+    changes = IdentityChanges(ledger, relay)
+    runtime.bus.consume(topics.IDENTITY_MERGED, changes.merged, owned)
+    runtime.bus.consume(topics.IDENTITY_SPLIT, changes.split, owned)
+    runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.categories), owned)
+    identity = None
+    if settings.identity_address:
+        channel = clients.channel(settings.identity_address, settings.platform.security, interceptors=aio_client_interceptors())
+        runtime.cleanup.push_async_callback(channel.close)
+        identity = identity_service_pb2_grpc.IdentityServiceStub(channel)
+    privacy = PrivacyServicer(store, relay, settings.participants, settings.jurisdiction, identity)
+    privacy_service_pb2_grpc.add_PrivacyServiceServicer_to_server(privacy, runtime.server)
+    runtime.add_service(privacy_service_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name)
+    runtime.bus.consume(topics.PRIVACY_RECEIPT, Receipts(store, relay, runtime.bus), owned)
+    own = ConsentParticipant(store, cache, relay)
+    Participant("consent", runtime.bus, own.export, own.erase).start(owned)

@@ -1,120 +1,146 @@
-"""The consent ledger: every decision kept, the latest decision per purpose answers Check.
+"""The consent store: the ledger, who belongs to which person, merges, and the outbox.
 
-Rows are keyed by (profile, purpose, decided_at), so recording the same decision twice is a
-no-op and a decision that arrives late never hides a newer one.
+The ledger is append-only and keyed by the profile a decision was recorded on, (profile,
+purpose, decided_at): recording the same decision twice is a no-op and a decision that arrives
+late never hides a newer one. A person is the survivor of its merges: `heads` maps a merged
+profile to its person and `members` lists a person's profiles, so a person's state is the latest
+decision per purpose over the ledgers of all its profiles, and a split only moves rows of the
+two small maps back (the ledger is never rewritten). Each merge keeps the moves it made, so
+undoing it restores exactly what it changed.
+
+A grant with an expires_at is indexed by that time in the same write, for the sweeper that
+appends its expiry.
+
+Every write that must be announced stores its `consent.changed` message in the outbox in the
+same atomic write (one SQLite transaction, one logged Cassandra batch); a relay publishes it.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
-from mosaic.consent.v1 import consent_pb2
-from mosaic.platform.store import Migration, Repository, open_repository
-from mosaic.platform.store.cassandra import CassandraStore
-from mosaic.platform.store.sqlite import SqliteStore
-
-CASSANDRA = [
-    Migration(1, (
-        "CREATE TABLE IF NOT EXISTS consent_ledger ("
-        " profile_id text, purpose text, decided_at timestamp, granted boolean, source text,"
-        " PRIMARY KEY ((profile_id), purpose, decided_at)) WITH CLUSTERING ORDER BY (purpose ASC, decided_at DESC)",
-    )),
-]
-SQLITE = [
-    Migration(1, (
-        "CREATE TABLE consent_ledger (profile_id TEXT, purpose TEXT, decided_at_us INTEGER, granted INTEGER,"
-        " source TEXT, PRIMARY KEY (profile_id, purpose, decided_at_us))",
-    )),
-]
+from mosaic.consent.v1 import consent_pb2, privacy_pb2
+from mosaic.platform.store import open_repository
 
 
-def _micros(ts: timestamp_pb2.Timestamp) -> int:
-    # Cassandra timestamps keep milliseconds; the ledger keeps what both backends can.
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A message to publish: its id (JetStream drops a republished duplicate), topic, key, payload."""
+
+    message_id: str
+    topic: str
+    key: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Move:
+    """A profile a merge moved to the survivor, and the person it belonged to before."""
+
+    profile_id: str
+    previous_head: str
+
+
+@dataclass(frozen=True)
+class MergeRecord:
+    """What a merge changed, kept so that its split undoes exactly that."""
+
+    merge_id: str
+    survivor: str
+    moves: tuple[Move, ...]
+    split: bool
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """A grant that lapses: when, whose, which purpose."""
+
+    expires_us: int
+    profile_id: str
+    purpose: str
+
+
+def expiries_of(decisions) -> list[Expiry]:
+    return [Expiry(micros(d.expires_at), d.profile_id, d.purpose) for d in decisions
+            if d.HasField("expires_at") and d.granted]
+
+
+def micros(ts: timestamp_pb2.Timestamp) -> int:
+    """A timestamp as the ledger keeps it: milliseconds (what Cassandra keeps), in microseconds."""
     return ts.seconds * 1_000_000 + (ts.nanos // 1_000_000) * 1000
 
 
-def _timestamp(micros: int) -> timestamp_pb2.Timestamp:
+def timestamp(us: int) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(micros)
+    ts.FromMicroseconds(us)
     return ts
 
 
+def encode_moves(moves: tuple[Move, ...]) -> str:
+    return "\n".join(f"{m.profile_id}\t{m.previous_head}" for m in moves)
+
+
+def decode_moves(text: str) -> tuple[Move, ...]:
+    return tuple(Move(*line.split("\t", 1)) for line in text.splitlines() if line)
+
+
+def decision_from(profile_id: str, purpose: str, decided_us: int, granted: bool, source: str | None,
+                  entry: bytes | None) -> consent_pb2.ConsentDecision:
+    """A ledger row as a decision: the whole entry when stored, else the first version's columns."""
+    decision = consent_pb2.ConsentDecision.FromString(entry) if entry else consent_pb2.ConsentDecision()
+    decision.profile_id, decision.purpose, decision.granted = profile_id, purpose, granted
+    decision.source = source or decision.source
+    decision.decided_at.CopyFrom(timestamp(decided_us))
+    return decision
+
+
 class ConsentStore(Protocol):
-    async def record(self, decision: consent_pb2.ConsentDecision) -> None: ...
-    async def latest(self, profile_id: str, purpose: str) -> consent_pb2.ConsentDecision | None: ...
-    async def history(self, profile_id: str) -> list[consent_pb2.ConsentDecision]:
-        """Every decision of a person, oldest first."""
+    async def append(self, decisions: list[consent_pb2.ConsentDecision], outbox: list[OutboxEntry]) -> None:
+        """Append ledger entries and their outbox messages atomically; an entry already there is kept."""
+    async def ledger(self, profile_ids: list[str], limit: int = 10_000) -> list[consent_pb2.ConsentDecision]:
+        """Every entry recorded on any of `profile_ids`, oldest first (then by purpose, profile)."""
+    async def head(self, profile_id: str) -> str:
+        """The person a profile belongs to: its survivor, or itself."""
+    async def members(self, head: str) -> list[str]:
+        """Every profile of the person, the head first."""
+    async def merge_record(self, merge_id: str) -> MergeRecord | None: ...
+    async def apply_merge(self, record: MergeRecord, outbox: list[OutboxEntry]) -> None:
+        """Point every moved profile at the survivor and keep the record, atomically."""
+    async def apply_split(self, record: MergeRecord, outbox: list[OutboxEntry]) -> None:
+        """Point every moved profile back at its previous head and mark the record split, atomically."""
+    async def put_request(self, request: privacy_pb2.PrivacyRequest, outbox: list[OutboxEntry]) -> bool:
+        """Store a new privacy request (without receipts) and its messages; False if the id exists."""
+    async def request(self, request_id: str) -> privacy_pb2.PrivacyRequest | None:
+        """The request with its receipts."""
+    async def requests(self, limit: int = 10_000) -> list[privacy_pb2.PrivacyRequest]:
+        """Every request, without receipts."""
+    async def complete_request(self, request: privacy_pb2.PrivacyRequest) -> None:
+        """Store the request's state, completion time and export deletion (receipts are kept apart)."""
+    async def put_receipt(self, request_id: str, participant: str, part: int, summary: privacy_pb2.PrivacyReceiptSummary | None,
+                          export_json: str, outbox: list[OutboxEntry]) -> None:
+        """Store one part of a participant's answer (the summary comes with the final part)."""
+    async def export_parts(self, request_id: str) -> list[tuple[str, int, str]]:
+        """(participant, part, JSON) of an export, in order."""
+    async def delete_export(self, request_id: str) -> None:
+        """Remove an export's document parts (its retention is over)."""
+    async def erase_profiles(self, profile_ids: list[str]) -> dict[str, int]:
+        """Remove every ledger entry, person link and merge record of the profiles; rows removed by table."""
+    async def due_expiries(self, now_us: int, limit: int = 500) -> list[Expiry]:
+        """Grants whose expires_at is at or before `now_us` and not yet swept (appended with them)."""
+    async def expiry_done(self, expiries: list[Expiry]) -> None: ...
+    async def outbox_pending(self, limit: int = 500) -> list[OutboxEntry]: ...
+    async def outbox_done(self, message_ids: list[str]) -> None: ...
     async def close(self) -> None: ...
 
 
-class CassandraConsentStore(Repository):
-    db: CassandraStore
-
-    async def record(self, decision):
-        when = datetime.fromtimestamp(_micros(decision.decided_at) / 1e6, tz=timezone.utc)
-        await self.db.execute(
-            "INSERT INTO consent_ledger (profile_id, purpose, decided_at, granted, source) VALUES (?, ?, ?, ?, ?)",
-            (decision.profile_id, decision.purpose, when, decision.granted, decision.source),
-        )
-
-    def _decision(self, row) -> consent_pb2.ConsentDecision:
-        when = row.decided_at.replace(tzinfo=timezone.utc)
-        return consent_pb2.ConsentDecision(
-            profile_id=row.profile_id, purpose=row.purpose, granted=row.granted, source=row.source or "",
-            decided_at=_timestamp(int(when.timestamp() * 1_000_000)),
-        )
-
-    async def latest(self, profile_id, purpose):
-        rows = await self.db.execute(
-            "SELECT profile_id, purpose, decided_at, granted, source FROM consent_ledger"
-            " WHERE profile_id = ? AND purpose = ? LIMIT 1",
-            (profile_id, purpose),
-        )
-        return self._decision(rows[0]) if rows else None
-
-    async def history(self, profile_id):
-        rows = await self.db.execute(
-            "SELECT profile_id, purpose, decided_at, granted, source FROM consent_ledger WHERE profile_id = ? LIMIT 10000",
-            (profile_id,),
-        )
-        return sorted((self._decision(r) for r in rows), key=lambda d: (_micros(d.decided_at), d.purpose))
-
-
-
-class SqliteConsentStore(Repository):
-    db: SqliteStore
-
-    async def record(self, decision):
-        await self.db.execute(
-            "INSERT OR REPLACE INTO consent_ledger VALUES (?, ?, ?, ?, ?)",
-            (decision.profile_id, decision.purpose, _micros(decision.decided_at), int(decision.granted), decision.source),
-        )
-
-    @staticmethod
-    def _decision(row) -> consent_pb2.ConsentDecision:
-        return consent_pb2.ConsentDecision(
-            profile_id=row[0], purpose=row[1], decided_at=_timestamp(row[2]), granted=bool(row[3]), source=row[4] or ""
-        )
-
-    async def latest(self, profile_id, purpose):
-        rows = await self.db.execute(
-            "SELECT * FROM consent_ledger WHERE profile_id = ? AND purpose = ? ORDER BY decided_at_us DESC LIMIT 1",
-            (profile_id, purpose),
-        )
-        return self._decision(rows[0]) if rows else None
-
-    async def history(self, profile_id):
-        rows = await self.db.execute(
-            "SELECT * FROM consent_ledger WHERE profile_id = ? ORDER BY decided_at_us, purpose", (profile_id,)
-        )
-        return [self._decision(r) for r in rows]
-
-
-
 async def open_store(settings) -> ConsentStore:
+    from consent_service import store_cassandra, store_sqlite
+
     return await open_repository(
-        settings, "consent", cassandra=(CASSANDRA, CassandraConsentStore), sqlite=(SQLITE, SqliteConsentStore)
+        settings, "consent",
+        cassandra=(store_cassandra.MIGRATIONS, store_cassandra.CassandraConsentStore),
+        sqlite=(store_sqlite.MIGRATIONS, store_sqlite.SqliteConsentStore),
     )

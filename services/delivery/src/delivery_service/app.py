@@ -17,8 +17,10 @@ from mosaic.events.v1 import delivery_outcome_pb2, segment_membership_pb2
 from mosaic.platform import clients, topics
 from mosaic.platform.bus import Bus, Delivery, backoff
 from mosaic.platform.errors import InvalidArgument, Unavailable
+from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
 from delivery_service.config import Settings
+from delivery_service.privacy import DeliveryPrivacy
 from delivery_service.store import DeliveryStore, open_store
 from delivery_service.webhook import Failed, Refused, WebhookSender
 
@@ -131,3 +133,5 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         store, consent_service_pb2_grpc.ConsentServiceStub(channel), sender, runtime.bus, settings.max_attempts
     )
     runtime.bus.consume(topics.SEGMENT_MEMBERSHIP, handler, settings.platform.owned_partitions)
+    privacy = DeliveryPrivacy(store)
+    Participant("delivery", runtime.bus, privacy.export, privacy.erase).start(settings.platform.owned_partitions)

@@ -12,11 +12,13 @@ from mosaic.identity.v1 import identity_pb2, identity_service_pb2 as pb, identit
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
 from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound
+from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
 from identity_service import admin, dryrun, explain, identifiers
 from identity_service.config import Settings
 from identity_service.events import EventResolver
 from identity_service.outbox import Outbox
+from identity_service.privacy import IdentityPrivacy
 from identity_service.resolver import Resolver, RootCache
 from identity_service.rules import Rules, RulesCache, with_defaults
 from identity_service.sightings import Sightings
@@ -161,3 +163,5 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["IdentityService"].full_name)
     runtime.bus.consume(topics.EVENTS_RAW, RawEventHandler(events, runtime.bus, outbox), settings.platform.owned_partitions)
+    privacy = IdentityPrivacy(store, resolver, events.sightings)
+    Participant("identity", runtime.bus, privacy.export, privacy.erase).start(settings.platform.owned_partitions)

@@ -14,6 +14,7 @@ from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import InvalidArgument, NotFound, Unavailable
+from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
 from mosaic.profile.v1 import profile_service_pb2 as pb, profile_service_pb2_grpc
 from profile_service import computed, history
@@ -22,6 +23,7 @@ from profile_service.config import Settings
 from profile_service.fold import event_key, event_name
 from profile_service.masking import MaskingProfileServicer
 from profile_service.merges import MergeHandler
+from profile_service.privacy import ProfilePrivacy
 from profile_service.profiles import Profiles
 from profile_service.store import open_store
 
@@ -212,3 +214,5 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     merges = MergeHandler(profiles)
     runtime.bus.consume(topics.IDENTITY_MERGED, merges.merged, owned)
     runtime.bus.consume(topics.IDENTITY_SPLIT, merges.split, owned)
+    privacy = ProfilePrivacy(profiles)
+    Participant("profile", runtime.bus, privacy.export, privacy.erase).start(owned)

@@ -12,10 +12,12 @@ from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
 from mosaic.platform.errors import InvalidArgument, NotFound
+from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
 from mosaic.segmentation.v1 import segmentation_service_pb2, segmentation_service_pb2_grpc
 from segmentation_service import conditions
 from segmentation_service.config import Settings
+from segmentation_service.privacy import SegmentationPrivacy
 from segmentation_service.store import SegmentStore, open_store
 
 Change = segment_membership_pb2.MembershipChange
@@ -128,3 +130,5 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.bus.consume(
         topics.PROFILE_UPDATED, ProfileUpdatedHandler(store, catalog, runtime.bus), settings.platform.owned_partitions
     )
+    privacy = SegmentationPrivacy(store)
+    Participant("segmentation", runtime.bus, privacy.export, privacy.erase).start(settings.platform.owned_partitions)

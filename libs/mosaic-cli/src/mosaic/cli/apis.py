@@ -6,7 +6,7 @@ from typing import Any
 
 from mosaic.archive.v1 import event_archive_service_pb2
 from mosaic.audit.v1 import audit_service_pb2
-from mosaic.consent.v1 import consent_service_pb2
+from mosaic.consent.v1 import consent_service_pb2, privacy_service_pb2
 from mosaic.delivery.v1 import delivery_service_pb2
 from mosaic.identity.v1 import identity_service_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2
@@ -15,7 +15,7 @@ from mosaic.profile.v1 import profile_service_pb2
 from mosaic.segmentation.v1 import segmentation_service_pb2
 
 MODULES = (ingestion_service_pb2, identity_service_pb2, profile_service_pb2, event_archive_service_pb2,
-           segmentation_service_pb2, consent_service_pb2, delivery_service_pb2, audit_service_pb2)
+           segmentation_service_pb2, consent_service_pb2, privacy_service_pb2, delivery_service_pb2, audit_service_pb2)
 
 
 def services() -> list[Any]:

@@ -5,7 +5,9 @@ plaintext, no token)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -27,6 +29,6 @@ def security() -> SecuritySettings:
                             token_file=_first("MOSAIC_AUTH_TOKEN_FILE", LOCAL_PKI / "tokens/admin.token"))
 
 
-def channel(address: str) -> grpc.aio.Channel:
+def channel(address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
     """A channel to a service of the mesh as this user."""
-    return clients.channel(address, security())
+    return clients.channel(address, security(), options=options)

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# Consent first: delivery needs its address.
-SERVICES = ("consent", "ingestion", "identity", "profile", "segmentation", "delivery")
+# Identity before consent (which resolves privacy requests' identifiers through it), consent
+# before delivery (which asks it for consent).
+SERVICES = ("ingestion", "identity", "consent", "profile", "segmentation", "delivery")
 HTTP_PORT = 8080  # ingestion's Segment-compatible HTTP API
 DEFAULT_PORTS = {"ingestion": 50051, "identity": 50052, "profile": 50053,
                  "segmentation": 50054, "consent": 50055, "delivery": 50056}
@@ -52,6 +53,8 @@ class Mesh:
                "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0)}
         if name == "delivery":
             env.setdefault("MOSAIC_CONSENT_ADDRESS", self.address("consent"))
+        if name == "consent":
+            env.setdefault("MOSAIC_IDENTITY_ADDRESS", self.address("identity"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")

@@ -4,6 +4,11 @@ retention, and answered by `AuditService.ListAuditRecords` on every service.
 
 A record names its subject by profile id, or by a keyed hash of an identifier: it never holds
 the personal data itself.
+
+While NATS is unreachable, records wait in memory (at most MAX_PENDING) and are published when
+it is back, so reads and outbox-backed writes keep working through an outage; past that bound
+a call is refused (UNAVAILABLE) rather than served unrecorded. A process that dies during an
+outage loses the records it held.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from mosaic.platform.errors import InvalidArgument, Unavailable
 
 MAX_PAGE = 1000
 MAX_SCANNED = 20_000  # records read for one page at most; the token continues past them
+MAX_PENDING = 10_000  # records held while NATS is away
 
 
 def subject_of(request: Any, salt: str) -> str:
@@ -52,16 +58,54 @@ class AuditLog:
         self.bus = bus
         self.service = service
         self.salt = salt
+        self._pending: list[tuple[audit_service_pb2.AuditRecord, str]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def record(self, method: str, caller: Caller, request: Any) -> None:
-        """Store the record; raises Unavailable when it cannot (the call is then refused)."""
+        """Store the record, or hold it while NATS is away; raises Unavailable when neither can
+        be done (the call is then refused)."""
         record = audit_service_pb2.AuditRecord(
             service=self.service, method=method, caller=caller.principal,
             subject=subject_of(request, self.salt),
             trace_id=format(trace.get_current_span().get_span_context().trace_id, "032x"),
         )
         record.time.GetCurrentTime()
-        await self.bus.publish(topics.AUDIT, self.service, record, uuid.uuid4().hex)
+        entry = (record, uuid.uuid4().hex)  # the id makes a retried publish a duplicate, not a second record
+        if self.bus.connected and not self._pending:
+            try:
+                await self.bus.publish(topics.AUDIT, self.service, record, entry[1])
+                return
+            except Unavailable:
+                pass
+        self._hold(entry)
+
+    def _hold(self, entry: tuple[audit_service_pb2.AuditRecord, str]) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            raise Unavailable("nats", "the audit log cannot be written, so the call is refused", retry_after=5.0)
+        self._pending.append(entry)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            if not self.bus.connected:
+                await asyncio.sleep(0.5)
+                continue
+            record, message_id = self._pending[0]
+            try:
+                await self.bus.publish(topics.AUDIT, self.service, record, message_id)
+            except Unavailable:
+                await asyncio.sleep(0.5)
+                continue
+            self._pending.pop(0)
+
+    async def close(self) -> None:
+        """Publish what is held, if NATS lets us within a few seconds; then stop trying."""
+        if self._flusher is not None and not self._flusher.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._flusher), 5)
+            except asyncio.TimeoutError:
+                self._flusher.cancel()
 
     async def list(self, request: audit_service_pb2.ListAuditRecordsRequest) -> audit_service_pb2.ListAuditRecordsResponse:
         page_size = request.page_size or 100
@@ -85,37 +129,36 @@ class AuditLog:
         config.inactive_threshold = 30.0
         js = self.bus.jetstream
         try:
-            last = (await js.stream_info(topics.AUDIT.stream)).state.last_seq
             consumer = await js.pull_subscribe(subject, stream=topics.AUDIT.stream, config=config)
+            remaining = (await consumer.consumer_info()).num_pending  # on this service's partition, from the start
         except (nats.errors.Error, asyncio.TimeoutError) as error:
             raise Unavailable("nats", str(error)) from None
         records: list[audit_service_pb2.AuditRecord] = []
-        next_token, scanned, sequence = "", 0, start_sequence
+        sequence, scanned, past_end = start_sequence, 0, False
         try:
-            while len(records) < page_size and sequence < last:
-                if scanned >= MAX_SCANNED:
-                    next_token = str(sequence + 1)
-                    break
+            while remaining > 0 and len(records) < page_size and scanned < MAX_SCANNED and not past_end:
                 try:
-                    messages = await consumer.fetch(min(256, page_size * 4), timeout=1.0)
-                except asyncio.TimeoutError:
-                    break  # the rest of the stream belongs to other services' partitions
+                    messages = await consumer.fetch(min(256, remaining), timeout=5.0)
+                except asyncio.TimeoutError as error:
+                    raise Unavailable("nats", "the audit stream did not answer") from error
                 for message in messages:
+                    remaining -= 1
                     scanned += 1
                     sequence = message.metadata.sequence.stream
                     record = audit_service_pb2.AuditRecord.FromString(message.data)
                     if end is not None and record.time.ToDatetime(timezone.utc) >= end:
-                        sequence = last
+                        past_end = True
                         break
                     if record.service != self.service or (request.caller and record.caller != request.caller) \
                             or (request.subject and record.subject != request.subject):
                         continue
                     records.append(record)
                     if len(records) == page_size:
-                        next_token = str(sequence + 1) if sequence < last else ""
                         break
         finally:
             await consumer.unsubscribe()
+        more = remaining > 0 and not past_end and (len(records) == page_size or scanned >= MAX_SCANNED)
+        next_token = str(sequence + 1) if more else ""
         return audit_service_pb2.ListAuditRecordsResponse(records=records, next_page_token=next_token)
 
 

@@ -196,6 +196,11 @@ class Bus:
         return cls(nc, service, partitions, stream_replicas)
 
     @property
+    def connected(self) -> bool:
+        """Whether the connection to NATS is up now (not reconnecting or closed)."""
+        return self._nc.is_connected
+
+    @property
     def jetstream(self) -> nats.js.JetStreamContext:
         """The JetStream context, for readers of a stream that are not consumers (the audit log)."""
         return self._js

@@ -77,6 +77,7 @@ class Service:
         security = settings.security
         await bus.ensure_streams(topics.for_deployment(settings.events_dedup_window, security.audit_retention_days))
         audit = AuditLog(bus, settings.service, security.audit_salt)
+        self._cleanup.push_async_callback(audit.close)  # before the bus closes (last in, first out)
         # Outermost first: tracing, then errors (so what auth raises is a status with details).
         server = grpc.aio.server(interceptors=[
             aio_server_interceptor(), ErrorInterceptor(), AuthInterceptor(security, audit.record)])

@@ -54,6 +54,8 @@ PROFILE_UPDATED = Topic("profile.updated", "PROFILE_UPDATED", profile_updated_pb
 SEGMENT_MEMBERSHIP = Topic(
     "segment.membership", "SEGMENT_MEMBERSHIP", segment_membership_pb2.SegmentMembershipChanged
 )
+# Produced by consent from its outbox (decisions, and merges/splits that move a person's
+# profiles), keyed by person; heard by every consent replica (Bus.listen) to drop its cache.
 CONSENT_CHANGED = Topic("consent.changed", "CONSENT_CHANGED", consent_changed_pb2.ConsentChanged)
 DELIVERY_OUTCOME = Topic("delivery.outcome", "DELIVERY_OUTCOME", delivery_outcome_pb2.DeliveryOutcome)
 
@@ -63,7 +65,7 @@ ALL = (EVENTS_RAW, EVENTS_RESOLVED, PROFILE_UPDATED, SEGMENT_MEMBERSHIP, CONSENT
 DEAD_LETTER_STREAM = "DEAD_LETTERS"
 DEAD_LETTER_SUBJECTS = "deadletter.>"
 
-# Identity changes, partitioned by the survivor profile id (appended: the tuple above is
+# Identity changes, partitioned by the survivor profile id, consumed by profile and consent (appended: the tuple above is
 # declared by every service at start, so these streams exist before anyone publishes).
 from mosaic.events.v1 import identity_changed_pb2  # noqa: E402
 
@@ -71,12 +73,24 @@ IDENTITY_MERGED = Topic("identity.merged", "IDENTITY_MERGED", identity_changed_p
 IDENTITY_SPLIT = Topic("identity.split", "IDENTITY_SPLIT", identity_changed_pb2.IdentitySplit)
 ALL = (*ALL, IDENTITY_MERGED, IDENTITY_SPLIT)
 
-# People who asked to be erased, for ingestion's suppression list (keyed by profile id). The
+# People who asked to be erased, for ingestion's suppression list (keyed by profile id),
+# produced by consent's PrivacyService from its outbox when an erasure is requested. The
 # payload names identifiers in clear, so the stream keeps it no longer than consumers need.
 SUPPRESSION_CHANGED = Topic(
     "suppression.changed", "SUPPRESSION_CHANGED", suppression_changed_pb2.SuppressionChanged, max_age=7 * DAY
 )
 ALL = (*ALL, SUPPRESSION_CHANGED)
+
+
+# Privacy requests (a saga run by consent's PrivacyService), keyed by person id: consent
+# publishes each request from its outbox; every service holding personal data consumes it
+# (mosaic.platform.privacy.Participant) and answers with a receipt, which consent consumes and
+# then erases from the stream (a receipt may carry an export or the person's identifiers).
+from mosaic.events.v1 import privacy_request_pb2  # noqa: E402
+
+PRIVACY_REQUESTED = Topic("privacy.requested", "PRIVACY_REQUESTED", privacy_request_pb2.PrivacyRequested)
+PRIVACY_RECEIPT = Topic("privacy.receipt", "PRIVACY_RECEIPT", privacy_request_pb2.PrivacyReceipt)
+ALL = (*ALL, PRIVACY_REQUESTED, PRIVACY_RECEIPT)
 
 
 # The audit log: who read or changed personal data, by answering service (the key). Kept for

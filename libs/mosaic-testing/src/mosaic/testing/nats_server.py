@@ -64,9 +64,13 @@ class NatsServer:
         while time.monotonic() < deadline:
             files = list(ports_dir.glob("*.ports"))
             if files:
-                ports = json.loads(files[0].read_text())
-                self.port = int(ports["nats"][0].rsplit(":", 1)[1])
-                return self
+                try:
+                    ports = json.loads(files[0].read_text())
+                except ValueError:  # created, not yet written: read it again
+                    ports = None
+                if ports:
+                    self.port = int(ports["nats"][0].rsplit(":", 1)[1])
+                    return self
             if self.process.poll() is not None:
                 break
             time.sleep(0.02)

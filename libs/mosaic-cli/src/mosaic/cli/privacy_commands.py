@@ -1,0 +1,150 @@
+"""`mosaic privacy export|erase|show|requests`: data subjects' requests, through the consent
+service's PrivacyService.
+
+`export` and `erase` start a request for a person named by profile id or any identifier, then
+wait (`--wait` seconds) until every service has answered: `export` prints the JSON document (or
+writes it to `--output`), `erase` the receipts of what each service removed. A request still
+pending when the wait ends is printed as it stands; `mosaic privacy show ID` follows it later.
+`requests` lists the pending requests whose legal deadline is within `--due-within` days
+(7; past deadlines included), or every request with `--all`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from mosaic.cli import connect
+from mosaic.consent.v1 import consent_pb2, privacy_pb2, privacy_service_pb2 as pb, privacy_service_pb2_grpc
+from mosaic.identity.v1 import identity_pb2
+
+COMMANDS = ("privacy",)
+DEFAULT_ADDRESS = "127.0.0.1:50055"
+MAX_EXPORT_BYTES = 512 * 1024 * 1024
+JURISDICTIONS = {"gdpr": consent_pb2.JURISDICTION_GDPR, "ccpa": consent_pb2.JURISDICTION_CCPA}
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    privacy = commands.add_parser("privacy", help="export or erase a person's data; list requests near their deadline")
+    verbs = privacy.add_subparsers(dest="verb", required=True)
+    for verb, text in (("export", "everything held about a person, as one JSON document"),
+                       ("erase", "erase a person from every service and suppress them at ingestion")):
+        parser = verbs.add_parser(verb, help=text)
+        who = parser.add_mutually_exclusive_group(required=True)
+        who.add_argument("--profile-id")
+        who.add_argument("--user-id")
+        who.add_argument("--email")
+        who.add_argument("--identifier", metavar="TYPE:VALUE", help="any identifier, e.g. anonymous_id:a1")
+        parser.add_argument("--jurisdiction", choices=tuple(JURISDICTIONS), help="decides the deadline (30 or 45 days)")
+        parser.add_argument("--request-id", default="", help="makes a repeated command the same request")
+        parser.add_argument("--requested-by", default="", help="who asks: an operator, a ticket")
+        parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for every service (0: do not)")
+        if verb == "export":
+            parser.add_argument("--output", type=Path, help="write the document here instead of printing it")
+    show = verbs.add_parser("show", help="one request with its receipts")
+    show.add_argument("request_id")
+    listing = verbs.add_parser("requests", help="pending requests due within --due-within days (or --all)")
+    listing.add_argument("--due-within", type=int, default=7)
+    listing.add_argument("--all", action="store_true")
+    for parser in (*verbs.choices.values(),):
+        parser.add_argument("--address", default=DEFAULT_ADDRESS, help="the consent service")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_run(args))
+    except grpc.aio.AioRpcError as error:
+        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+
+
+def _selector(args: argparse.Namespace) -> pb.PersonSelector:
+    if args.profile_id:
+        return pb.PersonSelector(profile_id=args.profile_id)
+    if args.user_id:
+        return pb.PersonSelector(identifier=identity_pb2.Identifier(type="user_id", value=args.user_id))
+    if args.email:
+        return pb.PersonSelector(identifier=identity_pb2.Identifier(type="email", value=args.email.strip().lower()))
+    kind, sep, value = args.identifier.partition(":")
+    if not sep or not kind or not value:
+        raise SystemExit("--identifier must be TYPE:VALUE")
+    return pb.PersonSelector(identifier=identity_pb2.Identifier(type=kind, value=value))
+
+
+def _summary(request: privacy_pb2.PrivacyRequest) -> dict:
+    return json_format.MessageToDict(request, preserving_proto_field_name=True)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    # An export of a long customer life is more than gRPC's default 4 MB a message.
+    options = [("grpc.max_receive_message_length", MAX_EXPORT_BYTES)]
+    async with connect.channel(args.address, options=options) as channel:
+        stub = privacy_service_pb2_grpc.PrivacyServiceStub(channel)
+        if args.verb == "requests":
+            return await _list(stub, args)
+        if args.verb == "show":
+            answer = await stub.GetPrivacyRequest(pb.GetPrivacyRequestRequest(request_id=args.request_id))
+            print(json.dumps(_summary(answer.request), indent=2))
+            return 0
+        fields = dict(person=_selector(args), request_id=args.request_id, requested_by=args.requested_by,
+                      jurisdiction=JURISDICTIONS.get(args.jurisdiction or "", 0))
+        if args.verb == "export":
+            started = (await stub.ExportPerson(pb.ExportPersonRequest(**fields))).request
+        else:
+            started = (await stub.ErasePerson(pb.ErasePersonRequest(**fields))).request
+        print(f"request {started.request_id} for person {started.person_id}, due {started.deadline.ToJsonString()}",
+              file=sys.stderr)
+        answer = await _wait(stub, started.request_id, args.wait)
+        if answer.request.state != privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED:
+            missing = sorted(set(answer.request.participants) - {r.participant for r in answer.request.receipts})
+            print(f"still pending after {args.wait:.0f} s, waiting for: {', '.join(missing)}"
+                  f" (mosaic privacy show {started.request_id})", file=sys.stderr)
+            print(json.dumps(_summary(answer.request), indent=2))
+            return 2
+        if args.verb == "export":
+            document = json.dumps(json.loads(answer.export_json), indent=2)
+            if args.output:
+                args.output.write_text(document + "\n")
+                print(f"wrote {args.output}", file=sys.stderr)
+            else:
+                print(document)
+        else:
+            print(json.dumps(_summary(answer.request), indent=2))
+        return 0
+
+
+async def _wait(stub, request_id: str, seconds: float) -> pb.GetPrivacyRequestResponse:
+    deadline = time.monotonic() + seconds
+    while True:
+        answer = await stub.GetPrivacyRequest(pb.GetPrivacyRequestRequest(request_id=request_id))
+        if answer.request.state == privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED or time.monotonic() >= deadline:
+            return answer
+        await asyncio.sleep(0.2)
+
+
+async def _list(stub, args: argparse.Namespace) -> int:
+    query = pb.ListPrivacyRequestsRequest(page_size=1000) if args.all else pb.ListPrivacyRequestsRequest(
+        page_size=1000, due_within_days=max(args.due_within, 0) or 7)
+    now = time.time()
+    token = ""
+    while True:
+        query.page_token = token
+        page = await stub.ListPrivacyRequests(query)
+        if not token:
+            print(f"{'request':<38} {'kind':<8} {'state':<10} {'deadline':<22} {'days left':>9}  waiting for")
+        for request in page.requests:
+            kind = privacy_pb2.PrivacyRequestKind.Name(request.kind).removeprefix("PRIVACY_REQUEST_KIND_").lower()
+            state = privacy_pb2.PrivacyRequestState.Name(request.state).removeprefix("PRIVACY_REQUEST_STATE_").lower()
+            left = (request.deadline.seconds - now) / 86400
+            missing = sorted(set(request.participants) - {r.participant for r in request.receipts})
+            print(f"{request.request_id:<38} {kind:<8} {state:<10} {request.deadline.ToJsonString():<22} {left:>9.1f}"
+                  f"  {', '.join(missing) if state == 'pending' else '-'}")
+        if not (token := page.next_page_token):
+            return 0

@@ -1,0 +1,105 @@
+"""A service's part in privacy requests: consume `privacy.requested`, export or erase what the
+service holds about the person, answer on `privacy.receipt`.
+
+The service gives two functions, `export(request) -> Answer` and `erase(request) -> Answer`;
+the participant runs the one the request asks for and publishes the receipt. Both must be
+idempotent: a request is redelivered after a crash, and erasing again finds nothing. The
+receipt's message id is fixed (`<request>:<participant>:<part>`), so a repeated answer is
+dropped by JetStream, and the consent service keeps the first it stored.
+
+An export is split into parts of at most PART_BYTES of JSON (NATS refuses payloads over 1 MB):
+each list of the document is cut between items; the last part says `final`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from mosaic.consent.v1 import privacy_pb2
+from mosaic.events.v1 import privacy_request_pb2
+from mosaic.identity.v1 import identity_pb2
+from mosaic.platform import topics
+from mosaic.platform.bus import Bus, Delivery
+
+PART_BYTES = 256 * 1024
+
+
+@dataclass
+class Answer:
+    """What a participant did: counts by table or kind, the exported document, identifiers."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    document: dict[str, Any] = field(default_factory=dict)
+    identifiers: list[identity_pb2.Identifier] = field(default_factory=list)
+
+
+Work = Callable[[privacy_request_pb2.PrivacyRequested], Awaitable[Answer]]
+
+
+def split_document(document: dict[str, Any], limit: int = PART_BYTES) -> list[str]:
+    """The document as JSON objects of about `limit` bytes at most; lists are cut between items
+    (an item larger than `limit` travels alone), other values go in the first part."""
+    first = {k: v for k, v in document.items() if not isinstance(v, list)}
+    parts: list[dict[str, Any]] = [first]
+    size = len(json.dumps(first, default=str))
+    for key, items in document.items():
+        if not isinstance(items, list):
+            continue
+        parts[-1].setdefault(key, [])
+        for item in items:
+            item_size = len(json.dumps(item, default=str)) + 2
+            if size + item_size > limit and any(parts[-1].values()):
+                parts.append({key: []})
+                size = 0
+            parts[-1].setdefault(key, []).append(item)
+            size += item_size
+    return [json.dumps(part, default=str, sort_keys=True) for part in parts]
+
+
+def merge_parts(parts: Iterable[str]) -> dict[str, Any]:
+    """The inverse of split_document."""
+    document: dict[str, Any] = {}
+    for text in parts:
+        for key, value in json.loads(text).items():
+            if isinstance(value, list):
+                document.setdefault(key, []).extend(value)
+            else:
+                document.setdefault(key, value)
+    return document
+
+
+class Participant:
+    """The consumer of `privacy.requested` for one service."""
+
+    def __init__(self, name: str, bus: Bus, export: Work, erase: Work) -> None:
+        self.name = name
+        self.bus = bus
+        self._work = {privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT: export, privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE: erase}
+
+    def start(self, partitions: Iterable[int]) -> None:
+        self.bus.consume(topics.PRIVACY_REQUESTED, self, partitions)
+
+    async def __call__(self, request: privacy_request_pb2.PrivacyRequested, delivery: Delivery | None = None) -> None:
+        work = self._work.get(request.kind)
+        if work is None:
+            return  # a kind this version does not know: nothing of ours to do
+        answer = await work(request)
+        done = timestamp_pb2.Timestamp()
+        done.GetCurrentTime()
+        texts = split_document(answer.document) if request.kind == privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT else [""]
+        messages = []
+        for part, text in enumerate(texts):
+            receipt = privacy_request_pb2.PrivacyReceipt(
+                request_id=request.request_id, participant=self.name, person_id=request.person_id, part=part,
+                final=part == len(texts) - 1, export_json=text, completed_at=done)
+            if receipt.final:
+                target = receipt.removed if request.kind == privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE else receipt.exported
+                target.update(answer.counts)
+                receipt.identifiers.extend(answer.identifiers)
+            messages.append((request.person_id, receipt.SerializeToString(), f"{request.request_id}:{self.name}:{part}"))
+        await self.bus.publish_many(topics.PRIVACY_RECEIPT, messages)

@@ -1,0 +1,109 @@
+"""Consent changes from events: Segment's consent preferences (consumer of `events.resolved`).
+
+Segment's consent management sends the person's preferences with every event, as
+`context.consent.categoryPreferences` (`{"Advertising": true, "C0002": false}`), and sends a
+`Segment Consent Preference Updated` track event when the person changes them. A category
+names a purpose through `MOSAIC_CONSENT_CATEGORIES` (`C0004=advertising,...`), or is the
+purpose's own name (case and spaces aside); other categories are ignored.
+
+The update event is recorded whole (it is the decision); any other event records only what
+differs from the person's current state and is newer than it, so the ledger holds changes,
+not a copy of every event. `context.consent.gpc: true` records the Global Privacy Control
+signal. Each entry's change id is derived from the event's message id, so a redelivered event
+records and announces nothing twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import Mapping
+
+from google.protobuf import struct_pb2
+
+from mosaic.consent.v1 import consent_pb2
+from mosaic.events.v1 import event_pb2, resolved_pb2
+from mosaic.platform.bus import Delivery
+from mosaic.platform.config import ConfigError
+from consent_service.cache import ConsentCache
+from consent_service.ledger import Ledger
+from consent_service.outbox import Relay
+from consent_service.store import micros, timestamp
+
+log = logging.getLogger("consent.events")
+UPDATED = "Segment Consent Preference Updated"
+
+
+def parse_categories(spec: str, purposes: Mapping[str, object], variable: str = "MOSAIC_CONSENT_CATEGORIES") -> dict[str, str]:
+    """`Category=purpose,...` as a mapping; every purpose named must be configured."""
+    categories: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        category, sep, purpose = item.partition("=")
+        if not sep or not category.strip():
+            raise ConfigError(variable, f"{item!r} must be Category=purpose")
+        if purpose.strip() not in purposes:
+            raise ConfigError(variable, f"{purpose.strip()!r} is not a configured purpose")
+        categories[category.strip()] = purpose.strip()
+    return categories
+
+
+def _change_id(message_id: str, purpose: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(f"event\0{message_id}\0{purpose}".encode()).digest()[:18]).decode()
+
+
+class ConsentEvents:
+    def __init__(self, ledger: Ledger, cache: ConsentCache, relay: Relay, categories: Mapping[str, str]) -> None:
+        self.ledger = ledger
+        self.cache = cache
+        self.relay = relay
+        self.categories = dict(categories)
+        self.ignored_categories = 0
+
+    def purpose_of(self, category: str) -> str | None:
+        if category in self.categories:
+            return self.categories[category]
+        name = category.strip().lower().replace(" ", "_").replace("-", "_")
+        return name if name in self.ledger.purposes else None
+
+    async def __call__(self, resolved: resolved_pb2.ResolvedEvent, delivery: Delivery) -> None:
+        event = resolved.event
+        consent = event.context["consent"] if "consent" in event.context else None
+        if not isinstance(consent, struct_pb2.Struct) or not resolved.profile_id:
+            return  # the common case: nothing about consent, no store read
+        explicit = event.type == event_pb2.EVENT_TYPE_TRACK and event.event == UPDATED
+        preferences = consent["categoryPreferences"] if "categoryPreferences" in consent else None
+        wanted: dict[str, bool] = {}
+        if isinstance(preferences, struct_pb2.Struct):
+            for category, value in preferences.items():
+                purpose = self.purpose_of(category)
+                if purpose is None or not isinstance(value, bool):
+                    self.ignored_categories += 1
+                    continue
+                wanted[purpose] = value
+        gpc = "gpc" in consent and consent["gpc"] is True
+        if not wanted and not gpc:
+            return
+        when = micros(event.timestamp if event.HasField("timestamp") else event.received_at)
+        view = await self.cache.get(resolved.profile_id)
+        decisions = []
+        for purpose, granted in wanted.items():
+            latest = view.latest.get(purpose)
+            if not explicit and latest is not None and (latest.granted == granted or micros(latest.decided_at) >= when):
+                continue
+            decisions.append(self.ledger.normalise(consent_pb2.ConsentDecision(
+                profile_id=resolved.profile_id, purpose=purpose, granted=granted, decided_at=timestamp(when),
+                source=f"event:{event.source_id}" if event.source_id else "event", actor="person",
+                change_id=_change_id(event.message_id, purpose),
+                proof=consent_pb2.ConsentProof(text=f"{event.event or 'event'} {event.message_id}"))))
+        if gpc:
+            for denial in self.ledger.gpc_denials(resolved.profile_id, "event:gpc", "person", when):
+                latest = view.latest.get(denial.purpose)
+                if latest is None or latest.granted or explicit:
+                    denial.change_id = _change_id(event.message_id, "gpc:" + denial.purpose)
+                    decisions.append(denial)
+        if decisions:
+            profiles = await self.ledger.record(decisions)
+            self.cache.drop([*profiles, resolved.profile_id])
+            self.relay.kick()
+

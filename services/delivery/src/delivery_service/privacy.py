@@ -1,0 +1,35 @@
+"""The delivery service's part in privacy requests (mosaic.platform.privacy): a person's
+deliveries, exported or erased. The delivery log is partitioned by profile on both stores, so
+one statement per profile does it. What was already sent to a destination is the
+destination's to erase; the export lists where it went."""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+from mosaic.events.v1 import privacy_request_pb2
+from mosaic.platform.privacy import Answer
+from delivery_service.store import DeliveryStore
+
+
+def _profiles(request: privacy_request_pb2.PrivacyRequested) -> list[str]:
+    return list(dict.fromkeys(p for p in [request.person_id, *request.profile_ids] if p))
+
+
+class DeliveryPrivacy:
+    def __init__(self, store: DeliveryStore) -> None:
+        self.store = store
+
+    async def export(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
+        deliveries = [json_format.MessageToDict(d, preserving_proto_field_name=True)
+                      for p in _profiles(request) for d in await self.store.deliveries(p)]
+        return Answer({"deliveries": len(deliveries)}, {"deliveries": deliveries})
+
+    async def erase(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
+        removed = 0
+        for profile_id in _profiles(request):
+            removed += len(await self.store.deliveries(profile_id))
+            await self.store.db.execute("DELETE FROM delivery_log WHERE profile_id = ?", (profile_id,))
+        return Answer({"delivery_log": removed})
+
+

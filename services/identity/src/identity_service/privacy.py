@@ -1,0 +1,138 @@
+"""The identity service's part in privacy requests (mosaic.platform.privacy): a person's
+profiles, identifiers, merge history and conflicts, exported or erased.
+
+The person is every profile the request names plus those the graph joins to them (children
+merged into a survivor, the survivor of a merged profile). Erasure removes the claims the
+person holds (an identifier another profile claims is left alone), the profile rows, members,
+children, merge records, conflicts, sightings and the recorded links the dry run replays that
+name an identifier of the person (a scan of the link history: its cost grows with it). Pending
+sightings are flushed first, so none is written back after; the resolver's caches forget the
+person. The erasure receipt lists the identifiers, so consent can suppress them at ingestion.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+from mosaic.events.v1 import privacy_request_pb2
+from mosaic.identity.v1 import identity_pb2
+from mosaic.platform.privacy import Answer
+from mosaic.platform.store.cassandra import CassandraStore
+from identity_service.resolver import Resolver
+from identity_service.sightings import Sightings
+from identity_service.store import IdentityStore, Key, decode_keys
+
+MAX_PROFILES = 1_000  # the graph caps a person at 100 merges; this only bounds a walk gone wrong
+
+
+class IdentityPrivacy:
+    def __init__(self, store: IdentityStore, resolver: Resolver, sightings: Sightings) -> None:
+        self.store = store
+        self.resolver = resolver
+        self.sightings = sightings
+
+    async def _profiles(self, request: privacy_request_pb2.PrivacyRequested) -> list[str]:
+        seen: dict[str, None] = {}
+        todo = [p for p in [request.person_id, *request.profile_ids] if p]
+        while todo and len(seen) < MAX_PROFILES:
+            profile_id = todo.pop()
+            if profile_id in seen:
+                continue
+            seen[profile_id] = None
+            todo += await self.store.children(profile_id)
+            row = (await self.store.profiles([profile_id])).get(profile_id)
+            if row is not None and row.merged_into:
+                todo.append(row.merged_into)
+        return list(seen)
+
+    async def export(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
+        profiles = await self._profiles(request)
+        rows = await self.store.profiles(profiles)
+        members = await self.store.members(profiles)
+        document: dict[str, list] = {
+            "profiles": [{"profile_id": r.profile_id, "created_at_ms": r.created_at, "created_by": r.created_by,
+                          "merged_into": r.merged_into} for r in rows.values()],
+            "identifiers": [{"profile_id": p, "type": m.id_type, "value": m.id_value, "first_seen_ms": m.first_seen,
+                             "event_id": m.event_id} for p, ms in members.items() for m in ms],
+            "merges": [], "unlinked": [],
+        }
+        merge_ids: set[str] = set()
+        for profile_id in profiles:
+            for record in await self.store.merges_of(profile_id):
+                if record.merge_id not in merge_ids:
+                    merge_ids.add(record.merge_id)
+                    document["merges"].append(json_format.MessageToDict(record, preserving_proto_field_name=True))
+            document["unlinked"] += [json_format.MessageToDict(u, preserving_proto_field_name=True)
+                                     for u in await self.store.unlinked_of(profile_id, 10_000)]
+        return Answer({kind: len(items) for kind, items in document.items()}, document)
+
+    async def erase(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
+        await self.sightings.flush()
+        profiles = await self._profiles(request)
+        members = await self.store.members(profiles)
+        keys: set[Key] = {(m.id_type, m.id_value) for ms in members.values() for m in ms}
+        claims = await self.store.claims(sorted(keys))
+        claimed = sorted(key for key, claim in claims.items() if claim.profile_id in profiles)
+        merge_ids = sorted({r.merge_id for p in profiles for r in await self.store.merges_of(p)})
+        if isinstance(self.store.db, CassandraStore):
+            counts = await self._erase_cassandra(profiles, claimed, merge_ids, keys)
+        else:
+            counts = await self._erase_sqlite(profiles, claimed, merge_ids, keys)
+        self.resolver.root_cache.forget(profiles)
+        for key in keys:
+            self.resolver._claims.pop(key)  # claims are cached as never changing: these just did
+        identifiers = [identity_pb2.Identifier(type=t, value=v) for t, v in sorted(keys)]
+        return Answer(counts, identifiers=identifiers)
+
+    async def _erase_sqlite(self, profiles, claimed, merge_ids, keys) -> dict[str, int]:
+        marks = ",".join("?" * len(profiles))
+
+        def work(db) -> dict[str, int]:
+            counts = {"identity_claims": db.executemany(
+                "DELETE FROM identity_claims WHERE id_type = ? AND id_value = ?", claimed).rowcount if claimed else 0}
+            for table in ("identity_members", "identity_profiles", "identity_profile_merges", "identity_unlinked",
+                          "identity_sightings"):
+                counts[table] = db.execute(f"DELETE FROM {table} WHERE profile_id IN ({marks})", profiles).rowcount
+            counts["identity_children"] = db.execute(
+                f"DELETE FROM identity_children WHERE profile_id IN ({marks}) OR child IN ({marks})",
+                (*profiles, *profiles)).rowcount
+            counts["identity_merges"] = db.executemany(
+                "DELETE FROM identity_merges WHERE merge_id = ?", [(m,) for m in merge_ids]).rowcount if merge_ids else 0
+            naming = [(at, event_id) for at, event_id, text in db.execute("SELECT at, event_id, identifiers FROM identity_links")
+                      if keys.intersection(decode_keys(text))]
+            counts["identity_links"] = len(naming)
+            db.executemany("DELETE FROM identity_links WHERE at = ? AND event_id = ?", naming)
+            return counts
+
+        return await self.store.db.transaction(work) if profiles else {}
+
+    async def _erase_cassandra(self, profiles, claimed, merge_ids, keys) -> dict[str, int]:
+        db: CassandraStore = self.store.db
+        members = await self.store.members(profiles)
+        counts = {"identity_claims": len(claimed), "identity_members": sum(len(m) for m in members.values()),
+                  "identity_profiles": len(await self.store.profiles(profiles)), "identity_merges": len(merge_ids)}
+        statements = [("DELETE FROM identity_claims WHERE id_type = ? AND id_value = ?", key) for key in claimed]
+        for profile_id in profiles:
+            for table in ("identity_members", "identity_profiles", "identity_children", "identity_profile_merges",
+                          "identity_unlinked", "identity_sightings"):
+                statements.append((f"DELETE FROM {table} WHERE profile_id = ?", (profile_id,)))
+        statements += [("DELETE FROM identity_merges WHERE merge_id = ?", (m,)) for m in merge_ids]
+        links = 0
+        for hour_row in await db.execute("SELECT hour FROM identity_link_hours WHERE shard = 0"):
+            after = (-1, "")
+            while True:
+                rows = await db.execute(
+                    "SELECT at, event_id, identifiers FROM identity_links WHERE hour = ? AND (at, event_id) > (?, ?) LIMIT 1000",
+                    (hour_row.hour, *after))
+                for row in rows:
+                    if keys.intersection(decode_keys(row.identifiers)):
+                        links += 1
+                        statements.append(("DELETE FROM identity_links WHERE hour = ? AND at = ? AND event_id = ?",
+                                           (hour_row.hour, row.at, row.event_id)))
+                if len(rows) < 1000:
+                    break
+                after = (rows[-1].at, rows[-1].event_id)
+        counts["identity_links"] = links
+        for cql, params in statements:
+            await db.execute(cql, params)
+        return counts

@@ -1,0 +1,110 @@
+"""The profile service's part in privacy requests, on a real nats-server and each store: an
+export of the profile, its snapshots and archived events; an erasure after which no table
+names the person."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mosaic.consent.v1 import privacy_pb2
+from mosaic.events.v1 import event_pb2, privacy_request_pb2, resolved_pb2
+from mosaic.identity.v1 import identity_pb2
+from mosaic.platform import topics
+from mosaic.platform.privacy import merge_parts
+from mosaic.platform.server import Service
+from mosaic.profile.v1 import profile_service_pb2 as pb, profile_service_pb2_grpc
+from mosaic.testing.plugin import eventually
+from mosaic.testing.scan import rows_mentioning
+from profile_service.app import build
+from profile_service.config import Settings
+from profile_service.store import open_store
+
+import grpc
+
+EVENTS = 30
+
+
+@pytest.fixture(params=["embedded", "cassandra"])
+async def service(request, make_settings):
+    environ = {"MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2", "MOSAIC_STORE": request.param}
+    if request.param == "cassandra":
+        keyspace = request.getfixturevalue("cassandra_keyspace")
+        environ |= {"MOSAIC_CASSANDRA_PORT": str(keyspace.port), "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace}
+    settings = Settings(make_settings("profile", **environ), (), 90, 90, 20, 1000)
+    service = Service(settings.platform, lambda runtime: build(runtime, settings))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+async def feed(service, profile_id: str, email: str) -> None:
+    for i in range(EVENTS):
+        event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, user_id=profile_id, message_id=f"{profile_id}-{i}")
+        event.timestamp.FromSeconds(1_760_000_000 + i * 3600)
+        event.traits.update({"email": email, "visits": i})
+        resolved = resolved_pb2.ResolvedEvent(profile_id=profile_id, event=event, identifiers=[
+            identity_pb2.Identifier(type="user_id", value=profile_id), identity_pb2.Identifier(type="email", value=email)])
+        await service.runtime.bus.publish(topics.EVENTS_RESOLVED, profile_id, resolved, event.message_id)
+
+
+async def version_of(service, profile_id: str) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
+        try:
+            return (await stub.GetProfile(pb.GetProfileRequest(profile_id=profile_id))).profile.version
+        except grpc.aio.AioRpcError:
+            return 0
+
+
+class Receipts:
+    def __init__(self) -> None:
+        self.seen: list[privacy_request_pb2.PrivacyReceipt] = []
+
+    async def listen(self, service) -> None:
+        async def on_message(msg) -> None:
+            self.seen.append(privacy_request_pb2.PrivacyReceipt.FromString(msg.data))
+
+        await service.runtime.bus._nc.subscribe(topics.PRIVACY_RECEIPT.wildcard, cb=on_message)
+
+    def final(self, request_id: str) -> privacy_request_pb2.PrivacyReceipt | None:
+        return next((r for r in self.seen if r.request_id == request_id and r.final), None)
+
+
+async def ask(service, request_id: str, kind, person: str) -> None:
+    request = privacy_request_pb2.PrivacyRequested(request_id=request_id, kind=kind, person_id=person, profile_ids=[person])
+    await service.runtime.bus.publish(topics.PRIVACY_REQUESTED, person, request, f"privacy:{request_id}")
+
+
+async def test_a_person_is_exported_then_erased_and_no_table_names_them(service):
+    receipts = Receipts()
+    await receipts.listen(service)
+    await feed(service, "p-ada", "ada@example.com")
+    await feed(service, "p-bob", "bob@example.com")
+    await eventually(lambda: versions_are(service, {"p-ada": EVENTS, "p-bob": EVENTS}))
+
+    await ask(service, "export-1", privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT, "p-ada")
+    final = await eventually(lambda: receipts.final("export-1"))
+    document = merge_parts(r.export_json for r in sorted(receipts.seen, key=lambda r: r.part) if r.request_id == "export-1")
+    assert dict(final.exported) == {"profiles": 1, "snapshots": EVENTS, "events": EVENTS}
+    assert document["profiles"][0]["traits"]["email"]["value"] == "ada@example.com"
+    assert len(document["events"]) == EVENTS and json.dumps(document)
+
+    await ask(service, "erase-1", privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, "p-ada")
+    erased = await eventually(lambda: receipts.final("erase-1"))
+    assert erased.removed["profile_snapshots"] == EVENTS and erased.removed["profile_events"] == EVENTS
+    assert await version_of(service, "p-ada") == 0
+    store = await open_store(service.settings)
+    try:
+        assert await rows_mentioning(store.db, ["p-ada", "ada@example.com"]) == []
+        assert await rows_mentioning(store.db, ["p-bob"])  # the other person is untouched
+    finally:
+        await store.close()
+    await ask(service, "erase-2", privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, "p-ada")  # again: nothing left
+    again = await eventually(lambda: receipts.final("erase-2"))
+    assert sum(again.removed.values()) == 0
+
+
+async def versions_are(service, expected: dict[str, int]) -> bool:
+    return {p: await version_of(service, p) for p in expected} == expected
