@@ -27,11 +27,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc.filters import health_check, negate
 
-from mosaic.platform import telemetry, topics
+from mosaic.platform import metrics, telemetry, topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.config import ConfigError, PlatformSettings
+from mosaic.platform.consumer_lag import ConsumerLag
 from mosaic.platform.errors import ErrorInterceptor
+from mosaic.platform.metrics_interceptor import MetricsInterceptor
 
 log = logging.getLogger("mosaic.server")
 
@@ -70,7 +73,10 @@ class Service:
         bus = await Bus.connect(settings.nats_url, settings.service, settings.partitions, settings.stream_replicas)
         self._cleanup.push_async_callback(bus.close)
         await bus.ensure_streams(topics.with_events_dedup_window(settings.events_dedup_window))
-        server = grpc.aio.server(interceptors=[aio_server_interceptor(), ErrorInterceptor()])
+        # Metrics outermost, so they see the code the error interceptor chose; health probes
+        # every few seconds would be most of the spans and of the calls counted: neither.
+        server = grpc.aio.server(interceptors=[
+            MetricsInterceptor(), aio_server_interceptor(filter_=negate(health_check())), ErrorInterceptor()])
         runtime = Runtime(settings, bus, server, self._cleanup)
         await self._build(runtime)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -81,6 +87,10 @@ class Service:
         for name in ["", *runtime.service_names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.runtime = runtime
+        if metrics.enabled():
+            lag = ConsumerLag(settings.nats_url, settings.service, settings.owned_partitions)
+            await lag.start()
+            self._cleanup.push_async_callback(lag.stop)
         log.info(
             "serving",
             extra={"fields": {"service": settings.service, "grpc_port": self.port,
@@ -122,10 +132,18 @@ def main(load: Callable[[], Any], build: Callable[[Runtime, Any], Awaitable[None
 
 def run(settings: PlatformSettings, build: Build) -> None:
     """Run a service until SIGTERM or SIGINT; the process entry point of every service."""
-    telemetry.setup(settings.service, settings.log_level)
+    try:
+        telemetry.setup(settings.service, settings.log_level)
+        metrics_port = metrics.setup(settings.service)
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if metrics_port:
+        log.info("metrics serving", extra={"fields": {"service": settings.service, "metrics_port": metrics_port}})
     try:
         asyncio.run(_serve(settings, build))
     finally:
+        metrics.shutdown()
         telemetry.shutdown()
 
 
