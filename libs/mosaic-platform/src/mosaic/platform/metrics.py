@@ -88,6 +88,13 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "time to answer one CheckConsent, by decision (granted, denied)", ("mosaic.consent.decision",)),
 )}
 
+# Served on the Prometheus endpoint by prometheus_client's own process collector, under the
+# names Prometheus gives them; dashboards may read these too.
+PROCESS_METRICS = {
+    "process_cpu_seconds_total": "CPU time the service's process used, in seconds",
+    "process_resident_memory_bytes": "the service's resident memory, in bytes",
+}
+
 _meter = metrics.get_meter("mosaic")
 
 
