@@ -19,6 +19,9 @@ SERVICES = ("consent", "ingestion", "identity", "profile", "segmentation", "deli
 HTTP_PORT = 8080  # ingestion's Segment-compatible HTTP API
 DEFAULT_PORTS = {"ingestion": 50051, "identity": 50052, "profile": 50053,
                  "segmentation": 50054, "consent": 50055, "delivery": 50056}
+# With fixed ports each service also serves Prometheus metrics (deploy/local/prometheus.sh scrapes these).
+METRICS_PORTS = {"ingestion": 9461, "identity": 9462, "profile": 9463,
+                 "segmentation": 9464, "consent": 9465, "delivery": 9466}
 
 
 def _unblock_signals() -> None:
@@ -51,7 +54,8 @@ class Mesh:
     def start_service(self, name: str, timeout: float = 90.0) -> None:
         env = {**os.environ, **self.env, "OTEL_SERVICE_NAME": name,
                "MOSAIC_GRPC_PORT": str(DEFAULT_PORTS[name] if self.fixed_ports else 0),
-               "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0)}
+               "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0),
+               "MOSAIC_METRICS_PORT": str(METRICS_PORTS[name] if self.fixed_ports else 0)}
         if name == "delivery":
             env.setdefault("MOSAIC_CONSENT_ADDRESS", self.address("consent"))
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import nats
 import nats.errors
 import nats.js.errors
+from nats.js import JetStreamContext
 
 from mosaic.platform import metrics, topics
 
@@ -78,30 +79,46 @@ class ConsumerLag:
         """Read every owned durable's state and the count of this service's dead letters."""
         assert self._nc is not None
         js = self._nc.jetstream(timeout=5)
-        found: dict[tuple[str, int], DurableState] = {}
-        prefix = f"{self.service}-"
-        for topic in topics.ALL:
-            try:
-                consumers = await js.consumers_info(topic.stream)
-            except nats.js.errors.NotFoundError:
-                continue  # not declared yet
-            for info in consumers:
-                name = info.name or ""
-                suffix = name.removeprefix(prefix)
-                if not name.startswith(prefix) or not suffix.isdigit() or int(suffix) not in self.partitions:
-                    continue
-                found[(topic.name, int(suffix))] = DurableState(
-                    stage=self.service, topic=topic.name, partition=int(suffix),
-                    pending=info.num_pending or 0, in_flight=info.num_ack_pending or 0,
-                    redelivered=info.num_redelivered or 0,
-                    delivered=(info.delivered.consumer_seq or 0) if info.delivered else 0)
-        self.durables = found
+        states = await read_durables(js, self.service, self.partitions)
+        self.durables = {(state.topic, state.partition): state for state in states}
+        self.dead_letters = (await read_dead_letters(js)).get(self.service, 0)
+
+
+async def read_durables(js: JetStreamContext, service: str | None = None,
+                        partitions: frozenset[int] | None = None) -> list[DurableState]:
+    """The state of every durable `<service>-<partition>` on the mesh's streams (all services
+    when `service` is None; all partitions when `partitions` is None), in stream order."""
+    found: list[DurableState] = []
+    for topic in topics.ALL:
         try:
-            stream = await js.stream_info(topics.DEAD_LETTER_STREAM, subjects_filter=f"deadletter.{self.service}.>")
+            consumers = await js.consumers_info(topic.stream)
         except nats.js.errors.NotFoundError:
-            self.dead_letters = 0
-        else:
-            self.dead_letters = sum((stream.state.subjects or {}).values())
+            continue  # not declared yet
+        for info in consumers:
+            stage, _, suffix = (info.name or "").rpartition("-")
+            if not stage or not suffix.isdigit() or (service is not None and stage != service):
+                continue
+            if partitions is not None and int(suffix) not in partitions:
+                continue
+            found.append(DurableState(
+                stage=stage, topic=topic.name, partition=int(suffix),
+                pending=info.num_pending or 0, in_flight=info.num_ack_pending or 0,
+                redelivered=info.num_redelivered or 0,
+                delivered=(info.delivered.consumer_seq or 0) if info.delivered else 0))
+    return found
+
+
+async def read_dead_letters(js: JetStreamContext) -> dict[str, int]:
+    """Messages in DEAD_LETTERS by the service that gave up on them (deadletter.<service>.<subject>)."""
+    try:
+        stream = await js.stream_info(topics.DEAD_LETTER_STREAM, subjects_filter=topics.DEAD_LETTER_SUBJECTS)
+    except nats.js.errors.NotFoundError:
+        return {}
+    counts: dict[str, int] = {}
+    for subject, count in (stream.state.subjects or {}).items():
+        service = subject.split(".")[1] if subject.count(".") >= 2 else ""
+        counts[service] = counts.get(service, 0) + count
+    return counts
 
 
 # The collectors running in this process (one per service; tests may run several).
