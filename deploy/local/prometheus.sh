@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A local Prometheus (the Debian package) scraping the local mesh's services: install | start |
-# stop | status. Its configuration and data live under .local/prometheus (git-ignored).
+# stop | status | config (write it only). Its configuration and data live under .local/prometheus (git-ignored).
 #   UI and API http://127.0.0.1:9090 (PROMETHEUS_PORT)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -72,5 +72,6 @@ status() {
 
 case "${1:-}" in
   install) install ;; start) start ;; stop) stop ;; status) status ;;
-  *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+  config) config; echo "$dir/prometheus.yml" ;;
+  *) echo "usage: $0 install|start|stop|status|config" >&2; exit 2 ;;
 esac

@@ -75,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
         for name in SERVICES:
             print(f"  {name:<13} {mesh.address(name):<16} {SERVICE_NAMES[name]}")
         print(f"  {'ingestion':<13} http://127.0.0.1:{mesh.http_ports['ingestion']:<5}  Segment-compatible HTTP API (/v1/track, /v1/batch...)")
+        if "OTEL_EXPORTER_OTLP_ENDPOINT" in os.environ:  # `make observe`
+            print(f"\n  traces        exported to {os.environ['OTEL_EXPORTER_OTLP_ENDPOINT']} (Jaeger: "
+                  "curl 'http://127.0.0.1:16686/api/traces?service=ingestion&limit=5')\n"
+                  "  metrics       http://127.0.0.1:9461-9466/metrics, Prometheus http://127.0.0.1:9090\n"
+                  "  status        uv run mosaic status")
         print("\nTry:\n"
               f"  grpcurl -plaintext {mesh.address('ingestion')} list\n"
               f"  grpcurl -plaintext -d '{{\"identifier\": {{\"type\": \"user_id\", \"value\": \"ada\"}}}}' "
