@@ -39,12 +39,13 @@ start() {
   for port in 4317 4318 $ui_port; do
     if answers "$port"; then echo "port $port is taken by another process" >&2; exit 1; fi
   done
-  # Without a config file Jaeger v2 runs all-in-one: OTLP receivers, memory storage, query + UI.
-  # The module proxy's source has no built UI assets, so the UI page is Jaeger's placeholder;
-  # the query API (/api/traces, /api/v3/traces) answers all the same.
-  nohup setsid "$bin" >"$dir/jaeger.log" 2>&1 &
+  # jaeger.yaml: OTLP receivers, memory storage, query + UI, all on loopback. The module proxy's
+  # source has no built UI assets, so the UI page is Jaeger's placeholder; the query API
+  # (/api/traces, /api/v3/traces) answers all the same.
+  nohup setsid "$bin" --config "$root/deploy/local/jaeger.yaml" >"$dir/jaeger.log" 2>&1 &
   echo $! >"$pidfile"
-  for _ in $(seq 100); do
+  # Up to a minute: a loaded machine reads the 100 MB binary slowly the first time.
+  for _ in $(seq 300); do
     if answers 4317 && answers $ui_port; then
       echo "jaeger ready pid=$(cat "$pidfile") otlp=127.0.0.1:4317 ui=http://127.0.0.1:$ui_port"; return
     fi
