@@ -54,8 +54,9 @@ class Mesh:
     def start_service(self, name: str, timeout: float = 90.0) -> None:
         env = {**os.environ, **self.env, "OTEL_SERVICE_NAME": name,
                "MOSAIC_GRPC_PORT": str(DEFAULT_PORTS[name] if self.fixed_ports else 0),
-               "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0),
-               "MOSAIC_METRICS_PORT": str(METRICS_PORTS[name] if self.fixed_ports else 0)}
+               "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0)}
+        if self.fixed_ports:
+            env["MOSAIC_METRICS_PORT"] = str(METRICS_PORTS[name])
         if name == "delivery":
             env.setdefault("MOSAIC_CONSENT_ADDRESS", self.address("consent"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
