@@ -22,9 +22,9 @@ COPY . .
 RUN --mount=type=cache,target=/root/.cache/uv \
     UV_PROJECT_ENVIRONMENT=/tmp/codegen uv sync --frozen --only-group dev \
  && mkdir -p libs/mosaic-proto/src \
- && /tmp/codegen/bin/python -m grpc_tools.protoc -I protos \
+ && find protos -name '*.proto' -exec /tmp/codegen/bin/python -m grpc_tools.protoc -I protos \
       --python_out=libs/mosaic-proto/src --pyi_out=libs/mosaic-proto/src \
-      --grpc_python_out=libs/mosaic-proto/src $(find protos -name '*.proto')
+      --grpc_python_out=libs/mosaic-proto/src {} +
 
 # Non-editable: the workspace members are installed as wheels, so the runtime needs no sources.
 # Bytecode is compiled now because the runtime's root filesystem is read-only. The test
@@ -50,5 +50,6 @@ ENV PATH=/app/.venv/bin:$PATH \
     MOSAIC_DATA_DIR=/tmp/mosaic
 WORKDIR /app
 USER 10001:10001
-EXPOSE 50051
+# gRPC, the HTTP API (ingestion), the Prometheus endpoint (MOSAIC_METRICS_PORT).
+EXPOSE 50051 8080 9464
 CMD ["python", "-m", "ingestion_service"]

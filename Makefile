@@ -13,7 +13,7 @@ BUF := tools/node_modules/.bin/buf
 UV := $(or $(shell command -v uv),$(CURDIR)/.local/uv/bin/uv)
 PREREQS := deploy/local/prereqs.sh
 
-.PHONY: help setup protos lint run demo test test-fast bench stop
+.PHONY: help setup protos lint run demo test test-fast bench stop observe
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -52,6 +52,11 @@ run: setup ## run the whole mesh locally with a demo data set (STORE=cassandra f
 	deploy/local/nats.sh start
 	@if [ "$${STORE:-embedded}" = cassandra ]; then $(PREREQS) java && deploy/local/cassandra.sh start; fi
 	$(UV) run --frozen mosaic run --demo
+
+observe: setup ## make run with tracing on: Jaeger (UI :16686) and Prometheus (:9090) started first
+	deploy/local/jaeger.sh start
+	deploy/local/prometheus.sh start
+	OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 $(MAKE) --no-print-directory run
 
 test: setup lint ## run the whole test suite against real nats-server and Cassandra
 	$(PREREQS) java

@@ -174,3 +174,23 @@ async def test_reflection_can_be_turned_off(make_settings, pki):
 
 def test_pki_files_are_private(pki):
     assert Path(pki.key("consent")).stat().st_mode & 0o077 == 0
+
+
+async def test_a_tls_service_answers_probes_in_plaintext_on_its_health_port(make_settings, pki):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]
+    service = await _serve(make_settings, MOSAIC_AUTH="required", MOSAIC_AUTH_JWKS=str(pki.jwks),
+                           MOSAIC_TLS_CERT=str(pki.cert("consent")), MOSAIC_TLS_KEY=str(pki.key("consent")),
+                           MOSAIC_HEALTH_PORT=str(free))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.health_port}") as channel:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as caught:  # nothing but health there
+                await audit_service_pb2_grpc.AuditServiceStub(channel).ListAuditRecords(LIST)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await service.stop()

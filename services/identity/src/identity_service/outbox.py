@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mosaic.platform import topics
+from mosaic.platform import metrics, topics
 from mosaic.platform.bus import Bus
 from identity_service.resolver import now_ms
 from identity_service.store import IdentityStore, OutboxEntry
@@ -43,6 +43,8 @@ class Outbox:
                     message_id = entry.message_id.split("/", 1)[0]
                     await self.bus.publish(TOPICS[entry.topic], entry.key, _payload(entry), message_id)
                     await self.store.outbox_done(entry.message_id)
+                    if entry.topic == topics.IDENTITY_MERGED.name:
+                        metrics.identity_merged()
                     published += 1
                 elif state == "never":
                     first = self._first_seen.setdefault(entry.message_id, now_ms())

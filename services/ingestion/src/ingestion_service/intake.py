@@ -18,7 +18,7 @@ from opentelemetry import trace
 
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2, quarantine_pb2, source_pb2
-from mosaic.platform import topics
+from mosaic.platform import metrics, topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.errors import FailedPrecondition, NotFound
 from ingestion_service import envelope
@@ -106,6 +106,7 @@ class Intake:
         span = trace.get_current_span()
         span.set_attributes({"mosaic.source.id": active.source_id, "mosaic.ingest.batch_size": len(events)})
         await asyncio.gather(self._publish(publish, results), self._quarantine(keep))
+        metrics.ingested_statuses(active.source_id, S.EventStatus.Name, (result.status for result in results))
         return results
 
     async def _publish(self, publish: list[tuple[int, event_pb2.Event]], results: list[EventResult]) -> None:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from google.protobuf import timestamp_pb2
 
 from mosaic.events.v1 import profile_updated_pb2, resolved_pb2
-from mosaic.platform import topics
+from mosaic.platform import metrics, topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.errors import NotFound
 from mosaic.profile.v1 import profile_pb2
@@ -147,6 +147,7 @@ class Profiles:
         )
         latest = Latest(profile, json.dumps(states))
         await self.store.save(StoredSnapshot(snapshot, full), latest, marker_ttl)
+        metrics.profile_versions_written()
         self.cache.put(latest)
         return snapshot
 

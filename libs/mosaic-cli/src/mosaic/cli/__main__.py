@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from mosaic.cli import apis, connect, ingest_commands, pki, privacy_commands
+from mosaic.cli import apis, connect, ingest_commands, pki, privacy_commands, status
 from mosaic.cli.mesh import SERVICES, Mesh, MeshError
 from mosaic.cli.receivers import WebhookReceiver
 
@@ -77,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
         for name in SERVICES:
             print(f"  {name:<13} {mesh.address(name):<16} {SERVICE_NAMES[name]}")
         print(f"  {'ingestion':<13} http://127.0.0.1:{mesh.http_ports['ingestion']:<5}  Segment-compatible HTTP API (/v1/track, /v1/batch...)")
+        if "OTEL_EXPORTER_OTLP_ENDPOINT" in os.environ:  # `make observe`
+            print(f"\n  traces        exported to {os.environ['OTEL_EXPORTER_OTLP_ENDPOINT']} (Jaeger: "
+                  "curl 'http://127.0.0.1:16686/api/traces?service=ingestion&limit=5')\n"
+                  "  metrics       http://127.0.0.1:9461-9466/metrics, Prometheus http://127.0.0.1:9090\n"
+                  "  status        uv run mosaic status")
         # TLS and tokens on, as in production; the local PKI's admin token has every scope.
         auth = f"-cacert {credentials.ca} -H \"authorization: Bearer $(cat {credentials.token('admin')})\""
         print("\nTry (credentials in .local/pki/; tokens/reader.token lacks profiles:read_pii):\n"
@@ -133,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     profile_parser.add_argument("--identity", default="127.0.0.1:50052", help="the identity service")
     ingest_commands.add_commands(commands)
     privacy_commands.add_commands(commands)
+    status.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args)
@@ -140,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return ingest_commands.run(args)
     if args.command in privacy_commands.COMMANDS:
         return privacy_commands.run(args)
+    if args.command in status.COMMANDS:
+        return status.run(args)
     return asyncio.run(_profile(args))
 
 

@@ -21,6 +21,9 @@ SERVICES = ("ingestion", "identity", "consent", "profile", "segmentation", "deli
 HTTP_PORT = 8080  # ingestion's Segment-compatible HTTP API
 DEFAULT_PORTS = {"ingestion": 50051, "identity": 50052, "profile": 50053,
                  "segmentation": 50054, "consent": 50055, "delivery": 50056}
+# With fixed ports each service also serves Prometheus metrics (deploy/local/prometheus.sh scrapes these).
+METRICS_PORTS = {"ingestion": 9461, "identity": 9462, "profile": 9463,
+                 "segmentation": 9464, "consent": 9465, "delivery": 9466}
 
 
 class MeshError(RuntimeError):
@@ -51,6 +54,8 @@ class Mesh:
         env = {**os.environ, **self.env, **own, "OTEL_SERVICE_NAME": name,
                "MOSAIC_GRPC_PORT": str(DEFAULT_PORTS[name] if self.fixed_ports else 0),
                "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0)}
+        if self.fixed_ports:
+            env["MOSAIC_METRICS_PORT"] = str(METRICS_PORTS[name])
         if name == "delivery":
             env.setdefault("MOSAIC_CONSENT_ADDRESS", self.address("consent"))
         if name == "consent":

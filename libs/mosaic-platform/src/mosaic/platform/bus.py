@@ -148,6 +148,17 @@ def backoff(attempt: int, base: float = 0.2, cap: float = 30.0) -> float:
     return min(cap, base * 2 ** max(0, attempt - 1))
 
 
+def nats_security(tls: TlsSettings | None, credentials: str) -> dict[str, Any]:
+    """nats.connect's arguments for TLS (verify the server, present our certificate) and a
+    .creds file, for every connection a service opens."""
+    secure: dict[str, Any] = {}
+    if tls is not None and tls.enabled:
+        secure = {"tls": tls.context(), "tls_hostname": tls.server_name or None}
+    if credentials:
+        secure["user_credentials"] = credentials
+    return secure
+
+
 class Bus:
     """A service's connection to JetStream."""
 
@@ -173,11 +184,7 @@ class Bus:
         `tls`, the server's certificate is verified (and ours presented); `credentials` is a
         .creds file (user JWT and nkey). A server that never completes the handshake (plaintext
         against a TLS server does that) is Unavailable after `deadline` seconds."""
-        secure: dict[str, Any] = {}
-        if tls is not None and tls.enabled:
-            secure = {"tls": tls.context(), "tls_hostname": tls.server_name or None}
-        if credentials:
-            secure["user_credentials"] = credentials
+        secure = nats_security(tls, credentials)
         connecting = nats.connect(
             url,
             name=service,

@@ -222,6 +222,9 @@ class PlatformSettings:
     security: SecuritySettings = SecuritySettings()
     nats_tls: TlsSettings = TlsSettings()
     nats_credentials: str = ""  # a NATS .creds file (user JWT and nkey seed)
+    # A plaintext port serving only grpc.health.v1, for Kubernetes' gRPC probes, which cannot
+    # speak TLS; 0 = none (health is on the main port too).
+    health_port: int = 0
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> PlatformSettings:
@@ -260,6 +263,7 @@ class PlatformSettings:
             ),
             nats_tls=TlsSettings.from_env(env, "MOSAIC_NATS_TLS"),
             nats_credentials=env.file("MOSAIC_NATS_CREDS"),
+            health_port=env.int("MOSAIC_HEALTH_PORT", 0, maximum=65535),
             stream_replicas=env.int("MOSAIC_NATS_STREAM_REPLICAS", 1, minimum=1, maximum=5),
             log_level=env.choice(
                 "MOSAIC_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")

@@ -28,14 +28,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc.filters import health_check, negate
 
 from mosaic.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
-from mosaic.platform import telemetry, topics
+from mosaic.platform import metrics, telemetry, topics
 from mosaic.platform.audit import AuditLog, AuditServicer
 from mosaic.platform.auth import AuthInterceptor
-from mosaic.platform.bus import Bus
+from mosaic.platform.bus import Bus, nats_security
 from mosaic.platform.config import ConfigError, PlatformSettings, SecuritySettings
+from mosaic.platform.consumer_lag import ConsumerLag
 from mosaic.platform.errors import ErrorInterceptor
+from mosaic.platform.metrics_interceptor import MetricsInterceptor
 
 log = logging.getLogger("mosaic.server")
 
@@ -67,6 +70,7 @@ class Service:
         self._cleanup = AsyncExitStack()
         self._health = health.aio.HealthServicer()
         self.port = 0
+        self.health_port = 0
         self.runtime: Runtime | None = None
 
     async def start(self) -> None:
@@ -78,9 +82,12 @@ class Service:
         await bus.ensure_streams(topics.for_deployment(settings.events_dedup_window, security.audit_retention_days))
         audit = AuditLog(bus, settings.service, security.audit_salt)
         self._cleanup.push_async_callback(audit.close)  # before the bus closes (last in, first out)
-        # Outermost first: tracing, then errors (so what auth raises is a status with details).
+        # Outermost first: metrics (so they see the code the error interceptor chose), tracing
+        # (health probes every few seconds would be most of the spans: none), errors (so what
+        # auth raises is a status with details), then authentication and audit.
         server = grpc.aio.server(interceptors=[
-            aio_server_interceptor(), ErrorInterceptor(), AuthInterceptor(security, audit.record)])
+            MetricsInterceptor(), aio_server_interceptor(filter_=negate(health_check())), ErrorInterceptor(),
+            AuthInterceptor(security, audit.record)])
         runtime = Runtime(settings, bus, server, self._cleanup)
         await self._build(runtime)
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
@@ -92,9 +99,20 @@ class Service:
             log.warning("authentication is off: any caller that reaches the port may call every method")
         self.port = _add_port(server, f"[::]:{settings.grpc_port}", security)
         await server.start()
+        if settings.health_port:
+            probes = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, probes)
+            self.health_port = probes.add_insecure_port(f"[::]:{settings.health_port}")
+            await probes.start()
+            self._cleanup.push_async_callback(probes.stop, 0)
         for name in ["", *runtime.service_names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.runtime = runtime
+        if metrics.enabled():
+            lag = ConsumerLag(settings.nats_url, settings.service, settings.owned_partitions,
+                              secure=nats_security(settings.nats_tls, settings.nats_credentials))
+            await lag.start()
+            self._cleanup.push_async_callback(lag.stop)
         log.info(
             "serving",
             extra={"fields": {"service": settings.service, "grpc_port": self.port,
@@ -150,10 +168,18 @@ def main(load: Callable[[], Any], build: Callable[[Runtime, Any], Awaitable[None
 
 def run(settings: PlatformSettings, build: Build) -> None:
     """Run a service until SIGTERM or SIGINT; the process entry point of every service."""
-    telemetry.setup(settings.service, settings.log_level)
+    try:
+        telemetry.setup(settings.service, settings.log_level)
+        metrics_port = metrics.setup(settings.service)
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if metrics_port:
+        log.info("metrics serving", extra={"fields": {"service": settings.service, "metrics_port": metrics_port}})
     try:
         asyncio.run(_serve(settings, build))
     finally:
+        metrics.shutdown()
         telemetry.shutdown()
 
 

@@ -2,7 +2,9 @@
 
 Traces: `OTEL_TRACES_EXPORTER` (`otlp`, the default, `console` or `none`), the exporter's own
 `OTEL_EXPORTER_OTLP_*` variables, `OTEL_SERVICE_NAME` (defaults to the service name) and
-`OTEL_BSP_*` for batching. Logs: one JSON object a line on stderr, carrying the trace and span
+`OTEL_BSP_*` for batching, and the sampler from `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`
+(`parentbased_always_on` by default: a call that arrives with a sampled traceparent is traced,
+one that starts a trace is too). Metrics are `mosaic.platform.metrics`'s. Logs: one JSON object a line on stderr, carrying the trace and span
 ids of the current span, so a log line can be found from a trace and back.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from mosaic.platform.config import ConfigError
@@ -51,7 +54,7 @@ def setup(service: str, log_level: str = "INFO", environ: Mapping[str, str] | No
     if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return
     resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", service)})
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, sampler=sampler_from(environ))
     exporter_name = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip()
     if exporter_name == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -62,6 +65,31 @@ def setup(service: str, log_level: str = "INFO", environ: Mapping[str, str] | No
     elif exporter_name != "none":
         raise ConfigError("OTEL_TRACES_EXPORTER", f"must be otlp, console or none, got {exporter_name!r}")
     trace.set_tracer_provider(provider)
+
+
+_SAMPLERS = {
+    "always_on": lambda ratio: sampling.ALWAYS_ON,
+    "always_off": lambda ratio: sampling.ALWAYS_OFF,
+    "traceidratio": sampling.TraceIdRatioBased,
+    "parentbased_always_on": lambda ratio: sampling.ParentBased(sampling.ALWAYS_ON),
+    "parentbased_always_off": lambda ratio: sampling.ParentBased(sampling.ALWAYS_OFF),
+    "parentbased_traceidratio": lambda ratio: sampling.ParentBased(sampling.TraceIdRatioBased(ratio)),
+}
+
+
+def sampler_from(environ: Mapping[str, str]) -> sampling.Sampler:
+    """The sampler that OTEL_TRACES_SAMPLER (and its _ARG, a ratio for the ratio samplers) names."""
+    name = environ.get("OTEL_TRACES_SAMPLER", "").strip() or "parentbased_always_on"
+    if name not in _SAMPLERS:
+        raise ConfigError("OTEL_TRACES_SAMPLER", f"must be one of {', '.join(_SAMPLERS)}, got {name!r}")
+    raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    try:
+        ratio = float(raw) if raw else 1.0
+    except ValueError:
+        raise ConfigError("OTEL_TRACES_SAMPLER_ARG", f"must be a ratio between 0 and 1, got {raw!r}") from None
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError("OTEL_TRACES_SAMPLER_ARG", f"must be a ratio between 0 and 1, got {ratio}")
+    return _SAMPLERS[name](ratio)
 
 
 def shutdown() -> None:
