@@ -54,6 +54,9 @@ class Mesh:
                "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0)}
         if name == "delivery":
             env.setdefault("MOSAIC_CONSENT_ADDRESS", self.address("consent"))
+            env.setdefault("MOSAIC_PROFILE_ADDRESS", self.address("profile"))
+            # The local mesh's receivers (the demo's webhook, the tests') listen on loopback.
+            env.setdefault("MOSAIC_DELIVERY_ALLOW_ADDRESSES", "loopback")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")

@@ -82,3 +82,12 @@ ALL = (*ALL, SUPPRESSION_CHANGED)
 def with_events_dedup_window(window: float) -> tuple[Topic, ...]:
     """Every topic, with events.raw's duplicate window set to `window` seconds."""
     return tuple(replace(t, duplicate_window=window) if t is EVENTS_RAW else t for t in ALL)
+
+# Delivery's job queues, produced by delivery's planner and consumed by its workers: one
+# subject per destination (`delivery.jobs.<destination_id>`), not per partition, so a dead
+# endpoint fills only its own queue. Not in ALL: delivery declares the stream itself, as a work
+# queue (a job leaves the stream once its worker acked it), which every other service's LIMITS
+# declaration would contradict.
+from mosaic.delivery.v1 import delivery_pb2  # noqa: E402
+
+DELIVERY_JOBS = Topic("delivery.jobs", "DELIVERY_JOBS", delivery_pb2.DeliveryJob, duplicate_window=3600.0)
