@@ -87,3 +87,23 @@ async def _membership(bus: Bus, segment_id: str, profile_id: str, version: int =
         change=segment_membership_pb2.MEMBERSHIP_CHANGE_EXITED if exited else segment_membership_pb2.MEMBERSHIP_CHANGE_ENTERED)
     await bus.publish(topics.SEGMENT_MEMBERSHIP, profile_id, change,
                       message_id or f"{segment_id}:{profile_id}:{version}:{exited}")
+
+
+@pytest.fixture
+async def profile_service(make_settings):
+    """The real profile service, which templates read traits from."""
+    from profile_service.app import build as build_profile
+    from profile_service.config import Settings as ProfileSettings
+
+    settings = ProfileSettings.from_env({"MOSAIC_NATS_URL": make_settings("profile").nats_url,
+                                         "MOSAIC_DATA_DIR": str(make_settings("profile").data_dir),
+                                         "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2"})
+    service = Service(settings.platform, lambda runtime: build_profile(runtime, settings))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+@pytest.fixture
+def with_profiles(profile_service, delivery_env):
+    delivery_env["MOSAIC_PROFILE_ADDRESS"] = f"127.0.0.1:{profile_service.port}"

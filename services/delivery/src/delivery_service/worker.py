@@ -119,7 +119,8 @@ class DestinationWorker:
                 if self._stopping.is_set():
                     break
                 if self.kind == Kind.DESTINATION_KIND_AUDIENCE_SYNC:
-                    messages = await self._fetch(sub, self.destination.audience.batch_size or 500)
+                    messages = await self._fill(sub, self.destination.audience.batch_size or 500,
+                                                self.destination.audience.linger_seconds or 1.0)
                     if messages:
                         await self._send_audience(messages)
                     elif probe:
@@ -151,6 +152,20 @@ class DestinationWorker:
             return await sub.fetch(count, timeout=1.0)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             return []
+
+    async def _fill(self, sub, size: int, linger: float) -> list[Msg]:
+        """A batch: the first job, then what else comes within `linger` seconds, up to `size`."""
+        messages = await self._fetch(sub, size)
+        deadline = asyncio.get_running_loop().time() + linger
+        while messages and len(messages) < size and not self._stopping.is_set():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                messages += await sub.fetch(size - len(messages), timeout=left)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                break
+        return messages
 
     async def _take_slots(self, most: int) -> int:
         """Wait for one free slot, then take up to `most` of those free now. What is not
