@@ -1,6 +1,8 @@
 """Retries, dead letters and isolation on real servers: a failing destination fills only its
 own queue, exhausted jobs land in the dead-letter store, and replay or discard clears it."""
 
+import json
+
 import grpc
 import pytest
 
@@ -45,7 +47,7 @@ async def test_a_5xx_is_retried_within_the_budget_then_dead_lettered_with_the_la
     assert (await status_of(stub, "p-1"))["flaky"].status == Status.DELIVERY_STATUS_DEAD_LETTERED
 
     got = await stub.GetDeadLetter(pb.GetDeadLetterRequest(destination_id="flaky", delivery_id=letter.delivery.delivery_id))
-    assert got.dead_letter.job.body["profile_id"] == "p-1"
+    assert json.loads(got.dead_letter.job.payload)["profile_id"] == "p-1"
 
     failing_receiver.status = 200  # the endpoint is fixed: replay
     answer = await stub.ReplayDeadLetters(pb.ReplayDeadLettersRequest(selection=pb.DeadLetterSelection(

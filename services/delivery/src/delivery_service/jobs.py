@@ -71,7 +71,9 @@ class JobQueue:
         """The destination's pull subscription, shared by every replica's workers."""
         config = api.ConsumerConfig(
             durable_name=durable_of(destination_id), ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=ack_wait, max_deliver=-1, max_ack_pending=max_in_flight * 2,
+            # Sent but unacked jobs wait for their batched record; room for several batches,
+            # or the queue would wait for the store instead of the destination.
+            ack_wait=ack_wait, max_deliver=-1, max_ack_pending=max_in_flight + 2000,
             filter_subject=f"{JOBS.name}.{destination_id}",
         )
         return await self._js.pull_subscribe(

@@ -10,6 +10,7 @@ queues nothing new (a QUEUED one is queued again: JetStream drops the copy by me
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -107,7 +108,7 @@ class Planner:
             body = {**facts, "delivery_id": job.delivery_id, "profile_id": job.profile_id}
             if destination.body_template:
                 body["message"] = text
-            job.body.update(body)
+            job.payload = json.dumps(body, separators=(",", ":"))
         elif kind == Kind.DESTINATION_KIND_EMAIL:
             recipient = traits.get(destination.email.to_trait or "email")
             if not isinstance(recipient, str) or "@" not in recipient:

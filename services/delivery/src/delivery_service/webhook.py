@@ -59,22 +59,23 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 class HttpSender:
     """One destination's HTTP client: its own connection pool, sized to its concurrency."""
 
-    def __init__(self, policy: AddressPolicy, concurrency: int, timeout: float) -> None:
+    def __init__(self, policy: AddressPolicy, concurrency: int, timeout: float, secret: str = "") -> None:
+        self._signer = Webhook(secret) if secret else None
         connector = aiohttp.TCPConnector(limit=concurrency, resolver=GuardedResolver(policy), ttl_dns_cache=10)
         self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout))
 
-    async def post(self, url: str, body: bytes, delivery_id: str, secret: str, headers: dict[str, str]) -> int:
+    async def post(self, url: str, body: bytes, delivery_id: str, headers: dict[str, str]) -> int:
         """POST `body` (JSON); the HTTP status when it was accepted, else Refused or Retryable."""
         with tracer.start_as_current_span(
             "POST", kind=trace.SpanKind.CLIENT, attributes={"http.request.method": "POST", "url.full": url}
         ) as span:
             sent = {**headers, "Content-Type": "application/json", "Idempotency-Key": delivery_id,
                     "User-Agent": "mosaic-delivery"}
-            if secret:
+            if self._signer is not None:
                 now = datetime.now(tz=timezone.utc)
                 sent["webhook-id"] = delivery_id
                 sent["webhook-timestamp"] = str(int(now.timestamp()))
-                sent["webhook-signature"] = Webhook(secret).sign(delivery_id, now, body.decode())
+                sent["webhook-signature"] = self._signer.sign(delivery_id, now, body.decode())
             propagate.inject(sent)
             try:
                 async with self._session.post(url, data=body, headers=sent, allow_redirects=False) as response:

@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 
 import nats.errors
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from nats.aio.msg import Msg
 from opentelemetry import trace
 
@@ -89,7 +89,8 @@ class DestinationWorker:
         self.retry_base = settings.retry_base
         self.bucket = TokenBucket(limits.rate_per_second)
         self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown)
-        self.http = HttpSender(settings.policy, self.concurrency, self.timeout)
+        self.http = HttpSender(settings.policy, self.concurrency, self.timeout, destination.signing_secret)
+        self.headers = dict(destination.headers)
         self.smtp = SmtpSender(settings.policy, self.timeout)
         self._slots = asyncio.Semaphore(self.concurrency)
         self._recorder = _Recorder()
@@ -223,11 +224,8 @@ class DestinationWorker:
         d = self.destination
         if self.kind == Kind.DESTINATION_KIND_EMAIL:
             return await self.smtp.send(d.email, job)
-        if self.kind == Kind.DESTINATION_KIND_WEBHOOK:
-            body = json.dumps(json_format.MessageToDict(job.body), separators=(",", ":")).encode()
-        else:
-            body = job.text.encode()
-        status = await self.http.post(d.webhook_url, body, job.delivery_id, d.signing_secret, dict(d.headers))
+        body = (job.payload if self.kind == Kind.DESTINATION_KIND_WEBHOOK else job.text).encode()
+        status = await self.http.post(d.webhook_url, body, job.delivery_id, self.headers)
         return f"HTTP {status}"
 
     async def _send_audience(self, messages: list[Msg]) -> None:
@@ -248,7 +246,7 @@ class DestinationWorker:
         with tracer.start_as_current_span("audience sync", attributes={
             "mosaic.destination.id": d.destination_id, "messaging.batch.message_count": len(messages)}):
             try:
-                status = await self.http.post(d.webhook_url, json.dumps(body).encode(), key, d.signing_secret, dict(d.headers))
+                status = await self.http.post(d.webhook_url, json.dumps(body).encode(), key, self.headers)
             except Refused as error:
                 self.breaker.succeeded()
                 outcome, detail, dead = Status.DELIVERY_STATUS_DEAD_LETTERED, str(error), True
