@@ -76,3 +76,16 @@ def test_templates_render_traits_and_the_sandbox_refuses_internals():
     assert templates.render("Hi {{ missing }}.", {}) == "Hi ."
     with pytest.raises(templates.RenderError, match="SecurityError"):
         templates.render("{{ ''.__class__.__mro__[1].__subclasses__() }}", {})
+
+
+def test_a_bad_setting_names_its_variable():
+    from mosaic.platform.config import ConfigError
+    from delivery_service.config import Settings
+
+    base = {"MOSAIC_CONSENT_ADDRESS": "127.0.0.1:1"}
+    with pytest.raises(ConfigError, match="MOSAIC_DELIVERY_ALLOW_ADDRESSES"):
+        Settings.from_env(base | {"MOSAIC_DELIVERY_ALLOW_ADDRESSES": "loopback,everything"})
+    with pytest.raises(ConfigError, match="MOSAIC_DELIVERY_ENGAGEMENT_SECRET"):
+        Settings.from_env(base | {"MOSAIC_DELIVERY_ENGAGEMENT_SECRET": "plain"})
+    settings = Settings.from_env(base | {"MOSAIC_DELIVERY_ALLOW_ADDRESSES": "loopback"})
+    assert settings.policy.refusal("127.0.0.1") is None and not settings.feedback

@@ -4,22 +4,35 @@ delivery.outcome out."""
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from mosaic.consent.v1 import consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
+from mosaic.identity.v1 import identity_service_pb2_grpc
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
 from mosaic.platform import topics
 from mosaic.platform.server import Runtime
 from mosaic.profile.v1 import profile_service_pb2_grpc
 from delivery_service.config import Settings
 from delivery_service.destinations import DestinationCache
 from delivery_service.dispatcher import Dispatcher
+from delivery_service.feedback import EngagementEndpoint, Feedback
 from delivery_service.jobs import JobQueue
 from delivery_service.planner import Planner
 from delivery_service.server import DeliveryServicer
 from delivery_service.store import open_store
 from delivery_service.worker import WorkerSettings
+
+log = logging.getLogger("mosaic.delivery")
+
+
+def _channel(runtime: Runtime, address: str) -> grpc.aio.Channel:
+    channel = grpc.aio.insecure_channel(address, interceptors=aio_client_interceptors())
+    runtime.cleanup.push_async_callback(channel.close)
+    return channel
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
@@ -27,14 +40,10 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.cleanup.push_async_callback(store.close)
     queue = await JobQueue.connect(settings.platform.nats_url, settings.platform.stream_replicas)
     runtime.cleanup.push_async_callback(queue.close)
-    consent_channel = grpc.aio.insecure_channel(settings.consent_address, interceptors=aio_client_interceptors())
-    runtime.cleanup.push_async_callback(consent_channel.close)
-    consent = consent_service_pb2_grpc.ConsentServiceStub(consent_channel)
+    consent = consent_service_pb2_grpc.ConsentServiceStub(_channel(runtime, settings.consent_address))
     profiles = None
     if settings.profile_address:
-        profile_channel = grpc.aio.insecure_channel(settings.profile_address, interceptors=aio_client_interceptors())
-        runtime.cleanup.push_async_callback(profile_channel.close)
-        profiles = profile_service_pb2_grpc.ProfileServiceStub(profile_channel)
+        profiles = profile_service_pb2_grpc.ProfileServiceStub(_channel(runtime, settings.profile_address))
 
     cache = DestinationCache(store, settings.destinations_refresh)
     policy = settings.policy
@@ -58,3 +67,16 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     owned = settings.platform.owned_partitions
     runtime.bus.consume(topics.SEGMENT_MEMBERSHIP, planner.on_membership, owned)
     runtime.bus.consume(topics.EVENTS_RESOLVED, planner.on_event, owned)
+
+    if settings.feedback:
+        feedback = Feedback(
+            ingestion_service_pb2_grpc.IngestionServiceStub(_channel(runtime, settings.ingestion_address)),
+            identity_service_pb2_grpc.IdentityServiceStub(_channel(runtime, settings.identity_address)),
+            consent, store, cache)
+        await feedback.ensure_source()
+        runtime.bus.consume(topics.DELIVERY_OUTCOME, feedback.on_outcome, owned)
+        if settings.engagement_secret:
+            endpoint = EngagementEndpoint(feedback, settings.engagement_secret)
+            port = await endpoint.start(settings.http_port)
+            runtime.cleanup.push_async_callback(endpoint.stop)
+            log.info("http serving", extra={"fields": {"service": settings.platform.service, "http_port": port}})

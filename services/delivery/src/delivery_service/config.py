@@ -22,6 +22,17 @@ class Settings:
     breaker_threshold: int = 5
     breaker_cooldown: float = 2.0
     destinations_refresh: float = 5.0
+    # Outcomes and engagement go back through ingestion (as the mosaic-delivery source) when
+    # both addresses are set; identity names the person of a profile.
+    ingestion_address: str = ""
+    identity_address: str = ""
+    # The signed engagement endpoint runs when its secret (whsec_...) is set.
+    engagement_secret: str = ""
+    http_port: int = 0
+
+    @property
+    def feedback(self) -> bool:
+        return bool(self.ingestion_address and self.identity_address)
 
     @property
     def policy(self) -> AddressPolicy:
@@ -45,4 +56,14 @@ class Settings:
             breaker_threshold=env.int("MOSAIC_DELIVERY_BREAKER_FAILURES", 5, minimum=1, maximum=1000),
             breaker_cooldown=env.float("MOSAIC_DELIVERY_BREAKER_COOLDOWN_SECONDS", 2.0, minimum=0.01),
             destinations_refresh=env.float("MOSAIC_DELIVERY_DESTINATIONS_REFRESH_SECONDS", 5.0, minimum=0.1),
+            ingestion_address=env.str("MOSAIC_INGESTION_ADDRESS", "-").strip("-"),
+            identity_address=env.str("MOSAIC_IDENTITY_ADDRESS", "-").strip("-"),
+            engagement_secret=_secret(env.str("MOSAIC_DELIVERY_ENGAGEMENT_SECRET", "-").strip("-")),
+            http_port=env.int("MOSAIC_DELIVERY_HTTP_PORT", 0, maximum=65535),
         )
+
+
+def _secret(value: str) -> str:
+    if value and not value.startswith("whsec_"):
+        raise ConfigError("MOSAIC_DELIVERY_ENGAGEMENT_SECRET", "must be a Standard Webhooks secret: whsec_ and base64")
+    return value

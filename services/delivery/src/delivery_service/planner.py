@@ -23,7 +23,7 @@ from mosaic.platform.bus import Bus, Delivery
 from mosaic.platform.errors import Unavailable
 from mosaic.profile.v1 import profile_service_pb2
 from delivery_service.consent import granted
-from delivery_service import templates
+from delivery_service import feedback, templates
 from delivery_service.destinations import DestinationCache, Kind, TriggerKind, kind_of, triggers_of
 from delivery_service.jobs import JobQueue
 from delivery_service.store import DeliveryStore
@@ -61,6 +61,8 @@ class Planner:
         event = resolved.event
         if event.type != event_pb2.EVENT_TYPE_TRACK or not event.event:
             return
+        if event.source_id == feedback.SOURCE and event.event in feedback.OUTCOME_EVENTS:
+            return  # an outcome never triggers a delivery: no loop of deliveries about deliveries
         properties = event.properties
         for destination in self.cache.all():
             if any(t.kind == TriggerKind.TRIGGER_KIND_EVENT and t.event_name == event.event

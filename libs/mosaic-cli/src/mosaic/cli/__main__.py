@@ -28,6 +28,8 @@ def _mesh_env(store: str) -> dict[str, str]:
         "MOSAIC_DATA_DIR": os.environ.get("MOSAIC_DATA_DIR", ".local/data"),
         # A local mesh takes events for any source id, as the README's first calls (`web`) do.
         "MOSAIC_INGEST_OPEN_SOURCES": os.environ.get("MOSAIC_INGEST_OPEN_SOURCES", "true"),
+        # Delivery outcomes come back as events of the mosaic-delivery source.
+        "MOSAIC_DELIVERY_FEEDBACK": os.environ.get("MOSAIC_DELIVERY_FEEDBACK", "true"),
     }
     if "OTEL_EXPORTER_OTLP_ENDPOINT" not in os.environ:
         env["OTEL_TRACES_EXPORTER"] = os.environ.get("OTEL_TRACES_EXPORTER", "none")  # no collector locally
