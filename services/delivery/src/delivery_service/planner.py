@@ -11,7 +11,6 @@ queues nothing new (a QUEUED one is queued again: JetStream drops the copy by me
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import grpc
@@ -29,7 +28,6 @@ from delivery_service.jobs import JobQueue
 from delivery_service.store import DeliveryStore
 from delivery_service.worker import now, record
 
-log = logging.getLogger("mosaic.delivery.planner")
 Status = delivery_pb2.DeliveryStatus
 Change = segment_membership_pb2.MembershipChange
 
