@@ -46,6 +46,7 @@ def hook(**fields) -> delivery_pb2.Destination:
     ({"headers": {"Idempotency-Key": "x"}}, "destination.headers['Idempotency-Key']"),
     ({"signing_secret": "not-a-secret!"}, "destination.signing_secret"),
     ({"limits": delivery_pb2.Limits(max_attempts=1000)}, "destination.limits.max_attempts"),
+    ({"frequency_cap": delivery_pb2.FrequencyCap(max_deliveries=3)}, "destination.frequency_cap"),
     ({"kind": delivery_pb2.DESTINATION_KIND_EMAIL, "body_template": "hi",
       "email": delivery_pb2.EmailSettings(smtp_host="10.0.0.2", smtp_port=25, from_address="a@b.c")},
      "destination.email.smtp_host"),

@@ -104,3 +104,17 @@ async def test_a_loopback_destination_is_refused_when_the_deployment_does_not_al
             destination_id="inside", webhook_url="http://127.0.0.1:8080/admin", segment_id="vip", purpose="marketing")))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "destination.webhook_url" in refused.value.details() and "loopback" in refused.value.details()
+
+
+async def test_a_frequency_cap_suppresses_what_exceeds_it_per_person(stub, membership, consent, webhook_receiver):
+    await create(stub, webhook_receiver, frequency_cap=delivery_pb2.FrequencyCap(max_deliveries=2, window_seconds=3600))
+    await consent("p-6")
+    await consent("p-7")
+    for version in (1, 2, 3):
+        await membership("vip", "p-6", version=version)
+    await membership("vip", "p-7")
+    records = await final(stub, "p-6", count=3)
+    assert sorted(r.status for r in records) == [Status.DELIVERY_STATUS_SENT] * 2 + [Status.DELIVERY_STATUS_SUPPRESSED]
+    assert "frequency cap" in next(r.detail for r in records if r.status == Status.DELIVERY_STATUS_SUPPRESSED)
+    [other] = await final(stub, "p-7")  # the cap is per person
+    assert other.status == Status.DELIVERY_STATUS_SENT

@@ -90,6 +90,9 @@ async def validate(d: delivery_pb2.Destination, policy: AddressPolicy) -> None:
         if not HEADER_NAME.match(name) or name.lower() in RESERVED_HEADERS:
             raise InvalidArgument(f"destination.headers[{name!r}]", "must be a header name (letters, digits, -) Mosaic does not set itself")
     _check_limits(d.limits)
+    cap = d.frequency_cap
+    if cap.max_deliveries < 0 or (cap.max_deliveries and cap.window_seconds <= 0):
+        raise InvalidArgument("destination.frequency_cap", "max_deliveries must not be negative and needs window_seconds > 0")
     if d.signing_secret:
         if not _secret_ok(d.signing_secret):
             raise InvalidArgument("destination.signing_secret", "must be `whsec_` and the base64 of 24 to 64 bytes")

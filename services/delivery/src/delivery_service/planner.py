@@ -2,7 +2,8 @@
 
 It consumes `segment.membership` (entries and exits) and `events.resolved` (track events),
 matches them against the cached destinations' triggers, asks ConsentService whether the
-destination's purpose is granted, renders the templates with the person's traits (from the
+destination's purpose is granted and whether the destination's frequency cap leaves room for
+the person (no: SUPPRESSED, saying why), renders the templates with the person's traits (from the
 profile service, only when a template needs them), records the delivery as QUEUED and queues
 one job on the destination's subject. A redelivered message finds its deliveries recorded and
 queues nothing new (a QUEUED one is queued again: JetStream drops the copy by message id).
@@ -11,6 +12,7 @@ queues nothing new (a QUEUED one is queued again: JetStream drops the copy by me
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import grpc
@@ -83,6 +85,11 @@ class Planner:
             if not await granted(self.consent, profile_id, destination.purpose):
                 return await self._decide(base, Status.DELIVERY_STATUS_SUPPRESSED,
                                           f"consent to {destination.purpose!r} not granted")
+        # A redelivery of a QUEUED one was counted when it was decided: only new ones are capped.
+        if existing is None and await self._capped(destination, profile_id, exited and kind == Kind.DESTINATION_KIND_AUDIENCE_SYNC):
+            cap = destination.frequency_cap
+            return await self._decide(base, Status.DELIVERY_STATUS_SUPPRESSED,
+                                      f"frequency cap: {cap.max_deliveries} in {cap.window_seconds:g} s reached")
         job = delivery_pb2.DeliveryJob(delivery_id=delivery_id, destination_id=destination.destination_id,
                                        profile_id=profile_id, trigger=trigger, segment_id=segment_id, exited=exited,
                                        queued_at=now())
@@ -97,6 +104,19 @@ class Planner:
             base.updated_at.CopyFrom(job.queued_at)
             await self.store.save_delivery(base)
         await self.queue.put(job)
+
+    async def _capped(self, destination: delivery_pb2.Destination, profile_id: str, leaving: bool) -> bool:
+        """Whether the person already had the cap's number of this destination's deliveries
+        (queued or sent) within its window; leaving an audience is never capped."""
+        cap = destination.frequency_cap
+        if not cap.max_deliveries or leaving:
+            return False
+        since = time.time_ns() - int(cap.window_seconds * 1e9)
+        counted = (Status.DELIVERY_STATUS_QUEUED, Status.DELIVERY_STATUS_SENT)
+        recent = [d for d in await self.store.deliveries(profile_id)
+                  if d.destination_id == destination.destination_id and d.status in counted
+                  and d.updated_at.ToNanoseconds() >= since]
+        return len(recent) >= cap.max_deliveries
 
     async def _render(self, destination: delivery_pb2.Destination, kind: int, job: delivery_pb2.DeliveryJob,
                       facts: dict[str, Any]) -> None:
