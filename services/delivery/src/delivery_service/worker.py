@@ -97,6 +97,7 @@ class DestinationWorker:
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._main: list[asyncio.Task[None]] = []
+        self._own: JobQueue | None = None
 
     def start(self) -> None:
         self._main = [asyncio.create_task(self._run()), asyncio.create_task(self._record_forever())]
@@ -108,14 +109,19 @@ class DestinationWorker:
         self._recorder.wake.set()
         await asyncio.gather(*self._main[1:], return_exceptions=True)
         await self.http.close()
+        if self._own is not None:
+            await self._own.close()
 
     async def _run(self) -> None:
         sub = None
+        own: JobQueue | None = None
         ack_wait = self.timeout * 2 + 5
         while not self._stopping.is_set():
             try:
+                if own is None:
+                    own = await self.queue.own_connection()
                 if sub is None:
-                    sub = await self.queue.subscribe(self.destination.destination_id, self.concurrency, ack_wait)
+                    sub = await own.subscribe(self.destination.destination_id, self.concurrency, ack_wait)
                 probe = await self._wait_for_circuit()
                 if self._stopping.is_set():
                     break
@@ -147,6 +153,7 @@ class DestinationWorker:
                 await sub.unsubscribe()
             except nats.errors.Error:
                 pass
+        self._own = own  # closed in stop(), once the recorder has acked what it holds
 
     async def _fetch(self, sub, count: int) -> list[Msg]:
         try:
