@@ -16,8 +16,8 @@ async def store(store_settings):
     await store.close()
 
 
-def letter(destination_id: str, delivery_id: str, error: str = "HTTP 500") -> delivery_pb2.DeadLetter:
-    record = delivery_pb2.Delivery(delivery_id=delivery_id, destination_id=destination_id, profile_id="p",
+def letter(destination_id: str, delivery_id: str, error: str = "HTTP 500", profile_id: str = "p") -> delivery_pb2.DeadLetter:
+    record = delivery_pb2.Delivery(delivery_id=delivery_id, destination_id=destination_id, profile_id=profile_id,
                                    status=delivery_pb2.DELIVERY_STATUS_DEAD_LETTERED)
     return delivery_pb2.DeadLetter(delivery=record, last_error=error,
                                    job=delivery_pb2.DeliveryJob(delivery_id=delivery_id, destination_id=destination_id))
@@ -76,6 +76,23 @@ async def test_a_dead_letter_is_replaced_by_its_key_and_deleted(store):
     await store.put_dead_letter(letter(destination_id, "x:1", "HTTP 500"))
     await store.put_dead_letter(letter(destination_id, "x:1", "HTTP 503"))
     assert (await store.dead_letter(destination_id, "x:1")).last_error == "HTTP 503"
-    await store.delete_dead_letter(destination_id, "x:1")
+    await store.delete_dead_letter(letter(destination_id, "x:1"))
     assert await store.dead_letter(destination_id, "x:1") is None
     assert await store.dead_letters(destination_id, "", 10) == []
+
+
+async def test_erasing_a_person_leaves_no_delivery_or_dead_letter_of_theirs(store):
+    gone, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    destination_id = f"d-{uuid.uuid4().hex[:8]}"
+    await store.save_deliveries([delivery_pb2.Delivery(delivery_id=f"h:{n}", profile_id=p)
+                                 for p in (gone, kept) for n in range(3)])
+    await store.put_dead_letter(letter(destination_id, f"h:{gone}", profile_id=gone))
+    await store.put_dead_letter(letter(f"other-{destination_id}", f"h2:{gone}", profile_id=gone))
+    await store.put_dead_letter(letter(destination_id, f"h:{kept}", profile_id=kept))
+    assert await store.erase_person(gone) == 5
+    assert await store.deliveries(gone) == []
+    assert await store.dead_letter(destination_id, f"h:{gone}") is None
+    assert await store.dead_letters(f"other-{destination_id}", "", 10) == []
+    assert len(await store.deliveries(kept)) == 3
+    assert [l.delivery.profile_id for l in await store.dead_letters(destination_id, "", 10)] == [kept]
+    assert await store.erase_person(gone) == 0  # a second erasure (a redelivered request) is harmless

@@ -55,7 +55,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         self.cache.remove(request.destination_id)
         await self.queue.drop(request.destination_id)
         async for letter in self._all_of(request.destination_id):
-            await self.store.delete_dead_letter(request.destination_id, letter.delivery.delivery_id)
+            await self.store.delete_dead_letter(letter)
         return pb.DeleteDestinationResponse()
 
     async def ListDeliveries(self, request, context):
@@ -116,7 +116,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
                 # A new message id: the first one may still be in the duplicate window.
                 await self.queue.put(job, message_id=f"{delivery.delivery_id}:replay:{uuid.uuid4().hex}")
                 replayed += 1
-            await self.store.delete_dead_letter(delivery.destination_id, delivery.delivery_id)
+            await self.store.delete_dead_letter(letter)
         return pb.ReplayDeadLettersResponse(replayed=replayed, suppressed=suppressed)
 
     async def DiscardDeadLetters(self, request, context):
@@ -126,7 +126,7 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             delivery.status, delivery.detail = Status.DELIVERY_STATUS_DISCARDED, f"discarded; last error: {letter.last_error}"
             delivery.updated_at.CopyFrom(now())
             await record(self.store, self.bus, [delivery], [])
-            await self.store.delete_dead_letter(delivery.destination_id, delivery.delivery_id)
+            await self.store.delete_dead_letter(letter)
             discarded += 1
         return pb.DiscardDeadLettersResponse(discarded=discarded)
 

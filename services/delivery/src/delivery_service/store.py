@@ -25,6 +25,9 @@ CASSANDRA = [
     Migration(2, (
         "CREATE TABLE IF NOT EXISTS delivery_dead_letters ("
         " destination_id text, delivery_id text, letter blob, PRIMARY KEY ((destination_id), delivery_id))",
+        # A person's dead letters, so erasing a person is one partition read, not a scan.
+        "CREATE TABLE IF NOT EXISTS delivery_dead_letters_by_profile ("
+        " profile_id text, destination_id text, delivery_id text, PRIMARY KEY ((profile_id), destination_id, delivery_id))",
     )),
 ]
 SQLITE = [
@@ -35,6 +38,8 @@ SQLITE = [
     Migration(2, (
         "CREATE TABLE delivery_dead_letters (destination_id TEXT, delivery_id TEXT, letter BLOB,"
         " PRIMARY KEY (destination_id, delivery_id))",
+        "CREATE TABLE delivery_dead_letters_by_profile (profile_id TEXT, destination_id TEXT, delivery_id TEXT,"
+        " PRIMARY KEY (profile_id, destination_id, delivery_id))",
     )),
 ]
 
@@ -52,7 +57,10 @@ class DeliveryStore(Protocol):
     async def put_dead_letter(self, letter: DeadLetter) -> None: ...
     async def dead_letter(self, destination_id: str, delivery_id: str) -> DeadLetter | None: ...
     async def dead_letters(self, destination_id: str, after: str, limit: int) -> list[DeadLetter]: ...
-    async def delete_dead_letter(self, destination_id: str, delivery_id: str) -> None: ...
+    async def delete_dead_letter(self, letter: DeadLetter) -> None: ...
+    async def erase_person(self, profile_id: str) -> int:
+        """Delete the person's delivery log and dead letters; how many records went."""
+        ...
     async def close(self) -> None: ...
 
 
@@ -98,10 +106,13 @@ class CassandraDeliveryStore(Repository):
         return [delivery_pb2.Delivery.FromString(r.record) for r in rows]
 
     async def put_dead_letter(self, letter):
-        await self.db.execute(
-            "INSERT INTO delivery_dead_letters (destination_id, delivery_id, letter) VALUES (?, ?, ?)",
-            (letter.delivery.destination_id, letter.delivery.delivery_id, letter.SerializeToString()),
-        )
+        d = letter.delivery
+        await self.db.execute_together([
+            ("INSERT INTO delivery_dead_letters (destination_id, delivery_id, letter) VALUES (?, ?, ?)",
+             (d.destination_id, d.delivery_id, letter.SerializeToString())),
+            ("INSERT INTO delivery_dead_letters_by_profile (profile_id, destination_id, delivery_id) VALUES (?, ?, ?)",
+             (d.profile_id, d.destination_id, d.delivery_id)),
+        ])
 
     async def dead_letter(self, destination_id, delivery_id):
         rows = await self.db.execute(
@@ -117,10 +128,27 @@ class CassandraDeliveryStore(Repository):
         )
         return [DeadLetter.FromString(r.letter) for r in rows]
 
-    async def delete_dead_letter(self, destination_id, delivery_id):
-        await self.db.execute(
-            "DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?", (destination_id, delivery_id)
-        )
+    async def delete_dead_letter(self, letter):
+        d = letter.delivery
+        await self.db.execute_together([
+            ("DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?", (d.destination_id, d.delivery_id)),
+            ("DELETE FROM delivery_dead_letters_by_profile WHERE profile_id = ? AND destination_id = ? AND delivery_id = ?",
+             (d.profile_id, d.destination_id, d.delivery_id)),
+        ])
+
+    async def erase_person(self, profile_id):
+        letters = await self.db.execute(
+            "SELECT destination_id, delivery_id FROM delivery_dead_letters_by_profile WHERE profile_id = ? LIMIT 10000",
+            (profile_id,))
+        records = await self.deliveries(profile_id)
+        for r in letters:
+            await self.db.execute("DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?",
+                                  (r.destination_id, r.delivery_id))
+        await self.db.execute_together([
+            ("DELETE FROM delivery_dead_letters_by_profile WHERE profile_id = ?", (profile_id,)),
+            ("DELETE FROM delivery_log WHERE profile_id = ?", (profile_id,)),
+        ])
+        return len(records) + len(letters)
 
 
 class SqliteDeliveryStore(Repository):
@@ -160,10 +188,15 @@ class SqliteDeliveryStore(Repository):
         return [delivery_pb2.Delivery.FromString(r[0]) for r in rows]
 
     async def put_dead_letter(self, letter):
-        await self.db.execute(
-            "INSERT OR REPLACE INTO delivery_dead_letters VALUES (?, ?, ?)",
-            (letter.delivery.destination_id, letter.delivery.delivery_id, letter.SerializeToString()),
-        )
+        d = letter.delivery
+
+        def work(db) -> None:
+            db.execute("INSERT OR REPLACE INTO delivery_dead_letters VALUES (?, ?, ?)",
+                       (d.destination_id, d.delivery_id, letter.SerializeToString()))
+            db.execute("INSERT OR REPLACE INTO delivery_dead_letters_by_profile VALUES (?, ?, ?)",
+                       (d.profile_id, d.destination_id, d.delivery_id))
+
+        await self.db.transaction(work)
 
     async def dead_letter(self, destination_id, delivery_id):
         rows = await self.db.execute(
@@ -180,10 +213,27 @@ class SqliteDeliveryStore(Repository):
         )
         return [DeadLetter.FromString(r[0]) for r in rows]
 
-    async def delete_dead_letter(self, destination_id, delivery_id):
-        await self.db.execute(
-            "DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?", (destination_id, delivery_id)
-        )
+    async def delete_dead_letter(self, letter):
+        d = letter.delivery
+
+        def work(db) -> None:
+            db.execute("DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?",
+                       (d.destination_id, d.delivery_id))
+            db.execute("DELETE FROM delivery_dead_letters_by_profile WHERE profile_id = ? AND destination_id = ?"
+                       " AND delivery_id = ?", (d.profile_id, d.destination_id, d.delivery_id))
+
+        await self.db.transaction(work)
+
+    async def erase_person(self, profile_id):
+        def work(db) -> int:
+            letters = db.execute("SELECT destination_id, delivery_id FROM delivery_dead_letters_by_profile"
+                                 " WHERE profile_id = ?", (profile_id,)).fetchall()
+            db.executemany("DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?", letters)
+            db.execute("DELETE FROM delivery_dead_letters_by_profile WHERE profile_id = ?", (profile_id,))
+            records = db.execute("DELETE FROM delivery_log WHERE profile_id = ?", (profile_id,)).rowcount
+            return records + len(letters)
+
+        return await self.db.transaction(work)
 
 
 async def open_store(settings) -> DeliveryStore:
