@@ -1,6 +1,6 @@
 """The delivery service's part in privacy requests (mosaic.platform.privacy): a person's
 deliveries, exported or erased. The delivery log is partitioned by profile on both stores, so
-one statement per profile does it. What was already sent to a destination is the
+`erase_person` deletes a profile's log and its dead letters on either. What was already sent to a destination is the
 destination's to erase; the export lists where it went."""
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ class DeliveryPrivacy:
     async def erase(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
         removed = 0
         for profile_id in _profiles(request):
-            removed += len(await self.store.deliveries(profile_id))
-            await self.store.db.execute("DELETE FROM delivery_log WHERE profile_id = ?", (profile_id,))
+            removed += await self.store.erase_person(profile_id)  # the delivery log and dead letters
         return Answer({"delivery_log": removed})
 
 

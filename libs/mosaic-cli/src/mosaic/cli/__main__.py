@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from mosaic.cli import apis, connect, ingest_commands, pki, privacy_commands, status
+from mosaic.cli import apis, connect, delivery_commands, ingest_commands, pki, privacy_commands, status
 from mosaic.cli.mesh import SERVICES, Mesh, MeshError
 from mosaic.cli.receivers import WebhookReceiver
 
@@ -28,6 +28,8 @@ def _mesh_env(store: str) -> dict[str, str]:
         "MOSAIC_DATA_DIR": os.environ.get("MOSAIC_DATA_DIR", ".local/data"),
         # A local mesh takes events for any source id, as the README's first calls (`web`) do.
         "MOSAIC_INGEST_OPEN_SOURCES": os.environ.get("MOSAIC_INGEST_OPEN_SOURCES", "true"),
+        # Delivery outcomes come back as events of the mosaic-delivery source.
+        "MOSAIC_DELIVERY_FEEDBACK": os.environ.get("MOSAIC_DELIVERY_FEEDBACK", "true"),
     }
     if "OTEL_EXPORTER_OTLP_ENDPOINT" not in os.environ:
         env["OTEL_TRACES_EXPORTER"] = os.environ.get("OTEL_TRACES_EXPORTER", "none")  # no collector locally
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ingest_commands.add_commands(commands)
     privacy_commands.add_commands(commands)
     status.add_commands(commands)
+    delivery_commands.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args)
@@ -148,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         return privacy_commands.run(args)
     if args.command in status.COMMANDS:
         return status.run(args)
+    if args.command in delivery_commands.COMMANDS:
+        return delivery_commands.run(args)
     return asyncio.run(_profile(args))
 
 

@@ -113,7 +113,9 @@ async def run_demo(mesh: Mesh, webhook_url: str) -> tuple[list[tuple[str, str, s
         for user, profile_id in profiles.items():
             async def new_delivery(pid=profile_id, known=before[user]):
                 records = await deliveries(pid)
-                return len(records) > known and max(records, key=lambda r: r.updated_at.ToNanoseconds())
+                latest = len(records) > known and max(records, key=lambda r: r.updated_at.ToNanoseconds())
+                # Queued is not an outcome yet: wait for its worker to send it.
+                return latest and latest.status != delivery_pb2.DELIVERY_STATUS_QUEUED and latest
 
             record = await waiter.until(f"the webhook delivery for {user}", new_delivery)
             results.append((user, profile_id, delivery_pb2.DeliveryStatus.Name(record.status)))

@@ -19,6 +19,7 @@ from pathlib import Path
 # before delivery (which asks it for consent).
 SERVICES = ("ingestion", "identity", "consent", "profile", "segmentation", "delivery")
 HTTP_PORT = 8080  # ingestion's Segment-compatible HTTP API
+DELIVERY_HTTP_PORT = 8081  # delivery's signed engagement endpoint, when its secret is set
 DEFAULT_PORTS = {"ingestion": 50051, "identity": 50052, "profile": 50053,
                  "segmentation": 50054, "consent": 50055, "delivery": 50056}
 # With fixed ports each service also serves Prometheus metrics (deploy/local/prometheus.sh scrapes these).
@@ -58,6 +59,15 @@ class Mesh:
             env["MOSAIC_METRICS_PORT"] = str(METRICS_PORTS[name])
         if name == "delivery":
             env.setdefault("MOSAIC_CONSENT_ADDRESS", self.address("consent"))
+            env.setdefault("MOSAIC_PROFILE_ADDRESS", self.address("profile"))
+            # The local mesh's receivers (the demo's webhook, the tests') listen on loopback.
+            env.setdefault("MOSAIC_DELIVERY_ALLOW_ADDRESSES", "loopback")
+            if env.get("MOSAIC_DELIVERY_FEEDBACK") == "true":
+                # Outcomes and engagement back through ingestion (an opt-in: each outcome then
+                # becomes an event and a new profile version).
+                env.setdefault("MOSAIC_INGESTION_ADDRESS", self.address("ingestion"))
+                env.setdefault("MOSAIC_IDENTITY_ADDRESS", self.address("identity"))
+                env.setdefault("MOSAIC_DELIVERY_HTTP_PORT", str(DELIVERY_HTTP_PORT if self.fixed_ports else 0))
         if name == "consent":
             env.setdefault("MOSAIC_IDENTITY_ADDRESS", self.address("identity"))
         self.log_dir.mkdir(parents=True, exist_ok=True)

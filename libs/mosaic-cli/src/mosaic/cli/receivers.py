@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -76,19 +77,29 @@ class ReceivedRequest:
 
 
 class WebhookReceiver:
-    """An HTTP endpoint that answers 200 to every POST and keeps what it got."""
+    """An HTTP endpoint that answers `status` (200) to every POST, after `delay` seconds, with
+    `answer_headers` (e.g. Retry-After), and keeps what it got, with the raw body."""
 
     def __init__(self, status: int = 200, port: int = 0) -> None:
         self.requests: list[ReceivedRequest] = []
+        self.raw_bodies: list[bytes] = []
         self.status = status
+        self.delay = 0.0
+        self.answer_headers: dict[str, str] = {}
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the http.server method name
                 length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length) or b"null")
-                receiver.requests.append(ReceivedRequest(self.path, dict(self.headers), body))
+                raw = self.rfile.read(length)
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                receiver.raw_bodies.append(raw)
+                receiver.requests.append(ReceivedRequest(self.path, dict(self.headers), json.loads(raw or b"null")))
                 self.send_response(receiver.status)
+                for name, value in receiver.answer_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:

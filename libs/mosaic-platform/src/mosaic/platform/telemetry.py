@@ -34,6 +34,8 @@ ATTRIBUTES = {
     "mosaic.event.type": "str: the customer event's type (track, identify...)",
     "mosaic.segment.id": "str: the segment evaluated or entered",
     "mosaic.destination.id": "str: the destination delivered to",
+    "mosaic.delivery.id": "str: the delivery's id, its idempotency key at the destination",
+    "mosaic.delivery.attempt": "int: which attempt at sending a delivery this is (from 1)",
     "mosaic.consent.purpose": "str: the consent purpose checked",
     "mosaic.partition": "int: the bus partition a message travelled on",
     "mosaic.source.id": "str: the ingestion source events came from",

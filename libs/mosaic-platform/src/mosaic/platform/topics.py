@@ -107,3 +107,12 @@ def for_deployment(events_dedup_window: float, audit_retention_days: int) -> tup
                AUDIT.name: {"max_age": audit_retention_days * DAY}}
     return tuple(replace(t, **windows[t.name]) if t.name in windows else t for t in ALL)
 
+
+# Delivery's job queues, produced by delivery's planner and consumed by its workers: one
+# subject per destination (`delivery.jobs.<destination_id>`), not per partition, so a dead
+# endpoint fills only its own queue. Not in ALL: delivery declares the stream itself, as a work
+# queue (a job leaves the stream once its worker acked it), which every other service's LIMITS
+# declaration would contradict.
+from mosaic.delivery.v1 import delivery_pb2  # noqa: E402
+
+DELIVERY_JOBS = Topic("delivery.jobs", "DELIVERY_JOBS", delivery_pb2.DeliveryJob, duplicate_window=3600.0)

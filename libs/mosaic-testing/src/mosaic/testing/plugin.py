@@ -13,6 +13,7 @@ import pytest
 from mosaic.platform.config import CassandraSettings, PlatformSettings
 from mosaic.testing import cassandra_node
 from mosaic.testing.nats_server import NatsServer, NatsServerMissing
+from mosaic.testing.smtp import SmtpReceiver
 from mosaic.cli.receivers import OtlpReceiver, WebhookReceiver
 
 
@@ -92,6 +93,14 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
 @pytest.fixture
 def webhook_receiver() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def smtp_receiver() -> Iterator[SmtpReceiver]:
+    """A real SMTP server (aiosmtpd) on a loopback port."""
+    receiver = SmtpReceiver().start()
     yield receiver
     receiver.stop()
 
