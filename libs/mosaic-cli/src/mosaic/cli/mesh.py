@@ -54,6 +54,8 @@ class Mesh:
                "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0)}
         if name == "delivery":
             env.setdefault("MOSAIC_CONSENT_ADDRESS", self.address("consent"))
+        if name == "segmentation":
+            env.setdefault("MOSAIC_PROFILE_ADDRESS", self.address("profile"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")

@@ -1,0 +1,108 @@
+"""The segmentation service in-process on a real nats-server: the API end to end."""
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from mosaic.events.v1 import profile_updated_pb2
+from mosaic.platform import topics
+from mosaic.platform.bus import Bus
+from mosaic.platform.server import Service
+from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2 as pb, segmentation_service_pb2_grpc
+from mosaic.testing.plugin import eventually
+from segmentation_service.app import build
+from segmentation_service.config import Settings
+
+
+@pytest.fixture
+async def service(make_settings):
+    settings = Settings(make_settings("segmentation", MOSAIC_GRACE_SECONDS="1"), "", 1.0)
+    service = Service(settings.platform, lambda runtime: build(runtime, settings))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+@pytest.fixture
+async def stub(service):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        yield segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+
+
+def create(segment_id: str, definition: str) -> pb.CreateSegmentRequest:
+    return pb.CreateSegmentRequest(segment=segment_pb2.Segment(segment_id=segment_id, name=segment_id, definition=definition))
+
+
+def violation(error: grpc.aio.AioRpcError) -> error_details_pb2.BadRequest.FieldViolation:
+    request = error_details_pb2.BadRequest()
+    rpc_status.from_call(error).details[0].Unpack(request)
+    return request.field_violations[0]
+
+
+async def test_a_bad_definition_is_invalid_argument_naming_the_position_and_the_rule(stub):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateSegment(create("bad", 'traits.plan = "pro" and\n  count(event "X" in last 30d) >> 2'))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = violation(caught.value)
+    assert found.field == "segment.definition"
+    assert found.description.startswith("line 2 column 33: unexpected '>'; expected one of")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateSegment(create("loop", 'in segment "loop"'))
+    assert "cycle (loop -> loop)" in violation(caught.value).description
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Estimate(pb.EstimateRequest(definition="traits.x matches \"(\""))
+    assert violation(caught.value).field == "definition"
+
+
+async def test_segments_are_created_read_listed_by_page_updated_and_deleted(stub):
+    for name in ("a", "b", "c"):
+        answer = await stub.CreateSegment(create(name, "traits.plan   =  'x'".replace("'", '"')))
+    assert answer.segment.definition == 'traits.plan = "x"' and answer.segment.revision == 1
+    assert answer.segment.expression.trait.path == ["plan"]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateSegment(create("a", "has email"))
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    got = await stub.GetSegment(pb.GetSegmentRequest(segment_id="b"))
+    assert got.segment.name == "b"
+    first = await stub.ListSegments(pb.ListSegmentsRequest(page_size=2))
+    second = await stub.ListSegments(pb.ListSegmentsRequest(page_size=2, page_token=first.next_page_token))
+    assert [s.segment_id for s in first.segments] == ["a", "b"] and [s.segment_id for s in second.segments] == ["c"]
+    assert second.next_page_token == ""
+    await stub.CreateSegment(create("d", 'in segment "a" or has email'))
+    updated = await stub.UpdateSegment(pb.UpdateSegmentRequest(segment=segment_pb2.Segment(
+        segment_id="a", name="A", definition="is known")))
+    assert updated.segment.revision == 2 and updated.segment.definition == "is known"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.DeleteSegment(pb.DeleteSegmentRequest(segment_id="a"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await stub.DeleteSegment(pb.DeleteSegmentRequest(segment_id="d"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetSegment(pb.GetSegmentRequest(segment_id="d"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_profiles_enter_from_profile_updated_and_the_api_reads_them(service, stub):
+    await stub.CreateSegment(create("pro", 'traits.plan = "pro" and count(event "Order Completed") >= 1'))
+    bus = service.runtime.bus
+    from datetime import datetime, timezone
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    for index in range(5):
+        update = profile_updated_pb2.ProfileUpdated(profile_id=f"p{index}", version=1)
+        update.changes.add(path="traits.plan", new_value=struct_pb2.Value(string_value="pro" if index < 3 else "free"))
+        update.changes.add(path=f"daily_counters.{today}|Order Completed", new_value=struct_pb2.Value(number_value=index))
+        await bus.publish(topics.PROFILE_UPDATED, update.profile_id, update, f"p{index}:1")
+
+    async def members():
+        return sorted([m.profile_id async for m in stub.ListMembers(pb.ListMembersRequest(segment_id="pro"))])
+
+    await eventually(lambda: _equals(members(), ["p1", "p2"]))
+    assert (await stub.IsMember(pb.IsMemberRequest(segment_id="pro", profile_id="p1"))).member
+    assert (await stub.GetProfileSegments(pb.GetProfileSegmentsRequest(profile_id="p2"))).segment_ids == ["pro"]
+    estimate = await stub.Estimate(pb.EstimateRequest(definition='traits.plan in ["pro", "free"] and count(event "Order Completed") > 2'))
+    assert (estimate.count, estimate.population, list(estimate.sample)) == (2, 5, ["p3", "p4"])
+
+
+async def _equals(awaitable, expected) -> bool:
+    return await awaitable == expected
