@@ -77,3 +77,17 @@ async def test_merged_profiles_and_backfill_progress_are_kept(store):
     await store.set_backfilled(sid, 2, 5)
     await store.set_backfilled(sid, 2, 5)
     assert await store.backfilled(sid, 2) == {0, 5} and await store.backfilled(sid, 1) == set()
+
+
+async def test_timers_are_kept_by_partition_and_bucket_with_a_cursor(store):
+    pid, partition = str(uuid.uuid4()), 1000 + uuid.uuid4().int % 1000
+    assert await store.timer_cursor(partition) is None
+    await store.add_timer(partition, 42, pid)
+    await store.add_timer(partition, 42, pid)
+    await store.add_timer(partition, 43, "other")
+    assert await store.timers(partition, 42) == [pid]
+    await store.drop_timer(partition, 42, pid)
+    assert await store.timers(partition, 42) == [] and await store.timers(partition, 43) == ["other"]
+    await store.set_timer_cursor(partition, 42)
+    await store.set_timer_cursor(partition, 43)
+    assert await store.timer_cursor(partition) == 43

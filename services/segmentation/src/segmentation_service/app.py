@@ -20,6 +20,7 @@ from segmentation_service.config import Settings
 from segmentation_service.membership import Memberships
 from segmentation_service.profiles import ProfileReader
 from segmentation_service.store import SegmentStore, open_store
+from segmentation_service.timers import Timers
 
 log = logging.getLogger("segmentation")
 
@@ -150,7 +151,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     catalog = SegmentCatalog(store)
     view = ColumnarView(platform.partitions)
     reader = ProfileReader(settings.profile_address) if settings.profile_address else None
-    memberships = Memberships(store, catalog, view, runtime.bus, reader.fetch if reader else None)
+    timers = Timers(store, catalog, owned, settings.timer_interval)
+    memberships = Memberships(store, catalog, view, runtime.bus, reader.fetch if reader else None, timers=timers)
     merged = {pid for partition in owned for pid in await store.merged(partition)}
     if reader is not None:
         runtime.cleanup.push_async_callback(reader.close)
@@ -159,7 +161,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         log.warning("MOSAIC_PROFILE_ADDRESS not set: the view starts empty and fills from profile.updated")
     await memberships.publish_all_pending(owned)
     backfiller = Backfiller(store, catalog, memberships, owned)
-    tasks = [asyncio.create_task(backfiller.run())]
+    tasks = [asyncio.create_task(backfiller.run()), asyncio.create_task(timers.run())]
 
     async def stop_tasks() -> None:
         for task in tasks:

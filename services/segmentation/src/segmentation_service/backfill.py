@@ -71,6 +71,11 @@ class Backfiller:
         for profile_id in sorted(matching ^ members):
             changed += await self.memberships.reevaluate(profile_id, [live], f"backfill:{live.revision}")
             await asyncio.sleep(0)  # let live updates through between profiles
+        if live.compiled.timed and self.memberships.timers is not None:
+            # Every profile may come due for the new definition, not only those it moved.
+            n = len(view.ids)
+            for profile_id in view.profile_ids((view.partition[:n] == partition) & view.alive[:n]):
+                await self.memberships.timers.schedule(view.get(profile_id), now)
         log.info("backfilled", extra={"fields": {"segment": live.segment_id, "revision": live.revision,
                                                  "partition": partition, "changed": changed}})
         return changed

@@ -133,6 +133,7 @@ class ColumnarView:
         self.version = np.zeros(capacity, np.int64)
         self.alive = np.zeros(capacity, bool)
         self.partition = np.zeros(capacity, np.int16)  # the bus partition of the row's profile
+        self.timer = np.zeros(capacity, np.int64)  # the timer bucket stored for the row (0: none known)
         self.traits: dict[tuple[int, tuple[str, ...]], TraitColumns] = {}
         self.counters: dict[str, np.ndarray] = {}
         self.slot_day: dict[str, np.ndarray] = {}
@@ -149,6 +150,7 @@ class ColumnarView:
         self.version = _grown(self.version, self.capacity, 0)
         self.alive = _grown(self.alive, self.capacity, False)
         self.partition = _grown(self.partition, self.capacity, 0)
+        self.timer = _grown(self.timer, self.capacity, 0)
         for columns in self.traits.values():
             columns.grow(self.capacity)
         for event, matrix in self.counters.items():
@@ -251,9 +253,19 @@ class ColumnarView:
         if row is None:
             return
         self.put(ProfileState(profile_id), 0.0, alive=False)
+        self.timer[row] = 0
         self.rows.pop(profile_id, None)
         self.ids[row] = None
         self.free.append(row)
+
+    def scheduled(self, profile_id: str) -> int:
+        row = self.rows.get(profile_id)
+        return 0 if row is None else int(self.timer[row])
+
+    def set_scheduled(self, profile_id: str, bucket: int) -> None:
+        row = self.rows.get(profile_id)
+        if row is not None:
+            self.timer[row] = bucket
 
     def profile_ids(self, mask: np.ndarray, limit: int | None = None) -> list[str]:
         rows = np.flatnonzero(mask)
@@ -264,7 +276,7 @@ class ColumnarView:
 
     def nbytes(self) -> int:
         """What the columns hold, in bytes (the id index aside)."""
-        arrays = [self.version, self.alive, self.partition, *self.counters.values(), *self.identities.values()]
+        arrays = [self.version, self.alive, self.partition, self.timer, *self.counters.values(), *self.identities.values()]
         return sum(a.nbytes for a in arrays) + sum(c.nbytes() for c in self.traits.values())
 
     # The vectorised evaluator.

@@ -23,5 +23,5 @@ class Settings:
         return cls(
             platform=PlatformSettings.from_env("segmentation", environ),
             profile_address=env.str("MOSAIC_PROFILE_ADDRESS", ""),
-            timer_interval=env.float("MOSAIC_SEGMENTATION_TIMER_SECONDS", 20.0, minimum=0.1),
+            timer_interval=env.float("MOSAIC_SEGMENTATION_TIMER_SECONDS", 10.0, minimum=0.1),
         )

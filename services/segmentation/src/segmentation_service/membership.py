@@ -28,6 +28,7 @@ from segmentation_service.columns import ColumnarView
 from segmentation_service.evaluate import evaluate
 from segmentation_service.state import ProfileState
 from segmentation_service.store import SegmentStore, Transition
+from segmentation_service.timers import Timers
 
 log = logging.getLogger("segmentation.membership")
 Change = segment_membership_pb2.MembershipChange
@@ -36,13 +37,16 @@ Fetch = Callable[[str], Awaitable[profile_pb2.Profile | None]]
 
 class Memberships:
     def __init__(self, store: SegmentStore, catalog: SegmentCatalog, view: ColumnarView, bus: Bus,
-                 fetch: Fetch | None = None, clock: Callable[[], float] = time.time) -> None:
+                 fetch: Fetch | None = None, clock: Callable[[], float] = time.time, timers: Timers | None = None) -> None:
         self.store = store
         self.catalog = catalog
         self.view = view
         self.bus = bus
         self.fetch = fetch
         self.clock = clock
+        self.timers = timers
+        if timers is not None:
+            timers.memberships = self
         self._locks = [asyncio.Lock() for _ in range(256)]
         self.evaluations = 0
 
@@ -66,6 +70,7 @@ class Memberships:
                 segments = await self.catalog.reading(keys)
             if self.view.is_alive(update.profile_id):
                 await self._decide(state, segments, "v")
+                await self._schedule(state)
             if replayed:
                 await self._publish_pending(update.profile_id)
 
@@ -86,6 +91,10 @@ class Memberships:
             state.apply(update)
         self.view.put(state, self.clock(), alive=self.view.is_alive(update.profile_id) or update.profile_id not in self.view)
         return state, False
+
+    async def _schedule(self, state: ProfileState) -> None:
+        if self.timers is not None:
+            await self.timers.schedule(state, self.clock())
 
     async def _merged(self, profile_id: str) -> bool:
         return profile_id in await self.store.merged(self.partition(profile_id))
@@ -171,6 +180,7 @@ class Memberships:
                     continue  # not seen yet: its profile.updated will evaluate it
                 self.view.set_alive(profile_id, True)
                 await self._decide(state, segments, f"split:{split.split_id}")
+                await self._schedule(state)
                 await self._publish_pending(profile_id)
 
     # Re-evaluation without a profile change (backfills, timers).
@@ -180,4 +190,7 @@ class Memberships:
             state = self.view.get(profile_id)
             if state is None or not self.view.is_alive(profile_id):
                 state = ProfileState(profile_id, state.version if state else 0)  # gone: leaves everything
-            return await self._decide(state, segments, kind)
+                return await self._decide(state, segments, kind)
+            changed = await self._decide(state, segments, kind)
+            await self._schedule(state)
+            return changed

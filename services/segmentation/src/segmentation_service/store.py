@@ -1,10 +1,15 @@
 """Segments, memberships, transitions, merged profiles, backfill progress and timers.
 
+Timers are kept by (partition, bucket): a bucket is a TIMER_BUCKET-second slice of time, and a
+profile's timer sits in the first bucket that starts at or after its due time, so firing a
+bucket once its start has passed never fires early. Each partition's cursor is the last bucket
+fired, so a restart goes on from there.
+
 A membership is kept twice, by profile (`GetProfileSegments`, `IsMember`) and by segment in
 one partition per bus partition (`ListMembers` never reads one unbounded partition), with the
 profile version it was decided at: an older version is stale and changes nothing. Every entry
 or exit is a transition, keyed by its cause (`v:<revision>:<version>` for a profile change,
-`merge:<id>`, `time:...`, `backfill:<revision>:<version>`), written with the membership and a
+`merge:<id>`, `time:<bucket>:...`, `backfill:<revision>:<version>`), written with the membership and a
 pending row; the pending row is deleted once the transition is published, so a crash between
 the two publishes it again (under the same message id) and never twice as a new transition.
 """
@@ -54,6 +59,11 @@ CASSANDRA = [
         "CREATE TABLE IF NOT EXISTS segmentation_backfills (segment_id text, revision bigint, partition int,"
         " PRIMARY KEY ((segment_id), revision, partition))",
     )),
+    Migration(3, (
+        "CREATE TABLE IF NOT EXISTS segmentation_timers (partition int, bucket bigint, profile_id text,"
+        " PRIMARY KEY ((partition, bucket), profile_id))",
+        "CREATE TABLE IF NOT EXISTS segmentation_timer_cursors (partition int PRIMARY KEY, bucket bigint)",
+    )),
 ]
 SQLITE = [
     Migration(1, (
@@ -72,6 +82,11 @@ SQLITE = [
         " PRIMARY KEY (partition, profile_id))",
         "CREATE TABLE segmentation_backfills (segment_id TEXT, revision INTEGER, partition INTEGER,"
         " PRIMARY KEY (segment_id, revision, partition))",
+    )),
+    Migration(3, (
+        "CREATE TABLE segmentation_timers (partition INTEGER, bucket INTEGER, profile_id TEXT,"
+        " PRIMARY KEY (partition, bucket, profile_id))",
+        "CREATE TABLE segmentation_timer_cursors (partition INTEGER PRIMARY KEY, bucket INTEGER)",
     )),
 ]
 
@@ -102,6 +117,12 @@ class SegmentStore(Protocol):
     async def merged(self, partition: int) -> dict[str, str]: ...
     async def backfilled(self, segment_id: str, revision: int) -> set[int]: ...
     async def set_backfilled(self, segment_id: str, revision: int, partition: int) -> None: ...
+    async def add_timer(self, partition: int, bucket: int, profile_id: str) -> None: ...
+    async def timers(self, partition: int, bucket: int) -> list[str]: ...
+    async def drop_timer(self, partition: int, bucket: int, profile_id: str) -> None: ...
+    async def timer_cursor(self, partition: int) -> int | None:
+        """The last bucket whose timers all fired; None before the first."""
+    async def set_timer_cursor(self, partition: int, bucket: int) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -221,6 +242,27 @@ class CassandraSegmentStore(Repository):
         await self.db.execute("INSERT INTO segmentation_backfills (segment_id, revision, partition) VALUES (?, ?, ?)",
                               (segment_id, revision, partition))
 
+    async def add_timer(self, partition, bucket, profile_id):
+        await self.db.execute("INSERT INTO segmentation_timers (partition, bucket, profile_id) VALUES (?, ?, ?)",
+                              (partition, bucket, profile_id))
+
+    async def timers(self, partition, bucket):
+        rows = await self.db.execute(
+            "SELECT profile_id FROM segmentation_timers WHERE partition = ? AND bucket = ?", (partition, bucket))
+        return [r.profile_id for r in rows]
+
+    async def drop_timer(self, partition, bucket, profile_id):
+        await self.db.execute("DELETE FROM segmentation_timers WHERE partition = ? AND bucket = ? AND profile_id = ?",
+                              (partition, bucket, profile_id))
+
+    async def timer_cursor(self, partition):
+        rows = await self.db.execute("SELECT bucket FROM segmentation_timer_cursors WHERE partition = ?", (partition,))
+        return rows[0].bucket if rows else None
+
+    async def set_timer_cursor(self, partition, bucket):
+        await self.db.execute("INSERT INTO segmentation_timer_cursors (partition, bucket) VALUES (?, ?)",
+                              (partition, bucket))
+
 
 class SqliteSegmentStore(Repository):
     db: SqliteStore
@@ -339,6 +381,26 @@ class SqliteSegmentStore(Repository):
     async def set_backfilled(self, segment_id, revision, partition):
         await self.db.execute("INSERT OR IGNORE INTO segmentation_backfills VALUES (?, ?, ?)",
                               (segment_id, revision, partition))
+
+    async def add_timer(self, partition, bucket, profile_id):
+        await self.db.execute("INSERT OR IGNORE INTO segmentation_timers VALUES (?, ?, ?)", (partition, bucket, profile_id))
+
+    async def timers(self, partition, bucket):
+        rows = await self.db.execute(
+            "SELECT profile_id FROM segmentation_timers WHERE partition = ? AND bucket = ? ORDER BY profile_id",
+            (partition, bucket))
+        return [r[0] for r in rows]
+
+    async def drop_timer(self, partition, bucket, profile_id):
+        await self.db.execute("DELETE FROM segmentation_timers WHERE partition = ? AND bucket = ? AND profile_id = ?",
+                              (partition, bucket, profile_id))
+
+    async def timer_cursor(self, partition):
+        rows = await self.db.execute("SELECT bucket FROM segmentation_timer_cursors WHERE partition = ?", (partition,))
+        return rows[0][0] if rows else None
+
+    async def set_timer_cursor(self, partition, bucket):
+        await self.db.execute("INSERT OR REPLACE INTO segmentation_timer_cursors VALUES (?, ?)", (partition, bucket))
 
 
 async def open_store(settings) -> SegmentStore:
