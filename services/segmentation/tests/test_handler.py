@@ -7,7 +7,6 @@ from google.protobuf import struct_pb2
 from mosaic.events.v1 import identity_changed_pb2, profile_updated_pb2, segment_membership_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
-from mosaic.profile.v1 import profile_pb2
 from mosaic.segmentation.v1 import segment_pb2
 from segmentation_service import compiler
 from segmentation_service.backfill import Backfiller

@@ -1,5 +1,7 @@
 """The segmentation service in-process on a real nats-server: the API end to end."""
 
+from datetime import datetime, timezone
+
 import grpc
 import pytest
 from google.protobuf import struct_pb2
@@ -8,7 +10,6 @@ from grpc_status import rpc_status
 
 from mosaic.events.v1 import profile_updated_pb2
 from mosaic.platform import topics
-from mosaic.platform.bus import Bus
 from mosaic.platform.server import Service
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2 as pb, segmentation_service_pb2_grpc
 from mosaic.testing.plugin import eventually
@@ -86,7 +87,6 @@ async def test_segments_are_created_read_listed_by_page_updated_and_deleted(stub
 async def test_profiles_enter_from_profile_updated_and_the_api_reads_them(service, stub):
     await stub.CreateSegment(create("pro", 'traits.plan = "pro" and count(event "Order Completed") >= 1'))
     bus = service.runtime.bus
-    from datetime import datetime, timezone
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     for index in range(5):
         update = profile_updated_pb2.ProfileUpdated(profile_id=f"p{index}", version=1)

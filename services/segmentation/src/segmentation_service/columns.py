@@ -8,8 +8,8 @@ place as profile.updated arrives (why NumPy rather than Polars or DuckDB: see th
   dictionary, -1 elsewhere), boolean (int8, -1 elsewhere), and time (float64 epoch seconds of
   strings that are ISO-8601 times). Nested objects are flattened into their paths; lists are
   kept aside (they only exist or not).
-- the daily counters of an event name are a uint16 matrix, one row per profile and one column
-  per day slot of a ring of DAY_SLOTS days shared by every profile (the slot of day d is
+- the daily counters of an event name are a uint16 matrix, one row per day slot and one column
+  per profile (so a day is one contiguous vector and a window sums a few of them) of a ring of DAY_SLOTS days shared by every profile (the slot of day d is
   d % DAY_SLOTS; a slot is cleared when a newer day takes it). It holds the COUNTER_DAYS days
   the evaluators read plus a few days ahead for events stamped in the future.
 - identity types are int16 counts.
@@ -40,6 +40,17 @@ def _grown(array: np.ndarray | None, capacity: int, fill) -> np.ndarray | None:
     bigger = np.full((capacity, *array.shape[1:]), fill, array.dtype)
     bigger[: len(array)] = array
     return bigger
+
+
+def _runs(slots: list[int]) -> list[tuple[int, int]]:
+    """Sorted slots as contiguous [start, stop) ranges, so each sums without a copy."""
+    runs: list[tuple[int, int]] = []
+    for slot in slots:
+        if runs and runs[-1][1] == slot:
+            runs[-1] = (runs[-1][0], slot + 1)
+        else:
+            runs.append((slot, slot + 1))
+    return runs
 
 
 class TraitColumns:
@@ -154,7 +165,9 @@ class ColumnarView:
         for columns in self.traits.values():
             columns.grow(self.capacity)
         for event, matrix in self.counters.items():
-            self.counters[event] = _grown(matrix, self.capacity, 0)
+            bigger = np.zeros((DAY_SLOTS, self.capacity), np.uint16)
+            bigger[:, : matrix.shape[1]] = matrix
+            self.counters[event] = bigger
         for kind, counts in self.identities.items():
             self.identities[kind] = _grown(counts, self.capacity, 0)
 
@@ -180,7 +193,7 @@ class ColumnarView:
         for columns in self.traits.values():
             columns.clear(row)
         for matrix in self.counters.values():
-            matrix[row] = 0
+            matrix[:, row] = 0
         for counts in self.identities.values():
             counts[row] = 0
         self.version[row] = state.version
@@ -209,16 +222,16 @@ class ColumnarView:
         if not today - COUNTER_DAYS < day <= today + DAY_SLOTS - COUNTER_DAYS:
             return  # outside the days kept
         if event not in self.counters:
-            self.counters[event] = np.zeros((self.capacity, DAY_SLOTS), np.uint16)
+            self.counters[event] = np.zeros((DAY_SLOTS, self.capacity), np.uint16)
             self.slot_day[event] = np.full(DAY_SLOTS, -1, np.int64)
         slot = day % DAY_SLOTS
         days = self.slot_day[event]
         if days[slot] != day:
             if days[slot] > day:
                 return  # a newer day holds the slot: this one is older than the days kept
-            self.counters[event][:, slot] = 0
+            self.counters[event][slot] = 0
             days[slot] = day
-        self.counters[event][row, slot] = min(count, COUNT_MAX)
+        self.counters[event][slot, row] = min(count, COUNT_MAX)
 
     def get(self, profile_id: str) -> ProfileState | None:
         """The profile's state as stored (what the plain evaluator reads)."""
@@ -234,8 +247,8 @@ class ColumnarView:
                 target = target[key]
             target[path[-1]] = columns.get(row)
         for event, matrix in self.counters.items():
-            for slot in np.flatnonzero(matrix[row]):
-                state.counters[(int(self.slot_day[event][slot]), event)] = int(matrix[row, slot])
+            for slot in np.flatnonzero(matrix[:, row]):
+                state.counters[(int(self.slot_day[event][slot]), event)] = int(matrix[slot, row])
         state.identities = {kind: int(c[row]) for kind, c in self.identities.items() if c[row]}
         return state
 
@@ -318,7 +331,10 @@ class ColumnarView:
         slots = [d % DAY_SLOTS for d in range(first, last + 1) if days[d % DAY_SLOTS] == d]
         if not slots:
             return np.zeros(n)
-        return matrix[:n, slots].sum(axis=1, dtype=np.int64).astype(np.float64)
+        total = np.zeros(n, np.int32)
+        for start, stop in _runs(sorted(slots)):
+            total += matrix[start:stop, :n].sum(axis=0, dtype=np.int32)
+        return total.astype(np.float64)
 
     @staticmethod
     def _compare(op: int, left: np.ndarray, right: Any) -> np.ndarray:

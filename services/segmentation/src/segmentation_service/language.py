@@ -15,7 +15,7 @@ import re
 from datetime import datetime, timezone
 
 from google.protobuf import duration_pb2, timestamp_pb2
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from mosaic.platform.errors import InvalidArgument
