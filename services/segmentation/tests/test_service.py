@@ -1,5 +1,7 @@
 """The segmentation service in-process on a real nats-server: the API end to end."""
 
+import asyncio
+import json
 from datetime import datetime, timezone
 
 import grpc
@@ -106,3 +108,20 @@ async def test_profiles_enter_from_profile_updated_and_the_api_reads_them(servic
 
 async def _equals(awaitable, expected) -> bool:
     return await awaitable == expected
+
+
+async def test_segments_are_managed_from_the_command_line(service, capsys):
+    from mosaic.cli.__main__ import main
+
+    address = ["--address", f"127.0.0.1:{service.port}"]
+    run = lambda *argv: asyncio.to_thread(main, [*argv, *address])  # noqa: E731
+    assert await run("segments", "create", "vip", "traits.ltv>1000 and has email", "--name", "VIP") == 0
+    assert json.loads(capsys.readouterr().out)["definition"] == "traits.ltv > 1000 and has email"
+    assert await run("segments", "list") == 0
+    assert capsys.readouterr().out == "vip\tVIP\ttraits.ltv > 1000 and has email\n"
+    assert await run("segments", "estimate", "is known") == 0
+    assert json.loads(capsys.readouterr().out)["definition"] == "is known"
+    assert await run("segments", "create", "bad", "traits.ltv >") == 1
+    assert "INVALID_ARGUMENT: segment.definition: line 1 column" in capsys.readouterr().err
+    assert await run("segments", "delete", "vip") == 0
+    assert await run("segments", "show", "vip") == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from mosaic.cli import ingest_commands
+from mosaic.cli import ingest_commands, segment_commands
 from mosaic.cli.mesh import SERVICES, Mesh, MeshError
 from mosaic.cli.receivers import WebhookReceiver
 
@@ -115,11 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     profile_parser.add_argument("--address", default="127.0.0.1:50053", help="the profile service")
     profile_parser.add_argument("--identity", default="127.0.0.1:50052", help="the identity service")
     ingest_commands.add_commands(commands)
+    segment_commands.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args)
     if args.command in ingest_commands.COMMANDS:
         return ingest_commands.run(args)
+    if args.command in segment_commands.COMMANDS:
+        return segment_commands.run(args)
     return asyncio.run(_profile(args))
 
 
