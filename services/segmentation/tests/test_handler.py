@@ -152,3 +152,12 @@ async def test_a_new_segment_is_backfilled_over_existing_profiles_and_resumes(wo
     moves = [m for m in await world.moves() if m[0] == "pro"][3:]
     assert sorted((m[1], m[2]) for m in moves) == [("p0", ENTERED), ("p1", EXITED), ("p2", ENTERED),
                                                    ("p3", EXITED), ("p4", ENTERED), ("p5", EXITED)]
+
+
+async def test_a_segment_stored_before_the_language_is_evaluated_from_its_condition(world):
+    legacy = segment_pb2.Segment(segment_id="legacy", name="legacy", condition=segment_pb2.Condition(
+        trait=segment_pb2.TraitCondition(trait="plan", operator=segment_pb2.OPERATOR_EQUALS,
+                                         value=struct_pb2.Value(string_value="pro"))))
+    await world.store.create(legacy)
+    await world.memberships.updated(update(1, ("traits.plan", "pro")), DELIVERY)
+    assert await world.moves() == [("legacy", "p-1", ENTERED, 1)]

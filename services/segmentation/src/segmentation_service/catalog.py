@@ -45,6 +45,12 @@ class SegmentCatalog:
             return self._segments
 
     def _load(self, segments: list[segment_pb2.Segment]) -> None:
+        for segment in segments:
+            if not segment.HasField("expression"):
+                # Stored before the segment language: its trait condition is the definition.
+                text, expression = compiler.definition_of(segment)
+                segment.definition = text
+                segment.expression.CopyFrom(expression)
         stored = {s.segment_id: s for s in segments}
         compiled = compiler.compile_all({k: s.expression for k, s in stored.items()})
         self._segments = {k: Live(stored[k], compiled[k]) for k in sorted(stored)}

@@ -189,13 +189,15 @@ class ColumnarView:
 
     def put(self, state: ProfileState, now: float, alive: bool = True) -> None:
         """Store the state as the profile's row (replacing what it held)."""
+        fresh = state.profile_id not in self.rows
         row = self._row(state.profile_id)
-        for columns in self.traits.values():
-            columns.clear(row)
-        for matrix in self.counters.values():
-            matrix[:, row] = 0
-        for counts in self.identities.values():
-            counts[row] = 0
+        if not fresh:  # a new row (or a freed one, cleared by remove) holds nothing yet
+            for columns in self.traits.values():
+                columns.clear(row)
+            for matrix in self.counters.values():
+                matrix[:, row] = 0
+            for counts in self.identities.values():
+                counts[row] = 0
         self.version[row] = state.version
         self.alive[row] = alive
         for source, values in ((pb.TRAIT_SOURCE_TRAITS, state.traits), (pb.TRAIT_SOURCE_COMPUTED, state.computed)):

@@ -56,6 +56,7 @@ def time_of(text: str) -> float | None:
     return moment.timestamp()
 
 
+@lru_cache(maxsize=4096)
 def epoch_day(day: str) -> int:
     return (date.fromisoformat(day) - EPOCH).days
 
