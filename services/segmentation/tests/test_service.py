@@ -125,3 +125,42 @@ async def test_segments_are_managed_from_the_command_line(service, capsys):
     assert "INVALID_ARGUMENT: segment.definition: line 1 column" in capsys.readouterr().err
     assert await run("segments", "delete", "vip") == 0
     assert await run("segments", "show", "vip") == 1
+
+
+async def test_an_estimate_asked_of_one_replica_adds_up_every_replica(make_settings):
+    def settings(index: int, peers: tuple[str, ...]) -> Settings:
+        platform = make_settings("segmentation", MOSAIC_GRACE_SECONDS="1", MOSAIC_REPLICA_COUNT="2",
+                                 MOSAIC_REPLICA_INDEX=str(index))
+        return Settings(platform, "", 1.0, peers)
+
+    second = settings(1, ())
+    other = Service(second.platform, lambda runtime: build(runtime, second))
+    await other.start()
+    first = settings(0, (f"127.0.0.1:{other.port}",))
+    service = Service(first.platform, lambda runtime: build(runtime, first))
+    await service.start()
+    try:
+        for index in range(12):
+            update = profile_updated_pb2.ProfileUpdated(profile_id=f"p{index}", version=1)
+            update.changes.add(path="traits.n", new_value=struct_pb2.Value(number_value=index))
+            await service.runtime.bus.publish(topics.PROFILE_UPDATED, update.profile_id, update, f"p{index}:1")
+        owned = {i for i in range(12) if topics.partition_of(f"p{i}", first.platform.partitions) % 2 == 0}
+        assert 0 < len(owned) < 12  # both replicas hold some
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+
+            async def estimate(**fields):
+                return await stub.Estimate(pb.EstimateRequest(definition="traits.n >= 6", sample_size=100, **fields))
+
+            answer = await eventually(lambda: _when((estimate()), lambda a: a.population == 12))
+            assert answer.count == 6 and sorted(answer.sample) == sorted(f"p{i}" for i in range(6, 12))
+            local = await estimate(local_only=True)
+            assert local.population == len(owned) and local.count == len([i for i in owned if i >= 6])
+    finally:
+        await service.stop()
+        await other.stop()
+
+
+async def _when(awaitable, check):
+    answer = await awaitable
+    return answer if check(answer) else None

@@ -8,8 +8,10 @@ import base64
 import logging
 import time
 
+import grpc
+
 from mosaic.platform import topics
-from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound
+from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mosaic.platform.server import Runtime
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2 as pb, segmentation_service_pb2_grpc
 from segmentation_service import compiler
@@ -43,11 +45,17 @@ def _required(value: str, field: str) -> None:
 
 class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServicer):
     def __init__(self, store: SegmentStore, catalog: SegmentCatalog, memberships: Memberships,
-                 backfiller: Backfiller) -> None:
+                 backfiller: Backfiller, peers: tuple[str, ...] = ()) -> None:
+        self.channels = [grpc.aio.insecure_channel(peer) for peer in peers]
+        self.peers = [segmentation_service_pb2_grpc.SegmentationServiceStub(c) for c in self.channels]
         self.store = store
         self.catalog = catalog
         self.memberships = memberships
         self.backfiller = backfiller
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
 
     async def _prepared(self, segment: segment_pb2.Segment) -> segment_pb2.Segment:
         """The segment as stored: canonical text and tree, checked against the others."""
@@ -139,8 +147,21 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         sample = 10 if request.sample_size <= 0 else min(request.sample_size, 100)
         view = self.memberships.view
         mask = view.evaluate(compiled.expression, time.time())
-        return pb.EstimateResponse(count=int(mask.sum()), population=len(view),
-                                   sample=view.profile_ids(mask, sample), definition=text)
+        answer = pb.EstimateResponse(count=int(mask.sum()), population=len(view),
+                                     sample=view.profile_ids(mask, sample), definition=text)
+        if request.local_only or not self.peers:
+            return answer
+        # The other replicas hold the other partitions: ask each for its share.
+        ask = pb.EstimateRequest(expression=expression, sample_size=sample, local_only=True)
+        try:
+            shares = await asyncio.gather(*(peer.Estimate(ask, timeout=10) for peer in self.peers))
+        except grpc.aio.AioRpcError as error:
+            raise Unavailable("segmentation replica", error.details() or str(error.code())) from None
+        for share in shares:
+            answer.count += share.count
+            answer.population += share.population
+            answer.sample.extend(share.sample[: sample - len(answer.sample)])
+        return answer
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
@@ -169,9 +190,9 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     runtime.cleanup.push_async_callback(stop_tasks)
-    segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(
-        SegmentationServicer(store, catalog, memberships, backfiller), runtime.server
-    )
+    servicer = SegmentationServicer(store, catalog, memberships, backfiller, settings.peers)
+    runtime.cleanup.push_async_callback(servicer.close)
+    segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["SegmentationService"].full_name)
     runtime.bus.consume(topics.PROFILE_UPDATED, memberships.updated, owned)
     runtime.bus.consume(topics.IDENTITY_MERGED, memberships.merged, owned)

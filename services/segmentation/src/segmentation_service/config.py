@@ -15,6 +15,8 @@ class Settings:
     profile_address: str
     # How often due timers are looked for; they fire within this (plus the work) of their time.
     timer_interval: float
+    # The other replicas (host:port), whose views Estimate adds to this one's.
+    peers: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -24,4 +26,5 @@ class Settings:
             platform=PlatformSettings.from_env("segmentation", environ),
             profile_address=env.str("MOSAIC_PROFILE_ADDRESS", ""),
             timer_interval=env.float("MOSAIC_SEGMENTATION_TIMER_SECONDS", 10.0, minimum=0.1),
+            peers=env.list("MOSAIC_SEGMENTATION_PEERS", "") if env.str("MOSAIC_SEGMENTATION_PEERS", "") else (),
         )
