@@ -10,7 +10,7 @@ from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from mosaic.events.v1 import profile_updated_pb2
+from mosaic.events.v1 import identity_changed_pb2, profile_updated_pb2
 from mosaic.platform import topics
 from mosaic.platform.server import Service
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2 as pb, segmentation_service_pb2_grpc
@@ -164,3 +164,39 @@ async def test_an_estimate_asked_of_one_replica_adds_up_every_replica(make_setti
 async def _when(awaitable, check):
     answer = await awaitable
     return answer if check(answer) else None
+
+
+async def test_a_merge_is_heard_by_the_replica_holding_the_merged_profile(make_settings):
+    def settings(index: int, peers: tuple[str, ...]) -> Settings:
+        platform = make_settings("segmentation", MOSAIC_GRACE_SECONDS="1", MOSAIC_REPLICA_COUNT="2",
+                                 MOSAIC_REPLICA_INDEX=str(index))
+        return Settings(platform, "", 1.0, peers)
+
+    second = settings(1, ())
+    other = Service(second.platform, lambda runtime: build(runtime, second))
+    await other.start()
+    first = settings(0, (f"127.0.0.1:{other.port}",))
+    service = Service(first.platform, lambda runtime: build(runtime, first))
+    await service.start()
+    partitions = first.platform.partitions
+    survivor = next(f"s{i}" for i in range(100) if topics.partition_of(f"s{i}", partitions) % 2 == 0)
+    merged = next(f"m{i}" for i in range(100) if topics.partition_of(f"m{i}", partitions) % 2 == 1)
+    try:
+        bus = service.runtime.bus
+        for profile_id in (survivor, merged):
+            update = profile_updated_pb2.ProfileUpdated(profile_id=profile_id, version=1)
+            update.changes.add(path="traits.n", new_value=struct_pb2.Value(number_value=1))
+            await bus.publish(topics.PROFILE_UPDATED, profile_id, update, f"{profile_id}:1")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+            estimate = lambda: stub.Estimate(pb.EstimateRequest(definition="traits.n = 1"))  # noqa: E731
+            await eventually(lambda: _when(estimate(), lambda a: a.count == 2))
+            merge = identity_changed_pb2.IdentityMerged(merge_id="m-1", survivor_profile_id=survivor,
+                                                        merged_profile_ids=[merged])
+            # Consumed by replica 0 (the survivor's partition); the merged row is replica 1's.
+            await bus.publish(topics.IDENTITY_MERGED, survivor, merge, "m-1")
+            answer = await eventually(lambda: _when(estimate(), lambda a: a.count == 1))
+            assert list(answer.sample) == [survivor]
+    finally:
+        await service.stop()
+        await other.stop()

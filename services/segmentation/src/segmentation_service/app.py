@@ -197,3 +197,5 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.bus.consume(topics.PROFILE_UPDATED, memberships.updated, owned)
     runtime.bus.consume(topics.IDENTITY_MERGED, memberships.merged, owned)
     runtime.bus.consume(topics.IDENTITY_SPLIT, memberships.split, owned)
+    await runtime.bus.listen(topics.IDENTITY_MERGED, memberships.heard_merge)
+    await runtime.bus.listen(topics.IDENTITY_SPLIT, memberships.heard_split)

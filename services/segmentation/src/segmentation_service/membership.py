@@ -48,6 +48,7 @@ class Memberships:
         if timers is not None:
             timers.memberships = self
         self._locks = [asyncio.Lock() for _ in range(256)]
+        self._notices: set[asyncio.Task] = set()
         self.evaluations = 0
 
     def lock(self, profile_id: str) -> asyncio.Lock:
@@ -169,7 +170,20 @@ class Memberships:
             await self._publish(transition)
             return 1
 
-    async def split(self, split: identity_changed_pb2.IdentitySplit, delivery: Delivery) -> None:
+    def heard_merge(self, merge: identity_changed_pb2.IdentityMerged) -> None:
+        """Every replica hears every merge (Bus.listen): the merged profiles of its own view
+        stop counting at once, wherever the survivor's partition is consumed."""
+        for profile_id in merge.merged_profile_ids:
+            self.view.set_alive(profile_id, False)
+
+    def heard_split(self, split: identity_changed_pb2.IdentitySplit) -> None:
+        """And every split: the restored profiles of its own view are evaluated again here."""
+        if any(pid in self.view for pid in (*split.restored_profile_ids, split.survivor_profile_id)):
+            task = asyncio.create_task(self.split(split, None))
+            self._notices.add(task)
+            task.add_done_callback(self._notices.discard)
+
+    async def split(self, split: identity_changed_pb2.IdentitySplit, delivery: Delivery | None) -> None:
         """Both sides are evaluated against every segment again."""
         segments = list((await self.catalog.all()).values())
         for profile_id in (*split.restored_profile_ids, split.survivor_profile_id):
