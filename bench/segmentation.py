@@ -10,11 +10,14 @@ profiles (1,000,000 by default) with realistic traits and 90 days of daily count
 3. Incremental evaluation: a profile's state read from the view and the five definitions
    evaluated plainly, per second; and the profile.updated handler end to end (state moved,
    segments reading the change evaluated, transitions stored in SQLite and published on a
-   fresh nats-server): updates per second and per-update latency.
+   fresh nats-server): updates per second and per-update latency; and the whole service fed
+   2,000 profile.updated a second, each a transition: p50 and p99 from publish to
+   segment.membership.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import statistics
@@ -29,7 +32,7 @@ import numpy as np
 import polars as pl
 from google.protobuf import struct_pb2
 
-from mosaic.events.v1 import profile_updated_pb2
+from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
 from mosaic.platform.bus import Bus, Delivery
 from mosaic.platform.config import PlatformSettings
 from mosaic.profile.v1 import profile_pb2
@@ -250,6 +253,66 @@ async def handler_rate(count: int = 2000) -> tuple[float, float, float]:
     return count / elapsed, statistics.median(latencies), latencies[int(len(latencies) * 0.99)]
 
 
+async def membership_latency(rate: int = 2000, seconds: float = 5.0) -> tuple[int, float, float, float]:
+    """The service consuming profile.updated at `rate`/s, every update a transition: p50 and p99
+    from profile.updated published to segment.membership received, and the rate achieved."""
+    import nats as nats_client
+
+    from mosaic.platform import topics
+    from mosaic.platform.server import Service
+    from segmentation_service.app import build
+    from segmentation_service.config import Settings
+
+    server = NatsServer().start()
+    folder = tempfile.mkdtemp(prefix="bench-seg-")
+    settings = Settings(PlatformSettings.from_env("segmentation", {"MOSAIC_NATS_URL": server.url,
+                                                                   "MOSAIC_DATA_DIR": folder}), "", 10.0)
+    service = Service(settings.platform, lambda runtime: build(runtime, settings))
+    await service.start()
+    definition, expression = compiler.definition_of(text='traits.plan = "pro"')
+    store = await open_store(settings.platform)
+    await store.create(segment_pb2.Segment(segment_id="pro", name="pro", definition=definition, expression=expression,
+                                           revision=1))
+    await store.close()
+    await asyncio.sleep(6)  # the catalog's cache (5 s) sees the segment
+    sent: dict[tuple[str, int], float] = {}
+    latencies: list[float] = []
+    watcher = await nats_client.connect(server.url)
+
+    async def received(msg) -> None:
+        change = segment_membership_pb2.SegmentMembershipChanged.FromString(msg.data)
+        begun = sent.get((change.profile_id, change.profile_version))
+        if begun is not None:
+            latencies.append((time.perf_counter() - begun) * 1000)
+
+    await watcher.subscribe(topics.SEGMENT_MEMBERSHIP.wildcard, cb=received)
+    bus = service.runtime.bus
+    total, tick, people = int(rate * seconds), 0.05, 2000
+    per_tick = int(rate * tick)
+    started = time.perf_counter()
+    for first in range(0, total, per_tick):
+        batch = []
+        for i in range(first, min(total, first + per_tick)):
+            pid, version = f"q{i % people}", i // people + 1
+            update = profile_updated_pb2.ProfileUpdated(profile_id=pid, version=version)
+            update.changes.add(path="traits.plan", new_value=struct_pb2.Value(string_value=("pro", "free")[version % 2 == 0]))
+            batch.append((pid, update.SerializeToString(), f"{pid}:{version}"))
+            sent[(pid, version)] = time.perf_counter()
+        await bus.publish_many(topics.PROFILE_UPDATED, batch)
+        await asyncio.sleep(max(0.0, started + (first + per_tick) / rate - time.perf_counter()))
+    deadline = time.perf_counter() + 60
+    while len(latencies) < total and time.perf_counter() < deadline:
+        await asyncio.sleep(0.1)
+    elapsed = time.perf_counter() - started
+    await watcher.close()
+    await service.stop()
+    server.close()
+    latencies.sort()
+    if not latencies:
+        return 0, 0.0, 0.0, 0.0
+    return len(latencies), len(latencies) / elapsed, statistics.median(latencies), latencies[int(len(latencies) * 0.99)]
+
+
 async def main() -> None:
     n = PROFILES
     print(f"synthesizing {n:,} profiles (traits, identities, 90 days of counters of {len(EVENTS)} events)...", flush=True)
@@ -293,3 +356,7 @@ async def main() -> None:
     rate, p50, p99 = await handler_rate()
     print(f"profile.updated handler end to end (SQLite store, real nats-server, 5 segments): {rate:,.0f} updates/s,"
           f" p50 {p50:.2f} ms, p99 {p99:.2f} ms per update (one at a time)")
+    for offered in (2000, 500):
+        count, achieved, p50, p99 = await membership_latency(offered)
+        print(f"the service fed {offered:,} profile.updated/s, each a transition: {count:,} received at {achieved:,.0f}/s;"
+              f" profile.updated published -> segment.membership received p50 {p50:.1f} ms, p99 {p99:.1f} ms")
