@@ -20,6 +20,7 @@ place as profile.updated arrives (why NumPy rather than Polars or DuckDB: see th
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,8 @@ from mosaic.platform.topics import partition_of
 from segmentation_service.evaluate import COUNTER_DAYS, literal_value, pattern, window_days
 from segmentation_service.state import DAY, ProfileState, time_of
 
-Op = pb.Operator
+# Plain attributes: an enum wrapper's attribute lookup is slow on the per-profile path.
+Op = SimpleNamespace(**dict(pb.Operator.items()))
 DAY_SLOTS = 96
 COUNT_MAX = np.iinfo(np.uint16).max
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 import math
 import re
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any
 
 from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service.state import DAY, ProfileState, time_of
 
-Op = pb.Operator
+# Plain attributes: an enum wrapper's attribute lookup is slow on the per-profile path.
+Op = SimpleNamespace(**dict(pb.Operator.items()))
 COUNTER_DAYS = 90
 
 
