@@ -200,3 +200,29 @@ async def test_a_merge_is_heard_by_the_replica_holding_the_merged_profile(make_s
     finally:
         await service.stop()
         await other.stop()
+
+
+async def test_a_segments_size_is_counted_per_day(make_settings):
+    settings = Settings(make_settings("segmentation", MOSAIC_GRACE_SECONDS="1"), "", 1.0, (), 0.1)
+    service = Service(settings.platform, lambda runtime: build(runtime, settings))
+    await service.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+            await stub.CreateSegment(create("big", "traits.n >= 2"))
+            for index in range(4):
+                update = profile_updated_pb2.ProfileUpdated(profile_id=f"p{index}", version=1)
+                update.changes.add(path="traits.n", new_value=struct_pb2.Value(number_value=index))
+                await service.runtime.bus.publish(topics.PROFILE_UPDATED, update.profile_id, update, f"p{index}:1")
+            today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+            async def sizes():
+                answer = await stub.GetSegmentSizes(pb.GetSegmentSizesRequest(segment_id="big"))
+                return [(s.day, s.count) for s in answer.sizes]
+
+            await eventually(lambda: _when(sizes(), lambda found: found == [(today, 2)]))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.GetSegmentSizes(pb.GetSegmentSizesRequest(segment_id="big", days=401))
+            assert violation(caught.value).field == "days"
+    finally:
+        await service.stop()

@@ -91,3 +91,13 @@ async def test_timers_are_kept_by_partition_and_bucket_with_a_cursor(store):
     await store.set_timer_cursor(partition, 42)
     await store.set_timer_cursor(partition, 43)
     assert await store.timer_cursor(partition) == 43
+
+
+async def test_sizes_are_kept_per_day_and_partition_and_summed(store):
+    sid = f"z{uuid.uuid4().hex[:8]}"
+    await store.set_size(sid, "2026-03-30", 0, 5)
+    await store.set_size(sid, "2026-03-31", 0, 6)
+    await store.set_size(sid, "2026-03-31", 1, 4)
+    await store.set_size(sid, "2026-03-31", 1, 3)  # counted again later that day
+    assert await store.sizes(sid, "2026-03-30") == {"2026-03-30": 5, "2026-03-31": 9}
+    assert await store.sizes(sid, "2026-03-31") == {"2026-03-31": 9}

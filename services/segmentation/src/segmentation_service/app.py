@@ -7,6 +7,7 @@ import asyncio
 import base64
 import logging
 import time
+from datetime import datetime, timedelta, timezone
 
 import grpc
 
@@ -140,6 +141,16 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         memberships = await self.store.profile_memberships(request.profile_id)
         return pb.GetProfileSegmentsResponse(segment_ids=sorted(k for k, (member, _) in memberships.items() if member))
 
+    async def GetSegmentSizes(self, request, context):
+        _required(request.segment_id, "segment_id")
+        if not 0 <= request.days <= 400:
+            raise InvalidArgument("days", "must be from 0 (30) to 400")
+        if await self.store.get(request.segment_id) is None:
+            raise NotFound("segment", request.segment_id)
+        since = datetime.now(timezone.utc) - timedelta(days=(request.days or 30) - 1)
+        sizes = await self.store.sizes(request.segment_id, since.strftime("%Y-%m-%d"))
+        return pb.GetSegmentSizesResponse(sizes=[pb.SegmentSize(day=d, count=sizes[d]) for d in sorted(sizes)])
+
     async def Estimate(self, request, context):
         text, expression = compiler.definition_of(text=request.definition, expression=(
             request.expression if request.HasField("expression") else None), field="")
@@ -181,7 +192,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     else:
         log.warning("MOSAIC_PROFILE_ADDRESS not set: the view starts empty and fills from profile.updated")
     await memberships.publish_all_pending(owned)
-    backfiller = Backfiller(store, catalog, memberships, owned)
+    backfiller = Backfiller(store, catalog, memberships, owned, size_interval=settings.size_interval)
     tasks = [asyncio.create_task(backfiller.run()), asyncio.create_task(timers.run())]
 
     async def stop_tasks() -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from datetime import datetime, timezone
 
 from segmentation_service.catalog import Live, SegmentCatalog
 from segmentation_service.membership import Memberships
@@ -22,12 +24,14 @@ log = logging.getLogger("segmentation.backfill")
 
 class Backfiller:
     def __init__(self, store: SegmentStore, catalog: SegmentCatalog, memberships: Memberships,
-                 partitions: tuple[int, ...], interval: float = 5.0) -> None:
+                 partitions: tuple[int, ...], interval: float = 5.0, size_interval: float = 3600.0) -> None:
         self.store = store
         self.catalog = catalog
         self.memberships = memberships
         self.partitions = partitions
         self.interval = interval
+        self.size_interval = size_interval
+        self._sized_at = -float("inf")
         self._done: set[tuple[str, int]] = set()
         self._wake = asyncio.Event()
 
@@ -40,6 +44,9 @@ class Backfiller:
         while True:
             try:
                 await self.once()
+                if time.monotonic() - self._sized_at >= self.size_interval:
+                    await self.count_sizes()
+                    self._sized_at = time.monotonic()
             except Exception:  # a store outage: try again at the next round
                 log.exception("backfill round failed")
             try:
@@ -79,6 +86,17 @@ class Backfiller:
         log.info("backfilled", extra={"fields": {"segment": live.segment_id, "revision": live.revision,
                                                  "partition": partition, "changed": changed}})
         return changed
+
+    async def count_sizes(self) -> None:
+        """Every segment's size on the owned partitions today, as the view counts it (the
+        stored members are the same once the changes in flight are decided)."""
+        view = self.memberships.view
+        now = self.memberships.clock()
+        day = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+        for live in list((await self.catalog.all()).values()):
+            for partition in self.partitions:
+                members = int(view.evaluate(live.compiled.expression, now, partition).sum())
+                await self.store.set_size(live.segment_id, day, partition, members)
 
     async def exit_all(self, segment_id: str, revision: int) -> int:
         """A deleted segment: every member exits (of every partition: the store is shared)."""

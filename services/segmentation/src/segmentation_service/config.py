@@ -17,6 +17,8 @@ class Settings:
     timer_interval: float
     # The other replicas (host:port), whose views Estimate adds to this one's.
     peers: tuple[str, ...] = ()
+    # How often each replica counts its segments' sizes (GetSegmentSizes keeps the day's last).
+    size_interval: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -27,4 +29,5 @@ class Settings:
             profile_address=env.str("MOSAIC_PROFILE_ADDRESS", ""),
             timer_interval=env.float("MOSAIC_SEGMENTATION_TIMER_SECONDS", 10.0, minimum=0.1),
             peers=env.list("MOSAIC_SEGMENTATION_PEERS", "") if env.str("MOSAIC_SEGMENTATION_PEERS", "") else (),
+            size_interval=env.float("MOSAIC_SEGMENTATION_SIZE_SECONDS", 3600.0, minimum=0.1),
         )

@@ -64,6 +64,10 @@ CASSANDRA = [
         " PRIMARY KEY ((partition, bucket), profile_id))",
         "CREATE TABLE IF NOT EXISTS segmentation_timer_cursors (partition int PRIMARY KEY, bucket bigint)",
     )),
+    Migration(4, (
+        "CREATE TABLE IF NOT EXISTS segmentation_sizes (segment_id text, day text, partition int, members bigint,"
+        " PRIMARY KEY ((segment_id), day, partition))",
+    )),
 ]
 SQLITE = [
     Migration(1, (
@@ -87,6 +91,10 @@ SQLITE = [
         "CREATE TABLE segmentation_timers (partition INTEGER, bucket INTEGER, profile_id TEXT,"
         " PRIMARY KEY (partition, bucket, profile_id))",
         "CREATE TABLE segmentation_timer_cursors (partition INTEGER PRIMARY KEY, bucket INTEGER)",
+    )),
+    Migration(4, (
+        "CREATE TABLE segmentation_sizes (segment_id TEXT, day TEXT, partition INTEGER, members INTEGER,"
+        " PRIMARY KEY (segment_id, day, partition))",
     )),
 ]
 
@@ -123,6 +131,9 @@ class SegmentStore(Protocol):
     async def timer_cursor(self, partition: int) -> int | None:
         """The last bucket whose timers all fired; None before the first."""
     async def set_timer_cursor(self, partition: int, bucket: int) -> None: ...
+    async def set_size(self, segment_id: str, day: str, partition: int, members: int) -> None: ...
+    async def sizes(self, segment_id: str, since: str) -> dict[str, int]:
+        """Members per day (`YYYY-MM-DD` >= since), summed over the partitions."""
     async def close(self) -> None: ...
 
 
@@ -263,6 +274,20 @@ class CassandraSegmentStore(Repository):
         await self.db.execute("INSERT INTO segmentation_timer_cursors (partition, bucket) VALUES (?, ?)",
                               (partition, bucket))
 
+    async def set_size(self, segment_id, day, partition, members):
+        await self.db.execute(
+            "INSERT INTO segmentation_sizes (segment_id, day, partition, members) VALUES (?, ?, ?, ?)",
+            (segment_id, day, partition, members))
+
+    async def sizes(self, segment_id, since):
+        rows = await self.db.execute(
+            "SELECT day, members FROM segmentation_sizes WHERE segment_id = ? AND day >= ? LIMIT 500000",
+            (segment_id, since))
+        totals: dict[str, int] = {}
+        for row in rows:
+            totals[row.day] = totals.get(row.day, 0) + row.members
+        return totals
+
 
 class SqliteSegmentStore(Repository):
     db: SqliteStore
@@ -401,6 +426,16 @@ class SqliteSegmentStore(Repository):
 
     async def set_timer_cursor(self, partition, bucket):
         await self.db.execute("INSERT OR REPLACE INTO segmentation_timer_cursors VALUES (?, ?)", (partition, bucket))
+
+    async def set_size(self, segment_id, day, partition, members):
+        await self.db.execute("INSERT OR REPLACE INTO segmentation_sizes VALUES (?, ?, ?, ?)",
+                              (segment_id, day, partition, members))
+
+    async def sizes(self, segment_id, since):
+        rows = await self.db.execute(
+            "SELECT day, sum(members) FROM segmentation_sizes WHERE segment_id = ? AND day >= ? GROUP BY day",
+            (segment_id, since))
+        return {r[0]: r[1] for r in rows}
 
 
 async def open_store(settings) -> SegmentStore:
