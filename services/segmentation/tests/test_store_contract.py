@@ -4,9 +4,9 @@ import uuid
 
 import pytest
 
-from mosaic.platform.errors import AlreadyExists
+from mosaic.platform.errors import AlreadyExists, NotFound
 from mosaic.segmentation.v1 import segment_pb2
-from segmentation_service.store import open_store
+from segmentation_service.store import Transition, open_store
 
 
 @pytest.fixture
@@ -32,3 +32,72 @@ async def test_membership_is_kept_with_the_version_it_was_decided_at(store):
     assert await store.membership("vip", pid) == (True, 3)
     await store.set_membership("vip", pid, False, 4)
     assert await store.membership("vip", pid) == (False, 4)
+
+
+async def test_a_segment_is_read_by_id_replaced_paged_and_deleted(store):
+    prefix = f"c{uuid.uuid4().hex[:6]}"
+    for index in range(3):
+        await store.create(segment_pb2.Segment(segment_id=f"{prefix}-{index}", name=str(index)))
+    assert (await store.get(f"{prefix}-1")).name == "1"
+    assert await store.get(f"{prefix}-9") is None
+    await store.replace(segment_pb2.Segment(segment_id=f"{prefix}-1", name="one", revision=2))
+    assert (await store.get(f"{prefix}-1")).revision == 2
+    with pytest.raises(NotFound):
+        await store.replace(segment_pb2.Segment(segment_id=f"{prefix}-9", name="nine"))
+    page = await store.page(f"{prefix}-0", 2)
+    assert [s.segment_id for s in page][:2] == [f"{prefix}-1", f"{prefix}-2"]
+    await store.delete(f"{prefix}-2")
+    assert await store.get(f"{prefix}-2") is None
+
+
+async def test_a_transition_is_kept_with_its_membership_and_pending_until_published(store):
+    pid = str(uuid.uuid4())
+    entered = Transition("vip", pid, 3, True, 5, "v:1:5")
+    await store.record(entered)
+    assert await store.membership("vip", pid) == (True, 5)
+    assert await store.profile_memberships(pid) == {"vip": (True, 5)}
+    assert (pid, 5) in await store.members("vip", 3)
+    assert await store.pending(3, pid) == [entered]
+    assert entered in await store.pending(3)
+    await store.published(entered)
+    assert await store.pending(3, pid) == []
+    exited = Transition("vip", pid, 3, False, 6, "v:1:6")
+    await store.record(exited)
+    assert (pid, 5) not in await store.members("vip", 3) and await store.membership("vip", pid) == (False, 6)
+    assert [(t.cause, t.entered) for t in await store.transitions(pid)] == [("v:1:5", True), ("v:1:6", False)]
+
+
+async def test_merged_profiles_and_backfill_progress_are_kept(store):
+    pid, sid = str(uuid.uuid4()), f"b{uuid.uuid4().hex[:8]}"
+    await store.set_merged(7, pid, "survivor")
+    assert (await store.merged(7))[pid] == "survivor"
+    await store.set_merged(7, pid, "")
+    assert pid not in await store.merged(7)
+    await store.set_backfilled(sid, 2, 0)
+    await store.set_backfilled(sid, 2, 5)
+    await store.set_backfilled(sid, 2, 5)
+    assert await store.backfilled(sid, 2) == {0, 5} and await store.backfilled(sid, 1) == set()
+
+
+async def test_timers_are_kept_by_partition_and_bucket_with_a_cursor(store):
+    pid, partition = str(uuid.uuid4()), 1000 + uuid.uuid4().int % 1000
+    assert await store.timer_cursor(partition) is None
+    await store.add_timer(partition, 42, pid)
+    await store.add_timer(partition, 42, pid)
+    await store.add_timer(partition, 43, "other")
+    assert await store.timers(partition, 42) == [pid]
+    await store.drop_timer(partition, 42, pid)
+    assert await store.timers(partition, 42) == [] and await store.timers(partition, 43) == ["other"]
+    await store.set_timer_cursor(partition, 42)
+    await store.set_timer_cursor(partition, 43)
+    assert await store.timer_cursor(partition) == 43
+
+
+async def test_sizes_are_kept_per_day_and_partition_and_summed(store):
+    sid = f"z{uuid.uuid4().hex[:8]}"
+    await store.set_size(sid, "2026-03-30", 0, 5)
+    await store.set_size(sid, "2026-03-31", 0, 6)
+    await store.set_size(sid, "2026-03-31", 1, 4)
+    await store.set_size(sid, "2026-03-31", 1, 3)  # counted again later that day
+    assert await store.sizes(sid, "2026-03-30") == {"2026-03-30": 5, "2026-03-31": 9}
+    assert await store.sizes(sid, "2026-03-31") == {"2026-03-31": 9}

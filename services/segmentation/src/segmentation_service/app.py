@@ -1,134 +1,217 @@
-"""The segmentation service: segments over gRPC; profile.updated in, segment.membership out."""
+"""The segmentation service: segments over gRPC; profile.updated, identity.merged and
+identity.split in, segment.membership out."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import time
+from datetime import datetime, timedelta, timezone
 
-from google.protobuf import timestamp_pb2
-from opentelemetry import trace
+import grpc
 
-from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
-from mosaic.platform import topics
-from mosaic.platform.bus import Bus, Delivery
-from mosaic.platform.errors import InvalidArgument, NotFound
+from mosaic.platform import clients, topics
+from mosaic.platform.config import SecuritySettings
+from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
-from mosaic.segmentation.v1 import segmentation_service_pb2, segmentation_service_pb2_grpc
-from segmentation_service import conditions
+from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2 as pb, segmentation_service_pb2_grpc
+from segmentation_service import compiler
+from segmentation_service.backfill import Backfiller
+from segmentation_service.catalog import SegmentCatalog
+from segmentation_service.columns import ColumnarView
 from segmentation_service.config import Settings
+from segmentation_service.membership import Memberships
 from segmentation_service.privacy import SegmentationPrivacy
+from segmentation_service.profiles import ProfileReader
 from segmentation_service.store import SegmentStore, open_store
+from segmentation_service.timers import Timers
 
-Change = segment_membership_pb2.MembershipChange
+log = logging.getLogger("segmentation")
 
 
-class SegmentCatalog:
-    """The segment definitions, cached; reloaded after a while so other replicas' creations show."""
+def _token(after: str) -> str:
+    return base64.urlsafe_b64encode(after.encode()).decode() if after else ""
 
-    def __init__(self, store: SegmentStore, max_age: float = 5.0) -> None:
-        self.store = store
-        self.max_age = max_age
-        self._segments: list = []
-        self._loaded_at = -1e9
-        self._lock = asyncio.Lock()
 
-    async def all(self):
-        async with self._lock:
-            if time.monotonic() - self._loaded_at > self.max_age:
-                self._segments = await self.store.segments()
-                self._loaded_at = time.monotonic()
-            return self._segments
+def _after(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode() if token else ""
+    except ValueError:
+        raise InvalidArgument("page_token", "is not a token this service gave") from None
 
-    def invalidate(self) -> None:
-        self._loaded_at = -1e9
+
+def _required(value: str, field: str) -> None:
+    if not value:
+        raise InvalidArgument(field, "is required")
 
 
 class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServicer):
-    def __init__(self, store: SegmentStore, catalog: SegmentCatalog) -> None:
+    def __init__(self, store: SegmentStore, catalog: SegmentCatalog, memberships: Memberships,
+                 backfiller: Backfiller, peers: tuple[str, ...] = (), security: SecuritySettings = SecuritySettings()) -> None:
+        self.channels = [clients.channel(peer, security) for peer in peers]
+        self.peers = [segmentation_service_pb2_grpc.SegmentationServiceStub(c) for c in self.channels]
         self.store = store
         self.catalog = catalog
+        self.memberships = memberships
+        self.backfiller = backfiller
 
-    async def CreateSegment(self, request, context):
-        segment = request.segment
-        if not conditions.SEGMENT_ID.match(segment.segment_id):
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+    async def _prepared(self, segment: segment_pb2.Segment) -> segment_pb2.Segment:
+        """The segment as stored: canonical text and tree, checked against the others."""
+        if not compiler.SEGMENT_ID.match(segment.segment_id):
             raise InvalidArgument("segment.segment_id", "must be 1-64 lower-case letters, digits, - or _")
         if not segment.name:
             raise InvalidArgument("segment.name", "is required")
-        conditions.validate(segment.condition)
-        segment.created_at.GetCurrentTime()
+        text, expression = compiler.definition_of(segment)
+        await self.catalog.compile(segment.segment_id, expression)  # references exist, no cycle
+        stored = segment_pb2.Segment()
+        stored.CopyFrom(segment)
+        stored.ClearField("condition")
+        stored.definition = text
+        stored.expression.CopyFrom(expression)
+        stored.updated_at.GetCurrentTime()
+        return stored
+
+    async def CreateSegment(self, request, context):
+        segment = await self._prepared(request.segment)
+        segment.created_at.CopyFrom(segment.updated_at)
+        segment.revision = 1
         await self.store.create(segment)
+        self.backfiller.wake()
+        return pb.CreateSegmentResponse(segment=segment)
+
+    async def UpdateSegment(self, request, context):
+        current = await self.store.get(request.segment.segment_id)
+        if current is None:
+            raise NotFound("segment", request.segment.segment_id)
+        segment = await self._prepared(request.segment)
+        segment.created_at.CopyFrom(current.created_at)
+        segment.revision = current.revision + 1
+        await self.store.replace(segment)
+        self.backfiller.wake()
+        return pb.UpdateSegmentResponse(segment=segment)
+
+    async def DeleteSegment(self, request, context):
+        _required(request.segment_id, "segment_id")
+        current = await self.store.get(request.segment_id)
+        if current is None:
+            raise NotFound("segment", request.segment_id)
         self.catalog.invalidate()
-        return segmentation_service_pb2.CreateSegmentResponse(segment=segment)
+        referrers = await self.catalog.referrers(request.segment_id)
+        if referrers:
+            raise FailedPrecondition("segment", f"{request.segment_id!r} is referred to by {', '.join(referrers)}")
+        await self.store.delete(request.segment_id)
+        self.catalog.invalidate()
+        await self.backfiller.exit_all(request.segment_id, current.revision)
+        return pb.DeleteSegmentResponse()
 
     async def GetSegment(self, request, context):
-        for segment in await self.store.segments():
-            if segment.segment_id == request.segment_id:
-                return segmentation_service_pb2.GetSegmentResponse(segment=segment)
-        raise NotFound("segment", request.segment_id)
+        _required(request.segment_id, "segment_id")
+        segment = await self.store.get(request.segment_id)
+        if segment is None:
+            raise NotFound("segment", request.segment_id)
+        return pb.GetSegmentResponse(segment=segment)
 
     async def ListSegments(self, request, context):
-        return segmentation_service_pb2.ListSegmentsResponse(segments=await self.store.segments())
+        size = 100 if request.page_size <= 0 else min(request.page_size, 1000)
+        segments = await self.store.page(_after(request.page_token), size + 1)
+        more = len(segments) > size
+        segments = segments[:size]
+        return pb.ListSegmentsResponse(segments=segments,
+                                       next_page_token=_token(segments[-1].segment_id) if more else "")
 
     async def IsMember(self, request, context):
-        if not request.segment_id:
-            raise InvalidArgument("segment_id", "is required")
-        if not request.profile_id:
-            raise InvalidArgument("profile_id", "is required")
+        _required(request.segment_id, "segment_id")
+        _required(request.profile_id, "profile_id")
         member, version = await self.store.membership(request.segment_id, request.profile_id)
-        return segmentation_service_pb2.IsMemberResponse(member=member, profile_version=version)
+        return pb.IsMemberResponse(member=member, profile_version=version)
 
+    async def ListMembers(self, request, context):
+        _required(request.segment_id, "segment_id")
+        if await self.store.get(request.segment_id) is None:
+            raise NotFound("segment", request.segment_id)
+        for partition in range(self.memberships.bus.partitions):
+            for profile_id, version in await self.store.members(request.segment_id, partition):
+                yield pb.ListMembersResponse(profile_id=profile_id, profile_version=version)
 
-class ProfileUpdatedHandler:
-    """Re-evaluates only the segments that read a changed trait; publishes entries and exits."""
+    async def GetProfileSegments(self, request, context):
+        _required(request.profile_id, "profile_id")
+        memberships = await self.store.profile_memberships(request.profile_id)
+        return pb.GetProfileSegmentsResponse(segment_ids=sorted(k for k, (member, _) in memberships.items() if member))
 
-    def __init__(self, store: SegmentStore, catalog: SegmentCatalog, bus: Bus) -> None:
-        self.store = store
-        self.catalog = catalog
-        self.bus = bus
+    async def GetSegmentSizes(self, request, context):
+        _required(request.segment_id, "segment_id")
+        if not 0 <= request.days <= 400:
+            raise InvalidArgument("days", "must be from 0 (30) to 400")
+        if await self.store.get(request.segment_id) is None:
+            raise NotFound("segment", request.segment_id)
+        since = datetime.now(timezone.utc) - timedelta(days=(request.days or 30) - 1)
+        sizes = await self.store.sizes(request.segment_id, since.strftime("%Y-%m-%d"))
+        return pb.GetSegmentSizesResponse(sizes=[pb.SegmentSize(day=d, count=sizes[d]) for d in sorted(sizes)])
 
-    async def __call__(self, update: profile_updated_pb2.ProfileUpdated, delivery: Delivery) -> None:
-        # Segments read traits and computed traits by name (profile.updated carries both).
-        changed = {c.path.split(".", 1)[1] for c in update.changes if c.path.startswith(("traits.", "computed_traits."))}
-        for segment in await self.catalog.all():
-            if not changed & conditions.traits_read(segment.condition):
-                continue
-            member = conditions.matches(segment.condition, update.traits)
-            was_member, decided_at = await self.store.membership(segment.segment_id, update.profile_id)
-            if decided_at > update.version:
-                continue  # a newer version was already evaluated
-            if decided_at == update.version and was_member == member:
-                await self._publish(segment.segment_id, update, member)  # redelivery: the publish may be missing
-                continue
-            if member == was_member:
-                continue
-            await self.store.set_membership(segment.segment_id, update.profile_id, member, update.version)
-            await self._publish(segment.segment_id, update, member)
-
-    async def _publish(self, segment_id: str, update, member: bool) -> None:
-        trace.get_current_span().set_attribute("mosaic.segment.id", segment_id)
-        now = timestamp_pb2.Timestamp()
-        now.GetCurrentTime()
-        change = segment_membership_pb2.SegmentMembershipChanged(
-            segment_id=segment_id, profile_id=update.profile_id,
-            change=Change.MEMBERSHIP_CHANGE_ENTERED if member else Change.MEMBERSHIP_CHANGE_EXITED,
-            profile_version=update.version, changed_at=now,
-        )
-        await self.bus.publish(
-            topics.SEGMENT_MEMBERSHIP, update.profile_id, change, f"{segment_id}:{update.profile_id}:{update.version}"
-        )
+    async def Estimate(self, request, context):
+        text, expression = compiler.definition_of(text=request.definition, expression=(
+            request.expression if request.HasField("expression") else None), field="")
+        compiled = await self.catalog.compile("-estimate-", expression)
+        sample = 10 if request.sample_size <= 0 else min(request.sample_size, 100)
+        view = self.memberships.view
+        mask = view.evaluate(compiled.expression, time.time())
+        answer = pb.EstimateResponse(count=int(mask.sum()), population=len(view),
+                                     sample=view.profile_ids(mask, sample), definition=text)
+        if request.local_only or not self.peers:
+            return answer
+        # The other replicas hold the other partitions: ask each for its share.
+        ask = pb.EstimateRequest(expression=expression, sample_size=sample, local_only=True)
+        try:
+            shares = await asyncio.gather(*(peer.Estimate(ask, timeout=10) for peer in self.peers))
+        except grpc.aio.AioRpcError as error:
+            raise Unavailable("segmentation replica", error.details() or str(error.code())) from None
+        for share in shares:
+            answer.count += share.count
+            answer.population += share.population
+            answer.sample.extend(share.sample[: sample - len(answer.sample)])
+        return answer
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
-    store = await open_store(settings.platform)
+    platform = settings.platform
+    store = await open_store(platform)
     runtime.cleanup.push_async_callback(store.close)
+    owned = platform.owned_partitions
     catalog = SegmentCatalog(store)
-    segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(
-        SegmentationServicer(store, catalog), runtime.server
-    )
-    runtime.add_service(segmentation_service_pb2.DESCRIPTOR.services_by_name["SegmentationService"].full_name)
-    runtime.bus.consume(
-        topics.PROFILE_UPDATED, ProfileUpdatedHandler(store, catalog, runtime.bus), settings.platform.owned_partitions
-    )
-    privacy = SegmentationPrivacy(store)
-    Participant("segmentation", runtime.bus, privacy.export, privacy.erase).start(settings.platform.owned_partitions)
+    view = ColumnarView(platform.partitions)
+    reader = ProfileReader(settings.profile_address, platform.security) if settings.profile_address else None
+    timers = Timers(store, catalog, owned, settings.timer_interval)
+    memberships = Memberships(store, catalog, view, runtime.bus, reader.fetch if reader else None, timers=timers)
+    merged = {pid for partition in owned for pid in await store.merged(partition)}
+    if reader is not None:
+        runtime.cleanup.push_async_callback(reader.close)
+        await reader.rebuild(view, owned, merged)
+    else:
+        log.warning("MOSAIC_PROFILE_ADDRESS not set: the view starts empty and fills from profile.updated")
+    await memberships.publish_all_pending(owned)
+    backfiller = Backfiller(store, catalog, memberships, owned, size_interval=settings.size_interval)
+    tasks = [asyncio.create_task(backfiller.run()), asyncio.create_task(timers.run())]
+
+    async def stop_tasks() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    runtime.cleanup.push_async_callback(stop_tasks)
+    servicer = SegmentationServicer(store, catalog, memberships, backfiller, settings.peers, platform.security)
+    runtime.cleanup.push_async_callback(servicer.close)
+    segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, runtime.server)
+    runtime.add_service(pb.DESCRIPTOR.services_by_name["SegmentationService"].full_name)
+    runtime.bus.consume(topics.PROFILE_UPDATED, memberships.updated, owned)
+    runtime.bus.consume(topics.IDENTITY_MERGED, memberships.merged, owned)
+    runtime.bus.consume(topics.IDENTITY_SPLIT, memberships.split, owned)
+    await runtime.bus.listen(topics.IDENTITY_MERGED, memberships.heard_merge)
+    await runtime.bus.listen(topics.IDENTITY_SPLIT, memberships.heard_split)
+    privacy = SegmentationPrivacy(store, platform.partitions)
+    Participant("segmentation", runtime.bus, privacy.export, privacy.erase).start(owned)

@@ -1,5 +1,33 @@
-from mosaic.platform.config import ServiceSettings
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mosaic.platform.config import Env, PlatformSettings
 
 
-class Settings(ServiceSettings):
-    SERVICE = "segmentation"
+@dataclass(frozen=True)
+class Settings:
+    platform: PlatformSettings
+    # Where the profile service is: the view is rebuilt from its ScanProfiles on start. Empty
+    # (tests of the handlers alone) starts with an empty view filled by profile.updated only.
+    profile_address: str
+    # How often due timers are looked for; they fire within this (plus the work) of their time.
+    timer_interval: float
+    # The other replicas (host:port), whose views Estimate adds to this one's.
+    peers: tuple[str, ...] = ()
+    # How often each replica counts its segments' sizes (GetSegmentSizes keeps the day's last).
+    size_interval: float = 3600.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        env = Env(environ)
+        return cls(
+            platform=PlatformSettings.from_env("segmentation", environ),
+            profile_address=env.str("MOSAIC_PROFILE_ADDRESS", ""),
+            timer_interval=env.float("MOSAIC_SEGMENTATION_TIMER_SECONDS", 10.0, minimum=0.1),
+            peers=env.list("MOSAIC_SEGMENTATION_PEERS", "") if env.str("MOSAIC_SEGMENTATION_PEERS", "") else (),
+            size_interval=env.float("MOSAIC_SEGMENTATION_SIZE_SECONDS", 3600.0, minimum=0.1),
+        )

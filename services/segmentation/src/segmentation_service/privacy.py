@@ -1,11 +1,14 @@
 """The segmentation service's part in privacy requests (mosaic.platform.privacy): a person's
-segment memberships, exported or erased. Memberships are partitioned by profile on both
-stores, so one statement per profile does it."""
+segment memberships, exported or erased: the membership rows, the segment member indexes, the
+stored transitions, any transition still waiting to be published and a merge pointer. The same
+statements run on both backends (each names a full key or a key prefix). A due-time timer may
+still name the profile id until it fires, when it finds no profile and is dropped."""
 
 from __future__ import annotations
 
 from mosaic.events.v1 import privacy_request_pb2
 from mosaic.platform.privacy import Answer
+from mosaic.platform.topics import partition_of
 from segmentation_service.store import SegmentStore
 
 
@@ -14,8 +17,9 @@ def _profiles(request: privacy_request_pb2.PrivacyRequested) -> list[str]:
 
 
 class SegmentationPrivacy:
-    def __init__(self, store: SegmentStore) -> None:
+    def __init__(self, store: SegmentStore, partitions: int) -> None:
         self.db = store.db  # the same statements run on both backends
+        self.partitions = partitions
 
     async def _memberships(self, profile_id: str) -> list[dict]:
         rows = await self.db.execute(
@@ -27,8 +31,19 @@ class SegmentationPrivacy:
         return Answer({"memberships": len(memberships)}, {"memberships": memberships})
 
     async def erase(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
-        removed = 0
+        removed = {"segmentation_memberships": 0, "segmentation_transitions": 0}
         for profile_id in _profiles(request):
-            removed += len(await self._memberships(profile_id))
+            partition = partition_of(profile_id, self.partitions)
+            memberships = await self._memberships(profile_id)
+            removed["segmentation_memberships"] += len(memberships)
+            for membership in memberships:
+                await self.db.execute("DELETE FROM segmentation_members WHERE segment_id = ? AND partition = ? AND profile_id = ?",
+                                      (membership["segment_id"], partition, profile_id))
+            transitions = await self.db.execute(
+                "SELECT segment_id FROM segmentation_transitions WHERE profile_id = ?", (profile_id,))
+            removed["segmentation_transitions"] += len(list(transitions))
             await self.db.execute("DELETE FROM segmentation_memberships WHERE profile_id = ?", (profile_id,))
-        return Answer({"segmentation_memberships": removed})
+            await self.db.execute("DELETE FROM segmentation_transitions WHERE profile_id = ?", (profile_id,))
+            await self.db.execute("DELETE FROM segmentation_pending WHERE partition = ? AND profile_id = ?", (partition, profile_id))
+            await self.db.execute("DELETE FROM segmentation_merged WHERE partition = ? AND profile_id = ?", (partition, profile_id))
+        return Answer(removed)

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from mosaic.cli import apis, connect, delivery_commands, ingest_commands, pki, privacy_commands, status
+from mosaic.cli import apis, connect, delivery_commands, ingest_commands, pki, privacy_commands, segment_commands, status
 from mosaic.cli.mesh import SERVICES, Mesh, MeshError
 from mosaic.cli.receivers import WebhookReceiver
 
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     privacy_commands.add_commands(commands)
     status.add_commands(commands)
     delivery_commands.add_commands(commands)
+    segment_commands.add_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args)
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         return status.run(args)
     if args.command in delivery_commands.COMMANDS:
         return delivery_commands.run(args)
+    if args.command in segment_commands.COMMANDS:
+        return segment_commands.run(args)
     return asyncio.run(_profile(args))
 
 

@@ -70,6 +70,8 @@ class Mesh:
                 env.setdefault("MOSAIC_DELIVERY_HTTP_PORT", str(DELIVERY_HTTP_PORT if self.fixed_ports else 0))
         if name == "consent":
             env.setdefault("MOSAIC_IDENTITY_ADDRESS", self.address("identity"))
+        if name == "segmentation":
+            env.setdefault("MOSAIC_PROFILE_ADDRESS", self.address("profile"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")

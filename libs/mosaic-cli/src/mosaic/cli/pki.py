@@ -23,7 +23,7 @@ SERVICES = ("ingestion", "identity", "profile", "segmentation", "consent", "deli
 TOKEN_DAYS = 30
 # What each service may do when it calls another (delivery asks consent at send time).
 SERVICE_SCOPES = {"delivery": ["consent:read", "profiles:read", "profiles:read_pii"],
-                  "segmentation": ["profiles:read", "profiles:read_pii"],
+                  "segmentation": ["profiles:read", "profiles:read_pii", "segments:read"],  # peers' Estimate
                   "consent": ["identity:read"]}  # an export or erasure by identifier finds the person
 
 

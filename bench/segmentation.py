@@ -1,0 +1,362 @@
+"""Segmentation benchmark (issue 14), in process, on BENCH_SEGMENTATION_PROFILES synthetic
+profiles (1,000,000 by default) with realistic traits and 90 days of daily counters.
+
+1. The view: time to load every profile (ProfileState -> columns, as the rebuild does after
+   decoding ScanProfiles), and the rebuild from Profile protos (decode + state + columns) on a
+   sample; resident memory of the view per profile.
+2. Estimate (the vectorised evaluation, count and a sample of 10) for five definitions of
+   growing complexity, each beside a hand-written DuckDB query over the same data (DuckDB reads
+   it from Parquet files Polars wrote; load time not counted), and the same five in Polars.
+3. Incremental evaluation: a profile's state read from the view and the five definitions
+   evaluated plainly, per second; and the profile.updated handler end to end (state moved,
+   segments reading the change evaluated, transitions stored in SQLite and published on a
+   fresh nats-server): updates per second and per-update latency; and the whole service fed
+   2,000 profile.updated a second, each a transition: p50 and p99 from publish to
+   segment.membership.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+from google.protobuf import struct_pb2
+
+from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
+from mosaic.platform.bus import Bus, Delivery
+from mosaic.platform.config import PlatformSettings
+from mosaic.profile.v1 import profile_pb2
+from mosaic.segmentation.v1 import segment_pb2
+from mosaic.testing.nats_server import NatsServer
+from segmentation_service import compiler
+from segmentation_service.catalog import SegmentCatalog
+from segmentation_service.columns import ColumnarView
+from segmentation_service.evaluate import evaluate
+from segmentation_service.membership import Memberships
+from segmentation_service.state import DAY, EPOCH, ProfileState
+from segmentation_service.store import open_store
+
+PROFILES = int(os.environ.get("BENCH_SEGMENTATION_PROFILES", "1000000"))
+NOW = time.time()
+TODAY = int(NOW // DAY)
+PLANS = np.array(["free", "pro", "team", "enterprise"])
+COUNTRIES = np.array(["FR", "DE", "ES", "IT", "GB", "US", "CA", "BR", "IN", "JP", "NL", "SE", "PL", "PT", "MX", "AU"])
+DOMAINS = np.array(["gmail.com", "yahoo.com", "outlook.com", "acme.com", "example.org"])
+EVENTS = ("Order Completed", "page", "Email Opened")
+DEFINITIONS = [
+    'traits.plan = "pro"',
+    'traits.plan = "pro" and count(event "Order Completed" in last 30d) >= 2',
+    'traits.country in ["FR", "DE", "ES"] and traits.ltv > 500 and has email',
+    '(traits.plan in ["pro", "team"] or traits.ltv between 100 and 1000) and count(event "Order Completed" in last 30d)'
+    ' >= 1 and not count(event "Email Opened" in last 14d) > 0',
+    'traits.email ends with "@gmail.com" and traits.signed_up < now - 30d and count(event "page" in last 7d) >= 3'
+    ' and is known',
+]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def synthesize(n: int, seed: int = 14) -> dict:
+    """Columns of n profiles and their counters in long form (profile, event, day, count)."""
+    rng = np.random.default_rng(seed)
+    data = {
+        "plan": PLANS[rng.choice(4, n, p=[0.6, 0.25, 0.1, 0.05])],
+        "country": COUNTRIES[rng.integers(0, len(COUNTRIES), n)],
+        "age": rng.integers(18, 80, n).astype(float),
+        "ltv": np.round(rng.exponential(300, n), 2),
+        "vip": rng.random(n) < 0.05,
+        "has_email": rng.random(n) < 0.8,
+        "known": rng.random(n) < 0.6,
+        "signed_up_day": TODAY - rng.integers(0, 720, n),
+        "domain": DOMAINS[rng.integers(0, len(DOMAINS), n)],
+    }
+    rows = []
+    for index, (event, mean) in enumerate(zip(EVENTS, (2.0, 8.0, 4.0))):
+        per = rng.poisson(mean, n)
+        owner = np.repeat(np.arange(n), per)
+        day = TODAY - rng.integers(0, 90, len(owner))
+        frame = pl.DataFrame({"pid": owner, "event": np.full(len(owner), index, np.int8), "day": day}).group_by(
+            ["pid", "event", "day"]).len(name="n")
+        rows.append(frame)
+    data["counters"] = pl.concat(rows).sort("pid")
+    return data
+
+
+def state_of(data: dict, i: int, counters: list) -> ProfileState:
+    signed = (EPOCH + timedelta(days=int(data["signed_up_day"][i]))).isoformat() + "T09:30:00Z"
+    traits = {"plan": str(data["plan"][i]), "country": str(data["country"][i]), "age": float(data["age"][i]),
+              "ltv": float(data["ltv"][i]), "vip": bool(data["vip"][i]), "signed_up": signed,
+              "address": {"city": "Paris" if i % 3 else "Lyon"}}
+    identities = {"anonymous_id": 1}
+    if data["has_email"][i]:
+        traits["email"] = f"user{i}@{data['domain'][i]}"
+        identities["email"] = 1
+    if data["known"][i]:
+        identities["user_id"] = 1
+    return ProfileState(f"profile-{i:07d}", 1, traits, {"orders_90d": float(len(counters))}, identities,
+                        {(int(day), EVENTS[event]): int(count) for event, day, count in counters})
+
+
+def load_view(data: dict, n: int) -> tuple[ColumnarView, float, float]:
+    before = rss_mb()
+    view = ColumnarView(8, capacity=n)
+    counters = data["counters"]
+    pids, events, days, counts = (counters[c].to_numpy() for c in ("pid", "event", "day", "n"))
+    bounds = np.searchsorted(pids, np.arange(n + 1))
+    started = time.perf_counter()
+    for i in range(n):
+        lo, hi = bounds[i], bounds[i + 1]
+        view.put(state_of(data, i, list(zip(events[lo:hi], days[lo:hi], counts[lo:hi]))), NOW)
+    return view, time.perf_counter() - started, rss_mb() - before
+
+
+def rebuild_from_protos(view: ColumnarView, sample: int) -> float:
+    """Seconds per profile: Profile bytes (as ScanProfiles streams them) to a row."""
+    blobs = []
+    for i in range(sample):
+        state = view.get(f"profile-{i:07d}")
+        profile = profile_pb2.Profile(profile_id=state.profile_id, version=1)
+        for key, value in state.traits.items():
+            wrapped = struct_pb2.Value()
+            if isinstance(value, dict):
+                wrapped.struct_value.update(value)
+            elif isinstance(value, bool):
+                wrapped.bool_value = value
+            elif isinstance(value, float):
+                wrapped.number_value = value
+            else:
+                wrapped.string_value = value
+            profile.traits[key].value.CopyFrom(wrapped)
+        for kind in state.identities:
+            profile.identities[f"{kind}:{i}"].CopyFrom(profile_pb2.Identity(type=kind, value=str(i)))
+        for (day, event), count in state.counters.items():
+            name = (EPOCH + timedelta(days=day)).isoformat()
+            profile.daily_counters[f"{name}|{event}"].CopyFrom(profile_pb2.DailyCounter(day=name, event=event, count=count))
+        blobs.append(profile.SerializeToString())
+    target = ColumnarView(8, capacity=sample)
+    started = time.perf_counter()
+    for blob in blobs:
+        target.put(ProfileState.of_profile(profile_pb2.Profile.FromString(blob)), NOW)
+    return (time.perf_counter() - started) / sample
+
+
+def estimate(view: ColumnarView, expression) -> tuple[int, list[str]]:
+    """What Estimate does: one evaluation, the count and a sample of 10."""
+    mask = view.evaluate(expression, NOW)
+    return int(mask.sum()), view.profile_ids(mask, 10)
+
+
+def timed(work, repeat: int = 5) -> float:
+    """Median milliseconds of `repeat` runs (after one warm-up)."""
+    work()
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        work()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def write_tables(data: dict, n: int, folder: Path) -> None:
+    signed = [datetime.fromtimestamp(int(d) * DAY + 9.5 * 3600, timezone.utc).replace(tzinfo=None)
+              for d in data["signed_up_day"]]
+    pl.DataFrame({
+        "pid": np.arange(n), "plan": data["plan"], "country": data["country"], "age": data["age"], "ltv": data["ltv"],
+        "vip": data["vip"], "has_email": data["has_email"], "known": data["known"], "signed_up": signed,
+        "email": [f"user{i}@{d}" if e else None for i, (d, e) in enumerate(zip(data["domain"], data["has_email"]))],
+    }).write_parquet(folder / "profiles.parquet")
+    data["counters"].with_columns(pl.col("event").replace_strict(dict(enumerate(EVENTS)), return_dtype=pl.String)
+                                  ).write_parquet(folder / "counters.parquet")
+
+
+def duckdb_queries(today: int) -> list[str]:
+    def count(event: str, days: int) -> str:
+        return (f"(SELECT pid, sum(n) AS n FROM counters WHERE event = '{event}' AND day > {today - days}"
+                f" AND day <= {today} GROUP BY pid)")
+    return [
+        "SELECT count(*), min(pid) FROM profiles WHERE plan = 'pro'",
+        f"SELECT count(*) FROM profiles p JOIN {count('Order Completed', 30)} o USING (pid)"
+        " WHERE p.plan = 'pro' AND o.n >= 2",
+        "SELECT count(*) FROM profiles WHERE country IN ('FR', 'DE', 'ES') AND ltv > 500 AND has_email",
+        f"SELECT count(*) FROM profiles p JOIN {count('Order Completed', 30)} o USING (pid)"
+        f" LEFT JOIN {count('Email Opened', 14)} e USING (pid)"
+        " WHERE (p.plan IN ('pro', 'team') OR p.ltv BETWEEN 100 AND 1000) AND o.n >= 1 AND coalesce(e.n, 0) = 0",
+        f"SELECT count(*) FROM profiles p JOIN {count('page', 7)} v USING (pid) WHERE p.email LIKE '%@gmail.com'"
+        " AND p.signed_up < now()::TIMESTAMP - INTERVAL 30 DAY AND v.n >= 3 AND p.known",
+    ]
+
+
+def polars_queries(profiles: pl.LazyFrame, counters: pl.LazyFrame, today: int) -> list:
+    def count(event: str, days: int) -> pl.LazyFrame:
+        return counters.filter((pl.col("event") == event) & (pl.col("day") > today - days) & (pl.col("day") <= today)
+                               ).group_by("pid").agg(pl.col("n").sum())
+    cutoff = datetime.fromtimestamp(NOW - 30 * DAY, timezone.utc).replace(tzinfo=None)
+    return [
+        profiles.filter(pl.col("plan") == "pro").select(pl.len()),
+        profiles.filter(pl.col("plan") == "pro").join(count("Order Completed", 30), on="pid").filter(
+            pl.col("n") >= 2).select(pl.len()),
+        profiles.filter(pl.col("country").is_in(["FR", "DE", "ES"]) & (pl.col("ltv") > 500) & pl.col("has_email")
+                        ).select(pl.len()),
+        profiles.filter(pl.col("plan").is_in(["pro", "team"]) | pl.col("ltv").is_between(100, 1000)).join(
+            count("Order Completed", 30), on="pid").filter(pl.col("n") >= 1).join(
+            count("Email Opened", 14), on="pid", how="anti").select(pl.len()),
+        profiles.filter(pl.col("email").str.ends_with("@gmail.com") & (pl.col("signed_up") < cutoff) & pl.col("known")
+                        ).join(count("page", 7), on="pid").filter(pl.col("n") >= 3).select(pl.len()),
+    ]
+
+
+async def handler_rate(count: int = 2000) -> tuple[float, float, float]:
+    nats = NatsServer().start()
+    folder = tempfile.mkdtemp(prefix="bench-seg-")
+    settings = PlatformSettings.from_env("segmentation", {"MOSAIC_NATS_URL": nats.url, "MOSAIC_DATA_DIR": folder})
+    store = await open_store(settings)
+    bus = await Bus.connect(settings.nats_url, "segmentation", settings.partitions)
+    await bus.ensure_streams()
+    for index, text in enumerate(DEFINITIONS):
+        definition, expression = compiler.definition_of(text=text)
+        await store.create(segment_pb2.Segment(segment_id=f"s{index}", name=text, definition=definition,
+                                               expression=expression, revision=1))
+    memberships = Memberships(store, SegmentCatalog(store), ColumnarView(settings.partitions), bus)
+    day = datetime.fromtimestamp(NOW, timezone.utc).strftime("%Y-%m-%d")
+    latencies = []
+    delivery = Delivery("profile.updated.0", 0, 1, 1, "")
+    started = time.perf_counter()
+    for i in range(count):
+        update = profile_updated_pb2.ProfileUpdated(profile_id=f"u{i % 500}", version=i // 500 + 1)
+        update.changes.add(path="traits.plan", new_value=struct_pb2.Value(string_value=("pro", "free")[i % 2]))
+        update.changes.add(path=f"daily_counters.{day}|Order Completed",
+                           new_value=struct_pb2.Value(number_value=i // 500 + 1))
+        begun = time.perf_counter()
+        await memberships.updated(update, delivery)
+        latencies.append((time.perf_counter() - begun) * 1000)
+    elapsed = time.perf_counter() - started
+    await bus.close()
+    await store.close()
+    nats.close()
+    latencies.sort()
+    return count / elapsed, statistics.median(latencies), latencies[int(len(latencies) * 0.99)]
+
+
+async def membership_latency(rate: int = 2000, seconds: float = 5.0) -> tuple[int, float, float, float]:
+    """The service consuming profile.updated at `rate`/s, every update a transition: p50 and p99
+    from profile.updated published to segment.membership received, and the rate achieved."""
+    import nats as nats_client
+
+    from mosaic.platform import topics
+    from mosaic.platform.server import Service
+    from segmentation_service.app import build
+    from segmentation_service.config import Settings
+
+    server = NatsServer().start()
+    folder = tempfile.mkdtemp(prefix="bench-seg-")
+    settings = Settings(PlatformSettings.from_env("segmentation", {"MOSAIC_NATS_URL": server.url,
+                                                                   "MOSAIC_DATA_DIR": folder}), "", 10.0)
+    service = Service(settings.platform, lambda runtime: build(runtime, settings))
+    await service.start()
+    definition, expression = compiler.definition_of(text='traits.plan = "pro"')
+    store = await open_store(settings.platform)
+    await store.create(segment_pb2.Segment(segment_id="pro", name="pro", definition=definition, expression=expression,
+                                           revision=1))
+    await store.close()
+    await asyncio.sleep(6)  # the catalog's cache (5 s) sees the segment
+    sent: dict[tuple[str, int], float] = {}
+    latencies: list[float] = []
+    watcher = await nats_client.connect(server.url)
+
+    async def received(msg) -> None:
+        change = segment_membership_pb2.SegmentMembershipChanged.FromString(msg.data)
+        begun = sent.get((change.profile_id, change.profile_version))
+        if begun is not None:
+            latencies.append((time.perf_counter() - begun) * 1000)
+
+    await watcher.subscribe(topics.SEGMENT_MEMBERSHIP.wildcard, cb=received)
+    bus = service.runtime.bus
+    total, tick, people = int(rate * seconds), 0.05, 2000
+    per_tick = int(rate * tick)
+    started = time.perf_counter()
+    for first in range(0, total, per_tick):
+        batch = []
+        for i in range(first, min(total, first + per_tick)):
+            pid, version = f"q{i % people}", i // people + 1
+            update = profile_updated_pb2.ProfileUpdated(profile_id=pid, version=version)
+            update.changes.add(path="traits.plan", new_value=struct_pb2.Value(string_value=("pro", "free")[version % 2 == 0]))
+            batch.append((pid, update.SerializeToString(), f"{pid}:{version}"))
+            sent[(pid, version)] = time.perf_counter()
+        await bus.publish_many(topics.PROFILE_UPDATED, batch)
+        await asyncio.sleep(max(0.0, started + (first + per_tick) / rate - time.perf_counter()))
+    deadline = time.perf_counter() + 60
+    while len(latencies) < total and time.perf_counter() < deadline:
+        await asyncio.sleep(0.1)
+    elapsed = time.perf_counter() - started
+    await watcher.close()
+    await service.stop()
+    server.close()
+    latencies.sort()
+    if not latencies:
+        return 0, 0.0, 0.0, 0.0
+    return len(latencies), len(latencies) / elapsed, statistics.median(latencies), latencies[int(len(latencies) * 0.99)]
+
+
+async def main() -> None:
+    n = PROFILES
+    print(f"synthesizing {n:,} profiles (traits, identities, 90 days of counters of {len(EVENTS)} events)...", flush=True)
+    data = synthesize(n)
+    view, load_seconds, view_mb = load_view(data, n)
+    index = sys.getsizeof(view.rows) + sys.getsizeof(view.ids) + sum(sys.getsizeof(k) for k in view.rows)
+    print(f"view: {n:,} profiles loaded in {load_seconds:.1f} s ({n / load_seconds:,.0f}/s); held: columns"
+          f" {view.nbytes() / n:,.0f} B + id index {index / n:,.0f} B = {(view.nbytes() + index) / n:,.0f} B per profile"
+          f" (resident set grew {view_mb:,.0f} MB; the allocator reuses what synthesis freed)")
+    per = rebuild_from_protos(view, min(n, 20000))
+    print(f"rebuild from Profile protos (decode, state, row) {per * 1e6:.0f} us per profile: "
+          f"{per * 1_000_000:.0f} s for 1,000,000 (the ScanProfiles stream itself not counted)")
+    compiled = [compiler.compile_all({"s": compiler.definition_of(text=t)[1]})["s"] for t in DEFINITIONS]
+    with tempfile.TemporaryDirectory() as folder:
+        write_tables(data, n, Path(folder))
+        con = duckdb.connect()
+        con.execute(f"CREATE TABLE profiles AS SELECT * FROM read_parquet('{folder}/profiles.parquet')")
+        con.execute(f"CREATE TABLE counters AS SELECT * FROM read_parquet('{folder}/counters.parquet')")
+        profiles = pl.read_parquet(f"{folder}/profiles.parquet").lazy()
+        counters = pl.read_parquet(f"{folder}/counters.parquet").lazy()
+    print("Estimate (count + sample of 10) against DuckDB and Polars over the same data, median of 5:")
+    for text, definition, query, lazy in zip(DEFINITIONS, compiled, duckdb_queries(TODAY),
+                                             polars_queries(profiles, counters, TODAY)):
+        mask = view.evaluate(definition.expression, NOW)
+        ours = timed(lambda: estimate(view, definition.expression))
+        theirs = timed(lambda: con.execute(query).fetchall())
+        polars_ms = timed(lambda: lazy.collect())
+        agree = int(mask.sum()) == con.execute(query).fetchall()[0][0]
+        print(f"  {ours:7.1f} ms  duckdb {theirs:7.1f} ms ({ours / theirs:4.1f}x)  polars {polars_ms:7.1f} ms"
+              f"  count {int(mask.sum()):,} {'=' if agree else '!='} duckdb   {text}")
+    rng = np.random.default_rng(1)
+    picks = [f"profile-{i:07d}" for i in rng.integers(0, n, 5000)]
+    started = time.perf_counter()
+    for pid in picks:
+        state = view.get(pid)
+        for definition in compiled:
+            evaluate(definition.expression, state, NOW)
+    elapsed = time.perf_counter() - started
+    print(f"incremental: state from the view + 5 definitions: {len(picks) * 5 / elapsed:,.0f} evaluations/s"
+          f" ({elapsed / len(picks) * 1e6:.0f} us per profile)")
+    rate, p50, p99 = await handler_rate()
+    print(f"profile.updated handler end to end (SQLite store, real nats-server, 5 segments): {rate:,.0f} updates/s,"
+          f" p50 {p50:.2f} ms, p99 {p99:.2f} ms per update (one at a time)")
+    for offered in (2000, 500):
+        count, achieved, p50, p99 = await membership_latency(offered)
+        print(f"the service fed {offered:,} profile.updated/s, each a transition: {count:,} received at {achieved:,.0f}/s;"
+              f" profile.updated published -> segment.membership received p50 {p50:.1f} ms, p99 {p99:.1f} ms")

@@ -1,0 +1,107 @@
+"""Backfills: a new or changed segment's membership computed over every profile.
+
+Each replica backfills the partitions it owns, one partition at a time, and records each
+partition done for the segment's revision, so a restart resumes with the partitions left.
+The columnar view finds the candidates (profiles whose stored membership differs from what the
+definition says now); each is decided again under its lock by the plain evaluator, which also
+publishes the transition. A segment's revision grows with every change, so a changed
+definition is backfilled again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+
+from segmentation_service.catalog import Live, SegmentCatalog
+from segmentation_service.membership import Memberships
+from segmentation_service.store import SegmentStore
+
+log = logging.getLogger("segmentation.backfill")
+
+
+class Backfiller:
+    def __init__(self, store: SegmentStore, catalog: SegmentCatalog, memberships: Memberships,
+                 partitions: tuple[int, ...], interval: float = 5.0, size_interval: float = 3600.0) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.memberships = memberships
+        self.partitions = partitions
+        self.interval = interval
+        self.size_interval = size_interval
+        self._sized_at = -float("inf")
+        self._done: set[tuple[str, int]] = set()
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self.catalog.invalidate()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """For ever: backfill whatever segment revision is not done yet."""
+        while True:
+            try:
+                await self.once()
+                if time.monotonic() - self._sized_at >= self.size_interval:
+                    await self.count_sizes()
+                    self._sized_at = time.monotonic()
+            except Exception:  # a store outage: try again at the next round
+                log.exception("backfill round failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def once(self) -> int:
+        """Backfill every pending (segment, revision, partition); returns the transitions."""
+        changed = 0
+        for live in list((await self.catalog.all()).values()):
+            if (live.segment_id, live.revision) in self._done:
+                continue
+            done = await self.store.backfilled(live.segment_id, live.revision)
+            for partition in self.partitions:
+                if partition not in done:
+                    changed += await self._partition(live, partition)
+                    await self.store.set_backfilled(live.segment_id, live.revision, partition)
+            self._done.add((live.segment_id, live.revision))
+        return changed
+
+    async def _partition(self, live: Live, partition: int) -> int:
+        view = self.memberships.view
+        now = self.memberships.clock()
+        matching = set(view.profile_ids(view.evaluate(live.compiled.expression, now, partition)))
+        members = {pid for pid, _ in await self.store.members(live.segment_id, partition)}
+        changed = 0
+        for profile_id in sorted(matching ^ members):
+            changed += await self.memberships.reevaluate(profile_id, [live], f"backfill:{live.revision}")
+            await asyncio.sleep(0)  # let live updates through between profiles
+        if live.compiled.timed and self.memberships.timers is not None:
+            # Every profile may come due for the new definition, not only those it moved.
+            n = len(view.ids)
+            for profile_id in view.profile_ids((view.partition[:n] == partition) & view.alive[:n]):
+                await self.memberships.timers.schedule(view.get(profile_id), now)
+        log.info("backfilled", extra={"fields": {"segment": live.segment_id, "revision": live.revision,
+                                                 "partition": partition, "changed": changed}})
+        return changed
+
+    async def count_sizes(self) -> None:
+        """Every segment's size on the owned partitions today, as the view counts it (the
+        stored members are the same once the changes in flight are decided)."""
+        view = self.memberships.view
+        now = self.memberships.clock()
+        day = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+        for live in list((await self.catalog.all()).values()):
+            for partition in self.partitions:
+                members = int(view.evaluate(live.compiled.expression, now, partition).sum())
+                await self.store.set_size(live.segment_id, day, partition, members)
+
+    async def exit_all(self, segment_id: str, revision: int) -> int:
+        """A deleted segment: every member exits (of every partition: the store is shared)."""
+        changed = 0
+        for partition in range(self.memberships.bus.partitions):
+            for profile_id, _ in await self.store.members(segment_id, partition):
+                changed += await self.memberships.leave(profile_id, segment_id, f"delete:{revision}")
+        return changed

@@ -1,0 +1,79 @@
+"""The segment definitions, compiled, with the index of what each one reads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from mosaic.segmentation.v1 import segment_pb2
+from segmentation_service import compiler
+from segmentation_service.store import SegmentStore
+
+
+@dataclass(frozen=True)
+class Live:
+    """One segment as the evaluators use it."""
+
+    segment: segment_pb2.Segment
+    compiled: compiler.Compiled
+
+    @property
+    def segment_id(self) -> str:
+        return self.segment.segment_id
+
+    @property
+    def revision(self) -> int:
+        return self.segment.revision
+
+
+class SegmentCatalog:
+    """The compiled segments; reloaded after `max_age` so other replicas' changes show."""
+
+    def __init__(self, store: SegmentStore, max_age: float = 5.0) -> None:
+        self.store = store
+        self.max_age = max_age
+        self._segments: dict[str, Live] = {}
+        self._by_read: dict[str, list[Live]] = {}
+        self._loaded_at = -1e9
+        self._lock = asyncio.Lock()
+
+    async def all(self) -> dict[str, Live]:
+        async with self._lock:
+            if time.monotonic() - self._loaded_at > self.max_age:
+                self._load(await self.store.segments())
+            return self._segments
+
+    def _load(self, segments: list[segment_pb2.Segment]) -> None:
+        for segment in segments:
+            if not segment.HasField("expression"):
+                # Stored before the segment language: its trait condition is the definition.
+                text, expression = compiler.definition_of(segment)
+                segment.definition = text
+                segment.expression.CopyFrom(expression)
+        stored = {s.segment_id: s for s in segments}
+        compiled = compiler.compile_all({k: s.expression for k, s in stored.items()})
+        self._segments = {k: Live(stored[k], compiled[k]) for k in sorted(stored)}
+        self._by_read = {}
+        for live in self._segments.values():
+            for key in live.compiled.reads:
+                self._by_read.setdefault(key, []).append(live)
+        self._loaded_at = time.monotonic()
+
+    async def reading(self, keys: set[str]) -> list[Live]:
+        """The segments that read any of `keys` (dependency keys of changes), by id."""
+        await self.all()
+        found = {live.segment_id: live for key in keys for live in self._by_read.get(key, ())}
+        return [found[k] for k in sorted(found)]
+
+    def invalidate(self) -> None:
+        self._loaded_at = -1e9
+
+    async def compile(self, segment_id: str, expression: segment_pb2.Expression) -> compiler.Compiled:
+        """Compile a definition against the stored ones (a new or changed segment, an estimate)."""
+        definitions = {k: live.segment.expression for k, live in (await self.all()).items()}
+        definitions[segment_id] = expression
+        return compiler.compile_all(definitions)[segment_id]
+
+    async def referrers(self, segment_id: str) -> list[str]:
+        return [k for k, live in (await self.all()).items() if segment_id in live.compiled.refers_to and k != segment_id]

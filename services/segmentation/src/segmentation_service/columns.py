@@ -1,0 +1,405 @@
+"""The columnar view of the latest profiles, and the vectorised evaluator over it.
+
+One row per profile of the partitions this replica owns, in NumPy columns that are updated in
+place as profile.updated arrives (why NumPy rather than Polars or DuckDB: see the README):
+
+- a trait path (`traits.address.city`) is a set of columns allocated by the kinds of value seen:
+  present (bool), number (float64, NaN elsewhere), string (int32 codes into the path's
+  dictionary, -1 elsewhere), boolean (int8, -1 elsewhere), and time (float64 epoch seconds of
+  strings that are ISO-8601 times). Nested objects are flattened into their paths; lists are
+  kept aside (they only exist or not).
+- the daily counters of an event name are a uint16 matrix, one row per day slot and one column
+  per profile (so a day is one contiguous vector and a window sums a few of them) of a ring of DAY_SLOTS days shared by every profile (the slot of day d is
+  d % DAY_SLOTS; a slot is cleared when a newer day takes it). It holds the COUNTER_DAYS days
+  the evaluators read plus a few days ahead for events stamped in the future.
+- identity types are int16 counts.
+
+`evaluate` is the vectorised form of evaluate.evaluate and must agree with it row by row.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from mosaic.segmentation.v1 import segment_pb2 as pb
+from mosaic.platform.topics import partition_of
+from segmentation_service.evaluate import COUNTER_DAYS, literal_value, pattern, window_days
+from segmentation_service.state import DAY, ProfileState, time_of
+
+# Plain attributes: an enum wrapper's attribute lookup is slow on the per-profile path.
+Op = SimpleNamespace(**dict(pb.Operator.items()))
+DAY_SLOTS = 96
+COUNT_MAX = np.iinfo(np.uint16).max
+
+
+def _grown(array: np.ndarray | None, capacity: int, fill) -> np.ndarray | None:
+    if array is None or len(array) >= capacity:
+        return array
+    bigger = np.full((capacity, *array.shape[1:]), fill, array.dtype)
+    bigger[: len(array)] = array
+    return bigger
+
+
+def _runs(slots: list[int]) -> list[tuple[int, int]]:
+    """Sorted slots as contiguous [start, stop) ranges, so each sums without a copy."""
+    runs: list[tuple[int, int]] = []
+    for slot in slots:
+        if runs and runs[-1][1] == slot:
+            runs[-1] = (runs[-1][0], slot + 1)
+        else:
+            runs.append((slot, slot + 1))
+    return runs
+
+
+class TraitColumns:
+    """The columns of one trait path."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.present = np.zeros(capacity, bool)
+        self.number: np.ndarray | None = None
+        self.code: np.ndarray | None = None
+        self.flag: np.ndarray | None = None
+        self.time: np.ndarray | None = None
+        self.strings: list[str] = []
+        self.codes: dict[str, int] = {}
+        self.lists: dict[int, list] = {}
+        self._dictionary: np.ndarray | None = None
+
+    def grow(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.present = _grown(self.present, capacity, False)
+        self.number = _grown(self.number, capacity, np.nan)
+        self.code = _grown(self.code, capacity, -1)
+        self.flag = _grown(self.flag, capacity, -1)
+        self.time = _grown(self.time, capacity, np.nan)
+
+    def clear(self, row: int) -> None:
+        if not self.present[row]:
+            return
+        self.present[row] = False
+        for array, empty in ((self.number, np.nan), (self.code, -1), (self.flag, -1), (self.time, np.nan)):
+            if array is not None:
+                array[row] = empty
+        self.lists.pop(row, None)
+
+    def set(self, row: int, value: Any) -> None:
+        self.present[row] = True
+        if isinstance(value, bool):
+            if self.flag is None:
+                self.flag = np.full(self.capacity, -1, np.int8)
+            self.flag[row] = value
+        elif isinstance(value, float):
+            if self.number is None:
+                self.number = np.full(self.capacity, np.nan)
+            self.number[row] = value
+        elif isinstance(value, str):
+            if self.code is None:
+                self.code = np.full(self.capacity, -1, np.int32)
+            code = self.codes.get(value)
+            if code is None:
+                code = self.codes[value] = len(self.strings)
+                self.strings.append(value)
+            self.code[row] = code
+            moment = time_of(value)
+            if moment is not None:
+                if self.time is None:
+                    self.time = np.full(self.capacity, np.nan)
+                self.time[row] = moment
+        elif isinstance(value, list):
+            self.lists[row] = value
+
+    def get(self, row: int) -> Any:
+        """The scalar at the row; {} for an object (its keys are other paths' columns)."""
+        if self.flag is not None and self.flag[row] >= 0:
+            return bool(self.flag[row])
+        if self.number is not None and not math.isnan(self.number[row]):
+            return float(self.number[row])
+        if self.code is not None and self.code[row] >= 0:
+            return self.strings[self.code[row]]
+        return self.lists.get(row, {})
+
+    def dictionary(self) -> np.ndarray:
+        """The path's strings as a NumPy string array (rebuilt when new strings came)."""
+        if self._dictionary is None or len(self._dictionary) != len(self.strings):
+            self._dictionary = np.array(self.strings, dtype=np.dtypes.StringDType())
+        return self._dictionary
+
+    def nbytes(self) -> int:
+        arrays = (self.present, self.number, self.code, self.flag, self.time)
+        return sum(a.nbytes for a in arrays if a is not None) + sum(len(s) + 49 for s in self.strings)
+
+
+class ColumnarView:
+    """The latest state of the profiles one replica owns, one row each."""
+
+    def __init__(self, partitions: int = 1, capacity: int = 1024) -> None:
+        self.partitions = partitions
+        self.capacity = capacity
+        self.rows: dict[str, int] = {}
+        self.ids: list[str | None] = []
+        self.free: list[int] = []
+        self.version = np.zeros(capacity, np.int64)
+        self.alive = np.zeros(capacity, bool)
+        self.partition = np.zeros(capacity, np.int16)  # the bus partition of the row's profile
+        self.timer = np.zeros(capacity, np.int64)  # the timer bucket stored for the row (0: none known)
+        self.traits: dict[tuple[int, tuple[str, ...]], TraitColumns] = {}
+        self.counters: dict[str, np.ndarray] = {}
+        self.slot_day: dict[str, np.ndarray] = {}
+        self.identities: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.alive[: len(self.ids)].sum())
+
+    def __contains__(self, profile_id: str) -> bool:
+        return profile_id in self.rows
+
+    def _grow(self) -> None:
+        self.capacity *= 2
+        self.version = _grown(self.version, self.capacity, 0)
+        self.alive = _grown(self.alive, self.capacity, False)
+        self.partition = _grown(self.partition, self.capacity, 0)
+        self.timer = _grown(self.timer, self.capacity, 0)
+        for columns in self.traits.values():
+            columns.grow(self.capacity)
+        for event, matrix in self.counters.items():
+            bigger = np.zeros((DAY_SLOTS, self.capacity), np.uint16)
+            bigger[:, : matrix.shape[1]] = matrix
+            self.counters[event] = bigger
+        for kind, counts in self.identities.items():
+            self.identities[kind] = _grown(counts, self.capacity, 0)
+
+    def _row(self, profile_id: str) -> int:
+        row = self.rows.get(profile_id)
+        if row is not None:
+            return row
+        if self.free:
+            row = self.free.pop()
+            self.ids[row] = profile_id
+        else:
+            row = len(self.ids)
+            if row >= self.capacity:
+                self._grow()
+            self.ids.append(profile_id)
+        self.rows[profile_id] = row
+        self.partition[row] = partition_of(profile_id, self.partitions)
+        return row
+
+    def put(self, state: ProfileState, now: float, alive: bool = True) -> None:
+        """Store the state as the profile's row (replacing what it held)."""
+        fresh = state.profile_id not in self.rows
+        row = self._row(state.profile_id)
+        if not fresh:  # a new row (or a freed one, cleared by remove) holds nothing yet
+            for columns in self.traits.values():
+                columns.clear(row)
+            for matrix in self.counters.values():
+                matrix[:, row] = 0
+            for counts in self.identities.values():
+                counts[row] = 0
+        self.version[row] = state.version
+        self.alive[row] = alive
+        for source, values in ((pb.TRAIT_SOURCE_TRAITS, state.traits), (pb.TRAIT_SOURCE_COMPUTED, state.computed)):
+            self._put_values(row, source, (), values)
+        today = math.floor(now / DAY)
+        for (day, event), count in state.counters.items():
+            self._count(row, event, day, count, today)
+        for kind, count in state.identities.items():
+            if kind not in self.identities:
+                self.identities[kind] = np.zeros(self.capacity, np.int16)
+            self.identities[kind][row] = count
+
+    def _put_values(self, row: int, source: int, prefix: tuple[str, ...], values: dict) -> None:
+        for key, value in values.items():
+            path = (*prefix, key)
+            columns = self.traits.get((source, path))
+            if columns is None:
+                columns = self.traits[(source, path)] = TraitColumns(self.capacity)
+            columns.set(row, value)
+            if isinstance(value, dict):
+                self._put_values(row, source, path, value)
+
+    def _count(self, row: int, event: str, day: int, count: int, today: int) -> None:
+        if not today - COUNTER_DAYS < day <= today + DAY_SLOTS - COUNTER_DAYS:
+            return  # outside the days kept
+        if event not in self.counters:
+            self.counters[event] = np.zeros((DAY_SLOTS, self.capacity), np.uint16)
+            self.slot_day[event] = np.full(DAY_SLOTS, -1, np.int64)
+        slot = day % DAY_SLOTS
+        days = self.slot_day[event]
+        if days[slot] != day:
+            if days[slot] > day:
+                return  # a newer day holds the slot: this one is older than the days kept
+            self.counters[event][slot] = 0
+            days[slot] = day
+        self.counters[event][slot, row] = min(count, COUNT_MAX)
+
+    def get(self, profile_id: str) -> ProfileState | None:
+        """The profile's state as stored (what the plain evaluator reads)."""
+        row = self.rows.get(profile_id)
+        if row is None:
+            return None
+        state = ProfileState(profile_id, int(self.version[row]))
+        for (source, path), columns in sorted(self.traits.items(), key=lambda item: len(item[0][1])):
+            if not columns.present[row]:
+                continue
+            target = state.traits if source == pb.TRAIT_SOURCE_TRAITS else state.computed
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = columns.get(row)
+        for event, matrix in self.counters.items():
+            for slot in np.flatnonzero(matrix[:, row]):
+                state.counters[(int(self.slot_day[event][slot]), event)] = int(matrix[slot, row])
+        state.identities = {kind: int(c[row]) for kind, c in self.identities.items() if c[row]}
+        return state
+
+    def is_alive(self, profile_id: str) -> bool:
+        row = self.rows.get(profile_id)
+        return row is not None and bool(self.alive[row])
+
+    def set_alive(self, profile_id: str, alive: bool) -> None:
+        row = self.rows.get(profile_id)
+        if row is not None:
+            self.alive[row] = alive
+
+    def remove(self, profile_id: str) -> None:
+        row = self.rows.pop(profile_id, None)
+        if row is None:
+            return
+        self.put(ProfileState(profile_id), 0.0, alive=False)
+        self.timer[row] = 0
+        self.rows.pop(profile_id, None)
+        self.ids[row] = None
+        self.free.append(row)
+
+    def scheduled(self, profile_id: str) -> int:
+        row = self.rows.get(profile_id)
+        return 0 if row is None else int(self.timer[row])
+
+    def set_scheduled(self, profile_id: str, bucket: int) -> None:
+        row = self.rows.get(profile_id)
+        if row is not None:
+            self.timer[row] = bucket
+
+    def profile_ids(self, mask: np.ndarray, limit: int | None = None) -> list[str]:
+        rows = np.flatnonzero(mask)
+        return [self.ids[r] for r in (rows[:limit] if limit is not None else rows)]
+
+    def owned_ids(self, alive_only: bool = True) -> list[str]:
+        return [pid for pid, row in self.rows.items() if self.alive[row] or not alive_only]
+
+    def nbytes(self) -> int:
+        """What the columns hold, in bytes (the id index aside)."""
+        arrays = [self.version, self.alive, self.partition, self.timer, *self.counters.values(), *self.identities.values()]
+        return sum(a.nbytes for a in arrays) + sum(c.nbytes() for c in self.traits.values())
+
+    # The vectorised evaluator.
+
+    def evaluate(self, expression: pb.Expression, now: float, partition: int | None = None) -> np.ndarray:
+        """A mask over the rows: the live profiles (of one partition) matching the expression."""
+        n = len(self.ids)
+        mask = self._eval(expression, now, n) & self.alive[:n]
+        return mask if partition is None else mask & (self.partition[:n] == partition)
+
+    def _eval(self, node: pb.Expression, now: float, n: int) -> np.ndarray:
+        kind = node.WhichOneof("kind")
+        if kind == "and":
+            return np.logical_and.reduce([self._eval(o, now, n) for o in getattr(node, "and").operands])
+        if kind == "or":
+            return np.logical_or.reduce([self._eval(o, now, n) for o in getattr(node, "or").operands])
+        if kind == "not":
+            return ~self._eval(getattr(node, "not"), now, n)
+        if kind == "trait":
+            return self._trait(node.trait, now, n)
+        if kind == "event":
+            return self._compare(node.event.operator, self.event_counts(node.event, now, n), node.event.value.number_value)
+        fact = node.identity
+        if fact.fact == pb.IDENTITY_FACT_HAS_TYPE:
+            return self._has(fact.type, n)
+        known = self._has("user_id", n)
+        return known if fact.fact == pb.IDENTITY_FACT_KNOWN else ~known
+
+    def _has(self, kind: str, n: int) -> np.ndarray:
+        counts = self.identities.get(kind)
+        return np.zeros(n, bool) if counts is None else counts[:n] > 0
+
+    def event_counts(self, event: pb.EventPredicate, now: float, n: int) -> np.ndarray:
+        matrix = self.counters.get(event.event)
+        if matrix is None:
+            return np.zeros(n)
+        first, last = window_days(event.window, now)
+        days = self.slot_day[event.event]
+        slots = [d % DAY_SLOTS for d in range(first, last + 1) if days[d % DAY_SLOTS] == d]
+        if not slots:
+            return np.zeros(n)
+        total = np.zeros(n, np.int32)
+        for start, stop in _runs(sorted(slots)):
+            total += matrix[start:stop, :n].sum(axis=0, dtype=np.int32)
+        return total.astype(np.float64)
+
+    @staticmethod
+    def _compare(op: int, left: np.ndarray, right: Any) -> np.ndarray:
+        if op == Op.OPERATOR_EQUALS:
+            return left == right
+        if op == Op.OPERATOR_NOT_EQUALS:
+            return left != right
+        if op == Op.OPERATOR_LESS_THAN:
+            return left < right
+        if op == Op.OPERATOR_LESS_OR_EQUAL:
+            return left <= right
+        if op == Op.OPERATOR_GREATER_THAN:
+            return left > right
+        return left >= right
+
+    def _trait(self, trait: pb.TraitPredicate, now: float, n: int) -> np.ndarray:
+        op = trait.operator
+        columns = self.traits.get((trait.source, tuple(trait.path)))
+        if columns is None:
+            return np.full(n, op == Op.OPERATOR_IS_MISSING)
+        present = columns.present[:n]
+        if op == Op.OPERATOR_EXISTS:
+            return present.copy()
+        if op == Op.OPERATOR_IS_MISSING:
+            return ~present
+        literals = [literal_value(v, now) for v in trait.values]
+        if op in (Op.OPERATOR_IN, Op.OPERATOR_NOT_IN, Op.OPERATOR_NOT_EQUALS):
+            equal = np.logical_or.reduce([self._test(columns, Op.OPERATOR_EQUALS, k, v, n) for k, v in literals])
+            return equal if op == Op.OPERATOR_IN else present & ~equal
+        if op == Op.OPERATOR_BETWEEN:
+            (kind, low), (_, high) = literals
+            return (self._test(columns, Op.OPERATOR_GREATER_OR_EQUAL, kind, low, n)
+                    & self._test(columns, Op.OPERATOR_LESS_OR_EQUAL, kind, high, n))
+        kind, literal = literals[0]
+        return self._test(columns, op, kind, literal, n)
+
+    def _test(self, columns: TraitColumns, op: int, kind: str, literal: Any, n: int) -> np.ndarray:
+        """One comparison of the values of `kind` with the literal; False for other kinds."""
+        if kind == "number" or kind == "time":
+            values = columns.number if kind == "number" else columns.time
+            # NaN (no value of this kind) compares False with everything.
+            return np.zeros(n, bool) if values is None else self._compare(op, values[:n], literal)
+        if kind == "bool":
+            return np.zeros(n, bool) if columns.flag is None else columns.flag[:n] == int(literal)
+        if columns.code is None:
+            return np.zeros(n, bool)
+        codes = columns.code[:n]
+        if op == Op.OPERATOR_EQUALS:
+            code = columns.codes.get(literal)
+            return np.zeros(n, bool) if code is None else codes == code
+        strings = columns.dictionary()
+        if op == Op.OPERATOR_CONTAINS:
+            table = np.strings.find(strings, literal) >= 0
+        elif op == Op.OPERATOR_STARTS_WITH:
+            table = np.strings.startswith(strings, literal)
+        elif op == Op.OPERATOR_ENDS_WITH:
+            table = np.strings.endswith(strings, literal)
+        elif op == Op.OPERATOR_MATCHES:
+            regex = pattern(literal)
+            table = np.fromiter((regex.search(s) is not None for s in columns.strings), bool, len(columns.strings))
+        else:
+            table = self._compare(op, strings, literal)
+        # One lookup per row: a code indexes the table; -1 (no string) reads the appended False.
+        return np.append(table, False)[codes]

@@ -1,0 +1,178 @@
+"""The plain evaluator: one compiled definition against one profile's state. Pure logic.
+
+These are the language's semantics; the columnar evaluator (columns.py) must agree with them
+on every profile (test_agreement.py draws random profiles and definitions to check it).
+
+- A missing trait (or null, or a path through a non-object) matches only `is missing`; every
+  other operator, `!=` and `not in` included, needs the trait set.
+- A value compares with a literal of its own type only: strings with strings (`<` is code-point
+  order), numbers with numbers, booleans with booleans; a time literal compares with a string
+  trait holding an ISO-8601 time. A value of another type does not match (and is "different"
+  for `!=` and `not in`).
+- Event counts are daily: `in last 30d` is today and the 29 days before (UTC); `between a and
+  b` the days of a to b; `ever` every day kept. Segmentation keeps the last COUNTER_DAYS days,
+  as the profile service does.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import Any
+
+from mosaic.segmentation.v1 import segment_pb2 as pb
+from segmentation_service.state import DAY, ProfileState, time_of
+
+# Plain attributes: an enum wrapper's attribute lookup is slow on the per-profile path.
+Op = SimpleNamespace(**dict(pb.Operator.items()))
+COUNTER_DAYS = 90
+
+
+@lru_cache(maxsize=1024)
+def pattern(text: str) -> re.Pattern:
+    return re.compile(text)
+
+
+def literal_value(literal: pb.Literal, now: float) -> tuple[str, Any]:
+    """(kind, value): kind is `string`, `number`, `bool` or `time` (epoch seconds)."""
+    kind = literal.WhichOneof("kind")
+    if kind == "string_value":
+        return "string", literal.string_value
+    if kind == "number_value":
+        return "number", literal.number_value
+    if kind == "bool_value":
+        return "bool", literal.bool_value
+    if kind == "timestamp_value":
+        return "time", literal.timestamp_value.seconds + literal.timestamp_value.nanos / 1e9
+    return "time", now + literal.relative_time.offset.seconds
+
+
+def comparable(value: Any, kind: str) -> Any:
+    """The value as the literal's kind compares it; None when it is of another type."""
+    if kind == "string":
+        return value if isinstance(value, str) else None
+    if kind == "number":
+        return value if isinstance(value, float) else None
+    if kind == "bool":
+        return value if isinstance(value, bool) else None
+    return time_of(value) if isinstance(value, str) else None
+
+
+def lookup(state: ProfileState, trait: pb.TraitPredicate) -> Any:
+    value: Any = state.traits if trait.source == pb.TRAIT_SOURCE_TRAITS else state.computed
+    for key in trait.path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _compare(op: int, left: Any, right: Any) -> bool:
+    if op == Op.OPERATOR_EQUALS:
+        return left == right
+    if op == Op.OPERATOR_LESS_THAN:
+        return left < right
+    if op == Op.OPERATOR_LESS_OR_EQUAL:
+        return left <= right
+    if op == Op.OPERATOR_GREATER_THAN:
+        return left > right
+    if op == Op.OPERATOR_GREATER_OR_EQUAL:
+        return left >= right
+    if op == Op.OPERATOR_NOT_EQUALS:
+        return left != right
+    if op == Op.OPERATOR_CONTAINS:
+        return right in left
+    if op == Op.OPERATOR_STARTS_WITH:
+        return left.startswith(right)
+    if op == Op.OPERATOR_ENDS_WITH:
+        return left.endswith(right)
+    return pattern(right).search(left) is not None  # OPERATOR_MATCHES
+
+
+def trait_matches(trait: pb.TraitPredicate, value: Any, now: float) -> bool:
+    op = trait.operator
+    if value is None:
+        return op == Op.OPERATOR_IS_MISSING
+    if op in (Op.OPERATOR_EXISTS, Op.OPERATOR_IS_MISSING):
+        return op == Op.OPERATOR_EXISTS
+    literals = [literal_value(v, now) for v in trait.values]
+    if op in (Op.OPERATOR_NOT_EQUALS, Op.OPERATOR_NOT_IN, Op.OPERATOR_IN):
+        equal = any(comparable(value, k) is not None and comparable(value, k) == v for k, v in literals)
+        return equal if op == Op.OPERATOR_IN else not equal
+    if op == Op.OPERATOR_BETWEEN:
+        (kind, low), (_, high) = literals
+        mine = comparable(value, kind)
+        return mine is not None and low <= mine <= high
+    kind, literal = literals[0]
+    mine = comparable(value, kind)
+    return mine is not None and _compare(op, mine, literal)
+
+
+def window_days(window: pb.Window, now: float) -> tuple[int, int]:
+    """The first and last epoch day an event condition counts (both included)."""
+    today = math.floor(now / DAY)
+    oldest = today - COUNTER_DAYS + 1
+    kind = window.WhichOneof("kind")
+    if kind == "last":
+        return max(oldest, today - math.ceil(window.last.seconds / DAY) + 1), today
+    if kind == "between":
+        first = literal_value(getattr(window.between, "from"), now)[1]
+        last = literal_value(window.between.to, now)[1]
+        return max(oldest, math.floor(first / DAY)), min(today, math.floor(last / DAY))
+    return oldest, today
+
+
+def event_count(state: ProfileState, event: pb.EventPredicate, now: float) -> float:
+    first, last = window_days(event.window, now)
+    return float(sum(n for (day, name), n in state.counters.items() if name == event.event and first <= day <= last))
+
+
+def evaluate(expression: pb.Expression, state: ProfileState, now: float) -> bool:
+    """Whether the profile matches the (compiled, references inlined) expression at `now`."""
+    kind = expression.WhichOneof("kind")
+    if kind == "and":
+        return all(evaluate(o, state, now) for o in getattr(expression, "and").operands)
+    if kind == "or":
+        return any(evaluate(o, state, now) for o in getattr(expression, "or").operands)
+    if kind == "not":
+        return not evaluate(getattr(expression, "not"), state, now)
+    if kind == "trait":
+        return trait_matches(expression.trait, lookup(state, expression.trait), now)
+    if kind == "event":
+        return _compare(expression.event.operator, event_count(state, expression.event, now),
+                        expression.event.value.number_value)
+    fact = expression.identity
+    if fact.fact == pb.IDENTITY_FACT_HAS_TYPE:
+        return fact.type in state.identity_types()
+    known = "user_id" in state.identity_types()
+    return known if fact.fact == pb.IDENTITY_FACT_KNOWN else not known
+
+
+def next_due(expression: pb.Expression, state: ProfileState, now: float) -> float | None:
+    """The earliest time after `now` the result may change with no new event; None if never.
+
+    Conservative: an event condition over counters the profile has may change at the next
+    UTC midnight; a trait compared with `now ± d` when `now` passes the trait's time."""
+    times: list[float] = []
+
+    def walk(node: pb.Expression) -> None:
+        kind = node.WhichOneof("kind")
+        if kind in ("and", "or"):
+            for operand in getattr(node, kind).operands:
+                walk(operand)
+        elif kind == "not":
+            walk(getattr(node, "not"))
+        elif kind == "event":
+            if any(name == node.event.event for _, name in state.counters):
+                times.append((math.floor(now / DAY) + 1) * DAY)
+        elif kind == "trait":
+            relative = [v.relative_time.offset.seconds for v in node.trait.values if v.HasField("relative_time")]
+            value = lookup(state, node.trait)
+            moment = time_of(value) if isinstance(value, str) else None
+            if moment is not None:
+                times.extend(moment - offset for offset in relative if moment - offset > now)
+
+    walk(expression)
+    return min(times) if times else None

@@ -1,0 +1,49 @@
+"""What segmentation reads from the profile service: the scan that rebuilds the view on start,
+and one profile when profile.updated left a gap."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+
+from mosaic.platform import clients, topics
+from mosaic.platform.config import SecuritySettings
+from mosaic.platform.errors import Unavailable
+from mosaic.profile.v1 import profile_pb2, profile_service_pb2, profile_service_pb2_grpc
+from segmentation_service.columns import ColumnarView
+from segmentation_service.state import ProfileState
+
+log = logging.getLogger("segmentation.profiles")
+
+
+class ProfileReader:
+    def __init__(self, address: str, security: SecuritySettings) -> None:
+        self.channel = clients.channel(address, security)
+        self.stub = profile_service_pb2_grpc.ProfileServiceStub(self.channel)
+
+    async def rebuild(self, view: ColumnarView, owned: tuple[int, ...], merged: set[str]) -> int:
+        """Load the latest state of every profile of the owned partitions into the view."""
+        started, count = time.monotonic(), 0
+        async for response in self.stub.ScanProfiles(profile_service_pb2.ScanProfilesRequest()):
+            profile = response.profile
+            if topics.partition_of(profile.profile_id, view.partitions) not in owned:
+                continue
+            view.put(ProfileState.of_profile(profile), time.time(), alive=profile.profile_id not in merged)
+            count += 1
+        log.info("view rebuilt", extra={"fields": {"profiles": count, "seconds": round(time.monotonic() - started, 2)}})
+        return count
+
+    async def fetch(self, profile_id: str) -> profile_pb2.Profile | None:
+        try:
+            answer = await self.stub.GetProfile(profile_service_pb2.GetProfileRequest(profile_id=profile_id))
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise Unavailable("profile service", error.details() or str(error.code())) from None
+        # A merged profile's read answers with its survivor, which is not this profile's state.
+        return answer.profile if answer.profile.profile_id == profile_id else None
+
+    async def close(self) -> None:
+        await self.channel.close()

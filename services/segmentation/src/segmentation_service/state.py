@@ -1,0 +1,124 @@
+"""What segmentation knows of one profile, and how profile.updated moves it. Pure logic.
+
+The state is what the segment language reads: traits (nested objects kept as dicts), computed
+traits, how many identifiers of each type the profile has, and the daily counters (`(epoch day, event) -> count`).
+It is built from a Profile (ScanProfiles, GetProfile) and moved forward by the changes of each
+profile.updated: every change carries the new value of one entry (`traits.plan`,
+`computed_traits.orders`, `identities.email:a@b.c`, `daily_counters.2026-03-01|Order Completed`),
+so applying version N's changes to the state of version N-1 gives the state of version N.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from mosaic.events.v1 import profile_updated_pb2
+from mosaic.profile.v1 import profile_pb2
+
+DAY = 86400
+EPOCH = date(1970, 1, 1)
+TIME_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def python_of(value: struct_pb2.Value) -> Any:
+    """A protobuf Value as plain Python: float, str, bool, None, dict or list."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {k: python_of(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [python_of(v) for v in value.list_value.values]
+    return None
+
+
+@lru_cache(maxsize=65536)
+def time_of(text: str) -> float | None:
+    """Epoch seconds of an ISO-8601 string trait (a date alone is midnight UTC); None if not one."""
+    if not TIME_LIKE.match(text):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+@lru_cache(maxsize=4096)
+def epoch_day(day: str) -> int:
+    return (date.fromisoformat(day) - EPOCH).days
+
+
+@dataclass
+class ProfileState:
+    profile_id: str
+    version: int = 0
+    traits: dict[str, Any] = field(default_factory=dict)
+    computed: dict[str, Any] = field(default_factory=dict)
+    identities: dict[str, int] = field(default_factory=dict)  # identifier type -> how many
+    counters: dict[tuple[int, str], int] = field(default_factory=dict)
+
+    @classmethod
+    def of_profile(cls, profile: profile_pb2.Profile) -> ProfileState:
+        return cls(
+            profile.profile_id, profile.version,
+            _present({k: python_of(t.value) for k, t in profile.traits.items()}),
+            _present({k: python_of(v) for k, v in profile.computed_traits.items()}),
+            _types(profile.identities),
+            {(epoch_day(c.day), c.event): c.count for c in profile.daily_counters.values() if c.count},
+        )
+
+    def apply(self, update: profile_updated_pb2.ProfileUpdated) -> None:
+        """Move to the update's version by its changes (the caller checks the version follows)."""
+        for change in update.changes:
+            name, _, key = change.path.partition(".")
+            present = change.HasField("new_value")
+            if name == "traits":
+                _put(self.traits, key, python_of(change.new_value) if present else None)
+            elif name == "computed_traits":
+                _put(self.computed, key, python_of(change.new_value) if present else None)
+            elif name == "identities":
+                # A change of an identifier already there (its last_seen) has both values.
+                step = int(present) - int(change.HasField("old_value"))
+                kind = key.partition(":")[0]
+                _put(self.identities, kind, (self.identities.get(kind, 0) + step) or None)
+            elif name == "daily_counters":
+                day, _, event = key.partition("|")
+                count = int(change.new_value.number_value) if present else 0
+                _put(self.counters, (epoch_day(day), event), count or None)
+        self.version = update.version
+
+    def identity_types(self) -> set[str]:
+        return {kind for kind, n in self.identities.items() if n > 0}
+
+
+def _types(identities) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for key in identities:
+        kind = key.partition(":")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _present(values: dict) -> dict:
+    """Without nulls: a null trait is a missing one, as a change that clears it says."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _put(mapping: dict, key, value) -> None:
+    if value is None:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = value

@@ -1,0 +1,77 @@
+"""Time passing: per-profile due times, kept durably, that re-evaluate the clock-dependent segments.
+
+After every decision for a profile, the earliest time any clock-dependent segment could change
+its answer with no new event (evaluate.next_due: a trait compared with `now - 14d` when the
+trait's time is passed, an event window at the next UTC midnight) is stored as a timer in its
+bucket. Every `interval` seconds each replica fires, for the partitions it owns, the buckets
+whose start has passed since its cursor: the profile is decided again (its transitions
+published like any other) and its next timer stored. A timer fires between its due time and one
+bucket plus one interval after it; a restart goes on from the stored cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+from segmentation_service.catalog import Live, SegmentCatalog
+from segmentation_service.evaluate import next_due
+from segmentation_service.state import ProfileState
+from segmentation_service.store import SegmentStore
+
+log = logging.getLogger("segmentation.timers")
+TIMER_BUCKET = 30  # seconds
+
+
+def bucket_of(due: float) -> int:
+    """The first bucket starting at or after `due`."""
+    return math.ceil(due / TIMER_BUCKET)
+
+
+class Timers:
+    def __init__(self, store: SegmentStore, catalog: SegmentCatalog, partitions: tuple[int, ...],
+                 interval: float = 10.0) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.partitions = partitions
+        self.interval = interval
+        self.memberships = None  # set by Memberships, which calls schedule after its decisions
+
+    async def timed(self) -> list[Live]:
+        return [live for live in (await self.catalog.all()).values() if live.compiled.timed]
+
+    async def schedule(self, state: ProfileState, now: float) -> None:
+        view = self.memberships.view
+        dues = [due for live in await self.timed()
+                if (due := next_due(live.compiled.expression, state, now)) is not None]
+        if not dues:
+            return
+        bucket = bucket_of(min(dues))
+        if view.scheduled(state.profile_id) == bucket:
+            return  # stored already (the view remembers it until a restart)
+        await self.store.add_timer(self.memberships.partition(state.profile_id), bucket, state.profile_id)
+        view.set_scheduled(state.profile_id, bucket)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.fire()
+            except Exception:  # a store outage: the cursor did not move, so the next round retries
+                log.exception("timer round failed")
+            await asyncio.sleep(self.interval)
+
+    async def fire(self) -> int:
+        """Fire every bucket that started since the cursor; returns the transitions."""
+        memberships = self.memberships
+        current = math.floor(memberships.clock() / TIMER_BUCKET)
+        changed = 0
+        for partition in self.partitions:
+            cursor = await self.store.timer_cursor(partition)
+            for bucket in range(current - 1 if cursor is None else cursor + 1, current + 1):
+                segments = await self.timed()
+                for profile_id in await self.store.timers(partition, bucket):
+                    changed += await memberships.reevaluate(profile_id, segments, f"time:{bucket}")
+                    await self.store.drop_timer(partition, bucket, profile_id)
+                await self.store.set_timer_cursor(partition, bucket)
+        return changed

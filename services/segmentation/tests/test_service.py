@@ -1,0 +1,228 @@
+"""The segmentation service in-process on a real nats-server: the API end to end."""
+
+import asyncio
+import json
+from datetime import datetime, timezone
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from mosaic.events.v1 import identity_changed_pb2, profile_updated_pb2
+from mosaic.platform import topics
+from mosaic.platform.server import Service
+from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2 as pb, segmentation_service_pb2_grpc
+from mosaic.testing.plugin import eventually
+from segmentation_service.app import build
+from segmentation_service.config import Settings
+
+
+@pytest.fixture
+async def service(make_settings):
+    settings = Settings(make_settings("segmentation", MOSAIC_GRACE_SECONDS="1"), "", 1.0)
+    service = Service(settings.platform, lambda runtime: build(runtime, settings))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+@pytest.fixture
+async def stub(service):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        yield segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+
+
+def create(segment_id: str, definition: str) -> pb.CreateSegmentRequest:
+    return pb.CreateSegmentRequest(segment=segment_pb2.Segment(segment_id=segment_id, name=segment_id, definition=definition))
+
+
+def violation(error: grpc.aio.AioRpcError) -> error_details_pb2.BadRequest.FieldViolation:
+    request = error_details_pb2.BadRequest()
+    rpc_status.from_call(error).details[0].Unpack(request)
+    return request.field_violations[0]
+
+
+async def test_a_bad_definition_is_invalid_argument_naming_the_position_and_the_rule(stub):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateSegment(create("bad", 'traits.plan = "pro" and\n  count(event "X" in last 30d) >> 2'))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = violation(caught.value)
+    assert found.field == "segment.definition"
+    assert found.description.startswith("line 2 column 33: unexpected '>'; expected one of")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateSegment(create("loop", 'in segment "loop"'))
+    assert "cycle (loop -> loop)" in violation(caught.value).description
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Estimate(pb.EstimateRequest(definition="traits.x matches \"(\""))
+    assert violation(caught.value).field == "definition"
+
+
+async def test_segments_are_created_read_listed_by_page_updated_and_deleted(stub):
+    for name in ("a", "b", "c"):
+        answer = await stub.CreateSegment(create(name, "traits.plan   =  'x'".replace("'", '"')))
+    assert answer.segment.definition == 'traits.plan = "x"' and answer.segment.revision == 1
+    assert answer.segment.expression.trait.path == ["plan"]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateSegment(create("a", "has email"))
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    got = await stub.GetSegment(pb.GetSegmentRequest(segment_id="b"))
+    assert got.segment.name == "b"
+    first = await stub.ListSegments(pb.ListSegmentsRequest(page_size=2))
+    second = await stub.ListSegments(pb.ListSegmentsRequest(page_size=2, page_token=first.next_page_token))
+    assert [s.segment_id for s in first.segments] == ["a", "b"] and [s.segment_id for s in second.segments] == ["c"]
+    assert second.next_page_token == ""
+    await stub.CreateSegment(create("d", 'in segment "a" or has email'))
+    updated = await stub.UpdateSegment(pb.UpdateSegmentRequest(segment=segment_pb2.Segment(
+        segment_id="a", name="A", definition="is known")))
+    assert updated.segment.revision == 2 and updated.segment.definition == "is known"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.DeleteSegment(pb.DeleteSegmentRequest(segment_id="a"))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await stub.DeleteSegment(pb.DeleteSegmentRequest(segment_id="d"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetSegment(pb.GetSegmentRequest(segment_id="d"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_profiles_enter_from_profile_updated_and_the_api_reads_them(service, stub):
+    await stub.CreateSegment(create("pro", 'traits.plan = "pro" and count(event "Order Completed") >= 1'))
+    bus = service.runtime.bus
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    for index in range(5):
+        update = profile_updated_pb2.ProfileUpdated(profile_id=f"p{index}", version=1)
+        update.changes.add(path="traits.plan", new_value=struct_pb2.Value(string_value="pro" if index < 3 else "free"))
+        update.changes.add(path=f"daily_counters.{today}|Order Completed", new_value=struct_pb2.Value(number_value=index))
+        await bus.publish(topics.PROFILE_UPDATED, update.profile_id, update, f"p{index}:1")
+
+    async def members():
+        return sorted([m.profile_id async for m in stub.ListMembers(pb.ListMembersRequest(segment_id="pro"))])
+
+    await eventually(lambda: _equals(members(), ["p1", "p2"]))
+    assert (await stub.IsMember(pb.IsMemberRequest(segment_id="pro", profile_id="p1"))).member
+    assert (await stub.GetProfileSegments(pb.GetProfileSegmentsRequest(profile_id="p2"))).segment_ids == ["pro"]
+    estimate = await stub.Estimate(pb.EstimateRequest(definition='traits.plan in ["pro", "free"] and count(event "Order Completed") > 2'))
+    assert (estimate.count, estimate.population, list(estimate.sample)) == (2, 5, ["p3", "p4"])
+
+
+async def _equals(awaitable, expected) -> bool:
+    return await awaitable == expected
+
+
+async def test_segments_are_managed_from_the_command_line(service, capsys):
+    from mosaic.cli.__main__ import main
+
+    address = ["--address", f"127.0.0.1:{service.port}"]
+    run = lambda *argv: asyncio.to_thread(main, [*argv, *address])  # noqa: E731
+    assert await run("segments", "create", "vip", "traits.ltv>1000 and has email", "--name", "VIP") == 0
+    assert json.loads(capsys.readouterr().out)["definition"] == "traits.ltv > 1000 and has email"
+    assert await run("segments", "list") == 0
+    assert capsys.readouterr().out == "vip\tVIP\ttraits.ltv > 1000 and has email\n"
+    assert await run("segments", "estimate", "is known") == 0
+    assert json.loads(capsys.readouterr().out)["definition"] == "is known"
+    assert await run("segments", "create", "bad", "traits.ltv >") == 1
+    assert "INVALID_ARGUMENT: segment.definition: line 1 column" in capsys.readouterr().err
+    assert await run("segments", "delete", "vip") == 0
+    assert await run("segments", "show", "vip") == 1
+
+
+async def test_an_estimate_asked_of_one_replica_adds_up_every_replica(make_settings):
+    def settings(index: int, peers: tuple[str, ...]) -> Settings:
+        platform = make_settings("segmentation", MOSAIC_GRACE_SECONDS="1", MOSAIC_REPLICA_COUNT="2",
+                                 MOSAIC_REPLICA_INDEX=str(index))
+        return Settings(platform, "", 1.0, peers)
+
+    second = settings(1, ())
+    other = Service(second.platform, lambda runtime: build(runtime, second))
+    await other.start()
+    first = settings(0, (f"127.0.0.1:{other.port}",))
+    service = Service(first.platform, lambda runtime: build(runtime, first))
+    await service.start()
+    try:
+        for index in range(12):
+            update = profile_updated_pb2.ProfileUpdated(profile_id=f"p{index}", version=1)
+            update.changes.add(path="traits.n", new_value=struct_pb2.Value(number_value=index))
+            await service.runtime.bus.publish(topics.PROFILE_UPDATED, update.profile_id, update, f"p{index}:1")
+        owned = {i for i in range(12) if topics.partition_of(f"p{i}", first.platform.partitions) % 2 == 0}
+        assert 0 < len(owned) < 12  # both replicas hold some
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+
+            async def estimate(**fields):
+                return await stub.Estimate(pb.EstimateRequest(definition="traits.n >= 6", sample_size=100, **fields))
+
+            answer = await eventually(lambda: _when((estimate()), lambda a: a.population == 12))
+            assert answer.count == 6 and sorted(answer.sample) == sorted(f"p{i}" for i in range(6, 12))
+            local = await estimate(local_only=True)
+            assert local.population == len(owned) and local.count == len([i for i in owned if i >= 6])
+    finally:
+        await service.stop()
+        await other.stop()
+
+
+async def _when(awaitable, check):
+    answer = await awaitable
+    return answer if check(answer) else None
+
+
+async def test_a_merge_is_heard_by_the_replica_holding_the_merged_profile(make_settings):
+    def settings(index: int, peers: tuple[str, ...]) -> Settings:
+        platform = make_settings("segmentation", MOSAIC_GRACE_SECONDS="1", MOSAIC_REPLICA_COUNT="2",
+                                 MOSAIC_REPLICA_INDEX=str(index))
+        return Settings(platform, "", 1.0, peers)
+
+    second = settings(1, ())
+    other = Service(second.platform, lambda runtime: build(runtime, second))
+    await other.start()
+    first = settings(0, (f"127.0.0.1:{other.port}",))
+    service = Service(first.platform, lambda runtime: build(runtime, first))
+    await service.start()
+    partitions = first.platform.partitions
+    survivor = next(f"s{i}" for i in range(100) if topics.partition_of(f"s{i}", partitions) % 2 == 0)
+    merged = next(f"m{i}" for i in range(100) if topics.partition_of(f"m{i}", partitions) % 2 == 1)
+    try:
+        bus = service.runtime.bus
+        for profile_id in (survivor, merged):
+            update = profile_updated_pb2.ProfileUpdated(profile_id=profile_id, version=1)
+            update.changes.add(path="traits.n", new_value=struct_pb2.Value(number_value=1))
+            await bus.publish(topics.PROFILE_UPDATED, profile_id, update, f"{profile_id}:1")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+            estimate = lambda: stub.Estimate(pb.EstimateRequest(definition="traits.n = 1"))  # noqa: E731
+            await eventually(lambda: _when(estimate(), lambda a: a.count == 2))
+            merge = identity_changed_pb2.IdentityMerged(merge_id="m-1", survivor_profile_id=survivor,
+                                                        merged_profile_ids=[merged])
+            # Consumed by replica 0 (the survivor's partition); the merged row is replica 1's.
+            await bus.publish(topics.IDENTITY_MERGED, survivor, merge, "m-1")
+            answer = await eventually(lambda: _when(estimate(), lambda a: a.count == 1))
+            assert list(answer.sample) == [survivor]
+    finally:
+        await service.stop()
+        await other.stop()
+
+
+async def test_a_segments_size_is_counted_per_day(make_settings):
+    settings = Settings(make_settings("segmentation", MOSAIC_GRACE_SECONDS="1"), "", 1.0, (), 0.1)
+    service = Service(settings.platform, lambda runtime: build(runtime, settings))
+    await service.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+            await stub.CreateSegment(create("big", "traits.n >= 2"))
+            for index in range(4):
+                update = profile_updated_pb2.ProfileUpdated(profile_id=f"p{index}", version=1)
+                update.changes.add(path="traits.n", new_value=struct_pb2.Value(number_value=index))
+                await service.runtime.bus.publish(topics.PROFILE_UPDATED, update.profile_id, update, f"p{index}:1")
+            today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+            async def sizes():
+                answer = await stub.GetSegmentSizes(pb.GetSegmentSizesRequest(segment_id="big"))
+                return [(s.day, s.count) for s in answer.sizes]
+
+            await eventually(lambda: _when(sizes(), lambda found: found == [(today, 2)]))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.GetSegmentSizes(pb.GetSegmentSizesRequest(segment_id="big", days=401))
+            assert violation(caught.value).field == "days"
+    finally:
+        await service.stop()

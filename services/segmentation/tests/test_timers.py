@@ -1,0 +1,94 @@
+"""Time passing on the embedded store and a real nats-server: profiles enter and leave
+segments when their due time comes, with no new event, also across a restart."""
+
+from datetime import datetime, timezone
+
+import pytest
+from google.protobuf import struct_pb2
+
+from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
+from mosaic.platform import topics
+from mosaic.platform.bus import Bus, Delivery
+from mosaic.segmentation.v1 import segment_pb2
+from segmentation_service import compiler
+from segmentation_service.catalog import SegmentCatalog
+from segmentation_service.columns import ColumnarView
+from segmentation_service.membership import Memberships
+from segmentation_service.state import DAY
+from segmentation_service.store import open_store
+from segmentation_service.timers import TIMER_BUCKET, Timers
+
+DELIVERY = Delivery("profile.updated.0", 0, 1, 1, "")
+START = datetime(2026, 3, 31, 10, tzinfo=timezone.utc).timestamp()
+ENTERED = segment_membership_pb2.MEMBERSHIP_CHANGE_ENTERED
+EXITED = segment_membership_pb2.MEMBERSHIP_CHANGE_EXITED
+
+
+class Replica:
+    def __init__(self, settings, store, bus, clock) -> None:
+        self.settings, self.store, self.bus, self.clock = settings, store, bus, clock
+        self.restart()
+
+    def restart(self) -> None:
+        catalog = SegmentCatalog(self.store, max_age=0)
+        self.timers = Timers(self.store, catalog, tuple(range(self.settings.partitions)))
+        self.memberships = Memberships(self.store, catalog, ColumnarView(self.settings.partitions), self.bus,
+                                       clock=lambda: self.clock[0], timers=self.timers)
+
+    async def moves(self):
+        info = await self.bus._js.stream_info(topics.SEGMENT_MEMBERSHIP.stream)
+        found = []
+        for seq in range(1, info.state.messages + 1):
+            m = segment_membership_pb2.SegmentMembershipChanged.FromString(
+                (await self.bus._js.get_msg(topics.SEGMENT_MEMBERSHIP.stream, seq)).data)
+            found.append((m.segment_id, m.profile_id, m.change))
+        return found
+
+
+@pytest.fixture
+async def replica(make_settings):
+    settings = make_settings("segmentation")
+    store = await open_store(settings)
+    bus = await Bus.connect(settings.nats_url, "segmentation", settings.partitions)
+    await bus.ensure_streams()
+    for segment_id, text in (("trial-over", "traits.trial_started < now - 14d"),
+                             ("recent-buyers", 'count(event "Order Completed" in last 30d) > 0')):
+        definition, expression = compiler.definition_of(text=text)
+        await store.create(segment_pb2.Segment(segment_id=segment_id, name=segment_id, definition=definition,
+                                               expression=expression, revision=1))
+    yield Replica(settings, store, bus, [START])
+    await bus.close()
+    await store.close()
+
+
+def update(version: int, path: str, value) -> profile_updated_pb2.ProfileUpdated:
+    message = profile_updated_pb2.ProfileUpdated(profile_id="p-1", version=version)
+    message.changes.add(path=path, new_value=struct_pb2.Value(**{
+        "number_value" if isinstance(value, int) else "string_value": value}))
+    return message
+
+
+async def test_a_profile_enters_when_its_due_time_comes_also_after_a_restart(replica):
+    await replica.memberships.updated(update(1, "traits.trial_started", "2026-03-20T10:00:00Z"), DELIVERY)
+    assert await replica.timers.fire() == 0 and await replica.moves() == []
+    due = datetime(2026, 4, 3, 10, tzinfo=timezone.utc).timestamp()
+    replica.clock[0] = due - 1  # not yet
+    assert await replica.timers.fire() == 0
+    replica.restart()  # the view is empty again; the timer and the cursor are in the store
+    await replica.memberships.updated(update(1, "traits.trial_started", "2026-03-20T10:00:00Z"), DELIVERY)
+    replica.clock[0] = due + TIMER_BUCKET
+    assert await replica.timers.fire() == 1
+    assert await replica.timers.fire() == 0
+    assert await replica.moves() == [("trial-over", "p-1", ENTERED)]
+
+
+async def test_a_profile_leaves_when_its_last_order_ages_out_of_the_window(replica):
+    day = datetime.fromtimestamp(START - 29 * DAY, timezone.utc).strftime("%Y-%m-%d")
+    await replica.memberships.updated(update(1, f"daily_counters.{day}|Order Completed", 1), DELIVERY)
+    assert await replica.moves() == [("recent-buyers", "p-1", ENTERED)]
+    midnight = (START // DAY + 1) * DAY
+    replica.clock[0] = midnight - 60
+    assert await replica.timers.fire() == 0
+    replica.clock[0] = midnight + 1
+    assert await replica.timers.fire() == 1
+    assert await replica.moves() == [("recent-buyers", "p-1", ENTERED), ("recent-buyers", "p-1", EXITED)]
