@@ -133,6 +133,26 @@ class Observer:
         await self.nc.subscribe(topics.SEGMENT_MEMBERSHIP.wildcard, cb=membership)
         self.js = self.nc.jetstream()
 
+    async def backlogs(self, partitions: int) -> dict[str, int]:
+        """Messages each pipeline consumer has not acknowledged yet, over its partitions."""
+        found = {}
+        for service, topic in (("identity", topics.EVENTS_RAW), ("profile", topics.EVENTS_RESOLVED),
+                               ("segmentation", topics.PROFILE_UPDATED)):
+            found[service] = 0
+            for p in range(partitions):
+                info = await self.js.consumer_info(topic.stream, f"{service}-{p}")
+                found[service] += info.num_pending + info.num_ack_pending
+        return found
+
+    async def watch_backlogs(self, partitions: int, stop: asyncio.Event) -> dict[str, int]:
+        """The largest backlog of each consumer until `stop`, sampled every 0.5 s."""
+        largest: dict[str, int] = {}
+        while not stop.is_set():
+            for service, backlog in (await self.backlogs(partitions)).items():
+                largest[service] = max(largest.get(service, 0), backlog)
+            await asyncio.sleep(0.5)
+        return largest
+
     async def folded(self) -> int:
         return (await self.js.stream_info(topics.PROFILE_UPDATED.stream)).state.messages
 
@@ -249,13 +269,18 @@ async def main() -> None:
 
         half = fold_rate / 2
         before = await observer.folded()
+        stop = asyncio.Event()
+        watching = asyncio.create_task(observer.watch_backlogs(partitions, stop))
         acked = await send(url, key, traffic, None, rate=half, seconds=SECONDS)
+        stop.set()
+        largest = await watching
         sent += len(acked)
         await wait_until(observer.folded, before + len(acked))
         await wait_until(lambda: observer.segmented(partitions), before + len(acked))
         await asyncio.sleep(1)
         print(f"at half ({half:,.0f} events/s offered for {SECONDS:.0f} s): ack → profile.updated "
               f"{latencies(acked, observer.updated)}; ack → segment.membership {latencies(acked, observer.memberships)}")
+        print("  largest backlog while sending: " + ", ".join(f"{name} {n:,}" for name, n in largest.items()))
         used = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
         print("CPU per event: " + ", ".join(f"{name} {seconds / sent * 1e6:,.0f} µs" for name, seconds in used.items())
               + f" (total {sum(used.values()) / sent * 1e6:,.0f} µs; {sent:,} events)")

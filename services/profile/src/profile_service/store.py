@@ -7,6 +7,11 @@ duplicated event a no-op, and the latest profile with its computed-trait partial
 before that leaves an orphan snapshot that the next change of the profile overwrites; a marker
 never exists without the state it marks, whatever order events are redelivered in.
 
+The event path writes a batch of changes at once (`save_changes`): per profile, its archived
+events, identifier index rows, snapshots and time rows first, grouped into one request per
+partition, then all its markers with its last state in one single-partition batch; in SQLite
+the whole batch is one transaction. Its reads are one per profile per batch too (`heads`).
+
 Snapshots are partitioned by (profile_id, version // 1000) and the time index by
 (profile_id, month), so no partition grows without bound however long a customer lives. The
 archive is partitioned by (profile_id, day) and expires with a TTL.
@@ -15,9 +20,9 @@ archive is partitioned by (profile_id, day) and expires with a TTL.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Protocol
 
 from mosaic.events.v1 import resolved_pb2
 from mosaic.platform.errors import AlreadyExists
@@ -88,6 +93,19 @@ class StoredSnapshot:
     full: bool
 
 
+@dataclass
+class Change:
+    """What one profile's events of a batch write: the snapshots (oldest first), whose causes
+    are marked applied (for `marker_ttl` seconds, or for good), the latest state after the
+    last, and the events archived and identifiers indexed on the way."""
+
+    latest: Latest
+    snapshots: list[StoredSnapshot] = field(default_factory=list)
+    archived: list[tuple[resolved_pb2.ResolvedEvent, str]] = field(default_factory=list)  # (event, name)
+    identifiers: list[tuple[str, str]] = field(default_factory=list)  # (type, value)
+    marker_ttl: int | None = None
+
+
 def month_of(micros: int) -> str:
     return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).strftime("%Y-%m")
 
@@ -108,6 +126,14 @@ class ProfileStore(Protocol):
     async def save(self, stored: StoredSnapshot, latest: Latest, marker_ttl: int | None = None) -> None:
         """Append the snapshot, mark its cause applied (for `marker_ttl` seconds, or for good),
         make `latest` the latest."""
+    async def heads(
+        self, wanted: dict[str, list[str]]
+    ) -> tuple[dict[str, Latest], dict[tuple[str, str], int]]:
+        """For profile id → message ids: the latest of each profile that has one, and the
+        applied version of each (profile, message id) that is marked applied."""
+    async def save_changes(self, changes: list[Change], archive_ttl: int) -> None:
+        """Write each change as `save` would its snapshots, with its archived events (kept
+        `archive_ttl` seconds) and index rows first."""
     async def snapshots(self, profile_id: str, from_version: int, to_version: int) -> list[StoredSnapshot]:
         """Snapshots with from_version <= version <= to_version, oldest first."""
     async def list_snapshots(self, profile_id: str, below_version: int, limit: int) -> list[profile_pb2.Snapshot]:
@@ -151,30 +177,65 @@ class CassandraProfileStore(Repository):
         return rows[0].version if rows and rows[0].version is not None else None
 
     async def save(self, stored, latest, marker_ttl=None):
-        s, p = stored.snapshot, latest.profile
-        recorded_us = s.recorded_at.ToMicroseconds()
-        # First the snapshot and its time-index row: rewriting a version is harmless. Then the
-        # marker and the state in one single-partition batch: a marker never exists without
-        # the state it marks, whatever order a crash and redelivery bring events back in.
-        await asyncio.gather(
-            self.db.execute(
+        await self.save_changes([Change(latest, [stored], marker_ttl=marker_ttl)], 0)
+
+    async def heads(self, wanted):
+        async def markers(profile_id: str, message_ids: list[str]) -> list[Any]:
+            return await self.db.execute(
+                "SELECT message_id, version FROM profile_heads WHERE profile_id = ? AND message_id IN ?",
+                (profile_id, sorted(set(message_ids))),
+            )
+
+        ids = list(wanted)
+        found = await asyncio.gather(*(self.latest(pid) for pid in ids), *(markers(pid, wanted[pid]) for pid in ids))
+        latest = {pid: head for pid, head in zip(ids, found[:len(ids)]) if head is not None}
+        applied = {(pid, row.message_id): row.version for pid, rows in zip(ids, found[len(ids):])
+                   for row in rows if row.version is not None}
+        return latest, applied
+
+    async def save_changes(self, changes, archive_ttl):
+        await asyncio.gather(*(self._save_change(change, archive_ttl) for change in changes))
+
+    async def _save_change(self, change: Change, archive_ttl: int) -> None:
+        p = change.latest.profile
+        # First what the markers vouch for: archive, index, snapshots and time rows, one request
+        # per partition (rewriting any of them is harmless). Then the markers and the state in one
+        # single-partition batch: a marker never exists without the state it marks, whatever
+        # order a crash and redelivery bring events back in.
+        groups: dict[tuple[str, Any], list[tuple[str, tuple]]] = {}
+        for resolved, name in change.archived:
+            event = resolved.event
+            at = _dt(event.timestamp.ToMicroseconds())
+            groups.setdefault(("day", at.strftime("%Y-%m-%d")), []).append((
+                "INSERT INTO profile_events (profile_id, day, event_time, message_id, name, event) VALUES (?, ?, ?, ?, ?, ?)"
+                " USING TTL ?",
+                (p.profile_id, at.strftime("%Y-%m-%d"), at, event.message_id, name, resolved.SerializeToString(), archive_ttl)))
+        for index, (id_type, id_value) in enumerate(change.identifiers):
+            groups[("identifier", index)] = [(
+                "INSERT INTO profile_identifiers (id_type, id_value, profile_id) VALUES (?, ?, ?)", (id_type, id_value, p.profile_id))]
+        for stored in change.snapshots:
+            s = stored.snapshot
+            recorded_us = s.recorded_at.ToMicroseconds()
+            groups.setdefault(("bucket", s.version // BUCKET), []).append((
                 "INSERT INTO profile_snapshots (profile_id, bucket, version, snapshot, is_full) VALUES (?, ?, ?, ?, ?)",
-                (p.profile_id, s.version // BUCKET, s.version, s.SerializeToString(), stored.full),
-            ),
-            self.db.execute(
+                (p.profile_id, s.version // BUCKET, s.version, s.SerializeToString(), stored.full)))
+            groups.setdefault(("month", month_of(recorded_us)), []).append((
                 "INSERT INTO profile_snapshot_times (profile_id, month, recorded_at, version) VALUES (?, ?, ?, ?)",
-                (p.profile_id, month_of(recorded_us), _dt(recorded_us), s.version),
-            ),
-        )
-        marker = ("INSERT INTO profile_heads (profile_id, message_id, version) VALUES (?, ?, ?) USING TTL ?",
-                  (p.profile_id, s.cause_message_id, s.version, marker_ttl or 0))
-        if s.version == 1:  # where the time index starts, for GetProfileAt
-            state = ("UPDATE profile_heads SET state = ?, aggregates = ?, first_month = ? WHERE profile_id = ?",
-                     (p.SerializeToString(), latest.aggregates, month_of(recorded_us), p.profile_id))
+                (p.profile_id, month_of(recorded_us), _dt(recorded_us), s.version)))
+        await asyncio.gather(*(self.db.execute(*statements[0]) if len(statements) == 1 else self.db.execute_together(statements)
+                               for statements in groups.values()))
+        head = [("INSERT INTO profile_heads (profile_id, message_id, version) VALUES (?, ?, ?) USING TTL ?",
+                 (p.profile_id, stored.snapshot.cause_message_id, stored.snapshot.version, change.marker_ttl or 0))
+                for stored in change.snapshots]
+        first = [stored.snapshot for stored in change.snapshots if stored.snapshot.version == 1]
+        if first:  # where the time index starts, for GetProfileAt
+            head.append(("UPDATE profile_heads SET state = ?, aggregates = ?, first_month = ? WHERE profile_id = ?",
+                         (p.SerializeToString(), change.latest.aggregates,
+                          month_of(first[0].recorded_at.ToMicroseconds()), p.profile_id)))
         else:
-            state = ("UPDATE profile_heads SET state = ?, aggregates = ? WHERE profile_id = ?",
-                     (p.SerializeToString(), latest.aggregates, p.profile_id))
-        await self.db.execute_atomic([marker, state], single_partition=True)
+            head.append(("UPDATE profile_heads SET state = ?, aggregates = ? WHERE profile_id = ?",
+                         (p.SerializeToString(), change.latest.aggregates, p.profile_id)))
+        await self.db.execute_atomic(head, single_partition=True)
 
     async def snapshots(self, profile_id, from_version, to_version):
         found: list[StoredSnapshot] = []
@@ -305,18 +366,55 @@ class SqliteProfileStore(Repository):
         return rows[0][0] if rows else None
 
     async def save(self, stored, latest, marker_ttl=None):
-        s, p = stored.snapshot, latest.profile
-        recorded_us = s.recorded_at.ToMicroseconds()
+        await self.save_changes([Change(latest, [stored], marker_ttl=marker_ttl)], 0)
 
-        def work(db) -> None:
-            db.execute("INSERT OR REPLACE INTO profile_snapshots (profile_id, version, snapshot, is_full, recorded_us)"
-                       " VALUES (?, ?, ?, ?, ?)", (p.profile_id, s.version, s.SerializeToString(), int(stored.full), recorded_us))
-            db.execute("INSERT OR REPLACE INTO profile_applied_events VALUES (?, ?, ?)",
-                       (p.profile_id, s.cause_message_id, s.version))
+    async def heads(self, wanted):
+        ids = list(wanted)
+        pairs = [(pid, message_id) for pid in ids for message_id in sorted(set(wanted[pid]))]
+
+        def read(db) -> tuple[list, list]:
+            latest = db.execute(
+                "SELECT profile_id, state, aggregates, merged_into FROM profile_latest"
+                f" WHERE profile_id IN ({', '.join('?' * len(ids))})", ids).fetchall() if ids else []
+            applied = db.execute(
+                "SELECT profile_id, message_id, version FROM profile_applied_events WHERE (profile_id, message_id)"
+                f" IN (VALUES {', '.join(['(?, ?)'] * len(pairs))})", [x for pair in pairs for x in pair]
+            ).fetchall() if pairs else []
+            return latest, applied
+
+        rows, applied = await self.db.transaction(read)  # both reads on the store thread, in one hop
+        latest = {
+            pid: Latest(profile_pb2.Profile.FromString(state) if state else profile_pb2.Profile(profile_id=pid),
+                        aggregates or "{}", merged_into or "")
+            for pid, state, aggregates, merged_into in rows
+        }
+        return latest, {(pid, message_id): version for pid, message_id, version in applied}
+
+    async def save_changes(self, changes, archive_ttl):
+        expires = int(datetime.now(timezone.utc).timestamp() * 1e6) + archive_ttl * 1_000_000
+        events, identifiers, snapshots, markers, states = [], [], [], [], []
+        for change in changes:
+            p = change.latest.profile
+            events.extend((p.profile_id, r.event.timestamp.ToMicroseconds(), r.event.message_id, name,
+                           r.SerializeToString(), expires) for r, name in change.archived)
+            identifiers.extend((t, v, p.profile_id) for t, v in change.identifiers)
+            for stored in change.snapshots:
+                s = stored.snapshot
+                snapshots.append((p.profile_id, s.version, s.SerializeToString(), int(stored.full),
+                                  s.recorded_at.ToMicroseconds()))
+                markers.append((p.profile_id, s.cause_message_id, s.version))
+            states.append((p.profile_id, p.version, p.SerializeToString(), change.latest.aggregates))
+
+        def work(db) -> None:  # one transaction: all of the batch, or none of it
+            db.executemany("INSERT OR REPLACE INTO profile_events VALUES (?, ?, ?, ?, ?, ?)", events)
+            db.executemany("INSERT OR REPLACE INTO profile_identifiers VALUES (?, ?, ?)", identifiers)
+            db.executemany("INSERT OR REPLACE INTO profile_snapshots (profile_id, version, snapshot, is_full, recorded_us)"
+                           " VALUES (?, ?, ?, ?, ?)", snapshots)
+            db.executemany("INSERT OR REPLACE INTO profile_applied_events VALUES (?, ?, ?)", markers)
             # An upsert, not a replace: merged_into is another writer's column.
-            db.execute("INSERT INTO profile_latest (profile_id, version, state, aggregates) VALUES (?, ?, ?, ?)"
-                       " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, state = excluded.state,"
-                       " aggregates = excluded.aggregates", (p.profile_id, p.version, p.SerializeToString(), latest.aggregates))
+            db.executemany("INSERT INTO profile_latest (profile_id, version, state, aggregates) VALUES (?, ?, ?, ?)"
+                           " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, state = excluded.state,"
+                           " aggregates = excluded.aggregates", states)
 
         await self.db.transaction(work)
 
