@@ -370,16 +370,20 @@ class SqliteProfileStore(Repository):
 
     async def heads(self, wanted):
         ids = list(wanted)
-        pairs = [(pid, message_id) for pid in ids for message_id in sorted(set(wanted[pid]))]
+        message_ids = sorted({m for found in wanted.values() for m in found})
+        if not ids:
+            return {}, {}
 
         def read(db) -> tuple[list, list]:
+            marks = ", ".join("?" * len(ids))
             latest = db.execute(
-                "SELECT profile_id, state, aggregates, merged_into FROM profile_latest"
-                f" WHERE profile_id IN ({', '.join('?' * len(ids))})", ids).fetchall() if ids else []
+                f"SELECT profile_id, state, aggregates, merged_into FROM profile_latest WHERE profile_id IN ({marks})", ids
+            ).fetchall()
+            # Both columns of the key by IN lists: index lookups; the few pairs not asked for are dropped below.
             applied = db.execute(
-                "SELECT profile_id, message_id, version FROM profile_applied_events WHERE (profile_id, message_id)"
-                f" IN (VALUES {', '.join(['(?, ?)'] * len(pairs))})", [x for pair in pairs for x in pair]
-            ).fetchall() if pairs else []
+                f"SELECT profile_id, message_id, version FROM profile_applied_events WHERE profile_id IN ({marks})"
+                f" AND message_id IN ({', '.join('?' * len(message_ids))})", [*ids, *message_ids]
+            ).fetchall() if message_ids else []
             return latest, applied
 
         rows, applied = await self.db.transaction(read)  # both reads on the store thread, in one hop
@@ -388,7 +392,7 @@ class SqliteProfileStore(Repository):
                         aggregates or "{}", merged_into or "")
             for pid, state, aggregates, merged_into in rows
         }
-        return latest, {(pid, message_id): version for pid, message_id, version in applied}
+        return latest, {(pid, m): version for pid, m, version in applied if m in wanted[pid]}
 
     async def save_changes(self, changes, archive_ttl):
         expires = int(datetime.now(timezone.utc).timestamp() * 1e6) + archive_ttl * 1_000_000
