@@ -11,7 +11,7 @@ person never seen before, the rest from people seen earlier in the run.
    rest), then the rate at which they are folded into profiles (profile.updated published) and
    evaluated by segmentation (its consumers' acks), over the time from the first send until the
    last one is done.
-2. Latency at half that rate, open loop, for BENCH_SECONDS: from each batch's HTTP
+2. Latency at half that rate (or BENCH_RATE), open loop, for BENCH_SECONDS: from each batch's HTTP
    acknowledgement to the profile.updated its event caused, and to the segment.membership a
    profile version caused (seen on a plain NATS subscription here), p50 and p99.
 3. CPU seconds per event of each service (/proc/<pid>/stat, over both phases) and resident
@@ -267,7 +267,7 @@ async def main() -> None:
               flush=True)
         sent = EVENTS
 
-        half = fold_rate / 2
+        half = float(os.environ.get("BENCH_RATE", 0)) or fold_rate / 2  # a fixed rate compares runs at equal load
         before = await observer.folded()
         stop = asyncio.Event()
         watching = asyncio.create_task(observer.watch_backlogs(partitions, stop))
