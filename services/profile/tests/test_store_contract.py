@@ -139,3 +139,18 @@ async def test_a_batch_of_changes_is_written_as_its_saves_would_be_and_read_back
     assert {pid: head.profile.version for pid, head in latest.items()} == {a: 4, b: 2}
     assert applied == {(a, "m1"): 1, (a, "m3"): 3, (b, "m2"): 2}
     assert await store.heads({}) == ({}, {})
+
+
+async def test_a_change_larger_than_one_cassandra_batch_is_written_whole(store):
+    pid = str(uuid.uuid4())
+    versions = range(1, 81)
+    events = []
+    for v in versions:  # 80 events of ~2 KB in one day's partition: far above Cassandra's 50 KiB batch limit
+        event = archived(pid, f"m{v}", T0 + v)
+        event.event.properties.update({"note": "x" * 2000})
+        events.append((event, "Viewed"))
+    change = Change(stored(pid, 80)[1], [stored(pid, v)[0] for v in versions], archived=events, marker_ttl=3600)
+    await store.save_changes([change], 86400 * 365 * 10)
+    found = await store.events(pid, T0 * 1_000_000, (T0 + 100) * 1_000_000, 100)
+    assert len(found) == 80
+    assert len(await store.snapshots(pid, 1, 80)) == 80

@@ -33,6 +33,12 @@ from mosaic.profile.v1 import profile_pb2
 
 BUCKET = 1000
 
+# An unlogged batch of independent writes holds at most ten partitions (Cassandra warns above
+# that: unlogged_batch_across_partitions_warn_threshold) and 32 KiB of values (it refuses
+# batches above batch_size_fail_threshold, 50 KiB by default).
+PARTITIONS_PER_REQUEST = 10
+BYTES_PER_REQUEST = 32 * 1024
+
 # An applied-event marker must outlive any redelivery: the streams keep events 7 days.
 MARKER_TTL = 14 * 86400
 
@@ -118,6 +124,24 @@ def _us(value: datetime) -> int:
     return int(value.replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
 
 
+def _packed(partitions: dict[tuple, list[tuple[str, tuple]]]):
+    """The statements of `partitions`, in requests within the limits above, each partition's in order."""
+    request: list[tuple[str, tuple]] = []
+    keys: set[tuple] = set()
+    size = 0
+    for key, statements in partitions.items():
+        for statement in statements:
+            length = sum(len(v) for v in statement[1] if isinstance(v, (bytes, str)))
+            if request and (size + length > BYTES_PER_REQUEST or (key not in keys and len(keys) == PARTITIONS_PER_REQUEST)):
+                yield request
+                request, keys, size = [], set(), 0
+            request.append(statement)
+            keys.add(key)
+            size += length
+    if request:
+        yield request
+
+
 class ProfileStore(Protocol):
     async def latest(self, profile_id: str) -> Latest | None: ...
     async def set_merged_into(self, profile_id: str, survivor: str) -> None:
@@ -194,36 +218,47 @@ class CassandraProfileStore(Repository):
         return latest, applied
 
     async def save_changes(self, changes, archive_ttl):
-        await asyncio.gather(*(self._save_change(change, archive_ttl) for change in changes))
+        # First what the markers vouch for: archive, index, snapshots and time rows (rewriting any
+        # of them is harmless), packed into unlogged batches of a few partitions each: a request
+        # costs this Python client far more than a row. Then, per profile, its markers and its
+        # state in one single-partition batch: a marker never exists without the state it marks,
+        # whatever order a crash and redelivery bring events back in.
+        partitions: dict[tuple, list[tuple[str, tuple]]] = {}
+        for change in changes:
+            for key, statement in self._rows(change, archive_ttl):
+                partitions.setdefault(key, []).append(statement)
+        requests = list(_packed(partitions))
+        await asyncio.gather(*(self.db.execute(*r[0]) if len(r) == 1 else self.db.execute_together(r) for r in requests))
+        await asyncio.gather(*(self.db.execute_atomic(self._head(change), single_partition=True) for change in changes))
 
-    async def _save_change(self, change: Change, archive_ttl: int) -> None:
-        p = change.latest.profile
-        # First what the markers vouch for: archive, index, snapshots and time rows, one request
-        # per partition (rewriting any of them is harmless). Then the markers and the state in one
-        # single-partition batch: a marker never exists without the state it marks, whatever
-        # order a crash and redelivery bring events back in.
-        groups: dict[tuple[str, Any], list[tuple[str, tuple]]] = {}
+    @staticmethod
+    def _rows(change: Change, archive_ttl: int):
+        """(partition, statement) of everything a change writes before its head."""
+        pid = change.latest.profile.profile_id
         for resolved, name in change.archived:
             event = resolved.event
             at = _dt(event.timestamp.ToMicroseconds())
-            groups.setdefault(("day", at.strftime("%Y-%m-%d")), []).append((
+            day = at.strftime("%Y-%m-%d")
+            yield ("events", pid, day), (
                 "INSERT INTO profile_events (profile_id, day, event_time, message_id, name, event) VALUES (?, ?, ?, ?, ?, ?)"
-                " USING TTL ?",
-                (p.profile_id, at.strftime("%Y-%m-%d"), at, event.message_id, name, resolved.SerializeToString(), archive_ttl)))
-        for index, (id_type, id_value) in enumerate(change.identifiers):
-            groups[("identifier", index)] = [(
-                "INSERT INTO profile_identifiers (id_type, id_value, profile_id) VALUES (?, ?, ?)", (id_type, id_value, p.profile_id))]
+                " USING TTL ?", (pid, day, at, event.message_id, name, resolved.SerializeToString(), archive_ttl))
+        for id_type, id_value in change.identifiers:
+            yield ("identifiers", id_type, id_value), (
+                "INSERT INTO profile_identifiers (id_type, id_value, profile_id) VALUES (?, ?, ?)", (id_type, id_value, pid))
         for stored in change.snapshots:
             s = stored.snapshot
             recorded_us = s.recorded_at.ToMicroseconds()
-            groups.setdefault(("bucket", s.version // BUCKET), []).append((
+            yield ("snapshots", pid, s.version // BUCKET), (
                 "INSERT INTO profile_snapshots (profile_id, bucket, version, snapshot, is_full) VALUES (?, ?, ?, ?, ?)",
-                (p.profile_id, s.version // BUCKET, s.version, s.SerializeToString(), stored.full)))
-            groups.setdefault(("month", month_of(recorded_us)), []).append((
+                (pid, s.version // BUCKET, s.version, s.SerializeToString(), stored.full))
+            yield ("times", pid, month_of(recorded_us)), (
                 "INSERT INTO profile_snapshot_times (profile_id, month, recorded_at, version) VALUES (?, ?, ?, ?)",
-                (p.profile_id, month_of(recorded_us), _dt(recorded_us), s.version)))
-        await asyncio.gather(*(self.db.execute(*statements[0]) if len(statements) == 1 else self.db.execute_together(statements)
-                               for statements in groups.values()))
+                (pid, month_of(recorded_us), _dt(recorded_us), s.version))
+
+    @staticmethod
+    def _head(change: Change) -> list[tuple[str, tuple]]:
+        """The markers of a change's snapshots and its state: one partition."""
+        p = change.latest.profile
         head = [("INSERT INTO profile_heads (profile_id, message_id, version) VALUES (?, ?, ?) USING TTL ?",
                  (p.profile_id, stored.snapshot.cause_message_id, stored.snapshot.version, change.marker_ttl or 0))
                 for stored in change.snapshots]
@@ -235,7 +270,7 @@ class CassandraProfileStore(Repository):
         else:
             head.append(("UPDATE profile_heads SET state = ?, aggregates = ? WHERE profile_id = ?",
                          (p.SerializeToString(), change.latest.aggregates, p.profile_id)))
-        await self.db.execute_atomic(head, single_partition=True)
+        return head
 
     async def snapshots(self, profile_id, from_version, to_version):
         found: list[StoredSnapshot] = []
