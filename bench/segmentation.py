@@ -224,7 +224,7 @@ def polars_queries(profiles: pl.LazyFrame, counters: pl.LazyFrame, today: int) -
 async def handler_rate(count: int = 2000) -> tuple[float, float, float]:
     nats = NatsServer().start()
     folder = tempfile.mkdtemp(prefix="bench-seg-")
-    settings = PlatformSettings.from_env("segmentation", {"MOSAIC_NATS_URL": nats.url, "MOSAIC_DATA_DIR": folder})
+    settings = PlatformSettings.from_env("segmentation", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats.url, "MOSAIC_DATA_DIR": folder})
     store = await open_store(settings)
     bus = await Bus.connect(settings.nats_url, "segmentation", settings.partitions)
     await bus.ensure_streams()
@@ -265,7 +265,7 @@ async def membership_latency(rate: int = 2000, seconds: float = 5.0) -> tuple[in
 
     server = NatsServer().start()
     folder = tempfile.mkdtemp(prefix="bench-seg-")
-    settings = Settings(PlatformSettings.from_env("segmentation", {"MOSAIC_NATS_URL": server.url,
+    settings = Settings(PlatformSettings.from_env("segmentation", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": server.url,
                                                                    "MOSAIC_DATA_DIR": folder}), "", 10.0)
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()

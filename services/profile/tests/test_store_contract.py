@@ -9,7 +9,7 @@ from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform.errors import AlreadyExists
 from mosaic.profile.v1 import profile_pb2
-from profile_service.store import Latest, StoredSnapshot, open_store
+from profile_service.store import Change, Latest, StoredSnapshot, open_store
 
 T0 = 1_790_000_000
 
@@ -110,3 +110,47 @@ async def test_a_merged_away_profile_points_at_its_survivor_until_split(store):
     assert (await store.latest(unknown)).profile.version == 0
     await store.set_merged_into(known, "")
     assert (await store.latest(known)).merged_into == ""
+
+
+def archived(pid: str, message_id: str, at: int) -> resolved_pb2.ResolvedEvent:
+    event = event_pb2.Event(message_id=message_id, type=event_pb2.EVENT_TYPE_TRACK, event="Viewed",
+                            timestamp=timestamp_pb2.Timestamp(seconds=at))
+    return resolved_pb2.ResolvedEvent(profile_id=pid, event=event)
+
+
+async def test_a_batch_of_changes_is_written_as_its_saves_would_be_and_read_back_by_heads(store):
+    a, b, untouched = (str(uuid.uuid4()) for _ in range(3))
+    await store.save(*stored(a, 1))
+    changes = []
+    for pid, versions in ((a, (2, 3, 4)), (b, (1, 2))):
+        snapshots = [stored(pid, v)[0] for v in versions]
+        change = Change(stored(pid, versions[-1])[1], snapshots, marker_ttl=3600,
+                        archived=[(archived(pid, f"m{v}", T0 + v), "Viewed") for v in versions],
+                        identifiers=[("email", f"{pid}@example.com")])
+        changes.append(change)
+    await store.save_changes(changes, 86400 * 365 * 10)
+    assert [s.snapshot.version for s in await store.snapshots(a, 1, 4)] == [1, 2, 3, 4]
+    assert (await store.latest(b)).profile.version == 2
+    assert await store.version_at(b, (T0 + 1) * 1_000_000) == 1, "the time index starts at the batch's first version"
+    assert await store.profile_of("email", f"{a}@example.com") == a
+    events = await store.events(a, T0 * 1_000_000, (T0 + 10) * 1_000_000, 10)
+    assert [e.event.message_id for e in events] == ["m4", "m3", "m2"]
+    latest, applied = await store.heads({a: ["m1", "m3", "m9"], b: ["m2"], untouched: ["m1"]})
+    assert {pid: head.profile.version for pid, head in latest.items()} == {a: 4, b: 2}
+    assert applied == {(a, "m1"): 1, (a, "m3"): 3, (b, "m2"): 2}
+    assert await store.heads({}) == ({}, {})
+
+
+async def test_a_change_larger_than_one_cassandra_batch_is_written_whole(store):
+    pid = str(uuid.uuid4())
+    versions = range(1, 81)
+    events = []
+    for v in versions:  # 80 events of ~2 KB in one day's partition: far above Cassandra's 50 KiB batch limit
+        event = archived(pid, f"m{v}", T0 + v)
+        event.event.properties.update({"note": "x" * 2000})
+        events.append((event, "Viewed"))
+    change = Change(stored(pid, 80)[1], [stored(pid, v)[0] for v in versions], archived=events, marker_ttl=3600)
+    await store.save_changes([change], 86400 * 365 * 10)
+    found = await store.events(pid, T0 * 1_000_000, (T0 + 100) * 1_000_000, 100)
+    assert len(found) == 80
+    assert len(await store.snapshots(pid, 1, 80)) == 80

@@ -16,7 +16,7 @@ from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
 from identity_service import admin, dryrun, explain, identifiers
 from identity_service.config import Settings
-from identity_service.events import EventResolver
+from identity_service.events import EventResolver, Resolved
 from identity_service.outbox import Outbox
 from identity_service.privacy import IdentityPrivacy
 from identity_service.resolver import Resolver, RootCache
@@ -112,7 +112,9 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
 
 
 class RawEventHandler:
-    """events.raw → resolve → events.resolved (keyed by profile id), then merges published."""
+    """events.raw → resolve → events.resolved (keyed by profile id), then merges published; a
+    fetched batch at once (`batch`: one publish for all), or one event at a time when the bus
+    falls back to that."""
 
     def __init__(self, events: EventResolver, bus: Bus, outbox: Outbox) -> None:
         self.events = events
@@ -120,16 +122,33 @@ class RawEventHandler:
         self.outbox = outbox
 
     async def __call__(self, event: event_pb2.Event, delivery: Delivery) -> None:
-        resolved = await self.events.resolve(event)
-        trace.get_current_span().set_attribute("mosaic.profile.id", resolved.profile_id)
-        if resolved.resolution.merges:
-            # identity.merged goes out before the event that caused it, so the profile service
+        await self.batch([(event, delivery)])
+
+    async def batch(self, items: list[tuple[event_pb2.Event, Delivery]]) -> None:
+        # Events of one key in order (the order they were sent in), different keys side by side.
+        by_key: dict[str, list[int]] = {}
+        for index, (_, delivery) in enumerate(items):
+            by_key.setdefault(delivery.key, []).append(index)
+        found: list[Resolved | None] = [None] * len(items)
+
+        async def resolve_in_order(indexes: list[int]) -> None:
+            for index in indexes:
+                found[index] = await self.events.resolve(items[index][0])
+
+        await asyncio.gather(*(resolve_in_order(indexes) for indexes in by_key.values()))
+        resolved = [r for r in found if r is not None]
+        if any(r.resolution.merges for r in resolved):
+            # identity.merged goes out before the events that caused it, so the profile service
             # folds the merged profiles first; a crash here leaves it in the outbox.
             await self.outbox.drain()
-        message = resolved_pb2.ResolvedEvent(
-            profile_id=resolved.profile_id, event=event, identifiers=resolved.identifiers
-        )
-        await self.bus.publish(topics.EVENTS_RESOLVED, resolved.profile_id, message, event.message_id)
+        contexts = [delivery.trace_context for _, delivery in items]
+        messages = []
+        for (event, _), context, r in zip(items, contexts, resolved, strict=True):
+            trace.get_current_span(context).set_attribute("mosaic.profile.id", r.profile_id)
+            message = resolved_pb2.ResolvedEvent(profile_id=r.profile_id, event=event, identifiers=r.identifiers)
+            messages.append((r.profile_id, message.SerializeToString(), event.message_id))
+        await self.bus.publish_many(topics.EVENTS_RESOLVED, messages,
+                                    contexts=contexts if any(c is not None for c in contexts) else None)
 
 
 def components(store: IdentityStore, settings: Settings) -> tuple[Resolver, RulesCache, EventResolver]:
@@ -162,6 +181,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     servicer = IdentityServicer(resolver, rules, events.sightings, outbox, settings.phone_region)
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["IdentityService"].full_name)
-    runtime.bus.consume(topics.EVENTS_RAW, RawEventHandler(events, runtime.bus, outbox), settings.platform.owned_partitions)
+    handler = RawEventHandler(events, runtime.bus, outbox)
+    runtime.bus.consume(topics.EVENTS_RAW, handler, settings.platform.owned_partitions, batch_handler=handler.batch)
     privacy = IdentityPrivacy(store, resolver, events.sightings)
     Participant("identity", runtime.bus, privacy.export, privacy.erase).start(settings.platform.owned_partitions)

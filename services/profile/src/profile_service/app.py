@@ -182,19 +182,23 @@ class ArchiveServicer(event_archive_service_pb2_grpc.EventArchiveServiceServicer
 
 
 class ResolvedEventHandler:
-    """events.resolved → fold → snapshot → profile.updated, idempotent by message id."""
+    """events.resolved → fold → snapshot → profile.updated, idempotent by message id; a fetched
+    batch at once (`batch`), or one event at a time when the bus falls back to that."""
 
     def __init__(self, profiles: Profiles) -> None:
         self.profiles = profiles
 
     async def __call__(self, resolved: resolved_pb2.ResolvedEvent, delivery: Delivery) -> None:
-        if not resolved.profile_id:
-            raise InvalidArgument("profile_id", "is required")
-        snapshot = await self.profiles.apply(resolved)
-        if snapshot is not None:
-            trace.get_current_span().set_attributes(
-                {"mosaic.profile.id": resolved.profile_id, "mosaic.profile.version": snapshot.version}
-            )
+        await self.batch([(resolved, delivery)])
+
+    async def batch(self, items: list[tuple[resolved_pb2.ResolvedEvent, Delivery]]) -> None:
+        contexts = [delivery.trace_context for _, delivery in items]
+        snapshots = await self.profiles.apply_batch([(resolved, context) for (resolved, _), context in zip(items, contexts)])
+        for (resolved, _), context, snapshot in zip(items, contexts, snapshots):
+            if snapshot is not None:
+                trace.get_current_span(context).set_attributes(
+                    {"mosaic.profile.id": resolved.profile_id, "mosaic.profile.version": snapshot.version}
+                )
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
@@ -210,7 +214,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.add_service(pb.DESCRIPTOR.services_by_name["ProfileService"].full_name)
     runtime.add_service(event_archive_service_pb2.DESCRIPTOR.services_by_name["EventArchiveService"].full_name)
     owned = settings.platform.owned_partitions
-    runtime.bus.consume(topics.EVENTS_RESOLVED, ResolvedEventHandler(profiles), owned)
+    handler = ResolvedEventHandler(profiles)
+    runtime.bus.consume(topics.EVENTS_RESOLVED, handler, owned, batch_handler=handler.batch)
     merges = MergeHandler(profiles)
     runtime.bus.consume(topics.IDENTITY_MERGED, merges.merged, owned)
     runtime.bus.consume(topics.IDENTITY_SPLIT, merges.split, owned)

@@ -9,6 +9,7 @@ the write-through cache and the unconditional Cassandra writes safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -16,17 +17,18 @@ import weakref
 from datetime import datetime, timezone
 
 from google.protobuf import timestamp_pb2
+from opentelemetry.context import Context
 
 from mosaic.events.v1 import profile_updated_pb2, resolved_pb2
 from mosaic.platform import metrics, topics
 from mosaic.platform.bus import Bus
-from mosaic.platform.errors import NotFound
+from mosaic.platform.errors import InvalidArgument, NotFound
 from mosaic.profile.v1 import profile_pb2
 from profile_service import computed, history
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
 from profile_service.fold import FoldRules, event_key, event_name, fold
-from profile_service.store import MARKER_TTL, Latest, ProfileStore, StoredSnapshot
+from profile_service.store import MARKER_TTL, Change, Latest, ProfileStore, StoredSnapshot
 
 log = logging.getLogger("mosaic.profile")
 
@@ -59,6 +61,12 @@ class DefinitionCatalog:
 
     def invalidate(self) -> None:
         self._loaded_at = -1e9
+
+
+def _only(contexts: list[Context | None], chosen: list[tuple]) -> list[Context | None] | None:
+    """The trace contexts of the chosen entries (index first); None when there are none to keep."""
+    picked = [contexts[entry[0]] for entry in chosen]
+    return picked if any(c is not None for c in picked) else None
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -96,48 +104,89 @@ class Profiles:
     async def apply(self, resolved: resolved_pb2.ResolvedEvent) -> profile_pb2.Snapshot | None:
         """Fold one event into its profile, once; publish what changed. An event of a profile
         merged into another is forwarded to the survivor instead (None)."""
-        profile_id, event = resolved.profile_id, resolved.event
-        async with self.lock(profile_id):
-            # Latest from the store, not the cache: the survivor's replica may have merged it away.
-            applied, latest = await asyncio.gather(
-                self.store.applied_version(profile_id, event_key(event)), self.store.latest(profile_id)
-            )
-            if applied is not None:
-                snapshot, profile = await self._replayed(profile_id, applied)
-            else:
-                if latest is not None and latest.merged_into:
-                    forwarded = resolved_pb2.ResolvedEvent()
-                    forwarded.CopyFrom(resolved)
-                    forwarded.profile_id = latest.merged_into
-                    await self.bus.publish(topics.EVENTS_RESOLVED, latest.merged_into, forwarded, event_key(event))
-                    return None
-                snapshot, profile = await self._fold(resolved, latest)
-        await self._publish(snapshot, profile)
-        return snapshot
+        return (await self.apply_batch([(resolved, None)]))[0]
 
-    async def _fold(self, resolved, latest: Latest | None):
-        profile_id, event = resolved.profile_id, resolved.event
-        latest = latest or Latest(profile_pb2.Profile(profile_id=profile_id))
-        old, profile = latest.profile, profile_pb2.Profile()
+    async def apply_batch(
+        self, batch: list[tuple[resolved_pb2.ResolvedEvent, Context | None]]
+    ) -> list[profile_pb2.Snapshot | None]:
+        """Fold events (in stream order, each with the trace context to publish under) into their
+        profiles, each event once, as `apply` would one after the other: one read and one write
+        per profile for the whole batch, then every profile.updated in one publish."""
+        for resolved, _ in batch:
+            if not resolved.profile_id:
+                raise InvalidArgument("profile_id", "is required")
+        by_profile: dict[str, list[int]] = {}
+        for index, (resolved, _) in enumerate(batch):
+            by_profile.setdefault(resolved.profile_id, []).append(index)
+        published: list[tuple[int, profile_pb2.Snapshot, profile_pb2.Profile]] = []
+        forwarded: list[tuple[int, str]] = []
+        async with contextlib.AsyncExitStack() as locks:
+            for profile_id in sorted(by_profile):  # one order for everyone who takes several
+                await locks.enter_async_context(self.lock(profile_id))
+            # Heads from the store, not the cache: the survivor's replica may have merged one away.
+            heads, applied = await self.store.heads(
+                {pid: [event_key(batch[i][0].event) for i in indexes] for pid, indexes in by_profile.items()})
+            definitions = await self.definitions.all()
+            changes = []
+            for profile_id, indexes in by_profile.items():
+                latest = heads.get(profile_id) or Latest(profile_pb2.Profile(profile_id=profile_id))
+                change = Change(latest, marker_ttl=MARKER_TTL)  # event markers expire once no redelivery can come
+                states = json.loads(latest.aggregates)
+                folded: dict[str, tuple[profile_pb2.Snapshot, profile_pb2.Profile]] = {}
+                for index in indexes:
+                    resolved = batch[index][0]
+                    key = event_key(resolved.event)
+                    if key in folded:  # twice in one batch: as a redelivery
+                        published.append((index, *folded[key]))
+                    elif (profile_id, key) in applied:
+                        published.append((index, *await self._replayed(profile_id, applied[(profile_id, key)])))
+                    elif latest.merged_into:
+                        forwarded.append((index, latest.merged_into))
+                    else:
+                        folded[key] = self._fold(resolved, change, states, definitions)
+                        published.append((index, *folded[key]))
+                if change.snapshots:
+                    change.latest = Latest(change.latest.profile, json.dumps(states), latest.merged_into)
+                    changes.append(change)
+            await self.store.save_changes(changes, self.settings.archive_days * 86400)
+            for change in changes:
+                self.cache.put(change.latest)
+        contexts = [context for _, context in batch]
+        if forwarded:
+            messages = []
+            for index, survivor in forwarded:
+                forward = resolved_pb2.ResolvedEvent()
+                forward.CopyFrom(batch[index][0])
+                forward.profile_id = survivor
+                messages.append((survivor, forward.SerializeToString(), event_key(forward.event)))
+            await self.bus.publish_many(topics.EVENTS_RESOLVED, messages, contexts=_only(contexts, forwarded))
+        await self._publish_many(published, _only(contexts, published))
+        results: list[profile_pb2.Snapshot | None] = [None] * len(batch)
+        for index, snapshot, _ in published:
+            results[index] = snapshot
+        return results
+
+    def _fold(self, resolved, change: Change, states: dict, definitions) -> tuple[profile_pb2.Snapshot, profile_pb2.Profile]:
+        """Fold one event into `change` (its latest and states, in place); no I/O."""
+        event = resolved.event
+        old, profile = change.latest.profile, profile_pb2.Profile()
         profile.CopyFrom(old)  # the cached copy stays as it is until the write succeeds
-        states = json.loads(latest.aggregates)
         now = datetime.now(timezone.utc)
         fold(profile, resolved, self.rules, now)
-        definitions = await self.definitions.all()
         for definition in definitions:
             computed.update(definition, states.setdefault(definition.name, {}), event)
         computed.refresh(profile, definitions, states, now)
-        # Archived (and new identifiers indexed) before the change is marked applied: a
-        # backfill or a split reads the archive for every applied event.
-        await asyncio.gather(
-            self.store.archive(profile_id, resolved, event_name(event), self.settings.archive_days * 86400),
-            *(self.store.index_identifier(identity.type, identity.value, profile_id)
-              for key, identity in profile.identities.items() if key not in old.identities),
-        )
-        # Event markers expire once no redelivery can come; merge and split markers stay.
-        return await self._save(old, profile, states, event_key(event), MARKER_TTL), profile
+        # Archived (and new identifiers indexed) with the change: a backfill or a split reads the
+        # archive for every applied event.
+        change.archived.append((resolved, event_name(event)))
+        change.identifiers.extend((identity.type, identity.value)
+                                  for key, identity in profile.identities.items() if key not in old.identities)
+        snapshot, full = self._snapshot(old, profile, event_key(event))
+        change.snapshots.append(StoredSnapshot(snapshot, full))
+        change.latest = Latest(profile)
+        return snapshot, profile
 
-    async def _save(self, old, profile, states, cause: str, marker_ttl: int | None = None) -> profile_pb2.Snapshot:
+    def _snapshot(self, old, profile, cause: str) -> tuple[profile_pb2.Snapshot, bool]:
         profile.version = old.version + 1
         changes = history.diff(old, profile)
         full = profile.version == 1 or profile.version % self.settings.full_every == 0
@@ -145,6 +194,10 @@ class Profiles:
             profile_id=profile.profile_id, version=profile.version, recorded_at=_now(), changes=changes,
             cause_message_id=cause, profile=profile if full else history.delta(profile, changes),
         )
+        return snapshot, full
+
+    async def _save(self, old, profile, states, cause: str, marker_ttl: int | None = None) -> profile_pb2.Snapshot:
+        snapshot, full = self._snapshot(old, profile, cause)
         latest = Latest(profile, json.dumps(states))
         await self.store.save(StoredSnapshot(snapshot, full), latest, marker_ttl)
         metrics.profile_versions_written()
@@ -158,17 +211,23 @@ class Profiles:
         return stored.snapshot, await self.at_version(profile_id, version)
 
     async def _publish(self, snapshot: profile_pb2.Snapshot, profile: profile_pb2.Profile) -> None:
+        await self._publish_many([(0, snapshot, profile)], None)
+
+    async def _publish_many(self, published, contexts: list[Context | None] | None) -> None:
         # Published again on redelivery too (a crash may have come before the first publish);
         # the message id makes JetStream drop the copy.
-        update = profile_updated_pb2.ProfileUpdated(
-            profile_id=snapshot.profile_id, version=snapshot.version, changes=snapshot.changes,
-            cause_message_id=snapshot.cause_message_id, updated_at=snapshot.recorded_at,
-        )
-        for name, trait in profile.traits.items():
-            update.traits.fields[name].CopyFrom(trait.value)
-        for name, value in profile.computed_traits.items():
-            update.traits.fields[name].CopyFrom(value)
-        await self.bus.publish(topics.PROFILE_UPDATED, snapshot.profile_id, update, f"{snapshot.profile_id}:{snapshot.version}")
+        messages = []
+        for _, snapshot, profile in published:
+            update = profile_updated_pb2.ProfileUpdated(
+                profile_id=snapshot.profile_id, version=snapshot.version, changes=snapshot.changes,
+                cause_message_id=snapshot.cause_message_id, updated_at=snapshot.recorded_at,
+            )
+            for name, trait in profile.traits.items():
+                update.traits.fields[name].CopyFrom(trait.value)
+            for name, value in profile.computed_traits.items():
+                update.traits.fields[name].CopyFrom(value)
+            messages.append((snapshot.profile_id, update.SerializeToString(), f"{snapshot.profile_id}:{snapshot.version}"))
+        await self.bus.publish_many(topics.PROFILE_UPDATED, messages, contexts=contexts)
 
     async def at_version(self, profile_id: str, version: int) -> profile_pb2.Profile:
         """Rebuild a version from the nearest full snapshot at or below it and the deltas after."""

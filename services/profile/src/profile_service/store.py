@@ -7,6 +7,11 @@ duplicated event a no-op, and the latest profile with its computed-trait partial
 before that leaves an orphan snapshot that the next change of the profile overwrites; a marker
 never exists without the state it marks, whatever order events are redelivered in.
 
+The event path writes a batch of changes at once (`save_changes`): per profile, its archived
+events, identifier index rows, snapshots and time rows first, grouped into one request per
+partition, then all its markers with its last state in one single-partition batch; in SQLite
+the whole batch is one transaction. Its reads are one per profile per batch too (`heads`).
+
 Snapshots are partitioned by (profile_id, version // 1000) and the time index by
 (profile_id, month), so no partition grows without bound however long a customer lives. The
 archive is partitioned by (profile_id, day) and expires with a TTL.
@@ -15,9 +20,9 @@ archive is partitioned by (profile_id, day) and expires with a TTL.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Protocol
 
 from mosaic.events.v1 import resolved_pb2
 from mosaic.platform.errors import AlreadyExists
@@ -27,6 +32,14 @@ from mosaic.platform.store.sqlite import SqliteStore
 from mosaic.profile.v1 import profile_pb2
 
 BUCKET = 1000
+
+# An unlogged batch of independent writes holds at most ten partitions (Cassandra warns above
+# that: unlogged_batch_across_partitions_warn_threshold) and 32 KiB of values (it refuses
+# batches above batch_size_fail_threshold, 50 KiB by default).
+PARTITIONS_PER_REQUEST = 10
+BYTES_PER_REQUEST = 32 * 1024
+# Profiles per multi-partition read of heads.
+HEADS_PER_REQUEST = 64
 
 # An applied-event marker must outlive any redelivery: the streams keep events 7 days.
 MARKER_TTL = 14 * 86400
@@ -88,6 +101,19 @@ class StoredSnapshot:
     full: bool
 
 
+@dataclass
+class Change:
+    """What one profile's events of a batch write: the snapshots (oldest first), whose causes
+    are marked applied (for `marker_ttl` seconds, or for good), the latest state after the
+    last, and the events archived and identifiers indexed on the way."""
+
+    latest: Latest
+    snapshots: list[StoredSnapshot] = field(default_factory=list)
+    archived: list[tuple[resolved_pb2.ResolvedEvent, str]] = field(default_factory=list)  # (event, name)
+    identifiers: list[tuple[str, str]] = field(default_factory=list)  # (type, value)
+    marker_ttl: int | None = None
+
+
 def month_of(micros: int) -> str:
     return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).strftime("%Y-%m")
 
@@ -100,6 +126,24 @@ def _us(value: datetime) -> int:
     return int(value.replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
 
 
+def _packed(partitions: dict[tuple, list[tuple[str, tuple]]]):
+    """The statements of `partitions`, in requests within the limits above, each partition's in order."""
+    request: list[tuple[str, tuple]] = []
+    keys: set[tuple] = set()
+    size = 0
+    for key, statements in partitions.items():
+        for statement in statements:
+            length = sum(len(v) for v in statement[1] if isinstance(v, (bytes, str)))
+            if request and (size + length > BYTES_PER_REQUEST or (key not in keys and len(keys) == PARTITIONS_PER_REQUEST)):
+                yield request
+                request, keys, size = [], set(), 0
+            request.append(statement)
+            keys.add(key)
+            size += length
+    if request:
+        yield request
+
+
 class ProfileStore(Protocol):
     async def latest(self, profile_id: str) -> Latest | None: ...
     async def set_merged_into(self, profile_id: str, survivor: str) -> None:
@@ -108,6 +152,14 @@ class ProfileStore(Protocol):
     async def save(self, stored: StoredSnapshot, latest: Latest, marker_ttl: int | None = None) -> None:
         """Append the snapshot, mark its cause applied (for `marker_ttl` seconds, or for good),
         make `latest` the latest."""
+    async def heads(
+        self, wanted: dict[str, list[str]]
+    ) -> tuple[dict[str, Latest], dict[tuple[str, str], int]]:
+        """For profile id → message ids: the latest of each profile that has one, and the
+        applied version of each (profile, message id) that is marked applied."""
+    async def save_changes(self, changes: list[Change], archive_ttl: int) -> None:
+        """Write each change as `save` would its snapshots, with its archived events (kept
+        `archive_ttl` seconds) and index rows first."""
     async def snapshots(self, profile_id: str, from_version: int, to_version: int) -> list[StoredSnapshot]:
         """Snapshots with from_version <= version <= to_version, oldest first."""
     async def list_snapshots(self, profile_id: str, below_version: int, limit: int) -> list[profile_pb2.Snapshot]:
@@ -151,30 +203,85 @@ class CassandraProfileStore(Repository):
         return rows[0].version if rows and rows[0].version is not None else None
 
     async def save(self, stored, latest, marker_ttl=None):
-        s, p = stored.snapshot, latest.profile
-        recorded_us = s.recorded_at.ToMicroseconds()
-        # First the snapshot and its time-index row: rewriting a version is harmless. Then the
-        # marker and the state in one single-partition batch: a marker never exists without
-        # the state it marks, whatever order a crash and redelivery bring events back in.
-        await asyncio.gather(
-            self.db.execute(
-                "INSERT INTO profile_snapshots (profile_id, bucket, version, snapshot, is_full) VALUES (?, ?, ?, ?, ?)",
-                (p.profile_id, s.version // BUCKET, s.version, s.SerializeToString(), stored.full),
-            ),
-            self.db.execute(
-                "INSERT INTO profile_snapshot_times (profile_id, month, recorded_at, version) VALUES (?, ?, ?, ?)",
-                (p.profile_id, month_of(recorded_us), _dt(recorded_us), s.version),
-            ),
+        await self.save_changes([Change(latest, [stored], marker_ttl=marker_ttl)], 0)
+
+    async def heads(self, wanted):
+        # Multi-partition IN reads: two requests for a whole batch of profiles rather than two per
+        # profile, which is what this Python client pays for most; the coordinator fans out to a
+        # bounded number of partitions (HEADS_PER_REQUEST).
+        ids = list(wanted)
+        message_ids = sorted({m for found in wanted.values() for m in found})
+        chunks = [ids[i:i + HEADS_PER_REQUEST] for i in range(0, len(ids), HEADS_PER_REQUEST)]
+        found = await asyncio.gather(
+            *(self.db.execute("SELECT profile_id, state, aggregates, merged_into FROM profile_heads"
+                              " WHERE profile_id IN ? PER PARTITION LIMIT 1", (chunk,)) for chunk in chunks),
+            *(self.db.execute("SELECT profile_id, message_id, version FROM profile_heads"
+                              " WHERE profile_id IN ? AND message_id IN ?", (chunk, message_ids)) for chunk in chunks),
         )
-        marker = ("INSERT INTO profile_heads (profile_id, message_id, version) VALUES (?, ?, ?) USING TTL ?",
-                  (p.profile_id, s.cause_message_id, s.version, marker_ttl or 0))
-        if s.version == 1:  # where the time index starts, for GetProfileAt
-            state = ("UPDATE profile_heads SET state = ?, aggregates = ?, first_month = ? WHERE profile_id = ?",
-                     (p.SerializeToString(), latest.aggregates, month_of(recorded_us), p.profile_id))
+        latest = {}
+        for row in (row for rows in found[:len(chunks)] for row in rows):
+            if row.state is None and not row.merged_into:
+                continue
+            profile = profile_pb2.Profile.FromString(row.state) if row.state else profile_pb2.Profile(profile_id=row.profile_id)
+            latest[row.profile_id] = Latest(profile, row.aggregates or "{}", row.merged_into or "")
+        applied = {(row.profile_id, row.message_id): row.version for rows in found[len(chunks):] for row in rows
+                   if row.version is not None and row.message_id in wanted[row.profile_id]}
+        return latest, applied
+
+    async def save_changes(self, changes, archive_ttl):
+        # First what the markers vouch for: archive, index, snapshots and time rows (rewriting any
+        # of them is harmless), packed into unlogged batches of a few partitions each: a request
+        # costs this Python client far more than a row. Then, per profile, its markers and its
+        # state in one single-partition batch: a marker never exists without the state it marks,
+        # whatever order a crash and redelivery bring events back in.
+        partitions: dict[tuple, list[tuple[str, tuple]]] = {}
+        for change in changes:
+            for key, statement in self._rows(change, archive_ttl):
+                partitions.setdefault(key, []).append(statement)
+        requests = list(_packed(partitions))
+        await asyncio.gather(*(self.db.execute(*r[0]) if len(r) == 1 else self.db.execute_together(r) for r in requests))
+        await asyncio.gather(*(self.db.execute_atomic(self._head(change), single_partition=True) for change in changes))
+
+    @staticmethod
+    def _rows(change: Change, archive_ttl: int):
+        """(partition, statement) of everything a change writes before its head."""
+        pid = change.latest.profile.profile_id
+        for resolved, name in change.archived:
+            event = resolved.event
+            at = _dt(event.timestamp.ToMicroseconds())
+            day = at.strftime("%Y-%m-%d")
+            yield ("events", pid, day), (
+                "INSERT INTO profile_events (profile_id, day, event_time, message_id, name, event) VALUES (?, ?, ?, ?, ?, ?)"
+                " USING TTL ?", (pid, day, at, event.message_id, name, resolved.SerializeToString(), archive_ttl))
+        for id_type, id_value in change.identifiers:
+            yield ("identifiers", id_type, id_value), (
+                "INSERT INTO profile_identifiers (id_type, id_value, profile_id) VALUES (?, ?, ?)", (id_type, id_value, pid))
+        for stored in change.snapshots:
+            s = stored.snapshot
+            recorded_us = s.recorded_at.ToMicroseconds()
+            yield ("snapshots", pid, s.version // BUCKET), (
+                "INSERT INTO profile_snapshots (profile_id, bucket, version, snapshot, is_full) VALUES (?, ?, ?, ?, ?)",
+                (pid, s.version // BUCKET, s.version, s.SerializeToString(), stored.full))
+            yield ("times", pid, month_of(recorded_us)), (
+                "INSERT INTO profile_snapshot_times (profile_id, month, recorded_at, version) VALUES (?, ?, ?, ?)",
+                (pid, month_of(recorded_us), _dt(recorded_us), s.version))
+
+    @staticmethod
+    def _head(change: Change) -> list[tuple[str, tuple]]:
+        """The markers of a change's snapshots and its state: one partition."""
+        p = change.latest.profile
+        head = [("INSERT INTO profile_heads (profile_id, message_id, version) VALUES (?, ?, ?) USING TTL ?",
+                 (p.profile_id, stored.snapshot.cause_message_id, stored.snapshot.version, change.marker_ttl or 0))
+                for stored in change.snapshots]
+        first = [stored.snapshot for stored in change.snapshots if stored.snapshot.version == 1]
+        if first:  # where the time index starts, for GetProfileAt
+            head.append(("UPDATE profile_heads SET state = ?, aggregates = ?, first_month = ? WHERE profile_id = ?",
+                         (p.SerializeToString(), change.latest.aggregates,
+                          month_of(first[0].recorded_at.ToMicroseconds()), p.profile_id)))
         else:
-            state = ("UPDATE profile_heads SET state = ?, aggregates = ? WHERE profile_id = ?",
-                     (p.SerializeToString(), latest.aggregates, p.profile_id))
-        await self.db.execute_atomic([marker, state], single_partition=True)
+            head.append(("UPDATE profile_heads SET state = ?, aggregates = ? WHERE profile_id = ?",
+                         (p.SerializeToString(), change.latest.aggregates, p.profile_id)))
+        return head
 
     async def snapshots(self, profile_id, from_version, to_version):
         found: list[StoredSnapshot] = []
@@ -305,18 +412,59 @@ class SqliteProfileStore(Repository):
         return rows[0][0] if rows else None
 
     async def save(self, stored, latest, marker_ttl=None):
-        s, p = stored.snapshot, latest.profile
-        recorded_us = s.recorded_at.ToMicroseconds()
+        await self.save_changes([Change(latest, [stored], marker_ttl=marker_ttl)], 0)
 
-        def work(db) -> None:
-            db.execute("INSERT OR REPLACE INTO profile_snapshots (profile_id, version, snapshot, is_full, recorded_us)"
-                       " VALUES (?, ?, ?, ?, ?)", (p.profile_id, s.version, s.SerializeToString(), int(stored.full), recorded_us))
-            db.execute("INSERT OR REPLACE INTO profile_applied_events VALUES (?, ?, ?)",
-                       (p.profile_id, s.cause_message_id, s.version))
+    async def heads(self, wanted):
+        ids = list(wanted)
+        message_ids = sorted({m for found in wanted.values() for m in found})
+        if not ids:
+            return {}, {}
+
+        def read(db) -> tuple[list, list]:
+            marks = ", ".join("?" * len(ids))
+            latest = db.execute(
+                f"SELECT profile_id, state, aggregates, merged_into FROM profile_latest WHERE profile_id IN ({marks})", ids
+            ).fetchall()
+            # Both columns of the key by IN lists: index lookups; the few pairs not asked for are dropped below.
+            applied = db.execute(
+                f"SELECT profile_id, message_id, version FROM profile_applied_events WHERE profile_id IN ({marks})"
+                f" AND message_id IN ({', '.join('?' * len(message_ids))})", [*ids, *message_ids]
+            ).fetchall() if message_ids else []
+            return latest, applied
+
+        rows, applied = await self.db.transaction(read)  # both reads on the store thread, in one hop
+        latest = {
+            pid: Latest(profile_pb2.Profile.FromString(state) if state else profile_pb2.Profile(profile_id=pid),
+                        aggregates or "{}", merged_into or "")
+            for pid, state, aggregates, merged_into in rows
+        }
+        return latest, {(pid, m): version for pid, m, version in applied if m in wanted[pid]}
+
+    async def save_changes(self, changes, archive_ttl):
+        expires = int(datetime.now(timezone.utc).timestamp() * 1e6) + archive_ttl * 1_000_000
+        events, identifiers, snapshots, markers, states = [], [], [], [], []
+        for change in changes:
+            p = change.latest.profile
+            events.extend((p.profile_id, r.event.timestamp.ToMicroseconds(), r.event.message_id, name,
+                           r.SerializeToString(), expires) for r, name in change.archived)
+            identifiers.extend((t, v, p.profile_id) for t, v in change.identifiers)
+            for stored in change.snapshots:
+                s = stored.snapshot
+                snapshots.append((p.profile_id, s.version, s.SerializeToString(), int(stored.full),
+                                  s.recorded_at.ToMicroseconds()))
+                markers.append((p.profile_id, s.cause_message_id, s.version))
+            states.append((p.profile_id, p.version, p.SerializeToString(), change.latest.aggregates))
+
+        def work(db) -> None:  # one transaction: all of the batch, or none of it
+            db.executemany("INSERT OR REPLACE INTO profile_events VALUES (?, ?, ?, ?, ?, ?)", events)
+            db.executemany("INSERT OR REPLACE INTO profile_identifiers VALUES (?, ?, ?)", identifiers)
+            db.executemany("INSERT OR REPLACE INTO profile_snapshots (profile_id, version, snapshot, is_full, recorded_us)"
+                           " VALUES (?, ?, ?, ?, ?)", snapshots)
+            db.executemany("INSERT OR REPLACE INTO profile_applied_events VALUES (?, ?, ?)", markers)
             # An upsert, not a replace: merged_into is another writer's column.
-            db.execute("INSERT INTO profile_latest (profile_id, version, state, aggregates) VALUES (?, ?, ?, ?)"
-                       " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, state = excluded.state,"
-                       " aggregates = excluded.aggregates", (p.profile_id, p.version, p.SerializeToString(), latest.aggregates))
+            db.executemany("INSERT INTO profile_latest (profile_id, version, state, aggregates) VALUES (?, ?, ?, ?)"
+                           " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, state = excluded.state,"
+                           " aggregates = excluded.aggregates", states)
 
         await self.db.transaction(work)
 

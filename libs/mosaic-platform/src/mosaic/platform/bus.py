@@ -22,10 +22,9 @@ decides the rest:
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import nats
@@ -35,8 +34,10 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js import api
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 
 from mosaic.platform import topics
+from mosaic.platform.acks import Acks, duplicate
 from mosaic.platform.config import TlsSettings
 from mosaic.platform.errors import DomainError, Unavailable
 from mosaic.platform.topics import Topic
@@ -66,7 +67,7 @@ _NO_MESSAGE = 10057  # JetStream's error code for a sequence that holds no messa
 KEY_HEADER = "Mosaic-Key"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Delivery:
     """Where a consumed message came from."""
 
@@ -75,72 +76,16 @@ class Delivery:
     stream_sequence: int
     num_delivered: int
     message_id: str
+    key: str = ""  # the key it was partitioned by
+    # The context of its process span: a batch handler has no current span per message, so it
+    # hands this to `publish_many(contexts=...)` to keep each message's trace going.
+    trace_context: Context | None = None
 
 
 Handler = Callable[[Any, Delivery], Awaitable[None]]
-
-
-class _Batch:
-    """The answers to one batch of publishes, in publish order, and the future of all of them."""
-
-    def __init__(self, count: int) -> None:
-        self.answers: list[bytes | None] = [None] * count
-        self.missing = count
-        self.future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
-
-    def answer(self, index: int, data: bytes) -> None:
-        if self.answers[index] is None:
-            self.missing -= 1
-        self.answers[index] = data
-        if not self.missing:
-            self.future.set_result(self.answers)
-
-
-class _Acks:
-    """JetStream's answers to publishes that name a reply subject of ours: one subscription
-    (`<inbox>.*.*`) for all of them, one future per batch, each publish replied to at
-    `<inbox>.<batch>.<index>`. It does by hand what the client's `publish_async` does, without a
-    random token, a semaphore, a future per message and a JSON parse of every ack."""
-
-    def __init__(self, nc: nats.NATS) -> None:
-        self._nc = nc
-        self._prefix = ""
-        self._next = 0
-        self._pending: dict[str, _Batch] = {}
-        self._subscribed = False
-
-    async def expect(self, count: int) -> tuple[str, str, asyncio.Future[list[bytes]]]:
-        """A new batch of `count` publishes: (token, reply subject prefix to which publish i
-        appends `format(i, "x")`, future of the answers in order)."""
-        if not self._subscribed:
-            self._prefix = self._nc.new_inbox() + "."
-            await self._nc.subscribe(self._prefix + "*.*", cb=self._answer)
-            self._subscribed = True
-        self._next += 1
-        token = format(self._next, "x")
-        batch = self._pending[token] = _Batch(count)
-        return token, f"{self._prefix}{token}.", batch.future
-
-    def forget(self, token: str) -> None:
-        self._pending.pop(token, None)
-
-    async def _answer(self, msg: Msg) -> None:
-        token, _, index = msg.subject[len(self._prefix):].partition(".")
-        batch = self._pending.get(token)
-        if batch is None or batch.future.done():
-            return
-        if msg.headers and msg.headers.get("Status") == "503":
-            batch.future.set_exception(nats.js.errors.NoStreamResponseError())  # no stream (yet) behind the subject
-        else:
-            batch.answer(int(index, 16), msg.data)
-
-
-def _duplicate(answer: bytes) -> bool:
-    """Whether a JetStream publish answer says duplicate; raises the error it carries, if any."""
-    if b'"error"' in answer:
-        raise nats.js.errors.APIError.from_error(json.loads(answer)["error"])
-    # Parsed only when the key is there (rarely): a plain answer is {"stream":"S", "seq":1}.
-    return b'"duplicate"' in answer and bool(json.loads(answer).get("duplicate"))
+# A handler of a whole fetched batch of one partition, `(payload, delivery)` in stream order; see
+# `Bus.consume`. It must leave the same state as the per-message handler applied to each in turn.
+BatchHandler = Callable[[list[tuple[Any, Delivery]]], Awaitable[None]]
 
 
 def backoff(attempt: int, base: float = 0.2, cap: float = 30.0) -> float:
@@ -166,7 +111,7 @@ class Bus:
         self._nc = nc
         self.stream_replicas = stream_replicas
         self._js = nc.jetstream()
-        self._acks = _Acks(nc)
+        self._acks = Acks(nc)
         self.service = service
         self.partitions = partitions
         self._stopping = asyncio.Event()
@@ -251,17 +196,45 @@ class Bus:
         return duplicate
 
     async def publish_many(
-        self, topic: Topic, messages: Sequence[tuple[str, bytes, str]], timeout: float = 5.0
+        self, topic: Topic, messages: Sequence[tuple[str, bytes, str]], timeout: float = 5.0,
+        contexts: Sequence[Context | None] | None = None,
     ) -> list[bool]:
         """Store many `(key, payload, message id)` at once; True where JetStream saw a duplicate.
 
         All messages are sent before any acknowledgement is awaited, so a batch costs about one
-        round trip instead of one per message, and one span (whose trace context every message
-        carries) instead of one per message. The acknowledgements come to one subscription of
-        this bus (see `_Acks`), cheaper per message than the client's own async publish. Raises
-        `Unavailable` unless JetStream confirmed every message: some may be stored anyway, and
-        the caller's retry is safe because the message ids make JetStream drop the copies.
+        round trip instead of one per message. Without `contexts` one span (whose trace context
+        every message carries) covers them all; with them (one per message, from a batch
+        handler's deliveries) each message gets its own publish span under its own context, so
+        every event stays one trace across a batched hop. The acknowledgements come to one
+        subscription of this bus (see `Acks`), cheaper per message than the client's own async
+        publish. Raises `Unavailable` unless JetStream confirmed every message: some may be
+        stored anyway, and the caller's retry is safe because the message ids make JetStream
+        drop the copies.
         """
+        name, kind = f"{topic.name} publish", trace.SpanKind.PRODUCER
+        if contexts is None:
+            with tracer.start_as_current_span(name, kind=kind, attributes=self._publish_attributes(topic, messages)):
+                context_headers: dict[str, str] = {}
+                propagate.inject(context_headers)
+                return await self._send(topic, messages, [context_headers] * len(messages), timeout)
+        spans = [tracer.start_span(name, context=context, kind=kind, attributes=self._publish_attributes(topic, [message]))
+                 for message, context in zip(messages, contexts, strict=True)]
+        try:
+            headers = []
+            for span in spans:
+                headers.append({})
+                propagate.inject(headers[-1], context=trace.set_span_in_context(span))
+            return await self._send(topic, messages, headers, timeout)
+        except BaseException as error:
+            for span in spans:
+                span.record_exception(error)
+                span.set_status(trace.StatusCode.ERROR)
+            raise
+        finally:
+            for span in spans:
+                span.end()
+
+    def _publish_attributes(self, topic: Topic, messages: Sequence[tuple[str, bytes, str]]) -> dict[str, str | int]:
         attributes: dict[str, str | int] = {
             "messaging.system": "nats",
             "messaging.operation.type": "publish",
@@ -273,25 +246,28 @@ class Bus:
             partition = topics.partition_of(key, self.partitions)
             attributes.update({"messaging.destination.name": topic.subject(partition),
                                "messaging.message.id": message_id, "mosaic.partition": partition})
-        with tracer.start_as_current_span(f"{topic.name} publish", kind=trace.SpanKind.PRODUCER, attributes=attributes):
-            if not messages:
-                return []
-            context_headers: dict[str, str] = {}
-            propagate.inject(context_headers)
-            token = ""
-            try:
-                token, reply, answers = await self._acks.expect(len(messages))
-                for index, (key, payload, message_id) in enumerate(messages):
-                    if index and not index % 256:
-                        await asyncio.sleep(0)  # a big batch lets the flusher write and other calls run
-                    subject = topic.subject(topics.partition_of(key, self.partitions))
-                    headers = {"Nats-Msg-Id": message_id, KEY_HEADER: key, **context_headers}
-                    await self._nc.publish(subject, payload, reply=f"{reply}{index:x}", headers=headers)
-                return [_duplicate(answer) for answer in await asyncio.wait_for(answers, timeout)]
-            except (*_NATS_DOWN, *_JETSTREAM_DOWN) as error:
-                raise Unavailable("nats", f"publish to {topic.name} not confirmed: {type(error).__name__}") from error
-            finally:
-                self._acks.forget(token)
+        return attributes
+
+    async def _send(
+        self, topic: Topic, messages: Sequence[tuple[str, bytes, str]], context_headers: Sequence[dict[str, str]],
+        timeout: float,
+    ) -> list[bool]:
+        if not messages:
+            return []
+        token = ""
+        try:
+            token, reply, answers = await self._acks.expect(len(messages))
+            for index, ((key, payload, message_id), extra) in enumerate(zip(messages, context_headers)):
+                if index and not index % 256:
+                    await asyncio.sleep(0)  # a big batch lets the flusher write and other calls run
+                subject = topic.subject(topics.partition_of(key, self.partitions))
+                headers = {"Nats-Msg-Id": message_id, KEY_HEADER: key, **extra}
+                await self._nc.publish(subject, payload, reply=f"{reply}{index:x}", headers=headers)
+            return [duplicate(answer) for answer in await asyncio.wait_for(answers, timeout)]
+        except (*_NATS_DOWN, *_JETSTREAM_DOWN) as error:
+            raise Unavailable("nats", f"publish to {topic.name} not confirmed: {type(error).__name__}") from error
+        finally:
+            self._acks.forget(token)
 
     async def erase(self, topic: Topic, sequence: int) -> None:
         """Delete a consumed message from its stream, its bytes overwritten on disk (JetStream's
@@ -321,10 +297,19 @@ class Bus:
         await self._nc.subscribe(topic.wildcard, cb=on_message)
         await self._nc.flush()  # the server knows the subscription when this returns
 
-    def consume(self, topic: Topic, handler: Handler, partitions: Iterable[int]) -> None:
-        """Start one ordered consumer task per owned partition of `topic`."""
+    def consume(
+        self, topic: Topic, handler: Handler, partitions: Iterable[int], batch_handler: BatchHandler | None = None
+    ) -> None:
+        """Start one ordered consumer task per owned partition of `topic`.
+
+        With `batch_handler`, each fetched batch goes to it whole, so a handler can read and write
+        once per batch instead of once per message; all its messages are acked when it returns.
+        If it raises anything, the batch is done again by `handler` one message at a time, where
+        each outcome has its answer (retry in place, dead letter, redeliver): safe because
+        handlers are idempotent, and it keeps a poison message from holding back the others.
+        """
         for partition in partitions:
-            task = asyncio.create_task(self._consume(topic, partition, handler))
+            task = asyncio.create_task(self._consume(topic, partition, handler, batch_handler))
             self._tasks.append(task)
 
     async def stop_consuming(self) -> None:
@@ -343,7 +328,7 @@ class Bus:
             except (*_NATS_DOWN, nats.errors.FlushTimeoutError):
                 await self._nc.close()  # nothing left to flush to: close without draining
 
-    async def _consume(self, topic: Topic, partition: int, handler: Handler) -> None:
+    async def _consume(self, topic: Topic, partition: int, handler: Handler, batch_handler: BatchHandler | None) -> None:
         durable = f"{self.service}-{partition}"
         config = api.ConsumerConfig(
             durable_name=durable,
@@ -366,17 +351,83 @@ class Bus:
                 log.warning("fetch from %s failed: %r", topic.subject(partition), error)
                 await self._sleep(1.0)
                 continue
-            # Messages of one key in order, different keys side by side; the next batch only
-            # once this one is done, so a key never overtakes itself.
-            by_key: dict[str, list[Msg]] = {}
-            for msg in messages:
-                by_key.setdefault((msg.headers or {}).get(KEY_HEADER, ""), []).append(msg)
-            await asyncio.gather(*(self._process_in_order(topic, partition, group, handler) for group in by_key.values()))
+            # The next batch only once this one is done, so a key never overtakes itself.
+            if batch_handler is not None:
+                await self._process_batch(topic, partition, messages, handler, batch_handler)
+            else:
+                await self._process_by_key(topic, partition, messages, handler)
         if sub is not None:
             try:
                 await sub.unsubscribe()
             except nats.errors.Error:
                 pass
+
+    async def _process_by_key(self, topic: Topic, partition: int, messages: list[Msg], handler: Handler) -> None:
+        """Messages of one key in order, different keys side by side."""
+        by_key: dict[str, list[Msg]] = {}
+        for msg in messages:
+            by_key.setdefault((msg.headers or {}).get(KEY_HEADER, ""), []).append(msg)
+        await asyncio.gather(*(self._process_in_order(topic, partition, group, handler) for group in by_key.values()))
+
+    async def _process_batch(
+        self, topic: Topic, partition: int, messages: list[Msg], handler: Handler, batch_handler: BatchHandler
+    ) -> None:
+        if self._stopping.is_set():
+            for msg in messages:
+                await msg.nak()  # given back now, not after ack_wait
+            return
+        kept: list[Msg] = []
+        items: list[tuple[Any, Delivery]] = []
+        spans = []
+        for msg in messages:
+            try:
+                payload = topic.message.FromString(msg.data)
+            except DecodeError as error:
+                await self._dead_letter(msg, f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}")
+                continue
+            delivery = self._delivery(msg, partition)
+            span = tracer.start_span(f"{topic.name} process", context=propagate.extract(msg.headers or {}),
+                                     kind=trace.SpanKind.CONSUMER, attributes=self._process_attributes(msg, delivery))
+            spans.append(span)
+            kept.append(msg)
+            items.append((payload, dataclasses.replace(delivery, trace_context=trace.set_span_in_context(span))))
+        if not kept:
+            return
+        try:
+            await self._with_heartbeat(kept, batch_handler(items))
+        except Exception as error:  # noqa: BLE001 - every outcome is decided again, message by message
+            log.warning("batch of %d on %s failed (%r); handling it one message at a time", len(kept), topic.subject(partition), error)
+            for span in spans:
+                span.record_exception(error)
+                span.end()
+            await self._process_by_key(topic, partition, kept, handler)
+            return
+        for span in spans:
+            span.end()
+        for msg in kept:
+            await msg.ack()
+
+    def _delivery(self, msg: Msg, partition: int) -> Delivery:
+        meta = msg.metadata
+        headers = msg.headers or {}
+        return Delivery(
+            subject=msg.subject,
+            partition=partition,
+            stream_sequence=meta.sequence.stream,
+            num_delivered=meta.num_delivered,
+            message_id=headers.get("Nats-Msg-Id", ""),
+            key=headers.get(KEY_HEADER, ""),
+        )
+
+    def _process_attributes(self, msg: Msg, delivery: Delivery) -> dict[str, str | int]:
+        return {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": msg.subject,
+            "messaging.consumer.group.name": self.service,
+            "messaging.message.id": delivery.message_id,
+            "mosaic.partition": delivery.partition,
+        }
 
     async def _process_in_order(self, topic: Topic, partition: int, messages: list[Msg], handler: Handler) -> None:
         for index, msg in enumerate(messages):
@@ -388,26 +439,12 @@ class Bus:
 
     async def _process(self, topic: Topic, partition: int, msg: Msg, handler: Handler) -> None:
         meta = msg.metadata
-        headers = msg.headers or {}
-        delivery = Delivery(
-            subject=msg.subject,
-            partition=partition,
-            stream_sequence=meta.sequence.stream,
-            num_delivered=meta.num_delivered,
-            message_id=headers.get("Nats-Msg-Id", ""),
-        )
+        delivery = self._delivery(msg, partition)
         with tracer.start_as_current_span(
             f"{topic.name} process",
-            context=propagate.extract(headers),
+            context=propagate.extract(msg.headers or {}),
             kind=trace.SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": msg.subject,
-                "messaging.consumer.group.name": self.service,
-                "messaging.message.id": delivery.message_id,
-                "mosaic.partition": partition,
-            },
+            attributes=self._process_attributes(msg, delivery),
         ) as span:
             try:
                 payload = topic.message.FromString(msg.data)
@@ -442,14 +479,15 @@ class Bus:
                 await msg.ack()
                 return
 
-    async def _with_heartbeat(self, msg: Msg, work: Awaitable[None]) -> None:
-        """Run the handler, telling JetStream it is in progress every third of ack_wait."""
+    async def _with_heartbeat(self, messages: Msg | list[Msg], work: Awaitable[None]) -> None:
+        """Run the handler, telling JetStream its messages are in progress every third of ack_wait."""
         task = asyncio.ensure_future(work)
         while True:
             done, _ = await asyncio.wait({task}, timeout=self.ack_wait / 3)
             if done:
                 return task.result()
-            await msg.in_progress()
+            for msg in messages if isinstance(messages, list) else [messages]:
+                await msg.in_progress()
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         log.error("dead-lettering %s: %s", msg.subject, reason)
