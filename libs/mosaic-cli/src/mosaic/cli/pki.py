@@ -22,7 +22,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 SERVICES = ("ingestion", "identity", "profile", "segmentation", "consent", "delivery")
 TOKEN_DAYS = 30
 # What each service may do when it calls another (delivery asks consent at send time).
-SERVICE_SCOPES = {"delivery": ["consent:read", "profiles:read", "profiles:read_pii"],
+SERVICE_SCOPES = {"delivery": ["consent:read", "profiles:read", "profiles:read_pii",
+                               # outcomes and engagement fed back: its source, the events, the
+                               # person's identifiers, an unsubscribe's withdrawal
+                               "sources:read", "sources:write", "events:write", "identity:read_pii", "consent:write"],
                   "segmentation": ["profiles:read", "profiles:read_pii", "segments:read"],  # peers' Estimate
                   "consent": ["identity:read"]}  # an export or erasure by identifier finds the person
 
