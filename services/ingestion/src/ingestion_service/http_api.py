@@ -42,7 +42,7 @@ SINGLE = frozenset(segment_json.TYPES)
 MAX_ERRORS = 100
 # A full batch is ~40 ms of parsing: other requests get the event loop between slices of it.
 SLICE = 100
-SEGMENT_NAMES = {"user_id": "userId", "anonymous_id": "anonymousId", "previous_id": "previousId",
+SEGMENT_NAMES = {"user_id": "userId", "anonymous_id": "anonymousId", "previous_id": "previousId", "sent_at": "sentAt",
                  "group_id": "groupId", "message_id": "messageId"}
 _SUCCESS = b'{"success": true}'
 
@@ -223,7 +223,7 @@ async def _to_events(messages: list[Any], kind: str, defaults: dict[str, Any] | 
         prefix = f"batch[{index}]" if kind == "batch" else ""
         try:
             event = segment_json.to_event(message, None if kind == "batch" else kind, defaults)
-            envelope.prepare(event, active.source_id, received_at)
+            envelope.prepare(event, active.source_id, received_at, structs_checked=True)
         except InvalidArgument as error:
             if len(errors) < MAX_ERRORS:
                 field, rule = _segment_spelling(error.field, error.rule)
@@ -239,7 +239,7 @@ async def _to_events(messages: list[Any], kind: str, defaults: dict[str, Any] | 
 
 def _segment_spelling(field: str, rule: str) -> tuple[str, str]:
     """Envelope rules speak protobuf (user_id); the HTTP client wrote Segment (userId)."""
-    if field == "event" and rule.startswith("must be at most"):
+    if field == "event" and " bytes, is " in rule:
         return "", rule  # the size of the whole event, not of its `event` name
     for proto_name, segment_name in SEGMENT_NAMES.items():
         rule = rule.replace(proto_name, segment_name)
