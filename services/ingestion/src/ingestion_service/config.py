@@ -13,6 +13,9 @@ from mosaic.platform.config import Env, PlatformSettings
 class Settings:
     platform: PlatformSettings
     http_port: int
+    # How long a request's body may take to arrive; past it the answer is 408 and the
+    # connection is closed (a body never finished would otherwise hold it for ever).
+    http_read_timeout: float
     # Rotated write keys stay valid this long unless the rotation says otherwise.
     key_grace_seconds: float
     # How long a source read from the store is trusted; other replicas see a change within it.
@@ -37,6 +40,7 @@ class Settings:
         return cls(
             platform=platform or PlatformSettings.from_env("ingestion", environ),
             http_port=env.int("MOSAIC_HTTP_PORT", 8080, maximum=65535),
+            http_read_timeout=env.float("MOSAIC_HTTP_READ_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             key_grace_seconds=env.float("MOSAIC_INGEST_KEY_GRACE_SECONDS", 24 * 3600.0),
             source_cache_seconds=env.float("MOSAIC_INGEST_SOURCE_CACHE_SECONDS", 5.0),
             default_rate=env.float("MOSAIC_INGEST_RATE_LIMIT", 0.0),
