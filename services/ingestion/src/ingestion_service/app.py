@@ -137,7 +137,7 @@ async def build(runtime: Runtime, settings: Settings) -> Ingestion:
     ingestion_service_pb2_grpc.add_IngestionServiceServicer_to_server(IngestionServicer(intake, sources), runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["IngestionService"].full_name)
     http = HttpApi(intake, sources, settings.http_read_timeout)
-    port = await http.start(settings.http_port)
+    port = await http.start(settings.http_port, settings.platform.bind_host)
     runtime.cleanup.push_async_callback(http.stop)  # stops first: calls in flight still publish
     log.info("http serving", extra={"fields": {"service": settings.platform.service, "http_port": port}})
 

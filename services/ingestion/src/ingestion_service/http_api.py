@@ -117,15 +117,15 @@ class HttpApi:
         self.read_timeout = read_timeout
         self._runner: web.AppRunner | None = None
 
-    async def start(self, port: int) -> int:
-        """Serve on `port` (0: any free port); returns the port."""
+    async def start(self, port: int, host: str = "") -> int:
+        """Serve on `host` (empty: every interface) and `port` (0: any free port); returns the port."""
         app = web.Application()
         app.router.add_post("/v1/{kind}", self.handle)
         # Bodies are decompressed here, under the request limit, never by aiohttp unbounded.
         self._runner = web.AppRunner(app, access_log=None, auto_decompress=False, handle_signals=False)
         await self._runner.setup()
         self._runner.server.__class__ = _Server  # aiohttp has no hook for its connection handler
-        site = web.TCPSite(self._runner, "0.0.0.0", port)
+        site = web.TCPSite(self._runner, host.strip("[]") or "0.0.0.0", port)
         await site.start()
         return self._runner.addresses[0][1]
 

@@ -109,6 +109,9 @@ class PlatformSettings:
     # ingestion dedupe window). Every service declares the streams at start, so it is a
     # deployment-wide setting: one service with another value would reset the stream's.
     events_dedup_window: float = 24 * 3600.0
+    # The address gRPC (and ingestion's HTTP API) listen on; empty: every interface, as a pod
+    # needs. `mosaic run` sets 127.0.0.1, so a laptop's mesh is not open to its network.
+    bind_host: str = ""
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> PlatformSettings:
@@ -128,6 +131,7 @@ class PlatformSettings:
         return cls(
             service=service,
             grpc_port=env.int("MOSAIC_GRPC_PORT", 0, maximum=65535),
+            bind_host=env.str("MOSAIC_BIND_HOST", ""),
             grace_seconds=env.float("MOSAIC_GRACE_SECONDS", 10.0),
             nats_url=env.str("MOSAIC_NATS_URL", "nats://127.0.0.1:4222"),
             partitions=partitions,

@@ -54,6 +54,13 @@ class Runtime:
 Build = Callable[[Runtime], Awaitable[None]]
 
 
+def listen_host(bind_host: str, everywhere: str) -> str:
+    """MOSAIC_BIND_HOST as a listening address (IPv6 literals bracketed); `everywhere` if unset."""
+    if not bind_host:
+        return everywhere
+    return f"[{bind_host}]" if ":" in bind_host and not bind_host.startswith("[") else bind_host
+
+
 class Service:
     """A running service; `start` returns once it is serving, `stop` stops it gracefully."""
 
@@ -76,7 +83,7 @@ class Service:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [*runtime.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(f"[::]:{settings.grpc_port}")
+        self.port = server.add_insecure_port(f"{listen_host(settings.bind_host, '[::]')}:{settings.grpc_port}")
         await server.start()
         for name in ["", *runtime.service_names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
