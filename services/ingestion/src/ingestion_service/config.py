@@ -31,6 +31,11 @@ class Settings:
     # How often the suppression list is read again from the store (changes other replicas saw).
     suppression_refresh_seconds: float
     quarantine_days: int
+    # Backpressure (see backlog.py): past this many events not yet acked by one consuming
+    # service, senders are told to retry later; 0: no bound. Read every refresh seconds.
+    max_backlog: int = 1_000_000
+    backlog_refresh_seconds: float = 1.0
+    backlog_retry_after: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, platform: PlatformSettings | None = None) -> Settings:
@@ -49,4 +54,7 @@ class Settings:
             suppression_salt=env.str("MOSAIC_SUPPRESSION_SALT", ""),
             suppression_refresh_seconds=env.float("MOSAIC_SUPPRESSION_REFRESH_SECONDS", 30.0, minimum=0.1),
             quarantine_days=env.int("MOSAIC_INGEST_QUARANTINE_DAYS", 30, minimum=1, maximum=3650),
+            max_backlog=env.int("MOSAIC_INGEST_MAX_BACKLOG", 1_000_000),
+            backlog_refresh_seconds=env.float("MOSAIC_INGEST_BACKLOG_REFRESH_SECONDS", 1.0, minimum=0.05),
+            backlog_retry_after=env.float("MOSAIC_INGEST_BACKLOG_RETRY_AFTER_SECONDS", 5.0, minimum=0.1),
         )
