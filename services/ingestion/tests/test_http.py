@@ -134,6 +134,18 @@ async def test_the_same_message_id_is_accepted_once_per_source(create_source, st
     ("/v1/track", [track()], "body", "must be a JSON object"),
     # Deeper would be stored, then fail to parse in every consumer (protobuf's depth limit).
     ("/v1/track", track(properties=nested(25)), "properties", "must nest at most 24 levels"),
+    # Times every later stage can fold; a skew correction that cannot overflow (was a 500).
+    ("/v1/track", track(timestamp="9999-01-01T00:00:00Z", sentAt="0001-01-01T00:00:00Z"), "timestamp",
+     "must be between 1900-01-01 and 2200-01-01 (UTC)"),
+    ("/v1/track", track(timestamp="2150-01-01T00:00:00Z", sentAt="1901-01-01T00:00:00Z"), "sentAt",
+     "is too far from the time received: the timestamp corrected by it must be between 1900-01-01 and 2200-01-01 (UTC)"),
+    # Ids identity could never link are refused here, not dead-lettered there.
+    ("/v1/identify", {"userId": "   "}, "userId", "userId or anonymousId must be a real id, not blank or a placeholder (userId '   ')"),
+    ("/v1/identify", {"userId": "null", "anonymousId": 0}, "userId",
+     "userId or anonymousId must be a real id, not blank or a placeholder (userId 'null' and anonymousId '0')"),
+    ("/v1/track", track(event="Clicked\r\nX: 1"), "event", "must not contain control characters (NUL, CR, LF...)"),
+    ("/v1/track", track(userId="ada\u0000"), "userId", "must not contain control characters (NUL, CR, LF...)"),
+    ("/v1/track", track(properties={"a\nb": 1}), "properties", "key 'a\\nb' must not contain control characters (NUL, CR, LF...)"),
 ])
 async def test_a_bad_event_is_a_400_naming_the_index_field_and_rule(stored, web, path, message, field, rule):
     status, body, _ = await web.post(path, message)
@@ -158,6 +170,12 @@ async def test_a_batch_with_one_bad_event_stores_nothing_and_names_it(stored, we
     (b'{"userId": "ada", "event": ', "must be JSON: Expecting value at line 1 column 28"),
     (b'{"userId": "\xff\xfe", "event": "x"}', "must be UTF-8; byte 12 is not"),
     (b'{"userId": "ada", "event": "x", "properties": {"n": NaN}}', "must be JSON: NaN is not a JSON number"),
+    # Limits in the API's words, never Python's (recursion depth, digit limits) or a 500.
+    (b'{"userId": "ada", "event": "x", "properties": {"n": 1e400}}',
+     "must hold numbers a double can hold (magnitude at most 1.8e308); the number at line 1 column 53 is not"),
+    (b'{"userId": "ada", "event": "x", "properties": {"n": ' + b"7" * 5000 + b"}}",
+     "must hold numbers a double can hold (magnitude at most 1.8e308); the number at line 1 column 53 is not"),
+    (b'{"p": ' + b"[" * 5000 + b"]" * 5000 + b"}", "must nest at most 24 levels"),
 ])
 async def test_a_body_that_is_not_utf8_json_is_a_400(web, body, rule):
     status, answer, _ = await web.post("/v1/track", body, raw=True)

@@ -13,13 +13,14 @@ import gzip
 import itertools
 import json
 import math
+from datetime import datetime
 
 import aiohttp
 import pytest
 from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from mosaic.platform import topics
+from mosaic.platform import limits, topics
 from mosaic.platform.errors import InvalidArgument
 from ingestion_service import segment_json
 
@@ -27,12 +28,15 @@ PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, database=None, supp
 PURE_SETTINGS = settings(PROPERTY_SETTINGS, max_examples=400)
 ids = itertools.count()
 
+# Valid messages: keys and names without control characters, ids that are not placeholders,
+# times within the range every stage can fold (see mosaic.platform.limits).
+text = st.characters(codec="utf-8", exclude_characters="".join(map(chr, [*range(32), 127])))
 scalars = st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(text, max_size=8), inner, max_size=4),
                            max_leaves=12)
-objects = st.dictionaries(st.text(max_size=10), json_values, max_size=5)
-timestamps = st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())
-names = st.text(min_size=1, max_size=30)
+objects = st.dictionaries(st.text(text, max_size=10), json_values, max_size=5)
+timestamps = st.datetimes(datetime(1900, 1, 2), datetime(2199, 12, 30), timezones=st.timezones()).map(lambda d: d.isoformat())
+names = st.text(text, min_size=1, max_size=30).filter(lambda name: limits.junk_pattern(name) is None)
 
 
 @st.composite

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mosaic.identity.v1 import identity_pb2
+from mosaic.platform import limits
 from mosaic.platform.errors import InvalidArgument
 
 DEFAULT_PRIORITY = ("user_id", "email", "phone", "device_id", "anonymous_id")
@@ -24,7 +25,8 @@ DEFAULT_LIMIT = 5
 DEFAULT_MAX_MERGES = 100
 DEFAULT_MAX_MAPPINGS = 1000
 # Junk that SDKs and forms send in place of an id; matched against the whole value, any case.
-DEFAULT_BLOCKED = (r"[0-]*", r"-1", r"null", r"undefined", r"anonymous", r"none", r"nan")
+# The platform holds the list: ingestion refuses an event whose only ids match it.
+DEFAULT_BLOCKED = limits.JUNK_PATTERNS
 OLDEST = identity_pb2.SURVIVOR_RULE_OLDEST
 NEWEST = identity_pb2.SURVIVOR_RULE_NEWEST
 

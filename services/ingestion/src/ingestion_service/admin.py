@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.platform import limits
 from mosaic.platform.errors import InvalidArgument, NotFound
 from ingestion_service import envelope
 from ingestion_service.intake import Intake
 from ingestion_service.sources import SourceDirectory, check_source_id
 
 S = pb  # EVENT_STATUS_* as module-level ints, cheaper than the enum wrapper's lookups
+MAX_GRACE_SECONDS = 90 * 86400  # how long an old write key may keep working after a rotation
 # A replay that ends in one of these takes the event out of the quarantine; a suppressed
 # person's event must not be kept either.
 _LEAVES_QUARANTINE = (S.EVENT_STATUS_ACCEPTED, S.EVENT_STATUS_DUPLICATE, S.EVENT_STATUS_SUPPRESSED)
@@ -34,7 +36,12 @@ class AdminRpcs:
         return pb.UpdateSourceResponse(source=await self.sources.update(request.source, request.update_mask))
 
     async def RotateWriteKey(self, request, context):
-        grace = request.grace_period.ToTimedelta().total_seconds() if request.HasField("grace_period") else None
+        grace = None
+        if request.HasField("grace_period"):
+            period = request.grace_period
+            if not 0 <= period.seconds <= MAX_GRACE_SECONDS or not 0 <= period.nanos < 10**9:
+                raise InvalidArgument("grace_period", f"must be between 0 and {MAX_GRACE_SECONDS // 86400} days")
+            grace = period.seconds + period.nanos / 1e9
         key, source = await self.sources.rotate(request.source_id, grace)
         return pb.RotateWriteKeyResponse(write_key=key, source=source)
 
@@ -68,8 +75,7 @@ class AdminRpcs:
 
     async def _kept(self, source_id: str, message_id: str):
         check_source_id(source_id)
-        if not message_id:
-            raise InvalidArgument("message_id", "is required")
+        limits.check_required_text("message_id", message_id)
         kept = await self.intake.store.get_quarantined(source_id, message_id)
         if kept is None:
             raise NotFound("quarantined event", f"{source_id}/{message_id}")

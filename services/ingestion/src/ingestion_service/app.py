@@ -19,6 +19,7 @@ from mosaic.platform.errors import InvalidArgument
 from mosaic.platform.server import Runtime
 from ingestion_service import envelope
 from ingestion_service.admin import AdminRpcs
+from ingestion_service.backlog import BacklogGauge
 from ingestion_service.config import Settings
 from ingestion_service.http_api import HttpApi
 from ingestion_service.intake import Intake, Tally
@@ -133,11 +134,15 @@ async def build(runtime: Runtime, settings: Settings) -> Ingestion:
     runtime.cleanup.push_async_callback(_cancel, refresher)
     sources = SourceDirectory(store, settings)
     limiter = RateLimiter(share=1 / settings.platform.replica_count)
-    intake = Intake(runtime.bus, store, sources, suppression, limiter, settings)
+    backlog = BacklogGauge(settings.platform.nats_url, settings.max_backlog, settings.backlog_refresh_seconds,
+                           settings.backlog_retry_after)
+    await backlog.start()
+    runtime.cleanup.push_async_callback(backlog.stop)
+    intake = Intake(runtime.bus, store, sources, suppression, limiter, settings, backlog)
     ingestion_service_pb2_grpc.add_IngestionServiceServicer_to_server(IngestionServicer(intake, sources), runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["IngestionService"].full_name)
-    http = HttpApi(intake, sources)
-    port = await http.start(settings.http_port)
+    http = HttpApi(intake, sources, settings.http_read_timeout)
+    port = await http.start(settings.http_port, settings.platform.bind_host)
     runtime.cleanup.push_async_callback(http.stop)  # stops first: calls in flight still publish
     log.info("http serving", extra={"fields": {"service": settings.platform.service, "http_port": port}})
 

@@ -13,6 +13,9 @@ from mosaic.platform.config import Env, PlatformSettings
 class Settings:
     platform: PlatformSettings
     http_port: int
+    # How long a request's body may take to arrive; past it the answer is 408 and the
+    # connection is closed (a body never finished would otherwise hold it for ever).
+    http_read_timeout: float
     # Rotated write keys stay valid this long unless the rotation says otherwise.
     key_grace_seconds: float
     # How long a source read from the store is trusted; other replicas see a change within it.
@@ -28,6 +31,11 @@ class Settings:
     # How often the suppression list is read again from the store (changes other replicas saw).
     suppression_refresh_seconds: float
     quarantine_days: int
+    # Backpressure (see backlog.py): past this many events not yet acked by one consuming
+    # service, senders are told to retry later; 0: no bound. Read every refresh seconds.
+    max_backlog: int = 1_000_000
+    backlog_refresh_seconds: float = 1.0
+    backlog_retry_after: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, platform: PlatformSettings | None = None) -> Settings:
@@ -37,6 +45,7 @@ class Settings:
         return cls(
             platform=platform or PlatformSettings.from_env("ingestion", environ),
             http_port=env.int("MOSAIC_HTTP_PORT", 8080, maximum=65535),
+            http_read_timeout=env.float("MOSAIC_HTTP_READ_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             key_grace_seconds=env.float("MOSAIC_INGEST_KEY_GRACE_SECONDS", 24 * 3600.0),
             source_cache_seconds=env.float("MOSAIC_INGEST_SOURCE_CACHE_SECONDS", 5.0),
             default_rate=env.float("MOSAIC_INGEST_RATE_LIMIT", 0.0),
@@ -45,4 +54,7 @@ class Settings:
             suppression_salt=env.str("MOSAIC_SUPPRESSION_SALT", ""),
             suppression_refresh_seconds=env.float("MOSAIC_SUPPRESSION_REFRESH_SECONDS", 30.0, minimum=0.1),
             quarantine_days=env.int("MOSAIC_INGEST_QUARANTINE_DAYS", 30, minimum=1, maximum=3650),
+            max_backlog=env.int("MOSAIC_INGEST_MAX_BACKLOG", 1_000_000),
+            backlog_refresh_seconds=env.float("MOSAIC_INGEST_BACKLOG_REFRESH_SECONDS", 1.0, minimum=0.05),
+            backlog_retry_after=env.float("MOSAIC_INGEST_BACKLOG_RETRY_AFTER_SECONDS", 5.0, minimum=0.1),
         )

@@ -11,6 +11,11 @@ a request. The answers:
 - 401 unknown or expired write key, 403 disabled source, 429 over the source's rate limit
   and 503 when NATS or the store is unreachable, the last two with `Retry-After`. SDKs retry
   429 and 5xx, and the message ids they set make the retry safe.
+- 408 when the body did not arrive within the read timeout; 400 for a request HTTP itself
+  refuses (a header line over 8 KB...), which says what was wrong but never repeats it.
+
+Client faults and disconnects are logged at INFO, without the request's content: only bugs
+are ERRORs.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import logging
 import zlib
 from typing import Any
 
-from aiohttp import web
+import aiohttp
+from aiohttp import web, web_protocol, web_server
 from google.protobuf import timestamp_pb2
 from opentelemetry import propagate, trace
 
@@ -42,7 +48,7 @@ SINGLE = frozenset(segment_json.TYPES)
 MAX_ERRORS = 100
 # A full batch is ~40 ms of parsing: other requests get the event loop between slices of it.
 SLICE = 100
-SEGMENT_NAMES = {"user_id": "userId", "anonymous_id": "anonymousId", "previous_id": "previousId",
+SEGMENT_NAMES = {"user_id": "userId", "anonymous_id": "anonymousId", "previous_id": "previousId", "sent_at": "sentAt",
                  "group_id": "groupId", "message_id": "messageId"}
 _SUCCESS = b'{"success": true}'
 
@@ -51,9 +57,10 @@ class Refusal(Exception):
     """A request refused whole, with its HTTP status and the body that says why."""
 
     def __init__(self, status: int, message: str, errors: list[dict[str, Any]] | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.close = close
         self.body: dict[str, Any] = {"success": False, "message": message}
         if errors is not None:
             self.body["errors"] = errors
@@ -61,7 +68,10 @@ class Refusal(Exception):
 
     def response(self) -> web.Response:
         headers = {"Retry-After": retry_after_header(self.retry_after)} if self.retry_after is not None else None
-        return web.json_response(self.body, status=self.status, headers=headers)
+        response = web.json_response(self.body, status=self.status, headers=headers)
+        if self.close:
+            response.force_close()
+        return response
 
 
 def _bad(field: str, rule: str, index: int | None = None) -> Refusal:
@@ -71,20 +81,51 @@ def _bad(field: str, rule: str, index: int | None = None) -> Refusal:
     return Refusal(400, f"{field}: {rule}", [error])
 
 
+class _Handler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, except for requests its HTTP parser refuses (a header
+    over 8 KB, a bad request line): aiohttp logs those as ERROR tracebacks and answers with
+    the start of the offending line, Authorization headers included."""
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        log.info("refused a malformed HTTP request from %s: %s", request.remote, type(exc).__name__ if exc else status)
+        response = web.json_response({"success": False, "message": _MALFORMED.get(type(exc).__name__, "malformed HTTP request")},
+                                     status=status)
+        response.force_close()
+        return response
+
+
+_MALFORMED = {
+    "LineTooLong": "a request line or header is over 8190 bytes",
+    "BadStatusLine": "the request line is not HTTP",
+    "BadHttpMethod": "the request line is not HTTP",
+    "InvalidHeader": "a header is malformed",
+}
+
+
+class _Server(web_server.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+
 class HttpApi:
-    def __init__(self, intake: Intake, sources: SourceDirectory) -> None:
+    def __init__(self, intake: Intake, sources: SourceDirectory, read_timeout: float = 30.0) -> None:
         self.intake = intake
         self.sources = sources
+        self.read_timeout = read_timeout
         self._runner: web.AppRunner | None = None
 
-    async def start(self, port: int) -> int:
-        """Serve on `port` (0: any free port); returns the port."""
+    async def start(self, port: int, host: str = "") -> int:
+        """Serve on `host` (empty: every interface) and `port` (0: any free port); returns the port."""
         app = web.Application()
         app.router.add_post("/v1/{kind}", self.handle)
         # Bodies are decompressed here, under the request limit, never by aiohttp unbounded.
         self._runner = web.AppRunner(app, access_log=None, auto_decompress=False, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "0.0.0.0", port)
+        self._runner.server.__class__ = _Server  # aiohttp has no hook for its connection handler
+        site = web.TCPSite(self._runner, host.strip("[]") or "0.0.0.0", port)
         await site.start()
         return self._runner.addresses[0][1]
 
@@ -107,6 +148,11 @@ class HttpApi:
             except Refusal as refusal:
                 span.set_attribute("http.response.status_code", refusal.status)
                 return refusal.response()
+            except (ConnectionError, aiohttp.ClientConnectionResetError) as error:
+                # The client went away mid-request: its fault, and nothing to answer.
+                log.info("client disconnected during POST /v1/%s: %s", kind, type(error).__name__)
+                span.set_attribute("http.response.status_code", 499)
+                return web.Response(status=499)  # never sent; re-raising would log an ERROR
             except Exception:  # a bug: logged whole, the client told nothing internal
                 log.exception("unhandled error in POST /v1/%s", kind)
                 span.set_attribute("http.response.status_code", 500)
@@ -115,7 +161,12 @@ class HttpApi:
             return web.Response(body=_SUCCESS, content_type="application/json")
 
     async def _ingest(self, request: web.Request, kind: str) -> int:
-        body = await read_body(request, REQUEST_LIMIT if kind == "batch" else EVENT_LIMIT)
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                body = await read_body(request, REQUEST_LIMIT if kind == "batch" else EVENT_LIMIT)
+        except TimeoutError:
+            log.info("a body did not arrive within %s s", self.read_timeout)
+            raise Refusal(408, f"the body did not arrive within {self.read_timeout:g} s", close=True) from None
         try:
             data = segment_json.loads(body)
         except InvalidArgument as error:
@@ -223,7 +274,7 @@ async def _to_events(messages: list[Any], kind: str, defaults: dict[str, Any] | 
         prefix = f"batch[{index}]" if kind == "batch" else ""
         try:
             event = segment_json.to_event(message, None if kind == "batch" else kind, defaults)
-            envelope.prepare(event, active.source_id, received_at)
+            envelope.prepare(event, active.source_id, received_at, structs_checked=True)
         except InvalidArgument as error:
             if len(errors) < MAX_ERRORS:
                 field, rule = _segment_spelling(error.field, error.rule)
@@ -239,7 +290,7 @@ async def _to_events(messages: list[Any], kind: str, defaults: dict[str, Any] | 
 
 def _segment_spelling(field: str, rule: str) -> tuple[str, str]:
     """Envelope rules speak protobuf (user_id); the HTTP client wrote Segment (userId)."""
-    if field == "event" and rule.startswith("must be at most"):
+    if field == "event" and " bytes, is " in rule:
         return "", rule  # the size of the whole event, not of its `event` name
     for proto_name, segment_name in SEGMENT_NAMES.items():
         rule = rule.replace(proto_name, segment_name)

@@ -22,6 +22,7 @@ from mosaic.platform import metrics, topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.errors import FailedPrecondition, NotFound
 from ingestion_service import envelope
+from ingestion_service.backlog import BacklogGauge
 from ingestion_service.config import Settings
 from ingestion_service.ratelimit import RateLimiter
 from ingestion_service.sources import ActiveSource, SourceDirectory, check_source_id
@@ -51,13 +52,15 @@ class Intake:
     """Suppression, governance and storage of a source's events."""
 
     def __init__(self, bus: Bus, store: IngestionStore, sources: SourceDirectory,
-                 suppression: SuppressionList, limiter: RateLimiter, settings: Settings) -> None:
+                 suppression: SuppressionList, limiter: RateLimiter, settings: Settings,
+                 backlog: BacklogGauge | None = None) -> None:
         self.bus = bus
         self.store = store
         self.sources = sources
         self.suppression = suppression
         self.limiter = limiter
         self.settings = settings
+        self.backlog = backlog
 
     async def source(self, source_id: str) -> ActiveSource:
         """The source a gRPC caller names; NOT_FOUND or FAILED_PRECONDITION when it may not send."""
@@ -72,7 +75,10 @@ class Intake:
         return active
 
     def admit(self, active: ActiveSource, events: int) -> None:
-        """Take the batch from the source's rate limit, or raise RateLimited."""
+        """Take the batch from the source's rate limit, or raise RateLimited; Unavailable while
+        the pipeline is too far behind."""
+        if self.backlog is not None:
+            self.backlog.check()
         self.limiter.admit(active.source_id, events, active.rate, active.burst)
 
     async def ingest(self, active: ActiveSource, events: list[event_pb2.Event]) -> list[EventResult]:

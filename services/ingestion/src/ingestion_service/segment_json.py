@@ -18,6 +18,7 @@ import orjson
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from mosaic.events.v1 import event_pb2
+from mosaic.platform import limits
 from mosaic.platform.errors import InvalidArgument
 
 T = event_pb2  # EVENT_TYPE_* as module-level ints: the enum wrapper's lookup costs 0.6 µs each
@@ -45,8 +46,9 @@ LIMITED = IDS | {"messageId"}  # the strings that become NATS headers and store 
 OBJECTS = {"properties": "properties", "traits": "traits", "context": "context", "integrations": "integrations"}
 # Struct values nest three protobuf levels per JSON level, and the consumers' parser stops at
 # 100: deeper JSON would be stored but could never be read again.
-MAX_DEPTH = 24
-MAX_ID_LENGTH = 512
+MAX_DEPTH = limits.MAX_DEPTH
+MAX_ID_LENGTH = limits.MAX_ID_LENGTH
+NUMBER_RULE = "must hold numbers a double can hold (magnitude at most 1.8e308)"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -55,21 +57,35 @@ def loads(body: bytes) -> Any:
     try:
         return orjson.loads(body)  # strict: UTF-8, no NaN, no lone surrogates, depth-limited
     except orjson.JSONDecodeError as error:
-        refusal = error.msg
+        refusal, where = error.msg, f"line {error.lineno} column {error.colno}"
+    # Limits first, in our words: the slow parser would say them in Python's (recursion
+    # depth, sys.set_int_max_str_digits) or not at all (1e400 is infinity to it).
+    if "depth limit" in refusal:
+        raise InvalidArgument("body", f"must nest at most {MAX_DEPTH} levels")
+    if "infinity" in refusal:
+        raise InvalidArgument("body", f"{NUMBER_RULE}; the number at {where} is not")
     # The slow parser only runs on a bad body: its message names the byte or the line and column.
     try:
-        json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        json.loads(body.decode("utf-8"), parse_constant=_no_constant, parse_int=_bounded_int)
     except UnicodeDecodeError as error:
         raise InvalidArgument("body", f"must be UTF-8; byte {error.start} is not") from None
     except json.JSONDecodeError as error:
         raise InvalidArgument("body", f"must be JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
-    except (ValueError, RecursionError) as error:
+    except RecursionError:
+        raise InvalidArgument("body", f"must nest at most {MAX_DEPTH} levels") from None
+    except ValueError as error:
         raise InvalidArgument("body", f"must be JSON: {error}") from None
     raise InvalidArgument("body", f"must be JSON: {refusal}")
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits) > 310:  # past a double's range, and past Python's own digit limit at 4,300
+        raise ValueError(NUMBER_RULE)
+    return int(digits)
 
 
 def to_event(message: Any, type_name: str | None = None, defaults: dict[str, Any] | None = None) -> event_pb2.Event:
@@ -112,6 +128,8 @@ def to_event(message: Any, type_name: str | None = None, defaults: dict[str, Any
             _fill(getattr(event, field), value, 1)
         except _TooDeep:
             raise InvalidArgument(key, f"must nest at most {MAX_DEPTH} levels") from None
+        except _BadKey as bad:
+            raise InvalidArgument(key, f"key {limits.shown(str(bad))} must not contain control characters (NUL, CR, LF...)") from None
         except (UnicodeEncodeError, ValueError, TypeError) as error:
             raise InvalidArgument(key, f"cannot be stored: {error}") from None
     _timestamp(event.timestamp, message, "timestamp") or _timestamp(event.timestamp, message, "originalTimestamp")
@@ -125,12 +143,18 @@ class _TooDeep(Exception):
     pass
 
 
+class _BadKey(Exception):
+    pass
+
+
 def _fill(struct: struct_pb2.Struct, mapping: dict[str, Any], depth: int) -> None:
     """Struct.update, inlined for the hot path (a third of the time), with the depth limit."""
     if depth > MAX_DEPTH:
         raise _TooDeep
     fields = struct.fields
     for key, value in mapping.items():
+        if limits.has_control(key):
+            raise _BadKey(key)
         target = fields[key]
         kind = type(value)
         if kind is str:

@@ -11,7 +11,7 @@ from opentelemetry import trace
 
 from mosaic.archive.v1 import event_archive_service_pb2, event_archive_service_pb2_grpc
 from mosaic.events.v1 import event_pb2, resolved_pb2
-from mosaic.platform import topics
+from mosaic.platform import limits, topics
 from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import InvalidArgument, NotFound, Unavailable
 from mosaic.platform.privacy import Participant
@@ -28,16 +28,18 @@ from profile_service.profiles import Profiles
 from profile_service.store import open_store
 
 
-def _page_size(value: int, default: int, most: int) -> int:
-    if value < 0:
-        raise InvalidArgument("page_size", "must not be negative")
-    return min(value or default, most)
+_page_size = limits.page_size
+MAX_BATCH_GET = 1000
+MAX_DAYS_PER_CALL = 400
+DAY_US = 86400 * 1_000_000
 
 
 def _required(value: str, field: str) -> str:
-    if not value:
-        raise InvalidArgument(field, "is required")
-    return value
+    return limits.check_required_text(field, value)
+
+
+def _now() -> float:
+    return datetime.now(timezone.utc).timestamp()
 
 
 class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
@@ -58,18 +60,22 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
     async def GetProfile(self, request, context):
         if request.profile_id and request.HasField("identifier"):
             raise InvalidArgument("identifier", "give either profile_id or identifier, not both")
-        profile_id = request.profile_id
+        profile_id = limits.check_text("profile_id", request.profile_id)
         if not profile_id:
             if not request.identifier.type or not request.identifier.value:
                 raise InvalidArgument("profile_id", "profile_id or identifier (type and value) is required")
+            limits.check_text("identifier.type", request.identifier.type, limits.MAX_TYPE_LENGTH)
+            limits.check_text("identifier.value", request.identifier.value)
             profile_id = await self.store.profile_of(request.identifier.type, request.identifier.value)
             if profile_id is None:
                 raise NotFound("identifier", f"{request.identifier.type}:{request.identifier.value}")
         return pb.GetProfileResponse(profile=await self._latest(profile_id))
 
     async def BatchGetProfiles(self, request, context):
-        if len(request.profile_ids) > 1000:
-            raise InvalidArgument("profile_ids", f"must name at most 1000 profiles, names {len(request.profile_ids)}")
+        if len(request.profile_ids) > MAX_BATCH_GET:
+            raise InvalidArgument("profile_ids", f"must name at most {MAX_BATCH_GET} profiles, names {len(request.profile_ids)}")
+        for index, profile_id in enumerate(request.profile_ids):
+            limits.check_text(f"profile_ids[{index}]", profile_id)
         found = await asyncio.gather(*(self.profiles.latest(pid) for pid in request.profile_ids))
         return pb.BatchGetProfilesResponse(profiles=[latest.profile for latest in found if latest is not None])
 
@@ -77,18 +83,21 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         _required(request.profile_id, "profile_id")
         if not request.HasField("at"):
             raise InvalidArgument("at", "is required")
-        return pb.GetProfileAtResponse(profile=await self.profiles.at_time(request.profile_id, request.at))
+        limits.check_timestamp("at", request.at)
+        at = request.at
+        if at.seconds > _now():  # the future is the latest state: never a walk back from year 2200
+            at = type(at)()
+            at.GetCurrentTime()
+        return pb.GetProfileAtResponse(profile=await self.profiles.at_time(request.profile_id, at))
 
     async def ListSnapshots(self, request, context):
         _required(request.profile_id, "profile_id")
         size = _page_size(request.page_size, 50, 500)
-        if request.page_token:
-            try:
-                below = int(request.page_token)
-            except ValueError:
-                raise InvalidArgument("page_token", "is not a token this service issued") from None
-        else:
-            below = (await self._latest(request.profile_id)).version + 1
+        token = limits.page_token(request.page_token) if request.page_token else None
+        # A token past the latest version would walk every empty bucket down to it.
+        below = (await self._latest(request.profile_id)).version + 1
+        if token is not None:
+            below = min(below, token)
         snapshots = await self.store.list_snapshots(request.profile_id, below, size)
         for snapshot in snapshots:
             snapshot.ClearField("profile")  # the stored full state or delta is not part of a listing
@@ -100,6 +109,9 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         _required(request.profile_id, "profile_id")
         if not 1 <= request.from_version <= request.to_version:
             raise InvalidArgument("from_version", "must be at least 1 and at most to_version")
+        latest = await self._latest(request.profile_id)
+        if request.to_version > latest.version:  # a rebuild never walks down from a version never written
+            raise NotFound("profile version", f"{request.profile_id}@{request.to_version}")
         old = await self.profiles.at_version(request.profile_id, request.from_version)
         new = await self.profiles.at_version(request.profile_id, request.to_version)
         return pb.DiffSnapshotsResponse(changes=history.diff(old, new))
@@ -114,6 +126,7 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         _required(request.request_id, "request_id")
         if not request.traits.fields:
             raise InvalidArgument("traits", "must set at least one trait")
+        limits.check_struct("traits", request.traits)
         await self._latest(request.profile_id)
         # Travels as an event through the profile's partition, so its one writer applies it in
         # order with the events; the request id makes a retried call a no-op.
@@ -158,25 +171,28 @@ class ArchiveServicer(event_archive_service_pb2_grpc.EventArchiveServiceServicer
     async def ListEvents(self, request, context):
         _required(request.profile_id, "profile_id")
         size = _page_size(request.page_size, 100, 1000)
-        now = datetime.now(timezone.utc).timestamp()
+        for name in ("since", "until"):
+            if request.HasField(name):
+                limits.check_timestamp(name, getattr(request, name))
+        now = _now()
         since = request.since.ToMicroseconds() if request.HasField("since") else int((now - self.retention) * 1e6)
         until = request.until.ToMicroseconds() if request.HasField("until") else int((now + 86400) * 1e6)
         if request.page_token:
-            try:
-                until = min(until, int(request.page_token))
-            except ValueError:
-                raise InvalidArgument("page_token", "is not a token this service issued") from None
+            until = min(until, limits.page_token(request.page_token))
+        # The archive is read a day at a time: one call walks at most MAX_DAYS_PER_CALL days
+        # (a range of centuries would be tens of thousands of reads) and the token goes on.
+        floor = max(since, until - MAX_DAYS_PER_CALL * DAY_US)
         found = []
         # Filtering by name happens after the read, so read pages until this one is full.
-        while len(found) < size and until > since:
-            batch = await self.store.events(request.profile_id, since, until, size)
+        while len(found) < size and until > floor:
+            batch = await self.store.events(request.profile_id, floor, until, size)
             if not batch:
-                until = since
+                until = floor
                 break
             found.extend(r.event for r in batch if not request.event or event_name(r.event) == request.event)
             until = batch[-1].event.timestamp.ToMicroseconds()
             if len(batch) < size:
-                until = since
+                until = floor
         token = str(until) if until > since else ""
         return event_archive_service_pb2.ListEventsResponse(events=found[:size], next_page_token=token)
 

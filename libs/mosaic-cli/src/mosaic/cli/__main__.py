@@ -96,7 +96,14 @@ def run(args: argparse.Namespace) -> int:
         if args.exit_after_demo:
             return 0
         print("Ctrl-C stops the mesh.")
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        # Every second: a signal stops the mesh; a service that died is restarted, or the
+        # mesh stops saying why, rather than ingestion answering 200 for a dead pipeline.
+        while signal.sigtimedwait({signal.SIGINT, signal.SIGTERM}, 1.0) is None:
+            try:
+                mesh.supervise()
+            except MeshError as error:
+                print(f"the mesh stopped: {error}", file=sys.stderr)
+                return 1
         return 0
     finally:
         if receiver is not None:

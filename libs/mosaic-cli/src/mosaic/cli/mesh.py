@@ -1,7 +1,9 @@
 """The whole mesh on one machine: the six services as separate processes.
 
 Each service logs one JSON line `"message": "serving"` with its gRPC port once it serves; the
-mesh waits for it, so port 0 (any free port) works as well as fixed ports.
+mesh waits for it, so port 0 (any free port) works as well as fixed ports. Services listen on
+127.0.0.1 unless MOSAIC_BIND_HOST says otherwise. `supervise` restarts a child that died and
+says so; one that dies MAX_RESTARTS times within RESTART_WINDOW seconds stops the mesh.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from pathlib import Path
 SERVICES = ("ingestion", "identity", "consent", "profile", "segmentation", "delivery")
 HTTP_PORT = 8080  # ingestion's Segment-compatible HTTP API
 DELIVERY_HTTP_PORT = 8081  # delivery's signed engagement endpoint, when its secret is set
+LOOPBACK = "127.0.0.1"
+MAX_RESTARTS = 3
+RESTART_WINDOW = 60.0
 DEFAULT_PORTS = {"ingestion": 50051, "identity": 50052, "profile": 50053,
                  "segmentation": 50054, "consent": 50055, "delivery": 50056}
 # With fixed ports each service also serves Prometheus metrics (deploy/local/prometheus.sh scrapes these).
@@ -41,6 +46,7 @@ class Mesh:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
         self.http_ports: dict[str, int] = {}  # services that also serve HTTP (ingestion)
+        self.restarts: dict[str, list[float]] = {}  # when each service was restarted, recent first
 
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
@@ -52,7 +58,7 @@ class Mesh:
 
     def start_service(self, name: str, timeout: float = 90.0) -> None:
         own = self.service_env(name) if self.service_env else {}
-        env = {**os.environ, **self.env, **own, "OTEL_SERVICE_NAME": name,
+        env = {"MOSAIC_BIND_HOST": LOOPBACK, **os.environ, **self.env, **own, "OTEL_SERVICE_NAME": name,
                "MOSAIC_GRPC_PORT": str(DEFAULT_PORTS[name] if self.fixed_ports else 0),
                "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0)}
         if self.fixed_ports:
@@ -103,6 +109,27 @@ class Mesh:
                 raise MeshError(f"{name} exited with {self.processes[name].returncode}:\n{tail}")
             time.sleep(0.05)
         raise MeshError(f"{name} did not serve within {timeout}s; see {log_path}")
+
+    def supervise(self, report: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> list[str]:
+        """Restart every service that exited since the last look, reporting each; returns
+        their names. MeshError when one exited MAX_RESTARTS times within RESTART_WINDOW s."""
+        restarted = []
+        for name in SERVICES:
+            process = self.processes.get(name)
+            if process is None or process.poll() is None:
+                continue
+            now = time.monotonic()
+            recent = [at for at in self.restarts.get(name, []) if now - at < RESTART_WINDOW]
+            log_path = self.log_dir / f"{name}.log"
+            if len(recent) >= MAX_RESTARTS:
+                raise MeshError(f"{name} exited with {process.returncode} {len(recent) + 1} times within "
+                                f"{RESTART_WINDOW:g} s; stopping the mesh (see {log_path})")
+            report(f"{name} exited with {process.returncode}; restarting it (see {log_path})")
+            self.restarts[name] = [*recent, now]
+            self.start_service(name)
+            report(f"{name} is serving again on {self.address(name)}")
+            restarted.append(name)
+        return restarted
 
     def stop_service(self, name: str, timeout: float = 30.0) -> int:
         process = self.processes.pop(name, None)

@@ -225,6 +225,9 @@ class PlatformSettings:
     # A plaintext port serving only grpc.health.v1, for Kubernetes' gRPC probes, which cannot
     # speak TLS; 0 = none (health is on the main port too).
     health_port: int = 0
+    # The address gRPC (and ingestion's HTTP API) listen on; empty: every interface, as a pod
+    # needs. `mosaic run` sets 127.0.0.1, so a laptop's mesh is not open to its network.
+    bind_host: str = ""
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> PlatformSettings:
@@ -244,6 +247,7 @@ class PlatformSettings:
         return cls(
             service=service,
             grpc_port=env.int("MOSAIC_GRPC_PORT", 0, maximum=65535),
+            bind_host=env.str("MOSAIC_BIND_HOST", ""),
             grace_seconds=env.float("MOSAIC_GRACE_SECONDS", 10.0),
             nats_url=env.str("MOSAIC_NATS_URL", "nats://127.0.0.1:4222"),
             partitions=partitions,

@@ -17,6 +17,15 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 log = logging.getLogger("mosaic.errors")
+# What an error may repeat of a caller's value (a name, an id), and of a rule: a status travels
+# in the trailers, which clients cap at 8-16 KB, and its text goes into log lines.
+MAX_ECHO = 200
+MAX_RULE = 1000
+
+
+def clip(text: str, limit: int = MAX_ECHO) -> str:
+    """`text` cut to `limit` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class DomainError(Exception):
@@ -34,6 +43,7 @@ class InvalidArgument(DomainError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, field: str, rule: str) -> None:
+        field, rule = clip(field), clip(rule, MAX_RULE)
         super().__init__(f"{field}: {rule}")
         self.field = field
         self.rule = rule
@@ -51,6 +61,7 @@ class NotFound(DomainError):
     code = grpc.StatusCode.NOT_FOUND
 
     def __init__(self, resource_type: str, name: str) -> None:
+        name = clip(name)
         super().__init__(f"{resource_type} {name!r} not found")
         self.resource_type = resource_type
         self.name = name
@@ -65,6 +76,7 @@ class AlreadyExists(DomainError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
     def __init__(self, resource_type: str, name: str) -> None:
+        name = clip(name)
         super().__init__(f"{resource_type} {name!r} already exists")
         self.resource_type = resource_type
         self.name = name
@@ -79,6 +91,7 @@ class FailedPrecondition(DomainError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
     def __init__(self, subject: str, rule: str) -> None:
+        subject, rule = clip(subject), clip(rule, MAX_RULE)
         super().__init__(f"{subject}: {rule}")
         self.subject = subject
         self.rule = rule

@@ -61,6 +61,13 @@ class Runtime:
 Build = Callable[[Runtime], Awaitable[None]]
 
 
+def listen_host(bind_host: str, everywhere: str) -> str:
+    """MOSAIC_BIND_HOST as a listening address (IPv6 literals bracketed); `everywhere` if unset."""
+    if not bind_host:
+        return everywhere
+    return f"[{bind_host}]" if ":" in bind_host and not bind_host.startswith("[") else bind_host
+
+
 class Service:
     """A running service; `start` returns once it is serving, `stop` stops it gracefully."""
 
@@ -97,12 +104,12 @@ class Service:
             reflection.enable_server_reflection([*runtime.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         if security.auth == "off":
             log.warning("authentication is off: any caller that reaches the port may call every method")
-        self.port = _add_port(server, f"[::]:{settings.grpc_port}", security)
+        self.port = _add_port(server, f"{listen_host(settings.bind_host, '[::]')}:{settings.grpc_port}", security)
         await server.start()
         if settings.health_port:
             probes = grpc.aio.server()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, probes)
-            self.health_port = probes.add_insecure_port(f"[::]:{settings.health_port}")
+            self.health_port = probes.add_insecure_port(f"{listen_host(settings.bind_host, '[::]')}:{settings.health_port}")
             await probes.start()
             self._cleanup.push_async_callback(probes.stop, 0)
         for name in ["", *runtime.service_names]:
