@@ -56,7 +56,8 @@ class BacklogGauge:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._nc is not None:
-            await self._nc.close()
+            with contextlib.suppress(ConnectionError, nats.errors.Error):  # NATS already gone
+                await self._nc.close()
 
     async def read(self) -> None:
         """Read every watched consumer once; the largest backlog of one service wins."""
