@@ -29,7 +29,7 @@ from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
 from mosaic.testing.plugin import eventually
 
 ALL = ("ingestion", "identity", "profile", "segmentation", "consent", "delivery")
-WALKED = ("ingestion", "identity", "profile")
+WALKED = ("ingestion", "identity", "profile", "segmentation", "consent", "delivery")
 DEADLINE = 15.0
 NEEDS = {"delivery": ("consent", "delivery")}  # delivery calls consent
 ANSWERS = {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,

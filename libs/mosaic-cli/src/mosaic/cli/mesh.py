@@ -74,7 +74,7 @@ class Mesh:
                 env.setdefault("MOSAIC_INGESTION_ADDRESS", self.address("ingestion"))
                 env.setdefault("MOSAIC_IDENTITY_ADDRESS", self.address("identity"))
                 env.setdefault("MOSAIC_DELIVERY_HTTP_PORT", str(DELIVERY_HTTP_PORT if self.fixed_ports else 0))
-        if name == "consent":
+        if name == "consent" and "identity" in self.ports:  # privacy requests by identifier
             env.setdefault("MOSAIC_IDENTITY_ADDRESS", self.address("identity"))
         if name == "segmentation":
             env.setdefault("MOSAIC_PROFILE_ADDRESS", self.address("profile"))
