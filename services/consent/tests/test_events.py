@@ -20,7 +20,7 @@ from consent_service.config import Settings
 async def service(make_settings):
     base = make_settings("consent")
     settings = Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": base.nats_url, "MOSAIC_DATA_DIR": str(base.data_dir),
-                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2", "MOSAIC_AUTH": "off",
+                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2",
                                   "MOSAIC_CONSENT_CATEGORIES": "C0002=analytics"})
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()

@@ -31,7 +31,7 @@ PENDING = privacy_pb2.PRIVACY_REQUEST_STATE_PENDING
 async def service(make_settings):
     base = make_settings("consent")
     settings = Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": base.nats_url, "MOSAIC_DATA_DIR": str(base.data_dir),
-                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2", "MOSAIC_AUTH": "off",
+                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2",
                                   "MOSAIC_PRIVACY_PARTICIPANTS": "consent,crm"})
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()
@@ -203,7 +203,7 @@ async def test_an_erasure_deletes_the_documents_of_the_persons_earlier_exports(s
 async def test_a_request_completes_though_consent_itself_was_down_when_a_receipt_came(make_settings, nats_server):
     base = make_settings("consent")
     settings = Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": base.nats_url, "MOSAIC_DATA_DIR": str(base.data_dir),
-                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2", "MOSAIC_AUTH": "off",
+                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2",
                                   "MOSAIC_PRIVACY_PARTICIPANTS": "consent,crm"})
 
     async def start() -> Service:

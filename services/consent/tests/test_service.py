@@ -21,7 +21,7 @@ from consent_service.config import Settings
 async def start(make_settings, **environ) -> Service:
     settings = Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": make_settings("consent").nats_url,
                                   "MOSAIC_DATA_DIR": str(make_settings("consent").data_dir),
-                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "4", "MOSAIC_AUTH": "off", **environ})
+                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "4", **environ})
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()
     return service

@@ -49,8 +49,8 @@ def _show_demo(mesh: Mesh, receiver: WebhookReceiver) -> bool:
               "The mesh keeps running; its logs are in .local/logs/.", file=sys.stderr)
         return False
     print("Demo: five people signed up, then upgraded to the enterprise plan:")
-    for user, profile_id, status in results:
-        print(f"  {user:<8} profile {profile_id}  webhook {status}")
+    for user, profile_id, delivered in results:
+        print(f"  {user:<8} profile {profile_id}  webhook {delivered}")
     print(f"  the webhook receiver got {len(receiver.requests)} POSTs this run\n")
     print("Send an event as an SDK would (the demo source's write key, rotated each run):\n"
           f"  curl -u {write_key}: -H 'Content-Type: application/json' -d '{{\"userId\": \"ada\", "
