@@ -83,6 +83,11 @@ async def start_services(nats_server: NatsServer, tmp_path: Path) -> AsyncIterat
     yield start
     await started.close()
     for service in reversed(list(started.services.values())):
-        await service.stop()
+        # A stop that hangs (seen once in a long run, not yet explained: the fixture's teardown
+        # waited in the event loop for minutes) must not hold the whole suite: bounded, loudly.
+        try:
+            await asyncio.wait_for(service.stop(), 60)
+        except asyncio.TimeoutError:
+            warnings.warn(f"{service.settings.service} did not stop within 60 s", stacklevel=1)
 
 
