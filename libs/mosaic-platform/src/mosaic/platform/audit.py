@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import hmac
 import uuid
+from collections import deque
 from datetime import timezone
 from typing import Any
 
@@ -58,7 +59,7 @@ class AuditLog:
         self.bus = bus
         self.service = service
         self.salt = salt
-        self._pending: list[tuple[audit_service_pb2.AuditRecord, str]] = []
+        self._pending: deque[tuple[audit_service_pb2.AuditRecord, str]] = deque()
         self._flusher: asyncio.Task[None] | None = None
 
     async def record(self, method: str, caller: Caller, request: Any) -> None:
@@ -97,7 +98,7 @@ class AuditLog:
             except Unavailable:
                 await asyncio.sleep(0.5)
                 continue
-            self._pending.pop(0)
+            self._pending.popleft()
 
     async def close(self) -> None:
         """Publish what is held, if NATS lets us within a few seconds; then stop trying."""
