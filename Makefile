@@ -12,6 +12,7 @@ BUF := tools/node_modules/.bin/buf
 # uv from PATH, or a private copy that deploy/local/prereqs.sh installs (never into a system Python)
 UV := $(or $(shell command -v uv),$(CURDIR)/.local/uv/bin/uv)
 PREREQS := deploy/local/prereqs.sh
+PY_TREES := libs services tests bench conftest.py
 
 .PHONY: help setup protos lint run demo test test-fast bench stop observe
 
@@ -44,9 +45,11 @@ setup: .venv/.synced $(STUBS)/.generated $(BUF) ## install packages and tools, g
 
 protos: $(STUBS)/.generated ## generate the Python stubs from protos/
 
-lint: $(BUF) ## buf lint, and buf breaking against main (or the previous commit on main)
+lint: $(BUF) .venv/.synced ## buf lint and breaking against main; ruff lint and format check
 	$(BUF) lint
 	deploy/local/buf-breaking.sh $(BUF)
+	$(UV) run --frozen ruff check $(PY_TREES)
+	$(UV) run --frozen ruff format --check $(PY_TREES)
 
 run: setup ## run the whole mesh locally with a demo data set (STORE=cassandra for Cassandra)
 	deploy/local/nats.sh start
@@ -60,10 +63,12 @@ observe: setup ## make run with tracing on: Jaeger (UI :16686) and Prometheus (:
 
 test: setup lint ## run the whole test suite against real nats-server and Cassandra
 	$(PREREQS) java
+	$(PREREQS) prometheus
 	deploy/local/cassandra.sh start
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test-fast: setup ## the pure-logic and embedded-store tests, without Cassandra (under a minute)
+	$(PREREQS) prometheus
 	MOSAIC_TEST_WITHOUT_CASSANDRA=1 $(UV) run --frozen pytest -m "not cassandra" -n 4 $(PYTEST_ARGS)
 
 bench: setup ## run the benchmarks (they print figures; never pass/fail); those on Cassandra start the node

@@ -9,7 +9,6 @@ answers in time (`timeout` mode). `GET /stats` on port A returns the count and l
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 

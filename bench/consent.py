@@ -28,7 +28,8 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mosaic.consent.v1 import consent_pb2, consent_service_pb2 as pb, consent_service_pb2_grpc
+from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc
+from mosaic.consent.v1 import consent_service_pb2 as pb
 from mosaic.testing.nats_server import NatsServer
 
 PEOPLE = int(os.environ.get("BENCH_CONSENT_PEOPLE", "2000"))
@@ -97,8 +98,13 @@ async def load(stub, open_loop: bool) -> tuple[list[float], int]:
         nonlocal writes
         rng = random.Random(7)
         while WRITES and time.monotonic() < stop:
-            await stub.SetConsent(pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(
-                profile_id=f"p{rng.randrange(PEOPLE)}", purpose="marketing", granted=rng.random() < 0.5)))
+            await stub.SetConsent(
+                pb.SetConsentRequest(
+                    decision=consent_pb2.ConsentDecision(
+                        profile_id=f"p{rng.randrange(PEOPLE)}", purpose="marketing", granted=rng.random() < 0.5
+                    )
+                )
+            )
             writes += 1
             await asyncio.sleep(1 / WRITES)
 
@@ -183,13 +189,20 @@ async def erase_time(store_name: str) -> tuple[float, dict[str, int]]:
         span = 100 * 86400
         resolved = []
         for i in range(ERASE_EVENTS):
-            event = event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, event="Page Viewed", user_id="ada", message_id=f"m{i}")
+            event = event_pb2.Event(
+                type=event_pb2.EVENT_TYPE_TRACK, event="Page Viewed", user_id="ada", message_id=f"m{i}"
+            )
             event.timestamp.FromSeconds(start_s + i * span // ERASE_EVENTS)
             event.properties.update({"path": f"/page/{i}"})
-            resolved.append(resolved_pb2.ResolvedEvent(profile_id=pid, event=event,
-                                                       identifiers=[identity_pb2.Identifier(type="user_id", value="ada")]))
+            resolved.append(
+                resolved_pb2.ResolvedEvent(
+                    profile_id=pid, event=event, identifiers=[identity_pb2.Identifier(type="user_id", value="ada")]
+                )
+            )
         for chunk in range(0, ERASE_EVENTS, 200):
-            await asyncio.gather(*(store.archive(pid, r, "Page Viewed", 90 * 86400) for r in resolved[chunk:chunk + 200]))
+            await asyncio.gather(
+                *(store.archive(pid, r, "Page Viewed", 90 * 86400) for r in resolved[chunk : chunk + 200])
+            )
         profile = profile_pb2.Profile(profile_id=pid)
         profile.first_seen.FromSeconds(start_s)
         profile.last_seen.FromSeconds(start_s + span)
@@ -202,7 +215,9 @@ async def erase_time(store_name: str) -> tuple[float, dict[str, int]]:
         settings = ProfileSettings(platform, (), 90, 90, 20, 1000)
         profiles = Profiles(store, ProfileCache(1000, platform.partitions, platform.owned_partitions), None, settings)
         began = time.perf_counter()
-        answer = await ProfilePrivacy(profiles).erase(privacy_request_pb2.PrivacyRequested(person_id=pid, profile_ids=[pid]))
+        answer = await ProfilePrivacy(profiles).erase(
+            privacy_request_pb2.PrivacyRequested(person_id=pid, profile_ids=[pid])
+        )
         return time.perf_counter() - began, answer.counts
     finally:
         await store.close()
@@ -214,17 +229,30 @@ async def main() -> None:
     nats = NatsServer().start()
     port = free_port()
     data = tempfile.mkdtemp(prefix="bench-consent-")
-    env = {**os.environ, "MOSAIC_NATS_URL": nats.url, "MOSAIC_GRPC_PORT": str(port), "MOSAIC_DATA_DIR": data,
-           "MOSAIC_STORE": "embedded", "OTEL_TRACES_EXPORTER": "none", "OTEL_SDK_DISABLED": "true",
-           "MOSAIC_LOG_LEVEL": "WARNING", "MOSAIC_AUTH": "off"}
+    env = {
+        **os.environ,
+        "MOSAIC_NATS_URL": nats.url,
+        "MOSAIC_GRPC_PORT": str(port),
+        "MOSAIC_DATA_DIR": data,
+        "MOSAIC_STORE": "embedded",
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_SDK_DISABLED": "true",
+        "MOSAIC_LOG_LEVEL": "WARNING",
+        "MOSAIC_AUTH": "off",
+    }
     process = subprocess.Popen([sys.executable, "-m", "consent_service"], env=env)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await wait_serving(channel)
             stub = consent_service_pb2_grpc.ConsentServiceStub(channel)
             for i in range(0, PEOPLE, 2):  # half the people decided, half answered by the default
-                await stub.SetConsent(pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(
-                    profile_id=f"p{i}", purpose="marketing", granted=i % 4 == 0)))
+                await stub.SetConsent(
+                    pb.SetConsentRequest(
+                        decision=consent_pb2.ConsentDecision(
+                            profile_id=f"p{i}", purpose="marketing", granted=i % 4 == 0
+                        )
+                    )
+                )
             cold = []
             for i in range(PEOPLE):
                 start = time.perf_counter()
@@ -236,16 +264,24 @@ async def main() -> None:
             base50, base99 = await health_baseline(channel)
         paced.sort()
         closed.sort()
-        print(f"CheckConsent at {RATE:,.0f} calls/s over gRPC ({PEOPLE} people, {SECONDS:.0f} s, {paced_writes} SetConsent"
-              f" meanwhile): p50 {statistics.median(paced):.2f} ms, p99 {percentile(paced, 0.99):.2f} ms,"
-              f" max {paced[-1]:.2f} ms")
-        print(f"grpc.health.v1 Health/Check on the same server at {RATE:,.0f} calls/s (no consent code): p50 {base50:.2f} ms,"
-              f" p99 {base99:.2f} ms")
-        print(f"CheckConsent saturated ({CONCURRENCY} callers back to back, {writes} SetConsent meanwhile):"
-              f" {len(closed) / SECONDS:,.0f} calls/s, p50 {statistics.median(closed):.2f} ms,"
-              f" p99 {percentile(closed, 0.99):.2f} ms")
-        print(f"CheckConsent first call per person (cache miss, SQLite read): p50 {statistics.median(cold):.2f} ms,"
-              f" p99 {percentile(cold, 0.99):.2f} ms")
+        print(
+            f"CheckConsent at {RATE:,.0f} calls/s over gRPC ({PEOPLE} people, {SECONDS:.0f} s, {paced_writes} SetConsent"
+            f" meanwhile): p50 {statistics.median(paced):.2f} ms, p99 {percentile(paced, 0.99):.2f} ms,"
+            f" max {paced[-1]:.2f} ms"
+        )
+        print(
+            f"grpc.health.v1 Health/Check on the same server at {RATE:,.0f} calls/s (no consent code): p50 {base50:.2f} ms,"
+            f" p99 {base99:.2f} ms"
+        )
+        print(
+            f"CheckConsent saturated ({CONCURRENCY} callers back to back, {writes} SetConsent meanwhile):"
+            f" {len(closed) / SECONDS:,.0f} calls/s, p50 {statistics.median(closed):.2f} ms,"
+            f" p99 {percentile(closed, 0.99):.2f} ms"
+        )
+        print(
+            f"CheckConsent first call per person (cache miss, SQLite read): p50 {statistics.median(cold):.2f} ms,"
+            f" p99 {percentile(cold, 0.99):.2f} ms"
+        )
         p50, p99 = await handler_time()
         print(f"CheckConsent handler on a warm cache, in-process (no gRPC): p50 {p50:.1f} us, p99 {p99:.1f} us")
     finally:
@@ -254,5 +290,7 @@ async def main() -> None:
         nats.close()
     for store_name in ("embedded", "cassandra"):
         seconds, counts = await erase_time(store_name)
-        print(f"ErasePerson, profile's part, {store_name}: {seconds:.2f} s for {ERASE_EVENTS} archived events"
-              f" over 100 days and {ERASE_SNAPSHOTS} snapshots (removed {counts})")
+        print(
+            f"ErasePerson, profile's part, {store_name}: {seconds:.2f} s for {ERASE_EVENTS} archived events"
+            f" over 100 days and {ERASE_SNAPSHOTS} snapshots (removed {counts})"
+        )

@@ -39,12 +39,20 @@ async def fill(with_ids: bool) -> int:
     try:
         nc = await nats.connect(server.url)
         js = nc.jetstream()
-        await js.add_stream(api.StreamConfig(name="EVENTS_RAW", subjects=["events.raw.*"],
-                                             storage=api.StorageType.FILE, duplicate_window=WINDOW))
+        await js.add_stream(
+            api.StreamConfig(
+                name="EVENTS_RAW", subjects=["events.raw.*"], storage=api.StorageType.FILE, duplicate_window=WINDOW
+            )
+        )
         for start in range(0, IDS, 1000):
-            futures = [await js.publish_async(f"events.raw.{i % 8}", PAYLOAD, headers={
-                "Nats-Msg-Id": f"web-shop:{start + i:08d}-6f1c2a9e-4b7d-4c1e-9a53"} if with_ids else None)
-                for i in range(start, min(start + 1000, IDS))]
+            futures = [
+                await js.publish_async(
+                    f"events.raw.{i % 8}",
+                    PAYLOAD,
+                    headers={"Nats-Msg-Id": f"web-shop:{start + i:08d}-6f1c2a9e-4b7d-4c1e-9a53"} if with_ids else None,
+                )
+                for i in range(start, min(start + 1000, IDS))
+            ]
             await asyncio.gather(*futures)
         await nc.close()
         time.sleep(3)  # the server settles (block writes, a collection) before it is read
@@ -58,7 +66,11 @@ async def main() -> None:
     with_ids = await fill(True)
     without = await fill(False)
     per_id = (with_ids - without) / IDS
-    print(f"nats-server resident memory after {IDS:,} messages in a {WINDOW / 3600:.0f} h window: "
-          f"{with_ids / 2**20:,.0f} MiB with message ids, {without / 2**20:,.0f} MiB without")
-    print(f"  one id in the duplicate window: {per_id:,.0f} bytes; a day of ids at 1,000 events/s: "
-          f"{per_id * 1000 * 86400 / 2**30:,.1f} GiB")
+    print(
+        f"nats-server resident memory after {IDS:,} messages in a {WINDOW / 3600:.0f} h window: "
+        f"{with_ids / 2**20:,.0f} MiB with message ids, {without / 2**20:,.0f} MiB without"
+    )
+    print(
+        f"  one id in the duplicate window: {per_id:,.0f} bytes; a day of ids at 1,000 events/s: "
+        f"{per_id * 1000 * 86400 / 2**30:,.1f} GiB"
+    )

@@ -35,14 +35,14 @@ import time
 import aiohttp
 import nats
 
-from mosaic.delivery.v1 import delivery_pb2
-from mosaic.platform.bus import Bus
-from mosaic.platform.config import PlatformSettings
-from mosaic.testing.nats_server import NatsServer
 from delivery_service.jobs import JobQueue
 from delivery_service.ssrf import AddressPolicy
 from delivery_service.store import open_store
 from delivery_service.worker import DestinationWorker, WorkerSettings
+from mosaic.delivery.v1 import delivery_pb2
+from mosaic.platform.bus import Bus
+from mosaic.platform.config import PlatformSettings
+from mosaic.testing.nats_server import NatsServer
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 DRAIN = int(os.environ.get("BENCH_DRAIN_JOBS", "20000"))
@@ -55,16 +55,31 @@ ROUNDS = int(os.environ.get("BENCH_DELIVERY_ROUNDS", "2"))
 
 def destination(destination_id: str, port: int) -> delivery_pb2.Destination:
     return delivery_pb2.Destination(
-        destination_id=destination_id, webhook_url=f"http://127.0.0.1:{port}/hook", segment_id="vip",
-        purpose="marketing", signing_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        limits=delivery_pb2.Limits(concurrency=64, timeout_seconds=2.0))
+        destination_id=destination_id,
+        webhook_url=f"http://127.0.0.1:{port}/hook",
+        segment_id="vip",
+        purpose="marketing",
+        signing_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        limits=delivery_pb2.Limits(concurrency=64, timeout_seconds=2.0),
+    )
 
 
 def job(destination_id: str, n: int) -> bytes:
-    job = delivery_pb2.DeliveryJob(delivery_id=f"{destination_id}:{n}:{time.time_ns()}", destination_id=destination_id,
-                                   profile_id=f"p-{n % 5000}", trigger="segment.entered:vip")
-    job.payload = json.dumps({"type": "segment.entered", "segment_id": "vip", "profile_id": job.profile_id,
-                              "delivery_id": job.delivery_id, "t": time.time()})
+    job = delivery_pb2.DeliveryJob(
+        delivery_id=f"{destination_id}:{n}:{time.time_ns()}",
+        destination_id=destination_id,
+        profile_id=f"p-{n % 5000}",
+        trigger="segment.entered:vip",
+    )
+    job.payload = json.dumps(
+        {
+            "type": "segment.entered",
+            "segment_id": "vip",
+            "profile_id": job.profile_id,
+            "delivery_id": job.delivery_id,
+            "t": time.time(),
+        }
+    )
     return job.SerializeToString(), job.delivery_id
 
 
@@ -89,8 +104,9 @@ async def offer(js, destination_ids: list[str], rate: float, seconds: float) -> 
 
 class Receivers:
     def __init__(self, mode: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "bench._delivery_receiver", mode],
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench._delivery_receiver", mode], stdout=subprocess.PIPE, text=True
+        )
         _, healthy, failing = self.process.stdout.readline().split()
         self.healthy, self.failing = int(healthy), int(failing)
 
@@ -120,8 +136,9 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000)[int(q * 10) - 1] * 1000 if len(values) > 10 else float("nan")
 
 
-async def scenario(name: str, mode: str | None, rate: float | None, nats_url: str, data_dir: str,
-                   feed_other: bool = False) -> dict:
+async def scenario(
+    name: str, mode: str | None, rate: float | None, nats_url: str, data_dir: str, feed_other: bool = False
+) -> dict:
     receivers = Receivers(mode or "500")
     store = await open_store(PlatformSettings.from_env("delivery", {"MOSAIC_AUTH": "off", "MOSAIC_DATA_DIR": data_dir}))
     bus = await Bus.connect(nats_url, "delivery", 8)
@@ -177,22 +194,36 @@ async def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="mosaic-bench-delivery-") as data_dir:
             drained = await scenario("drain", None, None, server.url, data_dir)
-            print(f"throughput: {drained['rate']:,.0f} webhook deliveries/s to one destination "
-                  f"({DRAIN:,} queued jobs drained; {drained['cpu_us']:.0f} µs of this process's CPU each)", flush=True)
+            print(
+                f"throughput: {drained['rate']:,.0f} webhook deliveries/s to one destination "
+                f"({DRAIN:,} queued jobs drained; {drained['cpu_us']:.0f} µs of this process's CPU each)",
+                flush=True,
+            )
             rate = round(drained["rate"] * LOAD, -1)
-            print(f"latency at {rate:,.0f} deliveries/s offered ({LOAD:.0%} of that) for {SECONDS:.0f} s, queue to arrival;"
-                  f" {ROUNDS} rounds, the three runs of a round back to back:")
+            print(
+                f"latency at {rate:,.0f} deliveries/s offered ({LOAD:.0%} of that) for {SECONDS:.0f} s, queue to arrival;"
+                f" {ROUNDS} rounds, the three runs of a round back to back:"
+            )
             for round_ in range(1, ROUNDS + 1):
                 alone = await scenario(f"alone {round_}", None, rate, server.url, data_dir)
-                print(f"  {round_}. healthy alone:                 p50 {alone['p50']:7.1f} ms  p99 {alone['p99']:7.1f} ms", flush=True)
+                print(
+                    f"  {round_}. healthy alone:                 p50 {alone['p50']:7.1f} ms  p99 {alone['p99']:7.1f} ms",
+                    flush=True,
+                )
                 queued = await scenario(f"queued {round_}", None, rate, server.url, data_dir, feed_other=True)
-                print(f"  {round_}. alone, a 2nd queue fed, unread: p50 {queued['p50']:7.1f} ms  p99 {queued['p99']:7.1f} ms"
-                      f"  ({(queued['p99'] / alone['p99'] - 1) * 100:+.0f} % p99: the load of queueing twice)", flush=True)
+                print(
+                    f"  {round_}. alone, a 2nd queue fed, unread: p50 {queued['p50']:7.1f} ms  p99 {queued['p99']:7.1f} ms"
+                    f"  ({(queued['p99'] / alone['p99'] - 1) * 100:+.0f} % p99: the load of queueing twice)",
+                    flush=True,
+                )
                 for mode, label in (("500", "answers 500"), ("timeout", "times out")):
                     beside = await scenario(f"beside {mode} {round_}", mode, rate, server.url, data_dir)
                     change = (beside["p99"] / queued["p99"] - 1) * 100
-                    print(f"  {round_}. beside one that {label + ':':<13} p50 {beside['p50']:7.1f} ms  p99 {beside['p99']:7.1f} ms"
-                          f"  ({change:+.0f} % p99 vs the fed unread queue; the failing queue holds {beside['failing_pending']:,} jobs, "
-                          f"circuit {beside['breaker']})", flush=True)
+                    print(
+                        f"  {round_}. beside one that {label + ':':<13} p50 {beside['p50']:7.1f} ms  p99 {beside['p99']:7.1f} ms"
+                        f"  ({change:+.0f} % p99 vs the fed unread queue; the failing queue holds {beside['failing_pending']:,} jobs, "
+                        f"circuit {beside['breaker']})",
+                        flush=True,
+                    )
     finally:
         server.close()

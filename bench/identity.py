@@ -55,14 +55,24 @@ def load_cassandra(settings) -> None:
     cluster = Cluster(list(settings.hosts), port=settings.port, protocol_version=5)
     session = cluster.connect()
     ks = settings.keyspace
-    claim = session.prepare(f"INSERT INTO {ks}.identity_claims (id_type, id_value, profile_id, event_id, claimed_at, source)"
-                            " VALUES (?, ?, ?, ?, ?, 'import')")
+    claim = session.prepare(
+        f"INSERT INTO {ks}.identity_claims (id_type, id_value, profile_id, event_id, claimed_at, source)"
+        " VALUES (?, ?, ?, ?, ?, 'import')"
+    )
     # A person's four member rows share a partition: one unlogged batch writes them at once.
-    member = session.prepare("BEGIN UNLOGGED BATCH " + " ".join(
-        f"INSERT INTO {ks}.identity_members (profile_id, id_type, id_value, first_seen, event_id, source)"
-        " VALUES (?, ?, ?, ?, ?, 'import');" for _ in range(4)) + " APPLY BATCH")
-    profile = session.prepare(f"INSERT INTO {ks}.identity_profiles (profile_id, created_at, created_by, merged_into,"
-                              " merge_id, holder, lease_until) VALUES (?, ?, ?, '', '', '', 0)")
+    member = session.prepare(
+        "BEGIN UNLOGGED BATCH "
+        + " ".join(
+            f"INSERT INTO {ks}.identity_members (profile_id, id_type, id_value, first_seen, event_id, source)"
+            " VALUES (?, ?, ?, ?, ?, 'import');"
+            for _ in range(4)
+        )
+        + " APPLY BATCH"
+    )
+    profile = session.prepare(
+        f"INSERT INTO {ks}.identity_profiles (profile_id, created_at, created_by, merged_into,"
+        " merge_id, holder, lease_until) VALUES (?, ?, ?, '', '', '', 0)"
+    )
     step = 20_000
     for start in range(0, PEOPLE, step):
         people = range(start, min(PEOPLE, start + step))
@@ -80,13 +90,19 @@ def load_sqlite(path) -> None:
 
     db = sqlite3.connect(path)
     db.execute("BEGIN")
-    db.executemany("INSERT INTO identity_claims (id_type, id_value, profile_id, claimed_at, event_id, source, claimed_ms)"
-                   " VALUES (?, ?, ?, '', ?, 'import', ?)",
-                   ((t, v, profile_of(p), f"import-{p}", T0) for p in range(PEOPLE) for t, v in person(p)))
-    db.executemany("INSERT INTO identity_members VALUES (?, ?, ?, ?, ?, 'import')",
-                   ((profile_of(p), t, v, T0, f"import-{p}") for p in range(PEOPLE) for t, v in person(p)))
-    db.executemany("INSERT INTO identity_profiles (profile_id, created_at, created_by) VALUES (?, ?, ?)",
-                   ((profile_of(p), T0 + p, f"import-{p}") for p in range(PEOPLE)))
+    db.executemany(
+        "INSERT INTO identity_claims (id_type, id_value, profile_id, claimed_at, event_id, source, claimed_ms)"
+        " VALUES (?, ?, ?, '', ?, 'import', ?)",
+        ((t, v, profile_of(p), f"import-{p}", T0) for p in range(PEOPLE) for t, v in person(p)),
+    )
+    db.executemany(
+        "INSERT INTO identity_members VALUES (?, ?, ?, ?, ?, 'import')",
+        ((profile_of(p), t, v, T0, f"import-{p}") for p in range(PEOPLE) for t, v in person(p)),
+    )
+    db.executemany(
+        "INSERT INTO identity_profiles (profile_id, created_at, created_by) VALUES (?, ?, ?)",
+        ((profile_of(p), T0 + p, f"import-{p}") for p in range(PEOPLE)),
+    )
     db.execute("COMMIT")
     db.close()
 
@@ -123,8 +139,11 @@ async def measure(store_name: str, platform: PlatformSettings) -> None:
     else:
         await asyncio.to_thread(load_sqlite, platform.data_dir / "identity.db")
     loaded = time.perf_counter() - started
-    print(f"{store_name}: loaded {PEOPLE * 4:,} identifiers ({PEOPLE:,} profiles, claims + members + profile rows)"
-          f" in {loaded:.1f} s ({PEOPLE * 9 / loaded:,.0f} rows/s)", flush=True)
+    print(
+        f"{store_name}: loaded {PEOPLE * 4:,} identifiers ({PEOPLE:,} profiles, claims + members + profile rows)"
+        f" in {loaded:.1f} s ({PEOPLE * 9 / loaded:,.0f} rows/s)",
+        flush=True,
+    )
 
     _, _, events = components(store, settings)
     stopping = asyncio.Event()
@@ -137,9 +156,15 @@ async def measure(store_name: str, platform: PlatformSettings) -> None:
     again = []
     for event in todo[500:]:
         if event.context.fields:
-            event = event_pb2.Event(type=event.type, event=event.event, message_id=str(uuid.uuid4()),
-                                    user_id=event.user_id, anonymous_id=event.anonymous_id, context=event.context,
-                                    timestamp=event.timestamp)
+            event = event_pb2.Event(
+                type=event.type,
+                event=event.event,
+                message_id=str(uuid.uuid4()),
+                user_id=event.user_id,
+                anonymous_id=event.anonymous_id,
+                context=event.context,
+                timestamp=event.timestamp,
+            )
             again.append(event)
     await run(store_name, "returning people, claims and roots cached", events, again)
     stopping.set()
@@ -164,23 +189,35 @@ async def run(store_name: str, label: str, events, todo: list[event_pb2.Event]) 
     elapsed = time.perf_counter() - begun
     latencies.sort()
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
-    print(f"{store_name} ({label}): {len(todo):,} events in {elapsed:.1f} s = {len(todo) / elapsed:,.0f} events/s"
-          f" per replica ({CONCURRENCY} at a time); latency p50 {p(0.50):.2f} ms, p99 {p(0.99):.2f} ms,"
-          f" mean {statistics.fmean(latencies) * 1000:.2f} ms", flush=True)
+    print(
+        f"{store_name} ({label}): {len(todo):,} events in {elapsed:.1f} s = {len(todo) / elapsed:,.0f} events/s"
+        f" per replica ({CONCURRENCY} at a time); latency p50 {p(0.50):.2f} ms, p99 {p(0.99):.2f} ms,"
+        f" mean {statistics.fmean(latencies) * 1000:.2f} ms",
+        flush=True,
+    )
 
 
 async def main() -> None:
-    print(f"identity: {PEOPLE * 4:,} identifiers present, {EVENTS:,} events (80 % known, 15 % new browser,"
-          f" 5 % strangers), {os.cpu_count()} cores", flush=True)
+    print(
+        f"identity: {PEOPLE * 4:,} identifiers present, {EVENTS:,} events (80 % known, 15 % new browser,"
+        f" 5 % strangers), {os.cpu_count()} cores",
+        flush=True,
+    )
     for store_name in STORES:
         if store_name == "cassandra":
             keyspace = cassandra_node.new_keyspace_settings(cassandra_node.ensure_node(), prefix="bench")
-            environ = {"MOSAIC_AUTH": "off", "MOSAIC_STORE": "cassandra", "MOSAIC_CASSANDRA_PORT": str(keyspace.port),
-                       "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace}
+            environ = {
+                "MOSAIC_AUTH": "off",
+                "MOSAIC_STORE": "cassandra",
+                "MOSAIC_CASSANDRA_PORT": str(keyspace.port),
+                "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace,
+            }
             try:
                 await measure(store_name, PlatformSettings.from_env("identity", environ))
             finally:
                 cassandra_node.drop_keyspace(keyspace)
         else:
             with tempfile.TemporaryDirectory() as folder:
-                await measure(store_name, PlatformSettings.from_env("identity", {"MOSAIC_AUTH": "off", "MOSAIC_DATA_DIR": folder}))
+                await measure(
+                    store_name, PlatformSettings.from_env("identity", {"MOSAIC_AUTH": "off", "MOSAIC_DATA_DIR": folder})
+                )

@@ -38,7 +38,8 @@ import nats
 from nats.js import api
 
 from mosaic.events.v1 import event_pb2
-from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, source_pb2
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
 from mosaic.platform import topics
 from mosaic.testing.nats_server import NatsServer
 
@@ -46,16 +47,34 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 SETTLE = 3 * SECONDS
 BATCH = 100
 CONNECTIONS = 8
-PROPERTIES = {"plan": "enterprise", "seats": 25, "page": "/pricing/enterprise", "referrer": "https://example.com/blog",
-              "campaign": "spring-launch", "currency": "EUR", "amount": 1234.5, "coupon": "SPRING24"}
-CONTEXT = {"library": {"name": "bench", "version": "1.0"}, "ip": "203.0.113.7",
-           "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"}
+PROPERTIES = {
+    "plan": "enterprise",
+    "seats": 25,
+    "page": "/pricing/enterprise",
+    "referrer": "https://example.com/blog",
+    "campaign": "spring-launch",
+    "currency": "EUR",
+    "amount": 1234.5,
+    "coupon": "SPRING24",
+}
+CONTEXT = {
+    "library": {"name": "bench", "version": "1.0"},
+    "ip": "203.0.113.7",
+    "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
+}
 
 
 def segment_template() -> str:
     """A /v1/batch body of 100 track events (~500 bytes each) with %s for each message id."""
-    event = {"type": "track", "userId": "user-%s", "event": "Plan Upgraded", "messageId": "%s",
-             "timestamp": "2026-01-01T10:00:00Z", "properties": PROPERTIES, "context": CONTEXT}
+    event = {
+        "type": "track",
+        "userId": "user-%s",
+        "event": "Plan Upgraded",
+        "messageId": "%s",
+        "timestamp": "2026-01-01T10:00:00Z",
+        "properties": PROPERTIES,
+        "context": CONTEXT,
+    }
     one = json.dumps(event)
     return '{"sentAt": "2026-01-01T10:00:00Z", "batch": [' + ",".join([one] * BATCH) + "]}"
 
@@ -69,11 +88,20 @@ class Ingestion:
     """`python -m ingestion_service` as its own process, with its ports read from its log."""
 
     def __init__(self, nats_url: str, data_dir: Path) -> None:
-        env = {**os.environ, "MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": str(data_dir), "MOSAIC_GRPC_PORT": "0", "MOSAIC_AUTH": "off",
-               "MOSAIC_HTTP_PORT": "0", "MOSAIC_LOG_LEVEL": "INFO", "OTEL_TRACES_EXPORTER": "none"}
+        env = {
+            **os.environ,
+            "MOSAIC_NATS_URL": nats_url,
+            "MOSAIC_DATA_DIR": str(data_dir),
+            "MOSAIC_GRPC_PORT": "0",
+            "MOSAIC_AUTH": "off",
+            "MOSAIC_HTTP_PORT": "0",
+            "MOSAIC_LOG_LEVEL": "INFO",
+            "OTEL_TRACES_EXPORTER": "none",
+        }
         self.log = data_dir / "ingestion.log"
-        self.process = subprocess.Popen([sys.executable, "-m", "ingestion_service"], env=env,
-                                        stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ingestion_service"], env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
+        )
         self.grpc_port = self.http_port = 0
         deadline = time.monotonic() + 60
         while not (self.grpc_port and self.http_port):
@@ -100,12 +128,15 @@ async def raw_publish_rate(nats_url: str, payload: bytes) -> float:
     """JetStream async publishes from Python, 100 in flight per batch, as fast as acks come back."""
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    await js.add_stream(api.StreamConfig(name="BENCH_RAW", subjects=["bench.raw.*"], storage=api.StorageType.FILE,
-                                         duplicate_window=120))
+    await js.add_stream(
+        api.StreamConfig(name="BENCH_RAW", subjects=["bench.raw.*"], storage=api.StorageType.FILE, duplicate_window=120)
+    )
     sent, started = 0, time.monotonic()
     while time.monotonic() - started < SECONDS:
-        futures = [await js.publish_async(f"bench.raw.{i % 8}", payload, headers={"Nats-Msg-Id": f"r{sent + i}"})
-                   for i in range(BATCH * 10)]
+        futures = [
+            await js.publish_async(f"bench.raw.{i % 8}", payload, headers={"Nats-Msg-Id": f"r{sent + i}"})
+            for i in range(BATCH * 10)
+        ]
         await asyncio.gather(*futures)
         sent += len(futures)
     rate = sent / (time.monotonic() - started)
@@ -123,8 +154,12 @@ async def raw_batch_latencies(nats_url: str, rate: float, seconds: float) -> lis
 
     async def batch(number: int) -> None:
         sent = time.monotonic()
-        futures = [await js.publish_async(topics.EVENTS_RAW.subject(i % 8), b"x" * 560,
-                                          headers={"Nats-Msg-Id": f"raw-{number}-{i}"}) for i in range(BATCH)]
+        futures = [
+            await js.publish_async(
+                topics.EVENTS_RAW.subject(i % 8), b"x" * 560, headers={"Nats-Msg-Id": f"raw-{number}-{i}"}
+            )
+            for i in range(BATCH)
+        ]
         await asyncio.gather(*futures)
         latencies.append(time.monotonic() - sent)
 
@@ -149,8 +184,10 @@ async def http_load(url: str, key: str, seconds: float, rate: float | None = Non
     """Batches of 100 over CONNECTIONS keep-alive connections, flat out or at `rate` events/s.
     Returns the events acknowledged and each batch's acknowledgement time."""
     template = segment_template()
-    auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(),
-            "Content-Type": "application/json"}
+    auth = {
+        "Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(),
+        "Content-Type": "application/json",
+    }
     latencies: list[float] = []
     acked = 0
     started = time.monotonic()
@@ -250,17 +287,23 @@ async def main() -> None:
         acked, latencies = await http_load(http_url, key, SECONDS)
         http_rate = acked / (time.monotonic() - started)
         durable = await stream_count(nats_server.url) - before
-        print(f"HTTP /v1/batch, {CONNECTIONS} connections:        {http_rate:>9,.0f} events/s  "
-              f"({http_rate / raw:.0%} of raw; {durable:,} of {acked:,} acked events in the stream)")
-        print(f"  flat out: batch ack p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
-              f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms; {per_event(service, cpu, acked)}")
+        print(
+            f"HTTP /v1/batch, {CONNECTIONS} connections:        {http_rate:>9,.0f} events/s  "
+            f"({http_rate / raw:.0%} of raw; {durable:,} of {acked:,} acked events in the stream)"
+        )
+        print(
+            f"  flat out: batch ack p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
+            f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms; {per_event(service, cpu, acked)}"
+        )
         before, cpu = await stream_count(nats_server.url), service.cpu_seconds()
         started = time.monotonic()
         acked = await stream_load(f"127.0.0.1:{service.grpc_port}", SECONDS)
         stream_rate = acked / (time.monotonic() - started)
         durable = await stream_count(nats_server.url) - before
-        print(f"gRPC IngestStream, 4 streams:              {stream_rate:>9,.0f} events/s  "
-              f"({stream_rate / raw:.0%} of raw; {durable:,} of {acked:,} acked events in the stream)")
+        print(
+            f"gRPC IngestStream, 4 streams:              {stream_rate:>9,.0f} events/s  "
+            f"({stream_rate / raw:.0%} of raw; {durable:,} of {acked:,} acked events in the stream)"
+        )
         print(f"  {per_event(service, cpu, acked)}")
         half = http_rate / 2
         # The flat-out phases leave JetStream slow to answer for 20-30 s (its p99 several times
@@ -268,12 +311,16 @@ async def main() -> None:
         await http_load(http_url, key, SETTLE, rate=half)
         cpu = service.cpu_seconds()
         acked, latencies = await http_load(http_url, key, SECONDS, rate=half)
-        print(f"HTTP at half the peak ({half:,.0f} events/s offered, after {SETTLE:.0f} s at it): batch ack p50 "
-              f"{percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms "
-              f"over {len(latencies):,} batches; {per_event(service, cpu, acked)}")
+        print(
+            f"HTTP at half the peak ({half:,.0f} events/s offered, after {SETTLE:.0f} s at it): batch ack p50 "
+            f"{percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms "
+            f"over {len(latencies):,} batches; {per_event(service, cpu, acked)}"
+        )
         latencies = await raw_batch_latencies(nats_server.url, half, SECONDS)
-        print(f"  raw JetStream, same rate and stream (the floor): batch ack p50 "
-              f"{percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms")
+        print(
+            f"  raw JetStream, same rate and stream (the floor): batch ack p50 "
+            f"{percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms"
+        )
     finally:
         service.stop()
         nats_server.close()

@@ -62,6 +62,7 @@ COUNTRIES = ("DE", "FR", "GB", "US", "JP")
 
 def segments() -> list[segment_pb2.Segment]:
     """Twenty segments over identify traits and the built-in commerce traits."""
+
     def trait(name: str, op: int, value: struct_pb2.Value | None = None) -> segment_pb2.Condition:
         return segment_pb2.Condition(trait=segment_pb2.TraitCondition(trait=name, operator=op, value=value))
 
@@ -69,13 +70,27 @@ def segments() -> list[segment_pb2.Segment]:
     conditions = {f"plan-{p}": trait("plan", segment_pb2.OPERATOR_EQUALS, s(p)) for p in PLANS}
     conditions |= {f"country-{c.lower()}": trait("country", segment_pb2.OPERATOR_EQUALS, s(c)) for c in COUNTRIES}
     conditions |= {f"orders-over-{k}": trait("orders", segment_pb2.OPERATOR_GREATER_THAN, n(k)) for k in (0, 1, 2, 4)}
-    conditions |= {f"ltv-over-{k}": trait("lifetime_value", segment_pb2.OPERATOR_GREATER_THAN, n(k)) for k in (50, 200, 500)}
+    conditions |= {
+        f"ltv-over-{k}": trait("lifetime_value", segment_pb2.OPERATOR_GREATER_THAN, n(k)) for k in (50, 200, 500)
+    }
     conditions["has-email"] = trait("email", segment_pb2.OPERATOR_EXISTS)
     conditions["example-email"] = trait("email", segment_pb2.OPERATOR_CONTAINS, s("@example.com"))
-    conditions["paying"] = segment_pb2.Condition(any=segment_pb2.ConditionList(conditions=[
-        trait("plan", segment_pb2.OPERATOR_EQUALS, s("pro")), trait("plan", segment_pb2.OPERATOR_EQUALS, s("enterprise"))]))
-    conditions["big-spender-de"] = segment_pb2.Condition(all=segment_pb2.ConditionList(conditions=[
-        trait("country", segment_pb2.OPERATOR_EQUALS, s("DE")), trait("lifetime_value", segment_pb2.OPERATOR_GREATER_THAN, n(100))]))
+    conditions["paying"] = segment_pb2.Condition(
+        any=segment_pb2.ConditionList(
+            conditions=[
+                trait("plan", segment_pb2.OPERATOR_EQUALS, s("pro")),
+                trait("plan", segment_pb2.OPERATOR_EQUALS, s("enterprise")),
+            ]
+        )
+    )
+    conditions["big-spender-de"] = segment_pb2.Condition(
+        all=segment_pb2.ConditionList(
+            conditions=[
+                trait("country", segment_pb2.OPERATOR_EQUALS, s("DE")),
+                trait("lifetime_value", segment_pb2.OPERATOR_GREATER_THAN, n(100)),
+            ]
+        )
+    )
     return [segment_pb2.Segment(segment_id=i, name=i, condition=c) for i, c in conditions.items()]
 
 
@@ -97,13 +112,24 @@ class Traffic:
         base = {"userId": user, "messageId": uuid.uuid4().hex, "timestamp": datetime.now(timezone.utc).isoformat()}
         kind = r.random()
         if kind < 0.1:
-            return {**base, "type": "identify", "traits": {
-                "email": f"{user}@example.com", "plan": r.choice(PLANS), "country": r.choice(COUNTRIES)}}
+            return {
+                **base,
+                "type": "identify",
+                "traits": {"email": f"{user}@example.com", "plan": r.choice(PLANS), "country": r.choice(COUNTRIES)},
+            }
         if kind < 0.9:
-            return {**base, "type": "track", "event": "Product Viewed", "properties": {
-                "sku": f"sku-{r.randrange(500)}", "price": r.randrange(5, 300), "category": "shoes"}}
-        return {**base, "type": "track", "event": "Order Completed", "properties": {
-            "order_id": uuid.uuid4().hex[:12], "revenue": r.randrange(10, 400), "currency": "EUR"}}
+            return {
+                **base,
+                "type": "track",
+                "event": "Product Viewed",
+                "properties": {"sku": f"sku-{r.randrange(500)}", "price": r.randrange(5, 300), "category": "shoes"},
+            }
+        return {
+            **base,
+            "type": "track",
+            "event": "Order Completed",
+            "properties": {"order_id": uuid.uuid4().hex[:12], "revenue": r.randrange(10, 400), "currency": "EUR"},
+        }
 
 
 class Observer:
@@ -136,8 +162,11 @@ class Observer:
     async def backlogs(self, partitions: int) -> dict[str, int]:
         """Messages each pipeline consumer has not acknowledged yet, over its partitions."""
         found = {}
-        for service, topic in (("identity", topics.EVENTS_RAW), ("profile", topics.EVENTS_RESOLVED),
-                               ("segmentation", topics.PROFILE_UPDATED)):
+        for service, topic in (
+            ("identity", topics.EVENTS_RAW),
+            ("profile", topics.EVENTS_RESOLVED),
+            ("segmentation", topics.PROFILE_UPDATED),
+        ):
             found[service] = 0
             for p in range(partitions):
                 info = await self.js.consumer_info(topic.stream, f"{service}-{p}")
@@ -165,11 +194,15 @@ class Observer:
         return await self.folded() - waiting
 
 
-async def send(url: str, key: str, traffic: Traffic, events: int | None, rate: float | None = None,
-               seconds: float = 0.0) -> dict[str, float]:
+async def send(
+    url: str, key: str, traffic: Traffic, events: int | None, rate: float | None = None, seconds: float = 0.0
+) -> dict[str, float]:
     """Batches of 100 over keep-alive connections: `events` flat out, or at `rate` for `seconds`.
     Returns each event's message id → when its batch was acknowledged."""
-    auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(), "Content-Type": "application/json"}
+    auth = {
+        "Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(),
+        "Content-Type": "application/json",
+    }
     acked: dict[str, float] = {}
     started = time.monotonic()
     slots = [started]
@@ -228,8 +261,14 @@ async def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="mosaic-bench-pipeline-"))
     # gRPC authentication costs nothing on the event path (NATS); the segments are created over
     # plaintext gRPC.
-    env = {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats_server.url, "MOSAIC_STORE": STORE, "MOSAIC_DATA_DIR": str(data_dir / "data"),
-           "MOSAIC_INGEST_OPEN_SOURCES": "true", "OTEL_TRACES_EXPORTER": "none"}
+    env = {
+        "MOSAIC_AUTH": "off",
+        "MOSAIC_NATS_URL": nats_server.url,
+        "MOSAIC_STORE": STORE,
+        "MOSAIC_DATA_DIR": str(data_dir / "data"),
+        "MOSAIC_INGEST_OPEN_SOURCES": "true",
+        "OTEL_TRACES_EXPORTER": "none",
+    }
     keyspace = None
     if STORE == "cassandra":
         keyspace = cassandra_node.new_keyspace_settings(cassandra_node.ensure_node(), prefix="bench")
@@ -245,8 +284,9 @@ async def main() -> None:
                 await stub.CreateSegment(segmentation_service_pb2.CreateSegmentRequest(segment=segment))
         async with grpc.aio.insecure_channel(mesh.address("ingestion")) as channel:
             stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
-            created = await stub.CreateSource(ingestion_service_pb2.CreateSourceRequest(
-                source=source_pb2.Source(source_id="bench-http")))
+            created = await stub.CreateSource(
+                ingestion_service_pb2.CreateSourceRequest(source=source_pb2.Source(source_id="bench-http"))
+            )
         key = created.source.write_keys[0].secret
         url = f"http://127.0.0.1:{mesh.http_ports['ingestion']}"
         await asyncio.sleep(6)  # segmentation reloads its catalog every 5 s
@@ -254,8 +294,11 @@ async def main() -> None:
         partitions = 8
         traffic = Traffic(uuid.uuid4().hex[:6])
         gc.freeze()  # the client is the instrument: its collector must not stall it
-        print(f"store {STORE}, {len(segments())} segments, {os.cpu_count()} cores shared by client, nats-server "
-              f"and six services{' and Cassandra' if keyspace else ''}", flush=True)
+        print(
+            f"store {STORE}, {len(segments())} segments, {os.cpu_count()} cores shared by client, nats-server "
+            f"and six services{' and Cassandra' if keyspace else ''}",
+            flush=True,
+        )
 
         cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
@@ -264,9 +307,11 @@ async def main() -> None:
         folded_at = await wait_until(observer.folded, EVENTS)
         segmented_at = await wait_until(lambda: observer.segmented(partitions), EVENTS)
         fold_rate = EVENTS / (folded_at - started)
-        print(f"capacity, {EVENTS:,} events ({len(traffic.people):,} people): ingested {EVENTS / (ingested - started):,.0f}/s;"
-              f" folded into profiles {fold_rate:,.0f}/s; past segmentation {EVENTS / (segmented_at - started):,.0f}/s",
-              flush=True)
+        print(
+            f"capacity, {EVENTS:,} events ({len(traffic.people):,} people): ingested {EVENTS / (ingested - started):,.0f}/s;"
+            f" folded into profiles {fold_rate:,.0f}/s; past segmentation {EVENTS / (segmented_at - started):,.0f}/s",
+            flush=True,
+        )
         sent = EVENTS
 
         half = float(os.environ.get("BENCH_RATE", 0)) or fold_rate / 2  # a fixed rate compares runs at equal load
@@ -280,16 +325,24 @@ async def main() -> None:
         await wait_until(observer.folded, before + len(acked))
         await wait_until(lambda: observer.segmented(partitions), before + len(acked))
         await asyncio.sleep(1)
-        print(f"at half ({half:,.0f} events/s offered for {SECONDS:.0f} s): ack → profile.updated "
-              f"{latencies(acked, observer.updated)}; ack → segment.membership {latencies(acked, observer.memberships)}")
+        print(
+            f"at half ({half:,.0f} events/s offered for {SECONDS:.0f} s): ack → profile.updated "
+            f"{latencies(acked, observer.updated)}; ack → segment.membership {latencies(acked, observer.memberships)}"
+        )
         print("  largest backlog while sending: " + ", ".join(f"{name} {n:,}" for name, n in largest.items()))
         used = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
-        print("CPU per event: " + ", ".join(f"{name} {seconds / sent * 1e6:,.0f} µs" for name, seconds in used.items())
-              + f" (total {sum(used.values()) / sent * 1e6:,.0f} µs; {sent:,} events)")
+        print(
+            "CPU per event: "
+            + ", ".join(f"{name} {seconds / sent * 1e6:,.0f} µs" for name, seconds in used.items())
+            + f" (total {sum(used.values()) / sent * 1e6:,.0f} µs; {sent:,} events)"
+        )
         rss = {name: rss_mb(process.pid) for name, process in mesh.processes.items()}
         profiles = len(traffic.people)
-        print("resident memory: " + ", ".join(f"{name} {mb:,.0f} MB" for name, mb in rss.items())
-              + f"; {sum(rss.values()):,.0f} MB in all with {profiles:,} profiles")
+        print(
+            "resident memory: "
+            + ", ".join(f"{name} {mb:,.0f} MB" for name, mb in rss.items())
+            + f"; {sum(rss.values()):,.0f} MB in all with {profiles:,} profiles"
+        )
     finally:
         await observer.nc.close() if hasattr(observer, "nc") else None
         mesh.stop()

@@ -60,7 +60,7 @@ DEFINITIONS = [
     '(traits.plan in ["pro", "team"] or traits.ltv between 100 and 1000) and count(event "Order Completed" in last 30d)'
     ' >= 1 and not count(event "Email Opened" in last 14d) > 0',
     'traits.email ends with "@gmail.com" and traits.signed_up < now - 30d and count(event "page" in last 7d) >= 3'
-    ' and is known',
+    " and is known",
 ]
 
 
@@ -87,12 +87,15 @@ def synthesize(n: int, seed: int = 14) -> dict:
         "domain": DOMAINS[rng.integers(0, len(DOMAINS), n)],
     }
     rows = []
-    for index, (event, mean) in enumerate(zip(EVENTS, (2.0, 8.0, 4.0))):
+    for index, (_event, mean) in enumerate(zip(EVENTS, (2.0, 8.0, 4.0), strict=False)):
         per = rng.poisson(mean, n)
         owner = np.repeat(np.arange(n), per)
         day = TODAY - rng.integers(0, 90, len(owner))
-        frame = pl.DataFrame({"pid": owner, "event": np.full(len(owner), index, np.int8), "day": day}).group_by(
-            ["pid", "event", "day"]).len(name="n")
+        frame = (
+            pl.DataFrame({"pid": owner, "event": np.full(len(owner), index, np.int8), "day": day})
+            .group_by(["pid", "event", "day"])
+            .len(name="n")
+        )
         rows.append(frame)
     data["counters"] = pl.concat(rows).sort("pid")
     return data
@@ -100,17 +103,29 @@ def synthesize(n: int, seed: int = 14) -> dict:
 
 def state_of(data: dict, i: int, counters: list) -> ProfileState:
     signed = (EPOCH + timedelta(days=int(data["signed_up_day"][i]))).isoformat() + "T09:30:00Z"
-    traits = {"plan": str(data["plan"][i]), "country": str(data["country"][i]), "age": float(data["age"][i]),
-              "ltv": float(data["ltv"][i]), "vip": bool(data["vip"][i]), "signed_up": signed,
-              "address": {"city": "Paris" if i % 3 else "Lyon"}}
+    traits = {
+        "plan": str(data["plan"][i]),
+        "country": str(data["country"][i]),
+        "age": float(data["age"][i]),
+        "ltv": float(data["ltv"][i]),
+        "vip": bool(data["vip"][i]),
+        "signed_up": signed,
+        "address": {"city": "Paris" if i % 3 else "Lyon"},
+    }
     identities = {"anonymous_id": 1}
     if data["has_email"][i]:
         traits["email"] = f"user{i}@{data['domain'][i]}"
         identities["email"] = 1
     if data["known"][i]:
         identities["user_id"] = 1
-    return ProfileState(f"profile-{i:07d}", 1, traits, {"orders_90d": float(len(counters))}, identities,
-                        {(int(day), EVENTS[event]): int(count) for event, day, count in counters})
+    return ProfileState(
+        f"profile-{i:07d}",
+        1,
+        traits,
+        {"orders_90d": float(len(counters))},
+        identities,
+        {(int(day), EVENTS[event]): int(count) for event, day, count in counters},
+    )
 
 
 def load_view(data: dict, n: int) -> tuple[ColumnarView, float, float]:
@@ -122,7 +137,7 @@ def load_view(data: dict, n: int) -> tuple[ColumnarView, float, float]:
     started = time.perf_counter()
     for i in range(n):
         lo, hi = bounds[i], bounds[i + 1]
-        view.put(state_of(data, i, list(zip(events[lo:hi], days[lo:hi], counts[lo:hi]))), NOW)
+        view.put(state_of(data, i, list(zip(events[lo:hi], days[lo:hi], counts[lo:hi], strict=False))), NOW)
     return view, time.perf_counter() - started, rss_mb() - before
 
 
@@ -147,7 +162,9 @@ def rebuild_from_protos(view: ColumnarView, sample: int) -> float:
             profile.identities[f"{kind}:{i}"].CopyFrom(profile_pb2.Identity(type=kind, value=str(i)))
         for (day, event), count in state.counters.items():
             name = (EPOCH + timedelta(days=day)).isoformat()
-            profile.daily_counters[f"{name}|{event}"].CopyFrom(profile_pb2.DailyCounter(day=name, event=event, count=count))
+            profile.daily_counters[f"{name}|{event}"].CopyFrom(
+                profile_pb2.DailyCounter(day=name, event=event, count=count)
+            )
         blobs.append(profile.SerializeToString())
     target = ColumnarView(8, capacity=sample)
     started = time.perf_counter()
@@ -174,21 +191,39 @@ def timed(work, repeat: int = 5) -> float:
 
 
 def write_tables(data: dict, n: int, folder: Path) -> None:
-    signed = [datetime.fromtimestamp(int(d) * DAY + 9.5 * 3600, timezone.utc).replace(tzinfo=None)
-              for d in data["signed_up_day"]]
-    pl.DataFrame({
-        "pid": np.arange(n), "plan": data["plan"], "country": data["country"], "age": data["age"], "ltv": data["ltv"],
-        "vip": data["vip"], "has_email": data["has_email"], "known": data["known"], "signed_up": signed,
-        "email": [f"user{i}@{d}" if e else None for i, (d, e) in enumerate(zip(data["domain"], data["has_email"]))],
-    }).write_parquet(folder / "profiles.parquet")
-    data["counters"].with_columns(pl.col("event").replace_strict(dict(enumerate(EVENTS)), return_dtype=pl.String)
-                                  ).write_parquet(folder / "counters.parquet")
+    signed = [
+        datetime.fromtimestamp(int(d) * DAY + 9.5 * 3600, timezone.utc).replace(tzinfo=None)
+        for d in data["signed_up_day"]
+    ]
+    pl.DataFrame(
+        {
+            "pid": np.arange(n),
+            "plan": data["plan"],
+            "country": data["country"],
+            "age": data["age"],
+            "ltv": data["ltv"],
+            "vip": data["vip"],
+            "has_email": data["has_email"],
+            "known": data["known"],
+            "signed_up": signed,
+            "email": [
+                f"user{i}@{d}" if e else None
+                for i, (d, e) in enumerate(zip(data["domain"], data["has_email"], strict=False))
+            ],
+        }
+    ).write_parquet(folder / "profiles.parquet")
+    data["counters"].with_columns(
+        pl.col("event").replace_strict(dict(enumerate(EVENTS)), return_dtype=pl.String)
+    ).write_parquet(folder / "counters.parquet")
 
 
 def duckdb_queries(today: int) -> list[str]:
     def count(event: str, days: int) -> str:
-        return (f"(SELECT pid, sum(n) AS n FROM counters WHERE event = '{event}' AND day > {today - days}"
-                f" AND day <= {today} GROUP BY pid)")
+        return (
+            f"(SELECT pid, sum(n) AS n FROM counters WHERE event = '{event}' AND day > {today - days}"
+            f" AND day <= {today} GROUP BY pid)"
+        )
+
     return [
         "SELECT count(*), min(pid) FROM profiles WHERE plan = 'pro'",
         f"SELECT count(*) FROM profiles p JOIN {count('Order Completed', 30)} o USING (pid)"
@@ -204,34 +239,50 @@ def duckdb_queries(today: int) -> list[str]:
 
 def polars_queries(profiles: pl.LazyFrame, counters: pl.LazyFrame, today: int) -> list:
     def count(event: str, days: int) -> pl.LazyFrame:
-        return counters.filter((pl.col("event") == event) & (pl.col("day") > today - days) & (pl.col("day") <= today)
-                               ).group_by("pid").agg(pl.col("n").sum())
+        return (
+            counters.filter((pl.col("event") == event) & (pl.col("day") > today - days) & (pl.col("day") <= today))
+            .group_by("pid")
+            .agg(pl.col("n").sum())
+        )
+
     cutoff = datetime.fromtimestamp(NOW - 30 * DAY, timezone.utc).replace(tzinfo=None)
     return [
         profiles.filter(pl.col("plan") == "pro").select(pl.len()),
-        profiles.filter(pl.col("plan") == "pro").join(count("Order Completed", 30), on="pid").filter(
-            pl.col("n") >= 2).select(pl.len()),
-        profiles.filter(pl.col("country").is_in(["FR", "DE", "ES"]) & (pl.col("ltv") > 500) & pl.col("has_email")
-                        ).select(pl.len()),
-        profiles.filter(pl.col("plan").is_in(["pro", "team"]) | pl.col("ltv").is_between(100, 1000)).join(
-            count("Order Completed", 30), on="pid").filter(pl.col("n") >= 1).join(
-            count("Email Opened", 14), on="pid", how="anti").select(pl.len()),
-        profiles.filter(pl.col("email").str.ends_with("@gmail.com") & (pl.col("signed_up") < cutoff) & pl.col("known")
-                        ).join(count("page", 7), on="pid").filter(pl.col("n") >= 3).select(pl.len()),
+        profiles.filter(pl.col("plan") == "pro")
+        .join(count("Order Completed", 30), on="pid")
+        .filter(pl.col("n") >= 2)
+        .select(pl.len()),
+        profiles.filter(
+            pl.col("country").is_in(["FR", "DE", "ES"]) & (pl.col("ltv") > 500) & pl.col("has_email")
+        ).select(pl.len()),
+        profiles.filter(pl.col("plan").is_in(["pro", "team"]) | pl.col("ltv").is_between(100, 1000))
+        .join(count("Order Completed", 30), on="pid")
+        .filter(pl.col("n") >= 1)
+        .join(count("Email Opened", 14), on="pid", how="anti")
+        .select(pl.len()),
+        profiles.filter(pl.col("email").str.ends_with("@gmail.com") & (pl.col("signed_up") < cutoff) & pl.col("known"))
+        .join(count("page", 7), on="pid")
+        .filter(pl.col("n") >= 3)
+        .select(pl.len()),
     ]
 
 
 async def handler_rate(count: int = 2000) -> tuple[float, float, float]:
     nats = NatsServer().start()
     folder = tempfile.mkdtemp(prefix="bench-seg-")
-    settings = PlatformSettings.from_env("segmentation", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats.url, "MOSAIC_DATA_DIR": folder})
+    settings = PlatformSettings.from_env(
+        "segmentation", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats.url, "MOSAIC_DATA_DIR": folder}
+    )
     store = await open_store(settings)
     bus = await Bus.connect(settings.nats_url, "segmentation", settings.partitions)
     await bus.ensure_streams()
     for index, text in enumerate(DEFINITIONS):
         definition, expression = compiler.definition_of(text=text)
-        await store.create(segment_pb2.Segment(segment_id=f"s{index}", name=text, definition=definition,
-                                               expression=expression, revision=1))
+        await store.create(
+            segment_pb2.Segment(
+                segment_id=f"s{index}", name=text, definition=definition, expression=expression, revision=1
+            )
+        )
     memberships = Memberships(store, SegmentCatalog(store), ColumnarView(settings.partitions), bus)
     day = datetime.fromtimestamp(NOW, timezone.utc).strftime("%Y-%m-%d")
     latencies = []
@@ -240,8 +291,9 @@ async def handler_rate(count: int = 2000) -> tuple[float, float, float]:
     for i in range(count):
         update = profile_updated_pb2.ProfileUpdated(profile_id=f"u{i % 500}", version=i // 500 + 1)
         update.changes.add(path="traits.plan", new_value=struct_pb2.Value(string_value=("pro", "free")[i % 2]))
-        update.changes.add(path=f"daily_counters.{day}|Order Completed",
-                           new_value=struct_pb2.Value(number_value=i // 500 + 1))
+        update.changes.add(
+            path=f"daily_counters.{day}|Order Completed", new_value=struct_pb2.Value(number_value=i // 500 + 1)
+        )
         begun = time.perf_counter()
         await memberships.updated(update, delivery)
         latencies.append((time.perf_counter() - begun) * 1000)
@@ -265,14 +317,20 @@ async def membership_latency(rate: int = 2000, seconds: float = 5.0) -> tuple[in
 
     server = NatsServer().start()
     folder = tempfile.mkdtemp(prefix="bench-seg-")
-    settings = Settings(PlatformSettings.from_env("segmentation", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": server.url,
-                                                                   "MOSAIC_DATA_DIR": folder}), "", 10.0)
+    settings = Settings(
+        PlatformSettings.from_env(
+            "segmentation", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": server.url, "MOSAIC_DATA_DIR": folder}
+        ),
+        "",
+        10.0,
+    )
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()
     definition, expression = compiler.definition_of(text='traits.plan = "pro"')
     store = await open_store(settings.platform)
-    await store.create(segment_pb2.Segment(segment_id="pro", name="pro", definition=definition, expression=expression,
-                                           revision=1))
+    await store.create(
+        segment_pb2.Segment(segment_id="pro", name="pro", definition=definition, expression=expression, revision=1)
+    )
     await store.close()
     await asyncio.sleep(6)  # the catalog's cache (5 s) sees the segment
     sent: dict[tuple[str, int], float] = {}
@@ -295,7 +353,9 @@ async def membership_latency(rate: int = 2000, seconds: float = 5.0) -> tuple[in
         for i in range(first, min(total, first + per_tick)):
             pid, version = f"q{i % people}", i // people + 1
             update = profile_updated_pb2.ProfileUpdated(profile_id=pid, version=version)
-            update.changes.add(path="traits.plan", new_value=struct_pb2.Value(string_value=("pro", "free")[version % 2 == 0]))
+            update.changes.add(
+                path="traits.plan", new_value=struct_pb2.Value(string_value=("pro", "free")[version % 2 == 0])
+            )
             batch.append((pid, update.SerializeToString(), f"{pid}:{version}"))
             sent[(pid, version)] = time.perf_counter()
         await bus.publish_many(topics.PROFILE_UPDATED, batch)
@@ -315,16 +375,22 @@ async def membership_latency(rate: int = 2000, seconds: float = 5.0) -> tuple[in
 
 async def main() -> None:
     n = PROFILES
-    print(f"synthesizing {n:,} profiles (traits, identities, 90 days of counters of {len(EVENTS)} events)...", flush=True)
+    print(
+        f"synthesizing {n:,} profiles (traits, identities, 90 days of counters of {len(EVENTS)} events)...", flush=True
+    )
     data = synthesize(n)
     view, load_seconds, view_mb = load_view(data, n)
     index = sys.getsizeof(view.rows) + sys.getsizeof(view.ids) + sum(sys.getsizeof(k) for k in view.rows)
-    print(f"view: {n:,} profiles loaded in {load_seconds:.1f} s ({n / load_seconds:,.0f}/s); held: columns"
-          f" {view.nbytes() / n:,.0f} B + id index {index / n:,.0f} B = {(view.nbytes() + index) / n:,.0f} B per profile"
-          f" (resident set grew {view_mb:,.0f} MB; the allocator reuses what synthesis freed)")
+    print(
+        f"view: {n:,} profiles loaded in {load_seconds:.1f} s ({n / load_seconds:,.0f}/s); held: columns"
+        f" {view.nbytes() / n:,.0f} B + id index {index / n:,.0f} B = {(view.nbytes() + index) / n:,.0f} B per profile"
+        f" (resident set grew {view_mb:,.0f} MB; the allocator reuses what synthesis freed)"
+    )
     per = rebuild_from_protos(view, min(n, 20000))
-    print(f"rebuild from Profile protos (decode, state, row) {per * 1e6:.0f} us per profile: "
-          f"{per * 1_000_000:.0f} s for 1,000,000 (the ScanProfiles stream itself not counted)")
+    print(
+        f"rebuild from Profile protos (decode, state, row) {per * 1e6:.0f} us per profile: "
+        f"{per * 1_000_000:.0f} s for 1,000,000 (the ScanProfiles stream itself not counted)"
+    )
     compiled = [compiler.compile_all({"s": compiler.definition_of(text=t)[1]})["s"] for t in DEFINITIONS]
     with tempfile.TemporaryDirectory() as folder:
         write_tables(data, n, Path(folder))
@@ -334,15 +400,18 @@ async def main() -> None:
         profiles = pl.read_parquet(f"{folder}/profiles.parquet").lazy()
         counters = pl.read_parquet(f"{folder}/counters.parquet").lazy()
     print("Estimate (count + sample of 10) against DuckDB and Polars over the same data, median of 5:")
-    for text, definition, query, lazy in zip(DEFINITIONS, compiled, duckdb_queries(TODAY),
-                                             polars_queries(profiles, counters, TODAY)):
+    for text, definition, query, lazy in zip(
+        DEFINITIONS, compiled, duckdb_queries(TODAY), polars_queries(profiles, counters, TODAY), strict=False
+    ):
         mask = view.evaluate(definition.expression, NOW)
-        ours = timed(lambda: estimate(view, definition.expression))
-        theirs = timed(lambda: con.execute(query).fetchall())
-        polars_ms = timed(lambda: lazy.collect())
+        ours = timed(lambda definition=definition: estimate(view, definition.expression))
+        theirs = timed(lambda query=query: con.execute(query).fetchall())
+        polars_ms = timed(lambda lazy=lazy: lazy.collect())
         agree = int(mask.sum()) == con.execute(query).fetchall()[0][0]
-        print(f"  {ours:7.1f} ms  duckdb {theirs:7.1f} ms ({ours / theirs:4.1f}x)  polars {polars_ms:7.1f} ms"
-              f"  count {int(mask.sum()):,} {'=' if agree else '!='} duckdb   {text}")
+        print(
+            f"  {ours:7.1f} ms  duckdb {theirs:7.1f} ms ({ours / theirs:4.1f}x)  polars {polars_ms:7.1f} ms"
+            f"  count {int(mask.sum()):,} {'=' if agree else '!='} duckdb   {text}"
+        )
     rng = np.random.default_rng(1)
     picks = [f"profile-{i:07d}" for i in rng.integers(0, n, 5000)]
     started = time.perf_counter()
@@ -351,12 +420,18 @@ async def main() -> None:
         for definition in compiled:
             evaluate(definition.expression, state, NOW)
     elapsed = time.perf_counter() - started
-    print(f"incremental: state from the view + 5 definitions: {len(picks) * 5 / elapsed:,.0f} evaluations/s"
-          f" ({elapsed / len(picks) * 1e6:.0f} us per profile)")
+    print(
+        f"incremental: state from the view + 5 definitions: {len(picks) * 5 / elapsed:,.0f} evaluations/s"
+        f" ({elapsed / len(picks) * 1e6:.0f} us per profile)"
+    )
     rate, p50, p99 = await handler_rate()
-    print(f"profile.updated handler end to end (SQLite store, real nats-server, 5 segments): {rate:,.0f} updates/s,"
-          f" p50 {p50:.2f} ms, p99 {p99:.2f} ms per update (one at a time)")
+    print(
+        f"profile.updated handler end to end (SQLite store, real nats-server, 5 segments): {rate:,.0f} updates/s,"
+        f" p50 {p50:.2f} ms, p99 {p99:.2f} ms per update (one at a time)"
+    )
     for offered in (2000, 500):
         count, achieved, p50, p99 = await membership_latency(offered)
-        print(f"the service fed {offered:,} profile.updated/s, each a transition: {count:,} received at {achieved:,.0f}/s;"
-              f" profile.updated published -> segment.membership received p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        print(
+            f"the service fed {offered:,} profile.updated/s, each a transition: {count:,} received at {achieved:,.0f}/s;"
+            f" profile.updated published -> segment.membership received p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from mosaic.platform import topics
 from mosaic.platform.server import Service
 from mosaic.testing.nats_server import NatsServer
+from mosaic.testing.stopping import stop_within
 
 PARTITIONS = 2
 
@@ -64,9 +64,15 @@ async def start_services(nats_server: NatsServer, tmp_path: Path) -> AsyncIterat
     async def start(*names: str, **environ: str) -> Started:
         for name in names:
             env = {
-                "MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats_server.url, "MOSAIC_DATA_DIR": str(tmp_path / "data"),
-                "MOSAIC_PARTITIONS": str(PARTITIONS), "MOSAIC_GRPC_PORT": "0", "MOSAIC_HTTP_PORT": "0",
-                "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_INGEST_OPEN_SOURCES": "true", **environ,
+                "MOSAIC_AUTH": "off",
+                "MOSAIC_NATS_URL": nats_server.url,
+                "MOSAIC_DATA_DIR": str(tmp_path / "data"),
+                "MOSAIC_PARTITIONS": str(PARTITIONS),
+                "MOSAIC_GRPC_PORT": "0",
+                "MOSAIC_HTTP_PORT": "0",
+                "MOSAIC_GRACE_SECONDS": "1",
+                "MOSAIC_INGEST_OPEN_SOURCES": "true",
+                **environ,
             }
             if name == "delivery" and "consent" in started.services:
                 env.setdefault("MOSAIC_CONSENT_ADDRESS", started.address("consent"))
@@ -85,11 +91,4 @@ async def start_services(nats_server: NatsServer, tmp_path: Path) -> AsyncIterat
     yield start
     await started.close()
     for service in reversed(list(started.services.values())):
-        # A stop that hangs (seen once in a long run, not yet explained: the fixture's teardown
-        # waited in the event loop for minutes) must not hold the whole suite: bounded, loudly.
-        try:
-            await asyncio.wait_for(service.stop(), 60)
-        except asyncio.TimeoutError:
-            warnings.warn(f"{service.settings.service} did not stop within 60 s", stacklevel=1)
-
-
+        await stop_within(service)

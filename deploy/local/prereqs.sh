@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The machine-level tools that `make run` and `make test` need, each installed when absent or
-# refused with one message that says how to get it: uv | nats | node | java.
+# refused with one message that says how to get it: uv | nats | node | java | prometheus.
 #   uv    on PATH, or installed into a private venv under .local/uv (never into a system Python)
 #   nats  nats-server on PATH, or the Debian package
 #   node  Node.js and npm, for the pinned buf CLI in tools/ (the Debian packages when absent)
 #   java  a Java 17 (or 11) and Maven, for the local Cassandra node (the Debian packages when absent)
+#   prometheus  Prometheus and promtool (make observe; the tests check its written configuration)
 # Prints the path of uv for `uv`; nothing on success otherwise.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -12,13 +13,15 @@ UV_VERSION=0.13.9
 
 die() { echo "prereqs: $*" >&2; exit 1; }
 
+# apt_install WHAT PACKAGE...: WHAT names the need in messages; the rest are Debian packages.
 apt_install() {
-  command -v apt-get >/dev/null || die "$1 is missing and this machine has no apt-get; install $2 by hand"
-  [ "$(id -u)" = 0 ] || die "$1 is missing; install it with: sudo apt-get install -y $2"
-  echo "prereqs: installing $2 (Debian packages) for $1" >&2
+  local what=$1; shift
+  command -v apt-get >/dev/null || die "$what is missing and this machine has no apt-get; install $* by hand"
+  [ "$(id -u)" = 0 ] || die "$what is missing; install it with: sudo apt-get install -y $*"
+  echo "prereqs: installing $* (Debian packages) for $what" >&2
   apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1 \
-    || die "apt-get install $2 failed; run it by hand to see why"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 \
+    || die "apt-get install $* failed; run it by hand to see why"
   true
 }
 
@@ -57,7 +60,12 @@ java() {
   command -v mvn >/dev/null || apt_install "Cassandra's jars (Maven)" maven
 }
 
+prometheus() {
+  command -v promtool >/dev/null && [ -x /usr/bin/prometheus ] && return
+  apt_install "Prometheus and promtool" prometheus
+}
+
 case "${1:-}" in
-  uv) uv_path ;; nats) nats ;; node) node ;; java) java ;;
-  *) echo "usage: $0 uv|nats|node|java" >&2; exit 2 ;;
+  uv) uv_path ;; nats) nats ;; node) node ;; java) java ;; prometheus) prometheus ;;
+  *) echo "usage: $0 uv|nats|node|java|prometheus" >&2; exit 2 ;;
 esac

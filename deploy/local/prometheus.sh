@@ -18,12 +18,7 @@ ours() {
 running() { ours "$(cat "$pidfile" 2>/dev/null)"; }
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
-install() {
-  [ -x "$bin" ] && return
-  echo "installing Prometheus (Debian package)" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends prometheus >/dev/null
-  else sudo apt-get install -y --no-install-recommends prometheus >/dev/null; fi
-}
+install() { "$(dirname "$0")/prereqs.sh" prometheus; }
 
 # One job per service, named after it: dashboards select a service by `job`.
 config() {

@@ -32,11 +32,22 @@ ALL = ("ingestion", "identity", "profile", "segmentation", "consent", "delivery"
 WALKED = ("ingestion", "identity", "profile", "segmentation", "consent", "delivery")
 DEADLINE = 15.0
 NEEDS = {"delivery": ("consent", "delivery")}  # delivery calls consent
-ANSWERS = {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
-           grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT}
+ANSWERS = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INVALID_ARGUMENT,
+}
 F = descriptor.FieldDescriptor
-INTS = {F.TYPE_INT32: 31, F.TYPE_SINT32: 31, F.TYPE_SFIXED32: 31, F.TYPE_INT64: 63, F.TYPE_SINT64: 63,
-        F.TYPE_SFIXED64: 63}
+INTS = {
+    F.TYPE_INT32: 31,
+    F.TYPE_SINT32: 31,
+    F.TYPE_SFIXED32: 31,
+    F.TYPE_INT64: 63,
+    F.TYPE_SINT64: 63,
+    F.TYPE_SFIXED64: 63,
+}
 UINTS = {F.TYPE_UINT32: 32, F.TYPE_FIXED32: 32, F.TYPE_UINT64: 64, F.TYPE_FIXED64: 64}
 FLOATS = (F.TYPE_DOUBLE, F.TYPE_FLOAT)
 
@@ -55,7 +66,14 @@ KINDS = {
     "huge": ("h" * 200_000, lambda b: 2 ** (b - 1) - 1, lambda b: 2**b - 1, 1e308, 2**62, 1),
     "control": ("a\x00\r\nb", lambda b: 1, lambda b: 1, float("nan"), 253402300800, 1),
     "negative": ("-1", lambda b: -(2 ** (b - 1)), lambda b: 0, float("-inf"), -(2**62), 1),
-    "edge": ("9" * 40, lambda b: 2**62 if b == 63 else 2**30, lambda b: 2**62 if b == 64 else 2**31, 1e-320, -62135596801, 1),
+    "edge": (
+        "9" * 40,
+        lambda b: 2**62 if b == 63 else 2**30,
+        lambda b: 2**62 if b == 64 else 2**31,
+        1e-320,
+        -62135596801,
+        1,
+    ),
     "many": ("m", lambda b: 1, lambda b: 1, 1.0, 1700000000, 5000),
     "plain": ("x", lambda b: 1, lambda b: 1, 1.0, 1700000000, 1),
     # Ids of what exists (the test seeds profile "x"), numbers far past it: versions, tokens.
@@ -178,7 +196,10 @@ async def walk(address: str, service_names: list[str]) -> tuple[list[str], int]:
     how many calls were made."""
     pool = descriptor_pool.Default()
     findings, calls = [], 0
-    options = [("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    options = [
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         for service_name in service_names:
             for method in pool.FindServiceByName(service_name).methods:
@@ -214,11 +235,15 @@ async def test_every_rpc_answers_extreme_inputs_with_a_named_error_or_an_answer(
 async def seed_profile(bus, address: str) -> None:
     """Profile "x" with a few versions, so the walk reaches past the checks of what exists."""
     for n in range(3):
-        event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, message_id=f"seed-{n}", user_id="x", source_id="seed")
+        event = event_pb2.Event(
+            type=event_pb2.EVENT_TYPE_IDENTIFY, message_id=f"seed-{n}", user_id="x", source_id="seed"
+        )
         event.traits.update({"n": n})
         event.timestamp.GetCurrentTime()
         event.received_at.GetCurrentTime()
-        await bus.publish(topics.EVENTS_RESOLVED, "x", resolved_pb2.ResolvedEvent(profile_id="x", event=event), f"seed-{n}")
+        await bus.publish(
+            topics.EVENTS_RESOLVED, "x", resolved_pb2.ResolvedEvent(profile_id="x", event=event), f"seed-{n}"
+        )
     async with grpc.aio.insecure_channel(address) as channel:
         stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
 

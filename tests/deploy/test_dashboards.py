@@ -20,8 +20,22 @@ from mosaic.platform.metrics import METRICS, PROCESS_METRICS
 DASHBOARDS = sorted((Path(__file__).resolve().parents[2] / "deploy/observability/dashboards").glob("*.json"))
 # Series Prometheus makes itself for every target.
 SCRAPE_SERIES = {"up"}
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
-                "and", "or", "unless", "le", "inf", "nan"}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "and",
+    "or",
+    "unless",
+    "le",
+    "inf",
+    "nan",
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +68,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\[[^\]]*\]", "", expr)
     names = set()
     for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        rest = expr[match.end():].lstrip()
+        rest = expr[match.end() :].lstrip()
         if rest.startswith("(") or match.group().lower() in PROMQL_WORDS:
             continue  # a function or a keyword
         names.add(match.group())
@@ -71,8 +85,12 @@ def panels(dashboard: dict) -> list[dict]:
 
 def test_there_is_a_dashboard_for_the_pipeline_each_service_lag_and_deliveries():
     titles = {json.loads(path.read_text())["title"] for path in DASHBOARDS}
-    assert titles >= {"Mosaic: pipeline overview", "Mosaic: per service", "Mosaic: consumer lag",
-                      "Mosaic: deliveries and dead letters"}
+    assert titles >= {
+        "Mosaic: pipeline overview",
+        "Mosaic: per service",
+        "Mosaic: consumer lag",
+        "Mosaic: deliveries and dead letters",
+    }
 
 
 def test_the_query_parser_finds_the_series_and_skips_functions_and_labels():

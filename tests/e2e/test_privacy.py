@@ -13,8 +13,9 @@ from google.protobuf import struct_pb2
 
 from mosaic.cli.__main__ import main as mosaic
 from mosaic.cli.mesh import Mesh
-from mosaic.consent.v1 import consent_pb2, consent_service_pb2 as cpb, consent_service_pb2_grpc
-from mosaic.consent.v1 import privacy_pb2, privacy_service_pb2 as pb, privacy_service_pb2_grpc
+from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc, privacy_pb2, privacy_service_pb2_grpc
+from mosaic.consent.v1 import consent_service_pb2 as cpb
+from mosaic.consent.v1 import privacy_service_pb2 as pb
 from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2, delivery_service_pb2_grpc
 from mosaic.events.v1 import event_pb2
 from mosaic.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
@@ -32,9 +33,15 @@ SERVICES = ("identity", "profile", "consent", "ingestion", "segmentation", "deli
 
 @pytest.fixture(params=["embedded", "cassandra"])
 def mesh(request, tmp_path, nats_server):
-    env = {"MOSAIC_NATS_URL": nats_server.url, "MOSAIC_STORE": request.param, "MOSAIC_DATA_DIR": str(tmp_path / "data"),
-           "MOSAIC_PARTITIONS": "4", "MOSAIC_INGEST_OPEN_SOURCES": "true", "OTEL_TRACES_EXPORTER": "none",
-           "MOSAIC_AUTH": "off"}  # authentication has its own e2e test (the walk)
+    env = {
+        "MOSAIC_NATS_URL": nats_server.url,
+        "MOSAIC_STORE": request.param,
+        "MOSAIC_DATA_DIR": str(tmp_path / "data"),
+        "MOSAIC_PARTITIONS": "4",
+        "MOSAIC_INGEST_OPEN_SOURCES": "true",
+        "OTEL_TRACES_EXPORTER": "none",
+        "MOSAIC_AUTH": "off",
+    }  # authentication has its own e2e test (the walk)
     if request.param == "cassandra":
         keyspace = request.getfixturevalue("cassandra_keyspace")
         env |= {"MOSAIC_CASSANDRA_PORT": str(keyspace.port), "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace}
@@ -53,7 +60,8 @@ async def lookup(mesh: Mesh, id_type: str, value: str) -> str:
     async with grpc.aio.insecure_channel(mesh.address("identity")) as channel:
         try:
             answer = await identity_service_pb2_grpc.IdentityServiceStub(channel).Lookup(
-                identity_service_pb2.LookupRequest(identifier=identity_pb2.Identifier(type=id_type, value=value)))
+                identity_service_pb2.LookupRequest(identifier=identity_pb2.Identifier(type=id_type, value=value))
+            )
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.NOT_FOUND
             return ""
@@ -64,7 +72,8 @@ async def profile_version(mesh: Mesh, profile_id: str) -> int:
     async with grpc.aio.insecure_channel(mesh.address("profile")) as channel:
         try:
             answer = await profile_service_pb2_grpc.ProfileServiceStub(channel).GetProfile(
-                profile_service_pb2.GetProfileRequest(profile_id=profile_id))
+                profile_service_pb2.GetProfileRequest(profile_id=profile_id)
+            )
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.NOT_FOUND
             return 0
@@ -74,7 +83,8 @@ async def profile_version(mesh: Mesh, profile_id: str) -> int:
 async def ingest(mesh: Mesh, *events: event_pb2.Event) -> list[int]:
     async with grpc.aio.insecure_channel(mesh.address("ingestion")) as channel:
         answer = await ingestion_service_pb2_grpc.IngestionServiceStub(channel).Ingest(
-            ingestion_service_pb2.IngestRequest(source_id="web", events=list(events)))
+            ingestion_service_pb2.IngestRequest(source_id="web", events=list(events))
+        )
     return [r.status for r in answer.results]
 
 
@@ -100,38 +110,80 @@ async def tables_naming(mesh: Mesh, needles: list[str]) -> list[str]:
     return sorted({table for table, _ in found} - {"privacy_requests", "schema_migrations"})
 
 
-async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_person(mesh, capsys, webhook_receiver,
-                                                                                        tmp_path):
+async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_person(
+    mesh, capsys, webhook_receiver, tmp_path
+):
     async with grpc.aio.insecure_channel(mesh.address("segmentation")) as channel:
         await segmentation_service_pb2_grpc.SegmentationServiceStub(channel).CreateSegment(
-            segmentation_service_pb2.CreateSegmentRequest(segment=segment_pb2.Segment(
-                segment_id="pro", name="Pro", condition=segment_pb2.Condition(trait=segment_pb2.TraitCondition(
-                    trait="plan", operator=segment_pb2.OPERATOR_EQUALS, value=struct_pb2.Value(string_value="pro"))))))
+            segmentation_service_pb2.CreateSegmentRequest(
+                segment=segment_pb2.Segment(
+                    segment_id="pro",
+                    name="Pro",
+                    condition=segment_pb2.Condition(
+                        trait=segment_pb2.TraitCondition(
+                            trait="plan",
+                            operator=segment_pb2.OPERATOR_EQUALS,
+                            value=struct_pb2.Value(string_value="pro"),
+                        )
+                    ),
+                )
+            )
+        )
     async with grpc.aio.insecure_channel(mesh.address("delivery")) as channel:
         await delivery_service_pb2_grpc.DeliveryServiceStub(channel).CreateDestination(
-            delivery_service_pb2.CreateDestinationRequest(destination=delivery_pb2.Destination(
-                destination_id="crm", name="CRM", webhook_url=webhook_receiver.url("/crm"), segment_id="pro",
-                purpose="marketing")))
-    assert await ingest(mesh, identify("e1", "ada@example.com", anonymous_id="a-ada"),
-                        identify("e2", "ada@example.com", user_id="ada"),
-                        identify("e3", "bob@example.com", user_id="bob")) == [ingestion_service_pb2.EVENT_STATUS_ACCEPTED] * 3
+            delivery_service_pb2.CreateDestinationRequest(
+                destination=delivery_pb2.Destination(
+                    destination_id="crm",
+                    name="CRM",
+                    webhook_url=webhook_receiver.url("/crm"),
+                    segment_id="pro",
+                    purpose="marketing",
+                )
+            )
+        )
+    assert (
+        await ingest(
+            mesh,
+            identify("e1", "ada@example.com", anonymous_id="a-ada"),
+            identify("e2", "ada@example.com", user_id="ada"),
+            identify("e3", "bob@example.com", user_id="bob"),
+        )
+        == [ingestion_service_pb2.EVENT_STATUS_ACCEPTED] * 3
+    )
     ada = await eventually(lambda: same_person(mesh))
     await eventually(lambda: profile_version(mesh, ada))
     bob = await eventually(lambda: lookup(mesh, "user_id", "bob"))
     await eventually(lambda: deliveries_of(mesh, ada))  # a membership and a delivery hold the person too
     async with grpc.aio.insecure_channel(mesh.address("consent")) as channel:
         consent = consent_service_pb2_grpc.ConsentServiceStub(channel)
-        await consent.SetConsent(cpb.SetConsentRequest(decision=consent_pb2.ConsentDecision(
-            profile_id=ada, purpose="marketing", granted=True)))
+        await consent.SetConsent(
+            cpb.SetConsentRequest(
+                decision=consent_pb2.ConsentDecision(profile_id=ada, purpose="marketing", granted=True)
+            )
+        )
         profiles = sorted(set(await profile_ids(mesh, ada)))
 
         export = tmp_path / "ada.json"  # first, everything held about the person, by any identifier
-        code = await asyncio.to_thread(mosaic, ["privacy", "export", "--identifier", "anonymous_id:a-ada", "--output",
-                                                str(export), "--address", mesh.address("consent")])
+        code = await asyncio.to_thread(
+            mosaic,
+            [
+                "privacy",
+                "export",
+                "--identifier",
+                "anonymous_id:a-ada",
+                "--output",
+                str(export),
+                "--address",
+                mesh.address("consent"),
+            ],
+        )
         assert code == 0
         document = json.loads(export.read_text())
         assert {(i["type"], i["value"]) for i in document["identity"]["identifiers"]} >= {
-            ("user_id", "ada"), ("anonymous_id", "a-ada"), ("email", "ada@example.com")}
+            ("user_id", "ada"),
+            ("anonymous_id", "a-ada"),
+            ("email", "ada@example.com"),
+        }
         assert document["profile"]["profiles"][0]["traits"]["plan"]["value"] == "pro"
         assert document["profile"]["events"] and document["profile"]["snapshots"]
         assert [e["purpose"] for e in document["consent"]["consent_ledger"]] == ["marketing"]
@@ -140,8 +192,21 @@ async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_
 
         mesh.processes["profile"].kill()  # halfway: profile is down when the request goes out
         mesh.processes["profile"].wait()
-        code = await asyncio.to_thread(mosaic, ["privacy", "erase", "--email", "ada@example.com", "--wait", "3",
-                                                "--request-id", "erase-ada", "--address", mesh.address("consent")])
+        code = await asyncio.to_thread(
+            mosaic,
+            [
+                "privacy",
+                "erase",
+                "--email",
+                "ada@example.com",
+                "--wait",
+                "3",
+                "--request-id",
+                "erase-ada",
+                "--address",
+                mesh.address("consent"),
+            ],
+        )
         assert code == 2  # still pending: profile has not answered
         pending = json.loads(capsys.readouterr().out)
         assert pending["state"] == "PRIVACY_REQUEST_STATE_PENDING"
@@ -166,7 +231,8 @@ async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_
 async def deliveries_of(mesh: Mesh, profile_id: str) -> list:
     async with grpc.aio.insecure_channel(mesh.address("delivery")) as channel:
         answer = await delivery_service_pb2_grpc.DeliveryServiceStub(channel).ListDeliveries(
-            delivery_service_pb2.ListDeliveriesRequest(profile_id=profile_id))
+            delivery_service_pb2.ListDeliveriesRequest(profile_id=profile_id)
+        )
     return list(answer.deliveries)
 
 
@@ -178,7 +244,8 @@ async def same_person(mesh: Mesh) -> str:
 async def profile_ids(mesh: Mesh, survivor: str) -> list[str]:
     async with grpc.aio.insecure_channel(mesh.address("identity")) as channel:
         answer = await identity_service_pb2_grpc.IdentityServiceStub(channel).GetMergeHistory(
-            identity_service_pb2.GetMergeHistoryRequest(profile_id=survivor))
+            identity_service_pb2.GetMergeHistoryRequest(profile_id=survivor)
+        )
     return [survivor, *(m.merged_profile_id for m in answer.merges)]
 
 

@@ -19,16 +19,17 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from mosaic.cli import apis, pki as local_pki
+from mosaic.cli import apis
+from mosaic.cli import pki as local_pki
 from mosaic.cli.mesh import SERVICES, Mesh
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2, consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2, delivery_service_pb2_grpc
 from mosaic.events.v1 import event_pb2
 from mosaic.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
 from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc, source_pb2
-from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
 from mosaic.platform import clients as platform_clients
 from mosaic.platform.config import SecuritySettings
+from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2, segmentation_service_pb2_grpc
 from mosaic.testing.plugin import eventually
 
@@ -106,29 +107,55 @@ async def test_every_service_answers_health_and_reflection(mesh, credentials):
             assert "grpc.health.v1.Health" in names
 
 
-async def test_one_identify_event_walks_the_whole_mesh_as_one_trace(mesh, credentials, webhook_receiver, otlp_receiver, cassandra_keyspace):
+async def test_one_identify_event_walks_the_whole_mesh_as_one_trace(
+    mesh, credentials, webhook_receiver, otlp_receiver, cassandra_keyspace
+):
     clients = Clients(mesh, credentials)
-    await clients.segmentation.CreateSegment(segmentation_service_pb2.CreateSegmentRequest(segment=segment_pb2.Segment(
-        segment_id="enterprise", name="Enterprise customers",
-        condition=segment_pb2.Condition(trait=segment_pb2.TraitCondition(
-            trait="plan", operator=segment_pb2.OPERATOR_EQUALS, value=struct_pb2.Value(string_value="enterprise"))),
-    )))
-    await clients.delivery.CreateDestination(delivery_service_pb2.CreateDestinationRequest(destination=delivery_pb2.Destination(
-        destination_id="crm-hook", name="CRM", webhook_url=webhook_receiver.url("/crm"),
-        segment_id="enterprise", purpose="marketing",
-    )))
+    await clients.segmentation.CreateSegment(
+        segmentation_service_pb2.CreateSegmentRequest(
+            segment=segment_pb2.Segment(
+                segment_id="enterprise",
+                name="Enterprise customers",
+                condition=segment_pb2.Condition(
+                    trait=segment_pb2.TraitCondition(
+                        trait="plan",
+                        operator=segment_pb2.OPERATOR_EQUALS,
+                        value=struct_pb2.Value(string_value="enterprise"),
+                    )
+                ),
+            )
+        )
+    )
+    await clients.delivery.CreateDestination(
+        delivery_service_pb2.CreateDestinationRequest(
+            destination=delivery_pb2.Destination(
+                destination_id="crm-hook",
+                name="CRM",
+                webhook_url=webhook_receiver.url("/crm"),
+                segment_id="enterprise",
+                purpose="marketing",
+            )
+        )
+    )
 
     # First event: the person becomes known; not yet in the segment.
-    first = await clients.ingestion.Ingest(ingestion_service_pb2.IngestRequest(
-        source_id="web", events=[identify("u-1", email="Ada@Example.com", plan="free")]))
+    first = await clients.ingestion.Ingest(
+        ingestion_service_pb2.IngestRequest(
+            source_id="web", events=[identify("u-1", email="Ada@Example.com", plan="free")]
+        )
+    )
     assert first.results[0].status == ingestion_service_pb2.EVENT_STATUS_ACCEPTED
     profile_id = await eventually(lambda: profile_of(clients, "u-1"))
-    await clients.consent.SetConsent(consent_service_pb2.SetConsentRequest(
-        decision=consent_pb2.ConsentDecision(profile_id=profile_id, purpose="marketing", granted=True)))
+    await clients.consent.SetConsent(
+        consent_service_pb2.SetConsentRequest(
+            decision=consent_pb2.ConsentDecision(profile_id=profile_id, purpose="marketing", granted=True)
+        )
+    )
 
     # Second event: the upgrade puts the person into the segment, which triggers the webhook.
-    second = await clients.ingestion.Ingest(ingestion_service_pb2.IngestRequest(
-        source_id="web", events=[identify("u-1", plan="enterprise")]))
+    second = await clients.ingestion.Ingest(
+        ingestion_service_pb2.IngestRequest(source_id="web", events=[identify("u-1", plan="enterprise")])
+    )
     request = await eventually(lambda: webhook_receiver.requests and webhook_receiver.requests[0])
     assert request.path == "/crm"
     assert request.body["profile_id"] == profile_id
@@ -141,14 +168,16 @@ async def test_one_identify_event_walks_the_whole_mesh_as_one_trace(mesh, creden
     assert traits["email"].string_value == "Ada@Example.com"
     assert answer.profile.version == 2 and answer.profile.event_count == 2
     member = await clients.segmentation.IsMember(
-        segmentation_service_pb2.IsMemberRequest(segment_id="enterprise", profile_id=profile_id))
+        segmentation_service_pb2.IsMemberRequest(segment_id="enterprise", profile_id=profile_id)
+    )
     assert member.member and member.profile_version == 2
 
     # The snapshots are in Cassandra, not only in a cache.
     cluster = Cluster(["127.0.0.1"], port=cassandra_keyspace.port, protocol_version=5)
     try:
         rows = cluster.connect(cassandra_keyspace.keyspace).execute(
-            "SELECT version FROM profile_snapshots WHERE profile_id = %s AND bucket = 0", (profile_id,))
+            "SELECT version FROM profile_snapshots WHERE profile_id = %s AND bucket = 0", (profile_id,)
+        )
         assert sorted(row.version for row in rows) == [1, 2]
     finally:
         cluster.shutdown()
@@ -185,21 +214,41 @@ async def test_one_identify_event_walks_the_whole_mesh_as_one_trace(mesh, creden
 
 async def test_without_consent_nothing_is_sent_and_the_delivery_says_why(mesh, credentials, webhook_receiver):
     clients = Clients(mesh, credentials)
-    await clients.segmentation.CreateSegment(segmentation_service_pb2.CreateSegmentRequest(segment=segment_pb2.Segment(
-        segment_id="big-spenders", name="Big spenders",
-        condition=segment_pb2.Condition(trait=segment_pb2.TraitCondition(
-            trait="ltv", operator=segment_pb2.OPERATOR_GREATER_THAN, value=struct_pb2.Value(number_value=1000))),
-    )))
-    await clients.delivery.CreateDestination(delivery_service_pb2.CreateDestinationRequest(destination=delivery_pb2.Destination(
-        destination_id="ads", name="Ads", webhook_url=webhook_receiver.url("/ads"),
-        segment_id="big-spenders", purpose="advertising",
-    )))
-    await clients.ingestion.Ingest(ingestion_service_pb2.IngestRequest(
-        source_id="pos", events=[identify("u-2", ltv=5000)]))
+    await clients.segmentation.CreateSegment(
+        segmentation_service_pb2.CreateSegmentRequest(
+            segment=segment_pb2.Segment(
+                segment_id="big-spenders",
+                name="Big spenders",
+                condition=segment_pb2.Condition(
+                    trait=segment_pb2.TraitCondition(
+                        trait="ltv",
+                        operator=segment_pb2.OPERATOR_GREATER_THAN,
+                        value=struct_pb2.Value(number_value=1000),
+                    )
+                ),
+            )
+        )
+    )
+    await clients.delivery.CreateDestination(
+        delivery_service_pb2.CreateDestinationRequest(
+            destination=delivery_pb2.Destination(
+                destination_id="ads",
+                name="Ads",
+                webhook_url=webhook_receiver.url("/ads"),
+                segment_id="big-spenders",
+                purpose="advertising",
+            )
+        )
+    )
+    await clients.ingestion.Ingest(
+        ingestion_service_pb2.IngestRequest(source_id="pos", events=[identify("u-2", ltv=5000)])
+    )
     profile_id = await eventually(lambda: profile_of(clients, "u-2"))
 
     async def deliveries():
-        answer = await clients.delivery.ListDeliveries(delivery_service_pb2.ListDeliveriesRequest(profile_id=profile_id))
+        answer = await clients.delivery.ListDeliveries(
+            delivery_service_pb2.ListDeliveriesRequest(profile_id=profile_id)
+        )
         return list(answer.deliveries)
 
     [record] = await eventually(deliveries)
@@ -217,7 +266,9 @@ async def test_the_mesh_refuses_callers_without_credentials_or_scopes(mesh, cred
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     async with channel_to(mesh, "identity", credentials, token="reader") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await identity_service_pb2_grpc.IdentityServiceStub(channel).UpdateRules(identity_service_pb2.UpdateRulesRequest())
+            await identity_service_pb2_grpc.IdentityServiceStub(channel).UpdateRules(
+                identity_service_pb2.UpdateRulesRequest()
+            )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert caught.value.details() == "local-reader lacks the scope identity:admin"
 
@@ -226,16 +277,20 @@ async def test_secrets_never_reach_logs_spans_or_answers(mesh, credentials, otlp
     """A source's write key, the callers' tokens and the services' keys appear nowhere the
     mesh writes: not in its logs, not in the spans it exports, not in errors it answers."""
     clients = Clients(mesh, credentials)
-    created = await clients.ingestion.CreateSource(ingestion_service_pb2.CreateSourceRequest(
-        source=source_pb2.Source(source_id="web-shop", name="Web shop")))
+    created = await clients.ingestion.CreateSource(
+        ingestion_service_pb2.CreateSourceRequest(source=source_pb2.Source(source_id="web-shop", name="Web shop"))
+    )
     write_key = created.source.write_keys[0].secret
     listed = await clients.ingestion.GetSource(ingestion_service_pb2.GetSourceRequest(source_id="web-shop"))
     assert write_key not in str(listed)
     token = f"{write_key}:".encode()
     body = json.dumps({"batch": [{"type": "identify", "userId": "leak-check", "traits": {"plan": "pro"}}]}).encode()
     for key in (token, b"wrong-key:"):
-        request = urllib.request.Request(f"http://127.0.0.1:{mesh.http_ports['ingestion']}/v1/batch", data=body, headers={
-            "Content-Type": "application/json", "Authorization": "Basic " + base64.b64encode(key).decode()})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{mesh.http_ports['ingestion']}/v1/batch",
+            data=body,
+            headers={"Content-Type": "application/json", "Authorization": "Basic " + base64.b64encode(key).decode()},
+        )
         try:
             urllib.request.urlopen(request, timeout=10).close()
         except urllib.error.HTTPError as refused:
@@ -245,13 +300,18 @@ async def test_secrets_never_reach_logs_spans_or_answers(mesh, credentials, otlp
     async with platform_clients.channel(mesh.address("profile"), SecuritySettings(ca=str(credentials.ca))) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await profile_service_pb2_grpc.ProfileServiceStub(channel).GetProfile(
-                profile_service_pb2.GetProfileRequest(profile_id="x"), metadata=(("authorization", f"Bearer {forged}"),))
+                profile_service_pb2.GetProfileRequest(profile_id="x"), metadata=(("authorization", f"Bearer {forged}"),)
+            )
     assert forged not in caught.value.details()
     await clients.close()
     mesh.stop()  # flush every log and span
-    secrets = {"write key": write_key, "forged token": forged, "admin token": credentials.token("admin").read_text(),
-               "delivery token": credentials.token("delivery").read_text(),
-               "service key": credentials.key("consent").read_text().splitlines()[1]}
+    secrets = {
+        "write key": write_key,
+        "forged token": forged,
+        "admin token": credentials.token("admin").read_text(),
+        "delivery token": credentials.token("delivery").read_text(),
+        "service key": credentials.key("consent").read_text().splitlines()[1],
+    }
     written = "".join(path.read_text(errors="replace") for path in (tmp_path / "logs").glob("*.log"))
     spans = "".join(str(export) for export in otlp_receiver.exports)
     assert "leak-check" in spans or "web-shop" in spans, "the spans of the walk were received"

@@ -17,17 +17,19 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
-from hypothesis import HealthCheck, event as note, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import event as note
+from hypothesis import strategies as st
 
 from mosaic.events.v1 import event_pb2
-from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, source_pb2
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
 from mosaic.platform import topics
 from mosaic.testing.plugin import eventually
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 DOWNSTREAM = {topics.EVENTS_RAW: "identity", topics.EVENTS_RESOLVED: "profile"}
 serial = itertools.count()
-
 
 
 def often(good, *bad):
@@ -44,21 +46,47 @@ printable = st.characters(codec="utf-8", exclude_characters="".join(map(chr, [*r
 real = st.one_of(st.text(printable, min_size=1, max_size=12), st.sampled_from(["ada", " ada ", "i" * 511, "i" * 512]))
 long_text = st.sampled_from([513, 2000, 20000]).map(lambda n: "i" * n)
 ids = often(real, junk, controls, long_text)
-json_ids = often(ids, st.integers(-2**70, 2**70), st.sampled_from([0, -1, 2**63, 2**64]), st.booleans())
-EDGES = ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "1899-12-31T23:59:59Z", "1900-01-01T00:00:00Z",
-         "2199-12-31T23:59:59+00:00", "2200-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "2024-05-01T10:00:00+14:00",
-         "2024-05-01T10:00:00-12:00", "2024-05-01T10:00:00", "2024-02-30T00:00:00Z", "yesterday"]
-iso_times = st.one_of(st.sampled_from(EDGES), st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
-                      st.datetimes(datetime(2000, 1, 1), datetime(2030, 1, 1), timezones=st.timezones()).map(lambda d: d.isoformat()))
+json_ids = often(ids, st.integers(-(2**70), 2**70), st.sampled_from([0, -1, 2**63, 2**64]), st.booleans())
+EDGES = [
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59.999999Z",
+    "1899-12-31T23:59:59Z",
+    "1900-01-01T00:00:00Z",
+    "2199-12-31T23:59:59+00:00",
+    "2200-01-01T00:00:00Z",
+    "1970-01-01T00:00:00Z",
+    "2024-05-01T10:00:00+14:00",
+    "2024-05-01T10:00:00-12:00",
+    "2024-05-01T10:00:00",
+    "2024-02-30T00:00:00Z",
+    "yesterday",
+]
+iso_times = st.one_of(
+    st.sampled_from(EDGES),
+    st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+    st.datetimes(datetime(2000, 1, 1), datetime(2030, 1, 1), timezones=st.timezones()).map(lambda d: d.isoformat()),
+)
 # JSON number text that Python's own json module cannot say (or would say as infinity).
-RAW_NUMBERS = ["1e400", "-1e400", "1e-400", "7" * 5000, "18446744073709551616", "-9223372036854775809",
-               "1.7976931348623157e308", "0.0000000000000000000000001", "-0"]
-numbers = often(st.floats(allow_nan=False, allow_infinity=False) | st.integers(-2**64, 2**64),
-                st.sampled_from(RAW_NUMBERS).map(lambda text: ("raw", text)))
+RAW_NUMBERS = [
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "7" * 5000,
+    "18446744073709551616",
+    "-9223372036854775809",
+    "1.7976931348623157e308",
+    "0.0000000000000000000000001",
+    "-0",
+]
+numbers = often(
+    st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**64), 2**64),
+    st.sampled_from(RAW_NUMBERS).map(lambda text: ("raw", text)),
+)
 keys = often(st.text(printable, max_size=8), controls, st.just(""), long_text)
 scalars = st.one_of(st.none(), st.booleans(), numbers, ids)
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
-                      max_leaves=8)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=8
+)
 
 
 def deep(levels: int, as_list: bool) -> object:
@@ -68,8 +96,10 @@ def deep(levels: int, as_list: bool) -> object:
     return value
 
 
-objects = often(st.dictionaries(keys, values, max_size=4),
-                    st.builds(lambda n, lists: {"deep": deep(n, lists)}, st.sampled_from([22, 23, 24, 25, 30, 200]), st.booleans()))
+objects = often(
+    st.dictionaries(keys, values, max_size=4),
+    st.builds(lambda n, lists: {"deep": deep(n, lists)}, st.sampled_from([22, 23, 24, 25, 30, 200]), st.booleans()),
+)
 
 
 @st.composite
@@ -79,8 +109,11 @@ def messages(draw) -> dict:
     for key, chance in (("userId", 0.8), ("anonymousId", 0.5)):
         if draw(st.floats(0, 1)) < chance:
             message[key] = draw(json_ids)
-    message |= {"track": {"event": draw(ids)}, "alias": {"previousId": draw(json_ids)},
-                "group": {"groupId": draw(json_ids)}}.get(kind, {})
+    message |= {
+        "track": {"event": draw(ids)},
+        "alias": {"previousId": draw(json_ids)},
+        "group": {"groupId": draw(json_ids)},
+    }.get(kind, {})
     for key in draw(st.sets(st.sampled_from(["properties", "traits", "context"]), max_size=2)):
         message[key] = draw(objects)
     if draw(st.booleans()):
@@ -118,24 +151,47 @@ bodies = st.lists(messages(), min_size=1, max_size=3).map(lambda batch: {"batch"
 # gRPC: Events as a program would build them, with the protobuf types' own edges.
 stamps = often(
     st.builds(timestamp_pb2.Timestamp, seconds=st.integers(946684800, 1893456000), nanos=st.integers(0, 999_999_999)),
-    st.builds(timestamp_pb2.Timestamp, seconds=st.sampled_from([0, 1, -1, 2**62, -2**62, 2**63 - 1, -2**63,
-                                                               253402300799, 253402300800, -62135596800,
-                                                               -62135596801, 7258118400, -2208988800]),
-              nanos=st.sampled_from([0, 999_999_999, -1, 1_000_000_000])),
-    st.builds(timestamp_pb2.Timestamp, seconds=st.integers(-2**40, 2**40), nanos=st.integers(0, 999_999_999)),
+    st.builds(
+        timestamp_pb2.Timestamp,
+        seconds=st.sampled_from(
+            [
+                0,
+                1,
+                -1,
+                2**62,
+                -(2**62),
+                2**63 - 1,
+                -(2**63),
+                253402300799,
+                253402300800,
+                -62135596800,
+                -62135596801,
+                7258118400,
+                -2208988800,
+            ]
+        ),
+        nanos=st.sampled_from([0, 999_999_999, -1, 1_000_000_000]),
+    ),
+    st.builds(timestamp_pb2.Timestamp, seconds=st.integers(-(2**40), 2**40), nanos=st.integers(0, 999_999_999)),
 )
 struct_numbers = often(st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([float("inf"), float("nan")]))
-struct_values = st.recursive(st.one_of(st.none(), st.booleans(), struct_numbers, ids),
-                             lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
-                             max_leaves=8)
-struct_objects = often(st.dictionaries(keys, struct_values, max_size=4),
-                           st.builds(lambda n, lists: {"deep": deep(n, lists)}, st.sampled_from([23, 24, 25, 30]), st.booleans()))
+struct_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), struct_numbers, ids),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
+    max_leaves=8,
+)
+struct_objects = often(
+    st.dictionaries(keys, struct_values, max_size=4),
+    st.builds(lambda n, lists: {"deep": deep(n, lists)}, st.sampled_from([23, 24, 25, 30]), st.booleans()),
+)
 
 
 @st.composite
 def events(draw) -> event_pb2.Event:
-    event = event_pb2.Event(type=draw(often(st.sampled_from(list(event_pb2.EventType.values())[1:]), st.sampled_from([0, 99]))),
-                            message_id=draw(st.one_of(st.just(f"fuzz-g-{next(serial)}"), ids)))
+    event = event_pb2.Event(
+        type=draw(often(st.sampled_from(list(event_pb2.EventType.values())[1:]), st.sampled_from([0, 99]))),
+        message_id=draw(st.one_of(st.just(f"fuzz-g-{next(serial)}"), ids)),
+    )
     for name in ("user_id", "anonymous_id", "event", "name", "previous_id", "group_id"):
         if name in ("user_id", "event", "previous_id", "group_id") or draw(st.booleans()):
             setattr(event, name, draw(ids))

@@ -29,8 +29,12 @@ def script(tmp_path: Path):
     local.mkdir(parents=True)
     for name in ("nats.sh", "prereqs.sh"):
         shutil.copy(REPO / "deploy/local" / name, local / name)
-    env = {**os.environ, "NATS_PORT": str(_free_port()), "NATS_MONITOR_PORT": str(_free_port()),
-           "NATS_STOP_SECONDS": "1"}
+    env = {
+        **os.environ,
+        "NATS_PORT": str(_free_port()),
+        "NATS_MONITOR_PORT": str(_free_port()),
+        "NATS_STOP_SECONDS": "1",
+    }
 
     def run(command: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(local / "nats.sh"), command], env=env, capture_output=True, text=True, timeout=60)

@@ -36,8 +36,15 @@ def serving(address: str) -> bool:
 
 @pytest.fixture
 def mesh(nats_server, tmp_path):
-    mesh = Mesh({"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats_server.url, "MOSAIC_DATA_DIR": str(tmp_path / "data"),
-                 "OTEL_TRACES_EXPORTER": "none"}, tmp_path / "logs")
+    mesh = Mesh(
+        {
+            "MOSAIC_AUTH": "off",
+            "MOSAIC_NATS_URL": nats_server.url,
+            "MOSAIC_DATA_DIR": str(tmp_path / "data"),
+            "OTEL_TRACES_EXPORTER": "none",
+        },
+        tmp_path / "logs",
+    )
     yield mesh
     mesh.stop()
 

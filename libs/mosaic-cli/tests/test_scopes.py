@@ -24,6 +24,10 @@ def test_scopes_are_area_colon_action() -> None:
 
 def test_reads_of_personal_data_are_audited() -> None:
     access = declared_access(apis.services())
-    for method in ("/mosaic.profile.v1.ProfileService/GetProfile", "/mosaic.identity.v1.IdentityService/GetIdentities",
-                   "/mosaic.identity.v1.IdentityService/UpdateRules", "/mosaic.consent.v1.ConsentService/SetConsent"):
+    for method in (
+        "/mosaic.profile.v1.ProfileService/GetProfile",
+        "/mosaic.identity.v1.IdentityService/GetIdentities",
+        "/mosaic.identity.v1.IdentityService/UpdateRules",
+        "/mosaic.consent.v1.ConsentService/SetConsent",
+    ):
         assert access[method] is not None and access[method].audited, method

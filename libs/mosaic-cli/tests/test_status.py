@@ -16,11 +16,15 @@ from rich.console import Console
 from mosaic.cli import status
 from mosaic.cli.mesh import Mesh
 from mosaic.events.v1 import event_pb2
-from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, source_pb2
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
 from mosaic.platform import topics
 
-PLAN = {"events": {"Bought": {"type": "object", "required": ["price"]}}, "unplanned": "PLAN_ACTION_QUARANTINE",
-        "invalid": "PLAN_ACTION_QUARANTINE"}
+PLAN = {
+    "events": {"Bought": {"type": "object", "required": ["price"]}},
+    "unplanned": "PLAN_ACTION_QUARANTINE",
+    "invalid": "PLAN_ACTION_QUARANTINE",
+}
 
 
 def _closed_port() -> int:
@@ -34,8 +38,10 @@ async def _quarantine_two(address: str) -> None:
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
         plan = json_format.ParseDict(PLAN, source_pb2.TrackingPlan())
         await stub.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id="shop", tracking_plan=plan)))
-        events = [event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, message_id=f"q{i}", user_id="ada", event="Bought")
-                  for i in range(2)]
+        events = [
+            event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, message_id=f"q{i}", user_id="ada", event="Bought")
+            for i in range(2)
+        ]
         answer = await stub.Ingest(pb.IngestRequest(source_id="shop", events=events))
         assert [r.status for r in answer.results] == [pb.EVENT_STATUS_QUARANTINED] * 2
 
@@ -45,8 +51,12 @@ async def _lag_and_dead_letters(url: str) -> None:
     js = nc.jetstream()
     # ingestion declared the streams; identity is not running, so its durables only wait.
     for partition in (0, 1):
-        await js.add_consumer(topics.EVENTS_RAW.stream, api.ConsumerConfig(
-            durable_name=f"identity-{partition}", filter_subject=topics.EVENTS_RAW.subject(partition)))
+        await js.add_consumer(
+            topics.EVENTS_RAW.stream,
+            api.ConsumerConfig(
+                durable_name=f"identity-{partition}", filter_subject=topics.EVENTS_RAW.subject(partition)
+            ),
+        )
     for _ in range(4):
         await js.publish(topics.EVENTS_RAW.subject(1), b"x")
     for _ in range(3):
@@ -55,7 +65,12 @@ async def _lag_and_dead_letters(url: str) -> None:
 
 
 async def test_status_shows_health_lag_dead_letters_and_quarantine(nats_server, tmp_path: Path):
-    env = {"MOSAIC_NATS_URL": nats_server.url, "MOSAIC_DATA_DIR": str(tmp_path / "data"), "MOSAIC_AUTH": "off", "OTEL_TRACES_EXPORTER": "none"}
+    env = {
+        "MOSAIC_NATS_URL": nats_server.url,
+        "MOSAIC_DATA_DIR": str(tmp_path / "data"),
+        "MOSAIC_AUTH": "off",
+        "OTEL_TRACES_EXPORTER": "none",
+    }
     mesh = Mesh(env, tmp_path / "logs")
     try:
         mesh.start_service("ingestion")

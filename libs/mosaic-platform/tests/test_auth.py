@@ -12,7 +12,8 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from mosaic.audit.v1 import audit_service_pb2 as audit, audit_service_pb2_grpc
+from mosaic.audit.v1 import audit_service_pb2 as audit
+from mosaic.audit.v1 import audit_service_pb2_grpc
 from mosaic.cli import pki as local_pki
 from mosaic.platform.server import Service
 
@@ -41,8 +42,13 @@ async def _serve(make_settings, **environ: str) -> Service:
 
 @pytest.fixture
 async def token_service(make_settings, pki):
-    service = await _serve(make_settings, MOSAIC_AUTH="required", MOSAIC_AUTH_JWKS=str(pki.jwks),
-                           MOSAIC_TLS_CERT=str(pki.cert("consent")), MOSAIC_TLS_KEY=str(pki.key("consent")))
+    service = await _serve(
+        make_settings,
+        MOSAIC_AUTH="required",
+        MOSAIC_AUTH_JWKS=str(pki.jwks),
+        MOSAIC_TLS_CERT=str(pki.cert("consent")),
+        MOSAIC_TLS_KEY=str(pki.key("consent")),
+    )
     yield service
     await service.stop()
 
@@ -51,9 +57,14 @@ async def token_service(make_settings, pki):
 async def mtls_service(make_settings, pki, tmp_path):
     scopes = tmp_path / "cert-scopes.json"
     scopes.write_text(json.dumps({"delivery": ["audit:read"]}))
-    service = await _serve(make_settings, MOSAIC_AUTH="required", MOSAIC_TLS_CLIENT_CA=str(pki.ca),
-                           MOSAIC_AUTH_CERT_SCOPES=str(scopes),
-                           MOSAIC_TLS_CERT=str(pki.cert("consent")), MOSAIC_TLS_KEY=str(pki.key("consent")))
+    service = await _serve(
+        make_settings,
+        MOSAIC_AUTH="required",
+        MOSAIC_TLS_CLIENT_CA=str(pki.ca),
+        MOSAIC_AUTH_CERT_SCOPES=str(scopes),
+        MOSAIC_TLS_CERT=str(pki.cert("consent")),
+        MOSAIC_TLS_KEY=str(pki.key("consent")),
+    )
     yield service
     await service.stop()
 
@@ -62,7 +73,8 @@ def _channel(service: Service, pki: local_pki.Pki, cert: str | None = None) -> g
     credentials = grpc.ssl_channel_credentials(
         root_certificates=pki.ca.read_bytes(),
         private_key=pki.key(cert).read_bytes() if cert else None,
-        certificate_chain=pki.cert(cert).read_bytes() if cert else None)
+        certificate_chain=pki.cert(cert).read_bytes() if cert else None,
+    )
     return grpc.aio.secure_channel(f"127.0.0.1:{service.port}", credentials)
 
 
@@ -145,8 +157,10 @@ async def test_mutual_tls_takes_the_caller_from_its_certificate(mtls_service, pk
 
 async def test_a_certificate_from_another_ca_is_refused_in_the_handshake(mtls_service, pki, other_pki):
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=pki.ca.read_bytes(), private_key=other_pki.key("delivery").read_bytes(),
-        certificate_chain=other_pki.cert("delivery").read_bytes())
+        root_certificates=pki.ca.read_bytes(),
+        private_key=other_pki.key("delivery").read_bytes(),
+        certificate_chain=other_pki.cert("delivery").read_bytes(),
+    )
     async with grpc.aio.secure_channel(f"127.0.0.1:{mtls_service.port}", credentials) as channel:
         error = await _refused(_list(channel, None))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
@@ -182,9 +196,14 @@ async def test_a_tls_service_answers_probes_in_plaintext_on_its_health_port(make
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         free = sock.getsockname()[1]
-    service = await _serve(make_settings, MOSAIC_AUTH="required", MOSAIC_AUTH_JWKS=str(pki.jwks),
-                           MOSAIC_TLS_CERT=str(pki.cert("consent")), MOSAIC_TLS_KEY=str(pki.key("consent")),
-                           MOSAIC_HEALTH_PORT=str(free))
+    service = await _serve(
+        make_settings,
+        MOSAIC_AUTH="required",
+        MOSAIC_AUTH_JWKS=str(pki.jwks),
+        MOSAIC_TLS_CERT=str(pki.cert("consent")),
+        MOSAIC_TLS_KEY=str(pki.key("consent")),
+        MOSAIC_HEALTH_PORT=str(free),
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{service.health_port}") as channel:
             answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())

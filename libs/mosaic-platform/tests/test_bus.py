@@ -74,7 +74,9 @@ async def test_an_unacked_message_is_redelivered_after_the_consumer_dies(nats_se
     # A consumer that takes the message and dies before acking it.
     nc = await nats.connect(nats_server.url)
     sub = await nc.jetstream().pull_subscribe(
-        TOPIC.subject(0), durable="tester-0", stream=TOPIC.stream,
+        TOPIC.subject(0),
+        durable="tester-0",
+        stream=TOPIC.stream,
         config=api.ConsumerConfig(durable_name="tester-0", ack_wait=1.0, max_ack_pending=128),
     )
     taken = await sub.fetch(1, timeout=2)
@@ -211,7 +213,7 @@ async def test_a_handler_slower_than_ack_wait_keeps_its_message(nats_server):
 async def test_every_listening_replica_hears_every_publish_and_a_bad_one_is_skipped(nats_server):
     publisher, replicas = await connect(nats_server), [await connect(nats_server, f"r{i}") for i in range(2)]
     heard: list[list[str]] = [[], []]
-    for replica, log in zip(replicas, heard):
+    for replica, log in zip(replicas, heard, strict=False):
         await replica.listen(TOPIC, lambda message, log=log: log.append(message.message_id))
     await publisher._nc.publish(TOPIC.subject(0), b"\xff not a protobuf")
     sent = [f"notice-{uuid.uuid4().hex}" for _ in range(3)]

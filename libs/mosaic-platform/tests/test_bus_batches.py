@@ -35,7 +35,9 @@ async def all_acked(bus: Bus) -> bool:
 
 
 async def publish(bus: Bus, count: int, keys: int = 5) -> None:
-    messages = [(f"user-{i % keys}", event(f"m{i}", f"user-{i % keys}").SerializeToString(), f"m{i}") for i in range(count)]
+    messages = [
+        (f"user-{i % keys}", event(f"m{i}", f"user-{i % keys}").SerializeToString(), f"m{i}") for i in range(count)
+    ]
     await bus.publish_many(TOPIC, messages)
 
 
@@ -86,8 +88,13 @@ async def test_a_failed_batch_is_done_again_one_message_at_a_time(nats_server):
 async def test_each_message_of_a_batched_publish_carries_its_own_trace(nats_server):
     bus = await connect(nats_server)
     contexts = [
-        trace.set_span_in_context(NonRecordingSpan(SpanContext(
-            trace_id=trace_id, span_id=trace_id + 1, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))))
+        trace.set_span_in_context(
+            NonRecordingSpan(
+                SpanContext(
+                    trace_id=trace_id, span_id=trace_id + 1, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+                )
+            )
+        )
         for trace_id in (0x1111, 0x2222)
     ]
     messages = [("u1", event("a").SerializeToString(), "a"), ("u2", event("b").SerializeToString(), "b")]

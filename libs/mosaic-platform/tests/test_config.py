@@ -4,7 +4,12 @@ from mosaic.platform.config import ConfigError, PlatformSettings
 
 
 def test_defaults_give_one_replica_owning_every_partition():
-    settings = PlatformSettings.from_env("profile", {"MOSAIC_AUTH": "off", })
+    settings = PlatformSettings.from_env(
+        "profile",
+        {
+            "MOSAIC_AUTH": "off",
+        },
+    )
     assert settings.store == "embedded"
     assert settings.owned_partitions == tuple(range(8))
 
@@ -33,7 +38,11 @@ def test_a_malformed_variable_is_named_with_its_rule(environ, variable, rule):
 
 def test_replicas_split_the_partitions_without_overlap():
     owned = [
-        set(PlatformSettings.from_env("identity", {"MOSAIC_AUTH": "off", "MOSAIC_REPLICA_COUNT": "3", "MOSAIC_REPLICA_INDEX": str(i)}).owned_partitions)
+        set(
+            PlatformSettings.from_env(
+                "identity", {"MOSAIC_AUTH": "off", "MOSAIC_REPLICA_COUNT": "3", "MOSAIC_REPLICA_INDEX": str(i)}
+            ).owned_partitions
+        )
         for i in range(3)
     ]
     assert set.union(*owned) == set(range(8))

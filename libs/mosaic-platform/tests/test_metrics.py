@@ -60,8 +60,14 @@ def spans() -> InMemorySpanExporter:
 
 def points(reader: InMemoryMetricReader, name: str) -> list:
     data = reader.get_metrics_data()
-    return [point for rm in (data.resource_metrics if data else []) for sm in rm.scope_metrics
-            for metric in sm.metrics if metric.name == name for point in metric.data.data_points]
+    return [
+        point
+        for rm in (data.resource_metrics if data else [])
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
 
 
 def scrape(port: int) -> str:
@@ -109,8 +115,11 @@ def test_a_batch_is_counted_by_status_name(exported):
 
     statuses = [S.EVENT_STATUS_ACCEPTED] * 4 + [S.EVENT_STATUS_SUPPRESSED, S.EVENT_STATUS_DUPLICATE]
     metrics.ingested_statuses("crm", S.EventStatus.Name, statuses)
-    counted = {p.attributes["mosaic.ingest.outcome"]: p.value for p in points(reader, "mosaic.ingest.events")
-               if p.attributes["mosaic.source.id"] == "crm"}
+    counted = {
+        p.attributes["mosaic.ingest.outcome"]: p.value
+        for p in points(reader, "mosaic.ingest.events")
+        if p.attributes["mosaic.source.id"] == "crm"
+    }
     assert counted == {"accepted": 4, "suppressed": 1, "duplicate": 1}
 
 
@@ -119,12 +128,14 @@ async def _not_found(request: bytes, context) -> bytes:
 
 
 async def test_grpc_calls_are_timed_by_method_and_code_and_health_probes_are_neither_timed_nor_traced(
-        exported, spans, make_settings):
+    exported, spans, make_settings
+):
     reader, port = exported
 
     async def build(runtime):
-        handler = grpc.method_handlers_generic_handler("mosaic.test.v1.TestService", {
-            "Fail": grpc.unary_unary_rpc_method_handler(_not_found)})
+        handler = grpc.method_handlers_generic_handler(
+            "mosaic.test.v1.TestService", {"Fail": grpc.unary_unary_rpc_method_handler(_not_found)}
+        )
         runtime.server.add_generic_rpc_handlers([handler])
 
     service = Service(make_settings("tester"), build)
@@ -137,12 +148,15 @@ async def test_grpc_calls_are_timed_by_method_and_code_and_health_probes_are_nei
                 await channel.unary_unary("/mosaic.test.v1.TestService/Fail")(b"")
             assert failed.value.code() == grpc.StatusCode.NOT_FOUND
             stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
             assert [answer async for answer in stream]
     finally:
         await service.stop()
-    calls = {(p.attributes["rpc.method"], p.attributes["rpc.grpc.status_code"]): p.count
-             for p in points(reader, "mosaic.rpc.server.duration")}
+    calls = {
+        (p.attributes["rpc.method"], p.attributes["rpc.grpc.status_code"]): p.count
+        for p in points(reader, "mosaic.rpc.server.duration")
+    }
     assert calls[("Fail", "NOT_FOUND")] == 1
     assert calls[("ServerReflectionInfo", "OK")] == 1
     assert not [method for method, _ in calls if method in ("Check", "Watch")]
@@ -160,8 +174,14 @@ async def test_consumer_lag_per_durable_and_partition_comes_from_jetstream(expor
     await js.add_stream(api.StreamConfig(name=topic.stream, subjects=[topic.wildcard]))
     await js.add_stream(api.StreamConfig(name=topics.DEAD_LETTER_STREAM, subjects=[topics.DEAD_LETTER_SUBJECTS]))
     for partition in (0, 1, 2):
-        await js.add_consumer(topic.stream, api.ConsumerConfig(
-            durable_name=f"identity-{partition}", filter_subject=topic.subject(partition), ack_policy=api.AckPolicy.EXPLICIT))
+        await js.add_consumer(
+            topic.stream,
+            api.ConsumerConfig(
+                durable_name=f"identity-{partition}",
+                filter_subject=topic.subject(partition),
+                ack_policy=api.AckPolicy.EXPLICIT,
+            ),
+        )
     await js.add_consumer(topic.stream, api.ConsumerConfig(durable_name="profile-0", filter_subject=topic.subject(0)))
     payload = event_pb2.Event(message_id="m").SerializeToString()
     for _ in range(5):
@@ -174,12 +194,17 @@ async def test_consumer_lag_per_durable_and_partition_comes_from_jetstream(expor
     lag = ConsumerLag(nats_server.url, "identity", partitions=[0, 1], interval=0.1)
     await lag.start()
     try:
-        found = {(p.attributes["mosaic.partition"], p.attributes["messaging.destination.name"]): p.value
-                 for p in points(reader, "mosaic.consumer.lag")
-                 if p.attributes["messaging.consumer.group.name"] == "identity"}
+        found = {
+            (p.attributes["mosaic.partition"], p.attributes["messaging.destination.name"]): p.value
+            for p in points(reader, "mosaic.consumer.lag")
+            if p.attributes["messaging.consumer.group.name"] == "identity"
+        }
         assert found == {(0, "events.raw"): 5, (1, "events.raw"): 0}
-        (stored,) = [p.value for p in points(reader, "mosaic.dead_letters.stored")
-                     if p.attributes["messaging.consumer.group.name"] == "identity"]
+        (stored,) = [
+            p.value
+            for p in points(reader, "mosaic.dead_letters.stored")
+            if p.attributes["messaging.consumer.group.name"] == "identity"
+        ]
         assert stored == 1
         # Two delivered, one acked: lag 3, in flight 1; the next poll sees it.
         sub = await js.pull_subscribe(topic.subject(0), durable="identity-0", stream=topic.stream)
@@ -187,15 +212,22 @@ async def test_consumer_lag_per_durable_and_partition_comes_from_jetstream(expor
         await first.ack()
 
         def moved():
-            lags = {p.attributes["mosaic.partition"]: p.value for p in points(reader, "mosaic.consumer.lag")
-                    if p.attributes["messaging.consumer.group.name"] == "identity"}
-            flight = {p.attributes["mosaic.partition"]: p.value for p in points(reader, "mosaic.consumer.in_flight")
-                      if p.attributes["messaging.consumer.group.name"] == "identity"}
+            lags = {
+                p.attributes["mosaic.partition"]: p.value
+                for p in points(reader, "mosaic.consumer.lag")
+                if p.attributes["messaging.consumer.group.name"] == "identity"
+            }
+            flight = {
+                p.attributes["mosaic.partition"]: p.value
+                for p in points(reader, "mosaic.consumer.in_flight")
+                if p.attributes["messaging.consumer.group.name"] == "identity"
+            }
             return lags.get(0) == 3 and flight.get(0) == 1
 
         await eventually(moved, timeout=10)
     finally:
         await lag.stop()
         await nc.close()
-    assert not [p for p in points(reader, "mosaic.consumer.lag")
-                if p.attributes["messaging.consumer.group.name"] == "identity"], "a stopped collector still reports"
+    assert not [
+        p for p in points(reader, "mosaic.consumer.lag") if p.attributes["messaging.consumer.group.name"] == "identity"
+    ], "a stopped collector still reports"

@@ -6,8 +6,12 @@ from mosaic.platform.privacy import merge_parts, split_document
 
 
 def test_a_document_is_cut_into_parts_under_the_limit_and_merged_back_whole():
-    document = {"owner": "profile", "events": [{"n": i, "pad": "x" * 100} for i in range(50)],
-                "snapshots": [{"v": i} for i in range(5)], "empty": []}
+    document = {
+        "owner": "profile",
+        "events": [{"n": i, "pad": "x" * 100} for i in range(50)],
+        "snapshots": [{"v": i} for i in range(5)],
+        "empty": [],
+    }
     parts = split_document(document, limit=1000)
     assert len(parts) > 5 and all(len(p) <= 1000 for p in parts)
     assert merge_parts(parts) == document

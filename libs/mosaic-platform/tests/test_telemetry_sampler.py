@@ -19,11 +19,14 @@ def test_a_ratio_sampler_takes_its_ratio_from_the_argument():
     assert sampler_from({"OTEL_TRACES_SAMPLER": "always_off"}) is sampling.ALWAYS_OFF
 
 
-@pytest.mark.parametrize("environ, variable", [
-    ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
-    ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "half"}, "OTEL_TRACES_SAMPLER_ARG"),
-    ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"}, "OTEL_TRACES_SAMPLER_ARG"),
-])
+@pytest.mark.parametrize(
+    "environ, variable",
+    [
+        ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "half"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"}, "OTEL_TRACES_SAMPLER_ARG"),
+    ],
+)
 def test_a_bad_sampler_setting_is_refused_naming_the_variable(environ, variable):
     with pytest.raises(ConfigError) as refused:
         sampler_from(environ)

@@ -18,8 +18,18 @@ from mosaic.testing.nats_server import NatsServer
 @pytest.fixture
 def tls_nats(tmp_path):
     pki = local_pki.ensure(tmp_path / "pki", admin_scopes=[])
-    server = NatsServer(args=("--tls", "--tlscert", str(pki.cert("ingestion")), "--tlskey", str(pki.key("ingestion")),
-                              "--tlscacert", str(pki.ca), "--tlsverify")).start()
+    server = NatsServer(
+        args=(
+            "--tls",
+            "--tlscert",
+            str(pki.cert("ingestion")),
+            "--tlskey",
+            str(pki.key("ingestion")),
+            "--tlscacert",
+            str(pki.ca),
+            "--tlsverify",
+        )
+    ).start()
     yield server, pki
     server.close()
 
@@ -44,7 +54,9 @@ async def test_without_tls_the_server_refuses_the_bus(tls_nats):
 def test_tls_settings_name_what_is_missing(tmp_path):
     cert = tmp_path / "c.pem"
     cert.write_text("x")
-    with pytest.raises(ConfigError, match="MOSAIC_NATS_TLS_KEY: MOSAIC_NATS_TLS_CERT and MOSAIC_NATS_TLS_KEY go together"):
+    with pytest.raises(
+        ConfigError, match="MOSAIC_NATS_TLS_KEY: MOSAIC_NATS_TLS_CERT and MOSAIC_NATS_TLS_KEY go together"
+    ):
         PlatformSettings.from_env("t", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_TLS_CERT": str(cert)})
     with pytest.raises(ConfigError, match="MOSAIC_CASSANDRA_TLS_CA: is required for TLS"):
         PlatformSettings.from_env("t", {"MOSAIC_AUTH": "off", "MOSAIC_CASSANDRA_TLS_SERVER_NAME": "cassandra.db"})

@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-TESTS = '''
+TESTS = """
 def test_one(nats_server):
     pass
 
 def test_two(nats_server):
     pass
-'''
+"""
 
 
 def test_a_missing_nats_server_stops_the_run_once_naming_the_install_command(tmp_path: Path) -> None:
@@ -23,7 +23,11 @@ def test_a_missing_nats_server_stops_the_run_once_naming_the_install_command(tmp
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(tmp_path)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     output = run.stdout + run.stderr
     assert run.returncode == 4, output

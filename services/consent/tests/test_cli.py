@@ -8,19 +8,27 @@ import json
 import grpc
 import pytest
 
-from mosaic.cli.__main__ import main as mosaic
-from mosaic.consent.v1 import consent_pb2, consent_service_pb2 as cpb, consent_service_pb2_grpc
-from mosaic.platform.server import Service
 from consent_service.app import build
 from consent_service.config import Settings
+from mosaic.cli.__main__ import main as mosaic
+from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc
+from mosaic.consent.v1 import consent_service_pb2 as cpb
+from mosaic.platform.server import Service
 
 
 @pytest.fixture
 async def service(make_settings):
     base = make_settings("consent")
-    settings = Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": base.nats_url, "MOSAIC_DATA_DIR": str(base.data_dir),
-                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2",
-                                  "MOSAIC_PRIVACY_PARTICIPANTS": "consent"})
+    settings = Settings.from_env(
+        {
+            "MOSAIC_AUTH": "off",
+            "MOSAIC_NATS_URL": base.nats_url,
+            "MOSAIC_DATA_DIR": str(base.data_dir),
+            "MOSAIC_GRACE_SECONDS": "1",
+            "MOSAIC_PARTITIONS": "2",
+            "MOSAIC_PRIVACY_PARTICIPANTS": "consent",
+        }
+    )
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()
     yield service
@@ -30,11 +38,29 @@ async def service(make_settings):
 async def test_export_writes_the_document_and_requests_lists_it(service, tmp_path, capsys):
     address = f"127.0.0.1:{service.port}"
     async with grpc.aio.insecure_channel(address) as channel:
-        await consent_service_pb2_grpc.ConsentServiceStub(channel).SetConsent(cpb.SetConsentRequest(
-            decision=consent_pb2.ConsentDecision(profile_id="p-ada", purpose="analytics", granted=True, actor="ada")))
+        await consent_service_pb2_grpc.ConsentServiceStub(channel).SetConsent(
+            cpb.SetConsentRequest(
+                decision=consent_pb2.ConsentDecision(profile_id="p-ada", purpose="analytics", granted=True, actor="ada")
+            )
+        )
     output = tmp_path / "ada.json"
-    code = await asyncio.to_thread(mosaic, ["privacy", "export", "--profile-id", "p-ada", "--request-id", "x-1",
-                                            "--jurisdiction", "ccpa", "--output", str(output), "--address", address])
+    code = await asyncio.to_thread(
+        mosaic,
+        [
+            "privacy",
+            "export",
+            "--profile-id",
+            "p-ada",
+            "--request-id",
+            "x-1",
+            "--jurisdiction",
+            "ccpa",
+            "--output",
+            str(output),
+            "--address",
+            address,
+        ],
+    )
     assert code == 0
     document = json.loads(output.read_text())
     assert document["person_id"] == "p-ada"

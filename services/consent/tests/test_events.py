@@ -7,21 +7,29 @@ import asyncio
 import grpc
 import pytest
 
-from mosaic.consent.v1 import consent_service_pb2 as pb, consent_service_pb2_grpc
+from consent_service.app import build
+from consent_service.config import Settings
+from mosaic.consent.v1 import consent_service_pb2 as pb
+from mosaic.consent.v1 import consent_service_pb2_grpc
 from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.platform import topics
 from mosaic.platform.server import Service
 from mosaic.testing.plugin import eventually
-from consent_service.app import build
-from consent_service.config import Settings
 
 
 @pytest.fixture
 async def service(make_settings):
     base = make_settings("consent")
-    settings = Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": base.nats_url, "MOSAIC_DATA_DIR": str(base.data_dir),
-                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2",
-                                  "MOSAIC_CONSENT_CATEGORIES": "C0002=analytics"})
+    settings = Settings.from_env(
+        {
+            "MOSAIC_AUTH": "off",
+            "MOSAIC_NATS_URL": base.nats_url,
+            "MOSAIC_DATA_DIR": str(base.data_dir),
+            "MOSAIC_GRACE_SECONDS": "1",
+            "MOSAIC_PARTITIONS": "2",
+            "MOSAIC_CONSENT_CATEGORIES": "C0002=analytics",
+        }
+    )
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()
     yield service
@@ -34,15 +42,21 @@ async def stub(service):
         yield consent_service_pb2_grpc.ConsentServiceStub(channel)
 
 
-def event(message_id: str, seconds: int, preferences: dict, name: str = "Page Viewed", **consent) -> resolved_pb2.ResolvedEvent:
-    e = event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, event=name, user_id="ada", message_id=message_id, source_id="web")
+def event(
+    message_id: str, seconds: int, preferences: dict, name: str = "Page Viewed", **consent
+) -> resolved_pb2.ResolvedEvent:
+    e = event_pb2.Event(
+        type=event_pb2.EVENT_TYPE_TRACK, event=name, user_id="ada", message_id=message_id, source_id="web"
+    )
     e.timestamp.FromSeconds(seconds)
     e.context.update({"consent": {"categoryPreferences": preferences, **consent}})
     return resolved_pb2.ResolvedEvent(profile_id="p-ada", event=e)
 
 
 async def send(service, resolved, nats_id: str | None = None) -> None:
-    await service.runtime.bus.publish(topics.EVENTS_RESOLVED, resolved.profile_id, resolved, nats_id or resolved.event.message_id)
+    await service.runtime.bus.publish(
+        topics.EVENTS_RESOLVED, resolved.profile_id, resolved, nats_id or resolved.event.message_id
+    )
 
 
 async def history(stub) -> list[tuple[str, bool, int]]:
@@ -56,7 +70,12 @@ async def state(stub) -> dict[str, bool]:
 
 
 async def test_the_update_event_records_each_category_once_even_redelivered(service, stub):
-    update = event("m-1", 100, {"Advertising": True, "C0002": False, "Unknown Thing": True}, name="Segment Consent Preference Updated")
+    update = event(
+        "m-1",
+        100,
+        {"Advertising": True, "C0002": False, "Unknown Thing": True},
+        name="Segment Consent Preference Updated",
+    )
     await send(service, update)
     await send(service, update, "m-1-again")  # a redelivery under another NATS id
     await eventually(lambda: stub_has(stub, 2))

@@ -11,8 +11,11 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from mosaic.consent.v1 import consent_pb2, consent_service_pb2 as cpb, consent_service_pb2_grpc
-from mosaic.consent.v1 import privacy_pb2, privacy_service_pb2 as pb, privacy_service_pb2_grpc
+from consent_service.app import build
+from consent_service.config import Settings
+from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc, privacy_pb2, privacy_service_pb2_grpc
+from mosaic.consent.v1 import consent_service_pb2 as cpb
+from mosaic.consent.v1 import privacy_service_pb2 as pb
 from mosaic.events.v1 import identity_changed_pb2, suppression_changed_pb2
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform import topics
@@ -20,8 +23,6 @@ from mosaic.platform.bus import Bus
 from mosaic.platform.privacy import Answer, Participant
 from mosaic.platform.server import Service
 from mosaic.testing.plugin import eventually
-from consent_service.app import build
-from consent_service.config import Settings
 
 COMPLETED = privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED
 PENDING = privacy_pb2.PRIVACY_REQUEST_STATE_PENDING
@@ -30,9 +31,16 @@ PENDING = privacy_pb2.PRIVACY_REQUEST_STATE_PENDING
 @pytest.fixture
 async def service(make_settings):
     base = make_settings("consent")
-    settings = Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": base.nats_url, "MOSAIC_DATA_DIR": str(base.data_dir),
-                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2",
-                                  "MOSAIC_PRIVACY_PARTICIPANTS": "consent,crm"})
+    settings = Settings.from_env(
+        {
+            "MOSAIC_AUTH": "off",
+            "MOSAIC_NATS_URL": base.nats_url,
+            "MOSAIC_DATA_DIR": str(base.data_dir),
+            "MOSAIC_GRACE_SECONDS": "1",
+            "MOSAIC_PARTITIONS": "2",
+            "MOSAIC_PRIVACY_PARTICIPANTS": "consent,crm",
+        }
+    )
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()
     yield service
@@ -57,8 +65,13 @@ class Crm:
 
     async def erase(self, request) -> Answer:
         self.erased.append(request.request_id)
-        return Answer({"crm_notes": 3}, identifiers=[identity_pb2.Identifier(type="email", value="ada@example.com"),
-                                                   identity_pb2.Identifier(type="device_id", value="d-1")])
+        return Answer(
+            {"crm_notes": 3},
+            identifiers=[
+                identity_pb2.Identifier(type="email", value="ada@example.com"),
+                identity_pb2.Identifier(type="device_id", value="d-1"),
+            ],
+        )
 
 
 async def run_crm(url: str, crm: Crm) -> Bus:
@@ -82,12 +95,23 @@ def by_profile(profile_id: str) -> pb.PersonSelector:
 
 async def test_an_export_completes_when_every_participant_answered_and_is_one_document(service, stubs, nats_server):
     consent, privacy = stubs
-    await consent.SetConsent(cpb.SetConsentRequest(decision=consent_pb2.ConsentDecision(
-        profile_id="old", purpose="marketing", granted=True, decided_at=timestamp_pb2.Timestamp(seconds=10))))
-    await service.runtime.bus.publish(topics.IDENTITY_MERGED, "ada", identity_changed_pb2.IdentityMerged(
-        merge_id="m", survivor_profile_id="ada", merged_profile_ids=["old"]), "m")
+    await consent.SetConsent(
+        cpb.SetConsentRequest(
+            decision=consent_pb2.ConsentDecision(
+                profile_id="old", purpose="marketing", granted=True, decided_at=timestamp_pb2.Timestamp(seconds=10)
+            )
+        )
+    )
+    await service.runtime.bus.publish(
+        topics.IDENTITY_MERGED,
+        "ada",
+        identity_changed_pb2.IdentityMerged(merge_id="m", survivor_profile_id="ada", merged_profile_ids=["old"]),
+        "m",
+    )
     await eventually(lambda: person_is(consent, "old", "ada"))
-    started = (await privacy.ExportPerson(pb.ExportPersonRequest(person=by_profile("old"), requested_by="ticket-7"))).request
+    started = (
+        await privacy.ExportPerson(pb.ExportPersonRequest(person=by_profile("old"), requested_by="ticket-7"))
+    ).request
     assert (started.person_id, sorted(started.profile_ids), started.state) == ("ada", ["ada", "old"], PENDING)
     await eventually(lambda: answered(privacy, started.request_id, ["consent"]))
     await asyncio.sleep(0.5)
@@ -101,7 +125,9 @@ async def test_an_export_completes_when_every_participant_answered_and_is_one_do
     assert [e["profile_id"] for e in document["consent"]["consent_ledger"]] == ["old"]
     assert len(document["crm"]["notes"]) == 300 and document["crm"]["owner"] == "crm"  # sent in several parts
     assert {r.participant: dict(r.exported) for r in answer.request.receipts} == {
-        "consent": {"consent_ledger": 1}, "crm": {"notes": 300}}
+        "consent": {"consent_ledger": 1},
+        "crm": {"notes": 300},
+    }
     stream = await service.runtime.bus._js.stream_info(topics.PRIVACY_RECEIPT.stream)
     assert stream.state.messages == 0  # every receipt erased once stored
 
@@ -123,14 +149,16 @@ async def test_an_erasure_removes_consent_suppresses_the_identifiers_and_is_idem
         suppressions.append(suppression_changed_pb2.SuppressionChanged.FromString(msg.data))
 
     await service.runtime.bus._nc.subscribe(topics.SUPPRESSION_CHANGED.wildcard, cb=on_suppression)
-    await consent.SetConsent(cpb.SetConsentRequest(decision=consent_pb2.ConsentDecision(
-        profile_id="ada", purpose="marketing", granted=True)))
+    await consent.SetConsent(
+        cpb.SetConsentRequest(decision=consent_pb2.ConsentDecision(profile_id="ada", purpose="marketing", granted=True))
+    )
     assert (await consent.CheckConsent(cpb.CheckConsentRequest(profile_id="ada", purpose="marketing"))).granted
     crm = Crm()
     crm_bus = await run_crm(nats_server.url, crm)
     try:
-        call = pb.ErasePersonRequest(person=by_profile("ada"), request_id="r-1",
-                                     jurisdiction=consent_pb2.JURISDICTION_CCPA)
+        call = pb.ErasePersonRequest(
+            person=by_profile("ada"), request_id="r-1", jurisdiction=consent_pb2.JURISDICTION_CCPA
+        )
         started = (await privacy.ErasePerson(call)).request
         again = (await privacy.ErasePerson(call)).request
         assert again.request_id == started.request_id == "r-1"
@@ -141,7 +169,8 @@ async def test_an_erasure_removes_consent_suppresses_the_identifiers_and_is_idem
     assert (answer.request.deadline.seconds - answer.request.requested_at.seconds) == 45 * 86400
     assert {r.participant: dict(r.removed) for r in answer.request.receipts} == {
         "consent": {"consent_ledger": 1, "consent_heads": 0, "consent_merges": 0, "privacy_exports": 0},
-        "crm": {"crm_notes": 3}}
+        "crm": {"crm_notes": 3},
+    }
     assert not answer.export_json
     check = await consent.CheckConsent(cpb.CheckConsentRequest(profile_id="ada", purpose="marketing"))
     assert (check.granted, check.reason) == (False, "opt-in default")
@@ -149,7 +178,8 @@ async def test_an_erasure_removes_consent_suppresses_the_identifiers_and_is_idem
     assert not history.decisions
     await eventually(lambda: suppressions)
     assert [(s.profile_id, s.request_id, [(i.type, i.value) for i in s.identifiers]) for s in suppressions] == [
-        ("ada", "r-1", [("email", "ada@example.com")])]  # device ids are not on ingestion's list
+        ("ada", "r-1", [("email", "ada@example.com")])
+    ]  # device ids are not on ingestion's list
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await privacy.ExportPerson(pb.ExportPersonRequest(person=by_profile("ada"), request_id="r-1"))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -157,7 +187,11 @@ async def test_an_erasure_removes_consent_suppresses_the_identifiers_and_is_idem
 
 async def test_requests_are_listed_by_deadline_and_those_due_soon_found(stubs):
     _, privacy = stubs
-    ccpa = (await privacy.ExportPerson(pb.ExportPersonRequest(person=by_profile("a"), jurisdiction=consent_pb2.JURISDICTION_CCPA))).request
+    ccpa = (
+        await privacy.ExportPerson(
+            pb.ExportPersonRequest(person=by_profile("a"), jurisdiction=consent_pb2.JURISDICTION_CCPA)
+        )
+    ).request
     gdpr = (await privacy.ExportPerson(pb.ExportPersonRequest(person=by_profile("b")))).request
     assert gdpr.deadline.seconds - gdpr.requested_at.seconds == 30 * 86400
     seen, token = [], ""
@@ -175,12 +209,32 @@ async def test_bad_requests_name_the_field(stubs):
     _, privacy = stubs
     for call, code, field in [
         (privacy.ErasePerson(pb.ErasePersonRequest()), grpc.StatusCode.INVALID_ARGUMENT, "person"),
-        (privacy.ErasePerson(pb.ErasePersonRequest(person=pb.PersonSelector(
-            profile_id="p", identifier=identity_pb2.Identifier(type="email", value="a@b.c")))), grpc.StatusCode.INVALID_ARGUMENT, "person"),
-        (privacy.ErasePerson(pb.ErasePersonRequest(person=pb.PersonSelector(
-            identifier=identity_pb2.Identifier(type="email", value="a@b.c")))), grpc.StatusCode.FAILED_PRECONDITION, "person.identifier"),
+        (
+            privacy.ErasePerson(
+                pb.ErasePersonRequest(
+                    person=pb.PersonSelector(
+                        profile_id="p", identifier=identity_pb2.Identifier(type="email", value="a@b.c")
+                    )
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "person",
+        ),
+        (
+            privacy.ErasePerson(
+                pb.ErasePersonRequest(
+                    person=pb.PersonSelector(identifier=identity_pb2.Identifier(type="email", value="a@b.c"))
+                )
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "person.identifier",
+        ),
         (privacy.GetPrivacyRequest(pb.GetPrivacyRequestRequest(request_id="nope")), grpc.StatusCode.NOT_FOUND, ""),
-        (privacy.ListPrivacyRequests(pb.ListPrivacyRequestsRequest(page_token="forged")), grpc.StatusCode.INVALID_ARGUMENT, "page_token"),
+        (
+            privacy.ListPrivacyRequests(pb.ListPrivacyRequestsRequest(page_token="forged")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token",
+        ),
     ]:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call
@@ -202,9 +256,16 @@ async def test_an_erasure_deletes_the_documents_of_the_persons_earlier_exports(s
 
 async def test_a_request_completes_though_consent_itself_was_down_when_a_receipt_came(make_settings, nats_server):
     base = make_settings("consent")
-    settings = Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": base.nats_url, "MOSAIC_DATA_DIR": str(base.data_dir),
-                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "2",
-                                  "MOSAIC_PRIVACY_PARTICIPANTS": "consent,crm"})
+    settings = Settings.from_env(
+        {
+            "MOSAIC_AUTH": "off",
+            "MOSAIC_NATS_URL": base.nats_url,
+            "MOSAIC_DATA_DIR": str(base.data_dir),
+            "MOSAIC_GRACE_SECONDS": "1",
+            "MOSAIC_PARTITIONS": "2",
+            "MOSAIC_PRIVACY_PARTICIPANTS": "consent,crm",
+        }
+    )
 
     async def start() -> Service:
         service = Service(settings.platform, lambda runtime: build(runtime, settings))

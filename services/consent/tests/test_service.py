@@ -9,19 +9,27 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from mosaic.consent.v1 import consent_pb2, consent_service_pb2 as pb, consent_service_pb2_grpc
+from consent_service.app import build
+from consent_service.config import Settings
+from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc
+from mosaic.consent.v1 import consent_service_pb2 as pb
 from mosaic.events.v1 import consent_changed_pb2, identity_changed_pb2
 from mosaic.platform import topics
 from mosaic.platform.server import Service
 from mosaic.testing.plugin import eventually
-from consent_service.app import build
-from consent_service.config import Settings
 
 
 async def start(make_settings, **environ) -> Service:
-    settings = Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": make_settings("consent").nats_url,
-                                  "MOSAIC_DATA_DIR": str(make_settings("consent").data_dir),
-                                  "MOSAIC_GRACE_SECONDS": "1", "MOSAIC_PARTITIONS": "4", **environ})
+    settings = Settings.from_env(
+        {
+            "MOSAIC_AUTH": "off",
+            "MOSAIC_NATS_URL": make_settings("consent").nats_url,
+            "MOSAIC_DATA_DIR": str(make_settings("consent").data_dir),
+            "MOSAIC_GRACE_SECONDS": "1",
+            "MOSAIC_PARTITIONS": "4",
+            **environ,
+        }
+    )
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()
     return service
@@ -54,7 +62,9 @@ class Changes:
 
 
 def grant(pid: str, purpose: str = "marketing", granted: bool = True, **fields) -> pb.SetConsentRequest:
-    return pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(profile_id=pid, purpose=purpose, granted=granted, **fields))
+    return pb.SetConsentRequest(
+        decision=consent_pb2.ConsentDecision(profile_id=pid, purpose=purpose, granted=granted, **fields)
+    )
 
 
 async def check(stub, pid: str, purpose: str = "marketing", **fields) -> pb.CheckConsentResponse:
@@ -97,8 +107,11 @@ async def test_gpc_opts_out_of_sale_and_sharing_only(stub):
     assert (await check(stub, "g-1", "advertising")).granted
     live = await check(stub, "g-1", "advertising", global_privacy_control=True)
     assert (live.granted, live.reason) == (False, "global privacy control")
-    recorded = await stub.SetConsent(pb.SetConsentRequest(
-        decision=consent_pb2.ConsentDecision(profile_id="g-1", source="web"), global_privacy_control=True))
+    recorded = await stub.SetConsent(
+        pb.SetConsentRequest(
+            decision=consent_pb2.ConsentDecision(profile_id="g-1", source="web"), global_privacy_control=True
+        )
+    )
     assert sorted(d.purpose for d in recorded.recorded) == ["advertising", "sale_sharing"]
     assert not (await check(stub, "g-1", "advertising")).granted
     ccpa_marketing = await check(stub, "g-1", "marketing_email", jurisdiction=consent_pb2.JURISDICTION_CCPA)
@@ -107,26 +120,44 @@ async def test_gpc_opts_out_of_sale_and_sharing_only(stub):
 
 async def test_withdrawal_and_expiry_end_a_grant(stub):
     await stub.SetConsent(grant("w-1", decided_at=timestamp_pb2.Timestamp(seconds=100)))
-    await stub.SetConsent(pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(
-        profile_id="w-1", purpose="marketing", change=consent_pb2.CONSENT_CHANGE_WITHDRAW,
-        decided_at=timestamp_pb2.Timestamp(seconds=200))))
+    await stub.SetConsent(
+        pb.SetConsentRequest(
+            decision=consent_pb2.ConsentDecision(
+                profile_id="w-1",
+                purpose="marketing",
+                change=consent_pb2.CONSENT_CHANGE_WITHDRAW,
+                decided_at=timestamp_pb2.Timestamp(seconds=200),
+            )
+        )
+    )
     assert (await check(stub, "w-1")).reason == "withdrawn"
-    await stub.SetConsent(grant("e-1", decided_at=timestamp_pb2.Timestamp(seconds=100),
-                                expires_at=timestamp_pb2.Timestamp(seconds=200)))
+    await stub.SetConsent(
+        grant("e-1", decided_at=timestamp_pb2.Timestamp(seconds=100), expires_at=timestamp_pb2.Timestamp(seconds=200))
+    )
     expired = await check(stub, "e-1")
     assert (expired.granted, expired.reason) == (False, "expired")
 
 
-@pytest.mark.parametrize("request_, field", [
-    (grant("p", "telepathy"), "decision.purpose"),
-    (grant(""), "decision.profile_id"),
-    (grant("p", actor="x" * 300), "decision.actor"),
-    (pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(
-        profile_id="p", purpose="marketing", granted=False, expires_at=timestamp_pb2.Timestamp(seconds=9))),
-     "decision.expires_at"),
-    (pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(profile_id="p", purpose="marketing", change=42)),
-     "decision.change"),
-])
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (grant("p", "telepathy"), "decision.purpose"),
+        (grant(""), "decision.profile_id"),
+        (grant("p", actor="x" * 300), "decision.actor"),
+        (
+            pb.SetConsentRequest(
+                decision=consent_pb2.ConsentDecision(
+                    profile_id="p", purpose="marketing", granted=False, expires_at=timestamp_pb2.Timestamp(seconds=9)
+                )
+            ),
+            "decision.expires_at",
+        ),
+        (
+            pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(profile_id="p", purpose="marketing", change=42)),
+            "decision.change",
+        ),
+    ],
+)
 async def test_a_bad_decision_is_refused_naming_the_field(stub, request_, field):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.SetConsent(request_)
@@ -151,21 +182,31 @@ async def test_consent_follows_a_merge_and_a_split_undoes_it(service, stub):
     bus = service.runtime.bus
     await stub.SetConsent(grant("phone-profile", decided_at=timestamp_pb2.Timestamp(seconds=100)))
     assert not (await check(stub, "web-profile")).granted  # cached: the notice must drop it
-    merge = identity_changed_pb2.IdentityMerged(merge_id="m-1", survivor_profile_id="web-profile",
-                                                merged_profile_ids=["phone-profile"])
+    merge = identity_changed_pb2.IdentityMerged(
+        merge_id="m-1", survivor_profile_id="web-profile", merged_profile_ids=["phone-profile"]
+    )
     await bus.publish(topics.IDENTITY_MERGED, "web-profile", merge, "m-1")
     await bus.publish(topics.IDENTITY_MERGED, "web-profile", merge, "m-1-redelivered")
     await eventually(lambda: check_granted(stub, "web-profile"))
     state = await stub.GetConsentState(pb.GetConsentStateRequest(profile_id="phone-profile"))
     assert state.person_id == "web-profile"
     # A decision on the survivor is the person's newest: it answers for the merged profile too.
-    await stub.SetConsent(pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(
-        profile_id="web-profile", purpose="marketing", granted=False, decided_at=timestamp_pb2.Timestamp(seconds=200))))
+    await stub.SetConsent(
+        pb.SetConsentRequest(
+            decision=consent_pb2.ConsentDecision(
+                profile_id="web-profile",
+                purpose="marketing",
+                granted=False,
+                decided_at=timestamp_pb2.Timestamp(seconds=200),
+            )
+        )
+    )
     assert not (await check(stub, "phone-profile")).granted
     history = await stub.ListConsentHistory(pb.ListConsentHistoryRequest(profile_id="phone-profile"))
     assert [d.profile_id for d in history.decisions] == ["phone-profile", "web-profile"]
-    split = identity_changed_pb2.IdentitySplit(merge_id="m-1", split_id="s-1", survivor_profile_id="web-profile",
-                                               restored_profile_ids=["phone-profile"])
+    split = identity_changed_pb2.IdentitySplit(
+        merge_id="m-1", split_id="s-1", survivor_profile_id="web-profile", restored_profile_ids=["phone-profile"]
+    )
     await bus.publish(topics.IDENTITY_SPLIT, "web-profile", split, "s-1")
     await eventually(lambda: check_granted(stub, "phone-profile"))
     assert not (await check(stub, "web-profile")).granted
@@ -174,14 +215,19 @@ async def test_consent_follows_a_merge_and_a_split_undoes_it(service, stub):
 async def test_a_split_that_overtakes_its_merge_leaves_the_merge_undone(service, stub):
     bus = service.runtime.bus
     await stub.SetConsent(grant("b"))
-    split = identity_changed_pb2.IdentitySplit(merge_id="m-2", split_id="s-2", survivor_profile_id="a",
-                                               restored_profile_ids=["b"])
+    split = identity_changed_pb2.IdentitySplit(
+        merge_id="m-2", split_id="s-2", survivor_profile_id="a", restored_profile_ids=["b"]
+    )
     await bus.publish(topics.IDENTITY_SPLIT, "a", split, "s-2")
     await asyncio.sleep(0.5)
     merge = identity_changed_pb2.IdentityMerged(merge_id="m-2", survivor_profile_id="a", merged_profile_ids=["b"])
     await bus.publish(topics.IDENTITY_MERGED, "a", merge, "m-2")
-    await bus.publish(topics.IDENTITY_MERGED, "a", identity_changed_pb2.IdentityMerged(
-        merge_id="m-3", survivor_profile_id="c", merged_profile_ids=["d"]), "m-3")
+    await bus.publish(
+        topics.IDENTITY_MERGED,
+        "a",
+        identity_changed_pb2.IdentityMerged(merge_id="m-3", survivor_profile_id="c", merged_profile_ids=["d"]),
+        "m-3",
+    )
     await eventually(lambda: person_of(stub, "d", "c"))  # published after m-2 on its partition
     assert not (await check(stub, "a")).granted
 
@@ -196,10 +242,14 @@ async def check_granted(stub, pid: str) -> bool:
 
 async def test_history_is_paginated_oldest_first(stub):
     for second in range(5):
-        await stub.SetConsent(grant("h-1", granted=second % 2 == 0, decided_at=timestamp_pb2.Timestamp(seconds=second + 1)))
+        await stub.SetConsent(
+            grant("h-1", granted=second % 2 == 0, decided_at=timestamp_pb2.Timestamp(seconds=second + 1))
+        )
     seen, token = [], ""
     while True:
-        page = await stub.ListConsentHistory(pb.ListConsentHistoryRequest(profile_id="h-1", page_size=2, page_token=token))
+        page = await stub.ListConsentHistory(
+            pb.ListConsentHistoryRequest(profile_id="h-1", page_size=2, page_token=token)
+        )
         seen += [d.decided_at.seconds for d in page.decisions]
         token = page.next_page_token
         if not token:
@@ -241,7 +291,10 @@ async def test_the_purposes_are_those_configured(make_settings):
             stub = consent_service_pb2_grpc.ConsentServiceStub(channel)
             listed = await stub.ListPurposes(pb.ListPurposesRequest())
             assert [(p.name, p.sale_or_sharing, p.gdpr_default) for p in listed.purposes] == [
-                ("newsletter", False, False), ("data_broker", True, False), ("crm_sync", False, True)]
+                ("newsletter", False, False),
+                ("data_broker", True, False),
+                ("crm_sync", False, True),
+            ]
             assert (await check(stub, "x", "crm_sync")).granted
             unknown = await check(stub, "x", "marketing")
             assert (unknown.granted, unknown.reason) == (False, "purpose not configured")

@@ -4,13 +4,19 @@ import uuid
 
 from google.protobuf import timestamp_pb2
 
-from mosaic.consent.v1 import consent_pb2
 from consent_service.store import MergeRecord, Move, OutboxEntry
+from mosaic.consent.v1 import consent_pb2
 
 
 def decision(pid, purpose, granted, seconds, **fields) -> consent_pb2.ConsentDecision:
-    return consent_pb2.ConsentDecision(profile_id=pid, purpose=purpose, granted=granted, source="api",
-                                       decided_at=timestamp_pb2.Timestamp(seconds=seconds, nanos=123_000_000), **fields)
+    return consent_pb2.ConsentDecision(
+        profile_id=pid,
+        purpose=purpose,
+        granted=granted,
+        source="api",
+        decided_at=timestamp_pb2.Timestamp(seconds=seconds, nanos=123_000_000),
+        **fields,
+    )
 
 
 def ids(n: int) -> list[str]:
@@ -29,16 +35,29 @@ async def test_the_ledger_keeps_every_entry_oldest_first_and_the_same_entry_once
     await store.append([decision(pid, "analytics", False, 150)], [])
     ledger = await store.ledger([pid])
     assert [(d.purpose, d.decided_at.seconds, d.granted) for d in ledger] == [
-        ("marketing", 100, True), ("analytics", 150, False), ("marketing", 200, False)]
+        ("marketing", 100, True),
+        ("analytics", 150, False),
+        ("marketing", 200, False),
+    ]
     assert ledger[0].decided_at.nanos == 123_000_000
 
 
 async def test_an_entry_keeps_its_evidence(store):
     (pid,) = ids(1)
     proof = consent_pb2.ConsentProof(form_id="banner-7", tcf_string="CPXxRfAPXxRfAAfKABENB-CgAAAAAAAAAAYgAAAAAAAA")
-    entry = decision(pid, "advertising", True, 100, change=consent_pb2.CONSENT_CHANGE_GRANT, proof=proof,
-                     legal_basis=consent_pb2.LEGAL_BASIS_CONSENT, actor="ada", change_id="c-1",
-                     jurisdiction=consent_pb2.JURISDICTION_GDPR, expires_at=timestamp_pb2.Timestamp(seconds=900))
+    entry = decision(
+        pid,
+        "advertising",
+        True,
+        100,
+        change=consent_pb2.CONSENT_CHANGE_GRANT,
+        proof=proof,
+        legal_basis=consent_pb2.LEGAL_BASIS_CONSENT,
+        actor="ada",
+        change_id="c-1",
+        jurisdiction=consent_pb2.JURISDICTION_GDPR,
+        expires_at=timestamp_pb2.Timestamp(seconds=900),
+    )
     await store.append([entry], [])
     (kept,) = await store.ledger([pid])
     assert kept == entry
@@ -86,11 +105,21 @@ async def test_erasing_profiles_leaves_no_row_that_names_them(store):
     from mosaic.testing.scan import rows_mentioning
 
     ada, old, other = ids(3)
-    await store.append([decision(ada, "marketing", True, 100, expires_at=timestamp_pb2.Timestamp(seconds=9_000)),
-                        decision(old, "analytics", False, 50), decision(other, "marketing", True, 100)], [])
+    await store.append(
+        [
+            decision(ada, "marketing", True, 100, expires_at=timestamp_pb2.Timestamp(seconds=9_000)),
+            decision(old, "analytics", False, 50),
+            decision(other, "marketing", True, 100),
+        ],
+        [],
+    )
     await store.apply_merge(MergeRecord(str(uuid.uuid4()), ada, (Move(old, old),), split=False), [])
     assert {table for table, _ in await rows_mentioning(store.db, [ada, old])} >= {
-        "consent_ledger", "consent_heads", "consent_merges", "consent_expiries"}
+        "consent_ledger",
+        "consent_heads",
+        "consent_merges",
+        "consent_expiries",
+    }
     counts = await store.erase_profiles([ada, old])
     assert counts == {"consent_ledger": 2, "consent_heads": 1, "consent_merges": 1}
     assert await rows_mentioning(store.db, [ada, old]) == []
@@ -102,8 +131,13 @@ async def test_a_privacy_request_is_stored_once_with_its_receipts_and_export_par
     from mosaic.consent.v1 import privacy_pb2
 
     (rid,) = ids(1)
-    request = privacy_pb2.PrivacyRequest(request_id=rid, kind=privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT, person_id="p",
-                                         participants=["consent", "profile"], state=privacy_pb2.PRIVACY_REQUEST_STATE_PENDING)
+    request = privacy_pb2.PrivacyRequest(
+        request_id=rid,
+        kind=privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT,
+        person_id="p",
+        participants=["consent", "profile"],
+        state=privacy_pb2.PRIVACY_REQUEST_STATE_PENDING,
+    )
     assert await store.put_request(request, outbox(f"{rid}-announce")) is True
     assert await store.put_request(request, []) is False
     assert f"{rid}-announce" in [e.message_id for e in await store.outbox_pending()]
@@ -113,7 +147,10 @@ async def test_a_privacy_request_is_stored_once_with_its_receipts_and_export_par
     await store.put_receipt(rid, "profile", 0, summary, '{"events": [1]}', [])  # redelivered
     stored = await store.request(rid)
     assert list(stored.receipts) == [summary] and stored.state == privacy_pb2.PRIVACY_REQUEST_STATE_PENDING
-    assert sorted(await store.export_parts(rid)) == [("profile", 0, '{"events": [1]}'), ("profile", 1, '{"events": [2]}')]
+    assert sorted(await store.export_parts(rid)) == [
+        ("profile", 0, '{"events": [1]}'),
+        ("profile", 1, '{"events": [2]}'),
+    ]
     stored.state = privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED
     await store.complete_request(stored)
     again = await store.request(rid)
@@ -127,9 +164,14 @@ async def test_an_expiring_grant_is_due_once_its_time_has_come(store):
 
     (pid,) = ids(1)
     now = 1_800_000_000
-    await store.append([decision(pid, "marketing", True, now - 100, expires_at=timestamp_pb2.Timestamp(seconds=now - 10)),
-                        decision(pid, "analytics", True, now - 100, expires_at=timestamp_pb2.Timestamp(seconds=now + 10)),
-                        decision(pid, "advertising", False, now - 100)], [])
+    await store.append(
+        [
+            decision(pid, "marketing", True, now - 100, expires_at=timestamp_pb2.Timestamp(seconds=now - 10)),
+            decision(pid, "analytics", True, now - 100, expires_at=timestamp_pb2.Timestamp(seconds=now + 10)),
+            decision(pid, "advertising", False, now - 100),
+        ],
+        [],
+    )
     due = [e for e in await store.due_expiries(now * 1_000_000) if e.profile_id == pid]
     assert due == [Expiry((now - 10) * 1_000_000, pid, "marketing")]
     await store.expiry_done(due)

@@ -2,10 +2,10 @@
 batches and event triggers, with templates rendered from the real profile service's traits."""
 
 import grpc
-import pytest
 from google.protobuf import struct_pb2
 
-from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2 as pb
+from mosaic.delivery.v1 import delivery_pb2
+from mosaic.delivery.v1 import delivery_service_pb2 as pb
 from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.platform import topics
 from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
@@ -19,8 +19,12 @@ async def set_traits(bus, profile_service, profile_id, **traits):
     event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, message_id=f"t-{profile_id}", source_id="web")
     event.traits.update(traits)
     event.timestamp.GetCurrentTime()
-    await bus.publish(topics.EVENTS_RESOLVED, profile_id, resolved_pb2.ResolvedEvent(profile_id=profile_id, event=event),
-                      event.message_id)
+    await bus.publish(
+        topics.EVENTS_RESOLVED,
+        profile_id,
+        resolved_pb2.ResolvedEvent(profile_id=profile_id, event=event),
+        event.message_id,
+    )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{profile_service.port}") as channel:
         profiles = profile_service_pb2_grpc.ProfileServiceStub(channel)
 
@@ -41,14 +45,24 @@ async def records(stub, profile_id):
 
 def email_destination(smtp_receiver, **fields):
     return delivery_pb2.Destination(
-        destination_id="mail", kind=delivery_pb2.DESTINATION_KIND_EMAIL, segment_id="vip", purpose="marketing",
+        destination_id="mail",
+        kind=delivery_pb2.DESTINATION_KIND_EMAIL,
+        segment_id="vip",
+        purpose="marketing",
         body_template="Dear {{ first_name }}, you are a VIP now.",
-        email=delivery_pb2.EmailSettings(smtp_host="127.0.0.1", smtp_port=smtp_receiver.port,
-                                         from_address="news@mosaic.example", subject_template="Welcome, {{ first_name }}"),
-        **fields)
+        email=delivery_pb2.EmailSettings(
+            smtp_host="127.0.0.1",
+            smtp_port=smtp_receiver.port,
+            from_address="news@mosaic.example",
+            subject_template="Welcome, {{ first_name }}",
+        ),
+        **fields,
+    )
 
 
-async def test_an_email_is_rendered_from_traits_and_sent_over_smtp(with_profiles, profile_service, stub, bus, membership, consent, smtp_receiver):
+async def test_an_email_is_rendered_from_traits_and_sent_over_smtp(
+    with_profiles, profile_service, stub, bus, membership, consent, smtp_receiver
+):
     await stub.CreateDestination(pb.CreateDestinationRequest(destination=email_destination(smtp_receiver)))
     await set_traits(bus, profile_service, "p-1", email="ada@example.com", first_name="Ada")
     await consent("p-1")
@@ -62,7 +76,9 @@ async def test_an_email_is_rendered_from_traits_and_sent_over_smtp(with_profiles
     assert mail.message["Idempotency-Key"] == record.delivery_id
 
 
-async def test_a_bounced_email_is_dead_lettered_and_one_without_an_address_fails(with_profiles, profile_service, stub, bus, membership, consent, smtp_receiver):
+async def test_a_bounced_email_is_dead_lettered_and_one_without_an_address_fails(
+    with_profiles, profile_service, stub, bus, membership, consent, smtp_receiver
+):
     smtp_receiver.refuse.add("gone@example.com")
     await stub.CreateDestination(pb.CreateDestinationRequest(destination=email_destination(smtp_receiver)))
     await set_traits(bus, profile_service, "p-2", email="gone@example.com", first_name="Gone")
@@ -77,11 +93,22 @@ async def test_a_bounced_email_is_dead_lettered_and_one_without_an_address_fails
     assert smtp_receiver.snapshot() == []
 
 
-async def test_an_sms_provider_gets_the_rendered_request(with_profiles, profile_service, stub, bus, membership, consent, webhook_receiver):
-    await stub.CreateDestination(pb.CreateDestinationRequest(destination=delivery_pb2.Destination(
-        destination_id="sms", kind=delivery_pb2.DESTINATION_KIND_SMS, segment_id="vip", purpose="marketing",
-        webhook_url=webhook_receiver.url("/sms"), headers={"Authorization": "Bearer provider-key"},
-        body_template='{"to": {{ phone | tojson }}, "text": "Hi {{ first_name }}"}')))
+async def test_an_sms_provider_gets_the_rendered_request(
+    with_profiles, profile_service, stub, bus, membership, consent, webhook_receiver
+):
+    await stub.CreateDestination(
+        pb.CreateDestinationRequest(
+            destination=delivery_pb2.Destination(
+                destination_id="sms",
+                kind=delivery_pb2.DESTINATION_KIND_SMS,
+                segment_id="vip",
+                purpose="marketing",
+                webhook_url=webhook_receiver.url("/sms"),
+                headers={"Authorization": "Bearer provider-key"},
+                body_template='{"to": {{ phone | tojson }}, "text": "Hi {{ first_name }}"}',
+            )
+        )
+    )
     await set_traits(bus, profile_service, "p-4", phone="+15550100", first_name="Grace")
     await consent("p-4")
     await membership("vip", "p-4")
@@ -91,9 +118,17 @@ async def test_an_sms_provider_gets_the_rendered_request(with_profiles, profile_
 
 
 async def test_an_audience_sync_batches_adds_and_removes(stub, membership, consent, webhook_receiver):
-    await stub.CreateDestination(pb.CreateDestinationRequest(destination=delivery_pb2.Destination(
-        destination_id="crm-audience", kind=delivery_pb2.DESTINATION_KIND_AUDIENCE_SYNC, segment_id="vip",
-        purpose="marketing", webhook_url=webhook_receiver.url("/audience"))))
+    await stub.CreateDestination(
+        pb.CreateDestinationRequest(
+            destination=delivery_pb2.Destination(
+                destination_id="crm-audience",
+                kind=delivery_pb2.DESTINATION_KIND_AUDIENCE_SYNC,
+                segment_id="vip",
+                purpose="marketing",
+                webhook_url=webhook_receiver.url("/audience"),
+            )
+        )
+    )
     people = [f"p-{n}" for n in range(12)]
     for person in people:
         await consent(person)
@@ -113,16 +148,34 @@ async def test_an_audience_sync_batches_adds_and_removes(stub, membership, conse
 
 
 async def test_an_event_trigger_matches_name_and_properties(stub, bus, consent, webhook_receiver):
-    await stub.CreateDestination(pb.CreateDestinationRequest(destination=delivery_pb2.Destination(
-        destination_id="orders", webhook_url=webhook_receiver.url("/orders"), purpose="marketing",
-        triggers=[delivery_pb2.Trigger(kind=delivery_pb2.TRIGGER_KIND_EVENT, event_name="Order Completed",
-                                       property_equals={"currency": struct_pb2.Value(string_value="EUR")})])))
+    await stub.CreateDestination(
+        pb.CreateDestinationRequest(
+            destination=delivery_pb2.Destination(
+                destination_id="orders",
+                webhook_url=webhook_receiver.url("/orders"),
+                purpose="marketing",
+                triggers=[
+                    delivery_pb2.Trigger(
+                        kind=delivery_pb2.TRIGGER_KIND_EVENT,
+                        event_name="Order Completed",
+                        property_equals={"currency": struct_pb2.Value(string_value="EUR")},
+                    )
+                ],
+            )
+        )
+    )
     await consent("p-5")
-    for message_id, name, currency in (("e1", "Order Completed", "USD"), ("e2", "Cart Viewed", "EUR"),
-                                       ("e3", "Order Completed", "EUR")):
+    for message_id, name, currency in (
+        ("e1", "Order Completed", "USD"),
+        ("e2", "Cart Viewed", "EUR"),
+        ("e3", "Order Completed", "EUR"),
+    ):
         event = event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, message_id=message_id, event=name)
         event.properties.update({"currency": currency, "total": 12})
-        await bus.publish(topics.EVENTS_RESOLVED, "p-5", resolved_pb2.ResolvedEvent(profile_id="p-5", event=event), message_id)
+        await bus.publish(
+            topics.EVENTS_RESOLVED, "p-5", resolved_pb2.ResolvedEvent(profile_id="p-5", event=event), message_id
+        )
     await eventually(lambda: records(stub, "p-5"))
-    assert [(r.body["event"], r.body["message_id"], r.body["properties"]["total"]) for r in webhook_receiver.requests] == [
-        ("Order Completed", "e3", 12)]
+    assert [
+        (r.body["event"], r.body["message_id"], r.body["properties"]["total"]) for r in webhook_receiver.requests
+    ] == [("Order Completed", "e3", 12)]

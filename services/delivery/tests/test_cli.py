@@ -23,11 +23,21 @@ def args(command, action, address, **extra):
 
 
 async def test_destinations_and_dead_letters_are_managed_from_the_command_line(
-        service, membership, consent, refusing_receiver, tmp_path, capsys):
+    service, membership, consent, refusing_receiver, tmp_path, capsys
+):
     address = f"127.0.0.1:{service.port}"
     spec = tmp_path / "hook.json"
-    spec.write_text(json.dumps({"destinationId": "cli-hook", "webhookUrl": refusing_receiver.url("/x"),
-                                "segmentId": "vip", "purpose": "marketing", "headers": {"X-Token": "t0p"}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "destinationId": "cli-hook",
+                "webhookUrl": refusing_receiver.url("/x"),
+                "segmentId": "vip",
+                "purpose": "marketing",
+                "headers": {"X-Token": "t0p"},
+            }
+        )
+    )
     assert await delivery_commands.manage_destinations(args("destinations", "create", address, target=str(spec))) == 0
     created = capsys.readouterr()
     assert json.loads(created.out)["destinationId"] == "cli-hook" and "whsec_" in created.err
@@ -49,8 +59,11 @@ async def test_destinations_and_dead_letters_are_managed_from_the_command_line(
 
     async def sent():
         await delivery_commands.manage_deliveries(args("deliveries", "list", address, profile_id="p-1"))
-        return [json.loads(line) for line in capsys.readouterr().out.splitlines()
-                if json.loads(line)["status"] == "DELIVERY_STATUS_SENT"]
+        return [
+            json.loads(line)
+            for line in capsys.readouterr().out.splitlines()
+            if json.loads(line)["status"] == "DELIVERY_STATUS_SENT"
+        ]
 
     await eventually(sent)
     assert await delivery_commands.manage_destinations(args("destinations", "delete", address, target="cli-hook")) == 0

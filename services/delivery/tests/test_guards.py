@@ -2,16 +2,29 @@
 
 import pytest
 
-from mosaic.delivery.v1 import delivery_pb2
-from mosaic.platform.errors import InvalidArgument
 from delivery_service import destinations, templates
 from delivery_service.ssrf import AddressPolicy, Forbidden
+from mosaic.delivery.v1 import delivery_pb2
+from mosaic.platform.errors import InvalidArgument
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "::1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "fe80::1", "fd00:ec2::254",
-    "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1", "100.64.0.1",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "::1",
+        "10.1.2.3",
+        "172.16.0.9",
+        "192.168.1.1",
+        "169.254.169.254",
+        "fe80::1",
+        "fd00:ec2::254",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "100.64.0.1",
+    ],
+)
 def test_internal_addresses_are_refused_by_default(address):
     assert AddressPolicy().refusal(address) is not None
 
@@ -30,28 +43,46 @@ async def test_a_host_name_is_checked_by_what_it_resolves_to():
 
 
 def hook(**fields) -> delivery_pb2.Destination:
-    return delivery_pb2.Destination(**{"destination_id": "crm", "webhook_url": "http://127.0.0.1:9/h",
-                                       "segment_id": "vip", "purpose": "marketing", **fields})
+    return delivery_pb2.Destination(
+        **{
+            "destination_id": "crm",
+            "webhook_url": "http://127.0.0.1:9/h",
+            "segment_id": "vip",
+            "purpose": "marketing",
+            **fields,
+        }
+    )
 
 
-@pytest.mark.parametrize("fields, field", [
-    ({"webhook_url": "http://10.0.0.7/hook"}, "destination.webhook_url"),
-    ({"webhook_url": "http://169.254.169.254/latest/meta-data"}, "destination.webhook_url"),
-    ({"webhook_url": "ftp://example.com/"}, "destination.webhook_url"),
-    ({"destination_id": "Not Valid"}, "destination.destination_id"),
-    ({"purpose": ""}, "destination.purpose"),
-    ({"segment_id": ""}, "destination.triggers"),
-    ({"triggers": [delivery_pb2.Trigger(kind=delivery_pb2.TRIGGER_KIND_EVENT)]}, "destination.triggers[0].event_name"),
-    ({"body_template": "{{ unclosed"}, "destination.body_template"),
-    ({"headers": {"Idempotency-Key": "x"}}, "destination.headers['Idempotency-Key']"),
-    ({"signing_secret": "not-a-secret!"}, "destination.signing_secret"),
-    ({"limits": delivery_pb2.Limits(max_attempts=1000)}, "destination.limits.max_attempts"),
-    ({"frequency_cap": delivery_pb2.FrequencyCap(max_deliveries=3)}, "destination.frequency_cap"),
-    ({"kind": delivery_pb2.DESTINATION_KIND_EMAIL, "body_template": "hi",
-      "email": delivery_pb2.EmailSettings(smtp_host="10.0.0.2", smtp_port=25, from_address="a@b.c")},
-     "destination.email.smtp_host"),
-    ({"kind": delivery_pb2.DESTINATION_KIND_SMS}, "destination.body_template"),
-])
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"webhook_url": "http://10.0.0.7/hook"}, "destination.webhook_url"),
+        ({"webhook_url": "http://169.254.169.254/latest/meta-data"}, "destination.webhook_url"),
+        ({"webhook_url": "ftp://example.com/"}, "destination.webhook_url"),
+        ({"destination_id": "Not Valid"}, "destination.destination_id"),
+        ({"purpose": ""}, "destination.purpose"),
+        ({"segment_id": ""}, "destination.triggers"),
+        (
+            {"triggers": [delivery_pb2.Trigger(kind=delivery_pb2.TRIGGER_KIND_EVENT)]},
+            "destination.triggers[0].event_name",
+        ),
+        ({"body_template": "{{ unclosed"}, "destination.body_template"),
+        ({"headers": {"Idempotency-Key": "x"}}, "destination.headers['Idempotency-Key']"),
+        ({"signing_secret": "not-a-secret!"}, "destination.signing_secret"),
+        ({"limits": delivery_pb2.Limits(max_attempts=1000)}, "destination.limits.max_attempts"),
+        ({"frequency_cap": delivery_pb2.FrequencyCap(max_deliveries=3)}, "destination.frequency_cap"),
+        (
+            {
+                "kind": delivery_pb2.DESTINATION_KIND_EMAIL,
+                "body_template": "hi",
+                "email": delivery_pb2.EmailSettings(smtp_host="10.0.0.2", smtp_port=25, from_address="a@b.c"),
+            },
+            "destination.email.smtp_host",
+        ),
+        ({"kind": delivery_pb2.DESTINATION_KIND_SMS}, "destination.body_template"),
+    ],
+)
 async def test_a_bad_destination_is_refused_naming_the_field(fields, field):
     with pytest.raises(InvalidArgument) as refused:
         await destinations.validate(hook(**fields), AddressPolicy(["loopback"]))
@@ -73,15 +104,18 @@ async def test_loopback_is_refused_at_creation_unless_the_deployment_allows_it()
 
 
 def test_templates_render_traits_and_the_sandbox_refuses_internals():
-    assert templates.render("Hi {{ first_name }}, {{ traits.plan }}!", {"first_name": "Ada", "plan": "pro"}) == "Hi Ada, pro!"
+    assert (
+        templates.render("Hi {{ first_name }}, {{ traits.plan }}!", {"first_name": "Ada", "plan": "pro"})
+        == "Hi Ada, pro!"
+    )
     assert templates.render("Hi {{ missing }}.", {}) == "Hi ."
     with pytest.raises(templates.RenderError, match="SecurityError"):
         templates.render("{{ ''.__class__.__mro__[1].__subclasses__() }}", {})
 
 
 def test_a_bad_setting_names_its_variable():
-    from mosaic.platform.config import ConfigError
     from delivery_service.config import Settings
+    from mosaic.platform.config import ConfigError
 
     base = {"MOSAIC_AUTH": "off", "MOSAIC_CONSENT_ADDRESS": "127.0.0.1:1"}
     with pytest.raises(ConfigError, match="MOSAIC_DELIVERY_ALLOW_ADDRESSES"):

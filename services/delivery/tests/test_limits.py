@@ -1,8 +1,8 @@
 """Rate limit, circuit breaker, retry schedule and Retry-After: pure logic on a fake clock."""
 
 import random
-from email.utils import format_datetime
 from datetime import datetime, timezone
+from email.utils import format_datetime
 
 from delivery_service.limits import CircuitBreaker, TokenBucket, retry_delay
 from delivery_service.webhook import retry_after_seconds

@@ -3,11 +3,11 @@ erased, and no table names the person afterwards."""
 
 import pytest
 
+from delivery_service.privacy import DeliveryPrivacy
+from delivery_service.store import open_store
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.events.v1 import privacy_request_pb2
 from mosaic.testing.scan import rows_mentioning
-from delivery_service.privacy import DeliveryPrivacy
-from delivery_service.store import open_store
 
 
 @pytest.fixture
@@ -19,8 +19,14 @@ async def store(store_settings):
 
 async def test_deliveries_are_exported_then_erased(store):
     for profile_id in ("p-ada", "p-ada-old", "p-bob"):
-        await store.save_delivery(delivery_pb2.Delivery(delivery_id=f"crm:vip:{profile_id}:1", destination_id="crm",
-                                                        profile_id=profile_id, status=delivery_pb2.DELIVERY_STATUS_SENT))
+        await store.save_delivery(
+            delivery_pb2.Delivery(
+                delivery_id=f"crm:vip:{profile_id}:1",
+                destination_id="crm",
+                profile_id=profile_id,
+                status=delivery_pb2.DELIVERY_STATUS_SENT,
+            )
+        )
     privacy = DeliveryPrivacy(store)
     request = privacy_request_pb2.PrivacyRequested(request_id="r", person_id="p-ada", profile_ids=["p-ada-old"])
     exported = await privacy.export(request)

@@ -7,7 +7,8 @@ import grpc
 import pytest
 
 from mosaic.cli.receivers import WebhookReceiver
-from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2 as pb
+from mosaic.delivery.v1 import delivery_pb2
+from mosaic.delivery.v1 import delivery_service_pb2 as pb
 from mosaic.testing.plugin import eventually
 
 Status = delivery_pb2.DeliveryStatus
@@ -21,9 +22,17 @@ def failing_receiver():
 
 
 async def create(stub, receiver, destination_id, **fields):
-    await stub.CreateDestination(pb.CreateDestinationRequest(destination=delivery_pb2.Destination(
-        destination_id=destination_id, webhook_url=receiver.url(f"/{destination_id}"), segment_id="vip",
-        purpose="marketing", **fields)))
+    await stub.CreateDestination(
+        pb.CreateDestinationRequest(
+            destination=delivery_pb2.Destination(
+                destination_id=destination_id,
+                webhook_url=receiver.url(f"/{destination_id}"),
+                segment_id="vip",
+                purpose="marketing",
+                **fields,
+            )
+        )
+    )
 
 
 async def status_of(stub, profile_id):
@@ -35,7 +44,9 @@ async def dead_letters(stub, **selection):
     return list((await stub.ListDeadLetters(pb.ListDeadLettersRequest(**selection))).dead_letters)
 
 
-async def test_a_5xx_is_retried_within_the_budget_then_dead_lettered_with_the_last_error(stub, membership, consent, failing_receiver):
+async def test_a_5xx_is_retried_within_the_budget_then_dead_lettered_with_the_last_error(
+    stub, membership, consent, failing_receiver
+):
     await create(stub, failing_receiver, "flaky")
     await consent("p-1")
     await membership("vip", "p-1")
@@ -46,12 +57,17 @@ async def test_a_5xx_is_retried_within_the_budget_then_dead_lettered_with_the_la
     assert keys == {letter.delivery.delivery_id}  # every attempt carries the same key
     assert (await status_of(stub, "p-1"))["flaky"].status == Status.DELIVERY_STATUS_DEAD_LETTERED
 
-    got = await stub.GetDeadLetter(pb.GetDeadLetterRequest(destination_id="flaky", delivery_id=letter.delivery.delivery_id))
+    got = await stub.GetDeadLetter(
+        pb.GetDeadLetterRequest(destination_id="flaky", delivery_id=letter.delivery.delivery_id)
+    )
     assert json.loads(got.dead_letter.job.payload)["profile_id"] == "p-1"
 
     failing_receiver.status = 200  # the endpoint is fixed: replay
-    answer = await stub.ReplayDeadLetters(pb.ReplayDeadLettersRequest(selection=pb.DeadLetterSelection(
-        destination_id="flaky", delivery_ids=[letter.delivery.delivery_id])))
+    answer = await stub.ReplayDeadLetters(
+        pb.ReplayDeadLettersRequest(
+            selection=pb.DeadLetterSelection(destination_id="flaky", delivery_ids=[letter.delivery.delivery_id])
+        )
+    )
     assert answer.replayed == 1
     sent = await eventually(lambda: status_of(stub, "p-1"))
     await eventually(lambda: _sent(stub, "p-1", "flaky"))
@@ -82,8 +98,10 @@ async def test_a_429_waits_the_retry_after_it_was_told(stub, membership, consent
     failing_receiver.status = 200
     await eventually(lambda: _sent(stub, "p-3", "busy"), timeout=30)
     # Not a timing assertion: JetStream redelivered at the nak delay, which is Retry-After's.
-    assert all(r.headers["Idempotency-Key"] == failing_receiver.requests[0].headers["Idempotency-Key"]
-               for r in failing_receiver.requests)
+    assert all(
+        r.headers["Idempotency-Key"] == failing_receiver.requests[0].headers["Idempotency-Key"]
+        for r in failing_receiver.requests
+    )
 
 
 @pytest.fixture
@@ -92,7 +110,9 @@ def patient(delivery_env):
     delivery_env["MOSAIC_DELIVERY_BREAKER_COOLDOWN_SECONDS"] = "30"
 
 
-async def test_a_dead_destination_fills_only_its_own_queue(patient, stub, membership, consent, webhook_receiver, failing_receiver):
+async def test_a_dead_destination_fills_only_its_own_queue(
+    patient, stub, membership, consent, webhook_receiver, failing_receiver
+):
     failing_receiver.delay = 1.5  # longer than the attempt timeout (1 s): every attempt times out
     await create(stub, webhook_receiver, "healthy")
     await create(stub, failing_receiver, "dead", limits=delivery_pb2.Limits(concurrency=2))
@@ -102,6 +122,7 @@ async def test_a_dead_destination_fills_only_its_own_queue(patient, stub, member
         await membership("vip", person)
     # Every healthy delivery arrives while the dead destination's circuit is open and its jobs wait.
     await eventually(lambda: len({r.body["profile_id"] for r in webhook_receiver.requests}) == len(people), timeout=30)
+
     async def all_sent():
         statuses = [await status_of(stub, p) for p in people]
         return all(s["healthy"].status == Status.DELIVERY_STATUS_SENT for s in statuses) and statuses
@@ -122,18 +143,21 @@ async def test_replay_and_discard_select_by_ids_by_destination_or_all(stub, memb
     await eventually(lambda: _count(stub, 6))
     page = await stub.ListDeadLetters(pb.ListDeadLettersRequest(page_size=4))
     rest = await stub.ListDeadLetters(pb.ListDeadLettersRequest(page_size=4, page_token=page.next_page_token))
-    listed = [(l.delivery.destination_id, l.delivery.profile_id) for l in [*page.dead_letters, *rest.dead_letters]]
+    listed = [(d.delivery.destination_id, d.delivery.profile_id) for d in [*page.dead_letters, *rest.dead_letters]]
     assert listed == [(d, p) for d in "ab" for p in ("p-1", "p-2", "p-3")] and not rest.next_page_token
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.DiscardDeadLetters(pb.DiscardDeadLettersRequest(selection=pb.DeadLetterSelection()))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as missing:
-        await stub.ReplayDeadLetters(pb.ReplayDeadLettersRequest(selection=pb.DeadLetterSelection(
-            destination_id="a", delivery_ids=["nope"])))
+        await stub.ReplayDeadLetters(
+            pb.ReplayDeadLettersRequest(selection=pb.DeadLetterSelection(destination_id="a", delivery_ids=["nope"]))
+        )
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
-    discarded = await stub.DiscardDeadLetters(pb.DiscardDeadLettersRequest(selection=pb.DeadLetterSelection(destination_id="a")))
+    discarded = await stub.DiscardDeadLetters(
+        pb.DiscardDeadLettersRequest(selection=pb.DeadLetterSelection(destination_id="a"))
+    )
     assert discarded.discarded == 3
     assert (await status_of(stub, "p-1"))["a"].status == Status.DELIVERY_STATUS_DISCARDED
     await consent("p-2", granted=False)  # withdrawn while its letter waited

@@ -4,9 +4,9 @@ import uuid
 
 import pytest
 
+from delivery_service.store import open_store
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform.errors import AlreadyExists
-from delivery_service.store import open_store
 
 
 @pytest.fixture
@@ -16,11 +16,20 @@ async def store(store_settings):
     await store.close()
 
 
-def letter(destination_id: str, delivery_id: str, error: str = "HTTP 500", profile_id: str = "p") -> delivery_pb2.DeadLetter:
-    record = delivery_pb2.Delivery(delivery_id=delivery_id, destination_id=destination_id, profile_id=profile_id,
-                                   status=delivery_pb2.DELIVERY_STATUS_DEAD_LETTERED)
-    return delivery_pb2.DeadLetter(delivery=record, last_error=error,
-                                   job=delivery_pb2.DeliveryJob(delivery_id=delivery_id, destination_id=destination_id))
+def letter(
+    destination_id: str, delivery_id: str, error: str = "HTTP 500", profile_id: str = "p"
+) -> delivery_pb2.DeadLetter:
+    record = delivery_pb2.Delivery(
+        delivery_id=delivery_id,
+        destination_id=destination_id,
+        profile_id=profile_id,
+        status=delivery_pb2.DELIVERY_STATUS_DEAD_LETTERED,
+    )
+    return delivery_pb2.DeadLetter(
+        delivery=record,
+        last_error=error,
+        job=delivery_pb2.DeliveryJob(delivery_id=delivery_id, destination_id=destination_id),
+    )
 
 
 async def test_a_destination_id_can_be_taken_once(store):
@@ -51,9 +60,15 @@ async def test_a_delivery_is_found_by_its_idempotency_key(store):
 
 async def test_deliveries_saved_together_each_keep_their_latest_status(store):
     people = [str(uuid.uuid4()) for _ in range(23)]
-    queued = [delivery_pb2.Delivery(delivery_id=f"h:{p}", profile_id=p, status=delivery_pb2.DELIVERY_STATUS_QUEUED) for p in people]
+    queued = [
+        delivery_pb2.Delivery(delivery_id=f"h:{p}", profile_id=p, status=delivery_pb2.DELIVERY_STATUS_QUEUED)
+        for p in people
+    ]
     await store.save_deliveries(queued)
-    sent = [delivery_pb2.Delivery(delivery_id=f"h:{p}", profile_id=p, status=delivery_pb2.DELIVERY_STATUS_SENT) for p in people]
+    sent = [
+        delivery_pb2.Delivery(delivery_id=f"h:{p}", profile_id=p, status=delivery_pb2.DELIVERY_STATUS_SENT)
+        for p in people
+    ]
     await store.save_deliveries(sent)
     for p in people:
         assert [d.status for d in await store.deliveries(p)] == [delivery_pb2.DELIVERY_STATUS_SENT]
@@ -65,9 +80,9 @@ async def test_dead_letters_page_by_destination_in_delivery_id_order(store):
         await store.put_dead_letter(letter(destination_id, f"x:{n}"))
     await store.put_dead_letter(letter(f"other-{destination_id}", "x:9"))
     first = await store.dead_letters(destination_id, "", 2)
-    assert [l.delivery.delivery_id for l in first] == ["x:0", "x:1"]
+    assert [d.delivery.delivery_id for d in first] == ["x:0", "x:1"]
     rest = await store.dead_letters(destination_id, first[-1].delivery.delivery_id, 10)
-    assert [l.delivery.delivery_id for l in rest] == ["x:2", "x:3", "x:4"]
+    assert [d.delivery.delivery_id for d in rest] == ["x:2", "x:3", "x:4"]
     assert rest[0].job.delivery_id == "x:2" and rest[0].last_error == "HTTP 500"
 
 
@@ -84,8 +99,9 @@ async def test_a_dead_letter_is_replaced_by_its_key_and_deleted(store):
 async def test_erasing_a_person_leaves_no_delivery_or_dead_letter_of_theirs(store):
     gone, kept = str(uuid.uuid4()), str(uuid.uuid4())
     destination_id = f"d-{uuid.uuid4().hex[:8]}"
-    await store.save_deliveries([delivery_pb2.Delivery(delivery_id=f"h:{n}", profile_id=p)
-                                 for p in (gone, kept) for n in range(3)])
+    await store.save_deliveries(
+        [delivery_pb2.Delivery(delivery_id=f"h:{n}", profile_id=p) for p in (gone, kept) for n in range(3)]
+    )
     await store.put_dead_letter(letter(destination_id, f"h:{gone}", profile_id=gone))
     await store.put_dead_letter(letter(f"other-{destination_id}", f"h2:{gone}", profile_id=gone))
     await store.put_dead_letter(letter(destination_id, f"h:{kept}", profile_id=kept))
@@ -94,5 +110,5 @@ async def test_erasing_a_person_leaves_no_delivery_or_dead_letter_of_theirs(stor
     assert await store.dead_letter(destination_id, f"h:{gone}") is None
     assert await store.dead_letters(f"other-{destination_id}", "", 10) == []
     assert len(await store.deliveries(kept)) == 3
-    assert [l.delivery.profile_id for l in await store.dead_letters(destination_id, "", 10)] == [kept]
+    assert [d.delivery.profile_id for d in await store.dead_letters(destination_id, "", 10)] == [kept]
     assert await store.erase_person(gone) == 0  # a second erasure (a redelivered request) is harmless

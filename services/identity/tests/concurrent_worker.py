@@ -10,10 +10,10 @@ import random
 import sys
 import time
 
-from mosaic.events.v1 import event_pb2
 from identity_service.app import components
 from identity_service.config import Settings
 from identity_service.store import open_store
+from mosaic.events.v1 import event_pb2
 
 
 def build(spec: dict) -> event_pb2.Event:

@@ -26,14 +26,15 @@ from pathlib import Path
 
 import pytest
 
-from mosaic.cli.mesh import Mesh
-from mosaic.platform import topics
-from mosaic.platform.bus import Bus
-from mosaic.testing.plugin import eventually
 from identity_service import explain
 from identity_service.app import components
 from identity_service.config import Settings
 from identity_service.store import open_store
+from mosaic.cli.mesh import Mesh
+from mosaic.platform import topics
+from mosaic.platform.bus import Bus
+from mosaic.testing.plugin import eventually
+
 WORKER = Path(__file__).with_name("concurrent_worker.py")
 _spec = importlib.util.spec_from_file_location("identity_concurrent_worker", WORKER)
 _worker = importlib.util.module_from_spec(_spec)
@@ -46,20 +47,33 @@ def workload(ns: str, rng: random.Random, people: int = 30) -> list[dict]:
     events: list[dict] = []
     at = 1_700_000_000_000
     for p in range(people):
-        ids = {"user_id": f"{ns}-u{p}", "anonymous_id": [f"{ns}-a{p}-1", f"{ns}-a{p}-2"],
-               "email": f"{ns}-p{p}@example.com", "device": f"{ns}-d{p}"}
+        ids = {
+            "user_id": f"{ns}-u{p}",
+            "anonymous_id": [f"{ns}-a{p}-1", f"{ns}-a{p}-2"],
+            "email": f"{ns}-p{p}@example.com",
+            "device": f"{ns}-d{p}",
+        }
         steps = [  # connected: every identifier meets the user id through some event
-            {"anonymous_id": ids["anonymous_id"][0]}, {"anonymous_id": ids["anonymous_id"][1], "device": ids["device"]},
+            {"anonymous_id": ids["anonymous_id"][0]},
+            {"anonymous_id": ids["anonymous_id"][1], "device": ids["device"]},
             {"anonymous_id": ids["anonymous_id"][0], "email": ids["email"]},
             {"anonymous_id": ids["anonymous_id"][1], "user_id": ids["user_id"]},
-            {"user_id": ids["user_id"], "email": ids["email"]}, {"device": ids["device"], "anonymous_id": ids["anonymous_id"][1]},
+            {"user_id": ids["user_id"], "email": ids["email"]},
+            {"device": ids["device"], "anonymous_id": ids["anonymous_id"][1]},
         ]
         for step in steps:
             at += rng.randint(1, 1000)
             events.append({"mid": f"{ns}-{uuid.uuid4().hex}", "at": at, **step})
     for member in ("parent", "child"):  # one device, two user ids: never one profile
-        events.append({"mid": f"{ns}-{member}", "at": at + 1, "user_id": f"{ns}-{member}", "device": f"{ns}-family",
-                       "anonymous_id": f"{ns}-{member}-a"})
+        events.append(
+            {
+                "mid": f"{ns}-{member}",
+                "at": at + 1,
+                "user_id": f"{ns}-{member}",
+                "device": f"{ns}-family",
+                "anonymous_id": f"{ns}-{member}-a",
+            }
+        )
     rng.shuffle(events)
     return events
 
@@ -90,8 +104,13 @@ def without(groups: set[frozenset], key) -> set[frozenset]:
 
 @pytest.fixture
 async def cassandra_settings(cassandra_keyspace):
-    environ = {"MOSAIC_AUTH": "off", "MOSAIC_STORE": "cassandra", "MOSAIC_CASSANDRA_PORT": str(cassandra_keyspace.port),
-               "MOSAIC_CASSANDRA_KEYSPACE": cassandra_keyspace.keyspace, "MOSAIC_IDENTITY_LOCK_LEASE": "2"}
+    environ = {
+        "MOSAIC_AUTH": "off",
+        "MOSAIC_STORE": "cassandra",
+        "MOSAIC_CASSANDRA_PORT": str(cassandra_keyspace.port),
+        "MOSAIC_CASSANDRA_KEYSPACE": cassandra_keyspace.keyspace,
+        "MOSAIC_IDENTITY_LOCK_LEASE": "2",
+    }
     return environ
 
 
@@ -105,10 +124,14 @@ async def test_replicas_racing_on_shared_identifiers_build_the_serial_graph(cass
     jobs = []
     for index, share in enumerate(shares):
         path = tmp_path / f"job-{index}.json"
-        path.write_text(json.dumps({"environ": cassandra_settings, "events": share, "seed": seed * 10 + index,
-                                    "start_at": start_at}))
-        jobs.append(subprocess.Popen([sys.executable, str(WORKER), str(path)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE))
+        path.write_text(
+            json.dumps(
+                {"environ": cassandra_settings, "events": share, "seed": seed * 10 + index, "start_at": start_at}
+            )
+        )
+        jobs.append(
+            subprocess.Popen([sys.executable, str(WORKER), str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        )
     retries = 0
     for job in jobs:
         output, errors = await asyncio.to_thread(job.communicate, timeout=240)
@@ -152,8 +175,14 @@ async def test_identity_replicas_consuming_events_raw_build_the_serial_graph(cas
     rng = random.Random(3)
     ns = f"r{uuid.uuid4().hex[:6]}"
     events = workload(ns, rng, people=20)
-    environ = {**cassandra_settings, "MOSAIC_NATS_URL": nats_server.url, "MOSAIC_PARTITIONS": "6",
-               "MOSAIC_REPLICA_COUNT": str(PROCESSES), "MOSAIC_GRACE_SECONDS": "2", "OTEL_TRACES_EXPORTER": "none"}
+    environ = {
+        **cassandra_settings,
+        "MOSAIC_NATS_URL": nats_server.url,
+        "MOSAIC_PARTITIONS": "6",
+        "MOSAIC_REPLICA_COUNT": str(PROCESSES),
+        "MOSAIC_GRACE_SECONDS": "2",
+        "OTEL_TRACES_EXPORTER": "none",
+    }
     replicas = [Mesh({**environ, "MOSAIC_REPLICA_INDEX": str(i)}, tmp_path / f"replica-{i}") for i in range(PROCESSES)]
     bus = await Bus.connect(nats_server.url, "test", 6)
     try:
@@ -184,9 +213,13 @@ async def test_identity_replicas_consuming_events_raw_build_the_serial_graph(cas
                 # The replicas also drain what the worker tests above left in this keyspace's
                 # outbox (their processes had no bus): only this test's profiles are compared.
                 info = await bus._js.stream_info(topics.IDENTITY_MERGED.stream)
-                found = [topics.IDENTITY_MERGED.message.FromString((await bus._js.get_msg(
-                    topics.IDENTITY_MERGED.stream, seq)).data)
-                    for seq in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages]
+                found = [
+                    topics.IDENTITY_MERGED.message.FromString(
+                        (await bus._js.get_msg(topics.IDENTITY_MERGED.stream, seq)).data
+                    )
+                    for seq in range(info.state.first_seq, info.state.last_seq + 1)
+                    if info.state.messages
+                ]
                 mine = [m.merge_id for m in found if m.merged_profile_ids[0] in ours]
                 assert len(mine) == len(set(mine)) and set(mine) == holding, (mine, holding)
                 return True

@@ -2,8 +2,8 @@
 
 import pytest
 
-from mosaic.platform.config import ConfigError
 from identity_service.config import Settings
+from mosaic.platform.config import ConfigError
 
 
 def test_defaults_keep_the_lease_longer_than_the_store_timeout():
@@ -11,10 +11,14 @@ def test_defaults_keep_the_lease_longer_than_the_store_timeout():
     assert (settings.rules_max_age, settings.lease_seconds, settings.phone_region) == (5.0, 15.0, "US")
 
 
-@pytest.mark.parametrize("variable, value", [
-    ("MOSAIC_IDENTITY_PHONE_REGION", "Germany"), ("MOSAIC_IDENTITY_LOCK_LEASE", "0.1"),
-    ("MOSAIC_IDENTITY_RULES_MAX_AGE", "soon"),
-])
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("MOSAIC_IDENTITY_PHONE_REGION", "Germany"),
+        ("MOSAIC_IDENTITY_LOCK_LEASE", "0.1"),
+        ("MOSAIC_IDENTITY_RULES_MAX_AGE", "soon"),
+    ],
+)
 def test_a_bad_value_names_its_variable(variable, value):
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"MOSAIC_AUTH": "off", variable: value})

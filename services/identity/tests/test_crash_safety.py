@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from mosaic.events.v1 import event_pb2
-from mosaic.platform.config import PlatformSettings
 from identity_service.app import components
 from identity_service.config import Settings
 from identity_service.outbox import Outbox
 from identity_service.resolver import now_ms, profile_id_for
 from identity_service.store import OutboxEntry, open_store
+from mosaic.events.v1 import event_pb2
+from mosaic.platform.config import PlatformSettings
 
 
 class RecordingBus:
@@ -83,6 +83,7 @@ def _never_happened(record) -> bytes:
     from mosaic.events.v1 import identity_changed_pb2
 
     return identity_changed_pb2.IdentityMerged(
-        merge_id=f"{record.merge_id}-never", survivor_profile_id=record.survivor_profile_id,
+        merge_id=f"{record.merge_id}-never",
+        survivor_profile_id=record.survivor_profile_id,
         merged_profile_ids=[record.merged_profile_id],
     ).SerializeToString()

@@ -2,9 +2,9 @@
 
 from collections import Counter
 
-from mosaic.identity.v1 import identity_pb2
 from identity_service.graph import Component, MemoryGraph, decide
 from identity_service.rules import NEWEST, Rules
+from mosaic.identity.v1 import identity_pb2
 
 
 def i(id_type: str, value: str) -> identity_pb2.Identifier:
@@ -39,16 +39,24 @@ def test_caps_stop_merges_and_mappings_but_the_event_still_resolves():
     rules = Rules(max_merges=1, max_mappings=2)
     big = Component("p1", 1, profiles={"p1", "p0"}, counts=Counter(anonymous_id=2))
     roots = {("anonymous_id", "a"): "p1", ("anonymous_id", "b"): "p2"}
-    plan = decide([i("anonymous_id", "a"), i("anonymous_id", "b"), i("email", "new")], roots,
-                  {"p1": big, "p2": component("p2", 2, anonymous_id=1)}, rules)
+    plan = decide(
+        [i("anonymous_id", "a"), i("anonymous_id", "b"), i("email", "new")],
+        roots,
+        {"p1": big, "p2": component("p2", 2, anonymous_id=1)},
+        rules,
+    )
     assert plan.survivor == "p1" and plan.merged == []
     assert [reason for _, reason, _ in plan.unlinked] == ["merge cap 1 reached", "mapping cap 2 reached"]
 
 
 def test_a_split_pair_is_never_merged_again():
     split = Component("p2", 2, profiles={"p2"}, never_merge={"p1"})
-    plan = decide([i("anonymous_id", "a"), i("email", "e")], {("anonymous_id", "a"): "p1", ("email", "e"): "p2"},
-                  {"p1": component("p1", 1), "p2": split}, Rules())
+    plan = decide(
+        [i("anonymous_id", "a"), i("email", "e")],
+        {("anonymous_id", "a"): "p1", ("email", "e"): "p2"},
+        {"p1": component("p1", 1), "p2": split},
+        Rules(),
+    )
     assert plan.survivor == "p1" and plan.unlinked[0][1] == "profiles were split by an operator"
 
 

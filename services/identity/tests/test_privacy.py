@@ -7,17 +7,18 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from identity_service.app import build
+from identity_service.config import Settings
+from identity_service.store import open_store
 from mosaic.consent.v1 import privacy_pb2
 from mosaic.events.v1 import event_pb2, privacy_request_pb2
-from mosaic.identity.v1 import identity_pb2, identity_service_pb2 as pb, identity_service_pb2_grpc
+from mosaic.identity.v1 import identity_pb2, identity_service_pb2_grpc
+from mosaic.identity.v1 import identity_service_pb2 as pb
 from mosaic.platform import topics
 from mosaic.platform.privacy import merge_parts
 from mosaic.platform.server import Service
 from mosaic.testing.plugin import eventually
 from mosaic.testing.scan import rows_mentioning
-from identity_service.app import build
-from identity_service.config import Settings
-from identity_service.store import open_store
 
 
 @pytest.fixture(params=["embedded", "cassandra"])
@@ -92,14 +93,20 @@ async def test_a_merged_person_is_exported_then_erased_and_no_table_names_them(s
     exported = await eventually(lambda: receipts.final("export-1"))
     document = merge_parts(r.export_json for r in receipts.seen if r.request_id == "export-1")
     assert {(i["type"], i["value"]) for i in document["identifiers"]} == {
-        ("anonymous_id", "anon-ada"), ("user_id", "ada"), ("email", "ada@example.com")}
+        ("anonymous_id", "anon-ada"),
+        ("user_id", "ada"),
+        ("email", "ada@example.com"),
+    }
     assert exported.exported["profiles"] == 2 and exported.exported["merges"] == 1
 
     ids = sorted({p["profile_id"] for p in document["profiles"]})
     await ask(service, "erase-1", privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, survivor)
     erased = await eventually(lambda: receipts.final("erase-1"))
     assert {(i.type, i.value) for i in erased.identifiers} == {
-        ("anonymous_id", "anon-ada"), ("user_id", "ada"), ("email", "ada@example.com")}
+        ("anonymous_id", "anon-ada"),
+        ("user_id", "ada"),
+        ("email", "ada@example.com"),
+    }
     assert erased.removed["identity_claims"] == 3 and erased.removed["identity_links"] >= 2
     assert await lookup(service, "user_id", "ada") == ""
     assert await lookup(service, "user_id", "bob") == bob

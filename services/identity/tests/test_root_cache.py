@@ -7,12 +7,12 @@ import uuid
 
 import pytest
 
-from mosaic.events.v1 import event_pb2
 from identity_service import admin
 from identity_service.app import components
 from identity_service.config import Settings
 from identity_service.resolver import RootCache
 from identity_service.store import open_store
+from mosaic.events.v1 import event_pb2
 
 
 def test_an_entry_is_forgotten_with_its_home_or_its_root():

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mosaic.events.v1 import event_pb2
 from identity_service import admin, explain
 from identity_service.app import components
 from identity_service.config import Settings
 from identity_service.store import open_store
+from mosaic.events.v1 import event_pb2
 
 T = event_pb2.EventType
 BASE_SECONDS = 1_700_000_000
@@ -44,15 +44,21 @@ SCENARIOS = [
     Scenario(
         "anonymous browsing then login",
         "Pages seen anonymously, then an identify with the user id: one profile, no merge.",
-        [ev("m1", anonymous_id="a1", kind=T.EVENT_TYPE_PAGE),
-         ev("m2", anonymous_id="a1", user_id="u1", email="Ada@Example.com")],
+        [
+            ev("m1", anonymous_id="a1", kind=T.EVENT_TYPE_PAGE),
+            ev("m2", anonymous_id="a1", user_id="u1", email="Ada@Example.com"),
+        ],
         together=[{"anonymous_id:a1", "user_id:u1", "email:ada@example.com"}],
     ),
     Scenario(
         "one user on two devices",
         "Anonymous on a phone and a laptop, then logged in on both: the two anonymous profiles merge.",
-        [ev("m1", anonymous_id="a1", device="d1"), ev("m2", anonymous_id="a2", device="d2"),
-         ev("m3", anonymous_id="a1", user_id="u1"), ev("m4", anonymous_id="a2", user_id="u1")],
+        [
+            ev("m1", anonymous_id="a1", device="d1"),
+            ev("m2", anonymous_id="a2", device="d2"),
+            ev("m3", anonymous_id="a1", user_id="u1"),
+            ev("m4", anonymous_id="a2", user_id="u1"),
+        ],
         together=[{"anonymous_id:a1", "anonymous_id:a2", "device_id:d1", "device_id:d2", "user_id:u1"}],
         merges=1,
     ),
@@ -72,15 +78,20 @@ SCENARIOS = [
     Scenario(
         "a CRM row with only an e-mail, later linked to a user id",
         "A CRM import knows only the e-mail (and its row id as anonymous id); the login joins it.",
-        [ev("m1", anonymous_id="crm-row-7", email="crm@example.com", source="crm"),
-         ev("m2", user_id="u1", email="CRM@example.com")],
+        [
+            ev("m1", anonymous_id="crm-row-7", email="crm@example.com", source="crm"),
+            ev("m2", user_id="u1", email="CRM@example.com"),
+        ],
         together=[{"anonymous_id:crm-row-7", "email:crm@example.com", "user_id:u1"}],
     ),
     Scenario(
         "alias",
         "alias(previousId=a1 → userId=u1) folds the anonymous profile into the known user's.",
-        [ev("m1", anonymous_id="a1", kind=T.EVENT_TYPE_PAGE), ev("m2", user_id="u1"),
-         ev("m3", user_id="u1", previous_id="a1", kind=T.EVENT_TYPE_ALIAS)],
+        [
+            ev("m1", anonymous_id="a1", kind=T.EVENT_TYPE_PAGE),
+            ev("m2", user_id="u1"),
+            ev("m3", user_id="u1", previous_id="a1", kind=T.EVENT_TYPE_ALIAS),
+        ],
         together=[{"anonymous_id:a1", "user_id:u1"}],
         merges=1,
     ),
@@ -101,26 +112,41 @@ SCENARIOS = [
     Scenario(
         "merge chain A+B then (A+B)+C",
         "Three anonymous profiles joined two at a time: two merges, one profile, the oldest survives.",
-        [ev("m1", anonymous_id="a"), ev("m2", anonymous_id="b"), ev("m3", anonymous_id="c"),
-         ev("m4", anonymous_id="a", email="ab@example.com"), ev("m5", anonymous_id="b", email="ab@example.com"),
-         ev("m6", anonymous_id="c", user_id="abc"), ev("m7", anonymous_id="b", user_id="abc")],
+        [
+            ev("m1", anonymous_id="a"),
+            ev("m2", anonymous_id="b"),
+            ev("m3", anonymous_id="c"),
+            ev("m4", anonymous_id="a", email="ab@example.com"),
+            ev("m5", anonymous_id="b", email="ab@example.com"),
+            ev("m6", anonymous_id="c", user_id="abc"),
+            ev("m7", anonymous_id="b", user_id="abc"),
+        ],
         together=[{"anonymous_id:a", "anonymous_id:b", "anonymous_id:c", "email:ab@example.com", "user_id:abc"}],
         merges=2,
     ),
     Scenario(
         "out-of-order events",
         "The login arrives before the anonymous pages it follows: the same groups as in order.",
-        [ev("m3", at=3, anonymous_id="a2", user_id="u1"), ev("m1", at=1, anonymous_id="a1"),
-         ev("m2", at=2, anonymous_id="a1", user_id="u1"), ev("m0", at=0, anonymous_id="a2", kind=T.EVENT_TYPE_PAGE)],
+        [
+            ev("m3", at=3, anonymous_id="a2", user_id="u1"),
+            ev("m1", at=1, anonymous_id="a1"),
+            ev("m2", at=2, anonymous_id="a1", user_id="u1"),
+            ev("m0", at=0, anonymous_id="a2", kind=T.EVENT_TYPE_PAGE),
+        ],
         together=[{"anonymous_id:a1", "anonymous_id:a2", "user_id:u1"}],
         merges=1,  # in event-time order too: a2's pages and a1's profile meet at the second login
     ),
     Scenario(
         "the same event twice",
         "A redelivered event changes nothing: no second profile, no second merge.",
-        [ev("m1", anonymous_id="a1"), ev("m2", anonymous_id="a2"),
-         ev("m3", anonymous_id="a1", email="x@example.com"), ev("m4", anonymous_id="a2", email="x@example.com"),
-         ev("m4", anonymous_id="a2", email="x@example.com"), ev("m1", anonymous_id="a1")],
+        [
+            ev("m1", anonymous_id="a1"),
+            ev("m2", anonymous_id="a2"),
+            ev("m3", anonymous_id="a1", email="x@example.com"),
+            ev("m4", anonymous_id="a2", email="x@example.com"),
+            ev("m4", anonymous_id="a2", email="x@example.com"),
+            ev("m1", anonymous_id="a1"),
+        ],
         together=[{"anonymous_id:a1", "anonymous_id:a2", "email:x@example.com"}],
         merges=1,
     ),
@@ -128,8 +154,11 @@ SCENARIOS = [
         "a split after a wrong merge",
         "A shop's shared e-mail merged a customer with a stranger; the split restores both, and "
         "the same e-mail can no longer merge them again (a later event leaves it unlinked).",
-        [ev("m1", anonymous_id="a1", user_id="p1"), ev("m2", anonymous_id="a2", email="info@shop.example"),
-         ev("m3", anonymous_id="a1", email="info@shop.example")],
+        [
+            ev("m1", anonymous_id="a1", user_id="p1"),
+            ev("m2", anonymous_id="a2", email="info@shop.example"),
+            ev("m3", anonymous_id="a1", email="info@shop.example"),
+        ],
         together=[{"anonymous_id:a1", "user_id:p1", "anonymous_id:a2", "email:info@shop.example"}],
         merges=1,
         split_first_merge_then=[ev("m4", anonymous_id="a1", email="info@shop.example")],
@@ -171,7 +200,7 @@ async def assert_groups(resolver, groups: list[set[str]], ns: str) -> None:
         assert len(found) == 1 and None not in found, f"{group} spread over {found}"
         profiles.append(found.pop())
     assert len(set(profiles)) == len(profiles), f"groups {groups} share a profile"
-    for profile_id, group in zip(profiles, groups):
+    for profile_id, group in zip(profiles, groups, strict=False):
         component = await resolver.component(profile_id)
         members = await resolver.store.members(sorted(component.profiles))
         held = {(m.id_type, m.id_value) for found in members.values() for m in found}
@@ -190,7 +219,9 @@ async def test_scenario(parts, scenario: Scenario):
     assert len(merges) == scenario.merges
     for name, reason in scenario.unlinked.items():
         left = [u for p in roots for u in await resolver.store.unlinked_of(p)]
-        assert any((u.identifier.type, u.identifier.value) == scoped(name, ns) and reason in u.reason for u in left), left
+        assert any((u.identifier.type, u.identifier.value) == scoped(name, ns) and reason in u.reason for u in left), (
+            left
+        )
 
     if scenario.split_first_merge_then:
         survivor = await resolver.root(resolved[-1].profile_id)
@@ -209,9 +240,12 @@ async def test_every_arrival_order_builds_the_groups_of_event_time_order(parts):
     import itertools
 
     resolver, _, events = parts
-    specs = [ev("m0", at=0, anonymous_id="a2"), ev("m1", at=1, anonymous_id="a1"),
-             ev("m2", at=2, anonymous_id="a1", user_id="u1"), ev("m3", at=3, anonymous_id="a2", user_id="u1",
-                                                                 email="u1@example.com")]
+    specs = [
+        ev("m0", at=0, anonymous_id="a2"),
+        ev("m1", at=1, anonymous_id="a1"),
+        ev("m2", at=2, anonymous_id="a1", user_id="u1"),
+        ev("m3", at=3, anonymous_id="a2", user_id="u1", email="u1@example.com"),
+    ]
     for order in itertools.permutations(specs):
         ns = uuid.uuid4().hex[:8]
         for i, spec in enumerate(order):

@@ -3,14 +3,15 @@
 import grpc
 import pytest
 
+from identity_service.app import build
+from identity_service.config import Settings
 from mosaic.events.v1 import event_pb2, resolved_pb2
-from mosaic.identity.v1 import identity_pb2, identity_service_pb2 as pb, identity_service_pb2_grpc
+from mosaic.identity.v1 import identity_pb2, identity_service_pb2_grpc
+from mosaic.identity.v1 import identity_service_pb2 as pb
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.server import Service
 from mosaic.testing.plugin import eventually
-from identity_service.app import build
-from identity_service.config import Settings
 
 
 @pytest.fixture
@@ -38,8 +39,11 @@ async def bus(service):
 
 async def stored(bus: Bus, topic: topics.Topic) -> list:
     info = await bus._js.stream_info(topic.stream)
-    return [topic.message.FromString((await bus._js.get_msg(topic.stream, seq)).data)
-            for seq in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages]
+    return [
+        topic.message.FromString((await bus._js.get_msg(topic.stream, seq)).data)
+        for seq in range(info.state.first_seq, info.state.last_seq + 1)
+        if info.state.messages
+    ]
 
 
 def event(message_id: str, **fields) -> event_pb2.Event:
@@ -72,16 +76,28 @@ async def test_a_merge_is_published_explained_and_undone_by_a_split(stub, bus):
     await send(bus, event("m3", anonymous_id="a1", email="x@example.com"))
     merged = await eventually(lambda: stored(bus, topics.IDENTITY_MERGED))
     assert merged[0].survivor_profile_id == first and list(merged[0].merged_profile_ids) == [second]
-    assert {(i.type, i.value) for i in merged[0].moved_identifiers} == {("anonymous_id", "a2"), ("email", "x@example.com")}
+    assert {(i.type, i.value) for i in merged[0].moved_identifiers} == {
+        ("anonymous_id", "a2"),
+        ("email", "x@example.com"),
+    }
     assert (merged[0].cause_event_id, merged[0].rule) == ("m3", "shared email")
 
-    answer = await stub.Resolve(pb.ResolveRequest(identifiers=[
-        identity_pb2.Identifier(type="anonymous_id", value="a2"), identity_pb2.Identifier(type="user_id", value="nobody")]))
+    answer = await stub.Resolve(
+        pb.ResolveRequest(
+            identifiers=[
+                identity_pb2.Identifier(type="anonymous_id", value="a2"),
+                identity_pb2.Identifier(type="user_id", value="nobody"),
+            ]
+        )
+    )
     assert [(m.identifier.value, m.profile_id) for m in answer.matches] == [("a2", first)]
     identities = await stub.GetIdentities(pb.GetIdentitiesRequest(profile_id=second))
     assert identities.profile_id == first, "a merged-away profile id answers with the survivor"
     assert {i.identifier.value: i.home_profile_id for i in identities.identities} == {
-        "a1": first, "a2": second, "x@example.com": second}
+        "a1": first,
+        "a2": second,
+        "x@example.com": second,
+    }
     assert all(i.source == "web" and i.last_seen.seconds for i in identities.identities)
     later = event("m4", anonymous_id="a1")
     later.timestamp.FromSeconds(later.timestamp.seconds + 3600)
@@ -142,7 +158,9 @@ async def test_rules_change_without_restart_and_updates_are_compare_and_set(stub
         await stub.UpdateRules(pb.UpdateRulesRequest(rules=proposal))  # still says version 0
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.UpdateRules(pb.UpdateRulesRequest(rules=identity_pb2.IdentityRules(version=1, blocked_patterns=["("])))
+        await stub.UpdateRules(
+            pb.UpdateRulesRequest(rules=identity_pb2.IdentityRules(version=1, blocked_patterns=["("]))
+        )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     await send(bus, event("m1", user_id="blocked-7", anonymous_id="a1"))
     profile = await eventually(lambda: lookup(stub, "anonymous_id", "a1"))
@@ -152,10 +170,15 @@ async def test_rules_change_without_restart_and_updates_are_compare_and_set(stub
 
 
 async def test_a_dry_run_reports_merges_and_splits_without_changing_anything(stub, bus):
-    await send(bus, event("m1", anonymous_id="a1", email="shared@example.com"),
-               event("m2", anonymous_id="a2", email="shared@example.com"),
-               event("m3", anonymous_id="a3", user_id="u3"),
-               event("m5", user_id="u5", email="e5@example.com"), event("m6", user_id="u6", email="e5@example.com"))
+    await send(
+        bus,
+        event("m1", anonymous_id="a1", email="shared@example.com"),
+        event("m2", anonymous_id="a2", email="shared@example.com"),
+        event("m3", anonymous_id="a3", user_id="u3"),
+        event("m5", user_id="u5", email="e5@example.com"),
+        event("m6", user_id="u6", email="e5@example.com"),
+    )
+
     async def one_profile_for_both():
         # m1 and m2 travel on different partitions: until both are resolved (and merged, if
         # they raced), a2 may still answer with a profile of its own.

@@ -3,8 +3,8 @@
 import asyncio
 import uuid
 
-from mosaic.identity.v1 import identity_pb2
 from identity_service.store import Claim, Link, Member, OutboxEntry
+from mosaic.identity.v1 import identity_pb2
 
 
 def unique() -> str:
@@ -73,7 +73,9 @@ async def test_members_children_and_merge_records_round_trip(store):
     assert await store.children(profile) == [child]
     await store.remove_child(profile, child)
     assert await store.children(profile) == []
-    record = identity_pb2.MergeRecord(merge_id=unique(), survivor_profile_id=profile, merged_profile_id=child, rule="manual")
+    record = identity_pb2.MergeRecord(
+        merge_id=unique(), survivor_profile_id=profile, merged_profile_id=child, rule="manual"
+    )
     await store.save_merge(record)
     assert await store.merges_of(child) == [record] == await store.merges_of(profile)
     assert await store.merge(record.merge_id) == record
@@ -90,7 +92,9 @@ async def test_the_latest_sighting_wins_whatever_the_arrival_order(store):
 
 async def test_links_come_back_in_event_time_order(store):
     marker = unique()
-    links = [Link(at, f"{marker}-{at}", (("anonymous_id", f"{marker}-{at}"), ("email", "x"))) for at in (3_000, 1_000, 2_000)]
+    links = [
+        Link(at, f"{marker}-{at}", (("anonymous_id", f"{marker}-{at}"), ("email", "x"))) for at in (3_000, 1_000, 2_000)
+    ]
     for link in links:
         await store.record_link(link)
     mine = [link for link in await store.links(100_000) if link.event_id.startswith(marker)]

@@ -10,12 +10,14 @@ import nats
 import pytest
 from nats.js import api
 
-from mosaic.events.v1 import event_pb2
-from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, source_pb2
-from mosaic.platform import topics
-from mosaic.platform.server import Service
 from ingestion_service.app import Ingestion, build
 from ingestion_service.config import Settings
+from mosaic.events.v1 import event_pb2
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
+from mosaic.platform import topics
+from mosaic.platform.server import Service
+from mosaic.testing.stopping import stop_within
 
 
 @dataclass
@@ -54,7 +56,7 @@ async def start_ingestion(make_settings) -> Callable[..., Awaitable[Running]]:
 
     yield start
     for service in reversed(started):
-        await service.stop()
+        await stop_within(service)
 
 
 @pytest.fixture
@@ -73,7 +75,9 @@ def create_source(stub):
     """Creates a source (`await create_source("web", name=...)`); returns its write key's secret."""
 
     async def create(source_id: str, **fields) -> str:
-        answer = await stub.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id=source_id, **fields)))
+        answer = await stub.CreateSource(
+            pb.CreateSourceRequest(source=source_pb2.Source(source_id=source_id, **fields))
+        )
         return answer.source.write_keys[0].secret
 
     return create
@@ -95,9 +99,11 @@ async def stored_events(nats_url: str) -> list[tuple[str, event_pb2.Event]]:
         if info.state.messages == 0:
             return found
         sub = await js.pull_subscribe(
-            topics.EVENTS_RAW.wildcard, stream=topics.EVENTS_RAW.stream,
-            config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL,
-                                      inactive_threshold=30.0),
+            topics.EVENTS_RAW.wildcard,
+            stream=topics.EVENTS_RAW.stream,
+            config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL, inactive_threshold=30.0
+            ),
         )
         while len(found) < info.state.messages:
             for msg in await sub.fetch(1000, timeout=5):

@@ -15,21 +15,30 @@ from grpc_status import rpc_status
 from nats.js import api
 
 from mosaic.events.v1 import event_pb2
-from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, source_pb2
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
 from mosaic.platform import topics
 from mosaic.testing.plugin import eventually
 
 
 async def test_past_the_backlog_senders_are_told_to_retry_and_nothing_is_stored(start_ingestion, nats_server, stored):
-    ingestion = await start_ingestion(MOSAIC_INGEST_MAX_BACKLOG="5", MOSAIC_INGEST_BACKLOG_REFRESH_SECONDS="0.1",
-                                      MOSAIC_INGEST_BACKLOG_RETRY_AFTER_SECONDS="7")
+    ingestion = await start_ingestion(
+        MOSAIC_INGEST_MAX_BACKLOG="5",
+        MOSAIC_INGEST_BACKLOG_REFRESH_SECONDS="0.1",
+        MOSAIC_INGEST_BACKLOG_RETRY_AFTER_SECONDS="7",
+    )
     # A consuming service that has stopped acking: a real durable consumer on partition 0.
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
-    slow = await js.pull_subscribe(topics.EVENTS_RAW.subject(0), durable="identity-0", stream=topics.EVENTS_RAW.stream,
-                                   config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT))
+    slow = await js.pull_subscribe(
+        topics.EVENTS_RAW.subject(0),
+        durable="identity-0",
+        stream=topics.EVENTS_RAW.stream,
+        config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT),
+    )
     key = await _source(ingestion)
     async with aiohttp.ClientSession(base_url=ingestion.http_url, headers={"Authorization": key}) as http:
+
         async def post(n: int) -> aiohttp.ClientResponse:
             body = {"batch": [{"type": "track", "userId": f"u{n}-{i}", "event": "Clicked"} for i in range(8)]}
             async with http.post("/v1/batch", data=json.dumps(body)) as response:

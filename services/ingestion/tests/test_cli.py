@@ -15,8 +15,16 @@ from mosaic.testing.plugin import eventually
 
 
 def import_args(path, address: str, **extra) -> argparse.Namespace:
-    values = {"file": path, "source": "files", "format": None, "map": [], "type": "track", "batch": 100,
-              "address": address, **extra}
+    values = {
+        "file": path,
+        "source": "files",
+        "format": None,
+        "map": [],
+        "type": "track",
+        "batch": 100,
+        "address": address,
+        **extra,
+    }
     return argparse.Namespace(command="import", **values)
 
 
@@ -47,8 +55,9 @@ async def test_an_ndjson_file_is_imported_with_a_report_of_the_rejected_rows(ing
 async def test_a_csv_file_is_imported_through_a_column_mapping(ingestion, stored, tmp_path):
     path = tmp_path / "crm.csv"
     path.write_text("user,mail,plan,since\nada,ada@example.com,pro,2024-01-02T00:00:00Z\ngrace,,team,\n")
-    args = import_args(path, ingestion.grpc_address, type="identify",
-                       map=["user=userId", "mail=traits.email", "since=timestamp"])
+    args = import_args(
+        path, ingestion.grpc_address, type="identify", map=["user=userId", "mail=traits.email", "since=timestamp"]
+    )
     assert await ingest_commands.import_file(args, io.StringIO()) == 0
     by_user = {event.user_id: event for _, event in await stored()}
     assert by_user["ada"].traits["email"] == "ada@example.com" and by_user["ada"].traits["plan"] == "pro"
@@ -78,8 +87,11 @@ async def _count_at_least(js, n: int) -> bool:
 async def test_sources_and_quarantine_are_managed_from_the_command_line(ingestion, tmp_path, capsys):
     address = ["--address", ingestion.grpc_address]
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"events": {"Bought": {"type": "object", "required": ["price"]}},
-                                "invalid": "PLAN_ACTION_QUARANTINE"}))
+    plan.write_text(
+        json.dumps(
+            {"events": {"Bought": {"type": "object", "required": ["price"]}}, "invalid": "PLAN_ACTION_QUARANTINE"}
+        )
+    )
     run = lambda *argv: asyncio.to_thread(main, [*argv, *address])
     assert await run("sources", "create", "shop", "--name", "Shop", "--plan", str(plan)) == 0
     created = json.loads(capsys.readouterr().out)
@@ -93,7 +105,9 @@ async def test_sources_and_quarantine_are_managed_from_the_command_line(ingestio
     assert await run("quarantine", "list", "--source", "shop") == 0
     assert json.loads(capsys.readouterr().out)["reason"] == "'price' is a required property"
     fixed = tmp_path / "fixed.json"
-    fixed.write_text(json.dumps({"type": "EVENT_TYPE_TRACK", "userId": "ada", "event": "Bought", "properties": {"price": 3}}))
+    fixed.write_text(
+        json.dumps({"type": "EVENT_TYPE_TRACK", "userId": "ada", "event": "Bought", "properties": {"price": 3}})
+    )
     assert await run("quarantine", "replay", "q1", "--source", "shop", "--event", str(fixed)) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "EVENT_STATUS_ACCEPTED"
     assert await run("sources", "update", "shop", "--disable") == 0

@@ -31,9 +31,10 @@ def errors(caplog) -> list[str]:
 async def test_a_header_over_8_kb_is_a_400_that_neither_echoes_nor_logs_it_as_an_error(ingestion, caplog):
     caplog.set_level(logging.INFO)
     auth = "Basic " + base64.b64encode(f"{SECRET}:".encode()).decode() * 500
-    answer = await exchange(ingestion.parts.http_port, (
-        f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: 2\r\n\r\n{{}}"
-    ).encode())
+    answer = await exchange(
+        ingestion.parts.http_port,
+        (f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: 2\r\n\r\n{{}}").encode(),
+    )
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") or head.startswith(b"HTTP/1.0 400")
     assert json.loads(body) == {"success": False, "message": "a request line or header is over 8190 bytes"}
@@ -46,9 +47,9 @@ async def test_a_header_over_8_kb_is_a_400_that_neither_echoes_nor_logs_it_as_an
 async def test_a_body_never_finished_is_a_408_after_the_read_timeout(start_ingestion, caplog):
     caplog.set_level(logging.INFO)
     ingestion = await start_ingestion(MOSAIC_HTTP_READ_TIMEOUT_SECONDS="0.5")
-    answer = await exchange(ingestion.parts.http_port, (
-        b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"userId\": "
-    ))  # and then nothing: the server answers and closes, or this test would hang
+    answer = await exchange(
+        ingestion.parts.http_port, (b'POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"userId": ')
+    )  # and then nothing: the server answers and closes, or this test would hang
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408")
     assert json.loads(body) == {"success": False, "message": "the body did not arrive within 0.5 s"}

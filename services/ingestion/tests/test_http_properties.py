@@ -18,11 +18,12 @@ from datetime import datetime
 import aiohttp
 import pytest
 from google.protobuf import json_format
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from ingestion_service import segment_json
 from mosaic.platform import limits, topics
 from mosaic.platform.errors import InvalidArgument
-from ingestion_service import segment_json
 
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 PURE_SETTINGS = settings(PROPERTY_SETTINGS, max_examples=400)
@@ -31,19 +32,38 @@ ids = itertools.count()
 # Valid messages: keys and names without control characters, ids that are not placeholders,
 # times within the range every stage can fold (see mosaic.platform.limits).
 text = st.characters(codec="utf-8", exclude_characters="".join(map(chr, [*range(32), 127])))
-scalars = st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(text, max_size=8), inner, max_size=4),
-                           max_leaves=12)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(text, max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 objects = st.dictionaries(st.text(text, max_size=10), json_values, max_size=5)
-timestamps = st.datetimes(datetime(1900, 1, 2), datetime(2199, 12, 30), timezones=st.timezones()).map(lambda d: d.isoformat())
+timestamps = st.datetimes(datetime(1900, 1, 2), datetime(2199, 12, 30), timezones=st.timezones()).map(
+    lambda d: d.isoformat()
+)
 names = st.text(text, min_size=1, max_size=30).filter(lambda name: limits.junk_pattern(name) is None)
 
 
 @st.composite
 def valid_messages(draw) -> dict:
     kind = draw(st.sampled_from(sorted(segment_json.TYPES)))
-    message = {"type": kind, "messageId": f"p-{next(ids)}", draw(st.sampled_from(["userId", "anonymousId"])): draw(names)}
-    message |= {"track": {"event": draw(names)}, "alias": {"previousId": draw(names)}, "group": {"groupId": draw(names)}}.get(kind, {})
+    message = {
+        "type": kind,
+        "messageId": f"p-{next(ids)}",
+        draw(st.sampled_from(["userId", "anonymousId"])): draw(names),
+    }
+    message |= {
+        "track": {"event": draw(names)},
+        "alias": {"previousId": draw(names)},
+        "group": {"groupId": draw(names)},
+    }.get(kind, {})
     for key in draw(st.sets(st.sampled_from(["properties", "traits", "context", "integrations"]))):
         message[key] = draw(objects)
     if draw(st.booleans()):
@@ -55,8 +75,25 @@ def valid_messages(draw) -> dict:
 def any_messages(draw) -> dict:
     """Messages whose fields may be missing or of any JSON type."""
     message = draw(valid_messages())
-    for key in draw(st.sets(st.sampled_from(["type", "userId", "anonymousId", "event", "properties", "timestamp",
-                                             "sentAt", "previousId", "groupId", "context"]), max_size=3)):
+    for key in draw(
+        st.sets(
+            st.sampled_from(
+                [
+                    "type",
+                    "userId",
+                    "anonymousId",
+                    "event",
+                    "properties",
+                    "timestamp",
+                    "sentAt",
+                    "previousId",
+                    "groupId",
+                    "context",
+                ]
+            ),
+            max_size=3,
+        )
+    ):
         message[key] = draw(json_values)
     return message
 
@@ -74,7 +111,9 @@ bodies = (
 def test_reading_any_body_either_works_or_names_the_rule(body):
     try:
         data = segment_json.loads(body)
-        for message in data.get("batch", []) if isinstance(data, dict) and isinstance(data.get("batch"), list) else [data]:
+        for message in (
+            data.get("batch", []) if isinstance(data, dict) and isinstance(data.get("batch"), list) else [data]
+        ):
             segment_json.to_event(message)
     except InvalidArgument as error:
         assert isinstance(error.field, str) and error.rule
@@ -95,7 +134,9 @@ def test_a_valid_message_reads_back_as_it_was_sent(message):
 def _same(stored, sent) -> bool:
     """Struct keeps numbers as doubles: 3 comes back as 3.0, and that is the same."""
     if isinstance(sent, dict):
-        return isinstance(stored, dict) and stored.keys() == sent.keys() and all(_same(stored[k], sent[k]) for k in sent)
+        return (
+            isinstance(stored, dict) and stored.keys() == sent.keys() and all(_same(stored[k], sent[k]) for k in sent)
+        )
     if isinstance(sent, list):
         return isinstance(stored, list) and len(stored) == len(sent) and all(map(_same, stored, sent))
     if isinstance(sent, (int, float)) and not isinstance(sent, bool):

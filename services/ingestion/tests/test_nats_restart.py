@@ -17,7 +17,8 @@ import aiohttp
 import grpc
 
 from mosaic.events.v1 import event_pb2
-from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
 
 BATCHES_PER_SENDER = 40
 BATCH = 50
@@ -29,8 +30,10 @@ async def grpc_sender(address: str, name: str, acked: set[str], retries: collect
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
         for batch in range(BATCHES_PER_SENDER):
             ids = [f"{name}-{batch}-{i}" for i in range(BATCH)]
-            events = [event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, message_id=m, user_id=f"u{i}", event="Load")
-                      for i, m in enumerate(ids)]
+            events = [
+                event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, message_id=m, user_id=f"u{i}", event="Load")
+                for i, m in enumerate(ids)
+            ]
             while True:
                 try:
                     answer = await stub.Ingest(pb.IngestRequest(source_id="load", events=events), timeout=10)
@@ -46,10 +49,16 @@ async def grpc_sender(address: str, name: str, acked: set[str], retries: collect
 
 async def http_sender(url: str, key: str, name: str, acked: set[str], retries: collections.Counter) -> None:
     auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
-    async with aiohttp.ClientSession(headers={"Authorization": auth}, timeout=aiohttp.ClientTimeout(total=10)) as session:
+    async with aiohttp.ClientSession(
+        headers={"Authorization": auth}, timeout=aiohttp.ClientTimeout(total=10)
+    ) as session:
         for batch in range(BATCHES_PER_SENDER):
             ids = [f"{name}-{batch}-{i}" for i in range(BATCH)]
-            body = {"batch": [{"type": "track", "messageId": m, "userId": f"u{i}", "event": "Load"} for i, m in enumerate(ids)]}
+            body = {
+                "batch": [
+                    {"type": "track", "messageId": m, "userId": f"u{i}", "event": "Load"} for i, m in enumerate(ids)
+                ]
+            }
             while True:
                 try:
                     async with session.post(f"{url}/v1/batch", json=body) as response:
@@ -65,7 +74,8 @@ async def http_sender(url: str, key: str, name: str, acked: set[str], retries: c
 
 
 async def test_after_a_nats_restart_mid_load_every_acked_event_is_stored_exactly_once(
-        ingestion, create_source, stored, nats_server):
+    ingestion, create_source, stored, nats_server
+):
     key = await create_source("load")
     acked: set[str] = set()
     retries: collections.Counter = collections.Counter()

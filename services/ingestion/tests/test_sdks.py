@@ -28,8 +28,13 @@ def send_everything(client) -> None:
 def check_arrived(events: list[tuple[str, event_pb2.Event]], source_id: str, library: str) -> None:
     by_type = {event.type: event for _, event in events}
     assert len(events) == 6 and set(by_type) == {
-        T.EVENT_TYPE_IDENTIFY, T.EVENT_TYPE_TRACK, T.EVENT_TYPE_PAGE, T.EVENT_TYPE_SCREEN,
-        T.EVENT_TYPE_GROUP, T.EVENT_TYPE_ALIAS}
+        T.EVENT_TYPE_IDENTIFY,
+        T.EVENT_TYPE_TRACK,
+        T.EVENT_TYPE_PAGE,
+        T.EVENT_TYPE_SCREEN,
+        T.EVENT_TYPE_GROUP,
+        T.EVENT_TYPE_ALIAS,
+    }
     assert all(msg_id == f"{source_id}:{event.message_id}" for msg_id, event in events)
     assert all(event.source_id == source_id and event.user_id == "ada" for _, event in events)
     assert by_type[T.EVENT_TYPE_IDENTIFY].traits["email"] == "ada@example.com"
@@ -48,8 +53,9 @@ def check_arrived(events: list[tuple[str, event_pb2.Event]], source_id: str, lib
 async def test_segment_analytics_python_works_by_changing_the_host(ingestion, create_source, stored, gzip):
     key = await create_source("segment-sdk")
     errors: list[Exception] = []
-    client = segment.Client(key, host=ingestion.http_url, gzip=gzip, max_retries=2,
-                            on_error=lambda error, batch: errors.append(error))
+    client = segment.Client(
+        key, host=ingestion.http_url, gzip=gzip, max_retries=2, on_error=lambda error, batch: errors.append(error)
+    )
     await asyncio.to_thread(send_everything, client)
     await asyncio.to_thread(client.shutdown)
     assert errors == []
@@ -59,8 +65,9 @@ async def test_segment_analytics_python_works_by_changing_the_host(ingestion, cr
 async def test_rudder_sdk_python_works_by_changing_the_host(ingestion, create_source, stored):
     key = await create_source("rudder-sdk")
     errors: list[Exception] = []
-    client = rudder.Client(key, host=ingestion.http_url, max_retries=2,
-                           on_error=lambda error, batch: errors.append(error))
+    client = rudder.Client(
+        key, host=ingestion.http_url, max_retries=2, on_error=lambda error, batch: errors.append(error)
+    )
     await asyncio.to_thread(send_everything, client)
     await asyncio.to_thread(client.shutdown)
     assert errors == []
@@ -71,8 +78,9 @@ async def test_rudder_sdk_python_works_by_changing_the_host(ingestion, create_so
 
 async def test_an_sdk_is_told_no_for_a_wrong_write_key_and_reports_it(ingestion, stored):
     errors: list[Exception] = []
-    client = segment.Client("wk_wrong", host=ingestion.http_url, max_retries=0,
-                            on_error=lambda error, batch: errors.append(error))
+    client = segment.Client(
+        "wk_wrong", host=ingestion.http_url, max_retries=0, on_error=lambda error, batch: errors.append(error)
+    )
     await asyncio.to_thread(lambda: (client.track("ada", "Clicked"), client.flush()))
     await asyncio.to_thread(client.shutdown)
     assert [getattr(e, "status", None) for e in errors] == [401]
@@ -80,14 +88,17 @@ async def test_an_sdk_is_told_no_for_a_wrong_write_key_and_reports_it(ingestion,
 
 
 async def test_an_sdk_that_meets_a_nats_outage_retries_and_nothing_is_lost_or_doubled(
-        ingestion, create_source, stored, nats_server):
+    ingestion, create_source, stored, nats_server
+):
     key = await create_source("outage")
     errors: list[Exception] = []
-    client = segment.Client(key, host=ingestion.http_url, max_retries=10, upload_size=10,
-                            on_error=lambda error, batch: errors.append(error))
+    client = segment.Client(
+        key, host=ingestion.http_url, max_retries=10, upload_size=10, on_error=lambda error, batch: errors.append(error)
+    )
     nats_server.stop()
-    sending = asyncio.create_task(asyncio.to_thread(
-        lambda: ([client.track(f"user-{i}", "Clicked", {"i": i}) for i in range(30)], client.flush())))
+    sending = asyncio.create_task(
+        asyncio.to_thread(lambda: ([client.track(f"user-{i}", "Clicked", {"i": i}) for i in range(30)], client.flush()))
+    )
     await asyncio.sleep(6)  # long enough for at least one 503 and an SDK retry
     nats_server.start()
     await sending

@@ -8,7 +8,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from mosaic.events.v1 import event_pb2
-from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, source_pb2
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
 from mosaic.platform import topics
 
 
@@ -23,12 +24,21 @@ def detail(error: grpc.aio.AioRpcError, kind):
 
 
 async def test_each_event_gets_its_own_result_in_order(stub, ingestion):
-    answer = await stub.Ingest(pb.IngestRequest(source_id="web", events=[
-        track("m1", user_id="u", event="Clicked"),
-        track("m2", user_id="u"),
-        track("m1", user_id="u", event="Clicked"),
-    ]))
-    assert [r.status for r in answer.results] == [pb.EVENT_STATUS_ACCEPTED, pb.EVENT_STATUS_REJECTED, pb.EVENT_STATUS_DUPLICATE]
+    answer = await stub.Ingest(
+        pb.IngestRequest(
+            source_id="web",
+            events=[
+                track("m1", user_id="u", event="Clicked"),
+                track("m2", user_id="u"),
+                track("m1", user_id="u", event="Clicked"),
+            ],
+        )
+    )
+    assert [r.status for r in answer.results] == [
+        pb.EVENT_STATUS_ACCEPTED,
+        pb.EVENT_STATUS_REJECTED,
+        pb.EVENT_STATUS_DUPLICATE,
+    ]
     assert answer.results[1].field == "events[1].event" and answer.results[1].reason == "is required for track"
     info = await ingestion.service.runtime.bus._js.stream_info(topics.EVENTS_RAW.stream)
     assert info.state.messages == 1
@@ -54,7 +64,9 @@ async def test_an_oversized_batch_is_refused_whole(stub):
 async def test_without_nats_the_answer_is_unavailable_with_a_retry_hint(stub, nats_server):
     nats_server.stop()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Ingest(pb.IngestRequest(source_id="web", events=[track("m9", user_id="u", event="Clicked")]), timeout=30)
+        await stub.Ingest(
+            pb.IngestRequest(source_id="web", events=[track("m9", user_id="u", event="Clicked")]), timeout=30
+        )
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert detail(caught.value, error_details_pb2.RetryInfo).retry_delay.seconds >= 1
     nats_server.start()
@@ -62,7 +74,9 @@ async def test_without_nats_the_answer_is_unavailable_with_a_retry_hint(stub, na
 
 async def test_a_stream_of_batches_is_summed_up_with_the_problems_by_index(stub, stored):
     async def batches():
-        yield pb.IngestStreamRequest(source_id="app", events=[track(f"s{i}", user_id="u", event="E") for i in range(300)])
+        yield pb.IngestStreamRequest(
+            source_id="app", events=[track(f"s{i}", user_id="u", event="E") for i in range(300)]
+        )
         for start in (300, 600):
             events = [track(f"s{i}", user_id="u", event="E") for i in range(start, start + 300)]
             events[7] = track(anonymous_id="a")  # no event name
@@ -72,7 +86,9 @@ async def test_a_stream_of_batches_is_summed_up_with_the_problems_by_index(stub,
     answer = await stub.IngestStream(batches())
     assert (answer.accepted, answer.duplicate, answer.rejected) == (898, 1, 2)
     assert [(p.index, p.field, p.reason) for p in answer.problems] == [
-        (307, "events[7].event", "is required for track"), (607, "events[7].event", "is required for track")]
+        (307, "events[7].event", "is required for track"),
+        (607, "events[7].event", "is required for track"),
+    ]
     assert len(await stored()) == 898
 
 
@@ -95,9 +111,14 @@ async def test_sources_are_created_once_read_listed_and_updated_by_mask(stub, cr
     got = (await stub.GetSource(pb.GetSourceRequest(source_id="shop"))).source
     assert got.name == "Shop" and not got.disabled and len(got.write_keys) == 1
     assert got.write_keys[0].secret == "" and got.write_keys[0].key_id.startswith("wk_")
-    updated = (await stub.UpdateSource(pb.UpdateSourceRequest(
-        source=source_pb2.Source(source_id="shop", name="ignored", disabled=True),
-        update_mask={"paths": ["disabled"]}))).source
+    updated = (
+        await stub.UpdateSource(
+            pb.UpdateSourceRequest(
+                source=source_pb2.Source(source_id="shop", name="ignored", disabled=True),
+                update_mask={"paths": ["disabled"]},
+            )
+        )
+    ).source
     assert updated.disabled and updated.name == "Shop"
     assert [s.source_id for s in (await stub.ListSources(pb.ListSourcesRequest())).sources] == ["shop"]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -105,15 +126,36 @@ async def test_sources_are_created_once_read_listed_and_updated_by_mask(stub, cr
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.parametrize(("source", "field", "rule"), [
-    (source_pb2.Source(source_id="Bad Id"), "source.source_id", "must be 1-64 lower-case letters"),
-    (source_pb2.Source(source_id="ok", transforms=[source_pb2.Transform()]), "source.transforms[0]", "must have an action"),
-    (source_pb2.Source(source_id="ok", transforms=[source_pb2.Transform(drop_field=source_pb2.DropField(path="ip"))]),
-     "source.transforms[0].drop_field.path", "must be a dotted path"),
-    (source_pb2.Source(source_id="ok", transforms=[source_pb2.Transform(
-        normalise_phone=source_pb2.NormalisePhone(path="traits.phone", default_region="XX"))]),
-     "source.transforms[0].normalise_phone.default_region", "must be an ISO 3166 region"),
-])
+@pytest.mark.parametrize(
+    ("source", "field", "rule"),
+    [
+        (source_pb2.Source(source_id="Bad Id"), "source.source_id", "must be 1-64 lower-case letters"),
+        (
+            source_pb2.Source(source_id="ok", transforms=[source_pb2.Transform()]),
+            "source.transforms[0]",
+            "must have an action",
+        ),
+        (
+            source_pb2.Source(
+                source_id="ok", transforms=[source_pb2.Transform(drop_field=source_pb2.DropField(path="ip"))]
+            ),
+            "source.transforms[0].drop_field.path",
+            "must be a dotted path",
+        ),
+        (
+            source_pb2.Source(
+                source_id="ok",
+                transforms=[
+                    source_pb2.Transform(
+                        normalise_phone=source_pb2.NormalisePhone(path="traits.phone", default_region="XX")
+                    )
+                ],
+            ),
+            "source.transforms[0].normalise_phone.default_region",
+            "must be an ISO 3166 region",
+        ),
+    ],
+)
 async def test_a_source_that_breaks_a_rule_is_refused_naming_the_field(stub, source, field, rule):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CreateSource(pb.CreateSourceRequest(source=source))
@@ -157,11 +199,14 @@ async def test_over_the_rate_limit_the_answer_is_resource_exhausted_with_a_retry
 
 
 async def test_the_default_rate_limit_holds_each_open_source_id_to_its_own_bucket(start_ingestion, nats_server):
-    running = await start_ingestion(MOSAIC_INGEST_OPEN_SOURCES="true", MOSAIC_INGEST_RATE_LIMIT="2",
-                                    MOSAIC_INGEST_RATE_BURST="2")
+    running = await start_ingestion(
+        MOSAIC_INGEST_OPEN_SOURCES="true", MOSAIC_INGEST_RATE_LIMIT="2", MOSAIC_INGEST_RATE_BURST="2"
+    )
     async with grpc.aio.insecure_channel(running.grpc_address) as channel:
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
-        send = lambda source_id: stub.Ingest(pb.IngestRequest(source_id=source_id, events=[track(user_id="u", event="E")] * 2))
+        send = lambda source_id: stub.Ingest(
+            pb.IngestRequest(source_id=source_id, events=[track(user_id="u", event="E")] * 2)
+        )
         await send("never-created")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await send("never-created")
@@ -173,13 +218,16 @@ async def test_the_default_rate_limit_holds_each_open_source_id_to_its_own_bucke
 
 
 async def test_a_stream_from_an_open_source_over_the_default_limit_is_slowed_not_failed(start_ingestion, stored):
-    running = await start_ingestion(MOSAIC_INGEST_OPEN_SOURCES="true", MOSAIC_INGEST_RATE_LIMIT="200",
-                                    MOSAIC_INGEST_RATE_BURST="100")
+    running = await start_ingestion(
+        MOSAIC_INGEST_OPEN_SOURCES="true", MOSAIC_INGEST_RATE_LIMIT="200", MOSAIC_INGEST_RATE_BURST="100"
+    )
 
     async def batches():
         for start in (0, 100, 200):
-            yield pb.IngestStreamRequest(source_id="open-stream", events=[
-                track(f"s{i}", user_id="u", event="E") for i in range(start, start + 100)])
+            yield pb.IngestStreamRequest(
+                source_id="open-stream",
+                events=[track(f"s{i}", user_id="u", event="E") for i in range(start, start + 100)],
+            )
 
     async with grpc.aio.insecure_channel(running.grpc_address) as channel:
         started = asyncio.get_running_loop().time()

@@ -9,24 +9,27 @@ import aiohttp
 import grpc
 from google.protobuf import duration_pb2
 
-from mosaic.events.v1 import event_pb2
-from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, source_pb2
 from ingestion_service.config import Settings
 from ingestion_service.sources import CACHE_SIZE, SourceDirectory
+from mosaic.events.v1 import event_pb2
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
 
 
 async def send(url: str, key: str, **message) -> int:
     auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{url}/v1/track", json={"userId": "ada", "event": "Clicked", **message},
-                                headers={"Authorization": auth}) as response:
+        async with session.post(
+            f"{url}/v1/track", json={"userId": "ada", "event": "Clicked", **message}, headers={"Authorization": auth}
+        ) as response:
             return response.status
 
 
 async def test_a_rotated_key_works_until_its_grace_period_ends(ingestion, stub, create_source):
     old = await create_source("web")
-    rotated = await stub.RotateWriteKey(pb.RotateWriteKeyRequest(
-        source_id="web", grace_period=duration_pb2.Duration(seconds=1)))
+    rotated = await stub.RotateWriteKey(
+        pb.RotateWriteKeyRequest(source_id="web", grace_period=duration_pb2.Duration(seconds=1))
+    )
     new = rotated.write_key.secret
     assert new.startswith("wk_") and new != old
     keys = {k.key_id: k for k in rotated.source.write_keys}
@@ -53,8 +56,11 @@ async def test_another_replica_sees_a_change_within_the_cache_lifetime(start_ing
         created = await admin.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id="shop")))
         key = created.source.write_keys[0].secret
         assert await send(second.http_url, key) == 200
-        await admin.UpdateSource(pb.UpdateSourceRequest(
-            source=source_pb2.Source(source_id="shop", disabled=True), update_mask={"paths": ["disabled"]}))
+        await admin.UpdateSource(
+            pb.UpdateSourceRequest(
+                source=source_pb2.Source(source_id="shop", disabled=True), update_mask={"paths": ["disabled"]}
+            )
+        )
         assert await send(first.http_url, key) == 403  # the replica that changed it: at once
         await asyncio.sleep(0.6)
         assert await send(second.http_url, key) == 403  # the other one: within its cache lifetime
@@ -65,10 +71,16 @@ async def test_a_new_tracking_plan_applies_to_the_next_event_without_a_restart(i
     assert await send(ingestion.http_url, key, messageId="before") == 200
     plan = source_pb2.TrackingPlan(unplanned=source_pb2.PLAN_ACTION_BLOCK)
     plan.events["Signed Up"].update({})
-    await stub.UpdateSource(pb.UpdateSourceRequest(
-        source=source_pb2.Source(source_id="web", tracking_plan=plan), update_mask={"paths": ["tracking_plan"]}))
-    answer = await stub.Ingest(pb.IngestRequest(source_id="web", events=[
-        event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, user_id="ada", event="Clicked")]))
+    await stub.UpdateSource(
+        pb.UpdateSourceRequest(
+            source=source_pb2.Source(source_id="web", tracking_plan=plan), update_mask={"paths": ["tracking_plan"]}
+        )
+    )
+    answer = await stub.Ingest(
+        pb.IngestRequest(
+            source_id="web", events=[event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, user_id="ada", event="Clicked")]
+        )
+    )
     assert answer.results[0].status == pb.EVENT_STATUS_REJECTED
     assert (answer.results[0].field, answer.results[0].reason) == ("event", "'Clicked' is not in the tracking plan")
 

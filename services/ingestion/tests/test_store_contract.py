@@ -5,9 +5,9 @@ import uuid
 import pytest
 from google.protobuf import timestamp_pb2
 
+from ingestion_service.store import open_store
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import quarantine_pb2, source_pb2
-from ingestion_service.store import open_store
 
 
 @pytest.fixture
@@ -45,7 +45,9 @@ async def test_write_keys_are_found_by_hash_and_their_expiry_changes(store):
     assert await store.key_owner("hash-a-" + source_id) == (source_id, 5_000)
     keys = await store.write_keys(source_id)
     assert [(h, k.key_id, k.expires_at.ToMilliseconds()) for h, k in keys] == [
-        ("hash-a-" + source_id, "wk_aaaa", 5_000), ("hash-b-" + source_id, "wk_bbbb", 0)]
+        ("hash-a-" + source_id, "wk_aaaa", 5_000),
+        ("hash-b-" + source_id, "wk_bbbb", 0),
+    ]
     assert await store.key_owner("unknown") is None
 
 
@@ -53,7 +55,9 @@ async def test_quarantined_events_are_kept_listed_in_pages_and_deleted(store):
     source_id = new_id()
     for message_id in ("m3", "m1", "m2"):
         kept = quarantine_pb2.QuarantinedEvent(
-            source_id=source_id, field="properties.price", reason="'x' is not of type 'number'",
+            source_id=source_id,
+            field="properties.price",
+            reason="'x' is not of type 'number'",
             event=event_pb2.Event(message_id=message_id, type=event_pb2.EVENT_TYPE_TRACK, user_id="u", event="Bought"),
         )
         await store.put_quarantined(kept, retention_days=1, people=[])

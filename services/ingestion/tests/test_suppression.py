@@ -8,13 +8,15 @@ import grpc
 import nats
 import pytest
 
-from mosaic.events.v1 import event_pb2, suppression_changed_pb2 as sc
-from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, quarantine_pb2, source_pb2
+from ingestion_service.store import open_store
+from ingestion_service.suppression import SuppressionList
+from mosaic.events.v1 import event_pb2
+from mosaic.events.v1 import suppression_changed_pb2 as sc
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, quarantine_pb2, source_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus
 from mosaic.testing.plugin import eventually
-from ingestion_service.store import open_store
-from ingestion_service.suppression import SuppressionList
 
 
 async def publish(nats_url: str, change: sc.SuppressionChanged, message_id: str) -> None:
@@ -26,11 +28,16 @@ async def publish(nats_url: str, change: sc.SuppressionChanged, message_id: str)
 
 
 def erasure(lifted: bool = False) -> sc.SuppressionChanged:
-    return sc.SuppressionChanged(profile_id="p-ada", request_id="req-1", lifted=lifted, identifiers=[
-        sc.SuppressedIdentifier(type="user_id", value="ada"),
-        sc.SuppressedIdentifier(type="email", value="Ada@Example.com"),
-        sc.SuppressedIdentifier(type="phone", value="+44 20 7946 0018"),
-    ])
+    return sc.SuppressionChanged(
+        profile_id="p-ada",
+        request_id="req-1",
+        lifted=lifted,
+        identifiers=[
+            sc.SuppressedIdentifier(type="user_id", value="ada"),
+            sc.SuppressedIdentifier(type="email", value="Ada@Example.com"),
+            sc.SuppressedIdentifier(type="phone", value="+44 20 7946 0018"),
+        ],
+    )
 
 
 def identify(user_id: str = "", anonymous_id: str = "", **traits) -> event_pb2.Event:
@@ -42,12 +49,17 @@ def identify(user_id: str = "", anonymous_id: str = "", **traits) -> event_pb2.E
 async def test_events_of_an_erased_person_are_dropped_and_counted(ingestion, stub, stored, nats_server, tmp_path):
     await publish(nats_server.url, erasure(), "erase-1")
     await eventually(lambda: len(ingestion.parts.suppression) == 3)
-    answer = await stub.Ingest(pb.IngestRequest(source_id="web", events=[
-        identify("ada"),
-        identify(anonymous_id="device-9", email="  ada@example.COM"),  # the same address, written otherwise
-        identify(anonymous_id="device-8", phone="+442079460018"),
-        identify("grace"),
-    ]))
+    answer = await stub.Ingest(
+        pb.IngestRequest(
+            source_id="web",
+            events=[
+                identify("ada"),
+                identify(anonymous_id="device-9", email="  ada@example.COM"),  # the same address, written otherwise
+                identify(anonymous_id="device-8", phone="+442079460018"),
+                identify("grace"),
+            ],
+        )
+    )
     assert [r.status for r in answer.results] == [pb.EVENT_STATUS_SUPPRESSED] * 3 + [pb.EVENT_STATUS_ACCEPTED]
     assert ingestion.parts.suppression.dropped == 3
     assert [event.user_id for _, event in await stored()] == ["grace"]
@@ -127,16 +139,24 @@ async def on_each_store(request, start_ingestion):
     environ = {}
     if request.param == "cassandra":
         keyspace = request.getfixturevalue("cassandra_keyspace")
-        environ = {"MOSAIC_STORE": "cassandra", "MOSAIC_CASSANDRA_PORT": str(keyspace.port),
-                   "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace}
+        environ = {
+            "MOSAIC_STORE": "cassandra",
+            "MOSAIC_CASSANDRA_PORT": str(keyspace.port),
+            "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace,
+        }
     running = await start_ingestion(**environ)
     async with grpc.aio.insecure_channel(running.grpc_address) as channel:
         yield running, ingestion_service_pb2_grpc.IngestionServiceStub(channel), uuid.uuid4().hex[:8]
 
 
 def unplanned(message_id: str, user_id: str = "", anonymous_id: str = "", **properties) -> event_pb2.Event:
-    event = event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, message_id=message_id, user_id=user_id,
-                            anonymous_id=anonymous_id, event="Unplanned")
+    event = event_pb2.Event(
+        type=event_pb2.EVENT_TYPE_TRACK,
+        message_id=message_id,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        event="Unplanned",
+    )
     event.properties.update(properties)
     return event
 
@@ -149,22 +169,37 @@ async def kept_ids(stub, source_id: str) -> list[str]:
 async def test_an_erasure_deletes_the_quarantined_events_that_name_the_person(on_each_store, nats_server):
     running, stub, unique = on_each_store
     ada, grace, shop = f"ada-{unique}", f"grace-{unique}", f"shop-{unique}"
-    await stub.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id=shop, tracking_plan=UNPLANNED_ARE_KEPT)))
-    answer = await stub.Ingest(pb.IngestRequest(source_id=shop, events=[
-        unplanned("by-user-id", user_id=ada),
-        unplanned("by-email", anonymous_id=f"device-{unique}", email=f" {ada.upper()}@Example.com"),
-        unplanned("other-person", user_id=grace, friend=ada),  # names ada, but not as an identifier
-    ]))
+    await stub.CreateSource(
+        pb.CreateSourceRequest(source=source_pb2.Source(source_id=shop, tracking_plan=UNPLANNED_ARE_KEPT))
+    )
+    answer = await stub.Ingest(
+        pb.IngestRequest(
+            source_id=shop,
+            events=[
+                unplanned("by-user-id", user_id=ada),
+                unplanned("by-email", anonymous_id=f"device-{unique}", email=f" {ada.upper()}@Example.com"),
+                unplanned("other-person", user_id=grace, friend=ada),  # names ada, but not as an identifier
+            ],
+        )
+    )
     assert {r.status for r in answer.results} == {pb.EVENT_STATUS_QUARANTINED}
     suppression = running.parts.suppression
     people = [suppression.hash("user_id", ada), suppression.hash("email", f"{ada}@example.com")]
     for person in people:
         assert await running.parts.intake.store.quarantined_naming(person)
 
-    await publish(nats_server.url, sc.SuppressionChanged(profile_id=f"p-{ada}", request_id="erase", identifiers=[
-        sc.SuppressedIdentifier(type="user_id", value=ada),
-        sc.SuppressedIdentifier(type="email", value=f"{ada}@example.com"),
-    ]), f"erase-{unique}")
+    await publish(
+        nats_server.url,
+        sc.SuppressionChanged(
+            profile_id=f"p-{ada}",
+            request_id="erase",
+            identifiers=[
+                sc.SuppressedIdentifier(type="user_id", value=ada),
+                sc.SuppressedIdentifier(type="email", value=f"{ada}@example.com"),
+            ],
+        ),
+        f"erase-{unique}",
+    )
     await eventually(lambda: _equal(kept_ids(stub, shop), ["other-person"]))
     for person in people:  # the index of the erased person is gone too
         assert await running.parts.intake.store.quarantined_naming(person) == []
@@ -173,19 +208,26 @@ async def test_an_erasure_deletes_the_quarantined_events_that_name_the_person(on
 async def test_an_event_fixed_to_name_someone_else_is_not_erased_with_the_person(on_each_store):
     running, stub, unique = on_each_store
     ada, bob, shop = f"ada-{unique}", f"bob-{unique}", f"shop-{unique}"
-    await stub.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id=shop, tracking_plan=UNPLANNED_ARE_KEPT)))
+    await stub.CreateSource(
+        pb.CreateSourceRequest(source=source_pb2.Source(source_id=shop, tracking_plan=UNPLANNED_ARE_KEPT))
+    )
     await stub.Ingest(pb.IngestRequest(source_id=shop, events=[unplanned("mixed-up", user_id=ada)]))
-    fixed = await stub.ReplayQuarantinedEvent(pb.ReplayQuarantinedEventRequest(
-        source_id=shop, message_id="mixed-up", event=unplanned("", user_id=bob)))
+    fixed = await stub.ReplayQuarantinedEvent(
+        pb.ReplayQuarantinedEventRequest(source_id=shop, message_id="mixed-up", event=unplanned("", user_id=bob))
+    )
     assert fixed.result.status == pb.EVENT_STATUS_QUARANTINED  # kept again, now naming bob
-    await running.parts.suppression(sc.SuppressionChanged(identifiers=[sc.SuppressedIdentifier(type="user_id", value=ada)]), None)
+    await running.parts.suppression(
+        sc.SuppressionChanged(identifiers=[sc.SuppressedIdentifier(type="user_id", value=ada)]), None
+    )
     assert await kept_ids(stub, shop) == ["mixed-up"]
 
 
 async def test_a_lifted_suppression_erases_nothing(on_each_store, nats_server):
     running, stub, unique = on_each_store
     ada, shop = f"ada-{unique}", f"shop-{unique}"
-    await stub.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id=shop, tracking_plan=UNPLANNED_ARE_KEPT)))
+    await stub.CreateSource(
+        pb.CreateSourceRequest(source=source_pb2.Source(source_id=shop, tracking_plan=UNPLANNED_ARE_KEPT))
+    )
     await stub.Ingest(pb.IngestRequest(source_id=shop, events=[unplanned("kept", user_id=ada)]))
     lift = sc.SuppressionChanged(lifted=True, identifiers=[sc.SuppressedIdentifier(type="user_id", value=ada)])
     await running.parts.suppression(lift, None)

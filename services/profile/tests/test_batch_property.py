@@ -8,7 +8,8 @@ import uuid
 from datetime import datetime, timezone
 
 from google.protobuf import timestamp_pb2
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.platform import topics
@@ -25,9 +26,9 @@ from profile_service.store import open_store
 NOW = int(time.time())
 
 event_strategy = st.tuples(
-    st.sampled_from(["p", "q"]),            # profile
-    st.integers(0, 8),                       # message number: repeats are duplicates
-    st.integers(-3 * 86400, 0),              # event time: arrives in any order
+    st.sampled_from(["p", "q"]),  # profile
+    st.integers(0, 8),  # message number: repeats are duplicates
+    st.integers(-3 * 86400, 0),  # event time: arrives in any order
     st.sampled_from(["identify", "order"]),
     st.sampled_from(["free", "pro"]),
     st.integers(1, 500),
@@ -37,8 +38,9 @@ event_strategy = st.tuples(
 def to_event(spec, run: str) -> resolved_pb2.ResolvedEvent:
     name, n, offset, kind, plan, revenue = spec
     profile_id = f"{run}-{name}"  # new ids each example: JetStream remembers published ids 2 minutes
-    e = event_pb2.Event(message_id=f"{profile_id}{n}", user_id=profile_id,
-                        timestamp=timestamp_pb2.Timestamp(seconds=NOW + offset - n))
+    e = event_pb2.Event(
+        message_id=f"{profile_id}{n}", user_id=profile_id, timestamp=timestamp_pb2.Timestamp(seconds=NOW + offset - n)
+    )
     if kind == "identify":
         e.type = event_pb2.EVENT_TYPE_IDENTIFY
         e.traits.update({"plan": plan, "email": f"{profile_id}{n}@example.com"})
@@ -68,19 +70,25 @@ def versions(events: list[resolved_pb2.ResolvedEvent], profile_id: str) -> list[
 
 
 async def check(nats_url: str, data_dir: str, specs, cuts) -> None:
-    platform = PlatformSettings.from_env("profile", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": data_dir})
+    platform = PlatformSettings.from_env(
+        "profile", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": data_dir}
+    )
     store = await open_store(platform)
     bus = await Bus.connect(nats_url, "profile", platform.partitions)
     await bus.ensure_streams()
     before = (await bus._js.stream_info(topics.PROFILE_UPDATED.stream)).state.messages
-    profiles = Profiles(store, ProfileCache(10, platform.partitions, platform.owned_partitions), bus,
-                        Settings(platform, (), 90, 90, 3, 10))
+    profiles = Profiles(
+        store,
+        ProfileCache(10, platform.partitions, platform.owned_partitions),
+        bus,
+        Settings(platform, (), 90, 90, 3, 10),
+    )
     try:
         run = uuid.uuid4().hex[:8]
         events = [to_event(spec, run) for spec in specs]
         bounds = sorted({0, len(events), *(c % (len(events) + 1) for c in cuts)})
         moments = []
-        for start, end in zip(bounds, bounds[1:]):
+        for start, end in zip(bounds, bounds[1:], strict=False):
             await profiles.apply_batch([(resolved, None) for resolved in events[start:end]])
             moments.append((end, timestamp_pb2.Timestamp()))
             moments[-1][1].GetCurrentTime()

@@ -15,12 +15,20 @@ DAY = 86400
 BASE = int(NOW.timestamp()) - 10 * DAY
 
 
-def event(seconds: int, source: str = "web", type_=event_pb2.EVENT_TYPE_IDENTIFY, **traits) -> resolved_pb2.ResolvedEvent:
-    e = event_pb2.Event(type=type_, user_id="u", message_id=f"m{seconds}",
-                        timestamp=timestamp_pb2.Timestamp(seconds=BASE + seconds), source_id=source)
+def event(
+    seconds: int, source: str = "web", type_=event_pb2.EVENT_TYPE_IDENTIFY, **traits
+) -> resolved_pb2.ResolvedEvent:
+    e = event_pb2.Event(
+        type=type_,
+        user_id="u",
+        message_id=f"m{seconds}",
+        timestamp=timestamp_pb2.Timestamp(seconds=BASE + seconds),
+        source_id=source,
+    )
     e.traits.update(traits)
-    return resolved_pb2.ResolvedEvent(profile_id="p", event=e,
-                                      identifiers=[identity_pb2.Identifier(type="user_id", value="u")])
+    return resolved_pb2.ResolvedEvent(
+        profile_id="p", event=e, identifiers=[identity_pb2.Identifier(type="user_id", value="u")]
+    )
 
 
 def folded(*events, rules=FoldRules()) -> profile_pb2.Profile:
@@ -47,8 +55,18 @@ def test_an_older_event_arriving_late_never_overwrites_a_newer_value():
 
 def test_at_the_same_event_time_the_stronger_source_wins():
     rules = FoldRules(source_priority=("crm", "web"))
-    assert folded(event(100, "crm", plan="gold"), event(100, "web", plan="free"), rules=rules).traits["plan"].value.string_value == "gold"
-    assert folded(event(100, "web", plan="free"), event(100, "crm", plan="gold"), rules=rules).traits["plan"].value.string_value == "gold"
+    assert (
+        folded(event(100, "crm", plan="gold"), event(100, "web", plan="free"), rules=rules)
+        .traits["plan"]
+        .value.string_value
+        == "gold"
+    )
+    assert (
+        folded(event(100, "web", plan="free"), event(100, "crm", plan="gold"), rules=rules)
+        .traits["plan"]
+        .value.string_value
+        == "gold"
+    )
 
 
 def test_identities_groups_and_daily_counters_are_kept():
@@ -80,8 +98,11 @@ def test_a_version_rebuilt_from_a_full_state_and_deltas_equals_the_profile():
         new.version = i + 1
         changes = history.diff(profiles[-1], new)
         is_full = i == 0
-        snapshots.append(profile_pb2.Snapshot(version=i + 1, changes=changes,
-                                              profile=new if is_full else history.delta(new, changes)))
+        snapshots.append(
+            profile_pb2.Snapshot(
+                version=i + 1, changes=changes, profile=new if is_full else history.delta(new, changes)
+            )
+        )
         full.append(is_full)
         profiles.append(new)
     assert history.replay(snapshots, full) == profiles[-1]

@@ -8,7 +8,7 @@ from mosaic.platform.bus import Bus
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
 from profile_service.profiles import Profiles
-from profile_service.store import StoredSnapshot, open_store
+from profile_service.store import open_store
 
 
 @pytest.fixture
@@ -53,10 +53,12 @@ async def test_a_snapshot_orphaned_by_a_crash_is_overwritten_and_its_event_appli
     orphan = (await profiles.store.snapshots("p-1", 1, 1))[0]
     orphan.snapshot.version = 2
     orphan.snapshot.cause_message_id = "m2"
-    await profiles.store.db.execute("INSERT OR REPLACE INTO profile_snapshots (profile_id, version, snapshot, is_full)"
-                                    " VALUES (?, ?, ?, 1)", ("p-1", 2, orphan.snapshot.SerializeToString()))
+    await profiles.store.db.execute(
+        "INSERT OR REPLACE INTO profile_snapshots (profile_id, version, snapshot, is_full) VALUES (?, ?, ?, 1)",
+        ("p-1", 2, orphan.snapshot.SerializeToString()),
+    )
     await profiles.apply(resolved("m3", city="Paris"))  # overtakes m2 after the crash
-    await profiles.apply(resolved("m2", plan="pro"))    # redelivered
+    await profiles.apply(resolved("m2", plan="pro"))  # redelivered
     latest = (await profiles.store.latest("p-1")).profile
     assert latest.event_count == 3 and latest.version == 3
     assert latest.traits["plan"].value.string_value == "pro" and latest.traits["city"].value.string_value == "Paris"

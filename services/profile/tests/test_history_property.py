@@ -8,7 +8,8 @@ import uuid
 from datetime import datetime, timezone
 
 from google.protobuf import timestamp_pb2
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.platform.bus import Bus
@@ -25,8 +26,8 @@ NOW = int(time.time())
 
 event_strategy = st.builds(
     lambda n, offset, kind, plan, revenue: (n, offset, kind, plan, revenue),
-    st.integers(0, 6),                                  # message number: repeats are duplicates
-    st.integers(-5 * 86400, 0),                         # event time: arrives in any order
+    st.integers(0, 6),  # message number: repeats are duplicates
+    st.integers(-5 * 86400, 0),  # event time: arrives in any order
     st.sampled_from(["identify", "order"]),
     st.sampled_from(["free", "pro", "enterprise"]),
     st.integers(1, 500),
@@ -62,12 +63,18 @@ def expected_after(events: list[resolved_pb2.ResolvedEvent]) -> profile_pb2.Prof
 
 
 async def check(nats_url: str, data_dir: str, specs) -> None:
-    platform = PlatformSettings.from_env("profile", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": data_dir})
+    platform = PlatformSettings.from_env(
+        "profile", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": data_dir}
+    )
     store = await open_store(platform)
     bus = await Bus.connect(nats_url, "profile", platform.partitions)
     await bus.ensure_streams()
-    profiles = Profiles(store, ProfileCache(10, platform.partitions, platform.owned_partitions), bus,
-                        Settings(platform, (), 90, 90, 3, 10))
+    profiles = Profiles(
+        store,
+        ProfileCache(10, platform.partitions, platform.owned_partitions),
+        bus,
+        Settings(platform, (), 90, 90, 3, 10),
+    )
     try:
         events = [to_event(spec) for spec in specs]
         moments = []

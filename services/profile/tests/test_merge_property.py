@@ -8,7 +8,8 @@ import uuid
 from datetime import datetime, timezone
 
 from google.protobuf import timestamp_pb2
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mosaic.events.v1 import event_pb2, identity_changed_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2
@@ -27,8 +28,14 @@ NOW = int(time.time())
 DELIVERY = Delivery("x", 0, 1, 1, "")
 
 step = st.one_of(
-    st.tuples(st.just("event"), st.sampled_from("ab"), st.integers(-4 * 86400, 0), st.sampled_from(["identify", "order"]),
-              st.sampled_from(["free", "pro", "enterprise"]), st.integers(1, 300)),
+    st.tuples(
+        st.just("event"),
+        st.sampled_from("ab"),
+        st.integers(-4 * 86400, 0),
+        st.sampled_from(["identify", "order"]),
+        st.sampled_from(["free", "pro", "enterprise"]),
+        st.integers(1, 300),
+    ),
     st.tuples(st.just("merge")),
     st.tuples(st.just("split")),
 )
@@ -36,7 +43,9 @@ step = st.one_of(
 
 def make_event(i: int, who: str, offset: int, kind: str, plan: str, revenue: int) -> event_pb2.Event:
     # Unique event times (the index in the nanos): "the later one wins" never needs a tie-break.
-    e = event_pb2.Event(message_id=f"m{i}", user_id=who, timestamp=timestamp_pb2.Timestamp(seconds=NOW + offset, nanos=i))
+    e = event_pb2.Event(
+        message_id=f"m{i}", user_id=who, timestamp=timestamp_pb2.Timestamp(seconds=NOW + offset, nanos=i)
+    )
     if kind == "identify":
         e.type = event_pb2.EVENT_TYPE_IDENTIFY
         e.traits.update({"plan": plan, f"seen_{who}": True})
@@ -50,8 +59,9 @@ def model(events: list[event_pb2.Event], profile_id: str) -> profile_pb2.Profile
     profile, states = profile_pb2.Profile(profile_id=profile_id), {}
     now = datetime.now(timezone.utc)
     for e in events:
-        resolved = resolved_pb2.ResolvedEvent(profile_id=profile_id, event=e,
-                                              identifiers=[identity_pb2.Identifier(type="user_id", value=e.user_id)])
+        resolved = resolved_pb2.ResolvedEvent(
+            profile_id=profile_id, event=e, identifiers=[identity_pb2.Identifier(type="user_id", value=e.user_id)]
+        )
         fold(profile, resolved, FoldRules(), now)
         for definition in computed.BUILT_IN:
             computed.update(definition, states.setdefault(definition.name, {}), e)
@@ -70,12 +80,18 @@ def same(actual: profile_pb2.Profile, expected: profile_pb2.Profile) -> bool:
 
 
 async def check(nats_url: str, data_dir: str, steps) -> None:
-    platform = PlatformSettings.from_env("profile", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": data_dir})
+    platform = PlatformSettings.from_env(
+        "profile", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": data_dir}
+    )
     store = await open_store(platform)
     bus = await Bus.connect(nats_url, "profile", platform.partitions)
     await bus.ensure_streams()
-    profiles = Profiles(store, ProfileCache(10, platform.partitions, platform.owned_partitions), bus,
-                        Settings(platform, (), 90, 90, 3, 10))
+    profiles = Profiles(
+        store,
+        ProfileCache(10, platform.partitions, platform.owned_partitions),
+        bus,
+        Settings(platform, (), 90, 90, 3, 10),
+    )
     merges = MergeHandler(profiles)
     own = {"a": [], "b": []}  # each person's events, in arrival order
     merged, merge_count, checks = False, 0, []
@@ -85,17 +101,32 @@ async def check(nats_url: str, data_dir: str, steps) -> None:
                 e = make_event(i, *s[1:])
                 own[e.user_id].append(e)
                 target = "A" if merged or e.user_id == "a" else "B"  # identity resolves b to A while merged
-                await profiles.apply(resolved_pb2.ResolvedEvent(
-                    profile_id=target, event=e, identifiers=[identity_pb2.Identifier(type="user_id", value=e.user_id)]))
+                await profiles.apply(
+                    resolved_pb2.ResolvedEvent(
+                        profile_id=target,
+                        event=e,
+                        identifiers=[identity_pb2.Identifier(type="user_id", value=e.user_id)],
+                    )
+                )
             elif s[0] == "merge" and not merged and own["a"] and own["b"]:
                 merge_count += 1
-                await merges.merged(identity_changed_pb2.IdentityMerged(
-                    merge_id=f"merge-{merge_count}", survivor_profile_id="A", merged_profile_ids=["B"]), DELIVERY)
+                await merges.merged(
+                    identity_changed_pb2.IdentityMerged(
+                        merge_id=f"merge-{merge_count}", survivor_profile_id="A", merged_profile_ids=["B"]
+                    ),
+                    DELIVERY,
+                )
                 merged = True
             elif s[0] == "split" and merged:
-                await merges.split(identity_changed_pb2.IdentitySplit(
-                    merge_id=f"merge-{merge_count}", split_id=f"split-{merge_count}", survivor_profile_id="A",
-                    restored_profile_ids=["B"]), DELIVERY)
+                await merges.split(
+                    identity_changed_pb2.IdentitySplit(
+                        merge_id=f"merge-{merge_count}",
+                        split_id=f"split-{merge_count}",
+                        survivor_profile_id="A",
+                        restored_profile_ids=["B"],
+                    ),
+                    DELIVERY,
+                )
                 merged = False
             else:
                 continue

@@ -1,13 +1,11 @@
 """Merges and splits on the embedded store and a real nats-server."""
 
-import asyncio
-
 import pytest
 
 from mosaic.events.v1 import event_pb2, identity_changed_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2
-from mosaic.platform.bus import Bus, Delivery
 from mosaic.platform import topics
+from mosaic.platform.bus import Bus, Delivery
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
 from profile_service.merges import MergeHandler
@@ -23,8 +21,12 @@ async def profiles(make_settings):
     store = await open_store(platform)
     bus = await Bus.connect(platform.nats_url, "profile", platform.partitions)
     await bus.ensure_streams()
-    yield Profiles(store, ProfileCache(100, platform.partitions, platform.owned_partitions), bus,
-                   Settings(platform, (), 90, 90, 5, 100))
+    yield Profiles(
+        store,
+        ProfileCache(100, platform.partitions, platform.owned_partitions),
+        bus,
+        Settings(platform, (), 90, 90, 5, 100),
+    )
     await bus.close()
     await store.close()
 
@@ -39,8 +41,9 @@ def event(profile_id, message_id, user_id, seconds, kind="identify", **fields) -
     else:
         e.type, e.event = event_pb2.EVENT_TYPE_TRACK, "Order Completed"
         e.properties.update(fields)
-    return resolved_pb2.ResolvedEvent(profile_id=profile_id, event=e,
-                                      identifiers=[identity_pb2.Identifier(type="user_id", value=user_id)])
+    return resolved_pb2.ResolvedEvent(
+        profile_id=profile_id, event=e, identifiers=[identity_pb2.Identifier(type="user_id", value=user_id)]
+    )
 
 
 async def test_a_merge_folds_the_merged_profile_into_the_survivor_and_a_split_undoes_it(profiles):
@@ -50,8 +53,9 @@ async def test_a_merge_folds_the_merged_profile_into_the_survivor_and_a_split_un
     await profiles.apply(event("B", "b1", "ada-phone", 200, plan="pro"))
     await profiles.apply(event("B", "b2", "ada-phone", 210, "order", revenue=30))
 
-    merge = identity_changed_pb2.IdentityMerged(merge_id="merge-1", survivor_profile_id="A", merged_profile_ids=["B"],
-                                                rule="shared email")
+    merge = identity_changed_pb2.IdentityMerged(
+        merge_id="merge-1", survivor_profile_id="A", merged_profile_ids=["B"], rule="shared email"
+    )
     await merges.merged(merge, DELIVERY)
     await merges.merged(merge, DELIVERY)  # redelivered: applied once
     a = (await profiles.store.latest("A")).profile
@@ -64,25 +68,29 @@ async def test_a_merge_folds_the_merged_profile_into_the_survivor_and_a_split_un
 
     # An event for B still on its way after the merge is forwarded to A.
     assert await profiles.apply(event("B", "b3", "ada-phone", 300, "order", revenue=5)) is None
-    forwarded = await profiles.bus._js.get_last_msg(topics.EVENTS_RESOLVED.stream, topics.EVENTS_RESOLVED.subject(
-        topics.partition_of("A", profiles.bus.partitions)))
+    forwarded = await profiles.bus._js.get_last_msg(
+        topics.EVENTS_RESOLVED.stream, topics.EVENTS_RESOLVED.subject(topics.partition_of("A", profiles.bus.partitions))
+    )
     assert resolved_pb2.ResolvedEvent.FromString(forwarded.data).profile_id == "A"
     await profiles.apply(resolved_pb2.ResolvedEvent.FromString(forwarded.data))
     await profiles.apply(event("A", "a3", "ada", 310, nickname="ada"))
     assert (await profiles.store.latest("A")).profile.computed_traits["lifetime_value"].number_value == 45
 
-    split = identity_changed_pb2.IdentitySplit(merge_id="merge-1", split_id="split-1", survivor_profile_id="A",
-                                               restored_profile_ids=["B"])
+    split = identity_changed_pb2.IdentitySplit(
+        merge_id="merge-1", split_id="split-1", survivor_profile_id="A", restored_profile_ids=["B"]
+    )
     await merges.split(split, DELIVERY)
     await merges.split(split, DELIVERY)  # redelivered: applied once
     a = (await profiles.store.latest("A")).profile
-    b = (await profiles.store.latest("B"))
+    b = await profiles.store.latest("B")
     assert b.merged_into == ""
     assert a.traits["plan"].value.string_value == "free" and a.traits["nickname"].value.string_value == "ada"
     assert set(a.identities) == {"user_id:ada"}
     assert a.computed_traits["lifetime_value"].number_value == 10
     assert b.profile.traits["plan"].value.string_value == "pro"
-    assert b.profile.computed_traits["lifetime_value"].number_value == 35, "B's own orders and the one sent after the merge"
+    assert b.profile.computed_traits["lifetime_value"].number_value == 35, (
+        "B's own orders and the one sent after the merge"
+    )
     assert a.version == merged_version + 3, "merge, two events, then the split: all in A's history"
     at_merge = await profiles.at_version("A", merged_version)
     assert at_merge.event_count == 4, "the history keeps the merged state"

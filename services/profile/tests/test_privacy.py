@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import grpc
 import pytest
 
 from mosaic.consent.v1 import privacy_pb2
@@ -14,14 +15,13 @@ from mosaic.identity.v1 import identity_pb2
 from mosaic.platform import topics
 from mosaic.platform.privacy import merge_parts
 from mosaic.platform.server import Service
-from mosaic.profile.v1 import profile_service_pb2 as pb, profile_service_pb2_grpc
+from mosaic.profile.v1 import profile_service_pb2 as pb
+from mosaic.profile.v1 import profile_service_pb2_grpc
 from mosaic.testing.plugin import eventually
 from mosaic.testing.scan import rows_mentioning
 from profile_service.app import build
 from profile_service.config import Settings
 from profile_service.store import open_store
-
-import grpc
 
 EVENTS = 30
 
@@ -44,8 +44,14 @@ async def feed(service, profile_id: str, email: str) -> None:
         event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, user_id=profile_id, message_id=f"{profile_id}-{i}")
         event.timestamp.FromSeconds(1_760_000_000 + i * 3600)
         event.traits.update({"email": email, "visits": i})
-        resolved = resolved_pb2.ResolvedEvent(profile_id=profile_id, event=event, identifiers=[
-            identity_pb2.Identifier(type="user_id", value=profile_id), identity_pb2.Identifier(type="email", value=email)])
+        resolved = resolved_pb2.ResolvedEvent(
+            profile_id=profile_id,
+            event=event,
+            identifiers=[
+                identity_pb2.Identifier(type="user_id", value=profile_id),
+                identity_pb2.Identifier(type="email", value=email),
+            ],
+        )
         await service.runtime.bus.publish(topics.EVENTS_RESOLVED, profile_id, resolved, event.message_id)
 
 
@@ -73,7 +79,9 @@ class Receipts:
 
 
 async def ask(service, request_id: str, kind, person: str) -> None:
-    request = privacy_request_pb2.PrivacyRequested(request_id=request_id, kind=kind, person_id=person, profile_ids=[person])
+    request = privacy_request_pb2.PrivacyRequested(
+        request_id=request_id, kind=kind, person_id=person, profile_ids=[person]
+    )
     await service.runtime.bus.publish(topics.PRIVACY_REQUESTED, person, request, f"privacy:{request_id}")
 
 
@@ -86,7 +94,9 @@ async def test_a_person_is_exported_then_erased_and_no_table_names_them(service)
 
     await ask(service, "export-1", privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT, "p-ada")
     final = await eventually(lambda: receipts.final("export-1"))
-    document = merge_parts(r.export_json for r in sorted(receipts.seen, key=lambda r: r.part) if r.request_id == "export-1")
+    document = merge_parts(
+        r.export_json for r in sorted(receipts.seen, key=lambda r: r.part) if r.request_id == "export-1"
+    )
     assert dict(final.exported) == {"profiles": 1, "snapshots": EVENTS, "events": EVENTS}
     assert document["profiles"][0]["traits"]["email"]["value"] == "ada@example.com"
     assert len(document["events"]) == EVENTS and json.dumps(document)

@@ -7,17 +7,23 @@ from mosaic.cli.mesh import Mesh
 from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus
+from mosaic.platform.config import PlatformSettings
 from mosaic.testing.plugin import eventually
 from profile_service.store import open_store
-from mosaic.platform.config import PlatformSettings
 
 EVENTS, PROFILES = 800, 10
 
 
 async def test_a_killed_profile_service_resumes_without_losing_or_doubling(tmp_path, nats_server, cassandra_keyspace):
-    env = {"MOSAIC_NATS_URL": nats_server.url, "MOSAIC_STORE": "cassandra", "MOSAIC_PARTITIONS": "2", "MOSAIC_AUTH": "off",
-           "MOSAIC_CASSANDRA_PORT": str(cassandra_keyspace.port), "MOSAIC_CASSANDRA_KEYSPACE": cassandra_keyspace.keyspace,
-           "OTEL_SDK_DISABLED": "true"}
+    env = {
+        "MOSAIC_NATS_URL": nats_server.url,
+        "MOSAIC_STORE": "cassandra",
+        "MOSAIC_PARTITIONS": "2",
+        "MOSAIC_AUTH": "off",
+        "MOSAIC_CASSANDRA_PORT": str(cassandra_keyspace.port),
+        "MOSAIC_CASSANDRA_KEYSPACE": cassandra_keyspace.keyspace,
+        "OTEL_SDK_DISABLED": "true",
+    }
     settings = PlatformSettings.from_env("test", env)
     bus = await Bus.connect(nats_server.url, "test", 2)
     await bus.ensure_streams()
@@ -28,7 +34,12 @@ async def test_a_killed_profile_service_resumes_without_losing_or_doubling(tmp_p
             event = event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, event="Clicked", user_id="u", message_id=f"m{i}")
             event.timestamp.GetCurrentTime()
             profile_id = f"p{i % PROFILES}"
-            await bus.publish(topics.EVENTS_RESOLVED, profile_id, resolved_pb2.ResolvedEvent(profile_id=profile_id, event=event), f"m{i}")
+            await bus.publish(
+                topics.EVENTS_RESOLVED,
+                profile_id,
+                resolved_pb2.ResolvedEvent(profile_id=profile_id, event=event),
+                f"m{i}",
+            )
 
         async def updates() -> int:
             return (await bus._js.stream_info(topics.PROFILE_UPDATED.stream)).state.messages
@@ -41,7 +52,7 @@ async def test_a_killed_profile_service_resumes_without_losing_or_doubling(tmp_p
         try:
             await eventually(lambda: _at_least(updates, EVENTS), timeout=60)
         except AssertionError:
-            raise AssertionError(f"only {await updates()} updates")
+            raise AssertionError(f"only {await updates()} updates") from None
 
         store = await open_store(settings)
         try:

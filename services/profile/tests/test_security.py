@@ -13,7 +13,8 @@ from mosaic.identity.v1 import identity_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.server import Service
-from mosaic.profile.v1 import profile_service_pb2 as pb, profile_service_pb2_grpc
+from mosaic.profile.v1 import profile_service_pb2 as pb
+from mosaic.profile.v1 import profile_service_pb2_grpc
 from mosaic.testing.plugin import eventually
 from profile_service.app import build
 from profile_service.config import Settings
@@ -30,8 +31,14 @@ async def secured(make_settings, tmp_path, nats_server):
     event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, message_id="m1", user_id="ada", source_id="crm")
     event.traits.update({"email": "ada@example.com", "plan": "pro"})
     event.timestamp.GetCurrentTime()
-    await bus.publish(topics.EVENTS_RESOLVED, "p-1", resolved_pb2.ResolvedEvent(
-        profile_id="p-1", event=event, identifiers=[identity_pb2.Identifier(type="user_id", value="ada")]), "m1")
+    await bus.publish(
+        topics.EVENTS_RESOLVED,
+        "p-1",
+        resolved_pb2.ResolvedEvent(
+            profile_id="p-1", event=event, identifiers=[identity_pb2.Identifier(type="user_id", value="ada")]
+        ),
+        "m1",
+    )
     await bus.close()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
     yield pki, channel
@@ -71,10 +78,14 @@ async def test_history_is_masked_too(secured):
     reader = _as(pki, "analytics", "profiles:read")
     await eventually(lambda: _get_or_none(channel, reader))
     stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
-    diff = await stub.DiffSnapshots(pb.DiffSnapshotsRequest(profile_id="p-1", from_version=1, to_version=1), metadata=reader)
+    diff = await stub.DiffSnapshots(
+        pb.DiffSnapshotsRequest(profile_id="p-1", from_version=1, to_version=1), metadata=reader
+    )
     listing = await stub.ListSnapshots(pb.ListSnapshotsRequest(profile_id="p-1"), metadata=reader)
     assert "ada@example.com" not in str(diff) + str(listing)
-    assert any(c.path == "traits.email" and c.new_value.string_value == "[redacted]" for c in listing.snapshots[0].changes)
+    assert any(
+        c.path == "traits.email" and c.new_value.string_value == "[redacted]" for c in listing.snapshots[0].changes
+    )
 
 
 async def test_each_read_is_audited_with_caller_and_subject_but_no_personal_data(secured):
@@ -83,21 +94,32 @@ async def test_each_read_is_audited_with_caller_and_subject_but_no_personal_data
     await eventually(lambda: _get_or_none(channel, reader))
     stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError):
-        await stub.GetProfile(pb.GetProfileRequest(identifier={"type": "email", "value": "nobody@example.com"}), metadata=reader)
+        await stub.GetProfile(
+            pb.GetProfileRequest(identifier={"type": "email", "value": "nobody@example.com"}), metadata=reader
+        )
     audit = audit_service_pb2_grpc.AuditServiceStub(channel)
-    answer = await audit.ListAuditRecords(audit_service_pb2.ListAuditRecordsRequest(caller="analytics"),
-                                          metadata=_as(pki, "auditor", "audit:read"))
+    answer = await audit.ListAuditRecords(
+        audit_service_pb2.ListAuditRecordsRequest(caller="analytics"), metadata=_as(pki, "auditor", "audit:read")
+    )
     records = list(answer.records)
-    assert records and all(r.caller == "analytics" and r.method == "/mosaic.profile.v1.ProfileService/GetProfile"
-                           and r.service == "profile" for r in records)
+    assert records and all(
+        r.caller == "analytics"
+        and r.method == "/mosaic.profile.v1.ProfileService/GetProfile"
+        and r.service == "profile"
+        for r in records
+    )
     assert "p-1" in {r.subject for r in records}
     hashed = [r.subject for r in records if r.subject.startswith("email:")]
     assert hashed and "nobody" not in hashed[0]
-    page = await audit.ListAuditRecords(audit_service_pb2.ListAuditRecordsRequest(caller="analytics", page_size=1),
-                                        metadata=_as(pki, "auditor", "audit:read"))
+    page = await audit.ListAuditRecords(
+        audit_service_pb2.ListAuditRecordsRequest(caller="analytics", page_size=1),
+        metadata=_as(pki, "auditor", "audit:read"),
+    )
     assert len(page.records) == 1 and page.next_page_token
-    rest = await audit.ListAuditRecords(audit_service_pb2.ListAuditRecordsRequest(
-        caller="analytics", page_token=page.next_page_token), metadata=_as(pki, "auditor", "audit:read"))
+    rest = await audit.ListAuditRecords(
+        audit_service_pb2.ListAuditRecordsRequest(caller="analytics", page_token=page.next_page_token),
+        metadata=_as(pki, "auditor", "audit:read"),
+    )
     assert [r.time for r in rest.records] == [r.time for r in records[1:]]
 
 
@@ -105,8 +127,9 @@ async def test_a_bad_audit_page_token_names_the_field(secured):
     pki, channel = secured
     audit = audit_service_pb2_grpc.AuditServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await audit.ListAuditRecords(audit_service_pb2.ListAuditRecordsRequest(page_token=str(2**64)),
-                                     metadata=_as(pki, "auditor", "audit:read"))
+        await audit.ListAuditRecords(
+            audit_service_pb2.ListAuditRecordsRequest(page_token=str(2**64)), metadata=_as(pki, "auditor", "audit:read")
+        )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("page_token:")
 
@@ -126,16 +149,22 @@ async def test_reads_during_a_nats_outage_are_served_and_recorded_once_it_is_bac
     await eventually(lambda: _get_or_none(channel, reader))  # each try is recorded, found or not
     audit = audit_service_pb2_grpc.AuditServiceStub(channel)
     auditor = _as(pki, "auditor", "audit:read")
-    before = len((await audit.ListAuditRecords(audit_service_pb2.ListAuditRecordsRequest(caller="outage-reader"),
-                                               metadata=auditor)).records)
+    before = len(
+        (
+            await audit.ListAuditRecords(
+                audit_service_pb2.ListAuditRecordsRequest(caller="outage-reader"), metadata=auditor
+            )
+        ).records
+    )
     nats_server.stop()
     assert (await _get(channel, reader)).profile.version >= 1  # the store answers; the record waits
     nats_server.restart()
 
     async def recorded():
         try:
-            answer = await audit.ListAuditRecords(audit_service_pb2.ListAuditRecordsRequest(caller="outage-reader"),
-                                                  metadata=auditor)
+            answer = await audit.ListAuditRecords(
+                audit_service_pb2.ListAuditRecordsRequest(caller="outage-reader"), metadata=auditor
+            )
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.UNAVAILABLE  # still reconnecting
             return False

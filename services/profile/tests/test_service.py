@@ -8,8 +8,15 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from mosaic.archive.v1 import event_archive_service_pb2 as archive_pb
+from mosaic.archive.v1 import event_archive_service_pb2_grpc
+from mosaic.events.v1 import event_pb2, resolved_pb2
+from mosaic.identity.v1 import identity_pb2
+from mosaic.platform import topics
 from mosaic.platform.server import Service
-from mosaic.profile.v1 import profile_service_pb2 as pb, profile_service_pb2_grpc
+from mosaic.profile.v1 import profile_pb2, profile_service_pb2_grpc
+from mosaic.profile.v1 import profile_service_pb2 as pb
+from mosaic.testing.plugin import eventually
 from profile_service.app import build
 from profile_service.config import Settings
 
@@ -59,14 +66,6 @@ async def test_health_is_serving_then_not_serving_during_a_graceful_stop(service
         await stopping
 
 
-from mosaic.archive.v1 import event_archive_service_pb2 as archive_pb, event_archive_service_pb2_grpc
-from mosaic.events.v1 import event_pb2, resolved_pb2
-from mosaic.identity.v1 import identity_pb2
-from mosaic.platform import topics
-from mosaic.profile.v1 import profile_pb2
-from mosaic.testing.plugin import eventually
-
-
 async def send(service, message_id: str, event_type=event_pb2.EVENT_TYPE_IDENTIFY, name="", **fields):
     event = event_pb2.Event(type=event_type, event=name, user_id="ada", message_id=message_id)
     event.timestamp.GetCurrentTime()
@@ -74,8 +73,9 @@ async def send(service, message_id: str, event_type=event_pb2.EVENT_TYPE_IDENTIF
         event.traits.update(fields)
     else:
         event.properties.update(fields)
-    resolved = resolved_pb2.ResolvedEvent(profile_id="p-ada", event=event,
-                                          identifiers=[identity_pb2.Identifier(type="user_id", value="ada")])
+    resolved = resolved_pb2.ResolvedEvent(
+        profile_id="p-ada", event=event, identifiers=[identity_pb2.Identifier(type="user_id", value="ada")]
+    )
     await service.runtime.bus.publish(topics.EVENTS_RESOLVED, "p-ada", resolved, message_id)
 
 
@@ -88,7 +88,9 @@ async def test_history_upserts_computed_traits_and_the_archive_over_grpc(service
 
         async def version(v):
             try:
-                answer = await stub.GetProfile(pb.GetProfileRequest(identifier=identity_pb2.Identifier(type="user_id", value="ada")))
+                answer = await stub.GetProfile(
+                    pb.GetProfileRequest(identifier=identity_pb2.Identifier(type="user_id", value="ada"))
+                )
             except grpc.aio.AioRpcError as error:
                 assert error.code() == grpc.StatusCode.NOT_FOUND  # not applied yet
                 return False
@@ -99,16 +101,20 @@ async def test_history_upserts_computed_traits_and_the_archive_over_grpc(service
         assert profile.computed_traits["lifetime_value"].number_value == 30
         between = profile.last_seen
 
-        upserted = await stub.UpsertTraits(pb.UpsertTraitsRequest(profile_id="p-ada", source_id="crm", request_id="r1",
-                                                                    traits={"plan": "enterprise"}))
+        upserted = await stub.UpsertTraits(
+            pb.UpsertTraitsRequest(profile_id="p-ada", source_id="crm", request_id="r1", traits={"plan": "enterprise"})
+        )
         assert upserted.profile.traits["plan"].value.string_value == "enterprise"
-        again = await stub.UpsertTraits(pb.UpsertTraitsRequest(profile_id="p-ada", source_id="crm", request_id="r1",
-                                                                 traits={"plan": "enterprise"}))
+        again = await stub.UpsertTraits(
+            pb.UpsertTraitsRequest(profile_id="p-ada", source_id="crm", request_id="r1", traits={"plan": "enterprise"})
+        )
         assert again.profile.version == upserted.profile.version == 3, "the same request id is applied once"
 
         snapshots = await stub.ListSnapshots(pb.ListSnapshotsRequest(profile_id="p-ada", page_size=2))
         assert [s.version for s in snapshots.snapshots] == [3, 2] and snapshots.next_page_token == "2"
-        rest = await stub.ListSnapshots(pb.ListSnapshotsRequest(profile_id="p-ada", page_token=snapshots.next_page_token))
+        rest = await stub.ListSnapshots(
+            pb.ListSnapshotsRequest(profile_id="p-ada", page_token=snapshots.next_page_token)
+        )
         assert [s.version for s in rest.snapshots] == [1]
 
         diff = await stub.DiffSnapshots(pb.DiffSnapshotsRequest(profile_id="p-ada", from_version=1, to_version=3))
@@ -119,9 +125,17 @@ async def test_history_upserts_computed_traits_and_the_archive_over_grpc(service
         at = await stub.GetProfileAt(pb.GetProfileAtRequest(profile_id="p-ada", at=first.recorded_at))
         assert at.profile.version == 1 and at.profile.traits["plan"].value.string_value == "free"
 
-        created = await stub.CreateComputedTrait(pb.CreateComputedTraitRequest(definition=profile_pb2.ComputedTraitDefinition(
-            name="games_spend", aggregation=profile_pb2.AGGREGATION_SUM, event="Order Completed", property="revenue",
-            filters=[profile_pb2.PropertyFilter(property="category", equals={"string_value": "games"})])))
+        created = await stub.CreateComputedTrait(
+            pb.CreateComputedTraitRequest(
+                definition=profile_pb2.ComputedTraitDefinition(
+                    name="games_spend",
+                    aggregation=profile_pb2.AGGREGATION_SUM,
+                    event="Order Completed",
+                    property="revenue",
+                    filters=[profile_pb2.PropertyFilter(property="category", equals={"string_value": "games"})],
+                )
+            )
+        )
         assert created.definition.HasField("created_at")
 
         async def backfilled():
@@ -146,8 +160,9 @@ async def test_upsert_for_an_unknown_profile_is_not_found_and_bad_input_names_th
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
         stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.UpsertTraits(pb.UpsertTraitsRequest(profile_id="nobody", source_id="crm", request_id="r",
-                                                           traits={"a": 1}))
+            await stub.UpsertTraits(
+                pb.UpsertTraitsRequest(profile_id="nobody", source_id="crm", request_id="r", traits={"a": 1})
+            )
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.UpsertTraits(pb.UpsertTraitsRequest(profile_id="p", source_id="crm", traits={"a": 1}))

@@ -23,8 +23,13 @@ async def store(store_settings):
 
 def stored(pid: str, version: int, at: int = T0) -> tuple[StoredSnapshot, Latest]:
     profile = profile_pb2.Profile(profile_id=pid, version=version, event_count=version)
-    snapshot = profile_pb2.Snapshot(profile_id=pid, version=version, cause_message_id=f"m{version}", profile=profile,
-                                    recorded_at=timestamp_pb2.Timestamp(seconds=at + version))
+    snapshot = profile_pb2.Snapshot(
+        profile_id=pid,
+        version=version,
+        cause_message_id=f"m{version}",
+        profile=profile,
+        recorded_at=timestamp_pb2.Timestamp(seconds=at + version),
+    )
     return StoredSnapshot(snapshot, full=version % 2 == 1), Latest(profile, '{"x": {}}')
 
 
@@ -70,9 +75,17 @@ async def test_identifiers_find_their_profile(store):
 async def test_the_archive_pages_a_profiles_events_newest_first(store):
     pid = str(uuid.uuid4())
     for i in range(5):
-        e = event_pb2.Event(message_id=f"m{i}", event="Clicked", timestamp=timestamp_pb2.Timestamp(seconds=T0 + i * 43200))
-        await store.archive(pid, resolved_pb2.ResolvedEvent(profile_id=pid, event=e, identifiers=[
-            identity_pb2.Identifier(type="user_id", value="u")]), "Clicked", 3600)
+        e = event_pb2.Event(
+            message_id=f"m{i}", event="Clicked", timestamp=timestamp_pb2.Timestamp(seconds=T0 + i * 43200)
+        )
+        await store.archive(
+            pid,
+            resolved_pb2.ResolvedEvent(
+                profile_id=pid, event=e, identifiers=[identity_pb2.Identifier(type="user_id", value="u")]
+            ),
+            "Clicked",
+            3600,
+        )
     events = await store.events(pid, T0 * 1_000_000, (T0 + 10 * 86400) * 1_000_000, 3)
     assert [r.event.message_id for r in events] == ["m4", "m3", "m2"]
     assert events[0].identifiers[0].value == "u", "kept with the identifiers it was resolved by"
@@ -113,8 +126,12 @@ async def test_a_merged_away_profile_points_at_its_survivor_until_split(store):
 
 
 def archived(pid: str, message_id: str, at: int) -> resolved_pb2.ResolvedEvent:
-    event = event_pb2.Event(message_id=message_id, type=event_pb2.EVENT_TYPE_TRACK, event="Viewed",
-                            timestamp=timestamp_pb2.Timestamp(seconds=at))
+    event = event_pb2.Event(
+        message_id=message_id,
+        type=event_pb2.EVENT_TYPE_TRACK,
+        event="Viewed",
+        timestamp=timestamp_pb2.Timestamp(seconds=at),
+    )
     return resolved_pb2.ResolvedEvent(profile_id=pid, event=event)
 
 
@@ -124,9 +141,13 @@ async def test_a_batch_of_changes_is_written_as_its_saves_would_be_and_read_back
     changes = []
     for pid, versions in ((a, (2, 3, 4)), (b, (1, 2))):
         snapshots = [stored(pid, v)[0] for v in versions]
-        change = Change(stored(pid, versions[-1])[1], snapshots, marker_ttl=3600,
-                        archived=[(archived(pid, f"m{v}", T0 + v), "Viewed") for v in versions],
-                        identifiers=[("email", f"{pid}@example.com")])
+        change = Change(
+            stored(pid, versions[-1])[1],
+            snapshots,
+            marker_ttl=3600,
+            archived=[(archived(pid, f"m{v}", T0 + v), "Viewed") for v in versions],
+            identifiers=[("email", f"{pid}@example.com")],
+        )
         changes.append(change)
     await store.save_changes(changes, 86400 * 365 * 10)
     assert [s.snapshot.version for s in await store.snapshots(a, 1, 4)] == [1, 2, 3, 4]

@@ -24,8 +24,9 @@ STRINGS = ["pro", "p", "", "2026-03-01T00:00:00Z", "2026-03-30"]
 values = st.one_of(st.sampled_from(STRINGS), st.sampled_from([1.0, 2.5]), st.booleans())
 nested = st.one_of(values, st.dictionaries(st.sampled_from(KEYS), values, max_size=2), st.just([1.0, "x"]))
 traits = st.dictionaries(st.sampled_from(KEYS), st.one_of(values, values, nested), max_size=3)
-counters = st.dictionaries(st.tuples(st.integers(TODAY - 100, TODAY + 3), st.sampled_from(EVENTS)),
-                           st.integers(1, 5), max_size=6)
+counters = st.dictionaries(
+    st.tuples(st.integers(TODAY - 100, TODAY + 3), st.sampled_from(EVENTS)), st.integers(1, 5), max_size=6
+)
 identities = st.dictionaries(st.sampled_from(["email", "user_id", "phone"]), st.integers(1, 2), max_size=2)
 states = st.builds(lambda t, c, n, i: (t, c, n, i), traits, traits, counters, identities)
 
@@ -33,19 +34,33 @@ literal_strings = st.sampled_from(STRINGS).map(lambda s: pb.Literal(string_value
 literal_numbers = st.sampled_from([1.0, 2.5]).map(lambda n: pb.Literal(number_value=n))
 literal_times = st.one_of(
     # 2026-03-01T00:00:00Z is NOW - 30d - 15h.
-    st.sampled_from([-30 * 86400 - 15 * 3600, -30 * 86400, -86400, 0]).map(lambda d: pb.Literal(relative_time=pb.RelativeTime(
-        offset=duration_pb2.Duration(seconds=d)))),
+    st.sampled_from([-30 * 86400 - 15 * 3600, -30 * 86400, -86400, 0]).map(
+        lambda d: pb.Literal(relative_time=pb.RelativeTime(offset=duration_pb2.Duration(seconds=d)))
+    ),
     st.sampled_from(["2026-03-01T00:00:00Z", "2026-01-01T00:00:00Z"]).map(
-        lambda t: pb.Literal(timestamp_value=timestamp_pb2.Timestamp(seconds=int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp())))))
-scalars = st.one_of(literal_strings, literal_numbers, st.booleans().map(lambda b: pb.Literal(bool_value=b)), literal_times)
+        lambda t: pb.Literal(
+            timestamp_value=timestamp_pb2.Timestamp(
+                seconds=int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp())
+            )
+        )
+    ),
+)
+scalars = st.one_of(
+    literal_strings, literal_numbers, st.booleans().map(lambda b: pb.Literal(bool_value=b)), literal_times
+)
 ordered = st.one_of(literal_strings, literal_numbers, literal_times)
 
 
 @st.composite
 def trait_predicates(draw):
     # Comparisons drawn more often: their edges are where evaluators part.
-    op = draw(st.sampled_from(list(pb.Operator.values())[1:] + sorted(compiler.ORDERED) * 3
-                              + [pb.OPERATOR_EQUALS, pb.OPERATOR_NOT_EQUALS, pb.OPERATOR_BETWEEN]))
+    op = draw(
+        st.sampled_from(
+            list(pb.Operator.values())[1:]
+            + sorted(compiler.ORDERED) * 3
+            + [pb.OPERATOR_EQUALS, pb.OPERATOR_NOT_EQUALS, pb.OPERATOR_BETWEEN]
+        )
+    )
     if op in (pb.OPERATOR_EXISTS, pb.OPERATOR_IS_MISSING):
         values_ = []
     elif op in (pb.OPERATOR_IN, pb.OPERATOR_NOT_IN):
@@ -55,8 +70,11 @@ def trait_predicates(draw):
     elif op in compiler.STRINGY:
         values_ = [draw(literal_strings)]
     elif op == pb.OPERATOR_BETWEEN:
-        pair = draw(st.sampled_from([(literal_strings, literal_strings), (literal_numbers, literal_numbers),
-                                     (literal_times, literal_times)]))
+        pair = draw(
+            st.sampled_from(
+                [(literal_strings, literal_strings), (literal_numbers, literal_numbers), (literal_times, literal_times)]
+            )
+        )
         values_ = [draw(pair[0]), draw(pair[1])]
     elif op in compiler.ORDERED:
         values_ = [draw(ordered)]
@@ -69,9 +87,12 @@ def trait_predicates(draw):
 
 @st.composite
 def event_predicates(draw):
-    predicate = pb.EventPredicate(aggregate=pb.AGGREGATE_COUNT, event=draw(st.sampled_from(EVENTS)),
-                                  operator=draw(st.sampled_from(list(language.SYMBOLS))),
-                                  value=pb.Literal(number_value=draw(st.integers(0, 6))))
+    predicate = pb.EventPredicate(
+        aggregate=pb.AGGREGATE_COUNT,
+        event=draw(st.sampled_from(EVENTS)),
+        operator=draw(st.sampled_from(list(language.SYMBOLS))),
+        value=pb.Literal(number_value=draw(st.integers(0, 6))),
+    )
     window = draw(st.sampled_from(["last", "between", "ever"]))
     if window == "last":
         predicate.window.last.seconds = draw(st.sampled_from([3600, 86400, 7 * 86400, 30 * 86400, 90 * 86400]))
@@ -83,12 +104,22 @@ def event_predicates(draw):
 
 
 facts = st.one_of(
-    st.sampled_from([pb.IDENTITY_FACT_KNOWN, pb.IDENTITY_FACT_ANONYMOUS]).map(lambda f: pb.Expression(identity=pb.IdentityPredicate(fact=f))),
-    st.sampled_from(["email", "phone"]).map(lambda t: pb.Expression(identity=pb.IdentityPredicate(fact=pb.IDENTITY_FACT_HAS_TYPE, type=t))))
-definitions = st.recursive(st.one_of(trait_predicates(), event_predicates(), facts), lambda inner: st.one_of(
-    st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)})),
-    st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)})),
-    inner.map(lambda e: pb.Expression(**{"not": e}))), max_leaves=4)
+    st.sampled_from([pb.IDENTITY_FACT_KNOWN, pb.IDENTITY_FACT_ANONYMOUS]).map(
+        lambda f: pb.Expression(identity=pb.IdentityPredicate(fact=f))
+    ),
+    st.sampled_from(["email", "phone"]).map(
+        lambda t: pb.Expression(identity=pb.IdentityPredicate(fact=pb.IDENTITY_FACT_HAS_TYPE, type=t))
+    ),
+)
+definitions = st.recursive(
+    st.one_of(trait_predicates(), event_predicates(), facts),
+    lambda inner: st.one_of(
+        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)})),
+        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)})),
+        inner.map(lambda e: pb.Expression(**{"not": e})),
+    ),
+    max_leaves=4,
+)
 
 
 def value_of(value) -> struct_pb2.Value:
@@ -126,9 +157,10 @@ def changes(profile_id: str, version: int, old: ProfileState, new: ProfileState)
                 change = update.changes.add(path=f"identities.{kind}:{index}")
                 target = change.new_value if index < has else change.old_value
                 target.string_value = str(index)
-    for (day, event) in sorted(set(old.counters) | set(new.counters)):
+    for day, event in sorted(set(old.counters) | set(new.counters)):
         if old.counters.get((day, event)) != new.counters.get((day, event)):
             from datetime import timedelta
+
             change = update.changes.add(path=f"daily_counters.{(EPOCH + timedelta(days=day)).isoformat()}|{event}")
             if (day, event) in new.counters:
                 change.new_value.number_value = new.counters[(day, event)]
@@ -160,7 +192,9 @@ def test_columnar_incremental_and_plain_evaluation_agree(profiles, definition):
         incremental.put(state, NOW)
     expected = {pid for pid, state in plain.items() if evaluate(expression, state, NOW)}
     assert set(columnar.profile_ids(columnar.evaluate(expression, NOW))) == expected, language.render(definition)
-    assert {pid for pid in plain if evaluate(expression, incremental.get(pid), NOW)} == expected, language.render(definition)
+    assert {pid for pid in plain if evaluate(expression, incremental.get(pid), NOW)} == expected, language.render(
+        definition
+    )
 
 
 @settings(max_examples=600, deadline=None)

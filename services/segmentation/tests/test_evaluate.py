@@ -24,37 +24,40 @@ def matches(text: str, profile: ProfileState, now: float = NOW) -> bool:
     return evaluate(compiler.compile_all({"s": expression})["s"].expression, profile, now)
 
 
-@pytest.mark.parametrize(("text", "traits", "expected"), [
-    ('traits.plan = "pro"', {"plan": "pro"}, True),
-    ('traits.plan = "pro"', {"plan": 1.0}, False),
-    ('traits.plan != "pro"', {}, False),
-    ('traits.plan != "pro"', {"plan": 1.0}, True),
-    ("traits.ltv > 100", {"ltv": 101.0}, True),
-    ("traits.ltv > 100", {"ltv": "101"}, False),
-    ("traits.ltv <= 100", {"ltv": 100.0}, True),
-    ("traits.ltv >= 100.5", {"ltv": 100.0}, False),
-    ('traits.name < "b"', {"name": "abc"}, True),
-    ('traits.plan in ["pro", "team"]', {"plan": "team"}, True),
-    ('traits.plan not in ["pro", "team"]', {"plan": "free"}, True),
-    ('traits.plan not in ["pro"]', {}, False),
-    ('traits.email contains "@acme"', {"email": "a@acme.com"}, True),
-    ('traits.email starts with "a@"', {"email": "a@acme.com"}, True),
-    ('traits.email ends with ".org"', {"email": "a@acme.com"}, False),
-    ('traits.email matches "^[a-z]@acme"', {"email": "a@acme.com"}, True),
-    ("traits.nick exists", {"nick": "x"}, True),
-    ("traits.nick is missing", {}, True),
-    ("traits.vip = true", {"vip": True}, True),
-    ("traits.vip = true", {"vip": 1.0}, False),
-    ("traits.age between 18 and 30", {"age": 30.0}, True),
-    ("traits.age between 18 and 30", {"age": 31.0}, False),
-    ('traits.address.city = "Paris"', {"address": {"city": "Paris"}}, True),
-    ('traits.address.city = "Paris"', {"address": "Paris"}, False),
-    ("traits.address.city is missing", {"address": "Paris"}, True),
-    ('traits.signed_up < now - 30d', {"signed_up": "2026-02-01T00:00:00Z"}, True),
-    ('traits.signed_up < now - 30d', {"signed_up": "2026-03-15"}, False),
-    ('traits.signed_up >= time "2026-03-01"', {"signed_up": "2026-03-15"}, True),
-    ('traits.signed_up < now', {"signed_up": "not a time"}, False),
-])
+@pytest.mark.parametrize(
+    ("text", "traits", "expected"),
+    [
+        ('traits.plan = "pro"', {"plan": "pro"}, True),
+        ('traits.plan = "pro"', {"plan": 1.0}, False),
+        ('traits.plan != "pro"', {}, False),
+        ('traits.plan != "pro"', {"plan": 1.0}, True),
+        ("traits.ltv > 100", {"ltv": 101.0}, True),
+        ("traits.ltv > 100", {"ltv": "101"}, False),
+        ("traits.ltv <= 100", {"ltv": 100.0}, True),
+        ("traits.ltv >= 100.5", {"ltv": 100.0}, False),
+        ('traits.name < "b"', {"name": "abc"}, True),
+        ('traits.plan in ["pro", "team"]', {"plan": "team"}, True),
+        ('traits.plan not in ["pro", "team"]', {"plan": "free"}, True),
+        ('traits.plan not in ["pro"]', {}, False),
+        ('traits.email contains "@acme"', {"email": "a@acme.com"}, True),
+        ('traits.email starts with "a@"', {"email": "a@acme.com"}, True),
+        ('traits.email ends with ".org"', {"email": "a@acme.com"}, False),
+        ('traits.email matches "^[a-z]@acme"', {"email": "a@acme.com"}, True),
+        ("traits.nick exists", {"nick": "x"}, True),
+        ("traits.nick is missing", {}, True),
+        ("traits.vip = true", {"vip": True}, True),
+        ("traits.vip = true", {"vip": 1.0}, False),
+        ("traits.age between 18 and 30", {"age": 30.0}, True),
+        ("traits.age between 18 and 30", {"age": 31.0}, False),
+        ('traits.address.city = "Paris"', {"address": {"city": "Paris"}}, True),
+        ('traits.address.city = "Paris"', {"address": "Paris"}, False),
+        ("traits.address.city is missing", {"address": "Paris"}, True),
+        ("traits.signed_up < now - 30d", {"signed_up": "2026-02-01T00:00:00Z"}, True),
+        ("traits.signed_up < now - 30d", {"signed_up": "2026-03-15"}, False),
+        ('traits.signed_up >= time "2026-03-01"', {"signed_up": "2026-03-15"}, True),
+        ("traits.signed_up < now", {"signed_up": "not a time"}, False),
+    ],
+)
 def test_a_trait_condition_matches_as_the_language_says(text, traits, expected):
     assert matches(text, state(**traits)) is expected
 
@@ -68,17 +71,31 @@ def test_computed_traits_and_identity_facts_are_read_from_their_own_places():
 
 
 def test_event_counts_read_the_daily_counters_in_the_window():
-    profile = ProfileState("p", 1, counters={(TODAY, "Order Completed"): 1, (TODAY - 29, "Order Completed"): 1,
-                                             (TODAY - 30, "Order Completed"): 5, (TODAY - 3, "Email Opened"): 1})
+    profile = ProfileState(
+        "p",
+        1,
+        counters={
+            (TODAY, "Order Completed"): 1,
+            (TODAY - 29, "Order Completed"): 1,
+            (TODAY - 30, "Order Completed"): 5,
+            (TODAY - 3, "Email Opened"): 1,
+        },
+    )
     assert matches('count(event "Order Completed" in last 30d) = 2', profile)
     assert matches('count(event "Order Completed" in last 31d) = 7', profile)
     assert matches('count(event "Order Completed") = 7', profile)
     assert matches('count(event "Order Completed" between now - 30d and now - 1d) = 6', profile)
     assert matches('count(event "Email Opened" in last 14d) > 0', profile)
     assert matches('count(event "Email Opened" in last 3d) = 0', profile)
-    assert matches(language.render(language.parse(
-        'traits.plan = "pro" and count(event "Order Completed" in last 30d) >= 2 and not '
-        'count(event "Email Opened" in last 2d) > 0')), ProfileState("p", 1, {"plan": "pro"}, counters=profile.counters))
+    assert matches(
+        language.render(
+            language.parse(
+                'traits.plan = "pro" and count(event "Order Completed" in last 30d) >= 2 and not '
+                'count(event "Email Opened" in last 2d) > 0'
+            )
+        ),
+        ProfileState("p", 1, {"plan": "pro"}, counters=profile.counters),
+    )
 
 
 def test_an_order_ages_out_of_the_window_as_days_pass():
@@ -103,15 +120,22 @@ def test_the_state_follows_profile_updated_changes():
     profile.traits["plan"].value.string_value = "free"
     profile.identities["email:a@b.c"].type = "email"
     profile.daily_counters["2026-03-30|Order Completed"].CopyFrom(
-        profile_pb2.DailyCounter(day="2026-03-30", event="Order Completed", count=1))
+        profile_pb2.DailyCounter(day="2026-03-30", event="Order Completed", count=1)
+    )
     current = ProfileState.of_profile(profile)
-    update = profile_updated_pb2.ProfileUpdated(profile_id="p", version=2, changes=[
-        profile_pb2.FieldChange(path="traits.plan", new_value=struct_pb2.Value(string_value="pro")),
-        profile_pb2.FieldChange(path="computed_traits.ltv", new_value=struct_pb2.Value(number_value=9)),
-        profile_pb2.FieldChange(path="identities.user_id:ada", new_value=struct_pb2.Value(string_value="ada")),
-        profile_pb2.FieldChange(path="daily_counters.2026-03-30|Order Completed", new_value=struct_pb2.Value(number_value=2)),
-        profile_pb2.FieldChange(path="traits.old", old_value=struct_pb2.Value(string_value="x")),
-    ])
+    update = profile_updated_pb2.ProfileUpdated(
+        profile_id="p",
+        version=2,
+        changes=[
+            profile_pb2.FieldChange(path="traits.plan", new_value=struct_pb2.Value(string_value="pro")),
+            profile_pb2.FieldChange(path="computed_traits.ltv", new_value=struct_pb2.Value(number_value=9)),
+            profile_pb2.FieldChange(path="identities.user_id:ada", new_value=struct_pb2.Value(string_value="ada")),
+            profile_pb2.FieldChange(
+                path="daily_counters.2026-03-30|Order Completed", new_value=struct_pb2.Value(number_value=2)
+            ),
+            profile_pb2.FieldChange(path="traits.old", old_value=struct_pb2.Value(string_value="x")),
+        ],
+    )
     current.apply(update)
     assert current.version == 2 and current.traits == {"plan": "pro"} and current.computed == {"ltv": 9.0}
     assert current.identity_types() == {"email", "user_id"}

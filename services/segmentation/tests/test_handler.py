@@ -23,8 +23,9 @@ EXITED = segment_membership_pb2.MEMBERSHIP_CHANGE_EXITED
 
 def segment(segment_id: str, text: str, revision: int = 1) -> segment_pb2.Segment:
     definition, expression = compiler.definition_of(text=text)
-    return segment_pb2.Segment(segment_id=segment_id, name=segment_id, definition=definition, expression=expression,
-                               revision=revision)
+    return segment_pb2.Segment(
+        segment_id=segment_id, name=segment_id, definition=definition, expression=expression, revision=revision
+    )
 
 
 class World:
@@ -69,7 +70,9 @@ def update(version: int, *changes: tuple[str, object], profile_id: str = "p-1") 
     for path, value in changes:
         change = message.changes.add(path=path)
         if value is not None:
-            change.new_value.CopyFrom(struct_pb2.Value(**{"number_value" if isinstance(value, (int, float)) else "string_value": value}))
+            change.new_value.CopyFrom(
+                struct_pb2.Value(**{"number_value" if isinstance(value, (int, float)) else "string_value": value})
+            )
     return message
 
 
@@ -117,11 +120,15 @@ async def test_a_merge_moves_memberships_to_the_survivor_and_a_split_restores_th
     await world.memberships.merged(merge, DELIVERY)  # redelivered
     # The profile service folds old into new and publishes the survivor's change.
     await world.memberships.updated(update(2, ("computed_traits.orders", 4), profile_id="new"), DELIVERY)
-    assert await world.moves() == [("repeat-buyers", "old", ENTERED, 1), ("repeat-buyers", "old", EXITED, 1),
-                                   ("repeat-buyers", "new", ENTERED, 2)]
+    assert await world.moves() == [
+        ("repeat-buyers", "old", ENTERED, 1),
+        ("repeat-buyers", "old", EXITED, 1),
+        ("repeat-buyers", "new", ENTERED, 2),
+    ]
     assert not world.view.is_alive("old") and len(world.view) == 1
-    split = identity_changed_pb2.IdentitySplit(split_id="s-1", merge_id="m-1", survivor_profile_id="new",
-                                               restored_profile_ids=["old"])
+    split = identity_changed_pb2.IdentitySplit(
+        split_id="s-1", merge_id="m-1", survivor_profile_id="new", restored_profile_ids=["old"]
+    )
     await world.memberships.split(split, DELIVERY)
     await world.memberships.updated(update(3, ("computed_traits.orders", 1), profile_id="new"), DELIVERY)
     assert (await world.moves())[3:] == [("repeat-buyers", "old", ENTERED, 1), ("repeat-buyers", "new", EXITED, 3)]
@@ -129,8 +136,9 @@ async def test_a_merge_moves_memberships_to_the_survivor_and_a_split_restores_th
 
 async def test_a_new_segment_is_backfilled_over_existing_profiles_and_resumes(world):
     for index in range(6):
-        await world.memberships.updated(update(1, ("traits.plan", "pro" if index % 2 else "free"), profile_id=f"p{index}"),
-                                        DELIVERY)
+        await world.memberships.updated(
+            update(1, ("traits.plan", "pro" if index % 2 else "free"), profile_id=f"p{index}"), DELIVERY
+        )
     await world.store.create(segment("pro", 'traits.plan = "pro"'))
     # A backfill that finished the first partition only, then the replica stopped.
     first = world.memberships.partition("p1")
@@ -150,14 +158,26 @@ async def test_a_new_segment_is_backfilled_over_existing_profiles_and_resumes(wo
     await world.store.replace(segment("pro", 'traits.plan = "free"', revision=2))
     await world.backfiller.once()
     moves = [m for m in await world.moves() if m[0] == "pro"][3:]
-    assert sorted((m[1], m[2]) for m in moves) == [("p0", ENTERED), ("p1", EXITED), ("p2", ENTERED),
-                                                   ("p3", EXITED), ("p4", ENTERED), ("p5", EXITED)]
+    assert sorted((m[1], m[2]) for m in moves) == [
+        ("p0", ENTERED),
+        ("p1", EXITED),
+        ("p2", ENTERED),
+        ("p3", EXITED),
+        ("p4", ENTERED),
+        ("p5", EXITED),
+    ]
 
 
 async def test_a_segment_stored_before_the_language_is_evaluated_from_its_condition(world):
-    legacy = segment_pb2.Segment(segment_id="legacy", name="legacy", condition=segment_pb2.Condition(
-        trait=segment_pb2.TraitCondition(trait="plan", operator=segment_pb2.OPERATOR_EQUALS,
-                                         value=struct_pb2.Value(string_value="pro"))))
+    legacy = segment_pb2.Segment(
+        segment_id="legacy",
+        name="legacy",
+        condition=segment_pb2.Condition(
+            trait=segment_pb2.TraitCondition(
+                trait="plan", operator=segment_pb2.OPERATOR_EQUALS, value=struct_pb2.Value(string_value="pro")
+            )
+        ),
+    )
     await world.store.create(legacy)
     await world.memberships.updated(update(1, ("traits.plan", "pro")), DELIVERY)
     assert await world.moves() == [("legacy", "p-1", ENTERED, 1)]

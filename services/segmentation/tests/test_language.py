@@ -9,8 +9,10 @@ from mosaic.platform.errors import InvalidArgument
 from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service import compiler, language
 
-EXAMPLE = ('traits.plan = "pro" and count(event "Order Completed" in last 30d) >= 2 '
-           'and not count(event "Email Opened" in last 14d) > 0')
+EXAMPLE = (
+    'traits.plan = "pro" and count(event "Order Completed" in last 30d) >= 2 '
+    'and not count(event "Email Opened" in last 14d) > 0'
+)
 
 
 def test_the_issue_example_parses_into_the_tree_it_says():
@@ -24,34 +26,48 @@ def test_the_issue_example_parses_into_the_tree_it_says():
     assert language.render(expression) == EXAMPLE
 
 
-@pytest.mark.parametrize(("text", "canonical"), [
-    ("traits.a.b in [1,'x']".replace("'", '"'), 'traits.a.b in [1, "x"]'),
-    ("traits.x not in [true]", "traits.x not in [true]"),
-    ("traits.seen < now-720h", "traits.seen < now - 30d"),
-    ("traits.seen >= time \"2026-01-02\"", 'traits.seen >= time "2026-01-02T00:00:00Z"'),
-    ("computed.ltv between 1 and 2.5", "computed.ltv between 1 and 2.5"),
-    ("traits.`first name` starts with \"A\"", 'traits.`first name` starts with "A"'),
-    ("traits.email ends with \"@acme.com\" or traits.email matches \"^a+$\"",
-     'traits.email ends with "@acme.com" or traits.email matches "^a+$"'),
-    ("traits.nick exists and traits.age is missing", "traits.nick exists and traits.age is missing"),
-    ("has email and is known or is anonymous", "has email and is known or is anonymous"),
-    ("in segment \"vip\" and not (traits.a = 1 or traits.b = 2)", 'in segment "vip" and not (traits.a = 1 or traits.b = 2)'),
-    ("count(event \"Page\" between now - 60d and now - 30d) = 0", 'count(event "Page" between now - 60d and now - 30d) = 0'),
-    ("count(event \"Page\") > 1", 'count(event "Page") > 1'),
-    ("(traits.a = 1 and traits.b = 2) and traits.c = 3", "(traits.a = 1 and traits.b = 2) and traits.c = 3"),
-])
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("traits.a.b in [1,'x']".replace("'", '"'), 'traits.a.b in [1, "x"]'),
+        ("traits.x not in [true]", "traits.x not in [true]"),
+        ("traits.seen < now-720h", "traits.seen < now - 30d"),
+        ('traits.seen >= time "2026-01-02"', 'traits.seen >= time "2026-01-02T00:00:00Z"'),
+        ("computed.ltv between 1 and 2.5", "computed.ltv between 1 and 2.5"),
+        ('traits.`first name` starts with "A"', 'traits.`first name` starts with "A"'),
+        (
+            'traits.email ends with "@acme.com" or traits.email matches "^a+$"',
+            'traits.email ends with "@acme.com" or traits.email matches "^a+$"',
+        ),
+        ("traits.nick exists and traits.age is missing", "traits.nick exists and traits.age is missing"),
+        ("has email and is known or is anonymous", "has email and is known or is anonymous"),
+        (
+            'in segment "vip" and not (traits.a = 1 or traits.b = 2)',
+            'in segment "vip" and not (traits.a = 1 or traits.b = 2)',
+        ),
+        (
+            'count(event "Page" between now - 60d and now - 30d) = 0',
+            'count(event "Page" between now - 60d and now - 30d) = 0',
+        ),
+        ('count(event "Page") > 1', 'count(event "Page") > 1'),
+        ("(traits.a = 1 and traits.b = 2) and traits.c = 3", "(traits.a = 1 and traits.b = 2) and traits.c = 3"),
+    ],
+)
 def test_text_comes_back_in_canonical_form(text, canonical):
     assert language.render(language.parse(text)) == canonical
     assert language.parse(canonical) == language.parse(text)
 
 
-@pytest.mark.parametrize(("text", "where", "expects"), [
-    ("traits.plan = ", "line 1 column", "a number"),
-    ("traits.plan == 1", "line 1 column 14", "a string"),
-    ("traits.x = 1\nand traits.y ~ 2", "line 2 column 14", "a comparison"),
-    ("plan = 1", "line 1 column 1", "traits. or computed."),
-    ("count(event \"A\" in last 3w) > 1", "line 1 column 25", "a duration"),
-])
+@pytest.mark.parametrize(
+    ("text", "where", "expects"),
+    [
+        ("traits.plan = ", "line 1 column", "a number"),
+        ("traits.plan == 1", "line 1 column 14", "a string"),
+        ("traits.x = 1\nand traits.y ~ 2", "line 2 column 14", "a comparison"),
+        ("plan = 1", "line 1 column 1", "traits. or computed."),
+        ('count(event "A" in last 3w) > 1', "line 1 column 25", "a duration"),
+    ],
+)
 def test_a_syntax_error_names_the_line_the_column_and_what_was_expected(text, where, expects):
     with pytest.raises(InvalidArgument) as caught:
         language.parse(text)
@@ -59,16 +75,19 @@ def test_a_syntax_error_names_the_line_the_column_and_what_was_expected(text, wh
     assert where in caught.value.rule and expects in caught.value.rule
 
 
-@pytest.mark.parametrize(("text", "field", "rule"), [
-    ('traits.x matches "("', "segment.definition", "regular expression"),
-    ('traits.x > true', "segment.definition.trait.values[0]", "no order"),
-    ('traits.x contains 1', "segment.definition.trait.values[0]", "must be a string"),
-    ('traits.x between 1 and "b"', "segment.definition.trait.values", "one type"),
-    ('count(event "A" in last 91d) > 1', "segment.definition.event.window.last", "90d"),
-    ('sum(event "A".total in last 9d) > 1', "segment.definition.event.aggregate", "computed trait"),
-    ('count(event "A" where x = 1 in last 9d) > 1', "segment.definition.event.filters", "computed trait"),
-    ('count(event "A") > "x"', "segment.definition.event.value", "number"),
-])
+@pytest.mark.parametrize(
+    ("text", "field", "rule"),
+    [
+        ('traits.x matches "("', "segment.definition", "regular expression"),
+        ("traits.x > true", "segment.definition.trait.values[0]", "no order"),
+        ("traits.x contains 1", "segment.definition.trait.values[0]", "must be a string"),
+        ('traits.x between 1 and "b"', "segment.definition.trait.values", "one type"),
+        ('count(event "A" in last 91d) > 1', "segment.definition.event.window.last", "90d"),
+        ('sum(event "A".total in last 9d) > 1', "segment.definition.event.aggregate", "computed trait"),
+        ('count(event "A" where x = 1 in last 9d) > 1', "segment.definition.event.filters", "computed trait"),
+        ('count(event "A") > "x"', "segment.definition.event.value", "number"),
+    ],
+)
 def test_a_definition_breaking_a_rule_names_the_node_and_the_rule(text, field, rule):
     with pytest.raises(InvalidArgument) as caught:
         compiler.definition_of(pb.Segment(definition=text))
@@ -83,22 +102,32 @@ def test_exactly_one_form_of_definition_is_accepted():
 
 
 def test_the_legacy_condition_becomes_an_expression():
-    condition = pb.Condition(all=pb.ConditionList(conditions=[
-        pb.Condition(trait=pb.TraitCondition(trait="plan", operator=pb.OPERATOR_EQUALS)),
-    ]))
+    condition = pb.Condition(
+        all=pb.ConditionList(
+            conditions=[
+                pb.Condition(trait=pb.TraitCondition(trait="plan", operator=pb.OPERATOR_EQUALS)),
+            ]
+        )
+    )
     condition.all.conditions[0].trait.value.string_value = "pro"
     text, _ = compiler.definition_of(pb.Segment(condition=condition))
     assert text == 'traits.plan = "pro"'
 
 
-@pytest.mark.parametrize(("condition", "field"), [
-    (pb.Condition(), "segment.condition"),
-    (pb.Condition(trait=pb.TraitCondition(trait="", operator=pb.OPERATOR_EXISTS)), "segment.condition.trait.trait"),
-    (pb.Condition(trait=pb.TraitCondition(trait="plan")), "segment.condition.trait.operator"),
-    (pb.Condition(trait=pb.TraitCondition(trait="plan", operator=pb.OPERATOR_EQUALS)), "segment.condition.trait.value"),
-    (pb.Condition(all=pb.ConditionList()), "segment.condition.all.conditions"),
-    (pb.Condition(any=pb.ConditionList(conditions=[pb.Condition()])), "segment.condition.any.conditions[0]"),
-])
+@pytest.mark.parametrize(
+    ("condition", "field"),
+    [
+        (pb.Condition(), "segment.condition"),
+        (pb.Condition(trait=pb.TraitCondition(trait="", operator=pb.OPERATOR_EXISTS)), "segment.condition.trait.trait"),
+        (pb.Condition(trait=pb.TraitCondition(trait="plan")), "segment.condition.trait.operator"),
+        (
+            pb.Condition(trait=pb.TraitCondition(trait="plan", operator=pb.OPERATOR_EQUALS)),
+            "segment.condition.trait.value",
+        ),
+        (pb.Condition(all=pb.ConditionList()), "segment.condition.all.conditions"),
+        (pb.Condition(any=pb.ConditionList(conditions=[pb.Condition()])), "segment.condition.any.conditions[0]"),
+    ],
+)
 def test_an_invalid_legacy_condition_names_the_field(condition, field):
     with pytest.raises(InvalidArgument) as caught:
         compiler.definition_of(pb.Segment(condition=condition))
@@ -119,14 +148,24 @@ def test_references_are_inlined_and_cycles_refused():
 
 # Random valid trees: render then parse gives the same tree back.
 keys = st.text(st.characters(codec="utf-8", exclude_characters="`\n\r"), min_size=1, max_size=8) | st.sampled_from(
-    ["plan", "and", "count", "a-b", "$x"])
+    ["plan", "and", "count", "a-b", "$x"]
+)
 numbers = st.floats(allow_nan=False, allow_infinity=False).map(lambda f: f + 0.0)
 durations = st.integers(1, 90 * 86400).map(lambda s: duration_pb2.Duration(seconds=s))
-times = st.integers(0, 4_000_000_000_000_000).map(lambda us: timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=us % 1_000_000 * 1000))
-relative = st.integers(-10**8, 10**8).map(lambda s: pb.Literal(relative_time=pb.RelativeTime(offset=duration_pb2.Duration(seconds=s))))
+times = st.integers(0, 4_000_000_000_000_000).map(
+    lambda us: timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=us % 1_000_000 * 1000)
+)
+relative = st.integers(-(10**8), 10**8).map(
+    lambda s: pb.Literal(relative_time=pb.RelativeTime(offset=duration_pb2.Duration(seconds=s)))
+)
 time_literals = times.map(lambda t: pb.Literal(timestamp_value=t)) | relative
 strings = st.text(max_size=10).map(lambda s: pb.Literal(string_value=s))
-scalars = strings | numbers.map(lambda n: pb.Literal(number_value=n)) | st.booleans().map(lambda b: pb.Literal(bool_value=b)) | time_literals
+scalars = (
+    strings
+    | numbers.map(lambda n: pb.Literal(number_value=n))
+    | st.booleans().map(lambda b: pb.Literal(bool_value=b))
+    | time_literals
+)
 ordered = strings | numbers.map(lambda n: pb.Literal(number_value=n)) | time_literals
 
 
@@ -140,9 +179,21 @@ def traits(draw):
     elif op in (pb.OPERATOR_IN, pb.OPERATOR_NOT_IN):
         values = draw(st.lists(scalars, min_size=1, max_size=3))
     elif op in compiler.STRINGY:
-        values = [draw(strings)] if op != pb.OPERATOR_MATCHES else [pb.Literal(string_value=draw(st.sampled_from(["^a", "b+", "x|y"])))]
+        values = (
+            [draw(strings)]
+            if op != pb.OPERATOR_MATCHES
+            else [pb.Literal(string_value=draw(st.sampled_from(["^a", "b+", "x|y"])))]
+        )
     elif op == pb.OPERATOR_BETWEEN:
-        values = draw(st.sampled_from([[draw(strings), draw(strings)], [pb.Literal(number_value=draw(numbers)), pb.Literal(number_value=draw(numbers))], [draw(time_literals), draw(time_literals)]]))
+        values = draw(
+            st.sampled_from(
+                [
+                    [draw(strings), draw(strings)],
+                    [pb.Literal(number_value=draw(numbers)), pb.Literal(number_value=draw(numbers))],
+                    [draw(time_literals), draw(time_literals)],
+                ]
+            )
+        )
     elif op in compiler.ORDERED:
         values = [draw(ordered)]
     else:
@@ -153,9 +204,12 @@ def traits(draw):
 @st.composite
 def events(draw):
     window = draw(st.sampled_from(["last", "between", "ever"]))
-    predicate = pb.EventPredicate(aggregate=pb.AGGREGATE_COUNT, event=draw(st.text(min_size=1, max_size=12)),
-                                  operator=draw(st.sampled_from(list(language.SYMBOLS))),
-                                  value=pb.Literal(number_value=draw(st.integers(0, 100))))
+    predicate = pb.EventPredicate(
+        aggregate=pb.AGGREGATE_COUNT,
+        event=draw(st.text(min_size=1, max_size=12)),
+        operator=draw(st.sampled_from(list(language.SYMBOLS))),
+        value=pb.Literal(number_value=draw(st.integers(0, 100))),
+    )
     if window == "last":
         predicate.window.last.CopyFrom(draw(durations))
     elif window == "between":
@@ -166,14 +220,21 @@ def events(draw):
 
 
 identities = st.sampled_from([pb.IDENTITY_FACT_KNOWN, pb.IDENTITY_FACT_ANONYMOUS]).map(
-    lambda f: pb.Expression(identity=pb.IdentityPredicate(fact=f))) | keys.map(
-    lambda k: pb.Expression(identity=pb.IdentityPredicate(fact=pb.IDENTITY_FACT_HAS_TYPE, type=k)))
-references = st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,10}\Z").map(lambda s: pb.Expression(segment=pb.SegmentReference(segment_id=s)))
+    lambda f: pb.Expression(identity=pb.IdentityPredicate(fact=f))
+) | keys.map(lambda k: pb.Expression(identity=pb.IdentityPredicate(fact=pb.IDENTITY_FACT_HAS_TYPE, type=k)))
+references = st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,10}\Z").map(
+    lambda s: pb.Expression(segment=pb.SegmentReference(segment_id=s))
+)
 leaves = traits() | events() | identities | references
-expressions = st.recursive(leaves, lambda inner: (
-    st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)}))
-    | st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)}))
-    | inner.map(lambda e: pb.Expression(**{"not": e}))), max_leaves=8)
+expressions = st.recursive(
+    leaves,
+    lambda inner: (
+        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)}))
+        | st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)}))
+        | inner.map(lambda e: pb.Expression(**{"not": e}))
+    ),
+    max_leaves=8,
+)
 
 
 @settings(max_examples=300, deadline=None)

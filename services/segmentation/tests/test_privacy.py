@@ -4,9 +4,9 @@ then erased, and no table names the person afterwards."""
 import pytest
 
 from mosaic.events.v1 import privacy_request_pb2
+from mosaic.platform.topics import partition_of
 from mosaic.segmentation.v1 import segment_pb2
 from mosaic.testing.scan import rows_mentioning
-from mosaic.platform.topics import partition_of
 from segmentation_service.privacy import SegmentationPrivacy
 from segmentation_service.store import Transition, open_store
 
@@ -24,14 +24,22 @@ async def test_memberships_are_exported_then_erased(store):
     await store.create(segment_pb2.Segment(segment_id="vip", name="VIP"))
     for profile_id in ("p-ada", "p-ada-old", "p-bob"):
         # A transition writes the membership, the member index, the transition and its pending copy.
-        await store.record(Transition("vip", profile_id, partition_of(profile_id, PARTITIONS), True, 3, f"v3:{profile_id}"))
+        await store.record(
+            Transition("vip", profile_id, partition_of(profile_id, PARTITIONS), True, 3, f"v3:{profile_id}")
+        )
     await store.set_merged(partition_of("p-ada-old", PARTITIONS), "p-ada-old", "p-ada")
     privacy = SegmentationPrivacy(store, PARTITIONS)
-    request = privacy_request_pb2.PrivacyRequested(request_id="r", person_id="p-ada", profile_ids=["p-ada", "p-ada-old"])
+    request = privacy_request_pb2.PrivacyRequested(
+        request_id="r", person_id="p-ada", profile_ids=["p-ada", "p-ada-old"]
+    )
     exported = await privacy.export(request)
     assert exported.counts == {"memberships": 2}
-    assert exported.document["memberships"][0] == {"profile_id": "p-ada", "segment_id": "vip", "member": True,
-                                                   "profile_version": 3}
+    assert exported.document["memberships"][0] == {
+        "profile_id": "p-ada",
+        "segment_id": "vip",
+        "member": True,
+        "profile_version": 3,
+    }
     assert (await privacy.erase(request)).counts == {"segmentation_memberships": 2, "segmentation_transitions": 2}
     assert await rows_mentioning(store.db, ["p-ada"]) == []
     assert await store.membership("vip", "p-bob") == (True, 3)

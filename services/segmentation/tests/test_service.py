@@ -13,7 +13,8 @@ from grpc_status import rpc_status
 from mosaic.events.v1 import identity_changed_pb2, profile_updated_pb2
 from mosaic.platform import topics
 from mosaic.platform.server import Service
-from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2 as pb, segmentation_service_pb2_grpc
+from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2_grpc
+from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
 from mosaic.testing.plugin import eventually
 from segmentation_service.app import build
 from segmentation_service.config import Settings
@@ -35,7 +36,9 @@ async def stub(service):
 
 
 def create(segment_id: str, definition: str) -> pb.CreateSegmentRequest:
-    return pb.CreateSegmentRequest(segment=segment_pb2.Segment(segment_id=segment_id, name=segment_id, definition=definition))
+    return pb.CreateSegmentRequest(
+        segment=segment_pb2.Segment(segment_id=segment_id, name=segment_id, definition=definition)
+    )
 
 
 def violation(error: grpc.aio.AioRpcError) -> error_details_pb2.BadRequest.FieldViolation:
@@ -55,7 +58,7 @@ async def test_a_bad_definition_is_invalid_argument_naming_the_position_and_the_
         await stub.CreateSegment(create("loop", 'in segment "loop"'))
     assert "cycle (loop -> loop)" in violation(caught.value).description
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Estimate(pb.EstimateRequest(definition="traits.x matches \"(\""))
+        await stub.Estimate(pb.EstimateRequest(definition='traits.x matches "("'))
     assert violation(caught.value).field == "definition"
 
 
@@ -74,8 +77,9 @@ async def test_segments_are_created_read_listed_by_page_updated_and_deleted(stub
     assert [s.segment_id for s in first.segments] == ["a", "b"] and [s.segment_id for s in second.segments] == ["c"]
     assert second.next_page_token == ""
     await stub.CreateSegment(create("d", 'in segment "a" or has email'))
-    updated = await stub.UpdateSegment(pb.UpdateSegmentRequest(segment=segment_pb2.Segment(
-        segment_id="a", name="A", definition="is known")))
+    updated = await stub.UpdateSegment(
+        pb.UpdateSegmentRequest(segment=segment_pb2.Segment(segment_id="a", name="A", definition="is known"))
+    )
     assert updated.segment.revision == 2 and updated.segment.definition == "is known"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.DeleteSegment(pb.DeleteSegmentRequest(segment_id="a"))
@@ -93,7 +97,9 @@ async def test_profiles_enter_from_profile_updated_and_the_api_reads_them(servic
     for index in range(5):
         update = profile_updated_pb2.ProfileUpdated(profile_id=f"p{index}", version=1)
         update.changes.add(path="traits.plan", new_value=struct_pb2.Value(string_value="pro" if index < 3 else "free"))
-        update.changes.add(path=f"daily_counters.{today}|Order Completed", new_value=struct_pb2.Value(number_value=index))
+        update.changes.add(
+            path=f"daily_counters.{today}|Order Completed", new_value=struct_pb2.Value(number_value=index)
+        )
         await bus.publish(topics.PROFILE_UPDATED, update.profile_id, update, f"p{index}:1")
 
     async def members():
@@ -102,7 +108,9 @@ async def test_profiles_enter_from_profile_updated_and_the_api_reads_them(servic
     await eventually(lambda: _equals(members(), ["p1", "p2"]))
     assert (await stub.IsMember(pb.IsMemberRequest(segment_id="pro", profile_id="p1"))).member
     assert (await stub.GetProfileSegments(pb.GetProfileSegmentsRequest(profile_id="p2"))).segment_ids == ["pro"]
-    estimate = await stub.Estimate(pb.EstimateRequest(definition='traits.plan in ["pro", "free"] and count(event "Order Completed") > 2'))
+    estimate = await stub.Estimate(
+        pb.EstimateRequest(definition='traits.plan in ["pro", "free"] and count(event "Order Completed") > 2')
+    )
     assert (estimate.count, estimate.population, list(estimate.sample)) == (2, 5, ["p3", "p4"])
 
 
@@ -129,8 +137,9 @@ async def test_segments_are_managed_from_the_command_line(service, capsys):
 
 async def test_an_estimate_asked_of_one_replica_adds_up_every_replica(make_settings):
     def settings(index: int, peers: tuple[str, ...]) -> Settings:
-        platform = make_settings("segmentation", MOSAIC_GRACE_SECONDS="1", MOSAIC_REPLICA_COUNT="2",
-                                 MOSAIC_REPLICA_INDEX=str(index))
+        platform = make_settings(
+            "segmentation", MOSAIC_GRACE_SECONDS="1", MOSAIC_REPLICA_COUNT="2", MOSAIC_REPLICA_INDEX=str(index)
+        )
         return Settings(platform, "", 1.0, peers)
 
     second = settings(1, ())
@@ -168,8 +177,9 @@ async def _when(awaitable, check):
 
 async def test_a_merge_is_heard_by_the_replica_holding_the_merged_profile(make_settings):
     def settings(index: int, peers: tuple[str, ...]) -> Settings:
-        platform = make_settings("segmentation", MOSAIC_GRACE_SECONDS="1", MOSAIC_REPLICA_COUNT="2",
-                                 MOSAIC_REPLICA_INDEX=str(index))
+        platform = make_settings(
+            "segmentation", MOSAIC_GRACE_SECONDS="1", MOSAIC_REPLICA_COUNT="2", MOSAIC_REPLICA_INDEX=str(index)
+        )
         return Settings(platform, "", 1.0, peers)
 
     second = settings(1, ())
@@ -191,8 +201,9 @@ async def test_a_merge_is_heard_by_the_replica_holding_the_merged_profile(make_s
             stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
             estimate = lambda: stub.Estimate(pb.EstimateRequest(definition="traits.n = 1"))  # noqa: E731
             await eventually(lambda: _when(estimate(), lambda a: a.count == 2))
-            merge = identity_changed_pb2.IdentityMerged(merge_id="m-1", survivor_profile_id=survivor,
-                                                        merged_profile_ids=[merged])
+            merge = identity_changed_pb2.IdentityMerged(
+                merge_id="m-1", survivor_profile_id=survivor, merged_profile_ids=[merged]
+            )
             # Consumed by replica 0 (the survivor's partition); the merged row is replica 1's.
             await bus.publish(topics.IDENTITY_MERGED, survivor, merge, "m-1")
             answer = await eventually(lambda: _when(estimate(), lambda a: a.count == 1))

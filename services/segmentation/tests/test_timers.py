@@ -32,15 +32,22 @@ class Replica:
     def restart(self) -> None:
         catalog = SegmentCatalog(self.store, max_age=0)
         self.timers = Timers(self.store, catalog, tuple(range(self.settings.partitions)))
-        self.memberships = Memberships(self.store, catalog, ColumnarView(self.settings.partitions), self.bus,
-                                       clock=lambda: self.clock[0], timers=self.timers)
+        self.memberships = Memberships(
+            self.store,
+            catalog,
+            ColumnarView(self.settings.partitions),
+            self.bus,
+            clock=lambda: self.clock[0],
+            timers=self.timers,
+        )
 
     async def moves(self):
         info = await self.bus._js.stream_info(topics.SEGMENT_MEMBERSHIP.stream)
         found = []
         for seq in range(1, info.state.messages + 1):
             m = segment_membership_pb2.SegmentMembershipChanged.FromString(
-                (await self.bus._js.get_msg(topics.SEGMENT_MEMBERSHIP.stream, seq)).data)
+                (await self.bus._js.get_msg(topics.SEGMENT_MEMBERSHIP.stream, seq)).data
+            )
             found.append((m.segment_id, m.profile_id, m.change))
         return found
 
@@ -51,11 +58,16 @@ async def replica(make_settings):
     store = await open_store(settings)
     bus = await Bus.connect(settings.nats_url, "segmentation", settings.partitions)
     await bus.ensure_streams()
-    for segment_id, text in (("trial-over", "traits.trial_started < now - 14d"),
-                             ("recent-buyers", 'count(event "Order Completed" in last 30d) > 0')):
+    for segment_id, text in (
+        ("trial-over", "traits.trial_started < now - 14d"),
+        ("recent-buyers", 'count(event "Order Completed" in last 30d) > 0'),
+    ):
         definition, expression = compiler.definition_of(text=text)
-        await store.create(segment_pb2.Segment(segment_id=segment_id, name=segment_id, definition=definition,
-                                               expression=expression, revision=1))
+        await store.create(
+            segment_pb2.Segment(
+                segment_id=segment_id, name=segment_id, definition=definition, expression=expression, revision=1
+            )
+        )
     yield Replica(settings, store, bus, [START])
     await bus.close()
     await store.close()
@@ -63,8 +75,9 @@ async def replica(make_settings):
 
 def update(version: int, path: str, value) -> profile_updated_pb2.ProfileUpdated:
     message = profile_updated_pb2.ProfileUpdated(profile_id="p-1", version=version)
-    message.changes.add(path=path, new_value=struct_pb2.Value(**{
-        "number_value" if isinstance(value, int) else "string_value": value}))
+    message.changes.add(
+        path=path, new_value=struct_pb2.Value(**{"number_value" if isinstance(value, int) else "string_value": value})
+    )
     return message
 
 

@@ -1,6 +1,6 @@
-from mosaic.platform import server
 from consent_service.app import build
 from consent_service.config import Settings
+from mosaic.platform import server
 
 
 def main() -> None:

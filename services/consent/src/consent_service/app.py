@@ -5,18 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from mosaic.consent.v1 import consent_pb2, consent_service_pb2 as pb, consent_service_pb2_grpc
-from mosaic.consent.v1 import privacy_service_pb2, privacy_service_pb2_grpc
-from mosaic.identity.v1 import identity_service_pb2_grpc
-from mosaic.platform import clients, topics
-from mosaic.platform.bus import Delivery
-from mosaic.platform.errors import InvalidArgument
-from mosaic.platform.privacy import Participant
-from mosaic.platform.server import Runtime
 from consent_service.cache import ConsentCache
 from consent_service.config import Settings
 from consent_service.events import ConsentEvents
@@ -26,6 +17,14 @@ from consent_service.privacy import ConsentParticipant, PrivacyServicer, Receipt
 from consent_service.purposes import NAME as PURPOSE_NAME
 from consent_service.store import ConsentStore, open_store
 from consent_service.sweeper import Sweeper
+from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc, privacy_service_pb2, privacy_service_pb2_grpc
+from mosaic.consent.v1 import consent_service_pb2 as pb
+from mosaic.identity.v1 import identity_service_pb2_grpc
+from mosaic.platform import clients, topics
+from mosaic.platform.bus import Delivery
+from mosaic.platform.errors import InvalidArgument
+from mosaic.platform.privacy import Participant
+from mosaic.platform.server import Runtime
 
 
 def _profile_id(value: str, name: str = "profile_id") -> str:
@@ -87,10 +86,13 @@ class ConsentServicer(consent_service_pb2_grpc.ConsentServiceServicer):
         jurisdiction = _jurisdiction(request.jurisdiction)
         return pb.GetConsentStateResponse(
             person_id=view.head,
-            purposes=[self.ledger.state(view, p, jurisdiction) for p in self.ledger.purposes.values()])
+            purposes=[self.ledger.state(view, p, jurisdiction) for p in self.ledger.purposes.values()],
+        )
 
     async def ListConsentHistory(self, request, context):
-        decisions, token = await self.ledger.history(_profile_id(request.profile_id), request.page_size, request.page_token)
+        decisions, token = await self.ledger.history(
+            _profile_id(request.profile_id), request.page_size, request.page_token
+        )
         return pb.ListConsentHistoryResponse(decisions=decisions, next_page_token=token)
 
     async def ListPurposes(self, request, context):
@@ -144,7 +146,9 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.categories), owned)
     identity = None
     if settings.identity_address:
-        channel = clients.channel(settings.identity_address, settings.platform.security, interceptors=aio_client_interceptors())
+        channel = clients.channel(
+            settings.identity_address, settings.platform.security, interceptors=aio_client_interceptors()
+        )
         runtime.cleanup.push_async_callback(channel.close)
         identity = identity_service_pb2_grpc.IdentityServiceStub(channel)
     privacy = PrivacyServicer(store, relay, settings.participants, settings.jurisdiction, identity)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
+from consent_service.ledger import PersonView
 from mosaic.events.v1 import consent_changed_pb2
 from mosaic.platform.lru import Lru
-from consent_service.ledger import PersonView
 
 
 class ConsentCache:
-    def __init__(self, load: Callable[[str], Awaitable[PersonView]], size: int = 100_000, max_age: float = 60.0) -> None:
+    def __init__(
+        self, load: Callable[[str], Awaitable[PersonView]], size: int = 100_000, max_age: float = 60.0
+    ) -> None:
         self._load = load
         self._views: Lru[str, PersonView] = Lru(size)
         self._epoch = 0

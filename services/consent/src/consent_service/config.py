@@ -6,11 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mosaic.platform.config import Env, PlatformSettings, ServiceSettings
 from consent_service import purposes as purposes_module
 from consent_service.events import parse_categories
 from consent_service.purposes import Purpose
-
+from mosaic.platform.config import Env, PlatformSettings, ServiceSettings
 
 # The services with a privacy participant (mosaic.platform.privacy.Participant) today.
 DEFAULT_PARTICIPANTS = ("consent", "delivery", "identity", "profile", "segmentation")
@@ -19,7 +18,9 @@ DEFAULT_PARTICIPANTS = ("consent", "delivery", "identity", "profile", "segmentat
 @dataclass(frozen=True)
 class Settings(ServiceSettings):
     SERVICE = "consent"
-    purposes: dict[str, Purpose] = field(default_factory=lambda: purposes_module.parse(purposes_module.DEFAULT_PURPOSES))
+    purposes: dict[str, Purpose] = field(
+        default_factory=lambda: purposes_module.parse(purposes_module.DEFAULT_PURPOSES)
+    )
     jurisdiction: int = purposes_module.JURISDICTIONS["gdpr"]
     cache_size: int = 100_000
     cache_seconds: float = 60.0
@@ -39,7 +40,8 @@ class Settings(ServiceSettings):
             # The law assumed for a person whose jurisdiction no caller or decision named:
             # GDPR's opt-in is the safe side.
             jurisdiction=purposes_module.JURISDICTIONS[
-                env.choice("MOSAIC_CONSENT_JURISDICTION", "gdpr", tuple(purposes_module.JURISDICTIONS))],
+                env.choice("MOSAIC_CONSENT_JURISDICTION", "gdpr", tuple(purposes_module.JURISDICTIONS))
+            ],
             cache_size=env.int("MOSAIC_CONSENT_CACHE_SIZE", 100_000, minimum=1),
             # The longest a cached answer is trusted when a consent.changed notice was missed.
             cache_seconds=env.float("MOSAIC_CONSENT_CACHE_SECONDS", 60.0),

@@ -22,20 +22,22 @@ from collections.abc import Mapping
 
 from google.protobuf import struct_pb2
 
-from mosaic.consent.v1 import consent_pb2
-from mosaic.events.v1 import event_pb2, resolved_pb2
-from mosaic.platform.bus import Delivery
-from mosaic.platform.config import ConfigError
 from consent_service.cache import ConsentCache
 from consent_service.ledger import Ledger
 from consent_service.outbox import Relay
 from consent_service.store import micros, timestamp
+from mosaic.consent.v1 import consent_pb2
+from mosaic.events.v1 import event_pb2, resolved_pb2
+from mosaic.platform.bus import Delivery
+from mosaic.platform.config import ConfigError
 
 log = logging.getLogger("consent.events")
 UPDATED = "Segment Consent Preference Updated"
 
 
-def parse_categories(spec: str, purposes: Mapping[str, object], variable: str = "MOSAIC_CONSENT_CATEGORIES") -> dict[str, str]:
+def parse_categories(
+    spec: str, purposes: Mapping[str, object], variable: str = "MOSAIC_CONSENT_CATEGORIES"
+) -> dict[str, str]:
     """`Category=purpose,...` as a mapping; every purpose named must be configured."""
     categories: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
@@ -91,11 +93,20 @@ class ConsentEvents:
             latest = view.latest.get(purpose)
             if not explicit and latest is not None and (latest.granted == granted or micros(latest.decided_at) >= when):
                 continue
-            decisions.append(self.ledger.normalise(consent_pb2.ConsentDecision(
-                profile_id=resolved.profile_id, purpose=purpose, granted=granted, decided_at=timestamp(when),
-                source=f"event:{event.source_id}" if event.source_id else "event", actor="person",
-                change_id=_change_id(event.message_id, purpose),
-                proof=consent_pb2.ConsentProof(text=f"{event.event or 'event'} {event.message_id}"))))
+            decisions.append(
+                self.ledger.normalise(
+                    consent_pb2.ConsentDecision(
+                        profile_id=resolved.profile_id,
+                        purpose=purpose,
+                        granted=granted,
+                        decided_at=timestamp(when),
+                        source=f"event:{event.source_id}" if event.source_id else "event",
+                        actor="person",
+                        change_id=_change_id(event.message_id, purpose),
+                        proof=consent_pb2.ConsentProof(text=f"{event.event or 'event'} {event.message_id}"),
+                    )
+                )
+            )
         if gpc:
             for denial in self.ledger.gpc_denials(resolved.profile_id, "event:gpc", "person", when):
                 latest = view.latest.get(denial.purpose)
@@ -106,4 +117,3 @@ class ConsentEvents:
             profiles = await self.ledger.record(decisions)
             self.cache.drop([*profiles, resolved.profile_id])
             self.relay.kick()
-

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from consent_service.purposes import Purpose, decide, effective_change
+from consent_service.store import ConsentStore, MergeRecord, Move, OutboxEntry, micros
 from mosaic.consent.v1 import consent_pb2
 from mosaic.events.v1 import consent_changed_pb2, identity_changed_pb2
 from mosaic.platform import topics
 from mosaic.platform.errors import InvalidArgument
-from consent_service.purposes import Purpose, decide, effective_change
-from consent_service.store import ConsentStore, MergeRecord, Move, OutboxEntry, micros
 
 MAX_TEXT = 256
 MAX_PROOF = 16_384  # a TCF string of many vendors is a few KB
@@ -44,8 +44,9 @@ def _bounded(value: str, name: str, limit: int = MAX_TEXT) -> None:
 
 
 class Ledger:
-    def __init__(self, store: ConsentStore, purposes: dict[str, Purpose], jurisdiction: int,
-                 clock: Callable[[], int] = now_us) -> None:
+    def __init__(
+        self, store: ConsentStore, purposes: dict[str, Purpose], jurisdiction: int, clock: Callable[[], int] = now_us
+    ) -> None:
         self.store = store
         self.purposes = purposes
         self.jurisdiction = jurisdiction
@@ -56,7 +57,9 @@ class Ledger:
             raise InvalidArgument(name, f"must be one of the configured purposes: {', '.join(self.purposes)}")
         return self.purposes[purpose]
 
-    def normalise(self, decision: consent_pb2.ConsentDecision, prefix: str = "decision.") -> consent_pb2.ConsentDecision:
+    def normalise(
+        self, decision: consent_pb2.ConsentDecision, prefix: str = "decision."
+    ) -> consent_pb2.ConsentDecision:
         """The entry as the ledger keeps it, or InvalidArgument naming the field and the rule."""
         d = consent_pb2.ConsentDecision()
         d.CopyFrom(decision)
@@ -92,14 +95,21 @@ class Ledger:
             d.change_id = base64.urlsafe_b64encode(hashlib.sha256(key).digest()[:18]).decode()
         return d
 
-    def gpc_denials(self, profile_id: str, source: str, actor: str, decided_us: int | None = None) -> list[consent_pb2.ConsentDecision]:
+    def gpc_denials(
+        self, profile_id: str, source: str, actor: str, decided_us: int | None = None
+    ) -> list[consent_pb2.ConsentDecision]:
         """The entries the Global Privacy Control signal records: a denial of each sale or sharing purpose."""
         entries = []
         for purpose in self.purposes.values():
             if purpose.sale_or_sharing:
                 entry = consent_pb2.ConsentDecision(
-                    profile_id=profile_id, purpose=purpose.name, change=consent_pb2.CONSENT_CHANGE_DENY,
-                    source=source, actor=actor, proof=consent_pb2.ConsentProof(text="Global Privacy Control signal"))
+                    profile_id=profile_id,
+                    purpose=purpose.name,
+                    change=consent_pb2.CONSENT_CHANGE_DENY,
+                    source=source,
+                    actor=actor,
+                    proof=consent_pb2.ConsentProof(text="Global Privacy Control signal"),
+                )
                 if decided_us is not None:
                     entry.decided_at.FromMicroseconds(decided_us)
                 entries.append(self.normalise(entry))
@@ -125,11 +135,20 @@ class Ledger:
             jurisdiction = entry.jurisdiction or jurisdiction
         return PersonView(head, members, latest, jurisdiction)
 
-    def state(self, view: PersonView, purpose: Purpose, jurisdiction: int = 0, gpc: bool = False) -> consent_pb2.PurposeState:
-        return decide(purpose, view.latest.get(purpose.name), jurisdiction or view.jurisdiction or self.jurisdiction,
-                      gpc, self.clock())
+    def state(
+        self, view: PersonView, purpose: Purpose, jurisdiction: int = 0, gpc: bool = False
+    ) -> consent_pb2.PurposeState:
+        return decide(
+            purpose,
+            view.latest.get(purpose.name),
+            jurisdiction or view.jurisdiction or self.jurisdiction,
+            gpc,
+            self.clock(),
+        )
 
-    async def history(self, profile_id: str, page_size: int, page_token: str) -> tuple[list[consent_pb2.ConsentDecision], str]:
+    async def history(
+        self, profile_id: str, page_size: int, page_token: str
+    ) -> tuple[list[consent_pb2.ConsentDecision], str]:
         if not 0 <= page_size <= 1000:
             raise InvalidArgument("page_size", "must be between 0 and 1000")
         page_size = page_size or 100
@@ -175,9 +194,16 @@ class Ledger:
         return True
 
 
-def _changed(message_id: str, person: str, profile_ids: Iterable[str], cause: str,
-             decision: consent_pb2.ConsentDecision | None = None) -> OutboxEntry:
-    message = consent_changed_pb2.ConsentChanged(person_id=person, profile_ids=list(dict.fromkeys(profile_ids)), cause=cause)
+def _changed(
+    message_id: str,
+    person: str,
+    profile_ids: Iterable[str],
+    cause: str,
+    decision: consent_pb2.ConsentDecision | None = None,
+) -> OutboxEntry:
+    message = consent_changed_pb2.ConsentChanged(
+        person_id=person, profile_ids=list(dict.fromkeys(profile_ids)), cause=cause
+    )
     if decision is not None:
         message.decision.CopyFrom(decision)
     return OutboxEntry(message_id, topics.CONSENT_CHANGED.name, person, message.SerializeToString())

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from consent_service.store import ConsentStore
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.errors import Unavailable
-from consent_service.store import ConsentStore
 
 log = logging.getLogger("consent.outbox")
 TOPICS = {t.name: t for t in topics.ALL}

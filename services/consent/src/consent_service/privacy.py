@@ -23,17 +23,18 @@ import uuid
 import grpc
 from google.protobuf import json_format
 
-from mosaic.consent.v1 import consent_pb2, privacy_pb2, privacy_service_pb2 as pb, privacy_service_pb2_grpc
+from consent_service.cache import ConsentCache
+from consent_service.ledger import now_us
+from consent_service.outbox import Relay
+from consent_service.store import ConsentStore, OutboxEntry, micros, timestamp
+from mosaic.consent.v1 import consent_pb2, privacy_pb2, privacy_service_pb2_grpc
+from mosaic.consent.v1 import privacy_service_pb2 as pb
 from mosaic.events.v1 import consent_changed_pb2, privacy_request_pb2, suppression_changed_pb2
 from mosaic.identity.v1 import identity_service_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
 from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mosaic.platform.privacy import Answer, merge_parts
-from consent_service.cache import ConsentCache
-from consent_service.ledger import now_us
-from consent_service.outbox import Relay
-from consent_service.store import ConsentStore, OutboxEntry, micros, timestamp
 
 log = logging.getLogger("consent.privacy")
 DAY_US = 86_400 * 1_000_000
@@ -44,26 +45,36 @@ State = privacy_pb2.PrivacyRequestState
 
 
 def _suppression(request_id: str, person_id: str, identifiers, origin: str) -> OutboxEntry | None:
-    kept = [suppression_changed_pb2.SuppressedIdentifier(type=i.type, value=i.value)
-            for i in identifiers if i.type in SUPPRESSIBLE and i.value]
+    kept = [
+        suppression_changed_pb2.SuppressedIdentifier(type=i.type, value=i.value)
+        for i in identifiers
+        if i.type in SUPPRESSIBLE and i.value
+    ]
     if not kept:
         return None
     message = suppression_changed_pb2.SuppressionChanged(profile_id=person_id, identifiers=kept, request_id=request_id)
-    return OutboxEntry(f"suppress:{request_id}:{origin}", topics.SUPPRESSION_CHANGED.name, person_id,
-                       message.SerializeToString())
+    return OutboxEntry(
+        f"suppress:{request_id}:{origin}", topics.SUPPRESSION_CHANGED.name, person_id, message.SerializeToString()
+    )
 
 
 def _announcement(request: privacy_pb2.PrivacyRequest) -> OutboxEntry:
     message = privacy_request_pb2.PrivacyRequested(
-        request_id=request.request_id, kind=request.kind, person_id=request.person_id,
-        profile_ids=request.profile_ids, requested_at=request.requested_at)
-    return OutboxEntry(f"privacy:{request.request_id}", topics.PRIVACY_REQUESTED.name, request.person_id,
-                       message.SerializeToString())
+        request_id=request.request_id,
+        kind=request.kind,
+        person_id=request.person_id,
+        profile_ids=request.profile_ids,
+        requested_at=request.requested_at,
+    )
+    return OutboxEntry(
+        f"privacy:{request.request_id}", topics.PRIVACY_REQUESTED.name, request.person_id, message.SerializeToString()
+    )
 
 
 class PrivacyServicer(privacy_service_pb2_grpc.PrivacyServiceServicer):
-    def __init__(self, store: ConsentStore, relay: Relay, participants: tuple[str, ...], jurisdiction: int,
-                 identity=None) -> None:
+    def __init__(
+        self, store: ConsentStore, relay: Relay, participants: tuple[str, ...], jurisdiction: int, identity=None
+    ) -> None:
         self.store = store
         self.relay = relay
         self.participants = participants
@@ -86,9 +97,13 @@ class PrivacyServicer(privacy_service_pb2_grpc.PrivacyServiceServicer):
         if not selector.identifier.type or not selector.identifier.value:
             raise InvalidArgument("person.identifier", "needs a type and a value")
         if self.identity is None:
-            raise FailedPrecondition("person.identifier", "MOSAIC_IDENTITY_ADDRESS is not set: name the person by profile_id")
+            raise FailedPrecondition(
+                "person.identifier", "MOSAIC_IDENTITY_ADDRESS is not set: name the person by profile_id"
+            )
         try:
-            answer = await self.identity.Lookup(identity_service_pb2.LookupRequest(identifier=selector.identifier), timeout=5)
+            answer = await self.identity.Lookup(
+                identity_service_pb2.LookupRequest(identifier=selector.identifier), timeout=5
+            )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 raise NotFound("identifier", f"{selector.identifier.type}:{selector.identifier.value}") from None
@@ -109,10 +124,17 @@ class PrivacyServicer(privacy_service_pb2_grpc.PrivacyServiceServicer):
         jurisdiction = call.jurisdiction or self.jurisdiction
         requested = now_us()
         request = privacy_pb2.PrivacyRequest(
-            request_id=call.request_id or str(uuid.uuid4()), kind=kind, person_id=head,
-            profile_ids=await self.store.members(head), jurisdiction=jurisdiction,
-            requested_at=timestamp(requested), deadline=timestamp(requested + DEADLINE_DAYS[jurisdiction] * DAY_US),
-            state=State.PRIVACY_REQUEST_STATE_PENDING, participants=self.participants, requested_by=call.requested_by)
+            request_id=call.request_id or str(uuid.uuid4()),
+            kind=kind,
+            person_id=head,
+            profile_ids=await self.store.members(head),
+            jurisdiction=jurisdiction,
+            requested_at=timestamp(requested),
+            deadline=timestamp(requested + DEADLINE_DAYS[jurisdiction] * DAY_US),
+            state=State.PRIVACY_REQUEST_STATE_PENDING,
+            participants=self.participants,
+            requested_by=call.requested_by,
+        )
         outbox = [_announcement(request)]
         if kind == Kind.PRIVACY_REQUEST_KIND_ERASURE and call.person.HasField("identifier"):
             # Stop the person's new events now, before any participant has erased anything.
@@ -139,8 +161,11 @@ class PrivacyServicer(privacy_service_pb2_grpc.PrivacyServiceServicer):
         if found is None:
             raise NotFound("privacy request", request.request_id)
         answer = pb.GetPrivacyRequestResponse(request=found)
-        if (found.kind == Kind.PRIVACY_REQUEST_KIND_EXPORT and found.state == State.PRIVACY_REQUEST_STATE_COMPLETED
-                and not found.HasField("export_deleted_at")):
+        if (
+            found.kind == Kind.PRIVACY_REQUEST_KIND_EXPORT
+            and found.state == State.PRIVACY_REQUEST_STATE_COMPLETED
+            and not found.HasField("export_deleted_at")
+        ):
             answer.export_json = json.dumps(await self.document(found), sort_keys=True)
         return answer
 
@@ -148,8 +173,11 @@ class PrivacyServicer(privacy_service_pb2_grpc.PrivacyServiceServicer):
         parts: dict[str, list[str]] = {}
         for participant, _, text in sorted(await self.store.export_parts(request.request_id)):
             parts.setdefault(participant, []).append(text)
-        return {"request_id": request.request_id, "person_id": request.person_id,
-                **{participant: merge_parts(texts) for participant, texts in parts.items()}}
+        return {
+            "request_id": request.request_id,
+            "person_id": request.person_id,
+            **{participant: merge_parts(texts) for participant, texts in parts.items()},
+        }
 
     async def ListPrivacyRequests(self, request, context):
         if not 0 <= request.page_size <= 1000:
@@ -193,8 +221,12 @@ class Receipts:
         summary = None
         outbox = []
         if receipt.final:
-            summary = privacy_pb2.PrivacyReceiptSummary(participant=receipt.participant, completed_at=receipt.completed_at,
-                                                        removed=receipt.removed, exported=receipt.exported)
+            summary = privacy_pb2.PrivacyReceiptSummary(
+                participant=receipt.participant,
+                completed_at=receipt.completed_at,
+                removed=receipt.removed,
+                exported=receipt.exported,
+            )
             if request.kind == Kind.PRIVACY_REQUEST_KIND_ERASURE:
                 entry = _suppression(request.request_id, request.person_id, receipt.identifiers, receipt.participant)
                 outbox = [entry] if entry is not None else []
@@ -211,8 +243,10 @@ class Receipts:
             current.state = State.PRIVACY_REQUEST_STATE_COMPLETED
             current.completed_at.GetCurrentTime()
             await self.store.complete_request(current)
-            log.info("privacy request completed", extra={"fields": {
-                "request_id": current.request_id, "kind": Kind.Name(current.kind)}})
+            log.info(
+                "privacy request completed",
+                extra={"fields": {"request_id": current.request_id, "kind": Kind.Name(current.kind)}},
+            )
 
 
 class ConsentParticipant:
@@ -239,10 +273,20 @@ class ConsentParticipant:
         counts = await self.store.erase_profiles(profiles)
         counts["privacy_exports"] = await self._erase_exports(set(profiles))
         # Every replica's cache forgets the person.
-        changed = consent_changed_pb2.ConsentChanged(person_id=request.person_id, profile_ids=profiles,
-                                                     cause=f"erasure {request.request_id}")
-        await self.store.append([], [OutboxEntry(f"erased:{request.request_id}", topics.CONSENT_CHANGED.name,
-                                                 request.person_id, changed.SerializeToString())])
+        changed = consent_changed_pb2.ConsentChanged(
+            person_id=request.person_id, profile_ids=profiles, cause=f"erasure {request.request_id}"
+        )
+        await self.store.append(
+            [],
+            [
+                OutboxEntry(
+                    f"erased:{request.request_id}",
+                    topics.CONSENT_CHANGED.name,
+                    request.person_id,
+                    changed.SerializeToString(),
+                )
+            ],
+        )
         self.cache.drop(profiles)
         self.relay.kick()
         return Answer(counts)
@@ -251,8 +295,11 @@ class ConsentParticipant:
         """Delete the documents of the person's earlier exports (the requests stay, as proof)."""
         erased = 0
         for past in await self.store.requests():
-            if (past.kind == Kind.PRIVACY_REQUEST_KIND_EXPORT and not past.HasField("export_deleted_at")
-                    and profiles.intersection([past.person_id, *past.profile_ids])):
+            if (
+                past.kind == Kind.PRIVACY_REQUEST_KIND_EXPORT
+                and not past.HasField("export_deleted_at")
+                and profiles.intersection([past.person_id, *past.profile_ids])
+            ):
                 await self.store.delete_export(past.request_id)
                 past.export_deleted_at.GetCurrentTime()
                 await self.store.complete_request(past)
@@ -276,4 +323,3 @@ def _read_token(token: str) -> tuple[int, str] | None:
         return int(us), request_id
     except (ValueError, UnicodeDecodeError):
         raise InvalidArgument("page_token", "is not a token this service issued") from None
-

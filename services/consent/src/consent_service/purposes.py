@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2
 from mosaic.platform.config import ConfigError
 
-DEFAULT_PURPOSES = (
-    "analytics,personalisation,marketing,marketing_email,marketing_sms,marketing_push,advertising:sale,sale_sharing:sale"
-)
+DEFAULT_PURPOSES = "analytics,personalisation,marketing,marketing_email,marketing_sms,marketing_push,advertising:sale,sale_sharing:sale"
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 FLAGS = ("sale", "gdpr-allowed", "ccpa-denied")
 JURISDICTIONS = {"gdpr": consent_pb2.JURISDICTION_GDPR, "ccpa": consent_pb2.JURISDICTION_CCPA}
@@ -37,8 +35,12 @@ class Purpose:
         return self.ccpa_default if jurisdiction == consent_pb2.JURISDICTION_CCPA else self.gdpr_default
 
     def to_proto(self) -> consent_service_pb2.Purpose:
-        return consent_service_pb2.Purpose(name=self.name, sale_or_sharing=self.sale_or_sharing,
-                                   gdpr_default=self.gdpr_default, ccpa_default=self.ccpa_default)
+        return consent_service_pb2.Purpose(
+            name=self.name,
+            sale_or_sharing=self.sale_or_sharing,
+            gdpr_default=self.gdpr_default,
+            ccpa_default=self.ccpa_default,
+        )
 
 
 def parse(spec: str, variable: str = "MOSAIC_CONSENT_PURPOSES") -> dict[str, Purpose]:
@@ -47,7 +49,9 @@ def parse(spec: str, variable: str = "MOSAIC_CONSENT_PURPOSES") -> dict[str, Pur
     for item in spec.split(","):
         name, *flags = item.strip().split(":")
         if not NAME.match(name):
-            raise ConfigError(variable, f"purpose {name!r} must be 1-64 lower-case letters, digits or _, starting with a letter")
+            raise ConfigError(
+                variable, f"purpose {name!r} must be 1-64 lower-case letters, digits or _, starting with a letter"
+            )
         unknown = [f for f in flags if f not in FLAGS]
         if unknown:
             raise ConfigError(variable, f"purpose {name!r}: unknown flag {unknown[0]!r} (flags: {', '.join(FLAGS)})")
@@ -64,12 +68,16 @@ def effective_change(decision: consent_pb2.ConsentDecision) -> int:
     return Change.CONSENT_CHANGE_GRANT if decision.granted else Change.CONSENT_CHANGE_DENY
 
 
-_REASONS = {Change.CONSENT_CHANGE_DENY: "denied", Change.CONSENT_CHANGE_WITHDRAW: "withdrawn",
-            Change.CONSENT_CHANGE_EXPIRE: "expired"}
+_REASONS = {
+    Change.CONSENT_CHANGE_DENY: "denied",
+    Change.CONSENT_CHANGE_WITHDRAW: "withdrawn",
+    Change.CONSENT_CHANGE_EXPIRE: "expired",
+}
 
 
-def decide(purpose: Purpose, latest: consent_pb2.ConsentDecision | None, jurisdiction: int, gpc: bool,
-           now_us: int) -> consent_pb2.PurposeState:
+def decide(
+    purpose: Purpose, latest: consent_pb2.ConsentDecision | None, jurisdiction: int, gpc: bool, now_us: int
+) -> consent_pb2.PurposeState:
     """The state of one purpose: GPC first (a live signal outranks the ledger for sale and
     sharing), then the latest ledger entry (a grant past its expires_at is expired), then the
     jurisdiction's default."""

@@ -64,8 +64,11 @@ class Expiry:
 
 
 def expiries_of(decisions) -> list[Expiry]:
-    return [Expiry(micros(d.expires_at), d.profile_id, d.purpose) for d in decisions
-            if d.HasField("expires_at") and d.granted]
+    return [
+        Expiry(micros(d.expires_at), d.profile_id, d.purpose)
+        for d in decisions
+        if d.HasField("expires_at") and d.granted
+    ]
 
 
 def micros(ts: timestamp_pb2.Timestamp) -> int:
@@ -87,8 +90,9 @@ def decode_moves(text: str) -> tuple[Move, ...]:
     return tuple(Move(*line.split("\t", 1)) for line in text.splitlines() if line)
 
 
-def decision_from(profile_id: str, purpose: str, decided_us: int, granted: bool, source: str | None,
-                  entry: bytes | None) -> consent_pb2.ConsentDecision:
+def decision_from(
+    profile_id: str, purpose: str, decided_us: int, granted: bool, source: str | None, entry: bytes | None
+) -> consent_pb2.ConsentDecision:
     """A ledger row as a decision: the whole entry when stored, else the first version's columns."""
     decision = consent_pb2.ConsentDecision.FromString(entry) if entry else consent_pb2.ConsentDecision()
     decision.profile_id, decision.purpose, decision.granted = profile_id, purpose, granted
@@ -100,36 +104,58 @@ def decision_from(profile_id: str, purpose: str, decided_us: int, granted: bool,
 class ConsentStore(Protocol):
     async def append(self, decisions: list[consent_pb2.ConsentDecision], outbox: list[OutboxEntry]) -> None:
         """Append ledger entries and their outbox messages atomically; an entry already there is kept."""
+
     async def ledger(self, profile_ids: list[str], limit: int = 10_000) -> list[consent_pb2.ConsentDecision]:
         """Every entry recorded on any of `profile_ids`, oldest first (then by purpose, profile)."""
+
     async def head(self, profile_id: str) -> str:
         """The person a profile belongs to: its survivor, or itself."""
+
     async def members(self, head: str) -> list[str]:
         """Every profile of the person, the head first."""
+
     async def merge_record(self, merge_id: str) -> MergeRecord | None: ...
     async def apply_merge(self, record: MergeRecord, outbox: list[OutboxEntry]) -> None:
         """Point every moved profile at the survivor and keep the record, atomically."""
+
     async def apply_split(self, record: MergeRecord, outbox: list[OutboxEntry]) -> None:
         """Point every moved profile back at its previous head and mark the record split, atomically."""
+
     async def put_request(self, request: privacy_pb2.PrivacyRequest, outbox: list[OutboxEntry]) -> bool:
         """Store a new privacy request (without receipts) and its messages; False if the id exists."""
+
     async def request(self, request_id: str) -> privacy_pb2.PrivacyRequest | None:
         """The request with its receipts."""
+
     async def requests(self, limit: int = 10_000) -> list[privacy_pb2.PrivacyRequest]:
         """Every request, without receipts."""
+
     async def complete_request(self, request: privacy_pb2.PrivacyRequest) -> None:
         """Store the request's state, completion time and export deletion (receipts are kept apart)."""
-    async def put_receipt(self, request_id: str, participant: str, part: int, summary: privacy_pb2.PrivacyReceiptSummary | None,
-                          export_json: str, outbox: list[OutboxEntry]) -> None:
+
+    async def put_receipt(
+        self,
+        request_id: str,
+        participant: str,
+        part: int,
+        summary: privacy_pb2.PrivacyReceiptSummary | None,
+        export_json: str,
+        outbox: list[OutboxEntry],
+    ) -> None:
         """Store one part of a participant's answer (the summary comes with the final part)."""
+
     async def export_parts(self, request_id: str) -> list[tuple[str, int, str]]:
         """(participant, part, JSON) of an export, in order."""
+
     async def delete_export(self, request_id: str) -> None:
         """Remove an export's document parts (its retention is over)."""
+
     async def erase_profiles(self, profile_ids: list[str]) -> dict[str, int]:
         """Remove every ledger entry, person link and merge record of the profiles; rows removed by table."""
+
     async def due_expiries(self, now_us: int, limit: int = 500) -> list[Expiry]:
         """Grants whose expires_at is at or before `now_us` and not yet swept (appended with them)."""
+
     async def expiry_done(self, expiries: list[Expiry]) -> None: ...
     async def outbox_pending(self, limit: int = 500) -> list[OutboxEntry]: ...
     async def outbox_done(self, message_ids: list[str]) -> None: ...
@@ -140,7 +166,8 @@ async def open_store(settings) -> ConsentStore:
     from consent_service import store_cassandra, store_sqlite
 
     return await open_repository(
-        settings, "consent",
+        settings,
+        "consent",
         cassandra=(store_cassandra.MIGRATIONS, store_cassandra.CassandraConsentStore),
         sqlite=(store_sqlite.MIGRATIONS, store_sqlite.SqliteConsentStore),
     )

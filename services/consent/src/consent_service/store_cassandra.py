@@ -9,50 +9,70 @@ from __future__ import annotations
 import zlib
 from datetime import datetime, timezone
 
+from consent_service.store import (
+    Expiry,
+    MergeRecord,
+    OutboxEntry,
+    decision_from,
+    decode_moves,
+    encode_moves,
+    expiries_of,
+    micros,
+)
+from mosaic.consent.v1 import privacy_pb2
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.cassandra import CassandraStore
-from mosaic.consent.v1 import privacy_pb2
-from consent_service.store import (
-    Expiry, MergeRecord, OutboxEntry, decision_from, decode_moves, encode_moves, expiries_of, micros,
-)
 
 OUTBOX_SHARDS = 8
 
 MIGRATIONS = [
-    Migration(1, (
-        "CREATE TABLE IF NOT EXISTS consent_ledger ("
-        " profile_id text, purpose text, decided_at timestamp, granted boolean, source text,"
-        " PRIMARY KEY ((profile_id), purpose, decided_at)) WITH CLUSTERING ORDER BY (purpose ASC, decided_at DESC)",
-    )),
-    Migration(2, (
-        "ALTER TABLE consent_ledger ADD IF NOT EXISTS entry blob",
-        "CREATE TABLE IF NOT EXISTS consent_heads (profile_id text PRIMARY KEY, head text)",
-        "CREATE TABLE IF NOT EXISTS consent_members (head text, profile_id text, PRIMARY KEY ((head), profile_id))",
-        "CREATE TABLE IF NOT EXISTS consent_merges (merge_id text PRIMARY KEY, survivor text, moves text, split boolean)",
-        "CREATE TABLE IF NOT EXISTS consent_outbox ("
-        " shard int, message_id text, topic text, key text, payload blob, PRIMARY KEY ((shard), message_id))",
-    )),
-    Migration(3, (
-        "CREATE TABLE IF NOT EXISTS consent_profile_merges (profile_id text, merge_id text,"
-        " PRIMARY KEY ((profile_id), merge_id))",
-        # Privacy requests are few (a handful a day): one partition lists them all.
-        "CREATE TABLE IF NOT EXISTS privacy_requests (bucket int, request_id text, request blob,"
-        " PRIMARY KEY ((bucket), request_id))",
-        "CREATE TABLE IF NOT EXISTS privacy_receipts (request_id text, participant text, summary blob,"
-        " PRIMARY KEY ((request_id), participant))",
-        "CREATE TABLE IF NOT EXISTS privacy_exports (request_id text, participant text, part int, json text,"
-        " PRIMARY KEY ((request_id), participant, part))",
-    )),
+    Migration(
+        1,
+        (
+            "CREATE TABLE IF NOT EXISTS consent_ledger ("
+            " profile_id text, purpose text, decided_at timestamp, granted boolean, source text,"
+            " PRIMARY KEY ((profile_id), purpose, decided_at)) WITH CLUSTERING ORDER BY (purpose ASC, decided_at DESC)",
+        ),
+    ),
+    Migration(
+        2,
+        (
+            "ALTER TABLE consent_ledger ADD IF NOT EXISTS entry blob",
+            "CREATE TABLE IF NOT EXISTS consent_heads (profile_id text PRIMARY KEY, head text)",
+            "CREATE TABLE IF NOT EXISTS consent_members (head text, profile_id text, PRIMARY KEY ((head), profile_id))",
+            "CREATE TABLE IF NOT EXISTS consent_merges (merge_id text PRIMARY KEY, survivor text, moves text, split boolean)",
+            "CREATE TABLE IF NOT EXISTS consent_outbox ("
+            " shard int, message_id text, topic text, key text, payload blob, PRIMARY KEY ((shard), message_id))",
+        ),
+    ),
+    Migration(
+        3,
+        (
+            "CREATE TABLE IF NOT EXISTS consent_profile_merges (profile_id text, merge_id text,"
+            " PRIMARY KEY ((profile_id), merge_id))",
+            # Privacy requests are few (a handful a day): one partition lists them all.
+            "CREATE TABLE IF NOT EXISTS privacy_requests (bucket int, request_id text, request blob,"
+            " PRIMARY KEY ((bucket), request_id))",
+            "CREATE TABLE IF NOT EXISTS privacy_receipts (request_id text, participant text, summary blob,"
+            " PRIMARY KEY ((request_id), participant))",
+            "CREATE TABLE IF NOT EXISTS privacy_exports (request_id text, participant text, part int, json text,"
+            " PRIMARY KEY ((request_id), participant, part))",
+        ),
+    ),
     # Expiring grants by the day they lapse; the sweeper reads the days up to today.
-    Migration(4, (
-        "CREATE TABLE IF NOT EXISTS consent_expiries (day text, expires_at timestamp, profile_id text, purpose text,"
-        " PRIMARY KEY ((day), expires_at, profile_id, purpose))",
-    )),
+    Migration(
+        4,
+        (
+            "CREATE TABLE IF NOT EXISTS consent_expiries (day text, expires_at timestamp, profile_id text, purpose text,"
+            " PRIMARY KEY ((day), expires_at, profile_id, purpose))",
+        ),
+    ),
 ]
 SWEEP_DAYS = 30  # how far back the sweeper looks for days it has not finished (a long outage)
 
-_LEDGER = ("INSERT INTO consent_ledger (profile_id, purpose, decided_at, granted, source, entry)"
-           " VALUES (?, ?, ?, ?, ?, ?)")
+_LEDGER = (
+    "INSERT INTO consent_ledger (profile_id, purpose, decided_at, granted, source, entry) VALUES (?, ?, ?, ?, ?, ?)"
+)
 _EXPIRY = "INSERT INTO consent_expiries (day, expires_at, profile_id, purpose) VALUES (?, ?, ?, ?)"
 _EXPIRY_DELETE = "DELETE FROM consent_expiries WHERE day = ? AND expires_at = ? AND profile_id = ? AND purpose = ?"
 _OUTBOX = "INSERT INTO consent_outbox (shard, message_id, topic, key, payload) VALUES (?, ?, ?, ?, ?)"
@@ -71,8 +91,13 @@ def _day(us: int) -> str:
 
 
 def _expiry_rows(expiries: list[Expiry], cql: str) -> list[tuple[str, tuple]]:
-    return [(cql, (_day(e.expires_us), datetime.fromtimestamp(e.expires_us / 1e6, tz=timezone.utc), e.profile_id, e.purpose))
-            for e in expiries]
+    return [
+        (
+            cql,
+            (_day(e.expires_us), datetime.fromtimestamp(e.expires_us / 1e6, tz=timezone.utc), e.profile_id, e.purpose),
+        )
+        for e in expiries
+    ]
 
 
 def _micros_of(when: datetime) -> int:
@@ -84,8 +109,17 @@ class CassandraConsentStore(Repository):
 
     async def append(self, decisions, outbox):
         statements = [
-            (_LEDGER, (d.profile_id, d.purpose, datetime.fromtimestamp(micros(d.decided_at) / 1e6, tz=timezone.utc),
-                       d.granted, d.source, d.SerializeToString()))
+            (
+                _LEDGER,
+                (
+                    d.profile_id,
+                    d.purpose,
+                    datetime.fromtimestamp(micros(d.decided_at) / 1e6, tz=timezone.utc),
+                    d.granted,
+                    d.source,
+                    d.SerializeToString(),
+                ),
+            )
             for d in decisions
         ]
         expiries = _expiry_rows(expiries_of(decisions), _EXPIRY)
@@ -96,9 +130,13 @@ class CassandraConsentStore(Repository):
         for profile_id in dict.fromkeys(profile_ids):
             rows = await self.db.execute(
                 "SELECT profile_id, purpose, decided_at, granted, source, entry FROM consent_ledger"
-                " WHERE profile_id = ? LIMIT ?", (profile_id, limit))
-            decisions += [decision_from(r.profile_id, r.purpose, _micros_of(r.decided_at), r.granted, r.source, r.entry)
-                          for r in rows]
+                " WHERE profile_id = ? LIMIT ?",
+                (profile_id, limit),
+            )
+            decisions += [
+                decision_from(r.profile_id, r.purpose, _micros_of(r.decided_at), r.granted, r.source, r.entry)
+                for r in rows
+            ]
         decisions.sort(key=lambda d: (micros(d.decided_at), d.purpose, d.profile_id))
         return decisions[:limit]
 
@@ -111,7 +149,9 @@ class CassandraConsentStore(Repository):
         return [head, *(r.profile_id for r in rows if r.profile_id != head)]
 
     async def merge_record(self, merge_id):
-        rows = await self.db.execute("SELECT survivor, moves, split FROM consent_merges WHERE merge_id = ?", (merge_id,))
+        rows = await self.db.execute(
+            "SELECT survivor, moves, split FROM consent_merges WHERE merge_id = ?", (merge_id,)
+        )
         if not rows:
             return None
         return MergeRecord(merge_id, rows[0].survivor, decode_moves(rows[0].moves or ""), bool(rows[0].split))
@@ -130,29 +170,40 @@ class CassandraConsentStore(Repository):
 
     @staticmethod
     def _index(record: MergeRecord) -> list[tuple[str, tuple]]:
-        return [("INSERT INTO consent_profile_merges (profile_id, merge_id) VALUES (?, ?)", (p, record.merge_id))
-                for p in {record.survivor, *(m.profile_id for m in record.moves)}]
+        return [
+            ("INSERT INTO consent_profile_merges (profile_id, merge_id) VALUES (?, ?)", (p, record.merge_id))
+            for p in {record.survivor, *(m.profile_id for m in record.moves)}
+        ]
 
     async def apply_merge(self, record, outbox):
         statements = self._index(record)
         for move in record.moves:
             statements += self._point(move.profile_id, move.previous_head, record.survivor)
-        statements.append(("INSERT INTO consent_merges (merge_id, survivor, moves, split) VALUES (?, ?, ?, false)",
-                           (record.merge_id, record.survivor, encode_moves(record.moves))))
+        statements.append(
+            (
+                "INSERT INTO consent_merges (merge_id, survivor, moves, split) VALUES (?, ?, ?, false)",
+                (record.merge_id, record.survivor, encode_moves(record.moves)),
+            )
+        )
         await self.db.execute_atomic(statements + _outbox(outbox))
 
     async def apply_split(self, record, outbox):
         statements = self._index(record)
         for move in record.moves:
             statements += self._point(move.profile_id, record.survivor, move.previous_head)
-        statements.append(("INSERT INTO consent_merges (merge_id, survivor, moves, split) VALUES (?, ?, ?, true)",
-                           (record.merge_id, record.survivor, encode_moves(record.moves))))
+        statements.append(
+            (
+                "INSERT INTO consent_merges (merge_id, survivor, moves, split) VALUES (?, ?, ?, true)",
+                (record.merge_id, record.survivor, encode_moves(record.moves)),
+            )
+        )
         await self.db.execute_atomic(statements + _outbox(outbox))
 
     async def put_request(self, request, outbox):
         applied, _ = await self.db.execute_lwt(
             "INSERT INTO privacy_requests (bucket, request_id, request) VALUES (0, ?, ?) IF NOT EXISTS",
-            (request.request_id, request.SerializeToString()))
+            (request.request_id, request.SerializeToString()),
+        )
         if applied and outbox:
             # After the LWT (a batch may not mix one with other tables): a crash in between
             # leaves a request that was never announced, which the relay cannot see; the
@@ -161,8 +212,9 @@ class CassandraConsentStore(Repository):
         return applied
 
     async def request(self, request_id):
-        rows = await self.db.execute("SELECT request FROM privacy_requests WHERE bucket = 0 AND request_id = ?",
-                                     (request_id,))
+        rows = await self.db.execute(
+            "SELECT request FROM privacy_requests WHERE bucket = 0 AND request_id = ?", (request_id,)
+        )
         if not rows:
             return None
         request = privacy_pb2.PrivacyRequest.FromString(rows[0].request)
@@ -178,23 +230,34 @@ class CassandraConsentStore(Repository):
         stored = privacy_pb2.PrivacyRequest()
         stored.CopyFrom(request)
         del stored.receipts[:]
-        await self.db.execute("UPDATE privacy_requests SET request = ? WHERE bucket = 0 AND request_id = ?",
-                              (stored.SerializeToString(), request.request_id))
+        await self.db.execute(
+            "UPDATE privacy_requests SET request = ? WHERE bucket = 0 AND request_id = ?",
+            (stored.SerializeToString(), request.request_id),
+        )
 
     async def put_receipt(self, request_id, participant, part, summary, export_json, outbox):
         statements: list[tuple[str, tuple]] = []
         if export_json:
-            statements.append(("INSERT INTO privacy_exports (request_id, participant, part, json) VALUES (?, ?, ?, ?)",
-                               (request_id, participant, part, export_json)))
+            statements.append(
+                (
+                    "INSERT INTO privacy_exports (request_id, participant, part, json) VALUES (?, ?, ?, ?)",
+                    (request_id, participant, part, export_json),
+                )
+            )
         if summary is not None:
-            statements.append(("INSERT INTO privacy_receipts (request_id, participant, summary) VALUES (?, ?, ?)",
-                               (request_id, participant, summary.SerializeToString())))
+            statements.append(
+                (
+                    "INSERT INTO privacy_receipts (request_id, participant, summary) VALUES (?, ?, ?)",
+                    (request_id, participant, summary.SerializeToString()),
+                )
+            )
         if statements or outbox:
             await self.db.execute_atomic(statements + _outbox(outbox))
 
     async def export_parts(self, request_id):
-        rows = await self.db.execute("SELECT participant, part, json FROM privacy_exports WHERE request_id = ?",
-                                     (request_id,))
+        rows = await self.db.execute(
+            "SELECT participant, part, json FROM privacy_exports WHERE request_id = ?", (request_id,)
+        )
         return [(r.participant, r.part, r.json) for r in rows]
 
     async def delete_export(self, request_id):
@@ -207,19 +270,26 @@ class CassandraConsentStore(Repository):
         for profile_id in dict.fromkeys(profile_ids):
             rows = await self.db.execute(
                 "SELECT profile_id, purpose, decided_at, granted, source, entry FROM consent_ledger WHERE profile_id = ?",
-                (profile_id,))
+                (profile_id,),
+            )
             counts["consent_ledger"] += len(rows)
-            decisions = [decision_from(r.profile_id, r.purpose, _micros_of(r.decided_at), r.granted, r.source, r.entry)
-                         for r in rows]
+            decisions = [
+                decision_from(r.profile_id, r.purpose, _micros_of(r.decided_at), r.granted, r.source, r.entry)
+                for r in rows
+            ]
             statements += _expiry_rows(expiries_of(decisions), _EXPIRY_DELETE)
             statements.append(("DELETE FROM consent_ledger WHERE profile_id = ?", (profile_id,)))
             heads = await self.db.execute("SELECT head FROM consent_heads WHERE profile_id = ?", (profile_id,))
             for row in heads:
                 counts["consent_heads"] += 1
-                statements.append(("DELETE FROM consent_members WHERE head = ? AND profile_id = ?", (row.head, profile_id)))
+                statements.append(
+                    ("DELETE FROM consent_members WHERE head = ? AND profile_id = ?", (row.head, profile_id))
+                )
             statements.append(("DELETE FROM consent_heads WHERE profile_id = ?", (profile_id,)))
             statements.append(("DELETE FROM consent_members WHERE head = ?", (profile_id,)))
-            merges = await self.db.execute("SELECT merge_id FROM consent_profile_merges WHERE profile_id = ?", (profile_id,))
+            merges = await self.db.execute(
+                "SELECT merge_id FROM consent_profile_merges WHERE profile_id = ?", (profile_id,)
+            )
             merge_ids.update(row.merge_id for row in merges)
             statements.append(("DELETE FROM consent_profile_merges WHERE profile_id = ?", (profile_id,)))
         statements += [("DELETE FROM consent_merges WHERE merge_id = ?", (m,)) for m in sorted(merge_ids)]
@@ -234,7 +304,12 @@ class CassandraConsentStore(Repository):
         for back in range(SWEEP_DAYS, -1, -1):
             rows = await self.db.execute(
                 "SELECT expires_at, profile_id, purpose FROM consent_expiries WHERE day = ? AND expires_at <= ? LIMIT ?",
-                (_day(now_us - back * day_us), datetime.fromtimestamp(now_us / 1e6, tz=timezone.utc), limit - len(found)))
+                (
+                    _day(now_us - back * day_us),
+                    datetime.fromtimestamp(now_us / 1e6, tz=timezone.utc),
+                    limit - len(found),
+                ),
+            )
             found += [Expiry(_micros_of(r.expires_at), r.profile_id, r.purpose) for r in rows]
             if len(found) >= limit:
                 break
@@ -247,10 +322,12 @@ class CassandraConsentStore(Repository):
         entries = []
         for shard in range(OUTBOX_SHARDS):
             rows = await self.db.execute(
-                "SELECT message_id, topic, key, payload FROM consent_outbox WHERE shard = ? LIMIT ?", (shard, limit))
+                "SELECT message_id, topic, key, payload FROM consent_outbox WHERE shard = ? LIMIT ?", (shard, limit)
+            )
             entries += [OutboxEntry(r.message_id, r.topic, r.key, r.payload) for r in rows]
         return entries[:limit]
 
     async def outbox_done(self, message_ids):
         await self.db.execute_together(
-            [("DELETE FROM consent_outbox WHERE shard = ? AND message_id = ?", (_shard(m), m)) for m in message_ids])
+            [("DELETE FROM consent_outbox WHERE shard = ? AND message_id = ?", (_shard(m), m)) for m in message_ids]
+        )

@@ -2,36 +2,55 @@
 
 from __future__ import annotations
 
+from consent_service.store import (
+    Expiry,
+    MergeRecord,
+    OutboxEntry,
+    decision_from,
+    decode_moves,
+    encode_moves,
+    expiries_of,
+    micros,
+)
+from mosaic.consent.v1 import privacy_pb2
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.sqlite import SqliteStore
-from mosaic.consent.v1 import privacy_pb2
-from consent_service.store import (
-    Expiry, MergeRecord, OutboxEntry, decision_from, decode_moves, encode_moves, expiries_of, micros,
-)
 
 MIGRATIONS = [
-    Migration(1, (
-        "CREATE TABLE consent_ledger (profile_id TEXT, purpose TEXT, decided_at_us INTEGER, granted INTEGER,"
-        " source TEXT, PRIMARY KEY (profile_id, purpose, decided_at_us))",
-    )),
-    Migration(2, (
-        "ALTER TABLE consent_ledger ADD COLUMN entry BLOB",
-        "CREATE TABLE consent_heads (profile_id TEXT PRIMARY KEY, head TEXT NOT NULL)",
-        "CREATE INDEX consent_heads_by_head ON consent_heads (head)",
-        "CREATE TABLE consent_merges (merge_id TEXT PRIMARY KEY, survivor TEXT, moves TEXT, split INTEGER)",
-        "CREATE TABLE consent_outbox (message_id TEXT PRIMARY KEY, topic TEXT, key TEXT, payload BLOB)",
-    )),
-    Migration(3, (
-        "CREATE TABLE consent_profile_merges (profile_id TEXT, merge_id TEXT, PRIMARY KEY (profile_id, merge_id))",
-        "CREATE TABLE privacy_requests (request_id TEXT PRIMARY KEY, request BLOB)",
-        "CREATE TABLE privacy_receipts (request_id TEXT, participant TEXT, summary BLOB, PRIMARY KEY (request_id, participant))",
-        "CREATE TABLE privacy_exports (request_id TEXT, participant TEXT, part INTEGER, json TEXT,"
-        " PRIMARY KEY (request_id, participant, part))",
-    )),
-    Migration(4, (
-        "CREATE TABLE consent_expiries (expires_us INTEGER, profile_id TEXT, purpose TEXT,"
-        " PRIMARY KEY (expires_us, profile_id, purpose))",
-    )),
+    Migration(
+        1,
+        (
+            "CREATE TABLE consent_ledger (profile_id TEXT, purpose TEXT, decided_at_us INTEGER, granted INTEGER,"
+            " source TEXT, PRIMARY KEY (profile_id, purpose, decided_at_us))",
+        ),
+    ),
+    Migration(
+        2,
+        (
+            "ALTER TABLE consent_ledger ADD COLUMN entry BLOB",
+            "CREATE TABLE consent_heads (profile_id TEXT PRIMARY KEY, head TEXT NOT NULL)",
+            "CREATE INDEX consent_heads_by_head ON consent_heads (head)",
+            "CREATE TABLE consent_merges (merge_id TEXT PRIMARY KEY, survivor TEXT, moves TEXT, split INTEGER)",
+            "CREATE TABLE consent_outbox (message_id TEXT PRIMARY KEY, topic TEXT, key TEXT, payload BLOB)",
+        ),
+    ),
+    Migration(
+        3,
+        (
+            "CREATE TABLE consent_profile_merges (profile_id TEXT, merge_id TEXT, PRIMARY KEY (profile_id, merge_id))",
+            "CREATE TABLE privacy_requests (request_id TEXT PRIMARY KEY, request BLOB)",
+            "CREATE TABLE privacy_receipts (request_id TEXT, participant TEXT, summary BLOB, PRIMARY KEY (request_id, participant))",
+            "CREATE TABLE privacy_exports (request_id TEXT, participant TEXT, part INTEGER, json TEXT,"
+            " PRIMARY KEY (request_id, participant, part))",
+        ),
+    ),
+    Migration(
+        4,
+        (
+            "CREATE TABLE consent_expiries (expires_us INTEGER, profile_id TEXT, purpose TEXT,"
+            " PRIMARY KEY (expires_us, profile_id, purpose))",
+        ),
+    ),
 ]
 
 _LEDGER = "INSERT OR REPLACE INTO consent_ledger VALUES (?, ?, ?, ?, ?, ?)"
@@ -43,8 +62,10 @@ def _put_outbox(db, outbox: list[OutboxEntry]) -> None:
 
 
 def _index_merge(db, record: MergeRecord) -> None:
-    db.executemany("INSERT OR IGNORE INTO consent_profile_merges VALUES (?, ?)",
-                   [(p, record.merge_id) for p in {record.survivor, *(m.profile_id for m in record.moves)}])
+    db.executemany(
+        "INSERT OR IGNORE INTO consent_profile_merges VALUES (?, ?)",
+        [(p, record.merge_id) for p in {record.survivor, *(m.profile_id for m in record.moves)}],
+    )
 
 
 def _point(db, profile_id: str, head: str) -> None:
@@ -58,8 +79,10 @@ class SqliteConsentStore(Repository):
     db: SqliteStore
 
     async def append(self, decisions, outbox):
-        rows = [(d.profile_id, d.purpose, micros(d.decided_at), int(d.granted), d.source, d.SerializeToString())
-                for d in decisions]
+        rows = [
+            (d.profile_id, d.purpose, micros(d.decided_at), int(d.granted), d.source, d.SerializeToString())
+            for d in decisions
+        ]
 
         expiries = [(e.expires_us, e.profile_id, e.purpose) for e in expiries_of(decisions)]
 
@@ -90,7 +113,9 @@ class SqliteConsentStore(Repository):
         return [head, *(r[0] for r in rows)]
 
     async def merge_record(self, merge_id):
-        rows = await self.db.execute("SELECT survivor, moves, split FROM consent_merges WHERE merge_id = ?", (merge_id,))
+        rows = await self.db.execute(
+            "SELECT survivor, moves, split FROM consent_merges WHERE merge_id = ?", (merge_id,)
+        )
         if not rows:
             return None
         survivor, moves, split = rows[0]
@@ -100,8 +125,10 @@ class SqliteConsentStore(Repository):
         def write(db):
             for move in record.moves:
                 _point(db, move.profile_id, record.survivor)
-            db.execute("INSERT OR REPLACE INTO consent_merges VALUES (?, ?, ?, 0)",
-                       (record.merge_id, record.survivor, encode_moves(record.moves)))
+            db.execute(
+                "INSERT OR REPLACE INTO consent_merges VALUES (?, ?, ?, 0)",
+                (record.merge_id, record.survivor, encode_moves(record.moves)),
+            )
             _index_merge(db, record)
             _put_outbox(db, outbox)
 
@@ -111,8 +138,10 @@ class SqliteConsentStore(Repository):
         def write(db):
             for move in record.moves:
                 _point(db, move.profile_id, move.previous_head)
-            db.execute("INSERT OR REPLACE INTO consent_merges VALUES (?, ?, ?, 1)",
-                       (record.merge_id, record.survivor, encode_moves(record.moves)))
+            db.execute(
+                "INSERT OR REPLACE INTO consent_merges VALUES (?, ?, ?, 1)",
+                (record.merge_id, record.survivor, encode_moves(record.moves)),
+            )
             _index_merge(db, record)
             _put_outbox(db, outbox)
 
@@ -134,7 +163,8 @@ class SqliteConsentStore(Repository):
             return None
         request = privacy_pb2.PrivacyRequest.FromString(rows[0][0])
         receipts = await self.db.execute(
-            "SELECT summary FROM privacy_receipts WHERE request_id = ? ORDER BY participant", (request_id,))
+            "SELECT summary FROM privacy_receipts WHERE request_id = ? ORDER BY participant", (request_id,)
+        )
         request.receipts.extend(privacy_pb2.PrivacyReceiptSummary.FromString(r[0]) for r in receipts)
         return request
 
@@ -146,17 +176,23 @@ class SqliteConsentStore(Repository):
         stored = privacy_pb2.PrivacyRequest()
         stored.CopyFrom(request)
         del stored.receipts[:]
-        await self.db.execute("UPDATE privacy_requests SET request = ? WHERE request_id = ?",
-                              (stored.SerializeToString(), request.request_id))
+        await self.db.execute(
+            "UPDATE privacy_requests SET request = ? WHERE request_id = ?",
+            (stored.SerializeToString(), request.request_id),
+        )
 
     async def put_receipt(self, request_id, participant, part, summary, export_json, outbox):
         def write(db):
             if export_json:
-                db.execute("INSERT OR IGNORE INTO privacy_exports VALUES (?, ?, ?, ?)",
-                           (request_id, participant, part, export_json))
+                db.execute(
+                    "INSERT OR IGNORE INTO privacy_exports VALUES (?, ?, ?, ?)",
+                    (request_id, participant, part, export_json),
+                )
             if summary is not None:
-                db.execute("INSERT OR IGNORE INTO privacy_receipts VALUES (?, ?, ?)",
-                           (request_id, participant, summary.SerializeToString()))
+                db.execute(
+                    "INSERT OR IGNORE INTO privacy_receipts VALUES (?, ?, ?)",
+                    (request_id, participant, summary.SerializeToString()),
+                )
             _put_outbox(db, outbox)
 
         await self.db.transaction(write)
@@ -164,7 +200,8 @@ class SqliteConsentStore(Repository):
     async def export_parts(self, request_id):
         rows = await self.db.execute(
             "SELECT participant, part, json FROM privacy_exports WHERE request_id = ? ORDER BY participant, part",
-            (request_id,))
+            (request_id,),
+        )
         return [tuple(r) for r in rows]
 
     async def delete_export(self, request_id):
@@ -176,15 +213,22 @@ class SqliteConsentStore(Repository):
         def write(db):
             counts = {}
             counts["consent_ledger"] = db.execute(
-                f"DELETE FROM consent_ledger WHERE profile_id IN ({marks})", profile_ids).rowcount
+                f"DELETE FROM consent_ledger WHERE profile_id IN ({marks})", profile_ids
+            ).rowcount
             db.execute(f"DELETE FROM consent_expiries WHERE profile_id IN ({marks})", profile_ids)
             counts["consent_heads"] = db.execute(
                 f"DELETE FROM consent_heads WHERE profile_id IN ({marks}) OR head IN ({marks})",
-                (*profile_ids, *profile_ids)).rowcount
-            merges = [r[0] for r in db.execute(
-                f"SELECT DISTINCT merge_id FROM consent_profile_merges WHERE profile_id IN ({marks})", profile_ids)]
+                (*profile_ids, *profile_ids),
+            ).rowcount
+            merges = [
+                r[0]
+                for r in db.execute(
+                    f"SELECT DISTINCT merge_id FROM consent_profile_merges WHERE profile_id IN ({marks})", profile_ids
+                )
+            ]
             counts["consent_merges"] = db.executemany(
-                "DELETE FROM consent_merges WHERE merge_id = ?", [(m,) for m in merges]).rowcount
+                "DELETE FROM consent_merges WHERE merge_id = ?", [(m,) for m in merges]
+            ).rowcount
             db.executemany("DELETE FROM consent_profile_merges WHERE merge_id = ?", [(m,) for m in merges])
             return counts
 
@@ -193,19 +237,23 @@ class SqliteConsentStore(Repository):
     async def due_expiries(self, now_us, limit=500):
         rows = await self.db.execute(
             "SELECT expires_us, profile_id, purpose FROM consent_expiries WHERE expires_us <= ? ORDER BY expires_us LIMIT ?",
-            (now_us, limit))
+            (now_us, limit),
+        )
         return [Expiry(*r) for r in rows]
 
     async def expiry_done(self, expiries):
         def write(db):
-            db.executemany("DELETE FROM consent_expiries WHERE expires_us = ? AND profile_id = ? AND purpose = ?",
-                           [(e.expires_us, e.profile_id, e.purpose) for e in expiries])
+            db.executemany(
+                "DELETE FROM consent_expiries WHERE expires_us = ? AND profile_id = ? AND purpose = ?",
+                [(e.expires_us, e.profile_id, e.purpose) for e in expiries],
+            )
 
         await self.db.transaction(write)
 
     async def outbox_pending(self, limit=500):
         rows = await self.db.execute(
-            "SELECT message_id, topic, key, payload FROM consent_outbox ORDER BY rowid LIMIT ?", (limit,))
+            "SELECT message_id, topic, key, payload FROM consent_outbox ORDER BY rowid LIMIT ?", (limit,)
+        )
         return [OutboxEntry(*r) for r in rows]
 
     async def outbox_done(self, message_ids):

@@ -20,13 +20,13 @@ import hashlib
 import logging
 from collections.abc import Callable
 
-from mosaic.consent.v1 import consent_pb2, privacy_pb2
-from mosaic.platform.errors import InvalidArgument
 from consent_service.cache import ConsentCache
 from consent_service.ledger import Ledger, now_us
 from consent_service.outbox import Relay
 from consent_service.privacy import _announcement
 from consent_service.store import ConsentStore, Expiry, micros, timestamp
+from mosaic.consent.v1 import consent_pb2, privacy_pb2
+from mosaic.platform.errors import InvalidArgument
 
 log = logging.getLogger("consent.sweeper")
 
@@ -37,8 +37,16 @@ def _change_id(expiry: Expiry) -> str:
 
 
 class Sweeper:
-    def __init__(self, store: ConsentStore, ledger: Ledger, cache: ConsentCache, relay: Relay,
-                 announce_after: float = 600.0, export_days: float = 30.0, clock: Callable[[], int] = now_us) -> None:
+    def __init__(
+        self,
+        store: ConsentStore,
+        ledger: Ledger,
+        cache: ConsentCache,
+        relay: Relay,
+        announce_after: float = 600.0,
+        export_days: float = 30.0,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
         self.store = store
         self.ledger = ledger
         self.cache = cache
@@ -54,14 +62,26 @@ class Sweeper:
         for expiry in due:
             view = await self.ledger.view(expiry.profile_id)
             latest = view.latest.get(expiry.purpose)
-            if (latest is None or latest.profile_id != expiry.profile_id or not latest.granted
-                    or micros(latest.expires_at) != expiry.expires_us):
+            if (
+                latest is None
+                or latest.profile_id != expiry.profile_id
+                or not latest.granted
+                or micros(latest.expires_at) != expiry.expires_us
+            ):
                 continue  # decided again since: nothing lapses
             try:
-                entry = self.ledger.normalise(consent_pb2.ConsentDecision(
-                    profile_id=expiry.profile_id, purpose=expiry.purpose, change=consent_pb2.CONSENT_CHANGE_EXPIRE,
-                    decided_at=timestamp(expiry.expires_us), source="expiry", actor="consent",
-                    change_id=_change_id(expiry), legal_basis=latest.legal_basis))
+                entry = self.ledger.normalise(
+                    consent_pb2.ConsentDecision(
+                        profile_id=expiry.profile_id,
+                        purpose=expiry.purpose,
+                        change=consent_pb2.CONSENT_CHANGE_EXPIRE,
+                        decided_at=timestamp(expiry.expires_us),
+                        source="expiry",
+                        actor="consent",
+                        change_id=_change_id(expiry),
+                        legal_basis=latest.legal_basis,
+                    )
+                )
             except InvalidArgument as error:  # a purpose no longer configured
                 log.warning("expiry not recorded: %s", error)
                 continue
@@ -75,9 +95,13 @@ class Sweeper:
     async def announce_again(self) -> int:
         """Announce again the pending requests nobody answered within `announce_after`."""
         horizon = self.clock() - self.announce_after_us
-        quiet = [r for r in await self.store.requests()
-                 if r.state == privacy_pb2.PRIVACY_REQUEST_STATE_PENDING and micros(r.requested_at) <= horizon
-                 and not (await self.store.request(r.request_id)).receipts]
+        quiet = [
+            r
+            for r in await self.store.requests()
+            if r.state == privacy_pb2.PRIVACY_REQUEST_STATE_PENDING
+            and micros(r.requested_at) <= horizon
+            and not (await self.store.request(r.request_id)).receipts
+        ]
         if quiet:
             await self.store.append([], [_announcement(r) for r in quiet])
             self.relay.kick()
@@ -86,9 +110,14 @@ class Sweeper:
     async def delete_old_exports(self) -> int:
         """Delete the documents of exports completed more than `export_days` ago; returns how many."""
         horizon = self.clock() - self.export_keep_us
-        old = [r for r in await self.store.requests()
-               if r.kind == privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT and r.state == privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED
-               and not r.HasField("export_deleted_at") and micros(r.completed_at) <= horizon]
+        old = [
+            r
+            for r in await self.store.requests()
+            if r.kind == privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT
+            and r.state == privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED
+            and not r.HasField("export_deleted_at")
+            and micros(r.completed_at) <= horizon
+        ]
         for request in old:
             await self.store.delete_export(request.request_id)
             request.export_deleted_at.CopyFrom(timestamp(self.clock()))

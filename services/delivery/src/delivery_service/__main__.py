@@ -1,6 +1,6 @@
-from mosaic.platform import server
 from delivery_service.app import build
 from delivery_service.config import Settings
+from mosaic.platform import server
 
 
 def main() -> None:

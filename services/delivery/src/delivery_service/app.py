@@ -9,15 +9,6 @@ import logging
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-from mosaic.consent.v1 import consent_service_pb2_grpc
-from mosaic.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
-from mosaic.identity.v1 import identity_service_pb2_grpc
-from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
-from mosaic.platform import clients, topics
-from mosaic.platform.bus import nats_security
-from mosaic.platform.privacy import Participant
-from mosaic.platform.server import Runtime
-from mosaic.profile.v1 import profile_service_pb2_grpc
 from delivery_service.config import Settings
 from delivery_service.destinations import DestinationCache
 from delivery_service.dispatcher import Dispatcher
@@ -28,6 +19,15 @@ from delivery_service.privacy import DeliveryPrivacy
 from delivery_service.server import DeliveryServicer
 from delivery_service.store import open_store
 from delivery_service.worker import WorkerSettings
+from mosaic.consent.v1 import consent_service_pb2_grpc
+from mosaic.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
+from mosaic.identity.v1 import identity_service_pb2_grpc
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
+from mosaic.platform import clients, topics
+from mosaic.platform.bus import nats_security
+from mosaic.platform.privacy import Participant
+from mosaic.platform.server import Runtime
+from mosaic.profile.v1 import profile_service_pb2_grpc
 
 log = logging.getLogger("mosaic.delivery")
 
@@ -42,8 +42,9 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     store = await open_store(settings.platform)
     runtime.cleanup.push_async_callback(store.close)
     platform = settings.platform
-    queue = await JobQueue.connect(platform.nats_url, platform.stream_replicas,
-                                   secure=nats_security(platform.nats_tls, platform.nats_credentials))
+    queue = await JobQueue.connect(
+        platform.nats_url, platform.stream_replicas, secure=nats_security(platform.nats_tls, platform.nats_credentials)
+    )
     runtime.cleanup.push_async_callback(queue.close)
     consent = consent_service_pb2_grpc.ConsentServiceStub(_channel(runtime, settings.consent_address))
     profiles = None
@@ -52,11 +53,19 @@ async def build(runtime: Runtime, settings: Settings) -> None:
 
     cache = DestinationCache(store, settings.destinations_refresh)
     policy = settings.policy
-    dispatcher = Dispatcher(queue, store, runtime.bus, WorkerSettings(
-        policy=policy, max_attempts=settings.max_attempts, timeout=settings.webhook_timeout,
-        concurrency=settings.concurrency, breaker_threshold=settings.breaker_threshold,
-        breaker_cooldown=settings.breaker_cooldown,
-    ))
+    dispatcher = Dispatcher(
+        queue,
+        store,
+        runtime.bus,
+        WorkerSettings(
+            policy=policy,
+            max_attempts=settings.max_attempts,
+            timeout=settings.webhook_timeout,
+            concurrency=settings.concurrency,
+            breaker_threshold=settings.breaker_threshold,
+            breaker_cooldown=settings.breaker_cooldown,
+        ),
+    )
     cache.listen(dispatcher.update)
     await cache.load()
     cache.start()
@@ -79,7 +88,10 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         feedback = Feedback(
             ingestion_service_pb2_grpc.IngestionServiceStub(_channel(runtime, settings.ingestion_address)),
             identity_service_pb2_grpc.IdentityServiceStub(_channel(runtime, settings.identity_address)),
-            consent, store, cache)
+            consent,
+            store,
+            cache,
+        )
         await feedback.ensure_source()
         runtime.bus.consume(topics.DELIVERY_OUTCOME, feedback.on_outcome, owned)
         if settings.engagement_secret:

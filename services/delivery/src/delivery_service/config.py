@@ -4,8 +4,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mosaic.platform.config import ConfigError, Env, PlatformSettings
 from delivery_service.ssrf import CLASSES, AddressPolicy
+from mosaic.platform.config import ConfigError, Env, PlatformSettings
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,13 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         env = Env(environ)
-        allowed = tuple(a for a in (x.strip() for x in environ.get("MOSAIC_DELIVERY_ALLOW_ADDRESSES", "").split(",")) if a)
+        allowed = tuple(
+            a for a in (x.strip() for x in environ.get("MOSAIC_DELIVERY_ALLOW_ADDRESSES", "").split(",")) if a
+        )
         if set(allowed) - set(CLASSES):
-            raise ConfigError("MOSAIC_DELIVERY_ALLOW_ADDRESSES", f"must be a comma-separated list of {', '.join(CLASSES)}")
+            raise ConfigError(
+                "MOSAIC_DELIVERY_ALLOW_ADDRESSES", f"must be a comma-separated list of {', '.join(CLASSES)}"
+            )
         return cls(
             platform=PlatformSettings.from_env("delivery", environ),
             consent_address=env.str("MOSAIC_CONSENT_ADDRESS"),

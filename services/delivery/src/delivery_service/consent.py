@@ -12,7 +12,8 @@ async def granted(consent, profile_id: str, purpose: str) -> bool:
     """CheckConsent; Unavailable when the consent service does not answer (retried upstream)."""
     try:
         answer = await consent.CheckConsent(
-            consent_service_pb2.CheckConsentRequest(profile_id=profile_id, purpose=purpose), timeout=5)
+            consent_service_pb2.CheckConsentRequest(profile_id=profile_id, purpose=purpose), timeout=5
+        )
     except grpc.aio.AioRpcError as error:
         raise Unavailable("consent", f"{error.code().name}: {error.details()}") from error
     return answer.granted

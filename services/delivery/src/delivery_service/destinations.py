@@ -16,11 +16,11 @@ import secrets
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from mosaic.delivery.v1 import delivery_pb2
-from mosaic.platform.errors import InvalidArgument
 from delivery_service import templates
 from delivery_service.ssrf import AddressPolicy, Forbidden
 from delivery_service.store import DeliveryStore
+from mosaic.delivery.v1 import delivery_pb2
+from mosaic.platform.errors import InvalidArgument
 
 log = logging.getLogger("mosaic.delivery.destinations")
 
@@ -28,10 +28,23 @@ Kind = delivery_pb2.DestinationKind
 TriggerKind = delivery_pb2.TriggerKind
 DESTINATION_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-RESERVED_HEADERS = {"content-type", "content-length", "host", "idempotency-key", "webhook-id",
-                    "webhook-timestamp", "webhook-signature", "traceparent", "tracestate"}
-HTTP_KINDS = (Kind.DESTINATION_KIND_WEBHOOK, Kind.DESTINATION_KIND_SMS, Kind.DESTINATION_KIND_PUSH,
-              Kind.DESTINATION_KIND_AUDIENCE_SYNC)
+RESERVED_HEADERS = {
+    "content-type",
+    "content-length",
+    "host",
+    "idempotency-key",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "traceparent",
+    "tracestate",
+}
+HTTP_KINDS = (
+    Kind.DESTINATION_KIND_WEBHOOK,
+    Kind.DESTINATION_KIND_SMS,
+    Kind.DESTINATION_KIND_PUSH,
+    Kind.DESTINATION_KIND_AUDIENCE_SYNC,
+)
 REDACTED = "<redacted>"
 
 
@@ -44,9 +57,13 @@ def triggers_of(destination: delivery_pb2.Destination) -> list[delivery_pb2.Trig
     both directions of its segment."""
     found = list(destination.triggers)
     if destination.segment_id:
-        found.append(delivery_pb2.Trigger(kind=TriggerKind.TRIGGER_KIND_SEGMENT_ENTERED, segment_id=destination.segment_id))
+        found.append(
+            delivery_pb2.Trigger(kind=TriggerKind.TRIGGER_KIND_SEGMENT_ENTERED, segment_id=destination.segment_id)
+        )
         if kind_of(destination) == Kind.DESTINATION_KIND_AUDIENCE_SYNC:
-            found.append(delivery_pb2.Trigger(kind=TriggerKind.TRIGGER_KIND_SEGMENT_EXITED, segment_id=destination.segment_id))
+            found.append(
+                delivery_pb2.Trigger(kind=TriggerKind.TRIGGER_KIND_SEGMENT_EXITED, segment_id=destination.segment_id)
+            )
     return found
 
 
@@ -74,8 +91,13 @@ async def validate(d: delivery_pb2.Destination, policy: AddressPolicy) -> None:
     else:
         raise InvalidArgument("destination.kind", f"unknown kind {d.kind}")
     if kind == Kind.DESTINATION_KIND_AUDIENCE_SYNC and (not d.segment_id or d.triggers):
-        raise InvalidArgument("destination.segment_id", "an audience sync names its segment in segment_id, and no triggers")
-    if kind in (Kind.DESTINATION_KIND_SMS, Kind.DESTINATION_KIND_PUSH, Kind.DESTINATION_KIND_EMAIL) and not d.body_template:
+        raise InvalidArgument(
+            "destination.segment_id", "an audience sync names its segment in segment_id, and no triggers"
+        )
+    if (
+        kind in (Kind.DESTINATION_KIND_SMS, Kind.DESTINATION_KIND_PUSH, Kind.DESTINATION_KIND_EMAIL)
+        and not d.body_template
+    ):
         raise InvalidArgument("destination.body_template", "is required for e-mail, SMS and push")
     triggers = triggers_of(d)
     if not triggers:
@@ -88,11 +110,16 @@ async def validate(d: delivery_pb2.Destination, policy: AddressPolicy) -> None:
             raise InvalidArgument(f"destination.{field}", f"does not compile: {reason}")
     for name in d.headers:
         if not HEADER_NAME.match(name) or name.lower() in RESERVED_HEADERS:
-            raise InvalidArgument(f"destination.headers[{name!r}]", "must be a header name (letters, digits, -) Mosaic does not set itself")
+            raise InvalidArgument(
+                f"destination.headers[{name!r}]",
+                "must be a header name (letters, digits, -) Mosaic does not set itself",
+            )
     _check_limits(d.limits)
     cap = d.frequency_cap
     if cap.max_deliveries < 0 or (cap.max_deliveries and cap.window_seconds <= 0):
-        raise InvalidArgument("destination.frequency_cap", "max_deliveries must not be negative and needs window_seconds > 0")
+        raise InvalidArgument(
+            "destination.frequency_cap", "max_deliveries must not be negative and needs window_seconds > 0"
+        )
     if d.signing_secret:
         if not _secret_ok(d.signing_secret):
             raise InvalidArgument("destination.signing_secret", "must be `whsec_` and the base64 of 24 to 64 bytes")
@@ -104,7 +131,7 @@ def _secret_ok(secret: str) -> bool:
     if not secret.startswith("whsec_"):
         return False
     try:
-        key = base64.b64decode(secret[len("whsec_"):], validate=True)
+        key = base64.b64decode(secret[len("whsec_") :], validate=True)
     except ValueError:
         return False
     return 24 <= len(key) <= 64

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from mosaic.delivery.v1 import delivery_pb2
-from mosaic.platform.bus import Bus
 from delivery_service.jobs import JobQueue
 from delivery_service.store import DeliveryStore
 from delivery_service.worker import DestinationWorker, WorkerSettings
+from mosaic.delivery.v1 import delivery_pb2
+from mosaic.platform.bus import Bus
 
 
 class Dispatcher:

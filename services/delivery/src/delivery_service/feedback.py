@@ -20,6 +20,8 @@ import grpc
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from delivery_service.destinations import DestinationCache
+from delivery_service.store import DeliveryStore
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.events.v1 import delivery_outcome_pb2, event_pb2
@@ -28,8 +30,6 @@ from mosaic.ingestion.v1 import ingestion_service_pb2, source_pb2
 from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import Unavailable
 from mosaic.platform.lru import Lru
-from delivery_service.destinations import DestinationCache
-from delivery_service.store import DeliveryStore
 
 log = logging.getLogger("mosaic.delivery.feedback")
 Status = delivery_pb2.DeliveryStatus
@@ -59,8 +59,12 @@ class Feedback:
     async def ensure_source(self) -> None:
         """The `mosaic-delivery` source, created once (ingestion refuses unknown sources)."""
         try:
-            await self.ingestion.CreateSource(ingestion_service_pb2.CreateSourceRequest(
-                source=source_pb2.Source(source_id=SOURCE, name="Mosaic delivery outcomes and engagement")), timeout=10)
+            await self.ingestion.CreateSource(
+                ingestion_service_pb2.CreateSourceRequest(
+                    source=source_pb2.Source(source_id=SOURCE, name="Mosaic delivery outcomes and engagement")
+                ),
+                timeout=10,
+            )
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
@@ -70,9 +74,18 @@ class Feedback:
         name = outcome_event_name(record)
         if name is None:
             return
-        await self.send(record.profile_id, name, f"delivery:{record.delivery_id}:{record.status}:{record.attempts}", {
-            "delivery_id": record.delivery_id, "destination_id": record.destination_id, "trigger": record.trigger,
-            "attempts": record.attempts, "detail": record.detail})
+        await self.send(
+            record.profile_id,
+            name,
+            f"delivery:{record.delivery_id}:{record.status}:{record.attempts}",
+            {
+                "delivery_id": record.delivery_id,
+                "destination_id": record.destination_id,
+                "trigger": record.trigger,
+                "attempts": record.attempts,
+                "detail": record.detail,
+            },
+        )
 
     async def send(self, profile_id: str, name: str, message_id: str, properties: dict) -> bool:
         """Ingest one track event about the profile's person; False when identity knows no one."""
@@ -85,7 +98,9 @@ class Feedback:
         event.properties.update(properties)
         event.timestamp.GetCurrentTime()
         try:
-            answer = await self.ingestion.Ingest(ingestion_service_pb2.IngestRequest(source_id=SOURCE, events=[event]), timeout=10)
+            answer = await self.ingestion.Ingest(
+                ingestion_service_pb2.IngestRequest(source_id=SOURCE, events=[event]), timeout=10
+            )
         except grpc.aio.AioRpcError as error:
             raise Unavailable("ingestion", f"{error.code().name}: {error.details()}") from error
         result = answer.results[0]
@@ -98,7 +113,9 @@ class Feedback:
         if known is not None:
             return known
         try:
-            answer = await self.identity.GetIdentities(identity_service_pb2.GetIdentitiesRequest(profile_id=profile_id), timeout=5)
+            answer = await self.identity.GetIdentities(
+                identity_service_pb2.GetIdentitiesRequest(profile_id=profile_id), timeout=5
+            )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -126,8 +143,14 @@ class Feedback:
         if kind == "unsubscribed":
             destination = self.cache.get(record.destination_id)
             if destination is not None:
-                await self.consent.SetConsent(consent_service_pb2.SetConsentRequest(decision=consent_pb2.ConsentDecision(
-                    profile_id=profile_id, purpose=destination.purpose, granted=False, source=SOURCE)), timeout=5)
+                await self.consent.SetConsent(
+                    consent_service_pb2.SetConsentRequest(
+                        decision=consent_pb2.ConsentDecision(
+                            profile_id=profile_id, purpose=destination.purpose, granted=False, source=SOURCE
+                        )
+                    ),
+                    timeout=5,
+                )
                 properties["purpose"] = destination.purpose
         await self.send(profile_id, ENGAGEMENT[kind], f"engagement:{callback_id}", properties)
         return 202, "accepted"

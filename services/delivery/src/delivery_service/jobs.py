@@ -32,7 +32,9 @@ def durable_of(destination_id: str) -> str:
 
 
 class JobQueue:
-    def __init__(self, nc: nats.NATS, url: str, stream_replicas: int = 1, secure: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, nc: nats.NATS, url: str, stream_replicas: int = 1, secure: Mapping[str, Any] | None = None
+    ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self.url = url
@@ -40,10 +42,17 @@ class JobQueue:
         self.secure = dict(secure or {})  # TLS and credentials, as the bus connects (bus.nats_security)
 
     @classmethod
-    async def connect(cls, url: str, stream_replicas: int = 1, declare: bool = True,
-                      secure: Mapping[str, Any] | None = None) -> JobQueue:
-        nc = await nats.connect(url, name="delivery-jobs", connect_timeout=5, max_reconnect_attempts=-1,
-                                reconnect_time_wait=0.5, **(secure or {}))
+    async def connect(
+        cls, url: str, stream_replicas: int = 1, declare: bool = True, secure: Mapping[str, Any] | None = None
+    ) -> JobQueue:
+        nc = await nats.connect(
+            url,
+            name="delivery-jobs",
+            connect_timeout=5,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            **(secure or {}),
+        )
         queue = cls(nc, url, stream_replicas, secure)
         if declare:
             await queue.ensure_stream()
@@ -58,9 +67,13 @@ class JobQueue:
 
     async def ensure_stream(self) -> None:
         config = api.StreamConfig(
-            name=JOBS.stream, subjects=[JOBS.wildcard], storage=api.StorageType.FILE,
-            retention=api.RetentionPolicy.WORK_QUEUE, max_age=JOBS.max_age,
-            duplicate_window=JOBS.duplicate_window, num_replicas=self.stream_replicas,
+            name=JOBS.stream,
+            subjects=[JOBS.wildcard],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            max_age=JOBS.max_age,
+            duplicate_window=JOBS.duplicate_window,
+            num_replicas=self.stream_replicas,
         )
         try:
             await self._js.add_stream(config)
@@ -70,10 +83,15 @@ class JobQueue:
     async def put(self, job: delivery_pb2.DeliveryJob, message_id: str = "") -> None:
         """Queue a job on its destination's subject; raises Unavailable unless stored."""
         subject = f"{JOBS.name}.{job.destination_id}"
-        with tracer.start_as_current_span(f"{JOBS.name} publish", kind=trace.SpanKind.PRODUCER, attributes={
-            "messaging.system": "nats", "messaging.destination.name": subject,
-            "messaging.message.id": message_id or job.delivery_id,
-        }):
+        with tracer.start_as_current_span(
+            f"{JOBS.name} publish",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subject,
+                "messaging.message.id": message_id or job.delivery_id,
+            },
+        ):
             headers = {"Nats-Msg-Id": message_id or job.delivery_id}
             propagate.inject(headers)
             try:
@@ -84,10 +102,13 @@ class JobQueue:
     async def subscribe(self, destination_id: str, max_in_flight: int, ack_wait: float):
         """The destination's pull subscription, shared by every replica's workers."""
         config = api.ConsumerConfig(
-            durable_name=durable_of(destination_id), ack_policy=api.AckPolicy.EXPLICIT,
+            durable_name=durable_of(destination_id),
+            ack_policy=api.AckPolicy.EXPLICIT,
             # Sent but unacked jobs wait for their batched record; room for several batches,
             # or the queue would wait for the store instead of the destination.
-            ack_wait=ack_wait, max_deliver=-1, max_ack_pending=max_in_flight + 2000,
+            ack_wait=ack_wait,
+            max_deliver=-1,
+            max_ack_pending=max_in_flight + 2000,
             filter_subject=f"{JOBS.name}.{destination_id}",
         )
         return await self._js.pull_subscribe(

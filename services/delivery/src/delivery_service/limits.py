@@ -39,8 +39,9 @@ class CircuitBreaker:
     probe is let through (half-open): its success closes the circuit, its failure reopens it
     for twice as long, up to `max_cooldown`."""
 
-    def __init__(self, threshold: int = 5, cooldown: float = 2.0, max_cooldown: float = 60.0,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, threshold: int = 5, cooldown: float = 2.0, max_cooldown: float = 60.0, clock: Clock = time.monotonic
+    ) -> None:
         self.threshold = threshold
         self.base_cooldown = cooldown
         self.cooldown = cooldown
@@ -93,8 +94,13 @@ class CircuitBreaker:
             self.opened_at = self.clock()
 
 
-def retry_delay(attempt: int, retry_after: float | None = None, base: float = 0.5, cap: float = 300.0,
-                rng: random.Random | None = None) -> float:
+def retry_delay(
+    attempt: int,
+    retry_after: float | None = None,
+    base: float = 0.5,
+    cap: float = 300.0,
+    rng: random.Random | None = None,
+) -> float:
     """The wait before attempt `attempt + 1`: the destination's Retry-After when it sent one
     (capped), else exponential backoff with full jitter (uniform in 0 .. base * 2^(attempt-1))."""
     if retry_after is not None:

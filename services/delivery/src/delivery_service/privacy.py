@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
+from delivery_service.store import DeliveryStore
 from mosaic.events.v1 import privacy_request_pb2
 from mosaic.platform.privacy import Answer
-from delivery_service.store import DeliveryStore
 
 
 def _profiles(request: privacy_request_pb2.PrivacyRequested) -> list[str]:
@@ -21,8 +21,11 @@ class DeliveryPrivacy:
         self.store = store
 
     async def export(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
-        deliveries = [json_format.MessageToDict(d, preserving_proto_field_name=True)
-                      for p in _profiles(request) for d in await self.store.deliveries(p)]
+        deliveries = [
+            json_format.MessageToDict(d, preserving_proto_field_name=True)
+            for p in _profiles(request)
+            for d in await self.store.deliveries(p)
+        ]
         return Answer({"deliveries": len(deliveries)}, {"deliveries": deliveries})
 
     async def erase(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
@@ -30,5 +33,3 @@ class DeliveryPrivacy:
         for profile_id in _profiles(request):
             removed += await self.store.erase_person(profile_id)  # the delivery log and dead letters
         return Answer({"delivery_log": removed})
-
-

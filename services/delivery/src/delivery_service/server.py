@@ -7,25 +7,26 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 
-
-from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2 as pb, delivery_service_pb2_grpc
-from mosaic.platform.bus import Bus
-from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound
-from delivery_service.consent import granted
 from delivery_service import destinations
+from delivery_service.consent import granted
 from delivery_service.destinations import DestinationCache, Kind, kind_of
 from delivery_service.jobs import JobQueue
 from delivery_service.ssrf import AddressPolicy
 from delivery_service.store import DeliveryStore
 from delivery_service.worker import now, record
+from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2_grpc
+from mosaic.delivery.v1 import delivery_service_pb2 as pb
+from mosaic.platform.bus import Bus
+from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound
 
 Status = delivery_pb2.DeliveryStatus
 MAX_PAGE = 1000
 
 
 class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
-    def __init__(self, store: DeliveryStore, cache: DestinationCache, queue: JobQueue, bus: Bus, consent,
-                 policy: AddressPolicy) -> None:
+    def __init__(
+        self, store: DeliveryStore, cache: DestinationCache, queue: JobQueue, bus: Bus, consent, policy: AddressPolicy
+    ) -> None:
         self.store = store
         self.cache = cache
         self.queue = queue
@@ -47,7 +48,9 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         return pb.ListDestinationsResponse(destinations=[destinations.public(d) for d in stored])
 
     async def GetDestination(self, request, context):
-        return pb.GetDestinationResponse(destination=destinations.public(await self._destination(request.destination_id)))
+        return pb.GetDestinationResponse(
+            destination=destinations.public(await self._destination(request.destination_id))
+        )
 
     async def DeleteDestination(self, request, context):
         await self._destination(request.destination_id)
@@ -103,9 +106,13 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             delivery = letter.delivery
             job = letter.job
             # Consent is asked again: it may have been withdrawn while the letter waited.
-            if not (kind_of(destination) == Kind.DESTINATION_KIND_AUDIENCE_SYNC and job.exited) and \
-                    not await granted(self.consent, delivery.profile_id, destination.purpose):
-                delivery.status, delivery.detail = Status.DELIVERY_STATUS_SUPPRESSED, f"consent to {destination.purpose!r} withdrawn before replay"
+            if not (kind_of(destination) == Kind.DESTINATION_KIND_AUDIENCE_SYNC and job.exited) and not await granted(
+                self.consent, delivery.profile_id, destination.purpose
+            ):
+                delivery.status, delivery.detail = (
+                    Status.DELIVERY_STATUS_SUPPRESSED,
+                    f"consent to {destination.purpose!r} withdrawn before replay",
+                )
                 delivery.updated_at.CopyFrom(now())
                 await record(self.store, self.bus, [delivery], [])
                 suppressed += 1
@@ -123,7 +130,10 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         discarded = 0
         async for letter in self._select(request.selection):
             delivery = letter.delivery
-            delivery.status, delivery.detail = Status.DELIVERY_STATUS_DISCARDED, f"discarded; last error: {letter.last_error}"
+            delivery.status, delivery.detail = (
+                Status.DELIVERY_STATUS_DISCARDED,
+                f"discarded; last error: {letter.last_error}",
+            )
             delivery.updated_at.CopyFrom(now())
             await record(self.store, self.bus, [delivery], [])
             await self.store.delete_dead_letter(letter)

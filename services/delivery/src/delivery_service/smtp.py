@@ -13,9 +13,9 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
-from mosaic.delivery.v1 import delivery_pb2
 from delivery_service.ssrf import AddressPolicy, Forbidden
 from delivery_service.webhook import Refused, Retryable
+from mosaic.delivery.v1 import delivery_pb2
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
 
@@ -43,8 +43,12 @@ class SmtpSender:
             raise Refused(f"address refused: {error}") from error
         try:
             _, answer = await aiosmtplib.send(
-                message_of(settings, job), hostname=address, port=settings.smtp_port, timeout=self.timeout,
-                start_tls=False, use_tls=False,
+                message_of(settings, job),
+                hostname=address,
+                port=settings.smtp_port,
+                timeout=self.timeout,
+                start_tls=False,
+                use_tls=False,
             )
         except aiosmtplib.SMTPRecipientsRefused as error:
             codes = [response.code for response in error.recipients]

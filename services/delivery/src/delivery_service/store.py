@@ -17,30 +17,42 @@ from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store.sqlite import SqliteStore
 
 CASSANDRA = [
-    Migration(1, (
-        "CREATE TABLE IF NOT EXISTS delivery_destinations (destination_id text PRIMARY KEY, definition blob)",
-        "CREATE TABLE IF NOT EXISTS delivery_log ("
-        " profile_id text, delivery_id text, record blob, PRIMARY KEY ((profile_id), delivery_id))",
-    )),
-    Migration(2, (
-        "CREATE TABLE IF NOT EXISTS delivery_dead_letters ("
-        " destination_id text, delivery_id text, letter blob, PRIMARY KEY ((destination_id), delivery_id))",
-        # A person's dead letters, so erasing a person is one partition read, not a scan.
-        "CREATE TABLE IF NOT EXISTS delivery_dead_letters_by_profile ("
-        " profile_id text, destination_id text, delivery_id text, PRIMARY KEY ((profile_id), destination_id, delivery_id))",
-    )),
+    Migration(
+        1,
+        (
+            "CREATE TABLE IF NOT EXISTS delivery_destinations (destination_id text PRIMARY KEY, definition blob)",
+            "CREATE TABLE IF NOT EXISTS delivery_log ("
+            " profile_id text, delivery_id text, record blob, PRIMARY KEY ((profile_id), delivery_id))",
+        ),
+    ),
+    Migration(
+        2,
+        (
+            "CREATE TABLE IF NOT EXISTS delivery_dead_letters ("
+            " destination_id text, delivery_id text, letter blob, PRIMARY KEY ((destination_id), delivery_id))",
+            # A person's dead letters, so erasing a person is one partition read, not a scan.
+            "CREATE TABLE IF NOT EXISTS delivery_dead_letters_by_profile ("
+            " profile_id text, destination_id text, delivery_id text, PRIMARY KEY ((profile_id), destination_id, delivery_id))",
+        ),
+    ),
 ]
 SQLITE = [
-    Migration(1, (
-        "CREATE TABLE delivery_destinations (destination_id TEXT PRIMARY KEY, definition BLOB)",
-        "CREATE TABLE delivery_log (profile_id TEXT, delivery_id TEXT, record BLOB, PRIMARY KEY (profile_id, delivery_id))",
-    )),
-    Migration(2, (
-        "CREATE TABLE delivery_dead_letters (destination_id TEXT, delivery_id TEXT, letter BLOB,"
-        " PRIMARY KEY (destination_id, delivery_id))",
-        "CREATE TABLE delivery_dead_letters_by_profile (profile_id TEXT, destination_id TEXT, delivery_id TEXT,"
-        " PRIMARY KEY (profile_id, destination_id, delivery_id))",
-    )),
+    Migration(
+        1,
+        (
+            "CREATE TABLE delivery_destinations (destination_id TEXT PRIMARY KEY, definition BLOB)",
+            "CREATE TABLE delivery_log (profile_id TEXT, delivery_id TEXT, record BLOB, PRIMARY KEY (profile_id, delivery_id))",
+        ),
+    ),
+    Migration(
+        2,
+        (
+            "CREATE TABLE delivery_dead_letters (destination_id TEXT, delivery_id TEXT, letter BLOB,"
+            " PRIMARY KEY (destination_id, delivery_id))",
+            "CREATE TABLE delivery_dead_letters_by_profile (profile_id TEXT, destination_id TEXT, delivery_id TEXT,"
+            " PRIMARY KEY (profile_id, destination_id, delivery_id))",
+        ),
+    ),
 ]
 
 DeadLetter = delivery_pb2.DeadLetter
@@ -61,6 +73,7 @@ class DeliveryStore(Protocol):
     async def erase_person(self, profile_id: str) -> int:
         """Delete the person's delivery log and dead letters; how many records went."""
         ...
+
     async def close(self) -> None: ...
 
 
@@ -96,7 +109,7 @@ class CassandraDeliveryStore(Repository):
         # batch is only a saved round trip, bounded to stay under the node's batch warning.
         statement = "INSERT INTO delivery_log (profile_id, delivery_id, record) VALUES (?, ?, ?)"
         for start in range(0, len(deliveries), 10):
-            chunk = deliveries[start:start + 10]
+            chunk = deliveries[start : start + 10]
             await self.db.execute_together(
                 [(statement, (d.profile_id, d.delivery_id, d.SerializeToString())) for d in chunk]
             )
@@ -107,12 +120,18 @@ class CassandraDeliveryStore(Repository):
 
     async def put_dead_letter(self, letter):
         d = letter.delivery
-        await self.db.execute_together([
-            ("INSERT INTO delivery_dead_letters (destination_id, delivery_id, letter) VALUES (?, ?, ?)",
-             (d.destination_id, d.delivery_id, letter.SerializeToString())),
-            ("INSERT INTO delivery_dead_letters_by_profile (profile_id, destination_id, delivery_id) VALUES (?, ?, ?)",
-             (d.profile_id, d.destination_id, d.delivery_id)),
-        ])
+        await self.db.execute_together(
+            [
+                (
+                    "INSERT INTO delivery_dead_letters (destination_id, delivery_id, letter) VALUES (?, ?, ?)",
+                    (d.destination_id, d.delivery_id, letter.SerializeToString()),
+                ),
+                (
+                    "INSERT INTO delivery_dead_letters_by_profile (profile_id, destination_id, delivery_id) VALUES (?, ?, ?)",
+                    (d.profile_id, d.destination_id, d.delivery_id),
+                ),
+            ]
+        )
 
     async def dead_letter(self, destination_id, delivery_id):
         rows = await self.db.execute(
@@ -130,24 +149,36 @@ class CassandraDeliveryStore(Repository):
 
     async def delete_dead_letter(self, letter):
         d = letter.delivery
-        await self.db.execute_together([
-            ("DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?", (d.destination_id, d.delivery_id)),
-            ("DELETE FROM delivery_dead_letters_by_profile WHERE profile_id = ? AND destination_id = ? AND delivery_id = ?",
-             (d.profile_id, d.destination_id, d.delivery_id)),
-        ])
+        await self.db.execute_together(
+            [
+                (
+                    "DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?",
+                    (d.destination_id, d.delivery_id),
+                ),
+                (
+                    "DELETE FROM delivery_dead_letters_by_profile WHERE profile_id = ? AND destination_id = ? AND delivery_id = ?",
+                    (d.profile_id, d.destination_id, d.delivery_id),
+                ),
+            ]
+        )
 
     async def erase_person(self, profile_id):
         letters = await self.db.execute(
             "SELECT destination_id, delivery_id FROM delivery_dead_letters_by_profile WHERE profile_id = ? LIMIT 10000",
-            (profile_id,))
+            (profile_id,),
+        )
         records = await self.deliveries(profile_id)
         for r in letters:
-            await self.db.execute("DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?",
-                                  (r.destination_id, r.delivery_id))
-        await self.db.execute_together([
-            ("DELETE FROM delivery_dead_letters_by_profile WHERE profile_id = ?", (profile_id,)),
-            ("DELETE FROM delivery_log WHERE profile_id = ?", (profile_id,)),
-        ])
+            await self.db.execute(
+                "DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?",
+                (r.destination_id, r.delivery_id),
+            )
+        await self.db.execute_together(
+            [
+                ("DELETE FROM delivery_dead_letters_by_profile WHERE profile_id = ?", (profile_id,)),
+                ("DELETE FROM delivery_log WHERE profile_id = ?", (profile_id,)),
+            ]
+        )
         return len(records) + len(letters)
 
 
@@ -156,8 +187,10 @@ class SqliteDeliveryStore(Repository):
 
     async def create_destination(self, destination):
         def work(db) -> bool:
-            cursor = db.execute("INSERT OR IGNORE INTO delivery_destinations VALUES (?, ?)",
-                                (destination.destination_id, destination.SerializeToString()))
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO delivery_destinations VALUES (?, ?)",
+                (destination.destination_id, destination.SerializeToString()),
+            )
             return cursor.rowcount == 1
 
         if not await self.db.transaction(work):
@@ -181,20 +214,28 @@ class SqliteDeliveryStore(Repository):
 
     async def save_deliveries(self, deliveries):
         rows = [(d.profile_id, d.delivery_id, d.SerializeToString()) for d in deliveries]
-        await self.db.transaction(lambda db: db.executemany("INSERT OR REPLACE INTO delivery_log VALUES (?, ?, ?)", rows))
+        await self.db.transaction(
+            lambda db: db.executemany("INSERT OR REPLACE INTO delivery_log VALUES (?, ?, ?)", rows)
+        )
 
     async def deliveries(self, profile_id):
-        rows = await self.db.execute("SELECT record FROM delivery_log WHERE profile_id = ? ORDER BY delivery_id", (profile_id,))
+        rows = await self.db.execute(
+            "SELECT record FROM delivery_log WHERE profile_id = ? ORDER BY delivery_id", (profile_id,)
+        )
         return [delivery_pb2.Delivery.FromString(r[0]) for r in rows]
 
     async def put_dead_letter(self, letter):
         d = letter.delivery
 
         def work(db) -> None:
-            db.execute("INSERT OR REPLACE INTO delivery_dead_letters VALUES (?, ?, ?)",
-                       (d.destination_id, d.delivery_id, letter.SerializeToString()))
-            db.execute("INSERT OR REPLACE INTO delivery_dead_letters_by_profile VALUES (?, ?, ?)",
-                       (d.profile_id, d.destination_id, d.delivery_id))
+            db.execute(
+                "INSERT OR REPLACE INTO delivery_dead_letters VALUES (?, ?, ?)",
+                (d.destination_id, d.delivery_id, letter.SerializeToString()),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO delivery_dead_letters_by_profile VALUES (?, ?, ?)",
+                (d.profile_id, d.destination_id, d.delivery_id),
+            )
 
         await self.db.transaction(work)
 
@@ -217,17 +258,24 @@ class SqliteDeliveryStore(Repository):
         d = letter.delivery
 
         def work(db) -> None:
-            db.execute("DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?",
-                       (d.destination_id, d.delivery_id))
-            db.execute("DELETE FROM delivery_dead_letters_by_profile WHERE profile_id = ? AND destination_id = ?"
-                       " AND delivery_id = ?", (d.profile_id, d.destination_id, d.delivery_id))
+            db.execute(
+                "DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?",
+                (d.destination_id, d.delivery_id),
+            )
+            db.execute(
+                "DELETE FROM delivery_dead_letters_by_profile WHERE profile_id = ? AND destination_id = ?"
+                " AND delivery_id = ?",
+                (d.profile_id, d.destination_id, d.delivery_id),
+            )
 
         await self.db.transaction(work)
 
     async def erase_person(self, profile_id):
         def work(db) -> int:
-            letters = db.execute("SELECT destination_id, delivery_id FROM delivery_dead_letters_by_profile"
-                                 " WHERE profile_id = ?", (profile_id,)).fetchall()
+            letters = db.execute(
+                "SELECT destination_id, delivery_id FROM delivery_dead_letters_by_profile WHERE profile_id = ?",
+                (profile_id,),
+            ).fetchall()
             db.executemany("DELETE FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?", letters)
             db.execute("DELETE FROM delivery_dead_letters_by_profile WHERE profile_id = ?", (profile_id,))
             records = db.execute("DELETE FROM delivery_log WHERE profile_id = ?", (profile_id,)).rowcount

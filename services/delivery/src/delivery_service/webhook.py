@@ -69,8 +69,12 @@ class HttpSender:
         with tracer.start_as_current_span(
             "POST", kind=trace.SpanKind.CLIENT, attributes={"http.request.method": "POST", "url.full": url}
         ) as span:
-            sent = {**headers, "Content-Type": "application/json", "Idempotency-Key": delivery_id,
-                    "User-Agent": "mosaic-delivery"}
+            sent = {
+                **headers,
+                "Content-Type": "application/json",
+                "Idempotency-Key": delivery_id,
+                "User-Agent": "mosaic-delivery",
+            }
             if self._signer is not None:
                 now = datetime.now(tz=timezone.utc)
                 sent["webhook-id"] = delivery_id

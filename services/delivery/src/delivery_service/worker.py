@@ -25,10 +25,6 @@ from google.protobuf import timestamp_pb2
 from nats.aio.msg import Msg
 from opentelemetry import trace
 
-from mosaic.delivery.v1 import delivery_pb2
-from mosaic.events.v1 import delivery_outcome_pb2
-from mosaic.platform import topics
-from mosaic.platform.bus import Bus
 from delivery_service.destinations import Kind, kind_of
 from delivery_service.jobs import JobQueue, context_of
 from delivery_service.limits import CircuitBreaker, TokenBucket, retry_delay
@@ -36,6 +32,10 @@ from delivery_service.smtp import SmtpSender
 from delivery_service.ssrf import AddressPolicy
 from delivery_service.store import DeliveryStore
 from delivery_service.webhook import HttpSender, Refused, Retryable
+from mosaic.delivery.v1 import delivery_pb2
+from mosaic.events.v1 import delivery_outcome_pb2
+from mosaic.platform import topics
+from mosaic.platform.bus import Bus
 
 log = logging.getLogger("mosaic.delivery.worker")
 tracer = trace.get_tracer("mosaic.delivery.worker")
@@ -75,8 +75,14 @@ def now() -> timestamp_pb2.Timestamp:
 
 
 class DestinationWorker:
-    def __init__(self, destination: delivery_pb2.Destination, queue: JobQueue, store: DeliveryStore, bus: Bus,
-                 settings: WorkerSettings) -> None:
+    def __init__(
+        self,
+        destination: delivery_pb2.Destination,
+        queue: JobQueue,
+        store: DeliveryStore,
+        bus: Bus,
+        settings: WorkerSettings,
+    ) -> None:
         self.destination = destination
         self.queue = queue
         self.store = store
@@ -126,8 +132,11 @@ class DestinationWorker:
                 if self._stopping.is_set():
                     break
                 if self.kind == Kind.DESTINATION_KIND_AUDIENCE_SYNC:
-                    messages = await self._fill(sub, self.destination.audience.batch_size or 500,
-                                                self.destination.audience.linger_seconds or 1.0)
+                    messages = await self._fill(
+                        sub,
+                        self.destination.audience.batch_size or 500,
+                        self.destination.audience.linger_seconds or 1.0,
+                    )
                     if messages:
                         await self._send_audience(messages)
                     elif probe:
@@ -209,10 +218,16 @@ class DestinationWorker:
             job = delivery_pb2.DeliveryJob.FromString(msg.data)
             attempt = msg.metadata.num_delivered
             with tracer.start_as_current_span(
-                f"{topics.DELIVERY_JOBS.name} process", context=context_of(msg), kind=trace.SpanKind.CONSUMER,
-                attributes={"messaging.system": "nats", "messaging.destination.name": msg.subject,
-                            "mosaic.destination.id": job.destination_id, "mosaic.delivery.id": job.delivery_id,
-                            "mosaic.delivery.attempt": attempt},
+                f"{topics.DELIVERY_JOBS.name} process",
+                context=context_of(msg),
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": msg.subject,
+                    "mosaic.destination.id": job.destination_id,
+                    "mosaic.delivery.id": job.delivery_id,
+                    "mosaic.delivery.attempt": attempt,
+                },
             ):
                 try:
                     detail = await self._send(job)
@@ -257,8 +272,10 @@ class DestinationWorker:
         wait = self.bucket.wait_time()
         if wait:
             await asyncio.sleep(wait)
-        with tracer.start_as_current_span("audience sync", attributes={
-            "mosaic.destination.id": d.destination_id, "messaging.batch.message_count": len(messages)}):
+        with tracer.start_as_current_span(
+            "audience sync",
+            attributes={"mosaic.destination.id": d.destination_id, "messaging.batch.message_count": len(messages)},
+        ):
             try:
                 status = await self.http.post(d.webhook_url, json.dumps(body).encode(), key, self.headers)
             except Refused as error:
@@ -274,16 +291,27 @@ class DestinationWorker:
             else:
                 self.breaker.succeeded()
                 outcome, detail, dead = Status.DELIVERY_STATUS_SENT, f"HTTP {status}", False
-        for msg, job in zip(messages, jobs):
+        for msg, job in zip(messages, jobs, strict=False):
             self._finish(msg, job, attempt, outcome, detail, dead)
 
-    def _finish(self, msg: Msg, job: delivery_pb2.DeliveryJob, attempt: int, status: int, detail: str,
-                dead: bool = False) -> None:
+    def _finish(
+        self, msg: Msg, job: delivery_pb2.DeliveryJob, attempt: int, status: int, detail: str, dead: bool = False
+    ) -> None:
         record = delivery_pb2.Delivery(
-            delivery_id=job.delivery_id, destination_id=job.destination_id, profile_id=job.profile_id,
-            status=status, attempts=attempt, detail=detail, updated_at=now(), trigger=job.trigger,
+            delivery_id=job.delivery_id,
+            destination_id=job.destination_id,
+            profile_id=job.profile_id,
+            status=status,
+            attempts=attempt,
+            detail=detail,
+            updated_at=now(),
+            trigger=job.trigger,
         )
-        letter = delivery_pb2.DeadLetter(delivery=record, last_error=detail, dead_at=record.updated_at, job=job) if dead else None
+        letter = (
+            delivery_pb2.DeadLetter(delivery=record, last_error=detail, dead_at=record.updated_at, job=job)
+            if dead
+            else None
+        )
         self._recorder.items.append(_Finished(msg, record, letter))
         self._recorder.wake.set()
 
@@ -305,17 +333,20 @@ class DestinationWorker:
                 return
 
 
-async def record(store: DeliveryStore, bus: Bus, records: list[delivery_pb2.Delivery],
-                 letters: list[delivery_pb2.DeadLetter]) -> None:
+async def record(
+    store: DeliveryStore, bus: Bus, records: list[delivery_pb2.Delivery], letters: list[delivery_pb2.DeadLetter]
+) -> None:
     """Write decided deliveries (and dead letters), then publish their outcomes."""
     if records:
         await store.save_deliveries(records)
     for letter in letters:
         await store.put_dead_letter(letter)
     outcomes = [
-        (r.profile_id,
-         delivery_outcome_pb2.DeliveryOutcome(delivery=r, decided_at=r.updated_at).SerializeToString(),
-         f"{r.delivery_id}:{r.status}:{r.attempts}")
+        (
+            r.profile_id,
+            delivery_outcome_pb2.DeliveryOutcome(delivery=r, decided_at=r.updated_at).SerializeToString(),
+            f"{r.delivery_id}:{r.status}:{r.attempts}",
+        )
         for r in records
     ]
     await bus.publish_many(topics.DELIVERY_OUTCOME, outcomes)

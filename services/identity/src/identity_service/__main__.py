@@ -1,6 +1,6 @@
-from mosaic.platform import server
 from identity_service.app import build
 from identity_service.config import Settings
+from mosaic.platform import server
 
 
 def main() -> None:

@@ -14,14 +14,14 @@ from dataclasses import replace
 
 from google.protobuf import timestamp_pb2
 
-from mosaic.events.v1 import identity_changed_pb2
-from mosaic.identity.v1 import identity_pb2
-from mosaic.platform import topics
-from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound
 from identity_service import graph
 from identity_service.resolver import NAMESPACE, Resolver, Retry, now_ms
 from identity_service.rules import Rules
 from identity_service.store import OutboxEntry
+from mosaic.events.v1 import identity_changed_pb2
+from mosaic.identity.v1 import identity_pb2
+from mosaic.platform import topics
+from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound
 
 
 async def merge_profiles(
@@ -62,10 +62,16 @@ async def merge_profiles(
             records = []
             for root in roots:
                 if root != survivor:
-                    records.append(await resolver.merge(
-                        root, survivor, holder, components[root], cause=request_id,
-                        rule=f"manual: {reason}" if reason else "manual",
-                    ))
+                    records.append(
+                        await resolver.merge(
+                            root,
+                            survivor,
+                            holder,
+                            components[root],
+                            cause=request_id,
+                            rule=f"manual: {reason}" if reason else "manual",
+                        )
+                    )
                     locked.remove(root)
             return survivor, records
         except Retry:
@@ -100,17 +106,26 @@ async def split(resolver: Resolver, merge_id: str, reason: str) -> identity_chan
             split_at = timestamp_pb2.Timestamp()
             split_at.FromMilliseconds(now_ms())
             event = identity_changed_pb2.IdentitySplit(
-                split_id=str(uuid.uuid5(NAMESPACE, f"split:{merge_id}")), merge_id=merge_id,
-                survivor_profile_id=survivor, restored_profile_ids=[merged], reason=reason, split_at=split_at,
-                moved_identifiers=[identity_pb2.Identifier(type=m.id_type, value=m.id_value)
-                                   for found in members.values() for m in found],
+                split_id=str(uuid.uuid5(NAMESPACE, f"split:{merge_id}")),
+                merge_id=merge_id,
+                survivor_profile_id=survivor,
+                restored_profile_ids=[merged],
+                reason=reason,
+                split_at=split_at,
+                moved_identifiers=[
+                    identity_pb2.Identifier(type=m.id_type, value=m.id_value)
+                    for found in members.values()
+                    for m in found
+                ],
             )
             record.split_at.CopyFrom(split_at)
             record.split_reason = reason
             await resolver.store.save_merge(record)
-            await resolver.store.outbox_put(OutboxEntry(
-                f"{event.split_id}/{holder}", topics.IDENTITY_SPLIT.name, survivor, event.SerializeToString()
-            ))
+            await resolver.store.outbox_put(
+                OutboxEntry(
+                    f"{event.split_id}/{holder}", topics.IDENTITY_SPLIT.name, survivor, event.SerializeToString()
+                )
+            )
             if not await resolver.store.unmerge(merged, survivor, never_merge=survivor):
                 continue  # the merge changed under us; look again
             await resolver.store.remove_child(survivor, merged)

@@ -7,13 +7,6 @@ import asyncio
 
 from opentelemetry import trace
 
-from mosaic.events.v1 import event_pb2, resolved_pb2
-from mosaic.identity.v1 import identity_pb2, identity_service_pb2 as pb, identity_service_pb2_grpc
-from mosaic.platform import limits, topics
-from mosaic.platform.bus import Bus, Delivery
-from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound
-from mosaic.platform.privacy import Participant
-from mosaic.platform.server import Runtime
 from identity_service import admin, dryrun, explain, identifiers
 from identity_service.config import Settings
 from identity_service.events import EventResolver, Resolved
@@ -23,7 +16,14 @@ from identity_service.resolver import Resolver, RootCache
 from identity_service.rules import Rules, RulesCache, with_defaults
 from identity_service.sightings import Sightings
 from identity_service.store import IdentityStore, open_store
-
+from mosaic.events.v1 import event_pb2, resolved_pb2
+from mosaic.identity.v1 import identity_pb2, identity_service_pb2_grpc
+from mosaic.identity.v1 import identity_service_pb2 as pb
+from mosaic.platform import limits, topics
+from mosaic.platform.bus import Bus, Delivery
+from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound
+from mosaic.platform.privacy import Participant
+from mosaic.platform.server import Runtime
 
 # Bounds of the work one call may ask for.
 MAX_RESOLVE = 1000
@@ -51,13 +51,18 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
 
     async def Resolve(self, request, context):
         if len(request.identifiers) > MAX_RESOLVE:
-            raise InvalidArgument("identifiers", f"must hold at most {MAX_RESOLVE} identifiers, holds {len(request.identifiers)}")
+            raise InvalidArgument(
+                "identifiers", f"must hold at most {MAX_RESOLVE} identifiers, holds {len(request.identifiers)}"
+            )
         checked = [self._checked(raw, f"identifiers[{i}]") for i, raw in enumerate(request.identifiers)]
         found = await asyncio.gather(*(self.resolver.lookup(identifiers.key(i)) for i in checked))
-        return pb.ResolveResponse(matches=[
-            pb.IdentifierMatch(identifier=identifier, profile_id=profile_id)
-            for identifier, profile_id in zip(checked, found) if profile_id
-        ])
+        return pb.ResolveResponse(
+            matches=[
+                pb.IdentifierMatch(identifier=identifier, profile_id=profile_id)
+                for identifier, profile_id in zip(checked, found, strict=False)
+                if profile_id
+            ]
+        )
 
     async def GetIdentities(self, request, context):
         limits.check_required_text("profile_id", request.profile_id)
@@ -81,13 +86,17 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         split = await admin.split(self.resolver, request.merge_id, request.reason)
         await self.outbox.drain()
         return pb.SplitProfileResponse(
-            split_id=split.split_id, survivor_profile_id=split.survivor_profile_id,
-            restored_profile_ids=split.restored_profile_ids, moved_identifiers=split.moved_identifiers,
+            split_id=split.split_id,
+            survivor_profile_id=split.survivor_profile_id,
+            restored_profile_ids=split.restored_profile_ids,
+            moved_identifiers=split.moved_identifiers,
         )
 
     async def MergeProfiles(self, request, context):
         if len(request.profile_ids) > MAX_MERGE:
-            raise InvalidArgument("profile_ids", f"must name at most {MAX_MERGE} profiles, names {len(request.profile_ids)}")
+            raise InvalidArgument(
+                "profile_ids", f"must name at most {MAX_MERGE} profiles, names {len(request.profile_ids)}"
+            )
         for index, profile_id in enumerate(request.profile_ids):
             limits.check_required_text(f"profile_ids[{index}]", profile_id)
         limits.check_text("reason", request.reason, MAX_REASON)
@@ -113,7 +122,9 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         stored = await self.resolver.store.load_rules()
         version = stored.version if stored else 0
         if request.rules.version != version:
-            raise FailedPrecondition("rules", f"version {request.rules.version} is not the version in force ({version})")
+            raise FailedPrecondition(
+                "rules", f"version {request.rules.version} is not the version in force ({version})"
+            )
         new = identity_pb2.IdentityRules()
         new.CopyFrom(request.rules)
         new.version = version + 1
@@ -167,13 +178,16 @@ class RawEventHandler:
             trace.get_current_span(context).set_attribute("mosaic.profile.id", r.profile_id)
             message = resolved_pb2.ResolvedEvent(profile_id=r.profile_id, event=event, identifiers=r.identifiers)
             messages.append((r.profile_id, message.SerializeToString(), event.message_id))
-        await self.bus.publish_many(topics.EVENTS_RESOLVED, messages,
-                                    contexts=contexts if any(c is not None for c in contexts) else None)
+        await self.bus.publish_many(
+            topics.EVENTS_RESOLVED, messages, contexts=contexts if any(c is not None for c in contexts) else None
+        )
 
 
 def components(store: IdentityStore, settings: Settings) -> tuple[Resolver, RulesCache, EventResolver]:
     """The service's parts on one store; tests and the benchmark build them the same way."""
-    resolver = Resolver(store, lease_seconds=settings.lease_seconds, root_cache=RootCache(max_age=settings.root_cache_seconds))
+    resolver = Resolver(
+        store, lease_seconds=settings.lease_seconds, root_cache=RootCache(max_age=settings.root_cache_seconds)
+    )
     rules = RulesCache(store.load_rules, settings.rules_max_age)
     sightings = Sightings(store, settings.sightings_flush_seconds)
     return resolver, rules, EventResolver(resolver, rules, sightings, settings.phone_region)

@@ -9,11 +9,11 @@ profiles whose identifiers land in several proposed clusters is a split. Nothing
 
 from __future__ import annotations
 
-from mosaic.identity.v1 import identity_pb2, identity_service_pb2
 from identity_service.graph import Key, MemoryGraph
 from identity_service.identifiers import ordered
 from identity_service.resolver import Resolver
 from identity_service.rules import Rules
+from mosaic.identity.v1 import identity_pb2, identity_service_pb2
 
 DEFAULT_MAX_LINKS = 1_000_000
 
@@ -36,7 +36,9 @@ async def dry_run(resolver: Resolver, proposed: Rules, max_links: int) -> identi
         today[key] = roots[claim.profile_id]
 
     answer = identity_service_pb2.DryRunRulesResponse(
-        links_replayed=len(links), profiles_now=len(set(today.values())), profiles_proposed=len(proposed_clusters),
+        links_replayed=len(links),
+        profiles_now=len(set(today.values())),
+        profiles_proposed=len(proposed_clusters),
     )
     spread: dict[str, set[str]] = {}
     for name, keys in sorted(proposed_clusters.items(), key=lambda item: sorted(item[1])):

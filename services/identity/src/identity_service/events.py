@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mosaic.events.v1 import event_pb2
-from mosaic.identity.v1 import identity_pb2
-from mosaic.platform.errors import InvalidArgument
 from identity_service import identifiers as ids
 from identity_service.resolver import Resolution, Resolver, now_ms
 from identity_service.rules import Rules, RulesCache
 from identity_service.sightings import Sightings
 from identity_service.store import Link
+from mosaic.events.v1 import event_pb2
+from mosaic.identity.v1 import identity_pb2
+from mosaic.platform.errors import InvalidArgument
 
 
 @dataclass
@@ -48,7 +48,12 @@ class EventResolver:
             raise InvalidArgument("event", f"has no usable identifier ({reasons})")
         at = _event_time(event)
         resolution = await self.resolver.resolve(
-            usable, rules, event_id=event.message_id, at=at, source=event.source_id, rule=rule,
+            usable,
+            rules,
+            event_id=event.message_id,
+            at=at,
+            source=event.source_id,
+            rule=rule,
         )
         await self._record(event, at, usable, rejected, resolution)
         return Resolved(resolution.profile_id, usable, resolution)
@@ -64,25 +69,36 @@ class EventResolver:
 
     async def _record(self, event, at, usable, rejected, resolution: Resolution) -> None:
         store = self.resolver.store
-        unlinked = [identity_pb2.Unlinked(identifier=r.identifier, profile_id=resolution.profile_id,
-                                          reason=r.reason, event_id=event.message_id) for r in rejected]
+        unlinked = [
+            identity_pb2.Unlinked(
+                identifier=r.identifier, profile_id=resolution.profile_id, reason=r.reason, event_id=event.message_id
+            )
+            for r in rejected
+        ]
         plan = resolution.plan
         left_out: set[tuple[str, str]] = set()
         if plan is not None:
             for identifier, reason, other in plan.unlinked:
                 left_out.add(ids.key(identifier))
-                unlinked.append(identity_pb2.Unlinked(
-                    identifier=identifier, profile_id=resolution.profile_id, reason=reason,
-                    event_id=event.message_id, other_profile_id=other,
-                ))
+                unlinked.append(
+                    identity_pb2.Unlinked(
+                        identifier=identifier,
+                        profile_id=resolution.profile_id,
+                        reason=reason,
+                        event_id=event.message_id,
+                        other_profile_id=other,
+                    )
+                )
         if unlinked:
             await store.save_unlinked(unlinked)
         # A lone identifier already known links nothing under any rules: not worth a record.
         changed = plan is not None and plan.changes_graph
         if len(usable) > 1 or changed:
             await self.sightings.link(Link(at, event.message_id, tuple(ids.key(i) for i in usable)), changed)
-        self.sightings.seen({key: home for key in map(ids.key, usable)
-                             if key not in left_out and (home := self.resolver.home_of(key))}, at)
+        self.sightings.seen(
+            {key: home for key in map(ids.key, usable) if key not in left_out and (home := self.resolver.home_of(key))},
+            at,
+        )
 
 
 def _event_time(event: event_pb2.Event) -> int:

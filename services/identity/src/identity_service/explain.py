@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
 
+from identity_service.resolver import Resolver
 from mosaic.identity.v1 import identity_pb2, identity_service_pb2
 from mosaic.platform.errors import InvalidArgument, NotFound
-from identity_service.resolver import Resolver
 
 
 async def survivor_of(resolver: Resolver, profile_id: str) -> str:
@@ -26,10 +26,16 @@ async def identities(resolver: Resolver, root: str) -> list[identity_pb2.Identit
     for home, found in sorted(members.items()):
         for m in sorted(found, key=lambda m: (m.id_type, m.id_value)):
             last = seen.get((m.id_type, m.id_value), m.first_seen)
-            found_identities.append(identity_pb2.Identity(
-                identifier=identity_pb2.Identifier(type=m.id_type, value=m.id_value), home_profile_id=home,
-                first_seen=_ts(m.first_seen), last_seen=_ts(max(last, m.first_seen)), source=m.source, event_id=m.event_id,
-            ))
+            found_identities.append(
+                identity_pb2.Identity(
+                    identifier=identity_pb2.Identifier(type=m.id_type, value=m.id_value),
+                    home_profile_id=home,
+                    first_seen=_ts(m.first_seen),
+                    last_seen=_ts(max(last, m.first_seen)),
+                    source=m.source,
+                    event_id=m.event_id,
+                )
+            )
     return found_identities
 
 
@@ -65,13 +71,16 @@ async def explain(resolver: Resolver, root: str) -> identity_service_pb2.Explain
         while profile_id != root and merges.get(profile_id) is not None:
             path.append(merges[profile_id])
             profile_id = merges[profile_id].survivor_profile_id
-        direct = (f"linked to this profile by event {identity.event_id}"
-                  + (f" from source {identity.source}" if identity.source else ""))
+        direct = f"linked to this profile by event {identity.event_id}" + (
+            f" from source {identity.source}" if identity.source else ""
+        )
         if path:
-            steps = "; ".join(f"{m.merged_profile_id} merged into {m.survivor_profile_id} by {m.rule}"
-                              + (f" ({m.identifier.type} {m.identifier.value})" if m.identifier.type else "")
-                              + (f" on event {m.cause_event_id}" if m.cause_event_id else "")
-                              for m in path)
+            steps = "; ".join(
+                f"{m.merged_profile_id} merged into {m.survivor_profile_id} by {m.rule}"
+                + (f" ({m.identifier.type} {m.identifier.value})" if m.identifier.type else "")
+                + (f" on event {m.cause_event_id}" if m.cause_event_id else "")
+                for m in path
+            )
             reason = f"linked to profile {identity.home_profile_id} by event {identity.event_id}; then {steps}"
         else:
             reason = direct

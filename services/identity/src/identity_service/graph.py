@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mosaic.identity.v1 import identity_pb2
 from identity_service.rules import NEWEST, Rules
+from mosaic.identity.v1 import identity_pb2
 
 Key = tuple[str, str]
 
@@ -78,7 +78,9 @@ def decide(
             if sum(counts.values()) + 1 > rules.max_mappings:
                 plan.unlinked.append((identifier, f"mapping cap {rules.max_mappings} reached", ""))
             elif counts[identifier.type] + 1 > rules.limit(identifier.type):
-                plan.unlinked.append((identifier, f"limit {identifier.type}={rules.limit(identifier.type)} reached", ""))
+                plan.unlinked.append(
+                    (identifier, f"limit {identifier.type}={rules.limit(identifier.type)} reached", "")
+                )
             else:
                 counts[identifier.type] += 1
                 plan.link.append(identifier)

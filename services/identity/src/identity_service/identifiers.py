@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import phonenumbers
 from google.protobuf import struct_pb2
 
+from identity_service.rules import Rules
 from mosaic.events.v1 import event_pb2
 from mosaic.identity.v1 import identity_pb2
-from identity_service.rules import Rules
 
 Identifier = identity_pb2.Identifier
 

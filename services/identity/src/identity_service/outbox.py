@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mosaic.platform import metrics, topics
-from mosaic.platform.bus import Bus
 from identity_service.resolver import now_ms
 from identity_service.store import IdentityStore, OutboxEntry
+from mosaic.platform import metrics, topics
+from mosaic.platform.bus import Bus
 
 log = logging.getLogger("identity.outbox")
 TOPICS = {topics.IDENTITY_MERGED.name: topics.IDENTITY_MERGED, topics.IDENTITY_SPLIT.name: topics.IDENTITY_SPLIT}

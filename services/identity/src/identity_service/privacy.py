@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
+from identity_service.resolver import Resolver
+from identity_service.sightings import Sightings
+from identity_service.store import IdentityStore, Key, decode_keys
 from mosaic.events.v1 import privacy_request_pb2
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform.privacy import Answer
 from mosaic.platform.store.cassandra import CassandraStore
-from identity_service.resolver import Resolver
-from identity_service.sightings import Sightings
-from identity_service.store import IdentityStore, Key, decode_keys
 
 MAX_PROFILES = 1_000  # the graph caps a person at 100 merges; this only bounds a walk gone wrong
 
@@ -50,11 +50,28 @@ class IdentityPrivacy:
         rows = await self.store.profiles(profiles)
         members = await self.store.members(profiles)
         document: dict[str, list] = {
-            "profiles": [{"profile_id": r.profile_id, "created_at_ms": r.created_at, "created_by": r.created_by,
-                          "merged_into": r.merged_into} for r in rows.values()],
-            "identifiers": [{"profile_id": p, "type": m.id_type, "value": m.id_value, "first_seen_ms": m.first_seen,
-                             "event_id": m.event_id} for p, ms in members.items() for m in ms],
-            "merges": [], "unlinked": [],
+            "profiles": [
+                {
+                    "profile_id": r.profile_id,
+                    "created_at_ms": r.created_at,
+                    "created_by": r.created_by,
+                    "merged_into": r.merged_into,
+                }
+                for r in rows.values()
+            ],
+            "identifiers": [
+                {
+                    "profile_id": p,
+                    "type": m.id_type,
+                    "value": m.id_value,
+                    "first_seen_ms": m.first_seen,
+                    "event_id": m.event_id,
+                }
+                for p, ms in members.items()
+                for m in ms
+            ],
+            "merges": [],
+            "unlinked": [],
         }
         merge_ids: set[str] = set()
         for profile_id in profiles:
@@ -62,8 +79,10 @@ class IdentityPrivacy:
                 if record.merge_id not in merge_ids:
                     merge_ids.add(record.merge_id)
                     document["merges"].append(json_format.MessageToDict(record, preserving_proto_field_name=True))
-            document["unlinked"] += [json_format.MessageToDict(u, preserving_proto_field_name=True)
-                                     for u in await self.store.unlinked_of(profile_id, 10_000)]
+            document["unlinked"] += [
+                json_format.MessageToDict(u, preserving_proto_field_name=True)
+                for u in await self.store.unlinked_of(profile_id, 10_000)
+            ]
         return Answer({kind: len(items) for kind, items in document.items()}, document)
 
     async def erase(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
@@ -88,18 +107,35 @@ class IdentityPrivacy:
         marks = ",".join("?" * len(profiles))
 
         def work(db) -> dict[str, int]:
-            counts = {"identity_claims": db.executemany(
-                "DELETE FROM identity_claims WHERE id_type = ? AND id_value = ?", claimed).rowcount if claimed else 0}
-            for table in ("identity_members", "identity_profiles", "identity_profile_merges", "identity_unlinked",
-                          "identity_sightings"):
+            counts = {
+                "identity_claims": db.executemany(
+                    "DELETE FROM identity_claims WHERE id_type = ? AND id_value = ?", claimed
+                ).rowcount
+                if claimed
+                else 0
+            }
+            for table in (
+                "identity_members",
+                "identity_profiles",
+                "identity_profile_merges",
+                "identity_unlinked",
+                "identity_sightings",
+            ):
                 counts[table] = db.execute(f"DELETE FROM {table} WHERE profile_id IN ({marks})", profiles).rowcount
             counts["identity_children"] = db.execute(
                 f"DELETE FROM identity_children WHERE profile_id IN ({marks}) OR child IN ({marks})",
-                (*profiles, *profiles)).rowcount
-            counts["identity_merges"] = db.executemany(
-                "DELETE FROM identity_merges WHERE merge_id = ?", [(m,) for m in merge_ids]).rowcount if merge_ids else 0
-            naming = [(at, event_id) for at, event_id, text in db.execute("SELECT at, event_id, identifiers FROM identity_links")
-                      if keys.intersection(decode_keys(text))]
+                (*profiles, *profiles),
+            ).rowcount
+            counts["identity_merges"] = (
+                db.executemany("DELETE FROM identity_merges WHERE merge_id = ?", [(m,) for m in merge_ids]).rowcount
+                if merge_ids
+                else 0
+            )
+            naming = [
+                (at, event_id)
+                for at, event_id, text in db.execute("SELECT at, event_id, identifiers FROM identity_links")
+                if keys.intersection(decode_keys(text))
+            ]
             counts["identity_links"] = len(naming)
             db.executemany("DELETE FROM identity_links WHERE at = ? AND event_id = ?", naming)
             return counts
@@ -109,12 +145,22 @@ class IdentityPrivacy:
     async def _erase_cassandra(self, profiles, claimed, merge_ids, keys) -> dict[str, int]:
         db: CassandraStore = self.store.db
         members = await self.store.members(profiles)
-        counts = {"identity_claims": len(claimed), "identity_members": sum(len(m) for m in members.values()),
-                  "identity_profiles": len(await self.store.profiles(profiles)), "identity_merges": len(merge_ids)}
+        counts = {
+            "identity_claims": len(claimed),
+            "identity_members": sum(len(m) for m in members.values()),
+            "identity_profiles": len(await self.store.profiles(profiles)),
+            "identity_merges": len(merge_ids),
+        }
         statements = [("DELETE FROM identity_claims WHERE id_type = ? AND id_value = ?", key) for key in claimed]
         for profile_id in profiles:
-            for table in ("identity_members", "identity_profiles", "identity_children", "identity_profile_merges",
-                          "identity_unlinked", "identity_sightings"):
+            for table in (
+                "identity_members",
+                "identity_profiles",
+                "identity_children",
+                "identity_profile_merges",
+                "identity_unlinked",
+                "identity_sightings",
+            ):
                 statements.append((f"DELETE FROM {table} WHERE profile_id = ?", (profile_id,)))
         statements += [("DELETE FROM identity_merges WHERE merge_id = ?", (m,)) for m in merge_ids]
         links = 0
@@ -123,12 +169,17 @@ class IdentityPrivacy:
             while True:
                 rows = await db.execute(
                     "SELECT at, event_id, identifiers FROM identity_links WHERE hour = ? AND (at, event_id) > (?, ?) LIMIT 1000",
-                    (hour_row.hour, *after))
+                    (hour_row.hour, *after),
+                )
                 for row in rows:
                     if keys.intersection(decode_keys(row.identifiers)):
                         links += 1
-                        statements.append(("DELETE FROM identity_links WHERE hour = ? AND at = ? AND event_id = ?",
-                                           (hour_row.hour, row.at, row.event_id)))
+                        statements.append(
+                            (
+                                "DELETE FROM identity_links WHERE hour = ? AND at = ? AND event_id = ?",
+                                (hour_row.hour, row.at, row.event_id),
+                            )
+                        )
                 if len(rows) < 1000:
                     break
                 after = (rows[-1].at, rows[-1].event_id)

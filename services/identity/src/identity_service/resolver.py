@@ -49,15 +49,15 @@ from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
 
-from mosaic.events.v1 import identity_changed_pb2
-from mosaic.identity.v1 import identity_pb2
-from mosaic.platform import topics
-from mosaic.platform.lru import Lru
-from mosaic.platform.errors import FailedPrecondition, InvalidArgument, Unavailable
 from identity_service import graph
 from identity_service.graph import Component, Plan
 from identity_service.rules import Rules
 from identity_service.store import Claim, IdentityStore, Key, Member, OutboxEntry
+from mosaic.events.v1 import identity_changed_pb2
+from mosaic.identity.v1 import identity_pb2
+from mosaic.platform import topics
+from mosaic.platform.errors import FailedPrecondition, InvalidArgument, Unavailable
+from mosaic.platform.lru import Lru
 
 NAMESPACE = uuid.UUID("5b0c7a52-3c1e-4d1e-9a57-6d6f73616963")
 MAX_ATTEMPTS = 50
@@ -140,7 +140,10 @@ class RootCache:
 
 class Resolver:
     def __init__(
-        self, store: IdentityStore, lease_seconds: float = 15.0, claim_cache: int = 200_000,
+        self,
+        store: IdentityStore,
+        lease_seconds: float = 15.0,
+        claim_cache: int = 200_000,
         root_cache: RootCache | None = None,
     ) -> None:
         self.store = store
@@ -181,9 +184,9 @@ class Resolver:
 
     async def roots(self, homes: set[str]) -> dict[str, str]:
         found = await asyncio.gather(*(self.root(h) for h in homes))
-        for home, root in zip(homes, found):
+        for home, root in zip(homes, found, strict=False):
             self.root_cache.put(home, root)
-        return dict(zip(homes, found))
+        return dict(zip(homes, found, strict=False))
 
     async def cached_roots(self, homes: set[str]) -> dict[str, str]:
         """`roots` for the event path: from the cache where it has them (see RootCache)."""
@@ -221,8 +224,14 @@ class Resolver:
     # -- resolution -------------------------------------------------------------------------
 
     async def resolve(
-        self, identifiers: list[identity_pb2.Identifier], rules: Rules, *, event_id: str, at: int,
-        source: str = "", rule: str = "",
+        self,
+        identifiers: list[identity_pb2.Identifier],
+        rules: Rules,
+        *,
+        event_id: str,
+        at: int,
+        source: str = "",
+        rule: str = "",
     ) -> Resolution:
         """The profile of `identifiers` (priority order), changing the graph if the rules say so."""
         keys = [(i.type, i.value) for i in identifiers]
@@ -266,10 +275,17 @@ class Resolver:
             await self._link(survivor, plan.link, event_id, at, source)
             merges = []
             for loser, identifier in plan.merged:
-                merges.append(await self.merge(
-                    loser, survivor, holder, components[loser], cause=event_id,
-                    rule=rule or f"shared {identifier.type}", identifier=identifier,
-                ))
+                merges.append(
+                    await self.merge(
+                        loser,
+                        survivor,
+                        holder,
+                        components[loser],
+                        cause=event_id,
+                        rule=rule or f"shared {identifier.type}",
+                        identifier=identifier,
+                    )
+                )
                 locked.remove(loser)
             return Resolution(survivor, plan, merges)
         finally:
@@ -286,7 +302,7 @@ class Resolver:
         await self.store.add_members(survivor, [Member(t, v, at, event_id, source) for t, v in keys])
         won = await asyncio.gather(*(self.store.claim(k, Claim(survivor, event_id, at, source)) for k in keys))
         lost = []
-        for key, claim in zip(keys, won):
+        for key, claim in zip(keys, won, strict=False):
             self._claims.put(key, claim)
             if claim.profile_id != survivor:
                 lost.append(key)
@@ -315,7 +331,14 @@ class Resolver:
         return taken
 
     async def merge(
-        self, loser: str, survivor: str, holder: str, moved: Component, *, cause: str, rule: str,
+        self,
+        loser: str,
+        survivor: str,
+        holder: str,
+        moved: Component,
+        *,
+        cause: str,
+        rule: str,
         identifier: identity_pb2.Identifier | None = None,
     ) -> identity_pb2.MergeRecord:
         """Fold the locked root `loser` into `survivor`; derived records first, the LWT last."""
@@ -323,25 +346,34 @@ class Resolver:
         merged_at = timestamp_pb2.Timestamp()
         merged_at.FromMilliseconds(now_ms())
         record = identity_pb2.MergeRecord(
-            merge_id=merge_id, survivor_profile_id=survivor, merged_profile_id=loser,
-            cause_event_id=cause, rule=rule, merged_at=merged_at,
+            merge_id=merge_id,
+            survivor_profile_id=survivor,
+            merged_profile_id=loser,
+            cause_event_id=cause,
+            rule=rule,
+            merged_at=merged_at,
         )
         if identifier is not None:
             record.identifier.CopyFrom(identifier)
         members = await self.store.members(sorted(moved.profiles))
         event = identity_changed_pb2.IdentityMerged(
-            merge_id=merge_id, survivor_profile_id=survivor, merged_profile_ids=[loser],
-            moved_identifiers=[identity_pb2.Identifier(type=m.id_type, value=m.id_value)
-                               for found in members.values() for m in found],
-            cause_event_id=cause, rule=rule, merged_at=merged_at,
+            merge_id=merge_id,
+            survivor_profile_id=survivor,
+            merged_profile_ids=[loser],
+            moved_identifiers=[
+                identity_pb2.Identifier(type=m.id_type, value=m.id_value) for found in members.values() for m in found
+            ],
+            cause_event_id=cause,
+            rule=rule,
+            merged_at=merged_at,
         )
         if identifier is not None:
             event.identifier.CopyFrom(identifier)
         await self.store.add_child(survivor, loser)
         await self.store.save_merge(record)
-        await self.store.outbox_put(OutboxEntry(
-            f"{merge_id}/{holder}", topics.IDENTITY_MERGED.name, survivor, event.SerializeToString()
-        ))
+        await self.store.outbox_put(
+            OutboxEntry(f"{merge_id}/{holder}", topics.IDENTITY_MERGED.name, survivor, event.SerializeToString())
+        )
         if not await self.store.merge_into(loser, survivor, merge_id, holder):
             raise Retry()  # our lease ran out and someone else holds it now
         self.root_cache.forget([loser])

@@ -118,13 +118,16 @@ def with_defaults(message: identity_pb2.IdentityRules) -> identity_pb2.IdentityR
     rules = Rules.from_proto(message)
     shown = identity_pb2.IdentityRules(
         blocked_patterns=[p.pattern for p in rules.blocked_everywhere],
-        max_merges=rules.max_merges, max_mappings=rules.max_mappings,
-        survivor=rules.survivor, version=message.version,
+        max_merges=rules.max_merges,
+        max_mappings=rules.max_mappings,
+        survivor=rules.survivor,
+        version=message.version,
         trait_identifiers=message.trait_identifiers,
     )
     for identifier_type in rules.priority:
         shown.rules.add(
-            type=identifier_type, limit=rules.limit(identifier_type),
+            type=identifier_type,
+            limit=rules.limit(identifier_type),
             blocked_patterns=[p.pattern for p in rules.blocked.get(identifier_type, ())],
         )
     return shown

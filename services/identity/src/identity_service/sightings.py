@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mosaic.platform.lru import Lru
 from identity_service.store import IdentityStore, Key, Link
+from mosaic.platform.lru import Lru
 
 log = logging.getLogger("identity.sightings")
 
@@ -59,7 +59,7 @@ class Sightings:
             if seen:
                 await self.store.touch_many(seen)
             for start in range(0, len(links), 128):
-                await asyncio.gather(*(self.store.record_link(link) for link in links[start:start + 128]))
+                await asyncio.gather(*(self.store.record_link(link) for link in links[start : start + 128]))
         except BaseException:
             for key, (home, at) in seen.items():  # kept for the next round
                 self.seen({key: home}, at)

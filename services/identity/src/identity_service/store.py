@@ -84,16 +84,20 @@ class IdentityStore(Protocol):
 
     # profiles (every write conditional)
     async def profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileRow]: ...
-    async def create_locked(self, profile_id: str, created_at: int, event_id: str, holder: str, lease_until: int) -> bool: ...
+    async def create_locked(
+        self, profile_id: str, created_at: int, event_id: str, holder: str, lease_until: int
+    ) -> bool: ...
     async def lock(self, profile_id: str, holder: str, now: int, lease_until: int) -> tuple[bool, str | None]:
         """Take the lock of a root whose lease ran out.
 
         Returns (True, "") when taken; else (False, merged_into), merged_into being "" when
         another holder has it and None when the profile has no row.
         """
+
     async def unlock(self, profile_id: str, holder: str) -> None: ...
     async def merge_into(self, profile_id: str, survivor: str, merge_id: str, holder: str) -> bool:
         """Fold a root locked by `holder` into `survivor`, releasing its lock."""
+
     async def unmerge(self, profile_id: str, survivor: str, never_merge: str) -> bool:
         """Make a profile merged into `survivor` a root again, never to merge with it again."""
 
@@ -112,11 +116,14 @@ class IdentityStore(Protocol):
     async def touch_many(self, sightings: Mapping[Key, tuple[str, int]]) -> None:
         """Record sightings (identifier → its home profile, event time); the latest event time
         wins whatever the arrival order."""
+
     async def last_seen(self, homes: Sequence[str]) -> dict[Key, int]:
         """The last sighting of every identifier whose home is one of `homes`."""
+
     async def record_link(self, link: Link) -> None: ...
     async def links(self, limit: int) -> list[Link]:
         """Recorded links in event-time order, at most `limit`."""
+
     async def outbox_put(self, entry: OutboxEntry) -> None: ...
     async def outbox_pending(self, limit: int = 100) -> list[OutboxEntry]: ...
     async def outbox_done(self, message_id: str) -> None: ...
@@ -141,7 +148,8 @@ async def open_store(settings) -> IdentityStore:
     from identity_service import store_cassandra, store_sqlite
 
     return await open_repository(
-        settings, "identity",
+        settings,
+        "identity",
         cassandra=(store_cassandra.MIGRATIONS, store_cassandra.CassandraIdentityStore),
         sqlite=(store_sqlite.MIGRATIONS, store_sqlite.SqliteIdentityStore),
     )

@@ -7,55 +7,64 @@ import calendar
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+from identity_service.store import Claim, Key, Link, Member, OutboxEntry, ProfileRow, decode_keys, encode_keys
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.cassandra import CassandraStore
-from identity_service.store import Claim, Key, Link, Member, OutboxEntry, ProfileRow, decode_keys, encode_keys
 
 # Links are partitioned by the hour of their event: 10 M events a day stay near 40 MB a partition.
 HOUR_MS = 3_600_000
 
 MIGRATIONS = [
-    Migration(1, (
-        "CREATE TABLE IF NOT EXISTS identity_claims ("
-        " id_type text, id_value text, profile_id text, claimed_at timestamp,"
-        " PRIMARY KEY ((id_type, id_value)))",
-    )),
-    Migration(2, (
-        "ALTER TABLE identity_claims ADD IF NOT EXISTS (event_id text, source text)",
-        "CREATE TABLE IF NOT EXISTS identity_profiles ("
-        " profile_id text PRIMARY KEY, created_at bigint, created_by text, merged_into text,"
-        " merge_id text, holder text, lease_until bigint, never_merge set<text>)",
-        "CREATE TABLE IF NOT EXISTS identity_members ("
-        " profile_id text, id_type text, id_value text, first_seen bigint, event_id text, source text,"
-        " PRIMARY KEY ((profile_id), id_type, id_value))",
-        "CREATE TABLE IF NOT EXISTS identity_children ("
-        " profile_id text, child text, PRIMARY KEY ((profile_id), child))",
-        "CREATE TABLE IF NOT EXISTS identity_merges (merge_id text PRIMARY KEY, record blob)",
-        "CREATE TABLE IF NOT EXISTS identity_profile_merges ("
-        " profile_id text, merge_id text, PRIMARY KEY ((profile_id), merge_id))",
-        # One row per (profile, identifier): a conflict that recurs on every event of a shared
-        # device keeps its latest event, not one row per event.
-        "CREATE TABLE IF NOT EXISTS identity_unlinked ("
-        " profile_id text, id_type text, id_value text, record blob, PRIMARY KEY ((profile_id), id_type, id_value))",
-        "CREATE TABLE IF NOT EXISTS identity_seen ("
-        " id_type text, id_value text, last_seen bigint, last_event text, PRIMARY KEY ((id_type, id_value)))",
-        "CREATE TABLE IF NOT EXISTS identity_links ("
-        " hour bigint, at bigint, event_id text, identifiers text, PRIMARY KEY ((hour), at, event_id))",
-        "CREATE TABLE IF NOT EXISTS identity_link_hours (shard int, hour bigint, PRIMARY KEY ((shard), hour))",
-        "CREATE TABLE IF NOT EXISTS identity_outbox ("
-        " shard int, message_id text, topic text, key text, payload blob, PRIMARY KEY ((shard), message_id))"
-        # Entries are deleted once published: keep the tombstones of this one partition short-lived
-        # (a resurrected entry is only republished under its merge id, which consumers dedupe).
-        " WITH gc_grace_seconds = 3600",
-        "CREATE TABLE IF NOT EXISTS identity_rules (name text PRIMARY KEY, version bigint, rules blob)",
-    )),
+    Migration(
+        1,
+        (
+            "CREATE TABLE IF NOT EXISTS identity_claims ("
+            " id_type text, id_value text, profile_id text, claimed_at timestamp,"
+            " PRIMARY KEY ((id_type, id_value)))",
+        ),
+    ),
+    Migration(
+        2,
+        (
+            "ALTER TABLE identity_claims ADD IF NOT EXISTS (event_id text, source text)",
+            "CREATE TABLE IF NOT EXISTS identity_profiles ("
+            " profile_id text PRIMARY KEY, created_at bigint, created_by text, merged_into text,"
+            " merge_id text, holder text, lease_until bigint, never_merge set<text>)",
+            "CREATE TABLE IF NOT EXISTS identity_members ("
+            " profile_id text, id_type text, id_value text, first_seen bigint, event_id text, source text,"
+            " PRIMARY KEY ((profile_id), id_type, id_value))",
+            "CREATE TABLE IF NOT EXISTS identity_children ("
+            " profile_id text, child text, PRIMARY KEY ((profile_id), child))",
+            "CREATE TABLE IF NOT EXISTS identity_merges (merge_id text PRIMARY KEY, record blob)",
+            "CREATE TABLE IF NOT EXISTS identity_profile_merges ("
+            " profile_id text, merge_id text, PRIMARY KEY ((profile_id), merge_id))",
+            # One row per (profile, identifier): a conflict that recurs on every event of a shared
+            # device keeps its latest event, not one row per event.
+            "CREATE TABLE IF NOT EXISTS identity_unlinked ("
+            " profile_id text, id_type text, id_value text, record blob, PRIMARY KEY ((profile_id), id_type, id_value))",
+            "CREATE TABLE IF NOT EXISTS identity_seen ("
+            " id_type text, id_value text, last_seen bigint, last_event text, PRIMARY KEY ((id_type, id_value)))",
+            "CREATE TABLE IF NOT EXISTS identity_links ("
+            " hour bigint, at bigint, event_id text, identifiers text, PRIMARY KEY ((hour), at, event_id))",
+            "CREATE TABLE IF NOT EXISTS identity_link_hours (shard int, hour bigint, PRIMARY KEY ((shard), hour))",
+            "CREATE TABLE IF NOT EXISTS identity_outbox ("
+            " shard int, message_id text, topic text, key text, payload blob, PRIMARY KEY ((shard), message_id))"
+            # Entries are deleted once published: keep the tombstones of this one partition short-lived
+            # (a resurrected entry is only republished under its merge id, which consumers dedupe).
+            " WITH gc_grace_seconds = 3600",
+            "CREATE TABLE IF NOT EXISTS identity_rules (name text PRIMARY KEY, version bigint, rules blob)",
+        ),
+    ),
     # Sightings by home profile: a person's identifiers are one map, written by one statement,
     # each entry keeping its own write time (the event time), so the latest event wins.
-    Migration(3, (
-        "CREATE TABLE IF NOT EXISTS identity_sightings (profile_id text PRIMARY KEY, last_seen map<text, bigint>)",
-        "DROP TABLE IF EXISTS identity_seen",
-    )),
+    Migration(
+        3,
+        (
+            "CREATE TABLE IF NOT EXISTS identity_sightings (profile_id text PRIMARY KEY, last_seen map<text, bigint>)",
+            "DROP TABLE IF EXISTS identity_seen",
+        ),
+    ),
 ]
 
 _PROFILE = "SELECT profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge FROM identity_profiles"
@@ -79,10 +88,16 @@ class CassandraIdentityStore(Repository):
         else:
             groups = [(types, values)]
         found: dict[Key, Claim] = {}
-        for rows in await asyncio.gather(*(self.db.execute(
-            "SELECT id_type, id_value, profile_id, event_id, claimed_at, source FROM identity_claims"
-            " WHERE id_type IN ? AND id_value IN ?", group,
-        ) for group in groups)):
+        for rows in await asyncio.gather(
+            *(
+                self.db.execute(
+                    "SELECT id_type, id_value, profile_id, event_id, claimed_at, source FROM identity_claims"
+                    " WHERE id_type IN ? AND id_value IN ?",
+                    group,
+                )
+                for group in groups
+            )
+        ):
             found.update({(r.id_type, r.id_value): _claim(r) for r in rows if (r.id_type, r.id_value) in wanted})
         return found
 
@@ -140,17 +155,28 @@ class CassandraIdentityStore(Repository):
         return applied
 
     async def members(self, profile_ids):
-        rows = await asyncio.gather(*(self.db.execute(
-            "SELECT id_type, id_value, first_seen, event_id, source FROM identity_members WHERE profile_id = ?", (p,),
-        ) for p in profile_ids))
-        return {p: [Member(*row) for row in found] for p, found in zip(profile_ids, rows)}
+        rows = await asyncio.gather(
+            *(
+                self.db.execute(
+                    "SELECT id_type, id_value, first_seen, event_id, source FROM identity_members WHERE profile_id = ?",
+                    (p,),
+                )
+                for p in profile_ids
+            )
+        )
+        return {p: [Member(*row) for row in found] for p, found in zip(profile_ids, rows, strict=False)}
 
     async def add_members(self, profile_id, members) -> None:
-        await asyncio.gather(*(self.db.execute(
-            "INSERT INTO identity_members (profile_id, id_type, id_value, first_seen, event_id, source)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (profile_id, m.id_type, m.id_value, m.first_seen, m.event_id, m.source),
-        ) for m in members))
+        await asyncio.gather(
+            *(
+                self.db.execute(
+                    "INSERT INTO identity_members (profile_id, id_type, id_value, first_seen, event_id, source)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (profile_id, m.id_type, m.id_value, m.first_seen, m.event_id, m.source),
+                )
+                for m in members
+            )
+        )
 
     async def remove_member(self, profile_id, key) -> None:
         await self.db.execute(
@@ -169,11 +195,13 @@ class CassandraIdentityStore(Repository):
 
     async def save_merge(self, record) -> None:
         await self.db.execute(
-            "INSERT INTO identity_merges (merge_id, record) VALUES (?, ?)", (record.merge_id, record.SerializeToString())
+            "INSERT INTO identity_merges (merge_id, record) VALUES (?, ?)",
+            (record.merge_id, record.SerializeToString()),
         )
         for profile_id in (record.survivor_profile_id, record.merged_profile_id):
             await self.db.execute(
-                "INSERT INTO identity_profile_merges (profile_id, merge_id) VALUES (?, ?)", (profile_id, record.merge_id)
+                "INSERT INTO identity_profile_merges (profile_id, merge_id) VALUES (?, ?)",
+                (profile_id, record.merge_id),
             )
 
     async def merge(self, merge_id):
@@ -186,10 +214,15 @@ class CassandraIdentityStore(Repository):
         return sorted((r for r in found if r), key=lambda r: (r.merged_at.ToMilliseconds(), r.merge_id))
 
     async def save_unlinked(self, records) -> None:
-        await asyncio.gather(*(self.db.execute(
-            "INSERT INTO identity_unlinked (profile_id, id_type, id_value, record) VALUES (?, ?, ?, ?)",
-            (r.profile_id, r.identifier.type, r.identifier.value, r.SerializeToString()),
-        ) for r in records))
+        await asyncio.gather(
+            *(
+                self.db.execute(
+                    "INSERT INTO identity_unlinked (profile_id, id_type, id_value, record) VALUES (?, ?, ?, ?)",
+                    (r.profile_id, r.identifier.type, r.identifier.value, r.SerializeToString()),
+                )
+                for r in records
+            )
+        )
 
     async def unlinked_of(self, profile_id, limit=200):
         rows = await self.db.execute(
@@ -204,16 +237,30 @@ class CassandraIdentityStore(Repository):
         for key, (home, at) in sightings.items():
             by_home.setdefault((home, at), {})[encode_keys([key])] = at
         rows = [(at * 1000, seen, home) for (home, at), seen in by_home.items()]
-        batches = [rows[start:start + 10] for start in range(0, len(rows), 10)]
+        batches = [rows[start : start + 10] for start in range(0, len(rows), 10)]
         for start in range(0, len(batches), 4):
-            await asyncio.gather(*(self.db.execute_together([(
-                "UPDATE identity_sightings USING TIMESTAMP ? SET last_seen = last_seen + ? WHERE profile_id = ?", row,
-            ) for row in batch]) for batch in batches[start:start + 4]))
+            await asyncio.gather(
+                *(
+                    self.db.execute_together(
+                        [
+                            (
+                                "UPDATE identity_sightings USING TIMESTAMP ? SET last_seen = last_seen + ? WHERE profile_id = ?",
+                                row,
+                            )
+                            for row in batch
+                        ]
+                    )
+                    for batch in batches[start : start + 4]
+                )
+            )
 
     async def last_seen(self, homes):
-        rows = await asyncio.gather(*(self.db.execute(
-            "SELECT last_seen FROM identity_sightings WHERE profile_id = ?", (home,)
-        ) for home in homes))
+        rows = await asyncio.gather(
+            *(
+                self.db.execute("SELECT last_seen FROM identity_sightings WHERE profile_id = ?", (home,))
+                for home in homes
+            )
+        )
         return {decode_keys(key)[0]: at for found in rows if found for key, at in (found[0].last_seen or {}).items()}
 
     async def record_link(self, link) -> None:
@@ -292,6 +339,12 @@ def _claim(row) -> Claim:
 
 def _profile(row) -> ProfileRow:
     return ProfileRow(
-        row.profile_id, row.created_at or 0, row.created_by or "", row.merged_into or "", row.merge_id or "",
-        row.holder or "", row.lease_until or 0, frozenset(row.never_merge or ()),
+        row.profile_id,
+        row.created_at or 0,
+        row.created_by or "",
+        row.merged_into or "",
+        row.merge_id or "",
+        row.holder or "",
+        row.lease_until or 0,
+        frozenset(row.never_merge or ()),
     )

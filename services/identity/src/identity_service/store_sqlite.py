@@ -9,41 +9,50 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from identity_service.store import Claim, Key, Link, Member, OutboxEntry, ProfileRow, decode_keys, encode_keys
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.sqlite import SqliteStore
-from identity_service.store import Claim, Key, Link, Member, OutboxEntry, ProfileRow, decode_keys, encode_keys
 
 MIGRATIONS = [
-    Migration(1, (
-        "CREATE TABLE identity_claims (id_type TEXT, id_value TEXT, profile_id TEXT NOT NULL,"
-        " claimed_at TEXT NOT NULL, PRIMARY KEY (id_type, id_value))",
-    )),
-    Migration(2, (
-        "ALTER TABLE identity_claims ADD COLUMN event_id TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE identity_claims ADD COLUMN source TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE identity_claims ADD COLUMN claimed_ms INTEGER NOT NULL DEFAULT 0",
-        "CREATE TABLE identity_profiles (profile_id TEXT PRIMARY KEY, created_at INTEGER, created_by TEXT,"
-        " merged_into TEXT NOT NULL DEFAULT '', merge_id TEXT NOT NULL DEFAULT '', holder TEXT NOT NULL DEFAULT '',"
-        " lease_until INTEGER NOT NULL DEFAULT 0, never_merge TEXT NOT NULL DEFAULT '')",
-        "CREATE TABLE identity_members (profile_id TEXT, id_type TEXT, id_value TEXT, first_seen INTEGER,"
-        " event_id TEXT, source TEXT, PRIMARY KEY (profile_id, id_type, id_value))",
-        "CREATE TABLE identity_children (profile_id TEXT, child TEXT, PRIMARY KEY (profile_id, child))",
-        "CREATE TABLE identity_merges (merge_id TEXT PRIMARY KEY, record BLOB)",
-        "CREATE TABLE identity_profile_merges (profile_id TEXT, merge_id TEXT, PRIMARY KEY (profile_id, merge_id))",
-        "CREATE TABLE identity_unlinked (profile_id TEXT, id_type TEXT, id_value TEXT, record BLOB,"
-        " PRIMARY KEY (profile_id, id_type, id_value))",
-        "CREATE TABLE identity_seen (id_type TEXT, id_value TEXT, last_seen INTEGER, last_event TEXT,"
-        " PRIMARY KEY (id_type, id_value))",
-        "CREATE TABLE identity_links (at INTEGER, event_id TEXT, identifiers TEXT, PRIMARY KEY (at, event_id))",
-        "CREATE TABLE identity_outbox (message_id TEXT PRIMARY KEY, topic TEXT, key TEXT, payload BLOB)",
-        "CREATE TABLE identity_rules (name TEXT PRIMARY KEY, version INTEGER, rules BLOB)",
-    )),
-    Migration(3, (
-        "CREATE TABLE identity_sightings (profile_id TEXT, id_type TEXT, id_value TEXT, last_seen INTEGER,"
-        " PRIMARY KEY (profile_id, id_type, id_value))",
-        "DROP TABLE identity_seen",
-    )),
+    Migration(
+        1,
+        (
+            "CREATE TABLE identity_claims (id_type TEXT, id_value TEXT, profile_id TEXT NOT NULL,"
+            " claimed_at TEXT NOT NULL, PRIMARY KEY (id_type, id_value))",
+        ),
+    ),
+    Migration(
+        2,
+        (
+            "ALTER TABLE identity_claims ADD COLUMN event_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE identity_claims ADD COLUMN source TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE identity_claims ADD COLUMN claimed_ms INTEGER NOT NULL DEFAULT 0",
+            "CREATE TABLE identity_profiles (profile_id TEXT PRIMARY KEY, created_at INTEGER, created_by TEXT,"
+            " merged_into TEXT NOT NULL DEFAULT '', merge_id TEXT NOT NULL DEFAULT '', holder TEXT NOT NULL DEFAULT '',"
+            " lease_until INTEGER NOT NULL DEFAULT 0, never_merge TEXT NOT NULL DEFAULT '')",
+            "CREATE TABLE identity_members (profile_id TEXT, id_type TEXT, id_value TEXT, first_seen INTEGER,"
+            " event_id TEXT, source TEXT, PRIMARY KEY (profile_id, id_type, id_value))",
+            "CREATE TABLE identity_children (profile_id TEXT, child TEXT, PRIMARY KEY (profile_id, child))",
+            "CREATE TABLE identity_merges (merge_id TEXT PRIMARY KEY, record BLOB)",
+            "CREATE TABLE identity_profile_merges (profile_id TEXT, merge_id TEXT, PRIMARY KEY (profile_id, merge_id))",
+            "CREATE TABLE identity_unlinked (profile_id TEXT, id_type TEXT, id_value TEXT, record BLOB,"
+            " PRIMARY KEY (profile_id, id_type, id_value))",
+            "CREATE TABLE identity_seen (id_type TEXT, id_value TEXT, last_seen INTEGER, last_event TEXT,"
+            " PRIMARY KEY (id_type, id_value))",
+            "CREATE TABLE identity_links (at INTEGER, event_id TEXT, identifiers TEXT, PRIMARY KEY (at, event_id))",
+            "CREATE TABLE identity_outbox (message_id TEXT PRIMARY KEY, topic TEXT, key TEXT, payload BLOB)",
+            "CREATE TABLE identity_rules (name TEXT PRIMARY KEY, version INTEGER, rules BLOB)",
+        ),
+    ),
+    Migration(
+        3,
+        (
+            "CREATE TABLE identity_sightings (profile_id TEXT, id_type TEXT, id_value TEXT, last_seen INTEGER,"
+            " PRIMARY KEY (profile_id, id_type, id_value))",
+            "DROP TABLE identity_seen",
+        ),
+    ),
 ]
 
 _PROFILE = "SELECT profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge FROM identity_profiles"
@@ -74,7 +83,8 @@ class SqliteIdentityStore(Repository):
                 (*key, claim.profile_id, claim.event_id, claim.source, claim.claimed_at),
             )
             row = db.execute(
-                "SELECT profile_id, event_id, claimed_ms, source FROM identity_claims WHERE id_type = ? AND id_value = ?", key
+                "SELECT profile_id, event_id, claimed_ms, source FROM identity_claims WHERE id_type = ? AND id_value = ?",
+                key,
             ).fetchone()
             return Claim(*row)
 
@@ -168,7 +178,9 @@ class SqliteIdentityStore(Repository):
 
     async def save_merge(self, record) -> None:
         def work(db):
-            db.execute("INSERT OR REPLACE INTO identity_merges VALUES (?, ?)", (record.merge_id, record.SerializeToString()))
+            db.execute(
+                "INSERT OR REPLACE INTO identity_merges VALUES (?, ?)", (record.merge_id, record.SerializeToString())
+            )
             for profile_id in (record.survivor_profile_id, record.merged_profile_id):
                 db.execute("INSERT OR IGNORE INTO identity_profile_merges VALUES (?, ?)", (profile_id, record.merge_id))
 
@@ -217,26 +229,33 @@ class SqliteIdentityStore(Repository):
             return {}
         rows = await self.db.execute(
             "SELECT id_type, id_value, last_seen FROM identity_sightings"
-            f" WHERE profile_id IN ({', '.join('?' * len(homes))})", tuple(homes),
+            f" WHERE profile_id IN ({', '.join('?' * len(homes))})",
+            tuple(homes),
         )
         return {(id_type, id_value): at for id_type, id_value, at in rows}
 
     async def record_link(self, link) -> None:
         await self.db.execute(
-            "INSERT OR IGNORE INTO identity_links VALUES (?, ?, ?)", (link.at, link.event_id, encode_keys(link.identifiers))
+            "INSERT OR IGNORE INTO identity_links VALUES (?, ?, ?)",
+            (link.at, link.event_id, encode_keys(link.identifiers)),
         )
 
     async def links(self, limit):
-        rows = await self.db.execute("SELECT at, event_id, identifiers FROM identity_links ORDER BY at, event_id LIMIT ?", (limit,))
+        rows = await self.db.execute(
+            "SELECT at, event_id, identifiers FROM identity_links ORDER BY at, event_id LIMIT ?", (limit,)
+        )
         return [Link(at, event_id, decode_keys(text)) for at, event_id, text in rows]
 
     async def outbox_put(self, entry) -> None:
         await self.db.execute(
-            "INSERT OR REPLACE INTO identity_outbox VALUES (?, ?, ?, ?)", (entry.message_id, entry.topic, entry.key, entry.payload)
+            "INSERT OR REPLACE INTO identity_outbox VALUES (?, ?, ?, ?)",
+            (entry.message_id, entry.topic, entry.key, entry.payload),
         )
 
     async def outbox_pending(self, limit=100):
-        rows = await self.db.execute("SELECT message_id, topic, key, payload FROM identity_outbox ORDER BY message_id LIMIT ?", (limit,))
+        rows = await self.db.execute(
+            "SELECT message_id, topic, key, payload FROM identity_outbox ORDER BY message_id LIMIT ?", (limit,)
+        )
         return [OutboxEntry(*row) for row in rows]
 
     async def outbox_done(self, message_id) -> None:
@@ -249,7 +268,8 @@ class SqliteIdentityStore(Repository):
     async def save_rules(self, rules, expected_version) -> bool:
         if expected_version == 0:
             return await self._changed(
-                "INSERT OR IGNORE INTO identity_rules VALUES ('current', ?, ?)", (rules.version, rules.SerializeToString())
+                "INSERT OR IGNORE INTO identity_rules VALUES ('current', ?, ?)",
+                (rules.version, rules.SerializeToString()),
             )
         return await self._changed(
             "UPDATE identity_rules SET version = ?, rules = ? WHERE name = 'current' AND version = ?",

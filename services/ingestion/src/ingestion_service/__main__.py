@@ -1,6 +1,6 @@
-from mosaic.platform import server
 from ingestion_service.app import build
 from ingestion_service.config import Settings
+from mosaic.platform import server
 
 
 def main() -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from ingestion_service import envelope
+from ingestion_service.intake import Intake
+from ingestion_service.sources import SourceDirectory, check_source_id
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
 from mosaic.platform import limits
 from mosaic.platform.errors import InvalidArgument, NotFound
-from ingestion_service import envelope
-from ingestion_service.intake import Intake
-from ingestion_service.sources import SourceDirectory, check_source_id
 
 S = pb  # EVENT_STATUS_* as module-level ints, cheaper than the enum wrapper's lookups
 MAX_GRACE_SECONDS = 90 * 86400  # how long an old write key may keep working after a rotation

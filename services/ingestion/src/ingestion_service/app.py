@@ -12,11 +12,6 @@ from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
 
-from mosaic.events.v1 import event_pb2
-from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc
-from mosaic.platform import topics
-from mosaic.platform.errors import InvalidArgument
-from mosaic.platform.server import Runtime
 from ingestion_service import envelope
 from ingestion_service.admin import AdminRpcs
 from ingestion_service.backlog import BacklogGauge
@@ -27,6 +22,12 @@ from ingestion_service.ratelimit import RateLimited, RateLimiter
 from ingestion_service.sources import ActiveSource, SourceDirectory
 from ingestion_service.store import open_store
 from ingestion_service.suppression import SuppressionList
+from mosaic.events.v1 import event_pb2
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
+from mosaic.platform import topics
+from mosaic.platform.errors import InvalidArgument
+from mosaic.platform.server import Runtime
 
 log = logging.getLogger("ingestion")
 S = pb  # EVENT_STATUS_* as module-level ints, cheaper than the enum wrapper's lookups
@@ -74,9 +75,12 @@ class IngestionServicer(AdminRpcs, ingestion_service_pb2_grpc.IngestionServiceSe
             for task in in_flight:
                 task.cancel()
         return pb.IngestStreamResponse(
-            accepted=tally[S.EVENT_STATUS_ACCEPTED], duplicate=tally[S.EVENT_STATUS_DUPLICATE],
-            rejected=tally[S.EVENT_STATUS_REJECTED], quarantined=tally[S.EVENT_STATUS_QUARANTINED],
-            suppressed=tally[S.EVENT_STATUS_SUPPRESSED], problems=problems,
+            accepted=tally[S.EVENT_STATUS_ACCEPTED],
+            duplicate=tally[S.EVENT_STATUS_DUPLICATE],
+            rejected=tally[S.EVENT_STATUS_REJECTED],
+            quarantined=tally[S.EVENT_STATUS_QUARANTINED],
+            suppressed=tally[S.EVENT_STATUS_SUPPRESSED],
+            problems=problems,
         )
 
     async def _admit_waiting(self, active: ActiveSource, events: int) -> None:
@@ -96,14 +100,19 @@ class IngestionServicer(AdminRpcs, ingestion_service_pb2_grpc.IngestionServiceSe
             try:
                 envelope.prepare(event, active.source_id, received_at)
             except InvalidArgument as error:
-                results.append(pb.EventResult(
-                    message_id=event.message_id, status=S.EVENT_STATUS_REJECTED, index=offset + position,
-                    field=f"events[{position}].{error.field}", reason=error.rule,
-                ))
+                results.append(
+                    pb.EventResult(
+                        message_id=event.message_id,
+                        status=S.EVENT_STATUS_REJECTED,
+                        index=offset + position,
+                        field=f"events[{position}].{error.field}",
+                        reason=error.rule,
+                    )
+                )
                 continue
             results.append(pb.EventResult())
             valid.append((position, event))
-        for (position, _), result in zip(valid, await self.intake.ingest(active, [e for _, e in valid])):
+        for (position, _), result in zip(valid, await self.intake.ingest(active, [e for _, e in valid]), strict=False):
             result.index = offset + position
             results[position] = result
         return results
@@ -134,12 +143,15 @@ async def build(runtime: Runtime, settings: Settings) -> Ingestion:
     runtime.cleanup.push_async_callback(_cancel, refresher)
     sources = SourceDirectory(store, settings)
     limiter = RateLimiter(share=1 / settings.platform.replica_count)
-    backlog = BacklogGauge(settings.platform.nats_url, settings.max_backlog, settings.backlog_refresh_seconds,
-                           settings.backlog_retry_after)
+    backlog = BacklogGauge(
+        settings.platform.nats_url, settings.max_backlog, settings.backlog_refresh_seconds, settings.backlog_retry_after
+    )
     await backlog.start()
     runtime.cleanup.push_async_callback(backlog.stop)
     intake = Intake(runtime.bus, store, sources, suppression, limiter, settings, backlog)
-    ingestion_service_pb2_grpc.add_IngestionServiceServicer_to_server(IngestionServicer(intake, sources), runtime.server)
+    ingestion_service_pb2_grpc.add_IngestionServiceServicer_to_server(
+        IngestionServicer(intake, sources), runtime.server
+    )
     runtime.add_service(pb.DESCRIPTOR.services_by_name["IngestionService"].full_name)
     http = HttpApi(intake, sources, settings.http_read_timeout)
     port = await http.start(settings.http_port, settings.platform.bind_host)

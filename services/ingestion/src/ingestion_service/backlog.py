@@ -40,8 +40,11 @@ class BacklogGauge:
     def check(self) -> None:
         """Raise Unavailable while the backlog is over the limit."""
         if self.limit and self.backlog > self.limit:
-            raise Unavailable("pipeline", f"{self.worst} is {self.backlog} events behind (limit {self.limit});"
-                              " retry later", retry_after=self.retry_after)
+            raise Unavailable(
+                "pipeline",
+                f"{self.worst} is {self.backlog} events behind (limit {self.limit}); retry later",
+                retry_after=self.retry_after,
+            )
 
     async def start(self) -> None:
         if not self.limit:
@@ -71,8 +74,13 @@ class BacklogGauge:
         was_over = self.backlog > self.limit
         self.worst, self.backlog = worst
         if (self.backlog > self.limit) != was_over:
-            log.warning("backlog %s the limit: %s is %d events behind (limit %d)",
-                        "over" if not was_over else "back under", self.worst, self.backlog, self.limit)
+            log.warning(
+                "backlog %s the limit: %s is %d events behind (limit %d)",
+                "over" if not was_over else "back under",
+                self.worst,
+                self.backlog,
+                self.limit,
+            )
 
     async def _run(self) -> None:
         while True:

@@ -29,8 +29,9 @@ REQUIRED = {
 }
 
 
-def prepare(event: event_pb2.Event, source_id: str, received_at: timestamp_pb2.Timestamp,
-            structs_checked: bool = False) -> event_pb2.Event:
+def prepare(
+    event: event_pb2.Event, source_id: str, received_at: timestamp_pb2.Timestamp, structs_checked: bool = False
+) -> event_pb2.Event:
     """Validate and complete one event in place (message id, received_at, corrected timestamp
     and the client's own as original_timestamp). `structs_checked`: the caller built the
     objects under limits' rules already (the HTTP door's JSON reader does, in its one pass)."""
@@ -50,7 +51,9 @@ def prepare(event: event_pb2.Event, source_id: str, received_at: timestamp_pb2.T
         skew = received_at.ToNanoseconds() - event.sent_at.ToNanoseconds()
         corrected = event.timestamp.ToNanoseconds() + skew
         if not limits.EARLIEST_SECONDS * 10**9 <= corrected < limits.LATEST_SECONDS * 10**9:
-            raise InvalidArgument("sent_at", f"is too far from the time received: the timestamp corrected by it {limits.TIME_RULE}")
+            raise InvalidArgument(
+                "sent_at", f"is too far from the time received: the timestamp corrected by it {limits.TIME_RULE}"
+            )
         event.timestamp.FromNanoseconds(corrected)
     return event
 
@@ -69,9 +72,12 @@ def validate(event: event_pb2.Event, structs_checked: bool = False) -> None:
     # Identity links neither blank ids nor placeholders: an event with nothing else is refused
     # here, by identity's own rule, rather than accepted and dead-lettered there.
     if _junk(event.user_id) and _junk(event.anonymous_id):
-        shown = " and ".join(f"{name} {limits.shown(value)}" for name in ("user_id", "anonymous_id")
-                             if (value := getattr(event, name)))
-        raise InvalidArgument("user_id", f"user_id or anonymous_id must be a real id, not blank or a placeholder ({shown})")
+        shown = " and ".join(
+            f"{name} {limits.shown(value)}" for name in ("user_id", "anonymous_id") if (value := getattr(event, name))
+        )
+        raise InvalidArgument(
+            "user_id", f"user_id or anonymous_id must be a real id, not blank or a placeholder ({shown})"
+        )
     required = REQUIRED.get(event.type)
     if required and not getattr(event, required[0]):
         raise InvalidArgument(*required)

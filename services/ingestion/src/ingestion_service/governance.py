@@ -15,11 +15,11 @@ from typing import Any
 import jsonschema
 from google.protobuf import json_format, struct_pb2
 
+from ingestion_service import transforms
+from ingestion_service.transforms import TransformError
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import source_pb2
 from mosaic.platform.errors import InvalidArgument
-from ingestion_service import transforms
-from ingestion_service.transforms import TransformError
 
 A = source_pb2.PlanAction
 

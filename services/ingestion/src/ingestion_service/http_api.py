@@ -32,11 +32,11 @@ from aiohttp import web, web_protocol, web_server
 from google.protobuf import timestamp_pb2
 from opentelemetry import propagate, trace
 
-from mosaic.platform.errors import InvalidArgument, Unavailable
 from ingestion_service import envelope, segment_json
 from ingestion_service.intake import Intake
 from ingestion_service.ratelimit import RateLimited, retry_after_header
 from ingestion_service.sources import ActiveSource, SourceDirectory
+from mosaic.platform.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger("ingestion.http")
 tracer = trace.get_tracer("ingestion.http")
@@ -48,16 +48,28 @@ SINGLE = frozenset(segment_json.TYPES)
 MAX_ERRORS = 100
 # A full batch is ~40 ms of parsing: other requests get the event loop between slices of it.
 SLICE = 100
-SEGMENT_NAMES = {"user_id": "userId", "anonymous_id": "anonymousId", "previous_id": "previousId", "sent_at": "sentAt",
-                 "group_id": "groupId", "message_id": "messageId"}
+SEGMENT_NAMES = {
+    "user_id": "userId",
+    "anonymous_id": "anonymousId",
+    "previous_id": "previousId",
+    "sent_at": "sentAt",
+    "group_id": "groupId",
+    "message_id": "messageId",
+}
 _SUCCESS = b'{"success": true}'
 
 
 class Refusal(Exception):
     """A request refused whole, with its HTTP status and the body that says why."""
 
-    def __init__(self, status: int, message: str, errors: list[dict[str, Any]] | None = None,
-                 retry_after: float | None = None, close: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        errors: list[dict[str, Any]] | None = None,
+        retry_after: float | None = None,
+        close: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.close = close
@@ -86,13 +98,15 @@ class _Handler(web_protocol.RequestHandler):
     over 8 KB, a bad request line): aiohttp logs those as ERROR tracebacks and answers with
     the start of the offending line, Authorization headers included."""
 
-    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         if status >= 500:
             return super().handle_error(request, status, exc, message)
         log.info("refused a malformed HTTP request from %s: %s", request.remote, type(exc).__name__ if exc else status)
-        response = web.json_response({"success": False, "message": _MALFORMED.get(type(exc).__name__, "malformed HTTP request")},
-                                     status=status)
+        response = web.json_response(
+            {"success": False, "message": _MALFORMED.get(type(exc).__name__, "malformed HTTP request")}, status=status
+        )
         response.force_close()
         return response
 
@@ -140,7 +154,9 @@ class HttpApi:
         if kind not in SINGLE and kind != "batch":
             return web.json_response({"success": False, "message": f"no endpoint /v1/{kind}"}, status=404)
         with tracer.start_as_current_span(
-            f"POST /v1/{kind}", context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER,
+            f"POST /v1/{kind}",
+            context=propagate.extract(request.headers),
+            kind=trace.SpanKind.SERVER,
             attributes={"http.request.method": "POST", "url.path": request.path},
         ) as span:
             try:
@@ -278,8 +294,9 @@ async def _to_events(messages: list[Any], kind: str, defaults: dict[str, Any] | 
         except InvalidArgument as error:
             if len(errors) < MAX_ERRORS:
                 field, rule = _segment_spelling(error.field, error.rule)
-                errors.append({"index": index, "field": ".".join(p for p in (prefix, field) if p) or "body",
-                               "rule": rule})
+                errors.append(
+                    {"index": index, "field": ".".join(p for p in (prefix, field) if p) or "body", "rule": rule}
+                )
             continue
         events.append(event)
     if errors:

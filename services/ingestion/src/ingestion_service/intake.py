@@ -16,11 +16,6 @@ from dataclasses import dataclass, field
 from google.protobuf import timestamp_pb2
 from opentelemetry import trace
 
-from mosaic.events.v1 import event_pb2
-from mosaic.ingestion.v1 import ingestion_service_pb2, quarantine_pb2, source_pb2
-from mosaic.platform import metrics, topics
-from mosaic.platform.bus import Bus
-from mosaic.platform.errors import FailedPrecondition, NotFound
 from ingestion_service import envelope
 from ingestion_service.backlog import BacklogGauge
 from ingestion_service.config import Settings
@@ -28,6 +23,11 @@ from ingestion_service.ratelimit import RateLimiter
 from ingestion_service.sources import ActiveSource, SourceDirectory, check_source_id
 from ingestion_service.store import IngestionStore
 from ingestion_service.suppression import SuppressionList
+from mosaic.events.v1 import event_pb2
+from mosaic.ingestion.v1 import ingestion_service_pb2, quarantine_pb2, source_pb2
+from mosaic.platform import metrics, topics
+from mosaic.platform.bus import Bus
+from mosaic.platform.errors import FailedPrecondition, NotFound
 
 # Module-level ints: the enum wrapper's attribute lookup is slow on a hot path.
 S = ingestion_service_pb2
@@ -51,9 +51,16 @@ class Tally:
 class Intake:
     """Suppression, governance and storage of a source's events."""
 
-    def __init__(self, bus: Bus, store: IngestionStore, sources: SourceDirectory,
-                 suppression: SuppressionList, limiter: RateLimiter, settings: Settings,
-                 backlog: BacklogGauge | None = None) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        store: IngestionStore,
+        sources: SourceDirectory,
+        suppression: SuppressionList,
+        limiter: RateLimiter,
+        settings: Settings,
+        backlog: BacklogGauge | None = None,
+    ) -> None:
         self.bus = bus
         self.store = store
         self.sources = sources
@@ -103,10 +110,15 @@ class Intake:
                         result.status = S.EVENT_STATUS_REJECTED
                     else:
                         result.status = S.EVENT_STATUS_QUARANTINED
-                        keep.append(quarantine_pb2.QuarantinedEvent(
-                            source_id=active.source_id, event=received, field=verdict.field,
-                            reason=verdict.reason, quarantined_at=_now(),
-                        ))
+                        keep.append(
+                            quarantine_pb2.QuarantinedEvent(
+                                source_id=active.source_id,
+                                event=received,
+                                field=verdict.field,
+                                reason=verdict.reason,
+                                quarantined_at=_now(),
+                            )
+                        )
                     continue
             publish.append((len(results) - 1, event))
         span = trace.get_current_span()
@@ -118,11 +130,14 @@ class Intake:
     async def _publish(self, publish: list[tuple[int, event_pb2.Event]], results: list[EventResult]) -> None:
         if not publish:
             return
-        duplicates = await self.bus.publish_many(topics.EVENTS_RAW, [
-            (envelope.partition_key(event), event.SerializeToString(), envelope.dedupe_id(event))
-            for _, event in publish
-        ])
-        for (index, _), duplicate in zip(publish, duplicates):
+        duplicates = await self.bus.publish_many(
+            topics.EVENTS_RAW,
+            [
+                (envelope.partition_key(event), event.SerializeToString(), envelope.dedupe_id(event))
+                for _, event in publish
+            ],
+        )
+        for (index, _), duplicate in zip(publish, duplicates, strict=False):
             results[index].status = S.EVENT_STATUS_DUPLICATE if duplicate else S.EVENT_STATUS_ACCEPTED
 
     async def _quarantine(self, keep: list[quarantine_pb2.QuarantinedEvent]) -> None:

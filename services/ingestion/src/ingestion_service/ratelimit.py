@@ -50,8 +50,9 @@ class RateLimiter:
     `prune_above` buckets, those that have filled up again (the same as new ones) are dropped.
     """
 
-    def __init__(self, share: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 prune_above: int = 10_000) -> None:
+    def __init__(
+        self, share: float = 1.0, clock: Callable[[], float] = time.monotonic, prune_above: int = 10_000
+    ) -> None:
         self.share = share
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
@@ -80,8 +81,11 @@ class RateLimiter:
         bucket.tokens -= events
 
     def _drop_full(self, now: float) -> None:
-        self._buckets = {source_id: bucket for source_id, bucket in self._buckets.items()
-                         if bucket.tokens + (now - bucket.at) * bucket.rate < bucket.burst}
+        self._buckets = {
+            source_id: bucket
+            for source_id, bucket in self._buckets.items()
+            if bucket.tokens + (now - bucket.at) * bucket.rate < bucket.burst
+        }
         # Pruned again only once the map has doubled: amortised O(1) per new bucket.
         self._prune_above = max(self._min_prune, 2 * len(self._buckets))
 

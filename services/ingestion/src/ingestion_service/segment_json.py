@@ -70,7 +70,9 @@ def loads(body: bytes) -> Any:
     except UnicodeDecodeError as error:
         raise InvalidArgument("body", f"must be UTF-8; byte {error.start} is not") from None
     except json.JSONDecodeError as error:
-        raise InvalidArgument("body", f"must be JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+        raise InvalidArgument(
+            "body", f"must be JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
     except RecursionError:
         raise InvalidArgument("body", f"must nest at most {MAX_DEPTH} levels") from None
     except ValueError as error:
@@ -129,7 +131,9 @@ def to_event(message: Any, type_name: str | None = None, defaults: dict[str, Any
         except _TooDeep:
             raise InvalidArgument(key, f"must nest at most {MAX_DEPTH} levels") from None
         except _BadKey as bad:
-            raise InvalidArgument(key, f"key {limits.shown(str(bad))} must not contain control characters (NUL, CR, LF...)") from None
+            raise InvalidArgument(
+                key, f"key {limits.shown(str(bad))} must not contain control characters (NUL, CR, LF...)"
+            ) from None
         except (UnicodeEncodeError, ValueError, TypeError) as error:
             raise InvalidArgument(key, f"cannot be stored: {error}") from None
     _timestamp(event.timestamp, message, "timestamp") or _timestamp(event.timestamp, message, "originalTimestamp")

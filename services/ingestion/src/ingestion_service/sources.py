@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
-from mosaic.ingestion.v1 import source_pb2
-from mosaic.platform.errors import AlreadyExists, InvalidArgument, NotFound
-from mosaic.platform.lru import Lru
 from ingestion_service import transforms
 from ingestion_service.config import Settings
 from ingestion_service.governance import Governor, check_plan
 from ingestion_service.store import IngestionStore
+from mosaic.ingestion.v1 import source_pb2
+from mosaic.platform.errors import AlreadyExists, InvalidArgument, NotFound
+from mosaic.platform.lru import Lru
 
 SOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 UPDATABLE = ("name", "disabled", "tracking_plan", "transforms", "rate_limit")
@@ -198,7 +198,9 @@ class SourceDirectory:
         self.forget(source.source_id)
         return await self.get(source.source_id)
 
-    async def rotate(self, source_id: str, grace_seconds: float | None) -> tuple[source_pb2.WriteKey, source_pb2.Source]:
+    async def rotate(
+        self, source_id: str, grace_seconds: float | None
+    ) -> tuple[source_pb2.WriteKey, source_pb2.Source]:
         check_source_id(source_id)
         if await self.store.get_source(source_id) is None:
             raise NotFound("source", source_id)

@@ -14,77 +14,100 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
-from mosaic.ingestion.v1 import quarantine_pb2, source_pb2
-from mosaic.platform.store import Migration, open_repository
 from ingestion_service.store_cassandra import CassandraIngestionStore
 from ingestion_service.store_sqlite import SqliteIngestionStore
+from mosaic.ingestion.v1 import quarantine_pb2, source_pb2
+from mosaic.platform.store import Migration, open_repository
 
 CASSANDRA = [
-    Migration(1, (
-        "CREATE TABLE IF NOT EXISTS sources (source_id text PRIMARY KEY, body blob)",
-        "CREATE TABLE IF NOT EXISTS write_keys (key_hash text PRIMARY KEY, source_id text, key_id text,"
-        " created_at_ms bigint, expires_at_ms bigint)",
-        "CREATE TABLE IF NOT EXISTS write_keys_by_source (source_id text, key_hash text, key_id text,"
-        " created_at_ms bigint, expires_at_ms bigint, PRIMARY KEY ((source_id), key_hash))",
-        "CREATE TABLE IF NOT EXISTS quarantine (source_id text, message_id text, body blob,"
-        " PRIMARY KEY ((source_id), message_id))",
-        "CREATE TABLE IF NOT EXISTS suppressed (bucket int, hash text, PRIMARY KEY ((bucket), hash))",
-        "CREATE TABLE IF NOT EXISTS ingestion_settings (name text PRIMARY KEY, value text)",
-    )),
-    Migration(2, (
-        "CREATE TABLE IF NOT EXISTS quarantine_by_person (person_hash text, source_id text, message_id text,"
-        " PRIMARY KEY ((person_hash), source_id, message_id))",
-    )),
+    Migration(
+        1,
+        (
+            "CREATE TABLE IF NOT EXISTS sources (source_id text PRIMARY KEY, body blob)",
+            "CREATE TABLE IF NOT EXISTS write_keys (key_hash text PRIMARY KEY, source_id text, key_id text,"
+            " created_at_ms bigint, expires_at_ms bigint)",
+            "CREATE TABLE IF NOT EXISTS write_keys_by_source (source_id text, key_hash text, key_id text,"
+            " created_at_ms bigint, expires_at_ms bigint, PRIMARY KEY ((source_id), key_hash))",
+            "CREATE TABLE IF NOT EXISTS quarantine (source_id text, message_id text, body blob,"
+            " PRIMARY KEY ((source_id), message_id))",
+            "CREATE TABLE IF NOT EXISTS suppressed (bucket int, hash text, PRIMARY KEY ((bucket), hash))",
+            "CREATE TABLE IF NOT EXISTS ingestion_settings (name text PRIMARY KEY, value text)",
+        ),
+    ),
+    Migration(
+        2,
+        (
+            "CREATE TABLE IF NOT EXISTS quarantine_by_person (person_hash text, source_id text, message_id text,"
+            " PRIMARY KEY ((person_hash), source_id, message_id))",
+        ),
+    ),
 ]
 SQLITE = [
-    Migration(1, (
-        "CREATE TABLE sources (source_id TEXT PRIMARY KEY, body BLOB)",
-        "CREATE TABLE write_keys (key_hash TEXT PRIMARY KEY, source_id TEXT, key_id TEXT,"
-        " created_at_ms INTEGER, expires_at_ms INTEGER)",
-        "CREATE INDEX write_keys_by_source ON write_keys (source_id)",
-        "CREATE TABLE quarantine (source_id TEXT, message_id TEXT, body BLOB, expires_at_ms INTEGER,"
-        " PRIMARY KEY (source_id, message_id))",
-        "CREATE TABLE suppressed (hash TEXT PRIMARY KEY)",
-        "CREATE TABLE ingestion_settings (name TEXT PRIMARY KEY, value TEXT)",
-    )),
-    Migration(2, (
-        "CREATE TABLE quarantine_by_person (person_hash TEXT, source_id TEXT, message_id TEXT, expires_at_ms INTEGER,"
-        " PRIMARY KEY (person_hash, source_id, message_id))",
-    )),
+    Migration(
+        1,
+        (
+            "CREATE TABLE sources (source_id TEXT PRIMARY KEY, body BLOB)",
+            "CREATE TABLE write_keys (key_hash TEXT PRIMARY KEY, source_id TEXT, key_id TEXT,"
+            " created_at_ms INTEGER, expires_at_ms INTEGER)",
+            "CREATE INDEX write_keys_by_source ON write_keys (source_id)",
+            "CREATE TABLE quarantine (source_id TEXT, message_id TEXT, body BLOB, expires_at_ms INTEGER,"
+            " PRIMARY KEY (source_id, message_id))",
+            "CREATE TABLE suppressed (hash TEXT PRIMARY KEY)",
+            "CREATE TABLE ingestion_settings (name TEXT PRIMARY KEY, value TEXT)",
+        ),
+    ),
+    Migration(
+        2,
+        (
+            "CREATE TABLE quarantine_by_person (person_hash TEXT, source_id TEXT, message_id TEXT, expires_at_ms INTEGER,"
+            " PRIMARY KEY (person_hash, source_id, message_id))",
+        ),
+    ),
 ]
 
 
 class IngestionStore(Protocol):
     async def create_source(self, source: source_pb2.Source) -> bool:
         """Store a new source; False when the id is taken."""
+
     async def get_source(self, source_id: str) -> source_pb2.Source | None: ...
     async def list_sources(self) -> list[source_pb2.Source]:
         """Every source, by id."""
+
     async def save_source(self, source: source_pb2.Source) -> None: ...
     async def add_write_key(self, source_id: str, key_hash: str, key: source_pb2.WriteKey) -> None: ...
     async def set_key_expiry(self, source_id: str, key_hash: str, expires_at_ms: int) -> None: ...
     async def write_keys(self, source_id: str) -> list[tuple[str, source_pb2.WriteKey]]:
         """The source's keys as (hash, key without secret), oldest first."""
+
     async def key_owner(self, key_hash: str) -> tuple[str, int] | None:
         """The source of a key and when it expires (0: never), or None for an unknown key."""
-    async def put_quarantined(self, kept: quarantine_pb2.QuarantinedEvent, retention_days: int,
-                              people: Collection[str]) -> None:
+
+    async def put_quarantined(
+        self, kept: quarantine_pb2.QuarantinedEvent, retention_days: int, people: Collection[str]
+    ) -> None:
         """Keep an event, findable by `people`: the salted hashes of the identifiers it names."""
+
     async def get_quarantined(self, source_id: str, message_id: str) -> quarantine_pb2.QuarantinedEvent | None: ...
     async def list_quarantined(self, source_id: str, after: str, limit: int) -> list[quarantine_pb2.QuarantinedEvent]:
         """Up to `limit` quarantined events of the source with a message id after `after`, in order."""
+
     async def delete_quarantined(self, source_id: str, message_id: str) -> None: ...
     async def quarantined_naming(self, person: str) -> list[tuple[str, str]]:
         """(source id, message id) of the events kept under a person's hash; an event may since
         be gone, or (replayed with a fix) no longer name them."""
+
     async def unlink_quarantined(self, person: str, source_id: str, message_id: str) -> None:
         """Drop one entry of the person index."""
+
     async def add_suppressed(self, hashes: list[str]) -> None: ...
     async def remove_suppressed(self, hashes: list[str]) -> None: ...
     async def suppressed(self) -> set[str]:
         """Every hash on the suppression list."""
+
     async def setting(self, name: str, proposed: str) -> str:
         """The stored value of a setting; `proposed` is stored first when there is none."""
+
     async def close(self) -> None: ...
 
 

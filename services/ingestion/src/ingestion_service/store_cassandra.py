@@ -53,7 +53,8 @@ class CassandraIngestionStore(Repository):
         # Listed first, usable second: a key is never usable without being listed for rotation.
         await self.db.execute(
             "INSERT INTO write_keys_by_source (key_hash, source_id, key_id, created_at_ms, expires_at_ms)"
-            " VALUES (?, ?, ?, ?, ?)", values,
+            " VALUES (?, ?, ?, ?, ?)",
+            values,
         )
         await self.db.execute(
             "INSERT INTO write_keys (key_hash, source_id, key_id, created_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?)",
@@ -61,9 +62,7 @@ class CassandraIngestionStore(Repository):
         )
 
     async def set_key_expiry(self, source_id, key_hash, expires_at_ms):
-        await self.db.execute(
-            "UPDATE write_keys SET expires_at_ms = ? WHERE key_hash = ?", (expires_at_ms, key_hash)
-        )
+        await self.db.execute("UPDATE write_keys SET expires_at_ms = ? WHERE key_hash = ?", (expires_at_ms, key_hash))
         await self.db.execute(
             "UPDATE write_keys_by_source SET expires_at_ms = ? WHERE source_id = ? AND key_hash = ?",
             (expires_at_ms, source_id, key_hash),
@@ -84,10 +83,15 @@ class CassandraIngestionStore(Repository):
         source_id, message_id, ttl = kept.source_id, kept.event.message_id, retention_days * 86400
         # Indexed first (one request), kept second: an erasure can always find a kept event.
         if people:
-            await self.db.execute_together([(
-                "INSERT INTO quarantine_by_person (person_hash, source_id, message_id) VALUES (?, ?, ?) USING TTL ?",
-                (person, source_id, message_id, ttl),
-            ) for person in people])
+            await self.db.execute_together(
+                [
+                    (
+                        "INSERT INTO quarantine_by_person (person_hash, source_id, message_id) VALUES (?, ?, ?) USING TTL ?",
+                        (person, source_id, message_id, ttl),
+                    )
+                    for person in people
+                ]
+            )
         await self.db.execute(
             "INSERT INTO quarantine (source_id, message_id, body) VALUES (?, ?, ?) USING TTL ?",
             (source_id, message_id, kept.SerializeToString(), ttl),

@@ -76,10 +76,14 @@ class SqliteIngestionStore(Repository):
         source_id, message_id = kept.source_id, kept.event.message_id
 
         def insert(db) -> None:
-            db.execute("INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)",
-                       (source_id, message_id, kept.SerializeToString(), expires))
-            db.executemany("INSERT OR REPLACE INTO quarantine_by_person VALUES (?, ?, ?, ?)",
-                           [(person, source_id, message_id, expires) for person in people])
+            db.execute(
+                "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)",
+                (source_id, message_id, kept.SerializeToString(), expires),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO quarantine_by_person VALUES (?, ?, ?, ?)",
+                [(person, source_id, message_id, expires) for person in people],
+            )
 
         await self.db.transaction(insert)
 
@@ -116,10 +120,14 @@ class SqliteIngestionStore(Repository):
         )
 
     async def add_suppressed(self, hashes):
-        await self.db.transaction(lambda db: db.executemany("INSERT OR IGNORE INTO suppressed VALUES (?)", [(h,) for h in hashes]))
+        await self.db.transaction(
+            lambda db: db.executemany("INSERT OR IGNORE INTO suppressed VALUES (?)", [(h,) for h in hashes])
+        )
 
     async def remove_suppressed(self, hashes):
-        await self.db.transaction(lambda db: db.executemany("DELETE FROM suppressed WHERE hash = ?", [(h,) for h in hashes]))
+        await self.db.transaction(
+            lambda db: db.executemany("DELETE FROM suppressed WHERE hash = ?", [(h,) for h in hashes])
+        )
 
     async def suppressed(self):
         return {r[0] for r in await self.db.execute("SELECT hash FROM suppressed")}

@@ -22,11 +22,11 @@ from collections.abc import Collection, Iterator
 
 from opentelemetry import trace
 
+from ingestion_service import transforms
+from ingestion_service.store import IngestionStore
 from mosaic.events.v1 import event_pb2, suppression_changed_pb2
 from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import InvalidArgument, Unavailable
-from ingestion_service import transforms
-from ingestion_service.store import IngestionStore
 
 log = logging.getLogger("ingestion.suppression")
 TYPES = ("user_id", "anonymous_id", "email", "phone")
@@ -152,6 +152,14 @@ class SuppressionList:
             await self.store.add_suppressed(hashes)
             self._hashes.update(hashes)  # first: an event quarantined from now on checks the list
             erased = await self.erase_quarantined(hashes)
-        log.info("suppression list changed", extra={"fields": {
-            "request_id": change.request_id, "identifiers": len(hashes), "lifted": change.lifted,
-            "quarantined_erased": erased}})
+        log.info(
+            "suppression list changed",
+            extra={
+                "fields": {
+                    "request_id": change.request_id,
+                    "identifiers": len(hashes),
+                    "lifted": change.lifted,
+                    "quarantined_erased": erased,
+                }
+            },
+        )

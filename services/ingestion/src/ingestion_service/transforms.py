@@ -48,7 +48,9 @@ def check(transforms: list[source_pb2.Transform], prefix: str = "transforms") ->
             _check_path(action.path, f"{where}.{kind}.path")
         if kind == "normalise_phone" and action.default_region:
             if action.default_region.upper() not in phonenumbers.SUPPORTED_REGIONS:
-                raise InvalidArgument(f"{where}.normalise_phone.default_region", "must be an ISO 3166 region phonenumbers knows")
+                raise InvalidArgument(
+                    f"{where}.normalise_phone.default_region", "must be an ISO 3166 region phonenumbers knows"
+                )
 
 
 def _check_path(path: str, field: str) -> None:
@@ -75,7 +77,7 @@ def apply(transforms: list[source_pb2.Transform], event: event_pb2.Event) -> Non
         elif kind == "normalise_email":
             _rewrite(event, action.path, normalise_email)
         elif kind == "normalise_phone":
-            _rewrite(event, action.path, lambda value: normalise_phone(value, action.default_region))
+            _rewrite(event, action.path, lambda value, action=action: normalise_phone(value, action.default_region))
 
 
 def normalise_email(value: Any) -> str:

@@ -16,7 +16,8 @@ from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import InvalidArgument, NotFound, Unavailable
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
-from mosaic.profile.v1 import profile_service_pb2 as pb, profile_service_pb2_grpc
+from mosaic.profile.v1 import profile_service_pb2 as pb
+from mosaic.profile.v1 import profile_service_pb2_grpc
 from profile_service import computed, history
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
@@ -26,7 +27,6 @@ from profile_service.merges import MergeHandler
 from profile_service.privacy import ProfilePrivacy
 from profile_service.profiles import Profiles
 from profile_service.store import open_store
-
 
 _page_size = limits.page_size
 MAX_BATCH_GET = 1000
@@ -73,7 +73,9 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
 
     async def BatchGetProfiles(self, request, context):
         if len(request.profile_ids) > MAX_BATCH_GET:
-            raise InvalidArgument("profile_ids", f"must name at most {MAX_BATCH_GET} profiles, names {len(request.profile_ids)}")
+            raise InvalidArgument(
+                "profile_ids", f"must name at most {MAX_BATCH_GET} profiles, names {len(request.profile_ids)}"
+            )
         for index, profile_id in enumerate(request.profile_ids):
             limits.check_text(f"profile_ids[{index}]", profile_id)
         found = await asyncio.gather(*(self.profiles.latest(pid) for pid in request.profile_ids))
@@ -131,8 +133,12 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         # Travels as an event through the profile's partition, so its one writer applies it in
         # order with the events; the request id makes a retried call a no-op.
         message_id = f"upsert:{request.source_id}:{request.request_id}"
-        event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, message_id=message_id,
-                                traits=request.traits, source_id=request.source_id)
+        event = event_pb2.Event(
+            type=event_pb2.EVENT_TYPE_IDENTIFY,
+            message_id=message_id,
+            traits=request.traits,
+            source_id=request.source_id,
+        )
         event.timestamp.GetCurrentTime()
         event.received_at.CopyFrom(event.timestamp)
         resolved = resolved_pb2.ResolvedEvent(profile_id=request.profile_id, event=event)
@@ -209,8 +215,10 @@ class ResolvedEventHandler:
 
     async def batch(self, items: list[tuple[resolved_pb2.ResolvedEvent, Delivery]]) -> None:
         contexts = [delivery.trace_context for _, delivery in items]
-        snapshots = await self.profiles.apply_batch([(resolved, context) for (resolved, _), context in zip(items, contexts)])
-        for (resolved, _), context, snapshot in zip(items, contexts, snapshots):
+        snapshots = await self.profiles.apply_batch(
+            [(resolved, context) for (resolved, _), context in zip(items, contexts, strict=False)]
+        )
+        for (resolved, _), context, snapshot in zip(items, contexts, snapshots, strict=False):
             if snapshot is not None:
                 trace.get_current_span(context).set_attributes(
                     {"mosaic.profile.id": resolved.profile_id, "mosaic.profile.version": snapshot.version}

@@ -21,18 +21,34 @@ from profile_service.fold import event_name, event_time
 
 A = profile_pb2.Aggregation
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-NEEDS_PROPERTY = {A.AGGREGATION_SUM, A.AGGREGATION_MIN, A.AGGREGATION_MAX, A.AGGREGATION_AVERAGE, A.AGGREGATION_FIRST,
-                  A.AGGREGATION_LAST, A.AGGREGATION_MOST_FREQUENT, A.AGGREGATION_DISTINCT_COUNT}
+NEEDS_PROPERTY = {
+    A.AGGREGATION_SUM,
+    A.AGGREGATION_MIN,
+    A.AGGREGATION_MAX,
+    A.AGGREGATION_AVERAGE,
+    A.AGGREGATION_FIRST,
+    A.AGGREGATION_LAST,
+    A.AGGREGATION_MOST_FREQUENT,
+    A.AGGREGATION_DISTINCT_COUNT,
+}
 NUMERIC = {A.AGGREGATION_SUM, A.AGGREGATION_MIN, A.AGGREGATION_MAX, A.AGGREGATION_AVERAGE}
 ALL_TIME = "all"
 
 # Commerce traits every profile gets, from the Segment spec's `Order Completed`.
 BUILT_IN = (
     profile_pb2.ComputedTraitDefinition(name="orders", aggregation=A.AGGREGATION_COUNT, event="Order Completed"),
-    profile_pb2.ComputedTraitDefinition(name="lifetime_value", aggregation=A.AGGREGATION_SUM, event="Order Completed", property="revenue"),
-    profile_pb2.ComputedTraitDefinition(name="average_order_value", aggregation=A.AGGREGATION_AVERAGE, event="Order Completed", property="revenue"),
-    profile_pb2.ComputedTraitDefinition(name="first_order_at", aggregation=A.AGGREGATION_FIRST, event="Order Completed", property="$timestamp"),
-    profile_pb2.ComputedTraitDefinition(name="last_order_at", aggregation=A.AGGREGATION_LAST, event="Order Completed", property="$timestamp"),
+    profile_pb2.ComputedTraitDefinition(
+        name="lifetime_value", aggregation=A.AGGREGATION_SUM, event="Order Completed", property="revenue"
+    ),
+    profile_pb2.ComputedTraitDefinition(
+        name="average_order_value", aggregation=A.AGGREGATION_AVERAGE, event="Order Completed", property="revenue"
+    ),
+    profile_pb2.ComputedTraitDefinition(
+        name="first_order_at", aggregation=A.AGGREGATION_FIRST, event="Order Completed", property="$timestamp"
+    ),
+    profile_pb2.ComputedTraitDefinition(
+        name="last_order_at", aggregation=A.AGGREGATION_LAST, event="Order Completed", property="$timestamp"
+    ),
 )
 
 

@@ -18,8 +18,13 @@ from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.profile.v1 import profile_pb2
 
 T = event_pb2.EventType
-TYPE_NAMES = {T.EVENT_TYPE_PAGE: "page", T.EVENT_TYPE_SCREEN: "screen", T.EVENT_TYPE_IDENTIFY: "identify",
-              T.EVENT_TYPE_GROUP: "group", T.EVENT_TYPE_ALIAS: "alias"}
+TYPE_NAMES = {
+    T.EVENT_TYPE_PAGE: "page",
+    T.EVENT_TYPE_SCREEN: "screen",
+    T.EVENT_TYPE_IDENTIFY: "identify",
+    T.EVENT_TYPE_GROUP: "group",
+    T.EVENT_TYPE_ALIAS: "alias",
+}
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,7 @@ def revenue_of(event: event_pb2.Event) -> float:
     return 0.0
 
 
-def fold(profile: profile_pb2.Profile, resolved: resolved_pb2.ResolvedEvent, rules: FoldRules,
-         now: datetime) -> None:
+def fold(profile: profile_pb2.Profile, resolved: resolved_pb2.ResolvedEvent, rules: FoldRules, now: datetime) -> None:
     """Apply one event to `profile` in place (the version is the caller's to bump)."""
     event = resolved.event
     when = event_time(event)
@@ -70,9 +74,15 @@ def fold(profile: profile_pb2.Profile, resolved: resolved_pb2.ResolvedEvent, rul
         key = f"{identifier.type}:{identifier.value}"
         identity = profile.identities.get(key)
         if identity is None:
-            profile.identities[key].CopyFrom(profile_pb2.Identity(
-                type=identifier.type, value=identifier.value, first_seen=when, last_seen=when,
-                source_id=event.source_id))
+            profile.identities[key].CopyFrom(
+                profile_pb2.Identity(
+                    type=identifier.type,
+                    value=identifier.value,
+                    first_seen=when,
+                    last_seen=when,
+                    source_id=event.source_id,
+                )
+            )
             continue
         if _key(when) < _key(identity.first_seen):
             identity.first_seen.CopyFrom(when)
@@ -82,7 +92,8 @@ def fold(profile: profile_pb2.Profile, resolved: resolved_pb2.ResolvedEvent, rul
         group = profile.groups.get(event.group_id)
         if group is None:
             profile.groups[event.group_id].CopyFrom(
-                profile_pb2.GroupMembership(group_id=event.group_id, traits=event.traits, joined_at=when))
+                profile_pb2.GroupMembership(group_id=event.group_id, traits=event.traits, joined_at=when)
+            )
         else:
             if _key(when) < _key(group.joined_at):
                 group.joined_at.CopyFrom(when)

@@ -102,7 +102,7 @@ def replay(snapshots: list[profile_pb2.Snapshot], full: list[bool]) -> profile_p
         raise ValueError("replay needs a full snapshot first")
     profile = profile_pb2.Profile()
     profile.CopyFrom(snapshots[0].profile)
-    for snapshot, is_full in zip(snapshots[1:], full[1:]):
+    for snapshot, is_full in zip(snapshots[1:], full[1:], strict=False):
         if is_full:
             profile.CopyFrom(snapshot.profile)
         else:

@@ -38,8 +38,11 @@ def combine(into: profile_pb2.Profile, other: profile_pb2.Profile, rules: FoldRu
     """Fold `other` into `into` in place."""
     for name, trait in other.traits.items():
         mine = into.traits.get(name)
-        if (mine is None or _later(trait.set_at, mine.set_at)
-                or (trait.set_at == mine.set_at and rules.rank(trait.source_id) < rules.rank(mine.source_id))):
+        if (
+            mine is None
+            or _later(trait.set_at, mine.set_at)
+            or (trait.set_at == mine.set_at and rules.rank(trait.source_id) < rules.rank(mine.source_id))
+        ):
             into.traits[name].CopyFrom(trait)
     for key, identity in other.identities.items():
         mine = into.identities.get(key)
@@ -125,8 +128,9 @@ class MergeHandler:
                 combine(profile, other.profile, self.profiles.rules)
                 combine_states(states, json.loads(other.aggregates))
                 for archived in await self._archived(merged_id, now):
-                    await self.store.archive(survivor, archived, event_name(archived.event),
-                                             self.profiles.settings.archive_days * 86400)
+                    await self.store.archive(
+                        survivor, archived, event_name(archived.event), self.profiles.settings.archive_days * 86400
+                    )
                 for identity in other.profile.identities.values():
                     await self.store.index_identifier(identity.type, identity.value, survivor)
             computed.refresh(profile, await self.profiles.definitions.all(), states, now)
@@ -146,17 +150,26 @@ class MergeHandler:
             current = (await self.store.latest(survivor)).profile
             # The events that arrived after the merge are the causes of the survivor's later
             # snapshots (event times say nothing of arrival: a late event is old but new here).
-            causes = {s.snapshot.cause_message_id for s in await self.store.snapshots(survivor, merged_at + 1, current.version)}
+            causes = {
+                s.snapshot.cause_message_id
+                for s in await self.store.snapshots(survivor, merged_at + 1, current.version)
+            }
             archived = list(reversed(await self._archived(survivor, now)))
             later = [e for e in archived if event_key(e.event) in causes]
-            restored = [await self.store.latest(pid) or Latest(profile_pb2.Profile(profile_id=pid))
-                        for pid in split.restored_profile_ids]
+            restored = [
+                await self.store.latest(pid) or Latest(profile_pb2.Profile(profile_id=pid))
+                for pid in split.restored_profile_ids
+            ]
             theirs = {key for own in restored for key in own.profile.identities}
             for own in restored:
                 mine = [e for e in later if carries(e, own.profile.identities)]
                 for event in mine:  # its events from now on, for later recounts and splits
-                    await self.store.archive(own.profile.profile_id, event, event_name(event.event),
-                                             self.profiles.settings.archive_days * 86400)
+                    await self.store.archive(
+                        own.profile.profile_id,
+                        event,
+                        event_name(event.event),
+                        self.profiles.settings.archive_days * 86400,
+                    )
                 history = list(reversed(await self._archived(own.profile.profile_id, now)))  # mine included
                 await self._rebuild(own.profile, own.profile, history, mine, split.split_id, now)
                 await self.store.set_merged_into(own.profile.profile_id, "")

@@ -69,7 +69,13 @@ class ProfilePrivacy:
         return Answer(counts)
 
     async def _erase_sqlite(self, profile_id: str) -> dict[str, int]:
-        tables = ("profile_latest", "profile_snapshots", "profile_applied_events", "profile_identifiers", "profile_events")
+        tables = (
+            "profile_latest",
+            "profile_snapshots",
+            "profile_applied_events",
+            "profile_identifiers",
+            "profile_events",
+        )
 
         def work(db) -> dict[str, int]:
             return {t: db.execute(f"DELETE FROM {t} WHERE profile_id = ?", (profile_id,)).rowcount for t in tables}
@@ -78,7 +84,9 @@ class ProfilePrivacy:
 
     async def _erase_cassandra(self, profile_id: str) -> dict[str, int]:
         db: CassandraStore = self.store.db
-        heads = await db.execute("SELECT state, first_month FROM profile_heads WHERE profile_id = ? LIMIT 1", (profile_id,))
+        heads = await db.execute(
+            "SELECT state, first_month FROM profile_heads WHERE profile_id = ? LIMIT 1", (profile_id,)
+        )
         latest = await self.store.latest(profile_id)
         if not heads and latest is None:
             return {}
@@ -86,41 +94,58 @@ class ProfilePrivacy:
         version = latest.profile.version if latest else 0
         statements: list[tuple[str, tuple]] = []
         for bucket in range(version // BUCKET + 1):
-            rows = await db.execute("SELECT version FROM profile_snapshots WHERE profile_id = ? AND bucket = ?",
-                                    (profile_id, bucket))
+            rows = await db.execute(
+                "SELECT version FROM profile_snapshots WHERE profile_id = ? AND bucket = ?", (profile_id, bucket)
+            )
             counts["profile_snapshots"] += len(rows)
-            statements.append(("DELETE FROM profile_snapshots WHERE profile_id = ? AND bucket = ?", (profile_id, bucket)))
+            statements.append(
+                ("DELETE FROM profile_snapshots WHERE profile_id = ? AND bucket = ?", (profile_id, bucket))
+            )
         today = datetime.now(timezone.utc)
         first_month = heads[0].first_month if heads and heads[0].first_month else month_of(int(today.timestamp() * 1e6))
         for month in _months(first_month, month_of(int(today.timestamp() * 1e6))):
-            statements.append(("DELETE FROM profile_snapshot_times WHERE profile_id = ? AND month = ?", (profile_id, month)))
+            statements.append(
+                ("DELETE FROM profile_snapshot_times WHERE profile_id = ? AND month = ?", (profile_id, month))
+            )
         identifiers: set[tuple[str, str]] = set()
         if latest is not None:
             identifiers.update((i.type, i.value) for i in latest.profile.identities.values())
             since, until = _archive_span(latest.profile)
             first_day = datetime.fromtimestamp(since / 1e6, tz=timezone.utc).date()
             last_day = datetime.fromtimestamp(until / 1e6, tz=timezone.utc).date()
-            days = [(first_day + timedelta(days=n)).strftime("%Y-%m-%d") for n in range((last_day - first_day).days + 1)]
+            days = [
+                (first_day + timedelta(days=n)).strftime("%Y-%m-%d") for n in range((last_day - first_day).days + 1)
+            ]
             for start in range(0, len(days), 20):  # a few reads at a time: a long life is many days
-                chunk = days[start:start + 20]
-                found = await asyncio.gather(*(db.execute(
-                    "SELECT event FROM profile_events WHERE profile_id = ? AND day = ?", (profile_id, key)) for key in chunk))
-                for key, rows in zip(chunk, found):
+                chunk = days[start : start + 20]
+                found = await asyncio.gather(
+                    *(
+                        db.execute(
+                            "SELECT event FROM profile_events WHERE profile_id = ? AND day = ?", (profile_id, key)
+                        )
+                        for key in chunk
+                    )
+                )
+                for key, rows in zip(chunk, found, strict=False):
                     if not rows:
                         continue
                     counts["profile_events"] += len(rows)
                     for row in rows:  # the identifiers an event was resolved by are indexed too
                         resolved = resolved_pb2.ResolvedEvent.FromString(row.event)
                         identifiers.update((i.type, i.value) for i in resolved.identifiers)
-                    statements.append(("DELETE FROM profile_events WHERE profile_id = ? AND day = ?", (profile_id, key)))
+                    statements.append(
+                        ("DELETE FROM profile_events WHERE profile_id = ? AND day = ?", (profile_id, key))
+                    )
         for id_type, id_value in sorted(identifiers):
             owner = await self.store.profile_of(id_type, id_value)
             if owner == profile_id:
                 counts["profile_identifiers"] += 1
-                statements.append(("DELETE FROM profile_identifiers WHERE id_type = ? AND id_value = ?", (id_type, id_value)))
+                statements.append(
+                    ("DELETE FROM profile_identifiers WHERE id_type = ? AND id_value = ?", (id_type, id_value))
+                )
         statements.append(("DELETE FROM profile_heads WHERE profile_id = ?", (profile_id,)))
         for start in range(0, len(statements), 20):
-            await asyncio.gather(*(db.execute(cql, params) for cql, params in statements[start:start + 20]))
+            await asyncio.gather(*(db.execute(cql, params) for cql, params in statements[start : start + 20]))
         return counts
 
 

@@ -125,7 +125,8 @@ class Profiles:
                 await locks.enter_async_context(self.lock(profile_id))
             # Heads from the store, not the cache: the survivor's replica may have merged one away.
             heads, applied = await self.store.heads(
-                {pid: [event_key(batch[i][0].event) for i in indexes] for pid, indexes in by_profile.items()})
+                {pid: [event_key(batch[i][0].event) for i in indexes] for pid, indexes in by_profile.items()}
+            )
             definitions = await self.definitions.all()
             changes = []
             for profile_id, indexes in by_profile.items():
@@ -166,7 +167,9 @@ class Profiles:
             results[index] = snapshot
         return results
 
-    def _fold(self, resolved, change: Change, states: dict, definitions) -> tuple[profile_pb2.Snapshot, profile_pb2.Profile]:
+    def _fold(
+        self, resolved, change: Change, states: dict, definitions
+    ) -> tuple[profile_pb2.Snapshot, profile_pb2.Profile]:
         """Fold one event into `change` (its latest and states, in place); no I/O."""
         event = resolved.event
         old, profile = change.latest.profile, profile_pb2.Profile()
@@ -179,8 +182,9 @@ class Profiles:
         # Archived (and new identifiers indexed) with the change: a backfill or a split reads the
         # archive for every applied event.
         change.archived.append((resolved, event_name(event)))
-        change.identifiers.extend((identity.type, identity.value)
-                                  for key, identity in profile.identities.items() if key not in old.identities)
+        change.identifiers.extend(
+            (identity.type, identity.value) for key, identity in profile.identities.items() if key not in old.identities
+        )
         snapshot, full = self._snapshot(old, profile, event_key(event))
         change.snapshots.append(StoredSnapshot(snapshot, full))
         change.latest = Latest(profile)
@@ -191,8 +195,12 @@ class Profiles:
         changes = history.diff(old, profile)
         full = profile.version == 1 or profile.version % self.settings.full_every == 0
         snapshot = profile_pb2.Snapshot(
-            profile_id=profile.profile_id, version=profile.version, recorded_at=_now(), changes=changes,
-            cause_message_id=cause, profile=profile if full else history.delta(profile, changes),
+            profile_id=profile.profile_id,
+            version=profile.version,
+            recorded_at=_now(),
+            changes=changes,
+            cause_message_id=cause,
+            profile=profile if full else history.delta(profile, changes),
         )
         return snapshot, full
 
@@ -219,14 +227,19 @@ class Profiles:
         messages = []
         for _, snapshot, profile in published:
             update = profile_updated_pb2.ProfileUpdated(
-                profile_id=snapshot.profile_id, version=snapshot.version, changes=snapshot.changes,
-                cause_message_id=snapshot.cause_message_id, updated_at=snapshot.recorded_at,
+                profile_id=snapshot.profile_id,
+                version=snapshot.version,
+                changes=snapshot.changes,
+                cause_message_id=snapshot.cause_message_id,
+                updated_at=snapshot.recorded_at,
             )
             for name, trait in profile.traits.items():
                 update.traits.fields[name].CopyFrom(trait.value)
             for name, value in profile.computed_traits.items():
                 update.traits.fields[name].CopyFrom(value)
-            messages.append((snapshot.profile_id, update.SerializeToString(), f"{snapshot.profile_id}:{snapshot.version}"))
+            messages.append(
+                (snapshot.profile_id, update.SerializeToString(), f"{snapshot.profile_id}:{snapshot.version}")
+            )
         await self.bus.publish_many(topics.PROFILE_UPDATED, messages, contexts=contexts)
 
     async def at_version(self, profile_id: str, version: int) -> profile_pb2.Profile:
@@ -258,13 +271,18 @@ class Profiles:
         """Recompute a new definition for every profile this replica owns, from the archive."""
         count = 0
         async for scanned in self.store.scan():
-            if not self.cache.owned or topics.partition_of(scanned.profile_id, self.bus.partitions) not in self.cache.owned:
+            if (
+                not self.cache.owned
+                or topics.partition_of(scanned.profile_id, self.bus.partitions) not in self.cache.owned
+            ):
                 continue
             async with self.lock(scanned.profile_id):
                 latest = await self.latest(scanned.profile_id)
                 now = datetime.now(timezone.utc)
                 since = int((now.timestamp() - self.settings.archive_days * 86400) * 1e6)
-                events = await self.store.events(scanned.profile_id, since, int(now.timestamp() * 1e6) + 86400_000_000, 1_000_000)
+                events = await self.store.events(
+                    scanned.profile_id, since, int(now.timestamp() * 1e6) + 86400_000_000, 1_000_000
+                )
                 states = json.loads(latest.aggregates)
                 states[definition.name] = {}
                 for archived in reversed(events):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Protocol
+from typing import AsyncIterator, Protocol
 
 from mosaic.events.v1 import resolved_pb2
 from mosaic.platform.errors import AlreadyExists
@@ -45,44 +45,50 @@ HEADS_PER_REQUEST = 64
 MARKER_TTL = 14 * 86400
 
 CASSANDRA = [
-    Migration(1, (
-        # One partition per profile: the latest state in static columns, and the applied-event
-        # markers as rows, so a change's marker and state are written by one single-partition
-        # batch, atomic and isolated without the batch log.
-        "CREATE TABLE IF NOT EXISTS profile_heads ("
-        " profile_id text, message_id text, version bigint,"
-        " state blob static, aggregates text static, first_month text static, merged_into text static,"
-        " PRIMARY KEY (profile_id, message_id))",
-        "CREATE TABLE IF NOT EXISTS profile_snapshots ("
-        " profile_id text, bucket bigint, version bigint, snapshot blob, is_full boolean,"
-        " PRIMARY KEY ((profile_id, bucket), version)) WITH CLUSTERING ORDER BY (version DESC)",
-        "CREATE TABLE IF NOT EXISTS profile_snapshot_times ("
-        " profile_id text, month text, recorded_at timestamp, version bigint,"
-        " PRIMARY KEY ((profile_id, month), recorded_at, version))"
-        " WITH CLUSTERING ORDER BY (recorded_at DESC, version DESC)",
-        "CREATE TABLE IF NOT EXISTS profile_identifiers (id_type text, id_value text, profile_id text,"
-        " PRIMARY KEY ((id_type, id_value)))",
-        "CREATE TABLE IF NOT EXISTS profile_events ("
-        " profile_id text, day text, event_time timestamp, message_id text, name text, event blob,"
-        " PRIMARY KEY ((profile_id, day), event_time, message_id))"
-        " WITH CLUSTERING ORDER BY (event_time DESC, message_id DESC)",
-        "CREATE TABLE IF NOT EXISTS profile_computed_traits (name text PRIMARY KEY, definition blob)",
-    )),
+    Migration(
+        1,
+        (
+            # One partition per profile: the latest state in static columns, and the applied-event
+            # markers as rows, so a change's marker and state are written by one single-partition
+            # batch, atomic and isolated without the batch log.
+            "CREATE TABLE IF NOT EXISTS profile_heads ("
+            " profile_id text, message_id text, version bigint,"
+            " state blob static, aggregates text static, first_month text static, merged_into text static,"
+            " PRIMARY KEY (profile_id, message_id))",
+            "CREATE TABLE IF NOT EXISTS profile_snapshots ("
+            " profile_id text, bucket bigint, version bigint, snapshot blob, is_full boolean,"
+            " PRIMARY KEY ((profile_id, bucket), version)) WITH CLUSTERING ORDER BY (version DESC)",
+            "CREATE TABLE IF NOT EXISTS profile_snapshot_times ("
+            " profile_id text, month text, recorded_at timestamp, version bigint,"
+            " PRIMARY KEY ((profile_id, month), recorded_at, version))"
+            " WITH CLUSTERING ORDER BY (recorded_at DESC, version DESC)",
+            "CREATE TABLE IF NOT EXISTS profile_identifiers (id_type text, id_value text, profile_id text,"
+            " PRIMARY KEY ((id_type, id_value)))",
+            "CREATE TABLE IF NOT EXISTS profile_events ("
+            " profile_id text, day text, event_time timestamp, message_id text, name text, event blob,"
+            " PRIMARY KEY ((profile_id, day), event_time, message_id))"
+            " WITH CLUSTERING ORDER BY (event_time DESC, message_id DESC)",
+            "CREATE TABLE IF NOT EXISTS profile_computed_traits (name text PRIMARY KEY, definition blob)",
+        ),
+    ),
 ]
 SQLITE = [
-    Migration(1, (
-        "CREATE TABLE profile_latest (profile_id TEXT PRIMARY KEY, version INTEGER, state BLOB, aggregates TEXT,"
-        " merged_into TEXT)",
-        "CREATE TABLE profile_snapshots (profile_id TEXT, version INTEGER, snapshot BLOB, is_full INTEGER,"
-        " recorded_us INTEGER, PRIMARY KEY (profile_id, version))",
-        "CREATE INDEX profile_snapshots_time ON profile_snapshots (profile_id, recorded_us)",
-        "CREATE TABLE profile_applied_events (profile_id TEXT, message_id TEXT, version INTEGER,"
-        " PRIMARY KEY (profile_id, message_id))",
-        "CREATE TABLE profile_identifiers (id_type TEXT, id_value TEXT, profile_id TEXT, PRIMARY KEY (id_type, id_value))",
-        "CREATE TABLE profile_events (profile_id TEXT, event_time_us INTEGER, message_id TEXT, name TEXT, event BLOB,"
-        " expires_us INTEGER, PRIMARY KEY (profile_id, event_time_us, message_id))",
-        "CREATE TABLE profile_computed_traits (name TEXT PRIMARY KEY, definition BLOB)",
-    )),
+    Migration(
+        1,
+        (
+            "CREATE TABLE profile_latest (profile_id TEXT PRIMARY KEY, version INTEGER, state BLOB, aggregates TEXT,"
+            " merged_into TEXT)",
+            "CREATE TABLE profile_snapshots (profile_id TEXT, version INTEGER, snapshot BLOB, is_full INTEGER,"
+            " recorded_us INTEGER, PRIMARY KEY (profile_id, version))",
+            "CREATE INDEX profile_snapshots_time ON profile_snapshots (profile_id, recorded_us)",
+            "CREATE TABLE profile_applied_events (profile_id TEXT, message_id TEXT, version INTEGER,"
+            " PRIMARY KEY (profile_id, message_id))",
+            "CREATE TABLE profile_identifiers (id_type TEXT, id_value TEXT, profile_id TEXT, PRIMARY KEY (id_type, id_value))",
+            "CREATE TABLE profile_events (profile_id TEXT, event_time_us INTEGER, message_id TEXT, name TEXT, event BLOB,"
+            " expires_us INTEGER, PRIMARY KEY (profile_id, event_time_us, message_id))",
+            "CREATE TABLE profile_computed_traits (name TEXT PRIMARY KEY, definition BLOB)",
+        ),
+    ),
 ]
 
 
@@ -134,7 +140,9 @@ def _packed(partitions: dict[tuple, list[tuple[str, tuple]]]):
     for key, statements in partitions.items():
         for statement in statements:
             length = sum(len(v) for v in statement[1] if isinstance(v, (bytes, str)))
-            if request and (size + length > BYTES_PER_REQUEST or (key not in keys and len(keys) == PARTITIONS_PER_REQUEST)):
+            if request and (
+                size + length > BYTES_PER_REQUEST or (key not in keys and len(keys) == PARTITIONS_PER_REQUEST)
+            ):
                 yield request
                 request, keys, size = [], set(), 0
             request.append(statement)
@@ -148,30 +156,39 @@ class ProfileStore(Protocol):
     async def latest(self, profile_id: str) -> Latest | None: ...
     async def set_merged_into(self, profile_id: str, survivor: str) -> None:
         """Point a merged-away profile at its survivor ("" undoes it, for a split)."""
+
     async def applied_version(self, profile_id: str, message_id: str) -> int | None: ...
     async def save(self, stored: StoredSnapshot, latest: Latest, marker_ttl: int | None = None) -> None:
         """Append the snapshot, mark its cause applied (for `marker_ttl` seconds, or for good),
         make `latest` the latest."""
-    async def heads(
-        self, wanted: dict[str, list[str]]
-    ) -> tuple[dict[str, Latest], dict[tuple[str, str], int]]:
+
+    async def heads(self, wanted: dict[str, list[str]]) -> tuple[dict[str, Latest], dict[tuple[str, str], int]]:
         """For profile id → message ids: the latest of each profile that has one, and the
         applied version of each (profile, message id) that is marked applied."""
+
     async def save_changes(self, changes: list[Change], archive_ttl: int) -> None:
         """Write each change as `save` would its snapshots, with its archived events (kept
         `archive_ttl` seconds) and index rows first."""
+
     async def snapshots(self, profile_id: str, from_version: int, to_version: int) -> list[StoredSnapshot]:
         """Snapshots with from_version <= version <= to_version, oldest first."""
+
     async def list_snapshots(self, profile_id: str, below_version: int, limit: int) -> list[profile_pb2.Snapshot]:
         """Snapshots with version < below_version, newest first."""
+
     async def version_at(self, profile_id: str, at_us: int) -> int:
         """The last version recorded at or before `at_us`; 0 when none."""
+
     async def index_identifier(self, id_type: str, id_value: str, profile_id: str) -> None: ...
     async def profile_of(self, id_type: str, id_value: str) -> str | None: ...
     async def archive(self, profile_id: str, resolved: resolved_pb2.ResolvedEvent, name: str, ttl_seconds: int) -> None:
         """Keep an event with the identifiers it was resolved by (a split needs them)."""
-    async def events(self, profile_id: str, since_us: int, until_us: int, limit: int) -> list[resolved_pb2.ResolvedEvent]:
+
+    async def events(
+        self, profile_id: str, since_us: int, until_us: int, limit: int
+    ) -> list[resolved_pb2.ResolvedEvent]:
         """Archived events with since_us <= time < until_us, newest first."""
+
     async def scan(self) -> AsyncIterator[profile_pb2.Profile]: ...
     async def create_definition(self, definition: profile_pb2.ComputedTraitDefinition) -> None: ...
     async def definitions(self) -> list[profile_pb2.ComputedTraitDefinition]: ...
@@ -211,21 +228,41 @@ class CassandraProfileStore(Repository):
         # bounded number of partitions (HEADS_PER_REQUEST).
         ids = list(wanted)
         message_ids = sorted({m for found in wanted.values() for m in found})
-        chunks = [ids[i:i + HEADS_PER_REQUEST] for i in range(0, len(ids), HEADS_PER_REQUEST)]
+        chunks = [ids[i : i + HEADS_PER_REQUEST] for i in range(0, len(ids), HEADS_PER_REQUEST)]
         found = await asyncio.gather(
-            *(self.db.execute("SELECT profile_id, state, aggregates, merged_into FROM profile_heads"
-                              " WHERE profile_id IN ? PER PARTITION LIMIT 1", (chunk,)) for chunk in chunks),
-            *(self.db.execute("SELECT profile_id, message_id, version FROM profile_heads"
-                              " WHERE profile_id IN ? AND message_id IN ?", (chunk, message_ids)) for chunk in chunks),
+            *(
+                self.db.execute(
+                    "SELECT profile_id, state, aggregates, merged_into FROM profile_heads"
+                    " WHERE profile_id IN ? PER PARTITION LIMIT 1",
+                    (chunk,),
+                )
+                for chunk in chunks
+            ),
+            *(
+                self.db.execute(
+                    "SELECT profile_id, message_id, version FROM profile_heads"
+                    " WHERE profile_id IN ? AND message_id IN ?",
+                    (chunk, message_ids),
+                )
+                for chunk in chunks
+            ),
         )
         latest = {}
-        for row in (row for rows in found[:len(chunks)] for row in rows):
+        for row in (row for rows in found[: len(chunks)] for row in rows):
             if row.state is None and not row.merged_into:
                 continue
-            profile = profile_pb2.Profile.FromString(row.state) if row.state else profile_pb2.Profile(profile_id=row.profile_id)
+            profile = (
+                profile_pb2.Profile.FromString(row.state)
+                if row.state
+                else profile_pb2.Profile(profile_id=row.profile_id)
+            )
             latest[row.profile_id] = Latest(profile, row.aggregates or "{}", row.merged_into or "")
-        applied = {(row.profile_id, row.message_id): row.version for rows in found[len(chunks):] for row in rows
-                   if row.version is not None and row.message_id in wanted[row.profile_id]}
+        applied = {
+            (row.profile_id, row.message_id): row.version
+            for rows in found[len(chunks) :]
+            for row in rows
+            if row.version is not None and row.message_id in wanted[row.profile_id]
+        }
         return latest, applied
 
     async def save_changes(self, changes, archive_ttl):
@@ -239,7 +276,9 @@ class CassandraProfileStore(Repository):
             for key, statement in self._rows(change, archive_ttl):
                 partitions.setdefault(key, []).append(statement)
         requests = list(_packed(partitions))
-        await asyncio.gather(*(self.db.execute(*r[0]) if len(r) == 1 else self.db.execute_together(r) for r in requests))
+        await asyncio.gather(
+            *(self.db.execute(*r[0]) if len(r) == 1 else self.db.execute_together(r) for r in requests)
+        )
         await asyncio.gather(*(self.db.execute_atomic(self._head(change), single_partition=True) for change in changes))
 
     @staticmethod
@@ -250,37 +289,71 @@ class CassandraProfileStore(Repository):
             event = resolved.event
             at = _dt(event.timestamp.ToMicroseconds())
             day = at.strftime("%Y-%m-%d")
-            yield ("events", pid, day), (
-                "INSERT INTO profile_events (profile_id, day, event_time, message_id, name, event) VALUES (?, ?, ?, ?, ?, ?)"
-                " USING TTL ?", (pid, day, at, event.message_id, name, resolved.SerializeToString(), archive_ttl))
+            yield (
+                ("events", pid, day),
+                (
+                    "INSERT INTO profile_events (profile_id, day, event_time, message_id, name, event) VALUES (?, ?, ?, ?, ?, ?)"
+                    " USING TTL ?",
+                    (pid, day, at, event.message_id, name, resolved.SerializeToString(), archive_ttl),
+                ),
+            )
         for id_type, id_value in change.identifiers:
-            yield ("identifiers", id_type, id_value), (
-                "INSERT INTO profile_identifiers (id_type, id_value, profile_id) VALUES (?, ?, ?)", (id_type, id_value, pid))
+            yield (
+                ("identifiers", id_type, id_value),
+                (
+                    "INSERT INTO profile_identifiers (id_type, id_value, profile_id) VALUES (?, ?, ?)",
+                    (id_type, id_value, pid),
+                ),
+            )
         for stored in change.snapshots:
             s = stored.snapshot
             recorded_us = s.recorded_at.ToMicroseconds()
-            yield ("snapshots", pid, s.version // BUCKET), (
-                "INSERT INTO profile_snapshots (profile_id, bucket, version, snapshot, is_full) VALUES (?, ?, ?, ?, ?)",
-                (pid, s.version // BUCKET, s.version, s.SerializeToString(), stored.full))
-            yield ("times", pid, month_of(recorded_us)), (
-                "INSERT INTO profile_snapshot_times (profile_id, month, recorded_at, version) VALUES (?, ?, ?, ?)",
-                (pid, month_of(recorded_us), _dt(recorded_us), s.version))
+            yield (
+                ("snapshots", pid, s.version // BUCKET),
+                (
+                    "INSERT INTO profile_snapshots (profile_id, bucket, version, snapshot, is_full) VALUES (?, ?, ?, ?, ?)",
+                    (pid, s.version // BUCKET, s.version, s.SerializeToString(), stored.full),
+                ),
+            )
+            yield (
+                ("times", pid, month_of(recorded_us)),
+                (
+                    "INSERT INTO profile_snapshot_times (profile_id, month, recorded_at, version) VALUES (?, ?, ?, ?)",
+                    (pid, month_of(recorded_us), _dt(recorded_us), s.version),
+                ),
+            )
 
     @staticmethod
     def _head(change: Change) -> list[tuple[str, tuple]]:
         """The markers of a change's snapshots and its state: one partition."""
         p = change.latest.profile
-        head = [("INSERT INTO profile_heads (profile_id, message_id, version) VALUES (?, ?, ?) USING TTL ?",
-                 (p.profile_id, stored.snapshot.cause_message_id, stored.snapshot.version, change.marker_ttl or 0))
-                for stored in change.snapshots]
+        head = [
+            (
+                "INSERT INTO profile_heads (profile_id, message_id, version) VALUES (?, ?, ?) USING TTL ?",
+                (p.profile_id, stored.snapshot.cause_message_id, stored.snapshot.version, change.marker_ttl or 0),
+            )
+            for stored in change.snapshots
+        ]
         first = [stored.snapshot for stored in change.snapshots if stored.snapshot.version == 1]
         if first:  # where the time index starts, for GetProfileAt
-            head.append(("UPDATE profile_heads SET state = ?, aggregates = ?, first_month = ? WHERE profile_id = ?",
-                         (p.SerializeToString(), change.latest.aggregates,
-                          month_of(first[0].recorded_at.ToMicroseconds()), p.profile_id)))
+            head.append(
+                (
+                    "UPDATE profile_heads SET state = ?, aggregates = ?, first_month = ? WHERE profile_id = ?",
+                    (
+                        p.SerializeToString(),
+                        change.latest.aggregates,
+                        month_of(first[0].recorded_at.ToMicroseconds()),
+                        p.profile_id,
+                    ),
+                )
+            )
         else:
-            head.append(("UPDATE profile_heads SET state = ?, aggregates = ? WHERE profile_id = ?",
-                         (p.SerializeToString(), change.latest.aggregates, p.profile_id)))
+            head.append(
+                (
+                    "UPDATE profile_heads SET state = ?, aggregates = ? WHERE profile_id = ?",
+                    (p.SerializeToString(), change.latest.aggregates, p.profile_id),
+                )
+            )
         return head
 
     async def snapshots(self, profile_id, from_version, to_version):
@@ -307,7 +380,9 @@ class CassandraProfileStore(Repository):
         return found
 
     async def version_at(self, profile_id, at_us):
-        rows = await self.db.execute("SELECT first_month FROM profile_heads WHERE profile_id = ? LIMIT 1", (profile_id,))
+        rows = await self.db.execute(
+            "SELECT first_month FROM profile_heads WHERE profile_id = ? LIMIT 1", (profile_id,)
+        )
         if not rows or not rows[0].first_month:
             return 0
         first, month = rows[0].first_month, month_of(at_us)
@@ -324,7 +399,8 @@ class CassandraProfileStore(Repository):
 
     async def index_identifier(self, id_type, id_value, profile_id):
         await self.db.execute(
-            "INSERT INTO profile_identifiers (id_type, id_value, profile_id) VALUES (?, ?, ?)", (id_type, id_value, profile_id)
+            "INSERT INTO profile_identifiers (id_type, id_value, profile_id) VALUES (?, ?, ?)",
+            (id_type, id_value, profile_id),
         )
 
     async def profile_of(self, id_type, id_value):
@@ -339,7 +415,15 @@ class CassandraProfileStore(Repository):
         await self.db.execute(
             "INSERT INTO profile_events (profile_id, day, event_time, message_id, name, event) VALUES (?, ?, ?, ?, ?, ?)"
             " USING TTL ?",
-            (profile_id, _dt(at).strftime("%Y-%m-%d"), _dt(at), event.message_id, name, resolved.SerializeToString(), ttl_seconds),
+            (
+                profile_id,
+                _dt(at).strftime("%Y-%m-%d"),
+                _dt(at),
+                event.message_id,
+                name,
+                resolved.SerializeToString(),
+                ttl_seconds,
+            ),
         )
 
     async def events(self, profile_id, since_us, until_us, limit):
@@ -359,7 +443,8 @@ class CassandraProfileStore(Repository):
         while True:
             rows = await self.db.execute(
                 "SELECT token(profile_id) AS t, state FROM profile_heads WHERE token(profile_id) > ?"
-                " PER PARTITION LIMIT 1 LIMIT 500", (token,)
+                " PER PARTITION LIMIT 1 LIMIT 500",
+                (token,),
             )
             for row in rows:
                 if row.state:
@@ -378,7 +463,9 @@ class CassandraProfileStore(Repository):
 
     async def definitions(self):
         rows = await self.db.execute("SELECT definition FROM profile_computed_traits LIMIT 10000")
-        return sorted((profile_pb2.ComputedTraitDefinition.FromString(r.definition) for r in rows), key=lambda d: d.name)
+        return sorted(
+            (profile_pb2.ComputedTraitDefinition.FromString(r.definition) for r in rows), key=lambda d: d.name
+        )
 
     async def delete_definition(self, name):
         applied, _ = await self.db.execute_lwt("DELETE FROM profile_computed_traits WHERE name = ? IF EXISTS", (name,))
@@ -403,11 +490,14 @@ class SqliteProfileStore(Repository):
     async def set_merged_into(self, profile_id, survivor):
         await self.db.execute(
             "INSERT INTO profile_latest (profile_id, version, merged_into) VALUES (?, 0, ?)"
-            " ON CONFLICT (profile_id) DO UPDATE SET merged_into = excluded.merged_into", (profile_id, survivor))
+            " ON CONFLICT (profile_id) DO UPDATE SET merged_into = excluded.merged_into",
+            (profile_id, survivor),
+        )
 
     async def applied_version(self, profile_id, message_id):
         rows = await self.db.execute(
-            "SELECT version FROM profile_applied_events WHERE profile_id = ? AND message_id = ?", (profile_id, message_id)
+            "SELECT version FROM profile_applied_events WHERE profile_id = ? AND message_id = ?",
+            (profile_id, message_id),
         )
         return rows[0][0] if rows else None
 
@@ -423,19 +513,28 @@ class SqliteProfileStore(Repository):
         def read(db) -> tuple[list, list]:
             marks = ", ".join("?" * len(ids))
             latest = db.execute(
-                f"SELECT profile_id, state, aggregates, merged_into FROM profile_latest WHERE profile_id IN ({marks})", ids
+                f"SELECT profile_id, state, aggregates, merged_into FROM profile_latest WHERE profile_id IN ({marks})",
+                ids,
             ).fetchall()
             # Both columns of the key by IN lists: index lookups; the few pairs not asked for are dropped below.
-            applied = db.execute(
-                f"SELECT profile_id, message_id, version FROM profile_applied_events WHERE profile_id IN ({marks})"
-                f" AND message_id IN ({', '.join('?' * len(message_ids))})", [*ids, *message_ids]
-            ).fetchall() if message_ids else []
+            applied = (
+                db.execute(
+                    f"SELECT profile_id, message_id, version FROM profile_applied_events WHERE profile_id IN ({marks})"
+                    f" AND message_id IN ({', '.join('?' * len(message_ids))})",
+                    [*ids, *message_ids],
+                ).fetchall()
+                if message_ids
+                else []
+            )
             return latest, applied
 
         rows, applied = await self.db.transaction(read)  # both reads on the store thread, in one hop
         latest = {
-            pid: Latest(profile_pb2.Profile.FromString(state) if state else profile_pb2.Profile(profile_id=pid),
-                        aggregates or "{}", merged_into or "")
+            pid: Latest(
+                profile_pb2.Profile.FromString(state) if state else profile_pb2.Profile(profile_id=pid),
+                aggregates or "{}",
+                merged_into or "",
+            )
             for pid, state, aggregates, merged_into in rows
         }
         return latest, {(pid, m): version for pid, m, version in applied if m in wanted[pid]}
@@ -445,26 +544,42 @@ class SqliteProfileStore(Repository):
         events, identifiers, snapshots, markers, states = [], [], [], [], []
         for change in changes:
             p = change.latest.profile
-            events.extend((p.profile_id, r.event.timestamp.ToMicroseconds(), r.event.message_id, name,
-                           r.SerializeToString(), expires) for r, name in change.archived)
+            events.extend(
+                (
+                    p.profile_id,
+                    r.event.timestamp.ToMicroseconds(),
+                    r.event.message_id,
+                    name,
+                    r.SerializeToString(),
+                    expires,
+                )
+                for r, name in change.archived
+            )
             identifiers.extend((t, v, p.profile_id) for t, v in change.identifiers)
             for stored in change.snapshots:
                 s = stored.snapshot
-                snapshots.append((p.profile_id, s.version, s.SerializeToString(), int(stored.full),
-                                  s.recorded_at.ToMicroseconds()))
+                snapshots.append(
+                    (p.profile_id, s.version, s.SerializeToString(), int(stored.full), s.recorded_at.ToMicroseconds())
+                )
                 markers.append((p.profile_id, s.cause_message_id, s.version))
             states.append((p.profile_id, p.version, p.SerializeToString(), change.latest.aggregates))
 
         def work(db) -> None:  # one transaction: all of the batch, or none of it
             db.executemany("INSERT OR REPLACE INTO profile_events VALUES (?, ?, ?, ?, ?, ?)", events)
             db.executemany("INSERT OR REPLACE INTO profile_identifiers VALUES (?, ?, ?)", identifiers)
-            db.executemany("INSERT OR REPLACE INTO profile_snapshots (profile_id, version, snapshot, is_full, recorded_us)"
-                           " VALUES (?, ?, ?, ?, ?)", snapshots)
+            db.executemany(
+                "INSERT OR REPLACE INTO profile_snapshots (profile_id, version, snapshot, is_full, recorded_us)"
+                " VALUES (?, ?, ?, ?, ?)",
+                snapshots,
+            )
             db.executemany("INSERT OR REPLACE INTO profile_applied_events VALUES (?, ?, ?)", markers)
             # An upsert, not a replace: merged_into is another writer's column.
-            db.executemany("INSERT INTO profile_latest (profile_id, version, state, aggregates) VALUES (?, ?, ?, ?)"
-                           " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, state = excluded.state,"
-                           " aggregates = excluded.aggregates", states)
+            db.executemany(
+                "INSERT INTO profile_latest (profile_id, version, state, aggregates) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, state = excluded.state,"
+                " aggregates = excluded.aggregates",
+                states,
+            )
 
         await self.db.transaction(work)
 
@@ -489,7 +604,9 @@ class SqliteProfileStore(Repository):
         return rows[0][0] or 0
 
     async def index_identifier(self, id_type, id_value, profile_id):
-        await self.db.execute("INSERT OR REPLACE INTO profile_identifiers VALUES (?, ?, ?)", (id_type, id_value, profile_id))
+        await self.db.execute(
+            "INSERT OR REPLACE INTO profile_identifiers VALUES (?, ?, ?)", (id_type, id_value, profile_id)
+        )
 
     async def profile_of(self, id_type, id_value):
         rows = await self.db.execute(
@@ -519,7 +636,8 @@ class SqliteProfileStore(Repository):
         after = ""
         while True:
             rows = await self.db.execute(
-                "SELECT profile_id, state FROM profile_latest WHERE profile_id > ? ORDER BY profile_id LIMIT 500", (after,)
+                "SELECT profile_id, state FROM profile_latest WHERE profile_id > ? ORDER BY profile_id LIMIT 500",
+                (after,),
             )
             for row in rows:
                 if row[1]:
@@ -530,8 +648,10 @@ class SqliteProfileStore(Repository):
 
     async def create_definition(self, definition):
         def work(db) -> bool:
-            cursor = db.execute("INSERT OR IGNORE INTO profile_computed_traits VALUES (?, ?)",
-                                (definition.name, definition.SerializeToString()))
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO profile_computed_traits VALUES (?, ?)",
+                (definition.name, definition.SerializeToString()),
+            )
             return cursor.rowcount == 1
 
         if not await self.db.transaction(work):

@@ -16,7 +16,8 @@ from mosaic.platform.config import SecuritySettings
 from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
-from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2 as pb, segmentation_service_pb2_grpc
+from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2_grpc
+from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
 from segmentation_service import compiler
 from segmentation_service.backfill import Backfiller
 from segmentation_service.catalog import SegmentCatalog
@@ -48,8 +49,15 @@ def _required(value: str, field: str) -> None:
 
 
 class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServicer):
-    def __init__(self, store: SegmentStore, catalog: SegmentCatalog, memberships: Memberships,
-                 backfiller: Backfiller, peers: tuple[str, ...] = (), security: SecuritySettings = SecuritySettings()) -> None:
+    def __init__(
+        self,
+        store: SegmentStore,
+        catalog: SegmentCatalog,
+        memberships: Memberships,
+        backfiller: Backfiller,
+        peers: tuple[str, ...] = (),
+        security: SecuritySettings = SecuritySettings(),
+    ) -> None:
         self.channels = [clients.channel(peer, security) for peer in peers]
         self.peers = [segmentation_service_pb2_grpc.SegmentationServiceStub(c) for c in self.channels]
         self.store = store
@@ -122,8 +130,9 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         segments = await self.store.page(_after(request.page_token), size + 1)
         more = len(segments) > size
         segments = segments[:size]
-        return pb.ListSegmentsResponse(segments=segments,
-                                       next_page_token=_token(segments[-1].segment_id) if more else "")
+        return pb.ListSegmentsResponse(
+            segments=segments, next_page_token=_token(segments[-1].segment_id) if more else ""
+        )
 
     async def IsMember(self, request, context):
         _required(request.segment_id, "segment_id")
@@ -155,14 +164,18 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         return pb.GetSegmentSizesResponse(sizes=[pb.SegmentSize(day=d, count=sizes[d]) for d in sorted(sizes)])
 
     async def Estimate(self, request, context):
-        text, expression = compiler.definition_of(text=request.definition, expression=(
-            request.expression if request.HasField("expression") else None), field="")
+        text, expression = compiler.definition_of(
+            text=request.definition,
+            expression=(request.expression if request.HasField("expression") else None),
+            field="",
+        )
         compiled = await self.catalog.compile("-estimate-", expression)
         sample = 10 if request.sample_size <= 0 else min(request.sample_size, 100)
         view = self.memberships.view
         mask = view.evaluate(compiled.expression, time.time())
-        answer = pb.EstimateResponse(count=int(mask.sum()), population=len(view),
-                                     sample=view.profile_ids(mask, sample), definition=text)
+        answer = pb.EstimateResponse(
+            count=int(mask.sum()), population=len(view), sample=view.profile_ids(mask, sample), definition=text
+        )
         if request.local_only or not self.peers:
             return answer
         # The other replicas hold the other partitions: ask each for its share.

@@ -23,8 +23,15 @@ log = logging.getLogger("segmentation.backfill")
 
 
 class Backfiller:
-    def __init__(self, store: SegmentStore, catalog: SegmentCatalog, memberships: Memberships,
-                 partitions: tuple[int, ...], interval: float = 5.0, size_interval: float = 3600.0) -> None:
+    def __init__(
+        self,
+        store: SegmentStore,
+        catalog: SegmentCatalog,
+        memberships: Memberships,
+        partitions: tuple[int, ...],
+        interval: float = 5.0,
+        size_interval: float = 3600.0,
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self.memberships = memberships
@@ -83,8 +90,17 @@ class Backfiller:
             n = len(view.ids)
             for profile_id in view.profile_ids((view.partition[:n] == partition) & view.alive[:n]):
                 await self.memberships.timers.schedule(view.get(profile_id), now)
-        log.info("backfilled", extra={"fields": {"segment": live.segment_id, "revision": live.revision,
-                                                 "partition": partition, "changed": changed}})
+        log.info(
+            "backfilled",
+            extra={
+                "fields": {
+                    "segment": live.segment_id,
+                    "revision": live.revision,
+                    "partition": partition,
+                    "changed": changed,
+                }
+            },
+        )
         return changed
 
     async def count_sizes(self) -> None:

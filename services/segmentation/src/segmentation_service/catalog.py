@@ -76,4 +76,6 @@ class SegmentCatalog:
         return compiler.compile_all(definitions)[segment_id]
 
     async def referrers(self, segment_id: str) -> list[str]:
-        return [k for k, live in (await self.all()).items() if segment_id in live.compiled.refers_to and k != segment_id]
+        return [
+            k for k, live in (await self.all()).items() if segment_id in live.compiled.refers_to and k != segment_id
+        ]

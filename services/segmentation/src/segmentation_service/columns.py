@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from mosaic.segmentation.v1 import segment_pb2 as pb
 from mosaic.platform.topics import partition_of
+from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service.evaluate import COUNTER_DAYS, literal_value, pattern, window_days
 from segmentation_service.state import DAY, ProfileState, time_of
 
@@ -293,7 +293,14 @@ class ColumnarView:
 
     def nbytes(self) -> int:
         """What the columns hold, in bytes (the id index aside)."""
-        arrays = [self.version, self.alive, self.partition, self.timer, *self.counters.values(), *self.identities.values()]
+        arrays = [
+            self.version,
+            self.alive,
+            self.partition,
+            self.timer,
+            *self.counters.values(),
+            *self.identities.values(),
+        ]
         return sum(a.nbytes for a in arrays) + sum(c.nbytes() for c in self.traits.values())
 
     # The vectorised evaluator.
@@ -315,7 +322,9 @@ class ColumnarView:
         if kind == "trait":
             return self._trait(node.trait, now, n)
         if kind == "event":
-            return self._compare(node.event.operator, self.event_counts(node.event, now, n), node.event.value.number_value)
+            return self._compare(
+                node.event.operator, self.event_counts(node.event, now, n), node.event.value.number_value
+            )
         fact = node.identity
         if fact.fact == pb.IDENTITY_FACT_HAS_TYPE:
             return self._has(fact.type, n)
@@ -370,8 +379,9 @@ class ColumnarView:
             return equal if op == Op.OPERATOR_IN else present & ~equal
         if op == Op.OPERATOR_BETWEEN:
             (kind, low), (_, high) = literals
-            return (self._test(columns, Op.OPERATOR_GREATER_OR_EQUAL, kind, low, n)
-                    & self._test(columns, Op.OPERATOR_LESS_OR_EQUAL, kind, high, n))
+            return self._test(columns, Op.OPERATOR_GREATER_OR_EQUAL, kind, low, n) & self._test(
+                columns, Op.OPERATOR_LESS_OR_EQUAL, kind, high, n
+            )
         kind, literal = literals[0]
         return self._test(columns, op, kind, literal, n)
 

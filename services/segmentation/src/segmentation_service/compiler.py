@@ -46,8 +46,13 @@ class Compiled:
     refers_to: frozenset[str]
 
 
-def definition_of(segment: pb.Segment | None = None, *, text: str = "", expression: pb.Expression | None = None,
-                  field: str = "segment") -> tuple[str, pb.Expression]:
+def definition_of(
+    segment: pb.Segment | None = None,
+    *,
+    text: str = "",
+    expression: pb.Expression | None = None,
+    field: str = "segment",
+) -> tuple[str, pb.Expression]:
     """The canonical text and the tree of whichever form the caller set (exactly one); `field`
     prefixes the names in errors ("" for top-level request fields)."""
     prefix = f"{field}." if field else ""
@@ -59,8 +64,10 @@ def definition_of(segment: pb.Segment | None = None, *, text: str = "", expressi
         condition = None
     given = [name for name, v in (("definition", text), ("expression", expression), ("condition", condition)) if v]
     if len(given) != 1:
-        raise InvalidArgument(f"{prefix}definition", "set exactly one of definition, expression and condition"
-                              + (f" (got {', '.join(given)})" if given else ""))
+        raise InvalidArgument(
+            f"{prefix}definition",
+            "set exactly one of definition, expression and condition" + (f" (got {', '.join(given)})" if given else ""),
+        )
     if text:
         expression = language.parse(text, f"{prefix}definition")
     elif condition is not None:
@@ -92,8 +99,9 @@ def from_condition(condition: pb.Condition, field: str) -> pb.Expression:
         if not trait.HasField("value"):
             raise InvalidArgument(f"{field}.trait.value", f"is required for {Op.Name(trait.operator)}")
         values = [_literal_of(trait.value, f"{field}.trait.value")]
-    predicate = pb.TraitPredicate(source=pb.TRAIT_SOURCE_TRAITS, path=[trait.trait], operator=trait.operator,
-                                  values=values)
+    predicate = pb.TraitPredicate(
+        source=pb.TRAIT_SOURCE_TRAITS, path=[trait.trait], operator=trait.operator, values=values
+    )
     expression = pb.Expression(trait=predicate)
     check(expression, f"{field}.trait")
     return expression
@@ -195,11 +203,15 @@ def _check_event(event: pb.EventPredicate, field: str) -> None:
     if not event.event:
         raise InvalidArgument(f"{field}.event", "must name an event")
     if event.aggregate != pb.AGGREGATE_COUNT or event.property:
-        raise InvalidArgument(f"{field}.aggregate", f"only count(event ...) can be evaluated: {EVENT_DATA}; "
-                                                    "use a computed trait (computed.<name>) for sums, averages, minima and maxima")
+        raise InvalidArgument(
+            f"{field}.aggregate",
+            f"only count(event ...) can be evaluated: {EVENT_DATA}; "
+            "use a computed trait (computed.<name>) for sums, averages, minima and maxima",
+        )
     if event.filters:
-        raise InvalidArgument(f"{field}.filters", f"property filters cannot be evaluated: {EVENT_DATA}; "
-                                                  "use a computed trait with filters")
+        raise InvalidArgument(
+            f"{field}.filters", f"property filters cannot be evaluated: {EVENT_DATA}; use a computed trait with filters"
+        )
     if event.operator not in language.SYMBOLS:
         raise InvalidArgument(f"{field}.operator", "must be one of =, !=, <, <=, >, >=")
     _check_literal(event.value, f"{field}.value")
@@ -228,12 +240,14 @@ def compile_all(definitions: Mapping[str, pb.Expression]) -> dict[str, Compiled]
 
     def visit(segment_id: str, path: tuple[str, ...]) -> Compiled:
         if segment_id in path:
-            cycle = " -> ".join((*path[path.index(segment_id):], segment_id))
+            cycle = " -> ".join((*path[path.index(segment_id) :], segment_id))
             raise InvalidArgument("segment.definition", f"segments may not refer to each other in a cycle ({cycle})")
         if segment_id not in done:
             if segment_id not in definitions:
                 raise InvalidArgument("segment.definition", f"refers to segment {segment_id!r}, which does not exist")
-            done[segment_id] = _compile(segment_id, definitions[segment_id], lambda ref: visit(ref, (*path, segment_id)))
+            done[segment_id] = _compile(
+                segment_id, definitions[segment_id], lambda ref: visit(ref, (*path, segment_id))
+            )
         return done[segment_id]
 
     for segment_id in sorted(definitions):

@@ -141,8 +141,9 @@ def evaluate(expression: pb.Expression, state: ProfileState, now: float) -> bool
     if kind == "trait":
         return trait_matches(expression.trait, lookup(state, expression.trait), now)
     if kind == "event":
-        return _compare(expression.event.operator, event_count(state, expression.event, now),
-                        expression.event.value.number_value)
+        return _compare(
+            expression.event.operator, event_count(state, expression.event, now), expression.event.value.number_value
+        )
     fact = expression.identity
     if fact.fact == pb.IDENTITY_FACT_HAS_TYPE:
         return fact.type in state.identity_types()

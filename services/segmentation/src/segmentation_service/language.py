@@ -86,21 +86,67 @@ STRING: /"(\\.|[^"\\])*"/
 %ignore WS
 """
 
-COMPARISONS = {"=": Op.OPERATOR_EQUALS, "!=": Op.OPERATOR_NOT_EQUALS, "<": Op.OPERATOR_LESS_THAN,
-               "<=": Op.OPERATOR_LESS_OR_EQUAL, ">": Op.OPERATOR_GREATER_THAN, ">=": Op.OPERATOR_GREATER_OR_EQUAL}
+COMPARISONS = {
+    "=": Op.OPERATOR_EQUALS,
+    "!=": Op.OPERATOR_NOT_EQUALS,
+    "<": Op.OPERATOR_LESS_THAN,
+    "<=": Op.OPERATOR_LESS_OR_EQUAL,
+    ">": Op.OPERATOR_GREATER_THAN,
+    ">=": Op.OPERATOR_GREATER_OR_EQUAL,
+}
 SYMBOLS = {op: symbol for symbol, op in COMPARISONS.items()}
-AGGREGATES = {"count": pb.AGGREGATE_COUNT, "sum": pb.AGGREGATE_SUM, "avg": pb.AGGREGATE_AVERAGE,
-              "min": pb.AGGREGATE_MIN, "max": pb.AGGREGATE_MAX}
+AGGREGATES = {
+    "count": pb.AGGREGATE_COUNT,
+    "sum": pb.AGGREGATE_SUM,
+    "avg": pb.AGGREGATE_AVERAGE,
+    "min": pb.AGGREGATE_MIN,
+    "max": pb.AGGREGATE_MAX,
+}
 AGGREGATE_NAMES = {v: k for k, v in AGGREGATES.items()}
 UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 SOURCES = {"traits": pb.TRAIT_SOURCE_TRAITS, "computed": pb.TRAIT_SOURCE_COMPUTED}
 SOURCE_NAMES = {v: k for k, v in SOURCES.items()}
-WORDS = {Op.OPERATOR_CONTAINS: "contains", Op.OPERATOR_STARTS_WITH: "starts with",
-         Op.OPERATOR_ENDS_WITH: "ends with", Op.OPERATOR_MATCHES: "matches"}
+WORDS = {
+    Op.OPERATOR_CONTAINS: "contains",
+    Op.OPERATOR_STARTS_WITH: "starts with",
+    Op.OPERATOR_ENDS_WITH: "ends with",
+    Op.OPERATOR_MATCHES: "matches",
+}
 PLAIN_KEY = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$-]*$")
-KEYWORDS = {"and", "or", "not", "in", "contains", "starts", "ends", "with", "matches", "exists", "is", "missing",
-            "between", "event", "where", "last", "ever", "has", "known", "anonymous", "segment", "true", "false",
-            "now", "time", "count", "sum", "avg", "min", "max", "traits", "computed"}
+KEYWORDS = {
+    "and",
+    "or",
+    "not",
+    "in",
+    "contains",
+    "starts",
+    "ends",
+    "with",
+    "matches",
+    "exists",
+    "is",
+    "missing",
+    "between",
+    "event",
+    "where",
+    "last",
+    "ever",
+    "has",
+    "known",
+    "anonymous",
+    "segment",
+    "true",
+    "false",
+    "now",
+    "time",
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "traits",
+    "computed",
+}
 
 _parser = Lark(GRAMMAR, parser="lalr", propagate_positions=False, maybe_placeholders=False)
 
@@ -260,10 +306,16 @@ class _ToProto(Transformer):
             raise ValueError(f"time: {text!r} is not an ISO-8601 time") from None
 
 
-TERMINAL_NAMES = {"AGGREGATE": "count, sum, avg, min or max", "SOURCE": "traits. or computed.",
-                  "COMPARE": "a comparison (=, !=, <, <=, >, >=)", "SIGNED_NUMBER": "a number",
-                  "STRING": "a string", "KEY": "a name", "DURATION": "a duration (30d, 12h, 15m, 10s)",
-                  "SIGN": "+ or -"}
+TERMINAL_NAMES = {
+    "AGGREGATE": "count, sum, avg, min or max",
+    "SOURCE": "traits. or computed.",
+    "COMPARE": "a comparison (=, !=, <, <=, >, >=)",
+    "SIGNED_NUMBER": "a number",
+    "STRING": "a string",
+    "KEY": "a name",
+    "DURATION": "a duration (30d, 12h, 15m, 10s)",
+    "SIGN": "+ or -",
+}
 
 
 def _expected(error: UnexpectedInput) -> str:
@@ -281,15 +333,22 @@ def parse(text: str, field: str = "definition") -> pb.Expression:
         return _ToProto().transform(_parser.parse(text))
     except UnexpectedEOF as error:
         lines = text.splitlines() or [""]
-        raise InvalidArgument(field, f"line {len(lines)} column {len(lines[-1]) + 1}: the definition ends too "
-                                     f"early; expected one of {_expected(error)}") from None
+        raise InvalidArgument(
+            field,
+            f"line {len(lines)} column {len(lines[-1]) + 1}: the definition ends too "
+            f"early; expected one of {_expected(error)}",
+        ) from None
     except UnexpectedToken as error:
         found = "the end" if error.token.type == "$END" else repr(f"{error.token!s:.30}")
-        raise InvalidArgument(field, f"line {error.line} column {error.column}: unexpected {found}; "
-                                     f"expected one of {_expected(error)}") from None
+        raise InvalidArgument(
+            field, f"line {error.line} column {error.column}: unexpected {found}; expected one of {_expected(error)}"
+        ) from None
     except UnexpectedCharacters as error:
-        raise InvalidArgument(field, f"line {error.line} column {error.column}: unexpected character "
-                                     f"{text[error.pos_in_stream]!r}; expected one of {_expected(error)}") from None
+        raise InvalidArgument(
+            field,
+            f"line {error.line} column {error.column}: unexpected character "
+            f"{text[error.pos_in_stream]!r}; expected one of {_expected(error)}",
+        ) from None
     except VisitError as error:
         raise InvalidArgument(field, str(error.orig_exc)) from None
 
@@ -348,16 +407,21 @@ def _render_event(event: pb.EventPredicate) -> str:
     if event.property:
         parts[0] += f".{_render_key(event.property)}"
     if event.filters:
-        parts.append("where " + " and ".join(
-            f"{_render_key(f.property)} {SYMBOLS[f.operator]} {render_literal(f.value)}" for f in event.filters))
+        parts.append(
+            "where "
+            + " and ".join(
+                f"{_render_key(f.property)} {SYMBOLS[f.operator]} {render_literal(f.value)}" for f in event.filters
+            )
+        )
     window = event.window.WhichOneof("kind")
     if window == "last":
         parts.append(f"in last {_render_duration(event.window.last)}")
     elif window == "between":
         span = event.window.between
         parts.append(f"between {render_literal(getattr(span, 'from'))} and {render_literal(span.to)}")
-    return (f"{AGGREGATE_NAMES[event.aggregate]}({' '.join(parts)}) "
-            f"{SYMBOLS[event.operator]} {render_literal(event.value)}")
+    return (
+        f"{AGGREGATE_NAMES[event.aggregate]}({' '.join(parts)}) {SYMBOLS[event.operator]} {render_literal(event.value)}"
+    )
 
 
 def render(expression: pb.Expression, _parent: str = "") -> str:

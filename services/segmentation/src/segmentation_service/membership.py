@@ -36,8 +36,16 @@ Fetch = Callable[[str], Awaitable[profile_pb2.Profile | None]]
 
 
 class Memberships:
-    def __init__(self, store: SegmentStore, catalog: SegmentCatalog, view: ColumnarView, bus: Bus,
-                 fetch: Fetch | None = None, clock: Callable[[], float] = time.time, timers: Timers | None = None) -> None:
+    def __init__(
+        self,
+        store: SegmentStore,
+        catalog: SegmentCatalog,
+        view: ColumnarView,
+        bus: Bus,
+        fetch: Fetch | None = None,
+        clock: Callable[[], float] = time.time,
+        timers: Timers | None = None,
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self.view = view
@@ -90,7 +98,9 @@ class Memberships:
         if state is None or state.version < update.version:
             state = state or ProfileState(update.profile_id)
             state.apply(update)
-        self.view.put(state, self.clock(), alive=self.view.is_alive(update.profile_id) or update.profile_id not in self.view)
+        self.view.put(
+            state, self.clock(), alive=self.view.is_alive(update.profile_id) or update.profile_id not in self.view
+        )
         return state, False
 
     async def _schedule(self, state: ProfileState) -> None:
@@ -113,8 +123,14 @@ class Memberships:
             was, decided = current.get(live.segment_id, (False, 0))
             if decided > state.version or member == was:
                 continue  # a newer version decided already, or nothing changes
-            transition = Transition(live.segment_id, state.profile_id, self.partition(state.profile_id), member,
-                                    state.version, f"{kind}:{live.revision}:{state.version}")
+            transition = Transition(
+                live.segment_id,
+                state.profile_id,
+                self.partition(state.profile_id),
+                member,
+                state.version,
+                f"{kind}:{live.revision}:{state.version}",
+            )
             await self.store.record(transition)
             await self._publish(transition)
             changed += 1
@@ -125,9 +141,11 @@ class Memberships:
         now = timestamp_pb2.Timestamp()
         now.GetCurrentTime()
         change = segment_membership_pb2.SegmentMembershipChanged(
-            segment_id=transition.segment_id, profile_id=transition.profile_id,
+            segment_id=transition.segment_id,
+            profile_id=transition.profile_id,
             change=Change.MEMBERSHIP_CHANGE_ENTERED if transition.entered else Change.MEMBERSHIP_CHANGE_EXITED,
-            profile_version=transition.version, changed_at=now,
+            profile_version=transition.version,
+            changed_at=now,
         )
         await self.bus.publish(topics.SEGMENT_MEMBERSHIP, transition.profile_id, change, transition.message_id)
         await self.store.published(transition)

@@ -23,8 +23,12 @@ class SegmentationPrivacy:
 
     async def _memberships(self, profile_id: str) -> list[dict]:
         rows = await self.db.execute(
-            "SELECT segment_id, member, profile_version FROM segmentation_memberships WHERE profile_id = ?", (profile_id,))
-        return [{"profile_id": profile_id, "segment_id": r[0], "member": bool(r[1]), "profile_version": r[2]} for r in rows]
+            "SELECT segment_id, member, profile_version FROM segmentation_memberships WHERE profile_id = ?",
+            (profile_id,),
+        )
+        return [
+            {"profile_id": profile_id, "segment_id": r[0], "member": bool(r[1]), "profile_version": r[2]} for r in rows
+        ]
 
     async def export(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
         memberships = [m for p in _profiles(request) for m in await self._memberships(p)]
@@ -37,13 +41,20 @@ class SegmentationPrivacy:
             memberships = await self._memberships(profile_id)
             removed["segmentation_memberships"] += len(memberships)
             for membership in memberships:
-                await self.db.execute("DELETE FROM segmentation_members WHERE segment_id = ? AND partition = ? AND profile_id = ?",
-                                      (membership["segment_id"], partition, profile_id))
+                await self.db.execute(
+                    "DELETE FROM segmentation_members WHERE segment_id = ? AND partition = ? AND profile_id = ?",
+                    (membership["segment_id"], partition, profile_id),
+                )
             transitions = await self.db.execute(
-                "SELECT segment_id FROM segmentation_transitions WHERE profile_id = ?", (profile_id,))
+                "SELECT segment_id FROM segmentation_transitions WHERE profile_id = ?", (profile_id,)
+            )
             removed["segmentation_transitions"] += len(list(transitions))
             await self.db.execute("DELETE FROM segmentation_memberships WHERE profile_id = ?", (profile_id,))
             await self.db.execute("DELETE FROM segmentation_transitions WHERE profile_id = ?", (profile_id,))
-            await self.db.execute("DELETE FROM segmentation_pending WHERE partition = ? AND profile_id = ?", (partition, profile_id))
-            await self.db.execute("DELETE FROM segmentation_merged WHERE partition = ? AND profile_id = ?", (partition, profile_id))
+            await self.db.execute(
+                "DELETE FROM segmentation_pending WHERE partition = ? AND profile_id = ?", (partition, profile_id)
+            )
+            await self.db.execute(
+                "DELETE FROM segmentation_merged WHERE partition = ? AND profile_id = ?", (partition, profile_id)
+            )
         return Answer(removed)

@@ -73,7 +73,8 @@ class ProfileState:
     @classmethod
     def of_profile(cls, profile: profile_pb2.Profile) -> ProfileState:
         return cls(
-            profile.profile_id, profile.version,
+            profile.profile_id,
+            profile.version,
             _present({k: python_of(t.value) for k, t in profile.traits.items()}),
             _present({k: python_of(v) for k, v in profile.computed_traits.items()}),
             _types(profile.identities),

@@ -30,8 +30,9 @@ def bucket_of(due: float) -> int:
 
 
 class Timers:
-    def __init__(self, store: SegmentStore, catalog: SegmentCatalog, partitions: tuple[int, ...],
-                 interval: float = 10.0) -> None:
+    def __init__(
+        self, store: SegmentStore, catalog: SegmentCatalog, partitions: tuple[int, ...], interval: float = 10.0
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self.partitions = partitions
@@ -43,8 +44,9 @@ class Timers:
 
     async def schedule(self, state: ProfileState, now: float) -> None:
         view = self.memberships.view
-        dues = [due for live in await self.timed()
-                if (due := next_due(live.compiled.expression, state, now)) is not None]
+        dues = [
+            due for live in await self.timed() if (due := next_due(live.compiled.expression, state, now)) is not None
+        ]
         if not dues:
             return
         bucket = bucket_of(min(dues))

@@ -13,7 +13,16 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from mosaic.cli import apis, connect, delivery_commands, ingest_commands, pki, privacy_commands, segment_commands, status
+from mosaic.cli import (
+    apis,
+    connect,
+    delivery_commands,
+    ingest_commands,
+    pki,
+    privacy_commands,
+    segment_commands,
+    status,
+)
 from mosaic.cli.mesh import SERVICES, Mesh, MeshError
 from mosaic.cli.receivers import WebhookReceiver
 
@@ -45,17 +54,21 @@ def _show_demo(mesh: Mesh, receiver: WebhookReceiver) -> bool:
         results, write_key = asyncio.run(run_demo(mesh, receiver.url("/demo")))
     except DemoStalled as stalled:
         # The mesh is fine, only busy or stuck: leave it running for the user to look at.
-        print(f"\nThe demo gave up waiting for {stalled}.\n"
-              "The mesh keeps running; its logs are in .local/logs/.", file=sys.stderr)
+        print(
+            f"\nThe demo gave up waiting for {stalled}.\nThe mesh keeps running; its logs are in .local/logs/.",
+            file=sys.stderr,
+        )
         return False
     print("Demo: five people signed up, then upgraded to the enterprise plan:")
     for user, profile_id, delivered in results:
         print(f"  {user:<8} profile {profile_id}  webhook {delivered}")
     print(f"  the webhook receiver got {len(receiver.requests)} POSTs this run\n")
-    print("Send an event as an SDK would (the demo source's write key, rotated each run):\n"
-          f"  curl -u {write_key}: -H 'Content-Type: application/json' -d '{{\"userId\": \"ada\", "
-          f"\"event\": \"Order Completed\", \"properties\": {{\"revenue\": 42}}}}' "
-          f"http://127.0.0.1:{mesh.http_ports['ingestion']}/v1/track\n")
+    print(
+        "Send an event as an SDK would (the demo source's write key, rotated each run):\n"
+        f'  curl -u {write_key}: -H \'Content-Type: application/json\' -d \'{{"userId": "ada", '
+        f'"event": "Order Completed", "properties": {{"revenue": 42}}}}\' '
+        f"http://127.0.0.1:{mesh.http_ports['ingestion']}/v1/track\n"
+    )
     return True
 
 
@@ -64,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
     # (make and uv forward it too) must not cut the mesh's own stop short.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     credentials = pki.ensure(connect.LOCAL_PKI, admin_scopes=apis.scopes())
-    mesh = Mesh(_mesh_env(args.store), Path(".local/logs"), fixed_ports=True,
-                service_env=credentials.service_env)
+    mesh = Mesh(_mesh_env(args.store), Path(".local/logs"), fixed_ports=True, service_env=credentials.service_env)
     try:
         mesh.start()
     except MeshError as error:
@@ -78,19 +90,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nMosaic is running (store: {args.store}; logs in .local/logs/):\n")
         for name in SERVICES:
             print(f"  {name:<13} {mesh.address(name):<16} {SERVICE_NAMES[name]}")
-        print(f"  {'ingestion':<13} http://127.0.0.1:{mesh.http_ports['ingestion']:<5}  Segment-compatible HTTP API (/v1/track, /v1/batch...)")
+        print(
+            f"  {'ingestion':<13} http://127.0.0.1:{mesh.http_ports['ingestion']:<5}  Segment-compatible HTTP API (/v1/track, /v1/batch...)"
+        )
         if "OTEL_EXPORTER_OTLP_ENDPOINT" in os.environ:  # `make observe`
-            print(f"\n  traces        exported to {os.environ['OTEL_EXPORTER_OTLP_ENDPOINT']} (Jaeger: "
-                  "curl 'http://127.0.0.1:16686/api/traces?service=ingestion&limit=5')\n"
-                  "  metrics       http://127.0.0.1:9461-9466/metrics, Prometheus http://127.0.0.1:9090\n"
-                  "  status        uv run mosaic status")
+            print(
+                f"\n  traces        exported to {os.environ['OTEL_EXPORTER_OTLP_ENDPOINT']} (Jaeger: "
+                "curl 'http://127.0.0.1:16686/api/traces?service=ingestion&limit=5')\n"
+                "  metrics       http://127.0.0.1:9461-9466/metrics, Prometheus http://127.0.0.1:9090\n"
+                "  status        uv run mosaic status"
+            )
         # TLS and tokens on, as in production; the local PKI's admin token has every scope.
-        auth = f"-cacert {credentials.ca} -H \"authorization: Bearer $(cat {credentials.token('admin')})\""
-        print("\nTry (credentials in .local/pki/; tokens/reader.token lacks profiles:read_pii):\n"
-              f"  grpcurl {auth} {mesh.address('ingestion')} list\n"
-              f"  grpcurl {auth} -d '{{\"identifier\": {{\"type\": \"user_id\", \"value\": \"ada\"}}}}' "
-              f"{mesh.address('identity')} mosaic.identity.v1.IdentityService/Lookup\n"
-              f"  uv run mosaic profile --user-id ada\n")
+        auth = f'-cacert {credentials.ca} -H "authorization: Bearer $(cat {credentials.token("admin")})"'
+        print(
+            "\nTry (credentials in .local/pki/; tokens/reader.token lacks profiles:read_pii):\n"
+            f"  grpcurl {auth} {mesh.address('ingestion')} list\n"
+            f'  grpcurl {auth} -d \'{{"identifier": {{"type": "user_id", "value": "ada"}}}}\' '
+            f"{mesh.address('identity')} mosaic.identity.v1.IdentityService/Lookup\n"
+            f"  uv run mosaic profile --user-id ada\n"
+        )
         if receiver is not None and not _show_demo(mesh, receiver) and args.exit_after_demo:
             return 1
         if args.exit_after_demo:
@@ -120,11 +138,15 @@ async def _profile(args: argparse.Namespace) -> int:
         if args.user_id:
             async with connect.channel(args.identity) as channel:
                 answer = await identity_service_pb2_grpc.IdentityServiceStub(channel).Lookup(
-                    identity_service_pb2.LookupRequest(identifier=identity_pb2.Identifier(type="user_id", value=args.user_id)))
+                    identity_service_pb2.LookupRequest(
+                        identifier=identity_pb2.Identifier(type="user_id", value=args.user_id)
+                    )
+                )
                 profile_id = answer.profile_id
         async with connect.channel(args.address) as channel:
             answer = await profile_service_pb2_grpc.ProfileServiceStub(channel).GetProfile(
-                profile_service_pb2.GetProfileRequest(profile_id=profile_id))
+                profile_service_pb2.GetProfileRequest(profile_id=profile_id)
+            )
     except grpc.aio.AioRpcError as error:
         print(f"{error.code().name}: {error.details()}", file=sys.stderr)
         return 1

@@ -14,8 +14,17 @@ from mosaic.platform.auth import PII_SCOPE, declared_access
 from mosaic.profile.v1 import profile_service_pb2
 from mosaic.segmentation.v1 import segmentation_service_pb2
 
-MODULES = (ingestion_service_pb2, identity_service_pb2, profile_service_pb2, event_archive_service_pb2,
-           segmentation_service_pb2, consent_service_pb2, privacy_service_pb2, delivery_service_pb2, audit_service_pb2)
+MODULES = (
+    ingestion_service_pb2,
+    identity_service_pb2,
+    profile_service_pb2,
+    event_archive_service_pb2,
+    segmentation_service_pb2,
+    consent_service_pb2,
+    privacy_service_pb2,
+    delivery_service_pb2,
+    audit_service_pb2,
+)
 
 
 def services() -> list[Any]:

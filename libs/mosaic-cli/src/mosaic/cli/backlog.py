@@ -22,8 +22,12 @@ from mosaic.platform import topics
 T = TypeVar("T")
 
 # The stages in pipeline order, and the stream each one consumes.
-STAGES = (("identity", topics.EVENTS_RAW), ("profile", topics.EVENTS_RESOLVED),
-          ("segmentation", topics.PROFILE_UPDATED), ("delivery", topics.SEGMENT_MEMBERSHIP))
+STAGES = (
+    ("identity", topics.EVENTS_RAW),
+    ("profile", topics.EVENTS_RESOLVED),
+    ("segmentation", topics.PROFILE_UPDATED),
+    ("delivery", topics.SEGMENT_MEMBERSHIP),
+)
 
 
 class DemoStalled(RuntimeError):
@@ -41,8 +45,9 @@ async def queued(nats_url: str) -> dict[str, int]:
                 consumers = await js.consumers_info(topic.stream)
             except NotFoundError:
                 consumers = []
-            counts[service] = sum(c.num_pending + c.num_ack_pending for c in consumers
-                                  if (c.name or "").startswith(f"{service}-"))
+            counts[service] = sum(
+                c.num_pending + c.num_ack_pending for c in consumers if (c.name or "").startswith(f"{service}-")
+            )
         return counts
     finally:
         await nc.close()
@@ -87,5 +92,7 @@ class Waiter:
                 shown = True
                 if now - last_progress > self.stall_seconds:
                     self.out.write("\n")
-                    raise DemoStalled(f"{what}: nothing moved for {self.stall_seconds:.0f} s (queued ahead: {detail or 'unknown'})")
+                    raise DemoStalled(
+                        f"{what}: nothing moved for {self.stall_seconds:.0f} s (queued ahead: {detail or 'unknown'})"
+                    )
             await asyncio.sleep(0.25)

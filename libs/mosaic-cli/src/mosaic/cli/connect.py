@@ -25,8 +25,10 @@ def _first(variable: str, local: Path) -> str:
 
 
 def security() -> SecuritySettings:
-    return SecuritySettings(ca=_first("MOSAIC_TLS_CA", LOCAL_PKI / "ca.pem"),
-                            token_file=_first("MOSAIC_AUTH_TOKEN_FILE", LOCAL_PKI / "tokens/admin.token"))
+    return SecuritySettings(
+        ca=_first("MOSAIC_TLS_CA", LOCAL_PKI / "ca.pem"),
+        token_file=_first("MOSAIC_AUTH_TOKEN_FILE", LOCAL_PKI / "tokens/admin.token"),
+    )
 
 
 def channel(address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:

@@ -1,11 +1,11 @@
 """`mosaic destinations` and `mosaic deliveries`: the delivery service's commands.
 
-    mosaic destinations create FILE.json     a Destination as JSON; prints it and its secret once
-    mosaic destinations list | show ID | delete ID
-    mosaic deliveries list --profile-id P
-    mosaic deliveries dead-letters [--destination ID]
-    mosaic deliveries show ID --destination D
-    mosaic deliveries replay|discard [IDS...] (--destination D | --all)
+mosaic destinations create FILE.json     a Destination as JSON; prints it and its secret once
+mosaic destinations list | show ID | delete ID
+mosaic deliveries list --profile-id P
+mosaic deliveries dead-letters [--destination ID]
+mosaic deliveries show ID --destination D
+mosaic deliveries replay|discard [IDS...] (--destination D | --all)
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2 as pb, delivery_service_pb2_grpc
+from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2_grpc
+from mosaic.delivery.v1 import delivery_service_pb2 as pb
 
 COMMANDS = ("destinations", "deliveries")
 DEFAULT_ADDRESS = "127.0.0.1:50056"
@@ -30,7 +31,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     destinations.add_argument("action", choices=("create", "list", "show", "delete"))
     destinations.add_argument("target", nargs="?", help="create: a JSON file (Destination); show/delete: the id")
     destinations.add_argument("--address", default=DEFAULT_ADDRESS, help="the delivery service")
-    deliveries = commands.add_parser("deliveries", help="a person's deliveries; dead letters: list, show, replay, discard")
+    deliveries = commands.add_parser(
+        "deliveries", help="a person's deliveries; dead letters: list, show, replay, discard"
+    )
     deliveries.add_argument("action", choices=("list", "dead-letters", "show", "replay", "discard"))
     deliveries.add_argument("delivery_ids", nargs="*")
     deliveries.add_argument("--profile-id", help="list: the person")
@@ -67,7 +70,9 @@ async def manage_destinations(args: argparse.Namespace) -> int:
                 _print(destination)
             return 0
         if not args.target:
-            raise UsageError(f"destinations {args.action}: name {'a JSON file' if args.action == 'create' else 'the id'}")
+            raise UsageError(
+                f"destinations {args.action}: name {'a JSON file' if args.action == 'create' else 'the id'}"
+            )
         if args.action == "create":
             try:
                 destination = json_format.Parse(Path(args.target).read_text(), delivery_pb2.Destination())
@@ -95,25 +100,42 @@ async def manage_deliveries(args: argparse.Namespace) -> int:
         elif args.action == "dead-letters":
             token = ""
             while True:
-                page = await stub.ListDeadLetters(pb.ListDeadLettersRequest(
-                    destination_id=args.destination, page_size=500, page_token=token))
+                page = await stub.ListDeadLetters(
+                    pb.ListDeadLettersRequest(destination_id=args.destination, page_size=500, page_token=token)
+                )
                 for letter in page.dead_letters:
-                    print(json.dumps({"destinationId": letter.delivery.destination_id,
-                                      "deliveryId": letter.delivery.delivery_id, "profileId": letter.delivery.profile_id,
-                                      "attempts": letter.delivery.attempts, "lastError": letter.last_error,
-                                      "deadAt": letter.dead_at.ToJsonString()}))
+                    print(
+                        json.dumps(
+                            {
+                                "destinationId": letter.delivery.destination_id,
+                                "deliveryId": letter.delivery.delivery_id,
+                                "profileId": letter.delivery.profile_id,
+                                "attempts": letter.delivery.attempts,
+                                "lastError": letter.last_error,
+                                "deadAt": letter.dead_at.ToJsonString(),
+                            }
+                        )
+                    )
                 token = page.next_page_token
                 if not token:
                     break
         elif args.action == "show":
             for delivery_id in args.delivery_ids:
-                _print((await stub.GetDeadLetter(pb.GetDeadLetterRequest(
-                    destination_id=args.destination, delivery_id=delivery_id))).dead_letter)
+                _print(
+                    (
+                        await stub.GetDeadLetter(
+                            pb.GetDeadLetterRequest(destination_id=args.destination, delivery_id=delivery_id)
+                        )
+                    ).dead_letter
+                )
         else:
             if not (args.delivery_ids or args.destination or args.all):
-                raise UsageError(f"deliveries {args.action}: name delivery ids with --destination, a --destination, or --all")
-            selection = pb.DeadLetterSelection(destination_id=args.destination, delivery_ids=args.delivery_ids,
-                                               all=args.all)
+                raise UsageError(
+                    f"deliveries {args.action}: name delivery ids with --destination, a --destination, or --all"
+                )
+            selection = pb.DeadLetterSelection(
+                destination_id=args.destination, delivery_ids=args.delivery_ids, all=args.all
+            )
             if args.action == "replay":
                 answer = await stub.ReplayDeadLetters(pb.ReplayDeadLettersRequest(selection=selection))
             else:

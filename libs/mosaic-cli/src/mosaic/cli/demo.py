@@ -48,8 +48,9 @@ async def _ignore_exists(call) -> None:
 async def _demo_write_key(ingestion) -> str:
     """A write key of the `demo` source: issued when it is created, rotated on later runs."""
     try:
-        created = await ingestion.CreateSource(ingestion_service_pb2.CreateSourceRequest(
-            source=source_pb2.Source(source_id="demo", name="Demo data")))
+        created = await ingestion.CreateSource(
+            ingestion_service_pb2.CreateSourceRequest(source=source_pb2.Source(source_id="demo", name="Demo data"))
+        )
         return created.source.write_keys[0].secret
     except grpc.aio.AioRpcError as error:
         if error.code() != grpc.StatusCode.ALREADY_EXISTS:
@@ -60,8 +61,12 @@ async def _demo_write_key(ingestion) -> str:
 
 def _post(url: str, body: dict, write_key: str) -> None:
     token = base64.b64encode(f"{write_key}:".encode()).decode()
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
-        "Content-Type": "application/json", "Authorization": f"Basic {token}"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {token}"},
+    )
     with urllib.request.urlopen(request, timeout=30) as answer:
         if answer.status != 200:
             raise RuntimeError(f"{url} answered {answer.status}")
@@ -78,30 +83,63 @@ async def run_demo(mesh: Mesh, webhook_url: str) -> tuple[list[tuple[str, str, s
     consent = consent_service_pb2_grpc.ConsentServiceStub(channels["consent"])
     delivery = delivery_service_pb2_grpc.DeliveryServiceStub(channels["delivery"])
     try:
-        await _ignore_exists(segmentation.CreateSegment(segmentation_service_pb2.CreateSegmentRequest(
-            segment=segment_pb2.Segment(
-                segment_id="enterprise", name="Enterprise customers",
-                condition=segment_pb2.Condition(trait=segment_pb2.TraitCondition(
-                    trait="plan", operator=segment_pb2.OPERATOR_EQUALS,
-                    value=struct_pb2.Value(string_value="enterprise"))))
-        )))
-        await _ignore_exists(delivery.CreateDestination(delivery_service_pb2.CreateDestinationRequest(
-            destination=delivery_pb2.Destination(
-                destination_id="demo-webhook", name="Demo webhook", webhook_url=webhook_url,
-                segment_id="enterprise", purpose="marketing"))))
+        await _ignore_exists(
+            segmentation.CreateSegment(
+                segmentation_service_pb2.CreateSegmentRequest(
+                    segment=segment_pb2.Segment(
+                        segment_id="enterprise",
+                        name="Enterprise customers",
+                        condition=segment_pb2.Condition(
+                            trait=segment_pb2.TraitCondition(
+                                trait="plan",
+                                operator=segment_pb2.OPERATOR_EQUALS,
+                                value=struct_pb2.Value(string_value="enterprise"),
+                            )
+                        ),
+                    )
+                )
+            )
+        )
+        await _ignore_exists(
+            delivery.CreateDestination(
+                delivery_service_pb2.CreateDestinationRequest(
+                    destination=delivery_pb2.Destination(
+                        destination_id="demo-webhook",
+                        name="Demo webhook",
+                        webhook_url=webhook_url,
+                        segment_id="enterprise",
+                        purpose="marketing",
+                    )
+                )
+            )
+        )
         write_key = await _demo_write_key(ingestion)
         # The sign-ups come the way an SDK sends them: Segment's HTTP batch API.
-        batch = {"batch": [{"type": "identify", "userId": user, "traits": {"email": email, "plan": "free"}}
-                           for user, email, _ in PEOPLE]}
+        batch = {
+            "batch": [
+                {"type": "identify", "userId": user, "traits": {"email": email, "plan": "free"}}
+                for user, email, _ in PEOPLE
+            ]
+        }
         await asyncio.to_thread(_post, f"http://127.0.0.1:{mesh.http_ports['ingestion']}/v1/batch", batch, write_key)
         profiles = {}
         for user, _, consents in PEOPLE:
             identifier = identity_pb2.Identifier(type="user_id", value=user)
-            answer = await waiter.until(f"identity to resolve {user}",
-                                        lambda: identity.Lookup(identity_service_pb2.LookupRequest(identifier=identifier)))
+            answer = await waiter.until(
+                f"identity to resolve {user}",
+                lambda identifier=identifier: identity.Lookup(
+                    identity_service_pb2.LookupRequest(identifier=identifier)
+                ),
+            )
             profiles[user] = answer.profile_id
-            await consent.SetConsent(consent_service_pb2.SetConsentRequest(decision=consent_pb2.ConsentDecision(
-                profile_id=answer.profile_id, purpose="marketing", granted=consents, source="demo")))
+            await consent.SetConsent(
+                consent_service_pb2.SetConsentRequest(
+                    decision=consent_pb2.ConsentDecision(
+                        profile_id=answer.profile_id, purpose="marketing", granted=consents, source="demo"
+                    )
+                )
+            )
+
         async def deliveries(profile_id):
             answer = await delivery.ListDeliveries(delivery_service_pb2.ListDeliveriesRequest(profile_id=profile_id))
             return list(answer.deliveries)
@@ -111,6 +149,7 @@ async def run_demo(mesh: Mesh, webhook_url: str) -> tuple[list[tuple[str, str, s
         await ingestion.Ingest(ingestion_service_pb2.IngestRequest(source_id="demo", events=upgrades))
         results = []
         for user, profile_id in profiles.items():
+
             async def new_delivery(pid=profile_id, known=before[user]):
                 records = await deliveries(pid)
                 latest = len(records) > known and max(records, key=lambda r: r.updated_at.ToNanoseconds())

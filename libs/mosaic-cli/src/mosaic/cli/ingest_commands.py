@@ -31,12 +31,27 @@ from grpc_status import rpc_status
 
 from mosaic.cli import connect
 from mosaic.events.v1 import event_pb2
-from mosaic.ingestion.v1 import ingestion_service_pb2 as pb, ingestion_service_pb2_grpc, source_pb2
+from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
 
 COMMANDS = ("import", "sources", "quarantine")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-TOP_LEVEL = ("messageId", "type", "userId", "anonymousId", "event", "name", "properties", "traits", "context",
-             "integrations", "timestamp", "sentAt", "previousId", "groupId")
+TOP_LEVEL = (
+    "messageId",
+    "type",
+    "userId",
+    "anonymousId",
+    "event",
+    "name",
+    "properties",
+    "traits",
+    "context",
+    "integrations",
+    "timestamp",
+    "sentAt",
+    "previousId",
+    "groupId",
+)
 IDS = ("userId", "anonymousId", "previousId", "groupId")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
 NAMESPACE = uuid.UUID("7b6f1b4e-5f0a-4e4b-9a51-6d6f73616963")
@@ -47,8 +62,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     load.add_argument("file", type=Path)
     load.add_argument("--source", required=True, help="the source id the events come from")
     load.add_argument("--format", choices=("ndjson", "csv"), help="default: from the file name")
-    load.add_argument("--map", action="append", default=[], metavar="COLUMN=PATH",
-                      help="CSV: where a column goes, e.g. mail=traits.email (repeatable)")
+    load.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="COLUMN=PATH",
+        help="CSV: where a column goes, e.g. mail=traits.email (repeatable)",
+    )
     load.add_argument("--type", default="track", help="the type of rows that name none (default: track)")
     load.add_argument("--batch", type=int, default=500, help="events per call (at most 2,500)")
     load.add_argument("--address", default=DEFAULT_ADDRESS, help="the ingestion service")
@@ -100,15 +120,22 @@ async def manage_sources(args: argparse.Namespace) -> int:
         if args.action == "show":
             _print((await stub.GetSource(pb.GetSourceRequest(source_id=args.source_id))).source)
         elif args.action == "rotate-key":
-            grace = None if args.grace is None else duration_pb2.Duration(seconds=int(args.grace),
-                                                                          nanos=int(args.grace % 1 * 1e9))
+            grace = (
+                None
+                if args.grace is None
+                else duration_pb2.Duration(seconds=int(args.grace), nanos=int(args.grace % 1 * 1e9))
+            )
             _print(await stub.RotateWriteKey(pb.RotateWriteKeyRequest(source_id=args.source_id, grace_period=grace)))
         else:
             source, paths = _definition(args)
             if args.action == "create":
                 _print((await stub.CreateSource(pb.CreateSourceRequest(source=source))).source)
             else:
-                _print((await stub.UpdateSource(pb.UpdateSourceRequest(source=source, update_mask={"paths": paths}))).source)
+                _print(
+                    (
+                        await stub.UpdateSource(pb.UpdateSourceRequest(source=source, update_mask={"paths": paths}))
+                    ).source
+                )
     return 0
 
 
@@ -140,30 +167,46 @@ async def manage_quarantine(args: argparse.Namespace) -> int:
         if args.action == "list" or args.all:
             token, kept = "", []
             while True:
-                page = await stub.ListQuarantinedEvents(pb.ListQuarantinedEventsRequest(
-                    source_id=args.source, page_size=500, page_token=token))
+                page = await stub.ListQuarantinedEvents(
+                    pb.ListQuarantinedEventsRequest(source_id=args.source, page_size=500, page_token=token)
+                )
                 kept.extend(page.events)
                 token = page.next_page_token
                 if not token:
                     break
             if args.action == "list":
                 for item in kept:
-                    print(json.dumps({"messageId": item.event.message_id, "field": item.field, "reason": item.reason,
-                                      "quarantinedAt": item.quarantined_at.ToJsonString()}))
+                    print(
+                        json.dumps(
+                            {
+                                "messageId": item.event.message_id,
+                                "field": item.field,
+                                "reason": item.reason,
+                                "quarantinedAt": item.quarantined_at.ToJsonString(),
+                            }
+                        )
+                    )
                 return 0
             ids = [item.event.message_id for item in kept]
         for message_id in ids:
             if args.action == "show":
-                _print((await stub.GetQuarantinedEvent(pb.GetQuarantinedEventRequest(
-                    source_id=args.source, message_id=message_id))).event)
+                _print(
+                    (
+                        await stub.GetQuarantinedEvent(
+                            pb.GetQuarantinedEventRequest(source_id=args.source, message_id=message_id)
+                        )
+                    ).event
+                )
             elif args.action == "discard":
-                await stub.DiscardQuarantinedEvent(pb.DiscardQuarantinedEventRequest(
-                    source_id=args.source, message_id=message_id))
+                await stub.DiscardQuarantinedEvent(
+                    pb.DiscardQuarantinedEventRequest(source_id=args.source, message_id=message_id)
+                )
                 print(json.dumps({"messageId": message_id, "status": "DISCARDED"}))
             else:
                 fixed = json_format.Parse(args.event.read_text(), event_pb2.Event()) if args.event else None
-                answer = await stub.ReplayQuarantinedEvent(pb.ReplayQuarantinedEventRequest(
-                    source_id=args.source, message_id=message_id, event=fixed))
+                answer = await stub.ReplayQuarantinedEvent(
+                    pb.ReplayQuarantinedEventRequest(source_id=args.source, message_id=message_id, event=fixed)
+                )
                 print(json.dumps(json_format.MessageToDict(answer.result)))
     return 0
 
@@ -251,7 +294,9 @@ async def import_file(args: argparse.Namespace, progress_stream=sys.stderr) -> i
     state_path = path.with_name(path.name + ".import-state.json")
     report_path = path.with_name(path.name + ".rejected.ndjson")
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    resume_after = state.get("rows_done", 0) if state.get("digest") == digest and state.get("source") == args.source else 0
+    resume_after = (
+        state.get("rows_done", 0) if state.get("digest") == digest and state.get("source") == args.source else 0
+    )
     counts: Counter[str] = Counter()
     progress = Progress(path.stat().st_size, progress_stream)
     pending: dict[int, asyncio.Task] = {}
@@ -267,13 +312,14 @@ async def import_file(args: argparse.Namespace, progress_stream=sys.stderr) -> i
 
         async def send(rows: list[tuple[int, event_pb2.Event]]) -> None:
             results = await _ingest(stub, args.source, [event for _, event in rows])
-            for (number, _), result in zip(rows, results):
+            for (number, _), result in zip(rows, results, strict=False):
                 status = pb.EventStatus.Name(result.status).removeprefix("EVENT_STATUS_").lower()
                 counts[status] += 1
                 if result.status in (pb.EVENT_STATUS_REJECTED, pb.EVENT_STATUS_QUARANTINED):
                     field = re.sub(r"^events\[\d+\]\.", "", result.field)  # the row is the position
-                    report.write(json.dumps({"row": number, "status": status, "field": field,
-                                             "reason": result.reason}) + "\n")
+                    report.write(
+                        json.dumps({"row": number, "status": status, "field": field, "reason": result.reason}) + "\n"
+                    )
 
         async def settle(limit: int) -> None:
             nonlocal done_upto
@@ -294,7 +340,9 @@ async def import_file(args: argparse.Namespace, progress_stream=sys.stderr) -> i
                     batch.append((number, _event(message, args.type, args.source, digest, number)))
                 except ValueError as error:
                     counts["rejected"] += 1
-                    report.write(json.dumps({"row": number, "status": "rejected", "field": "", "reason": str(error)}) + "\n")
+                    report.write(
+                        json.dumps({"row": number, "status": "rejected", "field": "", "reason": str(error)}) + "\n"
+                    )
                 if len(batch) >= args.batch:
                     pending[batch[-1][0]] = asyncio.create_task(send(batch))
                     batch = []
@@ -340,4 +388,4 @@ def _retry_delay(error: grpc.aio.AioRpcError, attempt: int) -> float:
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
             return info.retry_delay.ToTimedelta().total_seconds()
-    return min(10.0, 0.2 * 2 ** attempt)
+    return min(10.0, 0.2 * 2**attempt)

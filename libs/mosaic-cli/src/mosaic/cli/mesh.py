@@ -25,11 +25,23 @@ DELIVERY_HTTP_PORT = 8081  # delivery's signed engagement endpoint, when its sec
 LOOPBACK = "127.0.0.1"
 MAX_RESTARTS = 3
 RESTART_WINDOW = 60.0
-DEFAULT_PORTS = {"ingestion": 50051, "identity": 50052, "profile": 50053,
-                 "segmentation": 50054, "consent": 50055, "delivery": 50056}
+DEFAULT_PORTS = {
+    "ingestion": 50051,
+    "identity": 50052,
+    "profile": 50053,
+    "segmentation": 50054,
+    "consent": 50055,
+    "delivery": 50056,
+}
 # With fixed ports each service also serves Prometheus metrics (deploy/local/prometheus.sh scrapes these).
-METRICS_PORTS = {"ingestion": 9461, "identity": 9462, "profile": 9463,
-                 "segmentation": 9464, "consent": 9465, "delivery": 9466}
+METRICS_PORTS = {
+    "ingestion": 9461,
+    "identity": 9462,
+    "profile": 9463,
+    "segmentation": 9464,
+    "consent": 9465,
+    "delivery": 9466,
+}
 
 
 class MeshError(RuntimeError):
@@ -37,8 +49,13 @@ class MeshError(RuntimeError):
 
 
 class Mesh:
-    def __init__(self, env: dict[str, str], log_dir: Path, fixed_ports: bool = False,
-                 service_env: Callable[[str], dict[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        fixed_ports: bool = False,
+        service_env: Callable[[str], dict[str, str]] | None = None,
+    ) -> None:
         self.env = env
         self.service_env = service_env  # variables of one service (its certificate, its token)
         self.log_dir = log_dir
@@ -58,9 +75,15 @@ class Mesh:
 
     def start_service(self, name: str, timeout: float = 90.0) -> None:
         own = self.service_env(name) if self.service_env else {}
-        env = {"MOSAIC_BIND_HOST": LOOPBACK, **os.environ, **self.env, **own, "OTEL_SERVICE_NAME": name,
-               "MOSAIC_GRPC_PORT": str(DEFAULT_PORTS[name] if self.fixed_ports else 0),
-               "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0)}
+        env = {
+            "MOSAIC_BIND_HOST": LOOPBACK,
+            **os.environ,
+            **self.env,
+            **own,
+            "OTEL_SERVICE_NAME": name,
+            "MOSAIC_GRPC_PORT": str(DEFAULT_PORTS[name] if self.fixed_ports else 0),
+            "MOSAIC_HTTP_PORT": str(HTTP_PORT if self.fixed_ports else 0),
+        }
         if self.fixed_ports:
             env["MOSAIC_METRICS_PORT"] = str(METRICS_PORTS[name])
         if name == "delivery":
@@ -86,7 +109,11 @@ class Mesh:
             # No preexec_fn, so Python spawns with vfork: a fork of this process (which may run
             # gRPC) would restart gRPC's poller in the child, which can abort on the descriptors
             # that close before exec. The service unblocks the signals `mosaic run` blocked.
-            [sys.executable, "-m", f"{name}_service"], env=env, stdout=log, stderr=log, start_new_session=True,
+            [sys.executable, "-m", f"{name}_service"],
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
         self.ports[name] = self._wait_serving(name, log_path, offset, timeout)
 
@@ -122,8 +149,10 @@ class Mesh:
             recent = [at for at in self.restarts.get(name, []) if now - at < RESTART_WINDOW]
             log_path = self.log_dir / f"{name}.log"
             if len(recent) >= MAX_RESTARTS:
-                raise MeshError(f"{name} exited with {process.returncode} {len(recent) + 1} times within "
-                                f"{RESTART_WINDOW:g} s; stopping the mesh (see {log_path})")
+                raise MeshError(
+                    f"{name} exited with {process.returncode} {len(recent) + 1} times within "
+                    f"{RESTART_WINDOW:g} s; stopping the mesh (see {log_path})"
+                )
             report(f"{name} exited with {process.returncode}; restarting it (see {log_path})")
             self.restarts[name] = [*recent, now]
             self.start_service(name)

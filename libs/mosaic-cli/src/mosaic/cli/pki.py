@@ -22,43 +22,83 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 SERVICES = ("ingestion", "identity", "profile", "segmentation", "consent", "delivery")
 TOKEN_DAYS = 30
 # What each service may do when it calls another (delivery asks consent at send time).
-SERVICE_SCOPES = {"delivery": ["consent:read", "profiles:read", "profiles:read_pii",
-                               # outcomes and engagement fed back: its source, the events, the
-                               # person's identifiers, an unsubscribe's withdrawal
-                               "sources:read", "sources:write", "events:write", "identity:read_pii", "consent:write"],
-                  "segmentation": ["profiles:read", "profiles:read_pii", "segments:read"],  # peers' Estimate
-                  "consent": ["identity:read"]}  # an export or erasure by identifier finds the person
+SERVICE_SCOPES = {
+    "delivery": [
+        "consent:read",
+        "profiles:read",
+        "profiles:read_pii",
+        # outcomes and engagement fed back: its source, the events, the
+        # person's identifiers, an unsubscribe's withdrawal
+        "sources:read",
+        "sources:write",
+        "events:write",
+        "identity:read_pii",
+        "consent:write",
+    ],
+    "segmentation": ["profiles:read", "profiles:read_pii", "segments:read"],  # peers' Estimate
+    "consent": ["identity:read"],
+}  # an export or erasure by identifier finds the person
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Mosaic local"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Mosaic local"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     path.chmod(0o600)
 
 
-def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, issuer_key,
-                 *, ca: bool = False, days: int = 365) -> x509.Certificate:
+def _certificate(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, issuer_key, *, ca: bool = False, days: int = 365
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-            key_encipherment=False, data_encipherment=False, key_agreement=False,
-            encipher_only=False, decipher_only=False), critical=True)
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     else:
-        builder = builder.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.DNSName(subject),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]),
-            critical=False).add_extension(x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.DNSName(subject),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                ]
+            ),
+            critical=False,
+        ).add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -88,9 +128,12 @@ class Pki:
     def service_env(self, service: str) -> dict[str, str]:
         """The variables of one service of the mesh: TLS, token checks, its own token."""
         return {
-            "MOSAIC_AUTH": "required", "MOSAIC_AUTH_JWKS": str(self.jwks.resolve()),
-            "MOSAIC_TLS_CERT": str(self.cert(service).resolve()), "MOSAIC_TLS_KEY": str(self.key(service).resolve()),
-            "MOSAIC_TLS_CA": str(self.ca.resolve()), "MOSAIC_AUTH_TOKEN_FILE": str(self.token(service).resolve()),
+            "MOSAIC_AUTH": "required",
+            "MOSAIC_AUTH_JWKS": str(self.jwks.resolve()),
+            "MOSAIC_TLS_CERT": str(self.cert(service).resolve()),
+            "MOSAIC_TLS_KEY": str(self.key(service).resolve()),
+            "MOSAIC_TLS_CA": str(self.ca.resolve()),
+            "MOSAIC_AUTH_TOKEN_FILE": str(self.token(service).resolve()),
         }
 
     def issue(self, name: str, scopes: list[str], days: int = TOKEN_DAYS, *, expired: bool = False) -> str:
@@ -115,11 +158,15 @@ def ensure(root: Path, admin_scopes: list[str]) -> Pki:
         for service in (*SERVICES, "cli"):
             key = ec.generate_private_key(ec.SECP256R1())
             _write_key(pki.key(service), key)
-            pki.cert(service).write_bytes(_certificate(service, key, ca_name, ca_key).public_bytes(serialization.Encoding.PEM))
+            pki.cert(service).write_bytes(
+                _certificate(service, key, ca_name, ca_key).public_bytes(serialization.Encoding.PEM)
+            )
         signing = ec.generate_private_key(ec.SECP256R1())
         _write_key(pki.key("jwt-signing"), signing)
         public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(signing.public_key()))
-        pki.jwks.write_text(json.dumps({"keys": [{**public, "kid": uuid.uuid4().hex[:16], "use": "sig", "alg": "ES256"}]}))
+        pki.jwks.write_text(
+            json.dumps({"keys": [{**public, "kid": uuid.uuid4().hex[:16], "use": "sig", "alg": "ES256"}]})
+        )
         pki.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))  # last: its presence means complete
     for service in SERVICES:
         pki.token(service).write_text(pki.issue(service, SERVICE_SCOPES.get(service, [])))

@@ -22,7 +22,8 @@ import grpc
 from google.protobuf import json_format
 
 from mosaic.cli import connect
-from mosaic.consent.v1 import consent_pb2, privacy_pb2, privacy_service_pb2 as pb, privacy_service_pb2_grpc
+from mosaic.consent.v1 import consent_pb2, privacy_pb2, privacy_service_pb2_grpc
+from mosaic.consent.v1 import privacy_service_pb2 as pb
 from mosaic.identity.v1 import identity_pb2
 
 COMMANDS = ("privacy",)
@@ -34,8 +35,10 @@ JURISDICTIONS = {"gdpr": consent_pb2.JURISDICTION_GDPR, "ccpa": consent_pb2.JURI
 def add_commands(commands: argparse._SubParsersAction) -> None:
     privacy = commands.add_parser("privacy", help="export or erase a person's data; list requests near their deadline")
     verbs = privacy.add_subparsers(dest="verb", required=True)
-    for verb, text in (("export", "everything held about a person, as one JSON document"),
-                       ("erase", "erase a person from every service and suppress them at ingestion")):
+    for verb, text in (
+        ("export", "everything held about a person, as one JSON document"),
+        ("erase", "erase a person from every service and suppress them at ingestion"),
+    ):
         parser = verbs.add_parser(verb, help=text)
         who = parser.add_mutually_exclusive_group(required=True)
         who.add_argument("--profile-id")
@@ -93,19 +96,28 @@ async def _run(args: argparse.Namespace) -> int:
             answer = await stub.GetPrivacyRequest(pb.GetPrivacyRequestRequest(request_id=args.request_id))
             print(json.dumps(_summary(answer.request), indent=2))
             return 0
-        fields = dict(person=_selector(args), request_id=args.request_id, requested_by=args.requested_by,
-                      jurisdiction=JURISDICTIONS.get(args.jurisdiction or "", 0))
+        fields = dict(
+            person=_selector(args),
+            request_id=args.request_id,
+            requested_by=args.requested_by,
+            jurisdiction=JURISDICTIONS.get(args.jurisdiction or "", 0),
+        )
         if args.verb == "export":
             started = (await stub.ExportPerson(pb.ExportPersonRequest(**fields))).request
         else:
             started = (await stub.ErasePerson(pb.ErasePersonRequest(**fields))).request
-        print(f"request {started.request_id} for person {started.person_id}, due {started.deadline.ToJsonString()}",
-              file=sys.stderr)
+        print(
+            f"request {started.request_id} for person {started.person_id}, due {started.deadline.ToJsonString()}",
+            file=sys.stderr,
+        )
         answer = await _wait(stub, started.request_id, args.wait)
         if answer.request.state != privacy_pb2.PRIVACY_REQUEST_STATE_COMPLETED:
             missing = sorted(set(answer.request.participants) - {r.participant for r in answer.request.receipts})
-            print(f"still pending after {args.wait:.0f} s, waiting for: {', '.join(missing)}"
-                  f" (mosaic privacy show {started.request_id})", file=sys.stderr)
+            print(
+                f"still pending after {args.wait:.0f} s, waiting for: {', '.join(missing)}"
+                f" (mosaic privacy show {started.request_id})",
+                file=sys.stderr,
+            )
             print(json.dumps(_summary(answer.request), indent=2))
             return 2
         if args.verb == "export":
@@ -130,8 +142,11 @@ async def _wait(stub, request_id: str, seconds: float) -> pb.GetPrivacyRequestRe
 
 
 async def _list(stub, args: argparse.Namespace) -> int:
-    query = pb.ListPrivacyRequestsRequest(page_size=1000) if args.all else pb.ListPrivacyRequestsRequest(
-        page_size=1000, due_within_days=max(args.due_within, 0) or 7)
+    query = (
+        pb.ListPrivacyRequestsRequest(page_size=1000)
+        if args.all
+        else pb.ListPrivacyRequestsRequest(page_size=1000, due_within_days=max(args.due_within, 0) or 7)
+    )
     now = time.time()
     token = ""
     while True:
@@ -144,7 +159,9 @@ async def _list(stub, args: argparse.Namespace) -> int:
             state = privacy_pb2.PrivacyRequestState.Name(request.state).removeprefix("PRIVACY_REQUEST_STATE_").lower()
             left = (request.deadline.seconds - now) / 86400
             missing = sorted(set(request.participants) - {r.participant for r in request.receipts})
-            print(f"{request.request_id:<38} {kind:<8} {state:<10} {request.deadline.ToJsonString():<22} {left:>9.1f}"
-                  f"  {', '.join(missing) if state == 'pending' else '-'}")
+            print(
+                f"{request.request_id:<38} {kind:<8} {state:<10} {request.deadline.ToJsonString():<22} {left:>9.1f}"
+                f"  {', '.join(missing) if state == 'pending' else '-'}"
+            )
         if not (token := page.next_page_token):
             return 0

@@ -48,10 +48,16 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
             )
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    received.append(ReceivedSpan(
-                        service, span.name, span.trace_id.hex(), span.span_id.hex(),
-                        span.parent_span_id.hex(), span.kind,
-                    ))
+                    received.append(
+                        ReceivedSpan(
+                            service,
+                            span.name,
+                            span.trace_id.hex(),
+                            span.span_id.hex(),
+                            span.parent_span_id.hex(),
+                            span.kind,
+                        )
+                    )
         with self._lock:
             self.spans.extend(received)
             self.exports.append(request)

@@ -10,7 +10,8 @@ import sys
 import grpc
 from google.protobuf import json_format
 
-from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2 as pb, segmentation_service_pb2_grpc
+from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2_grpc
+from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
 
 COMMANDS = ("segments",)
 DEFAULT_ADDRESS = "127.0.0.1:50054"
@@ -40,13 +41,17 @@ def _print(message) -> None:
 async def _run(args: argparse.Namespace) -> int:
     needs = {"create": 2, "update": 2, "show": 1, "delete": 1, "estimate": 1, "members": 1, "list": 0}[args.action]
     if [args.target, args.definition][:needs].count(None):
-        print(f"mosaic segments {args.action}: needs {'an id and a definition' if needs == 2 else 'one argument'}",
-              file=sys.stderr)
+        print(
+            f"mosaic segments {args.action}: needs {'an id and a definition' if needs == 2 else 'one argument'}",
+            file=sys.stderr,
+        )
         return 2
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
         if args.action in ("create", "update"):
-            segment = segment_pb2.Segment(segment_id=args.target, name=args.name or args.target, definition=args.definition)
+            segment = segment_pb2.Segment(
+                segment_id=args.target, name=args.name or args.target, definition=args.definition
+            )
             if args.action == "create":
                 _print((await stub.CreateSegment(pb.CreateSegmentRequest(segment=segment))).segment)
             else:

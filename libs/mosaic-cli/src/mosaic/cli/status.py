@@ -22,7 +22,8 @@ from rich.table import Table
 
 from mosaic.cli import connect
 from mosaic.cli.mesh import DEFAULT_PORTS, SERVICES
-from mosaic.ingestion.v1 import ingestion_service_pb2 as ingestion, ingestion_service_pb2_grpc
+from mosaic.ingestion.v1 import ingestion_service_pb2 as ingestion
+from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
 from mosaic.platform.consumer_lag import DurableState, read_dead_letters, read_durables
 
 COMMANDS = ("status",)
@@ -47,10 +48,18 @@ class Status:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser("status", help="health of every service, consumer lag, dead letters, quarantine")
-    status.add_argument("--nats", default=os.environ.get("MOSAIC_NATS_URL", "nats://127.0.0.1:4222"),
-                        help="the NATS server (default: MOSAIC_NATS_URL or the local one)")
-    status.add_argument("--address", action="append", default=[], metavar="SERVICE=HOST:PORT",
-                        help="where a service listens (repeatable; default: the ports of `mosaic run`)")
+    status.add_argument(
+        "--nats",
+        default=os.environ.get("MOSAIC_NATS_URL", "nats://127.0.0.1:4222"),
+        help="the NATS server (default: MOSAIC_NATS_URL or the local one)",
+    )
+    status.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        metavar="SERVICE=HOST:PORT",
+        help="where a service listens (repeatable; default: the ports of `mosaic run`)",
+    )
 
 
 def addresses(overrides: list[str]) -> dict[str, str]:
@@ -58,7 +67,9 @@ def addresses(overrides: list[str]) -> dict[str, str]:
     for override in overrides:
         name, _, address = override.partition("=")
         if name not in found or not address:
-            raise SystemExit(f"--address {override!r}: must be SERVICE=HOST:PORT with SERVICE one of {', '.join(SERVICES)}")
+            raise SystemExit(
+                f"--address {override!r}: must be SERVICE=HOST:PORT with SERVICE one of {', '.join(SERVICES)}"
+            )
         found[name] = address
     return found
 
@@ -68,7 +79,11 @@ async def _health(address: str) -> str:
         try:
             answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
         except grpc.aio.AioRpcError as error:
-            return "UNREACHABLE" if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else error.code().name
+            return (
+                "UNREACHABLE"
+                if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                else error.code().name
+            )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
 
 
@@ -81,7 +96,8 @@ async def _quarantine(address: str) -> dict[str, int]:
             count, token = 0, ""
             while count < QUARANTINE_COUNT_LIMIT:
                 page = await stub.ListQuarantinedEvents(
-                    ingestion.ListQuarantinedEventsRequest(source_id=source, page_size=500, page_token=token), timeout=5)
+                    ingestion.ListQuarantinedEventsRequest(source_id=source, page_size=500, page_token=token), timeout=5
+                )
                 count += len(page.events)
                 if not (token := page.next_page_token):
                     break
@@ -96,11 +112,12 @@ async def _quiet(error: Exception) -> None:
 async def gather(nats_url: str, where: dict[str, str]) -> Status:
     status = Status()
     answers = await asyncio.gather(*(_health(address) for address in where.values()))
-    status.health = dict(zip(where, answers))
+    status.health = dict(zip(where, answers, strict=False))
     try:
         # nats-py retries a refused first connect on its own; the deadline is ours.
-        nc = await asyncio.wait_for(nats.connect(nats_url, connect_timeout=3, allow_reconnect=False,
-                                                 error_cb=_quiet), timeout=5)
+        nc = await asyncio.wait_for(
+            nats.connect(nats_url, connect_timeout=3, allow_reconnect=False, error_cb=_quiet), timeout=5
+        )
     except Exception as error:  # noqa: BLE001 - said in the report, never a traceback
         status.problems.append(f"NATS at {nats_url} unreachable: {error!r}")
     else:
@@ -138,9 +155,16 @@ def render(status: Status, where: dict[str, str], console: Console) -> None:
         worst = max(states, key=lambda s: s.pending)
         dead = "" if stage in shown else f"{status.dead_letters.get(stage, 0):,}"
         shown.add(stage)
-        stages.add_row(stage, topic, str(len(states)), f"{sum(s.pending for s in states):,}",
-                       f"{sum(s.in_flight for s in states):,}", f"{sum(s.redelivered for s in states):,}",
-                       f"{worst.pending:,} @{worst.partition}", dead)
+        stages.add_row(
+            stage,
+            topic,
+            str(len(states)),
+            f"{sum(s.pending for s in states):,}",
+            f"{sum(s.in_flight for s in states):,}",
+            f"{sum(s.redelivered for s in states):,}",
+            f"{worst.pending:,} @{worst.partition}",
+            dead,
+        )
     for stage in sorted(set(status.dead_letters) - shown):
         stages.add_row(stage, "", "", "", "", "", "", f"{status.dead_letters[stage]:,}")
     console.print(stages)

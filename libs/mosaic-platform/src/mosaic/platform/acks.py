@@ -55,7 +55,7 @@ class Acks:
         self._pending.pop(token, None)
 
     async def _answer(self, msg: Msg) -> None:
-        token, _, index = msg.subject[len(self._prefix):].partition(".")
+        token, _, index = msg.subject[len(self._prefix) :].partition(".")
         batch = self._pending.get(token)
         if batch is None or batch.future.done():
             return

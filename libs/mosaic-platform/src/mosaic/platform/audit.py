@@ -66,7 +66,9 @@ class AuditLog:
         """Store the record, or hold it while NATS is away; raises Unavailable when neither can
         be done (the call is then refused)."""
         record = audit_service_pb2.AuditRecord(
-            service=self.service, method=method, caller=caller.principal,
+            service=self.service,
+            method=method,
+            caller=caller.principal,
             subject=subject_of(request, self.salt),
             trace_id=format(trace.get_current_span().get_span_context().trace_id, "032x"),
         )
@@ -108,7 +110,9 @@ class AuditLog:
             except asyncio.TimeoutError:
                 self._flusher.cancel()
 
-    async def list(self, request: audit_service_pb2.ListAuditRecordsRequest) -> audit_service_pb2.ListAuditRecordsResponse:
+    async def list(
+        self, request: audit_service_pb2.ListAuditRecordsRequest
+    ) -> audit_service_pb2.ListAuditRecordsResponse:
         page_size = request.page_size or 100
         if not 1 <= page_size <= MAX_PAGE:
             raise InvalidArgument("page_size", f"must be between 1 and {MAX_PAGE}")
@@ -120,10 +124,14 @@ class AuditLog:
         end = request.end_time.ToDatetime(timezone.utc) if request.HasField("end_time") else None
         subject = topics.AUDIT.subject(topics.partition_of(self.service, self.bus.partitions))
         if start_sequence:
-            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_sequence)
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_sequence
+            )
         elif request.HasField("start_time"):
-            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME,
-                                        opt_start_time=request.start_time.ToDatetime(timezone.utc).isoformat())
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                opt_start_time=request.start_time.ToDatetime(timezone.utc).isoformat(),
+            )
         else:
             config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
         config.ack_policy = api.AckPolicy.NONE
@@ -150,8 +158,11 @@ class AuditLog:
                     if end is not None and record.time.ToDatetime(timezone.utc) >= end:
                         past_end = True
                         break
-                    if record.service != self.service or (request.caller and record.caller != request.caller) \
-                            or (request.subject and record.subject != request.subject):
+                    if (
+                        record.service != self.service
+                        or (request.caller and record.caller != request.caller)
+                        or (request.subject and record.subject != request.subject)
+                    ):
                         continue
                     records.append(record)
                     if len(records) == page_size:
@@ -171,4 +182,3 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
 
     async def ListAuditRecords(self, request, context):  # noqa: N802 - gRPC's name
         return await self.log.list(request)
-

@@ -36,11 +36,13 @@ from mosaic.platform.lru import Lru
 log = logging.getLogger("mosaic.auth")
 
 # Probes and tooling: open to every caller (reflection can be turned off in the settings).
-OPEN_SERVICES = frozenset({
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-    "grpc.reflection.v1.ServerReflection",
-})
+OPEN_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
 ALL_SCOPES = "*"
 PII_SCOPE = "profiles:read_pii"
 
@@ -137,8 +139,13 @@ class TokenVerifier:
             raise Unauthenticated("the bearer token is signed by a key this deployment does not know")
         try:
             claims = jwt.decode(
-                token, key.key, algorithms=self.ALGORITHMS, audience=self.audience, issuer=self.issuer,
-                options={"require": ["exp", "sub"]}, leeway=30,
+                token,
+                key.key,
+                algorithms=self.ALGORITHMS,
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "sub"]},
+                leeway=30,
             )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("the bearer token has expired") from None
@@ -176,7 +183,9 @@ def guarded(handler: grpc.RpcMethodHandler, admit: Admit) -> grpc.RpcMethodHandl
             await admit(request, context)
             return await inner(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
@@ -189,7 +198,9 @@ def guarded(handler: grpc.RpcMethodHandler, admit: Admit) -> grpc.RpcMethodHandl
             async for response in responses:
                 yield response
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
@@ -197,7 +208,9 @@ def guarded(handler: grpc.RpcMethodHandler, admit: Admit) -> grpc.RpcMethodHandl
             await admit(None, context)
             return await inner_su(requests, context)
 
-        return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
     inner_ss = handler.stream_stream
 
     async def stream_stream(requests, context):
@@ -205,7 +218,9 @@ def guarded(handler: grpc.RpcMethodHandler, admit: Admit) -> grpc.RpcMethodHandl
         async for response in inner_ss(requests, context):
             yield response
 
-    return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer, handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream, handler.request_deserializer, handler.response_serializer
+    )
 
 
 Audit = Callable[[str, Caller, Any], Awaitable[None]]
@@ -269,5 +284,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 def declared_access(services: list[Any]) -> dict[str, options_pb2.Access | None]:
     """Every method of the given service descriptors, `/pkg.Service/Method` -> its access."""
-    return {f"/{service.full_name}/{method.name}": method_access(f"/{service.full_name}/{method.name}")
-            for service in services for method in service.methods}
+    return {
+        f"/{service.full_name}/{method.name}": method_access(f"/{service.full_name}/{method.name}")
+        for service in services
+        for method in service.methods
+    }

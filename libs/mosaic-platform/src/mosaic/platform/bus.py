@@ -123,8 +123,16 @@ class Bus:
         self.batch = 64
 
     @classmethod
-    async def connect(cls, url: str, service: str, partitions: int, stream_replicas: int = 1,
-                      tls: TlsSettings | None = None, credentials: str = "", deadline: float = 15.0) -> Bus:
+    async def connect(
+        cls,
+        url: str,
+        service: str,
+        partitions: int,
+        stream_replicas: int = 1,
+        tls: TlsSettings | None = None,
+        credentials: str = "",
+        deadline: float = 15.0,
+    ) -> Bus:
         """Connect, reconnecting forever once connected; fails fast if never reachable. With
         `tls`, the server's certificate is verified (and ours presented); `credentials` is a
         .creds file (user JWT and nkey). A server that never completes the handshake (plaintext
@@ -196,7 +204,10 @@ class Bus:
         return duplicate
 
     async def publish_many(
-        self, topic: Topic, messages: Sequence[tuple[str, bytes, str]], timeout: float = 5.0,
+        self,
+        topic: Topic,
+        messages: Sequence[tuple[str, bytes, str]],
+        timeout: float = 5.0,
         contexts: Sequence[Context | None] | None = None,
     ) -> list[bool]:
         """Store many `(key, payload, message id)` at once; True where JetStream saw a duplicate.
@@ -217,8 +228,10 @@ class Bus:
                 context_headers: dict[str, str] = {}
                 propagate.inject(context_headers)
                 return await self._send(topic, messages, [context_headers] * len(messages), timeout)
-        spans = [tracer.start_span(name, context=context, kind=kind, attributes=self._publish_attributes(topic, [message]))
-                 for message, context in zip(messages, contexts, strict=True)]
+        spans = [
+            tracer.start_span(name, context=context, kind=kind, attributes=self._publish_attributes(topic, [message]))
+            for message, context in zip(messages, contexts, strict=True)
+        ]
         try:
             headers = []
             for span in spans:
@@ -244,12 +257,20 @@ class Bus:
         if len(messages) == 1:
             key, _, message_id = messages[0]
             partition = topics.partition_of(key, self.partitions)
-            attributes.update({"messaging.destination.name": topic.subject(partition),
-                               "messaging.message.id": message_id, "mosaic.partition": partition})
+            attributes.update(
+                {
+                    "messaging.destination.name": topic.subject(partition),
+                    "messaging.message.id": message_id,
+                    "mosaic.partition": partition,
+                }
+            )
         return attributes
 
     async def _send(
-        self, topic: Topic, messages: Sequence[tuple[str, bytes, str]], context_headers: Sequence[dict[str, str]],
+        self,
+        topic: Topic,
+        messages: Sequence[tuple[str, bytes, str]],
+        context_headers: Sequence[dict[str, str]],
         timeout: float,
     ) -> list[bool]:
         if not messages:
@@ -257,7 +278,7 @@ class Bus:
         token = ""
         try:
             token, reply, answers = await self._acks.expect(len(messages))
-            for index, ((key, payload, message_id), extra) in enumerate(zip(messages, context_headers)):
+            for index, ((key, payload, message_id), extra) in enumerate(zip(messages, context_headers, strict=False)):
                 if index and not index % 256:
                     await asyncio.sleep(0)  # a big batch lets the flusher write and other calls run
                 subject = topic.subject(topics.partition_of(key, self.partitions))
@@ -328,7 +349,9 @@ class Bus:
             except (*_NATS_DOWN, nats.errors.FlushTimeoutError):
                 await self._nc.close()  # nothing left to flush to: close without draining
 
-    async def _consume(self, topic: Topic, partition: int, handler: Handler, batch_handler: BatchHandler | None) -> None:
+    async def _consume(
+        self, topic: Topic, partition: int, handler: Handler, batch_handler: BatchHandler | None
+    ) -> None:
         durable = f"{self.service}-{partition}"
         config = api.ConsumerConfig(
             durable_name=durable,
@@ -386,8 +409,12 @@ class Bus:
                 await self._dead_letter(msg, f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}")
                 continue
             delivery = self._delivery(msg, partition)
-            span = tracer.start_span(f"{topic.name} process", context=propagate.extract(msg.headers or {}),
-                                     kind=trace.SpanKind.CONSUMER, attributes=self._process_attributes(msg, delivery))
+            span = tracer.start_span(
+                f"{topic.name} process",
+                context=propagate.extract(msg.headers or {}),
+                kind=trace.SpanKind.CONSUMER,
+                attributes=self._process_attributes(msg, delivery),
+            )
             spans.append(span)
             kept.append(msg)
             items.append((payload, dataclasses.replace(delivery, trace_context=trace.set_span_in_context(span))))
@@ -396,7 +423,12 @@ class Bus:
         try:
             await self._with_heartbeat(kept, batch_handler(items))
         except Exception as error:  # noqa: BLE001 - every outcome is decided again, message by message
-            log.warning("batch of %d on %s failed (%r); handling it one message at a time", len(kept), topic.subject(partition), error)
+            log.warning(
+                "batch of %d on %s failed (%r); handling it one message at a time",
+                len(kept),
+                topic.subject(partition),
+                error,
+            )
             for span in spans:
                 span.record_exception(error)
                 span.end()

@@ -44,8 +44,9 @@ class _TokenHeader(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamCli
         return await continuation(self._with_token(details), request)
 
 
-def channel(address: str, security: SecuritySettings, interceptors: Sequence[Any] = (),
-            options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+def channel(
+    address: str, security: SecuritySettings, interceptors: Sequence[Any] = (), options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
     """A channel to `address` with this process's credentials."""
     if security.ca:
         credentials = grpc.ssl_channel_credentials(
@@ -55,7 +56,8 @@ def channel(address: str, security: SecuritySettings, interceptors: Sequence[Any
         )
         if security.token_file:
             credentials = grpc.composite_channel_credentials(
-                credentials, grpc.metadata_call_credentials(_Token(security.token_file)))
+                credentials, grpc.metadata_call_credentials(_Token(security.token_file))
+            )
         return grpc.aio.secure_channel(address, credentials, options=list(options), interceptors=list(interceptors))
     extra = [_TokenHeader(security.token_file)] if security.token_file else []
     return grpc.aio.insecure_channel(address, options=list(options), interceptors=[*interceptors, *extra])

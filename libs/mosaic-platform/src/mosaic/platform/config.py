@@ -11,8 +11,8 @@ import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
 from pathlib import Path
+from typing import ClassVar
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -104,11 +104,16 @@ class TlsSettings:
 
     @classmethod
     def from_env(cls, env: Env, prefix: str) -> TlsSettings:
-        settings = cls(env.file(f"{prefix}_CA"), env.file(f"{prefix}_CERT"), env.file(f"{prefix}_KEY"),
-                       env.str(f"{prefix}_SERVER_NAME", ""))
+        settings = cls(
+            env.file(f"{prefix}_CA"),
+            env.file(f"{prefix}_CERT"),
+            env.file(f"{prefix}_KEY"),
+            env.str(f"{prefix}_SERVER_NAME", ""),
+        )
         if bool(settings.cert) != bool(settings.key):
-            raise ConfigError(f"{prefix}_KEY" if settings.cert else f"{prefix}_CERT",
-                              f"{prefix}_CERT and {prefix}_KEY go together")
+            raise ConfigError(
+                f"{prefix}_KEY" if settings.cert else f"{prefix}_CERT", f"{prefix}_CERT and {prefix}_KEY go together"
+            )
         if (settings.cert or settings.server_name) and not settings.ca:
             raise ConfigError(f"{prefix}_CA", "is required for TLS (the CA that signed the server's certificate)")
         return settings
@@ -142,8 +147,10 @@ class CassandraSettings:
 
 
 # Traits that name or locate a person, masked for callers without `profiles:read_pii`.
-PII_TRAITS = ("email,phone,name,first_name,last_name,firstName,lastName,address,street,"
-              "postal_code,postalCode,birthday,date_of_birth,ip")
+PII_TRAITS = (
+    "email,phone,name,first_name,last_name,firstName,lastName,address,street,"
+    "postal_code,postalCode,birthday,date_of_birth,ip"
+)
 
 
 @dataclass(frozen=True)
@@ -189,13 +196,18 @@ class SecuritySettings:
             pii_traits=env.list("MOSAIC_PII_TRAITS", PII_TRAITS),
         )
         if bool(settings.tls_cert) != bool(settings.tls_key):
-            raise ConfigError("MOSAIC_TLS_KEY" if settings.tls_cert else "MOSAIC_TLS_CERT",
-                              "MOSAIC_TLS_CERT and MOSAIC_TLS_KEY go together")
+            raise ConfigError(
+                "MOSAIC_TLS_KEY" if settings.tls_cert else "MOSAIC_TLS_CERT",
+                "MOSAIC_TLS_CERT and MOSAIC_TLS_KEY go together",
+            )
         if settings.client_ca and not settings.tls_cert:
             raise ConfigError("MOSAIC_TLS_CERT", "is required with MOSAIC_TLS_CLIENT_CA (mutual TLS needs TLS)")
         if settings.auth == "required" and not (settings.jwks or settings.client_ca):
-            raise ConfigError("MOSAIC_AUTH", "is required: set MOSAIC_AUTH_JWKS (bearer tokens) and/or "
-                              "MOSAIC_TLS_CLIENT_CA (mutual TLS), or MOSAIC_AUTH=off for a trial without it")
+            raise ConfigError(
+                "MOSAIC_AUTH",
+                "is required: set MOSAIC_AUTH_JWKS (bearer tokens) and/or "
+                "MOSAIC_TLS_CLIENT_CA (mutual TLS), or MOSAIC_AUTH=off for a trial without it",
+            )
         return settings
 
 
@@ -235,9 +247,7 @@ class PlatformSettings:
         replica_count = env.int("MOSAIC_REPLICA_COUNT", 1, minimum=1, maximum=1024)
         partitions = env.int("MOSAIC_PARTITIONS", 8, minimum=1, maximum=1024)
         if replica_count > partitions:
-            raise ConfigError(
-                "MOSAIC_REPLICA_COUNT", f"must not exceed MOSAIC_PARTITIONS ({partitions})"
-            )
+            raise ConfigError("MOSAIC_REPLICA_COUNT", f"must not exceed MOSAIC_PARTITIONS ({partitions})")
         keyspace = env.str("MOSAIC_CASSANDRA_KEYSPACE", "mosaic")
         if not _NAME.match(keyspace):
             raise ConfigError(
@@ -269,9 +279,7 @@ class PlatformSettings:
             nats_credentials=env.file("MOSAIC_NATS_CREDS"),
             health_port=env.int("MOSAIC_HEALTH_PORT", 0, maximum=65535),
             stream_replicas=env.int("MOSAIC_NATS_STREAM_REPLICAS", 1, minimum=1, maximum=5),
-            log_level=env.choice(
-                "MOSAIC_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")
-            ),
+            log_level=env.choice("MOSAIC_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             # At most events.raw's max_age (7 days): JetStream refuses a longer window.
             events_dedup_window=float(
                 env.int("MOSAIC_EVENTS_DEDUP_WINDOW_SECONDS", 24 * 3600, minimum=1, maximum=7 * 24 * 3600)
@@ -282,9 +290,7 @@ class PlatformSettings:
     @property
     def owned_partitions(self) -> tuple[int, ...]:
         """The partitions this replica consumes: a static split by replica index."""
-        return tuple(
-            p for p in range(self.partitions) if p % self.replica_count == self.replica_index
-        )
+        return tuple(p for p in range(self.partitions) if p % self.replica_count == self.replica_index)
 
 
 @dataclass(frozen=True)

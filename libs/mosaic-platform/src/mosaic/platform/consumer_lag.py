@@ -42,8 +42,14 @@ class DurableState:
 class ConsumerLag:
     """Polls one replica's durables and dead letters; `start` once serving, `stop` at shutdown."""
 
-    def __init__(self, nats_url: str, service: str, partitions: Iterable[int], interval: float = 15.0,
-                 secure: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        nats_url: str,
+        service: str,
+        partitions: Iterable[int],
+        interval: float = 15.0,
+        secure: Mapping[str, Any] | None = None,
+    ) -> None:
         self.nats_url = nats_url
         self.secure = dict(secure or {})  # TLS and credentials, as the bus connects
         self.service = service
@@ -56,8 +62,14 @@ class ConsumerLag:
 
     async def start(self) -> None:
         # A connection of its own: the bus's is busy with the work, and this one may be slow.
-        self._nc = await nats.connect(self.nats_url, name=f"{self.service}-lag", connect_timeout=5,
-                                      max_reconnect_attempts=-1, reconnect_time_wait=1, **self.secure)
+        self._nc = await nats.connect(
+            self.nats_url,
+            name=f"{self.service}-lag",
+            connect_timeout=5,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            **self.secure,
+        )
         await self.poll()
         self._task = asyncio.create_task(self._loop())
         _ACTIVE.add(self)
@@ -87,8 +99,9 @@ class ConsumerLag:
         self.dead_letters = (await read_dead_letters(js)).get(self.service, 0)
 
 
-async def read_durables(js: JetStreamContext, service: str | None = None,
-                        partitions: frozenset[int] | None = None) -> list[DurableState]:
+async def read_durables(
+    js: JetStreamContext, service: str | None = None, partitions: frozenset[int] | None = None
+) -> list[DurableState]:
     """The state of every durable `<service>-<partition>` on the mesh's streams (all services
     when `service` is None; all partitions when `partitions` is None), in stream order."""
     found: list[DurableState] = []
@@ -103,11 +116,17 @@ async def read_durables(js: JetStreamContext, service: str | None = None,
                 continue
             if partitions is not None and int(suffix) not in partitions:
                 continue
-            found.append(DurableState(
-                stage=stage, topic=topic.name, partition=int(suffix),
-                pending=info.num_pending or 0, in_flight=info.num_ack_pending or 0,
-                redelivered=info.num_redelivered or 0,
-                delivered=(info.delivered.consumer_seq or 0) if info.delivered else 0))
+            found.append(
+                DurableState(
+                    stage=stage,
+                    topic=topic.name,
+                    partition=int(suffix),
+                    pending=info.num_pending or 0,
+                    in_flight=info.num_ack_pending or 0,
+                    redelivered=info.num_redelivered or 0,
+                    delivered=(info.delivered.consumer_seq or 0) if info.delivered else 0,
+                )
+            )
     return found
 
 
@@ -129,14 +148,26 @@ _ACTIVE: set[ConsumerLag] = set()
 
 
 def _durables(field: str) -> list[tuple[float, Mapping[str, str | int]]]:
-    return [(getattr(state, field), {"messaging.consumer.group.name": state.stage,
-                                     "messaging.destination.name": state.topic, "mosaic.partition": state.partition})
-            for collector in list(_ACTIVE) for state in list(collector.durables.values())]
+    return [
+        (
+            getattr(state, field),
+            {
+                "messaging.consumer.group.name": state.stage,
+                "messaging.destination.name": state.topic,
+                "mosaic.partition": state.partition,
+            },
+        )
+        for collector in list(_ACTIVE)
+        for state in list(collector.durables.values())
+    ]
 
 
 def _dead_letters() -> list[tuple[float, Mapping[str, str | int]]]:
-    return [(collector.dead_letters, {"messaging.consumer.group.name": collector.service})
-            for collector in list(_ACTIVE) if collector.dead_letters is not None]
+    return [
+        (collector.dead_letters, {"messaging.consumer.group.name": collector.service})
+        for collector in list(_ACTIVE)
+        if collector.dead_letters is not None
+    ]
 
 
 metrics.observe("mosaic.consumer.lag", lambda: _durables("pending"))

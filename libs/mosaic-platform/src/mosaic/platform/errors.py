@@ -49,9 +49,7 @@ class InvalidArgument(DomainError):
         self.rule = rule
 
     def details(self) -> list[Any]:
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=self.field, description=self.rule
-        )
+        violation = error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.rule)
         return [error_details_pb2.BadRequest(field_violations=[violation])]
 
 

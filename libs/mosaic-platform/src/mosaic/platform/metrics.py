@@ -44,49 +44,117 @@ class Metric:
 # Latency buckets in seconds: 1 ms to 10 s, where a gRPC call or a hop of the pipeline lives.
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("mosaic.rpc.server.duration", "histogram", "s",
-           "time to answer one gRPC call, by method and status code; its count is the calls",
-           ("rpc.service", "rpc.method", "rpc.grpc.status_code")),
-    Metric("mosaic.ingest.events", "counter", "{event}",
-           "events ingestion answered for, by source and outcome (accepted, duplicate, rejected, "
-           "quarantined, blocked, suppressed)", ("mosaic.source.id", "mosaic.ingest.outcome")),
-    Metric("mosaic.identity.merges", "counter", "{merge}",
-           "profiles merged into another by identity resolution or an admin call"),
-    Metric("mosaic.profile.versions", "counter", "{version}",
-           "profile versions written (snapshots appended to a history)"),
-    Metric("mosaic.messaging.process.duration", "histogram", "s",
-           "time one consumed message took, from fetch to ack, by stage (consumer group), "
-           "topic and outcome (ack, retry, dead_letter, redeliver)",
-           ("messaging.consumer.group.name", "messaging.destination.name", "mosaic.messaging.outcome")),
-    Metric("mosaic.messaging.hop.duration", "histogram", "s",
-           "time from a message's publish to its ack by a consumer: the latency of one hop",
-           ("messaging.consumer.group.name", "messaging.destination.name")),
-    Metric("mosaic.messaging.dead_letters", "counter", "{message}",
-           "messages this stage copied to DEAD_LETTERS", ("messaging.consumer.group.name", "messaging.destination.name")),
-    Metric("mosaic.consumer.lag", "gauge", "{message}",
-           "messages of a partition not yet delivered to its durable consumer (JetStream's num_pending)",
-           ("messaging.consumer.group.name", "messaging.destination.name", "mosaic.partition")),
-    Metric("mosaic.consumer.in_flight", "gauge", "{message}",
-           "messages delivered to a durable and not yet acknowledged (num_ack_pending)",
-           ("messaging.consumer.group.name", "messaging.destination.name", "mosaic.partition")),
-    Metric("mosaic.consumer.redelivered", "gauge", "{message}",
-           "messages of a durable delivered more than once and still unacknowledged (num_redelivered)",
-           ("messaging.consumer.group.name", "messaging.destination.name", "mosaic.partition")),
-    Metric("mosaic.consumer.delivered", "observable_counter", "{message}",
-           "deliveries to a durable, redeliveries included (its consumer sequence): its rate is "
-           "the stage's throughput", ("messaging.consumer.group.name", "messaging.destination.name", "mosaic.partition")),
-    Metric("mosaic.dead_letters.stored", "gauge", "{message}",
-           "messages in the DEAD_LETTERS stream, by the stage that gave up on them",
-           ("messaging.consumer.group.name",)),
-    Metric("mosaic.segment.transitions", "counter", "{transition}",
-           "profiles entering or leaving a segment", ("mosaic.segment.id", "mosaic.segment.direction")),
-    Metric("mosaic.delivery.deliveries", "counter", "{delivery}",
-           "deliveries finished, by destination and outcome (delivered, failed, suppressed, dead_lettered)",
-           ("mosaic.destination.id", "mosaic.delivery.outcome")),
-    Metric("mosaic.consent.check.duration", "histogram", "s",
-           "time to answer one CheckConsent, by decision (granted, denied)", ("mosaic.consent.decision",)),
-)}
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric(
+            "mosaic.rpc.server.duration",
+            "histogram",
+            "s",
+            "time to answer one gRPC call, by method and status code; its count is the calls",
+            ("rpc.service", "rpc.method", "rpc.grpc.status_code"),
+        ),
+        Metric(
+            "mosaic.ingest.events",
+            "counter",
+            "{event}",
+            "events ingestion answered for, by source and outcome (accepted, duplicate, rejected, "
+            "quarantined, blocked, suppressed)",
+            ("mosaic.source.id", "mosaic.ingest.outcome"),
+        ),
+        Metric(
+            "mosaic.identity.merges",
+            "counter",
+            "{merge}",
+            "profiles merged into another by identity resolution or an admin call",
+        ),
+        Metric(
+            "mosaic.profile.versions",
+            "counter",
+            "{version}",
+            "profile versions written (snapshots appended to a history)",
+        ),
+        Metric(
+            "mosaic.messaging.process.duration",
+            "histogram",
+            "s",
+            "time one consumed message took, from fetch to ack, by stage (consumer group), "
+            "topic and outcome (ack, retry, dead_letter, redeliver)",
+            ("messaging.consumer.group.name", "messaging.destination.name", "mosaic.messaging.outcome"),
+        ),
+        Metric(
+            "mosaic.messaging.hop.duration",
+            "histogram",
+            "s",
+            "time from a message's publish to its ack by a consumer: the latency of one hop",
+            ("messaging.consumer.group.name", "messaging.destination.name"),
+        ),
+        Metric(
+            "mosaic.messaging.dead_letters",
+            "counter",
+            "{message}",
+            "messages this stage copied to DEAD_LETTERS",
+            ("messaging.consumer.group.name", "messaging.destination.name"),
+        ),
+        Metric(
+            "mosaic.consumer.lag",
+            "gauge",
+            "{message}",
+            "messages of a partition not yet delivered to its durable consumer (JetStream's num_pending)",
+            ("messaging.consumer.group.name", "messaging.destination.name", "mosaic.partition"),
+        ),
+        Metric(
+            "mosaic.consumer.in_flight",
+            "gauge",
+            "{message}",
+            "messages delivered to a durable and not yet acknowledged (num_ack_pending)",
+            ("messaging.consumer.group.name", "messaging.destination.name", "mosaic.partition"),
+        ),
+        Metric(
+            "mosaic.consumer.redelivered",
+            "gauge",
+            "{message}",
+            "messages of a durable delivered more than once and still unacknowledged (num_redelivered)",
+            ("messaging.consumer.group.name", "messaging.destination.name", "mosaic.partition"),
+        ),
+        Metric(
+            "mosaic.consumer.delivered",
+            "observable_counter",
+            "{message}",
+            "deliveries to a durable, redeliveries included (its consumer sequence): its rate is "
+            "the stage's throughput",
+            ("messaging.consumer.group.name", "messaging.destination.name", "mosaic.partition"),
+        ),
+        Metric(
+            "mosaic.dead_letters.stored",
+            "gauge",
+            "{message}",
+            "messages in the DEAD_LETTERS stream, by the stage that gave up on them",
+            ("messaging.consumer.group.name",),
+        ),
+        Metric(
+            "mosaic.segment.transitions",
+            "counter",
+            "{transition}",
+            "profiles entering or leaving a segment",
+            ("mosaic.segment.id", "mosaic.segment.direction"),
+        ),
+        Metric(
+            "mosaic.delivery.deliveries",
+            "counter",
+            "{delivery}",
+            "deliveries finished, by destination and outcome (delivered, failed, suppressed, dead_lettered)",
+            ("mosaic.destination.id", "mosaic.delivery.outcome"),
+        ),
+        Metric(
+            "mosaic.consent.check.duration",
+            "histogram",
+            "s",
+            "time to answer one CheckConsent, by decision (granted, denied)",
+            ("mosaic.consent.decision",),
+        ),
+    )
+}
 
 # Served on the Prometheus endpoint by prometheus_client's own process collector, under the
 # names Prometheus gives them; dashboards may read these too.
@@ -103,8 +171,9 @@ def _instrument(name: str) -> Any:
     if spec.kind == "counter":
         return _meter.create_counter(name, unit=spec.unit, description=spec.meaning)
     if spec.kind == "histogram":
-        return _meter.create_histogram(name, unit=spec.unit, description=spec.meaning,
-                                       explicit_bucket_boundaries_advisory=list(SECONDS_BUCKETS))
+        return _meter.create_histogram(
+            name, unit=spec.unit, description=spec.meaning, explicit_bucket_boundaries_advisory=list(SECONDS_BUCKETS)
+        )
     raise ValueError(f"{name} is observed, not recorded: use observe()")
 
 

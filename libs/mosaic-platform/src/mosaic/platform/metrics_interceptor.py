@@ -48,8 +48,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         service, method = _split(details.method)
 
         def record(context: grpc.aio.ServicerContext, started: float, error: BaseException | None) -> None:
-            metrics.RPC_DURATION.record(time.perf_counter() - started, {
-                "rpc.service": service, "rpc.method": method, "rpc.grpc.status_code": _code(context, error)})
+            metrics.RPC_DURATION.record(
+                time.perf_counter() - started,
+                {"rpc.service": service, "rpc.method": method, "rpc.grpc.status_code": _code(context, error)},
+            )
 
         def unary_response(inner):
             async def behaviour(request, context):
@@ -61,6 +63,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 finally:
                     record(context, started, error)
+
             return behaviour
 
         def stream_response(inner):
@@ -78,18 +81,23 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 finally:
                     record(context, started, error)
+
             return behaviour
 
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                unary_response(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+                unary_response(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+            )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                unary_response(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+                unary_response(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+            )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                stream_response(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+                stream_response(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+            )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                stream_response(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+                stream_response(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+            )
         return handler

@@ -95,11 +95,21 @@ class Participant:
         messages = []
         for part, text in enumerate(texts):
             receipt = privacy_request_pb2.PrivacyReceipt(
-                request_id=request.request_id, participant=self.name, person_id=request.person_id, part=part,
-                final=part == len(texts) - 1, export_json=text, completed_at=done)
+                request_id=request.request_id,
+                participant=self.name,
+                person_id=request.person_id,
+                part=part,
+                final=part == len(texts) - 1,
+                export_json=text,
+                completed_at=done,
+            )
             if receipt.final:
-                target = receipt.removed if request.kind == privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE else receipt.exported
+                target = (
+                    receipt.removed if request.kind == privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE else receipt.exported
+                )
                 target.update(answer.counts)
                 receipt.identifiers.extend(answer.identifiers)
-            messages.append((request.person_id, receipt.SerializeToString(), f"{request.request_id}:{self.name}:{part}"))
+            messages.append(
+                (request.person_id, receipt.SerializeToString(), f"{request.request_id}:{self.name}:{part}")
+            )
         await self.bus.publish_many(topics.PRIVACY_RECEIPT, messages)

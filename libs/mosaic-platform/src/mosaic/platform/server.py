@@ -82,8 +82,14 @@ class Service:
 
     async def start(self) -> None:
         settings = self.settings
-        bus = await Bus.connect(settings.nats_url, settings.service, settings.partitions, settings.stream_replicas,
-                                settings.nats_tls, settings.nats_credentials)
+        bus = await Bus.connect(
+            settings.nats_url,
+            settings.service,
+            settings.partitions,
+            settings.stream_replicas,
+            settings.nats_tls,
+            settings.nats_credentials,
+        )
         self._cleanup.push_async_callback(bus.close)
         security = settings.security
         await bus.ensure_streams(topics.for_deployment(settings.events_dedup_window, security.audit_retention_days))
@@ -92,16 +98,23 @@ class Service:
         # Outermost first: metrics (so they see the code the error interceptor chose), tracing
         # (health probes every few seconds would be most of the spans: none), errors (so what
         # auth raises is a status with details), then authentication and audit.
-        server = grpc.aio.server(interceptors=[
-            MetricsInterceptor(), aio_server_interceptor(filter_=negate(health_check())), ErrorInterceptor(),
-            AuthInterceptor(security, audit.record)])
+        server = grpc.aio.server(
+            interceptors=[
+                MetricsInterceptor(),
+                aio_server_interceptor(filter_=negate(health_check())),
+                ErrorInterceptor(),
+                AuthInterceptor(security, audit.record),
+            ]
+        )
         runtime = Runtime(settings, bus, server, self._cleanup)
         await self._build(runtime)
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
         runtime.add_service(audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if security.reflection:
-            reflection.enable_server_reflection([*runtime.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+            reflection.enable_server_reflection(
+                [*runtime.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            )
         if security.auth == "off":
             log.warning("authentication is off: any caller that reaches the port may call every method")
         self.port = _add_port(server, f"{listen_host(settings.bind_host, '[::]')}:{settings.grpc_port}", security)
@@ -109,21 +122,32 @@ class Service:
         if settings.health_port:
             probes = grpc.aio.server()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, probes)
-            self.health_port = probes.add_insecure_port(f"{listen_host(settings.bind_host, '[::]')}:{settings.health_port}")
+            self.health_port = probes.add_insecure_port(
+                f"{listen_host(settings.bind_host, '[::]')}:{settings.health_port}"
+            )
             await probes.start()
             self._cleanup.push_async_callback(probes.stop, 0)
         for name in ["", *runtime.service_names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.runtime = runtime
         if metrics.enabled():
-            lag = ConsumerLag(settings.nats_url, settings.service, settings.owned_partitions,
-                              secure=nats_security(settings.nats_tls, settings.nats_credentials))
+            lag = ConsumerLag(
+                settings.nats_url,
+                settings.service,
+                settings.owned_partitions,
+                secure=nats_security(settings.nats_tls, settings.nats_credentials),
+            )
             await lag.start()
             self._cleanup.push_async_callback(lag.stop)
         log.info(
             "serving",
-            extra={"fields": {"service": settings.service, "grpc_port": self.port,
-                              "partitions": list(settings.owned_partitions)}},
+            extra={
+                "fields": {
+                    "service": settings.service,
+                    "grpc_port": self.port,
+                    "partitions": list(settings.owned_partitions),
+                }
+            },
         )
 
     async def stop(self) -> None:
@@ -145,7 +169,9 @@ def _add_port(server: grpc.aio.Server, address: str, security: SecuritySettings)
     client_ca = Path(security.client_ca).read_bytes() if security.client_ca else None
     credentials = grpc.ssl_server_credentials(
         [(Path(security.tls_key).read_bytes(), Path(security.tls_cert).read_bytes())],
-        root_certificates=client_ca, require_client_auth=client_ca is not None)
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
     return server.add_secure_port(address, credentials)
 
 

@@ -19,8 +19,7 @@ from collections.abc import Mapping
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace import sampling
+from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from mosaic.platform.config import ConfigError
@@ -110,8 +109,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -140,6 +138,4 @@ def _setup_logging(level: str) -> None:
     # Cassandra 5 warns about any prepared statement that names its keyspace outside the query
     # text, including protocol v5's per-statement keyspace, which is exactly what the store does
     # to stay unambiguous; the warning would repeat for every statement prepared.
-    logging.getLogger("cassandra.protocol").addFilter(
-        lambda record: "USE <keyspace>" not in record.getMessage()
-    )
+    logging.getLogger("cassandra.protocol").addFilter(lambda record: "USE <keyspace>" not in record.getMessage())

@@ -51,9 +51,7 @@ def partition_of(key: str, partitions: int) -> int:
 EVENTS_RAW = Topic("events.raw", "EVENTS_RAW", event_pb2.Event, duplicate_window=DAY)
 EVENTS_RESOLVED = Topic("events.resolved", "EVENTS_RESOLVED", resolved_pb2.ResolvedEvent)
 PROFILE_UPDATED = Topic("profile.updated", "PROFILE_UPDATED", profile_updated_pb2.ProfileUpdated)
-SEGMENT_MEMBERSHIP = Topic(
-    "segment.membership", "SEGMENT_MEMBERSHIP", segment_membership_pb2.SegmentMembershipChanged
-)
+SEGMENT_MEMBERSHIP = Topic("segment.membership", "SEGMENT_MEMBERSHIP", segment_membership_pb2.SegmentMembershipChanged)
 # Produced by consent from its outbox (decisions, and merges/splits that move a person's
 # profiles), keyed by person; heard by every consent replica (Bus.listen) to drop its cache.
 CONSENT_CHANGED = Topic("consent.changed", "CONSENT_CHANGED", consent_changed_pb2.ConsentChanged)
@@ -103,8 +101,10 @@ ALL = (*ALL, AUDIT)
 
 def for_deployment(events_dedup_window: float, audit_retention_days: int) -> tuple[Topic, ...]:
     """Every topic, with the deployment's events.raw duplicate window and audit retention."""
-    windows = {EVENTS_RAW.name: {"duplicate_window": events_dedup_window},
-               AUDIT.name: {"max_age": audit_retention_days * DAY}}
+    windows = {
+        EVENTS_RAW.name: {"duplicate_window": events_dedup_window},
+        AUDIT.name: {"max_age": audit_retention_days * DAY},
+    }
     return tuple(replace(t, **windows[t.name]) if t.name in windows else t for t in ALL)
 
 

@@ -23,8 +23,11 @@ def ensure_node() -> int:
 
 def new_keyspace_settings(port: int, prefix: str = "test") -> CassandraSettings:
     return CassandraSettings(
-        hosts=("127.0.0.1",), port=port, keyspace=f"{prefix}_{uuid.uuid4().hex[:12]}",
-        replication_factor=1, local_dc="datacenter1",
+        hosts=("127.0.0.1",),
+        port=port,
+        keyspace=f"{prefix}_{uuid.uuid4().hex[:12]}",
+        replication_factor=1,
+        local_dc="datacenter1",
     )
 
 

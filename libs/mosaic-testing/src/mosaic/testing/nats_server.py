@@ -11,7 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 INSTALL_HINT = "deploy/local/nats.sh install (or: apt-get install nats-server)"
 
 
@@ -55,10 +54,24 @@ class NatsServer:
         shutil.rmtree(ports_dir, ignore_errors=True)
         ports_dir.mkdir()
         self.process = subprocess.Popen(
-            [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port),
-             "-sd", str(self.dir / "store"), "--ports_file_dir", str(ports_dir),
-             "-l", str(self.dir / "nats.log"), *self.args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env,
+            [
+                self.binary,
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-sd",
+                str(self.dir / "store"),
+                "--ports_file_dir",
+                str(ports_dir),
+                "-l",
+                str(self.dir / "nats.log"),
+                *self.args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=self.env,
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

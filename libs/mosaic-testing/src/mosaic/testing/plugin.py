@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from mosaic.cli.receivers import OtlpReceiver, WebhookReceiver
 from mosaic.platform.config import CassandraSettings, PlatformSettings
 from mosaic.testing import cassandra_node
 from mosaic.testing.nats_server import NatsServer, NatsServerMissing
 from mosaic.testing.smtp import SmtpReceiver
-from mosaic.cli.receivers import OtlpReceiver, WebhookReceiver
 
 
 @pytest.fixture
@@ -56,8 +56,10 @@ def cassandra_port() -> int:
     """The local Cassandra node, started if it is not running. Never skipped. In the fast tier
     (MOSAIC_TEST_WITHOUT_CASSANDRA=1) a test that reaches for it fails: it lacks its marker."""
     if os.environ.get("MOSAIC_TEST_WITHOUT_CASSANDRA") == "1":
-        pytest.fail("this test needs Cassandra but is not marked `cassandra`; it reaches the node "
-                    "through a fixture the plugin does not know (add it to CASSANDRA_FIXTURES)")
+        pytest.fail(
+            "this test needs Cassandra but is not marked `cassandra`; it reaches the node "
+            "through a fixture the plugin does not know (add it to CASSANDRA_FIXTURES)"
+        )
     return cassandra_node.ensure_node()
 
 
@@ -76,8 +78,12 @@ def make_settings(tmp_path: Path, nats_server: NatsServer) -> Callable[..., Plat
     def make(service: str, **environ: str) -> PlatformSettings:
         # Authentication has tests of its own (mosaic-platform's test_auth.py, the e2e walk);
         # the other tests call the services as a trial deployment would.
-        env = {"MOSAIC_NATS_URL": nats_server.url, "MOSAIC_DATA_DIR": str(tmp_path / "data"),
-               "MOSAIC_AUTH": "off", **environ}
+        env = {
+            "MOSAIC_NATS_URL": nats_server.url,
+            "MOSAIC_DATA_DIR": str(tmp_path / "data"),
+            "MOSAIC_AUTH": "off",
+            **environ,
+        }
         return PlatformSettings.from_env(service, env)
 
     return make

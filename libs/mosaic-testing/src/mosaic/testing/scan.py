@@ -41,8 +41,10 @@ async def rows_mentioning(db: Any, needles: list[str]) -> list[tuple[str, tuple]
 def _cassandra(db: Any, needles: list[str]) -> list[tuple[str, tuple]]:
     session = db._session
     keyspace = db.settings.keyspace
-    tables = [r.table_name for r in session.execute(
-        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,))]
+    tables = [
+        r.table_name
+        for r in session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,))
+    ]
     found = []
     for table in tables:
         for row in session.execute(f"SELECT * FROM {keyspace}.{table}"):

@@ -29,8 +29,9 @@ class Repository:
         await self.db.close()
 
 
-async def open_repository(settings, service: str, cassandra: tuple[Sequence[Migration], type],
-                          sqlite: tuple[Sequence[Migration], type]):
+async def open_repository(
+    settings, service: str, cassandra: tuple[Sequence[Migration], type], sqlite: tuple[Sequence[Migration], type]
+):
     """Open the configured backend (`MOSAIC_STORE`) with the service's migrations applied, and
     return the service's repository on it: `cassandra` and `sqlite` are (migrations, class)."""
     if settings.store == "cassandra":

@@ -13,8 +13,8 @@ from typing import Any
 
 from cassandra import ConsistencyLevel, OperationTimedOut, RequestExecutionException
 from cassandra.auth import PlainTextAuthProvider
-from cassandra.connection import ConnectionException
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.connection import ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, SimpleStatement
 
@@ -55,10 +55,17 @@ class CassandraStore:
         if s.tls.enabled:  # client encryption: verify the node (and present our certificate)
             context = s.tls.context()
             context.check_hostname = bool(s.tls.server_name)
-            tls = {"ssl_context": context, "ssl_options": {"server_hostname": s.tls.server_name} if s.tls.server_name else None}
+            tls = {
+                "ssl_context": context,
+                "ssl_options": {"server_hostname": s.tls.server_name} if s.tls.server_name else None,
+            }
         self._cluster = Cluster(
-            list(s.hosts), port=s.port, protocol_version=5, auth_provider=auth,
-            execution_profiles={EXEC_PROFILE_DEFAULT: profile}, **tls,
+            list(s.hosts),
+            port=s.port,
+            protocol_version=5,
+            auth_provider=auth,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            **tls,
         )
         try:
             session = self._cluster.connect()
@@ -79,7 +86,9 @@ class CassandraStore:
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " service text, version int, applied_at timestamp, PRIMARY KEY (service, version))"
         )
-        applied = {row.version for row in run("SELECT version FROM schema_migrations WHERE service = %s", (self.service,))}
+        applied = {
+            row.version for row in run("SELECT version FROM schema_migrations WHERE service = %s", (self.service,))
+        }
         for migration in sorted(migrations, key=lambda m: m.version):
             if migration.version in applied:
                 continue
@@ -103,7 +112,9 @@ class CassandraStore:
         """Run one prepared statement; returns its rows (first page only, so bound the query)."""
         return await self._run(self.prepare(cql).bind(params))
 
-    async def execute_atomic(self, statements: Sequence[tuple[str, Sequence[Any]]], single_partition: bool = False) -> None:
+    async def execute_atomic(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], single_partition: bool = False
+    ) -> None:
         """Run writes as one batch: all of them happen, or none. Writes to one partition need
         no batch log (`single_partition`); writes to several go through it (logged)."""
         await self._batch(statements, BatchType.UNLOGGED if single_partition else BatchType.LOGGED)

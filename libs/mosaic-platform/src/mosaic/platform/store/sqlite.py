@@ -45,9 +45,7 @@ class SqliteStore:
             db.execute("BEGIN IMMEDIATE")
             for statement in migration.statements:
                 db.execute(statement)
-            db.execute(
-                "INSERT INTO schema_migrations VALUES (?, datetime('now'))", (migration.version,)
-            )
+            db.execute("INSERT INTO schema_migrations VALUES (?, datetime('now'))", (migration.version,))
             db.execute("COMMIT")
         self._db = db
 
