@@ -92,7 +92,10 @@ class Service:
         )
         self._cleanup.push_async_callback(bus.close)
         security = settings.security
-        await bus.ensure_streams(topics.for_deployment(settings.events_dedup_window, security.audit_retention_days))
+        await bus.ensure_streams(
+            topics.for_deployment(settings.events_dedup_window, security.audit_retention_days),
+            settings.stream_max_bytes,
+        )
         audit = AuditLog(bus, settings.service, security.audit_salt)
         self._cleanup.push_async_callback(audit.close)  # before the bus closes (last in, first out)
         # Outermost first: metrics (so they see the code the error interceptor chose), tracing
