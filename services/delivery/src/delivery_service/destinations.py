@@ -20,6 +20,7 @@ from delivery_service import templates
 from delivery_service.ssrf import AddressPolicy, Forbidden
 from delivery_service.store import DeliveryStore
 from mosaic.delivery.v1 import delivery_pb2
+from mosaic.platform import tasks
 from mosaic.platform.errors import InvalidArgument
 
 log = logging.getLogger("mosaic.delivery.destinations")
@@ -214,9 +215,7 @@ class DestinationCache:
         self._task = asyncio.create_task(self._refresh_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await tasks.cancel(self._task)
 
     def _set(self, by_id: dict[str, delivery_pb2.Destination]) -> None:
         changed = by_id != self._by_id

@@ -4,7 +4,6 @@ sources and quarantine; events.raw out, suppression.changed in. Ack means stored
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections import deque
@@ -25,7 +24,7 @@ from ingestion_service.suppression import SuppressionList
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
-from mosaic.platform import topics
+from mosaic.platform import tasks, topics
 from mosaic.platform.errors import InvalidArgument
 from mosaic.platform.server import Runtime
 
@@ -140,7 +139,7 @@ async def build(runtime: Runtime, settings: Settings) -> Ingestion:
     suppression = SuppressionList(store, salt)
     await suppression.load()
     refresher = asyncio.create_task(suppression.refresh_forever(settings.suppression_refresh_seconds))
-    runtime.cleanup.push_async_callback(_cancel, refresher)
+    runtime.cleanup.push_async_callback(tasks.cancel, refresher)
     sources = SourceDirectory(store, settings)
     limiter = RateLimiter(share=1 / settings.platform.replica_count)
     backlog = BacklogGauge(
@@ -166,9 +165,3 @@ async def build(runtime: Runtime, settings: Settings) -> Ingestion:
 
     runtime.bus.consume(topics.SUPPRESSION_CHANGED, apply_suppression, settings.platform.owned_partitions)
     return Ingestion(intake, sources, suppression, port)
-
-
-async def _cancel(task: asyncio.Task) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import nats
 
-from mosaic.platform import topics
+from mosaic.platform import tasks, topics
 from mosaic.platform.errors import Unavailable
 
 log = logging.getLogger("ingestion.backlog")
@@ -54,10 +54,7 @@ class BacklogGauge:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.cancel(self._task)
         if self._nc is not None:
             with contextlib.suppress(ConnectionError, nats.errors.Error):  # NATS already gone
                 await self._nc.close()

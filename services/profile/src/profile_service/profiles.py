@@ -20,7 +20,7 @@ from google.protobuf import timestamp_pb2
 from opentelemetry.context import Context
 
 from mosaic.events.v1 import profile_updated_pb2, resolved_pb2
-from mosaic.platform import metrics, topics
+from mosaic.platform import metrics, tasks, topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.errors import InvalidArgument, NotFound
 from mosaic.profile.v1 import profile_pb2
@@ -297,6 +297,4 @@ class Profiles:
         log.info("backfilled computed trait", extra={"fields": {"name": definition.name, "profiles": count}})
 
     async def close(self) -> None:
-        for task in list(self._backfills):
-            task.cancel()
-        await asyncio.gather(*self._backfills, return_exceptions=True)
+        await tasks.cancel(*self._backfills)

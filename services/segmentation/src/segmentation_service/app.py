@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import grpc
 
-from mosaic.platform import clients, topics
+from mosaic.platform import clients, tasks, topics
 from mosaic.platform.config import SecuritySettings
 from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mosaic.platform.privacy import Participant
@@ -209,14 +209,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         log.warning("MOSAIC_PROFILE_ADDRESS not set: the view starts empty and fills from profile.updated")
     await memberships.publish_all_pending(owned)
     backfiller = Backfiller(store, catalog, memberships, owned, size_interval=settings.size_interval)
-    tasks = [asyncio.create_task(backfiller.run()), asyncio.create_task(timers.run())]
-
-    async def stop_tasks() -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    runtime.cleanup.push_async_callback(stop_tasks)
+    background = [asyncio.create_task(backfiller.run()), asyncio.create_task(timers.run())]
+    runtime.cleanup.push_async_callback(tasks.cancel, *background)
     servicer = SegmentationServicer(store, catalog, memberships, backfiller, settings.peers, platform.security)
     runtime.cleanup.push_async_callback(servicer.close)
     segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, runtime.server)

@@ -26,7 +26,7 @@ from nats.js import api
 from opentelemetry import trace
 
 from mosaic.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
-from mosaic.platform import topics
+from mosaic.platform import tasks, topics
 from mosaic.platform.auth import Caller
 from mosaic.platform.bus import Bus
 from mosaic.platform.errors import InvalidArgument, Unavailable
@@ -108,7 +108,7 @@ class AuditLog:
             try:
                 await asyncio.wait_for(asyncio.shield(self._flusher), 5)
             except asyncio.TimeoutError:
-                self._flusher.cancel()
+                await tasks.cancel(self._flusher)
 
     async def list(
         self, request: audit_service_pb2.ListAuditRecordsRequest

@@ -21,7 +21,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from mosaic.platform import metrics, topics
+from mosaic.platform import metrics, tasks, topics
 
 log = logging.getLogger("mosaic.consumer_lag")
 
@@ -76,9 +76,7 @@ class ConsumerLag:
 
     async def stop(self) -> None:
         _ACTIVE.discard(self)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await tasks.cancel(self._task)
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
 

@@ -15,6 +15,7 @@ from mosaic.platform.config import CassandraSettings, PlatformSettings
 from mosaic.testing import cassandra_node
 from mosaic.testing.nats_server import NatsServer, NatsServerMissing
 from mosaic.testing.smtp import SmtpReceiver
+from mosaic.testing.watchdog import watching
 
 
 @pytest.fixture
@@ -31,6 +32,13 @@ def nats_server() -> Iterator[NatsServer]:
 
 
 CASSANDRA_FIXTURES = {"cassandra_port", "cassandra_keyspace"}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item):
+    # A teardown past 60 s prints the asyncio tasks that hold it (pytest-timeout shows threads).
+    with watching(f"teardown of {item.nodeid}", after=60.0):
+        return (yield)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -8,9 +8,9 @@ task still alive, which names the await that never resolved.
 from __future__ import annotations
 
 import asyncio
-import io
 
 from mosaic.platform.server import Service
+from mosaic.testing.watchdog import awaits
 
 
 async def stop_within(service: Service, seconds: float = 30.0) -> None:
@@ -19,11 +19,13 @@ async def stop_within(service: Service, seconds: float = 30.0) -> None:
     if task in done:
         task.result()
         return
-    stacks = io.StringIO()
-    for alive in asyncio.all_tasks():
-        if alive is not asyncio.current_task():
-            alive.print_stack(file=stacks)
+    stacks = [
+        f"{alive.get_name()}: "
+        + " > ".join(f"{f.f_code.co_name} ({f.f_code.co_filename}:{f.f_lineno})" for f in awaits(alive))
+        for alive in asyncio.all_tasks()
+        if alive is not asyncio.current_task()
+    ]
     task.cancel()
     raise AssertionError(
-        f"{service.settings.service} did not stop within {seconds} s; tasks alive:\n{stacks.getvalue()}"
+        f"{service.settings.service} did not stop within {seconds} s; tasks alive:\n" + "\n".join(stacks)
     )

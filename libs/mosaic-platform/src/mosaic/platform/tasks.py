@@ -1,0 +1,31 @@
+"""Stopping background tasks, for sure.
+
+One `task.cancel()` is not always enough: a library that turns the CancelledError into its own
+error (nats-py does, inside its requests; Python 3.11's `asyncio.wait_for` can lose one when its
+inner future finishes at the same moment), caught by a loop's `except Exception`, leaves the task
+running and whoever awaits it waiting for ever. That is how a service's graceful stop once hung.
+`cancel` asks again every `every` seconds until each task is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+log = logging.getLogger("mosaic.tasks")
+
+
+async def cancel(*tasks: asyncio.Task | asyncio.Future | None, every: float = 0.5) -> None:
+    """Cancel the tasks and wait until every one is done; their outcome is discarded."""
+    pending = {task for task in tasks if task is not None and not task.done()}
+    asked = 0
+    while pending:
+        for task in pending:
+            task.cancel()
+        asked += 1
+        if asked == 3:
+            log.warning("tasks still running after %d cancellations: %s", asked, [t.get_name() for t in pending])
+        _, pending = await asyncio.wait(pending, timeout=every)
+    for task in tasks:
+        if task is not None and task.done() and not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved

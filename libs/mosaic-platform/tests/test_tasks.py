@@ -1,0 +1,39 @@
+"""`tasks.cancel` stops a task even when its first cancellation is swallowed."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mosaic.platform import tasks
+
+
+async def test_a_task_that_swallows_a_cancellation_is_cancelled_again_until_it_stops():
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if swallowed < 2:  # as a library that turns it into its own error, caught by a loop
+                    swallowed += 1
+                    continue
+                raise
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(tasks.cancel(task, every=0.05), 5)
+    assert task.cancelled() and swallowed == 2
+
+
+async def test_finished_failed_and_missing_tasks_are_fine():
+    async def fails() -> None:
+        raise ValueError("its own error, discarded")
+
+    failed = asyncio.create_task(fails())
+    await asyncio.sleep(0)
+    done = asyncio.create_task(asyncio.sleep(0))
+    await done
+    await tasks.cancel(failed, done, None)
+    assert failed.done() and done.done()
