@@ -62,7 +62,7 @@ _JETSTREAM_DOWN = (
 )
 
 _NO_MESSAGE = 10057  # JetStream's error code for a sequence that holds no message
-_STREAM_FULL = 10077  # a stream at its max_bytes or max_msgs with discard NEW (sent as a 503)
+_STREAM_FULL = 10077  # a stream at its max_msgs (or max_bytes) with discard NEW, sent as a 503
 
 # The key a message was partitioned by; consumers keep order per key, not per partition.
 KEY_HEADER = "Mosaic-Key"
@@ -166,12 +166,15 @@ class Bus:
         """The JetStream context, for readers of a stream that are not consumers (the audit log)."""
         return self._js
 
-    async def ensure_streams(self, wanted: Iterable[Topic] = topics.ALL, max_bytes: int = 0) -> None:
+    async def ensure_streams(self, wanted: Iterable[Topic] = topics.ALL, max_messages: int = 0) -> None:
         """Create or update the streams; safe to run from every replica at every start.
 
-        `max_bytes` (0: none) bounds each stream on disk. A full stream refuses new messages
-        (discard NEW) rather than dropping old ones nobody has consumed yet: the publisher gets
-        Unavailable, so ingestion answers 503 with Retry-After and nothing accepted is lost."""
+        `max_messages` (0: none) bounds each stream. A full stream refuses new messages (discard
+        NEW) rather than dropping old ones nobody has consumed yet: the publisher gets
+        Unavailable, so ingestion answers 503 with Retry-After and nothing accepted is lost.
+        A count, not bytes: nats-server 2.9 checks a byte bound against the payload without the
+        record's overhead, stores past it, then trims the oldest messages (measured: accepted
+        events lost from the head, test_stream_limits); the message count is checked exactly."""
         configs = [
             api.StreamConfig(
                 name=topic.stream,
@@ -179,7 +182,7 @@ class Bus:
                 storage=api.StorageType.FILE,
                 retention=api.RetentionPolicy.LIMITS,
                 max_age=topic.max_age,
-                max_bytes=max_bytes or None,
+                max_msgs=max_messages or None,
                 discard=api.DiscardPolicy.NEW,
                 duplicate_window=topic.duplicate_window,
                 num_replicas=self.stream_replicas,
@@ -294,7 +297,7 @@ class Bus:
             return [duplicate(answer) for answer in await asyncio.wait_for(answers, timeout)]
         except (*_NATS_DOWN, *_JETSTREAM_DOWN) as error:
             if getattr(error, "err_code", None) == _STREAM_FULL:
-                raise Unavailable("nats", f"stream {topic.stream} is full (MOSAIC_NATS_STREAM_MAX_BYTES)") from error
+                raise Unavailable("nats", f"stream {topic.stream} is full (MOSAIC_NATS_STREAM_MAX_MESSAGES)") from error
             raise Unavailable("nats", f"publish to {topic.name} not confirmed: {type(error).__name__}") from error
         finally:
             self._acks.forget(token)

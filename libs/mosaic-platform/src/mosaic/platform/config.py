@@ -220,7 +220,7 @@ class PlatformSettings:
     grace_seconds: float
     nats_url: str
     stream_replicas: int
-    stream_max_bytes: int
+    stream_max_messages: int
     partitions: int
     replica_index: int
     replica_count: int
@@ -280,8 +280,8 @@ class PlatformSettings:
             nats_credentials=env.file("MOSAIC_NATS_CREDS"),
             health_port=env.int("MOSAIC_HEALTH_PORT", 0, maximum=65535),
             stream_replicas=env.int("MOSAIC_NATS_STREAM_REPLICAS", 1, minimum=1, maximum=5),
-            # Each stream's bound on disk (0: only max_age and the server's own store limit).
-            stream_max_bytes=env.int("MOSAIC_NATS_STREAM_MAX_BYTES", 0, maximum=2**50),
+            # Each stream's bound in messages (0: only max_age and the server's own store limit).
+            stream_max_messages=env.int("MOSAIC_NATS_STREAM_MAX_MESSAGES", 0, maximum=2**50),
             log_level=env.choice("MOSAIC_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             # At most events.raw's max_age (7 days): JetStream refuses a longer window.
             events_dedup_window=float(

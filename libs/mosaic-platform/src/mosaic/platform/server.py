@@ -94,7 +94,7 @@ class Service:
         security = settings.security
         await bus.ensure_streams(
             topics.for_deployment(settings.events_dedup_window, security.audit_retention_days),
-            settings.stream_max_bytes,
+            settings.stream_max_messages,
         )
         audit = AuditLog(bus, settings.service, security.audit_salt)
         self._cleanup.push_async_callback(audit.close)  # before the bus closes (last in, first out)
