@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -34,12 +35,20 @@ from delivery_service.store import DeliveryStore
 from delivery_service.webhook import HttpSender, Refused, Retryable
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.events.v1 import delivery_outcome_pb2
-from mosaic.platform import topics
+from mosaic.platform import metrics, topics
 from mosaic.platform.bus import Bus
 
 log = logging.getLogger("mosaic.delivery.worker")
 tracer = trace.get_tracer("mosaic.delivery.worker")
 Status = delivery_pb2.DeliveryStatus
+# A decided delivery's status as the outcome `mosaic.delivery.deliveries` counts it by.
+OUTCOMES = {
+    Status.DELIVERY_STATUS_SENT: "delivered",
+    Status.DELIVERY_STATUS_SUPPRESSED: "suppressed",
+    Status.DELIVERY_STATUS_FAILED: "failed",
+    Status.DELIVERY_STATUS_DEAD_LETTERED: "dead_lettered",
+    Status.DELIVERY_STATUS_DISCARDED: "discarded",
+}
 
 
 @dataclass(frozen=True)
@@ -350,3 +359,7 @@ async def record(
         for r in records
     ]
     await bus.publish_many(topics.DELIVERY_OUTCOME, outcomes)
+    for (destination_id, status), count in Counter((r.destination_id, r.status) for r in records).items():
+        metrics.delivery_finished(
+            destination_id, OUTCOMES.get(status, Status.Name(status).removeprefix("DELIVERY_STATUS_").lower()), count
+        )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ from nats.js import api
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
-from mosaic.platform import topics
+from mosaic.platform import metrics, topics
 from mosaic.platform.acks import Acks, duplicate
 from mosaic.platform.config import TlsSettings
 from mosaic.platform.errors import DomainError, Unavailable
@@ -399,6 +400,7 @@ class Bus:
             for msg in messages:
                 await msg.nak()  # given back now, not after ack_wait
             return
+        started = time.perf_counter()
         kept: list[Msg] = []
         items: list[tuple[Any, Delivery]] = []
         spans = []
@@ -406,7 +408,8 @@ class Bus:
             try:
                 payload = topic.message.FromString(msg.data)
             except DecodeError as error:
-                await self._dead_letter(msg, f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}")
+                reason = f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}"
+                await self._dead_letter(topic, msg, reason, started)
                 continue
             delivery = self._delivery(msg, partition)
             span = tracer.start_span(
@@ -438,6 +441,11 @@ class Bus:
             span.end()
         for msg in kept:
             await msg.ack()
+        if metrics.enabled():
+            # Each message of the batch took the batch's time from fetch to ack.
+            seconds = time.perf_counter() - started
+            for msg in kept:
+                self._measure(topic, msg, "ack", seconds)
 
     def _delivery(self, msg: Msg, partition: int) -> Delivery:
         meta = msg.metadata
@@ -470,6 +478,7 @@ class Bus:
             await self._process(topic, partition, msg, handler)
 
     async def _process(self, topic: Topic, partition: int, msg: Msg, handler: Handler) -> None:
+        started = time.perf_counter()
         meta = msg.metadata
         delivery = self._delivery(msg, partition)
         with tracer.start_as_current_span(
@@ -481,7 +490,8 @@ class Bus:
             try:
                 payload = topic.message.FromString(msg.data)
             except DecodeError as error:
-                await self._dead_letter(msg, f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}")
+                reason = f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}"
+                await self._dead_letter(topic, msg, reason, started)
                 return
             attempt = 0
             while True:
@@ -492,23 +502,26 @@ class Bus:
                     if self._stopping.is_set():
                         await msg.nak()
                         return
+                    self._measure(topic, msg, "retry", time.perf_counter() - started)
                     log.warning("retrying %s (attempt %d): %s", msg.subject, attempt, error)
                     await msg.in_progress()
                     await self._sleep(backoff(attempt))
                     continue
                 except DomainError as error:
                     span.record_exception(error)
-                    await self._dead_letter(msg, str(error))
+                    await self._dead_letter(topic, msg, str(error), started)
                     return
                 except Exception as error:  # a bug: redeliver with a delay, then give up
                     span.record_exception(error)
                     log.exception("handler failed on %s (delivery %d)", msg.subject, meta.num_delivered)
                     if meta.num_delivered >= self.max_deliver:
-                        await self._dead_letter(msg, f"failed {meta.num_delivered} times: {error!r}")
+                        await self._dead_letter(topic, msg, f"failed {meta.num_delivered} times: {error!r}", started)
                     else:
                         await msg.nak(delay=backoff(meta.num_delivered))
+                        self._measure(topic, msg, "redeliver", time.perf_counter() - started)
                     return
                 await msg.ack()
+                self._measure(topic, msg, "ack", time.perf_counter() - started)
                 return
 
     async def _with_heartbeat(self, messages: Msg | list[Msg], work: Awaitable[None]) -> None:
@@ -521,7 +534,15 @@ class Bus:
             for msg in messages if isinstance(messages, list) else [messages]:
                 await msg.in_progress()
 
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+    def _measure(self, topic: Topic, msg: Msg, outcome: str, seconds: float) -> None:
+        """Record one message's outcome; an acked one's hop latency too, from the time JetStream
+        stored it (its metadata, already parsed for the delivery) to now."""
+        if not metrics.enabled():
+            return  # nothing reads them: skip even the clock
+        since_publish = time.time() - msg.metadata.timestamp.timestamp() if outcome == "ack" else None
+        metrics.message_processed(self.service, topic.name, outcome, seconds, since_publish)
+
+    async def _dead_letter(self, topic: Topic, msg: Msg, reason: str, started: float) -> None:
         log.error("dead-lettering %s: %s", msg.subject, reason)
         headers = {
             "Mosaic-Reason": reason[:1000],
@@ -534,8 +555,10 @@ class Bus:
             await self._js.publish(f"deadletter.{self.service}.{msg.subject}", msg.data, headers=headers, timeout=5)
         except _NATS_DOWN:
             await msg.nak(delay=5.0)  # not recorded, so not terminated: try again later
+            self._measure(topic, msg, "redeliver", time.perf_counter() - started)
             return
         await msg.term()
+        self._measure(topic, msg, "dead_letter", time.perf_counter() - started)
 
     async def _sleep(self, seconds: float) -> None:
         try:
