@@ -13,9 +13,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nats.js import api
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mosaic.events.v1 import event_pb2
 from mosaic.platform import metrics, topics
@@ -36,15 +33,9 @@ def exported(recorded_metrics):
     return recorded_metrics.reader, recorded_metrics.port
 
 
-@pytest.fixture(scope="module")
-def spans() -> InMemorySpanExporter:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
+@pytest.fixture
+def spans(recorded_spans):
+    return recorded_spans
 
 
 def test_every_registered_name_follows_the_naming_rules():
@@ -134,6 +125,18 @@ async def test_grpc_calls_are_timed_by_method_and_code_and_health_probes_are_nei
     assert not [method for method, _ in calls if method in ("Check", "Watch")]
     names = [span.name for span in spans.get_finished_spans()]
     assert "/mosaic.test.v1.TestService/Fail" in names
+    # The RPC semantic conventions, from the gRPC instrumentation.
+    (failed_span,) = [span for span in spans.get_finished_spans() if span.name == "/mosaic.test.v1.TestService/Fail"]
+    assert failed_span.kind == trace.SpanKind.SERVER
+    assert {
+        name: failed_span.attributes[name]
+        for name in ("rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code")
+    } == {
+        "rpc.system": "grpc",
+        "rpc.service": "mosaic.test.v1.TestService",
+        "rpc.method": "Fail",
+        "rpc.grpc.status_code": grpc.StatusCode.NOT_FOUND.value[0],
+    }
     assert not [name for name in names if "grpc.health" in name]
     assert "mosaic_rpc_server_duration_seconds_bucket" in scrape(port)
 

@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 
 from delivery_service.destinations import Kind, kind_of
-from delivery_service.jobs import JobQueue, context_of
+from delivery_service.jobs import JobQueue, context_of, durable_of
 from delivery_service.limits import CircuitBreaker, TokenBucket, retry_delay
 from delivery_service.smtp import SmtpSender
 from delivery_service.ssrf import AddressPolicy
@@ -35,7 +35,7 @@ from delivery_service.store import DeliveryStore
 from delivery_service.webhook import HttpSender, Refused, Retryable
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.events.v1 import delivery_outcome_pb2
-from mosaic.platform import metrics, topics
+from mosaic.platform import messaging_spans, metrics, topics
 from mosaic.platform.bus import Bus
 
 log = logging.getLogger("mosaic.delivery.worker")
@@ -227,17 +227,23 @@ class DestinationWorker:
             job = delivery_pb2.DeliveryJob.FromString(msg.data)
             attempt = msg.metadata.num_delivered
             with tracer.start_as_current_span(
-                f"{topics.DELIVERY_JOBS.name} process",
+                messaging_spans.process_name(topics.DELIVERY_JOBS.name),
                 context=context_of(msg),
                 kind=trace.SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.destination.name": msg.subject,
-                    "mosaic.destination.id": job.destination_id,
-                    "mosaic.delivery.id": job.delivery_id,
-                    "mosaic.delivery.attempt": attempt,
-                },
-            ):
+            ) as span:
+                messaging_spans.processed(
+                    span,
+                    topics.DELIVERY_JOBS.name,
+                    durable_of(job.destination_id),
+                    (msg.headers or {}).get("Nats-Msg-Id", ""),
+                )
+                span.set_attributes(
+                    {
+                        "mosaic.destination.id": job.destination_id,
+                        "mosaic.delivery.id": job.delivery_id,
+                        "mosaic.delivery.attempt": attempt,
+                    }
+                )
                 try:
                     detail = await self._send(job)
                 except Refused as error:

@@ -37,7 +37,7 @@ from nats.js import api
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
-from mosaic.platform import metrics, topics
+from mosaic.platform import messaging_spans, metrics, topics
 from mosaic.platform.acks import Acks, duplicate
 from mosaic.platform.config import TlsSettings
 from mosaic.platform.errors import DomainError, Unavailable
@@ -223,19 +223,20 @@ class Bus:
         stored anyway, and the caller's retry is safe because the message ids make JetStream
         drop the copies.
         """
-        name, kind = f"{topic.name} publish", trace.SpanKind.PRODUCER
+        name, kind = messaging_spans.publish_name(topic.name), trace.SpanKind.PRODUCER
         if contexts is None:
-            with tracer.start_as_current_span(name, kind=kind, attributes=self._publish_attributes(topic, messages)):
+            with tracer.start_as_current_span(name, kind=kind) as span:
+                self._describe_publish(span, topic, messages)
                 context_headers: dict[str, str] = {}
                 propagate.inject(context_headers)
                 return await self._send(topic, messages, [context_headers] * len(messages), timeout)
         spans = [
-            tracer.start_span(name, context=context, kind=kind, attributes=self._publish_attributes(topic, [message]))
-            for message, context in zip(messages, contexts, strict=True)
+            tracer.start_span(name, context=context, kind=kind) for _, context in zip(messages, contexts, strict=True)
         ]
         try:
             headers = []
-            for span in spans:
+            for span, message in zip(spans, messages, strict=True):
+                self._describe_publish(span, topic, (message,))
                 headers.append({})
                 propagate.inject(headers[-1], context=trace.set_span_in_context(span))
             return await self._send(topic, messages, headers, timeout)
@@ -248,24 +249,13 @@ class Bus:
             for span in spans:
                 span.end()
 
-    def _publish_attributes(self, topic: Topic, messages: Sequence[tuple[str, bytes, str]]) -> dict[str, str | int]:
-        attributes: dict[str, str | int] = {
-            "messaging.system": "nats",
-            "messaging.operation.type": "publish",
-            "messaging.destination.name": topic.wildcard,
-            "messaging.batch.message_count": len(messages),
-        }
+    def _describe_publish(self, span: trace.Span, topic: Topic, messages: Sequence[tuple[str, bytes, str]]) -> None:
         if len(messages) == 1:
             key, _, message_id = messages[0]
             partition = topics.partition_of(key, self.partitions)
-            attributes.update(
-                {
-                    "messaging.destination.name": topic.subject(partition),
-                    "messaging.message.id": message_id,
-                    "mosaic.partition": partition,
-                }
-            )
-        return attributes
+            messaging_spans.published(span, topic.name, 1, message_id, partition)
+        else:
+            messaging_spans.published(span, topic.name, len(messages))
 
     async def _send(
         self,
@@ -413,11 +403,11 @@ class Bus:
                 continue
             delivery = self._delivery(msg, partition)
             span = tracer.start_span(
-                f"{topic.name} process",
+                messaging_spans.process_name(topic.name),
                 context=propagate.extract(msg.headers or {}),
                 kind=trace.SpanKind.CONSUMER,
-                attributes=self._process_attributes(msg, delivery),
             )
+            messaging_spans.processed(span, topic.name, self.service, delivery.message_id, partition)
             spans.append(span)
             kept.append(msg)
             items.append((payload, dataclasses.replace(delivery, trace_context=trace.set_span_in_context(span))))
@@ -459,16 +449,6 @@ class Bus:
             key=headers.get(KEY_HEADER, ""),
         )
 
-    def _process_attributes(self, msg: Msg, delivery: Delivery) -> dict[str, str | int]:
-        return {
-            "messaging.system": "nats",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": msg.subject,
-            "messaging.consumer.group.name": self.service,
-            "messaging.message.id": delivery.message_id,
-            "mosaic.partition": delivery.partition,
-        }
-
     async def _process_in_order(self, topic: Topic, partition: int, messages: list[Msg], handler: Handler) -> None:
         for index, msg in enumerate(messages):
             if self._stopping.is_set():
@@ -482,11 +462,11 @@ class Bus:
         meta = msg.metadata
         delivery = self._delivery(msg, partition)
         with tracer.start_as_current_span(
-            f"{topic.name} process",
+            messaging_spans.process_name(topic.name),
             context=propagate.extract(msg.headers or {}),
             kind=trace.SpanKind.CONSUMER,
-            attributes=self._process_attributes(msg, delivery),
         ) as span:
+            messaging_spans.processed(span, topic.name, self.service, delivery.message_id, partition)
             try:
                 payload = topic.message.FromString(msg.data)
             except DecodeError as error:

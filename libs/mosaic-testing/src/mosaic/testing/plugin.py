@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mosaic.cli.receivers import OtlpReceiver, WebhookReceiver
 from mosaic.platform.config import CassandraSettings, PlatformSettings
@@ -141,6 +145,19 @@ def recorded_metrics() -> RecordedMetrics:
     if not port:
         pytest.fail("metrics were set up outside this fixture: tests must use `recorded_metrics`")
     return RecordedMetrics(reader, port)
+
+
+@pytest.fixture(scope="session")
+def recorded_spans() -> InMemorySpanExporter:
+    """Every span this process ends from now on, kept in memory by the real SDK (a process has
+    one TracerProvider: the first test to want one installs it, later ones add to it)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
 
 
 @pytest.fixture
