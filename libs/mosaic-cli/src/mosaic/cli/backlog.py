@@ -30,12 +30,17 @@ STAGES = (
 )
 
 
+# Everything that still moves after a load: the stages, consent's reading of events.resolved
+# (consent choices ride on events) and delivery's per-destination job queues.
+ALL_WORK = (*STAGES, ("consent", topics.EVENTS_RESOLVED), ("delivery-jobs", topics.DELIVERY_JOBS))
+
+
 class DemoStalled(RuntimeError):
     """The mesh made no progress towards what the demo waits for."""
 
 
-async def queued(nats_url: str) -> dict[str, int]:
-    """Messages not yet acknowledged, per consuming service (pending + in flight)."""
+async def queued(nats_url: str, stages=STAGES) -> dict[str, int]:
+    """Messages not yet acknowledged, per consuming service (pending + in flight) of `stages`."""
     nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
@@ -45,7 +50,7 @@ async def queued(nats_url: str) -> dict[str, int]:
                 consumers = await js.consumers_info(topic.stream)
             except NotFoundError:
                 consumers = []
-            counts[service] = sum(
+            counts[service] = counts.get(service, 0) + sum(
                 c.num_pending + c.num_ack_pending for c in consumers if (c.name or "").startswith(f"{service}-")
             )
         return counts
@@ -96,3 +101,14 @@ class Waiter:
                         f"{what}: nothing moved for {self.stall_seconds:.0f} s (queued ahead: {detail or 'unknown'})"
                     )
             await asyncio.sleep(0.25)
+
+
+async def drained(nats_url: str, settle: float = 0.5) -> bool:
+    """True when nothing is queued anywhere (ALL_WORK), twice `settle` seconds apart: a stage
+    acks only after publishing what follows, so an empty mesh is one that is done."""
+    for attempt in range(2):
+        if attempt:
+            await asyncio.sleep(settle)
+        if any((await queued(nats_url, ALL_WORK)).values()):
+            return False
+    return True
