@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from mosaic.cli import connect
-from mosaic.cli.backlog import Waiter, drained
+from mosaic.cli.backlog import Idle, Waiter
 from mosaic.cli.demo_data import PHASES, SOURCES, Customer, DataSet, generate
 from mosaic.cli.mesh import Mesh
 from mosaic.cli.receivers import WebhookReceiver
@@ -99,7 +99,7 @@ async def run_demo(mesh: Mesh, receiver: WebhookReceiver, customers: int = 3000,
     stops making progress."""
     started = time.monotonic()
     nats_url = mesh.env["MOSAIC_NATS_URL"]
-    waiter = Waiter(nats_url)
+    waiter = Waiter(nats_url, poll=1.0)  # each poll of a wait asks NATS about every stream
     channels = {name: connect.channel(mesh.address(name)) for name in mesh.ports}
     ingestion = ingestion_service_pb2_grpc.IngestionServiceStub(channels["ingestion"])
     segmentation = segmentation_service_pb2_grpc.SegmentationServiceStub(channels["segmentation"])
@@ -136,7 +136,8 @@ async def run_demo(mesh: Mesh, receiver: WebhookReceiver, customers: int = 3000,
                         ] += 1
                         if result.reason:
                             refusals[f"{result.field.partition('.')[2] or result.field}: {result.reason}"] += 1
-            await waiter.until(f"the {phase} events to flow through", lambda: drained(nats_url))
+            async with Idle(nats_url) as idle:
+                await waiter.until(f"the {phase} events to flow through", idle)
         # Defined once the history is in, their backfill finds the members; defined before, a
         # replayed history would pass people through segments they only belonged to long ago.
         for segment_id, (name, definition) in SEGMENTS.items():
@@ -144,7 +145,8 @@ async def run_demo(mesh: Mesh, receiver: WebhookReceiver, customers: int = 3000,
             await _ignore_exists(
                 segmentation.CreateSegment(segmentation_service_pb2.CreateSegmentRequest(segment=segment))
             )
-        members = await waiter.until("the segments' backfills", lambda: _backfilled(segmentation, nats_url))
+        async with Idle(nats_url) as idle:
+            members = await waiter.until("the segments' backfills", lambda: _backfilled(segmentation, idle))
         report = Report(
             customers=customers,
             events_sent=data.event_count,
@@ -178,7 +180,7 @@ async def run_demo(mesh: Mesh, receiver: WebhookReceiver, customers: int = 3000,
             await channel.close()
 
 
-async def _backfilled(segmentation, nats_url: str) -> dict[str, list[str]] | None:
+async def _backfilled(segmentation, idle: Idle) -> dict[str, list[str]] | None:
     """Each segment's members, once they are what its definition gives over the profiles now
     (Estimate) and nothing is queued; None until then."""
     members: dict[str, list[str]] = {}
@@ -188,7 +190,7 @@ async def _backfilled(segmentation, nats_url: str) -> dict[str, list[str]] | Non
         estimate = await segmentation.Estimate(segmentation_service_pb2.EstimateRequest(definition=definition))
         if estimate.count != len(members[segment_id]):
             return None
-    return members if await drained(nats_url) else None
+    return members if await idle() else None
 
 
 def _key(customer: Customer) -> tuple[str, str]:

@@ -115,7 +115,7 @@ def generate(customers: int = 3000, seed: int = 7, now: datetime | None = None) 
         if channel in ("web", "mobile"):
             visitor = anonymous_id()
             person.anonymous_ids.append(visitor)
-            for view in range(rng.randint(1, 3)):
+            for view in range(rng.randint(1, 2)):
                 at = joined - timedelta(hours=view + 1)
                 if channel == "web":
                     emit("history", "web", {"type": "page", "anonymousId": visitor, "name": rng.choice(PAGES)}, at)
