@@ -4,6 +4,7 @@ and privacy requests (PrivacyService, the receipts, and consent's own part)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -20,7 +21,7 @@ from consent_service.sweeper import Sweeper
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc, privacy_service_pb2, privacy_service_pb2_grpc
 from mosaic.consent.v1 import consent_service_pb2 as pb
 from mosaic.identity.v1 import identity_service_pb2_grpc
-from mosaic.platform import clients, topics
+from mosaic.platform import clients, metrics, topics
 from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import InvalidArgument
 from mosaic.platform.privacy import Participant
@@ -67,6 +68,12 @@ class ConsentServicer(consent_service_pb2_grpc.ConsentServiceServicer):
         self.relay.kick()
 
     async def CheckConsent(self, request, context):
+        started = time.perf_counter()
+        answer = await self._check(request)
+        metrics.consent_checked(time.perf_counter() - started, answer.granted)
+        return answer
+
+    async def _check(self, request) -> pb.CheckConsentResponse:
         profile_id = _profile_id(request.profile_id)
         if request.purpose not in self.ledger.purposes and PURPOSE_NAME.match(request.purpose):
             # Nobody can have consented to a purpose this deployment does not have: fail closed

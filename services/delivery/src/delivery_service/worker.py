@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -26,7 +27,7 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 
 from delivery_service.destinations import Kind, kind_of
-from delivery_service.jobs import JobQueue, context_of
+from delivery_service.jobs import JobQueue, context_of, durable_of
 from delivery_service.limits import CircuitBreaker, TokenBucket, retry_delay
 from delivery_service.smtp import SmtpSender
 from delivery_service.ssrf import AddressPolicy
@@ -34,12 +35,20 @@ from delivery_service.store import DeliveryStore
 from delivery_service.webhook import HttpSender, Refused, Retryable
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.events.v1 import delivery_outcome_pb2
-from mosaic.platform import topics
+from mosaic.platform import messaging_spans, metrics, topics
 from mosaic.platform.bus import Bus
 
 log = logging.getLogger("mosaic.delivery.worker")
 tracer = trace.get_tracer("mosaic.delivery.worker")
 Status = delivery_pb2.DeliveryStatus
+# A decided delivery's status as the outcome `mosaic.delivery.deliveries` counts it by.
+OUTCOMES = {
+    Status.DELIVERY_STATUS_SENT: "delivered",
+    Status.DELIVERY_STATUS_SUPPRESSED: "suppressed",
+    Status.DELIVERY_STATUS_FAILED: "failed",
+    Status.DELIVERY_STATUS_DEAD_LETTERED: "dead_lettered",
+    Status.DELIVERY_STATUS_DISCARDED: "discarded",
+}
 
 
 @dataclass(frozen=True)
@@ -218,17 +227,23 @@ class DestinationWorker:
             job = delivery_pb2.DeliveryJob.FromString(msg.data)
             attempt = msg.metadata.num_delivered
             with tracer.start_as_current_span(
-                f"{topics.DELIVERY_JOBS.name} process",
+                messaging_spans.process_name(topics.DELIVERY_JOBS.name),
                 context=context_of(msg),
                 kind=trace.SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.destination.name": msg.subject,
-                    "mosaic.destination.id": job.destination_id,
-                    "mosaic.delivery.id": job.delivery_id,
-                    "mosaic.delivery.attempt": attempt,
-                },
-            ):
+            ) as span:
+                messaging_spans.processed(
+                    span,
+                    topics.DELIVERY_JOBS.name,
+                    durable_of(job.destination_id),
+                    (msg.headers or {}).get("Nats-Msg-Id", ""),
+                )
+                span.set_attributes(
+                    {
+                        "mosaic.destination.id": job.destination_id,
+                        "mosaic.delivery.id": job.delivery_id,
+                        "mosaic.delivery.attempt": attempt,
+                    }
+                )
                 try:
                     detail = await self._send(job)
                 except Refused as error:
@@ -350,3 +365,7 @@ async def record(
         for r in records
     ]
     await bus.publish_many(topics.DELIVERY_OUTCOME, outcomes)
+    for (destination_id, status), count in Counter((r.destination_id, r.status) for r in records).items():
+        metrics.delivery_finished(
+            destination_id, OUTCOMES.get(status, Status.Name(status).removeprefix("DELIVERY_STATUS_").lower()), count
+        )

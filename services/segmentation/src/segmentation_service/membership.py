@@ -19,7 +19,7 @@ from google.protobuf import timestamp_pb2
 from opentelemetry import trace
 
 from mosaic.events.v1 import identity_changed_pb2, profile_updated_pb2, segment_membership_pb2
-from mosaic.platform import topics
+from mosaic.platform import metrics, topics
 from mosaic.platform.bus import Bus, Delivery
 from mosaic.profile.v1 import profile_pb2
 from segmentation_service import compiler
@@ -131,10 +131,16 @@ class Memberships:
                 state.version,
                 f"{kind}:{live.revision}:{state.version}",
             )
-            await self.store.record(transition)
-            await self._publish(transition)
+            await self._change(transition)
             changed += 1
         return changed
+
+    async def _change(self, transition: Transition) -> None:
+        """A new transition: recorded (with its pending row), counted once, then published. A
+        replay publishes what is pending again without counting it twice."""
+        await self.store.record(transition)
+        metrics.segment_transition(transition.segment_id, "entered" if transition.entered else "left")
+        await self._publish(transition)
 
     async def _publish(self, transition: Transition) -> None:
         trace.get_current_span().set_attribute("mosaic.segment.id", transition.segment_id)
@@ -184,8 +190,7 @@ class Memberships:
             if not member:
                 return 0
             transition = Transition(segment_id, profile_id, self.partition(profile_id), False, version, cause)
-            await self.store.record(transition)
-            await self._publish(transition)
+            await self._change(transition)
             return 1
 
     def heard_merge(self, merge: identity_changed_pb2.IdentityMerged) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ from nats.js import api
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
-from mosaic.platform import topics
+from mosaic.platform import messaging_spans, metrics, topics
 from mosaic.platform.acks import Acks, duplicate
 from mosaic.platform.config import TlsSettings
 from mosaic.platform.errors import DomainError, Unavailable
@@ -232,19 +233,20 @@ class Bus:
         stored anyway, and the caller's retry is safe because the message ids make JetStream
         drop the copies.
         """
-        name, kind = f"{topic.name} publish", trace.SpanKind.PRODUCER
+        name, kind = messaging_spans.publish_name(topic.name), trace.SpanKind.PRODUCER
         if contexts is None:
-            with tracer.start_as_current_span(name, kind=kind, attributes=self._publish_attributes(topic, messages)):
+            with tracer.start_as_current_span(name, kind=kind) as span:
+                self._describe_publish(span, topic, messages)
                 context_headers: dict[str, str] = {}
                 propagate.inject(context_headers)
                 return await self._send(topic, messages, [context_headers] * len(messages), timeout)
         spans = [
-            tracer.start_span(name, context=context, kind=kind, attributes=self._publish_attributes(topic, [message]))
-            for message, context in zip(messages, contexts, strict=True)
+            tracer.start_span(name, context=context, kind=kind) for _, context in zip(messages, contexts, strict=True)
         ]
         try:
             headers = []
-            for span in spans:
+            for span, message in zip(spans, messages, strict=True):
+                self._describe_publish(span, topic, (message,))
                 headers.append({})
                 propagate.inject(headers[-1], context=trace.set_span_in_context(span))
             return await self._send(topic, messages, headers, timeout)
@@ -257,24 +259,13 @@ class Bus:
             for span in spans:
                 span.end()
 
-    def _publish_attributes(self, topic: Topic, messages: Sequence[tuple[str, bytes, str]]) -> dict[str, str | int]:
-        attributes: dict[str, str | int] = {
-            "messaging.system": "nats",
-            "messaging.operation.type": "publish",
-            "messaging.destination.name": topic.wildcard,
-            "messaging.batch.message_count": len(messages),
-        }
+    def _describe_publish(self, span: trace.Span, topic: Topic, messages: Sequence[tuple[str, bytes, str]]) -> None:
         if len(messages) == 1:
             key, _, message_id = messages[0]
             partition = topics.partition_of(key, self.partitions)
-            attributes.update(
-                {
-                    "messaging.destination.name": topic.subject(partition),
-                    "messaging.message.id": message_id,
-                    "mosaic.partition": partition,
-                }
-            )
-        return attributes
+            messaging_spans.published(span, topic.name, 1, message_id, partition)
+        else:
+            messaging_spans.published(span, topic.name, len(messages))
 
     async def _send(
         self,
@@ -411,6 +402,7 @@ class Bus:
             for msg in messages:
                 await msg.nak()  # given back now, not after ack_wait
             return
+        started = time.perf_counter()
         kept: list[Msg] = []
         items: list[tuple[Any, Delivery]] = []
         spans = []
@@ -418,15 +410,16 @@ class Bus:
             try:
                 payload = topic.message.FromString(msg.data)
             except DecodeError as error:
-                await self._dead_letter(msg, f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}")
+                reason = f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}"
+                await self._dead_letter(topic, msg, reason, started)
                 continue
             delivery = self._delivery(msg, partition)
             span = tracer.start_span(
-                f"{topic.name} process",
+                messaging_spans.process_name(topic.name),
                 context=propagate.extract(msg.headers or {}),
                 kind=trace.SpanKind.CONSUMER,
-                attributes=self._process_attributes(msg, delivery),
             )
+            messaging_spans.processed(span, topic.name, self.service, delivery.message_id, partition)
             spans.append(span)
             kept.append(msg)
             items.append((payload, dataclasses.replace(delivery, trace_context=trace.set_span_in_context(span))))
@@ -450,6 +443,11 @@ class Bus:
             span.end()
         for msg in kept:
             await msg.ack()
+        if metrics.enabled():
+            # Each message of the batch took the batch's time from fetch to ack.
+            seconds = time.perf_counter() - started
+            for msg in kept:
+                self._measure(topic, msg, "ack", seconds)
 
     def _delivery(self, msg: Msg, partition: int) -> Delivery:
         meta = msg.metadata
@@ -463,16 +461,6 @@ class Bus:
             key=headers.get(KEY_HEADER, ""),
         )
 
-    def _process_attributes(self, msg: Msg, delivery: Delivery) -> dict[str, str | int]:
-        return {
-            "messaging.system": "nats",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": msg.subject,
-            "messaging.consumer.group.name": self.service,
-            "messaging.message.id": delivery.message_id,
-            "mosaic.partition": delivery.partition,
-        }
-
     async def _process_in_order(self, topic: Topic, partition: int, messages: list[Msg], handler: Handler) -> None:
         for index, msg in enumerate(messages):
             if self._stopping.is_set():
@@ -482,18 +470,20 @@ class Bus:
             await self._process(topic, partition, msg, handler)
 
     async def _process(self, topic: Topic, partition: int, msg: Msg, handler: Handler) -> None:
+        started = time.perf_counter()
         meta = msg.metadata
         delivery = self._delivery(msg, partition)
         with tracer.start_as_current_span(
-            f"{topic.name} process",
+            messaging_spans.process_name(topic.name),
             context=propagate.extract(msg.headers or {}),
             kind=trace.SpanKind.CONSUMER,
-            attributes=self._process_attributes(msg, delivery),
         ) as span:
+            messaging_spans.processed(span, topic.name, self.service, delivery.message_id, partition)
             try:
                 payload = topic.message.FromString(msg.data)
             except DecodeError as error:
-                await self._dead_letter(msg, f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}")
+                reason = f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}"
+                await self._dead_letter(topic, msg, reason, started)
                 return
             attempt = 0
             while True:
@@ -504,23 +494,26 @@ class Bus:
                     if self._stopping.is_set():
                         await msg.nak()
                         return
+                    self._measure(topic, msg, "retry", time.perf_counter() - started)
                     log.warning("retrying %s (attempt %d): %s", msg.subject, attempt, error)
                     await msg.in_progress()
                     await self._sleep(backoff(attempt))
                     continue
                 except DomainError as error:
                     span.record_exception(error)
-                    await self._dead_letter(msg, str(error))
+                    await self._dead_letter(topic, msg, str(error), started)
                     return
                 except Exception as error:  # a bug: redeliver with a delay, then give up
                     span.record_exception(error)
                     log.exception("handler failed on %s (delivery %d)", msg.subject, meta.num_delivered)
                     if meta.num_delivered >= self.max_deliver:
-                        await self._dead_letter(msg, f"failed {meta.num_delivered} times: {error!r}")
+                        await self._dead_letter(topic, msg, f"failed {meta.num_delivered} times: {error!r}", started)
                     else:
                         await msg.nak(delay=backoff(meta.num_delivered))
+                        self._measure(topic, msg, "redeliver", time.perf_counter() - started)
                     return
                 await msg.ack()
+                self._measure(topic, msg, "ack", time.perf_counter() - started)
                 return
 
     async def _with_heartbeat(self, messages: Msg | list[Msg], work: Awaitable[None]) -> None:
@@ -533,7 +526,15 @@ class Bus:
             for msg in messages if isinstance(messages, list) else [messages]:
                 await msg.in_progress()
 
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+    def _measure(self, topic: Topic, msg: Msg, outcome: str, seconds: float) -> None:
+        """Record one message's outcome; an acked one's hop latency too, from the time JetStream
+        stored it (its metadata, already parsed for the delivery) to now."""
+        if not metrics.enabled():
+            return  # nothing reads them: skip even the clock
+        since_publish = time.time() - msg.metadata.timestamp.timestamp() if outcome == "ack" else None
+        metrics.message_processed(self.service, topic.name, outcome, seconds, since_publish)
+
+    async def _dead_letter(self, topic: Topic, msg: Msg, reason: str, started: float) -> None:
         log.error("dead-lettering %s: %s", msg.subject, reason)
         headers = {
             "Mosaic-Reason": reason[:1000],
@@ -546,8 +547,10 @@ class Bus:
             await self._js.publish(f"deadletter.{self.service}.{msg.subject}", msg.data, headers=headers, timeout=5)
         except _NATS_DOWN:
             await msg.nak(delay=5.0)  # not recorded, so not terminated: try again later
+            self._measure(topic, msg, "redeliver", time.perf_counter() - started)
             return
         await msg.term()
+        self._measure(topic, msg, "dead_letter", time.perf_counter() - started)
 
     async def _sleep(self, seconds: float) -> None:
         try:
