@@ -33,26 +33,11 @@ from mosaic.cli import connect
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
+from mosaic.platform import segment_json
+from mosaic.platform.errors import InvalidArgument
 
 COMMANDS = ("import", "sources", "quarantine")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-TOP_LEVEL = (
-    "messageId",
-    "type",
-    "userId",
-    "anonymousId",
-    "event",
-    "name",
-    "properties",
-    "traits",
-    "context",
-    "integrations",
-    "timestamp",
-    "sentAt",
-    "previousId",
-    "groupId",
-)
-IDS = ("userId", "anonymousId", "previousId", "groupId")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
 NAMESPACE = uuid.UUID("7b6f1b4e-5f0a-4e4b-9a51-6d6f73616963")
 
@@ -239,7 +224,7 @@ def _from_csv(row: dict[str, str], mapping: dict[str, str], default_type: str) -
     for column, value in row.items():
         if column is None or value in (None, ""):
             continue
-        path = mapping.get(column) or (column if column in TOP_LEVEL else f"{nested}.{column}")
+        path = mapping.get(column) or (column if column in segment_json.TOP_LEVEL else f"{nested}.{column}")
         target, *rest = path.split(".")
         holder = message
         for part in [target, *rest][:-1]:
@@ -249,19 +234,15 @@ def _from_csv(row: dict[str, str], mapping: dict[str, str], default_type: str) -
 
 
 def _event(message: Any, default_type: str, source: str, digest: str, number: int) -> event_pb2.Event:
-    """A Segment message as an Event; raises ValueError naming the field that is wrong."""
+    """A Segment message as an Event, by the mapping ingestion's HTTP API uses; a row without a
+    `messageId` gets one derived from the file and row, so a second run is deduplicated.
+    Raises InvalidArgument naming the field that is wrong."""
     if not isinstance(message, dict):
-        raise ValueError(message if isinstance(message, str) else "row is not a JSON object")
-    data = {key: message[key] for key in TOP_LEVEL if message.get(key) not in (None, "")}
-    for key in IDS:
-        if isinstance(data.get(key), int) and not isinstance(data[key], bool):
-            data[key] = str(data[key])
-    data["type"] = f"EVENT_TYPE_{str(data.get('type', default_type)).upper()}"
-    data.setdefault("messageId", str(uuid.uuid5(NAMESPACE, f"{source}:{digest}:{number}")))
-    try:
-        return json_format.ParseDict(data, event_pb2.Event())
-    except json_format.ParseError as error:
-        raise ValueError(str(error)) from None
+        raise InvalidArgument("", message if isinstance(message, str) else "row is not a JSON object")
+    event = segment_json.to_event(message, None if message.get("type") else default_type)
+    if not event.message_id:
+        event.message_id = str(uuid.uuid5(NAMESPACE, f"{source}:{digest}:{number}"))
+    return event
 
 
 class Progress:
@@ -338,10 +319,11 @@ async def import_file(args: argparse.Namespace, progress_stream=sys.stderr) -> i
                     continue
                 try:
                     batch.append((number, _event(message, args.type, args.source, digest, number)))
-                except ValueError as error:
+                except InvalidArgument as error:
                     counts["rejected"] += 1
                     report.write(
-                        json.dumps({"row": number, "status": "rejected", "field": "", "reason": str(error)}) + "\n"
+                        json.dumps({"row": number, "status": "rejected", "field": error.field, "reason": error.rule})
+                        + "\n"
                     )
                 if len(batch) >= args.batch:
                     pending[batch[-1][0]] = asyncio.create_task(send(batch))
