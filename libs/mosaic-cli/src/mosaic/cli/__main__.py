@@ -23,8 +23,8 @@ from mosaic.cli import (
     segment_commands,
     status,
 )
+from mosaic.cli.demo_webhook import DemoWebhook
 from mosaic.cli.mesh import SERVICES, Mesh, MeshError
-from mosaic.cli.receivers import WebhookReceiver
 
 DEMO_WEBHOOK_PORT = 50080
 SERVICE_NAMES = {name: f"mosaic.{name}.v1.{name.capitalize()}Service" for name in SERVICES}
@@ -45,7 +45,7 @@ def _mesh_env(store: str) -> dict[str, str]:
     return env
 
 
-def _show_demo(mesh: Mesh, receiver: WebhookReceiver) -> bool:
+def _show_demo(mesh: Mesh, receiver: DemoWebhook) -> bool:
     """Load the demo and print what it did; False when it gave up waiting for the mesh."""
     from mosaic.cli.backlog import DemoStalled
     from mosaic.cli.demo import run_demo
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"the mesh did not start: {error}", file=sys.stderr)
         return 1
     # A fixed port: the demo destination stored by an earlier run must still reach it.
-    receiver = WebhookReceiver(port=DEMO_WEBHOOK_PORT).start() if args.demo else None
+    receiver = DemoWebhook(port=DEMO_WEBHOOK_PORT).start() if args.demo else None
     try:
         print(f"\nMosaic is running (store: {args.store}; logs in .local/logs/):\n")
         for name in SERVICES:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mosaic.cli.receivers import OtlpReceiver, WebhookReceiver
 from mosaic.platform.config import CassandraSettings, PlatformSettings
 from mosaic.testing import cassandra_node
 from mosaic.testing.nats_server import NatsServer, NatsServerMissing
+from mosaic.testing.receivers import OtlpReceiver, WebhookReceiver
 from mosaic.testing.smtp import SmtpReceiver
 
 
