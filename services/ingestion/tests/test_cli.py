@@ -11,10 +11,14 @@ import json
 from collections import Counter
 
 import aiohttp
+import nats
+from nats.js import api
 
 from mosaic.cli import ingest_commands
 from mosaic.cli.__main__ import main
 from mosaic.events.v1 import event_pb2
+from mosaic.platform import topics
+from mosaic.platform.errors import Unavailable
 from mosaic.testing.plugin import eventually
 
 
@@ -178,3 +182,44 @@ async def test_a_segment_message_gives_the_same_event_through_the_cli_and_the_ht
 async def _at_least(stored, count: int):
     events = await stored()
     return events if len(events) >= count else None
+
+
+async def test_an_import_told_to_come_back_later_retries_until_it_lands(start_ingestion, nats_server, stored, tmp_path):
+    ingestion = await start_ingestion(
+        MOSAIC_INGEST_MAX_BACKLOG="3",
+        MOSAIC_INGEST_BACKLOG_REFRESH_SECONDS="0.1",
+        MOSAIC_INGEST_BACKLOG_RETRY_AFTER_SECONDS="0.2",
+    )
+    nc = await nats.connect(nats_server.url)
+    slow = await nc.jetstream().pull_subscribe(  # a consuming service that stopped acking
+        topics.EVENTS_RAW.wildcard,
+        durable="identity-0",
+        stream=topics.EVENTS_RAW.stream,
+        config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT),
+    )
+    first = tmp_path / "first.ndjson"
+    write_ndjson(first, 10)
+    assert await ingest_commands.import_file(import_args(first, ingestion.grpc_address), io.StringIO()) == 0
+    gauge = ingestion.parts.intake.backlog
+    await eventually(lambda: gauge.backlog > gauge.limit)
+    refusals = []
+    check = gauge.check
+
+    def counted() -> None:  # the real check, counted
+        try:
+            check()
+        except Unavailable:
+            refusals.append(1)
+            raise
+
+    gauge.check = counted
+    second = tmp_path / "second.ndjson"
+    second.write_text("".join(json.dumps({"userId": f"late{i}", "event": "Row"}) + "\n" for i in range(5)))
+    task = asyncio.create_task(ingest_commands.import_file(import_args(second, ingestion.grpc_address), io.StringIO()))
+    await eventually(lambda: len(refusals) >= 2, timeout=30)  # refused, waited as told, refused again
+    assert not task.done()
+    for message in await slow.fetch(100, timeout=5):  # the consumer catches up
+        await message.ack()
+    assert await asyncio.wait_for(task, 60) == 0
+    assert {e.user_id for _, e in await stored()} >= {f"late{i}" for i in range(5)}
+    await nc.close()

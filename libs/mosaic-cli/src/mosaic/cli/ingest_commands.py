@@ -16,6 +16,7 @@ import asyncio
 import csv
 import hashlib
 import json
+import math
 import re
 import sys
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import grpc
+import tenacity
 from google.protobuf import duration_pb2, json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -33,7 +35,7 @@ from mosaic.cli import connect
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
-from mosaic.platform import segment_json
+from mosaic.platform import retry, segment_json
 from mosaic.platform.errors import InvalidArgument
 
 COMMANDS = ("import", "sources", "quarantine")
@@ -352,22 +354,27 @@ def _keep_report_upto(report_path: Path, row: int) -> None:
 
 
 async def _ingest(stub, source: str, events: list[event_pb2.Event]) -> list[pb.EventResult]:
-    """One batch, retried while the service says to come back later (with its hint)."""
-    attempt = 0
-    while True:
-        try:
-            return list((await stub.Ingest(pb.IngestRequest(source_id=source, events=events), timeout=30)).results)
-        except grpc.aio.AioRpcError as error:
-            if error.code() not in RETRYABLE or attempt >= 20:
-                raise
-            attempt += 1
-            await asyncio.sleep(_retry_delay(error, attempt))
+    """One batch, retried (20 times at most) while the service says to come back later, after
+    the wait it asked for (RetryInfo) or else 0.4 s, 0.8 s ... 10 s."""
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(lambda e: isinstance(e, grpc.aio.AioRpcError) and e.code() in RETRYABLE),
+        stop=tenacity.stop_after_attempt(21),
+        wait=retry.wait(0.4, 10.0, hint=_retry_hint, hint_cap=math.inf),  # the service's wait, as asked
+        reraise=True,
+    )
+    request = pb.IngestRequest(source_id=source, events=events)
+
+    async def ingest() -> pb.IngestResponse:  # a coroutine: tenacity would not await a stub's call
+        return await stub.Ingest(request, timeout=30)
+
+    return list((await retrying(ingest)).results)
 
 
-def _retry_delay(error: grpc.aio.AioRpcError, attempt: int) -> float:
-    status = rpc_status.from_call(error)
+def _retry_hint(error: BaseException) -> float | None:
+    """The wait the service asked for in its RetryInfo detail, if it gave one."""
+    status = rpc_status.from_call(error) if isinstance(error, grpc.aio.AioRpcError) else None
     for detail in status.details if status else ():
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
             return info.retry_delay.ToTimedelta().total_seconds()
-    return min(10.0, 0.2 * 2**attempt)
+    return None
