@@ -31,7 +31,7 @@ from google.protobuf import duration_pb2, json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from mosaic.cli import connect
+from mosaic.cli import connect, paging
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
@@ -100,7 +100,8 @@ async def manage_sources(args: argparse.Namespace) -> int:
     async with connect.channel(args.address) as channel:
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
         if args.action == "list":
-            _print(await stub.ListSources(pb.ListSourcesRequest()))
+            sources = [s async for s in paging.every(stub.ListSources, pb.ListSourcesRequest(), "sources")]
+            _print(pb.ListSourcesResponse(sources=sources))
             return 0
         if not args.source_id:
             raise SystemExit(f"mosaic sources {args.action}: a source id is required")
