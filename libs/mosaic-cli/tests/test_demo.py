@@ -12,7 +12,7 @@ from mosaic.cli.demo import DESTINATIONS, SEGMENTS, run_demo
 from mosaic.cli.demo_data import PHASES, SOURCES, generate
 from mosaic.cli.demo_report import render
 from mosaic.cli.mesh import Mesh
-from mosaic.cli.receivers import WebhookReceiver
+from mosaic.testing.receivers import WebhookReceiver
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 

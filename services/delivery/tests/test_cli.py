@@ -6,8 +6,8 @@ import json
 import pytest
 
 from mosaic.cli import delivery_commands
-from mosaic.cli.receivers import WebhookReceiver
 from mosaic.testing.plugin import eventually
+from mosaic.testing.receivers import WebhookReceiver
 
 
 @pytest.fixture

@@ -112,3 +112,15 @@ async def test_erasing_a_person_leaves_no_delivery_or_dead_letter_of_theirs(stor
     assert len(await store.deliveries(kept)) == 3
     assert [d.delivery.profile_id for d in await store.dead_letters(destination_id, "", 10)] == [kept]
     assert await store.erase_person(gone) == 0  # a second erasure (a redelivered request) is harmless
+
+
+async def test_a_profiles_deliveries_page_by_delivery_id(store):
+    pid = f"p-{uuid.uuid4().hex}"
+    ids = [f"d{i:02d}" for i in (4, 0, 3, 1, 2)]
+    await store.save_deliveries(
+        [delivery_pb2.Delivery(delivery_id=d, profile_id=pid, destination_id="crm") for d in ids]
+    )
+    assert [d.delivery_id for d in await store.deliveries(pid, "", 2)] == ["d00", "d01"]
+    assert [d.delivery_id for d in await store.deliveries(pid, "d01", 2)] == ["d02", "d03"]
+    assert [d.delivery_id for d in await store.deliveries(pid, "d03", 2)] == ["d04"]
+    assert [d.delivery_id for d in await store.deliveries(pid)] == sorted(ids)

@@ -21,7 +21,7 @@ from consent_service.sweeper import Sweeper
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc, privacy_service_pb2, privacy_service_pb2_grpc
 from mosaic.consent.v1 import consent_service_pb2 as pb
 from mosaic.identity.v1 import identity_service_pb2_grpc
-from mosaic.platform import clients, metrics, topics
+from mosaic.platform import clients, limits, metrics, topics
 from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import InvalidArgument
 from mosaic.platform.privacy import Participant
@@ -103,7 +103,16 @@ class ConsentServicer(consent_service_pb2_grpc.ConsentServiceServicer):
         return pb.ListConsentHistoryResponse(decisions=decisions, next_page_token=token)
 
     async def ListPurposes(self, request, context):
-        return pb.ListPurposesResponse(purposes=[p.to_proto() for p in self.ledger.purposes.values()])
+        # In the order configured; the token is the position of the next page's first purpose.
+        size = limits.page_size(request.page_size, 100, 1000)
+        start = limits.page_token(request.page_token) if request.page_token else 0
+        if start < 0:
+            raise InvalidArgument("page_token", "is not a token this service issued")
+        purposes = [p.to_proto() for p in self.ledger.purposes.values()]
+        more = len(purposes) > start + size
+        return pb.ListPurposesResponse(
+            purposes=purposes[start : start + size], next_page_token=str(start + size) if more else ""
+        )
 
 
 class IdentityChanges:

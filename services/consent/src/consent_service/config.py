@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from consent_service import purposes as purposes_module
 from consent_service.events import parse_categories
 from consent_service.purposes import Purpose
+from mosaic.platform import topics
 from mosaic.platform.config import Env, PlatformSettings, ServiceSettings
 
-# The services with a privacy participant (mosaic.platform.privacy.Participant) today.
-DEFAULT_PARTICIPANTS = ("consent", "delivery", "identity", "profile", "segmentation")
+# The services with a privacy participant (mosaic.platform.privacy.Participant), as registered.
+DEFAULT_PARTICIPANTS = tuple(sorted(topics.PARTICIPANTS))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from delivery_service.store import DeliveryStore
 from delivery_service.worker import now, record
 from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
+from mosaic.platform import limits
 from mosaic.platform.bus import Bus
 from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -44,8 +45,10 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         return pb.CreateDestinationResponse(destination=destinations.public(d), signing_secret=d.signing_secret)
 
     async def ListDestinations(self, request, context):
-        stored = await self.store.destinations()
-        return pb.ListDestinationsResponse(destinations=[destinations.public(d) for d in stored])
+        size = limits.page_size(request.page_size, 100, 1000)
+        stored = await self.store.destinations()  # a catalog the cache holds whole
+        page, token = limits.page_of(stored, lambda d: d.destination_id, size, request.page_token)
+        return pb.ListDestinationsResponse(destinations=[destinations.public(d) for d in page], next_page_token=token)
 
     async def GetDestination(self, request, context):
         return pb.GetDestinationResponse(
@@ -64,7 +67,11 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
     async def ListDeliveries(self, request, context):
         if not request.profile_id:
             raise InvalidArgument("profile_id", "is required")
-        return pb.ListDeliveriesResponse(deliveries=await self.store.deliveries(request.profile_id))
+        size = limits.page_size(request.page_size, 100, 1000)
+        after = limits.after_key(request.page_token)
+        found = await self.store.deliveries(request.profile_id, after, size + 1)
+        page, token = limits.page_by_key(found, lambda d: d.delivery_id, size)
+        return pb.ListDeliveriesResponse(deliveries=page, next_page_token=token)
 
     async def ListDeadLetters(self, request, context):
         size = request.page_size or 100

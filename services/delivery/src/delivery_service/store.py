@@ -65,7 +65,11 @@ class DeliveryStore(Protocol):
     async def delivery(self, profile_id: str, delivery_id: str) -> delivery_pb2.Delivery | None: ...
     async def save_delivery(self, delivery: delivery_pb2.Delivery) -> None: ...
     async def save_deliveries(self, deliveries: Sequence[delivery_pb2.Delivery]) -> None: ...
-    async def deliveries(self, profile_id: str) -> list[delivery_pb2.Delivery]: ...
+    async def deliveries(self, profile_id: str, after: str = "", limit: int = 0) -> list[delivery_pb2.Delivery]:
+        """The profile's deliveries with ids after `after`, by id; at most `limit` (0: all that the
+        backend reads at once, 1000 on Cassandra)."""
+        ...
+
     async def put_dead_letter(self, letter: DeadLetter) -> None: ...
     async def dead_letter(self, destination_id: str, delivery_id: str) -> DeadLetter | None: ...
     async def dead_letters(self, destination_id: str, after: str, limit: int) -> list[DeadLetter]: ...
@@ -114,8 +118,11 @@ class CassandraDeliveryStore(Repository):
                 [(statement, (d.profile_id, d.delivery_id, d.SerializeToString())) for d in chunk]
             )
 
-    async def deliveries(self, profile_id):
-        rows = await self.db.execute("SELECT record FROM delivery_log WHERE profile_id = ? LIMIT 1000", (profile_id,))
+    async def deliveries(self, profile_id, after="", limit=0):
+        rows = await self.db.execute(
+            "SELECT record FROM delivery_log WHERE profile_id = ? AND delivery_id > ? LIMIT ?",
+            (profile_id, after, limit or 1000),
+        )
         return [delivery_pb2.Delivery.FromString(r.record) for r in rows]
 
     async def put_dead_letter(self, letter):
@@ -218,9 +225,10 @@ class SqliteDeliveryStore(Repository):
             lambda db: db.executemany("INSERT OR REPLACE INTO delivery_log VALUES (?, ?, ?)", rows)
         )
 
-    async def deliveries(self, profile_id):
+    async def deliveries(self, profile_id, after="", limit=0):
         rows = await self.db.execute(
-            "SELECT record FROM delivery_log WHERE profile_id = ? ORDER BY delivery_id", (profile_id,)
+            "SELECT record FROM delivery_log WHERE profile_id = ? AND delivery_id > ? ORDER BY delivery_id LIMIT ?",
+            (profile_id, after, limit or -1),
         )
         return [delivery_pb2.Delivery.FromString(r[0]) for r in rows]
 

@@ -30,7 +30,8 @@ class AdminRpcs:
         return pb.GetSourceResponse(source=await self.sources.get(request.source_id))
 
     async def ListSources(self, request, context):
-        return pb.ListSourcesResponse(sources=await self.sources.list())
+        sources, token = await self.sources.page(limits.page_size(request.page_size, 100, 1000), request.page_token)
+        return pb.ListSourcesResponse(sources=sources, next_page_token=token)
 
     async def UpdateSource(self, request, context):
         return pb.UpdateSourceResponse(source=await self.sources.update(request.source, request.update_mask))

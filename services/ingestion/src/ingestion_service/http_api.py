@@ -32,10 +32,11 @@ from aiohttp import web, web_protocol, web_server
 from google.protobuf import timestamp_pb2
 from opentelemetry import propagate, trace
 
-from ingestion_service import envelope, segment_json
+from ingestion_service import envelope
 from ingestion_service.intake import Intake
 from ingestion_service.ratelimit import RateLimited, retry_after_header
 from ingestion_service.sources import ActiveSource, SourceDirectory
+from mosaic.platform import segment_json
 from mosaic.platform.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger("ingestion.http")

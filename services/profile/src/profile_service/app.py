@@ -160,7 +160,10 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         return pb.CreateComputedTraitResponse(definition=definition)
 
     async def ListComputedTraits(self, request, context):
-        return pb.ListComputedTraitsResponse(definitions=await self.profiles.definitions.all())
+        size = limits.page_size(request.page_size, 100, 1000)
+        stored = await self.profiles.definitions.all()  # a catalog held whole, refreshed from the store
+        definitions, token = limits.page_of(stored, lambda d: d.name, size, request.page_token)
+        return pb.ListComputedTraitsResponse(definitions=definitions, next_page_token=token)
 
     async def DeleteComputedTrait(self, request, context):
         if not await self.store.delete_definition(_required(request.name, "name")):

@@ -4,14 +4,13 @@ identity.split in, segment.membership out."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from datetime import datetime, timedelta, timezone
 
 import grpc
 
-from mosaic.platform import clients, tasks, topics
+from mosaic.platform import clients, limits, tasks, topics
 from mosaic.platform.config import SecuritySettings
 from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mosaic.platform.privacy import Participant
@@ -30,17 +29,6 @@ from segmentation_service.store import SegmentStore, open_store
 from segmentation_service.timers import Timers
 
 log = logging.getLogger("segmentation")
-
-
-def _token(after: str) -> str:
-    return base64.urlsafe_b64encode(after.encode()).decode() if after else ""
-
-
-def _after(token: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode() if token else ""
-    except ValueError:
-        raise InvalidArgument("page_token", "is not a token this service gave") from None
 
 
 def _required(value: str, field: str) -> None:
@@ -126,13 +114,10 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         return pb.GetSegmentResponse(segment=segment)
 
     async def ListSegments(self, request, context):
-        size = 100 if request.page_size <= 0 else min(request.page_size, 1000)
-        segments = await self.store.page(_after(request.page_token), size + 1)
-        more = len(segments) > size
-        segments = segments[:size]
-        return pb.ListSegmentsResponse(
-            segments=segments, next_page_token=_token(segments[-1].segment_id) if more else ""
-        )
+        size = limits.page_size(request.page_size, 100, 1000)
+        found = await self.store.page(limits.after_key(request.page_token), size + 1)
+        segments, token = limits.page_by_key(found, lambda s: s.segment_id, size)
+        return pb.ListSegmentsResponse(segments=segments, next_page_token=token)
 
     async def IsMember(self, request, context):
         _required(request.segment_id, "segment_id")

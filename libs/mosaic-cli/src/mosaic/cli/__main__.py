@@ -24,8 +24,8 @@ from mosaic.cli import (
     segment_commands,
     status,
 )
+from mosaic.cli.demo_webhook import DemoWebhook
 from mosaic.cli.mesh import SERVICES, Mesh, MeshError
-from mosaic.cli.receivers import WebhookReceiver
 
 DEMO_WEBHOOK_PORT = 50080
 SERVICE_NAMES = {name: f"mosaic.{name}.v1.{name.capitalize()}Service" for name in SERVICES}
@@ -46,7 +46,7 @@ def _mesh_env(store: str) -> dict[str, str]:
     return env
 
 
-def _show_demo(mesh: Mesh, receiver: WebhookReceiver, customers: int, seed: int, auth: str) -> bool:
+def _show_demo(mesh: Mesh, receiver: DemoWebhook, customers: int, seed: int, auth: str) -> bool:
     """Load the demo and print its report; False when it gave up waiting for the mesh."""
     from mosaic.cli.backlog import DemoStalled
     from mosaic.cli.demo import run_demo
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"the mesh did not start: {error}", file=sys.stderr)
         return 1
     # A fixed port: the demo destination stored by an earlier run must still reach it.
-    receiver = WebhookReceiver(port=DEMO_WEBHOOK_PORT).start() if args.demo else None
+    receiver = DemoWebhook(port=DEMO_WEBHOOK_PORT).start() if args.demo else None
     try:
         print(f"\nMosaic is running (store: {args.store}; logs in .local/logs/):\n")
         for name in SERVICES:

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+from mosaic.cli import paging
 from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
 
@@ -66,7 +67,7 @@ async def manage_destinations(args: argparse.Namespace) -> int:
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
         if args.action == "list":
-            for destination in (await stub.ListDestinations(pb.ListDestinationsRequest())).destinations:
+            async for destination in paging.every(stub.ListDestinations, pb.ListDestinationsRequest(), "destinations"):
                 _print(destination)
             return 0
         if not args.target:
@@ -95,7 +96,8 @@ async def manage_deliveries(args: argparse.Namespace) -> int:
         if args.action == "list":
             if not args.profile_id:
                 raise UsageError("deliveries list: --profile-id is required")
-            for record in (await stub.ListDeliveries(pb.ListDeliveriesRequest(profile_id=args.profile_id))).deliveries:
+            request = pb.ListDeliveriesRequest(profile_id=args.profile_id)
+            async for record in paging.every(stub.ListDeliveries, request, "deliveries"):
                 _print(record)
         elif args.action == "dead-letters":
             token = ""

@@ -26,8 +26,8 @@ import grpc
 from mosaic.cli import connect
 from mosaic.cli.backlog import Idle, Waiter
 from mosaic.cli.demo_data import PHASES, SOURCES, Customer, DataSet, generate
+from mosaic.cli.demo_webhook import DemoWebhook
 from mosaic.cli.mesh import Mesh
-from mosaic.cli.receivers import WebhookReceiver
 from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2, delivery_service_pb2_grpc
 from mosaic.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
 from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc, source_pb2
@@ -94,7 +94,7 @@ async def _write_key(ingestion, source_id: str, name: str) -> str:
     return rotated.write_key.secret
 
 
-async def run_demo(mesh: Mesh, receiver: WebhookReceiver, customers: int = 3000, seed: int = 7) -> Report:
+async def run_demo(mesh: Mesh, receiver: DemoWebhook, customers: int = 3000, seed: int = 7) -> Report:
     """Load the demo data set into the mesh and report on it. Raises DemoStalled when the mesh
     stops making progress."""
     started = time.monotonic()

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from mosaic.cli import connect
+from mosaic.cli import connect, paging
 from mosaic.cli.mesh import DEFAULT_PORTS, SERVICES
 from mosaic.ingestion.v1 import ingestion_service_pb2 as ingestion
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
@@ -91,7 +91,9 @@ async def _quarantine(address: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     async with connect.channel(address) as channel:
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
-        sources = (await stub.ListSources(ingestion.ListSourcesRequest(), timeout=5)).sources
+        sources = [
+            s async for s in paging.every(stub.ListSources, ingestion.ListSourcesRequest(), "sources", timeout=5)
+        ]
         for source in (source.source_id for source in sources):
             count, token = 0, ""
             while count < QUARANTINE_COUNT_LIMIT:

@@ -31,13 +31,14 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+import tenacity
 from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js import api
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
-from mosaic.platform import messaging_spans, metrics, topics
+from mosaic.platform import messaging_spans, metrics, retry, topics
 from mosaic.platform.acks import Acks, duplicate
 from mosaic.platform.config import TlsSettings
 from mosaic.platform.errors import DomainError, Unavailable
@@ -90,9 +91,12 @@ Handler = Callable[[Any, Delivery], Awaitable[None]]
 BatchHandler = Callable[[list[tuple[Any, Delivery]]], Awaitable[None]]
 
 
-def backoff(attempt: int, base: float = 0.2, cap: float = 30.0) -> float:
-    """Exponential backoff: 0.2 s, 0.4 s, 0.8 s ... at most `cap`."""
-    return min(cap, base * 2 ** max(0, attempt - 1))
+# Waits between retries of a handler, in place or by redelivery: 0.2 s, 0.4 s, 0.8 s ... 30 s.
+BACKOFF_BASE, BACKOFF_CAP = 0.2, 30.0
+
+
+def backoff(attempt: int) -> float:
+    return retry.backoff(attempt, BACKOFF_BASE, BACKOFF_CAP)
 
 
 def nats_security(tls: TlsSettings | None, credentials: str) -> dict[str, Any]:
@@ -485,36 +489,49 @@ class Bus:
                 reason = f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}"
                 await self._dead_letter(topic, msg, reason, started)
                 return
-            attempt = 0
-            while True:
+            try:
                 try:
                     await self._with_heartbeat(msg, handler(payload, delivery))
-                except Unavailable as error:
-                    attempt += 1
-                    if self._stopping.is_set():
-                        await msg.nak()
-                        return
-                    self._measure(topic, msg, "retry", time.perf_counter() - started)
-                    log.warning("retrying %s (attempt %d): %s", msg.subject, attempt, error)
-                    await msg.in_progress()
-                    await self._sleep(backoff(attempt))
-                    continue
-                except DomainError as error:
-                    span.record_exception(error)
-                    await self._dead_letter(topic, msg, str(error), started)
-                    return
-                except Exception as error:  # a bug: redeliver with a delay, then give up
-                    span.record_exception(error)
-                    log.exception("handler failed on %s (delivery %d)", msg.subject, meta.num_delivered)
-                    if meta.num_delivered >= self.max_deliver:
-                        await self._dead_letter(topic, msg, f"failed {meta.num_delivered} times: {error!r}", started)
-                    else:
-                        await msg.nak(delay=backoff(meta.num_delivered))
-                        self._measure(topic, msg, "redeliver", time.perf_counter() - started)
-                    return
-                await msg.ack()
-                self._measure(topic, msg, "ack", time.perf_counter() - started)
+                except Unavailable as error:  # retried in place, holding the partition (see above)
+                    call = lambda: self._with_heartbeat(msg, handler(payload, delivery))
+                    await retry.after_first(error, call, self._in_place(topic, msg, started))
+            except Unavailable:  # still down when the bus stopped: given back now
+                await msg.nak()
                 return
+            except DomainError as error:
+                span.record_exception(error)
+                await self._dead_letter(topic, msg, str(error), started)
+                return
+            except Exception as error:  # a bug: redeliver with a delay, then give up
+                span.record_exception(error)
+                log.exception("handler failed on %s (delivery %d)", msg.subject, meta.num_delivered)
+                if meta.num_delivered >= self.max_deliver:
+                    await self._dead_letter(topic, msg, f"failed {meta.num_delivered} times: {error!r}", started)
+                else:
+                    await msg.nak(delay=backoff(meta.num_delivered))
+                    self._measure(topic, msg, "redeliver", time.perf_counter() - started)
+                return
+            await msg.ack()
+            self._measure(topic, msg, "ack", time.perf_counter() - started)
+
+    def _in_place(self, topic: Topic, msg: Msg, started: float) -> tenacity.AsyncRetrying:
+        """Retries of a handler that raised Unavailable: backoff, the message kept in progress,
+        until the bus stops (then the last Unavailable is raised)."""
+
+        async def before_sleep(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            self._measure(topic, msg, "retry", time.perf_counter() - started)
+            log.warning("retrying %s (attempt %d): %s", msg.subject, state.attempt_number, error)
+            await msg.in_progress()
+
+        return tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(Unavailable),
+            stop=lambda _: self._stopping.is_set(),
+            wait=retry.wait(BACKOFF_BASE, BACKOFF_CAP),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
 
     async def _with_heartbeat(self, messages: Msg | list[Msg], work: Awaitable[None]) -> None:
         """Run the handler, telling JetStream its messages are in progress every third of ack_wait."""

@@ -18,10 +18,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mosaic.cli.receivers import OtlpReceiver, WebhookReceiver
 from mosaic.platform.config import CassandraSettings, PlatformSettings
 from mosaic.testing import cassandra_node
 from mosaic.testing.nats_server import NatsServer, NatsServerMissing
+from mosaic.testing.receivers import OtlpReceiver, WebhookReceiver
 from mosaic.testing.smtp import SmtpReceiver
 from mosaic.testing.watchdog import watching
 

@@ -1,4 +1,5 @@
-"""The Segment tracking API's JSON messages, read into `Event`s.
+"""The Segment tracking API's JSON messages, read into `Event`s: the one mapping that
+ingestion's HTTP API and `mosaic import` (the CLI) both use.
 
 Pure logic. Every rule a message breaks raises `InvalidArgument` naming the field in the
 Segment spelling (`userId`, `properties`...), so an HTTP client is told what it sent wrong.
@@ -44,6 +45,10 @@ STRINGS = {
 IDS = frozenset({"userId", "anonymousId", "previousId", "groupId"})
 LIMITED = IDS | {"messageId"}  # the strings that become NATS headers and store keys
 OBJECTS = {"properties": "properties", "traits": "traits", "context": "context", "integrations": "integrations"}
+TIMES = ("timestamp", "originalTimestamp", "sentAt")
+EXTRAS = ("category", "channel")  # kept in properties and context (see _keep_extras)
+# Every top-level name a message is read from (a CSV column so named is not a property).
+TOP_LEVEL = ("type", *STRINGS, *OBJECTS, *TIMES, *EXTRAS)
 # Struct values nest three protobuf levels per JSON level, and the consumers' parser stops at
 # 100: deeper JSON would be stored but could never be read again.
 MAX_DEPTH = limits.MAX_DEPTH
