@@ -3,7 +3,6 @@ tests that cross services: the fuzz test of both doors and the input-bounds walk
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field

@@ -14,7 +14,6 @@ from consent_service.events import ConsentEvents
 from consent_service.ledger import Ledger
 from consent_service.outbox import Relay
 from consent_service.privacy import ConsentParticipant, PrivacyServicer, Receipts
-from consent_service.purposes import NAME as PURPOSE_NAME
 from consent_service.store import ConsentStore, open_store
 from consent_service.sweeper import Sweeper
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc, privacy_service_pb2, privacy_service_pb2_grpc
@@ -22,6 +21,7 @@ from mosaic.consent.v1 import consent_service_pb2 as pb
 from mosaic.identity.v1 import identity_service_pb2_grpc
 from mosaic.platform import clients, topics
 from mosaic.platform.bus import Delivery
+from mosaic.platform.consent import NAME as PURPOSE_NAME
 from mosaic.platform.errors import InvalidArgument
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
@@ -96,7 +96,17 @@ class ConsentServicer(consent_service_pb2_grpc.ConsentServiceServicer):
         return pb.ListConsentHistoryResponse(decisions=decisions, next_page_token=token)
 
     async def ListPurposes(self, request, context):
-        return pb.ListPurposesResponse(purposes=[p.to_proto() for p in self.ledger.purposes.values()])
+        return pb.ListPurposesResponse(
+            purposes=[
+                pb.Purpose(
+                    name=p.name,
+                    sale_or_sharing=p.sale_or_sharing,
+                    gdpr_default=p.gdpr_default,
+                    ccpa_default=p.ccpa_default,
+                )
+                for p in self.ledger.purposes.values()
+            ]
+        )
 
 
 class IdentityChanges:
@@ -143,7 +153,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     changes = IdentityChanges(ledger, relay)
     runtime.bus.consume(topics.IDENTITY_MERGED, changes.merged, owned)
     runtime.bus.consume(topics.IDENTITY_SPLIT, changes.split, owned)
-    runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.categories), owned)
+    runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.policy), owned)
     identity = None
     if settings.identity_address:
         channel = clients.channel(

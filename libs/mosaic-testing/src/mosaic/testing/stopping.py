@@ -24,4 +24,6 @@ async def stop_within(service: Service, seconds: float = 30.0) -> None:
         if alive is not asyncio.current_task():
             alive.print_stack(file=stacks)
     task.cancel()
-    raise AssertionError(f"{service.settings.service} did not stop within {seconds} s; tasks alive:\n{stacks.getvalue()}")
+    raise AssertionError(
+        f"{service.settings.service} did not stop within {seconds} s; tasks alive:\n{stacks.getvalue()}"
+    )
