@@ -53,7 +53,9 @@ EVENTS_RESOLVED = Topic("events.resolved", "EVENTS_RESOLVED", resolved_pb2.Resol
 PROFILE_UPDATED = Topic("profile.updated", "PROFILE_UPDATED", profile_updated_pb2.ProfileUpdated)
 SEGMENT_MEMBERSHIP = Topic("segment.membership", "SEGMENT_MEMBERSHIP", segment_membership_pb2.SegmentMembershipChanged)
 # Produced by consent from its outbox (decisions, and merges/splits that move a person's
-# profiles), keyed by person; heard by every consent replica (Bus.listen) to drop its cache.
+# profiles), keyed by person, carrying the person's whole consent; heard by every consent
+# replica (Bus.listen) to drop its cache; consumed by profile (the consent on the profile, which
+# segmentation reads through profile.updated).
 CONSENT_CHANGED = Topic("consent.changed", "CONSENT_CHANGED", consent_changed_pb2.ConsentChanged)
 DELIVERY_OUTCOME = Topic("delivery.outcome", "DELIVERY_OUTCOME", delivery_outcome_pb2.DeliveryOutcome)
 
