@@ -55,7 +55,8 @@ SEGMENT_MEMBERSHIP = Topic("segment.membership", "SEGMENT_MEMBERSHIP", segment_m
 # Produced by consent from its outbox (decisions, and merges/splits that move a person's
 # profiles), keyed by person, carrying the person's whole consent; heard by every consent
 # replica (Bus.listen) to drop its cache; consumed by profile (the consent on the profile, which
-# segmentation reads through profile.updated).
+# segmentation reads through profile.updated) and by ingestion (kept by the person's ids, so
+# what a purpose forbids is dropped or stripped at the door).
 CONSENT_CHANGED = Topic("consent.changed", "CONSENT_CHANGED", consent_changed_pb2.ConsentChanged)
 DELIVERY_OUTCOME = Topic("delivery.outcome", "DELIVERY_OUTCOME", delivery_outcome_pb2.DeliveryOutcome)
 
