@@ -143,7 +143,7 @@ async def handler_time() -> tuple[float, float]:
     from consent_service.app import ConsentServicer
     from consent_service.cache import ConsentCache
     from consent_service.ledger import Ledger, PersonView
-    from consent_service.purposes import DEFAULT_PURPOSES, parse
+    from mosaic.platform.consent import DEFAULT_PURPOSES, parse
 
     decision = consent_pb2.ConsentDecision(profile_id="p", purpose="marketing", granted=True)
 

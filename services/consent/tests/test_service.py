@@ -212,6 +212,45 @@ async def test_consent_follows_a_merge_and_a_split_undoes_it(service, stub):
     assert not (await check(stub, "web-profile")).granted
 
 
+def decided(person: consent_pb2.PersonConsent) -> dict[str, bool]:
+    return {d.purpose: d.granted for d in person.decisions}
+
+
+async def test_every_notice_carries_the_whole_consent_of_its_person_and_a_split_announces_each_side(service, stub):
+    changes = Changes()
+    await changes.listen(service)
+    bus = service.runtime.bus
+    await stub.SetConsent(grant("s-web", "analytics", jurisdiction=consent_pb2.JURISDICTION_CCPA))
+    await stub.SetConsent(grant("s-web", decided_at=timestamp_pb2.Timestamp(seconds=100)))
+    await stub.SetConsent(grant("s-phone", "advertising", granted=False))
+    # A late decision (older than the person's newest on the purpose) does not win the state.
+    await stub.SetConsent(grant("s-web", granted=False, decided_at=timestamp_pb2.Timestamp(seconds=50)))
+    await eventually(lambda: len(changes.seen) == 4)
+    by_id = dict(changes.seen)
+    last = changes.seen[-1][1]
+    assert decided(last.person) == {"analytics": True, "marketing": True}
+    assert last.person.jurisdiction == consent_pb2.JURISDICTION_CCPA
+    assert all(not d.HasField("proof") for d in last.person.decisions)
+    merge = identity_changed_pb2.IdentityMerged(
+        merge_id="sm", survivor_profile_id="s-web", merged_profile_ids=["s-phone"]
+    )
+    await bus.publish(topics.IDENTITY_MERGED, "s-web", merge, "sm")
+    await eventually(lambda: "merge:sm" in dict(changes.seen))
+    merged = dict(changes.seen)["merge:sm"]
+    assert decided(merged.person) == {"analytics": True, "marketing": True, "advertising": False}
+    split = identity_changed_pb2.IdentitySplit(
+        merge_id="sm", split_id="ss", survivor_profile_id="s-web", restored_profile_ids=["s-phone"]
+    )
+    await bus.publish(topics.IDENTITY_SPLIT, "s-web", split, "ss")
+    await eventually(lambda: "split:sm:s-phone" in dict(changes.seen) and "split:sm" in dict(changes.seen))
+    by_id = dict(changes.seen)
+    survivor, restored = by_id["split:sm"], by_id["split:sm:s-phone"]
+    assert survivor.person_id == "s-web" and decided(survivor.person) == {"analytics": True, "marketing": True}
+    assert set(survivor.profile_ids) == {"s-web", "s-phone"}  # both profiles' cached answers change
+    assert restored.person_id == "s-phone" and list(restored.profile_ids) == ["s-phone"]
+    assert decided(restored.person) == {"advertising": False}
+
+
 async def test_a_split_that_overtakes_its_merge_leaves_the_merge_undone(service, stub):
     bus = service.runtime.bus
     await stub.SetConsent(grant("b"))

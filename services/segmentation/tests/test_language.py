@@ -225,7 +225,10 @@ identities = st.sampled_from([pb.IDENTITY_FACT_KNOWN, pb.IDENTITY_FACT_ANONYMOUS
 references = st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,10}\Z").map(
     lambda s: pb.Expression(segment=pb.SegmentReference(segment_id=s))
 )
-leaves = traits() | events() | identities | references
+consents = st.from_regex(r"\A[a-z][a-z0-9_]{0,10}\Z").map(
+    lambda p: pb.Expression(consent=pb.ConsentPredicate(purpose=p))
+)
+leaves = traits() | events() | identities | references | consents
 expressions = st.recursive(
     leaves,
     lambda inner: (

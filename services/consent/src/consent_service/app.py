@@ -15,7 +15,6 @@ from consent_service.events import ConsentEvents
 from consent_service.ledger import Ledger
 from consent_service.outbox import Relay
 from consent_service.privacy import ConsentParticipant, PrivacyServicer, Receipts
-from consent_service.purposes import NAME as PURPOSE_NAME
 from consent_service.store import ConsentStore, open_store
 from consent_service.sweeper import Sweeper
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc, privacy_service_pb2, privacy_service_pb2_grpc
@@ -23,6 +22,7 @@ from mosaic.consent.v1 import consent_service_pb2 as pb
 from mosaic.identity.v1 import identity_service_pb2_grpc
 from mosaic.platform import clients, limits, metrics, topics
 from mosaic.platform.bus import Delivery
+from mosaic.platform.consent import NAME as PURPOSE_NAME
 from mosaic.platform.errors import InvalidArgument
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
@@ -108,7 +108,15 @@ class ConsentServicer(consent_service_pb2_grpc.ConsentServiceServicer):
         start = limits.page_token(request.page_token) if request.page_token else 0
         if start < 0:
             raise InvalidArgument("page_token", "is not a token this service issued")
-        purposes = [p.to_proto() for p in self.ledger.purposes.values()]
+        purposes = [
+            pb.Purpose(
+                name=p.name,
+                sale_or_sharing=p.sale_or_sharing,
+                gdpr_default=p.gdpr_default,
+                ccpa_default=p.ccpa_default,
+            )
+            for p in self.ledger.purposes.values()
+        ]
         more = len(purposes) > start + size
         return pb.ListPurposesResponse(
             purposes=purposes[start : start + size], next_page_token=str(start + size) if more else ""
@@ -159,7 +167,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     changes = IdentityChanges(ledger, relay)
     runtime.bus.consume(topics.IDENTITY_MERGED, changes.merged, owned)
     runtime.bus.consume(topics.IDENTITY_SPLIT, changes.split, owned)
-    runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.categories), owned)
+    runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.policy), owned)
     identity = None
     if settings.identity_address:
         channel = clients.channel(

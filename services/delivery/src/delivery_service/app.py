@@ -65,6 +65,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
             breaker_threshold=settings.breaker_threshold,
             breaker_cooldown=settings.breaker_cooldown,
         ),
+        consent,
     )
     cache.listen(dispatcher.update)
     await cache.load()

@@ -4,6 +4,11 @@ Each destination has its own pull consumer, connection pool, concurrency bound, 
 circuit breaker and retry budget, so a destination that times out or fails holds only its own
 slots and fills only its own queue; the others never wait for it.
 
+Consent is asked again just before each send (the planner asked when it decided, but a job may
+wait in its queue, be retried or be replayed): a purpose withdrawn meanwhile finishes the job as
+SUPPRESSED, never sent. While the consent service does not answer, the job is held in progress
+and asked again with backoff: no attempt is spent and nothing goes out unasked.
+
 A job's attempt number is JetStream's delivery count. A retryable failure with budget left is
 nak'ed with the retry delay (Retry-After or jittered backoff): the slot is free at once and
 JetStream brings the job back. Once sent, refused or out of budget, the job's record (and its
@@ -26,6 +31,7 @@ from google.protobuf import timestamp_pb2
 from nats.aio.msg import Msg
 from opentelemetry import trace
 
+from delivery_service.consent import granted
 from delivery_service.destinations import Kind, kind_of
 from delivery_service.jobs import JobQueue, context_of, durable_of
 from delivery_service.limits import CircuitBreaker, TokenBucket, retry_delay
@@ -36,7 +42,8 @@ from delivery_service.webhook import HttpSender, Refused, Retryable
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.events.v1 import delivery_outcome_pb2
 from mosaic.platform import messaging_spans, metrics, topics
-from mosaic.platform.bus import Bus
+from mosaic.platform.bus import Bus, backoff
+from mosaic.platform.errors import Unavailable
 
 log = logging.getLogger("mosaic.delivery.worker")
 tracer = trace.get_tracer("mosaic.delivery.worker")
@@ -91,8 +98,10 @@ class DestinationWorker:
         store: DeliveryStore,
         bus: Bus,
         settings: WorkerSettings,
+        consent,
     ) -> None:
         self.destination = destination
+        self.consent = consent  # a ConsentService stub
         self.queue = queue
         self.store = store
         self.bus = bus
@@ -244,6 +253,12 @@ class DestinationWorker:
                         "mosaic.delivery.attempt": attempt,
                     }
                 )
+                consented = await self._consented([msg], [job])
+                if consented is None:
+                    return  # stopping while consent could not be asked: the job comes back
+                if not consented[0]:
+                    self._finish(msg, job, attempt, Status.DELIVERY_STATUS_SUPPRESSED, self._withdrawn())
+                    return
                 try:
                     detail = await self._send(job)
                 except Refused as error:
@@ -264,6 +279,33 @@ class DestinationWorker:
         finally:
             self._slots.release()
 
+    async def _consented(self, messages: list[Msg], jobs: list[delivery_pb2.DeliveryJob]) -> list[bool] | None:
+        """Whether each job's person consents to the destination's purpose now (leaving an
+        audience needs none). While the consent service does not answer, the jobs are kept in
+        progress and it is asked again; None when the worker stops meanwhile (the jobs are nak'ed)."""
+        purpose = self.destination.purpose
+        attempt = 0
+        while True:
+            try:
+                return list(
+                    await asyncio.gather(
+                        *(_always() if job.exited else granted(self.consent, job.profile_id, purpose) for job in jobs)
+                    )
+                )
+            except Unavailable as error:
+                attempt += 1
+                if self._stopping.is_set():
+                    await asyncio.gather(*(msg.nak(delay=1.0) for msg in messages), return_exceptions=True)
+                    return None
+                log.warning(
+                    "consent not asked for %d job(s) of %s: %s", len(jobs), self.destination.destination_id, error
+                )
+                await asyncio.gather(*(msg.in_progress() for msg in messages))
+                await asyncio.sleep(backoff(attempt, cap=5.0))
+
+    def _withdrawn(self) -> str:
+        return f"consent to {self.destination.purpose!r} not granted at send time"
+
     async def _send(self, job: delivery_pb2.DeliveryJob) -> str:
         d = self.destination
         if self.kind == Kind.DESTINATION_KIND_EMAIL:
@@ -275,6 +317,17 @@ class DestinationWorker:
     async def _send_audience(self, messages: list[Msg]) -> None:
         """One request for a batch of membership changes; a person's last change wins."""
         jobs = [delivery_pb2.DeliveryJob.FromString(msg.data) for msg in messages]
+        attempt = max(msg.metadata.num_delivered for msg in messages)
+        consented = await self._consented(messages, jobs)
+        if consented is None:
+            return
+        for msg, job, ok in zip(messages, jobs, consented, strict=True):
+            if not ok:
+                self._finish(msg, job, attempt, Status.DELIVERY_STATUS_SUPPRESSED, self._withdrawn())
+        messages = [msg for msg, ok in zip(messages, consented, strict=True) if ok]
+        jobs = [job for job, ok in zip(jobs, consented, strict=True) if ok]
+        if not jobs:
+            return
         latest = {job.profile_id: job for job in jobs}
         body = {
             "audience": self.destination.segment_id,
@@ -282,7 +335,6 @@ class DestinationWorker:
             "remove": sorted(p for p, job in latest.items() if job.exited),
         }
         key = "audience:" + hashlib.sha256("\n".join(sorted(j.delivery_id for j in jobs)).encode()).hexdigest()[:32]
-        attempt = max(msg.metadata.num_delivered for msg in messages)
         d = self.destination
         wait = self.bucket.wait_time()
         if wait:
@@ -346,6 +398,10 @@ class DestinationWorker:
                 await asyncio.gather(*(f.msg.ack() for f in batch), return_exceptions=True)
             if self._stopping.is_set() and not self._tasks:
                 return
+
+
+async def _always() -> bool:
+    return True
 
 
 async def record(

@@ -1,7 +1,8 @@
 """The path every event takes after its envelope is valid, whichever door it came in by.
 
-For a batch from one source: drop the events of suppressed people, run the source's
-transforms and tracking plan (which may block or quarantine), then store the rest in
+For a batch from one source: drop the events of suppressed people, drop or strip what the
+person's consent forbids (consent.py), run the source's transforms and tracking plan (which
+may block or quarantine), then store the rest in
 JetStream in one go and the quarantined events in the store. Only when both are confirmed
 does the caller hear back; if either is not, the whole call fails with `Unavailable` and the
 client retries, which is safe because the same message id from the same source is stored
@@ -19,6 +20,7 @@ from opentelemetry import trace
 from ingestion_service import envelope
 from ingestion_service.backlog import BacklogGauge
 from ingestion_service.config import Settings
+from ingestion_service.consent import ConsentGate
 from ingestion_service.ratelimit import RateLimiter
 from ingestion_service.sources import ActiveSource, SourceDirectory, check_source_id
 from ingestion_service.store import IngestionStore
@@ -60,6 +62,7 @@ class Intake:
         limiter: RateLimiter,
         settings: Settings,
         backlog: BacklogGauge | None = None,
+        consent: ConsentGate | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -68,6 +71,7 @@ class Intake:
         self.limiter = limiter
         self.settings = settings
         self.backlog = backlog
+        self.consent = consent
 
     async def source(self, source_id: str) -> ActiveSource:
         """The source a gRPC caller names; NOT_FOUND or FAILED_PRECONDITION when it may not send."""
@@ -94,11 +98,16 @@ class Intake:
         publish: list[tuple[int, event_pb2.Event]] = []
         keep: list[quarantine_pb2.QuarantinedEvent] = []
         governor = active.governor
+        gate = self.consent if self.consent is not None and self.consent.active else None
+        known = await gate.lookup(events) if gate is not None else {}
         for event in events:
             result = EventResult(message_id=event.message_id)
             results.append(result)
             if self.suppression.matches(event):
                 result.status = S.EVENT_STATUS_SUPPRESSED
+                continue
+            if gate is not None and (reason := gate.apply(event, known)) is not None:
+                result.status, result.reason = S.EVENT_STATUS_SUPPRESSED, reason
                 continue
             if governor.active:
                 received = event_pb2.Event()

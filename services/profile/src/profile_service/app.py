@@ -1,5 +1,5 @@
 """The profile service: profiles, history and the event archive over gRPC;
-events.resolved in, profile.updated out."""
+events.resolved, identity changes and consent.changed in, profile.updated out."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from mosaic.profile.v1 import profile_service_pb2_grpc
 from profile_service import computed, history
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
+from profile_service.consent import ConsentChanges, TraitPurposes
 from profile_service.fold import event_key, event_name
 from profile_service.masking import MaskingProfileServicer
 from profile_service.merges import MergeHandler
@@ -235,7 +236,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     profiles = Profiles(store, cache, runtime.bus, settings)
     runtime.cleanup.push_async_callback(profiles.close)
     await profiles.definitions.all()
-    servicer = MaskingProfileServicer(ProfileServicer(profiles), settings.platform.security.pii_traits)
+    purposes = TraitPurposes(settings.trait_purposes, settings.policy)
+    servicer = MaskingProfileServicer(ProfileServicer(profiles), settings.platform.security.pii_traits, purposes)
     profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, runtime.server)
     event_archive_service_pb2_grpc.add_EventArchiveServiceServicer_to_server(ArchiveServicer(profiles), runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["ProfileService"].full_name)
@@ -246,5 +248,6 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     merges = MergeHandler(profiles)
     runtime.bus.consume(topics.IDENTITY_MERGED, merges.merged, owned)
     runtime.bus.consume(topics.IDENTITY_SPLIT, merges.split, owned)
+    runtime.bus.consume(topics.CONSENT_CHANGED, ConsentChanges(profiles), owned)
     privacy = ProfilePrivacy(profiles)
     Participant("profile", runtime.bus, privacy.export, privacy.erase).start(owned)

@@ -189,6 +189,11 @@ class MergeHandler:
         profile = profile_pb2.Profile()
         profile.CopyFrom(base)
         profile.version = current.version
+        # Consent is not derived from events: the latest the consent service announced stays.
+        profile.ClearField("consent")
+        for purpose, decision in current.consent.items():
+            profile.consent[purpose].CopyFrom(decision)
+        profile.jurisdiction = current.jurisdiction
         definitions = await self.profiles.definitions.all()
         states: dict = {}
         for archived in counted:

@@ -12,6 +12,7 @@ import grpc
 
 from mosaic.platform import clients, limits, tasks, topics
 from mosaic.platform.config import SecuritySettings
+from mosaic.platform.consent import Policy
 from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
@@ -22,6 +23,7 @@ from segmentation_service.backfill import Backfiller
 from segmentation_service.catalog import SegmentCatalog
 from segmentation_service.columns import ColumnarView
 from segmentation_service.config import Settings
+from segmentation_service.evaluate import DEFAULT_POLICY
 from segmentation_service.membership import Memberships
 from segmentation_service.privacy import SegmentationPrivacy
 from segmentation_service.profiles import ProfileReader
@@ -45,6 +47,7 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         backfiller: Backfiller,
         peers: tuple[str, ...] = (),
         security: SecuritySettings = SecuritySettings(),
+        policy: Policy = DEFAULT_POLICY,
     ) -> None:
         self.channels = [clients.channel(peer, security) for peer in peers]
         self.peers = [segmentation_service_pb2_grpc.SegmentationServiceStub(c) for c in self.channels]
@@ -52,6 +55,15 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         self.catalog = catalog
         self.memberships = memberships
         self.backfiller = backfiller
+        self.policy = policy
+
+    def _check_purposes(self, compiled: compiler.Compiled, field: str) -> None:
+        for purpose in compiler.consent_purposes(compiled):
+            if purpose not in self.policy.purposes:
+                raise InvalidArgument(
+                    field,
+                    f"consent {purpose!r}: must be one of the configured purposes: {', '.join(self.policy.purposes)}",
+                )
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -64,12 +76,17 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         if not segment.name:
             raise InvalidArgument("segment.name", "is required")
         text, expression = compiler.definition_of(segment)
-        await self.catalog.compile(segment.segment_id, expression)  # references exist, no cycle
+        if segment.purpose and segment.purpose not in self.policy.purposes:
+            raise InvalidArgument(
+                "segment.purpose", f"must be one of the configured purposes: {', '.join(self.policy.purposes)}"
+            )
         stored = segment_pb2.Segment()
         stored.CopyFrom(segment)
         stored.ClearField("condition")
         stored.definition = text
         stored.expression.CopyFrom(expression)
+        compiled = await self.catalog.compile(segment.segment_id, compiler.tied(stored))  # references exist, no cycle
+        self._check_purposes(compiled, "segment.definition")
         stored.updated_at.GetCurrentTime()
         return stored
 
@@ -155,6 +172,7 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
             field="",
         )
         compiled = await self.catalog.compile("-estimate-", expression)
+        self._check_purposes(compiled, "definition")
         sample = 10 if request.sample_size <= 0 else min(request.sample_size, 100)
         view = self.memberships.view
         mask = view.evaluate(compiled.expression, time.time())
@@ -182,7 +200,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.cleanup.push_async_callback(store.close)
     owned = platform.owned_partitions
     catalog = SegmentCatalog(store)
-    view = ColumnarView(platform.partitions)
+    view = ColumnarView(platform.partitions, policy=settings.policy)
     reader = ProfileReader(settings.profile_address, platform.security) if settings.profile_address else None
     timers = Timers(store, catalog, owned, settings.timer_interval)
     memberships = Memberships(store, catalog, view, runtime.bus, reader.fetch if reader else None, timers=timers)
@@ -196,7 +214,9 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     backfiller = Backfiller(store, catalog, memberships, owned, size_interval=settings.size_interval)
     background = [asyncio.create_task(backfiller.run()), asyncio.create_task(timers.run())]
     runtime.cleanup.push_async_callback(tasks.cancel, *background)
-    servicer = SegmentationServicer(store, catalog, memberships, backfiller, settings.peers, platform.security)
+    servicer = SegmentationServicer(
+        store, catalog, memberships, backfiller, settings.peers, platform.security, settings.policy
+    )
     runtime.cleanup.push_async_callback(servicer.close)
     segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["SegmentationService"].full_name)

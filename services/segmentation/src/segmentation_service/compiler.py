@@ -30,9 +30,12 @@ MAX_WINDOW_DAYS = 90
 # What profile.updated lets segmentation know of a profile's events: a count per day and name.
 EVENT_DATA = "profile's daily counters keep a count per day and event name, not event properties"
 
-# Dependency keys: a change of `traits.<name>`, `computed_traits.<name>`, any identity, or the
-# counters of one event.
+# Dependency keys: a change of `traits.<name>`, `computed_traits.<name>`, any identity, the
+# counters of one event, one purpose's consent, or the person's jurisdiction (which decides the
+# default of every purpose they did not decide).
 IDENTITIES = "identities"
+JURISDICTION = "jurisdiction"
+PURPOSE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,20 @@ def definition_of(
         expression = from_condition(condition, f"{prefix}condition")
     check(expression, f"{prefix}{'expression' if given[0] == 'expression' else 'definition'}")
     return language.render(expression), expression
+
+
+def tied(segment: pb.Segment) -> pb.Expression:
+    """The expression a segment is evaluated by: its definition, and its purpose's consent
+    first when it is tied to one (so a reference to it is tied too)."""
+    if not segment.purpose:
+        return segment.expression
+    gate = pb.Expression(consent=pb.ConsentPredicate(purpose=segment.purpose))
+    return pb.Expression(**{"and": pb.Operands(operands=[gate, segment.expression])})
+
+
+def consent_purposes(compiled: Compiled) -> list[str]:
+    """The purposes a compiled definition asks consent for."""
+    return sorted(key.partition(".")[2] for key in compiled.reads if key.startswith("consent."))
 
 
 def from_condition(condition: pb.Condition, field: str) -> pb.Expression:
@@ -127,7 +144,7 @@ def check(expression: pb.Expression, field: str) -> None:
     """Every rule the grammar cannot check; InvalidArgument naming the node and the rule."""
     kind = expression.WhichOneof("kind")
     if kind is None:
-        raise InvalidArgument(field, "must set and, or, not, trait, event, identity or segment")
+        raise InvalidArgument(field, "must set and, or, not, trait, event, identity, segment or consent")
     if kind in ("and", "or"):
         operands = getattr(expression, kind).operands
         if len(operands) < 2:
@@ -147,6 +164,9 @@ def check(expression: pb.Expression, field: str) -> None:
         if (fact.fact == pb.IDENTITY_FACT_HAS_TYPE) != bool(fact.type):
             raise InvalidArgument(f"{field}.identity.type", "is required for IDENTITY_FACT_HAS_TYPE only")
         _check_key(fact.type, f"{field}.identity.type", empty=True)
+    elif kind == "consent":
+        if not PURPOSE.match(expression.consent.purpose):
+            raise InvalidArgument(f"{field}.consent.purpose", "must be a purpose name (lower-case letters, digits, _)")
     elif not SEGMENT_ID.match(expression.segment.segment_id):
         raise InvalidArgument(f"{field}.segment.segment_id", "must be 1-64 lower-case letters, digits, - or _")
 
@@ -280,6 +300,9 @@ def _compile(segment_id: str, expression: pb.Expression, resolve) -> Compiled:
         elif kind == "event":
             reads.add(f"daily_counters.{node.event.event}")
             timed = True
+        elif kind == "consent":
+            reads.update({f"consent.{node.consent.purpose}", JURISDICTION})
+            timed = True  # a grant may expire
         else:
             reads.add(IDENTITIES)
         return node
@@ -291,7 +314,7 @@ def _compile(segment_id: str, expression: pb.Expression, resolve) -> Compiled:
 def read_key(path: str) -> str | None:
     """The dependency key a profile.updated change path touches (None: no segment reads it)."""
     field, _, key = path.partition(".")
-    if field in ("traits", "computed_traits"):
+    if field in ("traits", "computed_traits", "consent", JURISDICTION):
         return path
     if field == "identities":
         return IDENTITIES

@@ -119,7 +119,7 @@ class Memberships:
         changed = 0
         for live in segments:
             self.evaluations += 1
-            member = evaluate(live.compiled.expression, state, now)
+            member = evaluate(live.compiled.expression, state, now, self.view.policy)
             was, decided = current.get(live.segment_id, (False, 0))
             if decided > state.version or member == was:
                 continue  # a newer version decided already, or nothing changes

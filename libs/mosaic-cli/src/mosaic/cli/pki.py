@@ -36,8 +36,9 @@ SERVICE_SCOPES = {
         "consent:write",
     ],
     "segmentation": ["profiles:read", "profiles:read_pii", "segments:read"],  # peers' Estimate
-    "consent": ["identity:read"],
-}  # an export or erasure by identifier finds the person
+    "consent": ["identity:read"],  # an export or erasure by identifier finds the person
+    "ingestion": ["identity:read_pii"],  # the ids of a person whose consent changed
+}
 
 
 def _name(common_name: str) -> x509.Name:

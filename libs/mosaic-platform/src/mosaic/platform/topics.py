@@ -98,14 +98,17 @@ SEGMENT_MEMBERSHIP = Topic(
     consumers=("delivery",),
 )
 # Produced by consent from its outbox (decisions, and merges/splits that move a person's
-# profiles), keyed by person; heard by every consent replica (Bus.listen) to drop its cache.
+# profiles), keyed by person, carrying the person's whole consent; heard by every consent
+# replica (Bus.listen) to drop its cache; consumed by profile (the consent on the profile, which
+# segmentation reads through profile.updated) and by ingestion (kept by the person's ids, so
+# what a purpose forbids is dropped or stripped at the door).
 CONSENT_CHANGED = Topic(
     "consent.changed",
     "CONSENT_CHANGED",
     consent_changed_pb2.ConsentChanged,
     key="person id",
     producers=("consent",),
-    consumers=("consent",),
+    consumers=("consent", "profile", "ingestion"),
 )
 # A finished job's outcome, read back by delivery's feedback (MOSAIC_DELIVERY_FEEDBACK), which
 # sends it into ingestion as an engagement event.
