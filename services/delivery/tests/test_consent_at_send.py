@@ -6,11 +6,11 @@ import asyncio
 
 from consent_service.app import build as build_consent
 from consent_service.config import Settings as ConsentSettings
-from mosaic.cli.receivers import WebhookReceiver
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
 from mosaic.platform.server import Service
 from mosaic.testing.plugin import eventually
+from mosaic.testing.receivers import WebhookReceiver
 
 from .test_channels import email_destination, records, set_traits
 
