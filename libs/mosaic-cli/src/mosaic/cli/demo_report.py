@@ -22,7 +22,9 @@ def render(report: Report, mesh: Mesh, auth: str) -> str:
         "  segments     " + ", ".join(f"{segment_id} {size:,}" for segment_id, size in report.segments.items()),
     ]
     if report.refusals:
-        lines.append("               not accepted: " + "; ".join(f"{n:,} {why}" for why, n in report.refusals.most_common(3)))
+        lines.append(
+            "               not accepted: " + "; ".join(f"{n:,} {why}" for why, n in report.refusals.most_common(3))
+        )
     for destination_id, (path, segment_id) in DESTINATIONS.items():
         lines.append(
             f"  deliveries   {destination_id}: {report.deliveries[destination_id]:,} webhook POSTs to the demo's "
