@@ -87,7 +87,6 @@ async def test_the_demo_report_holds_together_and_a_second_load_changes_nothing(
     assert sum(report.deliveries.values()) > 0
     for destination_id, (_, segment_id) in DESTINATIONS.items():
         assert report.deliveries[destination_id] <= report.segments[segment_id], destination_id
-    assert report.statuses.get("sent", 0) == report.deliveries["vip-offers"]
     user_id, profile_id, order_id = report.example
     assert profile_id and order_id.startswith("demo-3-")
     text = render(report, mesh, "-plaintext")

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             "\nTry (credentials in .local/pki/; tokens/reader.token lacks profiles:read_pii):\n"
             f"  grpcurl {auth} {mesh.address('ingestion')} list\n"
-            f'  grpcurl {auth} -d \'{{"identifier": {{"type": "user_id", "value": "ada"}}}}\' '
+            f'  grpcurl {auth} -d \'{{"identifier": {{"type": "user_id", "value": "cust-00000"}}}}\' '
             f"{mesh.address('identity')} mosaic.identity.v1.IdentityService/Lookup\n"
             f"  uv run mosaic profile --user-id cust-00000\n"
         )

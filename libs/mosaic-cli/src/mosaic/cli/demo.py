@@ -68,7 +68,6 @@ class Report:
     write_key: str  # demo-web's, for the curl example
     example: tuple[str, str, str] = ("", "", "")  # user id, profile id, an order's message id
     seconds: float = 0.0
-    statuses: Counter = field(default_factory=Counter)  # the example segment's delivery statuses
     refusals: Counter = field(default_factory=Counter)  # "field: reason" of events not accepted
 
 
@@ -172,7 +171,7 @@ async def run_demo(mesh: Mesh, receiver: DemoWebhook, customers: int = 3000, see
         report.segments = {segment_id: len(ids) for segment_id, ids in members.items()}
         posts = Counter(request.path for request in receiver.requests) - posts_before
         report.deliveries = {destination_id: posts[path] for destination_id, (path, _) in DESTINATIONS.items()}
-        report.example, report.statuses = await _example(delivery, data, profile_of, members["rfm-champions"])
+        report.example = _example(data, profile_of, members["rfm-champions"])
         report.seconds = time.monotonic() - started
         return report
     finally:
@@ -220,10 +219,9 @@ async def _resolve(identity, data: DataSet) -> dict[tuple[str, str], str]:
     return found
 
 
-async def _example(delivery, data: DataSet, profile_of, champions: list[str]):
+def _example(data: DataSet, profile_of, champions: list[str]) -> tuple[str, str, str]:
     """A champion whose journey merged two profiles if there is one (else any champion, else
-    the first customer), with the message id of their last order; and the deliveries'
-    statuses of the champions."""
+    the first customer): user id, profile id and the message id of their last order."""
     by_profile = {profile_of.get(_key(c)): c for c in data.customers}
     chosen = [by_profile[p] for p in champions if p in by_profile]
     merged = [c for c in chosen if c.channel in ("crm", "pos") and c.anonymous_ids]
@@ -232,14 +230,6 @@ async def _example(delivery, data: DataSet, profile_of, champions: list[str]):
         event.message_id
         for events in data.events["orders"].values()
         for event in events
-        if event.user_id == customer.user_id and customer.user_id
+        if customer.user_id and event.user_id == customer.user_id
     ]
-    statuses: Counter = Counter()
-    for profile_id in champions:
-        answer = await delivery.ListDeliveries(delivery_service_pb2.ListDeliveriesRequest(profile_id=profile_id))
-        statuses.update(
-            delivery_pb2.DeliveryStatus.Name(d.status).removeprefix("DELIVERY_STATUS_").lower()
-            for d in answer.deliveries
-            if d.destination_id == "vip-offers"
-        )
-    return (customer.user_id, profile_of.get(_key(customer), ""), orders[-1] if orders else ""), statuses
+    return customer.user_id, profile_of.get(_key(customer), ""), orders[-1] if orders else ""

@@ -15,20 +15,21 @@ def render(report: Report, mesh: Mesh, auth: str) -> str:
     lines = [
         f"Demo: {report.customers:,} customers of a shop, loaded and settled in {report.seconds:.0f} s.",
         f"  events       {report.events_sent:,} sent over gRPC Ingest from web, mobile, CRM and tills: {outcomes}",
-        f"  identities   {report.identifiers:,} identifiers (user ids, anonymous ids, e-mails) resolved to "
+        f"  identities   {report.identifiers:,} identifiers (user ids, anonymous ids, loyalty cards, e-mails) resolved to "
         f"{report.profiles:,} profiles for {report.customers:,} customers;",
         f"               {report.anonymous_unified:,} of {report.anonymous_ids:,} anonymous visitors ended on "
         f"their customer's profile ({report.merges_expected:,} journeys joined two profiles that existed apart)",
         "  segments     " + ", ".join(f"{segment_id} {size:,}" for segment_id, size in report.segments.items()),
     ]
+    if report.refusals:
+        lines.append(
+            "               not accepted: " + "; ".join(f"{n:,} {why}" for why, n in report.refusals.most_common(3))
+        )
     for destination_id, (path, segment_id) in DESTINATIONS.items():
         lines.append(
             f"  deliveries   {destination_id}: {report.deliveries[destination_id]:,} webhook POSTs to the demo's "
             f"receiver ({path}) for {segment_id} entries with marketing consent"
         )
-    if report.statuses:
-        shown = ", ".join(f"{count:,} {status}" for status, count in report.statuses.most_common())
-        lines.append(f"               the champions' vip-offers deliveries: {shown}")
     user_id, profile_id, order_id = report.example
     lines += ["", f"Segments are defined in the segment language, e.g. {SEGMENTS['rfm-champions'][1]!r}."]
     if profile_id:
