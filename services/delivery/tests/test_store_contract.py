@@ -1,5 +1,6 @@
 """The delivery store's contract, on SQLite and on Cassandra."""
 
+import time
 import uuid
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from delivery_service.store import open_store
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform.errors import AlreadyExists
+from mosaic.testing.plugin import eventually
 
 
 @pytest.fixture
@@ -124,3 +126,37 @@ async def test_a_profiles_deliveries_page_by_delivery_id(store):
     assert [d.delivery_id for d in await store.deliveries(pid, "d01", 2)] == ["d02", "d03"]
     assert [d.delivery_id for d in await store.deliveries(pid, "d03", 2)] == ["d04"]
     assert [d.delivery_id for d in await store.deliveries(pid)] == sorted(ids)
+
+
+async def test_deliveries_and_dead_letters_expire_with_their_retention(store_settings):
+    # A few seconds, long enough to read the writes back on a busy machine.
+    store = await open_store(store_settings, log_ttl=4, dead_letter_ttl=4)
+    try:
+        pid, destination = f"p-{uuid.uuid4().hex[:8]}", f"d-{uuid.uuid4().hex[:8]}"
+        record = delivery_pb2.Delivery(delivery_id="x1", destination_id=destination, profile_id=pid)
+        await store.save_delivery(record)
+        await store.put_dead_letter(letter(destination, "x2", profile_id=pid))
+        assert await store.delivery(pid, "x1") == record and await store.dead_letter(destination, "x2")
+
+        async def gone() -> bool:
+            return (
+                await store.delivery(pid, "x1") is None
+                and await store.deliveries(pid) == []
+                and await store.dead_letter(destination, "x2") is None
+                and await store.dead_letters(destination, "", 10) == []
+            )
+
+        await eventually(gone, timeout=60)
+        if hasattr(store, "sweep"):  # the embedded store's rows go with the sweep
+            assert await store.sweep(time.time_ns() // 1000) == {"deliveries": 1, "dead_letters": 1}
+            assert await store.db.execute("SELECT count(*) FROM delivery_dead_letters_by_profile") == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_without_a_retention_deliveries_are_kept(store):
+    pid = f"p-{uuid.uuid4().hex[:8]}"
+    await store.save_delivery(delivery_pb2.Delivery(delivery_id="k", destination_id="d", profile_id=pid))
+    if hasattr(store, "sweep"):
+        assert (await store.sweep((int(time.time()) + 10 * 365 * 86400) * 1_000_000))["deliveries"] == 0
+    assert [d.delivery_id for d in await store.deliveries(pid)] == ["k"]

@@ -23,7 +23,7 @@ from mosaic.consent.v1 import consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 from mosaic.identity.v1 import identity_service_pb2_grpc
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
-from mosaic.platform import clients, topics
+from mosaic.platform import clients, retention, topics
 from mosaic.platform.bus import nats_security
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
@@ -39,9 +39,18 @@ def _channel(runtime: Runtime, address: str) -> grpc.aio.Channel:
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
-    store = await open_store(settings.platform)
+    store = await open_store(
+        settings.platform,
+        log_ttl=int(settings.log_days * 86400),
+        dead_letter_ttl=int(settings.dead_letter_days * 86400),
+    )
     runtime.cleanup.push_async_callback(store.close)
     platform = settings.platform
+    sweep = store.sweep if platform.store != "cassandra" else None
+    retention.serve(
+        runtime,
+        retention.Retention("delivery", platform.store, settings.retention_kinds(), sweep, settings.sweep_seconds),
+    )
     queue = await JobQueue.connect(
         platform.nats_url, platform.stream_replicas, secure=nats_security(platform.nats_tls, platform.nats_credentials)
     )

@@ -5,6 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from delivery_service.ssrf import CLASSES, AddressPolicy
+from mosaic.platform import retention
 from mosaic.platform.config import ConfigError, Env, PlatformSettings
 
 
@@ -29,6 +30,22 @@ class Settings:
     # The signed engagement endpoint runs when its secret (whsec_...) is set.
     engagement_secret: str = ""
     http_port: int = 0
+    # How long delivery records and dead letters are kept (0: for good); how often the
+    # embedded store sweeps.
+    log_days: float = 180.0
+    dead_letter_days: float = 30.0
+    sweep_seconds: float = 3600.0
+
+    def retention_kinds(self) -> tuple[retention.Kind, ...]:
+        return (
+            retention.Kind("deliveries", "MOSAIC_DELIVERY_LOG_DAYS", self.log_days, ("delivery_log",)),
+            retention.Kind(
+                "dead_letters",
+                "MOSAIC_DELIVERY_DEAD_LETTER_DAYS",
+                self.dead_letter_days,
+                ("delivery_dead_letters", "delivery_dead_letters_by_profile"),
+            ),
+        )
 
     @property
     def feedback(self) -> bool:
@@ -64,6 +81,11 @@ class Settings:
             identity_address=env.str("MOSAIC_IDENTITY_ADDRESS", "-").strip("-"),
             engagement_secret=_secret(env.str("MOSAIC_DELIVERY_ENGAGEMENT_SECRET", "-").strip("-")),
             http_port=env.int("MOSAIC_DELIVERY_HTTP_PORT", 0, maximum=65535),
+            # A delivery's record is its idempotency key: it must outlive a redelivery (the
+            # streams keep 7 days), so a redelivered change never sends twice.
+            log_days=retention.days(env, "MOSAIC_DELIVERY_LOG_DAYS", 180.0, at_least=8),
+            dead_letter_days=retention.days(env, "MOSAIC_DELIVERY_DEAD_LETTER_DAYS", 30.0),
+            sweep_seconds=env.float("MOSAIC_RETENTION_SWEEP_SECONDS", 3600.0, minimum=1.0),
         )
 
 

@@ -3,10 +3,14 @@
 A delivery's id is its idempotency key (destination, trigger, profile, profile version): a
 redelivered membership change finds the delivery already decided and queues nothing twice.
 Dead letters are kept by destination, in delivery id order, so a page is one range read.
+Deliveries and dead letters are kept for their retention (mosaic.platform.retention) from
+their last write: a Cassandra TTL, or an expiry column the embedded store's reads respect and
+its sweeper deletes by.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -53,7 +57,30 @@ SQLITE = [
             " PRIMARY KEY (profile_id, destination_id, delivery_id))",
         ),
     ),
+    Migration(
+        3,
+        (
+            # Retention: when a row expires (NULL: kept), and indexes for the sweeper.
+            "ALTER TABLE delivery_log ADD COLUMN expires_us INTEGER",
+            "ALTER TABLE delivery_dead_letters ADD COLUMN expires_us INTEGER",
+            "ALTER TABLE delivery_dead_letters_by_profile ADD COLUMN expires_us INTEGER",
+            "CREATE INDEX delivery_log_expiry ON delivery_log (expires_us)",
+            "CREATE INDEX delivery_dead_letters_expiry ON delivery_dead_letters (expires_us)",
+            "CREATE INDEX delivery_dead_letters_by_profile_expiry ON delivery_dead_letters_by_profile (expires_us)",
+        ),
+    ),
 ]
+# A row the embedded store still holds but whose expiry has passed is not read.
+_KEPT = "(expires_us IS NULL OR expires_us > ?)"
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _expires(ttl: int) -> int | None:
+    return _now_us() + ttl * 1_000_000 if ttl else None
+
 
 DeadLetter = delivery_pb2.DeadLetter
 
@@ -83,6 +110,8 @@ class DeliveryStore(Protocol):
 
 class CassandraDeliveryStore(Repository):
     db: CassandraStore
+    log_ttl = 0  # seconds a delivery record is kept (0: for good); set by open_store
+    dead_letter_ttl = 0
 
     async def create_destination(self, destination):
         applied, _ = await self.db.execute_lwt(
@@ -111,11 +140,11 @@ class CassandraDeliveryStore(Repository):
     async def save_deliveries(self, deliveries):
         # One request per chunk: the records are of different people (partitions), so the
         # batch is only a saved round trip, bounded to stay under the node's batch warning.
-        statement = "INSERT INTO delivery_log (profile_id, delivery_id, record) VALUES (?, ?, ?)"
+        statement = "INSERT INTO delivery_log (profile_id, delivery_id, record) VALUES (?, ?, ?) USING TTL ?"
         for start in range(0, len(deliveries), 10):
             chunk = deliveries[start : start + 10]
             await self.db.execute_together(
-                [(statement, (d.profile_id, d.delivery_id, d.SerializeToString())) for d in chunk]
+                [(statement, (d.profile_id, d.delivery_id, d.SerializeToString(), self.log_ttl)) for d in chunk]
             )
 
     async def deliveries(self, profile_id, after="", limit=0):
@@ -130,12 +159,13 @@ class CassandraDeliveryStore(Repository):
         await self.db.execute_together(
             [
                 (
-                    "INSERT INTO delivery_dead_letters (destination_id, delivery_id, letter) VALUES (?, ?, ?)",
-                    (d.destination_id, d.delivery_id, letter.SerializeToString()),
+                    "INSERT INTO delivery_dead_letters (destination_id, delivery_id, letter) VALUES (?, ?, ?) USING TTL ?",
+                    (d.destination_id, d.delivery_id, letter.SerializeToString(), self.dead_letter_ttl),
                 ),
                 (
-                    "INSERT INTO delivery_dead_letters_by_profile (profile_id, destination_id, delivery_id) VALUES (?, ?, ?)",
-                    (d.profile_id, d.destination_id, d.delivery_id),
+                    "INSERT INTO delivery_dead_letters_by_profile (profile_id, destination_id, delivery_id)"
+                    " VALUES (?, ?, ?) USING TTL ?",
+                    (d.profile_id, d.destination_id, d.delivery_id, self.dead_letter_ttl),
                 ),
             ]
         )
@@ -191,6 +221,8 @@ class CassandraDeliveryStore(Repository):
 
 class SqliteDeliveryStore(Repository):
     db: SqliteStore
+    log_ttl = 0
+    dead_letter_ttl = 0
 
     async def create_destination(self, destination):
         def work(db) -> bool:
@@ -212,7 +244,8 @@ class SqliteDeliveryStore(Repository):
 
     async def delivery(self, profile_id, delivery_id):
         rows = await self.db.execute(
-            "SELECT record FROM delivery_log WHERE profile_id = ? AND delivery_id = ?", (profile_id, delivery_id)
+            f"SELECT record FROM delivery_log WHERE profile_id = ? AND delivery_id = ? AND {_KEPT}",
+            (profile_id, delivery_id, _now_us()),
         )
         return delivery_pb2.Delivery.FromString(rows[0][0]) if rows else None
 
@@ -220,45 +253,48 @@ class SqliteDeliveryStore(Repository):
         await self.save_deliveries([delivery])
 
     async def save_deliveries(self, deliveries):
-        rows = [(d.profile_id, d.delivery_id, d.SerializeToString()) for d in deliveries]
+        expires = _expires(self.log_ttl)
+        rows = [(d.profile_id, d.delivery_id, d.SerializeToString(), expires) for d in deliveries]
         await self.db.transaction(
-            lambda db: db.executemany("INSERT OR REPLACE INTO delivery_log VALUES (?, ?, ?)", rows)
+            lambda db: db.executemany("INSERT OR REPLACE INTO delivery_log VALUES (?, ?, ?, ?)", rows)
         )
 
     async def deliveries(self, profile_id, after="", limit=0):
         rows = await self.db.execute(
-            "SELECT record FROM delivery_log WHERE profile_id = ? AND delivery_id > ? ORDER BY delivery_id LIMIT ?",
-            (profile_id, after, limit or -1),
+            f"SELECT record FROM delivery_log WHERE profile_id = ? AND delivery_id > ? AND {_KEPT}"
+            " ORDER BY delivery_id LIMIT ?",
+            (profile_id, after, _now_us(), limit or -1),
         )
         return [delivery_pb2.Delivery.FromString(r[0]) for r in rows]
 
     async def put_dead_letter(self, letter):
         d = letter.delivery
+        expires = _expires(self.dead_letter_ttl)
 
         def work(db) -> None:
             db.execute(
-                "INSERT OR REPLACE INTO delivery_dead_letters VALUES (?, ?, ?)",
-                (d.destination_id, d.delivery_id, letter.SerializeToString()),
+                "INSERT OR REPLACE INTO delivery_dead_letters VALUES (?, ?, ?, ?)",
+                (d.destination_id, d.delivery_id, letter.SerializeToString(), expires),
             )
             db.execute(
-                "INSERT OR REPLACE INTO delivery_dead_letters_by_profile VALUES (?, ?, ?)",
-                (d.profile_id, d.destination_id, d.delivery_id),
+                "INSERT OR REPLACE INTO delivery_dead_letters_by_profile VALUES (?, ?, ?, ?)",
+                (d.profile_id, d.destination_id, d.delivery_id, expires),
             )
 
         await self.db.transaction(work)
 
     async def dead_letter(self, destination_id, delivery_id):
         rows = await self.db.execute(
-            "SELECT letter FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ?",
-            (destination_id, delivery_id),
+            f"SELECT letter FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id = ? AND {_KEPT}",
+            (destination_id, delivery_id, _now_us()),
         )
         return DeadLetter.FromString(rows[0][0]) if rows else None
 
     async def dead_letters(self, destination_id, after, limit):
         rows = await self.db.execute(
-            "SELECT letter FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id > ?"
+            f"SELECT letter FROM delivery_dead_letters WHERE destination_id = ? AND delivery_id > ? AND {_KEPT}"
             " ORDER BY delivery_id LIMIT ?",
-            (destination_id, after, limit),
+            (destination_id, after, _now_us(), limit),
         )
         return [DeadLetter.FromString(r[0]) for r in rows]
 
@@ -291,8 +327,23 @@ class SqliteDeliveryStore(Repository):
 
         return await self.db.transaction(work)
 
+    async def sweep(self, now_us: int) -> dict[str, int]:
+        """Delete the delivery records and dead letters past their expiry; rows removed by kind."""
 
-async def open_store(settings) -> DeliveryStore:
-    return await open_repository(
+        def work(db) -> dict[str, int]:
+            expired = "WHERE expires_us IS NOT NULL AND expires_us <= ?"
+            records = db.execute(f"DELETE FROM delivery_log {expired}", (now_us,)).rowcount
+            letters = db.execute(f"DELETE FROM delivery_dead_letters {expired}", (now_us,)).rowcount
+            db.execute(f"DELETE FROM delivery_dead_letters_by_profile {expired}", (now_us,))
+            return {"deliveries": records, "dead_letters": letters}
+
+        return await self.db.transaction(work)
+
+
+async def open_store(settings, log_ttl: int = 0, dead_letter_ttl: int = 0) -> DeliveryStore:
+    """The delivery store; records are kept `log_ttl` seconds, dead letters `dead_letter_ttl` (0: for good)."""
+    store = await open_repository(
         settings, "delivery", cassandra=(CASSANDRA, CassandraDeliveryStore), sqlite=(SQLITE, SqliteDeliveryStore)
     )
+    store.log_ttl, store.dead_letter_ttl = log_ttl, dead_letter_ttl
+    return store

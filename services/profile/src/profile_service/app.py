@@ -11,7 +11,7 @@ from opentelemetry import trace
 
 from mosaic.archive.v1 import event_archive_service_pb2, event_archive_service_pb2_grpc
 from mosaic.events.v1 import event_pb2, resolved_pb2
-from mosaic.platform import limits, topics
+from mosaic.platform import limits, retention, topics
 from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import InvalidArgument, NotFound, Unavailable
 from mosaic.platform.privacy import Participant
@@ -230,8 +230,17 @@ class ResolvedEventHandler:
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
-    store = await open_store(settings.platform)
+    store = await open_store(settings.platform, snapshot_ttl=int(settings.snapshot_days * 86400))
     runtime.cleanup.push_async_callback(store.close)
+    embedded = settings.platform.store != "cassandra"
+    kept = retention.Retention(
+        "profile",
+        settings.platform.store,
+        settings.retention_kinds(),
+        store.sweep if embedded else None,
+        settings.sweep_seconds,
+    )
+    retention.serve(runtime, kept)
     cache = ProfileCache(settings.cache_size, settings.platform.partitions, settings.platform.owned_partitions)
     profiles = Profiles(store, cache, runtime.bus, settings)
     runtime.cleanup.push_async_callback(profiles.close)

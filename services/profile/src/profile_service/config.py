@@ -4,6 +4,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mosaic.platform import retention
 from mosaic.platform.config import ConfigError, Env, PlatformSettings
 from mosaic.platform.consent import Policy
 
@@ -33,6 +34,9 @@ class Settings:
     policy: Policy = field(default_factory=Policy)
     # Trait names (or `prefix*`) → the purpose they are kept for.
     trait_purposes: dict[str, str] = field(default_factory=dict)
+    # How long snapshots are kept (0: for good); how often the embedded store sweeps.
+    snapshot_days: float = 0.0
+    sweep_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -49,4 +53,18 @@ class Settings:
             cache_size=env.int("MOSAIC_PROFILE_CACHE_SIZE", 100_000, minimum=0),
             policy=policy,
             trait_purposes=parse_trait_purposes(environ.get("MOSAIC_PROFILE_TRAIT_PURPOSES", ""), policy),
+            # A redelivered event (markers live 14 days) reads back its snapshot: keep them longer.
+            snapshot_days=retention.days(env, "MOSAIC_PROFILE_SNAPSHOT_DAYS", 0.0, at_least=14),
+            sweep_seconds=env.float("MOSAIC_RETENTION_SWEEP_SECONDS", 3600.0, minimum=1.0),
+        )
+
+    def retention_kinds(self) -> tuple[retention.Kind, ...]:
+        return (
+            retention.Kind("events", "MOSAIC_PROFILE_ARCHIVE_DAYS", self.archive_days, ("profile_events",)),
+            retention.Kind(
+                "snapshots",
+                "MOSAIC_PROFILE_SNAPSHOT_DAYS",
+                self.snapshot_days,
+                ("profile_snapshots", "profile_snapshot_times"),
+            ),
         )
