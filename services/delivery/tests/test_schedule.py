@@ -116,6 +116,14 @@ def test_a_running_tick_is_left_to_its_owner_until_its_lease_ends_then_resumed()
     assert schedule.decide(c, PARIS, still, next_monday + timedelta(seconds=1), 3600) is None
 
 
+def test_a_tick_interrupted_and_found_after_the_grace_is_skipped_not_resumed():
+    monday = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)
+    claimed = run(monday, RUNNING, lease_until=monday + timedelta(seconds=30))
+    assert schedule.decide(campaign(), PARIS, claimed, monday + timedelta(hours=2), 3600) == schedule.Step(
+        "skip", monday
+    )
+
+
 def test_six_fields_read_seconds_first():
     now = datetime(2025, 1, 6, 8, 0, 7, tzinfo=UTC)
     assert schedule.latest_tick("*/5 * * * * *", PARIS, now) == datetime(2025, 1, 6, 8, 0, 5, tzinfo=UTC)

@@ -101,7 +101,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     owned = settings.platform.owned_partitions
     runtime.bus.consume(topics.SEGMENT_MEMBERSHIP, planner.on_membership, owned)
     runtime.bus.consume(topics.EVENTS_RESOLVED, planner.on_event, owned)
-    sweeper = Sweeper(store, queue, owned, settings.sweep_interval)
+    sweeper = Sweeper(store, cache, queue, runtime.bus, owned, settings.sweep_interval)
     sweeper.start()
     runtime.cleanup.push_async_callback(sweeper.stop)
     if segments is not None:

@@ -5,8 +5,8 @@ fixed clocks.
 A tick is a UTC instant, but ticks are compared by their wall-clock time too: when clocks go
 back, the repeated hour's `02:30` is a second instant of a wall-clock time that already fired,
 and it fires once, as cron does. A tick found later than the deployment's grace (the service
-was down over it) is skipped, not sent hours late; only the latest due tick is ever fired, so
-a long outage never turns into a burst of broadcasts.
+was down over it), or interrupted and found so late, is skipped, not sent hours late; only the
+latest due tick is ever fired, so a long outage never turns into a burst of broadcasts.
 """
 
 from __future__ import annotations
@@ -94,9 +94,10 @@ def decide(
     grace: float,
 ) -> Step | None:
     if run is not None and run.status == RunStatus.CAMPAIGN_RUN_STATUS_RUNNING:
-        if run.lease_until.ToDatetime(timezone.utc) <= now:
-            return Step("resume", run.tick.ToDatetime(timezone.utc))
-        return None  # its owner is on it; a new tick waits until it is done
+        if run.lease_until.ToDatetime(timezone.utc) > now:
+            return None  # its owner is on it; a new tick waits until it is done
+        tick = run.tick.ToDatetime(timezone.utc)
+        return Step("skip" if (now - tick).total_seconds() > grace else "resume", tick)
     since = (run.tick if run is not None else campaign.created_at).ToDatetime(timezone.utc)
     tick = latest_tick(campaign.schedule.cron, zone, now)
     if not _later(tick, since, zone):

@@ -37,6 +37,7 @@ log = logging.getLogger("mosaic.delivery.scheduler")
 RunStatus = campaign_pb2.CampaignRunStatus
 Run = campaign_pb2.CampaignRun
 BATCH = 64  # members planned at once
+MEMBER_WAIT = 30.0  # seconds segmentation may take for the next member before the run stops
 NOT_RETRIED = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
 
 
@@ -144,7 +145,7 @@ class Scheduler:
 
     async def _plan_members(self, campaign: campaign_pb2.Campaign, run: Run, version: int, tick: datetime) -> int:
         """Plan every member of the segment; the run's version after its last renewal."""
-        destination = self.cache.get(campaign.destination_id)
+        destination = self.cache.get(campaign.destination_id) or await self._stored(campaign.destination_id)
         if destination is None:
             run.detail = f"destination {campaign.destination_id!r} no longer exists: nothing sent"
             return version
@@ -154,19 +155,26 @@ class Scheduler:
         run.members = 0
         batch: list[str] = []
         members = self.segments.ListMembers(segmentation_service_pb2.ListMembersRequest(segment_id=campaign.segment_id))
-        async for member in members:
-            batch.append(member.profile_id)
-            if len(batch) < BATCH:
-                continue
-            await self._plan_batch(campaign, destination, batch, tick, quiet)
-            run.members += len(batch)
-            batch = []
-            if self.clock() >= renew_at:
-                version = await self._renew(campaign.campaign_id, run, version)
-                renew_at = self.clock() + timedelta(seconds=self.settings.lease / 3)
-        await self._plan_batch(campaign, destination, batch, tick, quiet)
-        run.members += len(batch)
-        return version
+        try:
+            while True:
+                member = await asyncio.wait_for(members.read(), MEMBER_WAIT)
+                if member is not grpc.aio.EOF:
+                    batch.append(member.profile_id)
+                if len(batch) == BATCH or (member is grpc.aio.EOF and batch):
+                    await self._plan_batch(campaign, destination, batch, tick, quiet)
+                    run.members += len(batch)
+                    batch = []
+                if member is grpc.aio.EOF:
+                    return version
+                if self.clock() >= renew_at:
+                    version = await self._renew(campaign.campaign_id, run, version)
+                    renew_at = self.clock() + timedelta(seconds=self.settings.lease / 3)
+        finally:
+            members.cancel()
+
+    async def _stored(self, destination_id: str):
+        """The destination from the store: this replica's cache may not have a new one yet."""
+        return next((d for d in await self.store.destinations() if d.destination_id == destination_id), None)
 
     async def _plan_batch(self, campaign, destination, profile_ids: list[str], tick: datetime, quiet) -> None:
         async with asyncio.TaskGroup() as group:
