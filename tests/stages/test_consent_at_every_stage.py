@@ -12,7 +12,6 @@ import uuid
 import grpc
 import pytest
 
-from mosaic.cli.receivers import WebhookReceiver
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2, consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2, delivery_service_pb2_grpc
 from mosaic.events.v1 import event_pb2
@@ -22,6 +21,7 @@ from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
 from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2, segmentation_service_pb2_grpc
 from mosaic.testing.plugin import eventually
+from mosaic.testing.receivers import WebhookReceiver
 
 RULES = json.dumps({"analytics": {"drop": ["track"]}, "advertising": {"strip": ["context.device.advertisingId"]}})
 

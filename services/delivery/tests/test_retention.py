@@ -7,12 +7,12 @@ import grpc
 import pytest
 
 from mosaic.cli import privacy_commands
-from mosaic.cli.receivers import WebhookReceiver
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
 from mosaic.platform.config import ConfigError
 from mosaic.retention.v1 import retention_service_pb2, retention_service_pb2_grpc
 from mosaic.testing.plugin import eventually
+from mosaic.testing.receivers import WebhookReceiver
 from profile_service.config import Settings as ProfileSettings
 
 

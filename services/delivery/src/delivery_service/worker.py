@@ -25,12 +25,14 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats.errors
 from google.protobuf import timestamp_pb2
 from nats.aio.msg import Msg
 from opentelemetry import trace
 
+from delivery_service.audience_files import AudienceFiles
 from delivery_service.consent import granted
 from delivery_service.destinations import Kind, kind_of
 from delivery_service.jobs import JobQueue, context_of, durable_of
@@ -67,6 +69,7 @@ class WorkerSettings:
     breaker_threshold: int = 5
     breaker_cooldown: float = 2.0
     retry_base: float = 0.5
+    audience_dir: Path | None = None
 
 
 @dataclass
@@ -116,6 +119,7 @@ class DestinationWorker:
         self.http = HttpSender(settings.policy, self.concurrency, self.timeout, destination.signing_secret)
         self.headers = dict(destination.headers)
         self.smtp = SmtpSender(settings.policy, self.timeout)
+        self.files = AudienceFiles.of(destination, settings.audience_dir)
         self._slots = asyncio.Semaphore(self.concurrency)
         self._recorder = _Recorder()
         self._stopping = asyncio.Event()
@@ -344,7 +348,7 @@ class DestinationWorker:
             attributes={"mosaic.destination.id": d.destination_id, "messaging.batch.message_count": len(messages)},
         ):
             try:
-                status = await self.http.post(d.webhook_url, json.dumps(body).encode(), key, self.headers)
+                done = await self._post_audience(body, jobs, key)
             except Refused as error:
                 self.breaker.succeeded()
                 outcome, detail, dead = Status.DELIVERY_STATUS_DEAD_LETTERED, str(error), True
@@ -357,9 +361,16 @@ class DestinationWorker:
                 outcome, detail, dead = Status.DELIVERY_STATUS_DEAD_LETTERED, f"{error} (attempt {attempt})", True
             else:
                 self.breaker.succeeded()
-                outcome, detail, dead = Status.DELIVERY_STATUS_SENT, f"HTTP {status}", False
+                outcome, detail, dead = Status.DELIVERY_STATUS_SENT, done, False
         for msg, job in zip(messages, jobs, strict=False):
             self._finish(msg, job, attempt, outcome, detail, dead)
+
+    async def _post_audience(self, body: dict, jobs: list[delivery_pb2.DeliveryJob], key: str) -> str:
+        """Send one audience batch: to its file, or to its endpoint; what was done."""
+        if self.files is not None:
+            return await self.files.write(jobs, key)
+        status = await self.http.post(self.destination.webhook_url, json.dumps(body).encode(), key, self.headers)
+        return f"HTTP {status}"
 
     def _finish(
         self, msg: Msg, job: delivery_pb2.DeliveryJob, attempt: int, status: int, detail: str, dead: bool = False

@@ -102,6 +102,8 @@ class Mesh:
         if name == "delivery":
             env.setdefault("MOSAIC_CONSENT_ADDRESS", self.address("consent"))
             env.setdefault("MOSAIC_PROFILE_ADDRESS", self.address("profile"))
+            if "segmentation" in self.ports:  # campaigns' members
+                env.setdefault("MOSAIC_SEGMENTATION_ADDRESS", self.address("segmentation"))
             # The local mesh's receivers (the demo's webhook, the tests') listen on loopback.
             env.setdefault("MOSAIC_DELIVERY_ALLOW_ADDRESSES", "loopback")
             if env.get("MOSAIC_DELIVERY_FEEDBACK") == "true":

@@ -34,6 +34,7 @@ SERVICE_SCOPES = {
         "events:write",
         "identity:read_pii",
         "consent:write",
+        "segments:read",  # a campaign's members (ListMembers), its segment checked at creation
     ],
     "segmentation": ["profiles:read", "profiles:read_pii", "segments:read"],  # peers' Estimate
     "consent": ["identity:read"],  # an export or erasure by identifier finds the person
