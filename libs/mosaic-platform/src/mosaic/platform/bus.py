@@ -243,7 +243,7 @@ class Bus:
             for message, context in zip(messages, contexts, strict=True)
         ]
         try:
-            headers = []
+            headers: list[dict[str, str]] = []
             for span in spans:
                 headers.append({})
                 propagate.inject(headers[-1], context=trace.set_span_in_context(span))

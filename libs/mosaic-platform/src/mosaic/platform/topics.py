@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, replace
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -57,7 +58,14 @@ SEGMENT_MEMBERSHIP = Topic("segment.membership", "SEGMENT_MEMBERSHIP", segment_m
 CONSENT_CHANGED = Topic("consent.changed", "CONSENT_CHANGED", consent_changed_pb2.ConsentChanged)
 DELIVERY_OUTCOME = Topic("delivery.outcome", "DELIVERY_OUTCOME", delivery_outcome_pb2.DeliveryOutcome)
 
-ALL = (EVENTS_RAW, EVENTS_RESOLVED, PROFILE_UPDATED, SEGMENT_MEMBERSHIP, CONSENT_CHANGED, DELIVERY_OUTCOME)
+ALL: tuple[Topic, ...] = (
+    EVENTS_RAW,
+    EVENTS_RESOLVED,
+    PROFILE_UPDATED,
+    SEGMENT_MEMBERSHIP,
+    CONSENT_CHANGED,
+    DELIVERY_OUTCOME,
+)
 
 # Poison messages are kept here, by consuming service, with the reason in a header.
 DEAD_LETTER_STREAM = "DEAD_LETTERS"
@@ -101,7 +109,7 @@ ALL = (*ALL, AUDIT)
 
 def for_deployment(events_dedup_window: float, audit_retention_days: int) -> tuple[Topic, ...]:
     """Every topic, with the deployment's events.raw duplicate window and audit retention."""
-    windows = {
+    windows: dict[str, dict[str, Any]] = {
         EVENTS_RAW.name: {"duplicate_window": events_dedup_window},
         AUDIT.name: {"max_age": audit_retention_days * DAY},
     }
