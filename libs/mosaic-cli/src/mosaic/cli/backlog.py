@@ -46,7 +46,9 @@ async def queued(nats_url: str) -> dict[str, int]:
             except NotFoundError:
                 consumers = []
             counts[service] = sum(
-                c.num_pending + c.num_ack_pending for c in consumers if (c.name or "").startswith(f"{service}-")
+                (c.num_pending or 0) + (c.num_ack_pending or 0)
+                for c in consumers
+                if (c.name or "").startswith(f"{service}-")
             )
         return counts
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import urllib.request
 
@@ -127,9 +128,7 @@ async def run_demo(mesh: Mesh, webhook_url: str) -> tuple[list[tuple[str, str, s
             identifier = identity_pb2.Identifier(type="user_id", value=user)
             answer = await waiter.until(
                 f"identity to resolve {user}",
-                lambda identifier=identifier: identity.Lookup(
-                    identity_service_pb2.LookupRequest(identifier=identifier)
-                ),
+                functools.partial(identity.Lookup, identity_service_pb2.LookupRequest(identifier=identifier)),
             )
             profiles[user] = answer.profile_id
             await consent.SetConsent(
