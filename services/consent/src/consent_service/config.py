@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from consent_service import purposes as purposes_module
 from consent_service.events import parse_categories
 from consent_service.purposes import Purpose
+from mosaic.consent.v1 import consent_pb2
 from mosaic.platform.config import Env, PlatformSettings, ServiceSettings
 
 # The services with a privacy participant (mosaic.platform.privacy.Participant) today.
@@ -21,7 +22,7 @@ class Settings(ServiceSettings):
     purposes: dict[str, Purpose] = field(
         default_factory=lambda: purposes_module.parse(purposes_module.DEFAULT_PURPOSES)
     )
-    jurisdiction: int = purposes_module.JURISDICTIONS["gdpr"]
+    jurisdiction: consent_pb2.Jurisdiction = purposes_module.JURISDICTIONS["gdpr"]
     cache_size: int = 100_000
     cache_seconds: float = 60.0
     categories: dict[str, str] = field(default_factory=dict)

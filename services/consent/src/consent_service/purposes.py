@@ -61,7 +61,7 @@ def parse(spec: str, variable: str = "MOSAIC_CONSENT_PURPOSES") -> dict[str, Pur
     return purposes
 
 
-def effective_change(decision: consent_pb2.ConsentDecision) -> int:
+def effective_change(decision: consent_pb2.ConsentDecision) -> consent_pb2.ConsentChange:
     """What a ledger entry does; an entry of the first version says it with `granted` alone."""
     if decision.change:
         return decision.change
