@@ -295,7 +295,13 @@ class DestinationWorker:
             self._finish(msg, job, attempt, outcome, detail, dead)
 
     def _finish(
-        self, msg: Msg, job: delivery_pb2.DeliveryJob, attempt: int, status: int, detail: str, dead: bool = False
+        self,
+        msg: Msg,
+        job: delivery_pb2.DeliveryJob,
+        attempt: int,
+        status: delivery_pb2.DeliveryStatus,
+        detail: str,
+        dead: bool = False,
     ) -> None:
         record = delivery_pb2.Delivery(
             delivery_id=job.delivery_id,
