@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -36,6 +36,10 @@ DAY_SLOTS = 96
 COUNT_MAX = np.iinfo(np.uint16).max
 
 
+@overload
+def _grown(array: np.ndarray, capacity: int, fill) -> np.ndarray: ...
+@overload
+def _grown(array: None, capacity: int, fill) -> None: ...
 def _grown(array: np.ndarray | None, capacity: int, fill) -> np.ndarray | None:
     if array is None or len(array) >= capacity:
         return array
