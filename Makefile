@@ -13,6 +13,7 @@ BUF := tools/node_modules/.bin/buf
 UV := $(or $(shell command -v uv),$(CURDIR)/.local/uv/bin/uv)
 PREREQS := deploy/local/prereqs.sh
 PY_TREES := libs services tests bench conftest.py
+SRC_TREES := $(wildcard libs/mosaic-platform/src libs/mosaic-cli/src libs/mosaic-testing/src services/*/src)
 
 .PHONY: help setup protos lint run demo test test-fast bench stop observe
 
@@ -45,11 +46,12 @@ setup: .venv/.synced $(STUBS)/.generated $(BUF) ## install packages and tools, g
 
 protos: $(STUBS)/.generated ## generate the Python stubs from protos/
 
-lint: $(BUF) .venv/.synced ## buf lint and breaking against main; ruff lint and format check
+lint: $(BUF) .venv/.synced ## buf lint and breaking against main; ruff lint and format check; mypy
 	$(BUF) lint
 	deploy/local/buf-breaking.sh $(BUF)
 	$(UV) run --frozen ruff check $(PY_TREES)
 	$(UV) run --frozen ruff format --check $(PY_TREES)
+	$(UV) run --frozen mypy $(SRC_TREES) bench
 
 run: setup ## run the whole mesh locally with a demo data set (STORE=cassandra for Cassandra)
 	deploy/local/nats.sh start

@@ -71,7 +71,7 @@ def destination(destination_id: str, port: int) -> delivery_pb2.Destination:
     )
 
 
-def job(destination_id: str, n: int) -> bytes:
+def job(destination_id: str, n: int) -> tuple[bytes, str]:
     job = delivery_pb2.DeliveryJob(
         delivery_id=f"{destination_id}:{n}:{time.time_ns()}",
         destination_id=destination_id,
@@ -114,6 +114,7 @@ class Receivers:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench._delivery_receiver", mode], stdout=subprocess.PIPE, text=True
         )
+        assert self.process.stdout is not None  # piped
         _, healthy, failing = self.process.stdout.readline().split()
         self.healthy, self.failing = int(healthy), int(failing)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import cast
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -175,7 +176,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         )
         runtime.cleanup.push_async_callback(channel.close)
         identity = identity_service_pb2_grpc.IdentityServiceStub(channel)
-    privacy = PrivacyServicer(store, relay, settings.participants, settings.jurisdiction, identity)
+    jurisdiction = cast(consent_pb2.Jurisdiction, settings.jurisdiction)  # the policy keeps the enum's number
+    privacy = PrivacyServicer(store, relay, settings.participants, jurisdiction, identity)
     privacy_service_pb2_grpc.add_PrivacyServiceServicer_to_server(privacy, runtime.server)
     runtime.add_service(privacy_service_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name)
     runtime.bus.consume(topics.PRIVACY_RECEIPT, Receipts(store, relay, runtime.bus), owned)

@@ -49,7 +49,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     )
     runtime.cleanup.push_async_callback(store.close)
     platform = settings.platform
-    sweep = store.sweep if platform.store != "cassandra" else None
+    # The embedded store sweeps what expired; Cassandra drops it by TTL.
+    sweep = getattr(store, "sweep", None) if platform.store != "cassandra" else None
     retention.serve(
         runtime,
         retention.Retention("delivery", platform.store, settings.retention_kinds(), sweep, settings.sweep_seconds),

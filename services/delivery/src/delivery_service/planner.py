@@ -303,7 +303,7 @@ class Planner:
             raise Unavailable("profile", f"{error.code().name}: {error.details()}") from error
         return {name: json_format.MessageToDict(trait.value) for name, trait in answer.profile.traits.items()}
 
-    async def _decide(self, delivery: delivery_pb2.Delivery, status: int, detail: str) -> None:
+    async def _decide(self, delivery: delivery_pb2.Delivery, status: delivery_pb2.DeliveryStatus, detail: str) -> None:
         delivery.status = status
         delivery.detail = detail
         delivery.updated_at.CopyFrom(now())

@@ -305,7 +305,7 @@ class DestinationWorker:
                     "consent not asked for %d job(s) of %s: %s", len(jobs), self.destination.destination_id, error
                 )
                 await asyncio.gather(*(msg.in_progress() for msg in messages))
-                await asyncio.sleep(backoff(attempt, cap=5.0))
+                await asyncio.sleep(min(backoff(attempt), 5.0))
 
     def _withdrawn(self) -> str:
         return f"consent to {self.destination.purpose!r} not granted at send time"
@@ -373,7 +373,13 @@ class DestinationWorker:
         return f"HTTP {status}"
 
     def _finish(
-        self, msg: Msg, job: delivery_pb2.DeliveryJob, attempt: int, status: int, detail: str, dead: bool = False
+        self,
+        msg: Msg,
+        job: delivery_pb2.DeliveryJob,
+        attempt: int,
+        status: delivery_pb2.DeliveryStatus,
+        detail: str,
+        dead: bool = False,
     ) -> None:
         record = delivery_pb2.Delivery(
             delivery_id=job.delivery_id,

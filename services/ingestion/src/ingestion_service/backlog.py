@@ -63,6 +63,7 @@ class BacklogGauge:
     async def read(self) -> None:
         """Read every watched consumer once; the largest backlog of one service wins."""
         behind: dict[str, int] = defaultdict(int)
+        assert self._nc is not None  # connected in start
         for state in await read_durables(self._nc.jetstream(), streams=WATCHED):
             behind[f"{state.stage} on {state.topic}"] += state.pending + state.in_flight
         worst = max(behind.items(), key=lambda item: item[1], default=("", 0))

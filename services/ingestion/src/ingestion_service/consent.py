@@ -114,7 +114,7 @@ def _strip(event: event_pb2.Event, path: tuple[str, ...]) -> bool:
         holder = _struct(holder, key)
         if holder is None:
             return False
-    if path[-1] not in holder:
+    if holder is None or path[-1] not in holder:
         return False
     del holder[path[-1]]
     return True

@@ -237,7 +237,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         "profile",
         settings.platform.store,
         settings.retention_kinds(),
-        store.sweep if embedded else None,
+        # The embedded store sweeps what expired; Cassandra drops it by TTL.
+        getattr(store, "sweep", None) if embedded else None,
         settings.sweep_seconds,
     )
     retention.serve(runtime, kept)

@@ -8,6 +8,8 @@ rebuilds any version from the nearest full state below it plus the deltas after 
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import struct_pb2
 
 from mosaic.consent.v1 import consent_pb2
@@ -18,7 +20,7 @@ MAPS = ("traits", "identities", "groups", "computed_traits", "daily_counters", "
 SCALARS = ("event_count", "first_seen", "last_seen")
 # A plain enum, not a message: "unset" is its zero value.
 JURISDICTION = "jurisdiction"
-CHANGES = {
+CHANGES: dict[int, str] = {
     consent_pb2.CONSENT_CHANGE_GRANT: "grant",
     consent_pb2.CONSENT_CHANGE_DENY: "deny",
     consent_pb2.CONSENT_CHANGE_WITHDRAW: "withdraw",
@@ -29,7 +31,7 @@ CHANGES = {
 def consent_value(decision: consent_pb2.ConsentDecision) -> struct_pb2.Value:
     """A consent decision as a change shows it (what segmentation reads from profile.updated)."""
     value = struct_pb2.Value()
-    fields = {
+    fields: dict[str, Any] = {
         "granted": decision.granted,
         "change": CHANGES[effective_change(decision)],
         "decided_at": decision.decided_at.ToJsonString(),

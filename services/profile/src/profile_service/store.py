@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Protocol
 
 from mosaic.events.v1 import resolved_pb2
 from mosaic.platform.errors import AlreadyExists
@@ -163,6 +163,8 @@ def _packed(partitions: dict[tuple, list[tuple[str, tuple]]]):
 
 
 class ProfileStore(Protocol):
+    db: Any  # the backend (Repository.db), for the privacy participant's erasure statements
+
     async def latest(self, profile_id: str) -> Latest | None: ...
     async def set_merged_into(self, profile_id: str, survivor: str) -> None:
         """Point a merged-away profile at its survivor ("" undoes it, for a split)."""
@@ -199,7 +201,7 @@ class ProfileStore(Protocol):
     ) -> list[resolved_pb2.ResolvedEvent]:
         """Archived events with since_us <= time < until_us, newest first."""
 
-    async def scan(self) -> AsyncIterator[profile_pb2.Profile]: ...
+    def scan(self) -> AsyncIterator[profile_pb2.Profile]: ...
     async def create_definition(self, definition: profile_pb2.ComputedTraitDefinition) -> None: ...
     async def definitions(self) -> list[profile_pb2.ComputedTraitDefinition]: ...
     async def delete_definition(self, name: str) -> bool: ...
@@ -340,7 +342,7 @@ class CassandraProfileStore(Repository):
     def _head(change: Change) -> list[tuple[str, tuple]]:
         """The markers of a change's snapshots and its state: one partition."""
         p = change.latest.profile
-        head = [
+        head: list[tuple[str, tuple]] = [
             (
                 "INSERT INTO profile_heads (profile_id, message_id, version) VALUES (?, ?, ?) USING TTL ?",
                 (p.profile_id, stored.snapshot.cause_message_id, stored.snapshot.version, change.marker_ttl or 0),

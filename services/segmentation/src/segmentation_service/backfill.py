@@ -89,7 +89,9 @@ class Backfiller:
             # Every profile may come due for the new definition, not only those it moved.
             n = len(view.ids)
             for profile_id in view.profile_ids((view.partition[:n] == partition) & view.alive[:n]):
-                await self.memberships.timers.schedule(view.get(profile_id), now)
+                state = view.get(profile_id)
+                assert state is not None  # an alive row of the view
+                await self.memberships.timers.schedule(state, now)
         log.info(
             "backfilled",
             extra={

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -40,6 +40,10 @@ DAY_SLOTS = 96
 COUNT_MAX = np.iinfo(np.uint16).max
 
 
+@overload
+def _grown(array: np.ndarray, capacity: int, fill) -> np.ndarray: ...
+@overload
+def _grown(array: None, capacity: int, fill) -> None: ...
 def _grown(array: np.ndarray | None, capacity: int, fill) -> np.ndarray | None:
     if array is None or len(array) >= capacity:
         return array
@@ -223,10 +227,10 @@ class ColumnarView:
             if kind not in self.identities:
                 self.identities[kind] = np.zeros(self.capacity, np.int16)
             self.identities[kind][row] = count
-        for purpose, until in state.consent.items():
+        for purpose, expires in state.consent.items():
             if purpose not in self.consent:
                 self.consent[purpose] = np.full(self.capacity, np.nan)
-            self.consent[purpose][row] = until
+            self.consent[purpose][row] = expires
         self.jurisdiction[row] = state.jurisdiction
 
     def _put_values(self, row: int, source: int, prefix: tuple[str, ...], values: dict) -> None:

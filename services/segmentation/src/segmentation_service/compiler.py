@@ -75,6 +75,7 @@ def definition_of(
         expression = language.parse(text, f"{prefix}definition")
     elif condition is not None:
         expression = from_condition(condition, f"{prefix}condition")
+    assert expression is not None  # exactly one of the three was given
     check(expression, f"{prefix}{'expression' if given[0] == 'expression' else 'definition'}")
     return language.render(expression), expression
 
@@ -85,7 +86,8 @@ def tied(segment: pb.Segment) -> pb.Expression:
     if not segment.purpose:
         return segment.expression
     gate = pb.Expression(consent=pb.ConsentPredicate(purpose=segment.purpose))
-    return pb.Expression(**{"and": pb.Operands(operands=[gate, segment.expression])})
+    # `and` is a Python keyword: the field is set by name, which protoc's stub cannot type.
+    return pb.Expression(**{"and": pb.Operands(operands=[gate, segment.expression])})  # type: ignore[arg-type]
 
 
 def consent_purposes(compiled: Compiled) -> list[str]:
@@ -105,7 +107,7 @@ def from_condition(condition: pb.Condition, field: str) -> pb.Expression:
         operands = [from_condition(c, f"{field}.{kind}.conditions[{i}]") for i, c in enumerate(children)]
         if len(operands) == 1:
             return operands[0]
-        return pb.Expression(**{"and" if kind == "all" else "or": pb.Operands(operands=operands)})
+        return pb.Expression(**{"and" if kind == "all" else "or": pb.Operands(operands=operands)})  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
     trait = condition.trait
     if not trait.trait:
         raise InvalidArgument(f"{field}.trait.trait", "is required")
@@ -284,9 +286,9 @@ def _compile(segment_id: str, expression: pb.Expression, resolve) -> Compiled:
         nonlocal timed
         kind = node.WhichOneof("kind")
         if kind in ("and", "or"):
-            return pb.Expression(**{kind: pb.Operands(operands=[walk(o) for o in getattr(node, kind).operands])})
+            return pb.Expression(**{kind: pb.Operands(operands=[walk(o) for o in getattr(node, kind).operands])})  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
         if kind == "not":
-            return pb.Expression(**{"not": walk(getattr(node, "not"))})
+            return pb.Expression(**{"not": walk(getattr(node, "not"))})  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
         if kind == "segment":
             other = resolve(node.segment.segment_id)
             reads.update(other.reads)

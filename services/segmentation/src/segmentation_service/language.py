@@ -351,6 +351,7 @@ def parse(text: str, field: str = "definition") -> pb.Expression:
             field, f"line {error.line} column {error.column}: unexpected {found}; expected one of {_expected(error)}"
         ) from None
     except UnexpectedCharacters as error:
+        assert error.pos_in_stream is not None  # always set for a character (lark's stub has it optional)
         raise InvalidArgument(
             field,
             f"line {error.line} column {error.column}: unexpected character "

@@ -75,7 +75,7 @@ class Memberships:
                 self.view.set_alive(update.profile_id, True)  # split while we were not looking
                 segments = list((await self.catalog.all()).values())
             else:
-                keys = {compiler.read_key(c.path) for c in update.changes} - {None}
+                keys = {key for c in update.changes if (key := compiler.read_key(c.path)) is not None}
                 segments = await self.catalog.reading(keys)
             if self.view.is_alive(update.profile_id):
                 await self._decide(state, segments, "v")
@@ -88,6 +88,7 @@ class Memberships:
         state = self.view.get(update.profile_id)
         known = state.version if state is not None else 0
         if update.version <= known:
+            assert state is not None  # versions start at 1: a replay has a row
             return state, True
         if update.version > known + 1 and self.fetch is not None:
             # A gap (the view was rebuilt from an older scan, or a message is still to come

@@ -14,11 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from typing import TYPE_CHECKING
 
 from segmentation_service.catalog import Live, SegmentCatalog
 from segmentation_service.evaluate import next_due
 from segmentation_service.state import ProfileState
 from segmentation_service.store import SegmentStore
+
+if TYPE_CHECKING:
+    from segmentation_service.membership import Memberships
 
 log = logging.getLogger("segmentation.timers")
 TIMER_BUCKET = 30  # seconds
@@ -37,12 +41,13 @@ class Timers:
         self.catalog = catalog
         self.partitions = partitions
         self.interval = interval
-        self.memberships = None  # set by Memberships, which calls schedule after its decisions
+        self.memberships: Memberships | None = None  # set by Memberships, which calls schedule after its decisions
 
     async def timed(self) -> list[Live]:
         return [live for live in (await self.catalog.all()).values() if live.compiled.timed]
 
     async def schedule(self, state: ProfileState, now: float) -> None:
+        assert self.memberships is not None  # Memberships schedules, once it set itself here
         view = self.memberships.view
         dues = [
             due for live in await self.timed() if (due := next_due(live.compiled.expression, state, now)) is not None
@@ -66,6 +71,7 @@ class Timers:
     async def fire(self) -> int:
         """Fire every bucket that started since the cursor; returns the transitions."""
         memberships = self.memberships
+        assert memberships is not None  # started after Memberships set itself here
         current = math.floor(memberships.clock() / TIMER_BUCKET)
         changed = 0
         for partition in self.partitions:

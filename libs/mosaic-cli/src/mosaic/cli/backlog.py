@@ -54,7 +54,9 @@ async def queued(nats_url: str, stages=STAGES, nc: nats.NATS | None = None) -> d
             except NotFoundError:
                 consumers = []
             counts[service] = counts.get(service, 0) + sum(
-                c.num_pending + c.num_ack_pending for c in consumers if (c.name or "").startswith(f"{service}-")
+                (c.num_pending or 0) + (c.num_ack_pending or 0)
+                for c in consumers
+                if (c.name or "").startswith(f"{service}-")
             )
         return counts
     finally:

@@ -146,6 +146,7 @@ async def run_demo(mesh: Mesh, receiver: DemoWebhook, customers: int = 3000, see
             )
         async with Idle(nats_url) as idle:
             members = await waiter.until("the segments' backfills", lambda: _backfilled(segmentation, idle))
+        assert members is not None  # until() returns only what it waited for, or raises
         report = Report(
             customers=customers,
             events_sent=data.event_count,

@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -81,7 +82,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    work = {"import": import_file, "sources": manage_sources, "quarantine": manage_quarantine}[args.command]
+    commands: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]]
+    commands = {"import": import_file, "sources": manage_sources, "quarantine": manage_quarantine}
+    work = commands[args.command]
     try:
         return asyncio.run(work(args))
     except grpc.aio.AioRpcError as error:
@@ -129,7 +132,8 @@ async def manage_sources(args: argparse.Namespace) -> int:
 
 def _definition(args: argparse.Namespace) -> tuple[source_pb2.Source, list[str]]:
     """The source the flags describe, and the fields they name (the update mask)."""
-    source, paths = source_pb2.Source(source_id=args.source_id), []
+    source = source_pb2.Source(source_id=args.source_id)
+    paths: list[str] = []
     if args.name is not None:
         source.name, paths = args.name, [*paths, "name"]
     if args.disable or args.enable:

@@ -150,8 +150,8 @@ def render(status: Status, where: dict[str, str], console: Console) -> None:
     for column in ("stage", "topic", "parts", "lag", "in flight", "redelivered", "worst @p", "dead letters"):
         stages.add_column(column, justify="left" if column in ("stage", "topic") else "right")
     grouped: dict[tuple[str, str], list[DurableState]] = {}
-    for state in status.durables:
-        grouped.setdefault((state.stage, state.topic), []).append(state)
+    for durable in status.durables:
+        grouped.setdefault((durable.stage, durable.topic), []).append(durable)
     shown: set[str] = set()  # a stage's dead letters on its first row only
     for (stage, topic), states in grouped.items():
         worst = max(states, key=lambda s: s.pending)
@@ -176,8 +176,8 @@ def render(status: Status, where: dict[str, str], console: Console) -> None:
         quarantine.add_column("source")
         quarantine.add_column("events", justify="right")
         for source, count in sorted(status.quarantine.items()):
-            shown = f"{count:,}+" if count >= QUARANTINE_COUNT_LIMIT else f"{count:,}"
-            quarantine.add_row(source, shown)
+            events = f"{count:,}+" if count >= QUARANTINE_COUNT_LIMIT else f"{count:,}"
+            quarantine.add_row(source, events)
         console.print(quarantine)
     for problem in status.problems:
         console.print(f"[yellow]{problem}[/yellow]")

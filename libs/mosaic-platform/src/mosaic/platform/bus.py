@@ -248,7 +248,7 @@ class Bus:
             tracer.start_span(name, context=context, kind=kind) for _, context in zip(messages, contexts, strict=True)
         ]
         try:
-            headers = []
+            headers: list[dict[str, str]] = []
             for span, message in zip(spans, messages, strict=True):
                 self._describe_publish(span, topic, (message,))
                 headers.append({})

@@ -83,7 +83,7 @@ def effective_change(decision: consent_pb2.ConsentDecision) -> int:
     return Change.CONSENT_CHANGE_GRANT if decision.granted else Change.CONSENT_CHANGE_DENY
 
 
-_REASONS = {
+_REASONS: dict[int, str] = {
     Change.CONSENT_CHANGE_DENY: "denied",
     Change.CONSENT_CHANGE_WITHDRAW: "withdrawn",
     Change.CONSENT_CHANGE_EXPIRE: "expired",

@@ -131,6 +131,7 @@ def to_event(message: Any, type_name: str | None = None, defaults: dict[str, Any
             raise InvalidArgument(key, f"must be an object, got {_show(value)}")
         if default is not None:
             value = {**default, **(value or {})}
+        assert isinstance(value, dict)  # given as an object, or the default
         try:
             _fill(getattr(event, field), value, 1)
         except _TooDeep:
@@ -173,7 +174,7 @@ def _fill(struct: struct_pb2.Struct, mapping: dict[str, Any], depth: int) -> Non
         elif kind is bool:
             target.bool_value = value
         elif value is None:
-            target.null_value = 0
+            target.null_value = struct_pb2.NULL_VALUE
         elif kind is dict:
             target.struct_value.SetInParent()  # an empty object is still an object
             _fill(target.struct_value, value, depth + 1)

@@ -178,7 +178,7 @@ def _add_port(server: grpc.aio.Server, address: str, security: SecuritySettings)
     return server.add_secure_port(address, credentials)
 
 
-def main(load: Callable[[], Any], build: Callable[[Runtime, Any], Awaitable[None]]) -> None:
+def main(load: Callable[[], Any], build: Callable[[Runtime, Any], Awaitable[object]]) -> None:
     """A service's entry point: load its settings (exit 2 naming the bad variable), then run."""
     # A child inherits its parent's signal mask: `mosaic run` blocks SIGINT and SIGTERM to
     # sigwait for them, and this process must still receive the SIGTERM that stops it.

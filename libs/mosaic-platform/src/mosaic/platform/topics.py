@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, replace
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -205,7 +206,7 @@ DEAD_LETTER_SUBJECTS = "deadletter.>"
 
 def for_deployment(events_dedup_window: float, audit_retention_days: int) -> tuple[Topic, ...]:
     """Every topic, with the deployment's events.raw duplicate window and audit retention."""
-    windows = {
+    windows: dict[str, dict[str, Any]] = {
         EVENTS_RAW.name: {"duplicate_window": events_dedup_window},
         AUDIT.name: {"max_age": audit_retention_days * DAY},
     }

@@ -102,10 +102,10 @@ class _Module:
         uses = Uses()
         local: dict[str, set[str]] = {}
         for child in ast.walk(node):  # locals built from a topic: `subject = f"{JOBS.name}.{id}"`
-            if isinstance(child, ast.Assign) and (found := self._topics_in(child.value, {})):
+            if isinstance(child, ast.Assign) and (assigned := self._topics_in(child.value, {})):
                 for target in child.targets:
                     if isinstance(target, ast.Name):
-                        local[target.id] = found
+                        local[target.id] = assigned
         for child in ast.walk(node):
             if isinstance(child, ast.Call):
                 func = child.func
