@@ -58,6 +58,7 @@ class Changes:
         async def on_message(msg) -> None:
             self.seen.append((msg.headers.get("Nats-Msg-Id"), consent_changed_pb2.ConsentChanged.FromString(msg.data)))
 
+        assert service.runtime is not None  # started
         await service.runtime.bus._nc.subscribe(topics.CONSENT_CHANGED.wildcard, cb=on_message)
 
 
@@ -153,7 +154,7 @@ async def test_withdrawal_and_expiry_end_a_grant(stub):
             "decision.expires_at",
         ),
         (
-            pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(profile_id="p", purpose="marketing", change=42)),
+            pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(profile_id="p", purpose="marketing", change=42)),  # type: ignore[arg-type]  # not a ConsentChange, on purpose
             "decision.change",
         ),
     ],

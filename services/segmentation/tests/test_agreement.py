@@ -124,8 +124,8 @@ consent_predicates = st.sampled_from([*PURPOSES, "retired_purpose"]).map(
 definitions = st.recursive(
     st.one_of(trait_predicates(), event_predicates(), facts, consent_predicates),
     lambda inner: st.one_of(
-        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)})),
-        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)})),
+        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)})),  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
+        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)})),  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
         inner.map(lambda e: pb.Expression(**{"not": e})),
     ),
     max_leaves=4,

@@ -232,8 +232,8 @@ leaves = traits() | events() | identities | references | consents
 expressions = st.recursive(
     leaves,
     lambda inner: (
-        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)}))
-        | st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)}))
+        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)}))  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
+        | st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)}))  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
         | inner.map(lambda e: pb.Expression(**{"not": e}))
     ),
     max_leaves=8,
