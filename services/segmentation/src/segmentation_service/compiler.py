@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from google.protobuf import struct_pb2
 
+from mosaic.platform.consent import NAME as PURPOSE
 from mosaic.platform.errors import InvalidArgument
 from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service import language
@@ -35,7 +36,6 @@ EVENT_DATA = "profile's daily counters keep a count per day and event name, not 
 # default of every purpose they did not decide).
 IDENTITIES = "identities"
 JURISDICTION = "jurisdiction"
-PURPOSE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 @dataclass(frozen=True)
