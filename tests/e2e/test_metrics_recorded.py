@@ -24,7 +24,7 @@ from mosaic.testing.plugin import eventually
 PARTITIONS = 2  # the start_services fixture's
 
 
-def _event(kind: int, **fields) -> event_pb2.Event:
+def _event(kind: event_pb2.EventType, **fields) -> event_pb2.Event:
     traits = fields.pop("traits", {})
     event = event_pb2.Event(type=kind, **fields)
     event.traits.update(traits)

@@ -12,7 +12,7 @@ from mosaic.platform.server import Service
 from mosaic.testing.plugin import eventually
 from mosaic.testing.receivers import WebhookReceiver
 
-from .test_channels import email_destination, records, set_traits
+from .test_channels import email_destination, records
 
 Status = delivery_pb2.DeliveryStatus
 WITHDRAWN = "consent to 'marketing' not granted at send time"
@@ -56,13 +56,13 @@ async def test_a_consent_withdrawn_between_planning_and_the_retry_stops_the_send
 
 
 async def test_an_email_waiting_for_its_rate_limit_is_not_sent_once_consent_is_withdrawn(
-    with_profiles, profile_service, stub, bus, membership, consent, smtp_receiver
+    with_profiles, set_traits, stub, bus, membership, consent, smtp_receiver
 ):
     # One mail every 5 s: the second job is planned (consent granted) and waits for its token.
     destination = email_destination(smtp_receiver, limits=delivery_pb2.Limits(rate_per_second=0.2))
     await stub.CreateDestination(pb.CreateDestinationRequest(destination=destination))
     for person, address in (("p-a", "a@example.com"), ("p-b", "b@example.com")):
-        await set_traits(bus, profile_service, person, email=address, first_name=person)
+        await set_traits(person, email=address, first_name=person)
         await consent(person)
     await membership("vip", "p-a")
     await eventually(smtp_receiver.snapshot)

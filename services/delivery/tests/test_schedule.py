@@ -137,7 +137,7 @@ def test_a_missing_or_unknown_zone_trait_is_the_default_zone(name):
     assert quiet.person_zone({"timezone": "Europe/Paris"}, "timezone", tokyo).key == "Europe/Paris"
 
 
-def window(start="21:00", end="08:00") -> quiet.Window:
+def window(start="21:00", end="08:00") -> quiet.Window | None:
     return quiet.window_of(delivery_pb2.QuietHours(start=start, end=end), "quiet_hours")
 
 

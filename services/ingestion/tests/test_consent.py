@@ -49,7 +49,7 @@ def event(kind: str = "track", user_id: str = "", anonymous_id: str = "", consen
     built.context.update({"device": {"advertisingId": "idfa-1", "model": "phone"}, "ip": "198.51.100.7"})
     if consent is not None:
         built.context["consent"] = struct_pb2.Struct()
-        built.context["consent"].update(consent)
+        built.context.fields["consent"].struct_value.update(consent)
     return built
 
 

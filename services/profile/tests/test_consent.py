@@ -68,6 +68,7 @@ class Updates:
         async def on_message(msg) -> None:
             self.seen.append(profile_updated_pb2.ProfileUpdated.FromString(msg.data))
 
+        assert service.runtime is not None
         await service.runtime.bus._nc.subscribe(topics.PROFILE_UPDATED.wildcard, cb=on_message)
 
 

@@ -3,6 +3,7 @@ definitions over random profiles always give the same members. Pure logic."""
 
 import math
 from datetime import datetime, timezone
+from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from hypothesis import given, settings
@@ -179,7 +180,7 @@ def changes(profile_id: str, version: int, old: ProfileState, new: ProfileState)
             change = update.changes.add(path=f"consent.{purpose}")
             if purpose in new.consent:
                 until = new.consent[purpose]
-                decision = {"granted": until > 0}
+                decision: dict[str, Any] = {"granted": until > 0}
                 if 0 < until < math.inf:
                     decision["expires_at"] = datetime.fromtimestamp(until, timezone.utc).isoformat()
                 change.new_value.struct_value.update(decision)
