@@ -21,7 +21,7 @@ from ingestion_service import envelope
 from ingestion_service.backlog import BacklogGauge
 from ingestion_service.config import Settings
 from ingestion_service.consent import ConsentGate
-from ingestion_service.ratelimit import RateLimiter
+from ingestion_service.ratelimit import RateLimited, RateLimiter
 from ingestion_service.sources import ActiveSource, SourceDirectory, check_source_id
 from ingestion_service.store import IngestionStore
 from ingestion_service.suppression import SuppressionList
@@ -29,7 +29,7 @@ from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2, quarantine_pb2, source_pb2
 from mosaic.platform import metrics, topics
 from mosaic.platform.bus import Bus
-from mosaic.platform.errors import FailedPrecondition, NotFound
+from mosaic.platform.errors import FailedPrecondition, NotFound, Unavailable
 
 # Module-level ints: the enum wrapper's attribute lookup is slow on a hot path.
 S = ingestion_service_pb2
@@ -88,9 +88,14 @@ class Intake:
     def admit(self, active: ActiveSource, events: int) -> None:
         """Take the batch from the source's rate limit, or raise RateLimited; Unavailable while
         the pipeline is too far behind."""
-        if self.backlog is not None:
-            self.backlog.check()
-        self.limiter.admit(active.source_id, events, active.rate, active.burst)
+        try:
+            if self.backlog is not None:
+                self.backlog.check()
+            self.limiter.admit(active.source_id, events, active.rate, active.burst)
+        except (Unavailable, RateLimited) as error:
+            # Senders told to come back: what backpressure and the rate limits hold off, counted.
+            metrics.ingested(active.source_id, "refused" if isinstance(error, Unavailable) else "rate_limited", events)
+            raise
 
     async def ingest(self, active: ActiveSource, events: list[event_pb2.Event]) -> list[EventResult]:
         """Events whose envelope is valid (see envelope.prepare) → one result each, in order."""
@@ -132,7 +137,11 @@ class Intake:
             publish.append((len(results) - 1, event))
         span = trace.get_current_span()
         span.set_attributes({"mosaic.source.id": active.source_id, "mosaic.ingest.batch_size": len(events)})
-        await asyncio.gather(self._publish(publish, results), self._quarantine(keep))
+        try:
+            await asyncio.gather(self._publish(publish, results), self._quarantine(keep))
+        except Unavailable:  # NATS away or a stream full: the sender hears 503 and retries
+            metrics.ingested(active.source_id, "refused", len(events))
+            raise
         metrics.ingested_statuses(active.source_id, S.EventStatus.Name, (result.status for result in results))
         return results
 

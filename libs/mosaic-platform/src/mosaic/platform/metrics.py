@@ -59,7 +59,8 @@ METRICS: dict[str, Metric] = {
             "counter",
             "{event}",
             "events ingestion answered for, by source and outcome (accepted, duplicate, rejected, "
-            "quarantined, blocked, suppressed)",
+            "quarantined, blocked, suppressed; refused: told to retry by backpressure, a full stream "
+            "or NATS away; rate_limited)",
             ("mosaic.source.id", "mosaic.ingest.outcome"),
         ),
         Metric(
