@@ -152,7 +152,8 @@ async def test_every_registered_metric_is_recorded_by_a_real_flow(recorded_metri
         if p.attributes["mosaic.destination.id"] == "hook"
     }
     assert "delivered" in outcomes
-    assert {p.attributes["mosaic.consent.decision"] for p in seen["mosaic.consent.check.duration"]} == {"granted"}
+    # Granted for the send; a denial is recorded too when a check comes before the grant.
+    assert "granted" in {p.attributes["mosaic.consent.decision"] for p in seen["mosaic.consent.check.duration"]}
     transitions = {
         (p.attributes["mosaic.segment.id"], p.attributes["mosaic.segment.direction"])
         for p in seen["mosaic.segment.transitions"]

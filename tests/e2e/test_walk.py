@@ -152,6 +152,13 @@ async def test_one_identify_event_walks_the_whole_mesh_as_one_trace(
         )
     )
 
+    # The person's consent is kept on the profile as a change of its own (version 2).
+    async def consent_on_profile() -> bool:
+        answer = await clients.profile.GetProfile(profile_service_pb2.GetProfileRequest(profile_id=profile_id))
+        return answer.profile.version == 2
+
+    await eventually(consent_on_profile)
+
     # Second event: the upgrade puts the person into the segment, which triggers the webhook.
     second = await clients.ingestion.Ingest(
         ingestion_service_pb2.IngestRequest(source_id="web", events=[identify("u-1", plan="enterprise")])
@@ -166,11 +173,11 @@ async def test_one_identify_event_walks_the_whole_mesh_as_one_trace(
     traits = {name: trait.value for name, trait in answer.profile.traits.items()}
     assert traits["plan"].string_value == "enterprise"
     assert traits["email"].string_value == "Ada@Example.com"
-    assert answer.profile.version == 2 and answer.profile.event_count == 2
+    assert answer.profile.version == 3 and answer.profile.event_count == 2
     member = await clients.segmentation.IsMember(
         segmentation_service_pb2.IsMemberRequest(segment_id="enterprise", profile_id=profile_id)
     )
-    assert member.member and member.profile_version == 2
+    assert member.member and member.profile_version == 3
 
     # The snapshots are in Cassandra, not only in a cache.
     cluster = Cluster(["127.0.0.1"], port=cassandra_keyspace.port, protocol_version=5)
@@ -178,7 +185,7 @@ async def test_one_identify_event_walks_the_whole_mesh_as_one_trace(
         rows = cluster.connect(cassandra_keyspace.keyspace).execute(
             "SELECT version FROM profile_snapshots WHERE profile_id = %s AND bucket = 0", (profile_id,)
         )
-        assert sorted(row.version for row in rows) == [1, 2]
+        assert sorted(row.version for row in rows) == [1, 2, 3]
     finally:
         cluster.shutdown()
 

@@ -193,9 +193,12 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         return pb.CreateCampaignResponse(campaign=campaigns.shown(c, None))
 
     async def ListCampaigns(self, request, context):
+        size = limits.page_size(request.page_size, 100, 1000)
+        page, token = limits.page_of(await self.store.campaigns(), lambda c: c.campaign_id, size, request.page_token)
         runs = await self.store.campaign_runs()
         return pb.ListCampaignsResponse(
-            campaigns=[campaigns.shown(c, runs.get(c.campaign_id, (0, None))[1]) for c in await self.store.campaigns()]
+            campaigns=[campaigns.shown(c, runs.get(c.campaign_id, (0, None))[1]) for c in page],
+            next_page_token=token,
         )
 
     async def GetCampaign(self, request, context):

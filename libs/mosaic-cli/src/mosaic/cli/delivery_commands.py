@@ -100,7 +100,7 @@ async def manage_campaigns(args: argparse.Namespace) -> int:
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
         if args.action == "list":
-            for campaign in (await stub.ListCampaigns(pb.ListCampaignsRequest())).campaigns:
+            async for campaign in paging.every(stub.ListCampaigns, pb.ListCampaignsRequest(), "campaigns"):
                 _print(campaign)
             return 0
         if not args.target:
