@@ -78,11 +78,10 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(delivery_service_pb2.DESCRIPTOR.services_by_name["DeliveryService"].full_name)
     planner = Planner(cache, store, queue, runtime.bus, consent, profiles)
-    owned = settings.platform.owned_partitions
-    runtime.bus.consume(topics.SEGMENT_MEMBERSHIP, planner.on_membership, owned)
-    runtime.bus.consume(topics.EVENTS_RESOLVED, planner.on_event, owned)
+    runtime.bus.consume(topics.SEGMENT_MEMBERSHIP, planner.on_membership)
+    runtime.bus.consume(topics.EVENTS_RESOLVED, planner.on_event)
     privacy = DeliveryPrivacy(store)
-    Participant("delivery", runtime.bus, privacy.export, privacy.erase).start(owned)
+    Participant("delivery", runtime.bus, privacy.export, privacy.erase).start()
 
     if settings.feedback:
         feedback = Feedback(
@@ -93,7 +92,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
             cache,
         )
         await feedback.ensure_source()
-        runtime.bus.consume(topics.DELIVERY_OUTCOME, feedback.on_outcome, owned)
+        runtime.bus.consume(topics.DELIVERY_OUTCOME, feedback.on_outcome)
         if settings.engagement_secret:
             endpoint = EngagementEndpoint(feedback, settings.engagement_secret)
             port = await endpoint.start(settings.http_port)

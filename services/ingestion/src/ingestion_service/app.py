@@ -141,7 +141,8 @@ async def build(runtime: Runtime, settings: Settings) -> Ingestion:
     refresher = asyncio.create_task(suppression.refresh_forever(settings.suppression_refresh_seconds))
     runtime.cleanup.push_async_callback(tasks.cancel, refresher)
     sources = SourceDirectory(store, settings)
-    limiter = RateLimiter(share=1 / settings.platform.replica_count)
+    limiter = RateLimiter()
+    runtime.ownership.on_members(limiter.shared_by)
     backlog = BacklogGauge(
         settings.platform.nats_url, settings.max_backlog, settings.backlog_refresh_seconds, settings.backlog_retry_after
     )
@@ -163,5 +164,5 @@ async def build(runtime: Runtime, settings: Settings) -> Ingestion:
         await suppression(change, delivery)
         await runtime.bus.erase(topics.SUPPRESSION_CHANGED, delivery.stream_sequence)
 
-    runtime.bus.consume(topics.SUPPRESSION_CHANGED, apply_suppression, settings.platform.owned_partitions)
+    runtime.bus.consume(topics.SUPPRESSION_CHANGED, apply_suppression)
     return Ingestion(intake, sources, suppression, port)
