@@ -214,3 +214,26 @@ async def test_a_replica_whose_lease_lapses_stops_before_acking(nats_server):
     info = await bus.jetstream.consumer_info(TOPIC.stream, "tester-0")
     assert info.ack_floor.stream_seq == 0  # nothing acked: the next holder does it all
     await bus.close()
+
+
+async def test_a_replica_cut_off_from_nats_stops_and_takes_its_partitions_back_after(nats_server):
+    """NATS goes away for longer than a lease may go unrenewed: every partition stops (nothing
+    is processed or acked unfenced); once NATS is back the replica takes its leases again and
+    what was published meanwhile is handled once, in order."""
+    record: list = []
+    replica = await Replica("replica-a", nats_server.url, record).start()
+    publisher = await Bus.connect(nats_server.url, "publisher", PARTITIONS)
+    key = "user-1"
+    await publisher.publish(TOPIC, key, event_pb2.Event(message_id="before"), "before")
+    await eventually(lambda: len(record) == 1, timeout=10)
+    nats_server.stop()
+    await eventually(lambda: not replica.ownership.owned, timeout=10)  # lapsed: 0.6 of 3 s
+    nats_server.start()
+    await eventually(lambda: replica.ownership.owned == frozenset(range(PARTITIONS)), timeout=60)
+    for i in range(20):
+        await publisher.publish(TOPIC, key, event_pb2.Event(message_id=f"after-{i}"), f"after-{i}")
+    await eventually(lambda: len(record) == 21, timeout=30)
+    await asyncio.sleep(0.5)
+    await replica.stop()
+    await publisher.close()
+    assert [message_id for _, _, message_id, _, _ in record] == ["before", *(f"after-{i}" for i in range(20))]

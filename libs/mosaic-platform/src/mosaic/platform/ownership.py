@@ -397,8 +397,12 @@ class Ownership:
                 revision, clean = await self._kv.update(key, value, last=0), False  # nobody's
             except nats.js.errors.KeyWrongLastSequenceError:
                 try:
-                    await self._kv.get(key)
-                    return None  # held by another member
+                    held = await self._kv.get(key)
+                    if held.value != value:
+                        return None  # held by another member
+                    # Ours from before a lapse (cut off from NATS for a while): nobody else took
+                    # it, and this replica stopped consuming it then, so take it back at once.
+                    revision, clean = await self._kv.update(key, value, last=held.revision), False
                 except nats.js.errors.KeyNotFoundError as gone:
                     if gone.entry is None:
                         return None  # expired meanwhile: the next round
