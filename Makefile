@@ -13,6 +13,10 @@ BUF := tools/node_modules/.bin/buf
 UV := $(or $(shell command -v uv),$(CURDIR)/.local/uv/bin/uv)
 PREREQS := deploy/local/prereqs.sh
 PY_TREES := libs services tests bench conftest.py
+# mypy: every package's src, bench and the tests in one run; the generated stubs are read, not checked.
+# (explicit_package_bases names a test module by its path, so the many conftest.py do not collide)
+TYPED_TREES := $(wildcard libs/mosaic-platform/src libs/mosaic-cli/src libs/mosaic-testing/src services/*/src) bench \
+  $(wildcard libs/*/tests services/*/tests) tests conftest.py
 
 .PHONY: help setup protos lint run demo test test-fast bench stop observe
 
@@ -45,11 +49,12 @@ setup: .venv/.synced $(STUBS)/.generated $(BUF) ## install packages and tools, g
 
 protos: $(STUBS)/.generated ## generate the Python stubs from protos/
 
-lint: $(BUF) .venv/.synced ## buf lint and breaking against main; ruff lint and format check
+lint: $(BUF) .venv/.synced ## buf lint and breaking against main; ruff lint and format check; mypy
 	$(BUF) lint
 	deploy/local/buf-breaking.sh $(BUF)
 	$(UV) run --frozen ruff check $(PY_TREES)
 	$(UV) run --frozen ruff format --check $(PY_TREES)
+	$(UV) run --frozen mypy $(TYPED_TREES)
 
 run: setup ## run the whole mesh locally with a demo data set (STORE=cassandra for Cassandra)
 	deploy/local/nats.sh start

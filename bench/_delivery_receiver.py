@@ -46,7 +46,7 @@ async def main(failing_mode: str) -> None:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
         await site.start()
-        ports.append(site._server.sockets[0].getsockname()[1])  # noqa: SLF001 - the port the OS picked
+        ports.append(runner.addresses[0][1])  # the port the OS picked
     print(f"ports {ports[0]} {ports[1]}", flush=True)
     await asyncio.Event().wait()
 

@@ -143,7 +143,7 @@ async def handler_time() -> tuple[float, float]:
     from consent_service.app import ConsentServicer
     from consent_service.cache import ConsentCache
     from consent_service.ledger import Ledger, PersonView
-    from consent_service.purposes import DEFAULT_PURPOSES, parse
+    from mosaic.platform.consent import DEFAULT_PURPOSES, parse
 
     decision = consent_pb2.ConsentDecision(profile_id="p", purpose="marketing", granted=True)
 
@@ -213,7 +213,7 @@ async def erase_time(store_name: str) -> tuple[float, dict[str, int]]:
             snapshot.profile.CopyFrom(profile)
             await store.save(StoredSnapshot(snapshot, version % 20 == 1), Latest(profile), 14 * 86400)
         settings = ProfileSettings(platform, (), 90, 90, 20, 1000)
-        profiles = Profiles(store, ProfileCache(1000, platform.partitions, range(platform.partitions)), None, settings)
+        profiles = Profiles(store, ProfileCache(1000, platform.partitions, range(platform.partitions)), None, settings)  # type: ignore[arg-type]  # erasing publishes nothing: no bus
         began = time.perf_counter()
         answer = await ProfilePrivacy(profiles).erase(
             privacy_request_pb2.PrivacyRequested(person_id=pid, profile_ids=[pid])

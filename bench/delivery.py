@@ -6,8 +6,10 @@ What runs: a nats-server (one core), the receivers in a process of their own
 (bench/_delivery_receiver.py), and in this process the delivery service's sending half for
 real: a `DestinationWorker` per destination (its own pull consumer on delivery.jobs.<id>,
 connection pool, rate limit, circuit breaker, retry budget), signing each webhook, recording
-each outcome in the embedded store and publishing it on delivery.outcome before the ack. The
-jobs are queued here as the planner queues them.
+each outcome in the embedded store and publishing it on delivery.outcome before the ack, and
+asking the real consent service (in this process, CCPA defaults: the people decided nothing,
+so marketing is allowed) before every send, as the workers do. The jobs are queued here as the
+planner queues them.
 
 1. Throughput: 20,000 jobs queued for the healthy destination, drained; deliveries/s.
 2. Latency: jobs offered at a fixed rate (BENCH_DELIVERY_LOAD, 30 % of the measured
@@ -33,15 +35,20 @@ import tempfile
 import time
 
 import aiohttp
+import grpc
 import nats
 
+from consent_service.app import build as build_consent
+from consent_service.config import Settings as ConsentSettings
 from delivery_service.jobs import JobQueue
 from delivery_service.ssrf import AddressPolicy
 from delivery_service.store import open_store
 from delivery_service.worker import DestinationWorker, WorkerSettings
+from mosaic.consent.v1 import consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform.bus import Bus
 from mosaic.platform.config import PlatformSettings
+from mosaic.platform.server import Service
 from mosaic.testing.nats_server import NatsServer
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
@@ -64,7 +71,7 @@ def destination(destination_id: str, port: int) -> delivery_pb2.Destination:
     )
 
 
-def job(destination_id: str, n: int) -> bytes:
+def job(destination_id: str, n: int) -> tuple[bytes, str]:
     job = delivery_pb2.DeliveryJob(
         delivery_id=f"{destination_id}:{n}:{time.time_ns()}",
         destination_id=destination_id,
@@ -107,6 +114,7 @@ class Receivers:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench._delivery_receiver", mode], stdout=subprocess.PIPE, text=True
         )
+        assert self.process.stdout is not None  # piped
         _, healthy, failing = self.process.stdout.readline().split()
         self.healthy, self.failing = int(healthy), int(failing)
 
@@ -137,7 +145,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def scenario(
-    name: str, mode: str | None, rate: float | None, nats_url: str, data_dir: str, feed_other: bool = False
+    name: str,
+    mode: str | None,
+    rate: float | None,
+    nats_url: str,
+    data_dir: str,
+    consent,
+    feed_other: bool = False,
 ) -> dict:
     receivers = Receivers(mode or "500")
     store = await open_store(PlatformSettings.from_env("delivery", {"MOSAIC_AUTH": "off", "MOSAIC_DATA_DIR": data_dir}))
@@ -149,9 +163,11 @@ async def scenario(
     settings = WorkerSettings(policy=AddressPolicy(["loopback"]), max_attempts=5, retry_base=0.5)
     suffix = name.replace(" ", "-").replace(".", "-")
     healthy_id, failing_id = f"healthy-{suffix}", f"failing-{suffix}"
-    workers = [DestinationWorker(destination(healthy_id, receivers.healthy), queue, store, bus, settings)]
+    workers = [DestinationWorker(destination(healthy_id, receivers.healthy), queue, store, bus, settings, consent)]
     if mode:
-        workers.append(DestinationWorker(destination(failing_id, receivers.failing), queue, store, bus, settings))
+        workers.append(
+            DestinationWorker(destination(failing_id, receivers.failing), queue, store, bus, settings, consent)
+        )
     result: dict = {"name": name}
     try:
         if rate is None:
@@ -189,41 +205,66 @@ async def scenario(
     return result
 
 
+async def start_consent(nats_url: str, data_dir: str) -> Service:
+    settings = ConsentSettings.from_env(
+        {
+            "MOSAIC_AUTH": "off",
+            "MOSAIC_NATS_URL": nats_url,
+            "MOSAIC_DATA_DIR": data_dir,
+            "MOSAIC_GRACE_SECONDS": "1",
+            "MOSAIC_CONSENT_JURISDICTION": "ccpa",
+        }
+    )
+    service = Service(settings.platform, lambda runtime: build_consent(runtime, settings))
+    await service.start()
+    return service
+
+
 async def main() -> None:
     server = NatsServer(cores=1).start()
     try:
         with tempfile.TemporaryDirectory(prefix="mosaic-bench-delivery-") as data_dir:
-            drained = await scenario("drain", None, None, server.url, data_dir)
-            print(
-                f"throughput: {drained['rate']:,.0f} webhook deliveries/s to one destination "
-                f"({DRAIN:,} queued jobs drained; {drained['cpu_us']:.0f} µs of this process's CPU each)",
-                flush=True,
-            )
-            rate = round(drained["rate"] * LOAD, -1)
-            print(
-                f"latency at {rate:,.0f} deliveries/s offered ({LOAD:.0%} of that) for {SECONDS:.0f} s, queue to arrival;"
-                f" {ROUNDS} rounds, the three runs of a round back to back:"
-            )
-            for round_ in range(1, ROUNDS + 1):
-                alone = await scenario(f"alone {round_}", None, rate, server.url, data_dir)
-                print(
-                    f"  {round_}. healthy alone:                 p50 {alone['p50']:7.1f} ms  p99 {alone['p99']:7.1f} ms",
-                    flush=True,
-                )
-                queued = await scenario(f"queued {round_}", None, rate, server.url, data_dir, feed_other=True)
-                print(
-                    f"  {round_}. alone, a 2nd queue fed, unread: p50 {queued['p50']:7.1f} ms  p99 {queued['p99']:7.1f} ms"
-                    f"  ({(queued['p99'] / alone['p99'] - 1) * 100:+.0f} % p99: the load of queueing twice)",
-                    flush=True,
-                )
-                for mode, label in (("500", "answers 500"), ("timeout", "times out")):
-                    beside = await scenario(f"beside {mode} {round_}", mode, rate, server.url, data_dir)
-                    change = (beside["p99"] / queued["p99"] - 1) * 100
-                    print(
-                        f"  {round_}. beside one that {label + ':':<13} p50 {beside['p50']:7.1f} ms  p99 {beside['p99']:7.1f} ms"
-                        f"  ({change:+.0f} % p99 vs the fed unread queue; the failing queue holds {beside['failing_pending']:,} jobs, "
-                        f"circuit {beside['breaker']})",
-                        flush=True,
-                    )
+            consent_service = await start_consent(server.url, data_dir)
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{consent_service.port}")
+            try:
+                await run(server.url, data_dir, consent_service_pb2_grpc.ConsentServiceStub(channel))
+            finally:
+                await channel.close()
+                await consent_service.stop()
     finally:
         server.close()
+
+
+async def run(nats_url: str, data_dir: str, consent) -> None:
+    drained = await scenario("drain", None, None, nats_url, data_dir, consent)
+    print(
+        f"throughput: {drained['rate']:,.0f} webhook deliveries/s to one destination "
+        f"({DRAIN:,} queued jobs drained; {drained['cpu_us']:.0f} µs of this process's CPU each)",
+        flush=True,
+    )
+    rate = round(drained["rate"] * LOAD, -1)
+    print(
+        f"latency at {rate:,.0f} deliveries/s offered ({LOAD:.0%} of that) for {SECONDS:.0f} s, queue to arrival;"
+        f" {ROUNDS} rounds, the three runs of a round back to back:"
+    )
+    for round_ in range(1, ROUNDS + 1):
+        alone = await scenario(f"alone {round_}", None, rate, nats_url, data_dir, consent)
+        print(
+            f"  {round_}. healthy alone:                 p50 {alone['p50']:7.1f} ms  p99 {alone['p99']:7.1f} ms",
+            flush=True,
+        )
+        queued = await scenario(f"queued {round_}", None, rate, nats_url, data_dir, consent, feed_other=True)
+        print(
+            f"  {round_}. alone, a 2nd queue fed, unread: p50 {queued['p50']:7.1f} ms  p99 {queued['p99']:7.1f} ms"
+            f"  ({(queued['p99'] / alone['p99'] - 1) * 100:+.0f} % p99: the load of queueing twice)",
+            flush=True,
+        )
+        for mode, label in (("500", "answers 500"), ("timeout", "times out")):
+            beside = await scenario(f"beside {mode} {round_}", mode, rate, nats_url, data_dir, consent)
+            change = (beside["p99"] / queued["p99"] - 1) * 100
+            print(
+                f"  {round_}. beside one that {label + ':':<13} p50 {beside['p50']:7.1f} ms  p99 {beside['p99']:7.1f} ms"
+                f"  ({change:+.0f} % p99 vs the fed unread queue; the failing queue holds {beside['failing_pending']:,} jobs, "
+                f"circuit {beside['breaker']})",
+                flush=True,
+            )

@@ -31,6 +31,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -47,7 +48,7 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 SETTLE = 3 * SECONDS
 BATCH = 100
 CONNECTIONS = 8
-PROPERTIES = {
+PROPERTIES: dict[str, Any] = {
     "plan": "enterprise",
     "seats": 25,
     "page": "/pricing/enterprise",
@@ -57,7 +58,7 @@ PROPERTIES = {
     "amount": 1234.5,
     "coupon": "SPRING24",
 }
-CONTEXT = {
+CONTEXT: dict[str, Any] = {
     "library": {"name": "bench", "version": "1.0"},
     "ip": "203.0.113.7",
     "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
@@ -163,7 +164,8 @@ async def raw_batch_latencies(nats_url: str, rate: float, seconds: float) -> lis
         await asyncio.gather(*futures)
         latencies.append(time.monotonic() - sent)
 
-    started, batches = time.monotonic(), []
+    started = time.monotonic()
+    batches: list[asyncio.Task] = []
     while time.monotonic() - started < seconds:
         batches.append(asyncio.create_task(batch(len(batches))))
         await asyncio.sleep(max(0.0, started + len(batches) * BATCH / rate - time.monotonic()))

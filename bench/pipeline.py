@@ -63,7 +63,7 @@ COUNTRIES = ("DE", "FR", "GB", "US", "JP")
 def segments() -> list[segment_pb2.Segment]:
     """Twenty segments over identify traits and the built-in commerce traits."""
 
-    def trait(name: str, op: int, value: struct_pb2.Value | None = None) -> segment_pb2.Condition:
+    def trait(name: str, op: segment_pb2.Operator, value: struct_pb2.Value | None = None) -> segment_pb2.Condition:
         return segment_pb2.Condition(trait=segment_pb2.TraitCondition(trait=name, operator=op, value=value))
 
     s, n = (lambda v: struct_pb2.Value(string_value=v)), (lambda v: struct_pb2.Value(number_value=v))
@@ -283,8 +283,8 @@ async def main() -> None:
             for segment in segments():
                 await stub.CreateSegment(segmentation_service_pb2.CreateSegmentRequest(segment=segment))
         async with grpc.aio.insecure_channel(mesh.address("ingestion")) as channel:
-            stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
-            created = await stub.CreateSource(
+            ingestion = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
+            created = await ingestion.CreateSource(
                 ingestion_service_pb2.CreateSourceRequest(source=source_pb2.Source(source_id="bench-http"))
             )
         key = created.source.write_keys[0].secret

@@ -44,6 +44,7 @@ def resolved(i: int) -> resolved_pb2.ResolvedEvent:
 
 
 async def end_to_end(service: Service) -> float:
+    assert service.runtime is not None  # started
     bus = service.runtime.bus
     start = time.perf_counter()
     for chunk in range(0, EVENTS, 500):
@@ -62,6 +63,7 @@ async def snapshot_writes(settings: PlatformSettings) -> dict[str, float]:
     """Rows per second: raw driver inserts, snapshot rows through the store, whole changes."""
     store = await open_store(settings)
     latest = await store.latest("p1")
+    assert latest is not None  # folded by end_to_end before
     stored = (await store.snapshots("p1", latest.profile.version, latest.profile.version))[0]
     payload = stored.snapshot.SerializeToString()
     n = 6000

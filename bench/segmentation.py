@@ -26,6 +26,7 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -75,7 +76,7 @@ def rss_mb() -> float:
 def synthesize(n: int, seed: int = 14) -> dict:
     """Columns of n profiles and their counters in long form (profile, event, day, count)."""
     rng = np.random.default_rng(seed)
-    data = {
+    data: dict[str, Any] = {
         "plan": PLANS[rng.choice(4, n, p=[0.6, 0.25, 0.1, 0.05])],
         "country": COUNTRIES[rng.integers(0, len(COUNTRIES), n)],
         "age": rng.integers(18, 80, n).astype(float),
@@ -146,6 +147,7 @@ def rebuild_from_protos(view: ColumnarView, sample: int) -> float:
     blobs = []
     for i in range(sample):
         state = view.get(f"profile-{i:07d}")
+        assert state is not None  # loaded
         profile = profile_pb2.Profile(profile_id=state.profile_id, version=1)
         for key, value in state.traits.items():
             wrapped = struct_pb2.Value()
@@ -344,6 +346,7 @@ async def membership_latency(rate: int = 2000, seconds: float = 5.0) -> tuple[in
             latencies.append((time.perf_counter() - begun) * 1000)
 
     await watcher.subscribe(topics.SEGMENT_MEMBERSHIP.wildcard, cb=received)
+    assert service.runtime is not None  # started
     bus = service.runtime.bus
     total, tick, people = int(rate * seconds), 0.05, 2000
     per_tick = int(rate * tick)
@@ -417,6 +420,7 @@ async def main() -> None:
     started = time.perf_counter()
     for pid in picks:
         state = view.get(pid)
+        assert state is not None  # loaded
         for definition in compiled:
             evaluate(definition.expression, state, NOW)
     elapsed = time.perf_counter() - started

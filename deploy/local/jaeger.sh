@@ -39,9 +39,11 @@ start() {
   for port in 4317 4318 $ui_port; do
     if answers "$port"; then echo "port $port is taken by another process" >&2; exit 1; fi
   done
-  # jaeger.yaml: OTLP receivers, memory storage, query + UI, all on loopback. The module proxy's
-  # source has no built UI assets, so the UI page is Jaeger's placeholder; the query API
-  # (/api/traces, /api/v3/traces) answers all the same.
+  # jaeger.yaml: OTLP receivers, memory storage, query + UI, all on loopback. The UI page is
+  # Jaeger's placeholder: v1.76.0 embeds cmd/query/app/ui/actual/* (no build tag) and serves the
+  # UI only if actual/index.html.gz is there, which `make build-ui` builds from the jaeger-ui git
+  # submodule; the module proxy's zip has neither, and no registry reached here ships the built
+  # UI. The query API (/api/traces, /api/v3/traces) answers all the same.
   nohup setsid "$bin" --config "$root/deploy/local/jaeger.yaml" >"$dir/jaeger.log" 2>&1 &
   echo $! >"$pidfile"
   # Up to a minute: a loaded machine reads the 100 MB binary slowly the first time.

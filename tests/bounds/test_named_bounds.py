@@ -21,7 +21,7 @@ from mosaic.profile.v1 import profile_service_pb2_grpc
 async def refusal(call) -> tuple[grpc.StatusCode, str, list[str]]:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
-    fields = []
+    fields: list[str] = []
     for detail in rpc_status.from_call(caught.value).details if rpc_status.from_call(caught.value) else []:
         bad = error_details_pb2.BadRequest()
         if detail.Unpack(bad):

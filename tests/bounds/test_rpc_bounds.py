@@ -131,6 +131,7 @@ def _scalar(field: descriptor.FieldDescriptor, values):
     if field.type == F.TYPE_BOOL:
         return True
     if field.type == F.TYPE_ENUM:
+        assert field.enum_type is not None  # an enum field has one
         numbers = [v.number for v in field.enum_type.values]
         return {"huge": 2**31 - 1, "negative": -1, "edge": max(numbers)}.get(_kind_of(values), numbers[-1])
     if field.type in INTS:
@@ -181,7 +182,7 @@ def _checked(error: grpc.aio.AioRpcError) -> grpc.StatusCode:
         raise Finding(f"{code.name} echoes {len(error.details())} characters of input")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         status = rpc_status.from_call(error)
-        named = []
+        named: list[str] = []
         for detail in status.details if status else []:
             bad = error_details_pb2.BadRequest()
             if detail.Unpack(bad):

@@ -50,9 +50,9 @@ def exported_names() -> set[str]:
         elif spec.kind == "histogram":
             meter.create_histogram(spec.name, unit=spec.unit).record(0.1, attributes)
         elif spec.kind == "gauge":
-            meter.create_observable_gauge(spec.name, [lambda _, a=attributes: [Observation(1, a)]], unit=spec.unit)
+            meter.create_observable_gauge(spec.name, [lambda _, a=attributes: [Observation(1, a)]], unit=spec.unit)  # type: ignore[misc]  # mypy cannot infer a lambda whose default binds the loop's value
         else:
-            meter.create_observable_counter(spec.name, [lambda _, a=attributes: [Observation(1, a)]], unit=spec.unit)
+            meter.create_observable_counter(spec.name, [lambda _, a=attributes: [Observation(1, a)]], unit=spec.unit)  # type: ignore[misc]  # mypy cannot infer a lambda whose default binds the loop's value
     text = generate_latest(REGISTRY).decode()
     provider.shutdown()
     names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}

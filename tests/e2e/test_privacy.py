@@ -92,7 +92,7 @@ async def tables_naming(mesh: Mesh, needles: list[str]) -> list[str]:
     settings = PlatformSettings.from_env("scan", mesh.env)
     found: list[tuple[str, tuple]] = []
     if settings.store == "cassandra":
-        db = CassandraStore(settings.cassandra, "scan")
+        db: CassandraStore | SqliteStore = CassandraStore(settings.cassandra, "scan")
         await db.open([])
         try:
             found = [(t, r) for t, r in await rows_mentioning(db, needles) if t.startswith(SERVICES)]

@@ -8,7 +8,7 @@ import nats
 import pytest
 from nats.js.api import ConsumerConfig
 
-from mosaic.cli.backlog import DemoStalled, Waiter, queued
+from mosaic.cli.backlog import DemoStalled, Idle, Waiter, queued
 from mosaic.testing.nats_server import NatsServer
 
 
@@ -48,3 +48,16 @@ async def test_the_waiter_shows_the_backlog_and_gives_up_when_nothing_moves(nats
     with pytest.raises(DemoStalled, match="identity 5"):
         await Waiter(nats_server.url, stall_seconds=1.0, out=out).until("the impossible", never)
     assert "waiting" in out.getvalue() and "for the impossible; queued ahead: identity 5, profile 0" in out.getvalue()
+
+
+async def test_the_mesh_is_idle_only_once_nothing_is_queued_anywhere(nats_server: NatsServer) -> None:
+    await _queue_raw_events(nats_server.url, 2)
+    async with Idle(nats_server.url, settle=0.05) as idle:
+        assert not await idle()
+        nc = await nats.connect(nats_server.url)
+        sub = await nc.jetstream().pull_subscribe("events.raw.0", durable="identity-0", stream="EVENTS_RAW")
+        for msg in await sub.fetch(2, timeout=5):
+            await msg.ack()
+        await nc.flush()
+        await nc.close()
+        assert await idle(), "another program's durable (other-0) is no work of the mesh"

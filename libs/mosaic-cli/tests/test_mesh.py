@@ -70,3 +70,12 @@ def test_a_service_that_dies_is_reported_and_restarted_and_one_that_keeps_dying_
     mesh.processes["consent"].wait()
     with pytest.raises(MeshError, match="consent exited with -9 2 times within 60 s; stopping the mesh"):
         mesh.supervise(reports.append)
+
+
+def test_the_waves_start_every_service_once_each_after_those_it_needs():
+    order = [name for wave in mesh_module.WAVES for name in wave]
+    assert sorted(order) == sorted(mesh_module.SERVICES)
+    wave_of = {name: index for index, wave in enumerate(mesh_module.WAVES) for name in wave}
+    needs = {"consent": ["identity"], "segmentation": ["profile"], "delivery": ["consent", "profile", "ingestion"]}
+    for service, needed in needs.items():
+        assert all(wave_of[n] < wave_of[service] for n in needed), service

@@ -30,4 +30,4 @@ def test_reads_of_personal_data_are_audited() -> None:
         "/mosaic.identity.v1.IdentityService/UpdateRules",
         "/mosaic.consent.v1.ConsentService/SetConsent",
     ):
-        assert access[method] is not None and access[method].audited, method
+        assert (declared := access[method]) is not None and declared.audited, method

@@ -5,8 +5,6 @@ Prometheus endpoint; consumer lag comes from a real nats-server's consumer info.
 from __future__ import annotations
 
 import re
-import socket
-import urllib.request
 
 import grpc
 import nats
@@ -15,10 +13,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nats.js import api
 from opentelemetry import trace
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mosaic.events.v1 import event_pb2
 from mosaic.platform import metrics, topics
@@ -27,52 +21,21 @@ from mosaic.platform.consumer_lag import ConsumerLag
 from mosaic.platform.errors import NotFound
 from mosaic.platform.server import Service
 from mosaic.testing.plugin import eventually
+from mosaic.testing.plugin import metric_points as points
+from mosaic.testing.plugin import scrape_metrics as scrape
 
 NAME = re.compile(r"^mosaic(\.[a-z][a-z0-9_]*)+$")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def exported():
+@pytest.fixture
+def exported(recorded_metrics):
     """This process's metrics, as the SDK exports them (in memory) and as Prometheus scrapes them."""
-    reader = InMemoryMetricReader()
-    port = metrics.setup("tester", {"MOSAIC_METRICS_PORT": str(_free_port())}, readers=[reader])
-    if not port:
-        pytest.fail("metrics were set up before this module: it needs its own process (run it alone)")
-    return reader, port
+    return recorded_metrics.reader, recorded_metrics.port
 
 
-@pytest.fixture(scope="module")
-def spans() -> InMemorySpanExporter:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
-
-
-def points(reader: InMemoryMetricReader, name: str) -> list:
-    data = reader.get_metrics_data()
-    return [
-        point
-        for rm in (data.resource_metrics if data else [])
-        for sm in rm.scope_metrics
-        for metric in sm.metrics
-        if metric.name == name
-        for point in metric.data.data_points
-    ]
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        return answer.read().decode()
+@pytest.fixture
+def spans(recorded_spans):
+    return recorded_spans
 
 
 def test_every_registered_name_follows_the_naming_rules():
@@ -162,6 +125,18 @@ async def test_grpc_calls_are_timed_by_method_and_code_and_health_probes_are_nei
     assert not [method for method, _ in calls if method in ("Check", "Watch")]
     names = [span.name for span in spans.get_finished_spans()]
     assert "/mosaic.test.v1.TestService/Fail" in names
+    # The RPC semantic conventions, from the gRPC instrumentation.
+    (failed_span,) = [span for span in spans.get_finished_spans() if span.name == "/mosaic.test.v1.TestService/Fail"]
+    assert failed_span.kind == trace.SpanKind.SERVER
+    assert {
+        name: failed_span.attributes[name]
+        for name in ("rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code")
+    } == {
+        "rpc.system": "grpc",
+        "rpc.service": "mosaic.test.v1.TestService",
+        "rpc.method": "Fail",
+        "rpc.grpc.status_code": grpc.StatusCode.NOT_FOUND.value[0],
+    }
     assert not [name for name in names if "grpc.health" in name]
     assert "mosaic_rpc_server_duration_seconds_bucket" in scrape(port)
 

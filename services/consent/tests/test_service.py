@@ -58,6 +58,7 @@ class Changes:
         async def on_message(msg) -> None:
             self.seen.append((msg.headers.get("Nats-Msg-Id"), consent_changed_pb2.ConsentChanged.FromString(msg.data)))
 
+        assert service.runtime is not None  # started
         await service.runtime.bus._nc.subscribe(topics.CONSENT_CHANGED.wildcard, cb=on_message)
 
 
@@ -153,7 +154,7 @@ async def test_withdrawal_and_expiry_end_a_grant(stub):
             "decision.expires_at",
         ),
         (
-            pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(profile_id="p", purpose="marketing", change=42)),
+            pb.SetConsentRequest(decision=consent_pb2.ConsentDecision(profile_id="p", purpose="marketing", change=42)),  # type: ignore[arg-type]  # not a ConsentChange, on purpose
             "decision.change",
         ),
     ],
@@ -210,6 +211,45 @@ async def test_consent_follows_a_merge_and_a_split_undoes_it(service, stub):
     await bus.publish(topics.IDENTITY_SPLIT, "web-profile", split, "s-1")
     await eventually(lambda: check_granted(stub, "phone-profile"))
     assert not (await check(stub, "web-profile")).granted
+
+
+def decided(person: consent_pb2.PersonConsent) -> dict[str, bool]:
+    return {d.purpose: d.granted for d in person.decisions}
+
+
+async def test_every_notice_carries_the_whole_consent_of_its_person_and_a_split_announces_each_side(service, stub):
+    changes = Changes()
+    await changes.listen(service)
+    bus = service.runtime.bus
+    await stub.SetConsent(grant("s-web", "analytics", jurisdiction=consent_pb2.JURISDICTION_CCPA))
+    await stub.SetConsent(grant("s-web", decided_at=timestamp_pb2.Timestamp(seconds=100)))
+    await stub.SetConsent(grant("s-phone", "advertising", granted=False))
+    # A late decision (older than the person's newest on the purpose) does not win the state.
+    await stub.SetConsent(grant("s-web", granted=False, decided_at=timestamp_pb2.Timestamp(seconds=50)))
+    await eventually(lambda: len(changes.seen) == 4)
+    by_id = dict(changes.seen)
+    last = changes.seen[-1][1]
+    assert decided(last.person) == {"analytics": True, "marketing": True}
+    assert last.person.jurisdiction == consent_pb2.JURISDICTION_CCPA
+    assert all(not d.HasField("proof") for d in last.person.decisions)
+    merge = identity_changed_pb2.IdentityMerged(
+        merge_id="sm", survivor_profile_id="s-web", merged_profile_ids=["s-phone"]
+    )
+    await bus.publish(topics.IDENTITY_MERGED, "s-web", merge, "sm")
+    await eventually(lambda: "merge:sm" in dict(changes.seen))
+    merged = dict(changes.seen)["merge:sm"]
+    assert decided(merged.person) == {"analytics": True, "marketing": True, "advertising": False}
+    split = identity_changed_pb2.IdentitySplit(
+        merge_id="sm", split_id="ss", survivor_profile_id="s-web", restored_profile_ids=["s-phone"]
+    )
+    await bus.publish(topics.IDENTITY_SPLIT, "s-web", split, "ss")
+    await eventually(lambda: "split:sm:s-phone" in dict(changes.seen) and "split:sm" in dict(changes.seen))
+    by_id = dict(changes.seen)
+    survivor, restored = by_id["split:sm"], by_id["split:sm:s-phone"]
+    assert survivor.person_id == "s-web" and decided(survivor.person) == {"analytics": True, "marketing": True}
+    assert set(survivor.profile_ids) == {"s-web", "s-phone"}  # both profiles' cached answers change
+    assert restored.person_id == "s-phone" and list(restored.profile_ids) == ["s-phone"]
+    assert decided(restored.person) == {"advertising": False}
 
 
 async def test_a_split_that_overtakes_its_merge_leaves_the_merge_undone(service, stub):

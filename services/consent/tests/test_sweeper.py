@@ -9,10 +9,10 @@ from google.protobuf import timestamp_pb2
 from consent_service.cache import ConsentCache
 from consent_service.ledger import Ledger
 from consent_service.outbox import Relay
-from consent_service.purposes import DEFAULT_PURPOSES, parse
 from consent_service.store import timestamp
 from consent_service.sweeper import Sweeper
 from mosaic.consent.v1 import consent_pb2, privacy_pb2
+from mosaic.platform.consent import DEFAULT_PURPOSES, parse
 
 NOW_US = 1_800_000_000 * 1_000_000
 

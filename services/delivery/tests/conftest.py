@@ -1,4 +1,5 @@
-"""The delivery service in-process on a real nats-server, beside the real consent service."""
+"""The delivery service in-process on a real nats-server, beside the real consent service (and
+the real profile and segmentation services where a test needs traits or segment members)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from delivery_service.app import build
 from delivery_service.config import Settings
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2, consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_service_pb2_grpc
-from mosaic.events.v1 import segment_membership_pb2
+from mosaic.events.v1 import event_pb2, resolved_pb2, segment_membership_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.server import Service
+from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
+from mosaic.segmentation.v1 import segmentation_service_pb2_grpc
+from mosaic.testing.plugin import eventually
+from mosaic.testing.stopping import stop_within
 
 
 @pytest.fixture
@@ -41,18 +46,51 @@ def delivery_env(consent_service, make_settings):
 
 
 @pytest.fixture
-async def service(delivery_env, make_settings, tmp_path, nats_server):
-    environ = {
+def delivery_environ(delivery_env, tmp_path, nats_server):
+    """The whole environment of the delivery service (and of more replicas of it)."""
+    return lambda: {
         "MOSAIC_NATS_URL": nats_server.url,
         "MOSAIC_DATA_DIR": str(tmp_path / "data"),
         "MOSAIC_AUTH": "off",
         **delivery_env,
     }
-    settings = Settings.from_env(environ)
+
+
+@pytest.fixture
+async def service(delivery_environ):
+    settings = Settings.from_env(delivery_environ())
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()
     yield service
     await service.stop()
+
+
+class Replicas:
+    """Delivery replicas on one store and nats-server (the `service` fixture's, when both run)."""
+
+    def __init__(self, environ) -> None:
+        self.environ = environ
+        self.running: list[Service] = []
+
+    async def start(self) -> Service:
+        settings = Settings.from_env(self.environ())
+        replica = Service(settings.platform, lambda runtime: build(runtime, settings))
+        await replica.start()
+        self.running.append(replica)
+        return replica
+
+    async def stop(self, replica: Service) -> None:
+        self.running.remove(replica)
+        await stop_within(replica)
+
+
+@pytest.fixture
+async def replicas(delivery_environ):
+    """Delivery replicas started and stopped by the test, on one store and nats-server."""
+    started = Replicas(delivery_environ)
+    yield started
+    for replica in list(started.running):
+        await started.stop(replica)
 
 
 @pytest.fixture
@@ -129,3 +167,67 @@ async def profile_service(make_settings):
 @pytest.fixture
 def with_profiles(profile_service, delivery_env):
     delivery_env["MOSAIC_PROFILE_ADDRESS"] = f"127.0.0.1:{profile_service.port}"
+
+
+@pytest.fixture
+async def segmentation_service(make_settings):
+    """The real segmentation service, whose ListMembers campaigns read their audience from."""
+    from segmentation_service.app import build as build_segmentation
+    from segmentation_service.config import Settings as SegmentationSettings
+
+    base = make_settings("segmentation")
+    settings = SegmentationSettings.from_env(
+        {
+            "MOSAIC_AUTH": "off",
+            "MOSAIC_NATS_URL": base.nats_url,
+            "MOSAIC_DATA_DIR": str(base.data_dir),
+            "MOSAIC_GRACE_SECONDS": "1",
+            "MOSAIC_PARTITIONS": "2",
+        }
+    )
+    service = Service(settings.platform, lambda runtime: build_segmentation(runtime, settings))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+@pytest.fixture
+def with_segments(segmentation_service, delivery_env):
+    delivery_env["MOSAIC_SEGMENTATION_ADDRESS"] = f"127.0.0.1:{segmentation_service.port}"
+    delivery_env["MOSAIC_DELIVERY_CAMPAIGN_SECONDS"] = "0.2"
+
+
+@pytest.fixture
+async def segments(segmentation_service):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{segmentation_service.port}") as channel:
+        yield segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+
+
+@pytest.fixture
+def set_traits(bus, profile_service):
+    """Give a person traits, as identity publishes them; returns once the profile has them."""
+    return lambda profile_id, **traits: _set_traits(bus, profile_service, profile_id, **traits)
+
+
+async def _set_traits(bus, profile_service, profile_id, **traits):
+    """Traits arrive as identity publishes them: an identify event on events.resolved."""
+    event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, message_id=f"t-{profile_id}", source_id="web")
+    event.traits.update(traits)
+    event.timestamp.GetCurrentTime()
+    await bus.publish(
+        topics.EVENTS_RESOLVED,
+        profile_id,
+        resolved_pb2.ResolvedEvent(profile_id=profile_id, event=event),
+        event.message_id,
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{profile_service.port}") as channel:
+        profiles = profile_service_pb2_grpc.ProfileServiceStub(channel)
+
+        async def known():
+            try:
+                answer = await profiles.GetProfile(profile_service_pb2.GetProfileRequest(profile_id=profile_id))
+            except grpc.aio.AioRpcError:
+                return False
+            return set(traits) <= set(answer.profile.traits)
+
+        await eventually(known)

@@ -1,41 +1,15 @@
 """E-mail over SMTP (a real aiosmtpd server), SMS through an HTTP provider, audience sync
 batches and event triggers, with templates rendered from the real profile service's traits."""
 
-import grpc
 from google.protobuf import struct_pb2
 
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
 from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.platform import topics
-from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
 from mosaic.testing.plugin import eventually
 
 Status = delivery_pb2.DeliveryStatus
-
-
-async def set_traits(bus, profile_service, profile_id, **traits):
-    """Traits arrive as identity publishes them: an identify event on events.resolved."""
-    event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, message_id=f"t-{profile_id}", source_id="web")
-    event.traits.update(traits)
-    event.timestamp.GetCurrentTime()
-    await bus.publish(
-        topics.EVENTS_RESOLVED,
-        profile_id,
-        resolved_pb2.ResolvedEvent(profile_id=profile_id, event=event),
-        event.message_id,
-    )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{profile_service.port}") as channel:
-        profiles = profile_service_pb2_grpc.ProfileServiceStub(channel)
-
-        async def known():
-            try:
-                answer = await profiles.GetProfile(profile_service_pb2.GetProfileRequest(profile_id=profile_id))
-            except grpc.aio.AioRpcError:
-                return False
-            return set(traits) <= set(answer.profile.traits)
-
-        await eventually(known)
 
 
 async def records(stub, profile_id):
@@ -61,10 +35,10 @@ def email_destination(smtp_receiver, **fields):
 
 
 async def test_an_email_is_rendered_from_traits_and_sent_over_smtp(
-    with_profiles, profile_service, stub, bus, membership, consent, smtp_receiver
+    with_profiles, set_traits, stub, membership, consent, smtp_receiver
 ):
     await stub.CreateDestination(pb.CreateDestinationRequest(destination=email_destination(smtp_receiver)))
-    await set_traits(bus, profile_service, "p-1", email="ada@example.com", first_name="Ada")
+    await set_traits("p-1", email="ada@example.com", first_name="Ada")
     await consent("p-1")
     await membership("vip", "p-1")
     [mail] = await eventually(smtp_receiver.snapshot)
@@ -77,12 +51,12 @@ async def test_an_email_is_rendered_from_traits_and_sent_over_smtp(
 
 
 async def test_a_bounced_email_is_dead_lettered_and_one_without_an_address_fails(
-    with_profiles, profile_service, stub, bus, membership, consent, smtp_receiver
+    with_profiles, set_traits, stub, membership, consent, smtp_receiver
 ):
     smtp_receiver.refuse.add("gone@example.com")
     await stub.CreateDestination(pb.CreateDestinationRequest(destination=email_destination(smtp_receiver)))
-    await set_traits(bus, profile_service, "p-2", email="gone@example.com", first_name="Gone")
-    await set_traits(bus, profile_service, "p-3", first_name="Nomail")
+    await set_traits("p-2", email="gone@example.com", first_name="Gone")
+    await set_traits("p-3", first_name="Nomail")
     for person in ("p-2", "p-3"):
         await consent(person)
         await membership("vip", person)
@@ -94,7 +68,7 @@ async def test_a_bounced_email_is_dead_lettered_and_one_without_an_address_fails
 
 
 async def test_an_sms_provider_gets_the_rendered_request(
-    with_profiles, profile_service, stub, bus, membership, consent, webhook_receiver
+    with_profiles, set_traits, stub, membership, consent, webhook_receiver
 ):
     await stub.CreateDestination(
         pb.CreateDestinationRequest(
@@ -109,7 +83,7 @@ async def test_an_sms_provider_gets_the_rendered_request(
             )
         )
     )
-    await set_traits(bus, profile_service, "p-4", phone="+15550100", first_name="Grace")
+    await set_traits("p-4", phone="+15550100", first_name="Grace")
     await consent("p-4")
     await membership("vip", "p-4")
     request = await eventually(lambda: webhook_receiver.requests and webhook_receiver.requests[0])

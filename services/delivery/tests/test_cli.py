@@ -1,13 +1,16 @@
-"""`mosaic destinations` and `mosaic deliveries` against the service in-process."""
+"""`mosaic destinations`, `mosaic campaigns` and `mosaic deliveries` against the service in-process."""
 
 import argparse
 import json
 
+import grpc
 import pytest
 
 from mosaic.cli import delivery_commands
-from mosaic.cli.receivers import WebhookReceiver
+from mosaic.segmentation.v1 import segment_pb2
+from mosaic.segmentation.v1 import segmentation_service_pb2 as seg
 from mosaic.testing.plugin import eventually
+from mosaic.testing.receivers import WebhookReceiver
 
 
 @pytest.fixture
@@ -69,4 +72,39 @@ async def test_destinations_and_dead_letters_are_managed_from_the_command_line(
     assert await delivery_commands.manage_destinations(args("destinations", "delete", address, target="cli-hook")) == 0
     capsys.readouterr()
     await delivery_commands.manage_destinations(args("destinations", "list", address))
+    assert capsys.readouterr().out == ""
+
+
+async def test_campaigns_are_managed_from_the_command_line(with_segments, service, segments, tmp_path, capsys):
+    address = f"127.0.0.1:{service.port}"
+    await segments.CreateSegment(
+        seg.CreateSegmentRequest(segment=segment_pb2.Segment(segment_id="pro", name="pro", definition="has email"))
+    )
+    hook = tmp_path / "hook.json"
+    hook.write_text(json.dumps({"destinationId": "news", "webhookUrl": "http://127.0.0.1:9/x", "purpose": "marketing"}))
+    assert await delivery_commands.manage_destinations(args("destinations", "create", address, target=str(hook))) == 0
+    spec = tmp_path / "campaign.json"
+    fields = {
+        "campaignId": "monday",
+        "destinationId": "news",
+        "segmentId": "pro",
+        "schedule": {"cron": "0 9 * * MON", "timeZone": "Europe/Paris"},
+        "quietHours": {"start": "21:00", "end": "08:00"},
+    }
+    spec.write_text(json.dumps(fields | {"schedule": {"cron": "0 9 * *"}}))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await delivery_commands.manage_campaigns(args("campaigns", "create", address, target=str(spec)))
+    assert "campaign.schedule.cron" in refused.value.details()
+    spec.write_text(json.dumps(fields))
+    capsys.readouterr()
+    assert await delivery_commands.manage_campaigns(args("campaigns", "create", address, target=str(spec))) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["campaignId"] == "monday" and created["nextTick"].endswith(("07:00:00Z", "08:00:00Z"))
+    await delivery_commands.manage_campaigns(args("campaigns", "list", address))
+    assert [json.loads(line)["campaignId"] for line in capsys.readouterr().out.splitlines()] == ["monday"]
+    await delivery_commands.manage_campaigns(args("campaigns", "show", address, target="monday"))
+    assert json.loads(capsys.readouterr().out)["quietHours"] == {"start": "21:00", "end": "08:00"}
+    assert await delivery_commands.manage_campaigns(args("campaigns", "delete", address, target="monday")) == 0
+    capsys.readouterr()
+    await delivery_commands.manage_campaigns(args("campaigns", "list", address))
     assert capsys.readouterr().out == ""

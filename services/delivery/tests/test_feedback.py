@@ -14,7 +14,7 @@ from standardwebhooks.webhooks import Webhook
 from mosaic.consent.v1 import consent_service_pb2, consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
-from mosaic.events.v1 import event_pb2
+from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
 from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc
 from mosaic.platform import topics
@@ -97,7 +97,7 @@ async def resolved_events(bus, name: str) -> list:
     info = await bus._js.stream_info(topics.EVENTS_RESOLVED.stream)
     found = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        message = topics.EVENTS_RESOLVED.message.FromString(
+        message = resolved_pb2.ResolvedEvent.FromString(
             (await bus._js.get_msg(topics.EVENTS_RESOLVED.stream, seq)).data
         )
         if message.event.event == name:

@@ -5,7 +5,7 @@ import pytest
 from delivery_service import destinations, templates
 from delivery_service.ssrf import AddressPolicy, Forbidden
 from mosaic.delivery.v1 import delivery_pb2
-from mosaic.platform.errors import InvalidArgument
+from mosaic.platform.errors import FailedPrecondition, InvalidArgument
 
 
 @pytest.mark.parametrize(
@@ -62,10 +62,33 @@ def hook(**fields) -> delivery_pb2.Destination:
         ({"webhook_url": "ftp://example.com/"}, "destination.webhook_url"),
         ({"destination_id": "Not Valid"}, "destination.destination_id"),
         ({"purpose": ""}, "destination.purpose"),
-        ({"segment_id": ""}, "destination.triggers"),
         (
             {"triggers": [delivery_pb2.Trigger(kind=delivery_pb2.TRIGGER_KIND_EVENT)]},
             "destination.triggers[0].event_name",
+        ),
+        (
+            {
+                "segment_id": "",
+                "triggers": [
+                    delivery_pb2.Trigger(
+                        kind=delivery_pb2.TRIGGER_KIND_SEGMENT_ENTERED,
+                        segment_id="vip",
+                        quiet_hours=delivery_pb2.QuietHours(start="21:00", end="8am"),
+                    )
+                ],
+            },
+            "destination.triggers[0].quiet_hours.end",
+        ),
+        (
+            {"audience": delivery_pb2.AudienceSettings(file_format=delivery_pb2.AUDIENCE_FILE_FORMAT_CSV)},
+            "destination.audience.file_format",
+        ),
+        (
+            {
+                "kind": delivery_pb2.DESTINATION_KIND_AUDIENCE_SYNC,
+                "audience": delivery_pb2.AudienceSettings(file_format=delivery_pb2.AUDIENCE_FILE_FORMAT_CSV),
+            },
+            "destination.webhook_url",
         ),
         ({"body_template": "{{ unclosed"}, "destination.body_template"),
         ({"headers": {"Idempotency-Key": "x"}}, "destination.headers['Idempotency-Key']"),
@@ -85,8 +108,23 @@ def hook(**fields) -> delivery_pb2.Destination:
 )
 async def test_a_bad_destination_is_refused_naming_the_field(fields, field):
     with pytest.raises(InvalidArgument) as refused:
-        await destinations.validate(hook(**fields), AddressPolicy(["loopback"]))
+        await destinations.validate(hook(**fields), AddressPolicy(["loopback"]), audience_files=True)
     assert refused.value.field == field
+
+
+async def test_a_destination_without_triggers_is_one_only_campaigns_send_to():
+    await destinations.validate(hook(segment_id=""), AddressPolicy(["loopback"]))
+
+
+async def test_an_audience_sync_to_files_needs_the_deployments_folder():
+    d = hook(
+        kind=delivery_pb2.DESTINATION_KIND_AUDIENCE_SYNC,
+        webhook_url="",
+        audience=delivery_pb2.AudienceSettings(file_format=delivery_pb2.AUDIENCE_FILE_FORMAT_JSONL),
+    )
+    await destinations.validate(d, AddressPolicy(), audience_files=True)  # no URL, so no address to check
+    with pytest.raises(FailedPrecondition, match="MOSAIC_DELIVERY_AUDIENCE_DIR"):
+        await destinations.validate(d, AddressPolicy(), audience_files=False)
 
 
 async def test_a_valid_destination_gets_a_secret_that_answers_never_show():
@@ -113,6 +151,11 @@ def test_templates_render_traits_and_the_sandbox_refuses_internals():
         templates.render("{{ ''.__class__.__mro__[1].__subclasses__() }}", {})
 
 
+def test_a_template_hashes_an_address_as_ad_platforms_take_it():
+    hashed = templates.render("{{ email | trim | lower | sha256 }}", {"email": " Ada@Example.com "})
+    assert hashed == "b5fc85e55755f9e0d030a10ab4429b6b2944855f9a0d60077fe832becbc41d72"  # sha256 of ada@example.com
+
+
 def test_a_bad_setting_names_its_variable():
     from delivery_service.config import Settings
     from mosaic.platform.config import ConfigError
@@ -122,5 +165,10 @@ def test_a_bad_setting_names_its_variable():
         Settings.from_env(base | {"MOSAIC_DELIVERY_ALLOW_ADDRESSES": "loopback,everything"})
     with pytest.raises(ConfigError, match="MOSAIC_DELIVERY_ENGAGEMENT_SECRET"):
         Settings.from_env(base | {"MOSAIC_DELIVERY_ENGAGEMENT_SECRET": "plain"})
+    with pytest.raises(ConfigError, match="MOSAIC_DELIVERY_DEFAULT_TIME_ZONE"):
+        Settings.from_env(base | {"MOSAIC_DELIVERY_DEFAULT_TIME_ZONE": "Paris"})
+    assert Settings.from_env(base | {"MOSAIC_DELIVERY_DEFAULT_TIME_ZONE": "Europe/Paris"}).default_zone.key == (
+        "Europe/Paris"
+    )
     settings = Settings.from_env(base | {"MOSAIC_DELIVERY_ALLOW_ADDRESSES": "loopback"})
     assert settings.policy.refusal("127.0.0.1") is None and not settings.feedback

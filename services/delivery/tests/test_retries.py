@@ -6,10 +6,10 @@ import json
 import grpc
 import pytest
 
-from mosaic.cli.receivers import WebhookReceiver
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
 from mosaic.testing.plugin import eventually
+from mosaic.testing.receivers import WebhookReceiver
 
 Status = delivery_pb2.DeliveryStatus
 

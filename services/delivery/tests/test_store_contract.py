@@ -1,12 +1,14 @@
 """The delivery store's contract, on SQLite and on Cassandra."""
 
+import time
 import uuid
 
 import pytest
 
 from delivery_service.store import open_store
-from mosaic.delivery.v1 import delivery_pb2
+from mosaic.delivery.v1 import campaign_pb2, delivery_pb2
 from mosaic.platform.errors import AlreadyExists
+from mosaic.testing.plugin import eventually
 
 
 @pytest.fixture
@@ -112,3 +114,113 @@ async def test_erasing_a_person_leaves_no_delivery_or_dead_letter_of_theirs(stor
     assert len(await store.deliveries(kept)) == 3
     assert [d.delivery.profile_id for d in await store.dead_letters(destination_id, "", 10)] == [kept]
     assert await store.erase_person(gone) == 0  # a second erasure (a redelivered request) is harmless
+
+
+async def test_a_profiles_deliveries_page_by_delivery_id(store):
+    pid = f"p-{uuid.uuid4().hex}"
+    ids = [f"d{i:02d}" for i in (4, 0, 3, 1, 2)]
+    await store.save_deliveries(
+        [delivery_pb2.Delivery(delivery_id=d, profile_id=pid, destination_id="crm") for d in ids]
+    )
+    assert [d.delivery_id for d in await store.deliveries(pid, "", 2)] == ["d00", "d01"]
+    assert [d.delivery_id for d in await store.deliveries(pid, "d01", 2)] == ["d02", "d03"]
+    assert [d.delivery_id for d in await store.deliveries(pid, "d03", 2)] == ["d04"]
+    assert [d.delivery_id for d in await store.deliveries(pid)] == sorted(ids)
+
+
+async def test_deliveries_and_dead_letters_expire_with_their_retention(store_settings):
+    # A few seconds, long enough to read the writes back on a busy machine.
+    store = await open_store(store_settings, log_ttl=4, dead_letter_ttl=4)
+    try:
+        pid, destination = f"p-{uuid.uuid4().hex[:8]}", f"d-{uuid.uuid4().hex[:8]}"
+        record = delivery_pb2.Delivery(delivery_id="x1", destination_id=destination, profile_id=pid)
+        await store.save_delivery(record)
+        await store.put_dead_letter(letter(destination, "x2", profile_id=pid))
+        assert await store.delivery(pid, "x1") == record and await store.dead_letter(destination, "x2")
+
+        async def gone() -> bool:
+            return (
+                await store.delivery(pid, "x1") is None
+                and await store.deliveries(pid) == []
+                and await store.dead_letter(destination, "x2") is None
+                and await store.dead_letters(destination, "", 10) == []
+            )
+
+        await eventually(gone, timeout=60)
+        if hasattr(store, "sweep"):  # the embedded store's rows go with the sweep
+            assert await store.sweep(time.time_ns() // 1000) == {"deliveries": 1, "dead_letters": 1}
+            assert await store.db.execute("SELECT count(*) FROM delivery_dead_letters_by_profile") == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_without_a_retention_deliveries_are_kept(store):
+    pid = f"p-{uuid.uuid4().hex[:8]}"
+    await store.save_delivery(delivery_pb2.Delivery(delivery_id="k", destination_id="d", profile_id=pid))
+    if hasattr(store, "sweep"):
+        assert (await store.sweep((int(time.time()) + 10 * 365 * 86400) * 1_000_000))["deliveries"] == 0
+    assert [d.delivery_id for d in await store.deliveries(pid)] == ["k"]
+
+
+async def test_a_campaign_id_can_be_taken_once_and_deleting_it_deletes_its_run(store):
+    campaign_id = f"c-{uuid.uuid4().hex[:8]}"
+    await store.create_campaign(campaign_pb2.Campaign(campaign_id=campaign_id, destination_id="d"))
+    with pytest.raises(AlreadyExists):
+        await store.create_campaign(campaign_pb2.Campaign(campaign_id=campaign_id))
+    assert await store.save_campaign_run(campaign_id, campaign_pb2.CampaignRun(owner="a"), 0)
+    assert campaign_id in {c.campaign_id for c in await store.campaigns()}
+    await store.delete_campaign(campaign_id)
+    assert campaign_id not in {c.campaign_id for c in await store.campaigns()}
+    assert campaign_id not in await store.campaign_runs()
+    # An owner still holding the old version cannot write the deleted run back.
+    assert not await store.save_campaign_run(campaign_id, campaign_pb2.CampaignRun(owner="a"), 1)
+    assert campaign_id not in await store.campaign_runs()
+
+
+async def test_a_campaign_run_is_claimed_by_one_writer_per_version(store):
+    campaign_id = f"c-{uuid.uuid4().hex[:8]}"
+    first = campaign_pb2.CampaignRun(owner="a", status=campaign_pb2.CAMPAIGN_RUN_STATUS_RUNNING)
+    rival = campaign_pb2.CampaignRun(owner="b", status=campaign_pb2.CAMPAIGN_RUN_STATUS_RUNNING)
+    assert await store.save_campaign_run(campaign_id, first, 0)
+    assert not await store.save_campaign_run(campaign_id, rival, 0)  # both saw no run: one wins
+    version, stored = (await store.campaign_runs())[campaign_id]
+    assert (version, stored.owner) == (1, "a")
+    first.members = 64
+    assert await store.save_campaign_run(campaign_id, first, 1)  # the owner renews
+    assert not await store.save_campaign_run(campaign_id, rival, 1)  # a stale version loses
+    version, stored = (await store.campaign_runs())[campaign_id]
+    assert (version, stored.owner, stored.members) == (2, "a", 64)
+
+
+def held(profile_id: str, delivery_id: str, due: float) -> delivery_pb2.DeliveryJob:
+    job = delivery_pb2.DeliveryJob(delivery_id=delivery_id, destination_id="d", profile_id=profile_id, text="hi")
+    job.not_before.FromNanoseconds(int(due * 1e9))
+    return job
+
+
+async def test_held_jobs_come_due_by_partition_in_due_order_and_go_when_released(store):
+    now = time.time()
+    slot = 3
+    people = [str(uuid.uuid4()) for _ in range(3)]
+    # Due an hour ago (an earlier hour's bucket), just now, and in an hour; one on another slot.
+    await store.hold(held(people[0], "h:1", now - 3600), slot)
+    await store.hold(held(people[1], "h:2", now - 1), slot)
+    await store.hold(held(people[2], "h:3", now + 3600), slot)
+    await store.hold(held(people[0], "h:4", now - 5), slot + 1)
+    due = await store.due_jobs(slot, now, 10)
+    assert [j.delivery_id for j in due] == ["h:1", "h:2"] and due[0].text == "hi"
+    assert [j.delivery_id for j in await store.due_jobs(slot, now, 1)] == ["h:1"]
+    await store.unhold(due[0], slot)
+    assert [j.delivery_id for j in await store.due_jobs(slot, now, 10)] == ["h:2"]
+    assert [j.delivery_id for j in await store.due_jobs(slot, now + 7200, 10)] == ["h:2", "h:3"]
+    await store.hold(held(people[1], "h:2", now - 1), slot)  # held again (a redelivery): still one
+    assert [j.delivery_id for j in await store.due_jobs(slot, now, 10)] == ["h:2"]
+
+
+async def test_erasing_a_person_drops_their_held_jobs(store):
+    now = time.time()
+    gone, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    await store.hold(held(gone, "h:gone", now - 1), 5)
+    await store.hold(held(kept, "h:kept", now - 1), 5)
+    assert await store.erase_person(gone) == 1
+    assert [j.profile_id for j in await store.due_jobs(5, now, 10)] == [kept]

@@ -31,12 +31,14 @@ from identity_service.app import components
 from identity_service.config import Settings
 from identity_service.store import open_store
 from mosaic.cli.mesh import Mesh
+from mosaic.events.v1 import identity_changed_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus
 from mosaic.testing.plugin import eventually
 
 WORKER = Path(__file__).with_name("concurrent_worker.py")
 _spec = importlib.util.spec_from_file_location("identity_concurrent_worker", WORKER)
+assert _spec is not None and _spec.loader is not None  # a .py file
 _worker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_worker)
 build = _worker.build
@@ -53,7 +55,7 @@ def workload(ns: str, rng: random.Random, people: int = 30) -> list[dict]:
             "email": f"{ns}-p{p}@example.com",
             "device": f"{ns}-d{p}",
         }
-        steps = [  # connected: every identifier meets the user id through some event
+        steps: list[dict[str, object]] = [  # connected: every identifier meets the user id through some event
             {"anonymous_id": ids["anonymous_id"][0]},
             {"anonymous_id": ids["anonymous_id"][1], "device": ids["device"]},
             {"anonymous_id": ids["anonymous_id"][0], "email": ids["email"]},
@@ -213,7 +215,7 @@ async def test_identity_replicas_consuming_events_raw_build_the_serial_graph(cas
                 # outbox (their processes had no bus): only this test's profiles are compared.
                 info = await bus._js.stream_info(topics.IDENTITY_MERGED.stream)
                 found = [
-                    topics.IDENTITY_MERGED.message.FromString(
+                    identity_changed_pb2.IdentityMerged.FromString(
                         (await bus._js.get_msg(topics.IDENTITY_MERGED.stream, seq)).data
                     )
                     for seq in range(info.state.first_seq, info.state.last_seq + 1)

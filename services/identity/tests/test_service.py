@@ -40,7 +40,7 @@ async def bus(service):
 async def stored(bus: Bus, topic: topics.Topic) -> list:
     info = await bus._js.stream_info(topic.stream)
     return [
-        topic.message.FromString((await bus._js.get_msg(topic.stream, seq)).data)
+        topic.message.FromString((await bus._js.get_msg(topic.stream, seq)).data or b"")  # None: an empty payload
         for seq in range(info.state.first_seq, info.state.last_seq + 1)
         if info.state.messages
     ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -36,7 +36,7 @@ class Running:
 
 
 @pytest.fixture
-async def start_ingestion(make_settings) -> Callable[..., Awaitable[Running]]:
+async def start_ingestion(make_settings) -> AsyncIterator[Callable[..., Awaitable[Running]]]:
     """Starts an ingestion service with extra environment variables; stops it after the test."""
     started: list[Service] = []
 
@@ -107,6 +107,7 @@ async def stored_events(nats_url: str) -> list[tuple[str, event_pb2.Event]]:
         )
         while len(found) < info.state.messages:
             for msg in await sub.fetch(1000, timeout=5):
+                assert msg.headers is not None  # published with a message id
                 found.append((msg.headers["Nats-Msg-Id"], event_pb2.Event.FromString(msg.data)))
         await sub.unsubscribe()
         return found

@@ -87,3 +87,22 @@ async def _source(ingestion) -> str:
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
         answer = await stub.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id="web")))
     return "Basic " + base64.b64encode(f"{answer.source.write_keys[0].secret}:".encode()).decode()
+
+
+async def test_a_reader_that_is_not_a_stage_never_holds_senders_back(start_ingestion, nats_server):
+    ingestion = await start_ingestion(MOSAIC_INGEST_MAX_BACKLOG="5", MOSAIC_INGEST_BACKLOG_REFRESH_SECONDS="0.1")
+    nc = await nats.connect(nats_server.url)
+    # An ephemeral consumer (a debugging tool, a test's reader) that never acks: not a stage.
+    await nc.jetstream().pull_subscribe(
+        topics.EVENTS_RAW.wildcard,
+        stream=topics.EVENTS_RAW.stream,
+        config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT),
+    )
+    key = await _source(ingestion)
+    async with aiohttp.ClientSession(base_url=ingestion.http_url, headers={"Authorization": key}) as http:
+        for n in range(4):
+            body = {"batch": [{"type": "track", "userId": f"u{n}-{i}", "event": "Clicked"} for i in range(8)]}
+            async with http.post("/v1/batch", data=json.dumps(body)) as response:
+                assert response.status == 200, await response.text()
+            await asyncio.sleep(0.3)  # the gauge reads the consumers meanwhile
+    await nc.close()

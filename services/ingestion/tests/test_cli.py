@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import io
 import json
 from collections import Counter
 
+import aiohttp
+import nats
+from nats.js import api
+
 from mosaic.cli import ingest_commands
 from mosaic.cli.__main__ import main
+from mosaic.events.v1 import event_pb2
+from mosaic.platform import topics
+from mosaic.platform.errors import Unavailable
 from mosaic.testing.plugin import eventually
 
 
@@ -114,3 +122,104 @@ async def test_sources_and_quarantine_are_managed_from_the_command_line(ingestio
     assert json.loads(capsys.readouterr().out)["disabled"] is True
     assert await run("quarantine", "show", "q1", "--source", "shop") == 1
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+async def test_a_segment_message_gives_the_same_event_through_the_cli_and_the_http_api(
+    ingestion, create_source, stored, tmp_path
+):
+    """One mapping for both doors: originalTimestamp, category, channel and context.traits too."""
+    messages = [
+        {
+            "type": "page",
+            "messageId": "m-page",
+            "anonymousId": 42,
+            "name": "Pricing",
+            "category": "Docs",
+            "channel": "web",
+            "originalTimestamp": "2024-03-01T10:00:00.250+01:00",
+            "sentAt": "2024-03-01T09:00:01Z",
+            "properties": {"path": "/pricing", "nested": {"a": [1, "two", None]}},
+            "context": {"ip": "203.0.113.7", "locale": "fr-FR"},
+            "integrations": {"All": False},
+        },
+        {
+            "type": "identify",
+            "messageId": "m-identify",
+            "userId": "ada",
+            "context": {"traits": {"email": "ada@example.com", "plan": "pro"}},
+            "timestamp": "2024-03-02T00:00:00Z",
+        },
+    ]
+    path = tmp_path / "both.ndjson"
+    path.write_text("".join(json.dumps(m) + "\n" for m in messages))
+    assert await ingest_commands.import_file(import_args(path, ingestion.grpc_address, source="files")) == 0
+    key = await create_source("web")
+    async with aiohttp.ClientSession(base_url=ingestion.http_url) as session:
+        auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+        async with session.post("/v1/batch", json={"batch": messages}, headers=auth) as response:
+            assert response.status == 200, await response.text()
+
+    by_source: dict[str, dict[str, event_pb2.Event]] = {}
+    for _, event in await eventually(lambda: _at_least(stored, 4), timeout=30):
+        by_source.setdefault(event.source_id, {})[event.message_id] = event
+    assert sorted(by_source) == ["files", "web"]
+    for message_id in ("m-page", "m-identify"):
+        cli, http = event_pb2.Event(), event_pb2.Event()
+        cli.CopyFrom(by_source["files"][message_id])
+        http.CopyFrom(by_source["web"][message_id])
+        for event in (cli, http):  # where and when it came in, not what it says
+            if event.HasField("sent_at"):  # the time is corrected by (received_at - sentAt)
+                event.timestamp.FromNanoseconds(event.timestamp.ToNanoseconds() - event.received_at.ToNanoseconds())
+            event.ClearField("source_id")
+            event.ClearField("received_at")
+        assert cli == http
+    page = by_source["files"]["m-page"]
+    assert page.properties["category"] == "Docs" and page.context["channel"] == "web"
+    assert page.original_timestamp.ToJsonString() == "2024-03-01T09:00:00.250Z" and page.anonymous_id == "42"
+    assert by_source["files"]["m-identify"].traits["email"] == "ada@example.com"
+
+
+async def _at_least(stored, count: int):
+    events = await stored()
+    return events if len(events) >= count else None
+
+
+async def test_an_import_told_to_come_back_later_retries_until_it_lands(start_ingestion, nats_server, stored, tmp_path):
+    ingestion = await start_ingestion(
+        MOSAIC_INGEST_MAX_BACKLOG="3",
+        MOSAIC_INGEST_BACKLOG_REFRESH_SECONDS="0.1",
+        MOSAIC_INGEST_BACKLOG_RETRY_AFTER_SECONDS="0.2",
+    )
+    nc = await nats.connect(nats_server.url)
+    slow = await nc.jetstream().pull_subscribe(  # a consuming service that stopped acking
+        topics.EVENTS_RAW.wildcard,
+        durable="identity-0",
+        stream=topics.EVENTS_RAW.stream,
+        config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT),
+    )
+    first = tmp_path / "first.ndjson"
+    write_ndjson(first, 10)
+    assert await ingest_commands.import_file(import_args(first, ingestion.grpc_address), io.StringIO()) == 0
+    gauge = ingestion.parts.intake.backlog
+    await eventually(lambda: gauge.backlog > gauge.limit)
+    refusals = []
+    check = gauge.check
+
+    def counted() -> None:  # the real check, counted
+        try:
+            check()
+        except Unavailable:
+            refusals.append(1)
+            raise
+
+    gauge.check = counted
+    second = tmp_path / "second.ndjson"
+    second.write_text("".join(json.dumps({"userId": f"late{i}", "event": "Row"}) + "\n" for i in range(5)))
+    task = asyncio.create_task(ingest_commands.import_file(import_args(second, ingestion.grpc_address), io.StringIO()))
+    await eventually(lambda: len(refusals) >= 2, timeout=30)  # refused, waited as told, refused again
+    assert not task.done()
+    for message in await slow.fetch(100, timeout=5):  # the consumer catches up
+        await message.ack()
+    assert await asyncio.wait_for(task, 60) == 0
+    assert {e.user_id for _, e in await stored()} >= {f"late{i}" for i in range(5)}
+    await nc.close()

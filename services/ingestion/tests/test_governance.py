@@ -1,5 +1,7 @@
 """Transforms and tracking plans: pure logic."""
 
+from typing import Any
+
 import pytest
 from google.protobuf import json_format
 
@@ -14,7 +16,7 @@ T = event_pb2.EventType
 
 
 def source(plan: dict | None = None, steps: list[dict] | None = None) -> source_pb2.Source:
-    definition = {"sourceId": "web", "transforms": steps or []}
+    definition: dict[str, Any] = {"sourceId": "web", "transforms": steps or []}
     if plan is not None:
         definition["trackingPlan"] = plan
     return json_format.ParseDict(definition, source_pb2.Source())

@@ -21,8 +21,7 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingestion_service import segment_json
-from mosaic.platform import limits, topics
+from mosaic.platform import limits, segment_json, topics
 from mosaic.platform.errors import InvalidArgument
 
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))

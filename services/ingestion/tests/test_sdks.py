@@ -40,7 +40,7 @@ def check_arrived(events: list[tuple[str, event_pb2.Event]], source_id: str, lib
     assert by_type[T.EVENT_TYPE_IDENTIFY].traits["email"] == "ada@example.com"
     track = by_type[T.EVENT_TYPE_TRACK]
     assert track.event == "Signed Up" and track.properties["seats"] == 3
-    assert track.context["library"]["name"] == library
+    assert track.context.fields["library"].struct_value["name"] == library
     page = by_type[T.EVENT_TYPE_PAGE]
     assert page.name == "Home" and page.properties["category"] == "Docs"
     assert by_type[T.EVENT_TYPE_GROUP].group_id == "acme"

@@ -98,3 +98,15 @@ async def test_a_setting_keeps_the_first_value_stored(store):
     name = new_id()
     assert await store.setting(name, "first") == "first"
     assert await store.setting(name, "second") == "first"
+
+
+async def test_consent_states_are_kept_by_hash_replaced_and_forgotten(store):
+    first, second, absent = new_id(), new_id(), new_id()
+    await store.put_consent_states({first: b"state-1", second: b"state-1"})
+    await store.put_consent_states({first: b"state-2"})
+    assert await store.consent_states([first, second, absent]) == {first: b"state-2", second: b"state-1"}
+    many = [new_id() for _ in range(130)]  # past one read's chunk
+    await store.put_consent_states(dict.fromkeys(many, b"x"))
+    assert len(await store.consent_states(many)) == 130
+    await store.delete_consent_states([first, *many])
+    assert await store.consent_states([first, second, *many]) == {second: b"state-1"}

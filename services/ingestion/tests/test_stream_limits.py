@@ -12,8 +12,9 @@ from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
 
 
-async def test_a_full_stream_refuses_with_503_and_keeps_what_it_accepted(start_ingestion, stored):
-    ingestion = await start_ingestion(MOSAIC_NATS_STREAM_MAX_BYTES="20000")
+async def test_a_full_stream_refuses_with_503_and_keeps_what_it_accepted(recorded_metrics, start_ingestion, stored):
+    refused_before = _refused(recorded_metrics)
+    ingestion = await start_ingestion(MOSAIC_NATS_STREAM_MAX_MESSAGES="53")
     async with grpc.aio.insecure_channel(ingestion.grpc_address) as channel:
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
         answer = await stub.CreateSource(pb.CreateSourceRequest(source=source_pb2.Source(source_id="web")))
@@ -22,7 +23,7 @@ async def test_a_full_stream_refuses_with_503_and_keeps_what_it_accepted(start_i
     async with aiohttp.ClientSession(
         base_url=ingestion.http_url, headers={"Authorization": aiohttp.encode_basic_auth(key, "")}
     ) as http:
-        for n in range(200):  # a few hundred bytes an event: full long before the end
+        for n in range(200):  # 5 a batch: the eleventh does not fit
             ids = [f"m{n}-{i}" for i in range(5)]
             body = {"batch": [{"type": "track", "userId": f"u{n}", "event": "Clicked", "messageId": m} for m in ids]}
             async with http.post("/v1/batch", data=json.dumps(body)) as response:
@@ -34,8 +35,19 @@ async def test_a_full_stream_refuses_with_503_and_keeps_what_it_accepted(start_i
         else:
             raise AssertionError("the stream never filled")
     assert "Retry-After" in response.headers
-    assert "is full" in text and "MOSAIC_NATS_STREAM_MAX_BYTES" in text
-    assert accepted, "refused from the first batch"
+    assert "is full" in text and "MOSAIC_NATS_STREAM_MAX_MESSAGES" in text
+    assert len(accepted) == 50  # ten whole batches fit in 53; the eleventh is refused
+    # The refused batch, counted where dashboards see backpressure.
+    assert _refused(recorded_metrics) - refused_before == 5
     kept = [event.message_id for _, event in await stored()]
     # A refused batch may be partly stored (the sender retries it), but no accepted event is lost.
     assert set(accepted) <= set(kept), f"lost {sorted(set(accepted) - set(kept))}; the stream holds {kept}"
+
+
+def _refused(recorded_metrics) -> float:
+    """Events of source `web` ingestion told to come back, so far in this process."""
+    return sum(
+        p.value
+        for p in recorded_metrics.points("mosaic.ingest.events")
+        if p.attributes.get("mosaic.ingest.outcome") == "refused" and p.attributes.get("mosaic.source.id") == "web"
+    )

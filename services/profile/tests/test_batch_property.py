@@ -53,7 +53,8 @@ def to_event(spec, run: str) -> resolved_pb2.ResolvedEvent:
 def versions(events: list[resolved_pb2.ResolvedEvent], profile_id: str) -> list[profile_pb2.Profile]:
     """The in-memory model: each distinct message of the profile folded once, in arrival order;
     the profile after each version."""
-    profile, states, seen, after = profile_pb2.Profile(profile_id=profile_id), {}, set(), []
+    profile, seen, after = profile_pb2.Profile(profile_id=profile_id), set(), []
+    states: dict[str, dict] = {}
     now = datetime.now(timezone.utc)
     for resolved in events:
         if resolved.profile_id != profile_id or resolved.event.message_id in seen:

@@ -48,7 +48,8 @@ def to_event(spec) -> resolved_pb2.ResolvedEvent:
 
 def expected_after(events: list[resolved_pb2.ResolvedEvent]) -> profile_pb2.Profile:
     """The in-memory model: fold each distinct message once, in arrival order."""
-    profile, states, seen = profile_pb2.Profile(profile_id="p"), {}, set()
+    profile, seen = profile_pb2.Profile(profile_id="p"), set()
+    states: dict[str, dict] = {}
     now = datetime.now(timezone.utc)
     for resolved in events:
         if resolved.event.message_id in seen:

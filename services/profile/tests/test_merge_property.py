@@ -56,7 +56,8 @@ def make_event(i: int, who: str, offset: int, kind: str, plan: str, revenue: int
 
 
 def model(events: list[event_pb2.Event], profile_id: str) -> profile_pb2.Profile:
-    profile, states = profile_pb2.Profile(profile_id=profile_id), {}
+    profile = profile_pb2.Profile(profile_id=profile_id)
+    states: dict[str, dict] = {}
     now = datetime.now(timezone.utc)
     for e in events:
         resolved = resolved_pb2.ResolvedEvent(
@@ -93,7 +94,7 @@ async def check(nats_url: str, data_dir: str, steps) -> None:
         Settings(platform, (), 90, 90, 3, 10),
     )
     merges = MergeHandler(profiles)
-    own = {"a": [], "b": []}  # each person's events, in arrival order
+    own: dict[str, list[event_pb2.Event]] = {"a": [], "b": []}  # each person's events, in arrival order
     merged, merge_count, checks = False, 0, []
     try:
         for i, s in enumerate(steps):

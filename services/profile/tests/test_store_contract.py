@@ -1,5 +1,6 @@
 """The profile store's contract, on SQLite and on Cassandra."""
 
+import time
 import uuid
 
 import pytest
@@ -9,6 +10,7 @@ from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform.errors import AlreadyExists
 from mosaic.profile.v1 import profile_pb2
+from mosaic.testing.plugin import eventually
 from profile_service.store import Change, Latest, StoredSnapshot, open_store
 
 T0 = 1_790_000_000
@@ -175,3 +177,53 @@ async def test_a_change_larger_than_one_cassandra_batch_is_written_whole(store):
     found = await store.events(pid, T0 * 1_000_000, (T0 + 100) * 1_000_000, 100)
     assert len(found) == 80
     assert len(await store.snapshots(pid, 1, 80)) == 80
+
+
+async def test_snapshots_expire_with_their_retention_and_the_embedded_sweeper_deletes_them(store_settings):
+    # A few seconds' retention (long enough to read the write back on a busy machine): on
+    # Cassandra a TTL on the write, on SQLite an expiry column.
+    store = await open_store(store_settings, snapshot_ttl=4)
+    try:
+        pid = str(uuid.uuid4())
+        now = int(time.time())
+        await store.save(*stored(pid, 1, at=now - 1))
+        assert [s.snapshot.version for s in await store.snapshots(pid, 1, 1)] == [1]
+        assert await store.version_at(pid, (now + 10) * 1_000_000) == 1
+
+        async def gone() -> bool:
+            return not await store.snapshots(pid, 1, 1) and await store.version_at(pid, (now + 10) * 1_000_000) == 0
+
+        await eventually(gone, timeout=60)
+        assert (await store.latest(pid)).profile.version == 1, "the latest state is not history: it stays"
+        assert await store.list_snapshots(pid, 2, 10) == []
+        if hasattr(store, "sweep"):  # the embedded store: the rows themselves go with the sweep
+            assert (await store.sweep(time.time_ns() // 1000))["snapshots"] == 1
+            assert await store.db.execute("SELECT count(*) FROM profile_snapshots WHERE profile_id = ?", (pid,)) == [
+                (0,)
+            ]
+    finally:
+        await store.close()
+
+
+async def test_snapshots_without_a_retention_are_kept(store):
+    pid = str(uuid.uuid4())
+    await store.save(*stored(pid, 1))
+    if hasattr(store, "sweep"):
+        assert (await store.sweep((int(time.time()) + 10 * 365 * 86400) * 1_000_000))["snapshots"] == 0
+    assert [s.snapshot.version for s in await store.snapshots(pid, 1, 1)] == [1]
+
+
+async def test_archived_events_expire_with_their_retention(store):
+    pid = str(uuid.uuid4())
+    event = event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, event="Viewed", message_id="e-1")
+    event.timestamp.GetCurrentTime()
+    await store.archive(pid, resolved_pb2.ResolvedEvent(profile_id=pid, event=event), "Viewed", 4)
+    window = (int(time.time()) - 86400) * 1_000_000, (int(time.time()) + 86400) * 1_000_000
+
+    async def gone() -> bool:
+        return await store.events(pid, *window, 10) == []
+
+    assert await store.events(pid, *window, 10) != []
+    await eventually(gone, timeout=60)
+    if hasattr(store, "sweep"):
+        assert (await store.sweep(time.time_ns() // 1000))["events"] >= 1

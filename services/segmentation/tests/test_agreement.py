@@ -1,7 +1,9 @@
 """Agreement, proved: the columnar, the incremental and the plain evaluation of random
 definitions over random profiles always give the same members. Pure logic."""
 
+import math
 from datetime import datetime, timezone
+from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from hypothesis import given, settings
@@ -28,7 +30,13 @@ counters = st.dictionaries(
     st.tuples(st.integers(TODAY - 100, TODAY + 3), st.sampled_from(EVENTS)), st.integers(1, 5), max_size=6
 )
 identities = st.dictionaries(st.sampled_from(["email", "user_id", "phone"]), st.integers(1, 2), max_size=2)
-states = st.builds(lambda t, c, n, i: (t, c, n, i), traits, traits, counters, identities)
+PURPOSES = ["marketing", "analytics", "advertising"]
+# Until when each decided purpose is granted: refused, for good, expired, expiring later.
+consents = st.dictionaries(st.sampled_from(PURPOSES), st.sampled_from([0.0, math.inf, NOW - 100, NOW + 100]))
+jurisdictions = st.sampled_from([0, 1, 2])
+states = st.builds(
+    lambda t, c, n, i, g, j: (t, c, n, i, g, j), traits, traits, counters, identities, consents, jurisdictions
+)
 
 literal_strings = st.sampled_from(STRINGS).map(lambda s: pb.Literal(string_value=s))
 literal_numbers = st.sampled_from([1.0, 2.5]).map(lambda n: pb.Literal(number_value=n))
@@ -111,11 +119,14 @@ facts = st.one_of(
         lambda t: pb.Expression(identity=pb.IdentityPredicate(fact=pb.IDENTITY_FACT_HAS_TYPE, type=t))
     ),
 )
+consent_predicates = st.sampled_from([*PURPOSES, "retired_purpose"]).map(
+    lambda p: pb.Expression(consent=pb.ConsentPredicate(purpose=p))
+)
 definitions = st.recursive(
-    st.one_of(trait_predicates(), event_predicates(), facts),
+    st.one_of(trait_predicates(), event_predicates(), facts, consent_predicates),
     lambda inner: st.one_of(
-        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)})),
-        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)})),
+        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)})),  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
+        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)})),  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
         inner.map(lambda e: pb.Expression(**{"not": e})),
     ),
     max_leaves=4,
@@ -164,6 +175,19 @@ def changes(profile_id: str, version: int, old: ProfileState, new: ProfileState)
             change = update.changes.add(path=f"daily_counters.{(EPOCH + timedelta(days=day)).isoformat()}|{event}")
             if (day, event) in new.counters:
                 change.new_value.number_value = new.counters[(day, event)]
+    for purpose in sorted(set(old.consent) | set(new.consent)):
+        if old.consent.get(purpose) != new.consent.get(purpose):
+            change = update.changes.add(path=f"consent.{purpose}")
+            if purpose in new.consent:
+                until = new.consent[purpose]
+                decision: dict[str, Any] = {"granted": until > 0}
+                if 0 < until < math.inf:
+                    decision["expires_at"] = datetime.fromtimestamp(until, timezone.utc).isoformat()
+                change.new_value.struct_value.update(decision)
+    if old.jurisdiction != new.jurisdiction:
+        change = update.changes.add(path="jurisdiction")
+        if new.jurisdiction:
+            change.new_value.string_value = ["", "JURISDICTION_GDPR", "JURISDICTION_CCPA"][new.jurisdiction]
     return update
 
 
@@ -176,8 +200,8 @@ def test_columnar_incremental_and_plain_evaluation_agree(profiles, definition):
     plain = {}
     for index, (first, second) in enumerate(profiles):
         pid = f"p{index}"
-        before = ProfileState(pid, 1, first[0], first[1], first[3], first[2])
-        after = ProfileState(pid, 2, second[0], second[1], second[3], second[2])
+        before = ProfileState(pid, 1, first[0], first[1], first[3], first[2], first[4], first[5])
+        after = ProfileState(pid, 2, second[0], second[1], second[3], second[2], second[4], second[5])
         # The view keeps the days the evaluators read (and a few ahead); the profile service
         # drops older ones itself.
         after.counters = {k: v for k, v in after.counters.items() if k[0] > TODAY - 90}

@@ -1,12 +1,16 @@
 """The plain evaluator and the profile state it reads. Pure logic."""
 
+import math
 from datetime import datetime, timezone
 
 import pytest
 from google.protobuf import struct_pb2
 
+from mosaic.consent.v1 import consent_pb2
 from mosaic.events.v1 import profile_updated_pb2
+from mosaic.platform.consent import Policy
 from mosaic.profile.v1 import profile_pb2
+from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service import compiler, language
 from segmentation_service.evaluate import evaluate, next_due
 from segmentation_service.state import DAY, ProfileState, epoch_day
@@ -141,3 +145,62 @@ def test_the_state_follows_profile_updated_changes():
     assert current.identity_types() == {"email", "user_id"}
     assert current.counters == {(epoch_day("2026-03-30"), "Order Completed"): 2}
     assert compiler.read_key("daily_counters.2026-03-30|Order Completed") == "daily_counters.Order Completed"
+
+
+def test_consent_is_the_persons_decision_else_their_jurisdictions_default():
+    gdpr, ccpa = consent_pb2.JURISDICTION_GDPR, consent_pb2.JURISDICTION_CCPA
+    assert not matches('consent "marketing"', ProfileState("p", 1))  # the deployment's law: GDPR opt-in
+    assert matches('consent "marketing"', ProfileState("p", 1, jurisdiction=ccpa))  # CCPA opt-out
+    assert matches('consent "marketing"', ProfileState("p", 1, consent={"marketing": math.inf}, jurisdiction=gdpr))
+    assert not matches('consent "marketing"', ProfileState("p", 1, consent={"marketing": 0.0}, jurisdiction=ccpa))
+    assert not matches('consent "retired"', ProfileState("p", 1, jurisdiction=ccpa))  # no longer configured
+    californian = Policy.from_env({"MOSAIC_CONSENT_JURISDICTION": "ccpa"})
+    expression = compiler.definition_of(text='consent "analytics"')[1]
+    assert evaluate(expression, ProfileState("p", 1), NOW, californian)
+
+
+def test_a_grant_that_expires_is_due_then_and_ends_membership():
+    expression = compiler.definition_of(text='consent "marketing" and traits.plan = "pro"')[1]
+    profile = ProfileState("p", 1, {"plan": "pro"}, consent={"marketing": NOW + 3600})
+    due = next_due(expression, profile, NOW)
+    assert due == NOW + 3600
+    assert evaluate(expression, profile, due - 1) and not evaluate(expression, profile, due)
+
+
+def test_the_state_follows_consent_changes_of_profile_updated():
+    profile = profile_pb2.Profile(profile_id="p", version=1, jurisdiction=consent_pb2.JURISDICTION_CCPA)
+    profile.consent["marketing"].granted = True
+    profile.consent["analytics"].granted = True
+    profile.consent["analytics"].expires_at.FromJsonString("2026-04-01T00:00:00Z")
+    current = ProfileState.of_profile(profile)
+    expires = datetime(2026, 4, 1, tzinfo=timezone.utc).timestamp()
+    assert current.consent == {"marketing": math.inf, "analytics": expires}
+    withdrawn = struct_pb2.Value()
+    withdrawn.struct_value.update({"granted": False, "change": "withdraw"})
+    current.apply(
+        profile_updated_pb2.ProfileUpdated(
+            profile_id="p",
+            version=2,
+            changes=[
+                profile_pb2.FieldChange(path="consent.marketing", new_value=withdrawn),
+                profile_pb2.FieldChange(path="consent.analytics"),
+                profile_pb2.FieldChange(path="jurisdiction"),
+            ],
+        )
+    )
+    assert current.consent == {"marketing": 0.0} and current.jurisdiction == 0
+    assert compiler.read_key("consent.marketing") == "consent.marketing"
+    assert compiler.read_key("jurisdiction") == "jurisdiction"
+
+
+def test_a_segment_tied_to_a_purpose_reads_its_consent_and_a_reference_to_it_does_too():
+    tied = pb.Segment(segment_id="vip", purpose="marketing", expression=compiler.definition_of(text="is known")[1])
+    compiled = compiler.compile_all(
+        {"vip": compiler.tied(tied), "fans": compiler.definition_of(text='in segment "vip"')[1]}
+    )
+    assert {"consent.marketing", "jurisdiction", "identities"} <= compiled["fans"].reads
+    assert compiler.consent_purposes(compiled["fans"]) == ["marketing"]
+    known = ProfileState("p", 1, identities={"user_id": 1})
+    assert not evaluate(compiled["fans"].expression, known, NOW)
+    known.consent["marketing"] = math.inf
+    assert evaluate(compiled["fans"].expression, known, NOW)

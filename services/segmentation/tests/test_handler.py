@@ -1,6 +1,8 @@
 """Memberships on the embedded store and a real nats-server: profile.updated, redeliveries,
 restarts, merges, splits and backfills."""
 
+from typing import Any
+
 import pytest
 from google.protobuf import struct_pb2
 
@@ -68,7 +70,7 @@ async def world(make_settings):
     await store.close()
 
 
-def update(version: int, *changes: tuple[str, object], profile_id: str = "p-1") -> profile_updated_pb2.ProfileUpdated:
+def update(version: int, *changes: tuple[str, Any], profile_id: str = "p-1") -> profile_updated_pb2.ProfileUpdated:
     message = profile_updated_pb2.ProfileUpdated(profile_id=profile_id, version=version)
     for path, value in changes:
         change = message.changes.add(path=path)

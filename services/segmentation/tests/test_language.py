@@ -225,12 +225,15 @@ identities = st.sampled_from([pb.IDENTITY_FACT_KNOWN, pb.IDENTITY_FACT_ANONYMOUS
 references = st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,10}\Z").map(
     lambda s: pb.Expression(segment=pb.SegmentReference(segment_id=s))
 )
-leaves = traits() | events() | identities | references
+consents = st.from_regex(r"\A[a-z][a-z0-9_]{0,10}\Z").map(
+    lambda p: pb.Expression(consent=pb.ConsentPredicate(purpose=p))
+)
+leaves = traits() | events() | identities | references | consents
 expressions = st.recursive(
     leaves,
     lambda inner: (
-        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)}))
-        | st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)}))
+        st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)}))  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
+        | st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)}))  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
         | inner.map(lambda e: pb.Expression(**{"not": e}))
     ),
     max_leaves=8,

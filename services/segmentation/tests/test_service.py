@@ -147,7 +147,10 @@ async def two_replicas(make_settings) -> tuple[Service, Service]:
     first = settings((f"127.0.0.1:{other.port}",))
     service = Service(first.platform, lambda runtime: build(runtime, first))
     await service.start()
-    held = lambda: [s.runtime.ownership.owned for s in (service, other)]  # noqa: E731
+
+    def held() -> list[frozenset[int]]:
+        return [s.runtime.ownership.owned for s in (service, other) if s.runtime is not None]
+
     await eventually(lambda: [len(h) for h in held()] == [4, 4] and set.union(*map(set, held())) == set(range(8)))
     return service, other
 

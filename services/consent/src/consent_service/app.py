@@ -4,6 +4,8 @@ and privacy requests (PrivacyService, the receipts, and consent's own part)."""
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import cast
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -14,14 +16,14 @@ from consent_service.events import ConsentEvents
 from consent_service.ledger import Ledger
 from consent_service.outbox import Relay
 from consent_service.privacy import ConsentParticipant, PrivacyServicer, Receipts
-from consent_service.purposes import NAME as PURPOSE_NAME
 from consent_service.store import ConsentStore, open_store
 from consent_service.sweeper import Sweeper
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc, privacy_service_pb2, privacy_service_pb2_grpc
 from mosaic.consent.v1 import consent_service_pb2 as pb
 from mosaic.identity.v1 import identity_service_pb2_grpc
-from mosaic.platform import clients, topics
+from mosaic.platform import clients, limits, metrics, topics
 from mosaic.platform.bus import Delivery
+from mosaic.platform.consent import NAME as PURPOSE_NAME
 from mosaic.platform.errors import InvalidArgument
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
@@ -67,6 +69,12 @@ class ConsentServicer(consent_service_pb2_grpc.ConsentServiceServicer):
         self.relay.kick()
 
     async def CheckConsent(self, request, context):
+        started = time.perf_counter()
+        answer = await self._check(request)
+        metrics.consent_checked(time.perf_counter() - started, answer.granted)
+        return answer
+
+    async def _check(self, request) -> pb.CheckConsentResponse:
         profile_id = _profile_id(request.profile_id)
         if request.purpose not in self.ledger.purposes and PURPOSE_NAME.match(request.purpose):
             # Nobody can have consented to a purpose this deployment does not have: fail closed
@@ -96,7 +104,24 @@ class ConsentServicer(consent_service_pb2_grpc.ConsentServiceServicer):
         return pb.ListConsentHistoryResponse(decisions=decisions, next_page_token=token)
 
     async def ListPurposes(self, request, context):
-        return pb.ListPurposesResponse(purposes=[p.to_proto() for p in self.ledger.purposes.values()])
+        # In the order configured; the token is the position of the next page's first purpose.
+        size = limits.page_size(request.page_size, 100, 1000)
+        start = limits.page_token(request.page_token) if request.page_token else 0
+        if start < 0:
+            raise InvalidArgument("page_token", "is not a token this service issued")
+        purposes = [
+            pb.Purpose(
+                name=p.name,
+                sale_or_sharing=p.sale_or_sharing,
+                gdpr_default=p.gdpr_default,
+                ccpa_default=p.ccpa_default,
+            )
+            for p in self.ledger.purposes.values()
+        ]
+        more = len(purposes) > start + size
+        return pb.ListPurposesResponse(
+            purposes=purposes[start : start + size], next_page_token=str(start + size) if more else ""
+        )
 
 
 class IdentityChanges:
@@ -142,7 +167,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     changes = IdentityChanges(ledger, relay)
     runtime.bus.consume(topics.IDENTITY_MERGED, changes.merged)
     runtime.bus.consume(topics.IDENTITY_SPLIT, changes.split)
-    runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.categories))
+    runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.policy))
     identity = None
     if settings.identity_address:
         channel = clients.channel(
@@ -150,7 +175,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         )
         runtime.cleanup.push_async_callback(channel.close)
         identity = identity_service_pb2_grpc.IdentityServiceStub(channel)
-    privacy = PrivacyServicer(store, relay, settings.participants, settings.jurisdiction, identity)
+    jurisdiction = cast(consent_pb2.Jurisdiction, settings.jurisdiction)  # the policy keeps the enum's number
+    privacy = PrivacyServicer(store, relay, settings.participants, jurisdiction, identity)
     privacy_service_pb2_grpc.add_PrivacyServiceServicer_to_server(privacy, runtime.server)
     runtime.add_service(privacy_service_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name)
     runtime.bus.consume(topics.PRIVACY_RECEIPT, Receipts(store, relay, runtime.bus))

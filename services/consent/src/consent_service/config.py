@@ -6,47 +6,43 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from consent_service import purposes as purposes_module
-from consent_service.events import parse_categories
-from consent_service.purposes import Purpose
+from mosaic.platform import topics
 from mosaic.platform.config import Env, PlatformSettings, ServiceSettings
+from mosaic.platform.consent import Policy, Purpose
 
-# The services with a privacy participant (mosaic.platform.privacy.Participant) today.
-DEFAULT_PARTICIPANTS = ("consent", "delivery", "identity", "profile", "segmentation")
+# The services with a privacy participant (mosaic.platform.privacy.Participant), as registered.
+DEFAULT_PARTICIPANTS = tuple(sorted(topics.PARTICIPANTS))
 
 
 @dataclass(frozen=True)
 class Settings(ServiceSettings):
     SERVICE = "consent"
-    purposes: dict[str, Purpose] = field(
-        default_factory=lambda: purposes_module.parse(purposes_module.DEFAULT_PURPOSES)
-    )
-    jurisdiction: int = purposes_module.JURISDICTIONS["gdpr"]
+    # Purposes, the default law and Segment's categories (MOSAIC_CONSENT_PURPOSES, _JURISDICTION, _CATEGORIES).
+    policy: Policy = field(default_factory=Policy)
     cache_size: int = 100_000
     cache_seconds: float = 60.0
-    categories: dict[str, str] = field(default_factory=dict)
     identity_address: str = ""
     participants: tuple[str, ...] = DEFAULT_PARTICIPANTS
     export_days: float = 30.0
+
+    @property
+    def purposes(self) -> dict[str, Purpose]:
+        return self.policy.purposes
+
+    @property
+    def jurisdiction(self) -> int:
+        return self.policy.jurisdiction
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         env = Env(environ)
-        purposes = purposes_module.parse(env.str("MOSAIC_CONSENT_PURPOSES", purposes_module.DEFAULT_PURPOSES))
         return cls(
             PlatformSettings.from_env(cls.SERVICE, environ),
-            purposes=purposes,
-            # The law assumed for a person whose jurisdiction no caller or decision named:
-            # GDPR's opt-in is the safe side.
-            jurisdiction=purposes_module.JURISDICTIONS[
-                env.choice("MOSAIC_CONSENT_JURISDICTION", "gdpr", tuple(purposes_module.JURISDICTIONS))
-            ],
+            policy=Policy.from_env(environ),
             cache_size=env.int("MOSAIC_CONSENT_CACHE_SIZE", 100_000, minimum=1),
             # The longest a cached answer is trusted when a consent.changed notice was missed.
             cache_seconds=env.float("MOSAIC_CONSENT_CACHE_SECONDS", 60.0),
-            # Segment consent categories (OneTrust ids such as C0004, or names) and their purposes.
-            categories=parse_categories(environ.get("MOSAIC_CONSENT_CATEGORIES", ""), purposes),
             # Where identifiers of privacy requests are resolved; unset: requests name profile ids.
             identity_address=environ.get("MOSAIC_IDENTITY_ADDRESS", "").strip(),
             # The services that must answer a privacy request before it completes.

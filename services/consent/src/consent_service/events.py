@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from collections.abc import Mapping
 
 from google.protobuf import struct_pb2
 
@@ -29,25 +28,10 @@ from consent_service.store import micros, timestamp
 from mosaic.consent.v1 import consent_pb2
 from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.platform.bus import Delivery
-from mosaic.platform.config import ConfigError
+from mosaic.platform.consent import Policy
 
 log = logging.getLogger("consent.events")
 UPDATED = "Segment Consent Preference Updated"
-
-
-def parse_categories(
-    spec: str, purposes: Mapping[str, object], variable: str = "MOSAIC_CONSENT_CATEGORIES"
-) -> dict[str, str]:
-    """`Category=purpose,...` as a mapping; every purpose named must be configured."""
-    categories: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        category, sep, purpose = item.partition("=")
-        if not sep or not category.strip():
-            raise ConfigError(variable, f"{item!r} must be Category=purpose")
-        if purpose.strip() not in purposes:
-            raise ConfigError(variable, f"{purpose.strip()!r} is not a configured purpose")
-        categories[category.strip()] = purpose.strip()
-    return categories
 
 
 def _change_id(message_id: str, purpose: str) -> str:
@@ -55,18 +39,12 @@ def _change_id(message_id: str, purpose: str) -> str:
 
 
 class ConsentEvents:
-    def __init__(self, ledger: Ledger, cache: ConsentCache, relay: Relay, categories: Mapping[str, str]) -> None:
+    def __init__(self, ledger: Ledger, cache: ConsentCache, relay: Relay, policy: Policy) -> None:
         self.ledger = ledger
         self.cache = cache
         self.relay = relay
-        self.categories = dict(categories)
+        self.policy = policy
         self.ignored_categories = 0
-
-    def purpose_of(self, category: str) -> str | None:
-        if category in self.categories:
-            return self.categories[category]
-        name = category.strip().lower().replace(" ", "_").replace("-", "_")
-        return name if name in self.ledger.purposes else None
 
     async def __call__(self, resolved: resolved_pb2.ResolvedEvent, delivery: Delivery) -> None:
         event = resolved.event
@@ -78,7 +56,7 @@ class ConsentEvents:
         wanted: dict[str, bool] = {}
         if isinstance(preferences, struct_pb2.Struct):
             for category, value in preferences.items():
-                purpose = self.purpose_of(category)
+                purpose = self.policy.purpose_of(category)
                 if purpose is None or not isinstance(value, bool):
                     self.ignored_categories += 1
                     continue

@@ -2,6 +2,8 @@
 
 Every write goes to the store together with its `consent.changed` message (the outbox), whose
 id is derived from the change, so a redelivered merge or a retried call publishes nothing twice.
+The message carries the person's whole consent after the change (`PersonConsent`), so the
+services that keep a copy (profile, ingestion) replace theirs and never need to ask.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from consent_service.purposes import Purpose, decide, effective_change
 from consent_service.store import ConsentStore, MergeRecord, Move, OutboxEntry, micros
 from mosaic.consent.v1 import consent_pb2
 from mosaic.events.v1 import consent_changed_pb2, identity_changed_pb2
 from mosaic.platform import topics
+from mosaic.platform.consent import Purpose, decide, effective_change, person_consent
 from mosaic.platform.errors import InvalidArgument
 
 MAX_TEXT = 256
@@ -121,7 +123,13 @@ class Ledger:
             return []
         head = await self.store.head(decisions[0].profile_id)
         members = await self.store.members(head)
-        outbox = [_changed(f"consent:{d.change_id}", head, members, "decision", d) for d in decisions]
+        # The person after this write: what the ledger holds, with these entries where they go
+        # (an entry already there is kept; a late one lands before newer ones).
+        entries = {_key(e): e for e in await self.store.ledger(members)}
+        for decision in decisions:
+            entries.setdefault(_key(decision), decision)
+        person = person_consent(sorted(entries.values(), key=_position))
+        outbox = [_changed(f"consent:{d.change_id}", head, members, "decision", person, d) for d in decisions]
         await self.store.append(decisions, outbox)
         return members
 
@@ -175,7 +183,8 @@ class Ledger:
             moves += [Move(p, merged) for p in await self.store.members(merged) if p != survivor]
         record = MergeRecord(merge.merge_id, survivor, tuple(moves), split=False)
         members = [survivor, *(await self.store.members(survivor))[1:], *(m.profile_id for m in moves)]
-        outbox = [_changed(f"merge:{merge.merge_id}", survivor, members, f"merge {merge.merge_id}")]
+        person = person_consent(await self.store.ledger(members))
+        outbox = [_changed(f"merge:{merge.merge_id}", survivor, members, f"merge {merge.merge_id}", person)]
         await self.store.apply_merge(record, outbox)
         return True
 
@@ -188,8 +197,18 @@ class Ledger:
             record = MergeRecord(split.merge_id, split.survivor_profile_id, (), split=False)
         if record.split:
             return False
-        members = [record.survivor, *(m.profile_id for m in record.moves)]
-        outbox = [_changed(f"split:{split.merge_id}", record.survivor, members, f"split {split.merge_id}")]
+        cause = f"split {split.merge_id}"
+        moved = [m.profile_id for m in record.moves]
+        kept = [p for p in await self.store.members(record.survivor) if p not in moved]
+        survivor = person_consent(await self.store.ledger(kept))
+        outbox = [_changed(f"split:{split.merge_id}", record.survivor, [record.survivor, *moved], cause, survivor)]
+        # Each person the split restores is announced apart, under its own key, with its consent.
+        restored: dict[str, list[str]] = {}
+        for move in record.moves:
+            restored.setdefault(move.previous_head, []).append(move.profile_id)
+        for head, profiles in restored.items():
+            person = person_consent(await self.store.ledger(profiles))
+            outbox.append(_changed(f"split:{split.merge_id}:{head}", head, profiles, cause, person))
         await self.store.apply_split(record, outbox)
         return True
 
@@ -199,10 +218,11 @@ def _changed(
     person: str,
     profile_ids: Iterable[str],
     cause: str,
+    consent: consent_pb2.PersonConsent,
     decision: consent_pb2.ConsentDecision | None = None,
 ) -> OutboxEntry:
     message = consent_changed_pb2.ConsentChanged(
-        person_id=person, profile_ids=list(dict.fromkeys(profile_ids)), cause=cause
+        person_id=person, profile_ids=list(dict.fromkeys(profile_ids)), cause=cause, person=consent
     )
     if decision is not None:
         message.decision.CopyFrom(decision)
@@ -211,6 +231,11 @@ def _changed(
 
 def _position(entry: consent_pb2.ConsentDecision) -> tuple[int, str, str]:
     return micros(entry.decided_at), entry.purpose, entry.profile_id
+
+
+def _key(entry: consent_pb2.ConsentDecision) -> tuple[str, str, int]:
+    """What makes a ledger entry one: the store keeps one per (profile, purpose, decided_at)."""
+    return entry.profile_id, entry.purpose, micros(entry.decided_at)
 
 
 def _token(position: tuple[int, str, str]) -> str:

@@ -73,7 +73,12 @@ def _announcement(request: privacy_pb2.PrivacyRequest) -> OutboxEntry:
 
 class PrivacyServicer(privacy_service_pb2_grpc.PrivacyServiceServicer):
     def __init__(
-        self, store: ConsentStore, relay: Relay, participants: tuple[str, ...], jurisdiction: int, identity=None
+        self,
+        store: ConsentStore,
+        relay: Relay,
+        participants: tuple[str, ...],
+        jurisdiction: consent_pb2.Jurisdiction,
+        identity=None,
     ) -> None:
         self.store = store
         self.relay = relay
@@ -110,7 +115,7 @@ class PrivacyServicer(privacy_service_pb2_grpc.PrivacyServiceServicer):
             raise Unavailable("identity", f"{error.code().name}: {error.details()}") from error
         return answer.profile_id
 
-    async def start(self, kind: int, call) -> privacy_pb2.PrivacyRequest:
+    async def start(self, kind: privacy_pb2.PrivacyRequestKind, call) -> privacy_pb2.PrivacyRequest:
         if call.jurisdiction not in consent_pb2.Jurisdiction.values():
             raise InvalidArgument("jurisdiction", "is not a known Jurisdiction")
         if len(call.request_id) > 128 or len(call.requested_by) > 256:
@@ -141,11 +146,15 @@ class PrivacyServicer(privacy_service_pb2_grpc.PrivacyServiceServicer):
             if (entry := _suppression(request.request_id, head, [call.person.identifier], "request")) is not None:
                 outbox.append(entry)
         if not await self.store.put_request(request, outbox):
-            return await self._again(await self.store.request(request.request_id), kind)
+            existing = await self.store.request(request.request_id)
+            assert existing is not None  # put_request found it there
+            return await self._again(existing, kind)
         self.relay.kick()
         return request
 
-    async def _again(self, existing: privacy_pb2.PrivacyRequest, kind: int) -> privacy_pb2.PrivacyRequest:
+    async def _again(
+        self, existing: privacy_pb2.PrivacyRequest, kind: privacy_pb2.PrivacyRequestKind
+    ) -> privacy_pb2.PrivacyRequest:
         """A repeated call: the same request, announced again while pending (idempotent)."""
         if existing.kind != kind:
             raise FailedPrecondition("request_id", f"names a request of another kind ({Kind.Name(existing.kind)})")
@@ -238,6 +247,7 @@ class Receipts:
         if not receipt.final or request.state == State.PRIVACY_REQUEST_STATE_COMPLETED:
             return
         current = await self.store.request(request.request_id)
+        assert current is not None  # the request this receipt answers (requests are never deleted)
         answered = {r.participant for r in current.receipts}
         if set(current.participants) <= answered:
             current.state = State.PRIVACY_REQUEST_STATE_COMPLETED

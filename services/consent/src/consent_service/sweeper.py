@@ -100,7 +100,8 @@ class Sweeper:
             for r in await self.store.requests()
             if r.state == privacy_pb2.PRIVACY_REQUEST_STATE_PENDING
             and micros(r.requested_at) <= horizon
-            and not (await self.store.request(r.request_id)).receipts
+            and (stored := await self.store.request(r.request_id)) is not None
+            and not stored.receipts
         ]
         if quiet:
             await self.store.append([], [_announcement(r) for r in quiet])

@@ -1,6 +1,6 @@
-"""The delivery service: destinations and dead letters over gRPC; the planner on
-segment.membership and events.resolved; a worker pool per destination on its job queue;
-delivery.outcome out."""
+"""The delivery service: destinations, campaigns and dead letters over gRPC; the planner on
+segment.membership and events.resolved; the campaign scheduler and the sweeper of jobs held
+for quiet hours; a worker pool per destination on its job queue; delivery.outcome out."""
 
 from __future__ import annotations
 
@@ -13,21 +13,24 @@ from delivery_service.config import Settings
 from delivery_service.destinations import DestinationCache
 from delivery_service.dispatcher import Dispatcher
 from delivery_service.feedback import EngagementEndpoint, Feedback
+from delivery_service.held import Sweeper
 from delivery_service.jobs import JobQueue
-from delivery_service.planner import Planner
+from delivery_service.planner import Planner, TimeZones
 from delivery_service.privacy import DeliveryPrivacy
-from delivery_service.server import DeliveryServicer
+from delivery_service.scheduler import Scheduler, SchedulerSettings
+from delivery_service.server import CampaignSettings, DeliveryServicer
 from delivery_service.store import open_store
 from delivery_service.worker import WorkerSettings
 from mosaic.consent.v1 import consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_service_pb2, delivery_service_pb2_grpc
 from mosaic.identity.v1 import identity_service_pb2_grpc
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
-from mosaic.platform import clients, topics
+from mosaic.platform import clients, retention, topics
 from mosaic.platform.bus import nats_security
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
 from mosaic.profile.v1 import profile_service_pb2_grpc
+from mosaic.segmentation.v1 import segmentation_service_pb2_grpc
 
 log = logging.getLogger("mosaic.delivery")
 
@@ -39,9 +42,19 @@ def _channel(runtime: Runtime, address: str) -> grpc.aio.Channel:
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
-    store = await open_store(settings.platform)
+    store = await open_store(
+        settings.platform,
+        log_ttl=int(settings.log_days * 86400),
+        dead_letter_ttl=int(settings.dead_letter_days * 86400),
+    )
     runtime.cleanup.push_async_callback(store.close)
     platform = settings.platform
+    # The embedded store sweeps what expired; Cassandra drops it by TTL.
+    sweep = getattr(store, "sweep", None) if platform.store != "cassandra" else None
+    retention.serve(
+        runtime,
+        retention.Retention("delivery", platform.store, settings.retention_kinds(), sweep, settings.sweep_seconds),
+    )
     queue = await JobQueue.connect(
         platform.nats_url, platform.stream_replicas, secure=nats_security(platform.nats_tls, platform.nats_credentials)
     )
@@ -50,6 +63,11 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     profiles = None
     if settings.profile_address:
         profiles = profile_service_pb2_grpc.ProfileServiceStub(_channel(runtime, settings.profile_address))
+    segments = None
+    if settings.segmentation_address:
+        segments = segmentation_service_pb2_grpc.SegmentationServiceStub(
+            _channel(runtime, settings.segmentation_address)
+        )
 
     cache = DestinationCache(store, settings.destinations_refresh)
     policy = settings.policy
@@ -64,7 +82,9 @@ async def build(runtime: Runtime, settings: Settings) -> None:
             concurrency=settings.concurrency,
             breaker_threshold=settings.breaker_threshold,
             breaker_cooldown=settings.breaker_cooldown,
+            audience_dir=settings.audience_dir,
         ),
+        consent,
     )
     cache.listen(dispatcher.update)
     await cache.load()
@@ -74,12 +94,36 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.cleanup.push_async_callback(dispatcher.close)
     runtime.cleanup.push_async_callback(cache.stop)
 
-    servicer = DeliveryServicer(store, cache, queue, runtime.bus, consent, policy)
+    servicer = DeliveryServicer(
+        store,
+        cache,
+        queue,
+        runtime.bus,
+        consent,
+        policy,
+        CampaignSettings(segments, settings.default_zone),
+        audience_files=settings.audience_dir is not None,
+    )
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(delivery_service_pb2.DESCRIPTOR.services_by_name["DeliveryService"].full_name)
-    planner = Planner(cache, store, queue, runtime.bus, consent, profiles)
+    planner = Planner(
+        cache, store, queue, runtime.bus, consent, profiles, TimeZones(settings.time_zone_trait, settings.default_zone)
+    )
     runtime.bus.consume(topics.SEGMENT_MEMBERSHIP, planner.on_membership)
     runtime.bus.consume(topics.EVENTS_RESOLVED, planner.on_event)
+    sweeper = Sweeper(store, cache, queue, runtime.bus, runtime.ownership, settings.sweep_interval)
+    sweeper.start()
+    runtime.cleanup.push_async_callback(sweeper.stop)
+    if segments is not None:
+        scheduler = Scheduler(
+            store,
+            cache,
+            planner,
+            segments,
+            SchedulerSettings(interval=settings.campaign_interval, grace=settings.campaign_grace),
+        )
+        scheduler.start()
+        runtime.cleanup.push_async_callback(scheduler.stop)
     privacy = DeliveryPrivacy(store)
     Participant("delivery", runtime.bus, privacy.export, privacy.erase).start()
 

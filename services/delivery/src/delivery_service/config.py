@@ -3,8 +3,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
+from delivery_service.schedule import zone_named
 from delivery_service.ssrf import CLASSES, AddressPolicy
+from mosaic.platform import retention
 from mosaic.platform.config import ConfigError, Env, PlatformSettings
 
 
@@ -29,6 +33,34 @@ class Settings:
     # The signed engagement endpoint runs when its secret (whsec_...) is set.
     engagement_secret: str = ""
     http_port: int = 0
+    # How long delivery records and dead letters are kept (0: for good); how often the
+    # embedded store sweeps.
+    log_days: float = 180.0
+    dead_letter_days: float = 30.0
+    sweep_seconds: float = 3600.0
+
+    # Where campaigns list their segment's members; empty: no campaigns.
+    segmentation_address: str = ""
+    # A person's time zone (for quiet hours) is this trait; without a valid one, default_zone,
+    # which is also a campaign's zone when it names none.
+    time_zone_trait: str = "timezone"
+    default_zone: ZoneInfo = ZoneInfo("UTC")
+    campaign_interval: float = 5.0
+    campaign_grace: float = 3600.0
+    sweep_interval: float = 2.0
+    # Where audience syncs with a file_format write their files; None: they cannot be created.
+    audience_dir: Path | None = None
+
+    def retention_kinds(self) -> tuple[retention.Kind, ...]:
+        return (
+            retention.Kind("deliveries", "MOSAIC_DELIVERY_LOG_DAYS", self.log_days, ("delivery_log",)),
+            retention.Kind(
+                "dead_letters",
+                "MOSAIC_DELIVERY_DEAD_LETTER_DAYS",
+                self.dead_letter_days,
+                ("delivery_dead_letters", "delivery_dead_letters_by_profile"),
+            ),
+        )
 
     @property
     def feedback(self) -> bool:
@@ -64,7 +96,26 @@ class Settings:
             identity_address=env.str("MOSAIC_IDENTITY_ADDRESS", "-").strip("-"),
             engagement_secret=_secret(env.str("MOSAIC_DELIVERY_ENGAGEMENT_SECRET", "-").strip("-")),
             http_port=env.int("MOSAIC_DELIVERY_HTTP_PORT", 0, maximum=65535),
+            # A delivery's record is its idempotency key: it must outlive a redelivery (the
+            # streams keep 7 days), so a redelivered change never sends twice.
+            log_days=retention.days(env, "MOSAIC_DELIVERY_LOG_DAYS", 180.0, at_least=8),
+            dead_letter_days=retention.days(env, "MOSAIC_DELIVERY_DEAD_LETTER_DAYS", 30.0),
+            sweep_seconds=env.float("MOSAIC_RETENTION_SWEEP_SECONDS", 3600.0, minimum=1.0),
+            segmentation_address=env.str("MOSAIC_SEGMENTATION_ADDRESS", "-").strip("-"),
+            time_zone_trait=env.str("MOSAIC_DELIVERY_TIME_ZONE_TRAIT", "timezone"),
+            default_zone=_zone(env.str("MOSAIC_DELIVERY_DEFAULT_TIME_ZONE", "UTC")),
+            campaign_interval=env.float("MOSAIC_DELIVERY_CAMPAIGN_SECONDS", 5.0, minimum=0.05),
+            campaign_grace=env.float("MOSAIC_DELIVERY_CAMPAIGN_GRACE_SECONDS", 3600.0),
+            sweep_interval=env.float("MOSAIC_DELIVERY_SWEEP_SECONDS", 2.0, minimum=0.05),
+            audience_dir=Path(d) if (d := env.str("MOSAIC_DELIVERY_AUDIENCE_DIR", "-").strip("-")) else None,
         )
+
+
+def _zone(name: str) -> ZoneInfo:
+    zone = zone_named(name)
+    if zone is None:
+        raise ConfigError("MOSAIC_DELIVERY_DEFAULT_TIME_ZONE", "must be an IANA time zone name, e.g. Europe/Paris")
+    return zone
 
 
 def _secret(value: str) -> str:

@@ -17,11 +17,13 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from delivery_service import templates
+from delivery_service.audience_files import EXTENSIONS
+from delivery_service.quiet import window_of
 from delivery_service.ssrf import AddressPolicy, Forbidden
 from delivery_service.store import DeliveryStore
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform import tasks
-from mosaic.platform.errors import InvalidArgument
+from mosaic.platform.errors import FailedPrecondition, InvalidArgument
 
 log = logging.getLogger("mosaic.delivery.destinations")
 
@@ -78,14 +80,17 @@ def public(destination: delivery_pb2.Destination) -> delivery_pb2.Destination:
     return shown
 
 
-async def validate(d: delivery_pb2.Destination, policy: AddressPolicy) -> None:
-    """Raise InvalidArgument naming the first field that breaks a rule; fill in defaults."""
+async def validate(d: delivery_pb2.Destination, policy: AddressPolicy, audience_files: bool = False) -> None:
+    """Raise InvalidArgument naming the first field that breaks a rule; fill in defaults.
+    `audience_files`: whether the deployment has a folder for audience syncs to files."""
     if not DESTINATION_ID.match(d.destination_id):
         raise InvalidArgument("destination.destination_id", "must be 1-64 lower-case letters, digits, - or _")
     if not d.purpose:
         raise InvalidArgument("destination.purpose", "is required: the consent purpose a send needs")
     kind = kind_of(d)
-    if kind in HTTP_KINDS:
+    if d.audience.file_format:
+        _check_audience_file(d, kind, audience_files)
+    elif kind in HTTP_KINDS:
         await _check_url(d.webhook_url, policy)
     elif kind == Kind.DESTINATION_KIND_EMAIL:
         await _check_email(d.email, policy)
@@ -100,9 +105,6 @@ async def validate(d: delivery_pb2.Destination, policy: AddressPolicy) -> None:
         and not d.body_template
     ):
         raise InvalidArgument("destination.body_template", "is required for e-mail, SMS and push")
-    triggers = triggers_of(d)
-    if not triggers:
-        raise InvalidArgument("destination.triggers", "at least one trigger (or segment_id) is required")
     for index, trigger in enumerate(d.triggers):
         _check_trigger(f"destination.triggers[{index}]", trigger)
     for field, source in (("body_template", d.body_template), ("email.subject_template", d.email.subject_template)):
@@ -147,6 +149,21 @@ def _check_trigger(field: str, trigger: delivery_pb2.Trigger) -> None:
             raise InvalidArgument(f"{field}.event_name", "is required for an event trigger")
     else:
         raise InvalidArgument(f"{field}.kind", "must be SEGMENT_ENTERED, SEGMENT_EXITED or EVENT")
+    window_of(trigger.quiet_hours, f"{field}.quiet_hours")
+
+
+def _check_audience_file(d: delivery_pb2.Destination, kind: int, audience_files: bool) -> None:
+    if kind != Kind.DESTINATION_KIND_AUDIENCE_SYNC:
+        raise InvalidArgument("destination.audience.file_format", "is for audience syncs only")
+    if d.audience.file_format not in EXTENSIONS:
+        raise InvalidArgument("destination.audience.file_format", "must be CSV or JSONL")
+    if d.webhook_url:
+        raise InvalidArgument("destination.webhook_url", "must be empty: an audience sync to files posts nothing")
+    if not audience_files:
+        raise FailedPrecondition(
+            "destination.audience.file_format",
+            "this deployment has no folder for audience files (MOSAIC_DELIVERY_AUDIENCE_DIR)",
+        )
 
 
 def _check_limits(limits: delivery_pb2.Limits) -> None:

@@ -12,8 +12,9 @@ from mosaic.platform.bus import Bus
 
 
 class Dispatcher:
-    def __init__(self, queue: JobQueue, store: DeliveryStore, bus: Bus, settings: WorkerSettings) -> None:
+    def __init__(self, queue: JobQueue, store: DeliveryStore, bus: Bus, settings: WorkerSettings, consent) -> None:
         self.queue = queue
+        self.consent = consent  # a ConsentService stub, asked again before every send
         self.store = store
         self.bus = bus
         self.settings = settings
@@ -27,7 +28,7 @@ class Dispatcher:
                 self._stop(self.workers.pop(destination_id))
         for destination_id, destination in destinations.items():
             if destination_id not in self.workers:
-                worker = DestinationWorker(destination, self.queue, self.store, self.bus, self.settings)
+                worker = DestinationWorker(destination, self.queue, self.store, self.bus, self.settings, self.consent)
                 worker.start()
                 self.workers[destination_id] = worker
 

@@ -171,7 +171,7 @@ class EngagementEndpoint:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "0.0.0.0", port)
         await site.start()
-        return site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the port the OS picked for 0
+        return self._runner.addresses[0][1]  # the port the OS picked for 0
 
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()

@@ -20,7 +20,7 @@ from nats.js import api
 from opentelemetry import propagate, trace
 
 from mosaic.delivery.v1 import delivery_pb2
-from mosaic.platform import topics
+from mosaic.platform import messaging_spans, topics
 from mosaic.platform.errors import Unavailable
 
 tracer = trace.get_tracer("mosaic.delivery.jobs")
@@ -84,14 +84,10 @@ class JobQueue:
         """Queue a job on its destination's subject; raises Unavailable unless stored."""
         subject = f"{JOBS.name}.{job.destination_id}"
         with tracer.start_as_current_span(
-            f"{JOBS.name} publish",
-            kind=trace.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.destination.name": subject,
-                "messaging.message.id": message_id or job.delivery_id,
-            },
-        ):
+            messaging_spans.publish_name(JOBS.name), kind=trace.SpanKind.PRODUCER
+        ) as span:
+            messaging_spans.published(span, JOBS.name, 1, message_id or job.delivery_id)
+            span.set_attribute("mosaic.destination.id", job.destination_id)
             headers = {"Nats-Msg-Id": message_id or job.delivery_id}
             propagate.inject(headers)
             try:

@@ -9,6 +9,8 @@ import random
 import time
 from collections.abc import Callable
 
+from mosaic.platform import retry
+
 Clock = Callable[[], float]
 
 
@@ -102,8 +104,6 @@ def retry_delay(
     rng: random.Random | None = None,
 ) -> float:
     """The wait before attempt `attempt + 1`: the destination's Retry-After when it sent one
-    (capped), else exponential backoff with full jitter (uniform in 0 .. base * 2^(attempt-1))."""
-    if retry_after is not None:
-        return min(cap, max(0.0, retry_after))
-    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
-    return (rng or random).uniform(0, ceiling)
+    (capped), else exponential backoff with full jitter (uniform in 0 .. base * 2^(attempt-1)),
+    so the jobs of a destination that failed together do not come back together."""
+    return retry.delay(attempt, retry_after, base=base, cap=cap, jitter=True, rng=rng)

@@ -1,4 +1,4 @@
-"""DeliveryService over gRPC: destinations, the delivery log and the dead-letter store."""
+"""DeliveryService over gRPC: destinations, campaigns, the delivery log and the dead-letter store."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
-from delivery_service import destinations
+from delivery_service import campaigns, destinations
 from delivery_service.consent import granted
 from delivery_service.destinations import DestinationCache, Kind, kind_of
 from delivery_service.jobs import JobQueue
 from delivery_service.ssrf import AddressPolicy
 from delivery_service.store import DeliveryStore
 from delivery_service.worker import now, record
-from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2_grpc
+from mosaic.delivery.v1 import campaign_pb2, delivery_pb2, delivery_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
+from mosaic.platform import limits
 from mosaic.platform.bus import Bus
 from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -23,9 +26,26 @@ Status = delivery_pb2.DeliveryStatus
 MAX_PAGE = 1000
 
 
+@dataclass(frozen=True)
+class CampaignSettings:
+    """What campaigns need of the deployment: the segmentation service (None: no campaigns)
+    and the zone of a campaign that names none."""
+
+    segments: object | None = None
+    default_zone: ZoneInfo = ZoneInfo("UTC")
+
+
 class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
     def __init__(
-        self, store: DeliveryStore, cache: DestinationCache, queue: JobQueue, bus: Bus, consent, policy: AddressPolicy
+        self,
+        store: DeliveryStore,
+        cache: DestinationCache,
+        queue: JobQueue,
+        bus: Bus,
+        consent,
+        policy: AddressPolicy,
+        campaign_settings: CampaignSettings | None = None,
+        audience_files: bool = False,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -33,19 +53,23 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         self.bus = bus
         self.consent = consent
         self.policy = policy
+        self.campaign_settings = campaign_settings or CampaignSettings()
+        self.audience_files = audience_files
 
     async def CreateDestination(self, request, context):
         d = delivery_pb2.Destination()
         d.CopyFrom(request.destination)
-        await destinations.validate(d, self.policy)
+        await destinations.validate(d, self.policy, self.audience_files)
         d.created_at.CopyFrom(now())
         await self.store.create_destination(d)
         self.cache.put(d)
         return pb.CreateDestinationResponse(destination=destinations.public(d), signing_secret=d.signing_secret)
 
     async def ListDestinations(self, request, context):
-        stored = await self.store.destinations()
-        return pb.ListDestinationsResponse(destinations=[destinations.public(d) for d in stored])
+        size = limits.page_size(request.page_size, 100, 1000)
+        stored = await self.store.destinations()  # a catalog the cache holds whole
+        page, token = limits.page_of(stored, lambda d: d.destination_id, size, request.page_token)
+        return pb.ListDestinationsResponse(destinations=[destinations.public(d) for d in page], next_page_token=token)
 
     async def GetDestination(self, request, context):
         return pb.GetDestinationResponse(
@@ -54,6 +78,12 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
 
     async def DeleteDestination(self, request, context):
         await self._destination(request.destination_id)
+        using = [c.campaign_id for c in await self.store.campaigns() if c.destination_id == request.destination_id]
+        if using:
+            raise FailedPrecondition(
+                f"destination {request.destination_id!r}",
+                f"campaigns send over it ({', '.join(using)}): delete them first",
+            )
         await self.store.delete_destination(request.destination_id)
         self.cache.remove(request.destination_id)
         await self.queue.drop(request.destination_id)
@@ -64,7 +94,11 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
     async def ListDeliveries(self, request, context):
         if not request.profile_id:
             raise InvalidArgument("profile_id", "is required")
-        return pb.ListDeliveriesResponse(deliveries=await self.store.deliveries(request.profile_id))
+        size = limits.page_size(request.page_size, 100, 1000)
+        after = limits.after_key(request.page_token)
+        found = await self.store.deliveries(request.profile_id, after, size + 1)
+        page, token = limits.page_by_key(found, lambda d: d.delivery_id, size)
+        return pb.ListDeliveriesResponse(deliveries=page, next_page_token=token)
 
     async def ListDeadLetters(self, request, context):
         size = request.page_size or 100
@@ -139,6 +173,48 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             await self.store.delete_dead_letter(letter)
             discarded += 1
         return pb.DiscardDeadLettersResponse(discarded=discarded)
+
+    async def CreateCampaign(self, request, context):
+        settings = self.campaign_settings
+        if settings.segments is None:
+            raise FailedPrecondition(
+                "campaigns", "this deployment has no segmentation service to list members (MOSAIC_SEGMENTATION_ADDRESS)"
+            )
+        c = campaign_pb2.Campaign()
+        c.CopyFrom(request.campaign)
+        destination = None
+        if c.destination_id:
+            destination = next(
+                (d for d in await self.store.destinations() if d.destination_id == c.destination_id), None
+            )
+        await campaigns.validate(c, destination, settings.segments, settings.default_zone)
+        c.created_at.CopyFrom(now())
+        await self.store.create_campaign(c)
+        return pb.CreateCampaignResponse(campaign=campaigns.shown(c, None))
+
+    async def ListCampaigns(self, request, context):
+        runs = await self.store.campaign_runs()
+        return pb.ListCampaignsResponse(
+            campaigns=[campaigns.shown(c, runs.get(c.campaign_id, (0, None))[1]) for c in await self.store.campaigns()]
+        )
+
+    async def GetCampaign(self, request, context):
+        c = await self._campaign(request.campaign_id)
+        run = (await self.store.campaign_runs()).get(c.campaign_id, (0, None))[1]
+        return pb.GetCampaignResponse(campaign=campaigns.shown(c, run))
+
+    async def DeleteCampaign(self, request, context):
+        await self._campaign(request.campaign_id)
+        await self.store.delete_campaign(request.campaign_id)
+        return pb.DeleteCampaignResponse()
+
+    async def _campaign(self, campaign_id: str) -> campaign_pb2.Campaign:
+        if not campaign_id:
+            raise InvalidArgument("campaign_id", "is required")
+        for c in await self.store.campaigns():
+            if c.campaign_id == campaign_id:
+                return c
+        raise NotFound("campaign", campaign_id)
 
     async def _destination(self, destination_id: str) -> delivery_pb2.Destination:
         if not destination_id:

@@ -13,9 +13,8 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable
-from typing import Any
 
-from aiohttp.abc import AbstractResolver
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 CLASSES = ("loopback", "private", "link-local")
@@ -74,7 +73,9 @@ class GuardedResolver(AbstractResolver):
         self.policy = policy
         self._inner = DefaultResolver()
 
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         hosts = await self._inner.resolve(host, port, family)
         for entry in hosts:
             reason = self.policy.refusal(entry["host"])

@@ -4,6 +4,11 @@ Each destination has its own pull consumer, connection pool, concurrency bound, 
 circuit breaker and retry budget, so a destination that times out or fails holds only its own
 slots and fills only its own queue; the others never wait for it.
 
+Consent is asked again just before each send (the planner asked when it decided, but a job may
+wait in its queue, be retried or be replayed): a purpose withdrawn meanwhile finishes the job as
+SUPPRESSED, never sent. While the consent service does not answer, the job is held in progress
+and asked again with backoff: no attempt is spent and nothing goes out unasked.
+
 A job's attempt number is JetStream's delivery count. A retryable failure with budget left is
 nak'ed with the retry delay (Retry-After or jittered backoff): the slot is free at once and
 JetStream brings the job back. Once sent, refused or out of budget, the job's record (and its
@@ -18,15 +23,19 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats.errors
 from google.protobuf import timestamp_pb2
 from nats.aio.msg import Msg
 from opentelemetry import trace
 
+from delivery_service.audience_files import AudienceFiles
+from delivery_service.consent import granted
 from delivery_service.destinations import Kind, kind_of
-from delivery_service.jobs import JobQueue, context_of
+from delivery_service.jobs import JobQueue, context_of, durable_of
 from delivery_service.limits import CircuitBreaker, TokenBucket, retry_delay
 from delivery_service.smtp import SmtpSender
 from delivery_service.ssrf import AddressPolicy
@@ -34,12 +43,21 @@ from delivery_service.store import DeliveryStore
 from delivery_service.webhook import HttpSender, Refused, Retryable
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.events.v1 import delivery_outcome_pb2
-from mosaic.platform import topics
-from mosaic.platform.bus import Bus
+from mosaic.platform import messaging_spans, metrics, topics
+from mosaic.platform.bus import Bus, backoff
+from mosaic.platform.errors import Unavailable
 
 log = logging.getLogger("mosaic.delivery.worker")
 tracer = trace.get_tracer("mosaic.delivery.worker")
 Status = delivery_pb2.DeliveryStatus
+# A decided delivery's status as the outcome `mosaic.delivery.deliveries` counts it by.
+OUTCOMES = {
+    Status.DELIVERY_STATUS_SENT: "delivered",
+    Status.DELIVERY_STATUS_SUPPRESSED: "suppressed",
+    Status.DELIVERY_STATUS_FAILED: "failed",
+    Status.DELIVERY_STATUS_DEAD_LETTERED: "dead_lettered",
+    Status.DELIVERY_STATUS_DISCARDED: "discarded",
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,7 @@ class WorkerSettings:
     breaker_threshold: int = 5
     breaker_cooldown: float = 2.0
     retry_base: float = 0.5
+    audience_dir: Path | None = None
 
 
 @dataclass
@@ -82,8 +101,10 @@ class DestinationWorker:
         store: DeliveryStore,
         bus: Bus,
         settings: WorkerSettings,
+        consent,
     ) -> None:
         self.destination = destination
+        self.consent = consent  # a ConsentService stub
         self.queue = queue
         self.store = store
         self.bus = bus
@@ -98,6 +119,7 @@ class DestinationWorker:
         self.http = HttpSender(settings.policy, self.concurrency, self.timeout, destination.signing_secret)
         self.headers = dict(destination.headers)
         self.smtp = SmtpSender(settings.policy, self.timeout)
+        self.files = AudienceFiles.of(destination, settings.audience_dir)
         self._slots = asyncio.Semaphore(self.concurrency)
         self._recorder = _Recorder()
         self._stopping = asyncio.Event()
@@ -218,17 +240,29 @@ class DestinationWorker:
             job = delivery_pb2.DeliveryJob.FromString(msg.data)
             attempt = msg.metadata.num_delivered
             with tracer.start_as_current_span(
-                f"{topics.DELIVERY_JOBS.name} process",
+                messaging_spans.process_name(topics.DELIVERY_JOBS.name),
                 context=context_of(msg),
                 kind=trace.SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.destination.name": msg.subject,
-                    "mosaic.destination.id": job.destination_id,
-                    "mosaic.delivery.id": job.delivery_id,
-                    "mosaic.delivery.attempt": attempt,
-                },
-            ):
+            ) as span:
+                messaging_spans.processed(
+                    span,
+                    topics.DELIVERY_JOBS.name,
+                    durable_of(job.destination_id),
+                    (msg.headers or {}).get("Nats-Msg-Id", ""),
+                )
+                span.set_attributes(
+                    {
+                        "mosaic.destination.id": job.destination_id,
+                        "mosaic.delivery.id": job.delivery_id,
+                        "mosaic.delivery.attempt": attempt,
+                    }
+                )
+                consented = await self._consented([msg], [job])
+                if consented is None:
+                    return  # stopping while consent could not be asked: the job comes back
+                if not consented[0]:
+                    self._finish(msg, job, attempt, Status.DELIVERY_STATUS_SUPPRESSED, self._withdrawn())
+                    return
                 try:
                     detail = await self._send(job)
                 except Refused as error:
@@ -249,6 +283,33 @@ class DestinationWorker:
         finally:
             self._slots.release()
 
+    async def _consented(self, messages: list[Msg], jobs: list[delivery_pb2.DeliveryJob]) -> list[bool] | None:
+        """Whether each job's person consents to the destination's purpose now (leaving an
+        audience needs none). While the consent service does not answer, the jobs are kept in
+        progress and it is asked again; None when the worker stops meanwhile (the jobs are nak'ed)."""
+        purpose = self.destination.purpose
+        attempt = 0
+        while True:
+            try:
+                return list(
+                    await asyncio.gather(
+                        *(_always() if job.exited else granted(self.consent, job.profile_id, purpose) for job in jobs)
+                    )
+                )
+            except Unavailable as error:
+                attempt += 1
+                if self._stopping.is_set():
+                    await asyncio.gather(*(msg.nak(delay=1.0) for msg in messages), return_exceptions=True)
+                    return None
+                log.warning(
+                    "consent not asked for %d job(s) of %s: %s", len(jobs), self.destination.destination_id, error
+                )
+                await asyncio.gather(*(msg.in_progress() for msg in messages))
+                await asyncio.sleep(min(backoff(attempt), 5.0))
+
+    def _withdrawn(self) -> str:
+        return f"consent to {self.destination.purpose!r} not granted at send time"
+
     async def _send(self, job: delivery_pb2.DeliveryJob) -> str:
         d = self.destination
         if self.kind == Kind.DESTINATION_KIND_EMAIL:
@@ -260,6 +321,17 @@ class DestinationWorker:
     async def _send_audience(self, messages: list[Msg]) -> None:
         """One request for a batch of membership changes; a person's last change wins."""
         jobs = [delivery_pb2.DeliveryJob.FromString(msg.data) for msg in messages]
+        attempt = max(msg.metadata.num_delivered for msg in messages)
+        consented = await self._consented(messages, jobs)
+        if consented is None:
+            return
+        for msg, job, ok in zip(messages, jobs, consented, strict=True):
+            if not ok:
+                self._finish(msg, job, attempt, Status.DELIVERY_STATUS_SUPPRESSED, self._withdrawn())
+        messages = [msg for msg, ok in zip(messages, consented, strict=True) if ok]
+        jobs = [job for job, ok in zip(jobs, consented, strict=True) if ok]
+        if not jobs:
+            return
         latest = {job.profile_id: job for job in jobs}
         body = {
             "audience": self.destination.segment_id,
@@ -267,7 +339,6 @@ class DestinationWorker:
             "remove": sorted(p for p, job in latest.items() if job.exited),
         }
         key = "audience:" + hashlib.sha256("\n".join(sorted(j.delivery_id for j in jobs)).encode()).hexdigest()[:32]
-        attempt = max(msg.metadata.num_delivered for msg in messages)
         d = self.destination
         wait = self.bucket.wait_time()
         if wait:
@@ -277,7 +348,7 @@ class DestinationWorker:
             attributes={"mosaic.destination.id": d.destination_id, "messaging.batch.message_count": len(messages)},
         ):
             try:
-                status = await self.http.post(d.webhook_url, json.dumps(body).encode(), key, self.headers)
+                done = await self._post_audience(body, jobs, key)
             except Refused as error:
                 self.breaker.succeeded()
                 outcome, detail, dead = Status.DELIVERY_STATUS_DEAD_LETTERED, str(error), True
@@ -290,12 +361,25 @@ class DestinationWorker:
                 outcome, detail, dead = Status.DELIVERY_STATUS_DEAD_LETTERED, f"{error} (attempt {attempt})", True
             else:
                 self.breaker.succeeded()
-                outcome, detail, dead = Status.DELIVERY_STATUS_SENT, f"HTTP {status}", False
+                outcome, detail, dead = Status.DELIVERY_STATUS_SENT, done, False
         for msg, job in zip(messages, jobs, strict=False):
             self._finish(msg, job, attempt, outcome, detail, dead)
 
+    async def _post_audience(self, body: dict, jobs: list[delivery_pb2.DeliveryJob], key: str) -> str:
+        """Send one audience batch: to its file, or to its endpoint; what was done."""
+        if self.files is not None:
+            return await self.files.write(jobs, key)
+        status = await self.http.post(self.destination.webhook_url, json.dumps(body).encode(), key, self.headers)
+        return f"HTTP {status}"
+
     def _finish(
-        self, msg: Msg, job: delivery_pb2.DeliveryJob, attempt: int, status: int, detail: str, dead: bool = False
+        self,
+        msg: Msg,
+        job: delivery_pb2.DeliveryJob,
+        attempt: int,
+        status: delivery_pb2.DeliveryStatus,
+        detail: str,
+        dead: bool = False,
     ) -> None:
         record = delivery_pb2.Delivery(
             delivery_id=job.delivery_id,
@@ -333,6 +417,10 @@ class DestinationWorker:
                 return
 
 
+async def _always() -> bool:
+    return True
+
+
 async def record(
     store: DeliveryStore, bus: Bus, records: list[delivery_pb2.Delivery], letters: list[delivery_pb2.DeadLetter]
 ) -> None:
@@ -350,3 +438,7 @@ async def record(
         for r in records
     ]
     await bus.publish_many(topics.DELIVERY_OUTCOME, outcomes)
+    for (destination_id, status), count in Counter((r.destination_id, r.status) for r in records).items():
+        metrics.delivery_finished(
+            destination_id, OUTCOMES.get(status, Status.Name(status).removeprefix("DELIVERY_STATUS_").lower()), count
+        )

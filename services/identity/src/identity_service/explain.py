@@ -68,9 +68,9 @@ async def explain(resolver: Resolver, root: str) -> identity_service_pb2.Explain
     for identity in await identities(resolver, root):
         path: list[identity_pb2.MergeRecord] = []
         profile_id = identity.home_profile_id
-        while profile_id != root and merges.get(profile_id) is not None:
-            path.append(merges[profile_id])
-            profile_id = merges[profile_id].survivor_profile_id
+        while profile_id != root and (record := merges.get(profile_id)) is not None:
+            path.append(record)
+            profile_id = record.survivor_profile_id
         direct = f"linked to this profile by event {identity.event_id}" + (
             f" from source {identity.source}" if identity.source else ""
         )

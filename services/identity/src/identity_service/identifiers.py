@@ -8,7 +8,7 @@ ways is one identifier.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import phonenumbers
@@ -118,7 +118,7 @@ def _text(value: struct_pb2.Value) -> str:
 def _path(struct: struct_pb2.Struct, path: str) -> struct_pb2.Value | None:
     """The value at a dotted path of a Struct, or None."""
     current: struct_pb2.Value | None = None
-    fields = struct.fields
+    fields: Mapping[str, struct_pb2.Value] = struct.fields
     for part in path.split("."):
         if part not in fields:
             return None

@@ -47,6 +47,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import tenacity
 from google.protobuf import timestamp_pb2
 
 from identity_service import graph
@@ -55,7 +56,7 @@ from identity_service.rules import Rules
 from identity_service.store import Claim, IdentityStore, Key, Member, OutboxEntry
 from mosaic.events.v1 import identity_changed_pb2
 from mosaic.identity.v1 import identity_pb2
-from mosaic.platform import topics
+from mosaic.platform import retry, topics
 from mosaic.platform.errors import FailedPrecondition, InvalidArgument, Unavailable
 from mosaic.platform.lru import Lru
 
@@ -86,6 +87,17 @@ class Resolution:
 
 class Retry(Exception):
     """The state moved under us (a lock is held, a root was merged, a claim was lost)."""
+
+
+def _contended() -> tenacity.AsyncRetrying:
+    """Retries of a resolution that met another replica's change: up to MAX_ATTEMPTS tries, a
+    short random wait (2-10 ms, times the attempt up to 10) so contenders fall out of step."""
+    return tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception_type(Retry),
+        stop=tenacity.stop_after_attempt(MAX_ATTEMPTS),
+        wait=lambda state: random.uniform(0.002, 0.01) * min(state.attempt_number, 10),
+        reraise=True,
+    )
 
 
 class RootCache:
@@ -235,20 +247,28 @@ class Resolver:
     ) -> Resolution:
         """The profile of `identifiers` (priority order), changing the graph if the rules say so."""
         keys = [(i.type, i.value) for i in identifiers]
-        for attempt in range(MAX_ATTEMPTS):
-            claims = await self.claims(keys)
-            homes = {c.profile_id for c in claims.values()}
-            roots = await (self.cached_roots(homes) if attempt == 0 else self.roots(homes))
-            key_roots = {k: roots[c.profile_id] for k, c in claims.items()}
-            if len(claims) == len(keys) and len(set(key_roots.values())) == 1:
-                return Resolution(next(iter(key_roots.values())))
+        args = (identifiers, keys, rules, event_id, at, source, rule)
+        try:
+            return await self._attempt(*args, cached=True)  # the cache only on the first try
+        except Retry as first:
             try:
-                return await self._change(identifiers, roots, key_roots, rules, event_id, at, source, rule)
+                return await retry.after_first(first, lambda: self._attempt(*args, cached=False), _contended())
             except Retry:
-                self.root_cache.forget(homes)
-                self.retries += 1
-                await asyncio.sleep(random.uniform(0.002, 0.01) * min(attempt + 1, 10))
-        raise Unavailable("identity graph", f"profiles of event {event_id} stayed contended")
+                raise Unavailable("identity graph", f"profiles of event {event_id} stayed contended") from None
+
+    async def _attempt(self, identifiers, keys, rules, event_id, at, source, rule, *, cached: bool) -> Resolution:
+        claims = await self.claims(keys)
+        homes = {c.profile_id for c in claims.values()}
+        roots = await (self.cached_roots(homes) if cached else self.roots(homes))
+        key_roots = {k: roots[c.profile_id] for k, c in claims.items()}
+        if len(claims) == len(keys) and len(set(key_roots.values())) == 1:
+            return Resolution(next(iter(key_roots.values())))
+        try:
+            return await self._change(identifiers, roots, key_roots, rules, event_id, at, source, rule)
+        except Retry:
+            self.root_cache.forget(homes)
+            self.retries += 1
+            raise
 
     async def _change(self, identifiers, roots, key_roots, rules, event_id, at, source, rule) -> Resolution:
         holder = f"{self._token}-{next(self._attempts)}"

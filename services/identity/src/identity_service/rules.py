@@ -41,7 +41,7 @@ class Rules:
     blocked_everywhere: tuple[re.Pattern[str], ...] = tuple(re.compile(p, re.I) for p in DEFAULT_BLOCKED)
     max_merges: int = DEFAULT_MAX_MERGES
     max_mappings: int = DEFAULT_MAX_MAPPINGS
-    survivor: int = OLDEST
+    survivor: identity_pb2.SurvivorRule = OLDEST
     trait_identifiers: tuple[tuple[str, str], ...] = ()
     version: int = 0
 

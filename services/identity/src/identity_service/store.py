@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform.store import open_repository
@@ -77,6 +77,8 @@ class OutboxEntry:
 
 
 class IdentityStore(Protocol):
+    db: Any  # the backend (Repository.db), for the privacy participant's erasure statements
+
     # claims
     async def claims(self, keys: Sequence[Key]) -> dict[Key, Claim]: ...
     async def claim(self, key: Key, claim: Claim) -> Claim:

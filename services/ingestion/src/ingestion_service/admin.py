@@ -30,7 +30,8 @@ class AdminRpcs:
         return pb.GetSourceResponse(source=await self.sources.get(request.source_id))
 
     async def ListSources(self, request, context):
-        return pb.ListSourcesResponse(sources=await self.sources.list())
+        sources, token = await self.sources.page(limits.page_size(request.page_size, 100, 1000), request.page_token)
+        return pb.ListSourcesResponse(sources=sources, next_page_token=token)
 
     async def UpdateSource(self, request, context):
         return pb.UpdateSourceResponse(source=await self.sources.update(request.source, request.update_mask))
@@ -50,8 +51,9 @@ class AdminRpcs:
         if not 0 <= request.page_size <= 500:
             raise InvalidArgument("page_size", "must be between 0 and 500")
         size = request.page_size or 50
-        kept = await self.intake.store.list_quarantined(request.source_id, request.page_token, size)
-        token = kept[-1].event.message_id if len(kept) == size else ""
+        after = limits.after_key(request.page_token)
+        found = await self.intake.store.list_quarantined(request.source_id, after, size + 1)
+        kept, token = limits.page_by_key(found, lambda k: k.event.message_id, size)
         return pb.ListQuarantinedEventsResponse(events=kept, next_page_token=token)
 
     async def GetQuarantinedEvent(self, request, context):

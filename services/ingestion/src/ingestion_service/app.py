@@ -1,5 +1,6 @@
 """The ingestion service: Ingest and IngestStream over gRPC, the Segment-compatible HTTP API,
-sources and quarantine; events.raw out, suppression.changed in. Ack means stored in JetStream."""
+sources and quarantine; events.raw out, suppression.changed and consent.changed in. Ack means
+stored in JetStream."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from collections import deque
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from ingestion_service import envelope
 from ingestion_service.admin import AdminRpcs
 from ingestion_service.backlog import BacklogGauge
 from ingestion_service.config import Settings
+from ingestion_service.consent import ConsentChanges, ConsentGate, PeopleConsent
 from ingestion_service.http_api import HttpApi
 from ingestion_service.intake import Intake, Tally
 from ingestion_service.ratelimit import RateLimited, RateLimiter
@@ -22,9 +25,10 @@ from ingestion_service.sources import ActiveSource, SourceDirectory
 from ingestion_service.store import open_store
 from ingestion_service.suppression import SuppressionList
 from mosaic.events.v1 import event_pb2
+from mosaic.identity.v1 import identity_service_pb2_grpc
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
-from mosaic.platform import tasks, topics
+from mosaic.platform import clients, tasks, topics
 from mosaic.platform.errors import InvalidArgument
 from mosaic.platform.server import Runtime
 
@@ -130,6 +134,7 @@ class Ingestion:
     sources: SourceDirectory
     suppression: SuppressionList
     http_port: int
+    consent: ConsentGate
 
 
 async def build(runtime: Runtime, settings: Settings) -> Ingestion:
@@ -148,7 +153,9 @@ async def build(runtime: Runtime, settings: Settings) -> Ingestion:
     )
     await backlog.start()
     runtime.cleanup.push_async_callback(backlog.stop)
-    intake = Intake(runtime.bus, store, sources, suppression, limiter, settings, backlog)
+    people = PeopleConsent(store, max_age=settings.consent_cache_seconds)
+    gate = ConsentGate(settings.consent_rules, settings.policy, people, suppression.hash)
+    intake = Intake(runtime.bus, store, sources, suppression, limiter, settings, backlog, gate)
     ingestion_service_pb2_grpc.add_IngestionServiceServicer_to_server(
         IngestionServicer(intake, sources), runtime.server
     )
@@ -162,7 +169,21 @@ async def build(runtime: Runtime, settings: Settings) -> Ingestion:
         # The message names the person in clear; once the list holds the hashes (durably), it
         # is erased from the stream instead of waiting out the stream's 7 days.
         await suppression(change, delivery)
+        if not change.lifted:  # an erasure: the consent kept of the person goes too
+            await people.forget([d for i in change.identifiers if (d := suppression.hash(i.type, i.value))])
         await runtime.bus.erase(topics.SUPPRESSION_CHANGED, delivery.stream_sequence)
 
     runtime.bus.consume(topics.SUPPRESSION_CHANGED, apply_suppression)
-    return Ingestion(intake, sources, suppression, port)
+    if settings.identity_address:
+        channel = clients.channel(
+            settings.identity_address, settings.platform.security, interceptors=aio_client_interceptors()
+        )
+        runtime.cleanup.push_async_callback(channel.close)
+        identity = identity_service_pb2_grpc.IdentityServiceStub(channel)
+        runtime.bus.consume(topics.CONSENT_CHANGED, ConsentChanges(people, identity, suppression.hash))
+    elif gate.active:
+        log.warning(
+            "MOSAIC_IDENTITY_ADDRESS not set: consent rules apply the events' own consent and the defaults only,"
+            " not what people decided"
+        )
+    return Ingestion(intake, sources, suppression, port, gate)

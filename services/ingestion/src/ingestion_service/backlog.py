@@ -20,6 +20,7 @@ from collections import defaultdict
 import nats
 
 from mosaic.platform import tasks, topics
+from mosaic.platform.consumer_lag import read_durables
 from mosaic.platform.errors import Unavailable
 
 log = logging.getLogger("ingestion.backlog")
@@ -61,12 +62,10 @@ class BacklogGauge:
 
     async def read(self) -> None:
         """Read every watched consumer once; the largest backlog of one service wins."""
-        js = self._nc.jetstream()
         behind: dict[str, int] = defaultdict(int)
-        for topic in WATCHED:
-            for info in await js.consumers_info(topic.stream):
-                service = (info.name or "").rpartition("-")[0] or info.name or "?"
-                behind[f"{service} on {topic.name}"] += info.num_pending + info.num_ack_pending
+        assert self._nc is not None  # connected in start
+        for state in await read_durables(self._nc.jetstream(), streams=WATCHED):
+            behind[f"{state.stage} on {state.topic}"] += state.pending + state.in_flight
         worst = max(behind.items(), key=lambda item: item[1], default=("", 0))
         was_over = self.backlog > self.limit
         self.worst, self.backlog = worst

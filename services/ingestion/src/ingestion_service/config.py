@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ingestion_service.consent import Rule, parse_rules
 from mosaic.platform.config import Env, PlatformSettings
+from mosaic.platform.consent import Policy
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,20 @@ class Settings:
     max_backlog: int = 1_000_000
     backlog_refresh_seconds: float = 1.0
     backlog_retry_after: float = 5.0
+    # Consent at the door (consent.py): the deployment's purposes, what each forbids storing
+    # without it, where identity answers (the ids of a person a notice names), how long a
+    # person's consent read from the store is trusted.
+    policy: Policy = field(default_factory=Policy)
+    consent_rules: tuple[Rule, ...] = ()
+    identity_address: str = ""
+    consent_cache_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, platform: PlatformSettings | None = None) -> Settings:
         """Read the settings; tests pass their own mapping and, if they have one, the platform's."""
         environ = os.environ if environ is None else environ
         env = Env(environ)
+        policy = Policy.from_env(environ)
         return cls(
             platform=platform or PlatformSettings.from_env("ingestion", environ),
             http_port=env.int("MOSAIC_HTTP_PORT", 8080, maximum=65535),
@@ -57,4 +67,8 @@ class Settings:
             max_backlog=env.int("MOSAIC_INGEST_MAX_BACKLOG", 1_000_000),
             backlog_refresh_seconds=env.float("MOSAIC_INGEST_BACKLOG_REFRESH_SECONDS", 1.0, minimum=0.05),
             backlog_retry_after=env.float("MOSAIC_INGEST_BACKLOG_RETRY_AFTER_SECONDS", 5.0, minimum=0.1),
+            policy=policy,
+            consent_rules=parse_rules(environ.get("MOSAIC_INGEST_CONSENT_RULES", ""), policy),
+            identity_address=environ.get("MOSAIC_IDENTITY_ADDRESS", "").strip(),
+            consent_cache_seconds=env.float("MOSAIC_INGEST_CONSENT_CACHE_SECONDS", 5.0),
         )

@@ -32,10 +32,12 @@ from aiohttp import web, web_protocol, web_server
 from google.protobuf import timestamp_pb2
 from opentelemetry import propagate, trace
 
-from ingestion_service import envelope, segment_json
+from ingestion_service import envelope
 from ingestion_service.intake import Intake
 from ingestion_service.ratelimit import RateLimited, retry_after_header
 from ingestion_service.sources import ActiveSource, SourceDirectory
+from mosaic.events.v1 import event_pb2
+from mosaic.platform import segment_json
 from mosaic.platform.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger("ingestion.http")
@@ -283,7 +285,8 @@ async def _to_events(messages: list[Any], kind: str, defaults: dict[str, Any] | 
     """Every message as a prepared Event, or a 400 naming every message that broke a rule."""
     received_at = timestamp_pb2.Timestamp()
     received_at.GetCurrentTime()
-    events, errors = [], []
+    events: list[event_pb2.Event] = []
+    errors: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         if index and not index % SLICE:
             await asyncio.sleep(0)

@@ -1,7 +1,8 @@
 """The path every event takes after its envelope is valid, whichever door it came in by.
 
-For a batch from one source: drop the events of suppressed people, run the source's
-transforms and tracking plan (which may block or quarantine), then store the rest in
+For a batch from one source: drop the events of suppressed people, drop or strip what the
+person's consent forbids (consent.py), run the source's transforms and tracking plan (which
+may block or quarantine), then store the rest in
 JetStream in one go and the quarantined events in the store. Only when both are confirmed
 does the caller hear back; if either is not, the whole call fails with `Unavailable` and the
 client retries, which is safe because the same message id from the same source is stored
@@ -19,7 +20,8 @@ from opentelemetry import trace
 from ingestion_service import envelope
 from ingestion_service.backlog import BacklogGauge
 from ingestion_service.config import Settings
-from ingestion_service.ratelimit import RateLimiter
+from ingestion_service.consent import ConsentGate
+from ingestion_service.ratelimit import RateLimited, RateLimiter
 from ingestion_service.sources import ActiveSource, SourceDirectory, check_source_id
 from ingestion_service.store import IngestionStore
 from ingestion_service.suppression import SuppressionList
@@ -27,7 +29,7 @@ from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2, quarantine_pb2, source_pb2
 from mosaic.platform import metrics, topics
 from mosaic.platform.bus import Bus
-from mosaic.platform.errors import FailedPrecondition, NotFound
+from mosaic.platform.errors import FailedPrecondition, NotFound, Unavailable
 
 # Module-level ints: the enum wrapper's attribute lookup is slow on a hot path.
 S = ingestion_service_pb2
@@ -60,6 +62,7 @@ class Intake:
         limiter: RateLimiter,
         settings: Settings,
         backlog: BacklogGauge | None = None,
+        consent: ConsentGate | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -68,6 +71,7 @@ class Intake:
         self.limiter = limiter
         self.settings = settings
         self.backlog = backlog
+        self.consent = consent
 
     async def source(self, source_id: str) -> ActiveSource:
         """The source a gRPC caller names; NOT_FOUND or FAILED_PRECONDITION when it may not send."""
@@ -84,9 +88,14 @@ class Intake:
     def admit(self, active: ActiveSource, events: int) -> None:
         """Take the batch from the source's rate limit, or raise RateLimited; Unavailable while
         the pipeline is too far behind."""
-        if self.backlog is not None:
-            self.backlog.check()
-        self.limiter.admit(active.source_id, events, active.rate, active.burst)
+        try:
+            if self.backlog is not None:
+                self.backlog.check()
+            self.limiter.admit(active.source_id, events, active.rate, active.burst)
+        except (Unavailable, RateLimited) as error:
+            # Senders told to come back: what backpressure and the rate limits hold off, counted.
+            metrics.ingested(active.source_id, "refused" if isinstance(error, Unavailable) else "rate_limited", events)
+            raise
 
     async def ingest(self, active: ActiveSource, events: list[event_pb2.Event]) -> list[EventResult]:
         """Events whose envelope is valid (see envelope.prepare) → one result each, in order."""
@@ -94,11 +103,16 @@ class Intake:
         publish: list[tuple[int, event_pb2.Event]] = []
         keep: list[quarantine_pb2.QuarantinedEvent] = []
         governor = active.governor
+        gate = self.consent if self.consent is not None and self.consent.active else None
+        known = await gate.lookup(events) if gate is not None else {}
         for event in events:
             result = EventResult(message_id=event.message_id)
             results.append(result)
             if self.suppression.matches(event):
                 result.status = S.EVENT_STATUS_SUPPRESSED
+                continue
+            if gate is not None and (reason := gate.apply(event, known)) is not None:
+                result.status, result.reason = S.EVENT_STATUS_SUPPRESSED, reason
                 continue
             if governor.active:
                 received = event_pb2.Event()
@@ -123,7 +137,11 @@ class Intake:
             publish.append((len(results) - 1, event))
         span = trace.get_current_span()
         span.set_attributes({"mosaic.source.id": active.source_id, "mosaic.ingest.batch_size": len(events)})
-        await asyncio.gather(self._publish(publish, results), self._quarantine(keep))
+        try:
+            await asyncio.gather(self._publish(publish, results), self._quarantine(keep))
+        except Unavailable:  # NATS away or a stream full: the sender hears 503 and retries
+            metrics.ingested(active.source_id, "refused", len(events))
+            raise
         metrics.ingested_statuses(active.source_id, S.EventStatus.Name, (result.status for result in results))
         return results
 

@@ -26,6 +26,7 @@ from ingestion_service.config import Settings
 from ingestion_service.governance import Governor, check_plan
 from ingestion_service.store import IngestionStore
 from mosaic.ingestion.v1 import source_pb2
+from mosaic.platform import limits
 from mosaic.platform.errors import AlreadyExists, InvalidArgument, NotFound
 from mosaic.platform.lru import Lru
 
@@ -166,11 +167,12 @@ class SourceDirectory:
         source.write_keys.extend(key for _, key in await self.store.write_keys(source_id))
         return source
 
-    async def list(self) -> list[source_pb2.Source]:
-        sources = await self.store.list_sources()
-        for source in sources:
+    async def page(self, size: int, token: str) -> tuple[list[source_pb2.Source], str]:
+        """A page of sources by id, with their write keys, and the next page's token."""
+        page, next_token = limits.page_of(await self.store.list_sources(), lambda s: s.source_id, size, token)
+        for source in page:
             source.write_keys.extend(key for _, key in await self.store.write_keys(source.source_id))
-        return sources
+        return page, next_token
 
     async def update(self, change: source_pb2.Source, mask: field_mask_pb2.FieldMask) -> source_pb2.Source:
         check_source_id(change.source_id, "source.source_id")

@@ -5,7 +5,8 @@ secret, never the secret; quarantined events with a retention (a TTL on Cassandr
 column on SQLite); the suppression list as salted hashes, bucketed on Cassandra so no
 partition grows without bound. Quarantined events are also indexed by the salted hashes of
 the people they name (the suppression list's hashes), with the same retention, so an erasure
-finds them without reading the whole quarantine. Times are milliseconds since the epoch on
+finds them without reading the whole quarantine. The consent of people, from consent.changed,
+is kept by the same salted hashes of their user and anonymous ids (consent.py). Times are milliseconds since the epoch on
 both backends.
 """
 
@@ -41,6 +42,7 @@ CASSANDRA = [
             " PRIMARY KEY ((person_hash), source_id, message_id))",
         ),
     ),
+    Migration(3, ("CREATE TABLE IF NOT EXISTS consent_states (person_hash text PRIMARY KEY, state blob)",)),
 ]
 SQLITE = [
     Migration(
@@ -63,6 +65,7 @@ SQLITE = [
             " PRIMARY KEY (person_hash, source_id, message_id))",
         ),
     ),
+    Migration(3, ("CREATE TABLE consent_states (person_hash TEXT PRIMARY KEY, state BLOB)",)),
 ]
 
 
@@ -104,6 +107,12 @@ class IngestionStore(Protocol):
     async def remove_suppressed(self, hashes: list[str]) -> None: ...
     async def suppressed(self) -> set[str]:
         """Every hash on the suppression list."""
+
+    async def consent_states(self, hashes: Collection[str]) -> dict[str, bytes]:
+        """The stored consent (a serialized PersonConsent) of each of `hashes` that has one."""
+
+    async def put_consent_states(self, states: dict[str, bytes]) -> None: ...
+    async def delete_consent_states(self, hashes: Collection[str]) -> None: ...
 
     async def setting(self, name: str, proposed: str) -> str:
         """The stored value of a setting; `proposed` is stored first when there is none."""

@@ -140,6 +140,26 @@ class CassandraIngestionStore(Repository):
             hashes.update(r.hash for r in rows)
         return hashes
 
+    async def consent_states(self, hashes):
+        wanted = sorted(set(hashes))
+        states = {}
+        for start in range(0, len(wanted), 100):
+            rows = await self.db.execute(
+                "SELECT person_hash, state FROM consent_states WHERE person_hash IN ?", (wanted[start : start + 100],)
+            )
+            states.update({r.person_hash: r.state for r in rows})
+        return states
+
+    async def put_consent_states(self, states):
+        statement = "INSERT INTO consent_states (person_hash, state) VALUES (?, ?)"
+        items = list(states.items())
+        for start in range(0, len(items), 10):  # a person's few ids: one request, under the node's warning
+            await self.db.execute_together([(statement, item) for item in items[start : start + 10]])
+
+    async def delete_consent_states(self, hashes):
+        for hash_ in hashes:
+            await self.db.execute("DELETE FROM consent_states WHERE person_hash = ?", (hash_,))
+
     async def setting(self, name, proposed):
         applied, row = await self.db.execute_lwt(
             "INSERT INTO ingestion_settings (name, value) VALUES (?, ?) IF NOT EXISTS", (name, proposed)

@@ -132,6 +132,28 @@ class SqliteIngestionStore(Repository):
     async def suppressed(self):
         return {r[0] for r in await self.db.execute("SELECT hash FROM suppressed")}
 
+    async def consent_states(self, hashes):
+        wanted = sorted(set(hashes))
+        states = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = await self.db.execute(
+                f"SELECT person_hash, state FROM consent_states WHERE person_hash IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            states.update({r[0]: r[1] for r in rows})
+        return states
+
+    async def put_consent_states(self, states):
+        rows = list(states.items())
+        await self.db.transaction(
+            lambda db: db.executemany("INSERT OR REPLACE INTO consent_states VALUES (?, ?)", rows)
+        )
+
+    async def delete_consent_states(self, hashes):
+        rows = [(h,) for h in hashes]
+        await self.db.transaction(lambda db: db.executemany("DELETE FROM consent_states WHERE person_hash = ?", rows))
+
     async def setting(self, name, proposed):
         def get_or_put(db) -> str:
             db.execute("INSERT OR IGNORE INTO ingestion_settings VALUES (?, ?)", (name, proposed))

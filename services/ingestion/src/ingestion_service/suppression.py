@@ -20,6 +20,7 @@ import hmac
 import logging
 from collections.abc import Collection, Iterator
 
+from google.protobuf import struct_pb2
 from opentelemetry import trace
 
 from ingestion_service import transforms
@@ -59,8 +60,8 @@ def identifiers(event: event_pb2.Event) -> Iterator[tuple[str, str]]:
     for root, kind in _CONTACTS:
         struct = getattr(event, root)
         for holder in (struct, context_traits) if root == "traits" else (struct,):
-            if holder is not None and hasattr(holder, "keys") and kind in holder and isinstance(holder[kind], str):
-                yield kind, holder[kind]
+            if isinstance(holder, struct_pb2.Struct) and kind in holder and isinstance(value := holder[kind], str):
+                yield kind, value
 
 
 class SuppressionList:

@@ -1,5 +1,5 @@
 """The profile service: profiles, history and the event archive over gRPC;
-events.resolved in, profile.updated out."""
+events.resolved, identity changes and consent.changed in, profile.updated out."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from opentelemetry import trace
 
 from mosaic.archive.v1 import event_archive_service_pb2, event_archive_service_pb2_grpc
 from mosaic.events.v1 import event_pb2, resolved_pb2
-from mosaic.platform import limits, topics
+from mosaic.platform import limits, retention, topics
 from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import InvalidArgument, NotFound, Unavailable
 from mosaic.platform.privacy import Participant
@@ -21,6 +21,7 @@ from mosaic.profile.v1 import profile_service_pb2_grpc
 from profile_service import computed, history
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
+from profile_service.consent import ConsentChanges, TraitPurposes
 from profile_service.fold import event_key, event_name
 from profile_service.masking import MaskingProfileServicer
 from profile_service.merges import MergeHandler
@@ -160,7 +161,10 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         return pb.CreateComputedTraitResponse(definition=definition)
 
     async def ListComputedTraits(self, request, context):
-        return pb.ListComputedTraitsResponse(definitions=await self.profiles.definitions.all())
+        size = limits.page_size(request.page_size, 100, 1000)
+        stored = await self.profiles.definitions.all()  # a catalog held whole, refreshed from the store
+        definitions, token = limits.page_of(stored, lambda d: d.name, size, request.page_token)
+        return pb.ListComputedTraitsResponse(definitions=definitions, next_page_token=token)
 
     async def DeleteComputedTrait(self, request, context):
         if not await self.store.delete_definition(_required(request.name, "name")):
@@ -226,14 +230,25 @@ class ResolvedEventHandler:
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
-    store = await open_store(settings.platform)
+    store = await open_store(settings.platform, snapshot_ttl=int(settings.snapshot_days * 86400))
     runtime.cleanup.push_async_callback(store.close)
+    embedded = settings.platform.store != "cassandra"
+    kept = retention.Retention(
+        "profile",
+        settings.platform.store,
+        settings.retention_kinds(),
+        # The embedded store sweeps what expired; Cassandra drops it by TTL.
+        getattr(store, "sweep", None) if embedded else None,
+        settings.sweep_seconds,
+    )
+    retention.serve(runtime, kept)
     cache = ProfileCache(settings.cache_size, settings.platform.partitions)
     runtime.ownership.follow(acquired=cache.own, released=cache.disown)
     profiles = Profiles(store, cache, runtime.bus, settings)
     runtime.cleanup.push_async_callback(profiles.close)
     await profiles.definitions.all()
-    servicer = MaskingProfileServicer(ProfileServicer(profiles), settings.platform.security.pii_traits)
+    purposes = TraitPurposes(settings.trait_purposes, settings.policy)
+    servicer = MaskingProfileServicer(ProfileServicer(profiles), settings.platform.security.pii_traits, purposes)
     profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, runtime.server)
     event_archive_service_pb2_grpc.add_EventArchiveServiceServicer_to_server(ArchiveServicer(profiles), runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["ProfileService"].full_name)
@@ -243,5 +258,6 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     merges = MergeHandler(profiles)
     runtime.bus.consume(topics.IDENTITY_MERGED, merges.merged)
     runtime.bus.consume(topics.IDENTITY_SPLIT, merges.split)
+    runtime.bus.consume(topics.CONSENT_CHANGED, ConsentChanges(profiles))
     privacy = ProfilePrivacy(profiles)
     Participant("profile", runtime.bus, privacy.export, privacy.erase).start()

@@ -2,9 +2,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from mosaic.platform.config import Env, PlatformSettings
+from mosaic.platform import retention
+from mosaic.platform.config import ConfigError, Env, PlatformSettings
+from mosaic.platform.consent import Policy
+
+
+def parse_trait_purposes(spec: str, policy: Policy, variable: str = "MOSAIC_PROFILE_TRAIT_PURPOSES") -> dict[str, str]:
+    """`trait=purpose,prefix*=purpose` as a mapping; every purpose named must be configured."""
+    marks: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, purpose = (text.strip() for text in item.partition("="))
+        if not sep or not name or name == "*" or "*" in name[:-1]:
+            raise ConfigError(variable, f"{item!r} must be trait=purpose or prefix*=purpose")
+        if purpose not in policy.purposes:
+            raise ConfigError(variable, f"{purpose!r} is not a configured purpose (MOSAIC_CONSENT_PURPOSES)")
+        marks[name] = purpose
+    return marks
 
 
 @dataclass(frozen=True)
@@ -15,12 +30,20 @@ class Settings:
     archive_days: int
     full_every: int
     cache_size: int
+    # The deployment's purposes and default law, to tell which traits the person withholds.
+    policy: Policy = field(default_factory=Policy)
+    # Trait names (or `prefix*`) → the purpose they are kept for.
+    trait_purposes: dict[str, str] = field(default_factory=dict)
+    # How long snapshots are kept (0: for good); how often the embedded store sweeps.
+    snapshot_days: float = 0.0
+    sweep_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
         env = Env(environ)
         priority = env.str("MOSAIC_PROFILE_SOURCE_PRIORITY", "-")
+        policy = Policy.from_env(environ)
         return cls(
             platform=PlatformSettings.from_env("profile", environ),
             source_priority=() if priority == "-" else env.list("MOSAIC_PROFILE_SOURCE_PRIORITY", priority),
@@ -28,4 +51,20 @@ class Settings:
             archive_days=env.int("MOSAIC_PROFILE_ARCHIVE_DAYS", 90, minimum=1, maximum=3650),
             full_every=env.int("MOSAIC_PROFILE_FULL_EVERY", 20, minimum=1, maximum=10_000),
             cache_size=env.int("MOSAIC_PROFILE_CACHE_SIZE", 100_000, minimum=0),
+            policy=policy,
+            trait_purposes=parse_trait_purposes(environ.get("MOSAIC_PROFILE_TRAIT_PURPOSES", ""), policy),
+            # A redelivered event (markers live 14 days) reads back its snapshot: keep them longer.
+            snapshot_days=retention.days(env, "MOSAIC_PROFILE_SNAPSHOT_DAYS", 0.0, at_least=14),
+            sweep_seconds=env.float("MOSAIC_RETENTION_SWEEP_SECONDS", 3600.0, minimum=1.0),
+        )
+
+    def retention_kinds(self) -> tuple[retention.Kind, ...]:
+        return (
+            retention.Kind("events", "MOSAIC_PROFILE_ARCHIVE_DAYS", self.archive_days, ("profile_events",)),
+            retention.Kind(
+                "snapshots",
+                "MOSAIC_PROFILE_SNAPSHOT_DAYS",
+                self.snapshot_days,
+                ("profile_snapshots", "profile_snapshot_times"),
+            ),
         )

@@ -8,12 +8,39 @@ rebuilds any version from the nearest full state below it plus the deltas after 
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import struct_pb2
 
+from mosaic.consent.v1 import consent_pb2
+from mosaic.platform.consent import effective_change
 from mosaic.profile.v1 import profile_pb2
 
-MAPS = ("traits", "identities", "groups", "computed_traits", "daily_counters")
+MAPS = ("traits", "identities", "groups", "computed_traits", "daily_counters", "consent")
 SCALARS = ("event_count", "first_seen", "last_seen")
+# A plain enum, not a message: "unset" is its zero value.
+JURISDICTION = "jurisdiction"
+CHANGES: dict[int, str] = {
+    consent_pb2.CONSENT_CHANGE_GRANT: "grant",
+    consent_pb2.CONSENT_CHANGE_DENY: "deny",
+    consent_pb2.CONSENT_CHANGE_WITHDRAW: "withdraw",
+    consent_pb2.CONSENT_CHANGE_EXPIRE: "expire",
+}
+
+
+def consent_value(decision: consent_pb2.ConsentDecision) -> struct_pb2.Value:
+    """A consent decision as a change shows it (what segmentation reads from profile.updated)."""
+    value = struct_pb2.Value()
+    fields: dict[str, Any] = {
+        "granted": decision.granted,
+        "change": CHANGES[effective_change(decision)],
+        "decided_at": decision.decided_at.ToJsonString(),
+        "source": decision.source,
+    }
+    if decision.HasField("expires_at"):
+        fields["expires_at"] = decision.expires_at.ToJsonString()
+    value.struct_value.update(fields)
+    return value
 
 
 def _value(field: str, entry) -> struct_pb2.Value:
@@ -28,6 +55,8 @@ def _value(field: str, entry) -> struct_pb2.Value:
         return struct_pb2.Value(struct_value=entry.traits)
     if field == "daily_counters":
         return struct_pb2.Value(number_value=entry.count)
+    if field == "consent":
+        return consent_value(entry)
     if field == "event_count":
         return struct_pb2.Value(number_value=entry)
     return struct_pb2.Value(string_value=entry.ToJsonString())  # timestamps
@@ -57,6 +86,12 @@ def diff(old: profile_pb2.Profile, new: profile_pb2.Profile) -> list[profile_pb2
         if has_new:
             change.new_value.CopyFrom(_value(field, getattr(new, field)))
         changes.append(change)
+    if old.jurisdiction != new.jurisdiction:
+        change = profile_pb2.FieldChange(path=JURISDICTION)
+        for value, jurisdiction in ((change.old_value, old.jurisdiction), (change.new_value, new.jurisdiction)):
+            if jurisdiction:
+                value.string_value = consent_pb2.Jurisdiction.Name(jurisdiction)
+        changes.append(change)
     return changes
 
 
@@ -71,6 +106,8 @@ def delta(new: profile_pb2.Profile, changes: list[profile_pb2.FieldChange]) -> p
                 getattr(part, field)[key].CopyFrom(source[key])
         elif field == "event_count":
             part.event_count = new.event_count
+        elif field == JURISDICTION:
+            part.jurisdiction = new.jurisdiction
         elif new.HasField(field):
             getattr(part, field).CopyFrom(getattr(new, field))
     return part
@@ -89,6 +126,8 @@ def apply(profile: profile_pb2.Profile, snapshot: profile_pb2.Snapshot) -> None:
                 del target[key]
         elif field == "event_count":
             profile.event_count = part.event_count
+        elif field == JURISDICTION:
+            profile.jurisdiction = part.jurisdiction
         elif change.HasField("new_value"):
             getattr(profile, field).CopyFrom(getattr(part, field))
         else:

@@ -45,24 +45,24 @@ def combine(into: profile_pb2.Profile, other: profile_pb2.Profile, rules: FoldRu
         ):
             into.traits[name].CopyFrom(trait)
     for key, identity in other.identities.items():
-        mine = into.identities.get(key)
-        if mine is None:
+        my_identity = into.identities.get(key)
+        if my_identity is None:
             into.identities[key].CopyFrom(identity)
             continue
-        if _later(mine.first_seen, identity.first_seen):
-            mine.first_seen.CopyFrom(identity.first_seen)
-            mine.source_id = identity.source_id
-        if _later(identity.last_seen, mine.last_seen):
-            mine.last_seen.CopyFrom(identity.last_seen)
+        if _later(my_identity.first_seen, identity.first_seen):
+            my_identity.first_seen.CopyFrom(identity.first_seen)
+            my_identity.source_id = identity.source_id
+        if _later(identity.last_seen, my_identity.last_seen):
+            my_identity.last_seen.CopyFrom(identity.last_seen)
     for group_id, group in other.groups.items():
-        mine = into.groups.get(group_id)
-        if mine is None or _later(mine.joined_at, group.joined_at):
+        my_group = into.groups.get(group_id)
+        if my_group is None or _later(my_group.joined_at, group.joined_at):
             into.groups[group_id].CopyFrom(group)
     for key, counter in other.daily_counters.items():
-        mine = into.daily_counters[key]
-        mine.day, mine.event = counter.day, counter.event
-        mine.count += counter.count
-        mine.revenue += counter.revenue
+        my_counter = into.daily_counters[key]
+        my_counter.day, my_counter.event = counter.day, counter.event
+        my_counter.count += counter.count
+        my_counter.revenue += counter.revenue
     into.event_count += other.event_count
     if other.HasField("first_seen") and (not into.HasField("first_seen") or _later(into.first_seen, other.first_seen)):
         into.first_seen.CopyFrom(other.first_seen)
@@ -147,7 +147,9 @@ class MergeHandler:
             if merged_at is None:
                 raise FailedPrecondition("merge_id", f"merge {split.merge_id!r} was never applied to {survivor}")
             now = datetime.now(timezone.utc)
-            current = (await self.store.latest(survivor)).profile
+            latest = await self.store.latest(survivor)
+            assert latest is not None  # the merge was applied to it
+            current = latest.profile
             # The events that arrived after the merge are the causes of the survivor's later
             # snapshots (event times say nothing of arrival: a late event is old but new here).
             causes = {
@@ -189,6 +191,11 @@ class MergeHandler:
         profile = profile_pb2.Profile()
         profile.CopyFrom(base)
         profile.version = current.version
+        # Consent is not derived from events: the latest the consent service announced stays.
+        profile.ClearField("consent")
+        for purpose, decision in current.consent.items():
+            profile.consent[purpose].CopyFrom(decision)
+        profile.jurisdiction = current.jurisdiction
         definitions = await self.profiles.definitions.all()
         states: dict = {}
         for archived in counted:

@@ -279,6 +279,8 @@ class Profiles:
                 continue
             async with self.lock(scanned.profile_id):
                 latest = await self.latest(scanned.profile_id)
+                if latest is None:
+                    continue  # erased (a privacy request) since the scan read it
                 now = datetime.now(timezone.utc)
                 since = int((now.timestamp() - self.settings.archive_days * 86400) * 1e6)
                 events = await self.store.events(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Protocol
 
 from mosaic.events.v1 import resolved_pb2
 from mosaic.platform.errors import AlreadyExists
@@ -89,6 +89,16 @@ SQLITE = [
             "CREATE TABLE profile_computed_traits (name TEXT PRIMARY KEY, definition BLOB)",
         ),
     ),
+    Migration(
+        2,
+        (
+            # Retention (mosaic.platform.retention): when a snapshot expires (NULL: kept), and
+            # indexes for the sweeper.
+            "ALTER TABLE profile_snapshots ADD COLUMN expires_us INTEGER",
+            "CREATE INDEX profile_snapshots_expiry ON profile_snapshots (expires_us)",
+            "CREATE INDEX profile_events_expiry ON profile_events (expires_us)",
+        ),
+    ),
 ]
 
 
@@ -153,6 +163,8 @@ def _packed(partitions: dict[tuple, list[tuple[str, tuple]]]):
 
 
 class ProfileStore(Protocol):
+    db: Any  # the backend (Repository.db), for the privacy participant's erasure statements
+
     async def latest(self, profile_id: str) -> Latest | None: ...
     async def set_merged_into(self, profile_id: str, survivor: str) -> None:
         """Point a merged-away profile at its survivor ("" undoes it, for a split)."""
@@ -189,7 +201,7 @@ class ProfileStore(Protocol):
     ) -> list[resolved_pb2.ResolvedEvent]:
         """Archived events with since_us <= time < until_us, newest first."""
 
-    async def scan(self) -> AsyncIterator[profile_pb2.Profile]: ...
+    def scan(self) -> AsyncIterator[profile_pb2.Profile]: ...
     async def create_definition(self, definition: profile_pb2.ComputedTraitDefinition) -> None: ...
     async def definitions(self) -> list[profile_pb2.ComputedTraitDefinition]: ...
     async def delete_definition(self, name: str) -> bool: ...
@@ -198,6 +210,7 @@ class ProfileStore(Protocol):
 
 class CassandraProfileStore(Repository):
     db: CassandraStore
+    snapshot_ttl = 0  # seconds a snapshot is kept (0: for good); set by open_store
 
     async def latest(self, profile_id):
         rows = await self.db.execute(
@@ -273,7 +286,7 @@ class CassandraProfileStore(Repository):
         # whatever order a crash and redelivery bring events back in.
         partitions: dict[tuple, list[tuple[str, tuple]]] = {}
         for change in changes:
-            for key, statement in self._rows(change, archive_ttl):
+            for key, statement in self._rows(change, archive_ttl, self.snapshot_ttl):
                 partitions.setdefault(key, []).append(statement)
         requests = list(_packed(partitions))
         await asyncio.gather(
@@ -282,7 +295,7 @@ class CassandraProfileStore(Repository):
         await asyncio.gather(*(self.db.execute_atomic(self._head(change), single_partition=True) for change in changes))
 
     @staticmethod
-    def _rows(change: Change, archive_ttl: int):
+    def _rows(change: Change, archive_ttl: int, snapshot_ttl: int):
         """(partition, statement) of everything a change writes before its head."""
         pid = change.latest.profile.profile_id
         for resolved, name in change.archived:
@@ -311,15 +324,17 @@ class CassandraProfileStore(Repository):
             yield (
                 ("snapshots", pid, s.version // BUCKET),
                 (
-                    "INSERT INTO profile_snapshots (profile_id, bucket, version, snapshot, is_full) VALUES (?, ?, ?, ?, ?)",
-                    (pid, s.version // BUCKET, s.version, s.SerializeToString(), stored.full),
+                    "INSERT INTO profile_snapshots (profile_id, bucket, version, snapshot, is_full) VALUES (?, ?, ?, ?, ?)"
+                    " USING TTL ?",
+                    (pid, s.version // BUCKET, s.version, s.SerializeToString(), stored.full, snapshot_ttl),
                 ),
             )
             yield (
                 ("times", pid, month_of(recorded_us)),
                 (
-                    "INSERT INTO profile_snapshot_times (profile_id, month, recorded_at, version) VALUES (?, ?, ?, ?)",
-                    (pid, month_of(recorded_us), _dt(recorded_us), s.version),
+                    "INSERT INTO profile_snapshot_times (profile_id, month, recorded_at, version) VALUES (?, ?, ?, ?)"
+                    " USING TTL ?",
+                    (pid, month_of(recorded_us), _dt(recorded_us), s.version, snapshot_ttl),
                 ),
             )
 
@@ -327,7 +342,7 @@ class CassandraProfileStore(Repository):
     def _head(change: Change) -> list[tuple[str, tuple]]:
         """The markers of a change's snapshots and its state: one partition."""
         p = change.latest.profile
-        head = [
+        head: list[tuple[str, tuple]] = [
             (
                 "INSERT INTO profile_heads (profile_id, message_id, version) VALUES (?, ?, ?) USING TTL ?",
                 (p.profile_id, stored.snapshot.cause_message_id, stored.snapshot.version, change.marker_ttl or 0),
@@ -473,9 +488,12 @@ class CassandraProfileStore(Repository):
 
 
 class SqliteProfileStore(Repository):
-    """The same contract on SQLite; markers need no expiry here (one transaction per change)."""
+    """The same contract on SQLite; markers need no expiry here (one transaction per change).
+    Snapshots and archived events carry their expiry; reads skip what is past it and `sweep`
+    deletes it."""
 
     db: SqliteStore
+    snapshot_ttl = 0
 
     async def latest(self, profile_id):
         rows = await self.db.execute(
@@ -540,7 +558,9 @@ class SqliteProfileStore(Repository):
         return latest, {(pid, m): version for pid, m, version in applied if m in wanted[pid]}
 
     async def save_changes(self, changes, archive_ttl):
-        expires = int(datetime.now(timezone.utc).timestamp() * 1e6) + archive_ttl * 1_000_000
+        now = int(datetime.now(timezone.utc).timestamp() * 1e6)
+        expires = now + archive_ttl * 1_000_000
+        snapshot_expires = now + self.snapshot_ttl * 1_000_000 if self.snapshot_ttl else None
         events, identifiers, snapshots, markers, states = [], [], [], [], []
         for change in changes:
             p = change.latest.profile
@@ -559,7 +579,14 @@ class SqliteProfileStore(Repository):
             for stored in change.snapshots:
                 s = stored.snapshot
                 snapshots.append(
-                    (p.profile_id, s.version, s.SerializeToString(), int(stored.full), s.recorded_at.ToMicroseconds())
+                    (
+                        p.profile_id,
+                        s.version,
+                        s.SerializeToString(),
+                        int(stored.full),
+                        s.recorded_at.ToMicroseconds(),
+                        snapshot_expires,
+                    )
                 )
                 markers.append((p.profile_id, s.cause_message_id, s.version))
             states.append((p.profile_id, p.version, p.SerializeToString(), change.latest.aggregates))
@@ -568,8 +595,8 @@ class SqliteProfileStore(Repository):
             db.executemany("INSERT OR REPLACE INTO profile_events VALUES (?, ?, ?, ?, ?, ?)", events)
             db.executemany("INSERT OR REPLACE INTO profile_identifiers VALUES (?, ?, ?)", identifiers)
             db.executemany(
-                "INSERT OR REPLACE INTO profile_snapshots (profile_id, version, snapshot, is_full, recorded_us)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO profile_snapshots (profile_id, version, snapshot, is_full, recorded_us, expires_us)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 snapshots,
             )
             db.executemany("INSERT OR REPLACE INTO profile_applied_events VALUES (?, ?, ?)", markers)
@@ -585,23 +612,38 @@ class SqliteProfileStore(Repository):
 
     async def snapshots(self, profile_id, from_version, to_version):
         rows = await self.db.execute(
-            "SELECT snapshot, is_full FROM profile_snapshots WHERE profile_id = ? AND version BETWEEN ? AND ? ORDER BY version",
-            (profile_id, from_version, to_version),
+            "SELECT snapshot, is_full FROM profile_snapshots WHERE profile_id = ? AND version BETWEEN ? AND ?"
+            f" AND {_KEPT} ORDER BY version",
+            (profile_id, from_version, to_version, _now_us()),
         )
         return [StoredSnapshot(profile_pb2.Snapshot.FromString(r[0]), bool(r[1])) for r in rows]
 
     async def list_snapshots(self, profile_id, below_version, limit):
         rows = await self.db.execute(
-            "SELECT snapshot FROM profile_snapshots WHERE profile_id = ? AND version < ? ORDER BY version DESC LIMIT ?",
-            (profile_id, below_version, limit),
+            f"SELECT snapshot FROM profile_snapshots WHERE profile_id = ? AND version < ? AND {_KEPT}"
+            " ORDER BY version DESC LIMIT ?",
+            (profile_id, below_version, _now_us(), limit),
         )
         return [profile_pb2.Snapshot.FromString(row[0]) for row in rows]
 
     async def version_at(self, profile_id, at_us):
         rows = await self.db.execute(
-            "SELECT max(version) FROM profile_snapshots WHERE profile_id = ? AND recorded_us <= ?", (profile_id, at_us)
+            f"SELECT max(version) FROM profile_snapshots WHERE profile_id = ? AND recorded_us <= ? AND {_KEPT}",
+            (profile_id, at_us, _now_us()),
         )
         return rows[0][0] or 0
+
+    async def sweep(self, now_us: int) -> dict[str, int]:
+        """Delete the archived events and snapshots past their expiry; rows removed by kind."""
+
+        def work(db) -> dict[str, int]:
+            events = db.execute("DELETE FROM profile_events WHERE expires_us <= ?", (now_us,)).rowcount
+            snapshots = db.execute(
+                "DELETE FROM profile_snapshots WHERE expires_us IS NOT NULL AND expires_us <= ?", (now_us,)
+            ).rowcount
+            return {"events": events, "snapshots": snapshots}
+
+        return await self.db.transaction(work)
 
     async def index_identifier(self, id_type, id_value, profile_id):
         await self.db.execute(
@@ -668,7 +710,18 @@ class SqliteProfileStore(Repository):
         return await self.db.transaction(work)
 
 
-async def open_store(settings) -> ProfileStore:
-    return await open_repository(
+# A snapshot the embedded store still holds but whose expiry has passed is not read.
+_KEPT = "(expires_us IS NULL OR expires_us > ?)"
+
+
+def _now_us() -> int:
+    return int(datetime.now(timezone.utc).timestamp() * 1e6)
+
+
+async def open_store(settings, snapshot_ttl: int = 0) -> ProfileStore:
+    """The profile store; snapshots (and their time index) are kept `snapshot_ttl` seconds (0: for good)."""
+    store = await open_repository(
         settings, "profile", cassandra=(CASSANDRA, CassandraProfileStore), sqlite=(SQLITE, SqliteProfileStore)
     )
+    store.snapshot_ttl = snapshot_ttl
+    return store

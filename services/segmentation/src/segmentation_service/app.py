@@ -4,15 +4,15 @@ identity.split in, segment.membership out."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from datetime import datetime, timedelta, timezone
 
 import grpc
 
-from mosaic.platform import clients, tasks, topics
+from mosaic.platform import clients, limits, tasks, topics
 from mosaic.platform.config import SecuritySettings
+from mosaic.platform.consent import Policy
 from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
@@ -23,6 +23,7 @@ from segmentation_service.backfill import Backfiller
 from segmentation_service.catalog import SegmentCatalog
 from segmentation_service.columns import ColumnarView
 from segmentation_service.config import Settings
+from segmentation_service.evaluate import DEFAULT_POLICY
 from segmentation_service.membership import Memberships
 from segmentation_service.privacy import SegmentationPrivacy
 from segmentation_service.profiles import ProfileReader
@@ -30,17 +31,6 @@ from segmentation_service.store import SegmentStore, open_store
 from segmentation_service.timers import Timers
 
 log = logging.getLogger("segmentation")
-
-
-def _token(after: str) -> str:
-    return base64.urlsafe_b64encode(after.encode()).decode() if after else ""
-
-
-def _after(token: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode() if token else ""
-    except ValueError:
-        raise InvalidArgument("page_token", "is not a token this service gave") from None
 
 
 def _required(value: str, field: str) -> None:
@@ -57,6 +47,7 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         backfiller: Backfiller,
         peers: tuple[str, ...] = (),
         security: SecuritySettings = SecuritySettings(),
+        policy: Policy = DEFAULT_POLICY,
     ) -> None:
         self.channels = [clients.channel(peer, security) for peer in peers]
         self.peers = [segmentation_service_pb2_grpc.SegmentationServiceStub(c) for c in self.channels]
@@ -64,6 +55,15 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         self.catalog = catalog
         self.memberships = memberships
         self.backfiller = backfiller
+        self.policy = policy
+
+    def _check_purposes(self, compiled: compiler.Compiled, field: str) -> None:
+        for purpose in compiler.consent_purposes(compiled):
+            if purpose not in self.policy.purposes:
+                raise InvalidArgument(
+                    field,
+                    f"consent {purpose!r}: must be one of the configured purposes: {', '.join(self.policy.purposes)}",
+                )
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -76,12 +76,17 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         if not segment.name:
             raise InvalidArgument("segment.name", "is required")
         text, expression = compiler.definition_of(segment)
-        await self.catalog.compile(segment.segment_id, expression)  # references exist, no cycle
+        if segment.purpose and segment.purpose not in self.policy.purposes:
+            raise InvalidArgument(
+                "segment.purpose", f"must be one of the configured purposes: {', '.join(self.policy.purposes)}"
+            )
         stored = segment_pb2.Segment()
         stored.CopyFrom(segment)
         stored.ClearField("condition")
         stored.definition = text
         stored.expression.CopyFrom(expression)
+        compiled = await self.catalog.compile(segment.segment_id, compiler.tied(stored))  # references exist, no cycle
+        self._check_purposes(compiled, "segment.definition")
         stored.updated_at.GetCurrentTime()
         return stored
 
@@ -126,13 +131,10 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         return pb.GetSegmentResponse(segment=segment)
 
     async def ListSegments(self, request, context):
-        size = 100 if request.page_size <= 0 else min(request.page_size, 1000)
-        segments = await self.store.page(_after(request.page_token), size + 1)
-        more = len(segments) > size
-        segments = segments[:size]
-        return pb.ListSegmentsResponse(
-            segments=segments, next_page_token=_token(segments[-1].segment_id) if more else ""
-        )
+        size = limits.page_size(request.page_size, 100, 1000)
+        found = await self.store.page(limits.after_key(request.page_token), size + 1)
+        segments, token = limits.page_by_key(found, lambda s: s.segment_id, size)
+        return pb.ListSegmentsResponse(segments=segments, next_page_token=token)
 
     async def IsMember(self, request, context):
         _required(request.segment_id, "segment_id")
@@ -170,6 +172,7 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
             field="",
         )
         compiled = await self.catalog.compile("-estimate-", expression)
+        self._check_purposes(compiled, "definition")
         sample = 10 if request.sample_size <= 0 else min(request.sample_size, 100)
         view = self.memberships.view
         mask = view.evaluate(compiled.expression, time.time())
@@ -197,7 +200,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.cleanup.push_async_callback(store.close)
     ownership = runtime.ownership
     catalog = SegmentCatalog(store)
-    view = ColumnarView(platform.partitions)
+    view = ColumnarView(platform.partitions, policy=settings.policy)
     reader = ProfileReader(settings.profile_address, platform.security) if settings.profile_address else None
     timers = Timers(store, catalog, ownership, settings.timer_interval)
     memberships = Memberships(store, catalog, view, runtime.bus, reader.fetch if reader else None, timers=timers)
@@ -222,7 +225,9 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     ownership.follow(acquired, released)
     background = [asyncio.create_task(backfiller.run()), asyncio.create_task(timers.run())]
     runtime.cleanup.push_async_callback(tasks.cancel, *background)
-    servicer = SegmentationServicer(store, catalog, memberships, backfiller, settings.peers, platform.security)
+    servicer = SegmentationServicer(
+        store, catalog, memberships, backfiller, settings.peers, platform.security, settings.policy
+    )
     runtime.cleanup.push_async_callback(servicer.close)
     segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["SegmentationService"].full_name)

@@ -16,8 +16,8 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any
 
+from mosaic.platform.ownership import HeldPartitions
 from segmentation_service.catalog import Live, SegmentCatalog
 from segmentation_service.membership import Memberships
 from segmentation_service.store import SegmentStore
@@ -31,7 +31,7 @@ class Backfiller:
         store: SegmentStore,
         catalog: SegmentCatalog,
         memberships: Memberships,
-        ownership: Any,
+        ownership: HeldPartitions,
         interval: float = 5.0,
         size_interval: float = 3600.0,
     ) -> None:
@@ -96,7 +96,9 @@ class Backfiller:
             # Every profile may come due for the new definition, not only those it moved.
             n = len(view.ids)
             for profile_id in view.profile_ids((view.partition[:n] == partition) & view.alive[:n]):
-                await self.memberships.timers.schedule(view.get(profile_id), now)
+                state = view.get(profile_id)
+                assert state is not None  # an alive row of the view
+                await self.memberships.timers.schedule(state, now)
         log.info(
             "backfilled",
             extra={

@@ -52,7 +52,7 @@ class SegmentCatalog:
                 segment.definition = text
                 segment.expression.CopyFrom(expression)
         stored = {s.segment_id: s for s in segments}
-        compiled = compiler.compile_all({k: s.expression for k, s in stored.items()})
+        compiled = compiler.compile_all({k: compiler.tied(s) for k, s in stored.items()})
         self._segments = {k: Live(stored[k], compiled[k]) for k in sorted(stored)}
         self._by_read = {}
         for live in self._segments.values():
@@ -70,8 +70,9 @@ class SegmentCatalog:
         self._loaded_at = -1e9
 
     async def compile(self, segment_id: str, expression: segment_pb2.Expression) -> compiler.Compiled:
-        """Compile a definition against the stored ones (a new or changed segment, an estimate)."""
-        definitions = {k: live.segment.expression for k, live in (await self.all()).items()}
+        """Compile a definition (a segment's `compiler.tied` expression) against the stored ones
+        (a new or changed segment, an estimate)."""
+        definitions = {k: compiler.tied(live.segment) for k, live in (await self.all()).items()}
         definitions[segment_id] = expression
         return compiler.compile_all(definitions)[segment_id]
 

@@ -13,6 +13,8 @@ place as profile.updated arrives (why NumPy rather than Polars or DuckDB: see th
   d % DAY_SLOTS; a slot is cleared when a newer day takes it). It holds the COUNTER_DAYS days
   the evaluators read plus a few days ahead for events stamped in the future.
 - identity types are int16 counts.
+- consent is a float64 column per purpose the rows decided, until when it is granted (NaN:
+  no decision, the default of the row's jurisdiction, an int8 column, decides).
 
 `evaluate` is the vectorised form of evaluate.evaluate and must agree with it row by row.
 """
@@ -21,13 +23,15 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
+from mosaic.consent.v1 import consent_pb2
+from mosaic.platform.consent import Policy
 from mosaic.platform.topics import partition_of
 from mosaic.segmentation.v1 import segment_pb2 as pb
-from segmentation_service.evaluate import COUNTER_DAYS, literal_value, pattern, window_days
+from segmentation_service.evaluate import COUNTER_DAYS, DEFAULT_POLICY, literal_value, pattern, window_days
 from segmentation_service.state import DAY, ProfileState, time_of
 
 # Plain attributes: an enum wrapper's attribute lookup is slow on the per-profile path.
@@ -36,6 +40,10 @@ DAY_SLOTS = 96
 COUNT_MAX = np.iinfo(np.uint16).max
 
 
+@overload
+def _grown(array: np.ndarray, capacity: int, fill) -> np.ndarray: ...
+@overload
+def _grown(array: None, capacity: int, fill) -> None: ...
 def _grown(array: np.ndarray | None, capacity: int, fill) -> np.ndarray | None:
     if array is None or len(array) >= capacity:
         return array
@@ -137,9 +145,10 @@ class TraitColumns:
 class ColumnarView:
     """The latest state of the profiles one replica owns, one row each."""
 
-    def __init__(self, partitions: int = 1, capacity: int = 1024) -> None:
+    def __init__(self, partitions: int = 1, capacity: int = 1024, policy: Policy = DEFAULT_POLICY) -> None:
         self.partitions = partitions
         self.capacity = capacity
+        self.policy = policy  # the deployment's consent purposes and their defaults
         self.rows: dict[str, int] = {}
         self.ids: list[str | None] = []
         self.free: list[int] = []
@@ -151,6 +160,8 @@ class ColumnarView:
         self.counters: dict[str, np.ndarray] = {}
         self.slot_day: dict[str, np.ndarray] = {}
         self.identities: dict[str, np.ndarray] = {}
+        self.consent: dict[str, np.ndarray] = {}
+        self.jurisdiction = np.zeros(capacity, np.int8)
 
     def __len__(self) -> int:
         return int(self.alive[: len(self.ids)].sum())
@@ -172,6 +183,9 @@ class ColumnarView:
             self.counters[event] = bigger
         for kind, counts in self.identities.items():
             self.identities[kind] = _grown(counts, self.capacity, 0)
+        for purpose, until in self.consent.items():
+            self.consent[purpose] = _grown(until, self.capacity, np.nan)
+        self.jurisdiction = _grown(self.jurisdiction, self.capacity, 0)
 
     def _row(self, profile_id: str) -> int:
         row = self.rows.get(profile_id)
@@ -200,6 +214,8 @@ class ColumnarView:
                 matrix[:, row] = 0
             for counts in self.identities.values():
                 counts[row] = 0
+            for until in self.consent.values():
+                until[row] = np.nan
         self.version[row] = state.version
         self.alive[row] = alive
         for source, values in ((pb.TRAIT_SOURCE_TRAITS, state.traits), (pb.TRAIT_SOURCE_COMPUTED, state.computed)):
@@ -211,6 +227,11 @@ class ColumnarView:
             if kind not in self.identities:
                 self.identities[kind] = np.zeros(self.capacity, np.int16)
             self.identities[kind][row] = count
+        for purpose, expires in state.consent.items():
+            if purpose not in self.consent:
+                self.consent[purpose] = np.full(self.capacity, np.nan)
+            self.consent[purpose][row] = expires
+        self.jurisdiction[row] = state.jurisdiction
 
     def _put_values(self, row: int, source: int, prefix: tuple[str, ...], values: dict) -> None:
         for key, value in values.items():
@@ -254,6 +275,8 @@ class ColumnarView:
             for slot in np.flatnonzero(matrix[:, row]):
                 state.counters[(int(self.slot_day[event][slot]), event)] = int(matrix[slot, row])
         state.identities = {kind: int(c[row]) for kind, c in self.identities.items() if c[row]}
+        state.consent = {p: float(until[row]) for p, until in self.consent.items() if not math.isnan(until[row])}
+        state.jurisdiction = int(self.jurisdiction[row])
         return state
 
     def is_alive(self, profile_id: str) -> bool:
@@ -309,6 +332,8 @@ class ColumnarView:
             self.timer,
             *self.counters.values(),
             *self.identities.values(),
+            *self.consent.values(),
+            self.jurisdiction,
         ]
         return sum(a.nbytes for a in arrays) + sum(c.nbytes() for c in self.traits.values())
 
@@ -334,11 +359,28 @@ class ColumnarView:
             return self._compare(
                 node.event.operator, self.event_counts(node.event, now, n), node.event.value.number_value
             )
+        if kind == "consent":
+            return self._consented(node.consent.purpose, now, n)
         fact = node.identity
         if fact.fact == pb.IDENTITY_FACT_HAS_TYPE:
             return self._has(fact.type, n)
         known = self._has("user_id", n)
         return known if fact.fact == pb.IDENTITY_FACT_KNOWN else ~known
+
+    def _consented(self, purpose: str, now: float, n: int) -> np.ndarray:
+        configured = self.policy.purposes.get(purpose)
+        if configured is None:
+            return np.zeros(n, bool)
+        jurisdiction = self.jurisdiction[:n]
+        law = np.where(jurisdiction == 0, self.policy.jurisdiction, jurisdiction)
+        default = np.where(
+            law == consent_pb2.JURISDICTION_CCPA, configured.ccpa_default, configured.gdpr_default
+        ).astype(bool)
+        until = self.consent.get(purpose)
+        if until is None:
+            return default
+        decided = until[:n]
+        return np.where(np.isnan(decided), default, decided > now)
 
     def _has(self, kind: str, n: int) -> np.ndarray:
         counts = self.identities.get(kind)

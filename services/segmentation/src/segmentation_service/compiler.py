@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from google.protobuf import struct_pb2
 
+from mosaic.platform.consent import NAME as PURPOSE
 from mosaic.platform.errors import InvalidArgument
 from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service import language
@@ -30,9 +31,11 @@ MAX_WINDOW_DAYS = 90
 # What profile.updated lets segmentation know of a profile's events: a count per day and name.
 EVENT_DATA = "profile's daily counters keep a count per day and event name, not event properties"
 
-# Dependency keys: a change of `traits.<name>`, `computed_traits.<name>`, any identity, or the
-# counters of one event.
+# Dependency keys: a change of `traits.<name>`, `computed_traits.<name>`, any identity, the
+# counters of one event, one purpose's consent, or the person's jurisdiction (which decides the
+# default of every purpose they did not decide).
 IDENTITIES = "identities"
+JURISDICTION = "jurisdiction"
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,24 @@ def definition_of(
         expression = language.parse(text, f"{prefix}definition")
     elif condition is not None:
         expression = from_condition(condition, f"{prefix}condition")
+    assert expression is not None  # exactly one of the three was given
     check(expression, f"{prefix}{'expression' if given[0] == 'expression' else 'definition'}")
     return language.render(expression), expression
+
+
+def tied(segment: pb.Segment) -> pb.Expression:
+    """The expression a segment is evaluated by: its definition, and its purpose's consent
+    first when it is tied to one (so a reference to it is tied too)."""
+    if not segment.purpose:
+        return segment.expression
+    gate = pb.Expression(consent=pb.ConsentPredicate(purpose=segment.purpose))
+    # `and` is a Python keyword: the field is set by name, which protoc's stub cannot type.
+    return pb.Expression(**{"and": pb.Operands(operands=[gate, segment.expression])})  # type: ignore[arg-type]
+
+
+def consent_purposes(compiled: Compiled) -> list[str]:
+    """The purposes a compiled definition asks consent for."""
+    return sorted(key.partition(".")[2] for key in compiled.reads if key.startswith("consent."))
 
 
 def from_condition(condition: pb.Condition, field: str) -> pb.Expression:
@@ -88,7 +107,7 @@ def from_condition(condition: pb.Condition, field: str) -> pb.Expression:
         operands = [from_condition(c, f"{field}.{kind}.conditions[{i}]") for i, c in enumerate(children)]
         if len(operands) == 1:
             return operands[0]
-        return pb.Expression(**{"and" if kind == "all" else "or": pb.Operands(operands=operands)})
+        return pb.Expression(**{"and" if kind == "all" else "or": pb.Operands(operands=operands)})  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
     trait = condition.trait
     if not trait.trait:
         raise InvalidArgument(f"{field}.trait.trait", "is required")
@@ -127,7 +146,7 @@ def check(expression: pb.Expression, field: str) -> None:
     """Every rule the grammar cannot check; InvalidArgument naming the node and the rule."""
     kind = expression.WhichOneof("kind")
     if kind is None:
-        raise InvalidArgument(field, "must set and, or, not, trait, event, identity or segment")
+        raise InvalidArgument(field, "must set and, or, not, trait, event, identity, segment or consent")
     if kind in ("and", "or"):
         operands = getattr(expression, kind).operands
         if len(operands) < 2:
@@ -147,6 +166,9 @@ def check(expression: pb.Expression, field: str) -> None:
         if (fact.fact == pb.IDENTITY_FACT_HAS_TYPE) != bool(fact.type):
             raise InvalidArgument(f"{field}.identity.type", "is required for IDENTITY_FACT_HAS_TYPE only")
         _check_key(fact.type, f"{field}.identity.type", empty=True)
+    elif kind == "consent":
+        if not PURPOSE.match(expression.consent.purpose):
+            raise InvalidArgument(f"{field}.consent.purpose", "must be a purpose name (lower-case letters, digits, _)")
     elif not SEGMENT_ID.match(expression.segment.segment_id):
         raise InvalidArgument(f"{field}.segment.segment_id", "must be 1-64 lower-case letters, digits, - or _")
 
@@ -264,9 +286,9 @@ def _compile(segment_id: str, expression: pb.Expression, resolve) -> Compiled:
         nonlocal timed
         kind = node.WhichOneof("kind")
         if kind in ("and", "or"):
-            return pb.Expression(**{kind: pb.Operands(operands=[walk(o) for o in getattr(node, kind).operands])})
+            return pb.Expression(**{kind: pb.Operands(operands=[walk(o) for o in getattr(node, kind).operands])})  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
         if kind == "not":
-            return pb.Expression(**{"not": walk(getattr(node, "not"))})
+            return pb.Expression(**{"not": walk(getattr(node, "not"))})  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
         if kind == "segment":
             other = resolve(node.segment.segment_id)
             reads.update(other.reads)
@@ -280,6 +302,9 @@ def _compile(segment_id: str, expression: pb.Expression, resolve) -> Compiled:
         elif kind == "event":
             reads.add(f"daily_counters.{node.event.event}")
             timed = True
+        elif kind == "consent":
+            reads.update({f"consent.{node.consent.purpose}", JURISDICTION})
+            timed = True  # a grant may expire
         else:
             reads.add(IDENTITIES)
         return node
@@ -291,7 +316,7 @@ def _compile(segment_id: str, expression: pb.Expression, resolve) -> Compiled:
 def read_key(path: str) -> str | None:
     """The dependency key a profile.updated change path touches (None: no segment reads it)."""
     field, _, key = path.partition(".")
-    if field in ("traits", "computed_traits"):
+    if field in ("traits", "computed_traits", "consent", JURISDICTION):
         return path
     if field == "identities":
         return IDENTITIES

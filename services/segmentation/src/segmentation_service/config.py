@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mosaic.platform.config import Env, PlatformSettings
+from mosaic.platform.consent import Policy
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class Settings:
     peers: tuple[str, ...] = ()
     # How often each replica counts its segments' sizes (GetSegmentSizes keeps the day's last).
     size_interval: float = 3600.0
+    # The deployment's consent purposes and their defaults (segments tied to a purpose).
+    policy: Policy = field(default_factory=Policy)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -30,4 +33,5 @@ class Settings:
             timer_interval=env.float("MOSAIC_SEGMENTATION_TIMER_SECONDS", 10.0, minimum=0.1),
             peers=env.list("MOSAIC_SEGMENTATION_PEERS", "") if env.str("MOSAIC_SEGMENTATION_PEERS", "") else (),
             size_interval=env.float("MOSAIC_SEGMENTATION_SIZE_SECONDS", 3600.0, minimum=0.1),
+            policy=Policy.from_env(environ),
         )

@@ -12,6 +12,9 @@ on every profile (test_agreement.py draws random profiles and definitions to che
 - Event counts are daily: `in last 30d` is today and the 29 days before (UTC); `between a and
   b` the days of a to b; `ever` every day kept. Segmentation keeps the last COUNTER_DAYS days,
   as the profile service does.
+- `consent "p"` is the person's latest decision on p (a grant only until its expiry), else the
+  default of their jurisdiction (else the deployment's) for p, as the consent service decides;
+  a purpose the deployment no longer has is not granted.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
 
+from mosaic.platform.consent import Policy
 from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service.state import DAY, ProfileState, time_of
 
 # Plain attributes: an enum wrapper's attribute lookup is slow on the per-profile path.
 Op = SimpleNamespace(**dict(pb.Operator.items()))
 COUNTER_DAYS = 90
+DEFAULT_POLICY = Policy()
 
 
 @lru_cache(maxsize=1024)
@@ -129,15 +134,25 @@ def event_count(state: ProfileState, event: pb.EventPredicate, now: float) -> fl
     return float(sum(n for (day, name), n in state.counters.items() if name == event.event and first <= day <= last))
 
 
-def evaluate(expression: pb.Expression, state: ProfileState, now: float) -> bool:
-    """Whether the profile matches the (compiled, references inlined) expression at `now`."""
+def consented(state: ProfileState, purpose: str, now: float, policy: Policy) -> bool:
+    if purpose in state.consent:
+        return state.consent[purpose] > now
+    configured = policy.purposes.get(purpose)
+    return configured is not None and configured.default(state.jurisdiction or policy.jurisdiction)
+
+
+def evaluate(expression: pb.Expression, state: ProfileState, now: float, policy: Policy = DEFAULT_POLICY) -> bool:
+    """Whether the profile matches the (compiled, references inlined) expression at `now`,
+    under the deployment's consent `policy` (its purposes' defaults)."""
     kind = expression.WhichOneof("kind")
     if kind == "and":
-        return all(evaluate(o, state, now) for o in getattr(expression, "and").operands)
+        return all(evaluate(o, state, now, policy) for o in getattr(expression, "and").operands)
     if kind == "or":
-        return any(evaluate(o, state, now) for o in getattr(expression, "or").operands)
+        return any(evaluate(o, state, now, policy) for o in getattr(expression, "or").operands)
     if kind == "not":
-        return not evaluate(getattr(expression, "not"), state, now)
+        return not evaluate(getattr(expression, "not"), state, now, policy)
+    if kind == "consent":
+        return consented(state, expression.consent.purpose, now, policy)
     if kind == "trait":
         return trait_matches(expression.trait, lookup(state, expression.trait), now)
     if kind == "event":
@@ -155,7 +170,8 @@ def next_due(expression: pb.Expression, state: ProfileState, now: float) -> floa
     """The earliest time after `now` the result may change with no new event; None if never.
 
     Conservative: an event condition over counters the profile has may change at the next
-    UTC midnight; a trait compared with `now ± d` when `now` passes the trait's time."""
+    UTC midnight; a trait compared with `now ± d` when `now` passes the trait's time; a
+    consent when the person's grant expires."""
     times: list[float] = []
 
     def walk(node: pb.Expression) -> None:
@@ -174,6 +190,10 @@ def next_due(expression: pb.Expression, state: ProfileState, now: float) -> floa
             moment = time_of(value) if isinstance(value, str) else None
             if moment is not None:
                 times.extend(moment - offset for offset in relative if moment - offset > now)
+        elif kind == "consent":
+            until = state.consent.get(node.consent.purpose, 0.0)
+            if now < until < math.inf:
+                times.append(until)
 
     walk(expression)
     return min(times) if times else None

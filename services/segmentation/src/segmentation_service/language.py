@@ -34,6 +34,7 @@ GRAMMAR = r"""
      | event
      | identity
      | segment_ref
+     | consent
 
 trait: path COMPARE literal            -> compare
      | path "contains" literal         -> contains
@@ -66,6 +67,8 @@ identity: "has" KEY                     -> has
         | "is" "anonymous"              -> anonymous
 
 segment_ref: "in" "segment" STRING
+
+consent: "consent" STRING
 
 ?literal: STRING                        -> string
         | SIGNED_NUMBER                 -> number
@@ -135,6 +138,7 @@ KEYWORDS = {
     "known",
     "anonymous",
     "segment",
+    "consent",
     "true",
     "false",
     "now",
@@ -277,6 +281,9 @@ class _ToProto(Transformer):
     def segment_ref(self, items):
         return pb.Expression(segment=pb.SegmentReference(segment_id=_string(items[0])))
 
+    def consent(self, items):
+        return pb.Expression(consent=pb.ConsentPredicate(purpose=_string(items[0])))
+
     def string(self, items):
         return pb.Literal(string_value=_string(items[0]))
 
@@ -344,6 +351,7 @@ def parse(text: str, field: str = "definition") -> pb.Expression:
             field, f"line {error.line} column {error.column}: unexpected {found}; expected one of {_expected(error)}"
         ) from None
     except UnexpectedCharacters as error:
+        assert error.pos_in_stream is not None  # always set for a character (lark's stub has it optional)
         raise InvalidArgument(
             field,
             f"line {error.line} column {error.column}: unexpected character "
@@ -442,4 +450,6 @@ def render(expression: pb.Expression, _parent: str = "") -> str:
         if fact.fact == pb.IDENTITY_FACT_HAS_TYPE:
             return f"has {_render_key(fact.type)}"
         return "is known" if fact.fact == pb.IDENTITY_FACT_KNOWN else "is anonymous"
+    if kind == "consent":
+        return f"consent {json.dumps(expression.consent.purpose)}"
     return f"in segment {json.dumps(expression.segment.segment_id)}"

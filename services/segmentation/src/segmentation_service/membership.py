@@ -19,7 +19,7 @@ from google.protobuf import timestamp_pb2
 from opentelemetry import trace
 
 from mosaic.events.v1 import identity_changed_pb2, profile_updated_pb2, segment_membership_pb2
-from mosaic.platform import topics
+from mosaic.platform import metrics, topics
 from mosaic.platform.bus import Bus, Delivery
 from mosaic.profile.v1 import profile_pb2
 from segmentation_service import compiler
@@ -75,7 +75,7 @@ class Memberships:
                 self.view.set_alive(update.profile_id, True)  # split while we were not looking
                 segments = list((await self.catalog.all()).values())
             else:
-                keys = {compiler.read_key(c.path) for c in update.changes} - {None}
+                keys = {key for c in update.changes if (key := compiler.read_key(c.path)) is not None}
                 segments = await self.catalog.reading(keys)
             if self.view.is_alive(update.profile_id):
                 await self._decide(state, segments, "v")
@@ -88,6 +88,7 @@ class Memberships:
         state = self.view.get(update.profile_id)
         known = state.version if state is not None else 0
         if update.version <= known:
+            assert state is not None  # versions start at 1: a replay has a row
             return state, True
         if update.version > known + 1 and self.fetch is not None:
             # A gap (the view was rebuilt from an older scan, or a message is still to come
@@ -119,7 +120,7 @@ class Memberships:
         changed = 0
         for live in segments:
             self.evaluations += 1
-            member = evaluate(live.compiled.expression, state, now)
+            member = evaluate(live.compiled.expression, state, now, self.view.policy)
             was, decided = current.get(live.segment_id, (False, 0))
             if decided > state.version or member == was:
                 continue  # a newer version decided already, or nothing changes
@@ -131,10 +132,16 @@ class Memberships:
                 state.version,
                 f"{kind}:{live.revision}:{state.version}",
             )
-            await self.store.record(transition)
-            await self._publish(transition)
+            await self._change(transition)
             changed += 1
         return changed
+
+    async def _change(self, transition: Transition) -> None:
+        """A new transition: recorded (with its pending row), counted once, then published. A
+        replay publishes what is pending again without counting it twice."""
+        await self.store.record(transition)
+        metrics.segment_transition(transition.segment_id, "entered" if transition.entered else "left")
+        await self._publish(transition)
 
     async def _publish(self, transition: Transition) -> None:
         trace.get_current_span().set_attribute("mosaic.segment.id", transition.segment_id)
@@ -184,8 +191,7 @@ class Memberships:
             if not member:
                 return 0
             transition = Transition(segment_id, profile_id, self.partition(profile_id), False, version, cause)
-            await self.store.record(transition)
-            await self._publish(transition)
+            await self._change(transition)
             return 1
 
     def heard_merge(self, merge: identity_changed_pb2.IdentityMerged) -> None:

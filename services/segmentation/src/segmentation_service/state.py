@@ -1,15 +1,19 @@
 """What segmentation knows of one profile, and how profile.updated moves it. Pure logic.
 
 The state is what the segment language reads: traits (nested objects kept as dicts), computed
-traits, how many identifiers of each type the profile has, and the daily counters (`(epoch day, event) -> count`).
+traits, how many identifiers of each type the profile has, the daily counters (`(epoch day,
+event) -> count`), and the person's consent: for each purpose they decided, until when it is
+granted (0 for a refusal, infinity for a grant without expiry), and their jurisdiction.
 It is built from a Profile (ScanProfiles, GetProfile) and moved forward by the changes of each
 profile.updated: every change carries the new value of one entry (`traits.plan`,
-`computed_traits.orders`, `identities.email:a@b.c`, `daily_counters.2026-03-01|Order Completed`),
+`computed_traits.orders`, `identities.email:a@b.c`, `daily_counters.2026-03-01|Order Completed`,
+`consent.marketing`, `jurisdiction`),
 so applying version N's changes to the state of version N-1 gives the state of version N.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -18,6 +22,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
+from mosaic.consent.v1 import consent_pb2
 from mosaic.events.v1 import profile_updated_pb2
 from mosaic.profile.v1 import profile_pb2
 
@@ -69,6 +74,8 @@ class ProfileState:
     computed: dict[str, Any] = field(default_factory=dict)
     identities: dict[str, int] = field(default_factory=dict)  # identifier type -> how many
     counters: dict[tuple[int, str], int] = field(default_factory=dict)
+    consent: dict[str, float] = field(default_factory=dict)  # purpose -> granted until (epoch s)
+    jurisdiction: int = consent_pb2.JURISDICTION_UNSPECIFIED
 
     @classmethod
     def of_profile(cls, profile: profile_pb2.Profile) -> ProfileState:
@@ -79,6 +86,11 @@ class ProfileState:
             _present({k: python_of(v) for k, v in profile.computed_traits.items()}),
             _types(profile.identities),
             {(epoch_day(c.day), c.event): c.count for c in profile.daily_counters.values() if c.count},
+            {
+                purpose: _until(d.granted, d.expires_at.ToJsonString() if d.HasField("expires_at") else None)
+                for purpose, d in profile.consent.items()
+            },
+            profile.jurisdiction,
         )
 
     def apply(self, update: profile_updated_pb2.ProfileUpdated) -> None:
@@ -99,10 +111,23 @@ class ProfileState:
                 day, _, event = key.partition("|")
                 count = int(change.new_value.number_value) if present else 0
                 _put(self.counters, (epoch_day(day), event), count or None)
+            elif name == "consent":
+                decision = python_of(change.new_value) if present else None
+                until = _until(decision.get("granted") is True, decision.get("expires_at")) if decision else None
+                _put(self.consent, key, until)
+            elif name == "jurisdiction":
+                self.jurisdiction = consent_pb2.Jurisdiction.Value(change.new_value.string_value) if present else 0
         self.version = update.version
 
     def identity_types(self) -> set[str]:
         return {kind for kind, n in self.identities.items() if n > 0}
+
+
+def _until(granted: bool, expires_at: str | None) -> float:
+    """Until when a decision grants its purpose: never (0), for good (inf), or its expiry."""
+    if not granted:
+        return 0.0
+    return math.inf if expires_at is None else time_of(expires_at) or 0.0
 
 
 def _types(identities) -> dict[str, int]:

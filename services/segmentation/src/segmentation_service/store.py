@@ -17,7 +17,7 @@ the two publishes it again (under the same message id) and never twice as a new 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from mosaic.platform.errors import AlreadyExists, NotFound
 from mosaic.platform.store import Migration, Repository, open_repository
@@ -124,6 +124,8 @@ SQLITE = [
 
 
 class SegmentStore(Protocol):
+    db: Any  # the backend (Repository.db), for the privacy participant's erasure statements
+
     async def create(self, segment: segment_pb2.Segment) -> None:
         """Store a new segment; AlreadyExists when the id is taken."""
 

@@ -15,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
+from mosaic.platform.ownership import HeldPartitions
 from segmentation_service.catalog import Live, SegmentCatalog
 from segmentation_service.evaluate import next_due
 from segmentation_service.state import ProfileState
 from segmentation_service.store import SegmentStore
+
+if TYPE_CHECKING:
+    from segmentation_service.membership import Memberships
 
 log = logging.getLogger("segmentation.timers")
 TIMER_BUCKET = 30  # seconds
@@ -32,17 +36,20 @@ def bucket_of(due: float) -> int:
 
 
 class Timers:
-    def __init__(self, store: SegmentStore, catalog: SegmentCatalog, ownership: Any, interval: float = 10.0) -> None:
+    def __init__(
+        self, store: SegmentStore, catalog: SegmentCatalog, ownership: HeldPartitions, interval: float = 10.0
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self.ownership = ownership  # an Ownership (or FixedPartitions): what this replica holds
         self.interval = interval
-        self.memberships = None  # set by Memberships, which calls schedule after its decisions
+        self.memberships: Memberships | None = None  # set by Memberships, which calls schedule after its decisions
 
     async def timed(self) -> list[Live]:
         return [live for live in (await self.catalog.all()).values() if live.compiled.timed]
 
     async def schedule(self, state: ProfileState, now: float) -> None:
+        assert self.memberships is not None  # Memberships schedules, once it set itself here
         view = self.memberships.view
         dues = [
             due for live in await self.timed() if (due := next_due(live.compiled.expression, state, now)) is not None
@@ -66,6 +73,7 @@ class Timers:
     async def fire(self) -> int:
         """Fire every bucket that started since the cursor; returns the transitions."""
         memberships = self.memberships
+        assert memberships is not None  # started after Memberships set itself here
         current = math.floor(memberships.clock() / TIMER_BUCKET)
         changed = 0
         for partition in sorted(self.ownership.owned):

@@ -17,14 +17,15 @@ from mosaic.cli import (
     apis,
     connect,
     delivery_commands,
+    demo_report,
     ingest_commands,
     pki,
     privacy_commands,
     segment_commands,
     status,
 )
+from mosaic.cli.demo_webhook import DemoWebhook
 from mosaic.cli.mesh import SERVICES, Mesh, MeshError
-from mosaic.cli.receivers import WebhookReceiver
 
 DEMO_WEBHOOK_PORT = 50080
 SERVICE_NAMES = {name: f"mosaic.{name}.v1.{name.capitalize()}Service" for name in SERVICES}
@@ -45,13 +46,14 @@ def _mesh_env(store: str) -> dict[str, str]:
     return env
 
 
-def _show_demo(mesh: Mesh, receiver: WebhookReceiver) -> bool:
-    """Load the demo and print what it did; False when it gave up waiting for the mesh."""
+def _show_demo(mesh: Mesh, receiver: DemoWebhook, customers: int, seed: int, auth: str) -> bool:
+    """Load the demo and print its report; False when it gave up waiting for the mesh."""
     from mosaic.cli.backlog import DemoStalled
     from mosaic.cli.demo import run_demo
 
+    print(f"Loading the demo: {customers:,} customers (seed {seed}) ...", flush=True)
     try:
-        results, write_key = asyncio.run(run_demo(mesh, receiver.url("/demo")))
+        report = asyncio.run(run_demo(mesh, receiver, customers, seed))
     except DemoStalled as stalled:
         # The mesh is fine, only busy or stuck: leave it running for the user to look at.
         print(
@@ -59,16 +61,7 @@ def _show_demo(mesh: Mesh, receiver: WebhookReceiver) -> bool:
             file=sys.stderr,
         )
         return False
-    print("Demo: five people signed up, then upgraded to the enterprise plan:")
-    for user, profile_id, delivered in results:
-        print(f"  {user:<8} profile {profile_id}  webhook {delivered}")
-    print(f"  the webhook receiver got {len(receiver.requests)} POSTs this run\n")
-    print(
-        "Send an event as an SDK would (the demo source's write key, rotated each run):\n"
-        f'  curl -u {write_key}: -H \'Content-Type: application/json\' -d \'{{"userId": "ada", '
-        f'"event": "Order Completed", "properties": {{"revenue": 42}}}}\' '
-        f"http://127.0.0.1:{mesh.http_ports['ingestion']}/v1/track\n"
-    )
+    print(demo_report.render(report, mesh, auth))
     return True
 
 
@@ -85,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"the mesh did not start: {error}", file=sys.stderr)
         return 1
     # A fixed port: the demo destination stored by an earlier run must still reach it.
-    receiver = WebhookReceiver(port=DEMO_WEBHOOK_PORT).start() if args.demo else None
+    receiver = DemoWebhook(port=DEMO_WEBHOOK_PORT).start() if args.demo else None
     try:
         print(f"\nMosaic is running (store: {args.store}; logs in .local/logs/):\n")
         for name in SERVICES:
@@ -105,12 +98,13 @@ def run(args: argparse.Namespace) -> int:
         print(
             "\nTry (credentials in .local/pki/; tokens/reader.token lacks profiles:read_pii):\n"
             f"  grpcurl {auth} {mesh.address('ingestion')} list\n"
-            f'  grpcurl {auth} -d \'{{"identifier": {{"type": "user_id", "value": "ada"}}}}\' '
+            f'  grpcurl {auth} -d \'{{"identifier": {{"type": "user_id", "value": "cust-00000"}}}}\' '
             f"{mesh.address('identity')} mosaic.identity.v1.IdentityService/Lookup\n"
-            f"  uv run mosaic profile --user-id ada\n"
+            f"  uv run mosaic profile --user-id cust-00000\n"
         )
-        if receiver is not None and not _show_demo(mesh, receiver) and args.exit_after_demo:
-            return 1
+        if receiver is not None and not _show_demo(mesh, receiver, args.demo_customers, args.demo_seed, auth):
+            if args.exit_after_demo:
+                return 1
         if args.exit_after_demo:
             return 0
         print("Ctrl-C stops the mesh.")
@@ -154,6 +148,13 @@ async def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mosaic", description="Mosaic, the customer data platform.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--store", choices=("embedded", "cassandra"), default=os.environ.get("STORE", "embedded"))
     run_parser.add_argument("--demo", action="store_true", help="load the demo data set")
     run_parser.add_argument("--exit-after-demo", action="store_true", help="stop once the demo data has flowed")
+    run_parser.add_argument(
+        "--demo-customers", type=_positive, default=3000, help="how many customers the demo generates (3,000)"
+    )
+    run_parser.add_argument("--demo-seed", type=int, default=7, help="the seed the demo data set is generated from")
     profile_parser = commands.add_parser("profile", help="print one profile")
     who = profile_parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--profile-id")

@@ -12,6 +12,7 @@ from mosaic.identity.v1 import identity_service_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2
 from mosaic.platform.auth import PII_SCOPE, declared_access
 from mosaic.profile.v1 import profile_service_pb2
+from mosaic.retention.v1 import retention_service_pb2
 from mosaic.segmentation.v1 import segmentation_service_pb2
 
 MODULES = (
@@ -24,6 +25,7 @@ MODULES = (
     privacy_service_pb2,
     delivery_service_pb2,
     audit_service_pb2,
+    retention_service_pb2,
 )
 
 

@@ -30,34 +30,46 @@ STAGES = (
 )
 
 
+# Everything that still moves after a load: the stages, consent's reading of events.resolved
+# (consent choices ride on events) and delivery's per-destination job queues.
+ALL_WORK = (*STAGES, ("consent", topics.EVENTS_RESOLVED), ("delivery-jobs", topics.DELIVERY_JOBS))
+
+
 class DemoStalled(RuntimeError):
     """The mesh made no progress towards what the demo waits for."""
 
 
-async def queued(nats_url: str) -> dict[str, int]:
-    """Messages not yet acknowledged, per consuming service (pending + in flight)."""
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+async def queued(nats_url: str, stages=STAGES, nc: nats.NATS | None = None) -> dict[str, int]:
+    """Messages not yet acknowledged, per consuming service (pending + in flight) of `stages`;
+    on `nc` when given (a poller's own connection), else on a connection of its own."""
+    own = nc is None
+    if nc is None:
+        nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
     try:
         js = nc.jetstream()
         counts: dict[str, int] = {}
-        for service, topic in STAGES:
+        for service, topic in stages:
             try:
                 consumers = await js.consumers_info(topic.stream)
             except NotFoundError:
                 consumers = []
-            counts[service] = sum(
-                c.num_pending + c.num_ack_pending for c in consumers if (c.name or "").startswith(f"{service}-")
+            counts[service] = counts.get(service, 0) + sum(
+                (c.num_pending or 0) + (c.num_ack_pending or 0)
+                for c in consumers
+                if (c.name or "").startswith(f"{service}-")
             )
         return counts
     finally:
-        await nc.close()
+        if own:
+            await nc.close()
 
 
 class Waiter:
     """Polls a check until it answers, printing a progress line while it waits."""
 
-    def __init__(self, nats_url: str, stall_seconds: float = 120.0, out=sys.stderr) -> None:
+    def __init__(self, nats_url: str, stall_seconds: float = 120.0, out=sys.stderr, poll: float = 0.25) -> None:
         self.nats_url = nats_url
+        self.poll = poll
         self.stall_seconds = stall_seconds
         self.out = out
 
@@ -95,4 +107,31 @@ class Waiter:
                     raise DemoStalled(
                         f"{what}: nothing moved for {self.stall_seconds:.0f} s (queued ahead: {detail or 'unknown'})"
                     )
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(self.poll)
+
+
+class Idle:
+    """Whether the mesh is idle: nothing queued anywhere (ALL_WORK), twice `settle` seconds
+    apart, since a stage acks only after publishing what follows. One connection for all the
+    polls of a wait (`async with`), so waiting costs the mesh little."""
+
+    def __init__(self, nats_url: str, settle: float = 0.5) -> None:
+        self.nats_url = nats_url
+        self.settle = settle
+        self._nc: nats.NATS | None = None
+
+    async def __aenter__(self) -> Idle:
+        self._nc = await nats.connect(self.nats_url, connect_timeout=5)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+
+    async def __call__(self) -> bool:
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(self.settle)
+            if any((await queued(self.nats_url, ALL_WORK, self._nc)).values()):
+                return False
+        return True

@@ -1,7 +1,9 @@
-"""`mosaic destinations` and `mosaic deliveries`: the delivery service's commands.
+"""`mosaic destinations`, `mosaic campaigns` and `mosaic deliveries`: the delivery service's commands.
 
 mosaic destinations create FILE.json     a Destination as JSON; prints it and its secret once
 mosaic destinations list | show ID | delete ID
+mosaic campaigns create FILE.json        a Campaign as JSON (cron schedule, segment, destination)
+mosaic campaigns list | show ID | delete ID   with each one's last run and next tick
 mosaic deliveries list --profile-id P
 mosaic deliveries dead-letters [--destination ID]
 mosaic deliveries show ID --destination D
@@ -19,10 +21,11 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2_grpc
+from mosaic.cli import paging
+from mosaic.delivery.v1 import campaign_pb2, delivery_pb2, delivery_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
 
-COMMANDS = ("destinations", "deliveries")
+COMMANDS = ("destinations", "campaigns", "deliveries")
 DEFAULT_ADDRESS = "127.0.0.1:50056"
 
 
@@ -31,6 +34,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     destinations.add_argument("action", choices=("create", "list", "show", "delete"))
     destinations.add_argument("target", nargs="?", help="create: a JSON file (Destination); show/delete: the id")
     destinations.add_argument("--address", default=DEFAULT_ADDRESS, help="the delivery service")
+    campaigns = commands.add_parser("campaigns", help="create, list, show or delete scheduled broadcasts")
+    campaigns.add_argument("action", choices=("create", "list", "show", "delete"))
+    campaigns.add_argument("target", nargs="?", help="create: a JSON file (Campaign); show/delete: the id")
+    campaigns.add_argument("--address", default=DEFAULT_ADDRESS, help="the delivery service")
     deliveries = commands.add_parser(
         "deliveries", help="a person's deliveries; dead letters: list, show, replay, discard"
     )
@@ -43,7 +50,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    work = manage_destinations if args.command == "destinations" else manage_deliveries
+    work = {"destinations": manage_destinations, "campaigns": manage_campaigns}.get(args.command, manage_deliveries)
     try:
         return asyncio.run(work(args))
     except grpc.aio.AioRpcError as error:
@@ -66,7 +73,7 @@ async def manage_destinations(args: argparse.Namespace) -> int:
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
         if args.action == "list":
-            for destination in (await stub.ListDestinations(pb.ListDestinationsRequest())).destinations:
+            async for destination in paging.every(stub.ListDestinations, pb.ListDestinationsRequest(), "destinations"):
                 _print(destination)
             return 0
         if not args.target:
@@ -89,13 +96,37 @@ async def manage_destinations(args: argparse.Namespace) -> int:
     return 0
 
 
+async def manage_campaigns(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.address) as channel:
+        stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
+        if args.action == "list":
+            for campaign in (await stub.ListCampaigns(pb.ListCampaignsRequest())).campaigns:
+                _print(campaign)
+            return 0
+        if not args.target:
+            raise UsageError(f"campaigns {args.action}: name {'a JSON file' if args.action == 'create' else 'the id'}")
+        if args.action == "create":
+            try:
+                campaign = json_format.Parse(Path(args.target).read_text(), campaign_pb2.Campaign())
+            except (OSError, json_format.ParseError) as error:
+                raise UsageError(f"{args.target}: {error}") from None
+            _print((await stub.CreateCampaign(pb.CreateCampaignRequest(campaign=campaign))).campaign)
+        elif args.action == "show":
+            _print((await stub.GetCampaign(pb.GetCampaignRequest(campaign_id=args.target))).campaign)
+        else:
+            await stub.DeleteCampaign(pb.DeleteCampaignRequest(campaign_id=args.target))
+            print(json.dumps({"campaignId": args.target, "deleted": True}))
+    return 0
+
+
 async def manage_deliveries(args: argparse.Namespace) -> int:
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
         if args.action == "list":
             if not args.profile_id:
                 raise UsageError("deliveries list: --profile-id is required")
-            for record in (await stub.ListDeliveries(pb.ListDeliveriesRequest(profile_id=args.profile_id))).deliveries:
+            request = pb.ListDeliveriesRequest(profile_id=args.profile_id)
+            async for record in paging.every(stub.ListDeliveries, request, "deliveries"):
                 _print(record)
         elif args.action == "dead-letters":
             token = ""

@@ -16,43 +16,31 @@ import asyncio
 import csv
 import hashlib
 import json
+import math
 import re
 import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Iterator
 
 import grpc
+import tenacity
 from google.protobuf import duration_pb2, json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from mosaic.cli import connect
+from mosaic.cli import connect, paging
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
+from mosaic.platform import retry, segment_json
+from mosaic.platform.errors import InvalidArgument
 
 COMMANDS = ("import", "sources", "quarantine")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-TOP_LEVEL = (
-    "messageId",
-    "type",
-    "userId",
-    "anonymousId",
-    "event",
-    "name",
-    "properties",
-    "traits",
-    "context",
-    "integrations",
-    "timestamp",
-    "sentAt",
-    "previousId",
-    "groupId",
-)
-IDS = ("userId", "anonymousId", "previousId", "groupId")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
 NAMESPACE = uuid.UUID("7b6f1b4e-5f0a-4e4b-9a51-6d6f73616963")
 
@@ -94,7 +82,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    work = {"import": import_file, "sources": manage_sources, "quarantine": manage_quarantine}[args.command]
+    commands: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]]
+    commands = {"import": import_file, "sources": manage_sources, "quarantine": manage_quarantine}
+    work = commands[args.command]
     try:
         return asyncio.run(work(args))
     except grpc.aio.AioRpcError as error:
@@ -113,7 +103,8 @@ async def manage_sources(args: argparse.Namespace) -> int:
     async with connect.channel(args.address) as channel:
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
         if args.action == "list":
-            _print(await stub.ListSources(pb.ListSourcesRequest()))
+            sources = [s async for s in paging.every(stub.ListSources, pb.ListSourcesRequest(), "sources")]
+            _print(pb.ListSourcesResponse(sources=sources))
             return 0
         if not args.source_id:
             raise SystemExit(f"mosaic sources {args.action}: a source id is required")
@@ -141,7 +132,8 @@ async def manage_sources(args: argparse.Namespace) -> int:
 
 def _definition(args: argparse.Namespace) -> tuple[source_pb2.Source, list[str]]:
     """The source the flags describe, and the fields they name (the update mask)."""
-    source, paths = source_pb2.Source(source_id=args.source_id), []
+    source = source_pb2.Source(source_id=args.source_id)
+    paths: list[str] = []
     if args.name is not None:
         source.name, paths = args.name, [*paths, "name"]
     if args.disable or args.enable:
@@ -239,7 +231,7 @@ def _from_csv(row: dict[str, str], mapping: dict[str, str], default_type: str) -
     for column, value in row.items():
         if column is None or value in (None, ""):
             continue
-        path = mapping.get(column) or (column if column in TOP_LEVEL else f"{nested}.{column}")
+        path = mapping.get(column) or (column if column in segment_json.TOP_LEVEL else f"{nested}.{column}")
         target, *rest = path.split(".")
         holder = message
         for part in [target, *rest][:-1]:
@@ -249,19 +241,15 @@ def _from_csv(row: dict[str, str], mapping: dict[str, str], default_type: str) -
 
 
 def _event(message: Any, default_type: str, source: str, digest: str, number: int) -> event_pb2.Event:
-    """A Segment message as an Event; raises ValueError naming the field that is wrong."""
+    """A Segment message as an Event, by the mapping ingestion's HTTP API uses; a row without a
+    `messageId` gets one derived from the file and row, so a second run is deduplicated.
+    Raises InvalidArgument naming the field that is wrong."""
     if not isinstance(message, dict):
-        raise ValueError(message if isinstance(message, str) else "row is not a JSON object")
-    data = {key: message[key] for key in TOP_LEVEL if message.get(key) not in (None, "")}
-    for key in IDS:
-        if isinstance(data.get(key), int) and not isinstance(data[key], bool):
-            data[key] = str(data[key])
-    data["type"] = f"EVENT_TYPE_{str(data.get('type', default_type)).upper()}"
-    data.setdefault("messageId", str(uuid.uuid5(NAMESPACE, f"{source}:{digest}:{number}")))
-    try:
-        return json_format.ParseDict(data, event_pb2.Event())
-    except json_format.ParseError as error:
-        raise ValueError(str(error)) from None
+        raise InvalidArgument("", message if isinstance(message, str) else "row is not a JSON object")
+    event = segment_json.to_event(message, None if message.get("type") else default_type)
+    if not event.message_id:
+        event.message_id = str(uuid.uuid5(NAMESPACE, f"{source}:{digest}:{number}"))
+    return event
 
 
 class Progress:
@@ -338,10 +326,11 @@ async def import_file(args: argparse.Namespace, progress_stream=sys.stderr) -> i
                     continue
                 try:
                     batch.append((number, _event(message, args.type, args.source, digest, number)))
-                except ValueError as error:
+                except InvalidArgument as error:
                     counts["rejected"] += 1
                     report.write(
-                        json.dumps({"row": number, "status": "rejected", "field": "", "reason": str(error)}) + "\n"
+                        json.dumps({"row": number, "status": "rejected", "field": error.field, "reason": error.rule})
+                        + "\n"
                     )
                 if len(batch) >= args.batch:
                     pending[batch[-1][0]] = asyncio.create_task(send(batch))
@@ -370,22 +359,27 @@ def _keep_report_upto(report_path: Path, row: int) -> None:
 
 
 async def _ingest(stub, source: str, events: list[event_pb2.Event]) -> list[pb.EventResult]:
-    """One batch, retried while the service says to come back later (with its hint)."""
-    attempt = 0
-    while True:
-        try:
-            return list((await stub.Ingest(pb.IngestRequest(source_id=source, events=events), timeout=30)).results)
-        except grpc.aio.AioRpcError as error:
-            if error.code() not in RETRYABLE or attempt >= 20:
-                raise
-            attempt += 1
-            await asyncio.sleep(_retry_delay(error, attempt))
+    """One batch, retried (20 times at most) while the service says to come back later, after
+    the wait it asked for (RetryInfo) or else 0.4 s, 0.8 s ... 10 s."""
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(lambda e: isinstance(e, grpc.aio.AioRpcError) and e.code() in RETRYABLE),
+        stop=tenacity.stop_after_attempt(21),
+        wait=retry.wait(0.4, 10.0, hint=_retry_hint, hint_cap=math.inf),  # the service's wait, as asked
+        reraise=True,
+    )
+    request = pb.IngestRequest(source_id=source, events=events)
+
+    async def ingest() -> pb.IngestResponse:  # a coroutine: tenacity would not await a stub's call
+        return await stub.Ingest(request, timeout=30)
+
+    return list((await retrying(ingest)).results)
 
 
-def _retry_delay(error: grpc.aio.AioRpcError, attempt: int) -> float:
-    status = rpc_status.from_call(error)
+def _retry_hint(error: BaseException) -> float | None:
+    """The wait the service asked for in its RetryInfo detail, if it gave one."""
+    status = rpc_status.from_call(error) if isinstance(error, grpc.aio.AioRpcError) else None
     for detail in status.details if status else ():
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
             return info.retry_delay.ToTimedelta().total_seconds()
-    return min(10.0, 0.2 * 2**attempt)
+    return None

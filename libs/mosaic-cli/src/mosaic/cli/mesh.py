@@ -19,7 +19,13 @@ from pathlib import Path
 
 # Identity before consent (which resolves privacy requests' identifiers through it), consent
 # before delivery (which asks it for consent).
-SERVICES = ("ingestion", "identity", "consent", "profile", "segmentation", "delivery")
+# Identity first: ingestion and consent are given its address.
+SERVICES = ("identity", "ingestion", "consent", "profile", "segmentation", "delivery")
+# What `start` starts side by side: each wave needs only the addresses of earlier ones
+# (ingestion and consent identity's, segmentation profile's, delivery consent's, profile's and
+# for feedback ingestion's and identity's). Three waves instead of six starts in a row: on two
+# cores the mesh is up in about half the time, since a service's start is mostly its imports.
+WAVES = (("identity", "profile"), ("ingestion", "consent", "segmentation"), ("delivery",))
 HTTP_PORT = 8080  # ingestion's Segment-compatible HTTP API
 DELIVERY_HTTP_PORT = 8081  # delivery's signed engagement endpoint, when its secret is set
 LOOPBACK = "127.0.0.1"
@@ -69,11 +75,18 @@ class Mesh:
         return f"127.0.0.1:{self.ports[service]}"
 
     def start(self, timeout: float = 90.0) -> Mesh:
-        for name in SERVICES:
-            self.start_service(name, timeout)
+        for wave in WAVES:
+            spawned = [(name, self._spawn(name)) for name in wave]
+            for name, (log_path, offset) in spawned:
+                self.ports[name] = self._wait_serving(name, log_path, offset, timeout)
         return self
 
     def start_service(self, name: str, timeout: float = 90.0) -> None:
+        log_path, offset = self._spawn(name)
+        self.ports[name] = self._wait_serving(name, log_path, offset, timeout)
+
+    def _spawn(self, name: str) -> tuple[Path, int]:
+        """Start the service's process; returns its log and where this start's lines begin."""
         own = self.service_env(name) if self.service_env else {}
         env = {
             "MOSAIC_BIND_HOST": LOOPBACK,
@@ -89,6 +102,8 @@ class Mesh:
         if name == "delivery":
             env.setdefault("MOSAIC_CONSENT_ADDRESS", self.address("consent"))
             env.setdefault("MOSAIC_PROFILE_ADDRESS", self.address("profile"))
+            if "segmentation" in self.ports:  # campaigns' members
+                env.setdefault("MOSAIC_SEGMENTATION_ADDRESS", self.address("segmentation"))
             # The local mesh's receivers (the demo's webhook, the tests') listen on loopback.
             env.setdefault("MOSAIC_DELIVERY_ALLOW_ADDRESSES", "loopback")
             if env.get("MOSAIC_DELIVERY_FEEDBACK") == "true":
@@ -97,7 +112,8 @@ class Mesh:
                 env.setdefault("MOSAIC_INGESTION_ADDRESS", self.address("ingestion"))
                 env.setdefault("MOSAIC_IDENTITY_ADDRESS", self.address("identity"))
                 env.setdefault("MOSAIC_DELIVERY_HTTP_PORT", str(DELIVERY_HTTP_PORT if self.fixed_ports else 0))
-        if name == "consent" and "identity" in self.ports:  # privacy requests by identifier
+        # Privacy requests by identifier; the ids of a person whose consent changed.
+        if name in ("consent", "ingestion") and "identity" in self.ports:
             env.setdefault("MOSAIC_IDENTITY_ADDRESS", self.address("identity"))
         if name == "segmentation":
             env.setdefault("MOSAIC_PROFILE_ADDRESS", self.address("profile"))
@@ -115,7 +131,7 @@ class Mesh:
             stderr=log,
             start_new_session=True,
         )
-        self.ports[name] = self._wait_serving(name, log_path, offset, timeout)
+        return log_path, offset
 
     def _wait_serving(self, name: str, log_path: Path, offset: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout

@@ -34,10 +34,12 @@ SERVICE_SCOPES = {
         "events:write",
         "identity:read_pii",
         "consent:write",
+        "segments:read",  # a campaign's members (ListMembers), its segment checked at creation
     ],
     "segmentation": ["profiles:read", "profiles:read_pii", "segments:read"],  # peers' Estimate
-    "consent": ["identity:read"],
-}  # an export or erasure by identifier finds the person
+    "consent": ["identity:read"],  # an export or erasure by identifier finds the person
+    "ingestion": ["identity:read_pii"],  # the ids of a person whose consent changed
+}
 
 
 def _name(common_name: str) -> x509.Name:
@@ -139,6 +141,7 @@ class Pki:
     def issue(self, name: str, scopes: list[str], days: int = TOKEN_DAYS, *, expired: bool = False) -> str:
         """A bearer token for `name` with `scopes`, signed with the local key."""
         key = serialization.load_pem_private_key(self.key("jwt-signing").read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)  # made by this module, for ES256
         kid = json.loads(self.jwks.read_text())["keys"][0]["kid"]
         now = datetime.datetime.now(datetime.timezone.utc)
         expires = now - datetime.timedelta(hours=1) if expired else now + datetime.timedelta(days=days)

@@ -6,7 +6,8 @@ wait (`--wait` seconds) until every service has answered: `export` prints the JS
 writes it to `--output`), `erase` the receipts of what each service removed. A request still
 pending when the wait ends is printed as it stands; `mosaic privacy show ID` follows it later.
 `requests` lists the pending requests whose legal deadline is within `--due-within` days
-(7; past deadlines included), or every request with `--all`.
+(7; past deadlines included), or every request with `--all`. `retention` asks every service
+that keeps data for a while (RetentionService) how long, and prints what expires when.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from mosaic.cli import connect
 from mosaic.consent.v1 import consent_pb2, privacy_pb2, privacy_service_pb2_grpc
 from mosaic.consent.v1 import privacy_service_pb2 as pb
 from mosaic.identity.v1 import identity_pb2
+from mosaic.retention.v1 import retention_service_pb2, retention_service_pb2_grpc
 
 COMMANDS = ("privacy",)
 DEFAULT_ADDRESS = "127.0.0.1:50055"
+# The services that keep data for a configured time, where `mosaic run` puts them.
+RETENTION_ADDRESSES = {"profile": "127.0.0.1:50053", "delivery": "127.0.0.1:50056"}
 MAX_EXPORT_BYTES = 512 * 1024 * 1024
 JURISDICTIONS = {"gdpr": consent_pb2.JURISDICTION_GDPR, "ccpa": consent_pb2.JURISDICTION_CCPA}
 
@@ -58,6 +62,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--all", action="store_true")
     for parser in (*verbs.choices.values(),):
         parser.add_argument("--address", default=DEFAULT_ADDRESS, help="the consent service")
+    kept = verbs.add_parser("retention", help="how long each kind of data is kept, and what expires when")
+    for service, address in RETENTION_ADDRESSES.items():
+        kept.add_argument(f"--{service}-address", default=address, help=f"the {service} service")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +93,8 @@ def _summary(request: privacy_pb2.PrivacyRequest) -> dict:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if args.verb == "retention":
+        return await show_retention(args)
     # An export of a long customer life is more than gRPC's default 4 MB a message.
     options = [("grpc.max_receive_message_length", MAX_EXPORT_BYTES)]
     async with connect.channel(args.address, options=options) as channel:
@@ -165,3 +174,21 @@ async def _list(stub, args: argparse.Namespace) -> int:
             )
         if not (token := page.next_page_token):
             return 0
+
+
+async def show_retention(args: argparse.Namespace) -> int:
+    """Print every service's retention, kind by kind."""
+    print(f"{'service':<10} {'kind':<13} {'kept':<10} {'gone if written before':<24} {'swept':>7}  how (setting)")
+    for service in RETENTION_ADDRESSES:
+        async with connect.channel(getattr(args, f"{service}_address")) as channel:
+            answer = await retention_service_pb2_grpc.RetentionServiceStub(channel).GetRetention(
+                retention_service_pb2.GetRetentionRequest()
+            )
+        for kind in answer.kinds:
+            kept = f"{kind.retention.seconds / 86400:g} days" if kind.HasField("retention") else "for good"
+            before = kind.expires_before.ToJsonString()[:19] + "Z" if kind.HasField("expires_before") else "-"
+            print(
+                f"{answer.service:<10} {kind.kind:<13} {kept:<10} {before:<24} {kind.swept_rows:>7}"
+                f"  {kind.mechanism} ({kind.setting}; {answer.store} store)"
+            )
+    return 0

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from mosaic.cli import connect
+from mosaic.cli import connect, paging
 from mosaic.cli.mesh import DEFAULT_PORTS, SERVICES
 from mosaic.ingestion.v1 import ingestion_service_pb2 as ingestion
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
@@ -101,7 +101,9 @@ async def _quarantine(address: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     async with connect.channel(address) as channel:
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
-        sources = (await stub.ListSources(ingestion.ListSourcesRequest(), timeout=5)).sources
+        sources = [
+            s async for s in paging.every(stub.ListSources, ingestion.ListSourcesRequest(), "sources", timeout=5)
+        ]
         for source in (source.source_id for source in sources):
             count, token = 0, ""
             while count < QUARANTINE_COUNT_LIMIT:
@@ -166,8 +168,8 @@ def render(status: Status, where: dict[str, str], console: Console) -> None:
     for column in ("stage", "topic", "parts", "lag", "in flight", "redelivered", "worst @p", "dead letters"):
         stages.add_column(column, justify="left" if column in ("stage", "topic") else "right")
     grouped: dict[tuple[str, str], list[DurableState]] = {}
-    for state in status.durables:
-        grouped.setdefault((state.stage, state.topic), []).append(state)
+    for durable in status.durables:
+        grouped.setdefault((durable.stage, durable.topic), []).append(durable)
     shown: set[str] = set()  # a stage's dead letters on its first row only
     for (stage, topic), states in grouped.items():
         worst = max(states, key=lambda s: s.pending)
@@ -204,8 +206,8 @@ def render(status: Status, where: dict[str, str], console: Console) -> None:
         quarantine.add_column("source")
         quarantine.add_column("events", justify="right")
         for source, count in sorted(status.quarantine.items()):
-            shown = f"{count:,}+" if count >= QUARANTINE_COUNT_LIMIT else f"{count:,}"
-            quarantine.add_row(source, shown)
+            events = f"{count:,}+" if count >= QUARANTINE_COUNT_LIMIT else f"{count:,}"
+            quarantine.add_row(source, events)
         console.print(quarantine)
     for problem in status.problems:
         console.print(f"[yellow]{problem}[/yellow]")

@@ -23,7 +23,7 @@ class _Answers:
             self.missing -= 1
         self.answers[index] = data
         if not self.missing:
-            self.future.set_result(self.answers)
+            self.future.set_result([answer for answer in self.answers if answer is not None])  # all are in
 
 
 class Acks:

@@ -130,7 +130,7 @@ class AuditLog:
         elif request.HasField("start_time"):
             config = api.ConsumerConfig(
                 deliver_policy=api.DeliverPolicy.BY_START_TIME,
-                opt_start_time=request.start_time.ToDatetime(timezone.utc).isoformat(),
+                opt_start_time=request.start_time.ToDatetime(timezone.utc),
             )
         else:
             config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
@@ -139,7 +139,7 @@ class AuditLog:
         js = self.bus.jetstream
         try:
             consumer = await js.pull_subscribe(subject, stream=topics.AUDIT.stream, config=config)
-            remaining = (await consumer.consumer_info()).num_pending  # on this service's partition, from the start
+            remaining = (await consumer.consumer_info()).num_pending or 0  # on this service's partition, from the start
         except (nats.errors.Error, asyncio.TimeoutError) as error:
             raise Unavailable("nats", str(error)) from None
         records: list[audit_service_pb2.AuditRecord] = []

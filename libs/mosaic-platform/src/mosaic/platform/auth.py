@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import jwt
@@ -32,6 +32,10 @@ from mosaic.auth.v1 import options_pb2
 from mosaic.platform.config import SecuritySettings
 from mosaic.platform.errors import PermissionDenied, Unauthenticated
 from mosaic.platform.lru import Lru
+
+if TYPE_CHECKING:
+    from google.protobuf.descriptor_pb2 import MethodOptions
+    from google.protobuf.internal.extension_dict import _ExtensionFieldDescriptor
 
 log = logging.getLogger("mosaic.auth")
 
@@ -79,9 +83,11 @@ def method_access(full_method: str) -> options_pb2.Access | None:
     if descriptor is None:
         return None
     options = descriptor.GetOptions()
-    if not options.HasExtension(options_pb2.access):
+    # protoc's generated stub types the extension as a plain FieldDescriptor
+    extension = cast("_ExtensionFieldDescriptor[MethodOptions, options_pb2.Access]", options_pb2.access)
+    if not options.HasExtension(extension):
         return None
-    access = options.Extensions[options_pb2.access]
+    access = options.Extensions[extension]
     return access if access.scope else None
 
 

@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Any
 import nats
 import nats.errors
 import nats.js.errors
+import tenacity
 from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
-from mosaic.platform import topics
+from mosaic.platform import messaging_spans, metrics, retry, topics
 from mosaic.platform.acks import Acks, duplicate
 from mosaic.platform.config import TlsSettings
 from mosaic.platform.errors import DomainError, Unavailable
@@ -67,7 +68,7 @@ _JETSTREAM_DOWN = (
 )
 
 _NO_MESSAGE = 10057  # JetStream's error code for a sequence that holds no message
-_STREAM_FULL = 10077  # a stream at its max_bytes or max_msgs with discard NEW (sent as a 503)
+_STREAM_FULL = 10077  # a stream at its max_msgs (or max_bytes) with discard NEW, sent as a 503
 
 FETCH_SECONDS = 1.0  # how long one fetch waits for messages
 
@@ -96,6 +97,10 @@ Handler = Callable[[Any, Delivery], Awaitable[None]]
 BatchHandler = Callable[[list[tuple[Any, Delivery]]], Awaitable[None]]
 
 
+# Waits between retries of a handler, in place or by redelivery: 0.2 s, 0.4 s, 0.8 s ... 30 s.
+BACKOFF_BASE, BACKOFF_CAP = 0.2, 30.0
+
+
 class _Run:
     """The consumer tasks of one partition, under one lease (none: a partition named to `consume`)."""
 
@@ -116,9 +121,8 @@ class _Run:
         return not self.stopping.is_set()
 
 
-def backoff(attempt: int, base: float = 0.2, cap: float = 30.0) -> float:
-    """Exponential backoff: 0.2 s, 0.4 s, 0.8 s ... at most `cap`."""
-    return min(cap, base * 2 ** max(0, attempt - 1))
+def backoff(attempt: int) -> float:
+    return retry.backoff(attempt, BACKOFF_BASE, BACKOFF_CAP)
 
 
 def nats_security(tls: TlsSettings | None, credentials: str) -> dict[str, Any]:
@@ -195,12 +199,15 @@ class Bus:
         """The JetStream context, for readers of a stream that are not consumers (the audit log)."""
         return self._js
 
-    async def ensure_streams(self, wanted: Iterable[Topic] = topics.ALL, max_bytes: int = 0) -> None:
+    async def ensure_streams(self, wanted: Iterable[Topic] = topics.ALL, max_messages: int = 0) -> None:
         """Create or update the streams; safe to run from every replica at every start.
 
-        `max_bytes` (0: none) bounds each stream on disk. A full stream refuses new messages
-        (discard NEW) rather than dropping old ones nobody has consumed yet: the publisher gets
-        Unavailable, so ingestion answers 503 with Retry-After and nothing accepted is lost."""
+        `max_messages` (0: none) bounds each stream. A full stream refuses new messages (discard
+        NEW) rather than dropping old ones nobody has consumed yet: the publisher gets
+        Unavailable, so ingestion answers 503 with Retry-After and nothing accepted is lost.
+        A count, not bytes: nats-server 2.9 checks a byte bound against the payload without the
+        record's overhead, stores past it, then trims the oldest messages (measured: accepted
+        events lost from the head, test_stream_limits); the message count is checked exactly."""
         configs = [
             api.StreamConfig(
                 name=topic.stream,
@@ -208,7 +215,7 @@ class Bus:
                 storage=api.StorageType.FILE,
                 retention=api.RetentionPolicy.LIMITS,
                 max_age=topic.max_age,
-                max_bytes=max_bytes or None,
+                max_msgs=max_messages or None,
                 discard=api.DiscardPolicy.NEW,
                 duplicate_window=topic.duplicate_window,
                 num_replicas=self.stream_replicas,
@@ -258,19 +265,20 @@ class Bus:
         stored anyway, and the caller's retry is safe because the message ids make JetStream
         drop the copies.
         """
-        name, kind = f"{topic.name} publish", trace.SpanKind.PRODUCER
+        name, kind = messaging_spans.publish_name(topic.name), trace.SpanKind.PRODUCER
         if contexts is None:
-            with tracer.start_as_current_span(name, kind=kind, attributes=self._publish_attributes(topic, messages)):
+            with tracer.start_as_current_span(name, kind=kind) as span:
+                self._describe_publish(span, topic, messages)
                 context_headers: dict[str, str] = {}
                 propagate.inject(context_headers)
                 return await self._send(topic, messages, [context_headers] * len(messages), timeout)
         spans = [
-            tracer.start_span(name, context=context, kind=kind, attributes=self._publish_attributes(topic, [message]))
-            for message, context in zip(messages, contexts, strict=True)
+            tracer.start_span(name, context=context, kind=kind) for _, context in zip(messages, contexts, strict=True)
         ]
         try:
-            headers = []
-            for span in spans:
+            headers: list[dict[str, str]] = []
+            for span, message in zip(spans, messages, strict=True):
+                self._describe_publish(span, topic, (message,))
                 headers.append({})
                 propagate.inject(headers[-1], context=trace.set_span_in_context(span))
             return await self._send(topic, messages, headers, timeout)
@@ -283,24 +291,13 @@ class Bus:
             for span in spans:
                 span.end()
 
-    def _publish_attributes(self, topic: Topic, messages: Sequence[tuple[str, bytes, str]]) -> dict[str, str | int]:
-        attributes: dict[str, str | int] = {
-            "messaging.system": "nats",
-            "messaging.operation.type": "publish",
-            "messaging.destination.name": topic.wildcard,
-            "messaging.batch.message_count": len(messages),
-        }
+    def _describe_publish(self, span: trace.Span, topic: Topic, messages: Sequence[tuple[str, bytes, str]]) -> None:
         if len(messages) == 1:
             key, _, message_id = messages[0]
             partition = topics.partition_of(key, self.partitions)
-            attributes.update(
-                {
-                    "messaging.destination.name": topic.subject(partition),
-                    "messaging.message.id": message_id,
-                    "mosaic.partition": partition,
-                }
-            )
-        return attributes
+            messaging_spans.published(span, topic.name, 1, message_id, partition)
+        else:
+            messaging_spans.published(span, topic.name, len(messages))
 
     async def _send(
         self,
@@ -323,7 +320,7 @@ class Bus:
             return [duplicate(answer) for answer in await asyncio.wait_for(answers, timeout)]
         except (*_NATS_DOWN, *_JETSTREAM_DOWN) as error:
             if getattr(error, "err_code", None) == _STREAM_FULL:
-                raise Unavailable("nats", f"stream {topic.stream} is full (MOSAIC_NATS_STREAM_MAX_BYTES)") from error
+                raise Unavailable("nats", f"stream {topic.stream} is full (MOSAIC_NATS_STREAM_MAX_MESSAGES)") from error
             raise Unavailable("nats", f"publish to {topic.name} not confirmed: {type(error).__name__}") from error
         finally:
             self._acks.forget(token)
@@ -390,8 +387,8 @@ class Bus:
             run.tasks.append(asyncio.create_task(self._consume(topic, partition, handler, batch_handler, run)))
 
     async def stop_partition(self, partition: int) -> None:
-        """Stop a partition's consumers: each finishes the batch in hand and gives back the rest;
-        returns once their acks are flushed to the server, so the lease may go."""
+        """Stop a partition's consumers: each finishes the message in hand and gives back the
+        rest; returns once their acks are flushed to the server, so the lease may go."""
         run = self._runs.pop(partition, None)
         if run is None:
             return
@@ -441,12 +438,12 @@ class Bus:
                     sub = await self._js.pull_subscribe(
                         topic.subject(partition), durable=durable, stream=topic.stream, config=config
                     )
-                started = time.monotonic()
+                fetched = time.monotonic()
                 open_pull = True
                 messages = await sub.fetch(self.batch, timeout=FETCH_SECONDS)
                 # Back before its deadline: the server ended the request (a full batch, or its
                 # status after what it had); at the deadline, the server may not be done yet.
-                open_pull = time.monotonic() - started >= FETCH_SECONDS - 0.01
+                open_pull = time.monotonic() - fetched >= FETCH_SECONDS - 0.01
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue  # nothing to fetch (nats-py raises either kind)
             except (*_NATS_DOWN, nats.js.errors.APIError) as error:
@@ -534,6 +531,7 @@ class Bus:
             for msg in messages:
                 await msg.nak()  # given back now, not after ack_wait
             return
+        started = time.perf_counter()
         kept: list[Msg] = []
         items: list[tuple[Any, Delivery]] = []
         spans = []
@@ -541,15 +539,16 @@ class Bus:
             try:
                 payload = topic.message.FromString(msg.data)
             except DecodeError as error:
-                await self._dead_letter(msg, f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}")
+                reason = f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}"
+                await self._dead_letter(topic, msg, reason, started)
                 continue
             delivery = self._delivery(msg, partition)
             span = tracer.start_span(
-                f"{topic.name} process",
+                messaging_spans.process_name(topic.name),
                 context=propagate.extract(msg.headers or {}),
                 kind=trace.SpanKind.CONSUMER,
-                attributes=self._process_attributes(msg, delivery),
             )
+            messaging_spans.processed(span, topic.name, self.service, delivery.message_id, partition)
             spans.append(span)
             kept.append(msg)
             items.append((payload, dataclasses.replace(delivery, trace_context=trace.set_span_in_context(span))))
@@ -577,6 +576,11 @@ class Bus:
             return
         for msg in kept:
             await msg.ack()
+        if metrics.enabled():
+            # Each message of the batch took the batch's time from fetch to ack.
+            seconds = time.perf_counter() - started
+            for msg in kept:
+                self._measure(topic, msg, "ack", seconds)
 
     def _delivery(self, msg: Msg, partition: int) -> Delivery:
         meta = msg.metadata
@@ -590,16 +594,6 @@ class Bus:
             key=headers.get(KEY_HEADER, ""),
         )
 
-    def _process_attributes(self, msg: Msg, delivery: Delivery) -> dict[str, str | int]:
-        return {
-            "messaging.system": "nats",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": msg.subject,
-            "messaging.consumer.group.name": self.service,
-            "messaging.message.id": delivery.message_id,
-            "mosaic.partition": delivery.partition,
-        }
-
     async def _process_in_order(
         self, topic: Topic, partition: int, messages: list[Msg], handler: Handler, run: _Run
     ) -> None:
@@ -611,49 +605,67 @@ class Bus:
             await self._process(topic, partition, msg, handler, run)
 
     async def _process(self, topic: Topic, partition: int, msg: Msg, handler: Handler, run: _Run) -> None:
+        started = time.perf_counter()
         meta = msg.metadata
         delivery = self._delivery(msg, partition)
         with tracer.start_as_current_span(
-            f"{topic.name} process",
+            messaging_spans.process_name(topic.name),
             context=propagate.extract(msg.headers or {}),
             kind=trace.SpanKind.CONSUMER,
-            attributes=self._process_attributes(msg, delivery),
         ) as span:
+            messaging_spans.processed(span, topic.name, self.service, delivery.message_id, partition)
             try:
                 payload = topic.message.FromString(msg.data)
             except DecodeError as error:
-                await self._dead_letter(msg, f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}")
+                reason = f"payload is not a {topic.message.DESCRIPTOR.full_name}: {error}"
+                await self._dead_letter(topic, msg, reason, started)
                 return
-            attempt = 0
-            while True:
+            try:
                 try:
                     await self._with_heartbeat(msg, handler(payload, delivery), run)
-                except Unavailable as error:
-                    attempt += 1
-                    if not run.active():
-                        await msg.nak()
-                        return
-                    log.warning("retrying %s (attempt %d): %s", msg.subject, attempt, error)
-                    await msg.in_progress()
-                    await self._sleep(backoff(attempt), run)
-                    continue
-                except DomainError as error:
-                    span.record_exception(error)
-                    await self._dead_letter(msg, str(error))
-                    return
-                except Exception as error:  # a bug: redeliver with a delay, then give up
-                    span.record_exception(error)
-                    log.exception("handler failed on %s (delivery %d)", msg.subject, meta.num_delivered)
-                    if meta.num_delivered >= self.max_deliver:
-                        await self._dead_letter(msg, f"failed {meta.num_delivered} times: {error!r}")
-                    else:
-                        await msg.nak(delay=backoff(meta.num_delivered))
-                    return
-                if not run.may_ack():
-                    await msg.nak()  # the lease lapsed meanwhile: the next holder does it again
-                    return
-                await msg.ack()
+                except Unavailable as error:  # retried in place, holding the partition (see above)
+                    call = lambda: self._with_heartbeat(msg, handler(payload, delivery), run)
+                    await retry.after_first(error, call, self._in_place(topic, msg, started, run))
+            except Unavailable:  # still down when the partition stopped: given back now
+                await msg.nak()
                 return
+            except DomainError as error:
+                span.record_exception(error)
+                await self._dead_letter(topic, msg, str(error), started)
+                return
+            except Exception as error:  # a bug: redeliver with a delay, then give up
+                span.record_exception(error)
+                log.exception("handler failed on %s (delivery %d)", msg.subject, meta.num_delivered)
+                if meta.num_delivered >= self.max_deliver:
+                    await self._dead_letter(topic, msg, f"failed {meta.num_delivered} times: {error!r}", started)
+                else:
+                    await msg.nak(delay=backoff(meta.num_delivered))
+                    self._measure(topic, msg, "redeliver", time.perf_counter() - started)
+                return
+            if not run.may_ack():
+                await msg.nak()  # the lease lapsed meanwhile: the next holder does it again
+                return
+            await msg.ack()
+            self._measure(topic, msg, "ack", time.perf_counter() - started)
+
+    def _in_place(self, topic: Topic, msg: Msg, started: float, run: _Run) -> tenacity.AsyncRetrying:
+        """Retries of a handler that raised Unavailable: backoff, the message kept in progress,
+        until its partition stops (then the last Unavailable is raised)."""
+
+        async def before_sleep(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            self._measure(topic, msg, "retry", time.perf_counter() - started)
+            log.warning("retrying %s (attempt %d): %s", msg.subject, state.attempt_number, error)
+            await msg.in_progress()
+
+        return tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(Unavailable),
+            stop=lambda _: not run.active(),
+            wait=retry.wait(BACKOFF_BASE, BACKOFF_CAP),
+            sleep=lambda seconds: self._sleep(seconds, run),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
 
     async def _with_heartbeat(self, messages: Msg | list[Msg], work: Awaitable[None], run: _Run) -> None:
         """Run the handler, telling JetStream its messages are in progress every third of
@@ -667,7 +679,15 @@ class Bus:
                 for msg in messages if isinstance(messages, list) else [messages]:
                     await msg.in_progress()
 
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+    def _measure(self, topic: Topic, msg: Msg, outcome: str, seconds: float) -> None:
+        """Record one message's outcome; an acked one's hop latency too, from the time JetStream
+        stored it (its metadata, already parsed for the delivery) to now."""
+        if not metrics.enabled():
+            return  # nothing reads them: skip even the clock
+        since_publish = time.time() - msg.metadata.timestamp.timestamp() if outcome == "ack" else None
+        metrics.message_processed(self.service, topic.name, outcome, seconds, since_publish)
+
+    async def _dead_letter(self, topic: Topic, msg: Msg, reason: str, started: float) -> None:
         log.error("dead-lettering %s: %s", msg.subject, reason)
         headers = {
             "Mosaic-Reason": reason[:1000],
@@ -680,8 +700,10 @@ class Bus:
             await self._js.publish(f"deadletter.{self.service}.{msg.subject}", msg.data, headers=headers, timeout=5)
         except _NATS_DOWN:
             await msg.nak(delay=5.0)  # not recorded, so not terminated: try again later
+            self._measure(topic, msg, "redeliver", time.perf_counter() - started)
             return
         await msg.term()
+        self._measure(topic, msg, "dead_letter", time.perf_counter() - started)
 
     async def _sleep(self, seconds: float, run: _Run) -> None:
         try:

@@ -6,6 +6,7 @@ names the variable and the rule it broke. Tests pass their own mapping instead o
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import ssl
@@ -40,7 +41,7 @@ class Env:
             raise ConfigError(name, "is required and not set")
         return default
 
-    def int(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
+    def int(self, name: builtins.str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
         raw = self._environ.get(name, "").strip()
         if not raw:
             return default
@@ -52,7 +53,7 @@ class Env:
             raise ConfigError(name, f"must be between {minimum} and {maximum}, got {value}")
         return value
 
-    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+    def float(self, name: builtins.str, default: float, *, minimum: float = 0.0) -> float:
         raw = self._environ.get(name, "").strip()
         if not raw:
             return default
@@ -64,13 +65,13 @@ class Env:
             raise ConfigError(name, f"must be at least {minimum}, got {value}")
         return value
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]) -> builtins.str:
         value = self.str(name, default)
         if value not in choices:
             raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: bool) -> bool:
         raw = self._environ.get(name, "").strip().lower()
         if not raw:
             return default
@@ -78,14 +79,14 @@ class Env:
             raise ConfigError(name, f"must be true or false, got {raw!r}")
         return raw == "true"
 
-    def file(self, name: str) -> str:
+    def file(self, name: builtins.str) -> builtins.str:
         """An optional path to a file that must exist (certificates, keys, key sets)."""
         value = self._environ.get(name, "").strip()
         if value and not Path(value).is_file():
             raise ConfigError(name, f"must name a readable file, got {value!r}")
         return value
 
-    def list(self, name: str, default: str) -> tuple[str, ...]:
+    def list(self, name: builtins.str, default: builtins.str) -> tuple[builtins.str, ...]:
         items = tuple(item.strip() for item in self.str(name, default).split(","))
         if not all(items):
             raise ConfigError(name, "must be a comma-separated list with no empty items")
@@ -220,7 +221,7 @@ class PlatformSettings:
     grace_seconds: float
     nats_url: str
     stream_replicas: int
-    stream_max_bytes: int
+    stream_max_messages: int
     partitions: int
     store: str
     data_dir: Path
@@ -282,8 +283,8 @@ class PlatformSettings:
             nats_credentials=env.file("MOSAIC_NATS_CREDS"),
             health_port=env.int("MOSAIC_HEALTH_PORT", 0, maximum=65535),
             stream_replicas=env.int("MOSAIC_NATS_STREAM_REPLICAS", 1, minimum=1, maximum=5),
-            # Each stream's bound on disk (0: only max_age and the server's own store limit).
-            stream_max_bytes=env.int("MOSAIC_NATS_STREAM_MAX_BYTES", 0, maximum=2**50),
+            # Each stream's bound in messages (0: only max_age and the server's own store limit).
+            stream_max_messages=env.int("MOSAIC_NATS_STREAM_MAX_MESSAGES", 0, maximum=2**50),
             log_level=env.choice("MOSAIC_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             # At most events.raw's max_age (7 days): JetStream refuses a longer window.
             events_dedup_window=float(

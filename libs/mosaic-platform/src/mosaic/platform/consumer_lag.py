@@ -116,12 +116,16 @@ class ConsumerLag:
 
 
 async def read_durables(
-    js: JetStreamContext, service: str | None = None, partitions: frozenset[int] | None = None
+    js: JetStreamContext,
+    service: str | None = None,
+    partitions: frozenset[int] | None = None,
+    streams: Iterable[topics.Topic] = topics.ALL,
 ) -> list[DurableState]:
     """The state of every durable `<service>-<partition>` on the mesh's streams (all services
-    when `service` is None; all partitions when `partitions` is None), in stream order."""
+    when `service` is None; all partitions when `partitions` is None), in stream order. Other
+    consumers (an ephemeral reader, a debugging tool) are not a stage and are left out."""
     found: list[DurableState] = []
-    for topic in topics.ALL:
+    for topic in streams:
         try:
             consumers = await js.consumers_info(topic.stream)
         except nats.js.errors.NotFoundError:

@@ -9,9 +9,12 @@ an event identity could never resolve by the very same rule.
 
 from __future__ import annotations
 
+import base64
 import math
 import re
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
@@ -37,6 +40,7 @@ _JUNK = tuple(re.compile(pattern, re.I) for pattern in JUNK_PATTERNS)
 # C0 controls and DEL: NUL ends strings in C and in some stores, CR and LF split headers and
 # log lines.
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+T = TypeVar("T")
 
 
 def shown(value: str, limit: int = MAX_SHOWN) -> str:
@@ -112,9 +116,41 @@ def _check_value(field: str, value: struct_pb2.Value, depth: int) -> None:
 
 
 def page_size(value: int, default: int, most: int, field: str = "page_size") -> int:
+    """A List RPC's page size: `default` for 0, at most `most` (a larger ask gets `most`, as
+    AIP-158 says), and never negative."""
     if value < 0:
         raise InvalidArgument(field, "must not be negative")
     return min(value or default, most)
+
+
+def key_token(key: str) -> str:
+    """The page token that continues after `key`, the last key of a page (base64url of it)."""
+    return base64.urlsafe_b64encode(key.encode()).decode()
+
+
+def after_key(token: str, field: str = "page_token") -> str:
+    """The key a token of `key_token` continues after; '' (from the start) for no token."""
+    if not token:
+        return ""
+    try:
+        key = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeError):
+        key = ""
+    if not key or has_control(key):
+        raise InvalidArgument(field, "is not a token this service issued")
+    return key
+
+
+def page_by_key(items: Sequence[T], key: Callable[[T], str], size: int) -> tuple[list[T], str]:
+    """The page of `items` (in key order, read `size + 1` at most) and the token of the next one."""
+    page = list(items[:size])
+    return page, key_token(key(page[-1])) if len(items) > size else ""
+
+
+def page_of(items: Iterable[T], key: Callable[[T], str], size: int, token: str) -> tuple[list[T], str]:
+    """A page of a small catalog read whole: the `size` items after the token's key, by key."""
+    after = after_key(token)
+    return page_by_key(sorted((i for i in items if key(i) > after), key=key)[: size + 1], key, size)
 
 
 def page_token(token: str, field: str = "page_token") -> int:

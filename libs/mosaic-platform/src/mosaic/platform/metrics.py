@@ -59,7 +59,8 @@ METRICS: dict[str, Metric] = {
             "counter",
             "{event}",
             "events ingestion answered for, by source and outcome (accepted, duplicate, rejected, "
-            "quarantined, blocked, suppressed)",
+            "quarantined, blocked, suppressed; refused: told to retry by backpressure, a full stream "
+            "or NATS away; rate_limited)",
             ("mosaic.source.id", "mosaic.ingest.outcome"),
         ),
         Metric(
@@ -151,7 +152,7 @@ METRICS: dict[str, Metric] = {
             "mosaic.delivery.deliveries",
             "counter",
             "{delivery}",
-            "deliveries finished, by destination and outcome (delivered, failed, suppressed, dead_lettered)",
+            "deliveries finished, by destination and outcome (delivered, failed, suppressed, dead_lettered, discarded)",
             ("mosaic.destination.id", "mosaic.delivery.outcome"),
         ),
         Metric(
@@ -220,29 +221,57 @@ def profile_versions_written(count: int = 1) -> None:
     PROFILE_VERSIONS.add(count)
 
 
+# Attribute dicts of the hooks below, made once per combination: a hook runs per message, and
+# the SDK only reads them (they key its aggregation), so one dict serves every call.
+_message_attributes: dict[tuple[str, str, str], tuple[dict[str, str], dict[str, str]]] = {}
+_transition_attributes: dict[tuple[str, str], dict[str, str]] = {}
+_delivery_attributes: dict[tuple[str, str], dict[str, str]] = {}
+_DECISIONS = {True: {"mosaic.consent.decision": "granted"}, False: {"mosaic.consent.decision": "denied"}}
+
+
 def message_processed(stage: str, topic: str, outcome: str, seconds: float, since_publish: float | None = None) -> None:
-    """A consumed message's processing time and outcome; `since_publish` is its hop latency."""
-    attributes = {"messaging.consumer.group.name": stage, "messaging.destination.name": topic}
-    PROCESS_DURATION.record(seconds, {**attributes, "mosaic.messaging.outcome": outcome})
+    """A consumed message's processing time and outcome (ack, retry, dead_letter, redeliver);
+    `since_publish`, the time since JetStream stored it, is its hop latency when acked."""
+    key = (stage, topic, outcome)
+    cached = _message_attributes.get(key)
+    if cached is None:
+        hop = {"messaging.consumer.group.name": stage, "messaging.destination.name": topic}
+        cached = _message_attributes[key] = ({**hop, "mosaic.messaging.outcome": outcome}, hop)
+    attributes, hop = cached
+    PROCESS_DURATION.record(seconds, attributes)
     if outcome == "dead_letter":
-        DEAD_LETTERS.add(1, attributes)
-    if since_publish is not None and outcome == "ack":
-        HOP_DURATION.record(max(since_publish, 0.0), attributes)
+        DEAD_LETTERS.add(1, hop)
+    elif since_publish is not None and outcome == "ack":
+        HOP_DURATION.record(max(since_publish, 0.0), hop)
 
 
 def segment_transition(segment_id: str, direction: str) -> None:
     """A profile entered (direction `entered`) or left (`left`) a segment."""
-    SEGMENT_TRANSITIONS.add(1, {"mosaic.segment.id": segment_id, "mosaic.segment.direction": direction})
+    key = (segment_id, direction)
+    attributes = _transition_attributes.get(key)
+    if attributes is None:
+        attributes = _transition_attributes[key] = {
+            "mosaic.segment.id": segment_id,
+            "mosaic.segment.direction": direction,
+        }
+    SEGMENT_TRANSITIONS.add(1, attributes)
 
 
-def delivery_finished(destination_id: str, outcome: str) -> None:
-    """A delivery to a destination ended (delivered, failed, suppressed, dead_lettered)."""
-    DELIVERIES.add(1, {"mosaic.destination.id": destination_id, "mosaic.delivery.outcome": outcome})
+def delivery_finished(destination_id: str, outcome: str, count: int = 1) -> None:
+    """Deliveries to a destination ended (delivered, failed, suppressed, dead_lettered, discarded)."""
+    key = (destination_id, outcome)
+    attributes = _delivery_attributes.get(key)
+    if attributes is None:
+        attributes = _delivery_attributes[key] = {
+            "mosaic.destination.id": destination_id,
+            "mosaic.delivery.outcome": outcome,
+        }
+    DELIVERIES.add(count, attributes)
 
 
 def consent_checked(seconds: float, granted: bool) -> None:
     """How long one CheckConsent took to decide."""
-    CONSENT_CHECK_DURATION.record(seconds, {"mosaic.consent.decision": "granted" if granted else "denied"})
+    CONSENT_CHECK_DURATION.record(seconds, _DECISIONS[granted])
 
 
 def observe(name: str, read: Callable[[], Iterable[tuple[float, Mapping[str, str | int]]]]) -> None:

@@ -36,10 +36,10 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import nats
 import nats.errors
@@ -100,6 +100,15 @@ def assign(partitions: int, members: Iterable[str]) -> dict[str, frozenset[int]]
     more than its own share (tests/test_ownership.py measures it)."""
     names = tuple(sorted(set(members)))
     return _assign(partitions, names) if names else {}
+
+
+class HeldPartitions(Protocol):
+    """What background work per partition needs to know: the partitions held now, and a way to
+    work on one without its being handed over meanwhile (`Ownership`, `FixedPartitions`)."""
+
+    owned: frozenset[int]
+
+    def working(self, partition: int) -> AbstractAsyncContextManager[bool]: ...
 
 
 class FixedPartitions:
@@ -237,7 +246,7 @@ class Ownership:
         if self._reconciling is not None:
             await asyncio.gather(self._reconciling, return_exceptions=True)  # its round in hand first
         try:
-            await self._kv.delete(f"members.{self.member}")
+            await self._store.delete(f"members.{self.member}")
         except _DOWN as error:
             log.warning("membership not withdrawn (it expires): %r", error)
         await self._release(set(self.leases))
@@ -246,6 +255,11 @@ class Ownership:
         await self._unwatch()
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
+
+    @property
+    def _store(self) -> KeyValue:
+        assert self._kv is not None, "Ownership.start() first"
+        return self._kv
 
     async def _bucket(self, js: Any) -> KeyValue:
         config = api.KeyValueConfig(
@@ -264,7 +278,7 @@ class Ownership:
     # Heartbeats, renewals, lapses
 
     async def _heartbeat(self) -> None:
-        await self._kv.put(f"members.{self.member}", b"")
+        await self._store.put(f"members.{self.member}", b"")
 
     async def _renew_forever(self) -> None:
         while True:
@@ -297,7 +311,7 @@ class Ownership:
                 return  # lapsed: never revived, it is being released
             sent = time.monotonic()
             try:
-                lease.revision = await self._kv.update(
+                lease.revision = await self._store.update(
                     f"partitions.{lease.partition}", self.member.encode(), last=lease.revision
                 )
             except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError) as error:
@@ -313,7 +327,7 @@ class Ownership:
     # Members
 
     async def _watch(self) -> None:
-        watcher = await self._kv.watchall()
+        watcher = await self._store.watchall()
         self._watched_at = time.monotonic()
         async for entry in watcher:
             if entry is None:
@@ -331,6 +345,7 @@ class Ownership:
     async def _watch_forever(self) -> None:
         while True:
             watcher = self._watcher
+            assert watcher is not None, "watched at start"
             async for entry in watcher:
                 if entry is not None:
                     self._hear(entry)
@@ -394,19 +409,19 @@ class Ownership:
         key, value, sent = f"partitions.{partition}", self.member.encode(), time.monotonic()
         try:
             try:
-                revision, clean = await self._kv.update(key, value, last=0), False  # nobody's
+                revision, clean = await self._store.update(key, value, last=0), False  # nobody's
             except nats.js.errors.KeyWrongLastSequenceError:
                 try:
-                    held = await self._kv.get(key)
+                    held = await self._store.get(key)
                     if held.value != value:
                         return None  # held by another member
                     # Ours from before a lapse (cut off from NATS for a while): nobody else took
                     # it, and this replica stopped consuming it then, so take it back at once.
-                    revision, clean = await self._kv.update(key, value, last=held.revision), False
+                    revision, clean = await self._store.update(key, value, last=held.revision), False
                 except nats.js.errors.KeyNotFoundError as gone:
                     if gone.entry is None:
                         return None  # expired meanwhile: the next round
-                    revision, clean = await self._kv.update(key, value, last=gone.entry.revision), True
+                    revision, clean = await self._store.update(key, value, last=gone.entry.revision), True
         except nats.js.errors.KeyWrongLastSequenceError:
             return None  # another member was first
         except _DOWN as error:
@@ -462,7 +477,7 @@ class Ownership:
     async def _delete(self, lease: Lease) -> None:
         async with lease.lock:
             try:
-                await self._kv.delete(f"partitions.{lease.partition}", last=lease.revision)
+                await self._store.delete(f"partitions.{lease.partition}", last=lease.revision)
             except nats.js.errors.BadRequestError:
                 pass  # no longer ours: it lapsed and was taken
             except _DOWN as error:

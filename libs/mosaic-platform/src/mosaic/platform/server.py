@@ -99,7 +99,7 @@ class Service:
         security = settings.security
         await bus.ensure_streams(
             topics.for_deployment(settings.events_dedup_window, security.audit_retention_days),
-            settings.stream_max_bytes,
+            settings.stream_max_messages,
         )
         audit = AuditLog(bus, settings.service, security.audit_salt)
         self._cleanup.push_async_callback(audit.close)  # before the bus closes (last in, first out)
@@ -195,7 +195,7 @@ def _add_port(server: grpc.aio.Server, address: str, security: SecuritySettings)
     return server.add_secure_port(address, credentials)
 
 
-def main(load: Callable[[], Any], build: Callable[[Runtime, Any], Awaitable[None]]) -> None:
+def main(load: Callable[[], Any], build: Callable[[Runtime, Any], Awaitable[object]]) -> None:
     """A service's entry point: load its settings (exit 2 naming the bad variable), then run."""
     # A child inherits its parent's signal mask: `mosaic run` blocks SIGINT and SIGTERM to
     # sigwait for them, and this process must still receive the SIGTERM that stops it.

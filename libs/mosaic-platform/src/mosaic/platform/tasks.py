@@ -20,11 +20,15 @@ async def cancel(*tasks: asyncio.Task | asyncio.Future | None, every: float = 0.
     pending = {task for task in tasks if task is not None and not task.done()}
     asked = 0
     while pending:
-        for task in pending:
-            task.cancel()
+        for t in pending:
+            t.cancel()
         asked += 1
         if asked == 3:
-            log.warning("tasks still running after %d cancellations: %s", asked, [t.get_name() for t in pending])
+            log.warning(
+                "tasks still running after %d cancellations: %s",
+                asked,
+                [t.get_name() if isinstance(t, asyncio.Task) else t for t in pending],
+            )
         _, pending = await asyncio.wait(pending, timeout=every)
     for task in tasks:
         if task is not None and task.done() and not task.cancelled():

@@ -24,8 +24,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 from mosaic.platform.config import ConfigError
 
-# Domain span attributes live under the `mosaic.` prefix; each one is registered here with its
-# type and meaning, so dashboards and code agree on one name.
+# Every span attribute the code sets is registered here with its type and meaning, so
+# dashboards, trace queries and code agree on one name. Domain attributes live under the
+# `mosaic.` prefix; the `messaging.` and `rpc.` ones are OpenTelemetry's semantic conventions
+# (messaging_spans.py sets the former, the gRPC instrumentation the latter), as are `http.` and
+# `url.`.
 ATTRIBUTES = {
     "mosaic.profile.id": "str: the profile an operation is about",
     "mosaic.profile.version": "int: the profile version a change produced",
@@ -36,9 +39,25 @@ ATTRIBUTES = {
     "mosaic.delivery.id": "str: the delivery's id, its idempotency key at the destination",
     "mosaic.delivery.attempt": "int: which attempt at sending a delivery this is (from 1)",
     "mosaic.consent.purpose": "str: the consent purpose checked",
-    "mosaic.partition": "int: the bus partition a message travelled on",
+    "mosaic.partition": "int: the bus partition a message travelled on (metrics; spans say messaging.destination.partition.id)",
     "mosaic.source.id": "str: the ingestion source events came from",
     "mosaic.ingest.batch_size": "int: how many events one ingestion call carried",
+    "messaging.system": "str: the messaging system, always `nats`",
+    "messaging.operation.type": "str: `send` for a publish span, `process` for a handler's span",
+    "messaging.operation.name": "str: the operation's own name, `publish` or `process`; the span name's first word",
+    "messaging.destination.name": "str: the topic (events.raw...), or delivery.jobs",
+    "messaging.destination.partition.id": "str: the topic's partition the message is on (its subject's last token)",
+    "messaging.message.id": "str: the message's Nats-Msg-Id (JetStream drops a duplicate of it)",
+    "messaging.batch.message_count": "int: how many messages one publish span sent (batches only)",
+    "messaging.consumer.group.name": "str: the consuming service (its durables are `<service>-<partition>`), or a destination's job durable",
+    "rpc.system": "str: `grpc`",
+    "rpc.service": "str: the full gRPC service name (mosaic.profile.v1.ProfileService)",
+    "rpc.method": "str: the gRPC method (GetProfile)",
+    "rpc.grpc.status_code": "int: the call's gRPC status code (0 OK, 5 NOT_FOUND...)",
+    "http.request.method": "str: an HTTP span's method (ingestion's API, delivery's webhooks)",
+    "http.response.status_code": "int: the HTTP status answered or received",
+    "url.path": "str: the path ingestion's HTTP API was called on",
+    "url.full": "str: the URL a webhook was sent to",
 }
 
 _configured = False

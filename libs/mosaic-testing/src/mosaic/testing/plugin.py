@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mosaic.cli.receivers import OtlpReceiver, WebhookReceiver
 from mosaic.platform.config import CassandraSettings, PlatformSettings
 from mosaic.testing import cassandra_node
 from mosaic.testing.nats_server import NatsServer, NatsServerMissing
+from mosaic.testing.receivers import OtlpReceiver, WebhookReceiver
 from mosaic.testing.smtp import SmtpReceiver
 from mosaic.testing.watchdog import watching
 
@@ -95,6 +103,69 @@ def make_settings(tmp_path: Path, nats_server: NatsServer) -> Callable[..., Plat
         return PlatformSettings.from_env(service, env)
 
     return make
+
+
+@dataclass(frozen=True)
+class RecordedMetrics:
+    """This process's metrics: the SDK's in-memory reader, and the port of its real Prometheus
+    endpoint (served by `metrics.setup`, as a service serves it)."""
+
+    reader: InMemoryMetricReader
+    port: int
+
+    def points(self, name: str) -> list:
+        return metric_points(self.reader, name)
+
+    def scrape(self) -> str:
+        return scrape_metrics(self.port)
+
+
+def metric_points(reader: InMemoryMetricReader, name: str) -> list:
+    """The data points of one metric, as a collection by `reader` now reads them."""
+    data = reader.get_metrics_data()
+    return [
+        point
+        for rm in (data.resource_metrics if data else [])
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+def scrape_metrics(port: int) -> str:
+    """The Prometheus text a real scrape of 127.0.0.1:`port` gets."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        return answer.read().decode()
+
+
+@pytest.fixture(scope="session")
+def recorded_metrics() -> RecordedMetrics:
+    """The metrics SDK, set up once for the whole session (a process has one MeterProvider):
+    every in-process service and bus records from then on."""
+    from mosaic.platform import metrics
+
+    reader = InMemoryMetricReader()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]
+    port = metrics.setup("tester", {"MOSAIC_METRICS_PORT": str(free)}, readers=[reader])
+    if not port:
+        pytest.fail("metrics were set up outside this fixture: tests must use `recorded_metrics`")
+    return RecordedMetrics(reader, port)
+
+
+@pytest.fixture(scope="session")
+def recorded_spans() -> InMemorySpanExporter:
+    """Every span this process ends from now on, kept in memory by the real SDK (a process has
+    one TracerProvider: the first test to want one installs it, later ones add to it)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ class SmtpReceiver:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        assert envelope.mail_from is not None and isinstance(envelope.content, bytes)  # DATA follows MAIL; undecoded
         mail = ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), message_from_bytes(envelope.content))
         with self._lock:
             self.mails.append(mail)

@@ -29,7 +29,7 @@ def _main_loop() -> asyncio.AbstractEventLoop | None:
 
 def _dump(where: str) -> None:
     loop = _main_loop()
-    out = sys.__stderr__
+    out = sys.__stderr__ or sys.stderr  # __stderr__ is None without a console
     print(f"\n=== {where}: still running; asyncio tasks of the main thread's loop ===", file=out)
     if loop is None:
         print("(no event loop running on the main thread)", file=out)

@@ -38,7 +38,7 @@ async def open_repository(
         from mosaic.platform.store.cassandra import CassandraStore
 
         migrations, repository = cassandra
-        db = CassandraStore(settings.cassandra, service)
+        db: CassandraStore | SqliteStore = CassandraStore(settings.cassandra, service)
     else:
         from mosaic.platform.store.sqlite import SqliteStore
 

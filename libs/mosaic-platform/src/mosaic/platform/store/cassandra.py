@@ -54,6 +54,7 @@ class CassandraStore:
         tls: dict[str, Any] = {}
         if s.tls.enabled:  # client encryption: verify the node (and present our certificate)
             context = s.tls.context()
+            assert context is not None  # enabled: it has a CA
             context.check_hostname = bool(s.tls.server_name)
             tls = {
                 "ssl_context": context,

@@ -1,18 +1,20 @@
-"""Receivers that stand in for the world outside the mesh: an OTLP trace collector and a
-webhook endpoint. Both are real servers on loopback ports the OS picks, run on threads so
+"""Receivers that stand in for the world outside the mesh in tests: an OTLP trace collector and
+a webhook endpoint. Both are real servers on loopback ports the OS picks, run on threads so
 they work for services in other processes and for any event loop."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from mosaic.cli.demo_webhook import DemoWebhook, ReceivedRequest
+
+__all__ = ["OtlpReceiver", "ReceivedRequest", "ReceivedSpan", "WebhookReceiver"]
 
 
 @dataclass(frozen=True)
@@ -75,53 +77,21 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         self._server.stop(grace=None)
 
 
-@dataclass(frozen=True)
-class ReceivedRequest:
-    path: str
-    headers: dict[str, str]
-    body: object
-
-
-class WebhookReceiver:
-    """An HTTP endpoint that answers `status` (200) to every POST, after `delay` seconds, with
-    `answer_headers` (e.g. Retry-After), and keeps what it got, with the raw body."""
+class WebhookReceiver(DemoWebhook):
+    """The demo's endpoint, made to answer `status` to every POST after `delay` seconds with
+    `answer_headers` (e.g. Retry-After), as a failing or slow destination would."""
 
     def __init__(self, status: int = 200, port: int = 0) -> None:
-        self.requests: list[ReceivedRequest] = []
-        self.raw_bodies: list[bytes] = []
+        super().__init__(port)
         self.status = status
         self.delay = 0.0
         self.answer_headers: dict[str, str] = {}
-        receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server method name
-                length = int(self.headers.get("Content-Length", "0"))
-                raw = self.rfile.read(length)
-                if receiver.delay:
-                    time.sleep(receiver.delay)
-                receiver.raw_bodies.append(raw)
-                receiver.requests.append(ReceivedRequest(self.path, dict(self.headers), json.loads(raw or b"null")))
-                self.send_response(receiver.status)
-                for name, value in receiver.answer_headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def answer(self) -> tuple[int, dict[str, str]]:
+        if self.delay:
+            time.sleep(self.delay)
+        return self.status, dict(self.answer_headers)
 
     def start(self) -> WebhookReceiver:
-        self._thread.start()
+        super().start()
         return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

@@ -1,4 +1,5 @@
-"""The Segment tracking API's JSON messages, read into `Event`s.
+"""The Segment tracking API's JSON messages, read into `Event`s: the one mapping that
+ingestion's HTTP API and `mosaic import` (the CLI) both use.
 
 Pure logic. Every rule a message breaks raises `InvalidArgument` naming the field in the
 Segment spelling (`userId`, `properties`...), so an HTTP client is told what it sent wrong.
@@ -44,6 +45,10 @@ STRINGS = {
 IDS = frozenset({"userId", "anonymousId", "previousId", "groupId"})
 LIMITED = IDS | {"messageId"}  # the strings that become NATS headers and store keys
 OBJECTS = {"properties": "properties", "traits": "traits", "context": "context", "integrations": "integrations"}
+TIMES = ("timestamp", "originalTimestamp", "sentAt")
+EXTRAS = ("category", "channel")  # kept in properties and context (see _keep_extras)
+# Every top-level name a message is read from (a CSV column so named is not a property).
+TOP_LEVEL = ("type", *STRINGS, *OBJECTS, *TIMES, *EXTRAS)
 # Struct values nest three protobuf levels per JSON level, and the consumers' parser stops at
 # 100: deeper JSON would be stored but could never be read again.
 MAX_DEPTH = limits.MAX_DEPTH
@@ -126,6 +131,7 @@ def to_event(message: Any, type_name: str | None = None, defaults: dict[str, Any
             raise InvalidArgument(key, f"must be an object, got {_show(value)}")
         if default is not None:
             value = {**default, **(value or {})}
+        assert isinstance(value, dict)  # given as an object, or the default
         try:
             _fill(getattr(event, field), value, 1)
         except _TooDeep:
@@ -168,7 +174,7 @@ def _fill(struct: struct_pb2.Struct, mapping: dict[str, Any], depth: int) -> Non
         elif kind is bool:
             target.bool_value = value
         elif value is None:
-            target.null_value = 0
+            target.null_value = struct_pb2.NULL_VALUE
         elif kind is dict:
             target.struct_value.SetInParent()  # an empty object is still an object
             _fill(target.struct_value, value, depth + 1)

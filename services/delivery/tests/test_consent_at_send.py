@@ -1,0 +1,147 @@
+"""Consent asked again just before each send, on real servers: a purpose withdrawn between
+planning and sending stops a webhook, an e-mail (real SMTP) and an audience add, recorded as
+SUPPRESSED; while the consent service is down a job waits unsent, then goes."""
+
+import asyncio
+
+from consent_service.app import build as build_consent
+from consent_service.config import Settings as ConsentSettings
+from mosaic.delivery.v1 import delivery_pb2
+from mosaic.delivery.v1 import delivery_service_pb2 as pb
+from mosaic.platform.server import Service
+from mosaic.testing.plugin import eventually
+from mosaic.testing.receivers import WebhookReceiver
+
+from .test_channels import email_destination, records
+
+Status = delivery_pb2.DeliveryStatus
+WITHDRAWN = "consent to 'marketing' not granted at send time"
+
+
+async def webhook(stub, receiver, destination_id="crm", **fields):
+    fields.setdefault("segment_id", "vip")
+    await stub.CreateDestination(
+        pb.CreateDestinationRequest(
+            destination=delivery_pb2.Destination(
+                destination_id=destination_id,
+                webhook_url=receiver.url(f"/{destination_id}"),
+                purpose="marketing",
+                **fields,
+            )
+        )
+    )
+
+
+async def queued(stub, profile_id):
+    listed = (await stub.ListDeliveries(pb.ListDeliveriesRequest(profile_id=profile_id))).deliveries
+    return [d for d in listed if d.status == Status.DELIVERY_STATUS_QUEUED]
+
+
+async def test_a_consent_withdrawn_between_planning_and_the_retry_stops_the_send(
+    stub, membership, consent, webhook_receiver
+):
+    # The first attempt is answered "come back in 2 s": the job waits in its queue, planned.
+    webhook_receiver.status = 503
+    webhook_receiver.answer_headers["Retry-After"] = "2"
+    await webhook(stub, webhook_receiver)
+    await consent("p-1")
+    await membership("vip", "p-1")
+    await eventually(lambda: webhook_receiver.requests)
+    await consent("p-1", granted=False)
+    webhook_receiver.status = 200
+    record = (await eventually(lambda: records(stub, "p-1")))["crm"]
+    assert (record.status, record.detail) == (Status.DELIVERY_STATUS_SUPPRESSED, WITHDRAWN)
+    assert len(webhook_receiver.requests) == 1  # the retry never went out
+    assert (await stub.ListDeadLetters(pb.ListDeadLettersRequest())).dead_letters == []
+
+
+async def test_an_email_waiting_for_its_rate_limit_is_not_sent_once_consent_is_withdrawn(
+    with_profiles, set_traits, stub, bus, membership, consent, smtp_receiver
+):
+    # One mail every 5 s: the second job is planned (consent granted) and waits for its token.
+    destination = email_destination(smtp_receiver, limits=delivery_pb2.Limits(rate_per_second=0.2))
+    await stub.CreateDestination(pb.CreateDestinationRequest(destination=destination))
+    for person, address in (("p-a", "a@example.com"), ("p-b", "b@example.com")):
+        await set_traits(person, email=address, first_name=person)
+        await consent(person)
+    await membership("vip", "p-a")
+    await eventually(smtp_receiver.snapshot)
+    await membership("vip", "p-b")
+    await eventually(lambda: queued(stub, "p-b"))  # planned with consent, waiting for its token
+    await consent("p-b", granted=False)
+    record = (await eventually(lambda: records(stub, "p-b")))["mail"]
+    assert (record.status, record.detail) == (Status.DELIVERY_STATUS_SUPPRESSED, WITHDRAWN)
+    assert [m.recipients for m in smtp_receiver.snapshot()] == [["a@example.com"]]
+    assert (await records(stub, "p-a"))["mail"].status == Status.DELIVERY_STATUS_SENT
+
+
+async def test_an_audience_add_withdrawn_before_its_batch_goes_is_left_out_and_removes_still_go(
+    stub, membership, consent, webhook_receiver
+):
+    webhook_receiver.status = 503
+    webhook_receiver.answer_headers["Retry-After"] = "2"
+    await stub.CreateDestination(
+        pb.CreateDestinationRequest(
+            destination=delivery_pb2.Destination(
+                destination_id="ads",
+                kind=delivery_pb2.DESTINATION_KIND_AUDIENCE_SYNC,
+                segment_id="vip",
+                purpose="marketing",
+                webhook_url=webhook_receiver.url("/audience"),
+                audience=delivery_pb2.AudienceSettings(batch_size=3, linger_seconds=1),
+            )
+        )
+    )
+    for person in ("p-1", "p-2", "p-3"):
+        await consent(person)
+    await membership("vip", "p-1")
+    await membership("vip", "p-2")
+    await membership("vip", "p-3", exited=True)
+    await eventually(lambda: webhook_receiver.requests)
+    # p-3 withdraws too: leaving an audience needs no consent, so its remove still goes.
+    await consent("p-2", granted=False)
+    await consent("p-3", granted=False)
+    webhook_receiver.status = 200
+
+    async def delivered():
+        return webhook_receiver.requests[-1].body if len(webhook_receiver.requests) > 1 else None
+
+    first = webhook_receiver.requests[0].body
+    last = await eventually(delivered)
+    assert (sorted(first["add"]), first["remove"]) == (["p-1", "p-2"], ["p-3"])
+    assert (last["add"], last["remove"]) == (["p-1"], ["p-3"])
+    suppressed = (await eventually(lambda: records(stub, "p-2")))["ads"]
+    assert (suppressed.status, suppressed.detail) == (Status.DELIVERY_STATUS_SUPPRESSED, WITHDRAWN)
+
+
+async def test_while_consent_does_not_answer_a_planned_job_waits_unsent_and_unspent_then_goes(
+    consent_service, make_settings, stub, membership, consent
+):
+    receiver = WebhookReceiver(status=503).start()
+    receiver.answer_headers["Retry-After"] = "1"
+    try:
+        await webhook(stub, receiver, "crm", limits=delivery_pb2.Limits(max_attempts=2))
+        await consent("p-9")
+        await membership("vip", "p-9")
+        await eventually(lambda: receiver.requests)
+        port = consent_service.port
+        await consent_service.stop()  # the retry finds nobody to ask
+        receiver.status = 200
+        await asyncio.sleep(3)  # past the retry's due time, and more
+        assert len(receiver.requests) == 1
+        [queued] = (await stub.ListDeliveries(pb.ListDeliveriesRequest(profile_id="p-9"))).deliveries
+        assert queued.status == Status.DELIVERY_STATUS_QUEUED
+        settings = ConsentSettings(
+            make_settings("consent", MOSAIC_GRACE_SECONDS="1", MOSAIC_PARTITIONS="2", MOSAIC_GRPC_PORT=str(port))
+        )
+        again = Service(settings.platform, lambda runtime: build_consent(runtime, settings))
+        await again.start()
+        try:
+            record = (await eventually(lambda: records(stub, "p-9"), timeout=30))["crm"]
+            # Sent on its second attempt: the wait for consent spent none of the budget of 2.
+            assert (record.status, record.attempts) == (Status.DELIVERY_STATUS_SENT, 2)
+            assert len(receiver.requests) == 2
+        finally:
+            await again.stop()
+    finally:
+        receiver.stop()
