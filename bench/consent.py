@@ -213,7 +213,7 @@ async def erase_time(store_name: str) -> tuple[float, dict[str, int]]:
             snapshot.profile.CopyFrom(profile)
             await store.save(StoredSnapshot(snapshot, version % 20 == 1), Latest(profile), 14 * 86400)
         settings = ProfileSettings(platform, (), 90, 90, 20, 1000)
-        profiles = Profiles(store, ProfileCache(1000, platform.partitions, platform.owned_partitions), None, settings)  # type: ignore[arg-type]  # erasing publishes nothing: no bus
+        profiles = Profiles(store, ProfileCache(1000, platform.partitions, range(platform.partitions)), None, settings)  # type: ignore[arg-type]  # erasing publishes nothing: no bus
         began = time.perf_counter()
         answer = await ProfilePrivacy(profiles).erase(
             privacy_request_pb2.PrivacyRequested(person_id=pid, profile_ids=[pid])

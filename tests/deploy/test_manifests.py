@@ -106,7 +106,7 @@ def test_autoscalers_scale_on_real_work_not_a_token_request(rendered):
     overlay, objects = rendered
     workloads = {w["metadata"]["name"]: w for w in _workloads(objects)}
     hpas = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"]
-    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == {"ingestion", "consent"}
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == set(SERVICES)
     for hpa in hpas:
         if overlay == "dev":
             continue  # pinned to one replica there
@@ -116,6 +116,23 @@ def test_autoscalers_scale_on_real_work_not_a_token_request(rendered):
         at = request * metric["resource"]["target"]["averageUtilization"] / 100
         # A Python service at ~70 m is idle: scaling there adds pods for nothing.
         assert at >= 250, f"{hpa['metadata']['name']} scales at {at:.0f} m of CPU"
+
+
+def test_consumers_are_deployments_whose_count_is_free_and_scaled_up_to_the_partitions(rendered):
+    """Replicas lease their partitions: no workload pins a count or tells a replica its share,
+    and a consumer's autoscaler stops at MOSAIC_PARTITIONS (more would have nothing to do)."""
+    overlay, objects = rendered
+    partitions = int(_config(objects)["MOSAIC_PARTITIONS"])
+    hpas = {o["spec"]["scaleTargetRef"]["name"]: o for o in objects if o["kind"] == "HorizontalPodAutoscaler"}
+    for workload in _workloads(objects):
+        name = workload["metadata"]["name"]
+        assert workload["kind"] == "Deployment" and "replicas" not in workload["spec"], f"{overlay}: {name}"
+        env = {entry["name"] for container in _containers(workload) for entry in container.get("env", [])}
+        assert not env & {"MOSAIC_REPLICA_COUNT", "MOSAIC_REPLICA_INDEX"}, f"{overlay}: {name} is told its share"
+        if name in ("identity", "profile", "segmentation", "delivery"):
+            assert hpas[name]["spec"]["maxReplicas"] <= partitions, f"{overlay}: {name} scales past the partitions"
+            if overlay != "dev":
+                assert hpas[name]["spec"]["minReplicas"] >= 2, f"{overlay}: {name} has no replica to take over"
 
 
 def test_the_grace_period_covers_the_whole_shutdown_chain(rendered):

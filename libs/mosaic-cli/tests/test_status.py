@@ -1,5 +1,6 @@
 """`mosaic status` against a real ingestion process and a real nats-server: health per service,
-lag per stage from JetStream's durables, dead letters per stage, quarantine per source."""
+lag per stage from JetStream's durables, the replica holding each partition, dead letters per
+stage, quarantine per source."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ async def _lag_and_dead_letters(url: str) -> None:
     await nc.close()
 
 
-async def test_status_shows_health_lag_dead_letters_and_quarantine(nats_server, tmp_path: Path):
+async def test_status_shows_health_lag_owners_dead_letters_and_quarantine(nats_server, tmp_path: Path):
     env = {
         "MOSAIC_NATS_URL": nats_server.url,
         "MOSAIC_DATA_DIR": str(tmp_path / "data"),
@@ -87,6 +88,8 @@ async def test_status_shows_health_lag_dead_letters_and_quarantine(nats_server, 
     assert identity == {0: 0, 1: 4}
     assert found.dead_letters == {"profile": 3}
     assert found.quarantine == {"shop": 2}
+    (holder,) = set(found.owners["ingestion"].values())  # the one replica holds all eight
+    assert sorted(found.owners["ingestion"]) == list(range(8)) and not found.problems
 
     out = io.StringIO()
     status.render(found, where, Console(file=out, width=140))
@@ -94,6 +97,7 @@ async def test_status_shows_health_lag_dead_letters_and_quarantine(nats_server, 
     assert "SERVING" in text and "UNREACHABLE" in text
     assert "4 @1" in text  # identity's worst partition
     assert "shop" in text
+    assert holder in text and "0,1,2,3,4,5,6,7" in text
 
 
 async def test_status_without_nats_says_so_and_fails(tmp_path: Path):

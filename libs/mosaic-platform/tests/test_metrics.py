@@ -165,8 +165,9 @@ async def test_consumer_lag_per_durable_and_partition_comes_from_jetstream(expor
     await js.publish("deadletter.identity.events.raw.0", payload)
     await js.publish("deadletter.profile.events.resolved.0", payload)
 
-    # This replica owns partitions 0 and 1 of identity: partition 2 and profile's are not its.
-    lag = ConsumerLag(nats_server.url, "identity", partitions=[0, 1], interval=0.1)
+    # This replica holds partitions 0 and 1 of identity: partition 2 and profile's are not its.
+    owned = {0, 1}
+    lag = ConsumerLag(nats_server.url, "identity", lambda: owned, interval=0.1)
     await lag.start()
     try:
         found = {
@@ -200,6 +201,21 @@ async def test_consumer_lag_per_durable_and_partition_comes_from_jetstream(expor
             return lags.get(0) == 3 and flight.get(0) == 1
 
         await eventually(moved, timeout=10)
+
+        # Partitions 0 and 1 handed over, 2 taken over: the gauges follow.
+        owned.clear()
+        assert not [p for p in points(reader, "mosaic.consumer.lag") if p.attributes["mosaic.partition"] in (0, 1)]
+        owned.add(2)
+        await lag.acquired(frozenset({2}))
+
+        def taken_over():
+            return {
+                p.attributes["mosaic.partition"]: p.value
+                for p in points(reader, "mosaic.consumer.lag")
+                if p.attributes["messaging.consumer.group.name"] == "identity"
+            } == {2: 1}
+
+        await eventually(taken_over, timeout=10)
     finally:
         await lag.stop()
         await nc.close()

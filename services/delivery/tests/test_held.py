@@ -11,6 +11,7 @@ from delivery_service.store import open_store
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus
+from mosaic.platform.ownership import FixedPartitions
 
 Status = delivery_pb2.DeliveryStatus
 
@@ -54,7 +55,7 @@ async def test_a_held_job_is_queued_once_when_due_and_only_then(parts):
     await store.create_destination(delivery_pb2.Destination(destination_id="offers"))
     due = time.time() + 3600
     await hold(store, "offers:1", due)
-    sweeper = Sweeper(store, cache, queue, bus, [0, 1], interval=1)
+    sweeper = Sweeper(store, cache, queue, bus, FixedPartitions([0, 1]), interval=1)
     assert await sweeper.sweep(due - 1) == 0
     assert (await store.delivery("p-1", "offers:1")).status == Status.DELIVERY_STATUS_SCHEDULED
     assert await sweeper.sweep(due) == 1
@@ -69,7 +70,7 @@ async def test_a_held_job_decided_meanwhile_or_of_a_deleted_destination_is_not_q
     due = time.time() + 3600
     await hold(store, "offers:sent", due, status=Status.DELIVERY_STATUS_SENT)
     await hold(store, "gone:1", due, destination_id="gone")
-    sweeper = Sweeper(store, cache, queue, bus, [0], interval=1)
+    sweeper = Sweeper(store, cache, queue, bus, FixedPartitions([0]), interval=1)
     assert await sweeper.sweep(due) == 0
     discarded = await store.delivery("p-1", "gone:1")
     assert discarded.status == Status.DELIVERY_STATUS_DISCARDED and "deleted" in discarded.detail

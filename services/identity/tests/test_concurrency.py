@@ -171,7 +171,7 @@ async def test_replicas_racing_on_shared_identifiers_build_the_serial_graph(cass
 
 
 async def test_identity_replicas_consuming_events_raw_build_the_serial_graph(cassandra_settings, nats_server, tmp_path):
-    """Three `identity_service` processes, each with its share of six partitions, consume the
+    """Three `identity_service` processes, each leasing its share of six partitions, consume the
     events as ingestion publishes them (keyed by the first id), so one person's events are
     spread over replicas; the graph equals a serial run, and every event is resolved once."""
     rng = random.Random(3)
@@ -181,11 +181,10 @@ async def test_identity_replicas_consuming_events_raw_build_the_serial_graph(cas
         **cassandra_settings,
         "MOSAIC_NATS_URL": nats_server.url,
         "MOSAIC_PARTITIONS": "6",
-        "MOSAIC_REPLICA_COUNT": str(PROCESSES),
         "MOSAIC_GRACE_SECONDS": "2",
         "OTEL_TRACES_EXPORTER": "none",
     }
-    replicas = [Mesh({**environ, "MOSAIC_REPLICA_INDEX": str(i)}, tmp_path / f"replica-{i}") for i in range(PROCESSES)]
+    replicas = [Mesh(environ, tmp_path / f"replica-{i}") for i in range(PROCESSES)]
     bus = await Bus.connect(nats_server.url, "test", 6)
     try:
         for replica in replicas:

@@ -80,7 +80,7 @@ async def check(nats_url: str, data_dir: str, specs, cuts) -> None:
     before = (await bus._js.stream_info(topics.PROFILE_UPDATED.stream)).state.messages
     profiles = Profiles(
         store,
-        ProfileCache(10, platform.partitions, platform.owned_partitions),
+        ProfileCache(10, platform.partitions, range(platform.partitions)),
         bus,
         Settings(platform, (), 90, 90, 3, 10),
     )

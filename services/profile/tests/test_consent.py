@@ -191,7 +191,7 @@ async def profiles(make_settings):
     await bus.ensure_streams()
     yield Profiles(
         store,
-        ProfileCache(100, platform.partitions, platform.owned_partitions),
+        ProfileCache(100, platform.partitions, range(platform.partitions)),
         bus,
         Settings(platform, (), 90, 90, 5, 100),
     )

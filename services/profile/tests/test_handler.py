@@ -18,7 +18,7 @@ async def profiles(make_settings):
     store = await open_store(platform)
     bus = await Bus.connect(platform.nats_url, "profile", platform.partitions)
     await bus.ensure_streams()
-    yield Profiles(store, ProfileCache(100, platform.partitions, platform.owned_partitions), bus, settings)
+    yield Profiles(store, ProfileCache(100, platform.partitions, range(platform.partitions)), bus, settings)
     await bus.close()
     await store.close()
 

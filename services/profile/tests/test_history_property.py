@@ -72,7 +72,7 @@ async def check(nats_url: str, data_dir: str, specs) -> None:
     await bus.ensure_streams()
     profiles = Profiles(
         store,
-        ProfileCache(10, platform.partitions, platform.owned_partitions),
+        ProfileCache(10, platform.partitions, range(platform.partitions)),
         bus,
         Settings(platform, (), 90, 90, 3, 10),
     )

@@ -9,6 +9,7 @@ from google.protobuf import struct_pb2
 from mosaic.events.v1 import identity_changed_pb2, profile_updated_pb2, segment_membership_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
+from mosaic.platform.ownership import FixedPartitions
 from mosaic.segmentation.v1 import segment_pb2
 from segmentation_service import compiler
 from segmentation_service.backfill import Backfiller
@@ -41,7 +42,9 @@ class World:
         self.catalog = SegmentCatalog(self.store, max_age=0)
         self.view = ColumnarView(self.settings.partitions)
         self.memberships = Memberships(self.store, self.catalog, self.view, self.bus)
-        self.backfiller = Backfiller(self.store, self.catalog, self.memberships, tuple(range(self.settings.partitions)))
+        self.backfiller = Backfiller(
+            self.store, self.catalog, self.memberships, FixedPartitions(range(self.settings.partitions))
+        )
 
     async def published(self) -> list[segment_membership_pb2.SegmentMembershipChanged]:
         info = await self.bus._js.stream_info(topics.SEGMENT_MEMBERSHIP.stream)

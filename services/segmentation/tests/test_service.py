@@ -135,25 +135,35 @@ async def test_segments_are_managed_from_the_command_line(service, capsys):
     assert await run("segments", "show", "vip") == 1
 
 
-async def test_an_estimate_asked_of_one_replica_adds_up_every_replica(make_settings):
-    def settings(index: int, peers: tuple[str, ...]) -> Settings:
-        platform = make_settings(
-            "segmentation", MOSAIC_GRACE_SECONDS="1", MOSAIC_REPLICA_COUNT="2", MOSAIC_REPLICA_INDEX=str(index)
-        )
-        return Settings(platform, "", 1.0, peers)
+async def two_replicas(make_settings) -> tuple[Service, Service]:
+    """Two replicas, the first asking the second for Estimate, once they hold half the partitions each."""
 
-    second = settings(1, ())
+    def settings(peers: tuple[str, ...]) -> Settings:
+        return Settings(make_settings("segmentation", MOSAIC_GRACE_SECONDS="1"), "", 1.0, peers)
+
+    second = settings(())
     other = Service(second.platform, lambda runtime: build(runtime, second))
     await other.start()
-    first = settings(0, (f"127.0.0.1:{other.port}",))
+    first = settings((f"127.0.0.1:{other.port}",))
     service = Service(first.platform, lambda runtime: build(runtime, first))
     await service.start()
+
+    def held() -> list[frozenset[int]]:
+        return [s.runtime.ownership.owned for s in (service, other) if s.runtime is not None]
+
+    await eventually(lambda: [len(h) for h in held()] == [4, 4] and set.union(*map(set, held())) == set(range(8)))
+    return service, other
+
+
+async def test_an_estimate_asked_of_one_replica_adds_up_every_replica(make_settings):
+    service, other = await two_replicas(make_settings)
     try:
         for index in range(12):
             update = profile_updated_pb2.ProfileUpdated(profile_id=f"p{index}", version=1)
             update.changes.add(path="traits.n", new_value=struct_pb2.Value(number_value=index))
             await service.runtime.bus.publish(topics.PROFILE_UPDATED, update.profile_id, update, f"p{index}:1")
-        owned = {i for i in range(12) if topics.partition_of(f"p{i}", first.platform.partitions) % 2 == 0}
+        mine = service.runtime.ownership.owned
+        owned = {i for i in range(12) if topics.partition_of(f"p{i}", service.settings.partitions) in mine}
         assert 0 < len(owned) < 12  # both replicas hold some
         async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
             stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
@@ -176,21 +186,10 @@ async def _when(awaitable, check):
 
 
 async def test_a_merge_is_heard_by_the_replica_holding_the_merged_profile(make_settings):
-    def settings(index: int, peers: tuple[str, ...]) -> Settings:
-        platform = make_settings(
-            "segmentation", MOSAIC_GRACE_SECONDS="1", MOSAIC_REPLICA_COUNT="2", MOSAIC_REPLICA_INDEX=str(index)
-        )
-        return Settings(platform, "", 1.0, peers)
-
-    second = settings(1, ())
-    other = Service(second.platform, lambda runtime: build(runtime, second))
-    await other.start()
-    first = settings(0, (f"127.0.0.1:{other.port}",))
-    service = Service(first.platform, lambda runtime: build(runtime, first))
-    await service.start()
-    partitions = first.platform.partitions
-    survivor = next(f"s{i}" for i in range(100) if topics.partition_of(f"s{i}", partitions) % 2 == 0)
-    merged = next(f"m{i}" for i in range(100) if topics.partition_of(f"m{i}", partitions) % 2 == 1)
+    service, other = await two_replicas(make_settings)
+    partitions, mine = service.settings.partitions, service.runtime.ownership.owned
+    survivor = next(f"s{i}" for i in range(100) if topics.partition_of(f"s{i}", partitions) in mine)
+    merged = next(f"m{i}" for i in range(100) if topics.partition_of(f"m{i}", partitions) not in mine)
     try:
         bus = service.runtime.bus
         for profile_id in (survivor, merged):
@@ -204,7 +203,7 @@ async def test_a_merge_is_heard_by_the_replica_holding_the_merged_profile(make_s
             merge = identity_changed_pb2.IdentityMerged(
                 merge_id="m-1", survivor_profile_id=survivor, merged_profile_ids=[merged]
             )
-            # Consumed by replica 0 (the survivor's partition); the merged row is replica 1's.
+            # Consumed by the first replica (the survivor's partition); the merged row is the other's.
             await bus.publish(topics.IDENTITY_MERGED, survivor, merge, "m-1")
             answer = await eventually(lambda: _when(estimate(), lambda a: a.count == 1))
             assert list(answer.sample) == [survivor]

@@ -9,6 +9,7 @@ from google.protobuf import struct_pb2
 from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
+from mosaic.platform.ownership import FixedPartitions
 from mosaic.segmentation.v1 import segment_pb2
 from segmentation_service import compiler
 from segmentation_service.catalog import SegmentCatalog
@@ -31,7 +32,7 @@ class Replica:
 
     def restart(self) -> None:
         catalog = SegmentCatalog(self.store, max_age=0)
-        self.timers = Timers(self.store, catalog, tuple(range(self.settings.partitions)))
+        self.timers = Timers(self.store, catalog, FixedPartitions(range(self.settings.partitions)))
         self.memberships = Memberships(
             self.store,
             catalog,

@@ -164,11 +164,10 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     servicer = ConsentServicer(ledger, cache, relay)
     consent_service_pb2_grpc.add_ConsentServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["ConsentService"].full_name)
-    owned = settings.platform.owned_partitions
     changes = IdentityChanges(ledger, relay)
-    runtime.bus.consume(topics.IDENTITY_MERGED, changes.merged, owned)
-    runtime.bus.consume(topics.IDENTITY_SPLIT, changes.split, owned)
-    runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.policy), owned)
+    runtime.bus.consume(topics.IDENTITY_MERGED, changes.merged)
+    runtime.bus.consume(topics.IDENTITY_SPLIT, changes.split)
+    runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.policy))
     identity = None
     if settings.identity_address:
         channel = clients.channel(
@@ -180,6 +179,6 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     privacy = PrivacyServicer(store, relay, settings.participants, jurisdiction, identity)
     privacy_service_pb2_grpc.add_PrivacyServiceServicer_to_server(privacy, runtime.server)
     runtime.add_service(privacy_service_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name)
-    runtime.bus.consume(topics.PRIVACY_RECEIPT, Receipts(store, relay, runtime.bus), owned)
+    runtime.bus.consume(topics.PRIVACY_RECEIPT, Receipts(store, relay, runtime.bus))
     own = ConsentParticipant(store, cache, relay)
-    Participant("consent", runtime.bus, own.export, own.erase).start(owned)
+    Participant("consent", runtime.bus, own.export, own.erase).start()

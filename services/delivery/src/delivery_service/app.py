@@ -109,10 +109,9 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     planner = Planner(
         cache, store, queue, runtime.bus, consent, profiles, TimeZones(settings.time_zone_trait, settings.default_zone)
     )
-    owned = settings.platform.owned_partitions
-    runtime.bus.consume(topics.SEGMENT_MEMBERSHIP, planner.on_membership, owned)
-    runtime.bus.consume(topics.EVENTS_RESOLVED, planner.on_event, owned)
-    sweeper = Sweeper(store, cache, queue, runtime.bus, owned, settings.sweep_interval)
+    runtime.bus.consume(topics.SEGMENT_MEMBERSHIP, planner.on_membership)
+    runtime.bus.consume(topics.EVENTS_RESOLVED, planner.on_event)
+    sweeper = Sweeper(store, cache, queue, runtime.bus, runtime.ownership, settings.sweep_interval)
     sweeper.start()
     runtime.cleanup.push_async_callback(sweeper.stop)
     if segments is not None:
@@ -126,7 +125,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         scheduler.start()
         runtime.cleanup.push_async_callback(scheduler.stop)
     privacy = DeliveryPrivacy(store)
-    Participant("delivery", runtime.bus, privacy.export, privacy.erase).start(owned)
+    Participant("delivery", runtime.bus, privacy.export, privacy.erase).start()
 
     if settings.feedback:
         feedback = Feedback(
@@ -137,7 +136,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
             cache,
         )
         await feedback.ensure_source()
-        runtime.bus.consume(topics.DELIVERY_OUTCOME, feedback.on_outcome, owned)
+        runtime.bus.consume(topics.DELIVERY_OUTCOME, feedback.on_outcome)
         if settings.engagement_secret:
             endpoint = EngagementEndpoint(feedback, settings.engagement_secret)
             port = await endpoint.start(settings.http_port)

@@ -1,7 +1,7 @@
 """The sweeper: queues the jobs held for quiet hours once they fall due.
 
-Each replica sweeps the partitions it owns (a held job is kept under its person's partition),
-so one sweeper at a time releases a job. A release records the delivery QUEUED, then queues
+Each replica sweeps the partitions it holds (a held job is kept under its person's partition),
+each under `Ownership.working`, so one sweeper at a time releases a job, even as partitions move. A release records the delivery QUEUED, then queues
 the job (its message id is the delivery id, so a second release is a copy JetStream drops),
 then forgets it: a crash in between releases it again. A held job whose delivery was decided
 meanwhile (sent, or its person erased) is forgotten without a send, and one whose destination
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 
 from delivery_service.destinations import DestinationCache
 from delivery_service.jobs import JobQueue
@@ -22,6 +21,7 @@ from delivery_service.worker import now, record
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform import tasks
 from mosaic.platform.bus import Bus
+from mosaic.platform.ownership import HeldPartitions
 
 log = logging.getLogger("mosaic.delivery.held")
 Status = delivery_pb2.DeliveryStatus
@@ -35,14 +35,14 @@ class Sweeper:
         cache: DestinationCache,
         queue: JobQueue,
         bus: Bus,
-        partitions: Sequence[int],
+        ownership: HeldPartitions,
         interval: float,
     ) -> None:
         self.store = store
         self.cache = cache
         self.queue = queue
         self.bus = bus
-        self.partitions = tuple(partitions)
+        self.ownership = ownership  # an Ownership (or FixedPartitions): what this replica holds
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
@@ -63,13 +63,14 @@ class Sweeper:
     async def sweep(self, at: float) -> int:
         """Release every job due at `at` (epoch seconds); how many were released."""
         released = 0
-        for slot in self.partitions:
-            while True:
-                jobs = await self.store.due_jobs(slot, at, PAGE)
-                for job in jobs:
-                    released += await self._release(job, slot)
-                if len(jobs) < PAGE:
-                    break
+        for slot in sorted(self.ownership.owned):
+            async with self.ownership.working(slot) as held:
+                while held:
+                    jobs = await self.store.due_jobs(slot, at, PAGE)
+                    for job in jobs:
+                        released += await self._release(job, slot)
+                    if len(jobs) < PAGE:
+                        break
         return released
 
     async def _release(self, job: delivery_pb2.DeliveryJob, slot: int) -> int:

@@ -216,6 +216,6 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["IdentityService"].full_name)
     handler = RawEventHandler(events, runtime.bus, outbox)
-    runtime.bus.consume(topics.EVENTS_RAW, handler, settings.platform.owned_partitions, batch_handler=handler.batch)
+    runtime.bus.consume(topics.EVENTS_RAW, handler, batch_handler=handler.batch)
     privacy = IdentityPrivacy(store, resolver, events.sightings)
-    Participant("identity", runtime.bus, privacy.export, privacy.erase).start(settings.platform.owned_partitions)
+    Participant("identity", runtime.bus, privacy.export, privacy.erase).start()

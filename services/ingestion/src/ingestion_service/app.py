@@ -146,7 +146,8 @@ async def build(runtime: Runtime, settings: Settings) -> Ingestion:
     refresher = asyncio.create_task(suppression.refresh_forever(settings.suppression_refresh_seconds))
     runtime.cleanup.push_async_callback(tasks.cancel, refresher)
     sources = SourceDirectory(store, settings)
-    limiter = RateLimiter(share=1 / settings.platform.replica_count)
+    limiter = RateLimiter()
+    runtime.ownership.on_members(limiter.shared_by)
     backlog = BacklogGauge(
         settings.platform.nats_url, settings.max_backlog, settings.backlog_refresh_seconds, settings.backlog_retry_after
     )
@@ -172,15 +173,14 @@ async def build(runtime: Runtime, settings: Settings) -> Ingestion:
             await people.forget([d for i in change.identifiers if (d := suppression.hash(i.type, i.value))])
         await runtime.bus.erase(topics.SUPPRESSION_CHANGED, delivery.stream_sequence)
 
-    owned = settings.platform.owned_partitions
-    runtime.bus.consume(topics.SUPPRESSION_CHANGED, apply_suppression, owned)
+    runtime.bus.consume(topics.SUPPRESSION_CHANGED, apply_suppression)
     if settings.identity_address:
         channel = clients.channel(
             settings.identity_address, settings.platform.security, interceptors=aio_client_interceptors()
         )
         runtime.cleanup.push_async_callback(channel.close)
         identity = identity_service_pb2_grpc.IdentityServiceStub(channel)
-        runtime.bus.consume(topics.CONSENT_CHANGED, ConsentChanges(people, identity, suppression.hash), owned)
+        runtime.bus.consume(topics.CONSENT_CHANGED, ConsentChanges(people, identity, suppression.hash))
     elif gate.active:
         log.warning(
             "MOSAIC_IDENTITY_ADDRESS not set: consent rules apply the events' own consent and the defaults only,"

@@ -3,14 +3,15 @@
 A request of n events is let in while the bucket holds at least one token and then takes all
 n, possibly going into debt: a batch larger than the burst is never refused for ever, and the
 debt holds the next requests back until the rate has paid it off, so the long-run rate holds.
-Each replica enforces its share (rate / MOSAIC_REPLICA_COUNT) of the source's limit.
+Each replica enforces its share of the source's limit: the rate over the ingestion replicas
+alive (the members of mosaic.platform.ownership), re-sized as they come and go.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import grpc
@@ -60,6 +61,10 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+    def shared_by(self, replicas: Collection[str]) -> None:
+        """The replicas alive now, each letting in its part of every source's rate."""
+        self.share = 1 / max(1, len(replicas))
 
     def admit(self, source_id: str, events: int, rate: float, burst: int) -> None:
         """Take `events` tokens, or raise RateLimited with the time until one is back."""

@@ -1,10 +1,14 @@
 """A bounded LRU of latest profiles, written through by the single writer of each profile.
 
-Only profiles on partitions this replica owns are cached: it is their only writer, so its
-copy can never be stale; other profiles are read from the store.
+Only profiles on partitions this replica holds are cached: it is their only writer, so its
+copy can never be stale; other profiles are read from the store. A partition handed over is
+forgotten (its next holder writes it), and one taken over starts empty. `generation` changes at
+each, so a read from the store that began before cannot put back what it read then.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from mosaic.platform.lru import Lru
 from mosaic.platform.topics import partition_of
@@ -12,13 +16,26 @@ from profile_service.store import Latest
 
 
 class ProfileCache:
-    def __init__(self, size: int, partitions: int, owned: tuple[int, ...]) -> None:
+    def __init__(self, size: int, partitions: int, owned: Iterable[int] = ()) -> None:
         self.size = size
         self.partitions = partitions
         self.owned = frozenset(owned)
+        self.generation = 0
         self._entries: Lru[str, Latest] = Lru(size)
         self.hits = 0
         self.misses = 0
+
+    async def own(self, partitions: frozenset[int]) -> None:
+        """Partitions taken over (an ownership follower)."""
+        self.owned = self.owned | partitions
+        self.generation += 1
+
+    async def disown(self, partitions: frozenset[int]) -> None:
+        """Partitions handed over: what is cached of them is dropped."""
+        self.owned = self.owned - partitions
+        self.generation += 1
+        for profile_id in [pid for pid in self._entries if partition_of(pid, self.partitions) in partitions]:
+            self._entries.pop(profile_id)
 
     def cacheable(self, profile_id: str) -> bool:
         return self.size > 0 and partition_of(profile_id, self.partitions) in self.owned

@@ -96,9 +96,10 @@ class Profiles:
     async def latest(self, profile_id: str) -> Latest | None:
         latest = self.cache.get(profile_id) if self.cache.cacheable(profile_id) else None
         if latest is None:
+            generation = self.cache.generation
             latest = await self.store.latest(profile_id)
-            if latest is not None:
-                self.cache.put(latest)
+            if latest is not None and generation == self.cache.generation:
+                self.cache.put(latest)  # not if its partition changed hands during the read
         return latest
 
     async def apply(self, resolved: resolved_pb2.ResolvedEvent) -> profile_pb2.Snapshot | None:

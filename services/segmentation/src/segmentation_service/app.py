@@ -198,20 +198,31 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     platform = settings.platform
     store = await open_store(platform)
     runtime.cleanup.push_async_callback(store.close)
-    owned = platform.owned_partitions
+    ownership = runtime.ownership
     catalog = SegmentCatalog(store)
     view = ColumnarView(platform.partitions, policy=settings.policy)
     reader = ProfileReader(settings.profile_address, platform.security) if settings.profile_address else None
-    timers = Timers(store, catalog, owned, settings.timer_interval)
+    timers = Timers(store, catalog, ownership, settings.timer_interval)
     memberships = Memberships(store, catalog, view, runtime.bus, reader.fetch if reader else None, timers=timers)
-    merged = {pid for partition in owned for pid in await store.merged(partition)}
     if reader is not None:
         runtime.cleanup.push_async_callback(reader.close)
-        await reader.rebuild(view, owned, merged)
     else:
         log.warning("MOSAIC_PROFILE_ADDRESS not set: the view starts empty and fills from profile.updated")
-    await memberships.publish_all_pending(owned)
-    backfiller = Backfiller(store, catalog, memberships, owned, size_interval=settings.size_interval)
+    backfiller = Backfiller(store, catalog, memberships, ownership, size_interval=settings.size_interval)
+
+    async def acquired(partitions: frozenset[int]) -> None:
+        # The view holds the profiles of the partitions this replica holds: load the new ones
+        # before their consumers start, publish what a crash left pending, backfill what is left.
+        merged = {pid for partition in partitions for pid in await store.merged(partition)}
+        if reader is not None:
+            await reader.rebuild(view, partitions, merged)
+        await memberships.publish_all_pending(partitions)
+        backfiller.wake()
+
+    async def released(partitions: frozenset[int]) -> None:
+        view.forget(partitions)  # the next holder's view counts them now
+
+    ownership.follow(acquired, released)
     background = [asyncio.create_task(backfiller.run()), asyncio.create_task(timers.run())]
     runtime.cleanup.push_async_callback(tasks.cancel, *background)
     servicer = SegmentationServicer(
@@ -220,10 +231,10 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.cleanup.push_async_callback(servicer.close)
     segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["SegmentationService"].full_name)
-    runtime.bus.consume(topics.PROFILE_UPDATED, memberships.updated, owned)
-    runtime.bus.consume(topics.IDENTITY_MERGED, memberships.merged, owned)
-    runtime.bus.consume(topics.IDENTITY_SPLIT, memberships.split, owned)
+    runtime.bus.consume(topics.PROFILE_UPDATED, memberships.updated)
+    runtime.bus.consume(topics.IDENTITY_MERGED, memberships.merged)
+    runtime.bus.consume(topics.IDENTITY_SPLIT, memberships.split)
     await runtime.bus.listen(topics.IDENTITY_MERGED, memberships.heard_merge)
     await runtime.bus.listen(topics.IDENTITY_SPLIT, memberships.heard_split)
     privacy = SegmentationPrivacy(store, platform.partitions)
-    Participant("segmentation", runtime.bus, privacy.export, privacy.erase).start(owned)
+    Participant("segmentation", runtime.bus, privacy.export, privacy.erase).start()

@@ -1,7 +1,9 @@
 """Backfills: a new or changed segment's membership computed over every profile.
 
-Each replica backfills the partitions it owns, one partition at a time, and records each
-partition done for the segment's revision, so a restart resumes with the partitions left.
+Each replica backfills the partitions it holds, one partition at a time (under
+`Ownership.working`, so a partition is not handed over mid-way), and records each partition done
+for the segment's revision, so a restart, or the replica a partition moves to, resumes with the
+partitions left.
 The columnar view finds the candidates (profiles whose stored membership differs from what the
 definition says now); each is decided again under its lock by the plain evaluator, which also
 publishes the transition. A segment's revision grows with every change, so a changed
@@ -15,6 +17,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
+from mosaic.platform.ownership import HeldPartitions
 from segmentation_service.catalog import Live, SegmentCatalog
 from segmentation_service.membership import Memberships
 from segmentation_service.store import SegmentStore
@@ -28,18 +31,18 @@ class Backfiller:
         store: SegmentStore,
         catalog: SegmentCatalog,
         memberships: Memberships,
-        partitions: tuple[int, ...],
+        ownership: HeldPartitions,
         interval: float = 5.0,
         size_interval: float = 3600.0,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.memberships = memberships
-        self.partitions = partitions
+        self.ownership = ownership  # an Ownership (or FixedPartitions): what this replica holds
         self.interval = interval
         self.size_interval = size_interval
         self._sized_at = -float("inf")
-        self._done: set[tuple[str, int]] = set()
+        self._done: set[tuple[str, int, int]] = set()  # (segment, revision, partition) known done
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -66,14 +69,18 @@ class Backfiller:
         """Backfill every pending (segment, revision, partition); returns the transitions."""
         changed = 0
         for live in list((await self.catalog.all()).values()):
-            if (live.segment_id, live.revision) in self._done:
+            todo = [p for p in sorted(self.ownership.owned) if (live.segment_id, live.revision, p) not in self._done]
+            if not todo:
                 continue
             done = await self.store.backfilled(live.segment_id, live.revision)
-            for partition in self.partitions:
-                if partition not in done:
-                    changed += await self._partition(live, partition)
-                    await self.store.set_backfilled(live.segment_id, live.revision, partition)
-            self._done.add((live.segment_id, live.revision))
+            for partition in todo:
+                async with self.ownership.working(partition) as held:
+                    if not held:
+                        continue  # handed over meanwhile: its new holder backfills it
+                    if partition not in done:
+                        changed += await self._partition(live, partition)
+                        await self.store.set_backfilled(live.segment_id, live.revision, partition)
+                    self._done.add((live.segment_id, live.revision, partition))
         return changed
 
     async def _partition(self, live: Live, partition: int) -> int:
@@ -112,9 +119,11 @@ class Backfiller:
         now = self.memberships.clock()
         day = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
         for live in list((await self.catalog.all()).values()):
-            for partition in self.partitions:
-                members = int(view.evaluate(live.compiled.expression, now, partition).sum())
-                await self.store.set_size(live.segment_id, day, partition, members)
+            for partition in sorted(self.ownership.owned):
+                async with self.ownership.working(partition) as held:
+                    if held:
+                        members = int(view.evaluate(live.compiled.expression, now, partition).sum())
+                        await self.store.set_size(live.segment_id, day, partition, members)
 
     async def exit_all(self, segment_id: str, revision: int) -> int:
         """A deleted segment: every member exits (of every partition: the store is shared)."""

@@ -298,6 +298,15 @@ class ColumnarView:
         self.ids[row] = None
         self.free.append(row)
 
+    def forget(self, partitions: frozenset[int]) -> int:
+        """Remove the rows of partitions handed over to another replica; returns how many."""
+        n = len(self.ids)
+        rows = np.flatnonzero(np.isin(self.partition[:n], sorted(partitions)))
+        gone = [profile_id for profile_id in (self.ids[row] for row in rows) if profile_id is not None]
+        for profile_id in gone:
+            self.remove(profile_id)
+        return len(gone)
+
     def scheduled(self, profile_id: str) -> int:
         row = self.rows.get(profile_id)
         return 0 if row is None else int(self.timer[row])

@@ -23,8 +23,8 @@ class ProfileReader:
         self.channel = clients.channel(address, security)
         self.stub = profile_service_pb2_grpc.ProfileServiceStub(self.channel)
 
-    async def rebuild(self, view: ColumnarView, owned: tuple[int, ...], merged: set[str]) -> int:
-        """Load the latest state of every profile of the owned partitions into the view."""
+    async def rebuild(self, view: ColumnarView, owned: frozenset[int], merged: set[str]) -> int:
+        """Load the latest state of every profile of the partitions taken over into the view."""
         started, count = time.monotonic(), 0
         async for response in self.stub.ScanProfiles(profile_service_pb2.ScanProfilesRequest()):
             profile = response.profile
@@ -32,7 +32,16 @@ class ProfileReader:
                 continue
             view.put(ProfileState.of_profile(profile), time.time(), alive=profile.profile_id not in merged)
             count += 1
-        log.info("view rebuilt", extra={"fields": {"profiles": count, "seconds": round(time.monotonic() - started, 2)}})
+        log.info(
+            "view rebuilt",
+            extra={
+                "fields": {
+                    "partitions": sorted(owned),
+                    "profiles": count,
+                    "seconds": round(time.monotonic() - started, 2),
+                }
+            },
+        )
         return count
 
     async def fetch(self, profile_id: str) -> profile_pb2.Profile | None:

@@ -3,8 +3,9 @@
 After every decision for a profile, the earliest time any clock-dependent segment could change
 its answer with no new event (evaluate.next_due: a trait compared with `now - 14d` when the
 trait's time is passed, an event window at the next UTC midnight) is stored as a timer in its
-bucket. Every `interval` seconds each replica fires, for the partitions it owns, the buckets
-whose start has passed since its cursor: the profile is decided again (its transitions
+bucket. Every `interval` seconds each replica fires, for the partitions it holds (each under
+`Ownership.working`, so a partition is not handed over mid-round), the buckets whose start has
+passed since its cursor: the profile is decided again (its transitions
 published like any other) and its next timer stored. A timer fires between its due time and one
 bucket plus one interval after it; a restart goes on from the stored cursor.
 """
@@ -16,6 +17,7 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
+from mosaic.platform.ownership import HeldPartitions
 from segmentation_service.catalog import Live, SegmentCatalog
 from segmentation_service.evaluate import next_due
 from segmentation_service.state import ProfileState
@@ -35,11 +37,11 @@ def bucket_of(due: float) -> int:
 
 class Timers:
     def __init__(
-        self, store: SegmentStore, catalog: SegmentCatalog, partitions: tuple[int, ...], interval: float = 10.0
+        self, store: SegmentStore, catalog: SegmentCatalog, ownership: HeldPartitions, interval: float = 10.0
     ) -> None:
         self.store = store
         self.catalog = catalog
-        self.partitions = partitions
+        self.ownership = ownership  # an Ownership (or FixedPartitions): what this replica holds
         self.interval = interval
         self.memberships: Memberships | None = None  # set by Memberships, which calls schedule after its decisions
 
@@ -74,12 +76,15 @@ class Timers:
         assert memberships is not None  # started after Memberships set itself here
         current = math.floor(memberships.clock() / TIMER_BUCKET)
         changed = 0
-        for partition in self.partitions:
-            cursor = await self.store.timer_cursor(partition)
-            for bucket in range(current - 1 if cursor is None else cursor + 1, current + 1):
-                segments = await self.timed()
-                for profile_id in await self.store.timers(partition, bucket):
-                    changed += await memberships.reevaluate(profile_id, segments, f"time:{bucket}")
-                    await self.store.drop_timer(partition, bucket, profile_id)
-                await self.store.set_timer_cursor(partition, bucket)
+        for partition in sorted(self.ownership.owned):
+            async with self.ownership.working(partition) as held:
+                if not held:
+                    continue  # handed over since the round began
+                cursor = await self.store.timer_cursor(partition)
+                for bucket in range(current - 1 if cursor is None else cursor + 1, current + 1):
+                    segments = await self.timed()
+                    for profile_id in await self.store.timers(partition, bucket):
+                        changed += await memberships.reevaluate(profile_id, segments, f"time:{bucket}")
+                        await self.store.drop_timer(partition, bucket, profile_id)
+                    await self.store.set_timer_cursor(partition, bucket)
         return changed

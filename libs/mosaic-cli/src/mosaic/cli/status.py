@@ -1,9 +1,11 @@
 """`mosaic status`: is every service serving, how far behind is each stage, what was given up on.
 
 Health is each service's grpc.health.v1 answer; lag, in flight and redeliveries per stage come
-from JetStream's consumer info (the durables `<stage>-<partition>`), dead letters from the
+from JetStream's consumer info (the durables `<stage>-<partition>`), which replica holds each
+partition from the services' lease buckets (mosaic.platform.ownership), dead letters from the
 DEAD_LETTERS stream, quarantine counts from ingestion's ListQuarantinedEvents, per source. It
-exits 1 when a service is not serving, so a script can wait on it.
+exits 1 when a service is not serving or a running service leaves a partition without a holder,
+so a script can wait on it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from mosaic.cli.mesh import DEFAULT_PORTS, SERVICES
 from mosaic.ingestion.v1 import ingestion_service_pb2 as ingestion
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
 from mosaic.platform.consumer_lag import DurableState, read_dead_letters, read_durables
+from mosaic.platform.ownership import read_owners
 
 COMMANDS = ("status",)
 # Counting a quarantine pages through it; past this many events the count says "at least".
@@ -37,6 +40,7 @@ class Status:
 
     health: dict[str, str] = field(default_factory=dict)
     durables: list[DurableState] = field(default_factory=list)
+    owners: dict[str, dict[int, str]] = field(default_factory=dict)  # service -> partition -> replica
     dead_letters: dict[str, int] = field(default_factory=dict)
     quarantine: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -52,6 +56,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--nats",
         default=os.environ.get("MOSAIC_NATS_URL", "nats://127.0.0.1:4222"),
         help="the NATS server (default: MOSAIC_NATS_URL or the local one)",
+    )
+    status.add_argument(
+        "--partitions",
+        type=int,
+        default=int(os.environ.get("MOSAIC_PARTITIONS", "8")),
+        help="the deployment's MOSAIC_PARTITIONS (default: that variable, or 8)",
     )
     status.add_argument(
         "--address",
@@ -111,7 +121,7 @@ async def _quiet(error: Exception) -> None:
     """nats-py reports every failed attempt here; the status says it once, in its report."""
 
 
-async def gather(nats_url: str, where: dict[str, str]) -> Status:
+async def gather(nats_url: str, where: dict[str, str], partitions: int = 8) -> Status:
     status = Status()
     answers = await asyncio.gather(*(_health(address) for address in where.values()))
     status.health = dict(zip(where, answers, strict=False))
@@ -127,6 +137,14 @@ async def gather(nats_url: str, where: dict[str, str]) -> Status:
             js = nc.jetstream(timeout=5)
             status.durables = await read_durables(js)
             status.dead_letters = await read_dead_letters(js)
+            for name in where:
+                owners = await read_owners(js, name)
+                if owners is None:
+                    continue  # it never ran against this NATS
+                status.owners[name] = owners
+                unheld = sorted(set(range(partitions)) - set(owners))
+                if unheld and status.health.get(name) == "SERVING":
+                    status.problems.append(f"{name}: no replica holds partitions {unheld}")
         finally:
             await nc.close()
     if status.health.get("ingestion") == "SERVING":
@@ -171,6 +189,18 @@ def render(status: Status, where: dict[str, str], console: Console) -> None:
         stages.add_row(stage, "", "", "", "", "", "", f"{status.dead_letters[stage]:,}")
     console.print(stages)
 
+    if status.owners:
+        leases = Table(title="Partitions (leases)", title_justify="left")
+        for column in ("service", "replica", "partitions"):
+            leases.add_column(column)
+        for name, owners in status.owners.items():
+            by_replica: dict[str, list[int]] = {}
+            for partition, replica in sorted(owners.items()):
+                by_replica.setdefault(replica, []).append(partition)
+            for replica, held in sorted(by_replica.items()):
+                leases.add_row(name, replica, ",".join(map(str, held)))
+        console.print(leases)
+
     if status.quarantine:
         quarantine = Table(title="Quarantine (ingestion)", title_justify="left")
         quarantine.add_column("source")
@@ -185,7 +215,7 @@ def render(status: Status, where: dict[str, str], console: Console) -> None:
 
 def run(args: argparse.Namespace, console: Console | None = None) -> int:
     where = addresses(args.address)
-    status = asyncio.run(gather(args.nats, where))
+    status = asyncio.run(gather(args.nats, where, args.partitions))
     # A pipe gets 120 columns rather than rich's 80, so the tables stay whole in a log.
     render(status, where, console or Console(width=shutil.get_terminal_size((120, 24)).columns))
     return 0 if status.serving and not status.problems else 1

@@ -4,8 +4,9 @@ Publishing: the payload is a protobuf message; `Nats-Msg-Id` carries the message
 JetStream drops a duplicate within the stream's window, and `traceparent` carries the W3C
 trace context so one trace crosses every hop.
 
-Consuming: one durable pull consumer per (service, partition), named `<service>-<partition>`.
-Each fetched batch is split by the key the publisher partitioned by (`Mosaic-Key`): messages
+Consuming: one durable pull consumer per (service, partition), named `<service>-<partition>`,
+run only by the replica that holds the partition's lease (see `mosaic.platform.ownership`,
+which starts and stops partitions here). Each fetched batch is split by the key the publisher partitioned by (`Mosaic-Key`): messages
 of one key are handled one at a time, in order, different keys concurrently; each message is
 acked only after the handler returned, i.e. after its durable write. What the handler raises
 decides the rest:
@@ -26,7 +27,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats
 import nats.errors
@@ -34,7 +35,7 @@ import nats.js.errors
 import tenacity
 from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
@@ -43,6 +44,9 @@ from mosaic.platform.acks import Acks, duplicate
 from mosaic.platform.config import TlsSettings
 from mosaic.platform.errors import DomainError, Unavailable
 from mosaic.platform.topics import Topic
+
+if TYPE_CHECKING:
+    from mosaic.platform.ownership import Lease
 
 log = logging.getLogger("mosaic.bus")
 tracer = trace.get_tracer("mosaic.bus")
@@ -65,6 +69,8 @@ _JETSTREAM_DOWN = (
 
 _NO_MESSAGE = 10057  # JetStream's error code for a sequence that holds no message
 _STREAM_FULL = 10077  # a stream at its max_msgs (or max_bytes) with discard NEW, sent as a 503
+
+FETCH_SECONDS = 1.0  # how long one fetch waits for messages
 
 # The key a message was partitioned by; consumers keep order per key, not per partition.
 KEY_HEADER = "Mosaic-Key"
@@ -95,6 +101,26 @@ BatchHandler = Callable[[list[tuple[Any, Delivery]]], Awaitable[None]]
 BACKOFF_BASE, BACKOFF_CAP = 0.2, 30.0
 
 
+class _Run:
+    """The consumer tasks of one partition, under one lease (none: a partition named to `consume`)."""
+
+    def __init__(self, lease: Lease | None) -> None:
+        self.lease = lease
+        self.stopping = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def may_ack(self) -> bool:
+        """Whether the lease still holds: a clock read, never I/O."""
+        return self.lease is None or self.lease.held()
+
+    def active(self) -> bool:
+        """Whether to start on more messages: not stopping, and the lease holds (a lapsed one
+        stops every consumer of the partition)."""
+        if not self.stopping.is_set() and not self.may_ack():
+            self.stopping.set()
+        return not self.stopping.is_set()
+
+
 def backoff(attempt: int) -> float:
     return retry.backoff(attempt, BACKOFF_BASE, BACKOFF_CAP)
 
@@ -120,8 +146,10 @@ class Bus:
         self._acks = Acks(nc)
         self.service = service
         self.partitions = partitions
-        self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        # What `consume` registered without partitions: run on the partitions the replica holds.
+        self._consumers: list[tuple[Topic, Handler, BatchHandler | None]] = []
+        self._runs: dict[int, _Run] = {}  # the held partitions being consumed
+        self._named: list[_Run] = []  # partitions named to `consume`
         # Short, so a crashed replica's messages come back quickly; a slow handler keeps its
         # message with progress heartbeats (see _with_heartbeat).
         self.ack_wait = 10.0
@@ -326,9 +354,15 @@ class Bus:
         await self._nc.flush()  # the server knows the subscription when this returns
 
     def consume(
-        self, topic: Topic, handler: Handler, partitions: Iterable[int], batch_handler: BatchHandler | None = None
+        self,
+        topic: Topic,
+        handler: Handler,
+        partitions: Iterable[int] | None = None,
+        batch_handler: BatchHandler | None = None,
     ) -> None:
-        """Start one ordered consumer task per owned partition of `topic`.
+        """Consume `topic` with one ordered consumer task per partition: the partitions this
+        replica holds (the default: started and stopped with their leases, `start_partition`)
+        or the `partitions` named (a test, a benchmark, one process alone).
 
         With `batch_handler`, each fetched batch goes to it whole, so a handler can read and write
         once per batch instead of once per message; all its messages are acked when it returns.
@@ -336,16 +370,43 @@ class Bus:
         each outcome has its answer (retry in place, dead letter, redeliver): safe because
         handlers are idempotent, and it keeps a poison message from holding back the others.
         """
+        if partitions is None:
+            self._consumers.append((topic, handler, batch_handler))
+            for partition, run in self._runs.items():
+                run.tasks.append(asyncio.create_task(self._consume(topic, partition, handler, batch_handler, run)))
+            return
         for partition in partitions:
-            task = asyncio.create_task(self._consume(topic, partition, handler, batch_handler))
-            self._tasks.append(task)
+            run = _Run(None)
+            run.tasks.append(asyncio.create_task(self._consume(topic, partition, handler, batch_handler, run)))
+            self._named.append(run)
+
+    def start_partition(self, partition: int, lease: Lease) -> None:
+        """Run every registered consumer on a partition whose lease this replica now holds."""
+        run = self._runs[partition] = _Run(lease)
+        for topic, handler, batch_handler in self._consumers:
+            run.tasks.append(asyncio.create_task(self._consume(topic, partition, handler, batch_handler, run)))
+
+    async def stop_partition(self, partition: int) -> None:
+        """Stop a partition's consumers: each finishes the message in hand and gives back the
+        rest; returns once their acks are flushed to the server, so the lease may go."""
+        run = self._runs.pop(partition, None)
+        if run is None:
+            return
+        run.stopping.set()
+        await asyncio.gather(*run.tasks, return_exceptions=True)
+        try:
+            await self._nc.flush(timeout=5)
+        except (*_NATS_DOWN, nats.errors.FlushTimeoutError):
+            pass  # what did not reach the server comes back after ack_wait, to the next holder
 
     async def stop_consuming(self) -> None:
         """Finish the message in hand on each partition, give back the rest, and stop."""
-        self._stopping.set()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        runs = [*self._runs.values(), *self._named]
+        for run in runs:
+            run.stopping.set()
+        await asyncio.gather(*(task for run in runs for task in run.tasks), return_exceptions=True)
+        self._runs.clear()
+        self._named.clear()
 
     async def close(self) -> None:
         """Stop consuming, then drain: pending publishes and acks are flushed before closing."""
@@ -357,7 +418,7 @@ class Bus:
                 await self._nc.close()  # nothing left to flush to: close without draining
 
     async def _consume(
-        self, topic: Topic, partition: int, handler: Handler, batch_handler: BatchHandler | None
+        self, topic: Topic, partition: int, handler: Handler, batch_handler: BatchHandler | None, run: _Run
     ) -> None:
         durable = f"{self.service}-{partition}"
         config = api.ConsumerConfig(
@@ -368,41 +429,105 @@ class Bus:
             max_ack_pending=self.batch * 2,
         )
         sub = None
-        while not self._stopping.is_set():
+        open_pull = False  # whether the last fetch may have left its pull request open at the server
+        if run.lease is not None and not run.lease.clean:
+            await self._settle(topic, durable, run)
+        while run.active():
             try:
                 if sub is None:
                     sub = await self._js.pull_subscribe(
                         topic.subject(partition), durable=durable, stream=topic.stream, config=config
                     )
-                messages = await sub.fetch(self.batch, timeout=1.0)
+                fetched = time.monotonic()
+                open_pull = True
+                messages = await sub.fetch(self.batch, timeout=FETCH_SECONDS)
+                # Back before its deadline: the server ended the request (a full batch, or its
+                # status after what it had); at the deadline, the server may not be done yet.
+                open_pull = time.monotonic() - fetched >= FETCH_SECONDS - 0.01
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue  # nothing to fetch (nats-py raises either kind)
             except (*_NATS_DOWN, nats.js.errors.APIError) as error:
                 log.warning("fetch from %s failed: %r", topic.subject(partition), error)
-                await self._sleep(1.0)
+                await self._sleep(1.0, run)
                 continue
             # The next batch only once this one is done, so a key never overtakes itself.
             if batch_handler is not None:
-                await self._process_batch(topic, partition, messages, handler, batch_handler)
+                await self._process_batch(topic, partition, messages, handler, batch_handler, run)
             else:
-                await self._process_by_key(topic, partition, messages, handler)
+                await self._process_by_key(topic, partition, messages, handler, run)
         if sub is not None:
+            await self._give_back(sub, open_pull)
+
+    async def _give_back(self, sub: Any, open_pull: bool) -> None:
+        """Stopping: a fetch that returned at its deadline may have its pull request still open at
+        the server (which received it later than it was sent), so messages can still come for it;
+        they wait in the subscription. Left there, they would stay unacked for ack_wait while the
+        next holder took newer ones of the same keys. So wait until the server says the request
+        is over (its 408 status) or surely expired, giving back whatever comes meanwhile."""
+        deadline = time.monotonic() + (FETCH_SECONDS + 0.5 if open_pull else 0.0)
+        # Only what is queued here: a fetch would ask the server for more, and could take back
+        # (and give back again, behind the rest) the very messages this replica just gave back.
+        queue = sub._sub._pending_queue  # nats-py (pinned) offers no public way to drain it
+        try:
+            ended = False
+            while not ended:
+                while not queue.empty():
+                    msg = queue.get_nowait()
+                    if JetStreamContext.is_status_msg(msg):
+                        ended = True  # the server closed the request: nothing more comes
+                    else:
+                        await msg.nak()
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.05)
+        except _NATS_DOWN:
+            pass  # NATS is away: what it held comes back after ack_wait
+        finally:
             try:
                 await sub.unsubscribe()
             except nats.errors.Error:
                 pass
 
-    async def _process_by_key(self, topic: Topic, partition: int, messages: list[Msg], handler: Handler) -> None:
+    async def _settle(self, topic: Topic, durable: str, run: _Run) -> None:
+        """A partition leased without a release before (its holder died, or was cut off and
+        stopped; or it released so long ago that its release aged out): messages it left unacked
+        are redelivered once their ack_wait runs out, and only then ahead of newer ones. Waiting
+        that long first, when any are in flight, keeps each key in order. (A released partition
+        needs no wait: its holder acked what it finished and gave back the rest at once.)"""
+        try:
+            info = await self._js.consumer_info(topic.stream, durable)
+        except nats.js.errors.NotFoundError:
+            return  # a new durable: nothing in flight
+        except (*_NATS_DOWN, nats.js.errors.APIError):
+            info = None
+        if info is None or info.num_ack_pending:
+            log.info(
+                "waiting out the previous holder's unacked messages",
+                extra={"fields": {"durable": durable, "stream": topic.stream, "seconds": self.ack_wait}},
+            )
+            await self._sleep(self.ack_wait + 1.0, run)  # and a second for the server's timer
+
+    async def _process_by_key(
+        self, topic: Topic, partition: int, messages: list[Msg], handler: Handler, run: _Run
+    ) -> None:
         """Messages of one key in order, different keys side by side."""
         by_key: dict[str, list[Msg]] = {}
         for msg in messages:
             by_key.setdefault((msg.headers or {}).get(KEY_HEADER, ""), []).append(msg)
-        await asyncio.gather(*(self._process_in_order(topic, partition, group, handler) for group in by_key.values()))
+        await asyncio.gather(
+            *(self._process_in_order(topic, partition, group, handler, run) for group in by_key.values())
+        )
 
     async def _process_batch(
-        self, topic: Topic, partition: int, messages: list[Msg], handler: Handler, batch_handler: BatchHandler
+        self,
+        topic: Topic,
+        partition: int,
+        messages: list[Msg],
+        handler: Handler,
+        batch_handler: BatchHandler,
+        run: _Run,
     ) -> None:
-        if self._stopping.is_set():
+        if not run.active():
             for msg in messages:
                 await msg.nak()  # given back now, not after ack_wait
             return
@@ -430,7 +555,7 @@ class Bus:
         if not kept:
             return
         try:
-            await self._with_heartbeat(kept, batch_handler(items))
+            await self._with_heartbeat(kept, batch_handler(items), run)
         except Exception as error:  # noqa: BLE001 - every outcome is decided again, message by message
             log.warning(
                 "batch of %d on %s failed (%r); handling it one message at a time",
@@ -441,10 +566,14 @@ class Bus:
             for span in spans:
                 span.record_exception(error)
                 span.end()
-            await self._process_by_key(topic, partition, kept, handler)
+            await self._process_by_key(topic, partition, kept, handler, run)
             return
         for span in spans:
             span.end()
+        if not run.may_ack():
+            for msg in kept:
+                await msg.nak()  # the lease lapsed meanwhile: the next holder does them again
+            return
         for msg in kept:
             await msg.ack()
         if metrics.enabled():
@@ -465,15 +594,17 @@ class Bus:
             key=headers.get(KEY_HEADER, ""),
         )
 
-    async def _process_in_order(self, topic: Topic, partition: int, messages: list[Msg], handler: Handler) -> None:
+    async def _process_in_order(
+        self, topic: Topic, partition: int, messages: list[Msg], handler: Handler, run: _Run
+    ) -> None:
         for index, msg in enumerate(messages):
-            if self._stopping.is_set():
+            if not run.active():
                 for rest in messages[index:]:
                     await rest.nak()  # given back now, not after ack_wait
                 return
-            await self._process(topic, partition, msg, handler)
+            await self._process(topic, partition, msg, handler, run)
 
-    async def _process(self, topic: Topic, partition: int, msg: Msg, handler: Handler) -> None:
+    async def _process(self, topic: Topic, partition: int, msg: Msg, handler: Handler, run: _Run) -> None:
         started = time.perf_counter()
         meta = msg.metadata
         delivery = self._delivery(msg, partition)
@@ -491,11 +622,11 @@ class Bus:
                 return
             try:
                 try:
-                    await self._with_heartbeat(msg, handler(payload, delivery))
+                    await self._with_heartbeat(msg, handler(payload, delivery), run)
                 except Unavailable as error:  # retried in place, holding the partition (see above)
-                    call = lambda: self._with_heartbeat(msg, handler(payload, delivery))
-                    await retry.after_first(error, call, self._in_place(topic, msg, started))
-            except Unavailable:  # still down when the bus stopped: given back now
+                    call = lambda: self._with_heartbeat(msg, handler(payload, delivery), run)
+                    await retry.after_first(error, call, self._in_place(topic, msg, started, run))
+            except Unavailable:  # still down when the partition stopped: given back now
                 await msg.nak()
                 return
             except DomainError as error:
@@ -511,12 +642,15 @@ class Bus:
                     await msg.nak(delay=backoff(meta.num_delivered))
                     self._measure(topic, msg, "redeliver", time.perf_counter() - started)
                 return
+            if not run.may_ack():
+                await msg.nak()  # the lease lapsed meanwhile: the next holder does it again
+                return
             await msg.ack()
             self._measure(topic, msg, "ack", time.perf_counter() - started)
 
-    def _in_place(self, topic: Topic, msg: Msg, started: float) -> tenacity.AsyncRetrying:
+    def _in_place(self, topic: Topic, msg: Msg, started: float, run: _Run) -> tenacity.AsyncRetrying:
         """Retries of a handler that raised Unavailable: backoff, the message kept in progress,
-        until the bus stops (then the last Unavailable is raised)."""
+        until its partition stops (then the last Unavailable is raised)."""
 
         async def before_sleep(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -526,22 +660,24 @@ class Bus:
 
         return tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(Unavailable),
-            stop=lambda _: self._stopping.is_set(),
+            stop=lambda _: not run.active(),
             wait=retry.wait(BACKOFF_BASE, BACKOFF_CAP),
-            sleep=self._sleep,
+            sleep=lambda seconds: self._sleep(seconds, run),
             before_sleep=before_sleep,
             reraise=True,
         )
 
-    async def _with_heartbeat(self, messages: Msg | list[Msg], work: Awaitable[None]) -> None:
-        """Run the handler, telling JetStream its messages are in progress every third of ack_wait."""
+    async def _with_heartbeat(self, messages: Msg | list[Msg], work: Awaitable[None], run: _Run) -> None:
+        """Run the handler, telling JetStream its messages are in progress every third of
+        ack_wait while the lease holds (after that they return to the next holder in time)."""
         task = asyncio.ensure_future(work)
         while True:
             done, _ = await asyncio.wait({task}, timeout=self.ack_wait / 3)
             if done:
                 return task.result()
-            for msg in messages if isinstance(messages, list) else [messages]:
-                await msg.in_progress()
+            if run.may_ack():
+                for msg in messages if isinstance(messages, list) else [messages]:
+                    await msg.in_progress()
 
     def _measure(self, topic: Topic, msg: Msg, outcome: str, seconds: float) -> None:
         """Record one message's outcome; an acked one's hop latency too, from the time JetStream
@@ -569,9 +705,9 @@ class Bus:
         await msg.term()
         self._measure(topic, msg, "dead_letter", time.perf_counter() - started)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float, run: _Run) -> None:
         try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+            await asyncio.wait_for(run.stopping.wait(), timeout=seconds)
         except asyncio.TimeoutError:
             pass
 

@@ -223,8 +223,6 @@ class PlatformSettings:
     stream_replicas: int
     stream_max_messages: int
     partitions: int
-    replica_index: int
-    replica_count: int
     store: str
     data_dir: Path
     cassandra: CassandraSettings
@@ -242,14 +240,19 @@ class PlatformSettings:
     # The address gRPC (and ingestion's HTTP API) listen on; empty: every interface, as a pod
     # needs. `mosaic run` sets 127.0.0.1, so a laptop's mesh is not open to its network.
     bind_host: str = ""
+    # How long a partition's lease outlives its holder's last renewal (mosaic.platform.ownership):
+    # the time a dead replica's partitions wait before another takes them.
+    lease_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> PlatformSettings:
         env = Env(os.environ if environ is None else environ)
-        replica_count = env.int("MOSAIC_REPLICA_COUNT", 1, minimum=1, maximum=1024)
+        for gone in ("MOSAIC_REPLICA_COUNT", "MOSAIC_REPLICA_INDEX"):
+            if env.str(gone, ""):
+                # Said at start rather than ignored: a deployment that sets it expects a static
+                # split, and must learn that replicas now lease their partitions (README, "Scaling").
+                raise ConfigError(gone, "is no longer read: replicas lease their partitions; remove it")
         partitions = env.int("MOSAIC_PARTITIONS", 8, minimum=1, maximum=1024)
-        if replica_count > partitions:
-            raise ConfigError("MOSAIC_REPLICA_COUNT", f"must not exceed MOSAIC_PARTITIONS ({partitions})")
         keyspace = env.str("MOSAIC_CASSANDRA_KEYSPACE", "mosaic")
         if not _NAME.match(keyspace):
             raise ConfigError(
@@ -263,8 +266,7 @@ class PlatformSettings:
             grace_seconds=env.float("MOSAIC_GRACE_SECONDS", 10.0),
             nats_url=env.str("MOSAIC_NATS_URL", "nats://127.0.0.1:4222"),
             partitions=partitions,
-            replica_index=env.int("MOSAIC_REPLICA_INDEX", 0, maximum=replica_count - 1),
-            replica_count=replica_count,
+            lease_seconds=env.float("MOSAIC_LEASE_SECONDS", 10.0, minimum=1.0),
             store=env.choice("MOSAIC_STORE", "embedded", ("embedded", "cassandra")),
             data_dir=Path(env.str("MOSAIC_DATA_DIR", ".local/data")),
             cassandra=CassandraSettings(
@@ -290,11 +292,6 @@ class PlatformSettings:
             ),
             security=SecuritySettings.from_env(env),
         )
-
-    @property
-    def owned_partitions(self) -> tuple[int, ...]:
-        """The partitions this replica consumes: a static split by replica index."""
-        return tuple(p for p in range(self.partitions) if p % self.replica_count == self.replica_index)
 
 
 @dataclass(frozen=True)

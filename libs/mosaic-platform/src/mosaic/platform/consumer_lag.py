@@ -1,18 +1,20 @@
 """Consumer lag per durable and partition, and dead letters, read from JetStream.
 
 A service replica polls the info of its own durables (`<service>-<partition>` on every stream,
-the partitions it owns) and the DEAD_LETTERS stream's count of its subjects, every
-`interval` seconds, and keeps the answers in memory; the observable gauges of `metrics`
-(`mosaic.consumer.lag`, `.in_flight`, `.redelivered`, `.delivered`, `mosaic.dead_letters.stored`)
-read that copy, since an export or a scrape runs on another thread and must not wait on NATS.
-Each replica reports only what it owns, so summing over replicas counts each partition once.
+the partitions it holds now) and the DEAD_LETTERS stream's count of its subjects, every
+`interval` seconds and as soon as it takes partitions over, and keeps the answers in memory; the
+observable gauges of `metrics` (`mosaic.consumer.lag`, `.in_flight`, `.redelivered`,
+`.delivered`, `mosaic.dead_letters.stored`) read that copy, since an export or a scrape runs on
+another thread and must not wait on NATS. Each replica reports only the partitions it holds at
+the moment of the scrape, so summing over replicas counts each partition once, whichever replica
+holds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,25 +42,36 @@ class DurableState:
 
 
 class ConsumerLag:
-    """Polls one replica's durables and dead letters; `start` once serving, `stop` at shutdown."""
+    """Polls one replica's durables and dead letters; `start` once serving, `stop` at shutdown.
+    `owned` gives the partitions the replica holds now (they change as replicas come and go)."""
 
     def __init__(
         self,
         nats_url: str,
         service: str,
-        partitions: Iterable[int],
+        owned: Callable[[], Iterable[int]],
         interval: float = 15.0,
         secure: Mapping[str, Any] | None = None,
     ) -> None:
         self.nats_url = nats_url
         self.secure = dict(secure or {})  # TLS and credentials, as the bus connects
         self.service = service
-        self.partitions = frozenset(partitions)
+        self.owned = owned
         self.interval = interval
         self.durables: dict[tuple[str, int], DurableState] = {}
         self.dead_letters: int | None = None
         self._nc: nats.NATS | None = None
         self._task: asyncio.Task[None] | None = None
+        self._soon = asyncio.Event()
+
+    async def acquired(self, partitions: frozenset[int]) -> None:
+        """Partitions taken over: read their durables now rather than at the next interval."""
+        self._soon.set()
+
+    def current(self) -> list[DurableState]:
+        """The durables of the partitions held now (a partition handed over drops out at once)."""
+        owned = set(self.owned())
+        return [state for state in list(self.durables.values()) if state.partition in owned]
 
     async def start(self) -> None:
         # A connection of its own: the bus's is busy with the work, and this one may be slow.
@@ -82,7 +95,12 @@ class ConsumerLag:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.wait_for(self._soon.wait(), self.interval)
+                await asyncio.sleep(0.5)  # the new consumers have made their durables by then
+            except asyncio.TimeoutError:
+                pass
+            self._soon.clear()
             try:
                 await self.poll()
             except (nats.errors.Error, asyncio.TimeoutError) as error:
@@ -92,7 +110,7 @@ class ConsumerLag:
         """Read every owned durable's state and the count of this service's dead letters."""
         assert self._nc is not None
         js = self._nc.jetstream(timeout=5)
-        states = await read_durables(js, self.service, self.partitions)
+        states = await read_durables(js, self.service, frozenset(self.owned()))
         self.durables = {(state.topic, state.partition): state for state in states}
         self.dead_letters = (await read_dead_letters(js)).get(self.service, 0)
 
@@ -160,7 +178,7 @@ def _durables(field: str) -> list[tuple[float, Mapping[str, str | int]]]:
             },
         )
         for collector in list(_ACTIVE)
-        for state in list(collector.durables.values())
+        for state in collector.current()
     ]
 
 

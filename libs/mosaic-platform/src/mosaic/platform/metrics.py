@@ -134,6 +134,14 @@ METRICS: dict[str, Metric] = {
             ("messaging.consumer.group.name",),
         ),
         Metric(
+            "mosaic.ownership.partitions",
+            "gauge",
+            "{partition}",
+            "partitions a replica holds the lease of and consumes; summed over a stage's replicas it "
+            "is MOSAIC_PARTITIONS when every partition is consumed",
+            ("messaging.consumer.group.name", "mosaic.ownership.member"),
+        ),
+        Metric(
             "mosaic.segment.transitions",
             "counter",
             "{transition}",

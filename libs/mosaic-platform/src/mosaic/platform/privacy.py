@@ -81,7 +81,8 @@ class Participant:
         self.bus = bus
         self._work = {privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT: export, privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE: erase}
 
-    def start(self, partitions: Iterable[int]) -> None:
+    def start(self, partitions: Iterable[int] | None = None) -> None:
+        """Consume privacy requests on the partitions the replica holds (or those named)."""
         self.bus.consume(topics.PRIVACY_REQUESTED, self, partitions)
 
     async def __call__(self, request: privacy_request_pb2.PrivacyRequested, delivery: Delivery | None = None) -> None:

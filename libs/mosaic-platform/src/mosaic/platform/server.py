@@ -1,12 +1,14 @@
 """The one bootstrap of a Mosaic service process.
 
 `run(name, build)` sets up telemetry, connects the bus and declares the streams, lets the
-service `build` register its servicer and start its consumers, then serves gRPC with the
+service `build` register its servicer and its consumers, joins the service's members and takes
+this replica's share of the partitions (`mosaic.platform.ownership`), then serves gRPC with the
 health protocol (grpc.health.v1), reflection, the error interceptor and OpenTelemetry's
 interceptor. On SIGTERM or SIGINT it stops gracefully:
 
 1. health answers NOT_SERVING, so load balancers stop sending new calls;
-2. the consumers finish the message in hand and give back the rest;
+2. it leaves the members; the consumers finish the message in hand and give back the rest, and
+   each lease is released, so the other replicas take the partitions over at once;
 3. `server.stop(grace)` lets calls in flight finish (they may still publish);
 4. the bus drains, flushing pending publishes and acks; the store closes.
 """
@@ -39,18 +41,21 @@ from mosaic.platform.config import ConfigError, PlatformSettings, SecuritySettin
 from mosaic.platform.consumer_lag import ConsumerLag
 from mosaic.platform.errors import ErrorInterceptor
 from mosaic.platform.metrics_interceptor import MetricsInterceptor
+from mosaic.platform.ownership import Ownership
 
 log = logging.getLogger("mosaic.server")
 
 
 @dataclass
 class Runtime:
-    """What a service's build function gets: settings, the bus, the server, a cleanup stack."""
+    """What a service's build function gets: settings, the bus, the server, a cleanup stack, and
+    the ownership of partitions (follow it for state kept per partition)."""
 
     settings: PlatformSettings
     bus: Bus
     server: grpc.aio.Server
     cleanup: AsyncExitStack
+    ownership: Ownership
     service_names: list[str] = field(default_factory=list)
 
     def add_service(self, full_name: str) -> None:
@@ -109,8 +114,22 @@ class Service:
                 AuthInterceptor(security, audit.record),
             ]
         )
-        runtime = Runtime(settings, bus, server, self._cleanup)
+        secure = nats_security(settings.nats_tls, settings.nats_credentials)
+        ownership = Ownership(
+            bus,
+            settings.service,
+            settings.partitions,
+            settings.nats_url,
+            settings.lease_seconds,
+            secure,
+            settings.stream_replicas,
+        )
+        runtime = Runtime(settings, bus, server, self._cleanup, ownership)
         await self._build(runtime)
+        # Before the server starts, as consumers always did: a lone replica is consuming every
+        # partition by the time it says it serves.
+        self._cleanup.push_async_callback(ownership.stop)  # first out: before the bus and store close
+        await ownership.start()
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
         runtime.add_service(audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -134,12 +153,8 @@ class Service:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.runtime = runtime
         if metrics.enabled():
-            lag = ConsumerLag(
-                settings.nats_url,
-                settings.service,
-                settings.owned_partitions,
-                secure=nats_security(settings.nats_tls, settings.nats_credentials),
-            )
+            lag = ConsumerLag(settings.nats_url, settings.service, lambda: ownership.owned, secure=secure)
+            ownership.follow(acquired=lag.acquired)
             await lag.start()
             self._cleanup.push_async_callback(lag.stop)
         log.info(
@@ -148,7 +163,8 @@ class Service:
                 "fields": {
                     "service": settings.service,
                     "grpc_port": self.port,
-                    "partitions": list(settings.owned_partitions),
+                    "member": ownership.member,
+                    "partitions": sorted(ownership.owned),
                 }
             },
         )
@@ -158,6 +174,7 @@ class Service:
             await self._cleanup.aclose()
             return
         await self._health.enter_graceful_shutdown()
+        await self.runtime.ownership.stop()
         await self.runtime.bus.stop_consuming()
         await self.runtime.server.stop(self.settings.grace_seconds)
         await self._cleanup.aclose()  # last in, first out: the service's own, then the bus
