@@ -120,7 +120,7 @@ async def test_every_registered_metric_is_recorded_by_a_real_flow(recorded_metri
         await eventually(lambda: _total(recorded_metrics.points("mosaic.messaging.dead_letters")) > 0)
 
         # The gauges come from JetStream's consumer info: a poller of identity's own durables.
-        lag = ConsumerLag(mesh.nats_url, "identity", range(PARTITIONS), interval=0.2)
+        lag = ConsumerLag(mesh.nats_url, "identity", lambda: range(PARTITIONS), interval=0.2)
         await lag.start()
         try:
             await eventually(lambda: _total(recorded_metrics.points("mosaic.dead_letters.stored")) > 0)

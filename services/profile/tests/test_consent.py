@@ -9,19 +9,16 @@ from mosaic.consent.v1 import consent_pb2
 from mosaic.events.v1 import consent_changed_pb2, event_pb2, identity_changed_pb2, profile_updated_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform import topics
-from mosaic.platform.bus import Bus, Delivery
+from mosaic.platform.bus import Delivery
 from mosaic.platform.config import ConfigError
 from mosaic.platform.server import Service
 from mosaic.profile.v1 import profile_pb2, profile_service_pb2_grpc
 from mosaic.profile.v1 import profile_service_pb2 as pb
 from mosaic.testing.plugin import eventually
 from profile_service.app import build
-from profile_service.cache import ProfileCache
 from profile_service.config import Settings
 from profile_service.consent import ConsentChanges, TraitPurposes
 from profile_service.merges import MergeHandler
-from profile_service.profiles import Profiles
-from profile_service.store import open_store
 
 MARKS = "ad_*=advertising,favourite_colour=personalisation,favourite_*=analytics"
 
@@ -181,22 +178,6 @@ def test_an_expired_grant_withholds_again():
     purposes.mark(during, now_us=500 * 1_000_000)
     purposes.mark(after, now_us=2000 * 1_000_000)
     assert not during.traits["ad_id"].withheld and after.traits["ad_id"].withheld
-
-
-@pytest.fixture
-async def profiles(make_settings):
-    platform = make_settings("profile")
-    store = await open_store(platform)
-    bus = await Bus.connect(platform.nats_url, "profile", platform.partitions)
-    await bus.ensure_streams()
-    yield Profiles(
-        store,
-        ProfileCache(100, platform.partitions, range(platform.partitions)),
-        bus,
-        Settings(platform, (), 90, 90, 5, 100),
-    )
-    await bus.close()
-    await store.close()
 
 
 def event(profile_id: str, message_id: str, user_id: str, **traits) -> resolved_pb2.ResolvedEvent:

@@ -1,34 +1,12 @@
 """Merges and splits on the embedded store and a real nats-server."""
 
-import pytest
-
 from mosaic.events.v1 import event_pb2, identity_changed_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform import topics
-from mosaic.platform.bus import Bus, Delivery
-from profile_service.cache import ProfileCache
-from profile_service.config import Settings
+from mosaic.platform.bus import Delivery
 from profile_service.merges import MergeHandler
-from profile_service.profiles import Profiles
-from profile_service.store import open_store
 
 DELIVERY = Delivery("x", 0, 1, 1, "")
-
-
-@pytest.fixture
-async def profiles(make_settings):
-    platform = make_settings("profile")
-    store = await open_store(platform)
-    bus = await Bus.connect(platform.nats_url, "profile", platform.partitions)
-    await bus.ensure_streams()
-    yield Profiles(
-        store,
-        ProfileCache(100, platform.partitions, range(platform.partitions)),
-        bus,
-        Settings(platform, (), 90, 90, 5, 100),
-    )
-    await bus.close()
-    await store.close()
 
 
 def event(profile_id, message_id, user_id, seconds, kind="identify", **fields) -> resolved_pb2.ResolvedEvent:
