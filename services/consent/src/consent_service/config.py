@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from consent_service import purposes as purposes_module
 from consent_service.events import parse_categories
 from consent_service.purposes import Purpose
 from mosaic.platform import topics
-from mosaic.platform.config import Env, PlatformSettings, ServiceSettings
+from mosaic.platform.config import Env, ServiceSettings
 
 # The services with a privacy participant (mosaic.platform.privacy.Participant), as registered.
 DEFAULT_PARTICIPANTS = tuple(sorted(topics.PARTICIPANTS))
@@ -31,12 +30,9 @@ class Settings(ServiceSettings):
     export_days: float = 30.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        env = Env(environ)
+    def own(cls, env: Env) -> dict[str, Any]:
         purposes = purposes_module.parse(env.str("MOSAIC_CONSENT_PURPOSES", purposes_module.DEFAULT_PURPOSES))
-        return cls(
-            PlatformSettings.from_env(cls.SERVICE, environ),
+        return dict(
             purposes=purposes,
             # The law assumed for a person whose jurisdiction no caller or decision named:
             # GDPR's opt-in is the safe side.
@@ -47,9 +43,9 @@ class Settings(ServiceSettings):
             # The longest a cached answer is trusted when a consent.changed notice was missed.
             cache_seconds=env.float("MOSAIC_CONSENT_CACHE_SECONDS", 60.0),
             # Segment consent categories (OneTrust ids such as C0004, or names) and their purposes.
-            categories=parse_categories(environ.get("MOSAIC_CONSENT_CATEGORIES", ""), purposes),
+            categories=parse_categories(env.environ.get("MOSAIC_CONSENT_CATEGORIES", ""), purposes),
             # Where identifiers of privacy requests are resolved; unset: requests name profile ids.
-            identity_address=environ.get("MOSAIC_IDENTITY_ADDRESS", "").strip(),
+            identity_address=env.environ.get("MOSAIC_IDENTITY_ADDRESS", "").strip(),
             # The services that must answer a privacy request before it completes.
             participants=env.list("MOSAIC_PRIVACY_PARTICIPANTS", ",".join(DEFAULT_PARTICIPANTS)),
             # How long a completed export's document is kept for the requester to fetch.

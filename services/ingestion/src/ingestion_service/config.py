@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from mosaic.platform.config import Env, PlatformSettings
+from mosaic.platform.config import Env, ServiceSettings
 
 
 @dataclass(frozen=True)
-class Settings:
-    platform: PlatformSettings
+class Settings(ServiceSettings):
+    SERVICE = "ingestion"
     http_port: int
     # How long a request's body may take to arrive; past it the answer is 408 and the
     # connection is closed (a body never finished would otherwise hold it for ever).
@@ -38,12 +37,8 @@ class Settings:
     backlog_retry_after: float = 5.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, platform: PlatformSettings | None = None) -> Settings:
-        """Read the settings; tests pass their own mapping and, if they have one, the platform's."""
-        environ = os.environ if environ is None else environ
-        env = Env(environ)
-        return cls(
-            platform=platform or PlatformSettings.from_env("ingestion", environ),
+    def own(cls, env: Env) -> dict[str, Any]:
+        return dict(
             http_port=env.int("MOSAIC_HTTP_PORT", 8080, maximum=65535),
             http_read_timeout=env.float("MOSAIC_HTTP_READ_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             key_grace_seconds=env.float("MOSAIC_INGEST_KEY_GRACE_SECONDS", 24 * 3600.0),

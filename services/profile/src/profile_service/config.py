@@ -1,15 +1,14 @@
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from mosaic.platform.config import Env, PlatformSettings
+from mosaic.platform.config import Env, ServiceSettings
 
 
 @dataclass(frozen=True)
-class Settings:
-    platform: PlatformSettings
+class Settings(ServiceSettings):
+    SERVICE = "profile"
     source_priority: tuple[str, ...]
     counter_days: int
     archive_days: int
@@ -17,12 +16,9 @@ class Settings:
     cache_size: int
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        env = Env(environ)
+    def own(cls, env: Env) -> dict[str, Any]:
         priority = env.str("MOSAIC_PROFILE_SOURCE_PRIORITY", "-")
-        return cls(
-            platform=PlatformSettings.from_env("profile", environ),
+        return dict(
             source_priority=() if priority == "-" else env.list("MOSAIC_PROFILE_SOURCE_PRIORITY", priority),
             counter_days=env.int("MOSAIC_PROFILE_COUNTER_DAYS", 90, minimum=1, maximum=3650),
             archive_days=env.int("MOSAIC_PROFILE_ARCHIVE_DAYS", 90, minimum=1, maximum=3650),
