@@ -129,3 +129,15 @@ async def test_over_http_a_quarantined_event_is_a_success_for_the_sdk(ingestion,
     kept = (await stub.GetQuarantinedEvent(pb.GetQuarantinedEventRequest(source_id="shop", message_id="h1"))).event
     assert kept.reason == "'Refunded' is not in the tracking plan"
     assert await stored() == []
+
+
+async def test_a_full_last_page_of_the_quarantine_has_no_next_token_and_a_bad_token_is_refused(stub, shop):
+    await stub.Ingest(pb.IngestRequest(source_id="shop", events=[bought(f"q{i}") for i in range(4)]))
+    first = await stub.ListQuarantinedEvents(pb.ListQuarantinedEventsRequest(source_id="shop", page_size=2))
+    last = await stub.ListQuarantinedEvents(
+        pb.ListQuarantinedEventsRequest(source_id="shop", page_size=2, page_token=first.next_page_token)
+    )
+    assert [k.event.message_id for k in last.events] == ["q2", "q3"] and last.next_page_token == ""
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.ListQuarantinedEvents(pb.ListQuarantinedEventsRequest(source_id="shop", page_token="q1\n"))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in refused.value.details()

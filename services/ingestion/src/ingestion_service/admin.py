@@ -51,8 +51,9 @@ class AdminRpcs:
         if not 0 <= request.page_size <= 500:
             raise InvalidArgument("page_size", "must be between 0 and 500")
         size = request.page_size or 50
-        kept = await self.intake.store.list_quarantined(request.source_id, request.page_token, size)
-        token = kept[-1].event.message_id if len(kept) == size else ""
+        after = limits.after_key(request.page_token)
+        found = await self.intake.store.list_quarantined(request.source_id, after, size + 1)
+        kept, token = limits.page_by_key(found, lambda k: k.event.message_id, size)
         return pb.ListQuarantinedEventsResponse(events=kept, next_page_token=token)
 
     async def GetQuarantinedEvent(self, request, context):
