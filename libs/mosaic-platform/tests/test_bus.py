@@ -163,6 +163,32 @@ async def test_an_unavailable_dependency_is_retried_in_place_keeping_order(nats_
     await bus.close()
 
 
+async def test_a_message_still_unavailable_when_the_bus_stops_is_given_back_then_done_again(nats_server):
+    bus = await connect(nats_server, partitions=1)
+    await bus.publish(TOPIC, "u1", event("m0"), "m0")
+    tries = []
+
+    async def down(message, delivery):
+        tries.append(delivery.num_delivered)
+        raise Unavailable("store", "down")
+
+    bus.consume(TOPIC, down, [0])
+    await eventually(lambda: len(tries) >= 3)  # retried in place: the same delivery, again and again
+    assert set(tries) == {1}
+    await bus.close()  # the retry ends with the bus: the message goes back, not to the dead letters
+
+    again = await connect(nats_server, partitions=1)
+    done = []
+
+    async def up(message, delivery):
+        done.append((message.message_id, delivery.num_delivered))
+
+    again.consume(TOPIC, up, [0])
+    await eventually(lambda: done == [("m0", 2)])
+    assert await stream_count(again, "DEAD_LETTERS") == 0
+    await again.close()
+
+
 async def test_a_crashing_handler_is_redelivered_then_dead_lettered(nats_server):
     bus = await connect(nats_server, partitions=1)
     bus.max_deliver = 3
