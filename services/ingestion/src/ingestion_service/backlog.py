@@ -36,6 +36,7 @@ class BacklogGauge:
         self.worst = ""  # the consuming service furthest behind
         self._task: asyncio.Task[None] | None = None
         self._nc: nats.NATS | None = None
+        self._stopping = asyncio.Event()
 
     def check(self) -> None:
         """Raise Unavailable while the backlog is over the limit."""
@@ -54,6 +55,9 @@ class BacklogGauge:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        # The flag as well as the cancel: Python 3.11's wait_for (inside nats-py's requests) can
+        # swallow a cancellation that lands as its answer arrives, and the loop would go on.
+        self._stopping.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -83,8 +87,10 @@ class BacklogGauge:
             )
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh)
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.refresh)
+                return
             try:
                 await self.read()
             except Exception as error:  # noqa: BLE001 - NATS away: keep the last reading, the bus reports it
