@@ -23,6 +23,8 @@ PARTS = {
     "server": "the servicers of the service's gRPC API",
     "store": "the repository interface and open_store",
 }
+# Not required of every service: privacy (its part in privacy requests, for the participants)
+# and events (consumers of the bus that are no domain module of their own).
 
 
 def test_every_service_is_found() -> None:
@@ -38,6 +40,9 @@ def test_a_service_has_the_same_modules_for_the_same_parts(service: str) -> None
     assert missing == []
     app = importlib.import_module(f"{service}_service.app")
     assert inspect.iscoroutinefunction(app.build)
+    # Only the wiring: servicers live in server, consumers in events or their domain module.
+    defined = [v for v in vars(app).values() if inspect.isclass(v) and v.__module__ == app.__name__]
+    assert [c.__name__ for c in defined if not dataclasses.is_dataclass(c)] == []
     server = importlib.import_module(f"{service}_service.server")
     assert [name for name in vars(server) if name.endswith("Servicer") and inspect.isclass(vars(server)[name])]
     assert inspect.iscoroutinefunction(importlib.import_module(f"{service}_service.store").open_store)
