@@ -71,6 +71,8 @@ _NO_MESSAGE = 10057  # JetStream's error code for a sequence that holds no messa
 _STREAM_FULL = 10077  # a stream at its max_msgs (or max_bytes) with discard NEW, sent as a 503
 
 FETCH_SECONDS = 1.0  # how long one fetch waits for messages
+# How much later than its fetch a pull request may expire at the server (it counts from receipt).
+EXPIRY_MARGIN_SECONDS = 0.5
 
 # The key a message was partitioned by; consumers keep order per key, not per partition.
 KEY_HEADER = "Mosaic-Key"
@@ -108,6 +110,11 @@ class _Run:
         self.lease = lease
         self.stopping = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        # Per topic, the messages taken but not finished, given back when its consumer stops.
+        self.unfinished: dict[str, list[Msg]] = {}
+
+    def leave(self, topic: Topic, messages: Iterable[Msg]) -> None:
+        self.unfinished.setdefault(topic.name, []).extend(messages)
 
     def may_ack(self) -> bool:
         """Whether the lease still holds: a clock read, never I/O."""
@@ -388,7 +395,8 @@ class Bus:
 
     async def stop_partition(self, partition: int) -> None:
         """Stop a partition's consumers: each finishes the message in hand and gives back the
-        rest; returns once their acks are flushed to the server, so the lease may go."""
+        rest (once its last fetch has expired, up to 1.5 s); returns once their acks are flushed
+        to the server, so the lease may go."""
         run = self._runs.pop(partition, None)
         if run is None:
             return
@@ -429,7 +437,7 @@ class Bus:
             max_ack_pending=self.batch * 2,
         )
         sub = None
-        open_pull = False  # whether the last fetch may have left its pull request open at the server
+        fetched = time.monotonic()
         if run.lease is not None and not run.lease.clean:
             await self._settle(topic, durable, run)
         while run.active():
@@ -439,11 +447,7 @@ class Bus:
                         topic.subject(partition), durable=durable, stream=topic.stream, config=config
                     )
                 fetched = time.monotonic()
-                open_pull = True
                 messages = await sub.fetch(self.batch, timeout=FETCH_SECONDS)
-                # Back before its deadline: the server ended the request (a full batch, or its
-                # status after what it had); at the deadline, the server may not be done yet.
-                open_pull = time.monotonic() - fetched >= FETCH_SECONDS - 0.01
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue  # nothing to fetch (nats-py raises either kind)
             except (*_NATS_DOWN, nats.js.errors.APIError) as error:
@@ -456,30 +460,31 @@ class Bus:
             else:
                 await self._process_by_key(topic, partition, messages, handler, run)
         if sub is not None:
-            await self._give_back(sub, open_pull)
+            await self._give_back(sub, topic, run, fetched)
 
-    async def _give_back(self, sub: Any, open_pull: bool) -> None:
-        """Stopping: a fetch that returned at its deadline may have its pull request still open at
-        the server (which received it later than it was sent), so messages can still come for it;
-        they wait in the subscription. Left there, they would stay unacked for ack_wait while the
-        next holder took newer ones of the same keys. So wait until the server says the request
-        is over (its 408 status) or surely expired, giving back whatever comes meanwhile."""
-        deadline = time.monotonic() + (FETCH_SECONDS + 0.5 if open_pull else 0.0)
-        # Only what is queued here: a fetch would ask the server for more, and could take back
-        # (and give back again, behind the rest) the very messages this replica just gave back.
+    async def _give_back(self, sub: Any, topic: Topic, run: _Run, fetched: float) -> None:
+        """Stopping: give back (nak) what this consumer took and did not finish, so the next
+        holder takes it first, in stream order. Not before every pull request of the subscription
+        has surely expired at the server: a message given back while one is open is redelivered
+        into it, to stay unacked in a closed subscription for ack_wait while the next holder
+        takes newer ones of the same keys. Whether a request is over can't be told from here:
+        nats-py's fetch also returns early on a status meant for an earlier request, leaving its
+        own open. So wait out the last fetch's expiry, keeping whatever still comes."""
+        unfinished = run.unfinished.pop(topic.name, [])
+        deadline = fetched + FETCH_SECONDS + EXPIRY_MARGIN_SECONDS
+        # Only what is queued here: a fetch would ask the server for more.
         queue = sub._sub._pending_queue  # nats-py (pinned) offers no public way to drain it
         try:
-            ended = False
-            while not ended:
+            while True:
                 while not queue.empty():
                     msg = queue.get_nowait()
-                    if JetStreamContext.is_status_msg(msg):
-                        ended = True  # the server closed the request: nothing more comes
-                    else:
-                        await msg.nak()
+                    if not JetStreamContext.is_status_msg(msg):
+                        unfinished.append(msg)
                 if time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(0.05)
+            for msg in sorted(unfinished, key=lambda m: m.metadata.sequence.stream):
+                await msg.nak()
         except _NATS_DOWN:
             pass  # NATS is away: what it held comes back after ack_wait
         finally:
@@ -528,8 +533,7 @@ class Bus:
         run: _Run,
     ) -> None:
         if not run.active():
-            for msg in messages:
-                await msg.nak()  # given back now, not after ack_wait
+            run.leave(topic, messages)  # given back on stopping, not after ack_wait
             return
         started = time.perf_counter()
         kept: list[Msg] = []
@@ -571,8 +575,7 @@ class Bus:
         for span in spans:
             span.end()
         if not run.may_ack():
-            for msg in kept:
-                await msg.nak()  # the lease lapsed meanwhile: the next holder does them again
+            run.leave(topic, kept)  # the lease lapsed meanwhile: the next holder does them again
             return
         for msg in kept:
             await msg.ack()
@@ -599,8 +602,7 @@ class Bus:
     ) -> None:
         for index, msg in enumerate(messages):
             if not run.active():
-                for rest in messages[index:]:
-                    await rest.nak()  # given back now, not after ack_wait
+                run.leave(topic, messages[index:])  # given back on stopping, not after ack_wait
                 return
             await self._process(topic, partition, msg, handler, run)
 
@@ -626,8 +628,8 @@ class Bus:
                 except Unavailable as error:  # retried in place, holding the partition (see above)
                     call = lambda: self._with_heartbeat(msg, handler(payload, delivery), run)
                     await retry.after_first(error, call, self._in_place(topic, msg, started, run))
-            except Unavailable:  # still down when the partition stopped: given back now
-                await msg.nak()
+            except Unavailable:  # still down when the partition stopped: given back on stopping
+                run.leave(topic, [msg])
                 return
             except DomainError as error:
                 span.record_exception(error)
@@ -643,7 +645,7 @@ class Bus:
                     self._measure(topic, msg, "redeliver", time.perf_counter() - started)
                 return
             if not run.may_ack():
-                await msg.nak()  # the lease lapsed meanwhile: the next holder does it again
+                run.leave(topic, [msg])  # the lease lapsed meanwhile: the next holder does it again
                 return
             await msg.ack()
             self._measure(topic, msg, "ack", time.perf_counter() - started)
