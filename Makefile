@@ -70,7 +70,7 @@ test: setup lint ## run the whole test suite against real nats-server and Cassan
 	$(PREREQS) java
 	$(PREREQS) prometheus
 	deploy/local/cassandra.sh start
-	$(UV) run --frozen pytest $(PYTEST_ARGS)
+	$(UV) run --frozen pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup ## the pure-logic and embedded-store tests, without Cassandra (under a minute)
 	$(PREREQS) prometheus

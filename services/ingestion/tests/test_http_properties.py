@@ -25,7 +25,7 @@ from mosaic.platform import limits, segment_json, topics
 from mosaic.platform.errors import InvalidArgument
 
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-PURE_SETTINGS = settings(PROPERTY_SETTINGS, max_examples=400)
+PURE_SETTINGS = settings(PROPERTY_SETTINGS, max_examples=200)
 ids = itertools.count()
 
 # Valid messages: keys and names without control characters, ids that are not placeholders,

@@ -191,7 +191,7 @@ def changes(profile_id: str, version: int, old: ProfileState, new: ProfileState)
     return update
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(states, states), min_size=2, max_size=12), definitions)
 def test_columnar_incremental_and_plain_evaluation_agree(profiles, definition):
     compiler.check(definition, "definition")
@@ -221,7 +221,7 @@ def test_columnar_incremental_and_plain_evaluation_agree(profiles, definition):
     )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(st.lists(st.tuples(states, states), min_size=4, max_size=12), st.one_of(trait_predicates(), event_predicates()))
 def test_every_single_condition_agrees_too(profiles, definition):
     # One condition alone: its edges (`<` against `<=`, missing values) decide the result.
