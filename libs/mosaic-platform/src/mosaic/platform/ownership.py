@@ -13,7 +13,8 @@ created a lease is its epoch, the fencing token: it grows with every new holder.
   deletes the lease (compare-and-set once more); the new owner's create succeeds only then.
 - A holder that dies stops renewing: the bucket's TTL removes its membership and its leases, and
   each partition goes to the member the assignment now names, which first lets the dead
-  holder's unacked messages come back (see `Bus._settle`).
+  holder's unacked messages come back (see `Consumer._settle` in
+  `mosaic.platform.consumer`).
 - Fencing: a holder counts its lease valid for `VALID` of the TTL from the moment it sent its
   last successful renewal, well before the server, which keeps it a whole TTL from receiving it,
   lets anyone else take it. The bus checks the lease before every batch and every ack (a clock

@@ -1,0 +1,405 @@
+"""The ordered consumer of one topic's partition.
+
+One durable pull consumer per (service, partition), named `<service>-<partition>`, run only by
+the replica that holds the partition's lease (see `mosaic.platform.ownership`, which starts and
+stops partitions through the bus). Each fetched batch is split by the key the publisher
+partitioned by (`Mosaic-Key`): messages of one key are handled one at a time, in order,
+different keys concurrently; each message is acked only after the handler returned, i.e. after
+its durable write. What happens to a message the handler failed on is decided by
+`failures.decide` and carried out here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+import tenacity
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+
+from mosaic.platform import messaging_spans, metrics, retry
+from mosaic.platform.failures import BACKOFF_BASE, BACKOFF_CAP, Action, Decision, Unparsable, decide
+from mosaic.platform.nats_connection import NATS_DOWN
+from mosaic.platform.publisher import KEY_HEADER
+from mosaic.platform.topics import Topic
+
+if TYPE_CHECKING:
+    from mosaic.platform.ownership import Lease
+
+log = logging.getLogger("mosaic.bus")
+tracer = trace.get_tracer("mosaic.bus")
+
+FETCH_SECONDS = 1.0  # how long one fetch waits for messages
+# How much later than its fetch a pull request may expire at the server (it counts from receipt).
+EXPIRY_MARGIN_SECONDS = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """Where a consumed message came from."""
+
+    subject: str
+    partition: int
+    stream_sequence: int
+    num_delivered: int
+    message_id: str
+    key: str = ""  # the key it was partitioned by
+    # The context of its process span: a batch handler has no current span per message, so it
+    # hands this to `publish_many(contexts=...)` to keep each message's trace going.
+    trace_context: Context | None = None
+
+
+Handler = Callable[[Any, Delivery], Awaitable[None]]
+# A handler of a whole fetched batch of one partition, `(payload, delivery)` in stream order; see
+# `Bus.consume`. It must leave the same state as the per-message handler applied to each in turn.
+BatchHandler = Callable[[list[tuple[Any, Delivery]]], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How a consumer paces itself: the bus's, as they are when the consumer starts."""
+
+    ack_wait: float  # seconds JetStream waits for an ack (or progress) before redelivering
+    max_deliver: int  # deliveries of a failing message before it is dead-lettered
+    batch: int  # messages per fetch
+
+
+class Run:
+    """The consumer tasks of one partition, under one lease (none: a partition named to `consume`)."""
+
+    def __init__(self, lease: Lease | None) -> None:
+        self.lease = lease
+        self.stopping = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        # Per topic, the messages taken but not finished, given back when its consumer stops.
+        self.unfinished: dict[str, list[Msg]] = {}
+
+    def leave(self, topic: Topic, messages: Iterable[Msg]) -> None:
+        self.unfinished.setdefault(topic.name, []).extend(messages)
+
+    def may_ack(self) -> bool:
+        """Whether the lease still holds: a clock read, never I/O."""
+        return self.lease is None or self.lease.held()
+
+    def active(self) -> bool:
+        """Whether to start on more messages: not stopping, and the lease holds (a lapsed one
+        stops every consumer of the partition)."""
+        if not self.stopping.is_set() and not self.may_ack():
+            self.stopping.set()
+        return not self.stopping.is_set()
+
+
+class Consumer:
+    """One topic's durable consumer on one partition, for as long as `run` goes on."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        service: str,
+        topic: Topic,
+        partition: int,
+        handler: Handler,
+        batch_handler: BatchHandler | None,
+        run: Run,
+        settings: Settings,
+    ) -> None:
+        self._js = js
+        self.service = service
+        self.topic = topic
+        self.partition = partition
+        self.handler = handler
+        self.batch_handler = batch_handler
+        self.run = run
+        self.settings = settings
+        self.durable = f"{service}-{partition}"
+
+    async def consume(self) -> None:
+        """Fetch and process batch after batch until the run stops, then give back the rest."""
+        topic, partition, run = self.topic, self.partition, self.run
+        config = api.ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait,
+            max_deliver=-1,  # dead-lettering is decided here, where the reason is known
+            max_ack_pending=self.settings.batch * 2,
+        )
+        sub = None
+        fetched = time.monotonic()
+        if run.lease is not None and not run.lease.clean:
+            await self._settle()
+        while run.active():
+            try:
+                if sub is None:
+                    sub = await self._js.pull_subscribe(
+                        topic.subject(partition), durable=self.durable, stream=topic.stream, config=config
+                    )
+                fetched = time.monotonic()
+                messages = await sub.fetch(self.settings.batch, timeout=FETCH_SECONDS)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue  # nothing to fetch (nats-py raises either kind)
+            except (*NATS_DOWN, nats.js.errors.APIError) as error:
+                log.warning("fetch from %s failed: %r", topic.subject(partition), error)
+                await self._sleep(1.0)
+                continue
+            # The next batch only once this one is done, so a key never overtakes itself.
+            if self.batch_handler is not None:
+                await self._process_batch(messages, self.batch_handler)
+            else:
+                await self._process_by_key(messages)
+        if sub is not None:
+            await self._give_back(sub, fetched)
+
+    async def _give_back(self, sub: Any, fetched: float) -> None:
+        """Stopping: give back (nak) what this consumer took and did not finish, so the next
+        holder takes it first, in stream order. Not before every pull request of the subscription
+        has surely expired at the server: a message given back while one is open is redelivered
+        into it, to stay unacked in a closed subscription for ack_wait while the next holder
+        takes newer ones of the same keys. Whether a request is over can't be told from here:
+        nats-py's fetch also returns early on a status meant for an earlier request, leaving its
+        own open. So wait out the last fetch's expiry, keeping whatever still comes."""
+        unfinished = self.run.unfinished.pop(self.topic.name, [])
+        deadline = fetched + FETCH_SECONDS + EXPIRY_MARGIN_SECONDS
+        # Only what is queued here: a fetch would ask the server for more.
+        queue = sub._sub._pending_queue  # nats-py (pinned) offers no public way to drain it
+        try:
+            while True:
+                while not queue.empty():
+                    msg = queue.get_nowait()
+                    if not JetStreamContext.is_status_msg(msg):
+                        unfinished.append(msg)
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.05)
+            for msg in sorted(unfinished, key=lambda m: m.metadata.sequence.stream):
+                await msg.nak()
+        except NATS_DOWN:
+            pass  # NATS is away: what it held comes back after ack_wait
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+
+    async def _settle(self) -> None:
+        """A partition leased without a release before (its holder died, or was cut off and
+        stopped; or it released so long ago that its release aged out): messages it left unacked
+        are redelivered once their ack_wait runs out, and only then ahead of newer ones. Waiting
+        that long first, when any are in flight, keeps each key in order. (A released partition
+        needs no wait: its holder acked what it finished and gave back the rest at once.)"""
+        try:
+            info = await self._js.consumer_info(self.topic.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            return  # a new durable: nothing in flight
+        except (*NATS_DOWN, nats.js.errors.APIError):
+            info = None
+        if info is None or info.num_ack_pending:
+            ack_wait = self.settings.ack_wait
+            log.info(
+                "waiting out the previous holder's unacked messages",
+                extra={"fields": {"durable": self.durable, "stream": self.topic.stream, "seconds": ack_wait}},
+            )
+            await self._sleep(ack_wait + 1.0)  # and a second for the server's timer
+
+    async def _process_by_key(self, messages: list[Msg]) -> None:
+        """Messages of one key in order, different keys side by side."""
+        by_key: dict[str, list[Msg]] = {}
+        for msg in messages:
+            by_key.setdefault((msg.headers or {}).get(KEY_HEADER, ""), []).append(msg)
+        await asyncio.gather(*(self._process_in_order(group) for group in by_key.values()))
+
+    async def _process_batch(self, messages: list[Msg], batch_handler: BatchHandler) -> None:
+        topic, run = self.topic, self.run
+        if not run.active():
+            run.leave(topic, messages)  # given back on stopping, not after ack_wait
+            return
+        started = time.perf_counter()
+        kept: list[Msg] = []
+        items: list[tuple[Any, Delivery]] = []
+        spans = []
+        for msg in messages:
+            delivery = self._delivery(msg)
+            try:
+                payload = topic.message.FromString(msg.data)
+            except DecodeError as error:
+                await self._carry_out(msg, self._decide(self._unparsable(error), delivery), started)
+                continue
+            span = tracer.start_span(
+                messaging_spans.process_name(topic.name),
+                context=propagate.extract(msg.headers or {}),
+                kind=trace.SpanKind.CONSUMER,
+            )
+            messaging_spans.processed(span, topic.name, self.service, delivery.message_id, self.partition)
+            spans.append(span)
+            kept.append(msg)
+            items.append((payload, dataclasses.replace(delivery, trace_context=trace.set_span_in_context(span))))
+        if not kept:
+            return
+        try:
+            await self._with_heartbeat(kept, batch_handler(items))
+        except Exception as error:  # noqa: BLE001 - every outcome is decided again, message by message
+            log.warning(
+                "batch of %d on %s failed (%r); handling it one message at a time",
+                len(kept),
+                topic.subject(self.partition),
+                error,
+            )
+            for span in spans:
+                span.record_exception(error)
+                span.end()
+            await self._process_by_key(kept)
+            return
+        for span in spans:
+            span.end()
+        if not run.may_ack():
+            run.leave(topic, kept)  # the lease lapsed meanwhile: the next holder does them again
+            return
+        for msg in kept:
+            await msg.ack()
+        if metrics.enabled():
+            # Each message of the batch took the batch's time from fetch to ack.
+            seconds = time.perf_counter() - started
+            for msg in kept:
+                self._measure(msg, "ack", seconds)
+
+    def _delivery(self, msg: Msg) -> Delivery:
+        meta = msg.metadata
+        headers = msg.headers or {}
+        return Delivery(
+            subject=msg.subject,
+            partition=self.partition,
+            stream_sequence=meta.sequence.stream,
+            num_delivered=meta.num_delivered,
+            message_id=headers.get("Nats-Msg-Id", ""),
+            key=headers.get(KEY_HEADER, ""),
+        )
+
+    async def _process_in_order(self, messages: list[Msg]) -> None:
+        for index, msg in enumerate(messages):
+            if not self.run.active():
+                self.run.leave(self.topic, messages[index:])  # given back on stopping, not after ack_wait
+                return
+            await self._process(msg)
+
+    async def _process(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        delivery = self._delivery(msg)
+        with tracer.start_as_current_span(
+            messaging_spans.process_name(self.topic.name),
+            context=propagate.extract(msg.headers or {}),
+            kind=trace.SpanKind.CONSUMER,
+        ) as span:
+            messaging_spans.processed(span, self.topic.name, self.service, delivery.message_id, self.partition)
+            try:
+                payload = self.topic.message.FromString(msg.data)
+            except DecodeError as error:
+                await self._carry_out(msg, self._decide(self._unparsable(error), delivery), started)
+                return
+            handle = lambda: self._with_heartbeat(msg, self.handler(payload, delivery))
+            try:
+                try:
+                    await handle()
+                except Exception as error:  # retried in place for as long as the decision says so
+                    await retry.after_first(error, handle, self._in_place(msg, delivery, started))
+            except Exception as error:
+                decision = self._decide(error, delivery)
+                if decision.bug:
+                    log.exception("handler failed on %s (delivery %d)", msg.subject, delivery.num_delivered)
+                if decision.action is not Action.GIVE_BACK:
+                    span.record_exception(error)
+                await self._carry_out(msg, decision, started)
+                return
+            if not self.run.may_ack():
+                self.run.leave(self.topic, [msg])  # the lease lapsed meanwhile: the next holder does it again
+                return
+            await msg.ack()
+            self._measure(msg, "ack", time.perf_counter() - started)
+
+    def _unparsable(self, error: DecodeError) -> Unparsable:
+        return Unparsable(self.topic.message.DESCRIPTOR.full_name, error)
+
+    def _decide(self, error: BaseException, delivery: Delivery) -> Decision:
+        return decide(error, delivery.num_delivered, self.settings.max_deliver, active=self.run.active())
+
+    async def _carry_out(self, msg: Msg, decision: Decision, started: float) -> None:
+        """Do what was decided for a message that failed (a retry in place is over by now)."""
+        if decision.action is Action.GIVE_BACK:
+            self.run.leave(self.topic, [msg])  # given back on stopping, not after ack_wait
+        elif decision.action is Action.DEAD_LETTER:
+            await self._dead_letter(msg, decision.reason, started)
+        elif decision.action is Action.REDELIVER:
+            await msg.nak(delay=decision.delay)
+            self._measure(msg, "redeliver", time.perf_counter() - started)
+
+    def _in_place(self, msg: Msg, delivery: Delivery, started: float) -> tenacity.AsyncRetrying:
+        """Retries of a handler while its failure is to be retried in place (`Unavailable` while
+        the partition is active): backoff, the message kept in progress. Any other failure is
+        raised at once, as is the last `Unavailable` once the partition stops."""
+
+        async def before_sleep(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            self._measure(msg, "retry", time.perf_counter() - started)
+            log.warning("retrying %s (attempt %d): %s", msg.subject, state.attempt_number, error)
+            await msg.in_progress()
+
+        return tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(
+                lambda error: self._decide(error, delivery).action is Action.RETRY_IN_PLACE
+            ),
+            wait=retry.wait(BACKOFF_BASE, BACKOFF_CAP),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+        )
+
+    async def _with_heartbeat(self, messages: Msg | list[Msg], work: Awaitable[None]) -> None:
+        """Run the handler, telling JetStream its messages are in progress every third of
+        ack_wait while the lease holds (after that they return to the next holder in time)."""
+        task = asyncio.ensure_future(work)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self.settings.ack_wait / 3)
+            if done:
+                return task.result()
+            if self.run.may_ack():
+                for msg in messages if isinstance(messages, list) else [messages]:
+                    await msg.in_progress()
+
+    def _measure(self, msg: Msg, outcome: str, seconds: float) -> None:
+        """Record one message's outcome; an acked one's hop latency too, from the time JetStream
+        stored it (its metadata, already parsed for the delivery) to now."""
+        if not metrics.enabled():
+            return  # nothing reads them: skip even the clock
+        since_publish = time.time() - msg.metadata.timestamp.timestamp() if outcome == "ack" else None
+        metrics.message_processed(self.service, self.topic.name, outcome, seconds, since_publish)
+
+    async def _dead_letter(self, msg: Msg, reason: str, started: float) -> None:
+        log.error("dead-lettering %s: %s", msg.subject, reason)
+        headers = {
+            "Mosaic-Reason": reason[:1000],
+            "Mosaic-Subject": msg.subject,
+            "Mosaic-Stream-Sequence": str(msg.metadata.sequence.stream),
+        }
+        if msg.headers and "Nats-Msg-Id" in msg.headers:
+            headers["Nats-Msg-Id"] = f"{self.service}:{msg.headers['Nats-Msg-Id']}"
+        try:
+            await self._js.publish(f"deadletter.{self.service}.{msg.subject}", msg.data, headers=headers, timeout=5)
+        except NATS_DOWN:
+            await msg.nak(delay=5.0)  # not recorded, so not terminated: try again later
+            self._measure(msg, "redeliver", time.perf_counter() - started)
+            return
+        await msg.term()
+        self._measure(msg, "dead_letter", time.perf_counter() - started)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.run.stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass

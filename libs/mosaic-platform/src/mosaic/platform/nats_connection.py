@@ -1,0 +1,77 @@
+"""Connecting to NATS (TLS, credentials, reconnecting forever), and the errors that mean it is away."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+
+from mosaic.platform.config import TlsSettings
+from mosaic.platform.errors import Unavailable
+
+log = logging.getLogger("mosaic.bus")
+
+# NATS not answering: down, reconnecting, or too slow. Retryable.
+NATS_DOWN = (
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    asyncio.TimeoutError,
+)
+# JetStream itself not answering yet (just restarted, or no stream leader): retryable too.
+JETSTREAM_DOWN = (
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.TooManyStalledMsgsError,
+)
+
+
+def nats_security(tls: TlsSettings | None, credentials: str) -> dict[str, Any]:
+    """nats.connect's arguments for TLS (verify the server, present our certificate) and a
+    .creds file, for every connection a service opens."""
+    secure: dict[str, Any] = {}
+    if tls is not None and tls.enabled:
+        secure = {"tls": tls.context(), "tls_hostname": tls.server_name or None}
+    if credentials:
+        secure["user_credentials"] = credentials
+    return secure
+
+
+async def connect(url: str, name: str, tls: TlsSettings | None, credentials: str, deadline: float) -> nats.NATS:
+    """Connect, reconnecting forever once connected; Unavailable if not connected within
+    `deadline` seconds (a server that never completes the handshake, as a TLS server does for a
+    plaintext client, would otherwise hold the start forever)."""
+    connecting = nats.connect(
+        url,
+        name=name,
+        **nats_security(tls, credentials),
+        connect_timeout=5,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=_log_error,
+        disconnected_cb=_log_event("disconnected from nats"),
+        reconnected_cb=_log_event("reconnected to nats"),
+    )
+    try:
+        return await asyncio.wait_for(connecting, deadline)
+    except asyncio.TimeoutError:
+        raise Unavailable("nats", f"{url} did not complete a connection within {deadline:.0f} s") from None
+
+
+async def _log_error(error: Exception) -> None:
+    log.warning("nats: %r", error)
+
+
+def _log_event(text: str) -> Callable[[], Awaitable[None]]:
+    async def callback() -> None:
+        log.warning(text)
+
+    return callback
