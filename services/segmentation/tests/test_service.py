@@ -112,7 +112,7 @@ async def test_profiles_enter_from_profile_updated_and_the_api_reads_them(servic
         pb.EstimateRequest(definition='traits.plan in ["pro", "free"] and count(event "Order Completed") > 2')
     )
     # "some matching profile ids": in the order the view took them in, which arrival decides
-        assert (estimate.count, estimate.population, sorted(estimate.sample)) == (2, 5, ["p3", "p4"])
+    assert (estimate.count, estimate.population, sorted(estimate.sample)) == (2, 5, ["p3", "p4"])
 
 
 async def _equals(awaitable, expected) -> bool:
