@@ -124,6 +124,7 @@ def test_an_unknown_action_flag_or_value_is_a_usage_error(argv, capsys):
         ["quarantine", "discard", "--source", "web"],
         ["destinations", "create", "/nonexistent/hook.json"],
         ["import", "/nonexistent/events.ndjson", "--source", "files"],
+        ["status", "--address", "billing=127.0.0.1:1"],
     ],
 )
 def test_what_only_the_command_can_check_is_a_usage_error_too(argv, capsys):
