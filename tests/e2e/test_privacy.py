@@ -11,6 +11,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from mosaic.cli import exits
 from mosaic.cli.__main__ import main as mosaic
 from mosaic.cli.mesh import Mesh
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc, privacy_pb2, privacy_service_pb2_grpc
@@ -207,7 +208,7 @@ async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_
                 mesh.address("consent"),
             ],
         )
-        assert code == 2  # still pending: profile has not answered
+        assert code == exits.PENDING  # still pending: profile has not answered
         pending = json.loads(capsys.readouterr().out)
         assert pending["state"] == "PRIVACY_REQUEST_STATE_PENDING"
         mesh.start_service("profile")

@@ -15,6 +15,7 @@ from nats.js import api
 from rich.console import Console
 
 from mosaic.cli import status
+from mosaic.cli.exits import UsageError
 from mosaic.cli.mesh import Mesh
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
@@ -110,7 +111,7 @@ async def test_status_without_nats_says_so_and_fails(tmp_path: Path):
 def test_an_address_for_an_unknown_service_is_refused():
     try:
         status.addresses(["billing=127.0.0.1:1"])
-    except SystemExit as refused:
+    except UsageError as refused:
         assert "billing" in str(refused)
     else:
         raise AssertionError("accepted an unknown service")

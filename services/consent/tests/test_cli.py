@@ -67,10 +67,15 @@ async def test_export_writes_the_document_and_requests_lists_it(service, tmp_pat
     assert [(e["purpose"], e["actor"]) for e in document["consent"]["consent_ledger"]] == [("analytics", "ada")]
     capsys.readouterr()
     assert await asyncio.to_thread(mosaic, ["privacy", "requests", "--all", "--address", address]) == 0
-    listed = capsys.readouterr().out.splitlines()
-    assert listed[1].split()[:3] == ["x-1", "export", "completed"] and 44 < float(listed[1].split()[4]) <= 45
+    [listed] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # not a terminal: JSON
+    assert (listed["request_id"], listed["kind"], listed["state"]) == (
+        "x-1",
+        "PRIVACY_REQUEST_KIND_EXPORT",
+        "PRIVACY_REQUEST_STATE_COMPLETED",
+    )
+    assert 44 < listed["days_left"] <= 45 and listed["waiting_for"] == []
     assert await asyncio.to_thread(mosaic, ["privacy", "requests", "--address", address]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 1  # nothing pending, nothing at risk
+    assert capsys.readouterr().out == ""  # nothing pending, nothing at risk
     assert await asyncio.to_thread(mosaic, ["privacy", "show", "x-1", "--address", address]) == 0
     assert json.loads(capsys.readouterr().out)["receipts"][0]["participant"] == "consent"
 

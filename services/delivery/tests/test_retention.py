@@ -2,6 +2,7 @@
 retention`, and the embedded store's sweeper removing a dead letter once its retention is over."""
 
 import argparse
+import json
 
 import grpc
 import pytest
@@ -43,10 +44,15 @@ async def test_each_kind_is_reported_with_its_schedule_and_the_cli_prints_them_a
         delivery_address=f"127.0.0.1:{service.port}",
     )
     assert await privacy_commands.show_retention(args) == 0
-    lines = capsys.readouterr().out.splitlines()
-    rows = {tuple(line.split()[:3]) for line in lines[1:]}
-    assert {("profile", "events", "90"), ("profile", "snapshots", "for"), ("delivery", "dead_letters", "30")} <= rows
-    assert any("MOSAIC_PROFILE_SNAPSHOT_DAYS" in line for line in lines)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # not a terminal: JSON
+    rows = {(line["service"], line["kind"], line.get("retention")) for line in lines}
+    expected = {
+        ("profile", "events", "7776000s"),
+        ("profile", "snapshots", None),
+        ("delivery", "dead_letters", "2592000s"),
+    }
+    assert expected <= rows
+    assert any(line["setting"] == "MOSAIC_PROFILE_SNAPSHOT_DAYS" for line in lines)
 
 
 async def _swept_once(port: int) -> bool:

@@ -127,7 +127,12 @@ async def test_segments_are_managed_from_the_command_line(service, capsys):
     assert await run("segments", "create", "vip", "traits.ltv>1000 and has email", "--name", "VIP") == 0
     assert json.loads(capsys.readouterr().out)["definition"] == "traits.ltv > 1000 and has email"
     assert await run("segments", "list") == 0
-    assert capsys.readouterr().out == "vip\tVIP\ttraits.ltv > 1000 and has email\n"
+    [listed] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # not a terminal: JSON
+    assert (listed["segmentId"], listed["name"], listed["definition"]) == (
+        "vip",
+        "VIP",
+        "traits.ltv > 1000 and has email",
+    )
     assert await run("segments", "estimate", "is known") == 0
     assert json.loads(capsys.readouterr().out)["definition"] == "is known"
     assert await run("segments", "create", "bad", "traits.ltv >") == 1

@@ -10,7 +10,6 @@ import signal
 import sys
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 
 from mosaic.cli import (
@@ -18,6 +17,7 @@ from mosaic.cli import (
     connect,
     delivery_commands,
     demo_report,
+    exits,
     ingest_commands,
     pki,
     privacy_commands,
@@ -128,22 +128,18 @@ async def _profile(args: argparse.Namespace) -> int:
     from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
 
     profile_id = args.profile_id
-    try:
-        if args.user_id:
-            async with connect.channel(args.identity) as channel:
-                answer = await identity_service_pb2_grpc.IdentityServiceStub(channel).Lookup(
-                    identity_service_pb2.LookupRequest(
-                        identifier=identity_pb2.Identifier(type="user_id", value=args.user_id)
-                    )
+    if args.user_id:
+        async with connect.channel(args.identity) as channel:
+            answer = await identity_service_pb2_grpc.IdentityServiceStub(channel).Lookup(
+                identity_service_pb2.LookupRequest(
+                    identifier=identity_pb2.Identifier(type="user_id", value=args.user_id)
                 )
-                profile_id = answer.profile_id
-        async with connect.channel(args.address) as channel:
-            answer = await profile_service_pb2_grpc.ProfileServiceStub(channel).GetProfile(
-                profile_service_pb2.GetProfileRequest(profile_id=profile_id)
             )
-    except grpc.aio.AioRpcError as error:
-        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
+            profile_id = answer.profile_id
+    async with connect.channel(args.address) as channel:
+        answer = await profile_service_pb2_grpc.ProfileServiceStub(channel).GetProfile(
+            profile_service_pb2.GetProfileRequest(profile_id=profile_id)
+        )
     print(json.dumps(json_format.MessageToDict(answer.profile), indent=2))
     return 0
 
@@ -155,9 +151,17 @@ def _positive(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mosaic", description="Mosaic, the customer data platform.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    """Every command, each action its own subcommand with its own flags."""
+    parser = argparse.ArgumentParser(
+        prog="mosaic",
+        description="Mosaic, the customer data platform. `mosaic COMMAND --help` and "
+        "`mosaic COMMAND ACTION --help` say what each one takes.",
+        epilog=f"lists print a table on a terminal and one JSON object a line when stdout is not one "
+        f"(a pipe, a file).\n\n{exits.TABLE}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run_parser = commands.add_parser("run", help="run the six services locally (nats-server must be running)")
     run_parser.add_argument("--store", choices=("embedded", "cassandra"), default=os.environ.get("STORE", "embedded"))
     run_parser.add_argument("--demo", action="store_true", help="load the demo data set")
@@ -177,20 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     status.add_commands(commands)
     delivery_commands.add_commands(commands)
     segment_commands.add_commands(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command's exit code (exits.TABLE); argparse exits with 2 itself on a usage error."""
+    args = parser().parse_args(argv)
     if args.command == "run":
         return run(args)
-    if args.command in ingest_commands.COMMANDS:
-        return ingest_commands.run(args)
-    if args.command in privacy_commands.COMMANDS:
-        return privacy_commands.run(args)
-    if args.command in status.COMMANDS:
-        return status.run(args)
-    if args.command in delivery_commands.COMMANDS:
-        return delivery_commands.run(args)
-    if args.command in segment_commands.COMMANDS:
-        return segment_commands.run(args)
-    return asyncio.run(_profile(args))
+    modules = (ingest_commands, privacy_commands, status, delivery_commands, segment_commands)
+    module = next((module for module in modules if args.command in module.COMMANDS), None)
+    work = (lambda: module.run(args)) if module else (lambda: asyncio.run(_profile(args)))
+    return exits.guarded(work, args.command)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from mosaic.cli import paging
+from mosaic.cli import exits, listing, paging
 from mosaic.delivery.v1 import campaign_pb2, delivery_pb2, delivery_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
 
@@ -30,61 +30,101 @@ DEFAULT_ADDRESS = "127.0.0.1:50056"
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    destinations = commands.add_parser("destinations", help="create, list, show or delete delivery destinations")
-    destinations.add_argument("action", choices=("create", "list", "show", "delete"))
-    destinations.add_argument("target", nargs="?", help="create: a JSON file (Destination); show/delete: the id")
-    destinations.add_argument("--address", default=DEFAULT_ADDRESS, help="the delivery service")
-    campaigns = commands.add_parser("campaigns", help="create, list, show or delete scheduled broadcasts")
-    campaigns.add_argument("action", choices=("create", "list", "show", "delete"))
-    campaigns.add_argument("target", nargs="?", help="create: a JSON file (Campaign); show/delete: the id")
-    campaigns.add_argument("--address", default=DEFAULT_ADDRESS, help="the delivery service")
+    for command, kind, text in (
+        ("destinations", "Destination", "create, list, show or delete delivery destinations"),
+        ("campaigns", "Campaign", "create, list, show or delete scheduled broadcasts"),
+    ):
+        parser = commands.add_parser(command, help=text)
+        actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        create = actions.add_parser("create", help=f"create one from a JSON file ({kind})")
+        create.add_argument("target", metavar="FILE", help=f"the {kind}, JSON")
+        actions.add_parser("list", help=f"every {command[:-1]}", description=listing.HELP)
+        actions.add_parser("show", help=f"one {command[:-1]}").add_argument("target", metavar="ID")
+        actions.add_parser("delete", help=f"delete one {command[:-1]}").add_argument("target", metavar="ID")
+        for leaf in actions.choices.values():
+            leaf.add_argument("--address", default=DEFAULT_ADDRESS, help="the delivery service")
+
     deliveries = commands.add_parser(
         "deliveries", help="a person's deliveries; dead letters: list, show, replay, discard"
     )
-    deliveries.add_argument("action", choices=("list", "dead-letters", "show", "replay", "discard"))
-    deliveries.add_argument("delivery_ids", nargs="*")
-    deliveries.add_argument("--profile-id", help="list: the person")
-    deliveries.add_argument("--destination", default="", help="the destination of the dead letters")
-    deliveries.add_argument("--all", action="store_true", help="replay or discard every dead letter")
-    deliveries.add_argument("--address", default=DEFAULT_ADDRESS, help="the delivery service")
+    actions = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listed = actions.add_parser("list", help="a person's deliveries", description=listing.HELP)
+    listed.add_argument("--profile-id", required=True, help="the person")
+    letters = actions.add_parser("dead-letters", help="the dead letters", description=listing.HELP)
+    letters.add_argument("--destination", default="", help="only those of this destination")
+    show = actions.add_parser("show", help="dead letters, whole")
+    show.add_argument("delivery_ids", nargs="+", metavar="DELIVERY_ID")
+    show.add_argument("--destination", required=True, help="the destination of the dead letters")
+    for action, text in (("replay", "send dead letters again"), ("discard", "drop dead letters for good")):
+        leaf = actions.add_parser(action, help=f"{text}: ids with --destination, a --destination, or --all")
+        leaf.add_argument("delivery_ids", nargs="*", metavar="DELIVERY_ID")
+        leaf.add_argument("--destination", default="", help="the destination of the dead letters")
+        leaf.add_argument("--all", action="store_true", help=f"{action} every dead letter")
+    for leaf in actions.choices.values():
+        leaf.add_argument("--address", default=DEFAULT_ADDRESS, help="the delivery service")
 
 
 def run(args: argparse.Namespace) -> int:
     work = {"destinations": manage_destinations, "campaigns": manage_campaigns}.get(args.command, manage_deliveries)
-    try:
-        return asyncio.run(work(args))
-    except grpc.aio.AioRpcError as error:
-        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
-    except UsageError as error:
-        print(str(error), file=sys.stderr)
-        return 2
-
-
-class UsageError(Exception):
-    pass
+    return asyncio.run(work(args))
 
 
 def _print(message) -> None:
     print(json.dumps(json_format.MessageToDict(message)))
 
 
+DESTINATION_COLUMNS = (
+    listing.Column("destination", "destinationId"),
+    listing.Column("name", "name"),
+    listing.Column("kind", "kind", listing.enum("DESTINATION_KIND_")),
+    listing.Column("segment", "segmentId"),
+    listing.Column("purpose", "purpose"),
+    listing.Column("webhook", "webhookUrl"),
+)
+CAMPAIGN_COLUMNS = (
+    listing.Column("campaign", "campaignId"),
+    listing.Column("destination", "destinationId"),
+    listing.Column("segment", "segmentId"),
+    listing.Column("cron", "schedule.cron"),
+    listing.Column("time zone", "schedule.timeZone"),
+    listing.Column("last run", "lastRun.status", listing.enum("CAMPAIGN_RUN_STATUS_")),
+    listing.Column("next tick", "nextTick"),
+)
+DELIVERY_COLUMNS = (
+    listing.Column("delivery", "deliveryId"),
+    listing.Column("destination", "destinationId"),
+    listing.Column("status", "status", listing.enum("DELIVERY_STATUS_")),
+    listing.Column("attempts", "attempts", right=True),
+    listing.Column("detail", "detail"),
+    listing.Column("updated at", "updatedAt"),
+)
+DEAD_LETTER_COLUMNS = (
+    listing.Column("destination", "destinationId"),
+    listing.Column("delivery", "deliveryId"),
+    listing.Column("profile", "profileId"),
+    listing.Column("attempts", "attempts", right=True),
+    listing.Column("last error", "lastError"),
+    listing.Column("dead at", "deadAt"),
+)
+
+
+def _read(path: str, message):
+    try:
+        return json_format.Parse(Path(path).read_text(), message)
+    except (OSError, json_format.ParseError) as error:
+        raise exits.UsageError(f"{path}: {error}") from None
+
+
 async def manage_destinations(args: argparse.Namespace) -> int:
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
         if args.action == "list":
-            async for destination in paging.every(stub.ListDestinations, pb.ListDestinationsRequest(), "destinations"):
-                _print(destination)
-            return 0
-        if not args.target:
-            raise UsageError(
-                f"destinations {args.action}: name {'a JSON file' if args.action == 'create' else 'the id'}"
-            )
-        if args.action == "create":
-            try:
-                destination = json_format.Parse(Path(args.target).read_text(), delivery_pb2.Destination())
-            except (OSError, json_format.ParseError) as error:
-                raise UsageError(f"{args.target}: {error}") from None
+            with listing.Listing(DESTINATION_COLUMNS) as out:
+                request = pb.ListDestinationsRequest()
+                async for destination in paging.every(stub.ListDestinations, request, "destinations"):
+                    out.add(json_format.MessageToDict(destination))
+        elif args.action == "create":
+            destination = _read(args.target, delivery_pb2.Destination())
             answer = await stub.CreateDestination(pb.CreateDestinationRequest(destination=destination))
             _print(answer.destination)
             print(f"signing secret (shown once; verify webhooks with it): {answer.signing_secret}", file=sys.stderr)
@@ -100,16 +140,11 @@ async def manage_campaigns(args: argparse.Namespace) -> int:
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
         if args.action == "list":
-            async for campaign in paging.every(stub.ListCampaigns, pb.ListCampaignsRequest(), "campaigns"):
-                _print(campaign)
-            return 0
-        if not args.target:
-            raise UsageError(f"campaigns {args.action}: name {'a JSON file' if args.action == 'create' else 'the id'}")
-        if args.action == "create":
-            try:
-                campaign = json_format.Parse(Path(args.target).read_text(), campaign_pb2.Campaign())
-            except (OSError, json_format.ParseError) as error:
-                raise UsageError(f"{args.target}: {error}") from None
+            with listing.Listing(CAMPAIGN_COLUMNS) as out:
+                async for campaign in paging.every(stub.ListCampaigns, pb.ListCampaignsRequest(), "campaigns"):
+                    out.add(json_format.MessageToDict(campaign))
+        elif args.action == "create":
+            campaign = _read(args.target, campaign_pb2.Campaign())
             _print((await stub.CreateCampaign(pb.CreateCampaignRequest(campaign=campaign))).campaign)
         elif args.action == "show":
             _print((await stub.GetCampaign(pb.GetCampaignRequest(campaign_id=args.target))).campaign)
@@ -123,33 +158,24 @@ async def manage_deliveries(args: argparse.Namespace) -> int:
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
         if args.action == "list":
-            if not args.profile_id:
-                raise UsageError("deliveries list: --profile-id is required")
             request = pb.ListDeliveriesRequest(profile_id=args.profile_id)
-            async for record in paging.every(stub.ListDeliveries, request, "deliveries"):
-                _print(record)
+            with listing.Listing(DELIVERY_COLUMNS) as out:
+                async for record in paging.every(stub.ListDeliveries, request, "deliveries"):
+                    out.add(json_format.MessageToDict(record))
         elif args.action == "dead-letters":
-            token = ""
-            while True:
-                page = await stub.ListDeadLetters(
-                    pb.ListDeadLettersRequest(destination_id=args.destination, page_size=500, page_token=token)
-                )
-                for letter in page.dead_letters:
-                    print(
-                        json.dumps(
-                            {
-                                "destinationId": letter.delivery.destination_id,
-                                "deliveryId": letter.delivery.delivery_id,
-                                "profileId": letter.delivery.profile_id,
-                                "attempts": letter.delivery.attempts,
-                                "lastError": letter.last_error,
-                                "deadAt": letter.dead_at.ToJsonString(),
-                            }
-                        )
+            query = pb.ListDeadLettersRequest(destination_id=args.destination, page_size=500)
+            with listing.Listing(DEAD_LETTER_COLUMNS) as out:
+                async for letter in paging.every(stub.ListDeadLetters, query, "dead_letters"):
+                    out.add(
+                        {
+                            "destinationId": letter.delivery.destination_id,
+                            "deliveryId": letter.delivery.delivery_id,
+                            "profileId": letter.delivery.profile_id,
+                            "attempts": letter.delivery.attempts,
+                            "lastError": letter.last_error,
+                            "deadAt": letter.dead_at.ToJsonString(),
+                        }
                     )
-                token = page.next_page_token
-                if not token:
-                    break
         elif args.action == "show":
             for delivery_id in args.delivery_ids:
                 _print(
@@ -161,7 +187,7 @@ async def manage_deliveries(args: argparse.Namespace) -> int:
                 )
         else:
             if not (args.delivery_ids or args.destination or args.all):
-                raise UsageError(
+                raise exits.UsageError(
                     f"deliveries {args.action}: name delivery ids with --destination, a --destination, or --all"
                 )
             selection = pb.DeadLetterSelection(

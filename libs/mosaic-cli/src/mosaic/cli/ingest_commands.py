@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import hashlib
 import json
@@ -31,8 +32,11 @@ import tenacity
 from google.protobuf import duration_pb2, json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from rich import progress
+from rich.console import Console
+from rich.text import Text
 
-from mosaic.cli import connect, paging
+from mosaic.cli import connect, exits, listing, paging
 from mosaic.events.v1 import event_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2 as pb
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc, source_pb2
@@ -45,8 +49,18 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, gr
 NAMESPACE = uuid.UUID("7b6f1b4e-5f0a-4e4b-9a51-6d6f73616963")
 
 
+def _mapping(text: str) -> str:
+    if "=" not in text.strip("="):
+        raise argparse.ArgumentTypeError(f"{text!r} is not COLUMN=PATH")
+    return text
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    load = commands.add_parser("import", help="load an NDJSON or CSV file of events into a source")
+    load = commands.add_parser(
+        "import",
+        help="load an NDJSON or CSV file of events into a source",
+        description="On a terminal a progress bar on stderr (rate, time left); the summary on stdout, JSON.",
+    )
     load.add_argument("file", type=Path)
     load.add_argument("--source", required=True, help="the source id the events come from")
     load.add_argument("--format", choices=("ndjson", "csv"), help="default: from the file name")
@@ -54,61 +68,97 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--map",
         action="append",
         default=[],
+        type=_mapping,
         metavar="COLUMN=PATH",
         help="CSV: where a column goes, e.g. mail=traits.email (repeatable)",
     )
     load.add_argument("--type", default="track", help="the type of rows that name none (default: track)")
     load.add_argument("--batch", type=int, default=500, help="events per call (at most 2,500)")
     load.add_argument("--address", default=DEFAULT_ADDRESS, help="the ingestion service")
+
     sources = commands.add_parser("sources", help="create, list, show, update sources; rotate write keys")
-    sources.add_argument("action", choices=("create", "list", "show", "update", "rotate-key"))
-    sources.add_argument("source_id", nargs="?")
-    sources.add_argument("--name")
-    sources.add_argument("--plan", type=Path, help="tracking plan, JSON (TrackingPlan); '-' for none")
-    sources.add_argument("--transforms", type=Path, help="transforms, a JSON array of Transform")
-    sources.add_argument("--rate", type=float, help="events per second (0: no limit)")
-    sources.add_argument("--burst", type=int, default=0)
-    sources.add_argument("--disable", action="store_true")
-    sources.add_argument("--enable", action="store_true")
-    sources.add_argument("--grace", type=float, help="rotate-key: seconds the old keys stay valid")
-    sources.add_argument("--address", default=DEFAULT_ADDRESS)
+    actions = sources.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a source; prints it with its first write key")
+    update = actions.add_parser("update", help="change what the flags name, nothing else")
+    for parser in (create, update):
+        parser.add_argument("source_id", metavar="SOURCE_ID")
+        parser.add_argument("--name", help="what people call it")
+        parser.add_argument("--plan", type=Path, help="tracking plan, JSON (TrackingPlan); '-' for none")
+        parser.add_argument("--transforms", type=Path, help="transforms, a JSON array of Transform")
+        parser.add_argument("--rate", type=float, help="events per second (0: no limit)")
+        parser.add_argument("--burst", type=int, default=0, help="with --rate: how many may come at once")
+    create.add_argument("--disable", action="store_true", help="create it refusing events")
+    create.set_defaults(enable=False)
+    switch = update.add_mutually_exclusive_group()
+    switch.add_argument("--disable", action="store_true", help="refuse its events from now on")
+    switch.add_argument("--enable", action="store_true", help="take its events again")
+    actions.add_parser("list", help="every source", description=listing.HELP)
+    actions.add_parser("show", help="one source").add_argument("source_id", metavar="SOURCE_ID")
+    rotate = actions.add_parser("rotate-key", help="a new write key; the old ones stay valid for --grace")
+    rotate.add_argument("source_id", metavar="SOURCE_ID")
+    rotate.add_argument("--grace", type=float, help="seconds the old keys stay valid")
+    for parser in actions.choices.values():
+        parser.add_argument("--address", default=DEFAULT_ADDRESS, help="the ingestion service")
+
     quarantine = commands.add_parser("quarantine", help="list, show, replay or discard quarantined events")
-    quarantine.add_argument("action", choices=("list", "show", "replay", "discard"))
-    quarantine.add_argument("message_ids", nargs="*")
-    quarantine.add_argument("--source", required=True)
-    quarantine.add_argument("--all", action="store_true", help="replay or discard every quarantined event")
-    quarantine.add_argument("--event", type=Path, help="replay: a fixed copy of the event, JSON")
-    quarantine.add_argument("--address", default=DEFAULT_ADDRESS)
+    actions = quarantine.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="the source's quarantined events", description=listing.HELP).set_defaults(
+        message_ids=[], all=False
+    )
+    show = actions.add_parser("show", help="quarantined events, whole")
+    show.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID")
+    show.set_defaults(all=False)
+    replay = actions.add_parser("replay", help="send quarantined events through the plan again (or a fixed copy)")
+    discard = actions.add_parser("discard", help="drop quarantined events for good")
+    for parser in (replay, discard):
+        parser.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID")
+        parser.add_argument("--all", action="store_true", help=f"{parser.prog.split()[-1]} every quarantined event")
+    replay.add_argument("--event", type=Path, help="a fixed copy of the event, JSON")
+    for parser in actions.choices.values():
+        parser.add_argument("--source", required=True, help="the source whose quarantine it is")
+        parser.add_argument("--address", default=DEFAULT_ADDRESS, help="the ingestion service")
 
 
 def run(args: argparse.Namespace) -> int:
     commands: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]]
     commands = {"import": import_file, "sources": manage_sources, "quarantine": manage_quarantine}
-    work = commands[args.command]
     try:
-        return asyncio.run(work(args))
-    except grpc.aio.AioRpcError as error:
-        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
+        return asyncio.run(commands[args.command](args))
     except KeyboardInterrupt:
+        if args.command != "import":
+            raise
         print("\ninterrupted; the same command resumes where it stopped", file=sys.stderr)
-        return 130
+        return exits.INTERRUPTED
 
 
 def _print(message) -> None:
     print(json.dumps(json_format.MessageToDict(message), indent=2))
 
 
+SOURCE_COLUMNS = (
+    listing.Column("source", "sourceId"),
+    listing.Column("name", "name"),
+    listing.Column("disabled", "disabled"),
+    listing.Column("events/s", "rateLimit.eventsPerSecond", right=True),
+    listing.Column("burst", "rateLimit.burst", right=True),
+    listing.Column("write keys", "writeKeys", lambda keys: str(len(keys or ())), right=True),
+)
+QUARANTINE_COLUMNS = (
+    listing.Column("message", "messageId"),
+    listing.Column("field", "field"),
+    listing.Column("reason", "reason"),
+    listing.Column("quarantined at", "quarantinedAt"),
+)
+
+
 async def manage_sources(args: argparse.Namespace) -> int:
     async with connect.channel(args.address) as channel:
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
         if args.action == "list":
-            sources = [s async for s in paging.every(stub.ListSources, pb.ListSourcesRequest(), "sources")]
-            _print(pb.ListSourcesResponse(sources=sources))
-            return 0
-        if not args.source_id:
-            raise SystemExit(f"mosaic sources {args.action}: a source id is required")
-        if args.action == "show":
+            with listing.Listing(SOURCE_COLUMNS) as out:
+                async for source in paging.every(stub.ListSources, pb.ListSourcesRequest(), "sources"):
+                    out.add(json_format.MessageToDict(source))
+        elif args.action == "show":
             _print((await stub.GetSource(pb.GetSourceRequest(source_id=args.source_id))).source)
         elif args.action == "rotate-key":
             grace = (
@@ -140,11 +190,13 @@ def _definition(args: argparse.Namespace) -> tuple[source_pb2.Source, list[str]]
         source.disabled, paths = args.disable, [*paths, "disabled"]
     if args.plan is not None:
         if str(args.plan) != "-":
-            json_format.Parse(args.plan.read_text(), source.tracking_plan)
+            with _file(args.plan) as text:
+                json_format.Parse(text, source.tracking_plan)
         paths.append("tracking_plan")
     if args.transforms is not None:
-        for item in json.loads(args.transforms.read_text()):
-            json_format.ParseDict(item, source.transforms.add())
+        with _file(args.transforms) as text:
+            for item in json.loads(text):
+                json_format.ParseDict(item, source.transforms.add())
         paths.append("transforms")
     if args.rate is not None:
         source.rate_limit.CopyFrom(source_pb2.RateLimit(events_per_second=args.rate, burst=args.burst))
@@ -152,7 +204,22 @@ def _definition(args: argparse.Namespace) -> tuple[source_pb2.Source, list[str]]
     return source, paths
 
 
+@contextlib.contextmanager
+def _file(path: Path) -> Iterator[str]:
+    """The file's text; a file that is not there, or not the JSON it should be, is a usage error."""
+    try:
+        yield path.read_text()
+    except (OSError, ValueError, json_format.Error) as error:
+        raise exits.UsageError(f"{path}: {error}") from None
+
+
 async def manage_quarantine(args: argparse.Namespace) -> int:
+    if args.action in ("replay", "discard") and not (args.message_ids or args.all):
+        raise exits.UsageError(f"quarantine {args.action}: name message ids, or --all")
+    fixed = None
+    if args.action == "replay" and args.event:
+        with _file(args.event) as text:
+            fixed = json_format.Parse(text, event_pb2.Event())
     async with connect.channel(args.address) as channel:
         stub = ingestion_service_pb2_grpc.IngestionServiceStub(channel)
         ids = list(args.message_ids)
@@ -167,9 +234,9 @@ async def manage_quarantine(args: argparse.Namespace) -> int:
                 if not token:
                     break
             if args.action == "list":
-                for item in kept:
-                    print(
-                        json.dumps(
+                with listing.Listing(QUARANTINE_COLUMNS) as out:
+                    for item in kept:
+                        out.add(
                             {
                                 "messageId": item.event.message_id,
                                 "field": item.field,
@@ -177,7 +244,6 @@ async def manage_quarantine(args: argparse.Namespace) -> int:
                                 "quarantinedAt": item.quarantined_at.ToJsonString(),
                             }
                         )
-                    )
                 return 0
             ids = [item.event.message_id for item in kept]
         for message_id in ids:
@@ -195,7 +261,6 @@ async def manage_quarantine(args: argparse.Namespace) -> int:
                 )
                 print(json.dumps({"messageId": message_id, "status": "DISCARDED"}))
             else:
-                fixed = json_format.Parse(args.event.read_text(), event_pb2.Event()) if args.event else None
                 answer = await stub.ReplayQuarantinedEvent(
                     pb.ReplayQuarantinedEventRequest(source_id=args.source, message_id=message_id, event=fixed)
                 )
@@ -252,29 +317,51 @@ def _event(message: Any, default_type: str, source: str, digest: str, number: in
     return event
 
 
-class Progress:
-    """One line on stderr: percent of the file, rows, events per second and time left."""
+class _Rate(progress.ProgressColumn):
+    """Events sent per second since the start (rich's own speed column counts the bytes)."""
 
-    def __init__(self, total: int, stream=sys.stderr) -> None:
-        self.total, self.stream, self.start, self.shown = max(total, 1), stream, time.monotonic(), 0.0
+    def render(self, task: progress.Task) -> Text:
+        rate = task.fields["rows"] / task.elapsed if task.elapsed else 0.0
+        return Text(f"{task.fields['rows']:>10,} rows {rate:>8,.0f} ev/s")
+
+
+class Progress:
+    """A progress bar on a terminal (nothing otherwise): the share of the file read, rows,
+    events per second and the time left."""
+
+    def __init__(self, total: int, stream=None) -> None:
+        console = Console(file=stream, stderr=stream is None)
+        self.bar: progress.Progress | None = None
+        self.shown = 0.0
+        if console.is_terminal:
+            self.bar = progress.Progress(
+                progress.BarColumn(),
+                progress.TaskProgressColumn(),
+                _Rate(),
+                progress.TextColumn("ETA"),
+                progress.TimeRemainingColumn(),
+                console=console,
+            )
+            self.task = self.bar.add_task("import", total=max(total, 1), rows=0)
+            self.bar.start()
 
     def show(self, done_bytes: int, rows: int, final: bool = False) -> None:
         now = time.monotonic()
-        if not final and now - self.shown < 0.2:
+        if self.bar is None or (not final and now - self.shown < 0.1):
             return
         self.shown = now
-        fraction = min(done_bytes / self.total, 1.0)
-        rate = rows / max(now - self.start, 1e-6)
-        eta = (now - self.start) * (1 - fraction) / fraction if fraction else 0.0
-        bar = "#" * int(fraction * 30)
-        self.stream.write(f"\r[{bar:<30}] {fraction:6.1%} {rows:>10,} rows {rate:>9,.0f} ev/s ETA {eta:5.0f}s")
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
+        self.bar.update(self.task, completed=done_bytes, rows=rows, refresh=final)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
-async def import_file(args: argparse.Namespace, progress_stream=sys.stderr) -> int:
+async def import_file(args: argparse.Namespace, progress_stream=None) -> int:
+    """Load the file; a progress bar goes to `progress_stream` (stderr) when it is a terminal."""
     path: Path = args.file
+    if not path.is_file():
+        raise exits.UsageError(f"{path}: no such file")
     kind = args.format or ("csv" if path.suffix.lower() == ".csv" else "ndjson")
     mapping = dict(item.split("=", 1) for item in args.map)
     with path.open("rb") as handle:
@@ -286,7 +373,7 @@ async def import_file(args: argparse.Namespace, progress_stream=sys.stderr) -> i
         state.get("rows_done", 0) if state.get("digest") == digest and state.get("source") == args.source else 0
     )
     counts: Counter[str] = Counter()
-    progress = Progress(path.stat().st_size, progress_stream)
+    bar = Progress(path.stat().st_size, progress_stream)
     pending: dict[int, asyncio.Task] = {}
     done_upto = resume_after  # every row up to this number is acknowledged
 
@@ -336,16 +423,17 @@ async def import_file(args: argparse.Namespace, progress_stream=sys.stderr) -> i
                     pending[batch[-1][0]] = asyncio.create_task(send(batch))
                     batch = []
                     await settle(3)
-                progress.show(read, sum(counts.values()))
+                bar.show(read, sum(counts.values()))
             if batch:
                 pending[batch[-1][0]] = asyncio.create_task(send(batch))
             await settle(0)
             save(number if rows_seen else 0)
+            bar.show(path.stat().st_size, sum(counts.values()), final=True)
         finally:
+            bar.close()
             for task in pending.values():
                 task.cancel()
             await channel.close()
-    progress.show(path.stat().st_size, sum(counts.values()), final=True)
     summary = {name: counts[name] for name in ("accepted", "duplicate", "rejected", "quarantined", "suppressed")}
     print(json.dumps({**summary, "resumed_after_row": resume_after, "report": str(report_path)}))
     return 0

@@ -4,8 +4,8 @@ service's PrivacyService.
 `export` and `erase` start a request for a person named by profile id or any identifier, then
 wait (`--wait` seconds) until every service has answered: `export` prints the JSON document (or
 writes it to `--output`), `erase` the receipts of what each service removed. A request still
-pending when the wait ends is printed as it stands; `mosaic privacy show ID` follows it later.
-`requests` lists the pending requests whose legal deadline is within `--due-within` days
+pending when the wait ends is printed as it stands, with exit code 4 (exits.PENDING); `mosaic
+privacy show ID` follows it later. `requests` lists the pending requests whose legal deadline is within `--due-within` days
 (7; past deadlines included), or every request with `--all`. `retention` asks every service
 that keeps data for a while (RetentionService) how long, and prints what expires when.
 """
@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 
-from mosaic.cli import connect
+from mosaic.cli import connect, exits, listing, paging
 from mosaic.consent.v1 import consent_pb2, privacy_pb2, privacy_service_pb2_grpc
 from mosaic.consent.v1 import privacy_service_pb2 as pb
 from mosaic.identity.v1 import identity_pb2
@@ -48,7 +47,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         who.add_argument("--profile-id")
         who.add_argument("--user-id")
         who.add_argument("--email")
-        who.add_argument("--identifier", metavar="TYPE:VALUE", help="any identifier, e.g. anonymous_id:a1")
+        who.add_argument(
+            "--identifier", type=_identifier, metavar="TYPE:VALUE", help="any identifier, e.g. anonymous_id:a1"
+        )
         parser.add_argument("--jurisdiction", choices=tuple(JURISDICTIONS), help="decides the deadline (30 or 45 days)")
         parser.add_argument("--request-id", default="", help="makes a repeated command the same request")
         parser.add_argument("--requested-by", default="", help="who asks: an operator, a ticket")
@@ -57,22 +58,29 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
             parser.add_argument("--output", type=Path, help="write the document here instead of printing it")
     show = verbs.add_parser("show", help="one request with its receipts")
     show.add_argument("request_id")
-    listing = verbs.add_parser("requests", help="pending requests due within --due-within days (or --all)")
-    listing.add_argument("--due-within", type=int, default=7)
-    listing.add_argument("--all", action="store_true")
+    requests = verbs.add_parser(
+        "requests", help="pending requests due within --due-within days (or --all)", description=listing.HELP
+    )
+    requests.add_argument("--due-within", type=int, default=7, help="days (7; past deadlines included)")
+    requests.add_argument("--all", action="store_true", help="every request, pending or not")
     for parser in (*verbs.choices.values(),):
         parser.add_argument("--address", default=DEFAULT_ADDRESS, help="the consent service")
-    kept = verbs.add_parser("retention", help="how long each kind of data is kept, and what expires when")
+    kept = verbs.add_parser(
+        "retention", help="how long each kind of data is kept, and what expires when", description=listing.HELP
+    )
     for service, address in RETENTION_ADDRESSES.items():
         kept.add_argument(f"--{service}-address", default=address, help=f"the {service} service")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_run(args))
-    except grpc.aio.AioRpcError as error:
-        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
+    return asyncio.run(_run(args))
+
+
+def _identifier(text: str) -> str:
+    kind, sep, value = text.partition(":")
+    if not sep or not kind or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not TYPE:VALUE")
+    return text
 
 
 def _selector(args: argparse.Namespace) -> pb.PersonSelector:
@@ -82,9 +90,7 @@ def _selector(args: argparse.Namespace) -> pb.PersonSelector:
         return pb.PersonSelector(identifier=identity_pb2.Identifier(type="user_id", value=args.user_id))
     if args.email:
         return pb.PersonSelector(identifier=identity_pb2.Identifier(type="email", value=args.email.strip().lower()))
-    kind, sep, value = args.identifier.partition(":")
-    if not sep or not kind or not value:
-        raise SystemExit("--identifier must be TYPE:VALUE")
+    kind, _, value = args.identifier.partition(":")
     return pb.PersonSelector(identifier=identity_pb2.Identifier(type=kind, value=value))
 
 
@@ -128,7 +134,7 @@ async def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             print(json.dumps(_summary(answer.request), indent=2))
-            return 2
+            return exits.PENDING
         if args.verb == "export":
             document = json.dumps(json.loads(answer.export_json), indent=2)
             if args.output:
@@ -150,45 +156,56 @@ async def _wait(stub, request_id: str, seconds: float) -> pb.GetPrivacyRequestRe
         await asyncio.sleep(0.2)
 
 
+REQUEST_COLUMNS = (
+    listing.Column("request", "request_id"),
+    listing.Column("kind", "kind", listing.enum("PRIVACY_REQUEST_KIND_")),
+    listing.Column("state", "state", listing.enum("PRIVACY_REQUEST_STATE_")),
+    listing.Column("deadline", "deadline"),
+    listing.Column("days left", "days_left", lambda days: f"{days:.1f}", right=True),
+    listing.Column("waiting for", "waiting_for"),
+)
+RETENTION_COLUMNS = (
+    listing.Column("service", "service"),
+    listing.Column("kind", "kind"),
+    listing.Column("kept", "retention", lambda kept: f"{float(kept[:-1]) / 86400:g} days" if kept else "for good"),
+    listing.Column("gone if written before", "expires_before", lambda at: at[:19] + "Z" if at else "-"),
+    listing.Column("swept", "swept_rows", lambda rows: str(rows or 0), right=True),
+    listing.Column("how", "mechanism"),
+    listing.Column("setting", "setting"),
+)
+
+
 async def _list(stub, args: argparse.Namespace) -> int:
+    """The requests, with the days left before each one's deadline and who it still waits for."""
     query = (
         pb.ListPrivacyRequestsRequest(page_size=1000)
         if args.all
         else pb.ListPrivacyRequestsRequest(page_size=1000, due_within_days=max(args.due_within, 0) or 7)
     )
     now = time.time()
-    token = ""
-    while True:
-        query.page_token = token
-        page = await stub.ListPrivacyRequests(query)
-        if not token:
-            print(f"{'request':<38} {'kind':<8} {'state':<10} {'deadline':<22} {'days left':>9}  waiting for")
-        for request in page.requests:
-            kind = privacy_pb2.PrivacyRequestKind.Name(request.kind).removeprefix("PRIVACY_REQUEST_KIND_").lower()
-            state = privacy_pb2.PrivacyRequestState.Name(request.state).removeprefix("PRIVACY_REQUEST_STATE_").lower()
-            left = (request.deadline.seconds - now) / 86400
+    with listing.Listing(REQUEST_COLUMNS) as out:
+        async for request in paging.every(stub.ListPrivacyRequests, query, "requests"):
+            pending = request.state == privacy_pb2.PRIVACY_REQUEST_STATE_PENDING
             missing = sorted(set(request.participants) - {r.participant for r in request.receipts})
-            print(
-                f"{request.request_id:<38} {kind:<8} {state:<10} {request.deadline.ToJsonString():<22} {left:>9.1f}"
-                f"  {', '.join(missing) if state == 'pending' else '-'}"
+            out.add(
+                {
+                    **_summary(request),
+                    "days_left": round((request.deadline.seconds - now) / 86400, 3),
+                    "waiting_for": missing if pending else [],
+                }
             )
-        if not (token := page.next_page_token):
-            return 0
+    return 0
 
 
 async def show_retention(args: argparse.Namespace) -> int:
-    """Print every service's retention, kind by kind."""
-    print(f"{'service':<10} {'kind':<13} {'kept':<10} {'gone if written before':<24} {'swept':>7}  how (setting)")
-    for service in RETENTION_ADDRESSES:
-        async with connect.channel(getattr(args, f"{service}_address")) as channel:
-            answer = await retention_service_pb2_grpc.RetentionServiceStub(channel).GetRetention(
-                retention_service_pb2.GetRetentionRequest()
-            )
-        for kind in answer.kinds:
-            kept = f"{kind.retention.seconds / 86400:g} days" if kind.HasField("retention") else "for good"
-            before = kind.expires_before.ToJsonString()[:19] + "Z" if kind.HasField("expires_before") else "-"
-            print(
-                f"{answer.service:<10} {kind.kind:<13} {kept:<10} {before:<24} {kind.swept_rows:>7}"
-                f"  {kind.mechanism} ({kind.setting}; {answer.store} store)"
-            )
+    """Every service's retention, kind by kind."""
+    with listing.Listing(RETENTION_COLUMNS) as out:
+        for service in RETENTION_ADDRESSES:
+            async with connect.channel(getattr(args, f"{service}_address")) as channel:
+                answer = await retention_service_pb2_grpc.RetentionServiceStub(channel).GetRetention(
+                    retention_service_pb2.GetRetentionRequest()
+                )
+            for kind in answer.kinds:
+                fields = json_format.MessageToDict(kind, preserving_proto_field_name=True)
+                out.add({"service": answer.service, "store": answer.store, **fields})
     return 0

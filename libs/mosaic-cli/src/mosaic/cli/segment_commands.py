@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 
 import grpc
 from google.protobuf import json_format
 
+from mosaic.cli import listing, paging
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2_grpc
 from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
 
@@ -19,33 +19,39 @@ DEFAULT_ADDRESS = "127.0.0.1:50054"
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     segments = commands.add_parser("segments", help="create, update, show, list, delete, estimate segments; members")
-    segments.add_argument("action", choices=("create", "update", "show", "list", "delete", "estimate", "members"))
-    segments.add_argument("target", nargs="?", help="the segment id (estimate: the definition)")
-    segments.add_argument("definition", nargs="?", help="create, update: the definition, e.g. 'traits.plan = \"pro\"'")
-    segments.add_argument("--name", help="create, update: the segment's name (default: its id)")
-    segments.add_argument("--address", default=DEFAULT_ADDRESS, help="the segmentation service")
+    actions = segments.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("create", "define a segment"), ("update", "change a segment's definition and name")):
+        leaf = actions.add_parser(action, help=text)
+        leaf.add_argument("target", metavar="SEGMENT_ID")
+        leaf.add_argument("definition", help="in the segment language, e.g. 'traits.plan = \"pro\"'")
+        leaf.add_argument("--name", help="the segment's name (default: its id)")
+    actions.add_parser("show", help="one segment").add_argument("target", metavar="SEGMENT_ID")
+    actions.add_parser("list", help="every segment", description=listing.HELP)
+    actions.add_parser("delete", help="delete a segment").add_argument("target", metavar="SEGMENT_ID")
+    estimate = actions.add_parser("estimate", help="how many profiles a definition matches now, with a sample")
+    estimate.add_argument("target", metavar="DEFINITION")
+    members = actions.add_parser("members", help="the segment's profile ids, one a line")
+    members.add_argument("target", metavar="SEGMENT_ID")
+    for leaf in actions.choices.values():
+        leaf.add_argument("--address", default=DEFAULT_ADDRESS, help="the segmentation service")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return asyncio.run(_run(args))
-    except grpc.aio.AioRpcError as error:
-        print(f"{error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
+    return asyncio.run(_run(args))
 
 
 def _print(message) -> None:
     print(json.dumps(json_format.MessageToDict(message), indent=2))
 
 
+COLUMNS = (
+    listing.Column("segment", "segmentId"),
+    listing.Column("name", "name"),
+    listing.Column("definition", "definition"),
+)
+
+
 async def _run(args: argparse.Namespace) -> int:
-    needs = {"create": 2, "update": 2, "show": 1, "delete": 1, "estimate": 1, "members": 1, "list": 0}[args.action]
-    if [args.target, args.definition][:needs].count(None):
-        print(
-            f"mosaic segments {args.action}: needs {'an id and a definition' if needs == 2 else 'one argument'}",
-            file=sys.stderr,
-        )
-        return 2
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
         if args.action in ("create", "update"):
@@ -66,12 +72,7 @@ async def _run(args: argparse.Namespace) -> int:
             async for member in stub.ListMembers(pb.ListMembersRequest(segment_id=args.target)):
                 print(member.profile_id)
         else:
-            token = ""
-            while True:
-                page = await stub.ListSegments(pb.ListSegmentsRequest(page_token=token))
-                for segment in page.segments:
-                    print(f"{segment.segment_id}\t{segment.name}\t{segment.definition}")
-                token = page.next_page_token
-                if not token:
-                    break
+            with listing.Listing(COLUMNS) as out:
+                async for segment in paging.every(stub.ListSegments, pb.ListSegmentsRequest(), "segments"):
+                    out.add(json_format.MessageToDict(segment))
     return 0

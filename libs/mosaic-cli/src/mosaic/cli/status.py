@@ -4,8 +4,8 @@ Health is each service's grpc.health.v1 answer; lag, in flight and redeliveries 
 from JetStream's consumer info (the durables `<stage>-<partition>`), which replica holds each
 partition from the services' lease buckets (mosaic.platform.ownership), dead letters from the
 DEAD_LETTERS stream, quarantine counts from ingestion's ListQuarantinedEvents, per source. It
-exits 1 when a service is not serving or a running service leaves a partition without a holder,
-so a script can wait on it.
+exits 1 (exits.REFUSED) when a service is not serving or a running service leaves a partition
+without a holder, so a script can wait on it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from mosaic.cli import connect, paging
+from mosaic.cli import connect, exits, paging
 from mosaic.cli.mesh import DEFAULT_PORTS, SERVICES
 from mosaic.ingestion.v1 import ingestion_service_pb2 as ingestion
 from mosaic.ingestion.v1 import ingestion_service_pb2_grpc
@@ -77,7 +77,7 @@ def addresses(overrides: list[str]) -> dict[str, str]:
     for override in overrides:
         name, _, address = override.partition("=")
         if name not in found or not address:
-            raise SystemExit(
+            raise exits.UsageError(
                 f"--address {override!r}: must be SERVICE=HOST:PORT with SERVICE one of {', '.join(SERVICES)}"
             )
         found[name] = address
@@ -218,4 +218,4 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
     status = asyncio.run(gather(args.nats, where, args.partitions))
     # A pipe gets 120 columns rather than rich's 80, so the tables stay whole in a log.
     render(status, where, console or Console(width=shutil.get_terminal_size((120, 24)).columns))
-    return 0 if status.serving and not status.problems else 1
+    return exits.OK if status.serving and not status.problems else exits.REFUSED
