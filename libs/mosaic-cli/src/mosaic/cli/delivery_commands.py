@@ -18,10 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 
-from mosaic.cli import exits, listing, paging
+from mosaic.cli import connect, exits, listing, paging
 from mosaic.delivery.v1 import campaign_pb2, delivery_pb2, delivery_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
 
@@ -116,7 +115,7 @@ def _read(path: str, message):
 
 
 async def manage_destinations(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with connect.channel(args.address) as channel:
         stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
         if args.action == "list":
             with listing.Listing(DESTINATION_COLUMNS) as out:
@@ -137,7 +136,7 @@ async def manage_destinations(args: argparse.Namespace) -> int:
 
 
 async def manage_campaigns(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with connect.channel(args.address) as channel:
         stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
         if args.action == "list":
             with listing.Listing(CAMPAIGN_COLUMNS) as out:
@@ -155,7 +154,7 @@ async def manage_campaigns(args: argparse.Namespace) -> int:
 
 
 async def manage_deliveries(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with connect.channel(args.address) as channel:
         stub = delivery_service_pb2_grpc.DeliveryServiceStub(channel)
         if args.action == "list":
             request = pb.ListDeliveriesRequest(profile_id=args.profile_id)

@@ -6,10 +6,9 @@ import argparse
 import asyncio
 import json
 
-import grpc
 from google.protobuf import json_format
 
-from mosaic.cli import listing, paging
+from mosaic.cli import connect, listing, paging
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2_grpc
 from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
 
@@ -52,7 +51,7 @@ COLUMNS = (
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with connect.channel(args.address) as channel:
         stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
         if args.action in ("create", "update"):
             segment = segment_pb2.Segment(
