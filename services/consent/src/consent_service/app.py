@@ -10,7 +10,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from consent_service.cache import ConsentCache
 from consent_service.config import Settings
-from consent_service.events import ConsentEvents
+from consent_service.events import ConsentEvents, IdentityChanges
 from consent_service.ledger import Ledger
 from consent_service.outbox import Relay
 from consent_service.privacy import ConsentParticipant, PrivacyServicer, Receipts
@@ -21,25 +21,8 @@ from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc, privacy_ser
 from mosaic.consent.v1 import consent_service_pb2 as pb
 from mosaic.identity.v1 import identity_service_pb2_grpc
 from mosaic.platform import clients, topics
-from mosaic.platform.bus import Delivery
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
-
-
-class IdentityChanges:
-    """The consumer of identity.merged and identity.split: consent follows the person."""
-
-    def __init__(self, ledger: Ledger, relay: Relay) -> None:
-        self.ledger = ledger
-        self.relay = relay
-
-    async def merged(self, merge, delivery: Delivery) -> None:
-        if await self.ledger.merged(merge):
-            self.relay.kick()
-
-    async def split(self, split, delivery: Delivery) -> None:
-        if await self.ledger.split(split):
-            self.relay.kick()
 
 
 def components(store: ConsentStore, runtime: Runtime, settings: Settings) -> tuple[Ledger, ConsentCache, Relay]:

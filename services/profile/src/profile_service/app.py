@@ -3,12 +3,8 @@ events.resolved, identity changes and consent.changed in, profile.updated out.""
 
 from __future__ import annotations
 
-from opentelemetry import trace
-
 from mosaic.archive.v1 import event_archive_service_pb2, event_archive_service_pb2_grpc
-from mosaic.events.v1 import resolved_pb2
 from mosaic.platform import retention, topics
-from mosaic.platform.bus import Delivery
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
 from mosaic.profile.v1 import profile_service_pb2 as pb
@@ -16,34 +12,13 @@ from mosaic.profile.v1 import profile_service_pb2_grpc
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
 from profile_service.consent import ConsentChanges, TraitPurposes
+from profile_service.events import ResolvedEventHandler
 from profile_service.masking import MaskingProfileServicer
 from profile_service.merges import MergeHandler
 from profile_service.privacy import ProfilePrivacy
 from profile_service.profiles import Profiles
 from profile_service.server import ArchiveServicer, ProfileServicer
 from profile_service.store import open_store
-
-
-class ResolvedEventHandler:
-    """events.resolved → fold → snapshot → profile.updated, idempotent by message id; a fetched
-    batch at once (`batch`), or one event at a time when the bus falls back to that."""
-
-    def __init__(self, profiles: Profiles) -> None:
-        self.profiles = profiles
-
-    async def __call__(self, resolved: resolved_pb2.ResolvedEvent, delivery: Delivery) -> None:
-        await self.batch([(resolved, delivery)])
-
-    async def batch(self, items: list[tuple[resolved_pb2.ResolvedEvent, Delivery]]) -> None:
-        contexts = [delivery.trace_context for _, delivery in items]
-        snapshots = await self.profiles.apply_batch(
-            [(resolved, context) for (resolved, _), context in zip(items, contexts, strict=False)]
-        )
-        for (resolved, _), context, snapshot in zip(items, contexts, snapshots, strict=False):
-            if snapshot is not None:
-                trace.get_current_span(context).set_attributes(
-                    {"mosaic.profile.id": resolved.profile_id, "mosaic.profile.version": snapshot.version}
-                )
 
 
 async def build(runtime: Runtime, settings: Settings) -> None:
