@@ -140,9 +140,9 @@ async def health_baseline(channel: grpc.aio.Channel) -> tuple[float, float]:
 
 async def handler_time() -> tuple[float, float]:
     """The servicer's CheckConsent on a warm cache, in-process: what the service adds to gRPC."""
-    from consent_service.app import ConsentServicer
     from consent_service.cache import ConsentCache
     from consent_service.ledger import Ledger, PersonView
+    from consent_service.server import ConsentServicer
     from mosaic.platform.consent import DEFAULT_PURPOSES, parse
 
     decision = consent_pb2.ConsentDecision(profile_id="p", purpose="marketing", granted=True)

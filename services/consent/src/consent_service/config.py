@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from mosaic.platform import topics
-from mosaic.platform.config import Env, PlatformSettings, ServiceSettings
+from mosaic.platform.config import Env, ServiceSettings
 from mosaic.platform.consent import Policy, Purpose
 
 # The services with a privacy participant (mosaic.platform.privacy.Participant), as registered.
@@ -34,17 +33,14 @@ class Settings(ServiceSettings):
         return self.policy.jurisdiction
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        env = Env(environ)
-        return cls(
-            PlatformSettings.from_env(cls.SERVICE, environ),
-            policy=Policy.from_env(environ),
+    def own(cls, env: Env) -> dict[str, Any]:
+        return dict(
+            policy=Policy.from_env(env.environ),
             cache_size=env.int("MOSAIC_CONSENT_CACHE_SIZE", 100_000, minimum=1),
             # The longest a cached answer is trusted when a consent.changed notice was missed.
             cache_seconds=env.float("MOSAIC_CONSENT_CACHE_SECONDS", 60.0),
             # Where identifiers of privacy requests are resolved; unset: requests name profile ids.
-            identity_address=environ.get("MOSAIC_IDENTITY_ADDRESS", "").strip(),
+            identity_address=env.environ.get("MOSAIC_IDENTITY_ADDRESS", "").strip(),
             # The services that must answer a privacy request before it completes.
             participants=env.list("MOSAIC_PRIVACY_PARTICIPANTS", ",".join(DEFAULT_PARTICIPANTS)),
             # How long a completed export's document is kept for the requester to fetch.

@@ -1,4 +1,5 @@
-"""Consent changes from events: Segment's consent preferences (consumer of `events.resolved`).
+"""Consent changes from events: Segment's consent preferences (consumer of `events.resolved`),
+and people moved by identity's merges and splits (IdentityChanges, of `identity.merged`/`split`).
 
 Segment's consent management sends the person's preferences with every event, as
 `context.consent.categoryPreferences` (`{"Advertising": true, "C0002": false}`), and sends a
@@ -94,4 +95,20 @@ class ConsentEvents:
         if decisions:
             profiles = await self.ledger.record(decisions)
             self.cache.drop([*profiles, resolved.profile_id])
+            self.relay.kick()
+
+
+class IdentityChanges:
+    """The consumer of identity.merged and identity.split: consent follows the person."""
+
+    def __init__(self, ledger: Ledger, relay: Relay) -> None:
+        self.ledger = ledger
+        self.relay = relay
+
+    async def merged(self, merge, delivery: Delivery) -> None:
+        if await self.ledger.merged(merge):
+            self.relay.kick()
+
+    async def split(self, split, delivery: Delivery) -> None:
+        if await self.ledger.split(split):
             self.relay.kick()

@@ -1,20 +1,19 @@
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from delivery_service.schedule import zone_named
 from delivery_service.ssrf import CLASSES, AddressPolicy
 from mosaic.platform import retention
-from mosaic.platform.config import ConfigError, Env, PlatformSettings
+from mosaic.platform.config import ConfigError, Env, ServiceSettings
 
 
 @dataclass(frozen=True)
-class Settings:
-    platform: PlatformSettings
+class Settings(ServiceSettings):
+    SERVICE = "delivery"
     consent_address: str
     max_attempts: int
     webhook_timeout: float
@@ -71,18 +70,15 @@ class Settings:
         return AddressPolicy(self.allowed_addresses)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        env = Env(environ)
+    def own(cls, env: Env) -> dict[str, Any]:
         allowed = tuple(
-            a for a in (x.strip() for x in environ.get("MOSAIC_DELIVERY_ALLOW_ADDRESSES", "").split(",")) if a
+            a for a in (x.strip() for x in env.environ.get("MOSAIC_DELIVERY_ALLOW_ADDRESSES", "").split(",")) if a
         )
         if set(allowed) - set(CLASSES):
             raise ConfigError(
                 "MOSAIC_DELIVERY_ALLOW_ADDRESSES", f"must be a comma-separated list of {', '.join(CLASSES)}"
             )
-        return cls(
-            platform=PlatformSettings.from_env("delivery", environ),
+        return dict(
             consent_address=env.str("MOSAIC_CONSENT_ADDRESS"),
             max_attempts=env.int("MOSAIC_DELIVERY_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
             webhook_timeout=env.float("MOSAIC_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1),

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from mosaic.platform.config import ConfigError, Env, PlatformSettings, ServiceSettings
+from mosaic.platform.config import ConfigError, Env, ServiceSettings
 
 
 @dataclass(frozen=True)
@@ -19,14 +18,11 @@ class Settings(ServiceSettings):
     sightings_flush_seconds: float = 1.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        env = Env(environ)
+    def own(cls, env: Env) -> dict[str, Any]:
         region = env.str("MOSAIC_IDENTITY_PHONE_REGION", "US").upper()
         if len(region) != 2 or not region.isalpha():
             raise ConfigError("MOSAIC_IDENTITY_PHONE_REGION", f"must be a two-letter region code, got {region!r}")
-        return cls(
-            PlatformSettings.from_env(cls.SERVICE, environ),
+        return dict(
             # How stale the rules may be on a replica after UpdateRules.
             rules_max_age=env.float("MOSAIC_IDENTITY_RULES_MAX_AGE", 5.0),
             # How long a crashed replica's lock on a profile blocks others. Longer than the store's

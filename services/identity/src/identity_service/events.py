@@ -1,4 +1,5 @@
-"""One event through identity: its identifiers, its profile, and what is recorded about it.
+"""One event through identity: its identifiers, its profile, and what is recorded about it;
+RawEventHandler is the consumer of `events.raw` that runs it and publishes the outcome.
 
 Besides the graph change itself (resolver), each event leaves: the identifiers it could not
 link and why (for ExplainProfile), the last sighting of each identifier and its link (the
@@ -8,15 +9,21 @@ or the identifier, so a replay rewrites them.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
+from opentelemetry import trace
+
 from identity_service import identifiers as ids
+from identity_service.outbox import Outbox
 from identity_service.resolver import Resolution, Resolver, now_ms
 from identity_service.rules import Rules, RulesCache
 from identity_service.sightings import Sightings
 from identity_service.store import Link
-from mosaic.events.v1 import event_pb2
+from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2
+from mosaic.platform import topics
+from mosaic.platform.bus import Bus, Delivery
 from mosaic.platform.errors import InvalidArgument
 
 
@@ -106,3 +113,44 @@ def _event_time(event: event_pb2.Event) -> int:
         if stamp.seconds or stamp.nanos:
             return stamp.ToMilliseconds()
     return now_ms()
+
+
+class RawEventHandler:
+    """events.raw → resolve → events.resolved (keyed by profile id), then merges published; a
+    fetched batch at once (`batch`: one publish for all), or one event at a time when the bus
+    falls back to that."""
+
+    def __init__(self, events: EventResolver, bus: Bus, outbox: Outbox) -> None:
+        self.events = events
+        self.bus = bus
+        self.outbox = outbox
+
+    async def __call__(self, event: event_pb2.Event, delivery: Delivery) -> None:
+        await self.batch([(event, delivery)])
+
+    async def batch(self, items: list[tuple[event_pb2.Event, Delivery]]) -> None:
+        # Events of one key in order (the order they were sent in), different keys side by side.
+        by_key: dict[str, list[int]] = {}
+        for index, (_, delivery) in enumerate(items):
+            by_key.setdefault(delivery.key, []).append(index)
+        found: list[Resolved | None] = [None] * len(items)
+
+        async def resolve_in_order(indexes: list[int]) -> None:
+            for index in indexes:
+                found[index] = await self.events.resolve(items[index][0])
+
+        await asyncio.gather(*(resolve_in_order(indexes) for indexes in by_key.values()))
+        resolved = [r for r in found if r is not None]
+        if any(r.resolution.merges for r in resolved):
+            # identity.merged goes out before the events that caused it, so the profile service
+            # folds the merged profiles first; a crash here leaves it in the outbox.
+            await self.outbox.drain()
+        contexts = [delivery.trace_context for _, delivery in items]
+        messages = []
+        for (event, _), context, r in zip(items, contexts, resolved, strict=True):
+            trace.get_current_span(context).set_attribute("mosaic.profile.id", r.profile_id)
+            message = resolved_pb2.ResolvedEvent(profile_id=r.profile_id, event=event, identifiers=r.identifiers)
+            messages.append((r.profile_id, message.SerializeToString(), event.message_id))
+        await self.bus.publish_many(
+            topics.EVENTS_RESOLVED, messages, contexts=contexts if any(c is not None for c in contexts) else None
+        )

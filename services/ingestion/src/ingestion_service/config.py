@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ingestion_service.consent import Rule, parse_rules
-from mosaic.platform.config import Env, PlatformSettings
+from mosaic.platform.config import Env, ServiceSettings
 from mosaic.platform.consent import Policy
 
 
 @dataclass(frozen=True)
-class Settings:
-    platform: PlatformSettings
+class Settings(ServiceSettings):
+    SERVICE = "ingestion"
     http_port: int
     # How long a request's body may take to arrive; past it the answer is 408 and the
     # connection is closed (a body never finished would otherwise hold it for ever).
@@ -47,13 +46,9 @@ class Settings:
     consent_cache_seconds: float = 5.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, platform: PlatformSettings | None = None) -> Settings:
-        """Read the settings; tests pass their own mapping and, if they have one, the platform's."""
-        environ = os.environ if environ is None else environ
-        env = Env(environ)
-        policy = Policy.from_env(environ)
-        return cls(
-            platform=platform or PlatformSettings.from_env("ingestion", environ),
+    def own(cls, env: Env) -> dict[str, Any]:
+        policy = Policy.from_env(env.environ)
+        return dict(
             http_port=env.int("MOSAIC_HTTP_PORT", 8080, maximum=65535),
             http_read_timeout=env.float("MOSAIC_HTTP_READ_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             key_grace_seconds=env.float("MOSAIC_INGEST_KEY_GRACE_SECONDS", 24 * 3600.0),
@@ -68,7 +63,7 @@ class Settings:
             backlog_refresh_seconds=env.float("MOSAIC_INGEST_BACKLOG_REFRESH_SECONDS", 1.0, minimum=0.05),
             backlog_retry_after=env.float("MOSAIC_INGEST_BACKLOG_RETRY_AFTER_SECONDS", 5.0, minimum=0.1),
             policy=policy,
-            consent_rules=parse_rules(environ.get("MOSAIC_INGEST_CONSENT_RULES", ""), policy),
-            identity_address=environ.get("MOSAIC_IDENTITY_ADDRESS", "").strip(),
+            consent_rules=parse_rules(env.environ.get("MOSAIC_INGEST_CONSENT_RULES", ""), policy),
+            identity_address=env.environ.get("MOSAIC_IDENTITY_ADDRESS", "").strip(),
             consent_cache_seconds=env.float("MOSAIC_INGEST_CONSENT_CACHE_SECONDS", 5.0),
         )

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from mosaic.platform import retention
-from mosaic.platform.config import ConfigError, Env, PlatformSettings
+from mosaic.platform.config import ConfigError, Env, ServiceSettings
 from mosaic.platform.consent import Policy
 
 
@@ -23,8 +22,8 @@ def parse_trait_purposes(spec: str, policy: Policy, variable: str = "MOSAIC_PROF
 
 
 @dataclass(frozen=True)
-class Settings:
-    platform: PlatformSettings
+class Settings(ServiceSettings):
+    SERVICE = "profile"
     source_priority: tuple[str, ...]
     counter_days: int
     archive_days: int
@@ -39,20 +38,17 @@ class Settings:
     sweep_seconds: float = 3600.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        env = Env(environ)
+    def own(cls, env: Env) -> dict[str, Any]:
         priority = env.str("MOSAIC_PROFILE_SOURCE_PRIORITY", "-")
-        policy = Policy.from_env(environ)
-        return cls(
-            platform=PlatformSettings.from_env("profile", environ),
+        policy = Policy.from_env(env.environ)
+        return dict(
             source_priority=() if priority == "-" else env.list("MOSAIC_PROFILE_SOURCE_PRIORITY", priority),
             counter_days=env.int("MOSAIC_PROFILE_COUNTER_DAYS", 90, minimum=1, maximum=3650),
             archive_days=env.int("MOSAIC_PROFILE_ARCHIVE_DAYS", 90, minimum=1, maximum=3650),
             full_every=env.int("MOSAIC_PROFILE_FULL_EVERY", 20, minimum=1, maximum=10_000),
             cache_size=env.int("MOSAIC_PROFILE_CACHE_SIZE", 100_000, minimum=0),
             policy=policy,
-            trait_purposes=parse_trait_purposes(environ.get("MOSAIC_PROFILE_TRAIT_PURPOSES", ""), policy),
+            trait_purposes=parse_trait_purposes(env.environ.get("MOSAIC_PROFILE_TRAIT_PURPOSES", ""), policy),
             # A redelivered event (markers live 14 days) reads back its snapshot: keep them longer.
             snapshot_days=retention.days(env, "MOSAIC_PROFILE_SNAPSHOT_DAYS", 0.0, at_least=14),
             sweep_seconds=env.float("MOSAIC_RETENTION_SWEEP_SECONDS", 3600.0, minimum=1.0),

@@ -1,16 +1,15 @@
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from mosaic.platform.config import Env, PlatformSettings
+from mosaic.platform.config import Env, ServiceSettings
 from mosaic.platform.consent import Policy
 
 
 @dataclass(frozen=True)
-class Settings:
-    platform: PlatformSettings
+class Settings(ServiceSettings):
+    SERVICE = "segmentation"
     # Where the profile service is: the view is rebuilt from its ScanProfiles on start. Empty
     # (tests of the handlers alone) starts with an empty view filled by profile.updated only.
     profile_address: str
@@ -24,14 +23,11 @@ class Settings:
     policy: Policy = field(default_factory=Policy)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
-        env = Env(environ)
-        return cls(
-            platform=PlatformSettings.from_env("segmentation", environ),
+    def own(cls, env: Env) -> dict[str, Any]:
+        return dict(
             profile_address=env.str("MOSAIC_PROFILE_ADDRESS", ""),
             timer_interval=env.float("MOSAIC_SEGMENTATION_TIMER_SECONDS", 10.0, minimum=0.1),
             peers=env.list("MOSAIC_SEGMENTATION_PEERS", "") if env.str("MOSAIC_SEGMENTATION_PEERS", "") else (),
             size_interval=env.float("MOSAIC_SEGMENTATION_SIZE_SECONDS", 3600.0, minimum=0.1),
-            policy=Policy.from_env(environ),
+            policy=Policy.from_env(env.environ),
         )

@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -32,6 +32,11 @@ class Env:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
+
+    @property
+    def environ(self) -> Mapping[str, str]:
+        """The mapping itself, for the rare value parsed by its own rules."""
+        return self._environ
 
     def str(self, name: str, default: str | None = None) -> str:
         value = self._environ.get(name, "").strip()
@@ -296,11 +301,22 @@ class PlatformSettings:
 
 @dataclass(frozen=True)
 class ServiceSettings:
-    """The settings of a service with nothing of its own; subclasses name the service."""
+    """A service's settings: the platform's (`platform`) and the service's own fields.
+
+    Every service's `config.Settings` subclasses it the same way: `SERVICE` names the service,
+    its fields follow `platform`, and `own(env)` reads them (by keyword) from the environment.
+    """
 
     SERVICE: ClassVar[str] = ""
     platform: PlatformSettings
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
-        return cls(PlatformSettings.from_env(cls.SERVICE, environ))
+    def from_env(cls, environ: Mapping[str, str] | None = None, platform: PlatformSettings | None = None) -> Self:
+        """Read the settings; tests pass their own mapping and, if they have one, the platform's."""
+        environ = os.environ if environ is None else environ
+        return cls(platform or PlatformSettings.from_env(cls.SERVICE, environ), **cls.own(Env(environ)))
+
+    @classmethod
+    def own(cls, env: Env) -> dict[str, Any]:
+        """The service's own fields, read from `env` (none here)."""
+        return {}
