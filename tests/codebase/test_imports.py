@@ -65,3 +65,12 @@ def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:
         "mosaic.testing.receivers": {"module.py"},
         "mosaic.testing.receivers.WebhookReceiver": {"module.py"},
     }
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_only_the_store_package_picks_a_backend(service: str) -> None:
+    """A store's backends import its contract (base, model), never the other way round, not even
+    lazily: only the package's __init__ imports a backend, so the store has no import cycle."""
+    backends = tuple(f"{service}_service.store.{backend}" for backend in ("cassandra", "sqlite"))
+    importers = set().union(*offending(ROOT / "services" / service / "src", backends).values())
+    assert importers == {f"{service}_service/store/__init__.py"}

@@ -2,7 +2,7 @@
 
 Every decision for a profile runs under that profile's lock, reads the profile's state from
 the columnar view and evaluates it plainly (evaluate.py). A change of membership is recorded
-with its transition and a pending row (store.py), then published on segment.membership under
+with its transition and a pending row (store/base.py), then published on segment.membership under
 the transition's message id, then the pending row is dropped: a redelivery finds the
 membership already decided and only publishes what is still pending.
 """

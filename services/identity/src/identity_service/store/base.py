@@ -17,63 +17,10 @@ Tables, and who may write them (never LWT and plain writes on the same rows):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from identity_service.store.model import Claim, Key, Link, Member, OutboxEntry, ProfileRow
 from mosaic.identity.v1 import identity_pb2
-from mosaic.platform.store import open_repository
-
-Key = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The home profile of an identifier and how it got there."""
-
-    profile_id: str
-    event_id: str
-    claimed_at: int  # ms
-    source: str
-
-
-@dataclass(frozen=True)
-class ProfileRow:
-    profile_id: str
-    created_at: int  # ms: the event time of its first event
-    created_by: str
-    merged_into: str  # "" while it is a root
-    merge_id: str
-    holder: str  # "" when unlocked
-    lease_until: int  # ms
-    never_merge: frozenset[str]
-
-
-@dataclass(frozen=True)
-class Member:
-    """One identifier linked to its home profile."""
-
-    id_type: str
-    id_value: str
-    first_seen: int  # ms
-    event_id: str
-    source: str
-
-
-@dataclass(frozen=True)
-class Link:
-    """One event's usable identifiers, as recorded for the dry run."""
-
-    at: int
-    event_id: str
-    identifiers: tuple[Key, ...]
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    message_id: str
-    topic: str
-    key: str
-    payload: bytes
 
 
 class IdentityStore(Protocol):
@@ -136,22 +83,3 @@ class IdentityStore(Protocol):
         """Store `rules` (whose version is expected_version + 1) if the stored version is expected."""
 
     async def close(self) -> None: ...
-
-
-def encode_keys(keys: Sequence[Key]) -> str:
-    return "\n".join(f"{t}\t{v}" for t, v in keys)
-
-
-def decode_keys(text: str) -> tuple[Key, ...]:
-    return tuple(tuple(line.split("\t", 1)) for line in text.split("\n") if line)  # type: ignore[misc]
-
-
-async def open_store(settings) -> IdentityStore:
-    from identity_service import store_cassandra, store_sqlite
-
-    return await open_repository(
-        settings,
-        "identity",
-        cassandra=(store_cassandra.MIGRATIONS, store_cassandra.CassandraIdentityStore),
-        sqlite=(store_sqlite.MIGRATIONS, store_sqlite.SqliteIdentityStore),
-    )

@@ -9,7 +9,8 @@ from __future__ import annotations
 import zlib
 from datetime import datetime, timezone
 
-from consent_service.store import (
+from consent_service.store.base import ConsentStore
+from consent_service.store.model import (
     Expiry,
     MergeRecord,
     OutboxEntry,
@@ -19,7 +20,7 @@ from consent_service.store import (
     expiries_of,
     micros,
 )
-from mosaic.consent.v1 import privacy_pb2
+from mosaic.consent.v1 import consent_pb2, privacy_pb2
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.cassandra import CassandraStore
 
@@ -104,10 +105,10 @@ def _micros_of(when: datetime) -> int:
     return int(when.replace(tzinfo=timezone.utc).timestamp() * 1000) * 1000
 
 
-class CassandraConsentStore(Repository):
+class CassandraConsentStore(Repository, ConsentStore):
     db: CassandraStore
 
-    async def append(self, decisions, outbox):
+    async def append(self, decisions: list[consent_pb2.ConsentDecision], outbox: list[OutboxEntry]) -> None:
         statements = [
             (
                 _LEDGER,
@@ -125,7 +126,7 @@ class CassandraConsentStore(Repository):
         expiries = _expiry_rows(expiries_of(decisions), _EXPIRY)
         await self.db.execute_atomic(statements + expiries + _outbox(outbox))
 
-    async def ledger(self, profile_ids, limit=10_000):
+    async def ledger(self, profile_ids: list[str], limit: int = 10000) -> list[consent_pb2.ConsentDecision]:
         decisions = []
         for profile_id in dict.fromkeys(profile_ids):
             rows = await self.db.execute(
@@ -140,15 +141,15 @@ class CassandraConsentStore(Repository):
         decisions.sort(key=lambda d: (micros(d.decided_at), d.purpose, d.profile_id))
         return decisions[:limit]
 
-    async def head(self, profile_id):
+    async def head(self, profile_id: str) -> str:
         rows = await self.db.execute("SELECT head FROM consent_heads WHERE profile_id = ?", (profile_id,))
         return rows[0].head if rows and rows[0].head else profile_id
 
-    async def members(self, head):
+    async def members(self, head: str) -> list[str]:
         rows = await self.db.execute("SELECT profile_id FROM consent_members WHERE head = ?", (head,))
         return [head, *(r.profile_id for r in rows if r.profile_id != head)]
 
-    async def merge_record(self, merge_id):
+    async def merge_record(self, merge_id: str) -> MergeRecord | None:
         rows = await self.db.execute(
             "SELECT survivor, moves, split FROM consent_merges WHERE merge_id = ?", (merge_id,)
         )
@@ -175,7 +176,7 @@ class CassandraConsentStore(Repository):
             for p in {record.survivor, *(m.profile_id for m in record.moves)}
         ]
 
-    async def apply_merge(self, record, outbox):
+    async def apply_merge(self, record: MergeRecord, outbox: list[OutboxEntry]) -> None:
         statements = self._index(record)
         for move in record.moves:
             statements += self._point(move.profile_id, move.previous_head, record.survivor)
@@ -187,7 +188,7 @@ class CassandraConsentStore(Repository):
         )
         await self.db.execute_atomic(statements + _outbox(outbox))
 
-    async def apply_split(self, record, outbox):
+    async def apply_split(self, record: MergeRecord, outbox: list[OutboxEntry]) -> None:
         statements = self._index(record)
         for move in record.moves:
             statements += self._point(move.profile_id, record.survivor, move.previous_head)
@@ -199,7 +200,7 @@ class CassandraConsentStore(Repository):
         )
         await self.db.execute_atomic(statements + _outbox(outbox))
 
-    async def put_request(self, request, outbox):
+    async def put_request(self, request: privacy_pb2.PrivacyRequest, outbox: list[OutboxEntry]) -> bool:
         applied, _ = await self.db.execute_lwt(
             "INSERT INTO privacy_requests (bucket, request_id, request) VALUES (0, ?, ?) IF NOT EXISTS",
             (request.request_id, request.SerializeToString()),
@@ -211,7 +212,7 @@ class CassandraConsentStore(Repository):
             await self.db.execute_atomic(_outbox(outbox))
         return applied
 
-    async def request(self, request_id):
+    async def request(self, request_id: str) -> privacy_pb2.PrivacyRequest | None:
         rows = await self.db.execute(
             "SELECT request FROM privacy_requests WHERE bucket = 0 AND request_id = ?", (request_id,)
         )
@@ -222,11 +223,11 @@ class CassandraConsentStore(Repository):
         request.receipts.extend(privacy_pb2.PrivacyReceiptSummary.FromString(r.summary) for r in receipts)
         return request
 
-    async def requests(self, limit=10_000):
+    async def requests(self, limit: int = 10000) -> list[privacy_pb2.PrivacyRequest]:
         rows = await self.db.execute("SELECT request FROM privacy_requests WHERE bucket = 0 LIMIT ?", (limit,))
         return [privacy_pb2.PrivacyRequest.FromString(r.request) for r in rows]
 
-    async def complete_request(self, request):
+    async def complete_request(self, request: privacy_pb2.PrivacyRequest) -> None:
         stored = privacy_pb2.PrivacyRequest()
         stored.CopyFrom(request)
         del stored.receipts[:]
@@ -235,7 +236,15 @@ class CassandraConsentStore(Repository):
             (stored.SerializeToString(), request.request_id),
         )
 
-    async def put_receipt(self, request_id, participant, part, summary, export_json, outbox):
+    async def put_receipt(
+        self,
+        request_id: str,
+        participant: str,
+        part: int,
+        summary: privacy_pb2.PrivacyReceiptSummary | None,
+        export_json: str,
+        outbox: list[OutboxEntry],
+    ) -> None:
         statements: list[tuple[str, tuple]] = []
         if export_json:
             statements.append(
@@ -254,16 +263,16 @@ class CassandraConsentStore(Repository):
         if statements or outbox:
             await self.db.execute_atomic(statements + _outbox(outbox))
 
-    async def export_parts(self, request_id):
+    async def export_parts(self, request_id: str) -> list[tuple[str, int, str]]:
         rows = await self.db.execute(
             "SELECT participant, part, json FROM privacy_exports WHERE request_id = ?", (request_id,)
         )
         return [(r.participant, r.part, r.json) for r in rows]
 
-    async def delete_export(self, request_id):
+    async def delete_export(self, request_id: str) -> None:
         await self.db.execute("DELETE FROM privacy_exports WHERE request_id = ?", (request_id,))
 
-    async def erase_profiles(self, profile_ids):
+    async def erase_profiles(self, profile_ids: list[str]) -> dict[str, int]:
         counts = {"consent_ledger": 0, "consent_heads": 0}
         statements: list[tuple[str, tuple]] = []
         merge_ids: set[str] = set()
@@ -298,7 +307,7 @@ class CassandraConsentStore(Repository):
             await self.db.execute_atomic(statements)
         return counts
 
-    async def due_expiries(self, now_us, limit=500):
+    async def due_expiries(self, now_us: int, limit: int = 500) -> list[Expiry]:
         found: list[Expiry] = []
         day_us = 86_400 * 1_000_000
         for back in range(SWEEP_DAYS, -1, -1):
@@ -315,10 +324,10 @@ class CassandraConsentStore(Repository):
                 break
         return found
 
-    async def expiry_done(self, expiries):
+    async def expiry_done(self, expiries: list[Expiry]) -> None:
         await self.db.execute_together(_expiry_rows(expiries, _EXPIRY_DELETE))
 
-    async def outbox_pending(self, limit=500):
+    async def outbox_pending(self, limit: int = 500) -> list[OutboxEntry]:
         entries = []
         for shard in range(OUTBOX_SHARDS):
             rows = await self.db.execute(
@@ -327,7 +336,7 @@ class CassandraConsentStore(Repository):
             entries += [OutboxEntry(r.message_id, r.topic, r.key, r.payload) for r in rows]
         return entries[:limit]
 
-    async def outbox_done(self, message_ids):
+    async def outbox_done(self, message_ids: list[str]) -> None:
         await self.db.execute_together(
             [("DELETE FROM consent_outbox WHERE shard = ? AND message_id = ?", (_shard(m), m)) for m in message_ids]
         )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from consent_service.store import (
+from consent_service.store.base import ConsentStore
+from consent_service.store.model import (
     Expiry,
     MergeRecord,
     OutboxEntry,
@@ -12,7 +13,7 @@ from consent_service.store import (
     expiries_of,
     micros,
 )
-from mosaic.consent.v1 import privacy_pb2
+from mosaic.consent.v1 import consent_pb2, privacy_pb2
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.sqlite import SqliteStore
 
@@ -75,10 +76,10 @@ def _point(db, profile_id: str, head: str) -> None:
         db.execute("INSERT OR REPLACE INTO consent_heads VALUES (?, ?)", (profile_id, head))
 
 
-class SqliteConsentStore(Repository):
+class SqliteConsentStore(Repository, ConsentStore):
     db: SqliteStore
 
-    async def append(self, decisions, outbox):
+    async def append(self, decisions: list[consent_pb2.ConsentDecision], outbox: list[OutboxEntry]) -> None:
         rows = [
             (d.profile_id, d.purpose, micros(d.decided_at), int(d.granted), d.source, d.SerializeToString())
             for d in decisions
@@ -93,7 +94,7 @@ class SqliteConsentStore(Repository):
 
         await self.db.transaction(write)
 
-    async def ledger(self, profile_ids, limit=10_000):
+    async def ledger(self, profile_ids: list[str], limit: int = 10000) -> list[consent_pb2.ConsentDecision]:
         if not profile_ids:
             return []
         marks = ",".join("?" * len(profile_ids))
@@ -104,15 +105,15 @@ class SqliteConsentStore(Repository):
         )
         return [decision_from(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in rows]
 
-    async def head(self, profile_id):
+    async def head(self, profile_id: str) -> str:
         rows = await self.db.execute("SELECT head FROM consent_heads WHERE profile_id = ?", (profile_id,))
         return rows[0][0] if rows else profile_id
 
-    async def members(self, head):
+    async def members(self, head: str) -> list[str]:
         rows = await self.db.execute("SELECT profile_id FROM consent_heads WHERE head = ? ORDER BY profile_id", (head,))
         return [head, *(r[0] for r in rows)]
 
-    async def merge_record(self, merge_id):
+    async def merge_record(self, merge_id: str) -> MergeRecord | None:
         rows = await self.db.execute(
             "SELECT survivor, moves, split FROM consent_merges WHERE merge_id = ?", (merge_id,)
         )
@@ -121,7 +122,7 @@ class SqliteConsentStore(Repository):
         survivor, moves, split = rows[0]
         return MergeRecord(merge_id, survivor, decode_moves(moves), bool(split))
 
-    async def apply_merge(self, record, outbox):
+    async def apply_merge(self, record: MergeRecord, outbox: list[OutboxEntry]) -> None:
         def write(db):
             for move in record.moves:
                 _point(db, move.profile_id, record.survivor)
@@ -134,7 +135,7 @@ class SqliteConsentStore(Repository):
 
         await self.db.transaction(write)
 
-    async def apply_split(self, record, outbox):
+    async def apply_split(self, record: MergeRecord, outbox: list[OutboxEntry]) -> None:
         def write(db):
             for move in record.moves:
                 _point(db, move.profile_id, move.previous_head)
@@ -147,7 +148,7 @@ class SqliteConsentStore(Repository):
 
         await self.db.transaction(write)
 
-    async def put_request(self, request, outbox):
+    async def put_request(self, request: privacy_pb2.PrivacyRequest, outbox: list[OutboxEntry]) -> bool:
         def write(db):
             if db.execute("SELECT 1 FROM privacy_requests WHERE request_id = ?", (request.request_id,)).fetchall():
                 return False
@@ -157,7 +158,7 @@ class SqliteConsentStore(Repository):
 
         return await self.db.transaction(write)
 
-    async def request(self, request_id):
+    async def request(self, request_id: str) -> privacy_pb2.PrivacyRequest | None:
         rows = await self.db.execute("SELECT request FROM privacy_requests WHERE request_id = ?", (request_id,))
         if not rows:
             return None
@@ -168,11 +169,11 @@ class SqliteConsentStore(Repository):
         request.receipts.extend(privacy_pb2.PrivacyReceiptSummary.FromString(r[0]) for r in receipts)
         return request
 
-    async def requests(self, limit=10_000):
+    async def requests(self, limit: int = 10000) -> list[privacy_pb2.PrivacyRequest]:
         rows = await self.db.execute("SELECT request FROM privacy_requests ORDER BY request_id LIMIT ?", (limit,))
         return [privacy_pb2.PrivacyRequest.FromString(r[0]) for r in rows]
 
-    async def complete_request(self, request):
+    async def complete_request(self, request: privacy_pb2.PrivacyRequest) -> None:
         stored = privacy_pb2.PrivacyRequest()
         stored.CopyFrom(request)
         del stored.receipts[:]
@@ -181,7 +182,15 @@ class SqliteConsentStore(Repository):
             (stored.SerializeToString(), request.request_id),
         )
 
-    async def put_receipt(self, request_id, participant, part, summary, export_json, outbox):
+    async def put_receipt(
+        self,
+        request_id: str,
+        participant: str,
+        part: int,
+        summary: privacy_pb2.PrivacyReceiptSummary | None,
+        export_json: str,
+        outbox: list[OutboxEntry],
+    ) -> None:
         def write(db):
             if export_json:
                 db.execute(
@@ -197,17 +206,17 @@ class SqliteConsentStore(Repository):
 
         await self.db.transaction(write)
 
-    async def export_parts(self, request_id):
+    async def export_parts(self, request_id: str) -> list[tuple[str, int, str]]:
         rows = await self.db.execute(
             "SELECT participant, part, json FROM privacy_exports WHERE request_id = ? ORDER BY participant, part",
             (request_id,),
         )
         return [tuple(r) for r in rows]
 
-    async def delete_export(self, request_id):
+    async def delete_export(self, request_id: str) -> None:
         await self.db.execute("DELETE FROM privacy_exports WHERE request_id = ?", (request_id,))
 
-    async def erase_profiles(self, profile_ids):
+    async def erase_profiles(self, profile_ids: list[str]) -> dict[str, int]:
         marks = ",".join("?" * len(profile_ids))
 
         def write(db):
@@ -234,14 +243,14 @@ class SqliteConsentStore(Repository):
 
         return await self.db.transaction(write) if profile_ids else {}
 
-    async def due_expiries(self, now_us, limit=500):
+    async def due_expiries(self, now_us: int, limit: int = 500) -> list[Expiry]:
         rows = await self.db.execute(
             "SELECT expires_us, profile_id, purpose FROM consent_expiries WHERE expires_us <= ? ORDER BY expires_us LIMIT ?",
             (now_us, limit),
         )
         return [Expiry(*r) for r in rows]
 
-    async def expiry_done(self, expiries):
+    async def expiry_done(self, expiries: list[Expiry]) -> None:
         def write(db):
             db.executemany(
                 "DELETE FROM consent_expiries WHERE expires_us = ? AND profile_id = ? AND purpose = ?",
@@ -250,13 +259,13 @@ class SqliteConsentStore(Repository):
 
         await self.db.transaction(write)
 
-    async def outbox_pending(self, limit=500):
+    async def outbox_pending(self, limit: int = 500) -> list[OutboxEntry]:
         rows = await self.db.execute(
             "SELECT message_id, topic, key, payload FROM consent_outbox ORDER BY rowid LIMIT ?", (limit,)
         )
         return [OutboxEntry(*r) for r in rows]
 
-    async def outbox_done(self, message_ids):
+    async def outbox_done(self, message_ids: list[str]) -> None:
         def write(db):
             db.executemany("DELETE FROM consent_outbox WHERE message_id = ?", [(m,) for m in message_ids])
 

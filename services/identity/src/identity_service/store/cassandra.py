@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
-from identity_service.store import Claim, Key, Link, Member, OutboxEntry, ProfileRow, decode_keys, encode_keys
+from identity_service.store.base import IdentityStore
+from identity_service.store.model import Claim, Key, Link, Member, OutboxEntry, ProfileRow, decode_keys, encode_keys
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.cassandra import CassandraStore
@@ -70,7 +71,7 @@ MIGRATIONS = [
 _PROFILE = "SELECT profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge FROM identity_profiles"
 
 
-class CassandraIdentityStore(Repository):
+class CassandraIdentityStore(Repository, IdentityStore):
     db: CassandraStore
 
     def __init__(self, db: CassandraStore) -> None:
@@ -113,7 +114,9 @@ class CassandraIdentityStore(Repository):
         rows = await asyncio.gather(*(self.db.execute(f"{_PROFILE} WHERE profile_id = ?", (p,)) for p in profile_ids))
         return {found[0].profile_id: _profile(found[0]) for found in rows if found}
 
-    async def create_locked(self, profile_id, created_at, event_id, holder, lease_until) -> bool:
+    async def create_locked(
+        self, profile_id: str, created_at: int, event_id: str, holder: str, lease_until: int
+    ) -> bool:
         applied, _ = await self.db.execute_lwt(
             "INSERT INTO identity_profiles (profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until)"
             " VALUES (?, ?, ?, '', '', ?, ?) IF NOT EXISTS",
@@ -121,7 +124,7 @@ class CassandraIdentityStore(Repository):
         )
         return applied
 
-    async def lock(self, profile_id, holder, now, lease_until):
+    async def lock(self, profile_id: str, holder: str, now: int, lease_until: int) -> tuple[bool, str | None]:
         applied, row = await self.db.execute_lwt(
             "UPDATE identity_profiles SET holder = ?, lease_until = ? WHERE profile_id = ?"
             " IF lease_until < ? AND merged_into = ''",
@@ -132,13 +135,13 @@ class CassandraIdentityStore(Repository):
         # A failed condition returns the columns it read; none at all when the row is missing.
         return False, getattr(row, "merged_into", None)
 
-    async def unlock(self, profile_id, holder) -> None:
+    async def unlock(self, profile_id: str, holder: str) -> None:
         await self.db.execute_lwt(
             "UPDATE identity_profiles SET holder = '', lease_until = 0 WHERE profile_id = ? IF holder = ?",
             (profile_id, holder),
         )
 
-    async def merge_into(self, profile_id, survivor, merge_id, holder) -> bool:
+    async def merge_into(self, profile_id: str, survivor: str, merge_id: str, holder: str) -> bool:
         applied, _ = await self.db.execute_lwt(
             "UPDATE identity_profiles SET merged_into = ?, merge_id = ?, holder = '', lease_until = 0"
             " WHERE profile_id = ? IF holder = ?",
@@ -146,7 +149,7 @@ class CassandraIdentityStore(Repository):
         )
         return applied
 
-    async def unmerge(self, profile_id, survivor, never_merge) -> bool:
+    async def unmerge(self, profile_id: str, survivor: str, never_merge: str) -> bool:
         applied, _ = await self.db.execute_lwt(
             "UPDATE identity_profiles SET merged_into = '', merge_id = '', never_merge = never_merge + ?"
             " WHERE profile_id = ? IF merged_into = ?",
@@ -154,7 +157,7 @@ class CassandraIdentityStore(Repository):
         )
         return applied
 
-    async def members(self, profile_ids):
+    async def members(self, profile_ids: Sequence[str]) -> dict[str, list[Member]]:
         rows = await asyncio.gather(
             *(
                 self.db.execute(
@@ -166,7 +169,7 @@ class CassandraIdentityStore(Repository):
         )
         return {p: [Member(*row) for row in found] for p, found in zip(profile_ids, rows, strict=False)}
 
-    async def add_members(self, profile_id, members) -> None:
+    async def add_members(self, profile_id: str, members: Sequence[Member]) -> None:
         await asyncio.gather(
             *(
                 self.db.execute(
@@ -178,22 +181,22 @@ class CassandraIdentityStore(Repository):
             )
         )
 
-    async def remove_member(self, profile_id, key) -> None:
+    async def remove_member(self, profile_id: str, key: Key) -> None:
         await self.db.execute(
             "DELETE FROM identity_members WHERE profile_id = ? AND id_type = ? AND id_value = ?", (profile_id, *key)
         )
 
-    async def children(self, profile_id):
+    async def children(self, profile_id: str) -> list[str]:
         rows = await self.db.execute("SELECT child FROM identity_children WHERE profile_id = ?", (profile_id,))
         return [row.child for row in rows]
 
-    async def add_child(self, profile_id, child) -> None:
+    async def add_child(self, profile_id: str, child: str) -> None:
         await self.db.execute("INSERT INTO identity_children (profile_id, child) VALUES (?, ?)", (profile_id, child))
 
-    async def remove_child(self, profile_id, child) -> None:
+    async def remove_child(self, profile_id: str, child: str) -> None:
         await self.db.execute("DELETE FROM identity_children WHERE profile_id = ? AND child = ?", (profile_id, child))
 
-    async def save_merge(self, record) -> None:
+    async def save_merge(self, record: identity_pb2.MergeRecord) -> None:
         await self.db.execute(
             "INSERT INTO identity_merges (merge_id, record) VALUES (?, ?)",
             (record.merge_id, record.SerializeToString()),
@@ -204,16 +207,16 @@ class CassandraIdentityStore(Repository):
                 (profile_id, record.merge_id),
             )
 
-    async def merge(self, merge_id):
+    async def merge(self, merge_id: str) -> identity_pb2.MergeRecord | None:
         rows = await self.db.execute("SELECT record FROM identity_merges WHERE merge_id = ?", (merge_id,))
         return identity_pb2.MergeRecord.FromString(rows[0].record) if rows else None
 
-    async def merges_of(self, profile_id):
+    async def merges_of(self, profile_id: str) -> list[identity_pb2.MergeRecord]:
         rows = await self.db.execute("SELECT merge_id FROM identity_profile_merges WHERE profile_id = ?", (profile_id,))
         found = await asyncio.gather(*(self.merge(row.merge_id) for row in rows))
         return sorted((r for r in found if r), key=lambda r: (r.merged_at.ToMilliseconds(), r.merge_id))
 
-    async def save_unlinked(self, records) -> None:
+    async def save_unlinked(self, records: Sequence[identity_pb2.Unlinked]) -> None:
         await asyncio.gather(
             *(
                 self.db.execute(
@@ -224,13 +227,13 @@ class CassandraIdentityStore(Repository):
             )
         )
 
-    async def unlinked_of(self, profile_id, limit=200):
+    async def unlinked_of(self, profile_id: str, limit: int = 200) -> list[identity_pb2.Unlinked]:
         rows = await self.db.execute(
             "SELECT record FROM identity_unlinked WHERE profile_id = ? LIMIT ?", (profile_id, limit)
         )
         return [identity_pb2.Unlinked.FromString(row.record) for row in rows]
 
-    async def touch_many(self, sightings) -> None:
+    async def touch_many(self, sightings: Mapping[Key, tuple[str, int]]) -> None:
         # One statement per home and event time, ten a request, four requests at a time
         # (binding them holds the event loop: more at once would delay the events meanwhile).
         by_home: dict[tuple[str, int], dict[str, int]] = {}
@@ -254,7 +257,7 @@ class CassandraIdentityStore(Repository):
                 )
             )
 
-    async def last_seen(self, homes):
+    async def last_seen(self, homes: Sequence[str]) -> dict[Key, int]:
         rows = await asyncio.gather(
             *(
                 self.db.execute("SELECT last_seen FROM identity_sightings WHERE profile_id = ?", (home,))
@@ -263,7 +266,7 @@ class CassandraIdentityStore(Repository):
         )
         return {decode_keys(key)[0]: at for found in rows if found for key, at in (found[0].last_seen or {}).items()}
 
-    async def record_link(self, link) -> None:
+    async def record_link(self, link: Link) -> None:
         hour = link.at // HOUR_MS
         await self.db.execute(
             "INSERT INTO identity_links (hour, at, event_id, identifiers) VALUES (?, ?, ?, ?)",
@@ -273,7 +276,7 @@ class CassandraIdentityStore(Repository):
             await self.db.execute("INSERT INTO identity_link_hours (shard, hour) VALUES (0, ?)", (hour,))
             self._hours.add(hour)
 
-    async def links(self, limit):
+    async def links(self, limit: int) -> list[Link]:
         hours = await self.db.execute("SELECT hour FROM identity_link_hours WHERE shard = 0")
         found: list[Link] = []
         for hour in sorted(row.hour for row in hours):
@@ -290,26 +293,26 @@ class CassandraIdentityStore(Repository):
                 after = (rows[-1].at, rows[-1].event_id)
         return found[:limit]
 
-    async def outbox_put(self, entry) -> None:
+    async def outbox_put(self, entry: OutboxEntry) -> None:
         await self.db.execute(
             "INSERT INTO identity_outbox (shard, message_id, topic, key, payload) VALUES (0, ?, ?, ?, ?)",
             (entry.message_id, entry.topic, entry.key, entry.payload),
         )
 
-    async def outbox_pending(self, limit=100):
+    async def outbox_pending(self, limit: int = 100) -> list[OutboxEntry]:
         rows = await self.db.execute(
             "SELECT message_id, topic, key, payload FROM identity_outbox WHERE shard = 0 LIMIT ?", (limit,)
         )
         return [OutboxEntry(r.message_id, r.topic, r.key, r.payload) for r in rows]
 
-    async def outbox_done(self, message_id) -> None:
+    async def outbox_done(self, message_id: str) -> None:
         await self.db.execute("DELETE FROM identity_outbox WHERE shard = 0 AND message_id = ?", (message_id,))
 
-    async def load_rules(self):
+    async def load_rules(self) -> identity_pb2.IdentityRules | None:
         rows = await self.db.execute("SELECT rules FROM identity_rules WHERE name = 'current'")
         return identity_pb2.IdentityRules.FromString(rows[0].rules) if rows else None
 
-    async def save_rules(self, rules, expected_version) -> bool:
+    async def save_rules(self, rules: identity_pb2.IdentityRules, expected_version: int) -> bool:
         if expected_version == 0:
             applied, _ = await self.db.execute_lwt(
                 "INSERT INTO identity_rules (name, version, rules) VALUES ('current', ?, ?) IF NOT EXISTS",

@@ -7,9 +7,10 @@ rules hold exactly as on Cassandra.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from identity_service.store import Claim, Key, Link, Member, OutboxEntry, ProfileRow, decode_keys, encode_keys
+from identity_service.store.base import IdentityStore
+from identity_service.store.model import Claim, Key, Link, Member, OutboxEntry, ProfileRow, decode_keys, encode_keys
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.sqlite import SqliteStore
@@ -58,7 +59,7 @@ MIGRATIONS = [
 _PROFILE = "SELECT profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge FROM identity_profiles"
 
 
-class SqliteIdentityStore(Repository):
+class SqliteIdentityStore(Repository, IdentityStore):
     db: SqliteStore
 
     async def claims(self, keys: Sequence[Key]) -> dict[Key, Claim]:
@@ -101,14 +102,16 @@ class SqliteIdentityStore(Repository):
 
         return await self.db.transaction(work)
 
-    async def create_locked(self, profile_id, created_at, event_id, holder, lease_until) -> bool:
+    async def create_locked(
+        self, profile_id: str, created_at: int, event_id: str, holder: str, lease_until: int
+    ) -> bool:
         return await self._changed(
             "INSERT OR IGNORE INTO identity_profiles (profile_id, created_at, created_by, holder, lease_until)"
             " VALUES (?, ?, ?, ?, ?)",
             (profile_id, created_at, event_id, holder, lease_until),
         )
 
-    async def lock(self, profile_id, holder, now, lease_until):
+    async def lock(self, profile_id: str, holder: str, now: int, lease_until: int) -> tuple[bool, str | None]:
         def work(db):
             changed = db.execute(
                 "UPDATE identity_profiles SET holder = ?, lease_until = ? WHERE profile_id = ?"
@@ -122,27 +125,27 @@ class SqliteIdentityStore(Repository):
 
         return await self.db.transaction(work)
 
-    async def unlock(self, profile_id, holder) -> None:
+    async def unlock(self, profile_id: str, holder: str) -> None:
         await self._changed(
             "UPDATE identity_profiles SET holder = '', lease_until = 0 WHERE profile_id = ? AND holder = ?",
             (profile_id, holder),
         )
 
-    async def merge_into(self, profile_id, survivor, merge_id, holder) -> bool:
+    async def merge_into(self, profile_id: str, survivor: str, merge_id: str, holder: str) -> bool:
         return await self._changed(
             "UPDATE identity_profiles SET merged_into = ?, merge_id = ?, holder = '', lease_until = 0"
             " WHERE profile_id = ? AND holder = ?",
             (survivor, merge_id, profile_id, holder),
         )
 
-    async def unmerge(self, profile_id, survivor, never_merge) -> bool:
+    async def unmerge(self, profile_id: str, survivor: str, never_merge: str) -> bool:
         return await self._changed(
             "UPDATE identity_profiles SET merged_into = '', merge_id = '', never_merge = never_merge || ? || char(10)"
             " WHERE profile_id = ? AND merged_into = ?",
             (never_merge, profile_id, survivor),
         )
 
-    async def members(self, profile_ids):
+    async def members(self, profile_ids: Sequence[str]) -> dict[str, list[Member]]:
         found = {}
         for profile_id in profile_ids:
             rows = await self.db.execute(
@@ -152,7 +155,7 @@ class SqliteIdentityStore(Repository):
             found[profile_id] = [Member(*row) for row in rows]
         return found
 
-    async def add_members(self, profile_id, members) -> None:
+    async def add_members(self, profile_id: str, members: Sequence[Member]) -> None:
         def work(db):
             db.executemany(
                 "INSERT OR REPLACE INTO identity_members VALUES (?, ?, ?, ?, ?, ?)",
@@ -161,22 +164,22 @@ class SqliteIdentityStore(Repository):
 
         await self.db.transaction(work)
 
-    async def remove_member(self, profile_id, key) -> None:
+    async def remove_member(self, profile_id: str, key: Key) -> None:
         await self.db.execute(
             "DELETE FROM identity_members WHERE profile_id = ? AND id_type = ? AND id_value = ?", (profile_id, *key)
         )
 
-    async def children(self, profile_id):
+    async def children(self, profile_id: str) -> list[str]:
         rows = await self.db.execute("SELECT child FROM identity_children WHERE profile_id = ?", (profile_id,))
         return [row[0] for row in rows]
 
-    async def add_child(self, profile_id, child) -> None:
+    async def add_child(self, profile_id: str, child: str) -> None:
         await self.db.execute("INSERT OR IGNORE INTO identity_children VALUES (?, ?)", (profile_id, child))
 
-    async def remove_child(self, profile_id, child) -> None:
+    async def remove_child(self, profile_id: str, child: str) -> None:
         await self.db.execute("DELETE FROM identity_children WHERE profile_id = ? AND child = ?", (profile_id, child))
 
-    async def save_merge(self, record) -> None:
+    async def save_merge(self, record: identity_pb2.MergeRecord) -> None:
         def work(db):
             db.execute(
                 "INSERT OR REPLACE INTO identity_merges VALUES (?, ?)", (record.merge_id, record.SerializeToString())
@@ -186,11 +189,11 @@ class SqliteIdentityStore(Repository):
 
         await self.db.transaction(work)
 
-    async def merge(self, merge_id):
+    async def merge(self, merge_id: str) -> identity_pb2.MergeRecord | None:
         rows = await self.db.execute("SELECT record FROM identity_merges WHERE merge_id = ?", (merge_id,))
         return identity_pb2.MergeRecord.FromString(rows[0][0]) if rows else None
 
-    async def merges_of(self, profile_id):
+    async def merges_of(self, profile_id: str) -> list[identity_pb2.MergeRecord]:
         rows = await self.db.execute(
             "SELECT m.record FROM identity_profile_merges p JOIN identity_merges m USING (merge_id) WHERE p.profile_id = ?",
             (profile_id,),
@@ -198,7 +201,7 @@ class SqliteIdentityStore(Repository):
         records = [identity_pb2.MergeRecord.FromString(row[0]) for row in rows]
         return sorted(records, key=lambda r: (r.merged_at.ToMilliseconds(), r.merge_id))
 
-    async def save_unlinked(self, records) -> None:
+    async def save_unlinked(self, records: Sequence[identity_pb2.Unlinked]) -> None:
         def work(db):
             db.executemany(
                 "INSERT OR REPLACE INTO identity_unlinked VALUES (?, ?, ?, ?)",
@@ -207,14 +210,14 @@ class SqliteIdentityStore(Repository):
 
         await self.db.transaction(work)
 
-    async def unlinked_of(self, profile_id, limit=200):
+    async def unlinked_of(self, profile_id: str, limit: int = 200) -> list[identity_pb2.Unlinked]:
         rows = await self.db.execute(
             "SELECT record FROM identity_unlinked WHERE profile_id = ? ORDER BY id_type, id_value LIMIT ?",
             (profile_id, limit),
         )
         return [identity_pb2.Unlinked.FromString(row[0]) for row in rows]
 
-    async def touch_many(self, sightings) -> None:
+    async def touch_many(self, sightings: Mapping[Key, tuple[str, int]]) -> None:
         def work(db):
             db.executemany(
                 "INSERT INTO identity_sightings VALUES (?, ?, ?, ?) ON CONFLICT (profile_id, id_type, id_value)"
@@ -224,7 +227,7 @@ class SqliteIdentityStore(Repository):
 
         await self.db.transaction(work)
 
-    async def last_seen(self, homes):
+    async def last_seen(self, homes: Sequence[str]) -> dict[Key, int]:
         if not homes:
             return {}
         rows = await self.db.execute(
@@ -234,38 +237,38 @@ class SqliteIdentityStore(Repository):
         )
         return {(id_type, id_value): at for id_type, id_value, at in rows}
 
-    async def record_link(self, link) -> None:
+    async def record_link(self, link: Link) -> None:
         await self.db.execute(
             "INSERT OR IGNORE INTO identity_links VALUES (?, ?, ?)",
             (link.at, link.event_id, encode_keys(link.identifiers)),
         )
 
-    async def links(self, limit):
+    async def links(self, limit: int) -> list[Link]:
         rows = await self.db.execute(
             "SELECT at, event_id, identifiers FROM identity_links ORDER BY at, event_id LIMIT ?", (limit,)
         )
         return [Link(at, event_id, decode_keys(text)) for at, event_id, text in rows]
 
-    async def outbox_put(self, entry) -> None:
+    async def outbox_put(self, entry: OutboxEntry) -> None:
         await self.db.execute(
             "INSERT OR REPLACE INTO identity_outbox VALUES (?, ?, ?, ?)",
             (entry.message_id, entry.topic, entry.key, entry.payload),
         )
 
-    async def outbox_pending(self, limit=100):
+    async def outbox_pending(self, limit: int = 100) -> list[OutboxEntry]:
         rows = await self.db.execute(
             "SELECT message_id, topic, key, payload FROM identity_outbox ORDER BY message_id LIMIT ?", (limit,)
         )
         return [OutboxEntry(*row) for row in rows]
 
-    async def outbox_done(self, message_id) -> None:
+    async def outbox_done(self, message_id: str) -> None:
         await self.db.execute("DELETE FROM identity_outbox WHERE message_id = ?", (message_id,))
 
-    async def load_rules(self):
+    async def load_rules(self) -> identity_pb2.IdentityRules | None:
         rows = await self.db.execute("SELECT rules FROM identity_rules WHERE name = 'current'")
         return identity_pb2.IdentityRules.FromString(rows[0][0]) if rows else None
 
-    async def save_rules(self, rules, expected_version) -> bool:
+    async def save_rules(self, rules: identity_pb2.IdentityRules, expected_version: int) -> bool:
         if expected_version == 0:
             return await self._changed(
                 "INSERT OR IGNORE INTO identity_rules VALUES ('current', ?, ?)",

@@ -15,58 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
-from ingestion_service.store_cassandra import CassandraIngestionStore
-from ingestion_service.store_sqlite import SqliteIngestionStore
 from mosaic.ingestion.v1 import quarantine_pb2, source_pb2
-from mosaic.platform.store import Migration, open_repository
-
-CASSANDRA = [
-    Migration(
-        1,
-        (
-            "CREATE TABLE IF NOT EXISTS sources (source_id text PRIMARY KEY, body blob)",
-            "CREATE TABLE IF NOT EXISTS write_keys (key_hash text PRIMARY KEY, source_id text, key_id text,"
-            " created_at_ms bigint, expires_at_ms bigint)",
-            "CREATE TABLE IF NOT EXISTS write_keys_by_source (source_id text, key_hash text, key_id text,"
-            " created_at_ms bigint, expires_at_ms bigint, PRIMARY KEY ((source_id), key_hash))",
-            "CREATE TABLE IF NOT EXISTS quarantine (source_id text, message_id text, body blob,"
-            " PRIMARY KEY ((source_id), message_id))",
-            "CREATE TABLE IF NOT EXISTS suppressed (bucket int, hash text, PRIMARY KEY ((bucket), hash))",
-            "CREATE TABLE IF NOT EXISTS ingestion_settings (name text PRIMARY KEY, value text)",
-        ),
-    ),
-    Migration(
-        2,
-        (
-            "CREATE TABLE IF NOT EXISTS quarantine_by_person (person_hash text, source_id text, message_id text,"
-            " PRIMARY KEY ((person_hash), source_id, message_id))",
-        ),
-    ),
-    Migration(3, ("CREATE TABLE IF NOT EXISTS consent_states (person_hash text PRIMARY KEY, state blob)",)),
-]
-SQLITE = [
-    Migration(
-        1,
-        (
-            "CREATE TABLE sources (source_id TEXT PRIMARY KEY, body BLOB)",
-            "CREATE TABLE write_keys (key_hash TEXT PRIMARY KEY, source_id TEXT, key_id TEXT,"
-            " created_at_ms INTEGER, expires_at_ms INTEGER)",
-            "CREATE INDEX write_keys_by_source ON write_keys (source_id)",
-            "CREATE TABLE quarantine (source_id TEXT, message_id TEXT, body BLOB, expires_at_ms INTEGER,"
-            " PRIMARY KEY (source_id, message_id))",
-            "CREATE TABLE suppressed (hash TEXT PRIMARY KEY)",
-            "CREATE TABLE ingestion_settings (name TEXT PRIMARY KEY, value TEXT)",
-        ),
-    ),
-    Migration(
-        2,
-        (
-            "CREATE TABLE quarantine_by_person (person_hash TEXT, source_id TEXT, message_id TEXT, expires_at_ms INTEGER,"
-            " PRIMARY KEY (person_hash, source_id, message_id))",
-        ),
-    ),
-    Migration(3, ("CREATE TABLE consent_states (person_hash TEXT PRIMARY KEY, state BLOB)",)),
-]
 
 
 class IngestionStore(Protocol):
@@ -118,9 +67,3 @@ class IngestionStore(Protocol):
         """The stored value of a setting; `proposed` is stored first when there is none."""
 
     async def close(self) -> None: ...
-
-
-async def open_store(settings) -> IngestionStore:
-    return await open_repository(
-        settings, "ingestion", cassandra=(CASSANDRA, CassandraIngestionStore), sqlite=(SQLITE, SqliteIngestionStore)
-    )
