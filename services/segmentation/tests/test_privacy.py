@@ -28,6 +28,10 @@ async def test_memberships_are_exported_then_erased(store):
             Transition("vip", profile_id, partition_of(profile_id, PARTITIONS), True, 3, f"v3:{profile_id}")
         )
     await store.set_merged(partition_of("p-ada-old", PARTITIONS), "p-ada-old", "p-ada")
+    # Due-time timers: two of Ada's (the later one set after the first), one of Bob's.
+    await store.add_timer(partition_of("p-ada", PARTITIONS), 1_000, "p-ada")
+    await store.add_timer(partition_of("p-ada", PARTITIONS), 1_200, "p-ada")
+    await store.add_timer(partition_of("p-bob", PARTITIONS), 1_000, "p-bob")
     privacy = SegmentationPrivacy(store, PARTITIONS)
     request = privacy_request_pb2.PrivacyRequested(
         request_id="r", person_id="p-ada", profile_ids=["p-ada", "p-ada-old"]
@@ -40,8 +44,17 @@ async def test_memberships_are_exported_then_erased(store):
         "member": True,
         "profile_version": 3,
     }
-    assert (await privacy.erase(request)).counts == {"segmentation_memberships": 2, "segmentation_transitions": 2}
+    assert (await privacy.erase(request)).counts == {
+        "segmentation_memberships": 2,
+        "segmentation_transitions": 2,
+        "segmentation_timers": 2,
+    }
     assert await rows_mentioning(store.db, ["p-ada"]) == []
+    assert await store.timers(partition_of("p-bob", PARTITIONS), 1_000) == ["p-bob"]
     assert await store.membership("vip", "p-bob") == (True, 3)
     assert [m for m, _ in await store.members("vip", partition_of("p-bob", PARTITIONS))] == ["p-bob"]
-    assert (await privacy.erase(request)).counts == {"segmentation_memberships": 0, "segmentation_transitions": 0}
+    assert (await privacy.erase(request)).counts == {
+        "segmentation_memberships": 0,
+        "segmentation_transitions": 0,
+        "segmentation_timers": 0,
+    }

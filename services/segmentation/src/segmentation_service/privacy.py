@@ -1,8 +1,8 @@
 """The segmentation service's part in privacy requests (mosaic.platform.privacy): a person's
 segment memberships, exported or erased: the membership rows, the segment member indexes, the
-stored transitions, any transition still waiting to be published and a merge pointer. The same
-statements run on both backends (each names a full key or a key prefix). A due-time timer may
-still name the profile id until it fires, when it finds no profile and is dropped."""
+stored transitions, any transition still waiting to be published, a merge pointer and the
+profile's due-time timers (found through their index by profile). The same statements run on
+both backends (each names a full key or a key prefix)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class SegmentationPrivacy:
         return Answer({"memberships": len(memberships)}, {"memberships": memberships})
 
     async def erase(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
-        removed = {"segmentation_memberships": 0, "segmentation_transitions": 0}
+        removed = {"segmentation_memberships": 0, "segmentation_transitions": 0, "segmentation_timers": 0}
         for profile_id in _profiles(request):
             partition = partition_of(profile_id, self.partitions)
             memberships = await self._memberships(profile_id)
@@ -57,4 +57,14 @@ class SegmentationPrivacy:
             await self.db.execute(
                 "DELETE FROM segmentation_merged WHERE partition = ? AND profile_id = ?", (partition, profile_id)
             )
+            timers = await self.db.execute(
+                "SELECT partition, bucket FROM segmentation_timer_index WHERE profile_id = ?", (profile_id,)
+            )
+            for timer_partition, bucket in timers:
+                await self.db.execute(
+                    "DELETE FROM segmentation_timers WHERE partition = ? AND bucket = ? AND profile_id = ?",
+                    (timer_partition, bucket, profile_id),
+                )
+            removed["segmentation_timers"] += len(timers)
+            await self.db.execute("DELETE FROM segmentation_timer_index WHERE profile_id = ?", (profile_id,))
         return Answer(removed)

@@ -3,7 +3,8 @@
 Timers are kept by (partition, bucket): a bucket is a TIMER_BUCKET-second slice of time, and a
 profile's timer sits in the first bucket that starts at or after its due time, so firing a
 bucket once its start has passed never fires early. Each partition's cursor is the last bucket
-fired, so a restart goes on from there.
+fired, so a restart goes on from there. An index by profile names each timer's bucket, so an
+erasure finds a person's timers without reading every bucket.
 
 A membership is kept twice, by profile (`GetProfileSegments`, `IsMember`) and by segment in
 one partition per bus partition (`ListMembers` never reads one unbounded partition), with the

@@ -48,6 +48,14 @@ MIGRATIONS = [
             " PRIMARY KEY (segment_id, day, partition))",
         ),
     ),
+    Migration(
+        5,
+        (
+            "CREATE TABLE segmentation_timer_index (profile_id TEXT, bucket INTEGER, partition INTEGER,"
+            " PRIMARY KEY (profile_id, bucket))",
+            "INSERT OR IGNORE INTO segmentation_timer_index SELECT profile_id, bucket, partition FROM segmentation_timers",
+        ),
+    ),
 ]
 
 
@@ -199,9 +207,13 @@ class SqliteSegmentStore(Repository, SegmentStore):
         )
 
     async def add_timer(self, partition: int, bucket: int, profile_id: str) -> None:
-        await self.db.execute(
-            "INSERT OR IGNORE INTO segmentation_timers VALUES (?, ?, ?)", (partition, bucket, profile_id)
-        )
+        def work(db) -> None:
+            db.execute("INSERT OR IGNORE INTO segmentation_timers VALUES (?, ?, ?)", (partition, bucket, profile_id))
+            db.execute(
+                "INSERT OR IGNORE INTO segmentation_timer_index VALUES (?, ?, ?)", (profile_id, bucket, partition)
+            )
+
+        await self.db.transaction(work)
 
     async def timers(self, partition: int, bucket: int) -> list[str]:
         rows = await self.db.execute(
@@ -211,10 +223,14 @@ class SqliteSegmentStore(Repository, SegmentStore):
         return [r[0] for r in rows]
 
     async def drop_timer(self, partition: int, bucket: int, profile_id: str) -> None:
-        await self.db.execute(
-            "DELETE FROM segmentation_timers WHERE partition = ? AND bucket = ? AND profile_id = ?",
-            (partition, bucket, profile_id),
-        )
+        def work(db) -> None:
+            db.execute(
+                "DELETE FROM segmentation_timers WHERE partition = ? AND bucket = ? AND profile_id = ?",
+                (partition, bucket, profile_id),
+            )
+            db.execute("DELETE FROM segmentation_timer_index WHERE profile_id = ? AND bucket = ?", (profile_id, bucket))
+
+        await self.db.transaction(work)
 
     async def timer_cursor(self, partition: int) -> int | None:
         rows = await self.db.execute("SELECT bucket FROM segmentation_timer_cursors WHERE partition = ?", (partition,))
