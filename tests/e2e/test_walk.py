@@ -152,9 +152,14 @@ async def test_one_identify_event_walks_the_whole_mesh_as_one_trace(
         )
     )
 
-    # The person's consent is kept on the profile as a change of its own (version 2).
+    # The person's consent is kept on the profile as a change of its own (version 2). Identity
+    # knows the profile id before profile has folded the first event: until then, NOT_FOUND.
     async def consent_on_profile() -> bool:
-        answer = await clients.profile.GetProfile(profile_service_pb2.GetProfileRequest(profile_id=profile_id))
+        try:
+            answer = await clients.profile.GetProfile(profile_service_pb2.GetProfileRequest(profile_id=profile_id))
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+            return False
         return answer.profile.version == 2
 
     await eventually(consent_on_profile)
