@@ -83,6 +83,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
             breaker_threshold=settings.breaker_threshold,
             breaker_cooldown=settings.breaker_cooldown,
             audience_dir=settings.audience_dir,
+            smtp_ca=settings.smtp_ca,
         ),
         consent,
     )

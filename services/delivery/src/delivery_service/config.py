@@ -49,6 +49,9 @@ class Settings(ServiceSettings):
     sweep_interval: float = 2.0
     # Where audience syncs with a file_format write their files; None: they cannot be created.
     audience_dir: Path | None = None
+    # A CA file SMTP servers' certificates may chain to, besides the system's trust store (a
+    # company relay's private CA; the tests' CA).
+    smtp_ca: str = ""
 
     def retention_kinds(self) -> tuple[retention.Kind, ...]:
         return (
@@ -104,6 +107,7 @@ class Settings(ServiceSettings):
             campaign_grace=env.float("MOSAIC_DELIVERY_CAMPAIGN_GRACE_SECONDS", 3600.0),
             sweep_interval=env.float("MOSAIC_DELIVERY_SWEEP_SECONDS", 2.0, minimum=0.05),
             audience_dir=Path(d) if (d := env.str("MOSAIC_DELIVERY_AUDIENCE_DIR", "-").strip("-")) else None,
+            smtp_ca=env.file("MOSAIC_DELIVERY_SMTP_TLS_CA"),
         )
 
 

@@ -2,8 +2,8 @@
 
 Every replica keeps all destinations in memory (a few hundred at most, each a small message)
 and re-reads them every few seconds, so no message handled costs a store read; a replica's own
-changes apply at once. Secrets (the signing secret, header values) stay in the store and the
-cache; `public` strips them from every answer and log.
+changes apply at once. Secrets (the signing secret, header values, the SMTP password) stay in
+the store and the cache; `public` strips them from every answer and log.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ log = logging.getLogger("mosaic.delivery.destinations")
 
 Kind = delivery_pb2.DestinationKind
 TriggerKind = delivery_pb2.TriggerKind
+Security = delivery_pb2.SmtpSecurity
 DESTINATION_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 RESERVED_HEADERS = {
@@ -71,10 +72,12 @@ def triggers_of(destination: delivery_pb2.Destination) -> list[delivery_pb2.Trig
 
 
 def public(destination: delivery_pb2.Destination) -> delivery_pb2.Destination:
-    """The destination as answers show it: no signing secret, header values redacted."""
+    """The destination as answers show it: no signing secret nor SMTP password, header values
+    redacted."""
     shown = delivery_pb2.Destination()
     shown.CopyFrom(destination)
     shown.ClearField("signing_secret")
+    shown.email.ClearField("password")
     for name in shown.headers:
         shown.headers[name] = REDACTED
     return shown
@@ -194,6 +197,17 @@ async def _check_email(email: delivery_pb2.EmailSettings, policy: AddressPolicy)
         raise InvalidArgument("destination.email.smtp_port", "must be between 1 and 65535")
     if "@" not in email.from_address:
         raise InvalidArgument("destination.email.from_address", "must be an e-mail address")
+    if email.security not in Security.values():
+        raise InvalidArgument("destination.email.security", f"unknown security {email.security}")
+    if email.username and not email.password:
+        raise InvalidArgument("destination.email.password", "is required with username")
+    if email.password and not email.username:
+        raise InvalidArgument("destination.email.username", "is required with password")
+    if email.username and email.security not in (Security.SMTP_SECURITY_STARTTLS, Security.SMTP_SECURITY_IMPLICIT_TLS):
+        raise InvalidArgument(
+            "destination.email.security",
+            "must be STARTTLS or IMPLICIT_TLS with credentials: they never travel in clear",
+        )
     try:
         await policy.check_host(email.smtp_host, email.smtp_port)
     except Forbidden as error:

@@ -70,6 +70,7 @@ class WorkerSettings:
     breaker_cooldown: float = 2.0
     retry_base: float = 0.5
     audience_dir: Path | None = None
+    smtp_ca: str = ""  # trusted for SMTP servers besides the system's trust store
 
 
 @dataclass
@@ -118,7 +119,7 @@ class DestinationWorker:
         self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown)
         self.http = HttpSender(settings.policy, self.concurrency, self.timeout, destination.signing_secret)
         self.headers = dict(destination.headers)
-        self.smtp = SmtpSender(settings.policy, self.timeout)
+        self.smtp = SmtpSender(settings.policy, self.timeout, settings.smtp_ca)
         self.files = AudienceFiles.of(destination, settings.audience_dir)
         self._slots = asyncio.Semaphore(self.concurrency)
         self._recorder = _Recorder()

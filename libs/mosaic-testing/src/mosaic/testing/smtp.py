@@ -1,15 +1,17 @@
-"""A real SMTP server (aiosmtpd) on a loopback port, keeping every message it accepts."""
+"""A real SMTP server (aiosmtpd) on a loopback port, keeping every message it accepts; it may
+require STARTTLS (or speak TLS from the first byte) and a login, as real providers do."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import Message
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 
 @dataclass(frozen=True)
@@ -26,14 +28,37 @@ def _free_port() -> int:
 
 
 class SmtpReceiver:
-    """Accepts mail for anyone, except recipients in `refuse` (answered 550, a bounce)."""
+    """Accepts mail for anyone, except recipients in `refuse` (answered 550, a bounce).
 
-    def __init__(self) -> None:
+    With `tls` (a server context), STARTTLS is required before anything else, or with
+    `implicit_tls` the connection is TLS from the start; with `login` (user, password), mail is
+    accepted only after that login (over TLS), and `logins` holds every attempt's user and
+    whether it succeeded."""
+
+    def __init__(
+        self, tls: ssl.SSLContext | None = None, implicit_tls: bool = False, login: tuple[str, str] | None = None
+    ) -> None:
         self.mails: list[ReceivedMail] = []
         self.refuse: set[str] = set()
+        self.logins: list[tuple[str, bool]] = []
+        self._login = login
         self._lock = threading.Lock()
         self.port = _free_port()
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        options: dict = {}
+        if tls is not None and implicit_tls:
+            options.update(ssl_context=tls)
+        elif tls is not None:
+            options.update(tls_context=tls, require_starttls=True)
+        if login is not None:
+            # aiosmtpd counts only STARTTLS as TLS; an implicit TLS connection is one already.
+            options.update(auth_required=True, auth_require_tls=not implicit_tls, authenticator=self._authenticate)
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **options)
+
+    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login.decode(), data.password.decode()) == self._login
+        with self._lock:
+            self.logins.append((data.login.decode() if isinstance(data, LoginPassword) else "", ok))
+        return AuthResult(success=ok, handled=False)  # not handled: aiosmtpd answers 535
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options):  # noqa: N802
         if address in self.refuse:
