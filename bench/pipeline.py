@@ -204,6 +204,7 @@ async def send(
         "Content-Type": "application/json",
     }
     acked: dict[str, float] = {}
+    refused: dict[int, int] = {}  # status -> batches told to come back later
     started = time.monotonic()
     slots = [started]
     left = [events if events is not None else 1 << 60]
@@ -215,14 +216,22 @@ async def send(
                 await asyncio.sleep(max(0.0, slot - time.monotonic()))
             left[0] -= BATCH
             batch = [traffic.event() for _ in range(BATCH)]
-            async with session.post(f"{url}/v1/batch", data=json.dumps({"batch": batch}), headers=auth) as response:
-                if response.status != 200:
-                    raise RuntimeError(f"HTTP {response.status}: {await response.text()}")
+            body = json.dumps({"batch": batch})
+            while True:  # as an SDK does: a 429 or 503 is sent again after its Retry-After
+                async with session.post(f"{url}/v1/batch", data=body, headers=auth) as response:
+                    if response.status == 200:
+                        break
+                    if response.status not in (429, 503):
+                        raise RuntimeError(f"HTTP {response.status}: {await response.text()}")
+                    refused[response.status] = refused.get(response.status, 0) + 1
+                    await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
             now = time.monotonic()
             acked.update((e["messageId"], now) for e in batch)
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNECTIONS)) as session:
         await asyncio.gather(*(worker(session) for _ in range(CONNECTIONS)))
+    if refused:
+        print(f"  batches sent again after a refusal: {refused} (status: batches)")
     return acked
 
 
