@@ -36,7 +36,12 @@ class Started:
         left = 0
         for topic, service in consumers.items():
             for partition in range(PARTITIONS):
-                info = await js.consumer_info(topic.stream, f"{service}-{partition}")
+                durable = f"{service}-{partition}"
+                try:
+                    info = await js.consumer_info(topic.stream, durable)
+                except nats.js.errors.NotFoundError:
+                    # Created when its partition is first leased: until then, not drained.
+                    raise AssertionError(f"{durable} on {topic.stream} not created yet") from None
                 left += info.num_pending + info.num_ack_pending
         return left
 
