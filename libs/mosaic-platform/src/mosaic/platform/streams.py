@@ -15,7 +15,7 @@ from mosaic.platform.topics import Topic
 
 _NO_MESSAGE = 10057  # JetStream's error code for a sequence that holds no message
 _NONE_LEFT = 10037  # no message on the subject from the sequence asked
-_NO_STREAM = 10059
+_NO_STREAM = 10059  # a stream not declared (delivery's jobs, where delivery never ran)
 
 
 async def ensure(js: JetStreamContext, wanted: Iterable[Topic], max_messages: int, replicas: int) -> None:

@@ -234,16 +234,17 @@ def for_deployment(events_dedup_window: float, audit_retention_days: int) -> tup
     return tuple(replace(t, **windows[t.name]) if t.name in windows else t for t in ALL)
 
 
-# Delivery's job queues, produced by delivery's planner and consumed by its workers: one
-# subject per destination (`delivery.jobs.<destination_id>`, built by delivery's jobs module),
-# not per partition, so a dead endpoint fills only its own queue. Not in ALL: delivery declares the stream itself, as a work
+# Delivery's job queues, produced by delivery's planner and consumed by its workers: one queue
+# per destination (`delivery.jobs.<destination_id>.<profile id's token>`, built by delivery's
+# jobs module), not per partition, so a dead endpoint fills only its own queue, and an erasure
+# finds the person's jobs (`key_subjects`). Not in ALL: delivery declares the stream itself, as a work
 # queue (a job leaves the stream once its worker acked it), which every other service's LIMITS
 # declaration would contradict.
 DELIVERY_JOBS = Topic(
     "delivery.jobs",
     "DELIVERY_JOBS",
     delivery_pb2.DeliveryJob,
-    key="destination id (one subject each)",
+    key="destination id (a queue each), then profile id",
     producers=("delivery",),
     consumers=("delivery",),
     duplicate_window=3600.0,
