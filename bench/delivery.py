@@ -91,7 +91,7 @@ def job(destination_id: str, n: int) -> tuple[bytes, str]:
 
 
 async def queue_jobs(js, destination_id: str, count: int, offset: int = 0) -> None:
-    subject = f"delivery.jobs.{destination_id}"
+    subject = f"delivery.jobs.{destination_id}.bench"  # <destination>.<profile token>: one token will do here
     for start in range(0, count, 500):
         batch = [job(destination_id, offset + n) for n in range(start, min(count, start + 500))]
         await asyncio.gather(*(js.publish(subject, data, headers={"Nats-Msg-Id": key}) for data, key in batch))

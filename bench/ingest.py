@@ -157,7 +157,7 @@ async def raw_batch_latencies(nats_url: str, rate: float, seconds: float) -> lis
         sent = time.monotonic()
         futures = [
             await js.publish_async(
-                topics.EVENTS_RAW.subject(i % 8), b"x" * 560, headers={"Nats-Msg-Id": f"raw-{number}-{i}"}
+                topics.EVENTS_RAW.subject(i % 8, f"user-{i}"), b"x" * 560, headers={"Nats-Msg-Id": f"raw-{number}-{i}"}
             )
             for i in range(BATCH)
         ]

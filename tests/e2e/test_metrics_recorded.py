@@ -114,7 +114,7 @@ async def test_every_registered_metric_is_recorded_by_a_real_flow(recorded_metri
         # A payload that is no Event: identity dead-letters it.
         nc = await nats.connect(mesh.nats_url)
         try:
-            await nc.jetstream().publish(topics.EVENTS_RAW.subject(0), b"\xff not a protobuf")
+            await nc.jetstream().publish(topics.EVENTS_RAW.subject(0, "nobody"), b"\xff not a protobuf")
         finally:
             await nc.close()
         await eventually(lambda: _total(recorded_metrics.points("mosaic.messaging.dead_letters")) > 0)

@@ -1,6 +1,6 @@
 """A person exported, then erased across the mesh, with the profile service killed halfway: the request waits
-for it, completes once it is back, and afterwards no table of any service names the person
-(on each store), and ingestion drops the person's new events."""
+for it, completes once it is back, and afterwards no table of any service (on each store) and no
+message of any stream names the person, and ingestion drops the person's new events."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from mosaic.platform.store.sqlite import SqliteStore
 from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2, segmentation_service_pb2_grpc
 from mosaic.testing.plugin import eventually
-from mosaic.testing.scan import rows_mentioning
+from mosaic.testing.scan import messages_mentioning, rows_mentioning
 
 SERVICES = ("identity", "profile", "consent", "ingestion", "segmentation", "delivery")  # every store is scanned
 
@@ -218,6 +218,11 @@ async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_
         assert {r.participant for r in done.receipts} == {"consent", "delivery", "identity", "profile", "segmentation"}
         removed = {r.participant: dict(r.removed) for r in done.receipts}
         assert removed["segmentation"]["segmentation_memberships"] >= 1 and removed["delivery"]["delivery_log"] >= 1
+        # What each removed from the streams of what it produces (identity: of what ingestion did).
+        assert removed["identity"]["stream:EVENTS_RAW"] == 2 and removed["identity"]["stream:EVENTS_RESOLVED"] >= 2
+        assert removed["profile"]["stream:PROFILE_UPDATED"] >= 1
+        assert removed["segmentation"]["stream:SEGMENT_MEMBERSHIP"] >= 1
+        assert removed["delivery"]["stream:DELIVERY_OUTCOME"] >= 1
         assert dict(next(r for r in done.receipts if r.participant == "consent").removed)["consent_ledger"] == 1
         check = await consent.CheckConsent(cpb.CheckConsentRequest(profile_id=ada, purpose="marketing"))
         assert not check.granted
@@ -227,6 +232,22 @@ async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_
     assert await eventually(lambda: suppressed(mesh))  # suppression.changed reached ingestion
     assert await tables_naming(mesh, [*profiles, "ada@example.com", "a-ada"]) == []
     assert await tables_naming(mesh, [bob])  # the scan does find a person who is still there
+    # Nor a stream (suppression.changed goes once ingestion applied identity's identifiers).
+    assert await eventually(lambda: streams_clean(mesh, [*profiles, "ada@example.com", "a-ada"]))
+    assert {"EVENTS_RAW", "EVENTS_RESOLVED", "PROFILE_UPDATED"} <= set(
+        await streams_naming(mesh, [bob, "bob@example.com"])
+    )
+
+
+async def streams_clean(mesh: Mesh, needles: list[str]) -> bool:
+    assert await streams_naming(mesh, needles) == []
+    return True
+
+
+async def streams_naming(mesh: Mesh, needles: list[str]) -> list[str]:
+    found = await messages_mentioning(mesh.env["MOSAIC_NATS_URL"], needles)
+    # The audit log is kept for its retention: who read or changed whom, pseudonymously.
+    return sorted({stream for stream, _, _ in found} - {"AUDIT"})
 
 
 async def deliveries_of(mesh: Mesh, profile_id: str) -> list:

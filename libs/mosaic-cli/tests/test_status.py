@@ -56,13 +56,13 @@ async def _lag_and_dead_letters(url: str) -> None:
         await js.add_consumer(
             topics.EVENTS_RAW.stream,
             api.ConsumerConfig(
-                durable_name=f"identity-{partition}", filter_subject=topics.EVENTS_RAW.subject(partition)
+                durable_name=f"identity-{partition}", filter_subject=topics.EVENTS_RAW.partition_subjects(partition)
             ),
         )
     for _ in range(4):
-        await js.publish(topics.EVENTS_RAW.subject(1), b"x")
+        await js.publish(topics.EVENTS_RAW.subject(1, "ada"), b"x")
     for _ in range(3):
-        await js.publish("deadletter.profile.events.resolved.0", b"x")
+        await js.publish(f"deadletter.profile.{topics.EVENTS_RESOLVED.subject(0, 'p-ada')}", b"x")
     await nc.close()
 
 

@@ -74,7 +74,7 @@ async def test_an_unacked_message_is_redelivered_after_the_consumer_dies(nats_se
     # A consumer that takes the message and dies before acking it.
     nc = await nats.connect(nats_server.url)
     sub = await nc.jetstream().pull_subscribe(
-        TOPIC.subject(0),
+        TOPIC.partition_subjects(0),
         durable="tester-0",
         stream=TOPIC.stream,
         config=api.ConsumerConfig(durable_name="tester-0", ack_wait=1.0, max_ack_pending=128),
@@ -138,7 +138,7 @@ async def test_a_poison_message_is_dead_lettered_with_its_reason_and_the_rest_fl
 
     bus.consume(TOPIC, handle, [0])
     await eventually(lambda: handled == ["good"])
-    dead = await bus._js.get_last_msg("DEAD_LETTERS", "deadletter.tester.test.events.0")
+    dead = await bus._js.get_last_msg("DEAD_LETTERS", f"deadletter.tester.{TOPIC.subject(0, 'u1')}")
     assert dead.headers["Mosaic-Reason"] == "event: must not be 'bad'"
     assert event_pb2.Event.FromString(dead.data).message_id == "bad"
     await bus.close()
@@ -208,7 +208,7 @@ async def test_a_crashing_handler_is_redelivered_then_dead_lettered(nats_server)
 
 async def _last_dead(bus):
     try:
-        return await bus._js.get_last_msg("DEAD_LETTERS", "deadletter.tester.test.events.0")
+        return await bus._js.get_last_msg("DEAD_LETTERS", f"deadletter.tester.{TOPIC.subject(0, 'u1')}")
     except nats.js.errors.NotFoundError:
         return None
 
@@ -241,7 +241,7 @@ async def test_every_listening_replica_hears_every_publish_and_a_bad_one_is_skip
     heard: list[list[str]] = [[], []]
     for replica, log in zip(replicas, heard, strict=False):
         await replica.listen(TOPIC, lambda message, log=log: log.append(message.message_id))
-    await publisher._nc.publish(TOPIC.subject(0), b"\xff not a protobuf")
+    await publisher._nc.publish(TOPIC.subject(0, "bad"), b"\xff not a protobuf")
     sent = [f"notice-{uuid.uuid4().hex}" for _ in range(3)]
     for n, message_id in enumerate(sent):
         await publisher.publish(TOPIC, f"key-{n}", event(message_id), message_id)  # on different partitions

@@ -153,17 +153,19 @@ async def test_consumer_lag_per_durable_and_partition_comes_from_jetstream(expor
             topic.stream,
             api.ConsumerConfig(
                 durable_name=f"identity-{partition}",
-                filter_subject=topic.subject(partition),
+                filter_subject=topic.partition_subjects(partition),
                 ack_policy=api.AckPolicy.EXPLICIT,
             ),
         )
-    await js.add_consumer(topic.stream, api.ConsumerConfig(durable_name="profile-0", filter_subject=topic.subject(0)))
+    await js.add_consumer(
+        topic.stream, api.ConsumerConfig(durable_name="profile-0", filter_subject=topic.partition_subjects(0))
+    )
     payload = event_pb2.Event(message_id="m").SerializeToString()
     for _ in range(5):
-        await js.publish(topic.subject(0), payload)
-    await js.publish(topic.subject(2), payload)
-    await js.publish("deadletter.identity.events.raw.0", payload)
-    await js.publish("deadletter.profile.events.resolved.0", payload)
+        await js.publish(topic.subject(0, "ada"), payload)
+    await js.publish(topic.subject(2, "bob"), payload)
+    await js.publish(f"deadletter.identity.{topic.subject(0, 'ada')}", payload)
+    await js.publish(f"deadletter.profile.{topics.EVENTS_RESOLVED.subject(0, 'p-ada')}", payload)
 
     # This replica holds partitions 0 and 1 of identity: partition 2 and profile's are not its.
     owned = {0, 1}
@@ -183,7 +185,7 @@ async def test_consumer_lag_per_durable_and_partition_comes_from_jetstream(expor
         ]
         assert stored == 1
         # Two delivered, one acked: lag 3, in flight 1; the next poll sees it.
-        sub = await js.pull_subscribe(topic.subject(0), durable="identity-0", stream=topic.stream)
+        sub = await js.pull_subscribe(topic.partition_subjects(0), durable="identity-0", stream=topic.stream)
         first, second = await sub.fetch(2, timeout=5)
         await first.ack()
 

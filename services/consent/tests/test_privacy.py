@@ -168,10 +168,20 @@ async def test_an_erasure_removes_consent_suppresses_the_identifiers_and_is_idem
         await crm_bus.close()
     assert (answer.request.deadline.seconds - answer.request.requested_at.seconds) == 45 * 86400
     assert {r.participant: dict(r.removed) for r in answer.request.receipts} == {
-        "consent": {"consent_ledger": 1, "consent_heads": 0, "consent_merges": 0, "privacy_exports": 0},
+        "consent": {
+            "consent_ledger": 1,
+            "consent_heads": 0,
+            "consent_merges": 0,
+            "privacy_exports": 0,
+            "stream:DEAD_LETTERS": 0,  # its streams' messages of the person go once the request completes
+        },
         "crm": {"crm_notes": 3},
     }
     assert not answer.export_json
+    # Complete: the request and the person's consent notices (the erasure's own too) left their streams.
+    for topic in (topics.PRIVACY_REQUESTED, topics.CONSENT_CHANGED):
+        stream = await service.runtime.bus._js.stream_info(topic.stream)
+        assert (stream.state.messages, stream.state.last_seq) == (0, 2 if topic is topics.CONSENT_CHANGED else 1)
     check = await consent.CheckConsent(cpb.CheckConsentRequest(profile_id="ada", purpose="marketing"))
     assert (check.granted, check.reason) == (False, "opt-in default")
     history = await consent.ListConsentHistory(cpb.ListConsentHistoryRequest(profile_id="ada"))

@@ -32,7 +32,7 @@ async def test_past_the_backlog_senders_are_told_to_retry_and_nothing_is_stored(
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     slow = await js.pull_subscribe(
-        topics.EVENTS_RAW.subject(0),
+        topics.EVENTS_RAW.partition_subjects(0),
         durable="identity-0",
         stream=topics.EVENTS_RAW.stream,
         config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT),

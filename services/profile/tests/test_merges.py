@@ -47,7 +47,8 @@ async def test_a_merge_folds_the_merged_profile_into_the_survivor_and_a_split_un
     # An event for B still on its way after the merge is forwarded to A.
     assert await profiles.apply(event("B", "b3", "ada-phone", 300, "order", revenue=5)) is None
     forwarded = await profiles.bus._js.get_last_msg(
-        topics.EVENTS_RESOLVED.stream, topics.EVENTS_RESOLVED.subject(topics.partition_of("A", profiles.bus.partitions))
+        topics.EVENTS_RESOLVED.stream,
+        topics.EVENTS_RESOLVED.subject(topics.partition_of("A", profiles.bus.partitions), "A"),
     )
     assert resolved_pb2.ResolvedEvent.FromString(forwarded.data).profile_id == "A"
     await profiles.apply(resolved_pb2.ResolvedEvent.FromString(forwarded.data))

@@ -5,7 +5,8 @@ write (the outbox); every service holding personal data consumes it, does its pa
 answers on `privacy.receipt`. The request completes when every configured participant
 (`MOSAIC_PRIVACY_PARTICIPANTS`) has sent its final receipt; a participant that is down
 answers when it is back, from its durable consumer. Receipts are stored, then erased from
-their stream: an export part or the identifiers identity found are personal data.
+their stream: an export part or the identifiers identity found are personal data. Once an
+erasure completes, the person's requests and consent notices are erased from their streams.
 
 An erasure suppresses the person at ingestion through `suppression.changed`: the identifier
 the request named at once, and the identifiers identity's receipt lists when it arrives.
@@ -250,13 +251,29 @@ class Receipts:
         assert current is not None  # the request this receipt answers (requests are never deleted)
         answered = {r.participant for r in current.receipts}
         if set(current.participants) <= answered:
+            # Before completing: a crash in between finds the receipt redelivered, and erases again.
+            removed = await self._erase_streams(current) if current.kind == Kind.PRIVACY_REQUEST_KIND_ERASURE else {}
             current.state = State.PRIVACY_REQUEST_STATE_COMPLETED
             current.completed_at.GetCurrentTime()
             await self.store.complete_request(current)
             log.info(
                 "privacy request completed",
-                extra={"fields": {"request_id": current.request_id, "kind": Kind.Name(current.kind)}},
+                extra={"fields": {"request_id": current.request_id, "kind": Kind.Name(current.kind), **removed}},
             )
+
+    async def _erase_streams(self, request: privacy_pb2.PrivacyRequest) -> dict[str, int]:
+        """The person's requests and consent notices, once every participant has read its
+        request (a participant removes what it produced when it answers; these are removed here,
+        see `mosaic.platform.privacy`). A completion seen twice finds nothing the second time.
+        The outbox is drained first, so the erasure's own consent.changed notice is in the stream
+        to be removed: its readers need it no more (each consent replica heard it live, profile
+        erased the profiles, ingestion forgets the person's consent with the suppression)."""
+        await self.relay.drain()
+        keys = list(dict.fromkeys([request.person_id, *request.profile_ids]))
+        return {
+            f"stream:{topic.stream}": await self.bus.erase_keys(topic, keys)
+            for topic in (topics.PRIVACY_REQUESTED, topics.CONSENT_CHANGED)
+        }
 
 
 class ConsentParticipant:

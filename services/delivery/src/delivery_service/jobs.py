@@ -1,10 +1,13 @@
-"""The job queues: one JetStream subject per destination in one work-queue stream.
+"""The job queues: one JetStream subject per destination and profile in one work-queue stream.
 
 The platform's Bus partitions by key hash and consumes in key order; a job queue needs the
 opposite (one subject per destination, many jobs of it in flight, no order), so it is built
 here on a connection of its own. A job leaves the stream once its worker acks it (work-queue
 retention). Its `Nats-Msg-Id` is the delivery id, so the planner's retry after a crash does not
 queue it twice within the hour of the duplicate window; a replay sends a new message id.
+
+A job's subject is `delivery.jobs.<destination_id>.<token>`, the token the profile id's
+(`topics.key_token`), so an erasure finds the person's queued jobs by subject (`JOBS.key_subjects`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from mosaic.platform.errors import Unavailable
 
 tracer = trace.get_tracer("mosaic.delivery.jobs")
 JOBS = topics.DELIVERY_JOBS
+
+
+def queue_of(destination_id: str) -> str:
+    """The subjects of one destination's jobs, every profile's."""
+    return f"{JOBS.name}.{destination_id}.*"
 
 
 def durable_of(destination_id: str) -> str:
@@ -82,7 +90,7 @@ class JobQueue:
 
     async def put(self, job: delivery_pb2.DeliveryJob, message_id: str = "") -> None:
         """Queue a job on its destination's subject; raises Unavailable unless stored."""
-        subject = f"{JOBS.name}.{job.destination_id}"
+        subject = f"{JOBS.name}.{job.destination_id}.{topics.key_token(job.profile_id)}"
         with tracer.start_as_current_span(
             messaging_spans.publish_name(JOBS.name), kind=trace.SpanKind.PRODUCER
         ) as span:
@@ -105,10 +113,10 @@ class JobQueue:
             ack_wait=ack_wait,
             max_deliver=-1,
             max_ack_pending=max_in_flight + 2000,
-            filter_subject=f"{JOBS.name}.{destination_id}",
+            filter_subject=queue_of(destination_id),
         )
         return await self._js.pull_subscribe(
-            f"{JOBS.name}.{destination_id}", durable=durable_of(destination_id), stream=JOBS.stream, config=config
+            queue_of(destination_id), durable=durable_of(destination_id), stream=JOBS.stream, config=config
         )
 
     async def pending(self, destination_id: str) -> int:
@@ -118,7 +126,7 @@ class JobQueue:
 
     async def drop(self, destination_id: str) -> None:
         """Forget a deleted destination's queue: its jobs and its consumer."""
-        await self._js.purge_stream(JOBS.stream, subject=f"{JOBS.name}.{destination_id}")
+        await self._js.purge_stream(JOBS.stream, subject=queue_of(destination_id))
         try:
             await self._js.delete_consumer(JOBS.stream, durable_of(destination_id))
         except nats.js.errors.NotFoundError:

@@ -122,7 +122,7 @@ class AuditLog:
                 raise InvalidArgument("page_token", "must be a token from an earlier answer")
             start_sequence = int(request.page_token)
         end = request.end_time.ToDatetime(timezone.utc) if request.HasField("end_time") else None
-        subject = topics.AUDIT.subject(topics.partition_of(self.service, self.bus.partitions))
+        subject = topics.AUDIT.subject(topics.partition_of(self.service, self.bus.partitions), self.service)
         if start_sequence:
             config = api.ConsumerConfig(
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_sequence

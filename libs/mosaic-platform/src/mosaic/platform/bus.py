@@ -133,6 +133,23 @@ class Bus:
         secure delete): for messages that must not outlive their use. One already gone is fine."""
         await streams.erase(self._js, topic, sequence)
 
+    async def erase_keys(self, topic: Topic, keys: Iterable[str]) -> int:
+        """Erase every message of these keys from the topic's stream, each as `erase` does, found
+        by its subject (the key's token, `Topic.key_subjects`); how many there were."""
+        return sum([await streams.erase_subjects(self._js, topic.stream, topic.key_subjects(key)) for key in keys])
+
+    async def erase_dead_letters(self, topic: Topic, keys: Iterable[str]) -> int:
+        """Erase this service's dead letters of the topic's messages of these keys
+        (`deadletter.<service>.<subject>`); how many there were."""
+        return sum(
+            [
+                await streams.erase_subjects(
+                    self._js, topics.DEAD_LETTER_STREAM, f"deadletter.{self.service}.{topic.key_subjects(key)}"
+                )
+                for key in keys
+            ]
+        )
+
     async def listen(self, topic: Topic, handler: Callable[[Any], None]) -> None:
         """Call `handler` with every message published on `topic` from now on, on every replica.
 

@@ -141,14 +141,14 @@ class Consumer:
             try:
                 if sub is None:
                     sub = await self._js.pull_subscribe(
-                        topic.subject(partition), durable=self.durable, stream=topic.stream, config=config
+                        topic.partition_subjects(partition), durable=self.durable, stream=topic.stream, config=config
                     )
                 fetched = time.monotonic()
                 messages = await sub.fetch(self.settings.batch, timeout=FETCH_SECONDS)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue  # nothing to fetch (nats-py raises either kind)
             except (*NATS_DOWN, nats.js.errors.APIError) as error:
-                log.warning("fetch from %s failed: %r", topic.subject(partition), error)
+                log.warning("fetch from %s failed: %r", topic.partition_subjects(partition), error)
                 await self._sleep(1.0)
                 continue
             # The next batch only once this one is done, so a key never overtakes itself.
@@ -250,7 +250,7 @@ class Consumer:
             log.warning(
                 "batch of %d on %s failed (%r); handling it one message at a time",
                 len(kept),
-                topic.subject(self.partition),
+                topic.partition_subjects(self.partition),
                 error,
             )
             for span in spans:

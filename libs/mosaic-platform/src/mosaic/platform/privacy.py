@@ -7,6 +7,12 @@ idempotent: a request is redelivered after a crash, and erasing again finds noth
 receipt's message id is fixed (`<request>:<participant>:<part>`), so a repeated answer is
 dropped by JetStream, and the consent service keeps the first it stored.
 
+An erasure also removes the person's messages from the streams of the topics the service
+produces (`stream_cleaned_by`) and the service's own dead letters, each message found by its
+subject (the token of its key, `topics.key_token`) and securely deleted (`Bus.erase_keys`); the
+receipt counts them as `stream:<STREAM>`. The person's keys are the request's person and profile
+ids, and the identifiers the service found (those key events.raw).
+
 An export is split into parts of at most PART_BYTES of JSON (NATS refuses payloads over 1 MB):
 each list of the document is cut between items; the last part says `final`.
 """
@@ -27,6 +33,31 @@ from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
 
 PART_BYTES = 256 * 1024
+
+# Topics whose producers do not remove the person's messages at the erasure, and why.
+_REMOVED_ELSEWHERE = {
+    # Removed by consent once the request completes: the other participants read the request
+    # after it went out, and the erasure's own consent.changed notice is published after it.
+    topics.PRIVACY_REQUESTED.name,
+    topics.CONSENT_CHANGED.name,
+    # Each erased by its consumer once used: consent once it stored a receipt, ingestion once its
+    # suppression list holds the hashes (removing one earlier would let the person back in).
+    topics.PRIVACY_RECEIPT.name,
+    topics.SUPPRESSION_CHANGED.name,
+    # The record of who read or changed personal data, kept for the audit retention: pseudonymous
+    # (a profile id, a salted hash of an identifier), never the data.
+    topics.AUDIT.name,
+}
+# Topics produced by a service that is no participant, removed by the one that knows the keys:
+# ingestion keys events.raw by the person's first identifier, and identity (its consumer) is
+# the service that knows the person's identifiers.
+_REMOVED_BY_CONSUMER = {"identity": (topics.EVENTS_RAW,)}
+
+
+def stream_cleaned_by(service: str) -> tuple[topics.Topic, ...]:
+    """The topics whose streams the service's participant removes the person's messages from."""
+    produced = [t for t in topics.REGISTRY if service in t.producers and t.name not in _REMOVED_ELSEWHERE]
+    return (*_REMOVED_BY_CONSUMER.get(service, ()), *produced)
 
 
 @dataclass
@@ -90,6 +121,8 @@ class Participant:
         if work is None:
             return  # a kind this version does not know: nothing of ours to do
         answer = await work(request)
+        if request.kind == privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE:
+            answer.counts.update(await self._erase_streams(request, answer))
         done = timestamp_pb2.Timestamp()
         done.GetCurrentTime()
         texts = split_document(answer.document) if request.kind == privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT else [""]
@@ -114,3 +147,12 @@ class Participant:
                 (request.person_id, receipt.SerializeToString(), f"{request.request_id}:{self.name}:{part}")
             )
         await self.bus.publish_many(topics.PRIVACY_RECEIPT, messages)
+
+    async def _erase_streams(self, request: privacy_request_pb2.PrivacyRequested, answer: Answer) -> dict[str, int]:
+        keys = list(dict.fromkeys([request.person_id, *request.profile_ids, *(i.value for i in answer.identifiers)]))
+        counts = {f"stream:{t.stream}": await self.bus.erase_keys(t, keys) for t in stream_cleaned_by(self.name)}
+        consumed = [t for t in topics.REGISTRY if self.name in t.consumers]
+        if consumed:  # a service of the mesh (a third-party participant has no registered topics)
+            dead = [await self.bus.erase_dead_letters(t, keys) for t in consumed]
+            counts[f"stream:{topics.DEAD_LETTER_STREAM}"] = sum(dead)
+        return counts

@@ -2,7 +2,8 @@
 
 The payload is a protobuf message; `Nats-Msg-Id` carries the message id so JetStream drops a
 duplicate within the stream's window, `Mosaic-Key` the key it was partitioned by, and
-`traceparent` the W3C trace context so one trace crosses every hop.
+`traceparent` the W3C trace context so one trace crosses every hop. The subject is the key's
+partition and token (`Topic.subject`).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class Publisher:
             for index, ((key, payload, message_id), extra) in enumerate(zip(messages, context_headers, strict=False)):
                 if index and not index % 256:
                     await asyncio.sleep(0)  # a big batch lets the flusher write and other calls run
-                subject = topic.subject(topics.partition_of(key, self.partitions))
+                subject = topic.subject(topics.partition_of(key, self.partitions), key)
                 headers = {"Nats-Msg-Id": message_id, KEY_HEADER: key, **extra}
                 await self._nc.publish(subject, payload, reply=f"{reply}{index:x}", headers=headers)
             return [duplicate(answer) for answer in await asyncio.wait_for(answers, timeout)]

@@ -1,4 +1,5 @@
-"""The JetStream streams: one per topic and the dead letters, declared at every start; erasing a message."""
+"""The JetStream streams: one per topic and the dead letters, declared at every start; erasing a
+message, or every message of a key."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from mosaic.platform.nats_connection import JETSTREAM_DOWN, NATS_DOWN
 from mosaic.platform.topics import Topic
 
 _NO_MESSAGE = 10057  # JetStream's error code for a sequence that holds no message
+_NONE_LEFT = 10037  # no message on the subject from the sequence asked
+_NO_STREAM = 10059  # a stream not declared (delivery's jobs, where delivery never ran)
 
 
 async def ensure(js: JetStreamContext, wanted: Iterable[Topic], max_messages: int, replicas: int) -> None:
@@ -57,10 +60,36 @@ async def ensure(js: JetStreamContext, wanted: Iterable[Topic], max_messages: in
 async def erase(js: JetStreamContext, topic: Topic, sequence: int) -> None:
     """Delete a consumed message from its stream, its bytes overwritten on disk (JetStream's
     secure delete): for messages that must not outlive their use. One already gone is fine."""
+    await _delete(js, topic.stream, sequence)
+
+
+async def erase_subjects(js: JetStreamContext, stream: str, subjects: str) -> int:
+    """Securely delete (as `erase`) every message of `stream` on `subjects` (a wildcard: one
+    key's subjects); how many. Each is found through the stream's subject index (the next
+    message on the subjects from a sequence), so the rest of the stream is never read. Not a
+    purge by subject: nats-server 2.9 purges without overwriting, leaving the bytes in the
+    block file until it is compacted."""
+    count, sequence = 0, 1
+    while True:
+        try:
+            message = await js.get_msg(stream, seq=sequence, subject=subjects, next=True)
+        except (*NATS_DOWN, *JETSTREAM_DOWN) as error:
+            raise Unavailable("nats", f"erase from {stream} not confirmed: {type(error).__name__}") from error
+        except nats.js.errors.NotFoundError as error:
+            if error.err_code in (_NONE_LEFT, _NO_STREAM):
+                return count
+            raise
+        assert message.seq is not None  # a stored message has its sequence
+        await _delete(js, stream, message.seq)
+        count += 1
+        sequence = message.seq + 1
+
+
+async def _delete(js: JetStreamContext, stream: str, sequence: int) -> None:
     try:
-        await js.delete_msg(topic.stream, sequence)
+        await js.delete_msg(stream, sequence)
     except (*NATS_DOWN, *JETSTREAM_DOWN) as error:
-        raise Unavailable("nats", f"erase from {topic.stream} not confirmed: {type(error).__name__}") from error
+        raise Unavailable("nats", f"erase from {stream} not confirmed: {type(error).__name__}") from error
     except nats.js.errors.APIError as error:
         if error.err_code != _NO_MESSAGE:
             raise

@@ -1,8 +1,11 @@
-"""The topics of the mesh: one JetStream stream per topic, one subject per partition.
+"""The topics of the mesh: one JetStream stream per topic, one subject per partition and key.
 
-A topic's subjects are `<topic>.<partition>`; the partition is a stable hash of the key
+A topic's subjects are `<topic>.<partition>.<token>`: the partition is a stable hash of the key
 (profile id after identity, the person's first identifier before), so all messages of one key
-land on one subject, in order, and each replica consumes a fixed share of the partitions.
+land on one partition, in order, and each replica consumes a fixed share of the partitions
+(`<topic>.<partition>.*`); the token is another hash of the key (`key_token`), so the messages of
+one key are found through the stream's subject index, without reading the stream: an erasure
+deletes a person's messages that way (`Bus.erase_keys`).
 
 Every topic is registered here with its payload, its key, the services that publish it and the
 services that consume it; `tests/codebase/test_topic_registry.py` reads the services' code and
@@ -11,6 +14,7 @@ fails when a topic lacks either end or when the code and this registry disagree.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass, replace
 from typing import Any
@@ -50,12 +54,28 @@ class Topic:
     max_age: float = 7 * DAY
     duplicate_window: float = 120.0
 
-    def subject(self, partition: int) -> str:
-        return f"{self.name}.{partition}"
+    def subject(self, partition: int, key: str) -> str:
+        """The subject of a message with this key on its partition."""
+        return f"{self.name}.{partition}.{key_token(key)}"
+
+    def partition_subjects(self, partition: int) -> str:
+        """Every subject of one partition: what its consumer filters on."""
+        return f"{self.name}.{partition}.*"
+
+    def key_subjects(self, key: str) -> str:
+        """The subjects of one key, whatever the partition count was when they were published."""
+        return f"{self.name}.*.{key_token(key)}"
 
     @property
     def wildcard(self) -> str:
-        return f"{self.name}.*"
+        """Every subject of the topic: the stream's."""
+        return f"{self.name}.*.*"
+
+
+def key_token(key: str) -> str:
+    """A key as a subject token: 16 hex digits of its BLAKE2b hash (a key may hold dots or
+    spaces, and the subject should not name a person in clear)."""
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -199,7 +219,8 @@ ALL = (
     AUDIT,
 )
 
-# Poison messages are kept here, by consuming service, with the reason in a header.
+# Poison messages are kept here, by consuming service, with the reason in a header; the subject
+# is `deadletter.<service>.<original subject>`, so it carries the key's token too.
 DEAD_LETTER_STREAM = "DEAD_LETTERS"
 DEAD_LETTER_SUBJECTS = "deadletter.>"
 
@@ -213,16 +234,17 @@ def for_deployment(events_dedup_window: float, audit_retention_days: int) -> tup
     return tuple(replace(t, **windows[t.name]) if t.name in windows else t for t in ALL)
 
 
-# Delivery's job queues, produced by delivery's planner and consumed by its workers: one
-# subject per destination (`delivery.jobs.<destination_id>`), not per partition, so a dead
-# endpoint fills only its own queue. Not in ALL: delivery declares the stream itself, as a work
+# Delivery's job queues, produced by delivery's planner and consumed by its workers: one queue
+# per destination (`delivery.jobs.<destination_id>.<profile id's token>`, built by delivery's
+# jobs module), not per partition, so a dead endpoint fills only its own queue, and an erasure
+# finds the person's jobs (`key_subjects`). Not in ALL: delivery declares the stream itself, as a work
 # queue (a job leaves the stream once its worker acked it), which every other service's LIMITS
 # declaration would contradict.
 DELIVERY_JOBS = Topic(
     "delivery.jobs",
     "DELIVERY_JOBS",
     delivery_pb2.DeliveryJob,
-    key="destination id (one subject each)",
+    key="destination id (a queue each), then profile id",
     producers=("delivery",),
     consumers=("delivery",),
     duplicate_window=3600.0,

@@ -1,4 +1,5 @@
-"""Every row of every table of a store that mentions a value: how erasure tests prove nothing is left.
+"""Every row of every table of a store, and every message of every stream, that mentions a value:
+how erasure tests prove nothing is left.
 
 It reads the backend as it is (SQLite's tables from sqlite_master, Cassandra's from
 system_schema), so a table added later is scanned too. A value matches as text, or inside a
@@ -51,3 +52,31 @@ def _cassandra(db: Any, needles: list[str]) -> list[tuple[str, tuple]]:
             if _mentions(tuple(row), needles):
                 found.append((table, tuple(row)))
     return found
+
+
+async def messages_mentioning(nats_url: str, needles: list[str]) -> list[tuple[str, str, int]]:
+    """(stream, subject, sequence) of every message of every stream of the server at `nats_url`
+    naming any needle, in its payload, its headers (the key travels in one) or its subject."""
+    import nats
+    import nats.js.errors
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        found = []
+        for stream in [str(info.config.name) for info in await js.streams_info()]:
+            sequence = 1
+            while True:
+                try:  # the next message from a sequence: deleted ones are skipped
+                    message = await js.get_msg(stream, seq=sequence, subject=">", next=True)
+                except nats.js.errors.NotFoundError:
+                    break
+                assert message.seq is not None and message.subject is not None
+                if _mentions(message.subject, needles) or _mentions(
+                    [message.data or b"", *(message.headers or {}).values()], needles
+                ):
+                    found.append((stream, message.subject, message.seq))
+                sequence = message.seq + 1
+        return found
+    finally:
+        await nc.close()
