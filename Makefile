@@ -72,9 +72,9 @@ test: setup lint ## run the whole test suite against real nats-server and Cassan
 	deploy/local/cassandra.sh start
 	$(UV) run --frozen pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
-test-fast: setup ## the pure-logic and embedded-store tests, without Cassandra (under a minute)
+test-fast: setup ## the pure-logic and embedded-store tests: no Cassandra, no servers (about a minute)
 	$(PREREQS) prometheus
-	MOSAIC_TEST_WITHOUT_CASSANDRA=1 $(UV) run --frozen pytest -m "not cassandra" -n 4 $(PYTEST_ARGS)
+	MOSAIC_TEST_WITHOUT_CASSANDRA=1 $(UV) run --frozen pytest -m "not cassandra and not servers" -n 2 $(PYTEST_ARGS)
 
 bench: setup ## run the benchmarks (they print figures; never pass/fail); those on Cassandra start the node
 	$(UV) run --frozen python -m bench $(BENCH)

@@ -40,6 +40,8 @@ def nats_server() -> Iterator[NatsServer]:
 
 
 CASSANDRA_FIXTURES = {"cassandra_port", "cassandra_keyspace"}
+# What starts a server process of its own (nats-server; the services and meshes all need it).
+SERVER_FIXTURES = {"nats_server"}
 
 
 @pytest.hookimpl(wrapper=True)
@@ -55,16 +57,21 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MOSAIC_TLS_CA", "")
     os.environ.setdefault("MOSAIC_AUTH_TOKEN_FILE", "")
     config.addinivalue_line("markers", "cassandra: needs the Cassandra node (set on every such test by the plugin)")
+    config.addinivalue_line("markers", "servers: starts nats-server, services or a mesh (set by the plugin)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs Cassandra, so the fast tier (`-m "not cassandra"`) leaves them
-    out: those that ask for the node, and every test run with a fixture parametrised by store (its `cassandra` half)."""
+    """Mark every test that needs Cassandra (those that ask for the node, and every test run with
+    a fixture parametrised by store: its `cassandra` half), and every test that starts servers,
+    so the tiers can leave them out (`-m "not cassandra"`, `-m "not cassandra and not servers"`)."""
     for item in items:
         callspec = getattr(item, "callspec", None)
+        fixtures = set(getattr(item, "fixturenames", ()))
         on_cassandra = callspec is not None and "cassandra" in callspec.params.values()
-        if on_cassandra or CASSANDRA_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if on_cassandra or CASSANDRA_FIXTURES & fixtures:
             item.add_marker(pytest.mark.cassandra)
+        if SERVER_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.servers)
 
 
 @pytest.fixture(scope="session")
