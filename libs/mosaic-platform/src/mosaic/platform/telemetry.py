@@ -1,11 +1,12 @@
 """OpenTelemetry tracing from the standard OTEL_* variables, and structured logs.
 
-Traces: `OTEL_TRACES_EXPORTER` (`otlp`, the default, `console` or `none`), the exporter's own
-`OTEL_EXPORTER_OTLP_*` variables, `OTEL_SERVICE_NAME` (defaults to the service name) and
+Traces: `OTEL_TRACES_EXPORTER` (`otlp`, the default, `zipkin`, `console`, a comma-separated list
+of them such as `otlp,zipkin`, or `none`), the exporters' own `OTEL_EXPORTER_OTLP_*` and
+`OTEL_EXPORTER_ZIPKIN_ENDPOINT` variables, `OTEL_SERVICE_NAME` (defaults to the service name) and
 `OTEL_BSP_*` for batching, and the sampler from `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`
 (`parentbased_always_on` by default: a call that arrives with a sampled traceparent is traced,
-one that starts a trace is too). Metrics are `mosaic.platform.metrics`'s. Logs: one JSON object a line on stderr, carrying the trace and span
-ids of the current span, so a log line can be found from a trace and back.
+one that starts a trace is too). Metrics are `mosaic.platform.metrics`'s. Logs: one JSON object a
+line on stderr, carrying the trace and span ids of the current span, so a log line can be found from a trace and back.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider, sampling
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from mosaic.platform.config import ConfigError
 
@@ -73,22 +74,43 @@ def setup(service: str, log_level: str = "INFO", environ: Mapping[str, str] | No
     _setup_logging(log_level)
     if environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return
-    exporter_name = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip()
-    if exporter_name == "none":
+    exporters = exporters_from(environ)
+    if not exporters:
         # No SDK provider at all: spans nobody exports would still cost ~10 % of a consumer's CPU
         # (pipeline bench); the API's no-op spans carry the incoming trace context on unchanged.
         return
     resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", service)})
     provider = TracerProvider(resource=resource, sampler=sampler_from(environ))
-    if exporter_name == "otlp":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    elif exporter_name == "console":
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
-    else:
-        raise ConfigError("OTEL_TRACES_EXPORTER", f"must be otlp, console or none, got {exporter_name!r}")
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+
+
+def exporters_from(environ: Mapping[str, str]) -> list[SpanExporter]:
+    """The span exporters OTEL_TRACES_EXPORTER names (comma-separated), none for `none`."""
+    raw = environ.get("OTEL_TRACES_EXPORTER", "otlp")
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    if names == ["none"]:
+        return []
+    if not names or not set(names) <= {"otlp", "zipkin", "console"}:
+        raise ConfigError(
+            "OTEL_TRACES_EXPORTER",
+            f"must be otlp, zipkin, console (or a comma-separated list of them) or none, got {raw!r}",
+        )
+    exporters: list[SpanExporter] = []
+    for name in names:
+        if name == "otlp":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            exporters.append(OTLPSpanExporter())
+        elif name == "zipkin":
+            # Reads OTEL_EXPORTER_ZIPKIN_ENDPOINT (http://localhost:9411/api/v2/spans by default).
+            from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+            exporters.append(ZipkinExporter())
+        else:
+            exporters.append(ConsoleSpanExporter(out=sys.stderr))
+    return exporters
 
 
 _SAMPLERS = {
