@@ -61,10 +61,12 @@ run: setup ## run the whole mesh locally with a demo data set (STORE=cassandra f
 	@if [ "$${STORE:-embedded}" = cassandra ]; then $(PREREQS) java && deploy/local/cassandra.sh start; fi
 	$(UV) run --frozen mosaic run --demo
 
-observe: setup ## make run with tracing on: Jaeger (UI :16686) and Prometheus (:9090) started first
+observe: setup ## make run with tracing on: Zipkin (trace UI :9411/zipkin/), Jaeger (API :16686) and Prometheus (:9090) started first
 	deploy/local/jaeger.sh start
+	deploy/local/zipkin.sh start
 	deploy/local/prometheus.sh start
-	OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 $(MAKE) --no-print-directory run
+	OTEL_TRACES_EXPORTER=otlp,zipkin OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 \
+	OTEL_EXPORTER_ZIPKIN_ENDPOINT=http://127.0.0.1:9411/api/v2/spans $(MAKE) --no-print-directory run
 
 test: setup lint ## run the whole test suite against real nats-server and Cassandra
 	$(PREREQS) java

@@ -87,9 +87,16 @@ def run(args: argparse.Namespace) -> int:
             f"  {'ingestion':<13} http://127.0.0.1:{mesh.http_ports['ingestion']:<5}  Segment-compatible HTTP API (/v1/track, /v1/batch...)"
         )
         if "OTEL_EXPORTER_OTLP_ENDPOINT" in os.environ:  # `make observe`
+            zipkin_line = (
+                "  trace UI      Zipkin http://127.0.0.1:9411/zipkin/ (spans sent to "
+                f"{os.environ['OTEL_EXPORTER_ZIPKIN_ENDPOINT']})\n"
+                if "OTEL_EXPORTER_ZIPKIN_ENDPOINT" in os.environ
+                else ""
+            )
             print(
                 f"\n  traces        exported to {os.environ['OTEL_EXPORTER_OTLP_ENDPOINT']} (Jaeger: "
                 "curl 'http://127.0.0.1:16686/api/traces?service=ingestion&limit=5')\n"
+                f"{zipkin_line}"
                 "  metrics       http://127.0.0.1:9461-9466/metrics, Prometheus http://127.0.0.1:9090\n"
                 "  status        uv run mosaic status"
             )

@@ -44,10 +44,12 @@ def render(report: Report, mesh: Mesh, auth: str) -> str:
         ]
         if order_id:
             tags = urllib.parse.quote(json.dumps({"messaging.message.id": order_id}, separators=(",", ":")))
-            lines.append(
-                "  trace        (with `make observe`) curl "
-                f"'http://127.0.0.1:16686/api/traces?service=identity&tags={tags}'  (their last order, {order_id})"
-            )
+            query = urllib.parse.quote(f"messaging.message.id={order_id}")
+            lines += [
+                f"  trace        (with `make observe`; their last order, {order_id}) in Zipkin's UI: "
+                f"http://127.0.0.1:9411/zipkin/?serviceName=identity&annotationQuery={query}",
+                f"               Jaeger's API: curl 'http://127.0.0.1:16686/api/traces?service=identity&tags={tags}'",
+            ]
     lines += [
         "",
         "Send an event as an SDK would (demo-web's write key, rotated each run):",
