@@ -60,9 +60,9 @@ class SegmentCatalog:
                 self._by_read.setdefault(key, []).append(live)
         self._loaded_at = time.monotonic()
 
-    async def reading(self, keys: set[str]) -> list[Live]:
-        """The segments that read any of `keys` (dependency keys of changes), by id."""
-        await self.all()
+    def reading(self, keys: set[str]) -> list[Live]:
+        """The segments that read any of `keys` (dependency keys of changes), by id, as `all`
+        last loaded them (a batch of updates loads them once)."""
         found = {live.segment_id: live for key in keys for live in self._by_read.get(key, ())}
         return [found[k] for k in sorted(found)]
 
