@@ -163,8 +163,17 @@ class CassandraSegmentStore(Repository, SegmentStore):
         return decided, waiting
 
     async def record(self, transitions: Sequence[Transition], timers: Sequence[Timer] = ()) -> None:
-        # Each transition in a logged batch of its own (its rows are in four tables), all at once.
-        await asyncio.gather(*(self.db.execute_atomic(self._transition(t)) for t in transitions))
+        # Each transition in a logged batch of its own (its rows are in four tables); the profiles
+        # at once, a profile's transitions in order (a batch may enter a segment and leave it).
+        by_profile: dict[str, list[Transition]] = {}
+        for t in transitions:
+            by_profile.setdefault(t.profile_id, []).append(t)
+
+        async def in_order(mine: list[Transition]) -> None:
+            for t in mine:
+                await self.db.execute_atomic(self._transition(t))
+
+        await asyncio.gather(*(in_order(mine) for mine in by_profile.values()))
         # The index first: a crash between the two leaves an index row without a timer, never
         # a timer that an erasure cannot find.
         await asyncio.gather(
