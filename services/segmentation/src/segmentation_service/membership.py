@@ -36,7 +36,6 @@ from mosaic.profile.v1 import profile_pb2
 from segmentation_service import compiler
 from segmentation_service.catalog import Live, SegmentCatalog
 from segmentation_service.columns import ColumnarView
-from segmentation_service.evaluate import evaluate
 from segmentation_service.state import ProfileState
 from segmentation_service.store import Decided, SegmentStore, Timer, Transition
 from segmentation_service.timers import Timers, timed
@@ -213,7 +212,7 @@ class Memberships:
         transitions = []
         for live in segments:
             self.evaluations += 1
-            member = evaluate(live.compiled.expression, state, now, self.view.policy)
+            member = live.matches(state, now, self.view.policy)
             was, version = decided.get(live.segment_id, (False, 0))
             if version > state.version or member == was:
                 continue  # a newer version decided already, or nothing changes
