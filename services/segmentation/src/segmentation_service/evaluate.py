@@ -1,6 +1,7 @@
 """The plain evaluator: one compiled definition against one profile's state. Pure logic.
 
-These are the language's semantics; the columnar evaluator (columns.py) must agree with them
+`predicate` turns a definition into a function of (state, now, policy) once, so the per-profile
+path reads no protobuf; `evaluate` is the same for one call. These are the language's semantics; the columnar evaluator (columns.py) must agree with them
 on every profile (test_agreement.py draws random profiles and definitions to check it).
 
 - A missing trait (or null, or a path through a non-object) matches only `is missing`; every
