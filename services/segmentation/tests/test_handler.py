@@ -1,5 +1,5 @@
-"""Memberships on the embedded store and a real nats-server: profile.updated, redeliveries,
-restarts, merges, splits and backfills."""
+"""Memberships on the embedded store and a real nats-server: profile.updated one at a time and
+by fetched batch, redeliveries, restarts, poison messages, merges, splits and backfills."""
 
 from typing import Any
 
@@ -9,8 +9,10 @@ from google.protobuf import struct_pb2
 from mosaic.events.v1 import identity_changed_pb2, profile_updated_pb2, segment_membership_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
+from mosaic.platform.errors import InvalidArgument
 from mosaic.platform.ownership import FixedPartitions
 from mosaic.segmentation.v1 import segment_pb2
+from mosaic.testing.plugin import eventually
 from segmentation_service import compiler
 from segmentation_service.backfill import Backfiller
 from segmentation_service.catalog import SegmentCatalog
@@ -109,7 +111,7 @@ async def test_after_a_restart_a_redelivery_publishes_no_second_transition(world
 async def test_a_transition_recorded_but_not_published_before_a_crash_is_published_once(world):
     await world.memberships.updated(update(1, ("traits.city", "Paris")), DELIVERY)
     # The crash: the decision is stored, the publish never happened.
-    await world.store.record(Transition("repeat-buyers", "p-1", world.memberships.partition("p-1"), True, 1, "v:1:1"))
+    await world.store.record([Transition("repeat-buyers", "p-1", world.memberships.partition("p-1"), True, 1, "v:1:1")])
     world.restart()
     assert await world.memberships.publish_all_pending(range(world.settings.partitions)) == 1
     await world.memberships.updated(update(1, ("traits.city", "Paris")), DELIVERY)  # redelivered too
@@ -186,3 +188,117 @@ async def test_a_segment_stored_before_the_language_is_evaluated_from_its_condit
     await world.store.create(legacy)
     await world.memberships.updated(update(1, ("traits.plan", "pro")), DELIVERY)
     assert await world.moves() == [("legacy", "p-1", ENTERED, 1)]
+
+
+def delivered(
+    *updates: profile_updated_pb2.ProfileUpdated,
+) -> list[tuple[profile_updated_pb2.ProfileUpdated, Delivery]]:
+    """A fetched batch, in stream order."""
+    return [
+        (u, Delivery("profile.updated.0", 0, index + 1, 1, f"{u.profile_id}:{u.version}"))
+        for index, u in enumerate(updates)
+    ]
+
+
+async def test_a_batch_holding_several_versions_of_a_profile_gives_each_transition_in_order(world):
+    await world.memberships.updated_batch(
+        delivered(
+            update(1, ("computed_traits.orders", 2)),
+            update(1, ("computed_traits.orders", 5), profile_id="p-2"),
+            update(2, ("computed_traits.orders", None)),
+            update(3, ("computed_traits.orders", 4)),
+            update(2, ("traits.city", "Paris"), profile_id="p-2"),  # read by no segment
+        )
+    )
+    assert await world.moves() == [
+        ("repeat-buyers", "p-1", ENTERED, 1),
+        ("repeat-buyers", "p-1", EXITED, 2),
+        ("repeat-buyers", "p-1", ENTERED, 3),
+        ("repeat-buyers", "p-2", ENTERED, 1),
+    ]
+    assert [t.cause for t in await world.store.transitions("p-1")] == ["v:1:1", "v:1:2", "v:1:3"]
+    assert await world.store.membership("repeat-buyers", "p-1") == (True, 3)
+    assert await world.store.pending(world.memberships.partition("p-1")) == []
+    assert (world.view.get("p-1").version, world.view.get("p-2").version) == (3, 2)
+    assert world.view.get("p-2").traits == {"city": "Paris"}
+
+
+async def test_a_redelivered_batch_publishes_nothing_twice_also_after_a_restart(world):
+    batch = delivered(
+        update(1, ("computed_traits.orders", 2)),
+        update(2, ("computed_traits.orders", None)),
+        update(1, ("computed_traits.orders", 3), profile_id="p-2"),
+    )
+    await world.memberships.updated_batch(batch)
+    first = await world.moves()
+    assert len(first) == 3
+    await world.memberships.updated_batch(batch)  # redelivered whole
+    await world.memberships.updated_batch(batch[1:])  # and in part
+    world.restart()  # the view is empty again (no profile service here)
+    await world.memberships.updated_batch(batch)
+    assert await world.moves() == first
+    assert await world.store.membership("repeat-buyers", "p-1") == (False, 2)
+
+
+async def test_a_batch_publishes_first_and_once_what_an_earlier_attempt_left_pending(world):
+    partition = world.memberships.partition("p-1")
+    await world.memberships.updated(update(1, ("traits.city", "Paris")), DELIVERY)
+    # The crash: a decision stored, its publish never happened; the restarted replica has not
+    # published what is pending yet when the profile's next update comes.
+    await world.store.record([Transition("repeat-buyers", "p-1", partition, True, 1, "v:1:1")])
+    world.restart()
+    await world.memberships.updated_batch(
+        delivered(update(1, ("traits.city", "Paris")), update(2, ("computed_traits.orders", 0)))
+    )
+    assert await world.moves() == [("repeat-buyers", "p-1", ENTERED, 1), ("repeat-buyers", "p-1", EXITED, 2)]
+    assert await world.store.pending(partition) == []
+    await world.memberships.publish_all_pending([partition])
+    assert len(await world.moves()) == 2
+
+
+async def test_an_update_without_a_profile_id_or_a_version_is_invalid_naming_the_field(world):
+    with pytest.raises(InvalidArgument) as caught:
+        await world.memberships.updated_batch(delivered(update(1, ("computed_traits.orders", 2), profile_id="")))
+    assert caught.value.field == "profile_id"
+    with pytest.raises(InvalidArgument) as caught:
+        await world.memberships.updated(update(0, ("computed_traits.orders", 2)), DELIVERY)
+    assert caught.value.field == "version" and "at least 1" in caught.value.rule
+    with pytest.raises(InvalidArgument) as caught:
+        await world.memberships.updated(update(1, ("jurisdiction", "JURISDICTION_MARS")), DELIVERY)
+    assert caught.value.field == "changes.new_value" and "JURISDICTION_MARS" in caught.value.rule
+    assert await world.published() == [] and "p-1" not in world.view
+
+
+async def test_a_poison_update_in_a_fetched_batch_is_dead_lettered_and_the_others_are_decided(world):
+    # Three profiles of one partition, published before the consumer starts: one fetched batch.
+    partition = world.memberships.partition("a")
+    a, poison, c = [pid for pid in (f"p{i}" for i in range(200)) if world.memberships.partition(pid) == partition][:3]
+    messages = [
+        update(1, ("computed_traits.orders", 2), profile_id=a),
+        update(1, ("computed_traits.orders", 9), ("jurisdiction", "JURISDICTION_MARS"), profile_id=poison),
+        update(1, ("computed_traits.orders", 3), profile_id=c),
+    ]
+    await world.bus.publish_many(
+        topics.PROFILE_UPDATED, [(u.profile_id, u.SerializeToString(), f"{u.profile_id}:1") for u in messages]
+    )
+    batches: list[list[str]] = []
+
+    async def batch(items) -> None:
+        batches.append([u.profile_id for u, _ in items])
+        await world.memberships.updated_batch(items)
+
+    world.bus.consume(topics.PROFILE_UPDATED, world.memberships.updated, [partition], batch_handler=batch)
+
+    async def dead_letters() -> int:
+        return (await world.bus._js.stream_info("DEAD_LETTERS")).state.messages
+
+    async def settled() -> bool:
+        info = await world.bus._js.consumer_info(topics.PROFILE_UPDATED.stream, f"segmentation-{partition}")
+        return info.num_pending + info.num_ack_pending == 0
+
+    await eventually(lambda: len(batches) > 0)
+    await eventually(settled)
+    assert [a, poison, c] in batches, "the three came in one batch, which failed"
+    assert sorted(await world.moves()) == [("repeat-buyers", a, ENTERED, 1), ("repeat-buyers", c, ENTERED, 1)]
+    assert await dead_letters() == 1
+    assert poison not in world.view and world.view.get(a).version == 1

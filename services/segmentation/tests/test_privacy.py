@@ -25,7 +25,7 @@ async def test_memberships_are_exported_then_erased(store):
     for profile_id in ("p-ada", "p-ada-old", "p-bob"):
         # A transition writes the membership, the member index, the transition and its pending copy.
         await store.record(
-            Transition("vip", profile_id, partition_of(profile_id, PARTITIONS), True, 3, f"v3:{profile_id}")
+            [Transition("vip", profile_id, partition_of(profile_id, PARTITIONS), True, 3, f"v3:{profile_id}")]
         )
     await store.set_merged(partition_of("p-ada-old", PARTITIONS), "p-ada-old", "p-ada")
     # Due-time timers: two of Ada's (the later one set after the first), one of Bob's.

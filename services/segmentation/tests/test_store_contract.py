@@ -53,18 +53,36 @@ async def test_a_segment_is_read_by_id_replaced_paged_and_deleted(store):
 async def test_a_transition_is_kept_with_its_membership_and_pending_until_published(store):
     pid = str(uuid.uuid4())
     entered = Transition("vip", pid, 3, True, 5, "v:1:5")
-    await store.record(entered)
+    await store.record([entered])
     assert await store.membership("vip", pid) == (True, 5)
     assert await store.profile_memberships(pid) == {"vip": (True, 5)}
     assert (pid, 5) in await store.members("vip", 3)
     assert await store.pending(3, pid) == [entered]
     assert entered in await store.pending(3)
-    await store.published(entered)
+    await store.published([entered])
     assert await store.pending(3, pid) == []
     exited = Transition("vip", pid, 3, False, 6, "v:1:6")
-    await store.record(exited)
+    await store.record([exited])
     assert (pid, 5) not in await store.members("vip", 3) and await store.membership("vip", pid) == (False, 6)
     assert [(t.cause, t.entered) for t in await store.transitions(pid)] == [("v:1:5", True), ("v:1:6", False)]
+
+
+async def test_a_batch_of_transitions_and_timers_is_recorded_and_read_back_at_once(store):
+    a, b, partition = str(uuid.uuid4()), str(uuid.uuid4()), 1000 + uuid.uuid4().int % 1000
+    entered = Transition("vip", a, partition, True, 1, "v:1:1")
+    left = Transition("vip", a, partition, False, 2, "v:1:2")  # the same batch entered and left
+    other = Transition("pro", b, partition + 1, True, 7, "v:3:7")
+    await store.record([entered, left, other], [(partition, 50, a), (partition + 1, 51, b)])
+    decided, pending = await store.decisions({a: partition, b: partition + 1, "nobody": partition})
+    assert decided == {a: {"vip": (False, 2)}, b: {"pro": (True, 7)}}
+    assert sorted(pending, key=lambda t: t.message_id) == sorted([entered, left, other], key=lambda t: t.message_id)
+    assert a not in dict(await store.members("vip", partition))
+    assert dict(await store.members("pro", partition + 1)) == {b: 7}
+    assert await store.timers(partition, 50) == [a] and await store.timers(partition + 1, 51) == [b]
+    await store.published([entered, other])
+    assert (await store.decisions({a: partition, b: partition + 1}))[1] == [left]
+    await store.published([left])
+    assert await store.pending(partition) == [] and await store.pending(partition + 1) == []
 
 
 async def test_merged_profiles_and_backfill_progress_are_kept(store):

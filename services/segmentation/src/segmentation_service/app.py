@@ -62,7 +62,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.cleanup.push_async_callback(servicer.close)
     segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["SegmentationService"].full_name)
-    runtime.bus.consume(topics.PROFILE_UPDATED, memberships.updated)
+    runtime.bus.consume(topics.PROFILE_UPDATED, memberships.updated, batch_handler=memberships.updated_batch)
     runtime.bus.consume(topics.IDENTITY_MERGED, memberships.merged)
     runtime.bus.consume(topics.IDENTITY_SPLIT, memberships.split)
     await runtime.bus.listen(topics.IDENTITY_MERGED, memberships.heard_merge)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from mosaic.segmentation.v1 import segment_pb2
 from segmentation_service import compiler
+from segmentation_service.evaluate import Predicate, predicate
 from segmentation_service.store import SegmentStore
 
 
@@ -17,6 +18,7 @@ class Live:
 
     segment: segment_pb2.Segment
     compiled: compiler.Compiled
+    matches: Predicate  # the plain evaluator of compiled.expression, built once
 
     @property
     def segment_id(self) -> str:
@@ -53,16 +55,16 @@ class SegmentCatalog:
                 segment.expression.CopyFrom(expression)
         stored = {s.segment_id: s for s in segments}
         compiled = compiler.compile_all({k: compiler.tied(s) for k, s in stored.items()})
-        self._segments = {k: Live(stored[k], compiled[k]) for k in sorted(stored)}
+        self._segments = {k: Live(stored[k], compiled[k], predicate(compiled[k].expression)) for k in sorted(stored)}
         self._by_read = {}
         for live in self._segments.values():
             for key in live.compiled.reads:
                 self._by_read.setdefault(key, []).append(live)
         self._loaded_at = time.monotonic()
 
-    async def reading(self, keys: set[str]) -> list[Live]:
-        """The segments that read any of `keys` (dependency keys of changes), by id."""
-        await self.all()
+    def reading(self, keys: set[str]) -> list[Live]:
+        """The segments that read any of `keys` (dependency keys of changes), by id, as `all`
+        last loaded them (a batch of updates loads them once)."""
         found = {live.segment_id: live for key in keys for live in self._by_read.get(key, ())}
         return [found[k] for k in sorted(found)]
 

@@ -157,6 +157,7 @@ class ColumnarView:
         self.partition = np.zeros(capacity, np.int16)  # the bus partition of the row's profile
         self.timer = np.zeros(capacity, np.int64)  # the timer bucket stored for the row (0: none known)
         self.traits: dict[tuple[int, tuple[str, ...]], TraitColumns] = {}
+        self._ordered: list[tuple[int, tuple[str, ...], TraitColumns]] = []
         self.counters: dict[str, np.ndarray] = {}
         self.slot_day: dict[str, np.ndarray] = {}
         self.identities: dict[str, np.ndarray] = {}
@@ -264,7 +265,7 @@ class ColumnarView:
         if row is None:
             return None
         state = ProfileState(profile_id, int(self.version[row]))
-        for (source, path), columns in sorted(self.traits.items(), key=lambda item: len(item[0][1])):
+        for source, path, columns in self._paths():
             if not columns.present[row]:
                 continue
             target = state.traits if source == pb.TRAIT_SOURCE_TRAITS else state.computed
@@ -272,12 +273,22 @@ class ColumnarView:
                 target = target[key]
             target[path[-1]] = columns.get(row)
         for event, matrix in self.counters.items():
-            for slot in np.flatnonzero(matrix[:, row]):
-                state.counters[(int(self.slot_day[event][slot]), event)] = int(matrix[slot, row])
+            counts = matrix[:, row]
+            slots = counts.nonzero()[0]  # not flatnonzero: it copies the strided column first
+            days = self.slot_day[event][slots].tolist()
+            state.counters.update(zip([(day, event) for day in days], counts[slots].tolist(), strict=True))
         state.identities = {kind: int(c[row]) for kind, c in self.identities.items() if c[row]}
         state.consent = {p: float(until[row]) for p, until in self.consent.items() if not math.isnan(until[row])}
         state.jurisdiction = int(self.jurisdiction[row])
         return state
+
+    def _paths(self) -> list[tuple[int, tuple[str, ...], TraitColumns]]:
+        """The trait paths, parents before children (sorted again only when a path was added)."""
+        if len(self._ordered) != len(self.traits):
+            self._ordered = sorted(
+                ((source, path, columns) for (source, path), columns in self.traits.items()), key=lambda t: len(t[1])
+            )
+        return self._ordered
 
     def is_alive(self, profile_id: str) -> bool:
         row = self.rows.get(profile_id)

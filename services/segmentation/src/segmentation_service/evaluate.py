@@ -1,6 +1,7 @@
 """The plain evaluator: one compiled definition against one profile's state. Pure logic.
 
-These are the language's semantics; the columnar evaluator (columns.py) must agree with them
+`predicate` turns a definition into a function of (state, now, policy) once, so the per-profile
+path reads no protobuf; `evaluate` is the same for one call. These are the language's semantics; the columnar evaluator (columns.py) must agree with them
 on every profile (test_agreement.py draws random profiles and definitions to check it).
 
 - A missing trait (or null, or a path through a non-object) matches only `is missing`; every
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
@@ -33,6 +35,8 @@ from segmentation_service.state import DAY, ProfileState, time_of
 Op = SimpleNamespace(**dict(pb.Operator.items()))
 COUNTER_DAYS = 90
 DEFAULT_POLICY = Policy()
+Predicate = Callable[[ProfileState, float, Policy], bool]
+FIXED = ("string_value", "number_value", "bool_value", "timestamp_value")
 
 
 @lru_cache(maxsize=1024)
@@ -66,8 +70,12 @@ def comparable(value: Any, kind: str) -> Any:
 
 
 def lookup(state: ProfileState, trait: pb.TraitPredicate) -> Any:
-    value: Any = state.traits if trait.source == pb.TRAIT_SOURCE_TRAITS else state.computed
-    for key in trait.path:
+    return _lookup(state, trait.source == pb.TRAIT_SOURCE_TRAITS, tuple(trait.path))
+
+
+def _lookup(state: ProfileState, own: bool, path: tuple[str, ...]) -> Any:
+    value: Any = state.traits if own else state.computed
+    for key in path:
         if not isinstance(value, dict):
             return None
         value = value.get(key)
@@ -96,23 +104,54 @@ def _compare(op: int, left: Any, right: Any) -> bool:
     return pattern(right).search(left) is not None  # OPERATOR_MATCHES
 
 
-def trait_matches(trait: pb.TraitPredicate, value: Any, now: float) -> bool:
+def _trait_test(trait: pb.TraitPredicate) -> Callable[[Any, float], bool]:
+    """`(value, now) -> matches` for a trait predicate, its literals decoded once (a relative
+    time is `now` plus its offset at each call)."""
     op = trait.operator
-    if value is None:
-        return op == Op.OPERATOR_IS_MISSING
+    # As literal_value reads them: a literal of none of the fixed kinds is relative to now.
+    offsets = [None if v.WhichOneof("kind") in FIXED else v.relative_time.offset.seconds for v in trait.values]
+    fixed = [literal_value(v, 0.0) for v in trait.values]
+    relative = any(o is not None for o in offsets)
+
+    def literals(now: float) -> list[tuple[str, Any]]:
+        if not relative:
+            return fixed
+        return [(k, v if o is None else now + o) for (k, v), o in zip(fixed, offsets, strict=True)]
+
     if op in (Op.OPERATOR_EXISTS, Op.OPERATOR_IS_MISSING):
-        return op == Op.OPERATOR_EXISTS
-    literals = [literal_value(v, now) for v in trait.values]
+        exists = op == Op.OPERATOR_EXISTS
+        return lambda value, now: (value is not None) == exists
     if op in (Op.OPERATOR_NOT_EQUALS, Op.OPERATOR_NOT_IN, Op.OPERATOR_IN):
-        equal = any(comparable(value, k) is not None and comparable(value, k) == v for k, v in literals)
-        return equal if op == Op.OPERATOR_IN else not equal
+        wanted = op == Op.OPERATOR_IN
+
+        def among(value: Any, now: float) -> bool:
+            if value is None:
+                return False
+            equal = any(comparable(value, k) is not None and comparable(value, k) == v for k, v in literals(now))
+            return equal == wanted
+
+        return among
     if op == Op.OPERATOR_BETWEEN:
-        (kind, low), (_, high) = literals
+
+        def between(value: Any, now: float) -> bool:
+            if value is None:
+                return False
+            (kind, low), (_, high) = literals(now)
+            mine = comparable(value, kind)
+            return mine is not None and low <= mine <= high
+
+        return between
+    if not fixed:  # compiler.check refuses it; match nothing rather than fail the catalog
+        return lambda value, now: False
+    (kind, literal), offset = fixed[0], offsets[0]
+
+    def compared(value: Any, now: float) -> bool:
+        if value is None:
+            return False
         mine = comparable(value, kind)
-        return mine is not None and low <= mine <= high
-    kind, literal = literals[0]
-    mine = comparable(value, kind)
-    return mine is not None and _compare(op, mine, literal)
+        return mine is not None and _compare(op, mine, literal if offset is None else now + offset)
+
+    return compared
 
 
 def window_days(window: pb.Window, now: float) -> tuple[int, int]:
@@ -129,9 +168,8 @@ def window_days(window: pb.Window, now: float) -> tuple[int, int]:
     return oldest, today
 
 
-def event_count(state: ProfileState, event: pb.EventPredicate, now: float) -> float:
-    first, last = window_days(event.window, now)
-    return float(sum(n for (day, name), n in state.counters.items() if name == event.event and first <= day <= last))
+def _count(state: ProfileState, name: str, first: int, last: int) -> float:
+    return float(sum(n for (day, event), n in state.counters.items() if event == name and first <= day <= last))
 
 
 def consented(state: ProfileState, purpose: str, now: float, policy: Policy) -> bool:
@@ -144,26 +182,72 @@ def consented(state: ProfileState, purpose: str, now: float, policy: Policy) -> 
 def evaluate(expression: pb.Expression, state: ProfileState, now: float, policy: Policy = DEFAULT_POLICY) -> bool:
     """Whether the profile matches the (compiled, references inlined) expression at `now`,
     under the deployment's consent `policy` (its purposes' defaults)."""
+    return predicate(expression)(state, now, policy)
+
+
+def predicate(expression: pb.Expression) -> Predicate:
+    """The expression as a function `(state, now, policy) -> matches`: the tree and its literals
+    read once (a segment's, when the catalog loads it), not per profile."""
     kind = expression.WhichOneof("kind")
-    if kind == "and":
-        return all(evaluate(o, state, now, policy) for o in getattr(expression, "and").operands)
-    if kind == "or":
-        return any(evaluate(o, state, now, policy) for o in getattr(expression, "or").operands)
+    if kind in ("and", "or"):
+        parts = [predicate(o) for o in getattr(expression, kind).operands]
+        if kind == "and":
+
+            def every(state: ProfileState, now: float, policy: Policy) -> bool:
+                for part in parts:
+                    if not part(state, now, policy):
+                        return False
+                return True
+
+            return every
+
+        def some(state: ProfileState, now: float, policy: Policy) -> bool:
+            for part in parts:
+                if part(state, now, policy):
+                    return True
+            return False
+
+        return some
     if kind == "not":
-        return not evaluate(getattr(expression, "not"), state, now, policy)
+        inner = predicate(getattr(expression, "not"))
+        return lambda state, now, policy: not inner(state, now, policy)
     if kind == "consent":
-        return consented(state, expression.consent.purpose, now, policy)
+        purpose = expression.consent.purpose
+        return lambda state, now, policy: consented(state, purpose, now, policy)
     if kind == "trait":
-        return trait_matches(expression.trait, lookup(state, expression.trait), now)
-    if kind == "event":
-        return _compare(
-            expression.event.operator, event_count(state, expression.event, now), expression.event.value.number_value
+        own, path, test = (
+            expression.trait.source == pb.TRAIT_SOURCE_TRAITS,
+            tuple(expression.trait.path),
+            _trait_test(expression.trait),
         )
+        return lambda state, now, policy: test(_lookup(state, own, path), now)
+    if kind == "event":
+        return _event_test(expression.event)
     fact = expression.identity
     if fact.fact == pb.IDENTITY_FACT_HAS_TYPE:
-        return fact.type in state.identity_types()
-    known = "user_id" in state.identity_types()
-    return known if fact.fact == pb.IDENTITY_FACT_KNOWN else not known
+        wanted = fact.type
+        return lambda state, now, policy: state.identities.get(wanted, 0) > 0
+    known = fact.fact == pb.IDENTITY_FACT_KNOWN
+    return lambda state, now, policy: (state.identities.get("user_id", 0) > 0) == known
+
+
+def _event_test(event: pb.EventPredicate) -> Predicate:
+    name, op, threshold, window = event.event, event.operator, event.value.number_value, event.window
+    if window.WhichOneof("kind") == "last":
+        days = math.ceil(window.last.seconds / DAY)
+
+        def last(state: ProfileState, now: float, policy: Policy) -> bool:
+            today = math.floor(now / DAY)
+            first = max(today - COUNTER_DAYS + 1, today - days + 1)
+            return _compare(op, _count(state, name, first, today), threshold)
+
+        return last
+
+    def windowed(state: ProfileState, now: float, policy: Policy) -> bool:
+        first, last = window_days(window, now)
+        return _compare(op, _count(state, name, first, last), threshold)
+
+    return windowed
 
 
 def next_due(expression: pb.Expression, state: ProfileState, now: float) -> float | None:

@@ -24,6 +24,7 @@ from google.protobuf import struct_pb2
 
 from mosaic.consent.v1 import consent_pb2
 from mosaic.events.v1 import profile_updated_pb2
+from mosaic.platform.errors import InvalidArgument
 from mosaic.profile.v1 import profile_pb2
 
 DAY = 86400
@@ -116,11 +117,18 @@ class ProfileState:
                 until = _until(decision.get("granted") is True, decision.get("expires_at")) if decision else None
                 _put(self.consent, key, until)
             elif name == "jurisdiction":
-                self.jurisdiction = consent_pb2.Jurisdiction.Value(change.new_value.string_value) if present else 0
+                self.jurisdiction = _jurisdiction(change.new_value.string_value) if present else 0
         self.version = update.version
 
     def identity_types(self) -> set[str]:
         return {kind for kind, n in self.identities.items() if n > 0}
+
+
+def _jurisdiction(name: str) -> int:
+    try:
+        return consent_pb2.Jurisdiction.Value(name)
+    except ValueError:
+        raise InvalidArgument("changes.new_value", f"jurisdiction {name!r} is not a Jurisdiction") from None
 
 
 def _until(granted: bool, expires_at: str | None) -> float:

@@ -30,6 +30,11 @@ log = logging.getLogger("segmentation.timers")
 TIMER_BUCKET = 30  # seconds
 
 
+def timed(segments: dict[str, Live]) -> list[Live]:
+    """The segments whose answer may change with time alone."""
+    return [live for live in segments.values() if live.compiled.timed]
+
+
 def bucket_of(due: float) -> int:
     """The first bucket starting at or after `due`."""
     return math.ceil(due / TIMER_BUCKET)
@@ -46,21 +51,25 @@ class Timers:
         self.memberships: Memberships | None = None  # set by Memberships, which calls schedule after its decisions
 
     async def timed(self) -> list[Live]:
-        return [live for live in (await self.catalog.all()).values() if live.compiled.timed]
+        return timed(await self.catalog.all())
 
     async def schedule(self, state: ProfileState, now: float) -> None:
         assert self.memberships is not None  # Memberships schedules, once it set itself here
-        view = self.memberships.view
-        dues = [
-            due for live in await self.timed() if (due := next_due(live.compiled.expression, state, now)) is not None
-        ]
+        bucket = self.bucket(state, now, await self.timed())
+        if bucket is not None:
+            await self.store.add_timer(self.memberships.partition(state.profile_id), bucket, state.profile_id)
+            self.memberships.view.set_scheduled(state.profile_id, bucket)
+
+    def bucket(self, state: ProfileState, now: float, timed: list[Live]) -> int | None:
+        """The bucket of the profile's next timer, if it is not stored yet; no I/O (the caller
+        stores it, then tells the view with `set_scheduled`)."""
+        assert self.memberships is not None
+        dues = [due for live in timed if (due := next_due(live.compiled.expression, state, now)) is not None]
         if not dues:
-            return
+            return None
         bucket = bucket_of(min(dues))
-        if view.scheduled(state.profile_id) == bucket:
-            return  # stored already (the view remembers it until a restart)
-        await self.store.add_timer(self.memberships.partition(state.profile_id), bucket, state.profile_id)
-        view.set_scheduled(state.profile_id, bucket)
+        # Stored already if the view remembers it (until a restart).
+        return None if self.memberships.view.scheduled(state.profile_id) == bucket else bucket
 
     async def run(self) -> None:
         while True:

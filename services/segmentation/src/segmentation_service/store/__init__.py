@@ -8,11 +8,11 @@ from mosaic.platform.store import open_repository
 from segmentation_service.store.base import SegmentStore
 from segmentation_service.store.cassandra import MIGRATIONS as CASSANDRA
 from segmentation_service.store.cassandra import CassandraSegmentStore
-from segmentation_service.store.model import Transition
+from segmentation_service.store.model import Decided, Timer, Transition
 from segmentation_service.store.sqlite import MIGRATIONS as SQLITE
 from segmentation_service.store.sqlite import SqliteSegmentStore
 
-__all__ = ["SegmentStore", "Transition", "open_store"]
+__all__ = ["Decided", "SegmentStore", "Timer", "Transition", "open_store"]
 
 
 async def open_store(settings: PlatformSettings) -> SegmentStore:

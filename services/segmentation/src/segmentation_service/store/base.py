@@ -13,14 +13,19 @@ or exit is a transition, keyed by its cause (`v:<revision>:<version>` for a prof
 `merge:<id>`, `time:<bucket>:...`, `backfill:<revision>:<version>`), written with the membership and a
 pending row; the pending row is deleted once the transition is published, so a crash between
 the two publishes it again (under the same message id) and never twice as a new transition.
+
+The real-time path reads and writes once per fetched batch of profile.updated: `decisions` reads
+every profile's memberships and pending transitions at once, `record` writes every transition
+and timer the batch decided, `published` drops their pending rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from mosaic.segmentation.v1 import segment_pb2
-from segmentation_service.store.model import Transition
+from segmentation_service.store.model import Decided, Timer, Transition
 
 
 class SegmentStore(Protocol):
@@ -44,12 +49,20 @@ class SegmentStore(Protocol):
     async def set_membership(self, segment_id: str, profile_id: str, member: bool, version: int) -> None:
         """Record a decision without a transition (a profile evaluated and left as it was)."""
 
-    async def profile_memberships(self, profile_id: str) -> dict[str, tuple[bool, int]]: ...
-    async def record(self, transition: Transition) -> None:
-        """The membership, its by-segment row, the transition and its pending row, together."""
+    async def profile_memberships(self, profile_id: str) -> Decided: ...
+    async def decisions(self, profiles: Mapping[str, int]) -> tuple[dict[str, Decided], list[Transition]]:
+        """For profiles (id -> partition): each one's memberships (absent: none decided) and
+        the transitions of theirs still pending, in one read."""
+
+    async def record(self, transitions: Sequence[Transition], timers: Sequence[Timer] = ()) -> None:
+        """Each transition with its membership, its by-segment row and its pending row, and the
+        timers (as `add_timer`): on SQLite one transaction; on Cassandra each transition atomic
+        (a logged batch), every timer's index row before its timer row."""
 
     async def pending(self, partition: int, profile_id: str | None = None) -> list[Transition]: ...
-    async def published(self, transition: Transition) -> None: ...
+    async def published(self, transitions: Sequence[Transition]) -> None:
+        """Drop the pending rows of transitions now published."""
+
     async def transitions(self, profile_id: str) -> list[Transition]: ...
     async def members(self, segment_id: str, partition: int) -> list[tuple[str, int]]: ...
     async def set_merged(self, partition: int, profile_id: str, survivor: str) -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping, Sequence
+
 from mosaic.platform.errors import AlreadyExists, NotFound
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.segmentation.v1 import segment_pb2
 from segmentation_service.store.base import SegmentStore
-from segmentation_service.store.model import Transition
+from segmentation_service.store.model import Decided, Timer, Transition
+
+PROFILES_PER_READ = 16
+DELETES_PER_REQUEST = 32  # within the node's batch size warning
 
 MIGRATIONS = [
     Migration(
@@ -114,8 +120,84 @@ class CassandraSegmentStore(Repository, SegmentStore):
         )
         return {r.segment_id: (r.member, r.profile_version) for r in rows}
 
-    async def record(self, t: Transition) -> None:
-        statements = [
+    async def decisions(self, profiles: Mapping[str, int]) -> tuple[dict[str, Decided], list[Transition]]:
+        # Multi-partition IN reads, all at once: a request costs this Python client far more than
+        # a row. A profile has a membership row per segment that ever held it, so a read of
+        # PROFILES_PER_READ profiles stays within the first page.
+        ids = list(profiles)
+        by_partition: dict[int, list[str]] = {}
+        for profile_id, partition in profiles.items():
+            by_partition.setdefault(partition, []).append(profile_id)
+        reads = [
+            self.db.execute(
+                "SELECT profile_id, segment_id, member, profile_version FROM segmentation_memberships"
+                " WHERE profile_id IN ?",
+                (ids[i : i + PROFILES_PER_READ],),
+            )
+            for i in range(0, len(ids), PROFILES_PER_READ)
+        ]
+        pending = [
+            (partition, chunk[i : i + PROFILES_PER_READ])
+            for partition, chunk in by_partition.items()
+            for i in range(0, len(chunk), PROFILES_PER_READ)
+        ]
+        found = await asyncio.gather(
+            *reads,
+            *(
+                self.db.execute(
+                    "SELECT profile_id, segment_id, cause, entered, profile_version FROM segmentation_pending"
+                    " WHERE partition = ? AND profile_id IN ?",
+                    (partition, chunk),
+                )
+                for partition, chunk in pending
+            ),
+        )
+        decided: dict[str, Decided] = {}
+        for row in (row for rows in found[: len(reads)] for row in rows):
+            decided.setdefault(row.profile_id, {})[row.segment_id] = (row.member, row.profile_version)
+        waiting = [
+            Transition(r.segment_id, r.profile_id, partition, r.entered, r.profile_version, r.cause)
+            for (partition, _), rows in zip(pending, found[len(reads) :], strict=True)
+            for r in rows
+        ]
+        return decided, waiting
+
+    async def record(self, transitions: Sequence[Transition], timers: Sequence[Timer] = ()) -> None:
+        # Each transition in a logged batch of its own (its rows are in four tables); the profiles
+        # at once, a profile's transitions in order (a batch may enter a segment and leave it).
+        by_profile: dict[str, list[Transition]] = {}
+        for t in transitions:
+            by_profile.setdefault(t.profile_id, []).append(t)
+
+        async def in_order(mine: list[Transition]) -> None:
+            for t in mine:
+                await self.db.execute_atomic(self._transition(t))
+
+        await asyncio.gather(*(in_order(mine) for mine in by_profile.values()))
+        # The index first: a crash between the two leaves an index row without a timer, never
+        # a timer that an erasure cannot find.
+        await asyncio.gather(
+            *(
+                self.db.execute(
+                    "INSERT INTO segmentation_timer_index (profile_id, bucket, partition) VALUES (?, ?, ?)",
+                    (profile_id, bucket, partition),
+                )
+                for partition, bucket, profile_id in timers
+            )
+        )
+        await asyncio.gather(
+            *(
+                self.db.execute(
+                    "INSERT INTO segmentation_timers (partition, bucket, profile_id) VALUES (?, ?, ?)",
+                    (partition, bucket, profile_id),
+                )
+                for partition, bucket, profile_id in timers
+            )
+        )
+
+    @staticmethod
+    def _transition(t: Transition) -> list[tuple[str, tuple]]:
+        statements: list[tuple[str, tuple]] = [
             (
                 "INSERT INTO segmentation_memberships (segment_id, profile_id, member, profile_version) VALUES (?, ?, ?, ?)",
                 (t.segment_id, t.profile_id, t.entered, t.version),
@@ -146,7 +228,7 @@ class CassandraSegmentStore(Repository, SegmentStore):
                     (t.segment_id, t.partition, t.profile_id),
                 )
             )
-        await self.db.execute_atomic(statements)
+        return statements
 
     async def pending(self, partition: int, profile_id: str | None = None) -> list[Transition]:
         query = (
@@ -159,10 +241,23 @@ class CassandraSegmentStore(Repository, SegmentStore):
         rows = await self.db.execute(query, args)
         return [Transition(r.segment_id, r.profile_id, partition, r.entered, r.profile_version, r.cause) for r in rows]
 
-    async def published(self, t: Transition) -> None:
-        await self.db.execute(
-            "DELETE FROM segmentation_pending WHERE partition = ? AND profile_id = ? AND segment_id = ? AND cause = ?",
-            (t.partition, t.profile_id, t.segment_id, t.cause),
+    async def published(self, transitions: Sequence[Transition]) -> None:
+        # A request per partition (a batch's pending rows share the consumer's) and DELETES_PER_REQUEST.
+        by_partition: dict[int, list[tuple[str, tuple]]] = {}
+        for t in transitions:
+            by_partition.setdefault(t.partition, []).append(
+                (
+                    "DELETE FROM segmentation_pending WHERE partition = ? AND profile_id = ? AND segment_id = ?"
+                    " AND cause = ?",
+                    (t.partition, t.profile_id, t.segment_id, t.cause),
+                )
+            )
+        await asyncio.gather(
+            *(
+                self.db.execute_atomic(statements[i : i + DELETES_PER_REQUEST], single_partition=True)
+                for statements in by_partition.values()
+                for i in range(0, len(statements), DELETES_PER_REQUEST)
+            )
         )
 
     async def transitions(self, profile_id: str) -> list[Transition]:
@@ -209,16 +304,7 @@ class CassandraSegmentStore(Repository, SegmentStore):
         )
 
     async def add_timer(self, partition: int, bucket: int, profile_id: str) -> None:
-        # The index first: a crash between the two leaves an index row without a timer, never
-        # a timer that an erasure cannot find.
-        await self.db.execute(
-            "INSERT INTO segmentation_timer_index (profile_id, bucket, partition) VALUES (?, ?, ?)",
-            (profile_id, bucket, partition),
-        )
-        await self.db.execute(
-            "INSERT INTO segmentation_timers (partition, bucket, profile_id) VALUES (?, ?, ?)",
-            (partition, bucket, profile_id),
-        )
+        await self.record([], [(partition, bucket, profile_id)])
 
     async def timers(self, partition: int, bucket: int) -> list[str]:
         rows = await self.db.execute(

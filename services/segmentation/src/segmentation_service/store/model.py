@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+Timer = tuple[int, int, str]  # (partition, bucket, profile id)
+Decided = dict[str, tuple[bool, int]]  # segment id -> (member, profile version decided at)
+
 
 @dataclass(frozen=True)
 class Transition:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping, Sequence
+
 from mosaic.platform.errors import AlreadyExists, NotFound
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.sqlite import SqliteStore
 from mosaic.segmentation.v1 import segment_pb2
 from segmentation_service.store.base import SegmentStore
-from segmentation_service.store.model import Transition
+from segmentation_service.store.model import Decided, Timer, Transition
+
+CHUNK = 500  # profiles read by one statement (each bound twice; SQLite allows 32,766 variables)
+DELETES = 200  # pending rows dropped by one statement (an OR of as many terms; its depth limit is 1,000)
 
 MIGRATIONS = [
     Migration(
@@ -122,32 +128,73 @@ class SqliteSegmentStore(Repository, SegmentStore):
         )
         return {r[0]: (bool(r[1]), r[2]) for r in rows}
 
-    async def record(self, t: Transition) -> None:
-        def work(db) -> None:
-            db.execute(
-                "INSERT OR REPLACE INTO segmentation_memberships VALUES (?, ?, ?, ?)",
-                (t.segment_id, t.profile_id, int(t.entered), t.version),
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO segmentation_transitions VALUES (?, ?, ?, ?, ?)",
-                (t.profile_id, t.segment_id, t.cause, int(t.entered), t.version),
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO segmentation_pending VALUES (?, ?, ?, ?, ?, ?)",
-                (t.partition, t.profile_id, t.segment_id, t.cause, int(t.entered), t.version),
-            )
-            if t.entered:
-                db.execute(
-                    "INSERT OR REPLACE INTO segmentation_members VALUES (?, ?, ?, ?)",
-                    (t.segment_id, t.partition, t.profile_id, t.version),
+    async def decisions(self, profiles: Mapping[str, int]) -> tuple[dict[str, Decided], list[Transition]]:
+        # One statement (a call to the store's thread, a snapshot) per CHUNK profiles: their
+        # memberships (kind 0), then their pending transitions (kind 1) partition by partition.
+        ids = list(profiles)
+        decided: dict[str, Decided] = {}
+        pending: list[Transition] = []
+        for chunk in (ids[i : i + CHUNK] for i in range(0, len(ids), CHUNK)):
+            by_partition: dict[int, list[str]] = {}
+            for profile_id in chunk:
+                by_partition.setdefault(profiles[profile_id], []).append(profile_id)
+            query = [
+                "SELECT 0, profile_id, segment_id, member, profile_version, NULL FROM segmentation_memberships"
+                f" WHERE profile_id IN ({_marks(chunk)})"
+            ]
+            args: list = list(chunk)
+            for partition, members in by_partition.items():
+                query.append(
+                    "SELECT 1, profile_id, segment_id, entered, profile_version, cause FROM segmentation_pending"
+                    f" WHERE partition = ? AND profile_id IN ({_marks(members)})"
                 )
-            else:
-                db.execute(
-                    "DELETE FROM segmentation_members WHERE segment_id = ? AND partition = ? AND profile_id = ?",
-                    (t.segment_id, t.partition, t.profile_id),
-                )
+                args.extend((partition, *members))
+            for kind, profile_id, segment_id, flag, version, cause in await self.db.execute(
+                " UNION ALL ".join(query), args
+            ):
+                if kind == 0:
+                    decided.setdefault(profile_id, {})[segment_id] = (bool(flag), version)
+                else:
+                    pending.append(Transition(segment_id, profile_id, profiles[profile_id], bool(flag), version, cause))
+        return decided, pending
 
-        await self.db.transaction(work)
+    async def record(self, transitions: Sequence[Transition], timers: Sequence[Timer] = ()) -> None:
+        # A statement per table for the whole batch: each call into sqlite3 gives up the GIL
+        # and waits to take it back from the event loop.
+        def work(db) -> None:
+            if transitions:
+                db.executemany(
+                    "INSERT OR REPLACE INTO segmentation_memberships VALUES (?, ?, ?, ?)",
+                    [(t.segment_id, t.profile_id, int(t.entered), t.version) for t in transitions],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO segmentation_transitions VALUES (?, ?, ?, ?, ?)",
+                    [(t.profile_id, t.segment_id, t.cause, int(t.entered), t.version) for t in transitions],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO segmentation_pending VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (t.partition, t.profile_id, t.segment_id, t.cause, int(t.entered), t.version)
+                        for t in transitions
+                    ],
+                )
+            # In order: a batch may enter a segment and leave it again.
+            for entered, run in itertools.groupby(transitions, key=lambda t: t.entered):
+                if entered:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO segmentation_members VALUES (?, ?, ?, ?)",
+                        [(t.segment_id, t.partition, t.profile_id, t.version) for t in run],
+                    )
+                else:
+                    db.executemany(
+                        "DELETE FROM segmentation_members WHERE segment_id = ? AND partition = ? AND profile_id = ?",
+                        [(t.segment_id, t.partition, t.profile_id) for t in run],
+                    )
+            if timers:
+                _add_timers(db, timers)
+
+        if transitions or timers:
+            await self.db.transaction(work)
 
     async def pending(self, partition: int, profile_id: str | None = None) -> list[Transition]:
         query = "SELECT profile_id, segment_id, cause, entered, profile_version FROM segmentation_pending WHERE partition = ?"
@@ -157,11 +204,16 @@ class SqliteSegmentStore(Repository, SegmentStore):
         rows = await self.db.execute(query, args)
         return [Transition(r[1], r[0], partition, bool(r[3]), r[4], r[2]) for r in rows]
 
-    async def published(self, t: Transition) -> None:
-        await self.db.execute(
-            "DELETE FROM segmentation_pending WHERE partition = ? AND profile_id = ? AND segment_id = ? AND cause = ?",
-            (t.partition, t.profile_id, t.segment_id, t.cause),
-        )
+    async def published(self, transitions: Sequence[Transition]) -> None:
+        # One statement per DELETES rows, each row a term of an OR (SQLite finds each by the key;
+        # a row-value IN would scan the table).
+        for first in range(0, len(transitions), DELETES):
+            chunk = transitions[first : first + DELETES]
+            await self.db.execute(
+                "DELETE FROM segmentation_pending WHERE "
+                + " OR ".join(["(partition = ? AND profile_id = ? AND segment_id = ? AND cause = ?)"] * len(chunk)),
+                [v for t in chunk for v in (t.partition, t.profile_id, t.segment_id, t.cause)],
+            )
 
     async def transitions(self, profile_id: str) -> list[Transition]:
         rows = await self.db.execute(
@@ -207,13 +259,7 @@ class SqliteSegmentStore(Repository, SegmentStore):
         )
 
     async def add_timer(self, partition: int, bucket: int, profile_id: str) -> None:
-        def work(db) -> None:
-            db.execute("INSERT OR IGNORE INTO segmentation_timers VALUES (?, ?, ?)", (partition, bucket, profile_id))
-            db.execute(
-                "INSERT OR IGNORE INTO segmentation_timer_index VALUES (?, ?, ?)", (profile_id, bucket, partition)
-            )
-
-        await self.db.transaction(work)
+        await self.db.transaction(lambda db: _add_timers(db, [(partition, bucket, profile_id)]))
 
     async def timers(self, partition: int, bucket: int) -> list[str]:
         rows = await self.db.execute(
@@ -250,3 +296,15 @@ class SqliteSegmentStore(Repository, SegmentStore):
             (segment_id, since),
         )
         return {r[0]: r[1] for r in rows}
+
+
+def _add_timers(db, timers: Sequence[Timer]) -> None:
+    db.executemany("INSERT OR IGNORE INTO segmentation_timers VALUES (?, ?, ?)", timers)
+    db.executemany(
+        "INSERT OR IGNORE INTO segmentation_timer_index VALUES (?, ?, ?)",
+        [(profile_id, bucket, partition) for partition, bucket, profile_id in timers],
+    )
+
+
+def _marks(values: Sequence) -> str:
+    return ",".join("?" * len(values))
