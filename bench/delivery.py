@@ -9,7 +9,9 @@ connection pool, rate limit, circuit breaker, retry budget), signing each webhoo
 each outcome in the embedded store and publishing it on delivery.outcome before the ack, and
 asking the real consent service (a process of its own, `python -m consent_service`, as in a
 deployment; CCPA defaults: the people decided nothing, so marketing is allowed) before every
-send, as the workers do. The jobs are queued here as the planner queues them, for
+send, as the workers do (through the answers they keep, `delivery_service.consent.Answers`,
+BENCH_DELIVERY_CONSENT_CACHE_SECONDS as the service's MOSAIC_DELIVERY_CONSENT_CACHE_SECONDS,
+0 to ask before every send). The jobs are queued here as the planner queues them, for
 BENCH_DELIVERY_PEOPLE (5,000) people in turn.
 
 1. Throughput: 20,000 jobs queued for the healthy destination, drained; deliveries/s, and the
@@ -44,12 +46,14 @@ import grpc
 import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from delivery_service.consent import Answers
 from delivery_service.jobs import JobQueue
 from delivery_service.ssrf import AddressPolicy
 from delivery_service.store import open_store
 from delivery_service.worker import DestinationWorker, WorkerSettings
 from mosaic.consent.v1 import consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_pb2
+from mosaic.platform import topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.config import PlatformSettings
 from mosaic.testing.nats_server import NatsServer
@@ -62,6 +66,8 @@ DRAIN = int(os.environ.get("BENCH_DRAIN_JOBS", "20000"))
 LOAD = float(os.environ.get("BENCH_DELIVERY_LOAD", "0.3"))
 ROUNDS = int(os.environ.get("BENCH_DELIVERY_ROUNDS", "2"))
 PEOPLE = int(os.environ.get("BENCH_DELIVERY_PEOPLE", "5000"))
+# MOSAIC_DELIVERY_CONSENT_CACHE_SECONDS of the workers (0: consent asked before every send).
+CONSENT_CACHE = float(os.environ.get("BENCH_DELIVERY_CONSENT_CACHE_SECONDS", "30"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -169,10 +175,12 @@ async def scenario(
     settings = WorkerSettings(policy=AddressPolicy(["loopback"]), max_attempts=5, retry_base=0.5)
     suffix = name.replace(" ", "-").replace(".", "-")
     healthy_id, failing_id = f"healthy-{suffix}", f"failing-{suffix}"
-    workers = [DestinationWorker(destination(healthy_id, receivers.healthy), queue, store, bus, settings, consent)]
+    answers = Answers(consent, CONSENT_CACHE)  # as the service keeps them, from its start
+    await bus.listen(topics.CONSENT_CHANGED, answers.on_changed)
+    workers = [DestinationWorker(destination(healthy_id, receivers.healthy), queue, store, bus, settings, answers)]
     if mode:
         workers.append(
-            DestinationWorker(destination(failing_id, receivers.failing), queue, store, bus, settings, consent)
+            DestinationWorker(destination(failing_id, receivers.failing), queue, store, bus, settings, answers)
         )
     result: dict = {"name": name}
     try:
@@ -186,6 +194,7 @@ async def scenario(
             await wait_for(receivers, DRAIN)
             elapsed = time.monotonic() - start
             result |= {"rate": DRAIN / elapsed, "cpu_us": (time.process_time() - cpu) / DRAIN * 1e6}
+            result |= {"asked": answers.misses}
             pids = {"consent": consent_pid, "receiver": receivers.process.pid}
             result |= {f"{name}_us": (cpu_seconds(pids[name]) - was) / DRAIN * 1e6 for name, was in others.items()}
         else:
@@ -276,7 +285,8 @@ async def run(nats_url: str, data_dir: str, consent, consent_pid: int) -> None:
         f"throughput: {drained['rate']:,.0f} webhook deliveries/s to one destination "
         f"({DRAIN:,} queued jobs for {min(DRAIN, PEOPLE):,} people drained); CPU per delivery: "
         f"{drained['cpu_us']:.0f} µs in the delivery service (this process), "
-        f"{drained['consent_us']:.0f} µs in the consent service, {drained['receiver_us']:.0f} µs in the receiver",
+        f"{drained['consent_us']:.0f} µs in the consent service, {drained['receiver_us']:.0f} µs in the receiver; "
+        f"the consent service was asked {drained['asked']:,} times (answers kept {CONSENT_CACHE:.0f} s)",
         flush=True,
     )
     rate = round(drained["rate"] * LOAD, -1)

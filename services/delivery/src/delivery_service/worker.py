@@ -4,10 +4,12 @@ Each destination has its own pull consumer, connection pool, concurrency bound, 
 circuit breaker and retry budget, so a destination that times out or fails holds only its own
 slots and fills only its own queue; the others never wait for it.
 
-Consent is asked again just before each send (the planner asked when it decided, but a job may
-wait in its queue, be retried or be replayed): a purpose withdrawn meanwhile finishes the job as
-SUPPRESSED, never sent. While the consent service does not answer, the job is held in progress
-and asked again with backoff: no attempt is spent and nothing goes out unasked.
+Consent is read again just before each send (the planner asked when it decided, but a job may
+wait in its queue, be retried or be replayed), from the answers `consent.Answers` keeps current
+with consent's change notices: a purpose withdrawn meanwhile finishes the job as SUPPRESSED,
+never sent. While the consent service does not answer a question with no answer kept, the job
+is held in progress and asked again with backoff: no attempt is spent and nothing goes out
+without an answer.
 
 A job's attempt number is JetStream's delivery count. A retryable failure with budget left is
 nak'ed with the retry delay (Retry-After or jittered backoff): the slot is free at once and
@@ -33,7 +35,7 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 
 from delivery_service.audience_files import AudienceFiles
-from delivery_service.consent import granted
+from delivery_service.consent import Answers
 from delivery_service.destinations import Kind, kind_of
 from delivery_service.jobs import JobQueue, context_of, durable_of
 from delivery_service.limits import CircuitBreaker, TokenBucket, retry_delay
@@ -102,10 +104,10 @@ class DestinationWorker:
         store: DeliveryStore,
         bus: Bus,
         settings: WorkerSettings,
-        consent,
+        answers: Answers,
     ) -> None:
         self.destination = destination
-        self.consent = consent  # a ConsentService stub
+        self.answers = answers
         self.queue = queue
         self.store = store
         self.bus = bus
@@ -292,9 +294,11 @@ class DestinationWorker:
         attempt = 0
         while True:
             try:
+                if len(jobs) == 1:  # the webhook's case: no gather, no task
+                    return [jobs[0].exited or await self.answers.granted(jobs[0].profile_id, purpose)]
                 return list(
                     await asyncio.gather(
-                        *(_always() if job.exited else granted(self.consent, job.profile_id, purpose) for job in jobs)
+                        *(_always() if job.exited else self.answers.granted(job.profile_id, purpose) for job in jobs)
                     )
                 )
             except Unavailable as error:
