@@ -177,15 +177,16 @@ class DestinationWorker:
 
         Not one request for everything over 1 s: while the queue is empty, the jobs that trickle
         in would be sent, but the circuit would not be looked at again until the second is
-        over. A rate-limited destination asks for no more than about a second of its tokens,
-        so no job waits for its token past its ack wait."""
+        over. A rate-limited destination asks only for the tokens it has, once it has one: its
+        jobs wait for their tokens in the queue, untouched, not past their ack wait here."""
         probe = await self._wait_for_circuit()
         if self._stopping.is_set():
             return
-        most = 1 if probe else min(self.concurrency, 256)
-        if self.bucket.rate > 0:
-            most = min(most, max(1, int(self.bucket.rate)))
-        wanted = await self._take_slots(most)
+        tokens, wait = self.bucket.ready()
+        if wait:
+            await asyncio.sleep(min(wait, 1.0))  # then the circuit and the bucket are looked at again
+            return
+        wanted = await self._take_slots(min(1 if probe else min(self.concurrency, 256), tokens))
         came, how = 0, ""
         try:
             came, how = await feed.request(wanted, 0.02, self._dispatch)
