@@ -3,9 +3,8 @@
 A host that resolves to a loopback, private, link-local (which holds the clouds' metadata
 address 169.254.169.254), multicast, reserved or unspecified address is refused, unless the
 deployment allows that class (MOSAIC_DELIVERY_ALLOW_ADDRESSES, e.g. `loopback` for tests and
-the local mesh). It is checked when a destination is created and again on every new connection
-(the HTTP client's, http1.Pool, and SMTP's), because DNS can change between the two
-(rebinding); the connection goes to an address that was checked.
+the local mesh). It is checked when a destination is created and again on every connection,
+inside the HTTP client's resolver, because DNS can change between the two (rebinding).
 """
 
 from __future__ import annotations
@@ -14,6 +13,9 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 CLASSES = ("loopback", "private", "link-local")
 # Cloud metadata endpoints outside the link-local range (AWS's IPv6 one is in fd00::/8).
@@ -56,13 +58,30 @@ class AddressPolicy:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as error:
             raise Forbidden(f"{host} does not resolve: {error.strerror}") from error
-        return self.check_addresses(host, [info[4][0] for info in infos])
-
-    def check_addresses(self, host: str, addresses: list[str]) -> list[str]:
-        """`addresses` (what `host` resolved to), all allowed; raises Forbidden naming the first
-        that is not: one forbidden answer refuses the host, whichever address would be used."""
+        addresses = [info[4][0] for info in infos]
         for address in addresses:
             reason = self.refusal(address)
             if reason is not None:
                 raise Forbidden(f"{host} resolves to {reason}")
         return addresses
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver, refusing forbidden addresses on every connection."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        hosts = await self._inner.resolve(host, port, family)
+        for entry in hosts:
+            reason = self.policy.refusal(entry["host"])
+            if reason is not None:
+                raise Forbidden(f"{host} resolves to {reason}")
+        return hosts
+
+    async def close(self) -> None:
+        await self._inner.close()

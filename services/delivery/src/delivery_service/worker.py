@@ -119,7 +119,8 @@ class DestinationWorker:
         self.retry_base = settings.retry_base
         self.bucket = TokenBucket(limits.rate_per_second)
         self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown)
-        self.http = HttpSender(settings.policy, self.timeout, destination.signing_secret, dict(destination.headers))
+        self.http = HttpSender(settings.policy, self.concurrency, self.timeout, destination.signing_secret)
+        self.headers = dict(destination.headers)
         self.smtp = SmtpSender(settings.policy, self.timeout, settings.smtp_ca)
         self.files = AudienceFiles.of(destination, settings.audience_dir)
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -348,7 +349,7 @@ class DestinationWorker:
         if self.kind == Kind.DESTINATION_KIND_EMAIL:
             return await self.smtp.send(d.email, job)
         body = (job.payload if self.kind == Kind.DESTINATION_KIND_WEBHOOK else job.text).encode()
-        status = await self.http.post(d.webhook_url, body, job.delivery_id)
+        status = await self.http.post(d.webhook_url, body, job.delivery_id, self.headers)
         return f"HTTP {status}"
 
     async def _send_audience(self, messages: list[Msg]) -> None:
@@ -402,7 +403,7 @@ class DestinationWorker:
         """Send one audience batch: to its file, or to its endpoint; what was done."""
         if self.files is not None:
             return await self.files.write(jobs, key)
-        status = await self.http.post(self.destination.webhook_url, json.dumps(body).encode(), key)
+        status = await self.http.post(self.destination.webhook_url, json.dumps(body).encode(), key, self.headers)
         return f"HTTP {status}"
 
     def _finish(
