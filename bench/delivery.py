@@ -7,11 +7,16 @@ What runs: a nats-server (one core), the receivers in a process of their own
 real: a `DestinationWorker` per destination (its own pull consumer on delivery.jobs.<id>,
 connection pool, rate limit, circuit breaker, retry budget), signing each webhook, recording
 each outcome in the embedded store and publishing it on delivery.outcome before the ack, and
-asking the real consent service (in this process, CCPA defaults: the people decided nothing,
-so marketing is allowed) before every send, as the workers do. The jobs are queued here as the
-planner queues them.
+asking the real consent service (a process of its own, `python -m consent_service`, as in a
+deployment; CCPA defaults: the people decided nothing, so marketing is allowed) before every
+send, as the workers do (through the answers they keep, `delivery_service.consent.Answers`,
+BENCH_DELIVERY_CONSENT_CACHE_SECONDS as the service's MOSAIC_DELIVERY_CONSENT_CACHE_SECONDS,
+0 to ask before every send). The jobs are queued here as the planner queues them, for
+BENCH_DELIVERY_PEOPLE (5,000) people in turn.
 
-1. Throughput: 20,000 jobs queued for the healthy destination, drained; deliveries/s.
+1. Throughput: 20,000 jobs queued for the healthy destination, drained; deliveries/s, and the
+   CPU each delivery cost this process (the delivery service), the consent service and the
+   receiver (read from /proc).
 2. Latency: jobs offered at a fixed rate (BENCH_DELIVERY_LOAD, 30 % of the measured
    throughput) for BENCH_SECONDS; queue-to-arrival p50/p99 of the healthy destination, alone,
    alone with a second queue fed at the same rate that no worker reads (the same queueing
@@ -19,7 +24,8 @@ planner queues them.
    beside the failing one (fed at the same rate) in each mode; BENCH_DELIVERY_ROUNDS (2)
    rounds, since a shared machine moves a p99 between runs more than a neighbour does.
 
-On the 2-core machine the receiver, nats-server and this process share the cores.
+On the 2-core machine the receiver, the consent service, nats-server and this process share
+the cores.
 Run: `uv run --frozen python -m bench delivery`.
 """
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -37,18 +44,18 @@ import time
 import aiohttp
 import grpc
 import nats
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from consent_service.app import build as build_consent
-from consent_service.config import Settings as ConsentSettings
+from delivery_service.consent import Answers
 from delivery_service.jobs import JobQueue
 from delivery_service.ssrf import AddressPolicy
 from delivery_service.store import open_store
 from delivery_service.worker import DestinationWorker, WorkerSettings
 from mosaic.consent.v1 import consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_pb2
+from mosaic.platform import topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.config import PlatformSettings
-from mosaic.platform.server import Service
 from mosaic.testing.nats_server import NatsServer
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
@@ -58,6 +65,10 @@ DRAIN = int(os.environ.get("BENCH_DRAIN_JOBS", "20000"))
 # measure the neighbour, not an overload.
 LOAD = float(os.environ.get("BENCH_DELIVERY_LOAD", "0.3"))
 ROUNDS = int(os.environ.get("BENCH_DELIVERY_ROUNDS", "2"))
+PEOPLE = int(os.environ.get("BENCH_DELIVERY_PEOPLE", "5000"))
+# MOSAIC_DELIVERY_CONSENT_CACHE_SECONDS of the workers (0: consent asked before every send).
+CONSENT_CACHE = float(os.environ.get("BENCH_DELIVERY_CONSENT_CACHE_SECONDS", "30"))
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def destination(destination_id: str, port: int) -> delivery_pb2.Destination:
@@ -75,7 +86,7 @@ def job(destination_id: str, n: int) -> tuple[bytes, str]:
     job = delivery_pb2.DeliveryJob(
         delivery_id=f"{destination_id}:{n}:{time.time_ns()}",
         destination_id=destination_id,
-        profile_id=f"p-{n % 5000}",
+        profile_id=f"p-{n % PEOPLE}",
         trigger="segment.entered:vip",
     )
     job.payload = json.dumps(
@@ -152,6 +163,7 @@ async def scenario(
     data_dir: str,
     consent,
     feed_other: bool = False,
+    consent_pid: int = 0,
 ) -> dict:
     receivers = Receivers(mode or "500")
     store = await open_store(PlatformSettings.from_env("delivery", {"MOSAIC_AUTH": "off", "MOSAIC_DATA_DIR": data_dir}))
@@ -163,10 +175,12 @@ async def scenario(
     settings = WorkerSettings(policy=AddressPolicy(["loopback"]), max_attempts=5, retry_base=0.5)
     suffix = name.replace(" ", "-").replace(".", "-")
     healthy_id, failing_id = f"healthy-{suffix}", f"failing-{suffix}"
-    workers = [DestinationWorker(destination(healthy_id, receivers.healthy), queue, store, bus, settings, consent)]
+    answers = Answers(consent, CONSENT_CACHE)  # as the service keeps them, from its start
+    await bus.listen(topics.CONSENT_CHANGED, answers.on_changed)
+    workers = [DestinationWorker(destination(healthy_id, receivers.healthy), queue, store, bus, settings, answers)]
     if mode:
         workers.append(
-            DestinationWorker(destination(failing_id, receivers.failing), queue, store, bus, settings, consent)
+            DestinationWorker(destination(failing_id, receivers.failing), queue, store, bus, settings, answers)
         )
     result: dict = {"name": name}
     try:
@@ -174,11 +188,15 @@ async def scenario(
             await queue_jobs(js, healthy_id, DRAIN)
             start = time.monotonic()
             cpu = time.process_time()
+            others = {"consent": cpu_seconds(consent_pid), "receiver": cpu_seconds(receivers.process.pid)}
             for w in workers:
                 w.start()
             await wait_for(receivers, DRAIN)
             elapsed = time.monotonic() - start
             result |= {"rate": DRAIN / elapsed, "cpu_us": (time.process_time() - cpu) / DRAIN * 1e6}
+            result |= {"asked": answers.misses}
+            pids = {"consent": consent_pid, "receiver": receivers.process.pid}
+            result |= {f"{name}_us": (cpu_seconds(pids[name]) - was) / DRAIN * 1e6 for name, was in others.items()}
         else:
             for w in workers:
                 w.start()
@@ -205,41 +223,70 @@ async def scenario(
     return result
 
 
-async def start_consent(nats_url: str, data_dir: str) -> Service:
-    settings = ConsentSettings.from_env(
-        {
-            "MOSAIC_AUTH": "off",
-            "MOSAIC_NATS_URL": nats_url,
-            "MOSAIC_DATA_DIR": data_dir,
-            "MOSAIC_GRACE_SECONDS": "1",
-            "MOSAIC_CONSENT_JURISDICTION": "ccpa",
-        }
-    )
-    service = Service(settings.platform, lambda runtime: build_consent(runtime, settings))
-    await service.start()
-    return service
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user and system), from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def start_consent(nats_url: str, data_dir: str) -> tuple[subprocess.Popen, int]:
+    """The consent service as a deployment runs it: a process of its own; its port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "MOSAIC_AUTH": "off",
+        "MOSAIC_NATS_URL": nats_url,
+        "MOSAIC_DATA_DIR": os.path.join(data_dir, "consent"),
+        "MOSAIC_GRPC_PORT": str(port),
+        "MOSAIC_GRACE_SECONDS": "1",
+        "MOSAIC_CONSENT_JURISDICTION": "ccpa",
+    }
+    with open(os.path.join(data_dir, "consent.log"), "w") as log:  # the child keeps its own copy
+        return subprocess.Popen([sys.executable, "-m", "consent_service"], env=env, stdout=log, stderr=log), port
+
+
+async def wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("the consent service did not start")
 
 
 async def main() -> None:
     server = NatsServer(cores=1).start()
     try:
         with tempfile.TemporaryDirectory(prefix="mosaic-bench-delivery-") as data_dir:
-            consent_service = await start_consent(server.url, data_dir)
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{consent_service.port}")
+            process, port = start_consent(server.url, data_dir)
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
             try:
-                await run(server.url, data_dir, consent_service_pb2_grpc.ConsentServiceStub(channel))
+                await wait_serving(channel, process)
+                await run(server.url, data_dir, consent_service_pb2_grpc.ConsentServiceStub(channel), process.pid)
             finally:
                 await channel.close()
-                await consent_service.stop()
+                process.terminate()
+                process.wait()
     finally:
         server.close()
 
 
-async def run(nats_url: str, data_dir: str, consent) -> None:
-    drained = await scenario("drain", None, None, nats_url, data_dir, consent)
+async def run(nats_url: str, data_dir: str, consent, consent_pid: int) -> None:
+    drained = await scenario("drain", None, None, nats_url, data_dir, consent, consent_pid=consent_pid)
     print(
         f"throughput: {drained['rate']:,.0f} webhook deliveries/s to one destination "
-        f"({DRAIN:,} queued jobs drained; {drained['cpu_us']:.0f} µs of this process's CPU each)",
+        f"({DRAIN:,} queued jobs for {min(DRAIN, PEOPLE):,} people drained); CPU per delivery: "
+        f"{drained['cpu_us']:.0f} µs in the delivery service (this process), "
+        f"{drained['consent_us']:.0f} µs in the consent service, {drained['receiver_us']:.0f} µs in the receiver; "
+        f"the consent service was asked {drained['asked']:,} times (answers kept {CONSENT_CACHE:.0f} s)",
         flush=True,
     )
     rate = round(drained["rate"] * LOAD, -1)

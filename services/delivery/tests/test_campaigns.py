@@ -1,13 +1,15 @@
 """Campaigns end to end on real servers: segment members from the real segmentation service,
 consent from the real consent service, webhooks to a real HTTP receiver and e-mail to a real
-SMTP server; two delivery replicas and a restart on one store and one nats-server."""
+SMTP server; two delivery replicas and a restart on one store and one nats-server; updates,
+pauses and resumes."""
 
+import asyncio
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -277,3 +279,144 @@ async def test_without_segmentation_campaigns_are_refused_saying_why(stub):
         await stub.CreateCampaign(pb.CreateCampaignRequest(campaign=campaign()))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "MOSAIC_SEGMENTATION_ADDRESS" in refused.value.details()
+
+
+async def test_a_paused_campaign_fires_no_tick_and_once_resumed_never_sends_one_it_missed(
+    with_segments, stub, bus, segments, consent, webhook_receiver
+):
+    await members_of(bus, segments, "pro", {"p-1": "pro"})
+    await consent("p-1")
+    await news(stub, webhook_receiver)
+    await stub.CreateCampaign(pb.CreateCampaignRequest(campaign=campaign()))
+    await eventually(lambda: ticks(webhook_receiver))
+    paused = (await stub.PauseCampaign(pb.PauseCampaignRequest(campaign_id="flash"))).campaign
+    assert paused.HasField("paused_at") and not paused.HasField("next_tick")
+    again = (await stub.PauseCampaign(pb.PauseCampaignRequest(campaign_id="flash"))).campaign
+    assert again.paused_at == paused.paused_at  # pausing a paused campaign changes nothing
+    [listed] = (await stub.ListCampaigns(pb.ListCampaignsRequest())).campaigns
+    assert listed.paused_at == paused.paused_at
+    await asyncio.sleep(3)  # a tick or more comes due while paused
+    resumed_at = datetime.now(timezone.utc)
+    resumed = (await stub.ResumeCampaign(pb.ResumeCampaignRequest(campaign_id="flash"))).campaign
+    assert not resumed.HasField("paused_at") and resumed.active_since.ToDatetime(timezone.utc) >= resumed_at
+    assert resumed.next_tick.ToDatetime() > resumed.active_since.ToDatetime()
+    paused_at = paused.paused_at.ToDatetime(timezone.utc)
+    await eventually(lambda: any(datetime.fromisoformat(t) > resumed_at for t in ticks(webhook_receiver)))
+    await stub.DeleteCampaign(pb.DeleteCampaignRequest(campaign_id="flash"))
+    fired = sorted(datetime.fromisoformat(t) for t in ticks(webhook_receiver))
+    assert not [t for t in fired if paused_at < t <= resumed_at], fired  # none of the paused ones, ever
+    assert all(people == ["p-1"] for people in ticks(webhook_receiver).values())
+
+
+async def test_a_tick_a_pause_cut_short_is_finished_on_resume_without_sending_twice(
+    with_segments, service, stub, bus, segments, consent, webhook_receiver
+):
+    await members_of(bus, segments, "pro", {"p-1": "pro", "p-4": "pro"})
+    await consent("p-1")
+    await consent("p-4")
+    await news(stub, webhook_receiver)
+    yearly = campaign_pb2.CampaignSchedule(cron="0 0 1 1 *", time_zone="UTC")
+    await stub.CreateCampaign(pb.CreateCampaignRequest(campaign=campaign(schedule=yearly)))
+    await stub.PauseCampaign(pb.PauseCampaignRequest(campaign_id="flash"))
+    # As the scheduler leaves a tick it was planning when the pause came: p-1 planned and sent.
+    tick = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=30)
+    store = await open_store(service.settings)
+    try:
+        cut = campaign_pb2.CampaignRun(
+            status=campaign_pb2.CAMPAIGN_RUN_STATUS_PAUSED,
+            owner="a-replica",
+            members=1,
+            detail="paused after 1 members",
+        )
+        cut.tick.FromDatetime(tick)
+        assert await store.save_campaign_run("flash", cut, 0)
+        sent = delivery_pb2.Delivery(
+            delivery_id=f"news:campaign:flash:{tick:%Y%m%dT%H%M%SZ}:p-1",
+            destination_id="news",
+            profile_id="p-1",
+            status=Status.DELIVERY_STATUS_SENT,
+        )
+        await store.save_delivery(sent)
+    finally:
+        await store.close()
+    await asyncio.sleep(1)  # the scheduler looks five times: a paused campaign's cut tick waits
+    shown = (await stub.GetCampaign(pb.GetCampaignRequest(campaign_id="flash"))).campaign
+    assert shown.last_run.status == campaign_pb2.CAMPAIGN_RUN_STATUS_PAUSED and not webhook_receiver.requests
+    await stub.ResumeCampaign(pb.ResumeCampaignRequest(campaign_id="flash"))
+
+    async def done():
+        got = (await stub.GetCampaign(pb.GetCampaignRequest(campaign_id="flash"))).campaign
+        return got.last_run.status == campaign_pb2.CAMPAIGN_RUN_STATUS_DONE and got
+
+    finished = await eventually(done)
+    assert finished.last_run.members == 2 and "after: paused after 1 members" in finished.last_run.detail
+    assert finished.last_run.tick.ToDatetime(timezone.utc) == tick
+    await eventually(lambda: webhook_receiver.requests)
+    assert [r.body["profile_id"] for r in webhook_receiver.requests] == ["p-4"]
+
+
+async def test_an_update_changes_the_named_fields_and_the_next_ticks_use_them(
+    with_segments, stub, bus, segments, consent, webhook_receiver
+):
+    await members_of(bus, segments, "pro", {"p-1": "pro"})
+    await consent("p-1")
+    await news(stub, webhook_receiver)
+    created = (
+        await stub.CreateCampaign(pb.CreateCampaignRequest(campaign=campaign(body_template="Old offer")))
+    ).campaign
+    await eventually(lambda: webhook_receiver.requests)
+    change = campaign_pb2.Campaign(campaign_id="flash", name="Flash", body_template="New offer for {{ profile_id }}")
+    mask = field_mask_pb2.FieldMask(paths=["name", "body_template"])
+    updated = (await stub.UpdateCampaign(pb.UpdateCampaignRequest(campaign=change, update_mask=mask))).campaign
+    assert (updated.name, updated.body_template, updated.schedule) == ("Flash", change.body_template, created.schedule)
+    assert updated.created_at == created.created_at and updated.active_since == created.active_since
+    await eventually(lambda: webhook_receiver.requests[-1].body["message"] == "New offer for p-1")
+    await stub.DeleteCampaign(pb.DeleteCampaignRequest(campaign_id="flash"))
+    messages = [r.body["message"] for r in webhook_receiver.requests]
+    first_new = messages.index("New offer for p-1")
+    assert set(messages[:first_new]) == {"Old offer"} and set(messages[first_new:]) == {"New offer for p-1"}
+
+
+async def test_a_bad_update_is_refused_naming_the_field_and_changes_nothing(
+    with_segments, stub, bus, segments, webhook_receiver
+):
+    await members_of(bus, segments, "pro", {"p-1": "pro"})
+    await news(stub, webhook_receiver)
+    weekly = campaign_pb2.CampaignSchedule(cron="0 9 * * MON", time_zone="Europe/Paris")
+    before = (await stub.CreateCampaign(pb.CreateCampaignRequest(campaign=campaign(schedule=weekly)))).campaign
+    flash = {"campaign_id": "flash"}
+    cases = [
+        (campaign_pb2.Campaign(**flash), ["created_at"], "update_mask", "may name"),
+        (campaign_pb2.Campaign(**flash), ["schedule.every"], "update_mask", "'schedule.every'"),
+        (
+            campaign_pb2.Campaign(**flash, schedule=campaign_pb2.CampaignSchedule(cron="0 9 * *")),
+            ["schedule.cron"],
+            "campaign.schedule.cron",
+            "5 fields",
+        ),
+        (
+            campaign_pb2.Campaign(**flash, segment_id="nobody"),
+            ["segment_id"],
+            "campaign.segment_id",
+            "names no segment",
+        ),
+        (campaign_pb2.Campaign(**flash), ["destination_id"], "campaign.destination_id", "is required"),
+        (campaign_pb2.Campaign(name="x"), ["name"], "campaign.campaign_id", "is required"),
+    ]
+    for change, paths, field, rule in cases:
+        request = pb.UpdateCampaignRequest(campaign=change, update_mask=field_mask_pb2.FieldMask(paths=paths))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.UpdateCampaign(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        found = violation(refused.value)
+        assert found.field == field and rule in found.description, (field, found)
+    after = (await stub.GetCampaign(pb.GetCampaignRequest(campaign_id="flash"))).campaign
+    assert after == before
+    for call, request in (
+        (stub.UpdateCampaign, pb.UpdateCampaignRequest(campaign=campaign_pb2.Campaign(campaign_id="nope", name="x"))),
+        (stub.PauseCampaign, pb.PauseCampaignRequest(campaign_id="nope")),
+        (stub.ResumeCampaign, pb.ResumeCampaignRequest(campaign_id="nope")),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await call(request)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND

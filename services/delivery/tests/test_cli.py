@@ -6,7 +6,7 @@ import json
 import grpc
 import pytest
 
-from mosaic.cli import delivery_commands
+from mosaic.cli import delivery_commands, exits
 from mosaic.segmentation.v1 import segment_pb2
 from mosaic.segmentation.v1 import segmentation_service_pb2 as seg
 from mosaic.testing.plugin import eventually
@@ -21,7 +21,15 @@ def refusing_receiver():
 
 
 def args(command, action, address, **extra):
-    values = {"target": None, "delivery_ids": [], "profile_id": None, "destination": "", "all": False, **extra}
+    values = {
+        "target": None,
+        "file": None,
+        "delivery_ids": [],
+        "profile_id": None,
+        "destination": "",
+        "all": False,
+        **extra,
+    }
     return argparse.Namespace(command=command, action=action, address=address, **values)
 
 
@@ -104,6 +112,36 @@ async def test_campaigns_are_managed_from_the_command_line(with_segments, servic
     assert [json.loads(line)["campaignId"] for line in capsys.readouterr().out.splitlines()] == ["monday"]
     await delivery_commands.manage_campaigns(args("campaigns", "show", address, target="monday"))
     assert json.loads(capsys.readouterr().out)["quietHours"] == {"start": "21:00", "end": "08:00"}
+
+    # update names what it changes: the cron only (the zone stays), the quiet hours cleared.
+    change = tmp_path / "change.json"
+    change.write_text(json.dumps({"schedule": {"cron": "0 8 * * TUE"}, "quietHours": {}}))
+    assert (
+        await delivery_commands.manage_campaigns(
+            args("campaigns", "update", address, target="monday", file=str(change))
+        )
+        == 0
+    )
+    updated = json.loads(capsys.readouterr().out)
+    assert updated["schedule"] == {"cron": "0 8 * * TUE", "timeZone": "Europe/Paris"} and "quietHours" not in updated
+    change.write_text(json.dumps({"schedule": {"cron": "0 8 * *"}}))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await delivery_commands.manage_campaigns(
+            args("campaigns", "update", address, target="monday", file=str(change))
+        )
+    assert "campaign.schedule.cron" in refused.value.details()
+    change.write_text(json.dumps({"campaignId": "other", "name": "x"}))
+    with pytest.raises(exits.UsageError, match="names campaign 'other'"):
+        await delivery_commands.manage_campaigns(
+            args("campaigns", "update", address, target="monday", file=str(change))
+        )
+    assert await delivery_commands.manage_campaigns(args("campaigns", "pause", address, target="monday")) == 0
+    assert "pausedAt" in json.loads(capsys.readouterr().out)
+    await delivery_commands.manage_campaigns(args("campaigns", "list", address))
+    assert json.loads(capsys.readouterr().out)["pausedAt"]
+    assert await delivery_commands.manage_campaigns(args("campaigns", "resume", address, target="monday")) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert "pausedAt" not in resumed and resumed["nextTick"].endswith("07:00:00Z")  # a Tuesday, 08:00 in Paris
     assert await delivery_commands.manage_campaigns(args("campaigns", "delete", address, target="monday")) == 0
     capsys.readouterr()
     await delivery_commands.manage_campaigns(args("campaigns", "list", address))

@@ -1,8 +1,12 @@
-"""Consent asked again just before each send, on real servers: a purpose withdrawn between
+"""Consent read again just before each send, on real servers: a purpose withdrawn between
 planning and sending stops a webhook, an e-mail (real SMTP) and an audience add, recorded as
-SUPPRESSED; while the consent service is down a job waits unsent, then goes."""
+SUPPRESSED (the withdrawal's consent.changed notice drops the answer the workers kept); while
+the consent service is down a job waits unsent, then goes, unless the answer for its person is
+kept (asking before every send, MOSAIC_DELIVERY_CONSENT_CACHE_SECONDS=0, keeps none)."""
 
 import asyncio
+
+import pytest
 
 from consent_service.app import build as build_consent
 from consent_service.config import Settings as ConsentSettings
@@ -114,8 +118,13 @@ async def test_an_audience_add_withdrawn_before_its_batch_goes_is_left_out_and_r
     assert (suppressed.status, suppressed.detail) == (Status.DELIVERY_STATUS_SUPPRESSED, WITHDRAWN)
 
 
+@pytest.fixture
+def ask_every_send(delivery_env):
+    delivery_env["MOSAIC_DELIVERY_CONSENT_CACHE_SECONDS"] = "0"
+
+
 async def test_while_consent_does_not_answer_a_planned_job_waits_unsent_and_unspent_then_goes(
-    consent_service, make_settings, stub, membership, consent
+    ask_every_send, consent_service, make_settings, stub, membership, consent
 ):
     receiver = WebhookReceiver(status=503).start()
     # The retry comes due after consent has stopped, however slowly it stops on a busy machine.
@@ -146,3 +155,21 @@ async def test_while_consent_does_not_answer_a_planned_job_waits_unsent_and_unsp
             await again.stop()
     finally:
         receiver.stop()
+
+
+async def test_a_retry_goes_on_the_answer_kept_for_its_person_while_consent_is_down(
+    consent_service, stub, membership, consent, webhook_receiver
+):
+    # As above, but with the answers kept (the default): the first attempt's answer is good
+    # until a notice drops it or it ages out, so the retry does not wait for the consent service.
+    webhook_receiver.status = 503
+    webhook_receiver.answer_headers["Retry-After"] = "2"
+    await webhook(stub, webhook_receiver, limits=delivery_pb2.Limits(max_attempts=2))
+    await consent("p-9")
+    await membership("vip", "p-9")
+    await eventually(lambda: webhook_receiver.requests)
+    await consent_service.stop()
+    webhook_receiver.status = 200
+    record = (await eventually(lambda: records(stub, "p-9"), timeout=30))["crm"]
+    assert (record.status, record.attempts) == (Status.DELIVERY_STATUS_SENT, 2)
+    assert len(webhook_receiver.requests) == 2

@@ -92,6 +92,7 @@ def hook(**fields) -> delivery_pb2.Destination:
         ),
         ({"body_template": "{{ unclosed"}, "destination.body_template"),
         ({"headers": {"Idempotency-Key": "x"}}, "destination.headers['Idempotency-Key']"),
+        ({"headers": {"X-Team": "a\r\nX-Injected: b"}}, "destination.headers['X-Team']"),
         ({"signing_secret": "not-a-secret!"}, "destination.signing_secret"),
         ({"limits": delivery_pb2.Limits(max_attempts=1000)}, "destination.limits.max_attempts"),
         ({"frequency_cap": delivery_pb2.FrequencyCap(max_deliveries=3)}, "destination.frequency_cap"),

@@ -28,6 +28,20 @@ def test_a_bucket_lets_its_burst_through_then_spaces_starts_by_its_rate():
 def test_a_bucket_with_rate_zero_never_waits():
     bucket = TokenBucket(rate=0)
     assert all(bucket.wait_time() == 0 for _ in range(1000))
+    assert bucket.ready()[1] == 0.0
+
+
+def test_a_bucket_says_what_it_holds_without_spending_it():
+    clock = Clock()
+    bucket = TokenBucket(rate=0.5, burst=3, clock=clock)
+    assert bucket.ready() == (3, 0.0) and bucket.ready() == (3, 0.0)
+    for _ in range(3):
+        assert bucket.wait_time() == 0.0
+    assert bucket.ready() == (0, 2.0)  # one token in 2 s at 0.5 a second
+    clock.now += 1
+    assert bucket.ready() == (0, 1.0)
+    clock.now += 1
+    assert bucket.ready() == (1, 0.0)
 
 
 def test_the_circuit_opens_after_failures_in_a_row_and_a_probe_closes_it():

@@ -3,8 +3,9 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from google.protobuf import field_mask_pb2
 
-from delivery_service import quiet, schedule
+from delivery_service import campaigns, quiet, schedule
 from mosaic.delivery.v1 import campaign_pb2, delivery_pb2
 from mosaic.platform.errors import InvalidArgument
 
@@ -15,7 +16,9 @@ DONE = campaign_pb2.CAMPAIGN_RUN_STATUS_DONE
 
 
 def campaign(cron="0 9 * * MON", created=datetime(2025, 1, 1, tzinfo=UTC)) -> campaign_pb2.Campaign:
-    c = campaign_pb2.Campaign(campaign_id="weekly", schedule=campaign_pb2.CampaignSchedule(cron=cron))
+    c = campaign_pb2.Campaign(
+        campaign_id="weekly", schedule=campaign_pb2.CampaignSchedule(cron=cron, time_zone="Europe/Paris")
+    )
     c.created_at.FromDatetime(created)
     return c
 
@@ -122,6 +125,78 @@ def test_a_tick_interrupted_and_found_after_the_grace_is_skipped_not_resumed():
     assert schedule.decide(campaign(), PARIS, claimed, monday + timedelta(hours=2), 3600) == schedule.Step(
         "skip", monday
     )
+
+
+PAUSED = campaign_pb2.CAMPAIGN_RUN_STATUS_PAUSED
+MONDAY = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)  # 09:00 in Paris
+
+
+def test_a_paused_campaign_fires_nothing_and_resumed_never_sends_late_what_came_while_paused():
+    c = campaigns.paused(campaign(), MONDAY - timedelta(days=1))
+    assert schedule.decide(c, PARIS, None, MONDAY + timedelta(seconds=3), 3600) is None
+    # Resumed within the grace of Monday's tick: that tick is not owed, the next Monday's fires.
+    c = campaigns.resumed(c, MONDAY + timedelta(minutes=10))
+    assert schedule.decide(c, PARIS, None, MONDAY + timedelta(minutes=10, seconds=1), 3600) is None
+    next_monday = MONDAY + timedelta(days=7)
+    assert schedule.decide(c, PARIS, run(MONDAY - timedelta(days=7)), next_monday, 3600) == schedule.Step(
+        "fire", next_monday
+    )
+    assert campaigns.shown(c, None).next_tick.ToDatetime(UTC) == next_monday
+
+
+def test_a_tick_a_pause_cut_short_is_finished_once_resumed_within_the_grace_else_skipped():
+    cut = run(MONDAY, PAUSED)
+    c = campaigns.paused(campaign(), MONDAY + timedelta(seconds=5))
+    assert schedule.decide(c, PARIS, cut, MONDAY + timedelta(minutes=1), 3600) is None
+    c = campaigns.resumed(c, MONDAY + timedelta(minutes=20))
+    assert schedule.decide(c, PARIS, cut, MONDAY + timedelta(minutes=20), 3600) == schedule.Step("resume", MONDAY)
+    assert schedule.decide(c, PARIS, cut, MONDAY + timedelta(hours=2), 3600) == schedule.Step("skip", MONDAY)
+    # Once it is done, the next tick counts from the resume.
+    done = run(MONDAY)
+    assert schedule.decide(c, PARIS, done, MONDAY + timedelta(hours=2), 3600) is None
+
+
+def test_pausing_a_paused_or_resuming_an_active_campaign_changes_nothing():
+    active = campaign()
+    assert campaigns.resumed(active, MONDAY) is active
+    paused = campaigns.paused(active, MONDAY)
+    assert campaigns.paused(paused, MONDAY + timedelta(hours=1)) is paused
+    assert paused.paused_at.ToDatetime(UTC) == MONDAY and not campaigns.shown(paused, None).HasField("next_tick")
+
+
+def test_a_new_schedule_counts_from_the_change_and_fires_no_tick_it_would_have_had_before():
+    c = campaign()
+    new = campaigns.changed(
+        c, campaign_pb2.Campaign(schedule=campaign_pb2.CampaignSchedule(cron="0 12 * * *")), ["schedule.cron"]
+    )
+    campaigns.kept_from(new, c, MONDAY + timedelta(hours=3, minutes=30))  # 12:30 in Paris
+    assert new.schedule.cron == "0 12 * * *" and new.created_at == c.created_at
+    # Today's 12:00 is within the grace, but it came before the change: tomorrow's is the first.
+    assert schedule.decide(new, PARIS, run(MONDAY), MONDAY + timedelta(hours=3, minutes=31), 3600) is None
+    tomorrow = datetime(2025, 1, 7, 11, 0, tzinfo=UTC)
+    assert schedule.decide(new, PARIS, run(MONDAY), tomorrow, 3600) == schedule.Step("fire", tomorrow)
+    # A change that leaves the schedule alone keeps its count.
+    renamed = campaigns.changed(c, campaign_pb2.Campaign(name="Weekly news"), ["name"])
+    campaigns.kept_from(renamed, c, MONDAY)
+    assert not renamed.HasField("active_since") and renamed.name == "Weekly news"
+
+
+def test_an_update_takes_only_the_masked_fields_and_clears_one_named_and_unset():
+    c = campaign()
+    c.body_template = "old"
+    c.quiet_hours.start, c.quiet_hours.end = "21:00", "08:00"
+    change = campaign_pb2.Campaign(name="ignored", schedule=campaign_pb2.CampaignSchedule(cron="0 8 * * *"))
+    new = campaigns.changed(c, change, ["schedule.cron", "body_template", "quiet_hours"])
+    assert (new.name, new.schedule.cron, new.schedule.time_zone) == ("", "0 8 * * *", "Europe/Paris")
+    assert new.body_template == "" and not new.HasField("quiet_hours")
+    assert campaigns.mask_paths(field_mask_pb2.FieldMask()) == list(campaigns.WHOLE)
+
+
+@pytest.mark.parametrize("path", ["campaign_id", "created_at", "paused_at", "schedule.zone", "nonsense"])
+def test_an_update_mask_naming_what_may_not_change_names_update_mask(path):
+    with pytest.raises(InvalidArgument) as refused:
+        campaigns.mask_paths(field_mask_pb2.FieldMask(paths=["name", path]))
+    assert refused.value.field == "update_mask" and repr(path) in str(refused.value)
 
 
 def test_six_fields_read_seconds_first():

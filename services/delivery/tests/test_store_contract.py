@@ -177,6 +177,29 @@ async def test_a_campaign_id_can_be_taken_once_and_deleting_it_deletes_its_run(s
     assert campaign_id not in await store.campaign_runs()
 
 
+async def test_a_campaign_is_changed_by_compare_and_set_on_what_the_writer_read(store):
+    campaign_id = f"c-{uuid.uuid4().hex[:8]}"
+    assert await store.campaign(campaign_id) is None
+    await store.create_campaign(campaign_pb2.Campaign(campaign_id=campaign_id, name="first"))
+    read, token = await store.campaign(campaign_id)
+    paused = campaign_pb2.Campaign(campaign_id=campaign_id, name="first")
+    paused.paused_at.GetCurrentTime()
+    renamed = campaign_pb2.Campaign(campaign_id=campaign_id, name="renamed")
+    # Two writers read the same definition: the first to write wins, the other must read again.
+    assert await store.replace_campaign(paused, token)
+    assert not await store.replace_campaign(renamed, token)
+    again, fresh = await store.campaign(campaign_id)
+    assert again == paused and fresh != token
+    renamed.paused_at.CopyFrom(again.paused_at)
+    assert await store.replace_campaign(renamed, fresh)
+    assert [c for c in await store.campaigns() if c.campaign_id == campaign_id] == [renamed]
+    # A campaign deleted meanwhile is not written back.
+    _, last = await store.campaign(campaign_id)
+    await store.delete_campaign(campaign_id)
+    assert not await store.replace_campaign(renamed, last)
+    assert await store.campaign(campaign_id) is None
+
+
 async def test_a_campaign_run_is_claimed_by_one_writer_per_version(store):
     campaign_id = f"c-{uuid.uuid4().hex[:8]}"
     first = campaign_pb2.CampaignRun(owner="a", status=campaign_pb2.CAMPAIGN_RUN_STATUS_RUNNING)

@@ -10,6 +10,7 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from delivery_service.config import Settings
+from delivery_service.consent import Answers
 from delivery_service.destinations import DestinationCache
 from delivery_service.dispatcher import Dispatcher
 from delivery_service.feedback import EngagementEndpoint, Feedback
@@ -60,6 +61,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     )
     runtime.cleanup.push_async_callback(queue.close)
     consent = consent_service_pb2_grpc.ConsentServiceStub(_channel(runtime, settings.consent_address))
+    answers = Answers(consent, settings.consent_cache_seconds)
+    await runtime.bus.listen(topics.CONSENT_CHANGED, answers.on_changed)
     profiles = None
     if settings.profile_address:
         profiles = profile_service_pb2_grpc.ProfileServiceStub(_channel(runtime, settings.profile_address))
@@ -85,7 +88,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
             audience_dir=settings.audience_dir,
             smtp_ca=settings.smtp_ca,
         ),
-        consent,
+        answers,
     )
     cache.listen(dispatcher.update)
     await cache.load()
@@ -132,7 +135,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         feedback = Feedback(
             ingestion_service_pb2_grpc.IngestionServiceStub(_channel(runtime, settings.ingestion_address)),
             identity_service_pb2_grpc.IdentityServiceStub(_channel(runtime, settings.identity_address)),
-            consent,
+            answers,
             store,
             cache,
         )

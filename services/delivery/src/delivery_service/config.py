@@ -22,6 +22,9 @@ class Settings(ServiceSettings):
     # Address classes destinations may reach (SSRF guard): none in production.
     allowed_addresses: tuple[str, ...] = ()
     concurrency: int = 32
+    # How long a consent answer the workers read before a send is kept while no change notice
+    # names the person (0: the consent service is asked before every send); see consent.py.
+    consent_cache_seconds: float = 30.0
     breaker_threshold: int = 5
     breaker_cooldown: float = 2.0
     destinations_refresh: float = 5.0
@@ -88,6 +91,7 @@ class Settings(ServiceSettings):
             profile_address=env.str("MOSAIC_PROFILE_ADDRESS", "-").strip("-"),
             allowed_addresses=allowed,
             concurrency=env.int("MOSAIC_DELIVERY_CONCURRENCY", 32, minimum=1, maximum=1000),
+            consent_cache_seconds=env.float("MOSAIC_DELIVERY_CONSENT_CACHE_SECONDS", 30.0, minimum=0.0),
             breaker_threshold=env.int("MOSAIC_DELIVERY_BREAKER_FAILURES", 5, minimum=1, maximum=1000),
             breaker_cooldown=env.float("MOSAIC_DELIVERY_BREAKER_COOLDOWN_SECONDS", 2.0, minimum=0.01),
             destinations_refresh=env.float("MOSAIC_DELIVERY_DESTINATIONS_REFRESH_SECONDS", 5.0, minimum=0.1),

@@ -114,12 +114,14 @@ async def validate(d: delivery_pb2.Destination, policy: AddressPolicy, audience_
         reason = templates.check(source)
         if reason:
             raise InvalidArgument(f"destination.{field}", f"does not compile: {reason}")
-    for name in d.headers:
+    for name, value in d.headers.items():
         if not HEADER_NAME.match(name) or name.lower() in RESERVED_HEADERS:
             raise InvalidArgument(
                 f"destination.headers[{name!r}]",
                 "must be a header name (letters, digits, -) Mosaic does not set itself",
             )
+        if any(c in value for c in "\r\n\0"):
+            raise InvalidArgument(f"destination.headers[{name!r}]", "must be a value without line breaks or NUL")
     _check_limits(d.limits)
     cap = d.frequency_cap
     if cap.max_deliveries < 0 or (cap.max_deliveries and cap.window_seconds <= 0):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from delivery_service.consent import Answers
 from delivery_service.jobs import JobQueue
 from delivery_service.store import DeliveryStore
 from delivery_service.worker import DestinationWorker, WorkerSettings
@@ -12,9 +13,11 @@ from mosaic.platform.bus import Bus
 
 
 class Dispatcher:
-    def __init__(self, queue: JobQueue, store: DeliveryStore, bus: Bus, settings: WorkerSettings, consent) -> None:
+    def __init__(
+        self, queue: JobQueue, store: DeliveryStore, bus: Bus, settings: WorkerSettings, answers: Answers
+    ) -> None:
         self.queue = queue
-        self.consent = consent  # a ConsentService stub, asked again before every send
+        self.answers = answers  # read again before every send
         self.store = store
         self.bus = bus
         self.settings = settings
@@ -28,7 +31,7 @@ class Dispatcher:
                 self._stop(self.workers.pop(destination_id))
         for destination_id, destination in destinations.items():
             if destination_id not in self.workers:
-                worker = DestinationWorker(destination, self.queue, self.store, self.bus, self.settings, self.consent)
+                worker = DestinationWorker(destination, self.queue, self.store, self.bus, self.settings, self.answers)
                 worker.start()
                 self.workers[destination_id] = worker
 

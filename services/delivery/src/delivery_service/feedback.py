@@ -20,6 +20,7 @@ import grpc
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from delivery_service.consent import Answers
 from delivery_service.destinations import DestinationCache
 from delivery_service.store import DeliveryStore
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2
@@ -48,10 +49,10 @@ def outcome_event_name(delivery: delivery_pb2.Delivery) -> str | None:
 
 
 class Feedback:
-    def __init__(self, ingestion, identity, consent, store: DeliveryStore, cache: DestinationCache) -> None:
+    def __init__(self, ingestion, identity, answers: Answers, store: DeliveryStore, cache: DestinationCache) -> None:
         self.ingestion = ingestion
         self.identity = identity
-        self.consent = consent
+        self.answers = answers  # the workers' consent answers, and the ConsentService stub they ask
         self.store = store
         self.cache = cache
         self._who = Lru[str, tuple[str, str]](10_000)
@@ -143,7 +144,7 @@ class Feedback:
         if kind == "unsubscribed":
             destination = self.cache.get(record.destination_id)
             if destination is not None:
-                await self.consent.SetConsent(
+                await self.answers.consent.SetConsent(
                     consent_service_pb2.SetConsentRequest(
                         decision=consent_pb2.ConsentDecision(
                             profile_id=profile_id, purpose=destination.purpose, granted=False, source=SOURCE
@@ -151,6 +152,8 @@ class Feedback:
                     ),
                     timeout=5,
                 )
+                # This replica wrote it: its workers read it now, not when the notice comes.
+                self.answers.drop([profile_id])
                 properties["purpose"] = destination.purpose
         await self.send(profile_id, ENGAGEMENT[kind], f"engagement:{callback_id}", properties)
         return 202, "accepted"

@@ -12,7 +12,10 @@ A job's subject is `delivery.jobs.<destination_id>.<token>`, the token the profi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import nats
@@ -26,6 +29,7 @@ from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform import messaging_spans, topics
 from mosaic.platform.errors import Unavailable
 
+log = logging.getLogger("mosaic.delivery.jobs")
 tracer = trace.get_tracer("mosaic.delivery.jobs")
 JOBS = topics.DELIVERY_JOBS
 
@@ -105,19 +109,22 @@ class JobQueue:
 
     async def subscribe(self, destination_id: str, max_in_flight: int, ack_wait: float):
         """The destination's pull subscription, shared by every replica's workers."""
-        config = api.ConsumerConfig(
-            durable_name=durable_of(destination_id),
-            ack_policy=api.AckPolicy.EXPLICIT,
-            # Sent but unacked jobs wait for their batched record; room for several batches,
-            # or the queue would wait for the store instead of the destination.
-            ack_wait=ack_wait,
-            max_deliver=-1,
-            max_ack_pending=max_in_flight + 2000,
-            filter_subject=queue_of(destination_id),
-        )
         return await self._js.pull_subscribe(
-            queue_of(destination_id), durable=durable_of(destination_id), stream=JOBS.stream, config=config
+            queue_of(destination_id),
+            durable=durable_of(destination_id),
+            stream=JOBS.stream,
+            config=_consumer(destination_id, max_in_flight, ack_wait),
         )
+
+    async def feed(self, destination_id: str, max_in_flight: int, ack_wait: float) -> Feed:
+        """The destination's jobs as they come (see Feed), on the durable every replica shares."""
+        try:
+            await self._js.consumer_info(JOBS.stream, durable_of(destination_id))
+        except nats.js.errors.NotFoundError:
+            await self._js.add_consumer(JOBS.stream, _consumer(destination_id, max_in_flight, ack_wait))
+        feed = Feed(self._nc, destination_id)
+        await feed.open()
+        return feed
 
     async def pending(self, destination_id: str) -> int:
         """How many jobs wait in the destination's queue (acked ones are gone)."""
@@ -135,6 +142,81 @@ class JobQueue:
     async def close(self) -> None:
         if not self._nc.is_closed:
             await self._nc.drain()
+
+
+def _consumer(destination_id: str, max_in_flight: int, ack_wait: float) -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        name=durable_of(destination_id),
+        durable_name=durable_of(destination_id),
+        ack_policy=api.AckPolicy.EXPLICIT,
+        # Sent but unacked jobs wait for their batched record; room for several batches,
+        # or the queue would wait for the store instead of the destination.
+        ack_wait=ack_wait,
+        max_deliver=-1,
+        max_ack_pending=max_in_flight + 2000,
+        filter_subject=queue_of(destination_id),
+    )
+
+
+class Feed:
+    """One destination's jobs for its workers: pull requests to the destination's durable
+    consumer, answered on an inbox of this connection whose callback hands each job over as it
+    comes. Not nats-py's `fetch`: it spends a task, a uuid and a `wait_for` on every message
+    (measured: 42 µs a job with its ack, against 21 here), and gives the jobs over only at the
+    end of its wait; here a job is being sent while the rest of the request is still coming.
+
+    One request at a time: `request` returns once JetStream has ended it (all it asked for
+    came, its time ran out: status 408, or it was refused: 409 when too many jobs are unacked).
+    """
+
+    def __init__(self, nc: nats.NATS, destination_id: str) -> None:
+        self._nc = nc
+        self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{JOBS.stream}.{durable_of(destination_id)}"
+        self._inbox = nc.new_inbox()
+        self._sub: Any = None
+        self._deliver: Callable[[Msg], None] | None = None
+        self._left = 0
+        self._ended: asyncio.Future[str] | None = None
+
+    async def open(self) -> None:
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
+
+    async def request(self, count: int, expires: float, deliver: Callable[[Msg], None]) -> tuple[int, str]:
+        """Ask for up to `count` jobs, each given to `deliver` as it comes; how many came and
+        how the request ended (the status JetStream ended it with; "" when all came)."""
+        self._deliver, self._left = deliver, count
+        self._ended = ended = asyncio.get_running_loop().create_future()
+        payload = json.dumps({"batch": count, "expires": int(expires * 1e9)}).encode()
+        try:
+            await self._nc.publish(self._subject, payload, reply=self._inbox)
+            # JetStream ends the request itself; this bound is for an end lost with the connection.
+            how = await asyncio.wait_for(asyncio.shield(ended), expires + 5)
+        except TimeoutError:
+            how = "lost"
+        finally:
+            came = count - self._left
+            self._deliver, self._left, self._ended = None, 0, None
+        return came, how
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = msg.headers.get("Status") if msg.headers else None
+        if status:
+            if status != "100" and self._ended is not None and not self._ended.done():
+                self._ended.set_result(status)  # 100 is a heartbeat, never asked for
+            return
+        if self._deliver is None or self._left <= 0:
+            # A job for a request this side gave up on (its end was lost): given back at once.
+            log.warning("job on %s came after its request ended: given back", msg.subject)
+            await msg.nak()
+            return
+        self._left -= 1
+        self._deliver(msg)
+        if self._left == 0 and self._ended is not None and not self._ended.done():
+            self._ended.set_result("")
 
 
 def context_of(msg: Msg):

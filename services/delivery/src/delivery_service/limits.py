@@ -28,11 +28,24 @@ class TokenBucket:
         """Take one token; the seconds to wait before using it (0 when one was there)."""
         if self.rate <= 0:
             return 0.0
+        self._refill()
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    def ready(self) -> tuple[int, float]:
+        """Without taking any: how many tokens are there now, and, when none, the seconds until
+        one is (rate 0: as many as wanted, now)."""
+        if self.rate <= 0:
+            return 1 << 30, 0.0
+        self._refill()
+        if self.tokens >= 1:
+            return int(self.tokens), 0.0
+        return 0, (1 - self.tokens) / self.rate
+
+    def _refill(self) -> None:
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        self.tokens -= 1
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 class CircuitBreaker:

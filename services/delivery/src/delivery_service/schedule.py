@@ -7,6 +7,10 @@ back, the repeated hour's `02:30` is a second instant of a wall-clock time that 
 and it fires once, as cron does. A tick found later than the deployment's grace (the service
 was down over it), or interrupted and found so late, is skipped, not sent hours late; only the
 latest due tick is ever fired, so a long outage never turns into a burst of broadcasts.
+
+A paused campaign fires nothing. Ticks are counted from the campaign's `active_since` (its
+creation, latest resume or schedule change): what came due while it was paused is never sent;
+a tick the pause interrupted (its run PAUSED) is finished on resume, within the grace.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from mosaic.delivery.v1 import campaign_pb2
 from mosaic.platform.errors import InvalidArgument
@@ -86,6 +91,15 @@ class Step:
     tick: datetime
 
 
+def counted_from(campaign: campaign_pb2.Campaign, run: campaign_pb2.CampaignRun | None) -> Timestamp:
+    """The time after which the campaign's next tick is: its latest tick, or when it last became
+    active, whichever is later (active_since unset: a campaign from before it, its creation)."""
+    since = campaign.active_since if campaign.HasField("active_since") else campaign.created_at
+    if run is not None and run.tick.ToNanoseconds() > since.ToNanoseconds():
+        return run.tick
+    return since
+
+
 def decide(
     campaign: campaign_pb2.Campaign,
     zone: ZoneInfo,
@@ -96,9 +110,12 @@ def decide(
     if run is not None and run.status == RunStatus.CAMPAIGN_RUN_STATUS_RUNNING:
         if run.lease_until.ToDatetime(timezone.utc) > now:
             return None  # its owner is on it; a new tick waits until it is done
-        tick = run.tick.ToDatetime(timezone.utc)
+    if campaign.HasField("paused_at"):
+        return None
+    if run is not None and run.status in (RunStatus.CAMPAIGN_RUN_STATUS_RUNNING, RunStatus.CAMPAIGN_RUN_STATUS_PAUSED):
+        tick = run.tick.ToDatetime(timezone.utc)  # its owner stopped, or the campaign was paused
         return Step("skip" if (now - tick).total_seconds() > grace else "resume", tick)
-    since = (run.tick if run is not None else campaign.created_at).ToDatetime(timezone.utc)
+    since = counted_from(campaign, run).ToDatetime(timezone.utc)
     tick = latest_tick(campaign.schedule.cron, zone, now)
     if not _later(tick, since, zone):
         return None

@@ -7,6 +7,9 @@ the next replica to look resumes the tick from the start. Resuming is safe becau
 member's delivery id names the campaign, the tick and the person: what was decided is left
 alone and what was queued is dropped by JetStream as a copy. The members are what the
 segmentation service lists at the tick (ListMembers, over gRPC).
+
+Before each batch of members the campaign is read again: deleted, the run stops; paused, the run
+is left PAUSED (with how many were planned), and resuming the campaign resumes it as above.
 """
 
 from __future__ import annotations
@@ -50,6 +53,14 @@ class SchedulerSettings:
 
 class LostClaim(Exception):
     """Another replica took the tick over, or the campaign was deleted."""
+
+
+class Paused(Exception):
+    """The campaign was paused while its tick was being planned; the run's version then."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(version)
+        self.version = version
 
 
 class Scheduler:
@@ -126,6 +137,13 @@ class Scheduler:
         except LostClaim:
             log.warning("campaign %s: tick %s taken over or deleted", key, tick)
             return
+        except Paused as paused:
+            run.status = RunStatus.CAMPAIGN_RUN_STATUS_PAUSED
+            run.ClearField("lease_until")
+            run.detail = f"paused after {run.members} members"
+            if await self.store.save_campaign_run(key, run, paused.version):
+                log.info("campaign %s: tick %s paused after %d members", key, tick, run.members)
+            return
         except grpc.aio.AioRpcError as error:
             if error.code() not in NOT_RETRIED:
                 return await self._release(key, run, version, f"{error.code().name}: {error.details()}")
@@ -161,6 +179,7 @@ class Scheduler:
                 if member is not grpc.aio.EOF:
                     batch.append(member.profile_id)
                 if len(batch) == BATCH or (member is grpc.aio.EOF and batch):
+                    await self._still_active(campaign.campaign_id, version)
                     await self._plan_batch(campaign, destination, batch, tick, quiet)
                     run.members += len(batch)
                     batch = []
@@ -171,6 +190,14 @@ class Scheduler:
                     renew_at = self.clock() + timedelta(seconds=self.settings.lease / 3)
         finally:
             members.cancel()
+
+    async def _still_active(self, campaign_id: str, version: int) -> None:
+        """Raise LostClaim if the campaign was deleted, Paused if it was paused."""
+        found = await self.store.campaign(campaign_id)
+        if found is None:
+            raise LostClaim(campaign_id)
+        if found[0].HasField("paused_at"):
+            raise Paused(version)
 
     async def _stored(self, destination_id: str):
         """The destination from the store: this replica's cache may not have a new one yet."""

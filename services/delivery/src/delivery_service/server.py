@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 from delivery_service import campaigns, destinations
@@ -20,7 +21,7 @@ from mosaic.delivery.v1 import campaign_pb2, delivery_pb2, delivery_service_pb2_
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
 from mosaic.platform import limits
 from mosaic.platform.bus import Bus
-from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound
+from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 Status = delivery_pb2.DeliveryStatus
 MAX_PAGE = 1000
@@ -175,20 +176,14 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         return pb.DiscardDeadLettersResponse(discarded=discarded)
 
     async def CreateCampaign(self, request, context):
-        settings = self.campaign_settings
-        if settings.segments is None:
-            raise FailedPrecondition(
-                "campaigns", "this deployment has no segmentation service to list members (MOSAIC_SEGMENTATION_ADDRESS)"
-            )
+        settings = self._with_segments()
         c = campaign_pb2.Campaign()
         c.CopyFrom(request.campaign)
-        destination = None
-        if c.destination_id:
-            destination = next(
-                (d for d in await self.store.destinations() if d.destination_id == c.destination_id), None
-            )
-        await campaigns.validate(c, destination, settings.segments, settings.default_zone)
+        await campaigns.validate(
+            c, await self._stored_destination(c.destination_id), settings.segments, settings.default_zone
+        )
         c.created_at.CopyFrom(now())
+        c.active_since.CopyFrom(c.created_at)
         await self.store.create_campaign(c)
         return pb.CreateCampaignResponse(campaign=campaigns.shown(c, None))
 
@@ -211,13 +206,70 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
         await self.store.delete_campaign(request.campaign_id)
         return pb.DeleteCampaignResponse()
 
+    async def UpdateCampaign(self, request, context):
+        settings = self._with_segments()
+        change = request.campaign
+        if not change.campaign_id:
+            raise InvalidArgument("campaign.campaign_id", "is required: the campaign to change")
+        paths = campaigns.mask_paths(request.update_mask)
+
+        async def edit(current: campaign_pb2.Campaign) -> campaign_pb2.Campaign:
+            updated = campaigns.changed(current, change, paths)
+            destination = await self._stored_destination(updated.destination_id)
+            await campaigns.validate(updated, destination, settings.segments, settings.default_zone)
+            campaigns.kept_from(updated, current, now().ToDatetime(timezone.utc))
+            return updated
+
+        c = await self._change_campaign(change.campaign_id, edit)
+        return pb.UpdateCampaignResponse(campaign=await self._shown(c))
+
+    async def PauseCampaign(self, request, context):
+        c = await self._change_campaign(request.campaign_id, _at_now(campaigns.paused))
+        return pb.PauseCampaignResponse(campaign=await self._shown(c))
+
+    async def ResumeCampaign(self, request, context):
+        c = await self._change_campaign(request.campaign_id, _at_now(campaigns.resumed))
+        return pb.ResumeCampaignResponse(campaign=await self._shown(c))
+
+    async def _change_campaign(
+        self, campaign_id: str, edit: Callable[[campaign_pb2.Campaign], Awaitable[campaign_pb2.Campaign]]
+    ) -> campaign_pb2.Campaign:
+        """Read, edit and write back by compare-and-set: a change made meanwhile (another
+        update, a pause on another replica) is read again and edited in, never overwritten."""
+        if not campaign_id:
+            raise InvalidArgument("campaign_id", "is required")
+        for _ in range(5):
+            found = await self.store.campaign(campaign_id)
+            if found is None:
+                raise NotFound("campaign", campaign_id)
+            current, token = found
+            updated = await edit(current)
+            if updated == current or await self.store.replace_campaign(updated, token):
+                return updated
+        raise Unavailable("store", f"campaign {campaign_id!r} kept changing while it was changed; try again")
+
+    async def _shown(self, c: campaign_pb2.Campaign) -> campaign_pb2.Campaign:
+        return campaigns.shown(c, (await self.store.campaign_runs()).get(c.campaign_id, (0, None))[1])
+
+    def _with_segments(self) -> CampaignSettings:
+        if self.campaign_settings.segments is None:
+            raise FailedPrecondition(
+                "campaigns", "this deployment has no segmentation service to list members (MOSAIC_SEGMENTATION_ADDRESS)"
+            )
+        return self.campaign_settings
+
+    async def _stored_destination(self, destination_id: str) -> delivery_pb2.Destination | None:
+        if not destination_id:
+            return None
+        return next((d for d in await self.store.destinations() if d.destination_id == destination_id), None)
+
     async def _campaign(self, campaign_id: str) -> campaign_pb2.Campaign:
         if not campaign_id:
             raise InvalidArgument("campaign_id", "is required")
-        for c in await self.store.campaigns():
-            if c.campaign_id == campaign_id:
-                return c
-        raise NotFound("campaign", campaign_id)
+        found = await self.store.campaign(campaign_id)
+        if found is None:
+            raise NotFound("campaign", campaign_id)
+        return found[0]
 
     async def _destination(self, destination_id: str) -> delivery_pb2.Destination:
         if not destination_id:
@@ -260,6 +312,15 @@ class DeliveryServicer(delivery_service_pb2_grpc.DeliveryServiceServicer):
             after = page[-1].delivery.delivery_id
             for letter in page:
                 yield letter
+
+
+def _at_now(
+    change: Callable[[campaign_pb2.Campaign, datetime], campaign_pb2.Campaign],
+) -> Callable[[campaign_pb2.Campaign], Awaitable[campaign_pb2.Campaign]]:
+    async def edit(current: campaign_pb2.Campaign) -> campaign_pb2.Campaign:
+        return change(current, now().ToDatetime(timezone.utc))
+
+    return edit
 
 
 def _write_token(destination_id: str, delivery_id: str) -> str:

@@ -4,6 +4,8 @@ mosaic destinations create FILE.json     a Destination as JSON; prints it and it
 mosaic destinations list | show ID | delete ID
 mosaic campaigns create FILE.json        a Campaign as JSON (cron schedule, segment, destination)
 mosaic campaigns list | show ID | delete ID   with each one's last run and next tick
+mosaic campaigns update ID FILE.json     change the fields FILE names (e.g. {"schedule": {"cron": "0 8 * * *"}})
+mosaic campaigns pause ID | resume ID    stop its ticks; start them again from the next one
 mosaic deliveries list --profile-id P
 mosaic deliveries dead-letters [--destination ID]
 mosaic deliveries show ID --destination D
@@ -18,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from google.protobuf import json_format
+from google.protobuf import field_mask_pb2, json_format
 
 from mosaic.cli import connect, exits, listing, paging
 from mosaic.delivery.v1 import campaign_pb2, delivery_pb2, delivery_service_pb2_grpc
@@ -31,7 +33,7 @@ DEFAULT_ADDRESS = "127.0.0.1:50056"
 def add_commands(commands: argparse._SubParsersAction) -> None:
     for command, kind, text in (
         ("destinations", "Destination", "create, list, show or delete delivery destinations"),
-        ("campaigns", "Campaign", "create, list, show or delete scheduled broadcasts"),
+        ("campaigns", "Campaign", "create, list, show, update, pause, resume or delete scheduled broadcasts"),
     ):
         parser = commands.add_parser(command, help=text)
         actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -40,6 +42,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         actions.add_parser("list", help=f"every {command[:-1]}", description=listing.HELP)
         actions.add_parser("show", help=f"one {command[:-1]}").add_argument("target", metavar="ID")
         actions.add_parser("delete", help=f"delete one {command[:-1]}").add_argument("target", metavar="ID")
+        if command == "campaigns":
+            update = actions.add_parser("update", help="change the fields a JSON file names (a partial Campaign)")
+            update.add_argument("target", metavar="ID")
+            update.add_argument(
+                "file", metavar="FILE", help="the fields to change, JSON; a field given empty is cleared"
+            )
+            actions.add_parser("pause", help="stop its ticks (and the one being planned)").add_argument(
+                "target", metavar="ID"
+            )
+            actions.add_parser("resume", help="start its ticks again, from the next one").add_argument(
+                "target", metavar="ID"
+            )
         for leaf in actions.choices.values():
             leaf.add_argument("--address", default=DEFAULT_ADDRESS, help="the delivery service")
 
@@ -88,6 +102,7 @@ CAMPAIGN_COLUMNS = (
     listing.Column("time zone", "schedule.timeZone"),
     listing.Column("last run", "lastRun.status", listing.enum("CAMPAIGN_RUN_STATUS_")),
     listing.Column("next tick", "nextTick"),
+    listing.Column("paused at", "pausedAt"),
 )
 DELIVERY_COLUMNS = (
     listing.Column("delivery", "deliveryId"),
@@ -112,6 +127,36 @@ def _read(path: str, message):
         return json_format.Parse(Path(path).read_text(), message)
     except (OSError, json_format.ParseError) as error:
         raise exits.UsageError(f"{path}: {error}") from None
+
+
+def _change(path: str, campaign_id: str) -> tuple[campaign_pb2.Campaign, list[str]]:
+    """The partial Campaign of a file and the mask of what it names: a field of a message it
+    gives as an object names only the fields inside (schedule.cron, not all of schedule)."""
+    change = _read(path, campaign_pb2.Campaign())
+    if change.campaign_id and change.campaign_id != campaign_id:
+        raise exits.UsageError(f"{path}: names campaign {change.campaign_id!r}, not {campaign_id!r}")
+    change.campaign_id = campaign_id
+    raw = json.loads(Path(path).read_text())
+    if not isinstance(raw, dict):
+        raise exits.UsageError(f"{path}: must be a JSON object of the fields to change")
+
+    def names(value: dict, descriptor, prefix: str) -> list[str]:
+        fields = {**{f.json_name: f for f in descriptor.fields}, **{f.name: f for f in descriptor.fields}}
+        found = []
+        for key, inner in value.items():
+            field = fields[key]  # json_format.Parse above refused unknown names
+            if field.name == "campaign_id" and not prefix:
+                continue
+            if field.message_type is not None and isinstance(inner, dict) and inner:
+                found += names(inner, field.message_type, f"{prefix}{field.name}.")
+            else:
+                found.append(prefix + field.name)
+        return found
+
+    paths = names(raw, campaign_pb2.Campaign.DESCRIPTOR, "")
+    if not paths:
+        raise exits.UsageError(f"{path}: names no field to change")
+    return change, paths
 
 
 async def manage_destinations(args: argparse.Namespace) -> int:
@@ -147,6 +192,14 @@ async def manage_campaigns(args: argparse.Namespace) -> int:
             _print((await stub.CreateCampaign(pb.CreateCampaignRequest(campaign=campaign))).campaign)
         elif args.action == "show":
             _print((await stub.GetCampaign(pb.GetCampaignRequest(campaign_id=args.target))).campaign)
+        elif args.action == "update":
+            change, paths = _change(args.file, args.target)
+            mask = field_mask_pb2.FieldMask(paths=paths)
+            _print((await stub.UpdateCampaign(pb.UpdateCampaignRequest(campaign=change, update_mask=mask))).campaign)
+        elif args.action == "pause":
+            _print((await stub.PauseCampaign(pb.PauseCampaignRequest(campaign_id=args.target))).campaign)
+        elif args.action == "resume":
+            _print((await stub.ResumeCampaign(pb.ResumeCampaignRequest(campaign_id=args.target))).campaign)
         else:
             await stub.DeleteCampaign(pb.DeleteCampaignRequest(campaign_id=args.target))
             print(json.dumps({"campaignId": args.target, "deleted": True}))

@@ -122,14 +122,15 @@ SEGMENT_MEMBERSHIP = Topic(
 # profiles), keyed by person, carrying the person's whole consent; heard by every consent
 # replica (Bus.listen) to drop its cache; consumed by profile (the consent on the profile, which
 # segmentation reads through profile.updated) and by ingestion (kept by the person's ids, so
-# what a purpose forbids is dropped or stripped at the door).
+# what a purpose forbids is dropped or stripped at the door); heard by every delivery replica
+# (Bus.listen) to drop the consent answers its workers read before a send.
 CONSENT_CHANGED = Topic(
     "consent.changed",
     "CONSENT_CHANGED",
     consent_changed_pb2.ConsentChanged,
     key="person id",
     producers=("consent",),
-    consumers=("consent", "profile", "ingestion"),
+    consumers=("consent", "profile", "ingestion", "delivery"),
 )
 # A finished job's outcome, read back by delivery's feedback (MOSAIC_DELIVERY_FEEDBACK), which
 # sends it into ingestion as an engagement event.

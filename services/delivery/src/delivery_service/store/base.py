@@ -8,7 +8,8 @@ their last write: a Cassandra TTL, or an expiry column the embedded store's read
 its sweeper deletes by.
 
 A campaign's run is written by compare-and-set on its version (a lightweight transaction on
-Cassandra), so one replica at a time claims a tick. Jobs held for quiet hours are kept by
+Cassandra), so one replica at a time claims a tick; its definition (updated, paused, resumed)
+by compare-and-set on the stored definition itself, so two changes at once never lose one. Jobs held for quiet hours are kept by
 person and by (partition, due time): the sweeper of a partition reads what is due in one range.
 """
 
@@ -39,6 +40,15 @@ class DeliveryStore(Protocol):
     async def delete_dead_letter(self, letter: DeadLetter) -> None: ...
     async def create_campaign(self, campaign: Campaign) -> None: ...
     async def campaigns(self) -> list[Campaign]: ...
+    async def campaign(self, campaign_id: str) -> tuple[Campaign, bytes] | None:
+        """The campaign and its stored form, the token `replace_campaign` compares; None if absent."""
+        ...
+
+    async def replace_campaign(self, campaign: Campaign, token: bytes) -> bool:
+        """Write the campaign's new definition if its stored form is still `token` (and it still
+        exists); whether it was written."""
+        ...
+
     async def delete_campaign(self, campaign_id: str) -> None:
         """Delete the campaign and its run."""
         ...

@@ -161,9 +161,22 @@ class CassandraDeliveryStore(Repository, DeliveryStore):
         rows = await self.db.execute("SELECT definition FROM delivery_campaigns LIMIT 10000")
         return sorted((Campaign.FromString(r.definition) for r in rows), key=lambda c: c.campaign_id)
 
+    async def campaign(self, campaign_id: str) -> tuple[Campaign, bytes] | None:
+        rows = await self.db.execute("SELECT definition FROM delivery_campaigns WHERE campaign_id = ?", (campaign_id,))
+        return (Campaign.FromString(rows[0].definition), bytes(rows[0].definition)) if rows else None
+
+    async def replace_campaign(self, campaign: Campaign, token: bytes) -> bool:
+        # A condition on the definition itself: no version column to add, and an UPDATE ... IF
+        # on a row deleted meanwhile does not apply (nor bring it back).
+        applied, _ = await self.db.execute_lwt(
+            "UPDATE delivery_campaigns SET definition = ? WHERE campaign_id = ? IF definition = ?",
+            (campaign.SerializeToString(), campaign.campaign_id, token),
+        )
+        return applied
+
     async def delete_campaign(self, campaign_id: str) -> None:
-        await self.db.execute("DELETE FROM delivery_campaigns WHERE campaign_id = ?", (campaign_id,))
-        # Its run is only ever written by compare-and-set: deleted the same way.
+        # Both are written by compare-and-set (definition and run): deleted the same way.
+        await self.db.execute_lwt("DELETE FROM delivery_campaigns WHERE campaign_id = ? IF EXISTS", (campaign_id,))
         await self.db.execute_lwt("DELETE FROM delivery_campaign_runs WHERE campaign_id = ? IF EXISTS", (campaign_id,))
 
     async def campaign_runs(self) -> dict[str, tuple[int, CampaignRun]]:

@@ -174,6 +174,20 @@ class SqliteDeliveryStore(Repository, DeliveryStore):
         rows = await self.db.execute("SELECT definition FROM delivery_campaigns ORDER BY campaign_id")
         return [Campaign.FromString(r[0]) for r in rows]
 
+    async def campaign(self, campaign_id: str) -> tuple[Campaign, bytes] | None:
+        rows = await self.db.execute("SELECT definition FROM delivery_campaigns WHERE campaign_id = ?", (campaign_id,))
+        return (Campaign.FromString(rows[0][0]), bytes(rows[0][0])) if rows else None
+
+    async def replace_campaign(self, campaign: Campaign, token: bytes) -> bool:
+        def work(db) -> bool:
+            cursor = db.execute(
+                "UPDATE delivery_campaigns SET definition = ? WHERE campaign_id = ? AND definition = ?",
+                (campaign.SerializeToString(), campaign.campaign_id, token),
+            )
+            return cursor.rowcount == 1
+
+        return await self.db.transaction(work)
+
     async def delete_campaign(self, campaign_id: str) -> None:
         def work(db) -> None:
             db.execute("DELETE FROM delivery_campaigns WHERE campaign_id = ?", (campaign_id,))
