@@ -95,12 +95,15 @@ async def test_the_archive_pages_a_profiles_events_newest_first(store):
     assert [r.event.message_id for r in older] == ["m1", "m0"]
 
 
-async def test_scan_yields_every_profile_once(store):
-    pids = {str(uuid.uuid4()) for _ in range(3)}
+async def test_scan_yields_every_profile_once_with_its_survivor(store):
+    pids = sorted(str(uuid.uuid4()) for _ in range(3))
     for pid in pids:
         await store.save(*stored(pid, 1))
-    seen = [p.profile_id async for p in store.scan()]
-    assert pids <= set(seen) and len(seen) == len(set(seen))
+    await store.set_merged_into(pids[0], pids[1])
+    seen = {p.profile_id: merged_into async for p, merged_into in store.scan()}
+    assert set(pids) <= set(seen) and [seen[pid] for pid in pids] == [pids[1], "", ""]
+    scanned = [p.profile_id async for p, _ in store.scan()]
+    assert len(scanned) == len(set(scanned))
 
 
 async def test_a_computed_trait_name_is_taken_once_and_can_be_deleted(store):

@@ -7,6 +7,10 @@ one backend each, under the profile's lock, so an event being folded cannot writ
 back halfway; the cache forgets the profile. Cassandra's partitions are found from what the
 profile records: snapshot buckets up to its version, time-index months from its first month,
 archive days from its first event (first_seen) to today.
+
+An export gives what is stored, withholding nothing by purpose: it is the person's right of
+access (GDPR Art. 15), which covers every datum kept about them and the purposes it is kept for
+(each trait's purpose is marked).
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class ProfilePrivacy:
             latest = await self.store.latest(profile_id)
             if latest is None:
                 continue
+            # The person's own copy is whole (a purpose they withhold still names data kept
+            # about them), and says what each trait is kept for.
+            self.profiles.purposes.label(latest.profile)
             document["profiles"].append({**_dict(latest.profile), "merged_into": latest.merged_into})
             version = latest.profile.version
             document["snapshots"] += [_dict(s.snapshot) for s in await self.store.snapshots(profile_id, 0, version)]

@@ -324,17 +324,17 @@ class CassandraProfileStore(Repository, ProfileStore):
             day = day.fromordinal(day.toordinal() - 1)
         return found
 
-    async def scan(self) -> AsyncIterator[profile_pb2.Profile]:
+    async def scan(self) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
         token = -(2**63)
         while True:
             rows = await self.db.execute(
-                "SELECT token(profile_id) AS t, state FROM profile_heads WHERE token(profile_id) > ?"
+                "SELECT token(profile_id) AS t, state, merged_into FROM profile_heads WHERE token(profile_id) > ?"
                 " PER PARTITION LIMIT 1 LIMIT 500",
                 (token,),
             )
             for row in rows:
                 if row.state:
-                    yield profile_pb2.Profile.FromString(row.state)
+                    yield profile_pb2.Profile.FromString(row.state), row.merged_into or ""
             if len(rows) < 500:
                 return
             token = rows[-1].t

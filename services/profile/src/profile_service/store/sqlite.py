@@ -242,16 +242,17 @@ class SqliteProfileStore(Repository, ProfileStore):
         )
         return [resolved_pb2.ResolvedEvent.FromString(r[0]) for r in rows]
 
-    async def scan(self) -> AsyncIterator[profile_pb2.Profile]:
+    async def scan(self) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
         after = ""
         while True:
             rows = await self.db.execute(
-                "SELECT profile_id, state FROM profile_latest WHERE profile_id > ? ORDER BY profile_id LIMIT 500",
+                "SELECT profile_id, state, merged_into FROM profile_latest WHERE profile_id > ?"
+                " ORDER BY profile_id LIMIT 500",
                 (after,),
             )
             for row in rows:
                 if row[1]:
-                    yield profile_pb2.Profile.FromString(row[1])
+                    yield profile_pb2.Profile.FromString(row[1]), row[2] or ""
             if len(rows) < 500:
                 return
             after = rows[-1][0]
