@@ -11,6 +11,7 @@ from mosaic.identity.v1 import identity_pb2
 from mosaic.platform.errors import AlreadyExists
 from mosaic.profile.v1 import profile_pb2
 from mosaic.testing.plugin import eventually
+from mosaic.testing.scan import rows_mentioning
 from profile_service.store import Change, Latest, StoredSnapshot, open_store
 
 T0 = 1_790_000_000
@@ -230,3 +231,12 @@ async def test_archived_events_expire_with_their_retention(store):
     await eventually(gone, timeout=60)
     if hasattr(store, "sweep"):
         assert (await store.sweep(time.time_ns() // 1000))["events"] >= 1
+
+
+async def test_an_erasure_is_recorded_for_good_by_a_hash_of_the_profile_id(store):
+    erased, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    assert await store.erased([erased, kept]) == set()
+    await store.record_erasure(erased)
+    await store.record_erasure(erased)  # a redelivered request records it again: one tombstone
+    assert await store.erased([erased, kept]) == {erased} and await store.erased([]) == set()
+    assert await rows_mentioning(store.db, [erased]) == []

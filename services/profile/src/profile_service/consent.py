@@ -7,13 +7,14 @@ it follows traits, and traits its purposes withhold or give back). The notice na
 profile's own row even when identity has merged it away (a split restores that row, and its
 consent must be the restored person's), under the profile's lock in the replica that owns its
 partition. A person known to consent before any event reaches the profile gets a profile of
-its consent alone. A redelivered notice finds its cause marked applied and publishes the same
+its consent alone, unless the profile was erased. A redelivered notice finds its cause marked applied and publishes the same
 update again.
 """
 
 from __future__ import annotations
 
 from mosaic.events.v1 import consent_changed_pb2
+from mosaic.platform import topics
 from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import InvalidArgument
 from mosaic.profile.v1 import profile_pb2
@@ -39,7 +40,14 @@ class ConsentChanges:
                 snapshot, profile = await self.profiles._replayed(person, applied)
                 await self.profiles._publish(snapshot, profile)
                 return
-            latest = await self.store.latest(person) or Latest(profile_pb2.Profile(profile_id=person))
+            latest = await self.store.latest(person)
+            if latest is None:
+                if await self.store.erased([person]):
+                    # A notice that came after the erasure (a republish that raced it): dropped,
+                    # and taken out of the stream.
+                    await self.profiles.bus.erase_keys(topics.CONSENT_CHANGED, [person])
+                    return
+                latest = Latest(profile_pb2.Profile(profile_id=person))
             profile = profile_pb2.Profile()
             profile.CopyFrom(latest.profile)
             profile.ClearField("consent")

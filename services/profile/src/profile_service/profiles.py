@@ -132,7 +132,8 @@ class Profiles:
     ) -> list[profile_pb2.Snapshot | None]:
         """Fold events (in stream order, each with the trace context to publish under) into their
         profiles, each event once, as `apply` would one after the other: one read and one write
-        per profile for the whole batch, then every profile.updated in one publish."""
+        per profile for the whole batch, then every profile.updated in one publish. The events
+        of an erased profile are dropped (None)."""
         for resolved, _ in batch:
             if not resolved.profile_id:
                 raise InvalidArgument("profile_id", "is required")
@@ -148,9 +149,15 @@ class Profiles:
             heads, applied = await self.store.heads(
                 {pid: [event_key(batch[i][0].event) for i in indexes] for pid, indexes in by_profile.items()}
             )
+            # A profile about to be created may be one erased: its events are dropped.
+            erased = await self.store.erased([pid for pid in by_profile if pid not in heads])
+            if erased:
+                log.info("dropped events of erased profiles", extra={"fields": {"profiles": len(erased)}})
             definitions = await self.definitions.all()
             changes = []
             for profile_id, indexes in by_profile.items():
+                if profile_id in erased:
+                    continue
                 latest = heads.get(profile_id) or Latest(profile_pb2.Profile(profile_id=profile_id))
                 change = Change(latest, marker_ttl=MARKER_TTL)  # event markers expire once no redelivery can come
                 states = json.loads(latest.aggregates)
@@ -173,6 +180,8 @@ class Profiles:
             await self.store.save_changes(changes, self.settings.archive_days * 86400)
             for change in changes:
                 self.cache.put(change.latest)
+        if erased:  # nor is it left in the stream, naming the person for the stream's age
+            await self.bus.erase_keys(topics.EVENTS_RESOLVED, sorted(erased))
         contexts = [context for _, context in batch]
         if forwarded:
             messages = []
