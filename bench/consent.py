@@ -10,7 +10,8 @@ WRITES decisions a second (each a `consent.changed` notice that drops cached ans
 3. grpc's own Health/Check on the same server at the same rate, as a baseline;
 4. the handler's own time on a cache hit, in-process without gRPC;
 5. the time the profile service takes to erase a person with ERASE_EVENTS archived events
-   (over 100 days) and ERASE_SNAPSHOTS snapshots, on each store.
+   (over 100 days) and ERASE_SNAPSHOTS snapshots, on each store (Cassandra: this checkout's
+   node, or the one listening on BENCH_CASSANDRA_PORT).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -45,6 +47,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(samples: list[float], share: float) -> float:
@@ -180,7 +188,10 @@ async def erase_time(store_name: str) -> tuple[float, dict[str, int]]:
     env = {"MOSAIC_AUTH": "off", "MOSAIC_STORE": store_name, "MOSAIC_DATA_DIR": tempfile.mkdtemp(prefix="bench-erase-")}
     keyspace = None
     if store_name == "cassandra":
-        keyspace = cassandra_node.new_keyspace_settings(cassandra_node.ensure_node(), prefix="bench")
+        # BENCH_CASSANDRA_PORT: a node already listening there (another checkout's), used as it
+        # is, in a keyspace of its own; else this checkout's node, started if need be.
+        port = int(os.environ.get("BENCH_CASSANDRA_PORT") or 0) or cassandra_node.ensure_node()
+        keyspace = cassandra_node.new_keyspace_settings(port, prefix="bench")
         env |= {"MOSAIC_CASSANDRA_PORT": str(keyspace.port), "MOSAIC_CASSANDRA_KEYSPACE": keyspace.keyspace}
     platform = PlatformSettings.from_env("profile", env)
     store = await open_store(platform)
@@ -259,15 +270,18 @@ async def main() -> None:
                 await stub.CheckConsent(pb.CheckConsentRequest(profile_id=f"p{i}", purpose="marketing"))
                 cold.append((time.perf_counter() - start) * 1000)
             cold.sort()
+            cpu = cpu_seconds(process.pid)
             paced, paced_writes = await load(stub, open_loop=True)
+            paced_cpu, cpu = cpu_seconds(process.pid) - cpu, cpu_seconds(process.pid)
             closed, writes = await load(stub, open_loop=False)
+            closed_cpu = cpu_seconds(process.pid) - cpu
             base50, base99 = await health_baseline(channel)
         paced.sort()
         closed.sort()
         print(
             f"CheckConsent at {RATE:,.0f} calls/s over gRPC ({PEOPLE} people, {SECONDS:.0f} s, {paced_writes} SetConsent"
             f" meanwhile): p50 {statistics.median(paced):.2f} ms, p99 {percentile(paced, 0.99):.2f} ms,"
-            f" max {paced[-1]:.2f} ms"
+            f" max {paced[-1]:.2f} ms; the service's CPU {paced_cpu * 1e6 / (len(paced) + paced_writes):.0f} us a call"
         )
         print(
             f"grpc.health.v1 Health/Check on the same server at {RATE:,.0f} calls/s (no consent code): p50 {base50:.2f} ms,"
@@ -276,7 +290,7 @@ async def main() -> None:
         print(
             f"CheckConsent saturated ({CONCURRENCY} callers back to back, {writes} SetConsent meanwhile):"
             f" {len(closed) / SECONDS:,.0f} calls/s, p50 {statistics.median(closed):.2f} ms,"
-            f" p99 {percentile(closed, 0.99):.2f} ms"
+            f" p99 {percentile(closed, 0.99):.2f} ms; the service's CPU {closed_cpu * 1e6 / (len(closed) + writes):.0f} us a call"
         )
         print(
             f"CheckConsent first call per person (cache miss, SQLite read): p50 {statistics.median(cold):.2f} ms,"

@@ -1,6 +1,7 @@
 """A person exported, then erased across the mesh, with the profile service killed halfway: the request waits
 for it, completes once it is back, and afterwards no table of any service (on each store) and no
-message of any stream names the person, and ingestion drops the person's new events."""
+message of any stream names the person, ingestion drops the person's new events, and an event
+already past ingestion that arrives after the erasure writes nothing back."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import json
 
 import grpc
+import nats
 import pytest
 from google.protobuf import struct_pb2
 
@@ -18,9 +20,11 @@ from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc, privacy_pb2
 from mosaic.consent.v1 import consent_service_pb2 as cpb
 from mosaic.consent.v1 import privacy_service_pb2 as pb
 from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2, delivery_service_pb2_grpc
-from mosaic.events.v1 import event_pb2
+from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
 from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc
+from mosaic.platform import topics
+from mosaic.platform.bus import Bus
 from mosaic.platform.config import PlatformSettings
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store.sqlite import SqliteStore
@@ -229,6 +233,11 @@ async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_
 
     assert await lookup(mesh, "email", "ada@example.com") == "" and await profile_version(mesh, ada) == 0
     assert await lookup(mesh, "user_id", "bob") == bob
+    # An event past ingestion when the erasure ran, resolved to the person's profile, arrives
+    # after it: the profile service drops it (its tombstone) and takes it out of the stream.
+    await resolved_late(mesh, ada, identify("late-resolved", "ada@example.com", user_id="ada"))
+    await eventually(lambda: consumed(mesh, "profile", topics.EVENTS_RESOLVED))
+    assert await profile_version(mesh, ada) == 0
     assert await eventually(lambda: suppressed(mesh))  # suppression.changed reached ingestion
     assert await tables_naming(mesh, [*profiles, "ada@example.com", "a-ada"]) == []
     assert await tables_naming(mesh, [bob])  # the scan does find a person who is still there
@@ -237,6 +246,29 @@ async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_
     assert {"EVENTS_RAW", "EVENTS_RESOLVED", "PROFILE_UPDATED"} <= set(
         await streams_naming(mesh, [bob, "bob@example.com"])
     )
+
+
+async def resolved_late(mesh: Mesh, profile_id: str, event: event_pb2.Event) -> None:
+    bus = await Bus.connect(mesh.env["MOSAIC_NATS_URL"], "test", int(mesh.env["MOSAIC_PARTITIONS"]))
+    try:
+        resolved = resolved_pb2.ResolvedEvent(
+            profile_id=profile_id, event=event, identifiers=[identity_pb2.Identifier(type="user_id", value="ada")]
+        )
+        await bus.publish(topics.EVENTS_RESOLVED, profile_id, resolved, event.message_id)
+    finally:
+        await bus.close()
+
+
+async def consumed(mesh: Mesh, service: str, topic: topics.Topic) -> bool:
+    nc = await nats.connect(mesh.env["MOSAIC_NATS_URL"])
+    try:
+        for partition in range(int(mesh.env["MOSAIC_PARTITIONS"])):
+            info = await nc.jetstream().consumer_info(topic.stream, f"{service}-{partition}")
+            if info.num_pending or info.num_ack_pending:
+                return False
+        return True
+    finally:
+        await nc.close()
 
 
 async def streams_clean(mesh: Mesh, needles: list[str]) -> bool:

@@ -83,3 +83,16 @@ async def test_export_writes_the_document_and_requests_lists_it(service, tmp_pat
 async def test_an_unknown_request_is_named(service, capsys):
     code = await asyncio.to_thread(mosaic, ["privacy", "show", "nope", "--address", f"127.0.0.1:{service.port}"])
     assert code == 1 and "NOT_FOUND: privacy request 'nope' not found" in capsys.readouterr().err
+
+
+async def test_republish_consent_announces_every_person_again(service, capsys):
+    address = f"127.0.0.1:{service.port}"
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = consent_service_pb2_grpc.ConsentServiceStub(channel)
+        for person in ("p-ada", "p-bob"):
+            await stub.SetConsent(
+                cpb.SetConsentRequest(decision=consent_pb2.ConsentDecision(profile_id=person, purpose="analytics"))
+            )
+    assert await asyncio.to_thread(mosaic, ["privacy", "republish-consent", "--address", address]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["persons"] == 2 and answer["run_id"]

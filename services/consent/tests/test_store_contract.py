@@ -71,6 +71,21 @@ async def test_the_ledger_of_several_profiles_is_one_sequence(store):
     assert await store.ledger([]) == []
 
 
+async def test_the_ledgers_profiles_are_paged_each_once(store):
+    pids = ids(5)
+    for pid in pids:
+        await store.append([decision(pid, "marketing", True, 100), decision(pid, "analytics", False, 100)], [])
+    seen, cursor, pages = [], "", 0
+    while True:
+        page, cursor = await store.ledger_profiles(cursor, 2)
+        assert len(page) <= 2
+        seen += page
+        pages += 1
+        if not cursor:
+            break
+    assert set(pids) <= set(seen) and len(seen) == len(set(seen)) and pages >= 3
+
+
 async def test_a_merge_points_the_moved_profiles_at_the_survivor_and_its_split_points_them_back(store):
     survivor, merged, earlier = ids(3)
     assert await store.head(merged) == merged and await store.members(survivor) == [survivor]

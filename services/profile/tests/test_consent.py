@@ -3,22 +3,33 @@ marked by purpose in the profile API: withheld where the person has not granted 
 
 import grpc
 import pytest
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
-from mosaic.consent.v1 import consent_pb2
-from mosaic.events.v1 import consent_changed_pb2, event_pb2, identity_changed_pb2, profile_updated_pb2, resolved_pb2
+from mosaic.archive.v1 import event_archive_service_pb2, event_archive_service_pb2_grpc
+from mosaic.consent.v1 import consent_pb2, privacy_pb2
+from mosaic.events.v1 import (
+    consent_changed_pb2,
+    event_pb2,
+    identity_changed_pb2,
+    privacy_request_pb2,
+    profile_updated_pb2,
+    resolved_pb2,
+)
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Delivery
 from mosaic.platform.config import ConfigError
+from mosaic.platform.privacy import merge_parts
 from mosaic.platform.server import Service
 from mosaic.profile.v1 import profile_pb2, profile_service_pb2_grpc
 from mosaic.profile.v1 import profile_service_pb2 as pb
 from mosaic.testing.plugin import eventually
 from profile_service.app import build
 from profile_service.config import Settings
-from profile_service.consent import ConsentChanges, TraitPurposes
+from profile_service.consent import ConsentChanges
 from profile_service.merges import MergeHandler
+from profile_service.purposes import TraitPurposes
+from profile_service.store import open_store
 
 MARKS = "ad_*=advertising,favourite_colour=personalisation,favourite_*=analytics"
 
@@ -53,6 +64,12 @@ async def service(make_settings):
 async def stub(service):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
         yield profile_service_pb2_grpc.ProfileServiceStub(channel)
+
+
+@pytest.fixture
+async def archive(service):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        yield event_archive_service_pb2_grpc.EventArchiveServiceStub(channel)
 
 
 class Updates:
@@ -131,6 +148,8 @@ async def test_consent_known_before_any_event_makes_a_profile_of_it_alone(servic
 
 
 async def test_traits_are_marked_by_purpose_and_withheld_until_the_person_grants_it(service, stub):
+    updates = Updates()
+    await updates.listen(service)
     await identify(service, "m-1", ad_id="idfa-123", favourite_colour="teal", favourite_film="Alien", plan="pro")
     profile = await eventually(lambda: profile_of(stub))
     traits = profile.traits
@@ -142,6 +161,14 @@ async def test_traits_are_marked_by_purpose_and_withheld_until_the_person_grants
         "plan": ("", False),
     }
     assert not traits["ad_id"].HasField("value") and traits["plan"].value.string_value == "pro"
+    first = await eventually(lambda: next((u for u in updates.seen if u.version == 1), None))
+    assert set(first.traits.fields) == {"plan"}, "profile.updated carries what a read gives"
+    assert {c.path for c in first.changes if c.withheld} == {
+        "traits.ad_id",
+        "traits.favourite_colour",
+        "traits.favourite_film",
+    }
+    assert all(not c.HasField("new_value") for c in first.changes if c.withheld)
     granted = notice("p-ada", decision("personalisation", True), decision("advertising", False))
     await service.runtime.bus.publish(topics.CONSENT_CHANGED, "p-ada", granted, "consent:g-1")
     profile = await eventually(lambda: _with_consent(stub))
@@ -150,11 +177,128 @@ async def test_traits_are_marked_by_purpose_and_withheld_until_the_person_grants
     assert profile.traits["ad_id"].withheld and not profile.traits["ad_id"].HasField("value")
     [batch] = (await stub.BatchGetProfiles(pb.BatchGetProfilesRequest(profile_ids=["p-ada"]))).profiles
     assert batch.traits["ad_id"].withheld and batch.traits["favourite_colour"].value.string_value == "teal"
-    # The history is the record of what is stored: it is not withheld.
+    [scanned] = [
+        r.profile async for r in stub.ScanProfiles(pb.ScanProfilesRequest()) if r.profile.profile_id == "p-ada"
+    ]
+    assert scanned.traits["ad_id"].withheld and not scanned.traits["ad_id"].HasField("value")
+    assert scanned.traits["favourite_colour"].value.string_value == "teal"
+    # The grant's update gives the trait back to a consumer's copy, and withholds the denied one.
+    second = await eventually(lambda: next((u for u in updates.seen if u.version == 2), None))
+    given = {c.path: c for c in second.changes if c.path.startswith("traits.")}
+    assert set(given) == {"traits.ad_id", "traits.favourite_colour"}
+    assert given["traits.favourite_colour"].new_value.string_value == "teal" and given["traits.ad_id"].withheld
+    assert set(second.traits.fields) == {"plan", "favourite_colour"}
+    upserted = await stub.UpsertTraits(
+        pb.UpsertTraitsRequest(
+            profile_id="p-ada", source_id="crm", request_id="u-1", traits=struct(ad_id="idfa-456", plan="max")
+        )
+    )
+    assert upserted.profile.traits["ad_id"].withheld and upserted.profile.traits["plan"].value.string_value == "max"
+
+
+def struct(**fields) -> struct_pb2.Struct:
+    value = struct_pb2.Struct()
+    value.update(fields)
+    return value
+
+
+async def test_the_history_and_the_archive_are_withheld_by_the_consent_of_now(service, stub, archive):
+    bus = service.runtime.bus
+    await identify(service, "m-1", ad_id="idfa-123", favourite_colour="teal")
+    await eventually(lambda: profile_of(stub))
+    grant = notice("p-ada", decision("personalisation", True), decision("advertising", True))
+    await bus.publish(topics.CONSENT_CHANGED, "p-ada", grant, "consent:g-1")
+    await eventually(lambda: _version(stub, 2))
+    await identify(service, "m-2", ad_id="idfa-456", favourite_colour="red")
+    await eventually(lambda: _version(stub, 3))
+    # Withdrawn now: what was stored while both were granted is withheld too.
+    withdrawn = notice("p-ada", decision("personalisation", True), decision("advertising", False, 200))
+    await bus.publish(topics.CONSENT_CHANGED, "p-ada", withdrawn, "consent:w-1")
+    await eventually(lambda: _version(stub, 4))
     snapshots = (await stub.ListSnapshots(pb.ListSnapshotsRequest(profile_id="p-ada"))).snapshots
-    first = next(s for s in snapshots if s.version == 1)
-    [ad_id] = [c for c in first.changes if c.path == "traits.ad_id"]
-    assert ad_id.new_value.string_value == "idfa-123"
+    third = next(s for s in snapshots if s.version == 3)
+    changes = {c.path: c for c in third.changes}
+    assert changes["traits.ad_id"].withheld and not changes["traits.ad_id"].HasField("old_value")
+    assert not changes["traits.ad_id"].HasField("new_value")
+    assert changes["traits.favourite_colour"].new_value.string_value == "red"
+    assert changes["traits.favourite_colour"].old_value.string_value == "teal"
+    diff = {
+        c.path: c
+        for c in (
+            await stub.DiffSnapshots(pb.DiffSnapshotsRequest(profile_id="p-ada", from_version=1, to_version=3))
+        ).changes
+    }
+    assert diff["traits.ad_id"].withheld and not diff["traits.ad_id"].HasField("new_value")
+    assert diff["traits.favourite_colour"].new_value.string_value == "red"
+    then = next(s for s in snapshots if s.version == 3).recorded_at
+    at = (await stub.GetProfileAt(pb.GetProfileAtRequest(profile_id="p-ada", at=then))).profile
+    assert at.consent["advertising"].granted, "the history keeps what the person said then"
+    assert at.traits["ad_id"].withheld and not at.traits["ad_id"].HasField("value")
+    assert at.traits["favourite_colour"].value.string_value == "red"
+    events = (await archive.ListEvents(event_archive_service_pb2.ListEventsRequest(profile_id="p-ada"))).events
+    assert len(events) == 2 and all("ad_id" not in e.traits.fields for e in events)
+    assert {e.traits["favourite_colour"] for e in events} == {"teal", "red"}
+    # What is stored stays whole.
+    store = await open_store(service.settings)
+    try:
+        [stored] = await store.snapshots("p-ada", 3, 3)
+    finally:
+        await store.close()
+    assert {c.path: c.new_value.string_value for c in stored.snapshot.changes}["traits.ad_id"] == "idfa-456"
+
+
+async def test_a_merged_away_profile_in_a_scan_is_withheld_by_its_survivors_consent(service, stub):
+    bus = service.runtime.bus
+    b = event("p-bea", "b1", "bea", ad_id="idfa-b")
+    await bus.publish(topics.EVENTS_RESOLVED, "p-bea", b, "b1")
+    await eventually(lambda: profile_of(stub, "p-bea"))
+    await bus.publish(topics.CONSENT_CHANGED, "p-bea", notice("p-bea", decision("advertising", True)), "consent:b")
+    await eventually(lambda: _scanned(stub, "p-bea", withheld=False))
+    await bus.publish(topics.EVENTS_RESOLVED, "p-ada", event("p-ada", "a1", "ada", plan="pro"), "a1")
+    await eventually(lambda: profile_of(stub, "p-ada"))
+    merge = identity_changed_pb2.IdentityMerged(merge_id="m", survivor_profile_id="p-ada", merged_profile_ids=["p-bea"])
+    await bus.publish(topics.IDENTITY_MERGED, "p-ada", merge, "m")
+    await eventually(lambda: _has_trait(stub, "p-ada", "ad_id"))
+    # The person withdraws after the merge: the notice goes to the survivor, not to p-bea's row.
+    withdrawn = notice("p-ada", decision("advertising", False, 200))
+    await bus.publish(topics.CONSENT_CHANGED, "p-ada", withdrawn, "consent:a")
+    row = await eventually(lambda: _scanned(stub, "p-bea", withheld=True))
+    assert not row.traits["ad_id"].HasField("value") and row.consent["advertising"].granted
+    [merged] = (await stub.BatchGetProfiles(pb.BatchGetProfilesRequest(profile_ids=["p-bea"]))).profiles
+    assert merged.traits["ad_id"].withheld
+
+
+async def _scanned(stub, profile_id: str, withheld: bool):
+    async for answer in stub.ScanProfiles(pb.ScanProfilesRequest()):
+        trait = answer.profile.traits.get("ad_id")
+        if answer.profile.profile_id == profile_id and trait is not None and trait.withheld == withheld:
+            return answer.profile
+    return None
+
+
+async def _has_trait(stub, profile_id: str, name: str):
+    profile = await profile_of(stub, profile_id)
+    return profile if profile is not None and name in profile.traits else None
+
+
+async def test_the_persons_own_export_keeps_every_value_and_says_its_purpose(service, stub):
+    receipts: list[privacy_request_pb2.PrivacyReceipt] = []
+
+    async def on_receipt(msg) -> None:
+        receipts.append(privacy_request_pb2.PrivacyReceipt.FromString(msg.data))
+
+    await service.runtime.bus._nc.subscribe(topics.PRIVACY_RECEIPT.wildcard, cb=on_receipt)
+    await identify(service, "m-1", ad_id="idfa-123", plan="pro")
+    assert (await eventually(lambda: profile_of(stub))).traits["ad_id"].withheld
+    request = privacy_request_pb2.PrivacyRequested(
+        request_id="x-1", kind=privacy_pb2.PRIVACY_REQUEST_KIND_EXPORT, person_id="p-ada", profile_ids=["p-ada"]
+    )
+    await service.runtime.bus.publish(topics.PRIVACY_REQUESTED, "p-ada", request, "privacy:x-1")
+    await eventually(lambda: any(r.final for r in receipts))
+    document = merge_parts(r.export_json for r in sorted(receipts, key=lambda r: r.part))
+    [exported] = document["profiles"]
+    assert exported["traits"]["ad_id"] == {**exported["traits"]["ad_id"], "value": "idfa-123", "purpose": "advertising"}
+    assert "withheld" not in exported["traits"]["ad_id"]
 
 
 def test_a_bad_trait_purpose_names_the_variable_and_the_rule():
@@ -175,8 +319,8 @@ def test_an_expired_grant_withholds_again():
     during, after = profile_pb2.Profile(), profile_pb2.Profile()
     during.CopyFrom(profile)
     after.CopyFrom(profile)
-    purposes.mark(during, now_us=500 * 1_000_000)
-    purposes.mark(after, now_us=2000 * 1_000_000)
+    purposes.of_profile(during, now_us=500 * 1_000_000).profile(during)
+    purposes.of_profile(after, now_us=2000 * 1_000_000).profile(after)
     assert not during.traits["ad_id"].withheld and after.traits["ad_id"].withheld
 
 
@@ -210,3 +354,22 @@ async def test_a_split_keeps_each_sides_consent_whichever_comes_first(profiles):
     a, b = (await profiles.store.latest("A")).profile, (await profiles.store.latest("B")).profile
     assert set(a.consent) == {"marketing"} and set(b.consent) == {"advertising"}
     assert a.traits["plan"].value.string_value == "free" and b.traits["plan"].value.string_value == "pro"
+
+
+def test_a_change_of_jurisdiction_gives_every_marked_trait_again_in_the_update():
+    settings = Settings.from_env({"MOSAIC_AUTH": "off"})
+    purposes = TraitPurposes({"ad_*": "advertising", "favourite_colour": "personalisation"}, settings.policy)
+    profile = profile_pb2.Profile(profile_id="p", jurisdiction=consent_pb2.JURISDICTION_CCPA)
+    for name, value in (("ad_id", "x"), ("favourite_colour", "teal"), ("plan", "pro")):
+        profile.traits[name].value.string_value = value
+    moved = profile_pb2.FieldChange(path="jurisdiction")
+    moved.new_value.string_value = "JURISDICTION_CCPA"
+    changes, traits = purposes.of_profile(profile).update([moved], profile)
+    # CCPA is opt-out: both purposes are granted by default now, so both traits come back.
+    given = {c.path: c.new_value.string_value for c in changes if c.path.startswith("traits.")}
+    assert given == {"traits.ad_id": "x", "traits.favourite_colour": "teal"}
+    assert set(traits.fields) == {"ad_id", "favourite_colour", "plan"}
+    profile.jurisdiction = consent_pb2.JURISDICTION_GDPR
+    changes, traits = purposes.of_profile(profile).update([moved], profile)
+    assert all(c.withheld and not c.HasField("new_value") for c in changes if c.path.startswith("traits."))
+    assert set(traits.fields) == {"plan"}

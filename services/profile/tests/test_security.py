@@ -108,9 +108,21 @@ async def test_each_read_is_audited_with_caller_and_subject_but_no_personal_data
         and r.service == "profile"
         for r in records
     )
-    assert "p-1" in {r.subject for r in records}
-    hashed = [r.subject for r in records if r.subject.startswith("email:")]
-    assert hashed and "nobody" not in hashed[0]
+    # Whom, keyed: neither the profile id nor the e-mail address as the caller sent them.
+    assert all("p-1" not in r.subject and "nobody" not in r.subject for r in records)
+    assert any(r.subject.startswith("email:") for r in records)
+    about = await audit.ListAuditRecords(
+        audit_service_pb2.ListAuditRecordsRequest(caller="analytics", subject="p-1"),
+        metadata=_as(pki, "auditor", "audit:read"),
+    )
+    assert about.records and {r.subject for r in about.records} == {
+        r.subject for r in records if r.subject.startswith("profile:")
+    }
+    by_email = await audit.ListAuditRecords(
+        audit_service_pb2.ListAuditRecordsRequest(subject="email:nobody@example.com"),
+        metadata=_as(pki, "auditor", "audit:read"),
+    )
+    assert [r.subject for r in by_email.records] == [r.subject for r in records if r.subject.startswith("email:")]
     page = await audit.ListAuditRecords(
         audit_service_pb2.ListAuditRecordsRequest(caller="analytics", page_size=1),
         metadata=_as(pki, "auditor", "audit:read"),

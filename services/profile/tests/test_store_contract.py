@@ -11,6 +11,7 @@ from mosaic.identity.v1 import identity_pb2
 from mosaic.platform.errors import AlreadyExists
 from mosaic.profile.v1 import profile_pb2
 from mosaic.testing.plugin import eventually
+from mosaic.testing.scan import rows_mentioning
 from profile_service.store import Change, Latest, StoredSnapshot, open_store
 
 T0 = 1_790_000_000
@@ -95,12 +96,15 @@ async def test_the_archive_pages_a_profiles_events_newest_first(store):
     assert [r.event.message_id for r in older] == ["m1", "m0"]
 
 
-async def test_scan_yields_every_profile_once(store):
-    pids = {str(uuid.uuid4()) for _ in range(3)}
+async def test_scan_yields_every_profile_once_with_its_survivor(store):
+    pids = sorted(str(uuid.uuid4()) for _ in range(3))
     for pid in pids:
         await store.save(*stored(pid, 1))
-    seen = [p.profile_id async for p in store.scan()]
-    assert pids <= set(seen) and len(seen) == len(set(seen))
+    await store.set_merged_into(pids[0], pids[1])
+    seen = {p.profile_id: merged_into async for p, merged_into in store.scan()}
+    assert set(pids) <= set(seen) and [seen[pid] for pid in pids] == [pids[1], "", ""]
+    scanned = [p.profile_id async for p, _ in store.scan()]
+    assert len(scanned) == len(set(scanned))
 
 
 async def test_a_computed_trait_name_is_taken_once_and_can_be_deleted(store):
@@ -227,3 +231,12 @@ async def test_archived_events_expire_with_their_retention(store):
     await eventually(gone, timeout=60)
     if hasattr(store, "sweep"):
         assert (await store.sweep(time.time_ns() // 1000))["events"] >= 1
+
+
+async def test_an_erasure_is_recorded_for_good_by_a_hash_of_the_profile_id(store):
+    erased, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    assert await store.erased([erased, kept]) == set()
+    await store.record_erasure(erased)
+    await store.record_erasure(erased)  # a redelivered request records it again: one tombstone
+    assert await store.erased([erased, kept]) == {erased} and await store.erased([]) == set()
+    assert await rows_mentioning(store.db, [erased]) == []

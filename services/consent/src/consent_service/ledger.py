@@ -169,6 +169,36 @@ class Ledger:
         token = _token(_position(page[-1])) if len(entries) > page_size else ""
         return page, token
 
+    async def republish(self, run: str, page: int = 500) -> int:
+        """Write every person's current consent to the outbox again (RepublishConsent); returns
+        how many people. A person is announced under its head, once a run, with what its
+        profiles' ledgers hold. A decision recorded while a person's notice is written may be
+        missing from it and published before it, so the person is read again after the write
+        and announced once more if they changed: the last notice is never older than the last
+        decision."""
+        done: set[str] = set()
+        cursor = ""
+        while True:
+            profile_ids, cursor = await self.store.ledger_profiles(cursor, page)
+            for profile_id in profile_ids:
+                head = await self.store.head(profile_id)
+                if head not in done:
+                    done.add(head)
+                    await self._announce(run, head)
+            if not cursor:
+                return len(done)
+
+    async def _announce(self, run: str, head: str) -> None:
+        written = None
+        for attempt in range(3):
+            members = await self.store.members(head)
+            person = person_consent(await self.store.ledger(members))
+            if person == written:
+                return
+            message_id = f"republish:{run}:{head}" + (f":{attempt}" if attempt else "")
+            await self.store.append([], [_changed(message_id, head, members, f"republish {run}", person)])
+            written = person
+
     async def merged(self, merge: identity_changed_pb2.IdentityMerged) -> bool:
         """Fold the merged profiles' people into the survivor's; False when already done."""
         if not merge.merge_id or not merge.survivor_profile_id:

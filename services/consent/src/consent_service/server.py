@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 
 from opentelemetry import trace
 
@@ -14,6 +16,8 @@ from mosaic.consent.v1 import consent_service_pb2 as pb
 from mosaic.platform import limits, metrics
 from mosaic.platform.consent import NAME as PURPOSE_NAME
 from mosaic.platform.errors import InvalidArgument
+
+log = logging.getLogger("consent")
 
 
 def _profile_id(value: str, name: str = "profile_id") -> str:
@@ -89,6 +93,13 @@ class ConsentServicer(consent_service_pb2_grpc.ConsentServiceServicer):
             _profile_id(request.profile_id), request.page_size, request.page_token
         )
         return pb.ListConsentHistoryResponse(decisions=decisions, next_page_token=token)
+
+    async def RepublishConsent(self, request, context):
+        run = uuid.uuid4().hex[:12]
+        persons = await self.ledger.republish(run)
+        self.relay.kick()
+        log.info("consent republished", extra={"fields": {"run": run, "persons": persons}})
+        return pb.RepublishConsentResponse(persons=persons, run_id=run)
 
     async def ListPurposes(self, request, context):
         # In the order configured; the token is the position of the next page's first purpose.

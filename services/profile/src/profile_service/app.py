@@ -11,7 +11,7 @@ from mosaic.profile.v1 import profile_service_pb2 as pb
 from mosaic.profile.v1 import profile_service_pb2_grpc
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
-from profile_service.consent import ConsentChanges, TraitPurposes
+from profile_service.consent import ConsentChanges
 from profile_service.events import ResolvedEventHandler
 from profile_service.masking import MaskingProfileServicer
 from profile_service.merges import MergeHandler
@@ -39,8 +39,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     profiles = Profiles(store, cache, runtime.bus, settings)
     runtime.cleanup.push_async_callback(profiles.close)
     await profiles.definitions.all()
-    purposes = TraitPurposes(settings.trait_purposes, settings.policy)
-    servicer = MaskingProfileServicer(ProfileServicer(profiles), settings.platform.security.pii_traits, purposes)
+    servicer = MaskingProfileServicer(ProfileServicer(profiles), settings.platform.security.pii_traits)
     profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, runtime.server)
     event_archive_service_pb2_grpc.add_EventArchiveServiceServicer_to_server(ArchiveServicer(profiles), runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["ProfileService"].full_name)

@@ -1,12 +1,7 @@
 """PII minimisation: a caller with `profiles:read` but not `profiles:read_pii` gets profiles
 whose identifiers and personal traits (the deployment's `MOSAIC_PII_TRAITS`) are masked, in
-every read: latest, as of a time, history, diffs, scans and the answer to a write.
-
-Purpose limitation: the answers that give a profile to use (latest, as of a time, a batch, the
-answer to a write) mark each trait with its purpose and withhold the values of those whose
-purpose the person has not granted, whoever calls (consent.py). Scans and the history give
-what is stored: the first feeds segmentation's view, where a segment tied to the purpose
-decides, the second is the record."""
+every read: latest, as of a time, history, diffs, scans and the answer to a write. (What the
+person's consent withholds, whoever calls, is withheld before: server.py, purposes.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +11,6 @@ from google.protobuf import struct_pb2
 
 from mosaic.platform.auth import PII_SCOPE, current_caller
 from mosaic.profile.v1 import profile_pb2, profile_service_pb2_grpc
-from profile_service.consent import TraitPurposes
 
 REDACTED = "[redacted]"
 
@@ -53,18 +47,14 @@ class MaskingProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         self,
         inner: profile_service_pb2_grpc.ProfileServiceServicer,
         pii_traits: Iterable[str],
-        purposes: TraitPurposes | None = None,
     ) -> None:
         self.inner = inner
         self.pii = frozenset(name.lower() for name in pii_traits)
-        self.purposes = purposes
 
     def _masks(self) -> bool:
         return not current_caller().may(PII_SCOPE)
 
     def _profile(self, answer):
-        if self.purposes is not None:
-            self.purposes.mark(answer.profile)
         if self._masks():
             mask_profile(answer.profile, self.pii)
         return answer
@@ -81,10 +71,8 @@ class MaskingProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
     async def BatchGetProfiles(self, request, context):
         answer = await self.inner.BatchGetProfiles(request, context)
         masks = self._masks()
-        for profile in answer.profiles:
-            if self.purposes is not None:
-                self.purposes.mark(profile)
-            if masks:
+        if masks:
+            for profile in answer.profiles:
                 mask_profile(profile, self.pii)
         return answer
 

@@ -19,6 +19,7 @@ import logging
 from datetime import datetime, timezone
 
 from mosaic.events.v1 import identity_changed_pb2, resolved_pb2
+from mosaic.platform import topics
 from mosaic.platform.bus import Delivery
 from mosaic.platform.errors import FailedPrecondition
 from mosaic.profile.v1 import profile_pb2
@@ -113,12 +114,21 @@ class MergeHandler:
                 snapshot, profile = await self.profiles._replayed(survivor, applied)
                 await self.profiles._publish(snapshot, profile)
                 return
-            latest = await self.store.latest(survivor) or Latest(profile_pb2.Profile(profile_id=survivor))
+            latest = await self.store.latest(survivor)
+            erased = await self.store.erased([survivor, *merge.merged_profile_ids])
+            if latest is None and survivor in erased:
+                # A merge of an erased person that came after the erasure: dropped, and taken
+                # out of the stream.
+                await self.profiles.bus.erase_keys(topics.IDENTITY_MERGED, [survivor])
+                return
+            latest = latest or Latest(profile_pb2.Profile(profile_id=survivor))
             profile = profile_pb2.Profile()
             profile.CopyFrom(latest.profile)
             states = json.loads(latest.aggregates)
             now = datetime.now(timezone.utc)
             for merged_id in merge.merged_profile_ids:
+                if merged_id in erased:
+                    continue  # no pointer row for it: it would name the erased profile again
                 # First the pointer, so events of the merged profile from now on go to the survivor.
                 await self.store.set_merged_into(merged_id, survivor)
                 self.profiles.cache.discard(merged_id)
@@ -144,6 +154,9 @@ class MergeHandler:
             if await self.store.applied_version(survivor, split.split_id) is not None:
                 return  # applied; the restored profiles were saved before the survivor
             merged_at = await self.store.applied_version(survivor, split.merge_id)
+            if merged_at is None and await self.store.erased([survivor]):
+                await self.profiles.bus.erase_keys(topics.IDENTITY_SPLIT, [survivor])
+                return  # the person was erased: nothing of the merge is left to undo
             if merged_at is None:
                 raise FailedPrecondition("merge_id", f"merge {split.merge_id!r} was never applied to {survivor}")
             now = datetime.now(timezone.utc)
@@ -158,9 +171,11 @@ class MergeHandler:
             }
             archived = list(reversed(await self._archived(survivor, now)))
             later = [e for e in archived if event_key(e.event) in causes]
+            gone = await self.store.erased(list(split.restored_profile_ids))
             restored = [
                 await self.store.latest(pid) or Latest(profile_pb2.Profile(profile_id=pid))
                 for pid in split.restored_profile_ids
+                if pid not in gone
             ]
             theirs = {key for own in restored for key in own.profile.identities}
             for own in restored:

@@ -4,9 +4,16 @@ profiles, snapshot histories, archived events and identifier index, exported or 
 The person's profiles are those the request names (consent follows merges) and those their
 records point to (a merged profile's survivor). Erasure works on the store's tables directly,
 one backend each, under the profile's lock, so an event being folded cannot write the profile
-back halfway; the cache forgets the profile. Cassandra's partitions are found from what the
+back halfway; the cache forgets the profile. A tombstone (a hash of the profile id) is kept
+first and for good, so an event, consent notice or merge that reaches the profile service after
+the erasure (past ingestion already, or resolved by identity before its own part) creates
+nothing (see Profiles.apply_batch, ConsentChanges, MergeHandler). Cassandra's partitions are found from what the
 profile records: snapshot buckets up to its version, time-index months from its first month,
 archive days from its first event (first_seen) to today.
+
+An export gives what is stored, withholding nothing by purpose: it is the person's right of
+access (GDPR Art. 15), which covers every datum kept about them and the purposes it is kept for
+(each trait's purpose is marked).
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ class ProfilePrivacy:
             latest = await self.store.latest(profile_id)
             if latest is None:
                 continue
+            # The person's own copy is whole (a purpose they withhold still names data kept
+            # about them), and says what each trait is kept for.
+            self.profiles.purposes.label(latest.profile)
             document["profiles"].append({**_dict(latest.profile), "merged_into": latest.merged_into})
             version = latest.profile.version
             document["snapshots"] += [_dict(s.snapshot) for s in await self.store.snapshots(profile_id, 0, version)]
@@ -59,6 +69,8 @@ class ProfilePrivacy:
         counts: dict[str, int] = {}
         for profile_id in await self._profile_ids(request):
             async with self.profiles.lock(profile_id):
+                # First the tombstone: whatever arrives for the profile from now on is dropped.
+                await self.store.record_erasure(profile_id)
                 if isinstance(self.store.db, CassandraStore):
                     done = await self._erase_cassandra(profile_id)
                 else:

@@ -28,6 +28,7 @@ from profile_service import computed, history
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
 from profile_service.fold import FoldRules, event_key, event_name, fold
+from profile_service.purposes import TraitPurposes, Withheld, consent_of
 from profile_service.store import MARKER_TTL, Change, Latest, ProfileStore, StoredSnapshot
 
 log = logging.getLogger("mosaic.profile")
@@ -82,6 +83,7 @@ class Profiles:
         self.bus = bus
         self.settings = settings
         self.rules = FoldRules(settings.source_priority, settings.counter_days)
+        self.purposes = TraitPurposes(settings.trait_purposes, settings.policy)
         self.definitions = DefinitionCatalog(store, self._schedule_backfill)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._backfills: set[asyncio.Task] = set()
@@ -102,6 +104,24 @@ class Profiles:
                 self.cache.put(latest)  # not if its partition changed hands during the read
         return latest
 
+    async def survivor(self, profile_id: str) -> Latest | None:
+        """The latest of the profile a profile id ends at through its merges."""
+        latest = await self.latest(profile_id)
+        for _ in range(8):  # merges chain; a cycle (never written) stops
+            if latest is None or not latest.merged_into:
+                break
+            latest = await self.latest(latest.merged_into)
+        return latest
+
+    async def withheld(self, profile_id: str, latest: Latest | None = None) -> Withheld:
+        """What the person of a profile withholds now: by the consent its survivor keeps (a
+        merged-away row keeps the consent it had at the merge; later notices go to the survivor)."""
+        if not self.purposes:
+            return self.purposes.of(None)
+        if latest is None or latest.merged_into:
+            latest = await self.survivor(latest.merged_into if latest else profile_id)
+        return self.purposes.of(consent_of(latest.profile) if latest is not None else None)
+
     async def apply(self, resolved: resolved_pb2.ResolvedEvent) -> profile_pb2.Snapshot | None:
         """Fold one event into its profile, once; publish what changed. An event of a profile
         merged into another is forwarded to the survivor instead (None)."""
@@ -112,7 +132,8 @@ class Profiles:
     ) -> list[profile_pb2.Snapshot | None]:
         """Fold events (in stream order, each with the trace context to publish under) into their
         profiles, each event once, as `apply` would one after the other: one read and one write
-        per profile for the whole batch, then every profile.updated in one publish."""
+        per profile for the whole batch, then every profile.updated in one publish. The events
+        of an erased profile are dropped (None)."""
         for resolved, _ in batch:
             if not resolved.profile_id:
                 raise InvalidArgument("profile_id", "is required")
@@ -128,9 +149,15 @@ class Profiles:
             heads, applied = await self.store.heads(
                 {pid: [event_key(batch[i][0].event) for i in indexes] for pid, indexes in by_profile.items()}
             )
+            # A profile about to be created may be one erased: its events are dropped.
+            erased = await self.store.erased([pid for pid in by_profile if pid not in heads])
+            if erased:
+                log.info("dropped events of erased profiles", extra={"fields": {"profiles": len(erased)}})
             definitions = await self.definitions.all()
             changes = []
             for profile_id, indexes in by_profile.items():
+                if profile_id in erased:
+                    continue
                 latest = heads.get(profile_id) or Latest(profile_pb2.Profile(profile_id=profile_id))
                 change = Change(latest, marker_ttl=MARKER_TTL)  # event markers expire once no redelivery can come
                 states = json.loads(latest.aggregates)
@@ -153,6 +180,8 @@ class Profiles:
             await self.store.save_changes(changes, self.settings.archive_days * 86400)
             for change in changes:
                 self.cache.put(change.latest)
+        if erased:  # nor is it left in the stream, naming the person for the stream's age
+            await self.bus.erase_keys(topics.EVENTS_RESOLVED, sorted(erased))
         contexts = [context for _, context in batch]
         if forwarded:
             messages = []
@@ -225,17 +254,18 @@ class Profiles:
     async def _publish_many(self, published, contexts: list[Context | None] | None) -> None:
         # Published again on redelivery too (a crash may have come before the first publish);
         # the message id makes JetStream drop the copy.
+        # What a read would give: withheld by the consent the profile keeps (purposes.py).
         messages = []
         for _, snapshot, profile in published:
+            changes, traits = self.purposes.of_profile(profile).update(snapshot.changes, profile)
             update = profile_updated_pb2.ProfileUpdated(
                 profile_id=snapshot.profile_id,
                 version=snapshot.version,
-                changes=snapshot.changes,
+                changes=changes,
+                traits=traits,
                 cause_message_id=snapshot.cause_message_id,
                 updated_at=snapshot.recorded_at,
             )
-            for name, trait in profile.traits.items():
-                update.traits.fields[name].CopyFrom(trait.value)
             for name, value in profile.computed_traits.items():
                 update.traits.fields[name].CopyFrom(value)
             messages.append(
@@ -271,7 +301,7 @@ class Profiles:
     async def _backfill(self, definition) -> None:
         """Recompute a new definition for every profile this replica owns, from the archive."""
         count = 0
-        async for scanned in self.store.scan():
+        async for scanned, _ in self.store.scan():
             if (
                 not self.cache.owned
                 or topics.partition_of(scanned.profile_id, self.bus.partitions) not in self.cache.owned

@@ -1,5 +1,6 @@
 """The profile service's gRPC API: profiles, their history and computed traits (ProfileService),
-and the event archive (EventArchiveService)."""
+and the event archive (EventArchiveService). Every answer that carries profile data is withheld
+by the person's consent (`Profiles.withheld`, purposes.py) here, before any per-caller masking."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from mosaic.profile.v1 import profile_service_pb2_grpc
 from profile_service import computed, history
 from profile_service.fold import event_key, event_name
 from profile_service.profiles import Profiles
+from profile_service.store import Latest
 
 _page_size = limits.page_size
 MAX_BATCH_GET = 1000
@@ -37,14 +39,16 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         self.store = profiles.store
 
     async def _latest(self, profile_id: str):
-        latest = await self.profiles.latest(profile_id)
-        for _ in range(8):  # a merged-away profile answers with its survivor
-            if latest is None or not latest.merged_into:
-                break
-            latest = await self.profiles.latest(latest.merged_into)
+        """The stored latest state; a merged-away profile answers with its survivor."""
+        latest = await self.profiles.survivor(profile_id)
         if latest is None or latest.profile.version == 0:
             raise NotFound("profile", profile_id)
         return latest.profile
+
+    async def _shown(self, profile, latest=None):
+        """A profile as an answer gives it: withheld by its person's consent of now."""
+        (await self.profiles.withheld(profile.profile_id, latest)).profile(profile)
+        return profile
 
     async def GetProfile(self, request, context):
         if request.profile_id and request.HasField("identifier"):
@@ -58,7 +62,8 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
             profile_id = await self.store.profile_of(request.identifier.type, request.identifier.value)
             if profile_id is None:
                 raise NotFound("identifier", f"{request.identifier.type}:{request.identifier.value}")
-        return pb.GetProfileResponse(profile=await self._latest(profile_id))
+        profile = await self._latest(profile_id)
+        return pb.GetProfileResponse(profile=await self._shown(profile, Latest(profile)))
 
     async def BatchGetProfiles(self, request, context):
         if len(request.profile_ids) > MAX_BATCH_GET:
@@ -68,7 +73,8 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         for index, profile_id in enumerate(request.profile_ids):
             limits.check_text(f"profile_ids[{index}]", profile_id)
         found = await asyncio.gather(*(self.profiles.latest(pid) for pid in request.profile_ids))
-        return pb.BatchGetProfilesResponse(profiles=[latest.profile for latest in found if latest is not None])
+        shown = [await self._shown(latest.profile, latest) for latest in found if latest is not None]
+        return pb.BatchGetProfilesResponse(profiles=shown)
 
     async def GetProfileAt(self, request, context):
         _required(request.profile_id, "profile_id")
@@ -79,7 +85,7 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         if at.seconds > _now():  # the future is the latest state: never a walk back from year 2200
             at = type(at)()
             at.GetCurrentTime()
-        return pb.GetProfileAtResponse(profile=await self.profiles.at_time(request.profile_id, at))
+        return pb.GetProfileAtResponse(profile=await self._shown(await self.profiles.at_time(request.profile_id, at)))
 
     async def ListSnapshots(self, request, context):
         _required(request.profile_id, "profile_id")
@@ -90,8 +96,10 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         if token is not None:
             below = min(below, token)
         snapshots = await self.store.list_snapshots(request.profile_id, below, size)
+        withheld = await self.profiles.withheld(request.profile_id)
         for snapshot in snapshots:
             snapshot.ClearField("profile")  # the stored full state or delta is not part of a listing
+            withheld.changes(snapshot.changes)
         last = snapshots[-1].version if snapshots else 1
         token = str(last) if len(snapshots) == size and last > 1 else ""
         return pb.ListSnapshotsResponse(snapshots=snapshots, next_page_token=token)
@@ -105,11 +113,13 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
             raise NotFound("profile version", f"{request.profile_id}@{request.to_version}")
         old = await self.profiles.at_version(request.profile_id, request.from_version)
         new = await self.profiles.at_version(request.profile_id, request.to_version)
-        return pb.DiffSnapshotsResponse(changes=history.diff(old, new))
+        changes = history.diff(old, new)
+        (await self.profiles.withheld(request.profile_id)).changes(changes)
+        return pb.DiffSnapshotsResponse(changes=changes)
 
     async def ScanProfiles(self, request, context):
-        async for profile in self.store.scan():
-            yield pb.ScanProfilesResponse(profile=profile)
+        async for profile, merged_into in self.store.scan():
+            yield pb.ScanProfilesResponse(profile=await self._shown(profile, Latest(profile, merged_into=merged_into)))
 
     async def UpsertTraits(self, request, context):
         _required(request.profile_id, "profile_id")
@@ -137,7 +147,8 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
             if time.monotonic() > deadline:
                 raise Unavailable("profile", "the write is queued but not applied yet; retry with the same request_id")
             await asyncio.sleep(0.01)
-        return pb.UpsertTraitsResponse(profile=(await self.store.latest(request.profile_id)).profile)
+        latest = await self.store.latest(request.profile_id)
+        return pb.UpsertTraitsResponse(profile=await self._shown(latest.profile, latest))
 
     async def CreateComputedTrait(self, request, context):
         definition = request.definition
@@ -163,6 +174,7 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
 
 class ArchiveServicer(event_archive_service_pb2_grpc.EventArchiveServiceServicer):
     def __init__(self, profiles: Profiles) -> None:
+        self.profiles = profiles
         self.store = profiles.store
         self.retention = profiles.settings.archive_days * 86400
 
@@ -192,4 +204,7 @@ class ArchiveServicer(event_archive_service_pb2_grpc.EventArchiveServiceServicer
             if len(batch) < size:
                 until = floor
         token = str(until) if until > since else ""
+        withheld = await self.profiles.withheld(request.profile_id)
+        for event in found[:size]:
+            withheld.event(event)
         return event_archive_service_pb2.ListEventsResponse(events=found[:size], next_page_token=token)

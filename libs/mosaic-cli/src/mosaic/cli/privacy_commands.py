@@ -8,6 +8,8 @@ pending when the wait ends is printed as it stands, with exit code 4 (exits.PEND
 privacy show ID` follows it later. `requests` lists the pending requests whose legal deadline is within `--due-within` days
 (7; past deadlines included), or every request with `--all`. `retention` asks every service
 that keeps data for a while (RetentionService) how long, and prints what expires when.
+`republish-consent` announces every person's consent again (RepublishConsent), for a service
+that keeps a copy and was deployed, upgraded or restored after the notices left the stream.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from mosaic.cli import connect, exits, listing, paging
-from mosaic.consent.v1 import consent_pb2, privacy_pb2, privacy_service_pb2_grpc
+from mosaic.consent.v1 import (
+    consent_pb2,
+    consent_service_pb2,
+    consent_service_pb2_grpc,
+    privacy_pb2,
+    privacy_service_pb2_grpc,
+)
 from mosaic.consent.v1 import privacy_service_pb2 as pb
 from mosaic.identity.v1 import identity_pb2
 from mosaic.retention.v1 import retention_service_pb2, retention_service_pb2_grpc
@@ -63,6 +71,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     requests.add_argument("--due-within", type=int, default=7, help="days (7; past deadlines included)")
     requests.add_argument("--all", action="store_true", help="every request, pending or not")
+    verbs.add_parser(
+        "republish-consent",
+        help="announce every person's consent again, for a service deployed or restored after it was recorded",
+    )
     for parser in (*verbs.choices.values(),):
         parser.add_argument("--address", default=DEFAULT_ADDRESS, help="the consent service")
     kept = verbs.add_parser(
@@ -107,6 +119,11 @@ async def _run(args: argparse.Namespace) -> int:
         stub = privacy_service_pb2_grpc.PrivacyServiceStub(channel)
         if args.verb == "requests":
             return await _list(stub, args)
+        if args.verb == "republish-consent":
+            consent = consent_service_pb2_grpc.ConsentServiceStub(channel)
+            done = await consent.RepublishConsent(consent_service_pb2.RepublishConsentRequest())
+            print(json.dumps({"persons": done.persons, "run_id": done.run_id}))
+            return 0
         if args.verb == "show":
             answer = await stub.GetPrivacyRequest(pb.GetPrivacyRequestRequest(request_id=args.request_id))
             print(json.dumps(_summary(answer.request), indent=2))

@@ -2,8 +2,13 @@
 runs (who, which method, about whom, when), in the `AUDIT` stream for the deployment's audit
 retention, and answered by `AuditService.ListAuditRecords` on every service.
 
-A record names its subject by profile id, or by a keyed hash of an identifier: it never holds
-the personal data itself.
+A record names its subject only by a keyed hash: `profile:<hash>` of a profile id, or
+`<type>:<hash>` of an identifier, never a value as the caller sent it (a caller may name a
+person by their e-mail address in a profile_id field). The key is the deployment's
+(MOSAIC_AUDIT_SALT, else one made by the first service that starts and kept in a NATS key-value
+bucket, the same for every service): linking a record to a person takes the key and the
+person's id, which is what an auditor asked "who read this person?" has. So the log can be kept
+for its retention after the person is erased (README, "Privacy requests").
 
 While NATS is unreachable, records wait in memory (at most MAX_PENDING) and are published when
 it is back, so reads and outbox-backed writes keep working through an outage; past that bound
@@ -16,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
+import secrets
 import uuid
 from collections import deque
 from datetime import timezone
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 from nats.js import api
 from opentelemetry import trace
 
@@ -36,20 +44,76 @@ MAX_SCANNED = 20_000  # records read for one page at most; the token continues p
 MAX_PENDING = 10_000  # records held while NATS is away
 
 
+_KEYED = re.compile(r"^[a-z_]+:[0-9a-f]{32}(,[a-z_]+:[0-9a-f]{32})*$")
+SALT_BUCKET = "mosaic-audit-key"
+
+
+def keyed(salt: str, text: str) -> str:
+    return hmac.new(salt.encode(), text.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _profiles(salt: str, profile_ids) -> str:
+    return ",".join(f"profile:{keyed(salt, p)}" for p in list(profile_ids)[:10])
+
+
+def _identifier(salt: str, kind: str, value: str) -> str:
+    return f"{kind}:{keyed(salt, f'{kind}:{value}')}"
+
+
+def _named(message: Any, salt: str) -> str:
+    fields = message.DESCRIPTOR.fields_by_name
+    if "profile_id" in fields and message.profile_id:
+        return _profiles(salt, [message.profile_id])
+    if "profile_ids" in fields and len(message.profile_ids):
+        return _profiles(salt, message.profile_ids)
+    if "identifier" in fields and message.HasField("identifier"):
+        return _identifier(salt, message.identifier.type, message.identifier.value)
+    if "identifiers" in fields and len(message.identifiers):
+        return ",".join(_identifier(salt, i.type, i.value) for i in list(message.identifiers)[:10])
+    return ""
+
+
 def subject_of(request: Any, salt: str) -> str:
-    """Whom a request is about: its profile id(s), or `<type>:<hash>` of its identifier."""
+    """Whom a request is about, keyed: its profile id(s), else its identifier(s), on the request
+    or one message down (a consent decision, a person selector)."""
     if request is None:
         return ""
-    fields = request.DESCRIPTOR.fields_by_name
-    if "profile_id" in fields and request.profile_id:
-        return request.profile_id
-    if "profile_ids" in fields and len(request.profile_ids):
-        return ",".join(list(request.profile_ids)[:10])
-    if "identifier" in fields and request.HasField("identifier"):
-        identifier = request.identifier
-        digest = hmac.new(salt.encode(), f"{identifier.type}:{identifier.value}".encode(), hashlib.sha256)
-        return f"{identifier.type}:{digest.hexdigest()[:32]}"
-    return ""
+    found = _named(request, salt)
+    for field in request.DESCRIPTOR.fields:
+        if found:
+            break
+        if field.message_type is not None and not field.is_repeated and request.HasField(field.name):
+            value = getattr(request, field.name)
+            if hasattr(value, "DESCRIPTOR") and value.DESCRIPTOR.full_name.startswith("mosaic."):
+                found = _named(value, salt)
+    return found
+
+
+def wanted_subject(text: str, salt: str) -> str:
+    """A ListAuditRecords filter as records keep it: a profile id or `type:value` in clear is
+    keyed here; a subject copied from a record is taken as it is."""
+    if _KEYED.match(text):
+        return text
+    kind, sep, value = text.partition(":")
+    return _identifier(salt, kind, value) if sep else _profiles(salt, [text])
+
+
+async def deployment_salt(bus: Bus, replicas: int = 1) -> str:
+    """The audit key when MOSAIC_AUDIT_SALT is not set: made once per deployment by the first
+    service to start, kept in a NATS key-value bucket, the same for every service and replica."""
+    js = bus.jetstream
+    config = api.KeyValueConfig(bucket=SALT_BUCKET, history=1, replicas=replicas, storage=api.StorageType.FILE)
+    try:
+        kv = await js.create_key_value(config)
+    except nats.js.errors.BadRequestError:
+        kv = await js.key_value(SALT_BUCKET)
+    try:
+        await kv.create("salt", secrets.token_hex(32).encode())
+    except nats.js.errors.KeyWrongLastSequenceError:
+        pass  # another service made it first
+    entry = await kv.get("salt")
+    assert entry.value is not None
+    return entry.value.decode()
 
 
 class AuditLog:
@@ -122,6 +186,7 @@ class AuditLog:
                 raise InvalidArgument("page_token", "must be a token from an earlier answer")
             start_sequence = int(request.page_token)
         end = request.end_time.ToDatetime(timezone.utc) if request.HasField("end_time") else None
+        about = wanted_subject(request.subject, self.salt) if request.subject else ""
         subject = topics.AUDIT.subject(topics.partition_of(self.service, self.bus.partitions), self.service)
         if start_sequence:
             config = api.ConsumerConfig(
@@ -161,7 +226,7 @@ class AuditLog:
                     if (
                         record.service != self.service
                         or (request.caller and record.caller != request.caller)
-                        or (request.subject and record.subject != request.subject)
+                        or (about and about not in record.subject.split(","))
                     ):
                         continue
                     records.append(record)

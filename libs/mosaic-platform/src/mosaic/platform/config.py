@@ -179,7 +179,7 @@ class SecuritySettings:
     token_file: str = ""  # a bearer token this service presents when it calls another
     reflection: bool = True
     audit_retention_days: int = 365
-    audit_salt: str = "mosaic-audit"  # keys the hash of identifiers named in audit records
+    audit_salt: str = ""  # keys the hashes of audit subjects; empty: the deployment's, kept in NATS
     pii_traits: tuple[str, ...] = ()  # traits masked for callers without profiles:read_pii
 
     @classmethod
@@ -198,7 +198,7 @@ class SecuritySettings:
             token_file=env.file("MOSAIC_AUTH_TOKEN_FILE"),
             reflection=env.bool("MOSAIC_GRPC_REFLECTION", True),
             audit_retention_days=env.int("MOSAIC_AUDIT_RETENTION_DAYS", 365, minimum=1, maximum=3650),
-            audit_salt=env.str("MOSAIC_AUDIT_SALT", "mosaic-audit"),
+            audit_salt=env.str("MOSAIC_AUDIT_SALT", ""),
             pii_traits=env.list("MOSAIC_PII_TRAITS", PII_TRAITS),
         )
         if bool(settings.tls_cert) != bool(settings.tls_key):

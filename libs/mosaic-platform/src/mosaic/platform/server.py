@@ -34,7 +34,7 @@ from opentelemetry.instrumentation.grpc.filters import health_check, negate
 
 from mosaic.audit.v1 import audit_service_pb2, audit_service_pb2_grpc
 from mosaic.platform import metrics, telemetry, topics
-from mosaic.platform.audit import AuditLog, AuditServicer
+from mosaic.platform.audit import AuditLog, AuditServicer, deployment_salt
 from mosaic.platform.auth import AuthInterceptor
 from mosaic.platform.bus import Bus, nats_security
 from mosaic.platform.config import ConfigError, PlatformSettings, SecuritySettings
@@ -101,7 +101,8 @@ class Service:
             topics.for_deployment(settings.events_dedup_window, security.audit_retention_days),
             settings.stream_max_messages,
         )
-        audit = AuditLog(bus, settings.service, security.audit_salt)
+        salt = security.audit_salt or await deployment_salt(bus, settings.stream_replicas)
+        audit = AuditLog(bus, settings.service, salt)
         self._cleanup.push_async_callback(audit.close)  # before the bus closes (last in, first out)
         # Outermost first: metrics (so they see the code the error interceptor chose), tracing
         # (health probes every few seconds would be most of the spans: none), errors (so what

@@ -30,6 +30,10 @@ class ConsentStore(Protocol):
     async def ledger(self, profile_ids: list[str], limit: int = 10_000) -> list[consent_pb2.ConsentDecision]:
         """Every entry recorded on any of `profile_ids`, oldest first (then by purpose, profile)."""
 
+    async def ledger_profiles(self, cursor: str, limit: int = 500) -> tuple[list[str], str]:
+        """A page of the profile ids that have ledger entries, from `cursor` ("" for the first
+        page); the cursor of the next page, "" after the last."""
+
     async def head(self, profile_id: str) -> str:
         """The person a profile belongs to: its survivor, or itself."""
 

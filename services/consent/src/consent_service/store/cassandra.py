@@ -141,6 +141,15 @@ class CassandraConsentStore(Repository, ConsentStore):
         decisions.sort(key=lambda d: (micros(d.decided_at), d.purpose, d.profile_id))
         return decisions[:limit]
 
+    async def ledger_profiles(self, cursor: str, limit: int = 500) -> tuple[list[str], str]:
+        # In token order: the cursor is the last partition's token.
+        rows = await self.db.execute(
+            "SELECT DISTINCT token(profile_id) AS t, profile_id FROM consent_ledger WHERE token(profile_id) > ? LIMIT ?",
+            (int(cursor) if cursor else -(2**63), limit),
+        )
+        ids = [r.profile_id for r in rows]
+        return ids, str(rows[-1].t) if len(ids) == limit else ""
+
     async def head(self, profile_id: str) -> str:
         rows = await self.db.execute("SELECT head FROM consent_heads WHERE profile_id = ?", (profile_id,))
         return rows[0].head if rows and rows[0].head else profile_id

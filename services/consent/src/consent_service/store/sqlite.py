@@ -105,6 +105,14 @@ class SqliteConsentStore(Repository, ConsentStore):
         )
         return [decision_from(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in rows]
 
+    async def ledger_profiles(self, cursor: str, limit: int = 500) -> tuple[list[str], str]:
+        rows = await self.db.execute(
+            "SELECT DISTINCT profile_id FROM consent_ledger WHERE profile_id > ? ORDER BY profile_id LIMIT ?",
+            (cursor, limit),
+        )
+        ids = [r[0] for r in rows]
+        return ids, ids[-1] if len(ids) == limit else ""
+
     async def head(self, profile_id: str) -> str:
         rows = await self.db.execute("SELECT head FROM consent_heads WHERE profile_id = ?", (profile_id,))
         return rows[0][0] if rows else profile_id

@@ -8,11 +8,21 @@ from mosaic.platform.store import open_repository
 from profile_service.store.base import ProfileStore
 from profile_service.store.cassandra import MIGRATIONS as CASSANDRA
 from profile_service.store.cassandra import CassandraProfileStore
-from profile_service.store.model import BUCKET, MARKER_TTL, Change, Latest, StoredSnapshot, month_of
+from profile_service.store.model import BUCKET, MARKER_TTL, Change, Latest, StoredSnapshot, erasure_key, month_of
 from profile_service.store.sqlite import MIGRATIONS as SQLITE
 from profile_service.store.sqlite import SqliteProfileStore
 
-__all__ = ["BUCKET", "MARKER_TTL", "Change", "Latest", "ProfileStore", "StoredSnapshot", "month_of", "open_store"]
+__all__ = [
+    "BUCKET",
+    "MARKER_TTL",
+    "Change",
+    "Latest",
+    "ProfileStore",
+    "StoredSnapshot",
+    "erasure_key",
+    "month_of",
+    "open_store",
+]
 
 
 async def open_store(settings: PlatformSettings, snapshot_ttl: int = 0) -> ProfileStore:

@@ -15,6 +15,11 @@ the whole batch is one transaction. Its reads are one per profile per batch too 
 Snapshots are partitioned by (profile_id, version // 1000) and the time index by
 (profile_id, month), so no partition grows without bound however long a customer lives. The
 archive is partitioned by (profile_id, day) and expires with a TTL.
+
+An erasure leaves a tombstone per profile id (`profile_erasures`, a hash of the id): an event,
+a consent notice or a merge for an erased profile that arrives afterwards (it was past
+ingestion, or identity resolved it before its own part of the erasure) finds it and writes
+nothing. It is read only where no head exists, i.e. for a profile about to be created.
 """
 
 from __future__ import annotations
@@ -65,7 +70,16 @@ class ProfileStore(Protocol):
     ) -> list[resolved_pb2.ResolvedEvent]:
         """Archived events with since_us <= time < until_us, newest first."""
 
-    def scan(self) -> AsyncIterator[profile_pb2.Profile]: ...
+    async def record_erasure(self, profile_id: str) -> None:
+        """Keep the tombstone of an erased profile (before its rows go)."""
+
+    async def erased(self, profile_ids: list[str]) -> set[str]:
+        """Those of `profile_ids` whose erasure is recorded (a tombstone the privacy participant
+        writes with the erasure, kept for good), so nothing writes them back."""
+
+    def scan(self) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
+        """Every profile's latest state, with the survivor it was merged into ("" if none)."""
+
     async def create_definition(self, definition: profile_pb2.ComputedTraitDefinition) -> None: ...
     async def definitions(self) -> list[profile_pb2.ComputedTraitDefinition]: ...
     async def delete_definition(self, name: str) -> bool: ...

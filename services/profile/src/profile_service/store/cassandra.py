@@ -12,7 +12,7 @@ from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.profile.v1 import profile_pb2
 from profile_service.store.base import ProfileStore
-from profile_service.store.model import BUCKET, Change, Latest, StoredSnapshot, month_of
+from profile_service.store.model import BUCKET, Change, Latest, StoredSnapshot, erasure_key, month_of
 
 # An unlogged batch of independent writes holds at most ten partitions (Cassandra warns above
 # that: unlogged_batch_across_partitions_warn_threshold) and 32 KiB of values (it refuses
@@ -50,6 +50,7 @@ MIGRATIONS = [
             "CREATE TABLE IF NOT EXISTS profile_computed_traits (name text PRIMARY KEY, definition blob)",
         ),
     ),
+    Migration(2, ("CREATE TABLE IF NOT EXISTS profile_erasures (id_hash text PRIMARY KEY, erased_at timestamp)",)),
 ]
 
 
@@ -324,17 +325,30 @@ class CassandraProfileStore(Repository, ProfileStore):
             day = day.fromordinal(day.toordinal() - 1)
         return found
 
-    async def scan(self) -> AsyncIterator[profile_pb2.Profile]:
+    async def record_erasure(self, profile_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO profile_erasures (id_hash, erased_at) VALUES (?, ?)",
+            (erasure_key(profile_id), datetime.now(timezone.utc)),
+        )
+
+    async def erased(self, profile_ids: list[str]) -> set[str]:
+        keys = {erasure_key(pid): pid for pid in profile_ids}
+        found = await asyncio.gather(
+            *(self.db.execute("SELECT id_hash FROM profile_erasures WHERE id_hash = ?", (key,)) for key in keys)
+        )
+        return {keys[rows[0].id_hash] for rows in found if rows}
+
+    async def scan(self) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
         token = -(2**63)
         while True:
             rows = await self.db.execute(
-                "SELECT token(profile_id) AS t, state FROM profile_heads WHERE token(profile_id) > ?"
+                "SELECT token(profile_id) AS t, state, merged_into FROM profile_heads WHERE token(profile_id) > ?"
                 " PER PARTITION LIMIT 1 LIMIT 500",
                 (token,),
             )
             for row in rows:
                 if row.state:
-                    yield profile_pb2.Profile.FromString(row.state)
+                    yield profile_pb2.Profile.FromString(row.state), row.merged_into or ""
             if len(rows) < 500:
                 return
             token = rows[-1].t

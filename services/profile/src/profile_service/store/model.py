@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -45,3 +46,9 @@ class Change:
 
 def month_of(micros: int) -> str:
     return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).strftime("%Y-%m")
+
+
+def erasure_key(profile_id: str) -> str:
+    """What an erasure's tombstone keeps of a profile id: a hash (the id is pseudonymous, and a
+    tombstone need only answer "was this one erased?")."""
+    return hashlib.sha256(f"profile-erased:{profile_id}".encode()).hexdigest()

@@ -11,7 +11,7 @@ from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.sqlite import SqliteStore
 from mosaic.profile.v1 import profile_pb2
 from profile_service.store.base import ProfileStore
-from profile_service.store.model import Change, Latest, StoredSnapshot
+from profile_service.store.model import Change, Latest, StoredSnapshot, erasure_key
 
 MIGRATIONS = [
     Migration(
@@ -40,6 +40,7 @@ MIGRATIONS = [
             "CREATE INDEX profile_events_expiry ON profile_events (expires_us)",
         ),
     ),
+    Migration(3, ("CREATE TABLE profile_erasures (id_hash TEXT PRIMARY KEY, erased_us INTEGER)",)),
 ]
 
 
@@ -242,16 +243,31 @@ class SqliteProfileStore(Repository, ProfileStore):
         )
         return [resolved_pb2.ResolvedEvent.FromString(r[0]) for r in rows]
 
-    async def scan(self) -> AsyncIterator[profile_pb2.Profile]:
+    async def record_erasure(self, profile_id: str) -> None:
+        await self.db.execute(
+            "INSERT OR IGNORE INTO profile_erasures VALUES (?, ?)", (erasure_key(profile_id), _now_us())
+        )
+
+    async def erased(self, profile_ids: list[str]) -> set[str]:
+        if not profile_ids:
+            return set()
+        keys = {erasure_key(pid): pid for pid in profile_ids}
+        rows = await self.db.execute(
+            f"SELECT id_hash FROM profile_erasures WHERE id_hash IN ({', '.join('?' * len(keys))})", list(keys)
+        )
+        return {keys[row[0]] for row in rows}
+
+    async def scan(self) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
         after = ""
         while True:
             rows = await self.db.execute(
-                "SELECT profile_id, state FROM profile_latest WHERE profile_id > ? ORDER BY profile_id LIMIT 500",
+                "SELECT profile_id, state, merged_into FROM profile_latest WHERE profile_id > ?"
+                " ORDER BY profile_id LIMIT 500",
                 (after,),
             )
             for row in rows:
                 if row[1]:
-                    yield profile_pb2.Profile.FromString(row[1])
+                    yield profile_pb2.Profile.FromString(row[1]), row[2] or ""
             if len(rows) < 500:
                 return
             after = rows[-1][0]
