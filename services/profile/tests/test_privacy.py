@@ -124,36 +124,36 @@ async def test_nothing_that_arrives_after_the_erasure_writes_the_person_back(ser
     receipts = Receipts()
     await receipts.listen(service)
     bus = service.runtime.bus
-    await feed(service, "p-ada", "ada@example.com")
-    await eventually(lambda: versions_are(service, {"p-ada": EVENTS}))
-    await ask(service, "erase-1", privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, "p-ada")
-    await eventually(lambda: receipts.final("erase-1"))
+    await feed(service, "p-cy", "cy@example.com")
+    await eventually(lambda: versions_are(service, {"p-cy": EVENTS}))
+    await ask(service, "erase-late", privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, "p-cy")
+    await eventually(lambda: receipts.final("erase-late"))
     # Past ingestion already, or resolved by identity before its part: an event, a consent
     # notice, a merge and a split naming the erased profile, all after the erasure.
-    event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, user_id="p-ada", message_id="late-1")
+    event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, user_id="p-cy", message_id="late-1")
     event.timestamp.GetCurrentTime()
-    event.traits.update({"email": "ada@example.com"})
+    event.traits.update({"email": "cy@example.com"})
     late = resolved_pb2.ResolvedEvent(
-        profile_id="p-ada", event=event, identifiers=[identity_pb2.Identifier(type="email", value="ada@example.com")]
+        profile_id="p-cy", event=event, identifiers=[identity_pb2.Identifier(type="email", value="cy@example.com")]
     )
-    await bus.publish(topics.EVENTS_RESOLVED, "p-ada", late, "late-1")
-    grant = consent_pb2.ConsentDecision(profile_id="p-ada", purpose="marketing", granted=True)
+    await bus.publish(topics.EVENTS_RESOLVED, "p-cy", late, "late-1")
+    grant = consent_pb2.ConsentDecision(profile_id="p-cy", purpose="marketing", granted=True)
     grant.decided_at.GetCurrentTime()
     notice = consent_changed_pb2.ConsentChanged(
-        person_id="p-ada", profile_ids=["p-ada"], cause="decision", person=consent_pb2.PersonConsent(decisions=[grant])
+        person_id="p-cy", profile_ids=["p-cy"], cause="decision", person=consent_pb2.PersonConsent(decisions=[grant])
     )
-    await bus.publish(topics.CONSENT_CHANGED, "p-ada", notice, "consent:late")
+    await bus.publish(topics.CONSENT_CHANGED, "p-cy", notice, "consent:late")
     merge = identity_changed_pb2.IdentityMerged(
-        merge_id="m-late", survivor_profile_id="p-ada", merged_profile_ids=["p-ada"]
+        merge_id="m-late", survivor_profile_id="p-cy", merged_profile_ids=["p-cy"]
     )
-    await bus.publish(topics.IDENTITY_MERGED, "p-ada", merge, "m-late")
+    await bus.publish(topics.IDENTITY_MERGED, "p-cy", merge, "m-late")
     split = identity_changed_pb2.IdentitySplit(
-        merge_id="m-old", split_id="s-late", survivor_profile_id="p-ada", restored_profile_ids=["p-ada"]
+        merge_id="m-old", split_id="s-late", survivor_profile_id="p-cy", restored_profile_ids=["p-cy"]
     )
-    await bus.publish(topics.IDENTITY_SPLIT, "p-ada", split, "s-late")
+    await bus.publish(topics.IDENTITY_SPLIT, "p-cy", split, "s-late")
     # And one for another person, merged into the erased one: its pointer is not written.
     other = identity_changed_pb2.IdentityMerged(
-        merge_id="m-bob", survivor_profile_id="p-bob", merged_profile_ids=["p-ada"]
+        merge_id="m-bob", survivor_profile_id="p-bob", merged_profile_ids=["p-cy"]
     )
     await bus.publish(topics.IDENTITY_MERGED, "p-bob", other, "m-bob")
     await feed(service, "p-bob", "bob@example.com")
@@ -162,17 +162,17 @@ async def test_nothing_that_arrives_after_the_erasure_writes_the_person_back(ser
             service, topics.EVENTS_RESOLVED, topics.CONSENT_CHANGED, topics.IDENTITY_MERGED, topics.IDENTITY_SPLIT
         )
     )
-    assert await version_of(service, "p-ada") == 0
+    assert await version_of(service, "p-cy") == 0
     store = await open_store(service.settings)
     try:
-        assert await rows_mentioning(store.db, ["p-ada", "ada@example.com"]) == []
+        assert await rows_mentioning(store.db, ["p-cy", "cy@example.com"]) == []
         assert await rows_mentioning(store.db, ["p-bob"])
     finally:
         await store.close()
     info = await bus._js.stream_info(topics.DEAD_LETTER_STREAM)
     assert info.state.messages == 0, "dropped, not dead-lettered (a dead letter would name the person)"
     # Nor left in their streams (but bob's merge, keyed by bob, which names the erased id).
-    found = await messages_mentioning(service.settings.nats_url, ["p-ada", "ada@example.com"])
+    found = await messages_mentioning(service.settings.nats_url, ["p-cy", "cy@example.com"])
     streams = {topics.EVENTS_RESOLVED.stream, topics.CONSENT_CHANGED.stream, topics.IDENTITY_SPLIT.stream}
     assert [s for s, _, _ in found if s in streams] == []
     assert [s for s, _, _ in found if s == topics.IDENTITY_MERGED.stream] == [topics.IDENTITY_MERGED.stream]
