@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,7 +28,6 @@ from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform import messaging_spans, topics
 from mosaic.platform.errors import Unavailable
 
-log = logging.getLogger("mosaic.delivery.jobs")
 tracer = trace.get_tracer("mosaic.delivery.jobs")
 JOBS = topics.DELIVERY_JOBS
 
@@ -116,13 +114,13 @@ class JobQueue:
             config=_consumer(destination_id, max_in_flight, ack_wait),
         )
 
-    async def feed(self, destination_id: str, max_in_flight: int, ack_wait: float) -> Feed:
+    async def feed(self, destination_id: str, max_in_flight: int, ack_wait: float, late: Callable[[Msg], None]) -> Feed:
         """The destination's jobs as they come (see Feed), on the durable every replica shares."""
         try:
             await self._js.consumer_info(JOBS.stream, durable_of(destination_id))
         except nats.js.errors.NotFoundError:
             await self._js.add_consumer(JOBS.stream, _consumer(destination_id, max_in_flight, ack_wait))
-        feed = Feed(self._nc, destination_id)
+        feed = Feed(self._nc, destination_id, late)
         await feed.open()
         return feed
 
@@ -165,14 +163,17 @@ class Feed:
     (measured: 42 µs a job with its ack, against 21 here), and gives the jobs over only at the
     end of its wait; here a job is being sent while the rest of the request is still coming.
 
-    One request at a time: `request` returns once JetStream has ended it (all it asked for
-    came, its time ran out: status 408, or it was refused: 409 when too many jobs are unacked).
+    One request at a time: `request` returns once it is over (all it asked for came, or
+    JetStream ended it with a status). A job that comes after this side gave its request up
+    (its end lost with a connection) is handed to `late`, not given back: a nak would spend one
+    of its attempts.
     """
 
-    def __init__(self, nc: nats.NATS, destination_id: str) -> None:
+    def __init__(self, nc: nats.NATS, destination_id: str, late: Callable[[Msg], None]) -> None:
         self._nc = nc
         self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{JOBS.stream}.{durable_of(destination_id)}"
         self._inbox = nc.new_inbox()
+        self._late = late
         self._sub: Any = None
         self._deliver: Callable[[Msg], None] | None = None
         self._left = 0
@@ -181,16 +182,20 @@ class Feed:
     async def open(self) -> None:
         self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
 
-    async def request(self, count: int, expires: float, deliver: Callable[[Msg], None]) -> tuple[int, str]:
-        """Ask for up to `count` jobs, each given to `deliver` as it comes; how many came and
-        how the request ended (the status JetStream ended it with; "" when all came)."""
+    async def request(self, count: int, wait: float, deliver: Callable[[Msg], None]) -> tuple[int, str]:
+        """Ask for up to `count` jobs, each given to `deliver` as it comes: those the queue holds
+        now (`wait` 0), or those that come within `wait` seconds. How many came, and how the
+        request ended: "" (all came) or JetStream's status (404: none there; 408: its time
+        ran out; 409: too many jobs unacked)."""
         self._deliver, self._left = deliver, count
         self._ended = ended = asyncio.get_running_loop().create_future()
-        payload = json.dumps({"batch": count, "expires": int(expires * 1e9)}).encode()
+        # JetStream ends a no-wait request at once after what it holds, and a waiting one when
+        # its time is out: both with a status unless all came (nats-server ignores no_wait when
+        # expires is there too).
+        asked = {"batch": count, "expires": int(wait * 1e9)} if wait else {"batch": count, "no_wait": True}
         try:
-            await self._nc.publish(self._subject, payload, reply=self._inbox)
-            # JetStream ends the request itself; this bound is for an end lost with the connection.
-            how = await asyncio.wait_for(asyncio.shield(ended), expires + 5)
+            await self._nc.publish(self._subject, json.dumps(asked).encode(), reply=self._inbox)
+            how = await asyncio.wait_for(asyncio.shield(ended), wait + 5.0)  # the bound: a lost end
         except TimeoutError:
             how = "lost"
         finally:
@@ -209,9 +214,7 @@ class Feed:
                 self._ended.set_result(status)  # 100 is a heartbeat, never asked for
             return
         if self._deliver is None or self._left <= 0:
-            # A job for a request this side gave up on (its end was lost): given back at once.
-            log.warning("job on %s came after its request ended: given back", msg.subject)
-            await msg.nak()
+            self._late(msg)
             return
         self._left -= 1
         self._deliver(msg)

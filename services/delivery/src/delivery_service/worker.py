@@ -158,7 +158,7 @@ class DestinationWorker:
                     await self._sync_audience(sub)
                     continue
                 if feed is None:
-                    feed = await own.feed(destination_id, self.concurrency, ack_wait)
+                    feed = await own.feed(destination_id, self.concurrency, ack_wait, self._late)
                 await self._take_jobs(feed)
             except (nats.errors.Error, OSError) as error:
                 log.warning("queue of %s: %r", destination_id, error)
@@ -178,7 +178,7 @@ class DestinationWorker:
 
         Not one request for everything over 1 s: while the queue is empty, the jobs that trickle
         in would be sent, but the circuit would not be looked at again until the second is
-        over. A rate-limited destination asks only for the tokens it has, once it has one: its
+        over (and a job sent while the circuit is open spends an attempt). A rate-limited destination asks only for the tokens it has, once it has one: its
         jobs wait for their tokens in the queue, untouched, not past their ack wait here."""
         probe = await self._wait_for_circuit()
         if self._stopping.is_set():
@@ -190,21 +190,26 @@ class DestinationWorker:
         wanted = await self._take_slots(min(1 if probe else min(self.concurrency, 256), tokens))
         came, how = 0, ""
         try:
-            came, how = await feed.request(wanted, 0.02, self._dispatch)
-            if not came and how == "408" and not self._stopping.is_set():
+            came, how = await feed.request(wanted, 0, self._dispatch)
+            if not came and how == "404" and not self._stopping.is_set():
                 came, how = await feed.request(1, 1.0, self._dispatch)
         finally:
             self._release(wanted - came)
         if probe and not came:
             self.breaker.abandon_probe()
-        if not came and how not in ("408", ""):
+        if not came and how not in ("404", "408", ""):
             log.warning("queue of %s: the request for jobs ended with %s", self.destination.destination_id, how)
             await asyncio.sleep(0.5)  # refused (409) or lost: not asked again at once
 
-    def _dispatch(self, msg: Msg) -> None:
-        task = asyncio.create_task(self._handle(msg))
+    def _dispatch(self, msg: Msg, slot: bool = True) -> None:
+        task = asyncio.create_task(self._handle(msg, slot))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _late(self, msg: Msg) -> None:
+        """A job that came after its request was over here: sent without a slot (a few over the
+        bound, once), since giving it back would spend one of its attempts."""
+        self._dispatch(msg, slot=False)
 
     async def _sync_audience(self, sub) -> None:
         probe = await self._wait_for_circuit()
@@ -264,7 +269,7 @@ class DestinationWorker:
             await asyncio.sleep(min(1.0, max(0.05, self.breaker.wait_time())))
         return False
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, slot: bool = True) -> None:
         try:
             wait = self.bucket.wait_time()
             if wait:
@@ -313,7 +318,8 @@ class DestinationWorker:
         except Exception:  # noqa: BLE001 - a bug or NATS gone: the job comes back after ack_wait
             log.exception("job on %s not handled", msg.subject)
         finally:
-            self._slots.release()
+            if slot:
+                self._slots.release()
 
     async def _consented(self, messages: list[Msg], jobs: list[delivery_pb2.DeliveryJob]) -> list[bool] | None:
         """Whether each job's person consents to the destination's purpose now (leaving an
