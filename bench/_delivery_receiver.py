@@ -2,8 +2,9 @@
 
 Port A answers 200 and keeps, per delivery, the time from its queueing (`t` in the body, by
 the wall clock this machine shares) to its arrival; port B answers 500 to everything, or never
-answers in time (`timeout` mode). `GET /stats` on port A returns the count and latencies;
-`POST /reset` clears them. Prints `ports A B` once listening.
+answers in time (`timeout` mode). `GET /stats` on port A returns the count and latencies,
+`GET /count` the count alone (what the bench polls: the latencies of a drain are 20,000
+numbers); `POST /reset` clears them. Prints `ports A B` once listening.
 """
 
 from __future__ import annotations
@@ -32,12 +33,17 @@ async def main(failing_mode: str) -> None:
     async def stats(request: web.Request) -> web.Response:
         return web.json_response({"count": len(latencies), "latencies": latencies})
 
+    async def count(request: web.Request) -> web.Response:
+        return web.json_response({"count": len(latencies)})
+
     async def reset(request: web.Request) -> web.Response:
         latencies.clear()
         return web.Response(status=204)
 
     healthy_app = web.Application()
-    healthy_app.add_routes([web.post("/hook", healthy), web.get("/stats", stats), web.post("/reset", reset)])
+    healthy_app.add_routes(
+        [web.post("/hook", healthy), web.get("/stats", stats), web.get("/count", count), web.post("/reset", reset)]
+    )
     failing_app = web.Application()
     failing_app.add_routes([web.post("/hook", failing)])
     ports = []
