@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from consent_service.ledger import PersonView
 from mosaic.events.v1 import consent_changed_pb2
+from mosaic.platform.consent import named
 from mosaic.platform.lru import Lru
 
 
@@ -47,7 +48,4 @@ class ConsentCache:
 
     def on_changed(self, change: consent_changed_pb2.ConsentChanged) -> None:
         """The handler of `consent.changed` notices."""
-        names = [*change.profile_ids, change.person_id]
-        if change.HasField("decision"):
-            names.append(change.decision.profile_id)
-        self.drop(names)
+        self.drop(named(change))

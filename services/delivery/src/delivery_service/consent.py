@@ -22,6 +22,7 @@ import grpc
 
 from mosaic.consent.v1 import consent_service_pb2
 from mosaic.events.v1 import consent_changed_pb2
+from mosaic.platform.consent import named
 from mosaic.platform.errors import Unavailable
 from mosaic.platform.lru import Lru
 
@@ -84,7 +85,4 @@ class Answers:
 
     def on_changed(self, change: consent_changed_pb2.ConsentChanged) -> None:
         """The handler of `consent.changed` notices."""
-        names = [*change.profile_ids, change.person_id]
-        if change.HasField("decision"):
-            names.append(change.decision.profile_id)
-        self.drop(names)
+        self.drop(named(change))

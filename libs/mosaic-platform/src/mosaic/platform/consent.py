@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mosaic.consent.v1 import consent_pb2
+from mosaic.events.v1 import consent_changed_pb2
 from mosaic.platform.config import ConfigError, Env
 
 DEFAULT_PURPOSES = "analytics,personalisation,marketing,marketing_email,marketing_sms,marketing_push,advertising:sale,sale_sharing:sale"
@@ -74,6 +75,14 @@ def parse_categories(
             raise ConfigError(variable, f"{purpose.strip()!r} is not a configured purpose")
         categories[category.strip()] = purpose.strip()
     return categories
+
+
+def named(change: consent_changed_pb2.ConsentChanged) -> list[str]:
+    """Every profile id a consent.changed notice names: whose kept answers it may have changed."""
+    names = [*change.profile_ids, change.person_id]
+    if change.HasField("decision"):
+        names.append(change.decision.profile_id)
+    return names
 
 
 def effective_change(decision: consent_pb2.ConsentDecision) -> int:
