@@ -373,3 +373,23 @@ def test_a_change_of_jurisdiction_gives_every_marked_trait_again_in_the_update()
     changes, traits = purposes.of_profile(profile).update([moved], profile)
     assert all(c.withheld and not c.HasField("new_value") for c in changes if c.path.startswith("traits."))
     assert set(traits.fields) == {"plan"}
+
+
+async def test_a_redelivered_notice_publishes_its_version_again_and_writes_nothing(profiles):
+    """A crash after the write and before the publish: the redelivery publishes the stored version."""
+    seen: list[profile_updated_pb2.ProfileUpdated] = []
+
+    async def on_message(msg) -> None:
+        seen.append(profile_updated_pb2.ProfileUpdated.FromString(msg.data))
+
+    await profiles.bus._nc.subscribe(topics.PROFILE_UPDATED.wildcard, cb=on_message)
+    changes = ConsentChanges(profiles)
+    await profiles.apply(event("R", "r1", "rita", plan="pro"))
+    granted = notice("R", decision("marketing", True))
+    await changes(granted, Delivery("x", 0, 1, 1, "consent:r"))
+    await changes(granted, Delivery("x", 0, 1, 2, "consent:r"))  # the same message, delivered again
+    again = await eventually(lambda: [u for u in seen if u.version == 2] if len(seen) >= 3 else None)
+    assert len(again) == 2 and again[0] == again[1], "the same version, published again as it was"
+    assert {c.path for c in again[1].changes} == {"consent.marketing"}
+    assert again[1].traits["plan"] == "pro"
+    assert (await profiles.store.latest("R")).profile.version == 2

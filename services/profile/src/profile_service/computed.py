@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 from google.protobuf import json_format, struct_pb2
 
 from mosaic.events.v1 import event_pb2
 from mosaic.platform.errors import InvalidArgument
 from mosaic.profile.v1 import profile_pb2
-from profile_service.fold import event_name, event_time
+from profile_service.fold import UNRECORDED, Edits, day_of, event_name, event_time, oldest_day
 
 A = profile_pb2.Aggregation
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -32,7 +32,15 @@ NEEDS_PROPERTY = {
     A.AGGREGATION_DISTINCT_COUNT,
 }
 NUMERIC = {A.AGGREGATION_SUM, A.AGGREGATION_MIN, A.AGGREGATION_MAX, A.AGGREGATION_AVERAGE}
+# Plain ints: an enum wrapper's attribute costs a Python call, and these are read per event.
+COUNT, SUM, AVERAGE = A.AGGREGATION_COUNT, A.AGGREGATION_SUM, A.AGGREGATION_AVERAGE
+MIN, MAX, FIRST, LAST = A.AGGREGATION_MIN, A.AGGREGATION_MAX, A.AGGREGATION_FIRST, A.AGGREGATION_LAST
+DISTINCT = A.AGGREGATION_DISTINCT_COUNT
+BY_VALUE = {A.AGGREGATION_MOST_FREQUENT, DISTINCT}
 ALL_TIME = "all"
+# A key of the states that is not a definition's (names start with a letter): kept by whoever
+# folds, e.g. the day the counters were last pruned.
+RESERVED = "$"
 
 # Commerce traits every profile gets, from the Segment spec's `Order Completed`.
 BUILT_IN = (
@@ -93,7 +101,7 @@ def update(definition, state: dict, event: event_pb2.Event) -> bool:
     if definition.aggregation in NUMERIC and not isinstance(value, (int, float)):
         return False
     when = event_time(event)
-    bucket = when.ToDatetime(timezone.utc).strftime("%Y-%m-%d") if definition.window_days else ALL_TIME
+    bucket = day_of(when) if definition.window_days else ALL_TIME
     part = state.setdefault(bucket, {"n": 0})
     part["n"] += 1
     at = when.ToNanoseconds()
@@ -106,7 +114,7 @@ def update(definition, state: dict, event: event_pb2.Event) -> bool:
             part["first"] = [at, value]
         if "last" not in part or at >= part["last"][0]:
             part["last"] = [at, value]
-        if definition.aggregation in (A.AGGREGATION_MOST_FREQUENT, A.AGGREGATION_DISTINCT_COUNT):
+        if definition.aggregation in BY_VALUE:
             counts = part.setdefault("values", {})
             token = json.dumps(value, sort_keys=True)
             counts[token] = counts.get(token, 0) + 1
@@ -116,7 +124,7 @@ def update(definition, state: dict, event: event_pb2.Event) -> bool:
 def value(definition, state: dict, now: datetime) -> struct_pb2.Value | None:
     """The computed value from the partials in the window, or None when no event counts."""
     if definition.window_days:
-        oldest = (now - timedelta(days=definition.window_days - 1)).strftime("%Y-%m-%d")
+        oldest = oldest_day(now, definition.window_days)
         for day in [d for d in state if d < oldest]:
             del state[day]  # left the window for good
     parts = list(state.values())
@@ -124,45 +132,85 @@ def value(definition, state: dict, now: datetime) -> struct_pb2.Value | None:
     if n == 0:
         return None
     agg = definition.aggregation
-    if agg == A.AGGREGATION_COUNT:
+    if agg == COUNT:
         result = n
-    elif agg == A.AGGREGATION_SUM:
+    elif agg == SUM:
         result = sum(p.get("sum", 0) for p in parts)
-    elif agg == A.AGGREGATION_MIN:
+    elif agg == MIN:
         result = min(p["min"] for p in parts if "min" in p)
-    elif agg == A.AGGREGATION_MAX:
+    elif agg == MAX:
         result = max(p["max"] for p in parts if "max" in p)
-    elif agg == A.AGGREGATION_AVERAGE:
+    elif agg == AVERAGE:
         result = sum(p.get("sum", 0) for p in parts) / n
-    elif agg == A.AGGREGATION_FIRST:
+    elif agg == FIRST:
         result = min((p["first"] for p in parts if "first" in p), key=lambda f: f[0])[1]
-    elif agg == A.AGGREGATION_LAST:
+    elif agg == LAST:
         result = max((p["last"] for p in parts if "last" in p), key=lambda f: f[0])[1]
     else:
         counts: dict[str, int] = {}
         for p in parts:
             for token, count in p.get("values", {}).items():
                 counts[token] = counts.get(token, 0) + count
-        if agg == A.AGGREGATION_DISTINCT_COUNT:
+        if agg == DISTINCT:
             result = len(counts)
         else:  # most frequent; ties go to the smallest value, so the answer is stable
             result = json.loads(min(counts, key=lambda token: (-counts[token], token)))
+    return _as_value(result)
+
+
+def _as_value(result) -> struct_pb2.Value:
+    """A JSON value as a protobuf Value (what json_format.ParseDict gives, faster for scalars)."""
+    if isinstance(result, bool):
+        return struct_pb2.Value(bool_value=result)
+    if isinstance(result, (int, float)):
+        return struct_pb2.Value(number_value=result)
+    if isinstance(result, str):
+        return struct_pb2.Value(string_value=result)
     out = struct_pb2.Value()
     json_format.ParseDict(result, out)
     return out
 
 
-def refresh(profile: profile_pb2.Profile, definitions, states: dict, now: datetime) -> None:
-    """Set every computed trait of `profile` from the states; drop values of deleted definitions."""
+def _unchanged(definition, state: dict, counted: set[str], now: datetime) -> bool:
+    """Whether a definition's value is still what the profile holds: no event counted, no day
+    left its window, and a value held exactly when there are partials."""
+    if definition.name in counted:
+        return False
+    if definition.window_days and state and min(state) < oldest_day(now, definition.window_days):
+        return False
+    return True
+
+
+def refresh(
+    profile: profile_pb2.Profile,
+    definitions,
+    states: dict,
+    now: datetime,
+    edits: Edits = UNRECORDED,
+    counted: set[str] | None = None,
+) -> None:
+    """Set every computed trait of `profile` from the states; drop values of deleted definitions.
+    With `counted` (the definitions the new event counted for), a value that cannot have changed
+    is not computed again."""
     names = set()
+    traits = profile.computed_traits
     for definition in definitions:
-        names.add(definition.name)
-        result = value(definition, states.setdefault(definition.name, {}), now)
+        name = definition.name
+        names.add(name)
+        state = states.setdefault(name, {})
+        if counted is not None and (name in traits) == bool(state) and _unchanged(definition, state, counted, now):
+            continue
+        result = value(definition, state, now)
+        current = traits.get(name)
         if result is None:
-            profile.computed_traits.pop(definition.name, None)
-        else:
-            profile.computed_traits[definition.name].CopyFrom(result)
-    for name in [n for n in profile.computed_traits if n not in names]:
-        del profile.computed_traits[name]
-    for name in [n for n in states if n not in names]:
+            if current is not None:
+                edits.entry("computed_traits", name, current)
+                del traits[name]
+        elif current != result:
+            edits.entry("computed_traits", name, current)
+            traits[name].CopyFrom(result)
+    for name in [n for n in traits if n not in names]:
+        edits.entry("computed_traits", name, traits[name])
+        del traits[name]
+    for name in [n for n in states if n not in names and not n.startswith(RESERVED)]:
         del states[name]

@@ -37,8 +37,7 @@ class ConsentChanges:
         async with self.profiles.lock(person):
             applied = await self.store.applied_version(person, cause)
             if applied is not None:  # a redelivery: publish again, in case the crash came first
-                snapshot, profile = await self.profiles._replayed(person, applied)
-                await self.profiles._publish(snapshot, profile)
+                await self.profiles._publish_many([(0, *await self.profiles._replayed(person, applied))], None)
                 return
             latest = await self.store.latest(person)
             if latest is None:

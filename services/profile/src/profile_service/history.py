@@ -8,6 +8,7 @@ rebuilds any version from the nearest full state below it plus the deltas after 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -17,7 +18,6 @@ from mosaic.platform.consent import effective_change
 from mosaic.profile.v1 import profile_pb2
 
 MAPS = ("traits", "identities", "groups", "computed_traits", "daily_counters", "consent")
-SCALARS = ("event_count", "first_seen", "last_seen")
 # A plain enum, not a message: "unset" is its zero value.
 JURISDICTION = "jurisdiction"
 CHANGES: dict[int, str] = {
@@ -44,8 +44,8 @@ def consent_value(decision: consent_pb2.ConsentDecision) -> struct_pb2.Value:
 
 
 def _value(field: str, entry) -> struct_pb2.Value:
-    """The value a change shows for one map entry or scalar."""
-    if field in ("traits",):
+    """The value a change shows for one map entry."""
+    if field == "traits":
         return entry.value
     if field == "computed_traits":
         return entry
@@ -55,18 +55,20 @@ def _value(field: str, entry) -> struct_pb2.Value:
         return struct_pb2.Value(struct_value=entry.traits)
     if field == "daily_counters":
         return struct_pb2.Value(number_value=entry.count)
-    if field == "consent":
-        return consent_value(entry)
-    if field == "event_count":
-        return struct_pb2.Value(number_value=entry)
-    return struct_pb2.Value(string_value=entry.ToJsonString())  # timestamps
+    return consent_value(entry)
 
 
-def diff(old: profile_pb2.Profile, new: profile_pb2.Profile) -> list[profile_pb2.FieldChange]:
+def diff(
+    old: profile_pb2.Profile, new: profile_pb2.Profile, paths: Mapping[str, Iterable[str]] | None = None
+) -> list[profile_pb2.FieldChange]:
+    """What differs from `old` to `new`, map entries by key in order, then the scalars. With
+    `paths` (fold.Edits), only those keys of the maps are compared: the rest are the same."""
     changes = []
     for field in MAPS:
+        if paths is not None and field not in paths:
+            continue
         before, after = getattr(old, field), getattr(new, field)
-        for key in sorted(set(before) | set(after)):
+        for key in sorted(paths[field] if paths is not None else set(before) | set(after)):
             if key in before and key in after and before[key] == after[key]:
                 continue
             change = profile_pb2.FieldChange(path=f"{field}.{key}")
@@ -75,16 +77,22 @@ def diff(old: profile_pb2.Profile, new: profile_pb2.Profile) -> list[profile_pb2
             if key in after:
                 change.new_value.CopyFrom(_value(field, after[key]))
             changes.append(change)
-    for field in SCALARS:
-        has_old = field == "event_count" or old.HasField(field)
-        has_new = field == "event_count" or new.HasField(field)
-        if (has_old, getattr(old, field)) == (has_new, getattr(new, field)):
+    if old.event_count != new.event_count:
+        change = profile_pb2.FieldChange(path="event_count")
+        if old.event_count:
+            change.old_value.number_value = old.event_count
+        change.new_value.number_value = new.event_count
+        changes.append(change)
+    for field in ("first_seen", "last_seen"):
+        has_old, has_new = old.HasField(field), new.HasField(field)
+        before, after = getattr(old, field), getattr(new, field)
+        if has_old == has_new and (before.seconds, before.nanos) == (after.seconds, after.nanos):
             continue
         change = profile_pb2.FieldChange(path=field)
-        if has_old and (field != "event_count" or old.event_count):
-            change.old_value.CopyFrom(_value(field, getattr(old, field)))
+        if has_old:
+            change.old_value.string_value = before.ToJsonString()
         if has_new:
-            change.new_value.CopyFrom(_value(field, getattr(new, field)))
+            change.new_value.string_value = after.ToJsonString()
         changes.append(change)
     if old.jurisdiction != new.jurisdiction:
         change = profile_pb2.FieldChange(path=JURISDICTION)

@@ -72,8 +72,13 @@ def combine(into: profile_pb2.Profile, other: profile_pb2.Profile, rules: FoldRu
 
 
 def combine_states(into: dict, other: dict) -> None:
-    """Add the computed-trait partials of `other` to `into`: exact for every aggregation."""
+    """Add the computed-trait partials of `other` to `into`: exact for every aggregation. The
+    reserved keys of `into` go (`other`'s counters were pruned by their own day)."""
+    for name in [n for n in into if n.startswith(computed.RESERVED)]:
+        del into[name]
     for name, buckets in other.items():
+        if name.startswith(computed.RESERVED):
+            continue
         target = into.setdefault(name, {})
         for bucket, part in buckets.items():
             mine = target.get(bucket)
@@ -111,8 +116,7 @@ class MergeHandler:
         async with self.profiles.lock(survivor):
             applied = await self.store.applied_version(survivor, merge.merge_id)
             if applied is not None:
-                snapshot, profile = await self.profiles._replayed(survivor, applied)
-                await self.profiles._publish(snapshot, profile)
+                await self.profiles._publish_many([(0, *await self.profiles._replayed(survivor, applied))], None)
                 return
             latest = await self.store.latest(survivor)
             erased = await self.store.erased([survivor, *merge.merged_profile_ids])

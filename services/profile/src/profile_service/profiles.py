@@ -27,11 +27,13 @@ from mosaic.profile.v1 import profile_pb2
 from profile_service import computed, history
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
-from profile_service.fold import FoldRules, event_key, event_name, fold
+from profile_service.fold import Edits, FoldRules, event_key, event_name, fold, oldest_day
 from profile_service.purposes import TraitPurposes, Withheld, consent_of
 from profile_service.store import MARKER_TTL, Change, Latest, ProfileStore, StoredSnapshot
 
 log = logging.getLogger("mosaic.profile")
+# Kept in a profile's aggregates: the first day its counters held when last pruned.
+PRUNED = f"{computed.RESERVED}counters_from"
 
 
 class DefinitionCatalog:
@@ -71,9 +73,8 @@ def _only(contexts: list[Context | None], chosen: list[tuple]) -> list[Context |
 
 
 def _now() -> timestamp_pb2.Timestamp:
-    now = timestamp_pb2.Timestamp()
-    now.GetCurrentTime()
-    return now
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
 class Profiles:
@@ -140,7 +141,7 @@ class Profiles:
         by_profile: dict[str, list[int]] = {}
         for index, (resolved, _) in enumerate(batch):
             by_profile.setdefault(resolved.profile_id, []).append(index)
-        published: list[tuple[int, profile_pb2.Snapshot, profile_pb2.Profile]] = []
+        published: list[tuple[int, profile_pb2.Snapshot, bytes]] = []
         forwarded: list[tuple[int, str]] = []
         async with contextlib.AsyncExitStack() as locks:
             for profile_id in sorted(by_profile):  # one order for everyone who takes several
@@ -161,7 +162,7 @@ class Profiles:
                 latest = heads.get(profile_id) or Latest(profile_pb2.Profile(profile_id=profile_id))
                 change = Change(latest, marker_ttl=MARKER_TTL)  # event markers expire once no redelivery can come
                 states = json.loads(latest.aggregates)
-                folded: dict[str, tuple[profile_pb2.Snapshot, profile_pb2.Profile]] = {}
+                folded: dict[str, tuple[profile_pb2.Snapshot, bytes]] = {}
                 for index in indexes:
                     resolved = batch[index][0]
                     key = event_key(resolved.event)
@@ -197,32 +198,39 @@ class Profiles:
             results[index] = snapshot
         return results
 
-    def _fold(
-        self, resolved, change: Change, states: dict, definitions
-    ) -> tuple[profile_pb2.Snapshot, profile_pb2.Profile]:
-        """Fold one event into `change` (its latest and states, in place); no I/O."""
+    def _fold(self, resolved, change: Change, states: dict, definitions) -> tuple[profile_pb2.Snapshot, bytes]:
+        """Fold one event into `change` (its latest and states, in place); no I/O. The latest
+        profile is the batch's own copy, read from the store, so it is folded in place (a failed
+        write leaves nothing behind: the cache is put only after it), and the changes come from
+        what the fold wrote. Gives the snapshot and its profile.updated message."""
         event = resolved.event
-        old, profile = change.latest.profile, profile_pb2.Profile()
-        profile.CopyFrom(old)  # the cached copy stays as it is until the write succeeds
+        profile = change.latest.profile
+        edits = Edits(profile)
         now = datetime.now(timezone.utc)
-        fold(profile, resolved, self.rules, now)
-        for definition in definitions:
-            computed.update(definition, states.setdefault(definition.name, {}), event)
-        computed.refresh(profile, definitions, states, now)
+        # Counters leave the retention only when the day changes: pruned once a day, not per event.
+        oldest = oldest_day(now, self.rules.counter_days)
+        fold(profile, resolved, self.rules, now, edits, prune=states.get(PRUNED) != oldest)
+        states[PRUNED] = oldest
+        name = event_name(event)
+        counted = {
+            d.name for d in definitions if d.event == name and computed.update(d, states.setdefault(d.name, {}), event)
+        }
+        computed.refresh(profile, definitions, states, now, edits, counted)
         # Archived (and new identifiers indexed) with the change: a backfill or a split reads the
         # archive for every applied event.
-        change.archived.append((resolved, event_name(event)))
+        change.archived.append((resolved, name))
         change.identifiers.extend(
-            (identity.type, identity.value) for key, identity in profile.identities.items() if key not in old.identities
+            (identity.type, identity.value)
+            for identity in (profile.identities[key] for key in edits.added("identities"))
         )
-        snapshot, full = self._snapshot(old, profile, event_key(event))
+        snapshot, full = self._snapshot(edits.before, profile, event_key(event), edits.paths)
         change.snapshots.append(StoredSnapshot(snapshot, full))
-        change.latest = Latest(profile)
-        return snapshot, profile
+        return snapshot, self._updated(snapshot, profile)
 
-    def _snapshot(self, old, profile, cause: str) -> tuple[profile_pb2.Snapshot, bool]:
+    def _snapshot(self, old, profile, cause: str, paths=None) -> tuple[profile_pb2.Snapshot, bool]:
+        """The next version's snapshot (`profile` gets its number); `paths`, as in history.diff."""
         profile.version = old.version + 1
-        changes = history.diff(old, profile)
+        changes = history.diff(old, profile, paths)
         full = profile.version == 1 or profile.version % self.settings.full_every == 0
         snapshot = profile_pb2.Snapshot(
             profile_id=profile.profile_id,
@@ -246,31 +254,35 @@ class Profiles:
         """A redelivered event: its change is stored (the marker is written with the state);
         give back what to publish again, in case the crash came before the publish."""
         [stored] = await self.store.snapshots(profile_id, version, version)
-        return stored.snapshot, await self.at_version(profile_id, version)
+        return stored.snapshot, self._updated(stored.snapshot, await self.at_version(profile_id, version))
+
+    def _updated(self, snapshot: profile_pb2.Snapshot, profile: profile_pb2.Profile) -> bytes:
+        """The profile.updated message of a version: what a read would give, withheld by the
+        consent the profile keeps (purposes.py)."""
+        changes, traits = self.purposes.of_profile(profile).update(snapshot.changes, profile)
+        update = profile_updated_pb2.ProfileUpdated(
+            profile_id=snapshot.profile_id,
+            version=snapshot.version,
+            changes=changes,
+            traits=traits,
+            cause_message_id=snapshot.cause_message_id,
+            updated_at=snapshot.recorded_at,
+        )
+        for name, value in profile.computed_traits.items():
+            update.traits.fields[name].CopyFrom(value)
+        return update.SerializeToString()
 
     async def _publish(self, snapshot: profile_pb2.Snapshot, profile: profile_pb2.Profile) -> None:
-        await self._publish_many([(0, snapshot, profile)], None)
+        await self._publish_many([(0, snapshot, self._updated(snapshot, profile))], None)
 
     async def _publish_many(self, published, contexts: list[Context | None] | None) -> None:
-        # Published again on redelivery too (a crash may have come before the first publish);
-        # the message id makes JetStream drop the copy.
-        # What a read would give: withheld by the consent the profile keeps (purposes.py).
-        messages = []
-        for _, snapshot, profile in published:
-            changes, traits = self.purposes.of_profile(profile).update(snapshot.changes, profile)
-            update = profile_updated_pb2.ProfileUpdated(
-                profile_id=snapshot.profile_id,
-                version=snapshot.version,
-                changes=changes,
-                traits=traits,
-                cause_message_id=snapshot.cause_message_id,
-                updated_at=snapshot.recorded_at,
-            )
-            for name, value in profile.computed_traits.items():
-                update.traits.fields[name].CopyFrom(value)
-            messages.append(
-                (snapshot.profile_id, update.SerializeToString(), f"{snapshot.profile_id}:{snapshot.version}")
-            )
+        """Publish (index, snapshot, profile.updated bytes) entries. Published again on redelivery
+        too (a crash may have come before the first publish); the message id makes JetStream
+        drop the copy."""
+        messages = [
+            (snapshot.profile_id, message, f"{snapshot.profile_id}:{snapshot.version}")
+            for _, snapshot, message in published
+        ]
         await self.bus.publish_many(topics.PROFILE_UPDATED, messages, contexts=contexts)
 
     async def at_version(self, profile_id: str, version: int) -> profile_pb2.Profile:
