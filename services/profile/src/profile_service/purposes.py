@@ -66,6 +66,8 @@ class TraitPurposes:
 
     def of_profile(self, profile: profile_pb2.Profile, now_us: int | None = None) -> Withheld:
         """What the consent a profile keeps withholds."""
+        if not self:
+            return Withheld(self, frozenset())  # no trait is marked: nothing to read the consent for
         return self.of(consent_of(profile), now_us)
 
 
