@@ -12,8 +12,10 @@ profiles (1,000,000 by default) with realistic traits and 90 days of daily count
    profile.updated handler end to end (state moved, segments reading the change evaluated,
    transitions stored in SQLite and published on a fresh nats-server), one update at a time (the
    consumer's fallback) and 64 at a time (a fetched batch): updates per second and latency per
-   call; and the whole service fed 2,000 profile.updated a second, each a transition: p50 and
-   p99 from publish to segment.membership.
+   call; and the whole service, in a process of its own as a deployment runs it (one replica,
+   every partition), fed 2,000 and then 500 profile.updated a second by this process, each a
+   transition: p50 and p99 from publish to segment.membership received, and the service's CPU
+   per update (from /proc, robust to the machine's load, printed beside it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,15 +34,21 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import grpc
+import nats as nats_client
 import numpy as np
 import polars as pl
 from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
+from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
 from mosaic.platform.config import PlatformSettings
 from mosaic.profile.v1 import profile_pb2
 from mosaic.segmentation.v1 import segment_pb2
+from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
+from mosaic.segmentation.v1.segmentation_service_pb2_grpc import SegmentationServiceStub
 from mosaic.testing.nats_server import NatsServer
 from segmentation_service import compiler
 from segmentation_service.catalog import SegmentCatalog
@@ -312,73 +322,163 @@ async def handler_rate(batch: int, count: int = 2000) -> tuple[float, float, flo
     return count / elapsed, statistics.median(latencies), latencies[int(len(latencies) * 0.99)]
 
 
-async def membership_latency(rate: int = 2000, seconds: float = 5.0) -> tuple[int, float, float, float]:
-    """The service consuming profile.updated at `rate`/s, every update a transition: p50 and p99
-    from profile.updated published to segment.membership received, and the rate achieved."""
-    import nats as nats_client
+TICK = os.sysconf("SC_CLK_TCK")
 
-    from mosaic.platform import topics
-    from mosaic.platform.server import Service
-    from segmentation_service.app import build
-    from segmentation_service.config import Settings
 
-    server = NatsServer().start()
-    folder = tempfile.mkdtemp(prefix="bench-seg-")
-    settings = Settings(
-        PlatformSettings.from_env(
-            "segmentation", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": server.url, "MOSAIC_DATA_DIR": folder}
-        ),
-        "",
-        10.0,
-    )
-    service = Service(settings.platform, lambda runtime: build(runtime, settings))
-    await service.start()
-    definition, expression = compiler.definition_of(text='traits.plan = "pro"')
-    store = await open_store(settings.platform)
-    await store.create(
-        segment_pb2.Segment(segment_id="pro", name="pro", definition=definition, expression=expression, revision=1)
-    )
-    await store.close()
-    await asyncio.sleep(6)  # the catalog's cache (5 s) sees the segment
-    sent: dict[tuple[str, int], float] = {}
-    latencies: list[float] = []
-    watcher = await nats_client.connect(server.url)
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user and system), from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
-    async def received(msg) -> None:
-        change = segment_membership_pb2.SegmentMembershipChanged.FromString(msg.data)
-        begun = sent.get((change.profile_id, change.profile_version))
+
+def start_service(nats_url: str, folder: str) -> tuple[subprocess.Popen, int]:
+    """The segmentation service as a deployment runs it: a process of its own (one replica,
+    every partition); its gRPC port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "MOSAIC_AUTH": "off",
+        "MOSAIC_NATS_URL": nats_url,
+        "MOSAIC_DATA_DIR": folder,
+        "MOSAIC_GRPC_PORT": str(port),
+        "MOSAIC_GRACE_SECONDS": "1",
+        "MOSAIC_LOG_LEVEL": "WARNING",
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+    with open(os.path.join(folder, "segmentation.log"), "w") as log:  # the child keeps its own copy
+        process = subprocess.Popen([sys.executable, "-m", "segmentation_service"], env=env, stdout=log, stderr=log)
+    return process, port
+
+
+async def wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("the segmentation service did not start")
+
+
+class Feed:
+    """The bench's side, in this process: profile.updated published on its own connection and
+    segment.membership watched on another, each update's latency from its publish to the
+    membership change it caused."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.sent: dict[tuple[str, int], float] = {}
+        self.latencies: list[float] = []
+        self.versions: dict[str, int] = {}
+
+    def received(self, change: segment_membership_pb2.SegmentMembershipChanged) -> None:
+        begun = self.sent.pop((change.profile_id, change.profile_version), None)
         if begun is not None:
-            latencies.append((time.perf_counter() - begun) * 1000)
+            self.latencies.append((time.perf_counter() - begun) * 1000)
 
-    await watcher.subscribe(topics.SEGMENT_MEMBERSHIP.wildcard, cb=received)
-    assert service.runtime is not None  # started
-    bus = service.runtime.bus
-    total, tick, people = int(rate * seconds), 0.05, 2000
-    per_tick = int(rate * tick)
-    started = time.perf_counter()
-    for first in range(0, total, per_tick):
+    async def publish(self, profile_ids: list[str]) -> None:
+        """The next version of each profile, moving it in or out of "pro"."""
         batch = []
-        for i in range(first, min(total, first + per_tick)):
-            pid, version = f"q{i % people}", i // people + 1
+        for pid in profile_ids:
+            version = self.versions[pid] = self.versions.get(pid, 0) + 1
             update = profile_updated_pb2.ProfileUpdated(profile_id=pid, version=version)
             update.changes.add(
-                path="traits.plan", new_value=struct_pb2.Value(string_value=("pro", "free")[version % 2 == 0])
+                path="traits.plan", new_value=struct_pb2.Value(string_value=("free", "pro")[version % 2])
             )
             batch.append((pid, update.SerializeToString(), f"{pid}:{version}"))
-            sent[(pid, version)] = time.perf_counter()
-        await bus.publish_many(topics.PROFILE_UPDATED, batch)
-        await asyncio.sleep(max(0.0, started + (first + per_tick) / rate - time.perf_counter()))
-    deadline = time.perf_counter() + 60
-    while len(latencies) < total and time.perf_counter() < deadline:
-        await asyncio.sleep(0.1)
-    elapsed = time.perf_counter() - started
-    await watcher.close()
-    await service.stop()
-    server.close()
-    latencies.sort()
-    if not latencies:
-        return 0, 0.0, 0.0, 0.0
-    return len(latencies), len(latencies) / elapsed, statistics.median(latencies), latencies[int(len(latencies) * 0.99)]
+            self.sent[(pid, version)] = time.perf_counter()
+        await self.bus.publish_many(topics.PROFILE_UPDATED, batch)
+
+
+async def membership_latency(
+    rates: tuple[int, ...], seconds: float = 5.0
+) -> list[tuple[int, int, float, float, float, float, float]]:
+    """The service, in a process of its own, consuming profile.updated at each rate, every
+    update a transition: for each, how many were received and at what rate, p50 and p99 from
+    profile.updated published to segment.membership received, and the service's CPU per update."""
+    server = NatsServer().start()
+    folder = tempfile.mkdtemp(prefix="bench-seg-")
+    process, port = start_service(server.url, folder)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    bus = await Bus.connect(server.url, "bench", 8)
+    watcher = await nats_client.connect(server.url)
+    results = []
+    try:
+        await wait_serving(channel, process)
+        definition, _ = compiler.definition_of(text='traits.plan = "pro"')
+        await SegmentationServiceStub(channel).CreateSegment(
+            pb.CreateSegmentRequest(segment=segment_pb2.Segment(segment_id="pro", name="pro", definition=definition))
+        )
+        feed = Feed(bus)
+
+        async def received(msg) -> None:
+            feed.received(segment_membership_pb2.SegmentMembershipChanged.FromString(msg.data))
+
+        await watcher.subscribe(topics.SEGMENT_MEMBERSHIP.wildcard, cb=received)
+        # Until a profile of each partition moves: the leases are held and the catalog has the segment.
+        probes = {topics.partition_of(f"probe{i}", 8): f"probe{i}" for i in range(200)}
+        deadline = time.monotonic() + 60
+        while True:
+            feed.sent.clear()
+            await feed.publish(sorted(probes.values()))
+            await asyncio.sleep(1.0)
+            if not feed.sent:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service publishes no segment.membership")
+        feed.latencies.clear()
+        cpu = cpu_seconds(process.pid)
+        await asyncio.sleep(3.0)
+        idle = (cpu_seconds(process.pid) - cpu) / 3.0
+        print(f"the service (its own process) idle: {idle * 100:.1f}% of a core", flush=True)
+        people = 2000
+        for rate in rates:
+            tick = 0.05
+            total, per_tick = int(rate * seconds), int(rate * tick)
+            load = os.getloadavg()[0]
+            cpu = cpu_seconds(process.pid)
+            started = time.perf_counter()
+            for first in range(0, total, per_tick):
+                await feed.publish([f"q{i % people}" for i in range(first, min(total, first + per_tick))])
+                await asyncio.sleep(max(0.0, started + (first + per_tick) / rate - time.perf_counter()))
+            deadline = time.perf_counter() + 60
+            while len(feed.latencies) < total and time.perf_counter() < deadline:
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - started
+            used = cpu_seconds(process.pid) - cpu
+            latencies = sorted(feed.latencies)
+            feed.latencies.clear()
+            feed.sent.clear()
+            if not latencies:
+                results.append((rate, 0, 0.0, 0.0, 0.0, 0.0, load))
+                continue
+            results.append(
+                (
+                    rate,
+                    len(latencies),
+                    len(latencies) / elapsed,
+                    statistics.median(latencies),
+                    latencies[int(len(latencies) * 0.99)],
+                    used * 1e6 / total,
+                    (load + os.getloadavg()[0]) / 2,
+                )
+            )
+            await asyncio.sleep(1.0)  # the service idle between rates
+    finally:
+        await watcher.close()
+        await bus.close()
+        await channel.close()
+        process.terminate()
+        process.wait()
+        server.close()
+    return results
 
 
 async def main() -> None:
@@ -440,9 +540,9 @@ async def main() -> None:
             f"profile.updated handler end to end (SQLite store, real nats-server, 5 segments), {batch} at a time:"
             f" {rate:,.0f} updates/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms per call"
         )
-    for offered in (2000, 500):
-        count, achieved, p50, p99 = await membership_latency(offered)
+    for rate, count, achieved, p50, p99, cpu_us, load in await membership_latency((2000, 500)):
         print(
-            f"the service fed {offered:,} profile.updated/s, each a transition: {count:,} received at {achieved:,.0f}/s;"
-            f" profile.updated published -> segment.membership received p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+            f"the service (its own process) fed {rate:,} profile.updated/s, each a transition: {count:,} received"
+            f" at {achieved:,.0f}/s; profile.updated published -> segment.membership received p50 {p50:.1f} ms,"
+            f" p99 {p99:.1f} ms; the service's CPU {cpu_us:.0f} us an update (load {load:.1f})"
         )

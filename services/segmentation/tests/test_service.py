@@ -10,7 +10,8 @@ from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from mosaic.events.v1 import identity_changed_pb2, profile_updated_pb2
+from mosaic.consent.v1 import privacy_pb2
+from mosaic.events.v1 import identity_changed_pb2, privacy_request_pb2, profile_updated_pb2
 from mosaic.platform import topics
 from mosaic.platform.server import Service
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2_grpc
@@ -242,3 +243,46 @@ async def test_a_segments_size_is_counted_per_day(make_settings):
             assert violation(caught.value).field == "days"
     finally:
         await service.stop()
+
+
+async def test_an_erasure_takes_the_person_out_of_every_replicas_view(make_settings):
+    service, other = await two_replicas(make_settings)
+    partitions, mine = service.settings.partitions, service.runtime.ownership.owned
+    # The request is consumed on the person's partition, held by the first replica; a profile
+    # merged into the person lives on the other's partition, in the other's view.
+    person = next(f"a{i}" for i in range(100) if topics.partition_of(f"a{i}", partitions) in mine)
+    elsewhere = next(f"b{i}" for i in range(100) if topics.partition_of(f"b{i}", partitions) not in mine)
+    same = topics.partition_of(elsewhere, partitions)
+    kept = next(f"c{i}" for i in range(200) if topics.partition_of(f"c{i}", partitions) == same)
+    try:
+        bus = service.runtime.bus
+        for profile_id in (person, elsewhere, kept):
+            update = profile_updated_pb2.ProfileUpdated(profile_id=profile_id, version=1)
+            update.changes.add(path="traits.n", new_value=struct_pb2.Value(number_value=1))
+            await bus.publish(topics.PROFILE_UPDATED, profile_id, update, f"{profile_id}:1")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+            estimate = lambda: stub.Estimate(pb.EstimateRequest(definition="traits.n = 1", sample_size=100))  # noqa: E731
+            await eventually(lambda: _when(estimate(), lambda a: a.count == 3))
+            request = privacy_request_pb2.PrivacyRequested(
+                request_id="r-1",
+                kind=privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE,
+                person_id=person,
+                profile_ids=[person, elsewhere],
+            )
+            await bus.publish(topics.PRIVACY_REQUESTED, person, request, "r-1")
+            answer = await eventually(lambda: _when(estimate(), lambda a: a.count == 1))
+            assert list(answer.sample) == [kept] and answer.population == 1
+            # An update of an erased profile still on its way (consumed after the erasure) does
+            # not bring it back.
+            late = profile_updated_pb2.ProfileUpdated(profile_id=elsewhere, version=2)
+            late.changes.add(path="traits.n", new_value=struct_pb2.Value(number_value=1))
+            await bus.publish(topics.PROFILE_UPDATED, elsewhere, late, f"{elsewhere}:2")
+            marker = profile_updated_pb2.ProfileUpdated(profile_id=kept, version=2)
+            marker.changes.add(path="traits.n", new_value=struct_pb2.Value(number_value=2))
+            await bus.publish(topics.PROFILE_UPDATED, kept, marker, f"{kept}:2")  # same partition, after it
+            answer = await eventually(lambda: _when(estimate(), lambda a: a.count == 0))
+            assert answer.population == 1
+    finally:
+        await service.stop()
+        await other.stop()

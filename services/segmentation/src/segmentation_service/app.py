@@ -67,5 +67,6 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.bus.consume(topics.IDENTITY_SPLIT, memberships.split)
     await runtime.bus.listen(topics.IDENTITY_MERGED, memberships.heard_merge)
     await runtime.bus.listen(topics.IDENTITY_SPLIT, memberships.heard_split)
-    privacy = SegmentationPrivacy(store, platform.partitions)
+    await runtime.bus.listen(topics.PRIVACY_REQUESTED, memberships.heard_privacy)
+    privacy = SegmentationPrivacy(store, platform.partitions, view)
     Participant("segmentation", runtime.bus, privacy.export, privacy.erase).start()

@@ -29,6 +29,7 @@ import numpy as np
 
 from mosaic.consent.v1 import consent_pb2
 from mosaic.platform.consent import Policy
+from mosaic.platform.lru import Lru
 from mosaic.platform.topics import partition_of
 from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service.evaluate import COUNTER_DAYS, DEFAULT_POLICY, literal_value, pattern, window_days
@@ -38,6 +39,7 @@ from segmentation_service.state import DAY, ProfileState, time_of
 Op = SimpleNamespace(**dict(pb.Operator.items()))
 DAY_SLOTS = 96
 COUNT_MAX = np.iinfo(np.uint16).max
+ERASED_KEPT = 100_000  # erased profile ids remembered, so a late update does not bring one back
 
 
 @overload
@@ -163,6 +165,7 @@ class ColumnarView:
         self.identities: dict[str, np.ndarray] = {}
         self.consent: dict[str, np.ndarray] = {}
         self.jurisdiction = np.zeros(capacity, np.int8)
+        self.erased: Lru[str, bool] = Lru(ERASED_KEPT)
 
     def __len__(self) -> int:
         return int(self.alive[: len(self.ids)].sum())
@@ -205,7 +208,9 @@ class ColumnarView:
         return row
 
     def put(self, state: ProfileState, now: float, alive: bool = True) -> None:
-        """Store the state as the profile's row (replacing what it held)."""
+        """Store the state as the profile's row (replacing what it held); an erased profile stays out."""
+        if state.profile_id in self.erased:
+            return
         fresh = state.profile_id not in self.rows
         row = self._row(state.profile_id)
         if not fresh:  # a new row (or a freed one, cleared by remove) holds nothing yet
@@ -300,14 +305,23 @@ class ColumnarView:
             self.alive[row] = alive
 
     def remove(self, profile_id: str) -> None:
-        row = self.rows.pop(profile_id, None)
+        row = self.rows.get(profile_id)
         if row is None:
             return
-        self.put(ProfileState(profile_id), 0.0, alive=False)
+        self.put(ProfileState(profile_id), 0.0, alive=False)  # cleared in place, for the next to take
         self.timer[row] = 0
         self.rows.pop(profile_id, None)
         self.ids[row] = None
         self.free.append(row)
+
+    def erase(self, profile_ids: list[str]) -> int:
+        """Remove erased profiles' rows, and keep them out from now on; how many rows there were."""
+        held = [profile_id for profile_id in profile_ids if profile_id in self.rows]
+        for profile_id in held:
+            self.remove(profile_id)
+        for profile_id in profile_ids:
+            self.erased.put(profile_id, True)
+        return len(held)
 
     def forget(self, partitions: frozenset[int]) -> int:
         """Remove the rows of partitions handed over to another replica; returns how many."""

@@ -28,7 +28,8 @@ from google.protobuf import timestamp_pb2
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from mosaic.events.v1 import identity_changed_pb2, profile_updated_pb2, segment_membership_pb2
+from mosaic.consent.v1 import privacy_pb2
+from mosaic.events.v1 import identity_changed_pb2, privacy_request_pb2, profile_updated_pb2, segment_membership_pb2
 from mosaic.platform import metrics, topics
 from mosaic.platform.bus import Bus, Delivery
 from mosaic.platform.errors import InvalidArgument
@@ -62,6 +63,11 @@ class Followed:
     bucket: int | None = None  # its next timer, stored with the batch
     context: Context | None = None  # the trace of its last update, for what was pending
     transitions: list[Publish] = field(default_factory=list)
+
+
+def erased_profiles(request: privacy_request_pb2.PrivacyRequested) -> list[str]:
+    """The profiles a privacy request names: the person's and the profiles merged into it."""
+    return list(dict.fromkeys(p for p in [request.person_id, *request.profile_ids] if p))
 
 
 class Memberships:
@@ -121,7 +127,10 @@ class Memberships:
                 raise InvalidArgument("profile_id", "is required")
             if update.version < 1:
                 raise InvalidArgument("version", "must be at least 1 (versions start at 1)")
-            by_profile.setdefault(update.profile_id, []).append((update, delivery))
+            if update.profile_id not in self.view.erased:  # a late update of an erased profile: dropped
+                by_profile.setdefault(update.profile_id, []).append((update, delivery))
+        if not by_profile:
+            return
         async with self._locked(by_profile):
             segments = await self.catalog.all()
             decided, pending = await self.store.decisions({pid: self.partition(pid) for pid in by_profile})
@@ -312,6 +321,13 @@ class Memberships:
         stop counting at once, wherever the survivor's partition is consumed."""
         for profile_id in merge.merged_profile_ids:
             self.view.set_alive(profile_id, False)
+
+    def heard_privacy(self, request: privacy_request_pb2.PrivacyRequested) -> None:
+        """Every replica hears every privacy request (Bus.listen): an erasure's profiles leave the
+        view of whichever replica holds them at once, so Estimate no longer counts or samples them
+        (the replica consuming the request's partition erases the stored rows)."""
+        if request.kind == privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE:
+            self.view.erase(erased_profiles(request))
 
     def heard_split(self, split: identity_changed_pb2.IdentitySplit) -> None:
         """And every split: the restored profiles of its own view are evaluated again here."""

@@ -9,17 +9,16 @@ from __future__ import annotations
 from mosaic.events.v1 import privacy_request_pb2
 from mosaic.platform.privacy import Answer
 from mosaic.platform.topics import partition_of
+from segmentation_service.columns import ColumnarView
+from segmentation_service.membership import erased_profiles as _profiles
 from segmentation_service.store import SegmentStore
 
 
-def _profiles(request: privacy_request_pb2.PrivacyRequested) -> list[str]:
-    return list(dict.fromkeys(p for p in [request.person_id, *request.profile_ids] if p))
-
-
 class SegmentationPrivacy:
-    def __init__(self, store: SegmentStore, partitions: int) -> None:
+    def __init__(self, store: SegmentStore, partitions: int, view: ColumnarView | None = None) -> None:
         self.db = store.db  # the same statements run on both backends
         self.partitions = partitions
+        self.view = view  # this replica's; the others' heard the request (Memberships.heard_privacy)
 
     async def _memberships(self, profile_id: str) -> list[dict]:
         rows = await self.db.execute(
@@ -36,6 +35,8 @@ class SegmentationPrivacy:
 
     async def erase(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
         removed = {"segmentation_memberships": 0, "segmentation_transitions": 0, "segmentation_timers": 0}
+        if self.view is not None:  # a redelivery after a missed notice, or the notice still to come
+            self.view.erase(_profiles(request))
         for profile_id in _profiles(request):
             partition = partition_of(profile_id, self.partitions)
             memberships = await self._memberships(profile_id)

@@ -1,0 +1,46 @@
+"""The columnar view's rows: removed, forgotten by partition and erased. Pure logic."""
+
+from mosaic.platform.topics import partition_of
+from segmentation_service import compiler
+from segmentation_service.columns import ColumnarView
+from segmentation_service.state import ProfileState
+
+PRO = compiler.definition_of(text='traits.plan = "pro"')[1]
+
+
+def view_of(*profile_ids: str) -> ColumnarView:
+    view = ColumnarView(8)
+    for profile_id in profile_ids:
+        view.put(ProfileState(profile_id, 1, {"plan": "pro"}), 0.0)
+    return view
+
+
+def matching(view: ColumnarView) -> list[str]:
+    return view.profile_ids(view.evaluate(PRO, 0.0))
+
+
+def test_a_removed_row_no_longer_counts_and_its_row_is_taken_by_the_next():
+    view = view_of("a", "b")
+    view.remove("a")
+    assert (len(view), matching(view), "a" in view) == (1, ["b"], False)
+    view.put(ProfileState("c", 1, {"plan": "free"}), 0.0)
+    assert (len(view), matching(view), len(view.ids)) == (2, ["b"], 2)  # c took a's row, cleared
+
+
+def test_forgetting_partitions_drops_their_rows_from_counts_and_samples():
+    ids = [f"p{i}" for i in range(40)]
+    view = view_of(*ids)
+    handed = frozenset({0, 1, 2, 3})
+    gone = view.forget(handed)
+    assert gone > 0 and len(view) == 40 - gone
+    assert sorted(matching(view)) == sorted(pid for pid in ids if partition_of(pid, 8) not in handed)
+    assert None not in matching(view)
+
+
+def test_an_erased_profile_leaves_the_view_and_is_not_put_back():
+    view = view_of("a", "b")
+    assert view.erase(["a", "never-seen"]) == 1
+    assert (len(view), matching(view)) == (1, ["b"])
+    view.put(ProfileState("a", 2, {"plan": "pro"}), 0.0)  # a late update
+    view.put(ProfileState("never-seen", 1, {"plan": "pro"}), 0.0)
+    assert (len(view), matching(view)) == (1, ["b"])
