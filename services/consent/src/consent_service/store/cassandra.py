@@ -385,7 +385,7 @@ class CassandraConsentStore(Repository, ConsentStore):
         return entries[:limit]
 
     async def outbox_done(self, message_ids: list[str]) -> None:
-        statements = []
+        statements: list[tuple[str, tuple]] = []
         for m in message_ids:
             if (where := self._written.pop(m, None)) is not None:
                 statements.append(
