@@ -183,16 +183,16 @@ async def run(store_name: str, label: str, events, todo: list[event_pb2.Event]) 
             await events.resolve(event)
             latencies.append(time.perf_counter() - begun)
 
-    begun = time.perf_counter()
+    begun, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(partition() for _ in range(CONCURRENCY)))
     await events.sightings.flush()  # the run's writes behind count in its time
-    elapsed = time.perf_counter() - begun
+    elapsed, cpu = time.perf_counter() - begun, time.process_time() - cpu
     latencies.sort()
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
     print(
         f"{store_name} ({label}): {len(todo):,} events in {elapsed:.1f} s = {len(todo) / elapsed:,.0f} events/s"
         f" per replica ({CONCURRENCY} at a time); latency p50 {p(0.50):.2f} ms, p99 {p(0.99):.2f} ms,"
-        f" mean {statistics.fmean(latencies) * 1000:.2f} ms",
+        f" mean {statistics.fmean(latencies) * 1000:.2f} ms; CPU {cpu / len(todo) * 1e6:,.0f} µs per event",
         flush=True,
     )
 

@@ -4,21 +4,26 @@ the receipt lists the identifiers for suppression."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
-from identity_service.app import build
+from identity_service.app import build, components
 from identity_service.config import Settings
-from identity_service.store import open_store
+from identity_service.erasures import Erasures
+from identity_service.privacy import IdentityPrivacy
+from identity_service.resolver import Erased, Resolver, profile_id_for
+from identity_service.store import Claim, Member, open_store
 from mosaic.consent.v1 import privacy_pb2
-from mosaic.events.v1 import event_pb2, privacy_request_pb2
+from mosaic.events.v1 import event_pb2, privacy_request_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2, identity_service_pb2_grpc
 from mosaic.identity.v1 import identity_service_pb2 as pb
 from mosaic.platform import topics
 from mosaic.platform.privacy import merge_parts
 from mosaic.platform.server import Service
 from mosaic.testing.plugin import eventually
-from mosaic.testing.scan import rows_mentioning
+from mosaic.testing.scan import messages_mentioning, rows_mentioning
 
 
 @pytest.fixture(params=["embedded", "cassandra"])
@@ -121,3 +126,154 @@ async def test_a_merged_person_is_exported_then_erased_and_no_table_names_them(s
 
 async def same(service, profile_id: str) -> bool:
     return await lookup(service, "user_id", "ada") == profile_id == await lookup(service, "anonymous_id", "anon-ada")
+
+
+class Resolved:
+    """The events.resolved messages published, by event id."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}  # event id → profile id
+
+    async def listen(self, service) -> None:
+        async def on_message(msg) -> None:
+            message = resolved_pb2.ResolvedEvent.FromString(msg.data)
+            self.seen[message.event.message_id] = message.profile_id
+
+        await service.runtime.bus._nc.subscribe(topics.EVENTS_RESOLVED.wildcard, cb=on_message)
+
+
+async def erased_dora(service, receipts: Receipts, resolved: Resolved) -> str:
+    """Dora (a user id, an e-mail, a device's anonymous id) resolved, then erased; her profile id."""
+    await send(service, event("dora-1", user_id="dora", email="dora@example.com", anonymous_id="anon-dora"))
+    dora = await eventually(lambda: resolved.seen.get("dora-1"))
+    await ask(service, "erase-dora", privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, dora)
+    await eventually(lambda: receipts.final("erase-dora"))
+    return dora
+
+
+async def test_an_event_for_an_erased_identifier_after_the_erasure_makes_no_profile_and_stays_dropped(service):
+    receipts, resolved = Receipts(), Resolved()
+    await receipts.listen(service)
+    await resolved.listen(service)
+    await send(service, event("gus-1", user_id="gus"))
+    gus = await eventually(lambda: lookup(service, "user_id", "gus"))
+    await erased_dora(service, receipts, resolved)
+    bus = service.runtime.bus
+    # After identity's part, before ingestion suppresses it: the device's anonymous id alone
+    # (it would make a new profile), and with a known person's id (it would join Gus).
+    late = event("late-dora-device", anonymous_id="anon-dora")
+    shared = event("late-dora-shared", user_id="gus", anonymous_id="anon-dora")
+    await bus.publish(topics.EVENTS_RAW, "anon-dora", late, "late-dora-device")
+    await bus.publish(topics.EVENTS_RAW, "anon-dora", shared, "late-dora-shared")
+    await bus.publish(topics.EVENTS_RAW, "anon-dora", late, "late-dora-device-again")  # redelivered
+    # A never-erased new identifier, after them on their key, resolves as ever; once it has,
+    # they were handled.
+    await bus.publish(topics.EVENTS_RAW, "anon-dora", event("carol-1", anonymous_id="anon-carol"), "carol-1")
+    carol = await eventually(lambda: resolved.seen.get("carol-1"))
+    assert await lookup(service, "anonymous_id", "anon-carol") == carol
+    assert carol not in (gus, profile_id_for("late-dora-device"))
+    assert "late-dora-device" not in resolved.seen and "late-dora-shared" not in resolved.seen
+    assert await lookup(service, "anonymous_id", "anon-dora") == ""
+    assert await lookup(service, "user_id", "gus") == gus
+    # Nor is either left in events.raw, naming the person.
+    await eventually(lambda: _none_left(service, ["late-dora-"]))
+    store = await open_store(service.settings)
+    try:
+        assert await rows_mentioning(store.db, ["anon-dora", profile_id_for("late-dora-device")]) == []
+        assert await rows_mentioning(store.db, [carol])
+    finally:
+        await store.close()
+
+
+async def _none_left(service, needles: list[str]) -> bool:
+    return await messages_mentioning(service.settings.nats_url, needles) == []
+
+
+@pytest.fixture
+async def parts(store_settings):
+    """Identity's parts on one store (each backend), without the bus."""
+    store = await open_store(store_settings)
+    settings = Settings(store_settings)
+    resolver, rules, events = components(store, settings)
+    yield store, resolver, rules, IdentityPrivacy(store, resolver, events.sightings)
+    await store.close()
+
+
+def _identifiers(**kinds: str) -> list[identity_pb2.Identifier]:
+    return [identity_pb2.Identifier(type=t, value=v) for t, v in kinds.items()]
+
+
+async def test_a_claim_made_while_the_erasure_runs_is_removed_by_it(parts):
+    store, resolver, rules, privacy = parts
+    rules = await rules.get()
+    erin = (await resolver.resolve(_identifiers(user_id="erin"), rules, event_id="erin-1", at=1)).profile_id
+
+    # Two resolutions in flight as the erasure reads Erin's identifiers: each had written its
+    # member row, and claims once the erasure has read the claims, before its tombstones: too
+    # early to see them, too late to be among the claims it removes.
+    newcomer = profile_id_for("in-flight")
+    await store.add_members(erin, [Member("anonymous_id", "anon-erin", 2, "erin-2", "web")])
+    await store.add_members(erin, [Member("anonymous_id", "anon-tab", 2, "erin-3", "web")])
+
+    async def claims_in_flight() -> None:
+        await store.claim(("anonymous_id", "anon-erin"), Claim(erin, "erin-2", 2, "web"))
+        await store.claim(("anonymous_id", "anon-tab"), Claim(newcomer, "in-flight", 2, "web"))
+        await store.add_members(newcomer, [Member("anonymous_id", "anon-tab", 2, "in-flight", "web")])
+
+    privacy.resolver.erasures = Erasures(BeforeTombstones(store, claims_in_flight))
+    request = privacy_request_pb2.PrivacyRequested(request_id="erase-erin", person_id=erin)
+    answer = await privacy.erase(request)
+
+    assert await store.claims([("user_id", "erin"), ("anonymous_id", "anon-erin"), ("anonymous_id", "anon-tab")]) == {}
+    assert answer.counts["identity_claims"] == 3
+    assert (await store.members([newcomer]))[newcomer] == []
+    assert await rows_mentioning(store.db, ["anon-erin", "anon-tab", "\terin"]) == []
+
+
+class BeforeTombstones:
+    """A store whose tombstones are written just after `before` runs (an interleaving)."""
+
+    def __init__(self, store, before) -> None:
+        self._store = store
+        self._before = before
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    async def record_erasures(self, hashes, at: int) -> None:
+        await self._before()
+        await self._store.record_erasures(hashes, at)
+
+
+async def test_resolutions_racing_the_erasure_leave_no_claim_and_no_new_profile(parts):
+    store, resolver, rules, privacy = parts
+    rules = await rules.get()
+    fay = (
+        await resolver.resolve(_identifiers(user_id="fay", anonymous_id="anon-fay"), rules, event_id="fay-1", at=1)
+    ).profile_id
+    request = privacy_request_pb2.PrivacyRequested(request_id="erase-fay", person_id=fay)
+
+    async def late(n: int) -> str:
+        replica = Resolver(store)  # a replica whose caches do not hold her
+        try:
+            return (
+                await replica.resolve(_identifiers(anonymous_id="anon-fay"), rules, event_id=f"late-{n}", at=9)
+            ).profile_id
+        except Erased:
+            return "dropped"
+
+    async def partition() -> list[str]:  # events of one key, in order, as one partition runs them
+        found = []
+        for n in range(20):
+            await asyncio.sleep(0.001)  # spread over the erasure's steps
+            found.append(await late(n))
+        return found
+
+    _, found = await asyncio.gather(privacy.erase(request), partition())
+    found.append(await late(20))  # and one after it
+    # Before the claims went, an event still found Fay (her profile id, which the profile
+    # service drops as erased); after, none made a profile.
+    assert set(found) <= {fay, "dropped"} and found[-1] == "dropped"
+    assert await store.claims([("anonymous_id", "anon-fay")]) == {}
+    assert await store.profiles([profile_id_for(f"late-{n}") for n in range(21)]) == {}
+    assert await rows_mentioning(store.db, ["anon-fay", "\tfay"]) == []

@@ -10,13 +10,14 @@ or the identifier, so a replay rewrites them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from opentelemetry import trace
 
 from identity_service import identifiers as ids
 from identity_service.outbox import Outbox
-from identity_service.resolver import Resolution, Resolver, now_ms
+from identity_service.resolver import Erased, Resolution, Resolver, now_ms
 from identity_service.rules import Rules, RulesCache
 from identity_service.sightings import Sightings
 from identity_service.store import Link
@@ -25,6 +26,8 @@ from mosaic.identity.v1 import identity_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
 from mosaic.platform.errors import InvalidArgument
+
+log = logging.getLogger("identity.events")
 
 
 @dataclass
@@ -118,7 +121,8 @@ def _event_time(event: event_pb2.Event) -> int:
 class RawEventHandler:
     """events.raw → resolve → events.resolved (keyed by profile id), then merges published; a
     fetched batch at once (`batch`: one publish for all), or one event at a time when the bus
-    falls back to that."""
+    falls back to that. An event that would claim an identifier of an erased person is dropped
+    and securely deleted from events.raw (see erasures)."""
 
     def __init__(self, events: EventResolver, bus: Bus, outbox: Outbox) -> None:
         self.events = events
@@ -134,23 +138,36 @@ class RawEventHandler:
         for index, (_, delivery) in enumerate(items):
             by_key.setdefault(delivery.key, []).append(index)
         found: list[Resolved | None] = [None] * len(items)
+        erased: list[int] = []
 
         async def resolve_in_order(indexes: list[int]) -> None:
             for index in indexes:
-                found[index] = await self.events.resolve(items[index][0])
+                try:
+                    found[index] = await self.events.resolve(items[index][0])
+                except Erased:
+                    erased.append(index)
 
         await asyncio.gather(*(resolve_in_order(indexes) for indexes in by_key.values()))
-        resolved = [r for r in found if r is not None]
-        if any(r.resolution.merges for r in resolved):
+        if any(r.resolution.merges for r in found if r is not None):
             # identity.merged goes out before the events that caused it, so the profile service
             # folds the merged profiles first; a crash here leaves it in the outbox.
             await self.outbox.drain()
-        contexts = [delivery.trace_context for _, delivery in items]
+        kept = [(event, delivery, r) for (event, delivery), r in zip(items, found, strict=True) if r is not None]
+        contexts = [delivery.trace_context for _, delivery, _ in kept]
         messages = []
-        for (event, _), context, r in zip(items, contexts, resolved, strict=True):
+        for (event, _, r), context in zip(kept, contexts, strict=True):
             trace.get_current_span(context).set_attribute("mosaic.profile.id", r.profile_id)
             message = resolved_pb2.ResolvedEvent(profile_id=r.profile_id, event=event, identifiers=r.identifiers)
             messages.append((r.profile_id, message.SerializeToString(), event.message_id))
-        await self.bus.publish_many(
-            topics.EVENTS_RESOLVED, messages, contexts=contexts if any(c is not None for c in contexts) else None
-        )
+        if messages:
+            await self.bus.publish_many(
+                topics.EVENTS_RESOLVED, messages, contexts=contexts if any(c is not None for c in contexts) else None
+            )
+        for index in erased:
+            # An event of an erased person, dropped: nor is it left in the stream naming them
+            # (only this message: others of its key may be someone else's, waiting their turn).
+            delivery = items[index][1]
+            trace.get_current_span(delivery.trace_context).add_event("event of an erased person dropped")
+            await self.bus.erase(topics.EVENTS_RAW, delivery.stream_sequence)
+        if erased:
+            log.info("dropped events of erased people", extra={"fields": {"events": len(erased)}})

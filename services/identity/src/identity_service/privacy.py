@@ -2,10 +2,12 @@
 profiles, identifiers, merge history and conflicts, exported or erased.
 
 The person is every profile the request names plus those the graph joins to them (children
-merged into a survivor, the survivor of a merged profile). Erasure removes the claims the
-person holds (an identifier another profile claims is left alone), the profile rows, members,
-children, merge records, conflicts, sightings and the recorded links the dry run replays that
-name an identifier of the person (a scan of the link history: its cost grows with it). Pending
+merged into a survivor, the survivor of a merged profile). Erasure first keeps a tombstone per
+identifier of the person (erasures.py: an event naming one from now on is dropped), then
+removes the claims the person holds (an identifier another profile claims is left alone), the
+profile rows, members, children, merge records, conflicts, sightings and the recorded links the
+dry run replays that name an identifier of the person (a scan of the link history: its cost
+grows with it), and last the claims of the person's identifiers made meanwhile. Pending
 sightings are flushed first, so none is written back after; the resolver's caches forget the
 person. The erasure receipt lists the identifiers, so consent can suppress them at ingestion.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
-from identity_service.resolver import Resolver
+from identity_service.resolver import Resolver, now_ms
 from identity_service.sightings import Sightings
 from identity_service.store import IdentityStore, Key, decode_keys
 from mosaic.events.v1 import privacy_request_pb2
@@ -91,17 +93,34 @@ class IdentityPrivacy:
         members = await self.store.members(profiles)
         keys: set[Key] = {(m.id_type, m.id_value) for ms in members.values() for m in ms}
         claims = await self.store.claims(sorted(keys))
-        claimed = sorted(key for key, claim in claims.items() if claim.profile_id in profiles)
+        # The person's identifiers: those they claim, or nobody does yet (a claim in flight); one
+        # another profile claims is someone else's and left alone.
+        theirs = sorted(k for k in keys if k not in claims or claims[k].profile_id in profiles)
+        claimed = [(key, claims[key].profile_id) for key in theirs if key in claims]
+        # First the tombstones: from now on, a new claim of these is undone by its claimer.
+        await self.resolver.erasures.record(theirs, now_ms())
         merge_ids = sorted({r.merge_id for p in profiles for r in await self.store.merges_of(p)})
         if isinstance(self.store.db, CassandraStore):
             counts = await self._erase_cassandra(profiles, claimed, merge_ids, keys)
         else:
             counts = await self._erase_sqlite(profiles, claimed, merge_ids, keys)
+        if profiles:
+            counts["identity_claims"] += await self._unclaim_since(theirs)
         self.resolver.root_cache.forget(profiles)
-        for key in keys:
-            self.resolver._claims.pop(key)  # claims are cached as never changing: these just did
+        self.resolver.forget_claims(keys)
         identifiers = [identity_pb2.Identifier(type=t, value=v) for t, v in sorted(keys)]
         return Answer(counts, identifiers=identifiers)
+
+    async def _unclaim_since(self, keys: list[Key]) -> int:
+        """Remove the claims of the person's identifiers made while the erasure ran, by a
+        resolver that read the tombstones before they were written (see erasures), whichever
+        profile made them (one of the person's still resolving an event, or a new one)."""
+        removed = 0
+        for key, claim in (await self.store.claims(keys)).items():
+            if await self.store.unclaim(key, claim.profile_id):
+                await self.store.remove_member(claim.profile_id, key)
+                removed += 1
+        return removed
 
     async def _erase_sqlite(self, profiles, claimed, merge_ids, keys) -> dict[str, int]:
         marks = ",".join("?" * len(profiles))
@@ -109,7 +128,8 @@ class IdentityPrivacy:
         def work(db) -> dict[str, int]:
             counts = {
                 "identity_claims": db.executemany(
-                    "DELETE FROM identity_claims WHERE id_type = ? AND id_value = ?", claimed
+                    "DELETE FROM identity_claims WHERE id_type = ? AND id_value = ? AND profile_id = ?",
+                    [(*key, profile_id) for key, profile_id in claimed],
                 ).rowcount
                 if claimed
                 else 0
@@ -146,12 +166,12 @@ class IdentityPrivacy:
         db: CassandraStore = self.store.db
         members = await self.store.members(profiles)
         counts = {
-            "identity_claims": len(claimed),
+            "identity_claims": sum([await self.store.unclaim(key, profile_id) for key, profile_id in claimed]),
             "identity_members": sum(len(m) for m in members.values()),
             "identity_profiles": len(await self.store.profiles(profiles)),
             "identity_merges": len(merge_ids),
         }
-        statements = [("DELETE FROM identity_claims WHERE id_type = ? AND id_value = ?", key) for key in claimed]
+        statements: list[tuple[str, tuple]] = []
         for profile_id in profiles:
             for table in (
                 "identity_members",

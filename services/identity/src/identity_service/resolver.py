@@ -26,6 +26,12 @@ now seeing the winner's component, as if it had come second. Records derived fro
 written before the merge's LWT with ids a replay computes again, and readers trust them only
 when the profile row agrees, so a crash at any point leaves nothing a redelivery cannot finish.
 
+Identifiers never seen are checked against the tombstones of erased people (erasures.py)
+before they are claimed, and again once claimed, for an erasure running meanwhile: on a hit the
+event's claims and members, and the profile made for it, are undone and `Erased` raised, so its
+handler drops it. (A replica that dies between a claim and its second read, while an erasure
+of that identifier runs, leaves the claim, which the redelivered event then resolves by.)
+
 What this guarantees: every change is decided under the locks of all the components it
 touches, so a concurrent run is equivalent to a serial run in the order the locks admitted the
 changes. Where the rules make the outcome depend on order (two user ids reaching for one
@@ -51,6 +57,7 @@ import tenacity
 from google.protobuf import timestamp_pb2
 
 from identity_service import graph
+from identity_service.erasures import Erasures
 from identity_service.graph import Component, Plan
 from identity_service.rules import Rules
 from identity_service.store import Claim, IdentityStore, Key, Member, OutboxEntry
@@ -87,6 +94,14 @@ class Resolution:
 
 class Retry(Exception):
     """The state moved under us (a lock is held, a root was merged, a claim was lost)."""
+
+
+class Erased(Exception):
+    """The event names an identifier of an erased person: nothing of it is kept (see erasures)."""
+
+    def __init__(self, keys: list[Key]) -> None:
+        super().__init__(f"{len(keys)} identifier(s) of an erased person")
+        self.keys = keys
 
 
 def _contended() -> tenacity.AsyncRetrying:
@@ -157,13 +172,18 @@ class Resolver:
         lease_seconds: float = 15.0,
         claim_cache: int = 200_000,
         root_cache: RootCache | None = None,
+        erasures: Erasures | None = None,
     ) -> None:
         self.store = store
+        self.erasures = erasures or Erasures(store)
         self.lease_ms = int(lease_seconds * 1000)
         self._token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._attempts = itertools.count()
-        # Claims never change once written, so a cache of them is never stale.
+        # Claims never change once written, so a cache of them is never stale, but for an
+        # erasure's: `forget_claims` counts those, and a claim read or made across one is not
+        # cached (it could put back what the erasure just forgot).
         self._claims: Lru[Key, Claim] = Lru(claim_cache)
+        self._forgotten = 0
         self.root_cache = root_cache or RootCache()
         self.retries = 0  # decisions redone because the state moved under them (contention)
 
@@ -173,11 +193,19 @@ class Resolver:
         found = {k: claim for k in keys if (claim := self._claims.get(k)) is not None}
         missing = [k for k in keys if k not in found]
         if missing:
+            forgotten = self._forgotten
             fetched = await self.store.claims(missing)
-            for k, claim in fetched.items():
-                self._claims.put(k, claim)
+            if forgotten == self._forgotten:
+                for k, claim in fetched.items():
+                    self._claims.put(k, claim)
             found.update(fetched)
         return found
+
+    def forget_claims(self, keys) -> None:
+        """Drop these claims from the cache: an erasure removed them."""
+        self._forgotten += 1
+        for key in keys:
+            self._claims.pop(key)
 
     def home_of(self, key: Key) -> str | None:
         """The home profile of an identifier this replica has resolved lately (None: not cached)."""
@@ -263,6 +291,8 @@ class Resolver:
         key_roots = {k: roots[c.profile_id] for k, c in claims.items()}
         if len(claims) == len(keys) and len(set(key_roots.values())) == 1:
             return Resolution(next(iter(key_roots.values())))
+        if len(claims) < len(keys) and (erased := await self.erasures.erased([k for k in keys if k not in claims])):
+            raise Erased(erased)  # after the erasure: nothing is claimed, nothing made
         try:
             return await self._change(identifiers, roots, key_roots, rules, event_id, at, source, rule)
         except Retry:
@@ -282,6 +312,7 @@ class Resolver:
                 raise Retry()
             components = {r: await self.component(r) for r in locked}
             plan = graph.decide(identifiers, key_roots, components, rules)
+            created = plan.survivor is None
             if plan.survivor is None:
                 if not plan.link:  # decide never does this: the first profile found always joins
                     raise InvalidArgument("event", "no identifier could be linked")
@@ -292,7 +323,13 @@ class Resolver:
             survivor = plan.survivor
             # Claims first: they are the one step an outsider can make fail, and failing now
             # leaves no merge behind that a serial run would not have made.
-            await self._link(survivor, plan.link, event_id, at, source)
+            try:
+                await self._link(survivor, plan.link, event_id, at, source)
+            except Erased:
+                if created:  # the profile was made for this event alone: it goes with it
+                    await self.store.delete_locked(survivor, holder)
+                    locked.remove(survivor)
+                raise
             merges = []
             for loser, identifier in plan.merged:
                 merges.append(
@@ -319,13 +356,23 @@ class Resolver:
         over-counts (the safe side of a limit) until the redelivered event claims it.
         """
         keys = [(i.type, i.value) for i in identifiers]
+        forgotten = self._forgotten
         await self.store.add_members(survivor, [Member(t, v, at, event_id, source) for t, v in keys])
         won = await asyncio.gather(*(self.store.claim(k, Claim(survivor, event_id, at, source)) for k in keys))
-        lost = []
-        for key, claim in zip(keys, won, strict=False):
-            self._claims.put(key, claim)
-            if claim.profile_id != survivor:
-                lost.append(key)
+        lost = [key for key, claim in zip(keys, won, strict=True) if claim.profile_id != survivor]
+        mine = [key for key in keys if key not in lost]
+        # The tombstones read again, after the claims, for an erasure running meanwhile (see
+        # erasures); lost ones too: the winner may be a claim of an erased identifier that its
+        # maker is about to undo, which a retry would take as the identifier's home.
+        if erased := await self.erasures.erased(keys):
+            for key in mine:
+                await self.store.unclaim(key, survivor)
+            for key in keys:
+                await self.store.remove_member(survivor, key)
+            raise Erased(erased)
+        if forgotten == self._forgotten:
+            for key, claim in zip(keys, won, strict=True):
+                self._claims.put(key, claim)
         if lost:
             for key in lost:
                 await self.store.remove_member(survivor, key)

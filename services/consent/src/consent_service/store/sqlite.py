@@ -268,6 +268,7 @@ class SqliteConsentStore(Repository, ConsentStore):
         await self.db.transaction(write)
 
     async def outbox_pending(self, limit: int = 500) -> list[OutboxEntry]:
+        # In write order (rowid): a person's notices go out in the order they were written.
         rows = await self.db.execute(
             "SELECT message_id, topic, key, payload FROM consent_outbox ORDER BY rowid LIMIT ?", (limit,)
         )

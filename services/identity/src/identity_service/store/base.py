@@ -3,7 +3,8 @@
 Tables, and who may write them (never LWT and plain writes on the same rows):
 
 - claims: identifier → its home profile. Written once, by LWT (`IF NOT EXISTS`); never
-  changed, so it is also safe to cache for ever.
+  changed, so it is also safe to cache for ever; removed only for an erased person, by LWT too
+  (`IF profile_id = ?`).
 - profiles: one row per profile: first sighting, `merged_into` (empty for a root), the lock
   (holder, lease) and the profiles it must never be merged with again. Every write is an LWT
   conditioned on the lock holder or on `merged_into`: this row is the single writer of its
@@ -12,6 +13,8 @@ Tables, and who may write them (never LWT and plain writes on the same rows):
   unlinked, last-seen, links (the history the dry run replays), outbox: plain writes, each
   idempotent (keyed by ids that a replay computes again).
 - rules: one row, written by LWT on its version (compare-and-set).
+- erasures (a keyed hash per erased identifier, plain writes, never changed) and settings
+  (the key of those hashes, written once by LWT).
 """
 
 from __future__ import annotations
@@ -31,6 +34,18 @@ class IdentityStore(Protocol):
     async def claim(self, key: Key, claim: Claim) -> Claim:
         """Claim the identifier unless claimed; returns the claim that holds."""
 
+    async def unclaim(self, key: Key, profile_id: str) -> bool:
+        """Remove the identifier's claim if `profile_id` holds it (an erasure's, or a claim of
+        an erased identifier undone); False when it holds none."""
+
+    # erasures: tombstones of erased identifiers (keyed hashes, see erasures.py), kept for good
+    async def record_erasures(self, hashes: Sequence[str], at: int) -> None: ...
+    async def erased(self, hashes: Sequence[str]) -> set[str]:
+        """Those of `hashes` with a tombstone."""
+
+    async def setting(self, name: str, proposed: str) -> str:
+        """The stored value of a setting; `proposed` is stored first when there is none."""
+
     # profiles (every write conditional)
     async def profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileRow]: ...
     async def create_locked(
@@ -42,6 +57,9 @@ class IdentityStore(Protocol):
         Returns (True, "") when taken; else (False, merged_into), merged_into being "" when
         another holder has it and None when the profile has no row.
         """
+
+    async def delete_locked(self, profile_id: str, holder: str) -> bool:
+        """Remove the row of a profile locked by `holder` (one an erased identifier created)."""
 
     async def unlock(self, profile_id: str, holder: str) -> None: ...
     async def merge_into(self, profile_id: str, survivor: str, merge_id: str, holder: str) -> bool:

@@ -1,4 +1,4 @@
-"""The identity store on Cassandra: prepared statements; LWT on claims, profiles and rules only."""
+"""The identity store on Cassandra: prepared statements; LWT on claims, profiles, rules and settings only."""
 
 from __future__ import annotations
 
@@ -66,6 +66,15 @@ MIGRATIONS = [
             "DROP TABLE IF EXISTS identity_seen",
         ),
     ),
+    # Tombstones of erased identifiers (a keyed hash each, kept for good) and the key, written
+    # once by LWT.
+    Migration(
+        4,
+        (
+            "CREATE TABLE IF NOT EXISTS identity_erasures (id_hash text PRIMARY KEY, erased_at bigint)",
+            "CREATE TABLE IF NOT EXISTS identity_settings (name text PRIMARY KEY, value text)",
+        ),
+    ),
 ]
 
 _PROFILE = "SELECT profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge FROM identity_profiles"
@@ -110,6 +119,31 @@ class CassandraIdentityStore(Repository, IdentityStore):
         )
         return claim if applied else _claim(row)
 
+    async def unclaim(self, key: Key, profile_id: str) -> bool:
+        # An LWT, as the claim was: a plain delete's timestamp could shadow a later claim's.
+        applied, _ = await self.db.execute_lwt(
+            "DELETE FROM identity_claims WHERE id_type = ? AND id_value = ? IF profile_id = ?", (*key, profile_id)
+        )
+        return applied
+
+    async def record_erasures(self, hashes: Sequence[str], at: int) -> None:
+        await asyncio.gather(
+            *(
+                self.db.execute("INSERT INTO identity_erasures (id_hash, erased_at) VALUES (?, ?)", (h, at))
+                for h in hashes
+            )
+        )
+
+    async def erased(self, hashes: Sequence[str]) -> set[str]:
+        rows = await self.db.execute("SELECT id_hash FROM identity_erasures WHERE id_hash IN ?", (list(hashes),))
+        return {row.id_hash for row in rows}
+
+    async def setting(self, name: str, proposed: str) -> str:
+        applied, row = await self.db.execute_lwt(
+            "INSERT INTO identity_settings (name, value) VALUES (?, ?) IF NOT EXISTS", (name, proposed)
+        )
+        return proposed if applied else row.value
+
     async def profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileRow]:
         rows = await asyncio.gather(*(self.db.execute(f"{_PROFILE} WHERE profile_id = ?", (p,)) for p in profile_ids))
         return {found[0].profile_id: _profile(found[0]) for found in rows if found}
@@ -134,6 +168,12 @@ class CassandraIdentityStore(Repository, IdentityStore):
             return True, ""
         # A failed condition returns the columns it read; none at all when the row is missing.
         return False, getattr(row, "merged_into", None)
+
+    async def delete_locked(self, profile_id: str, holder: str) -> bool:
+        applied, _ = await self.db.execute_lwt(
+            "DELETE FROM identity_profiles WHERE profile_id = ? IF holder = ?", (profile_id, holder)
+        )
+        return applied
 
     async def unlock(self, profile_id: str, holder: str) -> None:
         await self.db.execute_lwt(

@@ -54,6 +54,13 @@ MIGRATIONS = [
             "DROP TABLE identity_seen",
         ),
     ),
+    Migration(
+        4,
+        (
+            "CREATE TABLE identity_erasures (id_hash TEXT PRIMARY KEY, erased_ms INTEGER)",
+            "CREATE TABLE identity_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        ),
+    ),
 ]
 
 _PROFILE = "SELECT profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge FROM identity_profiles"
@@ -91,6 +98,30 @@ class SqliteIdentityStore(Repository, IdentityStore):
 
         return await self.db.transaction(work)
 
+    async def unclaim(self, key: Key, profile_id: str) -> bool:
+        return await self._changed(
+            "DELETE FROM identity_claims WHERE id_type = ? AND id_value = ? AND profile_id = ?", (*key, profile_id)
+        )
+
+    async def record_erasures(self, hashes: Sequence[str], at: int) -> None:
+        def work(db):
+            db.executemany("INSERT OR IGNORE INTO identity_erasures VALUES (?, ?)", [(h, at) for h in hashes])
+
+        await self.db.transaction(work)
+
+    async def erased(self, hashes: Sequence[str]) -> set[str]:
+        rows = await self.db.execute(
+            f"SELECT id_hash FROM identity_erasures WHERE id_hash IN ({', '.join('?' * len(hashes))})", tuple(hashes)
+        )
+        return {row[0] for row in rows}
+
+    async def setting(self, name: str, proposed: str) -> str:
+        def work(db) -> str:
+            db.execute("INSERT OR IGNORE INTO identity_settings VALUES (?, ?)", (name, proposed))
+            return db.execute("SELECT value FROM identity_settings WHERE name = ?", (name,)).fetchone()[0]
+
+        return await self.db.transaction(work)
+
     async def profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileRow]:
         def work(db):
             found = {}
@@ -124,6 +155,11 @@ class SqliteIdentityStore(Repository, IdentityStore):
             return False, row[0] if row else None
 
         return await self.db.transaction(work)
+
+    async def delete_locked(self, profile_id: str, holder: str) -> bool:
+        return await self._changed(
+            "DELETE FROM identity_profiles WHERE profile_id = ? AND holder = ?", (profile_id, holder)
+        )
 
     async def unlock(self, profile_id: str, holder: str) -> None:
         await self._changed(
