@@ -227,21 +227,21 @@ class Consumer:
         items: list[tuple[Any, Delivery]] = []
         spans = []
         for msg in messages:
-            delivery = self._delivery(msg)
             try:
                 payload = topic.message.FromString(msg.data)
             except DecodeError as error:
-                await self._carry_out(msg, self._decide(self._unparsable(error), delivery), started)
+                await self._carry_out(msg, self._decide(self._unparsable(error), self._delivery(msg)), started)
                 continue
             span = tracer.start_span(
                 messaging_spans.process_name(topic.name),
                 context=propagate.extract(msg.headers or {}),
                 kind=trace.SpanKind.CONSUMER,
             )
+            delivery = self._delivery(msg, trace.set_span_in_context(span))  # one Delivery per message
             messaging_spans.processed(span, topic.name, self.service, delivery.message_id, self.partition)
             spans.append(span)
             kept.append(msg)
-            items.append((payload, dataclasses.replace(delivery, trace_context=trace.set_span_in_context(span))))
+            items.append((payload, delivery))
         if not kept:
             return
         try:
@@ -271,7 +271,7 @@ class Consumer:
             for msg in kept:
                 self._measure(msg, "ack", seconds)
 
-    def _delivery(self, msg: Msg) -> Delivery:
+    def _delivery(self, msg: Msg, trace_context: Context | None = None) -> Delivery:
         meta = msg.metadata
         headers = msg.headers or {}
         return Delivery(
@@ -281,6 +281,7 @@ class Consumer:
             num_delivered=meta.num_delivered,
             message_id=headers.get("Nats-Msg-Id", ""),
             key=headers.get(KEY_HEADER, ""),
+            trace_context=trace_context,
         )
 
     async def _process_in_order(self, messages: list[Msg]) -> None:
