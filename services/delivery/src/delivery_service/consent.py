@@ -15,6 +15,7 @@ of the consent service's, more than everything else a webhook delivery does toge
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 
@@ -50,6 +51,10 @@ class Answers:
         self._people: Lru[str, dict[str, tuple[bool, float]]] = Lru(size)
         # Moves on at every drop: an answer asked for before a drop is not kept (it may be older).
         self._epoch = 0
+        # The questions on their way, so that the jobs of one person waiting together (several
+        # destinations or campaigns at once, a replay) ask once rather than once each.
+        # Forgotten at every drop: a question asked before it is not joined after it.
+        self._asking: dict[tuple[str, str], asyncio.Future[bool]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -67,9 +72,26 @@ class Answers:
         answer = self.cached(profile_id, purpose)
         if answer is not None:
             return answer
+        question = (profile_id, purpose)
+        asking = self._asking.get(question)
+        if asking is not None:
+            self.hits += 1
+            return await asyncio.shield(asking)  # one waiter cancelled does not cancel the others
         self.misses += 1
         epoch, asked_at = self._epoch, self.clock()
-        answer = await granted(self.consent, profile_id, purpose)
+        asking = self._asking[question] = asyncio.get_running_loop().create_future()
+        try:
+            answer = await granted(self.consent, profile_id, purpose)
+        except BaseException as error:
+            cancelled = Unavailable("consent", "the job that asked was cancelled")
+            asking.set_exception(error if isinstance(error, Exception) else cancelled)
+            asking.exception()  # retrieved here: there may be no one else waiting
+            raise
+        else:
+            asking.set_result(answer)
+        finally:
+            if self._asking.get(question) is asking:
+                del self._asking[question]
         if self.max_age > 0 and epoch == self._epoch:
             person = self._people.get(profile_id)
             if person is None:
@@ -80,6 +102,7 @@ class Answers:
 
     def drop(self, profile_ids: Iterable[str]) -> None:
         self._epoch += 1
+        self._asking.clear()
         for profile_id in profile_ids:
             self._people.pop(profile_id)
 

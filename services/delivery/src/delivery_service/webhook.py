@@ -62,7 +62,10 @@ class HttpSender:
     def __init__(self, policy: AddressPolicy, concurrency: int, timeout: float, secret: str = "") -> None:
         self._signer = Webhook(secret) if secret else None
         connector = aiohttp.TCPConnector(limit=concurrency, resolver=GuardedResolver(policy), ttl_dns_cache=10)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout))
+        # No cookie jar: a destination's cookies are not sent back to it (nor filtered per request).
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=timeout), cookie_jar=aiohttp.DummyCookieJar()
+        )
 
     async def post(self, url: str, body: bytes, delivery_id: str, headers: dict[str, str]) -> int:
         """POST `body` (JSON); the HTTP status when it was accepted, else Refused or Retryable."""

@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,14 +52,14 @@ from mosaic.platform.errors import Unavailable
 
 log = logging.getLogger("mosaic.delivery.worker")
 tracer = trace.get_tracer("mosaic.delivery.worker")
-Status = delivery_pb2.DeliveryStatus
+Status = delivery_pb2.DeliveryStatus  # its values read as delivery_pb2's constants: the wrapper's getattr is slow
 # A decided delivery's status as the outcome `mosaic.delivery.deliveries` counts it by.
 OUTCOMES = {
-    Status.DELIVERY_STATUS_SENT: "delivered",
-    Status.DELIVERY_STATUS_SUPPRESSED: "suppressed",
-    Status.DELIVERY_STATUS_FAILED: "failed",
-    Status.DELIVERY_STATUS_DEAD_LETTERED: "dead_lettered",
-    Status.DELIVERY_STATUS_DISCARDED: "discarded",
+    delivery_pb2.DELIVERY_STATUS_SENT: "delivered",
+    delivery_pb2.DELIVERY_STATUS_SUPPRESSED: "suppressed",
+    delivery_pb2.DELIVERY_STATUS_FAILED: "failed",
+    delivery_pb2.DELIVERY_STATUS_DEAD_LETTERED: "dead_lettered",
+    delivery_pb2.DELIVERY_STATUS_DISCARDED: "discarded",
 }
 
 
@@ -91,9 +92,8 @@ class _Recorder:
 
 
 def now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)  # GetCurrentTime goes through a datetime
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
 class DestinationWorker:
@@ -298,23 +298,23 @@ class DestinationWorker:
                 if consented is None:
                     return  # stopping while consent could not be asked: the job comes back
                 if not consented[0]:
-                    self._finish(msg, job, attempt, Status.DELIVERY_STATUS_SUPPRESSED, self._withdrawn())
+                    self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_SUPPRESSED, self._withdrawn())
                     return
                 try:
                     detail = await self._send(job)
                 except Refused as error:
                     self.breaker.succeeded()  # it answered: the endpoint is up, the request is not wanted
-                    self._finish(msg, job, attempt, Status.DELIVERY_STATUS_DEAD_LETTERED, str(error), dead=True)
+                    self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_DEAD_LETTERED, str(error), dead=True)
                 except Retryable as error:
                     self.breaker.failed()
                     if attempt >= self.max_attempts:
                         detail = f"{error} (attempt {attempt} of {self.max_attempts})"
-                        self._finish(msg, job, attempt, Status.DELIVERY_STATUS_DEAD_LETTERED, detail, dead=True)
+                        self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_DEAD_LETTERED, detail, dead=True)
                     else:
                         await msg.nak(delay=retry_delay(attempt, error.retry_after, self.retry_base))
                 else:
                     self.breaker.succeeded()
-                    self._finish(msg, job, attempt, Status.DELIVERY_STATUS_SENT, detail)
+                    self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_SENT, detail)
         except Exception:  # noqa: BLE001 - a bug or NATS gone: the job comes back after ack_wait
             log.exception("job on %s not handled", msg.subject)
         finally:
@@ -367,7 +367,7 @@ class DestinationWorker:
             return
         for msg, job, ok in zip(messages, jobs, consented, strict=True):
             if not ok:
-                self._finish(msg, job, attempt, Status.DELIVERY_STATUS_SUPPRESSED, self._withdrawn())
+                self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_SUPPRESSED, self._withdrawn())
         messages = [msg for msg, ok in zip(messages, consented, strict=True) if ok]
         jobs = [job for job, ok in zip(jobs, consented, strict=True) if ok]
         if not jobs:
@@ -391,17 +391,17 @@ class DestinationWorker:
                 done = await self._post_audience(body, jobs, key)
             except Refused as error:
                 self.breaker.succeeded()
-                outcome, detail, dead = Status.DELIVERY_STATUS_DEAD_LETTERED, str(error), True
+                outcome, detail, dead = delivery_pb2.DELIVERY_STATUS_DEAD_LETTERED, str(error), True
             except Retryable as error:
                 self.breaker.failed()
                 if attempt < self.max_attempts:
                     delay = retry_delay(attempt, error.retry_after, self.retry_base)
                     await asyncio.gather(*(msg.nak(delay=delay) for msg in messages))
                     return
-                outcome, detail, dead = Status.DELIVERY_STATUS_DEAD_LETTERED, f"{error} (attempt {attempt})", True
+                outcome, detail, dead = delivery_pb2.DELIVERY_STATUS_DEAD_LETTERED, f"{error} (attempt {attempt})", True
             else:
                 self.breaker.succeeded()
-                outcome, detail, dead = Status.DELIVERY_STATUS_SENT, done, False
+                outcome, detail, dead = delivery_pb2.DELIVERY_STATUS_SENT, done, False
         for msg, job in zip(messages, jobs, strict=False):
             self._finish(msg, job, attempt, outcome, detail, dead)
 
@@ -452,9 +452,19 @@ class DestinationWorker:
                     log.exception("deliveries of %s not recorded", self.destination.destination_id)
                     await asyncio.gather(*(f.msg.nak(delay=1.0) for f in batch), return_exceptions=True)
                     continue
-                await asyncio.gather(*(f.msg.ack() for f in batch), return_exceptions=True)
+                await _ack(batch)
             if self._stopping.is_set() and not self._tasks:
                 return
+
+
+async def _ack(batch: list[_Finished]) -> None:
+    """Ack one after another: each is a publish that does not wait for the server, so a
+    gather would only add a task per job."""
+    for finished in batch:
+        try:
+            await finished.msg.ack()
+        except Exception:  # noqa: BLE001 - not acked: the job comes back after ack_wait, sent with its key
+            log.warning("job on %s not acked", finished.msg.subject, exc_info=True)
 
 
 async def _always() -> bool:
