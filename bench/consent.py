@@ -19,17 +19,14 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import _process
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc
 from mosaic.consent.v1 import consent_service_pb2 as pb
 from mosaic.testing.nats_server import NatsServer
@@ -43,32 +40,8 @@ ERASE_EVENTS = int(os.environ.get("BENCH_CONSENT_ERASE_EVENTS", "10000"))
 ERASE_SNAPSHOTS = int(os.environ.get("BENCH_CONSENT_ERASE_SNAPSHOTS", "1000"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def percentile(samples: list[float], share: float) -> float:
     return samples[min(len(samples) - 1, int(len(samples) * share))]
-
-
-async def wait_serving(channel: grpc.aio.Channel) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    for _ in range(200):
-        try:
-            if (await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)).status == 1:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("consent service did not start")
 
 
 async def load(stub, open_loop: bool) -> tuple[list[float], int]:
@@ -238,23 +211,19 @@ async def erase_time(store_name: str) -> tuple[float, dict[str, int]]:
 
 async def main() -> None:
     nats = NatsServer().start()
-    port = free_port()
     data = tempfile.mkdtemp(prefix="bench-consent-")
     env = {
-        **os.environ,
         "MOSAIC_NATS_URL": nats.url,
-        "MOSAIC_GRPC_PORT": str(port),
         "MOSAIC_DATA_DIR": data,
         "MOSAIC_STORE": "embedded",
         "OTEL_TRACES_EXPORTER": "none",
         "OTEL_SDK_DISABLED": "true",
         "MOSAIC_LOG_LEVEL": "WARNING",
-        "MOSAIC_AUTH": "off",
     }
-    process = subprocess.Popen([sys.executable, "-m", "consent_service"], env=env)
+    process, port = _process.start_service("consent_service", env, os.path.join(data, "consent.log"))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            await wait_serving(channel)
+            await _process.wait_serving(channel, process, "consent")
             stub = consent_service_pb2_grpc.ConsentServiceStub(channel)
             for i in range(0, PEOPLE, 2):  # half the people decided, half answered by the default
                 await stub.SetConsent(
@@ -270,11 +239,11 @@ async def main() -> None:
                 await stub.CheckConsent(pb.CheckConsentRequest(profile_id=f"p{i}", purpose="marketing"))
                 cold.append((time.perf_counter() - start) * 1000)
             cold.sort()
-            cpu = cpu_seconds(process.pid)
+            cpu = _process.cpu_seconds(process.pid)
             paced, paced_writes = await load(stub, open_loop=True)
-            paced_cpu, cpu = cpu_seconds(process.pid) - cpu, cpu_seconds(process.pid)
+            paced_cpu, cpu = _process.cpu_seconds(process.pid) - cpu, _process.cpu_seconds(process.pid)
             closed, writes = await load(stub, open_loop=False)
-            closed_cpu = cpu_seconds(process.pid) - cpu
+            closed_cpu = _process.cpu_seconds(process.pid) - cpu
             base50, base99 = await health_baseline(channel)
         paced.sort()
         closed.sort()

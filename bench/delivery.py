@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,8 +45,8 @@ import time
 import aiohttp
 import grpc
 import nats
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import _process
 from delivery_service.consent import Answers
 from delivery_service.jobs import JobQueue
 from delivery_service.ssrf import AddressPolicy
@@ -70,7 +69,6 @@ ROUNDS = int(os.environ.get("BENCH_DELIVERY_ROUNDS", "2"))
 PEOPLE = int(os.environ.get("BENCH_DELIVERY_PEOPLE", "5000"))
 # MOSAIC_DELIVERY_CONSENT_CACHE_SECONDS of the workers (0: consent asked before every send).
 CONSENT_CACHE = float(os.environ.get("BENCH_DELIVERY_CONSENT_CACHE_SECONDS", "30"))
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def destination(destination_id: str, port: int) -> delivery_pb2.Destination:
@@ -203,7 +201,10 @@ async def scenario(
                 await queue_jobs(js, healthy_id, DRAIN, offset=DRAIN if phase == "again" else 0)
                 start = time.monotonic()
                 cpu = time.process_time()
-                others = {"consent": cpu_seconds(consent_pid), "receiver": cpu_seconds(receivers.process.pid)}
+                others = {
+                    "consent": _process.cpu_seconds(consent_pid),
+                    "receiver": _process.cpu_seconds(receivers.process.pid),
+                }
                 for w in workers:
                     w.start()
                 await wait_for(receivers, DRAIN)
@@ -211,7 +212,7 @@ async def scenario(
                 figures = {"rate": DRAIN / elapsed, "cpu_us": (time.process_time() - cpu) / DRAIN * 1e6}
                 figures["asked"] = answers.misses - asked
                 pids = {"consent": consent_pid, "receiver": receivers.process.pid}
-                figures |= {f"{n}_us": (cpu_seconds(pids[n]) - was) / DRAIN * 1e6 for n, was in others.items()}
+                figures |= {f"{n}_us": (_process.cpu_seconds(pids[n]) - was) / DRAIN * 1e6 for n, was in others.items()}
                 result[phase] = figures
         else:
             for w in workers:
@@ -242,43 +243,15 @@ async def scenario(
     return result
 
 
-def cpu_seconds(pid: int) -> float:
-    """A process's CPU time so far (user and system), from /proc."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def start_consent(nats_url: str, data_dir: str) -> tuple[subprocess.Popen, int]:
     """The consent service as a deployment runs it: a process of its own; its port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {
-        **os.environ,
-        "MOSAIC_AUTH": "off",
         "MOSAIC_NATS_URL": nats_url,
         "MOSAIC_DATA_DIR": os.path.join(data_dir, "consent"),
-        "MOSAIC_GRPC_PORT": str(port),
         "MOSAIC_GRACE_SECONDS": "1",
         "MOSAIC_CONSENT_JURISDICTION": "ccpa",
     }
-    with open(os.path.join(data_dir, "consent.log"), "w") as log:  # the child keeps its own copy
-        return subprocess.Popen([sys.executable, "-m", "consent_service"], env=env, stdout=log, stderr=log), port
-
-
-async def wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError("the consent service did not start")
+    return _process.start_service("consent_service", env, os.path.join(data_dir, "consent.log"))
 
 
 async def main() -> None:
@@ -288,7 +261,7 @@ async def main() -> None:
             process, port = start_consent(server.url, data_dir)
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
             try:
-                await wait_serving(channel, process)
+                await _process.wait_serving(channel, process, "consent")
                 await run(server.url, data_dir, consent_service_pb2_grpc.ConsentServiceStub(channel), process.pid)
             finally:
                 await channel.close()

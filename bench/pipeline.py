@@ -42,6 +42,7 @@ import grpc
 import nats
 from google.protobuf import struct_pb2
 
+from bench import _process
 from mosaic.cli.mesh import Mesh
 from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc, source_pb2
@@ -245,11 +246,6 @@ async def wait_until(check, target: int, timeout: float = 900.0) -> float:
     return time.monotonic()
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -309,7 +305,7 @@ async def main() -> None:
             flush=True,
         )
 
-        cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        cpu = {name: _process.cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
         await send(url, key, traffic, EVENTS)
         ingested = time.monotonic()
@@ -339,7 +335,7 @@ async def main() -> None:
             f"{latencies(acked, observer.updated)}; ack → segment.membership {latencies(acked, observer.memberships)}"
         )
         print("  largest backlog while sending: " + ", ".join(f"{name} {n:,}" for name, n in largest.items()))
-        used = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
+        used = {name: _process.cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
         print(
             "CPU per event: "
             + ", ".join(f"{name} {seconds / sent * 1e6:,.0f} µs" for name, seconds in used.items())

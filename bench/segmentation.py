@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,8 +38,8 @@ import nats as nats_client
 import numpy as np
 import polars as pl
 from google.protobuf import struct_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import _process
 from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
@@ -322,49 +321,17 @@ async def handler_rate(batch: int, count: int = 2000) -> tuple[float, float, flo
     return count / elapsed, statistics.median(latencies), latencies[int(len(latencies) * 0.99)]
 
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """A process's CPU time so far (user and system), from /proc."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def start_service(nats_url: str, folder: str) -> tuple[subprocess.Popen, int]:
     """The segmentation service as a deployment runs it: a process of its own (one replica,
     every partition); its gRPC port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {
-        **os.environ,
-        "MOSAIC_AUTH": "off",
         "MOSAIC_NATS_URL": nats_url,
         "MOSAIC_DATA_DIR": folder,
-        "MOSAIC_GRPC_PORT": str(port),
         "MOSAIC_GRACE_SECONDS": "1",
         "MOSAIC_LOG_LEVEL": "WARNING",
         "OTEL_TRACES_EXPORTER": "none",
     }
-    with open(os.path.join(folder, "segmentation.log"), "w") as log:  # the child keeps its own copy
-        process = subprocess.Popen([sys.executable, "-m", "segmentation_service"], env=env, stdout=log, stderr=log)
-    return process, port
-
-
-async def wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError("the segmentation service did not start")
+    return _process.start_service("segmentation_service", env, os.path.join(folder, "segmentation.log"))
 
 
 class Feed:
@@ -411,7 +378,7 @@ async def membership_latency(
     watcher = await nats_client.connect(server.url)
     results = []
     try:
-        await wait_serving(channel, process)
+        await _process.wait_serving(channel, process, "segmentation")
         definition, _ = compiler.definition_of(text='traits.plan = "pro"')
         await SegmentationServiceStub(channel).CreateSegment(
             pb.CreateSegmentRequest(segment=segment_pb2.Segment(segment_id="pro", name="pro", definition=definition))
@@ -434,16 +401,16 @@ async def membership_latency(
             if time.monotonic() > deadline:
                 raise RuntimeError("the service publishes no segment.membership")
         feed.latencies.clear()
-        cpu = cpu_seconds(process.pid)
+        cpu = _process.cpu_seconds(process.pid)
         await asyncio.sleep(3.0)
-        idle = (cpu_seconds(process.pid) - cpu) / 3.0
+        idle = (_process.cpu_seconds(process.pid) - cpu) / 3.0
         print(f"the service (its own process) idle: {idle * 100:.1f}% of a core", flush=True)
         people = 2000
         for rate in rates:
             tick = 0.05
             total, per_tick = int(rate * seconds), int(rate * tick)
             load = os.getloadavg()[0]
-            cpu = cpu_seconds(process.pid)
+            cpu = _process.cpu_seconds(process.pid)
             started = time.perf_counter()
             for first in range(0, total, per_tick):
                 await feed.publish([f"q{i % people}" for i in range(first, min(total, first + per_tick))])
@@ -452,7 +419,7 @@ async def membership_latency(
             while len(feed.latencies) < total and time.perf_counter() < deadline:
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - started
-            used = cpu_seconds(process.pid) - cpu
+            used = _process.cpu_seconds(process.pid) - cpu
             latencies = sorted(feed.latencies)
             feed.latencies.clear()
             feed.sent.clear()
