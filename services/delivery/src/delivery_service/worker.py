@@ -52,7 +52,8 @@ from mosaic.platform.errors import Unavailable
 
 log = logging.getLogger("mosaic.delivery.worker")
 tracer = trace.get_tracer("mosaic.delivery.worker")
-Status = delivery_pb2.DeliveryStatus  # its values read as delivery_pb2's constants: the wrapper's getattr is slow
+# Status values are read as delivery_pb2's module constants: the enum wrapper's getattr is a Python call.
+Status = delivery_pb2.DeliveryStatus
 # A decided delivery's status as the outcome `mosaic.delivery.deliveries` counts it by.
 OUTCOMES = {
     delivery_pb2.DELIVERY_STATUS_SENT: "delivered",
@@ -178,8 +179,9 @@ class DestinationWorker:
 
         Not one request for everything over 1 s: while the queue is empty, the jobs that trickle
         in would be sent, but the circuit would not be looked at again until the second is
-        over (and a job sent while the circuit is open spends an attempt). A rate-limited destination asks only for the tokens it has, once it has one: its
-        jobs wait for their tokens in the queue, untouched, not past their ack wait here."""
+        over (and a job sent while the circuit is open spends an attempt). A rate-limited
+        destination asks only for the tokens it has, once it has one: its jobs wait for their
+        tokens in the queue, untouched, not past their ack wait here."""
         probe = await self._wait_for_circuit()
         if self._stopping.is_set():
             return

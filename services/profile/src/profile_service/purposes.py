@@ -113,7 +113,7 @@ class Withheld:
         """The changes and traits profile.updated carries for a new version: withheld as a read
         would be, and, when consent changed, every trait of a purpose it touched given again
         (its value, or withheld), so a consumer's copy follows the grant or the withdrawal."""
-        if not self.denied and not self.purposes:  # nothing marked: everything as it is
+        if not self.purposes:  # no trait is marked: everything as it is
             traits = struct_pb2.Struct()
             for name, trait in profile.traits.items():
                 traits.fields[name].CopyFrom(trait.value)
