@@ -17,6 +17,11 @@ person never seen before, the rest from people seen earlier in the run.
 3. CPU seconds per event of each service (/proc/<pid>/stat, over both phases) and resident
    memory (VmRSS) of each, with the profiles the run made.
 
+With BENCH_PROFILES=N, a population comes first: one identify each for N new people (the
+issue's memory target is 1,000,000 profiles), folded and evaluated before the phases above,
+whose known people are then drawn from the whole population, so the caches see a population
+larger than they hold. Its rate and the memory right after it are printed too.
+
 The machine's two cores are shared by the client, nats-server, six services (and Cassandra):
 compare figures only between runs taken in the same conditions.
 Run: `make bench BENCH=pipeline` (or `uv run --frozen python -m bench pipeline`).
@@ -54,6 +59,7 @@ from mosaic.testing.nats_server import NatsServer
 EVENTS = int(os.environ.get("BENCH_EVENTS", "30000"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))
 STORE = os.environ.get("BENCH_STORE", "embedded")
+PROFILES = int(os.environ.get("BENCH_PROFILES", "0"))
 BATCH = 100
 CONNECTIONS = 8
 PIPELINE = ("ingestion", "identity", "profile", "segmentation")
@@ -110,15 +116,30 @@ class Traffic:
             user = self.people[-1]
         else:
             user = r.choice(self.people)
-        base = {"userId": user, "messageId": uuid.uuid4().hex, "timestamp": datetime.now(timezone.utc).isoformat()}
-        kind = r.random()
-        if kind < 0.1:
-            return {
-                **base,
-                "type": "identify",
-                "traits": {"email": f"{user}@example.com", "plan": r.choice(PLANS), "country": r.choice(COUNTRIES)},
-            }
-        if kind < 0.9:
+        kind = r.random()  # 10 % identify, 80 % product views, 10 % orders
+        return self.identify(user) if kind < 0.1 else self.track(user, order=kind >= 0.9)
+
+    def newcomer(self) -> dict:
+        """An identify of a person never seen before (the population phase)."""
+        self.people.append(f"{self.run}-{len(self.people)}")
+        return self.identify(self.people[-1])
+
+    def identify(self, user: str) -> dict:
+        r = self.random
+        return {
+            **self._base(user),
+            "type": "identify",
+            "traits": {"email": f"{user}@example.com", "plan": r.choice(PLANS), "country": r.choice(COUNTRIES)},
+        }
+
+    @staticmethod
+    def _base(user: str) -> dict:
+        return {"userId": user, "messageId": uuid.uuid4().hex, "timestamp": datetime.now(timezone.utc).isoformat()}
+
+    def track(self, user: str, order: bool) -> dict:
+        r = self.random
+        base = self._base(user)
+        if not order:
             return {
                 **base,
                 "type": "track",
@@ -196,7 +217,13 @@ class Observer:
 
 
 async def send(
-    url: str, key: str, traffic: Traffic, events: int | None, rate: float | None = None, seconds: float = 0.0
+    url: str,
+    key: str,
+    traffic: Traffic,
+    events: int | None,
+    rate: float | None = None,
+    seconds: float = 0.0,
+    draw=None,
 ) -> dict[str, float]:
     """Batches of 100 over keep-alive connections: `events` flat out, or at `rate` for `seconds`.
     Returns each event's message id → when its batch was acknowledged."""
@@ -216,7 +243,7 @@ async def send(
                 slot, slots[0] = slots[0], slots[0] + BATCH / rate
                 await asyncio.sleep(max(0.0, slot - time.monotonic()))
             left[0] -= BATCH
-            batch = [traffic.event() for _ in range(BATCH)]
+            batch = [(draw or traffic.event)() for _ in range(BATCH)]
             body = json.dumps({"batch": batch})
             while True:  # as an SDK does: a 429 or 503 is sent again after its Retry-After
                 async with session.post(f"{url}/v1/batch", data=body, headers=auth) as response:
@@ -251,6 +278,16 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def report_memory(mesh: Mesh, profiles: int) -> None:
+    rss = {name: rss_mb(process.pid) for name, process in mesh.processes.items()}
+    print(
+        "resident memory: "
+        + ", ".join(f"{name} {mb:,.0f} MB" for name, mb in rss.items())
+        + f"; {sum(rss.values()):,.0f} MB in all with {profiles:,} profiles",
+        flush=True,
+    )
 
 
 def latencies(acked: dict[str, float], arrived: dict[str, float]) -> str:
@@ -305,12 +342,26 @@ async def main() -> None:
             flush=True,
         )
 
+        populated = 0
+        if PROFILES:
+            started = time.monotonic()
+            await send(url, key, traffic, PROFILES, draw=traffic.newcomer)
+            populated = len(traffic.people)
+            await wait_until(observer.folded, populated, timeout=7200.0)
+            await wait_until(lambda: observer.segmented(partitions), populated, timeout=7200.0)
+            print(
+                f"population: {populated:,} people, one identify each, folded and evaluated at "
+                f"{populated / (time.monotonic() - started):,.0f}/s",
+                flush=True,
+            )
+            report_memory(mesh, populated)
+
         cpu = {name: _process.cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
         await send(url, key, traffic, EVENTS)
         ingested = time.monotonic()
-        folded_at = await wait_until(observer.folded, EVENTS)
-        segmented_at = await wait_until(lambda: observer.segmented(partitions), EVENTS)
+        folded_at = await wait_until(observer.folded, populated + EVENTS)
+        segmented_at = await wait_until(lambda: observer.segmented(partitions), populated + EVENTS)
         fold_rate = EVENTS / (folded_at - started)
         print(
             f"capacity, {EVENTS:,} events ({len(traffic.people):,} people): ingested {EVENTS / (ingested - started):,.0f}/s;"
@@ -341,13 +392,7 @@ async def main() -> None:
             + ", ".join(f"{name} {seconds / sent * 1e6:,.0f} µs" for name, seconds in used.items())
             + f" (total {sum(used.values()) / sent * 1e6:,.0f} µs; {sent:,} events)"
         )
-        rss = {name: rss_mb(process.pid) for name, process in mesh.processes.items()}
-        profiles = len(traffic.people)
-        print(
-            "resident memory: "
-            + ", ".join(f"{name} {mb:,.0f} MB" for name, mb in rss.items())
-            + f"; {sum(rss.values()):,.0f} MB in all with {profiles:,} profiles"
-        )
+        report_memory(mesh, len(traffic.people))
     finally:
         await observer.nc.close() if hasattr(observer, "nc") else None
         mesh.stop()
