@@ -75,8 +75,10 @@ async def test_segments_are_created_read_listed_by_page_updated_and_deleted(stub
     assert got.segment.name == "b"
     first = await stub.ListSegments(pb.ListSegmentsRequest(page_size=2))
     second = await stub.ListSegments(pb.ListSegmentsRequest(page_size=2, page_token=first.next_page_token))
-    assert [s.segment_id for s in first.segments] == ["a", "b"] and [s.segment_id for s in second.segments] == ["c"]
-    assert second.next_page_token == ""
+    # The named RFM segments (rfm-...) are there from the start, after these by id.
+    assert [s.segment_id for s in first.segments] == ["a", "b"]
+    assert [s.segment_id for s in second.segments] == ["c", "rfm-about-to-sleep"]
+    assert second.next_page_token != ""
     await stub.CreateSegment(create("d", 'in segment "a" or has email'))
     updated = await stub.UpdateSegment(
         pb.UpdateSegmentRequest(segment=segment_pb2.Segment(segment_id="a", name="A", definition="is known"))
@@ -128,7 +130,8 @@ async def test_segments_are_managed_from_the_command_line(service, capsys):
     assert await run("segments", "create", "vip", "traits.ltv>1000 and has email", "--name", "VIP") == 0
     assert json.loads(capsys.readouterr().out)["definition"] == "traits.ltv > 1000 and has email"
     assert await run("segments", "list") == 0
-    [listed] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # not a terminal: JSON
+    *named, listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # not a terminal: JSON
+    assert len(named) == 11 and all(s["segmentId"].startswith("rfm-") for s in named)
     assert (listed["segmentId"], listed["name"], listed["definition"]) == (
         "vip",
         "VIP",

@@ -119,3 +119,13 @@ async def test_sizes_are_kept_per_day_and_partition_and_summed(store):
     await store.set_size(sid, "2026-03-31", 1, 3)  # counted again later that day
     assert await store.sizes(sid, "2026-03-30") == {"2026-03-30": 5, "2026-03-31": 9}
     assert await store.sizes(sid, "2026-03-31") == {"2026-03-31": 9}
+
+
+async def test_the_rfm_model_is_one_row_replaced_by_each_recompute(store):
+    model = segment_pb2.RfmModel(generation=3, customers=7, recency_edges=[1, 2, 3, 4])
+    model.computed_at.FromSeconds(1_800_000_000)
+    await store.set_rfm_model(model)
+    assert await store.rfm_model() == model
+    model.generation, model.recency_edges[0] = 4, 0.5
+    await store.set_rfm_model(model)
+    assert await store.rfm_model() == model

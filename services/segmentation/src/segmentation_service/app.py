@@ -18,6 +18,7 @@ from segmentation_service.config import Settings
 from segmentation_service.membership import Memberships
 from segmentation_service.privacy import SegmentationPrivacy
 from segmentation_service.profiles import ProfileReader
+from segmentation_service.scoring import RfmScoring
 from segmentation_service.server import SegmentationServicer
 from segmentation_service.store import open_store
 from segmentation_service.timers import Timers
@@ -30,7 +31,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     store = await open_store(platform)
     runtime.cleanup.push_async_callback(store.close)
     ownership = runtime.ownership
-    catalog = SegmentCatalog(store)
+    catalog = SegmentCatalog(store, traits=settings.rfm_traits)
     view = ColumnarView(platform.partitions, policy=settings.policy)
     reader = ProfileReader(settings.profile_address, platform.security) if settings.profile_address else None
     timers = Timers(store, catalog, ownership, settings.timer_interval)
@@ -54,12 +55,18 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         view.forget(partitions)  # the next holder's view counts them now
 
     ownership.follow(acquired, released)
-    background = [asyncio.create_task(backfiller.run()), asyncio.create_task(timers.run())]
-    runtime.cleanup.push_async_callback(tasks.cancel, *background)
     servicer = SegmentationServicer(
         store, catalog, memberships, backfiller, settings.peers, platform.security, settings.policy
     )
     runtime.cleanup.push_async_callback(servicer.close)
+    scoring = RfmScoring(store, catalog, view, ownership, servicer.peers, settings.rfm_interval, wake=backfiller.wake)
+    await scoring.ready()
+    background = [
+        asyncio.create_task(backfiller.run()),
+        asyncio.create_task(timers.run()),
+        asyncio.create_task(scoring.run()),
+    ]
+    runtime.cleanup.push_async_callback(tasks.cancel, *background)
     segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["SegmentationService"].full_name)
     runtime.bus.consume(topics.PROFILE_UPDATED, memberships.updated, batch_handler=memberships.updated_batch)

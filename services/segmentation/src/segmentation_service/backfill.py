@@ -7,7 +7,8 @@ partitions left.
 The columnar view finds the candidates (profiles whose stored membership differs from what the
 definition says now); each is decided again under its lock by the plain evaluator, which also
 publishes the transition. A segment's revision grows with every change, so a changed
-definition is backfilled again.
+definition is backfilled again; so is a segment reading RFM scores when a recompute moves the
+edges (its backfill revision carries the edges' generation).
 """
 
 from __future__ import annotations
@@ -69,18 +70,19 @@ class Backfiller:
         """Backfill every pending (segment, revision, partition); returns the transitions."""
         changed = 0
         for live in list((await self.catalog.all()).values()):
-            todo = [p for p in sorted(self.ownership.owned) if (live.segment_id, live.revision, p) not in self._done]
+            revision = live.backfill_revision
+            todo = [p for p in sorted(self.ownership.owned) if (live.segment_id, revision, p) not in self._done]
             if not todo:
                 continue
-            done = await self.store.backfilled(live.segment_id, live.revision)
+            done = await self.store.backfilled(live.segment_id, revision)
             for partition in todo:
                 async with self.ownership.working(partition) as held:
                     if not held:
                         continue  # handed over meanwhile: its new holder backfills it
                     if partition not in done:
                         changed += await self._partition(live, partition)
-                        await self.store.set_backfilled(live.segment_id, live.revision, partition)
-                    self._done.add((live.segment_id, live.revision, partition))
+                        await self.store.set_backfilled(live.segment_id, revision, partition)
+                    self._done.add((live.segment_id, revision, partition))
         return changed
 
     async def _partition(self, live: Live, partition: int) -> int:
@@ -90,7 +92,7 @@ class Backfiller:
         members = {pid for pid, _ in await self.store.members(live.segment_id, partition)}
         changed = 0
         for profile_id in sorted(matching ^ members):
-            changed += await self.memberships.reevaluate(profile_id, [live], f"backfill:{live.revision}")
+            changed += await self.memberships.reevaluate(profile_id, [live], f"backfill:{live.tag}")
             await asyncio.sleep(0)  # let live updates through between profiles
         if live.compiled.timed and self.memberships.timers is not None:
             # Every profile may come due for the new definition, not only those it moved.
@@ -104,7 +106,7 @@ class Backfiller:
             extra={
                 "fields": {
                     "segment": live.segment_id,
-                    "revision": live.revision,
+                    "revision": live.tag,
                     "partition": partition,
                     "changed": changed,
                 }

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from mosaic.platform.topics import partition_of
 from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service.evaluate import COUNTER_DAYS, DEFAULT_POLICY, literal_value, pattern, window_days
 from segmentation_service.state import DAY, ProfileState, time_of
+
+if TYPE_CHECKING:
+    from segmentation_service.rfm import RfmTraits
 
 # Plain attributes: an enum wrapper's attribute lookup is slow on the per-profile path.
 Op = SimpleNamespace(**dict(pb.Operator.items()))
@@ -361,6 +364,23 @@ class ColumnarView:
             self.jurisdiction,
         ]
         return sum(a.nbytes for a in arrays) + sum(c.nbytes() for c in self.traits.values())
+
+    def rfm_measures(self, traits: RfmTraits, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(days since the last order, orders, value) of the live customers, as rfm.measures
+        reads one profile."""
+        n = len(self.ids)
+        nothing = np.full(n, np.nan)
+
+        def column(name: str, kind: str) -> np.ndarray:
+            columns = self.traits.get((pb.TRAIT_SOURCE_COMPUTED, (name,)))
+            values = None if columns is None else getattr(columns, kind)
+            return nothing if values is None else values[:n]
+
+        orders, last = column(traits.frequency, "number"), column(traits.recency, "time")
+        value = column(traits.monetary, "number")
+        customers = self.alive[:n] & (orders >= 1) & (last >= 0)  # NaN (none, or not a number) is neither
+        days = np.floor((now - last[customers]) / DAY)
+        return days, orders[customers], np.nan_to_num(value[customers], nan=0.0)
 
     # The vectorised evaluator.
 

@@ -233,7 +233,7 @@ class Memberships:
                     self.partition(state.profile_id),
                     member,
                     state.version,
-                    f"{kind}:{live.revision}:{state.version}",
+                    f"{kind}:{live.tag}:{state.version}",
                 )
             )
         return transitions

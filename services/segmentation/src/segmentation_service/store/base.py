@@ -14,6 +14,9 @@ or exit is a transition, keyed by its cause (`v:<revision>:<version>` for a prof
 pending row; the pending row is deleted once the transition is published, so a crash between
 the two publishes it again (under the same message id) and never twice as a new transition.
 
+The RFM model (the quintile edges scores are given by) is one row, written by the replica that
+recomputes it and read by every catalog, so a restart scores as before it.
+
 The real-time path reads and writes once per fetched batch of profile.updated: `decisions` reads
 every profile's memberships and pending transitions at once, `record` writes every transition
 and timer the batch decided, `published` drops their pending rows.
@@ -82,4 +85,8 @@ class SegmentStore(Protocol):
     async def sizes(self, segment_id: str, since: str) -> dict[str, int]:
         """Members per day (`YYYY-MM-DD` >= since), summed over the partitions."""
 
+    async def rfm_model(self) -> segment_pb2.RfmModel | None:
+        """The RFM edges as last recomputed; None before the service first started."""
+
+    async def set_rfm_model(self, model: segment_pb2.RfmModel) -> None: ...
     async def close(self) -> None: ...

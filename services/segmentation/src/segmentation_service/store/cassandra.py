@@ -63,6 +63,7 @@ MIGRATIONS = [
             " PRIMARY KEY ((profile_id), bucket))",
         ),
     ),
+    Migration(6, ("CREATE TABLE IF NOT EXISTS segmentation_rfm (name text PRIMARY KEY, model blob)",)),
 ]
 
 
@@ -345,3 +346,12 @@ class CassandraSegmentStore(Repository, SegmentStore):
         for row in rows:
             totals[row.day] = totals.get(row.day, 0) + row.members
         return totals
+
+    async def rfm_model(self) -> segment_pb2.RfmModel | None:
+        rows = await self.db.execute("SELECT model FROM segmentation_rfm WHERE name = ?", ("rfm",))
+        return segment_pb2.RfmModel.FromString(rows[0].model) if rows else None
+
+    async def set_rfm_model(self, model: segment_pb2.RfmModel) -> None:
+        await self.db.execute(
+            "INSERT INTO segmentation_rfm (name, model) VALUES (?, ?)", ("rfm", model.SerializeToString())
+        )

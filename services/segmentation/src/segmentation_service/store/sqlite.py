@@ -62,6 +62,7 @@ MIGRATIONS = [
             "INSERT OR IGNORE INTO segmentation_timer_index SELECT profile_id, bucket, partition FROM segmentation_timers",
         ),
     ),
+    Migration(6, ("CREATE TABLE segmentation_rfm (name TEXT PRIMARY KEY, model BLOB)",)),
 ]
 
 
@@ -296,6 +297,13 @@ class SqliteSegmentStore(Repository, SegmentStore):
             (segment_id, since),
         )
         return {r[0]: r[1] for r in rows}
+
+    async def rfm_model(self) -> segment_pb2.RfmModel | None:
+        rows = await self.db.execute("SELECT model FROM segmentation_rfm WHERE name = 'rfm'")
+        return segment_pb2.RfmModel.FromString(rows[0][0]) if rows else None
+
+    async def set_rfm_model(self, model: segment_pb2.RfmModel) -> None:
+        await self.db.execute("INSERT OR REPLACE INTO segmentation_rfm VALUES ('rfm', ?)", (model.SerializeToString(),))
 
 
 def _add_timers(db, timers: Sequence[Timer]) -> None:
