@@ -129,3 +129,12 @@ async def test_the_rfm_model_is_one_row_replaced_by_each_recompute(store):
     model.generation, model.recency_edges[0] = 4, 0.5
     await store.set_rfm_model(model)
     assert await store.rfm_model() == model
+
+
+async def test_erased_profiles_are_kept_by_partition_until_no_update_of_theirs_can_come(store):
+    await store.add_erased(3, ["k-old"], 1_000.0)
+    await store.add_erased(3, ["k-a", "k-b"], 2_000.0)
+    await store.add_erased(4, ["k-c"], 2_000.0)
+    assert sorted(await store.erased(3, 1_500.0)) == ["k-a", "k-b"]
+    assert await store.erased(4, 1_500.0) == ["k-c"]
+    assert await store.erased(5, 0.0) == []

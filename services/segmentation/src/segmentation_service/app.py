@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from mosaic.platform import tasks, topics
 from mosaic.platform.privacy import Participant
@@ -46,6 +47,10 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         # The view holds the profiles of the partitions this replica holds: load the new ones
         # before their consumers start, publish what a crash left pending, backfill what is left.
         merged = {pid for partition in partitions for pid in await store.merged(partition)}
+        # Erased profiles stay out (ScanProfiles has none; a late profile.updated may).
+        since = time.time() - topics.PROFILE_UPDATED.max_age
+        for partition in partitions:
+            view.remember_erased(await store.erased(partition, since))
         if reader is not None:
             await reader.rebuild(view, partitions, merged)
         await memberships.publish_all_pending(partitions)

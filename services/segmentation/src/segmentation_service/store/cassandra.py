@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
+from mosaic.platform import topics
 from mosaic.platform.errors import AlreadyExists, NotFound
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.cassandra import CassandraStore
@@ -64,6 +65,13 @@ MIGRATIONS = [
         ),
     ),
     Migration(6, ("CREATE TABLE IF NOT EXISTS segmentation_rfm (name text PRIMARY KEY, model blob)",)),
+    Migration(
+        7,
+        (
+            "CREATE TABLE IF NOT EXISTS segmentation_erased (partition int, erased_key text, erased_at double,"
+            " PRIMARY KEY ((partition), erased_key))",
+        ),
+    ),
 ]
 
 
@@ -355,3 +363,22 @@ class CassandraSegmentStore(Repository, SegmentStore):
         await self.db.execute(
             "INSERT INTO segmentation_rfm (name, model) VALUES (?, ?)", ("rfm", model.SerializeToString())
         )
+
+    async def add_erased(self, partition: int, keys: Sequence[str], at: float) -> None:
+        # Kept as long as the profile.updated stream keeps a message: then the row expires.
+        ttl = int(topics.PROFILE_UPDATED.max_age)
+        await asyncio.gather(
+            *(
+                self.db.execute(
+                    "INSERT INTO segmentation_erased (partition, erased_key, erased_at) VALUES (?, ?, ?) USING TTL ?",
+                    (partition, key, at, ttl),
+                )
+                for key in keys
+            )
+        )
+
+    async def erased(self, partition: int, since: float) -> list[str]:
+        rows = await self.db.execute(
+            "SELECT erased_key, erased_at FROM segmentation_erased WHERE partition = ? LIMIT 1000000", (partition,)
+        )
+        return [r.erased_key for r in rows if r.erased_at >= since]

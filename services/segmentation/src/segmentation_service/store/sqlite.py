@@ -63,6 +63,13 @@ MIGRATIONS = [
         ),
     ),
     Migration(6, ("CREATE TABLE segmentation_rfm (name TEXT PRIMARY KEY, model BLOB)",)),
+    Migration(
+        7,
+        (
+            "CREATE TABLE segmentation_erased (partition INTEGER, erased_key TEXT, erased_at REAL,"
+            " PRIMARY KEY (partition, erased_key))",
+        ),
+    ),
 ]
 
 
@@ -304,6 +311,21 @@ class SqliteSegmentStore(Repository, SegmentStore):
 
     async def set_rfm_model(self, model: segment_pb2.RfmModel) -> None:
         await self.db.execute("INSERT OR REPLACE INTO segmentation_rfm VALUES ('rfm', ?)", (model.SerializeToString(),))
+
+    async def add_erased(self, partition: int, keys: Sequence[str], at: float) -> None:
+        await self.db.transaction(
+            lambda db: db.executemany(
+                "INSERT OR REPLACE INTO segmentation_erased VALUES (?, ?, ?)", [(partition, k, at) for k in keys]
+            )
+        )
+
+    async def erased(self, partition: int, since: float) -> list[str]:
+        def work(db) -> list[str]:
+            db.execute("DELETE FROM segmentation_erased WHERE partition = ? AND erased_at < ?", (partition, since))
+            rows = db.execute("SELECT erased_key FROM segmentation_erased WHERE partition = ?", (partition,))
+            return [r[0] for r in rows]
+
+        return await self.db.transaction(work)
 
 
 def _add_timers(db, timers: Sequence[Timer]) -> None:
