@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from mosaic.segmentation.v1 import segment_pb2
 from segmentation_service import compiler
-from segmentation_service.evaluate import Predicate, predicate
+from segmentation_service.evaluate import Due, Predicate, due_function, predicate
 from segmentation_service.rfm import DEFAULT_TRAITS, RfmModel, RfmTraits
 from segmentation_service.store import SegmentStore
 
@@ -20,6 +20,7 @@ class Live:
     segment: segment_pb2.Segment
     compiled: compiler.Compiled
     matches: Predicate  # the plain evaluator of compiled.expression, built once
+    due: Due  # its next_due, built once
 
     @property
     def segment_id(self) -> str:
@@ -73,7 +74,10 @@ class SegmentCatalog:
                 segment.expression.CopyFrom(expression)
         stored = {s.segment_id: s for s in segments}
         compiled = compiler.compile_all({k: compiler.tied(s) for k, s in stored.items()}, self.rfm)
-        self._segments = {k: Live(stored[k], compiled[k], predicate(compiled[k].expression)) for k in sorted(stored)}
+        self._segments = {
+            k: Live(stored[k], compiled[k], predicate(compiled[k].expression), due_function(compiled[k].expression))
+            for k in sorted(stored)
+        }
         self._by_read = {}
         for live in self._segments.values():
             for key in live.compiled.reads:
