@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mosaic.platform.config import ConfigError
 from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service import compiler, language, rfm
 from segmentation_service.columns import ColumnarView
+from segmentation_service.config import Settings
 from segmentation_service.evaluate import evaluate, next_due
 from segmentation_service.rfm import RfmModel, RfmTraits
 from segmentation_service.state import DAY, ProfileState
@@ -214,3 +216,12 @@ def test_a_segment_reading_scores_through_a_reference_carries_the_generation():
     # Without edges nobody has scores, whatever the condition.
     empty = compiler.compile_all({"s": language.parse("rfm.recency <= 5")})["s"]
     assert not evaluate(empty.expression, customer("a", 1, 3, 5), NOW)
+
+
+def test_the_traits_rfm_reads_are_configured_by_name_and_a_bad_one_stops_the_start():
+    settings = Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_SEGMENTATION_RFM_MONETARY_TRAIT": "spend_365d"})
+    assert settings.rfm_traits == RfmTraits(monetary="spend_365d") and settings.rfm_interval == 3600
+    with pytest.raises(ConfigError, match="MOSAIC_SEGMENTATION_RFM_RECENCY_TRAIT"):
+        Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_SEGMENTATION_RFM_RECENCY_TRAIT": "Last Order"})
+    with pytest.raises(ConfigError, match="MOSAIC_SEGMENTATION_RFM_SECONDS"):
+        Settings.from_env({"MOSAIC_AUTH": "off", "MOSAIC_SEGMENTATION_RFM_SECONDS": "0"})

@@ -5,7 +5,7 @@ service's count of "Order Completed") is at least 1 and whose recency trait (`la
 the time of the latest order) is a time. Their measures: recency, the whole days since that
 time; frequency, the trait; monetary, the monetary trait (`lifetime_value`, the sum of the
 orders' `revenue`; 0 when missing). The edges of each measure are its 20th, 40th, 60th and 80th
-percentiles over every customer of every replica (`edges`, from each replica's `summarize`);
+percentiles over every customer of every replica (`edges`, merging each replica's `summary`);
 a score is 1 plus the number of edges the value is past, and for recency (fewer days is
 better) 5 minus the number of edges the days exceed, so ties share a score.
 
