@@ -114,15 +114,15 @@ def test_every_scored_customer_is_in_exactly_one_named_segment():
 @pytest.mark.parametrize(
     ("scores", "segment"),
     [
-        ((5, 5, 5), "rfm-champions"),
-        ((5, 1, 1), "rfm-new-customers"),
-        ((4, 1, 2), "rfm-promising"),
-        ((3, 3, 4), "rfm-need-attention"),
-        ((1, 5, 5), "rfm-cant-lose-them"),
-        ((2, 4, 3), "rfm-at-risk"),
-        ((1, 1, 2), "rfm-lost"),
-        ((2, 2, 2), "rfm-hibernating"),
-        ((4, 5, 4), "rfm-loyal"),
+        ((5, 5, 5), "rfm_champions"),
+        ((5, 1, 1), "rfm_new_customers"),
+        ((4, 1, 2), "rfm_promising"),
+        ((3, 3, 4), "rfm_need_attention"),
+        ((1, 5, 5), "rfm_cant_lose_them"),
+        ((2, 4, 3), "rfm_at_risk"),
+        ((1, 1, 2), "rfm_lost"),
+        ((2, 2, 2), "rfm_hibernating"),
+        ((4, 5, 4), "rfm_loyal"),
     ],
 )
 def test_the_named_segments_follow_the_rfm_table(scores, segment):

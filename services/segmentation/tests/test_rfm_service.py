@@ -67,7 +67,7 @@ async def memberships(stub, profile_ids) -> dict[str, set[str]]:
     found = {}
     for pid in profile_ids:
         answer = await stub.GetProfileSegments(pb.GetProfileSegmentsRequest(profile_id=pid))
-        found[pid] = {s for s in answer.segment_ids if s.startswith("rfm-")}
+        found[pid] = {s for s in answer.segment_ids if s.startswith("rfm_")}
     return found
 
 
@@ -102,7 +102,7 @@ async def test_a_recompute_moves_a_customer_between_named_segments_once_and_a_re
             await publish(f"c{i}", 1, i * 3 + 0.5, 10.0 - i, (10.0 - i) * 100)
         first = await eventually(lambda: settled(10))
         assert tuple(first.frequency_edges) == (2, 4, 6, 8)
-        assert (await memberships(stub, ["c0", "c9"])) == {"c0": {"rfm-champions"}, "c9": {"rfm-lost"}}
+        assert (await memberships(stub, ["c0", "c9"])) == {"c0": {"rfm_champions"}, "c9": {"rfm_lost"}}
 
         # Ten bigger spenders arrive: c0's own profile does not change, the edges do, and c0 is
         # no champion any more.
@@ -110,7 +110,7 @@ async def test_a_recompute_moves_a_customer_between_named_segments_once_and_a_re
             await publish(f"w{i}", 1, 0.5, 100.0, 10_000.0)
         second = await eventually(lambda: settled(20))
         assert second.generation > first.generation
-        assert (await memberships(stub, ["c0"])) == {"c0": {"rfm-potential-loyalists"}}
+        assert (await memberships(stub, ["c0"])) == {"c0": {"rfm_potential_loyalists"}}
 
         found = await messages(service)
         for pid in states:
@@ -126,7 +126,7 @@ async def test_a_recompute_moves_a_customer_between_named_segments_once_and_a_re
         scored = [rfm.scores(state, current, now) for state in states.values()]
         assert estimate.count == sum(1 for f in scored if f and f[4] >= 3 and f[1] == 5) > 0
         mine = [(m.segment_id, m.change) for m in found if m.profile_id == "c0"]
-        assert ("rfm-champions", ENTERED) in mine and ("rfm-potential-loyalists", ENTERED) in mine
+        assert ("rfm_champions", ENTERED) in mine and ("rfm_potential_loyalists", ENTERED) in mine
         published = len(found)
     finally:
         await channel.close()
@@ -144,9 +144,9 @@ async def test_a_recompute_moves_a_customer_between_named_segments_once_and_a_re
         assert kept == second
         update, states["z"] = customer("z", 1, 0.2, 1000.0, 1e6, now)
         await service.runtime.bus.publish(topics.PROFILE_UPDATED, "z", update, "z:1")
-        await eventually(lambda: _is_member(stub, "rfm-champions", "z"))
+        await eventually(lambda: _is_member(stub, "rfm_champions", "z"))
         after = await messages(service)
-        assert [(m.segment_id, m.profile_id, m.change) for m in after[published:]] == [("rfm-champions", "z", ENTERED)]
+        assert [(m.segment_id, m.profile_id, m.change) for m in after[published:]] == [("rfm_champions", "z", ENTERED)]
         assert len(await _segments_list(stub)) == 11  # not created again
     finally:
         await channel.close()

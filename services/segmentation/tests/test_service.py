@@ -78,9 +78,9 @@ async def test_segments_are_created_read_listed_by_page_updated_and_deleted(stub
     assert got.segment.name == "b"
     first = await stub.ListSegments(pb.ListSegmentsRequest(page_size=2))
     second = await stub.ListSegments(pb.ListSegmentsRequest(page_size=2, page_token=first.next_page_token))
-    # The named RFM segments (rfm-...) are there from the start, after these by id.
+    # The named RFM segments (rfm_...) are there from the start, after these by id.
     assert [s.segment_id for s in first.segments] == ["a", "b"]
-    assert [s.segment_id for s in second.segments] == ["c", "rfm-about-to-sleep"]
+    assert [s.segment_id for s in second.segments] == ["c", "rfm_about_to_sleep"]
     assert second.next_page_token != ""
     await stub.CreateSegment(create("d", 'in segment "a" or has email'))
     updated = await stub.UpdateSegment(
@@ -134,7 +134,7 @@ async def test_segments_are_managed_from_the_command_line(service, capsys):
     assert json.loads(capsys.readouterr().out)["definition"] == "traits.ltv > 1000 and has email"
     assert await run("segments", "list") == 0
     *named, listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # not a terminal: JSON
-    assert len(named) == 11 and all(s["segmentId"].startswith("rfm-") for s in named)
+    assert len(named) == 11 and all(s["segmentId"].startswith("rfm_") for s in named)
     assert (listed["segmentId"], listed["name"], listed["definition"]) == (
         "vip",
         "VIP",

@@ -49,17 +49,17 @@ EPOCH_LITERAL = pb.Literal(timestamp_value=timestamp_pb2.Timestamp(seconds=0))
 # loyal at R 3-4; new customers at R 5, promising at R 4; can't lose them at R 1-2 with F&M 5),
 # and lost takes R 1 with F&M 1-2, hibernating R 2.
 NAMED: tuple[tuple[str, str, str], ...] = (
-    ("rfm-champions", "Champions", "rfm.recency = 5 and rfm.fm >= 4"),
-    ("rfm-loyal", "Loyal customers", "rfm.recency between 3 and 4 and rfm.fm >= 4"),
-    ("rfm-potential-loyalists", "Potential loyalists", "rfm.recency >= 4 and rfm.fm between 2 and 3"),
-    ("rfm-new-customers", "New customers", "rfm.recency = 5 and rfm.fm = 1"),
-    ("rfm-promising", "Promising", "rfm.recency = 4 and rfm.fm = 1"),
-    ("rfm-need-attention", "Need attention", "rfm.recency = 3 and rfm.fm = 3"),
-    ("rfm-about-to-sleep", "About to sleep", "rfm.recency = 3 and rfm.fm <= 2"),
-    ("rfm-at-risk", "At risk", "rfm.recency <= 2 and rfm.fm between 3 and 4"),
-    ("rfm-cant-lose-them", "Can't lose them", "rfm.recency <= 2 and rfm.fm = 5"),
-    ("rfm-hibernating", "Hibernating", "rfm.recency = 2 and rfm.fm <= 2"),
-    ("rfm-lost", "Lost", "rfm.recency = 1 and rfm.fm <= 2"),
+    ("rfm_champions", "Champions", "rfm.recency = 5 and rfm.fm >= 4"),
+    ("rfm_loyal", "Loyal customers", "rfm.recency between 3 and 4 and rfm.fm >= 4"),
+    ("rfm_potential_loyalists", "Potential loyalists", "rfm.recency >= 4 and rfm.fm between 2 and 3"),
+    ("rfm_new_customers", "New customers", "rfm.recency = 5 and rfm.fm = 1"),
+    ("rfm_promising", "Promising", "rfm.recency = 4 and rfm.fm = 1"),
+    ("rfm_need_attention", "Need attention", "rfm.recency = 3 and rfm.fm = 3"),
+    ("rfm_about_to_sleep", "About to sleep", "rfm.recency = 3 and rfm.fm <= 2"),
+    ("rfm_at_risk", "At risk", "rfm.recency <= 2 and rfm.fm between 3 and 4"),
+    ("rfm_cant_lose_them", "Can't lose them", "rfm.recency <= 2 and rfm.fm = 5"),
+    ("rfm_hibernating", "Hibernating", "rfm.recency = 2 and rfm.fm <= 2"),
+    ("rfm_lost", "Lost", "rfm.recency = 1 and rfm.fm <= 2"),
 )
 
 
