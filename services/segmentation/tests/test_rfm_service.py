@@ -1,6 +1,7 @@
 """RFM in the running service on a real nats-server: recomputed edges move people between the
 named segments, each transition published once, and a restart keeps the edges."""
 
+import socket
 from datetime import datetime, timezone
 
 import grpc
@@ -44,8 +45,11 @@ def customer(pid: str, version: int, days_ago: float, orders: float, value: floa
     return update, ProfileState(pid, version, computed=traits)
 
 
-async def start(make_settings, interval: float) -> tuple[Service, grpc.aio.Channel]:
-    settings = Settings(make_settings("segmentation", MOSAIC_GRACE_SECONDS="1"), "", 1.0, rfm_interval=interval)
+async def start(
+    make_settings, interval: float, port: int = 0, peers: tuple[str, ...] = ()
+) -> tuple[Service, grpc.aio.Channel]:
+    platform = make_settings("segmentation", MOSAIC_GRACE_SECONDS="1", MOSAIC_GRPC_PORT=str(port))
+    settings = Settings(platform, "", 1.0, peers, rfm_interval=interval)
     service = Service(settings.platform, lambda runtime: build(runtime, settings))
     await service.start()
     return service, grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
@@ -202,3 +206,43 @@ async def test_a_bad_rfm_condition_is_invalid_argument_naming_the_position_and_t
     finally:
         await channel.close()
         await service.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_the_edges_are_those_of_every_replicas_customers(make_settings):
+    # Each replica names the other: whichever holds partition 0 recomputes with both views.
+    ports = [_free_port(), _free_port()]
+    now = datetime.now(timezone.utc).timestamp()
+    started = [await start(make_settings, 0.3, ports[i], (f"127.0.0.1:{ports[1 - i]}",)) for i in range(2)]
+    try:
+        services = [service for service, _ in started]
+
+        def held() -> list[frozenset[int]]:
+            return [s.runtime.ownership.owned for s in services if s.runtime is not None]
+
+        await eventually(lambda: [len(h) for h in held()] == [4, 4])
+        states = {}
+        for i in range(40):
+            update, states[f"c{i}"] = customer(f"c{i}", 1, i, 1.0 + i % 7, 10.0 * i, now)
+            await services[0].runtime.bus.publish(topics.PROFILE_UPDATED, f"c{i}", update, f"c{i}:1")
+        partitions = services[0].settings.partitions
+        owners = {topics.partition_of(pid, partitions) in held()[0] for pid in states}
+        assert owners == {True, False}  # both replicas hold some customers
+        stub = segmentation_service_pb2_grpc.SegmentationServiceStub(started[0][1])
+
+        async def model():
+            found = (await stub.GetRfmModel(pb.GetRfmModelRequest())).model
+            return found if found.customers == 40 else None
+
+        found = await eventually(model)
+        days = sorted(rfm.measures(state, RfmTraits(), now)[0] for state in states.values())
+        assert tuple(found.recency_edges) == tuple(float(days[q * 8 - 1]) for q in (1, 2, 3, 4))
+    finally:
+        for service, channel in started:
+            await channel.close()
+            await service.stop()
