@@ -122,9 +122,13 @@ async def test_sizes_are_kept_per_day_and_partition_and_summed(store):
 
 
 async def test_the_rfm_model_is_one_row_replaced_by_each_recompute(store):
+    assert await store.rfm_model() is None
+    await store.init_rfm_model(segment_pb2.RfmModel())
+    assert await store.rfm_model() == segment_pb2.RfmModel()
     model = segment_pb2.RfmModel(generation=3, customers=7, recency_edges=[1, 2, 3, 4])
     model.computed_at.FromSeconds(1_800_000_000)
     await store.set_rfm_model(model)
+    await store.init_rfm_model(segment_pb2.RfmModel())  # a replica starting late changes nothing
     assert await store.rfm_model() == model
     model.generation, model.recency_edges[0] = 4, 0.5
     await store.set_rfm_model(model)

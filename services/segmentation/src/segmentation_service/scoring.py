@@ -85,7 +85,7 @@ class RfmScoring:
                 await self.store.create(segment)
             except AlreadyExists:
                 pass
-        await self.store.set_rfm_model(segment_pb2.RfmModel())
+        await self.store.init_rfm_model(segment_pb2.RfmModel())
 
     async def run(self) -> None:
         while True:

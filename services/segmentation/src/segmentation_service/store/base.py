@@ -93,6 +93,10 @@ class SegmentStore(Protocol):
         """The RFM edges as last recomputed; None before the service first started."""
 
     async def set_rfm_model(self, model: segment_pb2.RfmModel) -> None: ...
+    async def init_rfm_model(self, model: segment_pb2.RfmModel) -> None:
+        """Store the model only if there is none (replicas starting at once never overwrite the
+        edges one of them already recomputed)."""
+
     async def add_erased(self, partition: int, keys: Sequence[str], at: float) -> None:
         """Remember erased profiles of a partition (by columns.erased_key) from `at` (epoch s)."""
 

@@ -364,6 +364,11 @@ class CassandraSegmentStore(Repository, SegmentStore):
             "INSERT INTO segmentation_rfm (name, model) VALUES (?, ?)", ("rfm", model.SerializeToString())
         )
 
+    async def init_rfm_model(self, model: segment_pb2.RfmModel) -> None:
+        await self.db.execute_lwt(
+            "INSERT INTO segmentation_rfm (name, model) VALUES (?, ?) IF NOT EXISTS", ("rfm", model.SerializeToString())
+        )
+
     async def add_erased(self, partition: int, keys: Sequence[str], at: float) -> None:
         # Kept as long as the profile.updated stream keeps a message: then the row expires.
         ttl = int(topics.PROFILE_UPDATED.max_age)

@@ -327,6 +327,9 @@ class SqliteSegmentStore(Repository, SegmentStore):
 
         return await self.db.transaction(work)
 
+    async def init_rfm_model(self, model: segment_pb2.RfmModel) -> None:
+        await self.db.execute("INSERT OR IGNORE INTO segmentation_rfm VALUES ('rfm', ?)", (model.SerializeToString(),))
+
 
 def _add_timers(db, timers: Sequence[Timer]) -> None:
     db.executemany("INSERT OR IGNORE INTO segmentation_timers VALUES (?, ?, ?)", timers)
