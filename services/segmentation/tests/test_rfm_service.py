@@ -157,6 +157,37 @@ async def test_a_recompute_moves_a_customer_between_named_segments_once_and_a_re
         await service.stop()
 
 
+async def test_a_deployment_without_customers_yet_scores_its_first_ones_before_the_interval(make_settings):
+    now = datetime.now(timezone.utc).timestamp()
+    service, channel = await start(make_settings, interval=3600)
+    try:
+        stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+
+        async def model():
+            return (await stub.GetRfmModel(pb.GetRfmModelRequest())).model
+
+        empty = await eventually(lambda: _computed(model()))  # the first round, over nobody
+        assert empty.customers == 0 and not empty.recency_edges
+        for i in range(5):
+            update, _ = customer(f"c{i}", 1, i + 0.5, 1.0 + i, 50.0 * (i + 1), now)
+            await service.runtime.bus.publish(topics.PROFILE_UPDATED, f"c{i}", update, f"c{i}:1")
+        scored = await eventually(lambda: _with_customers(model(), 5), timeout=30)
+        assert len(scored.recency_edges) == 4 and scored.generation == empty.generation + 1
+    finally:
+        await channel.close()
+        await service.stop()
+
+
+async def _computed(pending):
+    model = await pending
+    return model if model.computed_at.seconds else None
+
+
+async def _with_customers(pending, count: int):
+    model = await pending
+    return model if model.customers == count else None
+
+
 async def _segments(stub):
     for segment in (await stub.ListSegments(pb.ListSegmentsRequest(page_size=100))).segments:
         yield segment

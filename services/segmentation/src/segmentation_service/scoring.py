@@ -99,8 +99,14 @@ class RfmScoring:
             await asyncio.sleep(min(self.interval, CHECK_SECONDS))
 
     async def due(self) -> bool:
+        """When the interval has passed; and at every check while there are no edges yet, so a new
+        deployment scores its first customers within seconds rather than an interval later."""
         stored = await self.store.rfm_model()
-        return stored is None or self.clock() - stored.computed_at.ToNanoseconds() / 1e9 >= self.interval
+        return (
+            stored is None
+            or not stored.customers
+            or self.clock() - stored.computed_at.ToNanoseconds() / 1e9 >= self.interval
+        )
 
     async def recompute(self) -> segment_pb2.RfmModel:
         """Edges over every replica's customers, stored; a new generation when they moved."""
