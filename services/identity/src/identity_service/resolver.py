@@ -33,8 +33,9 @@ handler drops it. The erasure holds the locks of the person's roots while it rea
 identifiers and removes them, so no change of their component slips between its read and its
 removal; a root whose row it removed is never adopted again (its profile id has a tombstone).
 Every replica hears every erasure request (`forget_person`): from then on a resolution to one of
-the person's profiles raises `Erased`, a set lookup on the path that reads nothing. (A replica that dies between a claim and its second read, while an erasure
-of that identifier runs, leaves the claim, which the redelivered event then resolves by.)
+the person's profiles raises `Erased`, a set lookup on the path that reads nothing. (A replica
+that dies between a claim and its second read, while an erasure of that identifier runs, leaves
+the claim, which the redelivered event then resolves by.)
 
 What this guarantees: every change is decided under the locks of all the components it
 touches, so a concurrent run is equivalent to a serial run in the order the locks admitted the
