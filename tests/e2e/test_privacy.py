@@ -234,9 +234,13 @@ async def test_an_erasure_waits_for_a_killed_service_then_leaves_nothing_of_the_
     assert await lookup(mesh, "email", "ada@example.com") == "" and await profile_version(mesh, ada) == 0
     assert await lookup(mesh, "user_id", "bob") == bob
     # An event past ingestion when the erasure ran, resolved to the person's profile, arrives
-    # after it: the profile service drops it (its tombstone) and takes it out of the stream.
-    await resolved_late(mesh, ada, identify("late-resolved", "ada@example.com", user_id="ada"))
+    # after it: the profile service drops it (its tombstone) and takes it out of the stream; the
+    # consent it carries adds no ledger entry (consent's tombstone).
+    late = identify("late-resolved", "ada@example.com", user_id="ada")
+    late.context.update({"consent": {"categoryPreferences": {"marketing": True}}})
+    await resolved_late(mesh, ada, late)
     await eventually(lambda: consumed(mesh, "profile", topics.EVENTS_RESOLVED))
+    await eventually(lambda: consumed(mesh, "consent", topics.EVENTS_RESOLVED))
     assert await profile_version(mesh, ada) == 0
     assert await eventually(lambda: suppressed(mesh))  # suppression.changed reached ingestion
     assert await tables_naming(mesh, [*profiles, "ada@example.com", "a-ada"]) == []

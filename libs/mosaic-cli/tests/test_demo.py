@@ -83,7 +83,7 @@ async def test_the_demo_report_holds_together_and_a_second_load_changes_nothing(
     assert report.identifiers > report.profiles
     assert set(report.segments) == set(SEGMENTS)
     assert all(0 <= size <= report.customers for size in report.segments.values())
-    assert report.segments["rfm-champions"] + report.segments["one-time-buyers"] <= report.customers  # 3+ vs 1
+    assert report.segments["recent-big-spenders"] + report.segments["one-time-buyers"] <= report.customers  # 3+ vs 1
     assert sum(report.deliveries.values()) > 0
     for destination_id, (_, segment_id) in DESTINATIONS.items():
         assert report.deliveries[destination_id] <= report.segments[segment_id], destination_id

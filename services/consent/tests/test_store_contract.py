@@ -6,6 +6,7 @@ from google.protobuf import timestamp_pb2
 
 from consent_service.store import MergeRecord, Move, OutboxEntry
 from mosaic.consent.v1 import consent_pb2
+from mosaic.testing.scan import rows_mentioning
 
 
 def decision(pid, purpose, granted, seconds, **fields) -> consent_pb2.ConsentDecision:
@@ -193,3 +194,12 @@ async def test_an_expiring_grant_is_due_once_its_time_has_come(store):
     assert [e for e in await store.due_expiries(now * 1_000_000) if e.profile_id == pid] == []
     later = [e.purpose for e in await store.due_expiries((now + 20) * 1_000_000) if e.profile_id == pid]
     assert later == ["analytics"]
+
+
+async def test_erased_profile_ids_keep_a_tombstone_and_never_the_id(store):
+    erased, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    await store.record_erasures([erased])
+    await store.record_erasures([erased])  # an erasure done again
+    assert await store.erased([erased, kept]) == {erased}
+    assert await store.erased([]) == set()
+    assert await rows_mentioning(store.db, [erased]) == []

@@ -13,7 +13,7 @@ from identity_service.app import build, components
 from identity_service.config import Settings
 from identity_service.erasures import Erasures
 from identity_service.privacy import IdentityPrivacy
-from identity_service.resolver import Erased, Resolver, profile_id_for
+from identity_service.resolver import Erased, Resolver, Retry, now_ms, profile_id_for
 from identity_service.store import Claim, Member, open_store
 from mosaic.consent.v1 import privacy_pb2
 from mosaic.events.v1 import event_pb2, privacy_request_pb2, resolved_pb2
@@ -22,6 +22,7 @@ from mosaic.identity.v1 import identity_service_pb2 as pb
 from mosaic.platform import topics
 from mosaic.platform.privacy import merge_parts
 from mosaic.platform.server import Service
+from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.testing.plugin import eventually
 from mosaic.testing.scan import messages_mentioning, rows_mentioning
 
@@ -277,3 +278,124 @@ async def test_resolutions_racing_the_erasure_leave_no_claim_and_no_new_profile(
     assert await store.claims([("anonymous_id", "anon-fay")]) == {}
     assert await store.profiles([profile_id_for(f"late-{n}") for n in range(21)]) == {}
     assert await rows_mentioning(store.db, ["anon-fay", "\tfay"]) == []
+
+
+async def test_another_replica_hears_the_erasure_and_resolves_and_sights_nothing_of_the_person(service):
+    """Replica B (its own resolver, caches and sightings, hearing the bus like the service) knew
+    Hana before replica A, the service, erased her; afterwards B resolves her identifiers to
+    nobody and writes no sighting of her, not even the one it held pending from before."""
+    receipts = Receipts()
+    await receipts.listen(service)
+    store = await open_store(service.settings)
+    try:
+        resolver, rules, events = components(store, Settings(service.settings, sightings_flush_seconds=3600))
+        replica = IdentityPrivacy(store, resolver, events.sightings)
+        await service.runtime.bus.listen(topics.PRIVACY_REQUESTED, replica.heard)
+        hana = (await events.resolve(event("hana-1", user_id="hana", anonymous_id="anon-hana"))).profile_id
+        await events.resolve(event("hana-2", user_id="hana", anonymous_id="anon-hana"))  # a sighting pending
+        assert resolver.home_of(("user_id", "hana")) == hana
+
+        await ask(service, "erase-hana", privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, hana)
+        await eventually(lambda: receipts.final("erase-hana"))
+        await eventually(lambda: hana in resolver.erased_profiles)
+
+        with pytest.raises(Erased):
+            await events.resolve(event("hana-3", user_id="hana", anonymous_id="anon-hana"))
+        with pytest.raises(Erased):  # a new browser of hers makes nothing either
+            await events.resolve(event("hana-4", user_id="hana", anonymous_id="anon-hana-tablet"))
+        assert resolver.home_of(("user_id", "hana")) is None and resolver.home_of(("anonymous_id", "anon-hana")) is None
+        await events.sightings.flush()
+        assert await rows_mentioning(store.db, [hana, "anon-hana", "\thana"]) == []
+    finally:
+        await store.close()
+
+
+async def test_a_sighting_a_replica_flushed_after_the_erasure_is_removed_when_it_hears_it(parts, store_settings):
+    store, resolver, rules, privacy = parts
+    rules = await rules.get()
+    ivy = (await resolver.resolve(_identifiers(user_id="ivy"), rules, event_id="ivy-1", at=1)).profile_id
+    request = privacy_request_pb2.PrivacyRequested(
+        request_id="erase-ivy", kind=privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, person_id=ivy
+    )
+    await privacy.erase(request)
+    # A replica slower to hear: it writes the sighting it held of her after her rows went.
+    _, _, late = components(store, Settings(store_settings))
+    ahead = now_ms() + 60_000  # the event's time, by a client's clock ahead of ours
+    late.sightings.seen({("user_id", "ivy"): ivy}, ahead)
+    await late.sightings.flush()
+    # SQLite keeps it; Cassandra's deletion was stamped beyond any event's time, so hides it already.
+    hidden = isinstance(store.db, CassandraStore)
+    assert await store.last_seen([ivy]) == ({} if hidden else {("user_id", "ivy"): ahead})
+
+    replica = IdentityPrivacy(store, late.resolver, late.sightings)
+    replica.heard(request)
+    await asyncio.gather(*replica._heard)
+    assert await store.last_seen([ivy]) == {}
+    assert await rows_mentioning(store.db, ["\tivy", ivy]) == []
+
+
+async def test_an_identifier_linked_while_the_erasure_runs_waits_for_it_and_keeps_no_claim(parts):
+    """An event bringing Jay's new tablet, resolved after the erasure read Jay's identifiers
+    (under the erasure's locks): it cannot link the tablet then, and after the erasure it is
+    an event of an erased person (dropped)."""
+    store, resolver, rules, privacy = parts
+    rules = await rules.get()
+    jay = (await resolver.resolve(_identifiers(user_id="jay"), rules, event_id="jay-1", at=1)).profile_id
+    replica = Resolver(store)  # another replica, which has not heard of the erasure
+    tablet = _identifiers(user_id="jay", anonymous_id="anon-jay-tablet")
+    keys = [(i.type, i.value) for i in tablet]
+    outcomes: list[str] = []
+
+    async def while_erasing() -> None:  # the erasure has the person's members in hand
+        try:
+            await replica._attempt(tablet, keys, rules, "jay-2", 2, "web", "", cached=False)
+            outcomes.append("linked")
+        except Retry:
+            outcomes.append("held back")
+
+    privacy.store = AfterMembers(store, while_erasing)
+    request = privacy_request_pb2.PrivacyRequested(request_id="erase-jay", person_id=jay)
+    await privacy.erase(request)
+
+    assert outcomes == ["held back"]
+    with pytest.raises(Erased):  # redone after the erasure
+        await replica.resolve(tablet, rules, event_id="jay-2", at=2)
+    assert await store.claims(keys) == {}
+    assert await store.profiles([jay, profile_id_for("jay-2")]) == {}
+    assert await rows_mentioning(store.db, ["anon-jay-tablet", "\tjay", jay]) == []
+
+
+class AfterMembers:
+    """A store that runs `during` once, after the first read of members (an interleaving)."""
+
+    def __init__(self, store, during) -> None:
+        self._store = store
+        self._during = during
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    async def members(self, profile_ids):
+        found = await self._store.members(profile_ids)
+        during, self._during = self._during, None
+        if during is not None:
+            await during()
+        return found
+
+
+async def test_a_replica_that_missed_the_erasure_cannot_link_to_the_erased_profile(parts):
+    """Its caches still hold Kim's claim and root (the notice is at most once): an event with a
+    new identifier of hers finds her root's row gone, and a tombstone for her profile id, so it
+    adopts nothing and is dropped."""
+    store, resolver, rules, privacy = parts
+    rules = await rules.get()
+    kim = (await resolver.resolve(_identifiers(user_id="kim"), rules, event_id="kim-1", at=1)).profile_id
+    missed = Resolver(store)
+    assert (await missed.resolve(_identifiers(user_id="kim"), rules, event_id="kim-2", at=2)).profile_id == kim
+    await privacy.erase(privacy_request_pb2.PrivacyRequested(request_id="erase-kim", person_id=kim))
+
+    with pytest.raises(Erased):
+        await missed.resolve(_identifiers(user_id="kim", email="kim@example.com"), rules, event_id="kim-3", at=3)
+    assert await store.profiles([kim]) == {}
+    assert await store.claims([("email", "kim@example.com")]) == {}
+    assert await rows_mentioning(store.db, ["kim@example.com", "\tkim"]) == []

@@ -1,5 +1,6 @@
 """Agreement, proved: the columnar, the incremental and the plain evaluation of random
-definitions over random profiles always give the same members. Pure logic."""
+definitions (RFM score conditions among them, lowered under fixed edges) over random profiles
+always give the same members. Pure logic."""
 
 import math
 from datetime import datetime, timezone
@@ -14,6 +15,7 @@ from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service import compiler, language
 from segmentation_service.columns import ColumnarView
 from segmentation_service.evaluate import evaluate
+from segmentation_service.rfm import RfmModel, RfmTraits
 from segmentation_service.state import DAY, EPOCH, ProfileState
 
 NOW = datetime(2026, 3, 31, 15, tzinfo=timezone.utc).timestamp()
@@ -122,8 +124,23 @@ facts = st.one_of(
 consent_predicates = st.sampled_from([*PURPOSES, "retired_purpose"]).map(
     lambda p: pb.Expression(consent=pb.ConsentPredicate(purpose=p))
 )
+# RFM scores read computed traits drawn like the others: `seen` holds the times (30 and 1 days
+# ago), `plan` the numbers; the edges split them so every score occurs.
+MODEL = RfmModel(RfmTraits("seen", "plan", "plan"), 2, NOW, 10, (0, 1, 30, 30), (1, 1, 2, 2.5), (1, 2, 2, 2.5))
+rfm_predicates = st.builds(
+    lambda score, op, values: pb.Expression(
+        rfm=pb.RfmPredicate(
+            score=score,
+            operator=op,
+            values=values[:2] if op == pb.OPERATOR_BETWEEN else values if op in (9, 10) else values[:1],
+        )
+    ),
+    st.sampled_from(list(pb.RfmScore.values())[1:]),
+    st.sampled_from([*language.SYMBOLS, pb.OPERATOR_IN, pb.OPERATOR_NOT_IN, pb.OPERATOR_BETWEEN]),
+    st.lists(st.integers(1, 5), min_size=2, max_size=3),
+)
 definitions = st.recursive(
-    st.one_of(trait_predicates(), event_predicates(), facts, consent_predicates),
+    st.one_of(trait_predicates(), event_predicates(), facts, consent_predicates, rfm_predicates),
     lambda inner: st.one_of(
         st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"and": pb.Operands(operands=o)})),  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
         st.lists(inner, min_size=2, max_size=3).map(lambda o: pb.Expression(**{"or": pb.Operands(operands=o)})),  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
@@ -195,7 +212,7 @@ def changes(profile_id: str, version: int, old: ProfileState, new: ProfileState)
 @given(st.lists(st.tuples(states, states), min_size=2, max_size=12), definitions)
 def test_columnar_incremental_and_plain_evaluation_agree(profiles, definition):
     compiler.check(definition, "definition")
-    expression = compiler.compile_all({"s": definition})["s"].expression
+    expression = compiler.compile_all({"s": definition}, MODEL)["s"].expression
     columnar, incremental = ColumnarView(8), ColumnarView(8)
     plain = {}
     for index, (first, second) in enumerate(profiles):
@@ -222,7 +239,10 @@ def test_columnar_incremental_and_plain_evaluation_agree(profiles, definition):
 
 
 @settings(max_examples=250, deadline=None)
-@given(st.lists(st.tuples(states, states), min_size=4, max_size=12), st.one_of(trait_predicates(), event_predicates()))
+@given(
+    st.lists(st.tuples(states, states), min_size=4, max_size=12),
+    st.one_of(trait_predicates(), event_predicates(), rfm_predicates),
+)
 def test_every_single_condition_agrees_too(profiles, definition):
     # One condition alone: its edges (`<` against `<=`, missing values) decide the result.
     test_columnar_incremental_and_plain_evaluation_agree.hypothesis.inner_test(profiles, definition)

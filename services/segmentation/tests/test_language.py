@@ -31,6 +31,8 @@ def test_the_issue_example_parses_into_the_tree_it_says():
     [
         ("traits.a.b in [1,'x']".replace("'", '"'), 'traits.a.b in [1, "x"]'),
         ("traits.x not in [true]", "traits.x not in [true]"),
+        ("rfm.recency>=4 and rfm.fm between 2 and 3", "rfm.recency >= 4 and rfm.fm between 2 and 3"),
+        ("rfm.monetary not in [1,2] or traits.rfm = 1", "rfm.monetary not in [1, 2] or traits.`rfm` = 1"),
         ("traits.seen < now-720h", "traits.seen < now - 30d"),
         ('traits.seen >= time "2026-01-02"', 'traits.seen >= time "2026-01-02T00:00:00Z"'),
         ("computed.ltv between 1 and 2.5", "computed.ltv between 1 and 2.5"),
@@ -86,11 +88,43 @@ def test_a_syntax_error_names_the_line_the_column_and_what_was_expected(text, wh
         ('sum(event "A".total in last 9d) > 1', "segment.definition.event.aggregate", "computed trait"),
         ('count(event "A" where x = 1 in last 9d) > 1', "segment.definition.event.filters", "computed trait"),
         ('count(event "A") > "x"', "segment.definition.event.value", "number"),
+        ("rfm.recency >= 6", "segment.definition", "line 1 column 16: rfm.recency is compared with 6: an RFM"),
+        ("has email and\n rfm.fm in [1, 0]", "segment.definition", "line 2 column 16: rfm.fm is compared with 0"),
+        ("rfm.monetary = 2.5", "segment.definition", "a whole number from 1 to 5"),
+        ("rfm.loyalty > 1", "segment.definition", "line 1 column 5: rfm.loyalty is not an RFM score; expected one"),
     ],
 )
 def test_a_definition_breaking_a_rule_names_the_node_and_the_rule(text, field, rule):
     with pytest.raises(InvalidArgument) as caught:
         compiler.definition_of(pb.Segment(definition=text))
+    assert caught.value.field == field and rule in caught.value.rule
+
+
+@pytest.mark.parametrize(
+    ("predicate", "field", "rule"),
+    [
+        (pb.RfmPredicate(operator=pb.OPERATOR_EQUALS, values=[1]), "expression.rfm.score", "rfm.recency"),
+        (
+            pb.RfmPredicate(score=pb.RFM_SCORE_RECENCY, operator=pb.OPERATOR_CONTAINS, values=[1]),
+            "expression.rfm.operator",
+            "one of",
+        ),
+        (
+            pb.RfmPredicate(score=pb.RFM_SCORE_FREQUENCY, operator=pb.OPERATOR_BETWEEN, values=[1]),
+            "expression.rfm.values",
+            "needs 2",
+        ),
+        (pb.RfmPredicate(score=pb.RFM_SCORE_MONETARY, operator=pb.OPERATOR_IN), "expression.rfm.values", "one or more"),
+        (
+            pb.RfmPredicate(score=pb.RFM_SCORE_FREQUENCY_MONETARY, operator=pb.OPERATOR_IN, values=[2, 9]),
+            "expression.rfm.values[1]",
+            "1 to 5",
+        ),
+    ],
+)
+def test_an_rfm_condition_sent_as_a_tree_is_checked_like_its_text(predicate, field, rule):
+    with pytest.raises(InvalidArgument) as caught:
+        compiler.definition_of(expression=pb.Expression(rfm=predicate), field="")
     assert caught.value.field == field and rule in caught.value.rule
 
 
@@ -228,7 +262,19 @@ references = st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,10}\Z").map(
 consents = st.from_regex(r"\A[a-z][a-z0-9_]{0,10}\Z").map(
     lambda p: pb.Expression(consent=pb.ConsentPredicate(purpose=p))
 )
-leaves = traits() | events() | identities | references | consents
+scores = st.builds(
+    lambda score, op, values: pb.Expression(
+        rfm=pb.RfmPredicate(
+            score=score,
+            operator=op,
+            values=values[:2] if op == pb.OPERATOR_BETWEEN else values if op in (9, 10) else values[:1],
+        )
+    ),
+    st.sampled_from(list(pb.RfmScore.values())[1:]),
+    st.sampled_from([*language.SYMBOLS, pb.OPERATOR_IN, pb.OPERATOR_NOT_IN, pb.OPERATOR_BETWEEN]),
+    st.lists(st.integers(1, 5), min_size=2, max_size=4),
+)
+leaves = traits() | events() | identities | references | consents | scores
 expressions = st.recursive(
     leaves,
     lambda inner: (

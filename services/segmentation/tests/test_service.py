@@ -13,12 +13,15 @@ from grpc_status import rpc_status
 from mosaic.consent.v1 import privacy_pb2
 from mosaic.events.v1 import identity_changed_pb2, privacy_request_pb2, profile_updated_pb2
 from mosaic.platform import topics
+from mosaic.platform.bus import Bus
 from mosaic.platform.server import Service
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2_grpc
 from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
 from mosaic.testing.plugin import eventually
 from segmentation_service.app import build
+from segmentation_service.columns import erased_key
 from segmentation_service.config import Settings
+from segmentation_service.store import open_store
 
 
 @pytest.fixture
@@ -75,8 +78,10 @@ async def test_segments_are_created_read_listed_by_page_updated_and_deleted(stub
     assert got.segment.name == "b"
     first = await stub.ListSegments(pb.ListSegmentsRequest(page_size=2))
     second = await stub.ListSegments(pb.ListSegmentsRequest(page_size=2, page_token=first.next_page_token))
-    assert [s.segment_id for s in first.segments] == ["a", "b"] and [s.segment_id for s in second.segments] == ["c"]
-    assert second.next_page_token == ""
+    # The named RFM segments (rfm_...) are there from the start, after these by id.
+    assert [s.segment_id for s in first.segments] == ["a", "b"]
+    assert [s.segment_id for s in second.segments] == ["c", "rfm_about_to_sleep"]
+    assert second.next_page_token != ""
     await stub.CreateSegment(create("d", 'in segment "a" or has email'))
     updated = await stub.UpdateSegment(
         pb.UpdateSegmentRequest(segment=segment_pb2.Segment(segment_id="a", name="A", definition="is known"))
@@ -128,7 +133,8 @@ async def test_segments_are_managed_from_the_command_line(service, capsys):
     assert await run("segments", "create", "vip", "traits.ltv>1000 and has email", "--name", "VIP") == 0
     assert json.loads(capsys.readouterr().out)["definition"] == "traits.ltv > 1000 and has email"
     assert await run("segments", "list") == 0
-    [listed] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # not a terminal: JSON
+    *named, listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # not a terminal: JSON
+    assert len(named) == 11 and all(s["segmentId"].startswith("rfm_") for s in named)
     assert (listed["segmentId"], listed["name"], listed["definition"]) == (
         "vip",
         "VIP",
@@ -286,3 +292,64 @@ async def test_an_erasure_takes_the_person_out_of_every_replicas_view(make_setti
     finally:
         await service.stop()
         await other.stop()
+
+
+async def test_an_erased_profile_stays_out_of_the_view_after_a_restart(make_settings):
+    settings = Settings(make_settings("segmentation", MOSAIC_GRACE_SECONDS="1"), "", 1.0)
+    partitions = settings.platform.partitions
+    erased = "e1"
+    kept = next(
+        f"k{i}"
+        for i in range(200)
+        if topics.partition_of(f"k{i}", partitions) == topics.partition_of(erased, partitions)
+    )
+
+    def update(profile_id: str, version: int) -> profile_updated_pb2.ProfileUpdated:
+        found = profile_updated_pb2.ProfileUpdated(profile_id=profile_id, version=version)
+        found.changes.add(path="traits.n", new_value=struct_pb2.Value(number_value=version))
+        return found
+
+    service = Service(settings.platform, lambda runtime: build(runtime, settings))
+    await service.start()
+    try:
+        bus = service.runtime.bus
+        await bus.publish(topics.PROFILE_UPDATED, erased, update(erased, 1), f"{erased}:1")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+            estimate = lambda: stub.Estimate(pb.EstimateRequest(definition="traits.n >= 1"))  # noqa: E731
+            await eventually(lambda: _when(estimate(), lambda a: a.count == 1))
+            request = privacy_request_pb2.PrivacyRequested(
+                request_id="r-1", kind=privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, person_id=erased
+            )
+            await bus.publish(topics.PRIVACY_REQUESTED, erased, request, "r-1")
+            await eventually(lambda: _when(estimate(), lambda a: a.population == 0))
+        store = await open_store(settings.platform)
+        try:
+            partition = topics.partition_of(erased, partitions)
+            await eventually(lambda: _when(store.erased(partition, 0.0), lambda keys: erased_key(erased) in keys))
+            assert erased not in str(await store.erased(partition, 0.0))  # a digest, not the id
+        finally:
+            await store.close()
+    finally:
+        await service.stop()
+    # A late update of the erased profile arrives while the replica is down, then another
+    # profile's on the same partition.
+    bus = await Bus.connect(settings.platform.nats_url, "segmentation-test", partitions)
+    try:
+        await bus.publish(topics.PROFILE_UPDATED, erased, update(erased, 2), f"{erased}:2")
+        await bus.publish(topics.PROFILE_UPDATED, kept, update(kept, 1), f"{kept}:1")
+    finally:
+        await bus.close()
+
+    # The view starts empty (no profile service here): the erased list, read back when the
+    # replica takes the partition, keeps the late update out.
+    service = Service(settings.platform, lambda runtime: build(runtime, settings))
+    await service.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+            estimate = lambda: stub.Estimate(pb.EstimateRequest(definition="traits.n >= 1", sample_size=100))  # noqa: E731
+            answer = await eventually(lambda: _when(estimate(), lambda a: kept in a.sample))
+            assert list(answer.sample) == [kept] and answer.population == 1
+    finally:
+        await service.stop()

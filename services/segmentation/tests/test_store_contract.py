@@ -119,3 +119,26 @@ async def test_sizes_are_kept_per_day_and_partition_and_summed(store):
     await store.set_size(sid, "2026-03-31", 1, 3)  # counted again later that day
     assert await store.sizes(sid, "2026-03-30") == {"2026-03-30": 5, "2026-03-31": 9}
     assert await store.sizes(sid, "2026-03-31") == {"2026-03-31": 9}
+
+
+async def test_the_rfm_model_is_one_row_replaced_by_each_recompute(store):
+    assert await store.rfm_model() is None
+    await store.init_rfm_model(segment_pb2.RfmModel())
+    assert await store.rfm_model() == segment_pb2.RfmModel()
+    model = segment_pb2.RfmModel(generation=3, customers=7, recency_edges=[1, 2, 3, 4])
+    model.computed_at.FromSeconds(1_800_000_000)
+    await store.set_rfm_model(model)
+    await store.init_rfm_model(segment_pb2.RfmModel())  # a replica starting late changes nothing
+    assert await store.rfm_model() == model
+    model.generation, model.recency_edges[0] = 4, 0.5
+    await store.set_rfm_model(model)
+    assert await store.rfm_model() == model
+
+
+async def test_erased_profiles_are_kept_by_partition_until_no_update_of_theirs_can_come(store):
+    await store.add_erased(3, ["k-old"], 1_000.0)
+    await store.add_erased(3, ["k-a", "k-b"], 2_000.0)
+    await store.add_erased(4, ["k-c"], 2_000.0)
+    assert sorted(await store.erased(3, 1_500.0)) == ["k-a", "k-b"]
+    assert await store.erased(4, 1_500.0) == ["k-c"]
+    assert await store.erased(5, 0.0) == []

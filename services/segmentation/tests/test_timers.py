@@ -12,12 +12,13 @@ from mosaic.platform.bus import Bus, Delivery
 from mosaic.platform.ownership import FixedPartitions
 from mosaic.segmentation.v1 import segment_pb2
 from segmentation_service import compiler
+from segmentation_service.backfill import Backfiller
 from segmentation_service.catalog import SegmentCatalog
 from segmentation_service.columns import ColumnarView
 from segmentation_service.membership import Memberships
-from segmentation_service.state import DAY
+from segmentation_service.state import DAY, ProfileState
 from segmentation_service.store import open_store
-from segmentation_service.timers import TIMER_BUCKET, Timers
+from segmentation_service.timers import TIMER_BUCKET, Timers, bucket_of
 
 DELIVERY = Delivery("profile.updated.0", 0, 1, 1, "")
 START = datetime(2026, 3, 31, 10, tzinfo=timezone.utc).timestamp()
@@ -106,3 +107,24 @@ async def test_a_profile_leaves_when_its_last_order_ages_out_of_the_window(repli
     replica.clock[0] = midnight + 1
     assert await replica.timers.fire() == 1
     assert await replica.moves() == [("recent-buyers", "p-1", ENTERED), ("recent-buyers", "p-1", EXITED)]
+
+
+async def test_a_new_timed_segment_gives_every_profile_its_timer_once_backfilled(replica):
+    started = {"p-a": START - 3 * DAY, "p-b": START - 5 * DAY, "p-old": START - 30 * DAY}
+    for pid, moment in started.items():  # in the view (as rebuilt from ScanProfiles), no timer yet
+        when = datetime.fromtimestamp(moment, timezone.utc).isoformat()
+        replica.memberships.view.put(ProfileState(pid, 1, {"trial_started": when}), START)
+    definition, expression = compiler.definition_of(text="traits.trial_started < now - 7d")
+    await replica.store.create(
+        segment_pb2.Segment(segment_id="trial-week", name="w", definition=definition, expression=expression, revision=1)
+    )
+    partitions = FixedPartitions(range(replica.settings.partitions))
+    backfiller = Backfiller(replica.store, replica.memberships.catalog, replica.memberships, partitions)
+    assert await backfiller.once() == 2  # p-old into trial-week and trial-over
+    for pid in ("p-a", "p-b"):
+        due = started[pid] + 7 * DAY
+        assert pid in await replica.store.timers(replica.memberships.partition(pid), bucket_of(due))
+    for pid in ("p-b", "p-a"):  # each when its time comes
+        replica.clock[0] = started[pid] + 7 * DAY + TIMER_BUCKET
+        assert await replica.timers.fire() == 1
+        assert (await replica.moves())[-1] == ("trial-week", pid, ENTERED)

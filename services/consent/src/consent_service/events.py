@@ -12,6 +12,14 @@ differs from the person's current state and is newer than it, so the ledger hold
 not a copy of every event. `context.consent.gpc: true` records the Global Privacy Control
 signal. Each entry's change id is derived from the event's message id, so a redelivered event
 records and announces nothing twice.
+
+An event resolved to a person before their erasure may be read after consent's part of it (the
+profile service drops it, consent reads the stream on its own). The erasure keeps a tombstone
+per profile id (ConsentStore.record_erasures) before it removes the ledger; entries to record
+are checked against it before they are written, and again after, for an erasure running
+meanwhile: either the second read sees the tombstone, and the entries and their notices are
+removed here, or the write came before the tombstone and the erasure removes it. Only events
+that change the ledger pay the two reads; the many that restate the person's consent pay none.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from consent_service.outbox import Relay
 from consent_service.store import micros, timestamp
 from mosaic.consent.v1 import consent_pb2
 from mosaic.events.v1 import event_pb2, resolved_pb2
+from mosaic.platform import topics
 from mosaic.platform.bus import Delivery
 from mosaic.platform.consent import Policy
 
@@ -46,6 +55,7 @@ class ConsentEvents:
         self.relay = relay
         self.policy = policy
         self.ignored_categories = 0
+        self.erased_dropped = 0  # events whose consent named an erased person
 
     async def __call__(self, resolved: resolved_pb2.ResolvedEvent, delivery: Delivery) -> None:
         event = resolved.event
@@ -92,10 +102,29 @@ class ConsentEvents:
                 if latest is None or latest.granted or explicit:
                     denial.change_id = _change_id(event.message_id, "gpc:" + denial.purpose)
                     decisions.append(denial)
-        if decisions:
-            profiles = await self.ledger.record(decisions)
-            self.cache.drop([*profiles, resolved.profile_id])
-            self.relay.kick()
+        if not decisions:
+            return
+        store = self.ledger.store
+        if await store.erased([resolved.profile_id]):
+            self.erased_dropped += 1
+            return
+        profiles = list(dict.fromkeys([resolved.profile_id, *await self.ledger.record(decisions)]))
+        if erased := await store.erased(profiles):
+            await self._undo(profiles, erased)
+            return
+        self.cache.drop(profiles)
+        self.relay.kick()
+
+    async def _undo(self, profiles: list[str], erased: set[str]) -> None:
+        """The person was erased while their entries were written: the entries go, and their
+        notices, published first so that no relay publishes one later (a relay that read it
+        already publishes it again under the same message id, which JetStream drops)."""
+        self.erased_dropped += 1
+        await self.ledger.store.erase_profiles(profiles)
+        self.cache.drop(profiles)
+        await self.relay.drain()
+        await self.relay.bus.erase_keys(topics.CONSENT_CHANGED, profiles)
+        log.info("consent of an erased person dropped", extra={"fields": {"profiles": len(erased)}})
 
 
 class IdentityChanges:

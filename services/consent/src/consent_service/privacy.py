@@ -297,6 +297,9 @@ class ConsentParticipant:
 
     async def erase(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
         profiles = await self._profiles(request)
+        # The tombstones first: an event resolved to the person, read from now on, records
+        # nothing (consent_service.events).
+        await self.store.record_erasures(profiles)
         counts = await self.store.erase_profiles(profiles)
         counts["privacy_exports"] = await self._erase_exports(set(profiles))
         # Every replica's cache forgets the person.

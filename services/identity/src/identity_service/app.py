@@ -27,7 +27,7 @@ def components(store: IdentityStore, settings: Settings) -> tuple[Resolver, Rule
         store, lease_seconds=settings.lease_seconds, root_cache=RootCache(max_age=settings.root_cache_seconds)
     )
     rules = RulesCache(store.load_rules, settings.rules_max_age)
-    sightings = Sightings(store, settings.sightings_flush_seconds)
+    sightings = Sightings(store, settings.sightings_flush_seconds, erased=resolver.erased_profiles)
     return resolver, rules, EventResolver(resolver, rules, sightings, settings.phone_region)
 
 
@@ -56,4 +56,6 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     handler = RawEventHandler(events, runtime.bus, outbox)
     runtime.bus.consume(topics.EVENTS_RAW, handler, batch_handler=handler.batch)
     privacy = IdentityPrivacy(store, resolver, events.sightings)
+    # Every replica forgets an erased person at once, whichever one's participant erases them.
+    await runtime.bus.listen(topics.PRIVACY_REQUESTED, privacy.heard)
     Participant("identity", runtime.bus, privacy.export, privacy.erase).start()

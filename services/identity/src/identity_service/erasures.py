@@ -18,7 +18,12 @@ its subjects) under a key kept in identity's own store, made by the first replic
 it: the tombstones are useless without their key, so both live, and are backed up, together
 (the deployment's audit key may be set anew by an operator, which would void them all). The
 store can tell whether an identifier was erased, not who was. Kept for good: nothing in Mosaic
-lifts a suppression (see the README, "Privacy requests").
+lifts a suppression (see the README, "Privacy requests"). The erased profile ids get one each too
+(`profile_erased`), so a root whose row is gone is never adopted again (see Resolver.lock_all).
+
+`ErasedProfiles` is a replica's memory of the people being erased, heard from every erasure
+request (Bus.listen): from then on, this replica resolves nothing to them and writes no sighting
+of them, whichever replica runs the erasure (see the README, "What arrives after the erasure").
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from collections.abc import Iterable
 
 from identity_service.store import IdentityStore, Key
 from mosaic.platform.audit import keyed
+from mosaic.platform.lru import Lru
 
 KEY_SETTING = "erasure_key"
+PROFILE = "\0profile"  # the type of a profile id's tombstone: no identifier type can be it
 
 
 class Erasures:
@@ -54,3 +61,24 @@ class Erasures:
         if not hashes:
             return []
         return sorted(hashes[h] for h in await self.store.erased(sorted(hashes)))
+
+    async def profile_erased(self, profile_id: str) -> bool:
+        return bool(await self.erased([(PROFILE, profile_id)]))
+
+
+class ErasedProfiles:
+    """The profile ids of the people this replica heard being erased (bounded, the oldest out:
+    by then the erasure is long done and the store holds nothing of them to resolve by)."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._ids: Lru[str, bool] = Lru(size)
+
+    def add(self, profile_ids: Iterable[str]) -> None:
+        for profile_id in profile_ids:
+            self._ids.put(profile_id, True)
+
+    def __contains__(self, profile_id: object) -> bool:
+        return profile_id in self._ids
+
+    def __bool__(self) -> bool:
+        return len(self._ids) > 0

@@ -2,29 +2,51 @@
 profiles, identifiers, merge history and conflicts, exported or erased.
 
 The person is every profile the request names plus those the graph joins to them (children
-merged into a survivor, the survivor of a merged profile). Erasure first keeps a tombstone per
-identifier of the person (erasures.py: an event naming one from now on is dropped), then
-removes the claims the person holds (an identifier another profile claims is left alone), the
+merged into a survivor, the survivor of a merged profile). Erasure takes the locks of the
+person's roots (the resolver's, with a longer lease), so no event links, merges or splits
+them from its read of their identifiers to their removal; under them it keeps a tombstone per
+identifier of the person and per profile id (erasures.py: an event naming one from now on is
+dropped, a root whose row is gone is never adopted), then removes the claims the person holds (an identifier another profile claims is left alone), the
 profile rows, members, children, merge records, conflicts, sightings and the recorded links the
 dry run replays that name an identifier of the person (a scan of the link history: its cost
-grows with it), and last the claims of the person's identifiers made meanwhile. Pending
-sightings are flushed first, so none is written back after; the resolver's caches forget the
-person. The erasure receipt lists the identifiers, so consent can suppress them at ingestion.
+grows with it), and last the claims of the person's identifiers made meanwhile.
+
+Every replica hears every erasure request (`heard`, through Bus.listen) and forgets the person
+at once, whichever replica's participant runs it: their profiles join the resolver's erased set
+(a resolution to them is dropped from then on), their cached claims and roots go, and their
+sightings, pending or written by a flush that raced the erasure, are removed. The erasure
+receipt lists the identifiers, so consent can suppress them at ingestion.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
+
+import tenacity
 from google.protobuf import json_format
 
-from identity_service.resolver import Resolver, now_ms
+from identity_service.erasures import PROFILE
+from identity_service.resolver import Resolver, Retry, now_ms
 from identity_service.sightings import Sightings
 from identity_service.store import IdentityStore, Key, decode_keys
+from mosaic.consent.v1 import privacy_pb2
 from mosaic.events.v1 import privacy_request_pb2
 from mosaic.identity.v1 import identity_pb2
+from mosaic.platform.errors import Unavailable
 from mosaic.platform.privacy import Answer
 from mosaic.platform.store.cassandra import CassandraStore
 
+log = logging.getLogger("identity.privacy")
 MAX_PROFILES = 1_000  # the graph caps a person at 100 merges; this only bounds a walk gone wrong
+# An erasure holds the person's locks while it reads and removes the whole person (links scan
+# included), longer than a resolution; a crashed one holds back only the person's own events.
+ERASURE_LEASE_FACTOR = 10
+
+
+def named(request: privacy_request_pb2.PrivacyRequested) -> list[str]:
+    return list(dict.fromkeys(p for p in [request.person_id, *request.profile_ids] if p))
 
 
 class IdentityPrivacy:
@@ -32,10 +54,27 @@ class IdentityPrivacy:
         self.store = store
         self.resolver = resolver
         self.sightings = sightings
+        self._heard: set[asyncio.Task] = set()
+
+    def heard(self, request: privacy_request_pb2.PrivacyRequested) -> None:
+        """Every replica's notice of a request (Bus.listen): an erased person is forgotten at
+        once by the profiles named, then by those the graph joins to them, sightings included."""
+        if request.kind != privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE:
+            return
+        self.resolver.forget_person(named(request))
+        task = asyncio.create_task(self._forget(request))
+        self._heard.add(task)
+        task.add_done_callback(self._heard.discard)
+
+    async def _forget(self, request: privacy_request_pb2.PrivacyRequested) -> None:
+        try:
+            await self.sightings.forget(self.resolver.forget_person(await self._profiles(request)))
+        except Exception:  # noqa: BLE001 - logged; the erasure itself removes what is stored
+            log.exception("erased person not forgotten", extra={"fields": {"request_id": request.request_id}})
 
     async def _profiles(self, request: privacy_request_pb2.PrivacyRequested) -> list[str]:
         seen: dict[str, None] = {}
-        todo = [p for p in [request.person_id, *request.profile_ids] if p]
+        todo = named(request)
         while todo and len(seen) < MAX_PROFILES:
             profile_id = todo.pop()
             if profile_id in seen:
@@ -88,8 +127,54 @@ class IdentityPrivacy:
         return Answer({kind: len(items) for kind, items in document.items()}, document)
 
     async def erase(self, request: privacy_request_pb2.PrivacyRequested) -> Answer:
+        self.resolver.forget_person(named(request))  # this replica may hear the notice after
         await self.sightings.flush()
-        profiles = await self._profiles(request)
+        holder = f"erasure-{request.request_id}-{uuid.uuid4().hex[:8]}"
+        profiles, locked = await self._lock_person(request, holder)
+        try:
+            answer = await self._erase_locked(profiles)
+        finally:
+            for root in locked:  # its row is gone: nothing left to release but on a failure
+                await self.store.unlock(root, holder)
+        await self.sightings.forget(set(profiles))
+        return answer
+
+    async def _lock_person(
+        self, request: privacy_request_pb2.PrivacyRequested, holder: str
+    ) -> tuple[list[str], list[str]]:
+        """The person's profiles, with the locks of their roots; the walk is done again under
+        them, for a merge that moved the person between the walk and the locks."""
+        lease = self.resolver.lease_ms * ERASURE_LEASE_FACTOR
+        try:
+            async for attempt in tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception_type(Retry),
+                stop=tenacity.stop_after_delay(2 * self.resolver.lease_ms / 1000),  # a crashed holder's lease
+                wait=tenacity.wait_random(0.01, 0.2),
+                reraise=True,
+            ):
+                with attempt:
+                    profiles = await self._profiles(request)
+                    rows = await self.store.profiles(profiles)
+                    locked: list[str] = []
+                    try:
+                        for root in sorted(p for p, row in rows.items() if not row.merged_into):
+                            now = now_ms()
+                            if not (await self.store.lock(root, holder, now, now + lease))[0]:
+                                raise Retry()
+                            locked.append(root)
+                        if set(await self._profiles(request)) != set(profiles):
+                            raise Retry()
+                    except BaseException:
+                        for root in locked:
+                            await self.store.unlock(root, holder)
+                        raise
+                    return profiles, locked
+        except Retry:
+            raise Unavailable("identity graph", f"the profiles of request {request.request_id} stayed locked") from None
+        raise AssertionError("unreachable: tenacity returns or raises")
+
+    async def _erase_locked(self, profiles: list[str]) -> Answer:
+        self.resolver.forget_person(profiles)
         members = await self.store.members(profiles)
         keys: set[Key] = {(m.id_type, m.id_value) for ms in members.values() for m in ms}
         claims = await self.store.claims(sorted(keys))
@@ -98,7 +183,7 @@ class IdentityPrivacy:
         theirs = sorted(k for k in keys if k not in claims or claims[k].profile_id in profiles)
         claimed = [(key, claims[key].profile_id) for key in theirs if key in claims]
         # First the tombstones: from now on, a new claim of these is undone by its claimer.
-        await self.resolver.erasures.record(theirs, now_ms())
+        await self.resolver.erasures.record([*theirs, *((PROFILE, p) for p in profiles)], now_ms())
         merge_ids = sorted({r.merge_id for p in profiles for r in await self.store.merges_of(p)})
         if isinstance(self.store.db, CassandraStore):
             counts = await self._erase_cassandra(profiles, claimed, merge_ids, keys)
@@ -106,7 +191,7 @@ class IdentityPrivacy:
             counts = await self._erase_sqlite(profiles, claimed, merge_ids, keys)
         if profiles:
             counts["identity_claims"] += await self._unclaim_since(theirs)
-        self.resolver.root_cache.forget(profiles)
+        self.resolver.forget_person(profiles)
         self.resolver.forget_claims(keys)
         identifiers = [identity_pb2.Identifier(type=t, value=v) for t, v in sorted(keys)]
         return Answer(counts, identifiers=identifiers)
@@ -179,7 +264,6 @@ class IdentityPrivacy:
                 "identity_children",
                 "identity_profile_merges",
                 "identity_unlinked",
-                "identity_sightings",
             ):
                 statements.append((f"DELETE FROM {table} WHERE profile_id = ?", (profile_id,)))
         statements += [("DELETE FROM identity_merges WHERE merge_id = ?", (m,)) for m in merge_ids]
@@ -206,4 +290,5 @@ class IdentityPrivacy:
         counts["identity_links"] = links
         for cql, params in statements:
             await db.execute(cql, params)
+        await self.store.forget_sightings(profiles)
         return counts

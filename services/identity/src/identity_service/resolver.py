@@ -29,8 +29,13 @@ when the profile row agrees, so a crash at any point leaves nothing a redelivery
 Identifiers never seen are checked against the tombstones of erased people (erasures.py)
 before they are claimed, and again once claimed, for an erasure running meanwhile: on a hit the
 event's claims and members, and the profile made for it, are undone and `Erased` raised, so its
-handler drops it. (A replica that dies between a claim and its second read, while an erasure
-of that identifier runs, leaves the claim, which the redelivered event then resolves by.)
+handler drops it. The erasure holds the locks of the person's roots while it reads their
+identifiers and removes them, so no change of their component slips between its read and its
+removal; a root whose row it removed is never adopted again (its profile id has a tombstone).
+Every replica hears every erasure request (`forget_person`): from then on a resolution to one of
+the person's profiles raises `Erased`, a set lookup on the path that reads nothing. (A replica
+that dies between a claim and its second read, while an erasure of that identifier runs, leaves
+the claim, which the redelivered event then resolves by.)
 
 What this guarantees: every change is decided under the locks of all the components it
 touches, so a concurrent run is equivalent to a serial run in the order the locks admitted the
@@ -57,7 +62,7 @@ import tenacity
 from google.protobuf import timestamp_pb2
 
 from identity_service import graph
-from identity_service.erasures import Erasures
+from identity_service.erasures import ErasedProfiles, Erasures
 from identity_service.graph import Component, Plan
 from identity_service.rules import Rules
 from identity_service.store import Claim, IdentityStore, Key, Member, OutboxEntry
@@ -145,6 +150,10 @@ class RootCache:
         if evicted is not None:
             self._unindex(evicted[0], evicted[1][0])
 
+    def homes_of(self, root: str) -> set[str]:
+        """The homes cached as answering to `root`."""
+        return set(self._homes.get(root, ()))
+
     def forget(self, profile_ids) -> None:
         """Drop every entry of these profiles, as homes and as roots."""
         for profile_id in profile_ids:
@@ -184,6 +193,7 @@ class Resolver:
         # cached (it could put back what the erasure just forgot).
         self._claims: Lru[Key, Claim] = Lru(claim_cache)
         self._forgotten = 0
+        self.erased_profiles = ErasedProfiles()  # the people this replica heard being erased
         self.root_cache = root_cache or RootCache()
         self.retries = 0  # decisions redone because the state moved under them (contention)
 
@@ -197,7 +207,8 @@ class Resolver:
             fetched = await self.store.claims(missing)
             if forgotten == self._forgotten:
                 for k, claim in fetched.items():
-                    self._claims.put(k, claim)
+                    if claim.profile_id not in self.erased_profiles:
+                        self._claims.put(k, claim)
             found.update(fetched)
         return found
 
@@ -206,6 +217,20 @@ class Resolver:
         self._forgotten += 1
         for key in keys:
             self._claims.pop(key)
+
+    def forget_person(self, profile_ids) -> set[str]:
+        """An erasure of these profiles was heard: with the homes cached as answering to them,
+        they join `erased_profiles`, and every cached claim and root of them goes. Returns them."""
+        person = set(profile_ids)
+        for profile_id in list(person):
+            person |= self.root_cache.homes_of(profile_id)
+        self.erased_profiles.add(person)
+        # A scan of the cache (once per erasure heard): reading each entry, least recently used
+        # first, moves it last, so the order of those kept is the same afterwards.
+        cached = [(key, self._claims.get(key)) for key in list(self._claims)]
+        self.forget_claims([key for key, claim in cached if claim is not None and claim.profile_id in person])
+        self.root_cache.forget(person)
+        return person
 
     def home_of(self, key: Key) -> str | None:
         """The home profile of an identifier this replica has resolved lately (None: not cached)."""
@@ -289,6 +314,8 @@ class Resolver:
         homes = {c.profile_id for c in claims.values()}
         roots = await (self.cached_roots(homes) if cached else self.roots(homes))
         key_roots = {k: roots[c.profile_id] for k, c in claims.items()}
+        if self.erased_profiles and (erased := self._of_erased(claims, key_roots)):
+            raise Erased(erased)  # the person is being erased (or was): resolved to nobody
         if len(claims) == len(keys) and len(set(key_roots.values())) == 1:
             return Resolution(next(iter(key_roots.values())))
         if len(claims) < len(keys) and (erased := await self.erasures.erased([k for k in keys if k not in claims])):
@@ -299,6 +326,17 @@ class Resolver:
             self.root_cache.forget(homes)
             self.retries += 1
             raise
+
+    def _of_erased(self, claims: dict[Key, Claim], key_roots: dict[Key, str]) -> list[Key]:
+        """The identifiers whose home or root is a profile heard erased; a home found answering
+        to an erased root is one too (merged into the person, unnamed by the request)."""
+        erased = [
+            k for k, c in claims.items() if c.profile_id in self.erased_profiles or key_roots[k] in self.erased_profiles
+        ]
+        if erased:
+            self.erased_profiles.add(claims[k].profile_id for k in erased)
+            self.forget_claims(erased)
+        return erased
 
     async def _change(self, identifiers, roots, key_roots, rules, event_id, at, source, rule) -> Resolution:
         holder = f"{self._token}-{next(self._attempts)}"
@@ -370,7 +408,7 @@ class Resolver:
             for key in keys:
                 await self.store.remove_member(survivor, key)
             raise Erased(erased)
-        if forgotten == self._forgotten:
+        if forgotten == self._forgotten and survivor not in self.erased_profiles:
             for key, claim in zip(keys, won, strict=True):
                 self._claims.put(key, claim)
         if lost:
@@ -386,7 +424,10 @@ class Resolver:
                 now = now_ms()
                 ok, merged_into = await self.store.lock(root, holder, now, now + self.lease_ms)
                 if not ok and merged_into is None:
-                    # A home profile with no row (claimed before profiles had rows): adopt it.
+                    # A home profile with no row: erased (the claim was read before the erasure
+                    # removed it), or claimed before profiles had rows, which is adopted.
+                    if await self.erasures.profile_erased(root):
+                        raise Erased([])
                     ok = await self.store.create_locked(root, 0, "", holder, now + self.lease_ms)
                 if not ok:
                     raise Retry()

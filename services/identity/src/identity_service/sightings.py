@@ -13,6 +13,10 @@ applied once changes nothing when it comes again. The link of an event that chan
 graph is written before the event is acknowledged; the link of one that changed nothing is
 only further evidence for what the graph holds already, and is written behind with the
 sightings.
+
+Sightings of a person being erased (`erased`, heard by every replica) are never written: those
+pending are dropped at each flush, and `forget` removes what a flush in flight, or one made
+before the notice came, wrote after the erasure had removed their rows.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from identity_service.erasures import ErasedProfiles
 from identity_service.store import IdentityStore, Key, Link
 from mosaic.platform.lru import Lru
 
@@ -27,9 +32,17 @@ log = logging.getLogger("identity.sightings")
 
 
 class Sightings:
-    def __init__(self, store: IdentityStore, flush_seconds: float = 1.0, known_links: int = 200_000) -> None:
+    def __init__(
+        self,
+        store: IdentityStore,
+        flush_seconds: float = 1.0,
+        known_links: int = 200_000,
+        erased: ErasedProfiles | None = None,
+    ) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
+        self.erased = erased if erased is not None else ErasedProfiles()
+        self._flushing = asyncio.Lock()
         self._seen: dict[Key, tuple[str, int]] = {}  # identifier → (home profile, event time)
         self._links: list[Link] = []
         self._known: Lru[frozenset[Key], bool] = Lru(known_links)  # sets of identifiers linked already
@@ -53,7 +66,19 @@ class Sightings:
         self._known.put(identifiers, True)
 
     async def flush(self) -> None:
-        seen, self._seen = self._seen, {}
+        async with self._flushing:
+            await self._flush()
+
+    async def forget(self, profile_ids: set[str]) -> None:
+        """The people of these profiles are being erased: once a flush in flight is done, their
+        sightings are removed, as stored and as pending (the erased filter keeps them out after)."""
+        async with self._flushing:
+            self._seen = {key: seen for key, seen in self._seen.items() if seen[0] not in profile_ids}
+            await self.store.forget_sightings(sorted(profile_ids))
+
+    async def _flush(self) -> None:
+        seen = {key: (home, at) for key, (home, at) in self._seen.items() if home not in self.erased}
+        self._seen = {}
         links, self._links = self._links, []
         try:
             if seen:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from mosaic.platform import tasks, topics
 from mosaic.platform.privacy import Participant
@@ -18,6 +19,7 @@ from segmentation_service.config import Settings
 from segmentation_service.membership import Memberships
 from segmentation_service.privacy import SegmentationPrivacy
 from segmentation_service.profiles import ProfileReader
+from segmentation_service.scoring import RfmScoring
 from segmentation_service.server import SegmentationServicer
 from segmentation_service.store import open_store
 from segmentation_service.timers import Timers
@@ -30,7 +32,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     store = await open_store(platform)
     runtime.cleanup.push_async_callback(store.close)
     ownership = runtime.ownership
-    catalog = SegmentCatalog(store)
+    catalog = SegmentCatalog(store, traits=settings.rfm_traits)
     view = ColumnarView(platform.partitions, policy=settings.policy)
     reader = ProfileReader(settings.profile_address, platform.security) if settings.profile_address else None
     timers = Timers(store, catalog, ownership, settings.timer_interval)
@@ -45,6 +47,10 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         # The view holds the profiles of the partitions this replica holds: load the new ones
         # before their consumers start, publish what a crash left pending, backfill what is left.
         merged = {pid for partition in partitions for pid in await store.merged(partition)}
+        # Erased profiles stay out (ScanProfiles has none; a late profile.updated may).
+        since = time.time() - topics.PROFILE_UPDATED.max_age
+        for partition in partitions:
+            view.remember_erased(await store.erased(partition, since))
         if reader is not None:
             await reader.rebuild(view, partitions, merged)
         await memberships.publish_all_pending(partitions)
@@ -54,12 +60,18 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         view.forget(partitions)  # the next holder's view counts them now
 
     ownership.follow(acquired, released)
-    background = [asyncio.create_task(backfiller.run()), asyncio.create_task(timers.run())]
-    runtime.cleanup.push_async_callback(tasks.cancel, *background)
     servicer = SegmentationServicer(
         store, catalog, memberships, backfiller, settings.peers, platform.security, settings.policy
     )
     runtime.cleanup.push_async_callback(servicer.close)
+    scoring = RfmScoring(store, catalog, view, ownership, servicer.peers, settings.rfm_interval, wake=backfiller.wake)
+    await scoring.ready()
+    background = [
+        asyncio.create_task(backfiller.run()),
+        asyncio.create_task(timers.run()),
+        asyncio.create_task(scoring.run()),
+    ]
+    runtime.cleanup.push_async_callback(tasks.cancel, *background)
     segmentation_service_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(pb.DESCRIPTOR.services_by_name["SegmentationService"].full_name)
     runtime.bus.consume(topics.PROFILE_UPDATED, memberships.updated, batch_handler=memberships.updated_batch)

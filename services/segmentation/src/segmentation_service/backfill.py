@@ -7,7 +7,8 @@ partitions left.
 The columnar view finds the candidates (profiles whose stored membership differs from what the
 definition says now); each is decided again under its lock by the plain evaluator, which also
 publishes the transition. A segment's revision grows with every change, so a changed
-definition is backfilled again.
+definition is backfilled again; so is a segment reading RFM scores when a recompute moves the
+edges (its backfill revision carries the edges' generation).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from segmentation_service.membership import Memberships
 from segmentation_service.store import SegmentStore
 
 log = logging.getLogger("segmentation.backfill")
+SCHEDULED_PER_WRITE = 1000  # timers written by one store call when a backfill renews them
 
 
 class Backfiller:
@@ -68,19 +70,31 @@ class Backfiller:
     async def once(self) -> int:
         """Backfill every pending (segment, revision, partition); returns the transitions."""
         changed = 0
+        pending: dict[int, list[Live]] = {}  # partition -> the segments it is still to backfill
         for live in list((await self.catalog.all()).values()):
-            todo = [p for p in sorted(self.ownership.owned) if (live.segment_id, live.revision, p) not in self._done]
+            revision = live.backfill_revision
+            todo = [p for p in sorted(self.ownership.owned) if (live.segment_id, revision, p) not in self._done]
             if not todo:
                 continue
-            done = await self.store.backfilled(live.segment_id, live.revision)
+            done = await self.store.backfilled(live.segment_id, revision)
             for partition in todo:
-                async with self.ownership.working(partition) as held:
-                    if not held:
-                        continue  # handed over meanwhile: its new holder backfills it
-                    if partition not in done:
-                        changed += await self._partition(live, partition)
-                        await self.store.set_backfilled(live.segment_id, live.revision, partition)
-                    self._done.add((live.segment_id, live.revision, partition))
+                if partition in done:
+                    self._done.add((live.segment_id, revision, partition))
+                else:
+                    pending.setdefault(partition, []).append(live)
+        for partition, segments in sorted(pending.items()):
+            async with self.ownership.working(partition) as held:
+                if not held:
+                    continue  # handed over meanwhile: its new holder backfills it
+                for live in segments:
+                    changed += await self._partition(live, partition)
+                if any(live.compiled.timed for live in segments):
+                    # Every profile may come due for a new definition, not only those it moved:
+                    # once for all of them (new RFM edges renew every segment reading scores).
+                    await self._schedule(partition)
+                for live in segments:
+                    await self.store.set_backfilled(live.segment_id, live.backfill_revision, partition)
+                    self._done.add((live.segment_id, live.backfill_revision, partition))
         return changed
 
     async def _partition(self, live: Live, partition: int) -> int:
@@ -90,27 +104,42 @@ class Backfiller:
         members = {pid for pid, _ in await self.store.members(live.segment_id, partition)}
         changed = 0
         for profile_id in sorted(matching ^ members):
-            changed += await self.memberships.reevaluate(profile_id, [live], f"backfill:{live.revision}")
+            changed += await self.memberships.reevaluate(profile_id, [live], f"backfill:{live.tag}")
             await asyncio.sleep(0)  # let live updates through between profiles
-        if live.compiled.timed and self.memberships.timers is not None:
-            # Every profile may come due for the new definition, not only those it moved.
-            n = len(view.ids)
-            for profile_id in view.profile_ids((view.partition[:n] == partition) & view.alive[:n]):
-                state = view.get(profile_id)
-                assert state is not None  # an alive row of the view
-                await self.memberships.timers.schedule(state, now)
         log.info(
             "backfilled",
             extra={
                 "fields": {
                     "segment": live.segment_id,
-                    "revision": live.revision,
+                    "revision": live.tag,
                     "partition": partition,
                     "changed": changed,
                 }
             },
         )
         return changed
+
+    async def _schedule(self, partition: int) -> None:
+        """Every live profile's next timer on the partition, written a chunk at a time."""
+        timers = self.memberships.timers
+        if timers is None:
+            return
+        view, now = self.memberships.view, self.memberships.clock()
+        timed = await timers.timed()
+        n = len(view.ids)
+        found: list[tuple[int, int, str]] = []
+        for profile_id in view.profile_ids((view.partition[:n] == partition) & view.alive[:n]):
+            state = view.get(profile_id)
+            assert state is not None  # an alive row of the view
+            bucket = timers.bucket(state, now, timed)
+            if bucket is not None:
+                found.append((partition, bucket, profile_id))
+        for first in range(0, len(found), SCHEDULED_PER_WRITE):
+            chunk = found[first : first + SCHEDULED_PER_WRITE]
+            await self.store.record((), chunk)
+            for _, bucket, profile_id in chunk:
+                view.set_scheduled(profile_id, bucket)
+            await asyncio.sleep(0)  # let live updates through between chunks
 
     async def count_sizes(self) -> None:
         """Every segment's size on the owned partitions today, as the view counts it (the

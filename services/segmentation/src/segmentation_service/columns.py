@@ -21,9 +21,11 @@ place as profile.updated arrives (why NumPy rather than Polars or DuckDB: see th
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterable
 from types import SimpleNamespace
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -35,11 +37,20 @@ from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service.evaluate import COUNTER_DAYS, DEFAULT_POLICY, literal_value, pattern, window_days
 from segmentation_service.state import DAY, ProfileState, time_of
 
+if TYPE_CHECKING:
+    from segmentation_service.rfm import RfmTraits
+
 # Plain attributes: an enum wrapper's attribute lookup is slow on the per-profile path.
 Op = SimpleNamespace(**dict(pb.Operator.items()))
 DAY_SLOTS = 96
 COUNT_MAX = np.iinfo(np.uint16).max
-ERASED_KEPT = 100_000  # erased profile ids remembered, so a late update does not bring one back
+ERASED_KEPT = 100_000  # erased profiles remembered, so a late update does not bring one back
+
+
+def erased_key(profile_id: str) -> str:
+    """What an erased profile is remembered by, in memory and in the store: a digest, not its id
+    (a profile id is random, so the digest tells only whoever holds the id that it was erased)."""
+    return hashlib.blake2b(profile_id.encode(), digest_size=16).hexdigest()
 
 
 @overload
@@ -209,7 +220,7 @@ class ColumnarView:
 
     def put(self, state: ProfileState, now: float, alive: bool = True) -> None:
         """Store the state as the profile's row (replacing what it held); an erased profile stays out."""
-        if state.profile_id in self.erased:
+        if self.is_erased(state.profile_id):
             return
         fresh = state.profile_id not in self.rows
         row = self._row(state.profile_id)
@@ -319,9 +330,16 @@ class ColumnarView:
         held = [profile_id for profile_id in profile_ids if profile_id in self.rows]
         for profile_id in held:
             self.remove(profile_id)
-        for profile_id in profile_ids:
-            self.erased.put(profile_id, True)
+        self.remember_erased(erased_key(profile_id) for profile_id in profile_ids)
         return len(held)
+
+    def remember_erased(self, keys: Iterable[str]) -> None:
+        """Keep profiles out by their erased_key (read back from the store on taking a partition)."""
+        for key in keys:
+            self.erased.put(key, True)
+
+    def is_erased(self, profile_id: str) -> bool:
+        return bool(self.erased) and erased_key(profile_id) in self.erased
 
     def forget(self, partitions: frozenset[int]) -> int:
         """Remove the rows of partitions handed over to another replica; returns how many."""
@@ -361,6 +379,23 @@ class ColumnarView:
             self.jurisdiction,
         ]
         return sum(a.nbytes for a in arrays) + sum(c.nbytes() for c in self.traits.values())
+
+    def rfm_measures(self, traits: RfmTraits, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(days since the last order, orders, value) of the live customers, as rfm.measures
+        reads one profile."""
+        n = len(self.ids)
+        nothing = np.full(n, np.nan)
+
+        def column(name: str, kind: str) -> np.ndarray:
+            columns = self.traits.get((pb.TRAIT_SOURCE_COMPUTED, (name,)))
+            values = None if columns is None else getattr(columns, kind)
+            return nothing if values is None else values[:n]
+
+        orders, last = column(traits.frequency, "number"), column(traits.recency, "time")
+        value = column(traits.monetary, "number")
+        customers = self.alive[:n] & (orders >= 1) & (last >= 0)  # NaN (none, or not a number) is neither
+        days = np.floor((now - last[customers]) / DAY)
+        return days, orders[customers], np.nan_to_num(value[customers], nan=0.0)
 
     # The vectorised evaluator.
 

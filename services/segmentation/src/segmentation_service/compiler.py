@@ -3,8 +3,9 @@
 A definition comes as text, as an Expression or as the legacy trait Condition; `definition_of`
 turns any of them into the (text, Expression) pair a segment is stored with. `compile_all`
 checks every rule the grammar cannot (types, regexes, windows, references), inlines referenced
-segments (so every evaluator sees one self-contained tree, and a cycle is refused), and lists
-what each definition reads: the profile.updated changes that can change its membership.
+segments (so every evaluator sees one self-contained tree, and a cycle is refused), lowers RFM
+score conditions into trait conditions under the current edges (rfm.py), and lists what each
+definition reads: the profile.updated changes that can change its membership.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from google.protobuf import struct_pb2
 from mosaic.platform.consent import NAME as PURPOSE
 from mosaic.platform.errors import InvalidArgument
 from mosaic.segmentation.v1 import segment_pb2 as pb
-from segmentation_service import language
+from segmentation_service import language, rfm
 
 Op = pb.Operator
 SEGMENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -47,6 +48,7 @@ class Compiled:
     reads: frozenset[str]
     timed: bool  # depends on the clock (relative times or event windows)
     refers_to: frozenset[str]
+    rfm_generation: int | None = None  # the RFM edges lowered into it (None: it reads no score)
 
 
 def definition_of(
@@ -146,7 +148,7 @@ def check(expression: pb.Expression, field: str) -> None:
     """Every rule the grammar cannot check; InvalidArgument naming the node and the rule."""
     kind = expression.WhichOneof("kind")
     if kind is None:
-        raise InvalidArgument(field, "must set and, or, not, trait, event, identity, segment or consent")
+        raise InvalidArgument(field, "must set and, or, not, trait, event, identity, segment, consent or rfm")
     if kind in ("and", "or"):
         operands = getattr(expression, kind).operands
         if len(operands) < 2:
@@ -169,6 +171,8 @@ def check(expression: pb.Expression, field: str) -> None:
     elif kind == "consent":
         if not PURPOSE.match(expression.consent.purpose):
             raise InvalidArgument(f"{field}.consent.purpose", "must be a purpose name (lower-case letters, digits, _)")
+    elif kind == "rfm":
+        _check_rfm(expression.rfm, f"{field}.rfm")
     elif not SEGMENT_ID.match(expression.segment.segment_id):
         raise InvalidArgument(f"{field}.segment.segment_id", "must be 1-64 lower-case letters, digits, - or _")
 
@@ -256,8 +260,26 @@ def _check_event(event: pb.EventPredicate, field: str) -> None:
         raise InvalidArgument(f"{field}.window.ever", "must be true when set")
 
 
-def compile_all(definitions: Mapping[str, pb.Expression]) -> dict[str, Compiled]:
-    """Compile every definition; InvalidArgument naming the segment of a cycle or a missing one."""
+def _check_rfm(predicate: pb.RfmPredicate, field: str) -> None:
+    if predicate.score not in rfm.SCORE_NAMES:
+        raise InvalidArgument(f"{field}.score", f"must be one of {', '.join(f'rfm.{s}' for s in rfm.SCORES)}")
+    op = predicate.operator
+    if op not in language.SYMBOLS and op not in (Op.OPERATOR_IN, Op.OPERATOR_NOT_IN, Op.OPERATOR_BETWEEN):
+        raise InvalidArgument(f"{field}.operator", "must be one of =, !=, <, <=, >, >=, in, not in, between")
+    wanted = {Op.OPERATOR_BETWEEN: 2}.get(op, 1)
+    if (op in (Op.OPERATOR_IN, Op.OPERATOR_NOT_IN) and not predicate.values) or (
+        op not in (Op.OPERATOR_IN, Op.OPERATOR_NOT_IN) and len(predicate.values) != wanted
+    ):
+        raise InvalidArgument(f"{field}.values", f"needs {wanted if wanted == 2 else 'one or more'} for {Op.Name(op)}")
+    for index, value in enumerate(predicate.values):
+        if not 1 <= value <= 5:
+            raise InvalidArgument(f"{field}.values[{index}]", "an RFM score is a whole number from 1 to 5")
+
+
+def compile_all(definitions: Mapping[str, pb.Expression], model: rfm.RfmModel | None = None) -> dict[str, Compiled]:
+    """Compile every definition (RFM conditions under `model`'s edges, none: nobody has
+    scores); InvalidArgument naming the segment of a cycle or a missing one."""
+    model = model or rfm.RfmModel()
     done: dict[str, Compiled] = {}
 
     def visit(segment_id: str, path: tuple[str, ...]) -> Compiled:
@@ -268,7 +290,7 @@ def compile_all(definitions: Mapping[str, pb.Expression]) -> dict[str, Compiled]
             if segment_id not in definitions:
                 raise InvalidArgument("segment.definition", f"refers to segment {segment_id!r}, which does not exist")
             done[segment_id] = _compile(
-                segment_id, definitions[segment_id], lambda ref: visit(ref, (*path, segment_id))
+                segment_id, definitions[segment_id], lambda ref: visit(ref, (*path, segment_id)), model
             )
         return done[segment_id]
 
@@ -277,20 +299,25 @@ def compile_all(definitions: Mapping[str, pb.Expression]) -> dict[str, Compiled]
     return done
 
 
-def _compile(segment_id: str, expression: pb.Expression, resolve) -> Compiled:
+def _compile(segment_id: str, expression: pb.Expression, resolve, model: rfm.RfmModel) -> Compiled:
     reads: set[str] = set()
     refers: set[str] = set()
     timed = False
+    scored = False
 
     def walk(node: pb.Expression) -> pb.Expression:
-        nonlocal timed
+        nonlocal timed, scored
         kind = node.WhichOneof("kind")
+        if kind == "rfm":
+            scored = True
+            return walk(rfm.lower(node.rfm, model))
         if kind in ("and", "or"):
             return pb.Expression(**{kind: pb.Operands(operands=[walk(o) for o in getattr(node, kind).operands])})  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
         if kind == "not":
             return pb.Expression(**{"not": walk(getattr(node, "not"))})  # type: ignore[arg-type]  # the stub cannot name fields and/or/not (Python keywords)
         if kind == "segment":
             other = resolve(node.segment.segment_id)
+            scored = scored or other.rfm_generation is not None
             reads.update(other.reads)
             refers.update({node.segment.segment_id, *other.refers_to})
             timed = timed or other.timed
@@ -310,7 +337,8 @@ def _compile(segment_id: str, expression: pb.Expression, resolve) -> Compiled:
         return node
 
     inlined = walk(expression)
-    return Compiled(segment_id, inlined, frozenset(reads), timed, frozenset(refers))
+    generation = model.generation if scored else None
+    return Compiled(segment_id, inlined, frozenset(reads), timed, frozenset(refers), generation)
 
 
 def read_key(path: str) -> str | None:

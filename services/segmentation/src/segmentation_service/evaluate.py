@@ -250,13 +250,24 @@ def _event_test(event: pb.EventPredicate) -> Predicate:
     return windowed
 
 
+Due = Callable[[ProfileState, float], float | None]
+
+
 def next_due(expression: pb.Expression, state: ProfileState, now: float) -> float | None:
-    """The earliest time after `now` the result may change with no new event; None if never.
+    """The earliest time after `now` the result may change with no new event; None if never."""
+    return due_function(expression)(state, now)
+
+
+def due_function(expression: pb.Expression) -> Due:
+    """`next_due` as a function `(state, now) -> due`, the tree read once (a segment's, when
+    the catalog loads it), so a profile's timer costs a few lookups, not a walk of protobuf.
 
     Conservative: an event condition over counters the profile has may change at the next
     UTC midnight; a trait compared with `now ± d` when `now` passes the trait's time; a
     consent when the person's grant expires."""
-    times: list[float] = []
+    events: set[str] = set()
+    traits: list[tuple[bool, tuple[str, ...], list[int]]] = []  # (own, path, relative offsets)
+    purposes: set[str] = set()
 
     def walk(node: pb.Expression) -> None:
         kind = node.WhichOneof("kind")
@@ -266,18 +277,29 @@ def next_due(expression: pb.Expression, state: ProfileState, now: float) -> floa
         elif kind == "not":
             walk(getattr(node, "not"))
         elif kind == "event":
-            if any(name == node.event.event for _, name in state.counters):
-                times.append((math.floor(now / DAY) + 1) * DAY)
+            events.add(node.event.event)
         elif kind == "trait":
             relative = [v.relative_time.offset.seconds for v in node.trait.values if v.HasField("relative_time")]
-            value = lookup(state, node.trait)
+            if relative:
+                traits.append((node.trait.source == pb.TRAIT_SOURCE_TRAITS, tuple(node.trait.path), relative))
+        elif kind == "consent":
+            purposes.add(node.consent.purpose)
+
+    walk(expression)
+
+    def due(state: ProfileState, now: float) -> float | None:
+        times: list[float] = []
+        if events and any(name in events for _, name in state.counters):
+            times.append((math.floor(now / DAY) + 1) * DAY)
+        for own, path, relative in traits:
+            value = _lookup(state, own, path)
             moment = time_of(value) if isinstance(value, str) else None
             if moment is not None:
                 times.extend(moment - offset for offset in relative if moment - offset > now)
-        elif kind == "consent":
-            until = state.consent.get(node.consent.purpose, 0.0)
+        for purpose in purposes:
+            until = state.consent.get(purpose, 0.0)
             if now < until < math.inf:
                 times.append(until)
+        return min(times) if times else None
 
-    walk(expression)
-    return min(times) if times else None
+    return due

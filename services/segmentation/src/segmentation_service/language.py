@@ -20,6 +20,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from mosaic.platform.errors import InvalidArgument
 from mosaic.segmentation.v1 import segment_pb2 as pb
+from segmentation_service.rfm import SCORE_NAMES, SCORES
 
 Op = pb.Operator
 
@@ -35,6 +36,7 @@ GRAMMAR = r"""
      | identity
      | segment_ref
      | consent
+     | rfm
 
 trait: path COMPARE literal            -> compare
      | path "contains" literal         -> contains
@@ -69,6 +71,11 @@ identity: "has" KEY                     -> has
 segment_ref: "in" "segment" STRING
 
 consent: "consent" STRING
+
+rfm: "rfm" "." KEY COMPARE SIGNED_NUMBER                              -> rfm_compare
+   | "rfm" "." KEY "between" SIGNED_NUMBER "and" SIGNED_NUMBER        -> rfm_between
+   | "rfm" "." KEY "in" "[" SIGNED_NUMBER ("," SIGNED_NUMBER)* "]"     -> rfm_in
+   | "rfm" "." KEY "not" "in" "[" SIGNED_NUMBER ("," SIGNED_NUMBER)* "]" -> rfm_not_in
 
 ?literal: STRING                        -> string
         | SIGNED_NUMBER                 -> number
@@ -139,6 +146,7 @@ KEYWORDS = {
     "anonymous",
     "segment",
     "consent",
+    "rfm",
     "true",
     "false",
     "now",
@@ -283,6 +291,36 @@ class _ToProto(Transformer):
 
     def consent(self, items):
         return pb.Expression(consent=pb.ConsentPredicate(purpose=_string(items[0])))
+
+    def _rfm(self, key: Token, operator: pb.Operator, numbers: list[Token]) -> pb.Expression:
+        name = _key(key)
+        if name not in SCORES:
+            raise ValueError(
+                f"line {key.line} column {key.column}: rfm.{name} is not an RFM score;"
+                f" expected one of {', '.join(f'rfm.{s}' for s in SCORES)}"
+            )
+        values = []
+        for number in numbers:
+            value = float(number)
+            if not value.is_integer() or not 1 <= value <= 5:
+                raise ValueError(
+                    f"line {number.line} column {number.column}: rfm.{name} is compared with {number!s}:"
+                    " an RFM score is a whole number from 1 to 5"
+                )
+            values.append(int(value))
+        return pb.Expression(rfm=pb.RfmPredicate(score=SCORES[name], operator=operator, values=values))
+
+    def rfm_compare(self, items):
+        return self._rfm(items[0], COMPARISONS[items[1]], [items[2]])
+
+    def rfm_between(self, items):
+        return self._rfm(items[0], Op.OPERATOR_BETWEEN, items[1:])
+
+    def rfm_in(self, items):
+        return self._rfm(items[0], Op.OPERATOR_IN, items[1:])
+
+    def rfm_not_in(self, items):
+        return self._rfm(items[0], Op.OPERATOR_NOT_IN, items[1:])
 
     def string(self, items):
         return pb.Literal(string_value=_string(items[0]))
@@ -432,6 +470,15 @@ def _render_event(event: pb.EventPredicate) -> str:
     )
 
 
+def _render_rfm(predicate: pb.RfmPredicate) -> str:
+    score, op, values = f"rfm.{SCORE_NAMES[predicate.score]}", predicate.operator, list(predicate.values)
+    if op == Op.OPERATOR_BETWEEN:
+        return f"{score} between {values[0]} and {values[1]}"
+    if op in (Op.OPERATOR_IN, Op.OPERATOR_NOT_IN):
+        return f"{score} {'in' if op == Op.OPERATOR_IN else 'not in'} [{', '.join(map(str, values))}]"
+    return f"{score} {SYMBOLS[op]} {values[0]}"
+
+
 def render(expression: pb.Expression, _parent: str = "") -> str:
     """The canonical text of an Expression: `and` binds tighter than `or`, `not` tightest."""
     kind = expression.WhichOneof("kind")
@@ -452,4 +499,6 @@ def render(expression: pb.Expression, _parent: str = "") -> str:
         return "is known" if fact.fact == pb.IDENTITY_FACT_KNOWN else "is anonymous"
     if kind == "consent":
         return f"consent {json.dumps(expression.consent.purpose)}"
+    if kind == "rfm":
+        return _render_rfm(expression.rfm)
     return f"in segment {json.dumps(expression.segment.segment_id)}"

@@ -127,7 +127,7 @@ class Memberships:
                 raise InvalidArgument("profile_id", "is required")
             if update.version < 1:
                 raise InvalidArgument("version", "must be at least 1 (versions start at 1)")
-            if update.profile_id not in self.view.erased:  # a late update of an erased profile: dropped
+            if not self.view.is_erased(update.profile_id):  # a late update of an erased profile: dropped
                 by_profile.setdefault(update.profile_id, []).append((update, delivery))
         if not by_profile:
             return
@@ -233,7 +233,7 @@ class Memberships:
                     self.partition(state.profile_id),
                     member,
                     state.version,
-                    f"{kind}:{live.revision}:{state.version}",
+                    f"{kind}:{live.tag}:{state.version}",
                 )
             )
         return transitions

@@ -2,20 +2,24 @@
 segment memberships, exported or erased: the membership rows, the segment member indexes, the
 stored transitions, any transition still waiting to be published, a merge pointer and the
 profile's due-time timers (found through their index by profile). The same statements run on
-both backends (each names a full key or a key prefix)."""
+both backends (each names a full key or a key prefix). The erased profiles are remembered by a
+digest (store.add_erased), so a late profile.updated does not bring one back on any replica."""
 
 from __future__ import annotations
+
+import time
 
 from mosaic.events.v1 import privacy_request_pb2
 from mosaic.platform.privacy import Answer
 from mosaic.platform.topics import partition_of
-from segmentation_service.columns import ColumnarView
+from segmentation_service.columns import ColumnarView, erased_key
 from segmentation_service.membership import erased_profiles as _profiles
 from segmentation_service.store import SegmentStore
 
 
 class SegmentationPrivacy:
     def __init__(self, store: SegmentStore, partitions: int, view: ColumnarView | None = None) -> None:
+        self.store = store
         self.db = store.db  # the same statements run on both backends
         self.partitions = partitions
         self.view = view  # this replica's; the others' heard the request (Memberships.heard_privacy)
@@ -39,6 +43,9 @@ class SegmentationPrivacy:
             self.view.erase(_profiles(request))
         for profile_id in _profiles(request):
             partition = partition_of(profile_id, self.partitions)
+            # First, so a replica taking the partition over keeps the profile out even if this
+            # erasure stops half-way (its redelivery finishes it).
+            await self.store.add_erased(partition, [erased_key(profile_id)], time.time())
             memberships = await self._memberships(profile_id)
             removed["segmentation_memberships"] += len(memberships)
             for membership in memberships:

@@ -19,6 +19,7 @@ from segmentation_service.backfill import Backfiller
 from segmentation_service.catalog import SegmentCatalog
 from segmentation_service.evaluate import DEFAULT_POLICY
 from segmentation_service.membership import Memberships
+from segmentation_service.scoring import local_summary
 from segmentation_service.store import SegmentStore
 
 
@@ -181,3 +182,12 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
             answer.population += share.population
             answer.sample.extend(share.sample[: sample - len(answer.sample)])
         return answer
+
+    async def GetRfmModel(self, request, context):
+        return pb.GetRfmModelResponse(model=await self.store.rfm_model())
+
+    async def SummarizeRfm(self, request, context):
+        if not request.HasField("at"):
+            raise InvalidArgument("at", "is required")
+        at = request.at.seconds + request.at.nanos / 1e9
+        return pb.SummarizeRfmResponse(summary=local_summary(self.memberships.view, self.catalog.traits, at))

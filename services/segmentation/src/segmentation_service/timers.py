@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from mosaic.platform.ownership import HeldPartitions
 from segmentation_service.catalog import Live, SegmentCatalog
-from segmentation_service.evaluate import next_due
 from segmentation_service.state import ProfileState
 from segmentation_service.store import SegmentStore
 
@@ -64,7 +63,7 @@ class Timers:
         """The bucket of the profile's next timer, if it is not stored yet; no I/O (the caller
         stores it, then tells the view with `set_scheduled`)."""
         assert self.memberships is not None
-        dues = [due for live in timed if (due := next_due(live.compiled.expression, state, now)) is not None]
+        dues = [due for live in timed if (due := live.due(state, now)) is not None]
         if not dues:
             return None
         bucket = bucket_of(min(dues))

@@ -35,20 +35,20 @@ from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2, segmen
 
 ORDER = '"Order Completed"'
 SEGMENTS = {
-    "rfm-champions": (
-        "RFM champions: ordered in the last 30 days, 3+ orders in 90 days, 250+ spent",
+    "recent-big-spenders": (
+        "Recent big spenders: ordered in the last 30 days, 3+ orders in 90 days, 250+ spent",
         f"count(event {ORDER} in last 30d) >= 1 and count(event {ORDER} in last 90d) >= 3"
         " and computed.lifetime_value >= 250",
     ),
-    "rfm-at-risk": (
-        "RFM at risk: 2+ orders, none in the last 45 days",
+    "lapsed-repeat-buyers": (
+        "Lapsed repeat buyers: 2+ orders, none in the last 45 days",
         f"computed.orders >= 2 and count(event {ORDER} in last 45d) = 0",
     ),
     "one-time-buyers": ("Bought exactly once", "computed.orders = 1"),
     "signed-up-never-bought": ("Known customers without an order", f"is known and count(event {ORDER} ever) = 0"),
 }
 # Destination id -> (receiver path, segment): a VIP offer for champions, a win-back for the others.
-DESTINATIONS = {"vip-offers": ("/vip", "rfm-champions"), "win-back": ("/win-back", "rfm-at-risk")}
+DESTINATIONS = {"vip-offers": ("/vip", "recent-big-spenders"), "win-back": ("/win-back", "lapsed-repeat-buyers")}
 BATCH = 500
 LOOKUPS_IN_FLIGHT = 32
 
@@ -172,7 +172,7 @@ async def run_demo(mesh: Mesh, receiver: DemoWebhook, customers: int = 3000, see
         report.segments = {segment_id: len(ids) for segment_id, ids in members.items()}
         posts = Counter(request.path for request in receiver.requests) - posts_before
         report.deliveries = {destination_id: posts[path] for destination_id, (path, _) in DESTINATIONS.items()}
-        report.example = _example(data, profile_of, members["rfm-champions"])
+        report.example = _example(data, profile_of, members["recent-big-spenders"])
         report.seconds = time.monotonic() - started
         return report
     finally:

@@ -31,7 +31,7 @@ def render(report: Report, mesh: Mesh, auth: str) -> str:
             f"receiver ({path}) for {segment_id} entries with marketing consent"
         )
     user_id, profile_id, order_id = report.example
-    lines += ["", f"Segments are defined in the segment language, e.g. {SEGMENTS['rfm-champions'][1]!r}."]
+    lines += ["", f"Segments are defined in the segment language, e.g. {SEGMENTS['recent-big-spenders'][1]!r}."]
     if profile_id:
         who = f"--user-id {user_id}" if user_id else f"--profile-id {profile_id}"
         lines += [

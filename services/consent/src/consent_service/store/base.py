@@ -76,6 +76,13 @@ class ConsentStore(Protocol):
     async def delete_export(self, request_id: str) -> None:
         """Remove an export's document parts (its retention is over)."""
 
+    async def record_erasures(self, profile_ids: list[str]) -> None:
+        """Keep a tombstone per erased profile id (a hash of it), for good: an event resolved to
+        one before the profile service dropped it records nothing (consent_service.events)."""
+
+    async def erased(self, profile_ids: list[str]) -> set[str]:
+        """Those of `profile_ids` with a tombstone."""
+
     async def erase_profiles(self, profile_ids: list[str]) -> dict[str, int]:
         """Remove every ledger entry, person link and merge record of the profiles; rows removed by table."""
 

@@ -27,6 +27,7 @@ from consent_service.store.model import (
     decision_from,
     decode_moves,
     encode_moves,
+    erasure_key,
     expiries_of,
     micros,
 )
@@ -86,6 +87,7 @@ MIGRATIONS = [
             " topic text, key text, payload blob, PRIMARY KEY ((shard), written, message_id))",
         ),
     ),
+    Migration(6, ("CREATE TABLE IF NOT EXISTS consent_erasures (id_hash text PRIMARY KEY, erased_at timestamp)",)),
 ]
 SWEEP_DAYS = 30  # how far back the sweeper looks for days it has not finished (a long outage)
 
@@ -305,6 +307,22 @@ class CassandraConsentStore(Repository, ConsentStore):
 
     async def delete_export(self, request_id: str) -> None:
         await self.db.execute("DELETE FROM privacy_exports WHERE request_id = ?", (request_id,))
+
+    async def record_erasures(self, profile_ids: list[str]) -> None:
+        now = datetime.now(timezone.utc)
+        await self.db.execute_together(
+            [
+                ("INSERT INTO consent_erasures (id_hash, erased_at) VALUES (?, ?)", (erasure_key(p), now))
+                for p in profile_ids
+            ]
+        )
+
+    async def erased(self, profile_ids: list[str]) -> set[str]:
+        keys = {erasure_key(p): p for p in profile_ids}
+        if not keys:
+            return set()
+        rows = await self.db.execute("SELECT id_hash FROM consent_erasures WHERE id_hash IN ?", (list(keys),))
+        return {keys[r.id_hash] for r in rows}
 
     async def erase_profiles(self, profile_ids: list[str]) -> dict[str, int]:
         counts = {"consent_ledger": 0, "consent_heads": 0}

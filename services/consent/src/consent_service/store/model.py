@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
@@ -52,6 +53,11 @@ def expiries_of(decisions) -> list[Expiry]:
         for d in decisions
         if d.HasField("expires_at") and d.granted
     ]
+
+
+def erasure_key(profile_id: str) -> str:
+    """The tombstone of an erased profile id: a hash, never the id (see ConsentStore.record_erasures)."""
+    return hashlib.sha256(f"consent-erased:{profile_id}".encode()).hexdigest()
 
 
 def micros(ts: timestamp_pb2.Timestamp) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from consent_service.store.base import ConsentStore
 from consent_service.store.model import (
     Expiry,
@@ -10,6 +12,7 @@ from consent_service.store.model import (
     decision_from,
     decode_moves,
     encode_moves,
+    erasure_key,
     expiries_of,
     micros,
 )
@@ -52,6 +55,7 @@ MIGRATIONS = [
             " PRIMARY KEY (expires_us, profile_id, purpose))",
         ),
     ),
+    Migration(5, ("CREATE TABLE consent_erasures (id_hash TEXT PRIMARY KEY, erased_us INTEGER)",)),
 ]
 
 _LEDGER = "INSERT OR REPLACE INTO consent_ledger VALUES (?, ?, ?, ?, ?, ?)"
@@ -223,6 +227,24 @@ class SqliteConsentStore(Repository, ConsentStore):
 
     async def delete_export(self, request_id: str) -> None:
         await self.db.execute("DELETE FROM privacy_exports WHERE request_id = ?", (request_id,))
+
+    async def record_erasures(self, profile_ids: list[str]) -> None:
+        def write(db):
+            db.executemany(
+                "INSERT OR IGNORE INTO consent_erasures VALUES (?, ?)",
+                [(erasure_key(p), time.time_ns() // 1000) for p in profile_ids],
+            )
+
+        await self.db.transaction(write)
+
+    async def erased(self, profile_ids: list[str]) -> set[str]:
+        keys = {erasure_key(p): p for p in profile_ids}
+        if not keys:
+            return set()
+        rows = await self.db.execute(
+            f"SELECT id_hash FROM consent_erasures WHERE id_hash IN ({', '.join('?' * len(keys))})", list(keys)
+        )
+        return {keys[r[0]] for r in rows}
 
     async def erase_profiles(self, profile_ids: list[str]) -> dict[str, int]:
         marks = ",".join("?" * len(profile_ids))

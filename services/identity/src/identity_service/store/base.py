@@ -84,6 +84,9 @@ class IdentityStore(Protocol):
         """Record sightings (identifier → its home profile, event time); the latest event time
         wins whatever the arrival order."""
 
+    async def forget_sightings(self, homes: Sequence[str]) -> None:
+        """Remove every sighting whose home is one of `homes` (a person erased)."""
+
     async def last_seen(self, homes: Sequence[str]) -> dict[Key, int]:
         """The last sighting of every identifier whose home is one of `homes`."""
 

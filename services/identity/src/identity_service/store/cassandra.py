@@ -76,6 +76,8 @@ MIGRATIONS = [
         ),
     ),
 ]
+# The write time of an erased person's sightings' deletion: beyond any event's (µs; 2^62 is year 148,000).
+ERASED_FOR_GOOD = 2**62
 
 _PROFILE = "SELECT profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge FROM identity_profiles"
 
@@ -295,6 +297,14 @@ class CassandraIdentityStore(Repository, IdentityStore):
                     )
                     for batch in batches[start : start + 4]
                 )
+            )
+
+    async def forget_sightings(self, homes: Sequence[str]) -> None:
+        # Sightings are written at their event's time (touch_many), which a client's clock may
+        # put ahead of ours: the deletion is stamped beyond any, so none written later shows.
+        for home in homes:
+            await self.db.execute(
+                "DELETE FROM identity_sightings USING TIMESTAMP ? WHERE profile_id = ?", (ERASED_FOR_GOOD, home)
             )
 
     async def last_seen(self, homes: Sequence[str]) -> dict[Key, int]:

@@ -263,6 +263,12 @@ class SqliteIdentityStore(Repository, IdentityStore):
 
         await self.db.transaction(work)
 
+    async def forget_sightings(self, homes: Sequence[str]) -> None:
+        if homes:
+            await self.db.execute(
+                f"DELETE FROM identity_sightings WHERE profile_id IN ({', '.join('?' * len(homes))})", tuple(homes)
+            )
+
     async def last_seen(self, homes: Sequence[str]) -> dict[Key, int]:
         if not homes:
             return {}

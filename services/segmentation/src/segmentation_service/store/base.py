@@ -14,6 +14,13 @@ or exit is a transition, keyed by its cause (`v:<revision>:<version>` for a prof
 pending row; the pending row is deleted once the transition is published, so a crash between
 the two publishes it again (under the same message id) and never twice as a new transition.
 
+The RFM model (the quintile edges scores are given by) is one row, written by the replica that
+recomputes it and read by every catalog, so a restart scores as before it.
+
+The erased profiles are kept by partition, as a digest of their id, for as long as a
+profile.updated of theirs may still be in its stream: the replica that takes a partition reads
+them before consuming it, so a late update does not bring an erased profile back.
+
 The real-time path reads and writes once per fetched batch of profile.updated: `decisions` reads
 every profile's memberships and pending transitions at once, `record` writes every transition
 and timer the batch decided, `published` drops their pending rows.
@@ -81,5 +88,20 @@ class SegmentStore(Protocol):
     async def set_size(self, segment_id: str, day: str, partition: int, members: int) -> None: ...
     async def sizes(self, segment_id: str, since: str) -> dict[str, int]:
         """Members per day (`YYYY-MM-DD` >= since), summed over the partitions."""
+
+    async def rfm_model(self) -> segment_pb2.RfmModel | None:
+        """The RFM edges as last recomputed; None before the service first started."""
+
+    async def set_rfm_model(self, model: segment_pb2.RfmModel) -> None: ...
+    async def init_rfm_model(self, model: segment_pb2.RfmModel) -> None:
+        """Store the model only if there is none (replicas starting at once never overwrite the
+        edges one of them already recomputed)."""
+
+    async def add_erased(self, partition: int, keys: Sequence[str], at: float) -> None:
+        """Remember erased profiles of a partition (by columns.erased_key) from `at` (epoch s)."""
+
+    async def erased(self, partition: int, since: float) -> list[str]:
+        """The keys of the partition's profiles erased at or after `since`; older ones are dropped
+        (no profile.updated of theirs can still come)."""
 
     async def close(self) -> None: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
+from mosaic.platform import topics
 from mosaic.platform.errors import AlreadyExists, NotFound
 from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.cassandra import CassandraStore
@@ -61,6 +62,14 @@ MIGRATIONS = [
         (
             "CREATE TABLE IF NOT EXISTS segmentation_timer_index (profile_id text, bucket bigint, partition int,"
             " PRIMARY KEY ((profile_id), bucket))",
+        ),
+    ),
+    Migration(6, ("CREATE TABLE IF NOT EXISTS segmentation_rfm (name text PRIMARY KEY, model blob)",)),
+    Migration(
+        7,
+        (
+            "CREATE TABLE IF NOT EXISTS segmentation_erased (partition int, erased_key text, erased_at double,"
+            " PRIMARY KEY ((partition), erased_key))",
         ),
     ),
 ]
@@ -345,3 +354,36 @@ class CassandraSegmentStore(Repository, SegmentStore):
         for row in rows:
             totals[row.day] = totals.get(row.day, 0) + row.members
         return totals
+
+    async def rfm_model(self) -> segment_pb2.RfmModel | None:
+        rows = await self.db.execute("SELECT model FROM segmentation_rfm WHERE name = ?", ("rfm",))
+        return segment_pb2.RfmModel.FromString(rows[0].model) if rows else None
+
+    async def set_rfm_model(self, model: segment_pb2.RfmModel) -> None:
+        await self.db.execute(
+            "INSERT INTO segmentation_rfm (name, model) VALUES (?, ?)", ("rfm", model.SerializeToString())
+        )
+
+    async def init_rfm_model(self, model: segment_pb2.RfmModel) -> None:
+        await self.db.execute_lwt(
+            "INSERT INTO segmentation_rfm (name, model) VALUES (?, ?) IF NOT EXISTS", ("rfm", model.SerializeToString())
+        )
+
+    async def add_erased(self, partition: int, keys: Sequence[str], at: float) -> None:
+        # Kept as long as the profile.updated stream keeps a message: then the row expires.
+        ttl = int(topics.PROFILE_UPDATED.max_age)
+        await asyncio.gather(
+            *(
+                self.db.execute(
+                    "INSERT INTO segmentation_erased (partition, erased_key, erased_at) VALUES (?, ?, ?) USING TTL ?",
+                    (partition, key, at, ttl),
+                )
+                for key in keys
+            )
+        )
+
+    async def erased(self, partition: int, since: float) -> list[str]:
+        rows = await self.db.execute(
+            "SELECT erased_key, erased_at FROM segmentation_erased WHERE partition = ? LIMIT 1000000", (partition,)
+        )
+        return [r.erased_key for r in rows if r.erased_at >= since]

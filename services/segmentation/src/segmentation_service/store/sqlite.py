@@ -62,6 +62,14 @@ MIGRATIONS = [
             "INSERT OR IGNORE INTO segmentation_timer_index SELECT profile_id, bucket, partition FROM segmentation_timers",
         ),
     ),
+    Migration(6, ("CREATE TABLE segmentation_rfm (name TEXT PRIMARY KEY, model BLOB)",)),
+    Migration(
+        7,
+        (
+            "CREATE TABLE segmentation_erased (partition INTEGER, erased_key TEXT, erased_at REAL,"
+            " PRIMARY KEY (partition, erased_key))",
+        ),
+    ),
 ]
 
 
@@ -296,6 +304,31 @@ class SqliteSegmentStore(Repository, SegmentStore):
             (segment_id, since),
         )
         return {r[0]: r[1] for r in rows}
+
+    async def rfm_model(self) -> segment_pb2.RfmModel | None:
+        rows = await self.db.execute("SELECT model FROM segmentation_rfm WHERE name = 'rfm'")
+        return segment_pb2.RfmModel.FromString(rows[0][0]) if rows else None
+
+    async def set_rfm_model(self, model: segment_pb2.RfmModel) -> None:
+        await self.db.execute("INSERT OR REPLACE INTO segmentation_rfm VALUES ('rfm', ?)", (model.SerializeToString(),))
+
+    async def add_erased(self, partition: int, keys: Sequence[str], at: float) -> None:
+        await self.db.transaction(
+            lambda db: db.executemany(
+                "INSERT OR REPLACE INTO segmentation_erased VALUES (?, ?, ?)", [(partition, k, at) for k in keys]
+            )
+        )
+
+    async def erased(self, partition: int, since: float) -> list[str]:
+        def work(db) -> list[str]:
+            db.execute("DELETE FROM segmentation_erased WHERE partition = ? AND erased_at < ?", (partition, since))
+            rows = db.execute("SELECT erased_key FROM segmentation_erased WHERE partition = ?", (partition,))
+            return [r[0] for r in rows]
+
+        return await self.db.transaction(work)
+
+    async def init_rfm_model(self, model: segment_pb2.RfmModel) -> None:
+        await self.db.execute("INSERT OR IGNORE INTO segmentation_rfm VALUES ('rfm', ?)", (model.SerializeToString(),))
 
 
 def _add_timers(db, timers: Sequence[Timer]) -> None:
