@@ -5,26 +5,40 @@ from __future__ import annotations
 
 import asyncio
 
-from delivery_service.consent import Answers
+import grpc
+
+from delivery_service.consent import MAX_CHECKS, Answers
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2
 from mosaic.events.v1 import consent_changed_pb2
 from mosaic.platform.errors import Unavailable
 
 
 class Consent:
-    """Answers CheckConsent from `granted`; `gate`, when set, holds each answer until released."""
+    """Answers CheckConsents from `granted`, as it was when asked; `gate`, when set, holds each
+    answer until released; `asked` counts the calls, `checks` the questions of each."""
 
     def __init__(self) -> None:
         self.granted: dict[tuple[str, str], bool] = {}
         self.asked = 0
+        self.checks: list[int] = []
         self.gate: asyncio.Event | None = None
 
-    async def CheckConsent(self, request, timeout=None):  # noqa: N802 - the gRPC method name
+    async def CheckConsents(self, request, timeout=None):  # noqa: N802 - the gRPC method name
         self.asked += 1
-        answer = self.granted.get((request.profile_id, request.purpose), False)
+        self.checks.append(len(request.checks))
+        answers = [
+            consent_service_pb2.CheckConsentResponse(granted=self.granted.get((c.profile_id, c.purpose), False))
+            for c in request.checks
+        ]
         if self.gate is not None:
             await self.gate.wait()
-        return consent_service_pb2.CheckConsentResponse(granted=answer)
+        return consent_service_pb2.CheckConsentsResponse(answers=answers)
+
+
+async def on_its_way(consent: Consent, calls: int) -> None:
+    """Return once the consent service was called `calls` times (the questions wait a turn)."""
+    while consent.asked < calls:
+        await asyncio.sleep(0)
 
 
 class Clock:
@@ -82,7 +96,7 @@ async def test_an_answer_asked_for_before_a_notice_is_not_kept():
     consent.gate = asyncio.Event()
     answers = Answers(consent, max_age=30)
     asking = asyncio.create_task(answers.granted("p-1", "marketing"))
-    await asyncio.sleep(0)
+    await on_its_way(consent, 1)
     answers.on_changed(consent_changed_pb2.ConsentChanged(person_id="p-1", profile_ids=["p-1"]))
     consent.gate.set()
     assert await asking  # the caller gets what it asked for...
@@ -106,26 +120,41 @@ async def test_a_question_on_its_way_before_a_notice_is_not_joined_after_it():
     consent.gate = asyncio.Event()
     answers = Answers(consent, max_age=30)
     before = asyncio.create_task(answers.granted("p-1", "marketing"))
-    await asyncio.sleep(0)
+    await on_its_way(consent, 1)
     answers.on_changed(consent_changed_pb2.ConsentChanged(person_id="p-1", profile_ids=["p-1"]))
     consent.granted[("p-1", "marketing")] = True  # the change the notice announced
     after = asyncio.create_task(answers.granted("p-1", "marketing"))
     await asyncio.sleep(0)
     consent.gate.set()
-    assert consent.asked == 2
     assert await after  # asked anew, after the change
     assert not await before  # answered as it was when asked
+    assert consent.asked == 2
 
 
 async def test_a_question_that_fails_fails_for_every_job_waiting_on_it():
     class Down(Consent):
-        async def CheckConsent(self, request, timeout=None):  # noqa: N802 - the gRPC method name
+        async def CheckConsents(self, request, timeout=None):  # noqa: N802 - the gRPC method name
             self.asked += 1
             await asyncio.sleep(0)
-            raise Unavailable("consent", "UNAVAILABLE: down")
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
 
     consent = Down()
     answers = Answers(consent, max_age=30)
     results = await asyncio.gather(*(answers.granted("p-1", "marketing") for _ in range(2)), return_exceptions=True)
     assert [type(r) for r in results] == [Unavailable, Unavailable] and consent.asked == 1
     assert answers.cached("p-1", "marketing") is None
+
+
+async def test_the_questions_of_one_batch_of_jobs_go_out_in_one_call_of_at_most_max_checks():
+    consent = Consent()
+    for n in range(0, MAX_CHECKS + 10, 2):
+        consent.granted[(f"p-{n}", "marketing")] = True
+    answers = Answers(consent, max_age=30)
+    # Asked together, as the jobs of one fetched batch ask; p-0 twice (two destinations).
+    people = ["p-0", *(f"p-{n}" for n in range(MAX_CHECKS + 10))]
+    got = await asyncio.gather(*(answers.granted(p, "marketing") for p in people))
+    assert got == [True, *(n % 2 == 0 for n in range(MAX_CHECKS + 10))]
+    assert consent.checks == [MAX_CHECKS, 10]
+    assert answers.cached("p-3", "marketing") is False and answers.cached("p-4", "marketing") is True
+    assert await answers.granted("p-5", "analytics") is False  # a question asked alone later
+    assert consent.checks == [MAX_CHECKS, 10, 1]

@@ -9,6 +9,7 @@ from delivery_service.store import open_store
 from mosaic.delivery.v1 import campaign_pb2, delivery_pb2
 from mosaic.platform.errors import AlreadyExists
 from mosaic.testing.plugin import eventually
+from mosaic.testing.scan import rows_mentioning
 
 
 @pytest.fixture
@@ -114,6 +115,17 @@ async def test_erasing_a_person_leaves_no_delivery_or_dead_letter_of_theirs(stor
     assert len(await store.deliveries(kept)) == 3
     assert [d.delivery.profile_id for d in await store.dead_letters(destination_id, "", 10)] == [kept]
     assert await store.erase_person(gone) == 0  # a second erasure (a redelivered request) is harmless
+
+
+async def test_an_erasure_leaves_a_tombstone_that_does_not_name_the_person(store):
+    gone, again, kept = (str(uuid.uuid4()) for _ in range(3))
+    assert await store.erased([gone, kept]) == set()
+    await store.record_erasure(gone)
+    await store.record_erasure(again)
+    await store.record_erasure(gone)  # a redelivered request: harmless
+    assert await store.erased([gone, kept, again]) == {gone, again}
+    assert await store.erased([]) == set()
+    assert await rows_mentioning(store.db, [gone, again]) == []
 
 
 async def test_a_profiles_deliveries_page_by_delivery_id(store):

@@ -18,6 +18,8 @@ from mosaic.platform.consent import NAME as PURPOSE_NAME
 from mosaic.platform.errors import InvalidArgument
 
 log = logging.getLogger("consent")
+# The most checks one CheckConsents answers.
+MAX_CHECKS = 1000
 
 
 def _profile_id(value: str, name: str = "profile_id") -> str:
@@ -28,9 +30,9 @@ def _profile_id(value: str, name: str = "profile_id") -> str:
     return value
 
 
-def _jurisdiction(value: int) -> int:
+def _jurisdiction(value: int, name: str = "jurisdiction") -> int:
     if value not in consent_pb2.Jurisdiction.values():
-        raise InvalidArgument("jurisdiction", "is not a known Jurisdiction")
+        raise InvalidArgument(name, "is not a known Jurisdiction")
     return value
 
 
@@ -61,20 +63,44 @@ class ConsentServicer(consent_service_pb2_grpc.ConsentServiceServicer):
 
     async def CheckConsent(self, request, context):
         started = time.perf_counter()
+        self._validate(request)
         answer = await self._check(request)
         metrics.consent_checked(time.perf_counter() - started, answer.granted)
+        trace.get_current_span().set_attribute("mosaic.consent.purpose", request.purpose)
         return answer
 
+    async def CheckConsents(self, request, context):
+        """Every check validated before any is answered, each answered as CheckConsent would."""
+        checks = request.checks
+        if not checks:
+            raise InvalidArgument("checks", "must hold at least one check")
+        if len(checks) > MAX_CHECKS:
+            raise InvalidArgument("checks", f"must hold at most {MAX_CHECKS} checks")
+        for n, check in enumerate(checks):
+            self._validate(check, f"checks[{n}].")
+        started = time.perf_counter()
+        answers = [await self._check(check) for check in checks]
+        each = (time.perf_counter() - started) / len(answers)
+        for answer in answers:
+            metrics.consent_checked(each, answer.granted)
+        return pb.CheckConsentsResponse(answers=answers)
+
+    def _validate(self, request, prefix: str = "") -> None:
+        _profile_id(request.profile_id, prefix + "profile_id")
+        if request.purpose not in self.ledger.purposes and not PURPOSE_NAME.match(request.purpose):
+            self.ledger.check_purpose(request.purpose, prefix + "purpose")  # raises, naming the purposes
+        _jurisdiction(request.jurisdiction, prefix + "jurisdiction")
+
     async def _check(self, request) -> pb.CheckConsentResponse:
-        profile_id = _profile_id(request.profile_id)
-        if request.purpose not in self.ledger.purposes and PURPOSE_NAME.match(request.purpose):
-            # Nobody can have consented to a purpose this deployment does not have: fail closed
-            # with the reason, rather than an error a caller (delivery) would retry for ever.
+        """The answer to a validated check."""
+        purpose = self.ledger.purposes.get(request.purpose)
+        if purpose is None:
+            # A well-formed purpose this deployment does not have (_validate let it through):
+            # nobody can have consented to it, so fail closed with the reason, rather than an
+            # error a caller (delivery) would retry for ever.
             return pb.CheckConsentResponse(granted=False, reason="purpose not configured")
-        purpose = self.ledger.check_purpose(request.purpose, "purpose")
-        view = await self.cache.get(profile_id)
-        state = self.ledger.state(view, purpose, _jurisdiction(request.jurisdiction), request.global_privacy_control)
-        trace.get_current_span().set_attribute("mosaic.consent.purpose", request.purpose)
+        view = await self.cache.get(request.profile_id)
+        state = self.ledger.state(view, purpose, request.jurisdiction, request.global_privacy_control)
         answer = pb.CheckConsentResponse(granted=state.granted, by_default=state.by_default, reason=state.reason)
         if state.HasField("decision"):
             answer.decision.CopyFrom(state.decision)

@@ -9,7 +9,7 @@ template or quiet hours need them), records the delivery as QUEUED and queues on
 destination's subject. A send in the person's quiet hours is held in the store instead
 (SCHEDULED, until the window ends), and the sweeper queues it then. A redelivered message
 finds its deliveries recorded and queues nothing new (a QUEUED one is queued again: JetStream
-drops the copy by message id).
+drops the copy by message id). Nothing is planned for an erased person (privacy.py).
 """
 
 from __future__ import annotations
@@ -177,6 +177,8 @@ class Planner:
         exited: bool = False,
         quiet: Window | None = None,
     ) -> None:
+        if await self.store.erased([profile_id]):
+            return  # erased: no delivery, and no record naming them (see privacy.py)
         existing = await self.store.delivery(profile_id, delivery_id)
         base = delivery_pb2.Delivery(
             delivery_id=delivery_id, destination_id=destination.destination_id, profile_id=profile_id, trigger=trigger

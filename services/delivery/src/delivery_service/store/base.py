@@ -11,6 +11,8 @@ A campaign's run is written by compare-and-set on its version (a lightweight tra
 Cassandra), so one replica at a time claims a tick; its definition (updated, paused, resumed)
 by compare-and-set on the stored definition itself, so two changes at once never lose one. Jobs held for quiet hours are kept by
 person and by (partition, due time): the sweeper of a partition reads what is due in one range.
+An erased profile id leaves a tombstone (`delivery_erasures`, a hash of the id, kept for good):
+a trigger for the person that arrives after the erasure plans nothing (see privacy.py).
 """
 
 from __future__ import annotations
@@ -73,6 +75,14 @@ class DeliveryStore(Protocol):
     async def unhold(self, job: Job, slot: int) -> None: ...
     async def erase_person(self, profile_id: str) -> int:
         """Delete the person's delivery log, held jobs and dead letters; how many records went."""
+        ...
+
+    async def record_erasure(self, profile_id: str) -> None:
+        """Keep a tombstone of an erased profile id (its hash, `erasure_key`)."""
+        ...
+
+    async def erased(self, profile_ids: Sequence[str]) -> set[str]:
+        """Those of the profile ids that have a tombstone."""
         ...
 
     async def close(self) -> None: ...

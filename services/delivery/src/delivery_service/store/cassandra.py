@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from datetime import datetime, timezone
 
 from delivery_service.store.base import DeliveryStore
-from delivery_service.store.model import Campaign, CampaignRun, DeadLetter, Job, due_at
+from delivery_service.store.model import Campaign, CampaignRun, DeadLetter, Job, due_at, erasure_key
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform.errors import AlreadyExists
 from mosaic.platform.store import Migration, Repository
@@ -46,6 +48,7 @@ MIGRATIONS = [
             "CREATE TABLE IF NOT EXISTS delivery_due_marks (slot int PRIMARY KEY, bucket bigint)",
         ),
     ),
+    Migration(4, ("CREATE TABLE IF NOT EXISTS delivery_erasures (id_hash text PRIMARY KEY, erased_at timestamp)",)),
 ]
 
 
@@ -293,3 +296,16 @@ class CassandraDeliveryStore(Repository, DeliveryStore):
             ]
         )
         return len(records) + len(letters) + len(held)
+
+    async def record_erasure(self, profile_id: str) -> None:
+        await self.db.execute(
+            "INSERT INTO delivery_erasures (id_hash, erased_at) VALUES (?, ?)",
+            (erasure_key(profile_id), datetime.now(timezone.utc)),
+        )
+
+    async def erased(self, profile_ids: Sequence[str]) -> set[str]:
+        keys = {erasure_key(pid): pid for pid in profile_ids}
+        found = await asyncio.gather(
+            *(self.db.execute("SELECT id_hash FROM delivery_erasures WHERE id_hash = ?", (key,)) for key in keys)
+        )
+        return {keys[rows[0].id_hash] for rows in found if rows}

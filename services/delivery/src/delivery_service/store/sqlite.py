@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 
 from delivery_service.store.base import DeliveryStore
-from delivery_service.store.model import Campaign, CampaignRun, DeadLetter, Job, due_at
+from delivery_service.store.model import Campaign, CampaignRun, DeadLetter, Job, due_at, erasure_key
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform.errors import AlreadyExists
 from mosaic.platform.store import Migration, Repository
@@ -51,6 +51,7 @@ MIGRATIONS = [
             "CREATE INDEX delivery_held_due ON delivery_held (slot, due)",
         ),
     ),
+    Migration(5, ("CREATE TABLE delivery_erasures (id_hash TEXT PRIMARY KEY, erased_us INTEGER)",)),
 ]
 # A row the embedded store still holds but whose expiry has passed is not read.
 _KEPT = "(expires_us IS NULL OR expires_us > ?)"
@@ -245,6 +246,20 @@ class SqliteDeliveryStore(Repository, DeliveryStore):
             return records + len(letters) + held
 
         return await self.db.transaction(work)
+
+    async def record_erasure(self, profile_id: str) -> None:
+        await self.db.execute(
+            "INSERT OR IGNORE INTO delivery_erasures VALUES (?, ?)", (erasure_key(profile_id), _now_us())
+        )
+
+    async def erased(self, profile_ids: Sequence[str]) -> set[str]:
+        if not profile_ids:
+            return set()
+        keys = {erasure_key(pid): pid for pid in profile_ids}
+        rows = await self.db.execute(
+            f"SELECT id_hash FROM delivery_erasures WHERE id_hash IN ({', '.join('?' * len(keys))})", list(keys)
+        )
+        return {keys[row[0]] for row in rows}
 
     async def sweep(self, now_us: int) -> dict[str, int]:
         """Delete the delivery records and dead letters past their expiry; rows removed by kind."""
