@@ -7,41 +7,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from consent_service.app import build
-from consent_service.config import Settings
 from consent_service.server import MAX_CHECKS
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc
 from mosaic.consent.v1 import consent_service_pb2 as pb
-from mosaic.platform.server import Service
 from mosaic.testing.plugin import eventually
-
-
-async def start(make_settings) -> Service:
-    base = make_settings("consent")
-    settings = Settings.from_env(
-        {
-            "MOSAIC_AUTH": "off",
-            "MOSAIC_NATS_URL": base.nats_url,
-            "MOSAIC_DATA_DIR": str(base.data_dir),
-            "MOSAIC_GRACE_SECONDS": "1",
-        }
-    )
-    service = Service(settings.platform, lambda runtime: build(runtime, settings))
-    await service.start()
-    return service
-
-
-@pytest.fixture
-async def service(make_settings):
-    service = await start(make_settings)
-    yield service
-    await service.stop()
-
-
-@pytest.fixture
-async def stub(service):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-        yield consent_service_pb2_grpc.ConsentServiceStub(channel)
 
 
 def question(pid: str, purpose: str = "marketing", **fields) -> pb.CheckConsentRequest:
@@ -95,11 +64,11 @@ async def test_each_answer_is_checkconsents_own_in_the_order_asked(stub):
     assert batch.answers[6].reason == "purpose not configured"
 
 
-async def test_a_decision_announced_between_two_batches_is_honoured(stub, make_settings):
+async def test_a_decision_announced_between_two_batches_is_honoured(stub, start_consent):
     checks = pb.CheckConsentsRequest(checks=[question("r-1"), question("r-2")])
     first = await stub.CheckConsents(checks)  # now cached here, for 60 s without a notice
     assert [a.granted for a in first.answers] == [False, False]
-    other = await start(make_settings)  # another replica takes the write; its notice reaches this one
+    other = await start_consent()  # another replica takes the write; its notice reaches this one
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as channel:
             await consent_service_pb2_grpc.ConsentServiceStub(channel).SetConsent(decision("r-2"))

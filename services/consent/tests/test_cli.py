@@ -8,29 +8,14 @@ import json
 import grpc
 import pytest
 
-from consent_service.app import build
-from consent_service.config import Settings
 from mosaic.cli.__main__ import main as mosaic
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc
 from mosaic.consent.v1 import consent_service_pb2 as cpb
-from mosaic.platform.server import Service
 
 
 @pytest.fixture
-async def service(make_settings):
-    base = make_settings("consent")
-    settings = Settings.from_env(
-        {
-            "MOSAIC_AUTH": "off",
-            "MOSAIC_NATS_URL": base.nats_url,
-            "MOSAIC_DATA_DIR": str(base.data_dir),
-            "MOSAIC_GRACE_SECONDS": "1",
-            "MOSAIC_PARTITIONS": "2",
-            "MOSAIC_PRIVACY_PARTICIPANTS": "consent",
-        }
-    )
-    service = Service(settings.platform, lambda runtime: build(runtime, settings))
-    await service.start()
+async def service(start_consent):
+    service = await start_consent(MOSAIC_PARTITIONS="2", MOSAIC_PRIVACY_PARTICIPANTS="consent")
     yield service
     await service.stop()
 

@@ -7,31 +7,16 @@ import asyncio
 import grpc
 import pytest
 
-from consent_service.app import build
-from consent_service.config import Settings
 from mosaic.consent.v1 import consent_service_pb2 as pb
 from mosaic.consent.v1 import consent_service_pb2_grpc
 from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.platform import topics
-from mosaic.platform.server import Service
 from mosaic.testing.plugin import eventually
 
 
 @pytest.fixture
-async def service(make_settings):
-    base = make_settings("consent")
-    settings = Settings.from_env(
-        {
-            "MOSAIC_AUTH": "off",
-            "MOSAIC_NATS_URL": base.nats_url,
-            "MOSAIC_DATA_DIR": str(base.data_dir),
-            "MOSAIC_GRACE_SECONDS": "1",
-            "MOSAIC_PARTITIONS": "2",
-            "MOSAIC_CONSENT_CATEGORIES": "C0002=analytics",
-        }
-    )
-    service = Service(settings.platform, lambda runtime: build(runtime, settings))
-    await service.start()
+async def service(start_consent):
+    service = await start_consent(MOSAIC_PARTITIONS="2", MOSAIC_CONSENT_CATEGORIES="C0002=analytics")
     yield service
     await service.stop()
 

@@ -29,20 +29,8 @@ PENDING = privacy_pb2.PRIVACY_REQUEST_STATE_PENDING
 
 
 @pytest.fixture
-async def service(make_settings):
-    base = make_settings("consent")
-    settings = Settings.from_env(
-        {
-            "MOSAIC_AUTH": "off",
-            "MOSAIC_NATS_URL": base.nats_url,
-            "MOSAIC_DATA_DIR": str(base.data_dir),
-            "MOSAIC_GRACE_SECONDS": "1",
-            "MOSAIC_PARTITIONS": "2",
-            "MOSAIC_PRIVACY_PARTICIPANTS": "consent,crm",
-        }
-    )
-    service = Service(settings.platform, lambda runtime: build(runtime, settings))
-    await service.start()
+async def service(start_consent):
+    service = await start_consent(MOSAIC_PARTITIONS="2", MOSAIC_PRIVACY_PARTICIPANTS="consent,crm")
     yield service
     await service.stop()
 

@@ -9,7 +9,6 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from consent_service.app import build
 from consent_service.config import Settings
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc
 from mosaic.consent.v1 import consent_service_pb2 as pb
@@ -17,35 +16,6 @@ from mosaic.events.v1 import consent_changed_pb2, identity_changed_pb2
 from mosaic.platform import topics
 from mosaic.platform.server import Service
 from mosaic.testing.plugin import eventually
-
-
-async def start(make_settings, **environ) -> Service:
-    settings = Settings.from_env(
-        {
-            "MOSAIC_AUTH": "off",
-            "MOSAIC_NATS_URL": make_settings("consent").nats_url,
-            "MOSAIC_DATA_DIR": str(make_settings("consent").data_dir),
-            "MOSAIC_GRACE_SECONDS": "1",
-            "MOSAIC_PARTITIONS": "4",
-            **environ,
-        }
-    )
-    service = Service(settings.platform, lambda runtime: build(runtime, settings))
-    await service.start()
-    return service
-
-
-@pytest.fixture
-async def service(make_settings):
-    service = await start(make_settings)
-    yield service
-    await service.stop()
-
-
-@pytest.fixture
-async def stub(service):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-        yield consent_service_pb2_grpc.ConsentServiceStub(channel)
 
 
 class Changes:
@@ -313,9 +283,9 @@ async def test_a_decision_made_while_nats_is_down_is_published_when_it_is_back(s
     assert message.headers["Nats-Msg-Id"] == f"consent:{answer.decision.change_id}"
 
 
-async def test_another_replicas_decision_reaches_this_replicas_cache(service, stub, make_settings):
+async def test_another_replicas_decision_reaches_this_replicas_cache(service, stub, start_consent):
     assert not (await check(stub, "r-1")).granted  # now cached here, for 60 s without a notice
-    other = await start(make_settings)
+    other = await start_consent()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as channel:
             await consent_service_pb2_grpc.ConsentServiceStub(channel).SetConsent(grant("r-1"))
@@ -324,8 +294,8 @@ async def test_another_replicas_decision_reaches_this_replicas_cache(service, st
         await other.stop()
 
 
-async def test_the_purposes_are_those_configured(make_settings):
-    service = await start(make_settings, MOSAIC_CONSENT_PURPOSES="newsletter,data_broker:sale,crm_sync:gdpr-allowed")
+async def test_the_purposes_are_those_configured(start_consent):
+    service = await start_consent(MOSAIC_CONSENT_PURPOSES="newsletter,data_broker:sale,crm_sync:gdpr-allowed")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
             stub = consent_service_pb2_grpc.ConsentServiceStub(channel)
@@ -344,11 +314,11 @@ async def test_the_purposes_are_those_configured(make_settings):
         await service.stop()
 
 
-async def test_what_a_crash_left_in_the_outbox_is_published_after_a_restart(make_settings):
+async def test_what_a_crash_left_in_the_outbox_is_published_after_a_restart(start_consent):
     from consent_service.ledger import Ledger
     from consent_service.store import open_store
 
-    service = await start(make_settings)
+    service = await start_consent()
     settings = service.settings
     await service.stop()
     # A decision written durably by a replica that died before publishing it.
@@ -357,7 +327,7 @@ async def test_what_a_crash_left_in_the_outbox_is_published_after_a_restart(make
     entry = ledger.normalise(consent_pb2.ConsentDecision(profile_id="crashed", purpose="marketing", granted=True))
     await ledger.record([entry])
     await store.close()
-    service = await start(make_settings)
+    service = await start_consent()
     try:
         bus = service.runtime.bus
 
