@@ -190,27 +190,25 @@ def _number(value: float) -> pb.Literal:
 
 
 def _all(parts: Iterable[Node]) -> Node:
-    kept: list[pb.Expression] = []
-    for part in parts:
-        if part is False:
-            return False
-        if part is not True:
-            kept.append(part)
-    if not kept:
-        return True
-    return kept[0] if len(kept) == 1 else pb.Expression(**{"and": pb.Operands(operands=kept)})  # type: ignore[arg-type]
+    return _join(parts, "and", absorbing=False)
 
 
 def _any(parts: Iterable[Node]) -> Node:
+    return _join(parts, "or", absorbing=True)
+
+
+def _join(parts: Iterable[Node], op: str, absorbing: bool) -> Node:
+    """`parts` joined by `op`, constants folded: the absorbing one (False for and, True for or)
+    decides at once, the other drops out, and nothing left is the other."""
     kept: list[pb.Expression] = []
     for part in parts:
-        if part is True:
-            return True
-        if part is not False:
-            kept.append(part)
+        if part is absorbing:
+            return absorbing
+        if part is not (not absorbing):
+            kept.append(part)  # type: ignore[arg-type]
     if not kept:
-        return False
-    return kept[0] if len(kept) == 1 else pb.Expression(**{"or": pb.Operands(operands=kept)})  # type: ignore[arg-type]
+        return not absorbing
+    return kept[0] if len(kept) == 1 else pb.Expression(**{op: pb.Operands(operands=kept)})  # type: ignore[arg-type]
 
 
 def _not(part: Node) -> Node:
