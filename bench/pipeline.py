@@ -14,7 +14,8 @@ person never seen before, the rest from people seen earlier in the run.
 2. Latency at half that rate (or BENCH_RATE), open loop, for BENCH_SECONDS: from each batch's HTTP
    acknowledgement to the profile.updated its event caused, and to the segment.membership a
    profile version caused (seen on a plain NATS subscription here), p50 and p99.
-3. CPU seconds per event of each service (/proc/<pid>/stat, over both phases) and resident
+3. CPU seconds per event of each service (/proc/<pid>/stat, over both phases), and of nats-server
+   and the Cassandra node beside them (the node's own work, compaction included), and resident
    memory (VmRSS) of each, with the profiles the run made.
 
 With BENCH_PROFILES=N, a population comes first: one identify each for N new people (the
@@ -333,6 +334,10 @@ async def main() -> None:
         url = f"http://127.0.0.1:{mesh.http_ports['ingestion']}"
         await asyncio.sleep(6)  # segmentation reloads its catalog every 5 s
         pids = {name: mesh.processes[name].pid for name in PIPELINE}
+        assert nats_server.process is not None
+        servers = {"nats-server": nats_server.process.pid}  # what an event costs beside the services
+        if keyspace is not None and (node := cassandra_node.node_pid()):
+            servers["cassandra"] = node
         partitions = 8
         traffic = Traffic(uuid.uuid4().hex[:6])
         gc.freeze()  # the client is the instrument: its collector must not stall it
@@ -356,7 +361,7 @@ async def main() -> None:
             )
             report_memory(mesh, populated)
 
-        cpu = {name: _process.cpu_seconds(pid) for name, pid in pids.items()}
+        cpu = {name: _process.cpu_seconds(pid) for name, pid in (pids | servers).items()}
         started = time.monotonic()
         await send(url, key, traffic, EVENTS)
         ingested = time.monotonic()
@@ -386,11 +391,12 @@ async def main() -> None:
             f"{latencies(acked, observer.updated)}; ack → segment.membership {latencies(acked, observer.memberships)}"
         )
         print("  largest backlog while sending: " + ", ".join(f"{name} {n:,}" for name, n in largest.items()))
-        used = {name: _process.cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
+        used = {name: _process.cpu_seconds(pid) - cpu[name] for name, pid in (pids | servers).items()}
         print(
             "CPU per event: "
-            + ", ".join(f"{name} {seconds / sent * 1e6:,.0f} µs" for name, seconds in used.items())
-            + f" (total {sum(used.values()) / sent * 1e6:,.0f} µs; {sent:,} events)"
+            + ", ".join(f"{name} {used[name] / sent * 1e6:,.0f} µs" for name in pids)
+            + f" (total {sum(used[name] for name in pids) / sent * 1e6:,.0f} µs; {sent:,} events); "
+            + ", ".join(f"{name} {used[name] / sent * 1e6:,.0f} µs" for name in servers)
         )
         report_memory(mesh, len(traffic.people))
     finally:

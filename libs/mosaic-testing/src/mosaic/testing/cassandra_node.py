@@ -21,6 +21,12 @@ def ensure_node() -> int:
     return port
 
 
+def node_pid() -> int | None:
+    """The local node's process id (its pid file), for a bench that measures the node's CPU."""
+    pidfile = REPO / ".local/cassandra/cassandra.pid"
+    return int(pidfile.read_text()) if pidfile.exists() else None
+
+
 def new_keyspace_settings(port: int, prefix: str = "test") -> CassandraSettings:
     return CassandraSettings(
         hosts=("127.0.0.1",),
