@@ -14,8 +14,9 @@ person never seen before, the rest from people seen earlier in the run.
 2. Latency at half that rate (or BENCH_RATE), open loop, for BENCH_SECONDS: from each batch's HTTP
    acknowledgement to the profile.updated its event caused, and to the segment.membership a
    profile version caused (seen on a plain NATS subscription here), p50 and p99.
-3. CPU seconds per event of each service (/proc/<pid>/stat, over both phases), and of nats-server
-   and the Cassandra node beside them (the node's own work, compaction included), and resident
+3. CPU seconds per event of each service of the pipeline (/proc/<pid>/stat, over both phases),
+   and of those beside it: consent and delivery (they read events.resolved too), nats-server and
+   the Cassandra node (the node's own work, compaction included), and resident
    memory (VmRSS) of each, with the profiles the run made.
 
 With BENCH_PROFILES=N, a population comes first: one identify each for N new people (the
@@ -335,7 +336,9 @@ async def main() -> None:
         await asyncio.sleep(6)  # segmentation reloads its catalog every 5 s
         pids = {name: mesh.processes[name].pid for name in PIPELINE}
         assert nats_server.process is not None
-        servers = {"nats-server": nats_server.process.pid}  # what an event costs beside the services
+        # What an event costs beside the pipeline: consent and delivery read events.resolved too.
+        servers = {name: mesh.processes[name].pid for name in ("consent", "delivery")}
+        servers["nats-server"] = nats_server.process.pid
         if keyspace is not None and (node := cassandra_node.node_pid()):
             servers["cassandra"] = node
         partitions = 8
