@@ -236,6 +236,24 @@ async def test_a_handler_slower_than_ack_wait_keeps_its_message(nats_server):
     await bus.close()
 
 
+async def test_messages_waiting_behind_a_slow_one_of_their_key_are_kept_too(nats_server):
+    bus = await connect(nats_server, partitions=1)
+    bus.ack_wait = 1.0
+    for n in range(3):  # one key: fetched together, done one after the other
+        await bus.publish(TOPIC, "u1", event(f"m{n}"), f"m{n}")
+    deliveries: list[tuple[str, int]] = []
+
+    async def slow(message, delivery):
+        deliveries.append((delivery.message_id, delivery.num_delivered))
+        await asyncio.sleep(1.5)
+
+    bus.consume(TOPIC, slow, [0])
+    await eventually(lambda: len(deliveries) >= 3, timeout=10)
+    await asyncio.sleep(3)
+    assert deliveries == [("m0", 1), ("m1", 1), ("m2", 1)], "none redelivered while it waited its turn"
+    await bus.close()
+
+
 async def test_every_listening_replica_hears_every_publish_and_a_bad_one_is_skipped(nats_server):
     publisher, replicas = await connect(nats_server), [await connect(nats_server, f"r{i}") for i in range(2)]
     heard: list[list[str]] = [[], []]

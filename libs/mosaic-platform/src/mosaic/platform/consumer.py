@@ -12,10 +12,11 @@ its durable write. What happens to a message the handler failed on is decided by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -211,11 +212,17 @@ class Consumer:
             await self._sleep(ack_wait + 1.0)  # and a second for the server's timer
 
     async def _process_by_key(self, messages: list[Msg]) -> None:
-        """Messages of one key in order, different keys side by side."""
+        """Messages of one key in order, different keys side by side; all kept in progress until
+        each is done (those waiting behind a slow one of their key too)."""
         by_key: dict[str, list[Msg]] = {}
         for msg in messages:
             by_key.setdefault((msg.headers or {}).get(KEY_HEADER, ""), []).append(msg)
-        await asyncio.gather(*(self._process_in_order(group) for group in by_key.values()))
+        unfinished = {id(msg): msg for msg in messages}
+        async with self._kept_in_progress(unfinished):
+            if len(by_key) == 1:
+                await self._process_in_order(messages, unfinished)
+            else:
+                await asyncio.gather(*(self._process_in_order(group, unfinished) for group in by_key.values()))
 
     async def _process_batch(self, messages: list[Msg], batch_handler: BatchHandler) -> None:
         topic, run = self.topic, self.run
@@ -245,7 +252,8 @@ class Consumer:
         if not kept:
             return
         try:
-            await self._with_heartbeat(kept, batch_handler(items))
+            async with self._kept_in_progress({id(msg): msg for msg in kept}):
+                await batch_handler(items)
         except Exception as error:  # noqa: BLE001 - every outcome is decided again, message by message
             log.warning(
                 "batch of %d on %s failed (%r); handling it one message at a time",
@@ -284,12 +292,13 @@ class Consumer:
             trace_context=trace_context,
         )
 
-    async def _process_in_order(self, messages: list[Msg]) -> None:
+    async def _process_in_order(self, messages: list[Msg], unfinished: dict[int, Msg]) -> None:
         for index, msg in enumerate(messages):
             if not self.run.active():
                 self.run.leave(self.topic, messages[index:])  # given back on stopping, not after ack_wait
                 return
             await self._process(msg)
+            del unfinished[id(msg)]
 
     async def _process(self, msg: Msg) -> None:
         started = time.perf_counter()
@@ -305,7 +314,7 @@ class Consumer:
             except DecodeError as error:
                 await self._carry_out(msg, self._decide(self._unparsable(error), delivery), started)
                 return
-            handle = lambda: self._with_heartbeat(msg, self.handler(payload, delivery))
+            handle = lambda: self.handler(payload, delivery)
             try:
                 try:
                     await handle()
@@ -361,17 +370,25 @@ class Consumer:
             before_sleep=before_sleep,
         )
 
-    async def _with_heartbeat(self, messages: Msg | list[Msg], work: Awaitable[None]) -> None:
-        """Run the handler, telling JetStream its messages are in progress every third of
-        ack_wait while the lease holds (after that they return to the next holder in time)."""
-        task = asyncio.ensure_future(work)
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=self.settings.ack_wait / 3)
-            if done:
-                return task.result()
-            if self.run.may_ack():
-                for msg in messages if isinstance(messages, list) else [messages]:
-                    await msg.in_progress()
+    @contextlib.asynccontextmanager
+    async def _kept_in_progress(self, unfinished: dict[int, Msg]) -> AsyncIterator[None]:
+        """While the fetched batch is worked on, tell JetStream every third of ack_wait that its
+        messages not yet done are in progress, while the lease holds (after that they return to
+        the next holder in time). One timer for the batch: a task per message cost more than
+        consent's and delivery's handling of most events."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.settings.ack_wait / 3)
+                if self.run.may_ack():
+                    for msg in list(unfinished.values()):
+                        await msg.in_progress()
+
+        heartbeat = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
 
     def _measure(self, msg: Msg, outcome: str, seconds: float) -> None:
         """Record one message's outcome; an acked one's hop latency too, from the time JetStream

@@ -30,7 +30,7 @@ _RETRYABLE = (NoHostAvailable, OperationTimedOut, RequestExecutionException, Con
 
 
 @functools.lru_cache(maxsize=1024)  # one per statement's columns: a few dozen per service
-def _row_type(colnames: tuple[str, ...]) -> type:
+def _row_type(colnames: tuple[str, ...]) -> Any:
     """The driver's own Row namedtuple for these columns (the same names and cleaning), made once."""
     [row] = named_tuple_factory(colnames, [colnames])
     return type(row)
