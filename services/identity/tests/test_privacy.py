@@ -457,6 +457,8 @@ async def test_a_replica_disconnected_when_the_erasure_went_out_refuses_the_pers
     then: here the test purges the stream)."""
     from mosaic.platform.bus import Bus
 
+    who = f"lena-{completed}"  # the two runs may share a keyspace
+
     receipts = Receipts()
     await receipts.listen(service)
     link = Link(service.settings.nats_url)
@@ -466,25 +468,25 @@ async def test_a_replica_disconnected_when_the_erasure_went_out_refuses_the_pers
         resolver, rules, events = components(store, Settings(service.settings, sightings_flush_seconds=3600))
         replica = IdentityPrivacy(store, resolver, events.sightings)
         await replica.follow(bus)
-        lena = (await events.resolve(event("lena-1", user_id="lena", anonymous_id="anon-lena"))).profile_id
-        assert resolver.home_of(("user_id", "lena")) == lena
+        lena = (await events.resolve(event(f"{who}-1", user_id=who, anonymous_id=f"anon-{who}"))).profile_id
+        assert resolver.home_of(("user_id", who)) == lena
 
         link.cut()
         await eventually(lambda: not bus.connected)
-        await ask(service, "erase-lena", privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, lena)
-        await eventually(lambda: receipts.final("erase-lena"))
+        await ask(service, f"erase-{who}", privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, lena)
+        await eventually(lambda: receipts.final(f"erase-{who}"))
         if completed:
             await service.runtime.bus.jetstream.purge_stream(topics.PRIVACY_REQUESTED.stream)
-        assert lena not in resolver.erased_profiles and resolver.home_of(("user_id", "lena")) == lena
+        assert lena not in resolver.erased_profiles and resolver.home_of(("user_id", who)) == lena
 
         link.restore()
         await eventually(lambda: bus.connected)
-        await eventually(lambda: resolver.home_of(("user_id", "lena")) is None)
+        await eventually(lambda: resolver.home_of(("user_id", who)) is None)
         await asyncio.gather(*replica._heard)
         with pytest.raises(Erased):
-            await events.resolve(event("lena-2", user_id="lena", anonymous_id="anon-lena"))
+            await events.resolve(event(f"{who}-2", user_id=who, anonymous_id=f"anon-{who}"))
         with pytest.raises(Erased):
-            await events.resolve(event("lena-3", anonymous_id="anon-lena"))
+            await events.resolve(event(f"{who}-3", anonymous_id=f"anon-{who}"))
     finally:
         await bus.close()
         await link.close()
