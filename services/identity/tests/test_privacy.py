@@ -14,6 +14,7 @@ from identity_service.config import Settings
 from identity_service.erasures import Erasures
 from identity_service.privacy import IdentityPrivacy
 from identity_service.resolver import Erased, Resolver, Retry, now_ms, profile_id_for
+from identity_service.sightings import Sightings
 from identity_service.store import Claim, Member, open_store
 from mosaic.consent.v1 import privacy_pb2
 from mosaic.events.v1 import event_pb2, privacy_request_pb2, resolved_pb2
@@ -399,3 +400,128 @@ async def test_a_replica_that_missed_the_erasure_cannot_link_to_the_erased_profi
     assert await store.profiles([kim]) == {}
     assert await store.claims([("email", "kim@example.com")]) == {}
     assert await rows_mentioning(store.db, ["kim@example.com", "\tkim"]) == []
+
+
+class Link:
+    """A TCP relay between a replica and the nats-server, which the test can cut: the replica's
+    connection drops, and reconnecting is refused until `restore`."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("nats://").rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.up = True
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        self.up = False
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    async def close(self) -> None:
+        self.cut()
+        self._server.close()
+
+
+@pytest.mark.parametrize("completed", [False, True], ids=["in-flight", "completed"])
+async def test_a_replica_disconnected_when_the_erasure_went_out_refuses_the_person_once_back(service, completed):
+    """Replica B's connection is down while Lena is erased: it never hears the notice. Once back
+    it resolves her known identifiers (claims and root cached before) to nobody, whether the
+    request is still in privacy.requested or complete and gone from the stream (consent erases it
+    then: here the test purges the stream)."""
+    from mosaic.platform.bus import Bus
+
+    who = f"lena-{completed}"  # the two runs may share a keyspace
+
+    receipts = Receipts()
+    await receipts.listen(service)
+    link = Link(service.settings.nats_url)
+    store = await open_store(service.settings)
+    bus = await Bus.connect(await link.start(), "identity", 2)
+    try:
+        resolver, rules, events = components(store, Settings(service.settings, sightings_flush_seconds=3600))
+        replica = IdentityPrivacy(store, resolver, events.sightings)
+        await replica.follow(bus)
+        lena = (await events.resolve(event(f"{who}-1", user_id=who, anonymous_id=f"anon-{who}"))).profile_id
+        assert resolver.home_of(("user_id", who)) == lena
+
+        link.cut()
+        await eventually(lambda: not bus.connected)
+        await ask(service, f"erase-{who}", privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, lena)
+        await eventually(lambda: receipts.final(f"erase-{who}"))
+        if completed:
+            await service.runtime.bus.jetstream.purge_stream(topics.PRIVACY_REQUESTED.stream)
+        assert lena not in resolver.erased_profiles and resolver.home_of(("user_id", who)) == lena
+
+        link.restore()
+        await eventually(lambda: bus.connected)
+        await eventually(lambda: resolver.home_of(("user_id", who)) is None)
+        await asyncio.gather(*replica._heard)
+        with pytest.raises(Erased):
+            await events.resolve(event(f"{who}-2", user_id=who, anonymous_id=f"anon-{who}"))
+        with pytest.raises(Erased):
+            await events.resolve(event(f"{who}-3", anonymous_id=f"anon-{who}"))
+    finally:
+        await bus.close()
+        await link.close()
+        await store.close()
+
+
+async def test_a_profile_merged_into_the_person_unnamed_and_gone_before_the_walk_is_refused(parts):
+    """Ann's browser profile was merged into her user profile; the request names only the
+    survivor, and this replica hears it after the erasure removed every row (its walk finds no
+    child), its root cache no longer holding the browser's profile: the cached claim of the
+    browser names a profile whose row is gone, and its tombstone refuses it."""
+    store, resolver, rules, privacy = parts
+    rules = await rules.get()
+    browser = (await resolver.resolve(_identifiers(anonymous_id="anon-ann"), rules, event_id="ann-1", at=1)).profile_id
+    user = (await resolver.resolve(_identifiers(user_id="ann"), rules, event_id="ann-2", at=2)).profile_id
+    both = await resolver.resolve(_identifiers(user_id="ann", anonymous_id="anon-ann"), rules, event_id="ann-3", at=3)
+    survivor = both.profile_id
+    merged = browser if survivor == user else user
+    key = ("anonymous_id", "anon-ann") if merged == browser else ("user_id", "ann")
+    identifier = _identifiers(**{key[0]: key[1]})
+
+    replica = Resolver(store)
+    heard = IdentityPrivacy(store, replica, Sightings(store, 3600, erased=replica.erased_profiles))
+    assert (await replica.resolve(identifier, rules, event_id="ann-4", at=4)).profile_id == survivor
+    assert replica.home_of(key) == merged
+    replica.root_cache.forget([merged])  # aged out
+
+    request = privacy_request_pb2.PrivacyRequested(
+        request_id="erase-ann", kind=privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, person_id=survivor
+    )
+    await privacy.erase(request)
+    heard.heard(request)
+    await asyncio.gather(*heard._heard)
+    assert merged not in replica.erased_profiles  # its walk found nothing left to join
+
+    with pytest.raises(Erased):
+        await replica.resolve(identifier, rules, event_id="ann-5", at=5)
+    assert merged in replica.erased_profiles and replica.home_of(key) is None

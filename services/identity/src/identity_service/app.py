@@ -56,6 +56,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     handler = RawEventHandler(events, runtime.bus, outbox)
     runtime.bus.consume(topics.EVENTS_RAW, handler, batch_handler=handler.batch)
     privacy = IdentityPrivacy(store, resolver, events.sightings)
-    # Every replica forgets an erased person at once, whichever one's participant erases them.
-    await runtime.bus.listen(topics.PRIVACY_REQUESTED, privacy.heard)
+    # Every replica forgets an erased person at once, whichever one's participant erases them,
+    # and hears again those in flight when its connection comes back.
+    await privacy.follow(runtime.bus)
     Participant("identity", runtime.bus, privacy.export, privacy.erase).start()

@@ -16,6 +16,20 @@ at once, whichever replica's participant runs it: their profiles join the resolv
 (a resolution to them is dropped from then on), their cached claims and roots go, and their
 sightings, pending or written by a flush that raced the erasure, are removed. The erasure
 receipt lists the identifiers, so consent can suppress them at ingestion.
+
+A notice missed (Bus.listen is at most once) is made up for by `follow`: each time the replica's
+connection comes back, and once at start, it empties its claim and root caches, hears again every
+request still in privacy.requested, and empties the caches a second time. Why that is enough,
+rather than a durable consumer per replica: a request leaves the stream only once complete
+(consent erases it then), and identity's receipt comes after its rows are gone, so a request
+missed and no longer in the stream has nothing left in the store to resolve by; one still in the
+stream is heard again. The second emptying drops a claim read, between the first and the replay,
+from an erasure that completed meanwhile (a read that straddles it is not cached: see
+Resolver.claims). What a replica forgets is only cache, read again from the store. A replica
+that misses a notice without losing its connection (a slow consumer cut off counts as lost) is
+not a case NATS has. And a home whose row is gone is checked against the profile tombstones
+(Resolver.root), so a person's profile unnamed by the request and gone before this replica's
+walk is refused too.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ import uuid
 
 import tenacity
 from google.protobuf import json_format
+from nats.js import JetStreamContext
 
 from identity_service.erasures import PROFILE
 from identity_service.resolver import Resolver, Retry, now_ms
@@ -34,6 +49,8 @@ from identity_service.store import IdentityStore, Key, decode_keys
 from mosaic.consent.v1 import privacy_pb2
 from mosaic.events.v1 import privacy_request_pb2
 from mosaic.identity.v1 import identity_pb2
+from mosaic.platform import topics
+from mosaic.platform.bus import Bus
 from mosaic.platform.errors import Unavailable
 from mosaic.platform.privacy import Answer
 from mosaic.platform.store.cassandra import CassandraStore
@@ -49,6 +66,22 @@ def named(request: privacy_request_pb2.PrivacyRequested) -> list[str]:
     return list(dict.fromkeys(p for p in [request.person_id, *request.profile_ids] if p))
 
 
+async def in_flight(js: JetStreamContext) -> list[privacy_request_pb2.PrivacyRequested]:
+    """The requests still in privacy.requested (an ephemeral ordered consumer, from the first)."""
+    if not (await js.stream_info(topics.PRIVACY_REQUESTED.stream)).state.messages:
+        return []
+    found = []
+    sub = await js.subscribe(topics.PRIVACY_REQUESTED.wildcard, ordered_consumer=True)
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            found.append(privacy_request_pb2.PrivacyRequested.FromString(msg.data))
+            if msg.metadata.num_pending == 0:
+                return found
+    finally:
+        await sub.unsubscribe()
+
+
 class IdentityPrivacy:
     def __init__(self, store: IdentityStore, resolver: Resolver, sightings: Sightings) -> None:
         self.store = store
@@ -56,15 +89,38 @@ class IdentityPrivacy:
         self.sightings = sightings
         self._heard: set[asyncio.Task] = set()
 
+    async def follow(self, bus: Bus) -> None:
+        """Hear every erasure request from now on, and make up for those missed while the
+        connection was down (see the module's docstring); at start, the requests in flight."""
+        await bus.listen(topics.PRIVACY_REQUESTED, self.heard)
+        bus.on_reconnect(lambda: self._spawn(self.catch_up(bus.jetstream)))
+        await self.catch_up(bus.jetstream)
+
+    async def catch_up(self, js: JetStreamContext) -> None:
+        self.resolver.forget_all()
+        try:
+            async for attempt in tenacity.AsyncRetrying(
+                stop=tenacity.stop_after_delay(60), wait=tenacity.wait_random(0.2, 1.0), reraise=True
+            ):
+                with attempt:
+                    for request in await in_flight(js):
+                        self.heard(request)
+        except Exception:  # noqa: BLE001 - logged; the next reconnect tries again
+            log.exception("privacy requests in flight not read again")
+        self.resolver.forget_all()
+
+    def _spawn(self, work) -> None:
+        task = asyncio.create_task(work)
+        self._heard.add(task)
+        task.add_done_callback(self._heard.discard)
+
     def heard(self, request: privacy_request_pb2.PrivacyRequested) -> None:
         """Every replica's notice of a request (Bus.listen): an erased person is forgotten at
         once by the profiles named, then by those the graph joins to them, sightings included."""
         if request.kind != privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE:
             return
         self.resolver.forget_person(named(request))
-        task = asyncio.create_task(self._forget(request))
-        self._heard.add(task)
-        task.add_done_callback(self._heard.discard)
+        self._spawn(self._forget(request))
 
     async def _forget(self, request: privacy_request_pb2.PrivacyRequested) -> None:
         try:

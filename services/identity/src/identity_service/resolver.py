@@ -62,6 +62,7 @@ import tenacity
 from google.protobuf import timestamp_pb2
 
 from identity_service import graph
+from identity_service.claim_cache import ClaimCache
 from identity_service.erasures import ErasedProfiles, Erasures
 from identity_service.graph import Component, Plan
 from identity_service.rules import Rules
@@ -154,6 +155,10 @@ class RootCache:
         """The homes cached as answering to `root`."""
         return set(self._homes.get(root, ()))
 
+    def clear(self) -> None:
+        self._roots.clear()
+        self._homes.clear()
+
     def forget(self, profile_ids) -> None:
         """Drop every entry of these profiles, as homes and as roots."""
         for profile_id in profile_ids:
@@ -191,7 +196,7 @@ class Resolver:
         # Claims never change once written, so a cache of them is never stale, but for an
         # erasure's: `forget_claims` counts those, and a claim read or made across one is not
         # cached (it could put back what the erasure just forgot).
-        self._claims: Lru[Key, Claim] = Lru(claim_cache)
+        self._claims = ClaimCache(claim_cache)  # indexed by home: see forget_person
         self._forgotten = 0
         self.erased_profiles = ErasedProfiles()  # the people this replica heard being erased
         self.root_cache = root_cache or RootCache()
@@ -225,12 +230,15 @@ class Resolver:
         for profile_id in list(person):
             person |= self.root_cache.homes_of(profile_id)
         self.erased_profiles.add(person)
-        # A scan of the cache (once per erasure heard): reading each entry, least recently used
-        # first, moves it last, so the order of those kept is the same afterwards.
-        cached = [(key, self._claims.get(key)) for key in list(self._claims)]
-        self.forget_claims([key for key, claim in cached if claim is not None and claim.profile_id in person])
+        self.forget_claims(self._claims.keys_of(person))
         self.root_cache.forget(person)
         return person
+
+    def forget_all(self) -> None:
+        """Drop every cached claim and root (the connection came back: a notice may be missed)."""
+        self._forgotten += 1
+        self._claims.clear()
+        self.root_cache.clear()
 
     def home_of(self, key: Key) -> str | None:
         """The home profile of an identifier this replica has resolved lately (None: not cached)."""
@@ -242,6 +250,10 @@ class Resolver:
         for _ in range(MAX_CHAIN):
             rows = await self.store.profiles([profile_id])
             row = rows.get(profile_id)
+            if row is None and await self.erasures.profile_erased(profile_id):
+                # Its row went with an erasure this replica did not hear of for it (a profile
+                # merged into the person, unnamed by the request and gone before the walk).
+                self.forget_person([profile_id])
             if row is None or not row.merged_into:
                 return profile_id
             profile_id = row.merged_into

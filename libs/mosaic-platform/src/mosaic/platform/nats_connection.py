@@ -45,10 +45,24 @@ def nats_security(tls: TlsSettings | None, credentials: str) -> dict[str, Any]:
     return secure
 
 
-async def connect(url: str, name: str, tls: TlsSettings | None, credentials: str, deadline: float) -> nats.NATS:
+async def connect(
+    url: str,
+    name: str,
+    tls: TlsSettings | None,
+    credentials: str,
+    deadline: float,
+    on_reconnect: Callable[[], None] | None = None,
+) -> nats.NATS:
     """Connect, reconnecting forever once connected; Unavailable if not connected within
     `deadline` seconds (a server that never completes the handshake, as a TLS server does for a
-    plaintext client, would otherwise hold the start forever)."""
+    plaintext client, would otherwise hold the start forever). `on_reconnect` is called (it
+    must not block) each time the connection is back."""
+
+    async def reconnected() -> None:
+        log.warning("reconnected to nats")
+        if on_reconnect is not None:
+            on_reconnect()
+
     connecting = nats.connect(
         url,
         name=name,
@@ -58,7 +72,7 @@ async def connect(url: str, name: str, tls: TlsSettings | None, credentials: str
         reconnect_time_wait=0.5,
         error_cb=_log_error,
         disconnected_cb=_log_event("disconnected from nats"),
-        reconnected_cb=_log_event("reconnected to nats"),
+        reconnected_cb=reconnected,
     )
     try:
         return await asyncio.wait_for(connecting, deadline)
