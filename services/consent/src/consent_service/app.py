@@ -52,7 +52,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     changes = IdentityChanges(ledger, relay)
     runtime.bus.consume(topics.IDENTITY_MERGED, changes.merged)
     runtime.bus.consume(topics.IDENTITY_SPLIT, changes.split)
-    runtime.bus.consume(topics.EVENTS_RESOLVED, ConsentEvents(ledger, cache, relay, settings.policy))
+    events = ConsentEvents(ledger, cache, relay, settings.policy)
+    runtime.bus.consume(topics.EVENTS_RESOLVED, events, batch_handler=events.batch)
     identity = None
     if settings.identity_address:
         channel = clients.channel(
