@@ -62,6 +62,12 @@ from segmentation_service.state import DAY, EPOCH, ProfileState
 from segmentation_service.store import open_store
 
 PROFILES = int(os.environ.get("BENCH_SEGMENTATION_PROFILES", "1000000"))
+# "latency": only the service in its own process at a fixed rate (publish -> segment.membership)
+ONLY = os.environ.get("BENCH_SEGMENTATION_ONLY", "")
+LATENCY_SECONDS = float(os.environ.get("BENCH_SEGMENTATION_LATENCY_SECONDS", "5"))
+# The feed publishes a rate's updates in bursts this many seconds apart (a burst is rate x tick updates).
+LATENCY_TICK = float(os.environ.get("BENCH_SEGMENTATION_TICK", "0.05"))
+LATENCY_RATES = tuple(int(r) for r in os.environ.get("BENCH_SEGMENTATION_RATES", "2000,500").split(","))
 NOW = time.time()
 TODAY = int(NOW // DAY)
 PLANS = np.array(["free", "pro", "team", "enterprise"])
@@ -468,7 +474,7 @@ async def membership_latency(
         print(f"the service (its own process) idle: {idle * 100:.1f}% of a core", flush=True)
         people = 2000
         for rate in rates:
-            tick = 0.05
+            tick = LATENCY_TICK
             total, per_tick = int(rate * seconds), int(rate * tick)
             load = os.getloadavg()[0]
             cpu = _process.cpu_seconds(process.pid)
@@ -509,7 +515,19 @@ async def membership_latency(
     return results
 
 
+def print_latency(results: list[tuple[int, int, float, float, float, float, float]]) -> None:
+    for rate, count, achieved, p50, p99, cpu_us, load in results:
+        print(
+            f"the service (its own process) fed {rate:,} profile.updated/s, each a transition: {count:,} received"
+            f" at {achieved:,.0f}/s; profile.updated published -> segment.membership received p50 {p50:.1f} ms,"
+            f" p99 {p99:.1f} ms; the service's CPU {cpu_us:.0f} us an update (load {load:.1f})"
+        )
+
+
 async def main() -> None:
+    if ONLY == "latency":
+        print_latency(await membership_latency(LATENCY_RATES, LATENCY_SECONDS))
+        return
     n = PROFILES
     print(
         f"synthesizing {n:,} profiles (traits, identities, 90 days of counters of {len(EVENTS)} events)...", flush=True
@@ -569,9 +587,4 @@ async def main() -> None:
             f"profile.updated handler end to end (SQLite store, real nats-server, 5 segments), {batch} at a time:"
             f" {rate:,.0f} updates/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms per call"
         )
-    for rate, count, achieved, p50, p99, cpu_us, load in await membership_latency((2000, 500)):
-        print(
-            f"the service (its own process) fed {rate:,} profile.updated/s, each a transition: {count:,} received"
-            f" at {achieved:,.0f}/s; profile.updated published -> segment.membership received p50 {p50:.1f} ms,"
-            f" p99 {p99:.1f} ms; the service's CPU {cpu_us:.0f} us an update (load {load:.1f})"
-        )
+    print_latency(await membership_latency(LATENCY_RATES, LATENCY_SECONDS))

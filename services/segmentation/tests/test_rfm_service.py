@@ -5,20 +5,29 @@ import socket
 from datetime import datetime, timezone
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
 from mosaic.platform import topics
+from mosaic.platform.errors import Unavailable
+from mosaic.platform.ownership import FixedPartitions
 from mosaic.platform.server import Service
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2_grpc
 from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
 from mosaic.testing.plugin import eventually
 from segmentation_service import language, rfm
 from segmentation_service.app import build
+from segmentation_service.catalog import SegmentCatalog
+from segmentation_service.columns import ColumnarView
 from segmentation_service.config import Settings
+from segmentation_service.membership import Memberships
 from segmentation_service.rfm import RfmModel, RfmTraits
+from segmentation_service.scoring import RfmScoring
+from segmentation_service.server import SegmentationServicer
 from segmentation_service.state import DAY, ProfileState
+from segmentation_service.store import open_store
 
 NAMED = {segment_id: language.parse(text) for segment_id, _, text in rfm.NAMED}
 ENTERED = segment_membership_pb2.MEMBERSHIP_CHANGE_ENTERED
@@ -277,3 +286,34 @@ async def test_the_edges_are_those_of_every_replicas_customers(make_settings):
         for service, channel in started:
             await channel.close()
             await service.stop()
+
+
+async def test_no_recompute_merges_the_summary_of_a_view_still_rebuilding(make_settings):
+    # A replica whose view is still loading partitions it took neither summarises for a peer
+    # (UNAVAILABLE) nor recomputes from its own partial view; the recompute stores nothing and is
+    # still due, so the next check asks again, and gets every customer once the view is in.
+    settings = make_settings("segmentation")
+    store = await open_store(settings)
+    try:
+        now = datetime.now(timezone.utc).timestamp()
+        view = ColumnarView(settings.partitions)
+        for i in range(10):
+            view.put(customer(f"c{i}", 1, i, 1.0 + i, 10.0 * i, now)[1], now)
+        catalog = SegmentCatalog(store)
+        scoring = RfmScoring(store, catalog, view, FixedPartitions(range(settings.partitions)), clock=lambda: now)
+        await scoring.ready()
+        servicer = SegmentationServicer(store, catalog, Memberships(store, catalog, view, None), None, ())
+        ask = pb.SummarizeRfmRequest()
+        ask.at.FromNanoseconds(int(now * 1e9))
+        view.loading = {3}  # partition 3 still coming from the profile service
+        with pytest.raises(Unavailable, match="still rebuilding"):
+            await servicer.SummarizeRfm(ask, None)
+        with pytest.raises(Unavailable, match="still rebuilding"):
+            await scoring.recompute()
+        assert await scoring.due()
+        assert not (await store.rfm_model()).customers  # nothing stored from the partial view
+        view.loading = set()
+        assert (await servicer.SummarizeRfm(ask, None)).summary == rfm.summary(*view.rfm_measures(RfmTraits(), now))
+        assert (await scoring.recompute()).customers == 10
+    finally:
+        await store.close()

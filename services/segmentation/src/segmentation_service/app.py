@@ -46,13 +46,17 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     async def acquired(partitions: frozenset[int]) -> None:
         # The view holds the profiles of the partitions this replica holds: load the new ones
         # before their consumers start, publish what a crash left pending, backfill what is left.
-        merged = {pid for partition in partitions for pid in await store.merged(partition)}
-        # Erased profiles stay out (ScanProfiles has none; a late profile.updated may).
-        since = time.time() - topics.PROFILE_UPDATED.max_age
-        for partition in partitions:
-            view.remember_erased(await store.erased(partition, since))
-        if reader is not None:
-            await reader.rebuild(view, partitions, merged)
+        view.loading |= partitions  # no RFM summary of this view until they are in
+        try:
+            merged = {pid for partition in partitions for pid in await store.merged(partition)}
+            # Erased profiles stay out (ScanProfiles has none; a late profile.updated may).
+            since = time.time() - topics.PROFILE_UPDATED.max_age
+            for partition in partitions:
+                view.remember_erased(await store.erased(partition, since))
+            if reader is not None:
+                await reader.rebuild(view, partitions, merged)
+        finally:
+            view.loading -= partitions
         await memberships.publish_all_pending(partitions)
         backfiller.wake()
 

@@ -162,6 +162,9 @@ class ColumnarView:
         self.partitions = partitions
         self.capacity = capacity
         self.policy = policy  # the deployment's consent purposes and their defaults
+        # Partitions taken but not loaded yet (rebuilding from the profile service): while any
+        # are, the view is partial, and an RFM summary of it would skew the population's edges.
+        self.loading: set[int] = set()
         self.rows: dict[str, int] = {}
         self.ids: list[str | None] = []
         self.free: list[int] = []

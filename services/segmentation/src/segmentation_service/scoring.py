@@ -94,7 +94,9 @@ class RfmScoring:
                     async with self.ownership.working(0) as held:
                         if held:
                             await self.recompute()
-            except Exception:  # a peer or the store down: the next round tries again
+            except Unavailable as error:  # a view still rebuilding, a peer away: the next check asks again
+                log.info("RFM recompute waits: %s", error)
+            except Exception:  # the store down, a bug: the next round tries again
                 log.exception("RFM recompute failed")
             await asyncio.sleep(min(self.interval, CHECK_SECONDS))
 
@@ -110,6 +112,8 @@ class RfmScoring:
 
     async def recompute(self) -> segment_pb2.RfmModel:
         """Edges over every replica's customers, stored; a new generation when they moved."""
+        if self.view.loading:  # this replica's own view is partial: wait, as for a peer's
+            raise Unavailable("segmentation view", f"partitions {sorted(self.view.loading)} are still rebuilding")
         started, now = time.monotonic(), self.clock()
         at = timestamp_pb2.Timestamp()
         at.FromNanoseconds(int(now * 1e9))

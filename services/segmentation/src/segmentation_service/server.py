@@ -190,4 +190,7 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         if not request.HasField("at"):
             raise InvalidArgument("at", "is required")
         at = request.at.seconds + request.at.nanos / 1e9
+        loading = self.memberships.view.loading
+        if loading:  # a partial summary would skew the edges: the recompute asks again later
+            raise Unavailable("segmentation view", f"partitions {sorted(loading)} are still rebuilding")
         return pb.SummarizeRfmResponse(summary=local_summary(self.memberships.view, self.catalog.traits, at))
