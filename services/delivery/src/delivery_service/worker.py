@@ -17,6 +17,10 @@ JetStream brings the job back. Once sent, refused or out of budget, the job's re
 dead letter) is written in a batch with the others that finished meanwhile, the outcomes are
 published, and only then are the jobs acked: a crash before that sends again, with the same
 idempotency key.
+
+A job of a person erased since it was queued (planned just before the erasure's tombstone,
+queued after the erasure removed the person's jobs from the stream) is acked unsent, with no
+record or outcome naming the person (`ErasedPeople`, a set lookup in memory).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from delivery_service.consent import Answers
 from delivery_service.destinations import Kind, kind_of
 from delivery_service.jobs import Feed, JobQueue, context_of, durable_of
 from delivery_service.limits import CircuitBreaker, TokenBucket, retry_delay
+from delivery_service.privacy import ErasedPeople
 from delivery_service.smtp import SmtpSender
 from delivery_service.ssrf import AddressPolicy
 from delivery_service.store import DeliveryStore
@@ -106,9 +111,11 @@ class DestinationWorker:
         bus: Bus,
         settings: WorkerSettings,
         answers: Answers,
+        erased: ErasedPeople | None = None,
     ) -> None:
         self.destination = destination
         self.answers = answers
+        self.erased = erased or ErasedPeople(store)
         self.queue = queue
         self.store = store
         self.bus = bus
@@ -296,6 +303,9 @@ class DestinationWorker:
                         "mosaic.delivery.attempt": attempt,
                     }
                 )
+                if await self.erased.erased(job.profile_id):
+                    await msg.ack()  # erased since it was queued: nothing sent, nothing names them
+                    return
                 consented = await self._consented([msg], [job])
                 if consented is None:
                     return  # stopping while consent could not be asked: the job comes back
@@ -364,6 +374,14 @@ class DestinationWorker:
         """One request for a batch of membership changes; a person's last change wins."""
         jobs = [delivery_pb2.DeliveryJob.FromString(msg.data) for msg in messages]
         attempt = max(msg.metadata.num_delivered for msg in messages)
+        kept = [not await self.erased.erased(job.profile_id) for job in jobs]
+        for msg, keep in zip(messages, kept, strict=True):
+            if not keep:
+                await msg.ack()  # erased since it was queued: out of the batch, unrecorded
+        messages = [msg for msg, keep in zip(messages, kept, strict=True) if keep]
+        jobs = [job for job, keep in zip(jobs, kept, strict=True) if keep]
+        if not jobs:
+            return
         consented = await self._consented(messages, jobs)
         if consented is None:
             return
