@@ -18,11 +18,11 @@ from delivery_service.worker import attempt_of
     ],
 )
 def test_the_attempt_is_the_delivery_count_of_the_ack_subject_in_either_format(reply):
-    msg = Msg(None, subject="delivery.jobs.crm.x", reply=reply)  # type: ignore[arg-type]
+    msg = Msg(None, subject="delivery.jobs.crm.x", reply=reply)
     assert attempt_of(msg) == msg.metadata.num_delivered
 
 
 @pytest.mark.parametrize("reply", ["", "_INBOX.abc", "$JS.ACK.too.short"])
 def test_a_message_not_from_jetstream_has_no_attempt(reply):
     with pytest.raises(NotJSMessageError):
-        attempt_of(Msg(None, subject="s", reply=reply))  # type: ignore[arg-type]
+        attempt_of(Msg(None, subject="s", reply=reply))
