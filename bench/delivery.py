@@ -50,6 +50,7 @@ import nats
 from bench import _process
 from delivery_service.consent import Answers
 from delivery_service.jobs import JobQueue
+from delivery_service.privacy import ErasedPeople
 from delivery_service.ssrf import AddressPolicy
 from delivery_service.store import open_store
 from delivery_service.worker import DestinationWorker, WorkerSettings
@@ -178,12 +179,18 @@ async def scenario(
     healthy_id, failing_id = f"healthy-{suffix}", f"failing-{suffix}"
     answers = Answers(consent, CONSENT_CACHE)  # as the service keeps them, from its start
     await bus.listen(topics.CONSENT_CHANGED, answers.on_changed)
+    erased = ErasedPeople(store)  # as the service keeps them: loaded, looked at before each send
+    await erased.load()
 
     def pool() -> list[DestinationWorker]:
-        found = [DestinationWorker(destination(healthy_id, receivers.healthy), queue, store, bus, settings, answers)]
+        found = [
+            DestinationWorker(destination(healthy_id, receivers.healthy), queue, store, bus, settings, answers, erased)
+        ]
         if mode:
             found.append(
-                DestinationWorker(destination(failing_id, receivers.failing), queue, store, bus, settings, answers)
+                DestinationWorker(
+                    destination(failing_id, receivers.failing), queue, store, bus, settings, answers, erased
+                )
             )
         return found
 

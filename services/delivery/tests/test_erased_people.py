@@ -5,6 +5,7 @@ nothing and sends nothing, while the same triggers for someone else go out."""
 
 from __future__ import annotations
 
+from delivery_service.jobs import JobQueue
 from mosaic.consent.v1 import privacy_pb2
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
@@ -24,6 +25,15 @@ async def ordered(bus, profile_id: str, message_id: str) -> None:
     await bus.publish(
         topics.EVENTS_RESOLVED, profile_id, resolved_pb2.ResolvedEvent(profile_id=profile_id, event=event), message_id
     )
+
+
+async def erase(bus, profile_id: str, receipts: list) -> None:
+    """Publish an erasure of the person and wait for delivery's final receipt of it."""
+    request = privacy_request_pb2.PrivacyRequested(
+        request_id=f"erase-{profile_id}", kind=privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, person_id=profile_id
+    )
+    await bus.publish(topics.PRIVACY_REQUESTED, profile_id, request, f"erase-{profile_id}")
+    await eventually(lambda: any(r.participant == "delivery" and r.final for r in receipts))
 
 
 async def test_a_trigger_read_after_the_erasure_sends_and_records_nothing(
@@ -52,11 +62,7 @@ async def test_a_trigger_read_after_the_erasure_sends_and_records_nothing(
         receipts.append(privacy_request_pb2.PrivacyReceipt.FromString(msg.data))
 
     await bus._nc.subscribe(topics.PRIVACY_RECEIPT.wildcard, cb=on_receipt)
-    request = privacy_request_pb2.PrivacyRequested(
-        request_id="erase-1", kind=privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, person_id=gone
-    )
-    await bus.publish(topics.PRIVACY_REQUESTED, gone, request, "erase-1")
-    await eventually(lambda: any(r.participant == "delivery" and r.final for r in receipts))
+    await erase(bus, gone, receipts)
 
     # Resolved (or segmented) before the upstream services did their part, read after delivery's.
     await ordered(bus, gone, "late-order")
@@ -69,5 +75,51 @@ async def test_a_trigger_read_after_the_erasure_sends_and_records_nothing(
         return len([d for d in sent if d.status == delivery_pb2.DELIVERY_STATUS_SENT]) == 2
 
     await eventually(kept_delivered)
+    assert {r.body["profile_id"] for r in webhook_receiver.requests} == {kept}
+    assert (await stub.ListDeliveries(pb.ListDeliveriesRequest(profile_id=gone))).deliveries == []
+
+
+async def test_a_job_queued_after_the_erasure_emptied_the_queue_is_dropped_unsent(
+    stub, bus, consent, webhook_receiver, service, nats_server
+):
+    """The planner decided before the tombstone and queued after the erasure removed the
+    person's jobs from the stream: the worker acks the job unsent and records nothing."""
+    await stub.CreateDestination(
+        pb.CreateDestinationRequest(
+            destination=delivery_pb2.Destination(
+                destination_id="crm", webhook_url=webhook_receiver.url("/crm"), purpose="marketing"
+            )
+        )
+    )
+    gone, kept = "p-gone", "p-kept"
+    for person in (gone, kept):
+        await consent(person)  # granted: consent alone would let both go out
+    receipts: list[privacy_request_pb2.PrivacyReceipt] = []
+
+    async def on_receipt(msg) -> None:
+        receipts.append(privacy_request_pb2.PrivacyReceipt.FromString(msg.data))
+
+    await bus._nc.subscribe(topics.PRIVACY_RECEIPT.wildcard, cb=on_receipt)
+    await erase(bus, gone, receipts)
+
+    queue = await JobQueue.connect(nats_server.url)
+    try:
+        for person in (gone, kept):
+            await queue.put(
+                delivery_pb2.DeliveryJob(
+                    delivery_id=f"crm:event:{person}",
+                    destination_id="crm",
+                    profile_id=person,
+                    trigger="event:Order Completed",
+                    payload=f'{{"profile_id":"{person}"}}',
+                )
+            )
+
+        async def both_taken() -> bool:
+            return await queue.pending("crm") == 0 and len(webhook_receiver.requests) >= 1
+
+        await eventually(both_taken)
+    finally:
+        await queue.close()
     assert {r.body["profile_id"] for r in webhook_receiver.requests} == {kept}
     assert (await stub.ListDeliveries(pb.ListDeliveriesRequest(profile_id=gone))).deliveries == []

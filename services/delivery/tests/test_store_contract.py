@@ -5,7 +5,9 @@ import uuid
 
 import pytest
 
+from delivery_service.privacy import ErasedPeople
 from delivery_service.store import open_store
+from delivery_service.store.model import erasure_key
 from mosaic.delivery.v1 import campaign_pb2, delivery_pb2
 from mosaic.platform.errors import AlreadyExists
 from mosaic.testing.plugin import eventually
@@ -259,3 +261,21 @@ async def test_erasing_a_person_drops_their_held_jobs(store):
     await store.hold(held(kept, "h:kept", now - 1), 5)
     assert await store.erase_person(gone) == 1
     assert [j.profile_id for j in await store.due_jobs(5, now, 10)] == [kept]
+
+
+async def test_the_erased_in_memory_are_loaded_from_the_tombstones_and_read_the_store_past_their_bound(store):
+    gone, again, kept = (str(uuid.uuid4()) for _ in range(3))
+    for person in (gone, again):
+        await store.record_erasure(person)
+    assert {erasure_key(gone), erasure_key(again)} <= set(await store.erasures(1_000_000))
+    assert len(await store.erasures(1)) == 1
+    erased = ErasedPeople(store)
+    await erased.load()  # a restart: every tombstone is known again
+    assert erased.complete and erased.known(gone) and erased.known(again) and not erased.known(kept)
+    assert await erased.erased(gone) and not await erased.erased(kept)
+    few = ErasedPeople(store, most=1)
+    await few.load()  # more tombstones than it may hold: the misses are read from the store
+    assert not few.complete
+    assert await few.erased(gone) and await few.erased(again) and not await few.erased(kept)
+    erased.add([kept])  # heard of (Bus.listen) or recorded by this replica
+    assert erased.known(kept)

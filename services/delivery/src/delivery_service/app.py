@@ -17,7 +17,7 @@ from delivery_service.feedback import EngagementEndpoint, Feedback
 from delivery_service.held import Sweeper
 from delivery_service.jobs import JobQueue
 from delivery_service.planner import Planner, TimeZones
-from delivery_service.privacy import DeliveryPrivacy
+from delivery_service.privacy import DeliveryPrivacy, ErasedPeople
 from delivery_service.scheduler import Scheduler, SchedulerSettings
 from delivery_service.server import CampaignSettings, DeliveryServicer
 from delivery_service.store import open_store
@@ -72,6 +72,10 @@ async def build(runtime: Runtime, settings: Settings) -> None:
             _channel(runtime, settings.segmentation_address)
         )
 
+    # Heard before loaded: an erasure between the two is in one or the other (or both).
+    erased = ErasedPeople(store)
+    await runtime.bus.listen(topics.PRIVACY_REQUESTED, erased.heard)
+    await erased.load()
     cache = DestinationCache(store, settings.destinations_refresh)
     policy = settings.policy
     dispatcher = Dispatcher(
@@ -89,6 +93,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
             smtp_ca=settings.smtp_ca,
         ),
         answers,
+        erased,
     )
     cache.listen(dispatcher.update)
     await cache.load()
@@ -111,7 +116,14 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     delivery_service_pb2_grpc.add_DeliveryServiceServicer_to_server(servicer, runtime.server)
     runtime.add_service(delivery_service_pb2.DESCRIPTOR.services_by_name["DeliveryService"].full_name)
     planner = Planner(
-        cache, store, queue, runtime.bus, consent, profiles, TimeZones(settings.time_zone_trait, settings.default_zone)
+        cache,
+        store,
+        queue,
+        runtime.bus,
+        consent,
+        profiles,
+        TimeZones(settings.time_zone_trait, settings.default_zone),
+        erased,
     )
     runtime.bus.consume(topics.SEGMENT_MEMBERSHIP, planner.on_membership)
     runtime.bus.consume(topics.EVENTS_RESOLVED, planner.on_event)
@@ -128,7 +140,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         )
         scheduler.start()
         runtime.cleanup.push_async_callback(scheduler.stop)
-    privacy = DeliveryPrivacy(store)
+    privacy = DeliveryPrivacy(store, erased)
     Participant("delivery", runtime.bus, privacy.export, privacy.erase).start()
 
     if settings.feedback:

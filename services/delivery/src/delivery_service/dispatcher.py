@@ -6,6 +6,7 @@ import asyncio
 
 from delivery_service.consent import Answers
 from delivery_service.jobs import JobQueue
+from delivery_service.privacy import ErasedPeople
 from delivery_service.store import DeliveryStore
 from delivery_service.worker import DestinationWorker, WorkerSettings
 from mosaic.delivery.v1 import delivery_pb2
@@ -14,9 +15,16 @@ from mosaic.platform.bus import Bus
 
 class Dispatcher:
     def __init__(
-        self, queue: JobQueue, store: DeliveryStore, bus: Bus, settings: WorkerSettings, answers: Answers
+        self,
+        queue: JobQueue,
+        store: DeliveryStore,
+        bus: Bus,
+        settings: WorkerSettings,
+        answers: Answers,
+        erased: ErasedPeople | None = None,
     ) -> None:
         self.queue = queue
+        self.erased = erased or ErasedPeople(store)  # looked at again before every send
         self.answers = answers  # read again before every send
         self.store = store
         self.bus = bus
@@ -31,7 +39,9 @@ class Dispatcher:
                 self._stop(self.workers.pop(destination_id))
         for destination_id, destination in destinations.items():
             if destination_id not in self.workers:
-                worker = DestinationWorker(destination, self.queue, self.store, self.bus, self.settings, self.answers)
+                worker = DestinationWorker(
+                    destination, self.queue, self.store, self.bus, self.settings, self.answers, self.erased
+                )
                 worker.start()
                 self.workers[destination_id] = worker
 

@@ -28,6 +28,7 @@ from delivery_service import feedback, templates
 from delivery_service.consent import granted
 from delivery_service.destinations import DestinationCache, Kind, TriggerKind, kind_of, triggers_of
 from delivery_service.jobs import JobQueue
+from delivery_service.privacy import ErasedPeople
 from delivery_service.quiet import Window, person_zone, window_of
 from delivery_service.store import DeliveryStore
 from delivery_service.worker import now, record
@@ -62,6 +63,7 @@ class Planner:
         consent,
         profiles=None,
         zones: TimeZones | None = None,
+        erased: ErasedPeople | None = None,
     ) -> None:
         self.cache = cache
         self.store = store
@@ -70,6 +72,7 @@ class Planner:
         self.consent = consent
         self.profiles = profiles
         self.zones = zones or TimeZones()
+        self.erased = erased or ErasedPeople(store)  # not loaded: every one read from the store
 
     async def on_membership(self, change: segment_membership_pb2.SegmentMembershipChanged, _: Delivery) -> None:
         wanted = (
@@ -177,7 +180,7 @@ class Planner:
         exited: bool = False,
         quiet: Window | None = None,
     ) -> None:
-        if await self.store.erased([profile_id]):
+        if await self.erased.erased(profile_id):
             return  # erased: no delivery, and no record naming them (see privacy.py)
         existing = await self.store.delivery(profile_id, delivery_id)
         base = delivery_pb2.Delivery(

@@ -85,4 +85,9 @@ class DeliveryStore(Protocol):
         """Those of the profile ids that have a tombstone."""
         ...
 
+    async def erasures(self, most: int) -> list[str]:
+        """Up to `most` tombstones (`erasure_key` hashes), in no particular order: what a
+        replica's memory of the erased (privacy.ErasedPeople) starts from."""
+        ...
+
     async def close(self) -> None: ...

@@ -309,3 +309,18 @@ class CassandraDeliveryStore(Repository, DeliveryStore):
             *(self.db.execute("SELECT id_hash FROM delivery_erasures WHERE id_hash = ?", (key,)) for key in keys)
         )
         return {keys[rows[0].id_hash] for rows in found if rows}
+
+    async def erasures(self, most: int) -> list[str]:
+        # Paged by token: execute reads one page, and the table is as long as erasures are many.
+        found: list[str] = []
+        after = -(2**63)
+        while len(found) < most:
+            rows = await self.db.execute(
+                "SELECT id_hash, token(id_hash) AS t FROM delivery_erasures WHERE token(id_hash) > ? LIMIT 5000",
+                (after,),
+            )
+            found += [r.id_hash for r in rows]
+            if len(rows) < 5000:
+                break
+            after = rows[-1].t
+        return found[:most]

@@ -261,6 +261,9 @@ class SqliteDeliveryStore(Repository, DeliveryStore):
         )
         return {keys[row[0]] for row in rows}
 
+    async def erasures(self, most: int) -> list[str]:
+        return [row[0] for row in await self.db.execute("SELECT id_hash FROM delivery_erasures LIMIT ?", (most,))]
+
     async def sweep(self, now_us: int) -> dict[str, int]:
         """Delete the delivery records and dead letters past their expiry; rows removed by kind."""
 
