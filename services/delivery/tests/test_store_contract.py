@@ -8,7 +8,10 @@ import pytest
 from delivery_service.privacy import ErasedPeople
 from delivery_service.store import open_store
 from delivery_service.store.model import erasure_key
+from mosaic.consent.v1 import privacy_pb2
 from mosaic.delivery.v1 import campaign_pb2, delivery_pb2
+from mosaic.events.v1 import privacy_request_pb2
+from mosaic.platform import topics
 from mosaic.platform.errors import AlreadyExists
 from mosaic.testing.plugin import eventually
 from mosaic.testing.scan import rows_mentioning
@@ -279,3 +282,35 @@ async def test_the_erased_in_memory_are_loaded_from_the_tombstones_and_read_the_
     assert await few.erased(gone) and await few.erased(again) and not await few.erased(kept)
     erased.add([kept])  # heard of (Bus.listen) or recorded by this replica
     assert erased.known(kept)
+
+
+async def test_a_replica_disconnected_when_an_erasure_went_out_knows_the_person_once_back(store, nats_server):
+    """Its connection is down while two people are erased: one request still in
+    privacy.requested, the other complete (gone from the stream, its tombstone stored by the
+    replica that did delivery's part). Once back it knows both without a store read."""
+    from mosaic.platform.bus import Bus
+    from mosaic.testing.relay import Link
+
+    publisher = await Bus.connect(nats_server.url, "tester", 2)
+    await publisher.ensure_streams([topics.PRIVACY_REQUESTED])
+    link = Link(nats_server.url)
+    replica = await Bus.connect(await link.start(), "delivery", 2)
+    try:
+        erased = ErasedPeople(store)
+        await erased.follow(replica)
+        in_flight, completed = (str(uuid.uuid4()) for _ in range(2))
+        link.cut()
+        await eventually(lambda: not replica.connected)
+        request = privacy_request_pb2.PrivacyRequested(
+            request_id=f"erase-{in_flight}", kind=privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE, person_id=in_flight
+        )
+        await publisher.publish(topics.PRIVACY_REQUESTED, in_flight, request, request.request_id)
+        await store.record_erasure(completed)
+        assert not erased.known(in_flight) and not erased.known(completed)
+        link.restore()
+        await eventually(lambda: replica.connected)
+        await eventually(lambda: erased.known(in_flight) and erased.known(completed))
+    finally:
+        await replica.close()
+        await link.close()
+        await publisher.close()

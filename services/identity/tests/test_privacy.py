@@ -25,6 +25,7 @@ from mosaic.platform.privacy import merge_parts
 from mosaic.platform.server import Service
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.testing.plugin import eventually
+from mosaic.testing.relay import Link
 from mosaic.testing.scan import messages_mentioning, rows_mentioning
 
 
@@ -400,53 +401,6 @@ async def test_a_replica_that_missed_the_erasure_cannot_link_to_the_erased_profi
     assert await store.profiles([kim]) == {}
     assert await store.claims([("email", "kim@example.com")]) == {}
     assert await rows_mentioning(store.db, ["kim@example.com", "\tkim"]) == []
-
-
-class Link:
-    """A TCP relay between a replica and the nats-server, which the test can cut: the replica's
-    connection drops, and reconnecting is refused until `restore`."""
-
-    def __init__(self, upstream: str) -> None:
-        host, port = upstream.removeprefix("nats://").rsplit(":", 1)
-        self.upstream = (host, int(port))
-        self.up = True
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.up:
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        self._writers |= {writer, up_writer}
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            try:
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def cut(self) -> None:
-        self.up = False
-        for writer in self._writers:
-            writer.close()
-        self._writers.clear()
-
-    def restore(self) -> None:
-        self.up = True
-
-    async def close(self) -> None:
-        self.cut()
-        self._server.close()
 
 
 @pytest.mark.parametrize("completed", [False, True], ids=["in-flight", "completed"])

@@ -74,8 +74,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
 
     # Heard before loaded: an erasure between the two is in one or the other (or both).
     erased = ErasedPeople(store)
-    await runtime.bus.listen(topics.PRIVACY_REQUESTED, erased.heard)
-    await erased.load()
+    await erased.follow(runtime.bus)
     cache = DestinationCache(store, settings.destinations_refresh)
     policy = settings.policy
     dispatcher = Dispatcher(

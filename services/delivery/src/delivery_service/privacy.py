@@ -18,13 +18,17 @@ the source of truth: a restart reloads them."""
 
 from __future__ import annotations
 
+import asyncio
+
 from google.protobuf import json_format
 
 from delivery_service.store import DeliveryStore
 from delivery_service.store.model import erasure_key
 from mosaic.consent.v1 import privacy_pb2
 from mosaic.events.v1 import privacy_request_pb2
-from mosaic.platform.privacy import Answer
+from mosaic.platform import topics
+from mosaic.platform.bus import Bus
+from mosaic.platform.privacy import Answer, hear_in_flight
 
 
 def _profiles(request: privacy_request_pb2.PrivacyRequested) -> list[str]:
@@ -55,11 +59,32 @@ class ErasedPeople:
         self.most = most
         self._keys: set[int] = set()
         self.complete = False  # until loaded: every one not heard of is read from the store
+        self._catching_up: set[asyncio.Task] = set()
 
     async def load(self) -> None:
+        """Add the stored tombstones (to what was heard: a request heard may not be stored yet)."""
         found = await self.store.erasures(self.most + 1)
-        self.complete = len(found) <= self.most
-        self._keys = {_short(key) for key in found[: self.most]}
+        self._keys |= {_short(key) for key in found[: self.most]}
+        self.complete = len(found) <= self.most and len(self._keys) <= self.most
+
+    async def follow(self, bus: Bus) -> None:
+        """Hear every erasure from now on (Bus.listen), and make up for those missed: at start
+        and each time the connection is back (a notice is at most once), the requests still in
+        flight and the stored tombstones (a request gone from the stream is complete: its
+        tombstone is stored)."""
+
+        async def catch_up() -> None:
+            await hear_in_flight(bus.jetstream, self.heard)
+            await self.load()
+
+        def reconnected() -> None:
+            task = asyncio.create_task(catch_up())
+            self._catching_up.add(task)
+            task.add_done_callback(self._catching_up.discard)
+
+        await bus.listen(topics.PRIVACY_REQUESTED, self.heard)
+        bus.on_reconnect(reconnected)
+        await catch_up()
 
     def add(self, profile_ids: list[str]) -> None:
         for profile_id in profile_ids:

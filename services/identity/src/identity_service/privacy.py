@@ -52,7 +52,7 @@ from mosaic.identity.v1 import identity_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.errors import Unavailable
-from mosaic.platform.privacy import Answer
+from mosaic.platform.privacy import Answer, hear_in_flight
 from mosaic.platform.store.cassandra import CassandraStore
 
 log = logging.getLogger("identity.privacy")
@@ -64,22 +64,6 @@ ERASURE_LEASE_FACTOR = 10
 
 def named(request: privacy_request_pb2.PrivacyRequested) -> list[str]:
     return list(dict.fromkeys(p for p in [request.person_id, *request.profile_ids] if p))
-
-
-async def in_flight(js: JetStreamContext) -> list[privacy_request_pb2.PrivacyRequested]:
-    """The requests still in privacy.requested (an ephemeral ordered consumer, from the first)."""
-    if not (await js.stream_info(topics.PRIVACY_REQUESTED.stream)).state.messages:
-        return []
-    found = []
-    sub = await js.subscribe(topics.PRIVACY_REQUESTED.wildcard, ordered_consumer=True)
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=5)
-            found.append(privacy_request_pb2.PrivacyRequested.FromString(msg.data))
-            if msg.metadata.num_pending == 0:
-                return found
-    finally:
-        await sub.unsubscribe()
 
 
 class IdentityPrivacy:
@@ -98,15 +82,7 @@ class IdentityPrivacy:
 
     async def catch_up(self, js: JetStreamContext) -> None:
         self.resolver.forget_all()
-        try:
-            async for attempt in tenacity.AsyncRetrying(
-                stop=tenacity.stop_after_delay(60), wait=tenacity.wait_random(0.2, 1.0), reraise=True
-            ):
-                with attempt:
-                    for request in await in_flight(js):
-                        self.heard(request)
-        except Exception:  # noqa: BLE001 - logged; the next reconnect tries again
-            log.exception("privacy requests in flight not read again")
+        await hear_in_flight(js, self.heard)
         self.resolver.forget_all()
 
     def _spawn(self, work) -> None:

@@ -20,11 +20,14 @@ each list of the document is cut between items; the last part says `final`.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import tenacity
 from google.protobuf import timestamp_pb2
+from nats.js import JetStreamContext
 
 from mosaic.consent.v1 import privacy_pb2
 from mosaic.events.v1 import privacy_request_pb2
@@ -156,3 +159,35 @@ class Participant:
             dead = [await self.bus.erase_dead_letters(t, keys) for t in consumed]
             counts[f"stream:{topics.DEAD_LETTER_STREAM}"] = sum(dead)
         return counts
+
+
+async def in_flight(js: JetStreamContext) -> list[privacy_request_pb2.PrivacyRequested]:
+    """The requests still in privacy.requested (an ephemeral ordered consumer, from the first)."""
+    if not (await js.stream_info(topics.PRIVACY_REQUESTED.stream)).state.messages:
+        return []
+    found = []
+    sub = await js.subscribe(topics.PRIVACY_REQUESTED.wildcard, ordered_consumer=True)
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            found.append(privacy_request_pb2.PrivacyRequested.FromString(msg.data))
+            if msg.metadata.num_pending == 0:
+                return found
+    finally:
+        await sub.unsubscribe()
+
+
+async def hear_in_flight(js: JetStreamContext, heard: Callable[[privacy_request_pb2.PrivacyRequested], None]) -> None:
+    """Hear again every request still in privacy.requested: what a replica does once its
+    connection is back, since `Bus.listen` (how every replica hears each request) is at most
+    once. A request no longer in the stream is complete, so each participant's part is done and
+    stored. Retried for a minute; then logged, and the next reconnect tries again."""
+    try:
+        async for attempt in tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_delay(60), wait=tenacity.wait_random(0.2, 1.0), reraise=True
+        ):
+            with attempt:
+                for request in await in_flight(js):
+                    heard(request)
+    except Exception:  # noqa: BLE001 - logged; the next reconnect tries again
+        logging.getLogger("mosaic.privacy").exception("privacy requests in flight not read again")
