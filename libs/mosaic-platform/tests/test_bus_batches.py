@@ -8,6 +8,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from mosaic.events.v1 import event_pb2
 from mosaic.platform.bus import Bus
+from mosaic.platform.consumer import Delivery, one_by_one
 from mosaic.platform.errors import InvalidArgument
 from mosaic.platform.topics import Topic
 from mosaic.testing.plugin import eventually
@@ -134,3 +135,18 @@ async def test_a_stop_during_a_batch_finishes_it_and_gives_back_the_rest(nats_se
 
     await eventually(settled)  # nothing handled is left unacked, nothing unhandled acked
     await bus.close()
+
+
+async def test_one_by_one_runs_each_message_in_order_under_its_own_trace():
+    def delivery(n: int) -> Delivery:
+        span = NonRecordingSpan(SpanContext(trace_id=n + 1, span_id=n + 1, is_remote=True))
+        return Delivery("s", 0, n, 1, f"m{n}", "k", trace.set_span_in_context(span))
+
+    seen = []
+
+    async def handler(payload, _delivery) -> None:
+        seen.append((payload, trace.get_current_span().get_span_context().trace_id))
+
+    await one_by_one(handler)([(f"m{n}", delivery(n)) for n in range(3)])
+    assert seen == [("m0", 1), ("m1", 2), ("m2", 3)]
+    assert not trace.get_current_span().get_span_context().is_valid, "each trace was detached after"

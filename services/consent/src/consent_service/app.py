@@ -21,6 +21,7 @@ from mosaic.consent.v1 import consent_pb2, consent_service_pb2_grpc, privacy_ser
 from mosaic.consent.v1 import consent_service_pb2 as pb
 from mosaic.identity.v1 import identity_service_pb2_grpc
 from mosaic.platform import clients, topics
+from mosaic.platform.consumer import one_by_one
 from mosaic.platform.privacy import Participant
 from mosaic.platform.server import Runtime
 
@@ -53,7 +54,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     runtime.bus.consume(topics.IDENTITY_MERGED, changes.merged)
     runtime.bus.consume(topics.IDENTITY_SPLIT, changes.split)
     events = ConsentEvents(ledger, cache, relay, settings.policy)
-    runtime.bus.consume(topics.EVENTS_RESOLVED, events, batch_handler=events.batch)
+    runtime.bus.consume(topics.EVENTS_RESOLVED, events, batch_handler=one_by_one(events))  # most carry no consent
     identity = None
     if settings.identity_address:
         channel = clients.channel(

@@ -29,7 +29,6 @@ import hashlib
 import logging
 
 from google.protobuf import struct_pb2
-from opentelemetry import context as otel_context
 
 from consent_service.cache import ConsentCache
 from consent_service.ledger import Ledger
@@ -57,18 +56,6 @@ class ConsentEvents:
         self.policy = policy
         self.ignored_categories = 0
         self.erased_dropped = 0  # events whose consent named an erased person
-
-    async def batch(self, items: list[tuple[resolved_pb2.ResolvedEvent, Delivery]]) -> None:
-        """A fetched batch, one event after the other in stream order, each under its own trace:
-        most events carry no consent, and a task per event (the per-key path) cost more than
-        reading them."""
-        for resolved, delivery in items:
-            token = otel_context.attach(delivery.trace_context) if delivery.trace_context else None
-            try:
-                await self(resolved, delivery)
-            finally:
-                if token is not None:
-                    otel_context.detach(token)
 
     async def __call__(self, resolved: resolved_pb2.ResolvedEvent, delivery: Delivery) -> None:
         event = resolved.event

@@ -25,6 +25,7 @@ import tenacity
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
@@ -64,6 +65,23 @@ Handler = Callable[[Any, Delivery], Awaitable[None]]
 # A handler of a whole fetched batch of one partition, `(payload, delivery)` in stream order; see
 # `Bus.consume`. It must leave the same state as the per-message handler applied to each in turn.
 BatchHandler = Callable[[list[tuple[Any, Delivery]]], Awaitable[None]]
+
+
+def one_by_one(handler: Handler) -> BatchHandler:
+    """A batch handler that runs `handler` on each message of the batch in stream order, each
+    under its own trace: for a topic most of whose messages need little of the service (consent
+    and delivery reading events.resolved), where the per-key path's task per key costs more."""
+
+    async def batch(items: list[tuple[Any, Delivery]]) -> None:
+        for payload, delivery in items:
+            token = otel_context.attach(delivery.trace_context) if delivery.trace_context is not None else None
+            try:
+                await handler(payload, delivery)
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+
+    return batch
 
 
 @dataclasses.dataclass(frozen=True)
