@@ -18,6 +18,7 @@ from mosaic.platform.server import Service
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2_grpc
 from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
 from mosaic.testing.plugin import eventually
+from mosaic.testing.relay import Link
 from segmentation_service.app import build
 from segmentation_service.columns import erased_key
 from segmentation_service.config import Settings
@@ -292,6 +293,71 @@ async def test_an_erasure_takes_the_person_out_of_every_replicas_view(make_setti
     finally:
         await service.stop()
         await other.stop()
+
+
+@pytest.mark.parametrize("completed", [False, True], ids=["in-flight", "completed"])
+async def test_a_replica_disconnected_when_an_erasure_went_out_drops_the_person_once_back(
+    make_settings, nats_server, completed
+):
+    """The second replica's connection is down while a profile of its view is erased (the first
+    replica consumes the request): once back it drops the row, whether the request is still in
+    privacy.requested or complete and gone from the stream (here: purged)."""
+    link = Link(nats_server.url)
+    url = await link.start()
+
+    def settings(peers: tuple[str, ...], **environ: str) -> Settings:
+        return Settings(make_settings("segmentation", MOSAIC_GRACE_SECONDS="1", **environ), "", 1.0, peers)
+
+    second = settings((), MOSAIC_NATS_URL=url)
+    other = Service(second.platform, lambda runtime: build(runtime, second))
+    await other.start()
+    first = settings((f"127.0.0.1:{other.port}",))
+    service = Service(first.platform, lambda runtime: build(runtime, first))
+    await service.start()
+    held = lambda: [s.runtime.ownership.owned for s in (service, other) if s.runtime is not None]  # noqa: E731
+    await eventually(lambda: [len(h) for h in held()] == [4, 4])
+    partitions, mine = service.settings.partitions, service.runtime.ownership.owned
+    person = next(f"a{i}" for i in range(100) if topics.partition_of(f"a{i}", partitions) in mine)
+    elsewhere = next(f"b{i}" for i in range(100) if topics.partition_of(f"b{i}", partitions) not in mine)
+    try:
+        bus = service.runtime.bus
+        for profile_id in (person, elsewhere):
+            update = profile_updated_pb2.ProfileUpdated(profile_id=profile_id, version=1)
+            update.changes.add(path="traits.n", new_value=struct_pb2.Value(number_value=1))
+            await bus.publish(topics.PROFILE_UPDATED, profile_id, update, f"{profile_id}:1")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            stub = segmentation_service_pb2_grpc.SegmentationServiceStub(channel)
+            estimate = lambda: stub.Estimate(pb.EstimateRequest(definition="traits.n = 1", sample_size=100))  # noqa: E731
+            await eventually(lambda: _when(estimate(), lambda a: a.count == 2))
+            link.cut()
+            await eventually(lambda: not other.runtime.bus.connected)
+            request = privacy_request_pb2.PrivacyRequested(
+                request_id="r-1",
+                kind=privacy_pb2.PRIVACY_REQUEST_KIND_ERASURE,
+                person_id=person,
+                profile_ids=[person, elsewhere],
+            )
+            await bus.publish(topics.PRIVACY_REQUESTED, person, request, "r-1")
+            store = await open_store(first.platform)
+            try:
+                partition = topics.partition_of(elsewhere, partitions)
+                await eventually(lambda: _when(store.erased(partition, 0.0), lambda k: erased_key(elsewhere) in k))
+            finally:
+                await store.close()
+            if completed:
+                await bus.jetstream.purge_stream(topics.PRIVACY_REQUESTED.stream)
+            # The first replica dropped the person at once; the second's view still counts the
+            # profile it holds (Estimate asks it over gRPC, which the cut leaves alone).
+            answer = await eventually(lambda: _when(estimate(), lambda a: a.count == 1))
+            assert list(answer.sample) == [elsewhere]
+            link.restore()
+            await eventually(lambda: other.runtime.bus.connected)
+            answer = await eventually(lambda: _when(estimate(), lambda a: a.count == 0))
+            assert list(answer.sample) == []
+    finally:
+        await service.stop()
+        await other.stop()
+        await link.close()
 
 
 async def test_an_erased_profile_stays_out_of_the_view_after_a_restart(make_settings):

@@ -8,7 +8,7 @@ import logging
 import time
 
 from mosaic.platform import tasks, topics
-from mosaic.platform.privacy import Participant
+from mosaic.platform.privacy import Participant, hear_in_flight
 from mosaic.platform.server import Runtime
 from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
 from mosaic.segmentation.v1 import segmentation_service_pb2_grpc
@@ -84,5 +84,24 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     await runtime.bus.listen(topics.IDENTITY_MERGED, memberships.heard_merge)
     await runtime.bus.listen(topics.IDENTITY_SPLIT, memberships.heard_split)
     await runtime.bus.listen(topics.PRIVACY_REQUESTED, memberships.heard_privacy)
+
+    async def catch_up() -> None:
+        # The connection is back: erasure notices may have been missed (Bus.listen is at most
+        # once). Those still in flight are heard again; a request gone from the stream is
+        # complete, so its segmentation_erased rows are stored and the view drops their rows.
+        await hear_in_flight(runtime.bus.jetstream, memberships.heard_privacy)
+        since = time.time() - topics.PROFILE_UPDATED.max_age
+        keys = [key for partition in range(platform.partitions) for key in await store.erased(partition, since)]
+        if dropped := view.drop_erased(keys):
+            log.info("dropped erased profiles missed while disconnected", extra={"fields": {"profiles": dropped}})
+
+    catching_up: set[asyncio.Task] = set()
+
+    def reconnected() -> None:
+        task = asyncio.create_task(catch_up())
+        catching_up.add(task)
+        task.add_done_callback(catching_up.discard)
+
+    runtime.bus.on_reconnect(reconnected)
     privacy = SegmentationPrivacy(store, platform.partitions, view)
     Participant("segmentation", runtime.bus, privacy.export, privacy.erase).start()

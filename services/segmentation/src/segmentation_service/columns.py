@@ -336,6 +336,17 @@ class ColumnarView:
         self.remember_erased(erased_key(profile_id) for profile_id in profile_ids)
         return len(held)
 
+    def drop_erased(self, keys: Iterable[str]) -> int:
+        """Keep out the profiles of these erased keys, and remove those the view holds: a scan of
+        every row's digest (~0.6 µs each), for a replica whose connection was lost, so that it may
+        have missed the notice. How many rows went."""
+        wanted = set(keys)
+        gone = [profile_id for profile_id in self.rows if erased_key(profile_id) in wanted] if wanted else []
+        for profile_id in gone:
+            self.remove(profile_id)  # first: remove clears the row through put, which skips the erased
+        self.remember_erased(wanted)
+        return len(gone)
+
     def remember_erased(self, keys: Iterable[str]) -> None:
         """Keep profiles out by their erased_key (read back from the store on taking a partition)."""
         for key in keys:
