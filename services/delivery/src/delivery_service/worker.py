@@ -56,7 +56,6 @@ from mosaic.platform.bus import Bus, backoff
 from mosaic.platform.errors import Unavailable
 
 log = logging.getLogger("mosaic.delivery.worker")
-tracer = trace.get_tracer("mosaic.delivery.worker")
 
 
 def _direct_tracer() -> trace.Tracer:
