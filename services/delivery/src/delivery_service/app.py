@@ -125,7 +125,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         erased,
     )
     runtime.bus.consume(topics.SEGMENT_MEMBERSHIP, planner.on_membership)
-    runtime.bus.consume(topics.EVENTS_RESOLVED, planner.on_event)
+    runtime.bus.consume(topics.EVENTS_RESOLVED, planner.on_event, batch_handler=planner.on_events)
     sweeper = Sweeper(store, cache, queue, runtime.bus, runtime.ownership, settings.sweep_interval)
     sweeper.start()
     runtime.cleanup.push_async_callback(sweeper.stop)

@@ -14,6 +14,7 @@ drops the copy by message id). Nothing is planned for an erased person (privacy.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from mosaic.delivery.v1 import campaign_pb2, delivery_pb2
 from mosaic.events.v1 import event_pb2, resolved_pb2, segment_membership_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
+from mosaic.platform.consumer import one_by_one
 from mosaic.platform.errors import Unavailable
 from mosaic.profile.v1 import profile_service_pb2
 
@@ -106,6 +108,22 @@ class Planner:
                     exited=direction == "exited",
                     quiet=window_of(trigger.quiet_hours, "quiet_hours"),
                 )
+
+    async def on_events(self, items: list[tuple[resolved_pb2.ResolvedEvent, Delivery]]) -> None:
+        """A fetched batch of events.resolved: those no event trigger names (most) are passed
+        over in one loop, the rest planned side by side by person, each person's in order."""
+        names = {
+            t.event_name
+            for destination in self.cache.all()
+            for t in triggers_of(destination)
+            if t.kind == TriggerKind.TRIGGER_KIND_EVENT
+        }
+        by_person: dict[str, list[tuple[resolved_pb2.ResolvedEvent, Delivery]]] = {}
+        for resolved, delivery in items:
+            if resolved.event.event in names:
+                by_person.setdefault(resolved.profile_id, []).append((resolved, delivery))
+        plan = one_by_one(self.on_event)
+        await asyncio.gather(*(plan(events) for events in by_person.values()))
 
     async def on_event(self, resolved: resolved_pb2.ResolvedEvent, _: Delivery) -> None:
         event = resolved.event
