@@ -18,8 +18,6 @@ the source of truth: a restart reloads them."""
 
 from __future__ import annotations
 
-import asyncio
-
 from google.protobuf import json_format
 
 from delivery_service.store import DeliveryStore
@@ -59,7 +57,6 @@ class ErasedPeople:
         self.most = most
         self._keys: set[int] = set()
         self.complete = False  # until loaded: every one not heard of is read from the store
-        self._catching_up: set[asyncio.Task] = set()
 
     async def load(self) -> None:
         """Add the stored tombstones (to what was heard: a request heard may not be stored yet)."""
@@ -77,13 +74,8 @@ class ErasedPeople:
             await hear_in_flight(bus.jetstream, self.heard)
             await self.load()
 
-        def reconnected() -> None:
-            task = asyncio.create_task(catch_up())
-            self._catching_up.add(task)
-            task.add_done_callback(self._catching_up.discard)
-
         await bus.listen(topics.PRIVACY_REQUESTED, self.heard)
-        bus.on_reconnect(reconnected)
+        bus.on_reconnect(catch_up)
         await catch_up()
 
     def add(self, profile_ids: list[str]) -> None:

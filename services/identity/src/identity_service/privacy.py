@@ -77,7 +77,7 @@ class IdentityPrivacy:
         """Hear every erasure request from now on, and make up for those missed while the
         connection was down (see the module's docstring); at start, the requests in flight."""
         await bus.listen(topics.PRIVACY_REQUESTED, self.heard)
-        bus.on_reconnect(lambda: self._spawn(self.catch_up(bus.jetstream)))
+        bus.on_reconnect(lambda: self.catch_up(bus.jetstream))
         await self.catch_up(bus.jetstream)
 
     async def catch_up(self, js: JetStreamContext) -> None:

@@ -95,13 +95,6 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         if dropped := view.drop_erased(keys):
             log.info("dropped erased profiles missed while disconnected", extra={"fields": {"profiles": dropped}})
 
-    catching_up: set[asyncio.Task] = set()
-
-    def reconnected() -> None:
-        task = asyncio.create_task(catch_up())
-        catching_up.add(task)
-        task.add_done_callback(catching_up.discard)
-
-    runtime.bus.on_reconnect(reconnected)
+    runtime.bus.on_reconnect(catch_up)
     privacy = SegmentationPrivacy(store, platform.partitions, view)
     Participant("segmentation", runtime.bus, privacy.export, privacy.erase).start()

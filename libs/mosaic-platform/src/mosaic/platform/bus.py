@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -56,7 +56,7 @@ class Bus:
         self._publisher = Publisher(nc, partitions)
         self.service = service
         self.partitions = partitions
-        self._reconnect_hooks: list[Callable[[], None]] = []
+        self._reconnect_hooks: list[Callable[[], Awaitable[None]]] = []
         # What `consume` registered without partitions: run on the partitions the replica holds.
         self._consumers: list[tuple[Topic, Handler, BatchHandler | None]] = []
         self._runs: dict[int, Run] = {}  # the held partitions being consumed
@@ -82,19 +82,22 @@ class Bus:
         `tls`, the server's certificate is verified (and ours presented); `credentials` is a
         .creds file (user JWT and nkey). A server that never completes the handshake (plaintext
         against a TLS server does that) is Unavailable after `deadline` seconds."""
-        hooks: list[Callable[[], None]] = []
+        hooks: list[Callable[[], Awaitable[None]]] = []
+        running: set[asyncio.Task[None]] = set()  # held here, so none is collected mid-way
 
         def reconnected() -> None:
             for hook in hooks:
-                hook()
+                task = asyncio.ensure_future(hook())
+                running.add(task)
+                task.add_done_callback(running.discard)
 
         nc = await nats_connection.connect(url, service, tls, credentials, deadline, reconnected)
         bus = cls(nc, service, partitions, stream_replicas)
         bus._reconnect_hooks = hooks
         return bus
 
-    def on_reconnect(self, hook: Callable[[], None]) -> None:
-        """Call `hook` (it must not block) each time the connection is back after a loss: what
+    def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run `hook` (as a task of its own) each time the connection is back after a loss: what
         `listen` missed meanwhile is lost, and a cache kept by it may need to start again. Only
         a bus made by `connect` calls it."""
         self._reconnect_hooks.append(hook)
