@@ -149,13 +149,13 @@ async def test_segments_are_managed_from_the_command_line(service, capsys):
     assert await run("segments", "show", "vip") == 1
 
 
-async def two_replicas(make_settings) -> tuple[Service, Service]:
+async def two_replicas(make_settings, **second_environ: str) -> tuple[Service, Service]:
     """Two replicas, the first asking the second for Estimate, once they hold half the partitions each."""
 
-    def settings(peers: tuple[str, ...]) -> Settings:
-        return Settings(make_settings("segmentation", MOSAIC_GRACE_SECONDS="1"), "", 1.0, peers)
+    def settings(peers: tuple[str, ...], **environ: str) -> Settings:
+        return Settings(make_settings("segmentation", MOSAIC_GRACE_SECONDS="1", **environ), "", 1.0, peers)
 
-    second = settings(())
+    second = settings((), **second_environ)
     other = Service(second.platform, lambda runtime: build(runtime, second))
     await other.start()
     first = settings((f"127.0.0.1:{other.port}",))
@@ -303,19 +303,7 @@ async def test_a_replica_disconnected_when_an_erasure_went_out_drops_the_person_
     replica consumes the request): once back it drops the row, whether the request is still in
     privacy.requested or complete and gone from the stream (here: purged)."""
     link = Link(nats_server.url)
-    url = await link.start()
-
-    def settings(peers: tuple[str, ...], **environ: str) -> Settings:
-        return Settings(make_settings("segmentation", MOSAIC_GRACE_SECONDS="1", **environ), "", 1.0, peers)
-
-    second = settings((), MOSAIC_NATS_URL=url)
-    other = Service(second.platform, lambda runtime: build(runtime, second))
-    await other.start()
-    first = settings((f"127.0.0.1:{other.port}",))
-    service = Service(first.platform, lambda runtime: build(runtime, first))
-    await service.start()
-    held = lambda: [s.runtime.ownership.owned for s in (service, other) if s.runtime is not None]  # noqa: E731
-    await eventually(lambda: [len(h) for h in held()] == [4, 4])
+    service, other = await two_replicas(make_settings, MOSAIC_NATS_URL=await link.start())
     partitions, mine = service.settings.partitions, service.runtime.ownership.owned
     person = next(f"a{i}" for i in range(100) if topics.partition_of(f"a{i}", partitions) in mine)
     elsewhere = next(f"b{i}" for i in range(100) if topics.partition_of(f"b{i}", partitions) not in mine)
@@ -338,7 +326,7 @@ async def test_a_replica_disconnected_when_an_erasure_went_out_drops_the_person_
                 profile_ids=[person, elsewhere],
             )
             await bus.publish(topics.PRIVACY_REQUESTED, person, request, "r-1")
-            store = await open_store(first.platform)
+            store = await open_store(service.settings)
             try:
                 partition = topics.partition_of(elsewhere, partitions)
                 await eventually(lambda: _when(store.erased(partition, 0.0), lambda k: erased_key(elsewhere) in k))
