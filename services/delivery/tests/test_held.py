@@ -42,11 +42,9 @@ async def hold(
 
 
 async def queued(queue, destination_id: str = "offers") -> list[str]:
-    sub = await queue.subscribe(destination_id, 10, 30)
-    try:
-        messages = await sub.fetch(10, timeout=1)
-    except TimeoutError:
-        return []
+    feed = await queue.feed(destination_id, 10, 30, late=print)
+    messages = await feed.fetch(10, 1)
+    await feed.close()
     return [delivery_pb2.DeliveryJob.FromString(m.data).delivery_id for m in messages]
 
 

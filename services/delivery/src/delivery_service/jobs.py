@@ -12,8 +12,6 @@ A job's subject is `delivery.jobs.<destination_id>.<token>`, the token the profi
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,6 +25,7 @@ from opentelemetry import propagate, trace
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform import messaging_spans, topics
 from mosaic.platform.errors import Unavailable
+from mosaic.platform.pull import Puller
 
 tracer = trace.get_tracer("mosaic.delivery.jobs")
 JOBS = topics.DELIVERY_JOBS
@@ -105,24 +104,15 @@ class JobQueue:
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
                 raise Unavailable("nats", f"job for {job.destination_id} not queued: {type(error).__name__}") from error
 
-    async def subscribe(self, destination_id: str, max_in_flight: int, ack_wait: float):
-        """The destination's pull subscription, shared by every replica's workers."""
-        return await self._js.pull_subscribe(
-            queue_of(destination_id),
-            durable=durable_of(destination_id),
-            stream=JOBS.stream,
-            config=_consumer(destination_id, max_in_flight, ack_wait),
+    async def feed(
+        self, destination_id: str, max_in_flight: int, ack_wait: float, late: Callable[[Msg], None]
+    ) -> Puller:
+        """The destination's jobs as they come, a pull request at a time (see `Puller`), on the
+        durable every replica shares; a job that comes after its request was given up goes to
+        `late`."""
+        return await Puller.bind(
+            self._js, self._nc, JOBS.stream, _consumer(destination_id, max_in_flight, ack_wait), late
         )
-
-    async def feed(self, destination_id: str, max_in_flight: int, ack_wait: float, late: Callable[[Msg], None]) -> Feed:
-        """The destination's jobs as they come (see Feed), on the durable every replica shares."""
-        try:
-            await self._js.consumer_info(JOBS.stream, durable_of(destination_id))
-        except nats.js.errors.NotFoundError:
-            await self._js.add_consumer(JOBS.stream, _consumer(destination_id, max_in_flight, ack_wait))
-        feed = Feed(self._nc, destination_id, late)
-        await feed.open()
-        return feed
 
     async def pending(self, destination_id: str) -> int:
         """How many jobs wait in the destination's queue (acked ones are gone)."""
@@ -154,72 +144,6 @@ def _consumer(destination_id: str, max_in_flight: int, ack_wait: float) -> api.C
         max_ack_pending=max_in_flight + 2000,
         filter_subject=queue_of(destination_id),
     )
-
-
-class Feed:
-    """One destination's jobs for its workers: pull requests to the destination's durable
-    consumer, answered on an inbox of this connection whose callback hands each job over as it
-    comes. Not nats-py's `fetch`: it spends a task, a uuid and a `wait_for` on every message
-    (measured: 42 µs a job with its ack, against 21 here), and gives the jobs over only at the
-    end of its wait; here a job is being sent while the rest of the request is still coming.
-
-    One request at a time: `request` returns once it is over (all it asked for came, or
-    JetStream ended it with a status). A job that comes after this side gave its request up
-    (its end lost with a connection) is handed to `late`, not given back: a nak would spend one
-    of its attempts.
-    """
-
-    def __init__(self, nc: nats.NATS, destination_id: str, late: Callable[[Msg], None]) -> None:
-        self._nc = nc
-        self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{JOBS.stream}.{durable_of(destination_id)}"
-        self._inbox = nc.new_inbox()
-        self._late = late
-        self._sub: Any = None
-        self._deliver: Callable[[Msg], None] | None = None
-        self._left = 0
-        self._ended: asyncio.Future[str] | None = None
-
-    async def open(self) -> None:
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_message)
-
-    async def request(self, count: int, wait: float, deliver: Callable[[Msg], None]) -> tuple[int, str]:
-        """Ask for up to `count` jobs, each given to `deliver` as it comes: those the queue holds
-        now (`wait` 0), or those that come within `wait` seconds. How many came, and how the
-        request ended: "" (all came) or JetStream's status (404: none there; 408: its time
-        ran out; 409: too many jobs unacked)."""
-        self._deliver, self._left = deliver, count
-        self._ended = ended = asyncio.get_running_loop().create_future()
-        # JetStream ends a no-wait request at once after what it holds, and a waiting one when
-        # its time is out: both with a status unless all came (nats-server ignores no_wait when
-        # expires is there too).
-        asked = {"batch": count, "expires": int(wait * 1e9)} if wait else {"batch": count, "no_wait": True}
-        try:
-            await self._nc.publish(self._subject, json.dumps(asked).encode(), reply=self._inbox)
-            how = await asyncio.wait_for(asyncio.shield(ended), wait + 5.0)  # the bound: a lost end
-        except TimeoutError:
-            how = "lost"
-        finally:
-            came = count - self._left
-            self._deliver, self._left, self._ended = None, 0, None
-        return came, how
-
-    async def close(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-
-    async def _on_message(self, msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers else None
-        if status:
-            if status != "100" and self._ended is not None and not self._ended.done():
-                self._ended.set_result(status)  # 100 is a heartbeat, never asked for
-            return
-        if self._deliver is None or self._left <= 0:
-            self._late(msg)
-            return
-        self._left -= 1
-        self._deliver(msg)
-        if self._left == 0 and self._ended is not None and not self._ended.done():
-            self._ended.set_result("")
 
 
 def context_of(msg: Msg):

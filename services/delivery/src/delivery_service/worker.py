@@ -42,7 +42,7 @@ from opentelemetry import trace
 from delivery_service.audience_files import AudienceFiles
 from delivery_service.consent import Answers
 from delivery_service.destinations import Kind, kind_of
-from delivery_service.jobs import Feed, JobQueue, context_of, durable_of
+from delivery_service.jobs import JobQueue, context_of, durable_of
 from delivery_service.limits import CircuitBreaker, TokenBucket, retry_delay
 from delivery_service.privacy import ErasedPeople
 from delivery_service.smtp import SmtpSender
@@ -54,6 +54,7 @@ from mosaic.events.v1 import delivery_outcome_pb2
 from mosaic.platform import messaging_spans, metrics, topics
 from mosaic.platform.bus import Bus, backoff
 from mosaic.platform.errors import Unavailable
+from mosaic.platform.pull import ENDS_WELL, Puller
 
 log = logging.getLogger("mosaic.delivery.worker")
 
@@ -163,6 +164,7 @@ class DestinationWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._main: list[asyncio.Task[None]] = []
         self._own: JobQueue | None = None
+        self._late_members: list[Msg] = []  # audience jobs that came after their request was given up
         self._tracer = _direct_tracer()
 
     def start(self) -> None:
@@ -179,35 +181,30 @@ class DestinationWorker:
             await self._own.close()
 
     async def _run(self) -> None:
-        sub = feed = None
+        feed = None
         own: JobQueue | None = None
         ack_wait = self.timeout * 2 + 5
         destination_id = self.destination.destination_id
+        audience = self.kind == Kind.DESTINATION_KIND_AUDIENCE_SYNC
         while not self._stopping.is_set():
             try:
                 if own is None:
                     own = await self.queue.own_connection()
-                if self.kind == Kind.DESTINATION_KIND_AUDIENCE_SYNC:
-                    if sub is None:
-                        sub = await own.subscribe(destination_id, self.concurrency, ack_wait)
-                    await self._sync_audience(sub)
-                    continue
                 if feed is None:
-                    feed = await own.feed(destination_id, self.concurrency, ack_wait, self._late)
-                await self._take_jobs(feed)
+                    late = self._late_members.append if audience else self._late
+                    feed = await own.feed(destination_id, self.concurrency, ack_wait, late)
+                if audience:
+                    await self._sync_audience(feed)
+                else:
+                    await self._take_jobs(feed)
             except (nats.errors.Error, OSError) as error:
                 log.warning("queue of %s: %r", destination_id, error)
                 await asyncio.sleep(1.0)
-        try:
-            if sub is not None:
-                await sub.unsubscribe()
-            if feed is not None:
-                await feed.close()
-        except nats.errors.Error:
-            pass
+        if feed is not None:
+            await feed.close()
         self._own = own  # closed in stop(), once the recorder has acked what it holds
 
-    async def _take_jobs(self, feed: Feed) -> None:
+    async def _take_jobs(self, feed: Puller) -> None:
         """Take free slots and ask for as many jobs: what the queue holds now, else the first
         that comes within 1 s; each is being sent as soon as it comes.
 
@@ -233,7 +230,7 @@ class DestinationWorker:
             self._release(wanted - came)
         if probe and not came:
             self.breaker.abandon_probe()
-        if not came and how not in ("404", "408", ""):
+        if not came and how not in ENDS_WELL:
             log.warning("queue of %s: the request for jobs ended with %s", self.destination.destination_id, how)
             await asyncio.sleep(0.5)  # refused (409) or lost: not asked again at once
 
@@ -247,40 +244,26 @@ class DestinationWorker:
         bound, once), since giving it back would spend one of its attempts."""
         self._dispatch(msg, slot=False)
 
-    async def _sync_audience(self, sub) -> None:
+    async def _sync_audience(self, feed: Puller) -> None:
         probe = await self._wait_for_circuit()
         if self._stopping.is_set():
             return
         messages = await self._fill(
-            sub, self.destination.audience.batch_size or 500, self.destination.audience.linger_seconds or 1.0
+            feed, self.destination.audience.batch_size or 500, self.destination.audience.linger_seconds or 1.0
         )
         if messages:
             await self._send_audience(messages)
         elif probe:
             self.breaker.abandon_probe()
 
-    async def _fetch(self, sub, count: int) -> list[Msg]:
-        """Up to `count` jobs of an audience: what the queue holds now, else the first that
-        comes within 1 s."""
-        for size, wait in ((count, 0.02), (1, 1.0)):
-            try:
-                return await sub.fetch(size, timeout=wait)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                continue
-        return []
-
-    async def _fill(self, sub, size: int, linger: float) -> list[Msg]:
-        """A batch: the first job, then what else comes within `linger` seconds, up to `size`."""
-        messages = await self._fetch(sub, size)
-        deadline = asyncio.get_running_loop().time() + linger
-        while messages and len(messages) < size and not self._stopping.is_set():
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                break
-            try:
-                messages += await sub.fetch(size - len(messages), timeout=left)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                break
+    async def _fill(self, feed: Puller, size: int, linger: float) -> list[Msg]:
+        """A batch: the first job (what the queue holds now, else the first that comes within
+        1 s), then what else comes within `linger` seconds, up to `size`."""
+        messages, self._late_members = self._late_members, []
+        if not messages:
+            messages = await feed.fetch(size, 1.0)
+        if messages and len(messages) < size and not self._stopping.is_set():
+            await feed.request(size - len(messages), linger, messages.append)
         return messages
 
     async def _take_slots(self, most: int) -> int:

@@ -220,7 +220,7 @@ class Bus:
 
     async def stop_partition(self, partition: int) -> None:
         """Stop a partition's consumers: each finishes the message in hand and gives back the
-        rest (once its last fetch has expired, up to 1.5 s); returns once their acks are flushed
+        rest (once its fetch in hand is over, up to 1.5 s); returns once their acks are flushed
         to the server, so the lease may go."""
         run = self._runs.pop(partition, None)
         if run is None:
@@ -254,5 +254,5 @@ class Bus:
         self, topic: Topic, partition: int, handler: Handler, batch_handler: BatchHandler | None, run: Run
     ) -> None:
         settings = Settings(ack_wait=self.ack_wait, max_deliver=self.max_deliver, batch=self.batch)
-        consumer = Consumer(self._js, self.service, topic, partition, handler, batch_handler, run, settings)
+        consumer = Consumer(self._nc, self._js, self.service, topic, partition, handler, batch_handler, run, settings)
         run.tasks.append(asyncio.create_task(consumer.consume()))

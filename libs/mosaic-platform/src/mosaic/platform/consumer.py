@@ -23,6 +23,7 @@ import nats.errors
 import nats.js.errors
 import tenacity
 from google.protobuf.message import DecodeError
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from opentelemetry import context as otel_context
@@ -33,6 +34,7 @@ from mosaic.platform import messaging_spans, metrics, retry
 from mosaic.platform.failures import BACKOFF_BASE, BACKOFF_CAP, Action, Decision, Unparsable, decide
 from mosaic.platform.nats_connection import NATS_DOWN
 from mosaic.platform.publisher import KEY_HEADER
+from mosaic.platform.pull import Puller
 from mosaic.platform.topics import Topic
 
 if TYPE_CHECKING:
@@ -42,8 +44,6 @@ log = logging.getLogger("mosaic.bus")
 tracer = trace.get_tracer("mosaic.bus")
 
 FETCH_SECONDS = 1.0  # how long one fetch waits for messages
-# How much later than its fetch a pull request may expire at the server (it counts from receipt).
-EXPIRY_MARGIN_SECONDS = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +123,7 @@ class Consumer:
 
     def __init__(
         self,
+        nc: Client,
         js: JetStreamContext,
         service: str,
         topic: Topic,
@@ -132,6 +133,7 @@ class Consumer:
         run: Run,
         settings: Settings,
     ) -> None:
+        self._nc = nc
         self._js = js
         self.service = service
         self.topic = topic
@@ -141,73 +143,64 @@ class Consumer:
         self.run = run
         self.settings = settings
         self.durable = f"{service}-{partition}"
+        self._late: list[Msg] = []  # see `_fetch`
 
     async def consume(self) -> None:
         """Fetch and process batch after batch until the run stops, then give back the rest."""
         topic, partition, run = self.topic, self.partition, self.run
         config = api.ConsumerConfig(
             durable_name=self.durable,
+            filter_subject=topic.partition_subjects(partition),
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.settings.ack_wait,
             max_deliver=-1,  # dead-lettering is decided here, where the reason is known
             max_ack_pending=self.settings.batch * 2,
         )
-        sub = None
-        fetched = time.monotonic()
+        puller = None
         if run.lease is not None and not run.lease.clean:
             await self._settle()
         while run.active():
             try:
-                if sub is None:
-                    sub = await self._js.pull_subscribe(
-                        topic.partition_subjects(partition), durable=self.durable, stream=topic.stream, config=config
-                    )
-                fetched = time.monotonic()
-                messages = await sub.fetch(self.settings.batch, timeout=FETCH_SECONDS)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                continue  # nothing to fetch (nats-py raises either kind)
+                if puller is None:
+                    puller = await Puller.bind(self._js, self._nc, topic.stream, config, self._late.append)
+                messages = await self._fetch(puller)
             except (*NATS_DOWN, nats.js.errors.APIError) as error:
                 log.warning("fetch from %s failed: %r", topic.partition_subjects(partition), error)
                 await self._sleep(1.0)
+                continue
+            if not messages:
                 continue
             # The next batch only once this one is done, so a key never overtakes itself.
             if self.batch_handler is not None:
                 await self._process_batch(messages, self.batch_handler)
             else:
                 await self._process_by_key(messages)
-        if sub is not None:
-            await self._give_back(sub, fetched)
+        if puller is not None:
+            await self._give_back(puller)
 
-    async def _give_back(self, sub: Any, fetched: float) -> None:
+    async def _fetch(self, puller: Puller) -> list[Msg]:
+        """The next batch: what came after its request was given up (its end lost with a
+        connection), else a batch from JetStream."""
+        if self._late:
+            messages, self._late = self._late, []
+            return messages
+        return await puller.fetch(self.settings.batch, FETCH_SECONDS)
+
+    async def _give_back(self, puller: Puller) -> None:
         """Stopping: give back (nak) what this consumer took and did not finish, so the next
-        holder takes it first, in stream order. Not before every pull request of the subscription
-        has surely expired at the server: a message given back while one is open is redelivered
-        into it, to stay unacked in a closed subscription for ack_wait while the next holder
-        takes newer ones of the same keys. Whether a request is over can't be told from here:
-        nats-py's fetch also returns early on a status meant for an earlier request, leaving its
-        own open. So wait out the last fetch's expiry, keeping whatever still comes."""
-        unfinished = self.run.unfinished.pop(self.topic.name, [])
-        deadline = fetched + FETCH_SECONDS + EXPIRY_MARGIN_SECONDS
-        # Only what is queued here: a fetch would ask the server for more.
-        queue = sub._sub._pending_queue  # nats-py (pinned) offers no public way to drain it
+        holder takes it first, in stream order. A fetch returns only once its pull request is
+        over, so nothing more is on its way (given back while a request was still open, a
+        message would be redelivered into it, to stay unacked in a closed subscription for
+        ack_wait while the next holder took newer ones of the same keys)."""
+        unfinished = self.run.unfinished.pop(self.topic.name, []) + self._late
+        self._late = []
         try:
-            while True:
-                while not queue.empty():
-                    msg = queue.get_nowait()
-                    if not JetStreamContext.is_status_msg(msg):
-                        unfinished.append(msg)
-                if time.monotonic() >= deadline:
-                    break
-                await asyncio.sleep(0.05)
             for msg in sorted(unfinished, key=lambda m: m.metadata.sequence.stream):
                 await msg.nak()
         except NATS_DOWN:
             pass  # NATS is away: what it held comes back after ack_wait
         finally:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error:
-                pass
+            await puller.close()
 
     async def _settle(self) -> None:
         """A partition leased without a release before (its holder died, or was cut off and
