@@ -92,7 +92,7 @@ async def test_an_unacked_message_is_redelivered_after_the_consumer_dies(nats_se
     await eventually(lambda: received, timeout=10)
     # The message the dead consumer held comes back. (Its delivery count is usually 2, but
     # nats-server 2.9 sometimes reports 1 for a pull request that expired unanswered.)
-    assert [message_id for message_id, _ in received] == ["m1"]
+    assert [message_id for message_id, _ in received] == ["m1"], received
     await bus.close()
 
 

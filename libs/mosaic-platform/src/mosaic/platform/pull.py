@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,8 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+
+log = logging.getLogger("mosaic.bus")
 
 # How long past its expiry a request is waited for before its end is taken as lost; the
 # server counts the expiry from receipt, so it ends a little after this side's clock says.
@@ -88,6 +91,12 @@ class Puller:
             how = await asyncio.wait_for(asyncio.shield(ended), wait + END_MARGIN_SECONDS)
         except asyncio.TimeoutError:
             how = "lost"
+            log.warning(
+                "no end came to a pull request",
+                extra={
+                    "fields": {"subject": self._next_subject, "batch": count, "wait": wait, "came": count - self._left}
+                },
+            )
         finally:
             came = count - self._left
             self._reply, self._deliver, self._left, self._ended = "", None, 0, None

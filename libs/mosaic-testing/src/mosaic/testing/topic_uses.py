@@ -3,8 +3,8 @@
 A topic counts as published by a service when one of its constants (`topics.EVENTS_RAW`, an
 alias of one, or a local value built from one such as `subject = f"{JOBS.name}.{id}"`) is an
 argument of a call named `publish`, `publish_many` or `OutboxEntry` (an outbox entry is
-published by the service's relay); as consumed when it is an argument of `consume`, `listen` or
-`pull_subscribe`. Other mentions (streams declared, messages erased, lag read) count as neither.
+published by the service's relay); as consumed when it is an argument of `consume`, `listen`,
+`pull_subscribe` or `bind` (`mosaic.platform.pull.Puller.bind`). Other mentions (streams declared, messages erased, lag read) count as neither.
 
 A service's code also does what the platform code it names does: a service that builds a
 `mosaic.platform.privacy.Participant` consumes `privacy.requested` and publishes
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PUBLISH = frozenset({"publish", "publish_many", "OutboxEntry"})
-CONSUME = frozenset({"consume", "listen", "pull_subscribe"})
+CONSUME = frozenset({"consume", "listen", "pull_subscribe", "bind"})
 TOPICS_MODULE = "mosaic.platform.topics"
 PLATFORM = "mosaic.platform"
 
