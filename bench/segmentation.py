@@ -3,7 +3,9 @@ profiles (1,000,000 by default) with realistic traits and 90 days of daily count
 
 1. The view: time to load every profile (ProfileState -> columns, as the rebuild does after
    decoding ScanProfiles), and the rebuild from Profile protos (decode + state + columns) on a
-   sample; resident memory of the view per profile.
+   sample; resident memory of the view per profile; and the whole rebuild a replica does on
+   start: every profile streamed by a profile service process (its embedded store filled with
+   them) through ScanProfiles into a new view.
 2. Estimate (the vectorised evaluation, count and a sample of 10) for five definitions of
    growing complexity, each beside a hand-written DuckDB query over the same data (DuckDB reads
    it from Parquet files Polars wrote; load time not counted), and the same five in Polars.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -46,7 +49,7 @@ from bench import _process
 from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
-from mosaic.platform.config import PlatformSettings
+from mosaic.platform.config import PlatformSettings, SecuritySettings
 from mosaic.profile.v1 import profile_pb2
 from mosaic.segmentation.v1 import segment_pb2
 from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
@@ -57,6 +60,7 @@ from segmentation_service.catalog import SegmentCatalog
 from segmentation_service.columns import ColumnarView
 from segmentation_service.evaluate import DEFAULT_POLICY, due_function, predicate
 from segmentation_service.membership import Memberships
+from segmentation_service.profiles import ProfileReader
 from segmentation_service.scoring import local_summary
 from segmentation_service.state import DAY, EPOCH, ProfileState
 from segmentation_service.store import open_store
@@ -162,37 +166,84 @@ def load_view(data: dict, n: int) -> tuple[ColumnarView, float, float]:
     return view, time.perf_counter() - started, rss_mb() - before
 
 
-def rebuild_from_protos(view: ColumnarView, sample: int) -> float:
-    """Seconds per profile: Profile bytes (as ScanProfiles streams them) to a row."""
+def profile_blob(state: ProfileState, i: int) -> bytes:
+    """The Profile (as the profile service stores and ScanProfiles streams it) of a view state."""
+    profile = profile_pb2.Profile(profile_id=state.profile_id, version=1)
+    for key, value in state.traits.items():
+        wrapped = struct_pb2.Value()
+        if isinstance(value, dict):
+            wrapped.struct_value.update(value)
+        elif isinstance(value, bool):
+            wrapped.bool_value = value
+        elif isinstance(value, float):
+            wrapped.number_value = value
+        else:
+            wrapped.string_value = value
+        profile.traits[key].value.CopyFrom(wrapped)
+    for kind in state.identities:
+        profile.identities[f"{kind}:{i}"].CopyFrom(profile_pb2.Identity(type=kind, value=str(i)))
+    for (day, event), count in state.counters.items():
+        name = (EPOCH + timedelta(days=day)).isoformat()
+        profile.daily_counters[f"{name}|{event}"].CopyFrom(profile_pb2.DailyCounter(day=name, event=event, count=count))
+    return profile.SerializeToString()
+
+
+def blobs_of(view: ColumnarView, start: int, stop: int) -> list[tuple[str, bytes]]:
+    """The stored Profiles of the view's profiles start to stop (ids as `load_view` gave them)."""
     blobs = []
-    for i in range(sample):
+    for i in range(start, stop):
         state = view.get(f"profile-{i:07d}")
         assert state is not None  # loaded
-        profile = profile_pb2.Profile(profile_id=state.profile_id, version=1)
-        for key, value in state.traits.items():
-            wrapped = struct_pb2.Value()
-            if isinstance(value, dict):
-                wrapped.struct_value.update(value)
-            elif isinstance(value, bool):
-                wrapped.bool_value = value
-            elif isinstance(value, float):
-                wrapped.number_value = value
-            else:
-                wrapped.string_value = value
-            profile.traits[key].value.CopyFrom(wrapped)
-        for kind in state.identities:
-            profile.identities[f"{kind}:{i}"].CopyFrom(profile_pb2.Identity(type=kind, value=str(i)))
-        for (day, event), count in state.counters.items():
-            name = (EPOCH + timedelta(days=day)).isoformat()
-            profile.daily_counters[f"{name}|{event}"].CopyFrom(
-                profile_pb2.DailyCounter(day=name, event=event, count=count)
-            )
-        blobs.append(profile.SerializeToString())
+        blobs.append((state.profile_id, profile_blob(state, i)))
+    return blobs
+
+
+def rebuild_from_protos(view: ColumnarView, sample: int) -> float:
+    """Seconds per profile: Profile bytes (as ScanProfiles streams them) to a row."""
+    blobs = [blob for _, blob in blobs_of(view, 0, sample)]
     target = ColumnarView(8, capacity=sample)
     started = time.perf_counter()
     for blob in blobs:
         target.put(ProfileState.of_profile(profile_pb2.Profile.FromString(blob)), NOW)
     return (time.perf_counter() - started) / sample
+
+
+async def rebuild_through_the_profile_service(view: ColumnarView, n: int) -> tuple[float, float, float]:
+    """The rebuild a segmentation replica does on start, whole: the profile service in a process
+    of its own, its embedded store holding the n profiles, streaming them (ScanProfiles, a page at
+    a time) to segmentation's reader in this process, which decodes them into a new view of every
+    partition. Seconds, and the CPU seconds of each side."""
+    nats_server = NatsServer().start()
+    with tempfile.TemporaryDirectory() as folder:
+        env = {
+            "MOSAIC_NATS_URL": nats_server.url,
+            "MOSAIC_DATA_DIR": folder,
+            "MOSAIC_LOG_LEVEL": "WARNING",
+            "OTEL_TRACES_EXPORTER": "none",
+        }
+        process, port = _process.start_service("profile_service", env, os.path.join(folder, "profile.log"))
+        reader = ProfileReader(f"127.0.0.1:{port}", SecuritySettings())
+        try:
+            await _process.wait_serving(reader.channel, process, "profile")
+            db = sqlite3.connect(os.path.join(folder, "profile.db"), timeout=60)
+            for start in range(0, n, 50_000):  # the profiles, written as the service's own store keeps them
+                rows = [(pid, 1, blob, "{}") for pid, blob in blobs_of(view, start, min(n, start + 50_000))]
+                with db:
+                    db.executemany(
+                        "INSERT INTO profile_latest (profile_id, version, state, aggregates) VALUES (?, ?, ?, ?)", rows
+                    )
+            db.close()
+            target = ColumnarView(8, capacity=n)
+            service_cpu, started, cpu = _process.cpu_seconds(process.pid), time.perf_counter(), time.process_time()
+            count = await reader.rebuild(target, frozenset(range(8)), set())
+            seconds = time.perf_counter() - started
+            assert count == n == len(target), (count, n, len(target))
+            return seconds, time.process_time() - cpu, _process.cpu_seconds(process.pid) - service_cpu
+        finally:
+            await reader.close()
+            process.terminate()
+            process.wait(timeout=30)
+            nats_server.close()
 
 
 def rfm_view(n: int, seed: int = 5) -> ColumnarView:
@@ -541,9 +592,12 @@ async def main() -> None:
         f" (resident set grew {view_mb:,.0f} MB; the allocator reuses what synthesis freed)"
     )
     per = rebuild_from_protos(view, min(n, 20000))
+    print(f"rebuild from Profile protos (decode, state, row) {per * 1e6:.0f} us per profile")
+    seconds, ours, theirs = await rebuild_through_the_profile_service(view, n)
     print(
-        f"rebuild from Profile protos (decode, state, row) {per * 1e6:.0f} us per profile: "
-        f"{per * 1_000_000:.0f} s for 1,000,000 (the ScanProfiles stream itself not counted)"
+        f"rebuild through the profile service (its process, embedded store; ScanProfiles of every partition"
+        f" in pages): {n:,} profiles in {seconds:.1f} s ({n / seconds:,.0f}/s; {seconds / n * 1e6:.0f} us each),"
+        f" CPU {ours / n * 1e6:.0f} us a profile here and {theirs / n * 1e6:.0f} us in the profile service"
     )
     compiled = [compiler.compile_all({"s": compiler.definition_of(text=t)[1]})["s"] for t in DEFINITIONS]
     with tempfile.TemporaryDirectory() as folder:

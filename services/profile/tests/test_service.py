@@ -156,6 +156,56 @@ async def test_history_upserts_computed_traits_and_the_archive_over_grpc(service
         assert scanned == ["p-ada"]
 
 
+async def test_a_scan_comes_in_pages_and_keeps_to_the_partitions_asked_for(service):
+    people = [f"p-{i}" for i in range(7)]
+    for i, profile_id in enumerate(people):
+        event = event_pb2.Event(type=event_pb2.EVENT_TYPE_IDENTIFY, user_id=profile_id, message_id=f"s{i}")
+        event.timestamp.GetCurrentTime()
+        event.traits.update({"n": i})
+        resolved = resolved_pb2.ResolvedEvent(profile_id=profile_id, event=event)
+        await service.runtime.bus.publish(topics.EVENTS_RESOLVED, profile_id, resolved, f"s{i}")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
+
+        async def scan(**request) -> list[list[str]]:
+            return [
+                [p.profile_id for p in r.profiles] or [r.profile.profile_id]
+                async for r in stub.ScanProfiles(pb.ScanProfilesRequest(**request))
+            ]
+
+        async def all_there():
+            return len(await scan()) == len(people)
+
+        await eventually(all_there)
+        pages = await scan(page_size=3)
+        assert [len(page) for page in pages] == [3, 3, 1]
+        assert sorted(sum(pages, [])) == sorted(people)
+        count = 4
+        by_partition = {
+            p: sorted(sum(await scan(page_size=100, partition_count=count, partitions=[p]), [])) for p in range(count)
+        }
+        for partition, ids in by_partition.items():
+            assert ids == sorted(i for i in people if topics.partition_of(i, count) == partition)
+        assert sorted(sum(await scan(page_size=2, partition_count=count, partitions=[0, 1, 2, 3]), [])) == sorted(
+            people
+        )
+
+        for request, field in (
+            ({"page_size": 1001}, "page_size"),
+            ({"page_size": -1}, "page_size"),
+            ({"partitions": [0]}, "partition_count"),
+            ({"partition_count": 4}, "partitions"),
+            ({"partition_count": 4, "partitions": [1, 4]}, "partitions[1]"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await scan(**request)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            details = rpc_status.from_call(caught.value).details[0]
+            bad = error_details_pb2.BadRequest()
+            details.Unpack(bad)
+            assert bad.field_violations[0].field == field, request
+
+
 async def test_upsert_for_an_unknown_profile_is_not_found_and_bad_input_names_the_field(service):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
         stub = profile_service_pb2_grpc.ProfileServiceStub(channel)

@@ -105,6 +105,8 @@ async def test_scan_yields_every_profile_once_with_its_survivor(store):
     assert set(pids) <= set(seen) and [seen[pid] for pid in pids] == [pids[1], "", ""]
     scanned = [p.profile_id async for p, _ in store.scan()]
     assert len(scanned) == len(set(scanned))
+    kept = [p.profile_id async for p, _ in store.scan(keep=lambda profile_id: profile_id in pids[1:])]
+    assert sorted(kept) == pids[1:]
 
 
 async def test_a_computed_trait_name_is_taken_once_and_can_be_deleted(store):

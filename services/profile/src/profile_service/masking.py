@@ -93,7 +93,8 @@ class MaskingProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         masks = self._masks()
         async for answer in self.inner.ScanProfiles(request, context):
             if masks:
-                mask_profile(answer.profile, self.pii)
+                for profile in answer.profiles or [answer.profile]:
+                    mask_profile(profile, self.pii)
             yield answer
 
     async def CreateComputedTrait(self, request, context):

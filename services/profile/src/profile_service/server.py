@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from mosaic.archive.v1 import event_archive_service_pb2, event_archive_service_pb2_grpc
@@ -22,6 +23,7 @@ from profile_service.store import Latest
 _page_size = limits.page_size
 MAX_BATCH_GET = 1000
 MAX_DAYS_PER_CALL = 400
+MAX_SCAN_PAGE = 1000
 DAY_US = 86400 * 1_000_000
 
 
@@ -118,8 +120,21 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         return pb.DiffSnapshotsResponse(changes=changes)
 
     async def ScanProfiles(self, request, context):
-        async for profile, merged_into in self.store.scan():
-            yield pb.ScanProfilesResponse(profile=await self._shown(profile, Latest(profile, merged_into=merged_into)))
+        keep = _partition_filter(request.partition_count, request.partitions)
+        if not 0 <= request.page_size <= MAX_SCAN_PAGE:
+            raise InvalidArgument("page_size", f"must be between 1 and {MAX_SCAN_PAGE} (or 0: one profile a response)")
+        page: list = []
+        async for profile, merged_into in self.store.scan(keep):
+            shown = await self._shown(profile, Latest(profile, merged_into=merged_into))
+            if not request.page_size:
+                yield pb.ScanProfilesResponse(profile=shown)
+                continue
+            page.append(shown)
+            if len(page) == request.page_size:
+                yield pb.ScanProfilesResponse(profiles=page)
+                page = []
+        if page:
+            yield pb.ScanProfilesResponse(profiles=page)
 
     async def UpsertTraits(self, request, context):
         _required(request.profile_id, "profile_id")
@@ -208,3 +223,18 @@ class ArchiveServicer(event_archive_service_pb2_grpc.EventArchiveServiceServicer
         for event in found[:size]:
             withheld.event(event)
         return event_archive_service_pb2.ListEventsResponse(events=found[:size], next_page_token=token)
+
+
+def _partition_filter(count: int, partitions) -> Callable[[str], bool] | None:
+    """Which profile ids a scan of some partitions keeps (None: all)."""
+    if not count and not partitions:
+        return None
+    if count <= 0:
+        raise InvalidArgument("partition_count", "must be set (the bus's partition count) when partitions are")
+    if not partitions:
+        raise InvalidArgument("partitions", "must name at least one partition when partition_count is set")
+    for index, partition in enumerate(partitions):
+        if not 0 <= partition < count:
+            raise InvalidArgument(f"partitions[{index}]", f"must be between 0 and {count - 1}, is {partition}")
+    kept = frozenset(partitions)
+    return lambda profile_id: topics.partition_of(profile_id, count) in kept

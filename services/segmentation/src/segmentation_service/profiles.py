@@ -8,7 +8,7 @@ import time
 
 import grpc
 
-from mosaic.platform import clients, topics
+from mosaic.platform import clients
 from mosaic.platform.config import SecuritySettings
 from mosaic.platform.errors import Unavailable
 from mosaic.profile.v1 import profile_pb2, profile_service_pb2, profile_service_pb2_grpc
@@ -16,6 +16,9 @@ from segmentation_service.columns import ColumnarView
 from segmentation_service.state import ProfileState
 
 log = logging.getLogger("segmentation.profiles")
+# Profiles a ScanProfiles response carries: a stream message costs ~80 us on each side, a
+# profile's decode and row ~60 us (measured), so one message per profile more than doubled a rebuild.
+SCAN_PAGE = 500
 
 
 class ProfileReader:
@@ -26,12 +29,14 @@ class ProfileReader:
     async def rebuild(self, view: ColumnarView, owned: frozenset[int], merged: set[str]) -> int:
         """Load the latest state of every profile of the partitions taken over into the view."""
         started, count = time.monotonic(), 0
-        async for response in self.stub.ScanProfiles(profile_service_pb2.ScanProfilesRequest()):
-            profile = response.profile
-            if topics.partition_of(profile.profile_id, view.partitions) not in owned:
-                continue
-            view.put(ProfileState.of_profile(profile), time.time(), alive=profile.profile_id not in merged)
-            count += 1
+        request = profile_service_pb2.ScanProfilesRequest(
+            page_size=SCAN_PAGE, partition_count=view.partitions, partitions=sorted(owned)
+        )
+        async for response in self.stub.ScanProfiles(request):
+            now = time.time()
+            for profile in response.profiles:
+                view.put(ProfileState.of_profile(profile), now, alive=profile.profile_id not in merged)
+            count += len(response.profiles)
         log.info(
             "view rebuilt",
             extra={

@@ -24,6 +24,7 @@ nothing. It is read only where no head exists, i.e. for a profile about to be cr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, AsyncIterator, Protocol
 
 from mosaic.events.v1 import resolved_pb2
@@ -77,8 +78,9 @@ class ProfileStore(Protocol):
         """Those of `profile_ids` whose erasure is recorded (a tombstone the privacy participant
         writes with the erasure, kept for good), so nothing writes them back."""
 
-    def scan(self) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
-        """Every profile's latest state, with the survivor it was merged into ("" if none)."""
+    def scan(self, keep: Callable[[str], bool] | None = None) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
+        """Every profile's latest state, with the survivor it was merged into ("" if none); with
+        `keep`, only the profiles whose id it keeps (asked before their state is decoded)."""
 
     async def create_definition(self, definition: profile_pb2.ComputedTraitDefinition) -> None: ...
     async def definitions(self) -> list[profile_pb2.ComputedTraitDefinition]: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import AsyncIterator
 
@@ -338,16 +339,16 @@ class CassandraProfileStore(Repository, ProfileStore):
         )
         return {keys[rows[0].id_hash] for rows in found if rows}
 
-    async def scan(self) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
+    async def scan(self, keep: Callable[[str], bool] | None = None) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
         token = -(2**63)
         while True:
             rows = await self.db.execute(
-                "SELECT token(profile_id) AS t, state, merged_into FROM profile_heads WHERE token(profile_id) > ?"
+                "SELECT token(profile_id) AS t, profile_id, state, merged_into FROM profile_heads WHERE token(profile_id) > ?"
                 " PER PARTITION LIMIT 1 LIMIT 500",
                 (token,),
             )
             for row in rows:
-                if row.state:
+                if row.state and (keep is None or keep(row.profile_id)):
                     yield profile_pb2.Profile.FromString(row.state), row.merged_into or ""
             if len(rows) < 500:
                 return

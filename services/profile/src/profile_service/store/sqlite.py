@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import AsyncIterator
 
@@ -257,7 +258,7 @@ class SqliteProfileStore(Repository, ProfileStore):
         )
         return {keys[row[0]] for row in rows}
 
-    async def scan(self) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
+    async def scan(self, keep: Callable[[str], bool] | None = None) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
         after = ""
         while True:
             rows = await self.db.execute(
@@ -266,7 +267,7 @@ class SqliteProfileStore(Repository, ProfileStore):
                 (after,),
             )
             for row in rows:
-                if row[1]:
+                if row[1] and (keep is None or keep(row[0])):
                     yield profile_pb2.Profile.FromString(row[1]), row[2] or ""
             if len(rows) < 500:
                 return
