@@ -240,9 +240,7 @@ class ColumnarView:
         self.alive[row] = alive
         for source, values in ((pb.TRAIT_SOURCE_TRAITS, state.traits), (pb.TRAIT_SOURCE_COMPUTED, state.computed)):
             self._put_values(row, source, (), values)
-        today = math.floor(now / DAY)
-        for (day, event), count in state.counters.items():
-            self._count(row, event, day, count, today)
+        self._put_counters(row, state.counters, math.floor(now / DAY))
         for kind, count in state.identities.items():
             if kind not in self.identities:
                 self.identities[kind] = np.zeros(self.capacity, np.int16)
@@ -263,20 +261,27 @@ class ColumnarView:
             if isinstance(value, dict):
                 self._put_values(row, source, path, value)
 
-    def _count(self, row: int, event: str, day: int, count: int, today: int) -> None:
-        if not today - COUNTER_DAYS < day <= today + DAY_SLOTS - COUNTER_DAYS:
-            return  # outside the days kept
-        if event not in self.counters:
-            self.counters[event] = np.zeros((DAY_SLOTS, self.capacity), np.uint16)
-            self.slot_day[event] = np.full(DAY_SLOTS, -1, np.int64)
-        slot = day % DAY_SLOTS
-        days = self.slot_day[event]
-        if days[slot] != day:
-            if days[slot] > day:
-                return  # a newer day holds the slot: this one is older than the days kept
-            self.counters[event][slot] = 0
-            days[slot] = day
-        self.counters[event][slot, row] = min(count, COUNT_MAX)
+    def _put_counters(self, row: int, counters: dict[tuple[int, str], int], today: int) -> None:
+        """The row's counts of the days kept; a day newer than its slot's takes the slot over
+        (for every row: the ring's slots are shared)."""
+        first, last = today - COUNTER_DAYS, today + DAY_SLOTS - COUNTER_DAYS
+        matrices, slot_days = self.counters, self.slot_day
+        for (day, event), count in counters.items():
+            if not first < day <= last:
+                continue  # outside the days kept
+            matrix = matrices.get(event)
+            if matrix is None:
+                matrix = matrices[event] = np.zeros((DAY_SLOTS, self.capacity), np.uint16)
+                slot_days[event] = np.full(DAY_SLOTS, -1, np.int64)
+            slot = day % DAY_SLOTS
+            days = slot_days[event]
+            held = days[slot]
+            if held != day:
+                if held > day:
+                    continue  # a newer day holds the slot: this one is older than the days kept
+                matrix[slot] = 0
+                days[slot] = day
+            matrix[slot, row] = count if count < COUNT_MAX else COUNT_MAX
 
     def get(self, profile_id: str) -> ProfileState | None:
         """The profile's state as stored (what the plain evaluator reads)."""
