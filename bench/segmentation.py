@@ -169,17 +169,10 @@ def load_view(data: dict, n: int) -> tuple[ColumnarView, float, float]:
 def profile_blob(state: ProfileState, i: int) -> bytes:
     """The Profile (as the profile service stores and ScanProfiles streams it) of a view state."""
     profile = profile_pb2.Profile(profile_id=state.profile_id, version=1)
-    for key, value in state.traits.items():
-        wrapped = struct_pb2.Value()
-        if isinstance(value, dict):
-            wrapped.struct_value.update(value)
-        elif isinstance(value, bool):
-            wrapped.bool_value = value
-        elif isinstance(value, float):
-            wrapped.number_value = value
-        else:
-            wrapped.string_value = value
-        profile.traits[key].value.CopyFrom(wrapped)
+    traits = struct_pb2.Struct()
+    traits.update(state.traits)  # each Python value as a protobuf Value
+    for key, value in traits.fields.items():
+        profile.traits[key].value.CopyFrom(value)
     for kind in state.identities:
         profile.identities[f"{kind}:{i}"].CopyFrom(profile_pb2.Identity(type=kind, value=str(i)))
     for (day, event), count in state.counters.items():

@@ -79,7 +79,8 @@ class Puller:
         """Ask for up to `count` messages, each given to `deliver` as it comes: those waiting now
         (`wait` 0), or those that come within `wait` seconds. Returns how many came and how the
         request ended: "" (all came), JetStream's status (see `ENDS_WELL`; 409: refused, its
-        description in the log), or "lost" (no end came: NATS away, or the consumer deleted)."""
+        description kept for `fetch`'s error), or "lost" (no end came: NATS away, or the
+        consumer deleted)."""
         self._requests += 1
         self._reply = reply = f"{self._inbox}.{self._requests}"
         self._deliver, self._left = deliver, count
@@ -88,7 +89,7 @@ class Puller:
         asked = {"batch": count, "expires": int(wait * 1e9)} if wait else {"batch": count, "no_wait": True}
         try:
             await self._nc.publish(self._next_subject, json.dumps(asked).encode(), reply=reply)
-            how = await asyncio.wait_for(asyncio.shield(ended), wait + END_MARGIN_SECONDS)
+            how = await asyncio.wait_for(ended, wait + END_MARGIN_SECONDS)
         except asyncio.TimeoutError:
             how = "lost"
             log.warning(
