@@ -11,6 +11,7 @@ import grpc
 from mosaic.platform import clients
 from mosaic.platform.config import SecuritySettings
 from mosaic.platform.errors import Unavailable
+from mosaic.platform.topics import partition_of
 from mosaic.profile.v1 import profile_pb2, profile_service_pb2, profile_service_pb2_grpc
 from segmentation_service.columns import ColumnarView
 from segmentation_service.state import ProfileState
@@ -34,9 +35,13 @@ class ProfileReader:
         )
         async for response in self.stub.ScanProfiles(request):
             now = time.time()
-            for profile in response.profiles:
+            if response.profiles:
+                page = response.profiles
+            else:  # a profile service from before pages (a rolling upgrade): all, one a message
+                page = [response.profile] if partition_of(response.profile.profile_id, view.partitions) in owned else []
+            for profile in page:
                 view.put(ProfileState.of_profile(profile), now, alive=profile.profile_id not in merged)
-            count += len(response.profiles)
+            count += len(page)
         log.info(
             "view rebuilt",
             extra={
