@@ -182,7 +182,13 @@ async def test_a_partition_taken_over_gets_a_larger_epoch(nats_server):
     first = await Replica("replica-a", nats_server.url, record).start()
     epochs = {p: lease.epoch for p, lease in first.ownership.leases.items()}
     second = await Replica("replica-b", nats_server.url, record).start()
-    await eventually(lambda: settled(nats_server.url, 2), timeout=30)
+
+    async def taken_over() -> bool:
+        # The store can say two replicas share the partitions a moment before the second one's
+        # own view of its leases says so: wait for both.
+        return await settled(nats_server.url, 2) and bool(second.ownership.leases)
+
+    await eventually(taken_over, timeout=30)
     moved = second.ownership.leases
     assert moved and all(lease.epoch > epochs[p] and lease.clean for p, lease in moved.items())
     await second.stop()

@@ -191,7 +191,14 @@ async def test_a_dry_run_reports_merges_and_splits_without_changing_anything(stu
     u6 = await eventually(lambda: lookup(stub, "user_id", "u6"))
     blocking = (await stub.GetRules(pb.GetRulesRequest())).rules  # edit the rules in force, as an operator would
     blocking.rules[1].blocked_patterns.append("shared@.*")
-    answer = await stub.DryRunRules(pb.DryRunRulesRequest(rules=blocking))
+
+    async def every_link_stored():
+        # A link that changes no profile is written behind its event (a lookup answers before
+        # it is stored): a dry run replays only stored links, so wait for all five.
+        answer = await stub.DryRunRules(pb.DryRunRulesRequest(rules=blocking))
+        return answer if answer.links_replayed == 5 else None
+
+    answer = await eventually(every_link_stored)
     assert answer.links_replayed == 5 and answer.profiles_now == 4 and answer.profiles_proposed == 5
     assert [list(g.profile_ids) for g in answer.would_split] == [[shared]]
     assert not answer.would_merge
