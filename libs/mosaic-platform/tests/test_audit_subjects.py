@@ -3,7 +3,11 @@ deployment, made once and shared by every service through a real nats-server."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
+
+from nats.js import api
 
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2, privacy_service_pb2
 from mosaic.identity.v1 import identity_pb2, identity_service_pb2
@@ -54,3 +58,33 @@ async def test_the_deployments_key_is_made_once_and_shared(nats_server):
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_bucket_not_yet_listening_is_written_again_until_it_is(nats_server):
+    """The race of services starting together, made to last: the bucket's stream exists but
+    does not take the bucket's subjects yet, so the first writes find no responders."""
+    bus = await Bus.connect(nats_server.url, "profile", 2)
+    try:
+        js = bus.jetstream
+        stream = api.StreamConfig(
+            name=f"KV_{audit.SALT_BUCKET}",
+            subjects=["not-yet.>"],
+            max_msgs_per_subject=1,
+            allow_direct=True,
+            allow_rollup_hdrs=True,
+            deny_delete=True,
+        )
+        await js.add_stream(stream)
+
+        async def listen_later() -> None:
+            await asyncio.sleep(1.0)
+            await js.update_stream(dataclasses.replace(stream, subjects=[f"$KV.{audit.SALT_BUCKET}.>"]))
+
+        later = asyncio.create_task(listen_later())
+        salt = await audit.deployment_salt(bus, patience=10.0)
+        await later
+        assert re.fullmatch(r"[0-9a-f]{64}", salt)
+        stored = await (await js.key_value(audit.SALT_BUCKET)).get("salt")
+        assert stored.value == salt.encode()
+    finally:
+        await bus.close()

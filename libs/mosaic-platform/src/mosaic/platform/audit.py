@@ -38,6 +38,7 @@ from mosaic.platform import tasks, topics
 from mosaic.platform.auth import Caller
 from mosaic.platform.bus import Bus
 from mosaic.platform.errors import InvalidArgument, Unavailable
+from mosaic.platform.nats_connection import settling
 
 MAX_PAGE = 1000
 MAX_SCANNED = 20_000  # records read for one page at most; the token continues past them
@@ -98,20 +99,23 @@ def wanted_subject(text: str, salt: str) -> str:
     return _identifier(salt, kind, value) if sep else _profiles(salt, [text])
 
 
-async def deployment_salt(bus: Bus, replicas: int = 1) -> str:
+async def deployment_salt(bus: Bus, replicas: int = 1, patience: float = 30.0) -> str:
     """The audit key when MOSAIC_AUDIT_SALT is not set: made once per deployment by the first
-    service to start, kept in a NATS key-value bucket, the same for every service and replica."""
+    service to start, kept in a NATS key-value bucket, the same for every service and replica.
+    A bucket not yet writable (see `settling`) is written again for up to `patience` seconds."""
     js = bus.jetstream
     config = api.KeyValueConfig(bucket=SALT_BUCKET, history=1, replicas=replicas, storage=api.StorageType.FILE)
     try:
         kv = await js.create_key_value(config)
     except nats.js.errors.BadRequestError:
         kv = await js.key_value(SALT_BUCKET)
-    try:
-        await kv.create("salt", secrets.token_hex(32).encode())
-    except nats.js.errors.KeyWrongLastSequenceError:
-        pass  # another service made it first
-    entry = await kv.get("salt")
+    async for attempt in settling(patience):
+        with attempt:
+            try:
+                await kv.create("salt", secrets.token_hex(32).encode())
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass  # another service made it first
+            entry = await kv.get("salt")
     assert entry.value is not None
     return entry.value.decode()
 

@@ -10,7 +10,9 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+import tenacity
 
+from mosaic.platform import retry
 from mosaic.platform.config import TlsSettings
 from mosaic.platform.errors import Unavailable
 
@@ -32,6 +34,19 @@ JETSTREAM_DOWN = (
     nats.js.errors.ServiceUnavailableError,
     nats.js.errors.TooManyStalledMsgsError,
 )
+
+
+def settling(patience: float) -> tenacity.AsyncRetrying:
+    """Retrying for the first write to a stream or bucket just created. Services start together
+    and each creates it: nats-server 2.9 can answer the second create (same configuration, so
+    "made") before the first has subscribed the stream, and a write then finds no responders
+    (1 start in 40 of six services creating one bucket, and once in CI). Written again, it lands."""
+    return tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception_type((*NATS_DOWN, *JETSTREAM_DOWN)),
+        stop=tenacity.stop_after_delay(patience),
+        wait=retry.wait(0.05, 1.0, jitter=True),
+        reraise=True,
+    )
 
 
 def nats_security(tls: TlsSettings | None, credentials: str) -> dict[str, Any]:

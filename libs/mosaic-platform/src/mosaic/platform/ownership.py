@@ -49,6 +49,7 @@ from nats.js import api
 from nats.js.kv import KeyValue
 
 from mosaic.platform import metrics, tasks
+from mosaic.platform.nats_connection import settling
 
 if TYPE_CHECKING:
     from mosaic.platform.bus import Bus
@@ -58,6 +59,7 @@ log = logging.getLogger("mosaic.ownership")
 VALID = 0.6  # of the TTL: how long after sending a renewal a holder still counts its lease held
 _WRONG_LAST = 10071  # JetStream: the key's last revision is not the one named
 _DOWN = (nats.errors.Error, asyncio.TimeoutError)  # NATS unreachable or slow: try again next tick
+START_PATIENCE = 30.0  # seconds the first heartbeat is written again while the bucket settles
 
 Follower = Callable[[frozenset[int]], Awaitable[None]]
 
@@ -230,7 +232,9 @@ class Ownership:
         self._kv = await self._bucket(self._nc.jetstream(timeout=5))
         # Heartbeat before watching: whoever watches from now on sees this member, and the
         # watch shows every member that heartbeat before.
-        await self._heartbeat()
+        async for attempt in settling(START_PATIENCE):
+            with attempt:
+                await self._heartbeat()
         await self._watch()
         self._background = [asyncio.create_task(self._renew_forever()), asyncio.create_task(self._watch_forever())]
         await self._reconcile()
