@@ -1,6 +1,8 @@
 """The profile service in-process: errors with details, health through a graceful stop."""
 
 import asyncio
+import time
+from datetime import date, timedelta
 
 import grpc
 import pytest
@@ -204,6 +206,53 @@ async def test_a_scan_comes_in_pages_and_keeps_to_the_partitions_asked_for(servi
             bad = error_details_pb2.BadRequest()
             details.Unpack(bad)
             assert bad.field_violations[0].field == field, request
+
+
+async def test_a_page_can_carry_its_daily_counters_as_columns(service):
+    """The columns hold exactly the counters the profiles carry without them, and are asked of pages only."""
+    for i in range(5):
+        profile_id = f"p-{i}"
+        for j in range(i + 1):
+            event = event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, event=["Order Completed", "Viewed"][j % 2])
+            event.message_id = f"c{i}-{j}"
+            event.timestamp.FromSeconds(int(time.time()) - 86400 * (j // 2))
+            event.properties.update({"revenue": 10.0 + j})
+            resolved = resolved_pb2.ResolvedEvent(profile_id=profile_id, event=event)
+            await service.runtime.bus.publish(topics.EVENTS_RESOLVED, profile_id, resolved, event.message_id)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
+
+        async def counters(columns: bool) -> dict[str, set[tuple]]:
+            found: dict[str, set[tuple]] = {}
+            request = pb.ScanProfilesRequest(page_size=2, daily_counters_as_columns=columns)
+            async for answer in stub.ScanProfiles(request):
+                for profile in answer.profiles:
+                    found[profile.profile_id] = {
+                        (c.day, c.event, c.count, c.revenue) for c in profile.daily_counters.values()
+                    }
+                table = answer.daily_counters
+                for n, index in enumerate(table.profile_indexes):
+                    day = (date(1970, 1, 1) + timedelta(days=table.days[n])).isoformat()
+                    event = table.events[table.event_indexes[n]]
+                    found[answer.profiles[index].profile_id].add((day, event, table.counts[n], table.revenues[n]))
+            return found
+
+        async def all_counted():
+            return sum(len(c) for c in (await counters(False)).values()) == 1 + 2 + 3 + 4 + 5
+
+        await eventually(all_counted)
+        plain = await counters(False)
+        assert sorted(c[3] for c in plain["p-4"]) == [10.0, 11.0, 12.0, 13.0, 14.0]  # one event a counter
+        assert await counters(True) == plain
+        async for answer in stub.ScanProfiles(pb.ScanProfilesRequest(page_size=2, daily_counters_as_columns=True)):
+            assert all(not p.daily_counters for p in answer.profiles)  # moved, not copied
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stub.ScanProfiles(pb.ScanProfilesRequest(daily_counters_as_columns=True)):
+                pass
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        bad = error_details_pb2.BadRequest()
+        rpc_status.from_call(caught.value).details[0].Unpack(bad)
+        assert bad.field_violations[0].field == "daily_counters_as_columns"
 
 
 async def test_upsert_for_an_unknown_profile_is_not_found_and_bad_input_names_the_field(service):

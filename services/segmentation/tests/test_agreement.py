@@ -2,10 +2,12 @@
 definitions (RFM score conditions among them, lowered under fixed edges) over random profiles
 always give the same members. Pure logic."""
 
+import dataclasses
 import math
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -246,3 +248,60 @@ def test_columnar_incremental_and_plain_evaluation_agree(profiles, definition):
 def test_every_single_condition_agrees_too(profiles, definition):
     # One condition alone: its edges (`<` against `<=`, missing values) decide the result.
     test_columnar_incremental_and_plain_evaluation_agree.hypothesis.inner_test(profiles, definition)
+
+
+def _cells(view: ColumnarView) -> dict[str, Any]:
+    """Everything a view holds, as plain values, to compare two views."""
+    n = len(view.ids)
+    cells: dict[str, Any] = {
+        "ids": view.ids,
+        "version": view.version[:n].tolist(),
+        "slot_day": {e: days.tolist() for e, days in view.slot_day.items()},
+        "counters": {e: matrix[:, :n].tolist() for e, matrix in view.counters.items()},
+    }
+    for (source, path), columns in view.traits.items():
+        cells[f"{source}:{path}"] = [str(x) for x in columns.present[:n].tolist()], columns.strings
+    return cells
+
+
+# Few days, so that pages a slot's length apart meet in the same slots.
+few_days = st.dictionaries(
+    st.tuples(st.sampled_from([TODAY - 89, TODAY - 30, TODAY, TODAY + 3]), st.sampled_from(EVENTS)),
+    st.integers(1, 5),
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 5), states, few_days), min_size=1, max_size=14),
+    st.integers(1, 5),
+    st.sampled_from([-96, -50, -7, 0, 7, 50, 96]),
+)
+def test_counters_added_a_page_at_a_time_are_the_counters_put_one_by_one(puts, page_size, shift):
+    """A rebuild puts a page's profiles without counters, then adds the page's counters as
+    columns: the same view as each profile put with its counters (days that take a slot over,
+    or fall outside the days kept, and profiles put again included)."""
+    one_by_one, in_columns = ColumnarView(8, capacity=4), ColumnarView(8, capacity=4)
+    states = [ProfileState(f"p{who}", n, s[0], s[1], s[3], c, s[4], s[5]) for n, (who, s, c) in enumerate(puts)]
+    for turn, start in enumerate(range(0, len(states), page_size)):
+        # A scan's page holds a profile once (a profile put twice in one page would take slots
+        # over by the state that is then replaced). Each page is later (or earlier), so that its days take
+        # over slots the earlier pages' days hold, or (earlier) fall behind them.
+        page = list({state.profile_id: state for state in states[start : start + page_size]}.values())
+        later = turn * shift
+        page = [dataclasses.replace(s, counters={(d + later, e): n for (d, e), n in s.counters.items()}) for s in page]
+        now = NOW + (later - turn % 2 * 10) * DAY  # every other page's latest days are past the days kept
+        rows, days, events, counts = [], [], [], []
+        names = sorted({event for state in page for _, event in state.counters})
+        for state in page:
+            one_by_one.put(state, now)
+            in_columns.put(dataclasses.replace(state, counters={}), now)
+        for state in page:
+            for (day, event), count in state.counters.items():
+                rows.append(in_columns.rows[state.profile_id])
+                days.append(day)
+                events.append(names.index(event))
+                counts.append(count)
+        in_columns.add_counters(*(np.array(a, np.int64) for a in (rows, days, events)), names, np.array(counts), now)
+    assert _cells(in_columns) == _cells(one_by_one)

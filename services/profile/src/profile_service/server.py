@@ -16,6 +16,7 @@ from mosaic.platform.errors import InvalidArgument, NotFound, Unavailable
 from mosaic.profile.v1 import profile_service_pb2 as pb
 from mosaic.profile.v1 import profile_service_pb2_grpc
 from profile_service import computed, history
+from profile_service.counter_columns import take_counters
 from profile_service.fold import event_key, event_name
 from profile_service.profiles import Profiles
 from profile_service.store import Latest
@@ -123,6 +124,15 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         keep = _partition_filter(request.partition_count, request.partitions)
         if not 0 <= request.page_size <= MAX_SCAN_PAGE:
             raise InvalidArgument("page_size", f"must be between 1 and {MAX_SCAN_PAGE} (or 0: one profile a response)")
+        if request.daily_counters_as_columns and not request.page_size:
+            raise InvalidArgument("daily_counters_as_columns", "needs page_size: the columns are a page's")
+
+        def answer(page: list) -> pb.ScanProfilesResponse:
+            if not request.daily_counters_as_columns:
+                return pb.ScanProfilesResponse(profiles=page)
+            columns = take_counters(page)  # first: out of the profiles before they are copied in
+            return pb.ScanProfilesResponse(profiles=page, daily_counters=columns)
+
         page: list = []
         async for profile, merged_into in self.store.scan(keep):
             shown = await self._shown(profile, Latest(profile, merged_into=merged_into))
@@ -131,10 +141,10 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
                 continue
             page.append(shown)
             if len(page) == request.page_size:
-                yield pb.ScanProfilesResponse(profiles=page)
+                yield answer(page)
                 page = []
         if page:
-            yield pb.ScanProfilesResponse(profiles=page)
+            yield answer(page)
 
     async def UpsertTraits(self, request, context):
         _required(request.profile_id, "profile_id")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, overload
 
@@ -282,6 +282,39 @@ class ColumnarView:
                 matrix[slot] = 0
                 days[slot] = day
             matrix[slot, row] = count if count < COUNT_MAX else COUNT_MAX
+
+    def add_counters(
+        self,
+        rows: np.ndarray,
+        days: np.ndarray,
+        events: np.ndarray,
+        names: Sequence[str],
+        counts: np.ndarray,
+        now: float,
+    ) -> None:
+        """Counter i (the count of event `names[events[i]]` on day `days[i]`) of row `rows[i]`, for
+        rows put without them, as put would have stored them: a rebuild's page a column at a
+        time (ScanProfiles' daily_counters_as_columns), where put goes a cell at a time."""
+        today = math.floor(now / DAY)
+        kept = (today - COUNTER_DAYS < days) & (days <= today + DAY_SLOTS - COUNTER_DAYS) & (counts > 0)
+        for code, event in enumerate(names):
+            chosen = kept & (events == code)
+            if not chosen.any():
+                continue
+            day, row, count = days[chosen], rows[chosen], np.minimum(counts[chosen], COUNT_MAX)
+            matrix = self.counters.get(event)
+            if matrix is None:
+                matrix = self.counters[event] = np.zeros((DAY_SLOTS, self.capacity), np.uint16)
+                self.slot_day[event] = np.full(DAY_SLOTS, -1, np.int64)
+            held = self.slot_day[event]
+            slot = day % DAY_SLOTS
+            newest = np.full(DAY_SLOTS, -1, np.int64)
+            np.maximum.at(newest, slot, day)
+            taken = newest > held  # a newer day takes its slot over, for every row
+            matrix[taken] = 0
+            held[taken] = newest[taken]
+            current = held[slot] == day  # an older day than its slot's is past the days kept
+            matrix[slot[current], row[current]] = count[current]
 
     def get(self, profile_id: str) -> ProfileState | None:
         """The profile's state as stored (what the plain evaluator reads)."""

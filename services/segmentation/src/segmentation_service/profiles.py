@@ -7,6 +7,7 @@ import logging
 import time
 
 import grpc
+import numpy as np
 
 from mosaic.platform import clients
 from mosaic.platform.config import SecuritySettings
@@ -31,7 +32,10 @@ class ProfileReader:
         """Load the latest state of every profile of the partitions taken over into the view."""
         started, count = time.monotonic(), 0
         request = profile_service_pb2.ScanProfilesRequest(
-            page_size=SCAN_PAGE, partition_count=view.partitions, partitions=sorted(owned)
+            page_size=SCAN_PAGE,
+            partition_count=view.partitions,
+            partitions=sorted(owned),
+            daily_counters_as_columns=True,
         )
         async for response in self.stub.ScanProfiles(request):
             now = time.time()
@@ -39,8 +43,10 @@ class ProfileReader:
                 page = response.profiles
             else:  # a profile service from before pages (a rolling upgrade): all, one a message
                 page = [response.profile] if partition_of(response.profile.profile_id, view.partitions) in owned else []
-            for profile in page:
+            for profile in page:  # counters too, from a service from before columns
                 view.put(ProfileState.of_profile(profile), now, alive=profile.profile_id not in merged)
+            if response.HasField("daily_counters"):
+                _add_counters(view, page, response.daily_counters, now)
             count += len(page)
         log.info(
             "view rebuilt",
@@ -66,3 +72,21 @@ class ProfileReader:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+def _add_counters(view: ColumnarView, page, columns: profile_service_pb2.DailyCounterColumns, now: float) -> None:
+    """A page's counter columns into the rows its profiles were just put in (none: erased)."""
+    if not columns.profile_indexes:
+        return
+    # list() first: NumPy reads a protobuf repeated field an element at a time.
+    rows_of_page = np.array([view.rows.get(profile.profile_id, -1) for profile in page], np.int64)
+    rows = rows_of_page[np.array(list(columns.profile_indexes), np.int64)]
+    held = rows >= 0
+    view.add_counters(
+        rows[held],
+        np.array(list(columns.days), np.int64)[held],
+        np.array(list(columns.event_indexes), np.int64)[held],
+        list(columns.events),
+        np.array(list(columns.counts), np.int64)[held],
+        now,
+    )
