@@ -9,7 +9,7 @@ from google.protobuf import timestamp_pb2
 from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform.errors import AlreadyExists
-from mosaic.profile.v1 import profile_pb2
+from mosaic.profile.v1 import profile_pb2, profile_service_pb2
 from mosaic.testing.plugin import eventually
 from mosaic.testing.scan import rows_mentioning
 from profile_service.store import Change, Latest, StoredSnapshot, open_store
@@ -107,6 +107,10 @@ async def test_scan_yields_every_profile_once_with_its_survivor(store):
     assert len(scanned) == len(set(scanned))
     kept = [p.profile_id async for p, _ in store.scan(keep=lambda profile_id: profile_id in pids[1:])]
     assert sorted(kept) == pids[1:]
+    page = profile_service_pb2.ScanProfilesResponse()  # decoded in place, as a scan page is filled
+    into = [p async for p, _ in store.scan(keep=lambda profile_id: profile_id in pids, into=page.profiles.add)]
+    assert [p.profile_id for p in page.profiles] == [p.profile_id for p in into] and len(into) == 3
+    assert all(p.version == 1 for p in page.profiles)
 
 
 async def test_a_computed_trait_name_is_taken_once_and_can_be_deleted(store):

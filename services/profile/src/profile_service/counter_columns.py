@@ -4,6 +4,7 @@ day and event strings, a counter (about 14 a profile, a third of segmentation's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from functools import lru_cache
 
@@ -19,7 +20,7 @@ def epoch_day(day: str) -> int:
     return (date.fromisoformat(day) - EPOCH).days
 
 
-def take_counters(page: list[profile_pb2.Profile]) -> pb.DailyCounterColumns:
+def take_counters(page: Sequence[profile_pb2.Profile]) -> pb.DailyCounterColumns:
     """The page's daily counters as columns, taken out of its profiles."""
     indexes: list[int] = []
     days: list[int] = []

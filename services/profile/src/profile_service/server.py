@@ -127,24 +127,28 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         if request.daily_counters_as_columns and not request.page_size:
             raise InvalidArgument("daily_counters_as_columns", "needs page_size: the columns are a page's")
 
-        def answer(page: list) -> pb.ScanProfilesResponse:
-            if not request.daily_counters_as_columns:
-                return pb.ScanProfilesResponse(profiles=page)
-            columns = take_counters(page)  # first: out of the profiles before they are copied in
-            return pb.ScanProfilesResponse(profiles=page, daily_counters=columns)
+        if not request.page_size:
+            async for profile, merged_into in self.store.scan(keep):
+                yield pb.ScanProfilesResponse(
+                    profile=await self._shown(profile, Latest(profile, merged_into=merged_into))
+                )
+            return
 
-        page: list = []
-        async for profile, merged_into in self.store.scan(keep):
-            shown = await self._shown(profile, Latest(profile, merged_into=merged_into))
-            if not request.page_size:
-                yield pb.ScanProfilesResponse(profile=shown)
-                continue
-            page.append(shown)
-            if len(page) == request.page_size:
-                yield answer(page)
-                page = []
-        if page:
-            yield answer(page)
+        def done(page: pb.ScanProfilesResponse) -> pb.ScanProfilesResponse:
+            if request.daily_counters_as_columns:
+                page.daily_counters.CopyFrom(take_counters(page.profiles))
+            return page
+
+        # Each profile is decoded straight into the page being filled (a copy there cost as much
+        # as the decode): `filling` holds that page, a new one once the last has gone.
+        filling = [pb.ScanProfilesResponse()]
+        async for profile, merged_into in self.store.scan(keep, into=lambda: filling[0].profiles.add()):
+            await self._shown(profile, Latest(profile, merged_into=merged_into))
+            if len(filling[0].profiles) == request.page_size:
+                yield done(filling[0])
+                filling[0] = pb.ScanProfilesResponse()
+        if filling[0].profiles:
+            yield done(filling[0])
 
     async def UpsertTraits(self, request, context):
         _required(request.profile_id, "profile_id")

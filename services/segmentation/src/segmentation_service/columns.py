@@ -87,6 +87,7 @@ class TraitColumns:
         self.flag: np.ndarray | None = None
         self.time: np.ndarray | None = None
         self.strings: list[str] = []
+        self.moments: list[float | None] = []  # each string's time_of, parsed once
         self.codes: dict[str, int] = {}
         self.lists: dict[int, list] = {}
         self._dictionary: np.ndarray | None = None
@@ -125,8 +126,9 @@ class TraitColumns:
             if code is None:
                 code = self.codes[value] = len(self.strings)
                 self.strings.append(value)
+                self.moments.append(time_of(value))
             self.code[row] = code
-            moment = time_of(value)
+            moment = self.moments[code]
             if moment is not None:
                 if self.time is None:
                     self.time = np.full(self.capacity, np.nan)
@@ -152,7 +154,8 @@ class TraitColumns:
 
     def nbytes(self) -> int:
         arrays = (self.present, self.number, self.code, self.flag, self.time)
-        return sum(a.nbytes for a in arrays if a is not None) + sum(len(s) + 49 for s in self.strings)
+        # Each string: its characters and str header (49), and its slot in moments (8).
+        return sum(a.nbytes for a in arrays if a is not None) + sum(len(s) + 57 for s in self.strings)
 
 
 class ColumnarView:

@@ -78,15 +78,14 @@ def _add_counters(view: ColumnarView, page, columns: profile_service_pb2.DailyCo
     """A page's counter columns into the rows its profiles were just put in (none: erased)."""
     if not columns.profile_indexes:
         return
-    # list() first: NumPy reads a protobuf repeated field an element at a time.
     rows_of_page = np.array([view.rows.get(profile.profile_id, -1) for profile in page], np.int64)
-    rows = rows_of_page[np.array(list(columns.profile_indexes), np.int64)]
+    rows = rows_of_page[np.array(columns.profile_indexes, np.int64)]
     held = rows >= 0
     view.add_counters(
         rows[held],
-        np.array(list(columns.days), np.int64)[held],
-        np.array(list(columns.event_indexes), np.int64)[held],
+        np.array(columns.days, np.int64)[held],
+        np.array(columns.event_indexes, np.int64)[held],
         list(columns.events),
-        np.array(list(columns.counts), np.int64)[held],
+        np.array(columns.counts, np.int64)[held],
         now,
     )

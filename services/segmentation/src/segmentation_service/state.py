@@ -42,7 +42,8 @@ def python_of(value: struct_pb2.Value) -> Any:
     if kind == "bool_value":
         return value.bool_value
     if kind == "struct_value":
-        return {k: python_of(v) for k, v in value.struct_value.fields.items()}
+        fields = value.struct_value.fields  # key by key: a map's items() is a Python generator
+        return {k: python_of(fields[k]) for k in fields}
     if kind == "list_value":
         return [python_of(v) for v in value.list_value.values]
     return None

@@ -339,7 +339,9 @@ class CassandraProfileStore(Repository, ProfileStore):
         )
         return {keys[rows[0].id_hash] for rows in found if rows}
 
-    async def scan(self, keep: Callable[[str], bool] | None = None) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
+    async def scan(
+        self, keep: Callable[[str], bool] | None = None, into: Callable[[], profile_pb2.Profile] = profile_pb2.Profile
+    ) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
         token = -(2**63)
         while True:
             rows = await self.db.execute(
@@ -349,7 +351,9 @@ class CassandraProfileStore(Repository, ProfileStore):
             )
             for row in rows:
                 if row.state and (keep is None or keep(row.profile_id)):
-                    yield profile_pb2.Profile.FromString(row.state), row.merged_into or ""
+                    profile = into()
+                    profile.MergeFromString(row.state)
+                    yield profile, row.merged_into or ""
             if len(rows) < 500:
                 return
             token = rows[-1].t

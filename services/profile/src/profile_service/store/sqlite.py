@@ -258,7 +258,9 @@ class SqliteProfileStore(Repository, ProfileStore):
         )
         return {keys[row[0]] for row in rows}
 
-    async def scan(self, keep: Callable[[str], bool] | None = None) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
+    async def scan(
+        self, keep: Callable[[str], bool] | None = None, into: Callable[[], profile_pb2.Profile] = profile_pb2.Profile
+    ) -> AsyncIterator[tuple[profile_pb2.Profile, str]]:
         after = ""
         while True:
             rows = await self.db.execute(
@@ -268,7 +270,9 @@ class SqliteProfileStore(Repository, ProfileStore):
             )
             for row in rows:
                 if row[1] and (keep is None or keep(row[0])):
-                    yield profile_pb2.Profile.FromString(row[1]), row[2] or ""
+                    profile = into()
+                    profile.MergeFromString(row[1])
+                    yield profile, row[2] or ""
             if len(rows) < 500:
                 return
             after = rows[-1][0]
