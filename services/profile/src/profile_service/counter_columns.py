@@ -5,19 +5,10 @@ day and event strings, a counter (about 14 a profile, a third of segmentation's 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
-from functools import lru_cache
 
 from mosaic.profile.v1 import profile_pb2
 from mosaic.profile.v1 import profile_service_pb2 as pb
-
-EPOCH = date(1970, 1, 1)
-
-
-@lru_cache(maxsize=4096)
-def epoch_day(day: str) -> int:
-    """Days since 1970-01-01 of a `YYYY-MM-DD` counter day."""
-    return (date.fromisoformat(day) - EPOCH).days
+from profile_service.fold import epoch_day
 
 
 def take_counters(page: Sequence[profile_pb2.Profile]) -> pb.DailyCounterColumns:

@@ -96,6 +96,12 @@ def _day_of(days: int) -> str:
     return (EPOCH + timedelta(days=days)).strftime("%Y-%m-%d")
 
 
+@lru_cache(maxsize=4096)
+def epoch_day(day: str) -> int:
+    """Days since 1970-01-01 of a `YYYY-MM-DD` counter day (the inverse of `day_of`'s)."""
+    return (date.fromisoformat(day) - EPOCH).days
+
+
 def day_of(ts: timestamp_pb2.Timestamp) -> str:
     """The UTC day of a timestamp, `YYYY-MM-DD`."""
     return _day_of(ts.seconds // 86400)

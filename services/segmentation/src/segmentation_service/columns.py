@@ -65,6 +65,11 @@ def _grown(array: np.ndarray | None, capacity: int, fill) -> np.ndarray | None:
     return bigger
 
 
+def _days_kept(today: int) -> tuple[int, int]:
+    """The days a row's counters keep, (first, last]: those the evaluators read, and a few ahead."""
+    return today - COUNTER_DAYS, today + DAY_SLOTS - COUNTER_DAYS
+
+
 def _runs(slots: list[int]) -> list[tuple[int, int]]:
     """Sorted slots as contiguous [start, stop) ranges, so each sums without a copy."""
     runs: list[tuple[int, int]] = []
@@ -267,7 +272,7 @@ class ColumnarView:
     def _put_counters(self, row: int, counters: dict[tuple[int, str], int], today: int) -> None:
         """The row's counts of the days kept; a day newer than its slot's takes the slot over
         (for every row: the ring's slots are shared)."""
-        first, last = today - COUNTER_DAYS, today + DAY_SLOTS - COUNTER_DAYS
+        first, last = _days_kept(today)
         matrices, slot_days = self.counters, self.slot_day
         for (day, event), count in counters.items():
             if not first < day <= last:
@@ -298,8 +303,8 @@ class ColumnarView:
         """Counter i (the count of event `names[events[i]]` on day `days[i]`) of row `rows[i]`, for
         rows put without them, as put would have stored them: a rebuild's page a column at a
         time (ScanProfiles' daily_counters_as_columns), where put goes a cell at a time."""
-        today = math.floor(now / DAY)
-        kept = (today - COUNTER_DAYS < days) & (days <= today + DAY_SLOTS - COUNTER_DAYS) & (counts > 0)
+        first, last = _days_kept(math.floor(now / DAY))
+        kept = (first < days) & (days <= last) & (counts > 0)
         for code, event in enumerate(names):
             chosen = kept & (events == code)
             if not chosen.any():
