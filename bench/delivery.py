@@ -1,34 +1,38 @@
-"""Delivery: webhook deliveries per second from one destination's worker pool to a local
-receiver, and that destination's p99 latency alone and beside a second destination that
-answers 500 to everything or never answers in time.
+"""Delivery: webhook deliveries per second from one destination's workers to a local receiver,
+and that destination's p99 latency alone and beside a second destination that answers 500 to
+everything or never answers in time.
 
 What runs: a nats-server (one core), the receivers in a process of their own
-(bench/_delivery_receiver.py), and in this process the delivery service's sending half for
-real: a `DestinationWorker` per destination (its own pull consumer on delivery.jobs.<id>,
-connection pool, rate limit, circuit breaker, retry budget), signing each webhook, recording
-each outcome in the embedded store and publishing it on delivery.outcome before the ack, and
-asking the real consent service (a process of its own, `python -m consent_service`, as in a
-deployment; CCPA defaults: the people decided nothing, so marketing is allowed) before every
-send, as the workers do (through the answers they keep, `delivery_service.consent.Answers`,
-which asks about the people a fetched batch of jobs holds no answer for in one CheckConsents call;
-BENCH_DELIVERY_CONSENT_CACHE_SECONDS as the service's MOSAIC_DELIVERY_CONSENT_CACHE_SECONDS,
-0 to ask before every send). The jobs are queued here as the planner queues them, for
+(bench/_delivery_receiver.py), the real consent service (`python -m consent_service`, CCPA
+defaults: the people decided nothing, so marketing is allowed), and the delivery service's
+sending half for real in BENCH_DELIVERY_REPLICAS (2) replica processes
+(bench/_delivery_workers.py), as a deployment on two cores runs it: in each, a
+`DestinationWorker` per destination (the replicas share its pull consumer on
+delivery.jobs.<id>; each has its own connection pool, rate limit, circuit breaker, retry
+budget), signing each webhook, recording each outcome in the embedded store (one file the
+replicas share) and publishing it on delivery.outcome before the ack, and asking consent before
+every send through the answers the replica keeps (`delivery_service.consent.Answers`, which
+asks about the people a fetched batch of jobs holds no answer for in one CheckConsents call;
+BENCH_DELIVERY_CONSENT_CACHE_SECONDS as the service's MOSAIC_DELIVERY_CONSENT_CACHE_SECONDS, 0
+to ask before every send). This process queues the jobs as the planner queues them, for
 BENCH_DELIVERY_PEOPLE (5,000) people in turn.
 
-1. Throughput: 20,000 jobs queued for the healthy destination, drained; deliveries/s, and the
-   CPU each delivery cost this process (the delivery service), the consent service and the
-   receiver (read from /proc). Twice: first for people whose consent answers the workers do
-   not hold yet (each is asked), then 20,000 more for the same people (answers kept).
-2. Latency: jobs offered at a fixed rate (BENCH_DELIVERY_LOAD, 30 % of the first drain's
-   throughput) for BENCH_SECONDS, once one job for each person has warmed the connections and
-   the consent answers; queue-to-arrival p50/p99 of the healthy destination, alone,
-   alone with a second queue fed at the same rate that no worker reads (the same queueing
-   load: this process queues both, as the planner would, and nats-server stores both), then
-   beside the failing one (fed at the same rate) in each mode; BENCH_DELIVERY_ROUNDS (2)
-   rounds, since a shared machine moves a p99 between runs more than a neighbour does.
+1. Throughput: BENCH_DRAIN_JOBS (20,000) jobs queued for the healthy destination, then drained
+   by one replica and by BENCH_DELIVERY_REPLICAS; deliveries/s, and the CPU each delivery cost
+   the replicas, the consent service, the receiver and nats-server (read from /proc), so the
+   rate two cores could carry at most is printed beside it. Twice each: first for people whose
+   consent answers the replicas do not hold yet (each is asked), then as many more jobs for
+   the same people (answers kept, as a running service holds them).
+2. Latency, with BENCH_DELIVERY_REPLICAS replicas: jobs offered at a fixed rate
+   (BENCH_DELIVERY_LOAD, 30 % of their first drain's rate) for BENCH_SECONDS, once one job for
+   each person has warmed the connections and the consent answers; queue-to-arrival p50/p99
+   of the healthy destination, alone, alone with a second queue fed at the same rate that no
+   worker reads (the same queueing load: this process queues both, as the planner would, and
+   nats-server stores both), then beside the failing one (fed at the same rate) in each mode;
+   BENCH_DELIVERY_ROUNDS (2) rounds, since a shared machine moves a p99 between runs more than
+   a neighbour does.
 
-On the 2-core machine the receiver, the consent service, nats-server and this process share
-the cores.
+On the 2-core machine all of these processes share the cores.
 Run: `uv run --frozen python -m bench delivery`.
 """
 
@@ -48,17 +52,10 @@ import grpc
 import nats
 
 from bench import _process
-from delivery_service.consent import Answers
+from bench._delivery_workers import CONSENT_CACHE
 from delivery_service.jobs import JobQueue
-from delivery_service.privacy import ErasedPeople
-from delivery_service.ssrf import AddressPolicy
-from delivery_service.store import open_store
-from delivery_service.worker import DestinationWorker, WorkerSettings
-from mosaic.consent.v1 import consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_pb2
-from mosaic.platform import topics
 from mosaic.platform.bus import Bus
-from mosaic.platform.config import PlatformSettings
 from mosaic.testing.nats_server import NatsServer
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
@@ -69,19 +66,9 @@ DRAIN = int(os.environ.get("BENCH_DRAIN_JOBS", "20000"))
 LOAD = float(os.environ.get("BENCH_DELIVERY_LOAD", "0.3"))
 ROUNDS = int(os.environ.get("BENCH_DELIVERY_ROUNDS", "2"))
 PEOPLE = int(os.environ.get("BENCH_DELIVERY_PEOPLE", "5000"))
-# MOSAIC_DELIVERY_CONSENT_CACHE_SECONDS of the workers (0: consent asked before every send).
-CONSENT_CACHE = float(os.environ.get("BENCH_DELIVERY_CONSENT_CACHE_SECONDS", "30"))
-
-
-def destination(destination_id: str, port: int) -> delivery_pb2.Destination:
-    return delivery_pb2.Destination(
-        destination_id=destination_id,
-        webhook_url=f"http://127.0.0.1:{port}/hook",
-        segment_id="vip",
-        purpose="marketing",
-        signing_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        limits=delivery_pb2.Limits(concurrency=64, timeout_seconds=2.0),
-    )
+# Delivery replicas sharing each destination's queue, each a process: a deployment on two
+# cores runs two. The drain is measured with one and with this many.
+REPLICAS = int(os.environ.get("BENCH_DELIVERY_REPLICAS", "2"))
 
 
 def job(destination_id: str, n: int) -> tuple[bytes, str]:
@@ -157,74 +144,94 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000)[int(q * 10) - 1] * 1000 if len(values) > 10 else float("nan")
 
 
+class Replicas:
+    """Delivery replicas (bench/_delivery_workers.py), each a process with the workers of the
+    destinations named, all reading the same queues."""
+
+    def __init__(self, count: int, nats_url: str, data_dir: str, consent_port: int, ports: dict[str, int]) -> None:
+        command = [sys.executable, "-m", "bench._delivery_workers", nats_url, data_dir, str(consent_port)]
+        command += [f"{d}={port}" for d, port in ports.items()]
+        self.processes = [
+            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(count)
+        ]
+        for line in self._answers():
+            assert line == "ready", line
+
+    def _answers(self) -> list[str]:
+        return [process.stdout.readline().strip() for process in self.processes]  # type: ignore[union-attr]
+
+    async def command(self, word: str) -> list[str]:
+        for process in self.processes:
+            process.stdin.write(word + "\n")  # type: ignore[union-attr]
+            process.stdin.flush()  # type: ignore[union-attr]
+        return await asyncio.to_thread(self._answers)
+
+    async def start(self) -> None:
+        await self.command("start")
+
+    async def stop(self) -> dict:
+        """Stop every replica's workers; the consent calls made so far and the circuits' states."""
+        states = [json.loads(line.removeprefix("stopped ")) for line in await self.command("stop")]
+        return {
+            "asked": sum(s["asked"] for s in states),
+            "calls": sum(s["calls"] for s in states),
+            "breakers": {d: "/".join(sorted({s["breakers"][d] for s in states})) for d in states[0]["breakers"]},
+        }
+
+    def cpu_seconds(self) -> float:
+        return sum(_process.cpu_seconds(process.pid) for process in self.processes)
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.stdin.close()  # type: ignore[union-attr]
+        for process in self.processes:
+            process.wait()
+
+
 async def scenario(
     name: str,
     mode: str | None,
     rate: float | None,
     nats_url: str,
     data_dir: str,
-    consent,
+    consent_port: int,
+    replicas: int,
     feed_other: bool = False,
-    consent_pid: int = 0,
+    others: dict[str, int] | None = None,
 ) -> dict:
     receivers = Receivers(mode or "500")
-    store = await open_store(PlatformSettings.from_env("delivery", {"MOSAIC_AUTH": "off", "MOSAIC_DATA_DIR": data_dir}))
     bus = await Bus.connect(nats_url, "delivery", 8)
     await bus.ensure_streams()
     queue = await JobQueue.connect(nats_url)
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    settings = WorkerSettings(policy=AddressPolicy(["loopback"]), max_attempts=5, retry_base=0.5)
     suffix = name.replace(" ", "-").replace(".", "-")
     healthy_id, failing_id = f"healthy-{suffix}", f"failing-{suffix}"
-    answers = Answers(consent, CONSENT_CACHE)  # as the service keeps them, from its start
-    await bus.listen(topics.CONSENT_CHANGED, answers.on_changed)
-    erased = ErasedPeople(store)  # as the service keeps them: loaded, looked at before each send
-    await erased.load()
-
-    def pool() -> list[DestinationWorker]:
-        found = [
-            DestinationWorker(destination(healthy_id, receivers.healthy), queue, store, bus, settings, answers, erased)
-        ]
-        if mode:
-            found.append(
-                DestinationWorker(
-                    destination(failing_id, receivers.failing), queue, store, bus, settings, answers, erased
-                )
-            )
-        return found
-
-    workers = pool()
+    ports = {healthy_id: receivers.healthy} | ({failing_id: receivers.failing} if mode else {})
+    pool = Replicas(replicas, nats_url, data_dir, consent_port, ports)
     result: dict = {"name": name}
     try:
         if rate is None:
             # Twice: the people's consent answers not kept yet, then kept (the same people again).
             for phase in ("first", "again"):
-                if phase == "again":
-                    for w in workers:
-                        await w.stop()
-                    workers = pool()
-                    await receivers.reset()
-                asked, calls = answers.misses, answers.calls
+                await receivers.reset()
                 await queue_jobs(js, healthy_id, DRAIN, offset=DRAIN if phase == "again" else 0)
                 start = time.monotonic()
-                cpu = time.process_time()
-                others = {
-                    "consent": _process.cpu_seconds(consent_pid),
-                    "receiver": _process.cpu_seconds(receivers.process.pid),
-                }
-                for w in workers:
-                    w.start()
+                pids = {**(others or {}), "receiver": receivers.process.pid}
+                was = {n: _process.cpu_seconds(pid) for n, pid in pids.items()} | {"delivery": pool.cpu_seconds()}
+                await pool.start()
                 await wait_for(receivers, DRAIN)
                 elapsed = time.monotonic() - start
-                figures = {"rate": DRAIN / elapsed, "cpu_us": (time.process_time() - cpu) / DRAIN * 1e6}
-                figures["asked"], figures["calls"] = answers.misses - asked, answers.calls - calls
-                pids = {"consent": consent_pid, "receiver": receivers.process.pid}
-                figures |= {f"{n}_us": (_process.cpu_seconds(pids[n]) - was) / DRAIN * 1e6 for n, was in others.items()}
+                spent = {n: _process.cpu_seconds(pid) for n, pid in pids.items()} | {"delivery": pool.cpu_seconds()}
+                state = await pool.stop()
+                asked_before = result.get("first", {}).get("asked_total", 0)
+                calls_before = result.get("first", {}).get("calls_total", 0)
+                figures = {"rate": DRAIN / elapsed, "asked_total": state["asked"], "calls_total": state["calls"]}
+                figures |= {"asked": state["asked"] - asked_before, "calls": state["calls"] - calls_before}
+                figures |= {f"{n}_us": (spent[n] - was[n]) / DRAIN * 1e6 for n in spent}
                 result[phase] = figures
         else:
-            for w in workers:
-                w.start()
+            await pool.start()
             # Warm the connection pools, and the consent answers of every person the load is for
             # (a running service holds them), so the figures measure the destinations, not
             # the consent service answering thousands of first questions.
@@ -237,16 +244,13 @@ async def scenario(
             latencies = (await receivers.stats())["latencies"]
             result |= {"p50": pct(latencies, 50), "p99": pct(latencies, 99), "count": len(latencies)}
             if mode:
-                pending = await queue.pending(failing_id)
-                result["failing_pending"] = pending
-                result["breaker"] = workers[1].breaker.state
+                result["failing_pending"] = await queue.pending(failing_id)
+                result["breaker"] = (await pool.stop())["breakers"][failing_id]
     finally:
-        for w in workers:
-            await w.stop()
+        pool.close()
         await nc.close()
         await queue.close()
         await bus.close()
-        await store.close()
         receivers.stop()
     return result
 
@@ -270,7 +274,8 @@ async def main() -> None:
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
             try:
                 await _process.wait_serving(channel, process, "consent")
-                await run(server.url, data_dir, consent_service_pb2_grpc.ConsentServiceStub(channel), process.pid)
+                assert server.process is not None  # started
+                await run(server.url, data_dir, port, {"consent": process.pid, "nats": server.process.pid})
             finally:
                 await channel.close()
                 process.terminate()
@@ -279,41 +284,54 @@ async def main() -> None:
         server.close()
 
 
-async def run(nats_url: str, data_dir: str, consent, consent_pid: int) -> None:
-    drained = await scenario("drain", None, None, nats_url, data_dir, consent, consent_pid=consent_pid)
+def replicas_named(count: int) -> str:
+    return f"{count} replica{'s' if count > 1 else ''}"
+
+
+async def run(nats_url: str, data_dir: str, consent_port: int, others: dict[str, int]) -> None:
     print(
         f"throughput: {DRAIN:,} queued jobs for {min(DRAIN, PEOPLE):,} people drained to one destination, "
-        f"twice (consent answers kept {CONSENT_CACHE:.0f} s):",
+        f"twice (consent answers kept {CONSENT_CACHE:.0f} s), by 1 delivery replica"
+        + (f" and by {REPLICAS}" if REPLICAS > 1 else "")
+        + " (each a process; CPU per delivery of them all):",
         flush=True,
     )
-    for phase, label in (("first", "their answers not kept yet"), ("again", "the same people again")):
-        d = drained[phase]
-        print(
-            f"  {label + ':':<27} {d['rate']:6,.0f} webhook deliveries/s; CPU per delivery {d['cpu_us']:4.0f} µs in"
-            f" the delivery service (this process), {d['consent_us']:4.0f} µs in the consent service,"
-            f" {d['receiver_us']:4.0f} µs in the receiver; consent asked about {d['asked']:,} people"
-            f" in {d['calls']:,} CheckConsents calls",
-            flush=True,
+    drained = {}
+    for count in sorted({1, REPLICAS}):
+        drained[count] = await scenario(
+            f"drain {count}", None, None, nats_url, data_dir, consent_port, count, others=others
         )
-    rate = round(drained["first"]["rate"] * LOAD, -1)
+        for phase, label in (("first", "their answers not kept yet"), ("again", "the same people again")):
+            d = drained[count][phase]
+            total = sum(d[f"{n}_us"] for n in ("delivery", "consent", "receiver", "nats"))
+            print(
+                f"  {replicas_named(count) + ', ' + label + ':':<40} {d['rate']:6,.0f} webhook deliveries/s;"
+                f" CPU per delivery {d['delivery_us']:4.0f} µs in delivery, {d['consent_us']:3.0f} in consent,"
+                f" {d['receiver_us']:3.0f} in the receiver, {d['nats_us']:3.0f} in nats-server ({total:.0f} in all:"
+                f" {2e6 / total:,.0f}/s would fill two cores); consent asked about {d['asked']:,} people"
+                f" in {d['calls']:,} CheckConsents calls",
+                flush=True,
+            )
+    rate = round(drained[REPLICAS]["first"]["rate"] * LOAD, -1)
     print(
-        f"latency at {rate:,.0f} deliveries/s offered ({LOAD:.0%} of that) for {SECONDS:.0f} s, queue to arrival;"
-        f" {ROUNDS} rounds, the three runs of a round back to back:"
+        f"latency at {rate:,.0f} deliveries/s offered ({LOAD:.0%} of {replicas_named(REPLICAS)}' drain) for"
+        f" {SECONDS:.0f} s, queue to arrival; {ROUNDS} rounds, the three runs of a round back to back:"
     )
     for round_ in range(1, ROUNDS + 1):
-        alone = await scenario(f"alone {round_}", None, rate, nats_url, data_dir, consent)
+        common = (nats_url, data_dir, consent_port, REPLICAS)
+        alone = await scenario(f"alone {round_}", None, rate, *common)
         print(
             f"  {round_}. healthy alone:                 p50 {alone['p50']:7.1f} ms  p99 {alone['p99']:7.1f} ms",
             flush=True,
         )
-        queued = await scenario(f"queued {round_}", None, rate, nats_url, data_dir, consent, feed_other=True)
+        queued = await scenario(f"queued {round_}", None, rate, *common, feed_other=True)
         print(
             f"  {round_}. alone, a 2nd queue fed, unread: p50 {queued['p50']:7.1f} ms  p99 {queued['p99']:7.1f} ms"
             f"  ({(queued['p99'] / alone['p99'] - 1) * 100:+.0f} % p99: the load of queueing twice)",
             flush=True,
         )
         for mode, label in (("500", "answers 500"), ("timeout", "times out")):
-            beside = await scenario(f"beside {mode} {round_}", mode, rate, nats_url, data_dir, consent)
+            beside = await scenario(f"beside {mode} {round_}", mode, rate, *common)
             change = (beside["p99"] / queued["p99"] - 1) * 100
             print(
                 f"  {round_}. beside one that {label + ':':<13} p50 {beside['p50']:7.1f} ms  p99 {beside['p99']:7.1f} ms"

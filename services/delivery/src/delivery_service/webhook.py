@@ -25,8 +25,6 @@ from standardwebhooks.webhooks import Webhook
 
 from delivery_service.ssrf import AddressPolicy, Forbidden, GuardedResolver
 
-tracer = trace.get_tracer("mosaic.delivery.webhook")
-
 
 class Refused(Exception):
     """The destination refused the delivery: sending it again will not help."""
@@ -59,7 +57,10 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 class HttpSender:
     """One destination's HTTP client: its own connection pool, sized to its concurrency."""
 
-    def __init__(self, policy: AddressPolicy, concurrency: int, timeout: float, secret: str = "") -> None:
+    def __init__(
+        self, policy: AddressPolicy, concurrency: int, timeout: float, tracer: trace.Tracer, secret: str = ""
+    ) -> None:
+        self._tracer = tracer  # the worker's: taken from the provider, not a module's proxy
         self._signer = Webhook(secret) if secret else None
         connector = aiohttp.TCPConnector(limit=concurrency, resolver=GuardedResolver(policy), ttl_dns_cache=10)
         # No cookie jar: a destination's cookies are not sent back to it (nor filtered per request).
@@ -69,7 +70,7 @@ class HttpSender:
 
     async def post(self, url: str, body: bytes, delivery_id: str, headers: dict[str, str]) -> int:
         """POST `body` (JSON); the HTTP status when it was accepted, else Refused or Retryable."""
-        with tracer.start_as_current_span(
+        with self._tracer.start_as_current_span(
             "POST", kind=trace.SpanKind.CLIENT, attributes={"http.request.method": "POST", "url.full": url}
         ) as span:
             sent = {

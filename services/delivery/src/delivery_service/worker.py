@@ -62,7 +62,7 @@ log = logging.getLogger("mosaic.delivery.worker")
 def _direct_tracer() -> trace.Tracer:
     """The tracer the provider gives now, not the module's proxy to it: the proxy wraps every
     span in a context manager of its own (~6 % of this process's samples under the bench, the
-    no-op spans included). Taken when a worker starts, after telemetry.setup; without an SDK
+    no-op spans included). The worker's spans and its HTTP client's come from it. Taken when a worker starts, after telemetry.setup; without an SDK
     provider (no exporter) it is the API's no-op tracer, as the proxy's would be."""
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider):
@@ -154,7 +154,6 @@ class DestinationWorker:
         self.retry_base = settings.retry_base
         self.bucket = TokenBucket(limits.rate_per_second)
         self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown)
-        self.http = HttpSender(settings.policy, self.concurrency, self.timeout, destination.signing_secret)
         self.headers = dict(destination.headers)
         self.smtp = SmtpSender(settings.policy, self.timeout, settings.smtp_ca)
         self.files = AudienceFiles.of(destination, settings.audience_dir)
@@ -166,6 +165,9 @@ class DestinationWorker:
         self._own: JobQueue | None = None
         self._late_members: list[Msg] = []  # audience jobs that came after their request was given up
         self._tracer = _direct_tracer()
+        self.http = HttpSender(
+            settings.policy, self.concurrency, self.timeout, self._tracer, destination.signing_secret
+        )
 
     def start(self) -> None:
         self._main = [asyncio.create_task(self._run()), asyncio.create_task(self._record_forever())]

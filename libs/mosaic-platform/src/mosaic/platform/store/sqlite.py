@@ -16,9 +16,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import tenacity
+
+from mosaic.platform import retry
 from mosaic.platform.store import Migration
 
 T = TypeVar("T")
+
+
+def _locked(error: BaseException) -> bool:
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
 
 
 class SqliteStore:
@@ -35,15 +42,26 @@ class SqliteStore:
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         db.execute("PRAGMA busy_timeout=5000")
+        # Another replica making the file WAL at this moment fails this one at once, busy_timeout
+        # or not: asked again until it is done.
+        for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_locked),
+            wait=retry.wait(0.01, 0.2, jitter=True),
+            stop=tenacity.stop_after_delay(5),
+            reraise=True,
+        ):
+            with attempt:
+                db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
-        applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
         for migration in sorted(migrations, key=lambda m: m.version):
-            if migration.version in applied:
-                continue
+            # Whether it is applied is read under the write lock: replicas opening one file
+            # together would otherwise both apply it.
             db.execute("BEGIN IMMEDIATE")
+            if db.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)).fetchone():
+                db.execute("COMMIT")
+                continue
             for statement in migration.statements:
                 db.execute(statement)
             db.execute("INSERT INTO schema_migrations VALUES (?, datetime('now'))", (migration.version,))
