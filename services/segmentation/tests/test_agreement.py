@@ -226,6 +226,10 @@ def test_columnar_incremental_and_plain_evaluation_agree(profiles, definition):
         after.counters = {k: v for k, v in after.counters.items() if k[0] > TODAY - 90}
         plain[pid] = after
         columnar.put(after, NOW)
+        if index == len(profiles) // 2:
+            # Evaluated midway too: the string tests it keeps per trait path must take in the
+            # strings that come after them.
+            columnar.evaluate(expression, NOW)
         # Incremental: version 1 from nothing, then version 2 by its changes, through the view.
         state = ProfileState(pid)
         state.apply(changes(pid, 1, ProfileState(pid), before))

@@ -44,3 +44,19 @@ def test_an_erased_profile_leaves_the_view_and_is_not_put_back():
     view.put(ProfileState("a", 2, {"plan": "pro"}), 0.0)  # a late update
     view.put(ProfileState("never-seen", 1, {"plan": "pro"}), 0.0)
     assert (len(view), matching(view)) == (1, ["b"])
+
+
+def test_a_string_test_kept_from_an_earlier_estimate_takes_in_the_strings_that_came_since():
+    ends = compiler.definition_of(text='traits.email ends with "@gmail.com"')[1]
+    view = ColumnarView(8)
+    view.put(ProfileState("a", 1, {"email": "a@gmail.com"}), 0.0)
+    view.put(ProfileState("b", 1, {"email": "b@corp.example"}), 0.0)
+    assert view.profile_ids(view.evaluate(ends, 0.0)) == ["a"]
+    view.put(ProfileState("c", 1, {"email": "c@gmail.com"}), 0.0)  # a new string, after the test was kept
+    view.put(ProfileState("b", 2, {"email": "b@gmail.com"}), 0.0)  # and b's moves to another one
+    assert sorted(view.profile_ids(view.evaluate(ends, 0.0))) == ["a", "b", "c"]
+    # More literals than a path keeps tests for: the first ones are tested again, still right.
+    for n in range(20):
+        suffix = compiler.definition_of(text=f'traits.email ends with "{n}.example"')[1]
+        assert view.profile_ids(view.evaluate(suffix, 0.0)) == []
+    assert sorted(view.profile_ids(view.evaluate(ends, 0.0))) == ["a", "b", "c"]

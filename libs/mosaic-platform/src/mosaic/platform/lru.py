@@ -42,6 +42,10 @@ class Lru(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def values(self) -> Iterator[V]:
+        """The entries, least recently used first (without using them)."""
+        return iter(self._entries.values())
+
     def __iter__(self) -> Iterator[K]:
         """The keys, least recently used first (without using them)."""
         return iter(self._entries)
