@@ -62,8 +62,9 @@ log = logging.getLogger("mosaic.delivery.worker")
 def _direct_tracer() -> trace.Tracer:
     """The tracer the provider gives now, not the module's proxy to it: the proxy wraps every
     span in a context manager of its own (~6 % of this process's samples under the bench, the
-    no-op spans included). The worker's spans and its HTTP client's come from it. Taken when a worker starts, after telemetry.setup; without an SDK
-    provider (no exporter) it is the API's no-op tracer, as the proxy's would be."""
+    no-op spans included). The worker's spans and its HTTP client's come from it. Taken when a
+    worker starts, after telemetry.setup; without an SDK provider (no exporter) it is the API's
+    no-op tracer, as the proxy's would be."""
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider):
         return trace.NoOpTracer()
