@@ -24,7 +24,8 @@ BENCH_DELIVERY_PEOPLE (5,000) people in turn.
    consent answers the replicas do not hold yet (each is asked), then as many more jobs for
    the same people (answers kept, as a running service holds them).
 2. Latency, with BENCH_DELIVERY_REPLICAS replicas: jobs offered at a fixed rate
-   (BENCH_DELIVERY_LOAD, 30 % of their first drain's rate) for BENCH_SECONDS, once one job for
+   (BENCH_DELIVERY_LOAD, 30 % of their first drain's rate, or BENCH_DELIVERY_RATE a second,
+   to compare runs at equal load) for BENCH_SECONDS, once one job for
    each person has warmed the connections and the consent answers; queue-to-arrival p50/p99
    of the healthy destination, alone, alone with a second queue fed at the same rate that no
    worker reads (the same queueing load: this process queues both, as the planner would, and
@@ -312,9 +313,12 @@ async def run(nats_url: str, data_dir: str, consent_port: int, others: dict[str,
                 f" in {d['calls']:,} CheckConsents calls",
                 flush=True,
             )
-    rate = round(drained[REPLICAS]["first"]["rate"] * LOAD, -1)
+    # A fixed rate compares runs at equal load; by default a share of this run's drain.
+    fixed = float(os.environ.get("BENCH_DELIVERY_RATE", 0))
+    rate = fixed or round(drained[REPLICAS]["first"]["rate"] * LOAD, -1)
+    share = "BENCH_DELIVERY_RATE" if fixed else f"{LOAD:.0%} of {replicas_named(REPLICAS)}' drain"
     print(
-        f"latency at {rate:,.0f} deliveries/s offered ({LOAD:.0%} of {replicas_named(REPLICAS)}' drain) for"
+        f"latency at {rate:,.0f} deliveries/s offered ({share}) for"
         f" {SECONDS:.0f} s, queue to arrival; {ROUNDS} rounds, the three runs of a round back to back:"
     )
     p99s: dict[str, list[float]] = {"alone": [], "queued": [], "500": [], "timeout": []}
