@@ -3,6 +3,7 @@
 from mosaic.platform.topics import partition_of
 from segmentation_service import compiler
 from segmentation_service.columns import ColumnarView
+from segmentation_service.evaluate import evaluate
 from segmentation_service.state import ProfileState
 
 PRO = compiler.definition_of(text='traits.plan = "pro"')[1]
@@ -60,3 +61,16 @@ def test_a_string_test_kept_from_an_earlier_estimate_takes_in_the_strings_that_c
         suffix = compiler.definition_of(text=f'traits.email ends with "{n}.example"')[1]
         assert view.profile_ids(view.evaluate(suffix, 0.0)) == []
     assert sorted(view.profile_ids(view.evaluate(ends, 0.0))) == ["a", "b", "c"]
+
+
+def test_a_string_ordering_agrees_with_the_plain_evaluator_at_its_edges():
+    values = ["", "p", "pro", "prof", "q", "Ünïcode", "\U0001f600"]
+    view = ColumnarView(8)
+    states = {f"p{i}": ProfileState(f"p{i}", 1, {"plan": v}) for i, v in enumerate(values)}
+    for state in states.values():
+        view.put(state, 0.0)
+    for op in ("<", "<=", ">", ">="):
+        for literal in ["pro", "", "Ü", "\U0001f600"]:
+            definition = compiler.definition_of(text=f'traits.plan {op} "{literal}"')[1]
+            expected = {pid for pid, state in states.items() if evaluate(definition, state, 0.0)}
+            assert set(view.profile_ids(view.evaluate(definition, 0.0))) == expected, (op, literal)

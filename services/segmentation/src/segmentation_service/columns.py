@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from types import SimpleNamespace
@@ -47,6 +48,12 @@ DAY_SLOTS = 96
 COUNT_MAX = np.iinfo(np.uint16).max
 ERASED_KEPT = 100_000  # erased profiles remembered, so a late update does not bring one back
 TABLES_KEPT = 16  # string tests kept per trait path (a bool per distinct string each)
+ORDERINGS = {
+    Op.OPERATOR_LESS_THAN: operator.lt,
+    Op.OPERATOR_LESS_OR_EQUAL: operator.le,
+    Op.OPERATOR_GREATER_THAN: operator.gt,
+    Op.OPERATOR_GREATER_OR_EQUAL: operator.ge,
+}
 
 
 def erased_key(profile_id: str) -> str:
@@ -97,7 +104,6 @@ class TraitColumns:
         self.moments: list[float | None] = []  # each string's time_of, parsed once
         self.codes: dict[str, int] = {}
         self.lists: dict[int, list] = {}
-        self._dictionary: np.ndarray | None = None
         self._tables: Lru[tuple[int, str], np.ndarray] = Lru(TABLES_KEPT)
 
     def grow(self, capacity: int) -> None:
@@ -165,12 +171,6 @@ class TraitColumns:
             done = more if done is None else np.concatenate((done, more))
             self._tables.put(key, done)
         return done
-
-    def dictionary(self) -> np.ndarray:
-        """The path's strings as a NumPy string array (rebuilt when new strings came)."""
-        if self._dictionary is None or len(self._dictionary) != len(self.strings):
-            self._dictionary = np.array(self.strings, dtype=np.dtypes.StringDType())
-        return self._dictionary
 
     def nbytes(self) -> int:
         arrays = (self.present, self.number, self.code, self.flag, self.time)
@@ -595,7 +595,8 @@ class ColumnarView:
         elif op == Op.OPERATOR_MATCHES:
             regex = pattern(literal)
             table = columns.table((op, literal), lambda s: regex.search(s) is not None)
-        else:
-            table = self._compare(op, columns.dictionary(), literal)
+        else:  # an ordering: code point order, as Python's (and the plain evaluator's)
+            order = ORDERINGS[op]
+            table = columns.table((op, literal), lambda s: order(s, literal))
         # One lookup per row: a code indexes the table; -1 (no string) reads the appended False.
         return np.append(table, False)[codes]
