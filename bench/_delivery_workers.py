@@ -1,9 +1,10 @@
 """One delivery replica's sending half, in a process of its own, as a deployment runs it:
 `python -m bench._delivery_workers <nats url> <data dir> <consent port> <id>=<port> ...`.
 
-A `DestinationWorker` per destination named (webhook to 127.0.0.1:<port>), over the replicas'
-shared store file (the embedded store, as replicas on one machine share it), the consent
-answers kept by this process and its erased people, as the delivery service builds them. Every
+The delivery service's `Dispatcher` with a `DestinationWorker` per destination named (webhook
+to 127.0.0.1:<port>), over the replicas' shared store file (the embedded store, as replicas on
+one machine share it), the consent answers kept by this process and its erased people, as the
+delivery service builds them. Every
 replica's workers read the same durable consumer per destination, so the replicas share each
 queue. Commands on stdin, each answered with one line on stdout once done:
 
@@ -25,11 +26,12 @@ import sys
 import grpc
 
 from delivery_service.consent import Answers
+from delivery_service.dispatcher import Dispatcher
 from delivery_service.jobs import JobQueue
 from delivery_service.privacy import ErasedPeople
 from delivery_service.ssrf import AddressPolicy
 from delivery_service.store import open_store
-from delivery_service.worker import DestinationWorker, WorkerSettings
+from delivery_service.worker import WorkerSettings
 from mosaic.consent.v1 import consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform import topics
@@ -59,34 +61,23 @@ async def main(nats_url: str, data_dir: str, consent_port: int, destinations: li
     answers = Answers(consent_service_pb2_grpc.ConsentServiceStub(channel), CONSENT_CACHE)
     await bus.listen(topics.CONSENT_CHANGED, answers.on_changed)
     erased = ErasedPeople(store)
-    await erased.load()
+    await erased.follow(bus)
     settings = WorkerSettings(policy=AddressPolicy(["loopback"]), max_attempts=5, retry_base=0.5)
-    workers: list[DestinationWorker] = []
+    dispatcher = Dispatcher(queue, store, bus, settings, answers, erased)  # as the service runs its pools
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     try:
         while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
             if line == "start":
-                workers = [
-                    DestinationWorker(destination(d, port), queue, store, bus, settings, answers, erased)
-                    for d, port in destinations
-                ]
-                for worker in workers:
-                    worker.start()
+                dispatcher.update({d: destination(d, port) for d, port in destinations})
                 print("started", flush=True)
             elif line == "stop":
-                for worker in workers:
-                    await worker.stop()
-                state = {
-                    "asked": answers.misses,
-                    "calls": answers.calls,
-                    "breakers": {w.destination.destination_id: w.breaker.state for w in workers},
-                }
-                workers = []
+                breakers = {d: w.breaker.state for d, w in dispatcher.workers.items()}
+                await dispatcher.close()
+                state = {"asked": answers.misses, "calls": answers.calls, "breakers": breakers}
                 print("stopped", json.dumps(state), flush=True)
     finally:
-        for worker in workers:
-            await worker.stop()
+        await dispatcher.close()
         await channel.close()
         await queue.close()
         await bus.close()
@@ -96,5 +87,4 @@ async def main(nats_url: str, data_dir: str, consent_port: int, destinations: li
 if __name__ == "__main__":
     url, directory, port, *named = sys.argv[1:]
     pairs = [(name, int(p)) for name, _, p in (n.partition("=") for n in named)]
-    os.environ.setdefault("MOSAIC_AUTH", "off")
     asyncio.run(main(url, directory, int(port), pairs))

@@ -213,24 +213,24 @@ async def scenario(
     result: dict = {"name": name}
     try:
         if rate is None:
+            pids = {**(others or {}), "receiver": receivers.process.pid}
+
+            def cpu() -> dict[str, float]:
+                return {n: _process.cpu_seconds(pid) for n, pid in pids.items()} | {"delivery": pool.cpu_seconds()}
+
+            before = {"asked": 0, "calls": 0}  # the replicas' consent counts run across both phases
             # Twice: the people's consent answers not kept yet, then kept (the same people again).
             for phase in ("first", "again"):
                 await receivers.reset()
                 await queue_jobs(js, healthy_id, DRAIN, offset=DRAIN if phase == "again" else 0)
-                start = time.monotonic()
-                pids = {**(others or {}), "receiver": receivers.process.pid}
-                was = {n: _process.cpu_seconds(pid) for n, pid in pids.items()} | {"delivery": pool.cpu_seconds()}
+                start, was = time.monotonic(), cpu()
                 await pool.start()
                 await wait_for(receivers, DRAIN)
-                elapsed = time.monotonic() - start
-                spent = {n: _process.cpu_seconds(pid) for n, pid in pids.items()} | {"delivery": pool.cpu_seconds()}
+                elapsed, spent = time.monotonic() - start, cpu()
                 state = await pool.stop()
-                asked_before = result.get("first", {}).get("asked_total", 0)
-                calls_before = result.get("first", {}).get("calls_total", 0)
-                figures = {"rate": DRAIN / elapsed, "asked_total": state["asked"], "calls_total": state["calls"]}
-                figures |= {"asked": state["asked"] - asked_before, "calls": state["calls"] - calls_before}
+                figures = {"rate": DRAIN / elapsed} | {n: state[n] - before[n] for n in before}
                 figures |= {f"{n}_us": (spent[n] - was[n]) / DRAIN * 1e6 for n in spent}
-                result[phase] = figures
+                result[phase], before = figures, {n: state[n] for n in before}
         else:
             await pool.start()
             # Warm the connection pools, and the consent answers of every person the load is for
