@@ -272,6 +272,69 @@ async def test_without_consent_nothing_is_sent_and_the_delivery_says_why(mesh, c
     await clients.close()
 
 
+def order(user_id: str, revenue: float, currency: str) -> event_pb2.Event:
+    event = event_pb2.Event(type=event_pb2.EVENT_TYPE_TRACK, user_id=user_id, event="Order Completed")
+    event.properties.update({"revenue": revenue, "currency": currency})
+    return event
+
+
+async def test_a_segment_on_an_event_property_reads_a_series_the_profile_service_backfills(mesh, credentials):
+    """Orders from before the segment count (the profile service backfills the series from its
+    archive); the next one is summed in as it arrives and puts the person in."""
+    clients = Clients(mesh, credentials)
+    ingest = clients.ingestion.Ingest
+    await ingest(ingestion_service_pb2.IngestRequest(source_id="web", events=[order("u-5", 60, "EUR")]))
+    await ingest(ingestion_service_pb2.IngestRequest(source_id="web", events=[order("u-5", 500, "USD")]))
+    profile_id = await eventually(lambda: profile_of(clients, "u-5"))
+
+    async def profile():
+        try:
+            return (
+                await clients.profile.GetProfile(profile_service_pb2.GetProfileRequest(profile_id=profile_id))
+            ).profile
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND  # not folded yet
+            return None
+
+    async def orders_folded():
+        return (found := await profile()) is not None and found.event_count == 2
+
+    await eventually(orders_folded)
+    definition = 'sum(event "Order Completed".revenue where currency = "EUR" in last 30d) >= 100'
+    await clients.segmentation.CreateSegment(
+        segmentation_service_pb2.CreateSegmentRequest(
+            segment=segment_pb2.Segment(segment_id="eur-spenders", name="EUR spenders", definition=definition)
+        )
+    )
+
+    async def backfilled():
+        return [(s.count, s.sum) for s in (await profile()).daily_series.values()]
+
+    assert await eventually(backfilled) == [(1, 60.0)]  # the USD order is filtered out
+    is_member = segmentation_service_pb2.IsMemberRequest(segment_id="eur-spenders", profile_id=profile_id)
+    assert not (await clients.segmentation.IsMember(is_member)).member
+    await ingest(ingestion_service_pb2.IngestRequest(source_id="web", events=[order("u-5", 45, "EUR")]))
+
+    async def member():
+        return (await clients.segmentation.IsMember(is_member)).member
+
+    await eventually(member)
+    # An ad-hoc question on another series: the first ask defines it and says so.
+    ask = segmentation_service_pb2.EstimateRequest(definition='max(event "Order Completed".revenue) > 400')
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await clients.segmentation.Estimate(ask)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "backfill" in caught.value.details()
+
+    async def estimated():
+        try:
+            return (await clients.segmentation.Estimate(ask)).count == 1
+        except grpc.aio.AioRpcError:
+            return False
+
+    await eventually(estimated)
+    await clients.close()
+
+
 async def test_the_mesh_refuses_callers_without_credentials_or_scopes(mesh, credentials):
     request = profile_service_pb2.GetProfileRequest(profile_id="anyone")
     async with channel_to(mesh, "profile", credentials, token="") as channel:

@@ -63,7 +63,7 @@ def versions(events: list[resolved_pb2.ResolvedEvent], profile_id: str) -> list[
         fold(profile, resolved, FoldRules(), now)
         for definition in computed.BUILT_IN:
             computed.update(definition, states.setdefault(definition.name, {}), resolved.event)
-        computed.refresh(profile, computed.BUILT_IN, states, now)
+        computed.refresh(profile, computed.BUILT_IN, states, now, 90)
         profile.version += 1
         after.append(profile_pb2.Profile())
         after[-1].CopyFrom(profile)

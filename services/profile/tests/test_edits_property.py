@@ -1,6 +1,6 @@
 """Property: the changes of a fold taken from what it wrote (fold.Edits, as the profile service
-takes them) are those of a diff of the whole profiles, and computed traits refreshed only where
-an event counted or a window moved are those refreshed in full. Pure logic."""
+takes them) are those of a diff of the whole profiles, and computed traits and event series
+refreshed only where an event counted or a window moved are those refreshed in full. Pure logic."""
 
 from datetime import datetime, timedelta, timezone
 
@@ -23,6 +23,20 @@ DEFINITIONS = [
     ),
     profile_pb2.ComputedTraitDefinition(
         name="top_sku", aggregation=A.AGGREGATION_MOST_FREQUENT, event="Product Viewed", property="sku", window_days=3
+    ),
+    # Event series: kept for the counters' retention, changed a day at a time.
+    profile_pb2.ComputedTraitDefinition(
+        name="revenue_daily", aggregation=A.AGGREGATION_DAILY, event="Order Completed", property="revenue"
+    ),
+    profile_pb2.ComputedTraitDefinition(
+        name="views_not_a",
+        aggregation=A.AGGREGATION_DAILY,
+        event="Product Viewed",
+        filters=[
+            profile_pb2.PropertyFilter(
+                property="sku", equals={"string_value": "a"}, operator=profile_pb2.FILTER_OPERATOR_NOT_EQUALS
+            )
+        ],
     ),
 ]
 
@@ -73,12 +87,12 @@ def test_changes_from_what_a_fold_wrote_are_those_of_a_whole_diff(specs):
         fold(profile, resolved, rules, now, edits, prune=pruned != oldest)
         pruned = oldest
         name = event_name(resolved.event)
-        counted = {
-            d.name
-            for d in DEFINITIONS
-            if d.event == name and computed.update(d, states.setdefault(d.name, {}), resolved.event)
-        }
-        computed.refresh(profile, DEFINITIONS, states, now, edits, counted)
+        counted = {}
+        for d in DEFINITIONS:
+            bucket = computed.update(d, states.setdefault(d.name, {}), resolved.event) if d.event == name else None
+            if bucket is not None:
+                counted[d.name] = bucket
+        computed.refresh(profile, DEFINITIONS, states, now, rules.counter_days, edits, counted)
         profile.version += 1
 
         whole = profile_pb2.Profile()
@@ -86,7 +100,7 @@ def test_changes_from_what_a_fold_wrote_are_those_of_a_whole_diff(specs):
         fold(whole, resolved, rules, now)
         for definition in DEFINITIONS:
             computed.update(definition, full_states.setdefault(definition.name, {}), resolved.event)
-        computed.refresh(whole, DEFINITIONS, full_states, now)
+        computed.refresh(whole, DEFINITIONS, full_states, now, rules.counter_days)
         whole.version += 1
         assert profile == whole, f"after event {n}"
         assert history.diff(edits.before, profile, edits.paths) == history.diff(old, profile), f"after event {n}"

@@ -23,6 +23,19 @@ from profile_service.profiles import Profiles
 from profile_service.store import open_store
 
 NOW = int(time.time())
+# An event series beside the built-in traits: its daily_series go through the snapshots too.
+SERIES = profile_pb2.ComputedTraitDefinition(
+    name="big_orders",
+    aggregation=profile_pb2.AGGREGATION_DAILY,
+    event="Order Completed",
+    property="revenue",
+    filters=[
+        profile_pb2.PropertyFilter(
+            property="revenue", equals={"number_value": 100}, operator=profile_pb2.FILTER_OPERATOR_GREATER_OR_EQUAL
+        )
+    ],
+)
+DEFINITIONS = [*computed.BUILT_IN, SERIES]
 
 event_strategy = st.builds(
     lambda n, offset, kind, plan, revenue: (n, offset, kind, plan, revenue),
@@ -56,9 +69,9 @@ def expected_after(events: list[resolved_pb2.ResolvedEvent]) -> profile_pb2.Prof
             continue
         seen.add(resolved.event.message_id)
         fold(profile, resolved, FoldRules(), now)
-        for definition in computed.BUILT_IN:
+        for definition in DEFINITIONS:
             computed.update(definition, states.setdefault(definition.name, {}), resolved.event)
-        computed.refresh(profile, computed.BUILT_IN, states, now)
+        computed.refresh(profile, DEFINITIONS, states, now, 90)
         profile.version += 1
     return profile
 
@@ -68,6 +81,7 @@ async def check(nats_url: str, data_dir: str, specs) -> None:
         "profile", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": data_dir}
     )
     store = await open_store(platform)
+    await store.create_definition(SERIES)
     bus = await Bus.connect(nats_url, "profile", platform.partitions)
     await bus.ensure_streams()
     profiles = Profiles(

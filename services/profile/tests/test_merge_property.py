@@ -25,6 +25,19 @@ from profile_service.profiles import Profiles
 from profile_service.store import open_store
 
 NOW = int(time.time())
+# An event series beside the built-in traits (a count of the smaller orders): its daily_series
+# go through merges and splits too.
+SERIES = profile_pb2.ComputedTraitDefinition(
+    name="small_orders",
+    aggregation=profile_pb2.AGGREGATION_DAILY,
+    event="Order Completed",
+    filters=[
+        profile_pb2.PropertyFilter(
+            property="revenue", equals={"number_value": 100}, operator=profile_pb2.FILTER_OPERATOR_LESS_THAN
+        )
+    ],
+)
+DEFINITIONS = [*computed.BUILT_IN, SERIES]
 DELIVERY = Delivery("x", 0, 1, 1, "")
 
 step = st.one_of(
@@ -64,9 +77,9 @@ def model(events: list[event_pb2.Event], profile_id: str) -> profile_pb2.Profile
             profile_id=profile_id, event=e, identifiers=[identity_pb2.Identifier(type="user_id", value=e.user_id)]
         )
         fold(profile, resolved, FoldRules(), now)
-        for definition in computed.BUILT_IN:
+        for definition in DEFINITIONS:
             computed.update(definition, states.setdefault(definition.name, {}), e)
-    computed.refresh(profile, computed.BUILT_IN, states, now)
+    computed.refresh(profile, DEFINITIONS, states, now, 90)
     return profile
 
 
@@ -85,6 +98,7 @@ async def check(nats_url: str, data_dir: str, steps) -> None:
         "profile", {"MOSAIC_AUTH": "off", "MOSAIC_NATS_URL": nats_url, "MOSAIC_DATA_DIR": data_dir}
     )
     store = await open_store(platform)
+    await store.create_definition(SERIES)
     bus = await Bus.connect(nats_url, "profile", platform.partitions)
     await bus.ensure_streams()
     profiles = Profiles(

@@ -4,6 +4,8 @@ from mosaic.events.v1 import event_pb2, identity_changed_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Delivery
+from mosaic.profile.v1 import profile_pb2
+from profile_service.fold import day_of
 from profile_service.merges import MergeHandler
 
 DELIVERY = Delivery("x", 0, 1, 1, "")
@@ -73,3 +75,49 @@ async def test_a_merge_folds_the_merged_profile_into_the_survivor_and_a_split_un
     assert a.version == merged_version + 3, "merge, two events, then the split: all in A's history"
     at_merge = await profiles.at_version("A", merged_version)
     assert at_merge.event_count == 4, "the history keeps the merged state"
+
+
+SERIES = profile_pb2.ComputedTraitDefinition(
+    name="revenue_daily", aggregation=profile_pb2.AGGREGATION_DAILY, event="Order Completed", property="revenue"
+)
+
+
+def daily(events: list[resolved_pb2.ResolvedEvent]) -> dict[str, tuple]:
+    """The series' entries the events make, summed by hand."""
+    found: dict[str, tuple] = {}
+    for e in events:
+        key, revenue = f"{day_of(e.event.timestamp)}|revenue_daily", e.event.properties["revenue"]
+        count, total, low, high = found.get(key, (0, 0.0, revenue, revenue))
+        found[key] = (count + 1, total + revenue, min(low, revenue), max(high, revenue))
+    return found
+
+
+def entries(profile: profile_pb2.Profile) -> dict[str, tuple]:
+    return {key: (s.count, s.sum, s.min, s.max) for key, s in profile.daily_series.items()}
+
+
+async def test_a_merge_adds_both_sides_event_series_and_a_split_recounts_each(profiles):
+    await profiles.store.create_definition(SERIES)
+    merges = MergeHandler(profiles)
+    a = [event("A", "a1", "ada", 100, "order", revenue=10)]
+    b = [
+        event("B", "b1", "ada-phone", 200, "order", revenue=30),
+        event("B", "b2", "ada-phone", 210, "order", revenue=5),
+    ]
+    for resolved in a + b:
+        await profiles.apply(resolved)
+    assert entries((await profiles.store.latest("B")).profile) == daily(b)
+
+    merge = identity_changed_pb2.IdentityMerged(merge_id="merge-s", survivor_profile_id="A", merged_profile_ids=["B"])
+    await merges.merged(merge, DELIVERY)
+    assert entries((await profiles.store.latest("A")).profile) == daily(a + b), "the sum of both sides"
+    later = event("A", "a2", "ada", 300, "order", revenue=7)
+    await profiles.apply(later)
+    assert entries((await profiles.store.latest("A")).profile) == daily([*a, *b, later])
+
+    split = identity_changed_pb2.IdentitySplit(
+        merge_id="merge-s", split_id="split-s", survivor_profile_id="A", restored_profile_ids=["B"]
+    )
+    await merges.split(split, DELIVERY)
+    assert entries((await profiles.store.latest("A")).profile) == daily([*a, later])
+    assert entries((await profiles.store.latest("B")).profile) == daily(b)

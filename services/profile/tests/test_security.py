@@ -183,3 +183,15 @@ async def test_reads_during_a_nats_outage_are_served_and_recorded_once_it_is_bac
         return len(answer.records) == before + 1
 
     await eventually(recorded, timeout=30)
+
+
+async def test_defining_an_event_series_takes_the_series_scope(secured):
+    pki, channel = secured
+    stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
+    request = pb.DefineEventSeriesRequest(name="orders_daily", event="Order Completed")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.DefineEventSeries(request, metadata=_as(pki, "analytics", "profiles:read", "profiles:read_pii"))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    granted = local_pki.SERVICE_SCOPES["segmentation"]
+    answer = await stub.DefineEventSeries(request, metadata=_as(pki, "segmentation", *granted))
+    assert answer.definition.name == "orders_daily"

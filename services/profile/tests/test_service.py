@@ -6,21 +6,24 @@ from datetime import date, timedelta
 
 import grpc
 import pytest
+from google.protobuf import json_format, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from mosaic.archive.v1 import event_archive_service_pb2 as archive_pb
 from mosaic.archive.v1 import event_archive_service_pb2_grpc
-from mosaic.events.v1 import event_pb2, resolved_pb2
+from mosaic.events.v1 import event_pb2, profile_updated_pb2, resolved_pb2
 from mosaic.identity.v1 import identity_pb2
 from mosaic.platform import topics
 from mosaic.platform.server import Service
 from mosaic.profile.v1 import profile_pb2, profile_service_pb2_grpc
 from mosaic.profile.v1 import profile_service_pb2 as pb
 from mosaic.testing.plugin import eventually
+from profile_service import computed
 from profile_service.app import build
 from profile_service.config import Settings
+from profile_service.fold import day_of
 
 
 @pytest.fixture
@@ -269,3 +272,157 @@ async def test_upsert_for_an_unknown_profile_is_not_found_and_bad_input_names_th
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.DiffSnapshots(pb.DiffSnapshotsRequest(profile_id="p", from_version=3, to_version=2))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def order(service, message_id: str, when, **properties) -> None:
+    event = event_pb2.Event(
+        type=event_pb2.EVENT_TYPE_TRACK, event="Order Completed", user_id="ada", message_id=message_id, timestamp=when
+    )
+    event.properties.update(properties)
+    resolved = resolved_pb2.ResolvedEvent(
+        profile_id="p-ada", event=event, identifiers=[identity_pb2.Identifier(type="user_id", value="ada")]
+    )
+    await service.runtime.bus.publish(topics.EVENTS_RESOLVED, "p-ada", resolved, message_id)
+
+
+def field_of(error: grpc.aio.AioRpcError) -> str:
+    bad = error_details_pb2.BadRequest()
+    rpc_status.from_call(error).details[0].Unpack(bad)
+    return bad.field_violations[0].field
+
+
+EUR = profile_pb2.PropertyFilter(property="currency", equals={"string_value": "EUR"})
+
+
+async def test_an_event_series_is_backfilled_from_the_archive_then_kept_and_announced_a_day_at_a_time(service):
+    updates: list[profile_updated_pb2.ProfileUpdated] = []
+
+    async def on_message(msg) -> None:
+        updates.append(profile_updated_pb2.ProfileUpdated.FromString(msg.data))
+
+    await service.runtime.bus._nc.subscribe(topics.PROFILE_UPDATED.wildcard, cb=on_message)
+    when = timestamp_pb2.Timestamp()
+    when.GetCurrentTime()
+    key = f"{day_of(when)}|eur_revenue"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
+        await order(service, "o1", when, revenue=30, currency="EUR")
+        await order(service, "o2", when, revenue=50, currency="USD")
+        await order(service, "o3", when, revenue=12, currency="EUR")
+        await order(service, "o4", when, revenue="n/a", currency="EUR")  # not a number: not in the sums
+
+        async def profile(wanted):
+            try:
+                found = (await stub.GetProfile(pb.GetProfileRequest(profile_id="p-ada"))).profile
+            except grpc.aio.AioRpcError:
+                return None
+            return found if wanted(found) else None
+
+        await eventually(lambda: profile(lambda p: p.version == 4))
+        defined = await stub.DefineEventSeries(
+            pb.DefineEventSeriesRequest(name="eur_revenue", event="Order Completed", property="revenue", filters=[EUR])
+        )
+        assert defined.definition.aggregation == profile_pb2.AGGREGATION_DAILY and defined.definition.window_days == 0
+        assert defined.created  # its backfill has only begun
+        backfilled = await eventually(lambda: profile(lambda p: key in p.daily_series))
+        entry = backfilled.daily_series[key]
+        assert (entry.day, entry.series, entry.count, entry.sum, entry.min, entry.max) == (
+            day_of(when),
+            "eur_revenue",
+            2,
+            42,
+            12,
+            30,
+        ), "from the archive"
+        assert not backfilled.computed_traits.get("eur_revenue")
+
+        await order(service, "o5", when, revenue=8, currency="EUR")
+        updated = await eventually(lambda: profile(lambda p: p.daily_series[key].count == 3))
+        assert (updated.daily_series[key].sum, updated.daily_series[key].min) == (50, 8)
+
+        async def announced():
+            return next(
+                (
+                    c
+                    for u in updates
+                    for c in u.changes
+                    if u.cause_message_id == "o5" and c.path == f"daily_series.{key}"
+                ),
+                None,
+            )
+
+        change = await eventually(announced)
+        assert json_format.MessageToDict(change.old_value) == {"count": 2, "sum": 42, "min": 12, "max": 30}
+        assert json_format.MessageToDict(change.new_value) == {"count": 3, "sum": 50, "min": 8, "max": 30}
+
+        # Defined again with the same shape (equals spelled out): the stored one, nothing new.
+        spelled = profile_pb2.PropertyFilter()
+        spelled.CopyFrom(EUR)
+        spelled.operator = profile_pb2.FILTER_OPERATOR_EQUALS
+        again = await stub.DefineEventSeries(
+            pb.DefineEventSeriesRequest(
+                name="eur_revenue", event="Order Completed", property="revenue", filters=[spelled]
+            )
+        )
+        assert again.definition == defined.definition and not again.created
+        listed = await stub.ListComputedTraits(pb.ListComputedTraitsRequest())
+        assert [d.name for d in listed.definitions].count("eur_revenue") == 1
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.DefineEventSeries(
+                pb.DefineEventSeriesRequest(
+                    name="eur_revenue", event="Order Completed", property="total", filters=[EUR]
+                )
+            )
+        assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "another property" in caught.value.details()
+
+        # Deleted, its entries go with the profile's next change.
+        await stub.DeleteComputedTrait(pb.DeleteComputedTraitRequest(name="eur_revenue"))
+        await order(service, "o6", when, revenue=1, currency="EUR")
+        gone = await eventually(lambda: profile(lambda p: p.version >= 7))
+        assert key not in gone.daily_series and gone.daily_counters
+
+
+async def test_bad_event_series_name_the_field_and_create_computed_trait_refuses_a_series(service):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        stub = profile_service_pb2_grpc.ProfileServiceStub(channel)
+        for request, field in (
+            (pb.DefineEventSeriesRequest(name="Bad Name", event="x"), "name"),
+            (pb.DefineEventSeriesRequest(name="orders", event="x"), "name"),  # a built-in trait's
+            (pb.DefineEventSeriesRequest(name="s"), "event"),
+            (
+                pb.DefineEventSeriesRequest(name="s", event="x", filters=[{"equals": {"number_value": 1}}]),
+                "filters[0].property",
+            ),
+            (
+                pb.DefineEventSeriesRequest(
+                    name="s",
+                    event="x",
+                    filters=[
+                        EUR,
+                        {
+                            "property": "gift",
+                            "equals": {"bool_value": True},
+                            "operator": profile_pb2.FILTER_OPERATOR_GREATER_THAN,
+                        },
+                    ],
+                ),
+                "filters[1].equals",
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.DefineEventSeries(request)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert field_of(caught.value) == field, request
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CreateComputedTrait(
+                pb.CreateComputedTraitRequest(
+                    definition=profile_pb2.ComputedTraitDefinition(
+                        name="s", aggregation=profile_pb2.AGGREGATION_DAILY, event="x"
+                    )
+                )
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == "definition.aggregation: is defined with DefineEventSeries"
+        listed = await stub.ListComputedTraits(pb.ListComputedTraitsRequest())
+        assert {d.name for d in listed.definitions} == {d.name for d in computed.BUILT_IN}, "none stored"

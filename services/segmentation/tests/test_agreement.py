@@ -4,7 +4,7 @@ always give the same members. Pure logic."""
 
 import dataclasses
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from mosaic.events.v1 import profile_updated_pb2
 from mosaic.segmentation.v1 import segment_pb2 as pb
-from segmentation_service import compiler, language
+from segmentation_service import compiler, language, series
 from segmentation_service.columns import ColumnarView
 from segmentation_service.evaluate import evaluate
 from segmentation_service.rfm import RfmModel, RfmTraits
@@ -34,12 +34,34 @@ counters = st.dictionaries(
     st.tuples(st.integers(TODAY - 100, TODAY + 3), st.sampled_from(EVENTS)), st.integers(1, 5), max_size=6
 )
 identities = st.dictionaries(st.sampled_from(["email", "user_id", "phone"]), st.integers(1, 2), max_size=2)
+# Event series, of a few shapes so that conditions and profiles meet: a property's, with and
+# without a filter, and a filtered count. Values are multiples of 0.25, so sums are exact in
+# any order.
+EUR = pb.PropertyFilter(property="currency", operator=pb.OPERATOR_EQUALS, value=pb.Literal(string_value="EUR"))
+SHAPES = [(e, p, f) for e in EVENTS for p, f in (("revenue", []), ("revenue", [EUR]), ("", [EUR]))]
+SERIES = [series.name_of(pb.EventPredicate(event=e, property=p, filters=f)) for e, p, f in SHAPES]
+amounts = st.sampled_from([-1.0, 0.5, 1.0, 2.5, 4.0])
+
+
+partials = st.lists(amounts, min_size=1, max_size=3).map(lambda v: (len(v), sum(v), min(v), max(v)))
+
+
+series_days = st.dictionaries(
+    st.tuples(st.integers(TODAY - 100, TODAY + 3), st.sampled_from(SERIES)), partials, max_size=5
+)
 PURPOSES = ["marketing", "analytics", "advertising"]
 # Until when each decided purpose is granted: refused, for good, expired, expiring later.
 consents = st.dictionaries(st.sampled_from(PURPOSES), st.sampled_from([0.0, math.inf, NOW - 100, NOW + 100]))
 jurisdictions = st.sampled_from([0, 1, 2])
 states = st.builds(
-    lambda t, c, n, i, g, j: (t, c, n, i, g, j), traits, traits, counters, identities, consents, jurisdictions
+    lambda t, c, n, i, g, j, d: (t, c, n, i, g, j, d),
+    traits,
+    traits,
+    counters,
+    identities,
+    consents,
+    jurisdictions,
+    series_days,
 )
 
 literal_strings = st.sampled_from(STRINGS).map(lambda s: pb.Literal(string_value=s))
@@ -98,12 +120,18 @@ def trait_predicates(draw):
 
 
 @st.composite
-def event_predicates(draw):
+def event_predicates(draw, shapes=tuple([(e, "", []) for e in EVENTS] * 2 + SHAPES)):
+    event, property_, filters = draw(st.sampled_from(shapes))
+    aggregate = pb.AGGREGATE_COUNT
+    if property_:
+        aggregate = draw(st.sampled_from([pb.AGGREGATE_SUM, pb.AGGREGATE_AVERAGE, pb.AGGREGATE_MIN, pb.AGGREGATE_MAX]))
     predicate = pb.EventPredicate(
-        aggregate=pb.AGGREGATE_COUNT,
-        event=draw(st.sampled_from(EVENTS)),
+        aggregate=aggregate,
+        event=event,
+        property=property_,
+        filters=filters,
         operator=draw(st.sampled_from(list(language.SYMBOLS))),
-        value=pb.Literal(number_value=draw(st.integers(0, 6))),
+        value=pb.Literal(number_value=draw(st.sampled_from([0, 1, 2, 2.5, 4, 6]))),
     )
     window = draw(st.sampled_from(["last", "between", "ever"]))
     if window == "last":
@@ -189,11 +217,15 @@ def changes(profile_id: str, version: int, old: ProfileState, new: ProfileState)
                 target.string_value = str(index)
     for day, event in sorted(set(old.counters) | set(new.counters)):
         if old.counters.get((day, event)) != new.counters.get((day, event)):
-            from datetime import timedelta
-
             change = update.changes.add(path=f"daily_counters.{(EPOCH + timedelta(days=day)).isoformat()}|{event}")
             if (day, event) in new.counters:
                 change.new_value.number_value = new.counters[(day, event)]
+    for day, name in sorted(set(old.series) | set(new.series)):
+        if old.series.get((day, name)) != new.series.get((day, name)):
+            change = update.changes.add(path=f"daily_series.{(EPOCH + timedelta(days=day)).isoformat()}|{name}")
+            if (day, name) in new.series:
+                count, summed, low, high = new.series[(day, name)]
+                change.new_value.struct_value.update({"count": count, "sum": summed, "min": low, "max": high})
     for purpose in sorted(set(old.consent) | set(new.consent)):
         if old.consent.get(purpose) != new.consent.get(purpose):
             change = update.changes.add(path=f"consent.{purpose}")
@@ -219,11 +251,12 @@ def test_columnar_incremental_and_plain_evaluation_agree(profiles, definition):
     plain = {}
     for index, (first, second) in enumerate(profiles):
         pid = f"p{index}"
-        before = ProfileState(pid, 1, first[0], first[1], first[3], first[2], first[4], first[5])
-        after = ProfileState(pid, 2, second[0], second[1], second[3], second[2], second[4], second[5])
+        before = ProfileState(pid, 1, first[0], first[1], first[3], first[2], first[4], first[5], first[6])
+        after = ProfileState(pid, 2, second[0], second[1], second[3], second[2], second[4], second[5], second[6])
         # The view keeps the days the evaluators read (and a few ahead); the profile service
         # drops older ones itself.
         after.counters = {k: v for k, v in after.counters.items() if k[0] > TODAY - 90}
+        after.series = {k: v for k, v in after.series.items() if k[0] > TODAY - 90}
         plain[pid] = after
         columnar.put(after, NOW)
         if index == len(profiles) // 2:
@@ -251,6 +284,23 @@ def test_columnar_incremental_and_plain_evaluation_agree(profiles, definition):
 )
 def test_every_single_condition_agrees_too(profiles, definition):
     # One condition alone: its edges (`<` against `<=`, missing values) decide the result.
+    test_columnar_incremental_and_plain_evaluation_agree.hypothesis.inner_test(profiles, definition)
+
+
+# Profiles that all have series days, most of them within the windows drawn.
+busy_series = st.dictionaries(
+    st.tuples(st.sampled_from([TODAY - 31, TODAY - 8, TODAY - 1, TODAY]), st.sampled_from(SERIES)),
+    partials,
+    min_size=1,
+    max_size=6,
+)
+series_states = st.builds(lambda s: ({}, {}, {}, {}, {}, 0, s), busy_series)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(series_states, series_states), min_size=4, max_size=12), event_predicates(shapes=SHAPES))
+def test_every_series_condition_agrees_too(profiles, definition):
+    # A series' aggregates (an average, a minimum of no events) meet their edges only here often.
     test_columnar_incremental_and_plain_evaluation_agree.hypothesis.inner_test(profiles, definition)
 
 

@@ -1,10 +1,10 @@
 """The columnar view's rows: removed, forgotten by partition and erased. Pure logic."""
 
 from mosaic.platform.topics import partition_of
-from segmentation_service import compiler
+from segmentation_service import compiler, series
 from segmentation_service.columns import ColumnarView
 from segmentation_service.evaluate import evaluate
-from segmentation_service.state import ProfileState
+from segmentation_service.state import DAY, ProfileState
 
 PRO = compiler.definition_of(text='traits.plan = "pro"')[1]
 
@@ -74,3 +74,51 @@ def test_a_string_ordering_agrees_with_the_plain_evaluator_at_its_edges():
             definition = compiler.definition_of(text=f'traits.plan {op} "{literal}"')[1]
             expected = {pid for pid, state in states.items() if evaluate(definition, state, 0.0)}
             assert set(view.profile_ids(view.evaluate(definition, 0.0))) == expected, (op, literal)
+
+
+def test_series_days_are_replaced_with_the_row_removed_with_it_and_compacted_as_holes_pile_up():
+    text = 'sum(event "Order Completed".revenue in last 30d) >= 10'
+    expression = compiler.definition_of(text=text)[1]
+    name = series.name_of(expression.event)
+    now = 100 * DAY + 3600
+    view = ColumnarView(8)
+    states = {
+        f"p{i}": ProfileState(f"p{i}", 1, series={(100, name): (1, float(i), float(i), float(i))}) for i in range(3000)
+    }
+    for state in states.values():
+        view.put(state, now)
+    for round_ in range(3):  # every row's day replaced: the old entries become holes, then go
+        for i, state in enumerate(states.values()):
+            state.series = {(100, name): (1, float(i + round_), 0.0, 0.0), (99, name): (2, 1.0, 0.5, 0.5)}
+            view.put(state, now)
+    columns = view.series[name]
+    assert columns.holes * 2 <= columns.size and columns.size - columns.holes == 6000
+    for pid in ("p0", "p9", "p2999"):
+        assert view.get(pid).series == states[pid].series
+    expected = {pid for pid, state in states.items() if evaluate(expression, state, now)}
+    assert set(view.profile_ids(view.evaluate(expression, now))) == expected and len(expected) == 2993
+    view.remove("p2999")
+    assert "p2999" not in view.profile_ids(view.evaluate(expression, now)) and view.series[name].days(2999) == {}
+
+
+def test_every_aggregate_of_a_series_agrees_with_the_plain_evaluator_row_by_row():
+    now = 100 * DAY + 3600
+    where = 'event "Order Completed".revenue where currency = "EUR"'
+    name = series.name_of(compiler.definition_of(text=f"sum({where}) > 0")[1].event)
+    days = [{}, {(100, name): (1, 3.0, 3.0, 3.0)}, {(100, name): (3, 6.0, 1.0, 4.0), (95, name): (1, -2.0, -2.0, -2.0)}]
+    view = ColumnarView(8)
+    states = [ProfileState(f"p{i}", 1, series=d) for i, d in enumerate(days)]
+    for state in states:
+        view.put(state, now)
+    for aggregate in ("sum", "avg", "min", "max"):
+        for window in ("", " in last 1d", " in last 10d"):
+            for threshold in (-2, 0, 1.5, 2, 3, 4):
+                for op in ("=", ">", "<="):
+                    expression = compiler.definition_of(text=f"{aggregate}({where}{window}) {op} {threshold}")[1]
+                    expected = [s.profile_id for s in states if evaluate(expression, s, now)]
+                    assert view.profile_ids(view.evaluate(expression, now)) == expected, (
+                        aggregate,
+                        window,
+                        op,
+                        threshold,
+                    )

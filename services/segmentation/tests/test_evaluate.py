@@ -9,9 +9,10 @@ from google.protobuf import struct_pb2
 from mosaic.consent.v1 import consent_pb2
 from mosaic.events.v1 import profile_updated_pb2
 from mosaic.platform.consent import Policy
+from mosaic.platform.errors import InvalidArgument
 from mosaic.profile.v1 import profile_pb2
 from mosaic.segmentation.v1 import segment_pb2 as pb
-from segmentation_service import compiler, language
+from segmentation_service import compiler, language, series
 from segmentation_service.evaluate import evaluate, next_due
 from segmentation_service.state import DAY, ProfileState, epoch_day
 
@@ -204,3 +205,73 @@ def test_a_segment_tied_to_a_purpose_reads_its_consent_and_a_reference_to_it_doe
     assert not evaluate(compiled["fans"].expression, known, NOW)
     known.consent["marketing"] = math.inf
     assert evaluate(compiled["fans"].expression, known, NOW)
+
+
+def series_of(text: str) -> str:
+    """The series name an event condition reads."""
+    return series.name_of(compiler.definition_of(text=text)[1].event)
+
+
+def test_an_event_property_condition_reads_its_series_days_in_the_window():
+    eur = series_of('sum(event "Order Completed".revenue where currency = "EUR") > 0')
+    # The series is named by its shape: the aggregate, window and filter order do not matter.
+    assert eur == series_of('avg(event "Order Completed".revenue where currency = "EUR" in last 3d) < 1')
+    assert eur != series_of('sum(event "Order Completed".revenue where currency = "USD") > 0')
+    assert series_of('count(event "A" where x = 1 and y = 2) > 0') == series_of(
+        'count(event "A" where y = 2 and x = 1) > 0'
+    )
+    profile = ProfileState(
+        "p",
+        1,
+        series={
+            (TODAY, eur): (2, 30.0, 10.0, 20.0),
+            (TODAY - 29, eur): (1, 5.0, 5.0, 5.0),
+            (TODAY - 30, eur): (1, 100.0, 100.0, 100.0),
+        },
+    )
+    where = 'event "Order Completed".revenue where currency = "EUR"'
+    assert matches(f"sum({where} in last 30d) = 35", profile)
+    assert matches(f"sum({where}) = 135", profile)
+    assert matches(f"avg({where} in last 30d) > 11.6", profile) and matches(f"avg({where} in last 30d) < 11.7", profile)
+    assert matches(f"min({where} in last 30d) = 5", profile) and matches(f"max({where}) = 100", profile)
+    assert matches(f"max({where} in last 1d) = 20", profile)
+    assert (
+        matches('count(event "Order Completed" where currency = "EUR" in last 30d) = 3', profile) is False
+    )  # another series
+    # No events in the window: a sum is 0, an average, minimum or maximum has no value.
+    assert matches(f"sum({where} between now - 20d and now - 2d) = 0", profile)
+    assert not matches(f"avg({where} between now - 20d and now - 2d) < 100", profile)
+    assert matches(f"not min({where} between now - 20d and now - 2d) < 100", profile)
+
+
+def test_a_series_day_moves_with_profile_updated_and_its_timer_is_due_at_midnight():
+    text = 'sum(event "Order Completed".revenue in last 1d) > 10'
+    name = series_of(text)
+    profile = ProfileState("p", 1)
+    update = profile_updated_pb2.ProfileUpdated(profile_id="p", version=2)
+    change = update.changes.add(path=f"daily_series.2026-03-31|{name}")
+    change.new_value.struct_value.update({"count": 2, "sum": 12.5, "min": 2.5, "max": 10})
+    profile.apply(update)
+    assert profile.series == {(TODAY, name): (2, 12.5, 2.5, 10.0)} and matches(text, profile)
+    assert next_due(compiler.definition_of(text=text)[1], profile, NOW) == (TODAY + 1) * DAY
+    assert not matches(text, profile, NOW + DAY)  # the day left the window
+    gone = profile_updated_pb2.ProfileUpdated(profile_id="p", version=3)
+    gone.changes.add(path=f"daily_series.2026-03-31|{name}")
+    profile.apply(gone)
+    assert profile.series == {}
+    bad = profile_updated_pb2.ProfileUpdated(profile_id="p", version=4)
+    bad.changes.add(path=f"daily_series.2026-03-31|{name}").new_value.struct_value.update({"count": 1})
+    with pytest.raises(InvalidArgument) as caught:
+        profile.apply(bad)
+    assert caught.value.field == "changes.new_value" and "'sum'" in caught.value.rule
+
+
+def test_a_profile_with_series_is_read_from_the_profile_message():
+    name = series_of('count(event "A" where x = 1) > 0')
+    profile = profile_pb2.Profile(profile_id="p", version=3)
+    profile.daily_series[f"2026-03-31|{name}"].CopyFrom(profile_pb2.DailySeries(day="2026-03-31", series=name, count=4))
+    assert ProfileState.of_profile(profile).series == {(TODAY, name): (4, 0.0, 0.0, 0.0)}
+    assert compiler.compile_all({"s": compiler.definition_of(text='count(event "A" where x = 1) > 0')[1]})[
+        "s"
+    ].reads == {f"daily_series.{name}"}
+    assert compiler.read_key(f"daily_series.2026-03-31|{name}") == f"daily_series.{name}"

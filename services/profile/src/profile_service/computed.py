@@ -2,20 +2,23 @@
 
 Each definition keeps a small partial per UTC day (or one for all time): count, sum, min, max,
 first, last and value counts. A rolling window combines the partials of its last N days, so a
-value is exact without rescanning events, and days that left the window are dropped. Pure
-logic; the state is plain JSON kept beside the profile.
+value is exact without rescanning events, and days that left the window are dropped. An event
+series (AGGREGATION_DAILY, DefineEventSeries) has no value: its per-day partials are the
+profile's `daily_series`, kept for the counters' retention, for a reader that combines the days
+of its own windows. Pure logic; the state is plain JSON kept beside the profile.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import datetime
 
 from google.protobuf import json_format, struct_pb2
 
 from mosaic.events.v1 import event_pb2
-from mosaic.platform.errors import InvalidArgument
+from mosaic.platform.errors import AlreadyExists, InvalidArgument
 from mosaic.profile.v1 import profile_pb2
 from profile_service.fold import UNRECORDED, Edits, day_of, event_name, event_time, oldest_day
 
@@ -35,9 +38,16 @@ NUMERIC = {A.AGGREGATION_SUM, A.AGGREGATION_MIN, A.AGGREGATION_MAX, A.AGGREGATIO
 # Plain ints: an enum wrapper's attribute costs a Python call, and these are read per event.
 COUNT, SUM, AVERAGE = A.AGGREGATION_COUNT, A.AGGREGATION_SUM, A.AGGREGATION_AVERAGE
 MIN, MAX, FIRST, LAST = A.AGGREGATION_MIN, A.AGGREGATION_MAX, A.AGGREGATION_FIRST, A.AGGREGATION_LAST
-DISTINCT = A.AGGREGATION_DISTINCT_COUNT
+DISTINCT, DAILY = A.AGGREGATION_DISTINCT_COUNT, A.AGGREGATION_DAILY
 BY_VALUE = {A.AGGREGATION_MOST_FREQUENT, DISTINCT}
 ALL_TIME = "all"
+F = profile_pb2.FilterOperator
+EQUALS, NOT_EQUALS = F.FILTER_OPERATOR_EQUALS, F.FILTER_OPERATOR_NOT_EQUALS
+LESS, AT_MOST = F.FILTER_OPERATOR_LESS_THAN, F.FILTER_OPERATOR_LESS_OR_EQUAL
+GREATER, AT_LEAST = F.FILTER_OPERATOR_GREATER_THAN, F.FILTER_OPERATOR_GREATER_OR_EQUAL
+ORDERINGS = frozenset({LESS, AT_MOST, GREATER, AT_LEAST})
+# The kinds of Value an ordering compares (a bool is not a number).
+ORDERED = ("number_value", "string_value")
 # A key of the states that is not a definition's (names start with a letter): kept by whoever
 # folds, e.g. the day the counters were last pruned.
 RESERVED = "$"
@@ -60,22 +70,62 @@ BUILT_IN = (
 )
 
 
-def validate(definition: profile_pb2.ComputedTraitDefinition) -> None:
+def validate(definition: profile_pb2.ComputedTraitDefinition, prefix: str = "definition.") -> None:
+    """Refuse a definition that breaks a rule, naming the field (`prefix` + its name)."""
     if not NAME.match(definition.name):
-        raise InvalidArgument("definition.name", "must be 1-64 lower-case letters, digits or _, starting with a letter")
+        raise InvalidArgument(f"{prefix}name", "must be 1-64 lower-case letters, digits or _, starting with a letter")
     if definition.name in {d.name for d in BUILT_IN}:
-        raise InvalidArgument("definition.name", "is the name of a built-in commerce trait")
+        raise InvalidArgument(f"{prefix}name", "is the name of a built-in commerce trait")
     if definition.aggregation == A.AGGREGATION_UNSPECIFIED:
-        raise InvalidArgument("definition.aggregation", "is required")
+        raise InvalidArgument(f"{prefix}aggregation", "is required")
     if not definition.event:
-        raise InvalidArgument("definition.event", "is required")
+        raise InvalidArgument(f"{prefix}event", "is required")
     if definition.aggregation in NEEDS_PROPERTY and not definition.property:
-        raise InvalidArgument("definition.property", f"is required for {A.Name(definition.aggregation)}")
+        raise InvalidArgument(f"{prefix}property", f"is required for {A.Name(definition.aggregation)}")
+    if definition.aggregation == DAILY and definition.property == "$timestamp":
+        raise InvalidArgument(f"{prefix}property", "must be a numeric property, not the event's time")
     if definition.window_days < 0 or definition.window_days > 3650:
-        raise InvalidArgument("definition.window_days", "must be between 0 (all time) and 3650")
+        raise InvalidArgument(f"{prefix}window_days", "must be between 0 (all time) and 3650")
     for index, f in enumerate(definition.filters):
+        where = f"{prefix}filters[{index}]"
         if not f.property:
-            raise InvalidArgument(f"definition.filters[{index}].property", "is required")
+            raise InvalidArgument(f"{where}.property", "is required")
+        if f.operator not in F.values():
+            raise InvalidArgument(f"{where}.operator", f"is not a FilterOperator: {f.operator}")
+        if f.operator in ORDERINGS and f.equals.WhichOneof("kind") not in ORDERED:
+            raise InvalidArgument(f"{where}.equals", f"must be a number or a string for {F.Name(f.operator)}")
+
+
+class ShapeTaken(AlreadyExists):
+    """A name defined already with another shape; says which field differs."""
+
+    def __init__(self, resource_type: str, name: str, field: str) -> None:
+        super().__init__(resource_type, name)
+        self.field = field
+        self.args = (f"{resource_type} {self.name!r} already exists with another {field}",)
+
+    def details(self) -> list:
+        [info] = super().details()
+        info.description = f"defined with another {self.field}"
+        return [info]
+
+
+def same_series(stored: profile_pb2.ComputedTraitDefinition, wanted: profile_pb2.ComputedTraitDefinition) -> None:
+    """Refuse (ALREADY_EXISTS, naming the field) a series whose name `stored` holds with another
+    shape. Filters are a conjunction: their order does not matter, nor EQUALS spelled unspecified."""
+    if stored.aggregation != DAILY:
+        raise ShapeTaken("computed trait", stored.name, "aggregation")
+    for field in ("event", "property"):
+        if getattr(stored, field) != getattr(wanted, field):
+            raise ShapeTaken("event series", stored.name, field)
+    if _filter_keys(stored) != _filter_keys(wanted):
+        raise ShapeTaken("event series", stored.name, "filters")
+
+
+def _filter_keys(definition) -> list[tuple[str, int, bytes]]:
+    return sorted(
+        (f.property, f.operator or EQUALS, f.equals.SerializeToString(deterministic=True)) for f in definition.filters
+    )
 
 
 def _property(event: event_pb2.Event, name: str):
@@ -88,18 +138,44 @@ def _property(event: event_pb2.Event, name: str):
 def _matches(definition, event: event_pb2.Event) -> bool:
     if event_name(event) != definition.event:
         return False
-    return all(event.properties.fields.get(f.property) == f.equals for f in definition.filters)
+    fields = event.properties.fields
+    return all(_passes(f, fields.get(f.property)) for f in definition.filters)
 
 
-def update(definition, state: dict, event: event_pb2.Event) -> bool:
-    """Add one event to the definition's partials; False when the event does not count."""
-    if not _matches(definition, event):
+def _passes(f: profile_pb2.PropertyFilter, found: struct_pb2.Value | None) -> bool:
+    """Whether an event's property (None: the event has none) passes a filter."""
+    if found is None:
         return False
+    operator = f.operator
+    if operator <= EQUALS:  # unspecified is equals
+        return found == f.equals
+    if operator == NOT_EQUALS:
+        return found != f.equals
+    kind = found.WhichOneof("kind")
+    if kind not in ORDERED or kind != f.equals.WhichOneof("kind"):
+        return False  # never across kinds
+    mine, theirs = getattr(found, kind), getattr(f.equals, kind)
+    if operator == LESS:
+        return mine < theirs
+    if operator == AT_MOST:
+        return mine <= theirs
+    if operator == GREATER:
+        return mine > theirs
+    return mine >= theirs
+
+
+def update(definition, state: dict, event: event_pb2.Event) -> str | None:
+    """Add one event to the definition's partials: the bucket it added to (a day, or ALL_TIME),
+    None when the event does not count."""
+    if not _matches(definition, event):
+        return None
+    if definition.aggregation == DAILY:
+        return _add_day(definition, state, event)
     value = _property(event, definition.property) if definition.property else None
     if definition.property and value is None:
-        return False
+        return None
     if definition.aggregation in NUMERIC and not isinstance(value, (int, float)):
-        return False
+        return None
     when = event_time(event)
     bucket = day_of(when) if definition.window_days else ALL_TIME
     part = state.setdefault(bucket, {"n": 0})
@@ -118,11 +194,32 @@ def update(definition, state: dict, event: event_pb2.Event) -> bool:
             counts = part.setdefault("values", {})
             token = json.dumps(value, sort_keys=True)
             counts[token] = counts.get(token, 0) + 1
-    return True
+    return bucket
+
+
+def _add_day(definition, state: dict, event: event_pb2.Event) -> str | None:
+    """An event series' day: the count, and for a property only its numbers (a bool is not one)."""
+    number = None
+    if definition.property:
+        found = event.properties.fields.get(definition.property)
+        if found is None or found.WhichOneof("kind") != "number_value":
+            return None
+        number = found.number_value
+    day = day_of(event_time(event))
+    part = state.setdefault(day, {"n": 0})
+    part["n"] += 1
+    if number is not None:
+        part["sum"] = part.get("sum", 0) + number
+        part["min"] = min(part.get("min", number), number)
+        part["max"] = max(part.get("max", number), number)
+    return day
 
 
 def value(definition, state: dict, now: datetime) -> struct_pb2.Value | None:
-    """The computed value from the partials in the window, or None when no event counts."""
+    """The computed value from the partials in the window, or None when no event counts (and for
+    an event series, whose days are the profile's daily_series: `refresh`)."""
+    if definition.aggregation == DAILY:
+        return None
     if definition.window_days:
         oldest = oldest_day(now, definition.window_days)
         for day in [d for d in state if d < oldest]:
@@ -171,7 +268,7 @@ def _as_value(result) -> struct_pb2.Value:
     return out
 
 
-def _unchanged(definition, state: dict, counted: set[str], now: datetime) -> bool:
+def _unchanged(definition, state: dict, counted: Mapping[str, str], now: datetime) -> bool:
     """Whether a definition's value is still what the profile holds: no event counted, no day
     left its window, and a value held exactly when there are partials."""
     if definition.name in counted:
@@ -186,18 +283,28 @@ def refresh(
     definitions,
     states: dict,
     now: datetime,
+    counter_days: int,
     edits: Edits = UNRECORDED,
-    counted: set[str] | None = None,
+    counted: Mapping[str, str] | None = None,
 ) -> None:
-    """Set every computed trait of `profile` from the states; drop values of deleted definitions.
-    With `counted` (the definitions the new event counted for), a value that cannot have changed
-    is not computed again."""
+    """Set every computed trait of `profile` from the states, and the daily series of each event
+    series from its days within the counters' retention (`counter_days`, the older days go);
+    drop the values and series of deleted definitions. With `counted` (each definition the new
+    event counted for, with the bucket it added to), a value that cannot have changed is not
+    computed again, and a series changes on that day only (or as a day leaves the retention)."""
     names = set()
+    series_names = set()
     traits = profile.computed_traits
+    series = profile.daily_series
+    oldest = oldest_day(now, counter_days)
     for definition in definitions:
         name = definition.name
-        names.add(name)
         state = states.setdefault(name, {})
+        if definition.aggregation == DAILY:
+            series_names.add(name)
+            _refresh_series(series, name, state, oldest, edits, counted)
+            continue
+        names.add(name)
         if counted is not None and (name in traits) == bool(state) and _unchanged(definition, state, counted, now):
             continue
         result = value(definition, state, now)
@@ -212,5 +319,49 @@ def refresh(
     for name in [n for n in traits if n not in names]:
         edits.entry("computed_traits", name, traits[name])
         del traits[name]
-    for name in [n for n in states if n not in names and not n.startswith(RESERVED)]:
+    if counted is None:  # in full: what no series' state holds goes (a split's base, a series redefined)
+        for key in list(series):
+            day, _, name = key.partition("|")
+            if name not in series_names or day not in states[name]:
+                _drop(series, key, edits)
+    kept = names | series_names
+    for name in [n for n in states if n not in kept and not n.startswith(RESERVED)]:
+        for day in states[name]:  # a deleted series' days are its entries
+            _drop(series, f"{day}|{name}", edits)
         del states[name]
+
+
+def _refresh_series(series, name: str, state: dict, oldest: str, edits: Edits, counted) -> None:
+    """One event series' entries from its days: every day, or with `counted` the day counted."""
+    if state and min(state) < oldest:
+        for day in [d for d in state if d < oldest]:
+            del state[day]  # left the retention for good
+            _drop(series, f"{day}|{name}", edits)
+    if counted is None:
+        days = list(state)
+    elif counted.get(name) in state:
+        days = [counted[name]]
+    else:
+        return
+    for day in days:
+        part = state[day]
+        key = f"{day}|{name}"
+        wanted = profile_pb2.DailySeries(
+            day=day,
+            series=name,
+            count=part["n"],
+            sum=part.get("sum", 0),
+            min=part.get("min", 0),
+            max=part.get("max", 0),
+        )
+        current = series.get(key)
+        if current != wanted:
+            edits.entry("daily_series", key, current)
+            series[key].CopyFrom(wanted)
+
+
+def _drop(series, key: str, edits: Edits) -> None:
+    current = series.get(key)
+    if current is not None:
+        edits.entry("daily_series", key, current)
+        del series[key]

@@ -17,7 +17,7 @@ from mosaic.consent.v1 import consent_pb2
 from mosaic.platform.consent import effective_change
 from mosaic.profile.v1 import profile_pb2
 
-MAPS = ("traits", "identities", "groups", "computed_traits", "daily_counters", "consent")
+MAPS = ("traits", "identities", "groups", "computed_traits", "daily_counters", "daily_series", "consent")
 # A plain enum, not a message: "unset" is its zero value.
 JURISDICTION = "jurisdiction"
 CHANGES: dict[int, str] = {
@@ -55,6 +55,14 @@ def _value(field: str, entry) -> struct_pb2.Value:
         return struct_pb2.Value(struct_value=entry.traits)
     if field == "daily_counters":
         return struct_pb2.Value(number_value=entry.count)
+    if field == "daily_series":
+        value = struct_pb2.Value()
+        parts = value.struct_value.fields
+        parts["count"].number_value = entry.count
+        parts["sum"].number_value = entry.sum
+        parts["min"].number_value = entry.min
+        parts["max"].number_value = entry.max
+        return value
     return consent_value(entry)
 
 

@@ -103,5 +103,8 @@ class MaskingProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
     async def ListComputedTraits(self, request, context):
         return await self.inner.ListComputedTraits(request, context)
 
+    async def DefineEventSeries(self, request, context):
+        return await self.inner.DefineEventSeries(request, context)
+
     async def DeleteComputedTrait(self, request, context):
         return await self.inner.DeleteComputedTrait(request, context)

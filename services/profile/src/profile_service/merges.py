@@ -2,9 +2,10 @@
 
 On `identity.merged` the merged profiles are folded into the survivor: traits by the same
 rule as events (later event time wins, then source priority), identities and groups united,
-counters and computed-trait partials added, first and last seen widened, archived events
-copied. The merged profiles keep their own state and history and point at the survivor, so
-reads of them answer with the survivor and events still on their way are forwarded to it.
+counters and computed-trait partials added (event series' daily_series are rewritten from the
+added partials), first and last seen widened, archived events copied. The merged profiles keep
+their own state and history and point at the survivor, so reads of them answer with the
+survivor and events still on their way are forwarded to it.
 
 On `identity.split` the merge is undone: the survivor is rebuilt from its version before the
 merge plus the events archived since that are not the restored profiles'; each restored
@@ -147,7 +148,9 @@ class MergeHandler:
                     )
                 for identity in other.profile.identities.values():
                     await self.store.index_identifier(identity.type, identity.value, survivor)
-            computed.refresh(profile, await self.profiles.definitions.all(), states, now)
+            computed.refresh(
+                profile, await self.profiles.definitions.all(), states, now, self.profiles.rules.counter_days
+            )
             snapshot = await self.profiles._save(latest.profile, profile, states, merge.merge_id)
         await self.profiles._publish(snapshot, profile)
         log.info("merged profiles", extra={"fields": {"survivor": survivor, "merged": list(merge.merged_profile_ids)}})
@@ -222,7 +225,7 @@ class MergeHandler:
                 computed.update(definition, states.setdefault(definition.name, {}), archived.event)
         for archived in events:
             fold(profile, archived, self.profiles.rules, now)
-        computed.refresh(profile, definitions, states, now)
+        computed.refresh(profile, definitions, states, now, self.profiles.rules.counter_days)
         snapshot = await self.profiles._save(current, profile, states, cause)
         await self.profiles._publish(snapshot, profile)
 

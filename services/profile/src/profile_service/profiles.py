@@ -212,10 +212,13 @@ class Profiles:
         fold(profile, resolved, self.rules, now, edits, prune=states.get(PRUNED) != oldest)
         states[PRUNED] = oldest
         name = event_name(event)
-        counted = {
-            d.name for d in definitions if d.event == name and computed.update(d, states.setdefault(d.name, {}), event)
-        }
-        computed.refresh(profile, definitions, states, now, edits, counted)
+        counted = {}  # definition → the bucket (day) the event added to
+        for definition in definitions:
+            if definition.event == name:
+                bucket = computed.update(definition, states.setdefault(definition.name, {}), event)
+                if bucket is not None:
+                    counted[definition.name] = bucket
+        computed.refresh(profile, definitions, states, now, self.rules.counter_days, edits, counted)
         # Archived (and new identifiers indexed) with the change: a backfill or a split reads the
         # archive for every applied event.
         change.archived.append((resolved, name))
@@ -311,7 +314,8 @@ class Profiles:
         task.add_done_callback(self._backfills.discard)
 
     async def _backfill(self, definition) -> None:
-        """Recompute a new definition for every profile this replica owns, from the archive."""
+        """Recompute a new definition (a computed trait or an event series) for every profile this
+        replica owns, from the archive."""
         count = 0
         async for scanned, _ in self.store.scan():
             if (
@@ -334,12 +338,15 @@ class Profiles:
                     computed.update(definition, states[definition.name], archived.event)
                 profile = profile_pb2.Profile()
                 profile.CopyFrom(latest.profile)
-                computed.refresh(profile, await self.definitions.all(), states, now)
-                if profile.computed_traits != latest.profile.computed_traits:
+                computed.refresh(profile, await self.definitions.all(), states, now, self.rules.counter_days)
+                if (
+                    profile.computed_traits != latest.profile.computed_traits
+                    or profile.daily_series != latest.profile.daily_series
+                ):
                     snapshot = await self._save(latest.profile, profile, states, f"backfill:{definition.name}")
                     await self._publish(snapshot, profile)
                     count += 1
-        log.info("backfilled computed trait", extra={"fields": {"name": definition.name, "profiles": count}})
+        log.info("backfilled definition", extra={"fields": {"name": definition.name, "profiles": count}})
 
     async def close(self) -> None:
         await tasks.cancel(*self._backfills)

@@ -1,6 +1,7 @@
-"""The profile service's gRPC API: profiles, their history and computed traits (ProfileService),
-and the event archive (EventArchiveService). Every answer that carries profile data is withheld
-by the person's consent (`Profiles.withheld`, purposes.py) here, before any per-caller masking."""
+"""The profile service's gRPC API: profiles, their history, computed traits and event series
+(ProfileService), and the event archive (EventArchiveService). Every answer that carries profile
+data is withheld by the person's consent (`Profiles.withheld`, purposes.py) here, before any
+per-caller masking."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from datetime import datetime, timezone
 from mosaic.archive.v1 import event_archive_service_pb2, event_archive_service_pb2_grpc
 from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.platform import limits, topics
-from mosaic.platform.errors import InvalidArgument, NotFound, Unavailable
+from mosaic.platform.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from mosaic.profile.v1 import profile_pb2, profile_service_pb2_grpc
 from mosaic.profile.v1 import profile_service_pb2 as pb
-from mosaic.profile.v1 import profile_service_pb2_grpc
 from profile_service import computed, history
 from profile_service.counter_columns import take_counters
 from profile_service.fold import event_key, event_name
@@ -181,12 +182,38 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
 
     async def CreateComputedTrait(self, request, context):
         definition = request.definition
+        if definition.aggregation == profile_pb2.AGGREGATION_DAILY:
+            raise InvalidArgument("definition.aggregation", "is defined with DefineEventSeries")
         computed.validate(definition)
+        await self._define(definition)
+        return pb.CreateComputedTraitResponse(definition=definition)
+
+    async def DefineEventSeries(self, request, context):
+        definition = profile_pb2.ComputedTraitDefinition(
+            name=request.name,
+            aggregation=profile_pb2.AGGREGATION_DAILY,
+            event=request.event,
+            property=request.property,
+            filters=request.filters,
+        )
+        computed.validate(definition, prefix="")
+        try:
+            await self._define(definition)
+        except AlreadyExists:
+            # A reader defines its series whenever it starts: the same shape is the stored one.
+            stored = next((d for d in await self.store.definitions() if d.name == definition.name), None)
+            if stored is None:
+                raise  # deleted since; the caller's retry defines it
+            computed.same_series(stored, definition)
+            return pb.DefineEventSeriesResponse(definition=stored)
+        return pb.DefineEventSeriesResponse(definition=definition, created=True)
+
+    async def _define(self, definition) -> None:
+        """Store a new definition and start its backfill from the archive."""
         definition.created_at.GetCurrentTime()
         await self.store.create_definition(definition)
         self.profiles.definitions.invalidate()
         await self.profiles.definitions.all()  # sees the new definition and starts its backfill
-        return pb.CreateComputedTraitResponse(definition=definition)
 
     async def ListComputedTraits(self, request, context):
         size = limits.page_size(request.page_size, 100, 1000)

@@ -65,7 +65,7 @@ async def build(runtime: Runtime, settings: Settings) -> None:
 
     ownership.follow(acquired, released)
     servicer = SegmentationServicer(
-        store, catalog, memberships, backfiller, settings.peers, platform.security, settings.policy
+        store, catalog, memberships, backfiller, settings.peers, platform.security, settings.policy, reader
     )
     runtime.cleanup.push_async_callback(servicer.close)
     scoring = RfmScoring(store, catalog, view, ownership, servicer.peers, settings.rfm_interval, wake=backfiller.wake)

@@ -12,6 +12,7 @@ place as profile.updated arrives (why NumPy rather than Polars or DuckDB: see th
   per profile (so a day is one contiguous vector and a window sums a few of them) of a ring of DAY_SLOTS days shared by every profile (the slot of day d is
   d % DAY_SLOTS; a slot is cleared when a newer day takes it). It holds the COUNTER_DAYS days
   the evaluators read plus a few days ahead for events stamped in the future.
+- an event series (series.py) is sparse: its entries, a row's days, in SeriesColumns.
 - identity types are int16 counts.
 - consent is a float64 column per purpose the rows decided, until when it is granted (NaN:
   no decision, the default of the row's jurisdiction, an int8 column, decides).
@@ -36,8 +37,10 @@ from mosaic.platform.consent import Policy
 from mosaic.platform.lru import Lru
 from mosaic.platform.topics import partition_of
 from mosaic.segmentation.v1 import segment_pb2 as pb
+from segmentation_service import series
 from segmentation_service.evaluate import COUNTER_DAYS, DEFAULT_POLICY, literal_value, pattern, window_days
-from segmentation_service.state import DAY, ProfileState, time_of
+from segmentation_service.series_columns import SeriesColumns
+from segmentation_service.state import DAY, Partial, ProfileState, time_of
 
 if TYPE_CHECKING:
     from segmentation_service.rfm import RfmTraits
@@ -200,6 +203,7 @@ class ColumnarView:
         self._ordered: list[tuple[int, tuple[str, ...], TraitColumns]] = []
         self.counters: dict[str, np.ndarray] = {}
         self.slot_day: dict[str, np.ndarray] = {}
+        self.series: dict[str, SeriesColumns] = {}
         self.identities: dict[str, np.ndarray] = {}
         self.consent: dict[str, np.ndarray] = {}
         self.jurisdiction = np.zeros(capacity, np.int8)
@@ -256,6 +260,8 @@ class ColumnarView:
                 columns.clear(row)
             for matrix in self.counters.values():
                 matrix[:, row] = 0
+            for columns_of_series in self.series.values():
+                columns_of_series.put(row, {})
             for counts in self.identities.values():
                 counts[row] = 0
             for until in self.consent.values():
@@ -265,6 +271,8 @@ class ColumnarView:
         for source, values in ((pb.TRAIT_SOURCE_TRAITS, state.traits), (pb.TRAIT_SOURCE_COMPUTED, state.computed)):
             self._put_values(row, source, (), values)
         self._put_counters(row, state.counters, math.floor(now / DAY))
+        if state.series:
+            self._put_series(row, state.series, math.floor(now / DAY))
         for kind, count in state.identities.items():
             if kind not in self.identities:
                 self.identities[kind] = np.zeros(self.capacity, np.int16)
@@ -306,6 +314,18 @@ class ColumnarView:
                 matrix[slot] = 0
                 days[slot] = day
             matrix[slot, row] = count if count < COUNT_MAX else COUNT_MAX
+
+    def _put_series(self, row: int, days: dict[tuple[int, str], Partial], today: int) -> None:
+        first, last = _days_kept(today)
+        by_series: dict[str, dict[int, Partial]] = {}
+        for (day, name), partial in days.items():
+            if first < day <= last:
+                by_series.setdefault(name, {})[day] = partial
+        for name, kept in by_series.items():
+            columns = self.series.get(name)
+            if columns is None:
+                columns = self.series[name] = SeriesColumns()
+            columns.put(row, kept)
 
     def add_counters(
         self,
@@ -358,6 +378,8 @@ class ColumnarView:
             slots = counts.nonzero()[0]  # not flatnonzero: it copies the strided column first
             days = self.slot_day[event][slots].tolist()
             state.counters.update(zip([(day, event) for day in days], counts[slots].tolist(), strict=True))
+        for name, columns_of_series in self.series.items():
+            state.series.update(((day, name), partial) for day, partial in columns_of_series.days(row).items())
         state.identities = {kind: int(c[row]) for kind, c in self.identities.items() if c[row]}
         state.consent = {p: float(until[row]) for p, until in self.consent.items() if not math.isnan(until[row])}
         state.jurisdiction = int(self.jurisdiction[row])
@@ -454,7 +476,11 @@ class ColumnarView:
             *self.consent.values(),
             self.jurisdiction,
         ]
-        return sum(a.nbytes for a in arrays) + sum(c.nbytes() for c in self.traits.values())
+        return (
+            sum(a.nbytes for a in arrays)
+            + sum(c.nbytes() for c in self.traits.values())
+            + sum(c.nbytes() for c in self.series.values())
+        )
 
     def rfm_measures(self, traits: RfmTraits, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(days since the last order, orders, value) of the live customers, as rfm.measures
@@ -492,9 +518,9 @@ class ColumnarView:
         if kind == "trait":
             return self._trait(node.trait, now, n)
         if kind == "event":
-            return self._compare(
-                node.event.operator, self.event_counts(node.event, now, n), node.event.value.number_value
-            )
+            value, has = self.event_values(node.event, now, n)
+            matched = self._compare(node.event.operator, value, node.event.value.number_value)
+            return matched if has is None else matched & has
         if kind == "consent":
             return self._consented(node.consent.purpose, now, n)
         fact = node.identity
@@ -521,6 +547,16 @@ class ColumnarView:
     def _has(self, kind: str, n: int) -> np.ndarray:
         counts = self.identities.get(kind)
         return np.zeros(n, bool) if counts is None else counts[:n] > 0
+
+    def event_values(self, event: pb.EventPredicate, now: float, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(value, has) per row: the condition's aggregate, and where it has one (evaluate.py;
+        None: every row has one)."""
+        if not series.needs_series(event):
+            return self.event_counts(event, now, n), None
+        columns = self.series.get(series.name_of(event))
+        if columns is None:  # nobody has an event of the series: a count or sum of 0, no other value
+            return np.zeros(n), None if event.aggregate in series.TOTALS else np.zeros(n, bool)
+        return columns.aggregate(event.aggregate, *window_days(event.window, now), n)
 
     def event_counts(self, event: pb.EventPredicate, now: float, n: int) -> np.ndarray:
         matrix = self.counters.get(event.event)

@@ -20,7 +20,7 @@ from google.protobuf import struct_pb2
 from mosaic.platform.consent import NAME as PURPOSE
 from mosaic.platform.errors import InvalidArgument
 from mosaic.segmentation.v1 import segment_pb2 as pb
-from segmentation_service import language, rfm
+from segmentation_service import language, rfm, series
 
 Op = pb.Operator
 SEGMENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -29,11 +29,9 @@ STRINGY = {Op.OPERATOR_CONTAINS, Op.OPERATOR_STARTS_WITH, Op.OPERATOR_ENDS_WITH,
 ARITY = {Op.OPERATOR_EXISTS: 0, Op.OPERATOR_IS_MISSING: 0, Op.OPERATOR_BETWEEN: 2}
 # Counters are daily and profile keeps MOSAIC_PROFILE_COUNTER_DAYS (90) of them.
 MAX_WINDOW_DAYS = 90
-# What profile.updated lets segmentation know of a profile's events: a count per day and name.
-EVENT_DATA = "profile's daily counters keep a count per day and event name, not event properties"
 
 # Dependency keys: a change of `traits.<name>`, `computed_traits.<name>`, any identity, the
-# counters of one event, one purpose's consent, or the person's jurisdiction (which decides the
+# counters of one event, one event series, one purpose's consent, or the person's jurisdiction (which decides the
 # default of every purpose they did not decide).
 IDENTITIES = "identities"
 JURISDICTION = "jurisdiction"
@@ -228,16 +226,7 @@ def _check_event(event: pb.EventPredicate, field: str) -> None:
         raise InvalidArgument(f"{field}.aggregate", "is required")
     if not event.event:
         raise InvalidArgument(f"{field}.event", "must name an event")
-    if event.aggregate != pb.AGGREGATE_COUNT or event.property:
-        raise InvalidArgument(
-            f"{field}.aggregate",
-            f"only count(event ...) can be evaluated: {EVENT_DATA}; "
-            "use a computed trait (computed.<name>) for sums, averages, minima and maxima",
-        )
-    if event.filters:
-        raise InvalidArgument(
-            f"{field}.filters", f"property filters cannot be evaluated: {EVENT_DATA}; use a computed trait with filters"
-        )
+    series.check(event, field)
     if event.operator not in language.SYMBOLS:
         raise InvalidArgument(f"{field}.operator", "must be one of =, !=, <, <=, >, >=")
     _check_literal(event.value, f"{field}.value")
@@ -327,7 +316,10 @@ def _compile(segment_id: str, expression: pb.Expression, resolve, model: rfm.Rfm
             reads.add(f"{prefix}.{node.trait.path[0]}")
             timed = timed or any(v.HasField("relative_time") for v in node.trait.values)
         elif kind == "event":
-            reads.add(f"daily_counters.{node.event.event}")
+            if series.needs_series(node.event):
+                reads.add(f"daily_series.{series.name_of(node.event)}")
+            else:
+                reads.add(f"daily_counters.{node.event.event}")
             timed = True
         elif kind == "consent":
             reads.update({f"consent.{node.consent.purpose}", JURISDICTION})
@@ -348,6 +340,6 @@ def read_key(path: str) -> str | None:
         return path
     if field == "identities":
         return IDENTITIES
-    if field == "daily_counters":
-        return f"daily_counters.{key.partition('|')[2]}"
+    if field in ("daily_counters", "daily_series"):
+        return f"{field}.{key.partition('|')[2]}"
     return None

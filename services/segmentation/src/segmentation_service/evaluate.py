@@ -12,7 +12,10 @@ on every profile (test_agreement.py draws random profiles and definitions to che
   for `!=` and `not in`).
 - Event counts are daily: `in last 30d` is today and the 29 days before (UTC); `between a and
   b` the days of a to b; `ever` every day kept. Segmentation keeps the last COUNTER_DAYS days,
-  as the profile service does.
+  as the profile service does. A count reads the daily counters; a property or a filter reads
+  an event series (series.py), whose days the profile service keeps on the same retention.
+- `sum` of no events is 0 (as `count`); `avg`, `min` and `max` of no events have no value and
+  match nothing (`not` of them does). Only events whose property is a number count.
 - `consent "p"` is the person's latest decision on p (a grant only until its expiry), else the
   default of their jurisdiction (else the deployment's) for p, as the consent service decides;
   a purpose the deployment no longer has is not granted.
@@ -29,6 +32,7 @@ from typing import Any
 
 from mosaic.platform.consent import Policy
 from mosaic.segmentation.v1 import segment_pb2 as pb
+from segmentation_service import series
 from segmentation_service.state import DAY, ProfileState, time_of
 
 # Plain attributes: an enum wrapper's attribute lookup is slow on the per-profile path.
@@ -172,6 +176,22 @@ def _count(state: ProfileState, name: str, first: int, last: int) -> float:
     return float(sum(n for (day, event), n in state.counters.items() if event == name and first <= day <= last))
 
 
+def _series_value(state: ProfileState, name: str, aggregate: int, first: int, last: int) -> float | None:
+    """The aggregate of a series' days from first to last (None: no value, see the docstring)."""
+    n, total, low, high = 0, 0.0, math.inf, -math.inf
+    for (day, of), (count, summed, smallest, largest) in state.series.items():
+        if of == name and first <= day <= last:
+            n, total = n + count, total + summed
+            low, high = min(low, smallest), max(high, largest)
+    if aggregate in series.TOTALS:
+        return float(n) if aggregate == pb.AGGREGATE_COUNT else total
+    if n == 0:
+        return None
+    if aggregate == pb.AGGREGATE_AVERAGE:
+        return total / n
+    return low if aggregate == pb.AGGREGATE_MIN else high
+
+
 def consented(state: ProfileState, purpose: str, now: float, policy: Policy) -> bool:
     if purpose in state.consent:
         return state.consent[purpose] > now
@@ -232,20 +252,27 @@ def predicate(expression: pb.Expression) -> Predicate:
 
 
 def _event_test(event: pb.EventPredicate) -> Predicate:
-    name, op, threshold, window = event.event, event.operator, event.value.number_value, event.window
+    op, threshold, window = event.operator, event.value.number_value, event.window
+    measure: Callable[[ProfileState, int, int], float | None]
+    if series.needs_series(event):
+        name, aggregate = series.name_of(event), event.aggregate
+        measure = lambda state, first, last: _series_value(state, name, aggregate, first, last)  # noqa: E731
+    else:
+        name = event.event
+        measure = lambda state, first, last: _count(state, name, first, last)  # noqa: E731
     if window.WhichOneof("kind") == "last":
         days = math.ceil(window.last.seconds / DAY)
 
         def last(state: ProfileState, now: float, policy: Policy) -> bool:
             today = math.floor(now / DAY)
-            first = max(today - COUNTER_DAYS + 1, today - days + 1)
-            return _compare(op, _count(state, name, first, today), threshold)
+            value = measure(state, max(today - COUNTER_DAYS + 1, today - days + 1), today)
+            return value is not None and _compare(op, value, threshold)
 
         return last
 
     def windowed(state: ProfileState, now: float, policy: Policy) -> bool:
-        first, last = window_days(window, now)
-        return _compare(op, _count(state, name, first, last), threshold)
+        value = measure(state, *window_days(window, now))
+        return value is not None and _compare(op, value, threshold)
 
     return windowed
 
@@ -262,10 +289,11 @@ def due_function(expression: pb.Expression) -> Due:
     """`next_due` as a function `(state, now) -> due`, the tree read once (a segment's, when
     the catalog loads it), so a profile's timer costs a few lookups, not a walk of protobuf.
 
-    Conservative: an event condition over counters the profile has may change at the next
+    Conservative: an event condition over counters (or series) the profile has may change at the next
     UTC midnight; a trait compared with `now ± d` when `now` passes the trait's time; a
     consent when the person's grant expires."""
     events: set[str] = set()
+    series_read: set[str] = set()
     traits: list[tuple[bool, tuple[str, ...], list[int]]] = []  # (own, path, relative offsets)
     purposes: set[str] = set()
 
@@ -277,7 +305,10 @@ def due_function(expression: pb.Expression) -> Due:
         elif kind == "not":
             walk(getattr(node, "not"))
         elif kind == "event":
-            events.add(node.event.event)
+            if series.needs_series(node.event):
+                series_read.add(series.name_of(node.event))
+            else:
+                events.add(node.event.event)
         elif kind == "trait":
             relative = [v.relative_time.offset.seconds for v in node.trait.values if v.HasField("relative_time")]
             if relative:
@@ -289,7 +320,9 @@ def due_function(expression: pb.Expression) -> Due:
 
     def due(state: ProfileState, now: float) -> float | None:
         times: list[float] = []
-        if events and any(name in events for _, name in state.counters):
+        if (events and any(name in events for _, name in state.counters)) or (
+            series_read and any(name in series_read for _, name in state.series)
+        ):
             times.append((math.floor(now / DAY) + 1) * DAY)
         for own, path, relative in traits:
             value = _lookup(state, own, path)

@@ -1,5 +1,6 @@
 """What segmentation reads from the profile service: the scan that rebuilds the view on start,
-and one profile when profile.updated left a gap."""
+one profile when profile.updated left a gap; and the event series its segments read, which it
+asks the profile service to keep (series.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from mosaic.platform import clients
 from mosaic.platform.config import SecuritySettings
-from mosaic.platform.errors import Unavailable
+from mosaic.platform.errors import FailedPrecondition, Unavailable
 from mosaic.platform.topics import partition_of
 from mosaic.profile.v1 import profile_pb2, profile_service_pb2, profile_service_pb2_grpc
 from segmentation_service.columns import ColumnarView
@@ -69,6 +70,23 @@ class ProfileReader:
             raise Unavailable("profile service", error.details() or str(error.code())) from None
         # A merged profile's read answers with its survivor, which is not this profile's state.
         return answer.profile if answer.profile.profile_id == profile_id else None
+
+    async def define_series(self, requests: list[profile_service_pb2.DefineEventSeriesRequest]) -> list[str]:
+        """Have the profile service keep these series (defining one kept already changes
+        nothing); the names of those this call defined, whose backfill has only begun."""
+        created = []
+        for request in requests:
+            try:
+                answer = await self.stub.DefineEventSeries(request, timeout=10)
+            except grpc.aio.AioRpcError as error:
+                if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise Unavailable("profile service", error.details() or str(error.code())) from None
+                raise FailedPrecondition(
+                    f"event series {request.name}", f"the profile service refused it: {error.details()}"
+                ) from None
+            if answer.created:
+                created.append(request.name)
+        return created
 
     async def close(self) -> None:
         await self.channel.close()

@@ -36,7 +36,12 @@ SERVICE_SCOPES = {
         "consent:write",
         "segments:read",  # a campaign's members (ListMembers), its segment checked at creation
     ],
-    "segmentation": ["profiles:read", "profiles:read_pii", "segments:read"],  # peers' Estimate
+    "segmentation": [
+        "profiles:read",
+        "profiles:read_pii",
+        "profiles:series",  # the event series its segments read (DefineEventSeries)
+        "segments:read",  # peers' Estimate
+    ],
     "consent": ["identity:read"],  # an export or erasure by identifier finds the person
     "ingestion": ["identity:read_pii"],  # the ids of a person whose consent changed
 }
