@@ -294,7 +294,7 @@ busy_series = st.dictionaries(
     min_size=1,
     max_size=6,
 )
-series_states = st.builds(lambda s: ({}, {}, {}, {}, {}, 0, s), busy_series)
+series_states = busy_series.map(lambda days: ({}, {}, {}, {}, {}, 0, days))
 
 
 @settings(max_examples=200, deadline=None)
