@@ -294,7 +294,7 @@ busy_series = st.dictionaries(
     min_size=1,
     max_size=6,
 )
-series_states = busy_series.map(lambda days: ({}, {}, {}, {}, {}, 0, days))
+series_states: st.SearchStrategy[tuple] = busy_series.map(lambda days: ({}, {}, {}, {}, {}, 0, days))
 
 
 @settings(max_examples=200, deadline=None)
