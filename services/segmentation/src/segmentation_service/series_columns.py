@@ -5,7 +5,8 @@ arrays of entries (row, day, count, sum, min, max), not a day-by-row matrix as t
 a dense float matrix of the days kept would cost ~3 KB a profile for each series. A window is a
 mask over the entries and a `bincount` (or `minimum.at`) into one value per row.
 
-A row's entries are replaced whole when the row is put: the old ones become holes (count 0,
+A row's entries are a linked list (`head[row]`, then `next` of each entry): 4 B a row and 40 B
+an entry in all. They are replaced whole when the row is put: the old ones become holes (count 0,
 day -1), and the arrays are compacted when holes are most of them.
 """
 
@@ -17,45 +18,64 @@ from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service.state import Partial
 
 INITIAL = 64
+NONE = -1
+# Each array of entries, with the value of an unused (or hole) entry.
+ENTRY_ARRAYS = {
+    "row": (np.int32, 0),
+    "day": (np.int32, NONE),
+    "count": (np.int32, 0),
+    "sum": (np.float64, 0.0),
+    "min": (np.float64, 0.0),
+    "max": (np.float64, 0.0),
+    "next": (np.int32, NONE),
+}
 
 
 class SeriesColumns:
     def __init__(self) -> None:
         self.size = 0  # entries used, holes included
         self.holes = 0
-        self.row = np.zeros(INITIAL, np.int64)
-        self.day = np.full(INITIAL, -1, np.int64)
-        self.count = np.zeros(INITIAL, np.float64)
-        self.sum = np.zeros(INITIAL, np.float64)
-        self.min = np.zeros(INITIAL, np.float64)
-        self.max = np.zeros(INITIAL, np.float64)
-        self.entries: dict[int, list[int]] = {}  # row -> its entries' indexes
+        self.head = np.full(INITIAL, NONE, np.int32)  # a row's latest entry
+        self.row = self.day = self.count = self.next = np.empty(0, np.int32)
+        self.sum = self.min = self.max = np.empty(0, np.float64)
+        for name, (dtype, fill) in ENTRY_ARRAYS.items():
+            setattr(self, name, np.full(INITIAL, fill, dtype))
+
+    def _entries(self, row: int) -> list[int]:
+        found = []
+        index = int(self.head[row]) if row < len(self.head) else NONE
+        while index != NONE:
+            found.append(index)
+            index = int(self.next[index])
+        return found
 
     def put(self, row: int, days: dict[int, Partial]) -> None:
         """The row's days (replacing what it held; none clears it)."""
-        for index in self.entries.pop(row, ()):
-            self.count[index], self.day[index] = 0, -1
+        for index in self._entries(row):
+            self.count[index], self.day[index], self.next[index] = 0, NONE, NONE
             self.holes += 1
+        if row < len(self.head):
+            self.head[row] = NONE
         if days:
+            if row >= len(self.head):
+                self.head = _grown(self.head, max(row + 1, 2 * len(self.head)), NONE)
             if self.size + len(days) > len(self.row):
                 self._make_room(len(days))
-            start = self.size
-            self.size += len(days)
-            self.entries[row] = list(range(start, self.size))
-            for index, (day, (count, summed, smallest, largest)) in enumerate(days.items(), start):
+            for day, (count, summed, smallest, largest) in days.items():
+                index = self.size
+                self.size += 1
                 self.row[index], self.day[index], self.count[index] = row, day, count
                 self.sum[index], self.min[index], self.max[index] = summed, smallest, largest
+                self.next[index], self.head[row] = self.head[row], index
         if self.holes > 1024 and self.holes * 2 > self.size:
             self._compact()
 
     def days(self, row: int) -> dict[int, Partial]:
+        """The row's days, in the order they were put."""
         return {
             int(self.day[i]): (int(self.count[i]), float(self.sum[i]), float(self.min[i]), float(self.max[i]))
-            for i in self.entries.get(row, ())
+            for i in reversed(self._entries(row))
         }
-
-    def _arrays(self) -> tuple[str, ...]:
-        return ("row", "day", "count", "sum", "min", "max")
 
     def _make_room(self, more: int) -> None:
         if self.holes * 2 > self.size:
@@ -63,22 +83,29 @@ class SeriesColumns:
         capacity = len(self.row)
         while self.size + more > capacity:
             capacity *= 2
-        for name in self._arrays():
-            old = getattr(self, name)
-            grown = np.full(capacity, -1 if name == "day" else 0, old.dtype)
-            grown[: self.size] = old[: self.size]
-            setattr(self, name, grown)
+        for name, (_, fill) in ENTRY_ARRAYS.items():
+            setattr(self, name, _grown(getattr(self, name), capacity, fill))
 
     def _compact(self) -> None:
+        """Drop the holes; a row's entries end up next to each other, in the order they were put."""
         kept = np.flatnonzero(self.count[: self.size] > 0)
-        for name in self._arrays():
-            array = getattr(self, name)
-            array[: len(kept)] = array[kept]
-            array[len(kept) : self.size] = -1 if name == "day" else 0
-        self.size, self.holes = len(kept), 0
-        self.entries = {}
-        for index, row in enumerate(self.row[: self.size].tolist()):
-            self.entries.setdefault(row, []).append(index)
+        kept = kept[np.argsort(self.row[kept], kind="stable")]
+        n = len(kept)
+        for name, (_, fill) in ENTRY_ARRAYS.items():
+            if name != "next":
+                array = getattr(self, name)
+                array[:n] = array[kept]
+                array[n : self.size] = fill
+        rows = self.row[:n]
+        same = rows[1:] == rows[:-1]
+        # Linked from the latest entry back: each entry's next is the one before it of its row.
+        self.next[:n] = NONE
+        self.next[1:n][same] = np.arange(n - 1, dtype=np.int32)[same]
+        self.next[n : self.size] = NONE
+        self.head[:] = NONE
+        last = np.flatnonzero(np.append(~same, True))  # each row's last entry
+        self.head[rows[last]] = last
+        self.size, self.holes = n, 0
 
     def aggregate(self, aggregate: int, first: int, last: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(value, has) per row of the first n, over the days first to last: as
@@ -106,5 +133,10 @@ class SeriesColumns:
         return value, has
 
     def nbytes(self) -> int:
-        """The arrays' bytes and ~100 B an entry of the row index."""
-        return sum(getattr(self, name).nbytes for name in self._arrays()) + 100 * (self.size - self.holes)
+        return self.head.nbytes + sum(getattr(self, name).nbytes for name in ENTRY_ARRAYS)
+
+
+def _grown(array: np.ndarray, capacity: int, fill) -> np.ndarray:
+    grown = np.full(capacity, fill, array.dtype)
+    grown[: len(array)] = array
+    return grown
