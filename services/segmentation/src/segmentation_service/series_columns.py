@@ -113,16 +113,16 @@ class SeriesColumns:
         every row has)."""
         size = self.size
         day = self.day[:size]
-        chosen = (day >= first) & (day <= last) & (self.row[:size] < n)
+        chosen = (day >= first) & (day <= last)  # holes have day -1; every row is below n
         rows = self.row[:size][chosen]
+        if aggregate == pb.AGGREGATE_SUM:
+            return np.bincount(rows, weights=self.sum[:size][chosen], minlength=n), None
         count = np.bincount(rows, weights=self.count[:size][chosen], minlength=n)
         if aggregate == pb.AGGREGATE_COUNT:
             return count, None
-        total = np.bincount(rows, weights=self.sum[:size][chosen], minlength=n)
-        if aggregate == pb.AGGREGATE_SUM:
-            return total, None
         has = count > 0
         if aggregate == pb.AGGREGATE_AVERAGE:
+            total = np.bincount(rows, weights=self.sum[:size][chosen], minlength=n)
             return np.divide(total, count, out=np.zeros(n), where=has), has
         if aggregate == pb.AGGREGATE_MIN:
             value = np.full(n, np.inf)
