@@ -407,3 +407,18 @@ async def test_an_erased_profile_stays_out_of_the_view_after_a_restart(make_sett
             assert list(answer.sample) == [kept] and answer.population == 1
     finally:
         await service.stop()
+
+
+async def test_a_definition_on_an_event_property_needs_the_profile_service_and_says_so(stub):
+    # This service runs without MOSAIC_PROFILE_ADDRESS: nobody would keep the series.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateSegment(create("eur", 'sum(event "Order Completed".revenue where currency = "EUR") > 100'))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "MOSAIC_PROFILE_ADDRESS" in caught.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetSegment(pb.GetSegmentRequest(segment_id="eur"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # nothing stored
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateSegment(create("eur", 'avg(event "Order Completed" where currency > true) > 1'))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violation(caught.value).field == "segment.definition.event.property"

@@ -31,8 +31,8 @@ ARITY = {Op.OPERATOR_EXISTS: 0, Op.OPERATOR_IS_MISSING: 0, Op.OPERATOR_BETWEEN: 
 MAX_WINDOW_DAYS = 90
 
 # Dependency keys: a change of `traits.<name>`, `computed_traits.<name>`, any identity, the
-# counters of one event, one event series, one purpose's consent, or the person's jurisdiction (which decides the
-# default of every purpose they did not decide).
+# counters of one event, one event series, one purpose's consent, or the person's jurisdiction
+# (which decides the default of every purpose they did not decide).
 IDENTITIES = "identities"
 JURISDICTION = "jurisdiction"
 
