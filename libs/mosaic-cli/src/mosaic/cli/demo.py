@@ -46,6 +46,11 @@ SEGMENTS = {
     ),
     "one-time-buyers": ("Bought exactly once", "computed.orders = 1"),
     "signed-up-never-bought": ("Known customers without an order", f"is known and count(event {ORDER} ever) = 0"),
+    # An event property: read from an event series the profile service backfills from its archive.
+    "big-baskets": (
+        "Big baskets: an order of 150+ in the last 90 days",
+        f"max(event {ORDER}.revenue in last 90d) >= 150",
+    ),
 }
 # Destination id -> (receiver path, segment): a VIP offer for champions, a win-back for the others.
 DESTINATIONS = {"vip-offers": ("/vip", "recent-big-spenders"), "win-back": ("/win-back", "lapsed-repeat-buyers")}
