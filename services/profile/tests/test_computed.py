@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from mosaic.events.v1 import event_pb2
-from mosaic.platform.errors import InvalidArgument
+from mosaic.platform.errors import AlreadyExists, InvalidArgument
 from mosaic.profile.v1 import profile_pb2
 from profile_service import computed, history
 from profile_service.fold import Edits
@@ -333,10 +333,10 @@ def test_the_same_series_in_another_order_is_the_same_and_another_shape_names_th
         (series(prop="total", filters=[eur, big]), "property"),
         (series(filters=[eur]), "filters"),
     ):
-        with pytest.raises(computed.ShapeTaken) as caught:
+        with pytest.raises(AlreadyExists) as caught:
             computed.same_series(stored, wanted)
-        assert caught.value.field == field and field in str(caught.value)
+        assert caught.value.description == f"defined with another {field}" and field in str(caught.value)
     trait = profile_pb2.ComputedTraitDefinition(name="revenue", aggregation=A.AGGREGATION_SUM, event="Order Completed")
-    with pytest.raises(computed.ShapeTaken) as caught:
+    with pytest.raises(AlreadyExists) as caught:
         computed.same_series(trait, series())
-    assert caught.value.field == "aggregation"
+    assert caught.value.description == "defined with another aggregation"

@@ -96,30 +96,20 @@ def validate(definition: profile_pb2.ComputedTraitDefinition, prefix: str = "def
             raise InvalidArgument(f"{where}.equals", f"must be a number or a string for {F.Name(f.operator)}")
 
 
-class ShapeTaken(AlreadyExists):
-    """A name defined already with another shape; says which field differs."""
-
-    def __init__(self, resource_type: str, name: str, field: str) -> None:
-        super().__init__(resource_type, name)
-        self.field = field
-        self.args = (f"{resource_type} {self.name!r} already exists with another {field}",)
-
-    def details(self) -> list:
-        [info] = super().details()
-        info.description = f"defined with another {self.field}"
-        return [info]
-
-
 def same_series(stored: profile_pb2.ComputedTraitDefinition, wanted: profile_pb2.ComputedTraitDefinition) -> None:
     """Refuse (ALREADY_EXISTS, naming the field) a series whose name `stored` holds with another
     shape. Filters are a conjunction: their order does not matter, nor EQUALS spelled unspecified."""
     if stored.aggregation != DAILY:
-        raise ShapeTaken("computed trait", stored.name, "aggregation")
+        raise AlreadyExists("computed trait", stored.name, _another("aggregation"))
     for field in ("event", "property"):
         if getattr(stored, field) != getattr(wanted, field):
-            raise ShapeTaken("event series", stored.name, field)
+            raise AlreadyExists("event series", stored.name, _another(field))
     if _filter_keys(stored) != _filter_keys(wanted):
-        raise ShapeTaken("event series", stored.name, "filters")
+        raise AlreadyExists("event series", stored.name, _another("filters"))
+
+
+def _another(field: str) -> str:
+    return f"defined with another {field}"
 
 
 def _filter_keys(definition) -> list[tuple[str, int, bytes]]:

@@ -37,6 +37,10 @@ def _now() -> float:
     return datetime.now(timezone.utc).timestamp()
 
 
+def _named(definitions, name: str):
+    return next((d for d in definitions if d.name == name), None)
+
+
 class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
     def __init__(self, profiles: Profiles) -> None:
         self.profiles = profiles
@@ -197,16 +201,19 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
             filters=request.filters,
         )
         computed.validate(definition, prefix="")
-        try:
-            await self._define(definition)
-        except AlreadyExists:
-            # A reader defines its series whenever it starts: the same shape is the stored one.
-            stored = next((d for d in await self.store.definitions() if d.name == definition.name), None)
-            if stored is None:
-                raise  # deleted since; the caller's retry defines it
-            computed.same_series(stored, definition)
-            return pb.DefineEventSeriesResponse(definition=stored)
-        return pb.DefineEventSeriesResponse(definition=definition, created=True)
+        # A reader defines what it reads whenever it needs it: most calls find the series in the
+        # catalog the folds read, and write nothing.
+        stored = _named(await self.profiles.definitions.all(), definition.name)
+        if stored is None:
+            try:
+                await self._define(definition)
+                return pb.DefineEventSeriesResponse(definition=definition, created=True)
+            except AlreadyExists:  # defined since the catalog was read (another replica)
+                stored = _named(await self.store.definitions(), definition.name)
+                if stored is None:
+                    raise  # and deleted since; the caller's retry defines it
+        computed.same_series(stored, definition)
+        return pb.DefineEventSeriesResponse(definition=stored)
 
     async def _define(self, definition) -> None:
         """Store a new definition and start its backfill from the archive."""

@@ -5,6 +5,7 @@ asks the profile service to keep (series.py)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import grpc
@@ -22,12 +23,14 @@ log = logging.getLogger("segmentation.profiles")
 # Profiles a ScanProfiles response carries: a stream message costs ~80 us on each side, a
 # profile's decode and row ~60 us (measured), so one message per profile more than doubled a rebuild.
 SCAN_PAGE = 500
+SERIES_CONFIRMED_SECONDS = 60.0
 
 
 class ProfileReader:
     def __init__(self, address: str, security: SecuritySettings) -> None:
         self.channel = clients.channel(address, security)
         self.stub = profile_service_pb2_grpc.ProfileServiceStub(self.channel)
+        self._confirmed: dict[str, float] = {}  # series name -> when the profile service last kept it
 
     async def rebuild(self, view: ColumnarView, owned: frozenset[int], merged: set[str]) -> int:
         """Load the latest state of every profile of the partitions taken over into the view."""
@@ -73,9 +76,14 @@ class ProfileReader:
 
     async def define_series(self, requests: list[profile_service_pb2.DefineEventSeriesRequest]) -> list[str]:
         """Have the profile service keep these series (defining one kept already changes
-        nothing); the names of those this call defined, whose backfill has only begun."""
+        nothing); the names of those this call defined, whose backfill has only begun. A series
+        it confirmed in the last SERIES_CONFIRMED_SECONDS is not asked again: Estimates ask for
+        theirs each time."""
         created = []
+        now = time.monotonic()
         for request in requests:
+            if now - self._confirmed.get(request.name, -math.inf) < SERIES_CONFIRMED_SECONDS:
+                continue
             try:
                 answer = await self.stub.DefineEventSeries(request, timeout=10)
             except grpc.aio.AioRpcError as error:
@@ -86,6 +94,7 @@ class ProfileReader:
                 ) from None
             if answer.created:
                 created.append(request.name)
+            self._confirmed[request.name] = now
         return created
 
     async def close(self) -> None:

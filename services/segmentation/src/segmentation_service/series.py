@@ -70,14 +70,18 @@ def check(event: pb.EventPredicate, field: str) -> None:
 def definition(event: pb.EventPredicate) -> profile_service_pb2.DefineEventSeriesRequest:
     """The series the condition reads, as the profile service is asked to keep it. Filters are
     sorted, so `where a = 1 and b = 2` and `where b = 2 and a = 1` read one series."""
-    encoded = sorted(
-        profile_pb2.PropertyFilter(
-            property=f.property, operator=FILTER_OPERATORS[f.operator], equals=_filter_value(f.value, f.operator, "")
-        ).SerializeToString(deterministic=True)
-        for f in event.filters
+    filters = sorted(
+        (
+            profile_pb2.PropertyFilter(
+                property=f.property,
+                operator=FILTER_OPERATORS[f.operator],
+                equals=_filter_value(f.value, f.operator, ""),
+            )
+            for f in event.filters
+        ),
+        key=lambda f: f.SerializeToString(deterministic=True),
     )
-    filters = [profile_pb2.PropertyFilter.FromString(f) for f in encoded]
-    shape = [event.event, event.property, [f.hex() for f in encoded]]
+    shape = [event.event, event.property, [f.SerializeToString(deterministic=True).hex() for f in filters]]
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:24]
     return profile_service_pb2.DefineEventSeriesRequest(
         name=PREFIX + digest, event=event.event, property=event.property, filters=filters

@@ -69,18 +69,23 @@ class NotFound(DomainError):
 
 
 class AlreadyExists(DomainError):
-    """A resource with that name already exists."""
+    """A resource with that name already exists; `description` may say how it differs."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
 
-    def __init__(self, resource_type: str, name: str) -> None:
-        name = clip(name)
-        super().__init__(f"{resource_type} {name!r} already exists")
+    def __init__(self, resource_type: str, name: str, description: str = "") -> None:
+        name, description = clip(name), clip(description, MAX_RULE)
+        super().__init__(f"{resource_type} {name!r} already exists" + (f", {description}" if description else ""))
         self.resource_type = resource_type
         self.name = name
+        self.description = description
 
     def details(self) -> list[Any]:
-        return [error_details_pb2.ResourceInfo(resource_type=self.resource_type, resource_name=self.name)]
+        return [
+            error_details_pb2.ResourceInfo(
+                resource_type=self.resource_type, resource_name=self.name, description=self.description
+            )
+        ]
 
 
 class FailedPrecondition(DomainError):
