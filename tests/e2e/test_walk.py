@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 import grpc
+import nats
 import pytest
 from cassandra.cluster import Cluster
 from google.protobuf import struct_pb2
@@ -24,14 +25,17 @@ from mosaic.cli import pki as local_pki
 from mosaic.cli.mesh import SERVICES, Mesh
 from mosaic.consent.v1 import consent_pb2, consent_service_pb2, consent_service_pb2_grpc
 from mosaic.delivery.v1 import delivery_pb2, delivery_service_pb2, delivery_service_pb2_grpc
-from mosaic.events.v1 import event_pb2
+from mosaic.events.v1 import event_pb2, segment_membership_pb2
 from mosaic.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
 from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc, source_pb2
 from mosaic.platform import clients as platform_clients
+from mosaic.platform import topics
 from mosaic.platform.config import SecuritySettings
 from mosaic.profile.v1 import profile_service_pb2, profile_service_pb2_grpc
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2, segmentation_service_pb2_grpc
 from mosaic.testing.plugin import eventually
+
+ENTERED = segment_membership_pb2.MEMBERSHIP_CHANGE_ENTERED
 
 
 @pytest.fixture(scope="module")
@@ -278,14 +282,19 @@ def order(user_id: str, revenue: float, currency: str) -> event_pb2.Event:
     return event
 
 
-async def test_a_segment_on_an_event_property_reads_a_series_the_profile_service_backfills(mesh, credentials):
+async def test_a_segment_on_an_event_property_reads_a_series_the_profile_service_backfills(
+    mesh, credentials, nats_server
+):
     """Orders from before the segment count (the profile service backfills the series from its
-    archive); the next one is summed in as it arrives and puts the person in."""
+    archive); the next one is summed in as it arrives and puts the person in. A segment true of
+    a profile without orders waits for that backfill: the person who ordered never enters it."""
     clients = Clients(mesh, credentials)
     ingest = clients.ingestion.Ingest
     await ingest(ingestion_service_pb2.IngestRequest(source_id="web", events=[order("u-5", 60, "EUR")]))
     await ingest(ingestion_service_pb2.IngestRequest(source_id="web", events=[order("u-5", 500, "USD")]))
+    await ingest(ingestion_service_pb2.IngestRequest(source_id="web", events=[identify("u-6", plan="free")]))
     profile_id = await eventually(lambda: profile_of(clients, "u-5"))
+    other_id = await eventually(lambda: profile_of(clients, "u-6"))
 
     async def profile():
         try:
@@ -300,12 +309,13 @@ async def test_a_segment_on_an_event_property_reads_a_series_the_profile_service
         return (found := await profile()) is not None and found.event_count == 2
 
     await eventually(orders_folded)
-    definition = 'sum(event "Order Completed".revenue where currency = "EUR" in last 30d) >= 100'
-    await clients.segmentation.CreateSegment(
-        segmentation_service_pb2.CreateSegmentRequest(
-            segment=segment_pb2.Segment(segment_id="eur-spenders", name="EUR spenders", definition=definition)
+    eur = 'sum(event "Order Completed".revenue where currency = "EUR" in last 30d)'
+    for segment_id, definition in (("eur-spenders", f"{eur} >= 100"), ("eur-light", f"{eur} < 50")):
+        await clients.segmentation.CreateSegment(
+            segmentation_service_pb2.CreateSegmentRequest(
+                segment=segment_pb2.Segment(segment_id=segment_id, name=segment_id, definition=definition)
+            )
         )
-    )
 
     async def backfilled():
         return [(s.count, s.sum) for s in (await profile()).daily_series.values()]
@@ -319,6 +329,11 @@ async def test_a_segment_on_an_event_property_reads_a_series_the_profile_service
         return (await clients.segmentation.IsMember(is_member)).member
 
     await eventually(member)
+    light = segmentation_service_pb2.IsMemberRequest(segment_id="eur-light", profile_id=other_id)
+    await eventually(lambda: _member(clients, light))  # the light segment's backfill ran
+    moves = await _membership_moves(nats_server.url)
+    assert (other_id, "eur-light", True) in moves
+    assert [m for m in moves if m[:2] == (profile_id, "eur-light")] == []
     # An ad-hoc question on another series: the first ask defines it and says so.
     ask = segmentation_service_pb2.EstimateRequest(definition='max(event "Order Completed".revenue) > 400')
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -333,6 +348,26 @@ async def test_a_segment_on_an_event_property_reads_a_series_the_profile_service
 
     await eventually(estimated)
     await clients.close()
+
+
+async def _member(clients: Clients, request: segmentation_service_pb2.IsMemberRequest) -> bool:
+    return (await clients.segmentation.IsMember(request)).member
+
+
+async def _membership_moves(nats_url: str) -> list[tuple[str, str, bool]]:
+    """Every transition published on segment.membership: (profile, segment, entered)."""
+    connection = await nats.connect(nats_url)
+    try:
+        js = connection.jetstream()
+        stream = topics.SEGMENT_MEMBERSHIP.stream
+        moves = []
+        for seq in range(1, (await js.stream_info(stream)).state.last_seq + 1):
+            stored = await js.get_msg(stream, seq)
+            change = segment_membership_pb2.SegmentMembershipChanged.FromString(stored.data or b"")
+            moves.append((change.profile_id, change.segment_id, change.change == ENTERED))
+        return moves
+    finally:
+        await connection.close()
 
 
 async def test_the_mesh_refuses_callers_without_credentials_or_scopes(mesh, credentials):

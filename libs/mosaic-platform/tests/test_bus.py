@@ -39,6 +39,18 @@ async def test_a_duplicate_publish_is_dropped_by_message_id(nats_server):
     await bus.close()
 
 
+async def test_a_sequenced_publish_gives_each_stream_sequence_and_a_duplicate_its_originals(nats_server):
+    bus = await connect(nats_server)
+    await bus.publish(TOPIC, "u1", event("m1"), "m1")
+    messages = [(key, event(key).SerializeToString(), key) for key in ("m2", "m3", "m1")]
+    assert await bus.publish_many_sequenced(TOPIC, messages) == [2, 3, 1]
+    for sequence, message_id in ((2, "m2"), (3, "m3")):
+        assert (await bus._js.get_msg(TOPIC.stream, sequence)).headers["Nats-Msg-Id"] == message_id
+    assert await bus.publish_many_sequenced(TOPIC, []) == []
+    assert await stream_count(bus, "TEST_EVENTS") == 3
+    await bus.close()
+
+
 async def test_ensure_streams_is_idempotent_and_updates_a_changed_stream(nats_server):
     bus = await connect(nats_server)
     await bus.ensure_streams([TOPIC])

@@ -39,6 +39,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
     profiles = Profiles(store, cache, runtime.bus, settings)
     runtime.cleanup.push_async_callback(profiles.close)
     await profiles.definitions.all()
+    backfiller = profiles.start_backfills(runtime.ownership)
+    runtime.ownership.follow(acquired=backfiller.acquired, released=backfiller.released)
     servicer = MaskingProfileServicer(ProfileServicer(profiles), settings.platform.security.pii_traits)
     profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, runtime.server)
     event_archive_service_pb2_grpc.add_EventArchiveServiceServicer_to_server(ArchiveServicer(profiles), runtime.server)

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from google.protobuf import timestamp_pb2
@@ -23,8 +24,10 @@ from mosaic.events.v1 import profile_updated_pb2, resolved_pb2
 from mosaic.platform import metrics, tasks, topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.errors import InvalidArgument, NotFound
+from mosaic.platform.ownership import HeldPartitions
 from mosaic.profile.v1 import profile_pb2
 from profile_service import computed, history
+from profile_service.backfill import Backfiller
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
 from profile_service.fold import Edits, FoldRules, event_key, event_name, fold, oldest_day
@@ -37,12 +40,13 @@ PRUNED = f"{computed.RESERVED}counters_from"
 
 
 class DefinitionCatalog:
-    """Computed-trait definitions (built-ins first), reloaded after a while; reports new ones."""
+    """Computed-trait definitions (built-ins first), reloaded after a while; `on_new` is called
+    when a reload finds one it did not know (a backfiller wakes to it)."""
 
-    def __init__(self, store: ProfileStore, on_new, max_age: float = 5.0) -> None:
+    def __init__(self, store: ProfileStore, max_age: float = 5.0) -> None:
         self.store = store
-        self.on_new = on_new
         self.max_age = max_age
+        self.on_new: Callable[[], None] = lambda: None
         self._definitions: list = []
         self._known: set[str] | None = None
         self._loaded_at = -1e9
@@ -53,14 +57,16 @@ class DefinitionCatalog:
             if time.monotonic() - self._loaded_at > self.max_age:
                 stored = await self.store.definitions()
                 names = {d.name for d in stored}
-                if self._known is not None:
-                    for definition in stored:
-                        if definition.name not in self._known:
-                            self.on_new(definition)
+                if self._known is not None and names - self._known:
+                    self.on_new()
                 self._known = names
                 self._definitions = [*computed.BUILT_IN, *stored]
                 self._loaded_at = time.monotonic()
             return self._definitions
+
+    async def stored(self):
+        """The stored definitions alone (the built-ins are never backfilled)."""
+        return (await self.all())[len(computed.BUILT_IN) :]
 
     def invalidate(self) -> None:
         self._loaded_at = -1e9
@@ -70,6 +76,12 @@ def _only(contexts: list[Context | None], chosen: list[tuple]) -> list[Context |
     """The trace contexts of the chosen entries (index first); None when there are none to keep."""
     picked = [contexts[entry[0]] for entry in chosen]
     return picked if any(c is not None for c in picked) else None
+
+
+def _outgoing(snapshot: profile_pb2.Snapshot, message: bytes) -> tuple[str, bytes, str]:
+    """A version's profile.updated as the bus takes it: keyed by the profile, identified by the
+    version, so a copy published again is dropped."""
+    return snapshot.profile_id, message, f"{snapshot.profile_id}:{snapshot.version}"
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -85,9 +97,9 @@ class Profiles:
         self.settings = settings
         self.rules = FoldRules(settings.source_priority, settings.counter_days)
         self.purposes = TraitPurposes(settings.trait_purposes, settings.policy)
-        self.definitions = DefinitionCatalog(store, self._schedule_backfill)
+        self.definitions = DefinitionCatalog(store)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._backfills: set[asyncio.Task] = set()
+        self._backfilling: asyncio.Task | None = None
 
     def lock(self, profile_id: str) -> asyncio.Lock:
         """The lock of one profile; it lives while someone holds or waits for it."""
@@ -275,17 +287,18 @@ class Profiles:
             update.traits.fields[name].CopyFrom(value)
         return update.SerializeToString()
 
-    async def _publish(self, snapshot: profile_pb2.Snapshot, profile: profile_pb2.Profile) -> None:
-        await self._publish_many([(0, snapshot, self._updated(snapshot, profile))], None)
+    async def _publish(self, snapshot: profile_pb2.Snapshot, profile: profile_pb2.Profile) -> int:
+        """Publish one version's profile.updated; gives its stream sequence (a backfill records
+        the last of a partition's; the other callers have no use for it)."""
+        message = _outgoing(snapshot, self._updated(snapshot, profile))
+        (sequence,) = await self.bus.publish_many_sequenced(topics.PROFILE_UPDATED, [message])
+        return sequence
 
     async def _publish_many(self, published, contexts: list[Context | None] | None) -> None:
         """Publish (index, snapshot, profile.updated bytes) entries. Published again on redelivery
         too (a crash may have come before the first publish); the message id makes JetStream
         drop the copy."""
-        messages = [
-            (snapshot.profile_id, message, f"{snapshot.profile_id}:{snapshot.version}")
-            for _, snapshot, message in published
-        ]
+        messages = [_outgoing(snapshot, message) for _, snapshot, message in published]
         await self.bus.publish_many(topics.PROFILE_UPDATED, messages, contexts=contexts)
 
     async def at_version(self, profile_id: str, version: int) -> profile_pb2.Profile:
@@ -308,45 +321,56 @@ class Profiles:
             raise NotFound("profile at time", f"{profile_id}@{at.ToJsonString()}")
         return await self.at_version(profile_id, version)
 
-    def _schedule_backfill(self, definition) -> None:
-        task = asyncio.create_task(self._backfill(definition))
-        self._backfills.add(task)
-        task.add_done_callback(self._backfills.discard)
+    def start_backfills(self, held: HeldPartitions) -> Backfiller:
+        """Backfill the stored definitions on the partitions `held` owns, in the background
+        until `close` (see backfill.py); the caller has the backfiller follow the ownership."""
+        backfiller = Backfiller(self, held)
+        self.definitions.on_new = backfiller.wake
+        self._backfilling = asyncio.create_task(backfiller.run())
+        return backfiller
 
-    async def _backfill(self, definition) -> None:
-        """Recompute a new definition (a computed trait or an event series) for every profile this
-        replica owns, from the archive."""
-        count = 0
-        async for scanned, _ in self.store.scan():
-            if (
-                not self.cache.owned
-                or topics.partition_of(scanned.profile_id, self.bus.partitions) not in self.cache.owned
-            ):
-                continue
-            async with self.lock(scanned.profile_id):
-                latest = await self.latest(scanned.profile_id)
-                if latest is None:
-                    continue  # erased (a privacy request) since the scan read it
-                now = datetime.now(timezone.utc)
-                since = int((now.timestamp() - self.settings.archive_days * 86400) * 1e6)
-                events = await self.store.events(
-                    scanned.profile_id, since, int(now.timestamp() * 1e6) + 86400_000_000, 1_000_000
-                )
-                states = json.loads(latest.aggregates)
+    async def backfill(self, profile_id: str, definitions: list) -> int:
+        """Recompute `definitions` for one profile from the archive: a version of its own for
+        each that changes the profile (cause `backfill:<name>`), saved and published. Gives the
+        stream sequence of the profile.updated that carries these backfills (0: none), for its
+        partition's record (backfill.py)."""
+        causes = [f"backfill:{definition.name}" for definition in definitions]
+        sequence = 0
+        async with self.lock(profile_id):
+            heads, applied = await self.store.heads({profile_id: causes})
+            latest = heads.get(profile_id)
+            if latest is None:
+                return 0  # erased (a privacy request) since the scan read it
+            now = datetime.now(timezone.utc)
+            since = int((now.timestamp() - self.settings.archive_days * 86400) * 1e6)
+            events = await self.store.events(profile_id, since, int(now.timestamp() * 1e6) + 86400_000_000, 1_000_000)
+            every = await self.definitions.all()
+            states = json.loads(latest.aggregates)
+            profile = latest.profile
+            for definition, cause in zip(definitions, causes, strict=True):
                 states[definition.name] = {}
                 for archived in reversed(events):
                     computed.update(definition, states[definition.name], archived.event)
-                profile = profile_pb2.Profile()
-                profile.CopyFrom(latest.profile)
-                computed.refresh(profile, await self.definitions.all(), states, now, self.rules.counter_days)
+                refreshed = profile_pb2.Profile()
+                refreshed.CopyFrom(profile)
+                computed.refresh(refreshed, every, states, now, self.rules.counter_days)
                 if (
-                    profile.computed_traits != latest.profile.computed_traits
-                    or profile.daily_series != latest.profile.daily_series
+                    refreshed.computed_traits != profile.computed_traits
+                    or refreshed.daily_series != profile.daily_series
                 ):
-                    snapshot = await self._save(latest.profile, profile, states, f"backfill:{definition.name}")
-                    await self._publish(snapshot, profile)
-                    count += 1
-        log.info("backfilled definition", extra={"fields": {"name": definition.name, "profiles": count}})
+                    snapshot = await self._save(profile, refreshed, states, cause)
+                    sequence = await self._publish(snapshot, refreshed)
+                    profile = refreshed
+            if not sequence and any((profile_id, cause) in applied for cause in causes):
+                # Backfilled already, by a pass cut short (a restart, a handover) or whose publish
+                # failed: the latest version is published again. JetStream drops the copy within
+                # its duplicate window and answers with the original's sequence, which is at or
+                # after the backfill's; past it, the copy is stored (a reader skips a version it has).
+                found = await self.store.snapshots(profile_id, profile.version, profile.version)
+                if found:
+                    sequence = await self._publish(found[0].snapshot, profile)
+        return sequence
 
     async def close(self) -> None:
-        await tasks.cancel(*self._backfills)
+        if self._backfilling is not None:
+            await tasks.cancel(self._backfilling)

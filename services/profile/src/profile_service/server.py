@@ -207,13 +207,23 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         if stored is None:
             try:
                 await self._define(definition)
-                return pb.DefineEventSeriesResponse(definition=definition, created=True)
             except AlreadyExists:  # defined since the catalog was read (another replica)
                 stored = _named(await self.store.definitions(), definition.name)
                 if stored is None:
                     raise  # and deleted since; the caller's retry defines it
+            else:
+                return await self._series(definition, created=True)
         computed.same_series(stored, definition)
-        return pb.DefineEventSeriesResponse(definition=stored)
+        return await self._series(stored)
+
+    async def _series(self, definition, created: bool = False) -> pb.DefineEventSeriesResponse:
+        """A series with how far its backfill is: one read of its records (readers ask often)."""
+        return pb.DefineEventSeriesResponse(
+            definition=definition,
+            created=created,
+            backfilled=await self.store.backfills(definition.name),
+            partition_count=self.profiles.bus.partitions,
+        )
 
     async def _define(self, definition) -> None:
         """Store a new definition and start its backfill from the archive."""

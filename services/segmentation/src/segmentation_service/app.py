@@ -18,7 +18,7 @@ from segmentation_service.columns import ColumnarView
 from segmentation_service.config import Settings
 from segmentation_service.membership import Memberships
 from segmentation_service.privacy import SegmentationPrivacy
-from segmentation_service.profiles import ProfileReader
+from segmentation_service.profiles import ProfileReader, SeriesGate
 from segmentation_service.scoring import RfmScoring
 from segmentation_service.server import SegmentationServicer
 from segmentation_service.store import open_store
@@ -41,7 +41,8 @@ async def build(runtime: Runtime, settings: Settings) -> None:
         runtime.cleanup.push_async_callback(reader.close)
     else:
         log.warning("MOSAIC_PROFILE_ADDRESS not set: the view starts empty and fills from profile.updated")
-    backfiller = Backfiller(store, catalog, memberships, ownership, size_interval=settings.size_interval)
+    gate = SeriesGate(reader, memberships.handled) if reader is not None else None
+    backfiller = Backfiller(store, catalog, memberships, ownership, size_interval=settings.size_interval, gate=gate)
 
     async def acquired(partitions: frozenset[int]) -> None:
         # The view holds the profiles of the partitions this replica holds: load the new ones
@@ -54,18 +55,24 @@ async def build(runtime: Runtime, settings: Settings) -> None:
             for partition in partitions:
                 view.remember_erased(await store.erased(partition, since))
             if reader is not None:
+                # The scan is newer than every profile.updated stored before it began.
+                stored = await runtime.bus.jetstream.stream_info(topics.PROFILE_UPDATED.stream)
                 await reader.rebuild(view, partitions, merged)
+                memberships.handled.update(dict.fromkeys(partitions, stored.state.last_seq))
         finally:
             view.loading -= partitions
+        await backfiller.load(partitions)
         await memberships.publish_all_pending(partitions)
         backfiller.wake()
 
     async def released(partitions: frozenset[int]) -> None:
         view.forget(partitions)  # the next holder's view counts them now
+        for partition in partitions:
+            memberships.handled.pop(partition, None)
 
     ownership.follow(acquired, released)
     servicer = SegmentationServicer(
-        store, catalog, memberships, backfiller, settings.peers, platform.security, settings.policy, reader
+        store, catalog, memberships, backfiller, settings.peers, platform.security, settings.policy, reader, gate
     )
     runtime.cleanup.push_async_callback(servicer.close)
     scoring = RfmScoring(store, catalog, view, ownership, servicer.peers, settings.rfm_interval, wake=backfiller.wake)

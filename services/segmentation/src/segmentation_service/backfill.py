@@ -9,6 +9,11 @@ definition says now); each is decided again under its lock by the plain evaluato
 publishes the transition. A segment's revision grows with every change, so a changed
 definition is backfilled again; so is a segment reading RFM scores when a recompute moves the
 edges (its backfill revision carries the edges' generation).
+
+A segment reading event series waits until the profile service has backfilled them and this
+replica has their backfill in its view (`SeriesGate`); until its own backfill is done on a
+partition, nothing else decides it there (`holds`), so no profile enters on a series that
+is still missing its past and leaves when the past arrives.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from datetime import datetime, timezone
 from mosaic.platform.ownership import HeldPartitions
 from segmentation_service.catalog import Live, SegmentCatalog
 from segmentation_service.membership import Memberships
+from segmentation_service.profiles import SeriesGate
 from segmentation_service.store import SegmentStore
 
 log = logging.getLogger("segmentation.backfill")
@@ -36,6 +42,7 @@ class Backfiller:
         ownership: HeldPartitions,
         interval: float = 5.0,
         size_interval: float = 3600.0,
+        gate: SeriesGate | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -44,8 +51,39 @@ class Backfiller:
         self.interval = interval
         self.size_interval = size_interval
         self._sized_at = -float("inf")
+        self.gate = gate  # None without a profile service: nothing to wait for
         self._done: set[tuple[str, int, int]] = set()  # (segment, revision, partition) known done
+        self._waiting: dict[str, dict[str, str]] = {}  # segment -> the series it waits for, and why
         self._wake = asyncio.Event()
+        memberships.held = self.holds
+
+    def holds(self, live: Live, partition: int) -> bool:
+        """Whether a segment is decided only by its backfill on a partition: one reading event
+        series is, until that backfill is done (it waits for the series'; `load` knows what is
+        done on the partitions held before their consumers start)."""
+        return bool(live.series) and (live.segment_id, live.backfill_revision, partition) not in self._done
+
+    async def load(self, partitions: frozenset[int]) -> None:
+        """What is done already on partitions taken over, for the segments reading event series."""
+        for live in list((await self.catalog.all()).values()):
+            if live.series:
+                done = await self.store.backfilled(live.segment_id, live.backfill_revision)
+                self._done.update((live.segment_id, live.backfill_revision, p) for p in partitions & done)
+
+    async def _series_ready(self, live: Live) -> bool:
+        if self.gate is None or not live.series:
+            return True
+        waiting = await self.gate.waiting(live.series, self.ownership.owned)
+        if waiting and waiting != self._waiting.get(live.segment_id):
+            log.info(
+                "segment waits for its event series' backfill",
+                extra={"fields": {"segment": live.segment_id, "revision": live.tag, "series": waiting}},
+            )
+        if waiting:
+            self._waiting[live.segment_id] = waiting
+        else:
+            self._waiting.pop(live.segment_id, None)
+        return not waiting
 
     def wake(self) -> None:
         self.catalog.invalidate()
@@ -74,7 +112,7 @@ class Backfiller:
         for live in list((await self.catalog.all()).values()):
             revision = live.backfill_revision
             todo = [p for p in sorted(self.ownership.owned) if (live.segment_id, revision, p) not in self._done]
-            if not todo:
+            if not todo or not await self._series_ready(live):
                 continue
             done = await self.store.backfilled(live.segment_id, revision)
             for partition in todo:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
+from mosaic.profile.v1 import profile_service_pb2
 from mosaic.segmentation.v1 import segment_pb2
-from segmentation_service import compiler
+from segmentation_service import compiler, series
 from segmentation_service.evaluate import Due, Predicate, due_function, predicate
 from segmentation_service.rfm import DEFAULT_TRAITS, RfmModel, RfmTraits
 from segmentation_service.store import SegmentStore
@@ -36,6 +38,11 @@ class Live:
         reads scores, since new edges decide it anew (`3.rfm2`)."""
         generation = self.compiled.rfm_generation
         return str(self.revision) if generation is None else f"{self.revision}.rfm{generation}"
+
+    @cached_property
+    def series(self) -> list[profile_service_pb2.DefineEventSeriesRequest]:
+        """The event series it reads, as the profile service is asked to keep them."""
+        return series.needed(self.compiled.expression)
 
     @property
     def backfill_revision(self) -> int:

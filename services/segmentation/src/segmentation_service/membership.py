@@ -12,6 +12,9 @@ in order on a copy of its state, each version decided against what the versions 
 decided; then one write of every transition and timer, the view moved, and one publish (what was
 pending first). A batch that fails leaves the view as it was, so the consumer's fallback, one
 message at a time through `updated`, starts where the batch did.
+
+A segment the backfiller holds (`held`: one reading event series the profile service is still
+backfilling) is decided by nothing else on a partition until its backfill there is done.
 """
 
 from __future__ import annotations
@@ -93,6 +96,14 @@ class Memberships:
         self._locks = [asyncio.Lock() for _ in range(256)]
         self._notices: set[asyncio.Task] = set()
         self.evaluations = 0
+        # partition -> the stream sequence its profile.updated is handled through: by the batches
+        # handled whole (a consumer handles one batch at a time, in stream order), and by rebuilds.
+        self.handled: dict[int, int] = {}
+        self.held: Callable[[Live, int], bool] = lambda live, partition: False  # set by the Backfiller
+
+    def deciding(self, segments: Iterable[Live], partition: int) -> list[Live]:
+        """The segments that may be decided on a partition now: not those the backfiller holds."""
+        return [live for live in segments if not self.held(live, partition)]
 
     def _lock_index(self, profile_id: str) -> int:
         return zlib.crc32(profile_id.encode()) % len(self._locks)
@@ -115,12 +126,19 @@ class Memberships:
     # profile.updated
 
     async def updated(self, update: profile_updated_pb2.ProfileUpdated, delivery: Delivery) -> None:
-        """One profile.updated: the consumer's fallback when a batch failed."""
-        await self.updated_batch([(update, delivery)])
+        """One profile.updated: the consumer's fallback when a batch failed (messages of other
+        keys may be handled side by side, so `handled` waits for the next whole batch)."""
+        await self._updated([(update, delivery)])
 
     async def updated_batch(self, items: list[Update]) -> None:
         """A fetched batch of profile.updated, in stream order; the same outcome as `updated` on
         each in turn."""
+        await self._updated(items)
+        if items:
+            partition = items[-1][1].partition
+            self.handled[partition] = max(self.handled.get(partition, 0), items[-1][1].stream_sequence)
+
+    async def _updated(self, items: list[Update]) -> None:
         by_profile: dict[str, list[Update]] = {}
         for update, delivery in items:
             if not update.profile_id:
@@ -143,6 +161,7 @@ class Memberships:
                     entry.context = delivery.trace_context
                     live = await self._reading(entry, update, segments)
                     if live is not None:
+                        live = self.deciding(live, delivery.partition)
                         assert entry.state is not None  # followed, or a replay of a row the view has
                         found = self._evaluate(entry.state, live, "v", entry.decided, now)
                         entry.transitions.extend((t, delivery.trace_context) for t in found)
@@ -346,7 +365,8 @@ class Memberships:
                 if state is None:
                     continue  # not seen yet: its profile.updated will evaluate it
                 self.view.set_alive(profile_id, True)
-                await self._decide(state, segments, f"split:{split.split_id}")
+                deciding = self.deciding(segments, self.partition(profile_id))
+                await self._decide(state, deciding, f"split:{split.split_id}")
                 await self._schedule(state)
                 await self._publish_pending(profile_id)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Protocol
 
 import grpc
 import numpy as np
@@ -74,31 +75,82 @@ class ProfileReader:
         # A merged profile's read answers with its survivor, which is not this profile's state.
         return answer.profile if answer.profile.profile_id == profile_id else None
 
-    async def define_series(self, requests: list[profile_service_pb2.DefineEventSeriesRequest]) -> list[str]:
+    async def define_series(self, requests: list[profile_service_pb2.DefineEventSeriesRequest]) -> None:
         """Have the profile service keep these series (defining one kept already changes
-        nothing); the names of those this call defined, whose backfill has only begun. A series
-        it confirmed in the last SERIES_CONFIRMED_SECONDS is not asked again: Estimates ask for
-        theirs each time."""
-        created = []
+        nothing). A series it confirmed in the last SERIES_CONFIRMED_SECONDS is not asked again."""
         now = time.monotonic()
         for request in requests:
-            if now - self._confirmed.get(request.name, -math.inf) < SERIES_CONFIRMED_SECONDS:
-                continue
-            try:
-                answer = await self.stub.DefineEventSeries(request, timeout=10)
-            except grpc.aio.AioRpcError as error:
-                if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise Unavailable("profile service", error.details() or str(error.code())) from None
-                raise FailedPrecondition(
-                    f"event series {request.name}", f"the profile service refused it: {error.details()}"
-                ) from None
-            if answer.created:
-                created.append(request.name)
-            self._confirmed[request.name] = now
-        return created
+            if now - self._confirmed.get(request.name, -math.inf) >= SERIES_CONFIRMED_SECONDS:
+                await self.series(request)
+
+    async def series(
+        self, request: profile_service_pb2.DefineEventSeriesRequest
+    ) -> profile_service_pb2.DefineEventSeriesResponse:
+        """The profile service's answer for one series, defining it if it is new: how far its
+        backfill is."""
+        try:
+            answer = await self.stub.DefineEventSeries(request, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable("profile service", error.details() or str(error.code())) from None
+            raise FailedPrecondition(
+                f"event series {request.name}", f"the profile service refused it: {error.details()}"
+            ) from None
+        self._confirmed[request.name] = time.monotonic()
+        return answer
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+class SeriesSource(Protocol):
+    async def series(
+        self, request: profile_service_pb2.DefineEventSeriesRequest
+    ) -> profile_service_pb2.DefineEventSeriesResponse: ...
+
+
+class SeriesGate:
+    """Which event series this replica's segments may be decided on: a series is ready once the
+    profile service has backfilled it on every partition and this replica has handled, on each
+    partition it holds, the profile.updated messages that backfill published (`handled`: the
+    stream sequence each partition's profile.updated is handled through, kept by Memberships
+    and set by a rebuild). Before that, a profile would look as if it had none of the series'
+    past events, and a condition true without events (`sum(...) < 10`, `not ...`) would let it
+    enter, to leave once its past arrives. Ready stays ready: a partition taken over later is
+    rebuilt from a scan that is newer than the backfill."""
+
+    def __init__(self, reader: SeriesSource, handled: dict[int, int]) -> None:
+        self.reader = reader
+        self.handled = handled
+        self._backfilled: dict[str, dict[int, int]] = {}  # series -> partition -> sequence, once whole
+        self._ready: set[str] = set()
+
+    async def waiting(
+        self, requests: list[profile_service_pb2.DefineEventSeriesRequest], owned: frozenset[int]
+    ) -> dict[str, str]:
+        """The series of these not ready yet, each with why (asking the profile service, which
+        defines a series it does not keep yet)."""
+        waiting = {}
+        for request in requests:
+            if request.name in self._ready:
+                continue
+            backfilled = self._backfilled.get(request.name)
+            if backfilled is None:
+                answer = await self.reader.series(request)
+                if answer.partition_count and len(answer.backfilled) < answer.partition_count:
+                    waiting[request.name] = (
+                        f"the profile service has backfilled {len(answer.backfilled)} of "
+                        f"{answer.partition_count} partitions"
+                    )
+                    continue
+                # A profile service from before backfill records reports none: not waited for.
+                backfilled = self._backfilled[request.name] = dict(answer.backfilled)
+            behind = sorted(p for p in owned if self.handled.get(p, 0) < backfilled.get(p, 0))
+            if behind:
+                waiting[request.name] = f"profile.updated of partitions {behind} is still to be handled here"
+            else:
+                self._ready.add(request.name)
+        return waiting
 
 
 def _add_counters(view: ColumnarView, page, columns: profile_service_pb2.DailyCounterColumns, now: float) -> None:

@@ -12,6 +12,7 @@ from mosaic.platform import clients, limits
 from mosaic.platform.config import SecuritySettings
 from mosaic.platform.consent import Policy
 from mosaic.platform.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mosaic.profile.v1.profile_service_pb2 import DefineEventSeriesRequest
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2_grpc
 from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
 from segmentation_service import compiler, series
@@ -19,7 +20,7 @@ from segmentation_service.backfill import Backfiller
 from segmentation_service.catalog import SegmentCatalog
 from segmentation_service.evaluate import DEFAULT_POLICY
 from segmentation_service.membership import Memberships
-from segmentation_service.profiles import ProfileReader
+from segmentation_service.profiles import ProfileReader, SeriesGate
 from segmentation_service.scoring import local_summary
 from segmentation_service.store import SegmentStore
 
@@ -40,6 +41,7 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         security: SecuritySettings = SecuritySettings(),
         policy: Policy = DEFAULT_POLICY,
         reader: ProfileReader | None = None,
+        gate: SeriesGate | None = None,
     ) -> None:
         self.channels = [clients.channel(peer, security) for peer in peers]
         self.peers = [segmentation_service_pb2_grpc.SegmentationServiceStub(c) for c in self.channels]
@@ -49,6 +51,7 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         self.backfiller = backfiller
         self.policy = policy
         self.reader = reader
+        self.gate = gate
 
     def _check_purposes(self, compiled: compiler.Compiled, field: str) -> None:
         for purpose in compiler.consent_purposes(compiled):
@@ -58,19 +61,17 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
                     f"consent {purpose!r}: must be one of the configured purposes: {', '.join(self.policy.purposes)}",
                 )
 
-    async def _define_series(self, compiled: compiler.Compiled, field: str) -> list[str]:
-        """Have the profile service keep the event series the definition reads; those defined
-        now (their backfill has only begun)."""
+    def _series(self, compiled: compiler.Compiled, field: str) -> list[DefineEventSeriesRequest]:
+        """The event series the definition reads; FAILED_PRECONDITION without the profile service
+        that keeps them."""
         needed = series.needed(compiled.expression)
-        if not needed:
-            return []
-        if self.reader is None:
+        if needed and (self.reader is None or self.gate is None):
             raise FailedPrecondition(
                 field,
                 "an event property or filter reads an event series, kept by the profile service: "
                 "MOSAIC_PROFILE_ADDRESS is not set",
             )
-        return await self.reader.define_series(needed)
+        return needed
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -94,7 +95,9 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         stored.expression.CopyFrom(expression)
         compiled = await self.catalog.compile(segment.segment_id, compiler.tied(stored))  # references exist, no cycle
         self._check_purposes(compiled, "segment.definition")
-        await self._define_series(compiled, "segment.definition")
+        if needed := self._series(compiled, "segment.definition"):
+            assert self.reader is not None  # _series checked
+            await self.reader.define_series(needed)  # its backfill waits for theirs (backfill.py)
         stored.updated_at.GetCurrentTime()
         return stored
 
@@ -181,13 +184,17 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         )
         compiled = await self.catalog.compile("-estimate-", expression)
         self._check_purposes(compiled, "definition")
-        # The replica asked first defines the series, for its peers too.
-        if not request.local_only and (created := await self._define_series(compiled, "definition")):
-            raise FailedPrecondition(
-                "definition",
-                f"reads event series new to the profile service ({', '.join(created)}), whose backfill from "
-                "the event archive has just begun: estimate again in a while",
-            )
+        # The replica asked first defines the series, for its peers too, and answers only once
+        # their backfill is whole (a half-done one would count profiles without their past).
+        if not request.local_only and (needed := self._series(compiled, "definition")):
+            assert self.gate is not None  # _series checked
+            if waiting := await self.gate.waiting(needed, self.backfiller.ownership.owned):
+                raise FailedPrecondition(
+                    "definition",
+                    "reads event series whose backfill from the event archive is under way ("
+                    + "; ".join(f"{name}: {why}" for name, why in sorted(waiting.items()))
+                    + "): estimate again in a while",
+                )
         sample = 10 if request.sample_size <= 0 else min(request.sample_size, 100)
         view = self.memberships.view
         mask = view.evaluate(compiled.expression, time.time())

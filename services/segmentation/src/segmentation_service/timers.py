@@ -90,7 +90,7 @@ class Timers:
                     continue  # handed over since the round began
                 cursor = await self.store.timer_cursor(partition)
                 for bucket in range(current - 1 if cursor is None else cursor + 1, current + 1):
-                    segments = await self.timed()
+                    segments = memberships.deciding(await self.timed(), partition)
                     for profile_id in await self.store.timers(partition, bucket):
                         changed += await memberships.reevaluate(profile_id, segments, f"time:{bucket}")
                         await self.store.drop_timer(partition, bucket, profile_id)

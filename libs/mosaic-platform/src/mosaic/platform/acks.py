@@ -65,9 +65,19 @@ class Acks:
             batch.answer(int(index, 16), msg.data)
 
 
-def duplicate(answer: bytes) -> bool:
-    """Whether a JetStream publish answer says duplicate; raises the error it carries, if any."""
+def checked(answer: bytes) -> bytes:
+    """A JetStream publish answer, unless it carries an error: that is raised instead."""
     if b'"error"' in answer:
         raise nats.js.errors.APIError.from_error(json.loads(answer)["error"])
-    # Parsed only when the key is there (rarely): a plain answer is {"stream":"S", "seq":1}.
+    return answer
+
+
+def duplicate(answer: bytes) -> bool:
+    """Whether a checked publish answer says duplicate. Parsed only when the key is there
+    (rarely): a plain answer is {"stream":"S", "seq":1}."""
     return b'"duplicate"' in answer and bool(json.loads(answer).get("duplicate"))
+
+
+def sequence(answer: bytes) -> int:
+    """The stream sequence a checked publish answer gives: a duplicate's is its original's."""
+    return int(json.loads(answer)["seq"])

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry.context import Context
 
-from mosaic.platform import nats_connection, streams, topics
+from mosaic.platform import acks, nats_connection, streams, topics
 from mosaic.platform.config import TlsSettings
 from mosaic.platform.consumer import FETCH_SECONDS, BatchHandler, Consumer, Delivery, Handler, Run, Settings
 from mosaic.platform.failures import backoff
@@ -144,7 +144,21 @@ class Bus:
         stored anyway, and the caller's retry is safe because the message ids make JetStream
         drop the copies.
         """
-        return await self._publisher.publish_many(topic, messages, timeout, contexts)
+        answers = await self._publisher.publish_many(topic, messages, timeout, contexts)
+        return [acks.duplicate(answer) for answer in answers]
+
+    async def publish_many_sequenced(
+        self,
+        topic: Topic,
+        messages: Sequence[tuple[str, bytes, str]],
+        timeout: float = 5.0,
+        contexts: Sequence[Context | None] | None = None,
+    ) -> list[int]:
+        """As `publish_many`, giving each message's stream sequence instead (a duplicate's is its
+        original's): for a writer that tells readers how far to read. Each answer is parsed, which
+        `publish_many` spares its callers."""
+        answers = await self._publisher.publish_many(topic, messages, timeout, contexts)
+        return [acks.sequence(answer) for answer in answers]
 
     async def erase(self, topic: Topic, sequence: int) -> None:
         """Delete a consumed message from its stream, its bytes overwritten on disk (JetStream's

@@ -16,7 +16,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
 from mosaic.platform import messaging_spans, topics
-from mosaic.platform.acks import Acks, duplicate
+from mosaic.platform.acks import Acks, checked
 from mosaic.platform.errors import Unavailable
 from mosaic.platform.nats_connection import JETSTREAM_DOWN, NATS_DOWN
 from mosaic.platform.topics import Topic
@@ -43,8 +43,8 @@ class Publisher:
         messages: Sequence[tuple[str, bytes, str]],
         timeout: float,
         contexts: Sequence[Context | None] | None,
-    ) -> list[bool]:
-        """See `Bus.publish_many`."""
+    ) -> list[bytes]:
+        """See `Bus.publish_many`; gives JetStream's answers, in order, each checked (`acks.checked`)."""
         name, kind = messaging_spans.publish_name(topic.name), trace.SpanKind.PRODUCER
         if contexts is None:
             with tracer.start_as_current_span(name, kind=kind) as span:
@@ -85,7 +85,7 @@ class Publisher:
         messages: Sequence[tuple[str, bytes, str]],
         context_headers: Sequence[dict[str, str]],
         timeout: float,
-    ) -> list[bool]:
+    ) -> list[bytes]:
         if not messages:
             return []
         token = ""
@@ -97,7 +97,7 @@ class Publisher:
                 subject = topic.subject(topics.partition_of(key, self.partitions), key)
                 headers = {"Nats-Msg-Id": message_id, KEY_HEADER: key, **extra}
                 await self._nc.publish(subject, payload, reply=f"{reply}{index:x}", headers=headers)
-            return [duplicate(answer) for answer in await asyncio.wait_for(answers, timeout)]
+            return [checked(answer) for answer in await asyncio.wait_for(answers, timeout)]
         except (*NATS_DOWN, *JETSTREAM_DOWN) as error:
             if getattr(error, "err_code", None) == _STREAM_FULL:
                 raise Unavailable("nats", f"stream {topic.stream} is full (MOSAIC_NATS_STREAM_MAX_MESSAGES)") from error

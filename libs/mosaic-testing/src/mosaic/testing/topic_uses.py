@@ -2,7 +2,7 @@
 
 A topic counts as published by a service when one of its constants (`topics.EVENTS_RAW`, an
 alias of one, or a local value built from one such as `subject = f"{JOBS.name}.{id}"`) is an
-argument of a call named `publish`, `publish_many` or `OutboxEntry` (an outbox entry is
+argument of a call named `publish`, `publish_many`, `publish_many_sequenced` or `OutboxEntry` (an outbox entry is
 published by the service's relay); as consumed when it is an argument of `consume`, `listen`,
 `pull_subscribe` or `bind` (`mosaic.platform.pull.Puller.bind`). Other mentions (streams declared, messages erased, lag read) count as neither.
 
@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PUBLISH = frozenset({"publish", "publish_many", "OutboxEntry"})
+PUBLISH = frozenset({"publish", "publish_many", "publish_many_sequenced", "OutboxEntry"})
 CONSUME = frozenset({"consume", "listen", "pull_subscribe", "bind"})
 TOPICS_MODULE = "mosaic.platform.topics"
 PLATFORM = "mosaic.platform"

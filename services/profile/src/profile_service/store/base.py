@@ -20,6 +20,12 @@ An erasure leaves a tombstone per profile id (`profile_erasures`, a hash of the 
 a consent notice or a merge for an erased profile that arrives afterwards (it was past
 ingestion, or identity resolved it before its own part of the erasure) finds it and writes
 nothing. It is read only where no head exists, i.e. for a profile about to be created.
+
+A stored definition's backfill from the archive is recorded per partition of the bus once done
+(`profile_backfills`: name, partition → the stream sequence of the last profile.updated it
+published there), so a restart or a partition's next owner resumes with what is left, and a
+reader knows which messages carry it. Deleting a definition deletes its records: a name defined
+again is backfilled again.
 """
 
 from __future__ import annotations
@@ -88,5 +94,14 @@ class ProfileStore(Protocol):
 
     async def create_definition(self, definition: profile_pb2.ComputedTraitDefinition) -> None: ...
     async def definitions(self) -> list[profile_pb2.ComputedTraitDefinition]: ...
-    async def delete_definition(self, name: str) -> bool: ...
+    async def delete_definition(self, name: str) -> bool:
+        """Delete a definition and its backfill records; whether the definition was there."""
+
+    async def backfills(self, name: str) -> dict[int, int]:
+        """The partitions whose backfill of the definition `name` is done, each with the stream
+        sequence of the last profile.updated that backfill published on it (0: none)."""
+
+    async def set_backfilled(self, name: str, partition: int, sequence: int) -> None:
+        """Record a partition's backfill of `name` done (see `backfills`)."""
+
     async def close(self) -> None: ...

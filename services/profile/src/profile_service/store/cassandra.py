@@ -52,6 +52,14 @@ MIGRATIONS = [
         ),
     ),
     Migration(2, ("CREATE TABLE IF NOT EXISTS profile_erasures (id_hash text PRIMARY KEY, erased_at timestamp)",)),
+    # One partition per definition: its records are read, and deleted, at once.
+    Migration(
+        3,
+        (
+            "CREATE TABLE IF NOT EXISTS profile_backfills (name text, partition int, sequence bigint,"
+            " PRIMARY KEY ((name), partition))",
+        ),
+    ),
 ]
 
 
@@ -373,5 +381,17 @@ class CassandraProfileStore(Repository, ProfileStore):
         )
 
     async def delete_definition(self, name: str) -> bool:
+        # The records first: a crash between the two leaves a definition to backfill again, never
+        # records that would pass a name defined again as backfilled.
+        await self.db.execute("DELETE FROM profile_backfills WHERE name = ?", (name,))
         applied, _ = await self.db.execute_lwt("DELETE FROM profile_computed_traits WHERE name = ? IF EXISTS", (name,))
         return applied
+
+    async def backfills(self, name: str) -> dict[int, int]:
+        rows = await self.db.execute("SELECT partition, sequence FROM profile_backfills WHERE name = ?", (name,))
+        return {row.partition: row.sequence for row in rows}
+
+    async def set_backfilled(self, name: str, partition: int, sequence: int) -> None:
+        await self.db.execute(
+            "INSERT INTO profile_backfills (name, partition, sequence) VALUES (?, ?, ?)", (name, partition, sequence)
+        )

@@ -42,6 +42,13 @@ MIGRATIONS = [
         ),
     ),
     Migration(3, ("CREATE TABLE profile_erasures (id_hash TEXT PRIMARY KEY, erased_us INTEGER)",)),
+    Migration(
+        4,
+        (
+            "CREATE TABLE profile_backfills (name TEXT, partition INTEGER, sequence INTEGER,"
+            " PRIMARY KEY (name, partition))",
+        ),
+    ),
 ]
 
 
@@ -294,6 +301,14 @@ class SqliteProfileStore(Repository, ProfileStore):
 
     async def delete_definition(self, name: str) -> bool:
         def work(db) -> bool:
+            db.execute("DELETE FROM profile_backfills WHERE name = ?", (name,))
             return db.execute("DELETE FROM profile_computed_traits WHERE name = ?", (name,)).rowcount == 1
 
         return await self.db.transaction(work)
+
+    async def backfills(self, name: str) -> dict[int, int]:
+        rows = await self.db.execute("SELECT partition, sequence FROM profile_backfills WHERE name = ?", (name,))
+        return dict(rows)
+
+    async def set_backfilled(self, name: str, partition: int, sequence: int) -> None:
+        await self.db.execute("INSERT OR REPLACE INTO profile_backfills VALUES (?, ?, ?)", (name, partition, sequence))
