@@ -145,7 +145,7 @@ async def test_a_restarted_service_backfills_the_partitions_without_a_record_and
     # stopped in the middle of its backfill leaves it (or, with no record at all, an upgrade).
     store = await open_store(settings.platform)
     await store.create_definition(DEFINITION)
-    await store.set_backfilled(NAME, 0, 0)
+    await store.set_backfilled(DEFINITION, 0, 0)
     await store.close()
     async with serving(settings) as (bus, stub):
         answer = await eventually(lambda: backfilled(stub))
@@ -207,10 +207,10 @@ async def test_a_partition_handed_over_mid_backfill_is_backfilled_and_recorded_b
             await eventually(lambda: ownership_a.owned == KEPT and ownership_b.owned == MOVED)
             held.release()
             await passing
-            assert set(await a.store.backfills(NAME)) == KEPT, "what it handed over, replica-a does not record"
+            assert set(await a.store.backfills(DEFINITION)) == KEPT, "what it handed over, replica-a does not record"
             await backfill_b.once()
             last, per_profile = await backfill_messages(a.bus)
-            assert await a.store.backfills(NAME) == {p: last[p] for p in EVERY}
+            assert await a.store.backfills(DEFINITION) == {p: last[p] for p in EVERY}
             # Each profile's backfill published once: what replica-a had done, replica-b published
             # again, dropped as duplicates (and answered with the originals' sequences).
             assert per_profile == {pid: 1 for pid in everyone}
@@ -234,11 +234,13 @@ async def test_a_partition_released_and_taken_back_during_a_pass_is_recorded_by_
         await eventually(lambda: ownership_a.owned == EVERY)
         held.release()
         await passing
-        assert set(await a.store.backfills(NAME)) == KEPT, "what went away and came back, that pass does not record"
+        assert set(await a.store.backfills(DEFINITION)) == KEPT, (
+            "what went away and came back, that pass does not record"
+        )
         published = (await a.bus.jetstream.stream_info(topics.PROFILE_UPDATED.stream)).state.messages
         await backfill_a.once()
         last, per_profile = await backfill_messages(a.bus)
-        assert await a.store.backfills(NAME) == {p: last[p] for p in EVERY}
+        assert await a.store.backfills(DEFINITION) == {p: last[p] for p in EVERY}
         assert per_profile == {pid: 1 for pid in everyone}
         assert (await a.bus.jetstream.stream_info(topics.PROFILE_UPDATED.stream)).state.messages == published, (
             "the second pass changed nothing: what it published again were duplicates"

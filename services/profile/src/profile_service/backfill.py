@@ -87,7 +87,7 @@ class Backfiller:
             todo = [p for p in sorted(self.held.owned) if (defined, p) not in self._recorded]
             if not todo:
                 continue
-            records = await self.store.backfills(definition.name)
+            records = await self.store.backfills(definition)
             for partition in todo:
                 if partition in records:
                     self._recorded.add((defined, partition))
@@ -118,7 +118,7 @@ class Backfiller:
                 if not owned or partition not in self._passing:
                     continue
                 for definition in pending[partition]:
-                    await self.store.set_backfilled(definition.name, partition, last[partition])
+                    await self.store.set_backfilled(definition, partition, last[partition])
                     self._recorded.add((_defined(definition), partition))
             fields = {
                 "names": [d.name for d in pending[partition]],

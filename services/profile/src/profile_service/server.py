@@ -221,7 +221,7 @@ class ProfileServicer(profile_service_pb2_grpc.ProfileServiceServicer):
         return pb.DefineEventSeriesResponse(
             definition=definition,
             created=created,
-            backfilled=await self.store.backfills(definition.name),
+            backfilled=await self.store.backfills(definition),
             partition_count=self.profiles.bus.partitions,
         )
 

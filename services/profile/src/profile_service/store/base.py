@@ -22,10 +22,11 @@ ingestion, or identity resolved it before its own part of the erasure) finds it 
 nothing. It is read only where no head exists, i.e. for a profile about to be created.
 
 A stored definition's backfill from the archive is recorded per partition of the bus once done
-(`profile_backfills`: name, partition → the stream sequence of the last profile.updated it
-published there), so a restart or a partition's next owner resumes with what is left, and a
-reader knows which messages carry it. Deleting a definition deletes its records: a name defined
-again is backfilled again.
+(`profile_backfills`: name, created_at, partition → the stream sequence of the last
+profile.updated it published there), so a restart or a partition's next owner resumes with what
+is left, and a reader knows which messages carry it. The records name the definition by its
+creation too, so a name deleted and defined again is backfilled again, even past a record a
+pass of the old one wrote late; deleting a definition deletes the records of its name.
 """
 
 from __future__ import annotations
@@ -97,11 +98,13 @@ class ProfileStore(Protocol):
     async def delete_definition(self, name: str) -> bool:
         """Delete a definition and its backfill records; whether the definition was there."""
 
-    async def backfills(self, name: str) -> dict[int, int]:
-        """The partitions whose backfill of the definition `name` is done, each with the stream
+    async def backfills(self, definition: profile_pb2.ComputedTraitDefinition) -> dict[int, int]:
+        """The partitions whose backfill of the definition is done, each with the stream
         sequence of the last profile.updated that backfill published on it (0: none)."""
 
-    async def set_backfilled(self, name: str, partition: int, sequence: int) -> None:
-        """Record a partition's backfill of `name` done (see `backfills`)."""
+    async def set_backfilled(
+        self, definition: profile_pb2.ComputedTraitDefinition, partition: int, sequence: int
+    ) -> None:
+        """Record a partition's backfill of the definition done (see `backfills`)."""
 
     async def close(self) -> None: ...

@@ -56,8 +56,8 @@ MIGRATIONS = [
     Migration(
         3,
         (
-            "CREATE TABLE IF NOT EXISTS profile_backfills (name text, partition int, sequence bigint,"
-            " PRIMARY KEY ((name), partition))",
+            "CREATE TABLE IF NOT EXISTS profile_backfills (name text, created_us bigint, partition int,"
+            " sequence bigint, PRIMARY KEY ((name), created_us, partition))",
         ),
     ),
 ]
@@ -381,17 +381,22 @@ class CassandraProfileStore(Repository, ProfileStore):
         )
 
     async def delete_definition(self, name: str) -> bool:
-        # The records first: a crash between the two leaves a definition to backfill again, never
-        # records that would pass a name defined again as backfilled.
+        # The records first: a crash between the two leaves a definition to backfill again.
         await self.db.execute("DELETE FROM profile_backfills WHERE name = ?", (name,))
         applied, _ = await self.db.execute_lwt("DELETE FROM profile_computed_traits WHERE name = ? IF EXISTS", (name,))
         return applied
 
-    async def backfills(self, name: str) -> dict[int, int]:
-        rows = await self.db.execute("SELECT partition, sequence FROM profile_backfills WHERE name = ?", (name,))
+    async def backfills(self, definition: profile_pb2.ComputedTraitDefinition) -> dict[int, int]:
+        rows = await self.db.execute(
+            "SELECT partition, sequence FROM profile_backfills WHERE name = ? AND created_us = ?",
+            (definition.name, definition.created_at.ToMicroseconds()),
+        )
         return {row.partition: row.sequence for row in rows}
 
-    async def set_backfilled(self, name: str, partition: int, sequence: int) -> None:
+    async def set_backfilled(
+        self, definition: profile_pb2.ComputedTraitDefinition, partition: int, sequence: int
+    ) -> None:
         await self.db.execute(
-            "INSERT INTO profile_backfills (name, partition, sequence) VALUES (?, ?, ?)", (name, partition, sequence)
+            "INSERT INTO profile_backfills (name, created_us, partition, sequence) VALUES (?, ?, ?, ?)",
+            (definition.name, definition.created_at.ToMicroseconds(), partition, sequence),
         )

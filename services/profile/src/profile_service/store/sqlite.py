@@ -45,8 +45,8 @@ MIGRATIONS = [
     Migration(
         4,
         (
-            "CREATE TABLE profile_backfills (name TEXT, partition INTEGER, sequence INTEGER,"
-            " PRIMARY KEY (name, partition))",
+            "CREATE TABLE profile_backfills (name TEXT, created_us INTEGER, partition INTEGER,"
+            " sequence INTEGER, PRIMARY KEY (name, created_us, partition))",
         ),
     ),
 ]
@@ -306,9 +306,17 @@ class SqliteProfileStore(Repository, ProfileStore):
 
         return await self.db.transaction(work)
 
-    async def backfills(self, name: str) -> dict[int, int]:
-        rows = await self.db.execute("SELECT partition, sequence FROM profile_backfills WHERE name = ?", (name,))
+    async def backfills(self, definition: profile_pb2.ComputedTraitDefinition) -> dict[int, int]:
+        rows = await self.db.execute(
+            "SELECT partition, sequence FROM profile_backfills WHERE name = ? AND created_us = ?",
+            (definition.name, definition.created_at.ToMicroseconds()),
+        )
         return dict(rows)
 
-    async def set_backfilled(self, name: str, partition: int, sequence: int) -> None:
-        await self.db.execute("INSERT OR REPLACE INTO profile_backfills VALUES (?, ?, ?)", (name, partition, sequence))
+    async def set_backfilled(
+        self, definition: profile_pb2.ComputedTraitDefinition, partition: int, sequence: int
+    ) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO profile_backfills VALUES (?, ?, ?, ?)",
+            (definition.name, definition.created_at.ToMicroseconds(), partition, sequence),
+        )
