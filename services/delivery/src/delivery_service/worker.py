@@ -16,7 +16,8 @@ nak'ed with the retry delay (Retry-After or jittered backoff): the slot is free 
 JetStream brings the job back. Once sent, refused or out of budget, the job's record (and its
 dead letter) is written in a batch with the others that finished meanwhile, the outcomes are
 published, and only then are the jobs acked: a crash before that sends again, with the same
-idempotency key.
+idempotency key. Jobs in hand whose handling fails on a transient error (NATS, the store) are
+nak'ed to come back in a second, not after their ack wait.
 
 A job of a person erased since it was queued (planned just before the erasure's tombstone,
 queued after the erasure removed the person's jobs from the stream) is acked unsent, with no
@@ -57,6 +58,9 @@ from mosaic.platform.errors import Unavailable
 from mosaic.platform.pull import ENDS_WELL, Puller
 
 log = logging.getLogger("mosaic.delivery.worker")
+# What may fail a job's handling for a moment: NATS (a timeout, the connection away), a socket,
+# the store (Cassandra's timeouts are Unavailable). Jobs in hand are then given back at once.
+TRANSIENT = (nats.errors.Error, OSError, Unavailable)
 
 
 def _direct_tracer() -> trace.Tracer:
@@ -194,13 +198,12 @@ class DestinationWorker:
                 if own is None:
                     own = await self.queue.own_connection()
                 if feed is None:
-                    late = self._late_members.append if audience else self._late
-                    feed = await own.feed(destination_id, self.concurrency, ack_wait, late)
+                    feed = await own.feed(destination_id, self.concurrency, ack_wait, self._late)
                 if audience:
                     await self._sync_audience(feed)
                 else:
                     await self._take_jobs(feed)
-            except (nats.errors.Error, OSError) as error:
+            except TRANSIENT as error:
                 log.warning("queue of %s: %r", destination_id, error)
                 await asyncio.sleep(1.0)
         if feed is not None:
@@ -243,31 +246,39 @@ class DestinationWorker:
         task.add_done_callback(self._tasks.discard)
 
     def _late(self, msg: Msg) -> None:
-        """A job that came after its request was over here: sent without a slot (a few over the
-        bound, once), since giving it back would spend one of its attempts."""
-        self._dispatch(msg, slot=False)
+        """A job that came after its request was over here (given up: its end lost or too late).
+        An audience job goes in the next batch; any other is sent without a slot (a few over the
+        bound, once). Giving it back would spend one of its attempts."""
+        if self.kind == Kind.DESTINATION_KIND_AUDIENCE_SYNC:
+            self._late_members.append(msg)  # the list of now: _fill swaps it for a new one
+        else:
+            self._dispatch(msg, slot=False)
 
     async def _sync_audience(self, feed: Puller) -> None:
         probe = await self._wait_for_circuit()
         if self._stopping.is_set():
             return
-        messages = await self._fill(
-            feed, self.destination.audience.batch_size or 500, self.destination.audience.linger_seconds or 1.0
-        )
-        if messages:
-            await self._send_audience(messages)
-        elif probe:
-            self.breaker.abandon_probe()
+        audience = self.destination.audience
+        batch: list[Msg] = []  # the jobs in hand, kept so by _fill and _send_audience
+        try:
+            await self._fill(feed, batch, audience.batch_size or 500, audience.linger_seconds or 1.0)
+            if batch:
+                await self._send_audience(batch)
+            elif probe:
+                self.breaker.abandon_probe()
+        except TRANSIENT as error:
+            await self._give_back(batch, error)
+            raise  # _run waits a moment before the next batch
 
-    async def _fill(self, feed: Puller, size: int, linger: float) -> list[Msg]:
-        """A batch: the first job (what the queue holds now, else the first that comes within
-        1 s), then what else comes within `linger` seconds, up to `size`."""
-        messages, self._late_members = self._late_members, []
-        if not messages:
-            messages = await feed.fetch(size, 1.0)
-        if messages and len(messages) < size and not self._stopping.is_set():
-            await feed.request(size - len(messages), linger, messages.append)
-        return messages
+    async def _fill(self, feed: Puller, batch: list[Msg], size: int, linger: float) -> None:
+        """Fill `batch`: the first job (what the queue holds now, else the first that comes
+        within 1 s), then what else comes within `linger` seconds, up to `size`."""
+        batch += self._late_members
+        self._late_members = []
+        if not batch:
+            batch += await feed.fetch(size, 1.0)
+        if batch and len(batch) < size and not self._stopping.is_set():
+            await feed.request(size - len(batch), linger, batch.append)
 
     async def _take_slots(self, most: int) -> int:
         """Wait for one free slot, then take up to `most` of those free now. What is not
@@ -340,7 +351,9 @@ class DestinationWorker:
                 else:
                     self.breaker.succeeded()
                     self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_SENT, detail)
-        except Exception:  # noqa: BLE001 - a bug or NATS gone: the job comes back after ack_wait
+        except TRANSIENT as error:
+            await self._give_back([msg], error)
+        except Exception:  # noqa: BLE001 - a bug: the job comes back after ack_wait
             log.exception("job on %s not handled", msg.subject)
         finally:
             if slot:
@@ -384,15 +397,17 @@ class DestinationWorker:
         return f"HTTP {status}"
 
     async def _send_audience(self, messages: list[Msg]) -> None:
-        """One request for a batch of membership changes; a person's last change wins."""
+        """One request for a batch of membership changes; a person's last change wins. Until the
+        request, `messages` is kept to the jobs still in hand (those acked unsent or suppressed
+        are taken out), for `_sync_audience` to give back if a step fails."""
         jobs = [delivery_pb2.DeliveryJob.FromString(msg.data) for msg in messages]
         attempt = max(attempt_of(msg) for msg in messages)
         kept = [not await self.erased.erased(job.profile_id) for job in jobs]
-        for msg, keep in zip(messages, kept, strict=True):
-            if not keep:
-                await msg.ack()  # erased since it was queued: out of the batch, unrecorded
-        messages = [msg for msg, keep in zip(messages, kept, strict=True) if keep]
+        gone = [msg for msg, keep in zip(messages, kept, strict=True) if not keep]
+        messages[:] = [msg for msg, keep in zip(messages, kept, strict=True) if keep]
         jobs = [job for job, keep in zip(jobs, kept, strict=True) if keep]
+        for msg in gone:
+            await msg.ack()  # erased since it was queued: out of the batch, unrecorded
         if not jobs:
             return
         consented = await self._consented(messages, jobs)
@@ -401,7 +416,7 @@ class DestinationWorker:
         for msg, job, ok in zip(messages, jobs, consented, strict=True):
             if not ok:
                 self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_SUPPRESSED, self._withdrawn())
-        messages = [msg for msg, ok in zip(messages, consented, strict=True) if ok]
+        messages[:] = [msg for msg, ok in zip(messages, consented, strict=True) if ok]
         jobs = [job for job, ok in zip(jobs, consented, strict=True) if ok]
         if not jobs:
             return
@@ -437,6 +452,25 @@ class DestinationWorker:
                 outcome, detail, dead = delivery_pb2.DELIVERY_STATUS_SENT, done, False
         for msg, job in zip(messages, jobs, strict=False):
             self._finish(msg, job, attempt, outcome, detail, dead)
+
+    async def _give_back(self, messages: list[Msg], error: Exception) -> None:
+        """Nak jobs whose handling failed on a transient error: back in a second, not after
+        their ack wait. A job acked or nak'ed meanwhile stays so (nats.py refuses it again); a
+        nak that fails too (NATS away) leaves the job to its ack wait."""
+        if not messages:
+            return
+        naks = await asyncio.gather(*(msg.nak(delay=1.0) for msg in messages), return_exceptions=True)
+        log.warning(
+            "jobs given back",
+            extra={
+                "fields": {
+                    "destination_id": self.destination.destination_id,
+                    "jobs": len(messages),
+                    "given_back": sum(nak is None for nak in naks),
+                    "error": repr(error),
+                }
+            },
+        )
 
     async def _post_audience(self, body: dict, jobs: list[delivery_pb2.DeliveryJob], key: str) -> str:
         """Send one audience batch: to its file, or to its endpoint; what was done."""
