@@ -7,7 +7,6 @@ nak'ed and goes on its next delivery. The ack wait is 25 s here (MOSAIC_WEBHOOK_
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import nats
@@ -20,57 +19,11 @@ from mosaic.delivery.v1 import delivery_pb2
 from mosaic.delivery.v1 import delivery_service_pb2 as pb
 from mosaic.platform.errors import Unavailable
 from mosaic.testing.plugin import eventually
+from mosaic.testing.relay import Link
 
 from .test_channels import records
 
 Status = delivery_pb2.DeliveryStatus
-
-
-class Stall:
-    """A TCP relay to the nats-server that can hold back what the server sends: the server goes
-    on (it hands a job to a pull request), the client hears nothing until `release`, as on a
-    stalled network or behind a busy event loop."""
-
-    def __init__(self, upstream: str) -> None:
-        host, port = upstream.removeprefix("nats://").rsplit(":", 1)
-        self.upstream = (host, int(port))
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        return f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    def hold(self) -> None:
-        self.flowing.clear()
-
-    def release(self) -> None:
-        self.flowing.set()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        self._writers += [writer, up_writer]
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, held: bool) -> None:
-            try:
-                while data := await source.read(65536):
-                    if held:
-                        await self.flowing.wait()
-                    sink.write(data)
-                    await sink.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
-
-    def close(self) -> None:
-        self.release()
-        for writer in self._writers:
-            writer.close()
-        self._server.close()
 
 
 @pytest.fixture
@@ -80,11 +33,12 @@ def long_ack_wait(delivery_env):
 
 @pytest.fixture
 async def stall(long_ack_wait, delivery_env, nats_server):
-    """The delivery service's NATS connections go through a Stall."""
-    relay = Stall(nats_server.url)
+    """The delivery service's NATS connections go through a relay that can hold back what the
+    server sends (the server goes on: it hands a job to a pull request the client does not hear of)."""
+    relay = Link(nats_server.url)
     delivery_env["MOSAIC_NATS_URL"] = await relay.start()
     yield relay
-    relay.close()
+    await relay.close()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""A TCP relay a test can cut, between a client and a real server (a replica's NATS connection
-lost and refused until restored)."""
+"""A TCP relay a test can cut or stall, between a client and a real server (a replica's NATS
+connection lost and refused until restored; or what the server sends held back, as on a stalled
+network or behind a busy event loop, while the server goes on)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import asyncio
 
 class Link:
     """A TCP relay between a replica and the nats-server, which the test can cut: the replica's
-    connection drops, and reconnecting is refused until `restore`."""
+    connection drops, and reconnecting is refused until `restore`; or `hold` what the server
+    sends until `release`."""
 
     def __init__(self, upstream: str) -> None:
         host, port = upstream.removeprefix("nats://").rsplit(":", 1)
         self.upstream = (host, int(port))
         self.up = True
+        self.flowing = asyncio.Event()
+        self.flowing.set()
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> str:
@@ -27,9 +31,11 @@ class Link:
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         self._writers |= {writer, up_writer}
 
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, held: bool) -> None:
             try:
                 while data := await source.read(65536):
+                    if held:
+                        await self.flowing.wait()
                     sink.write(data)
                     await sink.drain()
             except (ConnectionError, OSError):
@@ -37,7 +43,7 @@ class Link:
             finally:
                 sink.close()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
 
     def cut(self) -> None:
         self.up = False
@@ -48,6 +54,13 @@ class Link:
     def restore(self) -> None:
         self.up = True
 
+    def hold(self) -> None:
+        self.flowing.clear()
+
+    def release(self) -> None:
+        self.flowing.set()
+
     async def close(self) -> None:
+        self.release()
         self.cut()
         self._server.close()
