@@ -93,6 +93,10 @@ async def test_an_audience_add_withdrawn_before_its_batch_goes_is_left_out_and_r
                 purpose="marketing",
                 webhook_url=webhook_receiver.url("/audience"),
                 audience=delivery_pb2.AudienceSettings(batch_size=3, linger_seconds=1),
+                # An ack wait of 2 * 2 + 5 s, within the wait below: Debian's nats-server 2.9.10 can
+                # hand a job nak'ed with a delay to a pull request that has just expired, and then
+                # holds it until its ack wait (fixed upstream in 2024: nats-server #5338).
+                limits=delivery_pb2.Limits(timeout_seconds=2),
             )
         )
     )

@@ -154,3 +154,30 @@ async def test_a_job_whose_handling_fails_on_a_transient_error_is_given_back_and
         "given_back": 1,
         "error": repr(Unavailable("store", "the tombstones did not answer")),
     } in given
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [delivery_pb2.DESTINATION_KIND_WEBHOOK, delivery_pb2.DESTINATION_KIND_AUDIENCE_SYNC],
+    ids=["webhook", "audience"],
+)
+async def test_a_message_in_the_queue_that_is_not_a_job_is_terminated_and_the_worker_goes_on(
+    kind, long_ack_wait, nc, queue, stub, webhook_receiver, caplog
+):
+    await stub.CreateDestination(destination(webhook_receiver, kind))
+    await eventually(lambda: waiting(nc))
+    # Field 1 with a length past the end: no protobuf parser takes it, so it never would.
+    await nc.jetstream().publish(f"{JOBS.name}.ads.p-0", b"\x0a\xff", headers={"Nats-Msg-Id": "garbage"})
+    await queue.put(removal("p-1"))
+    await eventually(lambda: webhook_receiver.requests, timeout=10)
+    await queue.put(removal("p-2"))  # and the worker is still there for the next one
+    await eventually(lambda: len(webhook_receiver.requests) == 2, timeout=10)
+    assert [r.fields["subject"] for r in caplog.records if r.getMessage() == "not a delivery job: terminated"] == [
+        f"{JOBS.name}.ads.p-0"
+    ]
+
+    async def settled() -> bool:  # nothing left pending: the bad message is not waiting to come back
+        info = await consumer(nc)
+        return info is not None and info.num_ack_pending == 0 and info.num_pending == 0
+
+    await eventually(settled)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats.errors
-from google.protobuf import timestamp_pb2
+from google.protobuf import message, timestamp_pb2
 from nats.aio.msg import Msg
 from opentelemetry import trace
 
@@ -73,6 +73,20 @@ def _direct_tracer() -> trace.Tracer:
     if isinstance(provider, trace.ProxyTracerProvider):
         return trace.NoOpTracer()
     return provider.get_tracer("mosaic.delivery.worker")
+
+
+async def _decoded(msg: Msg) -> delivery_pb2.DeliveryJob | None:
+    """The job a message holds; None for one that is not a job, which is terminated (it would
+    never decode, so it would come back after every ack wait, forever)."""
+    try:
+        return delivery_pb2.DeliveryJob.FromString(msg.data)
+    except message.DecodeError as error:
+        log.error(
+            "not a delivery job: terminated",
+            extra={"fields": {"subject": msg.subject, "bytes": len(msg.data), "error": str(error)}},
+        )
+        await msg.term()
+        return None
 
 
 def attempt_of(msg: Msg) -> int:
@@ -206,6 +220,12 @@ class DestinationWorker:
             except TRANSIENT as error:
                 log.warning("queue of %s: %r", destination_id, error)
                 await asyncio.sleep(1.0)
+            except Exception:  # noqa: BLE001 - a bug: logged, and the worker goes on (its jobs come back after ack_wait)
+                log.exception("worker of %s", destination_id)
+                await asyncio.sleep(1.0)
+        # Audience jobs that came after the last batch: given back now, not after their ack wait.
+        late, self._late_members = self._late_members, []
+        await asyncio.gather(*(msg.nak() for msg in late), return_exceptions=True)
         if feed is not None:
             await feed.close()
         self._own = own  # closed in stop(), once the recorder has acked what it holds
@@ -307,7 +327,9 @@ class DestinationWorker:
             wait = self.bucket.wait_time()
             if wait:
                 await asyncio.sleep(wait)
-            job = delivery_pb2.DeliveryJob.FromString(msg.data)
+            job = await _decoded(msg)
+            if job is None:
+                return
             attempt = attempt_of(msg)
             with self._tracer.start_as_current_span(
                 messaging_spans.process_name(topics.DELIVERY_JOBS.name),
@@ -400,7 +422,11 @@ class DestinationWorker:
         """One request for a batch of membership changes; a person's last change wins. Until the
         request, `messages` is kept to the jobs still in hand (those acked unsent or suppressed
         are taken out), for `_sync_audience` to give back if a step fails."""
-        jobs = [delivery_pb2.DeliveryJob.FromString(msg.data) for msg in messages]
+        decoded = [await _decoded(msg) for msg in messages]
+        messages[:] = [msg for msg, job in zip(messages, decoded, strict=True) if job is not None]
+        jobs = [job for job in decoded if job is not None]
+        if not jobs:
+            return
         attempt = max(attempt_of(msg) for msg in messages)
         kept = [not await self.erased.erased(job.profile_id) for job in jobs]
         gone = [msg for msg, keep in zip(messages, kept, strict=True) if not keep]
