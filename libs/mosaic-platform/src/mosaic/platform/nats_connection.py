@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -78,6 +78,15 @@ async def connect(
         if on_reconnect is not None:
             on_reconnect()
 
+    client: list[nats.NATS] = []
+
+    async def disconnected() -> None:
+        # nats-py calls this on a close too: a stop is no warning.
+        if client and client[0].is_closed:
+            log.info("connection to nats closed")
+        else:
+            log.warning("disconnected from nats")
+
     connecting = nats.connect(
         url,
         name=name,
@@ -86,21 +95,15 @@ async def connect(
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         error_cb=_log_error,
-        disconnected_cb=_log_event("disconnected from nats"),
+        disconnected_cb=disconnected,
         reconnected_cb=reconnected,
     )
     try:
-        return await asyncio.wait_for(connecting, deadline)
+        client.append(await asyncio.wait_for(connecting, deadline))
+        return client[0]
     except asyncio.TimeoutError:
         raise Unavailable("nats", f"{url} did not complete a connection within {deadline:.0f} s") from None
 
 
 async def _log_error(error: Exception) -> None:
     log.warning("nats: %r", error)
-
-
-def _log_event(text: str) -> Callable[[], Awaitable[None]]:
-    async def callback() -> None:
-        log.warning(text)
-
-    return callback
