@@ -2,7 +2,7 @@
 
 Port A answers 200 and keeps, per delivery, the time from its queueing (`t` in the body, by
 the wall clock this machine shares) to its arrival; port B answers 500 to everything, or never
-answers in time (`timeout` mode). `GET /stats` on port A returns the count and latencies,
+answers in time (`timeout` mode), or answers 200 as A does (`200` mode: a working neighbour). `GET /stats` on port A returns the count and latencies,
 `GET /count` the count alone (what the bench polls: the latencies of a drain are 20,000
 numbers); `POST /reset` clears them. Prints `ports A B` once listening.
 """
@@ -10,6 +10,7 @@ numbers); `POST /reset` clears them. Prints `ports A B` once listening.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import time
 
@@ -28,7 +29,7 @@ async def main(failing_mode: str) -> None:
         await request.read()
         if failing_mode == "timeout":
             await asyncio.sleep(3600)
-        return web.Response(status=500)
+        return web.Response(status=200 if failing_mode == "200" else 500)
 
     async def stats(request: web.Request) -> web.Response:
         return web.json_response({"count": len(latencies), "latencies": latencies})
@@ -53,6 +54,7 @@ async def main(failing_mode: str) -> None:
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
         await site.start()
         ports.append(runner.addresses[0][1])  # the port the OS picked
+    gc.freeze()  # the receiver is the instrument: a full collection of its heap must not stall it
     print(f"ports {ports[0]} {ports[1]}", flush=True)
     await asyncio.Event().wait()
 

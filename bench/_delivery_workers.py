@@ -37,6 +37,7 @@ from mosaic.delivery.v1 import delivery_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus
 from mosaic.platform.config import PlatformSettings
+from mosaic.platform.server import tune_gc
 
 # MOSAIC_DELIVERY_CONSENT_CACHE_SECONDS of the workers (0: consent asked before every send).
 CONSENT_CACHE = float(os.environ.get("BENCH_DELIVERY_CONSENT_CACHE_SECONDS", "30"))
@@ -64,6 +65,7 @@ async def main(nats_url: str, data_dir: str, consent_port: int, destinations: li
     await erased.follow(bus)
     settings = WorkerSettings(policy=AddressPolicy(["loopback"]), max_attempts=5, retry_base=0.5)
     dispatcher = Dispatcher(queue, store, bus, settings, answers, erased)  # as the service runs its pools
+    tune_gc()  # as the service does once started
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     try:
