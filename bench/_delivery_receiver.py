@@ -1,10 +1,14 @@
-"""The bench's destinations, in a process of their own: `python -m bench._delivery_receiver`.
+"""One of the bench's destinations, in a process of its own: `python -m bench._delivery_receiver
+<mode>`.
 
-Port A answers 200 and keeps, per delivery, the time from its queueing (`t` in the body, by
-the wall clock this machine shares) to its arrival; port B answers 500 to everything, or never
-answers in time (`timeout` mode), or answers 200 as A does (`200` mode: a working neighbour). `GET /stats` on port A returns the count and latencies,
-`GET /count` the count alone (what the bench polls: the latencies of a drain are 20,000
-numbers); `POST /reset` clears them. Prints `ports A B` once listening.
+`healthy` answers 200 and keeps, per delivery, the time from its queueing (`t` in the body, by
+the wall clock this machine shares) to its arrival: `GET /stats` returns the count and
+latencies, `GET /count` the count alone (what the bench polls: the latencies of a drain are
+20,000 numbers), `POST /reset` clears them. The neighbour's modes: `500` answers 500 to
+everything, `timeout` never answers in time, `200` answers 200 (a working neighbour). Each
+destination has a process, as each has a host of its own in a deployment: a neighbour's
+connections, cancelled handlers and answers are not work of the healthy destination's
+receiver, which is the instrument. Prints `port <port>` once listening.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from aiohttp import web
 
 
-async def main(failing_mode: str) -> None:
+async def main(mode: str) -> None:
     latencies: list[float] = []
 
     async def healthy(request: web.Request) -> web.Response:
@@ -25,11 +29,11 @@ async def main(failing_mode: str) -> None:
         latencies.append(time.time() - body["t"])
         return web.Response(status=200)
 
-    async def failing(request: web.Request) -> web.Response:
+    async def neighbour(request: web.Request) -> web.Response:
         await request.read()
-        if failing_mode == "timeout":
+        if mode == "timeout":
             await asyncio.sleep(3600)
-        return web.Response(status=200 if failing_mode == "200" else 500)
+        return web.Response(status=200 if mode == "200" else 500)
 
     async def stats(request: web.Request) -> web.Response:
         return web.json_response({"count": len(latencies), "latencies": latencies})
@@ -41,23 +45,21 @@ async def main(failing_mode: str) -> None:
         latencies.clear()
         return web.Response(status=204)
 
-    healthy_app = web.Application()
-    healthy_app.add_routes(
-        [web.post("/hook", healthy), web.get("/stats", stats), web.get("/count", count), web.post("/reset", reset)]
-    )
-    failing_app = web.Application()
-    failing_app.add_routes([web.post("/hook", failing)])
-    ports = []
-    for app in (healthy_app, failing_app):
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        ports.append(runner.addresses[0][1])  # the port the OS picked
-    gc.freeze()  # the receiver is the instrument: a full collection of its heap must not stall it
-    print(f"ports {ports[0]} {ports[1]}", flush=True)
+    app = web.Application()
+    if mode == "healthy":
+        app.add_routes(
+            [web.post("/hook", healthy), web.get("/stats", stats), web.get("/count", count), web.post("/reset", reset)]
+        )
+    else:
+        app.add_routes([web.post("/hook", neighbour)])
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    gc.freeze()  # the healthy receiver is the instrument: a full collection of its heap must not stall it
+    print(f"port {runner.addresses[0][1]}", flush=True)  # the port the OS picked
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "500"))
+    asyncio.run(main(sys.argv[1]))

@@ -2,7 +2,7 @@
 and that destination's p99 latency alone and beside a second destination that answers 500 to
 everything or never answers in time.
 
-What runs: a nats-server (one core), the receivers in a process of their own
+What runs: a nats-server (one core), each destination's receiver in a process of its own
 (bench/_delivery_receiver.py), the real consent service (`python -m consent_service`, CCPA
 defaults: the people decided nothing, so marketing is allowed), and the delivery service's
 sending half for real in BENCH_DELIVERY_REPLICAS (2) replica processes
@@ -112,14 +112,23 @@ async def offer(js, destination_ids: list[str], rate: float, seconds: float) -> 
     return sent
 
 
+def start_receiver(mode: str) -> tuple[subprocess.Popen, int]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench._delivery_receiver", mode], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None  # piped
+    word, port = process.stdout.readline().split()
+    assert word == "port", word
+    return process, int(port)
+
+
 class Receivers:
-    def __init__(self, mode: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench._delivery_receiver", mode], stdout=subprocess.PIPE, text=True
-        )
-        assert self.process.stdout is not None  # piped
-        _, healthy, failing = self.process.stdout.readline().split()
-        self.healthy, self.failing = int(healthy), int(failing)
+    """The healthy destination's receiver and, when `mode` is given, its neighbour's: a
+    process each."""
+
+    def __init__(self, mode: str | None) -> None:
+        self.process, self.healthy = start_receiver("healthy")
+        self.neighbour = start_receiver(mode) if mode else None
 
     async def stats(self, what: str = "stats") -> dict:
         async with aiohttp.ClientSession() as session:
@@ -131,8 +140,9 @@ class Receivers:
             await session.post(f"http://127.0.0.1:{self.healthy}/reset")
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait()
+        for process in (self.process, *(self.neighbour[:1] if self.neighbour else ())):
+            process.terminate()
+            process.wait()
 
 
 async def wait_for(receivers: Receivers, count: int, timeout: float = 300) -> None:
@@ -202,7 +212,7 @@ async def scenario(
     feed_other: bool = False,
     others: dict[str, int] | None = None,
 ) -> dict:
-    receivers = Receivers(mode or "500")
+    receivers = Receivers(mode)
     bus = await Bus.connect(nats_url, "delivery", 8)
     await bus.ensure_streams()
     queue = await JobQueue.connect(nats_url)
@@ -210,7 +220,7 @@ async def scenario(
     js = nc.jetstream()
     suffix = name.replace(" ", "-").replace(".", "-")
     healthy_id, failing_id = f"healthy-{suffix}", f"failing-{suffix}"
-    ports = {healthy_id: receivers.healthy} | ({failing_id: receivers.failing} if mode else {})
+    ports = {healthy_id: receivers.healthy} | ({failing_id: receivers.neighbour[1]} if receivers.neighbour else {})
     pool = Replicas(replicas, nats_url, data_dir, consent_port, ports)
     result: dict = {"name": name}
     try:
