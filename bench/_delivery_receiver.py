@@ -5,7 +5,8 @@
 the wall clock this machine shares) to its arrival: `GET /stats` returns the count and
 latencies, `GET /count` the count alone (what the bench polls: the latencies of a drain are
 20,000 numbers), `POST /reset` clears them. The neighbour's modes: `500` answers 500 to
-everything, `timeout` never answers in time, `200` answers 200 (a working neighbour). Each
+everything, `timeout` never answers in time, `200` answers 200 (a working neighbour); its
+`GET /count` is how many requests reached it. Each
 destination has a process, as each has a host of its own in a deployment: a neighbour's
 connections, cancelled handlers and answers are not work of the healthy destination's
 receiver, which is the instrument. Prints `port <port>` once listening.
@@ -30,6 +31,7 @@ async def main(mode: str) -> None:
         return web.Response(status=200)
 
     async def neighbour(request: web.Request) -> web.Response:
+        latencies.append(0.0)  # counted only: what the circuit let through
         await request.read()
         if mode == "timeout":
             await asyncio.sleep(3600)
@@ -51,7 +53,7 @@ async def main(mode: str) -> None:
             [web.post("/hook", healthy), web.get("/stats", stats), web.get("/count", count), web.post("/reset", reset)]
         )
     else:
-        app.add_routes([web.post("/hook", neighbour)])
+        app.add_routes([web.post("/hook", neighbour), web.get("/count", count)])
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)

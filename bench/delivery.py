@@ -32,7 +32,8 @@ BENCH_DELIVERY_PEOPLE (5,000) people in turn.
    nats-server stores both), then beside a second destination fed at the same rate that works
    (answers 200: what any neighbour costs the machine), that answers 500, and that times out;
    BENCH_DELIVERY_ROUNDS (2) rounds, since a shared machine moves a p99 between runs more than
-   a neighbour does.
+   a neighbour does, each round starting one run later (none always follows another); how
+   many requests reached the neighbour shows its circuit at work.
 
 On the 2-core machine all of these processes share the cores.
 Run: `uv run --frozen python -m bench delivery`.
@@ -130,9 +131,9 @@ class Receivers:
         self.process, self.healthy = start_receiver("healthy")
         self.neighbour = start_receiver(mode) if mode else None
 
-    async def stats(self, what: str = "stats") -> dict:
+    async def stats(self, what: str = "stats", port: int | None = None) -> dict:
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{self.healthy}/{what}") as answer:
+            async with session.get(f"http://127.0.0.1:{port or self.healthy}/{what}") as answer:
                 return await answer.json()
 
     async def reset(self) -> None:
@@ -258,6 +259,7 @@ async def scenario(
             result |= {"p50": pct(latencies, 50), "p99": pct(latencies, 99), "count": len(latencies)}
             if mode:
                 result["failing_pending"] = await queue.pending(failing_id)
+                result["reached"] = (await receivers.stats("count", ports[failing_id]))["count"]
                 result["breaker"] = (await pool.stop())["breakers"][failing_id]
     finally:
         pool.close()
@@ -332,33 +334,39 @@ async def run(nats_url: str, data_dir: str, consent_port: int, others: dict[str,
     share = "BENCH_DELIVERY_RATE" if fixed else f"{LOAD:.0%} of {replicas_named(REPLICAS)}' drain"
     print(
         f"latency at {rate:,.0f} deliveries/s offered ({share}) for"
-        f" {SECONDS:.0f} s, queue to arrival; {ROUNDS} rounds, the three runs of a round back to back:"
+        f" {SECONDS:.0f} s, queue to arrival; {ROUNDS} rounds of five runs back to back, each round starting one run later:"
     )
-    p99s: dict[str, list[float]] = {"alone": [], "queued": [], "200": [], "500": [], "timeout": []}
+    labels = {
+        "alone": "healthy alone:",
+        "queued": "alone, a 2nd queue fed, unread:",
+        "200": "beside one that works (200):",
+        "500": "beside one that answers 500:",
+        "timeout": "beside one that times out:",
+    }
+    p99s: dict[str, list[float]] = {name: [] for name in labels}
+    names = list(labels)
     for round_ in range(1, ROUNDS + 1):
         common = (nats_url, data_dir, consent_port, REPLICAS)
-        alone = await scenario(f"alone {round_}", None, rate, *common)
-        print(
-            f"  {round_}. healthy alone:                 p50 {alone['p50']:7.1f} ms  p99 {alone['p99']:7.1f} ms",
-            flush=True,
-        )
-        queued = await scenario(f"queued {round_}", None, rate, *common, feed_other=True)
-        print(
-            f"  {round_}. alone, a 2nd queue fed, unread: p50 {queued['p50']:7.1f} ms  p99 {queued['p99']:7.1f} ms"
-            f"  ({(queued['p99'] / alone['p99'] - 1) * 100:+.0f} % p99: the load of queueing twice)",
-            flush=True,
-        )
-        p99s["alone"].append(alone["p99"])
-        p99s["queued"].append(queued["p99"])
-        for mode, label in (("200", "works (200)"), ("500", "answers 500"), ("timeout", "times out")):
-            beside = await scenario(f"beside {mode} {round_}", mode, rate, *common)
-            p99s[mode].append(beside["p99"])
-            print(
-                f"  {round_}. beside one that {label + ':':<13} p50 {beside['p50']:7.1f} ms  p99 {beside['p99']:7.1f} ms"
-                f"  ({(beside['p99'] / alone['p99'] - 1) * 100:+.0f} % p99 vs alone; its queue holds"
-                f" {beside['failing_pending']:,} jobs, circuit {beside['breaker']})",
-                flush=True,
-            )
+        # Each round starts one run later: none always follows the heaviest (a working neighbour)
+        # or always runs first, on a machine whose speed drifts.
+        turn = (round_ - 1) % len(names)
+        runs = {}
+        for name in names[turn:] + names[:turn]:
+            mode = name if name in ("200", "500", "timeout") else None
+            runs[name] = await scenario(f"{name} {round_}", mode, rate, *common, feed_other=name == "queued")
+            p99s[name].append(runs[name]["p99"])
+        alone = runs["alone"]
+        for name in names:
+            run_ = runs[name]
+            line = f"  {round_}. {labels[name]:<32} p50 {run_['p50']:7.1f} ms  p99 {run_['p99']:7.1f} ms"
+            if name == "queued":
+                line += f"  ({(run_['p99'] / alone['p99'] - 1) * 100:+.0f} % p99: the load of queueing twice)"
+            elif name != "alone":
+                line += (
+                    f"  ({(run_['p99'] / alone['p99'] - 1) * 100:+.0f} % p99 vs alone; {run_['reached']:,} requests"
+                    f" reached it, its queue holds {run_['failing_pending']:,} jobs, circuit {run_['breaker']})"
+                )
+            print(line, flush=True)
     if ROUNDS > 1:
         # One round's p99 moves by tens of percent between identical runs on a shared machine;
         # the median over rounds is what a neighbour's effect is read from.
@@ -367,11 +375,14 @@ async def run(nats_url: str, data_dir: str, consent_port: int, others: dict[str,
         def versus(name: str, base: str = "alone") -> str:
             return f"{(median[name] / median[base] - 1) * 100:+.0f} %"
 
+        def against(name: str) -> str:
+            return f"{versus(name)} vs alone, {versus(name, 'queued')} vs its queue fed unread, {versus(name, '200')} vs working"
+
         print(
             f"  median p99 over the {ROUNDS} rounds: alone {median['alone']:.1f} ms; a 2nd queue fed, unread"
             f" {median['queued']:.1f} ms ({versus('queued')}); beside one that works {median['200']:.1f} ms"
-            f" ({versus('200')}); beside one that answers 500 {median['500']:.1f} ms ({versus('500')},"
-            f" {versus('500', '200')} vs the working one); beside one that times out {median['timeout']:.1f} ms"
-            f" ({versus('timeout')}, {versus('timeout', '200')} vs the working one)",
+            f" ({versus('200')} vs alone, {versus('200', 'queued')} vs its queue fed unread); beside one that"
+            f" answers 500 {median['500']:.1f} ms ({against('500')}); beside one that times out"
+            f" {median['timeout']:.1f} ms ({against('timeout')})",
             flush=True,
         )
