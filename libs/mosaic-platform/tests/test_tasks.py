@@ -1,4 +1,5 @@
-"""`tasks.cancel` stops a task even when its first cancellation is swallowed."""
+"""`tasks.cancel` stops a task even when its first cancellation is swallowed; `woken_or_after`
+paces a loop."""
 
 from __future__ import annotations
 
@@ -37,3 +38,26 @@ async def test_finished_failed_and_missing_tasks_are_fine():
     await done
     await tasks.cancel(failed, done, None)
     assert failed.done() and done.done()
+
+
+async def test_a_wait_woken_returns_at_once_and_leaves_the_event_clear_for_the_next():
+    wake = asyncio.Event()
+    wake.set()
+    await asyncio.wait_for(tasks.woken_or_after(wake, 60), timeout=1)
+    assert not wake.is_set()
+
+
+async def test_a_wait_not_woken_returns_after_its_seconds():
+    wake = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await tasks.woken_or_after(wake, 0.05)
+    assert loop.time() - started >= 0.05
+    assert not wake.is_set()
+
+
+async def test_a_wait_is_woken_while_it_waits():
+    wake = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.01, wake.set)
+    await asyncio.wait_for(tasks.woken_or_after(wake, 60), timeout=1)
+    assert not wake.is_set()

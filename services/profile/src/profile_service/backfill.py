@@ -25,6 +25,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mosaic.platform.ownership import HeldPartitions
+from mosaic.platform.tasks import woken_or_after
 from mosaic.platform.topics import partition_of
 from mosaic.profile.v1 import profile_pb2
 
@@ -70,11 +71,7 @@ class Backfiller:
                 await self.once()
             except Exception:  # a store or NATS outage: the next round tries again
                 log.exception("backfill round failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await woken_or_after(self._wake, self.interval)
 
     async def once(self) -> None:
         """Backfill every stored definition on each owned partition without its record."""

@@ -24,6 +24,7 @@ import time
 from datetime import datetime, timezone
 
 from mosaic.platform.ownership import HeldPartitions
+from mosaic.platform.tasks import woken_or_after
 from segmentation_service.catalog import Live, SegmentCatalog
 from segmentation_service.membership import Memberships
 from segmentation_service.profiles import SeriesGate
@@ -99,11 +100,7 @@ class Backfiller:
                     self._sized_at = time.monotonic()
             except Exception:  # a store outage: try again at the next round
                 log.exception("backfill round failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await woken_or_after(self._wake, self.interval)
 
     async def once(self) -> int:
         """Backfill every pending (segment, revision, partition); returns the transitions."""

@@ -33,3 +33,13 @@ async def cancel(*tasks: asyncio.Task | asyncio.Future | None, every: float = 0.
     for task in tasks:
         if task is not None and task.done() and not task.cancelled():
             task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+async def woken_or_after(wake: asyncio.Event, seconds: float) -> None:
+    """Wait until `wake` is set or `seconds` have passed, then clear it for the next wait: the
+    pace of a loop that works a round at a time and can be asked for one sooner."""
+    try:
+        await asyncio.wait_for(wake.wait(), seconds)
+    except TimeoutError:
+        pass
+    wake.clear()
