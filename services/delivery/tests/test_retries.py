@@ -1,6 +1,7 @@
 """Retries, dead letters and isolation on real servers: a failing destination fills only its
 own queue, exhausted jobs land in the dead-letter store, and replay or discard clears it."""
 
+import asyncio
 import json
 
 import grpc
@@ -175,3 +176,41 @@ async def test_replay_and_discard_select_by_ids_by_destination_or_all(stub, memb
 
 async def _count(stub, n):
     return len(await dead_letters(stub)) == n
+
+
+@pytest.fixture
+def hair_trigger(delivery_env):
+    delivery_env["MOSAIC_DELIVERY_BREAKER_FAILURES"] = "1"  # one failure opens the circuit
+    delivery_env["MOSAIC_DELIVERY_BREAKER_COOLDOWN_SECONDS"] = "5"  # time to queue the probe's job
+
+
+async def test_a_probe_that_sends_nothing_leaves_the_circuit_to_the_next_job(
+    hair_trigger, stub, membership, consent, failing_receiver
+):
+    failing_receiver.status = 503
+    failing_receiver.answer_headers = {"Retry-After": "60"}  # p-0's retry is out of the way
+    await create(stub, failing_receiver, "crm")
+    await consent("p-0")
+    await membership("vip", "p-0")
+    await eventually(lambda: failing_receiver.requests)  # one failure: the circuit is open for 5 s
+    # The worker's request for jobs made while p-0 was in flight lasts up to 1 s: over by now.
+    await asyncio.sleep(1.5)
+    # While the circuit is open, p-1's job is queued, then p-1 withdraws: the job the half-open
+    # probe takes is suppressed at send time, nothing is sent, the destination gives no verdict.
+    await consent("p-1")
+    await membership("vip", "p-1")
+    await eventually(lambda: _status(stub, "p-1", "crm", Status.DELIVERY_STATUS_QUEUED))
+    await consent("p-1", granted=False)
+    failing_receiver.status = 200
+    await eventually(lambda: _status(stub, "p-1", "crm", Status.DELIVERY_STATUS_SUPPRESSED), timeout=15)
+    # The circuit is left to the next job, which probes and goes (a probe left pending for ever
+    # kept the circuit shut: nothing was sent again until a restart).
+    await consent("p-2")
+    await membership("vip", "p-2")
+    await eventually(lambda: _status(stub, "p-2", "crm", Status.DELIVERY_STATUS_SENT), timeout=15)
+    assert [r.body["profile_id"] for r in failing_receiver.requests] == ["p-0", "p-2"]
+
+
+async def _status(stub, profile_id, destination_id, status):
+    record = (await status_of(stub, profile_id)).get(destination_id)
+    return record is not None and record.status == status

@@ -27,6 +27,7 @@ record or outcome naming the person (`ErasedPeople`, a set lookup in memory).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -247,11 +248,12 @@ class DestinationWorker:
             await asyncio.sleep(min(wait, 1.0))  # then the circuit and the bucket are looked at again
             return
         wanted = await self._take_slots(min(1 if probe else min(self.concurrency, 256), tokens))
+        dispatch = functools.partial(self._dispatch, probe=True) if probe else self._dispatch
         came, how = 0, ""
         try:
-            came, how = await feed.request(wanted, 0, self._dispatch)
+            came, how = await feed.request(wanted, 0, dispatch)
             if not came and how == "404" and not self._stopping.is_set():
-                came, how = await feed.request(1, 1.0, self._dispatch)
+                came, how = await feed.request(1, 1.0, dispatch)
         finally:
             self._release(wanted - came)
         if probe and not came:
@@ -260,8 +262,8 @@ class DestinationWorker:
             log.warning("queue of %s: the request for jobs ended with %s", self.destination.destination_id, how)
             await asyncio.sleep(0.5)  # refused (409) or lost: not asked again at once
 
-    def _dispatch(self, msg: Msg, slot: bool = True) -> None:
-        task = asyncio.create_task(self._handle(msg, slot))
+    def _dispatch(self, msg: Msg, slot: bool = True, probe: bool = False) -> None:
+        task = asyncio.create_task(self._handle(msg, slot, probe))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -284,11 +286,15 @@ class DestinationWorker:
             await self._fill(feed, batch, audience.batch_size or 500, audience.linger_seconds or 1.0)
             if batch:
                 await self._send_audience(batch)
-            elif probe:
-                self.breaker.abandon_probe()
         except TRANSIENT as error:
             await self._give_back(batch, error)
             raise  # _run waits a moment before the next batch
+        finally:
+            # A probe that sent nothing (no jobs, or none left to send: erased, suppressed, not
+            # jobs, given back) gives no verdict: the next batch probes instead. Left probing,
+            # the circuit would never let anything through again.
+            if probe and self.breaker.probing:
+                self.breaker.abandon_probe()
 
     async def _fill(self, feed: Puller, batch: list[Msg], size: int, linger: float) -> None:
         """Fill `batch`: the first job (what the queue holds now, else the first that comes
@@ -322,7 +328,8 @@ class DestinationWorker:
             await asyncio.sleep(min(1.0, max(0.05, self.breaker.wait_time())))
         return False
 
-    async def _handle(self, msg: Msg, slot: bool = True) -> None:
+    async def _handle(self, msg: Msg, slot: bool = True, probe: bool = False) -> None:
+        judged = False  # whether the destination's answer told the circuit breaker anything
         try:
             wait = self.bucket.wait_time()
             if wait:
@@ -362,9 +369,11 @@ class DestinationWorker:
                     detail = await self._send(job)
                 except Refused as error:
                     self.breaker.succeeded()  # it answered: the endpoint is up, the request is not wanted
+                    judged = True
                     self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_DEAD_LETTERED, str(error), dead=True)
                 except Retryable as error:
                     self.breaker.failed()
+                    judged = True
                     if attempt >= self.max_attempts:
                         detail = f"{error} (attempt {attempt} of {self.max_attempts})"
                         self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_DEAD_LETTERED, detail, dead=True)
@@ -372,12 +381,17 @@ class DestinationWorker:
                         await msg.nak(delay=retry_delay(attempt, error.retry_after, self.retry_base))
                 else:
                     self.breaker.succeeded()
+                    judged = True
                     self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_SENT, detail)
         except TRANSIENT as error:
             await self._give_back([msg], error)
         except Exception:  # noqa: BLE001 - a bug: the job comes back after ack_wait
             log.exception("job on %s not handled", msg.subject)
         finally:
+            if probe and not judged:
+                # Nothing sent (erased, suppressed, not a job, given back): no verdict, so the
+                # next job probes instead. Left probing, the circuit would never let one through.
+                self.breaker.abandon_probe()
             if slot:
                 self._slots.release()
 
