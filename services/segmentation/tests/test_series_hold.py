@@ -9,6 +9,7 @@ import pytest
 from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
+from mosaic.platform.errors import Unavailable
 from mosaic.platform.ownership import FixedPartitions
 from mosaic.profile.v1 import profile_service_pb2
 from mosaic.segmentation.v1 import segment_pb2
@@ -34,14 +35,17 @@ def series_name() -> str:
 
 
 class ProfileService:
-    """The answers of DefineEventSeries: how far the series' backfill is."""
+    """The answers of DefineEventSeries: how far the series' backfill is (or `down`)."""
 
     def __init__(self, partitions: int) -> None:
         self.answer = profile_service_pb2.DefineEventSeriesResponse(partition_count=partitions)
         self.asked = 0
+        self.down = False
 
     async def series(self, request):
         self.asked += 1
+        if self.down:
+            raise Unavailable("profile service", "connection refused")
         return self.answer
 
 
@@ -166,3 +170,20 @@ async def test_the_gate_says_why_a_series_is_not_ready():
     # A profile service from before backfill records (no partition count) is not waited for.
     old = SeriesGate(ProfileService(0), {})
     assert await old.waiting(needed, frozenset({0, 1})) == {}
+
+
+async def test_while_the_profile_service_is_down_a_segment_on_a_series_waits_and_the_others_are_backfilled(replica):
+    replica.view.put(ProfileState("pro", 1, {"plan": "pro"}), 0.0)
+    await replica.store.create(segment_pb2.Segment(segment_id="light", name="light", definition=LIGHT, revision=1))
+    plan = 'traits.plan = "pro"'
+    await replica.store.create(segment_pb2.Segment(segment_id="pros", name="pros", definition=plan, revision=1))
+    replica.profiles.down = True
+    assert await replica.backfiller.once() == 1  # the segment without a series is not held up
+    assert await replica.moves() == [("pro", ENTERED)]
+    assert await replica.store.backfilled("light", 1) == set()
+    # Back, with the series backfilled everywhere: the held segment is backfilled in turn.
+    replica.profiles.down = False
+    backfilled(replica.profiles, {p: 0 for p in range(replica.settings.partitions)})
+    assert await replica.backfiller.once() == 1
+    assert await replica.moves() == [("pro", ENTERED), ("pro", ENTERED)]
+    assert await replica.store.backfilled("light", 1) == set(range(replica.settings.partitions))

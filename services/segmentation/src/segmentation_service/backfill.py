@@ -23,6 +23,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
+from mosaic.platform.errors import FailedPrecondition, Unavailable
 from mosaic.platform.ownership import HeldPartitions
 from mosaic.platform.tasks import woken_or_after
 from segmentation_service.catalog import Live, SegmentCatalog
@@ -74,7 +75,11 @@ class Backfiller:
     async def _series_ready(self, live: Live) -> bool:
         if self.gate is None or not live.series:
             return True
-        waiting = await self.gate.waiting(live.series, self.ownership.owned)
+        try:
+            waiting = await self.gate.waiting(live.series, self.ownership.owned)
+        except (Unavailable, FailedPrecondition) as error:
+            # The profile service cannot say now: this segment waits, the others go on.
+            waiting = {request.name: f"the profile service did not answer: {error}" for request in live.series}
         if waiting and waiting != self._waiting.get(live.segment_id):
             log.info(
                 "segment waits for its event series' backfill",
