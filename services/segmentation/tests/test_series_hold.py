@@ -25,6 +25,7 @@ from segmentation_service.store import open_store
 ENTERED = segment_membership_pb2.MEMBERSHIP_CHANGE_ENTERED
 EXITED = segment_membership_pb2.MEMBERSHIP_CHANGE_EXITED
 LIGHT = 'sum(event "Order Completed".revenue in last 30d) < 100'  # true of a profile without orders
+HEAVY = 'sum(event "Order Completed".revenue in last 30d) >= 100'  # the same series, the other way
 TODAY = datetime.now(timezone.utc).date().isoformat()
 
 
@@ -187,3 +188,23 @@ async def test_while_the_profile_service_is_down_a_segment_on_a_series_waits_and
     assert await replica.backfiller.once() == 1
     assert await replica.moves() == [("pro", ENTERED), ("pro", ENTERED)]
     assert await replica.store.backfilled("light", 1) == set(range(replica.settings.partitions))
+
+
+async def test_an_update_that_comes_while_a_held_segment_is_backfilled_is_decided_after_it(replica):
+    replica.view.put(ProfileState("b", 1, {"plan": "pro"}), 0.0)
+    await replica.store.create(segment_pb2.Segment(segment_id="heavy", name="heavy", definition=HEAVY, revision=1))
+    backfilled(replica.profiles, {p: 0 for p in range(replica.settings.partitions)})
+    members, ordered = replica.store.members, []
+
+    async def members_then_an_order(segment_id, partition):
+        found = await members(segment_id, partition)
+        if partition == replica.memberships.partition("b") and not ordered:
+            # After the backfill read the view: "b" (no orders, not a member) orders for 500,
+            # and the live path passes over the segment, held by its backfill.
+            ordered.append(True)
+            await replica.orders("b", 2, 500.0, sequence=1)
+        return found
+
+    replica.store.members = members_then_an_order
+    assert await replica.backfiller.once() == 1
+    assert await replica.moves() == [("b", ENTERED)]

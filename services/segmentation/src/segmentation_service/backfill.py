@@ -135,9 +135,16 @@ class Backfiller:
                 for live in segments:
                     await self.store.set_backfilled(live.segment_id, live.backfill_revision, partition)
                     self._done.add((live.segment_id, live.backfill_revision, partition))
+                # A segment on event series was decided by its backfill alone until now: what
+                # changed on the partition while it ran (an update skipped as held, after the
+                # backfill had read the view) is decided by a second look, the updates from now
+                # on by the live path.
+                for live in segments:
+                    if live.series:
+                        changed += await self._partition(live, partition, again=True)
         return changed
 
-    async def _partition(self, live: Live, partition: int) -> int:
+    async def _partition(self, live: Live, partition: int, again: bool = False) -> int:
         view = self.memberships.view
         now = self.memberships.clock()
         matching = set(view.profile_ids(view.evaluate(live.compiled.expression, now, partition)))
@@ -146,17 +153,18 @@ class Backfiller:
         for profile_id in sorted(matching ^ members):
             changed += await self.memberships.reevaluate(profile_id, [live], f"backfill:{live.tag}")
             await asyncio.sleep(0)  # let live updates through between profiles
-        log.info(
-            "backfilled",
-            extra={
-                "fields": {
-                    "segment": live.segment_id,
-                    "revision": live.tag,
-                    "partition": partition,
-                    "changed": changed,
-                }
-            },
-        )
+        if not again or changed:
+            log.info(
+                "backfilled" if not again else "backfilled: what came while it ran",
+                extra={
+                    "fields": {
+                        "segment": live.segment_id,
+                        "revision": live.tag,
+                        "partition": partition,
+                        "changed": changed,
+                    }
+                },
+            )
         return changed
 
     async def _schedule(self, partition: int) -> None:
