@@ -9,16 +9,18 @@ import pytest
 from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
 from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
-from mosaic.platform.errors import Unavailable
+from mosaic.platform.errors import FailedPrecondition, Unavailable
 from mosaic.platform.ownership import FixedPartitions
 from mosaic.profile.v1 import profile_service_pb2
 from mosaic.segmentation.v1 import segment_pb2
+from mosaic.segmentation.v1 import segmentation_service_pb2 as pb
 from segmentation_service import compiler, series
 from segmentation_service.backfill import Backfiller
 from segmentation_service.catalog import SegmentCatalog
 from segmentation_service.columns import ColumnarView
 from segmentation_service.membership import Memberships
 from segmentation_service.profiles import SeriesGate
+from segmentation_service.server import SegmentationServicer
 from segmentation_service.state import ProfileState
 from segmentation_service.store import open_store
 
@@ -208,3 +210,23 @@ async def test_an_update_that_comes_while_a_held_segment_is_backfilled_is_decide
     replica.store.members = members_then_an_order
     assert await replica.backfiller.once() == 1
     assert await replica.moves() == [("b", ENTERED)]
+
+
+async def test_a_replica_asked_by_a_peer_answers_an_estimate_on_a_series_once_its_partitions_are_ready(replica):
+    partitions = replica.settings.partitions
+    replica.view.put(ProfileState("light", 1, {"plan": "pro"}), 0.0)
+    servicer = SegmentationServicer(
+        replica.store,
+        replica.catalog,
+        replica.memberships,
+        replica.backfiller,
+        reader=replica.profiles,
+        gate=replica.gate,
+    )
+    asked_by_a_peer = pb.EstimateRequest(definition=LIGHT, local_only=True)
+    backfilled(replica.profiles, {p: 0 for p in range(partitions // 2)})
+    with pytest.raises(FailedPrecondition, match=f"backfilled {partitions // 2} of {partitions} partitions"):
+        await servicer.Estimate(asked_by_a_peer, None)  # its share would count profiles without their past
+    backfilled(replica.profiles, {p: 0 for p in range(partitions)})
+    answer = await servicer.Estimate(asked_by_a_peer, None)
+    assert (answer.count, answer.population) == (1, 1)

@@ -184,9 +184,10 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         )
         compiled = await self.catalog.compile("-estimate-", expression)
         self._check_purposes(compiled, "definition")
-        # The replica asked first defines the series, for its peers too, and answers only once
-        # their backfill is whole (a half-done one would count profiles without their past).
-        if not request.local_only and (needed := self._series(compiled, "definition")):
+        # Every replica, asked first or by a peer, answers only once the series' backfill is
+        # whole and handled on the partitions it holds (a half-done one would count profiles
+        # without their past); the first to ask defines the series.
+        if needed := self._series(compiled, "definition"):
             assert self.gate is not None  # _series checked
             if waiting := await self.gate.waiting(needed, self.backfiller.ownership.owned):
                 raise FailedPrecondition(
@@ -208,6 +209,8 @@ class SegmentationServicer(segmentation_service_pb2_grpc.SegmentationServiceServ
         try:
             shares = await asyncio.gather(*(peer.Estimate(ask, timeout=10) for peer in self.peers))
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:  # a peer's partitions not ready yet
+                raise FailedPrecondition("definition", f"another replica: {error.details()}") from None
             raise Unavailable("segmentation replica", error.details() or str(error.code())) from None
         for share in shares:
             answer.count += share.count
