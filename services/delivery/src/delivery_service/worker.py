@@ -224,11 +224,12 @@ class DestinationWorker:
             except Exception:  # noqa: BLE001 - a bug: logged, and the worker goes on (its jobs come back after ack_wait)
                 log.exception("worker of %s", destination_id)
                 await asyncio.sleep(1.0)
-        # Audience jobs that came after the last batch: given back now, not after their ack wait.
-        late, self._late_members = self._late_members, []
-        await asyncio.gather(*(msg.nak() for msg in late), return_exceptions=True)
         if feed is not None:
             await feed.close()
+        # Audience jobs that came after the last batch (until the feed closed): given back now,
+        # not after their ack wait.
+        late, self._late_members = self._late_members, []
+        await asyncio.gather(*(msg.nak() for msg in late), return_exceptions=True)
         self._own = own  # closed in stop(), once the recorder has acked what it holds
 
     async def _take_jobs(self, feed: Puller) -> None:

@@ -13,8 +13,9 @@ decided; then one write of every transition and timer, the view moved, and one p
 pending first). A batch that fails leaves the view as it was, so the consumer's fallback, one
 message at a time through `updated`, starts where the batch did.
 
-A segment the backfiller holds (`held`: one reading event series the profile service is still
-backfilling) is decided by nothing else on a partition until its backfill there is done.
+A segment the backfiller holds (`held`: a revision reading event series, until its backfill on
+the partition is done, which waits for the profile service's backfill of the series) is decided
+by nothing else on that partition until then.
 """
 
 from __future__ import annotations
