@@ -180,6 +180,16 @@ async def replica(make_settings, member: str):
         await store.close()
 
 
+async def test_partitions_taken_over_are_folded_with_the_definitions_stored_before_they_came(make_settings):
+    async with replica(make_settings, "replica-b") as (b, backfill_b, _):
+        assert NAME not in {d.name for d in await b.definitions.all()}  # kept for its max age (5 s)
+        # Another replica defines the series, backfills a partition and records it, then hands
+        # the partition over: its events from now on are folded here, with the series.
+        await b.store.create_definition(DEFINITION)
+        await backfill_b.acquired(frozenset({1}))
+        assert NAME in {d.name for d in await b.definitions.all()}
+
+
 SHARES = assign(PARTITIONS, ["replica-a", "replica-b"])
 KEPT, MOVED = SHARES["replica-a"], SHARES["replica-b"]  # once replica-b joins
 

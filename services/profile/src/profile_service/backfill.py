@@ -57,7 +57,11 @@ class Backfiller:
         self._wake.set()
 
     async def acquired(self, partitions: frozenset[int]) -> None:
-        """Partitions taken over (an ownership follower): backfilled where they have no record."""
+        """Partitions taken over (an ownership follower): backfilled where they have no record.
+        Before their consumers start, the definitions are read again: a definition the last
+        owner backfilled and recorded here may be newer than this replica's catalog, and an
+        event folded without it would never be backfilled (the record says done)."""
+        self.profiles.definitions.invalidate()
         self._wake.set()
 
     async def released(self, partitions: frozenset[int]) -> None:
