@@ -24,6 +24,7 @@ from aiohttp import web
 
 async def main(mode: str) -> None:
     latencies: list[float] = []
+    reached = 0  # the neighbour's requests: what its circuit let through
 
     async def healthy(request: web.Request) -> web.Response:
         body = await request.json()
@@ -31,7 +32,8 @@ async def main(mode: str) -> None:
         return web.Response(status=200)
 
     async def neighbour(request: web.Request) -> web.Response:
-        latencies.append(0.0)  # counted only: what the circuit let through
+        nonlocal reached
+        reached += 1
         await request.read()
         if mode == "timeout":
             await asyncio.sleep(3600)
@@ -41,7 +43,7 @@ async def main(mode: str) -> None:
         return web.json_response({"count": len(latencies), "latencies": latencies})
 
     async def count(request: web.Request) -> web.Response:
-        return web.json_response({"count": len(latencies)})
+        return web.json_response({"count": len(latencies) if mode == "healthy" else reached})
 
     async def reset(request: web.Request) -> web.Response:
         latencies.clear()

@@ -129,9 +129,14 @@ class Receivers:
 
     def __init__(self, mode: str | None) -> None:
         self.process, self.healthy = start_receiver("healthy")
-        self.neighbour = start_receiver(mode) if mode else None
+        self.processes = [self.process]
+        self.neighbour: int | None = None  # its port
+        if mode:
+            process, self.neighbour = start_receiver(mode)
+            self.processes.append(process)
 
     async def stats(self, what: str = "stats", port: int | None = None) -> dict:
+        """The healthy receiver's `what`, or the neighbour's at `port` (its count)."""
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{port or self.healthy}/{what}") as answer:
                 return await answer.json()
@@ -141,7 +146,7 @@ class Receivers:
             await session.post(f"http://127.0.0.1:{self.healthy}/reset")
 
     def stop(self) -> None:
-        for process in (self.process, *(self.neighbour[:1] if self.neighbour else ())):
+        for process in self.processes:
             process.terminate()
             process.wait()
 
@@ -221,7 +226,7 @@ async def scenario(
     js = nc.jetstream()
     suffix = name.replace(" ", "-").replace(".", "-")
     healthy_id, failing_id = f"healthy-{suffix}", f"failing-{suffix}"
-    ports = {healthy_id: receivers.healthy} | ({failing_id: receivers.neighbour[1]} if receivers.neighbour else {})
+    ports = {healthy_id: receivers.healthy} | ({failing_id: receivers.neighbour} if receivers.neighbour else {})
     pool = Replicas(replicas, nats_url, data_dir, consent_port, ports)
     result: dict = {"name": name}
     try:

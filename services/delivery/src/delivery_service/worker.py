@@ -330,7 +330,6 @@ class DestinationWorker:
         return False
 
     async def _handle(self, msg: Msg, slot: bool = True, probe: bool = False) -> None:
-        judged = False  # whether the destination's answer told the circuit breaker anything
         try:
             wait = self.bucket.wait_time()
             if wait:
@@ -370,11 +369,9 @@ class DestinationWorker:
                     detail = await self._send(job)
                 except Refused as error:
                     self.breaker.succeeded()  # it answered: the endpoint is up, the request is not wanted
-                    judged = True
                     self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_DEAD_LETTERED, str(error), dead=True)
                 except Retryable as error:
                     self.breaker.failed()
-                    judged = True
                     if attempt >= self.max_attempts:
                         detail = f"{error} (attempt {attempt} of {self.max_attempts})"
                         self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_DEAD_LETTERED, detail, dead=True)
@@ -382,14 +379,13 @@ class DestinationWorker:
                         await msg.nak(delay=retry_delay(attempt, error.retry_after, self.retry_base))
                 else:
                     self.breaker.succeeded()
-                    judged = True
                     self._finish(msg, job, attempt, delivery_pb2.DELIVERY_STATUS_SENT, detail)
         except TRANSIENT as error:
             await self._give_back([msg], error)
         except Exception:  # noqa: BLE001 - a bug: the job comes back after ack_wait
             log.exception("job on %s not handled", msg.subject)
         finally:
-            if probe and not judged:
+            if probe and self.breaker.probing:
                 # Nothing sent (erased, suppressed, not a job, given back): no verdict, so the
                 # next job probes instead. Left probing, the circuit would never let one through.
                 self.breaker.abandon_probe()
