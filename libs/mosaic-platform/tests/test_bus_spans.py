@@ -10,14 +10,15 @@ import asyncio
 from opentelemetry import trace
 
 from mosaic.events.v1 import event_pb2
-from mosaic.platform import telemetry
-from mosaic.platform.bus import Bus
+from mosaic.platform import messaging_spans, telemetry
+from mosaic.platform.bus import KEY_HEADER, Bus
 from mosaic.platform.topics import Topic, partition_of
 from mosaic.testing.plugin import eventually
 
 FIRST = Topic("spans.first", "SPANS_FIRST", event_pb2.Event)
 BATCHED = Topic("spans.batched", "SPANS_BATCHED", event_pb2.Event)
 FORWARDED = Topic("spans.forwarded", "SPANS_FORWARDED", event_pb2.Event)
+UNRECORDED = Topic("spans.unrecorded", "SPANS_UNRECORDED", event_pb2.Event)
 PARTITIONS = 4
 
 
@@ -118,3 +119,38 @@ async def test_a_batch_handlers_publishes_continue_each_messages_trace(nats_serv
         assert forward.kind == trace.SpanKind.PRODUCER
         assert forward.parent.span_id == process.context.span_id
         assert forward.context.trace_id == sent.context.trace_id
+
+
+async def test_a_consumer_that_records_no_spans_passes_each_messages_context_on_as_it_came(
+    nats_server, recorded_spans, monkeypatch
+):
+    """Without an SDK provider a consumer makes no process spans (their cost was ~10 % of a
+    consumer's CPU); a message's incoming trace context still reaches the handler, so what it
+    publishes stays in the producer's trace, and a message that carries none gets none."""
+    upstream = await Bus.connect(nats_server.url, "upstream", PARTITIONS)
+    stage = await Bus.connect(nats_server.url, "quiet-stage", PARTITIONS)
+    await upstream.ensure_streams([UNRECORDED])
+    contexts = {}
+
+    async def one(message, delivery):
+        raise AssertionError("the batch handler takes every batch here")
+
+    async def batch(items):
+        contexts.update((d.message_id, d.trace_context) for _, d in items)
+
+    monkeypatch.setattr(messaging_spans, "recording", lambda: False)  # the stage alone has no provider
+    try:
+        stage.consume(UNRECORDED, one, range(PARTITIONS), batch_handler=batch)
+        await upstream.publish(UNRECORDED, "ada", _event("traced"), "traced")
+        untraced = _event("untraced").SerializeToString()
+        subject = UNRECORDED.subject(partition_of("ada", PARTITIONS), "ada")
+        await upstream.jetstream.publish(subject, untraced, headers={"Nats-Msg-Id": "untraced", KEY_HEADER: "ada"})
+        await eventually(lambda: len(contexts) == 2)
+    finally:
+        await stage.close()
+        await upstream.close()
+    (sent,) = _named(recorded_spans, "publish spans.unrecorded")
+    assert not _named(recorded_spans, "process spans.unrecorded")
+    carried = trace.get_current_span(contexts["traced"]).get_span_context()
+    assert carried.trace_id == sent.context.trace_id and carried.span_id == sent.context.span_id
+    assert contexts["untraced"] is None

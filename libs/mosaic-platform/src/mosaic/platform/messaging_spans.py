@@ -14,11 +14,31 @@ provider every span is the API's no-op one, and the dicts would be made for noth
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
 SYSTEM = "nats"
+
+
+def recording() -> bool:
+    """Whether spans are recorded at all: an SDK provider is set (none is without an exporter,
+    `mosaic.platform.telemetry.setup`). Read per fetched batch, so a provider set later counts."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+_CARRIERS = ("traceparent", "baggage")  # the headers the default propagators read
+
+
+def carried(headers: Mapping[str, str] | None) -> Context | None:
+    """The trace context a message carries, for a consumer that records no span of its own to
+    pass on downstream; None when it carries none (the common case is spared the propagators)."""
+    if not headers or not any(name in headers for name in _CARRIERS):
+        return None
+    return propagate.extract(headers)
 
 
 @cache
