@@ -23,6 +23,8 @@ from mosaic.platform.store import Migration
 
 T = TypeVar("T")
 
+WAL_CHECKPOINT_PAGES = 10_000
+
 
 def _locked(error: BaseException) -> bool:
     return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
@@ -54,6 +56,12 @@ class SqliteStore:
             with attempt:
                 db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        # A checkpoint copies each page the WAL holds back into the database once, however often
+        # it was written since: every 10,000 pages (~40 MB of WAL) instead of SQLite's 1,000, a
+        # batch's hot pages (interior nodes, the ends of append-only indexes) are copied ~10x
+        # less often: profile's write of a batch takes ~20 % less CPU (`python -m bench
+        # sqlite_checkpoint`).
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
         for migration in sorted(migrations, key=lambda m: m.version):
             # Whether it is applied is read under the write lock: replicas opening one file
