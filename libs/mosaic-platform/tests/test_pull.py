@@ -114,6 +114,24 @@ async def test_binding_keeps_an_existing_consumer_and_its_position(nats_server):
     await nc.close()
 
 
+async def test_binding_raises_an_existing_consumers_ack_pending_limit_to_the_batch_asked_for(nats_server):
+    """A consumer made when the bus fetched 64 at a time (limit 128) serves fetches of 256 once
+    bound again with the new limit, its position and its other settings kept."""
+    nc, js, puller = await bound(nats_server, max_ack_pending=128, ack_wait=30.0)
+    await publish(js, 300)
+    for msg in await puller.fetch(2, 1):
+        await msg.ack()
+    await puller.close()
+    wanted = api.ConsumerConfig(durable_name="puller-0", filter_subject=SUBJECTS, max_ack_pending=512, ack_wait=5.0)
+    again = await Puller.bind(js, nc, "PULL", wanted, print)
+    taken = await again.fetch(256, 1)
+    assert len(taken) == 256 and taken[0].data == b"m2"
+    info = await js.consumer_info("PULL", "puller-0")
+    assert info.config.max_ack_pending == 512
+    assert info.config.ack_wait == 30.0  # the rest is kept
+    await nc.close()
+
+
 async def test_the_delivered_fields_read_off_the_reply_are_what_nats_py_parses_there(nats_server):
     """The consumer reads a message's stream sequence and deliveries off its reply subject
     itself (nats-py's `metadata` costs ~6 µs a message); both forms of the subject agree with it:

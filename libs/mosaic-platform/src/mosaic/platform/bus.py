@@ -65,7 +65,11 @@ class Bus:
         # message with progress heartbeats. Read by each consumer when it starts.
         self.ack_wait = 10.0
         self.max_deliver = 10
-        self.batch = 64
+        # Messages per fetch, so per batch handler call: a read and a write of the store, a
+        # publish and a fetch per batch are spread over up to 256 messages. Against 64, the
+        # pipeline bench's services took ~15 % less CPU an event and nats-server ~25 % less
+        # (two pairs of runs); 512 saved no more and raised latency.
+        self.batch = 256
 
     @classmethod
     async def connect(

@@ -63,14 +63,20 @@ class Puller:
         config: api.ConsumerConfig,
         late: Callable[[Msg], None],
     ) -> Puller:
-        """Create the durable consumer `config` names unless it exists (an existing one keeps its
-        configuration, as with nats-py's `pull_subscribe`), and subscribe to its replies."""
+        """Create the durable consumer `config` names unless it exists, and subscribe to its
+        replies. An existing one keeps its configuration (as with nats-py's `pull_subscribe`) but
+        for `max_ack_pending`, which goes with the batch a fetch asks for: a consumer made when
+        the bus fetched fewer would cap every fetch at its old limit."""
         durable = config.durable_name
         assert durable, "a puller is for a durable consumer"
         try:
-            await js.consumer_info(stream, durable)
+            info = await js.consumer_info(stream, durable)
         except nats.js.errors.NotFoundError:
             await js.add_consumer(stream, config=config.evolve(name=durable))
+        else:
+            wanted = config.max_ack_pending
+            if wanted is not None and info.config.max_ack_pending != wanted:
+                await js.add_consumer(stream, config=info.config.evolve(max_ack_pending=wanted))  # an update
         puller = cls(nc, f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}", late)  # nats-py's API prefix
         puller._sub = await nc.subscribe(f"{puller._inbox}.*", cb=puller._on_message)
         return puller
