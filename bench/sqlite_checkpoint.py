@@ -42,9 +42,9 @@ class Writer:
         self.versions: dict[str, int] = {}
         self.random = random.Random(seed)
 
-    def changes(self, count: int, people: list[str] | None = None) -> list[Change]:
+    def changes(self, people: list[str]) -> list[Change]:
         changes = []
-        for profile_id in people or [self.random.choice(self.people) for _ in range(count)]:
+        for profile_id in people:
             version = self.versions[profile_id] = self.versions.get(profile_id, 0) + 1
             event = event_pb2.Event(
                 message_id=str(uuid.uuid4()), type=event_pb2.EVENT_TYPE_TRACK, event="Product Viewed"
@@ -63,7 +63,7 @@ class Writer:
         return changes
 
     async def round(self) -> float:
-        batches = [self.changes(BATCH) for _ in range(ROUND // BATCH)]
+        batches = [self.changes(self.random.choices(self.people, k=BATCH)) for _ in range(ROUND // BATCH)]
         started = time.process_time()
         for changes in batches:
             await self.store.save_changes(changes, 86400)
@@ -79,7 +79,7 @@ async def main() -> None:
             await db.execute(f"PRAGMA wal_autocheckpoint={pages}")
             writer = writers[pages] = Writer(SqliteProfileStore(db), [str(uuid.uuid4()) for _ in range(PEOPLE)], 1)
             for start in range(0, PEOPLE, 500):  # everyone once: a store of PEOPLE profiles
-                await writer.store.save_changes(writer.changes(0, writer.people[start : start + 500]), 86400)
+                await writer.store.save_changes(writer.changes(writer.people[start : start + 500]), 86400)
         figures: dict[int, list[float]] = {pages: [] for pages in writers}
         for _ in range(ROUNDS):
             for pages, writer in writers.items():

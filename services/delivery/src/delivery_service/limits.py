@@ -89,7 +89,9 @@ class CircuitBreaker:
         return max(0.0, self.opened_at + self.cooldown - self.clock())
 
     def abandon_probe(self) -> None:
-        """The probe found nothing to send: the next send may probe instead."""
+        """A probe is over: if it gave no verdict (nothing was sent: no jobs, or none left to
+        send), the next send may probe instead; left probing, the circuit would never let
+        anything through again. After a verdict (`succeeded`, `failed`) nothing is left to do."""
         self.probing = False
 
     def succeeded(self) -> None:

@@ -291,11 +291,8 @@ class DestinationWorker:
             await self._give_back(batch, error)
             raise  # _run waits a moment before the next batch
         finally:
-            # A probe that sent nothing (no jobs, or none left to send: erased, suppressed, not
-            # jobs, given back) gives no verdict: the next batch probes instead. Left probing,
-            # the circuit would never let anything through again.
-            if probe and self.breaker.probing:
-                self.breaker.abandon_probe()
+            if probe:
+                self.breaker.abandon_probe()  # sent nothing (erased, suppressed, given back): no verdict
 
     async def _fill(self, feed: Puller, batch: list[Msg], size: int, linger: float) -> None:
         """Fill `batch`: the first job (what the queue holds now, else the first that comes
@@ -385,10 +382,8 @@ class DestinationWorker:
         except Exception:  # noqa: BLE001 - a bug: the job comes back after ack_wait
             log.exception("job on %s not handled", msg.subject)
         finally:
-            if probe and self.breaker.probing:
-                # Nothing sent (erased, suppressed, not a job, given back): no verdict, so the
-                # next job probes instead. Left probing, the circuit would never let one through.
-                self.breaker.abandon_probe()
+            if probe:
+                self.breaker.abandon_probe()  # sent nothing (erased, suppressed, not a job, given back): no verdict
             if slot:
                 self._slots.release()
 

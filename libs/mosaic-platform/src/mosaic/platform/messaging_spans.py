@@ -19,6 +19,7 @@ from functools import cache
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Span
 
 SYSTEM = "nats"
@@ -30,15 +31,19 @@ def recording() -> bool:
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
-_CARRIERS = ("traceparent", "baggage")  # the headers the default propagators read
-
-
 def carried(headers: Mapping[str, str] | None) -> Context | None:
     """The trace context a message carries, for a consumer that records no span of its own to
-    pass on downstream; None when it carries none (the common case is spared the propagators)."""
-    if not headers or not any(name in headers for name in _CARRIERS):
+    pass on downstream; None when it carries none of the configured propagators' headers (the
+    common case is spared their parsing)."""
+    textmap = propagate.get_global_textmap()
+    if not headers or headers.keys().isdisjoint(_fields(textmap)):
         return None
-    return propagate.extract(headers)
+    return textmap.extract(headers)
+
+
+@cache
+def _fields(textmap: TextMapPropagator) -> frozenset[str]:
+    return frozenset(textmap.fields)  # a composite propagator unions its parts' on every read
 
 
 @cache
