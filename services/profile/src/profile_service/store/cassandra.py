@@ -118,8 +118,9 @@ class CassandraProfileStore(Repository, ProfileStore):
         # Multi-partition IN reads: two requests for a whole batch of profiles rather than two per
         # profile, which is what this Python client pays for most; the coordinator fans out to a
         # bounded number of partitions (HEADS_PER_REQUEST).
+        # The message ids asked of a chunk are its own profiles' only: the node reads every id
+        # listed in every partition listed.
         ids = list(wanted)
-        message_ids = sorted({m for found in wanted.values() for m in found})
         chunks = [ids[i : i + HEADS_PER_REQUEST] for i in range(0, len(ids), HEADS_PER_REQUEST)]
         found = await asyncio.gather(
             *(
@@ -134,7 +135,7 @@ class CassandraProfileStore(Repository, ProfileStore):
                 self.db.execute(
                     "SELECT profile_id, message_id, version FROM profile_heads"
                     " WHERE profile_id IN ? AND message_id IN ?",
-                    (chunk, message_ids),
+                    (chunk, sorted({m for pid in chunk for m in wanted[pid]})),
                 )
                 for chunk in chunks
             ),

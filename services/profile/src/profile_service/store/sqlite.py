@@ -97,7 +97,7 @@ class SqliteProfileStore(Repository, ProfileStore):
 
     async def heads(self, wanted: dict[str, list[str]]) -> tuple[dict[str, Latest], dict[tuple[str, str], int]]:
         ids = list(wanted)
-        message_ids = sorted({m for found in wanted.values() for m in found})
+        pairs = [(pid, m) for pid, found in wanted.items() for m in dict.fromkeys(found)]
         if not ids:
             return {}, {}
 
@@ -107,14 +107,17 @@ class SqliteProfileStore(Repository, ProfileStore):
                 f"SELECT profile_id, state, aggregates, merged_into FROM profile_latest WHERE profile_id IN ({marks})",
                 ids,
             ).fetchall()
-            # Both columns of the key by IN lists: index lookups; the few pairs not asked for are dropped below.
+            # One primary-key lookup per wanted pair, joined from a VALUES list: `profile_id IN
+            # (...) AND message_id IN (...)` probed every id with every message id (a batch of 256
+            # took ~17 ms; `python -m bench profile_heads`), and a row-value IN scanned the table.
             applied = (
                 db.execute(
-                    f"SELECT profile_id, message_id, version FROM profile_applied_events WHERE profile_id IN ({marks})"
-                    f" AND message_id IN ({', '.join('?' * len(message_ids))})",
-                    [*ids, *message_ids],
+                    f"WITH wanted(p, m) AS (VALUES {', '.join(['(?, ?)'] * len(pairs))})"
+                    " SELECT profile_id, message_id, version FROM wanted"
+                    " CROSS JOIN profile_applied_events ON profile_id = wanted.p AND message_id = wanted.m",
+                    [value for pair in pairs for value in pair],
                 ).fetchall()
-                if message_ids
+                if pairs
                 else []
             )
             return latest, applied
@@ -128,7 +131,7 @@ class SqliteProfileStore(Repository, ProfileStore):
             )
             for pid, state, aggregates, merged_into in rows
         }
-        return latest, {(pid, m): version for pid, m, version in applied if m in wanted[pid]}
+        return latest, {(pid, m): version for pid, m, version in applied}
 
     async def save_changes(self, changes: list[Change], archive_ttl: int) -> None:
         now = int(datetime.now(timezone.utc).timestamp() * 1e6)
