@@ -111,13 +111,18 @@ async def test_an_audience_add_withdrawn_before_its_batch_goes_is_left_out_and_r
     await consent("p-3", granted=False)
     webhook_receiver.status = 200
 
-    async def delivered():
-        return webhook_receiver.requests[-1].body if len(webhook_receiver.requests) > 1 else None
+    def sent_again() -> tuple[list[str], list[str]] | None:
+        """The adds and removes of the requests after the first, once p-1's add and p-3's remove
+        are among them. Mostly one request; two when nats-server 2.9.10 held one of the jobs until
+        its ack wait (see above), and each went in a batch of its own."""
+        later = [request.body for request in webhook_receiver.requests[1:]]
+        adds = sorted(person for body in later for person in body["add"])
+        removes = sorted(person for body in later for person in body["remove"])
+        return (adds, removes) if "p-1" in adds and "p-3" in removes else None
 
     first = webhook_receiver.requests[0].body
-    last = await eventually(delivered)
     assert (sorted(first["add"]), first["remove"]) == (["p-1", "p-2"], ["p-3"])
-    assert (last["add"], last["remove"]) == (["p-1"], ["p-3"])
+    assert await eventually(sent_again) == (["p-1"], ["p-3"])  # p-2's add left out, nothing sent twice
     suppressed = (await eventually(lambda: records(stub, "p-2")))["ads"]
     assert (suppressed.status, suppressed.detail) == (Status.DELIVERY_STATUS_SUPPRESSED, WITHDRAWN)
 
