@@ -117,9 +117,8 @@ class CassandraProfileStore(Repository, ProfileStore):
     async def heads(self, wanted: dict[str, list[str]]) -> tuple[dict[str, Latest], dict[tuple[str, str], int]]:
         # Multi-partition IN reads: two requests for a whole batch of profiles rather than two per
         # profile, which is what this Python client pays for most; the coordinator fans out to a
-        # bounded number of partitions (HEADS_PER_REQUEST).
-        # The message ids asked of a chunk are its own profiles' only: the node reads every id
-        # listed in every partition listed.
+        # bounded number of partitions (HEADS_PER_REQUEST). A chunk asks only for its own
+        # profiles' message ids: the node reads every id listed in every partition listed.
         ids = list(wanted)
         chunks = [ids[i : i + HEADS_PER_REQUEST] for i in range(0, len(ids), HEADS_PER_REQUEST)]
         found = await asyncio.gather(

@@ -97,9 +97,9 @@ class SqliteProfileStore(Repository, ProfileStore):
 
     async def heads(self, wanted: dict[str, list[str]]) -> tuple[dict[str, Latest], dict[tuple[str, str], int]]:
         ids = list(wanted)
-        pairs = [(pid, m) for pid, found in wanted.items() for m in dict.fromkeys(found)]
         if not ids:
             return {}, {}
+        pairs = [(pid, m) for pid, found in wanted.items() for m in dict.fromkeys(found)]
 
         def read(db) -> tuple[list, list]:
             marks = ", ".join("?" * len(ids))
