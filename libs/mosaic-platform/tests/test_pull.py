@@ -101,6 +101,38 @@ async def test_a_refused_request_raises_what_jetstream_said(nats_server):
     await nc.close()
 
 
+async def test_a_fetch_refused_for_older_requests_waits_instead_of_coming_back_at_once(nats_server):
+    """JetStream refuses a no_wait request with 408 "Requests Pending" while older requests of
+    the consumer ask for more than it counts pending (here: another replica's, held back by the
+    ack pending limit). The fetch then waits for its messages: returning at once, empty, had the
+    consumer ask again and again, a loop of requests at full speed."""
+    nc, js, puller = await bound(nats_server, max_ack_pending=2)
+    await publish(js, 3)
+    assert len(await puller.fetch(2, 1)) == 2  # not acked: the limit is reached
+    other = await Puller.bind(js, nc, "PULL", api.ConsumerConfig(durable_name="puller-0"), print)
+    waiting = asyncio.create_task(other.request(10, 5, print))  # an older request for 10
+    await asyncio.sleep(0.3)
+    third = await Puller.bind(js, nc, "PULL", api.ConsumerConfig(durable_name="puller-0"), print)
+    started = time.monotonic()
+    assert await third.fetch(10, 1) == []
+    assert time.monotonic() - started >= 0.8  # it waited out its second, not refused and back
+    assert third._requests == 2  # the refused request, then a wait
+    waiting.cancel()
+    await nc.close()
+
+
+async def test_a_fetch_takes_those_waiting_and_the_first_to_come_in_one_request(nats_server):
+    nc, js, puller = await bound(nats_server)
+    await publish(js, 2)
+    assert len(await puller.fetch(10, 1)) == 2
+    fetching = asyncio.create_task(puller.fetch(10, 5))
+    await asyncio.sleep(0.3)
+    await publish(js, 1, start=2)
+    assert [m.data for m in await fetching] == [b"m2"]
+    assert puller._requests == 2  # one request each, whether messages waited or came later
+    await nc.close()
+
+
 async def test_binding_keeps_an_existing_consumer_and_its_position(nats_server):
     nc, js, puller = await bound(nats_server)
     await publish(js, 4)

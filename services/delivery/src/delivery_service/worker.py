@@ -252,9 +252,7 @@ class DestinationWorker:
         dispatch = functools.partial(self._dispatch, probe=True) if probe else self._dispatch
         came, how = 0, ""
         try:
-            came, how = await feed.request(wanted, 0, dispatch)
-            if not came and how == "404" and not self._stopping.is_set():
-                came, how = await feed.request(1, 1.0, dispatch)
+            came, how = await feed.take(wanted, 1.0, dispatch)
         finally:
             self._release(wanted - came)
         if probe and not came:

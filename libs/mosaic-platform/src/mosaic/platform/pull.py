@@ -13,6 +13,14 @@ subject, so a late status of an earlier request never ends a later one. One requ
 a time and `request` returns once it is over, so nothing more is on its way: what a stopping
 consumer gives back is all it was given. A message that still comes after this side gave a
 request up (its end lost with a connection) goes to `late`.
+
+A fetch is one request, no_wait with an expiry: JetStream answers it with what is waiting, or
+else with the first messages to come, and ends it then or at the expiry. Not a no_wait request
+alone followed by a wait: nats-server 2.9 queues a no_wait request when its count of the
+consumer's pending messages is off by one, and never ends it (no expiry, nothing delivered):
+the fetch waited for its end, and every no_wait request after it was refused at once with 408
+"Requests Pending" (the stuck one asks for more than the count), a loop of requests that took
+most of a core of the service and half of nats-server's until the count was read again.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ log = logging.getLogger("mosaic.bus")
 END_MARGIN_SECONDS = 2.0
 ENDS_WELL = ("", "404", "408")  # all came; nothing waiting; the wait ran out
 _HEARTBEAT = "100"  # idle heartbeats and flow control: never asked for here
+# JetStream's refusal of a no_wait request while older requests of the consumer (another
+# replica's, or one given up here) ask for more than it counts pending: no wait is refused so.
+_REQUESTS_PENDING = "Requests Pending"
 
 
 class Puller:
@@ -52,7 +63,7 @@ class Puller:
         self._deliver: Callable[[Msg], None] | None = None
         self._left = 0
         self._ended: asyncio.Future[str] | None = None
-        self._refusal = ""  # the description of the last status that refused a request
+        self._said = ""  # the description of the status that ended the last request
 
     @classmethod
     async def bind(
@@ -81,18 +92,24 @@ class Puller:
         puller._sub = await nc.subscribe(f"{puller._inbox}.*", cb=puller._on_message)
         return puller
 
-    async def request(self, count: int, wait: float, deliver: Callable[[Msg], None]) -> tuple[int, str]:
+    async def request(
+        self, count: int, wait: float, deliver: Callable[[Msg], None], no_wait: bool = False
+    ) -> tuple[int, str]:
         """Ask for up to `count` messages, each given to `deliver` as it comes: those waiting now
-        (`wait` 0), or those that come within `wait` seconds. Returns how many came and how the
-        request ended: "" (all came), JetStream's status (see `ENDS_WELL`; 409: refused, its
-        description kept for `fetch`'s error), or "lost" (no end came: NATS away, or the
-        consumer deleted)."""
+        (`wait` 0), or those that come within `wait` seconds; with `no_wait` too, those waiting
+        now or else the first to come within `wait` (the request is over once some came).
+        Returns how many came and how the request ended: "" (all came), JetStream's status (see
+        `ENDS_WELL`; 409: refused, its description kept for `fetch`'s error), or "lost" (no end
+        came: NATS away, or the consumer deleted)."""
         self._requests += 1
         self._reply = reply = f"{self._inbox}.{self._requests}"
         self._deliver, self._left = deliver, count
         self._ended = ended = asyncio.get_running_loop().create_future()
-        # nats-server ignores no_wait when expires is there too.
-        asked = {"batch": count, "expires": int(wait * 1e9)} if wait else {"batch": count, "no_wait": True}
+        asked: dict[str, Any] = {"batch": count}
+        if wait:
+            asked["expires"] = int(wait * 1e9)
+        if no_wait or not wait:
+            asked["no_wait"] = True
         try:
             await self._nc.publish(self._next_subject, json.dumps(asked).encode(), reply=reply)
             how = await asyncio.wait_for(ended, wait + END_MARGIN_SECONDS)
@@ -109,18 +126,24 @@ class Puller:
             self._reply, self._deliver, self._left, self._ended = "", None, 0, None
         return came, how
 
+    async def take(self, count: int, wait: float, deliver: Callable[[Msg], None]) -> tuple[int, str]:
+        """Up to `count` messages, each given to `deliver` as it comes: those waiting now, or
+        else the first to come within `wait` seconds. Returns what `request` does."""
+        came, how = await self.request(count, wait, deliver, no_wait=True)
+        if not came and how == "408" and self._said == _REQUESTS_PENDING:
+            came, how = await self.request(1, wait, deliver)  # a wait, which is not refused so
+        return came, how
+
     async def fetch(self, batch: int, wait: float) -> list[Msg]:
         """Up to `batch` messages: those waiting now, or else the first to come within `wait`
         seconds (none if none did). A request refused, or whose end was lost, is raised: APIError
         or nats.errors.TimeoutError."""
         taken: list[Msg] = []
-        came, how = await self.request(batch, 0, taken.append)
-        if how == "404":
-            came, how = await self.request(1, wait, taken.append)  # over as soon as one comes
+        came, how = await self.take(batch, wait, taken.append)
         if not came and how not in ENDS_WELL:
             if how == "lost":
                 raise nats.errors.TimeoutError
-            raise nats.js.errors.APIError(code=int(how), description=self._refusal)
+            raise nats.js.errors.APIError(code=int(how), description=self._said)
         return taken
 
     async def close(self) -> None:
@@ -136,8 +159,7 @@ class Puller:
         if status:
             ended = self._ended
             if status != _HEARTBEAT and msg.subject == self._reply and ended is not None and not ended.done():
-                if status not in ENDS_WELL:
-                    self._refusal = str((headers or {}).get(api.Header.DESCRIPTION, ""))
+                self._said = str((headers or {}).get(api.Header.DESCRIPTION, ""))
                 ended.set_result(status)
             return  # else: the end of a request already given up
         if self._deliver is None or self._left <= 0:
