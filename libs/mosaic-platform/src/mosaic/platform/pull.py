@@ -45,7 +45,8 @@ END_MARGIN_SECONDS = 2.0
 ENDS_WELL = ("", "404", "408")  # all came; nothing waiting; the wait ran out
 _HEARTBEAT = "100"  # idle heartbeats and flow control: never asked for here
 # JetStream's refusal of a no_wait request while older requests of the consumer (another
-# replica's, or one given up here) ask for more than it counts pending: no wait is refused so.
+# replica's, or one given up here) ask for more than it counts pending; a plain wait is never
+# refused so.
 _REQUESTS_PENDING = "Requests Pending"
 
 
