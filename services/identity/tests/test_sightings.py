@@ -35,7 +35,7 @@ async def test_a_failed_flush_keeps_the_sightings_for_the_next(store):
     link = Link(5_000, f"e-{unique()}", (key, ("anonymous_id", unique())))
     home = f"p-{unique()}"
     sightings.seen({key: home}, 5_000)
-    await sightings.link(link, changed_graph=False)
+    sightings.link(link, changed_graph=False)
     with pytest.raises(ConnectionError):
         await sightings.flush()
     sightings.store = store
@@ -52,13 +52,34 @@ async def test_a_set_of_identifiers_is_linked_once_per_process(store):
     async def mine():
         return [link.event_id for link in await store.links(100_000) if link.event_id.startswith(marker)]
 
-    await sightings.link(Link(1_000, f"{marker}-1", pair), changed_graph=True)
-    assert await mine() == [f"{marker}-1"]  # a graph change: written at once
-    await sightings.link(Link(2_000, f"{marker}-2", tuple(reversed(pair))), changed_graph=True)  # the same set
-    await sightings.link(Link(3_000, f"{marker}-3", (*pair, ("email", f"{marker}@example.com"))), changed_graph=False)
+    sightings.link(Link(1_000, f"{marker}-1", pair), changed_graph=True)
+    assert await mine() == []
+    await sightings.write_owed()
+    assert await mine() == [f"{marker}-1"]  # a graph change: written before its event's ack
+    sightings.link(Link(2_000, f"{marker}-2", tuple(reversed(pair))), changed_graph=True)  # the same set
+    sightings.link(Link(3_000, f"{marker}-3", (*pair, ("email", f"{marker}@example.com"))), changed_graph=False)
+    await sightings.write_owed()
     assert await mine() == [f"{marker}-1"]  # no change: written behind
     await sightings.flush()
     assert await mine() == [f"{marker}-1", f"{marker}-3"]
+
+
+async def test_links_owed_stay_owed_when_their_write_fails(store):
+    class Failing:
+        async def record_links(self, links):
+            raise ConnectionError("store down")
+
+    marker = unique()
+    sightings = Sightings(Failing())
+    first = Link(1_000, f"{marker}-1", (("anonymous_id", f"a-{marker}"), ("user_id", f"u-{marker}")))
+    sightings.link(first, changed_graph=True)
+    with pytest.raises(ConnectionError):
+        await sightings.write_owed()
+    sightings.store = store
+    second = Link(2_000, f"{marker}-2", (("anonymous_id", f"b-{marker}"), ("user_id", f"u-{marker}")))
+    sightings.link(second, changed_graph=True)
+    await sightings.write_owed()
+    assert [link for link in await store.links(100_000) if link.event_id.startswith(marker)] == [first, second]
 
 
 async def test_the_service_stops_with_its_sightings_written(store):

@@ -85,6 +85,28 @@ async def test_a_batch_of_transitions_and_timers_is_recorded_and_read_back_at_on
     assert await store.pending(partition) == [] and await store.pending(partition + 1) == []
 
 
+async def test_many_transitions_of_one_batch_end_as_each_profile_decided_last(store):
+    # More than one request's worth, each profile entering two segments and leaving one of them:
+    # the leave must not share a request (and a write time) with the enter it follows.
+    partition = 2000 + uuid.uuid4().int % 1000
+    people = [str(uuid.uuid4()) for _ in range(20)]
+    transitions = [
+        t
+        for pid in people
+        for t in (
+            Transition("vip", pid, partition, True, 1, "v:1:1"),
+            Transition("pro", pid, partition, True, 2, "v:2:2"),
+            Transition("vip", pid, partition, False, 3, "v:1:3"),
+        )
+    ]
+    await store.record(transitions)
+    decided, pending = await store.decisions(dict.fromkeys(people, partition))
+    assert decided == {pid: {"vip": (False, 3), "pro": (True, 2)} for pid in people}
+    assert len(pending) == len(transitions)
+    assert not set(people) & set(dict(await store.members("vip", partition)))
+    assert dict(await store.members("pro", partition)) == dict.fromkeys(people, 2)
+
+
 async def test_merged_profiles_and_backfill_progress_are_kept(store):
     pid, sid = str(uuid.uuid4()), f"b{uuid.uuid4().hex[:8]}"
     await store.set_merged(7, pid, "survivor")

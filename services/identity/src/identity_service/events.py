@@ -104,7 +104,7 @@ class EventResolver:
         # A lone identifier already known links nothing under any rules: not worth a record.
         changed = plan is not None and plan.changes_graph
         if len(usable) > 1 or changed:
-            await self.sightings.link(Link(at, event.message_id, tuple(ids.key(i) for i in usable)), changed)
+            self.sightings.link(Link(at, event.message_id, tuple(ids.key(i) for i in usable)), changed)
         self.sightings.seen(
             {key: home for key in map(ids.key, usable) if key not in left_out and (home := self.resolver.home_of(key))},
             at,
@@ -148,6 +148,7 @@ class RawEventHandler:
                     erased.append(index)
 
         await asyncio.gather(*(resolve_in_order(indexes) for indexes in by_key.values()))
+        await self.events.sightings.write_owed()
         if any(r.resolution.merges for r in found if r is not None):
             # identity.merged goes out before the events that caused it, so the profile service
             # folds the merged profiles first; a crash here leaves it in the outbox.

@@ -10,9 +10,9 @@ identifier's next event repairs it); `last_seen` is a "seen at least until" figu
 Links (the identifiers an event carried together, replayed by the rule dry-run) are recorded
 once per set of identifiers per process: the graph of a replay only grows, so a set it has
 applied once changes nothing when it comes again. The link of an event that changed the
-graph is written before the event is acknowledged; the link of one that changed nothing is
-only further evidence for what the graph holds already, and is written behind with the
-sightings.
+graph is written before the event is acknowledged, with those of its fetched batch
+(`write_owed`); the link of one that changed nothing is only further evidence for what the
+graph holds already, and is written behind with the sightings.
 
 Sightings of a person being erased (`erased`, heard by every replica) are never written: those
 pending are dropped at each flush, and `forget` removes what a flush in flight, or one made
@@ -43,8 +43,10 @@ class Sightings:
         self.flush_seconds = flush_seconds
         self.erased = erased if erased is not None else ErasedProfiles()
         self._flushing = asyncio.Lock()
+        self._writing = asyncio.Lock()
         self._seen: dict[Key, tuple[str, int]] = {}  # identifier → (home profile, event time)
-        self._links: list[Link] = []
+        self._links: list[Link] = []  # written behind
+        self._owed: list[Link] = []  # written before their events are acknowledged
         self._known: Lru[frozenset[Key], bool] = Lru(known_links)  # sets of identifiers linked already
 
     def seen(self, homes: dict[Key, str], at: int) -> None:
@@ -54,16 +56,27 @@ class Sightings:
             if last is None or at > last[1]:
                 self._seen[key] = (home, at)
 
-    async def link(self, link: Link, changed_graph: bool) -> None:
-        """Record `link` unless this process recorded the same set of identifiers already."""
+    def link(self, link: Link, changed_graph: bool) -> None:
+        """Record `link` unless this process recorded the same set of identifiers already: one
+        that changed the graph at the next `write_owed`, the others behind."""
         identifiers = frozenset(link.identifiers)
         if self._known.get(identifiers):
             return
-        if changed_graph:
-            await self.store.record_link(link)
-        else:
-            self._links.append(link)
+        (self._owed if changed_graph else self._links).append(link)
         self._known.put(identifiers, True)
+
+    async def write_owed(self) -> None:
+        """Write the links owed by events that changed the graph (before they are acknowledged).
+        One at a time: a caller finding nothing owed knows every link before its own is written."""
+        async with self._writing:
+            owed, self._owed = self._owed, []
+            if not owed:
+                return
+            try:
+                await self.store.record_links(owed)
+            except BaseException:
+                self._owed = owed + self._owed  # owed still: the next call writes them
+                raise
 
     async def flush(self) -> None:
         async with self._flushing:
@@ -83,8 +96,8 @@ class Sightings:
         try:
             if seen:
                 await self.store.touch_many(seen)
-            for start in range(0, len(links), 128):
-                await asyncio.gather(*(self.store.record_link(link) for link in links[start : start + 128]))
+            for start in range(0, len(links), 1000):
+                await self.store.record_links(links[start : start + 1000])
         except BaseException:
             for key, (home, at) in seen.items():  # kept for the next round
                 self.seen({key: home}, at)

@@ -90,7 +90,7 @@ class IdentityStore(Protocol):
     async def last_seen(self, homes: Sequence[str]) -> dict[Key, int]:
         """The last sighting of every identifier whose home is one of `homes`."""
 
-    async def record_link(self, link: Link) -> None: ...
+    async def record_links(self, links: Sequence[Link]) -> None: ...
     async def links(self, limit: int) -> list[Link]:
         """Recorded links in event-time order, at most `limit`."""
 

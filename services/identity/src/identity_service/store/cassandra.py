@@ -212,15 +212,18 @@ class CassandraIdentityStore(Repository, IdentityStore):
         return {p: [Member(*row) for row in found] for p, found in zip(profile_ids, rows, strict=False)}
 
     async def add_members(self, profile_id: str, members: Sequence[Member]) -> None:
-        await asyncio.gather(
-            *(
-                self.db.execute(
-                    "INSERT INTO identity_members (profile_id, id_type, id_value, first_seen, event_id, source)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (profile_id, m.id_type, m.id_value, m.first_seen, m.event_id, m.source),
-                )
-                for m in members
-            )
+        await self.db.execute_partitioned(
+            {
+                profile_id: [
+                    (
+                        "INSERT INTO identity_members (profile_id, id_type, id_value, first_seen, event_id, source)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (profile_id, m.id_type, m.id_value, m.first_seen, m.event_id, m.source),
+                    )
+                    for m in members
+                ]
+            },
+            atomic=False,
         )
 
     async def remove_member(self, profile_id: str, key: Key) -> None:
@@ -316,13 +319,17 @@ class CassandraIdentityStore(Repository, IdentityStore):
         )
         return {decode_keys(key)[0]: at for found in rows if found for key, at in (found[0].last_seen or {}).items()}
 
-    async def record_link(self, link: Link) -> None:
-        hour = link.at // HOUR_MS
-        await self.db.execute(
-            "INSERT INTO identity_links (hour, at, event_id, identifiers) VALUES (?, ?, ?, ?)",
-            (hour, link.at, link.event_id, encode_keys(link.identifiers)),
-        )
-        if hour not in self._hours:
+    async def record_links(self, links: Sequence[Link]) -> None:
+        by_hour: dict[int, list[tuple[str, tuple]]] = {}
+        for link in links:
+            by_hour.setdefault(link.at // HOUR_MS, []).append(
+                (
+                    "INSERT INTO identity_links (hour, at, event_id, identifiers) VALUES (?, ?, ?, ?)",
+                    (link.at // HOUR_MS, link.at, link.event_id, encode_keys(link.identifiers)),
+                )
+            )
+        await self.db.execute_partitioned(by_hour, atomic=False)
+        for hour in sorted(by_hour.keys() - self._hours):
             await self.db.execute("INSERT INTO identity_link_hours (shard, hour) VALUES (0, ?)", (hour,))
             self._hours.add(hour)
 

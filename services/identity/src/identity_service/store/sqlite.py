@@ -279,11 +279,14 @@ class SqliteIdentityStore(Repository, IdentityStore):
         )
         return {(id_type, id_value): at for id_type, id_value, at in rows}
 
-    async def record_link(self, link: Link) -> None:
-        await self.db.execute(
-            "INSERT OR IGNORE INTO identity_links VALUES (?, ?, ?)",
-            (link.at, link.event_id, encode_keys(link.identifiers)),
-        )
+    async def record_links(self, links: Sequence[Link]) -> None:
+        def work(db):
+            db.executemany(
+                "INSERT OR IGNORE INTO identity_links VALUES (?, ?, ?)",
+                [(link.at, link.event_id, encode_keys(link.identifiers)) for link in links],
+            )
+
+        await self.db.transaction(work)
 
     async def links(self, limit: int) -> list[Link]:
         rows = await self.db.execute(

@@ -15,12 +15,7 @@ from mosaic.profile.v1 import profile_pb2
 from profile_service.store.base import ProfileStore
 from profile_service.store.model import BUCKET, Change, Latest, StoredSnapshot, erasure_key, month_of
 
-# An unlogged batch of independent writes holds at most ten partitions (Cassandra warns above
-# that: unlogged_batch_across_partitions_warn_threshold) and 32 KiB of values (it refuses
-# batches above batch_size_fail_threshold, 50 KiB by default).
-PARTITIONS_PER_REQUEST = 10
-BYTES_PER_REQUEST = 32 * 1024
-# Profiles per multi-partition read of heads.
+# Profiles per multi-partition read (heads, tombstones).
 HEADS_PER_REQUEST = 64
 
 
@@ -65,26 +60,6 @@ MIGRATIONS = [
 
 def _dt(micros: int) -> datetime:
     return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc)
-
-
-def _packed(partitions: dict[tuple, list[tuple[str, tuple]]]):
-    """The statements of `partitions`, in requests within the limits above, each partition's in order."""
-    request: list[tuple[str, tuple]] = []
-    keys: set[tuple] = set()
-    size = 0
-    for key, statements in partitions.items():
-        for statement in statements:
-            length = sum(len(v) for v in statement[1] if isinstance(v, (bytes, str)))
-            if request and (
-                size + length > BYTES_PER_REQUEST or (key not in keys and len(keys) == PARTITIONS_PER_REQUEST)
-            ):
-                yield request
-                request, keys, size = [], set(), 0
-            request.append(statement)
-            keys.add(key)
-            size += length
-    if request:
-        yield request
 
 
 class CassandraProfileStore(Repository, ProfileStore):
@@ -160,18 +135,17 @@ class CassandraProfileStore(Repository, ProfileStore):
     async def save_changes(self, changes: list[Change], archive_ttl: int) -> None:
         # First what the markers vouch for: archive, index, snapshots and time rows (rewriting any
         # of them is harmless), packed into unlogged batches of a few partitions each: a request
-        # costs this Python client far more than a row. Then, per profile, its markers and its
-        # state in one single-partition batch: a marker never exists without the state it marks,
-        # whatever order a crash and redelivery bring events back in.
+        # costs this Python client, and the node, far more than a row. Then the heads, packed
+        # too: each profile's markers and state one mutation, so a marker never exists without
+        # the state it marks, whatever order a crash and redelivery bring events back in.
         partitions: dict[tuple, list[tuple[str, tuple]]] = {}
         for change in changes:
             for key, statement in self._rows(change, archive_ttl, self.snapshot_ttl):
                 partitions.setdefault(key, []).append(statement)
-        requests = list(_packed(partitions))
-        await asyncio.gather(
-            *(self.db.execute(*r[0]) if len(r) == 1 else self.db.execute_together(r) for r in requests)
+        await self.db.execute_partitioned(partitions, atomic=False)
+        await self.db.execute_partitioned(
+            {change.latest.profile.profile_id: self._head(change) for change in changes}, atomic=True
         )
-        await asyncio.gather(*(self.db.execute_atomic(self._head(change), single_partition=True) for change in changes))
 
     @staticmethod
     def _rows(change: Change, archive_ttl: int, snapshot_ttl: int):
@@ -342,10 +316,11 @@ class CassandraProfileStore(Repository, ProfileStore):
 
     async def erased(self, profile_ids: list[str]) -> set[str]:
         keys = {erasure_key(pid): pid for pid in profile_ids}
+        chunks = [list(keys)[i : i + HEADS_PER_REQUEST] for i in range(0, len(keys), HEADS_PER_REQUEST)]
         found = await asyncio.gather(
-            *(self.db.execute("SELECT id_hash FROM profile_erasures WHERE id_hash = ?", (key,)) for key in keys)
+            *(self.db.execute("SELECT id_hash FROM profile_erasures WHERE id_hash IN ?", (chunk,)) for chunk in chunks)
         )
-        return {keys[rows[0].id_hash] for rows in found if rows}
+        return {keys[row.id_hash] for rows in found for row in rows}
 
     async def scan(
         self, keep: Callable[[str], bool] | None = None, into: Callable[[], profile_pb2.Profile] = profile_pb2.Profile

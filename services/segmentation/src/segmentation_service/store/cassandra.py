@@ -15,6 +15,7 @@ from segmentation_service.store.model import Decided, Timer, Transition
 
 PROFILES_PER_READ = 16
 DELETES_PER_REQUEST = 32  # within the node's batch size warning
+TRANSITIONS_PER_REQUEST = 8  # ~32 small rows: within it too
 
 MIGRATIONS = [
     Migration(
@@ -172,37 +173,45 @@ class CassandraSegmentStore(Repository, SegmentStore):
         return decided, waiting
 
     async def record(self, transitions: Sequence[Transition], timers: Sequence[Timer] = ()) -> None:
-        # Each transition in a logged batch of its own (its rows are in four tables); the profiles
-        # at once, a profile's transitions in order (a batch may enter a segment and leave it).
-        by_profile: dict[str, list[Transition]] = {}
+        # A transition's rows are in four tables: logged batches (all of a batch or none), a few
+        # transitions each, side by side. Two of one profile and segment (a batch may enter a
+        # segment and leave it) never share a request, whose rows would share a write time:
+        # the k-th of each goes in the k-th round, and the rounds go one after the other.
+        rounds: list[list[Transition]] = []
+        count: dict[tuple[str, str], int] = {}
         for t in transitions:
-            by_profile.setdefault(t.profile_id, []).append(t)
-
-        async def in_order(mine: list[Transition]) -> None:
-            for t in mine:
-                await self.db.execute_atomic(self._transition(t))
-
-        await asyncio.gather(*(in_order(mine) for mine in by_profile.values()))
+            k = count[t.profile_id, t.segment_id] = count.get((t.profile_id, t.segment_id), -1) + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append(t)
+        for round_ in rounds:
+            await asyncio.gather(
+                *(
+                    self.db.execute_atomic(
+                        [s for t in round_[i : i + TRANSITIONS_PER_REQUEST] for s in self._transition(t)]
+                    )
+                    for i in range(0, len(round_), TRANSITIONS_PER_REQUEST)
+                )
+            )
         # The index first: a crash between the two leaves an index row without a timer, never
         # a timer that an erasure cannot find.
-        await asyncio.gather(
-            *(
-                self.db.execute(
+        index: dict[str, list[tuple[str, tuple]]] = {}
+        rows: dict[tuple[int, int], list[tuple[str, tuple]]] = {}
+        for partition, bucket, profile_id in timers:
+            index.setdefault(profile_id, []).append(
+                (
                     "INSERT INTO segmentation_timer_index (profile_id, bucket, partition) VALUES (?, ?, ?)",
                     (profile_id, bucket, partition),
                 )
-                for partition, bucket, profile_id in timers
             )
-        )
-        await asyncio.gather(
-            *(
-                self.db.execute(
+            rows.setdefault((partition, bucket), []).append(
+                (
                     "INSERT INTO segmentation_timers (partition, bucket, profile_id) VALUES (?, ?, ?)",
                     (partition, bucket, profile_id),
                 )
-                for partition, bucket, profile_id in timers
             )
-        )
+        await self.db.execute_partitioned(index, atomic=False)
+        await self.db.execute_partitioned(rows, atomic=False)
 
     @staticmethod
     def _transition(t: Transition) -> list[tuple[str, tuple]]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from cassandra import ConsistencyLevel, OperationTimedOut, RequestExecutionException
 from cassandra.auth import PlainTextAuthProvider
@@ -27,6 +27,44 @@ log = logging.getLogger("mosaic.store.cassandra")
 
 # Timeouts and unavailable replicas are retryable; an invalid query is a bug and propagates.
 _RETRYABLE = (NoHostAvailable, OperationTimedOut, RequestExecutionException, ConnectionException)
+
+Statement = tuple[str, Sequence[Any]]
+K = TypeVar("K", bound=Hashable)  # a partition's key
+
+# A request of several partitions holds at most ten (the node warns above that:
+# unlogged_batch_across_partitions_warn_threshold) and 32 KiB of values (a node refuses a batch
+# of several partitions above batch_size_fail_threshold, 50 KiB by default, and warns above
+# batch_size_warn_threshold: 5 KiB by default, which deploy/local's node raises to 40 KiB).
+PARTITIONS_PER_REQUEST = 10
+BYTES_PER_REQUEST = 32 * 1024
+
+
+def packed(partitions: Mapping[K, Sequence[Statement]], *, split: bool) -> Iterator[list[Statement]]:
+    """The statements of `partitions` (key -> its statements, in order) in requests within the
+    limits above. With `split`, a partition larger than a request goes over several; without,
+    each partition's statements stay in one request, alone when they are larger than a request
+    (the node checks the size only of a batch of several partitions)."""
+    request: list[Statement] = []
+    keys: set[K] = set()
+    size = 0
+    for key, statements in partitions.items():
+        lengths = [sum(len(v) for v in params if isinstance(v, (bytes, str))) for _, params in statements]
+        if not split and request and (size + sum(lengths) > BYTES_PER_REQUEST or len(keys) == PARTITIONS_PER_REQUEST):
+            yield request
+            request, keys, size = [], set(), 0
+        for statement, length in zip(statements, lengths, strict=True):
+            if (
+                split
+                and request
+                and (size + length > BYTES_PER_REQUEST or (key not in keys and len(keys) == PARTITIONS_PER_REQUEST))
+            ):
+                yield request
+                request, keys, size = [], set(), 0
+            request.append(statement)
+            keys.add(key)
+            size += length
+    if request:
+        yield request
 
 
 @functools.lru_cache(maxsize=1024)  # one per statement's columns: a few dozen per service
@@ -129,20 +167,31 @@ class CassandraStore:
         """Run one prepared statement; returns its rows (first page only, so bound the query)."""
         return await self._run(self.prepare(cql).bind(params))
 
-    async def execute_atomic(
-        self, statements: Sequence[tuple[str, Sequence[Any]]], single_partition: bool = False
-    ) -> None:
+    async def execute_atomic(self, statements: Sequence[Statement], single_partition: bool = False) -> None:
         """Run writes as one batch: all of them happen, or none. Writes to one partition need
         no batch log (`single_partition`); writes to several go through it (logged)."""
         await self._batch(statements, BatchType.UNLOGGED if single_partition else BatchType.LOGGED)
 
-    async def execute_together(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    async def execute_together(self, statements: Sequence[Statement]) -> None:
         """Run independent writes in one request (an unlogged batch): no atomicity, only one
         round trip instead of one each, which is what a Python client pays for most. Keep it to
         a few partitions (the node warns above ten)."""
         await self._batch(statements, BatchType.UNLOGGED)
 
-    async def _batch(self, statements: Sequence[tuple[str, Sequence[Any]]], batch_type: BatchType) -> None:
+    async def execute_partitioned(self, partitions: Mapping[K, Sequence[Statement]], *, atomic: bool) -> None:
+        """Writes grouped by partition (key -> its statements, in order), in as few requests as
+        `packed` allows, side by side. With `atomic`, each partition's writes are applied
+        together and in isolation (a batch's statements of one partition are one mutation),
+        the partitions independently of each other (no batch log); else a partition's writes
+        may be split over requests, so each must be harmless alone."""
+        await asyncio.gather(
+            *(
+                self.execute(*request[0]) if len(request) == 1 else self._batch(request, BatchType.UNLOGGED)
+                for request in packed(partitions, split=not atomic)
+            )
+        )
+
+    async def _batch(self, statements: Sequence[Statement], batch_type: BatchType) -> None:
         batch = BatchStatement(batch_type=batch_type)
         for cql, params in statements:
             batch.add(self.prepare(cql), params)
