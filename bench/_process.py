@@ -23,6 +23,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def thread_cpu_seconds(pid: int, name: str) -> float:
+    """The CPU time so far of a process's threads whose name starts with `name` (a JVM's
+    "C2 CompilerThread0", say), from /proc."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if stat[stat.index("(") + 1 : stat.rindex(")")].startswith(name):
+            fields = stat.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,6 +19,9 @@ person never seen before, the rest from people seen earlier in the run.
    the Cassandra node (the node's own work, compaction included), and resident
    memory (VmRSS) of each, with the profiles the run made.
 
+With BENCH_WARMUP=N, N events of the mix go first, not counted (a Cassandra node's JIT compiler
+is busy for minutes on a cold node: see WARMUP).
+
 With BENCH_PROFILES=N, a population comes first: one identify each for N new people (the
 issue's memory target is 1,000,000 profiles), folded and evaluated before the phases above,
 whose known people are then drawn from the whole population, so the caches see a population
@@ -62,6 +65,13 @@ EVENTS = int(os.environ.get("BENCH_EVENTS", "30000"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))
 STORE = os.environ.get("BENCH_STORE", "embedded")
 PROFILES = int(os.environ.get("BENCH_PROFILES", "0"))
+# A Cassandra node's JIT compiler works through the first minutes of this traffic: on a cold
+# node it took 37-45 % of the node's CPU in the capacity phase, and still 7-49 % a round over
+# 60,000 events of warm-up, while a node warmed by five earlier runs spent ~2.5x less CPU an
+# event. The bench prints the compiler's share; BENCH_WARMUP events of the mix, not counted,
+# go first when set.
+WARMUP = int(os.environ.get("BENCH_WARMUP", "0"))
+JIT = "C2 Compiler"  # the names of the JVM's optimising compiler threads
 BATCH = 100
 CONNECTIONS = 8
 PIPELINE = ("ingestion", "identity", "profile", "segmentation")
@@ -364,12 +374,25 @@ async def main() -> None:
             )
             report_memory(mesh, populated)
 
+        done = populated  # events folded and evaluated before the phases measured
+        if WARMUP:
+            started = time.monotonic()
+            await send(url, key, traffic, WARMUP)
+            done += WARMUP
+            await wait_until(observer.folded, done)
+            await wait_until(lambda: observer.segmented(partitions), done)
+            print(
+                f"warm-up: {WARMUP:,} events, not counted, at {WARMUP / (time.monotonic() - started):,.0f}/s",
+                flush=True,
+            )
+
         cpu = {name: _process.cpu_seconds(pid) for name, pid in (pids | servers).items()}
+        jit = _process.thread_cpu_seconds(servers["cassandra"], JIT) if "cassandra" in servers else 0.0
         started = time.monotonic()
         await send(url, key, traffic, EVENTS)
         ingested = time.monotonic()
-        folded_at = await wait_until(observer.folded, populated + EVENTS)
-        segmented_at = await wait_until(lambda: observer.segmented(partitions), populated + EVENTS)
+        folded_at = await wait_until(observer.folded, done + EVENTS)
+        segmented_at = await wait_until(lambda: observer.segmented(partitions), done + EVENTS)
         fold_rate = EVENTS / (folded_at - started)
         print(
             f"capacity, {EVENTS:,} events ({len(traffic.people):,} people): ingested {EVENTS / (ingested - started):,.0f}/s;"
@@ -400,6 +423,11 @@ async def main() -> None:
             + ", ".join(f"{name} {used[name] / sent * 1e6:,.0f} µs" for name in pids)
             + f" (total {sum(used[name] for name in pids) / sent * 1e6:,.0f} µs; {sent:,} events); "
             + ", ".join(f"{name} {used[name] / sent * 1e6:,.0f} µs" for name in servers)
+            + (
+                f" (its JIT compiler {(_process.thread_cpu_seconds(servers['cassandra'], JIT) - jit) / used['cassandra']:.0%})"
+                if "cassandra" in servers
+                else ""
+            )
         )
         report_memory(mesh, len(traffic.people))
     finally:
