@@ -1,6 +1,10 @@
-"""How writes grouped by partition are packed into requests (pure logic: no node)."""
+"""How the Cassandra store packs writes grouped by partition into requests, and hands their
+results to the event loop (pure logic: no node)."""
 
-from mosaic.platform.store.cassandra import BYTES_PER_REQUEST, PARTITIONS_PER_REQUEST, packed
+import asyncio
+import threading
+
+from mosaic.platform.store.cassandra import BYTES_PER_REQUEST, PARTITIONS_PER_REQUEST, _Results, packed
 
 INSERT = "INSERT INTO t (k, v) VALUES (?, ?)"
 
@@ -39,3 +43,30 @@ def test_with_split_a_large_partition_goes_over_several_requests_in_order():
     requests = list(packed({"big": rows}, split=True))
     assert len(requests) == 2 and [s for r in requests for s in r] == rows
     assert all(sum(len(v) for _, params in r for v in params) <= BYTES_PER_REQUEST for r in requests)
+
+
+async def test_results_from_the_drivers_thread_wake_the_loop_once_for_all_that_are_waiting():
+    loop = asyncio.get_running_loop()
+    wakeups = []
+    plain = loop.call_soon_threadsafe
+    loop.call_soon_threadsafe = lambda *args: (wakeups.append(args), plain(*args))[1]
+    try:
+        results = _Results(loop)
+        futures = [loop.create_future() for _ in range(100)]
+
+        def driver() -> None:
+            for index, future in enumerate(futures):
+                results.put(future, index, ValueError("bad") if index == 7 else None)
+
+        thread = threading.Thread(target=driver)
+        thread.start()
+        thread.join()  # the loop is held meanwhile: every result is waiting when it runs
+        done = await asyncio.gather(*futures, return_exceptions=True)
+        assert [d for i, d in enumerate(done) if i != 7] == [i for i in range(100) if i != 7]
+        assert isinstance(done[7], ValueError)
+        assert len(wakeups) == 1
+        future = loop.create_future()
+        results.put(future, "later", None)  # after the loop ran: it is woken again
+        assert await future == "later" and len(wakeups) == 2
+    finally:
+        del loop.call_soon_threadsafe
