@@ -13,7 +13,7 @@ from mosaic.platform.store import Migration, Repository
 from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.profile.v1 import profile_pb2
 from profile_service.store.base import ProfileStore
-from profile_service.store.model import BUCKET, Change, Latest, StoredSnapshot, erasure_key, month_of
+from profile_service.store.model import BUCKET, Change, Latest, StoredSnapshot, day_of, erasure_key, month_of
 
 # Profiles per multi-partition read (heads, tombstones).
 HEADS_PER_REQUEST = 64
@@ -153,8 +153,8 @@ class CassandraProfileStore(Repository, ProfileStore):
         pid = change.latest.profile.profile_id
         for resolved, name in change.archived:
             event = resolved.event
-            at = _dt(event.timestamp.ToMicroseconds())
-            day = at.strftime("%Y-%m-%d")
+            micros = event.timestamp.ToMicroseconds()
+            at, day = _dt(micros), day_of(micros)
             yield (
                 ("events", pid, day),
                 (
@@ -285,7 +285,7 @@ class CassandraProfileStore(Repository, ProfileStore):
             " USING TTL ?",
             (
                 profile_id,
-                _dt(at).strftime("%Y-%m-%d"),
+                day_of(at),
                 _dt(at),
                 event.message_id,
                 name,

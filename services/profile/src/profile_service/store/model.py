@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,8 +45,22 @@ class Change:
     marker_ttl: int | None = None
 
 
+HOUR_US = 3_600_000_000
+
+
 def month_of(micros: int) -> str:
-    return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).strftime("%Y-%m")
+    return _hour_as(micros // HOUR_US, "%Y-%m")
+
+
+def day_of(micros: int) -> str:
+    return _hour_as(micros // HOUR_US, "%Y-%m-%d")
+
+
+@functools.lru_cache(maxsize=4096)
+def _hour_as(hour: int, layout: str) -> str:
+    # By the hour (UTC days and months begin on one): strftime took ~3 % of profile's CPU on
+    # Cassandra, called for every snapshot and archived event.
+    return datetime.fromtimestamp(hour * 3600, tz=timezone.utc).strftime(layout)
 
 
 def erasure_key(profile_id: str) -> str:
