@@ -351,7 +351,7 @@ async def main() -> None:
         servers["nats-server"] = nats_server.process.pid
         if keyspace is not None and (node := cassandra_node.node_pid()):
             servers["cassandra"] = node
-        partitions = 8
+        partitions = int(os.environ.get("MOSAIC_PARTITIONS", "8"))  # as the services read it
         traffic = Traffic(uuid.uuid4().hex[:6])
         gc.freeze()  # the client is the instrument: its collector must not stall it
         print(
