@@ -17,10 +17,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _ticks(stat: str) -> int:
+    """User and system time of a /proc stat line, in clock ticks."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def cpu_seconds(pid: int) -> float:
     """A process's CPU time so far (user and system), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return _ticks(Path(f"/proc/{pid}/stat").read_text()) / TICK
 
 
 def thread_cpu_seconds(pid: int, name: str) -> float:
@@ -33,8 +38,7 @@ def thread_cpu_seconds(pid: int, name: str) -> float:
         except OSError:  # the thread ended meanwhile
             continue
         if stat[stat.index("(") + 1 : stat.rindex(")")].startswith(name):
-            fields = stat.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            total += _ticks(stat)
     return total / TICK
 
 

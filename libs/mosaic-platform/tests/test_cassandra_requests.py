@@ -70,3 +70,7 @@ async def test_results_from_the_drivers_thread_wake_the_loop_once_for_all_that_a
         assert await future == "later" and len(wakeups) == 2
     finally:
         del loop.call_soon_threadsafe
+
+
+def test_nothing_to_pack_is_no_request():
+    assert list(packed({}, split=True)) == [] and list(packed({}, split=False)) == []

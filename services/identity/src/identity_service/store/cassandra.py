@@ -279,28 +279,20 @@ class CassandraIdentityStore(Repository, IdentityStore):
         return [identity_pb2.Unlinked.FromString(row.record) for row in rows]
 
     async def touch_many(self, sightings: Mapping[Key, tuple[str, int]]) -> None:
-        # One statement per home and event time, ten a request, four requests at a time
+        # One statement per home and event time, packed by home, four requests at a time
         # (binding them holds the event loop: more at once would delay the events meanwhile).
         by_home: dict[tuple[str, int], dict[str, int]] = {}
         for key, (home, at) in sightings.items():
             by_home.setdefault((home, at), {})[encode_keys([key])] = at
-        rows = [(at * 1000, seen, home) for (home, at), seen in by_home.items()]
-        batches = [rows[start : start + 10] for start in range(0, len(rows), 10)]
-        for start in range(0, len(batches), 4):
-            await asyncio.gather(
-                *(
-                    self.db.execute_together(
-                        [
-                            (
-                                "UPDATE identity_sightings USING TIMESTAMP ? SET last_seen = last_seen + ? WHERE profile_id = ?",
-                                row,
-                            )
-                            for row in batch
-                        ]
-                    )
-                    for batch in batches[start : start + 4]
+        statements: dict[str, list[tuple[str, tuple]]] = {}
+        for (home, at), seen in by_home.items():
+            statements.setdefault(home, []).append(
+                (
+                    "UPDATE identity_sightings USING TIMESTAMP ? SET last_seen = last_seen + ? WHERE profile_id = ?",
+                    (at * 1000, seen, home),
                 )
             )
+        await self.db.execute_partitioned(statements, atomic=False, at_once=4)
 
     async def forget_sightings(self, homes: Sequence[str]) -> None:
         # Sightings are written at their event's time (touch_many), which a client's clock may
@@ -322,10 +314,11 @@ class CassandraIdentityStore(Repository, IdentityStore):
     async def record_links(self, links: Sequence[Link]) -> None:
         by_hour: dict[int, list[tuple[str, tuple]]] = {}
         for link in links:
-            by_hour.setdefault(link.at // HOUR_MS, []).append(
+            hour = link.at // HOUR_MS
+            by_hour.setdefault(hour, []).append(
                 (
                     "INSERT INTO identity_links (hour, at, event_id, identifiers) VALUES (?, ?, ?, ?)",
-                    (link.at // HOUR_MS, link.at, link.event_id, encode_keys(link.identifiers)),
+                    (hour, link.at, link.event_id, encode_keys(link.identifiers)),
                 )
             )
         await self.db.execute_partitioned(by_hour, atomic=False)

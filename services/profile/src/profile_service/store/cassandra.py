@@ -58,6 +58,10 @@ MIGRATIONS = [
 ]
 
 
+def _chunks(items: list[str]) -> list[list[str]]:
+    return [items[i : i + HEADS_PER_REQUEST] for i in range(0, len(items), HEADS_PER_REQUEST)]
+
+
 def _dt(micros: int) -> datetime:
     return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc)
 
@@ -95,7 +99,7 @@ class CassandraProfileStore(Repository, ProfileStore):
         # bounded number of partitions (HEADS_PER_REQUEST). A chunk asks only for its own
         # profiles' message ids: the node reads every id listed in every partition listed.
         ids = list(wanted)
-        chunks = [ids[i : i + HEADS_PER_REQUEST] for i in range(0, len(ids), HEADS_PER_REQUEST)]
+        chunks = _chunks(ids)
         found = await asyncio.gather(
             *(
                 self.db.execute(
@@ -316,9 +320,11 @@ class CassandraProfileStore(Repository, ProfileStore):
 
     async def erased(self, profile_ids: list[str]) -> set[str]:
         keys = {erasure_key(pid): pid for pid in profile_ids}
-        chunks = [list(keys)[i : i + HEADS_PER_REQUEST] for i in range(0, len(keys), HEADS_PER_REQUEST)]
         found = await asyncio.gather(
-            *(self.db.execute("SELECT id_hash FROM profile_erasures WHERE id_hash IN ?", (chunk,)) for chunk in chunks)
+            *(
+                self.db.execute("SELECT id_hash FROM profile_erasures WHERE id_hash IN ?", (chunk,))
+                for chunk in _chunks(list(keys))
+            )
         )
         return {keys[row.id_hash] for rows in found for row in rows}
 

@@ -182,18 +182,24 @@ class CassandraStore:
         a few partitions (the node warns above ten)."""
         await self._batch(statements, BatchType.UNLOGGED)
 
-    async def execute_partitioned(self, partitions: Mapping[K, Sequence[Statement]], *, atomic: bool) -> None:
+    async def execute_partitioned(
+        self, partitions: Mapping[K, Sequence[Statement]], *, atomic: bool, at_once: int = 0
+    ) -> None:
         """Writes grouped by partition (key -> its statements, in order), in as few requests as
-        `packed` allows, side by side. With `atomic`, each partition's writes are applied
-        together and in isolation (a batch's statements of one partition are one mutation),
-        the partitions independently of each other (no batch log); else a partition's writes
-        may be split over requests, so each must be harmless alone."""
-        await asyncio.gather(
-            *(
-                self.execute(*request[0]) if len(request) == 1 else self._batch(request, BatchType.UNLOGGED)
-                for request in packed(partitions, split=not atomic)
+        `packed` allows, side by side (`at_once` at a time, if given: binding a request holds
+        the event loop). With `atomic`, each partition's writes are applied together and in
+        isolation (a batch's statements of one partition are one mutation), the partitions
+        independently of each other (no batch log); else a partition's writes may be split
+        over requests, so each must be harmless alone."""
+        requests = list(packed(partitions, split=not atomic))
+        step = at_once or len(requests) or 1
+        for first in range(0, len(requests), step):
+            await asyncio.gather(
+                *(
+                    self.execute(*request[0]) if len(request) == 1 else self._batch(request, BatchType.UNLOGGED)
+                    for request in requests[first : first + step]
+                )
             )
-        )
 
     async def _batch(self, statements: Sequence[Statement], batch_type: BatchType) -> None:
         batch = BatchStatement(batch_type=batch_type)
