@@ -16,7 +16,7 @@ from mosaic.events.v1 import profile_updated_pb2
 from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service import compiler, language, series
 from segmentation_service.columns import ColumnarView
-from segmentation_service.evaluate import evaluate
+from segmentation_service.evaluate import COUNTER_DAYS, evaluate
 from segmentation_service.rfm import RfmModel, RfmTraits
 from segmentation_service.state import DAY, EPOCH, ProfileState
 
@@ -304,21 +304,24 @@ def test_every_series_condition_agrees_too(profiles, definition):
     test_columnar_incremental_and_plain_evaluation_agree.hypothesis.inner_test(profiles, definition)
 
 
-def _cells(view: ColumnarView) -> dict[str, Any]:
-    """Everything a view holds, as plain values, to compare two views."""
+def _cells(view: ColumnarView, oldest: int) -> dict[str, Any]:
+    """Everything a view holds, as plain values, to compare two views: the counters from the
+    day `oldest` on (days before it may be expired and compacted away, or not yet)."""
     n = len(view.ids)
     cells: dict[str, Any] = {
         "ids": view.ids,
         "version": view.version[:n].tolist(),
-        "slot_day": {e: days.tolist() for e, days in view.slot_day.items()},
-        "counters": {e: matrix[:, :n].tolist() for e, matrix in view.counters.items()},
+        "counters": {
+            event: [{d: c for d, c in entries.days(row).items() if d >= oldest} for row in range(n)]
+            for event, entries in view.counters.items()
+        },
     }
     for (source, path), columns in view.traits.items():
         cells[f"{source}:{path}"] = [str(x) for x in columns.present[:n].tolist()], columns.strings
     return cells
 
 
-# Few days, so that pages a slot's length apart meet in the same slots.
+# Few days, so that pages shifted in time meet on the same days, and some fall outside the days kept.
 few_days = st.dictionaries(
     st.tuples(st.sampled_from([TODAY - 89, TODAY - 30, TODAY, TODAY + 3]), st.sampled_from(EVENTS)),
     st.integers(1, 5),
@@ -334,18 +337,19 @@ few_days = st.dictionaries(
 )
 def test_counters_added_a_page_at_a_time_are_the_counters_put_one_by_one(puts, page_size, shift):
     """A rebuild puts a page's profiles without counters, then adds the page's counters as
-    columns: the same view as each profile put with its counters (days that take a slot over,
-    or fall outside the days kept, and profiles put again included)."""
+    columns: the same view as each profile put with its counters (days that fall outside the
+    days kept, and profiles put again included)."""
     one_by_one, in_columns = ColumnarView(8, capacity=4), ColumnarView(8, capacity=4)
     states = [ProfileState(f"p{who}", n, s[0], s[1], s[3], c, s[4], s[5]) for n, (who, s, c) in enumerate(puts)]
+    latest = 0.0
     for turn, start in enumerate(range(0, len(states), page_size)):
-        # A scan's page holds a profile once (a profile put twice in one page would take slots
-        # over by the state that is then replaced). Each page is later (or earlier), so that its days take
-        # over slots the earlier pages' days hold, or (earlier) fall behind them.
+        # A scan's page holds a profile once. Each page is later (or earlier) than the one
+        # before, so that its days meet or pass those the earlier pages' rows hold.
         page = list({state.profile_id: state for state in states[start : start + page_size]}.values())
         later = turn * shift
         page = [dataclasses.replace(s, counters={(d + later, e): n for (d, e), n in s.counters.items()}) for s in page]
         now = NOW + (later - turn % 2 * 10) * DAY  # every other page's latest days are past the days kept
+        latest = max(latest, now)
         rows, days, events, counts = [], [], [], []
         names = sorted({event for state in page for _, event in state.counters})
         for state in page:
@@ -358,4 +362,5 @@ def test_counters_added_a_page_at_a_time_are_the_counters_put_one_by_one(puts, p
                 events.append(names.index(event))
                 counts.append(count)
         in_columns.add_counters(*(np.array(a, np.int64) for a in (rows, days, events)), names, np.array(counts), now)
-    assert _cells(in_columns) == _cells(one_by_one)
+    oldest = math.floor(latest / DAY) - COUNTER_DAYS + 1
+    assert _cells(in_columns, oldest) == _cells(one_by_one, oldest)

@@ -8,11 +8,10 @@ place as profile.updated arrives (why NumPy rather than Polars or DuckDB: see th
   dictionary, -1 elsewhere), boolean (int8, -1 elsewhere), and time (float64 epoch seconds of
   strings that are ISO-8601 times). Nested objects are flattened into their paths; lists are
   kept aside (they only exist or not).
-- the daily counters of an event name are a uint16 matrix, one row per day slot and one column
-  per profile (so a day is one contiguous vector and a window sums a few of them) of a ring of DAY_SLOTS days shared by every profile (the slot of day d is
-  d % DAY_SLOTS; a slot is cleared when a newer day takes it). It holds the COUNTER_DAYS days
-  the evaluators read plus a few days ahead for events stamped in the future.
-- an event series (series.py) is sparse: its entries, a row's days, in SeriesColumns.
+- the daily counts of an event name are sparse (day_entries.py): an entry (row, day, count) for
+  each day a profile had the event, of the days kept: the COUNTER_DAYS days the evaluators read
+  plus a few days ahead for events stamped in the future. A window sums the entries it holds.
+- an event series (series.py) is sparse the same way: an entry (row, day, count, sum, min, max).
 - identity types are int16 counts.
 - consent is a float64 column per purpose the rows decided, until when it is granted (NaN:
   no decision, the default of the row's jurisdiction, an int8 column, decides).
@@ -31,6 +30,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from mosaic.consent.v1 import consent_pb2
 from mosaic.platform.consent import Policy
@@ -38,8 +38,8 @@ from mosaic.platform.lru import Lru
 from mosaic.platform.topics import partition_of
 from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service import series
+from segmentation_service.day_entries import DayEntries
 from segmentation_service.evaluate import COUNTER_DAYS, DEFAULT_POLICY, literal_value, pattern, window_days
-from segmentation_service.series_columns import SeriesColumns
 from segmentation_service.state import DAY, Partial, ProfileState, time_of
 
 if TYPE_CHECKING:
@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 
 # Plain attributes: an enum wrapper's attribute lookup is slow on the per-profile path.
 Op = SimpleNamespace(**dict(pb.Operator.items()))
-DAY_SLOTS = 96
+DAYS_KEPT = 96
+COUNTS: dict[str, DTypeLike] = {"count": np.uint16}
+PARTIALS: dict[str, DTypeLike] = {"count": np.int32, "sum": np.float64, "min": np.float64, "max": np.float64}
 COUNT_MAX = np.iinfo(np.uint16).max
 ERASED_KEPT = 100_000  # erased profiles remembered, so a late update does not bring one back
 TABLES_KEPT = 16  # string tests kept per trait path (a bool per distinct string each)
@@ -79,18 +81,7 @@ def _grown(array: np.ndarray | None, capacity: int, fill) -> np.ndarray | None:
 
 def _days_kept(today: int) -> tuple[int, int]:
     """The days a row's counters keep, (first, last]: those the evaluators read, and a few ahead."""
-    return today - COUNTER_DAYS, today + DAY_SLOTS - COUNTER_DAYS
-
-
-def _runs(slots: list[int]) -> list[tuple[int, int]]:
-    """Sorted slots as contiguous [start, stop) ranges, so each sums without a copy."""
-    runs: list[tuple[int, int]] = []
-    for slot in slots:
-        if runs and runs[-1][1] == slot:
-            runs[-1] = (runs[-1][0], slot + 1)
-        else:
-            runs.append((slot, slot + 1))
-    return runs
+    return today - COUNTER_DAYS, today + DAYS_KEPT - COUNTER_DAYS
 
 
 class TraitColumns:
@@ -201,9 +192,8 @@ class ColumnarView:
         self.timer = np.zeros(capacity, np.int64)  # the timer bucket stored for the row (0: none known)
         self.traits: dict[tuple[int, tuple[str, ...]], TraitColumns] = {}
         self._ordered: list[tuple[int, tuple[str, ...], TraitColumns]] = []
-        self.counters: dict[str, np.ndarray] = {}
-        self.slot_day: dict[str, np.ndarray] = {}
-        self.series: dict[str, SeriesColumns] = {}
+        self.counters: dict[str, DayEntries] = {}  # event name -> its daily counts
+        self.series: dict[str, DayEntries] = {}  # series name -> its daily partials
         self.identities: dict[str, np.ndarray] = {}
         self.consent: dict[str, np.ndarray] = {}
         self.jurisdiction = np.zeros(capacity, np.int8)
@@ -223,10 +213,6 @@ class ColumnarView:
         self.timer = _grown(self.timer, self.capacity, 0)
         for columns in self.traits.values():
             columns.grow(self.capacity)
-        for event, matrix in self.counters.items():
-            bigger = np.zeros((DAY_SLOTS, self.capacity), np.uint16)
-            bigger[:, : matrix.shape[1]] = matrix
-            self.counters[event] = bigger
         for kind, counts in self.identities.items():
             self.identities[kind] = _grown(counts, self.capacity, 0)
         for purpose, until in self.consent.items():
@@ -258,10 +244,6 @@ class ColumnarView:
         if not fresh:  # a new row (or a freed one, cleared by remove) holds nothing yet
             for columns in self.traits.values():
                 columns.clear(row)
-            for matrix in self.counters.values():
-                matrix[:, row] = 0
-            for columns_of_series in self.series.values():
-                columns_of_series.put(row, {})
             for counts in self.identities.values():
                 counts[row] = 0
             for until in self.consent.values():
@@ -270,9 +252,12 @@ class ColumnarView:
         self.alive[row] = alive
         for source, values in ((pb.TRAIT_SOURCE_TRAITS, state.traits), (pb.TRAIT_SOURCE_COMPUTED, state.computed)):
             self._put_values(row, source, (), values)
-        self._put_counters(row, state.counters, math.floor(now / DAY))
-        if state.series:
-            self._put_series(row, state.series, math.floor(now / DAY))
+        today = math.floor(now / DAY)
+        counters = state.counters
+        if any(count > COUNT_MAX for count in counters.values()):
+            counters = {key: min(count, COUNT_MAX) for key, count in counters.items()}
+        self._put_days(self.counters, COUNTS, row, counters, today, fresh)
+        self._put_days(self.series, PARTIALS, row, state.series, today, fresh)
         for kind, count in state.identities.items():
             if kind not in self.identities:
                 self.identities[kind] = np.zeros(self.capacity, np.int16)
@@ -293,39 +278,32 @@ class ColumnarView:
             if isinstance(value, dict):
                 self._put_values(row, source, path, value)
 
-    def _put_counters(self, row: int, counters: dict[tuple[int, str], int], today: int) -> None:
-        """The row's counts of the days kept; a day newer than its slot's takes the slot over
-        (for every row: the ring's slots are shared)."""
+    @staticmethod
+    def _put_days(
+        entries_of: dict[str, DayEntries],
+        values: dict[str, DTypeLike],
+        row: int,
+        days: dict[tuple[int, str], int] | dict[tuple[int, str], Partial],
+        today: int,
+        fresh: bool,
+    ) -> None:
+        """The row's days kept of each event (or series), its counts (or partials); the events
+        it had before and has no more cleared (a fresh row has none)."""
         first, last = _days_kept(today)
-        matrices, slot_days = self.counters, self.slot_day
-        for (day, event), count in counters.items():
-            if not first < day <= last:
-                continue  # outside the days kept
-            matrix = matrices.get(event)
-            if matrix is None:
-                matrix = matrices[event] = np.zeros((DAY_SLOTS, self.capacity), np.uint16)
-                slot_days[event] = np.full(DAY_SLOTS, -1, np.int64)
-            slot = day % DAY_SLOTS
-            days = slot_days[event]
-            held = days[slot]
-            if held != day:
-                if held > day:
-                    continue  # a newer day holds the slot: this one is older than the days kept
-                matrix[slot] = 0
-                days[slot] = day
-            matrix[slot, row] = count if count < COUNT_MAX else COUNT_MAX
-
-    def _put_series(self, row: int, days: dict[tuple[int, str], Partial], today: int) -> None:
-        first, last = _days_kept(today)
-        by_series: dict[str, dict[int, Partial]] = {}
-        for (day, name), partial in days.items():
+        by_name: dict[str, dict[int, Any]] = {}
+        for (day, name), value in days.items():
             if first < day <= last:
-                by_series.setdefault(name, {})[day] = partial
-        for name, kept in by_series.items():
-            columns = self.series.get(name)
-            if columns is None:
-                columns = self.series[name] = SeriesColumns()
-            columns.put(row, kept)
+                by_name.setdefault(name, {})[day] = value
+        oldest = first + 1
+        if not fresh:
+            for name, held in entries_of.items():
+                if name not in by_name:
+                    held.put(row, {}, oldest)
+        for name, kept in by_name.items():
+            entries = entries_of.get(name)
+            if entries is None:
+                entries = entries_of[name] = DayEntries(values)
+            entries.put(row, kept, oldest)
 
     def add_counters(
         self,
@@ -345,20 +323,10 @@ class ColumnarView:
             chosen = kept & (events == code)
             if not chosen.any():
                 continue
-            day, row, count = days[chosen], rows[chosen], np.minimum(counts[chosen], COUNT_MAX)
-            matrix = self.counters.get(event)
-            if matrix is None:
-                matrix = self.counters[event] = np.zeros((DAY_SLOTS, self.capacity), np.uint16)
-                self.slot_day[event] = np.full(DAY_SLOTS, -1, np.int64)
-            held = self.slot_day[event]
-            slot = day % DAY_SLOTS
-            newest = np.full(DAY_SLOTS, -1, np.int64)
-            np.maximum.at(newest, slot, day)
-            taken = newest > held  # a newer day takes its slot over, for every row
-            matrix[taken] = 0
-            held[taken] = newest[taken]
-            current = held[slot] == day  # an older day than its slot's is past the days kept
-            matrix[slot[current], row[current]] = count[current]
+            entries = self.counters.get(event)
+            if entries is None:
+                entries = self.counters[event] = DayEntries(COUNTS)
+            entries.add(rows[chosen], days[chosen], [np.minimum(counts[chosen], COUNT_MAX)], first + 1)
 
     def get(self, profile_id: str) -> ProfileState | None:
         """The profile's state as stored (what the plain evaluator reads)."""
@@ -373,13 +341,10 @@ class ColumnarView:
             for key in path[:-1]:
                 target = target[key]
             target[path[-1]] = columns.get(row)
-        for event, matrix in self.counters.items():
-            counts = matrix[:, row]
-            slots = counts.nonzero()[0]  # not flatnonzero: it copies the strided column first
-            days = self.slot_day[event][slots].tolist()
-            state.counters.update(zip([(day, event) for day in days], counts[slots].tolist(), strict=True))
-        for name, columns_of_series in self.series.items():
-            state.series.update(((day, name), partial) for day, partial in columns_of_series.days(row).items())
+        for event, entries in self.counters.items():
+            state.counters.update(((day, event), count) for day, count in entries.days(row).items())
+        for name, entries in self.series.items():
+            state.series.update(((day, name), partial) for day, partial in entries.days(row).items())
         state.identities = {kind: int(c[row]) for kind, c in self.identities.items() if c[row]}
         state.consent = {p: float(until[row]) for p, until in self.consent.items() if not math.isnan(until[row])}
         state.jurisdiction = int(self.jurisdiction[row])
@@ -471,7 +436,6 @@ class ColumnarView:
             self.alive,
             self.partition,
             self.timer,
-            *self.counters.values(),
             *self.identities.values(),
             *self.consent.values(),
             self.jurisdiction,
@@ -479,7 +443,7 @@ class ColumnarView:
         return (
             sum(a.nbytes for a in arrays)
             + sum(c.nbytes() for c in self.traits.values())
-            + sum(c.nbytes() for c in self.series.values())
+            + sum(c.nbytes() for c in (*self.counters.values(), *self.series.values()))
         )
 
     def rfm_measures(self, traits: RfmTraits, now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -559,18 +523,10 @@ class ColumnarView:
         return columns.aggregate(event.aggregate, *window_days(event.window, now), n)
 
     def event_counts(self, event: pb.EventPredicate, now: float, n: int) -> np.ndarray:
-        matrix = self.counters.get(event.event)
-        if matrix is None:
+        entries = self.counters.get(event.event)
+        if entries is None:
             return np.zeros(n)
-        first, last = window_days(event.window, now)
-        days = self.slot_day[event.event]
-        slots = [d % DAY_SLOTS for d in range(first, last + 1) if days[d % DAY_SLOTS] == d]
-        if not slots:
-            return np.zeros(n)
-        total = np.zeros(n, np.int32)
-        for start, stop in _runs(sorted(slots)):
-            total += matrix[start:stop, :n].sum(axis=0, dtype=np.int32)
-        return total.astype(np.float64)
+        return entries.aggregate(pb.AGGREGATE_COUNT, *window_days(event.window, now), n)[0]
 
     @staticmethod
     def _compare(op: int, left: np.ndarray, right: Any) -> np.ndarray:
