@@ -1,7 +1,9 @@
 """The columnar view's rows: removed, forgotten by partition and erased. Pure logic."""
 
+import asyncio
+
 from mosaic.platform.topics import partition_of
-from segmentation_service import compiler, series
+from segmentation_service import app, compiler, series
 from segmentation_service.columns import ColumnarView
 from segmentation_service.evaluate import evaluate
 from segmentation_service.state import DAY, ProfileState
@@ -28,12 +30,25 @@ def test_a_removed_row_no_longer_counts_and_its_row_is_taken_by_the_next():
     assert (len(view), matching(view), len(view.ids)) == (2, ["b"], 2)  # c took a's row, cleared
 
 
-def test_forgetting_partitions_drops_their_rows_from_counts_and_samples():
+async def test_forgetting_partitions_drops_their_rows_from_counts_and_samples_a_chunk_at_a_time(monkeypatch):
+    monkeypatch.setattr(app, "FORGOTTEN_PER_TURN", 5)
     ids = [f"p{i}" for i in range(40)]
     view = view_of(*ids)
     handed = frozenset({0, 1, 2, 3})
-    gone = view.forget(handed)
-    assert gone > 0 and len(view) == 40 - gone
+    held: list[int] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:  # the loop runs between chunks: it sees the view part forgotten
+        while not done.is_set():
+            held.append(len(view))
+            await asyncio.sleep(0)
+
+    watching = asyncio.create_task(watch())
+    gone = await app.forget(view, handed)
+    done.set()
+    await watching
+    assert gone > 10 and len(view) == 40 - gone
+    assert any(40 - gone < n < 40 for n in held)
     assert sorted(matching(view)) == sorted(pid for pid in ids if partition_of(pid, 8) not in handed)
     assert None not in matching(view)
 

@@ -1,6 +1,7 @@
 """Time passing on the embedded store and a real nats-server: profiles enter and leave
 segments when their due time comes, with no new event, also across a restart."""
 
+import asyncio
 from datetime import datetime, timezone
 
 import pytest
@@ -11,7 +12,7 @@ from mosaic.platform import topics
 from mosaic.platform.bus import Bus, Delivery
 from mosaic.platform.ownership import FixedPartitions
 from mosaic.segmentation.v1 import segment_pb2
-from segmentation_service import compiler
+from segmentation_service import backfill, compiler
 from segmentation_service.backfill import Backfiller
 from segmentation_service.catalog import SegmentCatalog
 from segmentation_service.columns import ColumnarView
@@ -128,3 +129,34 @@ async def test_a_new_timed_segment_gives_every_profile_its_timer_once_backfilled
         replica.clock[0] = started[pid] + 7 * DAY + TIMER_BUCKET
         assert await replica.timers.fire() == 1
         assert (await replica.moves())[-1] == ("trial-week", pid, ENTERED)
+
+
+async def test_renewing_every_timer_lets_the_loop_run_while_the_due_times_are_worked_out(replica, monkeypatch):
+    # A million-profile view's partition is seconds of due times: held at once, it starved the
+    # lease renewals. Another task must run between chunks, with some worked out and some not.
+    monkeypatch.setattr(backfill, "SCHEDULED_PER_WRITE", 100)
+    when = datetime.fromtimestamp(START - 3 * DAY, timezone.utc).isoformat()
+    view = replica.memberships.view
+    for i in range(2000):
+        view.put(ProfileState(f"p-{i}", 1, {"trial_started": when}), START)
+    mine = [pid for pid in view.rows if replica.memberships.partition(pid) == 0]
+    worked_out = []
+    bucket = replica.timers.bucket
+    monkeypatch.setattr(replica.timers, "bucket", lambda *a: worked_out.append(1) or bucket(*a))
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            seen.append(len(worked_out))
+            await asyncio.sleep(0)
+
+    watching = asyncio.create_task(watch())
+    backfiller = Backfiller(replica.store, replica.memberships.catalog, replica.memberships, FixedPartitions([0]))
+    await backfiller._schedule(0)
+    done.set()
+    await watching
+    assert len(worked_out) == len(mine) > 200
+    assert any(0 < count < len(mine) for count in seen), "the loop ran only before and after"
+    due = bucket_of(START - 3 * DAY + 14 * DAY)  # trial-over: trial_started < now - 14d
+    assert set(mine) <= set(await replica.store.timers(0, due))

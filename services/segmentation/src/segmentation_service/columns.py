@@ -404,14 +404,11 @@ class ColumnarView:
     def is_erased(self, profile_id: str) -> bool:
         return bool(self.erased) and erased_key(profile_id) in self.erased
 
-    def forget(self, partitions: frozenset[int]) -> int:
-        """Remove the rows of partitions handed over to another replica; returns how many."""
+    def profiles_of(self, partitions: frozenset[int]) -> list[str]:
+        """The profiles of these partitions the view holds."""
         n = len(self.ids)
         rows = np.flatnonzero(np.isin(self.partition[:n], sorted(partitions)))
-        gone = [profile_id for profile_id in (self.ids[row] for row in rows) if profile_id is not None]
-        for profile_id in gone:
-            self.remove(profile_id)
-        return len(gone)
+        return [profile_id for profile_id in (self.ids[row] for row in rows) if profile_id is not None]
 
     def scheduled(self, profile_id: str) -> int:
         row = self.rows.get(profile_id)
