@@ -1,4 +1,6 @@
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mosaic.segmentation.v1 import segment_pb2 as pb
 from segmentation_service.columns import COUNTS, ColumnarView
@@ -55,3 +57,64 @@ def test_a_view_of_many_profiles_pays_for_the_counters_of_those_that_have_them()
     view.put(ProfileState("p99999", 2, {"plan": "pro"}, counters={(20_000, "Order Completed"): 3}), now)
     assert view.nbytes() - before < 100_000 * 6
     assert view.get("p99999").counters == {(20_000, "Order Completed"): 3}
+
+
+# Operations on a few rows: put (days of a small range, some expired), clear, add (a page of
+# rows at once), with `oldest` moving on, so that compaction (forced by a low bound) drops holes
+# and expired days between them.
+operations = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("put"), st.integers(0, 7), st.dictionaries(st.integers(1, 12), st.integers(1, 9), max_size=5)
+        ),
+        st.tuples(st.just("clear"), st.integers(0, 7), st.just({})),
+        st.tuples(
+            st.just("add"),
+            st.just(0),
+            st.dictionaries(st.tuples(st.integers(0, 7), st.integers(1, 12)), st.integers(1, 9), max_size=8),
+        ),
+        st.tuples(st.just("later"), st.just(0), st.just({})),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations)
+def test_entries_hold_what_a_dict_of_rows_holds_from_the_oldest_day_on(ops):
+    import segmentation_service.day_entries as module
+
+    saved = module.COMPACT_AFTER
+    module.COMPACT_AFTER = 2  # compact often
+    try:
+        entries, model, oldest = DayEntries(COUNTS), {}, 1
+        for op, row, days in ops:
+            if op == "put":
+                entries.put(row, days, oldest)
+                model[row] = dict(days)
+            elif op == "clear":
+                entries.put(row, {}, oldest)
+                model.pop(row, None)
+            elif op == "add":
+                rows = sorted({r for r, _ in days})
+                for r in rows:
+                    model[r] = {d: c for (r2, d), c in days.items() if r2 == r}
+                items = list(days.items())
+                entries.add(
+                    np.array([r for (r, _), _ in items], np.int64),
+                    np.array([d for (_, d), _ in items], np.int64),
+                    [np.array([c for _, c in items], np.int64)],
+                    oldest,
+                )
+            else:
+                oldest += 2
+            for r in range(8):
+                kept = {d: c for d, c in model.get(r, {}).items() if d >= oldest}
+                held = {d: c for d, c in entries.days(r).items() if d >= oldest}
+                assert held == kept, (r, op)
+                assert set(entries.days(r)) <= set(model.get(r, {})), "a day never put"
+            counts, _ = entries.aggregate(pb.AGGREGATE_COUNT, oldest, 12, 8)
+            assert counts.tolist() == [sum(c for d, c in model.get(r, {}).items() if d >= oldest) for r in range(8)]
+        assert entries.size - entries.holes == sum(len(entries.days(r)) for r in range(8))
+    finally:
+        module.COMPACT_AFTER = saved
