@@ -168,7 +168,8 @@ class CassandraStore:
         return statement
 
     async def execute(self, cql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Run one prepared statement; returns its rows (first page only, so bound the query)."""
+        """Run one prepared statement; returns its rows, every page of them (the driver's pages
+        are 5,000 rows: a read of many partitions at once may well pass that)."""
         return await self._run(self.prepare(cql).bind(params))
 
     async def execute_atomic(self, statements: Sequence[Statement], single_partition: bool = False) -> None:
@@ -214,14 +215,20 @@ class CassandraStore:
             self._results = _Results(loop)
         results = self._results
         result: asyncio.Future[list[Any]] = loop.create_future()
+        response = self._session.execute_async(statement)
+        collected: list[Any] = []
 
-        def done(rows: Any) -> None:
-            results.put(result, list(rows or ()), None)
+        def done(rows: Any) -> None:  # once a page, on the driver's thread
+            collected.extend(rows or ())
+            if response.has_more_pages:
+                response.start_fetching_next_page()
+            else:
+                results.put(result, collected, None)
 
         def failed(error: BaseException) -> None:
             results.put(result, None, error)
 
-        self._session.execute_async(statement).add_callbacks(done, failed)
+        response.add_callbacks(done, failed)
         try:
             return await result
         except _RETRYABLE as error:
