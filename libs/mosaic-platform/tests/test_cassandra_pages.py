@@ -1,9 +1,7 @@
 """A read on a real Cassandra node gives every row, past the driver's first page."""
 
-import pytest
-
-from mosaic.platform.store.cassandra import CassandraStore
 from mosaic.platform.store import Migration
+from mosaic.platform.store.cassandra import CassandraStore
 
 PAGE = 5000  # the driver's default fetch size
 
