@@ -13,7 +13,10 @@ person never seen before, the rest from people seen earlier in the run.
    last one is done.
 2. Latency at half that rate (or BENCH_RATE), open loop, for BENCH_SECONDS: from each batch's HTTP
    acknowledgement to the profile.updated its event caused, and to the segment.membership a
-   profile version caused (seen on a plain NATS subscription here), p50 and p99.
+   profile version caused (seen on a plain NATS subscription here), p50 and p99; and hop by hop,
+   from the ack to events.raw (ingestion), to events.resolved (identity), to profile.updated
+   (profile) and to segment.membership (segmentation), each from when the event reached the hop
+   before (the client subscribes to events.raw and events.resolved only for this phase).
 3. CPU seconds per event of each service of the pipeline (/proc/<pid>/stat, over both phases),
    and of those beside it: consent and delivery (they read events.resolved too), nats-server and
    the Cassandra node (the node's own work, compaction included), and resident
@@ -54,7 +57,7 @@ from google.protobuf import struct_pb2
 
 from bench import _process
 from mosaic.cli.mesh import Mesh
-from mosaic.events.v1 import profile_updated_pb2, segment_membership_pb2
+from mosaic.events.v1 import event_pb2, profile_updated_pb2, resolved_pb2, segment_membership_pb2
 from mosaic.ingestion.v1 import ingestion_service_pb2, ingestion_service_pb2_grpc, source_pb2
 from mosaic.platform import topics
 from mosaic.segmentation.v1 import segment_pb2, segmentation_service_pb2, segmentation_service_pb2_grpc
@@ -173,6 +176,8 @@ class Observer:
         self.updated: dict[str, float] = {}  # cause message id → when its profile.updated arrived
         self.versions: dict[tuple[str, int], str] = {}  # (profile, version) → cause message id
         self.memberships: dict[str, float] = {}  # cause message id → first segment.membership it caused
+        self.raw: dict[str, float] = {}  # message id → when its events.raw arrived (latency phase)
+        self.resolved: dict[str, float] = {}  # message id → when its events.resolved arrived (latency phase)
 
     async def start(self, url: str) -> None:
         self.nc = await nats.connect(url)
@@ -192,6 +197,22 @@ class Observer:
         await self.nc.subscribe(topics.PROFILE_UPDATED.wildcard, cb=updated)
         await self.nc.subscribe(topics.SEGMENT_MEMBERSHIP.wildcard, cb=membership)
         self.js = self.nc.jetstream()
+
+    async def follow_hops(self) -> list:
+        """Subscribe to the two topics before profile.updated too (their decoding costs this
+        client CPU, so only while latency is measured); gives the subscriptions."""
+
+        async def raw(msg) -> None:
+            self.raw.setdefault(event_pb2.Event.FromString(msg.data).message_id, time.monotonic())
+
+        async def resolved(msg) -> None:
+            message_id = resolved_pb2.ResolvedEvent.FromString(msg.data).event.message_id
+            self.resolved.setdefault(message_id, time.monotonic())
+
+        return [
+            await self.nc.subscribe(topics.EVENTS_RAW.wildcard, cb=raw),
+            await self.nc.subscribe(topics.EVENTS_RESOLVED.wildcard, cb=resolved),
+        ]
 
     async def backlogs(self, partitions: int) -> dict[str, int]:
         """Messages each pipeline consumer has not acknowledged yet, over its partitions."""
@@ -310,6 +331,25 @@ def latencies(acked: dict[str, float], arrived: dict[str, float]) -> str:
     return f"p50 {q[49]:.0f} ms, p99 {q[98]:.0f} ms over {len(samples):,} events"
 
 
+def hops(acked: dict[str, float], observer: Observer) -> str:
+    """p50/p99 of each hop: from when an event reached the hop before to when it left this one."""
+    stages = [
+        ("ingestion", observer.raw),
+        ("identity", observer.resolved),
+        ("profile", observer.updated),
+        ("segmentation", observer.memberships),
+    ]
+    found = []
+    before = acked
+    for name, after in stages:
+        samples = sorted((after[m] - before[m]) * 1000 for m in acked if m in before and m in after)
+        if len(samples) >= 2:
+            q = statistics.quantiles(samples, n=100)
+            found.append(f"{name} {q[49]:.0f}/{q[98]:.0f}")
+        before = after
+    return ", ".join(found)
+
+
 async def main() -> None:
     nats_server = NatsServer(cores=1).start()
     data_dir = Path(tempfile.mkdtemp(prefix="mosaic-bench-pipeline-"))
@@ -405,6 +445,7 @@ async def main() -> None:
         before = await observer.folded()
         stop = asyncio.Event()
         watching = asyncio.create_task(observer.watch_backlogs(partitions, stop))
+        following = await observer.follow_hops()
         acked = await send(url, key, traffic, None, rate=half, seconds=SECONDS)
         stop.set()
         largest = await watching
@@ -412,10 +453,13 @@ async def main() -> None:
         await wait_until(observer.folded, before + len(acked))
         await wait_until(lambda: observer.segmented(partitions), before + len(acked))
         await asyncio.sleep(1)
+        for subscription in following:
+            await subscription.unsubscribe()
         print(
             f"at half ({half:,.0f} events/s offered for {SECONDS:.0f} s): ack → profile.updated "
             f"{latencies(acked, observer.updated)}; ack → segment.membership {latencies(acked, observer.memberships)}"
         )
+        print(f"  hop by hop, p50/p99 ms (each from the hop before): {hops(acked, observer)}")
         print("  largest backlog while sending: " + ", ".join(f"{name} {n:,}" for name, n in largest.items()))
         used = {name: _process.cpu_seconds(pid) - cpu[name] for name, pid in (pids | servers).items()}
         print(
