@@ -15,7 +15,7 @@ from mosaic.events.v1 import event_pb2, resolved_pb2
 from mosaic.platform.bus import Bus
 from mosaic.platform.config import PlatformSettings
 from mosaic.profile.v1 import profile_pb2
-from profile_service import computed
+from profile_service import computed, history
 from profile_service.cache import ProfileCache
 from profile_service.config import Settings
 from profile_service.fold import FoldRules, fold
@@ -109,3 +109,18 @@ async def check(nats_url: str, data_dir: str, specs) -> None:
 @given(specs=st.lists(event_strategy, min_size=1, max_size=12))
 def test_the_profile_at_any_moment_equals_the_events_folded_up_to_it(nats_server, tmp_path, specs):
     asyncio.run(check(nats_server.url, str(tmp_path / uuid.uuid4().hex), specs))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.integers(-62135596800, 253402300799),  # 0001-01-01 to 9999-12-31, Timestamp's range
+    st.one_of(
+        st.just(0),
+        st.integers(0, 999).map(lambda n: n * 1_000_000),
+        st.integers(0, 999_999).map(lambda n: n * 1000),
+        st.integers(0, 999_999_999),
+    ),
+)
+def test_a_timestamps_text_is_to_json_strings(seconds, nanos):
+    moment = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    assert history.timestamp_text(moment) == moment.ToJsonString()

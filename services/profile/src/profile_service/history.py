@@ -8,10 +8,12 @@ rebuilds any version from the nearest full state below it plus the deltas after 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from mosaic.consent.v1 import consent_pb2
 from mosaic.platform.consent import effective_change
@@ -28,17 +30,41 @@ CHANGES: dict[int, str] = {
 }
 
 
+EPOCH = datetime(1970, 1, 1)  # naive, as ToJsonString's (UTC)
+
+
+def timestamp_text(moment: timestamp_pb2.Timestamp) -> str:
+    """Timestamp.ToJsonString's text (RFC 3339 in UTC, 0, 3, 6 or 9 digits of fraction), its
+    minute formatted once: ToJsonString took ~2 us, and every event's change gives two
+    (last_seen's old and new values)."""
+    minute, second = divmod(moment.seconds, 60)
+    text = f"{_minute_text(minute)}:{second:02d}"
+    nanos = moment.nanos
+    if nanos == 0:
+        return text + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{text}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1000 == 0:
+        return f"{text}.{nanos // 1000:06d}Z"
+    return f"{text}.{nanos:09d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _minute_text(minute: int) -> str:
+    return (EPOCH + timedelta(minutes=minute)).isoformat()[:16]  # 2026-12-08T04:40
+
+
 def consent_value(decision: consent_pb2.ConsentDecision) -> struct_pb2.Value:
     """A consent decision as a change shows it (what segmentation reads from profile.updated)."""
     value = struct_pb2.Value()
     fields: dict[str, Any] = {
         "granted": decision.granted,
         "change": CHANGES[effective_change(decision)],
-        "decided_at": decision.decided_at.ToJsonString(),
+        "decided_at": timestamp_text(decision.decided_at),
         "source": decision.source,
     }
     if decision.HasField("expires_at"):
-        fields["expires_at"] = decision.expires_at.ToJsonString()
+        fields["expires_at"] = timestamp_text(decision.expires_at)
     value.struct_value.update(fields)
     return value
 
@@ -98,9 +124,9 @@ def diff(
             continue
         change = profile_pb2.FieldChange(path=field)
         if has_old:
-            change.old_value.string_value = before.ToJsonString()
+            change.old_value.string_value = timestamp_text(before)
         if has_new:
-            change.new_value.string_value = after.ToJsonString()
+            change.new_value.string_value = timestamp_text(after)
         changes.append(change)
     if old.jurisdiction != new.jurisdiction:
         change = profile_pb2.FieldChange(path=JURISDICTION)
