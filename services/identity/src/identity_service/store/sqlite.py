@@ -128,7 +128,13 @@ class SqliteIdentityStore(Repository, IdentityStore):
         rows = await self.db.execute(
             f"{_PROFILE} WHERE profile_id IN ({', '.join('?' for _ in profile_ids)})", list(profile_ids)
         )
-        return {row[0]: ProfileRow(*row[:7], frozenset(filter(None, row[7].split("\n")))) for row in rows}
+        found = {}
+        for profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge in rows:
+            never = frozenset(filter(None, never_merge.split("\n")))
+            found[profile_id] = ProfileRow(
+                profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never
+            )
+        return found
 
     async def create_locked(
         self, profile_id: str, created_at: int, event_id: str, holder: str, lease_until: int
