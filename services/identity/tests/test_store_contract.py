@@ -35,6 +35,20 @@ async def test_identifier_types_are_separate_namespaces(store):
     assert await store.claims([("anonymous_id", value)]) == {}
 
 
+async def test_claims_and_profiles_of_many_keys_at_once_are_each_ones(store):
+    # More than a read statement names (SQLite chunks them), some claimed and some not.
+    keys = [("email", f"{unique()}@example.com") for _ in range(450)]
+    claimed = {key: Claim(f"p-{i}", f"e-{i}", i, "web") for i, key in enumerate(keys) if i % 3 == 0}
+    await asyncio.gather(*(store.claim(key, claim) for key, claim in claimed.items()))
+    assert await store.claims([*keys, keys[0]]) == claimed
+    profiles = [unique() for _ in range(450)]
+    for index, profile in enumerate(profiles[::2]):
+        await store.create_locked(profile, index, f"e-{index}", "me", lease_until=1_000)
+    found = await store.profiles(profiles)
+    assert set(found) == set(profiles[::2])
+    assert all(found[p].created_at == i and found[p].holder == "me" for i, p in enumerate(profiles[::2]))
+
+
 async def test_a_lock_is_exclusive_until_released_or_its_lease_runs_out(store):
     profile = unique()
     assert await store.create_locked(profile, 5, "e-1", "me", lease_until=1_000)

@@ -63,6 +63,7 @@ MIGRATIONS = [
     ),
 ]
 
+READ_CHUNK = 200  # keys (or profile ids) a read statement names
 _PROFILE = "SELECT profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge FROM identity_profiles"
 
 
@@ -70,17 +71,20 @@ class SqliteIdentityStore(Repository, IdentityStore):
     db: SqliteStore
 
     async def claims(self, keys: Sequence[Key]) -> dict[Key, Claim]:
-        # One statement, so one snapshot of every key, and no write lock: a transaction of a
-        # statement a key took BEGIN IMMEDIATE and COMMIT around a read.
-        if not keys:
-            return {}
-        rows = await self.db.execute(
-            "SELECT id_type, id_value, profile_id, event_id, claimed_ms, source FROM identity_claims"
-            # OR, not a row-value IN: SQLite searches the key for each term (IN (VALUES ...) scanned).
-            f" WHERE {' OR '.join('(id_type = ? AND id_value = ?)' for _ in keys)}",
-            [part for key in keys for part in key],
-        )
-        return {(kind, value): Claim(*claim) for kind, value, *claim in rows}
+        # A statement a chunk of keys, with no write lock: a transaction of a statement a key
+        # took BEGIN IMMEDIATE and COMMIT around a read. OR, not a row-value IN: SQLite searches
+        # the key for each term (IN (VALUES ...) scanned the table); a chunk keeps the OR's
+        # expression tree within SQLite's depth of 1,000.
+        found = {}
+        for first in range(0, len(keys), READ_CHUNK):
+            chunk = keys[first : first + READ_CHUNK]
+            rows = await self.db.execute(
+                "SELECT id_type, id_value, profile_id, event_id, claimed_ms, source FROM identity_claims"
+                f" WHERE {' OR '.join('(id_type = ? AND id_value = ?)' for _ in chunk)}",
+                [part for key in chunk for part in key],
+            )
+            found.update({(kind, value): Claim(*claim) for kind, value, *claim in rows})
+        return found
 
     async def claim(self, key: Key, claim: Claim) -> Claim:
         def work(db):
@@ -122,18 +126,17 @@ class SqliteIdentityStore(Repository, IdentityStore):
         return await self.db.transaction(work)
 
     async def profiles(self, profile_ids: Sequence[str]) -> dict[str, ProfileRow]:
-        # One statement, one snapshot, no write lock (as claims).
-        if not profile_ids:
-            return {}
-        rows = await self.db.execute(
-            f"{_PROFILE} WHERE profile_id IN ({', '.join('?' for _ in profile_ids)})", list(profile_ids)
-        )
+        # A statement a chunk of ids, with no write lock (as claims).
         found = {}
-        for profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge in rows:
-            never = frozenset(filter(None, never_merge.split("\n")))
-            found[profile_id] = ProfileRow(
-                profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never
-            )
+        ids = list(profile_ids)
+        for first in range(0, len(ids), READ_CHUNK):
+            chunk = ids[first : first + READ_CHUNK]
+            rows = await self.db.execute(f"{_PROFILE} WHERE profile_id IN ({', '.join('?' for _ in chunk)})", chunk)
+            for profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never_merge in rows:
+                never = frozenset(filter(None, never_merge.split("\n")))
+                found[profile_id] = ProfileRow(
+                    profile_id, created_at, created_by, merged_into, merge_id, holder, lease_until, never
+                )
         return found
 
     async def create_locked(
