@@ -41,6 +41,7 @@ import asyncio
 import base64
 import gc
 import json
+import math
 import os
 import random
 import statistics
@@ -323,30 +324,32 @@ def report_memory(mesh: Mesh, profiles: int) -> None:
     )
 
 
-def latencies(acked: dict[str, float], arrived: dict[str, float]) -> str:
-    samples = sorted((arrived[m] - at) * 1000 for m, at in acked.items() if m in arrived)
+def _p50_p99(acked: dict[str, float], before: dict[str, float], after: dict[str, float]) -> tuple[float, float, int]:
+    """p50 and p99 in ms from `before` to `after` over the acknowledged events both saw, and how many."""
+    samples = [(after[m] - before[m]) * 1000 for m in acked if m in before and m in after]
     if len(samples) < 2:
-        return f"{len(samples)} samples"
+        return math.nan, math.nan, len(samples)
     q = statistics.quantiles(samples, n=100)
-    return f"p50 {q[49]:.0f} ms, p99 {q[98]:.0f} ms over {len(samples):,} events"
+    return q[49], q[98], len(samples)
+
+
+def latencies(acked: dict[str, float], arrived: dict[str, float]) -> str:
+    p50, p99, count = _p50_p99(acked, acked, arrived)
+    return f"p50 {p50:.0f} ms, p99 {p99:.0f} ms over {count:,} events"
 
 
 def hops(acked: dict[str, float], observer: Observer) -> str:
     """p50/p99 of each hop: from when an event reached the hop before to when it left this one."""
     stages = [
-        ("ingestion", observer.raw),
-        ("identity", observer.resolved),
-        ("profile", observer.updated),
-        ("segmentation", observer.memberships),
+        ("ingestion", acked, observer.raw),
+        ("identity", observer.raw, observer.resolved),
+        ("profile", observer.resolved, observer.updated),
+        ("segmentation", observer.updated, observer.memberships),
     ]
     found = []
-    before = acked
-    for name, after in stages:
-        samples = sorted((after[m] - before[m]) * 1000 for m in acked if m in before and m in after)
-        if len(samples) >= 2:
-            q = statistics.quantiles(samples, n=100)
-            found.append(f"{name} {q[49]:.0f}/{q[98]:.0f}")
-        before = after
+    for name, before, after in stages:
+        p50, p99, _ = _p50_p99(acked, before, after)
+        found.append(f"{name} {p50:.0f}/{p99:.0f}")
     return ", ".join(found)
 
 

@@ -5,7 +5,7 @@ import asyncio
 import json
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from google.protobuf import timestamp_pb2
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +20,7 @@ from profile_service.cache import ProfileCache
 from profile_service.config import Settings
 from profile_service.fold import FoldRules, fold
 from profile_service.profiles import Profiles
-from profile_service.store import open_store
+from profile_service.store import model, open_store
 
 NOW = int(time.time())
 # An event series beside the built-in traits: its daily_series go through the snapshots too.
@@ -124,3 +124,11 @@ def test_the_profile_at_any_moment_equals_the_events_folded_up_to_it(nats_server
 def test_a_timestamps_text_is_to_json_strings(seconds, nanos):
     moment = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
     assert history.timestamp_text(moment) == moment.ToJsonString()
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(-30610224000 * 10**6, 253402300799 * 10**6))  # years 1000 to 9999
+def test_a_stored_days_and_months_text_is_strftimes(micros):
+    moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=micros)
+    assert model.day_of(micros) == moment.strftime("%Y-%m-%d")
+    assert model.month_of(micros) == moment.strftime("%Y-%m")

@@ -21,6 +21,7 @@ from mosaic.events.v1 import event_pb2
 from mosaic.platform.errors import AlreadyExists, InvalidArgument
 from mosaic.profile.v1 import profile_pb2
 from profile_service.fold import UNRECORDED, Edits, day_of, event_name, event_time, oldest_day
+from profile_service.history import timestamp_text
 
 A = profile_pb2.Aggregation
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -120,7 +121,7 @@ def _filter_keys(definition) -> list[tuple[str, int, bytes]]:
 
 def _property(event: event_pb2.Event, name: str):
     if name == "$timestamp":
-        return event_time(event).ToJsonString()
+        return timestamp_text(event_time(event))
     value = event.properties.fields.get(name)
     return None if value is None else json_format.MessageToDict(value)
 

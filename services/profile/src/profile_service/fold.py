@@ -92,7 +92,9 @@ UNRECORDED = _Unrecorded()
 
 
 @lru_cache(maxsize=4096)
-def _day_of(days: int) -> str:
+def day_text(days: int) -> str:
+    """`YYYY-MM-DD` of a day since 1970-01-01, formatted once (strftime took ~3 % of profile's
+    CPU when every snapshot and archived event called it)."""
     return (EPOCH + timedelta(days=days)).strftime("%Y-%m-%d")
 
 
@@ -104,12 +106,12 @@ def epoch_day(day: str) -> int:
 
 def day_of(ts: timestamp_pb2.Timestamp) -> str:
     """The UTC day of a timestamp, `YYYY-MM-DD`."""
-    return _day_of(ts.seconds // 86400)
+    return day_text(ts.seconds // 86400)
 
 
 def oldest_day(now: datetime, days: int) -> str:
     """The first day a window of `days` days ending today (UTC) holds."""
-    return _day_of(int(now.timestamp()) // 86400 - (days - 1))
+    return day_text(int(now.timestamp()) // 86400 - (days - 1))
 
 
 def event_name(event: event_pb2.Event) -> str:

@@ -44,6 +44,7 @@ class DayEntries:
         self.row = np.zeros(INITIAL, np.int32)
         self.day = np.zeros(INITIAL, np.uint16)
         self.values: dict[str, np.ndarray] = {name: np.zeros(INITIAL, dtype) for name, dtype in values.items()}
+        self._only = next(iter(values)) if len(values) == 1 else None  # the one value's name, if one
 
     def _arrays(self) -> list[tuple[str, np.ndarray, int]]:
         """Each array of entries, with the value of an unused (or hole) entry."""
@@ -67,8 +68,8 @@ class DayEntries:
             at = self._room(count, oldest)
             self.row[at : at + count] = row
             self.day[at : at + count] = list(days)
-            if self._single is not None:
-                self._single[at : at + count] = list(days.values())
+            if self._only is not None:
+                self.values[self._only][at : at + count] = list(days.values())
             else:
                 for index, array in enumerate(self.values.values()):
                     array[at : at + count] = [values[index] for values in days.values()]
@@ -102,15 +103,10 @@ class DayEntries:
             return {}
         start = int(self.start[row])
         days = self.day[start : start + length].tolist()
-        if self._single is not None:
-            return dict(zip(days, self._single[start : start + length].tolist(), strict=True))
+        if self._only is not None:
+            return dict(zip(days, self.values[self._only][start : start + length].tolist(), strict=True))
         columns = [array[start : start + length].tolist() for array in self.values.values()]
         return dict(zip(days, zip(*columns, strict=True), strict=True))
-
-    @property
-    def _single(self) -> np.ndarray | None:
-        """The array of the one value, when there is one."""
-        return next(iter(self.values.values())) if len(self.values) == 1 else None
 
     def _fit_rows(self, rows: int) -> None:
         if rows > len(self.start):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from mosaic.events.v1 import resolved_pb2
 from mosaic.profile.v1 import profile_pb2
+from profile_service.fold import day_text
 
 BUCKET = 1000
 
@@ -45,22 +44,15 @@ class Change:
     marker_ttl: int | None = None
 
 
-HOUR_US = 3_600_000_000
+DAY_US = 86_400_000_000
 
 
 def month_of(micros: int) -> str:
-    return _hour_as(micros // HOUR_US, "%Y-%m")
+    return day_text(micros // DAY_US)[:7]
 
 
 def day_of(micros: int) -> str:
-    return _hour_as(micros // HOUR_US, "%Y-%m-%d")
-
-
-@functools.lru_cache(maxsize=4096)
-def _hour_as(hour: int, layout: str) -> str:
-    # By the hour (UTC days and months begin on one): strftime took ~3 % of profile's CPU on
-    # Cassandra, called for every snapshot and archived event.
-    return datetime.fromtimestamp(hour * 3600, tz=timezone.utc).strftime(layout)
+    return day_text(micros // DAY_US)
 
 
 def erasure_key(profile_id: str) -> str:
